@@ -1,0 +1,125 @@
+// The ops interface the model is written against (ARCHITECTURE.md layer 4). The model
+// composes these calls and never sees a kernel; `backend/cpu` and `backend/cuda` implement
+// them and may fuse inside an op.
+//
+// Conventions: activations are [rows, cols] tensors of act_dtype(); index tensors are I32;
+// outputs are preallocated by the caller (so a CUDA decode step allocates nothing and can
+// be captured in a graph); ops are asynchronous on CUDA until to_host()/synchronize().
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "backend/tensor.hpp"
+#include "io/checkpoint.hpp"
+
+namespace moxin {
+
+enum class DeviceKind { CPU, CUDA };
+
+// A weight matrix [out, in] (+ optional bias) prepared for one backend: the CPU keeps a
+// pointer into the mmap'd file, CUDA a device copy. Quantized forms hide behind `impl`.
+struct Linear {
+  int64_t out_features = 0;
+  int64_t in_features = 0;
+  std::shared_ptr<const void> impl;
+};
+
+struct KvCacheConfig {
+  int layers = 0;
+  int kv_heads = 0;
+  int head_dim = 0;
+  int block_size = 16;  // tokens per block
+  int num_blocks = 0;   // physical blocks shared by all sequences
+};
+
+// Paged KV cache: per layer, K and V of [num_blocks, block_size, kv_heads, head_dim].
+class KvCache {
+ public:
+  virtual ~KvCache() = default;
+  const KvCacheConfig& config() const { return config_; }
+
+ protected:
+  explicit KvCache(KvCacheConfig c) : config_(c) {}
+  KvCacheConfig config_;
+};
+
+// Describes, for a batch of T tokens from S sequences, where each token sits. All three are
+// I32 device tensors so a captured decode step reads them from memory.
+struct AttentionBatch {
+  Tensor token_seq;     // [T] index into block_tables' rows
+  Tensor token_pos;     // [T] position of the token in its sequence (attends to 0..pos)
+  Tensor block_tables;  // [S, max_blocks] physical block ids, row per sequence
+  int max_context = 0;  // upper bound of pos + 1 over the batch (sizes split-K work)
+};
+
+class Backend {
+ public:
+  virtual ~Backend() = default;
+  virtual DeviceKind kind() const = 0;
+  virtual std::string name() const = 0;
+  virtual DType act_dtype() const = 0;
+
+  // --- memory ---
+  virtual Tensor empty(const std::vector<int64_t>& shape, DType dtype) = 0;
+  Tensor empty_act(const std::vector<int64_t>& shape) { return empty(shape, act_dtype()); }
+  virtual Tensor from_host_f32(const float* data, const std::vector<int64_t>& shape) = 0;
+  virtual Tensor from_host_i32(const int32_t* data, const std::vector<int64_t>& shape) = 0;
+  virtual void to_host_f32(const Tensor& t, float* out) = 0;  // converts, synchronizes
+  virtual void synchronize() = 0;
+
+  // --- weights ---
+  virtual Linear prepare_linear(const LinearWeight& w) = 0;
+  // A small parameter vector/matrix (norm weight, bias, pos_embed, ...) as act_dtype.
+  virtual Tensor param(const TensorInfo& t) = 0;
+  virtual std::unique_ptr<KvCache> create_kv_cache(const KvCacheConfig& c) = 0;
+
+  // --- ops ---
+  // y[M,N] = x[M,K] W^T (+ bias)
+  virtual void linear(const Tensor& x, const Linear& w, Tensor& y) = 0;
+  // images [B, H, W, 3] f32 NHWC -> y [B * (H/p) * (W/p), out] (conv p x p stride p, row-major patches)
+  virtual void patch_embed(const Tensor& images, const Linear& w, int patch, Tensor& y) = 0;
+  virtual void layer_norm(const Tensor& x, const Tensor& w, const Tensor& b, float eps, Tensor& y) = 0;
+  virtual void rms_norm(const Tensor& x, const Tensor& w, float eps, Tensor& y) = 0;
+  virtual void gelu_erf(Tensor& x) = 0;                                   // in place
+  virtual void swiglu(const Tensor& gate, const Tensor& up, Tensor& y) = 0;  // silu(gate) * up
+  virtual void add(Tensor& x, const Tensor& y) = 0;                       // x += y
+  virtual void add_scaled(Tensor& x, const Tensor& y, const Tensor& scale) = 0;  // x += scale[col] * y
+  // x[r, :] += table[r % table.rows, :]  (position embeddings over a batch)
+  virtual void add_rows_cyclic(Tensor& x, const Tensor& table) = 0;
+  // dst rows [dst_row, dst_row + src.rows) = src
+  virtual void copy_rows(const Tensor& src, Tensor& dst, int64_t dst_row) = 0;
+  // dst[:, col_offset : col_offset + src.cols] = src
+  virtual void copy_cols(const Tensor& src, Tensor& dst, int64_t col_offset) = 0;
+  // y[i] = x[rows[i]]
+  virtual void gather_rows(const Tensor& x, const Tensor& rows, Tensor& y) = 0;
+  // y[i] = table[ids[i]]
+  virtual void embedding(const Tensor& ids, const Linear& table, Tensor& y) = 0;
+
+  // Bidirectional attention within each of B groups of T tokens.
+  // qkv [B*T, 3*H*D] (q | k | v, head-major inside each) -> y [B*T, H*D]
+  virtual void vit_attention(const Tensor& qkv, int batch, int tokens, int heads, int head_dim,
+                             Tensor& y) = 0;
+  // Rotate-half RoPE over the full head_dim, in place on q [T, Hq*D] and k [T, Hkv*D].
+  virtual void rope(Tensor& q, Tensor& k, const Tensor& positions, int head_dim, float theta) = 0;
+  // Writes k, v [T, Hkv*D] into the cache at their sequences' positions.
+  virtual void kv_write(KvCache& cache, int layer, const Tensor& k, const Tensor& v,
+                        const AttentionBatch& batch) = 0;
+  // Causal attention of q [T, Hq*D] over the cache (each token sees its sequence's
+  // positions 0..pos, GQA groups of Hq/Hkv heads) -> y [T, Hq*D]. Scale head_dim^-0.5.
+  virtual void paged_attention(const Tensor& q, KvCache& cache, int layer,
+                               const AttentionBatch& batch, int q_heads, Tensor& y) = 0;
+};
+
+struct BackendOptions {
+  DeviceKind device = DeviceKind::CPU;
+  int threads = 0;  // CPU worker threads; 0 = all cores
+  int gpu = 0;      // CUDA device ordinal
+};
+
+// Throws moxin::Error if the device is not available (e.g. CUDA not built or no GPU).
+std::unique_ptr<Backend> create_backend(const BackendOptions& options);
+
+}  // namespace moxin
