@@ -1,0 +1,58 @@
+"""Shared pytest fixtures: the moxin binary under test and a fresh, printed random seed.
+
+Every test draws fresh random inputs; the seed is printed so a failure can be replayed with
+MOXIN_TEST_SEED=<seed> pytest ...
+"""
+import os
+import pathlib
+import random
+import subprocess
+
+import pytest
+
+ROOT = pathlib.Path(__file__).resolve().parents[2]
+SHARED = ROOT.parent / "shared"
+
+
+def _find_binary():
+    env = os.environ.get("MOXIN_BIN")
+    if env:
+        return pathlib.Path(env)
+    return ROOT / "build" / "src" / "cli" / "moxin"
+
+
+@pytest.fixture(scope="session")
+def moxin_bin():
+    path = _find_binary()
+    if not path.exists():
+        pytest.fail(f"moxin binary not found at {path}: build first (see README.md) or set MOXIN_BIN")
+    return path
+
+
+@pytest.fixture
+def seed(request):
+    value = int(os.environ.get("MOXIN_TEST_SEED", random.SystemRandom().randrange(2**31)))
+    print(f"\n[seed] {request.node.nodeid}: MOXIN_TEST_SEED={value}")
+    return value
+
+
+@pytest.fixture(scope="session")
+def tokenizer_fixture():
+    """The real Mistral vocabulary with <PAD> (shared/fixtures, or a copy in tests/data)."""
+    for candidate in (SHARED / "fixtures" / "tokenizer" / "moxin-vlm.tokenizer.json",
+                      ROOT / "tests" / "data" / "moxin-vlm.tokenizer.json"):
+        if candidate.exists():
+            return candidate
+    pytest.fail("tokenizer fixture not found: expected ../shared/fixtures/tokenizer/")
+
+
+def run_moxin(binary, *args, check=True, input_bytes=None, timeout=600):
+    """Runs the binary; returns CompletedProcess with text stdout/stderr."""
+    proc = subprocess.run([str(binary), *map(str, args)], input=input_bytes, capture_output=True,
+                          timeout=timeout)
+    out = subprocess.CompletedProcess(proc.args, proc.returncode,
+                                      proc.stdout.decode("utf-8", "replace"),
+                                      proc.stderr.decode("utf-8", "replace"))
+    if check and out.returncode != 0:
+        raise AssertionError(f"moxin {' '.join(map(str, args))} failed ({out.returncode}):\n{out.stderr}")
+    return out
