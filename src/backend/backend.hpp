@@ -84,7 +84,8 @@ class Backend {
   virtual void layer_norm(const Tensor& x, const Tensor& w, const Tensor& b, float eps, Tensor& y) = 0;
   virtual void rms_norm(const Tensor& x, const Tensor& w, float eps, Tensor& y) = 0;
   virtual void gelu_erf(Tensor& x) = 0;                                   // in place
-  virtual void swiglu(const Tensor& gate, const Tensor& up, Tensor& y) = 0;  // silu(gate) * up
+  // y = silu(gate) * up; y may alias gate (elementwise ops allow in-place use)
+  virtual void swiglu(const Tensor& gate, const Tensor& up, Tensor& y) = 0;
   virtual void add(Tensor& x, const Tensor& y) = 0;                       // x += y
   virtual void add_scaled(Tensor& x, const Tensor& y, const Tensor& scale) = 0;  // x += scale[col] * y
   // x[r, :] += table[r % table.rows, :]  (position embeddings over a batch)

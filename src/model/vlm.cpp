@@ -1,0 +1,28 @@
+#include "model/vlm.hpp"
+
+#include "core/check.hpp"
+
+namespace moxin {
+
+Vlm::Vlm(Backend& backend, const Checkpoint& checkpoint)
+    : backend_(backend),
+      config_(checkpoint.config),
+      dino_(backend, checkpoint.config.dino, checkpoint.dino),
+      siglip_(backend, checkpoint.config.siglip, checkpoint.siglip),
+      projector_(backend, checkpoint.projector),
+      decoder_(backend, checkpoint.config.decoder, checkpoint.decoder) {
+  MOXIN_CHECK(config_.dino.num_patches == config_.siglip.num_patches,
+              "[vlm] the encoders disagree on the patch count (", config_.dino.num_patches, " vs ",
+              config_.siglip.num_patches, ")");
+}
+
+ImageFeatures Vlm::encode_images(const Tensor& dino_images, const Tensor& siglip_images,
+                                 int batch) const {
+  ImageFeatures f;
+  f.dino = dino_.encode(dino_images, batch);
+  f.siglip = siglip_.encode(siglip_images, batch);
+  f.projected = projector_.forward(f.dino, f.siglip);
+  return f;
+}
+
+}  // namespace moxin

@@ -1,0 +1,30 @@
+// Conversions between the public API's types and the runtime's.
+#pragma once
+
+#include <vector>
+
+#include "moxin/moxin.hpp"
+#include "runtime/prompt.hpp"
+#include "runtime/sampler.hpp"
+
+namespace moxin {
+
+inline std::vector<ChatTurn> to_chat_turns(const Prompt& prompt) {
+  std::vector<ChatTurn> turns;
+  turns.reserve(prompt.turns.size());
+  for (const Turn& t : prompt.turns) turns.push_back({t.user, t.assistant});
+  return turns;
+}
+
+inline SamplingParams to_sampling_params(const GenerateOptions& o) {
+  SamplingParams p;
+  p.temperature = o.temperature;
+  p.top_k = o.top_k;
+  p.top_p = o.top_p;
+  p.min_p = o.min_p;
+  p.repetition_penalty = o.repetition_penalty;
+  p.seed = o.seed;
+  return p;
+}
+
+}  // namespace moxin

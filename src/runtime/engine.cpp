@@ -1,0 +1,115 @@
+#include "runtime/engine.hpp"
+
+#include <algorithm>
+#include <filesystem>
+
+#include "core/check.hpp"
+
+namespace moxin {
+namespace {
+
+int blocks_for(int tokens, int block_size) { return (tokens + block_size - 1) / block_size; }
+
+Tokenizer load_tokenizer(const std::string& dir) {
+  const auto path = std::filesystem::path(dir) / "tokenizer.json";
+  MOXIN_CHECK(std::filesystem::exists(path), "[engine] ", dir,
+              " has no tokenizer.json (copy the checkpoint's tokenizer.json next to its weights)");
+  return Tokenizer::from_file(path.string());
+}
+
+}  // namespace
+
+Engine::Engine(const std::string& model_dir, const EngineOptions& options)
+    : checkpoint_(load_checkpoint(model_dir)),
+      tokenizer_(load_tokenizer(model_dir)),
+      backend_(create_backend(options.backend)),
+      pool_(blocks_for(options.max_context, options.block_size), options.block_size) {
+  MOXIN_CHECK(options.max_context > 0 && options.max_context <= checkpoint_.config.decoder.max_position,
+              "[engine] --max-context ", options.max_context, " must be in 1..",
+              checkpoint_.config.decoder.max_position, " (the model's max_position_embeddings)");
+  MOXIN_CHECK(static_cast<int64_t>(tokenizer_.vocab_size()) <= checkpoint_.config.decoder.vocab,
+              "[engine] tokenizer.json has ", tokenizer_.vocab_size(),
+              " tokens but the model's embedding has only ", checkpoint_.config.decoder.vocab, " rows");
+  model_ = std::make_unique<Vlm>(*backend_, checkpoint_);
+  const DecoderConfig& d = checkpoint_.config.decoder;
+  kv_cache_ = backend_->create_kv_cache(
+      {d.layers, d.kv_heads, d.head_dim, options.block_size, blocks_for(options.max_context, options.block_size)});
+}
+
+Engine::~Engine() = default;
+
+std::unique_ptr<Engine> Engine::load(const std::string& model_dir, const EngineOptions& options) {
+  return std::unique_ptr<Engine>(new Engine(model_dir, options));
+}
+
+ImageFeatures Engine::encode_images(std::span<const float> dino, std::span<const float> siglip,
+                                    int batch) {
+  const int size = config().dino.image_size;
+  const std::vector<int64_t> shape{batch, size, size, 3};
+  const size_t expected = static_cast<size_t>(batch) * size * size * 3;
+  MOXIN_CHECK(dino.size() == expected && siglip.size() == expected, "[engine] expected ", batch,
+              " preprocessed images of ", size, "x", size, "x3");
+  Tensor d = backend_->from_host_f32(dino.data(), shape);
+  Tensor s = backend_->from_host_f32(siglip.data(), shape);
+  return model_->encode_images(d, s, batch);
+}
+
+Tensor Engine::embed(std::span<const int32_t> ids) {
+  const int32_t vocab = config().decoder.vocab;
+  for (int32_t id : ids)
+    MOXIN_CHECK(id >= 0 && id < vocab, "[engine] token id ", id, " is outside the vocabulary (0..",
+                vocab - 1, ")");
+  Tensor t = backend_->from_host_i32(ids.data(), {static_cast<int64_t>(ids.size())});
+  return model_->decoder().embed(t);
+}
+
+Tensor Engine::step(std::span<SequenceChunk> chunks) {
+  MOXIN_CHECK(!chunks.empty(), "[engine] step() needs at least one sequence");
+  const int hidden = config().decoder.hidden;
+  int64_t total = 0;
+  size_t max_blocks = 0;
+  int max_context = 0;
+  for (SequenceChunk& c : chunks) {
+    MOXIN_CHECK(c.embeddings.cols() == hidden && c.embeddings.rows() > 0,
+                "[engine] a chunk's embeddings are ", c.embeddings.shape_str(), ", expected [n, ",
+                hidden, "]");
+    const int64_t end = c.sequence->length + c.embeddings.rows();
+    MOXIN_CHECK(end <= config().decoder.max_position, "[engine] the sequence would reach ", end,
+                " positions, beyond the model's maximum of ", config().decoder.max_position);
+    pool_.reserve(c.sequence->block_table, end);
+    total += c.embeddings.rows();
+    max_blocks = std::max(max_blocks, c.sequence->block_table.size());
+    max_context = std::max(max_context, static_cast<int>(end));
+  }
+
+  // Per-token metadata and the padded block table, built on the host, uploaded once.
+  std::vector<int32_t> token_seq, token_pos, last_rows;
+  std::vector<int32_t> tables(chunks.size() * max_blocks, 0);
+  Tensor x = backend_->empty_act({total, hidden});
+  int64_t row = 0;
+  for (size_t i = 0; i < chunks.size(); ++i) {
+    const SequenceChunk& c = chunks[i];
+    for (int64_t t = 0; t < c.embeddings.rows(); ++t) {
+      token_seq.push_back(static_cast<int32_t>(i));
+      token_pos.push_back(static_cast<int32_t>(c.sequence->length + t));
+    }
+    std::copy(c.sequence->block_table.begin(), c.sequence->block_table.end(),
+              tables.begin() + static_cast<ptrdiff_t>(i * max_blocks));
+    backend_->copy_rows(c.embeddings, x, row);
+    row += c.embeddings.rows();
+    last_rows.push_back(static_cast<int32_t>(row - 1));
+  }
+  AttentionBatch batch;
+  batch.token_seq = backend_->from_host_i32(token_seq.data(), {total});
+  batch.token_pos = backend_->from_host_i32(token_pos.data(), {total});
+  batch.block_tables = backend_->from_host_i32(
+      tables.data(), {static_cast<int64_t>(chunks.size()), static_cast<int64_t>(max_blocks)});
+  batch.max_context = max_context;
+
+  model_->decoder().forward(x, batch.token_pos, batch, *kv_cache_);
+  for (SequenceChunk& c : chunks) c.sequence->length += c.embeddings.rows();
+  Tensor rows = backend_->from_host_i32(last_rows.data(), {static_cast<int64_t>(last_rows.size())});
+  return model_->decoder().logits(x, rows);
+}
+
+}  // namespace moxin

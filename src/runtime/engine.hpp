@@ -1,0 +1,71 @@
+// The engine: a loaded checkpoint on a backend with its tokenizer and paged KV cache, and the
+// one decoder step that every caller (CLI, library API, server scheduler) goes through: any
+// mix of sequences, each contributing a chunk of new tokens (a prefill chunk or one decode
+// token), in a single forward.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <span>
+#include <string>
+#include <vector>
+
+#include "backend/backend.hpp"
+#include "model/vlm.hpp"
+#include "text/tokenizer.hpp"
+#include "runtime/kv_block_pool.hpp"
+
+namespace moxin {
+
+struct EngineOptions {
+  BackendOptions backend;
+  int max_context = 4096;  // KV cache capacity in tokens, shared by all live sequences
+  int block_size = 16;
+};
+
+// A sequence's place in the KV cache.
+struct SequenceState {
+  std::vector<int32_t> block_table;
+  int64_t length = 0;  // positions already written to the cache
+};
+
+// New tokens of one sequence for a step: their input embeddings [n, hidden].
+struct SequenceChunk {
+  SequenceState* sequence = nullptr;
+  Tensor embeddings;
+};
+
+class Engine {
+ public:
+  static std::unique_ptr<Engine> load(const std::string& model_dir, const EngineOptions& options);
+  ~Engine();
+
+  const Tokenizer& tokenizer() const { return tokenizer_; }
+  const Vlm& model() const { return *model_; }
+  Backend& backend() const { return *backend_; }
+  const ModelConfig& config() const { return checkpoint_.config; }
+  const Checkpoint& checkpoint() const { return checkpoint_; }
+  KvBlockPool& kv_pool() { return pool_; }
+
+  // dino/siglip: B images of 224x224x3 f32 (NHWC), normalized per encoder.
+  ImageFeatures encode_images(std::span<const float> dino, std::span<const float> siglip, int batch);
+  // ids -> embeddings [n, hidden]
+  Tensor embed(std::span<const int32_t> ids);
+  // Runs the decoder over all chunks (positions continue each sequence's length), writes their
+  // K/V, advances the sequences, and returns the logits [chunks, vocab] of each chunk's last token.
+  Tensor step(std::span<SequenceChunk> chunks);
+  // Frees the sequence's KV blocks.
+  void release(SequenceState& sequence) { pool_.release(sequence.block_table); sequence.length = 0; }
+
+ private:
+  Engine(const std::string& model_dir, const EngineOptions& options);
+
+  Checkpoint checkpoint_;
+  Tokenizer tokenizer_;
+  std::unique_ptr<Backend> backend_;
+  std::unique_ptr<Vlm> model_;
+  std::unique_ptr<KvCache> kv_cache_;
+  KvBlockPool pool_;
+};
+
+}  // namespace moxin

@@ -1,0 +1,71 @@
+#include "runtime/session.hpp"
+
+#include <chrono>
+
+#include "core/check.hpp"
+#include "image/image.hpp"
+
+namespace moxin {
+namespace {
+
+double ms_since(std::chrono::steady_clock::time_point start) {
+  return std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - start).count();
+}
+
+}  // namespace
+
+Session::Session(Engine& engine, uint64_t max_image_pixels)
+    : engine_(engine), max_image_pixels_(max_image_pixels) {}
+
+Session::~Session() { engine_.release(state_); }
+
+std::vector<float> Session::run(Tensor embeddings) {
+  SequenceChunk chunk{&state_, std::move(embeddings)};
+  Tensor logits = engine_.step(std::span<SequenceChunk>(&chunk, 1));
+  std::vector<float> host(static_cast<size_t>(logits.numel()));
+  engine_.backend().to_host_f32(logits, host.data());
+  return host;
+}
+
+PrefillResult Session::prefill(const std::vector<ChatTurn>& turns, std::span<const uint8_t> image) {
+  MOXIN_CHECK(state_.length == 0, "[session] prefill() on a conversation that already has ",
+              state_.length, " positions; start a new conversation");
+  PrefillResult result;
+  result.input_ids = tokenize_prompt(engine_.tokenizer(), turns);
+  Backend& backend = engine_.backend();
+  const int hidden = engine_.config().decoder.hidden;
+  const auto& ids = result.input_ids;
+
+  Tensor embeddings;
+  if (image.empty()) {
+    embeddings = engine_.embed(ids);
+  } else {
+    const auto vision_start = std::chrono::steady_clock::now();
+    const Image decoded = decode_image(image, DecodeLimits{max_image_pixels_}, "the prompt's image");
+    const PreprocessedImage pre = preprocess_image(decoded, engine_.config().dino.image_size);
+    result.image = engine_.encode_images(pre.dino, pre.siglip, 1);
+    backend.synchronize();
+    result.vision_ms = ms_since(vision_start);
+
+    // [BOS, image tokens, rest of the prompt]: no placeholder token (SPEC.md section 4).
+    const Tensor text = engine_.embed(ids);
+    const Tensor& projected = result.image->projected;
+    embeddings = backend.empty_act({text.rows() + projected.rows(), hidden});
+    backend.copy_rows(text.rows_view(0, 1), embeddings, 0);
+    backend.copy_rows(projected, embeddings, 1);
+    if (text.rows() > 1) backend.copy_rows(text.rows_view(1, text.rows() - 1), embeddings, 1 + projected.rows());
+  }
+  result.prompt_tokens = static_cast<int>(embeddings.rows());
+  const auto prefill_start = std::chrono::steady_clock::now();
+  result.logits = run(std::move(embeddings));
+  result.prefill_ms = ms_since(prefill_start);
+  return result;
+}
+
+std::vector<float> Session::decode(int32_t token) {
+  MOXIN_CHECK(state_.length > 0, "[session] decode() before prefill()");
+  const int32_t id = token;
+  return run(engine_.embed(std::span<const int32_t>(&id, 1)));
+}
+
+}  // namespace moxin
