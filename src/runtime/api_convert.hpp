@@ -4,6 +4,7 @@
 #include <vector>
 
 #include "moxin/moxin.hpp"
+#include "runtime/engine.hpp"
 #include "runtime/prompt.hpp"
 #include "runtime/sampler.hpp"
 
@@ -14,6 +15,15 @@ inline std::vector<ChatTurn> to_chat_turns(const Prompt& prompt) {
   turns.reserve(prompt.turns.size());
   for (const Turn& t : prompt.turns) turns.push_back({t.user, t.assistant});
   return turns;
+}
+
+inline EngineOptions to_engine_options(const LoadOptions& o) {
+  EngineOptions e;
+  e.backend.device = o.device == Device::CUDA ? DeviceKind::CUDA : DeviceKind::CPU;
+  e.backend.threads = o.threads;
+  e.backend.gpu = o.gpu;
+  e.max_context = o.max_context;
+  return e;
 }
 
 inline SamplingParams to_sampling_params(const GenerateOptions& o) {

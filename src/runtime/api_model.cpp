@@ -33,12 +33,7 @@ std::vector<uint8_t> read_file(const std::string& path) {
 std::unique_ptr<Model> Model::load(const std::string& model_dir, const LoadOptions& options) {
   MOXIN_CHECK(options.threads >= 0, "[load] threads must be >= 0 (0 = all cores), got ", options.threads);
   const auto start = std::chrono::steady_clock::now();
-  EngineOptions engine_options;
-  engine_options.backend.device = options.device == Device::CUDA ? DeviceKind::CUDA : DeviceKind::CPU;
-  engine_options.backend.threads = options.threads;
-  engine_options.backend.gpu = options.gpu;
-  engine_options.max_context = options.max_context;
-  auto engine = Engine::load(model_dir, engine_options);
+  auto engine = Engine::load(model_dir, to_engine_options(options));
   engine->backend().synchronize();
   const double ms =
       std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - start).count();

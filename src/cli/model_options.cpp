@@ -1,0 +1,48 @@
+#include "cli/model_options.hpp"
+
+#include <CLI/CLI.hpp>
+
+#include "core/check.hpp"
+
+namespace moxin::cli {
+
+void ModelOptions::add_to(CLI::App& command) {
+  command.add_option("--model", model_dir, "Checkpoint directory (safetensors + config.json + tokenizer.json)")
+      ->required();
+  command.add_option("--device", device, "cpu or cuda")->check(CLI::IsMember({"cpu", "cuda"}));
+  command.add_option("--threads", threads, "CPU threads (0 = all cores)")->check(CLI::Range(0, 4096));
+  command.add_option("--gpu", gpu, "CUDA device ordinal")->check(CLI::Range(0, 64));
+  command.add_option("--max-context", max_context, "KV cache capacity in tokens")
+      ->check(CLI::Range(1, 1 << 20));
+  command.add_option("--max-pixels", max_pixels, "Refuse images with more pixels than this")
+      ->check(CLI::Range(uint64_t{1}, uint64_t{1} << 40));
+}
+
+LoadOptions ModelOptions::load_options() const {
+  LoadOptions o;
+  o.device = device == "cuda" ? Device::CUDA : Device::CPU;
+  o.threads = threads;
+  o.gpu = gpu;
+  o.max_context = max_context;
+  o.max_image_pixels = max_pixels;
+  return o;
+}
+
+void PromptOptions::add_to(CLI::App& command) {
+  command.add_option("--image", image, "Image file (JPEG, PNG, WebP, GIF, BMP); omit for text only");
+  command.add_option("--prompt", prompts, "The question; repeat for a multi-turn conversation")->required();
+  command.add_option("--answer", answers, "The model's earlier answers, one per earlier --prompt");
+}
+
+Prompt PromptOptions::build() const {
+  MOXIN_CHECK(answers.size() + 1 == prompts.size(), "[prompt] a conversation of ", prompts.size(),
+              " --prompt needs ", prompts.size() - 1, " --answer (one per earlier turn), got ",
+              answers.size());
+  Prompt p;
+  for (size_t i = 0; i < prompts.size(); ++i)
+    p.turns.push_back({prompts[i], i < answers.size() ? answers[i] : std::string()});
+  if (!image.empty()) p.image = read_file(image);
+  return p;
+}
+
+}  // namespace moxin::cli

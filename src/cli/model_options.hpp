@@ -1,0 +1,37 @@
+// Options shared by every subcommand that loads a model (generate, dump, bench, serve).
+#pragma once
+
+#include <string>
+#include <vector>
+
+#include "moxin/moxin.hpp"
+
+namespace CLI {
+class App;
+}
+
+namespace moxin::cli {
+
+struct ModelOptions {
+  std::string model_dir;
+  std::string device = "cpu";
+  int threads = 0;
+  int gpu = 0;
+  int max_context = 4096;
+  uint64_t max_pixels = 89478485;
+
+  void add_to(CLI::App& command);
+  LoadOptions load_options() const;  // validates; throws moxin::Error on bad values
+};
+
+// --image, --prompt (repeatable: a multi-turn conversation) and --answer.
+struct PromptOptions {
+  std::string image;
+  std::vector<std::string> prompts;
+  std::vector<std::string> answers;  // one per earlier --prompt
+
+  void add_to(CLI::App& command);
+  Prompt build() const;  // reads the image file; throws moxin::Error on a bad combination
+};
+
+}  // namespace moxin::cli
