@@ -79,6 +79,8 @@ struct VitBlockWeights {
 struct VitWeights {
   const TensorInfo* patch_weight = nullptr;  // [dim, 3, 14, 14]
   const TensorInfo* patch_bias = nullptr;    // [dim]
+  // The same conv weight as a matrix [dim, 3 * patch * patch], inputs ordered (c, kh, kw).
+  LinearWeight patch_linear;
   const TensorInfo* pos_embed = nullptr;     // [1, 256, dim]
   const TensorInfo* cls_token = nullptr;     // [1, 1, dim] or nullptr
   const TensorInfo* reg_token = nullptr;     // [1, R, dim] or nullptr

@@ -28,6 +28,8 @@ struct TensorInfo {
   std::string shape_str() const;  // "[1024, 3, 14, 14]"
 };
 
+std::string shape_str(const std::vector<int64_t>& shape);  // "[1024, 3, 14, 14]"
+
 struct SafetensorsLimits {
   size_t max_header_bytes = 100u << 20;  // 100 MB, as the reference reader allows
 };
@@ -60,10 +62,16 @@ class TensorStore {
   std::vector<std::string> names() const;                // sorted
   const std::vector<std::shared_ptr<SafetensorsFile>>& files() const { return files_; }
   size_t total_bytes() const;  // sum of tensor payloads
+  size_t size() const { return by_name_.size(); }
+
+  // Another view of `t`'s bytes with a shape of the same element count (e.g. a conv weight
+  // as a matrix). The store owns it, so the pointer lives as long as the store (or a copy).
+  const TensorInfo* reshaped(const TensorInfo& t, std::vector<int64_t> shape);
 
  private:
   std::vector<std::shared_ptr<SafetensorsFile>> files_;
   std::map<std::string, const TensorInfo*> by_name_;
+  std::vector<std::shared_ptr<const TensorInfo>> views_;
 };
 
 }  // namespace moxin

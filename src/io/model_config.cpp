@@ -1,0 +1,159 @@
+#include "io/model_config.hpp"
+
+#include <filesystem>
+#include <nlohmann/json.hpp>
+
+#include "core/check.hpp"
+#include "io/json_strict.hpp"
+
+namespace moxin {
+namespace {
+
+using nlohmann::json;
+
+// Reads typed optional fields of one JSON object; null counts as absent (HF writes
+// "head_dim": null and similar).
+class FieldReader {
+ public:
+  FieldReader(const json& object, std::string path, std::string prefix)
+      : object_(object), path_(std::move(path)), prefix_(std::move(prefix)) {}
+
+  std::optional<int64_t> integer(const char* key, int64_t min_value) const {
+    const json* v = find(key);
+    if (!v) return std::nullopt;
+    MOXIN_CHECK(v->is_number_integer() && v->get<int64_t>() >= min_value && v->get<int64_t>() <= INT32_MAX,
+                where(key), " is ", describe_json(*v), ", expected an integer >= ", min_value);
+    return v->get<int64_t>();
+  }
+
+  std::optional<double> positive_number(const char* key) const {
+    const json* v = find(key);
+    if (!v) return std::nullopt;
+    MOXIN_CHECK(v->is_number() && v->get<double>() > 0, where(key), " is ", describe_json(*v),
+                ", expected a positive number");
+    return v->get<double>();
+  }
+
+  // A token id, or a list of them (the first one is used).
+  std::optional<int64_t> token_id(const char* key) const {
+    const json* v = find(key);
+    if (!v) return std::nullopt;
+    const json& id = v->is_array() && !v->empty() ? v->front() : *v;
+    MOXIN_CHECK(id.is_number_integer() && id.get<int64_t>() >= 0 && id.get<int64_t>() <= INT32_MAX,
+                where(key), " is ", describe_json(*v), ", expected a token id (or a list of them)");
+    return id.get<int64_t>();
+  }
+
+  const json* object(const char* key) const {
+    const json* v = find(key);
+    if (v) MOXIN_CHECK(v->is_object(), where(key), " is ", describe_json(*v), ", expected an object");
+    return v;
+  }
+  const json* array(const char* key) const {
+    const json* v = find(key);
+    if (v) MOXIN_CHECK(v->is_array(), where(key), " is ", describe_json(*v), ", expected an array");
+    return v;
+  }
+
+  // Refuses settings that change the math in ways this engine does not implement.
+  void require_absent(const char* key, const char* why) const {
+    const json* v = find(key);
+    MOXIN_CHECK(!v, where(key), " is ", describe_json(*v), ": ", why);
+  }
+  void require_string(const char* key, const char* expected) const {
+    const json* v = find(key);
+    MOXIN_CHECK(!v || (v->is_string() && v->get<std::string>() == expected), where(key), " is ",
+                describe_json(v ? *v : json()), ", moxin implements only \"", expected, "\"");
+  }
+
+  std::string where(const char* key) const { return cat("[checkpoint] ", path_, ": ", prefix_, key); }
+
+ private:
+  const json* find(const char* key) const {
+    const auto it = object_.find(key);
+    return it == object_.end() || it->is_null() ? nullptr : &*it;
+  }
+  const json& object_;
+  std::string path_;
+  std::string prefix_;
+};
+
+QuantizationConfig read_quantization(const json& object, const std::string& source) {
+  MOXIN_CHECK(object.is_object(), "[checkpoint] ", source, " is ", describe_json(object),
+              ", expected an object {\"bits\": 4|8, \"group_size\": 64|128}");
+  const FieldReader reader(object, source, "");
+  const auto bits = reader.integer("bits", 1);
+  const auto group = reader.integer("group_size", 1);
+  MOXIN_CHECK(bits && (*bits == 4 || *bits == 8), reader.where("bits"),
+              " must be 4 or 8 (MLX affine quantization)");
+  MOXIN_CHECK(group && (*group == 64 || *group == 128), reader.where("group_size"),
+              " must be 64 or 128");
+  return {static_cast<int>(*bits), static_cast<int>(*group), source};
+}
+
+// timm sizes the MLP as int(embed_dim * mlp_ratio).
+ConfigJson::VitKwargs read_vit_kwargs(const json& kwargs, const std::string& path,
+                                      const std::string& key) {
+  MOXIN_CHECK(kwargs.is_object() || kwargs.is_null(), "[checkpoint] ", path, ": ", key, " is ",
+              describe_json(kwargs), ", expected an object of timm.create_model kwargs");
+  ConfigJson::VitKwargs out;
+  out.key = key;
+  if (kwargs.is_null()) return out;
+  const FieldReader reader(kwargs, path, key + ".");
+  out.embed_dim = reader.integer("embed_dim", 1);
+  out.depth = reader.integer("depth", 1);
+  out.num_heads = reader.integer("num_heads", 1);
+  if (const auto ratio = reader.positive_number("mlp_ratio")) {
+    MOXIN_CHECK(out.embed_dim, reader.where("mlp_ratio"), " needs embed_dim next to it");
+    out.mlp_dim = static_cast<int64_t>(static_cast<double>(*out.embed_dim) * *ratio);
+  }
+  return out;
+}
+
+}  // namespace
+
+ConfigJson read_config_json(const std::string& path) {
+  const json root = read_json_file(path, "[checkpoint]");
+  MOXIN_CHECK(root.is_object(), "[checkpoint] ", path, " is ", describe_json(root),
+              ", expected a JSON object");
+  ConfigJson out;
+  out.path = path;
+  const FieldReader top(root, path, "");
+  const json* text_config = top.object("text_config");
+  out.decoder_key_prefix = text_config ? "text_config." : "";
+  const FieldReader dec(text_config ? *text_config : root, path, out.decoder_key_prefix);
+
+  out.hidden = dec.integer("hidden_size", 1);
+  out.layers = dec.integer("num_hidden_layers", 1);
+  out.heads = dec.integer("num_attention_heads", 1);
+  out.kv_heads = dec.integer("num_key_value_heads", 1);
+  out.head_dim = dec.integer("head_dim", 1);
+  out.intermediate = dec.integer("intermediate_size", 1);
+  out.vocab = dec.integer("vocab_size", 1);
+  out.max_position = dec.integer("max_position_embeddings", 1);
+  out.rms_eps = dec.positive_number("rms_norm_eps");
+  out.rope_theta = dec.positive_number("rope_theta");
+  // Token ids sit in text_config or at the top level depending on the converter.
+  out.bos_id = dec.token_id("bos_token_id");
+  if (!out.bos_id) out.bos_id = top.token_id("bos_token_id");
+  out.eos_id = dec.token_id("eos_token_id");
+  if (!out.eos_id) out.eos_id = top.token_id("eos_token_id");
+  dec.require_absent("rope_scaling", "moxin implements plain RoPE (Moxin-7B uses no scaling)");
+  dec.require_string("hidden_act", "silu");
+
+  if (const json* kwargs = top.array("timm_model_kwargs")) {
+    MOXIN_CHECK(kwargs->size() == 2, top.where("timm_model_kwargs"), " has ", kwargs->size(),
+                " entries, expected 2 (featurizer, fused_featurizer)");
+    out.dino = read_vit_kwargs((*kwargs)[0], path, "timm_model_kwargs[0]");
+    out.siglip = read_vit_kwargs((*kwargs)[1], path, "timm_model_kwargs[1]");
+  }
+  if (const json* q = top.object("quantization")) out.quantization = read_quantization(*q, path + ": quantization");
+  return out;
+}
+
+std::optional<QuantizationConfig> read_quantize_config(const std::string& path) {
+  if (!std::filesystem::exists(path)) return std::nullopt;
+  return read_quantization(read_json_file(path, "[checkpoint]"), path);
+}
+
+}  // namespace moxin
