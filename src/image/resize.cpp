@@ -1,0 +1,163 @@
+// Pillow's BICUBIC resize (libImaging/Resample.c) reimplemented to give the same bytes:
+//  - separable: a horizontal pass over only the source rows the vertical pass will read, its
+//    output rounded and clamped to uint8, then the vertical pass; a pass whose output size
+//    equals its input size is skipped;
+//  - per output pixel, taps cover center +- support where center = (i + 0.5) * scale and
+//    support = 2 * max(scale, 1) (antialiasing when shrinking), clipped to the image;
+//  - the filter is the a = -0.5 cubic evaluated at (tap - center + 0.5) / max(scale, 1); the taps
+//    are normalized to sum to 1 in double, then rounded half away from zero to fixed point with
+//    22 fractional bits; sums start at one half and are shifted back and clamped.
+// The double-precision steps must be evaluated exactly as written (no fused multiply-add):
+// CMakeLists.txt compiles this file with -ffp-contract=off.
+#include <algorithm>
+#include <cmath>
+#include <vector>
+
+#include "core/check.hpp"
+#include "image/image.hpp"
+
+namespace moxin {
+namespace {
+
+constexpr int kPrecisionBits = 32 - 8 - 2;
+
+double bicubic(double x) {
+  constexpr double a = -0.5;
+  if (x < 0.0) x = -x;
+  if (x < 1.0) return ((a + 2.0) * x - (a + 3.0)) * x * x + 1;
+  if (x < 2.0) return (((x - 5) * x + 8) * x - 4) * a;
+  return 0.0;
+}
+
+// For each output index: the first input index and the fixed-point weights of the taps.
+struct Taps {
+  int stride = 0;           // weights per output index (Pillow's ksize)
+  std::vector<int> first;   // first input index used
+  std::vector<int> count;   // number of input indices used
+  std::vector<int32_t> weights;
+};
+
+Taps compute_taps(int in_size, int out_size) {
+  // Pillow receives the source box as floats; (0, in_size) is exact in float for any image
+  // that fits in memory, but the arithmetic keeps Pillow's types anyway.
+  const float box_start = 0.0f, box_end = static_cast<float>(in_size);
+  const double scale = static_cast<double>(box_end - box_start) / out_size;
+  const double filter_scale = scale < 1.0 ? 1.0 : scale;
+  const double support = 2.0 * filter_scale;
+  const double inverse_filter_scale = 1.0 / filter_scale;
+
+  Taps taps;
+  taps.stride = static_cast<int>(std::ceil(support)) * 2 + 1;
+  taps.first.resize(out_size);
+  taps.count.resize(out_size);
+  taps.weights.assign(static_cast<size_t>(out_size) * taps.stride, 0);
+  std::vector<double> w(taps.stride);
+  for (int i = 0; i < out_size; ++i) {
+    const double center = box_start + (i + 0.5) * scale;
+    int lo = static_cast<int>(center - support + 0.5);  // truncation, as Pillow's (int) cast
+    if (lo < 0) lo = 0;
+    int hi = static_cast<int>(center + support + 0.5);
+    if (hi > in_size) hi = in_size;
+    const int n = hi - lo;
+    double sum = 0.0;
+    for (int t = 0; t < n; ++t) {
+      w[t] = bicubic((t + lo - center + 0.5) * inverse_filter_scale);
+      sum += w[t];
+    }
+    int32_t* fixed = &taps.weights[static_cast<size_t>(i) * taps.stride];
+    for (int t = 0; t < n; ++t) {
+      const double normalized = sum != 0.0 ? w[t] / sum : w[t];
+      fixed[t] = static_cast<int32_t>(normalized < 0 ? -0.5 + normalized * (1 << kPrecisionBits)
+                                                     : 0.5 + normalized * (1 << kPrecisionBits));
+    }
+    taps.first[i] = lo;
+    taps.count[i] = n;
+  }
+  return taps;
+}
+
+// Fixed-point sum to uint8: Pillow's clip8 (arithmetic shift, then clamp).
+inline uint8_t to_u8(int32_t sum) {
+  const int32_t v = sum >> kPrecisionBits;
+  return static_cast<uint8_t>(v < 0 ? 0 : v > 255 ? 255 : v);
+}
+
+// Resamples source rows [row_begin, row_begin + out.height) horizontally into `out`.
+void horizontal_pass(const Image& src, int row_begin, const Taps& taps, Image& out) {
+  const size_t in_stride = static_cast<size_t>(src.width) * 3;
+  const size_t out_stride = static_cast<size_t>(out.width) * 3;
+  for (int y = 0; y < out.height; ++y) {
+    const uint8_t* in = src.rgb.data() + (row_begin + y) * in_stride;
+    uint8_t* line = out.rgb.data() + y * out_stride;
+    for (int x = 0; x < out.width; ++x) {
+      const int32_t* k = &taps.weights[static_cast<size_t>(x) * taps.stride];
+      const uint8_t* p = in + static_cast<size_t>(taps.first[x]) * 3;
+      int32_t r = 1 << (kPrecisionBits - 1), g = r, b = r;
+      for (int t = 0; t < taps.count[x]; ++t, p += 3) {
+        r += p[0] * k[t];
+        g += p[1] * k[t];
+        b += p[2] * k[t];
+      }
+      line[3 * x] = to_u8(r);
+      line[3 * x + 1] = to_u8(g);
+      line[3 * x + 2] = to_u8(b);
+    }
+  }
+}
+
+// Resamples vertically; `row_shift` maps the taps' source rows to rows of `src`. Whole rows
+// are accumulated tap by tap (same integer sums as Pillow, in a cache-friendly order).
+void vertical_pass(const Image& src, const Taps& taps, int row_shift, Image& out) {
+  const size_t stride = static_cast<size_t>(src.width) * 3;
+  std::vector<int32_t> sums(stride);
+  for (int y = 0; y < out.height; ++y) {
+    const int32_t* k = &taps.weights[static_cast<size_t>(y) * taps.stride];
+    const uint8_t* row = src.rgb.data() + static_cast<size_t>(taps.first[y] - row_shift) * stride;
+    std::fill(sums.begin(), sums.end(), 1 << (kPrecisionBits - 1));
+    for (int t = 0; t < taps.count[y]; ++t, row += stride) {
+      for (size_t i = 0; i < stride; ++i) sums[i] += row[i] * k[t];
+    }
+    uint8_t* line = out.rgb.data() + y * stride;
+    for (size_t i = 0; i < stride; ++i) line[i] = to_u8(sums[i]);
+  }
+}
+
+Image blank(int width, int height) {
+  Image image;
+  image.width = width;
+  image.height = height;
+  image.rgb.resize(static_cast<size_t>(width) * height * 3);
+  return image;
+}
+
+}  // namespace
+
+Image resize_bicubic(const Image& src, int width, int height) {
+  MOXIN_CHECK(width > 0 && height > 0, "[image] resize: target size ", width, "x", height,
+              " must be positive");
+  MOXIN_CHECK(src.width > 0 && src.height > 0 &&
+                  src.rgb.size() == static_cast<size_t>(src.width) * src.height * 3,
+              "[image] resize: source image ", src.width, "x", src.height, " holds ",
+              src.rgb.size(), " bytes, not width * height * 3");
+  const bool horizontal = width != src.width;
+  const bool vertical = height != src.height;
+  if (!horizontal && !vertical) return src;
+
+  const Taps vertical_taps = compute_taps(src.height, height);
+  if (!horizontal) {
+    Image out = blank(width, height);
+    vertical_pass(src, vertical_taps, 0, out);
+    return out;
+  }
+  // Only the source rows some output row reads go through the horizontal pass.
+  const int row_begin = vertical_taps.first.front();
+  const int row_end = vertical_taps.first.back() + vertical_taps.count.back();
+  Image wide = blank(width, row_end - row_begin);
+  horizontal_pass(src, row_begin, compute_taps(src.width, width), wide);
+  if (!vertical) return wide;
+  Image out = blank(width, height);
+  vertical_pass(wide, vertical_taps, row_begin, out);
+  return out;
+}
+
+}  // namespace moxin
