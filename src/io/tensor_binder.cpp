@@ -112,10 +112,10 @@ LinearWeight TensorBinder::decoder_linear(const std::string& prefix, int64_t out
   MOXIN_CHECK(quant != nullptr, "[checkpoint] ", dir_, ": tensor '", prefix,
               ".scales' marks '", prefix, "' as quantized, but neither quantize_config.json nor "
               "config.json \"quantization\" gives bits and group_size");
-  const std::string meta = cat(" (", quant->source, " says bits ", quant->bits, ", group_size ",
-                               quant->group_size, ")");
+  const std::string meta = cat(quant->source, " says bits ", quant->bits, ", group_size ",
+                               quant->group_size);
   MOXIN_CHECK(in % quant->group_size == 0, "[checkpoint] ", dir_, ": '", prefix, "' has ", in,
-              " input features, not a multiple of group_size ", quant->group_size, meta);
+              " input features, not a multiple of group_size ", quant->group_size, " (", meta, ")");
   LinearWeight w;
   w.bits = quant->bits;
   w.group_size = quant->group_size;
@@ -127,13 +127,13 @@ LinearWeight TensorBinder::decoder_linear(const std::string& prefix, int64_t out
   MOXIN_CHECK(codes.dtype == DType::U32, "[checkpoint] ", codes.file, ": tensor '", codes.name,
               "' has dtype ", dtype_name(codes.dtype), ", expected U32 (packed codes, since '",
               prefix, ".scales' exists)");
-  expect_shape(codes, packed, cat(" (", quant->bits, "-bit codes of ", in, " input features packed into U32", meta, ")"));
+  expect_shape(codes, packed, cat(" (", quant->bits, "-bit codes of ", in, " input features packed into U32; ", meta, ")"));
   w.weight = &codes;
   w.scales = &claim(prefix + ".scales", shape_str(groups));
   w.qbiases = &claim(prefix + ".biases", shape_str(groups));
   for (const TensorInfo* t : {w.scales, w.qbiases}) {
     expect_float(*t);
-    expect_shape(*t, groups, cat(" (one per group of ", quant->group_size, " inputs", meta, ")"));
+    expect_shape(*t, groups, cat(" (one per group of ", quant->group_size, " inputs; ", meta, ")"));
   }
   return w;
 }
