@@ -1,0 +1,497 @@
+#include "backend/cuda/cuda_backend_impl.hpp"
+
+#include <algorithm>
+#include <cstring>
+#include <initializer_list>
+
+#include "backend/cuda/cuda_check.hpp"
+#include "core/bf16.hpp"
+
+namespace moxin::cuda {
+namespace {
+
+constexpr size_t kGemmWorkspaceBytes = 32u << 20;
+constexpr int64_t kScratchElems = 32ll << 20;           // 64 MB of bf16 activations
+constexpr int64_t kAttentionPartialFloats = 4ll << 20;  // 16 MB of split-K partials
+constexpr size_t kStagingBytes = 16u << 20;
+// Up to this many tokens a batch goes through split-K attention (every token reads its own
+// context once per kv head); beyond, tiles of tokens share K/V reads.
+constexpr int kSplitMaxTokens = 64;
+constexpr int kMinPositionsPerSplit = 32;
+
+template <class T>
+T* data_of(const Tensor& t) { return static_cast<T*>(t.data); }
+
+void require(const Tensor& t, DType dtype, const char* op, const char* what) {
+  MOXIN_CHECK(t.dtype == dtype, "[cuda] ", op, ": ", what, " is ", dtype_name(t.dtype), ", expected ",
+              dtype_name(dtype));
+  MOXIN_CHECK(t.numel() == 0 || t.data != nullptr, "[cuda] ", op, ": ", what, " has no storage");
+}
+
+void require_f32(const char* op, std::initializer_list<const Tensor*> operands) {
+  for (const Tensor* t : operands) require(*t, DType::F32, op, "an operand");
+}
+
+void require_shape(const Tensor& t, int64_t rows, int64_t cols, const char* op, const char* what) {
+  MOXIN_CHECK(t.rows() == rows && t.cols() == cols, "[cuda] ", op, ": ", what, " is ", t.shape_str(),
+              ", expected [", rows, ", ", cols, "]");
+}
+
+const CudaLinear& cuda_linear(const Linear& w, const char* op) {
+  const auto* impl = static_cast<const CudaLinear*>(w.impl.get());
+  MOXIN_CHECK(impl != nullptr && impl->magic == CudaLinear::kMagic, "[cuda] ", op,
+              ": the weight was not prepared by this CUDA backend (call prepare_linear on it)");
+  return *impl;
+}
+
+// The whole-tensor element count of a checkpoint tensor, checked against [out, in].
+void check_linear_shape(const TensorInfo& t, int64_t out, int64_t in) {
+  MOXIN_CHECK(out > 0 && in > 0 && t.numel() == out * in, "[cuda] weight '", t.name, "' in ", t.file,
+              " has shape ", t.shape_str(), ", which is not [", out, ", ", in, "]");
+}
+
+}  // namespace
+
+DeviceContext::DeviceContext(int ordinal) : device(ordinal) {
+  int count = 0;
+  const cudaError_t status = cudaGetDeviceCount(&count);
+  MOXIN_CHECK(status == cudaSuccess && count > 0, "[cuda] no usable NVIDIA GPU (",
+              cudaGetErrorString(status), "); use --device cpu");
+  MOXIN_CHECK(ordinal >= 0 && ordinal < count, "[cuda] GPU ", ordinal, " does not exist: ", count,
+              " GPU(s) present (valid: 0..", count - 1, ")");
+  MOXIN_CUDA_CHECK(cudaSetDevice(ordinal));
+  cudaDeviceProp props{};
+  MOXIN_CUDA_CHECK(cudaGetDeviceProperties(&props, ordinal));
+  MOXIN_CHECK(props.major >= 9, "[cuda] GPU ", ordinal, " (", props.name, ") has compute capability ",
+              props.major, ".", props.minor, "; this build targets Hopper (9.0)");
+  multiprocessors = props.multiProcessorCount;
+  MOXIN_CUDA_CHECK(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking));
+  // Keep freed blocks in the stream-ordered pool: per-op temporaries then cost no driver call.
+  cudaMemPool_t pool = nullptr;
+  MOXIN_CUDA_CHECK(cudaDeviceGetDefaultMemPool(&pool, ordinal));
+  uint64_t keep = UINT64_MAX;
+  MOXIN_CUDA_CHECK(cudaMemPoolSetAttribute(pool, cudaMemPoolAttrReleaseThreshold, &keep));
+}
+
+DeviceContext::~DeviceContext() {
+  if (stream) {
+    cudaStreamSynchronize(stream);
+    cudaStreamDestroy(stream);
+  }
+}
+
+std::shared_ptr<void> device_alloc(const std::shared_ptr<DeviceContext>& context, size_t bytes) {
+  if (bytes == 0) return nullptr;
+  void* p = nullptr;
+  const cudaError_t status = cudaMallocAsync(&p, bytes, context->stream);
+  MOXIN_CHECK(status == cudaSuccess, "[cuda] cannot allocate ", bytes, " bytes on GPU ",
+              context->device, ": ", cudaGetErrorString(status));
+  return std::shared_ptr<void>(p, [context](void* q) { cudaFreeAsync(q, context->stream); });
+}
+
+CudaBackend::CudaBackend(int device_ordinal)
+    : context_(std::make_shared<DeviceContext>(device_ordinal)) {
+  cudaDeviceProp props{};
+  MOXIN_CUDA_CHECK(cudaGetDeviceProperties(&props, device_ordinal));
+  name_ = cat("cuda:", device_ordinal, " (", props.name, ")");
+  configure_vit_attention();
+  configure_paged_attention();
+  gemm_ = std::make_unique<LtGemm>(kGemmWorkspaceBytes);
+  uploader_ = std::make_unique<WeightUploader>(kStagingBytes);
+  scratch_elems_ = kScratchElems;
+  scratch_bf16_ = device_alloc(context_, static_cast<size_t>(scratch_elems_) * 2);
+  attention_partial_floats_ = kAttentionPartialFloats;
+  attention_partial_ = device_alloc(context_, static_cast<size_t>(attention_partial_floats_) * 4);
+}
+
+CudaBackend::~CudaBackend() { cudaStreamSynchronize(context_->stream); }
+
+// --- memory ---
+
+Tensor CudaBackend::empty(const std::vector<int64_t>& shape, DType dtype) {
+  Tensor t;
+  t.dtype = dtype;
+  t.shape = shape;
+  for (int64_t d : shape) MOXIN_CHECK(d >= 0, "[cuda] empty: negative dimension in ", t.shape_str());
+  t.storage = device_alloc(context_, t.nbytes());
+  t.data = t.storage.get();
+  return t;
+}
+
+Tensor CudaBackend::from_host_f32(const float* data, const std::vector<int64_t>& shape) {
+  Tensor t = empty(shape, DType::F32);
+  if (t.nbytes())
+    MOXIN_CUDA_CHECK(cudaMemcpyAsync(t.data, data, t.nbytes(), cudaMemcpyHostToDevice, stream()));
+  return t;
+}
+
+Tensor CudaBackend::from_host_i32(const int32_t* data, const std::vector<int64_t>& shape) {
+  Tensor t = empty(shape, DType::I32);
+  if (t.nbytes())
+    MOXIN_CUDA_CHECK(cudaMemcpyAsync(t.data, data, t.nbytes(), cudaMemcpyHostToDevice, stream()));
+  return t;
+}
+
+void CudaBackend::to_host_f32(const Tensor& t, float* out) {
+  const size_t n = static_cast<size_t>(t.numel());
+  if (n == 0) return;
+  if (t.dtype == DType::F32) {
+    MOXIN_CUDA_CHECK(cudaMemcpyAsync(out, t.data, t.nbytes(), cudaMemcpyDeviceToHost, stream()));
+    synchronize();
+    return;
+  }
+  MOXIN_CHECK(t.dtype == DType::BF16 || t.dtype == DType::F16 || t.dtype == DType::I32,
+              "[cuda] to_host_f32: cannot convert ", dtype_name(t.dtype), " to f32");
+  std::vector<uint8_t> raw(t.nbytes());
+  MOXIN_CUDA_CHECK(cudaMemcpyAsync(raw.data(), t.data, t.nbytes(), cudaMemcpyDeviceToHost, stream()));
+  synchronize();
+  for (size_t i = 0; i < n; ++i) {
+    if (t.dtype == DType::I32) {
+      int32_t v;
+      std::memcpy(&v, raw.data() + 4 * i, 4);
+      out[i] = static_cast<float>(v);
+    } else {
+      uint16_t h;
+      std::memcpy(&h, raw.data() + 2 * i, 2);
+      out[i] = t.dtype == DType::BF16 ? bf16_to_f32(h) : f16_to_f32(h);
+    }
+  }
+}
+
+void CudaBackend::synchronize() { MOXIN_CUDA_CHECK(cudaStreamSynchronize(stream())); }
+
+// --- weights ---
+
+Linear CudaBackend::prepare_linear(const LinearWeight& w) {
+  MOXIN_CHECK(w.weight != nullptr, "[cuda] prepare_linear: no weight tensor");
+  MOXIN_CHECK(w.bits == 0, "[cuda] quantized weights are not supported yet ('", w.weight->name,
+              "' is ", w.bits, "-bit); load the bf16 checkpoint or use --device cpu");
+  check_linear_shape(*w.weight, w.out_features, w.in_features);
+  auto impl = std::make_shared<CudaLinear>();
+  impl->weight = device_alloc(context_, static_cast<size_t>(w.out_features * w.in_features) * 2);
+  uploader_->upload(*w.weight, DType::BF16, impl->weight.get(), stream());
+  if (w.bias) {
+    MOXIN_CHECK(w.bias->numel() == w.out_features, "[cuda] bias '", w.bias->name, "' in ",
+                w.bias->file, " has shape ", w.bias->shape_str(), ", expected [", w.out_features, "]");
+    impl->bias = device_alloc(context_, static_cast<size_t>(w.out_features) * 4);
+    uploader_->upload(*w.bias, DType::F32, impl->bias.get(), stream());
+  }
+  Linear out;
+  out.out_features = w.out_features;
+  out.in_features = w.in_features;
+  out.impl = std::move(impl);
+  return out;
+}
+
+Tensor CudaBackend::param(const TensorInfo& t) {
+  Tensor out = empty(t.shape, DType::F32);
+  if (out.numel()) uploader_->upload(t, DType::F32, out.data, stream());
+  return out;
+}
+
+namespace {
+
+class CudaKvCache final : public KvCache {
+ public:
+  CudaKvCache(const KvCacheConfig& c, std::shared_ptr<void> storage)
+      : KvCache(c), storage_(std::move(storage)) {}
+  PagedLayer layer(int index) const {
+    const auto& c = config_;
+    const size_t per_tensor = static_cast<size_t>(c.num_blocks) * c.block_size * c.kv_heads * c.head_dim;
+    auto* base = static_cast<bf16_bits*>(storage_.get()) + 2 * per_tensor * index;
+    return PagedLayer{base, base + per_tensor, c.num_blocks, c.block_size, c.kv_heads, c.head_dim};
+  }
+
+ private:
+  std::shared_ptr<void> storage_;
+};
+
+CudaKvCache& cuda_cache(KvCache& cache, int layer, const char* op) {
+  auto* c = dynamic_cast<CudaKvCache*>(&cache);
+  MOXIN_CHECK(c != nullptr, "[cuda] ", op, ": the KV cache was not created by this CUDA backend");
+  MOXIN_CHECK(layer >= 0 && layer < c->config().layers, "[cuda] ", op, ": layer ", layer,
+              " outside the cache's 0..", c->config().layers - 1);
+  return *c;
+}
+
+TokenIndex token_index(const AttentionBatch& batch, int64_t tokens, const char* op) {
+  require(batch.token_seq, DType::I32, op, "token_seq");
+  require(batch.token_pos, DType::I32, op, "token_pos");
+  require(batch.block_tables, DType::I32, op, "block_tables");
+  MOXIN_CHECK(batch.token_seq.numel() == tokens && batch.token_pos.numel() == tokens, "[cuda] ", op,
+              ": ", tokens, " tokens but token_seq ", batch.token_seq.shape_str(), " and token_pos ",
+              batch.token_pos.shape_str());
+  MOXIN_CHECK(batch.block_tables.numel() > 0 || tokens == 0, "[cuda] ", op, ": empty block_tables");
+  TokenIndex index;
+  index.token_seq = data_of<const int32_t>(batch.token_seq);
+  index.token_pos = data_of<const int32_t>(batch.token_pos);
+  index.block_tables = data_of<const int32_t>(batch.block_tables);
+  index.tokens = static_cast<int>(tokens);
+  index.num_seqs = static_cast<int>(batch.block_tables.rows());
+  index.max_blocks = static_cast<int>(batch.block_tables.cols());
+  return index;
+}
+
+}  // namespace
+
+std::unique_ptr<KvCache> CudaBackend::create_kv_cache(const KvCacheConfig& c) {
+  MOXIN_CHECK(c.layers > 0 && c.kv_heads > 0 && c.head_dim > 0 && c.block_size > 0 && c.num_blocks > 0,
+              "[cuda] create_kv_cache: every dimension must be positive (layers ", c.layers,
+              ", kv_heads ", c.kv_heads, ", head_dim ", c.head_dim, ", block_size ", c.block_size,
+              ", num_blocks ", c.num_blocks, ")");
+  MOXIN_CHECK(c.head_dim <= kMaxHeadDim, "[cuda] create_kv_cache: head_dim ", c.head_dim,
+              " > ", kMaxHeadDim, " is not supported");
+  const size_t bytes = size_t{2} * 2 * c.layers * static_cast<size_t>(c.num_blocks) * c.block_size *
+                       c.kv_heads * c.head_dim;
+  auto storage = device_alloc(context_, bytes);
+  // Never-written slots must hold finite numbers: a masked-out key still meets a 0 weight.
+  MOXIN_CUDA_CHECK(cudaMemsetAsync(storage.get(), 0, bytes, stream()));
+  return std::make_unique<CudaKvCache>(c, std::move(storage));
+}
+
+// --- ops ---
+
+template <class Fill>
+void CudaBackend::gemm_rows(int64_t rows, const CudaLinear& w, int64_t n, int64_t k, float* y, Fill fill) {
+  MOXIN_CHECK(k <= scratch_elems_, "[cuda] linear: in_features ", k, " exceeds the scratch buffer");
+  const int64_t chunk = scratch_elems_ / k;
+  auto* scratch = static_cast<bf16_bits*>(scratch_bf16_.get());
+  for (int64_t first = 0; first < rows; first += chunk) {
+    const int64_t count = std::min(chunk, rows - first);
+    fill(first, count, scratch);
+    gemm_->run(scratch, static_cast<const bf16_bits*>(w.weight.get()),
+               static_cast<const float*>(w.bias.get()), y + first * n, static_cast<int>(count),
+               static_cast<int>(n), static_cast<int>(k), stream());
+  }
+}
+
+void CudaBackend::linear(const Tensor& x, const Linear& w, Tensor& y) {
+  const CudaLinear& lw = cuda_linear(w, "linear");
+  require(x, DType::F32, "linear", "x");
+  require(y, DType::F32, "linear", "y");
+  const int64_t m = x.rows();
+  require_shape(x, m, w.in_features, "linear", "x");
+  require_shape(y, m, w.out_features, "linear", "y");
+  if (m == 0) return;
+  const float* xd = data_of<const float>(x);
+  if (m <= kGemvMaxRows) {
+    gemv_bf16(xd, static_cast<int>(m), static_cast<const bf16_bits*>(lw.weight.get()),
+              static_cast<const float*>(lw.bias.get()), data_of<float>(y),
+              static_cast<int>(w.out_features), static_cast<int>(w.in_features), stream());
+    return;
+  }
+  const int64_t k = w.in_features;
+  gemm_rows(m, lw, w.out_features, k, data_of<float>(y),
+            [&](int64_t first, int64_t count, bf16_bits* a) {
+              activations_to_bf16(xd + first * k, a, count * k, stream());
+            });
+}
+
+void CudaBackend::patch_embed(const Tensor& images, const Linear& w, int patch, Tensor& y) {
+  const CudaLinear& lw = cuda_linear(w, "patch_embed");
+  require(images, DType::F32, "patch_embed", "images");
+  require(y, DType::F32, "patch_embed", "y");
+  MOXIN_CHECK(images.shape.size() == 4 && images.shape[3] == 3 && patch > 0 &&
+                  images.shape[1] % patch == 0 && images.shape[2] % patch == 0,
+              "[cuda] patch_embed: images ", images.shape_str(), " must be [B, H, W, 3] with H and W multiples of patch ",
+              patch);
+  MOXIN_CHECK(w.in_features == 3 * patch * patch, "[cuda] patch_embed: weight in_features ", w.in_features,
+              " != 3 * ", patch, " * ", patch);
+  const int64_t batch = images.shape[0];
+  const int height = static_cast<int>(images.shape[1]);
+  const int width = static_cast<int>(images.shape[2]);
+  const int64_t rows = batch * (height / patch) * (width / patch);
+  require_shape(y, rows, w.out_features, "patch_embed", "y");
+  const float* img = data_of<const float>(images);
+  gemm_rows(rows, lw, w.out_features, w.in_features, data_of<float>(y),
+            [&](int64_t first, int64_t count, bf16_bits* a) {
+              im2col_bf16(img, height, width, patch, first, count, a, stream());
+            });
+}
+
+void CudaBackend::layer_norm(const Tensor& x, const Tensor& w, const Tensor& b, float eps, Tensor& y) {
+  require_f32("layer_norm", {&x, &w, &b, &y});
+  const int64_t cols = x.cols();
+  MOXIN_CHECK(w.numel() == cols && b.numel() == cols, "[cuda] layer_norm: weight ", w.shape_str(),
+              " / bias ", b.shape_str(), " do not match ", cols, " columns");
+  require_shape(y, x.rows(), cols, "layer_norm", "y");
+  cuda::layer_norm(data_of<const float>(x), data_of<const float>(w), data_of<const float>(b), eps,
+                   data_of<float>(y), x.rows(), cols, stream());
+}
+
+void CudaBackend::rms_norm(const Tensor& x, const Tensor& w, float eps, Tensor& y) {
+  require_f32("rms_norm", {&x, &w, &y});
+  const int64_t cols = x.cols();
+  MOXIN_CHECK(w.numel() == cols, "[cuda] rms_norm: weight ", w.shape_str(), " does not match ", cols,
+              " columns");
+  require_shape(y, x.rows(), cols, "rms_norm", "y");
+  cuda::rms_norm(data_of<const float>(x), data_of<const float>(w), eps, data_of<float>(y), x.rows(),
+                 cols, stream());
+}
+
+void CudaBackend::gelu_erf(Tensor& x) {
+  require(x, DType::F32, "gelu_erf", "x");
+  cuda::gelu_erf(data_of<float>(x), x.numel(), stream());
+}
+
+void CudaBackend::swiglu(const Tensor& gate, const Tensor& up, Tensor& y) {
+  require_f32("swiglu", {&gate, &up, &y});
+  MOXIN_CHECK(gate.numel() == up.numel() && gate.numel() == y.numel(), "[cuda] swiglu: gate ",
+              gate.shape_str(), ", up ", up.shape_str(), " and y ", y.shape_str(), " differ");
+  cuda::swiglu(data_of<const float>(gate), data_of<const float>(up), data_of<float>(y), y.numel(), stream());
+}
+
+void CudaBackend::add(Tensor& x, const Tensor& y) {
+  require(x, DType::F32, "add", "x");
+  require(y, DType::F32, "add", "y");
+  MOXIN_CHECK(x.numel() == y.numel(), "[cuda] add: ", x.shape_str(), " += ", y.shape_str());
+  cuda::add(data_of<float>(x), data_of<const float>(y), x.numel(), stream());
+}
+
+void CudaBackend::add_scaled(Tensor& x, const Tensor& y, const Tensor& scale) {
+  require_f32("add_scaled", {&x, &y, &scale});
+  MOXIN_CHECK(x.numel() == y.numel() && scale.numel() == x.cols(), "[cuda] add_scaled: x ",
+              x.shape_str(), ", y ", y.shape_str(), ", scale ", scale.shape_str());
+  cuda::add_scaled(data_of<float>(x), data_of<const float>(y), data_of<const float>(scale), x.rows(),
+                   x.cols(), stream());
+}
+
+void CudaBackend::add_rows_cyclic(Tensor& x, const Tensor& table) {
+  require(x, DType::F32, "add_rows_cyclic", "x");
+  require(table, DType::F32, "add_rows_cyclic", "table");
+  MOXIN_CHECK(table.cols() == x.cols() && table.rows() > 0, "[cuda] add_rows_cyclic: table ",
+              table.shape_str(), " does not match x ", x.shape_str());
+  cuda::add_rows_cyclic(data_of<float>(x), data_of<const float>(table), x.rows(), x.cols(),
+                        table.rows(), stream());
+}
+
+void CudaBackend::copy_rows(const Tensor& src, Tensor& dst, int64_t dst_row) {
+  MOXIN_CHECK(src.dtype == dst.dtype && src.cols() == dst.cols() && dst_row >= 0 &&
+                  dst_row + src.rows() <= dst.rows(),
+              "[cuda] copy_rows: ", src.shape_str(), " ", dtype_name(src.dtype), " into rows ", dst_row,
+              ".. of ", dst.shape_str(), " ", dtype_name(dst.dtype));
+  if (src.nbytes() == 0) return;
+  auto* d = static_cast<uint8_t*>(dst.data) + static_cast<size_t>(dst_row * dst.cols()) * dtype_size(dst.dtype);
+  MOXIN_CUDA_CHECK(cudaMemcpyAsync(d, src.data, src.nbytes(), cudaMemcpyDeviceToDevice, stream()));
+}
+
+void CudaBackend::copy_cols(const Tensor& src, Tensor& dst, int64_t col_offset) {
+  MOXIN_CHECK(src.dtype == dst.dtype && src.rows() == dst.rows() && col_offset >= 0 &&
+                  col_offset + src.cols() <= dst.cols(),
+              "[cuda] copy_cols: ", src.shape_str(), " ", dtype_name(src.dtype), " into columns ",
+              col_offset, ".. of ", dst.shape_str(), " ", dtype_name(dst.dtype));
+  if (src.nbytes() == 0) return;
+  const size_t es = dtype_size(src.dtype);
+  MOXIN_CUDA_CHECK(cudaMemcpy2DAsync(static_cast<uint8_t*>(dst.data) + col_offset * es, dst.cols() * es,
+                                     src.data, src.cols() * es, src.cols() * es, src.rows(),
+                                     cudaMemcpyDeviceToDevice, stream()));
+}
+
+void CudaBackend::gather_rows(const Tensor& x, const Tensor& rows, Tensor& y) {
+  require(x, DType::F32, "gather_rows", "x");
+  require(rows, DType::I32, "gather_rows", "rows");
+  require(y, DType::F32, "gather_rows", "y");
+  require_shape(y, rows.numel(), x.cols(), "gather_rows", "y");
+  cuda::gather_rows(data_of<const float>(x), x.rows(), x.cols(), data_of<const int32_t>(rows),
+                    rows.numel(), data_of<float>(y), stream());
+}
+
+void CudaBackend::embedding(const Tensor& ids, const Linear& table, Tensor& y) {
+  const CudaLinear& lw = cuda_linear(table, "embedding");
+  require(ids, DType::I32, "embedding", "ids");
+  require(y, DType::F32, "embedding", "y");
+  require_shape(y, ids.numel(), table.in_features, "embedding", "y");
+  cuda::embedding(data_of<const int32_t>(ids), ids.numel(), static_cast<const bf16_bits*>(lw.weight.get()),
+                  table.out_features, table.in_features, data_of<float>(y), stream());
+}
+
+void CudaBackend::vit_attention(const Tensor& qkv, int batch, int tokens, int heads, int head_dim,
+                                Tensor& y) {
+  require(qkv, DType::F32, "vit_attention", "qkv");
+  require(y, DType::F32, "vit_attention", "y");
+  MOXIN_CHECK(batch >= 0 && tokens >= 0 && heads > 0 && head_dim > 0 && head_dim <= kMaxHeadDim,
+              "[cuda] vit_attention: batch ", batch, ", tokens ", tokens, ", heads ", heads,
+              ", head_dim ", head_dim, " (1..", kMaxHeadDim, ")");
+  const int64_t rows = int64_t{batch} * tokens;
+  const int64_t width = int64_t{heads} * head_dim;
+  require_shape(qkv, rows, 3 * width, "vit_attention", "qkv");
+  require_shape(y, rows, width, "vit_attention", "y");
+  cuda::vit_attention(data_of<const float>(qkv), batch, tokens, heads, head_dim, data_of<float>(y), stream());
+}
+
+void CudaBackend::rope(Tensor& q, Tensor& k, const Tensor& positions, int head_dim, float theta) {
+  require(q, DType::F32, "rope", "q");
+  require(k, DType::F32, "rope", "k");
+  require(positions, DType::I32, "rope", "positions");
+  const int64_t tokens = positions.numel();
+  MOXIN_CHECK(head_dim > 0 && head_dim % 2 == 0 && q.cols() % head_dim == 0 && k.cols() % head_dim == 0 &&
+                  q.rows() == tokens && k.rows() == tokens,
+              "[cuda] rope: q ", q.shape_str(), ", k ", k.shape_str(), ", ", tokens,
+              " positions, head_dim ", head_dim, " (must be even and divide the widths)");
+  cuda::rope(data_of<float>(q), data_of<float>(k), data_of<const int32_t>(positions), static_cast<int>(tokens),
+             static_cast<int>(q.cols() / head_dim), static_cast<int>(k.cols() / head_dim), head_dim, theta,
+             stream());
+}
+
+void CudaBackend::kv_write(KvCache& cache, int layer, const Tensor& k, const Tensor& v,
+                           const AttentionBatch& batch) {
+  CudaKvCache& c = cuda_cache(cache, layer, "kv_write");
+  require(k, DType::F32, "kv_write", "k");
+  require(v, DType::F32, "kv_write", "v");
+  const int64_t width = int64_t{c.config().kv_heads} * c.config().head_dim;
+  require_shape(k, k.rows(), width, "kv_write", "k");
+  require_shape(v, k.rows(), width, "kv_write", "v");
+  cuda::kv_write(c.layer(layer), data_of<const float>(k), data_of<const float>(v),
+                 token_index(batch, k.rows(), "kv_write"), stream());
+}
+
+int CudaBackend::attention_splits(int tokens, int q_heads, int kv_heads, int head_dim,
+                                  int max_context) const {
+  const int64_t per_split = int64_t{tokens} * q_heads * (head_dim + 2);
+  const int64_t by_workspace = std::max<int64_t>(1, attention_partial_floats_ / std::max<int64_t>(per_split, 1));
+  const int64_t by_occupancy = (2 * int64_t{context_->multiprocessors} + int64_t{tokens} * kv_heads - 1) /
+                               (int64_t{tokens} * kv_heads);
+  const int64_t by_context = (std::max(max_context, 1) + kMinPositionsPerSplit - 1) / kMinPositionsPerSplit;
+  return static_cast<int>(std::max<int64_t>(1, std::min({by_workspace, by_occupancy, by_context})));
+}
+
+void CudaBackend::paged_attention(const Tensor& q, KvCache& cache, int layer, const AttentionBatch& batch,
+                                  int q_heads, Tensor& y) {
+  CudaKvCache& c = cuda_cache(cache, layer, "paged_attention");
+  require(q, DType::F32, "paged_attention", "q");
+  require(y, DType::F32, "paged_attention", "y");
+  const KvCacheConfig& cfg = c.config();
+  MOXIN_CHECK(q_heads > 0 && q_heads % cfg.kv_heads == 0, "[cuda] paged_attention: ", q_heads,
+              " query heads is not a multiple of ", cfg.kv_heads, " kv heads");
+  const int64_t tokens = q.rows();
+  require_shape(q, tokens, int64_t{q_heads} * cfg.head_dim, "paged_attention", "q");
+  require_shape(y, tokens, int64_t{q_heads} * cfg.head_dim, "paged_attention", "y");
+  const TokenIndex index = token_index(batch, tokens, "paged_attention");
+  const bool split_usable = q_heads / cfg.kv_heads <= 8;
+  const bool use_split = split_usable && (attention_path_ == CudaAttentionPath::SplitK ||
+                                          (attention_path_ == CudaAttentionPath::Auto && tokens <= kSplitMaxTokens));
+  if (use_split) {
+    const int splits = attention_splits(static_cast<int>(tokens), q_heads, cfg.kv_heads, cfg.head_dim,
+                                        std::max(batch.max_context, 1));
+    paged_attention_split(data_of<const float>(q), c.layer(layer), index, q_heads, std::max(batch.max_context, 1),
+                          splits, static_cast<float*>(attention_partial_.get()), data_of<float>(y), stream());
+  } else {
+    paged_attention_tiled(data_of<const float>(q), c.layer(layer), index, q_heads, data_of<float>(y), stream());
+  }
+}
+
+}  // namespace moxin::cuda
+
+namespace moxin {
+
+std::unique_ptr<Backend> create_cuda_backend(int device_ordinal) {
+  return std::make_unique<cuda::CudaBackend>(device_ordinal);
+}
+
+void set_cuda_attention_path(Backend& backend, CudaAttentionPath path) {
+  auto* cuda = dynamic_cast<cuda::CudaBackend*>(&backend);
+  MOXIN_CHECK(cuda != nullptr, "[cuda] set_cuda_attention_path: ", backend.name(), " is not a CUDA backend");
+  cuda->set_attention_path(path);
+}
+
+}  // namespace moxin

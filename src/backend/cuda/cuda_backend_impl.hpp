@@ -1,0 +1,103 @@
+// The CUDA backend class (internal: the rest of the engine sees only backend.hpp and
+// cuda_backend.hpp). Owns the device, the stream, the cuBLASLt workspace, the scratch buffers
+// that ops use instead of allocating, and the weight uploader.
+#pragma once
+
+#include <cuda_runtime.h>
+
+#include <memory>
+#include <string>
+
+#include "backend/backend.hpp"
+#include "backend/cuda/cuda_backend.hpp"
+#include "backend/cuda/gemm_lt.hpp"
+#include "backend/cuda/kernels.hpp"
+#include "backend/cuda/weight_upload.hpp"
+
+namespace moxin::cuda {
+
+// Outlives every tensor of the backend (their deleters hold it): frees go to its stream.
+struct DeviceContext {
+  int device = 0;
+  cudaStream_t stream = nullptr;
+  int multiprocessors = 0;
+  explicit DeviceContext(int ordinal);
+  ~DeviceContext();
+  DeviceContext(const DeviceContext&) = delete;
+  DeviceContext& operator=(const DeviceContext&) = delete;
+};
+
+// Stream-ordered device allocation, freed on the context's stream when the last view dies.
+std::shared_ptr<void> device_alloc(const std::shared_ptr<DeviceContext>& context, size_t bytes);
+
+// What prepare_linear returns behind Linear::impl.
+struct CudaLinear {
+  static constexpr uint64_t kMagic = 0x4d6f78696e437564ull;  // tells it from a CPU Linear
+  uint64_t magic = kMagic;
+  std::shared_ptr<void> weight;  // bf16 [out, in]
+  std::shared_ptr<void> bias;    // f32 [out] or null
+};
+
+class CudaBackend final : public Backend {
+ public:
+  explicit CudaBackend(int device_ordinal);
+  ~CudaBackend() override;
+
+  DeviceKind kind() const override { return DeviceKind::CUDA; }
+  std::string name() const override { return name_; }
+  DType act_dtype() const override { return DType::F32; }
+
+  Tensor empty(const std::vector<int64_t>& shape, DType dtype) override;
+  Tensor from_host_f32(const float* data, const std::vector<int64_t>& shape) override;
+  Tensor from_host_i32(const int32_t* data, const std::vector<int64_t>& shape) override;
+  void to_host_f32(const Tensor& t, float* out) override;
+  void synchronize() override;
+
+  Linear prepare_linear(const LinearWeight& w) override;
+  Tensor param(const TensorInfo& t) override;
+  std::unique_ptr<KvCache> create_kv_cache(const KvCacheConfig& c) override;
+
+  void linear(const Tensor& x, const Linear& w, Tensor& y) override;
+  void patch_embed(const Tensor& images, const Linear& w, int patch, Tensor& y) override;
+  void layer_norm(const Tensor& x, const Tensor& w, const Tensor& b, float eps, Tensor& y) override;
+  void rms_norm(const Tensor& x, const Tensor& w, float eps, Tensor& y) override;
+  void gelu_erf(Tensor& x) override;
+  void swiglu(const Tensor& gate, const Tensor& up, Tensor& y) override;
+  void add(Tensor& x, const Tensor& y) override;
+  void add_scaled(Tensor& x, const Tensor& y, const Tensor& scale) override;
+  void add_rows_cyclic(Tensor& x, const Tensor& table) override;
+  void copy_rows(const Tensor& src, Tensor& dst, int64_t dst_row) override;
+  void copy_cols(const Tensor& src, Tensor& dst, int64_t col_offset) override;
+  void gather_rows(const Tensor& x, const Tensor& rows, Tensor& y) override;
+  void embedding(const Tensor& ids, const Linear& table, Tensor& y) override;
+  void vit_attention(const Tensor& qkv, int batch, int tokens, int heads, int head_dim,
+                     Tensor& y) override;
+  void rope(Tensor& q, Tensor& k, const Tensor& positions, int head_dim, float theta) override;
+  void kv_write(KvCache& cache, int layer, const Tensor& k, const Tensor& v,
+                const AttentionBatch& batch) override;
+  void paged_attention(const Tensor& q, KvCache& cache, int layer, const AttentionBatch& batch,
+                       int q_heads, Tensor& y) override;
+
+  cudaStream_t stream() const { return context_->stream; }
+  void set_attention_path(CudaAttentionPath path) { attention_path_ = path; }
+  // Number of context splits the split-K kernel uses for this batch (exposed for benchmarks).
+  int attention_splits(int tokens, int q_heads, int kv_heads, int head_dim, int max_context) const;
+
+ private:
+  // The large-M linear: rows of x go through the bf16 scratch in chunks that fit it;
+  // fill(first_row, rows, scratch) writes those rows' bf16 activations.
+  template <class Fill>
+  void gemm_rows(int64_t rows, const CudaLinear& w, int64_t n, int64_t k, float* y, Fill fill);
+
+  std::shared_ptr<DeviceContext> context_;
+  std::string name_;
+  std::unique_ptr<LtGemm> gemm_;
+  std::unique_ptr<WeightUploader> uploader_;
+  std::shared_ptr<void> scratch_bf16_;  // activations converted for cuBLASLt
+  int64_t scratch_elems_ = 0;
+  std::shared_ptr<void> attention_partial_;  // split-K partial results
+  int64_t attention_partial_floats_ = 0;
+  CudaAttentionPath attention_path_ = CudaAttentionPath::Auto;
+};
+
+}  // namespace moxin::cuda

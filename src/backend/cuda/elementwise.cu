@@ -1,0 +1,123 @@
+// Element-wise and row-copy ops on f32 activations: activations, residual adds, gathers.
+// All are memory-bound grid-stride loops; erf/exp use the accurate (non-intrinsic) functions
+// so results match PyTorch's f32 to a few ulp.
+#include "backend/cuda/cuda_check.hpp"
+#include "backend/cuda/kernels.hpp"
+#include "backend/cuda/launch.cuh"
+
+namespace moxin::cuda {
+namespace {
+
+#define MOXIN_GRID_STRIDE(i, count)                                                    \
+  for (int64_t i = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; i < (count); \
+       i += int64_t{gridDim.x} * blockDim.x)
+
+__global__ void gelu_erf_kernel(float* __restrict__ x, int64_t count) {
+  MOXIN_GRID_STRIDE(i, count) {
+    const float v = x[i];
+    x[i] = 0.5f * v * (1.0f + erff(v * 0.70710678118654752f));
+  }
+}
+
+// y may alias gate or up (each element is read before it is written by the same thread).
+__global__ void swiglu_kernel(const float* gate, const float* up, float* y, int64_t count) {
+  MOXIN_GRID_STRIDE(i, count) {
+    const float g = gate[i];
+    y[i] = g / (1.0f + expf(-g)) * up[i];
+  }
+}
+
+__global__ void add_kernel(float* __restrict__ x, const float* __restrict__ y, int64_t count) {
+  MOXIN_GRID_STRIDE(i, count) x[i] += y[i];
+}
+
+__global__ void add_scaled_kernel(float* __restrict__ x, const float* __restrict__ y,
+                                  const float* __restrict__ scale, int64_t count, int64_t cols) {
+  MOXIN_GRID_STRIDE(i, count) x[i] += scale[i % cols] * y[i];
+}
+
+__global__ void add_rows_cyclic_kernel(float* __restrict__ x, const float* __restrict__ table,
+                                       int64_t count, int64_t cols, int64_t table_rows) {
+  MOXIN_GRID_STRIDE(i, count) {
+    const int64_t row = i / cols;
+    x[i] += table[(row % table_rows) * cols + i % cols];
+  }
+}
+
+__global__ void gather_rows_kernel(const float* __restrict__ x, int64_t x_rows, int64_t cols,
+                                   const int32_t* __restrict__ rows, int64_t count,
+                                   float* __restrict__ y) {
+  MOXIN_GRID_STRIDE(i, count * cols) {
+    const int32_t src = rows[i / cols];
+    y[i] = (src >= 0 && src < x_rows) ? x[src * cols + i % cols] : __int_as_float(0x7fc00000);
+  }
+}
+
+__global__ void embedding_kernel(const int32_t* __restrict__ ids, int64_t count,
+                                 const uint16_t* __restrict__ table, int64_t vocab, int64_t cols,
+                                 float* __restrict__ y) {
+  MOXIN_GRID_STRIDE(i, count * cols) {
+    const int32_t id = ids[i / cols];
+    y[i] = (id >= 0 && id < vocab)
+               ? __uint_as_float(static_cast<uint32_t>(table[id * cols + i % cols]) << 16)
+               : __int_as_float(0x7fc00000);
+  }
+}
+
+#undef MOXIN_GRID_STRIDE
+
+}  // namespace
+
+void gelu_erf(float* x, int64_t count, cudaStream_t stream) {
+  if (count == 0) return;
+  gelu_erf_kernel<<<elementwise_blocks(count), kElementwiseThreads, 0, stream>>>(x, count);
+  MOXIN_CUDA_CHECK_LAUNCH("gelu_erf_kernel");
+}
+
+void swiglu(const float* gate, const float* up, float* y, int64_t count, cudaStream_t stream) {
+  if (count == 0) return;
+  swiglu_kernel<<<elementwise_blocks(count), kElementwiseThreads, 0, stream>>>(gate, up, y, count);
+  MOXIN_CUDA_CHECK_LAUNCH("swiglu_kernel");
+}
+
+void add(float* x, const float* y, int64_t count, cudaStream_t stream) {
+  if (count == 0) return;
+  add_kernel<<<elementwise_blocks(count), kElementwiseThreads, 0, stream>>>(x, y, count);
+  MOXIN_CUDA_CHECK_LAUNCH("add_kernel");
+}
+
+void add_scaled(float* x, const float* y, const float* scale, int64_t rows, int64_t cols,
+                cudaStream_t stream) {
+  const int64_t count = rows * cols;
+  if (count == 0) return;
+  add_scaled_kernel<<<elementwise_blocks(count), kElementwiseThreads, 0, stream>>>(x, y, scale,
+                                                                                   count, cols);
+  MOXIN_CUDA_CHECK_LAUNCH("add_scaled_kernel");
+}
+
+void add_rows_cyclic(float* x, const float* table, int64_t rows, int64_t cols, int64_t table_rows,
+                     cudaStream_t stream) {
+  const int64_t count = rows * cols;
+  if (count == 0) return;
+  add_rows_cyclic_kernel<<<elementwise_blocks(count), kElementwiseThreads, 0, stream>>>(
+      x, table, count, cols, table_rows);
+  MOXIN_CUDA_CHECK_LAUNCH("add_rows_cyclic_kernel");
+}
+
+void gather_rows(const float* x, int64_t x_rows, int64_t cols, const int32_t* rows, int64_t count,
+                 float* y, cudaStream_t stream) {
+  if (count * cols == 0) return;
+  gather_rows_kernel<<<elementwise_blocks(count * cols), kElementwiseThreads, 0, stream>>>(
+      x, x_rows, cols, rows, count, y);
+  MOXIN_CUDA_CHECK_LAUNCH("gather_rows_kernel");
+}
+
+void embedding(const int32_t* ids, int64_t count, const bf16_bits* table, int64_t vocab,
+               int64_t cols, float* y, cudaStream_t stream) {
+  if (count * cols == 0) return;
+  embedding_kernel<<<elementwise_blocks(count * cols), kElementwiseThreads, 0, stream>>>(
+      ids, count, table, vocab, cols, y);
+  MOXIN_CUDA_CHECK_LAUNCH("embedding_kernel");
+}
+
+}  // namespace moxin::cuda

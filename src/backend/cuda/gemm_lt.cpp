@@ -1,0 +1,98 @@
+#include "backend/cuda/gemm_lt.hpp"
+
+#include "backend/cuda/cuda_check.hpp"
+
+namespace moxin::cuda {
+
+// cuBLASLt is column-major: the row-major y[m, n] is the column-major D[n, m], and
+// D = A^T * B with A = w seen as a column-major [k, n] matrix and B = a seen as a
+// column-major [k, m] matrix (leading dimensions k, k and n).
+struct LtGemm::Plan {
+  cublasLtMatmulDesc_t desc = nullptr;
+  cublasLtMatrixLayout_t a = nullptr, b = nullptr, d = nullptr;
+  cublasLtMatmulAlgo_t algo{};
+  ~Plan() {
+    if (desc) cublasLtMatmulDescDestroy(desc);
+    if (a) cublasLtMatrixLayoutDestroy(a);
+    if (b) cublasLtMatrixLayoutDestroy(b);
+    if (d) cublasLtMatrixLayoutDestroy(d);
+  }
+};
+
+namespace {
+
+// Largest power of two (<= 16) that divides the address: cuBLASLt kernels need to know it.
+int alignment(const void* p) {
+  const auto v = reinterpret_cast<uintptr_t>(p);
+  int a = 16;
+  while (a > 1 && v % a != 0) a /= 2;
+  return a;
+}
+
+}  // namespace
+
+LtGemm::LtGemm(size_t workspace_bytes) : workspace_bytes_(workspace_bytes) {
+  MOXIN_CUBLAS_CHECK(cublasLtCreate(&handle_));
+  MOXIN_CUDA_CHECK(cudaMalloc(&workspace_, workspace_bytes_));
+}
+
+LtGemm::~LtGemm() {
+  plans_.clear();
+  if (workspace_) cudaFree(workspace_);
+  if (handle_) cublasLtDestroy(handle_);
+}
+
+const LtGemm::Plan& LtGemm::plan(const Key& key) {
+  auto found = plans_.find(key);
+  if (found != plans_.end()) return *found->second;
+  const auto [m, n, k, has_bias, align_a, align_w, align_y, align_bias] = key;
+  auto p = std::make_unique<Plan>();
+  MOXIN_CUBLAS_CHECK(cublasLtMatmulDescCreate(&p->desc, CUBLAS_COMPUTE_32F, CUDA_R_32F));
+  const cublasOperation_t transpose = CUBLAS_OP_T, keep = CUBLAS_OP_N;
+  MOXIN_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(p->desc, CUBLASLT_MATMUL_DESC_TRANSA, &transpose, sizeof(transpose)));
+  MOXIN_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(p->desc, CUBLASLT_MATMUL_DESC_TRANSB, &keep, sizeof(keep)));
+  const cublasLtEpilogue_t epilogue = has_bias ? CUBLASLT_EPILOGUE_BIAS : CUBLASLT_EPILOGUE_DEFAULT;
+  MOXIN_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(p->desc, CUBLASLT_MATMUL_DESC_EPILOGUE, &epilogue, sizeof(epilogue)));
+  if (has_bias) {
+    const cudaDataType_t bias_type = CUDA_R_32F;
+    MOXIN_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(p->desc, CUBLASLT_MATMUL_DESC_BIAS_DATA_TYPE, &bias_type, sizeof(bias_type)));
+  }
+  MOXIN_CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&p->a, CUDA_R_16BF, k, n, k));
+  MOXIN_CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&p->b, CUDA_R_16BF, k, m, k));
+  MOXIN_CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&p->d, CUDA_R_32F, n, m, n));
+
+  cublasLtMatmulPreference_t pref = nullptr;
+  MOXIN_CUBLAS_CHECK(cublasLtMatmulPreferenceCreate(&pref));
+  const uint64_t ws = workspace_bytes_;
+  const uint32_t aw = static_cast<uint32_t>(align_w), aa = static_cast<uint32_t>(align_a),
+                 ay = static_cast<uint32_t>(align_y);
+  cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &ws, sizeof(ws));
+  cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES, &aw, sizeof(aw));
+  cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES, &aa, sizeof(aa));
+  cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, &ay, sizeof(ay));
+  cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES, &ay, sizeof(ay));
+  (void)align_bias;  // part of the key: the epilogue's vector loads depend on it
+  cublasLtMatmulHeuristicResult_t result{};
+  int found_count = 0;
+  const cublasStatus_t status = cublasLtMatmulAlgoGetHeuristic(handle_, p->desc, p->a, p->b, p->d, p->d,
+                                                               pref, 1, &result, &found_count);
+  cublasLtMatmulPreferenceDestroy(pref);
+  MOXIN_CUBLAS_CHECK(status);
+  MOXIN_CHECK(found_count > 0, "[cuda] cuBLASLt has no bf16 GEMM algorithm for m=", m, " n=", n,
+              " k=", k);
+  p->algo = result.algo;
+  return *plans_.emplace(key, std::move(p)).first->second;
+}
+
+void LtGemm::run(const uint16_t* a, const uint16_t* w, const float* bias, float* y, int m, int n,
+                 int k, cudaStream_t stream) {
+  const Plan& p = plan({m, n, k, bias != nullptr, alignment(a), alignment(w), alignment(y),
+                        bias ? alignment(bias) : 16});
+  if (bias)
+    MOXIN_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(p.desc, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &bias, sizeof(bias)));
+  const float one = 1.0f, zero = 0.0f;
+  MOXIN_CUBLAS_CHECK(cublasLtMatmul(handle_, p.desc, &one, w, p.a, a, p.b, &zero, y, p.d, y, p.d,
+                                    &p.algo, workspace_, workspace_bytes_, stream));
+}
+
+}  // namespace moxin::cuda

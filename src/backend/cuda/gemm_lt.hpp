@@ -1,0 +1,39 @@
+// The prefill/vision linear layer through cuBLASLt: bf16 activations x bf16 weights with f32
+// accumulation and f32 output, the bias added in the epilogue. Plans (descriptors + the
+// heuristic's algorithm) are cached per shape and pointer alignment, so a call after the
+// first does no host-side search and allocates nothing (graph-capturable).
+#pragma once
+
+#include <cublasLt.h>
+#include <cuda_runtime.h>
+
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <tuple>
+
+namespace moxin::cuda {
+
+class LtGemm {
+ public:
+  explicit LtGemm(size_t workspace_bytes);
+  ~LtGemm();
+  LtGemm(const LtGemm&) = delete;
+  LtGemm& operator=(const LtGemm&) = delete;
+
+  // y[m, n] (row-major f32) = a[m, k] (row-major bf16) * w[n, k]^T (bf16) + bias[n] (f32, or null)
+  void run(const uint16_t* a, const uint16_t* w, const float* bias, float* y, int m, int n, int k,
+           cudaStream_t stream);
+
+ private:
+  struct Plan;
+  using Key = std::tuple<int, int, int, bool, int, int, int, int>;
+  const Plan& plan(const Key& key);
+
+  cublasLtHandle_t handle_ = nullptr;
+  void* workspace_ = nullptr;
+  size_t workspace_bytes_ = 0;
+  std::map<Key, std::unique_ptr<Plan>> plans_;
+};
+
+}  // namespace moxin::cuda

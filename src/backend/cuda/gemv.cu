@@ -1,0 +1,216 @@
+// Decode-time linear layer: y[M, N] = x[M, K] W[N, K]^T (+ bias) for M <= 8 rows.
+//
+// Memory-bound: the bf16 weight matrix is read once per call, so the kernel is built to stream
+// it at copy bandwidth. Each warp owns R consecutive weight rows; every lane issues U x R
+// 16-byte weight loads (8 bf16 each) before using any of them, and every weight vector is
+// applied to all M activation rows while it sits in registers. Activations stay f32 (read
+// through L1, they are tiny and shared by all warps) and sums are f32, so the result differs
+// from an f64 reference only by f32 rounding.
+#include "backend/cuda/cuda_check.hpp"
+#include "backend/cuda/kernels.hpp"
+
+namespace moxin::cuda {
+namespace {
+
+constexpr int kWarpsPerBlock = 8;
+constexpr int kLanes = 32;
+
+// Weights are used once: bypass L1 so the shared activations stay cached there.
+__device__ __forceinline__ uint4 load_weights(const uint4* p) {
+  uint4 v;
+  asm("ld.global.nc.L1::no_allocate.v4.u32 {%0, %1, %2, %3}, [%4];"
+      : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
+      : "l"(p));
+  return v;
+}
+
+__device__ __forceinline__ float bf16_low(uint32_t pair) { return __uint_as_float(pair << 16); }
+__device__ __forceinline__ float bf16_high(uint32_t pair) { return __uint_as_float(pair & 0xffff0000u); }
+
+// acc + dot(8 bf16 weights, 8 f32 activations a|b)
+__device__ __forceinline__ float dot8(uint4 w, float4 a, float4 b, float acc) {
+  acc = fmaf(bf16_low(w.x), a.x, acc);
+  acc = fmaf(bf16_high(w.x), a.y, acc);
+  acc = fmaf(bf16_low(w.y), a.z, acc);
+  acc = fmaf(bf16_high(w.y), a.w, acc);
+  acc = fmaf(bf16_low(w.z), b.x, acc);
+  acc = fmaf(bf16_high(w.z), b.y, acc);
+  acc = fmaf(bf16_low(w.w), b.z, acc);
+  acc = fmaf(bf16_high(w.w), b.w, acc);
+  return acc;
+}
+
+__device__ __forceinline__ float warp_sum(float v) {
+#pragma unroll
+  for (int offset = kLanes / 2; offset > 0; offset /= 2) v += __shfl_xor_sync(0xffffffffu, v, offset);
+  return v;
+}
+
+// Applies one 16-byte weight vector per row (index `vec` along K) to all M activation rows.
+template <int M, int R>
+__device__ __forceinline__ void accumulate(const uint4 (&wv)[R], const float4* __restrict__ x4,
+                                           int x4_stride, int vec, float (&acc)[M][R]) {
+#pragma unroll
+  for (int m = 0; m < M; ++m) {
+    const float4 a = __ldg(x4 + m * x4_stride + 2 * vec);
+    const float4 b = __ldg(x4 + m * x4_stride + 2 * vec + 1);
+#pragma unroll
+    for (int r = 0; r < R; ++r) acc[m][r] = dot8(wv[r], a, b, acc[m][r]);
+  }
+}
+
+// Requires K % 8 == 0 and 16-byte aligned x and W rows (checked by the launcher).
+template <int M, int R, int U>
+__global__ void __launch_bounds__(kWarpsPerBlock * kLanes)
+    gemv_bf16_vec_kernel(const float* __restrict__ x, const uint4* __restrict__ w,
+                         const float* __restrict__ bias, float* __restrict__ y, int n, int k) {
+  const int lane = threadIdx.x % kLanes;
+  const int row0 = (blockIdx.x * kWarpsPerBlock + threadIdx.x / kLanes) * R;
+  if (row0 >= n) return;
+  const int vecs = k / 8;
+  const uint4* rows[R];
+#pragma unroll
+  for (int r = 0; r < R; ++r) rows[r] = w + static_cast<size_t>(min(row0 + r, n - 1)) * vecs;
+  const float4* x4 = reinterpret_cast<const float4*>(x);
+  const int x4_stride = k / 4;
+
+  float acc[M][R];
+#pragma unroll
+  for (int m = 0; m < M; ++m)
+#pragma unroll
+    for (int r = 0; r < R; ++r) acc[m][r] = 0.0f;
+
+  int vec = lane;
+  for (; vec + (U - 1) * kLanes < vecs; vec += U * kLanes) {
+    uint4 wv[U][R];
+#pragma unroll
+    for (int u = 0; u < U; ++u)
+#pragma unroll
+      for (int r = 0; r < R; ++r) wv[u][r] = load_weights(rows[r] + vec + u * kLanes);
+#pragma unroll
+    for (int u = 0; u < U; ++u) accumulate<M, R>(wv[u], x4, x4_stride, vec + u * kLanes, acc);
+  }
+  for (; vec < vecs; vec += kLanes) {
+    uint4 wv[R];
+#pragma unroll
+    for (int r = 0; r < R; ++r) wv[r] = load_weights(rows[r] + vec);
+    accumulate<M, R>(wv, x4, x4_stride, vec, acc);
+  }
+
+#pragma unroll
+  for (int m = 0; m < M; ++m)
+#pragma unroll
+    for (int r = 0; r < R; ++r) acc[m][r] = warp_sum(acc[m][r]);
+  if (lane == 0) {
+#pragma unroll
+    for (int r = 0; r < R; ++r) {
+      if (row0 + r >= n) break;
+      const float b = bias ? bias[row0 + r] : 0.0f;
+#pragma unroll
+      for (int m = 0; m < M; ++m) y[static_cast<size_t>(m) * n + row0 + r] = acc[m][r] + b;
+    }
+  }
+}
+
+// Any K and alignment (e.g. odd in_features of a tiny test model): one warp per row, 2-byte
+// loads. Not on any full-size model's hot path.
+__global__ void gemv_bf16_scalar_kernel(const float* __restrict__ x, int m,
+                                        const uint16_t* __restrict__ w,
+                                        const float* __restrict__ bias, float* __restrict__ y,
+                                        int n, int k) {
+  const int lane = threadIdx.x % kLanes;
+  const int row = blockIdx.x * kWarpsPerBlock + threadIdx.x / kLanes;
+  if (row >= n) return;
+  const uint16_t* wr = w + static_cast<size_t>(row) * k;
+  float acc[kGemvMaxRows] = {};
+  for (int i = lane; i < k; i += kLanes) {
+    const float wi = __uint_as_float(static_cast<uint32_t>(wr[i]) << 16);
+#pragma unroll
+    for (int mm = 0; mm < kGemvMaxRows; ++mm)
+      if (mm < m) acc[mm] = fmaf(wi, x[static_cast<size_t>(mm) * k + i], acc[mm]);
+  }
+#pragma unroll
+  for (int mm = 0; mm < kGemvMaxRows; ++mm) acc[mm] = warp_sum(acc[mm]);
+  if (lane == 0) {
+    const float b = bias ? bias[row] : 0.0f;
+#pragma unroll
+    for (int mm = 0; mm < kGemvMaxRows; ++mm)
+      if (mm < m) y[static_cast<size_t>(mm) * n + row] = acc[mm] + b;
+  }
+}
+
+template <int M, int R, int U>
+void launch_vec(const float* x, const bf16_bits* w, const float* bias, float* y, int n, int k,
+                cudaStream_t stream) {
+  const int rows_per_block = kWarpsPerBlock * R;
+  const int blocks = (n + rows_per_block - 1) / rows_per_block;
+  gemv_bf16_vec_kernel<M, R, U><<<blocks, kWarpsPerBlock * kLanes, 0, stream>>>(
+      x, reinterpret_cast<const uint4*>(w), bias, y, n, k);
+  MOXIN_CUDA_CHECK_LAUNCH("gemv_bf16_vec_kernel");
+}
+
+bool vector_path_usable(const float* x, const bf16_bits* w, int k) {
+  return k % 8 == 0 && reinterpret_cast<uintptr_t>(x) % 16 == 0 &&
+         reinterpret_cast<uintptr_t>(w) % 16 == 0;
+}
+
+// The tiling per M: enough weight bytes in flight per warp (R * U * 512 B ~ 4 KB) while the
+// activation reads per weight byte (which grow with M) stay under the L1 bandwidth.
+template <int M>
+void launch_default(const float* x, const bf16_bits* w, const float* bias, float* y, int n, int k,
+                    cudaStream_t stream) {
+  if constexpr (M <= 4)
+    launch_vec<M, 2, 4>(x, w, bias, y, n, k, stream);
+  else
+    launch_vec<M, 4, 2>(x, w, bias, y, n, k, stream);
+}
+
+// The variants the benchmark sweeps, for M = 1 and M = 8.
+template <int M>
+bool launch_variant(int r, int u, const float* x, const bf16_bits* w, const float* bias, float* y,
+                    int n, int k, cudaStream_t s) {
+  const int key = r * 10 + u;
+  switch (key) {
+    case 14: launch_vec<M, 1, 4>(x, w, bias, y, n, k, s); return true;
+    case 18: launch_vec<M, 1, 8>(x, w, bias, y, n, k, s); return true;
+    case 22: launch_vec<M, 2, 2>(x, w, bias, y, n, k, s); return true;
+    case 24: launch_vec<M, 2, 4>(x, w, bias, y, n, k, s); return true;
+    case 42: launch_vec<M, 4, 2>(x, w, bias, y, n, k, s); return true;
+    case 44: launch_vec<M, 4, 4>(x, w, bias, y, n, k, s); return true;
+    default: return false;
+  }
+}
+
+}  // namespace
+
+void gemv_bf16(const float* x, int m, const bf16_bits* w, const float* bias, float* y, int n,
+               int k, cudaStream_t stream) {
+  if (n == 0 || m == 0) return;
+  if (!vector_path_usable(x, w, k)) {
+    const int blocks = (n + kWarpsPerBlock - 1) / kWarpsPerBlock;
+    gemv_bf16_scalar_kernel<<<blocks, kWarpsPerBlock * kLanes, 0, stream>>>(x, m, w, bias, y, n, k);
+    MOXIN_CUDA_CHECK_LAUNCH("gemv_bf16_scalar_kernel");
+    return;
+  }
+  switch (m) {
+    case 1: launch_default<1>(x, w, bias, y, n, k, stream); break;
+    case 2: launch_default<2>(x, w, bias, y, n, k, stream); break;
+    case 3: launch_default<3>(x, w, bias, y, n, k, stream); break;
+    case 4: launch_default<4>(x, w, bias, y, n, k, stream); break;
+    case 5: launch_default<5>(x, w, bias, y, n, k, stream); break;
+    case 6: launch_default<6>(x, w, bias, y, n, k, stream); break;
+    case 7: launch_default<7>(x, w, bias, y, n, k, stream); break;
+    case 8: launch_default<8>(x, w, bias, y, n, k, stream); break;
+    default: fail("[cuda] gemv_bf16: ", m, " rows; the GEMV path takes 1..", kGemvMaxRows);
+  }
+}
+
+bool gemv_bf16_variant(int rows_per_warp, int unroll, const float* x, int m, const bf16_bits* w,
+                       const float* bias, float* y, int n, int k, cudaStream_t stream) {
+  if (!vector_path_usable(x, w, k)) return false;
+  if (m == 1) return launch_variant<1>(rows_per_warp, unroll, x, w, bias, y, n, k, stream);
+  if (m == 8) return launch_variant<8>(rows_per_warp, unroll, x, w, bias, y, n, k, stream);
+  return false;
+}
+
+}  // namespace moxin::cuda

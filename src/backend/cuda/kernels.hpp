@@ -1,0 +1,100 @@
+// Launchers of the CUDA backend's kernels. Every launcher enqueues on `stream`, allocates
+// nothing and checks the launch; shapes were validated by the caller (cuda_backend.cpp).
+// bf16 data is passed as raw 16-bit words so this header needs no CUDA types beyond the stream.
+#pragma once
+
+#include <cuda_runtime.h>
+
+#include <cstdint>
+
+namespace moxin::cuda {
+
+using bf16_bits = uint16_t;
+
+// --- gemv.cu: y[M, N] = x[M, K] W[N, K]^T (+ bias), 1 <= M <= kGemvMaxRows, f32 activations ---
+constexpr int kGemvMaxRows = 8;
+void gemv_bf16(const float* x, int m, const bf16_bits* w, const float* bias, float* y, int n,
+               int k, cudaStream_t stream);
+// One explicit tiling (weight rows per warp, 16-byte loads in flight per row and lane) for the
+// benchmark's variant sweep; returns false when that variant is not compiled or not usable.
+bool gemv_bf16_variant(int rows_per_warp, int unroll, const float* x, int m, const bf16_bits* w,
+                       const float* bias, float* y, int n, int k, cudaStream_t stream);
+
+// --- convert.cu ---
+void activations_to_bf16(const float* x, bf16_bits* y, int64_t count, cudaStream_t stream);
+// Rows [row_begin, row_begin + rows) of the im2col matrix of NHWC f32 images: one row per
+// patch (image-major, then patch rows, then patch cols), columns ordered (channel, ky, kx)
+// like a PyTorch conv weight [out, 3, p, p].
+void im2col_bf16(const float* images, int height, int width, int patch, int64_t row_begin,
+                 int64_t rows, bf16_bits* out, cudaStream_t stream);
+
+// --- elementwise.cu ---
+void gelu_erf(float* x, int64_t count, cudaStream_t stream);
+void swiglu(const float* gate, const float* up, float* y, int64_t count, cudaStream_t stream);
+void add(float* x, const float* y, int64_t count, cudaStream_t stream);
+void add_scaled(float* x, const float* y, const float* scale, int64_t rows, int64_t cols,
+                cudaStream_t stream);
+void add_rows_cyclic(float* x, const float* table, int64_t rows, int64_t cols, int64_t table_rows,
+                     cudaStream_t stream);
+// y[i] = x[rows[i]]; an index outside [0, x_rows) yields a NaN row (no host check possible).
+void gather_rows(const float* x, int64_t x_rows, int64_t cols, const int32_t* rows, int64_t count,
+                 float* y, cudaStream_t stream);
+// y[i] = f32(table[ids[i]]); an id outside [0, vocab) yields a NaN row.
+void embedding(const int32_t* ids, int64_t count, const bf16_bits* table, int64_t vocab,
+               int64_t cols, float* y, cudaStream_t stream);
+
+// --- norm.cu ---
+void layer_norm(const float* x, const float* w, const float* b, float eps, float* y, int64_t rows,
+                int64_t cols, cudaStream_t stream);
+void rms_norm(const float* x, const float* w, float eps, float* y, int64_t rows, int64_t cols,
+              cudaStream_t stream);
+
+// --- rope_kv.cu ---
+void rope(float* q, float* k, const int32_t* positions, int tokens, int q_heads, int kv_heads,
+          int head_dim, float theta, cudaStream_t stream);
+
+// A layer's paged K and V: [num_blocks, block_size, kv_heads, head_dim] bf16 each.
+struct PagedLayer {
+  bf16_bits* k = nullptr;
+  bf16_bits* v = nullptr;
+  int num_blocks = 0;
+  int block_size = 0;
+  int kv_heads = 0;
+  int head_dim = 0;
+};
+
+// Where each of `tokens` tokens sits (AttentionBatch on the device).
+struct TokenIndex {
+  const int32_t* token_seq = nullptr;
+  const int32_t* token_pos = nullptr;
+  const int32_t* block_tables = nullptr;  // [num_seqs, max_blocks]
+  int tokens = 0;
+  int num_seqs = 0;
+  int max_blocks = 0;
+};
+
+// Slots whose block id is outside the cache are skipped (the runtime owns table validity).
+void kv_write(const PagedLayer& cache, const float* k, const float* v, const TokenIndex& index,
+              cudaStream_t stream);
+
+// --- vit_attention.cu ---
+constexpr int kMaxHeadDim = 128;
+void vit_attention(const float* qkv, int batch, int tokens, int heads, int head_dim, float* y,
+                   cudaStream_t stream);
+
+// --- paged_attention_split.cu: one token per block group, context split across blocks ---
+// `partial` holds tokens * q_heads * splits * (head_dim + 2) floats when splits > 1.
+void paged_attention_split(const float* q, const PagedLayer& cache, const TokenIndex& index,
+                           int q_heads, int max_context, int splits, float* partial, float* y,
+                           cudaStream_t stream);
+
+// --- paged_attention_tiled.cu: tiles of consecutive tokens share K/V tiles (prefill) ---
+void paged_attention_tiled(const float* q, const PagedLayer& cache, const TokenIndex& index,
+                           int q_heads, float* y, cudaStream_t stream);
+
+// Raise the dynamic shared-memory limit of the tiled kernels (> 48 KB): called once at backend
+// creation, so that no attribute call happens inside a graph capture.
+void configure_vit_attention();
+void configure_paged_attention();
+
+}  // namespace moxin::cuda

@@ -1,0 +1,72 @@
+// LayerNorm and RMSNorm over the last dimension: one block per row, f32 throughout, two
+// passes (mean, then the centred variance) as PyTorch computes them.
+#include "backend/cuda/cuda_check.hpp"
+#include "backend/cuda/kernels.hpp"
+
+namespace moxin::cuda {
+namespace {
+
+constexpr int kNormThreads = 256;
+
+// Sum over the block; every thread gets the result. `scratch` holds one float per warp.
+__device__ float block_sum(float v, float* scratch) {
+  for (int offset = 16; offset > 0; offset /= 2) v += __shfl_xor_sync(0xffffffffu, v, offset);
+  const int warp = threadIdx.x / 32;
+  if (threadIdx.x % 32 == 0) scratch[warp] = v;
+  __syncthreads();
+  float total = 0.0f;
+  for (int w = 0; w < kNormThreads / 32; ++w) total += scratch[w];
+  __syncthreads();  // scratch is reused by the next call
+  return total;
+}
+
+__global__ void __launch_bounds__(kNormThreads)
+    layer_norm_kernel(const float* x, const float* __restrict__ w,
+                      const float* __restrict__ b, float eps, float* y, int cols) {
+  __shared__ float scratch[kNormThreads / 32];
+  const float* xr = x + static_cast<size_t>(blockIdx.x) * cols;
+  float* yr = y + static_cast<size_t>(blockIdx.x) * cols;
+  float sum = 0.0f;
+  for (int c = threadIdx.x; c < cols; c += kNormThreads) sum += xr[c];
+  const float mean = block_sum(sum, scratch) / cols;
+  float sq = 0.0f;
+  for (int c = threadIdx.x; c < cols; c += kNormThreads) {
+    const float d = xr[c] - mean;
+    sq = fmaf(d, d, sq);
+  }
+  const float inv_std = rsqrtf(block_sum(sq, scratch) / cols + eps);
+  for (int c = threadIdx.x; c < cols; c += kNormThreads)
+    yr[c] = (xr[c] - mean) * inv_std * w[c] + b[c];
+}
+
+// y may alias x: each element is read by the thread that writes it, after both reductions.
+__global__ void __launch_bounds__(kNormThreads)
+    rms_norm_kernel(const float* x, const float* __restrict__ w, float eps, float* y, int cols) {
+  __shared__ float scratch[kNormThreads / 32];
+  const float* xr = x + static_cast<size_t>(blockIdx.x) * cols;
+  float* yr = y + static_cast<size_t>(blockIdx.x) * cols;
+  float sq = 0.0f;
+  for (int c = threadIdx.x; c < cols; c += kNormThreads) sq = fmaf(xr[c], xr[c], sq);
+  const float inv_rms = rsqrtf(block_sum(sq, scratch) / cols + eps);
+  for (int c = threadIdx.x; c < cols; c += kNormThreads) yr[c] = w[c] * (xr[c] * inv_rms);
+}
+
+}  // namespace
+
+void layer_norm(const float* x, const float* w, const float* b, float eps, float* y, int64_t rows,
+                int64_t cols, cudaStream_t stream) {
+  if (rows == 0) return;
+  layer_norm_kernel<<<static_cast<unsigned>(rows), kNormThreads, 0, stream>>>(
+      x, w, b, eps, y, static_cast<int>(cols));
+  MOXIN_CUDA_CHECK_LAUNCH("layer_norm_kernel");
+}
+
+void rms_norm(const float* x, const float* w, float eps, float* y, int64_t rows, int64_t cols,
+              cudaStream_t stream) {
+  if (rows == 0) return;
+  rms_norm_kernel<<<static_cast<unsigned>(rows), kNormThreads, 0, stream>>>(
+      x, w, eps, y, static_cast<int>(cols));
+  MOXIN_CUDA_CHECK_LAUNCH("rms_norm_kernel");
+}
+
+}  // namespace moxin::cuda

@@ -1,0 +1,314 @@
+// Micro-benchmark of the CUDA backend's hot ops at full Moxin-7B shapes, each reported against
+// the ceiling measured in the same run (device-to-device copy bandwidth) or as TFLOP/s:
+//   GEMV [14336x4096] / [4096x14336] bf16 at M = 1, 8 (own kernel, with a tiling sweep) and
+//   M = 32 (cuBLASLt), prefill GEMM M = 1024, decode attention at 1k context (batch 1 and 32),
+//   prefill attention over 1024 tokens, ViT attention, and one whole decoder layer at batch 1
+//   eager vs. replayed from a CUDA graph.
+// Timing: CUDA events around groups of back-to-back calls after warm-up, median of the groups;
+// random (never zero) data; each weight matrix (117 MB) is larger than L2 (50 MB) and two
+// copies alternate.
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <cstdio>
+#include <functional>
+#include <string>
+#include <vector>
+
+#include "backend/cuda/cuda_backend_impl.hpp"
+#include "backend/cuda/cuda_check.hpp"
+#include "core/bf16.hpp"
+
+namespace moxin::cuda {
+namespace {
+
+struct Row {
+  std::string what;
+  double ms;
+  std::string rate;
+};
+std::vector<Row> table;
+
+// Median over `samples` groups of `calls` back-to-back calls, in ms per call.
+double time_ms(cudaStream_t stream, int samples, int calls, const std::function<void(int)>& f) {
+  for (int i = 0; i < 3; ++i) f(i);
+  cudaEvent_t start, stop;
+  MOXIN_CUDA_CHECK(cudaEventCreate(&start));
+  MOXIN_CUDA_CHECK(cudaEventCreate(&stop));
+  std::vector<double> ms;
+  int call = 0;
+  for (int s = 0; s < samples; ++s) {
+    MOXIN_CUDA_CHECK(cudaEventRecord(start, stream));
+    for (int c = 0; c < calls; ++c) f(call++);
+    MOXIN_CUDA_CHECK(cudaEventRecord(stop, stream));
+    MOXIN_CUDA_CHECK(cudaEventSynchronize(stop));
+    float t = 0;
+    MOXIN_CUDA_CHECK(cudaEventElapsedTime(&t, start, stop));
+    ms.push_back(double(t) / calls);
+  }
+  cudaEventDestroy(start);
+  cudaEventDestroy(stop);
+  std::sort(ms.begin(), ms.end());
+  return ms[ms.size() / 2];
+}
+
+uint64_t rng_state = 0x9e3779b97f4a7c15ull;
+float next_uniform() {  // xorshift64*, in [-1, 1)
+  rng_state ^= rng_state >> 12;
+  rng_state ^= rng_state << 25;
+  rng_state ^= rng_state >> 27;
+  return float((rng_state * 0x2545f4914f6cdd1dull) >> 40) / float(1 << 23) - 1.0f;
+}
+
+std::vector<float> random_f32(size_t n, float scale) {
+  std::vector<float> v(n);
+  for (float& x : v) x = scale * next_uniform();
+  return v;
+}
+
+Linear make_linear(Backend& backend, int64_t out, int64_t in) {
+  std::vector<uint8_t> bytes(size_t(out * in) * 2);
+  auto* h = reinterpret_cast<uint16_t*>(bytes.data());
+  for (int64_t i = 0; i < out * in; ++i) h[i] = f32_to_bf16(0.02f * next_uniform());
+  TensorInfo t;
+  t.name = "bench";
+  t.dtype = DType::BF16;
+  t.shape = {out, in};
+  t.data = bytes.data();
+  t.nbytes = bytes.size();
+  LinearWeight w;
+  w.weight = &t;
+  w.out_features = out;
+  w.in_features = in;
+  Linear l = backend.prepare_linear(w);
+  backend.synchronize();
+  return l;
+}
+
+const uint16_t* weight_ptr(const Linear& l) {
+  return static_cast<const uint16_t*>(static_cast<const CudaLinear*>(l.impl.get())->weight.get());
+}
+
+double copy_ceiling(cudaStream_t stream) {
+  const size_t bytes = size_t{1} << 30;
+  void *src = nullptr, *dst = nullptr;
+  MOXIN_CUDA_CHECK(cudaMalloc(&src, bytes));
+  MOXIN_CUDA_CHECK(cudaMalloc(&dst, bytes));
+  MOXIN_CUDA_CHECK(cudaMemsetAsync(src, 0x5a, bytes, stream));
+  const double ms = time_ms(stream, 15, 1, [&](int) {
+    MOXIN_CUDA_CHECK(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToDevice, stream));
+  });
+  cudaFree(src);
+  cudaFree(dst);
+  const double gbs = 2.0 * bytes / ms / 1e6;
+  table.push_back({"copy 1 GiB device-to-device (read + write)", ms, cat(int(gbs), " GB/s = ceiling")});
+  return gbs;
+}
+
+std::string pct(double gbs, double ceiling) {
+  return cat(int(gbs), " GB/s (", int(100.0 * gbs / ceiling + 0.5), "%)");
+}
+
+void bench_linears(CudaBackend& backend, double ceiling) {
+  const cudaStream_t stream = backend.stream();
+  for (const auto& [n, k] : {std::pair<int64_t, int64_t>{14336, 4096}, {4096, 14336}}) {
+    const Linear w[2] = {make_linear(backend, n, k), make_linear(backend, n, k)};
+    const double weight_bytes = double(n) * k * 2;
+    for (int m : {1, 8, 32}) {
+      const std::vector<float> xs = random_f32(size_t(m) * k, 1.0f);
+      const Tensor x = backend.from_host_f32(xs.data(), {m, k});
+      Tensor y = backend.empty_act({m, n});
+      const double ms = time_ms(stream, 20, 10, [&](int i) { backend.linear(x, w[i % 2], y); });
+      const double bytes = weight_bytes + double(m) * k * 4 + double(m) * n * 4;
+      table.push_back({cat("linear M=", m, " [", n, "x", k, "]", m <= 8 ? " gemv" : " cublasLt"), ms,
+                       pct(bytes / ms / 1e6, ceiling)});
+      if (m == 1 || m == 8) {
+        for (const auto& [r, u] : {std::pair{1, 4}, {1, 8}, {2, 2}, {2, 4}, {4, 2}, {4, 4}}) {
+          const double vms = time_ms(stream, 20, 10, [&](int i) {
+            gemv_bf16_variant(r, u, x.ptr<float>(), m, weight_ptr(w[i % 2]), nullptr, y.ptr<float>(), int(n),
+                              int(k), stream);
+          });
+          table.push_back({cat("  gemv variant M=", m, " rows/warp=", r, " unroll=", u), vms,
+                           pct(bytes / vms / 1e6, ceiling)});
+        }
+      }
+    }
+    const int m = 1024;
+    const std::vector<float> xs = random_f32(size_t(m) * k, 1.0f);
+    const Tensor x = backend.from_host_f32(xs.data(), {m, k});
+    Tensor y = backend.empty_act({m, n});
+    const double ms = time_ms(stream, 10, 5, [&](int i) { backend.linear(x, w[i % 2], y); });
+    table.push_back({cat("linear M=1024 [", n, "x", k, "] f32->bf16 + cublasLt"), ms,
+                     cat(2.0 * m * n * k / ms / 1e9, " TFLOP/s")});
+    Tensor xb = backend.empty({m, k}, DType::BF16);
+    const double cms = time_ms(stream, 10, 5, [&](int) {
+      activations_to_bf16(x.ptr<float>(), xb.ptr<uint16_t>(), int64_t{m} * k, stream);
+    });
+    table.push_back({cat("  of which f32->bf16 of x [1024x", k, "]"), cms,
+                     pct(6.0 * m * k / cms / 1e6, ceiling)});
+  }
+}
+
+// A cache with `seqs` sequences of `context` tokens each, K/V random.
+struct FilledCache {
+  std::unique_ptr<KvCache> cache;
+  Tensor tables;
+  int max_blocks;
+};
+
+FilledCache fill_cache(CudaBackend& backend, int seqs, int context, int kv_heads, int head_dim) {
+  KvCacheConfig cfg;
+  cfg.layers = 1;
+  cfg.kv_heads = kv_heads;
+  cfg.head_dim = head_dim;
+  cfg.block_size = 16;
+  const int max_blocks = (context + 15) / 16;
+  cfg.num_blocks = seqs * max_blocks;
+  FilledCache f{backend.create_kv_cache(cfg), Tensor{}, max_blocks};
+  std::vector<int32_t> tables(size_t(seqs) * max_blocks);
+  for (size_t i = 0; i < tables.size(); ++i) tables[i] = int32_t(i);
+  f.tables = backend.from_host_i32(tables.data(), {seqs, max_blocks});
+  std::vector<int32_t> seq, pos;
+  for (int s = 0; s < seqs; ++s)
+    for (int p = 0; p < context; ++p) {
+      seq.push_back(s);
+      pos.push_back(p);
+    }
+  const int t = int(seq.size());
+  const std::vector<float> kv = random_f32(size_t(t) * kv_heads * head_dim, 1.0f);
+  const Tensor k = backend.from_host_f32(kv.data(), {t, kv_heads * head_dim});
+  AttentionBatch b;
+  b.token_seq = backend.from_host_i32(seq.data(), {t});
+  b.token_pos = backend.from_host_i32(pos.data(), {t});
+  b.block_tables = f.tables;
+  b.max_context = context;
+  backend.kv_write(*f.cache, 0, k, k, b);
+  backend.synchronize();
+  return f;
+}
+
+void bench_attention(CudaBackend& backend, double ceiling) {
+  const cudaStream_t stream = backend.stream();
+  const int q_heads = 32, kv_heads = 8, head_dim = 128, context = 1024;
+  for (int seqs : {1, 32}) {
+    FilledCache f = fill_cache(backend, seqs, context, kv_heads, head_dim);
+    std::vector<int32_t> seq(seqs), pos(seqs, context - 1);
+    for (int s = 0; s < seqs; ++s) seq[s] = s;
+    AttentionBatch b;
+    b.token_seq = backend.from_host_i32(seq.data(), {seqs});
+    b.token_pos = backend.from_host_i32(pos.data(), {seqs});
+    b.block_tables = f.tables;
+    b.max_context = context;
+    const std::vector<float> qs = random_f32(size_t(seqs) * q_heads * head_dim, 1.0f);
+    const Tensor q = backend.from_host_f32(qs.data(), {seqs, q_heads * head_dim});
+    Tensor y = backend.empty_act({seqs, q_heads * head_dim});
+    const double ms = time_ms(stream, 20, 20, [&](int) { backend.paged_attention(q, *f.cache, 0, b, q_heads, y); });
+    const double bytes = double(seqs) * context * kv_heads * head_dim * 2 * 2;
+    table.push_back({cat("decode attention batch ", seqs, " ctx 1024 (split-K, ",
+                         backend.attention_splits(seqs, q_heads, kv_heads, head_dim, context), " splits)"),
+                     ms, pct(bytes / ms / 1e6, ceiling)});
+  }
+  {  // prefill: 1024 tokens of one sequence
+    const int tokens = 1024;
+    FilledCache f = fill_cache(backend, 1, tokens, kv_heads, head_dim);
+    std::vector<int32_t> seq(tokens, 0), pos(tokens);
+    for (int p = 0; p < tokens; ++p) pos[p] = p;
+    AttentionBatch b;
+    b.token_seq = backend.from_host_i32(seq.data(), {tokens});
+    b.token_pos = backend.from_host_i32(pos.data(), {tokens});
+    b.block_tables = f.tables;
+    b.max_context = tokens;
+    const std::vector<float> qs = random_f32(size_t(tokens) * q_heads * head_dim, 1.0f);
+    const Tensor q = backend.from_host_f32(qs.data(), {tokens, q_heads * head_dim});
+    Tensor y = backend.empty_act({tokens, q_heads * head_dim});
+    const double ms = time_ms(stream, 10, 3, [&](int) { backend.paged_attention(q, *f.cache, 0, b, q_heads, y); });
+    const double flops = 4.0 * q_heads * head_dim * (double(tokens) * (tokens + 1) / 2);
+    table.push_back({"prefill attention 1024 tokens (tiled, f32 SIMT)", ms, cat(flops / ms / 1e9, " TFLOP/s")});
+  }
+  for (const auto& [tokens, head_dim_vit] : {std::pair{261, 64}, {256, 72}}) {
+    const int heads = 16, width = heads * head_dim_vit;
+    const std::vector<float> qkv = random_f32(size_t(tokens) * 3 * width, 1.0f);
+    const Tensor t = backend.from_host_f32(qkv.data(), {tokens, 3 * width});
+    Tensor y = backend.empty_act({tokens, width});
+    const double ms = time_ms(stream, 10, 10, [&](int) { backend.vit_attention(t, 1, tokens, heads, head_dim_vit, y); });
+    const double flops = 4.0 * heads * head_dim_vit * double(tokens) * tokens;
+    table.push_back({cat("vit attention T=", tokens, " H=16 D=", head_dim_vit), ms, cat(flops / ms / 1e9, " TFLOP/s")});
+  }
+}
+
+// One Mistral decoder layer at batch `seqs` (1k context), as decoder.cpp issues it.
+void bench_decoder_layer(CudaBackend& backend, double ceiling, int seqs) {
+  const cudaStream_t stream = backend.stream();
+  const int hidden = 4096, q_heads = 32, kv_heads = 8, head_dim = 128, inter = 14336, context = 1024;
+  const Linear q = make_linear(backend, q_heads * head_dim, hidden), k = make_linear(backend, kv_heads * head_dim, hidden),
+               v = make_linear(backend, kv_heads * head_dim, hidden), o = make_linear(backend, hidden, q_heads * head_dim),
+               gate = make_linear(backend, inter, hidden), up = make_linear(backend, inter, hidden),
+               down = make_linear(backend, hidden, inter);
+  FilledCache f = fill_cache(backend, seqs, context, kv_heads, head_dim);
+  std::vector<int32_t> seq(seqs), pos(seqs, context - 1);
+  for (int s = 0; s < seqs; ++s) seq[s] = s;
+  AttentionBatch b;
+  b.token_seq = backend.from_host_i32(seq.data(), {seqs});
+  b.token_pos = backend.from_host_i32(pos.data(), {seqs});
+  b.block_tables = f.tables;
+  b.max_context = context;
+  const std::vector<float> xs = random_f32(size_t(seqs) * hidden, 1.0f), ws = random_f32(hidden, 1.0f);
+  Tensor x = backend.from_host_f32(xs.data(), {seqs, hidden});
+  const Tensor norm = backend.from_host_f32(ws.data(), {hidden});
+  Tensor h = backend.empty_act({seqs, hidden}), qt = backend.empty_act({seqs, q_heads * head_dim}),
+         kt = backend.empty_act({seqs, kv_heads * head_dim}), vt = backend.empty_act({seqs, kv_heads * head_dim}),
+         attn = backend.empty_act({seqs, q_heads * head_dim}), out = backend.empty_act({seqs, hidden}),
+         g = backend.empty_act({seqs, inter}), u = backend.empty_act({seqs, inter});
+  auto layer = [&] {
+    backend.rms_norm(x, norm, 1e-5f, h);
+    backend.linear(h, q, qt);
+    backend.linear(h, k, kt);
+    backend.linear(h, v, vt);
+    backend.rope(qt, kt, b.token_pos, head_dim, 10000.0f);
+    backend.kv_write(*f.cache, 0, kt, vt, b);
+    backend.paged_attention(qt, *f.cache, 0, b, q_heads, attn);
+    backend.linear(attn, o, out);
+    backend.add(x, out);
+    backend.rms_norm(x, norm, 1e-5f, h);
+    backend.linear(h, gate, g);
+    backend.linear(h, up, u);
+    backend.swiglu(g, u, g);
+    backend.linear(g, down, out);
+    backend.add(x, out);
+  };
+  const double weight_bytes = 2.0 * (double(q_heads + 2 * kv_heads) * head_dim * hidden +
+                                     double(hidden) * q_heads * head_dim + 3.0 * inter * hidden);
+  const double kv_bytes = double(seqs) * context * kv_heads * head_dim * 4;
+  const double eager = time_ms(stream, 10, 5, [&](int) { layer(); });
+  auto graph = capture_cuda_graph(backend, layer);
+  const double replay = time_ms(stream, 10, 5, [&](int) { graph->replay(); });
+  for (const auto& [label, ms] : {std::pair{"eager", eager}, std::pair{"graph", replay}}) {
+    const double per_token_ms = ms * 36;  // 36 layers, lm_head and embedding excluded
+    table.push_back({cat("decoder layer batch ", seqs, " ctx 1k, ", label, " (x36 = ", per_token_ms, " ms/step, ",
+                         int(seqs * 1000.0 / per_token_ms), " tok/s)"),
+                     ms, pct((weight_bytes + kv_bytes) / ms / 1e6, ceiling)});
+  }
+}
+
+}  // namespace
+}  // namespace moxin::cuda
+
+int main() {
+  using namespace moxin::cuda;
+  try {
+    auto owned = moxin::create_cuda_backend(0);
+    auto& backend = dynamic_cast<CudaBackend&>(*owned);
+    std::printf("device: %s\n", backend.name().c_str());
+    const double ceiling = copy_ceiling(backend.stream());
+    bench_linears(backend, ceiling);
+    bench_attention(backend, ceiling);
+    bench_decoder_layer(backend, ceiling, 1);
+    bench_decoder_layer(backend, ceiling, 32);
+    std::printf("\n%-78s %10s  %s\n", "benchmark", "ms/call", "rate (share of the copy ceiling)");
+    for (const Row& r : table) std::printf("%-78s %10.4f  %s\n", r.what.c_str(), r.ms, r.rate.c_str());
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "bench failed: %s\n", e.what());
+    return 1;
+  }
+  return 0;
+}

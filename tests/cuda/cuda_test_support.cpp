@@ -1,0 +1,142 @@
+#include "cuda_test_support.hpp"
+
+#include <cuda_runtime.h>
+
+#include <cmath>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <limits>
+#include <memory>
+
+#include "backend/cuda/cuda_backend.hpp"
+#include "core/bf16.hpp"
+
+namespace moxin::cuda_test {
+
+Backend* shared_backend() {
+  static std::unique_ptr<Backend> backend = []() -> std::unique_ptr<Backend> {
+    int count = 0;
+    if (cudaGetDeviceCount(&count) != cudaSuccess || count == 0) return nullptr;
+    return create_cuda_backend(0);
+  }();
+  return backend.get();
+}
+
+uint64_t fresh_seed() {
+  if (const char* env = std::getenv("MOXIN_TEST_SEED")) return std::strtoull(env, nullptr, 10);
+  std::random_device device;
+  return (uint64_t{device()} << 32) ^ device();
+}
+
+float round_bf16(float x) { return bf16_to_f32(f32_to_bf16(x)); }
+
+TensorInfo HostTensor::info() const {
+  TensorInfo t;
+  t.name = name;
+  t.dtype = dtype;
+  t.shape = shape;
+  t.data = bytes.data();
+  t.nbytes = bytes.size();
+  t.file = "<test>";
+  return t;
+}
+
+void CudaOpsTest::SetUp() {
+  backend_ = shared_backend();
+  if (!backend_) GTEST_SKIP() << "no CUDA GPU on this machine";
+  seed_ = fresh_seed();
+  rng_.seed(seed_);
+  std::printf("[seed] %llu (replay with MOXIN_TEST_SEED=%llu)\n",
+              static_cast<unsigned long long>(seed_), static_cast<unsigned long long>(seed_));
+}
+
+std::vector<float> CudaOpsTest::randn(size_t n, float scale) {
+  std::normal_distribution<float> dist(0.0f, scale);
+  std::vector<float> v(n);
+  for (float& x : v) x = dist(rng_);
+  return v;
+}
+
+std::vector<float> CudaOpsTest::uniform(size_t n, float lo, float hi) {
+  std::uniform_real_distribution<float> dist(lo, hi);
+  std::vector<float> v(n);
+  for (float& x : v) x = dist(rng_);
+  return v;
+}
+
+int CudaOpsTest::randint(int lo, int hi) { return std::uniform_int_distribution<int>(lo, hi)(rng_); }
+
+HostTensor CudaOpsTest::host_tensor(const std::string& name, const std::vector<int64_t>& shape,
+                                    DType stored, bool device_bf16, float scale) {
+  HostTensor t;
+  t.name = name;
+  t.dtype = stored;
+  t.shape = shape;
+  size_t n = 1;
+  for (int64_t d : shape) n *= static_cast<size_t>(d);
+  const std::vector<float> raw = randn(n, scale);
+  t.bytes.resize(n * dtype_size(stored));
+  t.values.resize(n);
+  for (size_t i = 0; i < n; ++i) {
+    float stored_value = raw[i];
+    if (stored == DType::BF16) {
+      const uint16_t h = f32_to_bf16(raw[i]);
+      std::memcpy(t.bytes.data() + 2 * i, &h, 2);
+      stored_value = bf16_to_f32(h);
+    } else if (stored == DType::F16) {
+      const uint16_t h = f32_to_f16(raw[i]);
+      std::memcpy(t.bytes.data() + 2 * i, &h, 2);
+      stored_value = f16_to_f32(h);
+    } else {
+      std::memcpy(t.bytes.data() + 4 * i, &raw[i], 4);
+    }
+    t.values[i] = device_bf16 ? round_bf16(stored_value) : stored_value;
+  }
+  return t;
+}
+
+Tensor CudaOpsTest::upload(const std::vector<float>& v, const std::vector<int64_t>& shape) {
+  return backend_->from_host_f32(v.data(), shape);
+}
+
+Tensor CudaOpsTest::upload_i32(const std::vector<int32_t>& v, const std::vector<int64_t>& shape) {
+  return backend_->from_host_i32(v.data(), shape);
+}
+
+Tensor CudaOpsTest::poisoned(const std::vector<int64_t>& shape) {
+  size_t n = 1;
+  for (int64_t d : shape) n *= static_cast<size_t>(d);
+  return upload(std::vector<float>(n, std::numeric_limits<float>::quiet_NaN()), shape);
+}
+
+std::vector<float> CudaOpsTest::download(const Tensor& t) {
+  std::vector<float> out(static_cast<size_t>(t.numel()));
+  backend_->to_host_f32(t, out.data());
+  return out;
+}
+
+void expect_close(const std::string& what, const std::vector<float>& got,
+                  const std::vector<double>& ref, double tol) {
+  ASSERT_EQ(got.size(), ref.size()) << what;
+  size_t bad = 0, first_bad = 0;
+  double diff2 = 0.0, ref2 = 0.0, max_abs = 0.0;
+  for (size_t i = 0; i < got.size(); ++i) {
+    if (!std::isfinite(got[i])) {
+      if (bad++ == 0) first_bad = i;
+      continue;
+    }
+    const double d = got[i] - ref[i];
+    diff2 += d * d;
+    ref2 += ref[i] * ref[i];
+    max_abs = std::max(max_abs, std::abs(d));
+  }
+  EXPECT_EQ(bad, 0u) << what << ": " << bad << " of " << got.size()
+                     << " outputs not written or not finite (first at " << first_bad << ")";
+  const double err = ref2 > 0 ? std::sqrt(diff2 / ref2) : std::sqrt(diff2);
+  std::printf("RESULT %-58s n=%-9zu rel_err=%.3e max_abs=%.3e tol=%.1e\n", what.c_str(), got.size(),
+              err, max_abs, tol);
+  EXPECT_LE(err, tol) << what;
+}
+
+}  // namespace moxin::cuda_test

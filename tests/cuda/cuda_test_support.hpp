@@ -1,0 +1,65 @@
+// Shared pieces of the CUDA backend tests: the backend under test (one per process), seeded
+// random inputs, host-side weights in checkpoint form, NaN-poisoned outputs and the error
+// check against f64 references.
+#pragma once
+
+#include <gtest/gtest.h>
+
+#include <cstdint>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "backend/backend.hpp"
+#include "io/checkpoint.hpp"
+
+namespace moxin::cuda_test {
+
+// The CUDA backend on GPU 0, or nullptr when this machine has no GPU (tests then skip).
+Backend* shared_backend();
+
+// MOXIN_TEST_SEED if set, else a fresh random seed.
+uint64_t fresh_seed();
+
+// A weight or parameter as a checkpoint holds it (bf16, f16 or f32 bytes) plus the values the
+// GPU computes with (bf16-rounded for linear weights, exact for f32 params).
+struct HostTensor {
+  std::string name;
+  DType dtype = DType::BF16;
+  std::vector<int64_t> shape;
+  std::vector<uint8_t> bytes;
+  std::vector<float> values;
+  TensorInfo info() const;
+};
+
+class CudaOpsTest : public ::testing::Test {
+ protected:
+  void SetUp() override;
+
+  std::vector<float> randn(size_t n, float scale = 1.0f);
+  std::vector<float> uniform(size_t n, float lo, float hi);
+  int randint(int lo, int hi);  // inclusive
+  // `stored` is how the checkpoint holds it; `device_bf16` whether the GPU keeps bf16 (weights)
+  // or f32 (params): `values` are rounded accordingly.
+  HostTensor host_tensor(const std::string& name, const std::vector<int64_t>& shape, DType stored,
+                         bool device_bf16, float scale = 1.0f);
+
+  Tensor upload(const std::vector<float>& v, const std::vector<int64_t>& shape);
+  Tensor upload_i32(const std::vector<int32_t>& v, const std::vector<int64_t>& shape);
+  Tensor poisoned(const std::vector<int64_t>& shape);  // every element NaN
+  std::vector<float> download(const Tensor& t);
+
+  Backend& backend() { return *backend_; }
+  Backend* backend_ = nullptr;
+  uint64_t seed_ = 0;
+  std::mt19937_64 rng_;
+};
+
+// Checks that every element was written (finite) and that ||got - ref|| / ||ref|| <= tol;
+// prints one line "RESULT <what> rel_err=... max_abs=... tol=..." for the report.
+void expect_close(const std::string& what, const std::vector<float>& got,
+                  const std::vector<double>& ref, double tol);
+
+float round_bf16(float x);
+
+}  // namespace moxin::cuda_test

@@ -1,0 +1,193 @@
+// linear (GEMV for <= 8 rows, cuBLASLt bf16 GEMM above), patch_embed and embedding against
+// f64 references.
+//
+// Tolerances (||got - ref|| / ||ref||):
+//  - GEMV (M <= 8): f32 activations x bf16 weights, f32 sums: the reference uses the same
+//    bf16 weight values and exact activations, so only f32 rounding remains: 1e-5.
+//  - GEMM (M > 8) and patch_embed: activations are rounded to bf16 on the way into the tensor
+//    cores. Against a reference that rounds them the same way the error is f32 rounding (1e-5);
+//    against the exact activations it is the bf16 rounding, ~2^-9 / sqrt(3) = 1.1e-3 per
+//    product: 4e-3 bounds it.
+#include <cmath>
+
+#include "backend/cuda/kernels.hpp"
+#include "core/check.hpp"
+#include "cuda_test_support.hpp"
+
+namespace moxin::cuda_test {
+namespace {
+
+constexpr double kF32Tol = 1e-5;
+constexpr double kBf16ActivationTol = 4e-3;
+
+std::vector<double> linear_ref(const std::vector<float>& x, int64_t m, int64_t k,
+                               const std::vector<float>& w, int64_t n, const std::vector<float>* bias,
+                               bool round_x) {
+  std::vector<double> y(static_cast<size_t>(m * n));
+  for (int64_t r = 0; r < m; ++r)
+    for (int64_t o = 0; o < n; ++o) {
+      double acc = bias ? (*bias)[o] : 0.0;
+      for (int64_t i = 0; i < k; ++i) {
+        const float xv = x[r * k + i];
+        acc += double(round_x ? round_bf16(xv) : xv) * w[o * k + i];
+      }
+      y[r * n + o] = acc;
+    }
+  return y;
+}
+
+class CudaLinear : public CudaOpsTest {
+ protected:
+  void check_linear(int64_t m, int64_t n, int64_t k, bool with_bias, DType stored) {
+    const std::string shape = cat("M=", m, " N=", n, " K=", k, with_bias ? " +bias" : "", " ", dtype_name(stored));
+    HostTensor w = host_tensor("w", {n, k}, stored, true, 0.05f);
+    HostTensor b = host_tensor("b", {n}, DType::F32, false, 0.5f);
+    const TensorInfo wi = w.info(), bi = b.info();
+    LinearWeight lw;
+    lw.weight = &wi;
+    lw.bias = with_bias ? &bi : nullptr;
+    lw.out_features = n;
+    lw.in_features = k;
+    const Linear prepared = backend().prepare_linear(lw);
+    const std::vector<float> x = randn(static_cast<size_t>(m * k));
+    Tensor y = poisoned({m, n});
+    backend().linear(upload(x, {m, k}), prepared, y);
+    const std::vector<float> got = download(y);
+    const std::vector<float>* bias = with_bias ? &b.values : nullptr;
+    if (m <= cuda::kGemvMaxRows) {
+      expect_close("linear gemv " + shape, got, linear_ref(x, m, k, w.values, n, bias, false), kF32Tol);
+    } else {
+      expect_close("linear gemm vs bf16-rounded x " + shape, got,
+                   linear_ref(x, m, k, w.values, n, bias, true), kF32Tol);
+      expect_close("linear gemm vs exact x " + shape, got, linear_ref(x, m, k, w.values, n, bias, false),
+                   kBf16ActivationTol);
+    }
+  }
+};
+
+TEST_F(CudaLinear, GemvRowsUpToEight) {
+  check_linear(1, 1, 8, false, DType::BF16);
+  check_linear(1, 33, 64, true, DType::BF16);
+  check_linear(3, 65, 200, false, DType::BF16);
+  check_linear(8, 257, 1024, true, DType::BF16);
+  check_linear(5, 31, 4104, false, DType::BF16);
+  check_linear(1, 1000, 4096, false, DType::BF16);
+  check_linear(randint(1, 8), randint(1, 300), 8 * randint(1, 300), randint(0, 1), DType::BF16);
+}
+
+TEST_F(CudaLinear, GemvAnyInFeatures) {  // K not a multiple of 8: the scalar path
+  check_linear(2, 31, 33, true, DType::BF16);
+  check_linear(7, 3, 15, false, DType::BF16);
+  check_linear(1, 65, 1, false, DType::BF16);
+}
+
+TEST_F(CudaLinear, GemmMoreThanEightRows) {
+  check_linear(9, 65, 96, true, DType::BF16);
+  check_linear(31, 257, 136, false, DType::BF16);
+  check_linear(257, 130, 584, true, DType::BF16);
+  check_linear(65, 33, 33, true, DType::BF16);
+  check_linear(300, 1, 7, false, DType::BF16);
+  check_linear(randint(9, 600), randint(1, 400), randint(1, 700), randint(0, 1), DType::BF16);
+}
+
+TEST_F(CudaLinear, F32AndF16WeightsAreStoredAsBf16) {
+  check_linear(3, 33, 64, true, DType::F32);
+  check_linear(33, 17, 40, false, DType::F16);
+}
+
+TEST_F(CudaLinear, QuantizedWeightsAreRefused) {
+  HostTensor w = host_tensor("w", {8, 8}, DType::BF16, true);
+  const TensorInfo wi = w.info();
+  LinearWeight lw;
+  lw.weight = &wi;
+  lw.bits = 4;
+  lw.group_size = 64;
+  lw.out_features = 8;
+  lw.in_features = 8;
+  try {
+    backend().prepare_linear(lw);
+    FAIL() << "prepare_linear accepted a 4-bit weight";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("[cuda] quantized weights are not supported yet"), std::string::npos)
+        << e.what();
+  }
+}
+
+TEST_F(CudaLinear, ShapeMismatchThrows) {
+  HostTensor w = host_tensor("w", {8, 16}, DType::BF16, true);
+  const TensorInfo wi = w.info();
+  LinearWeight lw;
+  lw.weight = &wi;
+  lw.out_features = 8;
+  lw.in_features = 16;
+  const Linear prepared = backend().prepare_linear(lw);
+  Tensor y = poisoned({2, 8});
+  EXPECT_THROW(backend().linear(upload(randn(2 * 15), {2, 15}), prepared, y), Error);
+}
+
+TEST_F(CudaLinear, PatchEmbed) {
+  struct Case { int batch, height, width, patch, out; };
+  for (const Case& c : {Case{2, 28, 42, 14, 33}, Case{1, 224, 224, 14, 64}, Case{3, 4, 6, 2, 5}}) {
+    const int k = 3 * c.patch * c.patch;
+    HostTensor w = host_tensor("patch", {c.out, 3, c.patch, c.patch}, DType::BF16, true, 0.05f);
+    HostTensor b = host_tensor("patch_bias", {c.out}, DType::BF16, false);
+    const TensorInfo wi = w.info(), bi = b.info();
+    LinearWeight lw;
+    lw.weight = &wi;
+    lw.bias = &bi;
+    lw.out_features = c.out;
+    lw.in_features = k;
+    const Linear prepared = backend().prepare_linear(lw);
+    const std::vector<float> img = randn(size_t(c.batch) * c.height * c.width * 3);
+    const int gh = c.height / c.patch, gw = c.width / c.patch;
+    const int64_t rows = int64_t{c.batch} * gh * gw;
+    Tensor y = poisoned({rows, c.out});
+    backend().patch_embed(upload(img, {c.batch, c.height, c.width, 3}), prepared, c.patch, y);
+    // Reference: the conv as PyTorch defines it, weight [out, 3, p, p] over NHWC pixels.
+    std::vector<double> ref_rounded(rows * c.out), ref_exact(rows * c.out);
+    for (int img_i = 0; img_i < c.batch; ++img_i)
+      for (int py = 0; py < gh; ++py)
+        for (int px = 0; px < gw; ++px)
+          for (int o = 0; o < c.out; ++o) {
+            double acc_r = b.values[o], acc_e = b.values[o];
+            for (int ch = 0; ch < 3; ++ch)
+              for (int ky = 0; ky < c.patch; ++ky)
+                for (int kx = 0; kx < c.patch; ++kx) {
+                  const float pixel = img[((size_t(img_i) * c.height + py * c.patch + ky) * c.width + px * c.patch + kx) * 3 + ch];
+                  const double wv = w.values[((size_t(o) * 3 + ch) * c.patch + ky) * c.patch + kx];
+                  acc_r += wv * round_bf16(pixel);
+                  acc_e += wv * pixel;
+                }
+            const size_t r = (size_t(img_i) * gh + py) * gw + px;
+            ref_rounded[r * c.out + o] = acc_r;
+            ref_exact[r * c.out + o] = acc_e;
+          }
+    const std::string shape = cat("B=", c.batch, " ", c.height, "x", c.width, " p=", c.patch, " out=", c.out);
+    const std::vector<float> got = download(y);
+    expect_close("patch_embed vs bf16-rounded pixels " + shape, got, ref_rounded, kF32Tol);
+    expect_close("patch_embed vs exact pixels " + shape, got, ref_exact, kBf16ActivationTol);
+  }
+}
+
+TEST_F(CudaLinear, EmbeddingReadsBf16Table) {
+  const int vocab = 65, hidden = 31, count = 9;
+  HostTensor table = host_tensor("embed", {vocab, hidden}, DType::BF16, true);
+  const TensorInfo ti = table.info();
+  LinearWeight lw;
+  lw.weight = &ti;
+  lw.out_features = vocab;
+  lw.in_features = hidden;
+  const Linear prepared = backend().prepare_linear(lw);
+  std::vector<int32_t> ids(count);
+  for (int32_t& id : ids) id = randint(0, vocab - 1);
+  ids[0] = vocab - 1;
+  Tensor y = poisoned({count, hidden});
+  backend().embedding(upload_i32(ids, {count}), prepared, y);
+  std::vector<double> ref(size_t(count) * hidden);
+  for (int i = 0; i < count; ++i)
+    for (int c = 0; c < hidden; ++c) ref[size_t(i) * hidden + c] = table.values[size_t(ids[i]) * hidden + c];
+  expect_close(cat("embedding vocab=", vocab, " hidden=", hidden, " ids=", count), download(y), ref, 0.0);
+}
+
+}  // namespace
+}  // namespace moxin::cuda_test
