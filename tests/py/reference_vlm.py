@@ -34,6 +34,7 @@ text-only prompt skips the image entirely (no vision, no placeholder).
 """
 import argparse
 import dataclasses
+import inspect
 import json
 import pathlib
 import re
@@ -56,6 +57,9 @@ DINO_MEAN, DINO_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 SIGLIP_MEAN, SIGLIP_STD = (0.5, 0.5, 0.5), (0.5, 0.5, 0.5)
 FEATURIZERS = ("vision_backbone.featurizer.", "vision_backbone.fused_featurizer.")
 DEFAULT_TIMM_IDS = ["vit_large_patch14_reg4_dinov2.lvd142m", "vit_so400m_patch14_siglip_224"]
+# transformers 5.24 (pinned) names the KV cache `cache`; older 5.x, e.g. on the GPU machines,
+# `past_key_values`, in both the call and its output.
+CACHE_ARG = "cache" if "cache" in inspect.signature(MistralForCausalLM.forward).parameters else "past_key_values"
 DEFAULT_VIT_HEADS = 16  # both timm models; a checkpoint with other widths says so in config.json
 
 
@@ -161,6 +165,9 @@ def load_reference(model_dir, device="cpu"):
     model_dir = pathlib.Path(model_dir)
     config = json.loads((model_dir / "config.json").read_text())
     device = torch.device(device)
+    # A float32 reference on a GPU must not silently drop to TF32 (cuDNN convs default to it).
+    torch.backends.cudnn.allow_tf32 = False
+    torch.backends.cuda.matmul.allow_tf32 = False
     tensors = read_checkpoint(model_dir)
     timm_ids = config.get("timm_model_ids", DEFAULT_TIMM_IDS)
     timm_kwargs = config.get("timm_model_kwargs", [{}, {}])
@@ -245,7 +252,7 @@ def greedy_decode(llm, inputs_embeds, max_new_tokens):
         if token == EOS_ID or len(generated) == max_new_tokens:
             break
         out = llm(input_ids=torch.tensor([[token]], device=logits.device),
-                  cache=out.cache, use_cache=True)
+                  **{CACHE_ARG: getattr(out, CACHE_ARG)}, use_cache=True)
         logits = out.logits[0, -1]
     return logits_last, generated, gaps
 
