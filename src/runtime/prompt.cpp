@@ -32,9 +32,12 @@ std::vector<std::string> prompt_segments(const std::vector<ChatTurn>& turns) {
   std::vector<std::string> segments(1);
   for (size_t i = 0; i < turns.size(); ++i) {
     const bool last = i + 1 == turns.size();
-    segments.back() += "In: " + clean(turns[i].user) + "\nOut:";
+    // append() rather than operator+ chains: g++ 12 reports a false -Wrestrict on those.
+    segments.back().append("In: ").append(clean(turns[i].user)).append("\nOut:");
     if (!last) {
-      segments.back() += " " + clean(turns[i].assistant);
+      // Prismatic writes an empty answer as a single space.
+      const std::string answer = clean(turns[i].assistant);
+      segments.back().append(" ").append(answer.empty() ? " " : answer);
       segments.emplace_back();
     } else {
       MOXIN_CHECK(turns[i].assistant.empty(),
@@ -51,7 +54,10 @@ std::vector<std::string> prompt_segments(const std::vector<ChatTurn>& turns) {
 std::string format_prompt(const std::vector<ChatTurn>& turns) {
   std::string prompt;
   const auto segments = prompt_segments(turns);
-  for (size_t i = 0; i < segments.size(); ++i) prompt += (i ? std::string(kSeparator) : "") + segments[i];
+  for (size_t i = 0; i < segments.size(); ++i) {
+    if (i > 0) prompt.append(kSeparator);
+    prompt.append(segments[i]);
+  }
   return prompt;
 }
 

@@ -85,7 +85,8 @@ def prompt_args(turns, image):
 
 
 def check_case(moxin_bin, tiny_model, reference, tmp_path, turns, image):
-    ref = reference_vlm.run_loaded(reference, str(image) if image else None, turns, NEW_TOKENS)
+    flat = [m for question, answer in turns for m in (question, answer)][:-1]
+    ref = reference_vlm.run(reference, str(image) if image else None, flat, NEW_TOKENS)
     dump = tmp_path / "dump.safetensors"
     run_moxin(moxin_bin, "dump", "--model", tiny_model, "--threads", 2, "--out", dump,
               *prompt_args(turns, image))
