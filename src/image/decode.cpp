@@ -129,7 +129,7 @@ Image load_image(const std::string& path, const DecodeLimits& limits) {
   struct stat st {};
   if (::fstat(fd, &st) == 0 && S_ISDIR(st.st_mode)) {
     ::close(fd);
-    fail_image(path, "is a directory, not an image file");
+    fail_image(path, "the path is a directory, not an image file");
   }
   // Read until EOF rather than trusting st_size, so pipes and special files work too.
   if (st.st_size > 0) bytes.reserve(static_cast<size_t>(st.st_size));

@@ -1,7 +1,10 @@
 // Pillow's BICUBIC resize (libImaging/Resample.c) reimplemented to give the same bytes:
-//  - separable: a horizontal pass over only the source rows the vertical pass will read, its
-//    output rounded and clamped to uint8, then the vertical pass; a pass whose output size
-//    equals its input size is skipped;
+//  - separable, with the intermediate image rounded and clamped to uint8, so the order of the
+//    passes matters. Pillow 13 runs the vertical pass first when it removes rows and removes
+//    more than twice as many rows as the horizontal pass removes columns (a cost heuristic
+//    found in its compiled Resample.c and checked against it); otherwise the horizontal pass
+//    runs first, over only the source rows the vertical pass will read. A pass whose output
+//    size equals its input size is skipped;
 //  - per output pixel, taps cover center +- support where center = (i + 0.5) * scale and
 //    support = 2 * max(scale, 1) (antialiasing when shrinking), clipped to the image;
 //  - the filter is the a = -0.5 cubic evaluated at (tap - center + 0.5) / max(scale, 1); the taps
@@ -11,6 +14,7 @@
 // CMakeLists.txt compiles this file with -ffp-contract=off.
 #include <algorithm>
 #include <cmath>
+#include <cstdint>
 #include <vector>
 
 #include "core/check.hpp"
@@ -149,11 +153,21 @@ Image resize_bicubic(const Image& src, int width, int height) {
     vertical_pass(src, vertical_taps, 0, out);
     return out;
   }
+  const Taps horizontal_taps = compute_taps(src.width, width);
+  const int64_t rows_removed = int64_t{src.height} - height;
+  const int64_t columns_removed = int64_t{src.width} - width;
+  if (vertical && rows_removed > 0 && rows_removed > 2 * columns_removed) {
+    Image tall = blank(src.width, height);
+    vertical_pass(src, vertical_taps, 0, tall);
+    Image out = blank(width, height);
+    horizontal_pass(tall, 0, horizontal_taps, out);
+    return out;
+  }
   // Only the source rows some output row reads go through the horizontal pass.
   const int row_begin = vertical_taps.first.front();
   const int row_end = vertical_taps.first.back() + vertical_taps.count.back();
   Image wide = blank(width, row_end - row_begin);
-  horizontal_pass(src, row_begin, compute_taps(src.width, width), wide);
+  horizontal_pass(src, row_begin, horizontal_taps, wide);
   if (!vertical) return wide;
   Image out = blank(width, height);
   vertical_pass(wide, vertical_taps, row_begin, out);

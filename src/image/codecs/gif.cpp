@@ -2,13 +2,14 @@
 //  - The canvas is the logical screen, enlarged when the frame extends past it; pixels outside
 //    the frame hold the frame's transparent index when its graphic control extension sets one,
 //    else index 0.
-//  - A colour table that is exactly the gray ramp (entry i == (i, i, i)) makes Pillow use mode
-//    "L", i.e. a pixel's value is its index; otherwise indices go through the frame's table
-//    (local, else global), and indices past the table's end are black.
+//  - Indices go through the local colour table, else the global one, skipping a table that is
+//    exactly the gray ramp (entry i == (i, i, i)); with neither, a pixel's gray level is its
+//    index (Pillow's mode "L"). Indices past the table's end are black.
 #include <gif_lib.h>
 
 #include <algorithm>
 #include <cstring>
+#include <initializer_list>
 #include <memory>
 
 #include "image/codecs/codec.hpp"
@@ -38,7 +39,8 @@ struct GifCloser {
 using GifHandle = std::unique_ptr<GifFileType, GifCloser>;
 
 [[noreturn]] void fail_gif(const DecodeInput& in, int error) {
-  const char* what = GifErrorString(error);
+  const char* what =
+      error == D_GIF_ERR_READ_FAILED ? "the file is truncated" : GifErrorString(error);
   fail_image(in.source, "cannot decode the GIF: ", what ? what : "unknown giflib error");
 }
 
@@ -50,10 +52,14 @@ bool is_gray_ramp(const ColorMapObject* map) {
   return true;
 }
 
-// The table Pillow uses for the frame; nullptr means mode "L" (value = index).
+// The table Pillow ends up using; nullptr means mode "L" (value = index). A gray-ramp local
+// table does not hide a coloured global one: Pillow then opens the frame as "L" but applies
+// the global palette to it when the pixels are loaded.
 const ColorMapObject* frame_palette(const GifFileType* gif) {
-  const ColorMapObject* map = gif->Image.ColorMap ? gif->Image.ColorMap : gif->SColorMap;
-  return map && !is_gray_ramp(map) ? map : nullptr;
+  for (const ColorMapObject* map : {gif->Image.ColorMap, gif->SColorMap}) {
+    if (map && !is_gray_ramp(map)) return map;
+  }
+  return nullptr;
 }
 
 // Reads records up to the first image descriptor; returns the transparent index of the last

@@ -28,10 +28,11 @@ struct PngState {
   ~PngState() { png_destroy_read_struct(&png, info ? &info : nullptr, nullptr); }
 };
 
-void on_error(png_structp png, png_const_charp message) {
+// Jumps back to run_libpng itself: if it returned, libpng would print the message to stderr.
+[[noreturn]] void on_error(png_structp png, png_const_charp message) {
   auto* state = static_cast<PngState*>(png_get_error_ptr(png));
   std::snprintf(state->message, sizeof state->message, "%s", message);
-  // Returning lets libpng longjmp to the setjmp in run_libpng.
+  png_longjmp(png, 1);
 }
 
 // libpng warns about recoverable problems (bad ancillary-chunk CRCs, extra data); Pillow also
