@@ -70,6 +70,14 @@ class Backend {
   virtual void to_host_f32(const Tensor& t, float* out) = 0;  // converts, synchronizes
   virtual void synchronize() = 0;
 
+  // --- measurement, for benchmarks (roofline shares are reported against these) ---
+  // The memory-bandwidth ceiling measured now, in GB/s: on the CPU a multi-threaded read of a
+  // buffer larger than the caches, on a GPU a device-to-device copy (bytes read + written).
+  // 0 means the backend cannot measure it.
+  virtual double measure_bandwidth_gbps() { return 0.0; }
+  // Device memory currently allocated by this backend, in bytes (0 on the CPU: see RSS).
+  virtual size_t device_memory_used() const { return 0; }
+
   // --- weights ---
   virtual Linear prepare_linear(const LinearWeight& w) = 0;
   // A small parameter vector/matrix (norm weight, bias, pos_embed, ...) as act_dtype.

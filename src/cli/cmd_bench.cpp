@@ -1,0 +1,98 @@
+// `moxin bench`: load time, vision, prefill, time to first token and batched decode on a real
+// (or random full-size) checkpoint, each against the ceiling measured in the same run.
+#include <CLI/CLI.hpp>
+#include <chrono>
+#include <cstdio>
+#include <nlohmann/json.hpp>
+
+#include "cli/command.hpp"
+#include "cli/model_options.hpp"
+#include "runtime/api_convert.hpp"
+#include "runtime/benchmark.hpp"
+
+namespace moxin::cli {
+namespace {
+
+struct BenchArgs {
+  ModelOptions model;
+  BenchOptions bench;
+  bool json = false;
+};
+
+void print_table(const BenchResult& r, double load_ms) {
+  const double share = r.bandwidth_gbps > 0 ? 100.0 * r.decode_gbps / r.bandwidth_gbps : 0.0;
+  std::printf("device            %s\n", r.device.c_str());
+  std::printf("bandwidth ceiling %.1f GB/s (measured now)\n", r.bandwidth_gbps);
+  std::printf("load              %.0f ms\n", load_ms);
+  if (r.vision_ms > 0) std::printf("vision (2 enc.)   %.2f ms\n", r.vision_ms);
+  std::printf("prefill           %d tokens %.2f ms, %.2f TFLOP/s\n", r.prefill_tokens, r.prefill_ms,
+              r.prefill_tflops);
+  if (r.ttft_ms > 0)
+    std::printf("first token       %.2f ms from image bytes (%d prompt tokens)\n", r.ttft_ms,
+                r.ttft_prompt_tokens);
+  std::printf("decode            batch %d, context %d: %.3f ms/step, %.2f tok/s per sequence, %.1f tok/s total\n",
+              r.batch, r.context, r.decode_step_ms, r.decode_tok_s_per_seq, r.decode_tok_s_total);
+  std::printf("decode traffic    %.2f GB/step, %.1f GB/s = %.1f%% of the ceiling\n",
+              r.decode_bytes_per_step / 1e9, r.decode_gbps, share);
+  std::printf("memory            peak RSS %.0f MB, device %.0f MB\n", r.peak_rss_mb, r.device_memory_mb);
+}
+
+nlohmann::json to_json(const BenchResult& r, double load_ms) {
+  return {{"device", r.device},
+          {"bandwidth_ceiling_gbps", r.bandwidth_gbps},
+          {"load_ms", load_ms},
+          {"vision_ms", r.vision_ms},
+          {"prefill_tokens", r.prefill_tokens},
+          {"prefill_ms", r.prefill_ms},
+          {"prefill_tflops", r.prefill_tflops},
+          {"ttft_ms", r.ttft_ms},
+          {"ttft_prompt_tokens", r.ttft_prompt_tokens},
+          {"batch", r.batch},
+          {"context", r.context},
+          {"decode_step_ms", r.decode_step_ms},
+          {"decode_tok_s_per_seq", r.decode_tok_s_per_seq},
+          {"decode_tok_s_total", r.decode_tok_s_total},
+          {"decode_bytes_per_step", r.decode_bytes_per_step},
+          {"decode_gbps", r.decode_gbps},
+          {"decode_share_of_ceiling", r.bandwidth_gbps > 0 ? r.decode_gbps / r.bandwidth_gbps : 0.0},
+          {"weight_bytes", r.weight_bytes},
+          {"peak_rss_mb", r.peak_rss_mb},
+          {"device_memory_mb", r.device_memory_mb}};
+}
+
+void run(BenchArgs& a) {
+  const LoadOptions lo = a.model.load_options();
+  const auto start = std::chrono::steady_clock::now();
+  auto engine = Engine::load(a.model.model_dir, to_engine_options(lo));
+  engine->backend().synchronize();
+  const double load_ms =
+      std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - start).count();
+  const BenchResult r = run_benchmark(*engine, a.bench);
+  if (a.json)
+    std::printf("%s\n", to_json(r, load_ms).dump().c_str());
+  else
+    print_table(r, load_ms);
+}
+
+const Command kBench("bench", [](CLI::App& app) {
+  auto args = std::make_shared<BenchArgs>();
+  CLI::App* c = app.add_subcommand("bench", "Measure load, vision, prefill, first token and decode speed");
+  args->model.add_to(*c);
+  c->add_option("--batch", args->bench.batch, "Sequences decoding together")->check(CLI::Range(1, 256));
+  c->add_option("--context", args->bench.context, "Tokens in each sequence's cache during decode")
+      ->check(CLI::Range(1, 1 << 20));
+  c->add_option("--prefill-tokens", args->bench.prefill_tokens, "Timed prefill length (default: --context)")
+      ->check(CLI::Range(0, 1 << 20));
+  c->add_option("--decode-steps", args->bench.decode_steps, "Timed decode steps")->check(CLI::Range(1, 1 << 16));
+  c->add_option("--runs", args->bench.runs, "Timed runs of vision/prefill/first token (median)")
+      ->check(CLI::Range(1, 1000));
+  c->add_option("--image", args->bench.image_path, "Image file for time-to-first-token from image bytes");
+  c->add_option("--ttft-prompt-tokens", args->bench.ttft_prompt_tokens, "Question length for that")
+      ->check(CLI::Range(1, 4096));
+  c->add_flag("!--no-vision", args->bench.vision, "Skip the vision encoders");
+  c->add_flag("--json", args->json, "Print one JSON object");
+  c->callback([args] { run(*args); });
+});
+
+}  // namespace
+}  // namespace moxin::cli

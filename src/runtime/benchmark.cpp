@@ -1,0 +1,190 @@
+#include "runtime/benchmark.hpp"
+
+#include <algorithm>
+#include <chrono>
+#include <fstream>
+#include <random>
+
+#include "core/check.hpp"
+#include "moxin/moxin.hpp"
+#include "runtime/session.hpp"
+
+namespace moxin {
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+double ms_since(Clock::time_point start) {
+  return std::chrono::duration<double, std::milli>(Clock::now() - start).count();
+}
+
+double median(std::vector<double> v) {
+  MOXIN_CHECK(!v.empty(), "[bench] nothing was timed");
+  std::sort(v.begin(), v.end());
+  return v[v.size() / 2];
+}
+
+// Peak resident set of this process (VmHWM), in MB; 0 where /proc is unavailable.
+double peak_rss_mb() {
+  std::ifstream status("/proc/self/status");
+  std::string key;
+  while (status >> key) {
+    if (key == "VmHWM:") {
+      double kb = 0;
+      status >> kb;
+      return kb / 1024.0;
+    }
+    status.ignore(1 << 12, '\n');
+  }
+  return 0;
+}
+
+double tensor_bytes(const TensorInfo* t) { return t ? static_cast<double>(t->nbytes) : 0.0; }
+double linear_bytes(const LinearWeight& w) {
+  return tensor_bytes(w.weight) + tensor_bytes(w.scales) + tensor_bytes(w.qbiases) + tensor_bytes(w.bias);
+}
+
+// Bytes one decode step must read at batch 1: every decoder matrix and norm once.
+double decoder_weight_bytes(const DecoderWeights& d) {
+  double bytes = linear_bytes(d.lm_head) + tensor_bytes(d.final_norm.weight);
+  for (const auto& l : d.layers)
+    bytes += linear_bytes(l.q) + linear_bytes(l.k) + linear_bytes(l.v) + linear_bytes(l.o) +
+             linear_bytes(l.gate) + linear_bytes(l.up) + linear_bytes(l.down) +
+             tensor_bytes(l.input_norm.weight) + tensor_bytes(l.post_attention_norm.weight);
+  return bytes;
+}
+
+// Multiply-adds x 2 of the decoder over T new tokens after `past` cached ones (causal).
+double prefill_flops(const DecoderConfig& c, double tokens, double past) {
+  const double per_token_linear = 2.0 * c.layers *
+      (double(c.hidden) * (c.heads + 2.0 * c.kv_heads) * c.head_dim + double(c.heads) * c.head_dim * c.hidden +
+       3.0 * c.hidden * c.intermediate) + 2.0 * c.hidden * c.vocab / tokens;  // lm_head: last token only
+  const double attended = tokens * past + tokens * (tokens + 1) / 2.0;
+  const double attention = 4.0 * c.layers * double(c.heads) * c.head_dim * attended;
+  return per_token_linear * tokens + attention;
+}
+
+std::vector<int32_t> random_ids(std::mt19937_64& rng, int n, int vocab) {
+  std::uniform_int_distribution<int32_t> pick(3, std::min(vocab, 32000) - 1);  // no control ids
+  std::vector<int32_t> ids(static_cast<size_t>(n));
+  for (auto& id : ids) id = pick(rng);
+  return ids;
+}
+
+// Fills a fresh sequence with `tokens` random text tokens, in chunks the KV cache accepts.
+void prefill_random(Engine& engine, SequenceState& seq, std::mt19937_64& rng, int tokens) {
+  constexpr int kChunk = 2048;
+  for (int done = 0; done < tokens; done += kChunk) {
+    const auto ids = random_ids(rng, std::min(kChunk, tokens - done), engine.config().decoder.vocab);
+    SequenceChunk chunk{&seq, engine.embed(ids)};
+    engine.step(std::span<SequenceChunk>(&chunk, 1));
+  }
+}
+
+void bench_vision(Engine& engine, const BenchOptions& o, std::mt19937_64& rng, BenchResult& r) {
+  const int size = engine.config().dino.image_size;
+  std::normal_distribution<float> normal(0.0f, 1.0f);  // normalized pixels are ~N(0, 1)
+  std::vector<float> dino(static_cast<size_t>(size) * size * 3), siglip(dino.size());
+  for (auto& v : dino) v = normal(rng);
+  for (auto& v : siglip) v = normal(rng);
+  std::vector<double> times;
+  for (int i = 0; i <= o.runs; ++i) {
+    const auto start = Clock::now();
+    engine.encode_images(dino, siglip, 1);
+    engine.backend().synchronize();
+    if (i > 0) times.push_back(ms_since(start));  // the first run warms up
+  }
+  r.vision_ms = median(times);
+}
+
+void bench_prefill(Engine& engine, const BenchOptions& o, std::mt19937_64& rng, BenchResult& r) {
+  r.prefill_tokens = o.prefill_tokens > 0 ? o.prefill_tokens : o.context;
+  std::vector<double> times;
+  for (int i = 0; i <= o.runs; ++i) {
+    const auto ids = random_ids(rng, r.prefill_tokens, engine.config().decoder.vocab);
+    SequenceState seq;
+    const auto start = Clock::now();
+    SequenceChunk chunk{&seq, engine.embed(ids)};
+    Tensor logits = engine.step(std::span<SequenceChunk>(&chunk, 1));
+    engine.backend().synchronize();
+    if (i > 0) times.push_back(ms_since(start));
+    engine.release(seq);
+  }
+  r.prefill_ms = median(times);
+  r.prefill_tflops = prefill_flops(engine.config().decoder, r.prefill_tokens, 0) / (r.prefill_ms * 1e9);
+}
+
+void bench_first_token(Engine& engine, const BenchOptions& o, std::mt19937_64& rng, BenchResult& r) {
+  const std::vector<uint8_t> image = read_file(o.image_path);
+  std::vector<double> times;
+  for (int i = 0; i <= o.runs; ++i) {
+    // A question of about ttft_prompt_tokens tokens (re-tokenizing decoded ids may merge some).
+    std::string question;
+    for (int32_t id : random_ids(rng, o.ttft_prompt_tokens, engine.config().decoder.vocab))
+      question += engine.tokenizer().decode(std::vector<int32_t>{id});
+    const auto start = Clock::now();
+    Session session(engine, LoadOptions{}.max_image_pixels);
+    PrefillResult p = session.prefill({{question, {}}}, image);
+    // Greedy: the first token is the argmax, part of the measured path.
+    r.first_token = static_cast<int32_t>(std::max_element(p.logits.begin(), p.logits.end()) - p.logits.begin());
+    if (i > 0) times.push_back(ms_since(start));
+    r.ttft_prompt_tokens = p.prompt_tokens;
+  }
+  r.ttft_ms = median(times);
+}
+
+void bench_decode(Engine& engine, const BenchOptions& o, std::mt19937_64& rng, BenchResult& r) {
+  const DecoderConfig& c = engine.config().decoder;
+  std::vector<SequenceState> seqs(static_cast<size_t>(o.batch));
+  for (auto& s : seqs) prefill_random(engine, s, rng, o.context);
+  std::vector<double> times;
+  for (int step = 0; step <= o.decode_steps; ++step) {
+    std::vector<SequenceChunk> chunks;
+    for (auto& s : seqs) chunks.push_back({&s, Tensor{}});
+    const auto ids = random_ids(rng, o.batch, c.vocab);
+    const auto start = Clock::now();
+    Tensor embeddings = engine.embed(ids);
+    for (int b = 0; b < o.batch; ++b) chunks[static_cast<size_t>(b)].embeddings = embeddings.rows_view(b, 1);
+    Tensor logits = engine.step(chunks);
+    std::vector<float> host(static_cast<size_t>(logits.numel()));
+    engine.backend().to_host_f32(logits, host.data());  // as generation does: logits to the sampler
+    if (step > 0) times.push_back(ms_since(start));
+  }
+  for (auto& s : seqs) engine.release(s);
+  r.weight_bytes = decoder_weight_bytes(engine.checkpoint().decoder);
+  const double kv_bytes_per_token = 2.0 * c.layers * c.kv_heads * c.head_dim *
+                                    (engine.backend().kind() == DeviceKind::CPU ? 4.0 : 2.0);
+  r.decode_step_ms = median(times);
+  r.decode_bytes_per_step = r.weight_bytes + o.batch * (o.context + o.decode_steps / 2.0) * kv_bytes_per_token;
+  r.decode_gbps = r.decode_bytes_per_step / (r.decode_step_ms * 1e6);
+  r.decode_tok_s_per_seq = 1000.0 / r.decode_step_ms;
+  r.decode_tok_s_total = r.decode_tok_s_per_seq * o.batch;
+}
+
+}  // namespace
+
+BenchResult run_benchmark(Engine& engine, const BenchOptions& o) {
+  MOXIN_CHECK(o.batch >= 1 && o.batch <= 256, "[bench] --batch must be in 1..256, got ", o.batch);
+  MOXIN_CHECK(o.context >= 1, "[bench] --context must be >= 1, got ", o.context);
+  MOXIN_CHECK(o.decode_steps >= 1 && o.runs >= 1, "[bench] --decode-steps and --runs must be >= 1");
+  const int64_t needed = int64_t{o.batch} * ((o.context + o.decode_steps + 2 + 15) / 16 * 16);
+  MOXIN_CHECK(needed <= engine.kv_pool().capacity_tokens(), "[bench] batch ", o.batch, " x context ",
+              o.context, " needs ", needed, " KV positions but the cache holds ",
+              engine.kv_pool().capacity_tokens(), " (raise --max-context)");
+  std::mt19937_64 rng(o.seed);
+  BenchResult r;
+  r.device = engine.backend().name();
+  r.batch = o.batch;
+  r.context = o.context;
+  if (o.vision) bench_vision(engine, o, rng, r);
+  bench_prefill(engine, o, rng, r);
+  if (!o.image_path.empty()) bench_first_token(engine, o, rng, r);
+  bench_decode(engine, o, rng, r);
+  r.peak_rss_mb = peak_rss_mb();
+  r.device_memory_mb = static_cast<double>(engine.backend().device_memory_used()) / (1 << 20);
+  // Last: its 1 GB probe buffer on the CPU would otherwise count in the peak RSS.
+  r.bandwidth_gbps = engine.backend().measure_bandwidth_gbps();
+  return r;
+}
+
+}  // namespace moxin
