@@ -28,7 +28,9 @@ Prompt and tokenization (mirrors Prismatic's PurePromptBuilder + the HF tokenize
     tokenizer's added special tokens are matched ANYWHERE in the text: the multi-turn separator
     "</s>" becomes id 2, and so would "</s>", "<s>", "<unk>" or "<PAD>" typed by a user. The text
     after a special token is normalized as a new segment, so it gets the "▁" prefix again:
-    "a1</s>In:" -> ["▁a1", "</s>", "▁In", ":"].
+    "A cat.</s>In:" -> ["▁A", "▁cat", ".", "</s>", "▁In", ":"].
+    Spaces around a special token stay in the neighbouring segments: "a </s> b" ->
+    ["▁a", "▁", "</s>", "▁", "▁b"] (the added tokens have no lstrip/rstrip).
 Sequence: [embed(BOS), projected x256, embed(rest)], positions 0..L-1, one causal mask; a
 text-only prompt skips the image entirely (no vision, no placeholder).
 """

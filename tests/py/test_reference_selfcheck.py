@@ -26,8 +26,8 @@ sys.path.insert(0, str(ROOT / "tools"))
 import make_test_model  # noqa: E402
 
 
-def write_tiny(out, seed, shards=1):
-    return make_test_model.write_model("tiny", out, seed, shards=shards, log=lambda line: None)
+def write_tiny(out, seed, tokenizer, shards=1):
+    return make_test_model.write_model("tiny", out, seed, shards=shards, tokenizer=tokenizer, log=lambda line: None)
 
 
 def random_image(rng, path=None):
@@ -46,8 +46,8 @@ def random_words(rng, count):
 
 
 @pytest.fixture
-def tiny(tmp_path, seed):
-    write_tiny(tmp_path / "tiny", seed)
+def tiny(tmp_path, seed, tokenizer_fixture):
+    write_tiny(tmp_path / "tiny", seed, tokenizer_fixture)
     return tmp_path / "tiny"
 
 
@@ -163,10 +163,10 @@ def test_sequence_assembly_and_cached_decoding(tiny, seed):
         inputs = torch.cat([inputs, table[[token]][None]], dim=1)
 
 
-def test_sharded_checkpoint_and_script_match_single_file(tmp_path, seed):
+def test_sharded_checkpoint_and_script_match_single_file(tmp_path, seed, tokenizer_fixture):
     rng = np.random.default_rng(seed)
-    files = write_tiny(tmp_path / "sharded", seed, shards=3)
-    write_tiny(tmp_path / "single", seed, shards=1)
+    files = write_tiny(tmp_path / "sharded", seed, tokenizer_fixture, shards=3)
+    write_tiny(tmp_path / "single", seed, tokenizer_fixture, shards=1)
     index = json.loads((tmp_path / "sharded" / "model.safetensors.index.json").read_text())
     assert sorted(set(index["weight_map"].values())) == files and len(files) == 3
     with safe_open(tmp_path / "single" / "model.safetensors", "pt") as f:
