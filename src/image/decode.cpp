@@ -78,7 +78,7 @@ std::string describe_first_bytes(std::span<const uint8_t> bytes) {
 }
 
 [[noreturn, maybe_unused]] void fail_not_built(std::string_view source, std::string_view format,
-                                                std::string_view library) {
+                                               std::string_view library) {
   fail_image(source, format, " support was not built in (install ", library, " and rebuild)");
 }
 

@@ -35,9 +35,9 @@ double bicubic(double x) {
 
 // For each output index: the first input index and the fixed-point weights of the taps.
 struct Taps {
-  int stride = 0;           // weights per output index (Pillow's ksize)
-  std::vector<int> first;   // first input index used
-  std::vector<int> count;   // number of input indices used
+  int stride = 0;          // weights per output index (Pillow's ksize)
+  std::vector<int> first;  // first input index used
+  std::vector<int> count;  // number of input indices used
   std::vector<int32_t> weights;
 };
 

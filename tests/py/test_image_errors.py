@@ -56,12 +56,13 @@ def _noise_files(rng):
 def test_truncated_files(moxin_bin, seed, tmp_path):
     rng = np.random.default_rng(seed)
     for name, data in _noise_files(rng).items():
-        cut = int(rng.integers(len(data) // 10, len(data) * 9 // 10)) if len(data) > 100 \
-            else len(data)
-        path = tmp_path / f"truncated-{cut}-{name}"
-        path.write_bytes(data[:cut])
-        assert _pillow_refuses(path), f"{path.name}: Pillow decodes it, the test is wrong"
-        _refused(moxin_bin, tmp_path, path)
+        # One cut in the headers, one in the pixel data.
+        for cut in (int(rng.integers(1, 40)),
+                    int(rng.integers(len(data) // 10, len(data) * 9 // 10))):
+            path = tmp_path / f"truncated-{cut}-{name}"
+            path.write_bytes(data[:cut])
+            assert _pillow_refuses(path), f"{path.name}: Pillow decodes it, the test is wrong"
+            _refused(moxin_bin, tmp_path, path)
 
 
 def test_garbage(moxin_bin, seed, tmp_path):
@@ -145,3 +146,29 @@ def test_pixel_limit_checked_before_decoding(moxin_bin, tmp_path, fmt):
     with pytest.raises(Image.DecompressionBombError):
         Image.open(path).convert("RGB")
     _refused(moxin_bin, tmp_path, path, f"{side}x{side}", "raise --max-pixels")
+
+
+def test_bmp_layouts_pillow_refuses(moxin_bin, tmp_path):
+    """BMPs Pillow cannot open are refused too, with the reason."""
+    row = [b"\0" * 12] * 4
+    palette = bytes(range(256)) * 4  # not a gray ramp
+    cases = {
+        "header-size-20.bmp": (bmp_bytes(4, 4, 24, row)[:14] + struct.pack("<I", 20)
+                               + b"\0" * 200, "header size 20"),
+        "2-bit.bmp": (bmp_bytes(4, 4, 2, [b"\0"] * 4, palette=palette[:16]), "pixel depth"),
+        "64-bit.bmp": (bmp_bytes(4, 4, 64, [b"\0" * 32] * 4), "pixel depth"),
+        "jpeg-compression.bmp": (bmp_bytes(4, 4, 24, row, compression=4), "compression (4)"),
+        "alphabitfields.bmp": (bmp_bytes(4, 4, 32, [b"\0" * 16] * 4, compression=6),
+                               "compression (6)"),
+        "odd-masks.bmp": (bmp_bytes(4, 4, 32, [b"\0" * 16] * 4, compression=3,
+                                    masks=(0xFF, 0xFF00, 0xFF0000)), "bitfields layout"),
+        "rle8-24-bit.bmp": (bmp_bytes(4, 4, 24, None, compression=1,
+                                      data=bytes([4, 1, 0, 0] * 4 + [0, 1])), "24-bit pixels"),
+        "300-colors.bmp": (bmp_bytes(4, 4, 8, [b"\0" * 4] * 4, colors=300,
+                                     palette=palette + palette[:176]), "300 colors"),
+    }
+    for name, (data, reason) in cases.items():
+        path = tmp_path / name
+        path.write_bytes(data)
+        assert _pillow_refuses(path), f"{name}: Pillow decodes it, the test is wrong"
+        _refused(moxin_bin, tmp_path, path, reason)

@@ -269,6 +269,11 @@ def test_bmp_variants(moxin_bin, seed, tmp_path):
                           data=bmp_rle(indices(8).tolist(), False, rng)),
         "rle4": bmp_bytes(w, h, 4, None, compression=2, palette=_bgrx(palette16),
                           data=bmp_rle(indices(4).tolist(), True, rng)),
+        # With a black-and-white palette Pillow shows every nonzero RLE byte as white.
+        "rle8-black-white": bmp_bytes(w, h, 8, None, compression=1, colors=2,
+                                      palette=_bgrx([(0, 0, 0), (255, 255, 255)]),
+                                      data=bmp_rle(rng.integers(0, 3, (h, w)).tolist(), False,
+                                                   rng)),
         # A delta escape skips pixels, which Pillow fills with index 0.
         "rle8-delta": bmp_bytes(w, h, 8, None, compression=1, palette=_bgrx(palette256),
                                 data=bytes([0, 2, w // 2, h // 2]) +
@@ -277,3 +282,26 @@ def test_bmp_variants(moxin_bin, seed, tmp_path):
     }
     for name, data in cases.items():
         _check(moxin_bin, tmp_path, f"{name}.bmp", data)
+
+
+# ------------------------------------------------------------------ cut after the first image
+
+def test_files_cut_after_their_pixels(moxin_bin, seed, tmp_path):
+    """Pillow stops reading once the (first) image is decoded: a PNG cut in its last CRC or
+    IEND, or an animated GIF cut in a later frame, still decodes, and must match. (A PNG cut
+    inside its zlib checksum decodes in Pillow too but not here: libpng reads each IDAT chunk
+    whole before it hands out the last row.)"""
+    rng = np.random.default_rng(seed)
+    side = int(rng.integers(1, 64))
+    samples = rng.integers(0, 256, (side, side, 3))
+    frames = [random_image(rng, "RGB", side, side).quantize(64) for _ in range(3)]
+    gif = encode(frames[0], "GIF", save_all=True, append_images=frames[1:])
+    first_frame_end = len(encode(frames[0], "GIF")) - 1  # without the trailer
+    cases = {}
+    for interlace in (False, True):
+        png = png_bytes(samples, 2, 8, interlace=interlace)
+        for cut in (12, 16):  # IEND; IEND and the last IDAT's CRC
+            cases[f"cut{cut}-{'adam7' if interlace else 'plain'}.png"] = png[:-cut]
+    cases["cut-in-frame-2.gif"] = gif[:int(rng.integers(first_frame_end + 20, len(gif) - 1))]
+    for name, data in cases.items():
+        _check(moxin_bin, tmp_path, name, data)

@@ -54,7 +54,7 @@ struct Header {
   int bits = 0;
   uint32_t compression = kRaw;
   uint64_t colors = 0;
-  int palette_entry_size = 4;  // BGRX, or BGR in 12-byte headers
+  int palette_entry_size = 4;       // BGRX, or BGR in 12-byte headers
   std::array<uint32_t, 4> masks{};  // r, g, b, a for BI_BITFIELDS
 };
 
@@ -107,10 +107,10 @@ PixelFormat bitfields_format(const Header& h, const DecodeInput& in) {
   using Masks = std::array<uint32_t, 4>;
   // The layouts Pillow accepts (BmpImagePlugin's SUPPORTED table).
   static const Masks k32[] = {
-      {0xFF0000, 0xFF00, 0xFF, 0x0},         {0xFF000000, 0xFF0000, 0xFF00, 0x0},
-      {0xFF000000, 0xFF00, 0xFF, 0x0},       {0xFF000000, 0xFF0000, 0xFF00, 0xFF},
-      {0xFF, 0xFF00, 0xFF0000, 0xFF000000},  {0xFF0000, 0xFF00, 0xFF, 0xFF000000},
-      {0xFF000000, 0xFF00, 0xFF, 0xFF0000},  {0x0, 0x0, 0x0, 0x0}};
+      {0xFF0000, 0xFF00, 0xFF, 0x0},        {0xFF000000, 0xFF0000, 0xFF00, 0x0},
+      {0xFF000000, 0xFF00, 0xFF, 0x0},      {0xFF000000, 0xFF0000, 0xFF00, 0xFF},
+      {0xFF, 0xFF00, 0xFF0000, 0xFF000000}, {0xFF0000, 0xFF00, 0xFF, 0xFF000000},
+      {0xFF000000, 0xFF00, 0xFF, 0xFF0000}, {0x0, 0x0, 0x0, 0x0}};
   const Masks& m = h.masks;
   const Masks rgb{m[0], m[1], m[2], 0};
   if (h.bits == 32 && std::find(std::begin(k32), std::end(k32), m) != std::end(k32)) {
@@ -141,17 +141,20 @@ PixelFormat read_palette(const Reader& file, const Header& h, size_t& position, 
   bool gray_ramp = true;
   for (uint64_t i = 0; i < h.colors && gray_ramp; ++i) {
     const uint8_t level = static_cast<uint8_t>(h.colors == 2 ? (i ? 255 : 0) : i);
-    gray_ramp = i * entry + 3 <= available && p[i * entry] == level &&
-                p[i * entry + 1] == level && p[i * entry + 2] == level;
+    gray_ramp = i * entry + 3 <= available && p[i * entry] == level && p[i * entry + 1] == level &&
+                p[i * entry + 2] == level;
   }
-  if (gray_ramp) return {h.colors <= 2 ? PixelKind::kBilevel : PixelKind::kGray8, h.colors <= 2 ? 1 : 8};
+  if (gray_ramp)
+    return {h.colors <= 2 ? PixelKind::kBilevel : PixelKind::kGray8, h.colors <= 2 ? 1 : 8};
 
   const size_t entries = available / entry;
   if (entries > 256) {
-    fail_image(file.in.source, "the BMP palette has ", entries, " colors; at most 256 are supported");
+    fail_image(file.in.source, "the BMP palette has ", entries,
+               " colors; at most 256 are supported");
   }
   palette.assign(256, {0, 0, 0});
-  for (size_t i = 0; i < entries; ++i) palette[i] = {p[i * entry + 2], p[i * entry + 1], p[i * entry]};
+  for (size_t i = 0; i < entries; ++i)
+    palette[i] = {p[i * entry + 2], p[i * entry + 1], p[i * entry]};
   return {PixelKind::kIndexed, h.bits};
 }
 
@@ -170,7 +173,7 @@ struct RowWriter {
     };
     for (int x = 0; x < width; ++x) {
       switch (format.kind) {
-        case PixelKind::kBilevel: {
+        case PixelKind::kBilevel: {  // any nonzero value is white
           const uint8_t v = packed(x) ? 255 : 0;
           put(x, v, v, v);
           break;
@@ -188,7 +191,8 @@ struct RowWriter {
           const int v = in[2 * x] | in[2 * x + 1] << 8;
           const bool wide_green = format.kind == PixelKind::kRgb565;
           put(x, static_cast<uint8_t>(((v >> (wide_green ? 11 : 10)) & 31) * 255 / 31),
-              static_cast<uint8_t>(wide_green ? ((v >> 5) & 63) * 255 / 63 : ((v >> 5) & 31) * 255 / 31),
+              static_cast<uint8_t>(wide_green ? ((v >> 5) & 63) * 255 / 63
+                                              : ((v >> 5) & 31) * 255 / 31),
               static_cast<uint8_t>((v & 31) * 255 / 31));
           break;
         }
@@ -282,10 +286,17 @@ Image decode_bmp(const DecodeInput& in) {
     format = bitfields_format(h, in);
   } else if (h.compression == kRaw || rle) {
     switch (h.bits) {
-      case 16: format = {PixelKind::kRgb555, 16}; break;
-      case 24: format = {PixelKind::kBytes, 24}; break;
-      case 32: format = {PixelKind::kBytes, 32}; break;
-      default: format = {PixelKind::kIndexed, h.bits};
+      case 16:
+        format = {PixelKind::kRgb555, 16};
+        break;
+      case 24:
+        format = {PixelKind::kBytes, 24};
+        break;
+      case 32:
+        format = {PixelKind::kBytes, 32};
+        break;
+      default:
+        format = {PixelKind::kIndexed, h.bits};
     }
   } else {
     fail_image(in.source, "unsupported BMP compression (", h.compression,
@@ -303,13 +314,14 @@ Image decode_bmp(const DecodeInput& in) {
   };
 
   if (rle) {
-    if (format.kind != PixelKind::kIndexed && format.kind != PixelKind::kGray8) {
+    // Pillow sets RLE-decoded bytes as raw "P" or "L" data (nonzero is white in mode "1");
+    // it has no such path for 16/24/32-bit images.
+    if (h.bits > 8) {
       fail_image(in.source, "unsupported BMP: ", h.compression == kRle8 ? "RLE8" : "RLE4",
-                 " compression with ", format.kind == PixelKind::kBilevel
-                                           ? "a black-and-white palette"
-                                           : cat(h.bits, "-bit pixels"));
+                 " compression with ", h.bits, "-bit pixels");
     }
-    const std::vector<uint8_t> indices = decode_rle(file, offset, h.width, h.height, h.compression == kRle4);
+    const std::vector<uint8_t> indices =
+        decode_rle(file, offset, h.width, h.height, h.compression == kRle4);
     for (uint64_t y = 0; y < h.height; ++y) {
       write_row(indices.data() + y * h.width, row_of(y), out.width, true);
     }

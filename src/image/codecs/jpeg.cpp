@@ -4,8 +4,10 @@
 #include <csetjmp>
 #include <cstdio>  // jpeglib.h needs FILE and size_t declared first
 
-#include <jerror.h>
+// clang-format off
 #include <jpeglib.h>
+#include <jerror.h>
+// clang-format on
 
 #include "image/codecs/codec.hpp"
 
@@ -82,9 +84,15 @@ void decode_with_libjpeg(JpegState& state, const DecodeInput& in, Image& out) {
 
   const int components = cinfo.num_components;
   switch (components) {
-    case 1: cinfo.out_color_space = JCS_GRAYSCALE; break;
-    case 3: cinfo.out_color_space = JCS_RGB; break;
-    case 4: cinfo.out_color_space = JCS_CMYK; break;
+    case 1:
+      cinfo.out_color_space = JCS_GRAYSCALE;
+      break;
+    case 3:
+      cinfo.out_color_space = JCS_RGB;
+      break;
+    case 4:
+      cinfo.out_color_space = JCS_CMYK;
+      break;
     default:
       std::snprintf(state.err.message, sizeof state.err.message,
                     "cannot handle a JPEG with %d components (Pillow reads 1, 3 or 4)", components);
@@ -122,7 +130,8 @@ bool run_libjpeg(JpegState& state, const DecodeInput& in, Image& out) {
 Image decode_jpeg(const DecodeInput& in) {
   JpegState state;
   Image out;
-  if (!run_libjpeg(state, in, out)) fail_image(in.source, "cannot decode the JPEG: ", state.err.message);
+  if (!run_libjpeg(state, in, out))
+    fail_image(in.source, "cannot decode the JPEG: ", state.err.message);
   return out;
 }
 

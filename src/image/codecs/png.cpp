@@ -1,7 +1,9 @@
 // PNG through libpng. libpng only de-interlaces; the conversion to RGB is ours, because Pillow
 // has its own PNG reader and modes whose convert("RGB") differs from libpng's transforms:
 // 16-bit gray is Pillow mode "I;16", converted by clamping the value to 255 (not scaling);
-// 16-bit colour keeps the most significant byte; alpha is dropped, never composited.
+// 16-bit colour keeps the most significant byte; alpha is dropped, never composited. Like
+// Pillow, we stop once every row is decoded: a file cut after its last IDAT chunk's data
+// (missing that chunk's CRC or the IEND chunk) still decodes.
 #include <png.h>
 
 #include <algorithm>
@@ -15,6 +17,13 @@
 namespace moxin::image_codecs {
 namespace {
 
+struct PngLayout {
+  int bit_depth = 0, color_type = 0;
+  bool interlaced = false;
+  // PLTE entries; Pillow's palette is black past the entries the file defines.
+  std::array<std::array<uint8_t, 3>, 256> palette{};
+};
+
 // Owns libpng's state; lives in the caller's frame so that the longjmp error path skips no
 // destructor.
 struct PngState {
@@ -23,8 +32,12 @@ struct PngState {
   png_structp png = nullptr;
   png_infop info = nullptr;
   char message[256] = {};
-  std::vector<uint8_t> raw;           // one row, or the whole image when interlaced
+  PngLayout layout;
+  std::vector<uint8_t> raw;  // one row, or the whole image when interlaced
   std::vector<png_bytep> row_pointers;
+  bool reading_rows = false;     // past the header and the size check
+  int rows_converted = 0;        // non-interlaced rows already converted to RGB
+  bool pixels_complete = false;  // set when the data ran out only after the last row
   ~PngState() { png_destroy_read_struct(&png, info ? &info : nullptr, nullptr); }
 };
 
@@ -39,18 +52,24 @@ struct PngState {
 // decodes such files.
 void on_warning(png_structp, png_const_charp) {}
 
+// After the last row of the last pass libpng reads on to the end of the zlib stream; by then
+// its row counter has passed the last row (non-interlaced) or its pass counter the last pass.
+bool all_rows_read(png_structp png, png_infop info) {
+  if (png_get_interlace_type(png, info) != PNG_INTERLACE_NONE) {
+    return png_get_current_pass_number(png) >= 7;
+  }
+  return png_get_current_row_number(png) >= png_get_image_height(png, info);
+}
+
 void read_bytes(png_structp png, png_bytep out, png_size_t length) {
   auto* state = static_cast<PngState*>(png_get_io_ptr(png));
-  if (state->bytes.size() - state->position < length) png_error(png, "the file is truncated");
+  if (state->bytes.size() - state->position < length) {
+    state->pixels_complete = state->reading_rows && all_rows_read(png, state->info);
+    png_error(png, "the file is truncated");
+  }
   std::memcpy(out, state->bytes.data() + state->position, length);
   state->position += length;
 }
-
-struct PngLayout {
-  int bit_depth = 0, color_type = 0;
-  // PLTE entries; Pillow's palette is black past the entries the file defines.
-  std::array<std::array<uint8_t, 3>, 256> palette{};
-};
 
 // One raw PNG row (big-endian samples, sub-byte pixels packed from the most significant bit)
 // to RGB8, as Pillow's unpacker for the PNG's mode followed by convert("RGB").
@@ -114,9 +133,10 @@ void decode_with_libpng(PngState& state, const DecodeInput& in, Image& out) {
   png_set_user_limits(png, PNG_UINT_31_MAX, PNG_UINT_31_MAX);
   png_read_info(png, info);
 
-  PngLayout layout;
+  PngLayout& layout = state.layout;
   layout.bit_depth = png_get_bit_depth(png, info);
   layout.color_type = png_get_color_type(png, info);
+  layout.interlaced = png_get_interlace_type(png, info) != PNG_INTERLACE_NONE;
   if (layout.color_type == PNG_COLOR_TYPE_PALETTE) {
     png_colorp entries = nullptr;
     int count = 0;
@@ -128,15 +148,16 @@ void decode_with_libpng(PngState& state, const DecodeInput& in, Image& out) {
   }
   out = allocate_image(in, "PNG", png_get_image_width(png, info), png_get_image_height(png, info));
 
-  const int passes = png_set_interlace_handling(png);
+  png_set_interlace_handling(png);
   png_read_update_info(png, info);
+  state.reading_rows = true;
   const size_t row_bytes = png_get_rowbytes(png, info);
-  const size_t out_stride = static_cast<size_t>(out.width) * 3;
-  if (passes == 1) {
+  if (!layout.interlaced) {
     state.raw.resize(row_bytes);
     for (int y = 0; y < out.height; ++y) {
       png_read_row(png, state.raw.data(), nullptr);
-      convert_row(layout, state.raw.data(), out.rgb.data() + y * out_stride, out.width);
+      convert_row(layout, state.raw.data(), out.rgb.data() + y * size_t(out.width) * 3, out.width);
+      state.rows_converted = y + 1;
     }
   } else {
     // Adam7 passes each fill part of every row: keep the whole raw image.
@@ -144,9 +165,6 @@ void decode_with_libpng(PngState& state, const DecodeInput& in, Image& out) {
     state.row_pointers.resize(out.height);
     for (int y = 0; y < out.height; ++y) state.row_pointers[y] = state.raw.data() + y * row_bytes;
     png_read_image(png, state.row_pointers.data());
-    for (int y = 0; y < out.height; ++y) {
-      convert_row(layout, state.row_pointers[y], out.rgb.data() + y * out_stride, out.width);
-    }
   }
   // No png_read_end: like Pillow, whatever follows the pixel data does not matter.
 }
@@ -167,7 +185,20 @@ Image decode_png(const DecodeInput& in) {
   if (state.png) state.info = png_create_info_struct(state.png);
   if (!state.png || !state.info) fail_image(in.source, "cannot initialize libpng");
   Image out;
-  if (!run_libpng(state, in, out)) fail_image(in.source, "cannot decode the PNG: ", state.message);
+  if (!run_libpng(state, in, out) && !state.pixels_complete) {
+    fail_image(in.source, "cannot decode the PNG: ", state.message);
+  }
+  // The rows not converted yet: all of an interlaced image, or the last row when libpng failed
+  // only while reading on after it.
+  const size_t stride = size_t(out.width) * 3;
+  if (state.layout.interlaced) {
+    for (int y = 0; y < out.height; ++y) {
+      convert_row(state.layout, state.row_pointers[y], out.rgb.data() + y * stride, out.width);
+    }
+  } else if (state.rows_converted < out.height) {
+    convert_row(state.layout, state.raw.data(), out.rgb.data() + (out.height - 1) * stride,
+                out.width);
+  }
   return out;
 }
 

@@ -42,7 +42,8 @@ Image decode_webp(const DecodeInput& in) {
   uint8_t* rgba = nullptr;
   int timestamp = 0;
   if (!WebPAnimDecoderGetNext(decoder.get(), &rgba, &timestamp)) {
-    fail_image(in.source, "cannot decode the WebP's first frame (the file is truncated or corrupt)");
+    fail_image(in.source,
+               "cannot decode the WebP's first frame (the file is truncated or corrupt)");
   }
   const size_t pixels = static_cast<size_t>(out.width) * out.height;
   for (size_t i = 0; i < pixels; ++i) {
