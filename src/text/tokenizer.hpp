@@ -5,7 +5,8 @@
 // Encoding input must be valid UTF-8: anything else throws moxin::Error (HF itself only takes
 // Python str, which cannot hold such bytes, and refuses lone surrogates). Files with components
 // this engine cannot reproduce exactly (other normalizers, regex patterns, single_word added
-// tokens, BPE dropout, ...) are rejected when loaded, never approximated.
+// tokens, BPE dropout, ...) are rejected when loaded, never approximated. A loaded Tokenizer is
+// immutable: copies share it and its const methods may run on several threads at once.
 #pragma once
 
 #include <cstdint>
@@ -65,7 +66,9 @@ class StreamDecoder {
   StreamDecoder& operator=(StreamDecoder&&) noexcept;
 
   std::string push(int32_t id);  // throws moxin::Error for an id with no piece
-  std::string flush();           // whatever is still held back (end of the stream)
+  // Whatever is still held back (incomplete byte runs become U+FFFD as in HF); call it at the
+  // end of the stream. Ids pushed afterwards continue the same text.
+  std::string flush();
 
  private:
   std::shared_ptr<const text::TokenizerImpl> impl_;
