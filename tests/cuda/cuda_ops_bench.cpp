@@ -89,19 +89,10 @@ const uint16_t* weight_ptr(const Linear& l) {
   return static_cast<const uint16_t*>(static_cast<const CudaLinear*>(l.impl.get())->weight.get());
 }
 
-double copy_ceiling(cudaStream_t stream) {
-  const size_t bytes = size_t{1} << 30;
-  void *src = nullptr, *dst = nullptr;
-  MOXIN_CUDA_CHECK(cudaMalloc(&src, bytes));
-  MOXIN_CUDA_CHECK(cudaMalloc(&dst, bytes));
-  MOXIN_CUDA_CHECK(cudaMemsetAsync(src, 0x5a, bytes, stream));
-  const double ms = time_ms(stream, 15, 1, [&](int) {
-    MOXIN_CUDA_CHECK(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToDevice, stream));
-  });
-  cudaFree(src);
-  cudaFree(dst);
-  const double gbs = 2.0 * bytes / ms / 1e6;
-  table.push_back({"copy 1 GiB device-to-device (read + write)", ms, cat(int(gbs), " GB/s = ceiling")});
+double copy_ceiling(CudaBackend& backend) {
+  const double gbs = backend.measure_bandwidth_gbps();
+  table.push_back({"copy 1 GiB device-to-device (read + write)", 2.0 * (1 << 30) / gbs / 1e6,
+                   cat(int(gbs), " GB/s = ceiling")});
   return gbs;
 }
 
@@ -221,18 +212,29 @@ void bench_attention(CudaBackend& backend, double ceiling) {
     const std::vector<float> qs = random_f32(size_t(tokens) * q_heads * head_dim, 1.0f);
     const Tensor q = backend.from_host_f32(qs.data(), {tokens, q_heads * head_dim});
     Tensor y = backend.empty_act({tokens, q_heads * head_dim});
-    const double ms = time_ms(stream, 10, 3, [&](int) { backend.paged_attention(q, *f.cache, 0, b, q_heads, y); });
     const double flops = 4.0 * q_heads * head_dim * (double(tokens) * (tokens + 1) / 2);
-    table.push_back({"prefill attention 1024 tokens (tiled, f32 SIMT)", ms, cat(flops / ms / 1e9, " TFLOP/s")});
+    for (const auto& [path, label] : {std::pair{CudaAttentionPath::TiledF32, "f32 CUDA cores"},
+                                      std::pair{CudaAttentionPath::TiledBf16, "bf16 tensor cores"}}) {
+      backend.set_attention_path(path);
+      const double ms = time_ms(stream, 10, 3, [&](int) { backend.paged_attention(q, *f.cache, 0, b, q_heads, y); });
+      table.push_back({cat("prefill attention 1024 tokens (tiled, ", label, ")"), ms, cat(flops / ms / 1e9, " TFLOP/s")});
+    }
+    backend.set_attention_path(CudaAttentionPath::Auto);
   }
   for (const auto& [tokens, head_dim_vit] : {std::pair{261, 64}, {256, 72}}) {
     const int heads = 16, width = heads * head_dim_vit;
     const std::vector<float> qkv = random_f32(size_t(tokens) * 3 * width, 1.0f);
     const Tensor t = backend.from_host_f32(qkv.data(), {tokens, 3 * width});
     Tensor y = backend.empty_act({tokens, width});
-    const double ms = time_ms(stream, 10, 10, [&](int) { backend.vit_attention(t, 1, tokens, heads, head_dim_vit, y); });
     const double flops = 4.0 * heads * head_dim_vit * double(tokens) * tokens;
-    table.push_back({cat("vit attention T=", tokens, " H=16 D=", head_dim_vit), ms, cat(flops / ms / 1e9, " TFLOP/s")});
+    for (const auto& [path, label] : {std::pair{CudaAttentionPath::TiledF32, "f32"},
+                                      std::pair{CudaAttentionPath::Auto, "tensor cores"}}) {
+      backend.set_attention_path(path);
+      const double ms = time_ms(stream, 10, 10, [&](int) { backend.vit_attention(t, 1, tokens, heads, head_dim_vit, y); });
+      table.push_back({cat("vit attention T=", tokens, " H=16 D=", head_dim_vit, " ", label), ms,
+                       cat(flops / ms / 1e9, " TFLOP/s")});
+    }
+    backend.set_attention_path(CudaAttentionPath::Auto);
   }
 }
 
@@ -299,7 +301,7 @@ int main() {
     auto owned = moxin::create_cuda_backend(0);
     auto& backend = dynamic_cast<CudaBackend&>(*owned);
     std::printf("device: %s\n", backend.name().c_str());
-    const double ceiling = copy_ceiling(backend.stream());
+    const double ceiling = copy_ceiling(backend);
     bench_linears(backend, ceiling);
     bench_attention(backend, ceiling);
     bench_decoder_layer(backend, ceiling, 1);

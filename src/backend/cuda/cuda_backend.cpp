@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cstring>
 #include <initializer_list>
+#include <vector>
 
 #include "backend/cuda/cuda_check.hpp"
 #include "core/bf16.hpp"
@@ -17,7 +18,7 @@ constexpr size_t kStagingBytes = 16u << 20;
 // Up to this many tokens a batch goes through split-K attention (every token reads its own
 // context once per kv head); beyond, tiles of tokens share K/V reads.
 constexpr int kSplitMaxTokens = 64;
-constexpr int kMinPositionsPerSplit = 32;
+constexpr int kMinPositionsPerSplit = 64;
 
 template <class T>
 T* data_of(const Tensor& t) { return static_cast<T*>(t.data); }
@@ -86,7 +87,11 @@ std::shared_ptr<void> device_alloc(const std::shared_ptr<DeviceContext>& context
   const cudaError_t status = cudaMallocAsync(&p, bytes, context->stream);
   MOXIN_CHECK(status == cudaSuccess, "[cuda] cannot allocate ", bytes, " bytes on GPU ",
               context->device, ": ", cudaGetErrorString(status));
-  return std::shared_ptr<void>(p, [context](void* q) { cudaFreeAsync(q, context->stream); });
+  context->allocated_bytes += static_cast<int64_t>(bytes);
+  return std::shared_ptr<void>(p, [context, bytes](void* q) {
+    cudaFreeAsync(q, context->stream);
+    context->allocated_bytes -= static_cast<int64_t>(bytes);
+  });
 }
 
 CudaBackend::CudaBackend(int device_ordinal)
@@ -159,6 +164,33 @@ void CudaBackend::to_host_f32(const Tensor& t, float* out) {
 }
 
 void CudaBackend::synchronize() { MOXIN_CUDA_CHECK(cudaStreamSynchronize(stream())); }
+
+double CudaBackend::measure_bandwidth_gbps() {
+  const size_t bytes = size_t{1} << 30;
+  const auto src = device_alloc(context_, bytes), dst = device_alloc(context_, bytes);
+  MOXIN_CUDA_CHECK(cudaMemsetAsync(src.get(), 0x5a, bytes, stream()));
+  cudaEvent_t start = nullptr, stop = nullptr;
+  MOXIN_CUDA_CHECK(cudaEventCreate(&start));
+  MOXIN_CUDA_CHECK(cudaEventCreate(&stop));
+  std::vector<float> ms;
+  for (int i = 0; i < 12; ++i) {
+    MOXIN_CUDA_CHECK(cudaEventRecord(start, stream()));
+    MOXIN_CUDA_CHECK(cudaMemcpyAsync(dst.get(), src.get(), bytes, cudaMemcpyDeviceToDevice, stream()));
+    MOXIN_CUDA_CHECK(cudaEventRecord(stop, stream()));
+    MOXIN_CUDA_CHECK(cudaEventSynchronize(stop));
+    float t = 0;
+    MOXIN_CUDA_CHECK(cudaEventElapsedTime(&t, start, stop));
+    if (i >= 2) ms.push_back(t);  // the first copies warm up clocks and the pool
+  }
+  cudaEventDestroy(start);
+  cudaEventDestroy(stop);
+  std::sort(ms.begin(), ms.end());
+  return 2.0 * static_cast<double>(bytes) / (ms[ms.size() / 2] * 1e6);
+}
+
+size_t CudaBackend::device_memory_used() const {
+  return static_cast<size_t>(context_->allocated_bytes.load()) + kGemmWorkspaceBytes;
+}
 
 // --- weights ---
 
@@ -416,7 +448,8 @@ void CudaBackend::vit_attention(const Tensor& qkv, int batch, int tokens, int he
   const int64_t width = int64_t{heads} * head_dim;
   require_shape(qkv, rows, 3 * width, "vit_attention", "qkv");
   require_shape(y, rows, width, "vit_attention", "y");
-  cuda::vit_attention(data_of<const float>(qkv), batch, tokens, heads, head_dim, data_of<float>(y), stream());
+  cuda::vit_attention(data_of<const float>(qkv), batch, tokens, heads, head_dim,
+                      attention_path_ != CudaAttentionPath::TiledF32, data_of<float>(y), stream());
 }
 
 void CudaBackend::rope(Tensor& q, Tensor& k, const Tensor& positions, int head_dim, float theta) {
@@ -476,7 +509,8 @@ void CudaBackend::paged_attention(const Tensor& q, KvCache& cache, int layer, co
     paged_attention_split(data_of<const float>(q), c.layer(layer), index, q_heads, std::max(batch.max_context, 1),
                           splits, static_cast<float*>(attention_partial_.get()), data_of<float>(y), stream());
   } else {
-    paged_attention_tiled(data_of<const float>(q), c.layer(layer), index, q_heads, data_of<float>(y), stream());
+    paged_attention_tiled(data_of<const float>(q), c.layer(layer), index, q_heads,
+                          attention_path_ != CudaAttentionPath::TiledF32, data_of<float>(y), stream());
   }
 }
 

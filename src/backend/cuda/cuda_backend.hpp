@@ -29,9 +29,13 @@ class CudaGraph {
 // from AttentionBatch::max_context: capture with the largest context the graph will serve.
 std::unique_ptr<CudaGraph> capture_cuda_graph(Backend& backend, const std::function<void()>& record);
 
-// Which paged-attention kernel serves a batch: Auto picks split-K (flash-decoding) for small
-// token counts and the tiled prefill kernel otherwise; tests and benchmarks force one.
-enum class CudaAttentionPath { Auto, SplitK, Tiled };
+// Which attention kernels run. Auto: paged attention of up to 64 tokens (decode) goes through
+// split-K flash-decoding in f32 (K/V as stored: bf16); larger batches (prefill) and the ViT
+// encoders through tensor-core tiles, where Q and the softmax probabilities are rounded to
+// bf16 (ViT: K and V too) for mma with f32 accumulation: ~2e-3 relative error, like the bf16
+// activations of the prefill GEMMs. TiledF32 keeps those f32 on the CUDA cores (~10x slower);
+// SplitK / TiledBf16 force one kernel. Tests and benchmarks use this; the runtime keeps Auto.
+enum class CudaAttentionPath { Auto, SplitK, TiledF32, TiledBf16 };
 void set_cuda_attention_path(Backend& backend, CudaAttentionPath path);
 
 }  // namespace moxin

@@ -5,6 +5,7 @@
 
 #include <cuda_runtime.h>
 
+#include <atomic>
 #include <memory>
 #include <string>
 
@@ -21,6 +22,7 @@ struct DeviceContext {
   int device = 0;
   cudaStream_t stream = nullptr;
   int multiprocessors = 0;
+  std::atomic<int64_t> allocated_bytes{0};  // live device_alloc allocations
   explicit DeviceContext(int ordinal);
   ~DeviceContext();
   DeviceContext(const DeviceContext&) = delete;
@@ -52,6 +54,8 @@ class CudaBackend final : public Backend {
   Tensor from_host_i32(const int32_t* data, const std::vector<int64_t>& shape) override;
   void to_host_f32(const Tensor& t, float* out) override;
   void synchronize() override;
+  double measure_bandwidth_gbps() override;  // 1 GiB device-to-device copy, read + write
+  size_t device_memory_used() const override;
 
   Linear prepare_linear(const LinearWeight& w) override;
   Tensor param(const TensorInfo& t) override;

@@ -154,12 +154,16 @@ bool vector_path_usable(const float* x, const bf16_bits* w, int k) {
          reinterpret_cast<uintptr_t>(w) % 16 == 0;
 }
 
-// The tiling per M: enough weight bytes in flight per warp (R * U * 512 B ~ 4 KB) while the
-// activation reads per weight byte (which grow with M) stay under the L1 bandwidth.
+// The tiling per M (H100 sweep in docs/cuda-notes.md): one row per warp with 4 loads in flight
+// streams best for M <= 2 (94% / 90% of the copy ceiling at M = 1); with more activation rows
+// the L1 reads of x per weight byte grow with M, and sharing each x read across 4 weight rows
+// wins (71% / 58% at M = 8).
 template <int M>
 void launch_default(const float* x, const bf16_bits* w, const float* bias, float* y, int n, int k,
                     cudaStream_t stream) {
-  if constexpr (M <= 4)
+  if constexpr (M <= 2)
+    launch_vec<M, 1, 4>(x, w, bias, y, n, k, stream);
+  else if constexpr (M <= 4)
     launch_vec<M, 2, 4>(x, w, bias, y, n, k, stream);
   else
     launch_vec<M, 4, 2>(x, w, bias, y, n, k, stream);

@@ -79,8 +79,10 @@ void kv_write(const PagedLayer& cache, const float* k, const float* v, const Tok
 
 // --- vit_attention.cu ---
 constexpr int kMaxHeadDim = 128;
-void vit_attention(const float* qkv, int batch, int tokens, int heads, int head_dim, float* y,
-                   cudaStream_t stream);
+// tensor_cores: Q, K, V and P rounded to bf16 for mma.sync (f32 accumulation and softmax);
+// otherwise all f32 on the CUDA cores.
+void vit_attention(const float* qkv, int batch, int tokens, int heads, int head_dim, bool tensor_cores,
+                   float* y, cudaStream_t stream);
 
 // --- paged_attention_split.cu: one token per block group, context split across blocks ---
 // `partial` holds tokens * q_heads * splits * (head_dim + 2) floats when splits > 1.
@@ -89,8 +91,9 @@ void paged_attention_split(const float* q, const PagedLayer& cache, const TokenI
                            cudaStream_t stream);
 
 // --- paged_attention_tiled.cu: tiles of consecutive tokens share K/V tiles (prefill) ---
+// tensor_cores: Q and P rounded to bf16 for mma.sync; otherwise all f32 on the CUDA cores.
 void paged_attention_tiled(const float* q, const PagedLayer& cache, const TokenIndex& index,
-                           int q_heads, float* y, cudaStream_t stream);
+                           int q_heads, bool tensor_cores, float* y, cudaStream_t stream);
 
 // Raise the dynamic shared-memory limit of the tiled kernels (> 48 KB): called once at backend
 // creation, so that no attribute call happens inside a graph capture.

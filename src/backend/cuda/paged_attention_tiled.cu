@@ -1,16 +1,37 @@
-// Prefill attention over the paged cache: grid (tiles of 32 consecutive tokens, query heads).
-// A block streams K/V tiles of 64 positions of its tokens' sequence through shared memory
-// (attention_tile.cuh) with the causal mask key <= pos. Tokens of several sequences may share
-// a tile: the block then makes one pass per distinct sequence, each token seeing only keys of
-// its own sequence, so any AttentionBatch is right and a prefill chunk is fast.
+// Prefill attention over the paged cache: grid (tiles of consecutive tokens, query heads).
+// A block streams K/V tiles of 64 positions of its tokens' sequence through shared memory with
+// the causal mask key <= pos, either in f32 on the CUDA cores (32-token tiles,
+// attention_tile.cuh) or on the tensor cores with Q and P rounded to bf16 (64-token tiles,
+// attention_mma.cuh). Tokens of several sequences may share a tile: the block then makes one
+// pass per distinct sequence, each token seeing only keys of its own sequence, so any
+// AttentionBatch is right and a prefill chunk is fast.
 #include <climits>
 
+#include "backend/cuda/attention_mma.cuh"
 #include "backend/cuda/attention_tile.cuh"
 #include "backend/cuda/cuda_check.hpp"
 #include "backend/cuda/kernels.hpp"
 
 namespace moxin::cuda {
 namespace {
+
+// The next pass of a tile: the smallest sequence id above prev_seq among the tile's tokens and
+// the last position of that sequence in the tile (INT_MAX: no pass left). Warp 0 only.
+template <int kTokens>
+__device__ void next_pass(const int* tok_seq, const int* tok_pos, int prev_seq, int* pass_seq, int* pass_last) {
+  int next = INT_MAX;
+  for (int i = threadIdx.x; i < kTokens; i += 32)
+    if (tok_seq[i] > prev_seq) next = min(next, tok_seq[i]);
+  for (int o = 16; o > 0; o /= 2) next = min(next, __shfl_xor_sync(0xffffffffu, next, o));
+  int last = -1;
+  for (int i = threadIdx.x; i < kTokens; i += 32)
+    if (tok_seq[i] == next) last = max(last, tok_pos[i]);
+  for (int o = 16; o > 0; o /= 2) last = max(last, __shfl_xor_sync(0xffffffffu, last, o));
+  if (threadIdx.x == 0) {
+    *pass_seq = next;
+    *pass_last = last;
+  }
+}
 
 template <int DJ>
 __global__ void __launch_bounds__(kTileThreads)
@@ -54,17 +75,7 @@ __global__ void __launch_bounds__(kTileThreads)
   int prev_seq = -1;
   while (true) {
     __syncthreads();
-    if (threadIdx.x < 32) {  // next sequence id above prev_seq, and its last position here
-      const int s = tok_seq[threadIdx.x];
-      int next = s > prev_seq ? s : INT_MAX;
-      for (int o = 16; o > 0; o /= 2) next = min(next, __shfl_xor_sync(0xffffffffu, next, o));
-      int last = s == next ? tok_pos[threadIdx.x] : -1;
-      for (int o = 16; o > 0; o /= 2) last = max(last, __shfl_xor_sync(0xffffffffu, last, o));
-      if (threadIdx.x == 0) {
-        pass_seq = next;
-        pass_last = last;
-      }
-    }
+    if (threadIdx.x < 32) next_pass<kQueryTile>(tok_seq, tok_pos, prev_seq, &pass_seq, &pass_last);
     __syncthreads();
     const int seq = pass_seq;
     const int last = pass_last;
@@ -101,14 +112,125 @@ __global__ void __launch_bounds__(kTileThreads)
   });
 }
 
+template <int KD>
+__global__ void __launch_bounds__(kMmaThreads)
+    paged_tiled_mma_kernel(const float* __restrict__ q, PagedLayer cache, TokenIndex index,
+                           int q_heads, float scale, float* __restrict__ y) {
+  extern __shared__ __align__(16) unsigned char smem_bytes[];
+  __shared__ int tok_seq[kMmaRows];
+  __shared__ int tok_pos[kMmaRows];
+  __shared__ int pass_seq;
+  __shared__ int pass_last;
+  MmaAttention<KD> att(reinterpret_cast<__nv_bfloat16*>(smem_bytes));
+  constexpr int kPadded = 16 * KD;
+  const int head_dim = cache.head_dim;
+  const int t0 = blockIdx.x * kMmaRows;
+  const int head = blockIdx.y;
+  const int kv_head = head / (q_heads / cache.kv_heads);
+  const int capacity = index.max_blocks * cache.block_size;
+  const int lane = threadIdx.x % 32;
+  const int warp = threadIdx.x / 32;
+
+  if (threadIdx.x < kMmaRows) {
+    const int t = t0 + threadIdx.x;
+    int seq = -1, pos = -1;
+    if (t < index.tokens) {
+      const int s = index.token_seq[t];
+      const int p = index.token_pos[t];
+      if (s >= 0 && s < index.num_seqs && p >= 0 && p < capacity) {
+        seq = s;
+        pos = p;
+      }
+    }
+    tok_seq[threadIdx.x] = seq;
+    tok_pos[threadIdx.x] = pos;
+  }
+  for (int e = threadIdx.x; e < kMmaRows * kPadded; e += kMmaThreads) {
+    const int row = e / kPadded;
+    const int d = e % kPadded;
+    const int t = t0 + row;
+    const float value =
+        (t < index.tokens && d < head_dim) ? q[(static_cast<size_t>(t) * q_heads + head) * head_dim + d] : 0.0f;
+    att.q[row * att.stride + d] = __float2bfloat16_rn(value);
+  }
+  __syncthreads();
+  att.load_q();
+
+  const size_t row_stride = static_cast<size_t>(cache.kv_heads) * head_dim;
+  const int vecs = kPadded / 8;  // 8 bf16 per 16-byte chunk of a padded row
+  int prev_seq = -1;
+  while (true) {
+    __syncthreads();
+    if (warp == 0) next_pass<kMmaRows>(tok_seq, tok_pos, prev_seq, &pass_seq, &pass_last);
+    __syncthreads();
+    const int seq = pass_seq;
+    const int last = pass_last;
+    if (seq == INT_MAX) break;
+    const int row = warp * 16 + lane / 4;
+    const int limit[2] = {tok_seq[row] == seq ? tok_pos[row] : -1, tok_seq[row + 8] == seq ? tok_pos[row + 8] : -1};
+    int warp_last = max(limit[0], limit[1]);
+    for (int o = 16; o > 0; o /= 2) warp_last = max(warp_last, __shfl_xor_sync(0xffffffffu, warp_last, o));
+    const int32_t* table = index.block_tables + static_cast<size_t>(seq) * index.max_blocks;
+    for (int key0 = 0; key0 <= last; key0 += kMmaRows) {
+      const int n = min(kMmaRows, last + 1 - key0);
+      __syncthreads();  // the previous tile is consumed
+      for (int e = threadIdx.x; e < kMmaRows * vecs; e += kMmaThreads) {
+        const int r = e / vecs;
+        const int d0 = (e % vecs) * 8;
+        uint4 kv = make_uint4(0, 0, 0, 0), vv = make_uint4(0, 0, 0, 0);
+        if (r < n && d0 < head_dim) {
+          const int key = key0 + r;
+          const int block = table[key / cache.block_size];
+          if (block >= 0 && block < cache.num_blocks) {
+            const size_t src = (static_cast<size_t>(block) * cache.block_size + key % cache.block_size) * row_stride +
+                               static_cast<size_t>(kv_head) * head_dim + d0;
+            if (head_dim % 8 == 0) {
+              kv = __ldg(reinterpret_cast<const uint4*>(cache.k + src));
+              vv = __ldg(reinterpret_cast<const uint4*>(cache.v + src));
+            } else {
+              uint16_t kh[8] = {}, vh[8] = {};
+              for (int i = 0; i < 8 && d0 + i < head_dim; ++i) {
+                kh[i] = cache.k[src + i];
+                vh[i] = cache.v[src + i];
+              }
+              kv = make_uint4(kh[0] | (uint32_t{kh[1]} << 16), kh[2] | (uint32_t{kh[3]} << 16),
+                              kh[4] | (uint32_t{kh[5]} << 16), kh[6] | (uint32_t{kh[7]} << 16));
+              vv = make_uint4(vh[0] | (uint32_t{vh[1]} << 16), vh[2] | (uint32_t{vh[3]} << 16),
+                              vh[4] | (uint32_t{vh[5]} << 16), vh[6] | (uint32_t{vh[7]} << 16));
+            }
+          }
+        }
+        *reinterpret_cast<uint4*>(att.k + r * att.stride + d0) = kv;
+        *reinterpret_cast<uint4*>(att.v + r * att.stride + d0) = vv;
+      }
+      __syncthreads();
+      if (key0 <= warp_last) att.consume(key0, n, scale, limit);
+    }
+    prev_seq = seq;
+  }
+  att.finish(head_dim, [&](int r, int d, float value) {
+    const int t = t0 + r;
+    if (t < index.tokens) y[(static_cast<size_t>(t) * q_heads + head) * head_dim + d] = value;
+  });
+}
+
 }  // namespace
 
 void paged_attention_tiled(const float* q, const PagedLayer& cache, const TokenIndex& index,
-                           int q_heads, float* y, cudaStream_t stream) {
+                           int q_heads, bool tensor_cores, float* y, cudaStream_t stream) {
   if (index.tokens == 0) return;
+  const float scale = 1.0f / sqrtf(static_cast<float>(cache.head_dim));
+  if (tensor_cores) {
+    const dim3 grid((index.tokens + kMmaRows - 1) / kMmaRows, q_heads);
+    dispatch_mma_head_dim(cache.head_dim, [&]<int KD>() {
+      paged_tiled_mma_kernel<KD><<<grid, kMmaThreads, mma_smem_bytes(cache.head_dim), stream>>>(
+          q, cache, index, q_heads, scale, y);
+      MOXIN_CUDA_CHECK_LAUNCH("paged_tiled_mma_kernel");
+    });
+    return;
+  }
   const dim3 grid((index.tokens + kQueryTile - 1) / kQueryTile, q_heads);
   const size_t smem = tile_smem_bytes(cache.head_dim);
-  const float scale = 1.0f / sqrtf(static_cast<float>(cache.head_dim));
   dispatch_dims_per_thread(cache.head_dim, [&]<int DJ>() {
     paged_tiled_kernel<DJ><<<grid, kTileThreads, smem, stream>>>(q, cache, index, q_heads, scale, y);
     MOXIN_CUDA_CHECK_LAUNCH("paged_tiled_kernel");
@@ -118,6 +240,9 @@ void paged_attention_tiled(const float* q, const PagedLayer& cache, const TokenI
 void configure_paged_attention() {
   for_all_dims_per_thread([&]<int DJ>() {
     MOXIN_CUDA_CHECK(allow_tile_smem<DJ>(paged_tiled_kernel<DJ>));
+  });
+  for_all_mma_head_dims([&]<int KD>() {
+    MOXIN_CUDA_CHECK(allow_mma_smem<KD>(paged_tiled_mma_kernel<KD>));
   });
 }
 

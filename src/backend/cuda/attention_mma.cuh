@@ -1,0 +1,219 @@
+// The block-level core of the tensor-core attention kernels (ViT and paged prefill): a tile of
+// 64 query rows (16 per warp) against successive tiles of 64 keys, flash-attention style.
+// S = Q K^T and O += P V run as bf16 mma.sync m16n8k16 with f32 accumulation; the online
+// softmax runs in f32 on the S fragments, and P is rounded to bf16 for the second product.
+// Q, K and V sit in shared memory as bf16 rows padded to a multiple of 16 dims (+8 elements
+// of row padding so that ldmatrix rows fall in distinct banks).
+//
+// Fragment layouts (PTX ISA, mma.m16n8k16, g = lane / 4, t = lane % 4): A regs hold rows
+// {g, g+8} x cols {2t, 2t+1} and the same +8 cols; B regs hold k {2t, 2t+1} (+8) x col g;
+// C holds rows {g, g+8} x cols {2t, 2t+1}. C of S = Q K^T is therefore already P's A layout.
+#pragma once
+
+#include <cuda_bf16.h>
+#include <cuda_runtime.h>
+
+#include <cstdint>
+
+namespace moxin::cuda {
+
+constexpr int kMmaRows = 64;  // query rows and keys per tile
+constexpr int kMmaThreads = 128;
+
+inline int mma_padded_dim(int head_dim) { return (head_dim + 15) / 16 * 16; }
+inline int mma_row_stride(int head_dim) { return mma_padded_dim(head_dim) + 8; }
+inline size_t mma_smem_bytes(int head_dim) {
+  return size_t{3} * kMmaRows * mma_row_stride(head_dim) * sizeof(__nv_bfloat16);
+}
+
+__device__ __forceinline__ uint32_t smem_address(const void* p) {
+  return static_cast<uint32_t>(__cvta_generic_to_shared(p));
+}
+
+__device__ __forceinline__ void ldmatrix_x4(uint32_t (&r)[4], const void* p) {
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(smem_address(p)));
+}
+
+__device__ __forceinline__ void ldmatrix_x4_trans(uint32_t (&r)[4], const void* p) {
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0, %1, %2, %3}, [%4];"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(smem_address(p)));
+}
+
+// d += a * b (16x8x16, bf16 inputs, f32 accumulators)
+__device__ __forceinline__ void mma_bf16(float (&d)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
+  asm volatile(
+      "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, "
+      "{%8, %9}, {%0, %1, %2, %3};"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+
+__device__ __forceinline__ uint32_t pack_bf16(float lo, float hi) {
+  const __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
+  return *reinterpret_cast<const uint32_t*>(&v);
+}
+
+// KD = padded head_dim / 16 (1..8).
+template <int KD>
+struct MmaAttention {
+  __nv_bfloat16* q;  // [kMmaRows][stride], filled by the caller
+  __nv_bfloat16* k;  // [kMmaRows][stride], filled by the caller per key tile (zeros past the end)
+  __nv_bfloat16* v;
+  static constexpr int stride = 16 * KD + 8;  // = mma_row_stride(head_dim)
+  uint32_t qa[KD][4];  // this warp's Q rows as A fragments
+  float o[2 * KD][4];  // O accumulators: n-tiles of 8 dims
+  float m[2];          // running max of rows g and g + 8
+  float l[2];          // this lane's share of the running sums
+
+  __device__ explicit MmaAttention(__nv_bfloat16* smem) {
+    q = smem;
+    k = q + kMmaRows * stride;
+    v = k + kMmaRows * stride;
+    m[0] = m[1] = -INFINITY;
+    l[0] = l[1] = 0.0f;
+#pragma unroll
+    for (int n = 0; n < 2 * KD; ++n)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) o[n][e] = 0.0f;
+  }
+
+  // After q is filled and the block synchronized.
+  __device__ void load_q() {
+    const int lane = threadIdx.x % 32;
+    const int row = (threadIdx.x / 32) * 16 + lane % 16;
+#pragma unroll
+    for (int ks = 0; ks < KD; ++ks) ldmatrix_x4(qa[ks], q + row * stride + ks * 16 + (lane / 16) * 8);
+  }
+
+  // Keys [key0, key0 + n) are in k and v. Row g of this lane may see keys <= limit[0], row
+  // g + 8 keys <= limit[1] (-1: none). The caller skips the call when no row of the warp can
+  // see key0 (all of the tile's work would be masked).
+  __device__ void consume(int key0, int n, float scale, const int (&limit)[2]) {
+    const int lane = threadIdx.x % 32;
+    const int t = lane % 4;
+    float s[8][4];
+#pragma unroll
+    for (int nt = 0; nt < 8; ++nt)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) s[nt][e] = 0.0f;
+#pragma unroll
+    for (int pair = 0; pair < 4; ++pair) {
+#pragma unroll
+      for (int ks = 0; ks < KD; ++ks) {
+        uint32_t b[4];
+        ldmatrix_x4(b, k + (pair * 16 + lane % 8 + (lane / 16) * 8) * stride + ks * 16 + ((lane / 8) % 2) * 8);
+        mma_bf16(s[2 * pair], qa[ks], b[0], b[1]);
+        mma_bf16(s[2 * pair + 1], qa[ks], b[2], b[3]);
+      }
+    }
+
+    float tile_max[2] = {-INFINITY, -INFINITY};
+#pragma unroll
+    for (int nt = 0; nt < 8; ++nt)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        const int col = nt * 8 + 2 * t + (e & 1);
+        const int r = e / 2;
+        s[nt][e] = (col < n && key0 + col <= limit[r]) ? s[nt][e] * scale : -INFINITY;
+        tile_max[r] = fmaxf(tile_max[r], s[nt][e]);
+      }
+    float corr[2];
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+      tile_max[r] = fmaxf(tile_max[r], __shfl_xor_sync(0xffffffffu, tile_max[r], 1));
+      tile_max[r] = fmaxf(tile_max[r], __shfl_xor_sync(0xffffffffu, tile_max[r], 2));
+      const float m_new = fmaxf(m[r], tile_max[r]);
+      const float base = m_new == -INFINITY ? 0.0f : m_new;
+      corr[r] = expf(m[r] - base);  // 0 while m is -inf
+      m[r] = m_new;
+      tile_max[r] = base;
+      l[r] *= corr[r];
+    }
+#pragma unroll
+    for (int nt = 0; nt < 8; ++nt)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        s[nt][e] = expf(s[nt][e] - tile_max[e / 2]);
+        l[e / 2] += s[nt][e];
+      }
+#pragma unroll
+    for (int n = 0; n < 2 * KD; ++n)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) o[n][e] *= corr[e / 2];
+
+#pragma unroll
+    for (int kk = 0; kk < 4; ++kk) {  // 16 keys per step
+      const uint32_t pa[4] = {pack_bf16(s[2 * kk][0], s[2 * kk][1]), pack_bf16(s[2 * kk][2], s[2 * kk][3]),
+                              pack_bf16(s[2 * kk + 1][0], s[2 * kk + 1][1]),
+                              pack_bf16(s[2 * kk + 1][2], s[2 * kk + 1][3])};
+#pragma unroll
+      for (int dp = 0; dp < KD; ++dp) {  // 16 dims per step
+        uint32_t b[4];
+        ldmatrix_x4_trans(b, v + (kk * 16 + lane % 8 + ((lane / 8) % 2) * 8) * stride + dp * 16 + (lane / 16) * 8);
+        mma_bf16(o[2 * dp], pa, b[0], b[1]);
+        mma_bf16(o[2 * dp + 1], pa, b[2], b[3]);
+      }
+    }
+  }
+
+  // out(row_in_tile, dim, value) for dims < head_dim; rows that saw no key get NaN.
+  template <class Out>
+  __device__ void finish(int head_dim, Out out) {
+    const int lane = threadIdx.x % 32;
+    const int row0 = (threadIdx.x / 32) * 16 + lane / 4;
+    float inv[2];
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+      float sum = l[r];
+      sum += __shfl_xor_sync(0xffffffffu, sum, 1);
+      sum += __shfl_xor_sync(0xffffffffu, sum, 2);
+      inv[r] = sum > 0.0f ? 1.0f / sum : __int_as_float(0x7fc00000);
+    }
+#pragma unroll
+    for (int n = 0; n < 2 * KD; ++n)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        const int d = n * 8 + 2 * (lane % 4) + (e & 1);
+        if (d < head_dim) out(row0 + 8 * (e / 2), d, o[n][e] * inv[e / 2]);
+      }
+  }
+};
+
+// Calls f.template operator()<KD>() with KD = padded head_dim / 16 as a compile-time constant.
+template <class F>
+void dispatch_mma_head_dim(int head_dim, F&& f) {
+  switch (mma_padded_dim(head_dim) / 16) {
+    case 1: f.template operator()<1>(); break;
+    case 2: f.template operator()<2>(); break;
+    case 3: f.template operator()<3>(); break;
+    case 4: f.template operator()<4>(); break;
+    case 5: f.template operator()<5>(); break;
+    case 6: f.template operator()<6>(); break;
+    case 7: f.template operator()<7>(); break;
+    case 8: f.template operator()<8>(); break;
+    default: break;  // head_dim > kMaxHeadDim was rejected by the backend
+  }
+}
+
+template <class F>
+void for_all_mma_head_dims(F&& f) {
+  f.template operator()<1>();
+  f.template operator()<2>();
+  f.template operator()<3>();
+  f.template operator()<4>();
+  f.template operator()<5>();
+  f.template operator()<6>();
+  f.template operator()<7>();
+  f.template operator()<8>();
+}
+
+template <int KD, class Kernel>
+cudaError_t allow_mma_smem(Kernel kernel) {
+  return cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                              static_cast<int>(mma_smem_bytes(16 * KD)));
+}
+
+}  // namespace moxin::cuda
