@@ -1,0 +1,57 @@
+// Next-token selection from a step's logits: greedy argmax or seeded sampling with the
+// repetition penalty, temperature, top-k, top-p and min-p, in the order and with the boundary
+// rules of Hugging Face transformers' generate() (5.24, do_sample=True, one sequence).
+#pragma once
+
+#include <cstdint>
+#include <random>
+#include <span>
+#include <vector>
+
+namespace moxin {
+
+struct SamplingParams {
+  float temperature = 0.0f;         // 0 = greedy (argmax; ties -> lowest id)
+  int top_k = 0;                    // 0 = off
+  float top_p = 1.0f;               // 1 = off
+  float min_p = 0.0f;               // 0 = off
+  float repetition_penalty = 1.0f;  // 1 = off; applied once to every id in the context
+  uint64_t seed = 0;                // same seed + same logits -> same tokens
+
+  bool greedy() const { return temperature == 0.0f; }
+  // Throws moxin::Error naming the parameter and its allowed range.
+  void validate() const;
+};
+
+class Sampler {
+ public:
+  explicit Sampler(const SamplingParams& params);
+
+  // logits: one score per vocabulary id; context: the ids seen so far (prompt + generated),
+  // used by the repetition penalty. Advances the generator (greedy does not use it).
+  int32_t sample(std::span<const float> logits, std::span<const int32_t> context);
+
+  // The distribution sample() draws from (after penalty, temperature, top-k, top-p, min-p,
+  // renormalised), one probability per id; one-hot at the argmax when greedy.
+  std::vector<float> distribution(std::span<const float> logits,
+                                  std::span<const int32_t> context) const;
+
+  const SamplingParams& params() const { return params_; }
+
+ private:
+  // The ids that survive every filter, in increasing id order; probability = weight / total.
+  struct Survivors {
+    std::vector<int32_t> ids;
+    std::vector<float> weights;
+    double total_weight;
+  };
+  Survivors survivors(std::span<const float> logits, std::span<const int32_t> context) const;
+  // A uniform double in [0, 1) from the top 53 bits of one draw (portable, unlike
+  // std::uniform_real_distribution, whose algorithm each standard library picks).
+  double next_uniform();
+
+  SamplingParams params_;
+  std::mt19937_64 rng_;  // its output sequence is fixed by the C++ standard
+};
+
+}  // namespace moxin
