@@ -87,7 +87,8 @@ void run_jsonl(const Tokenizer& tokenizer, const TokenizeArgs& a, std::string& o
 }
 
 void run(const TokenizeArgs& a) {
-  MOXIN_CHECK(a.tokenizer_file.empty() != a.model_dir.empty(), "[tokenize] give exactly one of --tokenizer FILE or --model DIR");
+  MOXIN_CHECK(a.tokenizer_file.empty() != a.model_dir.empty(),
+              "[tokenize] give exactly one of --tokenizer FILE or --model DIR");
   const int modes = int(a.text_option->count() > 0) + int(!a.decode.empty()) + int(!a.jsonl_in.empty());
   MOXIN_CHECK(modes == 1, "[tokenize] give exactly one of --text, --decode or --jsonl-in");
   const std::string path = a.tokenizer_file.empty() ? a.model_dir + "/tokenizer.json" : a.tokenizer_file;

@@ -74,8 +74,8 @@ AddedVocabulary::AddedVocabulary(const std::vector<AddedTokenSpec>& specs, const
   for (const AddedTokenSpec& spec : specs) {
     // HF ignores empty contents, and a repeated content keeps its first id with the later flags.
     if (spec.content.empty()) continue;
-    MOXIN_CHECK(find_invalid_utf8(spec.content) == std::string::npos, "[tokenizer] ", origin,
-                ": added token with id ", spec.declared_id, " is not valid UTF-8");
+    MOXIN_CHECK(find_invalid_utf8(spec.content) == std::string::npos, "[tokenizer] ", origin, ": added token with id ",
+                spec.declared_id, " is not valid UTF-8");
     int32_t id;
     if (auto it = by_content.find(spec.content); it != by_content.end()) {
       id = tokens_[it->second].id;
@@ -84,8 +84,8 @@ AddedVocabulary::AddedVocabulary(const std::vector<AddedTokenSpec>& specs, const
     } else {
       id = next_free++;
     }
-    MOXIN_CHECK(id == spec.declared_id, "[tokenizer] ", origin, ": added token \"", spec.content,
-                "\" declares id ", spec.declared_id, " but gets id ", id,
+    MOXIN_CHECK(id == spec.declared_id, "[tokenizer] ", origin, ": added token \"", spec.content, "\" declares id ",
+                spec.declared_id, " but gets id ", id,
                 " (the model's id for that piece, or the next id after the model vocab)");
     AddedToken token{spec.content, spec.content, id, spec.special, spec.normalized, spec.lstrip, spec.rstrip};
     if (spec.normalized) token.pattern = normalize(spec.content, normalizer);

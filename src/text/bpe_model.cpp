@@ -25,13 +25,13 @@ BpeModel::BpeModel(BpeSpec spec, const std::string& origin)
   for (auto& [piece, id] : spec.vocab) {
     MOXIN_CHECK(id < kMaxId, "[tokenizer] ", origin, ": model vocab id ", id, " of \"", piece,
                 "\" is too large (ids must stay below ", kMaxId, ")");
-    MOXIN_CHECK(find_invalid_utf8(piece) == std::string::npos, "[tokenizer] ", origin,
-                ": model vocab piece with id ", id, " is not valid UTF-8");
+    MOXIN_CHECK(find_invalid_utf8(piece) == std::string::npos, "[tokenizer] ", origin, ": model vocab piece with id ",
+                id, " is not valid UTF-8");
     const auto [it, inserted] = vocab_.emplace(std::move(piece), static_cast<int32_t>(id));
     MOXIN_CHECK(inserted, "[tokenizer] ", origin, ": model vocab lists \"", it->first, "\" twice");
     if (pieces_.size() <= static_cast<size_t>(id)) pieces_.resize(static_cast<size_t>(id) + 1, nullptr);
-    MOXIN_CHECK(pieces_[id] == nullptr, "[tokenizer] ", origin, ": model vocab gives id ", id,
-                " to both \"", *pieces_[id], "\" and \"", it->first, "\"");
+    MOXIN_CHECK(pieces_[id] == nullptr, "[tokenizer] ", origin, ": model vocab gives id ", id, " to both \"",
+                *pieces_[id], "\" and \"", it->first, "\"");
     pieces_[id] = &it->first;
   }
 
@@ -40,8 +40,8 @@ BpeModel::BpeModel(BpeSpec spec, const std::string& origin)
     const auto& [a, b] = spec.merges[rank];
     const auto id_of = [&](const std::string& piece) {
       const auto id = piece_id(piece);
-      MOXIN_CHECK(id.has_value(), "[tokenizer] ", origin, ": merge ", rank + 1, " (\"", a, "\" + \"", b,
-                  "\") uses \"", piece, "\", which is not in the model vocab");
+      MOXIN_CHECK(id.has_value(), "[tokenizer] ", origin, ": merge ", rank + 1, " (\"", a, "\" + \"", b, "\") uses \"",
+                  piece, "\", which is not in the model vocab");
       return *id;
     };
     const int32_t a_id = id_of(a), b_id = id_of(b), new_id = id_of(a + b);

@@ -42,9 +42,7 @@ class BpeModel {
     uint32_t rank;
     int32_t new_id;
   };
-  static uint64_t pair_key(int32_t a, int32_t b) {
-    return (uint64_t(uint32_t(a)) << 32) | uint32_t(b);
-  }
+  static uint64_t pair_key(int32_t a, int32_t b) { return (uint64_t(uint32_t(a)) << 32) | uint32_t(b); }
   const Merge* find_merge(int32_t a, int32_t b) const;
   void apply_merges(std::vector<int32_t>& symbols) const;
 

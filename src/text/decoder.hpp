@@ -17,7 +17,8 @@ std::string decode_pieces(std::vector<std::string> pieces, const std::vector<Dec
 
 // The single steps, shared by the batch and the streaming chain.
 std::optional<unsigned char> byte_fallback_value(std::string_view piece);  // "<0xHH>" -> HH
-void append_byte_run(const std::string& bytes, std::vector<std::string>& out);  // valid -> text, else one U+FFFD per byte
+void append_byte_run(const std::string& bytes,
+                     std::vector<std::string>& out);  // valid -> text, else one U+FFFD per byte
 std::string strip_piece(std::string_view piece, std::string_view c, size_t start, size_t stop);
 std::string metaspace_piece(std::string_view piece, const MetaspaceSpec& spec, bool first);
 

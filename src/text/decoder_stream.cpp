@@ -2,11 +2,10 @@
 // ByteFallback has to wait (a run of byte pieces becomes text or U+FFFDs only once it ends);
 // Fuse turns the rest of the stream into one growing piece, on which the later steps hold back
 // just what the next fragment could still change.
-#include "text/decoder.hpp"
-
 #include <algorithm>
 #include <utility>
 
+#include "text/decoder.hpp"
 #include "text/text_pipeline.hpp"
 #include "text/utf8.hpp"
 
@@ -152,22 +151,32 @@ struct MetaspaceText final : TextStage {
 
 std::unique_ptr<PieceStage> make_piece_stage(const DecoderStep& step) {
   switch (step.kind) {
-    case DecoderStep::Kind::Replace: return std::make_unique<ReplacePieces>(step);
-    case DecoderStep::Kind::ByteFallback: return std::make_unique<ByteFallbackPieces>();
-    case DecoderStep::Kind::Strip: return std::make_unique<StripPieces>(step);
-    case DecoderStep::Kind::Metaspace: return std::make_unique<MetaspacePieces>(step);
-    case DecoderStep::Kind::Fuse: break;
+    case DecoderStep::Kind::Replace:
+      return std::make_unique<ReplacePieces>(step);
+    case DecoderStep::Kind::ByteFallback:
+      return std::make_unique<ByteFallbackPieces>();
+    case DecoderStep::Kind::Strip:
+      return std::make_unique<StripPieces>(step);
+    case DecoderStep::Kind::Metaspace:
+      return std::make_unique<MetaspacePieces>(step);
+    case DecoderStep::Kind::Fuse:
+      break;
   }
   return nullptr;
 }
 
 std::unique_ptr<TextStage> make_text_stage(const DecoderStep& step) {
   switch (step.kind) {
-    case DecoderStep::Kind::Replace: return std::make_unique<ReplaceText>(step);
-    case DecoderStep::Kind::ByteFallback: return std::make_unique<ByteFallbackText>();
-    case DecoderStep::Kind::Strip: return std::make_unique<StripText>(step);
-    case DecoderStep::Kind::Metaspace: return std::make_unique<MetaspaceText>(step);
-    case DecoderStep::Kind::Fuse: break;  // a second Fuse changes nothing
+    case DecoderStep::Kind::Replace:
+      return std::make_unique<ReplaceText>(step);
+    case DecoderStep::Kind::ByteFallback:
+      return std::make_unique<ByteFallbackText>();
+    case DecoderStep::Kind::Strip:
+      return std::make_unique<StripText>(step);
+    case DecoderStep::Kind::Metaspace:
+      return std::make_unique<MetaspaceText>(step);
+    case DecoderStep::Kind::Fuse:
+      break;  // a second Fuse changes nothing
   }
   return nullptr;
 }

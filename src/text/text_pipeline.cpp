@@ -31,9 +31,9 @@ void metaspace_pre_tokenize(std::string_view piece, const MetaspaceSpec& spec, b
                             std::vector<std::string>& words) {
   std::string s = replace_all(piece, " ", spec.replacement);
   const bool starts_with_replacement = s.compare(0, spec.replacement.size(), spec.replacement) == 0;
-  const bool prepend = !s.empty() && !starts_with_replacement &&
-                       (spec.prepend_scheme == PrependScheme::Always ||
-                        (spec.prepend_scheme == PrependScheme::First && starts_text));
+  const bool prepend =
+      !s.empty() && !starts_with_replacement &&
+      (spec.prepend_scheme == PrependScheme::Always || (spec.prepend_scheme == PrependScheme::First && starts_text));
   if (prepend) s.insert(0, spec.replacement);
   if (!spec.split) {
     if (!s.empty()) words.push_back(std::move(s));

@@ -74,8 +74,10 @@ void TokenizerImpl::encode(std::string_view text, bool add_bos, bool parse_speci
     return;
   }
   for (const TemplateItem& item : spec.single_template) {
-    if (item.is_sequence) encode_text(text, parse_special, ids);
-    else ids.insert(ids.end(), item.ids.begin(), item.ids.end());
+    if (item.is_sequence)
+      encode_text(text, parse_special, ids);
+    else
+      ids.insert(ids.end(), item.ids.begin(), item.ids.end());
   }
 }
 

@@ -59,13 +59,10 @@ struct Reader {
     return c;
   }
 
-  std::string type_of(const json& obj, const std::string& where) const {
-    return string_field(obj, "type", where);
-  }
+  std::string type_of(const json& obj, const std::string& where) const { return string_field(obj, "type", where); }
 
   // Flattens nested {"type": "Sequence", <list_key>: [...]} into the list of leaf components.
-  void flatten(const json& node, const char* list_key, const std::string& where,
-               std::vector<const json*>& out) const {
+  void flatten(const json& node, const char* list_key, const std::string& where, std::vector<const json*>& out) const {
     if (node.is_null()) return;
     if (type_of(node, where) == "Sequence") {
       const json& list = field(node, list_key, where);
@@ -93,10 +90,14 @@ struct Reader {
     // and contradicts any other declared scheme.
     if (auto it = obj.find("prepend_scheme"); it != obj.end() && !it->is_null()) {
       const std::string scheme = it->is_string() ? it->get<std::string>() : "";
-      if (scheme == "always") m.prepend_scheme = PrependScheme::Always;
-      else if (scheme == "first") m.prepend_scheme = PrependScheme::First;
-      else if (scheme == "never") m.prepend_scheme = PrependScheme::Never;
-      else error(where, cat("unknown prepend_scheme ", it->dump(), " (always, first or never)"));
+      if (scheme == "always")
+        m.prepend_scheme = PrependScheme::Always;
+      else if (scheme == "first")
+        m.prepend_scheme = PrependScheme::First;
+      else if (scheme == "never")
+        m.prepend_scheme = PrependScheme::Never;
+      else
+        error(where, cat("unknown prepend_scheme ", it->dump(), " (always, first or never)"));
     }
     if (!optional_bool(obj, "add_prefix_space", true, where)) {
       if (m.prepend_scheme != PrependScheme::Never) {
@@ -142,8 +143,8 @@ struct Reader {
     if (auto it = m.find("type"); it != m.end() && (!it->is_string() || it->get<std::string>() != "BPE")) {
       error(where, cat("type ", it->dump(), " is not supported (only BPE)"));
     }
-    if (auto it = m.find("dropout"); it != m.end() && !it->is_null() &&
-                                     !(it->is_number() && it->get<double>() == 0.0)) {
+    if (auto it = m.find("dropout");
+        it != m.end() && !it->is_null() && !(it->is_number() && it->get<double>() == 0.0)) {
       error(where, "BPE dropout is random and not supported; set \"dropout\" to null");
     }
     for (const char* key : {"continuing_subword_prefix", "end_of_word_suffix"}) {
@@ -175,7 +176,8 @@ struct Reader {
         if (line.rfind("#version", 0) == 0) continue;
         const size_t space = line.find(' ');
         if (space == std::string::npos || line.find(' ', space + 1) != std::string::npos) {
-          error(where, cat("merge ", bpe.merges.size() + 1, " \"", line, "\" is not two pieces separated by one space"));
+          error(where,
+                cat("merge ", bpe.merges.size() + 1, " \"", line, "\" is not two pieces separated by one space"));
         }
         bpe.merges.emplace_back(line.substr(0, space), line.substr(space + 1));
       } else if (merge.is_array() && merge.size() == 2 && merge[0].is_string() && merge[1].is_string()) {
@@ -193,7 +195,8 @@ struct Reader {
     if (it == root.end() || it->is_null()) return tokens;
     if (!it->is_array()) error("added_tokens", "must be an array");
     for (const json& t : *it) {
-      const std::string where = cat("added token ", t.is_object() && t.contains("content") ? t["content"].dump() : t.dump());
+      const std::string where =
+          cat("added token ", t.is_object() && t.contains("content") ? t["content"].dump() : t.dump());
       AddedTokenSpec spec;
       spec.content = string_field(t, "content", where);
       spec.declared_id = id_value(field(t, "id", where), where);
@@ -240,7 +243,9 @@ struct Reader {
         step.kind = DecoderStep::Kind::Metaspace;
         step.metaspace = metaspace(*d, "decoder Metaspace");
       } else {
-        error("decoder", cat("type \"", type, "\" is not supported (supported: Sequence, Replace, ByteFallback, Fuse, Strip, Metaspace)"));
+        error("decoder",
+              cat("type \"", type,
+                  "\" is not supported (supported: Sequence, Replace, ByteFallback, Fuse, Strip, Metaspace)"));
       }
       spec.decoder.push_back(std::move(step));
     }

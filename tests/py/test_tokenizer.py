@@ -172,8 +172,8 @@ def variant_old_metaspace(d):
     # Pre-0.19 files: add_prefix_space instead of prepend_scheme; decoder without Fuse.
     d["normalizer"] = None
     d["pre_tokenizer"] = {"type": "Metaspace", "replacement": "▁", "add_prefix_space": True}
-    d["decoder"] = {"type": "Sequence", "decoders": [{"type": "ByteFallback"},
-                                                     {"type": "Metaspace", "replacement": "▁", "add_prefix_space": True}]}
+    d["decoder"] = {"type": "Sequence", "decoders": [
+        {"type": "ByteFallback"}, {"type": "Metaspace", "replacement": "▁", "add_prefix_space": True}]}
     return d
 
 

@@ -132,8 +132,12 @@ std::vector<Ids> random_sequences(std::mt19937& rng, int32_t vocab, int count) {
     const int len = pick(40);
     for (int i = 0; i < len; ++i) {
       switch (pick(5)) {
-        case 0: ids.push_back(pick(vocab)); break;
-        case 1: ids.push_back(interesting[pick(static_cast<int>(interesting.size()))]); break;
+        case 0:
+          ids.push_back(pick(vocab));
+          break;
+        case 1:
+          ids.push_back(interesting[pick(static_cast<int>(interesting.size()))]);
+          break;
         case 2: {  // a multi-byte UTF-8 character as byte pieces, sometimes cut short
           const uint8_t lead = static_cast<uint8_t>(0xC2 + pick(0xF4 - 0xC2 + 1));
           const int extra = lead >= 0xF0 ? 3 : lead >= 0xE0 ? 2 : 1;
@@ -142,7 +146,9 @@ std::vector<Ids> random_sequences(std::mt19937& rng, int32_t vocab, int count) {
           for (int k = 0; k < keep; ++k) ids.push_back(3 + 0x80 + pick(0x20));
           break;
         }
-        default: ids.push_back(3 + pick(256)); break;
+        default:
+          ids.push_back(3 + pick(256));
+          break;
       }
     }
     out.push_back(std::move(ids));
@@ -194,7 +200,7 @@ TEST_F(TokenizerTest, StreamHoldsBackIncompleteBytes) {
   EXPECT_EQ(stream.push(22557), "Hello");  // the leading space is stripped
   EXPECT_EQ(stream.push(0xE2 + 3), "");
   EXPECT_EQ(stream.push(0x82 + 3), "");
-  EXPECT_EQ(stream.push(0xAC + 3), "");    // the run could still turn invalid
+  EXPECT_EQ(stream.push(0xAC + 3), "");     // the run could still turn invalid
   EXPECT_EQ(stream.push(1526), "€ world");  // a non-byte piece ends it
   EXPECT_EQ(stream.push(0xE2 + 3), "");
   EXPECT_EQ(stream.flush(), "\uFFFD");
@@ -217,13 +223,15 @@ TEST_F(TokenizerTest, RejectsUnknownIds) {
 
 TEST_F(TokenizerTest, RejectsBadFiles) {
   expect_tokenizer_error([] { Tokenizer::from_file("/nonexistent/tokenizer.json"); }, "file not found");
-  expect_tokenizer_error([] { Tokenizer::from_file(std::filesystem::temp_directory_path().string()); }, "is a directory");
+  expect_tokenizer_error([] { Tokenizer::from_file(std::filesystem::temp_directory_path().string()); },
+                         "is a directory");
   expect_tokenizer_error([] { Tokenizer::from_json("{\"model\": [1, 2", "x.json"); }, "malformed JSON");
   expect_tokenizer_error([] { Tokenizer::from_json("{}", "x.json"); }, "missing field \"model\"");
   const auto modified = [&](const std::function<void(nlohmann::json&)>& change, const std::string& fragment) {
     expect_tokenizer_error([&] { load_modified(change); }, fragment);
   };
-  modified([](auto& j) { j["model"]["merges"].push_back("▁t nosuchpiece"); }, "\"nosuchpiece\", which is not in the model vocab");
+  modified([](auto& j) { j["model"]["merges"].push_back("▁t nosuchpiece"); },
+           "\"nosuchpiece\", which is not in the model vocab");
   modified([](auto& j) { j["model"]["merges"].push_back("a b c"); }, "is not two pieces");
   modified([](auto& j) { j["model"]["vocab"]["duplicate"] = 5; }, "gives id 5 to both");
   modified([](auto& j) { j["model"]["vocab"] = 3; }, "\"vocab\" must be an object");
