@@ -1,0 +1,91 @@
+// The CPU implementation of the ops interface. Its member functions are defined by topic in
+// cpu_backend.cpp (memory, weights), cpu_ops_linear.cpp, cpu_ops_elementwise.cpp and
+// cpu_ops_attention.cpp. Activations are F32; weights are read in place from the mapped file.
+#pragma once
+
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "backend/backend.hpp"
+#include "backend/cpu/cpu_kernels.hpp"
+#include "core/thread_pool.hpp"
+
+namespace moxin::cpu {
+
+// What Linear::impl points to on the CPU.
+struct CpuLinear {
+  std::string name;     // tensor name, for error messages
+  WeightView weight;    // into the mapped checkpoint: never copied
+  std::vector<float> bias;  // empty when the layer has none
+};
+
+// K and V of every layer in one zero-initialized allocation (pages are committed on first
+// write): layer l's K is [num_blocks, block_size, kv_heads, head_dim] F32, then its V.
+class CpuKvCache final : public KvCache {
+ public:
+  explicit CpuKvCache(const KvCacheConfig& config);
+  float* keys(int layer) const { return storage_.get() + (2 * static_cast<size_t>(layer)) * layer_floats_; }
+  float* values(int layer) const { return keys(layer) + layer_floats_; }
+
+ private:
+  struct Free {
+    void operator()(float* p) const;
+  };
+  size_t layer_floats_ = 0;
+  std::unique_ptr<float, Free> storage_;
+};
+
+class CpuBackend final : public Backend {
+ public:
+  CpuBackend(int threads, const Kernels& kernels);
+
+  DeviceKind kind() const override { return DeviceKind::CPU; }
+  std::string name() const override;
+  DType act_dtype() const override { return DType::F32; }
+
+  Tensor empty(const std::vector<int64_t>& shape, DType dtype) override;
+  Tensor from_host_f32(const float* data, const std::vector<int64_t>& shape) override;
+  Tensor from_host_i32(const int32_t* data, const std::vector<int64_t>& shape) override;
+  void to_host_f32(const Tensor& t, float* out) override;
+  void synchronize() override {}
+  double measure_bandwidth_gbps() override;  // cpu_bandwidth.cpp
+
+  Linear prepare_linear(const LinearWeight& w) override;
+  Tensor param(const TensorInfo& t) override;
+  std::unique_ptr<KvCache> create_kv_cache(const KvCacheConfig& c) override;
+
+  void linear(const Tensor& x, const Linear& w, Tensor& y) override;
+  void patch_embed(const Tensor& images, const Linear& w, int patch, Tensor& y) override;
+  void layer_norm(const Tensor& x, const Tensor& w, const Tensor& b, float eps, Tensor& y) override;
+  void rms_norm(const Tensor& x, const Tensor& w, float eps, Tensor& y) override;
+  void gelu_erf(Tensor& x) override;
+  void swiglu(const Tensor& gate, const Tensor& up, Tensor& y) override;
+  void add(Tensor& x, const Tensor& y) override;
+  void add_scaled(Tensor& x, const Tensor& y, const Tensor& scale) override;
+  void add_rows_cyclic(Tensor& x, const Tensor& table) override;
+  void copy_rows(const Tensor& src, Tensor& dst, int64_t dst_row) override;
+  void copy_cols(const Tensor& src, Tensor& dst, int64_t col_offset) override;
+  void gather_rows(const Tensor& x, const Tensor& rows, Tensor& y) override;
+  void embedding(const Tensor& ids, const Linear& table, Tensor& y) override;
+
+  void vit_attention(const Tensor& qkv, int batch, int tokens, int heads, int head_dim,
+                     Tensor& y) override;
+  void rope(Tensor& q, Tensor& k, const Tensor& positions, int head_dim, float theta) override;
+  void kv_write(KvCache& cache, int layer, const Tensor& k, const Tensor& v,
+                const AttentionBatch& batch) override;
+  void paged_attention(const Tensor& q, KvCache& cache, int layer, const AttentionBatch& batch,
+                       int q_heads, Tensor& y) override;
+
+  ThreadPool& pool() { return pool_; }
+  const Kernels& kernels() const { return kernels_; }
+
+ private:
+  ThreadPool pool_;
+  const Kernels& kernels_;
+};
+
+// The CpuLinear behind a Linear made by a CPU backend; throws if there is none.
+const CpuLinear& cpu_linear(const Linear& w, const char* op);
+
+}  // namespace moxin::cpu

@@ -1,0 +1,57 @@
+// The leaf kernels of the CPU backend behind one table of function pointers, so the ops are
+// written once and the instruction set is picked at runtime: AVX-512 where the CPU has it,
+// portable C++ (auto-vectorized for the baseline ISA) everywhere else.
+#pragma once
+
+#include <cstdint>
+
+#include "core/dtype.hpp"
+
+namespace moxin::cpu {
+
+// A weight matrix [rows, cols] (out x in features) where it lies, usually in the mmap'd
+// checkpoint: what the matmul kernels read. Dense BF16, F16 or F32 today; a quantized format
+// adds its codes/scales here and a case to each kernel that reads weights.
+struct WeightView {
+  DType dtype = DType::F32;
+  const void* data = nullptr;
+  int64_t rows = 0;
+  int64_t cols = 0;
+  int64_t ld = 0;  // elements from one row to the next
+};
+
+// Register tile of the GEMM: kGemmMR activation rows x kGemmNR weight rows.
+constexpr int kGemmMR = 8;
+constexpr int kGemmNR = 32;
+
+struct Kernels {
+  const char* name;
+
+  // y[m * ldy + n] = bias[n] + sum_k x[m * ldx + k] * W[n, k]  for m < M, n0 <= n < n1.
+  // Streams each weight row once however large M is (rows are revisited from cache for
+  // every 4 activation rows), so it suits small M. bias may be null.
+  void (*gemv)(const WeightView& w, int64_t n0, int64_t n1, const float* x, int64_t ldx,
+               int64_t M, const float* bias, float* y, int64_t ldy);
+
+  // Converts W[n0 : n0 + nc, k0 : k0 + kc] to f32 panels of kGemmNR rows: panel p holds
+  // kc x kGemmNR floats, k-major (panel[k * kGemmNR + j] = W[n0 + p * kGemmNR + j, k0 + k]).
+  // Rows past nc are zero-filled.
+  void (*pack_panels)(const WeightView& w, int64_t n0, int64_t nc, int64_t k0, int64_t kc,
+                      float* panels);
+
+  // c[i * ldc + j] (+)= sum_k a[i * lda + k] * panel[k * kGemmNR + j] for i < mr <= kGemmMR,
+  // j < nr <= kGemmNR. accumulate == false: c = bias[j] (or 0) + product.
+  void (*gemm_tile)(int64_t kc, const float* a, int64_t lda, int mr, const float* panel, int nr,
+                    float* c, int64_t ldc, const float* bias, bool accumulate);
+
+  float (*dot)(const float* a, const float* b, int64_t n);
+  void (*axpy)(float alpha, const float* x, float* y, int64_t n);  // y += alpha * x
+};
+
+const Kernels& generic_kernels();
+// nullptr when this build or this CPU has no AVX-512 (F, BW, VL, DQ, FMA, F16C).
+const Kernels* avx512_kernels();
+// The fastest table this CPU runs; MOXIN_CPU_KERNELS=generic forces the portable one.
+const Kernels& best_kernels();
+
+}  // namespace moxin::cpu

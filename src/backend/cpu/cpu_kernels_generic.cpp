@@ -1,0 +1,123 @@
+// Portable kernels: plain C++ that the compiler vectorizes for the baseline ISA. They define
+// the results the SIMD kernels must reproduce (up to f32 summation order).
+#include <algorithm>
+#include <cstdlib>
+#include <cstring>
+#include <string_view>
+
+#include "backend/cpu/cpu_kernels.hpp"
+#include "core/bf16.hpp"
+#include "core/check.hpp"
+
+namespace moxin::cpu {
+namespace {
+
+// Converts n consecutive weights starting at element `offset` of the matrix to f32.
+void weights_to_f32(const WeightView& w, int64_t offset, int64_t n, float* out) {
+  switch (w.dtype) {
+    case DType::F32:
+      std::memcpy(out, static_cast<const float*>(w.data) + offset, static_cast<size_t>(n) * 4);
+      return;
+    case DType::BF16: {
+      const uint16_t* src = static_cast<const uint16_t*>(w.data) + offset;
+      for (int64_t i = 0; i < n; ++i) out[i] = bf16_to_f32(src[i]);
+      return;
+    }
+    case DType::F16: {
+      const uint16_t* src = static_cast<const uint16_t*>(w.data) + offset;
+      for (int64_t i = 0; i < n; ++i) out[i] = f16_to_f32(src[i]);
+      return;
+    }
+    default:
+      fail("[cpu] matmul: weights of dtype ", dtype_name(w.dtype), " are not supported");
+  }
+}
+
+// Eight interleaved partial sums: the compiler can keep them in one vector register.
+float dot(const float* a, const float* b, int64_t n) {
+  float partial[8] = {};
+  int64_t k = 0;
+  for (; k + 8 <= n; k += 8)
+    for (int j = 0; j < 8; ++j) partial[j] += a[k + j] * b[k + j];
+  for (; k < n; ++k) partial[k % 8] += a[k] * b[k];
+  return ((partial[0] + partial[4]) + (partial[1] + partial[5])) +
+         ((partial[2] + partial[6]) + (partial[3] + partial[7]));
+}
+
+void axpy(float alpha, const float* x, float* y, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) y[i] += alpha * x[i];
+}
+
+void gemv(const WeightView& w, int64_t n0, int64_t n1, const float* x, int64_t ldx, int64_t M,
+          const float* bias, float* y, int64_t ldy) {
+  // One converted weight row at a time (the row buffer lives on the heap: K can be large).
+  float* row = static_cast<float*>(std::malloc(static_cast<size_t>(std::max<int64_t>(w.cols, 1)) * 4));
+  MOXIN_CHECK(row != nullptr, "[cpu] matmul: out of memory");
+  for (int64_t n = n0; n < n1; ++n) {
+    weights_to_f32(w, n * w.ld, w.cols, row);
+    const float b = bias ? bias[n] : 0.0f;
+    for (int64_t m = 0; m < M; ++m) y[m * ldy + n] = b + dot(x + m * ldx, row, w.cols);
+  }
+  std::free(row);
+}
+
+void pack_panels(const WeightView& w, int64_t n0, int64_t nc, int64_t k0, int64_t kc,
+                 float* panels) {
+  float* row = static_cast<float*>(std::malloc(static_cast<size_t>(std::max<int64_t>(kc, 1)) * 4));
+  MOXIN_CHECK(row != nullptr, "[cpu] matmul: out of memory");
+  const int64_t num_panels = (nc + kGemmNR - 1) / kGemmNR;
+  for (int64_t p = 0; p < num_panels; ++p) {
+    float* panel = panels + p * kc * kGemmNR;
+    for (int j = 0; j < kGemmNR; ++j) {
+      const int64_t r = p * kGemmNR + j;
+      if (r < nc) {
+        weights_to_f32(w, (n0 + r) * w.ld + k0, kc, row);
+        for (int64_t k = 0; k < kc; ++k) panel[k * kGemmNR + j] = row[k];
+      } else {
+        for (int64_t k = 0; k < kc; ++k) panel[k * kGemmNR + j] = 0.0f;
+      }
+    }
+  }
+  std::free(row);
+}
+
+void gemm_tile(int64_t kc, const float* a, int64_t lda, int mr, const float* panel, int nr,
+               float* c, int64_t ldc, const float* bias, bool accumulate) {
+  float acc[kGemmMR][kGemmNR] = {};
+  for (int64_t k = 0; k < kc; ++k) {
+    const float* b = panel + k * kGemmNR;
+    for (int i = 0; i < mr; ++i) {
+      const float ai = a[i * lda + k];
+      for (int j = 0; j < kGemmNR; ++j) acc[i][j] += ai * b[j];
+    }
+  }
+  for (int i = 0; i < mr; ++i) {
+    float* ci = c + i * ldc;
+    for (int j = 0; j < nr; ++j) {
+      if (accumulate) {
+        ci[j] += acc[i][j];
+      } else {
+        ci[j] = (bias ? bias[j] : 0.0f) + acc[i][j];
+      }
+    }
+  }
+}
+
+}  // namespace
+
+const Kernels& generic_kernels() {
+  static const Kernels table{"generic", gemv, pack_panels, gemm_tile, dot, axpy};
+  return table;
+}
+
+const Kernels& best_kernels() {
+  static const Kernels& chosen = [] () -> const Kernels& {
+    const char* forced = std::getenv("MOXIN_CPU_KERNELS");
+    if (forced && std::string_view(forced) == "generic") return generic_kernels();
+    const Kernels* simd = avx512_kernels();
+    return simd ? *simd : generic_kernels();
+  }();
+  return chosen;
+}
+
+}  // namespace moxin::cpu

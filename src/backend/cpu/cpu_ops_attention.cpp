@@ -1,0 +1,237 @@
+// Attention ops: the ViT's bidirectional attention, RoPE, and the decoder's causal attention
+// over the paged KV cache. Softmax is two-pass in f32 (max first, so exp never overflows).
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <vector>
+
+#include "backend/cpu/cpu_backend_impl.hpp"
+#include "backend/cpu/cpu_checks.hpp"
+#include "backend/cpu/cpu_matmul.hpp"
+
+namespace moxin::cpu {
+namespace {
+
+// Per-thread scratch that grows to the largest request and is then reused.
+float* scratch(size_t floats) {
+  thread_local std::vector<float> buffer;
+  if (buffer.size() < floats) buffer.resize(floats);
+  return buffer.data();
+}
+
+// p[i] = exp(s[i] - max s) / sum; returns nothing, rewrites s in place.
+void softmax_in_place(float* s, int64_t n) {
+  float max = s[0];
+  for (int64_t i = 1; i < n; ++i) max = std::max(max, s[i]);
+  float sum = 0.0f;
+  for (int64_t i = 0; i < n; ++i) {
+    s[i] = std::exp(s[i] - max);
+    sum += s[i];
+  }
+  const float inv = 1.0f / sum;
+  for (int64_t i = 0; i < n; ++i) s[i] *= inv;
+}
+
+// The three I32 tensors of an AttentionBatch, checked against T tokens and the cache.
+struct BatchView {
+  const int32_t* seq = nullptr;
+  const int32_t* pos = nullptr;
+  const int32_t* tables = nullptr;
+  int64_t max_blocks = 0;
+
+  int32_t block(int64_t t, int64_t logical) const { return tables[seq[t] * max_blocks + logical]; }
+};
+
+// Every block a token touches must be a valid physical block: all of 0..pos when it reads
+// its context, only the one holding pos when it writes.
+BatchView check_batch(const AttentionBatch& b, int64_t T, const KvCacheConfig& c, const char* op,
+                      bool reads_context) {
+  check_dtype(b.token_seq, DType::I32, op, "batch.token_seq");
+  check_dtype(b.token_pos, DType::I32, op, "batch.token_pos");
+  check_dtype(b.block_tables, DType::I32, op, "batch.block_tables");
+  MOXIN_CHECK(b.token_seq.numel() == T && b.token_pos.numel() == T, "[cpu] ", op, ": batch has ",
+              b.token_seq.numel(), " token_seq and ", b.token_pos.numel(), " token_pos entries for ", T,
+              " tokens");
+  MOXIN_CHECK(b.block_tables.shape.size() == 2, "[cpu] ", op, ": batch.block_tables is ",
+              b.block_tables.shape_str(), "; expected [sequences, max_blocks]");
+  BatchView v{b.token_seq.ptr<int32_t>(), b.token_pos.ptr<int32_t>(), b.block_tables.ptr<int32_t>(),
+              b.block_tables.shape[1]};
+  const int64_t sequences = b.block_tables.shape[0];
+  for (int64_t t = 0; t < T; ++t) {
+    const int64_t seq = v.seq[t], pos = v.pos[t];
+    MOXIN_CHECK(seq >= 0 && seq < sequences, "[cpu] ", op, ": token ", t, " belongs to sequence ", seq,
+                " but block_tables has ", sequences, " rows");
+    MOXIN_CHECK(pos >= 0 && pos / c.block_size < v.max_blocks, "[cpu] ", op, ": token ", t,
+                " at position ", pos, " needs block ", pos / c.block_size, " but block_tables has ",
+                v.max_blocks, " columns");
+    MOXIN_CHECK(!reads_context || pos < b.max_context, "[cpu] ", op, ": token ", t, " at position ", pos,
+                " is past batch.max_context ", b.max_context, " (it must exceed every position)");
+    for (int64_t logical = reads_context ? 0 : pos / c.block_size; logical <= pos / c.block_size; ++logical) {
+      const int32_t block = v.block(t, logical);
+      MOXIN_CHECK(block >= 0 && block < c.num_blocks, "[cpu] ", op, ": sequence ", seq, " maps block ",
+                  logical, " to physical block ", block, " of a cache with ", c.num_blocks);
+    }
+  }
+  return v;
+}
+
+CpuKvCache& cpu_cache(KvCache& cache, int layer, const char* op) {
+  auto* c = dynamic_cast<CpuKvCache*>(&cache);
+  MOXIN_CHECK(c != nullptr, "[cpu] ", op, ": the KV cache was not created by the CPU backend");
+  MOXIN_CHECK(layer >= 0 && layer < c->config().layers, "[cpu] ", op, ": layer ", layer,
+              " is outside the cache's ", c->config().layers, " layers");
+  return *c;
+}
+
+}  // namespace
+
+void CpuBackend::vit_attention(const Tensor& qkv, int batch, int tokens, int heads, int head_dim,
+                               Tensor& y) {
+  check_f32(qkv, "vit_attention", "qkv");
+  check_f32(y, "vit_attention", "y");
+  MOXIN_CHECK(batch > 0 && tokens > 0 && heads > 0 && head_dim > 0, "[cpu] vit_attention: batch (", batch,
+              "), tokens (", tokens, "), heads (", heads, ") and head_dim (", head_dim, ") must be positive");
+  const int64_t T = tokens, D = head_dim, HD = static_cast<int64_t>(heads) * D, rows = batch * T;
+  MOXIN_CHECK(qkv.rows() == rows && qkv.cols() == 3 * HD, "[cpu] vit_attention: qkv is ", qkv.shape_str(),
+              " but ", batch, " x ", tokens, " tokens of ", heads, " heads x ", head_dim, " need [", rows,
+              ", ", 3 * HD, "]");
+  MOXIN_CHECK(y.rows() == rows && y.cols() == HD, "[cpu] vit_attention: y is ", y.shape_str(),
+              "; expected [", rows, ", ", HD, "]");
+  MOXIN_CHECK(!overlaps(qkv, y), "[cpu] vit_attention: y must not overlap qkv");
+  const float scale = static_cast<float>(1.0 / std::sqrt(static_cast<double>(D)));
+  const float* in = qkv.ptr<float>();
+  float* out = y.ptr<float>();
+  // One (image, head) per task: scores = q k^T, softmax, then p v through the GEMM.
+  pool_.parallel_for_dynamic(static_cast<int64_t>(batch) * heads, 1, [&](int64_t i0, int64_t i1) {
+    float* scores = scratch(static_cast<size_t>(T * T + D * T));
+    float* v_transposed = scores + T * T;
+    for (int64_t item = i0; item < i1; ++item) {
+      const int64_t b = item / heads, h = item % heads;
+      const float* q = in + b * T * 3 * HD + h * D;
+      const float* k = q + HD;
+      const float* v = q + 2 * HD;
+      matmul(kernels_, nullptr, T, q, 3 * HD, WeightView{DType::F32, k, T, D, 3 * HD}, nullptr, scores, T);
+      for (int64_t i = 0; i < T; ++i) {
+        float* row = scores + i * T;
+        for (int64_t j = 0; j < T; ++j) row[j] *= scale;
+        softmax_in_place(row, T);
+      }
+      for (int64_t j = 0; j < T; ++j)
+        for (int64_t d = 0; d < D; ++d) v_transposed[d * T + j] = v[j * 3 * HD + d];
+      matmul(kernels_, nullptr, T, scores, T, WeightView{DType::F32, v_transposed, D, T, T}, nullptr,
+             out + b * T * HD + h * D, HD);
+    }
+  });
+}
+
+void CpuBackend::rope(Tensor& q, Tensor& k, const Tensor& positions, int head_dim, float theta) {
+  check_f32(q, "rope", "q");
+  check_f32(k, "rope", "k");
+  check_dtype(positions, DType::I32, "rope", "positions");
+  const int64_t T = q.rows(), D = head_dim, half = D / 2;
+  MOXIN_CHECK(D > 0 && D % 2 == 0, "[cpu] rope: head_dim ", head_dim, " must be positive and even");
+  MOXIN_CHECK(theta > 0, "[cpu] rope: theta ", theta, " must be positive");
+  MOXIN_CHECK(q.cols() % D == 0 && k.cols() % D == 0 && k.rows() == T && positions.numel() == T,
+              "[cpu] rope: q ", q.shape_str(), ", k ", k.shape_str(), " and positions ",
+              positions.shape_str(), " do not describe the same tokens of heads of ", D);
+  const int32_t* pos = positions.ptr<int32_t>();
+  for (int64_t t = 0; t < T; ++t)
+    MOXIN_CHECK(pos[t] >= 0, "[cpu] rope: position ", pos[t], " of token ", t, " is negative");
+  // As transformers computes them, all in f32: inv_freq = 1 / theta^(2i / D), angle = pos * inv_freq.
+  std::vector<float> inv_freq(static_cast<size_t>(half));
+  for (int64_t i = 0; i < half; ++i) {
+    const float exponent = static_cast<float>(2 * i) / static_cast<float>(D);
+    inv_freq[i] = 1.0f / static_cast<float>(std::pow(static_cast<double>(theta), static_cast<double>(exponent)));
+  }
+  float* qs = q.ptr<float>();
+  float* ks = k.ptr<float>();
+  const int64_t q_heads = q.cols() / D, k_heads = k.cols() / D;
+  pool_.parallel_for(T, [&](int64_t t0, int64_t t1) {
+    float* cs = scratch(static_cast<size_t>(D));
+    float* sn = cs + half;
+    for (int64_t t = t0; t < t1; ++t) {
+      const float p = static_cast<float>(pos[t]);
+      for (int64_t i = 0; i < half; ++i) {
+        const float angle = p * inv_freq[i];
+        cs[i] = std::cos(angle);
+        sn[i] = std::sin(angle);
+      }
+      // x * cos + rotate_half(x) * sin, each product rounded before the sum.
+      const auto rotate = [&](float* x) {
+        for (int64_t i = 0; i < half; ++i) {
+          const float x1 = x[i], x2 = x[i + half];
+          x[i] = x1 * cs[i] - x2 * sn[i];
+          x[i + half] = x2 * cs[i] + x1 * sn[i];
+        }
+      };
+      for (int64_t h = 0; h < q_heads; ++h) rotate(qs + (t * q_heads + h) * D);
+      for (int64_t h = 0; h < k_heads; ++h) rotate(ks + (t * k_heads + h) * D);
+    }
+  }, 4);
+}
+
+void CpuBackend::kv_write(KvCache& cache, int layer, const Tensor& k, const Tensor& v,
+                          const AttentionBatch& batch) {
+  CpuKvCache& c = cpu_cache(cache, layer, "kv_write");
+  const KvCacheConfig& cfg = c.config();
+  check_f32(k, "kv_write", "k");
+  check_f32(v, "kv_write", "v");
+  const int64_t T = k.rows(), row = static_cast<int64_t>(cfg.kv_heads) * cfg.head_dim;
+  MOXIN_CHECK(k.cols() == row && v.cols() == row && v.rows() == T, "[cpu] kv_write: k ", k.shape_str(),
+              " and v ", v.shape_str(), " must both be [tokens, ", row, "] (", cfg.kv_heads, " kv heads x ",
+              cfg.head_dim, ")");
+  const BatchView bv = check_batch(batch, T, cfg, "kv_write", false);
+  float* keys = c.keys(layer);
+  float* values = c.values(layer);
+  for (int64_t t = 0; t < T; ++t) {
+    const int64_t pos = bv.pos[t];
+    const int64_t slot = static_cast<int64_t>(bv.block(t, pos / cfg.block_size)) * cfg.block_size +
+                         pos % cfg.block_size;
+    std::memcpy(keys + slot * row, k.ptr<float>() + t * row, static_cast<size_t>(row) * sizeof(float));
+    std::memcpy(values + slot * row, v.ptr<float>() + t * row, static_cast<size_t>(row) * sizeof(float));
+  }
+}
+
+void CpuBackend::paged_attention(const Tensor& q, KvCache& cache, int layer, const AttentionBatch& batch,
+                                 int q_heads, Tensor& y) {
+  CpuKvCache& c = cpu_cache(cache, layer, "paged_attention");
+  const KvCacheConfig& cfg = c.config();
+  check_f32(q, "paged_attention", "q");
+  check_f32(y, "paged_attention", "y");
+  const int64_t T = q.rows(), D = cfg.head_dim, kv_heads = cfg.kv_heads, bs = cfg.block_size;
+  MOXIN_CHECK(q_heads > 0 && q_heads % kv_heads == 0, "[cpu] paged_attention: ", q_heads,
+              " query heads are not a multiple of the cache's ", kv_heads, " kv heads");
+  MOXIN_CHECK(q.cols() == q_heads * D, "[cpu] paged_attention: q is ", q.shape_str(), " but ", q_heads,
+              " heads of ", D, " need ", q_heads * D, " columns");
+  check_same_matrix(q, y, "paged_attention", "q", "y");
+  MOXIN_CHECK(!overlaps(q, y), "[cpu] paged_attention: y must not overlap q");
+  const BatchView bv = check_batch(batch, T, cfg, "paged_attention", true);
+  const int64_t group = q_heads / kv_heads;
+  const float scale = static_cast<float>(1.0 / std::sqrt(static_cast<double>(D)));
+  const float* keys = c.keys(layer);
+  const float* values = c.values(layer);
+  // Tasks are (token, head), heads fastest: a GQA group's heads share a task chunk and hit
+  // the same K/V in cache. Contexts differ in length, so threads claim chunks as they go.
+  const int64_t tasks = T * q_heads;
+  pool_.parallel_for_dynamic(tasks, group, [&](int64_t i0, int64_t i1) {
+    for (int64_t item = i0; item < i1; ++item) {
+      const int64_t t = item / q_heads, h = item % q_heads, kv = h / group;
+      const int64_t context = bv.pos[t] + 1;
+      const float* qh = q.ptr<float>() + item * D;
+      float* scores = scratch(static_cast<size_t>(context));
+      for (int64_t p = 0; p < context; ++p) {
+        const int64_t slot = static_cast<int64_t>(bv.block(t, p / bs)) * bs + p % bs;
+        scores[p] = kernels_.dot(qh, keys + (slot * kv_heads + kv) * D, D) * scale;
+      }
+      softmax_in_place(scores, context);
+      float* yh = y.ptr<float>() + item * D;
+      std::fill(yh, yh + D, 0.0f);
+      for (int64_t p = 0; p < context; ++p) {
+        const int64_t slot = static_cast<int64_t>(bv.block(t, p / bs)) * bs + p % bs;
+        kernels_.axpy(scores[p], values + (slot * kv_heads + kv) * D, yh, D);
+      }
+    }
+  });
+}
+
+}  // namespace moxin::cpu

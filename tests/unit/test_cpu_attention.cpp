@@ -1,0 +1,285 @@
+// CPU attention ops against double-precision references: the ViT's bidirectional attention,
+// RoPE, and causal attention over the paged KV cache (several sequences, random
+// non-contiguous block tables, prefill and decode tokens in one batch, GQA 1/4/8).
+#include <algorithm>
+#include <numeric>
+
+#include "test_cpu_common.hpp"
+
+namespace moxin::cpu_test {
+namespace {
+
+// Softmax attention of one query over n keys/values (rows `stride` apart), in double.
+void reference_attend(const float* q, const std::vector<const float*>& keys,
+                      const std::vector<const float*>& values, int64_t D, double* out) {
+  const double scale = 1.0 / std::sqrt(static_cast<double>(D));
+  std::vector<double> s(keys.size());
+  double max = -1e300;
+  for (size_t j = 0; j < keys.size(); ++j) {
+    double d = 0;
+    for (int64_t i = 0; i < D; ++i) d += static_cast<double>(q[i]) * keys[j][i];
+    s[j] = d * scale;
+    max = std::max(max, s[j]);
+  }
+  double sum = 0;
+  for (double& v : s) sum += (v = std::exp(v - max));
+  for (int64_t i = 0; i < D; ++i) {
+    double acc = 0;
+    for (size_t j = 0; j < keys.size(); ++j) acc += s[j] * values[j][i];
+    out[i] = acc / sum;
+  }
+}
+
+// Softmax, exp and the dot products in f32: a few roundings over contexts of <= ~100 keys.
+constexpr double kAttentionTolerance = 1e-5;
+
+TEST(CpuVitAttention, MatchesReference) {
+  Random rng(test_seed());
+  struct Case {
+    int B, T, H, D;
+  };
+  for (const Case& c : {Case{1, 1, 1, 8}, Case{2, 5, 3, 64}, Case{1, 33, 2, 72}, Case{2, 70, 3, 16}}) {
+    const int64_t HD = static_cast<int64_t>(c.H) * c.D, rows = static_cast<int64_t>(c.B) * c.T;
+    const std::vector<float> qkv = rng.uniform(static_cast<size_t>(rows * 3 * HD), -2.0f, 2.0f);
+    std::vector<double> ref(static_cast<size_t>(rows * HD));
+    for (int b = 0; b < c.B; ++b)
+      for (int h = 0; h < c.H; ++h) {
+        std::vector<const float*> keys, values;
+        for (int j = 0; j < c.T; ++j) {
+          const float* row = qkv.data() + (static_cast<int64_t>(b) * c.T + j) * 3 * HD;
+          keys.push_back(row + HD + h * c.D);
+          values.push_back(row + 2 * HD + h * c.D);
+        }
+        for (int i = 0; i < c.T; ++i) {
+          const int64_t r = static_cast<int64_t>(b) * c.T + i;
+          reference_attend(qkv.data() + r * 3 * HD + h * c.D, keys, values, c.D, ref.data() + r * HD + h * c.D);
+        }
+      }
+    expect_matches(cat("vit_attention B=", c.B, " T=", c.T, " H=", c.H, " D=", c.D), ref, kAttentionTolerance,
+                   [&](Backend& be) {
+                     Tensor in = be.from_host_f32(qkv.data(), {rows, 3 * HD});
+                     Tensor y = poisoned(be, {rows, HD});
+                     be.vit_attention(in, c.B, c.T, c.H, c.D, y);
+                     return host(be, y);
+                   });
+  }
+  auto backend = create_cpu_backend(1);
+  Tensor in = backend->empty({10, 3 * 32}, DType::F32), y = backend->empty({10, 32}, DType::F32);
+  expect_error([&] { backend->vit_attention(in, 2, 4, 2, 16, y); }, "[cpu] vit_attention: qkv is [10, 96] but 2 x 4 tokens");
+}
+
+TEST(CpuRope, MatchesTransformersRotateHalf) {
+  Random rng(test_seed());
+  struct Case {
+    int64_t T, q_heads, k_heads, D;
+    float theta;
+  };
+  for (const Case& c : {Case{1, 1, 1, 2, 10000.0f}, Case{5, 4, 2, 8, 10000.0f}, Case{33, 3, 1, 64, 1000000.0f},
+                        Case{17, 4, 2, 128, 10000.0f}}) {
+    std::vector<int32_t> positions(static_cast<size_t>(c.T));
+    for (auto& p : positions) p = static_cast<int32_t>(rng.integer(0, 8000));
+    positions[0] = 0;
+    const std::vector<float> q = rng.uniform(static_cast<size_t>(c.T * c.q_heads * c.D), -3, 3);
+    const std::vector<float> k = rng.uniform(static_cast<size_t>(c.T * c.k_heads * c.D), -3, 3);
+    // transformers computes inv_freq = 1 / theta^(arange(0, D, 2) / D) and pos * inv_freq in
+    // f32; an angle of thousands of radians keeps that rounding, so the reference does too.
+    // The rotation itself is exact here (double cos/sin of that f32 angle).
+    const auto rotate = [&](const std::vector<float>& x, int64_t heads) {
+      std::vector<double> out(x.size());
+      const int64_t half = c.D / 2;
+      for (int64_t t = 0; t < c.T; ++t)
+        for (int64_t h = 0; h < heads; ++h)
+          for (int64_t i = 0; i < half; ++i) {
+            const float inv_freq = 1.0f / std::pow(c.theta, static_cast<float>(2 * i) / static_cast<float>(c.D));
+            const double angle = static_cast<float>(positions[t]) * inv_freq;
+            const float* v = x.data() + (t * heads + h) * c.D;
+            double* o = out.data() + (t * heads + h) * c.D;
+            o[i] = v[i] * std::cos(angle) - v[i + half] * std::sin(angle);
+            o[i + half] = v[i + half] * std::cos(angle) + v[i] * std::sin(angle);
+          }
+      return out;
+    };
+    std::vector<double> ref = rotate(q, c.q_heads);
+    const std::vector<double> ref_k = rotate(k, c.k_heads);
+    ref.insert(ref.end(), ref_k.begin(), ref_k.end());
+    expect_matches(cat("rope T=", c.T, " D=", c.D), ref, 1e-6, [&](Backend& be) {
+      Tensor qt = be.from_host_f32(q.data(), {c.T, c.q_heads * c.D});
+      Tensor kt = be.from_host_f32(k.data(), {c.T, c.k_heads * c.D});
+      Tensor pt = be.from_host_i32(positions.data(), {c.T});
+      be.rope(qt, kt, pt, static_cast<int>(c.D), c.theta);
+      std::vector<float> out = host(be, qt);
+      const std::vector<float> kv = host(be, kt);
+      out.insert(out.end(), kv.begin(), kv.end());
+      return out;
+    });
+  }
+  auto backend = create_cpu_backend(1);
+  Tensor q = backend->empty({2, 12}, DType::F32), k = backend->empty({2, 6}, DType::F32);
+  const int32_t pos[2] = {0, 1};
+  Tensor p = backend->from_host_i32(pos, {2});
+  expect_error([&] { backend->rope(q, k, p, 5, 10000.0f); }, "[cpu] rope: head_dim 5 must be positive and even");
+  expect_error([&] { backend->rope(q, k, p, 4, 10000.0f); }, "[cpu] rope: q [2, 12], k [2, 6]");
+}
+
+// A paged cache filled through kv_write in two steps (history, then the batch's own tokens)
+// and read by paged_attention for a batch that mixes a prefill chunk and decode tokens.
+struct PagedCase {
+  int kv_heads, group, head_dim, block_size;
+};
+
+void run_paged_case(Random& rng, const PagedCase& pc) {
+  const int64_t Hkv = pc.kv_heads, Hq = Hkv * pc.group, D = pc.head_dim, bs = pc.block_size;
+  const int64_t row = Hkv * D;
+  // Three sequences: a prefill chunk continuing a history, a decode token, a fresh prompt.
+  const int64_t len[3] = {rng.integer(8, 40), rng.integer(2, 60), rng.integer(1, 12)};
+  const int64_t start[3] = {len[0] - rng.integer(2, 6), len[1] - 1, 0};  // batch = positions start..len-1
+  const int64_t max_blocks = (*std::max_element(len, len + 3) + bs - 1) / bs + 1;
+  int64_t needed = 0;
+  for (int64_t l : len) needed += (l + bs - 1) / bs;
+  const int num_blocks = static_cast<int>(needed + 3);
+  std::vector<int32_t> physical(static_cast<size_t>(num_blocks));
+  std::iota(physical.begin(), physical.end(), 0);
+  std::shuffle(physical.begin(), physical.end(), rng.engine());
+  std::vector<int32_t> tables(static_cast<size_t>(3 * max_blocks), -1);  // unused entries stay invalid
+  size_t next = 0;
+  for (int s = 0; s < 3; ++s)
+    for (int64_t b = 0; b < (len[s] + bs - 1) / bs; ++b) tables[static_cast<size_t>(s * max_blocks + b)] = physical[next++];
+
+  std::vector<std::vector<float>> keys(3), values(3);
+  for (int s = 0; s < 3; ++s) {
+    keys[s] = rng.uniform(static_cast<size_t>(len[s] * row), -2, 2);
+    values[s] = rng.uniform(static_cast<size_t>(len[s] * row), -2, 2);
+  }
+  // Token lists: history (all positions before start, shuffled) and the batch.
+  struct Tok {
+    int32_t seq, pos;
+  };
+  std::vector<Tok> history, batch_tokens;
+  for (int s = 0; s < 3; ++s) {
+    for (int64_t p = 0; p < start[s]; ++p) history.push_back({s, static_cast<int32_t>(p)});
+    for (int64_t p = start[s]; p < len[s]; ++p) batch_tokens.push_back({s, static_cast<int32_t>(p)});
+  }
+  std::shuffle(history.begin(), history.end(), rng.engine());
+  std::shuffle(batch_tokens.begin(), batch_tokens.end(), rng.engine());
+  const int64_t T = static_cast<int64_t>(batch_tokens.size());
+  const std::vector<float> q = rng.uniform(static_cast<size_t>(T * Hq * D), -2, 2);
+
+  std::vector<double> ref(static_cast<size_t>(T * Hq * D));
+  for (int64_t t = 0; t < T; ++t)
+    for (int64_t h = 0; h < Hq; ++h) {
+      const Tok tok = batch_tokens[static_cast<size_t>(t)];
+      std::vector<const float*> ks, vs;
+      for (int64_t p = 0; p <= tok.pos; ++p) {
+        ks.push_back(keys[tok.seq].data() + p * row + (h / pc.group) * D);
+        vs.push_back(values[tok.seq].data() + p * row + (h / pc.group) * D);
+      }
+      reference_attend(q.data() + (t * Hq + h) * D, ks, vs, D, ref.data() + (t * Hq + h) * D);
+    }
+
+  const auto write = [&](Backend& be, KvCache& cache, int layer, const std::vector<Tok>& toks, bool junk) {
+    if (toks.empty()) return;
+    const int64_t n = static_cast<int64_t>(toks.size());
+    std::vector<int32_t> seq, pos;
+    std::vector<float> k, v;
+    for (const Tok& tok : toks) {
+      seq.push_back(tok.seq);
+      pos.push_back(tok.pos);
+      const float* kr = keys[tok.seq].data() + tok.pos * row;
+      const float* vr = values[tok.seq].data() + tok.pos * row;
+      for (int64_t i = 0; i < row; ++i) {
+        k.push_back(junk ? 1e3f : kr[i]);
+        v.push_back(junk ? -1e3f : vr[i]);
+      }
+    }
+    AttentionBatch ab;
+    ab.token_seq = be.from_host_i32(seq.data(), {n});
+    ab.token_pos = be.from_host_i32(pos.data(), {n});
+    ab.block_tables = be.from_host_i32(tables.data(), {3, max_blocks});
+    ab.max_context = static_cast<int>(*std::max_element(len, len + 3));
+    be.kv_write(cache, layer, be.from_host_f32(k.data(), {n, row}), be.from_host_f32(v.data(), {n, row}), ab);
+  };
+
+  expect_matches(cat("paged_attention Hkv=", Hkv, " group=", pc.group, " D=", D, " block=", bs, " lens=", len[0], ",",
+                     len[1], ",", len[2]),
+                 ref, kAttentionTolerance, [&](Backend& be) {
+                   KvCacheConfig cfg;
+                   cfg.layers = 2;
+                   cfg.kv_heads = pc.kv_heads;
+                   cfg.head_dim = pc.head_dim;
+                   cfg.block_size = pc.block_size;
+                   cfg.num_blocks = num_blocks;
+                   auto cache = be.create_kv_cache(cfg);
+                   std::vector<Tok> all = history;
+                   all.insert(all.end(), batch_tokens.begin(), batch_tokens.end());
+                   write(be, *cache, 0, all, true);  // layer 0 holds other values: must not leak
+                   write(be, *cache, 1, history, false);
+                   write(be, *cache, 1, batch_tokens, false);
+                   std::vector<int32_t> seq, pos;
+                   for (const Tok& tok : batch_tokens) {
+                     seq.push_back(tok.seq);
+                     pos.push_back(tok.pos);
+                   }
+                   AttentionBatch ab;
+                   ab.token_seq = be.from_host_i32(seq.data(), {T});
+                   ab.token_pos = be.from_host_i32(pos.data(), {T});
+                   ab.block_tables = be.from_host_i32(tables.data(), {3, max_blocks});
+                   ab.max_context = static_cast<int>(*std::max_element(len, len + 3));
+                   Tensor qt = be.from_host_f32(q.data(), {T, Hq * D});
+                   Tensor y = poisoned(be, {T, Hq * D});
+                   be.paged_attention(qt, *cache, 1, ab, static_cast<int>(Hq), y);
+                   return host(be, y);
+                 });
+}
+
+TEST(CpuPagedAttention, MatchesReferenceForMixedBatches) {
+  Random rng(test_seed());
+  for (const PagedCase& pc : {PagedCase{2, 1, 64, 16}, PagedCase{2, 4, 128, 5}, PagedCase{1, 8, 72, 1},
+                              PagedCase{3, 4, 16, 4}})
+    run_paged_case(rng, pc);
+}
+
+TEST(CpuPagedAttention, RejectsBadBatches) {
+  auto backend = create_cpu_backend(1);
+  KvCacheConfig cfg;
+  cfg.layers = 2;
+  cfg.kv_heads = 2;
+  cfg.head_dim = 8;
+  cfg.block_size = 4;
+  cfg.num_blocks = 4;
+  auto cache = backend->create_kv_cache(cfg);
+  const int32_t seq[2] = {0, 1}, pos[2] = {5, 2};
+  const int32_t tables[4] = {3, 1, 0, 9};  // sequence 1's second block is invalid (not used by pos 2)
+  AttentionBatch ab;
+  ab.token_seq = backend->from_host_i32(seq, {2});
+  ab.token_pos = backend->from_host_i32(pos, {2});
+  ab.block_tables = backend->from_host_i32(tables, {2, 2});
+  ab.max_context = 6;
+  Tensor k = backend->empty({2, 16}, DType::F32), v = backend->empty({2, 16}, DType::F32);
+  backend->kv_write(*cache, 1, k, v, ab);
+  Tensor q = backend->empty({2, 32}, DType::F32), y = backend->empty({2, 32}, DType::F32);
+  backend->paged_attention(q, *cache, 1, ab, 4, y);
+  expect_error([&] { backend->kv_write(*cache, 2, k, v, ab); }, "[cpu] kv_write: layer 2 is outside the cache's 2 layers");
+  expect_error([&] { backend->paged_attention(q, *cache, 0, ab, 3, y); }, "3 query heads are not a multiple");
+  Tensor wrong = backend->empty({2, 12}, DType::F32);
+  expect_error([&] { backend->kv_write(*cache, 0, wrong, v, ab); }, "must both be [tokens, 16]");
+  ab.max_context = 5;
+  expect_error([&] { backend->paged_attention(q, *cache, 0, ab, 4, y); }, "token 0 at position 5 is past batch.max_context 5");
+  ab.max_context = 6;
+  const int32_t far[2] = {0, 6};
+  ab.token_pos = backend->from_host_i32(far, {2});
+  ab.max_context = 7;
+  expect_error([&] { backend->kv_write(*cache, 0, k, v, ab); }, "sequence 1 maps block 1 to physical block 9 of a cache with 4");
+  const int32_t beyond[2] = {8, 0};
+  ab.token_pos = backend->from_host_i32(beyond, {2});
+  ab.max_context = 9;
+  expect_error([&] { backend->kv_write(*cache, 0, k, v, ab); }, "token 0 at position 8 needs block 2 but block_tables has 2 columns");
+  ab.token_pos = backend->from_host_i32(pos, {2});
+  const int32_t bad_seq[2] = {0, 2};
+  ab.token_seq = backend->from_host_i32(bad_seq, {2});
+  expect_error([&] { backend->kv_write(*cache, 0, k, v, ab); }, "belongs to sequence 2 but block_tables has 2 rows");
+  KvCacheConfig empty_cfg;
+  expect_error([&] { backend->create_kv_cache(empty_cfg); }, "[cpu] KV cache: layers (0)");
+}
+
+}  // namespace
+}  // namespace moxin::cpu_test

@@ -1,0 +1,178 @@
+// CPU linear, patch_embed and embedding against double-precision references, for weights in
+// BF16, F16 and F32 on awkward shapes (both GEMV and GEMM regimes, every block edge).
+#include "test_cpu_common.hpp"
+
+namespace moxin::cpu_test {
+namespace {
+
+// y = x W^T + b in double from the exact stored weight values.
+std::vector<double> reference_linear(const std::vector<float>& x, const std::vector<float>& w,
+                                     const std::vector<float>* bias, int64_t M, int64_t N, int64_t K) {
+  std::vector<double> y(static_cast<size_t>(M * N));
+  for (int64_t m = 0; m < M; ++m)
+    for (int64_t n = 0; n < N; ++n) {
+      double s = bias ? (*bias)[n] : 0.0;
+      for (int64_t k = 0; k < K; ++k) s += static_cast<double>(x[m * K + k]) * w[n * K + k];
+      y[m * N + n] = s;
+    }
+  return y;
+}
+
+LinearWeight linear_weight(const OwnedTensor& w, const OwnedTensor* b, int64_t out, int64_t in) {
+  LinearWeight lw;
+  lw.weight = &w.info;
+  lw.bias = b ? &b->info : nullptr;
+  lw.out_features = out;
+  lw.in_features = in;
+  return lw;
+}
+
+struct Shape {
+  int64_t M, N, K;
+};
+
+// Tolerance for f32 accumulation: ~sqrt(K) roundings of 2^-24 relative each.
+constexpr double kF32Tolerance = 1e-5;
+
+TEST(CpuLinear, MatchesReferenceOnAwkwardShapes) {
+  Random rng(test_seed());
+  const std::vector<Shape> shapes{
+      {1, 1, 1},    {1, 3, 31},   {2, 33, 65},  {3, 65, 17},   {4, 31, 257},  {5, 7, 33},
+      {8, 100, 64}, {9, 33, 300}, {31, 65, 3},  {33, 257, 31}, {65, 40, 513}, {257, 31, 65},
+      {300, 290, 270},  // several panels, K blocks and column blocks
+      {1100, 40, 20},   // more rows than one row block
+  };
+  for (DType dtype : weight_dtypes())
+    for (const Shape& s : shapes)
+      for (bool with_bias : {false, true}) {
+        auto w = make_tensor("w", dtype, {s.N, s.K}, rng.uniform(static_cast<size_t>(s.N * s.K)));
+        auto b = make_tensor("b", dtype, {s.N}, rng.uniform(static_cast<size_t>(s.N)));
+        const std::vector<float> x = rng.uniform(static_cast<size_t>(s.M * s.K));
+        const std::vector<float> bias_values = b->values;
+        const auto ref = reference_linear(x, w->values, with_bias ? &bias_values : nullptr, s.M, s.N, s.K);
+        expect_matches(cat("linear ", dtype_name(dtype), " M=", s.M, " N=", s.N, " K=", s.K, with_bias ? " +bias" : ""),
+                       ref, kF32Tolerance, [&](Backend& be) {
+                         const Linear l = be.prepare_linear(linear_weight(*w, with_bias ? b.get() : nullptr, s.N, s.K));
+                         Tensor xt = be.from_host_f32(x.data(), {s.M, s.K});
+                         Tensor y = poisoned(be, {s.M, s.N});
+                         be.linear(xt, l, y);
+                         return host(be, y);
+                       });
+      }
+}
+
+TEST(CpuLinear, RejectsMismatchedShapesAndQuantizedWeights) {
+  Random rng(test_seed());
+  auto backend = create_cpu_backend(1);
+  auto w = make_tensor("layers.0.w", DType::BF16, {16, 128}, rng.uniform(16 * 128));
+  const Linear l = backend->prepare_linear(linear_weight(*w, nullptr, 16, 128));
+  Tensor x = backend->empty({3, 64}, DType::F32);
+  Tensor y = backend->empty({3, 16}, DType::F32);
+  expect_error([&] { backend->linear(x, l, y); }, "[cpu] linear: x is [3, 64] but the weight 'layers.0.w' expects 128 input features");
+  Tensor x2 = backend->empty({3, 128}, DType::F32);
+  Tensor y2 = backend->empty({2, 16}, DType::F32);
+  expect_error([&] { backend->linear(x2, l, y2); }, "[cpu] linear: y is [2, 16]");
+  expect_error([&] { backend->linear(x2, l, x2); }, "[cpu] linear: y is [3, 128]");
+  LinearWeight q = linear_weight(*w, nullptr, 16, 128);
+  q.bits = 4;
+  q.group_size = 64;
+  expect_error([&] { backend->prepare_linear(q); }, "[cpu] quantized weights are not supported yet");
+  expect_error([&] { backend->prepare_linear(linear_weight(*w, nullptr, 16, 100)); }, "[cpu] prepare_linear");
+  auto bad_bias = make_tensor("b", DType::F32, {15}, rng.uniform(15));
+  expect_error([&] { backend->prepare_linear(linear_weight(*w, bad_bias.get(), 16, 128)); }, "bias 'b' is [15]");
+  expect_error([&] { backend->linear(x2, Linear{}, y); }, "was not prepared");
+}
+
+TEST(CpuLinear, DerivesTheShapeOfA2DWeight) {
+  Random rng(test_seed());
+  auto backend = create_cpu_backend(1);
+  auto w = make_tensor("w", DType::F32, {5, 7}, rng.uniform(35));
+  LinearWeight lw;
+  lw.weight = &w->info;
+  const Linear l = backend->prepare_linear(lw);
+  EXPECT_EQ(l.out_features, 5);
+  EXPECT_EQ(l.in_features, 7);
+}
+
+TEST(CpuPatchEmbed, MatchesConvolutionReference) {
+  Random rng(test_seed());
+  struct Case {
+    int64_t B, H, W, p, dim;
+  };
+  for (DType dtype : weight_dtypes())
+    for (const Case& c : {Case{1, 4, 6, 2, 5}, Case{2, 9, 6, 3, 33}, Case{1, 28, 42, 14, 40}}) {
+      const int64_t patch_len = 3 * c.p * c.p, gh = c.H / c.p, gw = c.W / c.p, P = c.B * gh * gw;
+      auto w = make_tensor("proj.weight", dtype, {c.dim, 3, c.p, c.p}, rng.uniform(static_cast<size_t>(c.dim * patch_len)));
+      auto b = make_tensor("proj.bias", dtype, {c.dim}, rng.uniform(static_cast<size_t>(c.dim)));
+      const std::vector<float> img = rng.uniform(static_cast<size_t>(c.B * c.H * c.W * 3), -2.0f, 2.0f);
+      // Conv2d(3, dim, p, stride p) on NCHW, written directly: weight [o, ch, kh, kw].
+      std::vector<double> ref(static_cast<size_t>(P * c.dim));
+      for (int64_t bi = 0; bi < c.B; ++bi)
+        for (int64_t py = 0; py < gh; ++py)
+          for (int64_t px = 0; px < gw; ++px)
+            for (int64_t o = 0; o < c.dim; ++o) {
+              double s = b->values[o];
+              for (int64_t ch = 0; ch < 3; ++ch)
+                for (int64_t kh = 0; kh < c.p; ++kh)
+                  for (int64_t kw = 0; kw < c.p; ++kw)
+                    s += static_cast<double>(w->values[((o * 3 + ch) * c.p + kh) * c.p + kw]) *
+                         img[((bi * c.H + py * c.p + kh) * c.W + px * c.p + kw) * 3 + ch];
+              ref[((bi * gh + py) * gw + px) * c.dim + o] = s;
+            }
+      expect_matches(cat("patch_embed ", dtype_name(dtype), " p=", c.p), ref, kF32Tolerance, [&](Backend& be) {
+        const Linear l = be.prepare_linear(linear_weight(*w, b.get(), c.dim, patch_len));
+        Tensor images = be.from_host_f32(img.data(), {c.B, c.H, c.W, 3});
+        Tensor y = poisoned(be, {P, c.dim});
+        be.patch_embed(images, l, static_cast<int>(c.p), y);
+        return host(be, y);
+      });
+    }
+}
+
+TEST(CpuPatchEmbed, RejectsBadShapes) {
+  Random rng(test_seed());
+  auto backend = create_cpu_backend(1);
+  auto w = make_tensor("proj.weight", DType::F32, {4, 3, 2, 2}, rng.uniform(48));
+  LinearWeight lw;
+  lw.weight = &w->info;
+  lw.out_features = 4;
+  lw.in_features = 12;
+  const Linear l = backend->prepare_linear(lw);
+  Tensor odd = backend->empty({1, 5, 4, 3}, DType::F32);
+  Tensor y = backend->empty({4, 4}, DType::F32);
+  expect_error([&] { backend->patch_embed(odd, l, 2, y); }, "not a multiple of the patch size 2");
+  Tensor images6 = backend->empty({1, 6, 6, 3}, DType::F32);
+  expect_error([&] { backend->patch_embed(images6, l, 3, y); }, "3x3 RGB patch has 27");
+  Tensor images = backend->empty({1, 4, 4, 3}, DType::F32);
+  Tensor wrong_y = backend->empty({3, 4}, DType::F32);
+  expect_error([&] { backend->patch_embed(images, l, 2, wrong_y); }, "[cpu] patch_embed: y is [3, 4]");
+}
+
+TEST(CpuEmbedding, CopiesRowsExactly) {
+  Random rng(test_seed());
+  for (DType dtype : weight_dtypes()) {
+    const int64_t vocab = 37, dim = 33;
+    auto table = make_tensor("embed_tokens", dtype, {vocab, dim}, rng.uniform(static_cast<size_t>(vocab * dim), -3, 3));
+    std::vector<int32_t> ids{0, 36, 5, 5, 17};
+    std::vector<double> ref;
+    for (int32_t id : ids)
+      for (int64_t i = 0; i < dim; ++i) ref.push_back(table->values[id * dim + i]);
+    expect_matches(cat("embedding ", dtype_name(dtype)), ref, 0.0, [&](Backend& be) {
+      const Linear l = be.prepare_linear(linear_weight(*table, nullptr, vocab, dim));
+      Tensor idt = be.from_host_i32(ids.data(), {static_cast<int64_t>(ids.size())});
+      Tensor y = poisoned(be, {static_cast<int64_t>(ids.size()), dim});
+      be.embedding(idt, l, y);
+      return host(be, y);
+    });
+  }
+  auto backend = create_cpu_backend(1);
+  auto table = make_tensor("embed_tokens", DType::BF16, {4, 8}, rng.uniform(32));
+  const Linear l = backend->prepare_linear(linear_weight(*table, nullptr, 4, 8));
+  const int32_t bad[2] = {1, 4};
+  Tensor idt = backend->from_host_i32(bad, {2});
+  Tensor y = backend->empty({2, 8}, DType::F32);
+  expect_error([&] { backend->embedding(idt, l, y); }, "id 4 (position 1) is outside the table 'embed_tokens' of 4 rows");
+}
+
+}  // namespace
+}  // namespace moxin::cpu_test

@@ -1,0 +1,234 @@
+// CPU row-wise and element-wise ops against double-precision references on awkward shapes.
+#include "test_cpu_common.hpp"
+
+namespace moxin::cpu_test {
+namespace {
+
+struct Matrix {
+  int64_t rows, cols;
+};
+const std::vector<Matrix> kShapes{{1, 1}, {1, 31}, {3, 33}, {5, 65}, {33, 257}, {2, 1024}, {7, 4096}};
+
+// Results that are one or two f32 roundings from the exact value.
+constexpr double kElementwiseTolerance = 1e-6;
+// Norms sum a row in double, then take a few f32 roundings per element.
+constexpr double kNormTolerance = 1e-6;
+
+
+TEST(CpuNorms, LayerNormMatchesReference) {
+  Random rng(test_seed());
+  for (const Matrix& s : kShapes) {
+    const size_t n = static_cast<size_t>(s.rows * s.cols);
+    // An offset mean and a spread-out scale make a one-pass f32 variance visibly wrong.
+    std::vector<float> x = rng.uniform(n, -1.0f, 1.0f);
+    for (float& v : x) v = v * 3.0f + 40.0f;
+    const std::vector<float> w = rng.uniform(static_cast<size_t>(s.cols)), b = rng.uniform(static_cast<size_t>(s.cols));
+    const float eps = 1e-6f;
+    std::vector<double> ref(n);
+    for (int64_t r = 0; r < s.rows; ++r) {
+      double mean = 0, var = 0;
+      for (int64_t c = 0; c < s.cols; ++c) mean += x[r * s.cols + c];
+      mean /= static_cast<double>(s.cols);
+      for (int64_t c = 0; c < s.cols; ++c) var += (x[r * s.cols + c] - mean) * (x[r * s.cols + c] - mean);
+      var /= static_cast<double>(s.cols);
+      for (int64_t c = 0; c < s.cols; ++c)
+        ref[r * s.cols + c] = (x[r * s.cols + c] - mean) / std::sqrt(var + static_cast<double>(eps)) * w[c] + b[c];
+    }
+    expect_matches(cat("layer_norm ", s.rows, "x", s.cols), ref, kNormTolerance, [&](Backend& be) {
+      Tensor xt = be.from_host_f32(x.data(), {s.rows, s.cols});
+      Tensor wt = be.from_host_f32(w.data(), {s.cols});
+      Tensor bt = be.from_host_f32(b.data(), {s.cols});
+      Tensor y = poisoned(be, {s.rows, s.cols});
+      be.layer_norm(xt, wt, bt, eps, y);
+      return host(be, y);
+    });
+  }
+}
+
+TEST(CpuNorms, RmsNormMatchesReferenceAndWorksInPlace) {
+  Random rng(test_seed());
+  for (const Matrix& s : kShapes) {
+    const size_t n = static_cast<size_t>(s.rows * s.cols);
+    const std::vector<float> x = rng.uniform(n, -4.0f, 4.0f), w = rng.uniform(static_cast<size_t>(s.cols));
+    const float eps = 1e-5f;
+    std::vector<double> ref(n);
+    for (int64_t r = 0; r < s.rows; ++r) {
+      double ms = 0;
+      for (int64_t c = 0; c < s.cols; ++c) ms += static_cast<double>(x[r * s.cols + c]) * x[r * s.cols + c];
+      ms /= static_cast<double>(s.cols);
+      for (int64_t c = 0; c < s.cols; ++c) ref[r * s.cols + c] = x[r * s.cols + c] / std::sqrt(ms + static_cast<double>(eps)) * w[c];
+    }
+    expect_matches(cat("rms_norm ", s.rows, "x", s.cols), ref, kNormTolerance, [&](Backend& be) {
+      Tensor xt = be.from_host_f32(x.data(), {s.rows, s.cols});
+      Tensor wt = be.from_host_f32(w.data(), {s.cols});
+      Tensor y = poisoned(be, {s.rows, s.cols});
+      be.rms_norm(xt, wt, eps, y);
+      return host(be, y);
+    });
+    expect_matches(cat("rms_norm in place ", s.rows, "x", s.cols), ref, kNormTolerance, [&](Backend& be) {
+      Tensor xt = be.from_host_f32(x.data(), {s.rows, s.cols});
+      Tensor wt = be.from_host_f32(w.data(), {s.cols});
+      be.rms_norm(xt, wt, eps, xt);
+      return host(be, xt);
+    });
+  }
+}
+
+TEST(CpuNorms, RejectMismatchedWeights) {
+  auto backend = create_cpu_backend(1);
+  Tensor x = backend->empty({2, 8}, DType::F32), y = backend->empty({2, 8}, DType::F32);
+  Tensor w = backend->empty({7}, DType::F32);
+  expect_error([&] { backend->rms_norm(x, w, 1e-5f, y); }, "[cpu] rms_norm: weight is [7] but the input has 8 columns");
+  expect_error([&] { backend->layer_norm(x, w, w, 1e-6f, y); }, "[cpu] layer_norm: weight is [7]");
+  Tensor y3 = backend->empty({3, 8}, DType::F32);
+  expect_error([&] { backend->rms_norm(x, x, 1e-5f, y3); }, "[cpu] rms_norm: x is [2, 8] but y is [3, 8]");
+  Tensor i = backend->empty({2, 8}, DType::I32);
+  expect_error([&] { backend->rms_norm(i, w, 1e-5f, y); }, "x must be F32, got I32");
+}
+
+TEST(CpuActivations, GeluErfMatchesReference) {
+  Random rng(test_seed());
+  for (const Matrix& s : kShapes) {
+    const std::vector<float> x = rng.uniform(static_cast<size_t>(s.rows * s.cols), -6.0f, 6.0f);
+    std::vector<double> ref;
+    for (float v : x) ref.push_back(0.5 * v * (1.0 + std::erf(v / std::sqrt(2.0))));
+    expect_matches(cat("gelu_erf ", s.rows, "x", s.cols), ref, kElementwiseTolerance, [&](Backend& be) {
+      Tensor t = be.from_host_f32(x.data(), {s.rows, s.cols});
+      be.gelu_erf(t);
+      return host(be, t);
+    });
+  }
+}
+
+TEST(CpuActivations, SwigluMatchesReference) {
+  Random rng(test_seed());
+  for (const Matrix& s : kShapes) {
+    const size_t n = static_cast<size_t>(s.rows * s.cols);
+    const std::vector<float> g = rng.uniform(n, -8.0f, 8.0f), u = rng.uniform(n, -2.0f, 2.0f);
+    std::vector<double> ref(n);
+    for (size_t i = 0; i < n; ++i) ref[i] = g[i] / (1.0 + std::exp(-static_cast<double>(g[i]))) * u[i];
+    expect_matches(cat("swiglu ", s.rows, "x", s.cols), ref, kElementwiseTolerance, [&](Backend& be) {
+      Tensor gt = be.from_host_f32(g.data(), {s.rows, s.cols});
+      Tensor ut = be.from_host_f32(u.data(), {s.rows, s.cols});
+      Tensor y = poisoned(be, {s.rows, s.cols});
+      be.swiglu(gt, ut, y);
+      return host(be, y);
+    });
+  }
+  auto backend = create_cpu_backend(1);
+  Tensor a = backend->empty({2, 8}, DType::F32), b = backend->empty({2, 9}, DType::F32);
+  expect_error([&] { backend->swiglu(a, b, a); }, "[cpu] swiglu: gate is [2, 8] but up is [2, 9]");
+}
+
+TEST(CpuResidual, AddAddScaledAndCyclicRows) {
+  Random rng(test_seed());
+  for (const Matrix& s : kShapes) {
+    const size_t n = static_cast<size_t>(s.rows * s.cols);
+    const std::vector<float> x = rng.uniform(n), y = rng.uniform(n), scale = rng.uniform(static_cast<size_t>(s.cols));
+    const int64_t table_rows = std::max<int64_t>(1, s.rows / 2);
+    const std::vector<float> table = rng.uniform(static_cast<size_t>(table_rows * s.cols));
+    std::vector<double> sum(n), scaled(n), cyclic(n);
+    for (int64_t r = 0; r < s.rows; ++r)
+      for (int64_t c = 0; c < s.cols; ++c) {
+        const size_t i = static_cast<size_t>(r * s.cols + c);
+        sum[i] = static_cast<double>(x[i]) + y[i];
+        scaled[i] = x[i] + static_cast<double>(scale[c]) * y[i];
+        cyclic[i] = static_cast<double>(x[i]) + table[(r % table_rows) * s.cols + c];
+      }
+    const std::string shape = cat(s.rows, "x", s.cols);
+    expect_matches("add " + shape, sum, kElementwiseTolerance, [&](Backend& be) {
+      Tensor xt = be.from_host_f32(x.data(), {s.rows, s.cols}), yt = be.from_host_f32(y.data(), {s.rows, s.cols});
+      be.add(xt, yt);
+      return host(be, xt);
+    });
+    expect_matches("add_scaled " + shape, scaled, kElementwiseTolerance, [&](Backend& be) {
+      Tensor xt = be.from_host_f32(x.data(), {s.rows, s.cols}), yt = be.from_host_f32(y.data(), {s.rows, s.cols});
+      Tensor st = be.from_host_f32(scale.data(), {s.cols});
+      be.add_scaled(xt, yt, st);
+      return host(be, xt);
+    });
+    expect_matches("add_rows_cyclic " + shape, cyclic, kElementwiseTolerance, [&](Backend& be) {
+      Tensor xt = be.from_host_f32(x.data(), {s.rows, s.cols});
+      Tensor tt = be.from_host_f32(table.data(), {1, table_rows, s.cols});
+      be.add_rows_cyclic(xt, tt);
+      return host(be, xt);
+    });
+  }
+  auto backend = create_cpu_backend(1);
+  Tensor a = backend->empty({2, 8}, DType::F32), b = backend->empty({2, 7}, DType::F32);
+  expect_error([&] { backend->add(a, b); }, "[cpu] add: x is [2, 8] but y is [2, 7]");
+  expect_error([&] { backend->add_rows_cyclic(a, b); }, "[cpu] add_rows_cyclic: table is [2, 7]");
+  expect_error([&] { backend->add_scaled(a, a, b); }, "[cpu] add_scaled: scale is [2, 7] but the input has 8 columns");
+}
+
+TEST(CpuCopies, CopyRowsColsAndGatherAreExact) {
+  Random rng(test_seed());
+  const int64_t R = 9, C = 33;
+  const std::vector<float> src = rng.uniform(static_cast<size_t>(R * C)), dst0 = rng.uniform(static_cast<size_t>(20 * 50));
+  // copy_rows: rows 4..12 of a [20, 33] destination.
+  {
+    std::vector<double> ref(dst0.begin(), dst0.begin() + 20 * C);
+    for (int64_t i = 0; i < R * C; ++i) ref[static_cast<size_t>(4 * C + i)] = src[static_cast<size_t>(i)];
+    expect_matches("copy_rows", ref, 0.0, [&](Backend& be) {
+      Tensor s = be.from_host_f32(src.data(), {R, C});
+      Tensor d = be.from_host_f32(dst0.data(), {20, C});
+      be.copy_rows(s, d, 4);
+      return host(be, d);
+    });
+  }
+  // copy_cols: columns 17..49 of a [9, 50] destination.
+  {
+    std::vector<double> ref(dst0.begin(), dst0.begin() + R * 50);
+    for (int64_t r = 0; r < R; ++r)
+      for (int64_t c = 0; c < C; ++c) ref[static_cast<size_t>(r * 50 + 17 + c)] = src[static_cast<size_t>(r * C + c)];
+    expect_matches("copy_cols", ref, 0.0, [&](Backend& be) {
+      Tensor s = be.from_host_f32(src.data(), {R, C});
+      Tensor d = be.from_host_f32(dst0.data(), {R, 50});
+      be.copy_cols(s, d, 17);
+      return host(be, d);
+    });
+  }
+  // gather_rows with repeats.
+  {
+    const std::vector<int32_t> rows{8, 0, 3, 3, 7};
+    std::vector<double> ref;
+    for (int32_t r : rows)
+      for (int64_t c = 0; c < C; ++c) ref.push_back(src[static_cast<size_t>(r * C + c)]);
+    expect_matches("gather_rows", ref, 0.0, [&](Backend& be) {
+      Tensor s = be.from_host_f32(src.data(), {R, C});
+      Tensor idx = be.from_host_i32(rows.data(), {5});
+      Tensor y = poisoned(be, {5, C});
+      be.gather_rows(s, idx, y);
+      return host(be, y);
+    });
+  }
+  auto backend = create_cpu_backend(1);
+  Tensor s = backend->empty({R, C}, DType::F32), d = backend->empty({10, C}, DType::F32);
+  expect_error([&] { backend->copy_rows(s, d, 2); }, "[cpu] copy_rows: cannot place src [9, 33] at row 2 of dst [10, 33]");
+  expect_error([&] { backend->copy_cols(s, d, 0); }, "[cpu] copy_cols: cannot place src [9, 33]");
+  const int32_t bad[1] = {9};
+  Tensor idx = backend->from_host_i32(bad, {1});
+  Tensor y = backend->empty({1, C}, DType::F32);
+  expect_error([&] { backend->gather_rows(s, idx, y); }, "[cpu] gather_rows: row index 9 (entry 0) is outside x [9, 33]");
+}
+
+TEST(CpuMemory, ParamConvertsAndHostRoundTrips) {
+  Random rng(test_seed());
+  auto backend = create_cpu_backend(1);
+  for (DType dtype : weight_dtypes()) {
+    auto t = make_tensor("pos_embed", dtype, {1, 3, 5}, rng.uniform(15));
+    Tensor p = backend->param(t->info);
+    EXPECT_EQ(p.dtype, DType::F32);
+    EXPECT_EQ(p.shape, (std::vector<int64_t>{1, 3, 5}));
+    EXPECT_EQ(host(*backend, p), t->values) << dtype_name(dtype);
+  }
+  const std::vector<int32_t> ints{-3, 0, 7};
+  Tensor i = backend->from_host_i32(ints.data(), {3});
+  EXPECT_EQ(host(*backend, i), (std::vector<float>{-3, 0, 7}));
+  auto bad = make_tensor("x", DType::F32, {4}, rng.uniform(4));
+  bad->info.nbytes = 12;
+  expect_error([&] { backend->param(bad->info); }, "[cpu] parameter 'x': 12 bytes do not match its shape and dtype");
+}
+
+}  // namespace
+}  // namespace moxin::cpu_test
