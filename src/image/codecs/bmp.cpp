@@ -1,7 +1,8 @@
 // BMP, our own reader, accepting and refusing what Pillow's BmpImagePlugin does and returning
 // the pixels its convert("RGB") gives, quirks included:
 //  - headers of 12, 40, 52, 56, 64, 108 or 124 bytes; 1/4/8-bit palette, 16/24/32-bit pixels;
-//    uncompressed, BI_BITFIELDS with the mask layouts Pillow knows, RLE8 and RLE4;
+//    uncompressed, BI_BITFIELDS with the mask layouts Pillow knows, RLE8 and RLE4 (decoded as
+//    Pillow's BmpRleDecoder does, which decides what malformed RLE data gives);
 //  - a palette that is exactly a gray ramp (or black/white for two colours) makes Pillow skip
 //    it and read the rows as 8-bit gray (1-bit for two colours) whatever the pixel depth;
 //  - 16-bit channels are widened as c * 255 / 31 (or / 63) in integers; alpha is dropped;
@@ -68,25 +69,25 @@ Header read_header(const Reader& file, size_t& position) {
                " (Pillow reads 12, 40, 52, 56, 64, 108 or 124)");
   }
   file.require(14, h.size, "header");
-  const size_t d = 18;  // the header's fields after its size
+  const size_t fields = 18;  // the info header's fields, after its size
   position = 14 + h.size;
   if (h.size == 12) {  // OS/2 1.x / BITMAPCOREHEADER: 16-bit sizes, always bottom-up
-    h.width = file.u16(d);
-    h.height = file.u16(d + 2);
-    h.bits = static_cast<int>(file.u16(d + 6));
+    h.width = file.u16(fields);
+    h.height = file.u16(fields + 2);
+    h.bits = static_cast<int>(file.u16(fields + 6));
     h.palette_entry_size = 3;
     return h;
   }
   // Pillow treats the height as negative (top-down) exactly when its top byte is 0xFF.
-  h.top_down = file.bytes[d + 7] == 0xFF;
-  h.width = file.u32(d);
-  h.height = h.top_down ? (uint64_t{1} << 32) - file.u32(d + 4) : file.u32(d + 4);
-  h.bits = static_cast<int>(file.u16(d + 10));
-  h.compression = file.u32(d + 12);
-  h.colors = file.u32(d + 28);
+  h.top_down = file.bytes[fields + 7] == 0xFF;
+  h.width = file.u32(fields);
+  h.height = h.top_down ? (uint64_t{1} << 32) - file.u32(fields + 4) : file.u32(fields + 4);
+  h.bits = static_cast<int>(file.u16(fields + 10));
+  h.compression = file.u32(fields + 12);
+  h.colors = file.u32(fields + 28);
   if (h.compression == kBitfields) {
     if (h.size >= 52) {  // masks inside the header; alpha only from 56 bytes on
-      for (int i = 0; i < (h.size >= 56 ? 4 : 3); ++i) h.masks[i] = file.u32(d + 36 + 4 * i);
+      for (int i = 0; i < (h.size >= 56 ? 4 : 3); ++i) h.masks[i] = file.u32(fields + 36 + 4 * i);
     } else {  // 40-byte header: three masks follow it
       file.require(position, 12, "bitfield masks");
       for (int i = 0; i < 3; ++i) h.masks[i] = file.u32(position + 4 * i);
