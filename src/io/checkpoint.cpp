@@ -14,17 +14,20 @@ bool starts_with(const std::string& s, const std::string& prefix) {
   return s.compare(0, prefix.size(), prefix) == 0;
 }
 bool ends_with(const std::string& s, const std::string& suffix) {
-  return s.size() >= suffix.size() && s.compare(s.size() - suffix.size(), suffix.size(), suffix) == 0;
+  return s.size() >= suffix.size() &&
+         s.compare(s.size() - suffix.size(), suffix.size(), suffix) == 0;
 }
 
 // quantize_config.json and config.json's "quantization" may both exist; they must agree.
-std::optional<QuantizationConfig> resolve_quantization(const std::string& dir, const ConfigJson& json) {
+std::optional<QuantizationConfig> resolve_quantization(const std::string& dir,
+                                                       const ConfigJson& json) {
   const auto file = read_quantize_config((fs::path(dir) / "quantize_config.json").string());
   if (file && json.quantization)
-    MOXIN_CHECK(file->bits == json.quantization->bits && file->group_size == json.quantization->group_size,
-                "[checkpoint] ", file->source, " (bits ", file->bits, ", group_size ", file->group_size,
-                ") contradicts ", json.quantization->source, " (bits ", json.quantization->bits,
-                ", group_size ", json.quantization->group_size, ")");
+    MOXIN_CHECK(
+        file->bits == json.quantization->bits && file->group_size == json.quantization->group_size,
+        "[checkpoint] ", file->source, " (bits ", file->bits, ", group_size ", file->group_size,
+        ") contradicts ", json.quantization->source, " (bits ", json.quantization->bits,
+        ", group_size ", json.quantization->group_size, ")");
   return file ? file : json.quantization;
 }
 
@@ -70,7 +73,8 @@ Checkpoint load_checkpoint(const std::string& dir) {
   const std::string config_path = (fs::path(dir) / "config.json").string();
   MOXIN_CHECK(fs::exists(config_path), "[checkpoint] ", config_path,
               " not found: the Hugging Face checkpoint (Moxin-7B-VLM-hf) ships config.json next "
-              "to the safetensors; copy it into ", dir);
+              "to the safetensors; copy it into ",
+              dir);
   const ConfigJson json = read_config_json(config_path);
   const std::optional<QuantizationConfig> quant = resolve_quantization(dir, json);
 
@@ -82,16 +86,18 @@ Checkpoint load_checkpoint(const std::string& dir) {
   ck.siglip = map_vit(b, kSiglipPrefix, json, json.siglip, ck.config.siglip);
   MOXIN_CHECK(ck.config.dino.num_patches == ck.config.siglip.num_patches &&
                   ck.config.dino.patch == ck.config.siglip.patch,
-              "[checkpoint] ", dir, ": the two encoders must see the same patch grid to be fused, but ",
-              kDinoPrefix, " has ", ck.config.dino.num_patches, " patches of ", ck.config.dino.patch,
-              " px and ", kSiglipPrefix, " ", ck.config.siglip.num_patches, " of ",
-              ck.config.siglip.patch, " px");
+              "[checkpoint] ", dir,
+              ": the two encoders must see the same patch grid to be fused, but ", kDinoPrefix,
+              " has ", ck.config.dino.num_patches, " patches of ", ck.config.dino.patch, " px and ",
+              kSiglipPrefix, " ", ck.config.siglip.num_patches, " of ", ck.config.siglip.patch,
+              " px");
 
   std::string llm_prefix;
   ck.decoder = map_decoder(b, json, quant ? &*quant : nullptr, ck.config.decoder, llm_prefix);
   ck.config.projector_in = ck.config.dino.dim + ck.config.siglip.dim;
   int64_t projector_hidden = 0;
-  ck.projector = map_projector(b, ck.config.projector_in, ck.config.decoder.hidden, projector_hidden);
+  ck.projector =
+      map_projector(b, ck.config.projector_in, ck.config.decoder.hidden, projector_hidden);
   ck.config.projector_hidden = static_cast<int>(projector_hidden);
   refuse_unexpected(b, ck, llm_prefix);
   return ck;

@@ -64,8 +64,8 @@ DecoderWeights map_decoder(TensorBinder& b, const ConfigJson& json, const Quanti
   // then the projections' rows give the query and key/value head counts.
   const int64_t stated_heads = json.heads.value_or(kDefaultHeads);
   MOXIN_CHECK(json.head_dim || hidden % stated_heads == 0, "[checkpoint] ", json.path,
-              ": hidden size ", hidden, " is not divisible into ", stated_heads,
-              " heads; set ", json.decoder_key_prefix, "num_attention_heads or head_dim");
+              ": hidden size ", hidden, " is not divisible into ", stated_heads, " heads; set ",
+              json.decoder_key_prefix, "num_attention_heads or head_dim");
   const int64_t head_dim = json.head_dim.value_or(hidden / stated_heads);
   const std::string first = layers_prefix + "0.";
   const std::string q_name = first + "self_attn.q_proj";
@@ -111,8 +111,8 @@ DecoderWeights map_decoder(TensorBinder& b, const ConfigJson& json, const Quanti
 
 ProjectorWeights map_projector(TensorBinder& b, int64_t in, int64_t out, int64_t& hidden) {
   // Prismatic's nn.Sequential names the linears 0, 2, 4; the HF conversion fc1..fc3.
-  const bool sequential = b.pick_spelling({"projector.fc1.weight", "projector.0.weight"}) ==
-                          "projector.0.weight";
+  const bool sequential =
+      b.pick_spelling({"projector.fc1.weight", "projector.0.weight"}) == "projector.0.weight";
   const auto name = [&](int i) {
     return sequential ? cat("projector.", 2 * (i - 1)) : cat("projector.fc", i);
   };

@@ -28,7 +28,8 @@ VitBlockWeights map_block(TensorBinder& b, const std::string& p, int64_t dim, in
 VitWeights map_vit(TensorBinder& b, const std::string& prefix, const ConfigJson& json,
                    const ConfigJson::VitKwargs& kwargs, VitConfig& config) {
   VitWeights w;
-  const TensorInfo& conv = b.ranked(prefix + "patch_embed.proj.weight", 4, "[dim, 3, patch, patch]");
+  const TensorInfo& conv =
+      b.ranked(prefix + "patch_embed.proj.weight", 4, "[dim, 3, patch, patch]");
   const int64_t dim = conv.shape[0];
   const int64_t patch = conv.shape[2];
   b.expect_shape(conv, {dim, 3, patch, patch});
@@ -63,7 +64,8 @@ VitWeights map_vit(TensorBinder& b, const std::string& prefix, const ConfigJson&
   const std::string first = prefix + "blocks.0.";
   const std::string ls_name = b.pick_spelling({first + "ls1.scale_factor", first + "ls1.gamma"});
   const std::string ls_suffix = b.has(ls_name) ? ls_name.substr(ls_name.rfind('.') + 1) : "";
-  const int64_t mlp_dim = b.ranked(first + "mlp.fc1.weight", 2, cat("[mlp_dim, ", dim, "]")).shape[0];
+  const int64_t mlp_dim =
+      b.ranked(first + "mlp.fc1.weight", 2, cat("[mlp_dim, ", dim, "]")).shape[0];
   cross_check(json, kwargs.embed_dim, dim, kwargs.key + ".embed_dim",
               cat("'", conv.name, "' is ", conv.shape_str()));
   cross_check(json, kwargs.depth, depth, kwargs.key + ".depth",

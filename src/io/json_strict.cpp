@@ -20,8 +20,9 @@ nlohmann::json parse_json_strict(std::string_view text, const std::string& conte
         if (event == json::parse_event_t::object_start) open_objects.emplace_back();
         break;
       case json::parse_event_t::key:
-        MOXIN_CHECK(!open_objects.empty() && open_objects.back().insert(parsed.get<std::string>()).second,
-                    context, " has the key '", parsed.get<std::string>(), "' twice");
+        MOXIN_CHECK(
+            !open_objects.empty() && open_objects.back().insert(parsed.get<std::string>()).second,
+            context, " has the key '", parsed.get<std::string>(), "' twice");
         break;
       case json::parse_event_t::object_end:
         open_objects.pop_back();

@@ -34,7 +34,8 @@ MappedFile::MappedFile(const std::string& path) : path_(path) {
   // readahead suits both the CPU backend (reads every weight on each token) and the CUDA
   // upload (reads each weight once, in file order).
   void* p = ::mmap(nullptr, size_, PROT_READ, MAP_PRIVATE, fd, 0);
-  if (p == MAP_FAILED) fail("[io] cannot mmap '", path, "' (", size_, " bytes): ", std::strerror(errno));
+  if (p == MAP_FAILED)
+    fail("[io] cannot mmap '", path, "' (", size_, " bytes): ", std::strerror(errno));
   data_ = static_cast<const uint8_t*>(p);
 }
 

@@ -21,8 +21,9 @@ class FieldReader {
   std::optional<int64_t> integer(const char* key, int64_t min_value) const {
     const json* v = find(key);
     if (!v) return std::nullopt;
-    MOXIN_CHECK(v->is_number_integer() && v->get<int64_t>() >= min_value && v->get<int64_t>() <= INT32_MAX,
-                where(key), " is ", describe_json(*v), ", expected an integer >= ", min_value);
+    MOXIN_CHECK(
+        v->is_number_integer() && v->get<int64_t>() >= min_value && v->get<int64_t>() <= INT32_MAX,
+        where(key), " is ", describe_json(*v), ", expected an integer >= ", min_value);
     return v->get<int64_t>();
   }
 
@@ -46,7 +47,8 @@ class FieldReader {
 
   const json* object(const char* key) const {
     const json* v = find(key);
-    if (v) MOXIN_CHECK(v->is_object(), where(key), " is ", describe_json(*v), ", expected an object");
+    if (v)
+      MOXIN_CHECK(v->is_object(), where(key), " is ", describe_json(*v), ", expected an object");
     return v;
   }
   const json* array(const char* key) const {
@@ -66,7 +68,9 @@ class FieldReader {
                 describe_json(v ? *v : json()), ", moxin implements only \"", expected, "\"");
   }
 
-  std::string where(const char* key) const { return cat("[checkpoint] ", path_, ": ", prefix_, key); }
+  std::string where(const char* key) const {
+    return cat("[checkpoint] ", path_, ": ", prefix_, key);
+  }
 
  private:
   const json* find(const char* key) const {
@@ -147,7 +151,8 @@ ConfigJson read_config_json(const std::string& path) {
     out.dino = read_vit_kwargs((*kwargs)[0], path, "timm_model_kwargs[0]");
     out.siglip = read_vit_kwargs((*kwargs)[1], path, "timm_model_kwargs[1]");
   }
-  if (const json* q = top.object("quantization")) out.quantization = read_quantization(*q, path + ": quantization");
+  if (const json* q = top.object("quantization"))
+    out.quantization = read_quantization(*q, path + ": quantization");
   return out;
 }
 

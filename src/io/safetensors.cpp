@@ -53,14 +53,16 @@ class HeaderParser {
     e.info.name = name;
     e.info.file = path_;
     const json& dtype = entry["dtype"];
-    MOXIN_CHECK(dtype.is_string(), where, " has dtype ", describe_json(dtype), ", expected a string");
+    MOXIN_CHECK(dtype.is_string(), where, " has dtype ", describe_json(dtype),
+                ", expected a string");
     const auto parsed = dtype_from_name(dtype.get<std::string>());
     MOXIN_CHECK(parsed.has_value(), where, " has dtype ", dtype.get<std::string>(),
                 ", which moxin does not support (supported: ", kSupportedDTypes, ")");
     e.info.dtype = *parsed;
 
     const json& shape = entry["shape"];
-    MOXIN_CHECK(shape.is_array(), where, " has shape ", describe_json(shape), ", expected an array");
+    MOXIN_CHECK(shape.is_array(), where, " has shape ", describe_json(shape),
+                ", expected an array");
     uint64_t bytes = dtype_size(e.info.dtype);
     for (const json& dim : shape) {
       uint64_t d = 0;
@@ -74,14 +76,15 @@ class HeaderParser {
     const json& offsets = entry["data_offsets"];
     MOXIN_CHECK(offsets.is_array() && offsets.size() == 2 && read_count(offsets[0], e.begin) &&
                     read_count(offsets[1], e.end),
-                where, " has data_offsets ", offsets.dump(), ", expected [begin, end] (byte offsets)");
+                where, " has data_offsets ", offsets.dump(),
+                ", expected [begin, end] (byte offsets)");
     MOXIN_CHECK(e.begin <= e.end, where, " has data_offsets [", e.begin, ", ", e.end,
                 "] with begin after end");
     MOXIN_CHECK(e.end <= data_size_, where, " ends at byte ", e.end, " but the data section has ",
                 data_size_, " bytes (truncated download?)");
-    MOXIN_CHECK(e.end - e.begin == bytes, where, " holds ", e.end - e.begin, " bytes (data_offsets [",
-                e.begin, ", ", e.end, "]) but ", dtype_name(e.info.dtype), " ",
-                shape_str(e.info.shape), " needs ", bytes, " bytes");
+    MOXIN_CHECK(e.end - e.begin == bytes, where, " holds ", e.end - e.begin,
+                " bytes (data_offsets [", e.begin, ", ", e.end, "]) but ", dtype_name(e.info.dtype),
+                " ", shape_str(e.info.shape), " needs ", bytes, " bytes");
     e.info.nbytes = static_cast<size_t>(bytes);
     return e;
   }

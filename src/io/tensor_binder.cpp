@@ -7,7 +7,8 @@
 
 namespace moxin {
 
-TensorBinder::TensorBinder(TensorStore& store, std::string dir) : store_(store), dir_(std::move(dir)) {}
+TensorBinder::TensorBinder(TensorStore& store, std::string dir)
+    : store_(store), dir_(std::move(dir)) {}
 
 std::string TensorBinder::pick_spelling(const std::vector<std::string>& spellings) const {
   std::vector<std::string> present;
@@ -109,11 +110,12 @@ LinearWeight TensorBinder::dense_linear(const std::string& prefix, int64_t out, 
 LinearWeight TensorBinder::decoder_linear(const std::string& prefix, int64_t out, int64_t in,
                                           const QuantizationConfig* quant) {
   if (!has(prefix + ".scales")) return dense_linear(prefix, out, in, false);
-  MOXIN_CHECK(quant != nullptr, "[checkpoint] ", dir_, ": tensor '", prefix,
-              ".scales' marks '", prefix, "' as quantized, but neither quantize_config.json nor "
+  MOXIN_CHECK(quant != nullptr, "[checkpoint] ", dir_, ": tensor '", prefix, ".scales' marks '",
+              prefix,
+              "' as quantized, but neither quantize_config.json nor "
               "config.json \"quantization\" gives bits and group_size");
-  const std::string meta = cat(quant->source, " says bits ", quant->bits, ", group_size ",
-                               quant->group_size);
+  const std::string meta =
+      cat(quant->source, " says bits ", quant->bits, ", group_size ", quant->group_size);
   MOXIN_CHECK(in % quant->group_size == 0, "[checkpoint] ", dir_, ": '", prefix, "' has ", in,
               " input features, not a multiple of group_size ", quant->group_size, " (", meta, ")");
   LinearWeight w;
@@ -127,7 +129,9 @@ LinearWeight TensorBinder::decoder_linear(const std::string& prefix, int64_t out
   MOXIN_CHECK(codes.dtype == DType::U32, "[checkpoint] ", codes.file, ": tensor '", codes.name,
               "' has dtype ", dtype_name(codes.dtype), ", expected U32 (packed codes, since '",
               prefix, ".scales' exists)");
-  expect_shape(codes, packed, cat(" (", quant->bits, "-bit codes of ", in, " input features packed into U32; ", meta, ")"));
+  expect_shape(
+      codes, packed,
+      cat(" (", quant->bits, "-bit codes of ", in, " input features packed into U32; ", meta, ")"));
   w.weight = &codes;
   w.scales = &claim(prefix + ".scales", shape_str(groups));
   w.qbiases = &claim(prefix + ".biases", shape_str(groups));

@@ -18,7 +18,8 @@ constexpr const char* kIndexFile = "model.safetensors.index.json";
 std::string list_directory(const fs::path& dir) {
   std::vector<std::string> names;
   std::error_code ec;
-  for (const auto& entry : fs::directory_iterator(dir, ec)) names.push_back(entry.path().filename());
+  for (const auto& entry : fs::directory_iterator(dir, ec))
+    names.push_back(entry.path().filename());
   if (names.empty()) return "nothing";
   std::sort(names.begin(), names.end());
   constexpr size_t kShown = 20;
@@ -33,7 +34,8 @@ std::map<std::string, std::string> read_weight_map(const std::string& index_path
   const nlohmann::json index = read_json_file(index_path, "[safetensors]");
   const std::string where = cat("[safetensors] ", index_path);
   MOXIN_CHECK(index.is_object() && index.contains("weight_map") && index["weight_map"].is_object(),
-              where, ": expected an object with a \"weight_map\" object (tensor name -> shard file)");
+              where,
+              ": expected an object with a \"weight_map\" object (tensor name -> shard file)");
   std::map<std::string, std::string> out;
   for (const auto& [name, shard] : index["weight_map"].items()) {
     MOXIN_CHECK(shard.is_string(), where, ": weight_map maps tensor '", name, "' to ",
@@ -76,14 +78,15 @@ TensorStore TensorStore::open_dir(const std::string& dir, const SafetensorsLimit
     fail("[safetensors] ", dir, " has no ", kSingleFile, " and no ", kIndexFile,
          " (it contains: ", list_directory(root),
          "); expected the Hugging Face layout: config.json plus model.safetensors, or "
-         "model-0000N-of-0000M.safetensors shards with ", kIndexFile);
+         "model-0000N-of-0000M.safetensors shards with ",
+         kIndexFile);
   }
 
   for (const auto& file : store.files_)
     for (const TensorInfo& t : file->tensors()) {
       const auto [it, inserted] = store.by_name_.emplace(t.name, &t);
-      MOXIN_CHECK(inserted, "[safetensors] tensor '", t.name, "' is in two shards: ",
-                  it->second->file, " and ", t.file);
+      MOXIN_CHECK(inserted, "[safetensors] tensor '", t.name,
+                  "' is in two shards: ", it->second->file, " and ", t.file);
     }
   if (weight_map.empty()) return store;
 

@@ -30,7 +30,8 @@ class CheckpointTest : public ::testing::Test {
     fs::remove_all(dir_);
     fs::create_directories(dir_);
     const unsigned seed = std::random_device{}();
-    std::printf("[seed] %s: %u\n", ::testing::UnitTest::GetInstance()->current_test_info()->name(), seed);
+    std::printf("[seed] %s: %u\n", ::testing::UnitTest::GetInstance()->current_test_info()->name(),
+                seed);
     rng_.seed(seed);
   }
   void TearDown() override { fs::remove_all(dir_); }
@@ -127,8 +128,10 @@ TEST_F(CheckpointTest, MapsEverySlotAndSurvivesMoves) {
   EXPECT_EQ(ck.siglip.reg_token, nullptr);
   EXPECT_EQ(ck.dino.blocks[1].ls2, s.find("vision_backbone.featurizer.blocks.1.ls2.scale_factor"));
   EXPECT_EQ(ck.siglip.blocks[0].ls1, nullptr);
-  EXPECT_EQ(ck.siglip.blocks[1].fc2.weight, s.find("vision_backbone.fused_featurizer.blocks.1.mlp.fc2.weight"));
-  EXPECT_EQ(ck.siglip.blocks[1].fc2.bias, s.find("vision_backbone.fused_featurizer.blocks.1.mlp.fc2.bias"));
+  EXPECT_EQ(ck.siglip.blocks[1].fc2.weight,
+            s.find("vision_backbone.fused_featurizer.blocks.1.mlp.fc2.weight"));
+  EXPECT_EQ(ck.siglip.blocks[1].fc2.bias,
+            s.find("vision_backbone.fused_featurizer.blocks.1.mlp.fc2.bias"));
   EXPECT_EQ(ck.siglip.blocks[1].fc2.in_features, 4 * kSiglip);
 
   // The conv weight [O, 3, 14, 14] read as a matrix [O, 588] is the same bytes.
@@ -150,7 +153,8 @@ TEST_F(CheckpointTest, MapsEverySlotAndSurvivesMoves) {
   EXPECT_EQ(l1.k.bits, 0);
   EXPECT_EQ(l1.k.out_features, kKv * kHeadDim);
   EXPECT_EQ(l1.down.in_features, kInter);
-  EXPECT_EQ(l1.post_attention_norm.weight, s.find("language_model.model.layers.1.post_attention_layernorm.weight"));
+  EXPECT_EQ(l1.post_attention_norm.weight,
+            s.find("language_model.model.layers.1.post_attention_layernorm.weight"));
   EXPECT_EQ(l1.post_attention_norm.bias, nullptr);
   EXPECT_EQ(ck.decoder.lm_head.weight, s.find("language_model.lm_head.weight"));
   EXPECT_EQ(ck.decoder.embed, s.find("language_model.model.embed_tokens.weight"));
@@ -173,8 +177,10 @@ TEST_F(CheckpointTest, QuantizedLinearsCarryTheirParameters) {
   }
   EXPECT_EQ(ck.decoder.layers[0].down.in_features, kInter);
   EXPECT_EQ(ck.decoder.lm_head.out_features, kVocab);
-  EXPECT_EQ(ck.decoder.layers[1].o.scales, ck.store.find("language_model.model.layers.1.self_attn.o_proj.scales"));
-  EXPECT_EQ(ck.decoder.layers[1].o.qbiases, ck.store.find("language_model.model.layers.1.self_attn.o_proj.biases"));
+  EXPECT_EQ(ck.decoder.layers[1].o.scales,
+            ck.store.find("language_model.model.layers.1.self_attn.o_proj.scales"));
+  EXPECT_EQ(ck.decoder.layers[1].o.qbiases,
+            ck.store.find("language_model.model.layers.1.self_attn.o_proj.biases"));
   EXPECT_EQ(ck.projector.fc1.bits, 0);  // never quantized
 }
 

@@ -41,7 +41,8 @@ class SafetensorsTest : public ::testing::Test {
   }
   std::string write_bytes(const std::string& bytes, const std::string& name = "t.safetensors") {
     const std::string path = (dir_ / name).string();
-    std::ofstream(path, std::ios::binary | std::ios::trunc).write(bytes.data(), static_cast<std::streamsize>(bytes.size()));
+    std::ofstream(path, std::ios::binary | std::ios::trunc)
+        .write(bytes.data(), static_cast<std::streamsize>(bytes.size()));
     return path;
   }
   // The error message of opening `path`, or "" when it opened.
@@ -63,11 +64,11 @@ std::vector<uint8_t> iota_bytes(size_t n) {
   return v;
 }
 
-#define EXPECT_ERROR_HAS(message, ...)                                  \
-  do {                                                                  \
-    const std::string msg_ = (message);                                 \
-    EXPECT_FALSE(msg_.empty()) << "expected an error";                  \
-    for (const char* part_ : {__VA_ARGS__})                             \
+#define EXPECT_ERROR_HAS(message, ...)                                                        \
+  do {                                                                                        \
+    const std::string msg_ = (message);                                                       \
+    EXPECT_FALSE(msg_.empty()) << "expected an error";                                        \
+    for (const char* part_ : {__VA_ARGS__})                                                   \
       EXPECT_NE(msg_.find(part_), std::string::npos) << "'" << part_ << "' not in: " << msg_; \
   } while (0)
 
@@ -101,10 +102,12 @@ TEST_F(SafetensorsTest, ReadsValidFile) {
 
 TEST_F(SafetensorsTest, RefusesShortFileAndBadHeaderLength) {
   for (size_t n = 0; n < 8; ++n)
-    EXPECT_ERROR_HAS(open_error(write_bytes(std::string(n, '\x01'))), "too few for the 8-byte header length");
-  EXPECT_ERROR_HAS(open_error(write(R"({"a":{"dtype":"F32","shape":[],"data_offsets":[0,4]}})", iota_bytes(4)),
-                              SafetensorsLimits{16}),
-                   "exceeds the limit of 16 bytes", "t.safetensors");
+    EXPECT_ERROR_HAS(open_error(write_bytes(std::string(n, '\x01'))),
+                     "too few for the 8-byte header length");
+  EXPECT_ERROR_HAS(
+      open_error(write(R"({"a":{"dtype":"F32","shape":[],"data_offsets":[0,4]}})", iota_bytes(4)),
+                 SafetensorsLimits{16}),
+      "exceeds the limit of 16 bytes", "t.safetensors");
   const std::string bytes("\x40\x00\x00\x00\x00\x00\x00\x00{}", 10);  // 64 header bytes; 2 exist
   EXPECT_ERROR_HAS(open_error(write_bytes(bytes)), "runs past the end of the file");
   EXPECT_ERROR_HAS(open_error(write_bytes(std::string("\xff\xff\xff\xff\xff\xff\xff\xff{}", 10))),
@@ -118,7 +121,8 @@ TEST_F(SafetensorsTest, RefusesMalformedJson) {
                                     R"("a":{"dtype":"F32","shape":[1],"data_offsets":[4,8]}})",
                                     iota_bytes(8))),
                    "has the key 'a' twice");
-  EXPECT_ERROR_HAS(open_error(write(std::string(100, '[') + std::string(100, ']'), {})), "nests deeper");
+  EXPECT_ERROR_HAS(open_error(write(std::string(100, '[') + std::string(100, ']'), {})),
+                   "nests deeper");
   EXPECT_ERROR_HAS(open_error(write(std::string("{\"a\xff\": 1}"), {})), "not valid JSON");
 }
 
@@ -129,26 +133,33 @@ TEST_F(SafetensorsTest, RefusesBadEntries) {
   };
   EXPECT_ERROR_HAS(err(R"({"dtype":"F64","shape":[2],"data_offsets":[0,16]})"), "tensor 'w'", "F64",
                    "does not support");
-  EXPECT_ERROR_HAS(err(R"({"dtype":"F8_E4M3","shape":[2],"data_offsets":[0,2]})"), "tensor 'w'", "F8_E4M3");
-  EXPECT_ERROR_HAS(err(R"({"dtype":7,"shape":[2],"data_offsets":[0,16]})"), "tensor 'w' has dtype 7");
+  EXPECT_ERROR_HAS(err(R"({"dtype":"F8_E4M3","shape":[2],"data_offsets":[0,2]})"), "tensor 'w'",
+                   "F8_E4M3");
+  EXPECT_ERROR_HAS(err(R"({"dtype":7,"shape":[2],"data_offsets":[0,16]})"),
+                   "tensor 'w' has dtype 7");
   EXPECT_ERROR_HAS(err(R"({"dtype":"F32","shape":[-1],"data_offsets":[0,4]})"), "shape entry -1");
   EXPECT_ERROR_HAS(err(R"({"dtype":"F32","shape":[1.0],"data_offsets":[0,4]})"), "shape entry 1.0");
-  EXPECT_ERROR_HAS(err(R"({"dtype":"F32","shape":"4","data_offsets":[0,16]})"), "expected an array");
+  EXPECT_ERROR_HAS(err(R"({"dtype":"F32","shape":"4","data_offsets":[0,16]})"),
+                   "expected an array");
   EXPECT_ERROR_HAS(err(R"({"dtype":"F32","shape":[4294967296,4294967296],"data_offsets":[0,16]})"),
                    "overflows 64 bits");
   EXPECT_ERROR_HAS(err(R"({"dtype":"F32","shape":[9223372036854775808],"data_offsets":[0,16]})"),
                    "shape entry 9223372036854775808");
   EXPECT_ERROR_HAS(err(R"({"dtype":"F32","shape":[4],"data_offsets":[16,0]})"), "begin after end");
-  EXPECT_ERROR_HAS(err(R"({"dtype":"F32","shape":[4],"data_offsets":[0]})"), "expected [begin, end]");
-  EXPECT_ERROR_HAS(err(R"({"dtype":"F32","shape":[4],"data_offsets":[0,-16]})"), "expected [begin, end]");
-  EXPECT_ERROR_HAS(err(R"({"dtype":"F32","shape":[8],"data_offsets":[0,32]})"), "tensor 'w' ends at byte 32",
-                   "data section has 16 bytes", "truncated");
+  EXPECT_ERROR_HAS(err(R"({"dtype":"F32","shape":[4],"data_offsets":[0]})"),
+                   "expected [begin, end]");
+  EXPECT_ERROR_HAS(err(R"({"dtype":"F32","shape":[4],"data_offsets":[0,-16]})"),
+                   "expected [begin, end]");
+  EXPECT_ERROR_HAS(err(R"({"dtype":"F32","shape":[8],"data_offsets":[0,32]})"),
+                   "tensor 'w' ends at byte 32", "data section has 16 bytes", "truncated");
   EXPECT_ERROR_HAS(err(R"({"dtype":"F32","shape":[3],"data_offsets":[0,16]})"), "holds 16 bytes",
                    "F32 [3] needs 12 bytes");
   EXPECT_ERROR_HAS(err(R"({"dtype":"F32","shape":[4]})"), "has no 'data_offsets'");
-  EXPECT_ERROR_HAS(err(R"({"dtype":"F32","shape":[4],"data_offsets":[0,16],"x":1})"), "unknown field 'x'");
+  EXPECT_ERROR_HAS(err(R"({"dtype":"F32","shape":[4],"data_offsets":[0,16],"x":1})"),
+                   "unknown field 'x'");
   EXPECT_ERROR_HAS(err(R"([1])"), "tensor 'w' is described by an array");
-  EXPECT_ERROR_HAS(open_error(write(R"({"__metadata__":{"k":1}})", {})), "__metadata__ maps 'k' to 1");
+  EXPECT_ERROR_HAS(open_error(write(R"({"__metadata__":{"k":1}})", {})),
+                   "__metadata__ maps 'k' to 1");
   EXPECT_ERROR_HAS(open_error(write(R"({"__metadata__":[]})", {})), "__metadata__ is an array");
 }
 
@@ -169,7 +180,8 @@ TEST_F(SafetensorsTest, RefusesOverlapsButAllowsEmptyTensorsAnywhere) {
 }
 
 TEST_F(SafetensorsTest, MissingFileNamesIt) {
-  EXPECT_ERROR_HAS(open_error((dir_ / "nope.safetensors").string()), "cannot open", "nope.safetensors");
+  EXPECT_ERROR_HAS(open_error((dir_ / "nope.safetensors").string()), "cannot open",
+                   "nope.safetensors");
 }
 
 // Random truncations and byte flips of a valid file: each either opens (and then every tensor
