@@ -17,6 +17,7 @@
 
 #include "backend/cuda/cuda_backend_impl.hpp"
 #include "backend/cuda/cuda_check.hpp"
+#include "backend/cuda/launch.cuh"
 #include "core/bf16.hpp"
 
 namespace moxin::cuda {
@@ -281,14 +282,17 @@ void bench_decoder_layer(CudaBackend& backend, double ceiling, int seqs) {
   const double weight_bytes = 2.0 * (double(q_heads + 2 * kv_heads) * head_dim * hidden +
                                      double(hidden) * q_heads * head_dim + 3.0 * inter * hidden);
   const double kv_bytes = double(seqs) * context * kv_heads * head_dim * 4;
-  const double eager = time_ms(stream, 10, 5, [&](int) { layer(); });
-  auto graph = capture_cuda_graph(backend, layer);
-  const double replay = time_ms(stream, 10, 5, [&](int) { graph->replay(); });
-  for (const auto& [label, ms] : {std::pair{"eager", eager}, std::pair{"graph", replay}}) {
-    const double per_token_ms = ms * 36;  // 36 layers, lm_head and embedding excluded
-    table.push_back({cat("decoder layer batch ", seqs, " ctx 1k, ", label, " (x36 = ", per_token_ms, " ms/step, ",
-                         int(seqs * 1000.0 / per_token_ms), " tok/s)"),
-                     ms, pct((weight_bytes + kv_bytes) / ms / 1e6, ceiling)});
+  for (const bool pdl : {false, true}) {
+    set_pdl_enabled(pdl);
+    const double eager = time_ms(stream, 10, 5, [&](int) { layer(); });
+    auto graph = capture_cuda_graph(backend, layer);
+    const double replay = time_ms(stream, 10, 5, [&](int) { graph->replay(); });
+    for (const auto& [label, ms] : {std::pair{"eager", eager}, std::pair{"graph", replay}}) {
+      const double per_token_ms = ms * 36;  // 36 layers, lm_head and embedding excluded
+      table.push_back({cat("decoder layer batch ", seqs, " ctx 1k, ", label, pdl ? "+PDL" : "", " (x36 = ",
+                           per_token_ms, " ms/step, ", int(seqs * 1000.0 / per_token_ms), " tok/s)"),
+                       ms, pct((weight_bytes + kv_bytes) / ms / 1e6, ceiling)});
+    }
   }
 }
 

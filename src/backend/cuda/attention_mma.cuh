@@ -1,5 +1,5 @@
 // The block-level core of the tensor-core attention kernels (ViT and paged prefill): a tile of
-// 64 query rows (16 per warp) against successive tiles of 64 keys, flash-attention style.
+// 16 query rows per warp against successive tiles of 64 keys, flash-attention style.
 // S = Q K^T and O += P V run as bf16 mma.sync m16n8k16 with f32 accumulation; the online
 // softmax runs in f32 on the S fragments, and P is rounded to bf16 for the second product.
 // Q, K and V sit in shared memory as bf16 rows padded to a multiple of 16 dims (+8 elements
@@ -17,13 +17,12 @@
 
 namespace moxin::cuda {
 
-constexpr int kMmaRows = 64;  // query rows and keys per tile
-constexpr int kMmaThreads = 128;
+constexpr int kMmaRows = 64;  // keys per tile
 
 inline int mma_padded_dim(int head_dim) { return (head_dim + 15) / 16 * 16; }
 inline int mma_row_stride(int head_dim) { return mma_padded_dim(head_dim) + 8; }
-inline size_t mma_smem_bytes(int head_dim) {
-  return size_t{3} * kMmaRows * mma_row_stride(head_dim) * sizeof(__nv_bfloat16);
+inline size_t mma_smem_bytes(int head_dim, int warps) {
+  return size_t(16 * warps + 2 * kMmaRows) * mma_row_stride(head_dim) * sizeof(__nv_bfloat16);
 }
 
 __device__ __forceinline__ uint32_t smem_address(const void* p) {
@@ -56,10 +55,11 @@ __device__ __forceinline__ uint32_t pack_bf16(float lo, float hi) {
   return *reinterpret_cast<const uint32_t*>(&v);
 }
 
-// KD = padded head_dim / 16 (1..8).
-template <int KD>
+// KD = padded head_dim / 16 (1..8); kWarps warps of 16 query rows each.
+template <int KD, int kWarps>
 struct MmaAttention {
-  __nv_bfloat16* q;  // [kMmaRows][stride], filled by the caller
+  static constexpr int kQueryRows = 16 * kWarps;
+  __nv_bfloat16* q;  // [kQueryRows][stride], filled by the caller
   __nv_bfloat16* k;  // [kMmaRows][stride], filled by the caller per key tile (zeros past the end)
   __nv_bfloat16* v;
   static constexpr int stride = 16 * KD + 8;  // = mma_row_stride(head_dim)
@@ -70,7 +70,7 @@ struct MmaAttention {
 
   __device__ explicit MmaAttention(__nv_bfloat16* smem) {
     q = smem;
-    k = q + kMmaRows * stride;
+    k = q + kQueryRows * stride;
     v = k + kMmaRows * stride;
     m[0] = m[1] = -INFINITY;
     l[0] = l[1] = 0.0f;
@@ -210,10 +210,10 @@ void for_all_mma_head_dims(F&& f) {
   f.template operator()<8>();
 }
 
-template <int KD, class Kernel>
+template <int KD, int kWarps, class Kernel>
 cudaError_t allow_mma_smem(Kernel kernel) {
   return cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                              static_cast<int>(mma_smem_bytes(16 * KD)));
+                              static_cast<int>(mma_smem_bytes(16 * KD, kWarps)));
 }
 
 }  // namespace moxin::cuda

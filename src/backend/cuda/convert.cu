@@ -11,6 +11,7 @@ namespace {
 
 __global__ void f32_to_bf16_kernel(const float* __restrict__ x, __nv_bfloat16* __restrict__ y,
                                    int64_t count) {
+  wait_for_prior_kernels();
   for (int64_t i = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; i < count;
        i += int64_t{gridDim.x} * blockDim.x)
     y[i] = __float2bfloat16_rn(x[i]);
@@ -19,6 +20,7 @@ __global__ void f32_to_bf16_kernel(const float* __restrict__ x, __nv_bfloat16* _
 // One thread per output element; column c = (channel * patch + ky) * patch + kx.
 __global__ void im2col_kernel(const float* __restrict__ images, int height, int width, int patch,
                               int64_t row_begin, int64_t rows, __nv_bfloat16* __restrict__ out) {
+  wait_for_prior_kernels();
   const int cols = 3 * patch * patch;
   const int grid_w = width / patch;
   const int patches_per_image = (height / patch) * grid_w;
@@ -42,18 +44,16 @@ __global__ void im2col_kernel(const float* __restrict__ images, int height, int 
 
 void activations_to_bf16(const float* x, bf16_bits* y, int64_t count, cudaStream_t stream) {
   if (count == 0) return;
-  f32_to_bf16_kernel<<<elementwise_blocks(count), kElementwiseThreads, 0, stream>>>(
+  launch_kernel("f32_to_bf16_kernel", f32_to_bf16_kernel, elementwise_blocks(count), kElementwiseThreads, 0, stream,
       x, reinterpret_cast<__nv_bfloat16*>(y), count);
-  MOXIN_CUDA_CHECK_LAUNCH("f32_to_bf16_kernel");
 }
 
 void im2col_bf16(const float* images, int height, int width, int patch, int64_t row_begin,
                  int64_t rows, bf16_bits* out, cudaStream_t stream) {
   const int64_t count = rows * 3 * patch * patch;
   if (count == 0) return;
-  im2col_kernel<<<elementwise_blocks(count), kElementwiseThreads, 0, stream>>>(
+  launch_kernel("im2col_kernel", im2col_kernel, elementwise_blocks(count), kElementwiseThreads, 0, stream,
       images, height, width, patch, row_begin, rows, reinterpret_cast<__nv_bfloat16*>(out));
-  MOXIN_CUDA_CHECK_LAUNCH("im2col_kernel");
 }
 
 }  // namespace moxin::cuda

@@ -14,6 +14,7 @@ namespace {
 constexpr size_t kGemmWorkspaceBytes = 32u << 20;
 constexpr int64_t kScratchElems = 32ll << 20;           // 64 MB of bf16 activations
 constexpr int64_t kAttentionPartialFloats = 4ll << 20;  // 16 MB of split-K partials
+constexpr int64_t kAttentionCounters = 64ll << 10;      // (token, kv head) pairs per split-K call
 constexpr size_t kStagingBytes = 16u << 20;
 // Up to this many tokens a batch goes through split-K attention (every token reads its own
 // context once per kv head); beyond, tiles of tokens share K/V reads.
@@ -107,6 +108,8 @@ CudaBackend::CudaBackend(int device_ordinal)
   scratch_bf16_ = device_alloc(context_, static_cast<size_t>(scratch_elems_) * 2);
   attention_partial_floats_ = kAttentionPartialFloats;
   attention_partial_ = device_alloc(context_, static_cast<size_t>(attention_partial_floats_) * 4);
+  attention_counters_ = device_alloc(context_, static_cast<size_t>(kAttentionCounters) * 4);
+  MOXIN_CUDA_CHECK(cudaMemsetAsync(attention_counters_.get(), 0, static_cast<size_t>(kAttentionCounters) * 4, stream()));
 }
 
 CudaBackend::~CudaBackend() { cudaStreamSynchronize(context_->stream); }
@@ -485,6 +488,7 @@ int CudaBackend::attention_splits(int tokens, int q_heads, int kv_heads, int hea
   const int64_t by_occupancy = (2 * int64_t{context_->multiprocessors} + int64_t{tokens} * kv_heads - 1) /
                                (int64_t{tokens} * kv_heads);
   const int64_t by_context = (std::max(max_context, 1) + kMinPositionsPerSplit - 1) / kMinPositionsPerSplit;
+  if (int64_t{tokens} * kv_heads > kAttentionCounters) return 1;
   return static_cast<int>(std::max<int64_t>(1, std::min({by_workspace, by_occupancy, by_context})));
 }
 
@@ -507,7 +511,8 @@ void CudaBackend::paged_attention(const Tensor& q, KvCache& cache, int layer, co
     const int splits = attention_splits(static_cast<int>(tokens), q_heads, cfg.kv_heads, cfg.head_dim,
                                         std::max(batch.max_context, 1));
     paged_attention_split(data_of<const float>(q), c.layer(layer), index, q_heads, std::max(batch.max_context, 1),
-                          splits, static_cast<float*>(attention_partial_.get()), data_of<float>(y), stream());
+                          splits, static_cast<float*>(attention_partial_.get()),
+                          static_cast<int*>(attention_counters_.get()), data_of<float>(y), stream());
   } else {
     paged_attention_tiled(data_of<const float>(q), c.layer(layer), index, q_heads,
                           attention_path_ != CudaAttentionPath::TiledF32, data_of<float>(y), stream());

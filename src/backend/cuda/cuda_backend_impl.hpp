@@ -101,6 +101,7 @@ class CudaBackend final : public Backend {
   int64_t scratch_elems_ = 0;
   std::shared_ptr<void> attention_partial_;  // split-K partial results
   int64_t attention_partial_floats_ = 0;
+  std::shared_ptr<void> attention_counters_;  // split-K merge counters, kept zeroed
   CudaAttentionPath attention_path_ = CudaAttentionPath::Auto;
 };
 

@@ -13,6 +13,7 @@ namespace {
        i += int64_t{gridDim.x} * blockDim.x)
 
 __global__ void gelu_erf_kernel(float* __restrict__ x, int64_t count) {
+  wait_for_prior_kernels();
   MOXIN_GRID_STRIDE(i, count) {
     const float v = x[i];
     x[i] = 0.5f * v * (1.0f + erff(v * 0.70710678118654752f));
@@ -21,6 +22,7 @@ __global__ void gelu_erf_kernel(float* __restrict__ x, int64_t count) {
 
 // y may alias gate or up (each element is read before it is written by the same thread).
 __global__ void swiglu_kernel(const float* gate, const float* up, float* y, int64_t count) {
+  wait_for_prior_kernels();
   MOXIN_GRID_STRIDE(i, count) {
     const float g = gate[i];
     y[i] = g / (1.0f + expf(-g)) * up[i];
@@ -28,16 +30,19 @@ __global__ void swiglu_kernel(const float* gate, const float* up, float* y, int6
 }
 
 __global__ void add_kernel(float* __restrict__ x, const float* __restrict__ y, int64_t count) {
+  wait_for_prior_kernels();
   MOXIN_GRID_STRIDE(i, count) x[i] += y[i];
 }
 
 __global__ void add_scaled_kernel(float* __restrict__ x, const float* __restrict__ y,
                                   const float* __restrict__ scale, int64_t count, int64_t cols) {
+  wait_for_prior_kernels();
   MOXIN_GRID_STRIDE(i, count) x[i] += scale[i % cols] * y[i];
 }
 
 __global__ void add_rows_cyclic_kernel(float* __restrict__ x, const float* __restrict__ table,
                                        int64_t count, int64_t cols, int64_t table_rows) {
+  wait_for_prior_kernels();
   MOXIN_GRID_STRIDE(i, count) {
     const int64_t row = i / cols;
     x[i] += table[(row % table_rows) * cols + i % cols];
@@ -47,6 +52,7 @@ __global__ void add_rows_cyclic_kernel(float* __restrict__ x, const float* __res
 __global__ void gather_rows_kernel(const float* __restrict__ x, int64_t x_rows, int64_t cols,
                                    const int32_t* __restrict__ rows, int64_t count,
                                    float* __restrict__ y) {
+  wait_for_prior_kernels();
   MOXIN_GRID_STRIDE(i, count * cols) {
     const int32_t src = rows[i / cols];
     y[i] = (src >= 0 && src < x_rows) ? x[src * cols + i % cols] : __int_as_float(0x7fc00000);
@@ -56,6 +62,7 @@ __global__ void gather_rows_kernel(const float* __restrict__ x, int64_t x_rows, 
 __global__ void embedding_kernel(const int32_t* __restrict__ ids, int64_t count,
                                  const uint16_t* __restrict__ table, int64_t vocab, int64_t cols,
                                  float* __restrict__ y) {
+  wait_for_prior_kernels();
   MOXIN_GRID_STRIDE(i, count * cols) {
     const int32_t id = ids[i / cols];
     y[i] = (id >= 0 && id < vocab)
@@ -70,54 +77,50 @@ __global__ void embedding_kernel(const int32_t* __restrict__ ids, int64_t count,
 
 void gelu_erf(float* x, int64_t count, cudaStream_t stream) {
   if (count == 0) return;
-  gelu_erf_kernel<<<elementwise_blocks(count), kElementwiseThreads, 0, stream>>>(x, count);
-  MOXIN_CUDA_CHECK_LAUNCH("gelu_erf_kernel");
+  launch_kernel("gelu_erf_kernel", gelu_erf_kernel, elementwise_blocks(count), kElementwiseThreads, 0, stream,
+      x, count);
 }
 
 void swiglu(const float* gate, const float* up, float* y, int64_t count, cudaStream_t stream) {
   if (count == 0) return;
-  swiglu_kernel<<<elementwise_blocks(count), kElementwiseThreads, 0, stream>>>(gate, up, y, count);
-  MOXIN_CUDA_CHECK_LAUNCH("swiglu_kernel");
+  launch_kernel("swiglu_kernel", swiglu_kernel, elementwise_blocks(count), kElementwiseThreads, 0, stream,
+      gate, up, y, count);
 }
 
 void add(float* x, const float* y, int64_t count, cudaStream_t stream) {
   if (count == 0) return;
-  add_kernel<<<elementwise_blocks(count), kElementwiseThreads, 0, stream>>>(x, y, count);
-  MOXIN_CUDA_CHECK_LAUNCH("add_kernel");
+  launch_kernel("add_kernel", add_kernel, elementwise_blocks(count), kElementwiseThreads, 0, stream,
+      x, y, count);
 }
 
 void add_scaled(float* x, const float* y, const float* scale, int64_t rows, int64_t cols,
                 cudaStream_t stream) {
   const int64_t count = rows * cols;
   if (count == 0) return;
-  add_scaled_kernel<<<elementwise_blocks(count), kElementwiseThreads, 0, stream>>>(x, y, scale,
-                                                                                   count, cols);
-  MOXIN_CUDA_CHECK_LAUNCH("add_scaled_kernel");
+  launch_kernel("add_scaled_kernel", add_scaled_kernel, elementwise_blocks(count), kElementwiseThreads, 0, stream,
+      x, y, scale, count, cols);
 }
 
 void add_rows_cyclic(float* x, const float* table, int64_t rows, int64_t cols, int64_t table_rows,
                      cudaStream_t stream) {
   const int64_t count = rows * cols;
   if (count == 0) return;
-  add_rows_cyclic_kernel<<<elementwise_blocks(count), kElementwiseThreads, 0, stream>>>(
+  launch_kernel("add_rows_cyclic_kernel", add_rows_cyclic_kernel, elementwise_blocks(count), kElementwiseThreads, 0, stream,
       x, table, count, cols, table_rows);
-  MOXIN_CUDA_CHECK_LAUNCH("add_rows_cyclic_kernel");
 }
 
 void gather_rows(const float* x, int64_t x_rows, int64_t cols, const int32_t* rows, int64_t count,
                  float* y, cudaStream_t stream) {
   if (count * cols == 0) return;
-  gather_rows_kernel<<<elementwise_blocks(count * cols), kElementwiseThreads, 0, stream>>>(
+  launch_kernel("gather_rows_kernel", gather_rows_kernel, elementwise_blocks(count * cols), kElementwiseThreads, 0, stream,
       x, x_rows, cols, rows, count, y);
-  MOXIN_CUDA_CHECK_LAUNCH("gather_rows_kernel");
 }
 
 void embedding(const int32_t* ids, int64_t count, const bf16_bits* table, int64_t vocab,
                int64_t cols, float* y, cudaStream_t stream) {
   if (count * cols == 0) return;
-  embedding_kernel<<<elementwise_blocks(count * cols), kElementwiseThreads, 0, stream>>>(
+  launch_kernel("embedding_kernel", embedding_kernel, elementwise_blocks(count * cols), kElementwiseThreads, 0, stream,
       ids, count, table, vocab, cols, y);
-  MOXIN_CUDA_CHECK_LAUNCH("embedding_kernel");
 }
 
 }  // namespace moxin::cuda

@@ -8,6 +8,7 @@
 // from an f64 reference only by f32 rounding.
 #include "backend/cuda/cuda_check.hpp"
 #include "backend/cuda/kernels.hpp"
+#include "backend/cuda/launch.cuh"
 
 namespace moxin::cuda {
 namespace {
@@ -73,6 +74,14 @@ __global__ void __launch_bounds__(kWarpsPerBlock * kLanes)
   for (int r = 0; r < R; ++r) rows[r] = w + static_cast<size_t>(min(row0 + r, n - 1)) * vecs;
   const float4* x4 = reinterpret_cast<const float4*>(x);
   const int x4_stride = k / 4;
+  // The weights never depend on earlier kernels: start pulling this warp's first ones into L2
+  // while the previous kernel (which produces x) drains.
+#pragma unroll
+  for (int u = 0; u < U; ++u)
+#pragma unroll
+    for (int r = 0; r < R; ++r)
+      if (lane + u * kLanes < vecs) asm volatile("prefetch.global.L2 [%0];" ::"l"(rows[r] + lane + u * kLanes));
+  wait_for_prior_kernels();
 
   float acc[M][R];
 #pragma unroll
@@ -118,6 +127,7 @@ __global__ void gemv_bf16_scalar_kernel(const float* __restrict__ x, int m,
                                         const uint16_t* __restrict__ w,
                                         const float* __restrict__ bias, float* __restrict__ y,
                                         int n, int k) {
+  wait_for_prior_kernels();
   const int lane = threadIdx.x % kLanes;
   const int row = blockIdx.x * kWarpsPerBlock + threadIdx.x / kLanes;
   if (row >= n) return;
@@ -144,9 +154,8 @@ void launch_vec(const float* x, const bf16_bits* w, const float* bias, float* y,
                 cudaStream_t stream) {
   const int rows_per_block = kWarpsPerBlock * R;
   const int blocks = (n + rows_per_block - 1) / rows_per_block;
-  gemv_bf16_vec_kernel<M, R, U><<<blocks, kWarpsPerBlock * kLanes, 0, stream>>>(
+  launch_kernel("gemv_bf16_vec_kernel", gemv_bf16_vec_kernel<M, R, U>, blocks, kWarpsPerBlock * kLanes, 0, stream,
       x, reinterpret_cast<const uint4*>(w), bias, y, n, k);
-  MOXIN_CUDA_CHECK_LAUNCH("gemv_bf16_vec_kernel");
 }
 
 bool vector_path_usable(const float* x, const bf16_bits* w, int k) {
@@ -157,7 +166,7 @@ bool vector_path_usable(const float* x, const bf16_bits* w, int k) {
 // The tiling per M (H100 sweep in docs/cuda-notes.md): one row per warp with 4 loads in flight
 // streams best for M <= 2 (94% / 90% of the copy ceiling at M = 1); with more activation rows
 // the L1 reads of x per weight byte grow with M, and sharing each x read across 4 weight rows
-// wins (71% / 58% at M = 8).
+// wins (M = 8: 4 loads in flight per row for K = 4096, 71%; 2 for K = 14336, 58%).
 template <int M>
 void launch_default(const float* x, const bf16_bits* w, const float* bias, float* y, int n, int k,
                     cudaStream_t stream) {
@@ -165,6 +174,8 @@ void launch_default(const float* x, const bf16_bits* w, const float* bias, float
     launch_vec<M, 1, 4>(x, w, bias, y, n, k, stream);
   else if constexpr (M <= 4)
     launch_vec<M, 2, 4>(x, w, bias, y, n, k, stream);
+  else if (k <= 8192)
+    launch_vec<M, 4, 4>(x, w, bias, y, n, k, stream);
   else
     launch_vec<M, 4, 2>(x, w, bias, y, n, k, stream);
 }
@@ -192,8 +203,8 @@ void gemv_bf16(const float* x, int m, const bf16_bits* w, const float* bias, flo
   if (n == 0 || m == 0) return;
   if (!vector_path_usable(x, w, k)) {
     const int blocks = (n + kWarpsPerBlock - 1) / kWarpsPerBlock;
-    gemv_bf16_scalar_kernel<<<blocks, kWarpsPerBlock * kLanes, 0, stream>>>(x, m, w, bias, y, n, k);
-    MOXIN_CUDA_CHECK_LAUNCH("gemv_bf16_scalar_kernel");
+    launch_kernel("gemv_bf16_scalar_kernel", gemv_bf16_scalar_kernel, blocks, kWarpsPerBlock * kLanes, 0, stream,
+        x, m, w, bias, y, n, k);
     return;
   }
   switch (m) {

@@ -85,10 +85,11 @@ void vit_attention(const float* qkv, int batch, int tokens, int heads, int head_
                    float* y, cudaStream_t stream);
 
 // --- paged_attention_split.cu: one token per block group, context split across blocks ---
-// `partial` holds tokens * q_heads * splits * (head_dim + 2) floats when splits > 1.
+// When splits > 1: `partial` holds tokens * q_heads * splits * (head_dim + 2) floats and
+// `counters` tokens * kv_heads zeroed ints (left zeroed after the call).
 void paged_attention_split(const float* q, const PagedLayer& cache, const TokenIndex& index,
-                           int q_heads, int max_context, int splits, float* partial, float* y,
-                           cudaStream_t stream);
+                           int q_heads, int max_context, int splits, float* partial, int* counters,
+                           float* y, cudaStream_t stream);
 
 // --- paged_attention_tiled.cu: tiles of consecutive tokens share K/V tiles (prefill) ---
 // tensor_cores: Q and P rounded to bf16 for mma.sync; otherwise all f32 on the CUDA cores.

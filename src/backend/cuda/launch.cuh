@@ -1,8 +1,16 @@
-// Grid sizing shared by the element-wise kernels.
+// Kernel launch plumbing shared by the .cu files: grid sizing for element-wise loops and one
+// launch helper that enables programmatic dependent launch (PDL). With PDL a kernel may start
+// while the previous kernel on the stream drains; every kernel therefore begins with
+// wait_for_prior_kernels() before it reads what earlier kernels wrote (work that touches only
+// constant data - weight prefetches - may come first). Graph capture keeps these edges.
 #pragma once
+
+#include <cuda_runtime.h>
 
 #include <algorithm>
 #include <cstdint>
+
+#include "backend/cuda/cuda_check.hpp"
 
 namespace moxin::cuda {
 
@@ -13,5 +21,34 @@ inline unsigned elementwise_blocks(int64_t count) {
   const int64_t wanted = (count + kElementwiseThreads - 1) / kElementwiseThreads;
   return static_cast<unsigned>(std::clamp<int64_t>(wanted, 1, 4096));
 }
+
+// Process-wide switch (the benchmark compares both; MOXIN_CUDA_PDL=0 turns it off).
+bool pdl_enabled();
+void set_pdl_enabled(bool on);
+
+template <class... Params, class... Args>
+void launch_kernel(const char* name, void (*kernel)(Params...), dim3 grid, dim3 block, size_t smem,
+                   cudaStream_t stream, Args... args) {
+  cudaLaunchConfig_t config{};
+  config.gridDim = grid;
+  config.blockDim = block;
+  config.dynamicSmemBytes = smem;
+  config.stream = stream;
+  cudaLaunchAttribute attribute{};
+  attribute.id = cudaLaunchAttributeProgrammaticStreamSerialization;
+  attribute.val.programmaticStreamSerializationAllowed = pdl_enabled() ? 1 : 0;
+  config.attrs = &attribute;
+  config.numAttrs = 1;
+  check_cuda(cudaLaunchKernelEx(&config, kernel, static_cast<Params>(args)...), name, __FILE__, __LINE__);
+}
+
+#ifdef __CUDACC__
+// Lets the next kernel on the stream launch (its blocks wait in their own call of this), then
+// waits until every earlier kernel has finished and its writes are visible. A no-op without PDL.
+__device__ __forceinline__ void wait_for_prior_kernels() {
+  asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
+  asm volatile("griddepcontrol.wait;" ::: "memory");
+}
+#endif
 
 }  // namespace moxin::cuda

@@ -2,6 +2,7 @@
 // passes (mean, then the centred variance) as PyTorch computes them.
 #include "backend/cuda/cuda_check.hpp"
 #include "backend/cuda/kernels.hpp"
+#include "backend/cuda/launch.cuh"
 
 namespace moxin::cuda {
 namespace {
@@ -23,6 +24,7 @@ __device__ float block_sum(float v, float* scratch) {
 __global__ void __launch_bounds__(kNormThreads)
     layer_norm_kernel(const float* x, const float* __restrict__ w,
                       const float* __restrict__ b, float eps, float* y, int cols) {
+  wait_for_prior_kernels();
   __shared__ float scratch[kNormThreads / 32];
   const float* xr = x + static_cast<size_t>(blockIdx.x) * cols;
   float* yr = y + static_cast<size_t>(blockIdx.x) * cols;
@@ -42,6 +44,7 @@ __global__ void __launch_bounds__(kNormThreads)
 // y may alias x: each element is read by the thread that writes it, after both reductions.
 __global__ void __launch_bounds__(kNormThreads)
     rms_norm_kernel(const float* x, const float* __restrict__ w, float eps, float* y, int cols) {
+  wait_for_prior_kernels();
   __shared__ float scratch[kNormThreads / 32];
   const float* xr = x + static_cast<size_t>(blockIdx.x) * cols;
   float* yr = y + static_cast<size_t>(blockIdx.x) * cols;
@@ -56,17 +59,15 @@ __global__ void __launch_bounds__(kNormThreads)
 void layer_norm(const float* x, const float* w, const float* b, float eps, float* y, int64_t rows,
                 int64_t cols, cudaStream_t stream) {
   if (rows == 0) return;
-  layer_norm_kernel<<<static_cast<unsigned>(rows), kNormThreads, 0, stream>>>(
+  launch_kernel("layer_norm_kernel", layer_norm_kernel, static_cast<unsigned>(rows), kNormThreads, 0, stream,
       x, w, b, eps, y, static_cast<int>(cols));
-  MOXIN_CUDA_CHECK_LAUNCH("layer_norm_kernel");
 }
 
 void rms_norm(const float* x, const float* w, float eps, float* y, int64_t rows, int64_t cols,
               cudaStream_t stream) {
   if (rows == 0) return;
-  rms_norm_kernel<<<static_cast<unsigned>(rows), kNormThreads, 0, stream>>>(
+  launch_kernel("rms_norm_kernel", rms_norm_kernel, static_cast<unsigned>(rows), kNormThreads, 0, stream,
       x, w, eps, y, static_cast<int>(cols));
-  MOXIN_CUDA_CHECK_LAUNCH("rms_norm_kernel");
 }
 
 }  // namespace moxin::cuda

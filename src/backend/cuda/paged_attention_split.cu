@@ -1,35 +1,31 @@
 // Decode attention over the paged cache (flash-decoding): grid (splits, kv heads, tokens).
 // A block takes one token, one kv head and one slice of the token's context, and serves all
-// query heads of that kv head's GQA group, so each K/V row is read once per token. Warps take
-// 32-position tiles of the slice (one position per lane for the scores, lanes over dims for
-// P V) and merge their online-softmax states in shared memory; with several splits a second
-// kernel merges the slices. Positions beyond a token's own context are not read, so a graph
-// captured with a large max_context serves any shorter one.
+// query heads of that kv head's GQA group, so each K/V row is read once per token.
+//
+// Warps take 32-position tiles of the slice, one position per lane: the lane fetches its K row
+// into registers and its V row into shared memory (cp.async) in the same round trip, computes
+// the scores of all heads of the group (q in shared memory, read as broadcasts), the warp
+// updates the online softmax once per tile, then accumulates P V from shared memory with lanes
+// over dims. Warps merge their states in shared memory; with several splits each block leaves
+// a partial result and the last block of a (token, kv head) to finish merges them (an atomic
+// counter that the merging block resets, so graph replays need no memset).
+// Positions beyond a token's own context are not read, so a graph captured with a large
+// max_context serves any shorter one.
 #include "backend/cuda/cuda_check.hpp"
 #include "backend/cuda/kernels.hpp"
+#include "backend/cuda/launch.cuh"
 
 namespace moxin::cuda {
 namespace {
 
 constexpr int kSplitWarps = 4;
 constexpr int kMaxGroup = 8;  // query heads per kv head
-constexpr int kCombineThreads = 128;
+constexpr int kTile = 32;     // positions per warp step: one per lane
 
 __device__ __forceinline__ float warp_sum(float v) {
 #pragma unroll
   for (int o = 16; o > 0; o /= 2) v += __shfl_xor_sync(0xffffffffu, v, o);
   return v;
-}
-
-__device__ __forceinline__ float bf16_at(const bf16_bits* p, size_t i) {
-  return __uint_as_float(static_cast<uint32_t>(p[i]) << 16);
-}
-
-// Context length of a token: pos + 1, or 0 when its index entries are invalid.
-__device__ __forceinline__ int token_context(const TokenIndex& index, int capacity, int token) {
-  const int seq = index.token_seq[token];
-  const int pos = index.token_pos[token];
-  return (seq >= 0 && seq < index.num_seqs && pos >= 0 && pos < capacity) ? pos + 1 : 0;
 }
 
 __device__ __forceinline__ float warp_max(float v) {
@@ -38,25 +34,60 @@ __device__ __forceinline__ float warp_max(float v) {
   return v;
 }
 
-// kDpl = head_dim / 32 when that is 1..4 (compile-time head_dim: the K row is fetched with
-// 16-byte loads, all in flight at once, and each lane owns kDpl consecutive output dims);
-// kDpl = 0 serves any head_dim <= 128 (2-byte loads, lane owns dims lane + 32 j).
-//
-// A warp takes 32 positions at a time, one per lane: the lane computes the scores of its
-// position for all heads of the group (q in shared memory, read as broadcasts), the warp
-// updates the online softmax once per 32 positions, then accumulates P V with the
-// probabilities broadcast by shuffles and V rows read coalesced across lanes.
+__device__ __forceinline__ float bf16_at(const bf16_bits* p, size_t i) {
+  return __uint_as_float(static_cast<uint32_t>(p[i]) << 16);
+}
+__device__ __forceinline__ float bf16_low(uint32_t pair) { return __uint_as_float(pair << 16); }
+__device__ __forceinline__ float bf16_high(uint32_t pair) { return __uint_as_float(pair & 0xffff0000u); }
+
+__device__ __forceinline__ void copy16_async(void* smem, const void* global) {
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16;" ::"r"(static_cast<uint32_t>(__cvta_generic_to_shared(smem))),
+               "l"(global)
+               : "memory");
+}
+__device__ __forceinline__ void copies_issued() { asm volatile("cp.async.commit_group;" ::: "memory"); }
+__device__ __forceinline__ void copies_landed() { asm volatile("cp.async.wait_group 0;" ::: "memory"); }
+
+// Context length of a token: pos + 1, or 0 when its index entries are invalid.
+__device__ __forceinline__ int token_context(const TokenIndex& index, int capacity, int token) {
+  const int seq = index.token_seq[token];
+  const int pos = index.token_pos[token];
+  return (seq >= 0 && seq < index.num_seqs && pos >= 0 && pos < capacity) ? pos + 1 : 0;
+}
+
+// Merges `parts` (max, sum, unnormalized output) states; NaN when no part saw a key.
+struct Merge {
+  float mx = -INFINITY, sum = 0.0f, out = 0.0f;
+  __device__ void add(float m, float l, float o) {  // call once per part after the max is known
+    if (mx == -INFINITY) return;
+    const float f = expf(m - mx);
+    sum += l * f;
+    out += o * f;
+  }
+  __device__ float result() const { return sum > 0.0f ? out / sum : __int_as_float(0x7fc00000); }
+};
+
+// kDpl = head_dim / 32 when that is 1..4 (compile-time head_dim; 16-byte K loads, V rows staged
+// in shared memory, lane owns kDpl consecutive output dims); kDpl = 0 serves any head_dim <=
+// 128 (2-byte loads straight from memory, lane owns dims lane + 32 j).
 template <int kDpl>
 __global__ void __launch_bounds__(kSplitWarps * 32)
-    paged_split_kernel(const float* __restrict__ q, PagedLayer cache, TokenIndex index,
-                       int q_heads, int chunk, int splits, float scale,
-                       float* __restrict__ partial, float* __restrict__ y) {
+    paged_split_kernel(const float* __restrict__ q, PagedLayer cache, TokenIndex index, int q_heads,
+                       int chunk, int splits, float scale, float* __restrict__ partial,
+                       int* __restrict__ counters, float* __restrict__ y) {
   constexpr int kAcc = kDpl > 0 ? kDpl : kMaxHeadDim / 32;
+  // The V tiles during the walk, the warps' output states after it.
+  constexpr int kStagingBytes = kSplitWarps * kTile * kMaxHeadDim * 2;
+  static_assert(kStagingBytes >= kSplitWarps * kMaxGroup * kMaxHeadDim * 4, "merge area");
+  __shared__ __align__(16) unsigned char staging[kStagingBytes];
   __shared__ __align__(16) float sm_q[kMaxGroup][kMaxHeadDim];
   __shared__ float sm_m[kSplitWarps][kMaxGroup];
   __shared__ float sm_l[kSplitWarps][kMaxGroup];
-  __shared__ float sm_acc[kSplitWarps][kMaxGroup][kMaxHeadDim];
+  __shared__ bool merge_here;
+  auto* sm_v = reinterpret_cast<uint16_t(*)[kTile][kMaxHeadDim]>(staging);
+  auto* sm_acc = reinterpret_cast<float(*)[kMaxGroup][kMaxHeadDim]>(staging);
 
+  wait_for_prior_kernels();
   const int split = blockIdx.x;
   const int kv_head = blockIdx.y;
   const int token = blockIdx.z;
@@ -86,20 +117,30 @@ __global__ void __launch_bounds__(kSplitWarps * 32)
   }
 
   const size_t row_stride = static_cast<size_t>(cache.kv_heads) * head_dim;
-  for (int tile0 = begin + warp * 32; tile0 < end; tile0 += kSplitWarps * 32) {
+  for (int tile0 = begin + warp * kTile; tile0 < end; tile0 += kSplitWarps * kTile) {
     const int p = tile0 + lane;
     const int block = p < end ? table[p / cache.block_size] : -1;
     const bool ok = block >= 0 && block < cache.num_blocks;
-    const long long offset = ok ? static_cast<long long>((static_cast<size_t>(block) * cache.block_size +
-                                                           p % cache.block_size) * row_stride +
-                                                          static_cast<size_t>(kv_head) * head_dim)
-                                : -1;
+    const long long offset =
+        ok ? static_cast<long long>((static_cast<size_t>(block) * cache.block_size + p % cache.block_size) * row_stride +
+                                    static_cast<size_t>(kv_head) * head_dim)
+           : -1;
     float s[kMaxGroup];
 #pragma unroll
     for (int g = 0; g < kMaxGroup; ++g) s[g] = 0.0f;
-    if (ok) {
-      if constexpr (kDpl > 0) {
-        constexpr int kVecs = 32 * kDpl / 8;
+    if constexpr (kDpl > 0) {
+      constexpr int kVecs = 32 * kDpl / 8;
+      uint16_t* v_row = sm_v[warp][lane];
+      if (ok) {
+        const uint4* v_src = reinterpret_cast<const uint4*>(cache.v + offset);
+#pragma unroll
+        for (int i = 0; i < kVecs; ++i) copy16_async(v_row + 8 * i, v_src + i);
+      } else {
+#pragma unroll
+        for (int i = 0; i < kVecs; ++i) reinterpret_cast<uint4*>(v_row)[i] = make_uint4(0, 0, 0, 0);
+      }
+      copies_issued();
+      if (ok) {
         const uint4* krow = reinterpret_cast<const uint4*>(cache.k + offset);
         uint4 kv[kVecs];
 #pragma unroll
@@ -113,28 +154,28 @@ __global__ void __launch_bounds__(kSplitWarps * 32)
             const float4 qa = *reinterpret_cast<const float4*>(&sm_q[g][8 * i]);
             const float4 qb = *reinterpret_cast<const float4*>(&sm_q[g][8 * i + 4]);
             float t = s[g];
-            t = fmaf(qa.x, __uint_as_float(w[0] << 16), t);
-            t = fmaf(qa.y, __uint_as_float(w[0] & 0xffff0000u), t);
-            t = fmaf(qa.z, __uint_as_float(w[1] << 16), t);
-            t = fmaf(qa.w, __uint_as_float(w[1] & 0xffff0000u), t);
-            t = fmaf(qb.x, __uint_as_float(w[2] << 16), t);
-            t = fmaf(qb.y, __uint_as_float(w[2] & 0xffff0000u), t);
-            t = fmaf(qb.z, __uint_as_float(w[3] << 16), t);
-            t = fmaf(qb.w, __uint_as_float(w[3] & 0xffff0000u), t);
+            t = fmaf(qa.x, bf16_low(w[0]), t);
+            t = fmaf(qa.y, bf16_high(w[0]), t);
+            t = fmaf(qa.z, bf16_low(w[1]), t);
+            t = fmaf(qa.w, bf16_high(w[1]), t);
+            t = fmaf(qb.x, bf16_low(w[2]), t);
+            t = fmaf(qb.y, bf16_high(w[2]), t);
+            t = fmaf(qb.z, bf16_low(w[3]), t);
+            t = fmaf(qb.w, bf16_high(w[3]), t);
             s[g] = t;
           }
         }
-      } else {
-        for (int d = 0; d < head_dim; ++d) {
-          const float kf = bf16_at(cache.k, offset + d);
+      }
+    } else if (ok) {
+      for (int d = 0; d < head_dim; ++d) {
+        const float kf = bf16_at(cache.k, offset + d);
 #pragma unroll
-          for (int g = 0; g < kMaxGroup; ++g)
-            if (g < group) s[g] = fmaf(sm_q[g][d], kf, s[g]);
-        }
+        for (int g = 0; g < kMaxGroup; ++g)
+          if (g < group) s[g] = fmaf(sm_q[g][d], kf, s[g]);
       }
     }
 
-    // Online softmax over this tile's 32 positions, per head of the group.
+    // Online softmax over this tile's positions, per head of the group.
 #pragma unroll
     for (int g = 0; g < kMaxGroup; ++g) {
       if (g >= group) break;
@@ -149,44 +190,53 @@ __global__ void __launch_bounds__(kSplitWarps * 32)
       m[g] = m_new;
     }
 
-    // P V: 8 positions' V rows in flight at a time.
-    const int count = min(32, end - tile0);
-    for (int j0 = 0; j0 < count; j0 += 8) {
-      float v[8][kAcc];
-#pragma unroll
-      for (int jj = 0; jj < 8; ++jj) {
-        const long long off = __shfl_sync(0xffffffffu, offset, j0 + jj);
+    const int count = min(kTile, end - tile0);
+    if constexpr (kDpl > 0) {
+      copies_landed();
+      __syncwarp();
+      for (int j = 0; j < count; ++j) {
+        float v[kAcc];
+        const uint16_t* vr = sm_v[warp][j] + lane * kDpl;
         if constexpr (kDpl == 4) {
-          const uint2 raw = off >= 0 ? __ldg(reinterpret_cast<const uint2*>(cache.v + off) + lane) : make_uint2(0, 0);
-          v[jj][0] = __uint_as_float(raw.x << 16);
-          v[jj][1] = __uint_as_float(raw.x & 0xffff0000u);
-          v[jj][2] = __uint_as_float(raw.y << 16);
-          v[jj][3] = __uint_as_float(raw.y & 0xffff0000u);
-        } else if constexpr (kDpl == 2) {
-          const uint32_t raw = off >= 0 ? __ldg(reinterpret_cast<const uint32_t*>(cache.v + off) + lane) : 0u;
-          v[jj][0] = __uint_as_float(raw << 16);
-          v[jj][1] = __uint_as_float(raw & 0xffff0000u);
+          const uint2 raw = *reinterpret_cast<const uint2*>(vr);
+          v[0] = bf16_low(raw.x);
+          v[1] = bf16_high(raw.x);
+          v[2] = bf16_low(raw.y);
+          v[3] = bf16_high(raw.y);
         } else {
 #pragma unroll
-          for (int a = 0; a < kAcc; ++a) {
-            const int d = kDpl > 0 ? lane * kDpl + a : lane + 32 * a;
-            v[jj][a] = (off >= 0 && d < head_dim) ? bf16_at(cache.v, off + d) : 0.0f;
-          }
+          for (int a = 0; a < kAcc; ++a) v[a] = __uint_as_float(static_cast<uint32_t>(vr[a]) << 16);
         }
-      }
-#pragma unroll
-      for (int jj = 0; jj < 8; ++jj) {
 #pragma unroll
         for (int g = 0; g < kMaxGroup; ++g) {
           if (g >= group) break;
-          const float pj = __shfl_sync(0xffffffffu, s[g], j0 + jj);
+          const float pj = __shfl_sync(0xffffffffu, s[g], j);
 #pragma unroll
-          for (int a = 0; a < kAcc; ++a) acc[g][a] = fmaf(pj, v[jj][a], acc[g][a]);
+          for (int a = 0; a < kAcc; ++a) acc[g][a] = fmaf(pj, v[a], acc[g][a]);
+        }
+      }
+      __syncwarp();  // the tile's V rows are read before the next tile's copies land
+    } else {
+      for (int j = 0; j < count; ++j) {
+        const long long off = __shfl_sync(0xffffffffu, offset, j);
+        float v[kAcc];
+#pragma unroll
+        for (int a = 0; a < kAcc; ++a) {
+          const int d = lane + 32 * a;
+          v[a] = (off >= 0 && d < head_dim) ? bf16_at(cache.v, off + d) : 0.0f;
+        }
+#pragma unroll
+        for (int g = 0; g < kMaxGroup; ++g) {
+          if (g >= group) break;
+          const float pj = __shfl_sync(0xffffffffu, s[g], j);
+#pragma unroll
+          for (int a = 0; a < kAcc; ++a) acc[g][a] = fmaf(pj, v[a], acc[g][a]);
         }
       }
     }
   }
 
+  __syncthreads();  // every warp is done with its V staging: reuse it for the merge
 #pragma unroll
   for (int g = 0; g < kMaxGroup; ++g) {
     if (g >= group) break;
@@ -202,86 +252,71 @@ __global__ void __launch_bounds__(kSplitWarps * 32)
     }
   }
   __syncthreads();
+  const size_t first_head = static_cast<size_t>(token) * q_heads + kv_head * group;
   for (int e = threadIdx.x; e < group * head_dim; e += kSplitWarps * 32) {
     const int g = e / head_dim;
     const int d = e % head_dim;
-    float mx = -INFINITY;
-    for (int w = 0; w < kSplitWarps; ++w) mx = fmaxf(mx, sm_m[w][g]);
-    float sum = 0.0f, out = 0.0f;
-    if (mx != -INFINITY) {
-      for (int w = 0; w < kSplitWarps; ++w) {
-        const float f = expf(sm_m[w][g] - mx);
-        sum += sm_l[w][g] * f;
-        out += sm_acc[w][g][d] * f;
-      }
-    }
-    const size_t head_row = static_cast<size_t>(token) * q_heads + kv_head * group + g;
+    Merge merge;
+    for (int w = 0; w < kSplitWarps; ++w) merge.mx = fmaxf(merge.mx, sm_m[w][g]);
+    for (int w = 0; w < kSplitWarps; ++w) merge.add(sm_m[w][g], sm_l[w][g], sm_acc[w][g][d]);
     if (splits == 1) {
-      y[head_row * head_dim + d] = sum > 0.0f ? out / sum : __int_as_float(0x7fc00000);
+      y[(first_head + g) * head_dim + d] = merge.result();
     } else {
-      float* part = partial + (head_row * splits + split) * (head_dim + 2);
-      part[d] = out;
+      float* part = partial + ((first_head + g) * splits + split) * (head_dim + 2);
+      part[d] = merge.out;
       if (d == 0) {
-        part[head_dim] = mx;
-        part[head_dim + 1] = sum;
+        part[head_dim] = merge.mx;
+        part[head_dim + 1] = merge.sum;
       }
     }
   }
-}
+  if (splits == 1) return;
 
-// Merges the splits of one (token, query head): grid (q_heads, tokens).
-__global__ void __launch_bounds__(kCombineThreads)
-    paged_combine_kernel(const float* __restrict__ partial, int splits, int head_dim,
-                         float* __restrict__ y) {
-  const size_t head_row = static_cast<size_t>(blockIdx.y) * gridDim.x + blockIdx.x;
-  const float* base = partial + head_row * splits * (head_dim + 2);
-  float mx = -INFINITY;
-  for (int s = 0; s < splits; ++s) mx = fmaxf(mx, base[s * (head_dim + 2) + head_dim]);
-  for (int d = threadIdx.x; d < head_dim; d += kCombineThreads) {
-    float sum = 0.0f, out = 0.0f;
-    if (mx != -INFINITY) {
-      for (int s = 0; s < splits; ++s) {
-        const float* part = base + s * (head_dim + 2);
-        const float f = expf(part[head_dim] - mx);
-        sum += part[head_dim + 1] * f;
-        out += part[d] * f;
-      }
+  // The last block of this (token, kv head) merges the splits.
+  __threadfence();
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    int* counter = counters + static_cast<size_t>(token) * cache.kv_heads + kv_head;
+    merge_here = atomicAdd(counter, 1) == splits - 1;
+    if (merge_here) *counter = 0;  // ready for the next call
+  }
+  __syncthreads();
+  if (!merge_here) return;
+  __threadfence();
+  for (int e = threadIdx.x; e < group * head_dim; e += kSplitWarps * 32) {
+    const int g = e / head_dim;
+    const int d = e % head_dim;
+    const float* parts = partial + (first_head + g) * splits * (head_dim + 2);
+    Merge merge;
+    for (int sp = 0; sp < splits; ++sp) merge.mx = fmaxf(merge.mx, __ldcg(parts + sp * (head_dim + 2) + head_dim));
+    for (int sp = 0; sp < splits; ++sp) {
+      const float* part = parts + sp * (head_dim + 2);
+      merge.add(__ldcg(part + head_dim), __ldcg(part + head_dim + 1), __ldcg(part + d));
     }
-    y[head_row * head_dim + d] = sum > 0.0f ? out / sum : __int_as_float(0x7fc00000);
+    y[(first_head + g) * head_dim + d] = merge.result();
   }
 }
 
 }  // namespace
 
 void paged_attention_split(const float* q, const PagedLayer& cache, const TokenIndex& index,
-                           int q_heads, int max_context, int splits, float* partial, float* y,
-                           cudaStream_t stream) {
+                           int q_heads, int max_context, int splits, float* partial, int* counters,
+                           float* y, cudaStream_t stream) {
   if (index.tokens == 0) return;
   const int chunk = (max_context + splits - 1) / splits;
   const float scale = 1.0f / sqrtf(static_cast<float>(cache.head_dim));
   const dim3 grid(splits, cache.kv_heads, index.tokens);
   const int dims_per_lane = cache.head_dim % 32 == 0 ? cache.head_dim / 32 : 0;
+  auto run = [&](auto kernel) {
+    launch_kernel("paged_split_kernel", kernel, grid, kSplitWarps * 32, 0, stream, q, cache, index,
+                  q_heads, chunk, splits, scale, partial, counters, y);
+  };
   switch (dims_per_lane) {
-#define MOXIN_SPLIT_CASE(DPL)                                                                  \
-  case DPL:                                                                                   \
-    paged_split_kernel<DPL><<<grid, kSplitWarps * 32, 0, stream>>>(q, cache, index, q_heads,   \
-                                                                  chunk, splits, scale,       \
-                                                                  partial, y);                \
-    break;
-    MOXIN_SPLIT_CASE(1)
-    MOXIN_SPLIT_CASE(2)
-    MOXIN_SPLIT_CASE(3)
-    MOXIN_SPLIT_CASE(4)
-#undef MOXIN_SPLIT_CASE
-    default:
-      paged_split_kernel<0><<<grid, kSplitWarps * 32, 0, stream>>>(q, cache, index, q_heads, chunk,
-                                                                   splits, scale, partial, y);
-  }
-  MOXIN_CUDA_CHECK_LAUNCH("paged_split_kernel");
-  if (splits > 1) {
-    paged_combine_kernel<<<dim3(q_heads, index.tokens), kCombineThreads, 0, stream>>>(
-        partial, splits, cache.head_dim, y);
-    MOXIN_CUDA_CHECK_LAUNCH("paged_combine_kernel");
+    case 1: run(paged_split_kernel<1>); break;
+    case 2: run(paged_split_kernel<2>); break;
+    case 3: run(paged_split_kernel<3>); break;
+    case 4: run(paged_split_kernel<4>); break;
+    default: run(paged_split_kernel<0>); break;
   }
 }
 

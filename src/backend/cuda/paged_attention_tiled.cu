@@ -11,6 +11,7 @@
 #include "backend/cuda/attention_tile.cuh"
 #include "backend/cuda/cuda_check.hpp"
 #include "backend/cuda/kernels.hpp"
+#include "backend/cuda/launch.cuh"
 
 namespace moxin::cuda {
 namespace {
@@ -37,6 +38,7 @@ template <int DJ>
 __global__ void __launch_bounds__(kTileThreads)
     paged_tiled_kernel(const float* __restrict__ q, PagedLayer cache, TokenIndex index,
                        int q_heads, float scale, float* __restrict__ y) {
+  wait_for_prior_kernels();
   extern __shared__ float smem[];
   __shared__ int tok_seq[kQueryTile];
   __shared__ int tok_pos[kQueryTile];
@@ -112,26 +114,30 @@ __global__ void __launch_bounds__(kTileThreads)
   });
 }
 
+constexpr int kPrefillWarps = 4;
+constexpr int kPrefillTokens = 16 * kPrefillWarps;
+
 template <int KD>
-__global__ void __launch_bounds__(kMmaThreads)
+__global__ void __launch_bounds__(kPrefillWarps * 32)
     paged_tiled_mma_kernel(const float* __restrict__ q, PagedLayer cache, TokenIndex index,
                            int q_heads, float scale, float* __restrict__ y) {
+  wait_for_prior_kernels();
   extern __shared__ __align__(16) unsigned char smem_bytes[];
-  __shared__ int tok_seq[kMmaRows];
-  __shared__ int tok_pos[kMmaRows];
+  __shared__ int tok_seq[kPrefillTokens];
+  __shared__ int tok_pos[kPrefillTokens];
   __shared__ int pass_seq;
   __shared__ int pass_last;
-  MmaAttention<KD> att(reinterpret_cast<__nv_bfloat16*>(smem_bytes));
+  MmaAttention<KD, kPrefillWarps> att(reinterpret_cast<__nv_bfloat16*>(smem_bytes));
   constexpr int kPadded = 16 * KD;
   const int head_dim = cache.head_dim;
-  const int t0 = blockIdx.x * kMmaRows;
+  const int t0 = blockIdx.x * kPrefillTokens;
   const int head = blockIdx.y;
   const int kv_head = head / (q_heads / cache.kv_heads);
   const int capacity = index.max_blocks * cache.block_size;
   const int lane = threadIdx.x % 32;
   const int warp = threadIdx.x / 32;
 
-  if (threadIdx.x < kMmaRows) {
+  if (threadIdx.x < kPrefillTokens) {
     const int t = t0 + threadIdx.x;
     int seq = -1, pos = -1;
     if (t < index.tokens) {
@@ -145,7 +151,7 @@ __global__ void __launch_bounds__(kMmaThreads)
     tok_seq[threadIdx.x] = seq;
     tok_pos[threadIdx.x] = pos;
   }
-  for (int e = threadIdx.x; e < kMmaRows * kPadded; e += kMmaThreads) {
+  for (int e = threadIdx.x; e < kPrefillTokens * kPadded; e += kPrefillWarps * 32) {
     const int row = e / kPadded;
     const int d = e % kPadded;
     const int t = t0 + row;
@@ -161,7 +167,7 @@ __global__ void __launch_bounds__(kMmaThreads)
   int prev_seq = -1;
   while (true) {
     __syncthreads();
-    if (warp == 0) next_pass<kMmaRows>(tok_seq, tok_pos, prev_seq, &pass_seq, &pass_last);
+    if (warp == 0) next_pass<kPrefillTokens>(tok_seq, tok_pos, prev_seq, &pass_seq, &pass_last);
     __syncthreads();
     const int seq = pass_seq;
     const int last = pass_last;
@@ -174,7 +180,7 @@ __global__ void __launch_bounds__(kMmaThreads)
     for (int key0 = 0; key0 <= last; key0 += kMmaRows) {
       const int n = min(kMmaRows, last + 1 - key0);
       __syncthreads();  // the previous tile is consumed
-      for (int e = threadIdx.x; e < kMmaRows * vecs; e += kMmaThreads) {
+      for (int e = threadIdx.x; e < kMmaRows * vecs; e += kPrefillWarps * 32) {
         const int r = e / vecs;
         const int d0 = (e % vecs) * 8;
         uint4 kv = make_uint4(0, 0, 0, 0), vv = make_uint4(0, 0, 0, 0);
@@ -221,19 +227,19 @@ void paged_attention_tiled(const float* q, const PagedLayer& cache, const TokenI
   if (index.tokens == 0) return;
   const float scale = 1.0f / sqrtf(static_cast<float>(cache.head_dim));
   if (tensor_cores) {
-    const dim3 grid((index.tokens + kMmaRows - 1) / kMmaRows, q_heads);
+    const dim3 grid((index.tokens + kPrefillTokens - 1) / kPrefillTokens, q_heads);
     dispatch_mma_head_dim(cache.head_dim, [&]<int KD>() {
-      paged_tiled_mma_kernel<KD><<<grid, kMmaThreads, mma_smem_bytes(cache.head_dim), stream>>>(
+      launch_kernel("paged_tiled_mma_kernel", paged_tiled_mma_kernel<KD>, grid, kPrefillWarps * 32,
+                    mma_smem_bytes(cache.head_dim, kPrefillWarps), stream,
           q, cache, index, q_heads, scale, y);
-      MOXIN_CUDA_CHECK_LAUNCH("paged_tiled_mma_kernel");
     });
     return;
   }
   const dim3 grid((index.tokens + kQueryTile - 1) / kQueryTile, q_heads);
   const size_t smem = tile_smem_bytes(cache.head_dim);
   dispatch_dims_per_thread(cache.head_dim, [&]<int DJ>() {
-    paged_tiled_kernel<DJ><<<grid, kTileThreads, smem, stream>>>(q, cache, index, q_heads, scale, y);
-    MOXIN_CUDA_CHECK_LAUNCH("paged_tiled_kernel");
+    launch_kernel("paged_tiled_kernel", paged_tiled_kernel<DJ>, grid, kTileThreads, smem, stream,
+        q, cache, index, q_heads, scale, y);
   });
 }
 
@@ -242,7 +248,7 @@ void configure_paged_attention() {
     MOXIN_CUDA_CHECK(allow_tile_smem<DJ>(paged_tiled_kernel<DJ>));
   });
   for_all_mma_head_dims([&]<int KD>() {
-    MOXIN_CUDA_CHECK(allow_mma_smem<KD>(paged_tiled_mma_kernel<KD>));
+    MOXIN_CUDA_CHECK((allow_mma_smem<KD, kPrefillWarps>(paged_tiled_mma_kernel<KD>)));
   });
 }
 

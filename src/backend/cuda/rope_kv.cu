@@ -4,6 +4,7 @@
 
 #include "backend/cuda/cuda_check.hpp"
 #include "backend/cuda/kernels.hpp"
+#include "backend/cuda/launch.cuh"
 
 namespace moxin::cuda {
 namespace {
@@ -17,6 +18,7 @@ constexpr int kKvWriteThreads = 128;
 __global__ void __launch_bounds__(kRopeThreads)
     rope_kernel(float* __restrict__ q, float* __restrict__ k, const int32_t* __restrict__ positions,
                 int q_heads, int kv_heads, int head_dim, float theta) {
+  wait_for_prior_kernels();
   const int token = blockIdx.x;
   const int half = head_dim / 2;
   const float pos = static_cast<float>(positions[token]);
@@ -45,6 +47,7 @@ __global__ void __launch_bounds__(kRopeThreads)
 __global__ void __launch_bounds__(kKvWriteThreads)
     kv_write_kernel(PagedLayer cache, const float* __restrict__ k, const float* __restrict__ v,
                     TokenIndex index) {
+  wait_for_prior_kernels();
   const int token = blockIdx.x;
   const int seq = index.token_seq[token];
   const int pos = index.token_pos[token];
@@ -69,15 +72,15 @@ __global__ void __launch_bounds__(kKvWriteThreads)
 void rope(float* q, float* k, const int32_t* positions, int tokens, int q_heads, int kv_heads,
           int head_dim, float theta, cudaStream_t stream) {
   if (tokens == 0) return;
-  rope_kernel<<<tokens, kRopeThreads, 0, stream>>>(q, k, positions, q_heads, kv_heads, head_dim, theta);
-  MOXIN_CUDA_CHECK_LAUNCH("rope_kernel");
+  launch_kernel("rope_kernel", rope_kernel, tokens, kRopeThreads, 0, stream,
+      q, k, positions, q_heads, kv_heads, head_dim, theta);
 }
 
 void kv_write(const PagedLayer& cache, const float* k, const float* v, const TokenIndex& index,
               cudaStream_t stream) {
   if (index.tokens == 0) return;
-  kv_write_kernel<<<index.tokens, kKvWriteThreads, 0, stream>>>(cache, k, v, index);
-  MOXIN_CUDA_CHECK_LAUNCH("kv_write_kernel");
+  launch_kernel("kv_write_kernel", kv_write_kernel, index.tokens, kKvWriteThreads, 0, stream,
+      cache, k, v, index);
 }
 
 }  // namespace moxin::cuda
