@@ -44,8 +44,20 @@ struct Kernels {
   void (*gemm_tile)(int64_t kc, const float* a, int64_t lda, int mr, const float* panel, int nr,
                     float* c, int64_t ldc, const float* bias, bool accumulate);
 
-  float (*dot)(const float* a, const float* b, int64_t n);
-  void (*axpy)(float alpha, const float* x, float* y, int64_t n);  // y += alpha * x
+  // Attention of one query q[D] over n cached rows: key i is keys[rows[i] .. + D], value i
+  // values[rows[i] .. + D]. y = softmax(scale * q . k_i) weighted sum of v_i, in f32.
+  // scores is scratch for n floats.
+  void (*attend)(const float* q, const float* keys, const float* values, const int64_t* rows,
+                 int64_t n, int64_t D, float scale, float* scores, float* y);
+
+  // x = softmax(scale * x) over n values, in place (max subtracted first).
+  void (*softmax)(float* x, int64_t n, float scale);
+
+  // x = 0.5 x (1 + erf(x / sqrt 2)), in place, to ~1e-7 relative per element.
+  void (*gelu_erf)(float* x, int64_t n);
+
+  // y = silu(gate) * up = gate / (1 + exp(-gate)) * up; y may alias gate or up.
+  void (*silu_mul)(const float* gate, const float* up, float* y, int64_t n);
 };
 
 const Kernels& generic_kernels();

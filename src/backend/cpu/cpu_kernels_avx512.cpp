@@ -9,6 +9,7 @@
 #include <immintrin.h>
 
 #include <algorithm>
+#include <cmath>
 
 #include "core/check.hpp"
 
@@ -238,28 +239,148 @@ void gemm_tile(int64_t kc, const float* a, int64_t lda, int mr, const float* pan
   }
 }
 
-// --- vector helpers for attention ------------------------------------------------------
+// --- exp, softmax, attention, activations ----------------------------------------------
 
-float dot(const float* a, const float* b, int64_t n) {
-  __m512 acc0 = _mm512_setzero_ps(), acc1 = _mm512_setzero_ps();
-  int64_t i = 0;
-  for (; i + 32 <= n; i += 32) {
-    acc0 = _mm512_fmadd_ps(_mm512_loadu_ps(a + i), _mm512_loadu_ps(b + i), acc0);
-    acc1 = _mm512_fmadd_ps(_mm512_loadu_ps(a + i + 16), _mm512_loadu_ps(b + i + 16), acc1);
-  }
-  for (; i < n; i += 16) {
-    const __mmask16 mask = first_lanes(n - i);
-    acc0 = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(mask, a + i), _mm512_maskz_loadu_ps(mask, b + i), acc0);
-  }
-  return horizontal_sum(_mm512_add_ps(acc0, acc1));
+// exp(a + b), where b may carry low-order bits a cannot hold. With n = round((a + b) / ln 2),
+// exp = 2^n exp(r), r = (a - n ln 2) + b in [-0.35, 0.35], and exp(r) by its Taylor series to
+// degree 7 (truncation 6e-9). NaN stays NaN; overflow gives inf, underflow 0.
+inline __m512 exp_sum(__m512 a, __m512 b) {
+  a = _mm512_min_ps(_mm512_set1_ps(200.0f), _mm512_max_ps(_mm512_set1_ps(-200.0f), a));
+  const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(_mm512_add_ps(a, b), _mm512_set1_ps(1.44269504088896341f)),
+                                        _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693145751953125f), a);  // ln 2 split in two parts
+  r = _mm512_fnmadd_ps(n, _mm512_set1_ps(1.428606765330187e-06f), r);
+  r = _mm512_add_ps(r, b);
+  __m512 p = _mm512_set1_ps(1.0f / 5040);
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 720));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 120));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 24));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 6));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(0.5f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f));
+  return _mm512_scalef_ps(p, n);
 }
 
-void axpy(float alpha, const float* x, float* y, int64_t n) {
-  const __m512 av = _mm512_set1_ps(alpha);
+inline __m512 exp16(__m512 a) { return exp_sum(a, _mm512_setzero_ps()); }
+
+void softmax(float* x, int64_t n, float scale) {
+  const __m512 sv = _mm512_set1_ps(scale);
+  __m512 mv = _mm512_set1_ps(-INFINITY);
+  for (int64_t i = 0; i < n; i += 16)
+    mv = _mm512_max_ps(mv, _mm512_mul_ps(sv, _mm512_mask_loadu_ps(_mm512_set1_ps(-INFINITY), first_lanes(n - i), x + i)));
+  const __m512 max = _mm512_set1_ps(_mm512_reduce_max_ps(mv));
+  __m512 sum = _mm512_setzero_ps();
   for (int64_t i = 0; i < n; i += 16) {
     const __mmask16 mask = first_lanes(n - i);
-    const __m512 yv = _mm512_maskz_loadu_ps(mask, y + i);
-    _mm512_mask_storeu_ps(y + i, mask, _mm512_fmadd_ps(av, _mm512_maskz_loadu_ps(mask, x + i), yv));
+    const __m512 e = exp16(_mm512_sub_ps(_mm512_mul_ps(sv, _mm512_maskz_loadu_ps(mask, x + i)), max));
+    sum = _mm512_add_ps(sum, _mm512_maskz_mov_ps(mask, e));
+    _mm512_mask_storeu_ps(x + i, mask, e);
+  }
+  const __m512 inv = _mm512_set1_ps(1.0f / horizontal_sum(sum));
+  for (int64_t i = 0; i < n; i += 16) {
+    const __mmask16 mask = first_lanes(n - i);
+    _mm512_mask_storeu_ps(x + i, mask, _mm512_mul_ps(inv, _mm512_maskz_loadu_ps(mask, x + i)));
+  }
+}
+
+// Columns [d0, d0 + 16 NV) of the attention, the last vector masked to `tail`: q and the
+// output accumulators stay in registers while the rows stream past.
+template <int NV>
+void attend_columns(const float* q, const float* keys, const float* values, const int64_t* rows, int64_t n,
+                    __mmask16 tail, float* scores, float* y, bool first_pass) {
+  const auto mask = [&](int j) { return j == NV - 1 ? tail : static_cast<__mmask16>(0xffff); };
+  if (first_pass) {
+    __m512 qv[NV];
+    for (int j = 0; j < NV; ++j) qv[j] = _mm512_maskz_loadu_ps(mask(j), q + 16 * j);
+    for (int64_t i = 0; i < n; ++i) {
+      const float* k = keys + rows[i];
+      __m512 acc = _mm512_mul_ps(qv[0], _mm512_maskz_loadu_ps(mask(0), k));
+      for (int j = 1; j < NV; ++j) acc = _mm512_fmadd_ps(qv[j], _mm512_maskz_loadu_ps(mask(j), k + 16 * j), acc);
+      scores[i] += horizontal_sum(acc);
+    }
+    return;
+  }
+  __m512 acc[NV];
+  for (int j = 0; j < NV; ++j) acc[j] = _mm512_setzero_ps();
+  for (int64_t i = 0; i < n; ++i) {
+    const float* v = values + rows[i];
+    const __m512 w = _mm512_set1_ps(scores[i]);
+    for (int j = 0; j < NV; ++j) acc[j] = _mm512_fmadd_ps(w, _mm512_maskz_loadu_ps(mask(j), v + 16 * j), acc[j]);
+  }
+  for (int j = 0; j < NV; ++j) _mm512_mask_storeu_ps(y + 16 * j, mask(j), acc[j]);
+}
+
+// Runs attend_columns over D in chunks of up to 128 columns (8 registers).
+void for_column_chunks(const float* q, const float* keys, const float* values, const int64_t* rows, int64_t n,
+                       int64_t D, float* scores, float* y, bool first_pass) {
+  for (int64_t d = 0; d < D; d += 128) {
+    const int64_t width = std::min<int64_t>(128, D - d);
+    const int vectors = static_cast<int>((width + 15) / 16);
+    const __mmask16 tail = first_lanes(width - 16 * (vectors - 1));
+    const float* qd = q + d;
+    const float* kd = keys + d;
+    const float* vd = values + d;
+    float* yd = y + d;
+    switch (vectors) {
+      case 1: attend_columns<1>(qd, kd, vd, rows, n, tail, scores, yd, first_pass); break;
+      case 2: attend_columns<2>(qd, kd, vd, rows, n, tail, scores, yd, first_pass); break;
+      case 3: attend_columns<3>(qd, kd, vd, rows, n, tail, scores, yd, first_pass); break;
+      case 4: attend_columns<4>(qd, kd, vd, rows, n, tail, scores, yd, first_pass); break;
+      case 5: attend_columns<5>(qd, kd, vd, rows, n, tail, scores, yd, first_pass); break;
+      case 6: attend_columns<6>(qd, kd, vd, rows, n, tail, scores, yd, first_pass); break;
+      case 7: attend_columns<7>(qd, kd, vd, rows, n, tail, scores, yd, first_pass); break;
+      default: attend_columns<8>(qd, kd, vd, rows, n, tail, scores, yd, first_pass); break;
+    }
+  }
+}
+
+void attend(const float* q, const float* keys, const float* values, const int64_t* rows, int64_t n,
+            int64_t D, float scale, float* scores, float* y) {
+  std::fill(scores, scores + n, 0.0f);
+  for_column_chunks(q, keys, values, rows, n, D, scores, y, true);  // scores = q . k
+  softmax(scores, n, scale);
+  for_column_chunks(q, keys, values, rows, n, D, scores, y, false);  // y = scores . v
+}
+
+// erfc(|x| / sqrt 2) = t exp(-x^2 / 2 + f(t)) with t = 1 / (1 + z / 2), z = |x| / sqrt 2,
+// and f a degree-10 polynomial in u = 2.4 t - 1.4 fitted (Chebyshev least squares) to
+// ln(erfc(z) exp(z^2) / t) on z in [0, 10]: relative error below 4e-7. x^2 / 2 enters exp
+// as an exact two-float sum, since at |x| = 6 one ulp of it would already cost 1e-6.
+inline __m512 gelu16(__m512 x) {
+  static constexpr float kF[11] = {-5.585953566e-01f, 5.703071246e-01f,  1.574523109e-02f, -2.947066410e-02f,
+                                   -1.046896071e-03f, 3.708789350e-03f,  -2.719721463e-04f, -5.362412916e-04f,
+                                   1.250716277e-04f,  5.578634640e-05f,  -2.084848001e-05f};
+  // Past |x| = 16 erfc underflows anyway; the clamp keeps x^2 finite.
+  const __m512 ax = _mm512_min_ps(_mm512_set1_ps(16.0f), _mm512_abs_ps(x));
+  const __m512 z = _mm512_min_ps(_mm512_set1_ps(10.0f), _mm512_mul_ps(ax, _mm512_set1_ps(0.70710678118654752f)));
+  const __m512 t = _mm512_div_ps(_mm512_set1_ps(1.0f), _mm512_fmadd_ps(z, _mm512_set1_ps(0.5f), _mm512_set1_ps(1.0f)));
+  const __m512 u = _mm512_fmadd_ps(t, _mm512_set1_ps(2.4f), _mm512_set1_ps(-1.4f));
+  __m512 f = _mm512_set1_ps(kF[10]);
+  for (int i = 9; i >= 0; --i) f = _mm512_fmadd_ps(f, u, _mm512_set1_ps(kF[i]));
+  const __m512 sq = _mm512_mul_ps(ax, ax);
+  const __m512 sq_low = _mm512_fmsub_ps(ax, ax, sq);  // x^2 = sq + sq_low exactly
+  const __m512 minus_half_sq = _mm512_mul_ps(sq, _mm512_set1_ps(-0.5f));
+  const __m512 e = _mm512_mul_ps(t, exp_sum(minus_half_sq, _mm512_fnmadd_ps(sq_low, _mm512_set1_ps(0.5f), f)));
+  // 1 + erf(x / sqrt 2) is erfc(|z|) for x < 0 and 2 - erfc(|z|) otherwise.
+  const __mmask16 negative = _mm512_cmp_ps_mask(x, _mm512_setzero_ps(), _CMP_LT_OQ);
+  const __m512 one_plus_erf = _mm512_mask_blend_ps(negative, _mm512_sub_ps(_mm512_set1_ps(2.0f), e), e);
+  return _mm512_mul_ps(_mm512_mul_ps(x, _mm512_set1_ps(0.5f)), one_plus_erf);
+}
+
+void gelu_erf(float* x, int64_t n) {
+  for (int64_t i = 0; i < n; i += 16) {
+    const __mmask16 mask = first_lanes(n - i);
+    _mm512_mask_storeu_ps(x + i, mask, gelu16(_mm512_maskz_loadu_ps(mask, x + i)));
+  }
+}
+
+void silu_mul(const float* gate, const float* up, float* y, int64_t n) {
+  for (int64_t i = 0; i < n; i += 16) {
+    const __mmask16 mask = first_lanes(n - i);
+    const __m512 g = _mm512_maskz_loadu_ps(mask, gate + i);
+    const __m512 silu = _mm512_div_ps(g, _mm512_add_ps(_mm512_set1_ps(1.0f), exp16(_mm512_sub_ps(_mm512_setzero_ps(), g))));
+    _mm512_mask_storeu_ps(y + i, mask, _mm512_mul_ps(silu, _mm512_maskz_loadu_ps(mask, up + i)));
   }
 }
 
@@ -276,7 +397,7 @@ void axpy(float alpha, const float* x, float* y, int64_t n) {
 
 const Kernels* avx512_kernels() {
 #if defined(MOXIN_HAVE_AVX512_KERNELS)
-  static const Kernels table{"avx512", gemv, pack_panels, gemm_tile, dot, axpy};
+  static const Kernels table{"avx512", gemv, pack_panels, gemm_tile, attend, softmax, gelu_erf, silu_mul};
   static const bool supported = __builtin_cpu_supports("avx512f") &&
                                 __builtin_cpu_supports("avx512bw") &&
                                 __builtin_cpu_supports("avx512vl");

@@ -1,6 +1,7 @@
 // Portable kernels: plain C++ that the compiler vectorizes for the baseline ISA. They define
 // the results the SIMD kernels must reproduce (up to f32 summation order).
 #include <algorithm>
+#include <cmath>
 #include <cstdlib>
 #include <cstring>
 #include <string_view>
@@ -44,8 +45,37 @@ float dot(const float* a, const float* b, int64_t n) {
          ((partial[2] + partial[6]) + (partial[3] + partial[7]));
 }
 
-void axpy(float alpha, const float* x, float* y, int64_t n) {
-  for (int64_t i = 0; i < n; ++i) y[i] += alpha * x[i];
+void softmax(float* x, int64_t n, float scale) {
+  float max = scale * x[0];
+  for (int64_t i = 0; i < n; ++i) max = std::max(max, scale * x[i]);
+  float sum = 0.0f;
+  for (int64_t i = 0; i < n; ++i) {
+    x[i] = std::exp(scale * x[i] - max);
+    sum += x[i];
+  }
+  const float inv = 1.0f / sum;
+  for (int64_t i = 0; i < n; ++i) x[i] *= inv;
+}
+
+void attend(const float* q, const float* keys, const float* values, const int64_t* rows, int64_t n,
+            int64_t D, float scale, float* scores, float* y) {
+  for (int64_t i = 0; i < n; ++i) scores[i] = dot(q, keys + rows[i], D);
+  softmax(scores, n, scale);
+  for (int64_t d = 0; d < D; ++d) y[d] = 0.0f;
+  for (int64_t i = 0; i < n; ++i) {
+    const float* v = values + rows[i];
+    for (int64_t d = 0; d < D; ++d) y[d] += scores[i] * v[d];
+  }
+}
+
+// 1 + erf(z) = erfc(-z), evaluated in double: no cancellation for negative x.
+void gelu_erf(float* x, int64_t n) {
+  for (int64_t i = 0; i < n; ++i)
+    x[i] = static_cast<float>(0.5 * x[i] * std::erfc(-static_cast<double>(x[i]) * 0.70710678118654752440));
+}
+
+void silu_mul(const float* gate, const float* up, float* y, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) y[i] = gate[i] / (1.0f + std::exp(-gate[i])) * up[i];
 }
 
 void gemv(const WeightView& w, int64_t n0, int64_t n1, const float* x, int64_t ldx, int64_t M,
@@ -106,7 +136,7 @@ void gemm_tile(int64_t kc, const float* a, int64_t lda, int mr, const float* pan
 }  // namespace
 
 const Kernels& generic_kernels() {
-  static const Kernels table{"generic", gemv, pack_panels, gemm_tile, dot, axpy};
+  static const Kernels table{"generic", gemv, pack_panels, gemm_tile, attend, softmax, gelu_erf, silu_mul};
   return table;
 }
 

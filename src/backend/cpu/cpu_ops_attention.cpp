@@ -13,23 +13,11 @@ namespace moxin::cpu {
 namespace {
 
 // Per-thread scratch that grows to the largest request and is then reused.
-float* scratch(size_t floats) {
-  thread_local std::vector<float> buffer;
-  if (buffer.size() < floats) buffer.resize(floats);
+template <class T>
+T* scratch(size_t count) {
+  thread_local std::vector<T> buffer;
+  if (buffer.size() < count) buffer.resize(count);
   return buffer.data();
-}
-
-// p[i] = exp(s[i] - max s) / sum; returns nothing, rewrites s in place.
-void softmax_in_place(float* s, int64_t n) {
-  float max = s[0];
-  for (int64_t i = 1; i < n; ++i) max = std::max(max, s[i]);
-  float sum = 0.0f;
-  for (int64_t i = 0; i < n; ++i) {
-    s[i] = std::exp(s[i] - max);
-    sum += s[i];
-  }
-  const float inv = 1.0f / sum;
-  for (int64_t i = 0; i < n; ++i) s[i] *= inv;
 }
 
 // The three I32 tensors of an AttentionBatch, checked against T tokens and the cache.
@@ -103,7 +91,7 @@ void CpuBackend::vit_attention(const Tensor& qkv, int batch, int tokens, int hea
   float* out = y.ptr<float>();
   // One (image, head) per task: scores = q k^T, softmax, then p v through the GEMM.
   pool_.parallel_for_dynamic(static_cast<int64_t>(batch) * heads, 1, [&](int64_t i0, int64_t i1) {
-    float* scores = scratch(static_cast<size_t>(T * T + D * T));
+    float* scores = scratch<float>(static_cast<size_t>(T * T + D * T));
     float* v_transposed = scores + T * T;
     for (int64_t item = i0; item < i1; ++item) {
       const int64_t b = item / heads, h = item % heads;
@@ -111,11 +99,7 @@ void CpuBackend::vit_attention(const Tensor& qkv, int batch, int tokens, int hea
       const float* k = q + HD;
       const float* v = q + 2 * HD;
       matmul(kernels_, nullptr, T, q, 3 * HD, WeightView{DType::F32, k, T, D, 3 * HD}, nullptr, scores, T);
-      for (int64_t i = 0; i < T; ++i) {
-        float* row = scores + i * T;
-        for (int64_t j = 0; j < T; ++j) row[j] *= scale;
-        softmax_in_place(row, T);
-      }
+      for (int64_t i = 0; i < T; ++i) kernels_.softmax(scores + i * T, T, scale);
       for (int64_t j = 0; j < T; ++j)
         for (int64_t d = 0; d < D; ++d) v_transposed[d * T + j] = v[j * 3 * HD + d];
       matmul(kernels_, nullptr, T, scores, T, WeightView{DType::F32, v_transposed, D, T, T}, nullptr,
@@ -147,7 +131,7 @@ void CpuBackend::rope(Tensor& q, Tensor& k, const Tensor& positions, int head_di
   float* ks = k.ptr<float>();
   const int64_t q_heads = q.cols() / D, k_heads = k.cols() / D;
   pool_.parallel_for(T, [&](int64_t t0, int64_t t1) {
-    float* cs = scratch(static_cast<size_t>(D));
+    float* cs = scratch<float>(static_cast<size_t>(D));
     float* sn = cs + half;
     for (int64_t t = t0; t < t1; ++t) {
       const float p = static_cast<float>(pos[t]);
@@ -217,19 +201,13 @@ void CpuBackend::paged_attention(const Tensor& q, KvCache& cache, int layer, con
     for (int64_t item = i0; item < i1; ++item) {
       const int64_t t = item / q_heads, h = item % q_heads, kv = h / group;
       const int64_t context = bv.pos[t] + 1;
-      const float* qh = q.ptr<float>() + item * D;
-      float* scores = scratch(static_cast<size_t>(context));
-      for (int64_t p = 0; p < context; ++p) {
-        const int64_t slot = static_cast<int64_t>(bv.block(t, p / bs)) * bs + p % bs;
-        scores[p] = kernels_.dot(qh, keys + (slot * kv_heads + kv) * D, D) * scale;
-      }
-      softmax_in_place(scores, context);
-      float* yh = y.ptr<float>() + item * D;
-      std::fill(yh, yh + D, 0.0f);
-      for (int64_t p = 0; p < context; ++p) {
-        const int64_t slot = static_cast<int64_t>(bv.block(t, p / bs)) * bs + p % bs;
-        kernels_.axpy(scores[p], values + (slot * kv_heads + kv) * D, yh, D);
-      }
+      // Where each position's row starts, for this token's sequence (kv head added below).
+      float* scores = scratch<float>(static_cast<size_t>(context));
+      int64_t* rows = scratch<int64_t>(static_cast<size_t>(context));
+      for (int64_t p = 0; p < context; ++p)
+        rows[p] = (static_cast<int64_t>(bv.block(t, p / bs)) * bs + p % bs) * kv_heads * D;
+      kernels_.attend(q.ptr<float>() + item * D, keys + kv * D, values + kv * D, rows, context, D, scale, scores,
+                      y.ptr<float>() + item * D);
     }
   });
 }

@@ -77,11 +77,7 @@ void CpuBackend::rms_norm(const Tensor& x, const Tensor& w, float eps, Tensor& y
 void CpuBackend::gelu_erf(Tensor& x) {
   check_f32(x, "gelu_erf", "x");
   float* xs = x.ptr<float>();
-  // 0.5 x (1 + erf(x / sqrt 2)) written as 0.5 x erfc(-x / sqrt 2): the same function
-  // without the cancellation of 1 + erf for negative x, where f32 would round it to 0.
-  parallel_elements(pool_, x.numel(), [&](int64_t i0, int64_t i1) {
-    for (int64_t i = i0; i < i1; ++i) xs[i] = 0.5f * xs[i] * std::erfc(xs[i] * -0.70710678118654752f);
-  });
+  parallel_elements(pool_, x.numel(), [&](int64_t i0, int64_t i1) { kernels_.gelu_erf(xs + i0, i1 - i0); });
 }
 
 void CpuBackend::swiglu(const Tensor& gate, const Tensor& up, Tensor& y) {
@@ -92,9 +88,7 @@ void CpuBackend::swiglu(const Tensor& gate, const Tensor& up, Tensor& y) {
   check_same_matrix(gate, y, "swiglu", "gate", "y");
   const float *g = gate.ptr<float>(), *u = up.ptr<float>();
   float* ys = y.ptr<float>();
-  parallel_elements(pool_, y.numel(), [&](int64_t i0, int64_t i1) {
-    for (int64_t i = i0; i < i1; ++i) ys[i] = g[i] / (1.0f + std::exp(-g[i])) * u[i];
-  });
+  parallel_elements(pool_, y.numel(), [&](int64_t i0, int64_t i1) { kernels_.silu_mul(g + i0, u + i0, ys + i0, i1 - i0); });
 }
 
 void CpuBackend::add(Tensor& x, const Tensor& y) {

@@ -1,0 +1,221 @@
+// CPU backend benchmarks with their roofline: the read bandwidth and the AVX-512 FMA peak of
+// this machine are measured here too, so every GB/s or FLOP/s can be read as a share.
+//
+//   cpu_ops_bench --benchmark_counters_tabular=true
+//
+// Weights are larger than the last-level cache (a 14336 x 4096 bf16 matrix is 117 MB), so a
+// GEMV streams them from memory every iteration, as a decode step does.
+#include <benchmark/benchmark.h>
+
+#include <cstdlib>
+#include <memory>
+#include <random>
+#include <vector>
+
+#if defined(__x86_64__)
+#include <immintrin.h>
+#endif
+
+#include "backend/cpu/cpu_backend_impl.hpp"
+#include "core/bf16.hpp"
+
+namespace moxin {
+namespace {
+
+std::unique_ptr<cpu::CpuBackend> make_backend(int threads) {
+  return std::make_unique<cpu::CpuBackend>(threads, cpu::best_kernels());
+}
+
+// Random bf16 weights [rows, cols] and the TensorInfo a loader would hand out.
+struct Weights {
+  std::vector<uint16_t> data;
+  TensorInfo info;
+  Weights(int64_t rows, int64_t cols) : data(static_cast<size_t>(rows * cols)) {
+    std::mt19937 rng(7);
+    std::uniform_real_distribution<float> d(-1.0f, 1.0f);
+    for (uint16_t& v : data) v = f32_to_bf16(d(rng));
+    info.name = "bench.weight";
+    info.dtype = DType::BF16;
+    info.shape = {rows, cols};
+    info.data = reinterpret_cast<const uint8_t*>(data.data());
+    info.nbytes = data.size() * 2;
+  }
+};
+
+Tensor random_activations(Backend& b, int64_t rows, int64_t cols) {
+  std::mt19937 rng(11);
+  std::uniform_real_distribution<float> d(-1.0f, 1.0f);
+  std::vector<float> v(static_cast<size_t>(rows * cols));
+  for (float& x : v) x = d(rng);
+  return b.from_host_f32(v.data(), {rows, cols});
+}
+
+// --- ceilings ---
+
+// Every thread streams its share of a 1 GB buffer (the same access pattern as a GEMV).
+void BM_ReadBandwidth(benchmark::State& state) {
+  const int threads = static_cast<int>(state.range(0));
+  ThreadPool pool(threads);
+  const int64_t n = (int64_t{1} << 30) / 8;
+  std::vector<uint64_t> buffer(static_cast<size_t>(n));
+  pool.parallel_for(n, [&](int64_t b, int64_t e) {
+    for (int64_t i = b; i < e; ++i) buffer[static_cast<size_t>(i)] = static_cast<uint64_t>(i) * 0x9E3779B97F4A7C15ull;
+  });
+  for (auto _ : state) {
+    std::vector<uint64_t> sums(static_cast<size_t>(threads) * 8);
+    pool.parallel_for(n, [&](int64_t b, int64_t e) {
+      uint64_t acc[8] = {};
+      for (int64_t i = b; i + 8 <= e; i += 8)
+        for (int j = 0; j < 8; ++j) acc[j] += buffer[static_cast<size_t>(i + j)];
+      uint64_t s = 0;
+      for (uint64_t a : acc) s += a;
+      benchmark::DoNotOptimize(s);
+    });
+  }
+  state.SetBytesProcessed(state.iterations() * n * 8);
+}
+BENCHMARK(BM_ReadBandwidth)->Arg(1)->Arg(2)->UseRealTime()->Unit(benchmark::kMillisecond);
+
+#if defined(__x86_64__)
+// 12 independent FMA chains per thread (enough to cover the FMA latency), 32 FLOP each.
+__attribute__((target("avx512f,fma"))) float fma_chains(int64_t iterations) {
+  const __m512 m = _mm512_set1_ps(0.999999f), a = _mm512_set1_ps(1e-6f);
+  __m512 c0 = _mm512_set1_ps(1), c1 = c0, c2 = c0, c3 = c0, c4 = c0, c5 = c0, c6 = c0, c7 = c0, c8 = c0, c9 = c0,
+         c10 = c0, c11 = c0;
+  for (int64_t i = 0; i < iterations; ++i) {
+    c0 = _mm512_fmadd_ps(c0, m, a), c1 = _mm512_fmadd_ps(c1, m, a), c2 = _mm512_fmadd_ps(c2, m, a);
+    c3 = _mm512_fmadd_ps(c3, m, a), c4 = _mm512_fmadd_ps(c4, m, a), c5 = _mm512_fmadd_ps(c5, m, a);
+    c6 = _mm512_fmadd_ps(c6, m, a), c7 = _mm512_fmadd_ps(c7, m, a), c8 = _mm512_fmadd_ps(c8, m, a);
+    c9 = _mm512_fmadd_ps(c9, m, a), c10 = _mm512_fmadd_ps(c10, m, a), c11 = _mm512_fmadd_ps(c11, m, a);
+  }
+  const __m512 s = _mm512_add_ps(_mm512_add_ps(_mm512_add_ps(c0, c1), _mm512_add_ps(c2, c3)),
+                                 _mm512_add_ps(_mm512_add_ps(_mm512_add_ps(c4, c5), _mm512_add_ps(c6, c7)),
+                                               _mm512_add_ps(_mm512_add_ps(c8, c9), _mm512_add_ps(c10, c11))));
+  return _mm512_cvtss_f32(s);
+}
+
+void BM_FmaPeak(benchmark::State& state) {
+  if (!__builtin_cpu_supports("avx512f")) {
+    state.SkipWithError("no AVX-512");
+    return;
+  }
+  const int threads = static_cast<int>(state.range(0));
+  ThreadPool pool(threads);
+  constexpr int64_t kIterations = 10'000'000;
+  for (auto _ : state)
+    pool.parallel_for(threads, [&](int64_t, int64_t) { benchmark::DoNotOptimize(fma_chains(kIterations)); });
+  state.counters["FLOP/s"] = benchmark::Counter(static_cast<double>(threads) * kIterations * 12 * 32,
+                                                benchmark::Counter::kIsIterationInvariantRate);
+}
+BENCHMARK(BM_FmaPeak)->Arg(1)->Arg(2)->UseRealTime()->Unit(benchmark::kMillisecond);
+#endif
+
+// --- linear ---
+
+// args: out features, in features, rows M, threads
+void BM_Linear(benchmark::State& state) {
+  const int64_t N = state.range(0), K = state.range(1), M = state.range(2);
+  auto backend = make_backend(static_cast<int>(state.range(3)));
+  Weights w(N, K);
+  LinearWeight lw;
+  lw.weight = &w.info;
+  lw.out_features = N;
+  lw.in_features = K;
+  const Linear linear = backend->prepare_linear(lw);
+  Tensor x = random_activations(*backend, M, K);
+  Tensor y = backend->empty_act({M, N});
+  for (auto _ : state) {
+    backend->linear(x, linear, y);
+    benchmark::DoNotOptimize(y.data);
+    benchmark::ClobberMemory();
+  }
+  state.SetBytesProcessed(state.iterations() * N * K * 2);  // weight bytes streamed
+  state.counters["FLOP/s"] = benchmark::Counter(2.0 * static_cast<double>(M * N * K),
+                                                benchmark::Counter::kIsIterationInvariantRate);
+}
+// Decode: the MLP's up/gate and down projections, one row, 1 and 2 threads.
+BENCHMARK(BM_Linear)
+    ->ArgNames({"N", "K", "M", "threads"})
+    ->Args({14336, 4096, 1, 1})
+    ->Args({14336, 4096, 1, 2})
+    ->Args({4096, 14336, 1, 1})
+    ->Args({4096, 14336, 1, 2})
+    ->Args({14336, 4096, 4, 2})
+    ->UseRealTime()
+    ->Unit(benchmark::kMillisecond);
+// Prefill / vision: compute-bound GEMMs.
+BENCHMARK(BM_Linear)
+    ->ArgNames({"N", "K", "M", "threads"})
+    ->Args({4096, 4096, 256, 1})
+    ->Args({4096, 4096, 256, 2})
+    ->Args({4096, 4096, 1024, 2})
+    ->Args({14336, 4096, 256, 2})
+    ->UseRealTime()
+    ->Unit(benchmark::kMillisecond);
+
+// --- attention ---
+
+// One decode token per sequence attending to `context` cached positions: Moxin's 32 query
+// heads over 8 kv heads of 128. args: context, threads.
+void BM_PagedAttentionDecode(benchmark::State& state) {
+  const int64_t context = state.range(0);
+  auto backend = make_backend(static_cast<int>(state.range(1)));
+  KvCacheConfig cfg;
+  cfg.layers = 1;
+  cfg.kv_heads = 8;
+  cfg.head_dim = 128;
+  cfg.block_size = 16;
+  cfg.num_blocks = static_cast<int>((context + 15) / 16);
+  auto cache = backend->create_kv_cache(cfg);
+  // Fill the whole context through kv_write, blocks in reverse order (non-contiguous).
+  std::vector<int32_t> table(static_cast<size_t>(cfg.num_blocks)), seq(static_cast<size_t>(context), 0),
+      pos(static_cast<size_t>(context));
+  for (int i = 0; i < cfg.num_blocks; ++i) table[static_cast<size_t>(i)] = cfg.num_blocks - 1 - i;
+  for (int64_t p = 0; p < context; ++p) pos[static_cast<size_t>(p)] = static_cast<int32_t>(p);
+  AttentionBatch all;
+  all.token_seq = backend->from_host_i32(seq.data(), {context});
+  all.token_pos = backend->from_host_i32(pos.data(), {context});
+  all.block_tables = backend->from_host_i32(table.data(), {1, cfg.num_blocks});
+  all.max_context = static_cast<int>(context);
+  Tensor kv = random_activations(*backend, context, 8 * 128);
+  backend->kv_write(*cache, 0, kv, kv, all);
+  AttentionBatch last;
+  const int32_t last_pos = static_cast<int32_t>(context - 1);
+  last.token_seq = backend->from_host_i32(seq.data(), {1});
+  last.token_pos = backend->from_host_i32(&last_pos, {1});
+  last.block_tables = all.block_tables;
+  last.max_context = static_cast<int>(context);
+  Tensor q = random_activations(*backend, 1, 32 * 128);
+  Tensor y = backend->empty_act({1, 32 * 128});
+  for (auto _ : state) {
+    backend->paged_attention(q, *cache, 0, last, 32, y);
+    benchmark::DoNotOptimize(y.data);
+  }
+  state.SetBytesProcessed(state.iterations() * context * 8 * 128 * 4 * 2);  // K and V, f32
+}
+BENCHMARK(BM_PagedAttentionDecode)
+    ->ArgNames({"context", "threads"})
+    ->Args({1024, 1})
+    ->Args({1024, 2})
+    ->UseRealTime()
+    ->Unit(benchmark::kMicrosecond);
+
+// --- activations ---
+
+// GELU over the DINOv2 MLP activations of one image: 261 tokens x 4096. args: threads.
+void BM_GeluErf(benchmark::State& state) {
+  auto backend = make_backend(static_cast<int>(state.range(0)));
+  Tensor x = random_activations(*backend, 261, 4096);
+  Tensor work = backend->empty_act({261, 4096});
+  for (auto _ : state) {
+    backend->copy_rows(x, work, 0);
+    backend->gelu_erf(work);
+  }
+  state.SetItemsProcessed(state.iterations() * x.numel());
+}
+BENCHMARK(BM_GeluErf)->Arg(1)->Arg(2)->UseRealTime()->Unit(benchmark::kMicrosecond);
+
+}  // namespace
+}  // namespace moxin
+
+BENCHMARK_MAIN();
