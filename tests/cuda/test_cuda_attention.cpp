@@ -226,6 +226,8 @@ TEST_F(PagedAttention, TinyHeadDimsAndGroups) {
   run(4, 4, 16, lengths, standard_batches(lengths));   // no GQA
   run(8, 1, 18, lengths, standard_batches(lengths));   // group of 8, head_dim not a multiple of 16
   run(6, 2, 72, lengths, standard_batches(lengths));   // group of 3
+  run(4, 2, 64, lengths, standard_batches(lengths));   // staged split-K path, 2 dims per lane
+  run(2, 1, 32, lengths, standard_batches(lengths));   // staged split-K path, 1 dim per lane
 }
 
 TEST_F(PagedAttention, LongContextDecode) {

@@ -102,6 +102,7 @@ CudaBackend::CudaBackend(int device_ordinal)
   name_ = cat("cuda:", device_ordinal, " (", props.name, ")");
   configure_vit_attention();
   configure_paged_attention();
+  configure_paged_attention_split();
   gemm_ = std::make_unique<LtGemm>(kGemmWorkspaceBytes);
   uploader_ = std::make_unique<WeightUploader>(kStagingBytes);
   scratch_elems_ = kScratchElems;
@@ -489,7 +490,8 @@ int CudaBackend::attention_splits(int tokens, int q_heads, int kv_heads, int hea
                                (int64_t{tokens} * kv_heads);
   const int64_t by_context = (std::max(max_context, 1) + kMinPositionsPerSplit - 1) / kMinPositionsPerSplit;
   if (int64_t{tokens} * kv_heads > kAttentionCounters) return 1;
-  return static_cast<int>(std::max<int64_t>(1, std::min({by_workspace, by_occupancy, by_context})));
+  const int64_t most = paged_attention_max_splits();
+  return static_cast<int>(std::max<int64_t>(1, std::min({by_workspace, by_occupancy, by_context, most})));
 }
 
 void CudaBackend::paged_attention(const Tensor& q, KvCache& cache, int layer, const AttentionBatch& batch,

@@ -100,5 +100,7 @@ void paged_attention_tiled(const float* q, const PagedLayer& cache, const TokenI
 // creation, so that no attribute call happens inside a graph capture.
 void configure_vit_attention();
 void configure_paged_attention();
+void configure_paged_attention_split();
+int paged_attention_max_splits();
 
 }  // namespace moxin::cuda

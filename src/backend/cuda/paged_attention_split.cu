@@ -2,15 +2,18 @@
 // A block takes one token, one kv head and one slice of the token's context, and serves all
 // query heads of that kv head's GQA group, so each K/V row is read once per token.
 //
-// Warps take 32-position tiles of the slice, one position per lane: the lane fetches its K row
-// into registers and its V row into shared memory (cp.async) in the same round trip, computes
-// the scores of all heads of the group (q in shared memory, read as broadcasts), the warp
+// Warps take 32-position tiles of the slice: the warp stages the tile's K and V rows in shared
+// memory with coalesced cp.async (block ids fetched a tile ahead), then each lane computes the
+// scores of its position for all heads of the group (q in shared memory, read as broadcasts), the warp
 // updates the online softmax once per tile, then accumulates P V from shared memory with lanes
 // over dims. Warps merge their states in shared memory; with several splits each block leaves
 // a partial result and the last block of a (token, kv head) to finish merges them (an atomic
-// counter that the merging block resets, so graph replays need no memset).
+// counter that the merging block resets, so graph replays need no memset), the splits' weights
+// computed once per head and the weighted sums issued as independent loads.
 // Positions beyond a token's own context are not read, so a graph captured with a large
 // max_context serves any shorter one.
+#include <algorithm>
+
 #include "backend/cuda/cuda_check.hpp"
 #include "backend/cuda/kernels.hpp"
 #include "backend/cuda/launch.cuh"
@@ -21,6 +24,14 @@ namespace {
 constexpr int kSplitWarps = 4;
 constexpr int kMaxGroup = 8;  // query heads per kv head
 constexpr int kTile = 32;     // positions per warp step: one per lane
+constexpr int kMaxSplits = 64;
+
+// K and V tiles of every warp (padded rows), at least the warps' merge states.
+size_t split_smem_bytes(int head_dim) {
+  const int d = head_dim % 32 == 0 ? head_dim : kMaxHeadDim;
+  const size_t tiles = size_t{2} * kSplitWarps * kTile * (d + 8) * 2;
+  return std::max(tiles, size_t{kSplitWarps} * kMaxGroup * kMaxHeadDim * sizeof(float));
+}
 
 __device__ __forceinline__ float warp_sum(float v) {
 #pragma unroll
@@ -55,46 +66,39 @@ __device__ __forceinline__ int token_context(const TokenIndex& index, int capaci
   return (seq >= 0 && seq < index.num_seqs && pos >= 0 && pos < capacity) ? pos + 1 : 0;
 }
 
-// Merges `parts` (max, sum, unnormalized output) states; NaN when no part saw a key.
-struct Merge {
-  float mx = -INFINITY, sum = 0.0f, out = 0.0f;
-  __device__ void add(float m, float l, float o) {  // call once per part after the max is known
-    if (mx == -INFINITY) return;
-    const float f = expf(m - mx);
-    sum += l * f;
-    out += o * f;
-  }
-  __device__ float result() const { return sum > 0.0f ? out / sum : __int_as_float(0x7fc00000); }
-};
-
-// kDpl = head_dim / 32 when that is 1..4 (compile-time head_dim; 16-byte K loads, V rows staged
-// in shared memory, lane owns kDpl consecutive output dims); kDpl = 0 serves any head_dim <=
-// 128 (2-byte loads straight from memory, lane owns dims lane + 32 j).
+// kDpl = head_dim / 32 when that is 1..4: compile-time head_dim, K and V tiles staged in
+// shared memory by coalesced cp.async (16 lanes per 256-byte row), lane owns kDpl consecutive
+// output dims. kDpl = 0 serves any head_dim <= 128 with 2-byte loads straight from memory
+// (lane owns dims lane + 32 j): tiny test models only.
 template <int kDpl>
 __global__ void __launch_bounds__(kSplitWarps * 32)
     paged_split_kernel(const float* __restrict__ q, PagedLayer cache, TokenIndex index, int q_heads,
                        int chunk, int splits, float scale, float* __restrict__ partial,
                        int* __restrict__ counters, float* __restrict__ y) {
   constexpr int kAcc = kDpl > 0 ? kDpl : kMaxHeadDim / 32;
-  // The V tiles during the walk, the warps' output states after it.
-  constexpr int kStagingBytes = kSplitWarps * kTile * kMaxHeadDim * 2;
-  static_assert(kStagingBytes >= kSplitWarps * kMaxGroup * kMaxHeadDim * 4, "merge area");
-  __shared__ __align__(16) unsigned char staging[kStagingBytes];
+  constexpr int kD = kDpl > 0 ? 32 * kDpl : kMaxHeadDim;
+  constexpr int kRow = kD + 8;     // staged row stride (bf16): 16-byte rows land in distinct banks
+  constexpr int kChunks = kD / 8;  // 16-byte chunks per row
+  // Dynamic: the K and V tiles of every warp during the walk, the warps' states after it.
+  extern __shared__ __align__(16) unsigned char staging[];
   __shared__ __align__(16) float sm_q[kMaxGroup][kMaxHeadDim];
   __shared__ float sm_m[kSplitWarps][kMaxGroup];
   __shared__ float sm_l[kSplitWarps][kMaxGroup];
+  __shared__ long long sm_offset[kSplitWarps][kTile];
+  __shared__ float sm_weight[kMaxGroup][kMaxSplits];
   __shared__ bool merge_here;
-  auto* sm_v = reinterpret_cast<uint16_t(*)[kTile][kMaxHeadDim]>(staging);
   auto* sm_acc = reinterpret_cast<float(*)[kMaxGroup][kMaxHeadDim]>(staging);
 
   wait_for_prior_kernels();
   const int split = blockIdx.x;
   const int kv_head = blockIdx.y;
   const int token = blockIdx.z;
-  const int head_dim = kDpl > 0 ? 32 * kDpl : cache.head_dim;
+  const int head_dim = kDpl > 0 ? kD : cache.head_dim;
   const int group = q_heads / cache.kv_heads;
   const int warp = threadIdx.x / 32;
   const int lane = threadIdx.x % 32;
+  auto* k_tile = reinterpret_cast<uint16_t*>(staging) + warp * kTile * kRow;
+  auto* v_tile = reinterpret_cast<uint16_t*>(staging) + (kSplitWarps + warp) * kTile * kRow;
   const int context = token_context(index, index.max_blocks * cache.block_size, token);
   const int begin = split * chunk;
   // The last split runs to the token's own end, so an understated max_context is still right.
@@ -117,10 +121,14 @@ __global__ void __launch_bounds__(kSplitWarps * 32)
   }
 
   const size_t row_stride = static_cast<size_t>(cache.kv_heads) * head_dim;
-  for (int tile0 = begin + warp * kTile; tile0 < end; tile0 += kSplitWarps * kTile) {
+  constexpr int kStep = kSplitWarps * kTile;
+  // Block ids one tile ahead, so that a tile waits for one memory round trip (its K/V).
+  int next_block = begin + warp * kTile + lane < end ? table[(begin + warp * kTile + lane) / cache.block_size] : -1;
+  for (int tile0 = begin + warp * kTile; tile0 < end; tile0 += kStep) {
     const int p = tile0 + lane;
-    const int block = p < end ? table[p / cache.block_size] : -1;
-    const bool ok = block >= 0 && block < cache.num_blocks;
+    const int block = next_block;
+    next_block = p + kStep < end ? table[(p + kStep) / cache.block_size] : -1;
+    const bool ok = p < end && block >= 0 && block < cache.num_blocks;
     const long long offset =
         ok ? static_cast<long long>((static_cast<size_t>(block) * cache.block_size + p % cache.block_size) * row_stride +
                                     static_cast<size_t>(kv_head) * head_dim)
@@ -129,25 +137,33 @@ __global__ void __launch_bounds__(kSplitWarps * 32)
 #pragma unroll
     for (int g = 0; g < kMaxGroup; ++g) s[g] = 0.0f;
     if constexpr (kDpl > 0) {
-      constexpr int kVecs = 32 * kDpl / 8;
-      uint16_t* v_row = sm_v[warp][lane];
-      if (ok) {
-        const uint4* v_src = reinterpret_cast<const uint4*>(cache.v + offset);
+      sm_offset[warp][lane] = offset;
+      __syncwarp();
 #pragma unroll
-        for (int i = 0; i < kVecs; ++i) copy16_async(v_row + 8 * i, v_src + i);
-      } else {
-#pragma unroll
-        for (int i = 0; i < kVecs; ++i) reinterpret_cast<uint4*>(v_row)[i] = make_uint4(0, 0, 0, 0);
+      for (int i = 0; i < kChunks; ++i) {
+        const int c = lane + 32 * i;
+        const int row = c / kChunks;
+        const int col = (c % kChunks) * 8;
+        const long long off = sm_offset[warp][row];
+        uint16_t* kd = k_tile + row * kRow + col;
+        uint16_t* vd = v_tile + row * kRow + col;
+        if (off >= 0) {
+          copy16_async(kd, cache.k + off + col);
+          copy16_async(vd, cache.v + off + col);
+        } else {
+          *reinterpret_cast<uint4*>(kd) = make_uint4(0, 0, 0, 0);
+          *reinterpret_cast<uint4*>(vd) = make_uint4(0, 0, 0, 0);
+        }
       }
       copies_issued();
+      copies_landed();
+      __syncwarp();
       if (ok) {
-        const uint4* krow = reinterpret_cast<const uint4*>(cache.k + offset);
-        uint4 kv[kVecs];
+        const uint4* krow = reinterpret_cast<const uint4*>(k_tile + lane * kRow);
 #pragma unroll
-        for (int i = 0; i < kVecs; ++i) kv[i] = __ldg(krow + i);
-#pragma unroll
-        for (int i = 0; i < kVecs; ++i) {
-          const uint32_t w[4] = {kv[i].x, kv[i].y, kv[i].z, kv[i].w};
+        for (int i = 0; i < kChunks; ++i) {
+          const uint4 kv = krow[i];
+          const uint32_t w[4] = {kv.x, kv.y, kv.z, kv.w};
 #pragma unroll
           for (int g = 0; g < kMaxGroup; ++g) {
             if (g >= group) break;
@@ -191,12 +207,10 @@ __global__ void __launch_bounds__(kSplitWarps * 32)
     }
 
     const int count = min(kTile, end - tile0);
-    if constexpr (kDpl > 0) {
-      copies_landed();
-      __syncwarp();
-      for (int j = 0; j < count; ++j) {
-        float v[kAcc];
-        const uint16_t* vr = sm_v[warp][j] + lane * kDpl;
+    for (int j = 0; j < count; ++j) {
+      float v[kAcc];
+      if constexpr (kDpl > 0) {
+        const uint16_t* vr = v_tile + j * kRow + lane * kDpl;
         if constexpr (kDpl == 4) {
           const uint2 raw = *reinterpret_cast<const uint2*>(vr);
           v[0] = bf16_low(raw.x);
@@ -207,36 +221,26 @@ __global__ void __launch_bounds__(kSplitWarps * 32)
 #pragma unroll
           for (int a = 0; a < kAcc; ++a) v[a] = __uint_as_float(static_cast<uint32_t>(vr[a]) << 16);
         }
-#pragma unroll
-        for (int g = 0; g < kMaxGroup; ++g) {
-          if (g >= group) break;
-          const float pj = __shfl_sync(0xffffffffu, s[g], j);
-#pragma unroll
-          for (int a = 0; a < kAcc; ++a) acc[g][a] = fmaf(pj, v[a], acc[g][a]);
-        }
-      }
-      __syncwarp();  // the tile's V rows are read before the next tile's copies land
-    } else {
-      for (int j = 0; j < count; ++j) {
+      } else {
         const long long off = __shfl_sync(0xffffffffu, offset, j);
-        float v[kAcc];
 #pragma unroll
         for (int a = 0; a < kAcc; ++a) {
           const int d = lane + 32 * a;
           v[a] = (off >= 0 && d < head_dim) ? bf16_at(cache.v, off + d) : 0.0f;
         }
+      }
 #pragma unroll
-        for (int g = 0; g < kMaxGroup; ++g) {
-          if (g >= group) break;
-          const float pj = __shfl_sync(0xffffffffu, s[g], j);
+      for (int g = 0; g < kMaxGroup; ++g) {
+        if (g >= group) break;
+        const float pj = __shfl_sync(0xffffffffu, s[g], j);
 #pragma unroll
-          for (int a = 0; a < kAcc; ++a) acc[g][a] = fmaf(pj, v[a], acc[g][a]);
-        }
+        for (int a = 0; a < kAcc; ++a) acc[g][a] = fmaf(pj, v[a], acc[g][a]);
       }
     }
+    __syncwarp();  // the tile's staged rows are read before the next tile's copies land
   }
 
-  __syncthreads();  // every warp is done with its V staging: reuse it for the merge
+  __syncthreads();  // every warp is done with its staging: reuse it for the merge
 #pragma unroll
   for (int g = 0; g < kMaxGroup; ++g) {
     if (g >= group) break;
@@ -256,17 +260,24 @@ __global__ void __launch_bounds__(kSplitWarps * 32)
   for (int e = threadIdx.x; e < group * head_dim; e += kSplitWarps * 32) {
     const int g = e / head_dim;
     const int d = e % head_dim;
-    Merge merge;
-    for (int w = 0; w < kSplitWarps; ++w) merge.mx = fmaxf(merge.mx, sm_m[w][g]);
-    for (int w = 0; w < kSplitWarps; ++w) merge.add(sm_m[w][g], sm_l[w][g], sm_acc[w][g][d]);
+    float mx = -INFINITY;
+    for (int w = 0; w < kSplitWarps; ++w) mx = fmaxf(mx, sm_m[w][g]);
+    float sum = 0.0f, out = 0.0f;
+    if (mx != -INFINITY) {
+      for (int w = 0; w < kSplitWarps; ++w) {
+        const float f = expf(sm_m[w][g] - mx);
+        sum += sm_l[w][g] * f;
+        out += sm_acc[w][g][d] * f;
+      }
+    }
     if (splits == 1) {
-      y[(first_head + g) * head_dim + d] = merge.result();
+      y[(first_head + g) * head_dim + d] = sum > 0.0f ? out / sum : __int_as_float(0x7fc00000);
     } else {
       float* part = partial + ((first_head + g) * splits + split) * (head_dim + 2);
-      part[d] = merge.out;
+      part[d] = out;
       if (d == 0) {
-        part[head_dim] = merge.mx;
-        part[head_dim + 1] = merge.sum;
+        part[head_dim] = mx;
+        part[head_dim + 1] = sum;
       }
     }
   }
@@ -283,17 +294,41 @@ __global__ void __launch_bounds__(kSplitWarps * 32)
   __syncthreads();
   if (!merge_here) return;
   __threadfence();
+  // Weights of the splits per head (warp per head, lanes over splits), then the weighted sum
+  // with every split's load independent (no serial chain of L2 round trips).
+  for (int g = warp; g < group; g += kSplitWarps) {
+    const float* parts = partial + (first_head + g) * splits * (head_dim + 2);
+    float mv[kMaxSplits / 32], lv[kMaxSplits / 32];
+    float mx = -INFINITY;
+#pragma unroll
+    for (int r = 0; r < kMaxSplits / 32; ++r) {
+      const int sp = lane + 32 * r;
+      mv[r] = sp < splits ? __ldcg(parts + sp * (head_dim + 2) + head_dim) : -INFINITY;
+      lv[r] = sp < splits ? __ldcg(parts + sp * (head_dim + 2) + head_dim + 1) : 0.0f;
+      mx = fmaxf(mx, mv[r]);
+    }
+    mx = warp_max(mx);
+    float f[kMaxSplits / 32], sum = 0.0f;
+#pragma unroll
+    for (int r = 0; r < kMaxSplits / 32; ++r) {
+      f[r] = mx == -INFINITY ? 0.0f : expf(mv[r] - mx);
+      sum += lv[r] * f[r];
+    }
+    sum = warp_sum(sum);
+    const float inv = sum > 0.0f ? 1.0f / sum : __int_as_float(0x7fc00000);
+#pragma unroll
+    for (int r = 0; r < kMaxSplits / 32; ++r)
+      if (lane + 32 * r < splits) sm_weight[g][lane + 32 * r] = f[r] * inv;
+  }
+  __syncthreads();
   for (int e = threadIdx.x; e < group * head_dim; e += kSplitWarps * 32) {
     const int g = e / head_dim;
     const int d = e % head_dim;
-    const float* parts = partial + (first_head + g) * splits * (head_dim + 2);
-    Merge merge;
-    for (int sp = 0; sp < splits; ++sp) merge.mx = fmaxf(merge.mx, __ldcg(parts + sp * (head_dim + 2) + head_dim));
-    for (int sp = 0; sp < splits; ++sp) {
-      const float* part = parts + sp * (head_dim + 2);
-      merge.add(__ldcg(part + head_dim), __ldcg(part + head_dim + 1), __ldcg(part + d));
-    }
-    y[(first_head + g) * head_dim + d] = merge.result();
+    const float* parts = partial + (first_head + g) * splits * (head_dim + 2) + d;
+    float out = 0.0f;
+#pragma unroll 8
+    for (int sp = 0; sp < splits; ++sp) out = fmaf(sm_weight[g][sp], __ldcg(parts + sp * (head_dim + 2)), out);
+    y[(first_head + g) * head_dim + d] = out;
   }
 }
 
@@ -307,8 +342,10 @@ void paged_attention_split(const float* q, const PagedLayer& cache, const TokenI
   const float scale = 1.0f / sqrtf(static_cast<float>(cache.head_dim));
   const dim3 grid(splits, cache.kv_heads, index.tokens);
   const int dims_per_lane = cache.head_dim % 32 == 0 ? cache.head_dim / 32 : 0;
+  MOXIN_CHECK(splits >= 1 && splits <= kMaxSplits, "[cuda] paged_attention: ", splits, " splits (1..", kMaxSplits, ")");
+  const size_t smem = split_smem_bytes(cache.head_dim);
   auto run = [&](auto kernel) {
-    launch_kernel("paged_split_kernel", kernel, grid, kSplitWarps * 32, 0, stream, q, cache, index,
+    launch_kernel("paged_split_kernel", kernel, grid, kSplitWarps * 32, smem, stream, q, cache, index,
                   q_heads, chunk, splits, scale, partial, counters, y);
   };
   switch (dims_per_lane) {
@@ -318,6 +355,17 @@ void paged_attention_split(const float* q, const PagedLayer& cache, const TokenI
     case 4: run(paged_split_kernel<4>); break;
     default: run(paged_split_kernel<0>); break;
   }
+}
+
+int paged_attention_max_splits() { return kMaxSplits; }
+
+void configure_paged_attention_split() {
+  const int bytes = static_cast<int>(split_smem_bytes(kMaxHeadDim));
+  MOXIN_CUDA_CHECK(cudaFuncSetAttribute(paged_split_kernel<1>, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes));
+  MOXIN_CUDA_CHECK(cudaFuncSetAttribute(paged_split_kernel<2>, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes));
+  MOXIN_CUDA_CHECK(cudaFuncSetAttribute(paged_split_kernel<3>, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes));
+  MOXIN_CUDA_CHECK(cudaFuncSetAttribute(paged_split_kernel<4>, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes));
+  MOXIN_CUDA_CHECK(cudaFuncSetAttribute(paged_split_kernel<0>, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes));
 }
 
 }  // namespace moxin::cuda
