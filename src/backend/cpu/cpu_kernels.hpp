@@ -58,6 +58,10 @@ struct Kernels {
 
   // y = silu(gate) * up = gate / (1 + exp(-gate)) * up; y may alias gate or up.
   void (*silu_mul)(const float* gate, const float* up, float* y, int64_t n);
+
+  // Reads `bytes` (a multiple of 64) as fast as this ISA allows and returns a checksum: the
+  // read-bandwidth ceiling that benchmarks compare the GEMV against.
+  uint64_t (*read_stream)(const uint8_t* data, int64_t bytes);
 };
 
 const Kernels& generic_kernels();

@@ -71,8 +71,8 @@ void matmul(const Kernels& kernels, ThreadPool* pool, int64_t M, const float* x,
     return;
   }
   if (M <= kGemvMaxRows) {
-    // Groups of 4 rows (the GEMV register tile); a chunk streams at least ~256 KB of weights.
-    constexpr int64_t kGroup = 4;
+    // Groups of 8 rows (the GEMV register tile); a chunk streams at least 64K weights.
+    constexpr int64_t kGroup = 8;
     const int64_t groups = (N + kGroup - 1) / kGroup;
     const int64_t min_groups = std::max<int64_t>(1, (64 << 10) / (kGroup * w.cols));
     const auto rows = [&](int64_t g0, int64_t g1) {
