@@ -112,13 +112,13 @@ void bench_linears(CudaBackend& backend, double ceiling) {
       Tensor y = backend.empty_act({m, n});
       const double ms = time_ms(stream, 20, 10, [&](int i) { backend.linear(x, w[i % 2], y); });
       const double bytes = weight_bytes + double(m) * k * 4 + double(m) * n * 4;
-      table.push_back({cat("linear M=", m, " [", n, "x", k, "]", m <= 8 ? " gemv" : " cublasLt"), ms,
-                       pct(bytes / ms / 1e6, ceiling)});
+      table.push_back({cat("linear M=", m, " [", n, "x", k, "]", m <= 8 ? " gemv" : " cublasLt"),
+                       ms, pct(bytes / ms / 1e6, ceiling)});
       if (m == 1 || m == 8) {
         for (const auto& [r, u] : {std::pair{1, 4}, {1, 8}, {2, 2}, {2, 4}, {4, 2}, {4, 4}}) {
           const double vms = time_ms(stream, 20, 10, [&](int i) {
-            gemv_bf16_variant(r, u, x.ptr<float>(), m, weight_ptr(w[i % 2]), nullptr, y.ptr<float>(), int(n),
-                              int(k), stream);
+            gemv_bf16_variant(r, u, x.ptr<float>(), m, weight_ptr(w[i % 2]), nullptr,
+                              y.ptr<float>(), int(n), int(k), stream);
           });
           table.push_back({cat("  gemv variant M=", m, " rows/warp=", r, " unroll=", u), vms,
                            pct(bytes / vms / 1e6, ceiling)});
@@ -194,11 +194,13 @@ void bench_attention(CudaBackend& backend, double ceiling) {
     const std::vector<float> qs = random_f32(size_t(seqs) * q_heads * head_dim, 1.0f);
     const Tensor q = backend.from_host_f32(qs.data(), {seqs, q_heads * head_dim});
     Tensor y = backend.empty_act({seqs, q_heads * head_dim});
-    const double ms = time_ms(stream, 20, 20, [&](int) { backend.paged_attention(q, *f.cache, 0, b, q_heads, y); });
+    const double ms = time_ms(stream, 20, 20,
+                              [&](int) { backend.paged_attention(q, *f.cache, 0, b, q_heads, y); });
     const double bytes = double(seqs) * context * kv_heads * head_dim * 2 * 2;
-    table.push_back({cat("decode attention batch ", seqs, " ctx 1024 (split-K, ",
-                         backend.attention_splits(seqs, q_heads, kv_heads, head_dim, context), " splits)"),
-                     ms, pct(bytes / ms / 1e6, ceiling)});
+    table.push_back(
+        {cat("decode attention batch ", seqs, " ctx 1024 (split-K, ",
+             backend.attention_splits(seqs, q_heads, kv_heads, head_dim, context), " splits)"),
+         ms, pct(bytes / ms / 1e6, ceiling)});
   }
   {  // prefill: 1024 tokens of one sequence
     const int tokens = 1024;
@@ -214,11 +216,14 @@ void bench_attention(CudaBackend& backend, double ceiling) {
     const Tensor q = backend.from_host_f32(qs.data(), {tokens, q_heads * head_dim});
     Tensor y = backend.empty_act({tokens, q_heads * head_dim});
     const double flops = 4.0 * q_heads * head_dim * (double(tokens) * (tokens + 1) / 2);
-    for (const auto& [path, label] : {std::pair{CudaAttentionPath::TiledF32, "f32 CUDA cores"},
-                                      std::pair{CudaAttentionPath::TiledBf16, "bf16 tensor cores"}}) {
+    for (const auto& [path, label] :
+         {std::pair{CudaAttentionPath::TiledF32, "f32 CUDA cores"},
+          std::pair{CudaAttentionPath::TiledBf16, "bf16 tensor cores"}}) {
       backend.set_attention_path(path);
-      const double ms = time_ms(stream, 10, 3, [&](int) { backend.paged_attention(q, *f.cache, 0, b, q_heads, y); });
-      table.push_back({cat("prefill attention 1024 tokens (tiled, ", label, ")"), ms, cat(flops / ms / 1e9, " TFLOP/s")});
+      const double ms = time_ms(
+          stream, 10, 3, [&](int) { backend.paged_attention(q, *f.cache, 0, b, q_heads, y); });
+      table.push_back({cat("prefill attention 1024 tokens (tiled, ", label, ")"), ms,
+                       cat(flops / ms / 1e9, " TFLOP/s")});
     }
     backend.set_attention_path(CudaAttentionPath::Auto);
   }
@@ -231,7 +236,9 @@ void bench_attention(CudaBackend& backend, double ceiling) {
     for (const auto& [path, label] : {std::pair{CudaAttentionPath::TiledF32, "f32"},
                                       std::pair{CudaAttentionPath::Auto, "tensor cores"}}) {
       backend.set_attention_path(path);
-      const double ms = time_ms(stream, 10, 10, [&](int) { backend.vit_attention(t, 1, tokens, heads, head_dim_vit, y); });
+      const double ms = time_ms(stream, 10, 10, [&](int) {
+        backend.vit_attention(t, 1, tokens, heads, head_dim_vit, y);
+      });
       table.push_back({cat("vit attention T=", tokens, " H=16 D=", head_dim_vit, " ", label), ms,
                        cat(flops / ms / 1e9, " TFLOP/s")});
     }
@@ -242,9 +249,12 @@ void bench_attention(CudaBackend& backend, double ceiling) {
 // One Mistral decoder layer at batch `seqs` (1k context), as decoder.cpp issues it.
 void bench_decoder_layer(CudaBackend& backend, double ceiling, int seqs) {
   const cudaStream_t stream = backend.stream();
-  const int hidden = 4096, q_heads = 32, kv_heads = 8, head_dim = 128, inter = 14336, context = 1024;
-  const Linear q = make_linear(backend, q_heads * head_dim, hidden), k = make_linear(backend, kv_heads * head_dim, hidden),
-               v = make_linear(backend, kv_heads * head_dim, hidden), o = make_linear(backend, hidden, q_heads * head_dim),
+  const int hidden = 4096, q_heads = 32, kv_heads = 8, head_dim = 128, inter = 14336,
+            context = 1024;
+  const Linear q = make_linear(backend, q_heads * head_dim, hidden),
+               k = make_linear(backend, kv_heads * head_dim, hidden),
+               v = make_linear(backend, kv_heads * head_dim, hidden),
+               o = make_linear(backend, hidden, q_heads * head_dim),
                gate = make_linear(backend, inter, hidden), up = make_linear(backend, inter, hidden),
                down = make_linear(backend, hidden, inter);
   FilledCache f = fill_cache(backend, seqs, context, kv_heads, head_dim);
@@ -255,13 +265,16 @@ void bench_decoder_layer(CudaBackend& backend, double ceiling, int seqs) {
   b.token_pos = backend.from_host_i32(pos.data(), {seqs});
   b.block_tables = f.tables;
   b.max_context = context;
-  const std::vector<float> xs = random_f32(size_t(seqs) * hidden, 1.0f), ws = random_f32(hidden, 1.0f);
+  const std::vector<float> xs = random_f32(size_t(seqs) * hidden, 1.0f),
+                           ws = random_f32(hidden, 1.0f);
   Tensor x = backend.from_host_f32(xs.data(), {seqs, hidden});
   const Tensor norm = backend.from_host_f32(ws.data(), {hidden});
   Tensor h = backend.empty_act({seqs, hidden}), qt = backend.empty_act({seqs, q_heads * head_dim}),
-         kt = backend.empty_act({seqs, kv_heads * head_dim}), vt = backend.empty_act({seqs, kv_heads * head_dim}),
-         attn = backend.empty_act({seqs, q_heads * head_dim}), out = backend.empty_act({seqs, hidden}),
-         g = backend.empty_act({seqs, inter}), u = backend.empty_act({seqs, inter});
+         kt = backend.empty_act({seqs, kv_heads * head_dim}),
+         vt = backend.empty_act({seqs, kv_heads * head_dim}),
+         attn = backend.empty_act({seqs, q_heads * head_dim}),
+         out = backend.empty_act({seqs, hidden}), g = backend.empty_act({seqs, inter}),
+         u = backend.empty_act({seqs, inter});
   auto layer = [&] {
     backend.rms_norm(x, norm, 1e-5f, h);
     backend.linear(h, q, qt);
@@ -289,8 +302,9 @@ void bench_decoder_layer(CudaBackend& backend, double ceiling, int seqs) {
     const double replay = time_ms(stream, 10, 5, [&](int) { graph->replay(); });
     for (const auto& [label, ms] : {std::pair{"eager", eager}, std::pair{"graph", replay}}) {
       const double per_token_ms = ms * 36;  // 36 layers, lm_head and embedding excluded
-      table.push_back({cat("decoder layer batch ", seqs, " ctx 1k, ", label, pdl ? "+PDL" : "", " (x36 = ",
-                           per_token_ms, " ms/step, ", int(seqs * 1000.0 / per_token_ms), " tok/s)"),
+      table.push_back({cat("decoder layer batch ", seqs, " ctx 1k, ", label, pdl ? "+PDL" : "",
+                           " (x36 = ", per_token_ms, " ms/step, ",
+                           int(seqs * 1000.0 / per_token_ms), " tok/s)"),
                        ms, pct((weight_bytes + kv_bytes) / ms / 1e6, ceiling)});
     }
   }
@@ -311,7 +325,8 @@ int main() {
     bench_decoder_layer(backend, ceiling, 1);
     bench_decoder_layer(backend, ceiling, 32);
     std::printf("\n%-78s %10s  %s\n", "benchmark", "ms/call", "rate (share of the copy ceiling)");
-    for (const Row& r : table) std::printf("%-78s %10.4f  %s\n", r.what.c_str(), r.ms, r.rate.c_str());
+    for (const Row& r : table)
+      std::printf("%-78s %10.4f  %s\n", r.what.c_str(), r.ms, r.rate.c_str());
   } catch (const std::exception& e) {
     std::fprintf(stderr, "bench failed: %s\n", e.what());
     return 1;

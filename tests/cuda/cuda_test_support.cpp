@@ -65,7 +65,9 @@ std::vector<float> CudaOpsTest::uniform(size_t n, float lo, float hi) {
   return v;
 }
 
-int CudaOpsTest::randint(int lo, int hi) { return std::uniform_int_distribution<int>(lo, hi)(rng_); }
+int CudaOpsTest::randint(int lo, int hi) {
+  return std::uniform_int_distribution<int>(lo, hi)(rng_);
+}
 
 HostTensor CudaOpsTest::host_tensor(const std::string& name, const std::vector<int64_t>& shape,
                                     DType stored, bool device_bf16, float scale) {

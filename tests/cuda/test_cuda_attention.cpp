@@ -47,9 +47,11 @@ void attend(const float* q, const std::vector<const float*>& k, const std::vecto
 }
 
 TEST_F(CudaAttention, VitBidirectional) {
-  struct Case { int batch, tokens, heads, head_dim; };
-  for (const Case& c : {Case{1, 1, 1, 16}, Case{2, 5, 3, 18}, Case{1, 33, 2, 64}, Case{1, 261, 2, 72},
-                       Case{2, 257, 1, 128}, Case{1, 65, 3, 100}}) {
+  struct Case {
+    int batch, tokens, heads, head_dim;
+  };
+  for (const Case& c : {Case{1, 1, 1, 16}, Case{2, 5, 3, 18}, Case{1, 33, 2, 64},
+                        Case{1, 261, 2, 72}, Case{2, 257, 1, 128}, Case{1, 65, 3, 100}}) {
     const int width = c.heads * c.head_dim;
     const int rows = c.batch * c.tokens;
     const std::vector<float> qkv = randn(size_t(rows) * 3 * width);
@@ -64,16 +66,19 @@ TEST_F(CudaAttention, VitBidirectional) {
         }
         for (int t = 0; t < c.tokens; ++t) {
           const float* q = qkv.data() + size_t(b * c.tokens + t) * 3 * width + h * c.head_dim;
-          attend(q, k, v, c.head_dim, ref.data() + size_t(b * c.tokens + t) * width + h * c.head_dim);
+          attend(q, k, v, c.head_dim,
+                 ref.data() + size_t(b * c.tokens + t) * width + h * c.head_dim);
         }
       }
     const Tensor input = upload(qkv, {rows, 3 * width});
-    for (const auto& [path, label, tol] : {std::tuple{CudaAttentionPath::TiledF32, "f32", kF32Tol},
-                                           std::tuple{CudaAttentionPath::Auto, "tensor-core", kTensorCoreTol}}) {
+    for (const auto& [path, label, tol] :
+         {std::tuple{CudaAttentionPath::TiledF32, "f32", kF32Tol},
+          std::tuple{CudaAttentionPath::Auto, "tensor-core", kTensorCoreTol}}) {
       set_cuda_attention_path(backend(), path);
       Tensor y = poisoned({rows, width});
       backend().vit_attention(input, c.batch, c.tokens, c.heads, c.head_dim, y);
-      expect_close(cat("vit_attention ", label, " B=", c.batch, " T=", c.tokens, " H=", c.heads, " D=", c.head_dim),
+      expect_close(cat("vit_attention ", label, " B=", c.batch, " T=", c.tokens, " H=", c.heads,
+                       " D=", c.head_dim),
                    download(y), ref, tol);
     }
     set_cuda_attention_path(backend(), CudaAttentionPath::Auto);
@@ -84,7 +89,9 @@ TEST_F(CudaAttention, VitBidirectional) {
 // queried by several batches through both attention kernels.
 class PagedAttention : public CudaOpsTest {
  protected:
-  struct Query { int seq, pos; };
+  struct Query {
+    int seq, pos;
+  };
 
   void run(int q_heads, int kv_heads, int head_dim, const std::vector<int>& lengths,
            const std::vector<std::vector<Query>>& batches) {
@@ -97,7 +104,9 @@ class PagedAttention : public CudaOpsTest {
     for (int len : lengths) blocks_needed += (len + cfg.block_size - 1) / cfg.block_size;
     cfg.num_blocks = blocks_needed + 3;
     const int seqs = static_cast<int>(lengths.size());
-    const int max_blocks = (*std::max_element(lengths.begin(), lengths.end()) + cfg.block_size - 1) / cfg.block_size + 1;
+    const int max_blocks =
+        (*std::max_element(lengths.begin(), lengths.end()) + cfg.block_size - 1) / cfg.block_size +
+        1;
     std::vector<int32_t> physical(cfg.num_blocks);
     std::iota(physical.begin(), physical.end(), 0);
     std::shuffle(physical.begin(), physical.end(), rng_);
@@ -126,13 +135,15 @@ class PagedAttention : public CudaOpsTest {
       o_seq[i] = w_seq[order[i]];
       o_pos[i] = w_pos[order[i]];
     }
-    const std::vector<float> k_all = randn(size_t(written) * kv_width), v_all = randn(size_t(written) * kv_width);
+    const std::vector<float> k_all = randn(size_t(written) * kv_width),
+                             v_all = randn(size_t(written) * kv_width);
     AttentionBatch wb;
     wb.token_seq = upload_i32(o_seq, {written});
     wb.token_pos = upload_i32(o_pos, {written});
     wb.block_tables = upload_i32(tables, {seqs, max_blocks});
     wb.max_context = *std::max_element(lengths.begin(), lengths.end());
-    backend().kv_write(*cache, layer, upload(k_all, {written, kv_width}), upload(v_all, {written, kv_width}), wb);
+    backend().kv_write(*cache, layer, upload(k_all, {written, kv_width}),
+                       upload(v_all, {written, kv_width}), wb);
 
     // Host copies of the cache content per (seq, pos): exact and bf16-rounded.
     auto index_of = [&](int s, int p) {
@@ -166,15 +177,18 @@ class PagedAttention : public CudaOpsTest {
         for (int h = 0; h < q_heads; ++h) {
           std::vector<const float*> kr, vr, ke, ve;
           for (int p = 0; p <= queries[t].pos; ++p) {
-            const size_t off = size_t(slot[queries[t].seq][p]) * kv_width + size_t(h / group) * head_dim;
+            const size_t off =
+                size_t(slot[queries[t].seq][p]) * kv_width + size_t(h / group) * head_dim;
             kr.push_back(k_round.data() + off);
             vr.push_back(v_round.data() + off);
             ke.push_back(k_all.data() + off);
             ve.push_back(v_all.data() + off);
           }
           const float* qr = q.data() + size_t(t) * q_width + size_t(h) * head_dim;
-          attend(qr, kr, vr, head_dim, ref_round.data() + size_t(t) * q_width + size_t(h) * head_dim);
-          attend(qr, ke, ve, head_dim, ref_exact.data() + size_t(t) * q_width + size_t(h) * head_dim);
+          attend(qr, kr, vr, head_dim,
+                 ref_round.data() + size_t(t) * q_width + size_t(h) * head_dim);
+          attend(qr, ke, ve, head_dim,
+                 ref_exact.data() + size_t(t) * q_width + size_t(h) * head_dim);
         }
       AttentionBatch qb;
       qb.token_seq = upload_i32(q_seq, {tokens});
@@ -182,17 +196,19 @@ class PagedAttention : public CudaOpsTest {
       qb.block_tables = wb.block_tables;
       qb.max_context = max_context;
       const Tensor qt = upload(q, {tokens, q_width});
-      const std::string shape = cat("Hq=", q_heads, " Hkv=", kv_heads, " D=", head_dim, " batch#", bi,
-                                    " T=", tokens, " ctx<=", max_context);
-      for (const auto& [path, label] : {std::pair{CudaAttentionPath::SplitK, "split-K"},
-                                        std::pair{CudaAttentionPath::TiledF32, "tiled-f32"},
-                                        std::pair{CudaAttentionPath::TiledBf16, "tiled-tensor-core"}}) {
+      const std::string shape = cat("Hq=", q_heads, " Hkv=", kv_heads, " D=", head_dim, " batch#",
+                                    bi, " T=", tokens, " ctx<=", max_context);
+      for (const auto& [path, label] :
+           {std::pair{CudaAttentionPath::SplitK, "split-K"},
+            std::pair{CudaAttentionPath::TiledF32, "tiled-f32"},
+            std::pair{CudaAttentionPath::TiledBf16, "tiled-tensor-core"}}) {
         set_cuda_attention_path(backend(), path);
         Tensor y = poisoned({tokens, q_width});
         backend().paged_attention(qt, *cache, layer, qb, q_heads, y);
         const std::vector<float> got = download(y);
         const bool f32 = path != CudaAttentionPath::TiledBf16;
-        expect_close(cat("paged_attention ", label, " ", shape), got, ref_round, f32 ? kF32Tol : kTensorCoreTol);
+        expect_close(cat("paged_attention ", label, " ", shape), got, ref_round,
+                     f32 ? kF32Tol : kTensorCoreTol);
         expect_close(cat("paged_attention ", label, " vs unrounded KV ", shape), got, ref_exact,
                      f32 ? kBf16KvTol : kTensorCoreTol);
       }
@@ -208,9 +224,11 @@ class PagedAttention : public CudaOpsTest {
       decode.push_back({s, lengths[s] - 1});
       for (int p = 0; p < lengths[s]; ++p) prefill.push_back({s, p});
     }
-    const int longest = static_cast<int>(std::max_element(lengths.begin(), lengths.end()) - lengths.begin());
+    const int longest =
+        static_cast<int>(std::max_element(lengths.begin(), lengths.end()) - lengths.begin());
     mixed.push_back({0, lengths[0] - 1});
-    for (int p = std::max(0, lengths[longest] - 50); p < lengths[longest]; ++p) mixed.push_back({longest, p});
+    for (int p = std::max(0, lengths[longest] - 50); p < lengths[longest]; ++p)
+      mixed.push_back({longest, p});
     mixed.push_back({static_cast<int>(lengths.size()) - 1, randint(0, lengths.back() - 1)});
     return {decode, prefill, mixed};
   }
@@ -223,11 +241,11 @@ TEST_F(PagedAttention, Gqa4HeadDim128) {
 
 TEST_F(PagedAttention, TinyHeadDimsAndGroups) {
   const std::vector<int> lengths = {randint(1, 70), 64, 65, randint(1, 130)};
-  run(4, 4, 16, lengths, standard_batches(lengths));   // no GQA
-  run(8, 1, 18, lengths, standard_batches(lengths));   // group of 8, head_dim not a multiple of 16
-  run(6, 2, 72, lengths, standard_batches(lengths));   // group of 3
-  run(4, 2, 64, lengths, standard_batches(lengths));   // staged split-K path, 2 dims per lane
-  run(2, 1, 32, lengths, standard_batches(lengths));   // staged split-K path, 1 dim per lane
+  run(4, 4, 16, lengths, standard_batches(lengths));  // no GQA
+  run(8, 1, 18, lengths, standard_batches(lengths));  // group of 8, head_dim not a multiple of 16
+  run(6, 2, 72, lengths, standard_batches(lengths));  // group of 3
+  run(4, 2, 64, lengths, standard_batches(lengths));  // staged split-K path, 2 dims per lane
+  run(2, 1, 32, lengths, standard_batches(lengths));  // staged split-K path, 1 dim per lane
 }
 
 TEST_F(PagedAttention, LongContextDecode) {

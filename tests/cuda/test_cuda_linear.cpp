@@ -21,8 +21,8 @@ constexpr double kF32Tol = 1e-5;
 constexpr double kBf16ActivationTol = 4e-3;
 
 std::vector<double> linear_ref(const std::vector<float>& x, int64_t m, int64_t k,
-                               const std::vector<float>& w, int64_t n, const std::vector<float>* bias,
-                               bool round_x) {
+                               const std::vector<float>& w, int64_t n,
+                               const std::vector<float>* bias, bool round_x) {
   std::vector<double> y(static_cast<size_t>(m * n));
   for (int64_t r = 0; r < m; ++r)
     for (int64_t o = 0; o < n; ++o) {
@@ -39,7 +39,8 @@ std::vector<double> linear_ref(const std::vector<float>& x, int64_t m, int64_t k
 class CudaLinear : public CudaOpsTest {
  protected:
   void check_linear(int64_t m, int64_t n, int64_t k, bool with_bias, DType stored) {
-    const std::string shape = cat("M=", m, " N=", n, " K=", k, with_bias ? " +bias" : "", " ", dtype_name(stored));
+    const std::string shape =
+        cat("M=", m, " N=", n, " K=", k, with_bias ? " +bias" : "", " ", dtype_name(stored));
     HostTensor w = host_tensor("w", {n, k}, stored, true, 0.05f);
     HostTensor b = host_tensor("b", {n}, DType::F32, false, 0.5f);
     const TensorInfo wi = w.info(), bi = b.info();
@@ -55,12 +56,13 @@ class CudaLinear : public CudaOpsTest {
     const std::vector<float> got = download(y);
     const std::vector<float>* bias = with_bias ? &b.values : nullptr;
     if (m <= cuda::kGemvMaxRows) {
-      expect_close("linear gemv " + shape, got, linear_ref(x, m, k, w.values, n, bias, false), kF32Tol);
+      expect_close("linear gemv " + shape, got, linear_ref(x, m, k, w.values, n, bias, false),
+                   kF32Tol);
     } else {
       expect_close("linear gemm vs bf16-rounded x " + shape, got,
                    linear_ref(x, m, k, w.values, n, bias, true), kF32Tol);
-      expect_close("linear gemm vs exact x " + shape, got, linear_ref(x, m, k, w.values, n, bias, false),
-                   kBf16ActivationTol);
+      expect_close("linear gemm vs exact x " + shape, got,
+                   linear_ref(x, m, k, w.values, n, bias, false), kBf16ActivationTol);
     }
   }
 };
@@ -108,7 +110,8 @@ TEST_F(CudaLinear, QuantizedWeightsAreRefused) {
     backend().prepare_linear(lw);
     FAIL() << "prepare_linear accepted a 4-bit weight";
   } catch (const Error& e) {
-    EXPECT_NE(std::string(e.what()).find("[cuda] quantized weights are not supported yet"), std::string::npos)
+    EXPECT_NE(std::string(e.what()).find("[cuda] quantized weights are not supported yet"),
+              std::string::npos)
         << e.what();
   }
 }
@@ -126,7 +129,9 @@ TEST_F(CudaLinear, ShapeMismatchThrows) {
 }
 
 TEST_F(CudaLinear, PatchEmbed) {
-  struct Case { int batch, height, width, patch, out; };
+  struct Case {
+    int batch, height, width, patch, out;
+  };
   for (const Case& c : {Case{2, 28, 42, 14, 33}, Case{1, 224, 224, 14, 64}, Case{3, 4, 6, 2, 5}}) {
     const int k = 3 * c.patch * c.patch;
     HostTensor w = host_tensor("patch", {c.out, 3, c.patch, c.patch}, DType::BF16, true, 0.05f);
@@ -153,7 +158,11 @@ TEST_F(CudaLinear, PatchEmbed) {
             for (int ch = 0; ch < 3; ++ch)
               for (int ky = 0; ky < c.patch; ++ky)
                 for (int kx = 0; kx < c.patch; ++kx) {
-                  const float pixel = img[((size_t(img_i) * c.height + py * c.patch + ky) * c.width + px * c.patch + kx) * 3 + ch];
+                  const float pixel =
+                      img[((size_t(img_i) * c.height + py * c.patch + ky) * c.width + px * c.patch +
+                           kx) *
+                              3 +
+                          ch];
                   const double wv = w.values[((size_t(o) * 3 + ch) * c.patch + ky) * c.patch + kx];
                   acc_r += wv * round_bf16(pixel);
                   acc_e += wv * pixel;
@@ -162,7 +171,8 @@ TEST_F(CudaLinear, PatchEmbed) {
             ref_rounded[r * c.out + o] = acc_r;
             ref_exact[r * c.out + o] = acc_e;
           }
-    const std::string shape = cat("B=", c.batch, " ", c.height, "x", c.width, " p=", c.patch, " out=", c.out);
+    const std::string shape =
+        cat("B=", c.batch, " ", c.height, "x", c.width, " p=", c.patch, " out=", c.out);
     const std::vector<float> got = download(y);
     expect_close("patch_embed vs bf16-rounded pixels " + shape, got, ref_rounded, kF32Tol);
     expect_close("patch_embed vs exact pixels " + shape, got, ref_exact, kBf16ActivationTol);
@@ -185,8 +195,10 @@ TEST_F(CudaLinear, EmbeddingReadsBf16Table) {
   backend().embedding(upload_i32(ids, {count}), prepared, y);
   std::vector<double> ref(size_t(count) * hidden);
   for (int i = 0; i < count; ++i)
-    for (int c = 0; c < hidden; ++c) ref[size_t(i) * hidden + c] = table.values[size_t(ids[i]) * hidden + c];
-  expect_close(cat("embedding vocab=", vocab, " hidden=", hidden, " ids=", count), download(y), ref, 0.0);
+    for (int c = 0; c < hidden; ++c)
+      ref[size_t(i) * hidden + c] = table.values[size_t(ids[i]) * hidden + c];
+  expect_close(cat("embedding vocab=", vocab, " hidden=", hidden, " ids=", count), download(y), ref,
+               0.0);
 }
 
 }  // namespace

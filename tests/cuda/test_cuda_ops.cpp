@@ -38,7 +38,8 @@ TEST_F(CudaOps, LayerNorm) {
       for (int c = 0; c < cols; ++c) var += std::pow(x[size_t(r) * cols + c] - mean, 2);
       var /= cols;
       for (int c = 0; c < cols; ++c)
-        ref[size_t(r) * cols + c] = (x[size_t(r) * cols + c] - mean) / std::sqrt(var + eps) * w[c] + b[c];
+        ref[size_t(r) * cols + c] =
+            (x[size_t(r) * cols + c] - mean) / std::sqrt(var + eps) * w[c] + b[c];
     }
     expect_close(cat("layer_norm ", rows, "x", cols), download(y), ref, kRowReductionTol);
   }
@@ -51,16 +52,19 @@ TEST_F(CudaOps, RmsNormAlsoInPlace) {
     std::vector<double> ref(x.size());
     for (int r = 0; r < rows; ++r) {
       double sq = 0;
-      for (int c = 0; c < cols; ++c) sq += double(x[size_t(r) * cols + c]) * x[size_t(r) * cols + c];
+      for (int c = 0; c < cols; ++c)
+        sq += double(x[size_t(r) * cols + c]) * x[size_t(r) * cols + c];
       const double inv = 1.0 / std::sqrt(sq / cols + eps);
-      for (int c = 0; c < cols; ++c) ref[size_t(r) * cols + c] = w[c] * x[size_t(r) * cols + c] * inv;
+      for (int c = 0; c < cols; ++c)
+        ref[size_t(r) * cols + c] = w[c] * x[size_t(r) * cols + c] * inv;
     }
     Tensor y = poisoned({rows, cols});
     backend().rms_norm(upload(x, {rows, cols}), upload(w, {cols}), eps, y);
     expect_close(cat("rms_norm ", rows, "x", cols), download(y), ref, kRowReductionTol);
     Tensor inplace = upload(x, {rows, cols});
     backend().rms_norm(inplace, upload(w, {cols}), eps, inplace);
-    expect_close(cat("rms_norm in place ", rows, "x", cols), download(inplace), ref, kRowReductionTol);
+    expect_close(cat("rms_norm in place ", rows, "x", cols), download(inplace), ref,
+                 kRowReductionTol);
   }
 }
 
@@ -107,7 +111,8 @@ TEST_F(CudaOps, Adds) {
   const std::vector<float> table = randn(table_rows * cols);
   t = upload(x, {rows, cols});
   backend().add_rows_cyclic(t, upload(table, {table_rows, cols}));
-  for (size_t i = 0; i < x.size(); ++i) ref[i] = x[i] + double(table[((i / cols) % table_rows) * cols + i % cols]);
+  for (size_t i = 0; i < x.size(); ++i)
+    ref[i] = x[i] + double(table[((i / cols) % table_rows) * cols + i % cols]);
   expect_close("add_rows_cyclic 33x65 table 4", download(t), ref, kElementwiseTol);
 }
 
@@ -151,8 +156,12 @@ TEST_F(CudaOps, GatherRows) {
 }
 
 TEST_F(CudaOps, RopeNeox) {
-  struct Case { int tokens, q_heads, kv_heads, head_dim; float theta; };
-  for (const Case& c : {Case{5, 4, 2, 16, 10000.0f}, Case{3, 32, 8, 128, 10000.0f}, Case{2, 2, 1, 18, 1e6f}}) {
+  struct Case {
+    int tokens, q_heads, kv_heads, head_dim;
+    float theta;
+  };
+  for (const Case& c :
+       {Case{5, 4, 2, 16, 10000.0f}, Case{3, 32, 8, 128, 10000.0f}, Case{2, 2, 1, 18, 1e6f}}) {
     const int qw = c.q_heads * c.head_dim, kw = c.kv_heads * c.head_dim;
     const std::vector<float> q = randn(size_t(c.tokens) * qw), k = randn(size_t(c.tokens) * kw);
     std::vector<int32_t> pos(c.tokens);
@@ -169,7 +178,8 @@ TEST_F(CudaOps, RopeNeox) {
         for (int h = 0; h < width / c.head_dim; ++h)
           for (int i = 0; i < half; ++i) {
             const float exponent = float(2 * i) / float(c.head_dim);
-            const float inv_freq = 1.0f / static_cast<float>(std::pow(double(c.theta), double(exponent)));
+            const float inv_freq =
+                1.0f / static_cast<float>(std::pow(double(c.theta), double(exponent)));
             const double angle = static_cast<float>(float(pos[t]) * inv_freq);
             const size_t base = size_t(t) * width + size_t(h) * c.head_dim;
             const double x1 = x[base + i], x2 = x[base + i + half];
@@ -178,7 +188,8 @@ TEST_F(CudaOps, RopeNeox) {
           }
       return out;
     };
-    const std::string shape = cat("T=", c.tokens, " Hq=", c.q_heads, " Hkv=", c.kv_heads, " D=", c.head_dim);
+    const std::string shape =
+        cat("T=", c.tokens, " Hq=", c.q_heads, " Hkv=", c.kv_heads, " D=", c.head_dim);
     expect_close("rope q " + shape, download(qt), rotate(q, qw), kRowReductionTol);
     expect_close("rope k " + shape, download(kt), rotate(k, kw), kRowReductionTol);
   }

@@ -42,7 +42,8 @@ __device__ __forceinline__ void ldmatrix_x4_trans(uint32_t (&r)[4], const void* 
 }
 
 // d += a * b (16x8x16, bf16 inputs, f32 accumulators)
-__device__ __forceinline__ void mma_bf16(float (&d)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
+__device__ __forceinline__ void mma_bf16(float (&d)[4], const uint32_t (&a)[4], uint32_t b0,
+                                         uint32_t b1) {
   asm volatile(
       "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, "
       "{%8, %9}, {%0, %1, %2, %3};"
@@ -63,10 +64,10 @@ struct MmaAttention {
   __nv_bfloat16* k;  // [kMmaRows][stride], filled by the caller per key tile (zeros past the end)
   __nv_bfloat16* v;
   static constexpr int stride = 16 * KD + 8;  // = mma_row_stride(head_dim)
-  uint32_t qa[KD][4];  // this warp's Q rows as A fragments
-  float o[2 * KD][4];  // O accumulators: n-tiles of 8 dims
-  float m[2];          // running max of rows g and g + 8
-  float l[2];          // this lane's share of the running sums
+  uint32_t qa[KD][4];                         // this warp's Q rows as A fragments
+  float o[2 * KD][4];                         // O accumulators: n-tiles of 8 dims
+  float m[2];                                 // running max of rows g and g + 8
+  float l[2];                                 // this lane's share of the running sums
 
   __device__ explicit MmaAttention(__nv_bfloat16* smem) {
     q = smem;
@@ -85,7 +86,8 @@ struct MmaAttention {
     const int lane = threadIdx.x % 32;
     const int row = (threadIdx.x / 32) * 16 + lane % 16;
 #pragma unroll
-    for (int ks = 0; ks < KD; ++ks) ldmatrix_x4(qa[ks], q + row * stride + ks * 16 + (lane / 16) * 8);
+    for (int ks = 0; ks < KD; ++ks)
+      ldmatrix_x4(qa[ks], q + row * stride + ks * 16 + (lane / 16) * 8);
   }
 
   // Keys [key0, key0 + n) are in k and v. Row g of this lane may see keys <= limit[0], row
@@ -104,7 +106,8 @@ struct MmaAttention {
 #pragma unroll
       for (int ks = 0; ks < KD; ++ks) {
         uint32_t b[4];
-        ldmatrix_x4(b, k + (pair * 16 + lane % 8 + (lane / 16) * 8) * stride + ks * 16 + ((lane / 8) % 2) * 8);
+        ldmatrix_x4(b, k + (pair * 16 + lane % 8 + (lane / 16) * 8) * stride + ks * 16 +
+                           ((lane / 8) % 2) * 8);
         mma_bf16(s[2 * pair], qa[ks], b[0], b[1]);
         mma_bf16(s[2 * pair + 1], qa[ks], b[2], b[3]);
       }
@@ -146,13 +149,15 @@ struct MmaAttention {
 
 #pragma unroll
     for (int kk = 0; kk < 4; ++kk) {  // 16 keys per step
-      const uint32_t pa[4] = {pack_bf16(s[2 * kk][0], s[2 * kk][1]), pack_bf16(s[2 * kk][2], s[2 * kk][3]),
+      const uint32_t pa[4] = {pack_bf16(s[2 * kk][0], s[2 * kk][1]),
+                              pack_bf16(s[2 * kk][2], s[2 * kk][3]),
                               pack_bf16(s[2 * kk + 1][0], s[2 * kk + 1][1]),
                               pack_bf16(s[2 * kk + 1][2], s[2 * kk + 1][3])};
 #pragma unroll
       for (int dp = 0; dp < KD; ++dp) {  // 16 dims per step
         uint32_t b[4];
-        ldmatrix_x4_trans(b, v + (kk * 16 + lane % 8 + ((lane / 8) % 2) * 8) * stride + dp * 16 + (lane / 16) * 8);
+        ldmatrix_x4_trans(b, v + (kk * 16 + lane % 8 + ((lane / 8) % 2) * 8) * stride + dp * 16 +
+                                 (lane / 16) * 8);
         mma_bf16(o[2 * dp], pa, b[0], b[1]);
         mma_bf16(o[2 * dp + 1], pa, b[2], b[3]);
       }
@@ -186,15 +191,32 @@ struct MmaAttention {
 template <class F>
 void dispatch_mma_head_dim(int head_dim, F&& f) {
   switch (mma_padded_dim(head_dim) / 16) {
-    case 1: f.template operator()<1>(); break;
-    case 2: f.template operator()<2>(); break;
-    case 3: f.template operator()<3>(); break;
-    case 4: f.template operator()<4>(); break;
-    case 5: f.template operator()<5>(); break;
-    case 6: f.template operator()<6>(); break;
-    case 7: f.template operator()<7>(); break;
-    case 8: f.template operator()<8>(); break;
-    default: break;  // head_dim > kMaxHeadDim was rejected by the backend
+    case 1:
+      f.template operator()<1>();
+      break;
+    case 2:
+      f.template operator()<2>();
+      break;
+    case 3:
+      f.template operator()<3>();
+      break;
+    case 4:
+      f.template operator()<4>();
+      break;
+    case 5:
+      f.template operator()<5>();
+      break;
+    case 6:
+      f.template operator()<6>();
+      break;
+    case 7:
+      f.template operator()<7>();
+      break;
+    case 8:
+      f.template operator()<8>();
+      break;
+    default:
+      break;  // head_dim > kMaxHeadDim was rejected by the backend
   }
 }
 

@@ -26,13 +26,13 @@ inline size_t tile_smem_bytes(int head_dim) {
 
 template <int DJ>
 struct AttentionTile {
-  float* q;      // [kQueryTile][dp], filled by the caller
-  float* k;      // [kKeyTile][dp], filled by the caller per key tile
-  float* v;      // [kKeyTile][dp]
-  float* s;      // [kQueryTile][kKeyTile + 1] scores, then probabilities
-  float* m;      // running max per query
-  float* l;      // running sum per query
-  float* corr;   // rescale factor of the current tile per query
+  float* q;     // [kQueryTile][dp], filled by the caller
+  float* k;     // [kKeyTile][dp], filled by the caller per key tile
+  float* v;     // [kKeyTile][dp]
+  float* s;     // [kQueryTile][kKeyTile + 1] scores, then probabilities
+  float* m;     // running max per query
+  float* l;     // running sum per query
+  float* corr;  // rescale factor of the current tile per query
   int head_dim;
   int dp;
   float acc[4][DJ];
@@ -93,7 +93,8 @@ struct AttentionTile {
       const float s0 = sr[lane];
       const float s1 = sr[lane + 32];
       float tile_max = fmaxf(s0, s1);
-      for (int o = 16; o > 0; o /= 2) tile_max = fmaxf(tile_max, __shfl_xor_sync(0xffffffffu, tile_max, o));
+      for (int o = 16; o > 0; o /= 2)
+        tile_max = fmaxf(tile_max, __shfl_xor_sync(0xffffffffu, tile_max, o));
       const float m_old = m[row];
       const float m_new = fmaxf(m_old, tile_max);
       float p0 = 0.0f, p1 = 0.0f, c = 1.0f;
@@ -161,15 +162,32 @@ struct AttentionTile {
 template <class F>
 void dispatch_dims_per_thread(int head_dim, F&& f) {
   switch ((head_dim + 15) / 16) {
-    case 1: f.template operator()<1>(); break;
-    case 2: f.template operator()<2>(); break;
-    case 3: f.template operator()<3>(); break;
-    case 4: f.template operator()<4>(); break;
-    case 5: f.template operator()<5>(); break;
-    case 6: f.template operator()<6>(); break;
-    case 7: f.template operator()<7>(); break;
-    case 8: f.template operator()<8>(); break;
-    default: break;  // head_dim > kMaxHeadDim was rejected by the backend
+    case 1:
+      f.template operator()<1>();
+      break;
+    case 2:
+      f.template operator()<2>();
+      break;
+    case 3:
+      f.template operator()<3>();
+      break;
+    case 4:
+      f.template operator()<4>();
+      break;
+    case 5:
+      f.template operator()<5>();
+      break;
+    case 6:
+      f.template operator()<6>();
+      break;
+    case 7:
+      f.template operator()<7>();
+      break;
+    case 8:
+      f.template operator()<8>();
+      break;
+    default:
+      break;  // head_dim > kMaxHeadDim was rejected by the backend
   }
 }
 

@@ -44,16 +44,17 @@ __global__ void im2col_kernel(const float* __restrict__ images, int height, int 
 
 void activations_to_bf16(const float* x, bf16_bits* y, int64_t count, cudaStream_t stream) {
   if (count == 0) return;
-  launch_kernel("f32_to_bf16_kernel", f32_to_bf16_kernel, elementwise_blocks(count), kElementwiseThreads, 0, stream,
-      x, reinterpret_cast<__nv_bfloat16*>(y), count);
+  launch_kernel("f32_to_bf16_kernel", f32_to_bf16_kernel, elementwise_blocks(count),
+                kElementwiseThreads, 0, stream, x, reinterpret_cast<__nv_bfloat16*>(y), count);
 }
 
 void im2col_bf16(const float* images, int height, int width, int patch, int64_t row_begin,
                  int64_t rows, bf16_bits* out, cudaStream_t stream) {
   const int64_t count = rows * 3 * patch * patch;
   if (count == 0) return;
-  launch_kernel("im2col_kernel", im2col_kernel, elementwise_blocks(count), kElementwiseThreads, 0, stream,
-      images, height, width, patch, row_begin, rows, reinterpret_cast<__nv_bfloat16*>(out));
+  launch_kernel("im2col_kernel", im2col_kernel, elementwise_blocks(count), kElementwiseThreads, 0,
+                stream, images, height, width, patch, row_begin, rows,
+                reinterpret_cast<__nv_bfloat16*>(out));
 }
 
 }  // namespace moxin::cuda

@@ -22,11 +22,13 @@ constexpr int kSplitMaxTokens = 64;
 constexpr int kMinPositionsPerSplit = 64;
 
 template <class T>
-T* data_of(const Tensor& t) { return static_cast<T*>(t.data); }
+T* data_of(const Tensor& t) {
+  return static_cast<T*>(t.data);
+}
 
 void require(const Tensor& t, DType dtype, const char* op, const char* what) {
-  MOXIN_CHECK(t.dtype == dtype, "[cuda] ", op, ": ", what, " is ", dtype_name(t.dtype), ", expected ",
-              dtype_name(dtype));
+  MOXIN_CHECK(t.dtype == dtype, "[cuda] ", op, ": ", what, " is ", dtype_name(t.dtype),
+              ", expected ", dtype_name(dtype));
   MOXIN_CHECK(t.numel() == 0 || t.data != nullptr, "[cuda] ", op, ": ", what, " has no storage");
 }
 
@@ -35,8 +37,8 @@ void require_f32(const char* op, std::initializer_list<const Tensor*> operands) 
 }
 
 void require_shape(const Tensor& t, int64_t rows, int64_t cols, const char* op, const char* what) {
-  MOXIN_CHECK(t.rows() == rows && t.cols() == cols, "[cuda] ", op, ": ", what, " is ", t.shape_str(),
-              ", expected [", rows, ", ", cols, "]");
+  MOXIN_CHECK(t.rows() == rows && t.cols() == cols, "[cuda] ", op, ": ", what, " is ",
+              t.shape_str(), ", expected [", rows, ", ", cols, "]");
 }
 
 const CudaLinear& cuda_linear(const Linear& w, const char* op) {
@@ -48,8 +50,8 @@ const CudaLinear& cuda_linear(const Linear& w, const char* op) {
 
 // The whole-tensor element count of a checkpoint tensor, checked against [out, in].
 void check_linear_shape(const TensorInfo& t, int64_t out, int64_t in) {
-  MOXIN_CHECK(out > 0 && in > 0 && t.numel() == out * in, "[cuda] weight '", t.name, "' in ", t.file,
-              " has shape ", t.shape_str(), ", which is not [", out, ", ", in, "]");
+  MOXIN_CHECK(out > 0 && in > 0 && t.numel() == out * in, "[cuda] weight '", t.name, "' in ",
+              t.file, " has shape ", t.shape_str(), ", which is not [", out, ", ", in, "]");
 }
 
 }  // namespace
@@ -64,8 +66,9 @@ DeviceContext::DeviceContext(int ordinal) : device(ordinal) {
   MOXIN_CUDA_CHECK(cudaSetDevice(ordinal));
   cudaDeviceProp props{};
   MOXIN_CUDA_CHECK(cudaGetDeviceProperties(&props, ordinal));
-  MOXIN_CHECK(props.major >= 9, "[cuda] GPU ", ordinal, " (", props.name, ") has compute capability ",
-              props.major, ".", props.minor, "; this build targets Hopper (9.0)");
+  MOXIN_CHECK(props.major >= 9, "[cuda] GPU ", ordinal, " (", props.name,
+              ") has compute capability ", props.major, ".", props.minor,
+              "; this build targets Hopper (9.0)");
   multiprocessors = props.multiProcessorCount;
   MOXIN_CUDA_CHECK(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking));
   // Keep freed blocks in the stream-ordered pool: per-op temporaries then cost no driver call.
@@ -110,7 +113,8 @@ CudaBackend::CudaBackend(int device_ordinal)
   attention_partial_floats_ = kAttentionPartialFloats;
   attention_partial_ = device_alloc(context_, static_cast<size_t>(attention_partial_floats_) * 4);
   attention_counters_ = device_alloc(context_, static_cast<size_t>(kAttentionCounters) * 4);
-  MOXIN_CUDA_CHECK(cudaMemsetAsync(attention_counters_.get(), 0, static_cast<size_t>(kAttentionCounters) * 4, stream()));
+  MOXIN_CUDA_CHECK(cudaMemsetAsync(attention_counters_.get(), 0,
+                                   static_cast<size_t>(kAttentionCounters) * 4, stream()));
 }
 
 CudaBackend::~CudaBackend() { cudaStreamSynchronize(context_->stream); }
@@ -121,7 +125,8 @@ Tensor CudaBackend::empty(const std::vector<int64_t>& shape, DType dtype) {
   Tensor t;
   t.dtype = dtype;
   t.shape = shape;
-  for (int64_t d : shape) MOXIN_CHECK(d >= 0, "[cuda] empty: negative dimension in ", t.shape_str());
+  for (int64_t d : shape)
+    MOXIN_CHECK(d >= 0, "[cuda] empty: negative dimension in ", t.shape_str());
   t.storage = device_alloc(context_, t.nbytes());
   t.data = t.storage.get();
   return t;
@@ -152,7 +157,8 @@ void CudaBackend::to_host_f32(const Tensor& t, float* out) {
   MOXIN_CHECK(t.dtype == DType::BF16 || t.dtype == DType::F16 || t.dtype == DType::I32,
               "[cuda] to_host_f32: cannot convert ", dtype_name(t.dtype), " to f32");
   std::vector<uint8_t> raw(t.nbytes());
-  MOXIN_CUDA_CHECK(cudaMemcpyAsync(raw.data(), t.data, t.nbytes(), cudaMemcpyDeviceToHost, stream()));
+  MOXIN_CUDA_CHECK(
+      cudaMemcpyAsync(raw.data(), t.data, t.nbytes(), cudaMemcpyDeviceToHost, stream()));
   synchronize();
   for (size_t i = 0; i < n; ++i) {
     if (t.dtype == DType::I32) {
@@ -179,7 +185,8 @@ double CudaBackend::measure_bandwidth_gbps() {
   std::vector<float> ms;
   for (int i = 0; i < 12; ++i) {
     MOXIN_CUDA_CHECK(cudaEventRecord(start, stream()));
-    MOXIN_CUDA_CHECK(cudaMemcpyAsync(dst.get(), src.get(), bytes, cudaMemcpyDeviceToDevice, stream()));
+    MOXIN_CUDA_CHECK(
+        cudaMemcpyAsync(dst.get(), src.get(), bytes, cudaMemcpyDeviceToDevice, stream()));
     MOXIN_CUDA_CHECK(cudaEventRecord(stop, stream()));
     MOXIN_CUDA_CHECK(cudaEventSynchronize(stop));
     float t = 0;
@@ -208,7 +215,8 @@ Linear CudaBackend::prepare_linear(const LinearWeight& w) {
   uploader_->upload(*w.weight, DType::BF16, impl->weight.get(), stream());
   if (w.bias) {
     MOXIN_CHECK(w.bias->numel() == w.out_features, "[cuda] bias '", w.bias->name, "' in ",
-                w.bias->file, " has shape ", w.bias->shape_str(), ", expected [", w.out_features, "]");
+                w.bias->file, " has shape ", w.bias->shape_str(), ", expected [", w.out_features,
+                "]");
     impl->bias = device_alloc(context_, static_cast<size_t>(w.out_features) * 4);
     uploader_->upload(*w.bias, DType::F32, impl->bias.get(), stream());
   }
@@ -233,7 +241,8 @@ class CudaKvCache final : public KvCache {
       : KvCache(c), storage_(std::move(storage)) {}
   PagedLayer layer(int index) const {
     const auto& c = config_;
-    const size_t per_tensor = static_cast<size_t>(c.num_blocks) * c.block_size * c.kv_heads * c.head_dim;
+    const size_t per_tensor =
+        static_cast<size_t>(c.num_blocks) * c.block_size * c.kv_heads * c.head_dim;
     auto* base = static_cast<bf16_bits*>(storage_.get()) + 2 * per_tensor * index;
     return PagedLayer{base, base + per_tensor, c.num_blocks, c.block_size, c.kv_heads, c.head_dim};
   }
@@ -255,8 +264,8 @@ TokenIndex token_index(const AttentionBatch& batch, int64_t tokens, const char* 
   require(batch.token_pos, DType::I32, op, "token_pos");
   require(batch.block_tables, DType::I32, op, "block_tables");
   MOXIN_CHECK(batch.token_seq.numel() == tokens && batch.token_pos.numel() == tokens, "[cuda] ", op,
-              ": ", tokens, " tokens but token_seq ", batch.token_seq.shape_str(), " and token_pos ",
-              batch.token_pos.shape_str());
+              ": ", tokens, " tokens but token_seq ", batch.token_seq.shape_str(),
+              " and token_pos ", batch.token_pos.shape_str());
   MOXIN_CHECK(batch.block_tables.numel() > 0 || tokens == 0, "[cuda] ", op, ": empty block_tables");
   TokenIndex index;
   index.token_seq = data_of<const int32_t>(batch.token_seq);
@@ -271,12 +280,13 @@ TokenIndex token_index(const AttentionBatch& batch, int64_t tokens, const char* 
 }  // namespace
 
 std::unique_ptr<KvCache> CudaBackend::create_kv_cache(const KvCacheConfig& c) {
-  MOXIN_CHECK(c.layers > 0 && c.kv_heads > 0 && c.head_dim > 0 && c.block_size > 0 && c.num_blocks > 0,
-              "[cuda] create_kv_cache: every dimension must be positive (layers ", c.layers,
-              ", kv_heads ", c.kv_heads, ", head_dim ", c.head_dim, ", block_size ", c.block_size,
-              ", num_blocks ", c.num_blocks, ")");
-  MOXIN_CHECK(c.head_dim <= kMaxHeadDim, "[cuda] create_kv_cache: head_dim ", c.head_dim,
-              " > ", kMaxHeadDim, " is not supported");
+  MOXIN_CHECK(
+      c.layers > 0 && c.kv_heads > 0 && c.head_dim > 0 && c.block_size > 0 && c.num_blocks > 0,
+      "[cuda] create_kv_cache: every dimension must be positive (layers ", c.layers, ", kv_heads ",
+      c.kv_heads, ", head_dim ", c.head_dim, ", block_size ", c.block_size, ", num_blocks ",
+      c.num_blocks, ")");
+  MOXIN_CHECK(c.head_dim <= kMaxHeadDim, "[cuda] create_kv_cache: head_dim ", c.head_dim, " > ",
+              kMaxHeadDim, " is not supported");
   const size_t bytes = size_t{2} * 2 * c.layers * static_cast<size_t>(c.num_blocks) * c.block_size *
                        c.kv_heads * c.head_dim;
   auto storage = device_alloc(context_, bytes);
@@ -288,7 +298,8 @@ std::unique_ptr<KvCache> CudaBackend::create_kv_cache(const KvCacheConfig& c) {
 // --- ops ---
 
 template <class Fill>
-void CudaBackend::gemm_rows(int64_t rows, const CudaLinear& w, int64_t n, int64_t k, float* y, Fill fill) {
+void CudaBackend::gemm_rows(int64_t rows, const CudaLinear& w, int64_t n, int64_t k, float* y,
+                            Fill fill) {
   MOXIN_CHECK(k <= scratch_elems_, "[cuda] linear: in_features ", k, " exceeds the scratch buffer");
   const int64_t chunk = scratch_elems_ / k;
   auto* scratch = static_cast<bf16_bits*>(scratch_bf16_.get());
@@ -329,10 +340,10 @@ void CudaBackend::patch_embed(const Tensor& images, const Linear& w, int patch, 
   require(y, DType::F32, "patch_embed", "y");
   MOXIN_CHECK(images.shape.size() == 4 && images.shape[3] == 3 && patch > 0 &&
                   images.shape[1] % patch == 0 && images.shape[2] % patch == 0,
-              "[cuda] patch_embed: images ", images.shape_str(), " must be [B, H, W, 3] with H and W multiples of patch ",
-              patch);
-  MOXIN_CHECK(w.in_features == 3 * patch * patch, "[cuda] patch_embed: weight in_features ", w.in_features,
-              " != 3 * ", patch, " * ", patch);
+              "[cuda] patch_embed: images ", images.shape_str(),
+              " must be [B, H, W, 3] with H and W multiples of patch ", patch);
+  MOXIN_CHECK(w.in_features == 3 * patch * patch, "[cuda] patch_embed: weight in_features ",
+              w.in_features, " != 3 * ", patch, " * ", patch);
   const int64_t batch = images.shape[0];
   const int height = static_cast<int>(images.shape[1]);
   const int width = static_cast<int>(images.shape[2]);
@@ -345,7 +356,8 @@ void CudaBackend::patch_embed(const Tensor& images, const Linear& w, int patch, 
             });
 }
 
-void CudaBackend::layer_norm(const Tensor& x, const Tensor& w, const Tensor& b, float eps, Tensor& y) {
+void CudaBackend::layer_norm(const Tensor& x, const Tensor& w, const Tensor& b, float eps,
+                             Tensor& y) {
   require_f32("layer_norm", {&x, &w, &b, &y});
   const int64_t cols = x.cols();
   MOXIN_CHECK(w.numel() == cols && b.numel() == cols, "[cuda] layer_norm: weight ", w.shape_str(),
@@ -358,8 +370,8 @@ void CudaBackend::layer_norm(const Tensor& x, const Tensor& w, const Tensor& b, 
 void CudaBackend::rms_norm(const Tensor& x, const Tensor& w, float eps, Tensor& y) {
   require_f32("rms_norm", {&x, &w, &y});
   const int64_t cols = x.cols();
-  MOXIN_CHECK(w.numel() == cols, "[cuda] rms_norm: weight ", w.shape_str(), " does not match ", cols,
-              " columns");
+  MOXIN_CHECK(w.numel() == cols, "[cuda] rms_norm: weight ", w.shape_str(), " does not match ",
+              cols, " columns");
   require_shape(y, x.rows(), cols, "rms_norm", "y");
   cuda::rms_norm(data_of<const float>(x), data_of<const float>(w), eps, data_of<float>(y), x.rows(),
                  cols, stream());
@@ -374,7 +386,8 @@ void CudaBackend::swiglu(const Tensor& gate, const Tensor& up, Tensor& y) {
   require_f32("swiglu", {&gate, &up, &y});
   MOXIN_CHECK(gate.numel() == up.numel() && gate.numel() == y.numel(), "[cuda] swiglu: gate ",
               gate.shape_str(), ", up ", up.shape_str(), " and y ", y.shape_str(), " differ");
-  cuda::swiglu(data_of<const float>(gate), data_of<const float>(up), data_of<float>(y), y.numel(), stream());
+  cuda::swiglu(data_of<const float>(gate), data_of<const float>(up), data_of<float>(y), y.numel(),
+               stream());
 }
 
 void CudaBackend::add(Tensor& x, const Tensor& y) {
@@ -388,8 +401,8 @@ void CudaBackend::add_scaled(Tensor& x, const Tensor& y, const Tensor& scale) {
   require_f32("add_scaled", {&x, &y, &scale});
   MOXIN_CHECK(x.numel() == y.numel() && scale.numel() == x.cols(), "[cuda] add_scaled: x ",
               x.shape_str(), ", y ", y.shape_str(), ", scale ", scale.shape_str());
-  cuda::add_scaled(data_of<float>(x), data_of<const float>(y), data_of<const float>(scale), x.rows(),
-                   x.cols(), stream());
+  cuda::add_scaled(data_of<float>(x), data_of<const float>(y), data_of<const float>(scale),
+                   x.rows(), x.cols(), stream());
 }
 
 void CudaBackend::add_rows_cyclic(Tensor& x, const Tensor& table) {
@@ -404,10 +417,11 @@ void CudaBackend::add_rows_cyclic(Tensor& x, const Tensor& table) {
 void CudaBackend::copy_rows(const Tensor& src, Tensor& dst, int64_t dst_row) {
   MOXIN_CHECK(src.dtype == dst.dtype && src.cols() == dst.cols() && dst_row >= 0 &&
                   dst_row + src.rows() <= dst.rows(),
-              "[cuda] copy_rows: ", src.shape_str(), " ", dtype_name(src.dtype), " into rows ", dst_row,
-              ".. of ", dst.shape_str(), " ", dtype_name(dst.dtype));
+              "[cuda] copy_rows: ", src.shape_str(), " ", dtype_name(src.dtype), " into rows ",
+              dst_row, ".. of ", dst.shape_str(), " ", dtype_name(dst.dtype));
   if (src.nbytes() == 0) return;
-  auto* d = static_cast<uint8_t*>(dst.data) + static_cast<size_t>(dst_row * dst.cols()) * dtype_size(dst.dtype);
+  auto* d = static_cast<uint8_t*>(dst.data) +
+            static_cast<size_t>(dst_row * dst.cols()) * dtype_size(dst.dtype);
   MOXIN_CUDA_CHECK(cudaMemcpyAsync(d, src.data, src.nbytes(), cudaMemcpyDeviceToDevice, stream()));
 }
 
@@ -418,9 +432,9 @@ void CudaBackend::copy_cols(const Tensor& src, Tensor& dst, int64_t col_offset) 
               col_offset, ".. of ", dst.shape_str(), " ", dtype_name(dst.dtype));
   if (src.nbytes() == 0) return;
   const size_t es = dtype_size(src.dtype);
-  MOXIN_CUDA_CHECK(cudaMemcpy2DAsync(static_cast<uint8_t*>(dst.data) + col_offset * es, dst.cols() * es,
-                                     src.data, src.cols() * es, src.cols() * es, src.rows(),
-                                     cudaMemcpyDeviceToDevice, stream()));
+  MOXIN_CUDA_CHECK(cudaMemcpy2DAsync(static_cast<uint8_t*>(dst.data) + col_offset * es,
+                                     dst.cols() * es, src.data, src.cols() * es, src.cols() * es,
+                                     src.rows(), cudaMemcpyDeviceToDevice, stream()));
 }
 
 void CudaBackend::gather_rows(const Tensor& x, const Tensor& rows, Tensor& y) {
@@ -437,8 +451,9 @@ void CudaBackend::embedding(const Tensor& ids, const Linear& table, Tensor& y) {
   require(ids, DType::I32, "embedding", "ids");
   require(y, DType::F32, "embedding", "y");
   require_shape(y, ids.numel(), table.in_features, "embedding", "y");
-  cuda::embedding(data_of<const int32_t>(ids), ids.numel(), static_cast<const bf16_bits*>(lw.weight.get()),
-                  table.out_features, table.in_features, data_of<float>(y), stream());
+  cuda::embedding(data_of<const int32_t>(ids), ids.numel(),
+                  static_cast<const bf16_bits*>(lw.weight.get()), table.out_features,
+                  table.in_features, data_of<float>(y), stream());
 }
 
 void CudaBackend::vit_attention(const Tensor& qkv, int batch, int tokens, int heads, int head_dim,
@@ -461,13 +476,13 @@ void CudaBackend::rope(Tensor& q, Tensor& k, const Tensor& positions, int head_d
   require(k, DType::F32, "rope", "k");
   require(positions, DType::I32, "rope", "positions");
   const int64_t tokens = positions.numel();
-  MOXIN_CHECK(head_dim > 0 && head_dim % 2 == 0 && q.cols() % head_dim == 0 && k.cols() % head_dim == 0 &&
-                  q.rows() == tokens && k.rows() == tokens,
+  MOXIN_CHECK(head_dim > 0 && head_dim % 2 == 0 && q.cols() % head_dim == 0 &&
+                  k.cols() % head_dim == 0 && q.rows() == tokens && k.rows() == tokens,
               "[cuda] rope: q ", q.shape_str(), ", k ", k.shape_str(), ", ", tokens,
               " positions, head_dim ", head_dim, " (must be even and divide the widths)");
-  cuda::rope(data_of<float>(q), data_of<float>(k), data_of<const int32_t>(positions), static_cast<int>(tokens),
-             static_cast<int>(q.cols() / head_dim), static_cast<int>(k.cols() / head_dim), head_dim, theta,
-             stream());
+  cuda::rope(data_of<float>(q), data_of<float>(k), data_of<const int32_t>(positions),
+             static_cast<int>(tokens), static_cast<int>(q.cols() / head_dim),
+             static_cast<int>(k.cols() / head_dim), head_dim, theta, stream());
 }
 
 void CudaBackend::kv_write(KvCache& cache, int layer, const Tensor& k, const Tensor& v,
@@ -485,17 +500,21 @@ void CudaBackend::kv_write(KvCache& cache, int layer, const Tensor& k, const Ten
 int CudaBackend::attention_splits(int tokens, int q_heads, int kv_heads, int head_dim,
                                   int max_context) const {
   const int64_t per_split = int64_t{tokens} * q_heads * (head_dim + 2);
-  const int64_t by_workspace = std::max<int64_t>(1, attention_partial_floats_ / std::max<int64_t>(per_split, 1));
-  const int64_t by_occupancy = (2 * int64_t{context_->multiprocessors} + int64_t{tokens} * kv_heads - 1) /
-                               (int64_t{tokens} * kv_heads);
-  const int64_t by_context = (std::max(max_context, 1) + kMinPositionsPerSplit - 1) / kMinPositionsPerSplit;
+  const int64_t by_workspace =
+      std::max<int64_t>(1, attention_partial_floats_ / std::max<int64_t>(per_split, 1));
+  const int64_t by_occupancy =
+      (2 * int64_t{context_->multiprocessors} + int64_t{tokens} * kv_heads - 1) /
+      (int64_t{tokens} * kv_heads);
+  const int64_t by_context =
+      (std::max(max_context, 1) + kMinPositionsPerSplit - 1) / kMinPositionsPerSplit;
   if (int64_t{tokens} * kv_heads > kAttentionCounters) return 1;
   const int64_t most = paged_attention_max_splits();
-  return static_cast<int>(std::max<int64_t>(1, std::min({by_workspace, by_occupancy, by_context, most})));
+  return static_cast<int>(
+      std::max<int64_t>(1, std::min({by_workspace, by_occupancy, by_context, most})));
 }
 
-void CudaBackend::paged_attention(const Tensor& q, KvCache& cache, int layer, const AttentionBatch& batch,
-                                  int q_heads, Tensor& y) {
+void CudaBackend::paged_attention(const Tensor& q, KvCache& cache, int layer,
+                                  const AttentionBatch& batch, int q_heads, Tensor& y) {
   CudaKvCache& c = cuda_cache(cache, layer, "paged_attention");
   require(q, DType::F32, "paged_attention", "q");
   require(y, DType::F32, "paged_attention", "y");
@@ -507,17 +526,20 @@ void CudaBackend::paged_attention(const Tensor& q, KvCache& cache, int layer, co
   require_shape(y, tokens, int64_t{q_heads} * cfg.head_dim, "paged_attention", "y");
   const TokenIndex index = token_index(batch, tokens, "paged_attention");
   const bool split_usable = q_heads / cfg.kv_heads <= 8;
-  const bool use_split = split_usable && (attention_path_ == CudaAttentionPath::SplitK ||
-                                          (attention_path_ == CudaAttentionPath::Auto && tokens <= kSplitMaxTokens));
+  const bool use_split =
+      split_usable && (attention_path_ == CudaAttentionPath::SplitK ||
+                       (attention_path_ == CudaAttentionPath::Auto && tokens <= kSplitMaxTokens));
   if (use_split) {
-    const int splits = attention_splits(static_cast<int>(tokens), q_heads, cfg.kv_heads, cfg.head_dim,
-                                        std::max(batch.max_context, 1));
-    paged_attention_split(data_of<const float>(q), c.layer(layer), index, q_heads, std::max(batch.max_context, 1),
-                          splits, static_cast<float*>(attention_partial_.get()),
-                          static_cast<int*>(attention_counters_.get()), data_of<float>(y), stream());
+    const int splits = attention_splits(static_cast<int>(tokens), q_heads, cfg.kv_heads,
+                                        cfg.head_dim, std::max(batch.max_context, 1));
+    paged_attention_split(
+        data_of<const float>(q), c.layer(layer), index, q_heads, std::max(batch.max_context, 1),
+        splits, static_cast<float*>(attention_partial_.get()),
+        static_cast<int*>(attention_counters_.get()), data_of<float>(y), stream());
   } else {
     paged_attention_tiled(data_of<const float>(q), c.layer(layer), index, q_heads,
-                          attention_path_ != CudaAttentionPath::TiledF32, data_of<float>(y), stream());
+                          attention_path_ != CudaAttentionPath::TiledF32, data_of<float>(y),
+                          stream());
   }
 }
 
@@ -531,7 +553,8 @@ std::unique_ptr<Backend> create_cuda_backend(int device_ordinal) {
 
 void set_cuda_attention_path(Backend& backend, CudaAttentionPath path) {
   auto* cuda = dynamic_cast<cuda::CudaBackend*>(&backend);
-  MOXIN_CHECK(cuda != nullptr, "[cuda] set_cuda_attention_path: ", backend.name(), " is not a CUDA backend");
+  MOXIN_CHECK(cuda != nullptr, "[cuda] set_cuda_attention_path: ", backend.name(),
+              " is not a CUDA backend");
   cuda->set_attention_path(path);
 }
 

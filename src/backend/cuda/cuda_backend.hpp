@@ -27,7 +27,8 @@ class CudaGraph {
 // memory) and no prepare_linear/param/create_kv_cache. Tensors allocated by empty() inside it
 // become graph allocations: free them inside it too. Paged attention sizes its split-K grid
 // from AttentionBatch::max_context: capture with the largest context the graph will serve.
-std::unique_ptr<CudaGraph> capture_cuda_graph(Backend& backend, const std::function<void()>& record);
+std::unique_ptr<CudaGraph> capture_cuda_graph(Backend& backend,
+                                              const std::function<void()>& record);
 
 // Which attention kernels run. Auto: paged attention of up to 64 tokens (decode) goes through
 // split-K flash-decoding in f32 (K/V as stored: bf16); larger batches (prefill) and the ViT

@@ -23,6 +23,3 @@ inline void check_cublas(cublasStatus_t status, const char* call, const char* fi
 
 #define MOXIN_CUDA_CHECK(call) ::moxin::cuda::check_cuda((call), #call, __FILE__, __LINE__)
 #define MOXIN_CUBLAS_CHECK(call) ::moxin::cuda::check_cublas((call), #call, __FILE__, __LINE__)
-// After a kernel launch: reports a bad configuration (grid, shared memory) at the launch site.
-#define MOXIN_CUDA_CHECK_LAUNCH(kernel_name) \
-  ::moxin::cuda::check_cuda(cudaGetLastError(), "launch of " kernel_name, __FILE__, __LINE__)

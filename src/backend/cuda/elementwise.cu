@@ -8,7 +8,7 @@
 namespace moxin::cuda {
 namespace {
 
-#define MOXIN_GRID_STRIDE(i, count)                                                    \
+#define MOXIN_GRID_STRIDE(i, count)                                             \
   for (int64_t i = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; i < (count); \
        i += int64_t{gridDim.x} * blockDim.x)
 
@@ -77,50 +77,50 @@ __global__ void embedding_kernel(const int32_t* __restrict__ ids, int64_t count,
 
 void gelu_erf(float* x, int64_t count, cudaStream_t stream) {
   if (count == 0) return;
-  launch_kernel("gelu_erf_kernel", gelu_erf_kernel, elementwise_blocks(count), kElementwiseThreads, 0, stream,
-      x, count);
+  launch_kernel("gelu_erf_kernel", gelu_erf_kernel, elementwise_blocks(count), kElementwiseThreads,
+                0, stream, x, count);
 }
 
 void swiglu(const float* gate, const float* up, float* y, int64_t count, cudaStream_t stream) {
   if (count == 0) return;
-  launch_kernel("swiglu_kernel", swiglu_kernel, elementwise_blocks(count), kElementwiseThreads, 0, stream,
-      gate, up, y, count);
+  launch_kernel("swiglu_kernel", swiglu_kernel, elementwise_blocks(count), kElementwiseThreads, 0,
+                stream, gate, up, y, count);
 }
 
 void add(float* x, const float* y, int64_t count, cudaStream_t stream) {
   if (count == 0) return;
   launch_kernel("add_kernel", add_kernel, elementwise_blocks(count), kElementwiseThreads, 0, stream,
-      x, y, count);
+                x, y, count);
 }
 
 void add_scaled(float* x, const float* y, const float* scale, int64_t rows, int64_t cols,
                 cudaStream_t stream) {
   const int64_t count = rows * cols;
   if (count == 0) return;
-  launch_kernel("add_scaled_kernel", add_scaled_kernel, elementwise_blocks(count), kElementwiseThreads, 0, stream,
-      x, y, scale, count, cols);
+  launch_kernel("add_scaled_kernel", add_scaled_kernel, elementwise_blocks(count),
+                kElementwiseThreads, 0, stream, x, y, scale, count, cols);
 }
 
 void add_rows_cyclic(float* x, const float* table, int64_t rows, int64_t cols, int64_t table_rows,
                      cudaStream_t stream) {
   const int64_t count = rows * cols;
   if (count == 0) return;
-  launch_kernel("add_rows_cyclic_kernel", add_rows_cyclic_kernel, elementwise_blocks(count), kElementwiseThreads, 0, stream,
-      x, table, count, cols, table_rows);
+  launch_kernel("add_rows_cyclic_kernel", add_rows_cyclic_kernel, elementwise_blocks(count),
+                kElementwiseThreads, 0, stream, x, table, count, cols, table_rows);
 }
 
 void gather_rows(const float* x, int64_t x_rows, int64_t cols, const int32_t* rows, int64_t count,
                  float* y, cudaStream_t stream) {
   if (count * cols == 0) return;
-  launch_kernel("gather_rows_kernel", gather_rows_kernel, elementwise_blocks(count * cols), kElementwiseThreads, 0, stream,
-      x, x_rows, cols, rows, count, y);
+  launch_kernel("gather_rows_kernel", gather_rows_kernel, elementwise_blocks(count * cols),
+                kElementwiseThreads, 0, stream, x, x_rows, cols, rows, count, y);
 }
 
 void embedding(const int32_t* ids, int64_t count, const bf16_bits* table, int64_t vocab,
                int64_t cols, float* y, cudaStream_t stream) {
   if (count * cols == 0) return;
-  launch_kernel("embedding_kernel", embedding_kernel, elementwise_blocks(count * cols), kElementwiseThreads, 0, stream,
-      ids, count, table, vocab, cols, y);
+  launch_kernel("embedding_kernel", embedding_kernel, elementwise_blocks(count * cols),
+                kElementwiseThreads, 0, stream, ids, count, table, vocab, cols, y);
 }
 
 }  // namespace moxin::cuda

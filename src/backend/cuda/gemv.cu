@@ -26,7 +26,9 @@ __device__ __forceinline__ uint4 load_weights(const uint4* p) {
 }
 
 __device__ __forceinline__ float bf16_low(uint32_t pair) { return __uint_as_float(pair << 16); }
-__device__ __forceinline__ float bf16_high(uint32_t pair) { return __uint_as_float(pair & 0xffff0000u); }
+__device__ __forceinline__ float bf16_high(uint32_t pair) {
+  return __uint_as_float(pair & 0xffff0000u);
+}
 
 // acc + dot(8 bf16 weights, 8 f32 activations a|b)
 __device__ __forceinline__ float dot8(uint4 w, float4 a, float4 b, float acc) {
@@ -43,7 +45,8 @@ __device__ __forceinline__ float dot8(uint4 w, float4 a, float4 b, float acc) {
 
 __device__ __forceinline__ float warp_sum(float v) {
 #pragma unroll
-  for (int offset = kLanes / 2; offset > 0; offset /= 2) v += __shfl_xor_sync(0xffffffffu, v, offset);
+  for (int offset = kLanes / 2; offset > 0; offset /= 2)
+    v += __shfl_xor_sync(0xffffffffu, v, offset);
   return v;
 }
 
@@ -62,7 +65,7 @@ __device__ __forceinline__ void accumulate(const uint4 (&wv)[R], const float4* _
 
 // Requires K % 8 == 0 and 16-byte aligned x and W rows (checked by the launcher).
 template <int M, int R, int U>
-__global__ void __launch_bounds__(kWarpsPerBlock * kLanes)
+__global__ void __launch_bounds__(kWarpsPerBlock* kLanes)
     gemv_bf16_vec_kernel(const float* __restrict__ x, const uint4* __restrict__ w,
                          const float* __restrict__ bias, float* __restrict__ y, int n, int k) {
   const int lane = threadIdx.x % kLanes;
@@ -80,7 +83,8 @@ __global__ void __launch_bounds__(kWarpsPerBlock * kLanes)
   for (int u = 0; u < U; ++u)
 #pragma unroll
     for (int r = 0; r < R; ++r)
-      if (lane + u * kLanes < vecs) asm volatile("prefetch.global.L2 [%0];" ::"l"(rows[r] + lane + u * kLanes));
+      if (lane + u * kLanes < vecs)
+        asm volatile("prefetch.global.L2 [%0];" ::"l"(rows[r] + lane + u * kLanes));
   wait_for_prior_kernels();
 
   float acc[M][R];
@@ -154,8 +158,9 @@ void launch_vec(const float* x, const bf16_bits* w, const float* bias, float* y,
                 cudaStream_t stream) {
   const int rows_per_block = kWarpsPerBlock * R;
   const int blocks = (n + rows_per_block - 1) / rows_per_block;
-  launch_kernel("gemv_bf16_vec_kernel", gemv_bf16_vec_kernel<M, R, U>, blocks, kWarpsPerBlock * kLanes, 0, stream,
-      x, reinterpret_cast<const uint4*>(w), bias, y, n, k);
+  launch_kernel("gemv_bf16_vec_kernel", gemv_bf16_vec_kernel<M, R, U>, blocks,
+                kWarpsPerBlock * kLanes, 0, stream, x, reinterpret_cast<const uint4*>(w), bias, y,
+                n, k);
 }
 
 bool vector_path_usable(const float* x, const bf16_bits* w, int k) {
@@ -186,37 +191,67 @@ bool launch_variant(int r, int u, const float* x, const bf16_bits* w, const floa
                     int n, int k, cudaStream_t s) {
   const int key = r * 10 + u;
   switch (key) {
-    case 14: launch_vec<M, 1, 4>(x, w, bias, y, n, k, s); return true;
-    case 18: launch_vec<M, 1, 8>(x, w, bias, y, n, k, s); return true;
-    case 22: launch_vec<M, 2, 2>(x, w, bias, y, n, k, s); return true;
-    case 24: launch_vec<M, 2, 4>(x, w, bias, y, n, k, s); return true;
-    case 42: launch_vec<M, 4, 2>(x, w, bias, y, n, k, s); return true;
-    case 44: launch_vec<M, 4, 4>(x, w, bias, y, n, k, s); return true;
-    default: return false;
+    case 14:
+      launch_vec<M, 1, 4>(x, w, bias, y, n, k, s);
+      return true;
+    case 18:
+      launch_vec<M, 1, 8>(x, w, bias, y, n, k, s);
+      return true;
+    case 22:
+      launch_vec<M, 2, 2>(x, w, bias, y, n, k, s);
+      return true;
+    case 24:
+      launch_vec<M, 2, 4>(x, w, bias, y, n, k, s);
+      return true;
+    case 42:
+      launch_vec<M, 4, 2>(x, w, bias, y, n, k, s);
+      return true;
+    case 44:
+      launch_vec<M, 4, 4>(x, w, bias, y, n, k, s);
+      return true;
+    default:
+      return false;
   }
 }
 
 }  // namespace
 
-void gemv_bf16(const float* x, int m, const bf16_bits* w, const float* bias, float* y, int n,
-               int k, cudaStream_t stream) {
+void gemv_bf16(const float* x, int m, const bf16_bits* w, const float* bias, float* y, int n, int k,
+               cudaStream_t stream) {
   if (n == 0 || m == 0) return;
   if (!vector_path_usable(x, w, k)) {
     const int blocks = (n + kWarpsPerBlock - 1) / kWarpsPerBlock;
-    launch_kernel("gemv_bf16_scalar_kernel", gemv_bf16_scalar_kernel, blocks, kWarpsPerBlock * kLanes, 0, stream,
-        x, m, w, bias, y, n, k);
+    launch_kernel("gemv_bf16_scalar_kernel", gemv_bf16_scalar_kernel, blocks,
+                  kWarpsPerBlock * kLanes, 0, stream, x, m, w, bias, y, n, k);
     return;
   }
   switch (m) {
-    case 1: launch_default<1>(x, w, bias, y, n, k, stream); break;
-    case 2: launch_default<2>(x, w, bias, y, n, k, stream); break;
-    case 3: launch_default<3>(x, w, bias, y, n, k, stream); break;
-    case 4: launch_default<4>(x, w, bias, y, n, k, stream); break;
-    case 5: launch_default<5>(x, w, bias, y, n, k, stream); break;
-    case 6: launch_default<6>(x, w, bias, y, n, k, stream); break;
-    case 7: launch_default<7>(x, w, bias, y, n, k, stream); break;
-    case 8: launch_default<8>(x, w, bias, y, n, k, stream); break;
-    default: fail("[cuda] gemv_bf16: ", m, " rows; the GEMV path takes 1..", kGemvMaxRows);
+    case 1:
+      launch_default<1>(x, w, bias, y, n, k, stream);
+      break;
+    case 2:
+      launch_default<2>(x, w, bias, y, n, k, stream);
+      break;
+    case 3:
+      launch_default<3>(x, w, bias, y, n, k, stream);
+      break;
+    case 4:
+      launch_default<4>(x, w, bias, y, n, k, stream);
+      break;
+    case 5:
+      launch_default<5>(x, w, bias, y, n, k, stream);
+      break;
+    case 6:
+      launch_default<6>(x, w, bias, y, n, k, stream);
+      break;
+    case 7:
+      launch_default<7>(x, w, bias, y, n, k, stream);
+      break;
+    case 8:
+      launch_default<8>(x, w, bias, y, n, k, stream);
+      break;
+    default:
+      fail("[cuda] gemv_bf16: ", m, " rows; the GEMV path takes 1..", kGemvMaxRows);
   }
 }
 

@@ -13,8 +13,8 @@ using bf16_bits = uint16_t;
 
 // --- gemv.cu: y[M, N] = x[M, K] W[N, K]^T (+ bias), 1 <= M <= kGemvMaxRows, f32 activations ---
 constexpr int kGemvMaxRows = 8;
-void gemv_bf16(const float* x, int m, const bf16_bits* w, const float* bias, float* y, int n,
-               int k, cudaStream_t stream);
+void gemv_bf16(const float* x, int m, const bf16_bits* w, const float* bias, float* y, int n, int k,
+               cudaStream_t stream);
 // One explicit tiling (weight rows per warp, 16-byte loads in flight per row and lane) for the
 // benchmark's variant sweep; returns false when that variant is not compiled or not usable.
 bool gemv_bf16_variant(int rows_per_warp, int unroll, const float* x, int m, const bf16_bits* w,
@@ -81,8 +81,8 @@ void kv_write(const PagedLayer& cache, const float* k, const float* v, const Tok
 constexpr int kMaxHeadDim = 128;
 // tensor_cores: Q, K, V and P rounded to bf16 for mma.sync (f32 accumulation and softmax);
 // otherwise all f32 on the CUDA cores.
-void vit_attention(const float* qkv, int batch, int tokens, int heads, int head_dim, bool tensor_cores,
-                   float* y, cudaStream_t stream);
+void vit_attention(const float* qkv, int batch, int tokens, int heads, int head_dim,
+                   bool tensor_cores, float* y, cudaStream_t stream);
 
 // --- paged_attention_split.cu: one token per block group, context split across blocks ---
 // When splits > 1: `partial` holds tokens * q_heads * splits * (head_dim + 2) floats and

@@ -39,7 +39,8 @@ void launch_kernel(const char* name, void (*kernel)(Params...), dim3 grid, dim3 
   attribute.val.programmaticStreamSerializationAllowed = pdl_enabled() ? 1 : 0;
   config.attrs = &attribute;
   config.numAttrs = 1;
-  check_cuda(cudaLaunchKernelEx(&config, kernel, static_cast<Params>(args)...), name, __FILE__, __LINE__);
+  check_cuda(cudaLaunchKernelEx(&config, kernel, static_cast<Params>(args)...), name, __FILE__,
+             __LINE__);
 }
 
 #ifdef __CUDACC__

@@ -22,8 +22,8 @@ __device__ float block_sum(float v, float* scratch) {
 }
 
 __global__ void __launch_bounds__(kNormThreads)
-    layer_norm_kernel(const float* x, const float* __restrict__ w,
-                      const float* __restrict__ b, float eps, float* y, int cols) {
+    layer_norm_kernel(const float* x, const float* __restrict__ w, const float* __restrict__ b,
+                      float eps, float* y, int cols) {
   wait_for_prior_kernels();
   __shared__ float scratch[kNormThreads / 32];
   const float* xr = x + static_cast<size_t>(blockIdx.x) * cols;
@@ -59,15 +59,15 @@ __global__ void __launch_bounds__(kNormThreads)
 void layer_norm(const float* x, const float* w, const float* b, float eps, float* y, int64_t rows,
                 int64_t cols, cudaStream_t stream) {
   if (rows == 0) return;
-  launch_kernel("layer_norm_kernel", layer_norm_kernel, static_cast<unsigned>(rows), kNormThreads, 0, stream,
-      x, w, b, eps, y, static_cast<int>(cols));
+  launch_kernel("layer_norm_kernel", layer_norm_kernel, static_cast<unsigned>(rows), kNormThreads,
+                0, stream, x, w, b, eps, y, static_cast<int>(cols));
 }
 
 void rms_norm(const float* x, const float* w, float eps, float* y, int64_t rows, int64_t cols,
               cudaStream_t stream) {
   if (rows == 0) return;
-  launch_kernel("rms_norm_kernel", rms_norm_kernel, static_cast<unsigned>(rows), kNormThreads, 0, stream,
-      x, w, eps, y, static_cast<int>(cols));
+  launch_kernel("rms_norm_kernel", rms_norm_kernel, static_cast<unsigned>(rows), kNormThreads, 0,
+                stream, x, w, eps, y, static_cast<int>(cols));
 }
 
 }  // namespace moxin::cuda

@@ -4,8 +4,8 @@
 //
 // Warps take 32-position tiles of the slice: the warp stages the tile's K and V rows in shared
 // memory with coalesced cp.async (block ids fetched a tile ahead), then each lane computes the
-// scores of its position for all heads of the group (q in shared memory, read as broadcasts), the warp
-// updates the online softmax once per tile, then accumulates P V from shared memory with lanes
+// scores of its position for all heads of the group (q in shared memory, read as broadcasts), the
+// warp updates the online softmax once per tile, then accumulates P V from shared memory with lanes
 // over dims. Warps merge their states in shared memory; with several splits each block leaves
 // a partial result and the last block of a (token, kv head) to finish merges them (an atomic
 // counter that the merging block resets, so graph replays need no memset), the splits' weights
@@ -49,15 +49,22 @@ __device__ __forceinline__ float bf16_at(const bf16_bits* p, size_t i) {
   return __uint_as_float(static_cast<uint32_t>(p[i]) << 16);
 }
 __device__ __forceinline__ float bf16_low(uint32_t pair) { return __uint_as_float(pair << 16); }
-__device__ __forceinline__ float bf16_high(uint32_t pair) { return __uint_as_float(pair & 0xffff0000u); }
+__device__ __forceinline__ float bf16_high(uint32_t pair) {
+  return __uint_as_float(pair & 0xffff0000u);
+}
 
 __device__ __forceinline__ void copy16_async(void* smem, const void* global) {
-  asm volatile("cp.async.cg.shared.global [%0], [%1], 16;" ::"r"(static_cast<uint32_t>(__cvta_generic_to_shared(smem))),
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16;" ::"r"(
+                   static_cast<uint32_t>(__cvta_generic_to_shared(smem))),
                "l"(global)
                : "memory");
 }
-__device__ __forceinline__ void copies_issued() { asm volatile("cp.async.commit_group;" ::: "memory"); }
-__device__ __forceinline__ void copies_landed() { asm volatile("cp.async.wait_group 0;" ::: "memory"); }
+__device__ __forceinline__ void copies_issued() {
+  asm volatile("cp.async.commit_group;" ::: "memory");
+}
+__device__ __forceinline__ void copies_landed() {
+  asm volatile("cp.async.wait_group 0;" ::: "memory");
+}
 
 // Context length of a token: pos + 1, or 0 when its index entries are invalid.
 __device__ __forceinline__ int token_context(const TokenIndex& index, int capacity, int token) {
@@ -123,15 +130,19 @@ __global__ void __launch_bounds__(kSplitWarps * 32)
   const size_t row_stride = static_cast<size_t>(cache.kv_heads) * head_dim;
   constexpr int kStep = kSplitWarps * kTile;
   // Block ids one tile ahead, so that a tile waits for one memory round trip (its K/V).
-  int next_block = begin + warp * kTile + lane < end ? table[(begin + warp * kTile + lane) / cache.block_size] : -1;
+  int next_block = begin + warp * kTile + lane < end
+                       ? table[(begin + warp * kTile + lane) / cache.block_size]
+                       : -1;
   for (int tile0 = begin + warp * kTile; tile0 < end; tile0 += kStep) {
     const int p = tile0 + lane;
     const int block = next_block;
     next_block = p + kStep < end ? table[(p + kStep) / cache.block_size] : -1;
     const bool ok = p < end && block >= 0 && block < cache.num_blocks;
     const long long offset =
-        ok ? static_cast<long long>((static_cast<size_t>(block) * cache.block_size + p % cache.block_size) * row_stride +
-                                    static_cast<size_t>(kv_head) * head_dim)
+        ok ? static_cast<long long>(
+                 (static_cast<size_t>(block) * cache.block_size + p % cache.block_size) *
+                     row_stride +
+                 static_cast<size_t>(kv_head) * head_dim)
            : -1;
     float s[kMaxGroup];
 #pragma unroll
@@ -199,7 +210,7 @@ __global__ void __launch_bounds__(kSplitWarps * 32)
       const float m_new = fmaxf(m[g], warp_max(sg));
       const float base = m_new == -INFINITY ? 0.0f : m_new;
       const float corr = expf(m[g] - base);  // 0 while m[g] is -inf
-      s[g] = expf(sg - base);               // 0 for positions outside the context
+      s[g] = expf(sg - base);                // 0 for positions outside the context
       l[g] = l[g] * corr + s[g];
 #pragma unroll
       for (int a = 0; a < kAcc; ++a) acc[g][a] *= corr;
@@ -327,7 +338,8 @@ __global__ void __launch_bounds__(kSplitWarps * 32)
     const float* parts = partial + (first_head + g) * splits * (head_dim + 2) + d;
     float out = 0.0f;
 #pragma unroll 8
-    for (int sp = 0; sp < splits; ++sp) out = fmaf(sm_weight[g][sp], __ldcg(parts + sp * (head_dim + 2)), out);
+    for (int sp = 0; sp < splits; ++sp)
+      out = fmaf(sm_weight[g][sp], __ldcg(parts + sp * (head_dim + 2)), out);
     y[(first_head + g) * head_dim + d] = out;
   }
 }
@@ -342,18 +354,29 @@ void paged_attention_split(const float* q, const PagedLayer& cache, const TokenI
   const float scale = 1.0f / sqrtf(static_cast<float>(cache.head_dim));
   const dim3 grid(splits, cache.kv_heads, index.tokens);
   const int dims_per_lane = cache.head_dim % 32 == 0 ? cache.head_dim / 32 : 0;
-  MOXIN_CHECK(splits >= 1 && splits <= kMaxSplits, "[cuda] paged_attention: ", splits, " splits (1..", kMaxSplits, ")");
+  MOXIN_CHECK(splits >= 1 && splits <= kMaxSplits, "[cuda] paged_attention: ", splits,
+              " splits (1..", kMaxSplits, ")");
   const size_t smem = split_smem_bytes(cache.head_dim);
   auto run = [&](auto kernel) {
-    launch_kernel("paged_split_kernel", kernel, grid, kSplitWarps * 32, smem, stream, q, cache, index,
-                  q_heads, chunk, splits, scale, partial, counters, y);
+    launch_kernel("paged_split_kernel", kernel, grid, kSplitWarps * 32, smem, stream, q, cache,
+                  index, q_heads, chunk, splits, scale, partial, counters, y);
   };
   switch (dims_per_lane) {
-    case 1: run(paged_split_kernel<1>); break;
-    case 2: run(paged_split_kernel<2>); break;
-    case 3: run(paged_split_kernel<3>); break;
-    case 4: run(paged_split_kernel<4>); break;
-    default: run(paged_split_kernel<0>); break;
+    case 1:
+      run(paged_split_kernel<1>);
+      break;
+    case 2:
+      run(paged_split_kernel<2>);
+      break;
+    case 3:
+      run(paged_split_kernel<3>);
+      break;
+    case 4:
+      run(paged_split_kernel<4>);
+      break;
+    default:
+      run(paged_split_kernel<0>);
+      break;
   }
 }
 
@@ -361,11 +384,16 @@ int paged_attention_max_splits() { return kMaxSplits; }
 
 void configure_paged_attention_split() {
   const int bytes = static_cast<int>(split_smem_bytes(kMaxHeadDim));
-  MOXIN_CUDA_CHECK(cudaFuncSetAttribute(paged_split_kernel<1>, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes));
-  MOXIN_CUDA_CHECK(cudaFuncSetAttribute(paged_split_kernel<2>, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes));
-  MOXIN_CUDA_CHECK(cudaFuncSetAttribute(paged_split_kernel<3>, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes));
-  MOXIN_CUDA_CHECK(cudaFuncSetAttribute(paged_split_kernel<4>, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes));
-  MOXIN_CUDA_CHECK(cudaFuncSetAttribute(paged_split_kernel<0>, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes));
+  MOXIN_CUDA_CHECK(cudaFuncSetAttribute(paged_split_kernel<1>,
+                                        cudaFuncAttributeMaxDynamicSharedMemorySize, bytes));
+  MOXIN_CUDA_CHECK(cudaFuncSetAttribute(paged_split_kernel<2>,
+                                        cudaFuncAttributeMaxDynamicSharedMemorySize, bytes));
+  MOXIN_CUDA_CHECK(cudaFuncSetAttribute(paged_split_kernel<3>,
+                                        cudaFuncAttributeMaxDynamicSharedMemorySize, bytes));
+  MOXIN_CUDA_CHECK(cudaFuncSetAttribute(paged_split_kernel<4>,
+                                        cudaFuncAttributeMaxDynamicSharedMemorySize, bytes));
+  MOXIN_CUDA_CHECK(cudaFuncSetAttribute(paged_split_kernel<0>,
+                                        cudaFuncAttributeMaxDynamicSharedMemorySize, bytes));
 }
 
 }  // namespace moxin::cuda

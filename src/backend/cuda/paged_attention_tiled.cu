@@ -19,7 +19,8 @@ namespace {
 // The next pass of a tile: the smallest sequence id above prev_seq among the tile's tokens and
 // the last position of that sequence in the tile (INT_MAX: no pass left). Warp 0 only.
 template <int kTokens>
-__device__ void next_pass(const int* tok_seq, const int* tok_pos, int prev_seq, int* pass_seq, int* pass_last) {
+__device__ void next_pass(const int* tok_seq, const int* tok_pos, int prev_seq, int* pass_seq,
+                          int* pass_last) {
   int next = INT_MAX;
   for (int i = threadIdx.x; i < kTokens; i += 32)
     if (tok_seq[i] > prev_seq) next = min(next, tok_seq[i]);
@@ -36,8 +37,8 @@ __device__ void next_pass(const int* tok_seq, const int* tok_pos, int prev_seq, 
 
 template <int DJ>
 __global__ void __launch_bounds__(kTileThreads)
-    paged_tiled_kernel(const float* __restrict__ q, PagedLayer cache, TokenIndex index,
-                       int q_heads, float scale, float* __restrict__ y) {
+    paged_tiled_kernel(const float* __restrict__ q, PagedLayer cache, TokenIndex index, int q_heads,
+                       float scale, float* __restrict__ y) {
   wait_for_prior_kernels();
   extern __shared__ float smem[];
   __shared__ int tok_seq[kQueryTile];
@@ -93,8 +94,10 @@ __global__ void __launch_bounds__(kTileThreads)
         const int block = table[key / cache.block_size];
         float kv = 0.0f, vv = 0.0f;
         if (block >= 0 && block < cache.num_blocks) {
-          const size_t src = (static_cast<size_t>(block) * cache.block_size + key % cache.block_size) * row_stride +
-                             static_cast<size_t>(kv_head) * head_dim + d;
+          const size_t src =
+              (static_cast<size_t>(block) * cache.block_size + key % cache.block_size) *
+                  row_stride +
+              static_cast<size_t>(kv_head) * head_dim + d;
           kv = __uint_as_float(static_cast<uint32_t>(cache.k[src]) << 16);
           vv = __uint_as_float(static_cast<uint32_t>(cache.v[src]) << 16);
         }
@@ -102,9 +105,8 @@ __global__ void __launch_bounds__(kTileThreads)
         tile.v[row * tile.dp + d] = vv;
       }
       __syncthreads();
-      tile.consume(key0, n, scale, [&](int row, int key) {
-        return tok_seq[row] == seq && key <= tok_pos[row];
-      });
+      tile.consume(key0, n, scale,
+                   [&](int row, int key) { return tok_seq[row] == seq && key <= tok_pos[row]; });
     }
     prev_seq = seq;
   }
@@ -155,8 +157,9 @@ __global__ void __launch_bounds__(kPrefillWarps * 32)
     const int row = e / kPadded;
     const int d = e % kPadded;
     const int t = t0 + row;
-    const float value =
-        (t < index.tokens && d < head_dim) ? q[(static_cast<size_t>(t) * q_heads + head) * head_dim + d] : 0.0f;
+    const float value = (t < index.tokens && d < head_dim)
+                            ? q[(static_cast<size_t>(t) * q_heads + head) * head_dim + d]
+                            : 0.0f;
     att.q[row * att.stride + d] = __float2bfloat16_rn(value);
   }
   __syncthreads();
@@ -173,9 +176,11 @@ __global__ void __launch_bounds__(kPrefillWarps * 32)
     const int last = pass_last;
     if (seq == INT_MAX) break;
     const int row = warp * 16 + lane / 4;
-    const int limit[2] = {tok_seq[row] == seq ? tok_pos[row] : -1, tok_seq[row + 8] == seq ? tok_pos[row + 8] : -1};
+    const int limit[2] = {tok_seq[row] == seq ? tok_pos[row] : -1,
+                          tok_seq[row + 8] == seq ? tok_pos[row + 8] : -1};
     int warp_last = max(limit[0], limit[1]);
-    for (int o = 16; o > 0; o /= 2) warp_last = max(warp_last, __shfl_xor_sync(0xffffffffu, warp_last, o));
+    for (int o = 16; o > 0; o /= 2)
+      warp_last = max(warp_last, __shfl_xor_sync(0xffffffffu, warp_last, o));
     const int32_t* table = index.block_tables + static_cast<size_t>(seq) * index.max_blocks;
     for (int key0 = 0; key0 <= last; key0 += kMmaRows) {
       const int n = min(kMmaRows, last + 1 - key0);
@@ -188,8 +193,10 @@ __global__ void __launch_bounds__(kPrefillWarps * 32)
           const int key = key0 + r;
           const int block = table[key / cache.block_size];
           if (block >= 0 && block < cache.num_blocks) {
-            const size_t src = (static_cast<size_t>(block) * cache.block_size + key % cache.block_size) * row_stride +
-                               static_cast<size_t>(kv_head) * head_dim + d0;
+            const size_t src =
+                (static_cast<size_t>(block) * cache.block_size + key % cache.block_size) *
+                    row_stride +
+                static_cast<size_t>(kv_head) * head_dim + d0;
             if (head_dim % 8 == 0) {
               kv = __ldg(reinterpret_cast<const uint4*>(cache.k + src));
               vv = __ldg(reinterpret_cast<const uint4*>(cache.v + src));
@@ -230,23 +237,22 @@ void paged_attention_tiled(const float* q, const PagedLayer& cache, const TokenI
     const dim3 grid((index.tokens + kPrefillTokens - 1) / kPrefillTokens, q_heads);
     dispatch_mma_head_dim(cache.head_dim, [&]<int KD>() {
       launch_kernel("paged_tiled_mma_kernel", paged_tiled_mma_kernel<KD>, grid, kPrefillWarps * 32,
-                    mma_smem_bytes(cache.head_dim, kPrefillWarps), stream,
-          q, cache, index, q_heads, scale, y);
+                    mma_smem_bytes(cache.head_dim, kPrefillWarps), stream, q, cache, index, q_heads,
+                    scale, y);
     });
     return;
   }
   const dim3 grid((index.tokens + kQueryTile - 1) / kQueryTile, q_heads);
   const size_t smem = tile_smem_bytes(cache.head_dim);
   dispatch_dims_per_thread(cache.head_dim, [&]<int DJ>() {
-    launch_kernel("paged_tiled_kernel", paged_tiled_kernel<DJ>, grid, kTileThreads, smem, stream,
-        q, cache, index, q_heads, scale, y);
+    launch_kernel("paged_tiled_kernel", paged_tiled_kernel<DJ>, grid, kTileThreads, smem, stream, q,
+                  cache, index, q_heads, scale, y);
   });
 }
 
 void configure_paged_attention() {
-  for_all_dims_per_thread([&]<int DJ>() {
-    MOXIN_CUDA_CHECK(allow_tile_smem<DJ>(paged_tiled_kernel<DJ>));
-  });
+  for_all_dims_per_thread(
+      [&]<int DJ>() { MOXIN_CUDA_CHECK(allow_tile_smem<DJ>(paged_tiled_kernel<DJ>)); });
   for_all_mma_head_dims([&]<int KD>() {
     MOXIN_CUDA_CHECK((allow_mma_smem<KD, kPrefillWarps>(paged_tiled_mma_kernel<KD>)));
   });

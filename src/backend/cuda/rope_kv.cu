@@ -31,7 +31,8 @@ __global__ void __launch_bounds__(kRopeThreads)
     // The f32 power rounded correctly (via f64), so CPU and GPU agree on every inv_freq: one
     // ulp off would move the angle at position 32k by ~2e-3 rad.
     const float exponent = static_cast<float>(2 * i) / static_cast<float>(head_dim);
-    const float inv_freq = 1.0f / static_cast<float>(pow(static_cast<double>(theta), static_cast<double>(exponent)));
+    const float inv_freq =
+        1.0f / static_cast<float>(pow(static_cast<double>(theta), static_cast<double>(exponent)));
     const float angle = pos * inv_freq;
     const float c = cosf(angle);
     const float s = sinf(angle);
@@ -53,7 +54,8 @@ __global__ void __launch_bounds__(kKvWriteThreads)
   const int pos = index.token_pos[token];
   if (seq < 0 || seq >= index.num_seqs || pos < 0 || pos / cache.block_size >= index.max_blocks)
     return;
-  const int block = index.block_tables[static_cast<size_t>(seq) * index.max_blocks + pos / cache.block_size];
+  const int block =
+      index.block_tables[static_cast<size_t>(seq) * index.max_blocks + pos / cache.block_size];
   if (block < 0 || block >= cache.num_blocks) return;
   const int row = cache.kv_heads * cache.head_dim;
   const size_t dst = (static_cast<size_t>(block) * cache.block_size + pos % cache.block_size) * row;
@@ -72,15 +74,15 @@ __global__ void __launch_bounds__(kKvWriteThreads)
 void rope(float* q, float* k, const int32_t* positions, int tokens, int q_heads, int kv_heads,
           int head_dim, float theta, cudaStream_t stream) {
   if (tokens == 0) return;
-  launch_kernel("rope_kernel", rope_kernel, tokens, kRopeThreads, 0, stream,
-      q, k, positions, q_heads, kv_heads, head_dim, theta);
+  launch_kernel("rope_kernel", rope_kernel, tokens, kRopeThreads, 0, stream, q, k, positions,
+                q_heads, kv_heads, head_dim, theta);
 }
 
 void kv_write(const PagedLayer& cache, const float* k, const float* v, const TokenIndex& index,
               cudaStream_t stream) {
   if (index.tokens == 0) return;
-  launch_kernel("kv_write_kernel", kv_write_kernel, index.tokens, kKvWriteThreads, 0, stream,
-      cache, k, v, index);
+  launch_kernel("kv_write_kernel", kv_write_kernel, index.tokens, kKvWriteThreads, 0, stream, cache,
+                k, v, index);
 }
 
 }  // namespace moxin::cuda

@@ -69,7 +69,8 @@ __device__ void stage_rows_bf16(const float* base, int row_stride, int first_row
       const int d = (e % kQuads) * 4;
       float4 v = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
       if (r < valid_rows && d < head_dim)
-        v = __ldg(reinterpret_cast<const float4*>(base + static_cast<size_t>(first_row + r) * row_stride + d));
+        v = __ldg(reinterpret_cast<const float4*>(
+            base + static_cast<size_t>(first_row + r) * row_stride + d));
       const uint2 packed = make_uint2(pack_bf16(v.x, v.y), pack_bf16(v.z, v.w));
       *reinterpret_cast<uint2*>(dst + r * dst_stride + d) = packed;
     }
@@ -78,7 +79,9 @@ __device__ void stage_rows_bf16(const float* base, int row_stride, int first_row
   for (int e = threadIdx.x; e < rows * kPadded; e += kVitThreads) {
     const int r = e / kPadded;
     const int d = e % kPadded;
-    const float v = (r < valid_rows && d < head_dim) ? base[static_cast<size_t>(first_row + r) * row_stride + d] : 0.0f;
+    const float v = (r < valid_rows && d < head_dim)
+                        ? base[static_cast<size_t>(first_row + r) * row_stride + d]
+                        : 0.0f;
     dst[r * dst_stride + d] = __float2bfloat16_rn(v);
   }
 }
@@ -98,15 +101,18 @@ __global__ void __launch_bounds__(kVitThreads)
   const int row_stride = 3 * width;
   const float* base = qkv + static_cast<size_t>(image) * tokens * row_stride + head * head_dim;
 
-  stage_rows_bf16<kPadded>(base, row_stride, q0, kVitQueries, tokens - q0, head_dim, vec4, att.q, att.stride);
+  stage_rows_bf16<kPadded>(base, row_stride, q0, kVitQueries, tokens - q0, head_dim, vec4, att.q,
+                           att.stride);
   __syncthreads();
   att.load_q();
   const int all_keys[2] = {tokens, tokens};
   for (int key0 = 0; key0 < tokens; key0 += kMmaRows) {
     const int n = min(kMmaRows, tokens - key0);
     __syncthreads();  // the previous tile is consumed
-    stage_rows_bf16<kPadded>(base + width, row_stride, key0, kMmaRows, n, head_dim, vec4, att.k, att.stride);
-    stage_rows_bf16<kPadded>(base + 2 * width, row_stride, key0, kMmaRows, n, head_dim, vec4, att.v, att.stride);
+    stage_rows_bf16<kPadded>(base + width, row_stride, key0, kMmaRows, n, head_dim, vec4, att.k,
+                             att.stride);
+    stage_rows_bf16<kPadded>(base + 2 * width, row_stride, key0, kMmaRows, n, head_dim, vec4, att.v,
+                             att.stride);
     __syncthreads();
     att.consume(key0, n, scale, all_keys);
   }
@@ -118,8 +124,8 @@ __global__ void __launch_bounds__(kVitThreads)
 
 }  // namespace
 
-void vit_attention(const float* qkv, int batch, int tokens, int heads, int head_dim, bool tensor_cores,
-                   float* y, cudaStream_t stream) {
+void vit_attention(const float* qkv, int batch, int tokens, int heads, int head_dim,
+                   bool tensor_cores, float* y, cudaStream_t stream) {
   if (batch == 0 || tokens == 0 || heads == 0) return;
   const float scale = 1.0f / sqrtf(static_cast<float>(head_dim));
   if (tensor_cores) {
@@ -127,23 +133,22 @@ void vit_attention(const float* qkv, int batch, int tokens, int heads, int head_
     const bool vec4 = head_dim % 4 == 0 && reinterpret_cast<uintptr_t>(qkv) % 16 == 0;
     dispatch_mma_head_dim(head_dim, [&]<int KD>() {
       launch_kernel("vit_attention_mma_kernel", vit_attention_mma_kernel<KD>, grid, kVitThreads,
-                    mma_smem_bytes(head_dim, kVitWarps), stream, qkv, tokens, heads, head_dim, scale,
-                    vec4, y);
+                    mma_smem_bytes(head_dim, kVitWarps), stream, qkv, tokens, heads, head_dim,
+                    scale, vec4, y);
     });
     return;
   }
   const dim3 grid((tokens + kQueryTile - 1) / kQueryTile, heads, batch);
   const size_t smem = tile_smem_bytes(head_dim);
   dispatch_dims_per_thread(head_dim, [&]<int DJ>() {
-    launch_kernel("vit_attention_kernel", vit_attention_kernel<DJ>, grid, kTileThreads, smem, stream,
-        qkv, tokens, heads, head_dim, scale, y);
+    launch_kernel("vit_attention_kernel", vit_attention_kernel<DJ>, grid, kTileThreads, smem,
+                  stream, qkv, tokens, heads, head_dim, scale, y);
   });
 }
 
 void configure_vit_attention() {
-  for_all_dims_per_thread([&]<int DJ>() {
-    MOXIN_CUDA_CHECK(allow_tile_smem<DJ>(vit_attention_kernel<DJ>));
-  });
+  for_all_dims_per_thread(
+      [&]<int DJ>() { MOXIN_CUDA_CHECK(allow_tile_smem<DJ>(vit_attention_kernel<DJ>)); });
   for_all_mma_head_dims([&]<int KD>() {
     MOXIN_CUDA_CHECK((allow_mma_smem<KD, kVitWarps>(vit_attention_mma_kernel<KD>)));
   });

@@ -39,7 +39,8 @@ void convert_chunk(const TensorInfo& src, DType dst_type, size_t first, size_t c
   }
   if (dst_type == DType::BF16) {
     auto* o = static_cast<uint16_t*>(out);
-    for (size_t i = 0; i < count; ++i) o[i] = f32_to_bf16(element_as_f32(src.data, src.dtype, first + i));
+    for (size_t i = 0; i < count; ++i)
+      o[i] = f32_to_bf16(element_as_f32(src.data, src.dtype, first + i));
   } else {
     auto* o = static_cast<float*>(out);
     for (size_t i = 0; i < count; ++i) o[i] = element_as_f32(src.data, src.dtype, first + i);
