@@ -39,8 +39,11 @@ TEST(CpuLinear, MatchesReferenceOnAwkwardShapes) {
   const std::vector<Shape> shapes{
       {1, 1, 1},    {1, 3, 31},   {2, 33, 65},  {3, 65, 17},   {4, 31, 257},  {5, 7, 33},
       {8, 100, 64}, {9, 33, 300}, {31, 65, 3},  {33, 257, 31}, {65, 40, 513}, {257, 31, 65},
-      {300, 290, 270},  // several panels, K blocks and column blocks
-      {1100, 40, 20},   // more rows than one row block
+      {6, 300, 513},    // GEMV over two L2 row blocks
+      {128, 33, 40},    // the largest GEMV
+      {129, 40, 70},    // the smallest GEMM
+      {300, 290, 530},  // GEMM: several panels, K blocks and column blocks
+      {1100, 40, 20},   // GEMM: more rows than one row block
   };
   for (DType dtype : weight_dtypes())
     for (const Shape& s : shapes)

@@ -28,8 +28,9 @@ struct Kernels {
   const char* name;
 
   // y[m * ldy + n] = bias[n] + sum_k x[m * ldx + k] * W[n, k]  for m < M, n0 <= n < n1.
-  // Streams each weight row once however large M is (rows are revisited from cache for
-  // every 4 activation rows), so it suits small M. bias may be null.
+  // Reads each weight row from memory once however large M is (a block of rows is revisited
+  // from L2 for every 4 activation rows) and needs no packing: for small and moderate M.
+  // bias may be null.
   void (*gemv)(const WeightView& w, int64_t n0, int64_t n1, const float* x, int64_t ldx,
                int64_t M, const float* bias, float* y, int64_t ldy);
 

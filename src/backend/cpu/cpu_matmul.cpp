@@ -10,10 +10,10 @@
 namespace moxin::cpu {
 namespace {
 
-// Cache blocking of the GEMM. A kKc x kNc block of converted weights (256 KB) stays in L2
+// Cache blocking of the GEMM. A kKc x kNc block of converted weights (512 KB) stays in L2
 // while every activation row of the kMc block streams past it; one kGemmMR x kKc activation
-// slice (8 KB) stays in L1 across the block's panels.
-constexpr int64_t kKc = 256;
+// slice (16 KB) stays in L1 across the block's panels.
+constexpr int64_t kKc = 512;
 constexpr int64_t kNc = 256;
 constexpr int64_t kMc = 1024;
 static_assert(kNc % kGemmNR == 0);
