@@ -143,13 +143,14 @@ void apply_top_p(Candidates& c, float top_p) {
   // Bucket 0 holds the top scores; a lower score never lands in a higher bucket, so every token
   // of bucket b has the mass of buckets < b above it, and at most that of buckets <= b.
   constexpr size_t kBuckets = 256;
-  const float min = *std::min_element(c.scores.begin(), c.scores.end());
-  const float per_unit = min < c.max_score ? (kBuckets - 1) / (c.max_score - min) : 0.0f;
+  // (In double: a float range as narrow as one denormal step still gives a finite scale.)
+  const double min = *std::min_element(c.scores.begin(), c.scores.end());
+  const double per_unit = min < c.max_score ? (kBuckets - 1) / (c.max_score - min) : 0.0;
   std::vector<uint8_t> bucket(c.size());
   std::vector<double> bucket_mass(kBuckets, 0.0);
   for (size_t i = 0; i < c.size(); ++i) {
     bucket[i] = static_cast<uint8_t>(
-        std::min((c.max_score - c.scores[i]) * per_unit, static_cast<float>(kBuckets - 1)));
+        std::min((c.max_score - double(c.scores[i])) * per_unit, double(kBuckets - 1)));
     bucket_mass[bucket[i]] += probs[i];
   }
   // Buckets before `first` are kept whole and those after `last` dropped whole; the margin is

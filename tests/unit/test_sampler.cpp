@@ -160,5 +160,21 @@ TEST(Sampler, TopKOfOneAlwaysTakesTheLargestLogit) {
   }
 }
 
+// The rule for equal scores at the top-p cut (where transformers' order depends on torch.sort):
+// lower ids rank first. Four equal scores have probability 1/4 each; with top_p = 0.5 the
+// cumulative sums from the top are 1, 3/4, 1/2, 1/4 and only those above 1/2 are kept.
+TEST(Sampler, EqualScoresAtTheTopPCutKeepLowerIds) {
+  SamplingParams p;
+  p.temperature = 1.0f;
+  p.top_p = 0.5f;
+  Sampler sampler(p);
+  EXPECT_EQ(sampler.distribution(std::vector<float>(4, 2.0f), {}),
+            (std::vector<float>{0.5f, 0.5f, 0.0f, 0.0f}));
+  // Scores one denormal step apart are as good as equal, and must not upset the bucketing.
+  const float tiny = std::numeric_limits<float>::denorm_min();
+  EXPECT_EQ(sampler.distribution(std::vector<float>{-tiny, 0.0f}, {}),
+            (std::vector<float>{0.0f, 1.0f}));
+}
+
 }  // namespace
 }  // namespace moxin
