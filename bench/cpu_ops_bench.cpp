@@ -135,7 +135,8 @@ BENCHMARK(BM_Linear)
     ->Args({14336, 4096, 1, 2})
     ->Args({4096, 14336, 1, 1})
     ->Args({4096, 14336, 1, 2})
-    ->Args({14336, 4096, 4, 2})
+    ->Args({14336, 4096, 4, 2})   // a few sequences batched
+    ->Args({14336, 4096, 32, 2})  // GEMV tiles, compute-bound by now
     ->UseRealTime()
     ->Unit(benchmark::kMillisecond);
 // Prefill / vision: compute-bound GEMMs.

@@ -109,7 +109,7 @@ Tensor CpuBackend::from_host_i32(const int32_t* data, const std::vector<int64_t>
 }
 
 void CpuBackend::to_host_f32(const Tensor& t, float* out) {
-  MOXIN_CHECK(t.data != nullptr || t.numel() == 0, "[cpu] to_host_f32: tensor ", shape_text(t.shape),
+  MOXIN_CHECK(t.data != nullptr || t.numel() == 0, "[cpu] to_host_f32: tensor ", t.shape_str(),
               " has no storage");
   to_f32(t.data, t.dtype, t.numel(), out);
 }

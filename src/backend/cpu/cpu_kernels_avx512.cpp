@@ -215,8 +215,10 @@ void pack_panels_typed(const WeightView& w, int64_t n0, int64_t nc, int64_t k0, 
         const __mmask16 mask = first_lanes(width);
         __m512 r[16];
         for (int i = 0; i < 16; ++i) {
+          r[i] = _mm512_setzero_ps();
+          if (i >= valid_rows) continue;
           const typename L::T* src = base + (n0 + first_row + i) * w.ld + k0 + k;
-          r[i] = i >= valid_rows ? _mm512_setzero_ps() : width == 16 ? L::load(src) : L::load(src, mask);
+          r[i] = width == 16 ? L::load(src) : L::load(src, mask);
         }
         transpose16x16(r);
         for (int64_t j = 0; j < width; ++j) _mm512_storeu_ps(panel + (k + j) * kGemmNR + half * 16, r[j]);
