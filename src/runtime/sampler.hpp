@@ -4,6 +4,7 @@
 #pragma once
 
 #include <cstdint>
+#include <memory>
 #include <random>
 #include <span>
 #include <vector>
@@ -23,9 +24,14 @@ struct SamplingParams {
   void validate() const;
 };
 
+// One per sequence: it owns the random generator and reuses its buffers from step to step (not
+// thread-safe; sample() allocates nothing once warm).
 class Sampler {
  public:
   explicit Sampler(const SamplingParams& params);
+  ~Sampler();
+  Sampler(Sampler&&) noexcept;
+  Sampler& operator=(Sampler&&) noexcept;
 
   // logits: one score per vocabulary id; context: the ids seen so far (prompt + generated),
   // used by the repetition penalty. Advances the generator (greedy does not use it).
@@ -39,19 +45,17 @@ class Sampler {
   const SamplingParams& params() const { return params_; }
 
  private:
-  // The ids that survive every filter, in increasing id order; probability = weight / total.
-  struct Survivors {
-    std::vector<int32_t> ids;
-    std::vector<float> weights;
-    double total_weight;
-  };
-  Survivors survivors(std::span<const float> logits, std::span<const int32_t> context) const;
+  struct Scratch;  // the step's working buffers, defined in sampler.cpp
+  // Leaves the surviving ids and their weights in scratch.candidates.
+  void select(std::span<const float> logits, std::span<const int32_t> context,
+              Scratch& scratch) const;
   // A uniform double in [0, 1) from the top 53 bits of one draw (portable, unlike
   // std::uniform_real_distribution, whose algorithm each standard library picks).
   double next_uniform();
 
   SamplingParams params_;
   std::mt19937_64 rng_;  // its output sequence is fixed by the C++ standard
+  std::unique_ptr<Scratch> scratch_;
 };
 
 }  // namespace moxin

@@ -144,16 +144,18 @@ TEST(Sampler, SameSeedSameTokensOtherSeedOtherTokens) {
 
 TEST(Sampler, TopKOfOneAlwaysTakesTheLargestLogit) {
   std::mt19937_64 rng(printed_seed());
+  SamplingParams p;
+  p.temperature = 1.5f;
+  p.top_k = 1;
+  p.top_p = 0.9f;
+  p.seed = rng();
+  Sampler sampler(p);  // one sampler for all rounds: nothing may leak from step to step
   for (int round = 0; round < 20; ++round) {
-    const std::vector<float> logits = random_logits(rng);
+    std::vector<float> logits = random_logits(rng);
+    logits.resize(round % 2 == 0 ? kVocab : 1000);
     size_t largest = 0;
     for (size_t i = 1; i < logits.size(); ++i)
       if (logits[i] > logits[largest]) largest = i;
-    SamplingParams p;
-    p.temperature = 1.5f;
-    p.top_k = 1;
-    p.seed = rng();
-    Sampler sampler(p);
     EXPECT_EQ(sampler.sample(logits, {}), static_cast<int32_t>(largest));
     const std::vector<float> dist = sampler.distribution(logits, {});
     EXPECT_EQ(dist[largest], 1.0f);
