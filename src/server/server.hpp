@@ -1,0 +1,38 @@
+// The OpenAI-compatible HTTP server over the continuous-batching scheduler:
+//   POST /v1/chat/completions   (streaming or not; chat_request.hpp lists the mapping rules)
+//   GET  /v1/models, GET /health, GET /metrics (Prometheus text)
+// HTTP threads (cpp-httplib's pool) parse, validate, decode images and tokenize in parallel,
+// then hand the request to the scheduler thread, the only one that touches the engine.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <string>
+
+#include "runtime/engine.hpp"
+#include "runtime/scheduler.hpp"
+
+namespace moxin::server {
+
+struct ServerOptions {
+  std::string host = "127.0.0.1";
+  int port = 8080;                     // 0: any free port (the chosen one is printed)
+  std::string api_key;                 // empty: no authentication
+  size_t max_body_bytes = size_t{32} << 20;
+  std::string model_name = "moxin-vlm";
+  bool allow_local_images = false;
+  uint64_t max_pixels = 89478485;
+  int http_threads = 0;                // 0: enough for every batch slot and queued request
+  bool log_requests = false;
+  SchedulerOptions scheduler;
+};
+
+// Serves until SIGTERM or SIGINT, then stops accepting connections, lets the requests in
+// flight finish and returns. A second signal exits at once. Throws moxin::Error if the address
+// cannot be bound.
+void serve(Engine& engine, const ServerOptions& options);
+
+// Equality of two secrets in time independent of where they differ (and of their lengths).
+bool secrets_equal(const std::string& a, const std::string& b);
+
+}  // namespace moxin::server
