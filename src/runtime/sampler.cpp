@@ -35,7 +35,9 @@ struct Candidates {
 struct Ranked {
   float score;
   uint32_t index;
-  bool operator<(const Ranked& o) const { return score != o.score ? score > o.score : index < o.index; }
+  bool operator<(const Ranked& o) const {
+    return score != o.score ? score > o.score : index < o.index;
+  }
 };
 
 // Sums in double with four independent accumulators (a single chain waits on every addition).

@@ -231,9 +231,8 @@ def test_sample_frequencies_follow_the_distribution(sampler_probe, seed, params)
     # Broad enough that every parameter set leaves hundreds of well-populated cells.
     logits = (rng.standard_normal(VOCAB) * 2).astype(np.float32)
     context = random_context(rng, logits)
-    params = {**params, "temperature": f32(params["temperature"]), "top_p": f32(params["top_p"]),
-              "min_p": f32(params["min_p"]), "repetition_penalty": f32(params["repetition_penalty"]),
-              "seed": seed}
+    params = {**{name: f32(value) for name, value in params.items() if name != "top_k"},
+              "top_k": params["top_k"], "seed": seed}
     draws = 20000
     [result] = run_probe(sampler_probe, [{"logits": logits.astype(np.float64).tolist(),
                                           "context": context, "params": params,
@@ -251,6 +250,7 @@ def test_seed_fixes_the_sequence(sampler_probe, seed):
     params = {"temperature": 1.0, "top_k": 0, "top_p": 1.0, "min_p": 0.0,
               "repetition_penalty": 1.0}
     request = lambda s: {"logits": logits, "params": {**params, "seed": s}, "samples": 200}
-    first, again, other = run_probe(sampler_probe, [request(seed), request(seed), request(seed + 1)])
+    first, again, other = run_probe(sampler_probe,
+                                    [request(seed), request(seed), request(seed + 1)])
     assert first["samples"] == again["samples"]
     assert first["samples"] != other["samples"]

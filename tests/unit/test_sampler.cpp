@@ -89,7 +89,8 @@ TEST(Sampler, RefusesNonFiniteLogits) {
       SamplingParams p;
       p.temperature = temperature;
       Sampler sampler(p);
-      expect_error([&] { sampler.sample(logits, {}); }, {"[sampler]", "token id 1234", "non-finite"});
+      expect_error([&] { sampler.sample(logits, {}); },
+                   {"[sampler]", "token id 1234", "non-finite"});
       expect_error([&] { (void)sampler.distribution(logits, {}); }, {"token id 1234"});
     }
   }

@@ -41,8 +41,8 @@ Expected reference(const std::string& text, const std::vector<std::string>& stop
 bool is_continuation_byte(char c) { return (static_cast<unsigned char>(c) & 0xC0) == 0x80; }
 
 // A small alphabet of 1- to 4-byte characters so that stops occur often and overlap.
-const std::vector<std::string> kAlphabet = {"a", "b", "c", " ", "\xC3\xA9" /* é */,
-                                            "\xE2\x82\xAC" /* € */, "\xF0\x9D\x84\x9E" /* 𝄞 */};
+const std::vector<std::string> kAlphabet = {
+    "a", "b", "c", " ", "\xC3\xA9" /* é */, "\xE2\x82\xAC" /* € */, "\xF0\x9D\x84\x9E" /* 𝄞 */};
 
 std::string random_text(std::mt19937_64& rng, size_t max_chars) {
   std::uniform_int_distribution<size_t> length(0, max_chars), pick(0, kAlphabet.size() - 1);
