@@ -7,6 +7,7 @@
 // GEMV streams them from memory every iteration, as a decode step does.
 #include <benchmark/benchmark.h>
 
+#include <algorithm>
 #include <cstdlib>
 #include <memory>
 #include <random>
@@ -26,19 +27,28 @@ std::unique_ptr<cpu::CpuBackend> make_backend(int threads) {
   return std::make_unique<cpu::CpuBackend>(threads, cpu::best_kernels());
 }
 
-// Random bf16 weights [rows, cols] and the TensorInfo a loader would hand out.
+// Copies of one random bf16 matrix [rows, cols], enough to span ~1 GB: the benchmark
+// cycles through them, so the last-level cache (32 MB) cannot keep any part of the weights
+// between iterations, as it cannot between the layers of a real decode step.
 struct Weights {
-  std::vector<uint16_t> data;
-  TensorInfo info;
-  Weights(int64_t rows, int64_t cols) : data(static_cast<size_t>(rows * cols)) {
+  std::vector<std::vector<uint16_t>> copies;
+  std::vector<TensorInfo> infos;
+  Weights(int64_t rows, int64_t cols) {
+    std::vector<uint16_t> data(static_cast<size_t>(rows * cols));
     std::mt19937 rng(7);
     std::uniform_real_distribution<float> d(-1.0f, 1.0f);
     for (uint16_t& v : data) v = f32_to_bf16(d(rng));
-    info.name = "bench.weight";
-    info.dtype = DType::BF16;
-    info.shape = {rows, cols};
-    info.data = reinterpret_cast<const uint8_t*>(data.data());
-    info.nbytes = data.size() * 2;
+    const size_t count = std::max<size_t>(2, (size_t{1} << 30) / (data.size() * 2));
+    copies.assign(count, data);
+    for (const auto& c : copies) {
+      TensorInfo info;
+      info.name = "bench.weight";
+      info.dtype = DType::BF16;
+      info.shape = {rows, cols};
+      info.data = reinterpret_cast<const uint8_t*>(c.data());
+      info.nbytes = c.size() * 2;
+      infos.push_back(info);
+    }
   }
 };
 
@@ -73,11 +83,15 @@ BENCHMARK(BM_ReadBandwidth)->ArgName("threads")->Arg(1)->Arg(2)->UseRealTime()->
 
 #if defined(__x86_64__)
 // 12 independent FMA chains per thread (enough to cover the FMA latency), 32 FLOP each.
+// Distinct starting values and an empty asm barrier keep the compiler from merging chains.
 __attribute__((target("avx512f,fma"))) float fma_chains(int64_t iterations) {
   const __m512 m = _mm512_set1_ps(0.999999f), a = _mm512_set1_ps(1e-6f);
-  __m512 c0 = _mm512_set1_ps(1), c1 = c0, c2 = c0, c3 = c0, c4 = c0, c5 = c0, c6 = c0, c7 = c0, c8 = c0, c9 = c0,
-         c10 = c0, c11 = c0;
+  __m512 c0 = _mm512_set1_ps(1), c1 = _mm512_set1_ps(2), c2 = _mm512_set1_ps(3), c3 = _mm512_set1_ps(4),
+         c4 = _mm512_set1_ps(5), c5 = _mm512_set1_ps(6), c6 = _mm512_set1_ps(7), c7 = _mm512_set1_ps(8),
+         c8 = _mm512_set1_ps(9), c9 = _mm512_set1_ps(10), c10 = _mm512_set1_ps(11), c11 = _mm512_set1_ps(12);
   for (int64_t i = 0; i < iterations; ++i) {
+    __asm__ volatile("" : "+v"(c0), "+v"(c1), "+v"(c2), "+v"(c3), "+v"(c4), "+v"(c5));
+    __asm__ volatile("" : "+v"(c6), "+v"(c7), "+v"(c8), "+v"(c9), "+v"(c10), "+v"(c11));
     c0 = _mm512_fmadd_ps(c0, m, a), c1 = _mm512_fmadd_ps(c1, m, a), c2 = _mm512_fmadd_ps(c2, m, a);
     c3 = _mm512_fmadd_ps(c3, m, a), c4 = _mm512_fmadd_ps(c4, m, a), c5 = _mm512_fmadd_ps(c5, m, a);
     c6 = _mm512_fmadd_ps(c6, m, a), c7 = _mm512_fmadd_ps(c7, m, a), c8 = _mm512_fmadd_ps(c8, m, a);
@@ -112,15 +126,20 @@ void BM_Linear(benchmark::State& state) {
   const int64_t N = state.range(0), K = state.range(1), M = state.range(2);
   auto backend = make_backend(static_cast<int>(state.range(3)));
   Weights w(N, K);
-  LinearWeight lw;
-  lw.weight = &w.info;
-  lw.out_features = N;
-  lw.in_features = K;
-  const Linear linear = backend->prepare_linear(lw);
+  std::vector<Linear> linears;
+  for (const TensorInfo& info : w.infos) {
+    LinearWeight lw;
+    lw.weight = &info;
+    lw.out_features = N;
+    lw.in_features = K;
+    linears.push_back(backend->prepare_linear(lw));
+  }
   Tensor x = random_activations(*backend, M, K);
   Tensor y = backend->empty_act({M, N});
+  size_t next = 0;
   for (auto _ : state) {
-    backend->linear(x, linear, y);
+    backend->linear(x, linears[next], y);
+    next = (next + 1) % linears.size();
     benchmark::DoNotOptimize(y.data);
     benchmark::ClobberMemory();
   }

@@ -45,11 +45,12 @@ struct Kernels {
   void (*gemm_tile)(int64_t kc, const float* a, int64_t lda, int mr, const float* panel, int nr,
                     float* c, int64_t ldc, const float* bias, bool accumulate);
 
-  // Attention of one query q[D] over n cached rows: key i is keys[rows[i] .. + D], value i
-  // values[rows[i] .. + D]. y = softmax(scale * q . k_i) weighted sum of v_i, in f32.
-  // scores is scratch for n floats.
-  void (*attend)(const float* q, const float* keys, const float* values, const int64_t* rows,
-                 int64_t n, int64_t D, float scale, float* scores, float* y);
+  // Attention of the G query heads that share one kv head (q: G rows of D, one after the
+  // other) over n cached rows: key i is keys[rows[i] .. + D], value i values[rows[i] .. + D].
+  // y (G rows of D) = softmax(scale * q . k_i) weighted sum of v_i, in f32. Each K and V row
+  // is read once for the whole group. scores is scratch for G * n floats.
+  void (*attend)(const float* q, int64_t G, const float* keys, const float* values,
+                 const int64_t* rows, int64_t n, int64_t D, float scale, float* scores, float* y);
 
   // x = softmax(scale * x) over n values, in place (max subtracted first).
   void (*softmax)(float* x, int64_t n, float scale);

@@ -318,63 +318,119 @@ void softmax(float* x, int64_t n, float scale) {
   }
 }
 
-// Columns [d0, d0 + 16 NV) of the attention, the last vector masked to `tail`: q and the
-// output accumulators stay in registers while the rows stream past.
-template <int NV>
-void attend_columns(const float* q, const float* keys, const float* values, const int64_t* rows, int64_t n,
-                    __mmask16 tail, float* scores, float* y, bool first_pass) {
-  const auto mask = [&](int j) { return j == NV - 1 ? tail : static_cast<__mmask16>(0xffff); };
-  if (first_pass) {
-    __m512 qv[NV];
-    for (int j = 0; j < NV; ++j) qv[j] = _mm512_maskz_loadu_ps(mask(j), q + 16 * j);
-    for (int64_t i = 0; i < n; ++i) {
-      const float* k = keys + rows[i];
-      __m512 acc = _mm512_mul_ps(qv[0], _mm512_maskz_loadu_ps(mask(0), k));
-      for (int j = 1; j < NV; ++j) acc = _mm512_fmadd_ps(qv[j], _mm512_maskz_loadu_ps(mask(j), k + 16 * j), acc);
-      scores[i] += horizontal_sum(acc);
-    }
-    return;
-  }
-  __m512 acc[NV];
-  for (int j = 0; j < NV; ++j) acc[j] = _mm512_setzero_ps();
-  for (int64_t i = 0; i < n; ++i) {
-    const float* v = values + rows[i];
-    const __m512 w = _mm512_set1_ps(scores[i]);
-    for (int j = 0; j < NV; ++j) acc[j] = _mm512_fmadd_ps(w, _mm512_maskz_loadu_ps(mask(j), v + 16 * j), acc[j]);
-  }
-  for (int j = 0; j < NV; ++j) _mm512_mask_storeu_ps(y + 16 * j, mask(j), acc[j]);
+// Mask of the lanes of a vector that starts `remaining` elements before the end (0 past it).
+inline __mmask16 lanes_left(int64_t remaining) { return remaining <= 0 ? 0 : first_lanes(remaining); }
+
+// Cached rows of one kv head lie a whole slot apart (kv_heads x head_dim floats, 4 KB for
+// Moxin), a stride the hardware prefetcher does not follow across pages: fetch the row this
+// many positions ahead explicitly.
+constexpr int64_t kAttendPrefetchRows = 8;
+
+inline void prefetch_row(const float* row, int vectors) {
+  for (int j = 0; j < vectors; ++j) _mm_prefetch(reinterpret_cast<const char*>(row + 16 * j), _MM_HINT_T0);
 }
 
-// Runs attend_columns over D in chunks of up to 128 columns (8 registers).
-void for_column_chunks(const float* q, const float* keys, const float* values, const int64_t* rows, int64_t n,
-                       int64_t D, float* scores, float* y, bool first_pass) {
+// scores[g * n + i] += q_g . k_i over columns [0, 16 NV) (masked to `width`): K row chunks
+// are loaded once and used by every head of the group (q stays in L1). Four heads at a time
+// give four independent FMA chains, so the FMA latency is hidden.
+template <int NV>
+void score_columns(const float* q, int64_t G, int64_t D, const float* keys, const int64_t* rows, int64_t n,
+                   int64_t width, float* scores) {
+  __mmask16 mask[NV];
+  for (int j = 0; j < NV; ++j) mask[j] = lanes_left(width - 16 * j);
+  const auto dot = [&](const __m512* kv, const float* qg, __m512& acc) {
+    acc = _mm512_mul_ps(kv[0], _mm512_maskz_loadu_ps(mask[0], qg));
+    for (int j = 1; j < NV; ++j) acc = _mm512_fmadd_ps(kv[j], _mm512_maskz_loadu_ps(mask[j], qg + 16 * j), acc);
+  };
+  for (int64_t i = 0; i < n; ++i) {
+    if (i + kAttendPrefetchRows < n) prefetch_row(keys + rows[i + kAttendPrefetchRows], NV);
+    const float* k = keys + rows[i];
+    __m512 kv[NV];
+    for (int j = 0; j < NV; ++j) kv[j] = _mm512_maskz_loadu_ps(mask[j], k + 16 * j);
+    int64_t g = 0;
+    for (; g + 4 <= G; g += 4) {
+      __m512 acc[4];
+      for (int h = 0; h < 4; ++h) dot(kv, q + (g + h) * D, acc[h]);
+      for (int h = 0; h < 4; ++h) scores[(g + h) * n + i] += horizontal_sum(acc[h]);
+    }
+    for (; g < G; ++g) {
+      __m512 acc;
+      dot(kv, q + g * D, acc);
+      scores[g * n + i] += horizontal_sum(acc);
+    }
+  }
+}
+
+// y_g[0, 16 NV) (masked to `width`) = sum_i p_g[i] v_i for the G heads at once: G x NV
+// accumulators stay in registers while each V row chunk is loaded once.
+template <int G, int NV>
+void weigh_columns(const float* p, int64_t n, const float* values, const int64_t* rows, int64_t width, float* y,
+                   int64_t D) {
+  __mmask16 mask[NV];
+  for (int j = 0; j < NV; ++j) mask[j] = lanes_left(width - 16 * j);
+  __m512 acc[G][NV];
+  for (int g = 0; g < G; ++g)
+    for (int j = 0; j < NV; ++j) acc[g][j] = _mm512_setzero_ps();
+  // A do-while (n >= 1 here): with a zero-trip path GCC 12 keeps acc in memory and stores
+  // every accumulator on every iteration.
+  int64_t i = 0;
+  do {
+    if (i + kAttendPrefetchRows < n) prefetch_row(values + rows[i + kAttendPrefetchRows], NV);
+    const float* v = values + rows[i];
+    __m512 vv[NV];
+    for (int j = 0; j < NV; ++j) vv[j] = _mm512_maskz_loadu_ps(mask[j], v + 16 * j);
+    for (int g = 0; g < G; ++g) {
+      const __m512 w = _mm512_set1_ps(p[g * n + i]);
+      for (int j = 0; j < NV; ++j) acc[g][j] = _mm512_fmadd_ps(w, vv[j], acc[g][j]);
+    }
+  } while (++i < n);
+  for (int g = 0; g < G; ++g)
+    for (int j = 0; j < NV; ++j) _mm512_mask_storeu_ps(y + g * D + 16 * j, mask[j], acc[g][j]);
+}
+
+// All D columns for G heads (G in 1, 2, 4, 8): G x NV = up to 16 accumulators per chunk.
+template <int G>
+void weigh(const float* p, int64_t n, const float* values, const int64_t* rows, int64_t D, float* y) {
+  constexpr int NV = G >= 8 ? 2 : G == 4 ? 4 : 8;
+  for (int64_t d = 0; d < D; d += 16 * NV)
+    weigh_columns<G, NV>(p, n, values + d, rows, D - d, y + d, D);
+}
+
+void attend(const float* q, int64_t G, const float* keys, const float* values, const int64_t* rows, int64_t n,
+            int64_t D, float scale, float* scores, float* y) {
+  std::fill(scores, scores + G * n, 0.0f);
   for (int64_t d = 0; d < D; d += 128) {
     const int64_t width = std::min<int64_t>(128, D - d);
-    const int vectors = static_cast<int>((width + 15) / 16);
-    const __mmask16 tail = first_lanes(width - 16 * (vectors - 1));
-    const float* qd = q + d;
-    const float* kd = keys + d;
-    const float* vd = values + d;
-    float* yd = y + d;
-    switch (vectors) {
-      case 1: attend_columns<1>(qd, kd, vd, rows, n, tail, scores, yd, first_pass); break;
-      case 2: attend_columns<2>(qd, kd, vd, rows, n, tail, scores, yd, first_pass); break;
-      case 3: attend_columns<3>(qd, kd, vd, rows, n, tail, scores, yd, first_pass); break;
-      case 4: attend_columns<4>(qd, kd, vd, rows, n, tail, scores, yd, first_pass); break;
-      case 5: attend_columns<5>(qd, kd, vd, rows, n, tail, scores, yd, first_pass); break;
-      case 6: attend_columns<6>(qd, kd, vd, rows, n, tail, scores, yd, first_pass); break;
-      case 7: attend_columns<7>(qd, kd, vd, rows, n, tail, scores, yd, first_pass); break;
-      default: attend_columns<8>(qd, kd, vd, rows, n, tail, scores, yd, first_pass); break;
+    switch ((width + 15) / 16) {
+      case 1: score_columns<1>(q + d, G, D, keys + d, rows, n, width, scores); break;
+      case 2: score_columns<2>(q + d, G, D, keys + d, rows, n, width, scores); break;
+      case 3: score_columns<3>(q + d, G, D, keys + d, rows, n, width, scores); break;
+      case 4: score_columns<4>(q + d, G, D, keys + d, rows, n, width, scores); break;
+      case 5: score_columns<5>(q + d, G, D, keys + d, rows, n, width, scores); break;
+      case 6: score_columns<6>(q + d, G, D, keys + d, rows, n, width, scores); break;
+      case 7: score_columns<7>(q + d, G, D, keys + d, rows, n, width, scores); break;
+      default: score_columns<8>(q + d, G, D, keys + d, rows, n, width, scores); break;
     }
   }
-}
-
-void attend(const float* q, const float* keys, const float* values, const int64_t* rows, int64_t n,
-            int64_t D, float scale, float* scores, float* y) {
-  std::fill(scores, scores + n, 0.0f);
-  for_column_chunks(q, keys, values, rows, n, D, scores, y, true);  // scores = q . k
-  softmax(scores, n, scale);
-  for_column_chunks(q, keys, values, rows, n, D, scores, y, false);  // y = scores . v
+  for (int64_t g = 0; g < G; ++g) softmax(scores + g * n, n, scale);
+  // Heads in sub-groups of 8, 4, 2 and 1, each with its accumulators in registers.
+  for (int64_t g = 0; g < G;) {
+    const float* p = scores + g * n;
+    float* yg = y + g * D;
+    if (G - g >= 8) {
+      weigh<8>(p, n, values, rows, D, yg);
+      g += 8;
+    } else if (G - g >= 4) {
+      weigh<4>(p, n, values, rows, D, yg);
+      g += 4;
+    } else if (G - g >= 2) {
+      weigh<2>(p, n, values, rows, D, yg);
+      g += 2;
+    } else {
+      weigh<1>(p, n, values, rows, D, yg);
+      g += 1;
+    }
+  }
 }
 
 // erfc(|x| / sqrt 2) = t exp(-x^2 / 2 + f(t)) with t = 1 / (1 + z / 2), z = |x| / sqrt 2,

@@ -57,14 +57,18 @@ void softmax(float* x, int64_t n, float scale) {
   for (int64_t i = 0; i < n; ++i) x[i] *= inv;
 }
 
-void attend(const float* q, const float* keys, const float* values, const int64_t* rows, int64_t n,
-            int64_t D, float scale, float* scores, float* y) {
-  for (int64_t i = 0; i < n; ++i) scores[i] = dot(q, keys + rows[i], D);
-  softmax(scores, n, scale);
-  for (int64_t d = 0; d < D; ++d) y[d] = 0.0f;
-  for (int64_t i = 0; i < n; ++i) {
-    const float* v = values + rows[i];
-    for (int64_t d = 0; d < D; ++d) y[d] += scores[i] * v[d];
+void attend(const float* q, int64_t G, const float* keys, const float* values, const int64_t* rows,
+            int64_t n, int64_t D, float scale, float* scores, float* y) {
+  for (int64_t g = 0; g < G; ++g) {
+    const float* qg = q + g * D;
+    float* yg = y + g * D;
+    for (int64_t i = 0; i < n; ++i) scores[i] = dot(qg, keys + rows[i], D);
+    softmax(scores, n, scale);
+    for (int64_t d = 0; d < D; ++d) yg[d] = 0.0f;
+    for (int64_t i = 0; i < n; ++i) {
+      const float* v = values + rows[i];
+      for (int64_t d = 0; d < D; ++d) yg[d] += scores[i] * v[d];
+    }
   }
 }
 

@@ -194,20 +194,20 @@ void CpuBackend::paged_attention(const Tensor& q, KvCache& cache, int layer, con
   const float scale = static_cast<float>(1.0 / std::sqrt(static_cast<double>(D)));
   const float* keys = c.keys(layer);
   const float* values = c.values(layer);
-  // Tasks are (token, head), heads fastest: a GQA group's heads share a task chunk and hit
-  // the same K/V in cache. Contexts differ in length, so threads claim chunks as they go.
-  const int64_t tasks = T * q_heads;
-  pool_.parallel_for_dynamic(tasks, group, [&](int64_t i0, int64_t i1) {
-    for (int64_t item = i0; item < i1; ++item) {
-      const int64_t t = item / q_heads, h = item % q_heads, kv = h / group;
+  // Tasks are (token, kv head): the GQA group's query heads are consecutive in q and y, and
+  // the kernel reads each cached K/V row once for all of them. Contexts differ in length,
+  // so threads claim tasks as they go.
+  pool_.parallel_for_dynamic(T * kv_heads, 1, [&](int64_t i0, int64_t i1) {
+    for (int64_t task = i0; task < i1; ++task) {
+      const int64_t t = task / kv_heads, kv = task % kv_heads;
       const int64_t context = bv.pos[t] + 1;
-      // Where each position's row starts, for this token's sequence (kv head added below).
-      float* scores = scratch<float>(static_cast<size_t>(context));
+      // Where each position's row starts in this token's sequence (the kv head added below).
       int64_t* rows = scratch<int64_t>(static_cast<size_t>(context));
       for (int64_t p = 0; p < context; ++p)
         rows[p] = (static_cast<int64_t>(bv.block(t, p / bs)) * bs + p % bs) * kv_heads * D;
-      kernels_.attend(q.ptr<float>() + item * D, keys + kv * D, values + kv * D, rows, context, D, scale, scores,
-                      y.ptr<float>() + item * D);
+      const int64_t first_head = t * q_heads + kv * group;
+      kernels_.attend(q.ptr<float>() + first_head * D, group, keys + kv * D, values + kv * D, rows, context, D,
+                      scale, scratch<float>(static_cast<size_t>(group * context)), y.ptr<float>() + first_head * D);
     }
   });
 }
