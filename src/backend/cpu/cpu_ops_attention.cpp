@@ -203,8 +203,11 @@ void CpuBackend::paged_attention(const Tensor& q, KvCache& cache, int layer, con
       const int64_t context = bv.pos[t] + 1;
       // Where each position's row starts in this token's sequence (the kv head added below).
       int64_t* rows = scratch<int64_t>(static_cast<size_t>(context));
-      for (int64_t p = 0; p < context; ++p)
-        rows[p] = (static_cast<int64_t>(bv.block(t, p / bs)) * bs + p % bs) * kv_heads * D;
+      for (int64_t p = 0, logical = 0; p < context; ++logical) {
+        const int64_t first_slot = static_cast<int64_t>(bv.block(t, logical)) * bs;
+        for (int64_t slot = first_slot; slot < first_slot + bs && p < context; ++slot, ++p)
+          rows[p] = slot * kv_heads * D;
+      }
       const int64_t first_head = t * q_heads + kv * group;
       kernels_.attend(q.ptr<float>() + first_head * D, group, keys + kv * D, values + kv * D, rows, context, D,
                       scale, scratch<float>(static_cast<size_t>(group * context)), y.ptr<float>() + first_head * D);
