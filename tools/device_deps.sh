@@ -13,13 +13,15 @@ for h in nlohmann CLI gtest gmock jpeglib.h jerror.h jmorecfg.h turbojpeg.h png.
   cp -r "/usr/include/$h" "$dest/include/"
 done
 cp /usr/include/x86_64-linux-gnu/jconfig.h "$dest/include/"
-for l in libjpeg.a libturbojpeg.a libpng16.a libpng.a libz.a libgif.a libwebp.a libsharpyuv.a \
+for l in libjpeg.a libturbojpeg.a libpng16.a libpng.a libz.a libgif.a libwebp.a libwebpdemux.a libsharpyuv.a \
          libgtest.a libgtest_main.a libgmock.a libgmock_main.a; do
   [ -f "$arch/$l" ] && cp "$arch/$l" "$dest/lib/"
 done
 cp -r /usr/share/cmake/nlohmann_json /usr/share/cmake/CLI11 "$dest/share/cmake/"
-for pc in libwebp libsharpyuv; do
+for pc in libwebp libwebpdemux libsharpyuv; do
   [ -f "$arch/pkgconfig/$pc.pc" ] && sed "s#^prefix=.*#prefix=\${pcfiledir}/../..#; s#^libdir=.*#libdir=\${prefix}/lib#; s#^includedir=.*#includedir=\${prefix}/include#" \
     "$arch/pkgconfig/$pc.pc" > "$dest/lib/pkgconfig/$pc.pc"
 done
+# The tokenizer fixture (beside the checkout here) for test models made there.
+cp ../shared/fixtures/tokenizer/moxin-vlm.tokenizer.json "$dest/"
 du -sh "$dest"

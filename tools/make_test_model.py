@@ -43,6 +43,7 @@ import dataclasses
 import hashlib
 import json
 import math
+import os
 import pathlib
 import random
 import shutil
@@ -54,8 +55,11 @@ import torch
 from torch import nn
 from transformers import MistralConfig, MistralForCausalLM
 
-DEFAULT_TOKENIZER = (pathlib.Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "tokenizer"
-                     / "moxin-vlm.tokenizer.json")
+# The shared fixture beside the checkout; MOXIN_TOKENIZER_FIXTURE points elsewhere (the GPU
+# machine gets only the checkout and what is carried with it).
+DEFAULT_TOKENIZER = pathlib.Path(os.environ.get(
+    "MOXIN_TOKENIZER_FIXTURE",
+    pathlib.Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "tokenizer" / "moxin-vlm.tokenizer.json"))
 TIMM_MODEL_IDS = ["vit_large_patch14_reg4_dinov2.lvd142m", "vit_so400m_patch14_siglip_224"]
 IMAGE_SIZE = 224
 SHARD_TARGET_BYTES = 4 * 10**9

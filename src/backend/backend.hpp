@@ -8,6 +8,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <string>
 #include <vector>
@@ -55,6 +56,13 @@ struct AttentionBatch {
   int max_context = 0;  // upper bound of pos + 1 over the batch (sizes split-K work)
 };
 
+// A recorded sequence of ops that replays with one launch (a CUDA graph): the decode step.
+class OpGraph {
+ public:
+  virtual ~OpGraph() = default;
+  virtual void replay() = 0;  // asynchronous, like any op
+};
+
 class Backend {
  public:
   virtual ~Backend() = default;
@@ -69,6 +77,16 @@ class Backend {
   virtual Tensor from_host_i32(const int32_t* data, const std::vector<int64_t>& shape) = 0;
   virtual void to_host_f32(const Tensor& t, float* out) = 0;  // converts, synchronizes
   virtual void synchronize() = 0;
+
+  // Records the ops `record` issues into a graph without running them; nullptr where the
+  // backend has no such thing (the caller then runs the ops directly). The graph bakes in the
+  // addresses of every tensor it touches: inputs are updated in place between replays, and
+  // tensors allocated inside `record` must also be released inside it. No host transfers,
+  // synchronization or weight preparation inside `record`.
+  virtual std::unique_ptr<OpGraph> capture(const std::function<void()>& record) {
+    (void)record;
+    return nullptr;
+  }
 
   // --- measurement, for benchmarks (roofline shares are reported against these) ---
   // The memory-bandwidth ceiling measured now, in GB/s: on the CPU a multi-threaded read of a

@@ -138,17 +138,15 @@ void bench_decode(Engine& engine, const BenchOptions& o, std::mt19937_64& rng, B
   std::vector<SequenceState> seqs(static_cast<size_t>(o.batch));
   for (auto& s : seqs) prefill_random(engine, s, rng, o.context);
   std::vector<double> times;
+  std::vector<SequenceState*> batch;
+  for (auto& s : seqs) batch.push_back(&s);
   for (int step = 0; step <= o.decode_steps; ++step) {
-    std::vector<SequenceChunk> chunks;
-    for (auto& s : seqs) chunks.push_back({&s, Tensor{}});
     const auto ids = random_ids(rng, o.batch, c.vocab);
     const auto start = Clock::now();
-    Tensor embeddings = engine.embed(ids);
-    for (int b = 0; b < o.batch; ++b) chunks[static_cast<size_t>(b)].embeddings = embeddings.rows_view(b, 1);
-    Tensor logits = engine.step(chunks);
+    Tensor logits = engine.decode(batch, ids);
     std::vector<float> host(static_cast<size_t>(logits.numel()));
     engine.backend().to_host_f32(logits, host.data());  // as generation does: logits to the sampler
-    if (step > 0) times.push_back(ms_since(start));
+    if (step > 0) times.push_back(ms_since(start));  // step 0 warms up (and captures the graph)
   }
   for (auto& s : seqs) engine.release(s);
   r.weight_bytes = decoder_weight_bytes(engine.checkpoint().decoder);

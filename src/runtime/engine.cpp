@@ -32,8 +32,9 @@ Engine::Engine(const std::string& model_dir, const EngineOptions& options)
               " tokens but the model's embedding has only ", checkpoint_.config.decoder.vocab, " rows");
   model_ = std::make_unique<Vlm>(*backend_, checkpoint_);
   const DecoderConfig& d = checkpoint_.config.decoder;
-  kv_cache_ = backend_->create_kv_cache(
-      {d.layers, d.kv_heads, d.head_dim, options.block_size, blocks_for(options.max_context, options.block_size)});
+  const int blocks = blocks_for(options.max_context, options.block_size);
+  kv_cache_ = backend_->create_kv_cache({d.layers, d.kv_heads, d.head_dim, options.block_size, blocks});
+  graphs_ = std::make_unique<DecodeGraphs>(*backend_, model_->decoder(), *kv_cache_, options.block_size, blocks);
 }
 
 Engine::~Engine() = default;
@@ -110,6 +111,32 @@ Tensor Engine::step(std::span<SequenceChunk> chunks) {
   for (SequenceChunk& c : chunks) c.sequence->length += c.embeddings.rows();
   Tensor rows = backend_->from_host_i32(last_rows.data(), {static_cast<int64_t>(last_rows.size())});
   return model_->decoder().logits(x, rows);
+}
+
+Tensor Engine::decode(std::span<SequenceState* const> sequences, std::span<const int32_t> tokens) {
+  MOXIN_CHECK(!sequences.empty() && sequences.size() == tokens.size(), "[engine] decode: ",
+              sequences.size(), " sequences but ", tokens.size(), " tokens");
+  std::vector<int32_t> positions;
+  std::vector<const std::vector<int32_t>*> tables;
+  for (SequenceState* s : sequences) {
+    MOXIN_CHECK(s->length + 1 <= config().decoder.max_position, "[engine] the sequence would pass the model's ",
+                config().decoder.max_position, " positions");
+    pool_.reserve(s->block_table, s->length + 1);
+    positions.push_back(static_cast<int32_t>(s->length));
+    tables.push_back(&s->block_table);
+  }
+  const int32_t vocab = config().decoder.vocab;
+  for (int32_t id : tokens)
+    MOXIN_CHECK(id >= 0 && id < vocab, "[engine] token id ", id, " is outside the vocabulary (0..", vocab - 1, ")");
+  if (auto logits = graphs_->run(tokens, positions, tables)) {
+    for (SequenceState* s : sequences) s->length += 1;
+    return *logits;
+  }
+  Tensor embeddings = embed(tokens);
+  std::vector<SequenceChunk> chunks;
+  for (size_t i = 0; i < sequences.size(); ++i)
+    chunks.push_back({sequences[i], embeddings.rows_view(static_cast<int64_t>(i), 1)});
+  return step(chunks);
 }
 
 }  // namespace moxin

@@ -13,6 +13,7 @@
 #include "backend/backend.hpp"
 #include "model/vlm.hpp"
 #include "text/tokenizer.hpp"
+#include "runtime/decode_graphs.hpp"
 #include "runtime/kv_block_pool.hpp"
 
 namespace moxin {
@@ -54,6 +55,9 @@ class Engine {
   // Runs the decoder over all chunks (positions continue each sequence's length), writes their
   // K/V, advances the sequences, and returns the logits [chunks, vocab] of each chunk's last token.
   Tensor step(std::span<SequenceChunk> chunks);
+  // One new token for each sequence (a decode step): through a captured graph where the backend
+  // has them, else through step(). Returns logits [B, vocab], valid until the next call.
+  Tensor decode(std::span<SequenceState* const> sequences, std::span<const int32_t> tokens);
   // Frees the sequence's KV blocks.
   void release(SequenceState& sequence) { pool_.release(sequence.block_table); sequence.length = 0; }
 
@@ -66,6 +70,7 @@ class Engine {
   std::unique_ptr<Vlm> model_;
   std::unique_ptr<KvCache> kv_cache_;
   KvBlockPool pool_;
+  std::unique_ptr<DecodeGraphs> graphs_;
 };
 
 }  // namespace moxin

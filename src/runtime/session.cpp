@@ -19,12 +19,15 @@ Session::Session(Engine& engine, uint64_t max_image_pixels)
 
 Session::~Session() { engine_.release(state_); }
 
-std::vector<float> Session::run(Tensor embeddings) {
-  SequenceChunk chunk{&state_, std::move(embeddings)};
-  Tensor logits = engine_.step(std::span<SequenceChunk>(&chunk, 1));
+std::vector<float> Session::to_host(const Tensor& logits) {
   std::vector<float> host(static_cast<size_t>(logits.numel()));
   engine_.backend().to_host_f32(logits, host.data());
   return host;
+}
+
+std::vector<float> Session::run(Tensor embeddings) {
+  SequenceChunk chunk{&state_, std::move(embeddings)};
+  return to_host(engine_.step(std::span<SequenceChunk>(&chunk, 1)));
 }
 
 PrefillResult Session::prefill(const std::vector<ChatTurn>& turns, std::span<const uint8_t> image) {
@@ -64,8 +67,9 @@ PrefillResult Session::prefill(const std::vector<ChatTurn>& turns, std::span<con
 
 std::vector<float> Session::decode(int32_t token) {
   MOXIN_CHECK(state_.length > 0, "[session] decode() before prefill()");
-  const int32_t id = token;
-  return run(engine_.embed(std::span<const int32_t>(&id, 1)));
+  SequenceState* sequence = &state_;
+  return to_host(engine_.decode(std::span<SequenceState* const>(&sequence, 1),
+                                std::span<const int32_t>(&token, 1)));
 }
 
 }  // namespace moxin

@@ -36,6 +36,7 @@ class Session {
 
  private:
   std::vector<float> run(Tensor embeddings);
+  std::vector<float> to_host(const Tensor& logits);
 
   Engine& engine_;
   uint64_t max_image_pixels_;

@@ -38,12 +38,12 @@ def seed(request):
 
 @pytest.fixture(scope="session")
 def tokenizer_fixture():
-    """The real Mistral vocabulary with <PAD> (shared/fixtures, or a copy in tests/data)."""
-    for candidate in (SHARED / "fixtures" / "tokenizer" / "moxin-vlm.tokenizer.json",
-                      ROOT / "tests" / "data" / "moxin-vlm.tokenizer.json"):
-        if candidate.exists():
-            return candidate
-    pytest.fail("tokenizer fixture not found: expected ../shared/fixtures/tokenizer/")
+    """The real Mistral vocabulary with <PAD>: shared/fixtures, or MOXIN_TOKENIZER_FIXTURE."""
+    env = os.environ.get("MOXIN_TOKENIZER_FIXTURE")
+    candidate = pathlib.Path(env) if env else SHARED / "fixtures" / "tokenizer" / "moxin-vlm.tokenizer.json"
+    if not candidate.exists():
+        pytest.fail(f"tokenizer fixture not found at {candidate} (set MOXIN_TOKENIZER_FIXTURE)")
+    return candidate
 
 
 def run_moxin(binary, *args, check=True, input_bytes=None, timeout=600):

@@ -16,11 +16,8 @@ std::unique_ptr<Backend> create_cuda_backend(int device_ordinal);
 // A recorded sequence of ops (e.g. one decode step) replayed with one launch. The graph bakes
 // in the addresses of every tensor its ops touched: keep them alive and update their contents
 // (token ids, positions, block tables) in place between replays.
-class CudaGraph {
- public:
-  virtual ~CudaGraph() = default;
-  virtual void replay() = 0;  // enqueues the whole graph on the backend's stream; asynchronous
-};
+// replay() enqueues the whole graph on the backend's stream.
+using CudaGraph = OpGraph;
 
 // Records (does not run) the ops `record` issues on `backend`, which must be a CUDA backend.
 // Inside `record`: no to_host_f32/synchronize/from_host_* (they synchronize or copy from host

@@ -56,6 +56,9 @@ class CudaBackend final : public Backend {
   void synchronize() override;
   double measure_bandwidth_gbps() override;  // 1 GiB device-to-device copy, read + write
   size_t device_memory_used() const override;
+  std::unique_ptr<OpGraph> capture(const std::function<void()>& record) override {
+    return capture_cuda_graph(*this, record);
+  }
 
   Linear prepare_linear(const LinearWeight& w) override;
   Tensor param(const TensorInfo& t) override;

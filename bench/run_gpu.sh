@@ -1,0 +1,44 @@
+#!/usr/bin/env bash
+# The whole GPU check in one device call (see README "Benchmarks"): build with CUDA, CUDA
+# parity against the PyTorch reference on a fresh tiny model, a fresh full-size random model,
+# `moxin bench` (batch 1 with first token from a 640x480 JPEG; batch B) and the PyTorch peers
+# in the same run, then the comparison table. Carry .deps (tools/device_deps.sh).
+#   bench/run_gpu.sh [parity] [bench]        (default: both)
+set -uo pipefail
+cd "$(dirname "$0")/.."
+out=${OUT:-/tmp/moxin-gpu-out}
+mkdir -p "$out"
+export MOXIN_TOKENIZER_FIXTURE=$PWD/.deps/moxin-vlm.tokenizer.json PYTHONUNBUFFERED=1
+steps=${*:-parity bench}
+batch=${MOXIN_BENCH_BATCH:-32}
+context=${MOXIN_BENCH_CONTEXT:-1024}
+
+MOXIN_DEVICE_TARGETS=moxin tools/device_run.sh build || exit 1
+bin=build-device/src/cli/moxin
+
+for step in $steps; do
+  case $step in
+    parity)
+      MOXIN_BIN=$bin MOXIN_PARITY_DEVICES=cuda timeout 400 python3 -m pytest -q -s tests/py/test_parity.py \
+        >"$out/parity.log" 2>&1
+      echo "== cuda parity: $(tail -1 "$out/parity.log")"
+      grep -E "rel err|gap|Error|assert" "$out/parity.log" | head -30
+      ;;
+    bench)
+      model=/tmp/moxin-full
+      [ -f $model/config.json ] || python3 tools/make_test_model.py --preset full --out $model --seed 11 \
+        >"$out/make_full.log" 2>&1 || { tail -5 "$out/make_full.log"; exit 1; }
+      python3 -c "
+from PIL import Image; from skimage import data
+Image.fromarray(data.astronaut()).resize((640, 480), Image.BICUBIC).save('/tmp/photo.jpg', quality=90)"
+      $bin bench --model $model --device cuda --batch 1 --context "$context" --image /tmp/photo.jpg \
+        --max-context $((context + 256)) --json >"$out/bench_b1.json" 2>"$out/bench_b1.err" || cat "$out/bench_b1.err"
+      $bin bench --model $model --device cuda --batch "$batch" --context "$context" --no-vision --runs 3 \
+        --max-context $(((context + 64) * batch)) --json >"$out/bench_b$batch.json" 2>"$out/bench_b$batch.err" ||
+        cat "$out/bench_b$batch.err"
+      timeout 420 python3 bench/peer_torch.py --context "$context" --batch "$batch" >"$out/peer.json" \
+        2>"$out/peer.err" || tail -5 "$out/peer.err"
+      python3 bench/compare.py "$out/bench_b1.json" "$out/bench_b$batch.json" "$out/peer.json" | tee "$out/compare.txt"
+      ;;
+  esac
+done
