@@ -234,7 +234,8 @@ void run_paged_case(Random& rng, const PagedCase& pc) {
 TEST(CpuPagedAttention, MatchesReferenceForMixedBatches) {
   Random rng(test_seed());
   for (const PagedCase& pc : {PagedCase{2, 1, 64, 16}, PagedCase{2, 4, 128, 5}, PagedCase{1, 8, 72, 1},
-                              PagedCase{3, 4, 16, 4}, PagedCase{1, 4, 200, 3}})
+                              PagedCase{3, 4, 16, 4}, PagedCase{1, 4, 200, 3}, PagedCase{2, 3, 40, 2},
+                              PagedCase{1, 16, 16, 8}})
     run_paged_case(rng, pc);
 }
 
