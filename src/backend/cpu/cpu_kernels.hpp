@@ -55,7 +55,7 @@ struct Kernels {
   // x = softmax(scale * x) over n values, in place (max subtracted first).
   void (*softmax)(float* x, int64_t n, float scale);
 
-  // x = 0.5 x (1 + erf(x / sqrt 2)), in place, to ~1e-7 relative per element.
+  // x = 0.5 x (1 + erf(x / sqrt 2)), in place, within 4e-7 relative per element.
   void (*gelu_erf)(float* x, int64_t n);
 
   // y = silu(gate) * up = gate / (1 + exp(-gate)) * up; y may alias gate or up.
@@ -67,7 +67,7 @@ struct Kernels {
 };
 
 const Kernels& generic_kernels();
-// nullptr when this build or this CPU has no AVX-512 (F, BW, VL, DQ, FMA, F16C).
+// nullptr when this build or this CPU lacks AVX-512 F, BW and VL (or FMA).
 const Kernels* avx512_kernels();
 // The fastest table this CPU runs; MOXIN_CPU_KERNELS=generic forces the portable one.
 const Kernels& best_kernels();

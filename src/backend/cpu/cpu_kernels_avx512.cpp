@@ -503,9 +503,8 @@ const Kernels* avx512_kernels() {
 #if defined(MOXIN_HAVE_AVX512_KERNELS)
   static const Kernels table{"avx512", gemv,     pack_panels, gemm_tile,  attend,
                              softmax,  gelu_erf, silu_mul,    read_stream};
-  static const bool supported = __builtin_cpu_supports("avx512f") &&
-                                __builtin_cpu_supports("avx512bw") &&
-                                __builtin_cpu_supports("avx512vl");
+  static const bool supported = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+                                __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("fma");
   return supported ? &table : nullptr;
 #else
   return nullptr;
