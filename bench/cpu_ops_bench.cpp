@@ -215,6 +215,21 @@ BENCHMARK(BM_PagedAttentionDecode)
     ->UseRealTime()
     ->Unit(benchmark::kMicrosecond);
 
+// One image through DINOv2's attention: 261 tokens, 16 heads of 64. args: threads.
+void BM_VitAttention(benchmark::State& state) {
+  auto backend = make_backend(static_cast<int>(state.range(0)));
+  constexpr int64_t kTokens = 261, kHeads = 16, kDim = 64;
+  Tensor qkv = random_activations(*backend, kTokens, 3 * kHeads * kDim);
+  Tensor y = backend->empty_act({kTokens, kHeads * kDim});
+  for (auto _ : state) {
+    backend->vit_attention(qkv, 1, kTokens, kHeads, kDim, y);
+    benchmark::DoNotOptimize(y.data);
+  }
+  state.counters["FLOP/s"] = benchmark::Counter(4.0 * kTokens * kTokens * kHeads * kDim,  // QK^T and PV
+                                                benchmark::Counter::kIsIterationInvariantRate);
+}
+BENCHMARK(BM_VitAttention)->ArgName("threads")->Arg(1)->Arg(2)->UseRealTime()->Unit(benchmark::kMicrosecond);
+
 // --- activations ---
 
 // GELU over the DINOv2 MLP activations of one image: 261 tokens x 4096. args: threads.
