@@ -48,7 +48,8 @@ def main():
         if r:
             print(f"{label}: {r['decode_gbps']:.0f} GB/s = {100 * r['decode_share_of_ceiling']:.1f}% of the ceiling; "
                   f"prefill {r['prefill_tflops']:.0f} TFLOP/s; GPU memory {r['device_memory_mb']:.0f} MB; "
-                  f"peak host RSS {r['peak_rss_mb']:.0f} MB; load {r['load_ms']:.0f} ms")
+                  f"host RSS after load {r.get('rss_after_load_mb', 0):.0f} MB (peak {r['peak_rss_mb']:.0f}); "
+                  f"load {r['load_ms']:.0f} ms")
 
 
 if __name__ == "__main__":

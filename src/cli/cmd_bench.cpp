@@ -34,7 +34,8 @@ void print_table(const BenchResult& r, double load_ms) {
               r.batch, r.context, r.decode_step_ms, r.decode_tok_s_per_seq, r.decode_tok_s_total);
   std::printf("decode traffic    %.2f GB/step, %.1f GB/s = %.1f%% of the ceiling\n",
               r.decode_bytes_per_step / 1e9, r.decode_gbps, share);
-  std::printf("memory            peak RSS %.0f MB, device %.0f MB\n", r.peak_rss_mb, r.device_memory_mb);
+  std::printf("memory            RSS after load %.0f MB, peak RSS %.0f MB, device %.0f MB\n",
+              r.rss_after_load_mb, r.peak_rss_mb, r.device_memory_mb);
 }
 
 nlohmann::json to_json(const BenchResult& r, double load_ms) {
@@ -56,6 +57,7 @@ nlohmann::json to_json(const BenchResult& r, double load_ms) {
           {"decode_gbps", r.decode_gbps},
           {"decode_share_of_ceiling", r.bandwidth_gbps > 0 ? r.decode_gbps / r.bandwidth_gbps : 0.0},
           {"weight_bytes", r.weight_bytes},
+          {"rss_after_load_mb", r.rss_after_load_mb},
           {"peak_rss_mb", r.peak_rss_mb},
           {"device_memory_mb", r.device_memory_mb}};
 }

@@ -43,4 +43,10 @@ MappedFile::~MappedFile() {
   if (data_) ::munmap(const_cast<uint8_t*>(data_), size_);
 }
 
+void MappedFile::release_resident_pages() const {
+  if (size_ == 0) return;
+  // MADV_DONTNEED on a read-only file mapping only unmaps the pages: no data is lost.
+  madvise(const_cast<uint8_t*>(data_), size_, MADV_DONTNEED);
+}
+
 }  // namespace moxin

@@ -20,6 +20,9 @@ class MappedFile {
   const std::string& path() const { return path_; }
   const uint8_t* data() const { return data_; }
   size_t size() const { return size_; }
+  // Drops the pages read so far from this process's resident set (they stay in the page cache
+  // and fault back in if touched): for backends that copied the weights to a device.
+  void release_resident_pages() const;
 
  private:
   std::string path_;

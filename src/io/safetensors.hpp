@@ -44,6 +44,7 @@ class SafetensorsFile {
   const std::vector<TensorInfo>& tensors() const { return tensors_; }
   const TensorInfo* find(const std::string& name) const;  // nullptr if absent
   const std::map<std::string, std::string>& metadata() const { return metadata_; }
+  const MappedFile& mapping() const { return *map_; }
 
  private:
   std::string path_;
@@ -61,6 +62,8 @@ class TensorStore {
   const TensorInfo* find(const std::string& name) const;  // nullptr if absent
   std::vector<std::string> names() const;                // sorted
   const std::vector<std::shared_ptr<SafetensorsFile>>& files() const { return files_; }
+  // See MappedFile::release_resident_pages.
+  void release_resident_pages() const;
   size_t total_bytes() const;  // sum of tensor payloads
   size_t size() const { return by_name_.size(); }
 

@@ -5,6 +5,7 @@
 
 #include "core/check.hpp"
 #include "io/json_strict.hpp"
+#include "io/mapped_file.hpp"
 #include "io/safetensors.hpp"
 
 namespace moxin {
@@ -114,6 +115,10 @@ std::vector<std::string> TensorStore::names() const {
   std::vector<std::string> out;
   for (const auto& entry : by_name_) out.push_back(entry.first);
   return out;
+}
+
+void TensorStore::release_resident_pages() const {
+  for (const auto& f : files_) f->mapping().release_resident_pages();
 }
 
 size_t TensorStore::total_bytes() const {

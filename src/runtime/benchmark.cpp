@@ -24,12 +24,13 @@ double median(std::vector<double> v) {
   return v[v.size() / 2];
 }
 
-// Peak resident set of this process (VmHWM), in MB; 0 where /proc is unavailable.
-double peak_rss_mb() {
+// A /proc/self/status memory field (VmHWM: peak resident set, VmRSS: current), in MB; 0 where
+// /proc is unavailable.
+double status_mb(const std::string& field) {
   std::ifstream status("/proc/self/status");
   std::string key;
   while (status >> key) {
-    if (key == "VmHWM:") {
+    if (key == field) {
       double kb = 0;
       status >> kb;
       return kb / 1024.0;
@@ -171,6 +172,7 @@ BenchResult run_benchmark(Engine& engine, const BenchOptions& o) {
               engine.kv_pool().capacity_tokens(), " (raise --max-context)");
   std::mt19937_64 rng(o.seed);
   BenchResult r;
+  r.rss_after_load_mb = status_mb("VmRSS:");
   r.device = engine.backend().name();
   r.batch = o.batch;
   r.context = o.context;
@@ -178,7 +180,7 @@ BenchResult run_benchmark(Engine& engine, const BenchOptions& o) {
   bench_prefill(engine, o, rng, r);
   if (!o.image_path.empty()) bench_first_token(engine, o, rng, r);
   bench_decode(engine, o, rng, r);
-  r.peak_rss_mb = peak_rss_mb();
+  r.peak_rss_mb = status_mb("VmHWM:");
   r.device_memory_mb = static_cast<double>(engine.backend().device_memory_used()) / (1 << 20);
   // Last: its 1 GB probe buffer on the CPU would otherwise count in the peak RSS.
   r.bandwidth_gbps = engine.backend().measure_bandwidth_gbps();

@@ -40,6 +40,7 @@ struct BenchResult {
   double weight_bytes = 0;        // decoder weights streamed per step (embedding excluded)
   int batch = 0;
   int context = 0;
+  double rss_after_load_mb = 0;  // resident set when the benchmark starts (weights loaded)
   double peak_rss_mb = 0;
   double device_memory_mb = 0;
 };

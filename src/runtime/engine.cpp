@@ -24,9 +24,10 @@ Engine::Engine(const std::string& model_dir, const EngineOptions& options)
       tokenizer_(load_tokenizer(model_dir)),
       backend_(create_backend(options.backend)),
       pool_(blocks_for(options.max_context, options.block_size), options.block_size) {
-  MOXIN_CHECK(options.max_context > 0 && options.max_context <= checkpoint_.config.decoder.max_position,
-              "[engine] --max-context ", options.max_context, " must be in 1..",
-              checkpoint_.config.decoder.max_position, " (the model's max_position_embeddings)");
+  // The pool is shared by all sequences, so it may exceed one sequence's maximum position
+  // (checked per sequence in step() and decode()).
+  MOXIN_CHECK(options.max_context > 0 && options.max_context <= (1 << 24), "[engine] --max-context ",
+              options.max_context, " must be in 1..", 1 << 24, " KV cache tokens");
   MOXIN_CHECK(static_cast<int64_t>(tokenizer_.vocab_size()) <= checkpoint_.config.decoder.vocab,
               "[engine] tokenizer.json has ", tokenizer_.vocab_size(),
               " tokens but the model's embedding has only ", checkpoint_.config.decoder.vocab, " rows");
@@ -35,6 +36,11 @@ Engine::Engine(const std::string& model_dir, const EngineOptions& options)
   const int blocks = blocks_for(options.max_context, options.block_size);
   kv_cache_ = backend_->create_kv_cache({d.layers, d.kv_heads, d.head_dim, options.block_size, blocks});
   graphs_ = std::make_unique<DecodeGraphs>(*backend_, model_->decoder(), *kv_cache_, options.block_size, blocks);
+  // A device backend holds its own copy now: the mapped pages need not stay resident.
+  if (backend_->kind() != DeviceKind::CPU) {
+    backend_->synchronize();
+    checkpoint_.store.release_resident_pages();
+  }
 }
 
 Engine::~Engine() = default;

@@ -11,9 +11,10 @@ Devices: MOXIN_PARITY_DEVICES=cpu,cuda (default cpu; CI has no GPU, the GPU mach
 Tolerances per device:
 - cpu: f32 activations, f32 accumulation over the bf16 weights: REL_TOL 1e-4, GAP_TOL 1e-4.
 - cuda: f32 activations between ops, but GEMMs with more than 8 rows (vision, projector,
-  prefill) run on bf16 tensor cores, rounding their inputs to bf16 (unit roundoff 2^-9 ~ 2e-3),
-  and the KV cache may hold bf16: REL_TOL 1e-2 (about 5 unit roundoffs), GAP_TOL 5e-2 (logits
-  are O(1) here, so a per-logit error of ~1e-2 cannot flip a gap above it).
+  prefill) and the prefill/ViT attention tiles run on bf16 tensor cores, rounding their inputs
+  to bf16 (8 significant bits: unit roundoff u = 2^-8 ~ 3.9e-3), and the KV cache holds bf16:
+  REL_TOL 2e-2 (5u), GAP_TOL 5e-2 (logits are O(1) here, so a per-logit error of ~1e-2 cannot
+  flip a gap above it).
 """
 import json
 import os
@@ -31,7 +32,7 @@ from conftest import ROOT, run_moxin
 sys.path.insert(0, str(pathlib.Path(__file__).parent))
 import reference_vlm  # noqa: E402
 
-TOLERANCES = {"cpu": (1e-4, 1e-4), "cuda": (1e-2, 5e-2)}  # device -> (REL_TOL, GAP_TOL)
+TOLERANCES = {"cpu": (1e-4, 1e-4), "cuda": (2e-2, 5e-2)}  # device -> (REL_TOL, GAP_TOL)
 DEVICES = os.environ.get("MOXIN_PARITY_DEVICES", "cpu").split(",")
 NEW_TOKENS = 32
 
