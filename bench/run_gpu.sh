@@ -36,7 +36,7 @@ Image.fromarray(data.astronaut()).resize((640, 480), Image.BICUBIC).save('/tmp/p
       $bin bench --model $model --device cuda --batch "$batch" --context "$context" --no-vision --runs 3 \
         --max-context $(((context + 64) * batch)) --json >"$out/bench_b$batch.json" 2>"$out/bench_b$batch.err" ||
         cat "$out/bench_b$batch.err"
-      timeout 420 python3 bench/peer_torch.py --context "$context" --batch "$batch" >"$out/peer.json" \
+      timeout "${MOXIN_PEER_TIMEOUT:-420}" python3 bench/peer_torch.py --context "$context" --batch "$batch" >"$out/peer.json" \
         2>"$out/peer.err" || tail -5 "$out/peer.err"
       python3 bench/compare.py "$out/bench_b1.json" "$out/bench_b$batch.json" "$out/peer.json" | tee "$out/compare.txt"
       ;;
