@@ -444,7 +444,8 @@ void Scheduler::sample_next(Sequence& s, std::span<const float> logits) {
   }
   s.sampled_any = true;
   s.last_token = now;
-  if (token == engine_.tokenizer().eos_id()) return finish(s, FinishReason::Eos, {}, std::nullopt);
+  if (token == engine_.tokenizer().eos_id() && !s.request.ignore_eos)
+    return finish(s, FinishReason::Eos, {}, std::nullopt);
 
   std::optional<GeneratedToken> record;
   if (s.request.top_logprobs >= 0) {

@@ -53,6 +53,7 @@ struct GenerationRequest {
   int max_tokens = 256;
   std::vector<std::string> stop;  // non-empty strings
   int top_logprobs = -1;          // < 0: no log-probabilities; else this many alternatives
+  bool ignore_eos = false;        // benchmarks: the end-of-sequence token does not end it
 };
 
 struct SchedulerOptions {

@@ -175,7 +175,7 @@ void refuse_unsupported(const json& body) {
   static const std::set<std::string> known = {
       "messages", "max_tokens", "max_completion_tokens", "temperature", "top_p", "seed", "stop",
       "stream", "stream_options", "n", "logprobs", "top_logprobs", "frequency_penalty", "presence_penalty",
-      "repetition_penalty", "top_k", "min_p"};
+      "repetition_penalty", "top_k", "min_p", "ignore_eos"};
   for (const auto& [key, value] : body.items()) {
     if (known.count(key) || kIgnoredFields.count(key)) continue;
     const bool harmless = value.is_null() || (value.is_array() && value.empty()) ||
@@ -235,6 +235,7 @@ ChatRequest parse_chat_request(const json& body) {
       if (key != "include_usage") throw bad_request(cat("stream_options.", key, " is not supported"), "stream_options");
     out.include_usage = boolean(*options, "include_usage", false);
   }
+  out.ignore_eos = boolean(body, "ignore_eos", false);
   out.logprobs = boolean(body, "logprobs", false);
   if (auto top = integer_in(body, "top_logprobs", 0, 20)) {
     if (!out.logprobs) throw bad_request("'top_logprobs' needs \"logprobs\": true", "top_logprobs");

@@ -12,7 +12,8 @@
 //  - logprobs are the log-softmax of the raw logits (as OpenAI), not of the sampling
 //    distribution after penalties, temperature and truncation.
 //  - frequency_penalty / presence_penalty: only 0 (not implemented); repetition_penalty, top_k
-//    and min_p are accepted as extensions (transformers semantics).
+//    and min_p are accepted as extensions (transformers semantics), and ignore_eos (vLLM's
+//    benchmark switch: the answer runs to max_tokens).
 #pragma once
 
 #include <nlohmann/json.hpp>
@@ -36,6 +37,7 @@ struct ChatRequest {
   bool include_usage = false;
   bool logprobs = false;
   int top_logprobs = 0;
+  bool ignore_eos = false;
 };
 
 // Throws ApiError (400) naming the field at fault.

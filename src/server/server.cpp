@@ -130,6 +130,7 @@ GenerationRequest HttpApi::build_generation(const ChatRequest& chat) const {
   g.sampling = chat.sampling;
   g.stop = chat.stop;
   g.top_logprobs = chat.logprobs ? chat.top_logprobs : -1;
+  g.ignore_eos = chat.ignore_eos;
   return g;
 }
 
@@ -299,7 +300,14 @@ void serve(Engine& engine, const ServerOptions& options) {
                           : std::min(1024, options.scheduler.max_batch + options.scheduler.max_queue + 8);
   http.new_task_queue = [threads] { return new httplib::ThreadPool(static_cast<size_t>(threads)); };
   http.set_payload_max_length(options.max_body_bytes);
-  http.set_keep_alive_timeout(2);
+  // Longer than clients keep idle connections (httpx: 5 s), so the server never closes one
+  // while the client reuses it; SIGTERM may wait this long for an idle connection to end.
+  http.set_keep_alive_timeout(10);
+  http.set_keep_alive_max_count(1000);
+  // httplib's 5 s defaults are short for clients uploading images under load; a stalled
+  // reader of a stream still gives its slot back after the write timeout.
+  http.set_read_timeout(30);
+  http.set_write_timeout(10);
   api.install(http);
 
   const int port = options.port == 0 ? http.bind_to_any_port(options.host)
