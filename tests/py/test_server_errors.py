@@ -225,7 +225,10 @@ def test_queue_full_answers_503(moxin_bin, model):
                                           "ignore_eos": True}))
             holders.append(conn)
         deadline = time.monotonic() + 30
-        while s.metrics()["moxin_queue_depth"] < 1:
+        while True:  # both seen at once: one runs and the other one waits
+            metrics = s.metrics()
+            if metrics["moxin_running_sequences"] == 1 and metrics["moxin_queue_depth"] == 1:
+                break
             assert time.monotonic() < deadline
             time.sleep(0.02)
         status, payload = s.request("POST", "/v1/chat/completions", {"messages": [user_message("q")], "max_tokens": 2})
