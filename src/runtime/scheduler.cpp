@@ -132,7 +132,9 @@ std::shared_ptr<RequestStream> Scheduler::submit(GenerationRequest request) {
   std::shared_ptr<RequestStream> stream = s->stream;
   {
     std::lock_guard lock(mutex_);
-    if (draining_ || stopping_ || static_cast<int>(queue_.size()) >= options_.max_queue) return nullptr;
+    // Requests that free batch slots will take at the next step do not count as waiting.
+    const int free_slots = std::max(0, options_.max_batch - running_count_.load());
+    if (draining_ || stopping_ || static_cast<int>(queue_.size()) >= options_.max_queue + free_slots) return nullptr;
     queue_.push_back(std::move(s));
     queued_.store(static_cast<int>(queue_.size()));
   }

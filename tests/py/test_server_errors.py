@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from test_server import Server, data_url, make_tiny_model, photo_png, user_message
+from test_server import Server, data_url, make_tiny_model, server_built, user_message  # noqa: F401 (autouse)
 
 API_KEY = "k-" + "".join(random.SystemRandom().choice("0123456789abcdef") for _ in range(24))
 AUTH = {"Authorization": f"Bearer {API_KEY}"}
@@ -218,19 +218,25 @@ def test_queue_full_answers_503(moxin_bin, model):
     s = Server(moxin_bin, model, "--max-batch", 1, "--max-queue", 1, "--max-context", 32768)
     try:
         holders = []
-        for _ in range(2):  # one runs (for seconds: 30000 tokens), one waits in the queue
+
+        def wait_for(running, queued):
+            deadline = time.monotonic() + 30
+            while True:
+                metrics = s.metrics()
+                if (metrics["moxin_running_sequences"], metrics["moxin_queue_depth"]) == (running, queued):
+                    return
+                assert time.monotonic() < deadline, metrics
+                time.sleep(0.02)
+
+        # One runs (for seconds: 30000 tokens), then one waits in the queue (a request counts as
+        # queued until the scheduler admits it, so the second goes in once the first runs).
+        for running, queued in ((1, 0), (1, 1)):
             conn = http.client.HTTPConnection(s.host, s.port, timeout=30)
             conn.request("POST", "/v1/chat/completions", headers={"Content-Type": "application/json"},
                          body=json.dumps({"messages": [user_message("q")], "max_tokens": 30000, "stream": True,
                                           "ignore_eos": True}))
             holders.append(conn)
-        deadline = time.monotonic() + 30
-        while True:  # both seen at once: one runs and the other one waits
-            metrics = s.metrics()
-            if metrics["moxin_running_sequences"] == 1 and metrics["moxin_queue_depth"] == 1:
-                break
-            assert time.monotonic() < deadline
-            time.sleep(0.02)
+            wait_for(running, queued)
         status, payload = s.request("POST", "/v1/chat/completions", {"messages": [user_message("q")], "max_tokens": 2})
         assert status == 503 and payload["error"]["code"] == "server_overloaded"
         check_error_shape(payload, status)
