@@ -19,6 +19,8 @@ struct ModelOptions {
   int gpu = 0;
   int max_context = 4096;
   uint64_t max_pixels = 89478485;
+  int quantize = 0;  // 0, 8 or 4: quantize the decoder at load time
+  int group_size = 64;
 
   void add_to(CLI::App& command);
   LoadOptions load_options() const;  // validates; throws moxin::Error on bad values

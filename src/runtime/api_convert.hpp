@@ -23,6 +23,8 @@ inline EngineOptions to_engine_options(const LoadOptions& o) {
   e.backend.threads = o.threads;
   e.backend.gpu = o.gpu;
   e.max_context = o.max_context;
+  e.quantize_bits = o.quantize_bits;
+  e.quantize_group_size = o.quantize_group_size;
   return e;
 }
 

@@ -1,9 +1,13 @@
 #include "runtime/engine.hpp"
 
 #include <algorithm>
+#include <cstdio>
 #include <filesystem>
 
+#include <unistd.h>
+
 #include "core/check.hpp"
+#include "core/thread_pool.hpp"
 
 namespace moxin {
 namespace {
@@ -31,6 +35,7 @@ Engine::Engine(const std::string& model_dir, const EngineOptions& options)
   MOXIN_CHECK(static_cast<int64_t>(tokenizer_.vocab_size()) <= checkpoint_.config.decoder.vocab,
               "[engine] tokenizer.json has ", tokenizer_.vocab_size(),
               " tokens but the model's embedding has only ", checkpoint_.config.decoder.vocab, " rows");
+  if (options.quantize_bits != 0) quantize_decoder(options);
   model_ = std::make_unique<Vlm>(*backend_, checkpoint_);
   const DecoderConfig& d = checkpoint_.config.decoder;
   const int blocks = blocks_for(options.max_context, options.block_size);
@@ -44,6 +49,19 @@ Engine::Engine(const std::string& model_dir, const EngineOptions& options)
 }
 
 Engine::~Engine() = default;
+
+void Engine::quantize_decoder(const EngineOptions& options) {
+  const bool show = isatty(STDERR_FILENO) != 0;
+  ThreadPool pool(options.backend.threads);
+  quantized_ = std::make_unique<QuantizedWeights>();
+  checkpoint_.decoder = quantized_->quantize(
+      checkpoint_.decoder, options.quantize_bits, options.quantize_group_size, &pool, [show](int done, int total) {
+        if (show) std::fprintf(stderr, "\rquantizing the decoder: %d/%d matrices%s", done, total, done == total ? "\n" : "");
+      });
+  // The bf16 pages of the quantized matrices are never read again; the tensors still used
+  // (embeddings, norms, vision) fault back in on demand.
+  checkpoint_.store.release_resident_pages();
+}
 
 std::unique_ptr<Engine> Engine::load(const std::string& model_dir, const EngineOptions& options) {
   return std::unique_ptr<Engine>(new Engine(model_dir, options));

@@ -12,6 +12,7 @@
 
 #include "backend/backend.hpp"
 #include "model/vlm.hpp"
+#include "quant/quantized_weights.hpp"
 #include "text/tokenizer.hpp"
 #include "runtime/decode_graphs.hpp"
 #include "runtime/kv_block_pool.hpp"
@@ -22,6 +23,8 @@ struct EngineOptions {
   BackendOptions backend;
   int max_context = 4096;  // KV cache capacity in tokens, shared by all live sequences
   int block_size = 16;
+  int quantize_bits = 0;  // 8 or 4: the decoder linears are quantized after mapping
+  int quantize_group_size = 64;
 };
 
 // A sequence's place in the KV cache.
@@ -63,8 +66,10 @@ class Engine {
 
  private:
   Engine(const std::string& model_dir, const EngineOptions& options);
+  void quantize_decoder(const EngineOptions& options);
 
   Checkpoint checkpoint_;
+  std::unique_ptr<QuantizedWeights> quantized_;  // --quantize: what checkpoint_.decoder points at
   Tokenizer tokenizer_;
   std::unique_ptr<Backend> backend_;
   std::unique_ptr<Vlm> model_;

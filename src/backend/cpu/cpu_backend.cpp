@@ -128,9 +128,7 @@ const CpuLinear& cpu_linear(const Linear& w, const char* op) {
 Linear CpuBackend::prepare_linear(const LinearWeight& w) {
   MOXIN_CHECK(w.weight != nullptr, "[cpu] prepare_linear: no weight tensor");
   const TensorInfo& t = *w.weight;
-  if (w.bits != 0)
-    fail("[cpu] quantized weights are not supported yet ('", t.name, "' has ", w.bits,
-         "-bit codes); use a bf16 checkpoint with the CPU backend");
+  if (w.bits != 0) return prepare_quantized_linear(w);
   check_tensor_info(t, "weight");
   int64_t out = w.out_features, in = w.in_features;
   if (out == 0 && in == 0 && t.shape.size() == 2) {

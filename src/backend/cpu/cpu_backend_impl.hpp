@@ -10,6 +10,7 @@
 #include "backend/backend.hpp"
 #include "backend/cpu/cpu_kernels.hpp"
 #include "core/thread_pool.hpp"
+#include "quant/affine_quant.hpp"
 
 namespace moxin::cpu {
 
@@ -18,6 +19,7 @@ struct CpuLinear {
   std::string name;     // tensor name, for error messages
   WeightView weight;    // into the mapped checkpoint: never copied
   std::vector<float> bias;  // empty when the layer has none
+  QuantView quant;          // quant.bits != 0: weight holds packed codes (cpu_quant_kernels.hpp)
 };
 
 // K and V of every layer in one zero-initialized allocation (pages are committed on first
@@ -52,6 +54,7 @@ class CpuBackend final : public Backend {
   double measure_bandwidth_gbps() override;  // cpu_bandwidth.cpp
 
   Linear prepare_linear(const LinearWeight& w) override;
+  Linear prepare_quantized_linear(const LinearWeight& w);  // cpu_quant_linear.cpp
   Tensor param(const TensorInfo& t) override;
   std::unique_ptr<KvCache> create_kv_cache(const KvCacheConfig& c) override;
 

@@ -6,6 +6,7 @@
 #include "backend/cpu/cpu_backend_impl.hpp"
 #include "backend/cpu/cpu_checks.hpp"
 #include "backend/cpu/cpu_matmul.hpp"
+#include "backend/cpu/cpu_quant_kernels.hpp"
 #include "core/bf16.hpp"
 
 namespace moxin::cpu {
@@ -20,8 +21,11 @@ void CpuBackend::linear(const Tensor& x, const Linear& w, Tensor& y) {
               " but x ", x.shape_str(), " times the weight '", l.name, "' gives [", x.rows(), ", ",
               l.weight.rows, "]");
   MOXIN_CHECK(!overlaps(x, y), "[cpu] linear: y must not overlap x");
-  matmul(kernels_, &pool_, x.rows(), x.ptr<float>(), x.cols(), l.weight,
-         l.bias.empty() ? nullptr : l.bias.data(), y.ptr<float>(), y.cols());
+  const float* bias = l.bias.empty() ? nullptr : l.bias.data();
+  if (l.quant.bits != 0)
+    quant_matmul(kernels_, &pool_, x.rows(), x.ptr<float>(), x.cols(), l.quant, bias, y.ptr<float>(), y.cols());
+  else
+    matmul(kernels_, &pool_, x.rows(), x.ptr<float>(), x.cols(), l.weight, bias, y.ptr<float>(), y.cols());
 }
 
 void CpuBackend::patch_embed(const Tensor& images, const Linear& w, int patch, Tensor& y) {

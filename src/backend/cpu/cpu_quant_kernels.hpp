@@ -1,0 +1,42 @@
+// y = x W^T for a quantized W (SPEC.md section 5) with f32 activations: a GEMV that reads the
+// packed codes directly for decode-sized M, and dequantized row blocks fed to the dense GEMM
+// for prefill. Each output is scale * sum(q x) + bias * sum(x) per group, which equals an f32
+// matmul on the dequantized weights up to f32 rounding.
+#pragma once
+
+#include <cstdint>
+
+#include "backend/cpu/cpu_kernels.hpp"
+#include "quant/affine_quant.hpp"
+
+namespace moxin {
+class ThreadPool;
+}
+
+namespace moxin::cpu {
+
+// Up to this many activation rows the codes are read in place; beyond, row blocks are
+// dequantized once and shared by all rows through the dense GEMM.
+constexpr int64_t kQuantGemvMaxRows = 8;
+
+// Rows n0 <= n < n1 of y[m * ldy + n] = sum_k x[m, k] W[n, k] for m < M. `xp` is x [M, K]
+// contiguous, with each run of 32 inputs reordered as its 16 even then 16 odd elements when
+// the codes are 4-bit (the order two nibbles of a byte decode into); xsum[m * groups + g] is
+// the sum of group g of row m.
+using QuantGemvFn = void (*)(const QuantView& w, int64_t n0, int64_t n1, const float* xp, int64_t M,
+                             const float* xsum, float* y, int64_t ldy);
+
+void quant_gemv_generic(const QuantView& w, int64_t n0, int64_t n1, const float* xp, int64_t M,
+                        const float* xsum, float* y, int64_t ldy);
+// nullptr when this build or CPU lacks AVX-512 F/BW/VL + FMA.
+QuantGemvFn quant_gemv_avx512();
+
+// The GEMV that goes with a kernel table (AVX-512 only alongside the AVX-512 dense kernels, so
+// MOXIN_CPU_KERNELS=generic forces both portable).
+QuantGemvFn quant_gemv_for(const Kernels& kernels);
+
+// y[m * ldy + n] = bias[n] (if any) + sum_k x[m * ldx + k] W[n, k]; threads over output rows.
+void quant_matmul(const Kernels& kernels, ThreadPool* pool, int64_t M, const float* x, int64_t ldx,
+                  const QuantView& w, const float* bias, float* y, int64_t ldy);
+
+}  // namespace moxin::cpu

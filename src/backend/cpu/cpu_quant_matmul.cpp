@@ -1,0 +1,103 @@
+#include <algorithm>
+#include <cstring>
+#include <string_view>
+#include <vector>
+
+#include "backend/cpu/cpu_matmul.hpp"
+#include "backend/cpu/cpu_quant_kernels.hpp"
+#include "core/thread_pool.hpp"
+
+namespace moxin::cpu {
+namespace {
+
+// Copies x [M, K] (row stride ldx) contiguously, in the order quant_gemv expects, and sums groups.
+void prepare_activations(const QuantView& w, int64_t M, const float* x, int64_t ldx, float* xp, float* xsum) {
+  const int64_t K = w.cols, groups = w.groups_per_row();
+  for (int64_t m = 0; m < M; ++m) {
+    const float* src = x + m * ldx;
+    float* dst = xp + m * K;
+    if (w.bits == 4) {
+      for (int64_t c = 0; c < K; c += 32)
+        for (int64_t b = 0; b < 16; ++b) {
+          dst[c + b] = src[c + 2 * b];
+          dst[c + 16 + b] = src[c + 2 * b + 1];
+        }
+    } else {
+      std::memcpy(dst, src, static_cast<size_t>(K) * sizeof(float));
+    }
+    for (int64_t g = 0; g < groups; ++g) {
+      float s = 0.0f;
+      for (int64_t k = g * w.group_size; k < (g + 1) * w.group_size; ++k) s += src[k];
+      xsum[m * groups + g] = s;
+    }
+  }
+}
+
+}  // namespace
+
+void quant_gemv_generic(const QuantView& w, int64_t n0, int64_t n1, const float* xp, int64_t M,
+                        const float* xsum, float* y, int64_t ldy) {
+  const int64_t K = w.cols, groups = w.groups_per_row(), words = w.words_per_row();
+  for (int64_t n = n0; n < n1; ++n) {
+    const uint8_t* codes = reinterpret_cast<const uint8_t*>(w.codes + n * words);
+    for (int64_t m = 0; m < M; ++m) {
+      const float* xm = xp + m * K;
+      float total = 0.0f;
+      for (int64_t g = 0; g < groups; ++g) {
+        const int64_t k0 = g * w.group_size;
+        float dot = 0.0f;
+        if (w.bits == 8) {
+          for (int64_t k = k0; k < k0 + w.group_size; ++k) dot += static_cast<float>(codes[k]) * xm[k];
+        } else {
+          // Byte b of a 32-input run holds inputs 2b (low nibble) and 2b + 1 (high nibble).
+          for (int64_t c = k0; c < k0 + w.group_size; c += 32) {
+            const uint8_t* bytes = codes + c / 2;
+            for (int64_t b = 0; b < 16; ++b)
+              dot += static_cast<float>(bytes[b] & 15) * xm[c + b] + static_cast<float>(bytes[b] >> 4) * xm[c + 16 + b];
+          }
+        }
+        total += load_scale(w.scales, w.scale_dtype, n * groups + g) * dot +
+                 load_scale(w.biases, w.scale_dtype, n * groups + g) * xsum[m * groups + g];
+      }
+      y[m * ldy + n] = total;
+    }
+  }
+}
+
+QuantGemvFn quant_gemv_for(const Kernels& kernels) {
+  if (std::string_view(kernels.name) == std::string_view(generic_kernels().name)) return quant_gemv_generic;
+  const QuantGemvFn simd = quant_gemv_avx512();
+  return simd ? simd : quant_gemv_generic;
+}
+
+void quant_matmul(const Kernels& kernels, ThreadPool* pool, int64_t M, const float* x, int64_t ldx,
+                  const QuantView& w, const float* bias, float* y, int64_t ldy) {
+  const int64_t N = w.rows, K = w.cols;
+  auto parallel = [&](int64_t n, const ThreadPool::RangeFn& fn, int64_t min_chunk) {
+    if (pool)
+      pool->parallel_for(n, fn, min_chunk);
+    else
+      fn(0, n);
+  };
+  if (M <= kQuantGemvMaxRows) {
+    std::vector<float> xp(static_cast<size_t>(M * K)), xsum(static_cast<size_t>(M * w.groups_per_row()));
+    prepare_activations(w, M, x, ldx, xp.data(), xsum.data());
+    const QuantGemvFn gemv = quant_gemv_for(kernels);
+    parallel(N, [&](int64_t n0, int64_t n1) { gemv(w, n0, n1, xp.data(), M, xsum.data(), y, ldy); }, 16);
+    if (bias)
+      for (int64_t m = 0; m < M; ++m)
+        for (int64_t n = 0; n < N; ++n) y[m * ldy + n] += bias[n];
+    return;
+  }
+  // Prefill: dequantize ~4 MB of weight rows at a time and multiply them as dense f32.
+  const int64_t block = std::min(N, std::max<int64_t>(kGemmNR, (int64_t{1} << 20) / K / kGemmNR * kGemmNR));
+  std::vector<float> dense(static_cast<size_t>(block * K));
+  for (int64_t n0 = 0; n0 < N; n0 += block) {
+    const int64_t rows = std::min(block, N - n0);
+    parallel(rows, [&](int64_t r0, int64_t r1) { dequantize_rows(w, n0 + r0, n0 + r1, dense.data() + r0 * K); }, 8);
+    const WeightView view{DType::F32, dense.data(), rows, K, K};
+    matmul(kernels, pool, M, x, ldx, view, bias ? bias + n0 : nullptr, y + n0, ldy);
+  }
+}
+
+}  // namespace moxin::cpu

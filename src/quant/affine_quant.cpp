@@ -1,0 +1,130 @@
+#include "quant/affine_quant.hpp"
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+
+#include "core/bf16.hpp"
+#include "core/check.hpp"
+#include "core/thread_pool.hpp"
+
+namespace moxin {
+namespace {
+
+// MLX's floor for the scale of a constant group, so codes never divide by zero.
+constexpr float kMinScale = 1e-7f;
+
+float load_element(const void* data, DType dtype, int64_t i) {
+  switch (dtype) {
+    case DType::F32: return static_cast<const float*>(data)[i];
+    case DType::BF16: return bf16_to_f32(static_cast<const uint16_t*>(data)[i]);
+    case DType::F16: return f16_to_f32(static_cast<const uint16_t*>(data)[i]);
+    default: fail("[quant] dtype ", dtype_name(dtype), " cannot hold weights or scales");
+  }
+}
+
+// Rounds v to `dtype` and stores it as element i of `out`; returns the rounded value.
+float store_rounded(float v, DType dtype, uint8_t* out, int64_t i) {
+  switch (dtype) {
+    case DType::F32:
+      std::memcpy(out + 4 * i, &v, 4);
+      return v;
+    case DType::BF16: {
+      const uint16_t h = f32_to_bf16(v);
+      std::memcpy(out + 2 * i, &h, 2);
+      return bf16_to_f32(h);
+    }
+    default: {
+      const uint16_t h = f32_to_f16(v);
+      std::memcpy(out + 2 * i, &h, 2);
+      return f16_to_f32(h);
+    }
+  }
+}
+
+void quantize_row(const void* w, DType dtype, int64_t row, int64_t cols, int bits, int group_size,
+                  float* buffer, QuantizedMatrix& m) {
+  const int64_t base = row * cols;
+  for (int64_t k = 0; k < cols; ++k) buffer[k] = load_element(w, dtype, base + k);
+  const float max_code = static_cast<float>((1 << bits) - 1);
+  const int per_word = 32 / bits;
+  const int64_t groups = cols / group_size;
+  uint32_t* codes = m.codes.data() + row * (cols / per_word);
+  for (int64_t g = 0; g < groups; ++g) {
+    const float* x = buffer + g * group_size;
+    const auto [lo, hi] = std::minmax_element(x, x + group_size);
+    const float scale = store_rounded(std::max((*hi - *lo) / max_code, kMinScale), m.scale_dtype,
+                                      m.scales.data(), row * groups + g);
+    const float bias = store_rounded(*lo, m.scale_dtype, m.biases.data(), row * groups + g);
+    for (int j = 0; j < group_size; j += per_word) {
+      uint32_t word = 0;
+      for (int e = 0; e < per_word; ++e) {
+        const float q = std::clamp(std::nearbyint((x[j + e] - bias) / scale), 0.0f, max_code);
+        word |= static_cast<uint32_t>(q) << (bits * e);
+      }
+      codes[(g * group_size + j) / per_word] = word;
+    }
+  }
+}
+
+}  // namespace
+
+void check_quant_format(int bits, int group_size, const std::string& what) {
+  MOXIN_CHECK(bits == 4 || bits == 8, "[quant] ", what, ": bits ", bits, " is not supported (use 4 or 8)");
+  MOXIN_CHECK(group_size == 64 || group_size == 128, "[quant] ", what, ": group size ", group_size,
+              " is not supported (use 64 or 128)");
+}
+
+float load_scale(const void* data, DType dtype, int64_t i) { return load_element(data, dtype, i); }
+
+QuantView QuantizedMatrix::view() const {
+  return QuantView{codes.data(), scales.data(), biases.data(), scale_dtype, rows, cols, bits, group_size};
+}
+
+QuantizedMatrix quantize_matrix(const void* w, DType dtype, int64_t rows, int64_t cols, int bits,
+                                int group_size, ThreadPool* pool, const std::string& name) {
+  check_quant_format(bits, group_size, name);
+  MOXIN_CHECK(dtype == DType::BF16 || dtype == DType::F16 || dtype == DType::F32, "[quant] '", name,
+              "' has dtype ", dtype_name(dtype), "; only BF16, F16 and F32 weights can be quantized");
+  MOXIN_CHECK(rows > 0 && cols > 0 && cols % group_size == 0, "[quant] '", name, "' is [", rows, ", ",
+              cols, "]: its input features are not a multiple of the group size ", group_size);
+  QuantizedMatrix m;
+  m.rows = rows;
+  m.cols = cols;
+  m.bits = bits;
+  m.group_size = group_size;
+  m.scale_dtype = dtype;
+  const size_t groups = static_cast<size_t>(rows) * static_cast<size_t>(cols / group_size);
+  m.codes.resize(static_cast<size_t>(rows) * static_cast<size_t>(cols * bits / 32));
+  m.scales.resize(groups * dtype_size(dtype));
+  m.biases.resize(groups * dtype_size(dtype));
+  auto work = [&](int64_t begin, int64_t end) {
+    std::vector<float> buffer(static_cast<size_t>(cols));
+    for (int64_t r = begin; r < end; ++r) quantize_row(w, dtype, r, cols, bits, group_size, buffer.data(), m);
+  };
+  if (pool)
+    pool->parallel_for(rows, work, 16);
+  else
+    work(0, rows);
+  return m;
+}
+
+void dequantize_rows(const QuantView& q, int64_t r0, int64_t r1, float* out) {
+  const int per_word = 32 / q.bits;
+  const uint32_t mask = (1u << q.bits) - 1;
+  const int64_t groups = q.groups_per_row();
+  for (int64_t r = r0; r < r1; ++r) {
+    const uint32_t* codes = q.codes + r * q.words_per_row();
+    float* y = out + (r - r0) * q.cols;
+    for (int64_t g = 0; g < groups; ++g) {
+      const float scale = load_scale(q.scales, q.scale_dtype, r * groups + g);
+      const float bias = load_scale(q.biases, q.scale_dtype, r * groups + g);
+      for (int64_t k = g * q.group_size; k < (g + 1) * q.group_size; ++k) {
+        const uint32_t code = (codes[k / per_word] >> (q.bits * (k % per_word))) & mask;
+        y[k] = scale * static_cast<float>(code) + bias;
+      }
+    }
+  }
+}
+
+}  // namespace moxin

@@ -1,0 +1,42 @@
+// Load-time quantization of a checkpoint's decoder (`--quantize`): the store owns the packed
+// codes, scales and biases, and hands out DecoderWeights whose q/k/v/o/gate/up/down and
+// lm_head point at them; embeddings and norms keep pointing into the mapped checkpoint.
+#pragma once
+
+#include <functional>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "io/checkpoint.hpp"
+#include "quant/affine_quant.hpp"
+
+namespace moxin {
+
+// The decoder linears SPEC.md section 5 quantizes, in load order (layer by layer, lm_head last).
+std::vector<const LinearWeight*> quantizable_linears(const DecoderWeights& decoder);
+
+class QuantizedWeights {
+ public:
+  // Called after each matrix with (done, total).
+  using Progress = std::function<void(int done, int total)>;
+
+  // Returns a copy of `decoder` with every quantizable linear replaced by its quantized form
+  // held in this store (which must outlive the result). Throws moxin::Error if the decoder is
+  // already quantized or a shape does not divide into groups.
+  DecoderWeights quantize(const DecoderWeights& decoder, int bits, int group_size, ThreadPool* pool,
+                          const Progress& progress = {});
+
+  size_t bytes() const;  // codes + scales + biases held
+
+ private:
+  struct Entry {
+    QuantizedMatrix matrix;
+    TensorInfo codes, scales, biases;
+  };
+  LinearWeight add(const LinearWeight& dense, int bits, int group_size, ThreadPool* pool);
+
+  std::vector<std::unique_ptr<Entry>> entries_;  // stable addresses for the TensorInfo pointers
+};
+
+}  // namespace moxin
