@@ -79,7 +79,7 @@ TEST(CpuLinear, RejectsMismatchedShapesAndQuantizedWeights) {
   LinearWeight q = linear_weight(*w, nullptr, 16, 128);
   q.bits = 4;
   q.group_size = 64;
-  expect_error([&] { backend->prepare_linear(q); }, "[cpu] quantized weights are not supported yet");
+  expect_error([&] { backend->prepare_linear(q); }, "U32 words of packed codes but is BF16");
   expect_error([&] { backend->prepare_linear(linear_weight(*w, nullptr, 16, 100)); }, "[cpu] prepare_linear");
   auto bad_bias = make_tensor("b", DType::F32, {15}, rng.uniform(15));
   expect_error([&] { backend->prepare_linear(linear_weight(*w, bad_bias.get(), 16, 128)); }, "bias 'b' is [15]");
