@@ -7,6 +7,7 @@
 #include <csignal>
 #include <cstdio>
 #include <cstdlib>
+#include <semaphore>
 #include <thread>
 
 #include "core/check.hpp"
@@ -81,6 +82,9 @@ class HttpApi {
   Metrics& metrics_;
   ImagePolicy image_policy_;
   int64_t started_;
+  // A decoded image may take ~270 MB (Pillow's 89.5-megapixel limit, which a small PNG can
+  // reach): a few decodes at a time bound the memory many concurrent requests could claim.
+  mutable std::counting_semaphore<> decode_slots_{4};
 };
 
 // Maps every exception of a handler to an OpenAI-shaped error response.
@@ -109,7 +113,14 @@ bool HttpApi::authorized(const httplib::Request& req) const {
 
 GenerationRequest HttpApi::build_generation(const ChatRequest& chat) const {
   GenerationRequest g;
-  if (chat.image_url) g.image = load_request_image(*chat.image_url, image_policy_);
+  if (chat.image_url) {
+    decode_slots_.acquire();
+    struct Release {
+      std::counting_semaphore<>& slots;
+      ~Release() { slots.release(); }
+    } release{decode_slots_};
+    g.image = load_request_image(*chat.image_url, image_policy_);
+  }
   try {
     g.prompt_ids = tokenize_prompt(tokenizer_, chat.turns);
   } catch (const Error& e) {
