@@ -474,18 +474,25 @@ void silu_mul(const float* gate, const float* up, float* y, int64_t n) {
   }
 }
 
-// Whole lines with 512-bit loads, prefetched like the GEMV's weight rows.
+// Whole lines with 512-bit loads in the GEMV's pattern: blocks of eight adjacent 8 KB
+// "rows" read line by line in step, each prefetched 2 KB ahead. (Eight streams far apart
+// read slower than one; eight adjacent ones faster.)
 uint64_t read_stream(const uint8_t* data, int64_t bytes) {
-  __m512i acc0 = _mm512_setzero_si512(), acc1 = _mm512_setzero_si512();
-  int64_t i = 0;
-  for (; i + 128 <= bytes; i += 128) {
-    _mm_prefetch(reinterpret_cast<const char*>(data + i + kGemvPrefetchBytes), _MM_HINT_T1);
-    _mm_prefetch(reinterpret_cast<const char*>(data + i + 64 + kGemvPrefetchBytes), _MM_HINT_T1);
-    acc0 = _mm512_add_epi64(acc0, _mm512_loadu_si512(data + i));
-    acc1 = _mm512_add_epi64(acc1, _mm512_loadu_si512(data + i + 64));
-  }
-  for (; i < bytes; i += 64) acc0 = _mm512_add_epi64(acc0, _mm512_loadu_si512(data + i));
-  return static_cast<uint64_t>(_mm512_reduce_add_epi64(_mm512_add_epi64(acc0, acc1)));
+  constexpr int kStreams = 8;
+  constexpr int64_t kRowBytes = 8192;
+  __m512i acc[kStreams];
+  for (int s = 0; s < kStreams; ++s) acc[s] = _mm512_setzero_si512();
+  int64_t block = 0;
+  for (; block + kStreams * kRowBytes <= bytes; block += kStreams * kRowBytes)
+    for (int64_t i = 0; i < kRowBytes; i += 64)
+      for (int s = 0; s < kStreams; ++s) {
+        const uint8_t* line = data + block + s * kRowBytes + i;
+        _mm_prefetch(reinterpret_cast<const char*>(line + kGemvPrefetchBytes), _MM_HINT_T1);
+        acc[s] = _mm512_add_epi64(acc[s], _mm512_loadu_si512(line));
+      }
+  for (int64_t i = block; i < bytes; i += 64) acc[0] = _mm512_add_epi64(acc[0], _mm512_loadu_si512(data + i));
+  for (int s = 1; s < kStreams; ++s) acc[0] = _mm512_add_epi64(acc[0], acc[s]);
+  return static_cast<uint64_t>(_mm512_reduce_add_epi64(acc[0]));
 }
 
 }  // namespace
