@@ -74,7 +74,10 @@ struct Generation::State {
     generated.push_back(token);
     context.push_back(token);
     timings.generated_tokens = static_cast<int>(generated.size());
-    std::string piece = stops.push(detok.push(token));
+    // The embedding is padded past the tokenizer (32064 rows for 32001 pieces); a padding id
+    // has no text, as Hugging Face's decode skips it.
+    const bool has_text = static_cast<size_t>(token) < session.engine().tokenizer().vocab_size();
+    std::string piece = stops.push(has_text ? detok.push(token) : std::string());
     if (stops.matched()) return finish_with(FinishReason::Stop, token, std::move(piece));
     if (static_cast<int>(generated.size()) >= options.max_tokens)
       return finish_with(FinishReason::Length, token, std::move(piece));
