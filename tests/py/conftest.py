@@ -7,6 +7,7 @@ import os
 import pathlib
 import random
 import subprocess
+import sys
 
 import pytest
 
@@ -44,6 +45,17 @@ def tokenizer_fixture():
     if not candidate.exists():
         pytest.fail(f"tokenizer fixture not found at {candidate} (set MOXIN_TOKENIZER_FIXTURE)")
     return candidate
+
+
+def fresh_tiny_model(tmp_path_factory, name, shards=1):
+    """A new random-weight tiny checkpoint (tools/make_test_model.py, bf16), seed printed."""
+    seed = random.SystemRandom().randrange(2**31)
+    out = tmp_path_factory.mktemp(name)
+    print(f"\n[seed] {name} weights: --seed {seed}")
+    subprocess.run([sys.executable, str(ROOT / "tools" / "make_test_model.py"), "--preset", "tiny",
+                    "--out", str(out), "--seed", str(seed), "--dtype", "bf16", "--shards", str(shards)],
+                   check=True, capture_output=True, timeout=300)
+    return out, seed
 
 
 def run_moxin(binary, *args, check=True, input_bytes=None, timeout=600):

@@ -9,7 +9,6 @@ names the problem. Fresh random weights, shard layout and variants each run (see
 import dataclasses
 import json
 import math
-import pathlib
 import random
 import struct
 

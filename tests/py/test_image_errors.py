@@ -4,7 +4,6 @@ is the judge of what is broken (truncated files), the test also checks that Pill
 same file.
 """
 import struct
-import zlib
 
 import numpy as np
 import pytest

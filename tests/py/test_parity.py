@@ -19,7 +19,6 @@ Tolerances per device:
 import json
 import os
 import pathlib
-import subprocess
 import sys
 
 import numpy as np
@@ -27,7 +26,7 @@ import pytest
 from PIL import Image
 from safetensors.numpy import load_file
 
-from conftest import ROOT, run_moxin
+from conftest import fresh_tiny_model, run_moxin
 
 sys.path.insert(0, str(pathlib.Path(__file__).parent))
 import reference_vlm  # noqa: E402
@@ -68,14 +67,7 @@ def random_photo(rng, path):
 
 @pytest.fixture(scope="module")
 def tiny_model(tmp_path_factory):
-    import random
-    seed = random.SystemRandom().randrange(2**31)
-    out = tmp_path_factory.mktemp("tiny-model")
-    print(f"\n[seed] tiny model weights: --seed {seed}")
-    subprocess.run([sys.executable, str(ROOT / "tools" / "make_test_model.py"), "--preset", "tiny",
-                    "--out", str(out), "--seed", str(seed), "--dtype", "bf16", "--shards", "2"],
-                   check=True)
-    return out
+    return fresh_tiny_model(tmp_path_factory, "tiny-model", shards=2)[0]
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,6 @@ Plus refusals: metadata contradicting the tensors, an already-quantized input.
 import json
 import pathlib
 import shutil
-import subprocess
 import sys
 
 import numpy as np
@@ -20,7 +19,7 @@ import torch
 from safetensors.numpy import load_file  # our dumps are f32/i32
 from safetensors.torch import save_file
 
-from conftest import ROOT, run_moxin
+from conftest import fresh_tiny_model, run_moxin
 
 sys.path.insert(0, str(pathlib.Path(__file__).parent))
 import reference_vlm  # noqa: E402
@@ -74,12 +73,7 @@ def read_f32(model_dir):
 
 @pytest.fixture(scope="module")
 def tiny_model(tmp_path_factory):
-    import random
-    seed = random.SystemRandom().randrange(2**31)
-    out = tmp_path_factory.mktemp("tiny-bf16")
-    print(f"\n[seed] tiny model weights: --seed {seed}")
-    subprocess.run([sys.executable, str(ROOT / "tools" / "make_test_model.py"), "--preset", "tiny",
-                    "--out", str(out), "--seed", str(seed), "--dtype", "bf16", "--shards", "1"], check=True)
+    out, seed = fresh_tiny_model(tmp_path_factory, "tiny-bf16")
     widen_mlp(out, 384, seed)
     return out
 

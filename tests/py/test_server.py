@@ -9,13 +9,11 @@ import concurrent.futures
 import http.client
 import io
 import json
-import os
 import pathlib
 import random
 import re
 import signal
 import subprocess
-import sys
 import threading
 import time
 
@@ -26,7 +24,7 @@ import skimage.data
 from PIL import Image
 from tokenizers import Tokenizer
 
-from conftest import ROOT, run_moxin
+from conftest import fresh_tiny_model, run_moxin
 
 API_KEY = "test-key-" + "".join(random.SystemRandom().choice("abcdef0123456789") for _ in range(16))
 WORDS = ("the cat dog image photo what is this describe colour red green blue sky tree house "
@@ -35,13 +33,6 @@ PHOTOS = ("astronaut", "chelsea", "coffee", "rocket", "hubble_deep_field")
 
 
 # ---------------------------------------------------------------- helpers (shared by test_server_*.py)
-
-def make_tiny_model(directory, seed):
-    directory = pathlib.Path(directory)
-    subprocess.run([sys.executable, str(ROOT / "tools" / "make_test_model.py"), "--preset", "tiny",
-                    "--out", str(directory), "--seed", str(seed)], check=True, capture_output=True, timeout=300)
-    return directory
-
 
 class Server:
     """A `moxin serve` process on a free loopback port (port 0: the server prints the one it got)."""
@@ -167,9 +158,7 @@ def server_built(moxin_bin):
 
 @pytest.fixture(scope="module")
 def model(tmp_path_factory):
-    seed = random.SystemRandom().randrange(2**31)
-    print(f"\n[seed] tiny model: --seed {seed}")
-    return make_tiny_model(tmp_path_factory.mktemp("tiny"), seed)
+    return fresh_tiny_model(tmp_path_factory, "tiny")[0]
 
 
 @pytest.fixture(scope="module")

@@ -13,7 +13,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from test_server import Server, data_url, make_tiny_model, server_built, user_message  # noqa: F401 (autouse)
+from conftest import fresh_tiny_model
+from test_server import Server, data_url, server_built, user_message  # noqa: F401 (autouse)
 
 API_KEY = "k-" + "".join(random.SystemRandom().choice("0123456789abcdef") for _ in range(24))
 AUTH = {"Authorization": f"Bearer {API_KEY}"}
@@ -23,9 +24,7 @@ CONTEXT = 4096
 
 @pytest.fixture(scope="module")
 def model(tmp_path_factory):
-    seed = random.SystemRandom().randrange(2**31)
-    print(f"\n[seed] tiny model: --seed {seed}")
-    return make_tiny_model(tmp_path_factory.mktemp("tiny"), seed)
+    return fresh_tiny_model(tmp_path_factory, "tiny")[0]
 
 
 @pytest.fixture(scope="module")
