@@ -22,6 +22,27 @@ for pc in libwebp libwebpdemux libsharpyuv; do
   [ -f "$arch/pkgconfig/$pc.pc" ] && sed "s#^prefix=.*#prefix=\${pcfiledir}/../..#; s#^libdir=.*#libdir=\${prefix}/lib#; s#^includedir=.*#includedir=\${prefix}/include#" \
     "$arch/pkgconfig/$pc.pc" > "$dest/lib/pkgconfig/$pc.pc"
 done
+# cpp-httplib for `moxin serve`: Debian's is a compiled library, so the header, the shared library
+# and the libraries it needs that the GPU machine may lack (libssl/libcrypto 3 it has) travel; run
+# the server there with LD_LIBRARY_PATH=.deps/lib. The .pc is rewritten without Requires.private
+# (the GPU machine has no openssl.pc) but keeps the library's defines (they change struct layouts).
+cp -r /usr/include/httplib.h /usr/include/brotli /usr/include/openssl "$dest/include/"
+cp /usr/include/x86_64-linux-gnu/openssl/* "$dest/include/openssl/"  # opensslconf.h, configuration.h
+cp -P "$arch"/libcpp-httplib.so* "$arch"/libbrotli{dec,enc,common}.so.1* "$dest/lib/"
+cp -L "$arch/libz.so.1" "$dest/lib/"
+httplib_version=$(sed -n 's/^Version: *//p' "$arch/pkgconfig/cpp-httplib.pc")
+cat > "$dest/lib/pkgconfig/cpp-httplib.pc" <<PC
+prefix=\${pcfiledir}/../..
+includedir=\${prefix}/include
+libdir=\${prefix}/lib
+
+Name: cpp-httplib
+Description: A C++ HTTP/HTTPS server and client library (relocated from Debian's package)
+Version: $httplib_version
+Libs: -L\${libdir} -lcpp-httplib -Wl,-rpath-link,\${libdir}
+Libs.private: -pthread
+Cflags: -I\${includedir} -DCPPHTTPLIB_OPENSSL_SUPPORT -DCPPHTTPLIB_ZLIB_SUPPORT -DCPPHTTPLIB_BROTLI_SUPPORT
+PC
 # The tokenizer fixture (beside the checkout here) for test models made there.
 cp ../shared/fixtures/tokenizer/moxin-vlm.tokenizer.json "$dest/"
 du -sh "$dest"

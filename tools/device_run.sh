@@ -26,6 +26,8 @@ for step in $steps; do
   start=$(date +%s)
   case $step in
     build)
+      # The carried .pc files (cpp-httplib's among them) come before any the machine has.
+      export PKG_CONFIG_PATH=$PWD/.deps/lib/pkgconfig${PKG_CONFIG_PATH:+:$PKG_CONFIG_PATH}
       cmake -S . -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=Release -DMOXIN_CUDA=ON -DMOXIN_TESTS=ON \
         -DCMAKE_CUDA_ARCHITECTURES=90a -DMOXIN_EXTRA_PREFIX="$PWD/.deps" \
         -DCMAKE_CXX_FLAGS="$newer_gcc_flags" >"$out/build.log" 2>&1 &&
