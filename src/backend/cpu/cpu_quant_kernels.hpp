@@ -31,9 +31,15 @@ void quant_gemv_generic(const QuantView& w, int64_t n0, int64_t n1, const float*
 // nullptr when this build or CPU lacks AVX-512 F/BW/VL + FMA.
 QuantGemvFn quant_gemv_avx512();
 
+// out[(r - r0) * w.cols + k] = scale * code + bias for rows r0 <= r < r1: dequantize_rows,
+// or its AVX-512 twin (nullptr when this build or CPU lacks AVX-512 F/BW/VL + FMA).
+using QuantDequantizeFn = void (*)(const QuantView& w, int64_t r0, int64_t r1, float* out);
+QuantDequantizeFn quant_dequantize_avx512();
+
 // The GEMV that goes with a kernel table (AVX-512 only alongside the AVX-512 dense kernels, so
 // MOXIN_CPU_KERNELS=generic forces both portable).
 QuantGemvFn quant_gemv_for(const Kernels& kernels);
+QuantDequantizeFn quant_dequantize_for(const Kernels& kernels);
 
 // y[m * ldy + n] = bias[n] (if any) + sum_k x[m * ldx + k] W[n, k]; threads over output rows.
 void quant_matmul(const Kernels& kernels, ThreadPool* pool, int64_t M, const float* x, int64_t ldx,

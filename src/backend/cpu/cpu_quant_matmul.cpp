@@ -70,6 +70,12 @@ QuantGemvFn quant_gemv_for(const Kernels& kernels) {
   return simd ? simd : quant_gemv_generic;
 }
 
+QuantDequantizeFn quant_dequantize_for(const Kernels& kernels) {
+  if (std::string_view(kernels.name) == std::string_view(generic_kernels().name)) return dequantize_rows;
+  const QuantDequantizeFn simd = quant_dequantize_avx512();
+  return simd ? simd : dequantize_rows;
+}
+
 void quant_matmul(const Kernels& kernels, ThreadPool* pool, int64_t M, const float* x, int64_t ldx,
                   const QuantView& w, const float* bias, float* y, int64_t ldy) {
   const int64_t N = w.rows, K = w.cols;
@@ -89,15 +95,25 @@ void quant_matmul(const Kernels& kernels, ThreadPool* pool, int64_t M, const flo
         for (int64_t n = 0; n < N; ++n) y[m * ldy + n] += bias[n];
     return;
   }
-  // Prefill: dequantize ~4 MB of weight rows at a time and multiply them as dense f32.
-  const int64_t block = std::min(N, std::max<int64_t>(kGemmNR, (int64_t{1} << 20) / K / kGemmNR * kGemmNR));
-  std::vector<float> dense(static_cast<size_t>(block * K));
-  for (int64_t n0 = 0; n0 < N; n0 += block) {
-    const int64_t rows = std::min(block, N - n0);
-    parallel(rows, [&](int64_t r0, int64_t r1) { dequantize_rows(w, n0 + r0, n0 + r1, dense.data() + r0 * K); }, 8);
-    const WeightView view{DType::F32, dense.data(), rows, K, K};
-    matmul(kernels, pool, M, x, ldx, view, bias ? bias + n0 : nullptr, y + n0, ldy);
-  }
+  // Prefill: each thread dequantizes its own blocks of weight rows into a buffer that stays in
+  // its L2 and multiplies them there as dense f32 (threads never wait on one another's rows).
+  // The GEMV reads a ~256 KB block once per 4 activation rows; the GEMM, for larger M, gets
+  // ~1 MB blocks so that x is streamed fewer times.
+  const bool gemm = M > kGemvMaxRows;
+  const int64_t align = gemm ? kGemmNR : 4;
+  const int64_t target_floats = gemm ? (int64_t{1} << 18) : (int64_t{1} << 16);
+  const int64_t block = std::min(N, std::max(align, target_floats / K / align * align));
+  const QuantDequantizeFn dequantize = quant_dequantize_for(kernels);
+  const int64_t blocks = (N + block - 1) / block;
+  parallel(blocks, [&](int64_t b0, int64_t b1) {
+    std::vector<float> dense(static_cast<size_t>(block * K));
+    for (int64_t b = b0; b < b1; ++b) {
+      const int64_t n0 = b * block, rows = std::min(block, N - n0);
+      dequantize(w, n0, n0 + rows, dense.data());
+      const WeightView view{DType::F32, dense.data(), rows, K, K};
+      matmul(kernels, nullptr, M, x, ldx, view, bias ? bias + n0 : nullptr, y + n0, ldy);
+    }
+  }, 1);
 }
 
 }  // namespace moxin::cpu
