@@ -187,51 +187,6 @@ struct MmaAttention {
   }
 };
 
-// Calls f.template operator()<KD>() with KD = padded head_dim / 16 as a compile-time constant.
-template <class F>
-void dispatch_mma_head_dim(int head_dim, F&& f) {
-  switch (mma_padded_dim(head_dim) / 16) {
-    case 1:
-      f.template operator()<1>();
-      break;
-    case 2:
-      f.template operator()<2>();
-      break;
-    case 3:
-      f.template operator()<3>();
-      break;
-    case 4:
-      f.template operator()<4>();
-      break;
-    case 5:
-      f.template operator()<5>();
-      break;
-    case 6:
-      f.template operator()<6>();
-      break;
-    case 7:
-      f.template operator()<7>();
-      break;
-    case 8:
-      f.template operator()<8>();
-      break;
-    default:
-      break;  // head_dim > kMaxHeadDim was rejected by the backend
-  }
-}
-
-template <class F>
-void for_all_mma_head_dims(F&& f) {
-  f.template operator()<1>();
-  f.template operator()<2>();
-  f.template operator()<3>();
-  f.template operator()<4>();
-  f.template operator()<5>();
-  f.template operator()<6>();
-  f.template operator()<7>();
-  f.template operator()<8>();
-}
-
 template <int KD, int kWarps, class Kernel>
 cudaError_t allow_mma_smem(Kernel kernel) {
   return cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,

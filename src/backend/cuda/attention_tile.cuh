@@ -158,52 +158,6 @@ struct AttentionTile {
   }
 };
 
-// Calls f.template operator()<DJ>() with DJ = ceil(head_dim / 16) as a compile-time constant.
-template <class F>
-void dispatch_dims_per_thread(int head_dim, F&& f) {
-  switch ((head_dim + 15) / 16) {
-    case 1:
-      f.template operator()<1>();
-      break;
-    case 2:
-      f.template operator()<2>();
-      break;
-    case 3:
-      f.template operator()<3>();
-      break;
-    case 4:
-      f.template operator()<4>();
-      break;
-    case 5:
-      f.template operator()<5>();
-      break;
-    case 6:
-      f.template operator()<6>();
-      break;
-    case 7:
-      f.template operator()<7>();
-      break;
-    case 8:
-      f.template operator()<8>();
-      break;
-    default:
-      break;  // head_dim > kMaxHeadDim was rejected by the backend
-  }
-}
-
-// Calls f.template operator()<DJ>() for every DJ that dispatch_dims_per_thread can pick.
-template <class F>
-void for_all_dims_per_thread(F&& f) {
-  f.template operator()<1>();
-  f.template operator()<2>();
-  f.template operator()<3>();
-  f.template operator()<4>();
-  f.template operator()<5>();
-  f.template operator()<6>();
-  f.template operator()<7>();
-  f.template operator()<8>();
-}
-
 // Lets `kernel` (instantiated for DJ) take the shared memory of head_dim = 16 * DJ.
 template <int DJ, class Kernel>
 cudaError_t allow_tile_smem(Kernel kernel) {

@@ -9,6 +9,7 @@
 
 #include "backend/cuda/attention_mma.cuh"
 #include "backend/cuda/attention_tile.cuh"
+#include "backend/cuda/head_dim_dispatch.cuh"
 #include "backend/cuda/cuda_check.hpp"
 #include "backend/cuda/kernels.hpp"
 #include "backend/cuda/launch.cuh"
@@ -235,7 +236,7 @@ void paged_attention_tiled(const float* q, const PagedLayer& cache, const TokenI
   const float scale = 1.0f / sqrtf(static_cast<float>(cache.head_dim));
   if (tensor_cores) {
     const dim3 grid((index.tokens + kPrefillTokens - 1) / kPrefillTokens, q_heads);
-    dispatch_mma_head_dim(cache.head_dim, [&]<int KD>() {
+    dispatch_head_dim_chunks(cache.head_dim, [&]<int KD>() {
       launch_kernel("paged_tiled_mma_kernel", paged_tiled_mma_kernel<KD>, grid, kPrefillWarps * 32,
                     mma_smem_bytes(cache.head_dim, kPrefillWarps), stream, q, cache, index, q_heads,
                     scale, y);
@@ -244,16 +245,16 @@ void paged_attention_tiled(const float* q, const PagedLayer& cache, const TokenI
   }
   const dim3 grid((index.tokens + kQueryTile - 1) / kQueryTile, q_heads);
   const size_t smem = tile_smem_bytes(cache.head_dim);
-  dispatch_dims_per_thread(cache.head_dim, [&]<int DJ>() {
+  dispatch_head_dim_chunks(cache.head_dim, [&]<int DJ>() {
     launch_kernel("paged_tiled_kernel", paged_tiled_kernel<DJ>, grid, kTileThreads, smem, stream, q,
                   cache, index, q_heads, scale, y);
   });
 }
 
 void configure_paged_attention() {
-  for_all_dims_per_thread(
+  for_all_head_dim_chunks(
       [&]<int DJ>() { MOXIN_CUDA_CHECK(allow_tile_smem<DJ>(paged_tiled_kernel<DJ>)); });
-  for_all_mma_head_dims([&]<int KD>() {
+  for_all_head_dim_chunks([&]<int KD>() {
     MOXIN_CUDA_CHECK((allow_mma_smem<KD, kPrefillWarps>(paged_tiled_mma_kernel<KD>)));
   });
 }

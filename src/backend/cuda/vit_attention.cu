@@ -4,6 +4,7 @@
 // (attention_tile.cuh) or rounded to bf16 for the tensor cores (attention_mma.cuh).
 #include "backend/cuda/attention_mma.cuh"
 #include "backend/cuda/attention_tile.cuh"
+#include "backend/cuda/head_dim_dispatch.cuh"
 #include "backend/cuda/cuda_check.hpp"
 #include "backend/cuda/kernels.hpp"
 #include "backend/cuda/launch.cuh"
@@ -131,7 +132,7 @@ void vit_attention(const float* qkv, int batch, int tokens, int heads, int head_
   if (tensor_cores) {
     const dim3 grid((tokens + kVitQueries - 1) / kVitQueries, heads, batch);
     const bool vec4 = head_dim % 4 == 0 && reinterpret_cast<uintptr_t>(qkv) % 16 == 0;
-    dispatch_mma_head_dim(head_dim, [&]<int KD>() {
+    dispatch_head_dim_chunks(head_dim, [&]<int KD>() {
       launch_kernel("vit_attention_mma_kernel", vit_attention_mma_kernel<KD>, grid, kVitThreads,
                     mma_smem_bytes(head_dim, kVitWarps), stream, qkv, tokens, heads, head_dim,
                     scale, vec4, y);
@@ -140,16 +141,16 @@ void vit_attention(const float* qkv, int batch, int tokens, int heads, int head_
   }
   const dim3 grid((tokens + kQueryTile - 1) / kQueryTile, heads, batch);
   const size_t smem = tile_smem_bytes(head_dim);
-  dispatch_dims_per_thread(head_dim, [&]<int DJ>() {
+  dispatch_head_dim_chunks(head_dim, [&]<int DJ>() {
     launch_kernel("vit_attention_kernel", vit_attention_kernel<DJ>, grid, kTileThreads, smem,
                   stream, qkv, tokens, heads, head_dim, scale, y);
   });
 }
 
 void configure_vit_attention() {
-  for_all_dims_per_thread(
+  for_all_head_dim_chunks(
       [&]<int DJ>() { MOXIN_CUDA_CHECK(allow_tile_smem<DJ>(vit_attention_kernel<DJ>)); });
-  for_all_mma_head_dims([&]<int KD>() {
+  for_all_head_dim_chunks([&]<int KD>() {
     MOXIN_CUDA_CHECK((allow_mma_smem<KD, kVitWarps>(vit_attention_mma_kernel<KD>)));
   });
 }
