@@ -69,7 +69,8 @@ class Engine {
   void quantize_decoder(const EngineOptions& options);
 
   Checkpoint checkpoint_;
-  std::unique_ptr<QuantizedWeights> quantized_;  // --quantize: what checkpoint_.decoder points at
+  // --quantize: what checkpoint_.decoder points at (CPU only: a device backend keeps its own copy).
+  std::unique_ptr<QuantizedWeights> quantized_;
   Tokenizer tokenizer_;
   std::unique_ptr<Backend> backend_;
   std::unique_ptr<Vlm> model_;
