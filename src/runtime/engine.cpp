@@ -35,19 +35,15 @@ Engine::Engine(const std::string& model_dir, const EngineOptions& options)
   MOXIN_CHECK(static_cast<int64_t>(tokenizer_.vocab_size()) <= checkpoint_.config.decoder.vocab,
               "[engine] tokenizer.json has ", tokenizer_.vocab_size(),
               " tokens but the model's embedding has only ", checkpoint_.config.decoder.vocab, " rows");
-  const DecoderWeights mapped_decoder = checkpoint_.decoder;
   if (options.quantize_bits != 0) quantize_decoder(options);
   model_ = std::make_unique<Vlm>(*backend_, checkpoint_);
   const DecoderConfig& d = checkpoint_.config.decoder;
   const int blocks = blocks_for(options.max_context, options.block_size);
   kv_cache_ = backend_->create_kv_cache({d.layers, d.kv_heads, d.head_dim, options.block_size, blocks});
   graphs_ = std::make_unique<DecodeGraphs>(*backend_, model_->decoder(), *kv_cache_, options.block_size, blocks);
-  // A device backend holds its own copy now: neither the mapped pages nor the host-side
-  // quantized matrices (4.5 GB for the full model in 4 bits) need stay resident.
+  // A device backend holds its own copy now: the mapped pages need not stay resident.
   if (backend_->kind() != DeviceKind::CPU) {
     backend_->synchronize();
-    checkpoint_.decoder = mapped_decoder;  // points at nothing freed below
-    quantized_.reset();
     checkpoint_.store.release_resident_pages();
   }
 }

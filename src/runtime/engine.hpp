@@ -69,8 +69,7 @@ class Engine {
   void quantize_decoder(const EngineOptions& options);
 
   Checkpoint checkpoint_;
-  // --quantize: what checkpoint_.decoder points at (CPU only: a device backend keeps its own copy).
-  std::unique_ptr<QuantizedWeights> quantized_;
+  std::unique_ptr<QuantizedWeights> quantized_;  // --quantize: what checkpoint_.decoder points at
   Tokenizer tokenizer_;
   std::unique_ptr<Backend> backend_;
   std::unique_ptr<Vlm> model_;
