@@ -6,7 +6,8 @@ does not depend on the values, but never time zeros):
   - transformers MistralForCausalLM eager: prefill of N tokens; `generate` decode tok/s with the
     dynamic cache and with the static cache (batch 1, context N);
   - a hand-written static-cache decoder (bf16, SDPA) whose one-token step is captured in a CUDA
-    graph: decode tok/s at batch 1 and batch B (context N each) — the strongest simple peer;
+    graph: decode tok/s at batch 1 and batch B (context N each) — the strongest simple peer —
+    and the same at batch 1 with PyTorch's int8 / int4 (g64) weight-only GEMMs;
   - timm DINOv2-L/14-reg4 + SigLIP-SO400M/14 at 224 px, bf16, batch 1, eager.
 Prints one JSON object (and a table to stderr).
 
@@ -80,18 +81,59 @@ def bench_hf(model, context, new_tokens, skip_generate):
     return out
 
 
-class GraphDecoder:
-    """Static-cache bf16 decoder; one step for B sequences, captured in a CUDA graph."""
+class Bf16Weight:
+    def __init__(self, out_features, in_features, g):
+        self.w = (torch.randn(out_features, in_features, device="cuda", generator=g) * 0.02).to(torch.bfloat16)
 
-    def __init__(self, batch, max_len):
+    def __call__(self, x):
+        return x @ self.w.t()
+
+
+class Int4Weight:
+    """PyTorch's own 4-bit weight-only GEMM (tinygemm, what torchao's int4 weight-only uses):
+    asymmetric groups of `group` inputs, bf16 scale and zero per group. Random codes: the
+    kernel's speed does not depend on them."""
+    group = 64
+
+    def __init__(self, out_features, in_features, g):
+        codes = torch.randint(0, 256, (out_features, in_features // 2), device="cuda", dtype=torch.uint8, generator=g)
+        self.packed = torch.ops.aten._convert_weight_to_int4pack(codes, 8)
+        self.scale_zero = (torch.rand(in_features // self.group, out_features, 2, device="cuda", generator=g) * 0.01
+                           ).to(torch.bfloat16)
+
+    def __call__(self, x):
+        return torch.ops.aten._weight_int4pack_mm(x, self.packed, self.group, self.scale_zero)
+
+
+class Int8Weight:
+    """PyTorch's int8 weight-only GEMM (per-output-channel bf16 scales)."""
+
+    def __init__(self, out_features, in_features, g):
+        self.w = torch.randint(-128, 128, (out_features, in_features), device="cuda", dtype=torch.int8, generator=g)
+        self.scales = (torch.rand(out_features, device="cuda", generator=g) * 0.01).to(torch.bfloat16)
+
+    def __call__(self, x):
+        return torch._weight_int8pack_mm(x, self.w, self.scales)
+
+
+WEIGHTS = {"bf16": Bf16Weight, "int4": Int4Weight, "int8": Int8Weight}
+
+
+class GraphDecoder:
+    """Static-cache decoder; one step for B sequences, captured in a CUDA graph. `weight`
+    makes the linear layers (bf16 or PyTorch's own weight-only quantized GEMMs)."""
+
+    def __init__(self, batch, max_len, weight=Bf16Weight):
         g = torch.Generator(device="cuda").manual_seed(0)
         def w(*shape):
             return (torch.randn(*shape, device="cuda", generator=g) * 0.02).to(torch.bfloat16)
-        self.layers = [dict(wqkv=w((HEADS + 2 * KV_HEADS) * HEAD_DIM, HIDDEN), wo=w(HIDDEN, HEADS * HEAD_DIM),
-                            wgu=w(2 * INTER, HIDDEN), wd=w(HIDDEN, INTER),
+        def lin(out_features, in_features):
+            return weight(out_features, in_features, g)
+        self.layers = [dict(wqkv=lin((HEADS + 2 * KV_HEADS) * HEAD_DIM, HIDDEN), wo=lin(HIDDEN, HEADS * HEAD_DIM),
+                            wgu=lin(2 * INTER, HIDDEN), wd=lin(HIDDEN, INTER),
                             n1=torch.ones(HIDDEN, device="cuda", dtype=torch.bfloat16),
                             n2=torch.ones(HIDDEN, device="cuda", dtype=torch.bfloat16)) for _ in range(LAYERS)]
-        self.embed, self.head = w(VOCAB, HIDDEN), w(VOCAB, HIDDEN)
+        self.embed, self.head = w(VOCAB, HIDDEN), lin(VOCAB, HIDDEN)
         self.norm = torch.ones(HIDDEN, device="cuda", dtype=torch.bfloat16)
         self.k = torch.randn(LAYERS, batch, KV_HEADS, max_len, HEAD_DIM, device="cuda").to(torch.bfloat16)
         self.v = torch.randn_like(self.k)
@@ -115,22 +157,22 @@ class GraphDecoder:
         x = self.embed[self.tokens]
         mask = (torch.arange(self.max_len, device="cuda") <= self.pos).view(1, 1, 1, -1)
         for i, L in enumerate(self.layers):
-            qkv = self.rms(x, L["n1"]) @ L["wqkv"].t()
+            qkv = L["wqkv"](self.rms(x, L["n1"]))
             q, k, v = qkv.split([HEADS * HEAD_DIM, KV_HEADS * HEAD_DIM, KV_HEADS * HEAD_DIM], -1)
             q = self.rope(q.view(b, HEADS, 1, HEAD_DIM))
             k = self.rope(k.view(b, KV_HEADS, 1, HEAD_DIM))
             self.k[i].index_copy_(2, self.pos.view(1), k)
             self.v[i].index_copy_(2, self.pos.view(1), v.view(b, KV_HEADS, 1, HEAD_DIM))
             att = F.scaled_dot_product_attention(q, self.k[i], self.v[i], attn_mask=mask, enable_gqa=True)
-            x = x + att.reshape(b, HEADS * HEAD_DIM) @ L["wo"].t()
-            gate, up = (self.rms(x, L["n2"]) @ L["wgu"].t()).chunk(2, -1)
-            x = x + (F.silu(gate) * up) @ L["wd"].t()
-        return self.rms(x, self.norm) @ self.head.t()
+            x = x + L["wo"](att.reshape(b, HEADS * HEAD_DIM))
+            gate, up = L["wgu"](self.rms(x, L["n2"])).chunk(2, -1)
+            x = x + L["wd"](F.silu(gate) * up)
+        return self.head(self.rms(x, self.norm))
 
 
 @torch.inference_mode()
-def bench_graph_decoder(batch, context):
-    dec = GraphDecoder(batch, context + 64)
+def bench_graph_decoder(batch, context, weight="bf16"):
+    dec = GraphDecoder(batch, context + 64, WEIGHTS[weight])
     dec.pos.fill_(context)
     stream = torch.cuda.Stream()
     stream.wait_stream(torch.cuda.current_stream())
@@ -166,6 +208,8 @@ def main():
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--new-tokens", type=int, default=64)
     ap.add_argument("--skip-hf-generate", action="store_true")
+    ap.add_argument("--quantized", nargs="*", default=["int8", "int4"], choices=["int8", "int4"],
+                    help="also time the graph decoder with PyTorch's weight-only quantized GEMMs")
     args = ap.parse_args()
     torch.backends.cuda.matmul.allow_tf32 = False
     result = {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "context": args.context}
@@ -176,6 +220,11 @@ def main():
     torch.cuda.empty_cache()
     result["graph_decode_tok_s_b1"] = bench_graph_decoder(1, args.context)
     result[f"graph_decode_tok_s_total_b{args.batch}"] = bench_graph_decoder(args.batch, args.context) * args.batch
+    for weight in args.quantized:
+        try:
+            result[f"graph_decode_tok_s_b1_{weight}"] = bench_graph_decoder(1, args.context, weight)
+        except (RuntimeError, NotImplementedError) as e:  # not every build has every kernel
+            result[f"graph_decode_{weight}_error"] = str(e).splitlines()[0][:200]
     for k, v in result.items():
         print(f"{k:34s} {v if isinstance(v, str) else round(v, 2)}", file=sys.stderr)
     print(json.dumps(result))

@@ -2,8 +2,10 @@
 # The whole GPU check in one device call (see README "Benchmarks"): build with CUDA, CUDA
 # parity against the PyTorch reference on a fresh tiny model, a fresh full-size random model,
 # `moxin bench` (batch 1 with first token from a 640x480 JPEG; batch B) and the PyTorch peers
-# in the same run, then the comparison table. Carry .deps (tools/device_deps.sh).
-#   bench/run_gpu.sh [parity] [bench]        (default: both)
+# in the same run, then the comparison table; `quant` adds batch-1 benches with the decoder
+# quantized at load (MOXIN_BENCH_QUANT="bits:group ...") against PyTorch's int8/int4 peers and
+# the bf16 numbers of the same run (run it after `bench`). Carry .deps (tools/device_deps.sh).
+#   bench/run_gpu.sh [parity] [bench] [quant]        (default: parity bench)
 set -uo pipefail
 cd "$(dirname "$0")/.."
 out=${OUT:-/tmp/moxin-gpu-out}
@@ -15,6 +17,12 @@ context=${MOXIN_BENCH_CONTEXT:-1024}
 
 MOXIN_DEVICE_TARGETS=moxin tools/device_run.sh build || exit 1
 bin=build-device/src/cli/moxin
+model=/tmp/moxin-full
+
+ensure_full_model() {
+  [ -f $model/config.json ] || python3 tools/make_test_model.py --preset full --out $model --seed 11 \
+    >"$out/make_full.log" 2>&1 || { tail -5 "$out/make_full.log"; exit 1; }
+}
 
 for step in $steps; do
   case $step in
@@ -25,9 +33,7 @@ for step in $steps; do
       grep -E "rel err|gap|Error|assert" "$out/parity.log" | head -30
       ;;
     bench)
-      model=/tmp/moxin-full
-      [ -f $model/config.json ] || python3 tools/make_test_model.py --preset full --out $model --seed 11 \
-        >"$out/make_full.log" 2>&1 || { tail -5 "$out/make_full.log"; exit 1; }
+      ensure_full_model
       python3 -c "
 from PIL import Image; from skimage import data
 Image.fromarray(data.astronaut()).resize((640, 480), Image.BICUBIC).save('/tmp/photo.jpg', quality=90)"
@@ -39,6 +45,17 @@ Image.fromarray(data.astronaut()).resize((640, 480), Image.BICUBIC).save('/tmp/p
       timeout "${MOXIN_PEER_TIMEOUT:-420}" python3 bench/peer_torch.py --context "$context" --batch "$batch" >"$out/peer.json" \
         2>"$out/peer.err" || tail -5 "$out/peer.err"
       python3 bench/compare.py "$out/bench_b1.json" "$out/bench_b$batch.json" "$out/peer.json" | tee "$out/compare.txt"
+      ;;
+    quant)
+      ensure_full_model
+      for config in ${MOXIN_BENCH_QUANT:-8:64 4:64 8:128 4:128}; do
+        bits=${config%:*} group=${config#*:}
+        $bin bench --model $model --device cuda --batch 1 --context "$context" --no-vision --runs 3 \
+          --quantize "$bits" --group-size "$group" --max-context $((context + 256)) --json \
+          >"$out/bench_q${bits}g${group}.json" 2>"$out/bench_q.err" || cat "$out/bench_q.err"
+      done
+      python3 bench/compare_quant.py "$out/bench_b1.json" "$out/peer.json" "$out"/bench_q*g*.json |
+        tee "$out/compare_quant.txt"
       ;;
   esac
 done
