@@ -8,6 +8,7 @@
 #include <benchmark/benchmark.h>
 
 #include <algorithm>
+#include <chrono>
 #include <cstdlib>
 #include <memory>
 #include <random>
@@ -18,6 +19,7 @@
 #endif
 
 #include "backend/cpu/cpu_backend_impl.hpp"
+#include "backend/cpu/cpu_quant_kernels.hpp"
 #include "core/bf16.hpp"
 
 namespace moxin {
@@ -168,6 +170,99 @@ BENCHMARK(BM_Linear)
     ->UseRealTime()
     ->Unit(benchmark::kMillisecond);
 
+// --- quantized linear ---
+
+// Copies of one random quantized matrix [rows, cols] (MLX layout, bf16 scales and biases,
+// groups of 64) spanning ~1 GB, cycled through as Weights are.
+struct QuantWeights {
+  struct Copy {
+    std::vector<uint32_t> codes;
+    std::vector<uint16_t> scales, biases;
+    TensorInfo codes_info, scales_info, biases_info;
+  };
+  static constexpr int kGroup = 64;
+  std::vector<std::unique_ptr<Copy>> copies;
+  int64_t bytes = 0;  // per copy: codes, scales and biases, what a decode step streams
+
+  QuantWeights(int64_t rows, int64_t cols, int bits) {
+    std::mt19937 rng(7);
+    std::uniform_real_distribution<float> scale(0.001f, 0.05f), bias(-0.5f, 0.0f);
+    auto first = std::make_unique<Copy>();
+    first->codes.resize(static_cast<size_t>(rows * cols * bits / 32));
+    for (uint32_t& c : first->codes) c = static_cast<uint32_t>(rng());
+    const auto groups = static_cast<size_t>(rows * cols / kGroup);
+    for (size_t i = 0; i < groups; ++i) {
+      first->scales.push_back(f32_to_bf16(scale(rng)));
+      first->biases.push_back(f32_to_bf16(bias(rng)));
+    }
+    bytes = static_cast<int64_t>(first->codes.size() * 4 + groups * 4);
+    const int64_t count = std::max<int64_t>(2, (int64_t{1} << 30) / bytes);
+    for (int64_t i = 0; i < count; ++i) {
+      auto c = i == 0 ? std::move(first) : std::make_unique<Copy>(*copies.front());
+      c->codes_info = TensorInfo{"bench.weight", DType::U32, {rows, cols * bits / 32},
+                                 reinterpret_cast<const uint8_t*>(c->codes.data()), c->codes.size() * 4, "bench"};
+      c->scales_info = TensorInfo{"bench.scales", DType::BF16, {rows, cols / kGroup},
+                                  reinterpret_cast<const uint8_t*>(c->scales.data()), groups * 2, "bench"};
+      c->biases_info = TensorInfo{"bench.biases", DType::BF16, {rows, cols / kGroup},
+                                  reinterpret_cast<const uint8_t*>(c->biases.data()), groups * 2, "bench"};
+      copies.push_back(std::move(c));
+    }
+  }
+};
+
+// args: out features, in features, rows M, threads, bits (groups of 64). Reports the GB/s of
+// codes + scales + biases read and its share of the read ceiling measured in the same run.
+void BM_QuantLinear(benchmark::State& state) {
+  const int64_t N = state.range(0), K = state.range(1), M = state.range(2);
+  const int bits = static_cast<int>(state.range(4));
+  auto backend = make_backend(static_cast<int>(state.range(3)));
+  const double ceiling = backend->measure_bandwidth_gbps();
+  QuantWeights w(N, K, bits);
+  std::vector<Linear> linears;
+  for (const auto& c : w.copies) {
+    LinearWeight lw;
+    lw.weight = &c->codes_info;
+    lw.scales = &c->scales_info;
+    lw.qbiases = &c->biases_info;
+    lw.bits = bits;
+    lw.group_size = QuantWeights::kGroup;
+    lw.out_features = N;
+    lw.in_features = K;
+    linears.push_back(backend->prepare_linear(lw));
+  }
+  Tensor x = random_activations(*backend, M, K);
+  Tensor y = backend->empty_act({M, N});
+  size_t next = 0;
+  // Wall-clock seconds for the share of the ceiling (benchmark's own rate counters divide by
+  // the main thread's CPU time).
+  double seconds = 0;
+  for (auto _ : state) {
+    const auto start = std::chrono::steady_clock::now();
+    backend->linear(x, linears[next], y);
+    seconds += std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+    next = (next + 1) % linears.size();
+    benchmark::DoNotOptimize(y.data);
+    benchmark::ClobberMemory();
+  }
+  state.SetBytesProcessed(state.iterations() * w.bytes);
+  state.counters["ceiling_GB/s"] = ceiling;
+  state.counters["%ceiling"] =
+      100.0 * static_cast<double>(state.iterations() * w.bytes) / seconds / (ceiling * 1e9);
+  state.SetLabel(cpu::quant_gemv_path_name(cpu::quant_gemv_path_for(backend->kernels())));
+}
+// Decode (the MLP's up/gate and down projections, 8- and 4-bit), a small batch, a prefill.
+BENCHMARK(BM_QuantLinear)
+    ->ArgNames({"N", "K", "M", "threads", "bits"})
+    ->Args({14336, 4096, 1, 2, 4})
+    ->Args({4096, 14336, 1, 2, 4})
+    ->Args({14336, 4096, 1, 2, 8})
+    ->Args({4096, 14336, 1, 2, 8})
+    ->Args({14336, 4096, 1, 1, 4})
+    ->Args({14336, 4096, 4, 2, 4})
+    ->Args({14336, 4096, 256, 2, 4})
+    ->UseRealTime()
+    ->Unit(benchmark::kMillisecond);
+
 // --- attention ---
 
 // One decode token per sequence attending to `context` cached positions: Moxin's 32 query
@@ -182,7 +277,7 @@ void BM_PagedAttentionDecode(benchmark::State& state) {
   cfg.block_size = 16;
   cfg.num_blocks = static_cast<int>((context + 15) / 16);
   auto cache = backend->create_kv_cache(cfg);
-  // Fill the whole context through kv_write, blocks in reverse order (non-contiguous).
+  // Fill the whole context through rope_kv_write, blocks in reverse order (non-contiguous).
   std::vector<int32_t> table(static_cast<size_t>(cfg.num_blocks)), seq(static_cast<size_t>(context), 0),
       pos(static_cast<size_t>(context));
   for (int i = 0; i < cfg.num_blocks; ++i) table[static_cast<size_t>(i)] = cfg.num_blocks - 1 - i;
@@ -192,8 +287,9 @@ void BM_PagedAttentionDecode(benchmark::State& state) {
   all.token_pos = backend->from_host_i32(pos.data(), {context});
   all.block_tables = backend->from_host_i32(table.data(), {1, cfg.num_blocks});
   all.max_context = static_cast<int>(context);
-  Tensor kv = random_activations(*backend, context, 8 * 128);
-  backend->kv_write(*cache, 0, kv, kv, all);
+  Tensor qkv = random_activations(*backend, context, (32 + 2 * 8) * 128);
+  Tensor rotated_q = backend->empty_act({context, 32 * 128});
+  backend->rope_kv_write(qkv, all.token_pos, 10000.0f, *cache, 0, all, rotated_q);
   AttentionBatch last;
   const int32_t last_pos = static_cast<int32_t>(context - 1);
   last.token_seq = backend->from_host_i32(seq.data(), {1});

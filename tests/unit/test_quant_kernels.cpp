@@ -1,11 +1,20 @@
 // Quantized linear on the CPU (both GEMV and dequantize-then-GEMM regimes) against a double
 // matmul on the dequantized weights, for 4/8 bits x group 64/128 at awkward shapes, every
-// kernel table and 1 or 2 threads; plus the quantizer's own error bound.
+// kernel table and 1 or 2 threads; every decode GEMV path (generic, AVX-512, VNNI) against
+// the MLX formula evaluated in double on random codes; plus the quantizer's own error bound.
+#include "backend/cpu/cpu_quant_kernels.hpp"
+#include "core/thread_pool.hpp"
 #include "quant/affine_quant.hpp"
 #include "test_cpu_common.hpp"
 
 namespace moxin::cpu_test {
 namespace {
+
+using cpu::kQuantGemvMaxRows;
+using cpu::QuantGemvPath;
+using cpu::quant_gemv;
+using cpu::quant_gemv_path_name;
+using cpu::quant_gemv_paths;
 
 struct QuantCase {
   QuantizedMatrix matrix;
@@ -82,6 +91,151 @@ TEST(QuantLinear, MatchesMatmulOnDequantizedWeights) {
                            return host(be, y);
                          });
         }
+}
+
+// Random packed codes (every value of `bits` bits equally likely) with random scales and biases
+// of a given dtype, as a checkpoint would hold them.
+struct RandomQuantWeights {
+  std::vector<uint32_t> codes;
+  std::vector<uint16_t> halves;  // scales then biases, BF16 or F16
+  std::vector<float> floats;     // scales then biases, F32
+  QuantView view;
+
+  RandomQuantWeights(Random& rng, DType dtype, int64_t N, int64_t K, int bits, int group) {
+    const int64_t groups = N * (K / group);
+    codes.resize(static_cast<size_t>(N * K * bits / 32));
+    for (uint32_t& c : codes) c = static_cast<uint32_t>(rng.engine()());
+    std::vector<float> values = rng.uniform(static_cast<size_t>(groups), 0.001f, 0.05f);
+    const std::vector<float> biases = rng.uniform(static_cast<size_t>(groups), -0.5f, 0.1f);
+    values.insert(values.end(), biases.begin(), biases.end());
+    const void* data = nullptr;
+    if (dtype == DType::F32) {
+      floats = values;
+      data = floats.data();
+    } else {
+      for (float v : values) halves.push_back(dtype == DType::BF16 ? f32_to_bf16(v) : f32_to_f16(v));
+      data = halves.data();
+    }
+    const size_t bias_offset = static_cast<size_t>(groups) * dtype_size(dtype);
+    view = QuantView{codes.data(), data, static_cast<const uint8_t*>(data) + bias_offset, dtype, N, K, bits, group};
+  }
+
+  // SPEC.md section 5 (MLX): code k of row n sits in word (n * K + k) * bits / 32 at bit
+  // (k * bits) % 32; w = scale * code + bias with the group's scale and bias.
+  double weight(int64_t n, int64_t k) const {
+    const int64_t K = view.cols, bits = view.bits, i = n * (K / view.group_size) + k / view.group_size;
+    const int64_t bit = (n * K + k) * bits;
+    const uint32_t code = (codes[static_cast<size_t>(bit / 32)] >> (bit % 32)) & ((1u << bits) - 1);
+    return number(view.scales, i) * code + number(view.biases, i);
+  }
+
+  double number(const void* data, int64_t i) const {
+    if (view.scale_dtype == DType::F32) return static_cast<const float*>(data)[i];
+    const uint16_t h = static_cast<const uint16_t*>(data)[i];
+    return view.scale_dtype == DType::BF16 ? bf16_to_f32(h) : f16_to_f32(h);
+  }
+};
+
+// Activations x [M, K] (row stride ldx) whose groups differ in magnitude by up to 2^16: each
+// group gets its own split on the VNNI path.
+std::vector<float> spread_activations(Random& rng, int64_t M, int64_t K, int64_t ldx, int group) {
+  std::vector<float> x = rng.uniform(static_cast<size_t>(M * ldx));
+  for (int64_t m = 0; m < M; ++m)
+    for (int64_t g = 0; g < K / group; ++g) {
+      const float magnitude = std::ldexp(1.0f, static_cast<int>(rng.integer(-8, 8)));
+      for (int64_t k = g * group; k < (g + 1) * group; ++k) x[static_cast<size_t>(m * ldx + k)] *= magnitude;
+    }
+  return x;
+}
+
+// Every path at every M <= kQuantGemvMaxRows, 1 and 2 threads (bit-identical), against the
+// double reference within the tolerance of the f32 sums.
+void expect_paths_match_reference(Random& rng, ThreadPool& pool, DType dtype, int64_t N, int64_t K, int bits,
+                                  int group, int64_t M) {
+  const int64_t ldx = K + 3, ldy = N + 5;
+  const RandomQuantWeights w(rng, dtype, N, K, bits, group);
+  const std::vector<float> x = spread_activations(rng, M, K, ldx, group);
+  std::vector<double> ref(static_cast<size_t>(M * N));
+  double ref_norm = 0, abs_norm = 0;
+  std::vector<double> row(static_cast<size_t>(K));
+  for (int64_t n = 0; n < N; ++n) {
+    for (int64_t k = 0; k < K; ++k) row[static_cast<size_t>(k)] = w.weight(n, k);
+    for (int64_t m = 0; m < M; ++m) {
+      double sum = 0, abs_sum = 0;
+      for (int64_t k = 0; k < K; ++k) {
+        const double p = static_cast<double>(x[static_cast<size_t>(m * ldx + k)]) * row[static_cast<size_t>(k)];
+        sum += p;
+        abs_sum += std::abs(p);
+      }
+      ref[static_cast<size_t>(m * N + n)] = sum;
+      ref_norm += sum * sum;
+      abs_norm += abs_sum * abs_sum;
+    }
+  }
+  const double tolerance = kToleranceOfAbsSum * std::sqrt(abs_norm / ref_norm);
+  for (QuantGemvPath path : quant_gemv_paths()) {
+    std::vector<float> results[2];
+    for (int t = 0; t < 2; ++t) {
+      std::vector<float> y(static_cast<size_t>(M * ldy), std::numeric_limits<float>::quiet_NaN());
+      quant_gemv(path, t ? &pool : nullptr, M, x.data(), ldx, w.view, y.data(), ldy);
+      for (int64_t m = 0; m < M; ++m)
+        for (int64_t n = 0; n < N; ++n) results[t].push_back(y[static_cast<size_t>(m * ldy + n)]);
+    }
+    const std::string what = cat(quant_gemv_path_name(path), " ", bits, "-bit g", group, " ", dtype_name(dtype),
+                                 " M=", M, " N=", N, " K=", K);
+    EXPECT_TRUE(all_finite(results[0])) << what << ": some output is not finite (unwritten?)";
+    EXPECT_LE(relative_error(results[0], ref), tolerance) << what;
+    EXPECT_TRUE(results[0] == results[1]) << what << ": 1 and 2 threads differ";
+  }
+}
+
+TEST(QuantGemv, EveryPathMatchesMlxFormulaOnCodes) {
+  Random rng(test_seed());
+  ThreadPool two(2);
+  struct Shape {
+    int64_t N;
+    int groups;
+  };
+  // Odd groups leave the last 4-bit g64 step of the VNNI kernel half full; N = 70 and 33 leave
+  // rows past its 4-row tiles.
+  const std::vector<Shape> shapes{{1, 1}, {3, 3}, {7, 2}, {33, 5}, {70, 1}};
+  for (int bits : {4, 8})
+    for (int group : {64, 128})
+      for (DType dtype : {DType::BF16, DType::F16, DType::F32})
+        for (const Shape& shape : shapes)
+          for (int64_t M = 1; M <= kQuantGemvMaxRows; ++M)
+            expect_paths_match_reference(rng, two, dtype, shape.N, shape.groups * group, bits, group, M);
+}
+
+// Rows of 7 KB and more than one L2 block per thread, as in the model's down projection.
+TEST(QuantGemv, EveryPathMatchesMlxFormulaOnCodesAtModelWidth) {
+  Random rng(test_seed());
+  ThreadPool two(2);
+  for (int bits : {4, 8})
+    for (int64_t M : {1, 3, 8}) expect_paths_match_reference(rng, two, DType::BF16, 301, 14336, bits, 64, M);
+}
+
+// An inf or NaN activation reaches the outputs of its row (and only those) on every path.
+TEST(QuantGemv, NonFiniteActivationsPropagate) {
+  Random rng(test_seed());
+  const int64_t N = 9, K = 256, M = 3;
+  for (int bits : {4, 8}) {
+    const RandomQuantWeights w(rng, DType::BF16, N, K, bits, 64);
+    for (float bad : {std::numeric_limits<float>::infinity(), std::numeric_limits<float>::quiet_NaN()}) {
+      std::vector<float> x = rng.uniform(static_cast<size_t>(M * K));
+      x[static_cast<size_t>(K + 70)] = bad;
+      for (QuantGemvPath path : quant_gemv_paths()) {
+        std::vector<float> y(static_cast<size_t>(M * N), 0.0f);
+        quant_gemv(path, nullptr, M, x.data(), K, w.view, y.data(), N);
+        for (int64_t n = 0; n < N; ++n) {
+          EXPECT_TRUE(std::isfinite(y[static_cast<size_t>(n)]) && std::isfinite(y[static_cast<size_t>(2 * N + n)]))
+              << quant_gemv_path_name(path) << " " << bits << "-bit: a finite row's output is not finite";
+          EXPECT_FALSE(std::isfinite(y[static_cast<size_t>(N + n)]))
+              << quant_gemv_path_name(path) << " " << bits << "-bit: " << bad << " did not reach output " << n;
+        }
+      }
+    }
+  }
 }
 
 // Every dequantized weight lies within half a step (plus the bf16 rounding of the bias, which

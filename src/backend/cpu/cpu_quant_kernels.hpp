@@ -5,6 +5,7 @@
 #pragma once
 
 #include <cstdint>
+#include <vector>
 
 #include "backend/cpu/cpu_kernels.hpp"
 #include "quant/affine_quant.hpp"
@@ -36,9 +37,26 @@ QuantGemvFn quant_gemv_avx512();
 using QuantDequantizeFn = void (*)(const QuantView& w, int64_t r0, int64_t r1, float* out);
 QuantDequantizeFn quant_dequantize_avx512();
 
-// The GEMV that goes with a kernel table (AVX-512 only alongside the AVX-512 dense kernels, so
-// MOXIN_CPU_KERNELS=generic forces both portable).
-QuantGemvFn quant_gemv_for(const Kernels& kernels);
+// AVX-512 VNNI GEMV (cpu_quant_vnni.cpp): reads the codes as bytes and the activations split
+// exactly into three signed bytes per input, y[m * ldy + n] = sum_k x[m * ldx + k] W[n, k] for
+// all rows, threads over rows. False, with nothing written, when the build or CPU lacks VNNI or
+// some activation is not finite (the integer split cannot carry inf or NaN).
+bool quant_vnni_supported();
+bool quant_gemv_vnni(ThreadPool* pool, int64_t M, const float* x, int64_t ldx, const QuantView& w, float* y,
+                     int64_t ldy);
+
+// The ways a decode-sized quantized matmul can run: every one computes the same products.
+enum class QuantGemvPath { generic, avx512, vnni };
+const char* quant_gemv_path_name(QuantGemvPath path);
+// The paths this build and CPU run, fastest last.
+std::vector<QuantGemvPath> quant_gemv_paths();
+// The fastest path that goes with a kernel table: MOXIN_CPU_KERNELS=generic forces portable.
+QuantGemvPath quant_gemv_path_for(const Kernels& kernels);
+// y[m * ldy + n] = sum_k x[m * ldx + k] W[n, k] for M <= kQuantGemvMaxRows by `path` (one of
+// quant_gemv_paths()); vnni falls back to avx512 for activations it cannot split.
+void quant_gemv(QuantGemvPath path, ThreadPool* pool, int64_t M, const float* x, int64_t ldx, const QuantView& w,
+                float* y, int64_t ldy);
+
 QuantDequantizeFn quant_dequantize_for(const Kernels& kernels);
 
 // y[m * ldy + n] = bias[n] (if any) + sum_k x[m * ldx + k] W[n, k]; threads over output rows.

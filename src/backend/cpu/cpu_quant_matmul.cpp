@@ -64,14 +64,56 @@ void quant_gemv_generic(const QuantView& w, int64_t n0, int64_t n1, const float*
   }
 }
 
-QuantGemvFn quant_gemv_for(const Kernels& kernels) {
-  if (std::string_view(kernels.name) == std::string_view(generic_kernels().name)) return quant_gemv_generic;
+namespace {
+
+bool is_generic(const Kernels& kernels) {
+  return std::string_view(kernels.name) == std::string_view(generic_kernels().name);
+}
+
+// The f32 GEMVs: activations copied in the order the kernel reads them, rows over threads.
+void quant_gemv_f32(QuantGemvFn gemv, ThreadPool* pool, int64_t M, const float* x, int64_t ldx, const QuantView& w,
+                    float* y, int64_t ldy) {
+  std::vector<float> xp(static_cast<size_t>(M * w.cols)), xsum(static_cast<size_t>(M * w.groups_per_row()));
+  prepare_activations(w, M, x, ldx, xp.data(), xsum.data());
+  const auto rows = [&](int64_t n0, int64_t n1) { gemv(w, n0, n1, xp.data(), M, xsum.data(), y, ldy); };
+  if (pool)
+    pool->parallel_for(w.rows, rows, 16);
+  else
+    rows(0, w.rows);
+}
+
+}  // namespace
+
+const char* quant_gemv_path_name(QuantGemvPath path) {
+  switch (path) {
+    case QuantGemvPath::generic: return "generic";
+    case QuantGemvPath::avx512: return "avx512";
+    case QuantGemvPath::vnni: return "vnni";
+  }
+  return "?";
+}
+
+std::vector<QuantGemvPath> quant_gemv_paths() {
+  std::vector<QuantGemvPath> paths{QuantGemvPath::generic};
+  if (quant_gemv_avx512()) paths.push_back(QuantGemvPath::avx512);
+  if (quant_gemv_avx512() && quant_vnni_supported()) paths.push_back(QuantGemvPath::vnni);
+  return paths;
+}
+
+QuantGemvPath quant_gemv_path_for(const Kernels& kernels) {
+  static const QuantGemvPath fastest = quant_gemv_paths().back();
+  return is_generic(kernels) ? QuantGemvPath::generic : fastest;
+}
+
+void quant_gemv(QuantGemvPath path, ThreadPool* pool, int64_t M, const float* x, int64_t ldx, const QuantView& w,
+                float* y, int64_t ldy) {
+  if (path == QuantGemvPath::vnni && quant_gemv_vnni(pool, M, x, ldx, w, y, ldy)) return;
   const QuantGemvFn simd = quant_gemv_avx512();
-  return simd ? simd : quant_gemv_generic;
+  quant_gemv_f32(path != QuantGemvPath::generic && simd ? simd : quant_gemv_generic, pool, M, x, ldx, w, y, ldy);
 }
 
 QuantDequantizeFn quant_dequantize_for(const Kernels& kernels) {
-  if (std::string_view(kernels.name) == std::string_view(generic_kernels().name)) return dequantize_rows;
+  if (is_generic(kernels)) return dequantize_rows;
   const QuantDequantizeFn simd = quant_dequantize_avx512();
   return simd ? simd : dequantize_rows;
 }
@@ -86,10 +128,7 @@ void quant_matmul(const Kernels& kernels, ThreadPool* pool, int64_t M, const flo
       fn(0, n);
   };
   if (M <= kQuantGemvMaxRows) {
-    std::vector<float> xp(static_cast<size_t>(M * K)), xsum(static_cast<size_t>(M * w.groups_per_row()));
-    prepare_activations(w, M, x, ldx, xp.data(), xsum.data());
-    const QuantGemvFn gemv = quant_gemv_for(kernels);
-    parallel(N, [&](int64_t n0, int64_t n1) { gemv(w, n0, n1, xp.data(), M, xsum.data(), y, ldy); }, 16);
+    quant_gemv(quant_gemv_path_for(kernels), pool, M, x, ldx, w, y, ldy);
     if (bias)
       for (int64_t m = 0; m < M; ++m)
         for (int64_t n = 0; n < N; ++n) y[m * ldy + n] += bias[n];

@@ -1,0 +1,331 @@
+// AVX-512 VNNI quantized GEMV for decode-sized batches. The packed codes are the unsigned byte
+// operand of vpdpbusd (64 multiply-adds per instruction, against 16 for an f32 FMA after
+// widening), the activations the signed one. Rounding activations to int8 would cost far more
+// accuracy than bf16 does, so each group of activations is split exactly into three signed
+// bytes, a 24-bit fixed-point value per group (as fine as f32 near the group's largest element):
+//
+//   x ~= 2^e (h + l / 256 + t / 65536),  max |x| <= 127 * 2^e.
+//
+// Per group: dot = 2^e (D_h + (256 D_l + D_t) / 65536) from three integer dot products per code
+// load, then y += scale * dot + bias * sum(x), the sum quant_gemv_generic forms in f32.
+#include "backend/cpu/cpu_quant_kernels.hpp"
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <vector>
+
+#include "core/thread_pool.hpp"
+
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+#define MOXIN_HAVE_VNNI_QUANT 1
+#include <immintrin.h>
+#endif
+
+namespace moxin::cpu {
+namespace {
+
+// What the kernel consumes per step of one weight row: `vectors` 64-byte code operands (4-bit:
+// the low and the high nibbles of 64 bytes; 8-bit: 64 or 128 bytes) covering `inputs` inputs
+// and `groups` groups (two only for 4-bit codes in groups of 64). The split activations of a
+// step are three parts (h, l, t) of `vectors` 64-byte operands each, in the codes' order.
+struct StepLayout {
+  int64_t inputs;
+  int vectors;
+  int groups;
+};
+
+StepLayout step_layout(const QuantView& w) {
+  if (w.bits == 8) return {w.group_size, w.group_size / 64, 1};
+  return {128, 2, 128 / w.group_size};
+}
+
+// Per-call constants shared by the splitter and the kernel.
+struct GemvShape {
+  StepLayout step;
+  int64_t steps;          // per row, the last one possibly half full (4-bit, odd groups of 64)
+  int64_t full_steps;     // steps whose codes are all inside the row
+  int64_t groups;         // per row
+  int64_t group_stride;   // floats per activation row in pow2/sums: groups rounded up, plus a
+                          // vector of zeros, so kernels may read 16 past any group
+  int64_t part_bytes;     // split activation bytes per activation row (3 per input, padded)
+
+  explicit GemvShape(const QuantView& w)
+      : step(step_layout(w)),
+        steps((w.cols + step.inputs - 1) / step.inputs),
+        full_steps(w.cols / step.inputs),
+        groups(w.groups_per_row()),
+        group_stride((groups + 15) / 16 * 16 + 16),
+        part_bytes(steps * 3 * step.vectors * 64) {}
+};
+
+}  // namespace
+
+#if defined(MOXIN_HAVE_VNNI_QUANT)
+#if defined(__clang__)
+#pragma clang attribute push(__attribute__((target("avx512f,avx512bw,avx512vl,avx512vnni,fma,f16c"))), \
+                             apply_to = function)
+#else
+#pragma GCC push_options
+#pragma GCC target("avx512f,avx512bw,avx512vl,avx512vnni,fma,f16c")
+// GCC 12's intrinsics trip -Wmaybe-uninitialized on their own undefined vectors (bug 105593).
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wuninitialized"
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#endif
+namespace {
+
+inline float horizontal_sum(__m512 v) {
+  v = _mm512_add_ps(v, _mm512_shuffle_f32x4(v, v, _MM_SHUFFLE(1, 0, 3, 2)));
+  v = _mm512_add_ps(v, _mm512_shuffle_f32x4(v, v, _MM_SHUFFLE(2, 3, 0, 1)));
+  v = _mm512_add_ps(v, _mm512_permute_ps(v, _MM_SHUFFLE(1, 0, 3, 2)));
+  v = _mm512_add_ps(v, _mm512_permute_ps(v, _MM_SHUFFLE(2, 3, 0, 1)));
+  return _mm512_cvtss_f32(v);
+}
+
+inline __mmask16 first_lanes(int64_t n) {
+  return n >= 16 ? static_cast<__mmask16>(0xffff) : static_cast<__mmask16>((1u << n) - 1u);
+}
+
+// Scales or biases i .. i + 15 of a row (lanes past `mask` zero) as f32.
+inline __m512 load_scales(const void* data, DType dtype, int64_t i, __mmask16 mask) {
+  switch (dtype) {
+    case DType::BF16:
+      return _mm512_castsi512_ps(_mm512_slli_epi32(
+          _mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(mask, static_cast<const uint16_t*>(data) + i)), 16));
+    case DType::F16:
+      return _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(mask, static_cast<const uint16_t*>(data) + i));
+    default:
+      return _mm512_maskz_loadu_ps(mask, static_cast<const float*>(data) + i);
+  }
+}
+
+// The three signed bytes of 16 integers q (|q| <= 127 * 65536) stored at h, h + gap, h + 2 gap.
+inline void store_parts(__m512i q, int8_t* h, int64_t gap) {
+  const __m512i t = _mm512_srai_epi32(_mm512_slli_epi32(q, 24), 24);
+  const __m512i rest = _mm512_srai_epi32(_mm512_sub_epi32(q, t), 8);
+  const __m512i l = _mm512_srai_epi32(_mm512_slli_epi32(rest, 24), 24);
+  const __m512i high = _mm512_srai_epi32(_mm512_sub_epi32(rest, l), 8);
+  _mm_storeu_si128(reinterpret_cast<__m128i*>(h), _mm512_cvtepi32_epi8(high));
+  _mm_storeu_si128(reinterpret_cast<__m128i*>(h + gap), _mm512_cvtepi32_epi8(l));
+  _mm_storeu_si128(reinterpret_cast<__m128i*>(h + 2 * gap), _mm512_cvtepi32_epi8(t));
+}
+
+// One activation row into the kernel's layout (see the file comment); pow2[g] = 2^e,
+// sums[g] = sum of group g. False when some x is not finite: the split cannot carry it.
+bool split_row(const GemvShape& s, int bits, int64_t group_size, const float* x, int8_t* parts, float* pow2,
+               float* sums) {
+  const int64_t step_bytes = 3 * s.step.vectors * 64, part_gap = s.step.vectors * 64;
+  if (s.full_steps < s.steps) std::memset(parts + s.full_steps * step_bytes, 0, static_cast<size_t>(step_bytes));
+  const __m512 infinity = _mm512_set1_ps(INFINITY);
+  const __m512i even = _mm512_set_epi32(30, 28, 26, 24, 22, 20, 18, 16, 14, 12, 10, 8, 6, 4, 2, 0);
+  const __m512i odd = _mm512_add_epi32(even, _mm512_set1_epi32(1));
+  for (int64_t g = 0; g < s.groups; ++g) {
+    const float* xg = x + g * group_size;
+    __m512 amax = _mm512_setzero_ps(), sum = _mm512_setzero_ps();
+    __mmask16 bad = 0;
+    for (int64_t k = 0; k < group_size; k += 16) {
+      const __m512 v = _mm512_loadu_ps(xg + k);
+      const __m512 magnitude = _mm512_abs_ps(v);
+      bad |= _mm512_cmp_ps_mask(magnitude, infinity, _CMP_NLT_UQ);  // inf or NaN
+      amax = _mm512_max_ps(amax, magnitude);
+      sum = _mm512_add_ps(sum, v);
+    }
+    if (bad) return false;
+    // 2^e >= max / 127 (frexp gives max / 127 < 2^e), kept where 2^e and 2^(16 - e) are normal
+    // floats; groups below 2^-110 round to zero.
+    int e = 0;
+    std::frexp(_mm512_reduce_max_ps(amax) / 127.0f, &e);
+    e = std::clamp(e, -110, 127);
+    pow2[g] = std::ldexp(1.0f, e);
+    sums[g] = _mm512_reduce_add_ps(sum);
+    const __m512 to_fixed = _mm512_set1_ps(std::ldexp(1.0f, 16 - e));
+    for (int64_t k = 0; k < group_size; k += 32) {
+      const int64_t input = g * group_size + k, step = input / s.step.inputs, within = input % s.step.inputs;
+      int8_t* dst = parts + step * step_bytes;
+      // Power-of-two scaling is exact; one rounding to the nearest integer.
+      const __m512i q0 = _mm512_cvtps_epi32(_mm512_mul_ps(_mm512_loadu_ps(xg + k), to_fixed));
+      const __m512i q1 = _mm512_cvtps_epi32(_mm512_mul_ps(_mm512_loadu_ps(xg + k + 16), to_fixed));
+      if (bits == 8) {
+        store_parts(q0, dst + within, part_gap);
+        store_parts(q1, dst + within + 16, part_gap);
+      } else {
+        // Byte b of the codes holds inputs 2b (low nibble, first operand) and 2b + 1 (high).
+        store_parts(_mm512_permutex2var_epi32(q0, even, q1), dst + within / 2, part_gap);
+        store_parts(_mm512_permutex2var_epi32(q0, odd, q1), dst + 64 + within / 2, part_gap);
+      }
+    }
+  }
+  return true;
+}
+
+// R weight rows from n against MM activation rows. Each code vector feeds 3 * MM vpdpbusd;
+// per step and pair (row, activation row): two int32 -> f32 conversions and two FMAs.
+template <int kBits, int kVectors, int kGroupsPerStep, int R, int MM>
+void gemv_tile(const QuantView& w, const GemvShape& s, int64_t n, const int8_t* parts, const float* pow2,
+               const float* sums, float* y, int64_t ldy, float* scaled) {
+  constexpr int64_t kCodeBytes = kBits == 8 ? kVectors * 64 : 64;
+  constexpr int64_t kStepBytes = 3 * kVectors * 64;
+  const int64_t row_bytes = w.cols * kBits / 8;
+  const uint8_t* codes[R];
+  for (int r = 0; r < R; ++r) codes[r] = reinterpret_cast<const uint8_t*>(w.codes) + (n + r) * row_bytes;
+
+  // scaled[(r * MM + m) * stride + g] = scale(n + r, g) * 2^e(m, g); the accumulators
+  // start with sum_g bias(n + r, g) * sum(m, g).
+  __m512 acc[R][MM];
+  for (int r = 0; r < R; ++r)
+    for (int m = 0; m < MM; ++m) acc[r][m] = _mm512_setzero_ps();
+  for (int64_t g = 0; g < s.groups; g += 16) {
+    const __mmask16 mask = first_lanes(s.groups - g);
+    for (int r = 0; r < R; ++r) {
+      const __m512 scale = load_scales(w.scales, w.scale_dtype, (n + r) * s.groups + g, mask);
+      const __m512 bias = load_scales(w.biases, w.scale_dtype, (n + r) * s.groups + g, mask);
+      for (int m = 0; m < MM; ++m) {
+        _mm512_storeu_ps(scaled + (r * MM + m) * s.group_stride + g,
+                         _mm512_mul_ps(scale, _mm512_loadu_ps(pow2 + m * s.group_stride + g)));
+        acc[r][m] = _mm512_fmadd_ps(bias, _mm512_loadu_ps(sums + m * s.group_stride + g), acc[r][m]);
+      }
+    }
+  }
+  for (int r = 0; r < R; ++r)
+    for (int m = 0; m < MM; ++m)
+      _mm512_storeu_ps(scaled + (r * MM + m) * s.group_stride + (s.groups + 15) / 16 * 16, _mm512_setzero_ps());
+
+  const __m512i low_nibbles = _mm512_set1_epi8(15);
+  const __m512 inv_65536 = _mm512_set1_ps(1.0f / 65536.0f);
+  // Lanes 0-7 of a 4-bit g64 step hold the first group, lanes 8-15 the second.
+  const __m512i group_of_lane = _mm512_set_epi32(1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0);
+  auto step = [&](int64_t st, bool half) __attribute__((always_inline)) {
+    __m512i c[R][kVectors];
+    for (int r = 0; r < R; ++r) {
+      const uint8_t* p = codes[r] + st * kCodeBytes;
+      // The same bytes of the next tile of rows: each line is fetched once, a tile ahead.
+      _mm_prefetch(reinterpret_cast<const char*>(p + R * row_bytes), _MM_HINT_T1);
+      if constexpr (kBits == 4) {
+        const __m512i raw = half ? _mm512_maskz_loadu_epi8(0xffffffffull, p) : _mm512_loadu_si512(p);
+        c[r][0] = _mm512_and_si512(raw, low_nibbles);
+        c[r][1] = _mm512_and_si512(_mm512_srli_epi16(raw, 4), low_nibbles);
+      } else {
+        for (int v = 0; v < kVectors; ++v) c[r][v] = _mm512_loadu_si512(p + 64 * v);
+      }
+    }
+    for (int m = 0; m < MM; ++m) {
+      const int8_t* a = parts + m * s.part_bytes + st * kStepBytes;
+      for (int r = 0; r < R; ++r) {
+        __m512i high = _mm512_setzero_si512(), low = _mm512_setzero_si512();
+        for (int v = 0; v < kVectors; ++v) {
+          high = _mm512_dpbusd_epi32(high, c[r][v], _mm512_loadu_si512(a + 64 * v));
+          low = _mm512_dpbusd_epi32(low, c[r][v], _mm512_loadu_si512(a + 64 * (kVectors + v)));
+        }
+        // 256 D_l + D_t fits int32: |D_l|, |D_t| <= 128 * 255 * 128.
+        low = _mm512_slli_epi32(low, 8);
+        for (int v = 0; v < kVectors; ++v)
+          low = _mm512_dpbusd_epi32(low, c[r][v], _mm512_loadu_si512(a + 64 * (2 * kVectors + v)));
+        const __m512 dot = _mm512_fmadd_ps(_mm512_cvtepi32_ps(low), inv_65536, _mm512_cvtepi32_ps(high));
+        const float* sc = scaled + (r * MM + m) * s.group_stride;
+        const __m512 scale = kGroupsPerStep == 2 ? _mm512_permutexvar_ps(group_of_lane, _mm512_loadu_ps(sc + 2 * st))
+                                                 : _mm512_set1_ps(sc[st]);
+        acc[r][m] = _mm512_fmadd_ps(dot, scale, acc[r][m]);
+      }
+    }
+  };
+  for (int64_t st = 0; st < s.full_steps; ++st) step(st, false);
+  if (s.full_steps < s.steps) step(s.full_steps, true);
+  for (int r = 0; r < R; ++r)
+    for (int m = 0; m < MM; ++m) y[m * ldy + n + r] = horizontal_sum(acc[r][m]);
+}
+
+constexpr int kTileRows = 4;
+
+// Rows [n0, n1) in blocks small enough to stay in L2 while pairs of activation rows pass over
+// them, so the codes come from memory once whatever M is.
+template <int kBits, int kVectors, int kGroupsPerStep>
+void gemv_rows(const QuantView& w, const GemvShape& s, int64_t n0, int64_t n1, int64_t M, const int8_t* parts,
+               const float* pow2, const float* sums, float* y, int64_t ldy, float* scaled) {
+  const int64_t row_bytes = w.cols * kBits / 8;
+  const int64_t block = std::max<int64_t>(kTileRows, (int64_t{128} << 10) / row_bytes / kTileRows * kTileRows);
+  for (int64_t b0 = n0; b0 < n1; b0 += block) {
+    const int64_t b1 = std::min(n1, b0 + block);
+    for (int64_t m = 0; m < M; m += 2) {
+      const int8_t* pm = parts + m * s.part_bytes;
+      const float *pw = pow2 + m * s.group_stride, *sm = sums + m * s.group_stride;
+      float* ym = y + m * ldy;
+      int64_t n = b0;
+      if (M - m >= 2) {
+        for (; n + kTileRows <= b1; n += kTileRows)
+          gemv_tile<kBits, kVectors, kGroupsPerStep, kTileRows, 2>(w, s, n, pm, pw, sm, ym, ldy, scaled);
+        for (; n < b1; ++n) gemv_tile<kBits, kVectors, kGroupsPerStep, 1, 2>(w, s, n, pm, pw, sm, ym, ldy, scaled);
+      } else {
+        for (; n + kTileRows <= b1; n += kTileRows)
+          gemv_tile<kBits, kVectors, kGroupsPerStep, kTileRows, 1>(w, s, n, pm, pw, sm, ym, ldy, scaled);
+        for (; n < b1; ++n) gemv_tile<kBits, kVectors, kGroupsPerStep, 1, 1>(w, s, n, pm, pw, sm, ym, ldy, scaled);
+      }
+    }
+  }
+}
+
+void gemv(const QuantView& w, const GemvShape& s, int64_t n0, int64_t n1, int64_t M, const int8_t* parts,
+          const float* pow2, const float* sums, float* y, int64_t ldy, float* scaled) {
+  if (w.bits == 8 && w.group_size == 64)
+    gemv_rows<8, 1, 1>(w, s, n0, n1, M, parts, pow2, sums, y, ldy, scaled);
+  else if (w.bits == 8)
+    gemv_rows<8, 2, 1>(w, s, n0, n1, M, parts, pow2, sums, y, ldy, scaled);
+  else if (w.group_size == 64)
+    gemv_rows<4, 2, 2>(w, s, n0, n1, M, parts, pow2, sums, y, ldy, scaled);
+  else
+    gemv_rows<4, 2, 1>(w, s, n0, n1, M, parts, pow2, sums, y, ldy, scaled);
+}
+
+}  // namespace
+#if defined(__clang__)
+#pragma clang attribute pop
+#else
+#pragma GCC diagnostic pop
+#pragma GCC pop_options
+#endif
+#endif  // MOXIN_HAVE_VNNI_QUANT
+
+// Compiled for the baseline ISA from here on.
+
+bool quant_vnni_supported() {
+#if defined(MOXIN_HAVE_VNNI_QUANT)
+  static const bool supported = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+                                __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512vnni") &&
+                                __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c");
+  return supported;
+#else
+  return false;
+#endif
+}
+
+bool quant_gemv_vnni(ThreadPool* pool, int64_t M, const float* x, int64_t ldx, const QuantView& w, float* y,
+                     int64_t ldy) {
+#if defined(MOXIN_HAVE_VNNI_QUANT)
+  if (!quant_vnni_supported()) return false;
+  const GemvShape s(w);
+  // 64-byte aligned split activations: every operand load is one cache line.
+  std::vector<int8_t> storage(static_cast<size_t>(M * s.part_bytes + 64));
+  int8_t* parts = storage.data() + (64 - reinterpret_cast<uintptr_t>(storage.data()) % 64) % 64;
+  std::vector<float> pow2(static_cast<size_t>(M * s.group_stride), 0.0f), sums(pow2.size(), 0.0f);
+  for (int64_t m = 0; m < M; ++m)
+    if (!split_row(s, w.bits, w.group_size, x + m * ldx, parts + m * s.part_bytes, pow2.data() + m * s.group_stride,
+                   sums.data() + m * s.group_stride))
+      return false;
+  const int64_t tiles = (w.rows + kTileRows - 1) / kTileRows;
+  const auto rows = [&](int64_t t0, int64_t t1) {
+    std::vector<float> scaled(static_cast<size_t>(kTileRows * 2 * s.group_stride));
+    gemv(w, s, t0 * kTileRows, std::min(w.rows, t1 * kTileRows), M, parts, pow2.data(), sums.data(), y, ldy,
+         scaled.data());
+  };
+  if (pool)
+    pool->parallel_for(tiles, rows, 4);
+  else
+    rows(0, tiles);
+  return true;
+#else
+  (void)pool, (void)M, (void)x, (void)ldx, (void)w, (void)y, (void)ldy;
+  return false;
+#endif
+}
+
+}  // namespace moxin::cpu
