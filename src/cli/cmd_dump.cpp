@@ -1,8 +1,10 @@
 // `moxin dump`: run one prompt through the whole VLM and write every intermediate the parity
 // tests compare with the PyTorch reference (input_ids, both encoders' features, the projected
-// image tokens, the last position's logits) as f32/i32 safetensors.
+// image tokens, the last position's logits) as f32/i32 safetensors. --hidden-states adds every
+// decoder layer's output and the logits of every position (cmd_dump_hidden.hpp).
 #include <CLI/CLI.hpp>
 
+#include "cli/cmd_dump_hidden.hpp"
 #include "cli/command.hpp"
 #include "cli/model_options.hpp"
 #include "core/check.hpp"
@@ -18,6 +20,7 @@ struct DumpArgs {
   ModelOptions model;
   PromptOptions prompt;
   std::string out;
+  bool hidden_states = false;
 };
 
 void add_tensor(SafetensorsWriter& w, Backend& backend, const std::string& name, const Tensor& t) {
@@ -29,6 +32,13 @@ void add_tensor(SafetensorsWriter& w, Backend& backend, const std::string& name,
 void run(const DumpArgs& a) {
   const Prompt prompt = a.prompt.build();
   const LoadOptions lo = a.model.load_options();
+  MOXIN_CHECK(!a.hidden_states || prompt.image.empty(),
+              "[dump] --hidden-states takes a text-only prompt; drop --image");
+  // A device backend drops the host-side matrices that load-time quantization made, and the
+  // per-layer pass reads the weights from the host.
+  MOXIN_CHECK(!a.hidden_states || lo.quantize_bits == 0 || lo.device == Device::CPU,
+              "[dump] --hidden-states with --quantize runs on the CPU only (use --device cpu, or "
+              "a checkpoint written by `moxin quantize`)");
   auto engine = Engine::load(a.model.model_dir, to_engine_options(lo));
   Session session(*engine, lo.max_image_pixels);
   const PrefillResult r = session.prefill(to_chat_turns(prompt), prompt.image);
@@ -41,6 +51,7 @@ void run(const DumpArgs& a) {
     add_tensor(w, engine->backend(), "projected", r.image->projected);
   }
   w.add_f32("logits_last", {static_cast<int64_t>(r.logits.size())}, r.logits.data());
+  if (a.hidden_states) add_hidden_states(w, *engine, r.input_ids);
   w.write(a.out);
 }
 
@@ -50,6 +61,8 @@ const Command kDump("dump", [](CLI::App& app) {
   args->model.add_to(*c);
   args->prompt.add_to(*c);
   c->add_option("--out", args->out, "Output .safetensors file")->required();
+  c->add_flag("--hidden-states", args->hidden_states,
+              "Also write each decoder layer's output and every position's logits (text-only prompts)");
   c->callback([args] { run(*args); });
 });
 
