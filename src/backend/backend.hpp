@@ -98,6 +98,11 @@ class Backend {
 
   // --- weights ---
   virtual Linear prepare_linear(const LinearWeight& w) = 0;
+  // One Linear whose output columns are the parts' outputs side by side (q | k | v, gate | up),
+  // so a decode step reads them in one op. Parts share in_features and format (float, or the
+  // same bits and group size); as with prepare_linear, the mapped weight data must outlive
+  // the result, the LinearWeight structs need not.
+  virtual Linear prepare_fused_linear(const std::vector<const LinearWeight*>& parts) = 0;
   // A small parameter vector/matrix (norm weight, bias, pos_embed, ...) as act_dtype.
   virtual Tensor param(const TensorInfo& t) = 0;
   virtual std::unique_ptr<KvCache> create_kv_cache(const KvCacheConfig& c) = 0;
@@ -109,9 +114,12 @@ class Backend {
   virtual void patch_embed(const Tensor& images, const Linear& w, int patch, Tensor& y) = 0;
   virtual void layer_norm(const Tensor& x, const Tensor& w, const Tensor& b, float eps, Tensor& y) = 0;
   virtual void rms_norm(const Tensor& x, const Tensor& w, float eps, Tensor& y) = 0;
+  // x += y, then out = rms_norm(x) (the residual add and the next norm in one pass; rounds
+  // exactly as add then rms_norm). out must not overlap x or y.
+  virtual void add_rms_norm(Tensor& x, const Tensor& y, const Tensor& w, float eps, Tensor& out) = 0;
   virtual void gelu_erf(Tensor& x) = 0;                                   // in place
-  // y = silu(gate) * up; y may alias gate (elementwise ops allow in-place use)
-  virtual void swiglu(const Tensor& gate, const Tensor& up, Tensor& y) = 0;
+  // gate_up [T, 2I] (gate | up) -> y [T, I] = silu(gate) * up
+  virtual void swiglu(const Tensor& gate_up, Tensor& y) = 0;
   virtual void add(Tensor& x, const Tensor& y) = 0;                       // x += y
   virtual void add_scaled(Tensor& x, const Tensor& y, const Tensor& scale) = 0;  // x += scale[col] * y
   // x[r, :] += table[r % table.rows, :]  (position embeddings over a batch)
@@ -129,11 +137,12 @@ class Backend {
   // qkv [B*T, 3*H*D] (q | k | v, head-major inside each) -> y [B*T, H*D]
   virtual void vit_attention(const Tensor& qkv, int batch, int tokens, int heads, int head_dim,
                              Tensor& y) = 0;
-  // Rotate-half RoPE over the full head_dim, in place on q [T, Hq*D] and k [T, Hkv*D].
-  virtual void rope(Tensor& q, Tensor& k, const Tensor& positions, int head_dim, float theta) = 0;
-  // Writes k, v [T, Hkv*D] into the cache at their sequences' positions.
-  virtual void kv_write(KvCache& cache, int layer, const Tensor& k, const Tensor& v,
-                        const AttentionBatch& batch) = 0;
+  // qkv [T, (Hq + 2 Hkv) * D] (q | k | v, head-major inside each; Hkv and D from the cache):
+  // rotate-half RoPE over the full head_dim at `positions` [T] (I32); the rotated q goes to
+  // q [T, Hq*D], the rotated k and the v into the cache at the batch's slots
+  // (batch.token_seq / token_pos). qkv is left as it was.
+  virtual void rope_kv_write(const Tensor& qkv, const Tensor& positions, float theta, KvCache& cache,
+                             int layer, const AttentionBatch& batch, Tensor& q) = 0;
   // Causal attention of q [T, Hq*D] over the cache (each token sees its sequence's
   // positions 0..pos, GQA groups of Hq/Hkv heads) -> y [T, Hq*D]. Scale head_dim^-0.5.
   virtual void paged_attention(const Tensor& q, KvCache& cache, int layer,

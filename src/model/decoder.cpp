@@ -16,12 +16,9 @@ Decoder::Decoder(Backend& backend, const DecoderConfig& config, const DecoderWei
     Layer l;
     l.input_norm = backend.param(*w.input_norm.weight);
     l.post_attention_norm = backend.param(*w.post_attention_norm.weight);
-    l.q = backend.prepare_linear(w.q);
-    l.k = backend.prepare_linear(w.k);
-    l.v = backend.prepare_linear(w.v);
+    l.qkv = backend.prepare_fused_linear({&w.q, &w.k, &w.v});
     l.o = backend.prepare_linear(w.o);
-    l.gate = backend.prepare_linear(w.gate);
-    l.up = backend.prepare_linear(w.up);
+    l.gate_up = backend.prepare_fused_linear({&w.gate, &w.up});
     l.down = backend.prepare_linear(w.down);
     layers_.push_back(std::move(l));
   }
@@ -35,36 +32,24 @@ Tensor Decoder::embed(const Tensor& ids) const {
   return x;
 }
 
-void Decoder::run_layer(int index, const Layer& layer, Tensor& x, const Tensor& positions,
-                        const AttentionBatch& batch, KvCache& cache) const {
-  const int64_t t = x.rows();
-  const int64_t q_dim = int64_t{config_.heads} * config_.head_dim;
-  const int64_t kv_dim = int64_t{config_.kv_heads} * config_.head_dim;
-  Tensor h = backend_.empty_act({t, config_.hidden});
-  Tensor q = backend_.empty_act({t, q_dim});
-  Tensor k = backend_.empty_act({t, kv_dim});
-  Tensor v = backend_.empty_act({t, kv_dim});
-  Tensor attn = backend_.empty_act({t, q_dim});
-  Tensor out = backend_.empty_act({t, config_.hidden});
-
-  backend_.rms_norm(x, layer.input_norm, config_.rms_eps, h);
-  backend_.linear(h, layer.q, q);
-  backend_.linear(h, layer.k, k);
-  backend_.linear(h, layer.v, v);
-  backend_.rope(q, k, positions, config_.head_dim, config_.rope_theta);
-  backend_.kv_write(cache, index, k, v, batch);
-  backend_.paged_attention(q, cache, index, batch, config_.heads, attn);
-  backend_.linear(attn, layer.o, out);
-  backend_.add(x, out);
-
-  Tensor gate = backend_.empty_act({t, config_.intermediate});
-  Tensor up = backend_.empty_act({t, config_.intermediate});
-  backend_.rms_norm(x, layer.post_attention_norm, config_.rms_eps, h);
-  backend_.linear(h, layer.gate, gate);
-  backend_.linear(h, layer.up, up);
-  backend_.swiglu(gate, up, gate);
-  backend_.linear(gate, layer.down, out);
-  backend_.add(x, out);
+// Per layer: qkv, rope + KV write, attention, o, add + norm, gate|up, swiglu, down, add + the
+// next layer's norm: nine ops (a decode step's cost is mostly their boundaries on the GPU).
+void Decoder::run_layer(int index, Tensor& x, const Tensor& positions, const AttentionBatch& batch,
+                        KvCache& cache, Scratch& s) const {
+  const Layer& layer = layers_[static_cast<size_t>(index)];
+  backend_.linear(s.normed, layer.qkv, s.qkv);
+  backend_.rope_kv_write(s.qkv, positions, config_.rope_theta, cache, index, batch, s.q);
+  backend_.paged_attention(s.q, cache, index, batch, config_.heads, s.attn);
+  backend_.linear(s.attn, layer.o, s.out);
+  backend_.add_rms_norm(x, s.out, layer.post_attention_norm, config_.rms_eps, s.normed);
+  backend_.linear(s.normed, layer.gate_up, s.gate_up);
+  backend_.swiglu(s.gate_up, s.act);
+  backend_.linear(s.act, layer.down, s.out);
+  if (static_cast<size_t>(index) + 1 < layers_.size())
+    backend_.add_rms_norm(x, s.out, layers_[static_cast<size_t>(index) + 1].input_norm, config_.rms_eps,
+                          s.normed);
+  else
+    backend_.add(x, s.out);
 }
 
 void Decoder::forward(Tensor& x, const Tensor& positions, const AttentionBatch& batch,
@@ -72,8 +57,20 @@ void Decoder::forward(Tensor& x, const Tensor& positions, const AttentionBatch& 
   MOXIN_CHECK(x.cols() == config_.hidden && positions.numel() == x.rows(),
               "[decoder] input ", x.shape_str(), " with ", positions.numel(),
               " positions does not match hidden size ", config_.hidden);
-  for (size_t i = 0; i < layers_.size(); ++i)
-    run_layer(static_cast<int>(i), layers_[i], x, positions, batch, cache);
+  if (layers_.empty()) return;  // a head-only Decoder (final norm + lm_head) passes x through
+  const int64_t t = x.rows();
+  const int64_t q_dim = int64_t{config_.heads} * config_.head_dim;
+  const int64_t kv_dim = int64_t{config_.kv_heads} * config_.head_dim;
+  Scratch s;
+  s.normed = backend_.empty_act({t, config_.hidden});
+  s.qkv = backend_.empty_act({t, q_dim + 2 * kv_dim});
+  s.q = backend_.empty_act({t, q_dim});
+  s.attn = backend_.empty_act({t, q_dim});
+  s.out = backend_.empty_act({t, config_.hidden});
+  s.gate_up = backend_.empty_act({t, 2 * int64_t{config_.intermediate}});
+  s.act = backend_.empty_act({t, config_.intermediate});
+  backend_.rms_norm(x, layers_.front().input_norm, config_.rms_eps, s.normed);
+  for (size_t i = 0; i < layers_.size(); ++i) run_layer(static_cast<int>(i), x, positions, batch, cache, s);
 }
 
 Tensor Decoder::logits(const Tensor& x, const Tensor& rows) const {

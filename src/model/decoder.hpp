@@ -24,10 +24,16 @@ class Decoder {
  private:
   struct Layer {
     Tensor input_norm, post_attention_norm;
-    Linear q, k, v, o, gate, up, down;
+    Linear qkv, o, gate_up, down;  // q | k | v and gate | up fused: one op each
   };
-  void run_layer(int index, const Layer& layer, Tensor& x, const Tensor& positions,
-                 const AttentionBatch& batch, KvCache& cache) const;
+  // The activations of one forward, shared by its layers.
+  struct Scratch {
+    Tensor normed, qkv, q, attn, out, gate_up, act;
+  };
+  // Expects scratch.normed = input_norm(x); leaves there the next layer's input_norm(x), or
+  // nothing for the last layer (the final norm runs on the gathered rows in logits()).
+  void run_layer(int index, Tensor& x, const Tensor& positions, const AttentionBatch& batch,
+                 KvCache& cache, Scratch& scratch) const;
 
   Backend& backend_;
   DecoderConfig config_;

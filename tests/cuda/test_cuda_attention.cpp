@@ -1,5 +1,5 @@
-// ViT attention, KV-cache writes + paged attention (both kernels: split-K decode and tiled
-// prefill), and CUDA graph capture, against f64 references.
+// ViT attention, KV-cache writes (rope_kv_write) + paged attention (both kernels: split-K
+// decode and tiled prefill), and CUDA graph capture, against f64 references.
 //
 // Tolerances (||got - ref|| / ||ref||): attention in f32 (split-K decode, TiledF32) is 1e-5
 // against a reference with the same inputs. The KV cache stores K and V as bf16: the reference
@@ -142,8 +142,19 @@ class PagedAttention : public CudaOpsTest {
     wb.token_pos = upload_i32(o_pos, {written});
     wb.block_tables = upload_i32(tables, {seqs, max_blocks});
     wb.max_context = *std::max_element(lengths.begin(), lengths.end());
-    backend().kv_write(*cache, layer, upload(k_all, {written, kv_width}),
-                       upload(v_all, {written, kv_width}), wb);
+    // Through rope_kv_write at rotation position 0 (the identity), so the cache holds k_all.
+    std::vector<float> qkv;
+    for (int i = 0; i < written; ++i) {
+      qkv.insert(qkv.end(), q_width, 0.0f);
+      qkv.insert(qkv.end(), k_all.begin() + size_t(i) * kv_width,
+                 k_all.begin() + size_t(i + 1) * kv_width);
+      qkv.insert(qkv.end(), v_all.begin() + size_t(i) * kv_width,
+                 v_all.begin() + size_t(i + 1) * kv_width);
+    }
+    Tensor q_unused = poisoned({written, q_width});
+    backend().rope_kv_write(upload(qkv, {written, q_width + 2 * kv_width}),
+                            upload_i32(std::vector<int32_t>(written, 0), {written}), 10000.0f,
+                            *cache, layer, wb, q_unused);
 
     // Host copies of the cache content per (seq, pos): exact and bf16-rounded.
     auto index_of = [&](int s, int p) {

@@ -1,13 +1,20 @@
-// Norms, activations, residual adds, row/column copies, gathers and RoPE against f64
-// references.
+// Norms (also fused with the residual add), activations, residual adds, row/column copies,
+// gathers and RoPE with the KV-cache write against f64 references.
 //
 // Tolerances (||got - ref|| / ||ref||): element-wise f32 ops 1e-6 (a few ulp from erff/expf or
 // a fused multiply-add); reductions over a row (norms) 1e-5; pure copies and gathers exact (0);
 // RoPE 1e-5 (angles up to 32k rad: the f32 angle itself, rounded as transformers rounds it,
-// is the reference's input, so only sin/cos and the rotation round).
+// is the reference's input, so only sin/cos and the rotation round); the rotated k stored as
+// bf16 within the bf16 unit roundoff 2^-8 of the exact rotation, v stored as bf16 exactly.
+#include <cuda_runtime.h>
+
+#include <algorithm>
 #include <cmath>
 #include <limits>
+#include <numeric>
 
+#include "backend/cuda/cuda_backend_impl.hpp"
+#include "core/bf16.hpp"
 #include "core/check.hpp"
 #include "cuda_test_support.hpp"
 
@@ -68,6 +75,35 @@ TEST_F(CudaOps, RmsNormAlsoInPlace) {
   }
 }
 
+// x += y and out = rms_norm(x), both checked: the reference adds and normalizes in f64.
+TEST_F(CudaOps, AddRmsNorm) {
+  for (const auto& [rows, cols] : {std::pair{1, 4096}, {5, 33}, {31, 1000}}) {
+    const std::vector<float> x = randn(size_t(rows) * cols, 2.0f), y = randn(size_t(rows) * cols),
+                             w = randn(cols);
+    const float eps = 1e-5f;
+    std::vector<double> sum(x.size()), ref(x.size());
+    for (int r = 0; r < rows; ++r) {
+      double sq = 0;
+      for (int c = 0; c < cols; ++c) {
+        const size_t i = size_t(r) * cols + c;
+        sum[i] = double(x[i]) + y[i];
+        sq += sum[i] * sum[i];
+      }
+      const double inv = 1.0 / std::sqrt(sq / cols + eps);
+      for (int c = 0; c < cols; ++c) ref[size_t(r) * cols + c] = w[c] * sum[size_t(r) * cols + c] * inv;
+    }
+    Tensor xt = upload(x, {rows, cols});
+    Tensor out = poisoned({rows, cols});
+    backend().add_rms_norm(xt, upload(y, {rows, cols}), upload(w, {cols}), eps, out);
+    expect_close(cat("add_rms_norm x ", rows, "x", cols), download(xt), sum, kElementwiseTol);
+    expect_close(cat("add_rms_norm out ", rows, "x", cols), download(out), ref, kRowReductionTol);
+  }
+  Tensor x = poisoned({2, 8});
+  EXPECT_THROW(backend().add_rms_norm(x, poisoned({2, 8}), poisoned({8}), 1e-5f, x), Error);
+  Tensor out = poisoned({2, 8});
+  EXPECT_THROW(backend().add_rms_norm(x, poisoned({2, 7}), poisoned({8}), 1e-5f, out), Error);
+}
+
 TEST_F(CudaOps, GeluErf) {
   for (int n : {1, 257, 100003}) {
     const std::vector<float> x = uniform(n, -6.0f, 6.0f);
@@ -79,17 +115,21 @@ TEST_F(CudaOps, GeluErf) {
   }
 }
 
-TEST_F(CudaOps, SwigluAlsoIntoGate) {
-  const int rows = 3, cols = 14336;
-  const std::vector<float> g = randn(size_t(rows) * cols, 3.0f), u = randn(size_t(rows) * cols);
-  std::vector<double> ref(g.size());
-  for (size_t i = 0; i < g.size(); ++i) ref[i] = g[i] / (1.0 + std::exp(-double(g[i]))) * u[i];
-  Tensor y = poisoned({rows, cols});
-  backend().swiglu(upload(g, {rows, cols}), upload(u, {rows, cols}), y);
-  expect_close("swiglu 3x14336", download(y), ref, kElementwiseTol);
-  Tensor gate = upload(g, {rows, cols});
-  backend().swiglu(gate, upload(u, {rows, cols}), gate);
-  expect_close("swiglu into gate 3x14336", download(gate), ref, kElementwiseTol);
+TEST_F(CudaOps, SwigluOfPackedGateUp) {
+  for (const auto& [rows, cols] : {std::pair{1, 14336}, {3, 14336}, {7, 33}}) {
+    const std::vector<float> gu = randn(size_t(rows) * 2 * cols, 3.0f);
+    std::vector<double> ref(size_t(rows) * cols);
+    for (int r = 0; r < rows; ++r)
+      for (int c = 0; c < cols; ++c) {
+        const double g = gu[size_t(r) * 2 * cols + c], u = gu[size_t(r) * 2 * cols + cols + c];
+        ref[size_t(r) * cols + c] = g / (1.0 + std::exp(-g)) * u;
+      }
+    Tensor y = poisoned({rows, cols});
+    backend().swiglu(upload(gu, {rows, 2 * cols}), y);
+    expect_close(cat("swiglu ", rows, "x", cols), download(y), ref, kElementwiseTol);
+  }
+  Tensor y = poisoned({2, 8});
+  EXPECT_THROW(backend().swiglu(poisoned({2, 15}), y), Error);
 }
 
 TEST_F(CudaOps, Adds) {
@@ -155,44 +195,101 @@ TEST_F(CudaOps, GatherRows) {
   for (float v : download(bad)) EXPECT_TRUE(std::isnan(v));
 }
 
-TEST_F(CudaOps, RopeNeox) {
+// Tokens of several sequences at distinct positions, blocks shuffled: q comes back rotated, the
+// cache holds (read back from device memory) the rotated k and the v at each token's slot.
+TEST_F(CudaOps, RopeKvWrite) {
   struct Case {
     int tokens, q_heads, kv_heads, head_dim;
     float theta;
   };
-  for (const Case& c :
-       {Case{5, 4, 2, 16, 10000.0f}, Case{3, 32, 8, 128, 10000.0f}, Case{2, 2, 1, 18, 1e6f}}) {
-    const int qw = c.q_heads * c.head_dim, kw = c.kv_heads * c.head_dim;
-    const std::vector<float> q = randn(size_t(c.tokens) * qw), k = randn(size_t(c.tokens) * kw);
-    std::vector<int32_t> pos(c.tokens);
-    for (int32_t& p : pos) p = randint(0, 32767);
-    pos[0] = 0;
-    Tensor qt = upload(q, {c.tokens, qw}), kt = upload(k, {c.tokens, kw});
-    backend().rope(qt, kt, upload_i32(pos, {c.tokens}), c.head_dim, c.theta);
+  for (const Case& c : {Case{5, 4, 2, 16, 10000.0f}, Case{3, 32, 8, 128, 10000.0f},
+                        Case{2, 2, 1, 18, 1e6f}, Case{40, 4, 1, 64, 10000.0f}}) {
+    const int qw = c.q_heads * c.head_dim, kw = c.kv_heads * c.head_dim, width = qw + 2 * kw;
+    KvCacheConfig cfg;
+    cfg.layers = 2;
+    cfg.kv_heads = c.kv_heads;
+    cfg.head_dim = c.head_dim;
+    cfg.block_size = 16;
+    const int capacity = 128, max_blocks = capacity / cfg.block_size, seqs = 2;
+    cfg.num_blocks = seqs * max_blocks;
+    std::vector<int32_t> tables(size_t(seqs) * max_blocks);
+    std::iota(tables.begin(), tables.end(), 0);
+    std::shuffle(tables.begin(), tables.end(), rng_);
+    // Token t: sequence t % 2 at a cache position distinct within it; RoPE at positions up to
+    // 32k (the op takes them apart from the batch's).
+    std::vector<int32_t> seq(c.tokens), pos(c.tokens), rotation(c.tokens);
+    for (int t = 0; t < c.tokens; ++t) {
+      seq[t] = t % 2;
+      pos[t] = randint(0, capacity / c.tokens - 1) * c.tokens + t;
+      rotation[t] = randint(0, 32767);
+    }
+    rotation[0] = 0;
+    const std::vector<float> qkv = randn(size_t(c.tokens) * width);
+    auto cache = backend().create_kv_cache(cfg);
+    AttentionBatch batch;
+    batch.token_seq = upload_i32(seq, {c.tokens});
+    batch.token_pos = upload_i32(pos, {c.tokens});
+    batch.block_tables = upload_i32(tables, {seqs, max_blocks});
+    batch.max_context = capacity;
+    const Tensor input = upload(qkv, {c.tokens, width});
+    Tensor q = poisoned({c.tokens, qw});
+    backend().rope_kv_write(input, upload_i32(rotation, {c.tokens}), c.theta, *cache, 1, batch, q);
+
     // transformers: inv_freq = 1 / theta ** (arange(0, D, 2) / D) and freqs = pos * inv_freq,
     // both in f32; out = x * cos + rotate_half(x) * sin.
     const int half = c.head_dim / 2;
-    auto rotate = [&](const std::vector<float>& x, int width) {
-      std::vector<double> out(x.size());
-      for (int t = 0; t < c.tokens; ++t)
-        for (int h = 0; h < width / c.head_dim; ++h)
-          for (int i = 0; i < half; ++i) {
-            const float exponent = float(2 * i) / float(c.head_dim);
-            const float inv_freq =
-                1.0f / static_cast<float>(std::pow(double(c.theta), double(exponent)));
-            const double angle = static_cast<float>(float(pos[t]) * inv_freq);
-            const size_t base = size_t(t) * width + size_t(h) * c.head_dim;
-            const double x1 = x[base + i], x2 = x[base + i + half];
-            out[base + i] = x1 * std::cos(angle) - x2 * std::sin(angle);
-            out[base + i + half] = x2 * std::cos(angle) + x1 * std::sin(angle);
-          }
-      return out;
-    };
+    std::vector<double> q_ref(size_t(c.tokens) * qw), k_ref(size_t(c.tokens) * kw),
+        v_ref(size_t(c.tokens) * kw);
+    std::vector<float> k_got(k_ref.size()), v_got(v_ref.size());
+    const cuda::PagedLayer layer = dynamic_cast<const cuda::CudaKvCache&>(*cache).layer(1);
+    std::vector<uint16_t> bits(kw);
+    for (int t = 0; t < c.tokens; ++t) {
+      const float* row = qkv.data() + size_t(t) * width;
+      auto rotate = [&](const float* x, double* out) {
+        for (int i = 0; i < half; ++i) {
+          const float exponent = float(2 * i) / float(c.head_dim);
+          const float inv_freq =
+              1.0f / static_cast<float>(std::pow(double(c.theta), double(exponent)));
+          const double angle = static_cast<float>(float(rotation[t]) * inv_freq);
+          out[i] = x[i] * std::cos(angle) - x[i + half] * std::sin(angle);
+          out[i + half] = x[i + half] * std::cos(angle) + x[i] * std::sin(angle);
+        }
+      };
+      for (int h = 0; h < c.q_heads; ++h)
+        rotate(row + h * c.head_dim, q_ref.data() + size_t(t) * qw + h * c.head_dim);
+      for (int h = 0; h < c.kv_heads; ++h)
+        rotate(row + qw + h * c.head_dim, k_ref.data() + size_t(t) * kw + h * c.head_dim);
+      for (int e = 0; e < kw; ++e) v_ref[size_t(t) * kw + e] = round_bf16(row[qw + kw + e]);
+      const size_t slot = size_t(tables[size_t(seq[t]) * max_blocks + pos[t] / cfg.block_size]) *
+                              cfg.block_size + pos[t] % cfg.block_size;
+      for (const auto& [src, dst] : {std::pair{layer.k, k_got.data()}, {layer.v, v_got.data()}}) {
+        ASSERT_EQ(cudaMemcpy(bits.data(), src + slot * kw, size_t(kw) * 2, cudaMemcpyDeviceToHost),
+                  cudaSuccess);
+        for (int e = 0; e < kw; ++e) dst[size_t(t) * kw + e] = bf16_to_f32(bits[e]);
+      }
+    }
     const std::string shape =
         cat("T=", c.tokens, " Hq=", c.q_heads, " Hkv=", c.kv_heads, " D=", c.head_dim);
-    expect_close("rope q " + shape, download(qt), rotate(q, qw), kRowReductionTol);
-    expect_close("rope k " + shape, download(kt), rotate(k, kw), kRowReductionTol);
+    expect_close("rope_kv_write q " + shape, download(q), q_ref, kRowReductionTol);
+    expect_close("rope_kv_write cached k (bf16) " + shape, k_got, k_ref, 1.0 / 256);
+    expect_close("rope_kv_write cached v (bf16) " + shape, v_got, v_ref, 0.0);
+    expect_close("rope_kv_write leaves qkv " + shape, download(input), as_double(qkv), 0.0);
   }
+  KvCacheConfig cfg;
+  cfg.layers = 1;
+  cfg.kv_heads = 1;
+  cfg.head_dim = 4;
+  cfg.num_blocks = 1;
+  auto cache = backend().create_kv_cache(cfg);
+  AttentionBatch batch;
+  batch.token_seq = upload_i32({0}, {1});
+  batch.token_pos = upload_i32({0}, {1});
+  batch.block_tables = upload_i32({0}, {1, 1});
+  Tensor q = poisoned({1, 8});
+  EXPECT_THROW(backend().rope_kv_write(poisoned({1, 12}), batch.token_pos, 1e4f, *cache, 0, batch, q),
+               Error);
+  EXPECT_THROW(backend().rope_kv_write(poisoned({1, 16}), batch.token_pos, 1e4f, *cache, 1, batch, q),
+               Error);
 }
 
 }  // namespace

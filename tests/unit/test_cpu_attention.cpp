@@ -1,5 +1,5 @@
 // CPU attention ops against double-precision references: the ViT's bidirectional attention,
-// RoPE, and causal attention over the paged KV cache (several sequences, random
+// RoPE with the KV-cache write, and causal attention over the paged KV cache (several sequences, random
 // non-contiguous block tables, prefill and decode tokens in one batch, GQA 1/4/8).
 #include <algorithm>
 #include <numeric>
@@ -68,61 +68,107 @@ TEST(CpuVitAttention, MatchesReference) {
   expect_error([&] { backend->vit_attention(in, 2, 4, 2, 16, y); }, "[cpu] vit_attention: qkv is [10, 96] but 2 x 4 tokens");
 }
 
-TEST(CpuRope, MatchesTransformersRotateHalf) {
+// Tokens of several sequences at random positions, their blocks shuffled: q comes back
+// rotated, the cache holds the rotated k and the exact v at each token's slot.
+TEST(CpuRopeKvWrite, MatchesTransformersRotateHalfAndFillsTheSlots) {
   Random rng(test_seed());
   struct Case {
-    int64_t T, q_heads, k_heads, D;
+    int64_t T, q_heads, kv_heads, D, block_size;
     float theta;
   };
-  for (const Case& c : {Case{1, 1, 1, 2, 10000.0f}, Case{5, 4, 2, 8, 10000.0f}, Case{33, 3, 1, 64, 1000000.0f},
-                        Case{17, 4, 2, 128, 10000.0f}}) {
-    std::vector<int32_t> positions(static_cast<size_t>(c.T));
-    for (auto& p : positions) p = static_cast<int32_t>(rng.integer(0, 8000));
-    positions[0] = 0;
-    const std::vector<float> q = rng.uniform(static_cast<size_t>(c.T * c.q_heads * c.D), -3, 3);
-    const std::vector<float> k = rng.uniform(static_cast<size_t>(c.T * c.k_heads * c.D), -3, 3);
+  for (const Case& c : {Case{1, 1, 1, 2, 1, 10000.0f}, Case{5, 4, 2, 8, 4, 10000.0f}, Case{33, 3, 1, 64, 16, 1000000.0f},
+                        Case{17, 4, 2, 128, 5, 10000.0f}}) {
+    const int64_t q_row = c.q_heads * c.D, kv_row = c.kv_heads * c.D, width = q_row + 2 * kv_row;
+    // Two sequences; token t sits at a distinct position of sequence t % 2.
+    const int64_t max_blocks = (8000 + c.block_size) / c.block_size;
+    std::vector<int32_t> seq(static_cast<size_t>(c.T)), pos(static_cast<size_t>(c.T)), rotation(static_cast<size_t>(c.T));
+    std::vector<int32_t> tables(static_cast<size_t>(2 * max_blocks));
+    std::iota(tables.begin(), tables.end(), 0);
+    std::shuffle(tables.begin(), tables.end(), rng.engine());
+    for (int64_t t = 0; t < c.T; ++t) {
+      seq[t] = static_cast<int32_t>(t % 2);
+      pos[t] = static_cast<int32_t>(rng.integer(0, 7999 / c.T) * c.T + t);  // distinct per sequence
+      rotation[t] = static_cast<int32_t>(rng.integer(0, 8000));  // RoPE's positions are the op's input
+    }
+    rotation[0] = 0;
+    const std::vector<float> qkv = rng.uniform(static_cast<size_t>(c.T * width), -3, 3);
     // transformers computes inv_freq = 1 / theta^(arange(0, D, 2) / D) and pos * inv_freq in
     // f32; an angle of thousands of radians keeps that rounding, so the reference does too.
     // The rotation itself is exact here (double cos/sin of that f32 angle).
-    const auto rotate = [&](const std::vector<float>& x, int64_t heads) {
-      std::vector<double> out(x.size());
+    const auto rotate = [&](int64_t t, const float* v, double* o) {
       const int64_t half = c.D / 2;
-      for (int64_t t = 0; t < c.T; ++t)
-        for (int64_t h = 0; h < heads; ++h)
-          for (int64_t i = 0; i < half; ++i) {
-            const float inv_freq = 1.0f / std::pow(c.theta, static_cast<float>(2 * i) / static_cast<float>(c.D));
-            const double angle = static_cast<float>(positions[t]) * inv_freq;
-            const float* v = x.data() + (t * heads + h) * c.D;
-            double* o = out.data() + (t * heads + h) * c.D;
-            o[i] = v[i] * std::cos(angle) - v[i + half] * std::sin(angle);
-            o[i + half] = v[i + half] * std::cos(angle) + v[i] * std::sin(angle);
-          }
-      return out;
+      for (int64_t i = 0; i < half; ++i) {
+        const float inv_freq = 1.0f / std::pow(c.theta, static_cast<float>(2 * i) / static_cast<float>(c.D));
+        const double angle = static_cast<float>(rotation[t]) * inv_freq;
+        o[i] = v[i] * std::cos(angle) - v[i + half] * std::sin(angle);
+        o[i + half] = v[i + half] * std::cos(angle) + v[i] * std::sin(angle);
+      }
     };
-    std::vector<double> ref = rotate(q, c.q_heads);
-    const std::vector<double> ref_k = rotate(k, c.k_heads);
-    ref.insert(ref.end(), ref_k.begin(), ref_k.end());
-    expect_matches(cat("rope T=", c.T, " D=", c.D), ref, 1e-6, [&](Backend& be) {
-      Tensor qt = be.from_host_f32(q.data(), {c.T, c.q_heads * c.D});
-      Tensor kt = be.from_host_f32(k.data(), {c.T, c.k_heads * c.D});
-      Tensor pt = be.from_host_i32(positions.data(), {c.T});
-      be.rope(qt, kt, pt, static_cast<int>(c.D), c.theta);
-      std::vector<float> out = host(be, qt);
-      const std::vector<float> kv = host(be, kt);
-      out.insert(out.end(), kv.begin(), kv.end());
-      return out;
-    });
+    // Expected: q [T, q_row], then per token its cache slot's k and v rows.
+    std::vector<double> ref(static_cast<size_t>(c.T * (q_row + 2 * kv_row)));
+    double* k_ref = ref.data() + c.T * q_row;
+    for (int64_t t = 0; t < c.T; ++t) {
+      const float* row = qkv.data() + t * width;
+      for (int64_t h = 0; h < c.q_heads; ++h) rotate(t, row + h * c.D, ref.data() + t * q_row + h * c.D);
+      for (int64_t h = 0; h < c.kv_heads; ++h) rotate(t, row + q_row + h * c.D, k_ref + t * 2 * kv_row + h * c.D);
+      for (int64_t i = 0; i < kv_row; ++i) k_ref[t * 2 * kv_row + kv_row + i] = row[q_row + kv_row + i];
+    }
+    expect_matches(cat("rope_kv_write T=", c.T, " Hq=", c.q_heads, " Hkv=", c.kv_heads, " D=", c.D), ref, 1e-6,
+                   [&](Backend& be) {
+                     KvCacheConfig cfg{2, static_cast<int>(c.kv_heads), static_cast<int>(c.D),
+                                       static_cast<int>(c.block_size), static_cast<int>(2 * max_blocks)};
+                     auto cache = be.create_kv_cache(cfg);
+                     AttentionBatch ab;
+                     ab.token_seq = be.from_host_i32(seq.data(), {c.T});
+                     ab.token_pos = be.from_host_i32(pos.data(), {c.T});
+                     ab.block_tables = be.from_host_i32(tables.data(), {2, max_blocks});
+                     ab.max_context = 8000;
+                     Tensor in = be.from_host_f32(qkv.data(), {c.T, width});
+                     Tensor q = poisoned(be, {c.T, q_row});
+                     be.rope_kv_write(in, be.from_host_i32(rotation.data(), {c.T}), c.theta, *cache, 1, ab, q);
+                     EXPECT_EQ(host(be, in), qkv) << "qkv must be left as it was";
+                     std::vector<float> out = host(be, q);
+                     const auto& cpu_cache = dynamic_cast<const cpu::CpuKvCache&>(*cache);
+                     for (int64_t t = 0; t < c.T; ++t) {
+                       const int64_t slot = tables[seq[t] * max_blocks + pos[t] / c.block_size] * c.block_size +
+                                            pos[t] % c.block_size;
+                       const float* k = cpu_cache.keys(1) + slot * kv_row;
+                       const float* v = cpu_cache.values(1) + slot * kv_row;
+                       out.insert(out.end(), k, k + kv_row);
+                       out.insert(out.end(), v, v + kv_row);
+                     }
+                     return out;
+                   });
   }
   auto backend = create_cpu_backend(1);
-  Tensor q = backend->empty({2, 12}, DType::F32), k = backend->empty({2, 6}, DType::F32);
-  const int32_t pos[2] = {0, 1};
-  Tensor p = backend->from_host_i32(pos, {2});
-  expect_error([&] { backend->rope(q, k, p, 5, 10000.0f); }, "[cpu] rope: head_dim 5 must be positive and even");
-  expect_error([&] { backend->rope(q, k, p, 4, 10000.0f); }, "[cpu] rope: q [2, 12], k [2, 6]");
+  KvCacheConfig cfg{1, 1, 4, 4, 2};
+  auto cache = backend->create_kv_cache(cfg);
+  const int32_t zeros[2] = {0, 0}, slots[2] = {0, 1}, negative[2] = {0, -1};
+  AttentionBatch ab;
+  ab.token_seq = backend->from_host_i32(zeros, {2});
+  ab.token_pos = backend->from_host_i32(slots, {2});
+  ab.block_tables = backend->from_host_i32(zeros, {1, 1});
+  ab.max_context = 2;
+  Tensor qkv = backend->empty({2, 16}, DType::F32), q = backend->empty({2, 8}, DType::F32);
+  Tensor p = backend->from_host_i32(slots, {2});
+  backend->rope_kv_write(qkv, p, 10000.0f, *cache, 0, ab, q);
+  Tensor narrow = backend->empty({2, 12}, DType::F32);
+  expect_error([&] { backend->rope_kv_write(narrow, p, 10000.0f, *cache, 0, ab, q); },
+               "[cpu] rope_kv_write: qkv [2, 12], q [2, 8] and positions [2] do not describe the same tokens");
+  expect_error([&] { backend->rope_kv_write(qkv, p, 0.0f, *cache, 0, ab, q); }, "theta 0 must be positive");
+  expect_error([&] { backend->rope_kv_write(qkv, backend->from_host_i32(negative, {2}), 10000.0f, *cache, 0, ab, q); },
+               "[cpu] rope_kv_write: position -1 of token 1 is negative");
+  expect_error([&] { backend->rope_kv_write(qkv, p, 10000.0f, *cache, 1, ab, q); },
+               "[cpu] rope_kv_write: layer 1 is outside the cache's 1 layers");
+  KvCacheConfig odd{1, 1, 5, 4, 2};
+  auto odd_cache = backend->create_kv_cache(odd);
+  Tensor odd_qkv = backend->empty({2, 20}, DType::F32), odd_q = backend->empty({2, 10}, DType::F32);
+  expect_error([&] { backend->rope_kv_write(odd_qkv, p, 10000.0f, *odd_cache, 0, ab, odd_q); }, "head_dim 5 must be even");
 }
 
-// A paged cache filled through kv_write in two steps (history, then the batch's own tokens)
-// and read by paged_attention for a batch that mixes a prefill chunk and decode tokens.
+// A paged cache filled through rope_kv_write in two steps (history, then the batch's own
+// tokens; RoPE at position 0 is the identity, so the cache holds k as given) and read by
+// paged_attention for a batch that mixes a prefill chunk and decode tokens.
 struct PagedCase {
   int kv_heads, group, head_dim, block_size;
 };
@@ -180,23 +226,25 @@ void run_paged_case(Random& rng, const PagedCase& pc) {
     if (toks.empty()) return;
     const int64_t n = static_cast<int64_t>(toks.size());
     std::vector<int32_t> seq, pos;
-    std::vector<float> k, v;
+    std::vector<float> qkv;  // q | k | v rows; q is not read back
     for (const Tok& tok : toks) {
       seq.push_back(tok.seq);
       pos.push_back(tok.pos);
       const float* kr = keys[tok.seq].data() + tok.pos * row;
       const float* vr = values[tok.seq].data() + tok.pos * row;
-      for (int64_t i = 0; i < row; ++i) {
-        k.push_back(junk ? 1e3f : kr[i]);
-        v.push_back(junk ? -1e3f : vr[i]);
-      }
+      qkv.insert(qkv.end(), static_cast<size_t>(Hq * D), 0.0f);
+      for (int64_t i = 0; i < row; ++i) qkv.push_back(junk ? 1e3f : kr[i]);
+      for (int64_t i = 0; i < row; ++i) qkv.push_back(junk ? -1e3f : vr[i]);
     }
     AttentionBatch ab;
     ab.token_seq = be.from_host_i32(seq.data(), {n});
     ab.token_pos = be.from_host_i32(pos.data(), {n});
     ab.block_tables = be.from_host_i32(tables.data(), {3, max_blocks});
     ab.max_context = static_cast<int>(*std::max_element(len, len + 3));
-    be.kv_write(cache, layer, be.from_host_f32(k.data(), {n, row}), be.from_host_f32(v.data(), {n, row}), ab);
+    const std::vector<int32_t> unrotated(static_cast<size_t>(n), 0);
+    Tensor q = be.empty({n, Hq * D}, DType::F32);
+    be.rope_kv_write(be.from_host_f32(qkv.data(), {n, Hq * D + 2 * row}), be.from_host_i32(unrotated.data(), {n}),
+                     10000.0f, cache, layer, ab, q);
   };
 
   expect_matches(cat("paged_attention Hkv=", Hkv, " group=", pc.group, " D=", D, " block=", bs, " lens=", len[0], ",",
@@ -255,29 +303,31 @@ TEST(CpuPagedAttention, RejectsBadBatches) {
   ab.token_pos = backend->from_host_i32(pos, {2});
   ab.block_tables = backend->from_host_i32(tables, {2, 2});
   ab.max_context = 6;
-  Tensor k = backend->empty({2, 16}, DType::F32), v = backend->empty({2, 16}, DType::F32);
-  backend->kv_write(*cache, 1, k, v, ab);
+  std::vector<float> zeros(2 * 64, 0.0f);
+  const Tensor qkv = backend->from_host_f32(zeros.data(), {2, 64});
+  const Tensor rotation = backend->from_host_i32(pos, {2});
   Tensor q = backend->empty({2, 32}, DType::F32), y = backend->empty({2, 32}, DType::F32);
+  const auto write = [&] { backend->rope_kv_write(qkv, rotation, 10000.0f, *cache, 0, ab, q); };
+  write();
   backend->paged_attention(q, *cache, 1, ab, 4, y);
-  expect_error([&] { backend->kv_write(*cache, 2, k, v, ab); }, "[cpu] kv_write: layer 2 is outside the cache's 2 layers");
+  expect_error([&] { backend->paged_attention(q, *cache, 2, ab, 4, y); },
+               "[cpu] paged_attention: layer 2 is outside the cache's 2 layers");
   expect_error([&] { backend->paged_attention(q, *cache, 0, ab, 3, y); }, "3 query heads are not a multiple");
-  Tensor wrong = backend->empty({2, 12}, DType::F32);
-  expect_error([&] { backend->kv_write(*cache, 0, wrong, v, ab); }, "must both be [tokens, 16]");
   ab.max_context = 5;
   expect_error([&] { backend->paged_attention(q, *cache, 0, ab, 4, y); }, "token 0 at position 5 is past batch.max_context 5");
   ab.max_context = 6;
   const int32_t far[2] = {0, 6};
   ab.token_pos = backend->from_host_i32(far, {2});
   ab.max_context = 7;
-  expect_error([&] { backend->kv_write(*cache, 0, k, v, ab); }, "sequence 1 maps block 1 to physical block 9 of a cache with 4");
+  expect_error(write, "[cpu] rope_kv_write: sequence 1 maps block 1 to physical block 9 of a cache with 4");
   const int32_t beyond[2] = {8, 0};
   ab.token_pos = backend->from_host_i32(beyond, {2});
   ab.max_context = 9;
-  expect_error([&] { backend->kv_write(*cache, 0, k, v, ab); }, "token 0 at position 8 needs block 2 but block_tables has 2 columns");
+  expect_error(write, "token 0 at position 8 needs block 2 but block_tables has 2 columns");
   ab.token_pos = backend->from_host_i32(pos, {2});
   const int32_t bad_seq[2] = {0, 2};
   ab.token_seq = backend->from_host_i32(bad_seq, {2});
-  expect_error([&] { backend->kv_write(*cache, 0, k, v, ab); }, "belongs to sequence 2 but block_tables has 2 rows");
+  expect_error(write, "belongs to sequence 2 but block_tables has 2 rows");
   KvCacheConfig empty_cfg;
   expect_error([&] { backend->create_kv_cache(empty_cfg); }, "[cpu] KV cache: layers (0)");
 }

@@ -74,6 +74,50 @@ TEST(CpuNorms, RmsNormMatchesReferenceAndWorksInPlace) {
   }
 }
 
+// x += y, out = rms_norm(x): the reference adds and normalizes in double.
+TEST(CpuNorms, AddRmsNormMatchesReference) {
+  Random rng(test_seed());
+  for (const Matrix& s : kShapes) {
+    const size_t n = static_cast<size_t>(s.rows * s.cols);
+    const std::vector<float> x = rng.uniform(n, -4.0f, 4.0f), y = rng.uniform(n, -4.0f, 4.0f);
+    const std::vector<float> w = rng.uniform(static_cast<size_t>(s.cols));
+    const float eps = 1e-5f;
+    std::vector<double> ref(2 * n);  // the new x, then out
+    for (int64_t r = 0; r < s.rows; ++r) {
+      double ms = 0;
+      for (int64_t c = 0; c < s.cols; ++c) {
+        const size_t i = static_cast<size_t>(r * s.cols + c);
+        ref[i] = static_cast<double>(x[i]) + y[i];
+        ms += ref[i] * ref[i];
+      }
+      ms /= static_cast<double>(s.cols);
+      for (int64_t c = 0; c < s.cols; ++c) {
+        const size_t i = static_cast<size_t>(r * s.cols + c);
+        ref[n + i] = ref[i] / std::sqrt(ms + static_cast<double>(eps)) * w[c];
+      }
+    }
+    expect_matches(cat("add_rms_norm ", s.rows, "x", s.cols), ref, kNormTolerance, [&](Backend& be) {
+      Tensor xt = be.from_host_f32(x.data(), {s.rows, s.cols});
+      Tensor yt = be.from_host_f32(y.data(), {s.rows, s.cols});
+      Tensor wt = be.from_host_f32(w.data(), {s.cols});
+      Tensor out = poisoned(be, {s.rows, s.cols});
+      be.add_rms_norm(xt, yt, wt, eps, out);
+      std::vector<float> got = host(be, xt);
+      const std::vector<float> normed = host(be, out);
+      got.insert(got.end(), normed.begin(), normed.end());
+      return got;
+    });
+  }
+  auto backend = create_cpu_backend(1);
+  Tensor x = backend->empty({2, 8}, DType::F32), y = backend->empty({2, 8}, DType::F32);
+  Tensor w = backend->empty({8}, DType::F32), narrow = backend->empty({2, 7}, DType::F32);
+  expect_error([&] { backend->add_rms_norm(x, narrow, w, 1e-5f, y); }, "[cpu] add_rms_norm: x is [2, 8] but y is [2, 7]");
+  expect_error([&] { backend->add_rms_norm(x, y, w, 1e-5f, narrow); }, "[cpu] add_rms_norm: x is [2, 8] but out is [2, 7]");
+  expect_error([&] { backend->add_rms_norm(x, y, narrow, 1e-5f, y); }, "[cpu] add_rms_norm: weight is [2, 7]");
+  expect_error([&] { backend->add_rms_norm(x, y, w, 1e-5f, x); }, "[cpu] add_rms_norm: out must not overlap x or y");
+  expect_error([&] { backend->add_rms_norm(x, y, w, 1e-5f, y); }, "[cpu] add_rms_norm: out must not overlap x or y");
+}
+
 TEST(CpuNorms, RejectMismatchedWeights) {
   auto backend = create_cpu_backend(1);
   Tensor x = backend->empty({2, 8}, DType::F32), y = backend->empty({2, 8}, DType::F32);
@@ -106,11 +150,13 @@ TEST(CpuActivations, GeluErfAndSiluAreAccuratePerElement) {
   std::vector<float> x(static_cast<size_t>(n));
   for (int64_t i = 0; i < n; ++i) x[static_cast<size_t>(i)] = -12.0f + 24.0f * static_cast<float>(i) / static_cast<float>(n - 1);
   x.insert(x.end(), {0.0f, -0.0f, 1e-30f, -1e-30f, 1e10f, -1e10f, 88.0f, -88.0f, -13.5f});
-  const std::vector<float> ones(x.size(), 1.0f);
+  const int64_t count = static_cast<int64_t>(x.size());
+  std::vector<float> gate_up = x;  // one row: gate = x, up = 1, so swiglu gives silu(x)
+  gate_up.insert(gate_up.end(), x.size(), 1.0f);
   for (BackendCase& c : backend_cases()) {
-    Tensor t = c.backend->from_host_f32(x.data(), {static_cast<int64_t>(x.size())});
-    Tensor s = poisoned(*c.backend, {static_cast<int64_t>(x.size())});
-    c.backend->swiglu(t, c.backend->from_host_f32(ones.data(), {static_cast<int64_t>(x.size())}), s);
+    Tensor t = c.backend->from_host_f32(x.data(), {count});
+    Tensor s = poisoned(*c.backend, {1, count});
+    c.backend->swiglu(c.backend->from_host_f32(gate_up.data(), {1, 2 * count}), s);
     c.backend->gelu_erf(t);
     const std::vector<float> gelu = host(*c.backend, t), silu = host(*c.backend, s);
     double worst_gelu = 0, worst_silu = 0;
@@ -130,24 +176,35 @@ TEST(CpuActivations, GeluErfAndSiluAreAccuratePerElement) {
   }
 }
 
+// gate_up rows are gate | up; the reference reads both halves of each row.
 TEST(CpuActivations, SwigluMatchesReference) {
   Random rng(test_seed());
   for (const Matrix& s : kShapes) {
     const size_t n = static_cast<size_t>(s.rows * s.cols);
-    const std::vector<float> g = rng.uniform(n, -8.0f, 8.0f), u = rng.uniform(n, -2.0f, 2.0f);
+    std::vector<float> gate_up;
     std::vector<double> ref(n);
-    for (size_t i = 0; i < n; ++i) ref[i] = g[i] / (1.0 + std::exp(-static_cast<double>(g[i]))) * u[i];
+    for (int64_t r = 0; r < s.rows; ++r) {
+      const std::vector<float> g = rng.uniform(static_cast<size_t>(s.cols), -8.0f, 8.0f);
+      const std::vector<float> u = rng.uniform(static_cast<size_t>(s.cols), -2.0f, 2.0f);
+      gate_up.insert(gate_up.end(), g.begin(), g.end());
+      gate_up.insert(gate_up.end(), u.begin(), u.end());
+      for (int64_t c = 0; c < s.cols; ++c)
+        ref[static_cast<size_t>(r * s.cols + c)] = g[c] / (1.0 + std::exp(-static_cast<double>(g[c]))) * u[c];
+    }
     expect_matches(cat("swiglu ", s.rows, "x", s.cols), ref, kElementwiseTolerance, [&](Backend& be) {
-      Tensor gt = be.from_host_f32(g.data(), {s.rows, s.cols});
-      Tensor ut = be.from_host_f32(u.data(), {s.rows, s.cols});
+      Tensor gu = be.from_host_f32(gate_up.data(), {s.rows, 2 * s.cols});
       Tensor y = poisoned(be, {s.rows, s.cols});
-      be.swiglu(gt, ut, y);
+      be.swiglu(gu, y);
       return host(be, y);
     });
   }
   auto backend = create_cpu_backend(1);
-  Tensor a = backend->empty({2, 8}, DType::F32), b = backend->empty({2, 9}, DType::F32);
-  expect_error([&] { backend->swiglu(a, b, a); }, "[cpu] swiglu: gate is [2, 8] but up is [2, 9]");
+  Tensor gu = backend->empty({2, 16}, DType::F32), y = backend->empty({2, 9}, DType::F32);
+  expect_error([&] { backend->swiglu(gu, y); },
+               "[cpu] swiglu: gate_up is [2, 16] but y is [2, 9] (gate_up needs [rows, 2 * y columns])");
+  Tensor inside = gu;
+  inside.shape = {2, 8};
+  expect_error([&] { backend->swiglu(gu, inside); }, "[cpu] swiglu: y must not overlap gate_up");
 }
 
 TEST(CpuResidual, AddAddScaledAndCyclicRows) {

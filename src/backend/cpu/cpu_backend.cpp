@@ -157,6 +157,36 @@ Linear CpuBackend::prepare_linear(const LinearWeight& w) {
   return l;
 }
 
+// Each part is prepared as by prepare_linear (a view into the mapping: no copy, so fusing
+// costs no memory) and linear() runs one matmul per part into its column range of y.
+Linear CpuBackend::prepare_fused_linear(const std::vector<const LinearWeight*>& parts) {
+  MOXIN_CHECK(!parts.empty(), "[cpu] prepare_fused_linear: no parts");
+  const auto format = [](const LinearWeight& w) {
+    return w.bits == 0 ? std::string("float") : cat(w.bits, "-bit g", w.group_size);
+  };
+  auto impl = std::make_shared<CpuLinear>();
+  Linear fused;
+  for (const LinearWeight* part : parts) {
+    MOXIN_CHECK(part != nullptr && part->weight != nullptr, "[cpu] prepare_fused_linear: a part has no weight");
+    Linear l = prepare_linear(*part);
+    const LinearWeight& first = *parts.front();
+    MOXIN_CHECK(part->bits == first.bits && part->group_size == first.group_size &&
+                    (impl->parts.empty() || l.in_features == fused.in_features),
+                "[cpu] prepare_fused_linear: '", part->weight->name, "' (", format(*part), ", ", l.in_features,
+                " inputs) cannot join '", first.weight->name, "' (", format(first), ", ", fused.in_features,
+                " inputs): fused parts share in_features and format");
+    fused.in_features = l.in_features;
+    fused.out_features += l.out_features;
+    auto part_impl = std::static_pointer_cast<const CpuLinear>(l.impl);
+    impl->name += (impl->parts.empty() ? "" : " + ") + part_impl->name;
+    impl->parts.push_back(std::move(part_impl));
+  }
+  impl->weight = WeightView{impl->parts.front()->weight.dtype, nullptr, fused.out_features, fused.in_features,
+                            fused.in_features};
+  fused.impl = std::move(impl);
+  return fused;
+}
+
 Tensor CpuBackend::param(const TensorInfo& t) {
   check_tensor_info(t, "parameter");
   Tensor p = empty(t.shape, DType::F32);

@@ -20,6 +20,9 @@ struct CpuLinear {
   WeightView weight;    // into the mapped checkpoint: never copied
   std::vector<float> bias;  // empty when the layer has none
   QuantView quant;          // quant.bits != 0: weight holds packed codes (cpu_quant_kernels.hpp)
+  // A fused Linear (prepare_fused_linear): each part writes its own column range of y, in
+  // order; `weight` then only records the whole shape (no data).
+  std::vector<std::shared_ptr<const CpuLinear>> parts;
 };
 
 // K and V of every layer in one zero-initialized allocation (pages are committed on first
@@ -54,6 +57,7 @@ class CpuBackend final : public Backend {
   double measure_bandwidth_gbps() override;  // cpu_bandwidth.cpp
 
   Linear prepare_linear(const LinearWeight& w) override;
+  Linear prepare_fused_linear(const std::vector<const LinearWeight*>& parts) override;
   Linear prepare_quantized_linear(const LinearWeight& w);  // cpu_quant_linear.cpp
   Tensor param(const TensorInfo& t) override;
   std::unique_ptr<KvCache> create_kv_cache(const KvCacheConfig& c) override;
@@ -62,8 +66,9 @@ class CpuBackend final : public Backend {
   void patch_embed(const Tensor& images, const Linear& w, int patch, Tensor& y) override;
   void layer_norm(const Tensor& x, const Tensor& w, const Tensor& b, float eps, Tensor& y) override;
   void rms_norm(const Tensor& x, const Tensor& w, float eps, Tensor& y) override;
+  void add_rms_norm(Tensor& x, const Tensor& y, const Tensor& w, float eps, Tensor& out) override;
   void gelu_erf(Tensor& x) override;
-  void swiglu(const Tensor& gate, const Tensor& up, Tensor& y) override;
+  void swiglu(const Tensor& gate_up, Tensor& y) override;
   void add(Tensor& x, const Tensor& y) override;
   void add_scaled(Tensor& x, const Tensor& y, const Tensor& scale) override;
   void add_rows_cyclic(Tensor& x, const Tensor& table) override;
@@ -74,9 +79,8 @@ class CpuBackend final : public Backend {
 
   void vit_attention(const Tensor& qkv, int batch, int tokens, int heads, int head_dim,
                      Tensor& y) override;
-  void rope(Tensor& q, Tensor& k, const Tensor& positions, int head_dim, float theta) override;
-  void kv_write(KvCache& cache, int layer, const Tensor& k, const Tensor& v,
-                const AttentionBatch& batch) override;
+  void rope_kv_write(const Tensor& qkv, const Tensor& positions, float theta, KvCache& cache, int layer,
+                     const AttentionBatch& batch, Tensor& q) override;
   void paged_attention(const Tensor& q, KvCache& cache, int layer, const AttentionBatch& batch,
                        int q_heads, Tensor& y) override;
 

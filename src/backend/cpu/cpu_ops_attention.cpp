@@ -1,5 +1,6 @@
-// Attention ops: the ViT's bidirectional attention, RoPE, and the decoder's causal attention
-// over the paged KV cache. Softmax is two-pass in f32 (max first, so exp never overflows).
+// Attention ops: the ViT's bidirectional attention, RoPE with the KV-cache write, and the
+// decoder's causal attention over the paged KV cache. Softmax is two-pass in f32 (max first,
+// so exp never overflows).
 #include <algorithm>
 #include <cmath>
 #include <cstring>
@@ -108,28 +109,37 @@ void CpuBackend::vit_attention(const Tensor& qkv, int batch, int tokens, int hea
   });
 }
 
-void CpuBackend::rope(Tensor& q, Tensor& k, const Tensor& positions, int head_dim, float theta) {
-  check_f32(q, "rope", "q");
-  check_f32(k, "rope", "k");
-  check_dtype(positions, DType::I32, "rope", "positions");
-  const int64_t T = q.rows(), D = head_dim, half = D / 2;
-  MOXIN_CHECK(D > 0 && D % 2 == 0, "[cpu] rope: head_dim ", head_dim, " must be positive and even");
-  MOXIN_CHECK(theta > 0, "[cpu] rope: theta ", theta, " must be positive");
-  MOXIN_CHECK(q.cols() % D == 0 && k.cols() % D == 0 && k.rows() == T && positions.numel() == T,
-              "[cpu] rope: q ", q.shape_str(), ", k ", k.shape_str(), " and positions ",
-              positions.shape_str(), " do not describe the same tokens of heads of ", D);
+void CpuBackend::rope_kv_write(const Tensor& qkv, const Tensor& positions, float theta, KvCache& cache, int layer,
+                               const AttentionBatch& batch, Tensor& q) {
+  CpuKvCache& c = cpu_cache(cache, layer, "rope_kv_write");
+  const KvCacheConfig& cfg = c.config();
+  check_f32(qkv, "rope_kv_write", "qkv");
+  check_f32(q, "rope_kv_write", "q");
+  check_dtype(positions, DType::I32, "rope_kv_write", "positions");
+  const int64_t T = qkv.rows(), D = cfg.head_dim, half = D / 2, kv_row = static_cast<int64_t>(cfg.kv_heads) * D;
+  MOXIN_CHECK(D % 2 == 0, "[cpu] rope_kv_write: head_dim ", D, " must be even");
+  MOXIN_CHECK(theta > 0, "[cpu] rope_kv_write: theta ", theta, " must be positive");
+  MOXIN_CHECK(q.rows() == T && q.cols() % D == 0 && qkv.cols() == q.cols() + 2 * kv_row && positions.numel() == T,
+              "[cpu] rope_kv_write: qkv ", qkv.shape_str(), ", q ", q.shape_str(), " and positions ",
+              positions.shape_str(), " do not describe the same tokens of q heads plus ", cfg.kv_heads,
+              " k and v heads of ", D);
+  MOXIN_CHECK(!overlaps(qkv, q), "[cpu] rope_kv_write: q must not overlap qkv");
   const int32_t* pos = positions.ptr<int32_t>();
   for (int64_t t = 0; t < T; ++t)
-    MOXIN_CHECK(pos[t] >= 0, "[cpu] rope: position ", pos[t], " of token ", t, " is negative");
+    MOXIN_CHECK(pos[t] >= 0, "[cpu] rope_kv_write: position ", pos[t], " of token ", t, " is negative");
+  const BatchView bv = check_batch(batch, T, cfg, "rope_kv_write", false);
   // As transformers computes them, all in f32: inv_freq = 1 / theta^(2i / D), angle = pos * inv_freq.
   std::vector<float> inv_freq(static_cast<size_t>(half));
   for (int64_t i = 0; i < half; ++i) {
     const float exponent = static_cast<float>(2 * i) / static_cast<float>(D);
     inv_freq[i] = 1.0f / static_cast<float>(std::pow(static_cast<double>(theta), static_cast<double>(exponent)));
   }
+  const float* in = qkv.ptr<float>();
   float* qs = q.ptr<float>();
-  float* ks = k.ptr<float>();
-  const int64_t q_heads = q.cols() / D, k_heads = k.cols() / D;
+  float* keys = c.keys(layer);
+  float* values = c.values(layer);
+  const int64_t q_heads = q.cols() / D, in_row = qkv.cols();
+  // Tokens of one batch own distinct cache slots, so threads split tokens.
   pool_.parallel_for(T, [&](int64_t t0, int64_t t1) {
     float* cs = scratch<float>(static_cast<size_t>(D));
     float* sn = cs + half;
@@ -141,39 +151,22 @@ void CpuBackend::rope(Tensor& q, Tensor& k, const Tensor& positions, int head_di
         sn[i] = std::sin(angle);
       }
       // x * cos + rotate_half(x) * sin, each product rounded before the sum.
-      const auto rotate = [&](float* x) {
+      const auto rotate = [&](const float* x, float* out) {
         for (int64_t i = 0; i < half; ++i) {
           const float x1 = x[i], x2 = x[i + half];
-          x[i] = x1 * cs[i] - x2 * sn[i];
-          x[i + half] = x2 * cs[i] + x1 * sn[i];
+          out[i] = x1 * cs[i] - x2 * sn[i];
+          out[i + half] = x2 * cs[i] + x1 * sn[i];
         }
       };
-      for (int64_t h = 0; h < q_heads; ++h) rotate(qs + (t * q_heads + h) * D);
-      for (int64_t h = 0; h < k_heads; ++h) rotate(ks + (t * k_heads + h) * D);
+      const float* row = in + t * in_row;
+      for (int64_t h = 0; h < q_heads; ++h) rotate(row + h * D, qs + (t * q_heads + h) * D);
+      const int64_t slot = static_cast<int64_t>(bv.block(t, bv.pos[t] / cfg.block_size)) * cfg.block_size +
+                           bv.pos[t] % cfg.block_size;
+      const float* k = row + q_heads * D;
+      for (int64_t h = 0; h < cfg.kv_heads; ++h) rotate(k + h * D, keys + slot * kv_row + h * D);
+      std::memcpy(values + slot * kv_row, k + kv_row, static_cast<size_t>(kv_row) * sizeof(float));
     }
   }, 4);
-}
-
-void CpuBackend::kv_write(KvCache& cache, int layer, const Tensor& k, const Tensor& v,
-                          const AttentionBatch& batch) {
-  CpuKvCache& c = cpu_cache(cache, layer, "kv_write");
-  const KvCacheConfig& cfg = c.config();
-  check_f32(k, "kv_write", "k");
-  check_f32(v, "kv_write", "v");
-  const int64_t T = k.rows(), row = static_cast<int64_t>(cfg.kv_heads) * cfg.head_dim;
-  MOXIN_CHECK(k.cols() == row && v.cols() == row && v.rows() == T, "[cpu] kv_write: k ", k.shape_str(),
-              " and v ", v.shape_str(), " must both be [tokens, ", row, "] (", cfg.kv_heads, " kv heads x ",
-              cfg.head_dim, ")");
-  const BatchView bv = check_batch(batch, T, cfg, "kv_write", false);
-  float* keys = c.keys(layer);
-  float* values = c.values(layer);
-  for (int64_t t = 0; t < T; ++t) {
-    const int64_t pos = bv.pos[t];
-    const int64_t slot = static_cast<int64_t>(bv.block(t, pos / cfg.block_size)) * cfg.block_size +
-                         pos % cfg.block_size;
-    std::memcpy(keys + slot * row, k.ptr<float>() + t * row, static_cast<size_t>(row) * sizeof(float));
-    std::memcpy(values + slot * row, v.ptr<float>() + t * row, static_cast<size_t>(row) * sizeof(float));
-  }
 }
 
 void CpuBackend::paged_attention(const Tensor& q, KvCache& cache, int layer, const AttentionBatch& batch,

@@ -24,6 +24,14 @@ void parallel_elements(ThreadPool& pool, int64_t n, const ThreadPool::RangeFn& f
 
 size_t row_bytes(const Tensor& t) { return static_cast<size_t>(t.cols()) * dtype_size(t.dtype); }
 
+// MistralRMSNorm of one row: w * (x * rsqrt(mean(x^2) + eps)), the products rounded to f32.
+void rms_norm_row(const float* x, const float* w, float eps, int64_t cols, float* y) {
+  double sq = 0;
+  for (int64_t c = 0; c < cols; ++c) sq += static_cast<double>(x[c]) * x[c];
+  const float scale = static_cast<float>(1.0 / std::sqrt(sq / static_cast<double>(cols) + eps));
+  for (int64_t c = 0; c < cols; ++c) y[c] = w[c] * (x[c] * scale);
+}
+
 }  // namespace
 
 void CpuBackend::layer_norm(const Tensor& x, const Tensor& w, const Tensor& b, float eps, Tensor& y) {
@@ -61,15 +69,29 @@ void CpuBackend::rms_norm(const Tensor& x, const Tensor& w, float eps, Tensor& y
   MOXIN_CHECK(C > 0, "[cpu] rms_norm: x ", x.shape_str(), " has no columns");
   const float *xs = x.ptr<float>(), *ws = w.ptr<float>();
   float* ys = y.ptr<float>();
-  // MistralRMSNorm: w * (x * rsqrt(mean(x^2) + eps)), the products rounded to f32.
+  parallel_rows(pool_, x.rows(), C, [&](int64_t r0, int64_t r1) {
+    for (int64_t r = r0; r < r1; ++r) rms_norm_row(xs + r * C, ws, eps, C, ys + r * C);
+  });
+}
+
+void CpuBackend::add_rms_norm(Tensor& x, const Tensor& y, const Tensor& w, float eps, Tensor& out) {
+  check_f32(x, "add_rms_norm", "x");
+  check_f32(y, "add_rms_norm", "y");
+  check_f32(out, "add_rms_norm", "out");
+  check_same_matrix(x, y, "add_rms_norm", "x", "y");
+  check_same_matrix(x, out, "add_rms_norm", "x", "out");
+  const int64_t C = x.cols();
+  check_vector(w, C, "add_rms_norm", "weight");
+  MOXIN_CHECK(C > 0, "[cpu] add_rms_norm: x ", x.shape_str(), " has no columns");
+  MOXIN_CHECK(!overlaps(out, x) && !overlaps(out, y), "[cpu] add_rms_norm: out must not overlap x or y");
+  float* xs = x.ptr<float>();
+  const float *ys = y.ptr<float>(), *ws = w.ptr<float>();
+  float* os = out.ptr<float>();
   parallel_rows(pool_, x.rows(), C, [&](int64_t r0, int64_t r1) {
     for (int64_t r = r0; r < r1; ++r) {
-      const float* xr = xs + r * C;
-      double sq = 0;
-      for (int64_t c = 0; c < C; ++c) sq += static_cast<double>(xr[c]) * xr[c];
-      const float scale = static_cast<float>(1.0 / std::sqrt(sq / static_cast<double>(C) + eps));
-      float* yr = ys + r * C;
-      for (int64_t c = 0; c < C; ++c) yr[c] = ws[c] * (xr[c] * scale);
+      float* xr = xs + r * C;
+      for (int64_t c = 0; c < C; ++c) xr[c] += ys[r * C + c];
+      rms_norm_row(xr, ws, eps, C, os + r * C);
     }
   });
 }
@@ -80,15 +102,18 @@ void CpuBackend::gelu_erf(Tensor& x) {
   parallel_elements(pool_, x.numel(), [&](int64_t i0, int64_t i1) { kernels_.gelu_erf(xs + i0, i1 - i0); });
 }
 
-void CpuBackend::swiglu(const Tensor& gate, const Tensor& up, Tensor& y) {
-  check_f32(gate, "swiglu", "gate");
-  check_f32(up, "swiglu", "up");
+void CpuBackend::swiglu(const Tensor& gate_up, Tensor& y) {
+  check_f32(gate_up, "swiglu", "gate_up");
   check_f32(y, "swiglu", "y");
-  check_same_matrix(gate, up, "swiglu", "gate", "up");
-  check_same_matrix(gate, y, "swiglu", "gate", "y");
-  const float *g = gate.ptr<float>(), *u = up.ptr<float>();
+  const int64_t I = y.cols();
+  MOXIN_CHECK(gate_up.rows() == y.rows() && gate_up.cols() == 2 * I, "[cpu] swiglu: gate_up is ",
+              gate_up.shape_str(), " but y is ", y.shape_str(), " (gate_up needs [rows, 2 * y columns])");
+  MOXIN_CHECK(!overlaps(gate_up, y), "[cpu] swiglu: y must not overlap gate_up");
+  const float* gu = gate_up.ptr<float>();
   float* ys = y.ptr<float>();
-  parallel_elements(pool_, y.numel(), [&](int64_t i0, int64_t i1) { kernels_.silu_mul(g + i0, u + i0, ys + i0, i1 - i0); });
+  parallel_rows(pool_, y.rows(), I, [&](int64_t r0, int64_t r1) {
+    for (int64_t r = r0; r < r1; ++r) kernels_.silu_mul(gu + r * 2 * I, gu + r * 2 * I + I, ys + r * I, I);
+  });
 }
 
 void CpuBackend::add(Tensor& x, const Tensor& y) {

@@ -1,5 +1,6 @@
-// Ops that read a prepared weight matrix: linear, patch_embed (im2col + the same GEMM) and
-// embedding (rows of the table converted to f32).
+// Ops that read a prepared weight matrix: linear (a fused Linear runs one matmul per part, each
+// into its column range of y), patch_embed (im2col + the same GEMM) and embedding (rows of the
+// table converted to f32).
 #include <cstring>
 #include <vector>
 
@@ -10,6 +11,25 @@
 #include "core/bf16.hpp"
 
 namespace moxin::cpu {
+namespace {
+
+// One weight matrix: y[m * ldy + n] for its rows n.
+void multiply(const Kernels& kernels, ThreadPool& pool, const Tensor& x, const CpuLinear& l, float* y,
+              int64_t ldy) {
+  const float* bias = l.bias.empty() ? nullptr : l.bias.data();
+  if (l.quant.bits != 0)
+    quant_matmul(kernels, &pool, x.rows(), x.ptr<float>(), x.cols(), l.quant, bias, y, ldy);
+  else
+    matmul(kernels, &pool, x.rows(), x.ptr<float>(), x.cols(), l.weight, bias, y, ldy);
+}
+
+// Ops other than linear read the one matrix of an unfused Linear.
+void require_unfused(const CpuLinear& l, const char* op) {
+  MOXIN_CHECK(l.parts.empty(), "[cpu] ", op, ": '", l.name, "' is a fused Linear; ", op,
+              " needs one prepared with prepare_linear");
+}
+
+}  // namespace
 
 void CpuBackend::linear(const Tensor& x, const Linear& w, Tensor& y) {
   const CpuLinear& l = cpu_linear(w, "linear");
@@ -21,15 +41,20 @@ void CpuBackend::linear(const Tensor& x, const Linear& w, Tensor& y) {
               " but x ", x.shape_str(), " times the weight '", l.name, "' gives [", x.rows(), ", ",
               l.weight.rows, "]");
   MOXIN_CHECK(!overlaps(x, y), "[cpu] linear: y must not overlap x");
-  const float* bias = l.bias.empty() ? nullptr : l.bias.data();
-  if (l.quant.bits != 0)
-    quant_matmul(kernels_, &pool_, x.rows(), x.ptr<float>(), x.cols(), l.quant, bias, y.ptr<float>(), y.cols());
-  else
-    matmul(kernels_, &pool_, x.rows(), x.ptr<float>(), x.cols(), l.weight, bias, y.ptr<float>(), y.cols());
+  if (l.parts.empty()) {
+    multiply(kernels_, pool_, x, l, y.ptr<float>(), y.cols());
+    return;
+  }
+  int64_t column = 0;
+  for (const auto& part : l.parts) {
+    multiply(kernels_, pool_, x, *part, y.ptr<float>() + column, y.cols());
+    column += part->weight.rows;
+  }
 }
 
 void CpuBackend::patch_embed(const Tensor& images, const Linear& w, int patch, Tensor& y) {
   const CpuLinear& l = cpu_linear(w, "patch_embed");
+  require_unfused(l, "patch_embed");
   check_f32(images, "patch_embed", "images");
   check_f32(y, "patch_embed", "y");
   MOXIN_CHECK(images.shape.size() == 4 && images.shape[3] == 3, "[cpu] patch_embed: images are ",
@@ -65,6 +90,7 @@ void CpuBackend::patch_embed(const Tensor& images, const Linear& w, int patch, T
 
 void CpuBackend::embedding(const Tensor& ids, const Linear& table, Tensor& y) {
   const CpuLinear& l = cpu_linear(table, "embedding");
+  require_unfused(l, "embedding");
   check_dtype(ids, DType::I32, "embedding", "ids");
   check_f32(y, "embedding", "y");
   const int64_t T = ids.numel(), vocab = l.weight.rows, dim = l.weight.cols;

@@ -23,12 +23,14 @@ __global__ void gelu_erf_kernel(float* __restrict__ x, int64_t count) {
   }
 }
 
-// y may alias gate or up (each element is read before it is written by the same thread).
-__global__ void swiglu_kernel(const float* gate, const float* up, float* y, int64_t count) {
+// y [rows, cols] from gate_up [rows, 2 * cols] = gate | up.
+__global__ void swiglu_kernel(const float* __restrict__ gate_up, float* __restrict__ y,
+                              int64_t count, int64_t cols) {
   wait_for_prior_kernels();
   MOXIN_GRID_STRIDE(i, count) {
-    const float g = gate[i];
-    y[i] = g / (1.0f + expf(-g)) * up[i];
+    const float* row = gate_up + i / cols * 2 * cols;
+    const float g = row[i % cols];
+    y[i] = g / (1.0f + expf(-g)) * row[cols + i % cols];
   }
 }
 
@@ -84,10 +86,11 @@ void gelu_erf(float* x, int64_t count, cudaStream_t stream) {
                 0, stream, x, count);
 }
 
-void swiglu(const float* gate, const float* up, float* y, int64_t count, cudaStream_t stream) {
+void swiglu(const float* gate_up, float* y, int64_t rows, int64_t cols, cudaStream_t stream) {
+  const int64_t count = rows * cols;
   if (count == 0) return;
   launch_kernel("swiglu_kernel", swiglu_kernel, elementwise_blocks(count), kElementwiseThreads, 0,
-                stream, gate, up, y, count);
+                stream, gate_up, y, count, cols);
 }
 
 void add(float* x, const float* y, int64_t count, cudaStream_t stream) {

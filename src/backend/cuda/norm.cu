@@ -1,5 +1,6 @@
-// LayerNorm and RMSNorm over the last dimension: one block per row, f32 throughout, two
-// passes (mean, then the centred variance) as PyTorch computes them.
+// LayerNorm, RMSNorm and the residual add fused with RMSNorm over the last dimension: one
+// block per row, f32 throughout; LayerNorm in two passes (mean, then the centred variance) as
+// PyTorch computes it.
 #include "backend/cuda/cuda_check.hpp"
 #include "backend/cuda/kernels.hpp"
 #include "backend/cuda/launch.cuh"
@@ -54,6 +55,26 @@ __global__ void __launch_bounds__(kNormThreads)
   for (int c = threadIdx.x; c < cols; c += kNormThreads) yr[c] = w[c] * (xr[c] * inv_rms);
 }
 
+// x += y, then out = rms_norm(x): each thread adds, stores and squares its columns in the same
+// order as add_kernel followed by rms_norm_kernel, so the results are those two ops' exactly.
+__global__ void __launch_bounds__(kNormThreads)
+    add_rms_norm_kernel(float* __restrict__ x, const float* __restrict__ y,
+                        const float* __restrict__ w, float eps, float* __restrict__ out, int cols) {
+  wait_for_prior_kernels();
+  __shared__ float scratch[kNormThreads / 32];
+  float* xr = x + static_cast<size_t>(blockIdx.x) * cols;
+  const float* yr = y + static_cast<size_t>(blockIdx.x) * cols;
+  float* outr = out + static_cast<size_t>(blockIdx.x) * cols;
+  float sq = 0.0f;
+  for (int c = threadIdx.x; c < cols; c += kNormThreads) {
+    const float sum = xr[c] + yr[c];
+    xr[c] = sum;
+    sq = fmaf(sum, sum, sq);
+  }
+  const float inv_rms = rsqrtf(block_sum(sq, scratch) / cols + eps);
+  for (int c = threadIdx.x; c < cols; c += kNormThreads) outr[c] = w[c] * (xr[c] * inv_rms);
+}
+
 }  // namespace
 
 void layer_norm(const float* x, const float* w, const float* b, float eps, float* y, int64_t rows,
@@ -68,6 +89,13 @@ void rms_norm(const float* x, const float* w, float eps, float* y, int64_t rows,
   if (rows == 0) return;
   launch_kernel("rms_norm_kernel", rms_norm_kernel, static_cast<unsigned>(rows), kNormThreads, 0,
                 stream, x, w, eps, y, static_cast<int>(cols));
+}
+
+void add_rms_norm(float* x, const float* y, const float* w, float eps, float* out, int64_t rows,
+                  int64_t cols, cudaStream_t stream) {
+  if (rows == 0) return;
+  launch_kernel("add_rms_norm_kernel", add_rms_norm_kernel, static_cast<unsigned>(rows),
+                kNormThreads, 0, stream, x, y, w, eps, out, static_cast<int>(cols));
 }
 
 }  // namespace moxin::cuda

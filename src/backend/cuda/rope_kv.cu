@@ -1,5 +1,6 @@
-// Rotary position embedding (NeoX rotate-half, as transformers' Mistral applies it) and the
-// write of new K/V rows into the paged cache.
+// Rotary position embedding (NeoX rotate-half, as transformers' Mistral applies it) fused with
+// the write of the new K/V rows into the paged cache: one kernel reads the packed q | k | v
+// projection, writes the rotated q and stores the rotated k and the v as bf16.
 #include <cuda_bf16.h>
 
 #include "backend/cuda/cuda_check.hpp"
@@ -9,80 +10,82 @@
 namespace moxin::cuda {
 namespace {
 
-constexpr int kRopeThreads = 128;
-constexpr int kKvWriteThreads = 128;
+constexpr int kRopeThreads = 256;
+
+__device__ void rotate_pair(float x1, float x2, float c, float s, float& out1, float& out2) {
+  out1 = x1 * c - x2 * s;
+  out2 = x2 * c + x1 * s;
+}
 
 // One block per token. The angle is computed the way transformers does in f32:
 // inv_freq = 1 / theta^(2i / D), angle = f32(pos) * inv_freq, then accurate cosf/sinf (full
-// range reduction: angles reach 32k radians).
+// range reduction: angles reach 32k radians), once per token into shared memory for all heads.
+// The token's K/V slot is block_tables[seq][pos / bs], slot pos % bs.
 __global__ void __launch_bounds__(kRopeThreads)
-    rope_kernel(float* __restrict__ q, float* __restrict__ k, const int32_t* __restrict__ positions,
-                int q_heads, int kv_heads, int head_dim, float theta) {
+    rope_kv_write_kernel(const float* __restrict__ qkv, const int32_t* __restrict__ positions,
+                         int q_heads, float theta, float* __restrict__ q, PagedLayer cache,
+                         TokenIndex index) {
   wait_for_prior_kernels();
+  __shared__ float cos_table[kMaxHeadDim / 2];
+  __shared__ float sin_table[kMaxHeadDim / 2];
   const int token = blockIdx.x;
+  const int head_dim = cache.head_dim;
   const int half = head_dim / 2;
+  const int kv_row = cache.kv_heads * head_dim;
   const float pos = static_cast<float>(positions[token]);
-  float* q_row = q + static_cast<size_t>(token) * q_heads * head_dim;
-  float* k_row = k + static_cast<size_t>(token) * kv_heads * head_dim;
-  for (int idx = threadIdx.x; idx < (q_heads + kv_heads) * half; idx += kRopeThreads) {
-    const int head = idx / half;
-    const int i = idx % half;
-    float* x = head < q_heads ? q_row + head * head_dim : k_row + (head - q_heads) * head_dim;
+  for (int i = threadIdx.x; i < half; i += kRopeThreads) {
     // The f32 power rounded correctly (via f64), so CPU and GPU agree on every inv_freq: one
     // ulp off would move the angle at position 32k by ~2e-3 rad.
     const float exponent = static_cast<float>(2 * i) / static_cast<float>(head_dim);
     const float inv_freq =
         1.0f / static_cast<float>(pow(static_cast<double>(theta), static_cast<double>(exponent)));
     const float angle = pos * inv_freq;
-    const float c = cosf(angle);
-    const float s = sinf(angle);
-    const float x1 = x[i];
-    const float x2 = x[i + half];
-    x[i] = x1 * c - x2 * s;
-    x[i + half] = x2 * c + x1 * s;
+    cos_table[i] = cosf(angle);
+    sin_table[i] = sinf(angle);
   }
-}
+  __syncthreads();
 
-// One block per token: its K and V rows (all kv heads) go to block_tables[seq][pos / bs],
-// slot pos % bs, rounded to bf16.
-__global__ void __launch_bounds__(kKvWriteThreads)
-    kv_write_kernel(PagedLayer cache, const float* __restrict__ k, const float* __restrict__ v,
-                    TokenIndex index) {
-  wait_for_prior_kernels();
-  const int token = blockIdx.x;
+  const float* row = qkv + static_cast<size_t>(token) * (q_heads * head_dim + 2 * kv_row);
+  float* q_row = q + static_cast<size_t>(token) * q_heads * head_dim;
+  for (int idx = threadIdx.x; idx < q_heads * half; idx += kRopeThreads) {
+    const int i = idx % half;
+    const int base = idx / half * head_dim;
+    rotate_pair(row[base + i], row[base + i + half], cos_table[i], sin_table[i], q_row[base + i],
+                q_row[base + i + half]);
+  }
+
   const int seq = index.token_seq[token];
-  const int pos = index.token_pos[token];
-  if (seq < 0 || seq >= index.num_seqs || pos < 0 || pos / cache.block_size >= index.max_blocks)
+  const int cache_pos = index.token_pos[token];
+  if (seq < 0 || seq >= index.num_seqs || cache_pos < 0 ||
+      cache_pos / cache.block_size >= index.max_blocks)
     return;
-  const int block =
-      index.block_tables[static_cast<size_t>(seq) * index.max_blocks + pos / cache.block_size];
+  const int block = index.block_tables[static_cast<size_t>(seq) * index.max_blocks +
+                                       cache_pos / cache.block_size];
   if (block < 0 || block >= cache.num_blocks) return;
-  const int row = cache.kv_heads * cache.head_dim;
-  const size_t dst = (static_cast<size_t>(block) * cache.block_size + pos % cache.block_size) * row;
+  const size_t dst =
+      (static_cast<size_t>(block) * cache.block_size + cache_pos % cache.block_size) * kv_row;
   auto* kd = reinterpret_cast<__nv_bfloat16*>(cache.k) + dst;
   auto* vd = reinterpret_cast<__nv_bfloat16*>(cache.v) + dst;
-  const float* ks = k + static_cast<size_t>(token) * row;
-  const float* vs = v + static_cast<size_t>(token) * row;
-  for (int e = threadIdx.x; e < row; e += kKvWriteThreads) {
-    kd[e] = __float2bfloat16_rn(ks[e]);
-    vd[e] = __float2bfloat16_rn(vs[e]);
+  const float* k = row + q_heads * head_dim;
+  const float* v = k + kv_row;
+  for (int idx = threadIdx.x; idx < cache.kv_heads * half; idx += kRopeThreads) {
+    const int i = idx % half;
+    const int base = idx / half * head_dim;
+    float k1, k2;
+    rotate_pair(k[base + i], k[base + i + half], cos_table[i], sin_table[i], k1, k2);
+    kd[base + i] = __float2bfloat16_rn(k1);
+    kd[base + i + half] = __float2bfloat16_rn(k2);
   }
+  for (int e = threadIdx.x; e < kv_row; e += kRopeThreads) vd[e] = __float2bfloat16_rn(v[e]);
 }
 
 }  // namespace
 
-void rope(float* q, float* k, const int32_t* positions, int tokens, int q_heads, int kv_heads,
-          int head_dim, float theta, cudaStream_t stream) {
-  if (tokens == 0) return;
-  launch_kernel("rope_kernel", rope_kernel, tokens, kRopeThreads, 0, stream, q, k, positions,
-                q_heads, kv_heads, head_dim, theta);
-}
-
-void kv_write(const PagedLayer& cache, const float* k, const float* v, const TokenIndex& index,
-              cudaStream_t stream) {
+void rope_kv_write(const float* qkv, const int32_t* positions, int q_heads, float theta, float* q,
+                   const PagedLayer& cache, const TokenIndex& index, cudaStream_t stream) {
   if (index.tokens == 0) return;
-  launch_kernel("kv_write_kernel", kv_write_kernel, index.tokens, kKvWriteThreads, 0, stream, cache,
-                k, v, index);
+  launch_kernel("rope_kv_write_kernel", rope_kv_write_kernel, index.tokens, kRopeThreads, 0, stream,
+                qkv, positions, q_heads, theta, q, cache, index);
 }
 
 }  // namespace moxin::cuda
