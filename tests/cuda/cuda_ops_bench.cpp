@@ -11,6 +11,7 @@
 
 #include <algorithm>
 #include <cstdio>
+#include <cstdlib>
 #include <functional>
 #include <string>
 #include <vector>
@@ -167,14 +168,17 @@ FilledCache fill_cache(CudaBackend& backend, int seqs, int context, int kv_heads
       pos.push_back(p);
     }
   const int t = int(seq.size());
-  const std::vector<float> kv = random_f32(size_t(t) * kv_heads * head_dim, 1.0f);
-  const Tensor k = backend.from_host_f32(kv.data(), {t, kv_heads * head_dim});
+  // rope_kv_write needs q columns too: one head's worth, discarded.
+  const int width = (1 + 2 * kv_heads) * head_dim;
+  const std::vector<float> qkv = random_f32(size_t(t) * width, 1.0f);
+  Tensor q = backend.empty_act({t, head_dim});
   AttentionBatch b;
   b.token_seq = backend.from_host_i32(seq.data(), {t});
   b.token_pos = backend.from_host_i32(pos.data(), {t});
   b.block_tables = f.tables;
   b.max_context = context;
-  backend.kv_write(*f.cache, 0, k, k, b);
+  backend.rope_kv_write(backend.from_host_f32(qkv.data(), {t, width}), b.token_pos, 10000.0f,
+                        *f.cache, 0, b, q);
   backend.synchronize();
   return f;
 }
@@ -246,16 +250,17 @@ void bench_attention(CudaBackend& backend, double ceiling) {
   }
 }
 
-// One Mistral decoder layer at batch `seqs` (1k context), as decoder.cpp issues it.
+// One Mistral decoder layer at batch `seqs` (1k context), as decoder.cpp issues it: fused
+// q|k|v and gate|up linears, rope + KV write in one op, the residual adds fused with the next
+// norm (9 kernels at batch 1).
 void bench_decoder_layer(CudaBackend& backend, double ceiling, int seqs) {
   const cudaStream_t stream = backend.stream();
   const int hidden = 4096, q_heads = 32, kv_heads = 8, head_dim = 128, inter = 14336,
             context = 1024;
-  const Linear q = make_linear(backend, q_heads * head_dim, hidden),
-               k = make_linear(backend, kv_heads * head_dim, hidden),
-               v = make_linear(backend, kv_heads * head_dim, hidden),
+  const int qkv_width = (q_heads + 2 * kv_heads) * head_dim;
+  const Linear qkv = make_linear(backend, qkv_width, hidden),
                o = make_linear(backend, hidden, q_heads * head_dim),
-               gate = make_linear(backend, inter, hidden), up = make_linear(backend, inter, hidden),
+               gate_up = make_linear(backend, 2 * inter, hidden),
                down = make_linear(backend, hidden, inter);
   FilledCache f = fill_cache(backend, seqs, context, kv_heads, head_dim);
   std::vector<int32_t> seq(seqs), pos(seqs, context - 1);
@@ -269,28 +274,22 @@ void bench_decoder_layer(CudaBackend& backend, double ceiling, int seqs) {
                            ws = random_f32(hidden, 1.0f);
   Tensor x = backend.from_host_f32(xs.data(), {seqs, hidden});
   const Tensor norm = backend.from_host_f32(ws.data(), {hidden});
-  Tensor h = backend.empty_act({seqs, hidden}), qt = backend.empty_act({seqs, q_heads * head_dim}),
-         kt = backend.empty_act({seqs, kv_heads * head_dim}),
-         vt = backend.empty_act({seqs, kv_heads * head_dim}),
+  Tensor h = backend.empty_act({seqs, hidden}), qkvt = backend.empty_act({seqs, qkv_width}),
+         qt = backend.empty_act({seqs, q_heads * head_dim}),
          attn = backend.empty_act({seqs, q_heads * head_dim}),
-         out = backend.empty_act({seqs, hidden}), g = backend.empty_act({seqs, inter}),
-         u = backend.empty_act({seqs, inter});
+         out = backend.empty_act({seqs, hidden}), gu = backend.empty_act({seqs, 2 * inter}),
+         act = backend.empty_act({seqs, inter});
+  backend.rms_norm(x, norm, 1e-5f, h);  // a layer starts from the previous one's add + norm
   auto layer = [&] {
-    backend.rms_norm(x, norm, 1e-5f, h);
-    backend.linear(h, q, qt);
-    backend.linear(h, k, kt);
-    backend.linear(h, v, vt);
-    backend.rope(qt, kt, b.token_pos, head_dim, 10000.0f);
-    backend.kv_write(*f.cache, 0, kt, vt, b);
+    backend.linear(h, qkv, qkvt);
+    backend.rope_kv_write(qkvt, b.token_pos, 10000.0f, *f.cache, 0, b, qt);
     backend.paged_attention(qt, *f.cache, 0, b, q_heads, attn);
     backend.linear(attn, o, out);
-    backend.add(x, out);
-    backend.rms_norm(x, norm, 1e-5f, h);
-    backend.linear(h, gate, g);
-    backend.linear(h, up, u);
-    backend.swiglu(g, u, g);
-    backend.linear(g, down, out);
-    backend.add(x, out);
+    backend.add_rms_norm(x, out, norm, 1e-5f, h);
+    backend.linear(h, gate_up, gu);
+    backend.swiglu(gu, act);
+    backend.linear(act, down, out);
+    backend.add_rms_norm(x, out, norm, 1e-5f, h);
   };
   const double weight_bytes = 2.0 * (double(q_heads + 2 * kv_heads) * head_dim * hidden +
                                      double(hidden) * q_heads * head_dim + 3.0 * inter * hidden);
@@ -310,6 +309,111 @@ void bench_decoder_layer(CudaBackend& backend, double ceiling, int seqs) {
   }
 }
 
+
+// Quantized linears (MLX 4/8-bit codes, bf16 scales) at full shapes: M = 1 and 8 (GEMV), 32
+// (tensor cores) against the copy ceiling in bytes of codes + scales + biases; M = 1024
+// (dequantize + cuBLASLt) against the bf16 linear of the same shape. Three copies of each
+// matrix alternate so that none is served from L2.
+struct QuantBenchWeights {
+  std::vector<uint32_t> codes;
+  std::vector<uint16_t> scales, biases;
+  TensorInfo codes_info, scales_info, biases_info;
+};
+
+Linear make_quant_linear(Backend& backend, int64_t out, int64_t in, int bits, int group_size) {
+  QuantBenchWeights q;
+  q.codes.resize(size_t(out * in * bits / 32));
+  for (uint32_t& c : q.codes) {
+    next_uniform();
+    c = uint32_t(rng_state >> 32);
+  }
+  const int64_t groups = out * (in / group_size);
+  for (int64_t g = 0; g < groups; ++g) {
+    const float s = 0.011f + 0.009f * next_uniform();
+    q.scales.push_back(f32_to_bf16(s));
+    q.biases.push_back(f32_to_bf16(-s * float(1 << (bits - 1))));
+  }
+  auto info = [](const char* name, DType dtype, std::vector<int64_t> shape, const void* data,
+                 size_t bytes) {
+    TensorInfo t;
+    t.name = name;
+    t.dtype = dtype;
+    t.shape = std::move(shape);
+    t.data = static_cast<const uint8_t*>(data);
+    t.nbytes = bytes;
+    return t;
+  };
+  q.codes_info = info("bench", DType::U32, {out, in * bits / 32}, q.codes.data(), q.codes.size() * 4);
+  q.scales_info = info("bench.scales", DType::BF16, {out, in / group_size}, q.scales.data(),
+                       q.scales.size() * 2);
+  q.biases_info = info("bench.biases", DType::BF16, {out, in / group_size}, q.biases.data(),
+                       q.biases.size() * 2);
+  LinearWeight w;
+  w.weight = &q.codes_info;
+  w.scales = &q.scales_info;
+  w.qbiases = &q.biases_info;
+  w.bits = bits;
+  w.group_size = group_size;
+  w.out_features = out;
+  w.in_features = in;
+  Linear l = backend.prepare_linear(w);
+  backend.synchronize();
+  return l;
+}
+
+void bench_quant_linears(CudaBackend& backend, double ceiling) {
+  const cudaStream_t stream = backend.stream();
+  for (const auto& [n, k] :
+       {std::pair<int64_t, int64_t>{14336, 4096}, {4096, 14336}, {32064, 4096}}) {
+    const int prefill = 1024;
+    const std::vector<float> xs = random_f32(size_t(prefill) * k, 1.0f);
+    const Tensor x_prefill = backend.from_host_f32(xs.data(), {prefill, k});
+    Tensor y_prefill = backend.empty_act({prefill, n});
+    double bf16_prefill_ms = 0;
+    {
+      const Linear w[2] = {make_linear(backend, n, k), make_linear(backend, n, k)};
+      bf16_prefill_ms =
+          time_ms(stream, 10, 5, [&](int i) { backend.linear(x_prefill, w[i % 2], y_prefill); });
+      table.push_back({cat("qlinear M=1024 [", n, "x", k, "] bf16 weights (baseline)"),
+                       bf16_prefill_ms, cat(2.0 * prefill * n * k / bf16_prefill_ms / 1e9, " TFLOP/s")});
+    }
+    for (int bits : {4, 8})
+      for (int group_size : {64, 128}) {
+        const Linear w[3] = {make_quant_linear(backend, n, k, bits, group_size),
+                             make_quant_linear(backend, n, k, bits, group_size),
+                             make_quant_linear(backend, n, k, bits, group_size)};
+        const double weight_bytes = double(n) * k * bits / 8 + double(n) * (k / group_size) * 4;
+        const std::string what = cat("[", n, "x", k, "] ", bits, "-bit g", group_size);
+        for (int m : {1, 8, 32}) {
+          const Tensor x = backend.from_host_f32(xs.data(), {m, k});
+          Tensor y = backend.empty_act({m, n});
+          const double ms = time_ms(stream, 20, 10, [&](int i) { backend.linear(x, w[i % 3], y); });
+          const double bytes = weight_bytes + double(m) * k * 4 + double(m) * n * 4;
+          table.push_back({cat("qlinear M=", m, " ", what, m <= 8 ? " gemv" : " mma"), ms,
+                           pct(bytes / ms / 1e6, ceiling)});
+        }
+        if (n != 32064 && group_size == 64) {
+          const Tensor x = backend.from_host_f32(xs.data(), {1, k});
+          Tensor y = backend.empty_act({1, n});
+          for (int rows : {1, 2, 4, 8}) {
+            const double vms = time_ms(stream, 20, 10, [&](int i) {
+              quant_gemv_variant(rows, x.ptr<float>(),
+                                 static_cast<const CudaLinear*>(w[i % 3].impl.get())->quant,
+                                 y.ptr<float>(), stream);
+            });
+            table.push_back({cat("  qgemv variant M=1 rows/warp=", rows), vms,
+                             pct((weight_bytes + 4.0 * k + 4.0 * n) / vms / 1e6, ceiling)});
+          }
+        }
+        const double ms =
+            time_ms(stream, 10, 5, [&](int i) { backend.linear(x_prefill, w[i % 3], y_prefill); });
+        table.push_back({cat("qlinear M=1024 ", what, " dequantize + cublasLt"), ms,
+                         cat(2.0 * prefill * n * k / ms / 1e9, " TFLOP/s, ",
+                             ms / bf16_prefill_ms, "x bf16")});
+      }
+  }
+}
+
 }  // namespace
 }  // namespace moxin::cuda
 
@@ -320,10 +424,15 @@ int main() {
     auto& backend = dynamic_cast<CudaBackend&>(*owned);
     std::printf("device: %s\n", backend.name().c_str());
     const double ceiling = copy_ceiling(backend);
-    bench_linears(backend, ceiling);
-    bench_attention(backend, ceiling);
-    bench_decoder_layer(backend, ceiling, 1);
-    bench_decoder_layer(backend, ceiling, 32);
+    bench_quant_linears(backend, ceiling);
+    // MOXIN_CUDA_BENCH=quant: the quantized linears only.
+    const char* only = std::getenv("MOXIN_CUDA_BENCH");
+    if (!(only && std::string(only) == "quant")) {
+      bench_linears(backend, ceiling);
+      bench_attention(backend, ceiling);
+      bench_decoder_layer(backend, ceiling, 1);
+      bench_decoder_layer(backend, ceiling, 32);
+    }
     std::printf("\n%-78s %10s  %s\n", "benchmark", "ms/call", "rate (share of the copy ceiling)");
     for (const Row& r : table)
       std::printf("%-78s %10.4f  %s\n", r.what.c_str(), r.ms, r.rate.c_str());

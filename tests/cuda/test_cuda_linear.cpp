@@ -1,5 +1,5 @@
-// linear (GEMV for <= 8 rows, cuBLASLt bf16 GEMM above), patch_embed and embedding against
-// f64 references.
+// linear (GEMV for <= 8 rows, cuBLASLt bf16 GEMM above; fused parts), patch_embed and
+// embedding against f64 references.
 //
 // Tolerances (||got - ref|| / ||ref||):
 //  - GEMV (M <= 8): f32 activations x bf16 weights, f32 sums: the reference uses the same
@@ -97,7 +97,70 @@ TEST_F(CudaLinear, F32AndF16WeightsAreStoredAsBf16) {
   check_linear(33, 17, 40, false, DType::F16);
 }
 
-TEST_F(CudaLinear, QuantizedWeightsAreRefused) {
+// prepare_fused_linear: bf16 parts (stored BF16 or F32) side by side in one matrix, a bias on
+// the middle part only (zero elsewhere), through the GEMV and the GEMM.
+TEST_F(CudaLinear, FusedPartsFillTheirColumns) {
+  for (const int64_t m : {1, 5, 40}) {
+    const int64_t k = 8 * randint(1, 64);
+    const std::vector<int64_t> outs = {randint(1, 300), randint(1, 100), randint(1, 100)};
+    std::vector<HostTensor> w;
+    for (size_t p = 0; p < outs.size(); ++p)
+      w.push_back(host_tensor(cat("w", p), {outs[p], k}, p == 2 ? DType::F32 : DType::BF16, true,
+                              0.05f));
+    const HostTensor b = host_tensor("b1", {outs[1]}, DType::F32, false, 0.5f);
+    std::vector<TensorInfo> infos;
+    for (const HostTensor& t : w) infos.push_back(t.info());
+    const TensorInfo bias_info = b.info();
+    LinearWeight parts[3];
+    for (size_t p = 0; p < outs.size(); ++p) {
+      parts[p].weight = &infos[p];
+      parts[p].out_features = outs[p];
+      parts[p].in_features = k;
+    }
+    parts[1].bias = &bias_info;
+    const Linear fused = backend().prepare_fused_linear({&parts[0], &parts[1], &parts[2]});
+    const int64_t n = outs[0] + outs[1] + outs[2];
+    ASSERT_EQ(fused.out_features, n);
+    const std::vector<float> x = randn(static_cast<size_t>(m * k));
+    Tensor y = poisoned({m, n});
+    backend().linear(upload(x, {m, k}), fused, y);
+    // The GEMM rounds activations to bf16 (see the top of this file); the GEMV does not.
+    const bool round_x = m > cuda::kGemvMaxRows;
+    std::vector<double> ref(static_cast<size_t>(m * n));
+    for (size_t p = 0, column = 0; p < outs.size(); column += static_cast<size_t>(outs[p]), ++p) {
+      const std::vector<double> part =
+          linear_ref(x, m, k, w[p].values, outs[p], p == 1 ? &b.values : nullptr, round_x);
+      for (int64_t r = 0; r < m; ++r)
+        for (int64_t o = 0; o < outs[p]; ++o)
+          ref[static_cast<size_t>(r * n + o) + column] = part[static_cast<size_t>(r * outs[p] + o)];
+    }
+    expect_close(cat("fused linear M=", m, " K=", k, " N=", outs[0], "|", outs[1], "|", outs[2]),
+                 download(y), ref, kF32Tol);
+  }
+  const HostTensor a = host_tensor("a", {4, 16}, DType::BF16, true);
+  const HostTensor narrow = host_tensor("narrow", {4, 8}, DType::BF16, true);
+  const TensorInfo ai = a.info(), ni = narrow.info();
+  LinearWeight wa, wn;
+  wa.weight = &ai;
+  wa.out_features = 4;
+  wa.in_features = 16;
+  wn.weight = &ni;
+  wn.out_features = 4;
+  wn.in_features = 8;
+  try {
+    backend().prepare_fused_linear({&wa, &wn});
+    FAIL() << "prepare_fused_linear joined parts of 16 and 8 inputs";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("'narrow' (float, 8 inputs) cannot join 'a' (float, 16 "
+                                         "inputs): fused parts share in_features and format"),
+              std::string::npos)
+        << e.what();
+  }
+}
+
+// Quantized weights are covered by test_cuda_quant.cpp; a bf16 tensor posing as 4-bit codes
+// with too few inputs for a group is refused there.
+TEST_F(CudaLinear, MalformedQuantizedWeightIsRefused) {
   HostTensor w = host_tensor("w", {8, 8}, DType::BF16, true);
   const TensorInfo wi = w.info();
   LinearWeight lw;
@@ -108,9 +171,9 @@ TEST_F(CudaLinear, QuantizedWeightsAreRefused) {
   lw.in_features = 8;
   try {
     backend().prepare_linear(lw);
-    FAIL() << "prepare_linear accepted a 4-bit weight";
+    FAIL() << "prepare_linear accepted a malformed 4-bit weight";
   } catch (const Error& e) {
-    EXPECT_NE(std::string(e.what()).find("[cuda] quantized weights are not supported yet"),
+    EXPECT_NE(std::string(e.what()).find("input features must be a positive multiple of group size"),
               std::string::npos)
         << e.what();
   }

@@ -205,26 +205,54 @@ size_t CudaBackend::device_memory_used() const {
 
 // --- weights ---
 
-Linear CudaBackend::prepare_linear(const LinearWeight& w) {
-  MOXIN_CHECK(w.weight != nullptr, "[cuda] prepare_linear: no weight tensor");
-  MOXIN_CHECK(w.bits == 0, "[cuda] quantized weights are not supported yet ('", w.weight->name,
-              "' is ", w.bits, "-bit); load the bf16 checkpoint or use --device cpu");
-  check_linear_shape(*w.weight, w.out_features, w.in_features);
-  auto impl = std::make_shared<CudaLinear>();
-  impl->weight = device_alloc(context_, static_cast<size_t>(w.out_features * w.in_features) * 2);
-  uploader_->upload(*w.weight, DType::BF16, impl->weight.get(), stream());
-  if (w.bias) {
-    MOXIN_CHECK(w.bias->numel() == w.out_features, "[cuda] bias '", w.bias->name, "' in ",
-                w.bias->file, " has shape ", w.bias->shape_str(), ", expected [", w.out_features,
-                "]");
-    impl->bias = device_alloc(context_, static_cast<size_t>(w.out_features) * 4);
-    uploader_->upload(*w.bias, DType::F32, impl->bias.get(), stream());
+Linear CudaBackend::prepare_linear(const LinearWeight& w) { return prepare_fused_linear({&w}); }
+
+// bf16 parts go into one [sum of out, in] matrix at row offsets (and their biases into one
+// vector, zero where a part has none), so the fused Linear is an ordinary CudaLinear.
+Linear CudaBackend::prepare_fused_linear(const std::vector<const LinearWeight*>& parts) {
+  MOXIN_CHECK(!parts.empty(), "[cuda] prepare_fused_linear: no parts");
+  for (const LinearWeight* part : parts)
+    MOXIN_CHECK(part != nullptr && part->weight != nullptr, "[cuda] prepare_linear: no weight tensor");
+  const LinearWeight& first = *parts.front();
+  if (first.bits != 0) return prepare_quantized_linear(parts);
+  const int64_t in = first.in_features;
+  int64_t out = 0;
+  bool any_bias = false;
+  for (const LinearWeight* part : parts) {
+    MOXIN_CHECK(part->bits == 0 && part->in_features == in, "[cuda] prepare_fused_linear: '",
+                part->weight->name, "' (", part->bits == 0 ? "float" : cat(part->bits, "-bit"), ", ",
+                part->in_features, " inputs) cannot join '", first.weight->name, "' (float, ", in,
+                " inputs): fused parts share in_features and format");
+    check_linear_shape(*part->weight, part->out_features, part->in_features);
+    if (part->bias)
+      MOXIN_CHECK(part->bias->numel() == part->out_features, "[cuda] bias '", part->bias->name,
+                  "' in ", part->bias->file, " has shape ", part->bias->shape_str(), ", expected [",
+                  part->out_features, "]");
+    out += part->out_features;
+    any_bias = any_bias || part->bias != nullptr;
   }
-  Linear out;
-  out.out_features = w.out_features;
-  out.in_features = w.in_features;
-  out.impl = std::move(impl);
-  return out;
+  auto impl = std::make_shared<CudaLinear>();
+  impl->weight = device_alloc(context_, static_cast<size_t>(out * in) * 2);
+  if (any_bias) {
+    impl->bias = device_alloc(context_, static_cast<size_t>(out) * 4);
+    MOXIN_CUDA_CHECK(cudaMemsetAsync(impl->bias.get(), 0, static_cast<size_t>(out) * 4, stream()));
+  }
+  int64_t row = 0;
+  for (const LinearWeight* part : parts) {
+    uploader_->upload(*part->weight, DType::BF16,
+                      static_cast<uint8_t*>(impl->weight.get()) + static_cast<size_t>(row * in) * 2,
+                      stream());
+    if (part->bias)
+      uploader_->upload(*part->bias, DType::F32,
+                        static_cast<uint8_t*>(impl->bias.get()) + static_cast<size_t>(row) * 4,
+                        stream());
+    row += part->out_features;
+  }
+  Linear fused;
+  fused.out_features = out;
+  fused.in_features = in;
+  fused.impl = std::move(impl);
+  return fused;
 }
 
 Tensor CudaBackend::param(const TensorInfo& t) {
@@ -234,22 +262,6 @@ Tensor CudaBackend::param(const TensorInfo& t) {
 }
 
 namespace {
-
-class CudaKvCache final : public KvCache {
- public:
-  CudaKvCache(const KvCacheConfig& c, std::shared_ptr<void> storage)
-      : KvCache(c), storage_(std::move(storage)) {}
-  PagedLayer layer(int index) const {
-    const auto& c = config_;
-    const size_t per_tensor =
-        static_cast<size_t>(c.num_blocks) * c.block_size * c.kv_heads * c.head_dim;
-    auto* base = static_cast<bf16_bits*>(storage_.get()) + 2 * per_tensor * index;
-    return PagedLayer{base, base + per_tensor, c.num_blocks, c.block_size, c.kv_heads, c.head_dim};
-  }
-
- private:
-  std::shared_ptr<void> storage_;
-};
 
 CudaKvCache& cuda_cache(KvCache& cache, int layer, const char* op) {
   auto* c = dynamic_cast<CudaKvCache*>(&cache);
@@ -321,14 +333,18 @@ void CudaBackend::linear(const Tensor& x, const Linear& w, Tensor& y) {
   require_shape(y, m, w.out_features, "linear", "y");
   if (m == 0) return;
   const float* xd = data_of<const float>(x);
-  if (m <= kGemvMaxRows) {
+  if (lw.quant.bits != 0 && m <= kQuantMmaMaxRows) {
+    quantized_linear_decode(xd, m, lw, data_of<float>(y));
+    return;
+  }
+  if (lw.quant.bits == 0 && m <= kGemvMaxRows) {
     gemv_bf16(xd, static_cast<int>(m), static_cast<const bf16_bits*>(lw.weight.get()),
               static_cast<const float*>(lw.bias.get()), data_of<float>(y),
               static_cast<int>(w.out_features), static_cast<int>(w.in_features), stream());
     return;
   }
   const int64_t k = w.in_features;
-  gemm_rows(m, lw, w.out_features, k, data_of<float>(y),
+  gemm_rows(m, lw.quant.bits != 0 ? dequantized(lw) : lw, w.out_features, k, data_of<float>(y),
             [&](int64_t first, int64_t count, bf16_bits* a) {
               activations_to_bf16(xd + first * k, a, count * k, stream());
             });
@@ -336,6 +352,7 @@ void CudaBackend::linear(const Tensor& x, const Linear& w, Tensor& y) {
 
 void CudaBackend::patch_embed(const Tensor& images, const Linear& w, int patch, Tensor& y) {
   const CudaLinear& lw = cuda_linear(w, "patch_embed");
+  MOXIN_CHECK(lw.quant.bits == 0, "[cuda] patch_embed: quantized weights are not supported");
   require(images, DType::F32, "patch_embed", "images");
   require(y, DType::F32, "patch_embed", "y");
   MOXIN_CHECK(images.shape.size() == 4 && images.shape[3] == 3 && patch > 0 &&
@@ -377,17 +394,28 @@ void CudaBackend::rms_norm(const Tensor& x, const Tensor& w, float eps, Tensor& 
                  cols, stream());
 }
 
+void CudaBackend::add_rms_norm(Tensor& x, const Tensor& y, const Tensor& w, float eps, Tensor& out) {
+  require_f32("add_rms_norm", {&x, &y, &w, &out});
+  const int64_t rows = x.rows(), cols = x.cols();
+  MOXIN_CHECK(w.numel() == cols, "[cuda] add_rms_norm: weight ", w.shape_str(), " does not match ",
+              cols, " columns");
+  require_shape(y, rows, cols, "add_rms_norm", "y");
+  require_shape(out, rows, cols, "add_rms_norm", "out");
+  MOXIN_CHECK(out.data != x.data && out.data != y.data, "[cuda] add_rms_norm: out must not be x or y");
+  cuda::add_rms_norm(data_of<float>(x), data_of<const float>(y), data_of<const float>(w), eps,
+                     data_of<float>(out), rows, cols, stream());
+}
+
 void CudaBackend::gelu_erf(Tensor& x) {
   require(x, DType::F32, "gelu_erf", "x");
   cuda::gelu_erf(data_of<float>(x), x.numel(), stream());
 }
 
-void CudaBackend::swiglu(const Tensor& gate, const Tensor& up, Tensor& y) {
-  require_f32("swiglu", {&gate, &up, &y});
-  MOXIN_CHECK(gate.numel() == up.numel() && gate.numel() == y.numel(), "[cuda] swiglu: gate ",
-              gate.shape_str(), ", up ", up.shape_str(), " and y ", y.shape_str(), " differ");
-  cuda::swiglu(data_of<const float>(gate), data_of<const float>(up), data_of<float>(y), y.numel(),
-               stream());
+void CudaBackend::swiglu(const Tensor& gate_up, Tensor& y) {
+  require_f32("swiglu", {&gate_up, &y});
+  require_shape(gate_up, y.rows(), 2 * y.cols(), "swiglu", "gate_up");
+  MOXIN_CHECK(gate_up.data != y.data || y.numel() == 0, "[cuda] swiglu: y must not be gate_up");
+  cuda::swiglu(data_of<const float>(gate_up), data_of<float>(y), y.rows(), y.cols(), stream());
 }
 
 void CudaBackend::add(Tensor& x, const Tensor& y) {
@@ -448,6 +476,8 @@ void CudaBackend::gather_rows(const Tensor& x, const Tensor& rows, Tensor& y) {
 
 void CudaBackend::embedding(const Tensor& ids, const Linear& table, Tensor& y) {
   const CudaLinear& lw = cuda_linear(table, "embedding");
+  MOXIN_CHECK(lw.quant.bits == 0,
+              "[cuda] embedding: quantized tables are not supported (embeddings stay bf16)");
   require(ids, DType::I32, "embedding", "ids");
   require(y, DType::F32, "embedding", "y");
   require_shape(y, ids.numel(), table.in_features, "embedding", "y");
@@ -471,30 +501,23 @@ void CudaBackend::vit_attention(const Tensor& qkv, int batch, int tokens, int he
                       attention_path_ != CudaAttentionPath::TiledF32, data_of<float>(y), stream());
 }
 
-void CudaBackend::rope(Tensor& q, Tensor& k, const Tensor& positions, int head_dim, float theta) {
-  require(q, DType::F32, "rope", "q");
-  require(k, DType::F32, "rope", "k");
-  require(positions, DType::I32, "rope", "positions");
-  const int64_t tokens = positions.numel();
-  MOXIN_CHECK(head_dim > 0 && head_dim % 2 == 0 && q.cols() % head_dim == 0 &&
-                  k.cols() % head_dim == 0 && q.rows() == tokens && k.rows() == tokens,
-              "[cuda] rope: q ", q.shape_str(), ", k ", k.shape_str(), ", ", tokens,
-              " positions, head_dim ", head_dim, " (must be even and divide the widths)");
-  cuda::rope(data_of<float>(q), data_of<float>(k), data_of<const int32_t>(positions),
-             static_cast<int>(tokens), static_cast<int>(q.cols() / head_dim),
-             static_cast<int>(k.cols() / head_dim), head_dim, theta, stream());
-}
-
-void CudaBackend::kv_write(KvCache& cache, int layer, const Tensor& k, const Tensor& v,
-                           const AttentionBatch& batch) {
-  CudaKvCache& c = cuda_cache(cache, layer, "kv_write");
-  require(k, DType::F32, "kv_write", "k");
-  require(v, DType::F32, "kv_write", "v");
-  const int64_t width = int64_t{c.config().kv_heads} * c.config().head_dim;
-  require_shape(k, k.rows(), width, "kv_write", "k");
-  require_shape(v, k.rows(), width, "kv_write", "v");
-  cuda::kv_write(c.layer(layer), data_of<const float>(k), data_of<const float>(v),
-                 token_index(batch, k.rows(), "kv_write"), stream());
+void CudaBackend::rope_kv_write(const Tensor& qkv, const Tensor& positions, float theta,
+                                KvCache& cache, int layer, const AttentionBatch& batch, Tensor& q) {
+  CudaKvCache& c = cuda_cache(cache, layer, "rope_kv_write");
+  require(qkv, DType::F32, "rope_kv_write", "qkv");
+  require(q, DType::F32, "rope_kv_write", "q");
+  require(positions, DType::I32, "rope_kv_write", "positions");
+  const int64_t tokens = qkv.rows(), head_dim = c.config().head_dim;
+  const int64_t kv_width = int64_t{c.config().kv_heads} * head_dim;
+  MOXIN_CHECK(head_dim % 2 == 0 && q.cols() % head_dim == 0 && q.rows() == tokens &&
+                  qkv.cols() == q.cols() + 2 * kv_width && positions.numel() == tokens,
+              "[cuda] rope_kv_write: qkv ", qkv.shape_str(), ", q ", q.shape_str(), " and ",
+              positions.numel(), " positions do not describe the same tokens of q heads plus ",
+              c.config().kv_heads, " k and v heads of ", head_dim, " (even)");
+  MOXIN_CHECK(q.data != qkv.data || q.numel() == 0, "[cuda] rope_kv_write: q must not be qkv");
+  cuda::rope_kv_write(data_of<const float>(qkv), data_of<const int32_t>(positions),
+                      static_cast<int>(q.cols() / head_dim), theta, data_of<float>(q),
+                      c.layer(layer), token_index(batch, tokens, "rope_kv_write"), stream());
 }
 
 int CudaBackend::attention_splits(int tokens, int q_heads, int kv_heads, int head_dim,

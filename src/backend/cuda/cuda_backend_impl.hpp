@@ -8,6 +8,8 @@
 #include <atomic>
 #include <memory>
 #include <string>
+#include <utility>
+#include <vector>
 
 #include "backend/backend.hpp"
 #include "backend/cuda/cuda_backend.hpp"
@@ -38,6 +40,27 @@ struct CudaLinear {
   uint64_t magic = kMagic;
   std::shared_ptr<void> weight;  // bf16 [out, in]
   std::shared_ptr<void> bias;    // f32 [out] or null
+  // Quantized weights (quant.bits != 0, `weight` null): the storage behind quant's pointers.
+  QuantMatrix quant;
+  std::shared_ptr<void> codes, scale_bias;
+};
+
+// The paged KV cache: per layer K then V, each [num_blocks, block_size, kv_heads, head_dim]
+// bf16, in one zeroed allocation.
+class CudaKvCache final : public KvCache {
+ public:
+  CudaKvCache(const KvCacheConfig& c, std::shared_ptr<void> storage)
+      : KvCache(c), storage_(std::move(storage)) {}
+  PagedLayer layer(int index) const {
+    const auto& c = config_;
+    const size_t per_tensor =
+        static_cast<size_t>(c.num_blocks) * c.block_size * c.kv_heads * c.head_dim;
+    auto* base = static_cast<bf16_bits*>(storage_.get()) + 2 * per_tensor * index;
+    return PagedLayer{base, base + per_tensor, c.num_blocks, c.block_size, c.kv_heads, c.head_dim};
+  }
+
+ private:
+  std::shared_ptr<void> storage_;
 };
 
 class CudaBackend final : public Backend {
@@ -60,7 +83,10 @@ class CudaBackend final : public Backend {
     return capture_cuda_graph(*this, record);
   }
 
-  Linear prepare_linear(const LinearWeight& w) override;
+  Linear prepare_linear(const LinearWeight& w) override;  // prepare_fused_linear of one part
+  Linear prepare_fused_linear(const std::vector<const LinearWeight*>& parts) override;
+  // Quantized parts (cuda_quant_linear.cpp): codes, scales and biases concatenated by rows.
+  Linear prepare_quantized_linear(const std::vector<const LinearWeight*>& parts);
   Tensor param(const TensorInfo& t) override;
   std::unique_ptr<KvCache> create_kv_cache(const KvCacheConfig& c) override;
 
@@ -68,8 +94,9 @@ class CudaBackend final : public Backend {
   void patch_embed(const Tensor& images, const Linear& w, int patch, Tensor& y) override;
   void layer_norm(const Tensor& x, const Tensor& w, const Tensor& b, float eps, Tensor& y) override;
   void rms_norm(const Tensor& x, const Tensor& w, float eps, Tensor& y) override;
+  void add_rms_norm(Tensor& x, const Tensor& y, const Tensor& w, float eps, Tensor& out) override;
   void gelu_erf(Tensor& x) override;
-  void swiglu(const Tensor& gate, const Tensor& up, Tensor& y) override;
+  void swiglu(const Tensor& gate_up, Tensor& y) override;
   void add(Tensor& x, const Tensor& y) override;
   void add_scaled(Tensor& x, const Tensor& y, const Tensor& scale) override;
   void add_rows_cyclic(Tensor& x, const Tensor& table) override;
@@ -79,9 +106,8 @@ class CudaBackend final : public Backend {
   void embedding(const Tensor& ids, const Linear& table, Tensor& y) override;
   void vit_attention(const Tensor& qkv, int batch, int tokens, int heads, int head_dim,
                      Tensor& y) override;
-  void rope(Tensor& q, Tensor& k, const Tensor& positions, int head_dim, float theta) override;
-  void kv_write(KvCache& cache, int layer, const Tensor& k, const Tensor& v,
-                const AttentionBatch& batch) override;
+  void rope_kv_write(const Tensor& qkv, const Tensor& positions, float theta, KvCache& cache,
+                     int layer, const AttentionBatch& batch, Tensor& q) override;
   void paged_attention(const Tensor& q, KvCache& cache, int layer, const AttentionBatch& batch,
                        int q_heads, Tensor& y) override;
 
@@ -96,6 +122,12 @@ class CudaBackend final : public Backend {
   template <class Fill>
   void gemm_rows(int64_t rows, const CudaLinear& w, int64_t n, int64_t k, float* y, Fill fill);
 
+  // Quantized linear for M <= kQuantMmaMaxRows (GEMV or tensor cores); larger M go through
+  // dequantized(), a bf16 copy of the weights in a scratch shared by all quantized linears
+  // (cuda_quant_linear.cpp).
+  void quantized_linear_decode(const float* x, int64_t m, const CudaLinear& w, float* y);
+  const CudaLinear& dequantized(const CudaLinear& w);
+
   std::shared_ptr<DeviceContext> context_;
   std::string name_;
   std::unique_ptr<LtGemm> gemm_;
@@ -106,6 +138,9 @@ class CudaBackend final : public Backend {
   int64_t attention_partial_floats_ = 0;
   std::shared_ptr<void> attention_counters_;  // split-K merge counters, kept zeroed
   CudaAttentionPath attention_path_ = CudaAttentionPath::Auto;
+  int64_t quant_largest_elems_ = 0;  // largest quantized linear prepared so far (out * in)
+  CudaLinear quant_dense_;           // weight: bf16 scratch of quant_dense_elems_, made on demand
+  int64_t quant_dense_elems_ = 0;
 };
 
 }  // namespace moxin::cuda

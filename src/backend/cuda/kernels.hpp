@@ -20,6 +20,34 @@ void gemv_bf16(const float* x, int m, const bf16_bits* w, const float* bias, flo
 bool gemv_bf16_variant(int rows_per_warp, int unroll, const float* x, int m, const bf16_bits* w,
                        const float* bias, float* y, int n, int k, cudaStream_t stream);
 
+// --- quant_*.cu: linears with MLX affine-quantized weights (SPEC.md section 5) ---
+// Codes as in the file (uint32 words, `bits`-bit codes little-endian, [rows, cols * bits / 32]);
+// scale and bias of each group interleaved at upload: bf16 pairs (scale in the low half) when
+// the checkpoint holds bf16, else f32 pairs.
+struct QuantMatrix {
+  const uint32_t* codes = nullptr;
+  const void* scale_bias = nullptr;  // [rows, cols / group_size] pairs
+  bool f32_scales = false;
+  int bits = 0;
+  int group_size = 0;
+  int rows = 0;
+  int cols = 0;
+};
+// y[M, N] = x[M, K] W^T with f32 activations for 1 <= M <= kGemvMaxRows: equals an f32 matmul
+// on the dequantized weights up to f32 rounding; requires |x| < 2^48 (see quant_gemv.cu).
+void quant_gemv(const float* x, int m, const QuantMatrix& w, float* y, cudaStream_t stream);
+// The benchmark's tiling sweep at M = 1: weight rows per warp; false when not compiled.
+bool quant_gemv_variant(int rows_per_warp, const float* x, const QuantMatrix& w, float* y,
+                        cudaStream_t stream);
+// out[N, K] = bf16(fma(scale, code, bias)) computed in f32 (the prefill path's weights).
+void quant_dequantize_bf16(const QuantMatrix& w, bf16_bits* out, cudaStream_t stream);
+// y[M, N] = x[M, K] W^T for M <= kQuantMmaMaxRows on the tensor cores: x rounded to bf16 (into
+// x_scratch, M * K elements), weights dequantized to bf16 as quant_dequantize_bf16 does, f32
+// accumulation.
+constexpr int kQuantMmaMaxRows = 64;
+void quant_mma(const float* x, int m, const QuantMatrix& w, bf16_bits* x_scratch, float* y,
+               cudaStream_t stream);
+
 // --- convert.cu ---
 void activations_to_bf16(const float* x, bf16_bits* y, int64_t count, cudaStream_t stream);
 // Rows [row_begin, row_begin + rows) of the im2col matrix of NHWC f32 images: one row per
@@ -30,7 +58,8 @@ void im2col_bf16(const float* images, int height, int width, int patch, int64_t 
 
 // --- elementwise.cu ---
 void gelu_erf(float* x, int64_t count, cudaStream_t stream);
-void swiglu(const float* gate, const float* up, float* y, int64_t count, cudaStream_t stream);
+// y[r, c] = silu(gate_up[r, c]) * gate_up[r, cols + c]: rows of gate_up are gate | up.
+void swiglu(const float* gate_up, float* y, int64_t rows, int64_t cols, cudaStream_t stream);
 void add(float* x, const float* y, int64_t count, cudaStream_t stream);
 void add_scaled(float* x, const float* y, const float* scale, int64_t rows, int64_t cols,
                 cudaStream_t stream);
@@ -48,10 +77,11 @@ void layer_norm(const float* x, const float* w, const float* b, float eps, float
                 int64_t cols, cudaStream_t stream);
 void rms_norm(const float* x, const float* w, float eps, float* y, int64_t rows, int64_t cols,
               cudaStream_t stream);
+// x += y, then out = rms_norm(x), rounded as those two ops; out overlaps neither x nor y.
+void add_rms_norm(float* x, const float* y, const float* w, float eps, float* out, int64_t rows,
+                  int64_t cols, cudaStream_t stream);
 
-// --- rope_kv.cu ---
-void rope(float* q, float* k, const int32_t* positions, int tokens, int q_heads, int kv_heads,
-          int head_dim, float theta, cudaStream_t stream);
+// --- the paged KV cache and a batch's token positions, as the kernels see them ---
 
 // A layer's paged K and V: [num_blocks, block_size, kv_heads, head_dim] bf16 each.
 struct PagedLayer {
@@ -73,9 +103,13 @@ struct TokenIndex {
   int max_blocks = 0;
 };
 
-// Slots whose block id is outside the cache are skipped (the runtime owns table validity).
-void kv_write(const PagedLayer& cache, const float* k, const float* v, const TokenIndex& index,
-              cudaStream_t stream);
+// --- rope_kv.cu ---
+// qkv [tokens, (q_heads + 2 kv_heads) * head_dim] (q | k | v): rotate-half RoPE at `positions`
+// of q into q [tokens, q_heads * head_dim] and of k into the cache, v copied there (bf16).
+// Slots whose block id is outside the cache are skipped (the runtime owns table validity);
+// head_dim <= kMaxHeadDim.
+void rope_kv_write(const float* qkv, const int32_t* positions, int q_heads, float theta, float* q,
+                   const PagedLayer& cache, const TokenIndex& index, cudaStream_t stream);
 
 // --- vit_attention.cu ---
 constexpr int kMaxHeadDim = 128;

@@ -1,0 +1,289 @@
+// Decode-time linear with quantized weights: y[M, N] = x[M, K] W^T for M <= 8, W held as MLX
+// affine codes (w = scale * q + bias per group of 64 or 128 inputs), f32 activations.
+//
+// Memory-bound like the bf16 GEMV (gemv.cu), but a byte of codes carries 1 or 2 weights, so
+// the arithmetic per byte is 2-4x higher and instruction count decides whether the kernel
+// keeps up with DRAM. Per output and group it computes scale * dot(q, x) + bias * sum(x):
+// no per-weight dequantization, and sum(x) is formed once per chunk for all rows of a warp.
+//
+// Work layout: a warp owns R consecutive rows. K is cut into chunks of 8 inputs (one 32-bit
+// word of 4-bit codes, two of 8-bit codes); lane L takes chunks L, L + 32, L + 64, ... so a
+// warp's activation loads of one chunk index cover one contiguous 1 KB span (two float4 per
+// lane), and every chunk lies in one group (8 divides the group size). Each lane loads x for a
+// chunk once and applies it to its R rows; 16 bytes of codes per row and lane are in flight
+// before any is used.
+//
+// Codes become floats without conversion instructions: a code masked in place inside its word
+// (bit offset s < 23), read as an f32, is the subnormal q * 2^(s - 149) exactly. Multiplied by
+// x * 2^(kXExp - s) it gives q * x * 2^(kXExp - 149) in one FMA; fma.rn.f32 (no .ftz) takes
+// subnormal inputs at full rate on the FMA pipe. A code then costs one logic op plus one FMA
+// per activation row, instead of extract, convert and subtract. With kXExp = 80 the products
+// stay normal floats for |q x| > 2^-57 (below, the absolute error is < 2^-80), x * 2^80 is
+// finite for |x| < 2^48, and the sum is scaled back exactly by a power of two.
+#include <type_traits>
+
+#include "backend/cuda/cuda_check.hpp"
+#include "backend/cuda/kernels.hpp"
+#include "backend/cuda/launch.cuh"
+#include "backend/cuda/quant_format.cuh"
+
+namespace moxin::cuda {
+namespace {
+
+constexpr int kWarpsPerBlock = 4;
+constexpr int kLanes = 32;
+constexpr int kChunk = 8;   // inputs per chunk
+constexpr int kXExp = 80;   // x is scaled by 2^(kXExp - s); products carry 2^(kXExp - 149)
+constexpr int kProductExp = kXExp - 149;
+
+// 2^e for -126 <= e <= 127, built from its bits (a constant once e is).
+__device__ __forceinline__ float pow2(int e) { return __uint_as_float(static_cast<uint32_t>(127 + e) << 23); }
+
+// Bit offset inside the extracted word of chunk element e's code (see extract_codes).
+template <int Bits>
+__host__ __device__ constexpr int code_offset(int e) {
+  if constexpr (Bits == 4)
+    return e <= 4 ? 4 * e : 4 * (e - 3);
+  else
+    return e % 2 == 0 ? 0 : 8;
+}
+
+// The 8 codes of a chunk as subnormal floats q * 2^(code_offset(e) - 149). 4-bit: nibbles 0..4
+// are masked in place, nibbles 5..7 after a 12-bit shift (so none touches the exponent field,
+// bit 23). 8-bit: bytes 0 and 1 in place, bytes 2 and 3 moved down to offsets 0 and 8.
+template <int Bits>
+__device__ __forceinline__ void extract_codes(const uint32_t (&words)[Bits / 4], float (&v)[8]) {
+  if constexpr (Bits == 4) {
+    const uint32_t lo = words[0], hi = words[0] >> 12;
+    v[0] = __uint_as_float(lo & 0xfu);
+    v[1] = __uint_as_float(lo & 0xf0u);
+    v[2] = __uint_as_float(lo & 0xf00u);
+    v[3] = __uint_as_float(lo & 0xf000u);
+    v[4] = __uint_as_float(lo & 0xf0000u);
+    v[5] = __uint_as_float(hi & 0xf00u);
+    v[6] = __uint_as_float(hi & 0xf000u);
+    v[7] = __uint_as_float(hi & 0xf0000u);
+  } else {
+#pragma unroll
+    for (int i = 0; i < 2; ++i) {
+      v[4 * i] = __uint_as_float(words[i] & 0xffu);
+      v[4 * i + 1] = __uint_as_float(words[i] & 0xff00u);
+      v[4 * i + 2] = __uint_as_float(__byte_perm(words[i], 0, 0x4442));  // byte 2 -> bits 0..7
+      v[4 * i + 3] = __uint_as_float(__byte_perm(words[i], 0, 0x4434));  // byte 3 -> bits 8..15
+    }
+  }
+}
+
+// fma.rn.f32 spelled out: no flush-to-zero whatever the compiler flags, the subnormal codes
+// above must survive.
+__device__ __forceinline__ float fma_subnormal(float a, float b, float c) {
+  float d;
+  asm("fma.rn.f32 %0, %1, %2, %3;" : "=f"(d) : "f"(a), "f"(b), "f"(c));
+  return d;
+}
+
+// Codes are read once: bypass L1 so that x stays cached there.
+__device__ __forceinline__ uint32_t load_code(const uint32_t* p) {
+  uint32_t v;
+  asm("ld.global.nc.L1::no_allocate.u32 %0, [%1];" : "=r"(v) : "l"(p));
+  return v;
+}
+__device__ __forceinline__ uint2 load_code2(const uint32_t* p) {
+  uint2 v;
+  asm("ld.global.nc.L1::no_allocate.v2.u32 {%0, %1}, [%2];" : "=r"(v.x), "=r"(v.y) : "l"(p));
+  return v;
+}
+
+__device__ __forceinline__ float warp_sum(float v) {
+#pragma unroll
+  for (int offset = kLanes / 2; offset > 0; offset /= 2)
+    v += __shfl_xor_sync(0xffffffffu, v, offset);
+  return v;
+}
+
+// Requires K % 64 == 0 and 16-byte aligned x (checked by the launcher).
+template <int M, int R, int Bits, bool F32Scales>
+__global__ void __launch_bounds__(kWarpsPerBlock* kLanes)
+    quant_gemv_kernel(const float* __restrict__ x, QuantMatrix w, float* __restrict__ y) {
+  constexpr int kWords = Bits / 4;              // code words per chunk
+  constexpr int kSteps = 4 / kWords;            // chunks per lane and row in flight: 16 bytes
+  constexpr int kSpan = kSteps * kLanes;        // chunks per warp iteration
+  using Raw = ScaleBiasRaw<F32Scales>;
+  const int lane = threadIdx.x % kLanes;
+  const int row0 = (blockIdx.x * kWarpsPerBlock + threadIdx.x / kLanes) * R;
+  if (row0 >= w.rows) return;
+  const int k = w.cols;
+  const int chunks = k / kChunk;
+  const int groups = k / w.group_size;
+  const int group_shift = w.group_size == 64 ? 3 : 4;  // chunk index -> group index
+  const uint32_t* codes[R];
+  const Raw* pairs[R];
+#pragma unroll
+  for (int r = 0; r < R; ++r) {
+    const int64_t row = min(row0 + r, w.rows - 1);
+    codes[r] = w.codes + row * chunks * kWords;
+    pairs[r] = static_cast<const Raw*>(w.scale_bias) + row * groups;
+  }
+  // The weights never depend on earlier kernels: start pulling this warp's first ones into L2
+  // while the previous kernel (which produces x) drains.
+#pragma unroll
+  for (int r = 0; r < R; ++r)
+    if (lane < chunks) asm volatile("prefetch.global.L2 [%0];" ::"l"(codes[r] + lane * kWords));
+  wait_for_prior_kernels();
+
+  float acc_q[M][R], acc_b[M][R];  // sum of scale * dot * 2^kProductExp, sum of bias * sum(x)
+#pragma unroll
+  for (int m = 0; m < M; ++m)
+#pragma unroll
+    for (int r = 0; r < R; ++r) acc_q[m][r] = acc_b[m][r] = 0.0f;
+
+  auto iteration = [&](int c0, auto tail) {
+    constexpr bool kTail = decltype(tail)::value;
+    uint32_t word[R][kSteps][kWords];
+    Raw raw[R][kSteps];
+#pragma unroll
+    for (int s = 0; s < kSteps; ++s) {
+      const int c = c0 + lane + s * kLanes;
+      const bool ok = !kTail || c < chunks;
+#pragma unroll
+      for (int r = 0; r < R; ++r) {
+        if (ok) {
+          if constexpr (kWords == 1) {
+            word[r][s][0] = load_code(codes[r] + c);
+          } else {
+            const uint2 v = load_code2(codes[r] + 2 * c);
+            word[r][s][0] = v.x;
+            word[r][s][1] = v.y;
+          }
+          raw[r][s] = load_scale_bias<F32Scales>(pairs[r], c >> group_shift);
+        } else {
+#pragma unroll
+          for (int i = 0; i < kWords; ++i) word[r][s][i] = 0;
+          raw[r][s] = Raw{};
+        }
+      }
+    }
+#pragma unroll
+    for (int s = 0; s < kSteps; ++s) {
+      const int c = c0 + lane + s * kLanes;
+      if (kTail && c >= chunks) break;
+      float xs[M][kChunk], xsum[M];
+#pragma unroll
+      for (int m = 0; m < M; ++m) {
+        const float4* x4 = reinterpret_cast<const float4*>(x + static_cast<int64_t>(m) * k) + 2 * c;
+        const float4 a = __ldg(x4), b = __ldg(x4 + 1);
+        const float v[kChunk] = {a.x, a.y, a.z, a.w, b.x, b.y, b.z, b.w};
+        xsum[m] = ((v[0] + v[1]) + (v[2] + v[3])) + ((v[4] + v[5]) + (v[6] + v[7]));
+#pragma unroll
+        for (int e = 0; e < kChunk; ++e) xs[m][e] = v[e] * pow2(kXExp - code_offset<Bits>(e));
+      }
+#pragma unroll
+      for (int r = 0; r < R; ++r) {
+        float q[kChunk];
+        extract_codes<Bits>(word[r][s], q);
+        const float2 sb = unpack_scale_bias(raw[r][s]);
+#pragma unroll
+        for (int m = 0; m < M; ++m) {
+          float even = 0.0f, odd = 0.0f;
+#pragma unroll
+          for (int e = 0; e < kChunk; e += 2) {
+            even = fma_subnormal(q[e], xs[m][e], even);
+            odd = fma_subnormal(q[e + 1], xs[m][e + 1], odd);
+          }
+          acc_q[m][r] = fmaf(sb.x, even + odd, acc_q[m][r]);
+          acc_b[m][r] = fmaf(sb.y, xsum[m], acc_b[m][r]);
+        }
+      }
+    }
+  };
+  int c0 = 0;
+  for (; c0 + kSpan <= chunks; c0 += kSpan) iteration(c0, std::false_type{});
+  if (c0 < chunks) iteration(c0, std::true_type{});
+
+  float out[M][R];
+#pragma unroll
+  for (int m = 0; m < M; ++m)
+#pragma unroll
+    for (int r = 0; r < R; ++r) out[m][r] = warp_sum(fmaf(acc_q[m][r], pow2(-kProductExp), acc_b[m][r]));
+  if (lane == 0) {
+#pragma unroll
+    for (int r = 0; r < R; ++r) {
+      if (row0 + r >= w.rows) break;
+#pragma unroll
+      for (int m = 0; m < M; ++m) y[static_cast<int64_t>(m) * w.rows + row0 + r] = out[m][r];
+    }
+  }
+}
+
+template <int M, int R, int Bits, bool F32Scales>
+void launch(const float* x, const QuantMatrix& w, float* y, cudaStream_t stream) {
+  const int rows_per_block = kWarpsPerBlock * R;
+  const int blocks = (w.rows + rows_per_block - 1) / rows_per_block;
+  launch_kernel("quant_gemv_kernel", quant_gemv_kernel<M, R, Bits, F32Scales>, blocks,
+                kWarpsPerBlock * kLanes, 0, stream, x, w, y);
+}
+
+// Rows per warp: more rows share each activation load and its sum (M = 1..2), fewer keep the
+// registers of M accumulator sets in check.
+template <int M, int Bits, bool F32Scales>
+void launch_default(const float* x, const QuantMatrix& w, float* y, cudaStream_t stream) {
+  if constexpr (M <= 2)
+    launch<M, 4, Bits, F32Scales>(x, w, y, stream);
+  else
+    launch<M, 2, Bits, F32Scales>(x, w, y, stream);
+}
+
+template <int Bits, bool F32Scales>
+void launch_rows(const float* x, int m, const QuantMatrix& w, float* y, cudaStream_t stream) {
+  switch (m) {
+    case 1: return launch_default<1, Bits, F32Scales>(x, w, y, stream);
+    case 2: return launch_default<2, Bits, F32Scales>(x, w, y, stream);
+    case 3: return launch_default<3, Bits, F32Scales>(x, w, y, stream);
+    case 4: return launch_default<4, Bits, F32Scales>(x, w, y, stream);
+    case 5: return launch_default<5, Bits, F32Scales>(x, w, y, stream);
+    case 6: return launch_default<6, Bits, F32Scales>(x, w, y, stream);
+    case 7: return launch_default<7, Bits, F32Scales>(x, w, y, stream);
+    case 8: return launch_default<8, Bits, F32Scales>(x, w, y, stream);
+    default: fail("[cuda] quant_gemv: ", m, " rows; the GEMV path takes 1..", kGemvMaxRows);
+  }
+}
+
+void check_usable(const float* x, const QuantMatrix& w) {
+  MOXIN_CHECK(w.cols % 64 == 0 && reinterpret_cast<uintptr_t>(x) % 16 == 0,
+              "[cuda] quant_gemv: needs in_features % 64 == 0 (got ", w.cols,
+              ") and 16-byte aligned activations");
+}
+
+}  // namespace
+
+void quant_gemv(const float* x, int m, const QuantMatrix& w, float* y, cudaStream_t stream) {
+  if (w.rows == 0 || m == 0) return;
+  check_usable(x, w);
+  if (w.bits == 4)
+    w.f32_scales ? launch_rows<4, true>(x, m, w, y, stream) : launch_rows<4, false>(x, m, w, y, stream);
+  else
+    w.f32_scales ? launch_rows<8, true>(x, m, w, y, stream) : launch_rows<8, false>(x, m, w, y, stream);
+}
+
+bool quant_gemv_variant(int rows_per_warp, const float* x, const QuantMatrix& w, float* y,
+                        cudaStream_t stream) {
+  check_usable(x, w);
+  if (w.f32_scales) return false;
+  auto run = [&](auto rows) {
+    constexpr int R = decltype(rows)::value;
+    if (w.bits == 4)
+      launch<1, R, 4, false>(x, w, y, stream);
+    else
+      launch<1, R, 8, false>(x, w, y, stream);
+    return true;
+  };
+  switch (rows_per_warp) {
+    case 1: return run(std::integral_constant<int, 1>{});
+    case 2: return run(std::integral_constant<int, 2>{});
+    case 4: return run(std::integral_constant<int, 4>{});
+    case 8: return run(std::integral_constant<int, 8>{});
+    default: return false;
+  }
+}
+
+}  // namespace moxin::cuda

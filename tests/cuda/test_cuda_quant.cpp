@@ -1,0 +1,276 @@
+// Quantized linears on the GPU (SPEC.md section 5) against an f64 reference computed from the
+// MLX formula w = scale * q + bias on the codes: every path (GEMV M <= 8, tensor cores
+// 9 <= M <= 64, dequantize + cuBLASLt above), 4/8 bits, groups of 64/128, BF16/F16/F32 scales,
+// multi-part concatenation and the refusals of malformed weights.
+//
+// Tolerances (||got - ref|| / ||ref||), as test_cuda_linear.cpp:
+//  - GEMV: f32 activations, the exact dequantized weights, f32 sums: 1e-5.
+//  - Tensor-core and prefill paths: weights rounded to bf16 (bf16(f32 fma(scale, q, bias)))
+//    and activations rounded to bf16. Against a reference that rounds both the same way the
+//    error is f32 rounding (1e-5); against exact weights and activations it is the two bf16
+//    roundings, ~2 x 2^-9 / sqrt(3) per product: 4e-3 bounds it.
+#include <cmath>
+#include <cstring>
+#include <memory>
+
+#include "backend/cuda/kernels.hpp"
+#include "core/bf16.hpp"
+#include "core/check.hpp"
+#include "cuda_test_support.hpp"
+
+namespace moxin::cuda_test {
+namespace {
+
+constexpr double kF32Tol = 1e-5;
+constexpr double kBf16Tol = 4e-3;
+
+// One quantized linear as a checkpoint holds it: random codes, scales and biases (biases near
+// -scale * 2^(bits-1), so weights centre on zero as quantized ones do).
+struct QuantPart {
+  int64_t out = 0, in = 0;
+  int bits = 0, group_size = 0;
+  DType scale_dtype = DType::BF16;
+  std::vector<uint32_t> codes;
+  std::vector<uint8_t> scale_bytes, bias_bytes;
+  std::vector<float> scales, biases;  // the stored values
+  TensorInfo codes_info, scales_info, biases_info;
+  LinearWeight weight;
+
+  uint32_t code(int64_t row, int64_t col) const {
+    const int per_word = 32 / bits;
+    const uint32_t word = codes[static_cast<size_t>(row * (in / per_word) + col / per_word)];
+    return (word >> (bits * (col % per_word))) & ((1u << bits) - 1);
+  }
+  float scale(int64_t row, int64_t col) const { return scales[row * (in / group_size) + col / group_size]; }
+  float bias(int64_t row, int64_t col) const { return biases[row * (in / group_size) + col / group_size]; }
+};
+
+class CudaQuant : public CudaOpsTest {
+ protected:
+  std::unique_ptr<QuantPart> make_part(int64_t out, int64_t in, int bits, int group_size,
+                                       DType scale_dtype, const std::string& name = "w") {
+    auto p = std::make_unique<QuantPart>();
+    p->out = out;
+    p->in = in;
+    p->bits = bits;
+    p->group_size = group_size;
+    p->scale_dtype = scale_dtype;
+    p->codes.resize(static_cast<size_t>(out * in * bits / 32));
+    std::uniform_int_distribution<uint32_t> word(0, UINT32_MAX);
+    for (uint32_t& c : p->codes) c = word(rng_);
+    const int64_t groups = out * (in / group_size);
+    const std::vector<float> s = uniform(static_cast<size_t>(groups), 0.002f, 0.02f);
+    const std::vector<float> jitter = uniform(static_cast<size_t>(groups), -0.5f, 0.5f);
+    p->scale_bytes.resize(static_cast<size_t>(groups) * dtype_size(scale_dtype));
+    p->bias_bytes.resize(p->scale_bytes.size());
+    for (int64_t g = 0; g < groups; ++g) {
+      const float b = -s[g] * static_cast<float>(1 << (bits - 1)) * (1.0f + jitter[g]);
+      p->scales.push_back(store(s[g], scale_dtype, p->scale_bytes.data(), g));
+      p->biases.push_back(store(b, scale_dtype, p->bias_bytes.data(), g));
+    }
+    p->codes_info = info(name + ".weight", DType::U32, {out, in * bits / 32}, p->codes.data(),
+                         p->codes.size() * 4);
+    p->scales_info = info(name + ".scales", scale_dtype, {out, in / group_size},
+                          p->scale_bytes.data(), p->scale_bytes.size());
+    p->biases_info = info(name + ".biases", scale_dtype, {out, in / group_size},
+                          p->bias_bytes.data(), p->bias_bytes.size());
+    p->weight.weight = &p->codes_info;
+    p->weight.scales = &p->scales_info;
+    p->weight.qbiases = &p->biases_info;
+    p->weight.bits = bits;
+    p->weight.group_size = group_size;
+    p->weight.out_features = out;
+    p->weight.in_features = in;
+    return p;
+  }
+
+  static float store(float v, DType dtype, uint8_t* out, int64_t i) {
+    if (dtype == DType::F32) {
+      std::memcpy(out + 4 * i, &v, 4);
+      return v;
+    }
+    const uint16_t h = dtype == DType::BF16 ? f32_to_bf16(v) : f32_to_f16(v);
+    std::memcpy(out + 2 * i, &h, 2);
+    return dtype == DType::BF16 ? bf16_to_f32(h) : f16_to_f32(h);
+  }
+
+  static TensorInfo info(const std::string& name, DType dtype, std::vector<int64_t> shape,
+                         const void* data, size_t nbytes) {
+    TensorInfo t;
+    t.name = name;
+    t.dtype = dtype;
+    t.shape = std::move(shape);
+    t.data = static_cast<const uint8_t*>(data);
+    t.nbytes = nbytes;
+    t.file = "<test>";
+    return t;
+  }
+
+  // y = x W^T over the parts' rows concatenated; `rounded`: weights and x as the tensor-core
+  // paths round them.
+  static std::vector<double> reference(const std::vector<const QuantPart*>& parts,
+                                       const std::vector<float>& x, int64_t m, bool rounded) {
+    int64_t n = 0;
+    for (const QuantPart* p : parts) n += p->out;
+    const int64_t k = parts.front()->in;
+    std::vector<double> w(static_cast<size_t>(n * k));
+    int64_t row = 0;
+    for (const QuantPart* p : parts)
+      for (int64_t r = 0; r < p->out; ++r, ++row)
+        for (int64_t c = 0; c < k; ++c) {
+          const float s = p->scale(r, c), b = p->bias(r, c);
+          const float q = static_cast<float>(p->code(r, c));
+          w[row * k + c] = rounded ? double(round_bf16(std::fma(s, q, b))) : double(s) * q + b;
+        }
+    std::vector<double> y(static_cast<size_t>(m * n));
+    for (int64_t i = 0; i < m; ++i)
+      for (int64_t o = 0; o < n; ++o) {
+        double acc = 0.0;
+        for (int64_t c = 0; c < k; ++c) {
+          const float xv = x[i * k + c];
+          acc += w[o * k + c] * (rounded ? round_bf16(xv) : xv);
+        }
+        y[i * n + o] = acc;
+      }
+    return y;
+  }
+
+  void check(const std::vector<const QuantPart*>& parts, int64_t m) {
+    std::vector<const LinearWeight*> weights;
+    int64_t n = 0;
+    for (const QuantPart* p : parts) {
+      weights.push_back(&p->weight);
+      n += p->out;
+    }
+    const QuantPart& f = *parts.front();
+    const std::string what = cat("M=", m, " N=", n, " K=", f.in, " ", f.bits, "-bit g",
+                                 f.group_size, " ", dtype_name(f.scale_dtype), " scales",
+                                 parts.size() > 1 ? cat(" ", parts.size(), " parts") : "");
+    const Linear prepared = parts.size() == 1 ? backend().prepare_linear(f.weight)
+                                              : backend().prepare_fused_linear(weights);
+    ASSERT_EQ(prepared.out_features, n);
+    const std::vector<float> x = randn(static_cast<size_t>(m * f.in));
+    Tensor y = poisoned({m, n});
+    backend().linear(upload(x, {m, f.in}), prepared, y);
+    const std::vector<float> got = download(y);
+    if (m <= cuda::kGemvMaxRows) {
+      expect_close("quant gemv " + what, got, reference(parts, x, m, false), kF32Tol);
+    } else {
+      const char* path = m <= cuda::kQuantMmaMaxRows ? "quant mma " : "quant prefill ";
+      expect_close(path + what + " vs bf16-rounded", got, reference(parts, x, m, true), kF32Tol);
+      expect_close(path + what + " vs exact", got, reference(parts, x, m, false), kBf16Tol);
+    }
+  }
+
+  void check_one(int64_t m, int64_t n, int64_t k, int bits, int group_size,
+                 DType scale_dtype = DType::BF16) {
+    const auto part = make_part(n, k, bits, group_size, scale_dtype);
+    check({part.get()}, m);
+  }
+
+  void expect_refused(const LinearWeight& w, const std::string& message) {
+    try {
+      backend().prepare_linear(w);
+      FAIL() << "prepare_linear accepted a malformed quantized weight; expected: " << message;
+    } catch (const Error& e) {
+      EXPECT_NE(std::string(e.what()).find(message), std::string::npos) << e.what();
+    }
+  }
+};
+
+TEST_F(CudaQuant, GemvUpToEightRows) {
+  for (int bits : {4, 8})
+    for (int gs : {64, 128}) {
+      check_one(1, 33, 192 * gs / 64, bits, gs);
+      check_one(3, 257, 1088 / 64 * gs, bits, gs);  // full warp iterations plus a tail
+      check_one(8, 65, gs, bits, gs);
+    }
+  check_one(1, 1, 4096, 4, 64);
+  check_one(randint(1, 8), randint(1, 300), 128 * randint(1, 24), 4 * randint(1, 2), 128);
+}
+
+TEST_F(CudaQuant, TensorCoresNineToSixtyFourRows) {
+  for (int bits : {4, 8})
+    for (int gs : {64, 128}) {
+      check_one(9, 33, 192 * gs / 64, bits, gs);
+      check_one(32, 100, 1088 / 64 * gs, bits, gs);
+      check_one(64, 31, gs, bits, gs);
+    }
+  check_one(randint(9, 64), randint(1, 300), 64 * randint(1, 40), 4 * randint(1, 2), 64);
+}
+
+TEST_F(CudaQuant, PrefillDequantizesForCublasLt) {
+  for (int bits : {4, 8})
+    for (int gs : {64, 128}) check_one(65, 47, 2 * gs, bits, gs);
+  check_one(300, 130, 576, 4, 64);
+  check_one(randint(65, 400), randint(1, 200), 128 * randint(1, 8), 4 * randint(1, 2), 128);
+}
+
+TEST_F(CudaQuant, F32AndF16Scales) {
+  for (DType dtype : {DType::F32, DType::F16})
+    for (int m : {1, 5, 17, 70}) check_one(m, 40, 320, m % 2 ? 4 : 8, 64, dtype);
+}
+
+TEST_F(CudaQuant, PartsConcatenateByRows) {
+  for (int m : {1, 8, 32, 65}) {
+    const auto q = make_part(64, 256, 4, 64, DType::BF16, "q");
+    const auto k = make_part(17, 256, 4, 64, DType::BF16, "k");
+    const auto v = make_part(33, 256, 4, 64, DType::BF16, "v");
+    check({q.get(), k.get(), v.get()}, m);
+  }
+}
+
+TEST_F(CudaQuant, MalformedWeightsAreRefused) {
+  auto p = make_part(8, 128, 4, 64, DType::BF16);
+  LinearWeight w = p->weight;
+  w.bits = 3;
+  expect_refused(w, "bits 3 is not supported");
+  w = p->weight;
+  w.group_size = 32;
+  expect_refused(w, "group size 32 is not supported");
+  w = p->weight;
+  w.in_features = 96;
+  expect_refused(w, "must be a positive multiple of group size 64");
+  TensorInfo wrong = p->codes_info;
+  wrong.dtype = DType::BF16;
+  w = p->weight;
+  w.weight = &wrong;
+  expect_refused(w, "U32 words of packed codes but is BF16");
+  wrong = p->codes_info;
+  wrong.nbytes -= 4;
+  w.weight = &wrong;
+  expect_refused(w, "U32 words of packed codes");
+  w = p->weight;
+  w.qbiases = nullptr;
+  expect_refused(w, "lacks its scales or biases");
+  TensorInfo f32_biases = p->biases_info;
+  f32_biases.dtype = DType::F32;
+  w = p->weight;
+  w.qbiases = &f32_biases;
+  expect_refused(w, "w.biases' is F32");
+  TensorInfo bias = p->scales_info;
+  w = p->weight;
+  w.bias = &bias;
+  expect_refused(w, "with a bias is not supported");
+}
+
+TEST_F(CudaQuant, FusedPartsMustShareTheFormat) {
+  const auto a = make_part(8, 128, 4, 64, DType::BF16, "a");
+  const auto b = make_part(8, 128, 8, 64, DType::BF16, "b");
+  const auto c = make_part(8, 128, 4, 128, DType::BF16, "c");
+  const auto d = make_part(8, 256, 4, 64, DType::BF16, "d");
+  const auto e = make_part(8, 128, 4, 64, DType::F32, "e");
+  for (const QuantPart* other : {b.get(), c.get(), d.get(), e.get()}) {
+    try {
+      backend().prepare_fused_linear({&a->weight, &other->weight});
+      FAIL() << "fused parts of different formats were accepted";
+    } catch (const Error& err) {
+      const std::string msg = err.what();
+      EXPECT_NE(msg.find("'" + other->codes_info.name + "'"), std::string::npos) << msg;
+      EXPECT_NE(msg.find("cannot join"), std::string::npos) << msg;
+    }
+  }
+}
+
+}  // namespace
+}  // namespace moxin::cuda_test
