@@ -90,7 +90,8 @@ TEST_F(CudaOps, AddRmsNorm) {
         sq += sum[i] * sum[i];
       }
       const double inv = 1.0 / std::sqrt(sq / cols + eps);
-      for (int c = 0; c < cols; ++c) ref[size_t(r) * cols + c] = w[c] * sum[size_t(r) * cols + c] * inv;
+      for (int c = 0; c < cols; ++c)
+        ref[size_t(r) * cols + c] = w[c] * sum[size_t(r) * cols + c] * inv;
     }
     Tensor xt = upload(x, {rows, cols});
     Tensor out = poisoned({rows, cols});
@@ -234,6 +235,7 @@ TEST_F(CudaOps, RopeKvWrite) {
     const Tensor input = upload(qkv, {c.tokens, width});
     Tensor q = poisoned({c.tokens, qw});
     backend().rope_kv_write(input, upload_i32(rotation, {c.tokens}), c.theta, *cache, 1, batch, q);
+    backend().synchronize();  // the cache is read below by plain cudaMemcpy, off the stream
 
     // transformers: inv_freq = 1 / theta ** (arange(0, D, 2) / D) and freqs = pos * inv_freq,
     // both in f32; out = x * cos + rotate_half(x) * sin.
@@ -286,10 +288,9 @@ TEST_F(CudaOps, RopeKvWrite) {
   batch.token_pos = upload_i32({0}, {1});
   batch.block_tables = upload_i32({0}, {1, 1});
   Tensor q = poisoned({1, 8});
-  EXPECT_THROW(backend().rope_kv_write(poisoned({1, 12}), batch.token_pos, 1e4f, *cache, 0, batch, q),
-               Error);
-  EXPECT_THROW(backend().rope_kv_write(poisoned({1, 16}), batch.token_pos, 1e4f, *cache, 1, batch, q),
-               Error);
+  const Tensor narrow = poisoned({1, 12}), fits = poisoned({1, 16});
+  EXPECT_THROW(backend().rope_kv_write(narrow, batch.token_pos, 1e4f, *cache, 0, batch, q), Error);
+  EXPECT_THROW(backend().rope_kv_write(fits, batch.token_pos, 1e4f, *cache, 1, batch, q), Error);
 }
 
 }  // namespace

@@ -212,7 +212,8 @@ Linear CudaBackend::prepare_linear(const LinearWeight& w) { return prepare_fused
 Linear CudaBackend::prepare_fused_linear(const std::vector<const LinearWeight*>& parts) {
   MOXIN_CHECK(!parts.empty(), "[cuda] prepare_fused_linear: no parts");
   for (const LinearWeight* part : parts)
-    MOXIN_CHECK(part != nullptr && part->weight != nullptr, "[cuda] prepare_linear: no weight tensor");
+    MOXIN_CHECK(part != nullptr && part->weight != nullptr,
+                "[cuda] prepare_linear: no weight tensor");
   const LinearWeight& first = *parts.front();
   if (first.bits != 0) return prepare_quantized_linear(parts);
   const int64_t in = first.in_features;
@@ -220,9 +221,9 @@ Linear CudaBackend::prepare_fused_linear(const std::vector<const LinearWeight*>&
   bool any_bias = false;
   for (const LinearWeight* part : parts) {
     MOXIN_CHECK(part->bits == 0 && part->in_features == in, "[cuda] prepare_fused_linear: '",
-                part->weight->name, "' (", part->bits == 0 ? "float" : cat(part->bits, "-bit"), ", ",
-                part->in_features, " inputs) cannot join '", first.weight->name, "' (float, ", in,
-                " inputs): fused parts share in_features and format");
+                part->weight->name, "' (", part->bits == 0 ? "float" : cat(part->bits, "-bit"),
+                ", ", part->in_features, " inputs) cannot join '", first.weight->name,
+                "' (float, ", in, " inputs): fused parts share in_features and format");
     check_linear_shape(*part->weight, part->out_features, part->in_features);
     if (part->bias)
       MOXIN_CHECK(part->bias->numel() == part->out_features, "[cuda] bias '", part->bias->name,
@@ -394,14 +395,16 @@ void CudaBackend::rms_norm(const Tensor& x, const Tensor& w, float eps, Tensor& 
                  cols, stream());
 }
 
-void CudaBackend::add_rms_norm(Tensor& x, const Tensor& y, const Tensor& w, float eps, Tensor& out) {
+void CudaBackend::add_rms_norm(Tensor& x, const Tensor& y, const Tensor& w, float eps,
+                               Tensor& out) {
   require_f32("add_rms_norm", {&x, &y, &w, &out});
   const int64_t rows = x.rows(), cols = x.cols();
   MOXIN_CHECK(w.numel() == cols, "[cuda] add_rms_norm: weight ", w.shape_str(), " does not match ",
               cols, " columns");
   require_shape(y, rows, cols, "add_rms_norm", "y");
   require_shape(out, rows, cols, "add_rms_norm", "out");
-  MOXIN_CHECK(out.data != x.data && out.data != y.data, "[cuda] add_rms_norm: out must not be x or y");
+  MOXIN_CHECK(out.data != x.data && out.data != y.data,
+              "[cuda] add_rms_norm: out must not be x or y");
   cuda::add_rms_norm(data_of<float>(x), data_of<const float>(y), data_of<const float>(w), eps,
                      data_of<float>(out), rows, cols, stream());
 }

@@ -23,14 +23,18 @@ __global__ void gelu_erf_kernel(float* __restrict__ x, int64_t count) {
   }
 }
 
-// y [rows, cols] from gate_up [rows, 2 * cols] = gate | up.
+// y [rows, cols] from gate_up [rows, 2 * cols] = gate | up: blocks stride over rows (y) and
+// columns (x), so no thread divides a flat index by the row length.
 __global__ void swiglu_kernel(const float* __restrict__ gate_up, float* __restrict__ y,
-                              int64_t count, int64_t cols) {
+                              int64_t rows, int cols) {
   wait_for_prior_kernels();
-  MOXIN_GRID_STRIDE(i, count) {
-    const float* row = gate_up + i / cols * 2 * cols;
-    const float g = row[i % cols];
-    y[i] = g / (1.0f + expf(-g)) * row[cols + i % cols];
+  for (int64_t r = blockIdx.y; r < rows; r += gridDim.y) {
+    const float* gate = gate_up + r * 2 * cols;
+    float* out = y + r * cols;
+    for (int c = blockIdx.x * blockDim.x + threadIdx.x; c < cols; c += gridDim.x * blockDim.x) {
+      const float g = gate[c];
+      out[c] = g / (1.0f + expf(-g)) * gate[cols + c];
+    }
   }
 }
 
@@ -87,10 +91,11 @@ void gelu_erf(float* x, int64_t count, cudaStream_t stream) {
 }
 
 void swiglu(const float* gate_up, float* y, int64_t rows, int64_t cols, cudaStream_t stream) {
-  const int64_t count = rows * cols;
-  if (count == 0) return;
-  launch_kernel("swiglu_kernel", swiglu_kernel, elementwise_blocks(count), kElementwiseThreads, 0,
-                stream, gate_up, y, count, cols);
+  if (rows * cols == 0) return;
+  const unsigned col_blocks = elementwise_blocks(cols);
+  const dim3 grid(col_blocks, static_cast<unsigned>(std::min<int64_t>(rows, 65535)));
+  launch_kernel("swiglu_kernel", swiglu_kernel, grid, kElementwiseThreads, 0, stream, gate_up, y,
+                rows, static_cast<int>(cols));
 }
 
 void add(float* x, const float* y, int64_t count, cudaStream_t stream) {
