@@ -4,7 +4,8 @@
     the same MLX affine formula applied to the input weights; packing checked by unpacking.
 (b) `moxin dump` on the quantized model (and with load-time --quantize) vs the PyTorch
     reference run in float32 on the dequantized weights, on each of MOXIN_PARITY_DEVICES
-    (default cpu) with test_parity.py's tolerance for that device.
+    (default cpu) with test_parity.py's tolerance for that device; `moxin dump --hidden-states`
+    (every layer's output, every position's logits) vs transformers on the same weights.
 (c) A quality table (bits x group) of the quantized model vs bf16 with teacher forcing in
     the PyTorch reference, on a tiny model whose next-token distributions have a trained LM's
     clear winner (quant_models.py says how and why); the issue's int8 g64 top-1 agreement
