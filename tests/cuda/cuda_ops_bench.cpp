@@ -87,6 +87,54 @@ Linear make_linear(Backend& backend, int64_t out, int64_t in) {
   return l;
 }
 
+// A quantized linear of random codes and bf16 scales/biases (biases near -scale * 2^(bits-1)).
+struct QuantBenchWeights {
+  std::vector<uint32_t> codes;
+  std::vector<uint16_t> scales, biases;
+  TensorInfo codes_info, scales_info, biases_info;
+};
+
+Linear make_quant_linear(Backend& backend, int64_t out, int64_t in, int bits, int group_size) {
+  QuantBenchWeights q;
+  q.codes.resize(size_t(out * in * bits / 32));
+  for (uint32_t& c : q.codes) {
+    next_uniform();
+    c = uint32_t(rng_state >> 32);
+  }
+  const int64_t groups = out * (in / group_size);
+  for (int64_t g = 0; g < groups; ++g) {
+    const float s = 0.011f + 0.009f * next_uniform();
+    q.scales.push_back(f32_to_bf16(s));
+    q.biases.push_back(f32_to_bf16(-s * float(1 << (bits - 1))));
+  }
+  auto info = [](const char* name, DType dtype, std::vector<int64_t> shape, const void* data,
+                 size_t bytes) {
+    TensorInfo t;
+    t.name = name;
+    t.dtype = dtype;
+    t.shape = std::move(shape);
+    t.data = static_cast<const uint8_t*>(data);
+    t.nbytes = bytes;
+    return t;
+  };
+  q.codes_info = info("bench", DType::U32, {out, in * bits / 32}, q.codes.data(), q.codes.size() * 4);
+  q.scales_info = info("bench.scales", DType::BF16, {out, in / group_size}, q.scales.data(),
+                       q.scales.size() * 2);
+  q.biases_info = info("bench.biases", DType::BF16, {out, in / group_size}, q.biases.data(),
+                       q.biases.size() * 2);
+  LinearWeight w;
+  w.weight = &q.codes_info;
+  w.scales = &q.scales_info;
+  w.qbiases = &q.biases_info;
+  w.bits = bits;
+  w.group_size = group_size;
+  w.out_features = out;
+  w.in_features = in;
+  Linear l = backend.prepare_linear(w);
+  backend.synchronize();
+  return l;
+}
+
 const uint16_t* weight_ptr(const Linear& l) {
   return static_cast<const uint16_t*>(static_cast<const CudaLinear*>(l.impl.get())->weight.get());
 }
@@ -253,15 +301,17 @@ void bench_attention(CudaBackend& backend, double ceiling) {
 // One Mistral decoder layer at batch `seqs` (1k context), as decoder.cpp issues it: fused
 // q|k|v and gate|up linears, rope + KV write in one op, the residual adds fused with the next
 // norm (9 kernels at batch 1).
-void bench_decoder_layer(CudaBackend& backend, double ceiling, int seqs) {
+// `bits` 4 or 8: the linears quantized (groups of 64), else bf16.
+void bench_decoder_layer(CudaBackend& backend, double ceiling, int seqs, int bits = 0) {
   const cudaStream_t stream = backend.stream();
   const int hidden = 4096, q_heads = 32, kv_heads = 8, head_dim = 128, inter = 14336,
             context = 1024;
   const int qkv_width = (q_heads + 2 * kv_heads) * head_dim;
-  const Linear qkv = make_linear(backend, qkv_width, hidden),
-               o = make_linear(backend, hidden, q_heads * head_dim),
-               gate_up = make_linear(backend, 2 * inter, hidden),
-               down = make_linear(backend, hidden, inter);
+  auto linear = [&](int64_t out, int64_t in) {
+    return bits ? make_quant_linear(backend, out, in, bits, 64) : make_linear(backend, out, in);
+  };
+  const Linear qkv = linear(qkv_width, hidden), o = linear(hidden, q_heads * head_dim),
+               gate_up = linear(2 * inter, hidden), down = linear(hidden, inter);
   FilledCache f = fill_cache(backend, seqs, context, kv_heads, head_dim);
   std::vector<int32_t> seq(seqs), pos(seqs, context - 1);
   for (int s = 0; s < seqs; ++s) seq[s] = s;
@@ -291,8 +341,10 @@ void bench_decoder_layer(CudaBackend& backend, double ceiling, int seqs) {
     backend.linear(act, down, out);
     backend.add_rms_norm(x, out, norm, 1e-5f, h);
   };
-  const double weight_bytes = 2.0 * (double(q_heads + 2 * kv_heads) * head_dim * hidden +
-                                     double(hidden) * q_heads * head_dim + 3.0 * inter * hidden);
+  const double weights = double(q_heads + 2 * kv_heads) * head_dim * hidden +
+                         double(hidden) * q_heads * head_dim + 3.0 * inter * hidden;
+  // bf16, or codes plus a bf16 scale and bias per group of 64
+  const double weight_bytes = bits ? weights * bits / 8 + weights / 64 * 4 : 2.0 * weights;
   const double kv_bytes = double(seqs) * context * kv_heads * head_dim * 4;
   for (const bool pdl : {false, true}) {
     set_pdl_enabled(pdl);
@@ -301,7 +353,8 @@ void bench_decoder_layer(CudaBackend& backend, double ceiling, int seqs) {
     const double replay = time_ms(stream, 10, 5, [&](int) { graph->replay(); });
     for (const auto& [label, ms] : {std::pair{"eager", eager}, std::pair{"graph", replay}}) {
       const double per_token_ms = ms * 36;  // 36 layers, lm_head and embedding excluded
-      table.push_back({cat("decoder layer batch ", seqs, " ctx 1k, ", label, pdl ? "+PDL" : "",
+      table.push_back({cat("decoder layer", bits ? cat(" ", bits, "-bit") : "", " batch ", seqs,
+                           " ctx 1k, ", label, pdl ? "+PDL" : "",
                            " (x36 = ", per_token_ms, " ms/step, ",
                            int(seqs * 1000.0 / per_token_ms), " tok/s)"),
                        ms, pct((weight_bytes + kv_bytes) / ms / 1e6, ceiling)});
@@ -314,53 +367,6 @@ void bench_decoder_layer(CudaBackend& backend, double ceiling, int seqs) {
 // (tensor cores) against the copy ceiling in bytes of codes + scales + biases; M = 1024
 // (dequantize + cuBLASLt) against the bf16 linear of the same shape. Three copies of each
 // matrix alternate so that none is served from L2.
-struct QuantBenchWeights {
-  std::vector<uint32_t> codes;
-  std::vector<uint16_t> scales, biases;
-  TensorInfo codes_info, scales_info, biases_info;
-};
-
-Linear make_quant_linear(Backend& backend, int64_t out, int64_t in, int bits, int group_size) {
-  QuantBenchWeights q;
-  q.codes.resize(size_t(out * in * bits / 32));
-  for (uint32_t& c : q.codes) {
-    next_uniform();
-    c = uint32_t(rng_state >> 32);
-  }
-  const int64_t groups = out * (in / group_size);
-  for (int64_t g = 0; g < groups; ++g) {
-    const float s = 0.011f + 0.009f * next_uniform();
-    q.scales.push_back(f32_to_bf16(s));
-    q.biases.push_back(f32_to_bf16(-s * float(1 << (bits - 1))));
-  }
-  auto info = [](const char* name, DType dtype, std::vector<int64_t> shape, const void* data,
-                 size_t bytes) {
-    TensorInfo t;
-    t.name = name;
-    t.dtype = dtype;
-    t.shape = std::move(shape);
-    t.data = static_cast<const uint8_t*>(data);
-    t.nbytes = bytes;
-    return t;
-  };
-  q.codes_info = info("bench", DType::U32, {out, in * bits / 32}, q.codes.data(), q.codes.size() * 4);
-  q.scales_info = info("bench.scales", DType::BF16, {out, in / group_size}, q.scales.data(),
-                       q.scales.size() * 2);
-  q.biases_info = info("bench.biases", DType::BF16, {out, in / group_size}, q.biases.data(),
-                       q.biases.size() * 2);
-  LinearWeight w;
-  w.weight = &q.codes_info;
-  w.scales = &q.scales_info;
-  w.qbiases = &q.biases_info;
-  w.bits = bits;
-  w.group_size = group_size;
-  w.out_features = out;
-  w.in_features = in;
-  Linear l = backend.prepare_linear(w);
-  backend.synchronize();
-  return l;
-}
-
 void bench_quant_linears(CudaBackend& backend, double ceiling) {
   const cudaStream_t stream = backend.stream();
   for (const auto& [n, k] :
@@ -384,7 +390,7 @@ void bench_quant_linears(CudaBackend& backend, double ceiling) {
                              make_quant_linear(backend, n, k, bits, group_size)};
         const double weight_bytes = double(n) * k * bits / 8 + double(n) * (k / group_size) * 4;
         const std::string what = cat("[", n, "x", k, "] ", bits, "-bit g", group_size);
-        for (int m : {1, 8, 32}) {
+        for (int m : {1, 2, 4, 8, 16, 32, 64}) {
           const Tensor x = backend.from_host_f32(xs.data(), {m, k});
           Tensor y = backend.empty_act({m, n});
           const double ms = time_ms(stream, 20, 10, [&](int i) { backend.linear(x, w[i % 3], y); });
@@ -395,14 +401,27 @@ void bench_quant_linears(CudaBackend& backend, double ceiling) {
         if (n != 32064 && group_size == 64) {
           const Tensor x = backend.from_host_f32(xs.data(), {1, k});
           Tensor y = backend.empty_act({1, n});
-          for (int rows : {1, 2, 4, 8}) {
+          for (const auto& [rows, split] : {std::pair{2, 1}, {2, 2}, {2, 4}, {4, 1}, {4, 2}, {4, 4}}) {
             const double vms = time_ms(stream, 20, 10, [&](int i) {
-              quant_gemv_variant(rows, x.ptr<float>(),
+              quant_gemv_variant(rows, split, x.ptr<float>(),
                                  static_cast<const CudaLinear*>(w[i % 3].impl.get())->quant,
                                  y.ptr<float>(), stream);
             });
-            table.push_back({cat("  qgemv variant M=1 rows/warp=", rows), vms,
+            table.push_back({cat("  qgemv variant M=1 rows/warp=", rows, " k-split=", split), vms,
                              pct((weight_bytes + 4.0 * k + 4.0 * n) / vms / 1e6, ceiling)});
+          }
+          // The tensor-core kernel at GEMV sizes, to place the crossover.
+          for (int m : {2, 4, 8}) {
+            const Tensor xm = backend.from_host_f32(xs.data(), {m, k});
+            Tensor ym = backend.empty_act({m, n});
+            Tensor scratch = backend.empty({quant_mma_scratch_elems(m, k)}, DType::BF16);
+            const double vms = time_ms(stream, 20, 10, [&](int i) {
+              quant_mma(xm.ptr<float>(), m,
+                        static_cast<const CudaLinear*>(w[i % 3].impl.get())->quant,
+                        scratch.ptr<uint16_t>(), ym.ptr<float>(), stream);
+            });
+            table.push_back({cat("  qmma at M=", m), vms,
+                             pct((weight_bytes + 4.0 * m * (k + n)) / vms / 1e6, ceiling)});
           }
         }
         const double ms =
@@ -425,6 +444,8 @@ int main() {
     std::printf("device: %s\n", backend.name().c_str());
     const double ceiling = copy_ceiling(backend);
     bench_quant_linears(backend, ceiling);
+    for (int bits : {4, 8})
+      for (int seqs : {1, 32}) bench_decoder_layer(backend, ceiling, seqs, bits);
     // MOXIN_CUDA_BENCH=quant: the quantized linears only.
     const char* only = std::getenv("MOXIN_CUDA_BENCH");
     if (!(only && std::string(only) == "quant")) {

@@ -1,6 +1,6 @@
 // Quantized linears on the GPU (SPEC.md section 5) against an f64 reference computed from the
-// MLX formula w = scale * q + bias on the codes: every path (GEMV M <= 8, tensor cores
-// 9 <= M <= 64, dequantize + cuBLASLt above), 4/8 bits, groups of 64/128, BF16/F16/F32 scales,
+// MLX formula w = scale * q + bias on the codes: every path (GEMV M <= 2, tensor cores
+// 3 <= M <= 64, dequantize + cuBLASLt above), 4/8 bits, groups of 64/128, BF16/F16/F32 scales,
 // multi-part concatenation and the refusals of malformed weights.
 //
 // Tolerances (||got - ref|| / ||ref||), as test_cuda_linear.cpp:
@@ -153,7 +153,7 @@ class CudaQuant : public CudaOpsTest {
     Tensor y = poisoned({m, n});
     backend().linear(upload(x, {m, f.in}), prepared, y);
     const std::vector<float> got = download(y);
-    if (m <= cuda::kGemvMaxRows) {
+    if (m <= cuda::kQuantGemvMaxRows) {
       expect_close("quant gemv " + what, got, reference(parts, x, m, false), kF32Tol);
     } else {
       const char* path = m <= cuda::kQuantMmaMaxRows ? "quant mma " : "quant prefill ";
@@ -178,25 +178,29 @@ class CudaQuant : public CudaOpsTest {
   }
 };
 
-TEST_F(CudaQuant, GemvUpToEightRows) {
+TEST_F(CudaQuant, GemvOneOrTwoRows) {
   for (int bits : {4, 8})
     for (int gs : {64, 128}) {
       check_one(1, 33, 192 * gs / 64, bits, gs);
-      check_one(3, 257, 1088 / 64 * gs, bits, gs);  // full warp iterations plus a tail
-      check_one(8, 65, gs, bits, gs);
+      check_one(2, 257, 1088 / 64 * gs, bits, gs);  // full warp iterations plus a tail
+      check_one(1, 65, gs, bits, gs);
     }
   check_one(1, 1, 4096, 4, 64);
-  check_one(randint(1, 8), randint(1, 300), 128 * randint(1, 24), 4 * randint(1, 2), 128);
+  check_one(2, 4100, 4096, 8, 128);  // few row groups: K split over two warps
+  check_one(randint(1, 2), randint(1, 300), 128 * randint(1, 24), 4 * randint(1, 2), 128);
 }
 
-TEST_F(CudaQuant, TensorCoresNineToSixtyFourRows) {
+TEST_F(CudaQuant, TensorCoresThreeToSixtyFourRows) {
   for (int bits : {4, 8})
     for (int gs : {64, 128}) {
-      check_one(9, 33, 192 * gs / 64, bits, gs);
+      check_one(3, 33, 192 * gs / 64, bits, gs);
+      check_one(8, 100, 1088 / 64 * gs, bits, gs);
+      check_one(9, 31, gs, bits, gs);
       check_one(32, 100, 1088 / 64 * gs, bits, gs);
       check_one(64, 31, gs, bits, gs);
     }
-  check_one(randint(9, 64), randint(1, 300), 64 * randint(1, 40), 4 * randint(1, 2), 64);
+  check_one(17, 3000, 640, 4, 64);  // few row blocks: K blocks split over blocks (atomic adds)
+  check_one(randint(3, 64), randint(1, 300), 64 * randint(1, 40), 4 * randint(1, 2), 64);
 }
 
 TEST_F(CudaQuant, PrefillDequantizesForCublasLt) {
@@ -208,11 +212,11 @@ TEST_F(CudaQuant, PrefillDequantizesForCublasLt) {
 
 TEST_F(CudaQuant, F32AndF16Scales) {
   for (DType dtype : {DType::F32, DType::F16})
-    for (int m : {1, 5, 17, 70}) check_one(m, 40, 320, m % 2 ? 4 : 8, 64, dtype);
+    for (int m : {1, 2, 5, 40, 70}) check_one(m, 40, 320, m % 2 ? 4 : 8, 64, dtype);
 }
 
 TEST_F(CudaQuant, PartsConcatenateByRows) {
-  for (int m : {1, 8, 32, 65}) {
+  for (int m : {1, 2, 8, 32, 65}) {
     const auto q = make_part(64, 256, 4, 64, DType::BF16, "q");
     const auto k = make_part(17, 256, 4, 64, DType::BF16, "k");
     const auto v = make_part(33, 256, 4, 64, DType::BF16, "v");

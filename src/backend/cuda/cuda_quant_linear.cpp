@@ -125,12 +125,12 @@ Linear CudaBackend::prepare_quantized_linear(const std::vector<const LinearWeigh
 
 void CudaBackend::quantized_linear_decode(const float* x, int64_t m, const CudaLinear& w,
                                           float* y) {
-  if (m <= kGemvMaxRows) {
+  if (m <= kQuantGemvMaxRows) {
     quant_gemv(x, static_cast<int>(m), w.quant, y, stream());
     return;
   }
-  MOXIN_CHECK(m * w.quant.cols <= scratch_elems_, "[cuda] linear: ", m, " x ", w.quant.cols,
-              " activations exceed the scratch buffer");
+  MOXIN_CHECK(quant_mma_scratch_elems(m, w.quant.cols) <= scratch_elems_, "[cuda] linear: ", m,
+              " x ", w.quant.cols, " activations exceed the scratch buffer");
   quant_mma(x, static_cast<int>(m), w.quant, static_cast<bf16_bits*>(scratch_bf16_.get()), y,
             stream());
 }

@@ -33,18 +33,22 @@ struct QuantMatrix {
   int rows = 0;
   int cols = 0;
 };
-// y[M, N] = x[M, K] W^T with f32 activations for 1 <= M <= kGemvMaxRows: equals an f32 matmul
-// on the dequantized weights up to f32 rounding; requires |x| < 2^48 (see quant_gemv.cu).
+// y[M, N] = x[M, K] W^T with f32 activations for 1 <= M <= kQuantGemvMaxRows: equals an f32
+// matmul on the dequantized weights up to f32 rounding; requires |x| < 2^48 (see quant_gemv.cu).
+// From 3 rows on the tensor-core kernel is faster (H100/H200 runs 3-4, docs/cuda-notes.md).
+constexpr int kQuantGemvMaxRows = 2;
 void quant_gemv(const float* x, int m, const QuantMatrix& w, float* y, cudaStream_t stream);
-// The benchmark's tiling sweep at M = 1: weight rows per warp; false when not compiled.
-bool quant_gemv_variant(int rows_per_warp, const float* x, const QuantMatrix& w, float* y,
-                        cudaStream_t stream);
+// The benchmark's tiling sweep at M = 1: weight rows per warp and warps per row group (K
+// split); false when that variant is not compiled.
+bool quant_gemv_variant(int rows_per_warp, int k_split, const float* x, const QuantMatrix& w,
+                        float* y, cudaStream_t stream);
 // out[N, K] = bf16(fma(scale, code, bias)) computed in f32 (the prefill path's weights).
 void quant_dequantize_bf16(const QuantMatrix& w, bf16_bits* out, cudaStream_t stream);
 // y[M, N] = x[M, K] W^T for M <= kQuantMmaMaxRows on the tensor cores: x rounded to bf16 (into
-// x_scratch, M * K elements), weights dequantized to bf16 as quant_dequantize_bf16 does, f32
-// accumulation.
+// x_scratch, quant_mma_scratch_elems of them), weights dequantized to bf16 as
+// quant_dequantize_bf16 does, f32 accumulation; the order of the f32 additions may vary.
 constexpr int kQuantMmaMaxRows = 64;
+constexpr int64_t quant_mma_scratch_elems(int64_t m, int64_t k) { return m * ((k + 127) / 128 * 128); }
 void quant_mma(const float* x, int m, const QuantMatrix& w, bf16_bits* x_scratch, float* y,
                cudaStream_t stream);
 

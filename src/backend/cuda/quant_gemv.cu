@@ -1,4 +1,4 @@
-// Decode-time linear with quantized weights: y[M, N] = x[M, K] W^T for M <= 8, W held as MLX
+// Decode-time linear with quantized weights: y[M, N] = x[M, K] W^T for M <= 2, W held as MLX
 // affine codes (w = scale * q + bias per group of 64 or 128 inputs), f32 activations.
 //
 // Memory-bound like the bf16 GEMV (gemv.cu), but a byte of codes carries 1 or 2 weights, so
@@ -6,7 +6,7 @@
 // keeps up with DRAM. Per output and group it computes scale * dot(q, x) + bias * sum(x):
 // no per-weight dequantization, and sum(x) is formed once per chunk for all rows of a warp.
 //
-// Work layout: a warp owns R consecutive rows. K is cut into chunks of 8 inputs (one 32-bit
+// Work layout: a warp owns R consecutive rows (and 1/S of K, see quant_gemv_kernel). K is cut into chunks of 8 inputs (one 32-bit
 // word of 4-bit codes, two of 8-bit codes); lane L takes chunks L, L + 32, L + 64, ... so a
 // warp's activation loads of one chunk index cover one contiguous 1 KB span (two float4 per
 // lane), and every chunk lies in one group (8 divides the group size). Each lane loads x for a
@@ -101,19 +101,32 @@ __device__ __forceinline__ float warp_sum(float v) {
   return v;
 }
 
+// The codes and scale/bias pairs of one warp iteration: kSteps chunks of R rows per lane.
+template <int R, int Bits, bool F32Scales>
+struct IterationCodes {
+  static constexpr int kWords = Bits / 4;  // code words per chunk
+  static constexpr int kSteps = 4 / kWords;  // chunks per lane and row: 16 bytes of codes
+  uint32_t word[R][kSteps][kWords];
+  ScaleBiasRaw<F32Scales> raw[R][kSteps];
+};
+
+// A block is kWarpsPerBlock warps: kWarpsPerBlock / S groups of R rows, each group's K split
+// over S warps (warp iteration i goes to warp i % S), partial sums added in a fixed order.
+// Each warp loads its next iteration's codes before it computes the current one.
 // Requires K % 64 == 0 and 16-byte aligned x (checked by the launcher).
-template <int M, int R, int Bits, bool F32Scales>
+template <int M, int R, int S, int Bits, bool F32Scales>
 __global__ void __launch_bounds__(kWarpsPerBlock* kLanes)
     quant_gemv_kernel(const float* __restrict__ x, QuantMatrix w, float* __restrict__ y) {
-  constexpr int kWords = Bits / 4;              // code words per chunk
-  constexpr int kSteps = 4 / kWords;            // chunks per lane and row in flight: 16 bytes
-  constexpr int kSpan = kSteps * kLanes;        // chunks per warp iteration
+  using Codes = IterationCodes<R, Bits, F32Scales>;
+  constexpr int kWords = Codes::kWords, kSteps = Codes::kSteps;
+  constexpr int kSpan = kSteps * kLanes;  // chunks per warp iteration
   using Raw = ScaleBiasRaw<F32Scales>;
-  const int lane = threadIdx.x % kLanes;
-  const int row0 = (blockIdx.x * kWarpsPerBlock + threadIdx.x / kLanes) * R;
-  if (row0 >= w.rows) return;
+  __shared__ float partial[S > 1 ? kWarpsPerBlock : 1][M][R];
+  const int lane = threadIdx.x % kLanes, warp = threadIdx.x / kLanes;
+  const int slice = warp % S;
+  const int row0 = (blockIdx.x * (kWarpsPerBlock / S) + warp / S) * R;
   const int k = w.cols;
-  const int chunks = k / kChunk;
+  const int chunks = row0 < w.rows ? k / kChunk : 0;  // a warp past the last row idles
   const int groups = k / w.group_size;
   const int group_shift = w.group_size == 64 ? 3 : 4;  // chunk index -> group index
   const uint32_t* codes[R];
@@ -121,14 +134,35 @@ __global__ void __launch_bounds__(kWarpsPerBlock* kLanes)
 #pragma unroll
   for (int r = 0; r < R; ++r) {
     const int64_t row = min(row0 + r, w.rows - 1);
-    codes[r] = w.codes + row * chunks * kWords;
+    codes[r] = w.codes + row * (k / kChunk) * kWords;
     pairs[r] = static_cast<const Raw*>(w.scale_bias) + row * groups;
   }
-  // The weights never depend on earlier kernels: start pulling this warp's first ones into L2
-  // while the previous kernel (which produces x) drains.
+  auto load = [&](int c0, Codes& next) {
 #pragma unroll
-  for (int r = 0; r < R; ++r)
-    if (lane < chunks) asm volatile("prefetch.global.L2 [%0];" ::"l"(codes[r] + lane * kWords));
+    for (int s = 0; s < kSteps; ++s) {
+      const int c = c0 + lane + s * kLanes;
+#pragma unroll
+      for (int r = 0; r < R; ++r) {
+#pragma unroll
+        for (int i = 0; i < kWords; ++i) next.word[r][s][i] = 0;
+        next.raw[r][s] = Raw{};
+        if (c < chunks) {
+          if constexpr (kWords == 1) {
+            next.word[r][s][0] = load_code(codes[r] + c);
+          } else {
+            const uint2 v = load_code2(codes[r] + 2 * c);
+            next.word[r][s][0] = v.x;
+            next.word[r][s][1] = v.y;
+          }
+          next.raw[r][s] = load_scale_bias<F32Scales>(pairs[r], c >> group_shift);
+        }
+      }
+    }
+  };
+  // The weights never depend on earlier kernels: the first ones are requested while the
+  // previous kernel (which produces x) drains.
+  Codes cur;
+  load(slice * kSpan, cur);
   wait_for_prior_kernels();
 
   float acc_q[M][R], acc_b[M][R];  // sum of scale * dot * 2^kProductExp, sum of bias * sum(x)
@@ -137,36 +171,13 @@ __global__ void __launch_bounds__(kWarpsPerBlock* kLanes)
 #pragma unroll
     for (int r = 0; r < R; ++r) acc_q[m][r] = acc_b[m][r] = 0.0f;
 
-  auto iteration = [&](int c0, auto tail) {
-    constexpr bool kTail = decltype(tail)::value;
-    uint32_t word[R][kSteps][kWords];
-    Raw raw[R][kSteps];
+  for (int c0 = slice * kSpan; c0 < chunks; c0 += S * kSpan) {
+    Codes next;
+    load(c0 + S * kSpan, next);
 #pragma unroll
     for (int s = 0; s < kSteps; ++s) {
       const int c = c0 + lane + s * kLanes;
-      const bool ok = !kTail || c < chunks;
-#pragma unroll
-      for (int r = 0; r < R; ++r) {
-        if (ok) {
-          if constexpr (kWords == 1) {
-            word[r][s][0] = load_code(codes[r] + c);
-          } else {
-            const uint2 v = load_code2(codes[r] + 2 * c);
-            word[r][s][0] = v.x;
-            word[r][s][1] = v.y;
-          }
-          raw[r][s] = load_scale_bias<F32Scales>(pairs[r], c >> group_shift);
-        } else {
-#pragma unroll
-          for (int i = 0; i < kWords; ++i) word[r][s][i] = 0;
-          raw[r][s] = Raw{};
-        }
-      }
-    }
-#pragma unroll
-    for (int s = 0; s < kSteps; ++s) {
-      const int c = c0 + lane + s * kLanes;
-      if (kTail && c >= chunks) break;
+      if (c >= chunks) break;
       float xs[M][kChunk], xsum[M];
 #pragma unroll
       for (int m = 0; m < M; ++m) {
@@ -180,8 +191,8 @@ __global__ void __launch_bounds__(kWarpsPerBlock* kLanes)
 #pragma unroll
       for (int r = 0; r < R; ++r) {
         float q[kChunk];
-        extract_codes<Bits>(word[r][s], q);
-        const float2 sb = unpack_scale_bias(raw[r][s]);
+        extract_codes<Bits>(cur.word[r][s], q);
+        const float2 sb = unpack_scale_bias(cur.raw[r][s]);
 #pragma unroll
         for (int m = 0; m < M; ++m) {
           float even = 0.0f, odd = 0.0f;
@@ -195,17 +206,31 @@ __global__ void __launch_bounds__(kWarpsPerBlock* kLanes)
         }
       }
     }
-  };
-  int c0 = 0;
-  for (; c0 + kSpan <= chunks; c0 += kSpan) iteration(c0, std::false_type{});
-  if (c0 < chunks) iteration(c0, std::true_type{});
+    cur = next;
+  }
 
   float out[M][R];
 #pragma unroll
   for (int m = 0; m < M; ++m)
 #pragma unroll
-    for (int r = 0; r < R; ++r) out[m][r] = warp_sum(fmaf(acc_q[m][r], pow2(-kProductExp), acc_b[m][r]));
-  if (lane == 0) {
+    for (int r = 0; r < R; ++r)
+      out[m][r] = warp_sum(fmaf(acc_q[m][r], pow2(-kProductExp), acc_b[m][r]));
+  if constexpr (S > 1) {
+    if (lane == 0)
+#pragma unroll
+      for (int m = 0; m < M; ++m)
+#pragma unroll
+        for (int r = 0; r < R; ++r) partial[warp][m][r] = out[m][r];
+    __syncthreads();
+    if (slice != 0) return;
+#pragma unroll
+    for (int m = 0; m < M; ++m)
+#pragma unroll
+      for (int r = 0; r < R; ++r)
+#pragma unroll
+        for (int i = 1; i < S; ++i) out[m][r] += partial[warp + i][m][r];
+  }
+  if (lane == 0 && row0 < w.rows) {
 #pragma unroll
     for (int r = 0; r < R; ++r) {
       if (row0 + r >= w.rows) break;
@@ -215,36 +240,41 @@ __global__ void __launch_bounds__(kWarpsPerBlock* kLanes)
   }
 }
 
-template <int M, int R, int Bits, bool F32Scales>
+template <int M, int R, int S, int Bits, bool F32Scales>
 void launch(const float* x, const QuantMatrix& w, float* y, cudaStream_t stream) {
-  const int rows_per_block = kWarpsPerBlock * R;
+  const int rows_per_block = kWarpsPerBlock / S * R;
   const int blocks = (w.rows + rows_per_block - 1) / rows_per_block;
-  launch_kernel("quant_gemv_kernel", quant_gemv_kernel<M, R, Bits, F32Scales>, blocks,
+  launch_kernel("quant_gemv_kernel", quant_gemv_kernel<M, R, S, Bits, F32Scales>, blocks,
                 kWarpsPerBlock * kLanes, 0, stream, x, w, y);
 }
 
-// Rows per warp: more rows share each activation load and its sum (M = 1..2), fewer keep the
-// registers of M accumulator sets in check.
+// Few output rows split K over 2 warps so that enough loads are in flight (H100 run 2, M = 1:
+// [4096x14336] 4 rows per warp read at 45% of the copy ceiling unsplit, 67% split in 2, 57% in
+// 4; [14336x4096] 63% unsplit, 56% split in 2).
+constexpr int kMinRowGroups = 2048;
+
+template <int M, int R, int Bits, bool F32Scales>
+void launch_split(const float* x, const QuantMatrix& w, float* y, cudaStream_t stream) {
+  const int row_groups = (w.rows + R - 1) / R;
+  if (row_groups >= kMinRowGroups)
+    launch<M, R, 1, Bits, F32Scales>(x, w, y, stream);
+  else
+    launch<M, R, 2, Bits, F32Scales>(x, w, y, stream);
+}
+
+// Four rows per warp share each activation load and its sum.
 template <int M, int Bits, bool F32Scales>
 void launch_default(const float* x, const QuantMatrix& w, float* y, cudaStream_t stream) {
-  if constexpr (M <= 2)
-    launch<M, 4, Bits, F32Scales>(x, w, y, stream);
-  else
-    launch<M, 2, Bits, F32Scales>(x, w, y, stream);
+  launch_split<M, 4, Bits, F32Scales>(x, w, y, stream);
 }
 
 template <int Bits, bool F32Scales>
 void launch_rows(const float* x, int m, const QuantMatrix& w, float* y, cudaStream_t stream) {
+  static_assert(kQuantGemvMaxRows == 2, "instantiate the GEMV for every row count it takes");
   switch (m) {
     case 1: return launch_default<1, Bits, F32Scales>(x, w, y, stream);
     case 2: return launch_default<2, Bits, F32Scales>(x, w, y, stream);
-    case 3: return launch_default<3, Bits, F32Scales>(x, w, y, stream);
-    case 4: return launch_default<4, Bits, F32Scales>(x, w, y, stream);
-    case 5: return launch_default<5, Bits, F32Scales>(x, w, y, stream);
-    case 6: return launch_default<6, Bits, F32Scales>(x, w, y, stream);
-    case 7: return launch_default<7, Bits, F32Scales>(x, w, y, stream);
-    case 8: return launch_default<8, Bits, F32Scales>(x, w, y, stream);
-    default: fail("[cuda] quant_gemv: ", m, " rows; the GEMV path takes 1..", kGemvMaxRows);
+    default: fail("[cuda] quant_gemv: ", m, " rows; the GEMV path takes 1..", kQuantGemvMaxRows);
   }
 }
 
@@ -265,23 +295,29 @@ void quant_gemv(const float* x, int m, const QuantMatrix& w, float* y, cudaStrea
     w.f32_scales ? launch_rows<8, true>(x, m, w, y, stream) : launch_rows<8, false>(x, m, w, y, stream);
 }
 
-bool quant_gemv_variant(int rows_per_warp, const float* x, const QuantMatrix& w, float* y,
-                        cudaStream_t stream) {
+bool quant_gemv_variant(int rows_per_warp, int k_split, const float* x, const QuantMatrix& w,
+                        float* y, cudaStream_t stream) {
   check_usable(x, w);
   if (w.f32_scales) return false;
-  auto run = [&](auto rows) {
-    constexpr int R = decltype(rows)::value;
+  auto run = [&](auto rows, auto split) {
+    constexpr int R = decltype(rows)::value, S = decltype(split)::value;
     if (w.bits == 4)
-      launch<1, R, 4, false>(x, w, y, stream);
+      launch<1, R, S, 4, false>(x, w, y, stream);
     else
-      launch<1, R, 8, false>(x, w, y, stream);
+      launch<1, R, S, 8, false>(x, w, y, stream);
     return true;
   };
-  switch (rows_per_warp) {
-    case 1: return run(std::integral_constant<int, 1>{});
-    case 2: return run(std::integral_constant<int, 2>{});
-    case 4: return run(std::integral_constant<int, 4>{});
-    case 8: return run(std::integral_constant<int, 8>{});
+  using One = std::integral_constant<int, 1>;
+  using Two = std::integral_constant<int, 2>;
+  using Four = std::integral_constant<int, 4>;
+  const int key = 10 * rows_per_warp + k_split;
+  switch (key) {
+    case 21: return run(Two{}, One{});
+    case 22: return run(Two{}, Two{});
+    case 24: return run(Two{}, Four{});
+    case 41: return run(Four{}, One{});
+    case 42: return run(Four{}, Two{});
+    case 44: return run(Four{}, Four{});
     default: return false;
   }
 }

@@ -11,13 +11,19 @@
 // step s takes its pairs 2s and 2s + 1, i.e. 4 consecutive reordered activations per token (one
 // 8-byte load).
 //
-// A block is kWarps warps on the same 32 weight rows (two m16 tiles), each warp a strided share
-// of the K blocks with the next block's codes loaded while the current one is multiplied; the
-// partial sums meet in shared memory. Dequantization: bf16 scales use the bf16x2 FMA (one
-// rounding of scale * q + bias); f32 scales an f32 FMA then a bf16 rounding, as
-// quant_dequantize_bf16. Both give the bf16 nearest to the f32 value scale * q + bias except
-// when that f32 value itself was rounded onto a bf16 tie (not seen in practice).
+// A block is kWarps warps of 32 weight rows each (two m16 tiles); all of them walk the same K
+// blocks, so each block's activation tile is fetched from L2 once and then served from L1 to
+// every warp (with 32 rows per block the activations would cost L2 4x the weight bytes at 32
+// tokens). The K blocks are dealt to gridDim.y blocks so that even 4096 rows fill the GPU; their
+// partial sums meet in y by atomic adds (y zeroed by the activation kernel), so the order of
+// those f32 additions varies from run to run. Each warp loads its next K block's codes while it
+// multiplies the current one. Dequantization: bf16 scales use the bf16x2 FMA (one rounding of
+// scale * q + bias); f32 scales an f32 FMA then a bf16 rounding, as quant_dequantize_bf16. Both
+// give the bf16 nearest to the f32 value scale * q + bias except when that f32 value itself was
+// rounded onto a bf16 tie (not seen in practice).
 #include <cuda_bf16.h>
+
+#include <algorithm>
 
 #include "backend/cuda/attention_mma.cuh"
 #include "backend/cuda/cuda_check.hpp"
@@ -29,24 +35,47 @@ namespace moxin::cuda {
 namespace {
 
 constexpr int kLanes = 32;
-constexpr int kRowsPerBlock = 32;  // two m16 tiles of weight rows
-constexpr int kLaneWords = 4;      // 16 bytes of codes per weight row, lane and K block
+constexpr int kRowsPerWarp = 32;  // two m16 tiles of weight rows
+constexpr int kLaneWords = 4;     // 16 bytes of codes per weight row, lane and K block
 
-// Each chunk of 8 inputs as 4 bf16 pairs in code-pair order (see the file comment).
-template <bool Interleave>
-__global__ void activations_kernel(const float4* __restrict__ x, int64_t chunks,
-                                   uint4* __restrict__ out) {
+// Inputs per K block: 16 bytes of codes per weight row for each of the 4 lanes of a quad.
+template <int Bits>
+constexpr int block_inputs() {
+  return 4 * kLaneWords * 32 / Bits;
+}
+
+// Activations rounded to bf16 in the order the kernel's B fragments want them. Within a chunk of
+// 8 inputs: code-pair order (see the file comment). Within each K block of a token row: the
+// 16-byte chunks that lane t of a quad multiplies in mma steps 2p and 2p + 1 stored at unit
+// 4p + t, so one 16-byte load per lane fetches two steps and a quad reads 64 contiguous bytes.
+// Rows are padded to whole K blocks. Zeroes y when the K split adds into it.
+template <int Bits>
+__global__ void activations_kernel(const float4* __restrict__ x, int m, int k,
+                                   uint4* __restrict__ out, float* __restrict__ zero_y,
+                                   int64_t y_count) {
+  constexpr int kUnits = block_inputs<Bits>() / 8;  // 16-byte units per K block and row
+  constexpr int kLaneUnits = kUnits / 4;
   wait_for_prior_kernels();
-  for (int64_t i = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; i < chunks;
-       i += int64_t{gridDim.x} * blockDim.x) {
+  const int64_t first = blockIdx.x * int64_t{blockDim.x} + threadIdx.x;
+  const int64_t stride = int64_t{gridDim.x} * blockDim.x;
+  const int chunks_per_row = k / 8;
+  const int64_t row_units = int64_t{(k + 8 * kUnits - 1) / (8 * kUnits)} * kUnits;
+  for (int64_t i = first; i < int64_t{m} * chunks_per_row; i += stride) {
+    const int64_t token = i / chunks_per_row;
+    const int c = static_cast<int>(i % chunks_per_row);
+    const int unit = c % kUnits;
+    const int64_t dest =
+        token * row_units + (c - unit) + (unit % kLaneUnits) * 4 + unit / kLaneUnits;
     const float4 a = __ldg(x + 2 * i), b = __ldg(x + 2 * i + 1);
-    if constexpr (Interleave)
-      out[i] = make_uint4(pack_bf16(a.x, b.x), pack_bf16(a.y, b.y), pack_bf16(a.z, b.z),
-                          pack_bf16(a.w, b.w));
+    if constexpr (Bits == 4)
+      out[dest] = make_uint4(pack_bf16(a.x, b.x), pack_bf16(a.y, b.y), pack_bf16(a.z, b.z),
+                             pack_bf16(a.w, b.w));
     else
-      out[i] = make_uint4(pack_bf16(a.x, a.y), pack_bf16(a.z, a.w), pack_bf16(b.x, b.y),
-                          pack_bf16(b.z, b.w));
+      out[dest] = make_uint4(pack_bf16(a.x, a.y), pack_bf16(a.z, a.w), pack_bf16(b.x, b.y),
+                             pack_bf16(b.z, b.w));
   }
+  if (zero_y)
+    for (int64_t i = first; i < y_count; i += stride) zero_y[i] = 0.0f;
 }
 
 __device__ __forceinline__ uint32_t bits_of(__nv_bfloat162 v) {
@@ -114,24 +143,27 @@ struct BlockCodes {
   ScaleBiasRaw<F32Scales> raw[2][2];
 };
 
-// NT tiles of 8 tokens (m <= 8 * NT).
+// NT tiles of 8 tokens (m <= 8 * NT). Block (x, y): rows [x * kWarps * 32, +kWarps * 32),
+// K blocks y, y + gridDim.y, ...
+// Two blocks per SM, as k_split plans (H100 run 3: at 140 registers one block fit and the
+// grid ran in two waves).
 template <int NT, int Bits, bool F32Scales, int kWarps>
-__global__ void __launch_bounds__(kWarps* kLanes)
-    quant_mma_kernel(const uint2* __restrict__ xb, int m, QuantMatrix w, float* __restrict__ y) {
+__global__ void __launch_bounds__(kWarps* kLanes, 2)
+    quant_mma_kernel(const uint4* __restrict__ xb, int m, QuantMatrix w, float* __restrict__ y) {
   constexpr int kPairsPerWord = Bits == 4 ? 4 : 2;
   constexpr int kSteps = kLaneWords * kPairsPerWord / 2;  // mma k16 steps per K block
   constexpr int kLaneInputs = kLaneWords * 32 / Bits;     // E
-  constexpr int kBlockInputs = 4 * kLaneInputs;
-  constexpr int kTokens = 8 * NT;
-  __shared__ float partial[kWarps][kRowsPerBlock][kTokens + 1];  // +1: conflict-free reads
+  constexpr int kBlockInputs = block_inputs<Bits>();
+  constexpr int kUnits = kBlockInputs / 8;  // 16-byte units of activations per K block and row
 
   const int warp = threadIdx.x / kLanes, lane = threadIdx.x % kLanes;
   const int g = lane / 4, quad_lane = lane % 4;
-  const int row_base = blockIdx.x * kRowsPerBlock;
+  const int row_base = (blockIdx.x * kWarps + warp) * kRowsPerWarp;
   const int k = w.cols;
   const int words_per_row = k * Bits / 32;
   const int groups = k / w.group_size;
   const int kblocks = (k + kBlockInputs - 1) / kBlockInputs;
+  const int kb_stride = gridDim.y;
   const uint32_t* codes[2][2];
   const ScaleBiasRaw<F32Scales>* pairs[2][2];
 #pragma unroll
@@ -163,17 +195,30 @@ __global__ void __launch_bounds__(kWarps* kLanes)
       }
   };
 
-  BlockCodes<F32Scales> cur;
-  load(warp, cur);  // weights only: may run before the previous kernel finishes
-  wait_for_prior_kernels();
+  // The activation tile of K block kb (m rows of kBlockInputs bf16, 1 or 2 lines each) is
+  // pulled into L1 one K block ahead, spread over the block's threads: the mma steps then wait
+  // on L1, not on a chain of L2 round trips.
+  const int64_t row_units = int64_t{kblocks} * kUnits;
+  constexpr int kLinesPerRow = kUnits * 16 / 128;
+  auto prefetch_activations = [&](int kb) {
+    const int line = threadIdx.x;
+    if (kb >= kblocks || line >= m * kLinesPerRow) return;
+    const uint4* p = xb + (line / kLinesPerRow) * row_units + kb * kUnits + (line % kLinesPerRow) * 8;
+    asm volatile("prefetch.global.L1 [%0];" ::"l"(p));
+  };
 
-  const uint2* xrow[NT];
+  BlockCodes<F32Scales> cur;
+  load(blockIdx.y, cur);  // weights only: may run before the previous kernel finishes
+  wait_for_prior_kernels();
+  prefetch_activations(blockIdx.y);
+
+  const uint4* xrow[NT];
   bool token_ok[NT];
 #pragma unroll
   for (int j = 0; j < NT; ++j) {
     const int token = 8 * j + g;
     token_ok[j] = token < m;
-    xrow[j] = xb + static_cast<int64_t>(min(token, m - 1)) * (k / 4);
+    xrow[j] = xb + min(token, m - 1) * row_units + quad_lane;
   }
   float acc[2][NT][4];
 #pragma unroll
@@ -183,9 +228,10 @@ __global__ void __launch_bounds__(kWarps* kLanes)
 #pragma unroll
       for (int i = 0; i < 4; ++i) acc[mt][j][i] = 0.0f;
 
-  for (int kb = warp; kb < kblocks; kb += kWarps) {
+  for (int kb = blockIdx.y; kb < kblocks; kb += kb_stride) {
     BlockCodes<F32Scales> next;
-    load(kb + kWarps, next);
+    load(kb + kb_stride, next);
+    prefetch_activations(kb + kb_stride);
     const int in0 = kb * kBlockInputs + kLaneInputs * quad_lane;
     const bool ok = in0 < k;
     RowScale scale[2][2];
@@ -193,8 +239,14 @@ __global__ void __launch_bounds__(kWarps* kLanes)
     for (int mt = 0; mt < 2; ++mt)
 #pragma unroll
       for (int h = 0; h < 2; ++h) scale[mt][h] = row_scale<F32Scales>(cur.raw[mt][h]);
+    uint4 b[NT];  // B fragments of steps s and s + 1: one 16-byte load per token tile
 #pragma unroll
     for (int s = 0; s < kSteps; ++s) {
+      if (s % 2 == 0) {
+#pragma unroll
+        for (int j = 0; j < NT; ++j)
+          b[j] = ok && token_ok[j] ? __ldg(xrow[j] + kb * kUnits + s / 2 * 4) : make_uint4(0, 0, 0, 0);
+      }
       uint32_t a[2][4];
 #pragma unroll
       for (int mt = 0; mt < 2; ++mt)
@@ -208,52 +260,75 @@ __global__ void __launch_bounds__(kWarps* kLanes)
                 scale[mt][h]);
           }
 #pragma unroll
-      for (int j = 0; j < NT; ++j) {
-        uint2 b = make_uint2(0, 0);
-        if (ok && token_ok[j]) b = __ldg(xrow[j] + (in0 + 4 * s) / 4);
+      for (int j = 0; j < NT; ++j)
 #pragma unroll
-        for (int mt = 0; mt < 2; ++mt) mma_bf16(acc[mt][j], a[mt], b.x, b.y);
-      }
+        for (int mt = 0; mt < 2; ++mt)
+          mma_bf16(acc[mt][j], a[mt], s % 2 ? b[j].z : b[j].x, s % 2 ? b[j].w : b[j].y);
     }
     cur = next;
   }
 
   // C fragment: acc[.][j][0..1] are row g, tokens 8j + 2t, +1; [2..3] the same for row g + 8.
+  const bool split = gridDim.y > 1;
 #pragma unroll
   for (int mt = 0; mt < 2; ++mt)
 #pragma unroll
     for (int j = 0; j < NT; ++j)
 #pragma unroll
-      for (int i = 0; i < 4; ++i)
-        partial[warp][16 * mt + g + 8 * (i / 2)][8 * j + 2 * quad_lane + i % 2] = acc[mt][j][i];
-  __syncthreads();
-  for (int i = threadIdx.x; i < kRowsPerBlock * m; i += kWarps * kLanes) {
-    const int row = i % kRowsPerBlock, token = i / kRowsPerBlock;
-    if (row_base + row >= w.rows) continue;
-    float sum = 0.0f;
-#pragma unroll
-    for (int v = 0; v < kWarps; ++v) sum += partial[v][row][token];
-    y[static_cast<int64_t>(token) * w.rows + row_base + row] = sum;
-  }
+      for (int i = 0; i < 4; ++i) {
+        const int row = row_base + 16 * mt + g + 8 * (i / 2);
+        const int token = 8 * j + 2 * quad_lane + i % 2;
+        if (row >= w.rows || token >= m) continue;
+        float* out = y + static_cast<int64_t>(token) * w.rows + row;
+        if (split)
+          atomicAdd(out, acc[mt][j][i]);
+        else
+          *out = acc[mt][j][i];
+      }
+}
+
+int multiprocessors() {
+  static const int count = [] {
+    int device = 0, sms = 0;
+    MOXIN_CUDA_CHECK(cudaGetDevice(&device));
+    MOXIN_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device));
+    return sms;
+  }();
+  return count;
+}
+
+// Warps per block: 8 (two blocks of 128-register threads per SM) up to 32 tokens, 4 above.
+constexpr int warps_for(int nt) { return nt <= 4 ? 8 : 4; }
+
+// How many blocks share each row range's K blocks: as many as fit one wave of two blocks per
+// SM (H100 run 2: rounding up to a second, nearly empty wave doubled the time).
+int k_split(const QuantMatrix& w, int nt, int bits) {
+  const int rows_per_block = warps_for(nt) * kRowsPerWarp;
+  const int row_blocks = (w.rows + rows_per_block - 1) / rows_per_block;
+  const int block_inputs = 4 * kLaneWords * 32 / bits;
+  const int kblocks = (w.cols + block_inputs - 1) / block_inputs;
+  const int fits = 2 * multiprocessors() / row_blocks;
+  return std::max(1, std::min({fits, kblocks, 32}));
 }
 
 template <int NT, int Bits, bool F32Scales>
-void launch(const uint2* xb, int m, const QuantMatrix& w, float* y, cudaStream_t stream) {
-  // 32 KB of partial sums per block either way; more warps split K finer for fewer tokens.
-  constexpr int kWarps = NT <= 4 ? 8 : 4;
-  const int blocks = (w.rows + kRowsPerBlock - 1) / kRowsPerBlock;
-  launch_kernel("quant_mma_kernel", quant_mma_kernel<NT, Bits, F32Scales, kWarps>, blocks,
-                kWarps * kLanes, 0, stream, xb, m, w, y);
+void launch(const uint4* xb, int m, const QuantMatrix& w, int split, float* y,
+            cudaStream_t stream) {
+  constexpr int kWarps = warps_for(NT);
+  const int row_blocks = (w.rows + kWarps * kRowsPerWarp - 1) / (kWarps * kRowsPerWarp);
+  launch_kernel("quant_mma_kernel", quant_mma_kernel<NT, Bits, F32Scales, kWarps>,
+                dim3(row_blocks, split), kWarps * kLanes, 0, stream, xb, m, w, y);
 }
 
 template <int Bits, bool F32Scales>
-void launch_tokens(const uint2* xb, int m, const QuantMatrix& w, float* y, cudaStream_t stream) {
+void launch_tokens(const uint4* xb, int m, const QuantMatrix& w, int split, float* y,
+                   cudaStream_t stream) {
   if (m <= 16)
-    launch<2, Bits, F32Scales>(xb, m, w, y, stream);
+    launch<2, Bits, F32Scales>(xb, m, w, split, y, stream);
   else if (m <= 32)
-    launch<4, Bits, F32Scales>(xb, m, w, y, stream);
+    launch<4, Bits, F32Scales>(xb, m, w, split, y, stream);
   else
-    launch<8, Bits, F32Scales>(xb, m, w, y, stream);
+    launch<8, Bits, F32Scales>(xb, m, w, split, y, stream);
 }
 
 }  // namespace
@@ -265,22 +340,26 @@ void quant_mma(const float* x, int m, const QuantMatrix& w, bf16_bits* x_scratch
                   reinterpret_cast<uintptr_t>(x) % 16 == 0,
               "[cuda] quant_mma: ", m, " rows (1..", kQuantMmaMaxRows, "), in_features ", w.cols,
               " (multiple of 64) and 16-byte aligned activations required");
-  const int64_t chunks = int64_t{m} * w.cols / 8;
+  const int nt = m <= 16 ? 2 : m <= 32 ? 4 : 8;
+  const int split = k_split(w, nt, w.bits);
+  float* zero_y = split > 1 ? y : nullptr;
   auto* out = reinterpret_cast<uint4*>(x_scratch);
   const auto* x4 = reinterpret_cast<const float4*>(x);
+  const int64_t y_count = int64_t{m} * w.rows;
+  const unsigned blocks = elementwise_blocks(std::max(int64_t{m} * w.cols / 8, y_count));
   if (w.bits == 4)
-    launch_kernel("activations_kernel", activations_kernel<true>, elementwise_blocks(chunks),
-                  kElementwiseThreads, 0, stream, x4, chunks, out);
+    launch_kernel("activations_kernel", activations_kernel<4>, blocks, kElementwiseThreads, 0,
+                  stream, x4, m, w.cols, out, zero_y, y_count);
   else
-    launch_kernel("activations_kernel", activations_kernel<false>, elementwise_blocks(chunks),
-                  kElementwiseThreads, 0, stream, x4, chunks, out);
-  const auto* xb = reinterpret_cast<const uint2*>(x_scratch);
+    launch_kernel("activations_kernel", activations_kernel<8>, blocks, kElementwiseThreads, 0,
+                  stream, x4, m, w.cols, out, zero_y, y_count);
+  const auto* xb = reinterpret_cast<const uint4*>(x_scratch);
   if (w.bits == 4)
-    w.f32_scales ? launch_tokens<4, true>(xb, m, w, y, stream)
-                 : launch_tokens<4, false>(xb, m, w, y, stream);
+    w.f32_scales ? launch_tokens<4, true>(xb, m, w, split, y, stream)
+                 : launch_tokens<4, false>(xb, m, w, split, y, stream);
   else
-    w.f32_scales ? launch_tokens<8, true>(xb, m, w, y, stream)
-                 : launch_tokens<8, false>(xb, m, w, y, stream);
+    w.f32_scales ? launch_tokens<8, true>(xb, m, w, split, y, stream)
+                 : launch_tokens<8, false>(xb, m, w, split, y, stream);
 }
 
 }  // namespace moxin::cuda
