@@ -290,3 +290,11 @@ def test_quantized_input_is_refused(moxin_bin, quantized, tmp_path):
     out = run_moxin(moxin_bin, "dump", "--model", quantized[8, 64], "--quantize", 4, "--prompt", "Hi?",
                     "--out", tmp_path / "x.safetensors", check=False)
     assert out.returncode == 1 and "already" in out.stderr, out.stderr
+
+
+def test_hidden_states_refuses_an_image(moxin_bin, tiny_model, tmp_path):
+    from PIL import Image
+    Image.new("RGB", (32, 32), (200, 30, 30)).save(tmp_path / "red.png")
+    out = run_moxin(moxin_bin, "dump", "--model", tiny_model, "--hidden-states", "--image", tmp_path / "red.png",
+                    "--prompt", "Hi?", "--out", tmp_path / "x.safetensors", check=False)
+    assert out.returncode == 1 and "[dump] --hidden-states takes a text-only prompt" in out.stderr, out.stderr
