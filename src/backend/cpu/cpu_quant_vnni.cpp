@@ -6,8 +6,8 @@
 //
 //   x ~= 2^e (h + l / 256 + t / 65536),  max |x| <= 127 * 2^e.
 //
-// Per group: dot = 2^e (D_h + (256 D_l + D_t) / 65536) from three integer dot products per code
-// load, then y += scale * dot + bias * sum(x), the sum quant_gemv_generic forms in f32.
+// Per group: dot = 2^(e - 16) (65536 D_h + 256 D_l + D_t) from three integer dot products per
+// code load, then y += scale * dot + bias * sum(x), the sum quant_gemv_generic forms in f32.
 #include "backend/cpu/cpu_quant_kernels.hpp"
 
 #include <algorithm>
@@ -111,7 +111,7 @@ inline void store_parts(__m512i q, int8_t* h, int64_t gap) {
   _mm_storeu_si128(reinterpret_cast<__m128i*>(h + 2 * gap), _mm512_cvtepi32_epi8(t));
 }
 
-// One activation row into the kernel's layout (see the file comment); pow2[g] = 2^e,
+// One activation row into the kernel's layout (see the file comment); pow2[g] = 2^(e - 16),
 // sums[g] = sum of group g. False when some x is not finite: the split cannot carry it.
 bool split_row(const GemvShape& s, int bits, int64_t group_size, const float* x, int8_t* parts, float* pow2,
                float* sums) {
@@ -132,12 +132,12 @@ bool split_row(const GemvShape& s, int bits, int64_t group_size, const float* x,
       sum = _mm512_add_ps(sum, v);
     }
     if (bad) return false;
-    // 2^e >= max / 127 (frexp gives max / 127 < 2^e), kept where 2^e and 2^(16 - e) are normal
-    // floats; groups below 2^-110 round to zero.
+    // 2^e >= max / 127 (frexp gives max / 127 < 2^e), kept where 2^(e - 16) and 2^(16 - e) are
+    // normal floats; groups below 2^-110 round to zero.
     int e = 0;
     std::frexp(_mm512_reduce_max_ps(amax) / 127.0f, &e);
     e = std::clamp(e, -110, 127);
-    pow2[g] = std::ldexp(1.0f, e);
+    pow2[g] = std::ldexp(1.0f, e - 16);
     sums[g] = _mm512_reduce_add_ps(sum);
     const __m512 to_fixed = _mm512_set1_ps(std::ldexp(1.0f, 16 - e));
     for (int64_t k = 0; k < group_size; k += 32) {
@@ -170,7 +170,7 @@ void gemv_tile(const QuantView& w, const GemvShape& s, int64_t n, const int8_t* 
   const uint8_t* codes[R];
   for (int r = 0; r < R; ++r) codes[r] = reinterpret_cast<const uint8_t*>(w.codes) + (n + r) * row_bytes;
 
-  // scaled[(r * MM + m) * stride + g] = scale(n + r, g) * 2^e(m, g); the accumulators
+  // scaled[(r * MM + m) * stride + g] = scale(n + r, g) * 2^(e(m, g) - 16); the accumulators
   // start with sum_g bias(n + r, g) * sum(m, g).
   __m512 acc[R][MM];
   for (int r = 0; r < R; ++r)
@@ -192,7 +192,7 @@ void gemv_tile(const QuantView& w, const GemvShape& s, int64_t n, const int8_t* 
       _mm512_storeu_ps(scaled + (r * MM + m) * s.group_stride + (s.groups + 15) / 16 * 16, _mm512_setzero_ps());
 
   const __m512i low_nibbles = _mm512_set1_epi8(15);
-  const __m512 inv_65536 = _mm512_set1_ps(1.0f / 65536.0f);
+  const __m512 two_16 = _mm512_set1_ps(65536.0f);
   // Lanes 0-7 of a 4-bit g64 step hold the first group, lanes 8-15 the second.
   const __m512i group_of_lane = _mm512_set_epi32(1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0);
   auto step = [&](int64_t st, bool half) __attribute__((always_inline)) {
@@ -212,16 +212,29 @@ void gemv_tile(const QuantView& w, const GemvShape& s, int64_t n, const int8_t* 
     for (int m = 0; m < MM; ++m) {
       const int8_t* a = parts + m * s.part_bytes + st * kStepBytes;
       for (int r = 0; r < R; ++r) {
-        __m512i high = _mm512_setzero_si512(), low = _mm512_setzero_si512();
-        for (int v = 0; v < kVectors; ++v) {
-          high = _mm512_dpbusd_epi32(high, c[r][v], _mm512_loadu_si512(a + 64 * v));
-          low = _mm512_dpbusd_epi32(low, c[r][v], _mm512_loadu_si512(a + 64 * (kVectors + v)));
+        __m512 dot;
+        if constexpr (kBits == 4) {
+          // Each lane sums 8 products of at most 15 * 128, so 65536 D_h + 256 D_l + D_t fits
+          // int32: Horner's rule in the one accumulator.
+          __m512i d = _mm512_setzero_si512();
+          for (int part = 0; part < 3; ++part) {
+            if (part > 0) d = _mm512_slli_epi32(d, 8);
+            for (int v = 0; v < kVectors; ++v)
+              d = _mm512_dpbusd_epi32(d, c[r][v], _mm512_loadu_si512(a + 64 * (part * kVectors + v)));
+          }
+          dot = _mm512_cvtepi32_ps(d);
+        } else {
+          // 8-bit lanes reach 4 * 255 * 128 per part: D_h apart, 256 D_l + D_t fits int32.
+          __m512i high = _mm512_setzero_si512(), low = _mm512_setzero_si512();
+          for (int v = 0; v < kVectors; ++v) {
+            high = _mm512_dpbusd_epi32(high, c[r][v], _mm512_loadu_si512(a + 64 * v));
+            low = _mm512_dpbusd_epi32(low, c[r][v], _mm512_loadu_si512(a + 64 * (kVectors + v)));
+          }
+          low = _mm512_slli_epi32(low, 8);
+          for (int v = 0; v < kVectors; ++v)
+            low = _mm512_dpbusd_epi32(low, c[r][v], _mm512_loadu_si512(a + 64 * (2 * kVectors + v)));
+          dot = _mm512_fmadd_ps(_mm512_cvtepi32_ps(high), two_16, _mm512_cvtepi32_ps(low));
         }
-        // 256 D_l + D_t fits int32: |D_l|, |D_t| <= 128 * 255 * 128.
-        low = _mm512_slli_epi32(low, 8);
-        for (int v = 0; v < kVectors; ++v)
-          low = _mm512_dpbusd_epi32(low, c[r][v], _mm512_loadu_si512(a + 64 * (2 * kVectors + v)));
-        const __m512 dot = _mm512_fmadd_ps(_mm512_cvtepi32_ps(low), inv_65536, _mm512_cvtepi32_ps(high));
         const float* sc = scaled + (r * MM + m) * s.group_stride;
         const __m512 scale = kGroupsPerStep == 2 ? _mm512_permutexvar_ps(group_of_lane, _mm512_loadu_ps(sc + 2 * st))
                                                  : _mm512_set1_ps(sc[st]);
