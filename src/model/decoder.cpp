@@ -53,11 +53,10 @@ void Decoder::run_layer(int index, Tensor& x, const Tensor& positions, const Att
 }
 
 void Decoder::forward(Tensor& x, const Tensor& positions, const AttentionBatch& batch,
-                      KvCache& cache) const {
+                      KvCache& cache, const LayerObserver& after_layer) const {
   MOXIN_CHECK(x.cols() == config_.hidden && positions.numel() == x.rows(),
               "[decoder] input ", x.shape_str(), " with ", positions.numel(),
               " positions does not match hidden size ", config_.hidden);
-  if (layers_.empty()) return;  // a head-only Decoder (final norm + lm_head) passes x through
   const int64_t t = x.rows();
   const int64_t q_dim = int64_t{config_.heads} * config_.head_dim;
   const int64_t kv_dim = int64_t{config_.kv_heads} * config_.head_dim;
@@ -70,7 +69,10 @@ void Decoder::forward(Tensor& x, const Tensor& positions, const AttentionBatch& 
   s.gate_up = backend_.empty_act({t, 2 * int64_t{config_.intermediate}});
   s.act = backend_.empty_act({t, config_.intermediate});
   backend_.rms_norm(x, layers_.front().input_norm, config_.rms_eps, s.normed);
-  for (size_t i = 0; i < layers_.size(); ++i) run_layer(static_cast<int>(i), x, positions, batch, cache, s);
+  for (size_t i = 0; i < layers_.size(); ++i) {
+    run_layer(static_cast<int>(i), x, positions, batch, cache, s);
+    if (after_layer) after_layer(static_cast<int>(i), x);
+  }
 }
 
 Tensor Decoder::logits(const Tensor& x, const Tensor& rows) const {

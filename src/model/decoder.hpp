@@ -3,6 +3,7 @@
 // and decode steps) as described by an AttentionBatch, so batching needs no second path.
 #pragma once
 
+#include <functional>
 #include <vector>
 
 #include "backend/backend.hpp"
@@ -16,8 +17,12 @@ class Decoder {
 
   // ids [T] (I32) -> embeddings [T, hidden]
   Tensor embed(const Tensor& ids) const;
+  // Called after each layer with its index and x (the residual stream after that layer).
+  using LayerObserver = std::function<void(int layer, const Tensor& x)>;
   // Runs all layers over x [T, hidden] in place, writing K/V of the tokens into the cache.
-  void forward(Tensor& x, const Tensor& positions, const AttentionBatch& batch, KvCache& cache) const;
+  // `after_layer` (for dumps; never inside a graph capture) sees every layer's output.
+  void forward(Tensor& x, const Tensor& positions, const AttentionBatch& batch, KvCache& cache,
+               const LayerObserver& after_layer = {}) const;
   // Final norm + lm_head over the rows of x picked by `rows` (I32 [R]) -> logits [R, vocab].
   Tensor logits(const Tensor& x, const Tensor& rows) const;
 

@@ -40,21 +40,6 @@ double status_mb(const std::string& field) {
   return 0;
 }
 
-double tensor_bytes(const TensorInfo* t) { return t ? static_cast<double>(t->nbytes) : 0.0; }
-double linear_bytes(const LinearWeight& w) {
-  return tensor_bytes(w.weight) + tensor_bytes(w.scales) + tensor_bytes(w.qbiases) + tensor_bytes(w.bias);
-}
-
-// Bytes one decode step must read at batch 1: every decoder matrix and norm once.
-double decoder_weight_bytes(const DecoderWeights& d) {
-  double bytes = linear_bytes(d.lm_head) + tensor_bytes(d.final_norm.weight);
-  for (const auto& l : d.layers)
-    bytes += linear_bytes(l.q) + linear_bytes(l.k) + linear_bytes(l.v) + linear_bytes(l.o) +
-             linear_bytes(l.gate) + linear_bytes(l.up) + linear_bytes(l.down) +
-             tensor_bytes(l.input_norm.weight) + tensor_bytes(l.post_attention_norm.weight);
-  return bytes;
-}
-
 // Multiply-adds x 2 of the decoder over T new tokens after `past` cached ones (causal).
 double prefill_flops(const DecoderConfig& c, double tokens, double past) {
   const double per_token_linear = 2.0 * c.layers *
@@ -150,7 +135,7 @@ void bench_decode(Engine& engine, const BenchOptions& o, std::mt19937_64& rng, B
     if (step > 0) times.push_back(ms_since(start));  // step 0 warms up (and captures the graph)
   }
   for (auto& s : seqs) engine.release(s);
-  r.weight_bytes = decoder_weight_bytes(engine.checkpoint().decoder);
+  r.weight_bytes = engine.decoder_weight_bytes();
   const double kv_bytes_per_token = 2.0 * c.layers * c.kv_heads * c.head_dim *
                                     (engine.backend().kind() == DeviceKind::CPU ? 4.0 : 2.0);
   r.decode_step_ms = median(times);

@@ -21,6 +21,21 @@ Tokenizer load_tokenizer(const std::string& dir) {
   return Tokenizer::from_file(path.string());
 }
 
+double tensor_bytes(const TensorInfo* t) { return t ? static_cast<double>(t->nbytes) : 0.0; }
+double linear_bytes(const LinearWeight& w) {
+  return tensor_bytes(w.weight) + tensor_bytes(w.scales) + tensor_bytes(w.qbiases) + tensor_bytes(w.bias);
+}
+
+// Every decoder matrix and norm once (the embedding table is read a row per token).
+double weight_bytes(const DecoderWeights& d) {
+  double bytes = linear_bytes(d.lm_head) + tensor_bytes(d.final_norm.weight);
+  for (const auto& l : d.layers)
+    bytes += linear_bytes(l.q) + linear_bytes(l.k) + linear_bytes(l.v) + linear_bytes(l.o) +
+             linear_bytes(l.gate) + linear_bytes(l.up) + linear_bytes(l.down) +
+             tensor_bytes(l.input_norm.weight) + tensor_bytes(l.post_attention_norm.weight);
+  return bytes;
+}
+
 }  // namespace
 
 Engine::Engine(const std::string& model_dir, const EngineOptions& options)
@@ -35,15 +50,20 @@ Engine::Engine(const std::string& model_dir, const EngineOptions& options)
   MOXIN_CHECK(static_cast<int64_t>(tokenizer_.vocab_size()) <= checkpoint_.config.decoder.vocab,
               "[engine] tokenizer.json has ", tokenizer_.vocab_size(),
               " tokens but the model's embedding has only ", checkpoint_.config.decoder.vocab, " rows");
+  const DecoderWeights mapped_decoder = checkpoint_.decoder;
   if (options.quantize_bits != 0) quantize_decoder(options);
+  decoder_weight_bytes_ = weight_bytes(checkpoint_.decoder);
   model_ = std::make_unique<Vlm>(*backend_, checkpoint_);
   const DecoderConfig& d = checkpoint_.config.decoder;
   const int blocks = blocks_for(options.max_context, options.block_size);
   kv_cache_ = backend_->create_kv_cache({d.layers, d.kv_heads, d.head_dim, options.block_size, blocks});
   graphs_ = std::make_unique<DecodeGraphs>(*backend_, model_->decoder(), *kv_cache_, options.block_size, blocks);
-  // A device backend holds its own copy now: the mapped pages need not stay resident.
+  // A device backend holds its own copy now: neither the mapped pages nor the host-side
+  // quantized matrices (4.5 GB for the full model in 4 bits) need stay resident.
   if (backend_->kind() != DeviceKind::CPU) {
     backend_->synchronize();
+    checkpoint_.decoder = mapped_decoder;  // points at nothing freed below
+    quantized_.reset();
     checkpoint_.store.release_resident_pages();
   }
 }

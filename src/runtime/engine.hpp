@@ -48,7 +48,8 @@ class Engine {
   const Vlm& model() const { return *model_; }
   Backend& backend() const { return *backend_; }
   const ModelConfig& config() const { return checkpoint_.config; }
-  const Checkpoint& checkpoint() const { return checkpoint_; }
+  // Bytes of the decoder matrices and norms as loaded (quantized or not): a decode step reads them.
+  double decoder_weight_bytes() const { return decoder_weight_bytes_; }
   KvBlockPool& kv_pool() { return pool_; }
 
   // dino/siglip: B images of 224x224x3 f32 (NHWC), normalized per encoder.
@@ -69,7 +70,9 @@ class Engine {
   void quantize_decoder(const EngineOptions& options);
 
   Checkpoint checkpoint_;
-  std::unique_ptr<QuantizedWeights> quantized_;  // --quantize: what checkpoint_.decoder points at
+  // --quantize: what checkpoint_.decoder points at (CPU only: a device backend keeps its own copy).
+  std::unique_ptr<QuantizedWeights> quantized_;
+  double decoder_weight_bytes_ = 0;
   Tokenizer tokenizer_;
   std::unique_ptr<Backend> backend_;
   std::unique_ptr<Vlm> model_;
