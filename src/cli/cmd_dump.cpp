@@ -34,11 +34,6 @@ void run(const DumpArgs& a) {
   const LoadOptions lo = a.model.load_options();
   MOXIN_CHECK(!a.hidden_states || prompt.image.empty(),
               "[dump] --hidden-states takes a text-only prompt; drop --image");
-  // A device backend drops the host-side matrices that load-time quantization made, and the
-  // per-layer pass reads the weights from the host.
-  MOXIN_CHECK(!a.hidden_states || lo.quantize_bits == 0 || lo.device == Device::CPU,
-              "[dump] --hidden-states with --quantize runs on the CPU only (use --device cpu, or "
-              "a checkpoint written by `moxin quantize`)");
   auto engine = Engine::load(a.model.model_dir, to_engine_options(lo));
   Session session(*engine, lo.max_image_pixels);
   const PrefillResult r = session.prefill(to_chat_turns(prompt), prompt.image);
