@@ -395,20 +395,24 @@ void bench_quant_linears(CudaBackend& backend, double ceiling) {
           Tensor y = backend.empty_act({m, n});
           const double ms = time_ms(stream, 20, 10, [&](int i) { backend.linear(x, w[i % 3], y); });
           const double bytes = weight_bytes + double(m) * k * 4 + double(m) * n * 4;
-          table.push_back({cat("qlinear M=", m, " ", what, m <= 8 ? " gemv" : " mma"), ms,
+          table.push_back({cat("qlinear M=", m, " ", what, m <= kQuantGemvMaxRows ? " gemv" : " mma"), ms,
                            pct(bytes / ms / 1e6, ceiling)});
         }
         if (n != 32064 && group_size == 64) {
           const Tensor x = backend.from_host_f32(xs.data(), {1, k});
           Tensor y = backend.empty_act({1, n});
-          for (const auto& [rows, split] : {std::pair{2, 1}, {2, 2}, {2, 4}, {4, 1}, {4, 2}, {4, 4}}) {
+          struct Variant {
+            int rows, split, min_blocks;
+          };
+          for (const Variant& v : {Variant{2, 1, 1}, {2, 1, 8}, {2, 2, 8}, {4, 1, 1}, {4, 2, 1}}) {
             const double vms = time_ms(stream, 20, 10, [&](int i) {
-              quant_gemv_variant(rows, split, x.ptr<float>(),
+              quant_gemv_variant(v.rows, v.split, v.min_blocks, x.ptr<float>(),
                                  static_cast<const CudaLinear*>(w[i % 3].impl.get())->quant,
                                  y.ptr<float>(), stream);
             });
-            table.push_back({cat("  qgemv variant M=1 rows/warp=", rows, " k-split=", split), vms,
-                             pct((weight_bytes + 4.0 * k + 4.0 * n) / vms / 1e6, ceiling)});
+            table.push_back({cat("  qgemv variant M=1 rows/warp=", v.rows, " k-split=", v.split,
+                                 " min-blocks/SM=", v.min_blocks),
+                             vms, pct((weight_bytes + 4.0 * k + 4.0 * n) / vms / 1e6, ceiling)});
           }
           // The tensor-core kernel at GEMV sizes, to place the crossover.
           for (int m : {2, 4, 8}) {

@@ -185,8 +185,13 @@ TEST_F(CudaQuant, GemvOneOrTwoRows) {
       check_one(2, 257, 1088 / 64 * gs, bits, gs);  // full warp iterations plus a tail
       check_one(1, 65, gs, bits, gs);
     }
+  // Every tiling the shape picks: M = 1 below 8192 rows (K split), from 8192 and from 16384
+  // rows; M = 2 below and from 8192 rows.
   check_one(1, 1, 4096, 4, 64);
-  check_one(2, 4100, 4096, 8, 128);  // few row groups: K split over two warps
+  check_one(1, 8200, 128, 4, 64);
+  check_one(1, 16400, 128, 8, 64);
+  check_one(2, 4100, 1024, 8, 128);
+  check_one(2, 8200, 128, 4, 128);
   check_one(randint(1, 2), randint(1, 300), 128 * randint(1, 24), 4 * randint(1, 2), 128);
 }
 

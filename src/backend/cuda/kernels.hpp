@@ -38,10 +38,10 @@ struct QuantMatrix {
 // From 3 rows on the tensor-core kernel is faster (H100/H200 runs 3-4, docs/cuda-notes.md).
 constexpr int kQuantGemvMaxRows = 2;
 void quant_gemv(const float* x, int m, const QuantMatrix& w, float* y, cudaStream_t stream);
-// The benchmark's tiling sweep at M = 1: weight rows per warp and warps per row group (K
-// split); false when that variant is not compiled.
-bool quant_gemv_variant(int rows_per_warp, int k_split, const float* x, const QuantMatrix& w,
-                        float* y, cudaStream_t stream);
+// The benchmark's tiling sweep at M = 1: weight rows per warp, warps per row group (K split)
+// and blocks per SM the registers must allow; false when that variant is not compiled.
+bool quant_gemv_variant(int rows_per_warp, int k_split, int min_blocks, const float* x,
+                        const QuantMatrix& w, float* y, cudaStream_t stream);
 // out[N, K] = bf16(fma(scale, code, bias)) computed in f32 (the prefill path's weights).
 void quant_dequantize_bf16(const QuantMatrix& w, bf16_bits* out, cudaStream_t stream);
 // y[M, N] = x[M, K] W^T for M <= kQuantMmaMaxRows on the tensor cores: x rounded to bf16 (into

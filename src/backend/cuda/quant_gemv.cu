@@ -114,8 +114,8 @@ struct IterationCodes {
 // over S warps (warp iteration i goes to warp i % S), partial sums added in a fixed order.
 // Each warp loads its next iteration's codes before it computes the current one.
 // Requires K % 64 == 0 and 16-byte aligned x (checked by the launcher).
-template <int M, int R, int S, int Bits, bool F32Scales>
-__global__ void __launch_bounds__(kWarpsPerBlock* kLanes)
+template <int M, int R, int S, int Bits, bool F32Scales, int MinBlocks>
+__global__ void __launch_bounds__(kWarpsPerBlock* kLanes, MinBlocks)
     quant_gemv_kernel(const float* __restrict__ x, QuantMatrix w, float* __restrict__ y) {
   using Codes = IterationCodes<R, Bits, F32Scales>;
   constexpr int kWords = Codes::kWords, kSteps = Codes::kSteps;
@@ -240,32 +240,36 @@ __global__ void __launch_bounds__(kWarpsPerBlock* kLanes)
   }
 }
 
-template <int M, int R, int S, int Bits, bool F32Scales>
+// MinBlocks: blocks per SM the register allocation must allow (1: no constraint).
+template <int M, int R, int S, int Bits, bool F32Scales, int MinBlocks = 1>
 void launch(const float* x, const QuantMatrix& w, float* y, cudaStream_t stream) {
   const int rows_per_block = kWarpsPerBlock / S * R;
   const int blocks = (w.rows + rows_per_block - 1) / rows_per_block;
-  launch_kernel("quant_gemv_kernel", quant_gemv_kernel<M, R, S, Bits, F32Scales>, blocks,
-                kWarpsPerBlock * kLanes, 0, stream, x, w, y);
+  launch_kernel("quant_gemv_kernel", quant_gemv_kernel<M, R, S, Bits, F32Scales, MinBlocks>,
+                blocks, kWarpsPerBlock * kLanes, 0, stream, x, w, y);
 }
 
-// Few output rows split K over 2 warps so that enough loads are in flight (H100 run 2, M = 1:
-// [4096x14336] 4 rows per warp read at 45% of the copy ceiling unsplit, 67% split in 2, 57% in
-// 4; [14336x4096] 63% unsplit, 56% split in 2).
-constexpr int kMinRowGroups = 2048;
-
-template <int M, int R, int Bits, bool F32Scales>
-void launch_split(const float* x, const QuantMatrix& w, float* y, cudaStream_t stream) {
-  const int row_groups = (w.rows + R - 1) / R;
-  if (row_groups >= kMinRowGroups)
-    launch<M, R, 1, Bits, F32Scales>(x, w, y, stream);
-  else
-    launch<M, R, 2, Bits, F32Scales>(x, w, y, stream);
-}
-
-// Four rows per warp share each activation load and its sum.
+// Tiling by shape, from the H100 sweeps (runs 5-7, share of the copy ceiling, 4-bit / 8-bit).
+// M = 1: many rows stream best with 4 rows per warp ([32064x4096] 76% / 98%), mid-size with 2
+// ([14336x4096] 66% / 92%; 4 rows: 64% / 90%); with few rows K is split over 2 warps and the
+// registers capped for 8 blocks per SM so that enough loads are in flight ([4096x14336] 62% /
+// 92%; unsplit 39-44% / 72-74%). M = 2: 4 rows per warp, K split below 8192 rows (48-56% /
+// 61-92%; 2 rows capped at 64 registers fell to 25-32%).
 template <int M, int Bits, bool F32Scales>
 void launch_default(const float* x, const QuantMatrix& w, float* y, cudaStream_t stream) {
-  launch_split<M, 4, Bits, F32Scales>(x, w, y, stream);
+  if constexpr (M == 1) {
+    if (w.rows >= 16384)
+      launch<1, 4, 1, Bits, F32Scales>(x, w, y, stream);
+    else if (w.rows >= 8192)
+      launch<1, 2, 1, Bits, F32Scales>(x, w, y, stream);
+    else
+      launch<1, 2, 2, Bits, F32Scales, 8>(x, w, y, stream);
+  } else {
+    if (w.rows >= 8192)
+      launch<M, 4, 1, Bits, F32Scales>(x, w, y, stream);
+    else
+      launch<M, 4, 2, Bits, F32Scales>(x, w, y, stream);
+  }
 }
 
 template <int Bits, bool F32Scales>
@@ -295,29 +299,29 @@ void quant_gemv(const float* x, int m, const QuantMatrix& w, float* y, cudaStrea
     w.f32_scales ? launch_rows<8, true>(x, m, w, y, stream) : launch_rows<8, false>(x, m, w, y, stream);
 }
 
-bool quant_gemv_variant(int rows_per_warp, int k_split, const float* x, const QuantMatrix& w,
-                        float* y, cudaStream_t stream) {
+bool quant_gemv_variant(int rows_per_warp, int k_split, int min_blocks, const float* x,
+                        const QuantMatrix& w, float* y, cudaStream_t stream) {
   check_usable(x, w);
   if (w.f32_scales) return false;
-  auto run = [&](auto rows, auto split) {
+  auto run = [&](auto rows, auto split, auto blocks) {
     constexpr int R = decltype(rows)::value, S = decltype(split)::value;
+    constexpr int B = decltype(blocks)::value;
     if (w.bits == 4)
-      launch<1, R, S, 4, false>(x, w, y, stream);
+      launch<1, R, S, 4, false, B>(x, w, y, stream);
     else
-      launch<1, R, S, 8, false>(x, w, y, stream);
+      launch<1, R, S, 8, false, B>(x, w, y, stream);
     return true;
   };
   using One = std::integral_constant<int, 1>;
   using Two = std::integral_constant<int, 2>;
   using Four = std::integral_constant<int, 4>;
-  const int key = 10 * rows_per_warp + k_split;
-  switch (key) {
-    case 21: return run(Two{}, One{});
-    case 22: return run(Two{}, Two{});
-    case 24: return run(Two{}, Four{});
-    case 41: return run(Four{}, One{});
-    case 42: return run(Four{}, Two{});
-    case 44: return run(Four{}, Four{});
+  using Eight = std::integral_constant<int, 8>;
+  switch (100 * rows_per_warp + 10 * k_split + min_blocks) {
+    case 211: return run(Two{}, One{}, One{});
+    case 218: return run(Two{}, One{}, Eight{});
+    case 228: return run(Two{}, Two{}, Eight{});
+    case 411: return run(Four{}, One{}, One{});
+    case 421: return run(Four{}, Two{}, One{});
     default: return false;
   }
 }
