@@ -6,12 +6,13 @@
 // keeps up with DRAM. Per output and group it computes scale * dot(q, x) + bias * sum(x):
 // no per-weight dequantization, and sum(x) is formed once per chunk for all rows of a warp.
 //
-// Work layout: a warp owns R consecutive rows (and 1/S of K, see quant_gemv_kernel). K is cut into chunks of 8 inputs (one 32-bit
-// word of 4-bit codes, two of 8-bit codes); lane L takes chunks L, L + 32, L + 64, ... so a
-// warp's activation loads of one chunk index cover one contiguous 1 KB span (two float4 per
-// lane), and every chunk lies in one group (8 divides the group size). Each lane loads x for a
-// chunk once and applies it to its R rows; 16 bytes of codes per row and lane are in flight
-// before any is used.
+// Work layout: a warp owns R consecutive rows (and 1/S of K, see quant_gemv_kernel). K is cut
+// into chunks of 8 inputs (one 32-bit word of 4-bit codes, two of 8-bit codes); lane L takes
+// chunks L, L + 32, L + 64, ... so a warp's activation loads of one chunk index cover one
+// contiguous 1 KB span (two float4 per lane), and every chunk lies in one group (8 divides the
+// group size). Each lane loads x for a chunk once and applies it to its R rows; a warp
+// iteration covers 16 bytes of codes per row and lane, and the next iteration's codes are
+// requested before the current ones are used.
 //
 // Codes become floats without conversion instructions: a code masked in place inside its word
 // (bit offset s < 23), read as an f32, is the subnormal q * 2^(s - 149) exactly. Multiplied by

@@ -1,4 +1,4 @@
-// Batched-decode linear with quantized weights (9 <= M <= 64): y[M, N] = x[M, K] W^T with
+// Batched-decode linear with quantized weights (3 <= M <= 64): y[M, N] = x[M, K] W^T with
 // mma.sync m16n8k16 (bf16 in, f32 accumulation). Weights are the A operand (16 rows per tile),
 // activations the B operand (8 tokens per tile), so the weights are read once per call for up
 // to 64 tokens and dequantized straight into A fragments, never to memory.
@@ -8,11 +8,11 @@
 // stored in the order the code pairs come out of a word (4-bit: x0 x4 x1 x5 x2 x6 x3 x7 per
 // chunk of 8, see code_pair_bf16; 8-bit: natural order). Lane t of a quad then owns inputs
 // [t * E, (t + 1) * E) of every K block of 4 * E inputs (E = 32 for 4-bit, 16 for 8-bit); mma
-// step s takes its pairs 2s and 2s + 1, i.e. 4 consecutive reordered activations per token (one
-// 8-byte load).
+// step s takes its pairs 2s and 2s + 1, i.e. 4 consecutive reordered activations per token, and
+// one 16-byte load serves two steps (layout in activations_kernel).
 //
 // A block is kWarps warps of 32 weight rows each (two m16 tiles); all of them walk the same K
-// blocks, so each block's activation tile is fetched from L2 once and then served from L1 to
+// blocks, so each block's activation tile is prefetched from L2 once and then served from L1 to
 // every warp (with 32 rows per block the activations would cost L2 4x the weight bytes at 32
 // tokens). The K blocks are dealt to gridDim.y blocks so that even 4096 rows fill the GPU; their
 // partial sums meet in y by atomic adds (y zeroed by the activation kernel), so the order of
