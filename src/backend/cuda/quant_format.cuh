@@ -1,6 +1,6 @@
 // Device-side reading of the quantized weight format the CUDA backend keeps (kernels.hpp,
-// QuantMatrix): the interleaved scale/bias pairs and the one dequantization formula shared by
-// the prefill dequantizer and the tensor-core kernel, so both produce the same bf16 weights.
+// QuantMatrix): the interleaved scale/bias pairs, and the prefill dequantizer's formula
+// (bf16 of the f32 fma; quant_mma.cu rounds the same weights, see its file comment).
 #pragma once
 
 #include <cuda_bf16.h>
