@@ -49,4 +49,16 @@ void MappedFile::release_resident_pages() const {
   madvise(const_cast<uint8_t*>(data_), size_, MADV_DONTNEED);
 }
 
+bool MappedFile::release_resident_pages(const void* begin, size_t bytes) const {
+  const auto* first = static_cast<const uint8_t*>(begin);
+  if (size_ == 0 || first < data_ || first + bytes > data_ + size_) return false;
+  // Whole pages only, rounded inwards: the neighbours' partial pages stay (harmless either way
+  // on a read-only file mapping, but there is no reason to drop them).
+  const auto page = static_cast<uintptr_t>(sysconf(_SC_PAGESIZE));
+  const uintptr_t lo = (reinterpret_cast<uintptr_t>(first) + page - 1) / page * page;
+  const uintptr_t hi = reinterpret_cast<uintptr_t>(first + bytes) / page * page;
+  if (hi > lo) madvise(reinterpret_cast<void*>(lo), hi - lo, MADV_DONTNEED);
+  return true;
+}
+
 }  // namespace moxin

@@ -23,6 +23,9 @@ class MappedFile {
   // Drops the pages read so far from this process's resident set (they stay in the page cache
   // and fault back in if touched): for backends that copied the weights to a device.
   void release_resident_pages() const;
+  // The same for the whole pages inside [begin, begin + bytes) (e.g. one tensor's); a range
+  // outside this mapping is ignored. Returns whether the range lay inside it.
+  bool release_resident_pages(const void* begin, size_t bytes) const;
 
  private:
   std::string path_;

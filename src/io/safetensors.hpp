@@ -62,8 +62,10 @@ class TensorStore {
   const TensorInfo* find(const std::string& name) const;  // nullptr if absent
   std::vector<std::string> names() const;                // sorted
   const std::vector<std::shared_ptr<SafetensorsFile>>& files() const { return files_; }
-  // See MappedFile::release_resident_pages.
+  // See MappedFile::release_resident_pages: all pages, or those of one tensor of this store
+  // (any other TensorInfo, e.g. one in ordinary memory, is left alone).
   void release_resident_pages() const;
+  void release_resident_pages(const TensorInfo& t) const;
   size_t total_bytes() const;  // sum of tensor payloads
   size_t size() const { return by_name_.size(); }
 

@@ -121,6 +121,11 @@ void TensorStore::release_resident_pages() const {
   for (const auto& f : files_) f->mapping().release_resident_pages();
 }
 
+void TensorStore::release_resident_pages(const TensorInfo& t) const {
+  for (const auto& f : files_)
+    if (f->mapping().release_resident_pages(t.data, t.nbytes)) return;
+}
+
 size_t TensorStore::total_bytes() const {
   size_t total = 0;
   for (const auto& entry : by_name_) total += entry.second->nbytes;

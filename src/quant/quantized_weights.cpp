@@ -68,8 +68,9 @@ DecoderWeights QuantizedWeights::quantize(const DecoderWeights& decoder, int bit
   const std::vector<LinearWeight*> targets = quantizable_linears(out);
   const int total = static_cast<int>(targets.size());
   for (int i = 0; i < total; ++i) {
+    const TensorInfo& dense = *targets[i]->weight;
     *targets[i] = add(*targets[i], bits, group_size, pool);
-    if (progress) progress(i + 1, total);
+    if (progress) progress(i + 1, total, dense);
   }
   return out;
 }

@@ -18,8 +18,9 @@ std::vector<const LinearWeight*> quantizable_linears(const DecoderWeights& decod
 
 class QuantizedWeights {
  public:
-  // Called after each matrix with (done, total).
-  using Progress = std::function<void(int done, int total)>;
+  // Called after each matrix with (done, total) and the dense tensor it was made from (not
+  // read again: its pages can go).
+  using Progress = std::function<void(int done, int total, const TensorInfo& dense)>;
 
   // Returns a copy of `decoder` with every quantizable linear replaced by its quantized form
   // held in this store (which must outlive the result). Throws moxin::Error if the decoder is

@@ -75,12 +75,13 @@ void Engine::quantize_decoder(const EngineOptions& options) {
   ThreadPool pool(options.backend.threads);
   quantized_ = std::make_unique<QuantizedWeights>();
   checkpoint_.decoder = quantized_->quantize(
-      checkpoint_.decoder, options.quantize_bits, options.quantize_group_size, &pool, [show](int done, int total) {
+      checkpoint_.decoder, options.quantize_bits, options.quantize_group_size, &pool,
+      [&](int done, int total, const TensorInfo& dense) {
+        // Its bf16 pages are never read again: dropping them as we go keeps the peak resident
+        // set near the quantized size instead of the whole bf16 decoder's.
+        checkpoint_.store.release_resident_pages(dense);
         if (show) std::fprintf(stderr, "\rquantizing the decoder: %d/%d matrices%s", done, total, done == total ? "\n" : "");
       });
-  // The bf16 pages of the quantized matrices are never read again; the tensors still used
-  // (embeddings, norms, vision) fault back in on demand.
-  checkpoint_.store.release_resident_pages();
 }
 
 std::unique_ptr<Engine> Engine::load(const std::string& model_dir, const EngineOptions& options) {
