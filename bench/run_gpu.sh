@@ -28,7 +28,7 @@ for step in $steps; do
   case $step in
     parity)
       MOXIN_BIN=$bin MOXIN_PARITY_DEVICES=cuda timeout 400 python3 -m pytest -q -s tests/py/test_parity.py \
-        >"$out/parity.log" 2>&1
+        tests/py/test_quant.py -k "parity or engine_matches" >"$out/parity.log" 2>&1
       echo "== cuda parity: $(tail -1 "$out/parity.log")"
       grep -E "rel err|gap|Error|assert" "$out/parity.log" | head -30
       ;;
@@ -42,7 +42,8 @@ Image.fromarray(data.astronaut()).resize((640, 480), Image.BICUBIC).save('/tmp/p
       $bin bench --model $model --device cuda --batch "$batch" --context "$context" --no-vision --runs 3 \
         --max-context $(((context + 64) * batch)) --json >"$out/bench_b$batch.json" 2>"$out/bench_b$batch.err" ||
         cat "$out/bench_b$batch.err"
-      timeout "${MOXIN_PEER_TIMEOUT:-420}" python3 bench/peer_torch.py --context "$context" --batch "$batch" >"$out/peer.json" \
+      timeout "${MOXIN_PEER_TIMEOUT:-420}" python3 bench/peer_torch.py --context "$context" --batch "$batch" \
+        ${MOXIN_PEER_ARGS:-} >"$out/peer.json" \
         2>"$out/peer.err" || tail -5 "$out/peer.err"
       python3 bench/compare.py "$out/bench_b1.json" "$out/bench_b$batch.json" "$out/peer.json" | tee "$out/compare.txt"
       ;;
