@@ -1,7 +1,7 @@
 """Shared pytest fixtures: the moxin binary under test and a fresh, printed random seed.
 
 Every test draws fresh random inputs; the seed is printed so a failure can be replayed with
-MOXIN_TEST_SEED=<seed> pytest ...
+MOXIN_TEST_SEED=<seed> pytest ... (and the tiny models' weights with MOXIN_MODEL_SEED=<seed>).
 """
 import os
 import pathlib
@@ -49,7 +49,7 @@ def tokenizer_fixture():
 
 def fresh_tiny_model(tmp_path_factory, name, shards=1):
     """A new random-weight tiny checkpoint (tools/make_test_model.py, bf16), seed printed."""
-    seed = random.SystemRandom().randrange(2**31)
+    seed = int(os.environ.get("MOXIN_MODEL_SEED", random.SystemRandom().randrange(2**31)))
     out = tmp_path_factory.mktemp(name)
     print(f"\n[seed] {name} weights: --seed {seed}")
     subprocess.run([sys.executable, str(ROOT / "tools" / "make_test_model.py"), "--preset", "tiny",
