@@ -250,7 +250,8 @@ void BM_QuantLinear(benchmark::State& state) {
   state.counters["GB/s"] = gbps;
   state.counters["ceiling_GB/s"] = ceiling;
   state.counters["%ceiling"] = 100.0 * gbps / ceiling;
-  state.SetLabel(cpu::quant_gemv_path_name(cpu::quant_gemv_path_for(backend->kernels())));
+  state.SetLabel(M <= cpu::kQuantGemvMaxRows ? cpu::quant_gemv_path_name(cpu::quant_gemv_path_for(backend->kernels()))
+                                              : "dequantize+gemm");
 }
 // Decode (the MLP's up/gate and down projections, 8- and 4-bit), a small batch, a prefill.
 BENCHMARK(BM_QuantLinear)
@@ -262,6 +263,45 @@ BENCHMARK(BM_QuantLinear)
     ->Args({14336, 4096, 1, 1, 4})
     ->Args({14336, 4096, 4, 2, 4})
     ->Args({14336, 4096, 256, 2, 4})
+    ->UseRealTime()
+    ->Unit(benchmark::kMillisecond);
+
+// The decode GEMV paths side by side in one process (the backend runs the fastest): args out
+// features, in features, bits, path (0 generic, 1 avx512, 2 vnni); two threads, M = 1.
+void BM_QuantGemvPath(benchmark::State& state) {
+  const int64_t N = state.range(0), K = state.range(1);
+  const int bits = static_cast<int>(state.range(2));
+  const auto path = static_cast<cpu::QuantGemvPath>(state.range(3));
+  const std::vector<cpu::QuantGemvPath> paths = cpu::quant_gemv_paths();
+  if (std::find(paths.begin(), paths.end(), path) == paths.end()) {
+    state.SkipWithError("this CPU lacks the path");
+    return;
+  }
+  ThreadPool pool(2);
+  QuantWeights w(N, K, bits);
+  std::vector<float> x(static_cast<size_t>(K)), y(static_cast<size_t>(N));
+  std::mt19937 rng(11);
+  std::uniform_real_distribution<float> d(-1.0f, 1.0f);
+  for (float& v : x) v = d(rng);
+  size_t next = 0;
+  for (auto _ : state) {
+    const QuantWeights::Copy& c = *w.copies[next];
+    const QuantView view{c.codes.data(), c.scales.data(), c.biases.data(), DType::BF16, N, K, bits,
+                         QuantWeights::kGroup};
+    cpu::quant_gemv(path, &pool, 1, x.data(), K, view, y.data(), N);
+    next = (next + 1) % w.copies.size();
+    benchmark::DoNotOptimize(y.data());
+    benchmark::ClobberMemory();
+  }
+  state.SetBytesProcessed(state.iterations() * w.bytes);
+  state.SetLabel(cpu::quant_gemv_path_name(path));
+}
+BENCHMARK(BM_QuantGemvPath)
+    ->ArgNames({"N", "K", "bits", "path"})
+    ->Args({14336, 4096, 4, 1})
+    ->Args({14336, 4096, 4, 2})
+    ->Args({14336, 4096, 8, 1})
+    ->Args({14336, 4096, 8, 2})
     ->UseRealTime()
     ->Unit(benchmark::kMillisecond);
 
