@@ -57,6 +57,7 @@ QuantGemvPath quant_gemv_path_for(const Kernels& kernels);
 void quant_gemv(QuantGemvPath path, ThreadPool* pool, int64_t M, const float* x, int64_t ldx, const QuantView& w,
                 float* y, int64_t ldy);
 
+// dequantize_rows or its AVX-512 twin, to go with a kernel table (portable for the generic one).
 QuantDequantizeFn quant_dequantize_for(const Kernels& kernels);
 
 // y[m * ldy + n] = bias[n] (if any) + sum_k x[m * ldx + k] W[n, k]; threads over output rows.

