@@ -19,6 +19,7 @@
 #include "backend/cuda/cuda_backend_impl.hpp"
 #include "backend/cuda/cuda_check.hpp"
 #include "backend/cuda/launch.cuh"
+#include "backend/cuda/quant_gemv_sweep.hpp"
 #include "core/bf16.hpp"
 
 namespace moxin::cuda {
@@ -398,22 +399,40 @@ void bench_quant_linears(CudaBackend& backend, double ceiling) {
           table.push_back({cat("qlinear M=", m, " ", what, m <= kQuantGemvMaxRows ? " gemv" : " mma"), ms,
                            pct(bytes / ms / 1e6, ceiling)});
         }
-        if (n != 32064 && group_size == 64) {
-          const Tensor x = backend.from_host_f32(xs.data(), {1, k});
-          Tensor y = backend.empty_act({1, n});
+        if (group_size == 64 && (n != 32064 || bits == 4)) {
+          const Tensor x = backend.from_host_f32(xs.data(), {2, k});
+          Tensor y = backend.empty_act({2, n});
+          auto quant = [&](int i) -> const QuantMatrix& {
+            return static_cast<const CudaLinear*>(w[i % 3].impl.get())->quant;
+          };
           struct Variant {
             int rows, split, min_blocks;
           };
           for (const Variant& v : {Variant{2, 1, 1}, {2, 1, 8}, {2, 2, 8}, {4, 1, 1}, {4, 2, 1}}) {
             const double vms = time_ms(stream, 20, 10, [&](int i) {
-              quant_gemv_variant(v.rows, v.split, v.min_blocks, x.ptr<float>(),
-                                 static_cast<const CudaLinear*>(w[i % 3].impl.get())->quant,
+              quant_gemv_variant(v.rows, v.split, v.min_blocks, x.ptr<float>(), quant(i),
                                  y.ptr<float>(), stream);
             });
             table.push_back({cat("  qgemv variant M=1 rows/warp=", v.rows, " k-split=", v.split,
                                  " min-blocks/SM=", v.min_blocks),
                              vms, pct((weight_bytes + 4.0 * k + 4.0 * n) / vms / 1e6, ceiling)});
           }
+          // 4-bit: the kernel with x staged in shared memory, and the lane-per-word one at M = 2.
+          for (int m = 1; bits == 4 && m <= 2; ++m)
+            for (bool staged : {true, false})
+              for (int rows : {2, 4})
+                for (int split : {1, 2}) {
+                  if (!quant_gemv4_variant(staged, m, rows, split, x.ptr<float>(), quant(0),
+                                           y.ptr<float>(), stream))
+                    continue;
+                  const double vms = time_ms(stream, 20, 10, [&](int i) {
+                    quant_gemv4_variant(staged, m, rows, split, x.ptr<float>(), quant(i),
+                                        y.ptr<float>(), stream);
+                  });
+                  table.push_back({cat("  qgemv4 ", staged ? "staged" : "lane-per-word", " M=", m,
+                                       " rows/warp=", rows, " k-split=", split),
+                                   vms, pct((weight_bytes + 4.0 * m * (k + n)) / vms / 1e6, ceiling)});
+                }
           // The tensor-core kernel at GEMV sizes, to place the crossover.
           for (int m : {2, 4, 8}) {
             const Tensor xm = backend.from_host_f32(xs.data(), {m, k});

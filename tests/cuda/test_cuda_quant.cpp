@@ -13,7 +13,9 @@
 #include <cstring>
 #include <memory>
 
+#include "backend/cuda/cuda_backend_impl.hpp"
 #include "backend/cuda/kernels.hpp"
+#include "backend/cuda/quant_gemv_sweep.hpp"
 #include "core/bf16.hpp"
 #include "core/check.hpp"
 #include "cuda_test_support.hpp"
@@ -192,7 +194,41 @@ TEST_F(CudaQuant, GemvOneOrTwoRows) {
   check_one(1, 16400, 128, 8, 64);
   check_one(2, 4100, 1024, 8, 128);
   check_one(2, 8200, 128, 4, 128);
+  // 4-bit stages x in shared memory up to the per-block limit (M = 2: K <= 25600, M = 1:
+  // K <= 51200) and takes the lane-per-word kernel beyond.
+  check_one(2, 5, 25600, 4, 64);
+  check_one(2, 3, 26624, 4, 128);
+  check_one(1, 3, 52224, 4, 64);
   check_one(randint(1, 2), randint(1, 300), 128 * randint(1, 24), 4 * randint(1, 2), 128);
+}
+
+// Every tiling of the 4-bit kernels that the benchmark sweeps to choose the defaults.
+TEST_F(CudaQuant, Gemv4BitEveryTiling) {
+  const cudaStream_t stream = dynamic_cast<cuda::CudaBackend&>(backend()).stream();
+  for (int m : {1, 2})
+    for (int gs : {64, 128}) {
+      // 70 rows: partial row groups; K: whole warp iterations of 1024 inputs plus a tail.
+      const auto part = make_part(70, 1088 / 64 * gs, 4, gs, DType::BF16);
+      const Linear prepared = backend().prepare_linear(part->weight);
+      const cuda::QuantMatrix& q = static_cast<const cuda::CudaLinear*>(prepared.impl.get())->quant;
+      const std::vector<float> x = randn(static_cast<size_t>(m * part->in));
+      const Tensor xt = upload(x, {m, part->in});
+      const std::vector<double> ref = reference({part.get()}, x, m, false);
+      int variants = 0;
+      for (bool staged : {true, false})
+        for (int rows : {2, 4})
+          for (int split : {1, 2}) {
+            Tensor y = poisoned({m, part->out});
+            if (!cuda::quant_gemv4_variant(staged, m, rows, split, xt.ptr<float>(), q,
+                                           y.ptr<float>(), stream))
+              continue;
+            ++variants;
+            expect_close(cat("quant gemv 4-bit ", staged ? "staged" : "lane-per-word", " M=", m,
+                             " rows/warp=", rows, " k-split=", split, " g", gs),
+                         download(y), ref, kF32Tol);
+          }
+      EXPECT_EQ(variants, m == 1 ? 4 : 6) << "M=" << m;
+    }
 }
 
 TEST_F(CudaQuant, TensorCoresThreeToSixtyFourRows) {

@@ -27,6 +27,7 @@
 #include "backend/cuda/kernels.hpp"
 #include "backend/cuda/launch.cuh"
 #include "backend/cuda/quant_format.cuh"
+#include "backend/cuda/quant_gemv_sweep.hpp"
 
 namespace moxin::cuda {
 namespace {
@@ -100,6 +101,44 @@ __device__ __forceinline__ float warp_sum(float v) {
   for (int offset = kLanes / 2; offset > 0; offset /= 2)
     v += __shfl_xor_sync(0xffffffffu, v, offset);
   return v;
+}
+
+// y for a warp's R rows: each lane's scale * dot * 2^kProductExp + bias * sum(x) parts summed
+// over the warp and, with K split over S warps, over the S warps of the row group (shared
+// memory, fixed order). Every thread of the block must call it (it synchronizes when S > 1).
+template <int M, int R, int S, int Warps>
+__device__ __forceinline__ void write_outputs(const float (&acc_q)[M][R], const float (&acc_b)[M][R],
+                                              float (&partial)[S > 1 ? Warps : 1][M][R], int lane,
+                                              int warp, int row0, int rows, float* y) {
+  float out[M][R];
+#pragma unroll
+  for (int m = 0; m < M; ++m)
+#pragma unroll
+    for (int r = 0; r < R; ++r)
+      out[m][r] = warp_sum(fmaf(acc_q[m][r], pow2(-kProductExp), acc_b[m][r]));
+  if constexpr (S > 1) {
+    if (lane == 0)
+#pragma unroll
+      for (int m = 0; m < M; ++m)
+#pragma unroll
+        for (int r = 0; r < R; ++r) partial[warp][m][r] = out[m][r];
+    __syncthreads();
+    if (warp % S != 0) return;
+#pragma unroll
+    for (int m = 0; m < M; ++m)
+#pragma unroll
+      for (int r = 0; r < R; ++r)
+#pragma unroll
+        for (int i = 1; i < S; ++i) out[m][r] += partial[warp + i][m][r];
+  }
+  if (lane == 0 && row0 < rows) {
+#pragma unroll
+    for (int r = 0; r < R; ++r) {
+      if (row0 + r >= rows) break;
+#pragma unroll
+      for (int m = 0; m < M; ++m) y[static_cast<int64_t>(m) * rows + row0 + r] = out[m][r];
+    }
+  }
 }
 
 // The codes and scale/bias pairs of one warp iteration: kSteps chunks of R rows per lane.
@@ -210,35 +249,7 @@ __global__ void __launch_bounds__(kWarpsPerBlock* kLanes, MinBlocks)
     cur = next;
   }
 
-  float out[M][R];
-#pragma unroll
-  for (int m = 0; m < M; ++m)
-#pragma unroll
-    for (int r = 0; r < R; ++r)
-      out[m][r] = warp_sum(fmaf(acc_q[m][r], pow2(-kProductExp), acc_b[m][r]));
-  if constexpr (S > 1) {
-    if (lane == 0)
-#pragma unroll
-      for (int m = 0; m < M; ++m)
-#pragma unroll
-        for (int r = 0; r < R; ++r) partial[warp][m][r] = out[m][r];
-    __syncthreads();
-    if (slice != 0) return;
-#pragma unroll
-    for (int m = 0; m < M; ++m)
-#pragma unroll
-      for (int r = 0; r < R; ++r)
-#pragma unroll
-        for (int i = 1; i < S; ++i) out[m][r] += partial[warp + i][m][r];
-  }
-  if (lane == 0 && row0 < w.rows) {
-#pragma unroll
-    for (int r = 0; r < R; ++r) {
-      if (row0 + r >= w.rows) break;
-#pragma unroll
-      for (int m = 0; m < M; ++m) y[static_cast<int64_t>(m) * w.rows + row0 + r] = out[m][r];
-    }
-  }
+  write_outputs<M, R, S, kWarpsPerBlock>(acc_q, acc_b, partial, lane, warp, row0, w.rows, y);
 }
 
 // MinBlocks: blocks per SM the register allocation must allow (1: no constraint).
@@ -273,12 +284,216 @@ void launch_default(const float* x, const QuantMatrix& w, float* y, cudaStream_t
   }
 }
 
+// ---- 4-bit: activations staged in shared memory, one 16-byte code load per row and lane ----
+// At 4 bits a lane-per-word iteration (above) spends as many instructions on loads, scale
+// handling and x scaling as on the codes themselves. Here each block first writes x, scaled by
+// 2^(kXExp - code_offset) per position, into shared memory together with the sum of every 8
+// inputs; lane L of a warp iteration then takes the 32 inputs of segment L (one 16-byte load
+// per row, one group, one scale/bias pair), so the per-code work is one logic op and one FMA
+// per activation row, and scale and bias are applied once per 32 codes.
+// Shared memory per activation row: 9 float4 slots per segment, 8 of scaled x and one of the
+// four 8-input sums. The stride of 9 slots (144 bytes) lets the 8 lanes of each quarter-warp
+// phase read distinct banks, both in the main loop and when staging; segments are padded with
+// zeros to whole warp iterations (their codes multiply zeros).
+constexpr int kStagedWarps = 8;
+constexpr int kStagedThreads = kStagedWarps * kLanes;
+constexpr int kSegment = 32;                // inputs per lane and row in a warp iteration
+constexpr int kTile = kSegment * kLanes;    // inputs per warp iteration
+constexpr int kSlots = kSegment / 4 + 1;    // float4 slots per staged segment
+// The 227 KB a block may opt into, less room for the static partial sums.
+constexpr size_t kStagedMaxSmem = 226 * 1024;
+
+size_t staged_smem_bytes(int m, int k) {
+  const size_t segments = static_cast<size_t>((k + kTile - 1) / kTile) * kLanes;
+  return static_cast<size_t>(m) * segments * kSlots * sizeof(float4);
+}
+
+__device__ __forceinline__ uint4 load_code4(const uint32_t* p) {
+  uint4 v;
+  asm("ld.global.nc.L1::no_allocate.v4.u32 {%0, %1, %2, %3}, [%4];"
+      : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
+      : "l"(p));
+  return v;
+}
+
+// One warp iteration's codes (4 words per row) and scale/bias pairs.
+template <int R, bool F32Scales>
+struct SegmentCodes {
+  uint4 words[R];
+  ScaleBiasRaw<F32Scales> raw[R];
+};
+
+// A block is kStagedWarps warps: kStagedWarps / S groups of R rows, K split over S warps as in
+// quant_gemv_kernel. Requires K % 64 == 0, 16-byte aligned x and codes (checked by the caller).
+template <int M, int R, int S, bool F32Scales>
+__global__ void __launch_bounds__(kStagedThreads)
+    quant_gemv4_staged_kernel(const float* __restrict__ x, QuantMatrix w, float* __restrict__ y) {
+  using Raw = ScaleBiasRaw<F32Scales>;
+  using Codes = SegmentCodes<R, F32Scales>;
+  extern __shared__ float4 staged[];  // [M][padded segments][kSlots]
+  __shared__ float partial[S > 1 ? kStagedWarps : 1][M][R];
+  const int lane = threadIdx.x % kLanes, warp = threadIdx.x / kLanes;
+  const int slice = warp % S;
+  const int row0 = (blockIdx.x * (kStagedWarps / S) + warp / S) * R;
+  const int k = w.cols;
+  const int segments = k / kSegment;
+  const int padded = (k + kTile - 1) / kTile * kLanes;
+  const int tiles = row0 < w.rows ? padded / kLanes : 0;  // a warp past the last row idles
+  const int group_shift = w.group_size == 64 ? 1 : 2;     // segment index -> group index
+  const uint32_t* codes[R];
+  const Raw* pairs[R];
+#pragma unroll
+  for (int r = 0; r < R; ++r) {
+    const int64_t row = min(row0 + r, w.rows - 1);
+    codes[r] = w.codes + row * (k / 8);
+    pairs[r] = static_cast<const Raw*>(w.scale_bias) + row * (k / w.group_size);
+  }
+  // Lanes past the last segment re-read it: their staged x and sums are zero.
+  auto load = [&](int tile, Codes& next) {
+    const int c = min(tile * kLanes + lane, segments - 1);
+#pragma unroll
+    for (int r = 0; r < R; ++r) {
+      next.words[r] = load_code4(codes[r] + 4 * c);
+      next.raw[r] = load_scale_bias<F32Scales>(pairs[r], c >> group_shift);
+    }
+  };
+  // Two iterations of weights are requested before x is ready (see quant_gemv_kernel).
+  Codes even{}, odd{};
+  if (slice < tiles) load(slice, even);
+  if (slice + S < tiles) load(slice + S, odd);
+  wait_for_prior_kernels();
+
+  // Staging: thread h takes inputs 8h..8h+7 (word h % 4 of segment h / 4) of every x row; the
+  // padding segments get zeros.
+  for (int h = threadIdx.x; h < k / kChunk; h += kStagedThreads) {
+#pragma unroll
+    for (int m = 0; m < M; ++m) {
+      const float4* src = reinterpret_cast<const float4*>(x + static_cast<int64_t>(m) * k) + 2 * h;
+      const float4 a = __ldg(src), b = __ldg(src + 1);
+      float4* seg = staged + (m * padded + h / 4) * kSlots;
+      reinterpret_cast<float*>(seg + kSlots - 1)[h % 4] =
+          ((a.x + a.y) + (a.z + a.w)) + ((b.x + b.y) + (b.z + b.w));
+      const float v[kChunk] = {a.x, a.y, a.z, a.w, b.x, b.y, b.z, b.w};
+      float s[kChunk];
+#pragma unroll
+      for (int e = 0; e < kChunk; ++e) s[e] = v[e] * pow2(kXExp - code_offset<4>(e));
+      seg[2 * (h % 4)] = make_float4(s[0], s[1], s[2], s[3]);
+      seg[2 * (h % 4) + 1] = make_float4(s[4], s[5], s[6], s[7]);
+    }
+  }
+  for (int h = k / kChunk + threadIdx.x; h < padded * 4; h += kStagedThreads)
+#pragma unroll
+    for (int m = 0; m < M; ++m) {
+      float4* seg = staged + (m * padded + h / 4) * kSlots;
+      reinterpret_cast<float*>(seg + kSlots - 1)[h % 4] = 0.0f;
+      seg[2 * (h % 4)] = seg[2 * (h % 4) + 1] = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+    }
+  __syncthreads();
+
+  float acc_q[M][R], acc_b[M][R];  // sum of scale * dot * 2^kProductExp, sum of bias * sum(x)
+#pragma unroll
+  for (int m = 0; m < M; ++m)
+#pragma unroll
+    for (int r = 0; r < R; ++r) acc_q[m][r] = acc_b[m][r] = 0.0f;
+  auto compute = [&](int tile, const Codes& cur) {
+    const float4* seg[M];
+#pragma unroll
+    for (int m = 0; m < M; ++m) seg[m] = staged + (m * padded + tile * kLanes + lane) * kSlots;
+    float dot[M][R];
+#pragma unroll
+    for (int m = 0; m < M; ++m)
+#pragma unroll
+      for (int r = 0; r < R; ++r) dot[m][r] = 0.0f;
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+      float xs[M][kChunk];
+#pragma unroll
+      for (int m = 0; m < M; ++m) {
+        const float4 a = seg[m][2 * i], b = seg[m][2 * i + 1];
+        xs[m][0] = a.x, xs[m][1] = a.y, xs[m][2] = a.z, xs[m][3] = a.w;
+        xs[m][4] = b.x, xs[m][5] = b.y, xs[m][6] = b.z, xs[m][7] = b.w;
+      }
+#pragma unroll
+      for (int r = 0; r < R; ++r) {
+        const uint4& v = cur.words[r];
+        const uint32_t word[1] = {i == 0 ? v.x : i == 1 ? v.y : i == 2 ? v.z : v.w};
+        float q[kChunk];
+        extract_codes<4>(word, q);
+#pragma unroll
+        for (int m = 0; m < M; ++m)
+#pragma unroll
+          for (int e = 0; e < kChunk; ++e) dot[m][r] = fma_subnormal(q[e], xs[m][e], dot[m][r]);
+      }
+    }
+#pragma unroll
+    for (int m = 0; m < M; ++m) {
+      const float4 sums = seg[m][kSlots - 1];
+      const float xsum = (sums.x + sums.y) + (sums.z + sums.w);
+#pragma unroll
+      for (int r = 0; r < R; ++r) {
+        const float2 sb = unpack_scale_bias(cur.raw[r]);
+        acc_q[m][r] = fmaf(sb.x, dot[m][r], acc_q[m][r]);
+        acc_b[m][r] = fmaf(sb.y, xsum, acc_b[m][r]);
+      }
+    }
+  };
+  // Two register buffers in turn, so that no iteration copies codes between them.
+  for (int t = slice; t < tiles; t += 2 * S) {
+    compute(t, even);
+    if (t + 2 * S < tiles) load(t + 2 * S, even);
+    if (t + S >= tiles) break;
+    compute(t + S, odd);
+    if (t + 3 * S < tiles) load(t + 3 * S, odd);
+  }
+  write_outputs<M, R, S, kStagedWarps>(acc_q, acc_b, partial, lane, warp, row0, w.rows, y);
+}
+
+template <int M, int R, int S, bool F32Scales>
+void launch_staged(const float* x, const QuantMatrix& w, float* y, cudaStream_t stream) {
+  const auto kernel = quant_gemv4_staged_kernel<M, R, S, F32Scales>;
+  const size_t smem = staged_smem_bytes(M, w.cols);
+  if (smem > 48 * 1024) {
+    // Once per process (one device per process, as the backend is used).
+    static const cudaError_t allowed = cudaFuncSetAttribute(
+        kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(kStagedMaxSmem));
+    MOXIN_CUDA_CHECK(allowed);
+  }
+  const int rows_per_block = kStagedWarps / S * R;
+  const int blocks = (w.rows + rows_per_block - 1) / rows_per_block;
+  launch_kernel("quant_gemv4_staged_kernel", kernel, blocks, kStagedThreads, smem, stream, x, w, y);
+}
+
+bool staged_usable(int m, const QuantMatrix& w) {
+  return w.bits == 4 && staged_smem_bytes(m, w.cols) <= kStagedMaxSmem &&
+         reinterpret_cast<uintptr_t>(w.codes) % 16 == 0;
+}
+
+// Tiling of the staged kernel by shape (prediction before the H100 sweep, run 9): 4 rows per
+// warp; at M = 1 K split over 2 warps below 8192 rows so that [4096x14336] keeps ~16 warps
+// per SM (M = 2 there needs 129 KB of shared memory, one block per SM: no split, one wave).
+template <int M, bool F32Scales>
+void launch_4bit(const float* x, const QuantMatrix& w, float* y, cudaStream_t stream) {
+  if (!staged_usable(M, w)) return launch_default<M, 4, F32Scales>(x, w, y, stream);
+  if (M == 1 && w.rows < 8192)
+    launch_staged<M, 4, 2, F32Scales>(x, w, y, stream);
+  else
+    launch_staged<M, 4, 1, F32Scales>(x, w, y, stream);
+}
+
+template <int M, int Bits, bool F32Scales>
+void launch_bits(const float* x, const QuantMatrix& w, float* y, cudaStream_t stream) {
+  if constexpr (Bits == 4)
+    launch_4bit<M, F32Scales>(x, w, y, stream);
+  else
+    launch_default<M, Bits, F32Scales>(x, w, y, stream);
+}
+
 template <int Bits, bool F32Scales>
 void launch_rows(const float* x, int m, const QuantMatrix& w, float* y, cudaStream_t stream) {
   static_assert(kQuantGemvMaxRows == 2, "instantiate the GEMV for every row count it takes");
   switch (m) {
-    case 1: return launch_default<1, Bits, F32Scales>(x, w, y, stream);
-    case 2: return launch_default<2, Bits, F32Scales>(x, w, y, stream);
+    case 1: return launch_bits<1, Bits, F32Scales>(x, w, y, stream);
+    case 2: return launch_bits<2, Bits, F32Scales>(x, w, y, stream);
     default: fail("[cuda] quant_gemv: ", m, " rows; the GEMV path takes 1..", kQuantGemvMaxRows);
   }
 }
@@ -325,6 +540,30 @@ bool quant_gemv_variant(int rows_per_warp, int k_split, int min_blocks, const fl
     case 421: return run(Four{}, Two{}, One{});
     default: return false;
   }
+}
+
+bool quant_gemv4_variant(bool staged, int m, int rows_per_warp, int k_split, const float* x,
+                         const QuantMatrix& w, float* y, cudaStream_t stream) {
+  check_usable(x, w);
+  if (w.bits != 4 || w.f32_scales || (staged && !staged_usable(m, w))) return false;
+  if (!staged) {
+    if (m != 2 || rows_per_warp != 4 || k_split > 2) return false;
+    k_split == 1 ? launch<2, 4, 1, 4, false>(x, w, y, stream) : launch<2, 4, 2, 4, false>(x, w, y, stream);
+    return true;
+  }
+  auto run = [&](auto rows) {
+    constexpr int M = decltype(rows)::value;
+    switch (10 * rows_per_warp + k_split) {
+      case 21: launch_staged<M, 2, 1, false>(x, w, y, stream); return true;
+      case 22: launch_staged<M, 2, 2, false>(x, w, y, stream); return true;
+      case 41: launch_staged<M, 4, 1, false>(x, w, y, stream); return true;
+      case 42: launch_staged<M, 4, 2, false>(x, w, y, stream); return true;
+      default: return false;
+    }
+  };
+  if (m == 1) return run(std::integral_constant<int, 1>{});
+  if (m == 2) return run(std::integral_constant<int, 2>{});
+  return false;
 }
 
 }  // namespace moxin::cuda
