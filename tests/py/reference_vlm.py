@@ -86,6 +86,7 @@ class ReferenceVLM:
     llm: MistralForCausalLM
     tokenizer: Tokenizer
     device: torch.device
+    dtype: torch.dtype = torch.float32
 
 
 def read_checkpoint(model_dir):
@@ -163,7 +164,9 @@ def build_llm(state_dict, text_config):
     return llm.eval()
 
 
-def load_reference(model_dir, device="cpu"):
+def load_reference(model_dir, device="cpu", dtype=torch.float32):
+    """float32 is the reference; bfloat16 gives PyTorch's own bf16 inference of the same
+    weights (every module and activation in bf16), the yardstick for reduced-precision engines."""
     model_dir = pathlib.Path(model_dir)
     config = json.loads((model_dir / "config.json").read_text())
     device = torch.device(device)
@@ -185,8 +188,13 @@ def load_reference(model_dir, device="cpu"):
     llm = build_llm(take_prefix(tensors, "language_model."), config.get("text_config", {}))
     if tensors:
         raise ValueError(f"checkpoint tensors nobody loaded: {sorted(tensors)[:5]}")
-    return ReferenceVLM(dino.to(device), siglip.to(device), projector.eval().to(device), llm.to(device),
-                        Tokenizer.from_file(str(model_dir / "tokenizer.json")), device)
+    # RoPE frequencies stay float32 at any dtype (transformers computes the rotary tables in f32).
+    rotary = {k: v.clone() for k, v in llm.model.rotary_emb.__dict__.items() if torch.is_tensor(v)}
+    rotary.update({k: v.clone() for k, v in llm.model.rotary_emb.named_buffers()})
+    modules = [m.to(device, dtype) for m in (dino, siglip, projector.eval(), llm)]
+    for name, value in rotary.items():
+        setattr(llm.model.rotary_emb, name, value.to(device))
+    return ReferenceVLM(*modules, Tokenizer.from_file(str(model_dir / "tokenizer.json")), device, dtype)
 
 
 def resize_image(image):
@@ -269,8 +277,8 @@ def run(model, image, turns, max_new_tokens):
     projected = None
     if image is not None:
         resized = resize_image(image)
-        dino = patch_features(model.dino, normalize(resized, DINO_MEAN, DINO_STD).to(model.device))
-        siglip = patch_features(model.siglip, normalize(resized, SIGLIP_MEAN, SIGLIP_STD).to(model.device))
+        dino = patch_features(model.dino, normalize(resized, DINO_MEAN, DINO_STD).to(model.device, model.dtype))
+        siglip = patch_features(model.siglip, normalize(resized, SIGLIP_MEAN, SIGLIP_STD).to(model.device, model.dtype))
         projected = model.projector(torch.cat([dino, siglip], dim=-1))
         result.update(image_resized=np.asarray(resized, dtype=np.uint8), dino_features=dino,
                       siglip_features=siglip, projected=projected)

@@ -12,9 +12,13 @@ Tolerances per device:
 - cpu: f32 activations, f32 accumulation over the bf16 weights: REL_TOL 1e-4, GAP_TOL 1e-4.
 - cuda: f32 activations between ops, but GEMMs with more than 8 rows (vision, projector,
   prefill) and the prefill/ViT attention tiles run on bf16 tensor cores, rounding their inputs
-  to bf16 (8 significant bits: unit roundoff u = 2^-8 ~ 3.9e-3), and the KV cache holds bf16:
-  REL_TOL 2e-2 (5u), GAP_TOL 5e-2 (logits are O(1) here, so a per-logit error of ~1e-2 cannot
-  flip a gap above it).
+  to bf16 (8 significant bits), and the KV cache holds bf16. How far that moves a random model's
+  outputs depends on how much the model amplifies rounding (logits 7e-3..2.8e-2 measured over
+  fresh models: a fixed bound of 2e-2 failed a third of them, on code older than any change it
+  could blame). So REL_TOL is the same model's own yardstick: the error of PyTorch's bf16
+  inference (the reference run with every module and activation in bf16) on the same inputs.
+  The CUDA engine must be at least as faithful as that, tensor by tensor. GAP_TOL 5e-2 (logits
+  are O(1) here, so a per-logit error of ~1e-2 cannot flip a gap above it).
 """
 import json
 import os
@@ -23,6 +27,7 @@ import sys
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 from safetensors.numpy import load_file
 
@@ -31,7 +36,8 @@ from conftest import fresh_tiny_model, run_moxin
 sys.path.insert(0, str(pathlib.Path(__file__).parent))
 import reference_vlm  # noqa: E402
 
-TOLERANCES = {"cpu": (1e-4, 1e-4), "cuda": (2e-2, 5e-2)}  # device -> (REL_TOL, GAP_TOL)
+# device -> (REL_TOL, GAP_TOL); None: PyTorch bf16's error on the same case (see above)
+TOLERANCES = {"cpu": (1e-4, 1e-4), "cuda": (None, 5e-2)}
 DEVICES = os.environ.get("MOXIN_PARITY_DEVICES", "cpu").split(",")
 NEW_TOKENS = 32
 
@@ -75,6 +81,11 @@ def reference(tiny_model):
     return reference_vlm.load_reference(str(tiny_model))
 
 
+@pytest.fixture(scope="module")
+def reference_bf16(tiny_model):
+    return reference_vlm.load_reference(str(tiny_model), dtype=torch.bfloat16)
+
+
 def prompt_args(turns, image):
     args = []
     for i, (question, answer) in enumerate(turns):
@@ -91,10 +102,13 @@ def device(request):
     return request.param
 
 
-def check_case(moxin_bin, tiny_model, reference, tmp_path, turns, image, device):
+def check_case(moxin_bin, tiny_model, request, tmp_path, turns, image, device):
     rel_tol, gap_tol = TOLERANCES[device]
     flat = [m for question, answer in turns for m in (question, answer)][:-1]
-    ref = reference_vlm.run(reference, str(image) if image else None, flat, NEW_TOKENS)
+    ref = reference_vlm.run(request.getfixturevalue("reference"), str(image) if image else None, flat, NEW_TOKENS)
+    if rel_tol is None:
+        yardstick = reference_vlm.run(request.getfixturevalue("reference_bf16"), str(image) if image else None,
+                                      flat, 1)
     dump = tmp_path / "dump.safetensors"
     run_moxin(moxin_bin, "dump", "--model", tiny_model, "--device", device, "--threads", 2, "--out", dump,
               *prompt_args(turns, image))
@@ -103,8 +117,9 @@ def check_case(moxin_bin, tiny_model, reference, tmp_path, turns, image, device)
     names = ["logits_last"] + (["dino_features", "siglip_features", "projected"] if image else [])
     for name in names:
         err = rel_err(ours[name], ref[name])
-        print(f"  {name}: rel err {err:.2e}")
-        assert err < rel_tol, f"{name} on {device}: relative error {err:.3e} >= {rel_tol}"
+        tol = rel_tol if rel_tol is not None else rel_err(yardstick[name], ref[name])
+        print(f"  {name}: rel err {err:.2e} (tolerance {tol:.2e})")
+        assert err < tol, f"{name} on {device}: relative error {err:.3e} >= {tol:.3e}"
 
     out = run_moxin(moxin_bin, "generate", "--model", tiny_model, "--device", device, "--threads", 2, "--json",
                     "--temp", 0, "--max-tokens", NEW_TOKENS, *prompt_args(turns, image))
@@ -123,21 +138,21 @@ def check_case(moxin_bin, tiny_model, reference, tmp_path, turns, image, device)
     assert got == expected
 
 
-def test_image_and_prompt(moxin_bin, tiny_model, reference, tmp_path, seed, device):
+def test_image_and_prompt(moxin_bin, tiny_model, request, tmp_path, seed, device):
     rng = np.random.default_rng(seed)
     image = random_photo(rng, tmp_path / "photo")
-    check_case(moxin_bin, tiny_model, reference, tmp_path, [(random_question(rng), "")], image, device)
+    check_case(moxin_bin, tiny_model, request, tmp_path, [(random_question(rng), "")], image, device)
 
 
-def test_multi_turn(moxin_bin, tiny_model, reference, tmp_path, seed, device):
+def test_multi_turn(moxin_bin, tiny_model, request, tmp_path, seed, device):
     rng = np.random.default_rng(seed)
     image = random_photo(rng, tmp_path / "photo")
     turns = [(random_question(rng), " ".join(rng.choice(WORDS, size=5))),
              (random_question(rng), " ".join(rng.choice(WORDS, size=3))),
              (random_question(rng), "")]
-    check_case(moxin_bin, tiny_model, reference, tmp_path, turns, image, device)
+    check_case(moxin_bin, tiny_model, request, tmp_path, turns, image, device)
 
 
-def test_text_only(moxin_bin, tiny_model, reference, tmp_path, seed, device):
+def test_text_only(moxin_bin, tiny_model, request, tmp_path, seed, device):
     rng = np.random.default_rng(seed)
-    check_case(moxin_bin, tiny_model, reference, tmp_path, [(random_question(rng), "")], None, device)
+    check_case(moxin_bin, tiny_model, request, tmp_path, [(random_question(rng), "")], None, device)
