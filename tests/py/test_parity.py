@@ -16,8 +16,10 @@ Tolerances per device:
   outputs depends on how much the model amplifies rounding (logits 7e-3..2.8e-2 measured over
   fresh models: a fixed bound of 2e-2 failed a third of them, on code older than any change it
   could blame). So REL_TOL is the same model's own yardstick: the error of PyTorch's bf16
-  inference (the reference run with every module and activation in bf16) on the same inputs.
-  The CUDA engine must be at least as faithful as that, tensor by tensor. GAP_TOL 5e-2 (logits
+  inference (the reference run with every module and activation in bf16) on the same inputs,
+  tensor by tensor, with 25% headroom: over 12 fresh cases the engine's logits error was
+  0.53-0.82 of PyTorch bf16's and its vision features' 0.44-1.01 (the ViT rounds its GEMM and
+  attention inputs to bf16 much as PyTorch does); a real defect is many times larger. GAP_TOL 5e-2 (logits
   are O(1) here, so a per-logit error of ~1e-2 cannot flip a gap above it).
 """
 import json
@@ -38,6 +40,7 @@ import reference_vlm  # noqa: E402
 
 # device -> (REL_TOL, GAP_TOL); None: PyTorch bf16's error on the same case (see above)
 TOLERANCES = {"cpu": (1e-4, 1e-4), "cuda": (None, 5e-2)}
+BF16_HEADROOM = 1.25
 DEVICES = os.environ.get("MOXIN_PARITY_DEVICES", "cpu").split(",")
 NEW_TOKENS = 32
 
@@ -102,13 +105,18 @@ def device(request):
     return request.param
 
 
+def rel_tol_for(device, name, ref, bf16_ref):
+    """The device's REL_TOL for tensor `name`; on CUDA from `bf16_ref`, PyTorch's bf16 run."""
+    fixed = TOLERANCES[device][0]
+    return fixed if fixed is not None else BF16_HEADROOM * rel_err(bf16_ref[name], ref[name])
+
+
 def check_case(moxin_bin, tiny_model, request, tmp_path, turns, image, device):
-    rel_tol, gap_tol = TOLERANCES[device]
+    gap_tol = TOLERANCES[device][1]
     flat = [m for question, answer in turns for m in (question, answer)][:-1]
     ref = reference_vlm.run(request.getfixturevalue("reference"), str(image) if image else None, flat, NEW_TOKENS)
-    if rel_tol is None:
-        yardstick = reference_vlm.run(request.getfixturevalue("reference_bf16"), str(image) if image else None,
-                                      flat, 1)
+    bf16_ref = None if device == "cpu" else reference_vlm.run(
+        request.getfixturevalue("reference_bf16"), str(image) if image else None, flat, 1)
     dump = tmp_path / "dump.safetensors"
     run_moxin(moxin_bin, "dump", "--model", tiny_model, "--device", device, "--threads", 2, "--out", dump,
               *prompt_args(turns, image))
@@ -117,7 +125,7 @@ def check_case(moxin_bin, tiny_model, request, tmp_path, turns, image, device):
     names = ["logits_last"] + (["dino_features", "siglip_features", "projected"] if image else [])
     for name in names:
         err = rel_err(ours[name], ref[name])
-        tol = rel_tol if rel_tol is not None else rel_err(yardstick[name], ref[name])
+        tol = rel_tol_for(device, name, ref, bf16_ref)
         print(f"  {name}: rel err {err:.2e} (tolerance {tol:.2e})")
         assert err < tol, f"{name} on {device}: relative error {err:.3e} >= {tol:.3e}"
 
