@@ -6,6 +6,9 @@
 // keeps up with DRAM. Per output and group it computes scale * dot(q, x) + bias * sum(x):
 // no per-weight dequantization, and sum(x) is formed once per chunk for all rows of a warp.
 //
+// Two kernels: the lane-per-word one described here (8-bit, and 4-bit when x does not fit in
+// shared memory) and, further down, the 4-bit kernel that stages x in shared memory first.
+//
 // Work layout: a warp owns R consecutive rows (and 1/S of K, see quant_gemv_kernel). K is cut
 // into chunks of 8 inputs (one 32-bit word of 4-bit codes, two of 8-bit codes); lane L takes
 // chunks L, L + 32, L + 64, ... so a warp's activation loads of one chunk index cover one
@@ -468,16 +471,20 @@ bool staged_usable(int m, const QuantMatrix& w) {
          reinterpret_cast<uintptr_t>(w.codes) % 16 == 0;
 }
 
-// Tiling of the staged kernel by shape (prediction before the H100 sweep, run 9): 4 rows per
-// warp; at M = 1 K split over 2 warps below 8192 rows so that [4096x14336] keeps ~16 warps
-// per SM (M = 2 there needs 129 KB of shared memory, one block per SM: no split, one wave).
+// Tiling of the staged kernel by shape, from the H100 sweep of run 9 (share of copy, g64):
+// M = 1, from 8192 rows 2 rows per warp ([14336x4096] 86%, [32064x4096] 98%; 4 rows: 83/94%),
+// below 4 rows and K split over 2 warps ([4096x14336] 84%; unsplit 61-68%: too few warps per
+// SM). M = 2: 4 rows per warp, no split (64/62/78%; its [4096x14336] needs 129 KB of shared
+// memory, one block per SM, where a split would take two waves).
 template <int M, bool F32Scales>
 void launch_4bit(const float* x, const QuantMatrix& w, float* y, cudaStream_t stream) {
   if (!staged_usable(M, w)) return launch_default<M, 4, F32Scales>(x, w, y, stream);
-  if (M == 1 && w.rows < 8192)
-    launch_staged<M, 4, 2, F32Scales>(x, w, y, stream);
-  else
+  if (M == 2)
     launch_staged<M, 4, 1, F32Scales>(x, w, y, stream);
+  else if (w.rows >= 8192)
+    launch_staged<M, 2, 1, F32Scales>(x, w, y, stream);
+  else
+    launch_staged<M, 4, 2, F32Scales>(x, w, y, stream);
 }
 
 template <int M, int Bits, bool F32Scales>
