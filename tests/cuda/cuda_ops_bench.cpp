@@ -367,7 +367,9 @@ void bench_decoder_layer(CudaBackend& backend, double ceiling, int seqs, int bit
 // Quantized linears (MLX 4/8-bit codes, bf16 scales) at full shapes: M = 1 and 8 (GEMV), 32
 // (tensor cores) against the copy ceiling in bytes of codes + scales + biases; M = 1024
 // (dequantize + cuBLASLt) against the bf16 linear of the same shape. Three copies of each
-// matrix alternate so that none is served from L2.
+// matrix alternate so that none is served from L2. At g64 the GEMV tilings are swept: the
+// lane-per-word kernel at M = 1 and, for 4 bits, the staged kernel at M = 1 and 2 with the
+// lane-per-word one at M = 2 as its same-run baseline.
 void bench_quant_linears(CudaBackend& backend, double ceiling) {
   const cudaStream_t stream = backend.stream();
   for (const auto& [n, k] :
