@@ -21,6 +21,7 @@
 #include "core/check.hpp"
 #include "core/bf16.hpp"
 #include "io/safetensors.hpp"
+#include "quant/affine_quant.hpp"
 
 namespace moxin::cpu_test {
 
@@ -167,6 +168,41 @@ inline void expect_error(const std::function<void()>& op, const std::string& nee
   } catch (const Error& e) {
     EXPECT_NE(std::string(e.what()).find(needle), std::string::npos) << "message: " << e.what();
   }
+}
+
+// A matrix quantized by quantize_matrix (MLX affine), with the tensors a quantized LinearWeight
+// points at (codes `name`, `name.scales`, `name.biases`) and the weights they stand for.
+struct QuantizedTestMatrix {
+  QuantizedMatrix matrix;
+  TensorInfo codes, scales, biases;
+  std::vector<float> dequantized;  // [rows, cols]
+
+  LinearWeight linear() const {
+    LinearWeight w;
+    w.weight = &codes;
+    w.scales = &scales;
+    w.qbiases = &biases;
+    w.bits = matrix.bits;
+    w.group_size = matrix.group_size;
+    w.out_features = matrix.rows;
+    w.in_features = matrix.cols;
+    return w;
+  }
+};
+
+inline std::unique_ptr<QuantizedTestMatrix> quantize_for_test(const std::string& name, const void* data, DType dtype,
+                                                              int64_t rows, int64_t cols, int bits, int group) {
+  auto q = std::make_unique<QuantizedTestMatrix>();
+  q->matrix = quantize_matrix(data, dtype, rows, cols, bits, group, nullptr, name);
+  const QuantizedMatrix& m = q->matrix;
+  const std::vector<int64_t> groups{rows, cols / group};
+  q->codes = TensorInfo{name, DType::U32, {rows, cols * bits / 32}, reinterpret_cast<const uint8_t*>(m.codes.data()),
+                        m.codes.size() * 4, "test"};
+  q->scales = TensorInfo{name + ".scales", m.scale_dtype, groups, m.scales.data(), m.scales.size(), "test"};
+  q->biases = TensorInfo{name + ".biases", m.scale_dtype, groups, m.biases.data(), m.biases.size(), "test"};
+  q->dequantized.resize(static_cast<size_t>(rows * cols));
+  dequantize_rows(m.view(), 0, rows, q->dequantized.data());
+  return q;
 }
 
 }  // namespace moxin::cpu_test

@@ -19,36 +19,9 @@ LinearWeight float_weight(const OwnedTensor& w, const OwnedTensor* b) {
   return lw;
 }
 
-// A quantized part: the packed codes, scales and biases, and the weights they stand for.
-struct QuantPart {
-  QuantizedMatrix matrix;
-  TensorInfo codes, scales, biases;
-  std::vector<float> dequantized;  // [out, in]
-  LinearWeight weight() const {
-    LinearWeight w;
-    w.weight = &codes;
-    w.scales = &scales;
-    w.qbiases = &biases;
-    w.bits = matrix.bits;
-    w.group_size = matrix.group_size;
-    w.out_features = matrix.rows;
-    w.in_features = matrix.cols;
-    return w;
-  }
-};
-
-std::unique_ptr<QuantPart> quantized(const std::string& name, const std::vector<float>& values, int64_t out,
-                                     int64_t in, int bits, int group) {
-  auto p = std::make_unique<QuantPart>();
-  p->matrix = quantize_matrix(values.data(), DType::F32, out, in, bits, group, nullptr, name);
-  const QuantizedMatrix& m = p->matrix;
-  p->codes = TensorInfo{name, DType::U32, {out, in * bits / 32}, reinterpret_cast<const uint8_t*>(m.codes.data()),
-                        m.codes.size() * 4, "test"};
-  p->scales = TensorInfo{name + ".scales", m.scale_dtype, {out, in / group}, m.scales.data(), m.scales.size(), "test"};
-  p->biases = TensorInfo{name + ".biases", m.scale_dtype, {out, in / group}, m.biases.data(), m.biases.size(), "test"};
-  p->dequantized.resize(static_cast<size_t>(out * in));
-  dequantize_rows(m.view(), 0, out, p->dequantized.data());
-  return p;
+std::unique_ptr<QuantizedTestMatrix> quantized(const std::string& name, const std::vector<float>& values, int64_t out,
+                                               int64_t in, int bits, int group) {
+  return quantize_for_test(name, values.data(), DType::F32, out, in, bits, group);
 }
 
 // y[m, offset(p) + n] = bias_p[n] + sum_k x[m, k] w_p[n, k], in double; also the matching
@@ -125,7 +98,7 @@ TEST(CpuFusedLinear, QuantizedPartsFillTheirColumns) {
     for (int64_t M : {1, 5, 40}) {
       const int64_t K = group * rng.integer(1, 3);
       const std::vector<int64_t> outs{rng.integer(1, 50), rng.integer(1, 50)};
-      std::vector<std::unique_ptr<QuantPart>> parts;
+      std::vector<std::unique_ptr<QuantizedTestMatrix>> parts;
       std::vector<const std::vector<float>*> w_values;
       for (size_t p = 0; p < outs.size(); ++p) {
         parts.push_back(quantized(cat("q", p), rng.uniform(static_cast<size_t>(outs[p] * K), -0.5f, 1.5f), outs[p], K,
@@ -137,7 +110,7 @@ TEST(CpuFusedLinear, QuantizedPartsFillTheirColumns) {
       // As the quantized linear test: an f32 sum of K products per output, bounded by sum |x w|.
       expect_matches(cat("fused ", bits, "-bit g", group, " linear M=", M, " K=", K, " N=", outs[0], "|", outs[1]),
                      ref.y, 1e-6 * ref.abs_to_ref, [&](Backend& be) {
-                       const LinearWeight a = parts[0]->weight(), b = parts[1]->weight();
+                       const LinearWeight a = parts[0]->linear(), b = parts[1]->linear();
                        const Linear l = be.prepare_fused_linear({&a, &b});
                        Tensor y = poisoned(be, {M, outs[0] + outs[1]});
                        be.linear(be.from_host_f32(x.data(), {M, K}), l, y);
@@ -154,7 +127,7 @@ TEST(CpuFusedLinear, RefusesMismatchedPartsAndNonLinearUses) {
   auto q4 = quantized("q4", rng.uniform(4 * 128), 4, 128, 4, 64);
   auto q8 = quantized("q8", rng.uniform(4 * 128), 4, 128, 8, 64);
   const LinearWeight wa = float_weight(*a, nullptr), wn = float_weight(*narrow, nullptr);
-  const LinearWeight w4 = q4->weight(), w8 = q8->weight();
+  const LinearWeight w4 = q4->linear(), w8 = q8->linear();
   expect_error([&] { backend->prepare_fused_linear({}); }, "[cpu] prepare_fused_linear: no parts");
   expect_error([&] { backend->prepare_fused_linear({&wa, &wn}); },
                "[cpu] prepare_fused_linear: 'narrow' (float, 64 inputs) cannot join 'a' (float, 128 inputs): fused "

@@ -16,35 +16,8 @@ using cpu::quant_gemv;
 using cpu::quant_gemv_path_name;
 using cpu::quant_gemv_paths;
 
-struct QuantCase {
-  QuantizedMatrix matrix;
-  TensorInfo codes, scales, biases;
-  std::vector<float> dequantized;  // [N, K]
-
-  LinearWeight linear() const {
-    LinearWeight w;
-    w.weight = &codes;
-    w.scales = &scales;
-    w.qbiases = &biases;
-    w.bits = matrix.bits;
-    w.group_size = matrix.group_size;
-    w.out_features = matrix.rows;
-    w.in_features = matrix.cols;
-    return w;
-  }
-};
-
-std::unique_ptr<QuantCase> make_quant_case(const OwnedTensor& w, int64_t N, int64_t K, int bits, int group) {
-  auto c = std::make_unique<QuantCase>();
-  c->matrix = quantize_matrix(w.info.data, w.info.dtype, N, K, bits, group, nullptr, "w");
-  const QuantizedMatrix& m = c->matrix;
-  c->codes = TensorInfo{"w.weight", DType::U32, {N, K * bits / 32}, reinterpret_cast<const uint8_t*>(m.codes.data()),
-                        m.codes.size() * 4, "test"};
-  c->scales = TensorInfo{"w.scales", m.scale_dtype, {N, K / group}, m.scales.data(), m.scales.size(), "test"};
-  c->biases = TensorInfo{"w.biases", m.scale_dtype, {N, K / group}, m.biases.data(), m.biases.size(), "test"};
-  c->dequantized.resize(static_cast<size_t>(N * K));
-  dequantize_rows(m.view(), 0, N, c->dequantized.data());
-  return c;
+std::unique_ptr<QuantizedTestMatrix> make_quant_case(const OwnedTensor& w, int64_t N, int64_t K, int bits, int group) {
+  return quantize_for_test("w.weight", w.info.data, w.info.dtype, N, K, bits, group);
 }
 
 // The GEMV sums scale * sum(q x) + bias * sum(x) per group instead of sum((scale q + bias) x):

@@ -9,6 +9,7 @@
 #include "backend/cuda/cuda_check.hpp"
 #include "backend/cuda/kernels.hpp"
 #include "backend/cuda/launch.cuh"
+#include "backend/cuda/warp_reduce.cuh"
 
 namespace moxin::cuda {
 namespace {
@@ -41,13 +42,6 @@ __device__ __forceinline__ float dot8(uint4 w, float4 a, float4 b, float acc) {
   acc = fmaf(bf16_low(w.w), b.z, acc);
   acc = fmaf(bf16_high(w.w), b.w, acc);
   return acc;
-}
-
-__device__ __forceinline__ float warp_sum(float v) {
-#pragma unroll
-  for (int offset = kLanes / 2; offset > 0; offset /= 2)
-    v += __shfl_xor_sync(0xffffffffu, v, offset);
-  return v;
 }
 
 // Applies one 16-byte weight vector per row (index `vec` along K) to all M activation rows.

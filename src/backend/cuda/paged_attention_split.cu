@@ -17,6 +17,7 @@
 #include "backend/cuda/cuda_check.hpp"
 #include "backend/cuda/kernels.hpp"
 #include "backend/cuda/launch.cuh"
+#include "backend/cuda/warp_reduce.cuh"
 
 namespace moxin::cuda {
 namespace {
@@ -31,18 +32,6 @@ size_t split_smem_bytes(int head_dim) {
   const int d = head_dim % 32 == 0 ? head_dim : kMaxHeadDim;
   const size_t tiles = size_t{2} * kSplitWarps * kTile * (d + 8) * 2;
   return std::max(tiles, size_t{kSplitWarps} * kMaxGroup * kMaxHeadDim * sizeof(float));
-}
-
-__device__ __forceinline__ float warp_sum(float v) {
-#pragma unroll
-  for (int o = 16; o > 0; o /= 2) v += __shfl_xor_sync(0xffffffffu, v, o);
-  return v;
-}
-
-__device__ __forceinline__ float warp_max(float v) {
-#pragma unroll
-  for (int o = 16; o > 0; o /= 2) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
-  return v;
 }
 
 __device__ __forceinline__ float bf16_at(const bf16_bits* p, size_t i) {

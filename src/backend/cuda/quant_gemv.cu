@@ -29,6 +29,7 @@
 #include "backend/cuda/cuda_check.hpp"
 #include "backend/cuda/kernels.hpp"
 #include "backend/cuda/launch.cuh"
+#include "backend/cuda/warp_reduce.cuh"
 #include "backend/cuda/quant_format.cuh"
 #include "backend/cuda/quant_gemv_sweep.hpp"
 
@@ -96,13 +97,6 @@ __device__ __forceinline__ uint32_t load_code(const uint32_t* p) {
 __device__ __forceinline__ uint2 load_code2(const uint32_t* p) {
   uint2 v;
   asm("ld.global.nc.L1::no_allocate.v2.u32 {%0, %1}, [%2];" : "=r"(v.x), "=r"(v.y) : "l"(p));
-  return v;
-}
-
-__device__ __forceinline__ float warp_sum(float v) {
-#pragma unroll
-  for (int offset = kLanes / 2; offset > 0; offset /= 2)
-    v += __shfl_xor_sync(0xffffffffu, v, offset);
   return v;
 }
 
