@@ -143,12 +143,17 @@ def dequantized_checkpoint(tiny_model, qdir, bits, group, out):
         w = dequantize(raw[name + ".weight"], tensors.pop(name + ".scales").numpy(),
                        tensors.pop(name + ".biases").numpy(), bits, group)
         tensors[name + ".weight"] = torch.from_numpy(w)
+    return f32_checkpoint(tiny_model, tensors, out)
+
+
+def f32_checkpoint(source_dir, tensors, out):
+    """Writes `tensors` as an f32 checkpoint with source_dir's config and tokenizer."""
     out.mkdir()
     save_file({k: v.contiguous() for k, v in tensors.items()}, str(out / "model.safetensors"))
-    config = json.loads((tiny_model / "config.json").read_text())
+    config = json.loads((source_dir / "config.json").read_text())
     config["torch_dtype"] = "float32"
     (out / "config.json").write_text(json.dumps(config))
-    shutil.copy(tiny_model / "tokenizer.json", out / "tokenizer.json")
+    shutil.copy(source_dir / "tokenizer.json", out / "tokenizer.json")
     return out
 
 

@@ -27,7 +27,7 @@ from safetensors.torch import save_file
 import reference_vlm
 from conftest import run_moxin
 from quant_models import read_bf16, tiny_quant_model
-from test_quant import CONFIGS, numpy_quantize, quantized_names, random_question, rel_err, unpack
+from test_quant import CONFIGS, f32_checkpoint, numpy_quantize, quantized_names, random_question, rel_err, unpack
 
 mx = pytest.importorskip("mlx.core", reason="mlx (requirements-test.txt) is not installed")
 
@@ -88,22 +88,12 @@ def write_mlx_checkpoint(source_dir, out, bits, group):
     return reference
 
 
-def reference_checkpoint(source_dir, tensors, out):
-    out.mkdir()
-    save_file({k: v.contiguous() for k, v in tensors.items()}, str(out / "model.safetensors"))
-    config = json.loads((source_dir / "config.json").read_text())
-    config["torch_dtype"] = "float32"
-    (out / "config.json").write_text(json.dumps(config))
-    shutil.copy(source_dir / "tokenizer.json", out / "tokenizer.json")
-    return out
-
-
 @pytest.mark.parametrize("bits,group", CONFIGS)
 def test_mlx_checkpoint_matches_reference(moxin_bin, tiny_model, tmp_path, seed, bits, group):
     question = random_question(np.random.default_rng(seed))
     mlx_dir = tmp_path / "mlx"
     weights = write_mlx_checkpoint(tiny_model, mlx_dir, bits, group)
-    ref_dir = reference_checkpoint(tiny_model, weights, tmp_path / "reference")
+    ref_dir = f32_checkpoint(tiny_model, weights, tmp_path / "reference")
     ref = reference_vlm.run(reference_vlm.load_reference(str(ref_dir)), None, [question], 1)
     dump = tmp_path / "dump.safetensors"
     run_moxin(moxin_bin, "dump", "--model", mlx_dir, "--threads", 2, "--out", dump, "--prompt", question)
