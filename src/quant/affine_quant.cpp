@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <utility>
 
 #include "core/bf16.hpp"
 #include "core/check.hpp"
@@ -42,26 +43,70 @@ float store_rounded(float v, DType dtype, uint8_t* out, int64_t i) {
   }
 }
 
+// Row `row` of w as f32 (one dtype dispatch per row, not per element: this loop and the code
+// loop below vectorize, which makes load-time quantization of the full model take seconds).
+void load_row(const void* w, DType dtype, int64_t row, int64_t cols, float* out) {
+  const int64_t base = row * cols;
+  switch (dtype) {
+    case DType::F32:
+      std::memcpy(out, static_cast<const float*>(w) + base, static_cast<size_t>(cols) * sizeof(float));
+      return;
+    case DType::BF16: {
+      const uint16_t* p = static_cast<const uint16_t*>(w) + base;
+      for (int64_t k = 0; k < cols; ++k) out[k] = bf16_to_f32(p[k]);
+      return;
+    }
+    default:
+      for (int64_t k = 0; k < cols; ++k) out[k] = load_element(w, dtype, base + k);
+  }
+}
+
+// The smallest and largest of n values (n a multiple of 8): eight independent lanes that the
+// compiler turns into vector min/max (std::minmax_element is a branchy scalar chain).
+std::pair<float, float> group_range(const float* x, int n) {
+  constexpr int kLanes = 8;
+  float lo[kLanes], hi[kLanes];
+  for (int l = 0; l < kLanes; ++l) lo[l] = hi[l] = x[l];
+  for (int j = kLanes; j < n; j += kLanes)
+    for (int l = 0; l < kLanes; ++l) {
+      lo[l] = x[j + l] < lo[l] ? x[j + l] : lo[l];
+      hi[l] = x[j + l] > hi[l] ? x[j + l] : hi[l];
+    }
+  for (int l = 1; l < kLanes; ++l) {
+    lo[0] = lo[l] < lo[0] ? lo[l] : lo[0];
+    hi[0] = hi[l] > hi[0] ? hi[l] : hi[0];
+  }
+  return {lo[0], hi[0]};
+}
+
+// round_half_even(clamp(v, 0, max_code)): equal to clamping nearbyint(v) (the ends are
+// integers), NaN gives 0. Adding and removing 2^23 rounds to an integer, ties to even, for
+// 0 <= v < 2^23 in the default rounding mode, and unlike nearbyint it vectorizes.
+inline float code_of(float v, float max_code) {
+  v = v > 0.0f ? v : 0.0f;
+  v = v < max_code ? v : max_code;
+  constexpr float kRoundingOffset = 8388608.0f;  // 2^23
+  return (v + kRoundingOffset) - kRoundingOffset;
+}
+
 void quantize_row(const void* w, DType dtype, int64_t row, int64_t cols, int bits, int group_size,
                   float* buffer, QuantizedMatrix& m) {
-  const int64_t base = row * cols;
-  for (int64_t k = 0; k < cols; ++k) buffer[k] = load_element(w, dtype, base + k);
+  load_row(w, dtype, row, cols, buffer);
   const float max_code = static_cast<float>((1 << bits) - 1);
   const int per_word = 32 / bits;
   const int64_t groups = cols / group_size;
   uint32_t* codes = m.codes.data() + row * (cols / per_word);
+  uint32_t q[128];  // one group's codes (group_size <= 128)
   for (int64_t g = 0; g < groups; ++g) {
     const float* x = buffer + g * group_size;
-    const auto [lo, hi] = std::minmax_element(x, x + group_size);
-    const float scale = store_rounded(std::max((*hi - *lo) / max_code, kMinScale), m.scale_dtype,
+    const auto [lo, hi] = group_range(x, group_size);
+    const float scale = store_rounded(std::max((hi - lo) / max_code, kMinScale), m.scale_dtype,
                                       m.scales.data(), row * groups + g);
-    const float bias = store_rounded(*lo, m.scale_dtype, m.biases.data(), row * groups + g);
+    const float bias = store_rounded(lo, m.scale_dtype, m.biases.data(), row * groups + g);
+    for (int j = 0; j < group_size; ++j) q[j] = static_cast<uint32_t>(code_of((x[j] - bias) / scale, max_code));
     for (int j = 0; j < group_size; j += per_word) {
       uint32_t word = 0;
-      for (int e = 0; e < per_word; ++e) {
-        const float q = std::clamp(std::nearbyint((x[j + e] - bias) / scale), 0.0f, max_code);
-        word |= static_cast<uint32_t>(q) << (bits * e);
-      }
+      for (int e = 0; e < per_word; ++e) word |= q[j + e] << (bits * e);
       codes[(g * group_size + j) / per_word] = word;
     }
   }
