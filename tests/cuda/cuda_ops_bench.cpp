@@ -1,9 +1,10 @@
 // Micro-benchmark of the CUDA backend's hot ops at full Moxin-7B shapes, each reported against
 // the ceiling measured in the same run (device-to-device copy bandwidth) or as TFLOP/s:
 //   GEMV [14336x4096] / [4096x14336] bf16 at M = 1, 8 (own kernel, with a tiling sweep) and
-//   M = 32 (cuBLASLt), prefill GEMM M = 1024, decode attention at 1k context (batch 1 and 32),
-//   prefill attention over 1024 tokens, ViT attention, and one whole decoder layer at batch 1
-//   eager vs. replayed from a CUDA graph.
+//   M = 32 (cuBLASLt), prefill GEMM M = 1024, decode attention at 1k context (batch 1, 4, 32;
+//   split-K in shared-memory tiles and in registers), prefill attention over 1024 tokens, ViT
+//   attention, and one whole decoder layer at batch 1 eager vs. replayed from a CUDA graph
+//   (batch 1 also with the shared-memory split-K attention).
 // Timing: CUDA events around groups of back-to-back calls after warm-up, median of the groups;
 // random (never zero) data; each weight matrix (117 MB) is larger than L2 (50 MB) and two
 // copies alternate.
@@ -235,7 +236,7 @@ FilledCache fill_cache(CudaBackend& backend, int seqs, int context, int kv_heads
 void bench_attention(CudaBackend& backend, double ceiling) {
   const cudaStream_t stream = backend.stream();
   const int q_heads = 32, kv_heads = 8, head_dim = 128, context = 1024;
-  for (int seqs : {1, 32}) {
+  for (int seqs : {1, 4, 32}) {
     FilledCache f = fill_cache(backend, seqs, context, kv_heads, head_dim);
     std::vector<int32_t> seq(seqs), pos(seqs, context - 1);
     for (int s = 0; s < seqs; ++s) seq[s] = s;
@@ -247,13 +248,18 @@ void bench_attention(CudaBackend& backend, double ceiling) {
     const std::vector<float> qs = random_f32(size_t(seqs) * q_heads * head_dim, 1.0f);
     const Tensor q = backend.from_host_f32(qs.data(), {seqs, q_heads * head_dim});
     Tensor y = backend.empty_act({seqs, q_heads * head_dim});
-    const double ms = time_ms(stream, 20, 20,
-                              [&](int) { backend.paged_attention(q, *f.cache, 0, b, q_heads, y); });
     const double bytes = double(seqs) * context * kv_heads * head_dim * 2 * 2;
-    table.push_back(
-        {cat("decode attention batch ", seqs, " ctx 1024 (split-K, ",
-             backend.attention_splits(seqs, q_heads, kv_heads, head_dim, context), " splits)"),
-         ms, pct(bytes / ms / 1e6, ceiling)});
+    for (const auto& [path, label] : {std::pair{CudaAttentionPath::SplitK, "smem tiles"},
+                                      std::pair{CudaAttentionPath::SplitKWarp, "registers"}}) {
+      backend.set_attention_path(path);
+      const double ms = time_ms(
+          stream, 20, 20, [&](int) { backend.paged_attention(q, *f.cache, 0, b, q_heads, y); });
+      table.push_back(
+          {cat("decode attention batch ", seqs, " ctx 1024 (split-K ", label, ", ",
+               backend.attention_splits(seqs, q_heads, kv_heads, head_dim, context), " splits)"),
+           ms, pct(bytes / ms / 1e6, ceiling)});
+    }
+    backend.set_attention_path(CudaAttentionPath::Auto);
   }
   {  // prefill: 1024 tokens of one sequence
     const int tokens = 1024;
@@ -347,20 +353,27 @@ void bench_decoder_layer(CudaBackend& backend, double ceiling, int seqs, int bit
   // bf16, or codes plus a bf16 scale and bias per group of 64
   const double weight_bytes = bits ? weights * bits / 8 + weights / 64 * 4 : 2.0 * weights;
   const double kv_bytes = double(seqs) * context * kv_heads * head_dim * 4;
-  for (const bool pdl : {false, true}) {
-    set_pdl_enabled(pdl);
-    const double eager = time_ms(stream, 10, 5, [&](int) { layer(); });
-    auto graph = capture_cuda_graph(backend, layer);
-    const double replay = time_ms(stream, 10, 5, [&](int) { graph->replay(); });
-    for (const auto& [label, ms] : {std::pair{"eager", eager}, std::pair{"graph", replay}}) {
-      const double per_token_ms = ms * 36;  // 36 layers, lm_head and embedding excluded
-      table.push_back({cat("decoder layer", bits ? cat(" ", bits, "-bit") : "", " batch ", seqs,
-                           " ctx 1k, ", label, pdl ? "+PDL" : "",
-                           " (x36 = ", per_token_ms, " ms/step, ",
-                           int(seqs * 1000.0 / per_token_ms), " tok/s)"),
-                       ms, pct((weight_bytes + kv_bytes) / ms / 1e6, ceiling)});
+  // Batch 1: also with the shared-memory split-K attention that Auto replaces there.
+  std::vector<std::pair<CudaAttentionPath, const char*>> paths = {{CudaAttentionPath::Auto, ""}};
+  if (seqs == 1) paths.insert(paths.begin(), {CudaAttentionPath::SplitK, " smem-tile attn"});
+  for (const auto& [path, path_label] : paths) {
+    for (const bool pdl : {false, true}) {
+      backend.set_attention_path(path);
+      set_pdl_enabled(pdl);
+      const double eager = time_ms(stream, 10, 5, [&](int) { layer(); });
+      auto graph = capture_cuda_graph(backend, layer);
+      const double replay = time_ms(stream, 10, 5, [&](int) { graph->replay(); });
+      for (const auto& [label, ms] : {std::pair{"eager", eager}, std::pair{"graph", replay}}) {
+        const double per_token_ms = ms * 36;  // 36 layers, lm_head and embedding excluded
+        table.push_back(
+            {cat("decoder layer", bits ? cat(" ", bits, "-bit") : "", " batch ", seqs, " ctx 1k,",
+                 path_label, " ", label, pdl ? "+PDL" : "", " (x36 = ", per_token_ms, " ms/step, ",
+                 int(seqs * 1000.0 / per_token_ms), " tok/s)"),
+             ms, pct((weight_bytes + kv_bytes) / ms / 1e6, ceiling)});
+      }
     }
   }
+  backend.set_attention_path(CudaAttentionPath::Auto);
 }
 
 

@@ -1,5 +1,6 @@
-// ViT attention, KV-cache writes (rope_kv_write) + paged attention (both kernels: split-K
-// decode and tiled prefill), and CUDA graph capture, against f64 references.
+// ViT attention, KV-cache writes (rope_kv_write) + paged attention (all kernels: split-K
+// decode with shared-memory tiles or in registers, and tiled prefill), and CUDA graph capture,
+// against f64 references.
 //
 // Tolerances (||got - ref|| / ||ref||): attention in f32 (split-K decode, TiledF32) is 1e-5
 // against a reference with the same inputs. The KV cache stores K and V as bf16: the reference
@@ -211,6 +212,7 @@ class PagedAttention : public CudaOpsTest {
                                     bi, " T=", tokens, " ctx<=", max_context);
       for (const auto& [path, label] :
            {std::pair{CudaAttentionPath::SplitK, "split-K"},
+            std::pair{CudaAttentionPath::SplitKWarp, "split-K warp"},
             std::pair{CudaAttentionPath::TiledF32, "tiled-f32"},
             std::pair{CudaAttentionPath::TiledBf16, "tiled-tensor-core"}}) {
         set_cuda_attention_path(backend(), path);
@@ -257,6 +259,23 @@ TEST_F(PagedAttention, TinyHeadDimsAndGroups) {
   run(6, 2, 72, lengths, standard_batches(lengths));  // group of 3
   run(4, 2, 64, lengths, standard_batches(lengths));  // staged split-K path, 2 dims per lane
   run(2, 1, 32, lengths, standard_batches(lengths));  // staged split-K path, 1 dim per lane
+}
+
+// Batches of 1-4 decode tokens (where Auto picks split-K's register kernel) at contexts that
+// are not multiples of the block size (odd lengths[0], contexts 1 and 17), GQA groups 1, 2, 4
+// and 8, head_dim 128 and 64.
+TEST_F(PagedAttention, FewTokenDecodeGroups) {
+  const std::vector<int> lengths = {randint(600, 1100) | 1, randint(2, 15), 1, randint(17, 200)};
+  std::vector<std::vector<Query>> batches = {{{0, lengths[0] - 1}},
+                                             {{1, lengths[1] - 1}, {3, lengths[3] - 1}},
+                                             {{0, randint(64, lengths[0] - 2)}, {2, 0}, {3, 16}}};
+  batches.push_back({});
+  for (int s = 0; s < 4; ++s) batches.back().push_back({s, lengths[s] - 1});
+  run(8, 8, 128, lengths, batches);   // no GQA
+  run(32, 8, 128, lengths, batches);  // Moxin: group of 4
+  run(16, 2, 128, lengths, batches);  // group of 8
+  run(8, 4, 64, lengths, batches);    // group of 2, head_dim 64
+  run(8, 1, 64, lengths, batches);    // group of 8, head_dim 64
 }
 
 TEST_F(PagedAttention, LongContextDecode) {

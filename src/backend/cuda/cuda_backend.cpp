@@ -19,6 +19,9 @@ constexpr size_t kStagingBytes = 16u << 20;
 // Up to this many tokens a batch goes through split-K attention (every token reads its own
 // context once per kv head); beyond, tiles of tokens share K/V reads.
 constexpr int kSplitMaxTokens = 64;
+// Up to this many tokens (Auto path) split-K runs as the register kernel without block barriers
+// in the walk (a short latency chain); beyond, the shared-memory tiles keep more bytes in flight.
+constexpr int kWarpMaxTokens = 4;
 constexpr int kMinPositionsPerSplit = 64;
 
 template <class T>
@@ -554,11 +557,16 @@ void CudaBackend::paged_attention(const Tensor& q, KvCache& cache, int layer,
   const bool split_usable = q_heads / cfg.kv_heads <= 8;
   const bool use_split =
       split_usable && (attention_path_ == CudaAttentionPath::SplitK ||
+                       attention_path_ == CudaAttentionPath::SplitKWarp ||
                        (attention_path_ == CudaAttentionPath::Auto && tokens <= kSplitMaxTokens));
   if (use_split) {
     const int splits = attention_splits(static_cast<int>(tokens), q_heads, cfg.kv_heads,
                                         cfg.head_dim, std::max(batch.max_context, 1));
-    paged_attention_split(
+    const bool use_warp =
+        paged_attention_warp_fits(q_heads / cfg.kv_heads, cfg.head_dim) &&
+        (attention_path_ == CudaAttentionPath::SplitKWarp ||
+         (attention_path_ == CudaAttentionPath::Auto && tokens <= kWarpMaxTokens));
+    (use_warp ? paged_attention_warp : paged_attention_split)(
         data_of<const float>(q), c.layer(layer), index, q_heads, std::max(batch.max_context, 1),
         splits, static_cast<float*>(attention_partial_.get()),
         static_cast<int*>(attention_counters_.get()), data_of<float>(y), stream());

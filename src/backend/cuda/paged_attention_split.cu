@@ -13,6 +13,7 @@
 // Positions beyond a token's own context are not read, so a graph captured with a large
 // max_context serves any shorter one.
 #include <algorithm>
+#include <type_traits>
 
 #include "backend/cuda/cuda_check.hpp"
 #include "backend/cuda/kernels.hpp"
@@ -62,6 +63,103 @@ __device__ __forceinline__ int token_context(const TokenIndex& index, int capaci
   return (seq >= 0 && seq < index.num_seqs && pos >= 0 && pos < capacity) ? pos + 1 : 0;
 }
 
+// Shared state of a block's merge: each warp's softmax state, then the splits' weights.
+struct BlockMerge {
+  float m[kSplitWarps][kMaxGroup];
+  float l[kSplitWarps][kMaxGroup];
+  float weight[kMaxGroup][kMaxSplits];
+  bool merge_here;
+};
+
+// The block's end, shared by both decode kernels: every warp has left its (m, l) in `sm` and
+// its unnormalized output in `acc`. Merges the warps; with one split writes y, else leaves a
+// partial result and the last block of a (token, kv head) to finish merges the splits.
+__device__ __forceinline__ void merge_block(BlockMerge& sm,
+                                            const float (*acc)[kMaxGroup][kMaxHeadDim], int token,
+                                            int kv_head, int kv_heads, int split, int splits,
+                                            int q_heads, int group, int head_dim,
+                                            float* __restrict__ partial, int* __restrict__ counters,
+                                            float* __restrict__ y) {
+  const int warp = threadIdx.x / 32;
+  const int lane = threadIdx.x % 32;
+  __syncthreads();  // the warps' states are in shared memory
+  const size_t first_head = static_cast<size_t>(token) * q_heads + kv_head * group;
+  for (int e = threadIdx.x; e < group * head_dim; e += kSplitWarps * 32) {
+    const int g = e / head_dim;
+    const int d = e % head_dim;
+    float mx = -INFINITY;
+    for (int w = 0; w < kSplitWarps; ++w) mx = fmaxf(mx, sm.m[w][g]);
+    float sum = 0.0f, out = 0.0f;
+    if (mx != -INFINITY) {
+      for (int w = 0; w < kSplitWarps; ++w) {
+        const float f = expf(sm.m[w][g] - mx);
+        sum += sm.l[w][g] * f;
+        out += acc[w][g][d] * f;
+      }
+    }
+    if (splits == 1) {
+      y[(first_head + g) * head_dim + d] = sum > 0.0f ? out / sum : __int_as_float(0x7fc00000);
+    } else {
+      float* part = partial + ((first_head + g) * splits + split) * (head_dim + 2);
+      part[d] = out;
+      if (d == 0) {
+        part[head_dim] = mx;
+        part[head_dim + 1] = sum;
+      }
+    }
+  }
+  if (splits == 1) return;
+
+  // The last block of this (token, kv head) merges the splits.
+  __threadfence();
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    int* counter = counters + static_cast<size_t>(token) * kv_heads + kv_head;
+    sm.merge_here = atomicAdd(counter, 1) == splits - 1;
+    if (sm.merge_here) *counter = 0;  // ready for the next call
+  }
+  __syncthreads();
+  if (!sm.merge_here) return;
+  __threadfence();
+  // Weights of the splits per head (warp per head, lanes over splits), then the weighted sum
+  // with every split's load independent (no serial chain of L2 round trips).
+  for (int g = warp; g < group; g += kSplitWarps) {
+    const float* parts = partial + (first_head + g) * splits * (head_dim + 2);
+    float mv[kMaxSplits / 32], lv[kMaxSplits / 32];
+    float mx = -INFINITY;
+#pragma unroll
+    for (int r = 0; r < kMaxSplits / 32; ++r) {
+      const int sp = lane + 32 * r;
+      mv[r] = sp < splits ? __ldcg(parts + sp * (head_dim + 2) + head_dim) : -INFINITY;
+      lv[r] = sp < splits ? __ldcg(parts + sp * (head_dim + 2) + head_dim + 1) : 0.0f;
+      mx = fmaxf(mx, mv[r]);
+    }
+    mx = warp_max(mx);
+    float f[kMaxSplits / 32], sum = 0.0f;
+#pragma unroll
+    for (int r = 0; r < kMaxSplits / 32; ++r) {
+      f[r] = mx == -INFINITY ? 0.0f : expf(mv[r] - mx);
+      sum += lv[r] * f[r];
+    }
+    sum = warp_sum(sum);
+    const float inv = sum > 0.0f ? 1.0f / sum : __int_as_float(0x7fc00000);
+#pragma unroll
+    for (int r = 0; r < kMaxSplits / 32; ++r)
+      if (lane + 32 * r < splits) sm.weight[g][lane + 32 * r] = f[r] * inv;
+  }
+  __syncthreads();
+  for (int e = threadIdx.x; e < group * head_dim; e += kSplitWarps * 32) {
+    const int g = e / head_dim;
+    const int d = e % head_dim;
+    const float* parts = partial + (first_head + g) * splits * (head_dim + 2) + d;
+    float out = 0.0f;
+#pragma unroll 8
+    for (int sp = 0; sp < splits; ++sp)
+      out = fmaf(sm.weight[g][sp], __ldcg(parts + sp * (head_dim + 2)), out);
+    y[(first_head + g) * head_dim + d] = out;
+  }
+}
+
 // kDpl = head_dim / 32 when that is 1..4: compile-time head_dim, K and V tiles staged in
 // shared memory by coalesced cp.async (16 lanes per 256-byte row), lane owns kDpl consecutive
 // output dims. kDpl = 0 serves any head_dim <= 128 with 2-byte loads straight from memory
@@ -78,11 +176,8 @@ __global__ void __launch_bounds__(kSplitWarps * 32)
   // Dynamic: the K and V tiles of every warp during the walk, the warps' states after it.
   extern __shared__ __align__(16) unsigned char staging[];
   __shared__ __align__(16) float sm_q[kMaxGroup][kMaxHeadDim];
-  __shared__ float sm_m[kSplitWarps][kMaxGroup];
-  __shared__ float sm_l[kSplitWarps][kMaxGroup];
   __shared__ long long sm_offset[kSplitWarps][kTile];
-  __shared__ float sm_weight[kMaxGroup][kMaxSplits];
-  __shared__ bool merge_here;
+  __shared__ BlockMerge merge;
   auto* sm_acc = reinterpret_cast<float(*)[kMaxGroup][kMaxHeadDim]>(staging);
 
   wait_for_prior_kernels();
@@ -246,8 +341,8 @@ __global__ void __launch_bounds__(kSplitWarps * 32)
     if (g >= group) break;
     const float lsum = warp_sum(l[g]);
     if (lane == 0) {
-      sm_m[warp][g] = m[g];
-      sm_l[warp][g] = lsum;
+      merge.m[warp][g] = m[g];
+      merge.l[warp][g] = lsum;
     }
 #pragma unroll
     for (int a = 0; a < kAcc; ++a) {
@@ -255,82 +350,155 @@ __global__ void __launch_bounds__(kSplitWarps * 32)
       if (d < head_dim) sm_acc[warp][g][d] = acc[g][a];
     }
   }
-  __syncthreads();
-  const size_t first_head = static_cast<size_t>(token) * q_heads + kv_head * group;
-  for (int e = threadIdx.x; e < group * head_dim; e += kSplitWarps * 32) {
-    const int g = e / head_dim;
-    const int d = e % head_dim;
-    float mx = -INFINITY;
-    for (int w = 0; w < kSplitWarps; ++w) mx = fmaxf(mx, sm_m[w][g]);
-    float sum = 0.0f, out = 0.0f;
-    if (mx != -INFINITY) {
-      for (int w = 0; w < kSplitWarps; ++w) {
-        const float f = expf(sm_m[w][g] - mx);
-        sum += sm_l[w][g] * f;
-        out += sm_acc[w][g][d] * f;
-      }
-    }
-    if (splits == 1) {
-      y[(first_head + g) * head_dim + d] = sum > 0.0f ? out / sum : __int_as_float(0x7fc00000);
-    } else {
-      float* part = partial + ((first_head + g) * splits + split) * (head_dim + 2);
-      part[d] = out;
-      if (d == 0) {
-        part[head_dim] = mx;
-        part[head_dim + 1] = sum;
-      }
-    }
-  }
-  if (splits == 1) return;
+  merge_block(merge, sm_acc, token, kv_head, cache.kv_heads, split, splits, q_heads, group,
+              head_dim, partial, counters, y);
+}
 
-  // The last block of this (token, kv head) merges the splits.
-  __threadfence();
-  __syncthreads();
-  if (threadIdx.x == 0) {
-    int* counter = counters + static_cast<size_t>(token) * cache.kv_heads + kv_head;
-    merge_here = atomicAdd(counter, 1) == splits - 1;
-    if (merge_here) *counter = 0;  // ready for the next call
-  }
-  __syncthreads();
-  if (!merge_here) return;
-  __threadfence();
-  // Weights of the splits per head (warp per head, lanes over splits), then the weighted sum
-  // with every split's load independent (no serial chain of L2 round trips).
-  for (int g = warp; g < group; g += kSplitWarps) {
-    const float* parts = partial + (first_head + g) * splits * (head_dim + 2);
-    float mv[kMaxSplits / 32], lv[kMaxSplits / 32];
-    float mx = -INFINITY;
+// Few tokens (batch-1 decode): the same splits and merge, but no block barrier in the walk. A
+// warp takes kWarpChunk consecutive positions at a time and holds their K and V rows in
+// registers (kD / 8 lanes per row, 16 bytes each, all loads of a chunk issued at once); the
+// scores are summed over a row's lanes by shuffles, the online softmax and P V run on registers,
+// and the row groups' sums meet by shuffles at the end. The chain per warp: token index ->
+// block table -> K/V -> compute -> block merge.
+constexpr int kWarpChunk = 16;
+
+template <int kD, int kGroup>
+__global__ void __launch_bounds__(kSplitWarps * 32)
+    paged_warp_kernel(const float* __restrict__ q, PagedLayer cache, TokenIndex index, int q_heads,
+                      int chunk, int splits, float scale, float* __restrict__ partial,
+                      int* __restrict__ counters, float* __restrict__ y) {
+  constexpr int kLanesPerRow = kD / 8;              // 16-byte slices of a row
+  constexpr int kRowsPerPass = 32 / kLanesPerRow;   // rows the warp covers per load
+  constexpr int kRows = kWarpChunk / kRowsPerPass;  // rows per lane per chunk
+  __shared__ __align__(16) float sm_acc[kSplitWarps][kMaxGroup][kMaxHeadDim];
+  __shared__ BlockMerge merge;
+
+  wait_for_prior_kernels();
+  const int split = blockIdx.x;
+  const int kv_head = blockIdx.y;
+  const int token = blockIdx.z;
+  const int warp = threadIdx.x / 32;
+  const int lane = threadIdx.x % 32;
+  const int col = (lane % kLanesPerRow) * 8;  // this lane's 8 dims
+  const int sub = lane / kLanesPerRow;        // this lane's first row in a chunk
+  const int context = token_context(index, index.max_blocks * cache.block_size, token);
+  const int begin = split * chunk;
+  // The last split runs to the token's own end, so an understated max_context is still right.
+  const int end = split == splits - 1 ? context : min(begin + chunk, context);
+  const int32_t* table =
+      index.block_tables + static_cast<size_t>(max(index.token_seq[token], 0)) * index.max_blocks;
+
+  float qv[kGroup][8];
+  const float* q_lane = q + (static_cast<size_t>(token) * q_heads + kv_head * kGroup) * kD + col;
 #pragma unroll
-    for (int r = 0; r < kMaxSplits / 32; ++r) {
-      const int sp = lane + 32 * r;
-      mv[r] = sp < splits ? __ldcg(parts + sp * (head_dim + 2) + head_dim) : -INFINITY;
-      lv[r] = sp < splits ? __ldcg(parts + sp * (head_dim + 2) + head_dim + 1) : 0.0f;
-      mx = fmaxf(mx, mv[r]);
+  for (int g = 0; g < kGroup; ++g) {
+    const float4 a = __ldg(reinterpret_cast<const float4*>(q_lane + g * kD));
+    const float4 b = __ldg(reinterpret_cast<const float4*>(q_lane + g * kD + 4));
+    const float v[8] = {a.x, a.y, a.z, a.w, b.x, b.y, b.z, b.w};
+#pragma unroll
+    for (int j = 0; j < 8; ++j) qv[g][j] = v[j];
+  }
+
+  // l: this lane's rows only (the row's lanes hold copies); summed over row groups at the end.
+  float m[kGroup], l[kGroup], acc[kGroup][8];
+#pragma unroll
+  for (int g = 0; g < kGroup; ++g) {
+    m[g] = -INFINITY;
+    l[g] = 0.0f;
+#pragma unroll
+    for (int j = 0; j < 8; ++j) acc[g][j] = 0.0f;
+  }
+
+  const size_t row_stride = static_cast<size_t>(cache.kv_heads) * kD;
+  for (int chunk0 = begin + warp * kWarpChunk; chunk0 < end; chunk0 += kSplitWarps * kWarpChunk) {
+    uint4 kr[kRows], vr[kRows];
+    bool ok[kRows];
+#pragma unroll
+    for (int i = 0; i < kRows; ++i) {
+      const int p = chunk0 + sub + kRowsPerPass * i;
+      const int block = p < end ? table[p / cache.block_size] : -1;
+      ok[i] = block >= 0 && block < cache.num_blocks;
+      const size_t offset =
+          (static_cast<size_t>(ok[i] ? block : 0) * cache.block_size + p % cache.block_size) *
+              row_stride +
+          static_cast<size_t>(kv_head) * kD + col;
+      kr[i] =
+          ok[i] ? __ldg(reinterpret_cast<const uint4*>(cache.k + offset)) : make_uint4(0, 0, 0, 0);
+      vr[i] =
+          ok[i] ? __ldg(reinterpret_cast<const uint4*>(cache.v + offset)) : make_uint4(0, 0, 0, 0);
     }
-    mx = warp_max(mx);
-    float f[kMaxSplits / 32], sum = 0.0f;
+
+    float s[kRows][kGroup];
 #pragma unroll
-    for (int r = 0; r < kMaxSplits / 32; ++r) {
-      f[r] = mx == -INFINITY ? 0.0f : expf(mv[r] - mx);
-      sum += lv[r] * f[r];
+    for (int i = 0; i < kRows; ++i) {
+      const uint32_t w[4] = {kr[i].x, kr[i].y, kr[i].z, kr[i].w};
+#pragma unroll
+      for (int g = 0; g < kGroup; ++g) {
+        float t = 0.0f;
+#pragma unroll
+        for (int j = 0; j < 4; ++j) {
+          t = fmaf(qv[g][2 * j], bf16_low(w[j]), t);
+          t = fmaf(qv[g][2 * j + 1], bf16_high(w[j]), t);
+        }
+#pragma unroll
+        for (int o = kLanesPerRow / 2; o > 0; o /= 2) t += __shfl_xor_sync(0xffffffffu, t, o);
+        s[i][g] = ok[i] ? t * scale : -INFINITY;
+      }
     }
-    sum = warp_sum(sum);
-    const float inv = sum > 0.0f ? 1.0f / sum : __int_as_float(0x7fc00000);
+
+    // Online softmax over the chunk, per head: the max over this lane's rows, then over the
+    // row groups (lanes kLanesPerRow apart).
 #pragma unroll
-    for (int r = 0; r < kMaxSplits / 32; ++r)
-      if (lane + 32 * r < splits) sm_weight[g][lane + 32 * r] = f[r] * inv;
+    for (int g = 0; g < kGroup; ++g) {
+      float mx = s[0][g];
+#pragma unroll
+      for (int i = 1; i < kRows; ++i) mx = fmaxf(mx, s[i][g]);
+#pragma unroll
+      for (int o = kLanesPerRow; o < 32; o *= 2)
+        mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, o));
+      const float m_new = fmaxf(m[g], mx);
+      const float base = m_new == -INFINITY ? 0.0f : m_new;
+      const float corr = expf(m[g] - base);  // 0 while m[g] is -inf
+      float lsum = l[g] * corr;
+#pragma unroll
+      for (int j = 0; j < 8; ++j) acc[g][j] *= corr;
+#pragma unroll
+      for (int i = 0; i < kRows; ++i) {
+        const float p = expf(s[i][g] - base);  // 0 for positions outside the context
+        lsum += p;
+        const uint32_t w[4] = {vr[i].x, vr[i].y, vr[i].z, vr[i].w};
+#pragma unroll
+        for (int j = 0; j < 4; ++j) {
+          acc[g][2 * j] = fmaf(p, bf16_low(w[j]), acc[g][2 * j]);
+          acc[g][2 * j + 1] = fmaf(p, bf16_high(w[j]), acc[g][2 * j + 1]);
+        }
+      }
+      l[g] = lsum;
+      m[g] = m_new;
+    }
   }
-  __syncthreads();
-  for (int e = threadIdx.x; e < group * head_dim; e += kSplitWarps * 32) {
-    const int g = e / head_dim;
-    const int d = e % head_dim;
-    const float* parts = partial + (first_head + g) * splits * (head_dim + 2) + d;
-    float out = 0.0f;
-#pragma unroll 8
-    for (int sp = 0; sp < splits; ++sp)
-      out = fmaf(sm_weight[g][sp], __ldcg(parts + sp * (head_dim + 2)), out);
-    y[(first_head + g) * head_dim + d] = out;
+
+  // Sum over the row groups; lanes of the first row group leave the warp's state.
+#pragma unroll
+  for (int g = 0; g < kGroup; ++g) {
+#pragma unroll
+    for (int o = kLanesPerRow; o < 32; o *= 2) {
+      l[g] += __shfl_xor_sync(0xffffffffu, l[g], o);
+#pragma unroll
+      for (int j = 0; j < 8; ++j) acc[g][j] += __shfl_xor_sync(0xffffffffu, acc[g][j], o);
+    }
+    if (lane == 0) {
+      merge.m[warp][g] = m[g];
+      merge.l[warp][g] = l[g];
+    }
+    if (sub == 0) {
+      float4* out = reinterpret_cast<float4*>(&sm_acc[warp][g][col]);
+      out[0] = make_float4(acc[g][0], acc[g][1], acc[g][2], acc[g][3]);
+      out[1] = make_float4(acc[g][4], acc[g][5], acc[g][6], acc[g][7]);
+    }
   }
+  merge_block(merge, sm_acc, token, kv_head, cache.kv_heads, split, splits, q_heads, kGroup, kD,
+              partial, counters, y);
 }
 
 }  // namespace
@@ -367,6 +535,46 @@ void paged_attention_split(const float* q, const PagedLayer& cache, const TokenI
       run(paged_split_kernel<0>);
       break;
   }
+}
+
+bool paged_attention_warp_fits(int group, int head_dim) {
+  return (head_dim == 64 || head_dim == 128) &&
+         (group == 1 || group == 2 || group == 4 || group == 8);
+}
+
+void paged_attention_warp(const float* q, const PagedLayer& cache, const TokenIndex& index,
+                          int q_heads, int max_context, int splits, float* partial, int* counters,
+                          float* y, cudaStream_t stream) {
+  if (index.tokens == 0) return;
+  const int group = q_heads / cache.kv_heads;
+  MOXIN_CHECK(
+      splits >= 1 && splits <= kMaxSplits && paged_attention_warp_fits(group, cache.head_dim),
+      "[cuda] paged_attention_warp: ", splits, " splits (1..", kMaxSplits, "), group ", group,
+      " (1, 2, 4, 8), head_dim ", cache.head_dim, " (64, 128)");
+  const int chunk = (max_context + splits - 1) / splits;
+  const float scale = 1.0f / sqrtf(static_cast<float>(cache.head_dim));
+  const dim3 grid(splits, cache.kv_heads, index.tokens);
+  auto run = [&](auto kernel) {
+    launch_kernel("paged_warp_kernel", kernel, grid, kSplitWarps * 32, 0, stream, q, cache, index,
+                  q_heads, chunk, splits, scale, partial, counters, y);
+  };
+  auto by_group = [&](auto head_dim) {
+    constexpr int kD = decltype(head_dim)::value;
+    switch (group) {
+      case 1:
+        return run(paged_warp_kernel<kD, 1>);
+      case 2:
+        return run(paged_warp_kernel<kD, 2>);
+      case 4:
+        return run(paged_warp_kernel<kD, 4>);
+      default:
+        return run(paged_warp_kernel<kD, 8>);
+    }
+  };
+  if (cache.head_dim == 64)
+    by_group(std::integral_constant<int, 64>{});
+  else
+    by_group(std::integral_constant<int, 128>{});
 }
 
 int paged_attention_max_splits() { return kMaxSplits; }
