@@ -267,7 +267,9 @@ BENCHMARK(BM_QuantLinear)
     ->Unit(benchmark::kMillisecond);
 
 // The decode GEMV paths side by side in one process (the backend runs the fastest): args out
-// features, in features, bits, path (0 generic, 1 avx512, 2 vnni); two threads, M = 1.
+// features, in features, bits, path (0 generic, 1 avx2, 2 avx512, 3 vnni), threads; M = 1.
+// Reports GB/s of codes + scales + biases read and its share of the read ceiling measured in
+// the same run with as many threads.
 void BM_QuantGemvPath(benchmark::State& state) {
   const int64_t N = state.range(0), K = state.range(1);
   const int bits = static_cast<int>(state.range(2));
@@ -277,31 +279,36 @@ void BM_QuantGemvPath(benchmark::State& state) {
     state.SkipWithError("this CPU lacks the path");
     return;
   }
-  ThreadPool pool(2);
+  auto backend = make_backend(static_cast<int>(state.range(4)));
+  const double ceiling = backend->measure_bandwidth_gbps();
   QuantWeights w(N, K, bits);
   std::vector<float> x(static_cast<size_t>(K)), y(static_cast<size_t>(N));
   std::mt19937 rng(11);
   std::uniform_real_distribution<float> d(-1.0f, 1.0f);
   for (float& v : x) v = d(rng);
   size_t next = 0;
+  double seconds = 0;  // wall clock, as in BM_QuantLinear
   for (auto _ : state) {
     const QuantWeights::Copy& c = *w.copies[next];
     const QuantView view{c.codes.data(), c.scales.data(), c.biases.data(), DType::BF16, N, K, bits,
                          QuantWeights::kGroup};
-    cpu::quant_gemv(path, &pool, 1, x.data(), K, view, y.data(), N);
+    const auto start = std::chrono::steady_clock::now();
+    cpu::quant_gemv(path, &backend->pool(), 1, x.data(), K, view, y.data(), N);
+    seconds += std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
     next = (next + 1) % w.copies.size();
     benchmark::DoNotOptimize(y.data());
     benchmark::ClobberMemory();
   }
   state.SetBytesProcessed(state.iterations() * w.bytes);
+  const double gbps = static_cast<double>(state.iterations() * w.bytes) / seconds / 1e9;
+  state.counters["GB/s"] = gbps;
+  state.counters["ceiling_GB/s"] = ceiling;
+  state.counters["%ceiling"] = 100.0 * gbps / ceiling;
   state.SetLabel(cpu::quant_gemv_path_name(path));
 }
 BENCHMARK(BM_QuantGemvPath)
-    ->ArgNames({"N", "K", "bits", "path"})
-    ->Args({14336, 4096, 4, 1})
-    ->Args({14336, 4096, 4, 2})
-    ->Args({14336, 4096, 8, 1})
-    ->Args({14336, 4096, 8, 2})
+    ->ArgNames({"N", "K", "bits", "path", "threads"})
+    ->ArgsProduct({{14336}, {4096}, {4, 8}, {0, 1, 2, 3}, {1, 2}})
     ->UseRealTime()
     ->Unit(benchmark::kMillisecond);
 

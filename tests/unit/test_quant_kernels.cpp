@@ -1,7 +1,11 @@
 // Quantized linear on the CPU (both GEMV and dequantize-then-GEMM regimes) against a double
 // matmul on the dequantized weights, for 4/8 bits x group 64/128 at awkward shapes, every
-// kernel table and 1 or 2 threads; every decode GEMV path (generic, AVX-512, VNNI) against
-// the MLX formula evaluated in double on random codes; plus the quantizer's own error bound.
+// kernel table and 1 or 2 threads; every decode GEMV path (generic, AVX2, AVX-512, VNNI) and
+// every prefill dequantizer against the MLX formula evaluated in double on random codes; plus
+// the quantizer's own error bound.
+#include <algorithm>
+#include <utility>
+
 #include "backend/cpu/cpu_quant_kernels.hpp"
 #include "core/thread_pool.hpp"
 #include "quant/affine_quant.hpp"
@@ -209,6 +213,53 @@ TEST(QuantGemv, NonFiniteActivationsPropagate) {
       }
     }
   }
+}
+
+// A CPU with AVX2 + FMA lists the AVX2 path, so the tests above run it (and it is not silently
+// dropped from the dispatch).
+TEST(QuantGemv, ListsEveryPathThisCpuRuns) {
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+  const std::vector<QuantGemvPath> paths = quant_gemv_paths();
+  const auto listed = [&](QuantGemvPath p) { return std::find(paths.begin(), paths.end(), p) != paths.end(); };
+  EXPECT_EQ(listed(QuantGemvPath::avx2), __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma"));
+  EXPECT_EQ(listed(QuantGemvPath::avx512), __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+                                               __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("fma"));
+#else
+  GTEST_SKIP() << "cpuid checks are x86 only";
+#endif
+}
+
+// Every prefill dequantizer this CPU runs (portable, AVX-512, AVX2) against scale * code + bias
+// in double, for rows r0 .. r1 inside the matrix: each weight is an f32 product then an f32 sum,
+// so within two roundings of the exact value.
+TEST(QuantDequantize, EveryTwinMatchesMlxFormulaOnCodes) {
+  Random rng(test_seed());
+  const std::vector<std::pair<const char*, cpu::QuantDequantizeFn>> twins{
+      {"portable", dequantize_rows}, {"avx512", cpu::quant_dequantize_avx512()}, {"avx2", cpu::quant_dequantize_avx2()}};
+  for (int bits : {4, 8})
+    for (int group : {64, 128})
+      for (DType dtype : {DType::BF16, DType::F16, DType::F32}) {
+        const int64_t N = 7, K = 3 * group, r0 = 2, r1 = 6;
+        const RandomQuantWeights w(rng, dtype, N, K, bits, group);
+        for (const auto& [name, dequantize] : twins) {
+          if (!dequantize) continue;
+          std::vector<float> out(static_cast<size_t>((r1 - r0) * K), std::numeric_limits<float>::quiet_NaN());
+          dequantize(w.view, r0, r1, out.data());
+          int64_t wrong = 0;
+          for (int64_t r = r0; r < r1; ++r)
+            for (int64_t k = 0; k < K; ++k) {
+              const int64_t i = r * (K / group) + k / group;
+              const double exact = w.weight(r, k), bias = w.number(w.view.biases, i);
+              // fl(fl(s q) + b) - (s q + b) = s q d1 + (s q + b) d2 + s q d1 d2 with |d| <= 2^-24.
+              const double u = std::ldexp(1.0, -24), bound = u * (std::abs(exact - bias) * (1 + u) + std::abs(exact));
+              const float got = out[static_cast<size_t>((r - r0) * K + k)];
+              if (!(std::abs(got - exact) <= bound) && wrong++ < 3)
+                ADD_FAILURE() << name << " " << bits << "-bit g" << group << " " << dtype_name(dtype) << " row " << r
+                              << " col " << k << ": " << got << " vs " << exact;
+            }
+          EXPECT_EQ(wrong, 0) << name << " " << bits << "-bit g" << group << " " << dtype_name(dtype);
+        }
+      }
 }
 
 // Every dequantized weight lies within half a step (plus the bf16 rounding of the bias, which

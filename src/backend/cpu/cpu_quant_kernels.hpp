@@ -31,11 +31,15 @@ void quant_gemv_generic(const QuantView& w, int64_t n0, int64_t n1, const float*
                         const float* xsum, float* y, int64_t ldy);
 // nullptr when this build or CPU lacks AVX-512 F/BW/VL + FMA.
 QuantGemvFn quant_gemv_avx512();
+// nullptr when this build or CPU lacks AVX2 + FMA (cpu_quant_avx2.cpp).
+QuantGemvFn quant_gemv_avx2();
 
 // out[(r - r0) * w.cols + k] = scale * code + bias for rows r0 <= r < r1: dequantize_rows,
-// or its AVX-512 twin (nullptr when this build or CPU lacks AVX-512 F/BW/VL + FMA).
+// or its AVX-512 or AVX2 twin (nullptr when this build or CPU lacks AVX-512 F/BW/VL + FMA,
+// or AVX2 + FMA).
 using QuantDequantizeFn = void (*)(const QuantView& w, int64_t r0, int64_t r1, float* out);
 QuantDequantizeFn quant_dequantize_avx512();
+QuantDequantizeFn quant_dequantize_avx2();
 
 // AVX-512 VNNI GEMV (cpu_quant_vnni.cpp): reads the codes as bytes and the activations split
 // exactly into three signed bytes per input, y[m * ldy + n] = sum_k x[m * ldx + k] W[n, k] for
@@ -46,18 +50,20 @@ bool quant_gemv_vnni(ThreadPool* pool, int64_t M, const float* x, int64_t ldx, c
                      int64_t ldy);
 
 // The ways a decode-sized quantized matmul can run: every one computes the same products.
-enum class QuantGemvPath { generic, avx512, vnni };
+enum class QuantGemvPath { generic, avx2, avx512, vnni };
 const char* quant_gemv_path_name(QuantGemvPath path);
 // The paths this build and CPU run, fastest last.
 std::vector<QuantGemvPath> quant_gemv_paths();
-// The fastest path that goes with a kernel table: MOXIN_CPU_KERNELS=generic forces portable.
+// The fastest path that goes with a kernel table: the generic table gets the generic path
+// where it stands in for AVX-512 (tests, MOXIN_CPU_KERNELS=generic), but on a CPU without
+// AVX-512, where it is the best table, the fastest path (AVX2) still runs.
 QuantGemvPath quant_gemv_path_for(const Kernels& kernels);
 // y[m * ldy + n] = sum_k x[m * ldx + k] W[n, k] for M <= kQuantGemvMaxRows by `path` (one of
 // quant_gemv_paths()); vnni falls back to avx512 for activations it cannot split.
 void quant_gemv(QuantGemvPath path, ThreadPool* pool, int64_t M, const float* x, int64_t ldx, const QuantView& w,
                 float* y, int64_t ldy);
 
-// dequantize_rows or its AVX-512 twin, to go with a kernel table (portable for the generic one).
+// dequantize_rows or its fastest twin, to go with a kernel table as quant_gemv_path_for does.
 QuantDequantizeFn quant_dequantize_for(const Kernels& kernels);
 
 // y[m * ldy + n] = bias[n] (if any) + sum_k x[m * ldx + k] W[n, k]; threads over output rows.

@@ -1,4 +1,5 @@
 #include <algorithm>
+#include <cstdlib>
 #include <cstring>
 #include <string_view>
 #include <vector>
@@ -66,8 +67,13 @@ void quant_gemv_generic(const QuantView& w, int64_t n0, int64_t n1, const float*
 
 namespace {
 
-bool is_generic(const Kernels& kernels) {
-  return std::string_view(kernels.name) == std::string_view(generic_kernels().name);
+// Whether the portable quantized kernels go with a kernel table: the generic table where a CPU
+// with AVX-512 runs it anyway (tests compare the tables) or where MOXIN_CPU_KERNELS=generic
+// asked for it. On a CPU without AVX-512 it is simply the best table, and AVX2 may still run.
+bool wants_portable(const Kernels& kernels) {
+  if (std::string_view(kernels.name) != std::string_view(generic_kernels().name)) return false;
+  const char* forced = std::getenv("MOXIN_CPU_KERNELS");
+  return avx512_kernels() != nullptr || (forced && std::string_view(forced) == "generic");
 }
 
 // The f32 GEMVs: activations copied in the order the kernel reads them, rows over threads.
@@ -87,6 +93,7 @@ void quant_gemv_f32(QuantGemvFn gemv, ThreadPool* pool, int64_t M, const float* 
 const char* quant_gemv_path_name(QuantGemvPath path) {
   switch (path) {
     case QuantGemvPath::generic: return "generic";
+    case QuantGemvPath::avx2: return "avx2";
     case QuantGemvPath::avx512: return "avx512";
     case QuantGemvPath::vnni: return "vnni";
   }
@@ -95,6 +102,7 @@ const char* quant_gemv_path_name(QuantGemvPath path) {
 
 std::vector<QuantGemvPath> quant_gemv_paths() {
   std::vector<QuantGemvPath> paths{QuantGemvPath::generic};
+  if (quant_gemv_avx2()) paths.push_back(QuantGemvPath::avx2);
   if (quant_gemv_avx512()) paths.push_back(QuantGemvPath::avx512);
   if (quant_gemv_avx512() && quant_vnni_supported()) paths.push_back(QuantGemvPath::vnni);
   return paths;
@@ -102,20 +110,23 @@ std::vector<QuantGemvPath> quant_gemv_paths() {
 
 QuantGemvPath quant_gemv_path_for(const Kernels& kernels) {
   static const QuantGemvPath fastest = quant_gemv_paths().back();
-  return is_generic(kernels) ? QuantGemvPath::generic : fastest;
+  return wants_portable(kernels) ? QuantGemvPath::generic : fastest;
 }
 
 void quant_gemv(QuantGemvPath path, ThreadPool* pool, int64_t M, const float* x, int64_t ldx, const QuantView& w,
                 float* y, int64_t ldy) {
   if (path == QuantGemvPath::vnni && quant_gemv_vnni(pool, M, x, ldx, w, y, ldy)) return;
-  const QuantGemvFn simd = quant_gemv_avx512();
-  quant_gemv_f32(path != QuantGemvPath::generic && simd ? simd : quant_gemv_generic, pool, M, x, ldx, w, y, ldy);
+  QuantGemvFn gemv = nullptr;
+  if (path == QuantGemvPath::avx512 || path == QuantGemvPath::vnni) gemv = quant_gemv_avx512();
+  if (path == QuantGemvPath::avx2) gemv = quant_gemv_avx2();
+  quant_gemv_f32(gemv ? gemv : quant_gemv_generic, pool, M, x, ldx, w, y, ldy);
 }
 
 QuantDequantizeFn quant_dequantize_for(const Kernels& kernels) {
-  if (is_generic(kernels)) return dequantize_rows;
-  const QuantDequantizeFn simd = quant_dequantize_avx512();
-  return simd ? simd : dequantize_rows;
+  if (wants_portable(kernels)) return dequantize_rows;
+  for (QuantDequantizeFn simd : {quant_dequantize_avx512(), quant_dequantize_avx2()})
+    if (simd) return simd;
+  return dequantize_rows;
 }
 
 void quant_matmul(const Kernels& kernels, ThreadPool* pool, int64_t M, const float* x, int64_t ldx,
