@@ -3,8 +3,8 @@
 //   GEMV [14336x4096] / [4096x14336] bf16 at M = 1, 8 (own kernel, with a tiling sweep) and
 //   M = 32 (cuBLASLt), prefill GEMM M = 1024, decode attention at 1k context (batch 1, 4, 32;
 //   split-K in shared-memory tiles and in registers), prefill attention over 1024 tokens, ViT
-//   attention, and one whole decoder layer at batch 1 eager vs. replayed from a CUDA graph
-//   (batch 1 also with the shared-memory split-K attention).
+//   attention, and one whole decoder layer eager vs. replayed from a CUDA graph (also with the
+//   shared-memory split-K attention).
 // Timing: CUDA events around groups of back-to-back calls after warm-up, median of the groups;
 // random (never zero) data; each weight matrix (117 MB) is larger than L2 (50 MB) and two
 // copies alternate.
@@ -249,8 +249,10 @@ void bench_attention(CudaBackend& backend, double ceiling) {
     const Tensor q = backend.from_host_f32(qs.data(), {seqs, q_heads * head_dim});
     Tensor y = backend.empty_act({seqs, q_heads * head_dim});
     const double bytes = double(seqs) * context * kv_heads * head_dim * 2 * 2;
-    for (const auto& [path, label] : {std::pair{CudaAttentionPath::SplitK, "smem tiles"},
-                                      std::pair{CudaAttentionPath::SplitKWarp, "registers"}}) {
+    for (const auto& [path, label] :
+         {std::pair{CudaAttentionPath::SplitK, "smem tiles"},
+          std::pair{CudaAttentionPath::SplitKWarp, "registers"},
+          std::pair{CudaAttentionPath::SplitKCluster, "registers, cluster merge"}}) {
       backend.set_attention_path(path);
       const double ms = time_ms(
           stream, 20, 20, [&](int) { backend.paged_attention(q, *f.cache, 0, b, q_heads, y); });
@@ -353,10 +355,9 @@ void bench_decoder_layer(CudaBackend& backend, double ceiling, int seqs, int bit
   // bf16, or codes plus a bf16 scale and bias per group of 64
   const double weight_bytes = bits ? weights * bits / 8 + weights / 64 * 4 : 2.0 * weights;
   const double kv_bytes = double(seqs) * context * kv_heads * head_dim * 4;
-  // Batch 1: also with the shared-memory split-K attention that Auto replaces there.
-  std::vector<std::pair<CudaAttentionPath, const char*>> paths = {{CudaAttentionPath::Auto, ""}};
-  if (seqs == 1) paths.insert(paths.begin(), {CudaAttentionPath::SplitK, " smem-tile attn"});
-  for (const auto& [path, path_label] : paths) {
+  // Also with the shared-memory split-K attention that Auto replaced.
+  for (const auto& [path, path_label] : {std::pair{CudaAttentionPath::SplitK, " smem-tile attn"},
+                                         std::pair{CudaAttentionPath::Auto, ""}}) {
     for (const bool pdl : {false, true}) {
       backend.set_attention_path(path);
       set_pdl_enabled(pdl);

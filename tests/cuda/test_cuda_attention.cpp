@@ -213,6 +213,7 @@ class PagedAttention : public CudaOpsTest {
       for (const auto& [path, label] :
            {std::pair{CudaAttentionPath::SplitK, "split-K"},
             std::pair{CudaAttentionPath::SplitKWarp, "split-K warp"},
+            std::pair{CudaAttentionPath::SplitKCluster, "split-K warp cluster"},
             std::pair{CudaAttentionPath::TiledF32, "tiled-f32"},
             std::pair{CudaAttentionPath::TiledBf16, "tiled-tensor-core"}}) {
         set_cuda_attention_path(backend(), path);
@@ -261,7 +262,7 @@ TEST_F(PagedAttention, TinyHeadDimsAndGroups) {
   run(2, 1, 32, lengths, standard_batches(lengths));  // staged split-K path, 1 dim per lane
 }
 
-// Batches of 1-4 decode tokens (where Auto picks split-K's register kernel) at contexts that
+// Batches of 1-4 decode tokens (split-K's register kernel, splits in one cluster) at contexts that
 // are not multiples of the block size (odd lengths[0], contexts 1 and 17), GQA groups 1, 2, 4
 // and 8, head_dim 128 and 64.
 TEST_F(PagedAttention, FewTokenDecodeGroups) {

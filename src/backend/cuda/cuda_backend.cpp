@@ -19,9 +19,6 @@ constexpr size_t kStagingBytes = 16u << 20;
 // Up to this many tokens a batch goes through split-K attention (every token reads its own
 // context once per kv head); beyond, tiles of tokens share K/V reads.
 constexpr int kSplitMaxTokens = 64;
-// Up to this many tokens (Auto path) split-K runs as the register kernel without block barriers
-// in the walk (a short latency chain); beyond, the shared-memory tiles keep more bytes in flight.
-constexpr int kWarpMaxTokens = 4;
 constexpr int kMinPositionsPerSplit = 64;
 
 template <class T>
@@ -558,18 +555,24 @@ void CudaBackend::paged_attention(const Tensor& q, KvCache& cache, int layer,
   const bool use_split =
       split_usable && (attention_path_ == CudaAttentionPath::SplitK ||
                        attention_path_ == CudaAttentionPath::SplitKWarp ||
+                       attention_path_ == CudaAttentionPath::SplitKCluster ||
                        (attention_path_ == CudaAttentionPath::Auto && tokens <= kSplitMaxTokens));
   if (use_split) {
     const int splits = attention_splits(static_cast<int>(tokens), q_heads, cfg.kv_heads,
                                         cfg.head_dim, std::max(batch.max_context, 1));
-    const bool use_warp =
-        paged_attention_warp_fits(q_heads / cfg.kv_heads, cfg.head_dim) &&
-        (attention_path_ == CudaAttentionPath::SplitKWarp ||
-         (attention_path_ == CudaAttentionPath::Auto && tokens <= kWarpMaxTokens));
-    (use_warp ? paged_attention_warp : paged_attention_split)(
-        data_of<const float>(q), c.layer(layer), index, q_heads, std::max(batch.max_context, 1),
-        splits, static_cast<float*>(attention_partial_.get()),
-        static_cast<int*>(attention_counters_.get()), data_of<float>(y), stream());
+    float* partial = static_cast<float*>(attention_partial_.get());
+    int* counters = static_cast<int*>(attention_counters_.get());
+    const int max_context = std::max(batch.max_context, 1);
+    // The register kernel (Auto: with the cluster merge) beat the shared-memory tiles at
+    // batch 1, 4 and 32 (docs/cuda-notes.md, decode attention v5-v6).
+    if (attention_path_ != CudaAttentionPath::SplitK &&
+        paged_attention_warp_fits(q_heads / cfg.kv_heads, cfg.head_dim))
+      paged_attention_warp(data_of<const float>(q), c.layer(layer), index, q_heads, max_context,
+                           splits, attention_path_ != CudaAttentionPath::SplitKWarp, partial,
+                           counters, data_of<float>(y), stream());
+    else
+      paged_attention_split(data_of<const float>(q), c.layer(layer), index, q_heads, max_context,
+                            splits, partial, counters, data_of<float>(y), stream());
   } else {
     paged_attention_tiled(data_of<const float>(q), c.layer(layer), index, q_heads,
                           attention_path_ != CudaAttentionPath::TiledF32, data_of<float>(y),

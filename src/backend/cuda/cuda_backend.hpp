@@ -32,10 +32,11 @@ std::unique_ptr<CudaGraph> capture_cuda_graph(Backend& backend,
 // encoders through tensor-core tiles, where Q and the softmax probabilities are rounded to
 // bf16 (ViT: K and V too) for mma with f32 accumulation: ~2e-3 relative error, like the bf16
 // activations of the prefill GEMMs. TiledF32 keeps those f32 on the CUDA cores (~10x slower);
-// SplitK / TiledBf16 force one kernel. SplitKWarp forces split-K's register kernel (Auto's
-// choice for up to 4 tokens where the shape fits it; else it runs as SplitK). Tests and
-// benchmarks use this; the runtime keeps Auto.
-enum class CudaAttentionPath { Auto, SplitK, TiledF32, TiledBf16, SplitKWarp };
+// SplitK / TiledBf16 force one kernel. SplitKWarp forces split-K's register kernel with the
+// splits merged through global memory, SplitKCluster with the splits of a (token, kv head) in one
+// thread block cluster where they fit (Auto's choice for split-K); both run as SplitK where the
+// shape does not fit the register kernel. Tests and benchmarks use this; the runtime keeps Auto.
+enum class CudaAttentionPath { Auto, SplitK, TiledF32, TiledBf16, SplitKWarp, SplitKCluster };
 void set_cuda_attention_path(Backend& backend, CudaAttentionPath path);
 
 }  // namespace moxin

@@ -129,13 +129,14 @@ void paged_attention_split(const float* q, const PagedLayer& cache, const TokenI
                            int q_heads, int max_context, int splits, float* partial, int* counters,
                            float* y, cudaStream_t stream);
 
-// Same contract, for a few tokens (batch-1 decode): warps walk their positions with K and V in
-// registers and no block barrier. Only where paged_attention_warp_fits(q_heads / kv_heads,
-// head_dim).
+// Same contract, warps walking their positions with K and V in registers and no block barrier
+// (the short chain batch-1 decode needs). Only where paged_attention_warp_fits(q_heads /
+// kv_heads, head_dim). cluster_merge: where the splits fit one thread block cluster they merge
+// through its shared memory (partial and counters untouched), else through global memory.
 bool paged_attention_warp_fits(int group, int head_dim);
 void paged_attention_warp(const float* q, const PagedLayer& cache, const TokenIndex& index,
-                          int q_heads, int max_context, int splits, float* partial, int* counters,
-                          float* y, cudaStream_t stream);
+                          int q_heads, int max_context, int splits, bool cluster_merge,
+                          float* partial, int* counters, float* y, cudaStream_t stream);
 
 // --- paged_attention_tiled.cu: tiles of consecutive tokens share K/V tiles (prefill) ---
 // tensor_cores: Q and P rounded to bf16 for mma.sync; otherwise all f32 on the CUDA cores.

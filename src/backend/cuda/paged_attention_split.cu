@@ -12,6 +12,10 @@
 // computed once per head and the weighted sums issued as independent loads.
 // Positions beyond a token's own context are not read, so a graph captured with a large
 // max_context serves any shorter one.
+// paged_warp_kernel (below, Auto's choice where it fits) walks in registers instead, without
+// block barriers, and can merge the splits inside a thread block cluster.
+#include <cooperative_groups.h>
+
 #include <algorithm>
 #include <type_traits>
 
@@ -69,6 +73,8 @@ struct BlockMerge {
   float l[kSplitWarps][kMaxGroup];
   float weight[kMaxGroup][kMaxSplits];
   bool merge_here;
+  float block_m[kMaxGroup];  // the block's state after its warps' merge (cluster merge)
+  float block_l[kMaxGroup];
 };
 
 // The block's end, shared by both decode kernels: every warp has left its (m, l) in `sm` and
@@ -158,6 +164,58 @@ __device__ __forceinline__ void merge_block(BlockMerge& sm,
       out = fmaf(sm.weight[g][sp], __ldcg(parts + sp * (head_dim + 2)), out);
     y[(first_head + g) * head_dim + d] = out;
   }
+}
+
+// The block's end when the splits of a (token, kv head) form one thread block cluster: each
+// block merges its warps into its own shared memory, then after a cluster barrier every block
+// merges a slice of the outputs over all blocks' shared memory (no partials in global memory,
+// no fence or counter); the second barrier keeps each block's shared memory until it is read.
+__device__ __forceinline__ void merge_cluster(BlockMerge& sm, float (*acc)[kMaxGroup][kMaxHeadDim],
+                                              int token, int kv_head, int q_heads, int group,
+                                              int head_dim, float* __restrict__ y) {
+  namespace cg = cooperative_groups;
+  cg::cluster_group cluster = cg::this_cluster();
+  __syncthreads();  // the warps' states are in shared memory
+  for (int e = threadIdx.x; e < group * head_dim; e += kSplitWarps * 32) {
+    const int g = e / head_dim;
+    const int d = e % head_dim;
+    float mx = -INFINITY;
+    for (int w = 0; w < kSplitWarps; ++w) mx = fmaxf(mx, sm.m[w][g]);
+    float sum = 0.0f, out = 0.0f;
+    if (mx != -INFINITY) {
+      for (int w = 0; w < kSplitWarps; ++w) {
+        const float f = expf(sm.m[w][g] - mx);
+        sum += sm.l[w][g] * f;
+        out += acc[w][g][d] * f;
+      }
+    }
+    acc[0][g][d] = out;  // only this thread reads or writes (g, d)
+    if (d == 0) {
+      sm.block_m[g] = mx;
+      sm.block_l[g] = sum;
+    }
+  }
+  cluster.sync();
+  const int blocks = static_cast<int>(cluster.num_blocks());
+  const size_t first_head = static_cast<size_t>(token) * q_heads + kv_head * group;
+  for (int e = static_cast<int>(cluster.block_rank()) * kSplitWarps * 32 + threadIdx.x;
+       e < group * head_dim; e += blocks * kSplitWarps * 32) {
+    const int g = e / head_dim;
+    const int d = e % head_dim;
+    float mx = -INFINITY;
+    for (int b = 0; b < blocks; ++b) mx = fmaxf(mx, cluster.map_shared_rank(&sm, b)->block_m[g]);
+    float sum = 0.0f, out = 0.0f;
+    if (mx != -INFINITY) {
+      for (int b = 0; b < blocks; ++b) {
+        const BlockMerge* other = cluster.map_shared_rank(&sm, b);
+        const float f = expf(other->block_m[g] - mx);
+        sum += other->block_l[g] * f;
+        out += *cluster.map_shared_rank(&acc[0][g][d], b) * f;
+      }
+    }
+    y[(first_head + g) * head_dim + d] = sum > 0.0f ? out / sum : __int_as_float(0x7fc00000);
+  }
+  cluster.sync();
 }
 
 // kDpl = head_dim / 32 when that is 1..4: compile-time head_dim, K and V tiles staged in
@@ -362,7 +420,9 @@ __global__ void __launch_bounds__(kSplitWarps * 32)
 // block table -> K/V -> compute -> block merge.
 constexpr int kWarpChunk = 16;
 
-template <int kD, int kGroup>
+// kCluster: the grid's splits form one thread block cluster per (token, kv head), merged by
+// merge_cluster; otherwise by merge_block.
+template <int kD, int kGroup, bool kCluster>
 __global__ void __launch_bounds__(kSplitWarps * 32)
     paged_warp_kernel(const float* __restrict__ q, PagedLayer cache, TokenIndex index, int q_heads,
                       int chunk, int splits, float scale, float* __restrict__ partial,
@@ -497,8 +557,11 @@ __global__ void __launch_bounds__(kSplitWarps * 32)
       out[1] = make_float4(acc[g][4], acc[g][5], acc[g][6], acc[g][7]);
     }
   }
-  merge_block(merge, sm_acc, token, kv_head, cache.kv_heads, split, splits, q_heads, kGroup, kD,
-              partial, counters, y);
+  if constexpr (kCluster)
+    merge_cluster(merge, sm_acc, token, kv_head, q_heads, kGroup, kD, y);
+  else
+    merge_block(merge, sm_acc, token, kv_head, cache.kv_heads, split, splits, q_heads, kGroup, kD,
+                partial, counters, y);
 }
 
 }  // namespace
@@ -542,9 +605,46 @@ bool paged_attention_warp_fits(int group, int head_dim) {
          (group == 1 || group == 2 || group == 4 || group == 8);
 }
 
+namespace {
+
+// Calls f with the register kernel for this head_dim, group and merge.
+template <class F>
+void with_warp_kernel(int head_dim, int group, bool cluster, F f) {
+  auto by_group = [&](auto d, auto c) {
+    constexpr int kD = decltype(d)::value;
+    constexpr bool kC = decltype(c)::value;
+    switch (group) {
+      case 1:
+        return f(paged_warp_kernel<kD, 1, kC>);
+      case 2:
+        return f(paged_warp_kernel<kD, 2, kC>);
+      case 4:
+        return f(paged_warp_kernel<kD, 4, kC>);
+      default:
+        return f(paged_warp_kernel<kD, 8, kC>);
+    }
+  };
+  auto by_cluster = [&](auto d) {
+    if (cluster)
+      by_group(d, std::true_type{});
+    else
+      by_group(d, std::false_type{});
+  };
+  if (head_dim == 64)
+    by_cluster(std::integral_constant<int, 64>{});
+  else
+    by_cluster(std::integral_constant<int, 128>{});
+}
+
+// Largest cluster of splits the device runs (16 where non-portable clusters fit, else the
+// portable 8); set once by configure_paged_attention_split().
+int max_cluster_splits = 8;
+
+}  // namespace
+
 void paged_attention_warp(const float* q, const PagedLayer& cache, const TokenIndex& index,
-                          int q_heads, int max_context, int splits, float* partial, int* counters,
-                          float* y, cudaStream_t stream) {
+                          int q_heads, int max_context, int splits, bool cluster_merge,
+                          float* partial, int* counters, float* y, cudaStream_t stream) {
   if (index.tokens == 0) return;
   const int group = q_heads / cache.kv_heads;
   MOXIN_CHECK(
@@ -554,32 +654,42 @@ void paged_attention_warp(const float* q, const PagedLayer& cache, const TokenIn
   const int chunk = (max_context + splits - 1) / splits;
   const float scale = 1.0f / sqrtf(static_cast<float>(cache.head_dim));
   const dim3 grid(splits, cache.kv_heads, index.tokens);
-  auto run = [&](auto kernel) {
-    launch_kernel("paged_warp_kernel", kernel, grid, kSplitWarps * 32, 0, stream, q, cache, index,
-                  q_heads, chunk, splits, scale, partial, counters, y);
-  };
-  auto by_group = [&](auto head_dim) {
-    constexpr int kD = decltype(head_dim)::value;
-    switch (group) {
-      case 1:
-        return run(paged_warp_kernel<kD, 1>);
-      case 2:
-        return run(paged_warp_kernel<kD, 2>);
-      case 4:
-        return run(paged_warp_kernel<kD, 4>);
-      default:
-        return run(paged_warp_kernel<kD, 8>);
-    }
-  };
-  if (cache.head_dim == 64)
-    by_group(std::integral_constant<int, 64>{});
-  else
-    by_group(std::integral_constant<int, 128>{});
+  const bool cluster = cluster_merge && splits > 1 && splits <= max_cluster_splits;
+  with_warp_kernel(cache.head_dim, group, cluster, [&](auto kernel) {
+    launch_kernel_clustered("paged_warp_kernel", kernel, grid, kSplitWarps * 32, 0, stream,
+                            cluster ? static_cast<unsigned>(splits) : 1u, q, cache, index, q_heads,
+                            chunk, splits, scale, partial, counters, y);
+  });
 }
 
 int paged_attention_max_splits() { return kMaxSplits; }
 
 void configure_paged_attention_split() {
+  // Clusters of up to 16 splits where the device co-schedules them (else 8, always allowed).
+  int active_clusters = 0;
+  for (int head_dim : {64, 128})
+    for (int group : {1, 2, 4, 8})
+      with_warp_kernel(head_dim, group, true, [&](auto kernel) {
+        MOXIN_CUDA_CHECK(
+            cudaFuncSetAttribute(kernel, cudaFuncAttributeNonPortableClusterSizeAllowed, 1));
+      });
+  with_warp_kernel(kMaxHeadDim, kMaxGroup, true, [&](auto kernel) {
+    cudaLaunchConfig_t config{};
+    config.gridDim = dim3(16, 1, 1);
+    config.blockDim = dim3(kSplitWarps * 32);
+    cudaLaunchAttribute attribute{};
+    attribute.id = cudaLaunchAttributeClusterDimension;
+    attribute.val.clusterDim.x = 16;
+    attribute.val.clusterDim.y = 1;
+    attribute.val.clusterDim.z = 1;
+    config.attrs = &attribute;
+    config.numAttrs = 1;
+    if (cudaOccupancyMaxActiveClusters(&active_clusters, kernel, &config) != cudaSuccess) {
+      active_clusters = 0;
+      (void)cudaGetLastError();  // not fatal: the portable size stays
+    }
+  });
+  max_cluster_splits = active_clusters > 0 ? 16 : 8;
   const int bytes = static_cast<int>(split_smem_bytes(kMaxHeadDim));
   MOXIN_CUDA_CHECK(cudaFuncSetAttribute(paged_split_kernel<1>,
                                         cudaFuncAttributeMaxDynamicSharedMemorySize, bytes));
