@@ -164,9 +164,11 @@ void dequantize_rows(const QuantView& q, int64_t r0, int64_t r1, float* out) {
     for (int64_t g = 0; g < groups; ++g) {
       const float scale = load_scale(q.scales, q.scale_dtype, r * groups + g);
       const float bias = load_scale(q.biases, q.scale_dtype, r * groups + g);
-      for (int64_t k = g * q.group_size; k < (g + 1) * q.group_size; ++k) {
-        const uint32_t code = (codes[k / per_word] >> (q.bits * (k % per_word))) & mask;
-        y[k] = scale * static_cast<float>(code) + bias;
+      // Word by word: no division per element (this is also the portable prefill path).
+      for (int64_t w = g * q.group_size / per_word; w < (g + 1) * q.group_size / per_word; ++w) {
+        uint32_t word = codes[w];
+        for (int e = 0; e < per_word; ++e, word >>= q.bits)
+          y[w * per_word + e] = scale * static_cast<float>(word & mask) + bias;
       }
     }
   }
