@@ -7,8 +7,6 @@
 namespace moxin {
 
 struct DecodeGraphs::Graph {
-  int batch = 0;
-  int context_bucket = 0;
   Tensor ids, token_seq, positions, tables, rows, logits;
   std::unique_ptr<OpGraph> graph;
 };
@@ -32,16 +30,20 @@ int context_bucket(int context, int capacity) {
 
 DecodeGraphs::DecodeGraphs(Backend& backend, const Decoder& decoder, KvCache& cache, int block_size,
                            int max_blocks)
-    : backend_(backend), decoder_(decoder), cache_(cache), block_size_(block_size), max_blocks_(max_blocks) {}
+    : backend_(backend),
+      decoder_(decoder),
+      cache_(cache),
+      block_size_(block_size),
+      max_blocks_(max_blocks),
+      graphs_(kMaxGraphs) {}
 
 DecodeGraphs::~DecodeGraphs() = default;
 
 DecodeGraphs::Graph* DecodeGraphs::graph_for(int batch, int bucket) {
-  for (auto& g : graphs_)
-    if (g->batch == batch && g->context_bucket == bucket) return g.get();
+  if (Graph* g = graphs_.find({batch, bucket})) return g;
+  // Making room destroys a graph: let its last replay finish first.
+  if (graphs_.full()) backend_.synchronize();
   auto g = std::make_unique<Graph>();
-  g->batch = batch;
-  g->context_bucket = bucket;
   g->ids = backend_.empty({batch}, DType::I32);
   g->token_seq = backend_.empty({batch}, DType::I32);
   g->positions = backend_.empty({batch}, DType::I32);
@@ -65,8 +67,7 @@ DecodeGraphs::Graph* DecodeGraphs::graph_for(int batch, int bucket) {
     supported_ = false;
     return nullptr;
   }
-  graphs_.push_back(std::move(g));
-  return graphs_.back().get();
+  return &graphs_.insert({batch, bucket}, std::move(g));
 }
 
 std::optional<Tensor> DecodeGraphs::run(std::span<const int32_t> tokens, std::span<const int32_t> positions,
