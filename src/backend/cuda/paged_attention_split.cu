@@ -77,6 +77,26 @@ struct BlockMerge {
   float block_l[kMaxGroup];
 };
 
+// Output (g, d) of the block's warps combined: their common max, the summed softmax weight and
+// the weighted unnormalized output (-inf, 0, 0 when no warp saw a position).
+struct WarpsMerged {
+  float mx, sum, out;
+};
+__device__ __forceinline__ WarpsMerged merge_warps(const BlockMerge& sm,
+                                                   const float (*acc)[kMaxGroup][kMaxHeadDim],
+                                                   int g, int d) {
+  WarpsMerged r{-INFINITY, 0.0f, 0.0f};
+  for (int w = 0; w < kSplitWarps; ++w) r.mx = fmaxf(r.mx, sm.m[w][g]);
+  if (r.mx != -INFINITY) {
+    for (int w = 0; w < kSplitWarps; ++w) {
+      const float f = expf(sm.m[w][g] - r.mx);
+      r.sum += sm.l[w][g] * f;
+      r.out += acc[w][g][d] * f;
+    }
+  }
+  return r;
+}
+
 // The block's end, shared by both decode kernels: every warp has left its (m, l) in `sm` and
 // its unnormalized output in `acc`. Merges the warps; with one split writes y, else leaves a
 // partial result and the last block of a (token, kv head) to finish merges the splits.
@@ -93,16 +113,7 @@ __device__ __forceinline__ void merge_block(BlockMerge& sm,
   for (int e = threadIdx.x; e < group * head_dim; e += kSplitWarps * 32) {
     const int g = e / head_dim;
     const int d = e % head_dim;
-    float mx = -INFINITY;
-    for (int w = 0; w < kSplitWarps; ++w) mx = fmaxf(mx, sm.m[w][g]);
-    float sum = 0.0f, out = 0.0f;
-    if (mx != -INFINITY) {
-      for (int w = 0; w < kSplitWarps; ++w) {
-        const float f = expf(sm.m[w][g] - mx);
-        sum += sm.l[w][g] * f;
-        out += acc[w][g][d] * f;
-      }
-    }
+    const auto [mx, sum, out] = merge_warps(sm, acc, g, d);
     if (splits == 1) {
       y[(first_head + g) * head_dim + d] = sum > 0.0f ? out / sum : __int_as_float(0x7fc00000);
     } else {
@@ -179,16 +190,7 @@ __device__ __forceinline__ void merge_cluster(BlockMerge& sm, float (*acc)[kMaxG
   for (int e = threadIdx.x; e < group * head_dim; e += kSplitWarps * 32) {
     const int g = e / head_dim;
     const int d = e % head_dim;
-    float mx = -INFINITY;
-    for (int w = 0; w < kSplitWarps; ++w) mx = fmaxf(mx, sm.m[w][g]);
-    float sum = 0.0f, out = 0.0f;
-    if (mx != -INFINITY) {
-      for (int w = 0; w < kSplitWarps; ++w) {
-        const float f = expf(sm.m[w][g] - mx);
-        sum += sm.l[w][g] * f;
-        out += acc[w][g][d] * f;
-      }
-    }
+    const auto [mx, sum, out] = merge_warps(sm, acc, g, d);
     acc[0][g][d] = out;  // only this thread reads or writes (g, d)
     if (d == 0) {
       sm.block_m[g] = mx;
