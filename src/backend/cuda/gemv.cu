@@ -6,6 +6,9 @@
 // applied to all M activation rows while it sits in registers. Activations stay f32 (read
 // through L1, they are tiny and shared by all warps) and sums are f32, so the result differs
 // from an f64 reference only by f32 rounding.
+#include <array>
+#include <utility>
+
 #include "backend/cuda/cuda_check.hpp"
 #include "backend/cuda/kernels.hpp"
 #include "backend/cuda/launch.cuh"
@@ -179,6 +182,14 @@ void launch_default(const float* x, const bf16_bits* w, const float* bias, float
     launch_vec<M, 4, 2>(x, w, bias, y, n, k, stream);
 }
 
+using LaunchFn = void (*)(const float*, const bf16_bits*, const float*, float*, int, int, cudaStream_t);
+template <int... I>
+constexpr std::array<LaunchFn, sizeof...(I)> launch_table(std::integer_sequence<int, I...>) {
+  return {&launch_default<I + 1>...};
+}
+// launch_default<M> for M = 1..kGemvMaxRows, indexed by M - 1.
+constexpr auto kLaunchDefault = launch_table(std::make_integer_sequence<int, kGemvMaxRows>{});
+
 // The variants the benchmark sweeps, for M = 1 and M = 8.
 template <int M>
 bool launch_variant(int r, int u, const float* x, const bf16_bits* w, const float* bias, float* y,
@@ -219,34 +230,9 @@ void gemv_bf16(const float* x, int m, const bf16_bits* w, const float* bias, flo
                   kWarpsPerBlock * kLanes, 0, stream, x, m, w, bias, y, n, k);
     return;
   }
-  switch (m) {
-    case 1:
-      launch_default<1>(x, w, bias, y, n, k, stream);
-      break;
-    case 2:
-      launch_default<2>(x, w, bias, y, n, k, stream);
-      break;
-    case 3:
-      launch_default<3>(x, w, bias, y, n, k, stream);
-      break;
-    case 4:
-      launch_default<4>(x, w, bias, y, n, k, stream);
-      break;
-    case 5:
-      launch_default<5>(x, w, bias, y, n, k, stream);
-      break;
-    case 6:
-      launch_default<6>(x, w, bias, y, n, k, stream);
-      break;
-    case 7:
-      launch_default<7>(x, w, bias, y, n, k, stream);
-      break;
-    case 8:
-      launch_default<8>(x, w, bias, y, n, k, stream);
-      break;
-    default:
-      fail("[cuda] gemv_bf16: ", m, " rows; the GEMV path takes 1..", kGemvMaxRows);
-  }
+  MOXIN_CHECK(m >= 1 && m <= kGemvMaxRows, "[cuda] gemv_bf16: ", m, " rows; the GEMV path takes 1..",
+              kGemvMaxRows);
+  kLaunchDefault[m - 1](x, w, bias, y, n, k, stream);
 }
 
 bool gemv_bf16_variant(int rows_per_warp, int unroll, const float* x, int m, const bf16_bits* w,
