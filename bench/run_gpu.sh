@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
 # The whole GPU check in one device call (see README "Benchmarks"): build with CUDA, CUDA
 # parity against the PyTorch reference on a fresh tiny model, a fresh full-size random model,
-# `moxin bench` (batch 1 with first token from a 640x480 JPEG; batch B) and the PyTorch peers
-# in the same run, then the comparison table; `quant` adds batch-1 benches with the decoder
+# `moxin bench` (vision, prefill, first token from a 640x480 JPEG, then decode at every batch of
+# MOXIN_BENCH_BATCHES) and the PyTorch peers (batch 1 and MOXIN_BENCH_BATCH) in the same run, then
+# the comparison table; `quant` adds batch-1 benches with the decoder
 # quantized at load (MOXIN_BENCH_QUANT="bits:group ...") against PyTorch's int8/int4 peers and
 # the bf16 numbers of the same run (run it after `bench`). Carry .deps (tools/device_deps.sh).
-#   bench/run_gpu.sh [parity] [bench] [quant]        (default: parity bench)
+#   bench/run_gpu.sh [parity] [bench] [quant]        (default: parity bench; MOXIN_SKIP_PEER=1: no peers)
 set -uo pipefail
 cd "$(dirname "$0")/.."
 out=${OUT:-/tmp/moxin-gpu-out}
@@ -27,8 +28,10 @@ ensure_full_model() {
 for step in $steps; do
   case $step in
     parity)
-      MOXIN_BIN=$bin MOXIN_PARITY_DEVICES=cuda timeout 400 python3 -m pytest -q -s tests/py/test_parity.py \
-        tests/py/test_quant.py -k "parity or engine_matches" >"$out/parity.log" 2>&1
+      # The batch-invariance test serves over HTTP: the carried httplib is found through LD_LIBRARY_PATH.
+      LD_LIBRARY_PATH=$PWD/.deps/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH} MOXIN_BIN=$bin MOXIN_PARITY_DEVICES=cuda \
+        timeout 400 python3 -m pytest -q -s tests/py/test_parity.py tests/py/test_quant.py \
+        tests/py/test_batch_invariance.py -k "parity or engine_matches or batch" >"$out/parity.log" 2>&1
       echo "== cuda parity: $(tail -1 "$out/parity.log")"
       grep -E "rel err|gap|Error|assert" "$out/parity.log" | head -30
       ;;
@@ -37,15 +40,15 @@ for step in $steps; do
       python3 -c "
 from PIL import Image; from skimage import data
 Image.fromarray(data.astronaut()).resize((640, 480), Image.BICUBIC).save('/tmp/photo.jpg', quality=90)"
-      $bin bench --model $model --device cuda --batch 1 --context "$context" --image /tmp/photo.jpg \
-        --max-context $((context + 256)) --json >"$out/bench_b1.json" 2>"$out/bench_b1.err" || cat "$out/bench_b1.err"
-      $bin bench --model $model --device cuda --batch "$batch" --context "$context" --no-vision --runs 3 \
-        --max-context $(((context + 64) * batch)) --json >"$out/bench_b$batch.json" 2>"$out/bench_b$batch.err" ||
-        cat "$out/bench_b$batch.err"
-      timeout "${MOXIN_PEER_TIMEOUT:-420}" python3 bench/peer_torch.py --context "$context" --batch "$batch" \
+      # One load: vision, prefill, first token, then the decode sweep over every batch size.
+      sweep=${MOXIN_BENCH_BATCHES:-1,2,4,8,16,32,64,128,256}
+      largest=${sweep##*,}
+      $bin bench --model $model --device cuda --batch "$sweep" --context "$context" --image /tmp/photo.jpg \
+        --max-context $(((context + 64) * largest)) --json >"$out/bench.json" 2>"$out/bench.err" || cat "$out/bench.err"
+      [ "${MOXIN_SKIP_PEER:-0}" = 1 ] || timeout "${MOXIN_PEER_TIMEOUT:-420}" python3 bench/peer_torch.py --context "$context" --batch "$batch" \
         ${MOXIN_PEER_ARGS:-} >"$out/peer.json" \
         2>"$out/peer.err" || tail -5 "$out/peer.err"
-      python3 bench/compare.py "$out/bench_b1.json" "$out/bench_b$batch.json" "$out/peer.json" | tee "$out/compare.txt"
+      python3 bench/compare.py "$out/bench.json" "$out/peer.json" | tee "$out/compare.txt"
       ;;
     quant)
       ensure_full_model
@@ -55,7 +58,7 @@ Image.fromarray(data.astronaut()).resize((640, 480), Image.BICUBIC).save('/tmp/p
           --quantize "$bits" --group-size "$group" --max-context $((context + 256)) --json \
           >"$out/bench_q${bits}g${group}.json" 2>"$out/bench_q.err" || cat "$out/bench_q.err"
       done
-      python3 bench/compare_quant.py "$out/bench_b1.json" "$out/peer.json" "$out"/bench_q*g*.json |
+      python3 bench/compare_quant.py "$out/bench.json" "$out/peer.json" "$out"/bench_q*g*.json |
         tee "$out/compare_quant.txt"
       ;;
   esac

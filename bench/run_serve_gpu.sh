@@ -2,7 +2,7 @@
 # Load benchmark of `moxin serve` on the GPU machine in one device call: build with CUDA and the
 # carried cpp-httplib (tools/device_deps.sh; carry [".deps"]), a fresh full-size random model (made
 # while the build runs), the server on CUDA, then bench/serve_load.py at concurrency 1, 8, 32, 64
-# with a 640x480 JPEG, 16-word questions and 256 generated tokens each (--ignore-eos: a random
+# (and 128) with a 640x480 JPEG, 16-word questions and 256 generated tokens each (--ignore-eos: a random
 # model would stop at random). Logs, the table and the JSON land in $OUT.
 #   bench/run_serve_gpu.sh            Env: MOXIN_SERVE_DEADLINE_S (default 280): the whole script's budget.
 set -uo pipefail
@@ -30,7 +30,7 @@ echo "== model ready at $(($(date +%s) - began)) s"
 
 # The carried httplib and the libraries it needs are found at run time through LD_LIBRARY_PATH.
 LD_LIBRARY_PATH=$PWD/.deps/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH} build-device/src/cli/moxin serve \
-  --model $model --device cuda --port $port --max-batch 64 --max-context 40000 >"$out/server.log" 2>&1 &
+  --model $model --device cuda --port $port --max-batch 128 --max-context 100000 >"$out/server.log" 2>&1 &
 server=$!
 stop_server() { kill -TERM $server 2>/dev/null && wait $server; echo "== server exit status $?"; }
 
@@ -47,7 +47,7 @@ echo "== server healthy at $(($(date +%s) - began)) s"
 nvidia-smi --query-gpu=memory.used --format=csv,noheader | sed 's/^/== GPU memory used: /'
 
 timeout $((deadline - $(date +%s))) python3 bench/serve_load.py --url http://127.0.0.1:$port --image /tmp/photo.jpg \
-  --max-tokens 256 --question-tokens 16 --concurrency 1,8,32,64 --ignore-eos --json "$out/serve_load.json" \
+  --max-tokens 256 --question-tokens 16 --concurrency 1,8,32,64,128 --ignore-eos --json "$out/serve_load.json" \
   2>&1 | tee "$out/serve_load.txt"
 load_status=${PIPESTATUS[0]}
 stop_server

@@ -76,6 +76,11 @@ class Backend {
   virtual Tensor from_host_f32(const float* data, const std::vector<int64_t>& shape) = 0;
   virtual Tensor from_host_i32(const int32_t* data, const std::vector<int64_t>& shape) = 0;
   virtual void to_host_f32(const Tensor& t, float* out) = 0;  // converts, synchronizes
+  // Overwrites an existing I32 tensor with dst.numel() values from the host, in stream order
+  // (the tensor keeps its address: a captured graph's inputs are written this way).
+  virtual void upload_i32(const int32_t* data, Tensor& dst) {
+    copy_rows(from_host_i32(data, dst.shape), dst, 0);
+  }
   virtual void synchronize() = 0;
 
   // Records the ops `record` issues into a graph without running them; nullptr where the

@@ -7,6 +7,7 @@
 
 #include "cli/command.hpp"
 #include "cli/model_options.hpp"
+#include "core/check.hpp"
 #include "runtime/api_convert.hpp"
 #include "runtime/benchmark.hpp"
 
@@ -19,8 +20,11 @@ struct BenchArgs {
   bool json = false;
 };
 
+std::string cliff_note(const DecodeRun& d) {
+  return d.costlier_than_batch ? cat("  ! costs more per token than batch ", d.costlier_than_batch) : "";
+}
+
 void print_table(const BenchResult& r, double load_ms) {
-  const double share = r.bandwidth_gbps > 0 ? 100.0 * r.decode_gbps / r.bandwidth_gbps : 0.0;
   std::printf("device            %s\n", r.device.c_str());
   std::printf("bandwidth ceiling %.1f GB/s (measured now)\n", r.bandwidth_gbps);
   std::printf("load              %.0f ms\n", load_ms);
@@ -30,36 +34,50 @@ void print_table(const BenchResult& r, double load_ms) {
   if (r.ttft_ms > 0)
     std::printf("first token       %.2f ms from image bytes (%d prompt tokens)\n", r.ttft_ms,
                 r.ttft_prompt_tokens);
-  std::printf("decode            batch %d, context %d: %.3f ms/step, %.2f tok/s per sequence, %.1f tok/s total\n",
-              r.batch, r.context, r.decode_step_ms, r.decode_tok_s_per_seq, r.decode_tok_s_total);
-  std::printf("decode traffic    %.2f GB/step, %.1f GB/s = %.1f%% of the ceiling\n",
-              r.decode_bytes_per_step / 1e9, r.decode_gbps, share);
+  std::printf("decode, context %d (floor: weights once + every sequence's KV at the ceiling)\n", r.context);
+  std::printf("%7s %10s %12s %12s %10s %10s %8s\n", "batch", "ms/step", "tok/s/seq", "tok/s total",
+              "GB/step", "floor ms", "of floor");
+  for (const DecodeRun& d : r.decode)
+    std::printf("%7d %10.3f %12.2f %12.1f %10.2f %10.3f %7.1f%%%s\n", d.batch, d.step_ms,
+                d.tok_s_per_seq, d.tok_s_total, d.bytes_per_step / 1e9, d.floor_ms,
+                d.floor_ms > 0 ? 100.0 * d.floor_ms / d.step_ms : 0.0, cliff_note(d).c_str());
   std::printf("memory            RSS after load %.0f MB, peak RSS %.0f MB, device %.0f MB\n",
               r.rss_after_load_mb, r.peak_rss_mb, r.device_memory_mb);
 }
 
+nlohmann::json to_json(const DecodeRun& d, double bandwidth_gbps) {
+  return {{"batch", d.batch},
+          {"decode_step_ms", d.step_ms},
+          {"decode_tok_s_per_seq", d.tok_s_per_seq},
+          {"decode_tok_s_total", d.tok_s_total},
+          {"decode_bytes_per_step", d.bytes_per_step},
+          {"decode_gbps", d.gbps},
+          {"decode_floor_ms", d.floor_ms},
+          {"decode_share_of_ceiling", bandwidth_gbps > 0 ? d.gbps / bandwidth_gbps : 0.0},
+          {"costlier_than_batch", d.costlier_than_batch}};
+}
+
+// The first decode run's fields sit at the top level (what one --batch gives); every run is in
+// "decode" as well.
 nlohmann::json to_json(const BenchResult& r, double load_ms) {
-  return {{"device", r.device},
-          {"bandwidth_ceiling_gbps", r.bandwidth_gbps},
-          {"load_ms", load_ms},
-          {"vision_ms", r.vision_ms},
-          {"prefill_tokens", r.prefill_tokens},
-          {"prefill_ms", r.prefill_ms},
-          {"prefill_tflops", r.prefill_tflops},
-          {"ttft_ms", r.ttft_ms},
-          {"ttft_prompt_tokens", r.ttft_prompt_tokens},
-          {"batch", r.batch},
-          {"context", r.context},
-          {"decode_step_ms", r.decode_step_ms},
-          {"decode_tok_s_per_seq", r.decode_tok_s_per_seq},
-          {"decode_tok_s_total", r.decode_tok_s_total},
-          {"decode_bytes_per_step", r.decode_bytes_per_step},
-          {"decode_gbps", r.decode_gbps},
-          {"decode_share_of_ceiling", r.bandwidth_gbps > 0 ? r.decode_gbps / r.bandwidth_gbps : 0.0},
-          {"weight_bytes", r.weight_bytes},
-          {"rss_after_load_mb", r.rss_after_load_mb},
-          {"peak_rss_mb", r.peak_rss_mb},
-          {"device_memory_mb", r.device_memory_mb}};
+  nlohmann::json j = {{"device", r.device},
+                      {"bandwidth_ceiling_gbps", r.bandwidth_gbps},
+                      {"load_ms", load_ms},
+                      {"vision_ms", r.vision_ms},
+                      {"prefill_tokens", r.prefill_tokens},
+                      {"prefill_ms", r.prefill_ms},
+                      {"prefill_tflops", r.prefill_tflops},
+                      {"ttft_ms", r.ttft_ms},
+                      {"ttft_prompt_tokens", r.ttft_prompt_tokens},
+                      {"context", r.context},
+                      {"weight_bytes", r.weight_bytes},
+                      {"rss_after_load_mb", r.rss_after_load_mb},
+                      {"peak_rss_mb", r.peak_rss_mb},
+                      {"device_memory_mb", r.device_memory_mb}};
+  j["decode"] = nlohmann::json::array();
+  for (const DecodeRun& d : r.decode) j["decode"].push_back(to_json(d, r.bandwidth_gbps));
+  if (!r.decode.empty()) j.update(j["decode"][0]);
+  return j;
 }
 
 void run(BenchArgs& a) {
@@ -80,7 +98,10 @@ const Command kBench("bench", [](CLI::App& app) {
   auto args = std::make_shared<BenchArgs>();
   CLI::App* c = app.add_subcommand("bench", "Measure load, vision, prefill, first token and decode speed");
   args->model.add_to(*c);
-  c->add_option("--batch", args->bench.batch, "Sequences decoding together")->check(CLI::Range(1, 256));
+  c->add_option("--batch", args->bench.batches,
+                "Sequences decoding together; a comma list (1,2,4,...) sweeps them in one run")
+      ->delimiter(',')
+      ->check(CLI::Range(1, 256));
   c->add_option("--context", args->bench.context, "Tokens in each sequence's cache during decode")
       ->check(CLI::Range(1, 1 << 20));
   c->add_option("--prefill-tokens", args->bench.prefill_tokens, "Timed prefill length (default: --context)")

@@ -119,15 +119,15 @@ void bench_first_token(Engine& engine, const BenchOptions& o, std::mt19937_64& r
   r.ttft_ms = median(times);
 }
 
-void bench_decode(Engine& engine, const BenchOptions& o, std::mt19937_64& rng, BenchResult& r) {
+DecodeRun bench_decode(Engine& engine, const BenchOptions& o, int batch_size, std::mt19937_64& rng) {
   const DecoderConfig& c = engine.config().decoder;
-  std::vector<SequenceState> seqs(static_cast<size_t>(o.batch));
+  std::vector<SequenceState> seqs(static_cast<size_t>(batch_size));
   for (auto& s : seqs) prefill_random(engine, s, rng, o.context);
   std::vector<double> times;
   std::vector<SequenceState*> batch;
   for (auto& s : seqs) batch.push_back(&s);
   for (int step = 0; step <= o.decode_steps; ++step) {
-    const auto ids = random_ids(rng, o.batch, c.vocab);
+    const auto ids = random_ids(rng, batch_size, c.vocab);
     const auto start = Clock::now();
     Tensor logits = engine.decode(batch, ids);
     std::vector<float> host(static_cast<size_t>(logits.numel()));
@@ -135,40 +135,59 @@ void bench_decode(Engine& engine, const BenchOptions& o, std::mt19937_64& rng, B
     if (step > 0) times.push_back(ms_since(start));  // step 0 warms up (and captures the graph)
   }
   for (auto& s : seqs) engine.release(s);
-  r.weight_bytes = engine.decoder_weight_bytes();
   const double kv_bytes_per_token = 2.0 * c.layers * c.kv_heads * c.head_dim *
                                     (engine.backend().kind() == DeviceKind::CPU ? 4.0 : 2.0);
-  r.decode_step_ms = median(times);
-  r.decode_bytes_per_step = r.weight_bytes + o.batch * (o.context + o.decode_steps / 2.0) * kv_bytes_per_token;
-  r.decode_gbps = r.decode_bytes_per_step / (r.decode_step_ms * 1e6);
-  r.decode_tok_s_per_seq = 1000.0 / r.decode_step_ms;
-  r.decode_tok_s_total = r.decode_tok_s_per_seq * o.batch;
+  DecodeRun d;
+  d.batch = batch_size;
+  d.step_ms = median(times);
+  d.bytes_per_step = engine.decoder_weight_bytes() +
+                     batch_size * (o.context + o.decode_steps / 2.0) * kv_bytes_per_token;
+  d.gbps = d.bytes_per_step / (d.step_ms * 1e6);
+  d.tok_s_per_seq = 1000.0 / d.step_ms;
+  d.tok_s_total = d.tok_s_per_seq * batch_size;
+  return d;
+}
+
+// Marks every run whose cost per token exceeds a smaller batch's, and the floors.
+void compare_runs(std::vector<DecodeRun>& runs, double bandwidth_gbps) {
+  for (DecodeRun& d : runs) {
+    if (bandwidth_gbps > 0) d.floor_ms = d.bytes_per_step / (bandwidth_gbps * 1e6);
+    for (const DecodeRun& smaller : runs)
+      if (smaller.batch < d.batch && smaller.step_ms / smaller.batch < d.step_ms / d.batch &&
+          (d.costlier_than_batch == 0 || smaller.batch < d.costlier_than_batch))
+        d.costlier_than_batch = smaller.batch;
+  }
 }
 
 }  // namespace
 
 BenchResult run_benchmark(Engine& engine, const BenchOptions& o) {
-  MOXIN_CHECK(o.batch >= 1 && o.batch <= 256, "[bench] --batch must be in 1..256, got ", o.batch);
+  MOXIN_CHECK(!o.batches.empty(), "[bench] no --batch given");
+  for (int batch : o.batches) {
+    MOXIN_CHECK(batch >= 1 && batch <= 256, "[bench] --batch must be in 1..256, got ", batch);
+    // Each run releases its sequences before the next: the largest batch must fit alone.
+    const int64_t needed = int64_t{batch} * ((o.context + o.decode_steps + 2 + 15) / 16 * 16);
+    MOXIN_CHECK(needed <= engine.kv_pool().capacity_tokens(), "[bench] batch ", batch, " x context ",
+                o.context, " needs ", needed, " KV positions but the cache holds ",
+                engine.kv_pool().capacity_tokens(), " (raise --max-context)");
+  }
   MOXIN_CHECK(o.context >= 1, "[bench] --context must be >= 1, got ", o.context);
   MOXIN_CHECK(o.decode_steps >= 1 && o.runs >= 1, "[bench] --decode-steps and --runs must be >= 1");
-  const int64_t needed = int64_t{o.batch} * ((o.context + o.decode_steps + 2 + 15) / 16 * 16);
-  MOXIN_CHECK(needed <= engine.kv_pool().capacity_tokens(), "[bench] batch ", o.batch, " x context ",
-              o.context, " needs ", needed, " KV positions but the cache holds ",
-              engine.kv_pool().capacity_tokens(), " (raise --max-context)");
   std::mt19937_64 rng(o.seed);
   BenchResult r;
   r.rss_after_load_mb = status_mb("VmRSS:");
   r.device = engine.backend().name();
-  r.batch = o.batch;
   r.context = o.context;
   if (o.vision) bench_vision(engine, o, rng, r);
   bench_prefill(engine, o, rng, r);
   if (!o.image_path.empty()) bench_first_token(engine, o, rng, r);
-  bench_decode(engine, o, rng, r);
+  r.weight_bytes = engine.decoder_weight_bytes();
+  for (int batch : o.batches) r.decode.push_back(bench_decode(engine, o, batch, rng));
   r.peak_rss_mb = status_mb("VmHWM:");
   r.device_memory_mb = static_cast<double>(engine.backend().device_memory_used()) / (1 << 20);
   // Last: its 1 GB probe buffer on the CPU would otherwise count in the peak RSS.
   r.bandwidth_gbps = engine.backend().measure_bandwidth_gbps();
+  compare_runs(r.decode, r.bandwidth_gbps);
   return r;
 }
 

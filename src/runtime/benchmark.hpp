@@ -11,7 +11,7 @@
 namespace moxin {
 
 struct BenchOptions {
-  int batch = 1;           // decode sequences stepping together
+  std::vector<int> batches{1};  // decode sequences stepping together: one decode run per entry
   int context = 1024;      // tokens already in each sequence's cache when decode is timed
   int prefill_tokens = 0;  // 0 = `context`; the timed single-sequence prefill length
   int decode_steps = 32;
@@ -20,6 +20,20 @@ struct BenchOptions {
   int ttft_prompt_tokens = 16;
   bool vision = true;
   uint64_t seed = 1;
+};
+
+// One decode run: `batch` sequences of `context` cached tokens stepping together.
+struct DecodeRun {
+  int batch = 0;
+  double step_ms = 0;            // median over steps
+  double tok_s_per_seq = 0;
+  double tok_s_total = 0;
+  double bytes_per_step = 0;     // weights once + every sequence's KV
+  double gbps = 0;
+  double floor_ms = 0;           // bytes_per_step at the measured ceiling (0: no ceiling)
+  // A smaller batch of the same run produced tokens more cheaply than this one (ms per token):
+  // a throughput cliff. The smallest such batch, 0 when none.
+  int costlier_than_batch = 0;
 };
 
 struct BenchResult {
@@ -32,13 +46,8 @@ struct BenchResult {
   double ttft_ms = 0;             // image bytes -> first token (0 when no image given)
   int ttft_prompt_tokens = 0;     // image tokens + text tokens of that prompt
   int32_t first_token = -1;
-  double decode_step_ms = 0;      // median over steps
-  double decode_tok_s_per_seq = 0;
-  double decode_tok_s_total = 0;
-  double decode_bytes_per_step = 0;
-  double decode_gbps = 0;
+  std::vector<DecodeRun> decode;  // one per BenchOptions::batches entry, in that order
   double weight_bytes = 0;        // decoder weights streamed per step (embedding excluded)
-  int batch = 0;
   int context = 0;
   double rss_after_load_mb = 0;  // resident set when the benchmark starts (weights loaded)
   double peak_rss_mb = 0;

@@ -6,17 +6,15 @@
 
 namespace moxin {
 
+// inputs holds, for the bucket's B rows: token ids [B], positions [B], block tables [B, width]
+// (width: blocks of the context bucket); ids, positions and tables are views of it.
 struct DecodeGraphs::Graph {
-  Tensor ids, token_seq, positions, tables, rows, logits;
+  int width = 0;
+  Tensor inputs, ids, positions, tables, token_seq, rows, logits;
   std::unique_ptr<OpGraph> graph;
 };
 
 namespace {
-
-// Overwrites an I32 tensor's contents in place (the graph keeps its address).
-void write_i32(Backend& backend, Tensor& dst, const int32_t* src) {
-  backend.copy_rows(backend.from_host_i32(src, dst.shape), dst, 0);
-}
 
 // Split-K attention sizes its grid by the context the graph was captured for: buckets keep
 // short contexts from paying for the longest one.
@@ -27,6 +25,13 @@ int context_bucket(int context, int capacity) {
 }
 
 }  // namespace
+
+int DecodeGraphs::batch_bucket(int batch) {
+  if (batch <= 4) return std::max(batch, 1);
+  int bucket = 4;  // then 6, 8, 12, 16, 24, 32, ...: at most a third of a bucket is padding
+  while (bucket < batch) bucket = bucket % 3 == 0 ? bucket / 3 * 4 : bucket / 2 * 3;
+  return bucket;
+}
 
 DecodeGraphs::DecodeGraphs(Backend& backend, const Decoder& decoder, KvCache& cache, int block_size,
                            int max_blocks)
@@ -44,16 +49,16 @@ DecodeGraphs::Graph* DecodeGraphs::graph_for(int batch, int bucket) {
   // Making room destroys a graph: let its last replay finish first.
   if (graphs_.full()) backend_.synchronize();
   auto g = std::make_unique<Graph>();
-  g->ids = backend_.empty({batch}, DType::I32);
-  g->token_seq = backend_.empty({batch}, DType::I32);
-  g->positions = backend_.empty({batch}, DType::I32);
-  g->tables = backend_.empty({batch, max_blocks_}, DType::I32);
-  g->rows = backend_.empty({batch}, DType::I32);
-  g->logits = backend_.empty_act({batch, decoder_.config().vocab});
+  g->width = std::min(max_blocks_, (bucket + block_size_ - 1) / block_size_);
+  g->inputs = backend_.empty({2 + g->width, batch}, DType::I32);
+  g->ids = g->inputs.rows_view(0, 1).reshaped({batch});
+  g->positions = g->inputs.rows_view(1, 1).reshaped({batch});
+  g->tables = g->inputs.rows_view(2, g->width).reshaped({batch, g->width});
   std::vector<int32_t> iota(static_cast<size_t>(batch));
   for (int i = 0; i < batch; ++i) iota[static_cast<size_t>(i)] = i;
-  write_i32(backend_, g->token_seq, iota.data());  // token i belongs to sequence i ...
-  write_i32(backend_, g->rows, iota.data());       // ... and its logits are row i
+  g->token_seq = backend_.from_host_i32(iota.data(), {batch});  // token i belongs to sequence i ...
+  g->rows = backend_.from_host_i32(iota.data(), {batch});       // ... and its logits are row i
+  g->logits = backend_.empty_act({batch, decoder_.config().vocab});
   backend_.synchronize();
 
   AttentionBatch attention{g->token_seq, g->positions, g->tables, bucket};
@@ -80,22 +85,30 @@ std::optional<Tensor> DecodeGraphs::run(std::span<const int32_t> tokens, std::sp
   const int capacity = max_blocks_ * block_size_;
   const int context = *std::max_element(positions.begin(), positions.end()) + 1;
   const int bucket = context_bucket(context, capacity);
-  Graph* found = graph_for(batch, bucket);
+  const int padded = batch_bucket(batch);
+  Graph* found = graph_for(padded, bucket);
   if (!found) return std::nullopt;
   Graph& g = *found;
 
-  std::vector<int32_t> flat(static_cast<size_t>(batch) * max_blocks_, 0);
+  // Padding rows: token 0 at position 0 with no KV block (-1: neither written nor read).
+  const size_t b = static_cast<size_t>(padded);
+  std::vector<int32_t> flat((2 + static_cast<size_t>(g.width)) * b, 0);
+  std::fill(flat.begin() + static_cast<ptrdiff_t>(2 * b), flat.end(), -1);
+  std::copy(tokens.begin(), tokens.end(), flat.begin());
+  std::copy(positions.begin(), positions.end(), flat.begin() + static_cast<ptrdiff_t>(b));
   for (int i = 0; i < batch; ++i) {
+    // Positions below `context` <= bucket need only the table's first `width` blocks.
     const auto& t = *tables[static_cast<size_t>(i)];
-    MOXIN_CHECK(static_cast<int>(t.size()) <= max_blocks_, "[decode] block table of ", t.size(),
-                " blocks exceeds the pool's ", max_blocks_);
-    std::copy(t.begin(), t.end(), flat.begin() + static_cast<ptrdiff_t>(i) * max_blocks_);
+    const size_t used = std::min(t.size(), static_cast<size_t>(g.width));
+    MOXIN_CHECK(positions[static_cast<size_t>(i)] / block_size_ < static_cast<int>(used),
+                "[decode] the block table of sequence ", i, " does not cover position ",
+                positions[static_cast<size_t>(i)]);
+    std::copy_n(t.begin(), used,
+                flat.begin() + static_cast<ptrdiff_t>(2 * b + static_cast<size_t>(i) * g.width));
   }
-  write_i32(backend_, g.ids, tokens.data());
-  write_i32(backend_, g.positions, positions.data());
-  write_i32(backend_, g.tables, flat.data());
+  backend_.upload_i32(flat.data(), g.inputs);
   g.graph->replay();
-  return g.logits;
+  return g.logits.rows_view(0, batch);
 }
 
 }  // namespace moxin

@@ -1,8 +1,13 @@
 // Captured decode steps (CUDA graphs): one token for each of B sequences, embedding through
-// logits, replayed with one launch instead of hundreds. One graph per (batch size, context
+// logits, replayed with one launch instead of hundreds. One graph per (batch bucket, context
 // bucket), at most kMaxGraphs of them (each holds device memory for its activations and logits;
-// the least recently used goes first); inputs (token ids, positions, block tables) live in tensors the graph was recorded
-// with and are rewritten before each replay. On backends without graphs, run() declines.
+// the least recently used goes first). A batch runs in the graph of the smallest bucket that
+// holds it (1, 2, 3, 4, 6, 8, 12, 16, 24, ... 256): a server whose batch size changes every few
+// steps replays a handful of graphs instead of capturing one per size, and the padding rows
+// (position 0, no KV block: nothing written, nothing read) cost next to nothing in a step that
+// streams the weights anyway. Inputs (token ids, positions, block tables) live in one tensor
+// the graph was recorded with and are rewritten by one upload before each replay. On backends
+// without graphs, run() declines.
 #pragma once
 
 #include <cstdint>
@@ -19,7 +24,7 @@ namespace moxin {
 
 class DecodeGraphs {
  public:
-  // max_blocks: block-table width, enough for the whole KV pool (one sequence may use it all).
+  // max_blocks: the KV pool's blocks (no block table is wider).
   DecodeGraphs(Backend& backend, const Decoder& decoder, KvCache& cache, int block_size, int max_blocks);
   ~DecodeGraphs();
 
@@ -27,6 +32,8 @@ class DecodeGraphs {
   // table `tables[i]` (already covering that position). Returns logits [B, vocab], valid until
   // the next run(); nullopt when the backend cannot capture graphs.
   static constexpr size_t kMaxGraphs = 48;
+  // The batch size a batch of `batch` sequences is padded to (the graph it replays).
+  static int batch_bucket(int batch);
 
   std::optional<Tensor> run(std::span<const int32_t> tokens, std::span<const int32_t> positions,
                             std::span<const std::vector<int32_t>* const> tables);

@@ -152,35 +152,46 @@ std::string pct(double gbs, double ceiling) {
   return cat(int(gbs), " GB/s (", int(100.0 * gbs / ceiling + 0.5), "%)");
 }
 
+// Every decode M on every decoder shape (qkv, o, gate|up, down, lm_head): the default path
+// (skinny tensor-core GEMM up to 64 rows) beside the CUDA-core GEMV (M <= 8) and cuBLASLt, then
+// the skinny kernel's tilings at M = 1, 8, 32. Three copies of each matrix alternate (L2 50 MB).
 void bench_linears(CudaBackend& backend, double ceiling) {
   const cudaStream_t stream = backend.stream();
-  for (const auto& [n, k] : {std::pair<int64_t, int64_t>{14336, 4096}, {4096, 14336}}) {
-    const Linear w[2] = {make_linear(backend, n, k), make_linear(backend, n, k)};
+  for (const auto& [n, k] : {std::pair<int64_t, int64_t>{6144, 4096}, {4096, 4096}, {28672, 4096},
+                             {4096, 14336}, {32064, 4096}}) {
+    const Linear w[3] = {make_linear(backend, n, k), make_linear(backend, n, k),
+                         make_linear(backend, n, k)};
     const double weight_bytes = double(n) * k * 2;
-    for (int m : {1, 8, 32}) {
+    for (int m : {1, 2, 4, 8, 16, 32, 64, 128}) {
       const std::vector<float> xs = random_f32(size_t(m) * k, 1.0f);
       const Tensor x = backend.from_host_f32(xs.data(), {m, k});
       Tensor y = backend.empty_act({m, n});
-      const double ms = time_ms(stream, 20, 10, [&](int i) { backend.linear(x, w[i % 2], y); });
       const double bytes = weight_bytes + double(m) * k * 4 + double(m) * n * 4;
-      table.push_back({cat("linear M=", m, " [", n, "x", k, "]", m <= 8 ? " gemv" : " cublasLt"),
-                       ms, pct(bytes / ms / 1e6, ceiling)});
-      if (m == 1 || m == 8) {
-        for (const auto& [r, u] : {std::pair{1, 4}, {1, 8}, {2, 2}, {2, 4}, {4, 2}, {4, 4}}) {
+      for (const auto& [path, label] : {std::pair{CudaLinearPath::Auto, "default"},
+                                        {CudaLinearPath::Gemv, "gemv"}, {CudaLinearPath::Lt, "cublasLt"}}) {
+        if (path == CudaLinearPath::Gemv && m > kGemvMaxRows) continue;
+        set_cuda_linear_path(backend, path);
+        const double ms = time_ms(stream, 20, 10, [&](int i) { backend.linear(x, w[i % 3], y); });
+        table.push_back({cat("linear M=", m, " [", n, "x", k, "] ", label), ms,
+                         pct(bytes / ms / 1e6, ceiling)});
+      }
+      set_cuda_linear_path(backend, CudaLinearPath::Auto);
+      if (m == 1 || m == 8 || m == 32)
+        for (const auto& [r, u] : {std::pair{1, 1}, {1, 2}, {1, 4}, {2, 1}, {2, 2}}) {
           const double vms = time_ms(stream, 20, 10, [&](int i) {
-            gemv_bf16_variant(r, u, x.ptr<float>(), m, weight_ptr(w[i % 2]), nullptr,
-                              y.ptr<float>(), int(n), int(k), stream);
+            skinny_gemm_variant(r, u, x.ptr<float>(), m, weight_ptr(w[i % 3]), nullptr,
+                                y.ptr<float>(), int(n), int(k), stream);
           });
-          table.push_back({cat("  gemv variant M=", m, " rows/warp=", r, " unroll=", u), vms,
+          table.push_back({cat("  skinny M=", m, " row tiles=", r, " chunks in flight=", u), vms,
                            pct(bytes / vms / 1e6, ceiling)});
         }
-      }
     }
+    if (n == 32064 || n == 6144) continue;
     const int m = 1024;
     const std::vector<float> xs = random_f32(size_t(m) * k, 1.0f);
     const Tensor x = backend.from_host_f32(xs.data(), {m, k});
     Tensor y = backend.empty_act({m, n});
-    const double ms = time_ms(stream, 10, 5, [&](int i) { backend.linear(x, w[i % 2], y); });
+    const double ms = time_ms(stream, 10, 5, [&](int i) { backend.linear(x, w[i % 3], y); });
     table.push_back({cat("linear M=1024 [", n, "x", k, "] f32->bf16 + cublasLt"), ms,
                      cat(2.0 * m * n * k / ms / 1e9, " TFLOP/s")});
     Tensor xb = backend.empty({m, k}, DType::BF16);
@@ -482,12 +493,15 @@ int main() {
     auto& backend = dynamic_cast<CudaBackend&>(*owned);
     std::printf("device: %s\n", backend.name().c_str());
     const double ceiling = copy_ceiling(backend);
-    bench_quant_linears(backend, ceiling);
-    for (int bits : {4, 8})
-      for (int seqs : {1, 32}) bench_decoder_layer(backend, ceiling, seqs, bits);
-    // MOXIN_CUDA_BENCH=quant: the quantized linears only.
-    const char* only = std::getenv("MOXIN_CUDA_BENCH");
-    if (!(only && std::string(only) == "quant")) {
+    // MOXIN_CUDA_BENCH=quant: the quantized ops only; =bf16: the others only.
+    const char* env = std::getenv("MOXIN_CUDA_BENCH");
+    const std::string only = env ? env : "";
+    if (only != "bf16") {
+      bench_quant_linears(backend, ceiling);
+      for (int bits : {4, 8})
+        for (int seqs : {1, 32}) bench_decoder_layer(backend, ceiling, seqs, bits);
+    }
+    if (only != "quant") {
       bench_linears(backend, ceiling);
       bench_attention(backend, ceiling);
       bench_decoder_layer(backend, ceiling, 1);

@@ -1,15 +1,18 @@
-// linear (GEMV for <= 8 rows, cuBLASLt bf16 GEMM above; fused parts), patch_embed and
-// embedding against f64 references.
+// linear (tensor-core skinny GEMM for <= 64 rows, CUDA-core GEMV where it cannot run or when
+// forced, cuBLASLt bf16 GEMM above; fused parts), patch_embed and embedding against f64
+// references.
 //
 // Tolerances (||got - ref|| / ||ref||):
-//  - GEMV (M <= 8): f32 activations x bf16 weights, f32 sums: the reference uses the same
-//    bf16 weight values and exact activations, so only f32 rounding remains: 1e-5.
-//  - GEMM (M > 8) and patch_embed: activations are rounded to bf16 on the way into the tensor
-//    cores. Against a reference that rounds them the same way the error is f32 rounding (1e-5);
-//    against the exact activations it is the bf16 rounding, ~2^-9 / sqrt(3) = 1.1e-3 per
-//    product: 4e-3 bounds it.
+//  - GEMV (M <= 8, K not a multiple of 8 or CudaLinearPath::Gemv): f32 activations x bf16
+//    weights, f32 sums: the reference uses the same bf16 weight values and exact activations,
+//    so only f32 rounding remains: 1e-5.
+//  - Skinny GEMM, cuBLASLt GEMM and patch_embed: activations are rounded to bf16 on the way into
+//    the tensor cores. Against a reference that rounds them the same way the error is f32
+//    rounding (1e-5); against the exact activations it is the bf16 rounding, ~2^-9 / sqrt(3) =
+//    1.1e-3 per product: 4e-3 bounds it.
 #include <cmath>
 
+#include "backend/cuda/cuda_backend.hpp"
 #include "backend/cuda/kernels.hpp"
 #include "core/check.hpp"
 #include "cuda_test_support.hpp"
@@ -36,11 +39,22 @@ std::vector<double> linear_ref(const std::vector<float>& x, int64_t m, int64_t k
   return y;
 }
 
+// Whether the kernel that runs this linear rounds the activations to bf16 (the GEMV does not).
+bool rounds_activations(int64_t m, int64_t k, CudaLinearPath path) {
+  if (path == CudaLinearPath::Gemv) return m > cuda::kGemvMaxRows;
+  return !(m <= cuda::kGemvMaxRows && k % 8 != 0);  // buffers are 256-byte aligned
+}
+
 class CudaLinear : public CudaOpsTest {
  protected:
-  void check_linear(int64_t m, int64_t n, int64_t k, bool with_bias, DType stored) {
-    const std::string shape =
-        cat("M=", m, " N=", n, " K=", k, with_bias ? " +bias" : "", " ", dtype_name(stored));
+  void TearDown() override { set_cuda_linear_path(backend(), CudaLinearPath::Auto); }
+
+  void check_linear(int64_t m, int64_t n, int64_t k, bool with_bias, DType stored,
+                    CudaLinearPath path = CudaLinearPath::Auto) {
+    set_cuda_linear_path(backend(), path);
+    const std::string shape = cat("M=", m, " N=", n, " K=", k, with_bias ? " +bias" : "", " ",
+                                  dtype_name(stored), path == CudaLinearPath::Gemv ? " gemv" : "",
+                                  path == CudaLinearPath::Lt ? " cublasLt" : "");
     HostTensor w = host_tensor("w", {n, k}, stored, true, 0.05f);
     HostTensor b = host_tensor("b", {n}, DType::F32, false, 0.5f);
     const TensorInfo wi = w.info(), bi = b.info();
@@ -55,7 +69,7 @@ class CudaLinear : public CudaOpsTest {
     backend().linear(upload(x, {m, k}), prepared, y);
     const std::vector<float> got = download(y);
     const std::vector<float>* bias = with_bias ? &b.values : nullptr;
-    if (m <= cuda::kGemvMaxRows) {
+    if (!rounds_activations(m, k, path)) {
       expect_close("linear gemv " + shape, got, linear_ref(x, m, k, w.values, n, bias, false),
                    kF32Tol);
     } else {
@@ -68,13 +82,63 @@ class CudaLinear : public CudaOpsTest {
 };
 
 TEST_F(CudaLinear, GemvRowsUpToEight) {
-  check_linear(1, 1, 8, false, DType::BF16);
-  check_linear(1, 33, 64, true, DType::BF16);
-  check_linear(3, 65, 200, false, DType::BF16);
-  check_linear(8, 257, 1024, true, DType::BF16);
-  check_linear(5, 31, 4104, false, DType::BF16);
-  check_linear(1, 1000, 4096, false, DType::BF16);
-  check_linear(randint(1, 8), randint(1, 300), 8 * randint(1, 300), randint(0, 1), DType::BF16);
+  for (const CudaLinearPath path : {CudaLinearPath::Gemv, CudaLinearPath::Auto}) {
+    check_linear(1, 1, 8, false, DType::BF16, path);
+    check_linear(1, 33, 64, true, DType::BF16, path);
+    check_linear(3, 65, 200, false, DType::BF16, path);
+    check_linear(8, 257, 1024, true, DType::BF16, path);
+    check_linear(5, 31, 4104, false, DType::BF16, path);
+    check_linear(1, 1000, 4096, false, DType::BF16, path);
+    check_linear(randint(1, 8), randint(1, 300), 8 * randint(1, 300), randint(0, 1), DType::BF16,
+                 path);
+  }
+}
+
+// The skinny tensor-core GEMM at every token tiling (8, 16, 32, 64 rows), one or two row tiles
+// per block, K tails inside a 64-input chunk (K % 64 in 8..56) and N not a multiple of 16.
+TEST_F(CudaLinear, SkinnyRowsUpToSixtyFour) {
+  check_linear(1, 16, 64, false, DType::BF16);
+  check_linear(2, 17, 72, true, DType::BF16);
+  check_linear(9, 33, 136, false, DType::BF16);
+  check_linear(16, 100, 1000, true, DType::BF16);
+  check_linear(17, 31, 520, false, DType::BF16);
+  check_linear(32, 257, 4096, true, DType::BF16);
+  check_linear(33, 47, 584, false, DType::BF16);
+  check_linear(64, 300, 1096, true, DType::BF16);
+  check_linear(randint(1, 64), randint(1, 600), 8 * randint(1, 700), randint(0, 1), DType::BF16);
+}
+
+// Each row's result does not depend on the other rows of the call: the decode step of N
+// identical sequences must give N identical rows, equal to the batch-1 result, bit for bit.
+TEST_F(CudaLinear, SkinnyRowsAreBatchInvariant) {
+  const int64_t n = randint(1, 500), k = 8 * randint(1, 600);
+  HostTensor w = host_tensor("w", {n, k}, DType::BF16, true, 0.05f);
+  const TensorInfo wi = w.info();
+  LinearWeight lw;
+  lw.weight = &wi;
+  lw.out_features = n;
+  lw.in_features = k;
+  const Linear prepared = backend().prepare_linear(lw);
+  const std::vector<float> row = randn(static_cast<size_t>(k));
+  Tensor single = poisoned({1, n});
+  backend().linear(upload(row, {1, k}), prepared, single);
+  const std::vector<float> expected = download(single);
+  for (const int64_t m : {2, 8, 9, 16, 17, 32, 33, 64}) {
+    std::vector<float> x;
+    for (int64_t r = 0; r < m; ++r) x.insert(x.end(), row.begin(), row.end());
+    Tensor y = poisoned({m, n});
+    backend().linear(upload(x, {m, k}), prepared, y);
+    const std::vector<float> got = download(y);
+    for (int64_t r = 0; r < m; ++r)
+      for (int64_t o = 0; o < n; ++o)
+        ASSERT_EQ(got[static_cast<size_t>(r * n + o)], expected[static_cast<size_t>(o)])
+            << "M=" << m << " row " << r << " output " << o << " (N=" << n << " K=" << k << ")";
+  }
+}
+
+TEST_F(CudaLinear, CublasLtAtAnyRows) {
+  check_linear(1, 65, 96, true, DType::BF16, CudaLinearPath::Lt);
+  check_linear(20, 33, 200, false, DType::BF16, CudaLinearPath::Lt);
 }
 
 TEST_F(CudaLinear, GemvAnyInFeatures) {  // K not a multiple of 8: the scalar path
@@ -124,8 +188,7 @@ TEST_F(CudaLinear, FusedPartsFillTheirColumns) {
     const std::vector<float> x = randn(static_cast<size_t>(m * k));
     Tensor y = poisoned({m, n});
     backend().linear(upload(x, {m, k}), fused, y);
-    // The GEMM rounds activations to bf16 (see the top of this file); the GEMV does not.
-    const bool round_x = m > cuda::kGemvMaxRows;
+    const bool round_x = rounds_activations(m, k, CudaLinearPath::Auto);
     std::vector<double> ref(static_cast<size_t>(m * n));
     for (size_t p = 0, column = 0; p < outs.size(); column += static_cast<size_t>(outs[p]), ++p) {
       const std::vector<double> part =

@@ -19,6 +19,12 @@ constexpr size_t kStagingBytes = 16u << 20;
 // Up to this many tokens a batch goes through split-K attention (every token reads its own
 // context once per kv head); beyond, tiles of tokens share K/V reads.
 constexpr int kSplitMaxTokens = 64;
+// A batched decode step brings one token per sequence: the tiled kernel would walk the
+// sequences of a tile one after another (a 128-sequence step took 25x a 32-sequence one), so
+// such batches stay on split-K at any size.
+bool decode_like(const TokenIndex& index) {
+  return index.tokens <= kSplitMaxTokens || index.tokens <= index.num_seqs;
+}
 constexpr int kMinPositionsPerSplit = 64;
 
 template <class T>
@@ -144,6 +150,12 @@ Tensor CudaBackend::from_host_i32(const int32_t* data, const std::vector<int64_t
   if (t.nbytes())
     MOXIN_CUDA_CHECK(cudaMemcpyAsync(t.data, data, t.nbytes(), cudaMemcpyHostToDevice, stream()));
   return t;
+}
+
+void CudaBackend::upload_i32(const int32_t* data, Tensor& dst) {
+  require(dst, DType::I32, "upload_i32", "dst");
+  if (dst.nbytes())
+    MOXIN_CUDA_CHECK(cudaMemcpyAsync(dst.data, data, dst.nbytes(), cudaMemcpyHostToDevice, stream()));
 }
 
 void CudaBackend::to_host_f32(const Tensor& t, float* out) {
@@ -338,11 +350,19 @@ void CudaBackend::linear(const Tensor& x, const Linear& w, Tensor& y) {
     quantized_linear_decode(xd, m, lw, data_of<float>(y));
     return;
   }
-  if (lw.quant.bits == 0 && m <= kGemvMaxRows) {
-    gemv_bf16(xd, static_cast<int>(m), static_cast<const bf16_bits*>(lw.weight.get()),
-              static_cast<const float*>(lw.bias.get()), data_of<float>(y),
-              static_cast<int>(w.out_features), static_cast<int>(w.in_features), stream());
-    return;
+  if (lw.quant.bits == 0 && linear_path_ != CudaLinearPath::Lt) {
+    const auto* wd = static_cast<const bf16_bits*>(lw.weight.get());
+    const auto* bias = static_cast<const float*>(lw.bias.get());
+    const int rows = static_cast<int>(m), n = static_cast<int>(w.out_features),
+              k = static_cast<int>(w.in_features);
+    if (linear_path_ == CudaLinearPath::Auto && skinny_gemm_usable(xd, wd, rows, k)) {
+      skinny_gemm_bf16(xd, rows, wd, bias, data_of<float>(y), n, k, stream());
+      return;
+    }
+    if (m <= kGemvMaxRows) {
+      gemv_bf16(xd, rows, wd, bias, data_of<float>(y), n, k, stream());
+      return;
+    }
   }
   const int64_t k = w.in_features;
   gemm_rows(m, lw.quant.bits != 0 ? dequantized(lw) : lw, w.out_features, k, data_of<float>(y),
@@ -556,7 +576,7 @@ void CudaBackend::paged_attention(const Tensor& q, KvCache& cache, int layer,
       split_usable && (attention_path_ == CudaAttentionPath::SplitK ||
                        attention_path_ == CudaAttentionPath::SplitKWarp ||
                        attention_path_ == CudaAttentionPath::SplitKCluster ||
-                       (attention_path_ == CudaAttentionPath::Auto && tokens <= kSplitMaxTokens));
+                       (attention_path_ == CudaAttentionPath::Auto && decode_like(index)));
   if (use_split) {
     const int splits = attention_splits(static_cast<int>(tokens), q_heads, cfg.kv_heads,
                                         cfg.head_dim, std::max(batch.max_context, 1));
@@ -586,6 +606,13 @@ namespace moxin {
 
 std::unique_ptr<Backend> create_cuda_backend(int device_ordinal) {
   return std::make_unique<cuda::CudaBackend>(device_ordinal);
+}
+
+void set_cuda_linear_path(Backend& backend, CudaLinearPath path) {
+  auto* cuda = dynamic_cast<cuda::CudaBackend*>(&backend);
+  MOXIN_CHECK(cuda != nullptr, "[cuda] set_cuda_linear_path: ", backend.name(),
+              " is not a CUDA backend");
+  cuda->set_linear_path(path);
 }
 
 void set_cuda_attention_path(Backend& backend, CudaAttentionPath path) {

@@ -76,6 +76,7 @@ class CudaBackend final : public Backend {
   Tensor from_host_f32(const float* data, const std::vector<int64_t>& shape) override;
   Tensor from_host_i32(const int32_t* data, const std::vector<int64_t>& shape) override;
   void to_host_f32(const Tensor& t, float* out) override;
+  void upload_i32(const int32_t* data, Tensor& dst) override;  // one copy, no allocation
   void synchronize() override;
   double measure_bandwidth_gbps() override;  // 1 GiB device-to-device copy, read + write
   size_t device_memory_used() const override;
@@ -113,6 +114,7 @@ class CudaBackend final : public Backend {
 
   cudaStream_t stream() const { return context_->stream; }
   void set_attention_path(CudaAttentionPath path) { attention_path_ = path; }
+  void set_linear_path(CudaLinearPath path) { linear_path_ = path; }
   // Number of context splits the split-K kernel uses for this batch (exposed for benchmarks).
   int attention_splits(int tokens, int q_heads, int kv_heads, int head_dim, int max_context) const;
 
@@ -138,6 +140,7 @@ class CudaBackend final : public Backend {
   int64_t attention_partial_floats_ = 0;
   std::shared_ptr<void> attention_counters_;  // split-K merge counters, kept zeroed
   CudaAttentionPath attention_path_ = CudaAttentionPath::Auto;
+  CudaLinearPath linear_path_ = CudaLinearPath::Auto;
   int64_t quant_largest_elems_ = 0;  // largest quantized linear prepared so far (out * in)
   CudaLinear quant_dense_;           // weight: bf16 scratch of quant_dense_elems_, made on demand
   int64_t quant_dense_elems_ = 0;

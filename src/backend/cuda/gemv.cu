@@ -190,35 +190,6 @@ constexpr std::array<LaunchFn, sizeof...(I)> launch_table(std::integer_sequence<
 // launch_default<M> for M = 1..kGemvMaxRows, indexed by M - 1.
 constexpr auto kLaunchDefault = launch_table(std::make_integer_sequence<int, kGemvMaxRows>{});
 
-// The variants the benchmark sweeps, for M = 1 and M = 8.
-template <int M>
-bool launch_variant(int r, int u, const float* x, const bf16_bits* w, const float* bias, float* y,
-                    int n, int k, cudaStream_t s) {
-  const int key = r * 10 + u;
-  switch (key) {
-    case 14:
-      launch_vec<M, 1, 4>(x, w, bias, y, n, k, s);
-      return true;
-    case 18:
-      launch_vec<M, 1, 8>(x, w, bias, y, n, k, s);
-      return true;
-    case 22:
-      launch_vec<M, 2, 2>(x, w, bias, y, n, k, s);
-      return true;
-    case 24:
-      launch_vec<M, 2, 4>(x, w, bias, y, n, k, s);
-      return true;
-    case 42:
-      launch_vec<M, 4, 2>(x, w, bias, y, n, k, s);
-      return true;
-    case 44:
-      launch_vec<M, 4, 4>(x, w, bias, y, n, k, s);
-      return true;
-    default:
-      return false;
-  }
-}
-
 }  // namespace
 
 void gemv_bf16(const float* x, int m, const bf16_bits* w, const float* bias, float* y, int n, int k,
@@ -233,14 +204,6 @@ void gemv_bf16(const float* x, int m, const bf16_bits* w, const float* bias, flo
   MOXIN_CHECK(m >= 1 && m <= kGemvMaxRows, "[cuda] gemv_bf16: ", m, " rows; the GEMV path takes 1..",
               kGemvMaxRows);
   kLaunchDefault[m - 1](x, w, bias, y, n, k, stream);
-}
-
-bool gemv_bf16_variant(int rows_per_warp, int unroll, const float* x, int m, const bf16_bits* w,
-                       const float* bias, float* y, int n, int k, cudaStream_t stream) {
-  if (!vector_path_usable(x, w, k)) return false;
-  if (m == 1) return launch_variant<1>(rows_per_warp, unroll, x, w, bias, y, n, k, stream);
-  if (m == 8) return launch_variant<8>(rows_per_warp, unroll, x, w, bias, y, n, k, stream);
-  return false;
 }
 
 }  // namespace moxin::cuda

@@ -15,10 +15,18 @@ using bf16_bits = uint16_t;
 constexpr int kGemvMaxRows = 8;
 void gemv_bf16(const float* x, int m, const bf16_bits* w, const float* bias, float* y, int n, int k,
                cudaStream_t stream);
-// One explicit tiling (weight rows per warp, 16-byte loads in flight per row and lane) for the
-// benchmark's variant sweep; returns false when that variant is not compiled or not usable.
-bool gemv_bf16_variant(int rows_per_warp, int unroll, const float* x, int m, const bf16_bits* w,
-                       const float* bias, float* y, int n, int k, cudaStream_t stream);
+
+// --- gemm_skinny.cu: the same product on the tensor cores for 1 <= M <= kSkinnyMaxRows ---
+// x rounded to bf16 (as the cuBLASLt path does), f32 sums added in a fixed order (the result
+// of a row does not depend on the other rows). Needs K % 8 == 0 and 16-byte aligned x and W.
+constexpr int kSkinnyMaxRows = 64;
+bool skinny_gemm_usable(const float* x, const bf16_bits* w, int m, int k);
+void skinny_gemm_bf16(const float* x, int m, const bf16_bits* w, const float* bias, float* y, int n,
+                      int k, cudaStream_t stream);
+// One explicit tiling (weight row tiles of 16 per block: 1 or 2; chunks of loads in flight per
+// warp: 1, 2 or 4) for the benchmark's sweep; false when not compiled or not usable.
+bool skinny_gemm_variant(int row_tiles, int unroll, const float* x, int m, const bf16_bits* w,
+                         const float* bias, float* y, int n, int k, cudaStream_t stream);
 
 // --- quant_*.cu: linears with MLX affine-quantized weights (SPEC.md section 5) ---
 // Codes as in the file (uint32 words, `bits`-bit codes little-endian, [rows, cols * bits / 32]);

@@ -1,0 +1,77 @@
+"""N identical greedy requests served together answer exactly as one served alone.
+
+A decode step of N sequences runs other kernels than a step of one (the tensor-core GEMM tiles of
+8/16/32/64 tokens, batch-bucketed CUDA graphs with padding rows, split-K attention at any batch),
+and prefill runs beside decode: none of it may change a sequence's numbers. Reference: the same
+request run alone through the same server (its logprobs say where the two best tokens are so close
+that rounding may legitimately swap them: comparison stops at the first such near-tie). Devices:
+MOXIN_PARITY_DEVICES (cpu in CI; the GPU machine adds cuda).
+"""
+import concurrent.futures
+
+import numpy as np
+import openai
+import pytest
+
+from quant_models import tiny_quant_model
+from test_parity import DEVICES
+from test_server import WORDS, Server, data_url, photo_png
+
+NEAR_TIE_NATS = 0.05  # top-2 logprob gap under which the greedy pick may flip with rounding
+MAX_TOKENS = 24
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory):
+    # The planted-bigram tiny model (quant_models.py): a trained LM's clear next-token winner
+    # (median top-1 margin ~2.7 nats) instead of a random model's near-ties (~0.16 nats), so
+    # most positions are comparable.
+    return tiny_quant_model(tmp_path_factory, "tiny-batch")[0]
+
+
+@pytest.fixture(params=DEVICES)
+def served(request, moxin_bin, model):
+    server = Server(moxin_bin, model, "--device", request.param, "--max-batch", 32, "--max-context", 16384)
+    client = openai.OpenAI(base_url=server.url + "/v1", api_key="unused", max_retries=0, timeout=300)
+    yield client
+    client.close()
+    server.stop()
+
+
+def greedy(client, messages):
+    """Token strings and, per position, the gap between the two best logprobs."""
+    response = client.chat.completions.create(model="m", messages=messages, temperature=0, max_tokens=MAX_TOKENS,
+                                              logprobs=True, top_logprobs=2)
+    content = response.choices[0].logprobs.content
+    tokens = [c.token for c in content]
+    gaps = [c.top_logprobs[0].logprob - c.top_logprobs[1].logprob if len(c.top_logprobs) > 1 else np.inf
+            for c in content]
+    return tokens, gaps
+
+
+def comparable_prefix(gaps):
+    """Positions before the first near-tie of the solo run."""
+    for i, gap in enumerate(gaps):
+        if gap < NEAR_TIE_NATS:
+            return i
+    return len(gaps)
+
+
+@pytest.mark.parametrize("copies", [8, 19])
+def test_identical_requests_in_one_batch_match_the_solo_run(served, copies, seed):
+    rng = np.random.default_rng(seed)
+    question = " ".join(rng.choice(WORDS, size=int(rng.integers(3, 12)))).capitalize() + "?"
+    content = [{"type": "text", "text": question}]
+    if rng.random() < 0.5:
+        content.append({"type": "image_url", "image_url": {"url": data_url(photo_png(rng))}})
+    messages = [{"role": "user", "content": content}]
+
+    solo_tokens, solo_gaps = greedy(served, messages)
+    checked = comparable_prefix(solo_gaps)
+    with concurrent.futures.ThreadPoolExecutor(copies) as pool:
+        together = list(pool.map(lambda _: greedy(served, messages), range(copies)))
+    print(f"comparing {checked} of {len(solo_tokens)} tokens (first near-tie at {checked})")
+    for i, (tokens, _) in enumerate(together):
+        assert tokens[:checked] == solo_tokens[:checked], (
+            f"copy {i} of {copies} diverged from the solo run before any near-tie:\n"
+            f"solo  {solo_tokens[:checked]}\ncopy  {tokens[:checked]}")
