@@ -167,9 +167,12 @@ void bench_linears(CudaBackend& backend, double ceiling) {
       const Tensor x = backend.from_host_f32(xs.data(), {m, k});
       Tensor y = backend.empty_act({m, n});
       const double bytes = weight_bytes + double(m) * k * 4 + double(m) * n * 4;
-      for (const auto& [path, label] : {std::pair{CudaLinearPath::Auto, "default"},
-                                        {CudaLinearPath::Gemv, "gemv"}, {CudaLinearPath::Lt, "cublasLt"}}) {
-        if (path == CudaLinearPath::Gemv && m > kGemvMaxRows) continue;
+      for (const auto& [path, label] :
+           {std::pair{CudaLinearPath::Auto, "default"}, {CudaLinearPath::Gemv, "gemv"},
+            {CudaLinearPath::Skinny, "skinny"}, {CudaLinearPath::Lt, "cublasLt"}}) {
+        if ((path == CudaLinearPath::Gemv && m > kGemvMaxRows) ||
+            (path == CudaLinearPath::Skinny && m > kSkinnyMaxRows))
+          continue;
         set_cuda_linear_path(backend, path);
         const double ms = time_ms(stream, 20, 10, [&](int i) { backend.linear(x, w[i % 3], y); });
         table.push_back({cat("linear M=", m, " [", n, "x", k, "] ", label), ms,

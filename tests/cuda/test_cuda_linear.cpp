@@ -41,8 +41,11 @@ std::vector<double> linear_ref(const std::vector<float>& x, int64_t m, int64_t k
 
 // Whether the kernel that runs this linear rounds the activations to bf16 (the GEMV does not).
 bool rounds_activations(int64_t m, int64_t k, CudaLinearPath path) {
-  if (path == CudaLinearPath::Gemv) return m > cuda::kGemvMaxRows;
-  return !(m <= cuda::kGemvMaxRows && k % 8 != 0);  // buffers are 256-byte aligned
+  if (path == CudaLinearPath::Lt) return true;
+  if (path == CudaLinearPath::Skinny && k % 8 == 0 && m <= cuda::kSkinnyMaxRows) return true;
+  if (m > cuda::kGemvMaxRows) return true;
+  // Buffers are 256-byte aligned: the GEMV runs at one row, K not a multiple of 8, or forced.
+  return !(m == 1 || k % 8 != 0 || path == CudaLinearPath::Gemv);
 }
 
 class CudaLinear : public CudaOpsTest {
@@ -54,6 +57,7 @@ class CudaLinear : public CudaOpsTest {
     set_cuda_linear_path(backend(), path);
     const std::string shape = cat("M=", m, " N=", n, " K=", k, with_bias ? " +bias" : "", " ",
                                   dtype_name(stored), path == CudaLinearPath::Gemv ? " gemv" : "",
+                                  path == CudaLinearPath::Skinny ? " skinny" : "",
                                   path == CudaLinearPath::Lt ? " cublasLt" : "");
     HostTensor w = host_tensor("w", {n, k}, stored, true, 0.05f);
     HostTensor b = host_tensor("b", {n}, DType::F32, false, 0.5f);
@@ -97,20 +101,24 @@ TEST_F(CudaLinear, GemvRowsUpToEight) {
 // The skinny tensor-core GEMM at every token tiling (8, 16, 32, 64 rows), one or two row tiles
 // per block, K tails inside a 64-input chunk (K % 64 in 8..56) and N not a multiple of 16.
 TEST_F(CudaLinear, SkinnyRowsUpToSixtyFour) {
-  check_linear(1, 16, 64, false, DType::BF16);
-  check_linear(2, 17, 72, true, DType::BF16);
-  check_linear(9, 33, 136, false, DType::BF16);
-  check_linear(16, 100, 1000, true, DType::BF16);
-  check_linear(17, 31, 520, false, DType::BF16);
-  check_linear(32, 257, 4096, true, DType::BF16);
-  check_linear(33, 47, 584, false, DType::BF16);
-  check_linear(64, 300, 1096, true, DType::BF16);
-  check_linear(randint(1, 64), randint(1, 600), 8 * randint(1, 700), randint(0, 1), DType::BF16);
+  for (const CudaLinearPath path : {CudaLinearPath::Skinny, CudaLinearPath::Auto}) {
+    check_linear(1, 16, 64, false, DType::BF16, path);
+    check_linear(2, 17, 72, true, DType::BF16, path);
+    check_linear(9, 33, 136, false, DType::BF16, path);
+    check_linear(16, 100, 1000, true, DType::BF16, path);
+    check_linear(17, 31, 520, false, DType::BF16, path);
+    check_linear(32, 257, 4096, true, DType::BF16, path);
+    check_linear(33, 47, 584, false, DType::BF16, path);
+    check_linear(64, 300, 1096, true, DType::BF16, path);
+    check_linear(randint(1, 64), randint(1, 600), 8 * randint(1, 700), randint(0, 1), DType::BF16,
+                 path);
+  }
 }
 
-// Each row's result does not depend on the other rows of the call: the decode step of N
-// identical sequences must give N identical rows, equal to the batch-1 result, bit for bit.
+// Each row's result does not depend on the other rows of the call: N identical rows through
+// the skinny GEMM give N identical results, equal to its one-row result, bit for bit.
 TEST_F(CudaLinear, SkinnyRowsAreBatchInvariant) {
+  set_cuda_linear_path(backend(), CudaLinearPath::Skinny);
   const int64_t n = randint(1, 500), k = 8 * randint(1, 600);
   HostTensor w = host_tensor("w", {n, k}, DType::BF16, true, 0.05f);
   const TensorInfo wi = w.info();

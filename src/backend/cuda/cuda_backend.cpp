@@ -18,6 +18,11 @@ constexpr int64_t kAttentionCounters = 64ll << 10;      // (token, kv head) pair
 constexpr size_t kStagingBytes = 16u << 20;
 // Up to this many tokens a batch goes through split-K attention (every token reads its own
 // context once per kv head); beyond, tiles of tokens share K/V reads.
+// The skinny tensor-core GEMM beat cuBLASLt (with its activation conversion) only on the
+// decoder's smallest matrix, [4096 x 4096], at 2..16 rows (57-60% vs 43% of copy at M = 2..8);
+// cuBLASLt streams [6144 x 4096] and larger at 65-95% from M = 2 (H200, docs/cuda-notes.md).
+constexpr int kSkinnyPreferredRows = 16;
+constexpr int64_t kSkinnyPreferredWeights = int64_t{4096} * 4096;
 constexpr int kSplitMaxTokens = 64;
 // A batched decode step brings one token per sequence: the tiled kernel would walk the
 // sequences of a tile one after another (a 128-sequence step took 25x a 32-sequence one), so
@@ -355,11 +360,18 @@ void CudaBackend::linear(const Tensor& x, const Linear& w, Tensor& y) {
     const auto* bias = static_cast<const float*>(lw.bias.get());
     const int rows = static_cast<int>(m), n = static_cast<int>(w.out_features),
               k = static_cast<int>(w.in_features);
-    if (linear_path_ == CudaLinearPath::Auto && skinny_gemm_usable(xd, wd, rows, k)) {
+    const bool skinny = skinny_gemm_usable(xd, wd, rows, k);
+    const bool use_skinny =
+        linear_path_ == CudaLinearPath::Skinny ||
+        (linear_path_ == CudaLinearPath::Auto && skinny && rows >= 2 && rows <= kSkinnyPreferredRows &&
+         int64_t{n} * k <= kSkinnyPreferredWeights);
+    if (skinny && use_skinny) {
       skinny_gemm_bf16(xd, rows, wd, bias, data_of<float>(y), n, k, stream());
       return;
     }
-    if (m <= kGemvMaxRows) {
+    // The GEMV reads f32 activations: best at one row; from two rows on, cuBLASLt's bf16 GEMM
+    // streams the large matrices faster (H200 run 1 of session 3, docs/cuda-notes.md).
+    if (m <= kGemvMaxRows && (m == 1 || !skinny || linear_path_ == CudaLinearPath::Gemv)) {
       gemv_bf16(xd, rows, wd, bias, data_of<float>(y), n, k, stream());
       return;
     }

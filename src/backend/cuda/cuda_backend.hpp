@@ -36,11 +36,12 @@ std::unique_ptr<CudaGraph> capture_cuda_graph(Backend& backend,
 // splits merged through global memory, SplitKCluster with the splits of a (token, kv head) in one
 // thread block cluster where they fit (Auto's choice for split-K); both run as SplitK where the
 // shape does not fit the register kernel. Tests and benchmarks use this; the runtime keeps Auto.
-// Which kernel runs a bf16 linear of M activation rows. Auto: the tensor-core skinny GEMM for
-// M <= 64 (x rounded to bf16), cuBLASLt above; the CUDA-core GEMV only where the skinny kernel
-// cannot run (K not a multiple of 8, unaligned rows). Gemv forces the GEMV for M <= 8 (f32
-// activations), Lt forces cuBLASLt for every M. Tests and benchmarks use this.
-enum class CudaLinearPath { Auto, Gemv, Lt };
+// Which kernel runs a bf16 linear of M activation rows. Auto: the CUDA-core GEMV (f32
+// activations) for one row, the tensor-core skinny GEMM for 2..16 rows of small matrices,
+// cuBLASLt otherwise (both round x to bf16); the GEMV also for up to 8 rows whose K is no
+// multiple of 8. Gemv forces the GEMV for M <= 8, Skinny the skinny GEMM for M <= 64, Lt
+// cuBLASLt for every M. Tests and benchmarks use this.
+enum class CudaLinearPath { Auto, Gemv, Skinny, Lt };
 void set_cuda_linear_path(Backend& backend, CudaLinearPath path);
 
 enum class CudaAttentionPath { Auto, SplitK, TiledF32, TiledBf16, SplitKWarp, SplitKCluster };
