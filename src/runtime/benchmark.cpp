@@ -123,16 +123,21 @@ DecodeRun bench_decode(Engine& engine, const BenchOptions& o, int batch_size, st
   const DecoderConfig& c = engine.config().decoder;
   std::vector<SequenceState> seqs(static_cast<size_t>(batch_size));
   for (auto& s : seqs) prefill_random(engine, s, rng, o.context);
-  std::vector<double> times;
+  std::vector<double> times, device_times;
   std::vector<SequenceState*> batch;
   for (auto& s : seqs) batch.push_back(&s);
   for (int step = 0; step <= o.decode_steps; ++step) {
     const auto ids = random_ids(rng, batch_size, c.vocab);
     const auto start = Clock::now();
     Tensor logits = engine.decode(batch, ids);
+    engine.backend().synchronize();
+    const double device_ms = ms_since(start);
     std::vector<float> host(static_cast<size_t>(logits.numel()));
     engine.backend().to_host_f32(logits, host.data());  // as generation does: logits to the sampler
-    if (step > 0) times.push_back(ms_since(start));  // step 0 warms up (and captures the graph)
+    if (step > 0) {  // step 0 warms up (and captures the graph)
+      times.push_back(ms_since(start));
+      device_times.push_back(device_ms);
+    }
   }
   for (auto& s : seqs) engine.release(s);
   const double kv_bytes_per_token = 2.0 * c.layers * c.kv_heads * c.head_dim *
@@ -140,6 +145,7 @@ DecodeRun bench_decode(Engine& engine, const BenchOptions& o, int batch_size, st
   DecodeRun d;
   d.batch = batch_size;
   d.step_ms = median(times);
+  d.device_ms = median(device_times);
   d.bytes_per_step = engine.decoder_weight_bytes() +
                      batch_size * (o.context + o.decode_steps / 2.0) * kv_bytes_per_token;
   d.gbps = d.bytes_per_step / (d.step_ms * 1e6);

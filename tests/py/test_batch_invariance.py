@@ -10,7 +10,6 @@ MOXIN_PARITY_DEVICES (cpu in CI; the GPU machine adds cuda).
 import concurrent.futures
 
 import numpy as np
-import openai
 import pytest
 
 from quant_models import tiny_quant_model
@@ -32,20 +31,21 @@ def model(tmp_path_factory):
 @pytest.fixture(params=DEVICES)
 def served(request, moxin_bin, model):
     server = Server(moxin_bin, model, "--device", request.param, "--max-batch", 32, "--max-context", 16384)
-    client = openai.OpenAI(base_url=server.url + "/v1", api_key="unused", max_retries=0, timeout=300)
-    yield client
-    client.close()
+    yield server
     server.stop()
 
 
-def greedy(client, messages):
-    """Token strings and, per position, the gap between the two best logprobs."""
-    response = client.chat.completions.create(model="m", messages=messages, temperature=0, max_tokens=MAX_TOKENS,
-                                              logprobs=True, top_logprobs=2)
-    content = response.choices[0].logprobs.content
-    tokens = [c.token for c in content]
-    gaps = [c.top_logprobs[0].logprob - c.top_logprobs[1].logprob if len(c.top_logprobs) > 1 else np.inf
-            for c in content]
+def greedy(server, messages):
+    """Token strings and, per position, the gap between the two best logprobs. Plain HTTP (the
+    GPU machine has no `openai` package); the response is the OpenAI chat completion shape."""
+    status, body = server.request("POST", "/v1/chat/completions",
+                                  {"model": "m", "messages": messages, "temperature": 0,
+                                   "max_tokens": MAX_TOKENS, "logprobs": True, "top_logprobs": 2}, timeout=300)
+    assert status == 200, body
+    content = body["choices"][0]["logprobs"]["content"]
+    tokens = [c["token"] for c in content]
+    gaps = [c["top_logprobs"][0]["logprob"] - c["top_logprobs"][1]["logprob"] if len(c["top_logprobs"]) > 1
+            else np.inf for c in content]
     return tokens, gaps
 
 
