@@ -287,7 +287,7 @@ void bench_attention(CudaBackend& backend, double ceiling) {
       const auto* cache = dynamic_cast<const CudaKvCache*>(f.cache.get());
       for (int splits : {1, 2, 4, 8, 16}) {
         const double ms = time_ms(stream, 20, 20, [&](int) {
-          paged_attention_warp(q.ptr<float>(), cache->layer(0), index, q_heads, context, splits, true,
+          paged_attention_warp(q.ptr<float>(), cache->layer(0), index, q_heads, splits, true,
                                partial.ptr<float>(), counters.ptr<int>(), y.ptr<float>(), stream);
         });
         table.push_back({cat("  decode attention batch ", seqs, " registers, cluster merge, ", splits,

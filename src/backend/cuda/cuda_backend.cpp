@@ -565,6 +565,10 @@ int CudaBackend::attention_splits(int tokens, int q_heads, int kv_heads, int hea
       (int64_t{tokens} * kv_heads);
   const int64_t by_context =
       (std::max(max_context, 1) + kMinPositionsPerSplit - 1) / kMinPositionsPerSplit;
+  // A full wave of (token, kv head) blocks already fills the GPU: splitting further only adds
+  // merge work (H200, 1k context: batch 32 62 us with 1 split, 68 with 2, 88 with 4; batch 128
+  // 234 / 258 / 300 us).
+  if (int64_t{tokens} * kv_heads >= context_->multiprocessors) return 1;
   if (int64_t{tokens} * kv_heads > kAttentionCounters) return 1;
   const int64_t most = paged_attention_max_splits();
   return static_cast<int>(
@@ -594,17 +598,16 @@ void CudaBackend::paged_attention(const Tensor& q, KvCache& cache, int layer,
                                         cfg.head_dim, std::max(batch.max_context, 1));
     float* partial = static_cast<float*>(attention_partial_.get());
     int* counters = static_cast<int*>(attention_counters_.get());
-    const int max_context = std::max(batch.max_context, 1);
     // The register kernel (Auto: with the cluster merge) beat the shared-memory tiles at
     // batch 1, 4 and 32 (docs/cuda-notes.md, decode attention v5-v6).
     if (attention_path_ != CudaAttentionPath::SplitK &&
         paged_attention_warp_fits(q_heads / cfg.kv_heads, cfg.head_dim))
-      paged_attention_warp(data_of<const float>(q), c.layer(layer), index, q_heads, max_context,
-                           splits, attention_path_ != CudaAttentionPath::SplitKWarp, partial,
-                           counters, data_of<float>(y), stream());
+      paged_attention_warp(data_of<const float>(q), c.layer(layer), index, q_heads, splits,
+                           attention_path_ != CudaAttentionPath::SplitKWarp, partial, counters,
+                           data_of<float>(y), stream());
     else
-      paged_attention_split(data_of<const float>(q), c.layer(layer), index, q_heads, max_context,
-                            splits, partial, counters, data_of<float>(y), stream());
+      paged_attention_split(data_of<const float>(q), c.layer(layer), index, q_heads, splits,
+                            partial, counters, data_of<float>(y), stream());
   } else {
     paged_attention_tiled(data_of<const float>(q), c.layer(layer), index, q_heads,
                           attention_path_ != CudaAttentionPath::TiledF32, data_of<float>(y),

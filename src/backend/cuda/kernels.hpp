@@ -131,11 +131,12 @@ void vit_attention(const float* qkv, int batch, int tokens, int heads, int head_
                    bool tensor_cores, float* y, cudaStream_t stream);
 
 // --- paged_attention_split.cu: one token per block group, context split across blocks ---
-// When splits > 1: `partial` holds tokens * q_heads * splits * (head_dim + 2) floats and
-// `counters` tokens * kv_heads zeroed ints (left zeroed after the call).
+// Each token's context (its position + 1) is dealt to `splits` blocks. When splits > 1:
+// `partial` holds tokens * q_heads * splits * (head_dim + 2) floats and `counters`
+// tokens * kv_heads zeroed ints (left zeroed after the call).
 void paged_attention_split(const float* q, const PagedLayer& cache, const TokenIndex& index,
-                           int q_heads, int max_context, int splits, float* partial, int* counters,
-                           float* y, cudaStream_t stream);
+                           int q_heads, int splits, float* partial, int* counters, float* y,
+                           cudaStream_t stream);
 
 // Same contract, warps walking their positions with K and V in registers and no block barrier
 // (the short chain batch-1 decode needs). Only where paged_attention_warp_fits(q_heads /
@@ -143,8 +144,8 @@ void paged_attention_split(const float* q, const PagedLayer& cache, const TokenI
 // through its shared memory (partial and counters untouched), else through global memory.
 bool paged_attention_warp_fits(int group, int head_dim);
 void paged_attention_warp(const float* q, const PagedLayer& cache, const TokenIndex& index,
-                          int q_heads, int max_context, int splits, bool cluster_merge,
-                          float* partial, int* counters, float* y, cudaStream_t stream);
+                          int q_heads, int splits, bool cluster_merge, float* partial,
+                          int* counters, float* y, cudaStream_t stream);
 
 // --- paged_attention_tiled.cu: tiles of consecutive tokens share K/V tiles (prefill) ---
 // tensor_cores: Q and P rounded to bf16 for mma.sync; otherwise all f32 on the CUDA cores.

@@ -22,7 +22,7 @@ inline unsigned elementwise_blocks(int64_t count) {
   return static_cast<unsigned>(std::clamp<int64_t>(wanted, 1, 4096));
 }
 
-// Process-wide switch (the benchmark compares both; MOXIN_CUDA_PDL=0 turns it off).
+// Process-wide switch, off by default (the benchmark compares both; MOXIN_CUDA_PDL=1 turns it on).
 bool pdl_enabled();
 void set_pdl_enabled(bool on);
 

@@ -227,7 +227,7 @@ __device__ __forceinline__ void merge_cluster(BlockMerge& sm, float (*acc)[kMaxG
 template <int kDpl>
 __global__ void __launch_bounds__(kSplitWarps * 32)
     paged_split_kernel(const float* __restrict__ q, PagedLayer cache, TokenIndex index, int q_heads,
-                       int chunk, int splits, float scale, float* __restrict__ partial,
+                       int splits, float scale, float* __restrict__ partial,
                        int* __restrict__ counters, float* __restrict__ y) {
   constexpr int kAcc = kDpl > 0 ? kDpl : kMaxHeadDim / 32;
   constexpr int kD = kDpl > 0 ? 32 * kDpl : kMaxHeadDim;
@@ -251,9 +251,11 @@ __global__ void __launch_bounds__(kSplitWarps * 32)
   auto* k_tile = reinterpret_cast<uint16_t*>(staging) + warp * kTile * kRow;
   auto* v_tile = reinterpret_cast<uint16_t*>(staging) + (kSplitWarps + warp) * kTile * kRow;
   const int context = token_context(index, index.max_blocks * cache.block_size, token);
+  // Each token's own context is dealt to the splits: a graph captured for a longer context
+  // (its split count) spends nothing on positions the token does not have.
+  const int chunk = (context + splits - 1) / splits;
   const int begin = split * chunk;
-  // The last split runs to the token's own end, so an understated max_context is still right.
-  const int end = split == splits - 1 ? context : min(begin + chunk, context);
+  const int end = min(begin + chunk, context);
   const int32_t* table =
       index.block_tables + static_cast<size_t>(max(index.token_seq[token], 0)) * index.max_blocks;
 
@@ -427,7 +429,7 @@ constexpr int kWarpChunk = 16;
 template <int kD, int kGroup, bool kCluster>
 __global__ void __launch_bounds__(kSplitWarps * 32)
     paged_warp_kernel(const float* __restrict__ q, PagedLayer cache, TokenIndex index, int q_heads,
-                      int chunk, int splits, float scale, float* __restrict__ partial,
+                      int splits, float scale, float* __restrict__ partial,
                       int* __restrict__ counters, float* __restrict__ y) {
   constexpr int kLanesPerRow = kD / 8;              // 16-byte slices of a row
   constexpr int kRowsPerPass = 32 / kLanesPerRow;   // rows the warp covers per load
@@ -444,9 +446,11 @@ __global__ void __launch_bounds__(kSplitWarps * 32)
   const int col = (lane % kLanesPerRow) * 8;  // this lane's 8 dims
   const int sub = lane / kLanesPerRow;        // this lane's first row in a chunk
   const int context = token_context(index, index.max_blocks * cache.block_size, token);
+  // Each token's own context is dealt to the splits: a graph captured for a longer context
+  // (its split count) spends nothing on positions the token does not have.
+  const int chunk = (context + splits - 1) / splits;
   const int begin = split * chunk;
-  // The last split runs to the token's own end, so an understated max_context is still right.
-  const int end = split == splits - 1 ? context : min(begin + chunk, context);
+  const int end = min(begin + chunk, context);
   const int32_t* table =
       index.block_tables + static_cast<size_t>(max(index.token_seq[token], 0)) * index.max_blocks;
 
@@ -569,10 +573,9 @@ __global__ void __launch_bounds__(kSplitWarps * 32)
 }  // namespace
 
 void paged_attention_split(const float* q, const PagedLayer& cache, const TokenIndex& index,
-                           int q_heads, int max_context, int splits, float* partial, int* counters,
-                           float* y, cudaStream_t stream) {
+                           int q_heads, int splits, float* partial, int* counters, float* y,
+                           cudaStream_t stream) {
   if (index.tokens == 0) return;
-  const int chunk = (max_context + splits - 1) / splits;
   const float scale = 1.0f / sqrtf(static_cast<float>(cache.head_dim));
   const dim3 grid(splits, cache.kv_heads, index.tokens);
   const int dims_per_lane = cache.head_dim % 32 == 0 ? cache.head_dim / 32 : 0;
@@ -581,7 +584,7 @@ void paged_attention_split(const float* q, const PagedLayer& cache, const TokenI
   const size_t smem = split_smem_bytes(cache.head_dim);
   auto run = [&](auto kernel) {
     launch_kernel("paged_split_kernel", kernel, grid, kSplitWarps * 32, smem, stream, q, cache,
-                  index, q_heads, chunk, splits, scale, partial, counters, y);
+                  index, q_heads, splits, scale, partial, counters, y);
   };
   switch (dims_per_lane) {
     case 1:
@@ -645,22 +648,21 @@ int max_cluster_splits = 8;
 }  // namespace
 
 void paged_attention_warp(const float* q, const PagedLayer& cache, const TokenIndex& index,
-                          int q_heads, int max_context, int splits, bool cluster_merge,
-                          float* partial, int* counters, float* y, cudaStream_t stream) {
+                          int q_heads, int splits, bool cluster_merge, float* partial,
+                          int* counters, float* y, cudaStream_t stream) {
   if (index.tokens == 0) return;
   const int group = q_heads / cache.kv_heads;
   MOXIN_CHECK(
       splits >= 1 && splits <= kMaxSplits && paged_attention_warp_fits(group, cache.head_dim),
       "[cuda] paged_attention_warp: ", splits, " splits (1..", kMaxSplits, "), group ", group,
       " (1, 2, 4, 8), head_dim ", cache.head_dim, " (64, 128)");
-  const int chunk = (max_context + splits - 1) / splits;
   const float scale = 1.0f / sqrtf(static_cast<float>(cache.head_dim));
   const dim3 grid(splits, cache.kv_heads, index.tokens);
   const bool cluster = cluster_merge && splits > 1 && splits <= max_cluster_splits;
   with_warp_kernel(cache.head_dim, group, cluster, [&](auto kernel) {
     launch_kernel_clustered("paged_warp_kernel", kernel, grid, kSplitWarps * 32, 0, stream,
                             cluster ? static_cast<unsigned>(splits) : 1u, q, cache, index, q_heads,
-                            chunk, splits, scale, partial, counters, y);
+                            splits, scale, partial, counters, y);
   });
 }
 
