@@ -7,19 +7,24 @@
 namespace moxin::cuda {
 namespace {
 
-// Off unless MOXIN_CUDA_PDL=1: on the H200 a graph-replayed decoder layer ran slower with it
-// (batch 1: 146 vs 138 us; batch 32: 224 vs 226 us; docs/cuda-notes.md, session 3).
-std::atomic<bool>& pdl_flag() {
-  static std::atomic<bool> flag = [] {
+// -1: the default policy (prefetching launches only); 0: never; 1: every launch.
+std::atomic<int>& pdl_mode() {
+  static std::atomic<int> mode = [] {
     const char* env = std::getenv("MOXIN_CUDA_PDL");
-    return env && std::strcmp(env, "1") == 0;
+    if (env && std::strcmp(env, "0") == 0) return 0;
+    if (env && std::strcmp(env, "1") == 0) return 1;
+    return -1;
   }();
-  return flag;
+  return mode;
 }
 
 }  // namespace
 
-bool pdl_enabled() { return pdl_flag().load(std::memory_order_relaxed); }
-void set_pdl_enabled(bool on) { pdl_flag().store(on, std::memory_order_relaxed); }
+bool pdl_for_launch(bool prefetching) {
+  const int mode = pdl_mode().load(std::memory_order_relaxed);
+  return mode < 0 ? prefetching : mode == 1;
+}
+
+void set_pdl_enabled(bool on) { pdl_mode().store(on ? 1 : 0, std::memory_order_relaxed); }
 
 }  // namespace moxin::cuda

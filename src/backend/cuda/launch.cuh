@@ -22,15 +22,19 @@ inline unsigned elementwise_blocks(int64_t count) {
   return static_cast<unsigned>(std::clamp<int64_t>(wanted, 1, 4096));
 }
 
-// Process-wide switch, off by default (the benchmark compares both; MOXIN_CUDA_PDL=1 turns it on).
-bool pdl_enabled();
+// Programmatic dependent launch, per launch: a kernel launched with it may start while the
+// previous one drains. It pays only where a kernel has work that needs nothing from its
+// predecessor (the quantized GEMVs prefetch their codes before waiting: 4-bit g64 batch-1 decode
+// 341 vs 313 tok/s on the H200) and cost the bf16 decode graph 6% (180 vs 170 tok/s, same run),
+// so by default only launch_kernel_prefetching asks for it. MOXIN_CUDA_PDL=1 turns it on for
+// every launch, =0 off for all; set_pdl_enabled() does the same for benchmarks.
+bool pdl_for_launch(bool prefetching);
 void set_pdl_enabled(bool on);
 
-// cluster_x > 1: the grid's x dimension in thread block clusters of that many blocks (blocks of
-// a cluster run together and can read each other's shared memory).
 template <class... Params, class... Args>
-void launch_kernel_clustered(const char* name, void (*kernel)(Params...), dim3 grid, dim3 block,
-                             size_t smem, cudaStream_t stream, unsigned cluster_x, Args... args) {
+void launch_kernel_with(const char* name, void (*kernel)(Params...), dim3 grid, dim3 block,
+                        size_t smem, cudaStream_t stream, unsigned cluster_x, bool prefetching,
+                        Args... args) {
   cudaLaunchConfig_t config{};
   config.gridDim = grid;
   config.blockDim = block;
@@ -38,7 +42,7 @@ void launch_kernel_clustered(const char* name, void (*kernel)(Params...), dim3 g
   config.stream = stream;
   cudaLaunchAttribute attributes[2]{};
   attributes[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
-  attributes[0].val.programmaticStreamSerializationAllowed = pdl_enabled() ? 1 : 0;
+  attributes[0].val.programmaticStreamSerializationAllowed = pdl_for_launch(prefetching) ? 1 : 0;
   attributes[1].id = cudaLaunchAttributeClusterDimension;
   attributes[1].val.clusterDim.x = cluster_x;
   attributes[1].val.clusterDim.y = 1;
@@ -49,10 +53,25 @@ void launch_kernel_clustered(const char* name, void (*kernel)(Params...), dim3 g
              __LINE__);
 }
 
+// cluster_x > 1: the grid's x dimension in thread block clusters of that many blocks (blocks of
+// a cluster run together and can read each other's shared memory).
+template <class... Params, class... Args>
+void launch_kernel_clustered(const char* name, void (*kernel)(Params...), dim3 grid, dim3 block,
+                             size_t smem, cudaStream_t stream, unsigned cluster_x, Args... args) {
+  launch_kernel_with(name, kernel, grid, block, smem, stream, cluster_x, false, args...);
+}
+
 template <class... Params, class... Args>
 void launch_kernel(const char* name, void (*kernel)(Params...), dim3 grid, dim3 block, size_t smem,
                    cudaStream_t stream, Args... args) {
-  launch_kernel_clustered(name, kernel, grid, block, smem, stream, 1u, args...);
+  launch_kernel_with(name, kernel, grid, block, smem, stream, 1u, false, args...);
+}
+
+// For kernels that start on data no earlier kernel writes before wait_for_prior_kernels().
+template <class... Params, class... Args>
+void launch_kernel_prefetching(const char* name, void (*kernel)(Params...), dim3 grid, dim3 block,
+                               size_t smem, cudaStream_t stream, Args... args) {
+  launch_kernel_with(name, kernel, grid, block, smem, stream, 1u, true, args...);
 }
 
 #ifdef __CUDACC__

@@ -254,7 +254,7 @@ template <int M, int R, int S, int Bits, bool F32Scales, int MinBlocks = 1>
 void launch(const float* x, const QuantMatrix& w, float* y, cudaStream_t stream) {
   const int rows_per_block = kWarpsPerBlock / S * R;
   const int blocks = (w.rows + rows_per_block - 1) / rows_per_block;
-  launch_kernel("quant_gemv_kernel", quant_gemv_kernel<M, R, S, Bits, F32Scales, MinBlocks>,
+  launch_kernel_prefetching("quant_gemv_kernel", quant_gemv_kernel<M, R, S, Bits, F32Scales, MinBlocks>,
                 blocks, kWarpsPerBlock * kLanes, 0, stream, x, w, y);
 }
 
@@ -457,7 +457,7 @@ void launch_staged(const float* x, const QuantMatrix& w, float* y, cudaStream_t 
   }
   const int rows_per_block = kStagedWarps / S * R;
   const int blocks = (w.rows + rows_per_block - 1) / rows_per_block;
-  launch_kernel("quant_gemv4_staged_kernel", kernel, blocks, kStagedThreads, smem, stream, x, w, y);
+  launch_kernel_prefetching("quant_gemv4_staged_kernel", kernel, blocks, kStagedThreads, smem, stream, x, w, y);
 }
 
 bool staged_usable(int m, const QuantMatrix& w) {
