@@ -7,6 +7,7 @@
 
 #include "backend/cuda/cuda_backend_impl.hpp"
 #include "backend/cuda/cuda_check.hpp"
+#include "backend/cuda/launch.cuh"
 #include "core/check.hpp"
 #include "quant/affine_quant.hpp"
 
@@ -77,6 +78,7 @@ void append_pairs(const LinearWeight& w, bool f32_pairs, std::vector<uint8_t>& o
 
 Linear CudaBackend::prepare_quantized_linear(const std::vector<const LinearWeight*>& parts) {
   MOXIN_CHECK(!parts.empty(), "[cuda] prepare_quantized_linear: no parts");
+  prefer_pdl_everywhere();  // see launch.cuh: a quantized decoder's graph runs faster with PDL
   for (const LinearWeight* part : parts) {
     MOXIN_CHECK(part != nullptr && part->weight != nullptr, "[cuda] prepare_linear: no weight tensor");
     check_quantized_part(*part);

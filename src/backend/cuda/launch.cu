@@ -7,7 +7,8 @@
 namespace moxin::cuda {
 namespace {
 
-// -1: the default policy (prefetching launches only); 0: never; 1: every launch.
+// -1: the default policy (prefetching launches only); 2: the default once a quantized decoder is
+// loaded (every launch); 0: never; 1: every launch (both forced).
 std::atomic<int>& pdl_mode() {
   static std::atomic<int> mode = [] {
     const char* env = std::getenv("MOXIN_CUDA_PDL");
@@ -22,7 +23,12 @@ std::atomic<int>& pdl_mode() {
 
 bool pdl_for_launch(bool prefetching) {
   const int mode = pdl_mode().load(std::memory_order_relaxed);
-  return mode < 0 ? prefetching : mode == 1;
+  return mode < 0 ? prefetching : mode != 0;
+}
+
+void prefer_pdl_everywhere() {
+  int expected = -1;
+  pdl_mode().compare_exchange_strong(expected, 2, std::memory_order_relaxed);
 }
 
 void set_pdl_enabled(bool on) { pdl_mode().store(on ? 1 : 0, std::memory_order_relaxed); }

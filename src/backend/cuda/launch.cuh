@@ -26,9 +26,13 @@ inline unsigned elementwise_blocks(int64_t count) {
 // previous one drains. It pays only where a kernel has work that needs nothing from its
 // predecessor (the quantized GEMVs prefetch their codes before waiting: 4-bit g64 batch-1 decode
 // 341 vs 313 tok/s on the H200) and cost the bf16 decode graph 6% (180 vs 170 tok/s, same run),
-// so by default only launch_kernel_prefetching asks for it. MOXIN_CUDA_PDL=1 turns it on for
-// every launch, =0 off for all; set_pdl_enabled() does the same for benchmarks.
+// so by default only launch_kernel_prefetching asks for it. A quantized decoder's graph gained
+// from it on every launch (4-bit g64: 341 tok/s vs 324 with the prefetching launches only):
+// prefer_pdl_everywhere() switches the default so once quantized weights are loaded.
+// MOXIN_CUDA_PDL=1 turns it on for every launch, =0 off for all (set_pdl_enabled() likewise, for
+// benchmarks); either overrides the default.
 bool pdl_for_launch(bool prefetching);
+void prefer_pdl_everywhere();
 void set_pdl_enabled(bool on);
 
 template <class... Params, class... Args>
