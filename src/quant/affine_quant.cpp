@@ -100,9 +100,23 @@ void quantize_row(const void* w, DType dtype, int64_t row, int64_t cols, int bit
   for (int64_t g = 0; g < groups; ++g) {
     const float* x = buffer + g * group_size;
     const auto [lo, hi] = group_range(x, group_size);
-    const float scale = store_rounded(std::max((hi - lo) / max_code, kMinScale), m.scale_dtype,
-                                      m.scales.data(), row * groups + g);
-    const float bias = store_rounded(lo, m.scale_dtype, m.biases.data(), row * groups + g);
+    // mlx.core.quantize (0.32, affine), step by step in f32 so that every code, scale and bias
+    // is the one MLX writes: the bias is the group's larger-magnitude extreme (the scale turns
+    // negative when that is the maximum), and the scale is nudged so that the bias is an exact
+    // multiple of it, which puts 0.0 on a code. The codes use the unrounded f32 scale and bias;
+    // only the stored copies are rounded to the weights' dtype.
+    const bool from_min = std::abs(lo) > std::abs(hi);
+    float scale = std::max((hi - lo) / max_code, kMinScale);
+    if (!from_min) scale = -scale;
+    const float edge = from_min ? lo : hi;
+    const float edge_code = std::nearbyint(edge / scale);  // ties to even, as rint
+    float bias = 0.0f;
+    if (edge_code != 0.0f) {
+      scale = edge / edge_code;
+      bias = edge;
+    }
+    store_rounded(scale, m.scale_dtype, m.scales.data(), row * groups + g);
+    store_rounded(bias, m.scale_dtype, m.biases.data(), row * groups + g);
     for (int j = 0; j < group_size; ++j) q[j] = static_cast<uint32_t>(code_of((x[j] - bias) / scale, max_code));
     for (int j = 0; j < group_size; j += per_word) {
       uint32_t word = 0;

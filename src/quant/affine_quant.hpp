@@ -48,11 +48,13 @@ struct QuantizedMatrix {
   QuantView view() const;
 };
 
-// Quantizes w [rows, cols] (BF16, F16 or F32, row-major) per group: scale = max((max - min) /
-// (2^bits - 1), 1e-7) and bias = min, both rounded to the weights' dtype first, then
-// q = clamp(round_half_even((w - bias) / scale), 0, 2^bits - 1) in f32 with the rounded values,
-// so that dequantization reproduces exactly what was optimized. Rows are split over the pool
-// (may be null). `name` is for error messages.
+// Quantizes w [rows, cols] (BF16, F16 or F32, row-major) per group exactly as mlx.core.quantize
+// (affine) does, bit for bit (tests/py/test_quant.py checks against the real MLX): in f32,
+// s = max((max - min) / (2^bits - 1), 1e-7), negated unless |min| > |max|; edge = the
+// larger-magnitude extreme; e = round_half_even(edge / s); if e != 0: s = edge / e and bias =
+// edge, else bias = 0; q = clamp(round_half_even((w - bias) / s), 0, 2^bits - 1); s and bias are
+// stored rounded to the weights' dtype. Rows are split over the pool (may be null). `name` is for
+// error messages.
 QuantizedMatrix quantize_matrix(const void* w, DType dtype, int64_t rows, int64_t cols, int bits,
                                 int group_size, ThreadPool* pool, const std::string& name);
 

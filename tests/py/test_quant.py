@@ -43,19 +43,6 @@ def to_bf16(x):
     return torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)).to(torch.bfloat16).float().numpy()
 
 
-def numpy_quantize(w, bits, group):
-    """MLX affine: scale = max((max - min) / (2^bits - 1), 1e-7), bias = min, both rounded to
-    bf16 (the weights' dtype); q = clip(rint((w - bias) / scale)) in float32."""
-    out, inp = w.shape
-    g = w.reshape(out, inp // group, group).astype(np.float32)
-    levels = np.float32(2 ** bits - 1)
-    scale = to_bf16(np.maximum((g.max(-1) - g.min(-1)) / levels, np.float32(1e-7)))
-    bias = to_bf16(g.min(-1))
-    exact = (g - bias[..., None]) / scale[..., None]
-    q = np.clip(np.rint(exact), 0, levels)
-    return q.reshape(out, inp), scale, bias, exact.reshape(out, inp)
-
-
 def unpack(codes, bits):
     per_word = 32 // bits
     shifts = (bits * np.arange(per_word)).astype(np.uint32)
@@ -107,25 +94,47 @@ def raw_tensors(model_dir):
     return codes
 
 
+def outlier_checkpoint(tiny_model, rng, out):
+    """An f32 copy of the tiny model whose quantized linears hold MLX's edge cases: outliers (1%
+    of the weights x 30), a constant group, an all-zero group, groups of one sign only and a
+    group whose extremes have equal magnitude."""
+    tensors = reference_vlm.read_checkpoint(tiny_model)
+    for name in quantized_names(tensors):
+        w = tensors[name + ".weight"].numpy().copy()
+        w[rng.random(w.shape) < 0.01] *= 30
+        w[0, :64] = 0.25
+        w[1, :64] = 0.0
+        w[2, :64] = np.abs(w[2, :64])
+        w[3, :64] = -np.abs(w[3, :64])
+        w[4, :64] = np.linspace(-0.5, 0.5, 64, dtype=np.float32)
+        tensors[name + ".weight"] = torch.from_numpy(w)
+    return f32_checkpoint(tiny_model, tensors, out)
+
+
 @pytest.mark.parametrize("bits,group", CONFIGS)
-def test_codes_match_numpy(tiny_model, quantized, bits, group):
-    source = read_f32(tiny_model)
-    # scales/biases are bf16, which numpy lacks: read those through torch.
-    out_f32 = read_f32(quantized[bits, group])
-    raw = raw_tensors(quantized[bits, group])
-    names = quantized_names(source)
-    for name in names:
-        q_ref, scale_ref, bias_ref, exact = numpy_quantize(source[name + ".weight"], bits, group)
-        codes = raw[name + ".weight"]
-        assert codes.dtype == np.uint32 and codes.shape == (q_ref.shape[0], q_ref.shape[1] * bits // 32), name
-        np.testing.assert_array_equal(out_f32[name + ".scales"], scale_ref, err_msg=name)
-        np.testing.assert_array_equal(out_f32[name + ".biases"], bias_ref, err_msg=name)
-        q = unpack(codes, bits)
-        differ = q != q_ref
-        near_boundary = np.abs(exact - np.floor(exact) - 0.5) <= 1e-6 * np.maximum(1, np.abs(exact))
-        assert not np.any(differ & ~near_boundary), f"{name}: {differ.sum()} codes differ from NumPy"
-        assert np.all(np.abs(q - q_ref) <= 1)
+def test_codes_match_mlx(moxin_bin, tiny_model, quantized, tmp_path, seed, bits, group):
+    """`moxin quantize` writes the codes, scales and biases mlx.core.quantize writes, bit for bit,
+    for bf16 weights (the tiny model) and f32 weights with outliers and degenerate groups."""
+    mx = pytest.importorskip("mlx.core", reason="mlx (requirements-test.txt) is not installed")
+    f32_source = outlier_checkpoint(tiny_model, np.random.default_rng(seed), tmp_path / "f32-source")
+    f32_quantized = tmp_path / "f32-quantized"
+    run_moxin(moxin_bin, "quantize", "--model", f32_source, "--output", f32_quantized, "--bits", bits,
+              "--group-size", group, "--threads", 2)
+    for source_dir, qdir, dtype in [(tiny_model, quantized[bits, group], mx.bfloat16),
+                                    (f32_source, f32_quantized, mx.float32)]:
+        source = read_f32(source_dir)  # bf16 values are exact in f32
+        ours, raw = read_f32(qdir), raw_tensors(qdir)
+        for name in quantized_names(source):
+            w = mx.array(source[name + ".weight"]).astype(dtype)
+            codes, scales, biases = mx.quantize(w, group_size=group, bits=bits, mode="affine")
+            np.testing.assert_array_equal(raw[name + ".weight"], np.array(codes), err_msg=f"{name} codes ({dtype})")
+            np.testing.assert_array_equal(ours[name + ".scales"], np.array(scales.astype(mx.float32)),
+                                          err_msg=f"{name} scales ({dtype})")
+            np.testing.assert_array_equal(ours[name + ".biases"], np.array(biases.astype(mx.float32)),
+                                          err_msg=f"{name} biases ({dtype})")
     # Everything else is copied as stored.
+    source, out_f32 = read_f32(tiny_model), read_f32(quantized[bits, group])
+    names = quantized_names(source)
     for name, value in source.items():
         if not any(name.startswith(n + ".") for n in names):
             np.testing.assert_array_equal(out_f32[name], value, err_msg=name)
