@@ -33,6 +33,7 @@ struct QuantizeArgs {
   int bits = 8;
   int group_size = 64;
   int threads = 0;
+  std::string rounding = "mlx";
 };
 
 // One tensor of the input and the bytes it becomes in the output.
@@ -126,7 +127,8 @@ void run(const QuantizeArgs& a) {
         weight_map[t.name] = file;
       } else {
         const QuantizedMatrix m =
-            quantize_matrix(t.data, t.dtype, t.shape[0], t.shape[1], a.bits, a.group_size, &pool, t.name);
+            quantize_matrix(t.data, t.dtype, t.shape[0], t.shape[1], a.bits, a.group_size, &pool, t.name,
+                            a.rounding == "minmax" ? QuantRounding::MinMax : QuantRounding::Mlx);
         const std::string prefix = t.name.substr(0, t.name.size() - std::string(".weight").size());
         const std::vector<int64_t> groups{m.rows, m.cols / a.group_size};
         writer.add(t.name, DType::U32, {m.rows, m.cols * a.bits / 32}, m.codes.data());
@@ -156,6 +158,10 @@ const Command kQuantize("quantize", [](CLI::App& app) {
   c->add_option("--bits", args->bits, "Bits per weight: 8 or 4")->check(CLI::IsMember({4, 8}));
   c->add_option("--group-size", args->group_size, "Inputs per group: 64 or 128")->check(CLI::IsMember({64, 128}));
   c->add_option("--threads", args->threads, "Threads (0 = all cores)")->check(CLI::Range(0, 4096));
+  c->add_option("--rounding", args->rounding,
+                "mlx: the bytes mlx.core.quantize writes (default); minmax: bias = group minimum, "
+                "lower 8-bit weight error")
+      ->check(CLI::IsMember({"mlx", "minmax"}));
   c->callback([args] { run(*args); });
 });
 

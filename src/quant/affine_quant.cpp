@@ -89,8 +89,29 @@ inline float code_of(float v, float max_code) {
   return (v + kRoundingOffset) - kRoundingOffset;
 }
 
+// A group's f32 scale and bias under `rounding` (see QuantRounding), stored as element i.
+std::pair<float, float> group_scale_bias(float lo, float hi, float max_code, QuantRounding rounding,
+                                         QuantizedMatrix& m, int64_t i) {
+  float scale = std::max((hi - lo) / max_code, kMinScale);
+  if (rounding == QuantRounding::MinMax)
+    return {store_rounded(scale, m.scale_dtype, m.scales.data(), i),
+            store_rounded(lo, m.scale_dtype, m.biases.data(), i)};
+  const bool from_min = std::abs(lo) > std::abs(hi);
+  if (!from_min) scale = -scale;
+  const float edge = from_min ? lo : hi;
+  const float edge_code = std::nearbyint(edge / scale);  // ties to even, as rint
+  float bias = 0.0f;
+  if (edge_code != 0.0f) {
+    scale = edge / edge_code;
+    bias = edge;
+  }
+  store_rounded(scale, m.scale_dtype, m.scales.data(), i);
+  store_rounded(bias, m.scale_dtype, m.biases.data(), i);
+  return {scale, bias};
+}
+
 void quantize_row(const void* w, DType dtype, int64_t row, int64_t cols, int bits, int group_size,
-                  float* buffer, QuantizedMatrix& m) {
+                  QuantRounding rounding, float* buffer, QuantizedMatrix& m) {
   load_row(w, dtype, row, cols, buffer);
   const float max_code = static_cast<float>((1 << bits) - 1);
   const int per_word = 32 / bits;
@@ -100,23 +121,7 @@ void quantize_row(const void* w, DType dtype, int64_t row, int64_t cols, int bit
   for (int64_t g = 0; g < groups; ++g) {
     const float* x = buffer + g * group_size;
     const auto [lo, hi] = group_range(x, group_size);
-    // mlx.core.quantize (0.32, affine), step by step in f32 so that every code, scale and bias
-    // is the one MLX writes: the bias is the group's larger-magnitude extreme (the scale turns
-    // negative when that is the maximum), and the scale is nudged so that the bias is an exact
-    // multiple of it, which puts 0.0 on a code. The codes use the unrounded f32 scale and bias;
-    // only the stored copies are rounded to the weights' dtype.
-    const bool from_min = std::abs(lo) > std::abs(hi);
-    float scale = std::max((hi - lo) / max_code, kMinScale);
-    if (!from_min) scale = -scale;
-    const float edge = from_min ? lo : hi;
-    const float edge_code = std::nearbyint(edge / scale);  // ties to even, as rint
-    float bias = 0.0f;
-    if (edge_code != 0.0f) {
-      scale = edge / edge_code;
-      bias = edge;
-    }
-    store_rounded(scale, m.scale_dtype, m.scales.data(), row * groups + g);
-    store_rounded(bias, m.scale_dtype, m.biases.data(), row * groups + g);
+    const auto [scale, bias] = group_scale_bias(lo, hi, max_code, rounding, m, row * groups + g);
     for (int j = 0; j < group_size; ++j) q[j] = static_cast<uint32_t>(code_of((x[j] - bias) / scale, max_code));
     for (int j = 0; j < group_size; j += per_word) {
       uint32_t word = 0;
@@ -141,7 +146,8 @@ QuantView QuantizedMatrix::view() const {
 }
 
 QuantizedMatrix quantize_matrix(const void* w, DType dtype, int64_t rows, int64_t cols, int bits,
-                                int group_size, ThreadPool* pool, const std::string& name) {
+                                int group_size, ThreadPool* pool, const std::string& name,
+                                QuantRounding rounding) {
   check_quant_format(bits, group_size, name);
   MOXIN_CHECK(dtype == DType::BF16 || dtype == DType::F16 || dtype == DType::F32, "[quant] '", name,
               "' has dtype ", dtype_name(dtype), "; only BF16, F16 and F32 weights can be quantized");
@@ -159,7 +165,7 @@ QuantizedMatrix quantize_matrix(const void* w, DType dtype, int64_t rows, int64_
   m.biases.resize(groups * dtype_size(dtype));
   auto work = [&](int64_t begin, int64_t end) {
     std::vector<float> buffer(static_cast<size_t>(cols));
-    for (int64_t r = begin; r < end; ++r) quantize_row(w, dtype, r, cols, bits, group_size, buffer.data(), m);
+    for (int64_t r = begin; r < end; ++r) quantize_row(w, dtype, r, cols, bits, group_size, rounding, buffer.data(), m);
   };
   if (pool)
     pool->parallel_for(rows, work, 16);

@@ -48,15 +48,26 @@ struct QuantizedMatrix {
   QuantView view() const;
 };
 
-// Quantizes w [rows, cols] (BF16, F16 or F32, row-major) per group exactly as mlx.core.quantize
-// (affine) does, bit for bit (tests/py/test_quant.py checks against the real MLX): in f32,
-// s = max((max - min) / (2^bits - 1), 1e-7), negated unless |min| > |max|; edge = the
-// larger-magnitude extreme; e = round_half_even(edge / s); if e != 0: s = edge / e and bias =
-// edge, else bias = 0; q = clamp(round_half_even((w - bias) / s), 0, 2^bits - 1); s and bias are
-// stored rounded to the weights' dtype. Rows are split over the pool (may be null). `name` is for
-// error messages.
+// How a group's scale and bias are chosen (the codes are then round_half_even((w - bias) / s),
+// clamped to 0..2^bits - 1, in f32).
+enum class QuantRounding {
+  // Exactly as mlx.core.quantize (affine) does, bit for bit (tests/py/test_quant.py checks
+  // against the real MLX): in f32, s = max((max - min) / (2^bits - 1), 1e-7), negated unless
+  // |min| > |max|; edge = the larger-magnitude extreme; e = round_half_even(edge / s); if e != 0:
+  // s = edge / e and bias = edge, else bias = 0. The codes use these f32 values; the stored s
+  // and bias are rounded to the weights' dtype.
+  Mlx,
+  // s = max((max - min) / (2^bits - 1), 1e-7) and bias = min, rounded to the weights' dtype
+  // before the codes are computed from them (dequantization reproduces what was optimized):
+  // lower weight error at 8 bits (bench/results/quant-quality-tiny.txt), not MLX's bytes.
+  MinMax,
+};
+
+// Quantizes w [rows, cols] (BF16, F16 or F32, row-major) per group; rows are split over the pool
+// (may be null). `name` is for error messages.
 QuantizedMatrix quantize_matrix(const void* w, DType dtype, int64_t rows, int64_t cols, int bits,
-                                int group_size, ThreadPool* pool, const std::string& name);
+                                int group_size, ThreadPool* pool, const std::string& name,
+                                QuantRounding rounding = QuantRounding::Mlx);
 
 // out[(r - r0) * q.cols + k] = scale * code + bias for rows r0 <= r < r1, in f32.
 void dequantize_rows(const QuantView& q, int64_t r0, int64_t r1, float* out);

@@ -43,6 +43,19 @@ def to_bf16(x):
     return torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)).to(torch.bfloat16).float().numpy()
 
 
+def numpy_minmax_quantize(w, bits, group):
+    """`--rounding minmax`: scale = max((max - min) / (2^bits - 1), 1e-7), bias = min, both rounded
+    to bf16 (the weights' dtype); q = clip(rint((w - bias) / scale)) in float32."""
+    out, inp = w.shape
+    g = w.reshape(out, inp // group, group).astype(np.float32)
+    levels = np.float32(2 ** bits - 1)
+    scale = to_bf16(np.maximum((g.max(-1) - g.min(-1)) / levels, np.float32(1e-7)))
+    bias = to_bf16(g.min(-1))
+    exact = (g - bias[..., None]) / scale[..., None]
+    q = np.clip(np.rint(exact), 0, levels)
+    return q.reshape(out, inp), scale, bias, exact.reshape(out, inp)
+
+
 def unpack(codes, bits):
     per_word = 32 // bits
     shifts = (bits * np.arange(per_word)).astype(np.uint32)
@@ -142,6 +155,35 @@ def test_codes_match_mlx(moxin_bin, tiny_model, quantized, tmp_path, seed, bits,
     config = json.loads((quantized[bits, group] / "config.json").read_text())
     assert meta == {"bits": bits, "group_size": group}
     assert config["quantization"] == {"group_size": group, "bits": bits}
+
+
+@pytest.mark.parametrize("bits,group", [(8, 64), (4, 128)])
+def test_minmax_rounding_matches_numpy(moxin_bin, tiny_model, quantized, tmp_path, bits, group):
+    """`moxin quantize --rounding minmax` against its NumPy formula; prints both roundings' weight
+    errors (MinMax is the lower-error choice at 8 bits, MLX's the default)."""
+    out = tmp_path / "minmax"
+    run_moxin(moxin_bin, "quantize", "--model", tiny_model, "--output", out, "--bits", bits, "--group-size", group,
+              "--threads", 2, "--rounding", "minmax")
+    source, ours, raw = read_f32(tiny_model), read_f32(out), raw_tensors(out)
+    mlx_ours, mlx_raw = read_f32(quantized[bits, group]), raw_tensors(quantized[bits, group])
+    errors = np.zeros(3)
+    for name in quantized_names(source):
+        w = source[name + ".weight"]
+        q_ref, scale_ref, bias_ref, exact = numpy_minmax_quantize(w, bits, group)
+        np.testing.assert_array_equal(ours[name + ".scales"], scale_ref, err_msg=name)
+        np.testing.assert_array_equal(ours[name + ".biases"], bias_ref, err_msg=name)
+        q = unpack(raw[name + ".weight"], bits)
+        # f32 division may land a value on the other side of a .5 tie than NumPy's: only there
+        # may a code differ, by one.
+        near_tie = np.abs(exact - np.floor(exact) - 0.5) <= 1e-6 * np.maximum(1, np.abs(exact))
+        assert not np.any((q != q_ref) & ~near_tie), f"{name}: codes differ from NumPy"
+        assert np.all(np.abs(q - q_ref) <= 1)
+        deq = dequantize(raw[name + ".weight"], ours[name + ".scales"], ours[name + ".biases"], bits, group)
+        deq_mlx = dequantize(mlx_raw[name + ".weight"], mlx_ours[name + ".scales"], mlx_ours[name + ".biases"],
+                             bits, group)
+        errors += [np.sum((deq - w) ** 2), np.sum((deq_mlx - w) ** 2), np.sum(w ** 2)]
+    print(f"  {bits}-bit g{group} weight rel err: minmax {(errors[0] / errors[2]) ** 0.5:.3e}, "
+          f"mlx {(errors[1] / errors[2]) ** 0.5:.3e}")
 
 
 def dequantized_checkpoint(tiny_model, qdir, bits, group, out):
