@@ -29,7 +29,7 @@ struct LoadOptions {
   int gpu = 0;              // CUDA device ordinal
   int max_context = 4096;   // KV cache capacity in tokens (prompt + image tokens + generated)
   uint64_t max_image_pixels = 89478485;  // larger images are refused (Pillow's bomb limit)
-  int quantize_bits = 0;        // 8 or 4: quantize the decoder while loading (SPEC.md section 5)
+  int quantize_bits = 0;        // 8 or 4: quantize the decoder while loading (docs/model.md section 5)
   int quantize_group_size = 64;  // 64 or 128 inputs per group
 };
 

@@ -1,4 +1,4 @@
-// The ops interface the model is written against (ARCHITECTURE.md layer 4). The model
+// The ops interface the model is written against (docs/architecture.md, layer 4). The model
 // composes these calls and never sees a kernel; `backend/cpu` and `backend/cuda` implement
 // them and may fuse inside an op.
 //

@@ -50,7 +50,7 @@ PrefillResult Session::prefill(const std::vector<ChatTurn>& turns, std::span<con
     backend.synchronize();
     result.vision_ms = ms_since(vision_start);
 
-    // [BOS, image tokens, rest of the prompt]: no placeholder token (SPEC.md section 4).
+    // [BOS, image tokens, rest of the prompt]: no placeholder token (docs/model.md section 4).
     const Tensor text = engine_.embed(ids);
     const Tensor& projected = result.image->projected;
     embeddings = backend.empty_act({text.rows() + projected.rows(), hidden});

@@ -1,4 +1,4 @@
-// One conversation in the engine: builds the input sequence (SPEC.md section 4: BOS, 256
+// One conversation in the engine: builds the input sequence (docs/model.md section 4: BOS, 256
 // projected image tokens, the rest of the prompt), prefills it and decodes token by token.
 #pragma once
 

@@ -12,7 +12,7 @@ import sys
 import pytest
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
-SHARED = ROOT.parent / "shared"
+TOKENIZER_FIXTURE = ROOT / "tests" / "fixtures" / "tokenizer" / "moxin-vlm.tokenizer.json"
 
 
 def _find_binary():
@@ -39,9 +39,9 @@ def seed(request):
 
 @pytest.fixture(scope="session")
 def tokenizer_fixture():
-    """The real Mistral vocabulary with <PAD>: shared/fixtures, or MOXIN_TOKENIZER_FIXTURE."""
+    """The real Mistral vocabulary with <PAD>: tests/fixtures/tokenizer, or MOXIN_TOKENIZER_FIXTURE."""
     env = os.environ.get("MOXIN_TOKENIZER_FIXTURE")
-    candidate = pathlib.Path(env) if env else SHARED / "fixtures" / "tokenizer" / "moxin-vlm.tokenizer.json"
+    candidate = pathlib.Path(env) if env else TOKENIZER_FIXTURE
     if not candidate.exists():
         pytest.fail(f"tokenizer fixture not found at {candidate} (set MOXIN_TOKENIZER_FIXTURE)")
     return candidate
