@@ -88,6 +88,13 @@ class Backend {
     return nullptr;
   }
 
+  // --- numerics constraints the scheduler plans around ---
+  // The fewest positions of a prompt the scheduler computes in one chunk (unless fewer are
+  // left), and leaves to compute after a cached prefix. A backend whose linears round a row
+  // differently depending on how many rows share the call states its own; 5 is what the
+  // scheduler assumed for every backend before backends were asked.
+  virtual size_t min_prefill_rows() const { return 5; }
+
   // --- measurement, for benchmarks (roofline shares are reported against these) ---
   // The memory-bandwidth ceiling measured now, in GB/s: on the CPU a multi-threaded read of a
   // buffer larger than the caches, on a GPU a device-to-device copy (bytes read + written).

@@ -30,6 +30,18 @@ def moxin_bin():
     return path
 
 
+def find_test_tool(name, env):
+    """build/tests/tools/<name>, in the moxin binary's build tree (../../tests/tools from
+    build/src/cli/moxin), or the path in the environment variable `env`."""
+    if os.environ.get(env):
+        path = pathlib.Path(os.environ[env])
+    else:
+        path = _find_binary().parent.parent.parent / "tests" / "tools" / name
+    if not path.exists():
+        pytest.fail(f"{name} not found at {path}: build the {name} target or set {env}")
+    return path
+
+
 @pytest.fixture
 def seed(request):
     value = int(os.environ.get("MOXIN_TEST_SEED", random.SystemRandom().randrange(2**31)))
