@@ -165,9 +165,10 @@ void Scheduler::iterate() {
   }
 }
 
+// Done ones too: one the planner ended in a plan that threw before it was reported still needs
+// its outcome (a stream keeps only the first).
 void Scheduler::fail_running(const std::string& message) {
-  for (const auto& s : planner_->running_sequences())
-    if (!s->done) output_.fail(scheduled(s.get()), message);
+  for (const auto& s : planner_->running_sequences()) output_.fail(scheduled(s.get()), message);
 }
 
 void Scheduler::publish_stats() {
