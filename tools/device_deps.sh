@@ -8,12 +8,12 @@ dest=.deps
 rm -rf "$dest"
 mkdir -p "$dest/include" "$dest/lib/pkgconfig" "$dest/share/cmake"
 arch=/usr/lib/x86_64-linux-gnu
-for h in nlohmann CLI gtest gmock jpeglib.h jerror.h jmorecfg.h turbojpeg.h png.h pngconf.h \
+for h in nlohmann CLI gtest gmock jpeglib.h jerror.h jmorecfg.h png.h pngconf.h \
          pnglibconf.h libpng16 zlib.h zconf.h gif_lib.h webp; do
   cp -r "/usr/include/$h" "$dest/include/"
 done
 cp /usr/include/x86_64-linux-gnu/jconfig.h "$dest/include/"
-for l in libjpeg.a libturbojpeg.a libpng16.a libpng.a libz.a libgif.a libwebp.a libwebpdemux.a libsharpyuv.a \
+for l in libjpeg.a libpng16.a libpng.a libz.a libgif.a libwebp.a libwebpdemux.a libsharpyuv.a \
          libgtest.a libgtest_main.a libgmock.a libgmock_main.a; do
   [ -f "$arch/$l" ] && cp "$arch/$l" "$dest/lib/"
 done
@@ -43,6 +43,6 @@ Libs: -L\${libdir} -lcpp-httplib -Wl,-rpath-link,\${libdir}
 Libs.private: -pthread
 Cflags: -I\${includedir} -DCPPHTTPLIB_OPENSSL_SUPPORT -DCPPHTTPLIB_ZLIB_SUPPORT -DCPPHTTPLIB_BROTLI_SUPPORT
 PC
-# The tokenizer fixture (beside the checkout here) for test models made there.
-cp ../shared/fixtures/tokenizer/moxin-vlm.tokenizer.json "$dest/"
+# The tokenizer fixture, where bench/run_gpu.sh points MOXIN_TOKENIZER_FIXTURE.
+cp tests/fixtures/tokenizer/moxin-vlm.tokenizer.json "$dest/"
 du -sh "$dest"

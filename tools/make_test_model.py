@@ -5,7 +5,7 @@
         [--dtype bf16|f32] [--shards N] [--tokenizer PATH]
     python tools/make_test_model.py --preset full --out /tmp/moxin-full      # ~17.8 GB, 5 shards
 
-Output directory (what `Moxin-7B-VLM-hf` users have, see SPEC.md section 1):
+Output directory (what `Moxin-7B-VLM-hf` users have, see docs/model.md section 1):
   model.safetensors, or model-0000i-of-0000N.safetensors + model.safetensors.index.json
   ({"metadata": {"total_size": bytes}, "weight_map": {tensor: file}});
   config.json (HF Prismatic style, full text_config written out); tokenizer.json (a copy).
@@ -55,11 +55,11 @@ import torch
 from torch import nn
 from transformers import MistralConfig, MistralForCausalLM
 
-# The shared fixture beside the checkout; MOXIN_TOKENIZER_FIXTURE points elsewhere (the GPU
-# machine gets only the checkout and what is carried with it).
+# The repository's fixture (tests/fixtures/tokenizer/README.md says what it is);
+# MOXIN_TOKENIZER_FIXTURE points at another copy.
 DEFAULT_TOKENIZER = pathlib.Path(os.environ.get(
     "MOXIN_TOKENIZER_FIXTURE",
-    pathlib.Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "tokenizer" / "moxin-vlm.tokenizer.json"))
+    pathlib.Path(__file__).resolve().parents[1] / "tests" / "fixtures" / "tokenizer" / "moxin-vlm.tokenizer.json"))
 TIMM_MODEL_IDS = ["vit_large_patch14_reg4_dinov2.lvd142m", "vit_so400m_patch14_siglip_224"]
 IMAGE_SIZE = 224
 SHARD_TARGET_BYTES = 4 * 10**9

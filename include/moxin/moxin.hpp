@@ -5,11 +5,18 @@
 //   moxin::Generation gen = model->generate(prompt, {.max_tokens = 128});
 //   while (auto piece = gen.next()) std::cout << piece->text << std::flush;
 //
+// Several generations at once, from any threads, batched together (continuous batching):
+//
+//   std::vector<moxin::Generation> gens;
+//   for (const auto& q : questions) gens.push_back(model->submit(moxin::Prompt::single(q), {.max_tokens = 64}));
+//   for (auto& g : gens) while (g.next()) {}   // or each on its own thread
+//
 // Every failure throws moxin::Error (moxin/error.hpp) with a message naming the cause.
 #pragma once
 
 #include <cstdint>
 #include <memory>
+#include <mutex>
 #include <optional>
 #include <string>
 #include <vector>
@@ -19,6 +26,7 @@
 namespace moxin {
 
 class Engine;
+class Scheduler;
 class Session;
 
 enum class Device { CPU, CUDA };
@@ -29,7 +37,7 @@ struct LoadOptions {
   int gpu = 0;              // CUDA device ordinal
   int max_context = 4096;   // KV cache capacity in tokens (prompt + image tokens + generated)
   uint64_t max_image_pixels = 89478485;  // larger images are refused (Pillow's bomb limit)
-  int quantize_bits = 0;        // 8 or 4: quantize the decoder while loading (SPEC.md section 5)
+  int quantize_bits = 0;        // 8 or 4: quantize the decoder while loading (docs/model.md section 5)
   int quantize_group_size = 64;  // 64 or 128 inputs per group
 };
 
@@ -62,6 +70,9 @@ struct Piece {
   std::string text;  // the newly completed text (may be empty while UTF-8 or a stop string is pending)
 };
 
+// For Model::submit()'s generations, which share steps with others: vision_ms is 0,
+// prefill_ms the time from submit() to the first token (waiting and vision included), and
+// decode_ms the time from the first token to the last.
 struct Timings {
   double load_ms = 0;
   double vision_ms = 0;
@@ -72,7 +83,9 @@ struct Timings {
   double decode_tokens_per_s() const;
 };
 
-// A running generation; the first next() runs vision and prefill, later ones decode one token.
+// A running generation. From generate(): the first next() runs vision and prefill on the
+// caller's thread, later ones decode one token. From submit(): the model's scheduler computes
+// it; next() waits for its next token. Dropping an unfinished one cancels it.
 class Generation {
  public:
   Generation(Generation&&) noexcept;
@@ -87,6 +100,8 @@ class Generation {
  private:
   friend class Model;
   struct State;
+  struct Direct;
+  struct Scheduled;
   explicit Generation(std::unique_ptr<State> state);
   std::unique_ptr<State> state_;
 };
@@ -105,7 +120,8 @@ class Conversation {
 
  private:
   friend class Model;
-  explicit Conversation(std::unique_ptr<Session> session);
+  Conversation(std::unique_ptr<Session> session, std::shared_ptr<void> lease);
+  std::shared_ptr<void> lease_;  // the model's engine; let go after session_ has freed its KV blocks
   std::unique_ptr<Session> session_;
 };
 
@@ -119,7 +135,16 @@ class Model {
   static std::unique_ptr<Model> load(const std::string& model_dir, const LoadOptions& options = {});
   ~Model();
 
+  // One generation computed on the caller's thread, with the timings of each stage (vision,
+  // prefill, decode). Once submit() has been used, this goes through the scheduler too.
   Generation generate(const Prompt& prompt, const GenerateOptions& options = {});
+  // Thread-safe: queues a generation on the model's scheduler, which runs all submitted
+  // generations together, continuously batched, each with the output it would have alone.
+  // The first call starts the scheduler; it is refused while a Generation from generate() or
+  // a Conversation is alive (they use the engine on their own threads). From then on
+  // generate() goes through the scheduler too, and conversation() is refused.
+  Generation submit(const Prompt& prompt, const GenerateOptions& options = {});
+  // Low-level calls on the caller's thread (refused once submit() has been used).
   Conversation conversation();
   std::vector<int32_t> tokenize(const std::string& text, bool add_bos = true) const;
   std::string detokenize(const std::vector<int32_t>& ids) const;
@@ -128,9 +153,19 @@ class Model {
 
  private:
   Model(std::unique_ptr<Engine> engine, LoadOptions options, double load_ms);
+  // The engine is used by one thread at a time: by generate()'s Generations and Conversations
+  // on their callers' threads (each holds a lease while alive), or by the scheduler's thread
+  // once submit() has started it. A lease, or empty once the scheduler runs.
+  std::shared_ptr<void> try_lease_engine();
+  // The scheduler, started on first use; throws moxin::Error while a lease is held.
+  Scheduler& scheduler();
+
   std::unique_ptr<Engine> engine_;
   LoadOptions options_;
   double load_ms_;
+  std::mutex use_mutex_;
+  int leases_ = 0;
+  std::unique_ptr<Scheduler> scheduler_;
 };
 
 // Reads a whole file (e.g. an image) into memory; throws moxin::Error if it cannot.

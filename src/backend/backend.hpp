@@ -1,4 +1,4 @@
-// The ops interface the model is written against (ARCHITECTURE.md layer 4). The model
+// The ops interface the model is written against (docs/architecture.md, layer 4). The model
 // composes these calls and never sees a kernel; `backend/cpu` and `backend/cuda` implement
 // them and may fuse inside an op.
 //
@@ -92,6 +92,13 @@ class Backend {
     (void)record;
     return nullptr;
   }
+
+  // --- numerics constraints the scheduler plans around ---
+  // The fewest positions of a prompt the scheduler computes in one chunk (unless fewer are
+  // left), and leaves to compute after a cached prefix. A backend whose linears round a row
+  // differently depending on how many rows share the call states its own; 5 is what the
+  // scheduler assumed for every backend before backends were asked.
+  virtual size_t min_prefill_rows() const { return 5; }
 
   // --- measurement, for benchmarks (roofline shares are reported against these) ---
   // The memory-bandwidth ceiling measured now, in GB/s: on the CPU a multi-threaded read of a

@@ -1,6 +1,6 @@
 // `moxin preprocess --image PATH --out FILE.safetensors [--max-pixels N] [--size S]`: decodes
 // one image and writes the vision tower's inputs exactly as the engine computes them
-// (SPEC.md section 2): `resized` (U8 [S,S,3]), `dino` and `siglip` (F32 [1,S,S,3], NHWC).
+// (docs/model.md section 2): `resized` (U8 [S,S,3]), `dino` and `siglip` (F32 [1,S,S,3], NHWC).
 #include <CLI/CLI.hpp>
 #include <memory>
 #include <string>

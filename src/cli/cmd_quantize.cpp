@@ -1,5 +1,5 @@
 // `moxin quantize`: writes a copy of a checkpoint whose decoder linears (q/k/v/o/gate/up/down,
-// lm_head) are MLX-style affine quantized (SPEC.md section 5) and every other tensor is copied
+// lm_head) are MLX-style affine quantized (docs/model.md section 5) and every other tensor is copied
 // as stored. Shards of at most ~2 GB are written one at a time (plus an index), so memory stays
 // near one shard however large the model; the result loads with `--model OUT` directly.
 #include <unistd.h>

@@ -1,4 +1,4 @@
-// Image decoding and the vision tower's preprocessing (SPEC.md section 2). Every step
+// Image decoding and the vision tower's preprocessing (docs/model.md section 2). Every step
 // reproduces Pillow bit for bit: `Image.open(path).convert("RGB")` for decoding and
 // `Image.resize((w, h), Image.BICUBIC)` for resizing.
 #pragma once

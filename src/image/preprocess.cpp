@@ -1,4 +1,4 @@
-// SPEC.md section 2: resize to size x size, /255, then the DINOv2 and SigLIP normalizations,
+// docs/model.md section 2: resize to size x size, /255, then the DINOv2 and SigLIP normalizations,
 // in float32 and in the same order of operations as the PyTorch/numpy reference
 // ((x / 255 - mean) / std), so the values match it exactly.
 #include "core/check.hpp"

@@ -1,4 +1,4 @@
-// load_checkpoint: config.json + safetensors -> named, shape-checked weights (SPEC.md section 1).
+// load_checkpoint: config.json + safetensors -> named, shape-checked weights (docs/model.md section 1).
 #include "io/checkpoint.hpp"
 
 #include <filesystem>

@@ -1,4 +1,4 @@
-// The Moxin VLM checkpoint mapped onto named, shape-checked weights (SPEC.md section 1).
+// The Moxin VLM checkpoint mapped onto named, shape-checked weights (docs/model.md section 1).
 // Every dimension is derived from the tensors and cross-checked against config.json.
 #pragma once
 
@@ -51,7 +51,7 @@ struct ModelConfig {
   int projector_hidden = 0;  // 4 * projector_in
 };
 
-// A linear layer's weight [out, in] (+ optional bias [out]). Quantized forms (SPEC.md
+// A linear layer's weight [out, in] (+ optional bias [out]). Quantized forms (docs/model.md
 // section 5) keep packed codes in `weight` (U32) with `scales`/`biases`; bits == 0 means dense.
 struct LinearWeight {
   const TensorInfo* weight = nullptr;

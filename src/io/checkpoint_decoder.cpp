@@ -5,7 +5,7 @@
 namespace moxin {
 namespace {
 
-// The published SPEC defaults for what the tensors cannot tell.
+// The defaults docs/model.md section 1 gives for what the tensors cannot tell.
 constexpr int64_t kDefaultHeads = 32;
 
 // Splits the rows of a projection into heads of head_dim.

@@ -9,7 +9,7 @@
 
 namespace moxin {
 
-// MLX affine group quantization parameters (SPEC.md section 5).
+// MLX affine group quantization parameters (docs/model.md section 5).
 struct QuantizationConfig {
   int bits = 0;        // 4 or 8
   int group_size = 0;  // 64 or 128

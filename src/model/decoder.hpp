@@ -1,4 +1,4 @@
-// The Mistral-style decoder (SPEC.md section 4): embeddings in, hidden states or logits out,
+// The Mistral-style decoder (docs/model.md section 4): embeddings in, hidden states or logits out,
 // over a paged KV cache. One forward handles any mix of sequences and tokens (prefill chunks
 // and decode steps) as described by an AttentionBatch, so batching needs no second path.
 #pragma once

@@ -1,4 +1,4 @@
-// One ViT image encoder, configured as DINOv2-reg4 or SigLIP by its VitConfig (SPEC.md
+// One ViT image encoder, configured as DINOv2-reg4 or SigLIP by its VitConfig (docs/model.md
 // section 3): patch embedding + position embedding, optional [cls, registers] prefix, pre-norm
 // blocks up to the second-to-last one, prefix tokens dropped, no final norm.
 #pragma once

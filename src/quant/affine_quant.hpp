@@ -1,4 +1,4 @@
-// MLX-style affine group quantization (SPEC.md section 5): each run of `group_size`
+// MLX-style affine group quantization (docs/model.md section 5): each run of `group_size`
 // consecutive inputs of an output row is stored as w ~= scale * q + bias, q an unsigned
 // `bits`-bit code packed little-endian into uint32 words; scales and biases keep the dtype
 // of the original weights.

@@ -13,7 +13,7 @@
 
 namespace moxin {
 
-// The decoder linears SPEC.md section 5 quantizes, in load order (layer by layer, lm_head last).
+// The decoder linears docs/model.md section 5 quantizes, in load order (layer by layer, lm_head last).
 std::vector<const LinearWeight*> quantizable_linears(const DecoderWeights& decoder);
 
 class QuantizedWeights {

@@ -7,6 +7,7 @@
 #include "runtime/engine.hpp"
 #include "runtime/prompt.hpp"
 #include "runtime/sampler.hpp"
+#include "runtime/sequence_core.hpp"
 
 namespace moxin {
 
@@ -37,6 +38,14 @@ inline SamplingParams to_sampling_params(const GenerateOptions& o) {
   p.repetition_penalty = o.repetition_penalty;
   p.seed = o.seed;
   return p;
+}
+
+inline SequenceOptions to_sequence_options(const GenerateOptions& o) {
+  SequenceOptions s;
+  s.sampling = to_sampling_params(o);
+  s.max_tokens = o.max_tokens;
+  s.stop = o.stop;
+  return s;
 }
 
 }  // namespace moxin

@@ -7,6 +7,7 @@
 #include "moxin/moxin.hpp"
 #include "runtime/api_convert.hpp"
 #include "runtime/engine.hpp"
+#include "runtime/scheduler.hpp"
 #include "runtime/session.hpp"
 
 namespace moxin {
@@ -45,8 +46,22 @@ Model::Model(std::unique_ptr<Engine> engine, LoadOptions options, double load_ms
 
 Model::~Model() = default;
 
+std::shared_ptr<void> Model::try_lease_engine() {
+  std::lock_guard lock(use_mutex_);
+  if (scheduler_) return nullptr;
+  ++leases_;
+  return std::shared_ptr<void>(static_cast<void*>(this), [](void* model) {
+    Model& m = *static_cast<Model*>(model);
+    std::lock_guard lock(m.use_mutex_);
+    --m.leases_;
+  });
+}
+
 Conversation Model::conversation() {
-  return Conversation(std::make_unique<Session>(*engine_, options_.max_image_pixels));
+  std::shared_ptr<void> lease = try_lease_engine();
+  MOXIN_CHECK(lease, "[conversation] refused: submit() has started this model's scheduler, which owns the "
+                     "engine from then on (use submit() or generate(), or load another Model for conversations)");
+  return Conversation(std::make_unique<Session>(*engine_, options_.max_image_pixels), std::move(lease));
 }
 
 std::vector<int32_t> Model::tokenize(const std::string& text, bool add_bos) const {
@@ -63,7 +78,8 @@ ModelInfo Model::info() const {
           engine_->backend().name()};
 }
 
-Conversation::Conversation(std::unique_ptr<Session> session) : session_(std::move(session)) {}
+Conversation::Conversation(std::unique_ptr<Session> session, std::shared_ptr<void> lease)
+    : lease_(std::move(lease)), session_(std::move(session)) {}
 Conversation::Conversation(Conversation&&) noexcept = default;
 Conversation& Conversation::operator=(Conversation&&) noexcept = default;
 Conversation::~Conversation() = default;

@@ -17,15 +17,9 @@
 
 #include "runtime/content_hash.hpp"
 #include "runtime/kv_block_refs.hpp"
+#include "runtime/prompt_layout.hpp"
 
 namespace moxin {
-
-// What a position of a sequence is fed: a token id, or a row of the image's projected features.
-struct PositionInput {
-  int32_t token = 0;
-  int32_t image_row = -1;  // >= 0: this row of the image instead of a token
-  bool is_image() const { return image_row >= 0; }
-};
 
 // Keys of the sequence's first `blocks` full blocks.
 std::vector<Digest> prefix_block_keys(const std::optional<Digest>& image,

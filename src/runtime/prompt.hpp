@@ -1,4 +1,4 @@
-// The Prismatic "Pure" prompt format (SPEC.md section 4) and its tokenization.
+// The Prismatic "Pure" prompt format (docs/model.md section 4) and its tokenization.
 #pragma once
 
 #include <cstdint>

@@ -4,6 +4,7 @@
 
 #include "core/check.hpp"
 #include "image/image.hpp"
+#include "runtime/prompt_layout.hpp"
 
 namespace moxin {
 namespace {
@@ -35,29 +36,19 @@ PrefillResult Session::prefill(const std::vector<ChatTurn>& turns, std::span<con
               state_.length, " positions; start a new conversation");
   PrefillResult result;
   result.input_ids = tokenize_prompt(engine_.tokenizer(), turns);
-  Backend& backend = engine_.backend();
-  const int hidden = engine_.config().decoder.hidden;
-  const auto& ids = result.input_ids;
-
-  Tensor embeddings;
-  if (image.empty()) {
-    embeddings = engine_.embed(ids);
-  } else {
+  Tensor image_rows;
+  if (!image.empty()) {
     const auto vision_start = std::chrono::steady_clock::now();
     const Image decoded = decode_image(image, DecodeLimits{max_image_pixels_}, "the prompt's image");
     const PreprocessedImage pre = preprocess_image(decoded, engine_.config().dino.image_size);
     result.image = engine_.encode_images(pre.dino, pre.siglip, 1);
-    backend.synchronize();
+    engine_.backend().synchronize();
     result.vision_ms = ms_since(vision_start);
-
-    // [BOS, image tokens, rest of the prompt]: no placeholder token (SPEC.md section 4).
-    const Tensor text = engine_.embed(ids);
-    const Tensor& projected = result.image->projected;
-    embeddings = backend.empty_act({text.rows() + projected.rows(), hidden});
-    backend.copy_rows(text.rows_view(0, 1), embeddings, 0);
-    backend.copy_rows(projected, embeddings, 1);
-    if (text.rows() > 1) backend.copy_rows(text.rows_view(1, text.rows() - 1), embeddings, 1 + projected.rows());
+    image_rows = result.image->projected;
   }
+  const std::vector<PositionInput> inputs =
+      layout_prompt(result.input_ids, image_rows.data ? static_cast<int>(image_rows.rows()) : 0);
+  Tensor embeddings = embed_positions(engine_, inputs, image_rows);
   result.prompt_tokens = static_cast<int>(embeddings.rows());
   const auto prefill_start = std::chrono::steady_clock::now();
   result.logits = run(std::move(embeddings));

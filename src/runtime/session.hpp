@@ -1,5 +1,5 @@
-// One conversation in the engine: builds the input sequence (SPEC.md section 4: BOS, 256
-// projected image tokens, the rest of the prompt), prefills it and decodes token by token.
+// One conversation in the engine, on the caller's thread: lays out the prompt's inputs
+// (prompt_layout.hpp), prefills them in one step and decodes token by token.
 #pragma once
 
 #include <cstdint>

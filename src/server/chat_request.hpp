@@ -2,7 +2,7 @@
 // needs. Everything the server cannot honour is refused with a 400 naming the field, never
 // ignored silently (unknown fields too, as OpenAI does).
 //
-// Mapping decisions (the model has one prompt format, SPEC.md section 4):
+// Mapping decisions (the model has one prompt format, docs/model.md section 4):
 //  - system (and developer) messages may only come first; their text is prepended to the first
 //    user message, separated by a blank line. The model has no system prompt of its own.
 //  - then user / assistant alternate, starting and ending with user: the multi-turn prompt.

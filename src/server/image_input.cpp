@@ -62,17 +62,11 @@ RequestImage load_request_image(const std::string& url, const ImagePolicy& polic
   } else {
     bytes = local_file_bytes(url, policy);
   }
-  RequestImage image;
-  image.digest = sha256(bytes);
   try {
-    const Image decoded = decode_image(bytes, DecodeLimits{policy.max_pixels}, "the request's image");
-    PreprocessedImage pre = preprocess_image(decoded, policy.image_size);
-    image.dino = std::move(pre.dino);
-    image.siglip = std::move(pre.siglip);
+    return prepare_request_image(bytes, policy.max_pixels, policy.image_size, "the request's image");
   } catch (const Error& e) {
     throw bad_request(e.what(), kParam);
   }
-  return image;
 }
 
 }  // namespace moxin::server

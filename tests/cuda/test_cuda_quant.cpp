@@ -1,4 +1,4 @@
-// Quantized linears on the GPU (SPEC.md section 5) against an f64 reference computed from the
+// Quantized linears on the GPU (docs/model.md section 5) against an f64 reference computed from the
 // MLX formula w = scale * q + bias on the codes: every path (GEMV M <= 2, tensor cores
 // 3 <= M <= 64, dequantize + cuBLASLt above), 4/8 bits, groups of 64/128, BF16/F16/F32 scales,
 // multi-part concatenation and the refusals of malformed weights.

@@ -12,7 +12,7 @@ import sys
 import pytest
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
-SHARED = ROOT.parent / "shared"
+TOKENIZER_FIXTURE = ROOT / "tests" / "fixtures" / "tokenizer" / "moxin-vlm.tokenizer.json"
 
 
 def _find_binary():
@@ -30,6 +30,18 @@ def moxin_bin():
     return path
 
 
+def find_test_tool(name, env):
+    """build/tests/tools/<name>, in the moxin binary's build tree (../../tests/tools from
+    build/src/cli/moxin), or the path in the environment variable `env`."""
+    if os.environ.get(env):
+        path = pathlib.Path(os.environ[env])
+    else:
+        path = _find_binary().parent.parent.parent / "tests" / "tools" / name
+    if not path.exists():
+        pytest.fail(f"{name} not found at {path}: build the {name} target or set {env}")
+    return path
+
+
 @pytest.fixture
 def seed(request):
     value = int(os.environ.get("MOXIN_TEST_SEED", random.SystemRandom().randrange(2**31)))
@@ -39,9 +51,9 @@ def seed(request):
 
 @pytest.fixture(scope="session")
 def tokenizer_fixture():
-    """The real Mistral vocabulary with <PAD>: shared/fixtures, or MOXIN_TOKENIZER_FIXTURE."""
+    """The real Mistral vocabulary with <PAD>: tests/fixtures/tokenizer, or MOXIN_TOKENIZER_FIXTURE."""
     env = os.environ.get("MOXIN_TOKENIZER_FIXTURE")
-    candidate = pathlib.Path(env) if env else SHARED / "fixtures" / "tokenizer" / "moxin-vlm.tokenizer.json"
+    candidate = pathlib.Path(env) if env else TOKENIZER_FIXTURE
     if not candidate.exists():
         pytest.fail(f"tokenizer fixture not found at {candidate} (set MOXIN_TOKENIZER_FIXTURE)")
     return candidate

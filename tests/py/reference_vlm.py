@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Independent PyTorch reference for the Moxin-7B VLM (SPEC.md sections 1-4), float32 throughout.
+"""Independent PyTorch reference for the Moxin-7B VLM (docs/model.md sections 1-4), float32 throughout.
 
 Built only from the libraries the published model is defined by: timm VisionTransformer for both
 featurizers, transformers MistralForCausalLM (eager attention) for the decoder, Pillow +
@@ -66,7 +66,7 @@ DEFAULT_VIT_HEADS = 16  # both timm models; a checkpoint with other widths says 
 
 
 class FusedGeluMlpProjector(nn.Module):
-    """SPEC.md section 3: fc1 -> GELU(erf) -> fc2 -> GELU(erf) -> fc3."""
+    """docs/model.md section 3: fc1 -> GELU(erf) -> fc2 -> GELU(erf) -> fc3."""
 
     def __init__(self, vision_dim, hidden_dim, llm_dim):
         super().__init__()
@@ -198,7 +198,7 @@ def load_reference(model_dir, device="cpu", dtype=torch.float32):
 
 
 def resize_image(image):
-    """SPEC.md section 2: any Pillow input -> RGB -> 224x224 BICUBIC, ignoring aspect ratio."""
+    """docs/model.md section 2: any Pillow input -> RGB -> 224x224 BICUBIC, ignoring aspect ratio."""
     if not isinstance(image, Image.Image):
         image = Image.open(image)
     return image.convert("RGB").resize((IMAGE_SIZE, IMAGE_SIZE), Image.Resampling.BICUBIC)

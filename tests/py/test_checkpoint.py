@@ -1,7 +1,7 @@
 """Checkpoint loading: `moxin inspect --json` on small random checkpoints in the published layout.
 
 Each checkpoint is written here with the `safetensors` package (the reference writer) from
-shapes this file states independently of the C++ mapping (SPEC.md section 1 at small sizes),
+shapes this file states independently of the C++ mapping (docs/model.md section 1 at small sizes),
 in every supported naming variant, single-file and sharded, dense and MLX-quantized. The good
 cases assert the derived configuration; the bad ones assert exit status 1 and a message that
 names the problem. Fresh random weights, shard layout and variants each run (seed printed).
@@ -39,7 +39,7 @@ class Spec:
     kv_heads: int = 1
     intermediate: int = 160
     vocab: int = 320
-    # naming variants (SPEC.md section 1)
+    # naming variants (docs/model.md section 1)
     llm_prefix: str = "language_model."
     projector_names: tuple = ("fc1", "fc2", "fc3")
     layerscale_name: str = "scale_factor"
@@ -587,7 +587,7 @@ def test_quantized_embedding_is_refused(moxin_bin, tmp_path, seed):
 
 
 def test_generator_names_match_timm_and_transformers():
-    """The names and shapes written above are those of the real modules (SPEC.md section 6)."""
+    """The names and shapes written above are those of the real modules (docs/model.md section 6)."""
     import timm
     from transformers import MistralConfig, MistralForCausalLM
 
@@ -609,7 +609,7 @@ def test_generator_names_match_timm_and_transformers():
         real.update({"language_model." + n: tuple(t.shape) for n, t in llm.state_dict().items()})
     for name, shape in mine.items():
         if name.startswith("projector."):
-            continue  # Prismatic's projector has no library module; SPEC.md gives its shapes
+            continue  # Prismatic's projector has no library module; docs/model.md gives its shapes
         assert real.get(name) == shape, f"{name}: generator {shape}, real module {real.get(name)}"
     # What the real modules have beyond the generator is only the unused SigLIP pooling head.
     assert all(n.startswith(SIGLIP + "attn_pool.") for n in set(real) - set(mine)), set(real) - set(mine)

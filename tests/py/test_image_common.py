@@ -1,6 +1,6 @@
 """Shared helpers for the image tests (this module holds no tests).
 
-The reference is Pillow + numpy, as SPEC.md section 2 defines the preprocessing:
+The reference is Pillow + numpy, as docs/model.md section 2 defines the preprocessing:
     Image.open(p).convert("RGB").resize((size, size), Image.BICUBIC), / 255, then
     (x - mean) / std for DINOv2 and SigLIP, all in float32.
 The writers below build PNG, BMP and GIF files byte by byte, for the layouts Pillow cannot

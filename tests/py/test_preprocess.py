@@ -1,4 +1,4 @@
-"""`moxin preprocess` on real photographs against Pillow + numpy (SPEC.md section 2).
+"""`moxin preprocess` on real photographs against Pillow + numpy (docs/model.md section 2).
 
 Every run re-encodes scikit-image's bundled photographs in each format variant (JPEG qualities,
 chroma subsamplings and progressive; PNG colour types; lossy and lossless WebP; GIF; BMP) at

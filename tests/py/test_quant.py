@@ -1,4 +1,4 @@
-"""Quantization (SPEC.md section 5) through the CLI, against independent references:
+"""Quantization (docs/model.md section 5) through the CLI, against independent references:
 
 (a) `moxin quantize` on a tiny bf16 model: codes, scales and biases equal a NumPy quantizer of
     the same MLX affine formula applied to the input weights; packing checked by unpacking.

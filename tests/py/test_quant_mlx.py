@@ -1,4 +1,4 @@
-"""MLX compatibility (SPEC.md section 5): a checkpoint quantized by MLX itself loads and runs.
+"""MLX compatibility (docs/model.md section 5): a checkpoint quantized by MLX itself loads and runs.
 
 A fresh tiny model's decoder linears and lm_head are quantized with mlx.core.quantize (affine,
 bits 4/8, group 64/128) and written as an MLX checkpoint is: `<linear>.weight` the packed U32

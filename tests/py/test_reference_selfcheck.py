@@ -1,7 +1,7 @@
 """Checks the test tools themselves: the tiny checkpoint generator and the PyTorch reference.
 
 Each check uses a computation independent of the code under test: a hand-written ViT over the
-loaded parameters (SPEC.md section 3) for timm's intermediate-layer call, torchvision's transform
+loaded parameters (docs/model.md section 3) for timm's intermediate-layer call, torchvision's transform
 (what Prismatic runs) for preprocessing, transformers' tokenizer call for tokenization, a
 cache-free recompute for KV-cache decoding, and the CLI on a sharded copy for the loader.
 """
@@ -70,7 +70,7 @@ def test_checkpoint_has_published_layout_and_loads_strictly(tiny):
 
 
 def manual_vit_patch_features(vit, pixels, keep_blocks):
-    """SPEC.md section 3 written out with plain torch ops over the loaded parameters."""
+    """docs/model.md section 3 written out with plain torch ops over the loaded parameters."""
     x = F.conv2d(pixels, vit.patch_embed.proj.weight, vit.patch_embed.proj.bias, stride=ref.PATCH)
     x = x.flatten(2).transpose(1, 2) + vit.pos_embed
     prefix = [t.expand(x.shape[0], -1, -1) for t in (vit.cls_token, vit.reg_token) if t is not None]

@@ -6,8 +6,6 @@ GenerationMixin._get_logits_processor (the list generate() builds: repetition pe
 temperature, top-k, top-p, min-p), and its samples must follow that distribution (chi-square).
 """
 import json
-import os
-import pathlib
 import subprocess
 import types
 import warnings
@@ -19,24 +17,14 @@ from transformers import GenerationConfig
 from transformers.generation.logits_process import LogitsProcessorList, TopPLogitsWarper
 from transformers.generation.utils import GenerationMixin
 
+from conftest import find_test_tool
+
 VOCAB = 32064
-ROOT = pathlib.Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="session")
 def sampler_probe():
-    """build/tests/tools/sampler_probe: next to the moxin binary's build tree (../../tests/tools
-    from build/src/cli/moxin), or MOXIN_SAMPLER_PROBE."""
-    env = os.environ.get("MOXIN_SAMPLER_PROBE")
-    if env:
-        path = pathlib.Path(env)
-    else:
-        moxin = pathlib.Path(os.environ.get("MOXIN_BIN", ROOT / "build" / "src" / "cli" / "moxin"))
-        path = moxin.parent.parent.parent / "tests" / "tools" / "sampler_probe"
-    if not path.exists():
-        pytest.fail(f"sampler_probe not found at {path}: build the sampler_probe target "
-                    "or set MOXIN_SAMPLER_PROBE")
-    return path
+    return find_test_tool("sampler_probe", "MOXIN_SAMPLER_PROBE")
 
 
 def run_probe(probe, requests):

@@ -139,7 +139,7 @@ def with_reference(rng, draw, reference):
 
 
 def hf_prompt_tokens(model, turns, image):
-    """Prompt tokens per SPEC.md section 4, counted by Hugging Face tokenizers (+256 with an image)."""
+    """Prompt tokens per docs/model.md section 4, counted by Hugging Face tokenizers (+256 with an image)."""
     tok = Tokenizer.from_file(str(pathlib.Path(model) / "tokenizer.json"))
     prompt = "</s>".join(f"In: {q.strip()}\nOut: {a.strip()}" for q, a in turns[:-1])
     prompt = (prompt + "</s>" if prompt else "") + f"In: {turns[-1].strip()}\nOut:"

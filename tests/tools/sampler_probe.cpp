@@ -7,18 +7,14 @@
 #include <iostream>
 #include <nlohmann/json.hpp>
 
+#include "probe_json.hpp"
 #include "runtime/sampler.hpp"
 
 namespace {
 
 moxin::SamplingParams parse_params(const nlohmann::json& j) {
   moxin::SamplingParams p;
-  p.temperature = j.value("temperature", p.temperature);
-  p.top_k = j.value("top_k", p.top_k);
-  p.top_p = j.value("top_p", p.top_p);
-  p.min_p = j.value("min_p", p.min_p);
-  p.repetition_penalty = j.value("repetition_penalty", p.repetition_penalty);
-  p.seed = j.value("seed", p.seed);
+  moxin::probe::read_sampling(j, p);
   return p;
 }
 

@@ -22,6 +22,7 @@
 #include "core/bf16.hpp"
 #include "io/safetensors.hpp"
 #include "quant/affine_quant.hpp"
+#include "random_inputs.hpp"
 
 namespace moxin::cpu_test {
 
@@ -36,21 +37,7 @@ inline uint32_t test_seed() {
   return seed;
 }
 
-class Random {
- public:
-  explicit Random(uint32_t seed) : rng_(seed) {}
-  std::vector<float> uniform(size_t n, float lo = -1.0f, float hi = 1.0f) {
-    std::uniform_real_distribution<float> d(lo, hi);
-    std::vector<float> v(n);
-    for (float& x : v) x = d(rng_);
-    return v;
-  }
-  int64_t integer(int64_t lo, int64_t hi) { return std::uniform_int_distribution<int64_t>(lo, hi)(rng_); }
-  std::mt19937& engine() { return rng_; }
-
- private:
-  std::mt19937 rng_;
-};
+using test_common::Random;
 
 // ||ours - ref|| / ||ref|| in double (0 when both are zero).
 inline double relative_error(const std::vector<float>& ours, const std::vector<double>& ref) {

@@ -1,113 +1,12 @@
-// CPU row-wise and element-wise ops against double-precision references on awkward shapes.
+// CPU row-wise and element-wise ops: refusals of bad shapes, per-element accuracy of the
+// activations over their whole range, exact copies, parameters. Their accuracy on awkward
+// shapes against double-precision references is the op-case table's (test_op_cases.cpp).
 #include "test_cpu_common.hpp"
 
 namespace moxin::cpu_test {
 namespace {
 
-struct Matrix {
-  int64_t rows, cols;
-};
-const std::vector<Matrix> kShapes{{1, 1}, {1, 31}, {3, 33}, {5, 65}, {33, 257}, {2, 1024}, {7, 4096}};
-
-// Results that are one or two f32 roundings from the exact value.
-constexpr double kElementwiseTolerance = 1e-6;
-// Norms sum a row in double, then take a few f32 roundings per element.
-constexpr double kNormTolerance = 1e-6;
-
-
-TEST(CpuNorms, LayerNormMatchesReference) {
-  Random rng(test_seed());
-  for (const Matrix& s : kShapes) {
-    const size_t n = static_cast<size_t>(s.rows * s.cols);
-    // An offset mean and a spread-out scale make a one-pass f32 variance visibly wrong.
-    std::vector<float> x = rng.uniform(n, -1.0f, 1.0f);
-    for (float& v : x) v = v * 3.0f + 40.0f;
-    const std::vector<float> w = rng.uniform(static_cast<size_t>(s.cols)), b = rng.uniform(static_cast<size_t>(s.cols));
-    const float eps = 1e-6f;
-    std::vector<double> ref(n);
-    for (int64_t r = 0; r < s.rows; ++r) {
-      double mean = 0, var = 0;
-      for (int64_t c = 0; c < s.cols; ++c) mean += x[r * s.cols + c];
-      mean /= static_cast<double>(s.cols);
-      for (int64_t c = 0; c < s.cols; ++c) var += (x[r * s.cols + c] - mean) * (x[r * s.cols + c] - mean);
-      var /= static_cast<double>(s.cols);
-      for (int64_t c = 0; c < s.cols; ++c)
-        ref[r * s.cols + c] = (x[r * s.cols + c] - mean) / std::sqrt(var + static_cast<double>(eps)) * w[c] + b[c];
-    }
-    expect_matches(cat("layer_norm ", s.rows, "x", s.cols), ref, kNormTolerance, [&](Backend& be) {
-      Tensor xt = be.from_host_f32(x.data(), {s.rows, s.cols});
-      Tensor wt = be.from_host_f32(w.data(), {s.cols});
-      Tensor bt = be.from_host_f32(b.data(), {s.cols});
-      Tensor y = poisoned(be, {s.rows, s.cols});
-      be.layer_norm(xt, wt, bt, eps, y);
-      return host(be, y);
-    });
-  }
-}
-
-TEST(CpuNorms, RmsNormMatchesReferenceAndWorksInPlace) {
-  Random rng(test_seed());
-  for (const Matrix& s : kShapes) {
-    const size_t n = static_cast<size_t>(s.rows * s.cols);
-    const std::vector<float> x = rng.uniform(n, -4.0f, 4.0f), w = rng.uniform(static_cast<size_t>(s.cols));
-    const float eps = 1e-5f;
-    std::vector<double> ref(n);
-    for (int64_t r = 0; r < s.rows; ++r) {
-      double ms = 0;
-      for (int64_t c = 0; c < s.cols; ++c) ms += static_cast<double>(x[r * s.cols + c]) * x[r * s.cols + c];
-      ms /= static_cast<double>(s.cols);
-      for (int64_t c = 0; c < s.cols; ++c) ref[r * s.cols + c] = x[r * s.cols + c] / std::sqrt(ms + static_cast<double>(eps)) * w[c];
-    }
-    expect_matches(cat("rms_norm ", s.rows, "x", s.cols), ref, kNormTolerance, [&](Backend& be) {
-      Tensor xt = be.from_host_f32(x.data(), {s.rows, s.cols});
-      Tensor wt = be.from_host_f32(w.data(), {s.cols});
-      Tensor y = poisoned(be, {s.rows, s.cols});
-      be.rms_norm(xt, wt, eps, y);
-      return host(be, y);
-    });
-    expect_matches(cat("rms_norm in place ", s.rows, "x", s.cols), ref, kNormTolerance, [&](Backend& be) {
-      Tensor xt = be.from_host_f32(x.data(), {s.rows, s.cols});
-      Tensor wt = be.from_host_f32(w.data(), {s.cols});
-      be.rms_norm(xt, wt, eps, xt);
-      return host(be, xt);
-    });
-  }
-}
-
-// x += y, out = rms_norm(x): the reference adds and normalizes in double.
-TEST(CpuNorms, AddRmsNormMatchesReference) {
-  Random rng(test_seed());
-  for (const Matrix& s : kShapes) {
-    const size_t n = static_cast<size_t>(s.rows * s.cols);
-    const std::vector<float> x = rng.uniform(n, -4.0f, 4.0f), y = rng.uniform(n, -4.0f, 4.0f);
-    const std::vector<float> w = rng.uniform(static_cast<size_t>(s.cols));
-    const float eps = 1e-5f;
-    std::vector<double> ref(2 * n);  // the new x, then out
-    for (int64_t r = 0; r < s.rows; ++r) {
-      double ms = 0;
-      for (int64_t c = 0; c < s.cols; ++c) {
-        const size_t i = static_cast<size_t>(r * s.cols + c);
-        ref[i] = static_cast<double>(x[i]) + y[i];
-        ms += ref[i] * ref[i];
-      }
-      ms /= static_cast<double>(s.cols);
-      for (int64_t c = 0; c < s.cols; ++c) {
-        const size_t i = static_cast<size_t>(r * s.cols + c);
-        ref[n + i] = ref[i] / std::sqrt(ms + static_cast<double>(eps)) * w[c];
-      }
-    }
-    expect_matches(cat("add_rms_norm ", s.rows, "x", s.cols), ref, kNormTolerance, [&](Backend& be) {
-      Tensor xt = be.from_host_f32(x.data(), {s.rows, s.cols});
-      Tensor yt = be.from_host_f32(y.data(), {s.rows, s.cols});
-      Tensor wt = be.from_host_f32(w.data(), {s.cols});
-      Tensor out = poisoned(be, {s.rows, s.cols});
-      be.add_rms_norm(xt, yt, wt, eps, out);
-      std::vector<float> got = host(be, xt);
-      const std::vector<float> normed = host(be, out);
-      got.insert(got.end(), normed.begin(), normed.end());
-      return got;
-    });
-  }
+TEST(CpuNorms, AddRmsNormRejectsBadShapesAndOverlaps) {
   auto backend = create_cpu_backend(1);
   Tensor x = backend->empty({2, 8}, DType::F32), y = backend->empty({2, 8}, DType::F32);
   Tensor w = backend->empty({8}, DType::F32), narrow = backend->empty({2, 7}, DType::F32);
@@ -128,20 +27,6 @@ TEST(CpuNorms, RejectMismatchedWeights) {
   expect_error([&] { backend->rms_norm(x, x, 1e-5f, y3); }, "[cpu] rms_norm: x is [2, 8] but y is [3, 8]");
   Tensor i = backend->empty({2, 8}, DType::I32);
   expect_error([&] { backend->rms_norm(i, w, 1e-5f, y); }, "x must be F32, got I32");
-}
-
-TEST(CpuActivations, GeluErfMatchesReference) {
-  Random rng(test_seed());
-  for (const Matrix& s : kShapes) {
-    const std::vector<float> x = rng.uniform(static_cast<size_t>(s.rows * s.cols), -6.0f, 6.0f);
-    std::vector<double> ref;
-    for (float v : x) ref.push_back(0.5 * v * (1.0 + std::erf(v / std::sqrt(2.0))));
-    expect_matches(cat("gelu_erf ", s.rows, "x", s.cols), ref, kElementwiseTolerance, [&](Backend& be) {
-      Tensor t = be.from_host_f32(x.data(), {s.rows, s.cols});
-      be.gelu_erf(t);
-      return host(be, t);
-    });
-  }
 }
 
 // Element by element over the whole range, including where 1 + erf(x / sqrt 2) is tiny.
@@ -176,28 +61,7 @@ TEST(CpuActivations, GeluErfAndSiluAreAccuratePerElement) {
   }
 }
 
-// gate_up rows are gate | up; the reference reads both halves of each row.
-TEST(CpuActivations, SwigluMatchesReference) {
-  Random rng(test_seed());
-  for (const Matrix& s : kShapes) {
-    const size_t n = static_cast<size_t>(s.rows * s.cols);
-    std::vector<float> gate_up;
-    std::vector<double> ref(n);
-    for (int64_t r = 0; r < s.rows; ++r) {
-      const std::vector<float> g = rng.uniform(static_cast<size_t>(s.cols), -8.0f, 8.0f);
-      const std::vector<float> u = rng.uniform(static_cast<size_t>(s.cols), -2.0f, 2.0f);
-      gate_up.insert(gate_up.end(), g.begin(), g.end());
-      gate_up.insert(gate_up.end(), u.begin(), u.end());
-      for (int64_t c = 0; c < s.cols; ++c)
-        ref[static_cast<size_t>(r * s.cols + c)] = g[c] / (1.0 + std::exp(-static_cast<double>(g[c]))) * u[c];
-    }
-    expect_matches(cat("swiglu ", s.rows, "x", s.cols), ref, kElementwiseTolerance, [&](Backend& be) {
-      Tensor gu = be.from_host_f32(gate_up.data(), {s.rows, 2 * s.cols});
-      Tensor y = poisoned(be, {s.rows, s.cols});
-      be.swiglu(gu, y);
-      return host(be, y);
-    });
-  }
+TEST(CpuActivations, SwigluRejectsBadShapesAndOverlaps) {
   auto backend = create_cpu_backend(1);
   Tensor gu = backend->empty({2, 16}, DType::F32), y = backend->empty({2, 9}, DType::F32);
   expect_error([&] { backend->swiglu(gu, y); },
@@ -207,40 +71,7 @@ TEST(CpuActivations, SwigluMatchesReference) {
   expect_error([&] { backend->swiglu(gu, inside); }, "[cpu] swiglu: y must not overlap gate_up");
 }
 
-TEST(CpuResidual, AddAddScaledAndCyclicRows) {
-  Random rng(test_seed());
-  for (const Matrix& s : kShapes) {
-    const size_t n = static_cast<size_t>(s.rows * s.cols);
-    const std::vector<float> x = rng.uniform(n), y = rng.uniform(n), scale = rng.uniform(static_cast<size_t>(s.cols));
-    const int64_t table_rows = std::max<int64_t>(1, s.rows / 2);
-    const std::vector<float> table = rng.uniform(static_cast<size_t>(table_rows * s.cols));
-    std::vector<double> sum(n), scaled(n), cyclic(n);
-    for (int64_t r = 0; r < s.rows; ++r)
-      for (int64_t c = 0; c < s.cols; ++c) {
-        const size_t i = static_cast<size_t>(r * s.cols + c);
-        sum[i] = static_cast<double>(x[i]) + y[i];
-        scaled[i] = x[i] + static_cast<double>(scale[c]) * y[i];
-        cyclic[i] = static_cast<double>(x[i]) + table[(r % table_rows) * s.cols + c];
-      }
-    const std::string shape = cat(s.rows, "x", s.cols);
-    expect_matches("add " + shape, sum, kElementwiseTolerance, [&](Backend& be) {
-      Tensor xt = be.from_host_f32(x.data(), {s.rows, s.cols}), yt = be.from_host_f32(y.data(), {s.rows, s.cols});
-      be.add(xt, yt);
-      return host(be, xt);
-    });
-    expect_matches("add_scaled " + shape, scaled, kElementwiseTolerance, [&](Backend& be) {
-      Tensor xt = be.from_host_f32(x.data(), {s.rows, s.cols}), yt = be.from_host_f32(y.data(), {s.rows, s.cols});
-      Tensor st = be.from_host_f32(scale.data(), {s.cols});
-      be.add_scaled(xt, yt, st);
-      return host(be, xt);
-    });
-    expect_matches("add_rows_cyclic " + shape, cyclic, kElementwiseTolerance, [&](Backend& be) {
-      Tensor xt = be.from_host_f32(x.data(), {s.rows, s.cols});
-      Tensor tt = be.from_host_f32(table.data(), {1, table_rows, s.cols});
-      be.add_rows_cyclic(xt, tt);
-      return host(be, xt);
-    });
-  }
+TEST(CpuResidual, RejectsBadShapes) {
   auto backend = create_cpu_backend(1);
   Tensor a = backend->empty({2, 8}, DType::F32), b = backend->empty({2, 7}, DType::F32);
   expect_error([&] { backend->add(a, b); }, "[cpu] add: x is [2, 8] but y is [2, 7]");

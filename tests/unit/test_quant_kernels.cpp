@@ -97,7 +97,7 @@ struct RandomQuantWeights {
     view = QuantView{codes.data(), data, static_cast<const uint8_t*>(data) + bias_offset, dtype, N, K, bits, group};
   }
 
-  // SPEC.md section 5 (MLX): code k of row n sits in word (n * K + k) * bits / 32 at bit
+  // docs/model.md section 5 (MLX): code k of row n sits in word (n * K + k) * bits / 32 at bit
   // (k * bits) % 32; w = scale * code + bias with the group's scale and bias.
   double weight(int64_t n, int64_t k) const {
     const int64_t K = view.cols, bits = view.bits, i = n * (K / view.group_size) + k / view.group_size;

@@ -22,11 +22,11 @@ namespace {
 
 using Ids = std::vector<int32_t>;
 
-// MOXIN_TOKENIZER_FIXTURE, else ../shared/fixtures/tokenizer next to the repository.
+// MOXIN_TOKENIZER_FIXTURE, else the repository's tests/fixtures/tokenizer.
 std::string fixture_path() {
   if (const char* env = std::getenv("MOXIN_TOKENIZER_FIXTURE")) return env;
-  const auto repo = std::filesystem::path(__FILE__).parent_path().parent_path().parent_path();
-  return (repo.parent_path() / "shared" / "fixtures" / "tokenizer" / "moxin-vlm.tokenizer.json").string();
+  const auto tests = std::filesystem::path(__FILE__).parent_path().parent_path();
+  return (tests / "fixtures" / "tokenizer" / "moxin-vlm.tokenizer.json").string();
 }
 
 std::string read_text(const std::string& path) {

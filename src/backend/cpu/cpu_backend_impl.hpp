@@ -54,6 +54,16 @@ class CpuBackend final : public Backend {
   Tensor from_host_i32(const int32_t* data, const std::vector<int64_t>& shape) override;
   void to_host_f32(const Tensor& t, float* out) override;
   void synchronize() override {}
+  // How a linear rounds a row depends on the rows beside it: the dense GEMV (up to
+  // kGemvMaxRows = 128 rows, cpu_matmul.hpp) takes activation rows in groups of 4 and sums a
+  // group of 1-2 rows with two accumulators per lane but one of 3-4 with one; above 128 rows
+  // the blocked GEMM takes over; quantized weights go through their own GEMV up to
+  // kQuantGemvMaxRows = 8 rows and dequantize into the dense path above. So no chunk size
+  // makes a chunked prefill bit-identical to a one-shot one in general (tests/py/test_server.py
+  // compares greedy text, which such last-bit differences rarely flip). 5 dates from a GEMV
+  // of at most 4 rows; it is kept so that the scheduler's chunking, and so its outputs, do not
+  // change.
+  size_t min_prefill_rows() const override { return 5; }
   double measure_bandwidth_gbps() override;  // cpu_bandwidth.cpp
 
   Linear prepare_linear(const LinearWeight& w) override;

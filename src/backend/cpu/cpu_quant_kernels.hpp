@@ -1,4 +1,4 @@
-// y = x W^T for a quantized W (SPEC.md section 5) with f32 activations: a GEMV that reads the
+// y = x W^T for a quantized W (docs/model.md section 5) with f32 activations: a GEMV that reads the
 // packed codes directly for decode-sized M, and dequantized row blocks fed to the dense GEMM
 // for prefill. Each output is scale * sum(q x) + bias * sum(x) per group, which equals an f32
 // matmul on the dequantized weights up to f32 rounding.

@@ -1,4 +1,4 @@
-// Quantized linears on the GPU (SPEC.md section 5): upload of MLX-format codes with their
+// Quantized linears on the GPU (docs/model.md section 5): upload of MLX-format codes with their
 // scales and biases, and the choice of kernel by the number of activation rows.
 #include <algorithm>
 #include <cstdint>

@@ -28,7 +28,7 @@ void skinny_gemm_bf16(const float* x, int m, const bf16_bits* w, const float* bi
 bool skinny_gemm_variant(int row_tiles, int unroll, const float* x, int m, const bf16_bits* w,
                          const float* bias, float* y, int n, int k, cudaStream_t stream);
 
-// --- quant_*.cu: linears with MLX affine-quantized weights (SPEC.md section 5) ---
+// --- quant_*.cu: linears with MLX affine-quantized weights (docs/model.md section 5) ---
 // Codes as in the file (uint32 words, `bits`-bit codes little-endian, [rows, cols * bits / 32]);
 // scale and bias of each group interleaved at upload: bf16 pairs (scale in the low half) when
 // the checkpoint holds bf16, else f32 pairs.

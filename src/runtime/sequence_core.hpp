@@ -1,0 +1,70 @@
+// One generation's per-token rules, the same for every caller (the library's Generation, the
+// server's scheduler): sample the next token from the logits, detokenize it incrementally,
+// hold back text that may start a stop string, and decide whether the generation ends (the
+// end-of-sequence token, a stop string, the token limit).
+#pragma once
+
+#include <cstdint>
+#include <optional>
+#include <span>
+#include <string>
+#include <vector>
+
+#include "runtime/request_stream.hpp"
+#include "runtime/sampler.hpp"
+#include "runtime/stop_matcher.hpp"
+#include "text/tokenizer.hpp"
+
+namespace moxin {
+
+// How a generation samples and ends.
+struct SequenceOptions {
+  SamplingParams sampling;
+  int max_tokens = 256;
+  std::vector<std::string> stop;  // non-empty strings
+  int top_logprobs = -1;          // < 0: no log-probabilities; else this many alternatives
+  bool ignore_eos = false;        // benchmarks: the end-of-sequence token does not end it
+
+  // Throws moxin::Error naming the first bad field.
+  void validate() const;
+};
+
+// What one sampled token did.
+struct TokenOutcome {
+  int32_t token = 0;
+  // The text this token released. When it ends the generation (finish != None), also what was
+  // held back, unless a stop string matched (then the stop string and what follows are cut).
+  std::string text;
+  std::optional<GeneratedToken> record;  // the generated token; nullopt for an ending EOS
+  FinishReason finish = FinishReason::None;
+};
+
+class SequenceCore {
+ public:
+  // prompt_ids: the prompt's token ids (the repetition penalty's context). A generation of
+  // max_tokens 0 ends before its prompt is computed, so it never calls next().
+  SequenceCore(const Tokenizer& tokenizer, const SequenceOptions& options, std::vector<int32_t> prompt_ids);
+
+  // Samples from the logits of the sequence's last position and applies the rules.
+  TokenOutcome next(std::span<const float> logits);
+
+  // Generated ids so far (an ending EOS not included).
+  std::span<const int32_t> generated() const {
+    return std::span<const int32_t>(context_).subspan(prompt_length_);
+  }
+
+ private:
+  TokenOutcome finish(FinishReason reason, int32_t token, std::string text, std::optional<GeneratedToken> record);
+
+  const Tokenizer& tokenizer_;
+  int max_tokens_;
+  int top_logprobs_;
+  bool ignore_eos_;
+  Sampler sampler_;
+  StreamDecoder detok_;
+  StopMatcher stops_;
+  std::vector<int32_t> context_;  // prompt ids + generated ids, for the repetition penalty
+  size_t prompt_length_;
+};
+
+}  // namespace moxin
