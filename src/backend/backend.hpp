@@ -36,15 +36,22 @@ struct KvCacheConfig {
   int num_blocks = 0;   // physical blocks shared by all sequences
 };
 
-// Paged KV cache: per layer, K and V of [num_blocks, block_size, kv_heads, head_dim].
+// Paged KV cache: per layer, K and V of [num_blocks, block_size, kv_heads, head_dim], each
+// element `element_bytes` wide in the backend's storage format.
 class KvCache {
  public:
   virtual ~KvCache() = default;
   const KvCacheConfig& config() const { return config_; }
+  // Bytes one token of one sequence occupies over all layers (K and V): what a decode step reads
+  // per cached position.
+  double bytes_per_token() const {
+    return 2.0 * config_.layers * config_.kv_heads * config_.head_dim * element_bytes_;
+  }
 
  protected:
-  explicit KvCache(KvCacheConfig c) : config_(c) {}
+  KvCache(KvCacheConfig c, int element_bytes) : config_(c), element_bytes_(element_bytes) {}
   KvCacheConfig config_;
+  int element_bytes_;
 };
 
 // Describes, for a batch of T tokens from S sequences, where each token sits. All three are
@@ -69,6 +76,10 @@ class Backend {
   virtual DeviceKind kind() const = 0;
   virtual std::string name() const = 0;
   virtual DType act_dtype() const = 0;
+  // Whether prepare_linear/param copy the weights into the backend's own memory (a GPU), so the
+  // mapped checkpoint pages need not stay resident after loading; false where ops read the
+  // mapping in place (the CPU).
+  virtual bool copies_weights() const { return false; }
 
   // --- memory ---
   virtual Tensor empty(const std::vector<int64_t>& shape, DType dtype) = 0;

@@ -140,8 +140,7 @@ DecodeRun bench_decode(Engine& engine, const BenchOptions& o, int batch_size, st
     }
   }
   for (auto& s : seqs) engine.release(s);
-  const double kv_bytes_per_token = 2.0 * c.layers * c.kv_heads * c.head_dim *
-                                    (engine.backend().kind() == DeviceKind::CPU ? 4.0 : 2.0);
+  const double kv_bytes_per_token = engine.kv_cache().bytes_per_token();
   DecodeRun d;
   d.batch = batch_size;
   d.step_ms = median(times);

@@ -60,7 +60,7 @@ Engine::Engine(const std::string& model_dir, const EngineOptions& options)
   graphs_ = std::make_unique<DecodeGraphs>(*backend_, model_->decoder(), *kv_cache_, options.block_size, blocks);
   // A device backend holds its own copy now: neither the mapped pages nor the host-side
   // quantized matrices (4.5 GB for the full model in 4 bits) need stay resident.
-  if (backend_->kind() != DeviceKind::CPU) {
+  if (backend_->copies_weights()) {
     backend_->synchronize();
     checkpoint_.decoder = mapped_decoder;  // points at nothing freed below
     quantized_.reset();

@@ -47,6 +47,7 @@ class Engine {
   const Tokenizer& tokenizer() const { return tokenizer_; }
   const Vlm& model() const { return *model_; }
   Backend& backend() const { return *backend_; }
+  const KvCache& kv_cache() const { return *kv_cache_; }
   const ModelConfig& config() const { return checkpoint_.config; }
   // Bytes of the decoder matrices and norms as loaded (quantized or not): a decode step reads them.
   double decoder_weight_bytes() const { return decoder_weight_bytes_; }

@@ -198,7 +198,7 @@ Tensor CpuBackend::param(const TensorInfo& t) {
 
 void CpuKvCache::Free::operator()(float* p) const { std::free(p); }
 
-CpuKvCache::CpuKvCache(const KvCacheConfig& c) : KvCache(c) {
+CpuKvCache::CpuKvCache(const KvCacheConfig& c) : KvCache(c, sizeof(float)) {
   MOXIN_CHECK(c.layers > 0 && c.kv_heads > 0 && c.head_dim > 0 && c.block_size > 0 && c.num_blocks > 0,
               "[cpu] KV cache: layers (", c.layers, "), kv_heads (", c.kv_heads, "), head_dim (",
               c.head_dim, "), block_size (", c.block_size, ") and num_blocks (", c.num_blocks,

@@ -50,7 +50,7 @@ struct CudaLinear {
 class CudaKvCache final : public KvCache {
  public:
   CudaKvCache(const KvCacheConfig& c, std::shared_ptr<void> storage)
-      : KvCache(c), storage_(std::move(storage)) {}
+      : KvCache(c, sizeof(bf16_bits)), storage_(std::move(storage)) {}
   PagedLayer layer(int index) const {
     const auto& c = config_;
     const size_t per_tensor =
@@ -71,6 +71,7 @@ class CudaBackend final : public Backend {
   DeviceKind kind() const override { return DeviceKind::CUDA; }
   std::string name() const override { return name_; }
   DType act_dtype() const override { return DType::F32; }
+  bool copies_weights() const override { return true; }
 
   Tensor empty(const std::vector<int64_t>& shape, DType dtype) override;
   Tensor from_host_f32(const float* data, const std::vector<int64_t>& shape) override;
