@@ -26,6 +26,7 @@
 #include "backend/cuda/cuda_check.hpp"
 #include "backend/cuda/kernels.hpp"
 #include "backend/cuda/launch.cuh"
+#include "backend/cuda/streaming_load.cuh"
 
 namespace moxin::cuda {
 namespace {
@@ -33,15 +34,6 @@ namespace {
 constexpr int kWarps = 8;
 constexpr int kLanes = 32;
 constexpr int kChunk = 64;  // inputs per K chunk: 4 lanes x 16
-
-// Weights are used once: keep them out of L1 so that x stays cached there.
-__device__ __forceinline__ uint4 load_weights(const uint16_t* p) {
-  uint4 v;
-  asm("ld.global.nc.L1::no_allocate.v4.u32 {%0, %1, %2, %3}, [%4];"
-      : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
-      : "l"(p));
-  return v;
-}
 
 // One chunk's weights of this lane: for each of the R row tiles, rows g and g + 8, inputs
 // 16 t .. 16 t + 15 as two 16-byte vectors (zeros past K).
@@ -56,7 +48,7 @@ struct ChunkWeights {
       for (int h = 0; h < 2; ++h)
 #pragma unroll
         for (int v = 0; v < 2; ++v)
-          w[r][h][v] = k0 + 8 * v < k ? load_weights(rows[r][h] + k0 + 8 * v) : make_uint4(0, 0, 0, 0);
+          w[r][h][v] = k0 + 8 * v < k ? load_once_16(rows[r][h] + k0 + 8 * v) : make_uint4(0, 0, 0, 0);
   }
 
   // A fragment of tile r for mma step s: inputs 4 s .. 4 s + 3 of the lane's 16.

@@ -12,6 +12,7 @@
 #include "backend/cuda/cuda_check.hpp"
 #include "backend/cuda/kernels.hpp"
 #include "backend/cuda/launch.cuh"
+#include "backend/cuda/streaming_load.cuh"
 #include "backend/cuda/warp_reduce.cuh"
 
 namespace moxin::cuda {
@@ -19,15 +20,6 @@ namespace {
 
 constexpr int kWarpsPerBlock = 8;
 constexpr int kLanes = 32;
-
-// Weights are used once: bypass L1 so the shared activations stay cached there.
-__device__ __forceinline__ uint4 load_weights(const uint4* p) {
-  uint4 v;
-  asm("ld.global.nc.L1::no_allocate.v4.u32 {%0, %1, %2, %3}, [%4];"
-      : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
-      : "l"(p));
-  return v;
-}
 
 __device__ __forceinline__ float bf16_low(uint32_t pair) { return __uint_as_float(pair << 16); }
 __device__ __forceinline__ float bf16_high(uint32_t pair) {
@@ -96,14 +88,14 @@ __global__ void __launch_bounds__(kWarpsPerBlock* kLanes)
 #pragma unroll
     for (int u = 0; u < U; ++u)
 #pragma unroll
-      for (int r = 0; r < R; ++r) wv[u][r] = load_weights(rows[r] + vec + u * kLanes);
+      for (int r = 0; r < R; ++r) wv[u][r] = load_once_16(rows[r] + vec + u * kLanes);
 #pragma unroll
     for (int u = 0; u < U; ++u) accumulate<M, R>(wv[u], x4, x4_stride, vec + u * kLanes, acc);
   }
   for (; vec < vecs; vec += kLanes) {
     uint4 wv[R];
 #pragma unroll
-    for (int r = 0; r < R; ++r) wv[r] = load_weights(rows[r] + vec);
+    for (int r = 0; r < R; ++r) wv[r] = load_once_16(rows[r] + vec);
     accumulate<M, R>(wv, x4, x4_stride, vec, acc);
   }
 

@@ -29,6 +29,7 @@
 #include "backend/cuda/cuda_check.hpp"
 #include "backend/cuda/kernels.hpp"
 #include "backend/cuda/launch.cuh"
+#include "backend/cuda/streaming_load.cuh"
 #include "backend/cuda/warp_reduce.cuh"
 #include "backend/cuda/quant_format.cuh"
 #include "backend/cuda/quant_gemv_sweep.hpp"
@@ -86,18 +87,6 @@ __device__ __forceinline__ float fma_subnormal(float a, float b, float c) {
   float d;
   asm("fma.rn.f32 %0, %1, %2, %3;" : "=f"(d) : "f"(a), "f"(b), "f"(c));
   return d;
-}
-
-// Codes are read once: bypass L1 so that x stays cached there.
-__device__ __forceinline__ uint32_t load_code(const uint32_t* p) {
-  uint32_t v;
-  asm("ld.global.nc.L1::no_allocate.u32 %0, [%1];" : "=r"(v) : "l"(p));
-  return v;
-}
-__device__ __forceinline__ uint2 load_code2(const uint32_t* p) {
-  uint2 v;
-  asm("ld.global.nc.L1::no_allocate.v2.u32 {%0, %1}, [%2];" : "=r"(v.x), "=r"(v.y) : "l"(p));
-  return v;
 }
 
 // y for a warp's R rows: each lane's scale * dot * 2^kProductExp + bias * sum(x) parts summed
@@ -185,9 +174,9 @@ __global__ void __launch_bounds__(kWarpsPerBlock* kLanes, MinBlocks)
         next.raw[r][s] = Raw{};
         if (c < chunks) {
           if constexpr (kWords == 1) {
-            next.word[r][s][0] = load_code(codes[r] + c);
+            next.word[r][s][0] = load_once_4(codes[r] + c);
           } else {
-            const uint2 v = load_code2(codes[r] + 2 * c);
+            const uint2 v = load_once_8(codes[r] + 2 * c);
             next.word[r][s][0] = v.x;
             next.word[r][s][1] = v.y;
           }
@@ -305,14 +294,6 @@ size_t staged_smem_bytes(int m, int k) {
   return static_cast<size_t>(m) * segments * kSlots * sizeof(float4);
 }
 
-__device__ __forceinline__ uint4 load_code4(const uint32_t* p) {
-  uint4 v;
-  asm("ld.global.nc.L1::no_allocate.v4.u32 {%0, %1, %2, %3}, [%4];"
-      : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
-      : "l"(p));
-  return v;
-}
-
 // One warp iteration's codes (4 words per row) and scale/bias pairs.
 template <int R, bool F32Scales>
 struct SegmentCodes {
@@ -350,7 +331,7 @@ __global__ void __launch_bounds__(kStagedThreads)
     const int c = min(tile * kLanes + lane, segments - 1);
 #pragma unroll
     for (int r = 0; r < R; ++r) {
-      next.words[r] = load_code4(codes[r] + 4 * c);
+      next.words[r] = load_once_16(codes[r] + 4 * c);
       next.raw[r] = load_scale_bias<F32Scales>(pairs[r], c >> group_shift);
     }
   };

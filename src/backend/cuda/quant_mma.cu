@@ -29,6 +29,7 @@
 #include "backend/cuda/cuda_check.hpp"
 #include "backend/cuda/kernels.hpp"
 #include "backend/cuda/launch.cuh"
+#include "backend/cuda/streaming_load.cuh"
 #include "backend/cuda/quant_format.cuh"
 
 namespace moxin::cuda {
@@ -128,14 +129,6 @@ __device__ __forceinline__ uint32_t dequantize_pair(uint32_t codes, const RowSca
   }
 }
 
-__device__ __forceinline__ uint4 load_codes(const uint32_t* p) {
-  uint4 v;
-  asm("ld.global.nc.L1::no_allocate.v4.u32 {%0, %1, %2, %3}, [%4];"
-      : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
-      : "l"(p));
-  return v;
-}
-
 // Codes and scales of one K block for the lane's 4 rows (2 tiles x rows g, g + 8).
 template <bool F32Scales>
 struct BlockCodes {
@@ -185,7 +178,7 @@ __global__ void __launch_bounds__(kWarps* kLanes, 2)
         uint4 v = make_uint4(0, 0, 0, 0);
         c.raw[mt][h] = ScaleBiasRaw<F32Scales>{};
         if (ok) {
-          v = load_codes(codes[mt][h] + kb * (kBlockInputs * Bits / 32));
+          v = load_once_16(codes[mt][h] + kb * (kBlockInputs * Bits / 32));
           c.raw[mt][h] = load_scale_bias<F32Scales>(pairs[mt][h], in0 / w.group_size);
         }
         c.words[mt][h][0] = v.x;
