@@ -9,6 +9,7 @@ import http.client
 import io
 import json
 import re
+import signal
 import socket
 import struct
 import threading
@@ -258,3 +259,41 @@ def test_cheap_image_with_a_huge_header_is_refused_before_decoding(server, seed)
     assert status == 400 and f"{width}x{height} = {width * height} pixels, over the limit of 25000000" in body, body
     assert "--max-pixels" in body
     assert seconds < 1.0  # decoding 9000x9000 takes seconds; the header check takes microseconds
+
+
+def test_sigterm_under_load_ends_every_stream(moxin_bin, model, seed):
+    """SIGTERM with streams running and queued: each stream still ends with a finish (or an
+    error) event and [DONE], and the process exits 0."""
+    rng = np.random.default_rng(seed)
+    s = Server(moxin_bin, model, "--max-batch", 4)
+    clients = int(rng.integers(8, 16))
+    results = [None] * clients
+
+    def stream(i):
+        conn = http.client.HTTPConnection(s.host, s.port, timeout=120)
+        body = chat_body(rng, max_tokens=int(rng.integers(50, 300)), stream=True, ignore_eos=True)
+        conn.request("POST", "/v1/chat/completions", body=json.dumps(body), headers={"Content-Type": "application/json"})
+        response = conn.getresponse()
+        events = [line[6:] for line in response.read().decode().splitlines() if line.startswith("data: ")]
+        results[i] = (response.status, events)
+
+    try:
+        threads = [threading.Thread(target=stream, args=(i,)) for i in range(clients)]
+        for t in threads:
+            t.start()
+        deadline = time.monotonic() + 30
+        while s.metrics()["moxin_running_sequences"] < 4:
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+        s.proc.send_signal(signal.SIGTERM)
+        for t in threads:
+            t.join(timeout=120)
+        assert s.proc.wait(timeout=60) == 0
+    finally:
+        if s.proc.poll() is None:
+            s.proc.kill()
+    for status, events in results:
+        assert status == 200 and events[-1] == "[DONE]", (status, events[-3:])
+        last = json.loads(events[-2])
+        finished = any(c.get("finish_reason") for c in last.get("choices", [])) or "error" in last
+        assert finished, events[-3:]
