@@ -133,6 +133,12 @@ bool GuardedServer::process_and_close_socket(socket_t sock) {
   if (!admission) {
     refuse_raw(sock, refusal);
   } else {
+    struct Release {  // the connection's slot comes back however the request ends
+      GuardedServer& server;
+      const std::string& address;
+      Admission admission;
+      ~Release() { server.release(address, admission); }
+    } release_slot{*this, address, *admission};
     const bool monitoring = *admission == Admission::kMonitoring;
     DeadlineStream stream(sock, monitoring ? kMonitoringHeaderTime : seconds(limits_.header_timeout_s),
                           seconds(limits_.body_timeout_s), seconds(limits_.write_timeout_s),
@@ -148,7 +154,6 @@ bool GuardedServer::process_and_close_socket(socket_t sock) {
       ok = process_request(stream, last, closed, nullptr);
       if (!ok || closed || last || connection.closing()) break;
     }
-    release(address, *admission);
   }
   ::shutdown(sock, SHUT_RDWR);
   ::close(sock);

@@ -117,7 +117,7 @@ class HttpApi {
 // Maps every exception of a handler to an OpenAI-shaped error response.
 template <typename Handler>
 httplib::Server::Handler HttpApi::guarded(Handler handler) {
-  return [this, handler](const httplib::Request& req, httplib::Response& res) {
+  return [handler](const httplib::Request& req, httplib::Response& res) {
     try {
       handler(req, res);
     } catch (const ApiError& e) {
