@@ -23,12 +23,13 @@ struct ServeArgs {
   server::ServerOptions server;
   int max_body_mb = 32;
   bool no_prefix_cache = false;
+  CLI::Option* max_pixels_option = nullptr;  // the server's default differs from the CLI's
 };
 
 void run(ServeArgs& a) {
   server::ServerOptions& o = a.server;
   o.max_body_bytes = static_cast<size_t>(a.max_body_mb) << 20;
-  o.max_pixels = a.model.max_pixels;
+  if (a.max_pixels_option->count() > 0) o.max_pixels = a.model.max_pixels;
   o.scheduler.prefix_cache = !a.no_prefix_cache;
   if (o.model_name.empty()) o.model_name = std::filesystem::path(a.model.model_dir).filename().string();
   if (o.model_name.empty()) o.model_name = "moxin-vlm";
@@ -42,6 +43,9 @@ const Command kServe("serve", [](CLI::App& app) {
   o.model_name.clear();
   CLI::App* c = app.add_subcommand("serve", "OpenAI-compatible HTTP server with continuous batching");
   args->model.add_to(*c);
+  args->max_pixels_option = c->get_option("--max-pixels");
+  args->max_pixels_option->description(cat("Refuse images with more pixels than this (default ", o.max_pixels,
+                                           " for the server; checked from the header, before decoding)"));
   c->add_option("--host", o.host, "Address to bind (loopback unless told otherwise)");
   c->add_option("--port", o.port, "TCP port (0 = any free port, printed at startup)")->check(CLI::Range(0, 65535));
   c->add_option("--api-key", o.api_key, "Require 'Authorization: Bearer KEY' on /v1/ routes");
@@ -57,8 +61,18 @@ const Command kServe("serve", [](CLI::App& app) {
   c->add_flag("--no-prefix-cache", args->no_prefix_cache, "Do not reuse KV blocks of identical prompt prefixes");
   c->add_option("--max-body-mb", args->max_body_mb, "Largest request body in MB (413 above)")->check(CLI::Range(1, 4096));
   c->add_flag("--allow-local-images", o.allow_local_images, "Accept image_url values that are local file paths");
-  c->add_option("--http-threads", o.http_threads, "HTTP worker threads (0 = max batch + max queue + 8)")
-      ->check(CLI::Range(0, 4096));
+  server::ConnectionLimits& limits = o.connections;
+  c->add_option("--max-connections", limits.max_connections,
+                "Open connections served at once; more get 503 (except /health and /metrics)")
+      ->check(CLI::Range(1, 900));  // each holds a thread, and httplib's select() needs fds below 1024
+  c->add_option("--max-connections-per-client", limits.max_per_client, "Open connections from one client address")
+      ->check(CLI::Range(1, 900));
+  c->add_option("--header-timeout", limits.header_timeout_s, "Seconds to receive a request's line and headers (408)")
+      ->check(CLI::Range(1, 3600));
+  c->add_option("--body-timeout", limits.body_timeout_s, "Seconds to receive a request's body (408)")
+      ->check(CLI::Range(1, 3600));
+  c->add_option("--cors-origin", o.cors_origin,
+                "Allow browsers on this origin (e.g. https://app.example, or *) to call the API; CORS is off without it");
   c->add_flag("--log-requests", o.log_requests, "Print one line per request to stderr");
   c->callback([args] {
     if (args->server.scheduler.prefill_budget < args->server.scheduler.prefill_chunk)

@@ -8,6 +8,8 @@
 
 #include "cli/command.hpp"
 #include "core/check.hpp"
+#include "core/token_id.hpp"
+#include "io/json_strict.hpp"
 #include "text/tokenizer.hpp"
 
 namespace moxin::cli {
@@ -36,23 +38,22 @@ std::string ids_json(const std::vector<int32_t>& ids) {
 }
 
 std::vector<int32_t> parse_ids(const nlohmann::json& value, const std::string& where) {
-  MOXIN_CHECK(value.is_array(), "[tokenize] ", where, ": ids must be a JSON array of integers, got ", value.dump());
+  MOXIN_CHECK(value.is_array(), "[tokenize] ", where, ": ids must be a JSON array of integers, got ",
+              describe_json(value));
   std::vector<int32_t> ids;
   ids.reserve(value.size());
   for (const auto& id : value) {
-    MOXIN_CHECK(id.is_number_integer() && id.get<int64_t>() >= INT32_MIN && id.get<int64_t>() <= INT32_MAX,
-                "[tokenize] ", where, ": id ", id.dump(), " is not a 32-bit integer");
+    MOXIN_CHECK(id.is_number_integer() && id.get<int64_t>() >= 0 && id.get<int64_t>() <= kMaxTokenId, "[tokenize] ",
+                where, ": id ", describe_json(id), " is not a token id (an integer in [0, ", kMaxTokenId, "])");
     ids.push_back(id.get<int32_t>());
   }
   return ids;
 }
 
+// An input line is a string or a flat array of ids: two levels of nesting are plenty, and the
+// bound keeps a line of 200,000 '[' from reaching code that recurses over the value.
 nlohmann::json parse_json(const std::string& text, const std::string& where) {
-  try {
-    return nlohmann::json::parse(text);
-  } catch (const nlohmann::json::parse_error& e) {
-    fail("[tokenize] ", where, ": not valid JSON: ", e.what());
-  }
+  return parse_json_bounded(text, cat("[tokenize] ", where), 2);
 }
 
 std::string decode_ids(const Tokenizer& tokenizer, const std::vector<int32_t>& ids, const TokenizeArgs& a) {

@@ -8,9 +8,14 @@
 #include "core/check.hpp"
 
 namespace moxin {
+namespace {
 
-nlohmann::json parse_json_strict(std::string_view text, const std::string& context, int max_depth) {
-  using nlohmann::json;
+using nlohmann::json;
+
+// nlohmann's parse errors quote the last token read, which may be a whole multi-megabyte line.
+constexpr size_t kMaxQuotedError = 200;
+
+json parse_checked(std::string_view text, const std::string& context, int max_depth, bool refuse_duplicates) {
   std::vector<std::set<std::string>> open_objects;  // keys seen in each object being parsed
   auto callback = [&](int depth, json::parse_event_t event, json& parsed) {
     switch (event) {
@@ -20,9 +25,9 @@ nlohmann::json parse_json_strict(std::string_view text, const std::string& conte
         if (event == json::parse_event_t::object_start) open_objects.emplace_back();
         break;
       case json::parse_event_t::key:
-        MOXIN_CHECK(
-            !open_objects.empty() && open_objects.back().insert(parsed.get<std::string>()).second,
-            context, " has the key '", parsed.get<std::string>(), "' twice");
+        MOXIN_CHECK(!refuse_duplicates ||
+                        (!open_objects.empty() && open_objects.back().insert(parsed.get<std::string>()).second),
+                    context, " has the key '", parsed.get<std::string>(), "' twice");
         break;
       case json::parse_event_t::object_end:
         open_objects.pop_back();
@@ -35,8 +40,20 @@ nlohmann::json parse_json_strict(std::string_view text, const std::string& conte
   try {
     return json::parse(text.begin(), text.end(), callback);
   } catch (const json::exception& e) {
-    fail(context, " is not valid JSON: ", e.what());
+    const std::string_view what = e.what();
+    fail(context, " is not valid JSON: ", what.substr(0, kMaxQuotedError),
+         what.size() > kMaxQuotedError ? "..." : "");
   }
+}
+
+}  // namespace
+
+json parse_json_strict(std::string_view text, const std::string& context, int max_depth) {
+  return parse_checked(text, context, max_depth, true);
+}
+
+json parse_json_bounded(std::string_view text, const std::string& context, int max_depth) {
+  return parse_checked(text, context, max_depth, false);
 }
 
 nlohmann::json read_json_file(const std::string& path, const std::string& area) {

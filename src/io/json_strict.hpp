@@ -12,6 +12,11 @@ namespace moxin {
 nlohmann::json parse_json_strict(std::string_view text, const std::string& context,
                                  int max_depth = 32);
 
+// Only the nesting bound, for formats whose reference reader lets a repeated key win
+// (tokenizer.json, tool input): deep nesting is what overflows the stack of recursive code
+// (dump, comparisons) that later walks the value.
+nlohmann::json parse_json_bounded(std::string_view text, const std::string& context, int max_depth);
+
 // Reads and parses a whole file; `area` is the message's bracketed prefix ("[checkpoint]").
 nlohmann::json read_json_file(const std::string& path, const std::string& area);
 

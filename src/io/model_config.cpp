@@ -4,12 +4,24 @@
 #include <nlohmann/json.hpp>
 
 #include "core/check.hpp"
+#include "core/token_id.hpp"
+#include "io/checkpoint.hpp"
 #include "io/json_strict.hpp"
 
 namespace moxin {
 namespace {
 
 using nlohmann::json;
+
+// Accepted ranges: generous around every published model, tight enough that casts to int or
+// float and products of sizes cannot overflow, and that a norm or RoPE stays meaningful.
+constexpr int64_t kMaxWidth = 1 << 20;      // hidden, intermediate, head_dim, ViT embed_dim
+constexpr int64_t kMaxDepth = 1024;         // layers, ViT blocks
+constexpr int64_t kMaxHeads = 1024;
+constexpr int64_t kMaxPositions = 1 << 24;  // max_position_embeddings
+constexpr double kMinRmsEps = 1e-12, kMaxRmsEps = 0.1;
+constexpr double kMinRopeTheta = 1.0, kMaxRopeTheta = 1e10;
+constexpr double kMinMlpRatio = 1e-3, kMaxMlpRatio = 64.0;
 
 // Reads typed optional fields of one JSON object; null counts as absent (HF writes
 // "head_dim": null and similar).
@@ -18,20 +30,20 @@ class FieldReader {
   FieldReader(const json& object, std::string path, std::string prefix)
       : object_(object), path_(std::move(path)), prefix_(std::move(prefix)) {}
 
-  std::optional<int64_t> integer(const char* key, int64_t min_value) const {
+  std::optional<int64_t> integer(const char* key, int64_t min_value, int64_t max_value) const {
     const json* v = find(key);
     if (!v) return std::nullopt;
-    MOXIN_CHECK(
-        v->is_number_integer() && v->get<int64_t>() >= min_value && v->get<int64_t>() <= INT32_MAX,
-        where(key), " is ", describe_json(*v), ", expected an integer >= ", min_value);
+    MOXIN_CHECK(v->is_number_integer() && v->get<int64_t>() >= min_value && v->get<int64_t>() <= max_value,
+                where(key), " is ", describe_json(*v), ", expected an integer in [", min_value, ", ", max_value, "]");
     return v->get<int64_t>();
   }
 
-  std::optional<double> positive_number(const char* key) const {
+  // Bounds of a real value: casting to float, or multiplying by a width, must stay meaningful.
+  std::optional<double> number(const char* key, double min_value, double max_value) const {
     const json* v = find(key);
     if (!v) return std::nullopt;
-    MOXIN_CHECK(v->is_number() && v->get<double>() > 0, where(key), " is ", describe_json(*v),
-                ", expected a positive number");
+    MOXIN_CHECK(v->is_number() && v->get<double>() >= min_value && v->get<double>() <= max_value, where(key),
+                " is ", describe_json(*v), ", expected a number in [", min_value, ", ", max_value, "]");
     return v->get<double>();
   }
 
@@ -40,8 +52,9 @@ class FieldReader {
     const json* v = find(key);
     if (!v) return std::nullopt;
     const json& id = v->is_array() && !v->empty() ? v->front() : *v;
-    MOXIN_CHECK(id.is_number_integer() && id.get<int64_t>() >= 0 && id.get<int64_t>() <= INT32_MAX,
-                where(key), " is ", describe_json(*v), ", expected a token id (or a list of them)");
+    MOXIN_CHECK(id.is_number_integer() && id.get<int64_t>() >= 0 && id.get<int64_t>() <= kMaxTokenId, where(key),
+                " is ", describe_json(*v), ", expected a token id (an integer in [0, ", kMaxTokenId,
+                "]) or a list of them");
     return id.get<int64_t>();
   }
 
@@ -86,13 +99,22 @@ QuantizationConfig read_quantization(const json& object, const std::string& sour
   MOXIN_CHECK(object.is_object(), "[checkpoint] ", source, " is ", describe_json(object),
               ", expected an object {\"bits\": 4|8, \"group_size\": 64|128}");
   const FieldReader reader(object, source, "");
-  const auto bits = reader.integer("bits", 1);
-  const auto group = reader.integer("group_size", 1);
+  const auto bits = reader.integer("bits", 1, 64);
+  const auto group = reader.integer("group_size", 1, 1 << 20);
   MOXIN_CHECK(bits && (*bits == 4 || *bits == 8), reader.where("bits"),
               " must be 4 or 8 (MLX affine quantization)");
   MOXIN_CHECK(group && (*group == 64 || *group == 128), reader.where("group_size"),
               " must be 64 or 128");
   return {static_cast<int>(*bits), static_cast<int>(*group), source};
+}
+
+// A window at least as long as the context never slides: attention is then plain causal.
+void refuse_sliding_window(const FieldReader& dec, int64_t max_position) {
+  const auto window = dec.integer("sliding_window", 1, INT32_MAX);
+  MOXIN_CHECK(!window || *window >= max_position, dec.where("sliding_window"), " is ", *window,
+              ": moxin does not implement sliding-window attention; accepted are null (absent) or a window >= "
+              "max_position_embeddings (",
+              max_position, "), which never slides");
 }
 
 // timm sizes the MLP as int(embed_dim * mlp_ratio).
@@ -104,12 +126,14 @@ ConfigJson::VitKwargs read_vit_kwargs(const json& kwargs, const std::string& pat
   out.key = key;
   if (kwargs.is_null()) return out;
   const FieldReader reader(kwargs, path, key + ".");
-  out.embed_dim = reader.integer("embed_dim", 1);
-  out.depth = reader.integer("depth", 1);
-  out.num_heads = reader.integer("num_heads", 1);
-  if (const auto ratio = reader.positive_number("mlp_ratio")) {
+  out.embed_dim = reader.integer("embed_dim", 1, kMaxWidth);
+  out.depth = reader.integer("depth", 1, kMaxDepth);
+  out.num_heads = reader.integer("num_heads", 1, kMaxHeads);
+  if (const auto ratio = reader.number("mlp_ratio", kMinMlpRatio, kMaxMlpRatio)) {
     MOXIN_CHECK(out.embed_dim, reader.where("mlp_ratio"), " needs embed_dim next to it");
     out.mlp_dim = static_cast<int64_t>(static_cast<double>(*out.embed_dim) * *ratio);
+    MOXIN_CHECK(*out.mlp_dim >= 1, reader.where("mlp_ratio"), " is ", *ratio, ": embed_dim ", *out.embed_dim,
+                " x mlp_ratio must give an MLP of at least one unit");
   }
   return out;
 }
@@ -127,16 +151,17 @@ ConfigJson read_config_json(const std::string& path) {
   out.decoder_key_prefix = text_config ? "text_config." : "";
   const FieldReader dec(text_config ? *text_config : root, path, out.decoder_key_prefix);
 
-  out.hidden = dec.integer("hidden_size", 1);
-  out.layers = dec.integer("num_hidden_layers", 1);
-  out.heads = dec.integer("num_attention_heads", 1);
-  out.kv_heads = dec.integer("num_key_value_heads", 1);
-  out.head_dim = dec.integer("head_dim", 1);
-  out.intermediate = dec.integer("intermediate_size", 1);
-  out.vocab = dec.integer("vocab_size", 1);
-  out.max_position = dec.integer("max_position_embeddings", 1);
-  out.rms_eps = dec.positive_number("rms_norm_eps");
-  out.rope_theta = dec.positive_number("rope_theta");
+  out.hidden = dec.integer("hidden_size", 1, kMaxWidth);
+  out.layers = dec.integer("num_hidden_layers", 1, kMaxDepth);
+  out.heads = dec.integer("num_attention_heads", 1, kMaxHeads);
+  out.kv_heads = dec.integer("num_key_value_heads", 1, kMaxHeads);
+  out.head_dim = dec.integer("head_dim", 1, kMaxWidth);
+  out.intermediate = dec.integer("intermediate_size", 1, kMaxWidth);
+  out.vocab = dec.integer("vocab_size", 1, kMaxTokenId + 1);
+  out.max_position = dec.integer("max_position_embeddings", 1, kMaxPositions);
+  out.rms_eps = dec.number("rms_norm_eps", kMinRmsEps, kMaxRmsEps);
+  out.rope_theta = dec.number("rope_theta", kMinRopeTheta, kMaxRopeTheta);
+  refuse_sliding_window(dec, out.max_position.value_or(DecoderConfig{}.max_position));
   // Token ids sit in text_config or at the top level depending on the converter.
   out.bos_id = dec.token_id("bos_token_id");
   if (!out.bos_id) out.bos_id = top.token_id("bos_token_id");

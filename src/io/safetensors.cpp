@@ -1,6 +1,8 @@
 #include "io/safetensors.hpp"
 
 #include <algorithm>
+#include <cstdint>
+#include <cstdlib>
 #include <cstring>
 #include <limits>
 #include <nlohmann/json.hpp>
@@ -176,10 +178,27 @@ std::shared_ptr<SafetensorsFile> SafetensorsFile::open(const std::string& path,
   // Kept in file order, so whoever streams all tensors reads the file front to back.
   for (Entry& e : entries) {
     e.info.data = bytes + data_offset + e.begin;
+    // Any header length is legal, so a tensor may start at an odd address: the backends read
+    // elements through typed pointers, which must be aligned to the element size. Such a
+    // tensor is served from an aligned copy (writers pad the header to 8 bytes, so files
+    // written by safetensors itself need none).
+    if (reinterpret_cast<uintptr_t>(e.info.data) % dtype_size(e.info.dtype) != 0)
+      e.info.data = file->aligned_copy(e.info.data, e.info.nbytes);
     file->index_[e.info.name] = file->tensors_.size();
     file->tensors_.push_back(std::move(e.info));
   }
   return file;
+}
+
+const uint8_t* SafetensorsFile::aligned_copy(const uint8_t* data, size_t nbytes) {
+  constexpr size_t kAlign = 64;  // a cache line: what any vector load wants
+  const size_t rounded = (std::max<size_t>(nbytes, 1) + kAlign - 1) / kAlign * kAlign;
+  auto* copy = static_cast<uint8_t*>(std::aligned_alloc(kAlign, rounded));
+  MOXIN_CHECK(copy != nullptr, "[safetensors] ", path_, ": out of memory copying a misaligned tensor of ", nbytes,
+              " bytes");
+  aligned_copies_.emplace_back(copy);
+  std::memcpy(copy, data, nbytes);
+  return copy;
 }
 
 const TensorInfo* SafetensorsFile::find(const std::string& name) const {

@@ -4,6 +4,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <cstdlib>
 #include <map>
 #include <memory>
 #include <string>
@@ -47,11 +48,18 @@ class SafetensorsFile {
   const MappedFile& mapping() const { return *map_; }
 
  private:
+  // A 64-byte-aligned copy of a tensor whose bytes in the mapping are misaligned; owned here.
+  const uint8_t* aligned_copy(const uint8_t* data, size_t nbytes);
+  struct FreeDeleter {
+    void operator()(uint8_t* p) const { std::free(p); }
+  };
+
   std::string path_;
   std::shared_ptr<MappedFile> map_;
   std::vector<TensorInfo> tensors_;
   std::map<std::string, size_t> index_;
   std::map<std::string, std::string> metadata_;
+  std::vector<std::unique_ptr<uint8_t, FreeDeleter>> aligned_copies_;
 };
 
 // All tensors of a checkpoint directory: `model.safetensors`, or the shards named by

@@ -21,6 +21,16 @@ bool starts_with_ci(std::string_view s, std::string_view prefix) {
   return true;
 }
 
+// "ftp" of "ftp://host/x.png" (RFC 3986: a letter, then letters, digits, '+', '-', '.');
+// empty when the URL does not start with "scheme://", as a local path does not.
+std::string url_scheme(std::string_view url) {
+  const size_t colon = url.find("://");
+  if (colon == std::string_view::npos || colon == 0 || !std::isalpha(static_cast<unsigned char>(url[0]))) return "";
+  for (const char c : url.substr(0, colon))
+    if (!std::isalnum(static_cast<unsigned char>(c)) && c != '+' && c != '-' && c != '.') return "";
+  return std::string(url.substr(0, colon));
+}
+
 std::vector<uint8_t> data_url_bytes(std::string_view url) {
   const size_t comma = url.find(',');
   if (comma == std::string_view::npos) throw bad_request("the image data URL has no ',' before its data", kParam);
@@ -58,6 +68,10 @@ RequestImage load_request_image(const std::string& url, const ImagePolicy& polic
   } else if (starts_with_ci(url, "http://") || starts_with_ci(url, "https://")) {
     throw bad_request("remote image URLs are not supported: this server fetches nothing "
                       "(--allow-remote-images is not implemented); send the image as a data:image/...;base64 URL",
+                      kParam);
+  } else if (const std::string scheme = url_scheme(url); !scheme.empty() && !starts_with_ci(url, "file://")) {
+    throw bad_request(cat("image URLs with the scheme '", scheme.substr(0, 20),
+                          "' are not supported: send the image as a data:image/...;base64 URL"),
                       kParam);
   } else {
     bytes = local_file_bytes(url, policy);

@@ -7,6 +7,7 @@
 #include <csignal>
 #include <cstdio>
 #include <cstdlib>
+#include <optional>
 #include <semaphore>
 #include <thread>
 
@@ -16,6 +17,7 @@
 #include "server/api_error.hpp"
 #include "server/chat_request.hpp"
 #include "server/chat_response.hpp"
+#include "server/guarded_server.hpp"
 #include "server/image_input.hpp"
 #include "server/metrics.hpp"
 
@@ -51,6 +53,27 @@ bool write_all(httplib::DataSink& sink, const std::string& data) {
   return data.empty() || sink.write(data.data(), data.size());
 }
 
+// The client of the request this thread handles hung up (nobody reads the answer any more).
+bool client_gone() {
+  const ConnectionContext* connection = current_connection();
+  return connection && connection->client_gone();
+}
+
+bool is_monitoring_path(const std::string& path) { return path == "/health" || path == "/metrics"; }
+
+// httplib reads a Content-Length such as "-1" as a huge unsigned number and answers 413.
+bool valid_content_length(const httplib::Request& req) {
+  if (!req.has_header("Content-Length")) return true;
+  const std::string value = req.get_header_value("Content-Length");
+  return !value.empty() && value.size() <= 19 && value.find_first_not_of("0123456789") == std::string::npos;
+}
+
+// A refusal decided before the body was read: the connection cannot be reused after it.
+void refuse_early(httplib::Response& res, const ApiError& e) {
+  send_error(res, e);
+  if (ConnectionContext* connection = current_connection()) connection->close_after_response();
+}
+
 class HttpApi {
  public:
   HttpApi(Engine& engine, const ServerOptions& options, Scheduler& scheduler, Metrics& metrics)
@@ -66,6 +89,10 @@ class HttpApi {
   void install(httplib::Server& http);
 
  private:
+  // Refusals that need no route: a restricted connection, too many headers, a bad length, a
+  // missing API key. Runs before the body is read.
+  std::optional<ApiError> refuse_before_body(const httplib::Request& req) const;
+  void answer_preflight(httplib::Response& res) const;
   template <typename Handler>
   httplib::Server::Handler guarded(Handler handler);
   void chat(const httplib::Request& req, httplib::Response& res);
@@ -90,7 +117,7 @@ class HttpApi {
 // Maps every exception of a handler to an OpenAI-shaped error response.
 template <typename Handler>
 httplib::Server::Handler HttpApi::guarded(Handler handler) {
-  return [this, handler](const httplib::Request& req, httplib::Response& res) {
+  return [handler](const httplib::Request& req, httplib::Response& res) {
     try {
       handler(req, res);
     } catch (const ApiError& e) {
@@ -101,6 +128,37 @@ httplib::Server::Handler HttpApi::guarded(Handler handler) {
       send_error(res, ApiError(500, cat("internal error: ", e.what()), "", "server_error"));
     }
   };
+}
+
+std::optional<ApiError> HttpApi::refuse_before_body(const httplib::Request& req) const {
+  const ConnectionContext* connection = current_connection();
+  if (connection && connection->admission() == Admission::kMonitoring && !is_monitoring_path(req.path))
+    return ApiError(503, connection->refusal(), "", "server_error", "too_many_connections");
+  // httplib adds four headers of its own (REMOTE_ADDR, REMOTE_PORT, LOCAL_ADDR, LOCAL_PORT).
+  constexpr size_t kAddedByHttplib = 4;
+  if (req.headers.size() > options_.connections.max_headers + kAddedByHttplib)
+    return ApiError(431, cat("the request has ", req.headers.size() - kAddedByHttplib, " headers; at most ",
+                             options_.connections.max_headers, " are accepted"),
+                    "", "invalid_request_error", "too_many_headers");
+  if (!valid_content_length(req))
+    return ApiError(400, cat("Content-Length '", req.get_header_value("Content-Length").substr(0, 40),
+                             "' is not a byte count (a non-negative integer)"));
+  if (req.method != "OPTIONS" && req.path.compare(0, 4, "/v1/") == 0 && !authorized(req))
+    return ApiError(401, "invalid or missing API key: send the header 'Authorization: Bearer <key>'", "",
+                    "invalid_request_error", "invalid_api_key");
+  return std::nullopt;
+}
+
+// A browser asks before a cross-origin POST with a JSON body or an Authorization header. The
+// CORS headers themselves are the server's default headers, present only with --cors-origin:
+// without them the browser refuses, which is what CORS off means.
+void HttpApi::answer_preflight(httplib::Response& res) const {
+  res.status = 204;
+  res.set_header("Allow", "GET, POST, OPTIONS");
+  if (options_.cors_origin.empty()) return;
+  res.set_header("Access-Control-Allow-Methods", "GET, POST, OPTIONS");
+  res.set_header("Access-Control-Allow-Headers", "Authorization, Content-Type");
+  res.set_header("Access-Control-Max-Age", "600");
 }
 
 bool HttpApi::authorized(const httplib::Request& req) const {
@@ -171,7 +229,13 @@ void HttpApi::respond_whole(const std::shared_ptr<RequestStream>& stream,
   std::string text;
   std::vector<GeneratedToken> tokens;
   for (;;) {
-    RequestStream::Update update = stream->next(std::chrono::seconds(1));
+    // Short waits, so that a client that hangs up is noticed and its sequence freed at once.
+    RequestStream::Update update = stream->next(std::chrono::milliseconds(100));
+    if (!update.outcome && client_gone()) {
+      stream->cancel();
+      res.status = 499;  // nginx's "client closed request": nobody reads it, the log does
+      return;
+    }
     text += update.text;
     for (GeneratedToken& t : update.tokens) tokens.push_back(std::move(t));
     if (!update.outcome) continue;
@@ -197,7 +261,11 @@ void HttpApi::respond_stream(std::shared_ptr<RequestStream> stream, std::shared_
           return false;
         }
         for (;;) {
-          RequestStream::Update update = stream->next(std::chrono::milliseconds(500));
+          RequestStream::Update update = stream->next(std::chrono::milliseconds(100));
+          if (!update.outcome && update.empty() && client_gone()) {  // e.g. still queued: nothing to write
+            stream->cancel();
+            return false;
+          }
           std::string out = responder->stream_update(update.text, update.tokens);
           if (update.outcome) {
             if (update.outcome->error.empty()) {
@@ -222,16 +290,36 @@ void HttpApi::respond_stream(std::shared_ptr<RequestStream> stream, std::shared_
 
 void HttpApi::install(httplib::Server& http) {
   http.set_pre_routing_handler([this](const httplib::Request& req, httplib::Response& res) {
-    if (req.path.compare(0, 4, "/v1/") != 0 || authorized(req)) return httplib::Server::HandlerResponse::Unhandled;
-    send_error(res, ApiError(401, "invalid or missing API key: send the header 'Authorization: Bearer <key>'", "",
-                             "invalid_request_error", "invalid_api_key"));
-    return httplib::Server::HandlerResponse::Handled;
+    if (std::optional<ApiError> refusal = refuse_before_body(req)) {
+      refuse_early(res, *refusal);
+      return httplib::Server::HandlerResponse::Handled;
+    }
+    if (req.method == "OPTIONS") {
+      answer_preflight(res);
+      return httplib::Server::HandlerResponse::Handled;
+    }
+    return httplib::Server::HandlerResponse::Unhandled;
   });
   // httplib's own refusals (unknown route, body over the limit, malformed HTTP) in OpenAI's shape.
   http.set_error_handler(httplib::Server::HandlerWithResponse([this](const httplib::Request& req,
                                                                      httplib::Response& res) {
-    if (!res.body.empty()) return httplib::Server::HandlerResponse::Unhandled;
-    if (res.status == 404) {
+    if (!res.body.empty() || res.status == 499) return httplib::Server::HandlerResponse::Unhandled;
+    ConnectionContext* connection = current_connection();
+    // httplib's own refusals (unreadable request, body over the limit, unknown route) may leave
+    // unread bytes that would be taken for the next request: close the connection after them.
+    if (connection) connection->close_after_response();
+    const std::string read_failure = connection ? connection->read_failure() : "";
+    if (read_failure == "headers_too_large") {
+      send_error(res, ApiError(431, cat("the request headers are larger than ", options_.connections.max_header_bytes,
+                                        " bytes"), "", "invalid_request_error", "headers_too_large"));
+    } else if (read_failure == "header_timeout" || read_failure == "body_timeout") {
+      const bool headers = read_failure == "header_timeout";
+      send_error(res, ApiError(408, cat("the request ", headers ? "headers" : "body", " did not arrive within ",
+                                        headers ? options_.connections.header_timeout_s
+                                                : options_.connections.body_timeout_s,
+                                        " s (", headers ? "--header-timeout" : "--body-timeout", ")"),
+                               "", "invalid_request_error", "request_timeout"));
+    } else if (res.status == 404) {
       send_error(res, ApiError(404, cat("unknown route: ", req.method, " ", req.path), "", "invalid_request_error",
                                "unknown_url"));
     } else if (res.status == 413) {
@@ -304,27 +392,23 @@ void serve(Engine& engine, const ServerOptions& options) {
   Scheduler scheduler(engine, options.scheduler, &metrics);
   HttpApi api(engine, options, scheduler, metrics);
 
-  httplib::Server http;
-  // Each connection holds a worker thread while it is open (streams included).
-  const int threads = options.http_threads > 0
-                          ? options.http_threads
-                          : std::min(1024, options.scheduler.max_batch + options.scheduler.max_queue + 8);
-  http.new_task_queue = [threads] { return new httplib::ThreadPool(static_cast<size_t>(threads)); };
+  // Each connection holds a worker thread while it is open (streams included); the limits and
+  // deadlines of GuardedServer keep slow or numerous clients from taking them all.
+  GuardedServer http(options.connections);
+  const size_t threads = http.worker_threads();
+  http.new_task_queue = [threads] { return new httplib::ThreadPool(threads); };
   http.set_payload_max_length(options.max_body_bytes);
-  // Longer than clients keep idle connections (httpx: 5 s), so the server never closes one
-  // while the client reuses it; SIGTERM may wait this long for an idle connection to end.
-  http.set_keep_alive_timeout(10);
   http.set_keep_alive_max_count(1000);
-  // httplib's 5 s defaults are short for clients uploading images under load; a stalled
-  // reader of a stream still gives its slot back after the write timeout.
-  http.set_read_timeout(30);
-  http.set_write_timeout(10);
+  http.set_write_timeout(options.connections.write_timeout_s);  // the accepted sockets' SO_SNDTIMEO
+  if (!options.cors_origin.empty())
+    http.set_default_headers({{"Access-Control-Allow-Origin", options.cors_origin}, {"Vary", "Origin"}});
   api.install(http);
 
   const int port = options.port == 0 ? http.bind_to_any_port(options.host)
                                      : (http.bind_to_port(options.host, options.port) ? options.port : -1);
   MOXIN_CHECK(port > 0, "[serve] cannot listen on ", options.host, ":", options.port,
               " (is the port in use, or the host not an address of this machine?)");
+  http.widen_listen_backlog();
   install_signal_handlers();
   std::atomic<bool> listening_ended{false};
   std::thread listener([&] {

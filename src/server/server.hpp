@@ -11,6 +11,7 @@
 
 #include "runtime/engine.hpp"
 #include "runtime/scheduler.hpp"
+#include "server/connection_limits.hpp"
 
 namespace moxin::server {
 
@@ -21,8 +22,9 @@ struct ServerOptions {
   size_t max_body_bytes = size_t{32} << 20;
   std::string model_name = "moxin-vlm";
   bool allow_local_images = false;
-  uint64_t max_pixels = 89478485;
-  int http_threads = 0;                // 0: enough for every batch slot and queued request
+  uint64_t max_pixels = 25000000;     // enough for a 224-px model; decoding costs time and memory per pixel
+  std::string cors_origin;             // empty: no CORS headers (browsers refuse cross-origin calls)
+  ConnectionLimits connections;
   bool log_requests = false;
   SchedulerOptions scheduler;
 };

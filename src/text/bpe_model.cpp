@@ -3,14 +3,11 @@
 #include <queue>
 
 #include "core/check.hpp"
+#include "core/token_id.hpp"
 #include "text/utf8.hpp"
 
 namespace moxin::text {
 namespace {
-
-// Ids are dense in every real vocabulary; this bound keeps a corrupt file from making the
-// id -> piece table huge.
-constexpr int64_t kMaxId = 1 << 24;
 
 std::string byte_piece(unsigned byte) {
   static const char* hex = "0123456789ABCDEF";
@@ -23,8 +20,8 @@ BpeModel::BpeModel(BpeSpec spec, const std::string& origin)
     : byte_fallback_(spec.byte_fallback), fuse_unk_(spec.fuse_unk), ignore_merges_(spec.ignore_merges) {
   vocab_.reserve(spec.vocab.size());
   for (auto& [piece, id] : spec.vocab) {
-    MOXIN_CHECK(id < kMaxId, "[tokenizer] ", origin, ": model vocab id ", id, " of \"", piece,
-                "\" is too large (ids must stay below ", kMaxId, ")");
+    MOXIN_CHECK(id >= 0 && id <= kMaxTokenId, "[tokenizer] ", origin, ": model vocab id ", id, " of \"", piece,
+                "\" is outside [0, ", kMaxTokenId, "]");
     MOXIN_CHECK(find_invalid_utf8(piece) == std::string::npos, "[tokenizer] ", origin, ": model vocab piece with id ",
                 id, " is not valid UTF-8");
     const auto [it, inserted] = vocab_.emplace(std::move(piece), static_cast<int32_t>(id));
@@ -37,7 +34,9 @@ BpeModel::BpeModel(BpeSpec spec, const std::string& origin)
 
   merges_.reserve(spec.merges.size());
   for (size_t rank = 0; rank < spec.merges.size(); ++rank) {
-    const auto& [a, b] = spec.merges[rank];
+    // Named references, not a structured binding: clang before 16 cannot capture those.
+    const std::string& a = spec.merges[rank].first;
+    const std::string& b = spec.merges[rank].second;
     const auto id_of = [&](const std::string& piece) {
       const auto id = piece_id(piece);
       MOXIN_CHECK(id.has_value(), "[tokenizer] ", origin, ": merge ", rank + 1, " (\"", a, "\" + \"", b, "\") uses \"",

@@ -4,6 +4,8 @@
 #include <nlohmann/json.hpp>
 
 #include "core/check.hpp"
+#include "core/token_id.hpp"
+#include "io/json_strict.hpp"
 #include "text/tokenizer_spec.hpp"
 #include "text/utf8.hpp"
 
@@ -47,8 +49,8 @@ struct Reader {
   }
 
   int64_t id_value(const json& v, const std::string& where) const {
-    if (!v.is_number_integer() || v.get<int64_t>() < 0 || v.get<int64_t>() > INT32_MAX) {
-      error(where, cat("token id ", v.dump(), " is not an integer in [0, 2^31)"));
+    if (!v.is_number_integer() || v.get<int64_t>() < 0 || v.get<int64_t>() > kMaxTokenId) {
+      error(where, cat("token id ", describe_json(v), " is not an integer in [0, ", kMaxTokenId, "]"));
     }
     return v.get<int64_t>();
   }
@@ -97,7 +99,7 @@ struct Reader {
       else if (scheme == "never")
         m.prepend_scheme = PrependScheme::Never;
       else
-        error(where, cat("unknown prepend_scheme ", it->dump(), " (always, first or never)"));
+        error(where, cat("unknown prepend_scheme ", describe_json(*it), " (always, first or never)"));
     }
     if (!optional_bool(obj, "add_prefix_space", true, where)) {
       if (m.prepend_scheme != PrependScheme::Never) {
@@ -141,7 +143,7 @@ struct Reader {
     const std::string where = "model";
     if (!m.is_object()) error(where, "expected a JSON object");
     if (auto it = m.find("type"); it != m.end() && (!it->is_string() || it->get<std::string>() != "BPE")) {
-      error(where, cat("type ", it->dump(), " is not supported (only BPE)"));
+      error(where, cat("type ", describe_json(*it), " is not supported (only BPE)"));
     }
     if (auto it = m.find("dropout");
         it != m.end() && !it->is_null() && !(it->is_number() && it->get<double>() == 0.0)) {
@@ -183,7 +185,7 @@ struct Reader {
       } else if (merge.is_array() && merge.size() == 2 && merge[0].is_string() && merge[1].is_string()) {
         bpe.merges.emplace_back(merge[0].get<std::string>(), merge[1].get<std::string>());
       } else {
-        error(where, cat("merge ", bpe.merges.size() + 1, " must be \"a b\" or [\"a\", \"b\"], got ", merge.dump()));
+        error(where, cat("merge ", bpe.merges.size() + 1, " must be \"a b\" or [\"a\", \"b\"], got ", describe_json(merge)));
       }
     }
     return bpe;
@@ -196,7 +198,7 @@ struct Reader {
     if (!it->is_array()) error("added_tokens", "must be an array");
     for (const json& t : *it) {
       const std::string where =
-          cat("added token ", t.is_object() && t.contains("content") ? t["content"].dump() : t.dump());
+          cat("added token ", t.is_object() && t.contains("content") ? describe_json(t["content"]) : describe_json(t));
       AddedTokenSpec spec;
       spec.content = string_field(t, "content", where);
       spec.declared_id = id_value(field(t, "id", where), where);
@@ -280,7 +282,7 @@ struct Reader {
         for (const json& id : ids) item.ids.push_back(id_value(id, where));
         items.push_back(std::move(item));
       } else {
-        error(where, cat("unknown template item ", piece.dump()));
+        error(where, cat("unknown template item ", describe_json(piece)));
       }
     }
     return items;
@@ -290,17 +292,13 @@ struct Reader {
 }  // namespace
 
 TokenizerSpec parse_tokenizer_json(const std::string& json_text, const std::string& origin) {
-  json root;
-  try {
-    root = json::parse(json_text);
-  } catch (const json::parse_error& e) {
-    fail("[tokenizer] ", origin, ": malformed JSON: ", e.what());
-  }
+  // Real tokenizer.json files nest about 5 levels (a Sequence of normalizers); 64 leaves room.
+  const json root = parse_json_bounded(json_text, cat("[tokenizer] ", origin), 64);
   const Reader reader{origin};
   if (!root.is_object()) reader.error("top level", "expected a JSON object");
   try {
     if (auto it = root.find("version"); it != root.end() && *it != "1.0") {
-      reader.error("version", cat(it->dump(), " is not supported (expected \"1.0\")"));
+      reader.error("version", cat(describe_json(*it), " is not supported (expected \"1.0\")"));
     }
     // "truncation" and "padding" shape batches for training; single-sequence inference ignores them.
     TokenizerSpec spec;

@@ -541,6 +541,43 @@ def test_broken_config(moxin_bin, tmp_path, seed, text, message):
     inspect_fails(moxin_bin, tmp_path, "config.json", message)
 
 
+@pytest.mark.parametrize("key,value,message", [
+    ("rope_theta", 1e-300, "text_config.rope_theta is 1e-300, expected a number in [1, 1e+10]"),
+    ("rms_norm_eps", 1e300, "text_config.rms_norm_eps is 1e+300, expected a number in [1e-12, 0.1]"),
+    ("rms_norm_eps", 0.0, "text_config.rms_norm_eps is 0.0, expected a number in [1e-12, 0.1]"),
+    ("hidden_size", 2**40, "text_config.hidden_size is 1099511627776, expected an integer in [1, 1048576]"),
+    ("max_position_embeddings", 0, "text_config.max_position_embeddings is 0, expected an integer in [1, 16777216]"),
+    ("vocab_size", 2**31, "text_config.vocab_size is 2147483648, expected an integer in [1, 16777216]"),
+    ("bos_token_id", 2**24, "text_config.bos_token_id is 16777216, expected a token id (an integer in [0, 16777215])"),
+    ("eos_token_id", [-1], "text_config.eos_token_id is an array, expected a token id (an integer in [0, 16777215])"),
+    ("sliding_window", 4096, "text_config.sliding_window is 4096: moxin does not implement sliding-window attention"),
+])
+def test_config_values_out_of_range(moxin_bin, tmp_path, seed, key, value, message):
+    spec, _ = good_checkpoint(tmp_path, seed)
+    (tmp_path / "config.json").write_text(json.dumps(config_json(spec, **{key: value})))
+    inspect_fails(moxin_bin, tmp_path, "config.json", message)
+
+
+@pytest.mark.parametrize("ratio,message", [(1e300, "mlp_ratio is 1e+300, expected a number in [0.001, 64]"),
+                                           (-4.0, "mlp_ratio is -4.0, expected a number in [0.001, 64]"),
+                                           (0.01, "embed_dim 32 x mlp_ratio must give an MLP of at least one unit")])
+def test_vision_mlp_ratio_out_of_range(moxin_bin, tmp_path, seed, ratio, message):
+    spec, _ = good_checkpoint(tmp_path, seed)
+    config = config_json(spec)
+    config["timm_model_kwargs"] = [{"embed_dim": spec.dino_dim, "mlp_ratio": ratio}, None]
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    inspect_fails(moxin_bin, tmp_path, "timm_model_kwargs[0].", message)
+
+
+def test_sliding_window_that_never_slides_is_accepted(moxin_bin, tmp_path, seed):
+    spec, _ = good_checkpoint(tmp_path, seed)
+    rng = random.Random(seed)
+    context = rng.choice([4096, 32768])
+    (tmp_path / "config.json").write_text(json.dumps(
+        config_json(spec, max_position_embeddings=context, sliding_window=context + rng.choice([0, 1, 10**6]))))
+    assert inspect(moxin_bin, tmp_path)["decoder"]["max_position"] == context
+
+
 def test_directory_without_weights(moxin_bin, tmp_path):
     (tmp_path / "config.json").write_text("{}")
     (tmp_path / "pytorch_model.bin").write_bytes(b"")

@@ -25,6 +25,8 @@ Tolerances per device:
 import json
 import os
 import pathlib
+import shutil
+import struct
 import sys
 
 import numpy as np
@@ -32,6 +34,7 @@ import pytest
 import torch
 from PIL import Image
 from safetensors.numpy import load_file
+from safetensors.torch import load_file as load_torch_file
 
 from conftest import fresh_tiny_model, run_moxin
 
@@ -164,3 +167,28 @@ def test_multi_turn(moxin_bin, tiny_model, request, tmp_path, seed, device):
 def test_text_only(moxin_bin, tiny_model, request, tmp_path, seed, device):
     rng = np.random.default_rng(seed)
     check_case(moxin_bin, tiny_model, request, tmp_path, [(random_question(rng), "")], None, device)
+
+
+def with_odd_header_lengths(model, out, rng):
+    """A copy of `model` whose safetensors headers are padded with an odd number of spaces
+    (legal JSON whitespace): every tensor's data then starts at an odd file offset."""
+    shutil.copytree(model, out)
+    for path in sorted(out.glob("*.safetensors")):
+        blob = path.read_bytes()
+        (n,) = struct.unpack("<Q", blob[:8])
+        pad = int(rng.integers(0, 40)) * 2 + (1 if n % 2 == 0 else 2)  # makes n + pad odd
+        path.write_bytes(struct.pack("<Q", n + pad) + blob[8:8 + n] + b" " * pad + blob[8 + n:])
+        assert (8 + n + pad) % 2 == 1
+        original, padded = load_torch_file(str(model / path.name)), load_torch_file(str(path))  # the reference reader
+        assert original.keys() == padded.keys()
+        for name in original:
+            assert torch.equal(original[name], padded[name]), name
+
+
+def test_odd_header_length_checkpoint(moxin_bin, tiny_model, request, tmp_path, seed, device):
+    """Misaligned bf16 data (finding 2 of issue 12): same parity with the reference as ever."""
+    rng = np.random.default_rng(seed)
+    odd_model = tmp_path / "odd-model"
+    with_odd_header_lengths(tiny_model, odd_model, rng)
+    image = random_photo(rng, tmp_path / "photo")
+    check_case(moxin_bin, odd_model, request, tmp_path, [(random_question(rng), "")], image, device)

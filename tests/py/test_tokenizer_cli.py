@@ -4,6 +4,7 @@ import json
 import random
 import shutil
 
+import pytest
 from tokenizers import Tokenizer as HFTokenizer
 
 from conftest import run_moxin
@@ -49,15 +50,15 @@ def test_errors(moxin_bin, tokenizer_fixture, tmp_path):
     expect_error(moxin_bin, "--model", tmp_path, "--text", "x", fragment="file not found")
     corrupt = tmp_path / "corrupt.json"
     corrupt.write_text('{"model": {"type": "BPE", "vocab": {"a": 0}, "merges": [')
-    expect_error(moxin_bin, "--tokenizer", corrupt, "--text", "x", fragment="malformed JSON")
+    expect_error(moxin_bin, "--tokenizer", corrupt, "--text", "x", fragment="is not valid JSON")
     bad_merge = json.loads(tokenizer_fixture.read_text(encoding="utf-8"))
     bad_merge["model"]["merges"].append("▁t zzzunknown")
     bad_merge_path = tmp_path / "bad_merge.json"
     bad_merge_path.write_text(json.dumps(bad_merge), encoding="utf-8")
     expect_error(moxin_bin, "--tokenizer", bad_merge_path, "--text", "x", fragment="zzzunknown")
     expect_error(moxin_bin, "--tokenizer", fixture, "--decode", "[1, 32001]", fragment="cannot decode id 32001")
-    expect_error(moxin_bin, "--tokenizer", fixture, "--decode", "[1, -1]", fragment="cannot decode id -1")
-    expect_error(moxin_bin, "--tokenizer", fixture, "--decode", "[1, 2.5]", fragment="not a 32-bit integer")
+    expect_error(moxin_bin, "--tokenizer", fixture, "--decode", "[1, -1]", fragment="id -1 is not a token id")
+    expect_error(moxin_bin, "--tokenizer", fixture, "--decode", "[1, 2.5]", fragment="is not a token id (an integer in [0, 16777215])")
     expect_error(moxin_bin, "--tokenizer", fixture, "--decode", "[1, 2", fragment="not valid JSON")
     expect_error(moxin_bin, "--tokenizer", fixture, fragment="exactly one of --text, --decode or --jsonl-in")
     expect_error(moxin_bin, "--text", "x", fragment="exactly one of --tokenizer FILE or --model DIR")
@@ -68,3 +69,20 @@ def test_errors(moxin_bin, tokenizer_fixture, tmp_path):
     invalid_utf8 = tmp_path / "invalid.jsonl"
     invalid_utf8.write_bytes(b'"\xff"\n')
     expect_error(moxin_bin, "--tokenizer", fixture, "--jsonl-in", invalid_utf8, fragment="line 1")
+
+
+@pytest.mark.parametrize("line,fragment", [("[" * 200_000, "nests deeper than 2 levels"),
+                                           ("[" * 2000 + "1" + "]" * 2000, "nests deeper than 2 levels"),
+                                           ("[[" + "1," * 100_000 + "1]]", "id an array is not a token id"),
+                                           ('"' + "x" * 5_000_000, "is not valid JSON"),
+                                           ("[1, " + "9" * 100_000 + "]", "is not valid JSON"),
+                                           ("[1, 16777216]", "id 16777216 is not a token id")])
+def test_hostile_jsonl_line_gets_a_short_message(moxin_bin, tokenizer_fixture, tmp_path, line, fragment):
+    """Deep nesting once overflowed the stack (the message dumped the whole value); huge lines
+    must give a message of a few hundred characters, not a copy of the line."""
+    lines = tmp_path / "hostile.jsonl"
+    lines.write_text('"fine"\n' + line + "\n")
+    out = run_moxin(moxin_bin, "tokenize", "--tokenizer", tokenizer_fixture, "--jsonl-in", lines, check=False)
+    assert out.returncode == 1, (out.returncode, out.stderr[:500])
+    assert "hostile.jsonl line 2" in out.stderr and fragment in out.stderr, out.stderr[:500]
+    assert len(out.stderr) < 600, f"{len(out.stderr)} characters: {out.stderr[:300]}..."

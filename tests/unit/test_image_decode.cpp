@@ -90,9 +90,10 @@ TEST(ImageDecode, RefusesCorruptDataOfEveryFormatWithoutAborting) {
 }
 
 TEST(ImageDecode, RefusesTruncatedBmp) {
-  Bytes bmp = bmp24(2, 2, kRows);
-  bmp.resize(bmp.size() - 5);
-  expect_refused(bmp, "truncated");
+  const Bytes bmp = bmp24(2, 2, kRows);
+  // A copy without the last 5 bytes, not resize(size() - 5): GCC 12 under -fsanitize=address
+  // cannot tell the size is above 5 and calls the resize a 2^64-byte memset (-Wstringop-overflow).
+  expect_refused(Bytes(bmp.begin(), bmp.end() - 5), "truncated");
 }
 
 TEST(ImageDecode, RefusesTruncatedJpegHeader) {

@@ -2,6 +2,7 @@
 // with a moxin::Error naming the file and the tensor; random corruption never crashes.
 #include <gtest/gtest.h>
 
+#include <cstdint>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
@@ -98,6 +99,26 @@ TEST_F(SafetensorsTest, ReadsValidFile) {
   EXPECT_EQ(e->numel(), 0);
   EXPECT_EQ(a->file, file->path());
   EXPECT_EQ(file->tensors().front().name, "a");  // file order
+}
+
+TEST_F(SafetensorsTest, ServesMisalignedTensorsFromAlignedCopies) {
+  // Any header length is legal; padding it to every length 0..8 moves the data section to
+  // every alignment. Typed reads need element alignment, wherever the tensor sits in the file.
+  const std::string entries =
+      R"({"a":{"dtype":"F32","shape":[3],"data_offsets":[0,12]},"b":{"dtype":"BF16","shape":[3],"data_offsets":[12,18]},)"
+      R"("c":{"dtype":"U8","shape":[3],"data_offsets":[18,21]},"d":{"dtype":"I64","shape":[1],"data_offsets":[21,29]}})";
+  const auto data = iota_bytes(29);
+  for (size_t pad = 0; pad < 8; ++pad) {
+    const auto file = SafetensorsFile::open(write(entries + std::string(pad, ' '), data));
+    size_t offset = 0;
+    for (const char* name : {"a", "b", "c", "d"}) {
+      const TensorInfo* t = file->find(name);
+      ASSERT_TRUE(t);
+      EXPECT_EQ(reinterpret_cast<uintptr_t>(t->data) % dtype_size(t->dtype), 0u) << name << " pad " << pad;
+      EXPECT_EQ(std::memcmp(t->data, data.data() + offset, t->nbytes), 0) << name << " pad " << pad;
+      offset += t->nbytes;
+    }
+  }
 }
 
 TEST_F(SafetensorsTest, RefusesShortFileAndBadHeaderLength) {

@@ -189,8 +189,9 @@ TEST_F(TokenizerTest, StreamDecoderEqualsDecode) {
       {"Strip before Fuse", {{"type", "Sequence"}, {"decoders", {strip, byte_fallback, fuse, strip}}}},
       {"no decoder", nullptr},
   };
-  for (const auto& [label, decoder] : decoders) {
-    expect_stream_equals_decode(load_modified([&](nlohmann::json& j) { j["decoder"] = decoder; }), rng, label);
+  for (const auto& entry : decoders) {  // not a structured binding: clang 14 cannot capture one
+    const nlohmann::json& decoder = entry.second;
+    expect_stream_equals_decode(load_modified([&](nlohmann::json& j) { j["decoder"] = decoder; }), rng, entry.first);
   }
 }
 
@@ -225,7 +226,7 @@ TEST_F(TokenizerTest, RejectsBadFiles) {
   expect_tokenizer_error([] { Tokenizer::from_file("/nonexistent/tokenizer.json"); }, "file not found");
   expect_tokenizer_error([] { Tokenizer::from_file(std::filesystem::temp_directory_path().string()); },
                          "is a directory");
-  expect_tokenizer_error([] { Tokenizer::from_json("{\"model\": [1, 2", "x.json"); }, "malformed JSON");
+  expect_tokenizer_error([] { Tokenizer::from_json("{\"model\": [1, 2", "x.json"); }, "is not valid JSON");
   expect_tokenizer_error([] { Tokenizer::from_json("{}", "x.json"); }, "missing field \"model\"");
   const auto modified = [&](const std::function<void(nlohmann::json&)>& change, const std::string& fragment) {
     expect_tokenizer_error([&] { load_modified(change); }, fragment);
@@ -245,6 +246,12 @@ TEST_F(TokenizerTest, RejectsBadFiles) {
   modified([](auto& j) { j["added_tokens"][3]["single_word"] = true; }, "single_word");
   modified([](auto& j) { j["added_tokens"][3].erase("normalized"); }, "missing field \"normalized\"");
   modified([](auto& j) { j["post_processor"]["special_tokens"]["<s>"]["ids"] = {40000}; }, "template uses id 40000");
+  // Every reader of ids states the same largest id (config.json and the CLI say it too).
+  modified([](auto& j) { j["model"]["vocab"]["huge"] = 1 << 24; }, "token id 16777216 is not an integer in [0, 16777215]");
+  modified([](auto& j) { j["added_tokens"][3]["id"] = int64_t{1} << 31; }, "not an integer in [0, 16777215]");
+  // A deeply nested value is refused by the parser, before anything recurses over it.
+  expect_tokenizer_error([] { Tokenizer::from_json("{\"version\": " + std::string(100000, '[') + "}", "x.json"); },
+                         "nests deeper than 64 levels");
 }
 
 TEST_F(TokenizerTest, LongInputsEncodeInMilliseconds) {
