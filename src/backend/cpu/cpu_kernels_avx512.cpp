@@ -32,6 +32,10 @@ namespace moxin::cpu {
 #if defined(MOXIN_HAVE_AVX512_KERNELS)
 namespace {
 
+// Register tile of the GEMM: 8 activation rows x 32 weight rows = 16 zmm accumulators.
+constexpr int kTileRows = 8;
+constexpr int kPanelWidth = 32;
+
 // Loads 16 consecutive weights as f32 (all, or the first lanes of `mask` with zeros after).
 struct Bf16Weights {
   using T = uint16_t;
@@ -204,11 +208,11 @@ template <class L>
 void pack_panels_typed(const WeightView& w, int64_t n0, int64_t nc, int64_t k0, int64_t kc,
                        float* panels) {
   const auto* base = static_cast<const typename L::T*>(w.data);
-  const int64_t num_panels = (nc + kGemmNR - 1) / kGemmNR;
+  const int64_t num_panels = (nc + kPanelWidth - 1) / kPanelWidth;
   for (int64_t p = 0; p < num_panels; ++p) {
-    float* panel = panels + p * kc * kGemmNR;
-    for (int half = 0; half < kGemmNR / 16; ++half) {
-      const int64_t first_row = p * kGemmNR + half * 16;
+    float* panel = panels + p * kc * kPanelWidth;
+    for (int half = 0; half < kPanelWidth / 16; ++half) {
+      const int64_t first_row = p * kPanelWidth + half * 16;
       const int64_t valid_rows = std::clamp<int64_t>(nc - first_row, 0, 16);
       for (int64_t k = 0; k < kc; k += 16) {
         const int64_t width = std::min<int64_t>(16, kc - k);
@@ -221,7 +225,7 @@ void pack_panels_typed(const WeightView& w, int64_t n0, int64_t nc, int64_t k0, 
           r[i] = width == 16 ? L::load(src) : L::load(src, mask);
         }
         transpose16x16(r);
-        for (int64_t j = 0; j < width; ++j) _mm512_storeu_ps(panel + (k + j) * kGemmNR + half * 16, r[j]);
+        for (int64_t j = 0; j < width; ++j) _mm512_storeu_ps(panel + (k + j) * kPanelWidth + half * 16, r[j]);
       }
     }
   }
@@ -240,15 +244,15 @@ void pack_panels(const WeightView& w, int64_t n0, int64_t nc, int64_t k0, int64_
 
 void gemm_tile(int64_t kc, const float* a, int64_t lda, int mr, const float* panel, int nr,
                float* c, int64_t ldc, const float* bias, bool accumulate) {
-  static_assert(kGemmMR == 8 && kGemmNR == 32, "the tile below is written for 8 x 32");
+  static_assert(kTileRows == 8 && kPanelWidth == 32, "the tile below is written for 8 x 32");
   // Rows past mr repeat the last row: computed, never stored, never out of bounds.
   const float* rows[8];
   for (int i = 0; i < 8; ++i) rows[i] = a + std::min(i, mr - 1) * lda;
   __m512 acc[8][2];
   for (int i = 0; i < 8; ++i) acc[i][0] = acc[i][1] = _mm512_setzero_ps();
   for (int64_t k = 0; k < kc; ++k) {
-    const __m512 b0 = _mm512_loadu_ps(panel + k * kGemmNR);
-    const __m512 b1 = _mm512_loadu_ps(panel + k * kGemmNR + 16);
+    const __m512 b0 = _mm512_loadu_ps(panel + k * kPanelWidth);
+    const __m512 b1 = _mm512_loadu_ps(panel + k * kPanelWidth + 16);
     for (int i = 0; i < 8; ++i) {
       const __m512 ai = _mm512_set1_ps(rows[i][k]);
       acc[i][0] = _mm512_fmadd_ps(ai, b0, acc[i][0]);
@@ -508,8 +512,8 @@ uint64_t read_stream(const uint8_t* data, int64_t bytes) {
 
 const Kernels* avx512_kernels() {
 #if defined(MOXIN_HAVE_AVX512_KERNELS)
-  static const Kernels table{"avx512", gemv,     pack_panels, gemm_tile,  attend,
-                             softmax,  gelu_erf, silu_mul,    read_stream};
+  static const Kernels table{"avx512", kTileRows, kPanelWidth, gemv,     pack_panels, gemm_tile,
+                             attend,   softmax,   gelu_erf,    silu_mul, read_stream};
   static const bool supported = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
                                 __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("fma");
   return supported ? &table : nullptr;
