@@ -226,6 +226,7 @@ BENCHMARK(BM_Gemm)
     ->Args({4096, 14336, 256, 1})
     ->Args({4096, 1024, 257, 1})
     ->Args({4304, 1152, 256, 1})
+    ->ArgsProduct({{14336}, {4096}, {32, 64, 128, 129}, {1, 2}})  // either side of each table's gemv_max_rows
     ->UseRealTime()
     ->Unit(benchmark::kMillisecond);
 

@@ -29,6 +29,11 @@ struct Kernels {
   int gemm_mr;
   int gemm_nr;
 
+  // Up to this many activation rows the GEMV (tiles of dot products over weight rows kept in
+  // L2) is faster than the GEMM, whose weight packing dominates at small M; beyond, the
+  // blocked GEMM wins. Measured per ISA (bench/cpu_ops_bench.cpp BM_Gemm, M = 32 ... 129).
+  int64_t gemv_max_rows;
+
   // y[m * ldy + n] = bias[n] + sum_k x[m * ldx + k] * W[n, k]  for m < M, n0 <= n < n1.
   // Reads each weight row from memory once however large M is (a block of rows is revisited
   // from L2 for every 4 activation rows) and needs no packing: for small and moderate M.

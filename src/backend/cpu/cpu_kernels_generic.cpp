@@ -16,6 +16,10 @@ namespace {
 constexpr int kTileRows = 8;
 constexpr int kPanelWidth = 32;
 
+// The threshold every table had before each got its own (measured with the AVX-512 kernels;
+// the portable ones run only where no SIMD table does, and were not tuned).
+constexpr int64_t kGemvMaxRows = 128;
+
 // Converts n consecutive weights starting at element `offset` of the matrix to f32.
 void weights_to_f32(const WeightView& w, int64_t offset, int64_t n, float* out) {
   switch (w.dtype) {
@@ -153,8 +157,8 @@ uint64_t read_stream(const uint8_t* data, int64_t bytes) {
 }  // namespace
 
 const Kernels& generic_kernels() {
-  static const Kernels table{"generic", kTileRows, kPanelWidth, gemv,     pack_panels, gemm_tile,
-                             attend,    softmax,   gelu_erf,    silu_mul, read_stream};
+  static const Kernels table{"generic", kTileRows, kPanelWidth, kGemvMaxRows, gemv,     pack_panels,
+                             gemm_tile, attend,    softmax,     gelu_erf,     silu_mul, read_stream};
   return table;
 }
 

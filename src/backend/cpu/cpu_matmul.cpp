@@ -87,7 +87,7 @@ void matmul(const Kernels& kernels, ThreadPool* pool, int64_t M, const float* x,
       for (int64_t n = 0; n < N; ++n) y[m * ldy + n] = bias ? bias[n] : 0.0f;
     return;
   }
-  if (M <= kGemvMaxRows) {
+  if (M <= kernels.gemv_max_rows) {
     // Groups of 8 rows (the GEMV register tile); a chunk streams at least 64K weights.
     constexpr int64_t kGroup = 8;
     const int64_t groups = (N + kGroup - 1) / kGroup;

@@ -153,7 +153,7 @@ void quant_matmul(const Kernels& kernels, ThreadPool* pool, int64_t M, const flo
   // its L2 and multiplies them there as dense f32 (threads never wait on one another's rows).
   // The GEMV reads a ~256 KB block once per 4 activation rows; the GEMM, for larger M, gets
   // ~1 MB blocks so that x is streamed fewer times.
-  const bool gemm = M > kGemvMaxRows;
+  const bool gemm = M > kernels.gemv_max_rows;
   const int64_t align = gemm ? kernels.gemm_nr : 4;
   const int64_t target_floats = gemm ? (int64_t{1} << 18) : (int64_t{1} << 16);
   const int64_t block = std::min(N, std::max(align, target_floats / K / align * align));
