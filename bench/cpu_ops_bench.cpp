@@ -23,6 +23,7 @@
 #endif
 
 #include "backend/cpu/cpu_backend_impl.hpp"
+#include "backend/cpu/cpu_matmul.hpp"
 #include "backend/cpu/cpu_quant_kernels.hpp"
 #include "core/bf16.hpp"
 
@@ -205,16 +206,21 @@ BENCHMARK(BM_Linear)
 // The same prefill and vision GEMMs on each kernel table in one process, 2 threads. args: out
 // features, in features, rows M, table (0 generic, 1 avx2, 2 avx512). Compare FLOP/cpu-s with
 // BM_FmaPeak's of the same vector width, and with bench/cpu_peer_torch.py run right after.
-void BM_Gemm(benchmark::State& state) {
+// The kernel table named by a benchmark argument (0 generic, 1 avx2, 2 avx512), or null with
+// the benchmark skipped when this CPU cannot run it.
+const cpu::Kernels* table_arg(benchmark::State& state, int64_t arg) {
   static const char* const kTables[] = {"generic", "avx2", "avx512"};
-  const std::string_view wanted = kTables[state.range(3)];
   for (const cpu::Kernels* k : cpu::supported_kernels())
-    if (wanted == k->name) {
-      cpu::CpuBackend backend(2, *k);
-      run_linear(state, backend, state.range(0), state.range(1), state.range(2));
-      return;
-    }
+    if (std::string_view(kTables[arg]) == k->name) return k;
   state.SkipWithError("this CPU lacks the kernel table");
+  return nullptr;
+}
+
+void BM_Gemm(benchmark::State& state) {
+  if (const cpu::Kernels* k = table_arg(state, state.range(3))) {
+    cpu::CpuBackend backend(2, *k);
+    run_linear(state, backend, state.range(0), state.range(1), state.range(2));
+  }
 }
 BENCHMARK(BM_Gemm)
     ->ArgNames({"N", "K", "M", "table"})
@@ -227,6 +233,45 @@ BENCHMARK(BM_Gemm)
     ->Args({4096, 1024, 257, 1})
     ->Args({4304, 1152, 256, 1})
     ->ArgsProduct({{14336}, {4096}, {32, 64, 128, 129}, {1, 2}})  // either side of each table's gemv_max_rows
+    ->UseRealTime()
+    ->Unit(benchmark::kMillisecond);
+
+// Decode (one row) on each kernel table in one process: args out features, in features,
+// table (0 generic, 1 avx2, 2 avx512), threads. Reports the GB/s of bf16 weights read (wall
+// clock) and its share of the read ceiling measured in the same run with as many threads.
+void BM_GemvPath(benchmark::State& state) {
+  const cpu::Kernels* k = table_arg(state, state.range(2));
+  if (!k) return;
+  const int64_t N = state.range(0), K = state.range(1);
+  cpu::CpuBackend backend(static_cast<int>(state.range(3)), *k);
+  const double ceiling = backend.measure_bandwidth_gbps();
+  Weights w(N, K);
+  std::vector<float> x(static_cast<size_t>(K)), y(static_cast<size_t>(N));
+  std::mt19937 rng(11);
+  std::uniform_real_distribution<float> d(-1.0f, 1.0f);
+  for (float& v : x) v = d(rng);
+  size_t next = 0;
+  double seconds = 0;
+  for (auto _ : state) {
+    const cpu::WeightView view{DType::BF16, w.copies[next].data(), N, K, K};
+    const auto start = std::chrono::steady_clock::now();
+    cpu::matmul(*k, &backend.pool(), 1, x.data(), K, view, nullptr, y.data(), N);
+    seconds += std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+    next = (next + 1) % w.copies.size();
+    benchmark::DoNotOptimize(y.data());
+    benchmark::ClobberMemory();
+  }
+  const double gbps = static_cast<double>(state.iterations()) * static_cast<double>(N * K * 2) / seconds / 1e9;
+  state.counters["GB/s"] = gbps;
+  state.counters["ceiling_GB/s"] = ceiling;
+  state.counters["%ceiling"] = 100.0 * gbps / ceiling;
+  state.SetLabel(k->name);
+}
+BENCHMARK(BM_GemvPath)
+    ->ArgNames({"N", "K", "table", "threads"})
+    ->ArgsProduct({{14336}, {4096}, {0, 1, 2}, {1, 2}})
+    ->Args({4096, 14336, 1, 2})
+    ->Args({4096, 14336, 2, 2})
     ->UseRealTime()
     ->Unit(benchmark::kMillisecond);
 
