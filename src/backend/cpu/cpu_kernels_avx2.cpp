@@ -13,6 +13,7 @@
 #include <cmath>
 #include <cstring>
 
+#include "backend/cpu/cpu_gelu_fit.hpp"
 #include "core/check.hpp"
 
 #if defined(__clang__)
@@ -435,16 +436,13 @@ void attend(const float* q, int64_t G, const float* keys, const float* values, c
 
 // GELU as gelu16 in cpu_kernels_avx512.cpp (same polynomial, same exact split of x^2 / 2).
 inline __m256 gelu8(__m256 x) {
-  static constexpr float kF[11] = {-5.585953566e-01f, 5.703071246e-01f,  1.574523109e-02f, -2.947066410e-02f,
-                                   -1.046896071e-03f, 3.708789350e-03f,  -2.719721463e-04f, -5.362412916e-04f,
-                                   1.250716277e-04f,  5.578634640e-05f,  -2.084848001e-05f};
   const __m256 abs_mask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fffffff));
   const __m256 ax = _mm256_min_ps(_mm256_set1_ps(16.0f), _mm256_and_ps(x, abs_mask));
   const __m256 z = _mm256_min_ps(_mm256_set1_ps(10.0f), _mm256_mul_ps(ax, _mm256_set1_ps(0.70710678118654752f)));
   const __m256 t = _mm256_div_ps(_mm256_set1_ps(1.0f), _mm256_fmadd_ps(z, _mm256_set1_ps(0.5f), _mm256_set1_ps(1.0f)));
   const __m256 u = _mm256_fmadd_ps(t, _mm256_set1_ps(2.4f), _mm256_set1_ps(-1.4f));
-  __m256 f = _mm256_set1_ps(kF[10]);
-  for (int i = 9; i >= 0; --i) f = _mm256_fmadd_ps(f, u, _mm256_set1_ps(kF[i]));
+  __m256 f = _mm256_set1_ps(kGeluErfcFit[10]);
+  for (int i = 9; i >= 0; --i) f = _mm256_fmadd_ps(f, u, _mm256_set1_ps(kGeluErfcFit[i]));
   const __m256 sq = _mm256_mul_ps(ax, ax);
   const __m256 sq_low = _mm256_fmsub_ps(ax, ax, sq);  // x^2 = sq + sq_low exactly
   const __m256 minus_half_sq = _mm256_mul_ps(sq, _mm256_set1_ps(-0.5f));

@@ -11,6 +11,7 @@
 #include <algorithm>
 #include <cmath>
 
+#include "backend/cpu/cpu_gelu_fit.hpp"
 #include "core/check.hpp"
 
 #if defined(__clang__)
@@ -441,21 +442,16 @@ void attend(const float* q, int64_t G, const float* keys, const float* values, c
   }
 }
 
-// erfc(|x| / sqrt 2) = t exp(-x^2 / 2 + f(t)) with t = 1 / (1 + z / 2), z = |x| / sqrt 2,
-// and f a degree-10 polynomial in u = 2.4 t - 1.4 fitted (Chebyshev least squares) to
-// ln(erfc(z) exp(z^2) / t) on z in [0, 10]: relative error below 4e-7. x^2 / 2 enters exp
-// as an exact two-float sum, since at |x| = 6 one ulp of it would already cost 1e-6.
+// erfc(|x| / sqrt 2) by the fit in cpu_gelu_fit.hpp. x^2 / 2 enters exp as an exact
+// two-float sum, since at |x| = 6 one ulp of it would already cost 1e-6.
 inline __m512 gelu16(__m512 x) {
-  static constexpr float kF[11] = {-5.585953566e-01f, 5.703071246e-01f,  1.574523109e-02f, -2.947066410e-02f,
-                                   -1.046896071e-03f, 3.708789350e-03f,  -2.719721463e-04f, -5.362412916e-04f,
-                                   1.250716277e-04f,  5.578634640e-05f,  -2.084848001e-05f};
   // Past |x| = 16 erfc underflows anyway; the clamp keeps x^2 finite.
   const __m512 ax = _mm512_min_ps(_mm512_set1_ps(16.0f), _mm512_abs_ps(x));
   const __m512 z = _mm512_min_ps(_mm512_set1_ps(10.0f), _mm512_mul_ps(ax, _mm512_set1_ps(0.70710678118654752f)));
   const __m512 t = _mm512_div_ps(_mm512_set1_ps(1.0f), _mm512_fmadd_ps(z, _mm512_set1_ps(0.5f), _mm512_set1_ps(1.0f)));
   const __m512 u = _mm512_fmadd_ps(t, _mm512_set1_ps(2.4f), _mm512_set1_ps(-1.4f));
-  __m512 f = _mm512_set1_ps(kF[10]);
-  for (int i = 9; i >= 0; --i) f = _mm512_fmadd_ps(f, u, _mm512_set1_ps(kF[i]));
+  __m512 f = _mm512_set1_ps(kGeluErfcFit[10]);
+  for (int i = 9; i >= 0; --i) f = _mm512_fmadd_ps(f, u, _mm512_set1_ps(kGeluErfcFit[i]));
   const __m512 sq = _mm512_mul_ps(ax, ax);
   const __m512 sq_low = _mm512_fmsub_ps(ax, ax, sq);  // x^2 = sq + sq_low exactly
   const __m512 minus_half_sq = _mm512_mul_ps(sq, _mm512_set1_ps(-0.5f));
