@@ -14,6 +14,7 @@
 #include <cstring>
 
 #include "backend/cpu/cpu_gelu_fit.hpp"
+#include "backend/cpu/cpu_simd_dispatch.hpp"
 #include "core/check.hpp"
 
 #if defined(__clang__)
@@ -348,24 +349,26 @@ inline __m256 dot_chunk(const __m256* kv, const float* q, const __m256i* mask) {
 // scores[g * n + i] += q_g . k_i over columns [0, 8 NV) (masked to `width`): K row chunks are
 // loaded once and used by every head of the group, two heads at a time.
 template <int NV>
-void score_columns(const float* q, int64_t G, int64_t D, const float* keys, const int64_t* rows, int64_t n,
-                   int64_t width, float* scores) {
-  __m256i mask[NV];
-  for (int j = 0; j < NV; ++j) mask[j] = first_lanes(width - 8 * j);
-  for (int64_t i = 0; i < n; ++i) {
-    if (i + kAttendPrefetchRows < n) prefetch_row(keys + rows[i + kAttendPrefetchRows], NV);
-    const float* k = keys + rows[i];
-    __m256 kv[NV];
-    for (int j = 0; j < NV; ++j) kv[j] = _mm256_maskload_ps(k + 8 * j, mask[j]);
-    int64_t g = 0;
-    for (; g + 2 <= G; g += 2) {
-      const __m256 a0 = dot_chunk<NV>(kv, q + g * D, mask), a1 = dot_chunk<NV>(kv, q + (g + 1) * D, mask);
-      scores[g * n + i] += horizontal_sum(a0);
-      scores[(g + 1) * n + i] += horizontal_sum(a1);
+struct ScoreColumns {
+  static void run(const float* q, int64_t G, int64_t D, const float* keys, const int64_t* rows, int64_t n,
+                  int64_t width, float* scores) {
+    __m256i mask[NV];
+    for (int j = 0; j < NV; ++j) mask[j] = first_lanes(width - 8 * j);
+    for (int64_t i = 0; i < n; ++i) {
+      if (i + kAttendPrefetchRows < n) prefetch_row(keys + rows[i + kAttendPrefetchRows], NV);
+      const float* k = keys + rows[i];
+      __m256 kv[NV];
+      for (int j = 0; j < NV; ++j) kv[j] = _mm256_maskload_ps(k + 8 * j, mask[j]);
+      int64_t g = 0;
+      for (; g + 2 <= G; g += 2) {
+        const __m256 a0 = dot_chunk<NV>(kv, q + g * D, mask), a1 = dot_chunk<NV>(kv, q + (g + 1) * D, mask);
+        scores[g * n + i] += horizontal_sum(a0);
+        scores[(g + 1) * n + i] += horizontal_sum(a1);
+      }
+      if (g < G) scores[g * n + i] += horizontal_sum(dot_chunk<NV>(kv, q + g * D, mask));
     }
-    if (g < G) scores[g * n + i] += horizontal_sum(dot_chunk<NV>(kv, q + g * D, mask));
   }
-}
+};
 
 // y_g[0, 8 NV) (masked to `width`) = sum_i p_g[i] v_i for G heads at once: G x NV
 // accumulators stay in registers while each V row chunk is loaded once.
@@ -406,16 +409,8 @@ void attend(const float* q, int64_t G, const float* keys, const float* values, c
   std::fill(scores, scores + G * n, 0.0f);
   for (int64_t d = 0; d < D; d += 64) {
     const int64_t width = std::min<int64_t>(64, D - d);
-    switch ((width + 7) / 8) {
-      case 1: score_columns<1>(q + d, G, D, keys + d, rows, n, width, scores); break;
-      case 2: score_columns<2>(q + d, G, D, keys + d, rows, n, width, scores); break;
-      case 3: score_columns<3>(q + d, G, D, keys + d, rows, n, width, scores); break;
-      case 4: score_columns<4>(q + d, G, D, keys + d, rows, n, width, scores); break;
-      case 5: score_columns<5>(q + d, G, D, keys + d, rows, n, width, scores); break;
-      case 6: score_columns<6>(q + d, G, D, keys + d, rows, n, width, scores); break;
-      case 7: score_columns<7>(q + d, G, D, keys + d, rows, n, width, scores); break;
-      default: score_columns<8>(q + d, G, D, keys + d, rows, n, width, scores); break;
-    }
+    run_with_vectors<ScoreColumns, 8>(static_cast<int>((width + 7) / 8), q + d, G, D, keys + d, rows, n, width,
+                                      scores);
   }
   for (int64_t g = 0; g < G; ++g) softmax(scores + g * n, n, scale);
   for (int64_t g = 0; g < G;) {

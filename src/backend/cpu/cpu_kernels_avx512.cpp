@@ -12,6 +12,7 @@
 #include <cmath>
 
 #include "backend/cpu/cpu_gelu_fit.hpp"
+#include "backend/cpu/cpu_simd_dispatch.hpp"
 #include "core/check.hpp"
 
 #if defined(__clang__)
@@ -343,32 +344,34 @@ inline void prefetch_row(const float* row, int vectors) {
 // are loaded once and used by every head of the group (q stays in L1). Four heads at a time
 // give four independent FMA chains, so the FMA latency is hidden.
 template <int NV>
-void score_columns(const float* q, int64_t G, int64_t D, const float* keys, const int64_t* rows, int64_t n,
-                   int64_t width, float* scores) {
-  __mmask16 mask[NV];
-  for (int j = 0; j < NV; ++j) mask[j] = lanes_left(width - 16 * j);
-  const auto dot = [&](const __m512* kv, const float* qg, __m512& acc) {
-    acc = _mm512_mul_ps(kv[0], _mm512_maskz_loadu_ps(mask[0], qg));
-    for (int j = 1; j < NV; ++j) acc = _mm512_fmadd_ps(kv[j], _mm512_maskz_loadu_ps(mask[j], qg + 16 * j), acc);
-  };
-  for (int64_t i = 0; i < n; ++i) {
-    if (i + kAttendPrefetchRows < n) prefetch_row(keys + rows[i + kAttendPrefetchRows], NV);
-    const float* k = keys + rows[i];
-    __m512 kv[NV];
-    for (int j = 0; j < NV; ++j) kv[j] = _mm512_maskz_loadu_ps(mask[j], k + 16 * j);
-    int64_t g = 0;
-    for (; g + 4 <= G; g += 4) {
-      __m512 acc[4];
-      for (int h = 0; h < 4; ++h) dot(kv, q + (g + h) * D, acc[h]);
-      for (int h = 0; h < 4; ++h) scores[(g + h) * n + i] += horizontal_sum(acc[h]);
-    }
-    for (; g < G; ++g) {
-      __m512 acc;
-      dot(kv, q + g * D, acc);
-      scores[g * n + i] += horizontal_sum(acc);
+struct ScoreColumns {
+  static void run(const float* q, int64_t G, int64_t D, const float* keys, const int64_t* rows, int64_t n,
+                  int64_t width, float* scores) {
+    __mmask16 mask[NV];
+    for (int j = 0; j < NV; ++j) mask[j] = lanes_left(width - 16 * j);
+    const auto dot = [&](const __m512* kv, const float* qg, __m512& acc) {
+      acc = _mm512_mul_ps(kv[0], _mm512_maskz_loadu_ps(mask[0], qg));
+      for (int j = 1; j < NV; ++j) acc = _mm512_fmadd_ps(kv[j], _mm512_maskz_loadu_ps(mask[j], qg + 16 * j), acc);
+    };
+    for (int64_t i = 0; i < n; ++i) {
+      if (i + kAttendPrefetchRows < n) prefetch_row(keys + rows[i + kAttendPrefetchRows], NV);
+      const float* k = keys + rows[i];
+      __m512 kv[NV];
+      for (int j = 0; j < NV; ++j) kv[j] = _mm512_maskz_loadu_ps(mask[j], k + 16 * j);
+      int64_t g = 0;
+      for (; g + 4 <= G; g += 4) {
+        __m512 acc[4];
+        for (int h = 0; h < 4; ++h) dot(kv, q + (g + h) * D, acc[h]);
+        for (int h = 0; h < 4; ++h) scores[(g + h) * n + i] += horizontal_sum(acc[h]);
+      }
+      for (; g < G; ++g) {
+        __m512 acc;
+        dot(kv, q + g * D, acc);
+        scores[g * n + i] += horizontal_sum(acc);
+      }
     }
   }
-}
+};
 
 // y_g[0, 16 NV) (masked to `width`) = sum_i p_g[i] v_i for the G heads at once: G x NV
 // accumulators stay in registers while each V row chunk is loaded once.
@@ -410,16 +413,8 @@ void attend(const float* q, int64_t G, const float* keys, const float* values, c
   std::fill(scores, scores + G * n, 0.0f);
   for (int64_t d = 0; d < D; d += 128) {
     const int64_t width = std::min<int64_t>(128, D - d);
-    switch ((width + 15) / 16) {
-      case 1: score_columns<1>(q + d, G, D, keys + d, rows, n, width, scores); break;
-      case 2: score_columns<2>(q + d, G, D, keys + d, rows, n, width, scores); break;
-      case 3: score_columns<3>(q + d, G, D, keys + d, rows, n, width, scores); break;
-      case 4: score_columns<4>(q + d, G, D, keys + d, rows, n, width, scores); break;
-      case 5: score_columns<5>(q + d, G, D, keys + d, rows, n, width, scores); break;
-      case 6: score_columns<6>(q + d, G, D, keys + d, rows, n, width, scores); break;
-      case 7: score_columns<7>(q + d, G, D, keys + d, rows, n, width, scores); break;
-      default: score_columns<8>(q + d, G, D, keys + d, rows, n, width, scores); break;
-    }
+    run_with_vectors<ScoreColumns, 8>(static_cast<int>((width + 15) / 16), q + d, G, D, keys + d, rows, n, width,
+                                      scores);
   }
   for (int64_t g = 0; g < G; ++g) softmax(scores + g * n, n, scale);
   // Heads in sub-groups of 8, 4, 2 and 1, each with its accumulators in registers.
