@@ -174,12 +174,8 @@ void gemv_typed(const WeightView& w, int64_t n0, int64_t n1, const float* x, int
 
 void gemv(const WeightView& w, int64_t n0, int64_t n1, const float* x, int64_t ldx, int64_t M, const float* bias,
           float* y, int64_t ldy) {
-  switch (w.dtype) {
-    case DType::BF16: return gemv_typed<Bf16Weights>(w, n0, n1, x, ldx, M, bias, y, ldy);
-    case DType::F16: return gemv_typed<F16Weights>(w, n0, n1, x, ldx, M, bias, y, ldy);
-    case DType::F32: return gemv_typed<F32Weights>(w, n0, n1, x, ldx, M, bias, y, ldy);
-    default: fail("[cpu] matmul: weights of dtype ", dtype_name(w.dtype), " are not supported");
-  }
+  with_weight_loader<Bf16Weights, F16Weights, F32Weights>(
+      w.dtype, [&](auto loader) { gemv_typed<decltype(loader)>(w, n0, n1, x, ldx, M, bias, y, ldy); });
 }
 
 // --- GEMM panels: 8 x 8 blocks converted, transposed in registers, stored k-major --------
@@ -229,12 +225,8 @@ void pack_panels_typed(const WeightView& w, int64_t n0, int64_t nc, int64_t k0, 
 }
 
 void pack_panels(const WeightView& w, int64_t n0, int64_t nc, int64_t k0, int64_t kc, float* panels) {
-  switch (w.dtype) {
-    case DType::BF16: return pack_panels_typed<Bf16Weights>(w, n0, nc, k0, kc, panels);
-    case DType::F16: return pack_panels_typed<F16Weights>(w, n0, nc, k0, kc, panels);
-    case DType::F32: return pack_panels_typed<F32Weights>(w, n0, nc, k0, kc, panels);
-    default: fail("[cpu] matmul: weights of dtype ", dtype_name(w.dtype), " are not supported");
-  }
+  with_weight_loader<Bf16Weights, F16Weights, F32Weights>(
+      w.dtype, [&](auto loader) { pack_panels_typed<decltype(loader)>(w, n0, nc, k0, kc, panels); });
 }
 
 // --- GEMM register tile: 6 rows x 16 columns = 12 ymm accumulators -----------------------
