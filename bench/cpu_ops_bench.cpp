@@ -1,5 +1,7 @@
-// CPU backend benchmarks with their roofline: the read bandwidth and the AVX-512 FMA peak of
-// this machine are measured here too, so every GB/s or FLOP/s can be read as a share.
+// CPU backend benchmarks with their roofline: the read bandwidth and the AVX-512 and AVX2 FMA
+// peaks of this machine are measured here too, so every GB/s or FLOP/s can be read as a share.
+// Compute-bound rows also report FLOP per second of the process's CPU time ("/cpu-s"): on
+// cores shared with other work that rate still reads as a share of the per-core peak.
 //
 //   cpu_ops_bench --benchmark_counters_tabular=true
 //
@@ -9,9 +11,11 @@
 
 #include <algorithm>
 #include <chrono>
+#include <ctime>
 #include <cstdlib>
 #include <memory>
 #include <random>
+#include <string_view>
 #include <vector>
 
 #if defined(__x86_64__)
@@ -19,6 +23,7 @@
 #endif
 
 #include "backend/cpu/cpu_backend_impl.hpp"
+#include "backend/cpu/cpu_matmul.hpp"
 #include "backend/cpu/cpu_quant_kernels.hpp"
 #include "core/bf16.hpp"
 
@@ -83,50 +88,68 @@ void BM_ReadBandwidth(benchmark::State& state) {
 }
 BENCHMARK(BM_ReadBandwidth)->ArgName("threads")->Arg(1)->Arg(2)->UseRealTime()->Unit(benchmark::kMillisecond);
 
-#if defined(__x86_64__)
-// 12 independent FMA chains per thread (enough to cover the FMA latency), 32 FLOP each.
-// Distinct starting values and an empty asm barrier keep the compiler from merging chains.
-__attribute__((target("avx512f,fma"))) float fma_chains(int64_t iterations) {
-  const __m512 m = _mm512_set1_ps(0.999999f), a = _mm512_set1_ps(1e-6f);
-  __m512 c0 = _mm512_set1_ps(1), c1 = _mm512_set1_ps(2), c2 = _mm512_set1_ps(3), c3 = _mm512_set1_ps(4),
-         c4 = _mm512_set1_ps(5), c5 = _mm512_set1_ps(6), c6 = _mm512_set1_ps(7), c7 = _mm512_set1_ps(8),
-         c8 = _mm512_set1_ps(9), c9 = _mm512_set1_ps(10), c10 = _mm512_set1_ps(11), c11 = _mm512_set1_ps(12);
-  for (int64_t i = 0; i < iterations; ++i) {
-    __asm__ volatile("" : "+v"(c0), "+v"(c1), "+v"(c2), "+v"(c3), "+v"(c4), "+v"(c5));
-    __asm__ volatile("" : "+v"(c6), "+v"(c7), "+v"(c8), "+v"(c9), "+v"(c10), "+v"(c11));
-    c0 = _mm512_fmadd_ps(c0, m, a), c1 = _mm512_fmadd_ps(c1, m, a), c2 = _mm512_fmadd_ps(c2, m, a);
-    c3 = _mm512_fmadd_ps(c3, m, a), c4 = _mm512_fmadd_ps(c4, m, a), c5 = _mm512_fmadd_ps(c5, m, a);
-    c6 = _mm512_fmadd_ps(c6, m, a), c7 = _mm512_fmadd_ps(c7, m, a), c8 = _mm512_fmadd_ps(c8, m, a);
-    c9 = _mm512_fmadd_ps(c9, m, a), c10 = _mm512_fmadd_ps(c10, m, a), c11 = _mm512_fmadd_ps(c11, m, a);
-  }
-  const __m512 s = _mm512_add_ps(_mm512_add_ps(_mm512_add_ps(c0, c1), _mm512_add_ps(c2, c3)),
-                                 _mm512_add_ps(_mm512_add_ps(_mm512_add_ps(c4, c5), _mm512_add_ps(c6, c7)),
-                                               _mm512_add_ps(_mm512_add_ps(c8, c9), _mm512_add_ps(c10, c11))));
-  return _mm512_cvtss_f32(s);
+// Seconds of CPU time used by all threads of this process so far.
+double process_cpu_seconds() {
+  timespec t{};
+  clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &t);
+  return static_cast<double>(t.tv_sec) + 1e-9 * static_cast<double>(t.tv_nsec);
 }
 
+#if defined(__x86_64__)
+// 12 independent FMA chains per thread (enough to cover the FMA latency), lanes x 2 FLOP each.
+// Distinct starting values and an empty asm barrier keep the compiler from merging chains. A
+// macro, because a function's target ISA cannot be a template parameter (and a template
+// called from two target functions would pass vectors across an ABI boundary).
+#define MOXIN_FMA_CHAINS(V, set1, fma)                                                            \
+  const V m = set1(0.999999f), a = set1(1e-6f);                                                   \
+  V c[12];                                                                                        \
+  for (int i = 0; i < 12; ++i) c[i] = set1(static_cast<float>(i + 1));                            \
+  for (int64_t i = 0; i < iterations; ++i) {                                                      \
+    __asm__ volatile("" : "+v"(c[0]), "+v"(c[1]), "+v"(c[2]), "+v"(c[3]), "+v"(c[4]), "+v"(c[5])); \
+    __asm__ volatile("" : "+v"(c[6]), "+v"(c[7]), "+v"(c[8]), "+v"(c[9]), "+v"(c[10]), "+v"(c[11])); \
+    for (int j = 0; j < 12; ++j) c[j] = fma(c[j], m, a);                                          \
+  }                                                                                               \
+  float sum = 0;                                                                                  \
+  for (int j = 0; j < 12; ++j) sum += reinterpret_cast<const float*>(&c[j])[0];                   \
+  return sum;
+
+__attribute__((target("avx512f,fma"))) float fma_chains_avx512(int64_t iterations) {
+  MOXIN_FMA_CHAINS(__m512, _mm512_set1_ps, _mm512_fmadd_ps)
+}
+__attribute__((target("avx2,fma"))) float fma_chains_avx2(int64_t iterations) {
+  MOXIN_FMA_CHAINS(__m256, _mm256_set1_ps, _mm256_fmadd_ps)
+}
+#undef MOXIN_FMA_CHAINS
+
+// args: threads, vector width in bits (512: AVX-512, 256: AVX2 + FMA).
 void BM_FmaPeak(benchmark::State& state) {
-  if (!__builtin_cpu_supports("avx512f")) {
-    state.SkipWithError("no AVX-512");
+  const int threads = static_cast<int>(state.range(0));
+  const bool wide = state.range(1) == 512;
+  const bool supported = wide ? __builtin_cpu_supports("avx512f") : __builtin_cpu_supports("avx2");
+  if (!supported || !__builtin_cpu_supports("fma")) {
+    state.SkipWithError("this CPU lacks the ISA");
     return;
   }
-  const int threads = static_cast<int>(state.range(0));
   ThreadPool pool(threads);
   constexpr int64_t kIterations = 10'000'000;
+  const double flop = static_cast<double>(threads) * kIterations * 12 * (wide ? 32 : 16);
+  const double cpu0 = process_cpu_seconds();
   for (auto _ : state)
-    pool.parallel_for(threads, [&](int64_t, int64_t) { benchmark::DoNotOptimize(fma_chains(kIterations)); });
-  state.counters["FLOP/s"] = benchmark::Counter(static_cast<double>(threads) * kIterations * 12 * 32,
-                                                benchmark::Counter::kIsIterationInvariantRate);
+    pool.parallel_for(threads, [&](int64_t, int64_t) {
+      benchmark::DoNotOptimize(wide ? fma_chains_avx512(kIterations) : fma_chains_avx2(kIterations));
+    });
+  const double cpu_seconds = process_cpu_seconds() - cpu0;
+  state.counters["FLOP/s"] = benchmark::Counter(flop, benchmark::Counter::kIsIterationInvariantRate);
+  state.counters["FLOP/cpu-s"] = static_cast<double>(state.iterations()) * flop / cpu_seconds;
 }
-BENCHMARK(BM_FmaPeak)->Arg(1)->Arg(2)->UseRealTime()->Unit(benchmark::kMillisecond);
+BENCHMARK(BM_FmaPeak)->ArgNames({"threads", "bits"})->ArgsProduct({{1, 2}, {512, 256}})->UseRealTime()->Unit(benchmark::kMillisecond);
 #endif
 
 // --- linear ---
 
-// args: out features, in features, rows M, threads
-void BM_Linear(benchmark::State& state) {
-  const int64_t N = state.range(0), K = state.range(1), M = state.range(2);
-  auto backend = make_backend(static_cast<int>(state.range(3)));
+// y = x W^T with random bf16 weights W [N, K] and activations x [M, K] on `backend`, cycling
+// through copies of W; reports the weight bytes read and FLOP/s (wall clock and per CPU second).
+void run_linear(benchmark::State& state, cpu::CpuBackend& backend, int64_t N, int64_t K, int64_t M) {
   Weights w(N, K);
   std::vector<Linear> linears;
   for (const TensorInfo& info : w.infos) {
@@ -134,20 +157,30 @@ void BM_Linear(benchmark::State& state) {
     lw.weight = &info;
     lw.out_features = N;
     lw.in_features = K;
-    linears.push_back(backend->prepare_linear(lw));
+    linears.push_back(backend.prepare_linear(lw));
   }
-  Tensor x = random_activations(*backend, M, K);
-  Tensor y = backend->empty_act({M, N});
+  Tensor x = random_activations(backend, M, K);
+  Tensor y = backend.empty_act({M, N});
   size_t next = 0;
+  const double cpu0 = process_cpu_seconds();
   for (auto _ : state) {
-    backend->linear(x, linears[next], y);
+    backend.linear(x, linears[next], y);
     next = (next + 1) % linears.size();
     benchmark::DoNotOptimize(y.data);
     benchmark::ClobberMemory();
   }
+  const double cpu_seconds = process_cpu_seconds() - cpu0;
+  const double flop = 2.0 * static_cast<double>(M * N * K);
   state.SetBytesProcessed(state.iterations() * N * K * 2);  // weight bytes streamed
-  state.counters["FLOP/s"] = benchmark::Counter(2.0 * static_cast<double>(M * N * K),
-                                                benchmark::Counter::kIsIterationInvariantRate);
+  state.counters["FLOP/s"] = benchmark::Counter(flop, benchmark::Counter::kIsIterationInvariantRate);
+  state.counters["FLOP/cpu-s"] = static_cast<double>(state.iterations()) * flop / cpu_seconds;
+  state.SetLabel(backend.kernels().name);
+}
+
+// args: out features, in features, rows M, threads
+void BM_Linear(benchmark::State& state) {
+  auto backend = make_backend(static_cast<int>(state.range(3)));
+  run_linear(state, *backend, state.range(0), state.range(1), state.range(2));
 }
 // Decode: the MLP's up/gate and down projections, one row, 1 and 2 threads.
 BENCHMARK(BM_Linear)
@@ -167,6 +200,78 @@ BENCHMARK(BM_Linear)
     ->Args({4096, 4096, 256, 2})
     ->Args({4096, 4096, 1024, 2})
     ->Args({14336, 4096, 256, 2})
+    ->UseRealTime()
+    ->Unit(benchmark::kMillisecond);
+
+// The same prefill and vision GEMMs on each kernel table in one process, 2 threads. args: out
+// features, in features, rows M, table (0 generic, 1 avx2, 2 avx512). Compare FLOP/cpu-s with
+// BM_FmaPeak's of the same vector width, and with bench/cpu_peer_torch.py run right after.
+// The kernel table named by a benchmark argument (0 generic, 1 avx2, 2 avx512), or null with
+// the benchmark skipped when this CPU cannot run it.
+const cpu::Kernels* table_arg(benchmark::State& state, int64_t arg) {
+  static const char* const kTables[] = {"generic", "avx2", "avx512"};
+  for (const cpu::Kernels* k : cpu::supported_kernels())
+    if (std::string_view(kTables[arg]) == k->name) return k;
+  state.SkipWithError("this CPU lacks the kernel table");
+  return nullptr;
+}
+
+void BM_Gemm(benchmark::State& state) {
+  if (const cpu::Kernels* k = table_arg(state, state.range(3))) {
+    cpu::CpuBackend backend(2, *k);
+    run_linear(state, backend, state.range(0), state.range(1), state.range(2));
+  }
+}
+BENCHMARK(BM_Gemm)
+    ->ArgNames({"N", "K", "M", "table"})
+    ->Args({14336, 4096, 256, 2})  // decoder MLP up/gate, prefill of 256 tokens
+    ->Args({4096, 14336, 256, 2})  // its down projection
+    ->Args({4096, 1024, 257, 2})   // DINOv2-L MLP
+    ->Args({4304, 1152, 256, 2})   // SigLIP-SO400M MLP
+    ->Args({14336, 4096, 256, 1})
+    ->Args({4096, 14336, 256, 1})
+    ->Args({4096, 1024, 257, 1})
+    ->Args({4304, 1152, 256, 1})
+    ->ArgsProduct({{14336}, {4096}, {32, 64, 128, 129}, {1, 2}})  // either side of each table's gemv_max_rows
+    ->UseRealTime()
+    ->Unit(benchmark::kMillisecond);
+
+// Decode (one row) on each kernel table in one process: args out features, in features,
+// table (0 generic, 1 avx2, 2 avx512), threads. Reports the GB/s of bf16 weights read (wall
+// clock) and its share of the read ceiling measured in the same run with as many threads.
+void BM_GemvPath(benchmark::State& state) {
+  const cpu::Kernels* k = table_arg(state, state.range(2));
+  if (!k) return;
+  const int64_t N = state.range(0), K = state.range(1);
+  cpu::CpuBackend backend(static_cast<int>(state.range(3)), *k);
+  const double ceiling = backend.measure_bandwidth_gbps();
+  Weights w(N, K);
+  std::vector<float> x(static_cast<size_t>(K)), y(static_cast<size_t>(N));
+  std::mt19937 rng(11);
+  std::uniform_real_distribution<float> d(-1.0f, 1.0f);
+  for (float& v : x) v = d(rng);
+  size_t next = 0;
+  double seconds = 0;
+  for (auto _ : state) {
+    const cpu::WeightView view{DType::BF16, w.copies[next].data(), N, K, K};
+    const auto start = std::chrono::steady_clock::now();
+    cpu::matmul(*k, &backend.pool(), 1, x.data(), K, view, nullptr, y.data(), N);
+    seconds += std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+    next = (next + 1) % w.copies.size();
+    benchmark::DoNotOptimize(y.data());
+    benchmark::ClobberMemory();
+  }
+  const double gbps = static_cast<double>(state.iterations()) * static_cast<double>(N * K * 2) / seconds / 1e9;
+  state.counters["GB/s"] = gbps;
+  state.counters["ceiling_GB/s"] = ceiling;
+  state.counters["%ceiling"] = 100.0 * gbps / ceiling;
+  state.SetLabel(k->name);
+}
+BENCHMARK(BM_GemvPath)
+    ->ArgNames({"N", "K", "table", "threads"})
+    ->ArgsProduct({{14336}, {4096}, {0, 1, 2}, {1, 2}})
+    ->Args({4096, 14336, 1, 2})
+    ->Args({4096, 14336, 2, 2})
     ->UseRealTime()
     ->Unit(benchmark::kMillisecond);
 

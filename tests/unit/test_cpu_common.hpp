@@ -104,10 +104,8 @@ struct BackendCase {
 };
 
 inline std::vector<BackendCase> backend_cases() {
-  std::vector<const cpu::Kernels*> tables{&cpu::generic_kernels()};
-  if (const cpu::Kernels* simd = cpu::avx512_kernels()) tables.push_back(simd);
   std::vector<BackendCase> cases;
-  for (const cpu::Kernels* k : tables)
+  for (const cpu::Kernels* k : cpu::supported_kernels())
     for (int threads : {1, 2})
       cases.push_back({cat(k->name, "/", threads, "t"), std::make_unique<cpu::CpuBackend>(threads, *k), k, threads});
   return cases;

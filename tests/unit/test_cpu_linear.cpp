@@ -40,10 +40,11 @@ TEST(CpuLinear, MatchesReferenceOnAwkwardShapes) {
       {1, 1, 1},    {1, 3, 31},   {2, 33, 65},  {3, 65, 17},   {4, 31, 257},  {5, 7, 33},
       {8, 100, 64}, {9, 33, 300}, {31, 65, 3},  {33, 257, 31}, {65, 40, 513}, {257, 31, 65},
       {6, 300, 513},    // GEMV over two L2 row blocks
-      {128, 33, 40},    // the largest GEMV
+      {32, 70, 45},     // the largest GEMV of the AVX2 table (gemv_max_rows)
+      {128, 33, 40},    // the largest GEMV of the others
       {129, 40, 70},    // the smallest GEMM
       {300, 290, 530},  // GEMM: several panels, K blocks and column blocks
-      {1100, 40, 20},   // GEMM: more rows than one row block
+      {1100, 40, 20},   // GEMM: more rows than two row blocks
   };
   for (DType dtype : weight_dtypes())
     for (const Shape& s : shapes)

@@ -1,9 +1,10 @@
 // The leaf kernels of the CPU backend behind one table of function pointers, so the ops are
 // written once and the instruction set is picked at runtime: AVX-512 where the CPU has it,
-// portable C++ (auto-vectorized for the baseline ISA) everywhere else.
+// else AVX2 + FMA + F16C, else portable C++ (auto-vectorized for the baseline ISA).
 #pragma once
 
 #include <cstdint>
+#include <vector>
 
 #include "core/dtype.hpp"
 
@@ -20,12 +21,18 @@ struct WeightView {
   int64_t ld = 0;  // elements from one row to the next
 };
 
-// Register tile of the GEMM: kGemmMR activation rows x kGemmNR weight rows.
-constexpr int kGemmMR = 8;
-constexpr int kGemmNR = 32;
-
 struct Kernels {
   const char* name;
+
+  // Register tile of gemm_tile: gemm_mr activation rows x gemm_nr weight rows, the width of
+  // the panels pack_panels writes (a power of two, at most 32).
+  int gemm_mr;
+  int gemm_nr;
+
+  // Up to this many activation rows the GEMV (tiles of dot products over weight rows kept in
+  // L2) is faster than the GEMM, whose weight packing dominates at small M; beyond, the
+  // blocked GEMM wins. Measured per ISA (bench/cpu_ops_bench.cpp BM_Gemm, M = 32 ... 129).
+  int64_t gemv_max_rows;
 
   // y[m * ldy + n] = bias[n] + sum_k x[m * ldx + k] * W[n, k]  for m < M, n0 <= n < n1.
   // Reads each weight row from memory once however large M is (a block of rows is revisited
@@ -34,14 +41,14 @@ struct Kernels {
   void (*gemv)(const WeightView& w, int64_t n0, int64_t n1, const float* x, int64_t ldx,
                int64_t M, const float* bias, float* y, int64_t ldy);
 
-  // Converts W[n0 : n0 + nc, k0 : k0 + kc] to f32 panels of kGemmNR rows: panel p holds
-  // kc x kGemmNR floats, k-major (panel[k * kGemmNR + j] = W[n0 + p * kGemmNR + j, k0 + k]).
-  // Rows past nc are zero-filled.
+  // Converts W[n0 : n0 + nc, k0 : k0 + kc] to f32 panels of NR = gemm_nr rows: panel p holds
+  // kc x NR floats, k-major (panel[k * NR + j] = W[n0 + p * NR + j, k0 + k]). Rows past nc
+  // are zero-filled.
   void (*pack_panels)(const WeightView& w, int64_t n0, int64_t nc, int64_t k0, int64_t kc,
                       float* panels);
 
-  // c[i * ldc + j] (+)= sum_k a[i * lda + k] * panel[k * kGemmNR + j] for i < mr <= kGemmMR,
-  // j < nr <= kGemmNR. accumulate == false: c = bias[j] (or 0) + product.
+  // c[i * ldc + j] (+)= sum_k a[i * lda + k] * panel[k * NR + j] for i < mr <= gemm_mr,
+  // j < nr <= NR = gemm_nr. accumulate == false: c = bias[j] (or 0) + product.
   void (*gemm_tile)(int64_t kc, const float* a, int64_t lda, int mr, const float* panel, int nr,
                     float* c, int64_t ldc, const float* bias, bool accumulate);
 
@@ -69,7 +76,12 @@ struct Kernels {
 const Kernels& generic_kernels();
 // nullptr when this build or this CPU lacks AVX-512 F, BW and VL (or FMA).
 const Kernels* avx512_kernels();
-// The fastest table this CPU runs; MOXIN_CPU_KERNELS=generic forces the portable one.
+// nullptr when this build or this CPU lacks AVX2, FMA or F16C.
+const Kernels* avx2_kernels();
+// Every table this build and CPU can run, portable first, fastest last.
+std::vector<const Kernels*> supported_kernels();
+// The fastest table this CPU runs; MOXIN_CPU_KERNELS=generic, avx2 or avx512 forces one (an
+// error if this CPU cannot run it).
 const Kernels& best_kernels();
 
 }  // namespace moxin::cpu

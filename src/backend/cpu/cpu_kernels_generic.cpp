@@ -4,7 +4,6 @@
 #include <cmath>
 #include <cstdlib>
 #include <cstring>
-#include <string_view>
 
 #include "backend/cpu/cpu_kernels.hpp"
 #include "core/bf16.hpp"
@@ -12,6 +11,14 @@
 
 namespace moxin::cpu {
 namespace {
+
+// Register tile of the GEMM: 8 activation rows x 32 weight rows.
+constexpr int kTileRows = 8;
+constexpr int kPanelWidth = 32;
+
+// The threshold every table had before each got its own (measured with the AVX-512 kernels;
+// the portable ones run only where no SIMD table does, and were not tuned).
+constexpr int64_t kGemvMaxRows = 128;
 
 // Converts n consecutive weights starting at element `offset` of the matrix to f32.
 void weights_to_f32(const WeightView& w, int64_t offset, int64_t n, float* out) {
@@ -99,16 +106,16 @@ void pack_panels(const WeightView& w, int64_t n0, int64_t nc, int64_t k0, int64_
                  float* panels) {
   float* row = static_cast<float*>(std::malloc(static_cast<size_t>(std::max<int64_t>(kc, 1)) * 4));
   MOXIN_CHECK(row != nullptr, "[cpu] matmul: out of memory");
-  const int64_t num_panels = (nc + kGemmNR - 1) / kGemmNR;
+  const int64_t num_panels = (nc + kPanelWidth - 1) / kPanelWidth;
   for (int64_t p = 0; p < num_panels; ++p) {
-    float* panel = panels + p * kc * kGemmNR;
-    for (int j = 0; j < kGemmNR; ++j) {
-      const int64_t r = p * kGemmNR + j;
+    float* panel = panels + p * kc * kPanelWidth;
+    for (int j = 0; j < kPanelWidth; ++j) {
+      const int64_t r = p * kPanelWidth + j;
       if (r < nc) {
         weights_to_f32(w, (n0 + r) * w.ld + k0, kc, row);
-        for (int64_t k = 0; k < kc; ++k) panel[k * kGemmNR + j] = row[k];
+        for (int64_t k = 0; k < kc; ++k) panel[k * kPanelWidth + j] = row[k];
       } else {
-        for (int64_t k = 0; k < kc; ++k) panel[k * kGemmNR + j] = 0.0f;
+        for (int64_t k = 0; k < kc; ++k) panel[k * kPanelWidth + j] = 0.0f;
       }
     }
   }
@@ -117,12 +124,12 @@ void pack_panels(const WeightView& w, int64_t n0, int64_t nc, int64_t k0, int64_
 
 void gemm_tile(int64_t kc, const float* a, int64_t lda, int mr, const float* panel, int nr,
                float* c, int64_t ldc, const float* bias, bool accumulate) {
-  float acc[kGemmMR][kGemmNR] = {};
+  float acc[kTileRows][kPanelWidth] = {};
   for (int64_t k = 0; k < kc; ++k) {
-    const float* b = panel + k * kGemmNR;
+    const float* b = panel + k * kPanelWidth;
     for (int i = 0; i < mr; ++i) {
       const float ai = a[i * lda + k];
-      for (int j = 0; j < kGemmNR; ++j) acc[i][j] += ai * b[j];
+      for (int j = 0; j < kPanelWidth; ++j) acc[i][j] += ai * b[j];
     }
   }
   for (int i = 0; i < mr; ++i) {
@@ -150,19 +157,9 @@ uint64_t read_stream(const uint8_t* data, int64_t bytes) {
 }  // namespace
 
 const Kernels& generic_kernels() {
-  static const Kernels table{"generic", gemv,     pack_panels, gemm_tile, attend,
-                             softmax,   gelu_erf, silu_mul,    read_stream};
+  static const Kernels table{"generic", kTileRows, kPanelWidth, kGemvMaxRows, gemv,     pack_panels,
+                             gemm_tile, attend,    softmax,     gelu_erf,     silu_mul, read_stream};
   return table;
-}
-
-const Kernels& best_kernels() {
-  static const Kernels& chosen = [] () -> const Kernels& {
-    const char* forced = std::getenv("MOXIN_CPU_KERNELS");
-    if (forced && std::string_view(forced) == "generic") return generic_kernels();
-    const Kernels* simd = avx512_kernels();
-    return simd ? *simd : generic_kernels();
-  }();
-  return chosen;
 }
 
 }  // namespace moxin::cpu

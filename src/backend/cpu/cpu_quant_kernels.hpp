@@ -54,9 +54,9 @@ enum class QuantGemvPath { generic, avx2, avx512, vnni };
 const char* quant_gemv_path_name(QuantGemvPath path);
 // The paths this build and CPU run, fastest last.
 std::vector<QuantGemvPath> quant_gemv_paths();
-// The fastest path that goes with a kernel table: the generic table gets the generic path
-// where it stands in for AVX-512 (tests, MOXIN_CPU_KERNELS=generic), but on a CPU without
-// AVX-512, where it is the best table, the fastest path (AVX2) still runs.
+// The path of a kernel table's instruction set: generic for the generic table, avx2 for the
+// AVX2 one, the fastest of all for AVX-512 (a CPU with AVX-512 also runs the AVX2 path, and
+// its AVX2 kernel outruns the AVX-512 f32 one).
 QuantGemvPath quant_gemv_path_for(const Kernels& kernels);
 // y[m * ldy + n] = sum_k x[m * ldx + k] W[n, k] for M <= kQuantGemvMaxRows by `path` (one of
 // quant_gemv_paths()); vnni falls back to avx512 for activations it cannot split.

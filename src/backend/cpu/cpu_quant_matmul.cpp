@@ -1,5 +1,4 @@
 #include <algorithm>
-#include <cstdlib>
 #include <cstring>
 #include <string_view>
 #include <vector>
@@ -67,13 +66,11 @@ void quant_gemv_generic(const QuantView& w, int64_t n0, int64_t n1, const float*
 
 namespace {
 
-// Whether the portable quantized kernels go with a kernel table: the generic table where a CPU
-// with AVX-512 runs it anyway (tests compare the tables) or where MOXIN_CPU_KERNELS=generic
-// asked for it. On a CPU without AVX-512 it is simply the best table, and AVX2 may still run.
-bool wants_portable(const Kernels& kernels) {
-  if (std::string_view(kernels.name) != std::string_view(generic_kernels().name)) return false;
-  const char* forced = std::getenv("MOXIN_CPU_KERNELS");
-  return avx512_kernels() != nullptr || (forced && std::string_view(forced) == "generic");
+// The quantized kernels keep to the instruction set of the dense table they go with, so that
+// forcing a table (tests, MOXIN_CPU_KERNELS) runs that ISA throughout. The generic table is the
+// best one only on a CPU without AVX2, where no SIMD quantized kernel runs either.
+bool is_table(const Kernels& kernels, const Kernels* table) {
+  return table && std::string_view(kernels.name) == std::string_view(table->name);
 }
 
 // The f32 GEMVs: activations copied in the order the kernel reads them, rows over threads.
@@ -114,7 +111,9 @@ std::vector<QuantGemvPath> quant_gemv_paths() {
 
 QuantGemvPath quant_gemv_path_for(const Kernels& kernels) {
   static const QuantGemvPath fastest = quant_gemv_paths().back();
-  return wants_portable(kernels) ? QuantGemvPath::generic : fastest;
+  if (is_table(kernels, &generic_kernels())) return QuantGemvPath::generic;
+  if (is_table(kernels, avx2_kernels())) return QuantGemvPath::avx2;
+  return fastest;
 }
 
 void quant_gemv(QuantGemvPath path, ThreadPool* pool, int64_t M, const float* x, int64_t ldx, const QuantView& w,
@@ -127,7 +126,8 @@ void quant_gemv(QuantGemvPath path, ThreadPool* pool, int64_t M, const float* x,
 }
 
 QuantDequantizeFn quant_dequantize_for(const Kernels& kernels) {
-  if (wants_portable(kernels)) return dequantize_rows;
+  if (is_table(kernels, &generic_kernels())) return dequantize_rows;
+  if (is_table(kernels, avx2_kernels())) return quant_dequantize_avx2();
   for (QuantDequantizeFn simd : {quant_dequantize_avx512(), quant_dequantize_avx2()})
     if (simd) return simd;
   return dequantize_rows;
@@ -153,8 +153,8 @@ void quant_matmul(const Kernels& kernels, ThreadPool* pool, int64_t M, const flo
   // its L2 and multiplies them there as dense f32 (threads never wait on one another's rows).
   // The GEMV reads a ~256 KB block once per 4 activation rows; the GEMM, for larger M, gets
   // ~1 MB blocks so that x is streamed fewer times.
-  const bool gemm = M > kGemvMaxRows;
-  const int64_t align = gemm ? kGemmNR : 4;
+  const bool gemm = M > kernels.gemv_max_rows;
+  const int64_t align = gemm ? kernels.gemm_nr : 4;
   const int64_t target_floats = gemm ? (int64_t{1} << 18) : (int64_t{1} << 16);
   const int64_t block = std::min(N, std::max(align, target_floats / K / align * align));
   const QuantDequantizeFn dequantize = quant_dequantize_for(kernels);

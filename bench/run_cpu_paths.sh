@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# The CPU kernel paths side by side in one run, for a bench/results row: the CPU model and
+# flags, the FMA peaks and read ceiling, the prefill/vision GEMMs and decode GEMVs of every
+# kernel table this CPU runs (bench/cpu_ops_bench.cpp BM_Gemm, BM_GemvPath), PyTorch's f32 GEMM
+# and timm's encoders on the same shapes (bench/cpu_peer_torch.py), and, when a full-size model
+# is at $MOXIN_FULL_MODEL, `moxin bench` vision + prefill of 256 tokens with each SIMD table.
+#   cmake --build build --target cpu_ops_bench moxin && bench/run_cpu_paths.sh > bench/results/<name>.txt
+set -uo pipefail
+cd "$(dirname "$0")/.."
+model=${MOXIN_FULL_MODEL:-/tmp/moxin-full}
+threads=${MOXIN_BENCH_THREADS:-2}
+
+echo "# $(date -u '+%F %T') UTC, commit $(git rev-parse --short HEAD), load average before: $(cut -d' ' -f1-3 /proc/loadavg)"
+lscpu | grep -E '^(Model name|CPU\(s\)|Thread|Core|Socket|L1d|L2|L3)'
+grep -m1 '^flags' /proc/cpuinfo | tr ' ' '\n' | grep -E '^(avx|fma|f16c|amx|sse4_2)' | tr '\n' ' '
+echo
+./build/bench/cpu_ops_bench --benchmark_filter='BM_ReadBandwidth|BM_FmaPeak|BM_Gemm|BM_GemvPath' \
+  --benchmark_counters_tabular=true --benchmark_min_time=1 2>&1
+python3 bench/cpu_peer_torch.py --threads "$threads" 2>&1
+if [ -f "$model/config.json" ]; then
+  for table in avx512 avx2; do
+    echo "## moxin bench, MOXIN_CPU_KERNELS=$table"
+    MOXIN_CPU_KERNELS=$table ./build/src/cli/moxin bench --model "$model" --device cpu --threads "$threads" \
+      --context 256 --prefill-tokens 256 --decode-steps 1 --runs 1 2>&1
+  done
+else
+  echo "(no full-size model at $model: moxin bench skipped; python3 tools/make_test_model.py --preset full --out $model)"
+fi
+echo "# load average after: $(cut -d' ' -f1-3 /proc/loadavg)"

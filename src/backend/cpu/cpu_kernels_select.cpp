@@ -1,0 +1,35 @@
+// Which kernel table runs: the fastest this CPU supports, unless MOXIN_CPU_KERNELS names one
+// (to compare paths on one machine, or to rule a SIMD path out when chasing a problem).
+#include <cstdlib>
+#include <string>
+#include <string_view>
+
+#include "backend/cpu/cpu_kernels.hpp"
+#include "core/check.hpp"
+
+namespace moxin::cpu {
+
+std::vector<const Kernels*> supported_kernels() {
+  std::vector<const Kernels*> tables{&generic_kernels()};
+  if (const Kernels* avx2 = avx2_kernels()) tables.push_back(avx2);
+  if (const Kernels* avx512 = avx512_kernels()) tables.push_back(avx512);
+  return tables;
+}
+
+const Kernels& best_kernels() {
+  static const Kernels& chosen = []() -> const Kernels& {
+    const std::vector<const Kernels*> tables = supported_kernels();
+    const char* forced = std::getenv("MOXIN_CPU_KERNELS");
+    if (!forced || !*forced) return *tables.back();
+    std::string names;
+    for (const Kernels* k : tables) {
+      if (std::string_view(forced) == k->name) return *k;
+      names += names.empty() ? k->name : std::string(", ") + k->name;
+    }
+    fail("[cpu] MOXIN_CPU_KERNELS=", forced, " is not a kernel table this build and CPU can run (", names,
+         "); unset it to run the fastest");
+  }();
+  return chosen;
+}
+
+}  // namespace moxin::cpu
