@@ -18,14 +18,18 @@
 
 namespace moxin {
 
-enum class DeviceKind { CPU, CUDA };
+// What a backend keeps behind a prepared Linear: each backend derives its own type and checks
+// it when an op receives one, so a weight prepared by another backend is refused, not misread.
+struct LinearImpl {
+  virtual ~LinearImpl() = default;
+};
 
 // A weight matrix [out, in] (+ optional bias) prepared for one backend: the CPU keeps a
 // pointer into the mmap'd file, CUDA a device copy. Quantized forms hide behind `impl`.
 struct Linear {
   int64_t out_features = 0;
   int64_t in_features = 0;
-  std::shared_ptr<const void> impl;
+  std::shared_ptr<const LinearImpl> impl;
 };
 
 struct KvCacheConfig {

@@ -12,8 +12,11 @@
 
 namespace moxin {
 
+enum class DeviceKind { CPU, CUDA };
+
 struct Tensor {
   DType dtype = DType::F32;
+  DeviceKind device = DeviceKind::CPU;  // whose memory `data` is in (set by the backend)
   std::vector<int64_t> shape;
   std::shared_ptr<void> storage;  // keeps the allocation alive
   void* data = nullptr;           // first element (device pointer on CUDA)

@@ -138,7 +138,7 @@ Linear make_quant_linear(Backend& backend, int64_t out, int64_t in, int bits, in
 }
 
 const uint16_t* weight_ptr(const Linear& l) {
-  return static_cast<const uint16_t*>(static_cast<const CudaLinear*>(l.impl.get())->weight.get());
+  return static_cast<const uint16_t*>(dynamic_cast<const CudaLinear&>(*l.impl).weight.get());
 }
 
 double copy_ceiling(CudaBackend& backend) {
@@ -452,7 +452,7 @@ void bench_quant_linears(CudaBackend& backend, double ceiling) {
           const Tensor x = backend.from_host_f32(xs.data(), {2, k});
           Tensor y = backend.empty_act({2, n});
           auto quant = [&](int i) -> const QuantMatrix& {
-            return static_cast<const CudaLinear*>(w[i % 3].impl.get())->quant;
+            return dynamic_cast<const CudaLinear&>(*w[i % 3].impl).quant;
           };
           struct Variant {
             int rows, split, min_blocks;
@@ -489,7 +489,7 @@ void bench_quant_linears(CudaBackend& backend, double ceiling) {
             Tensor scratch = backend.empty({quant_mma_scratch_elems(m, k)}, DType::BF16);
             const double vms = time_ms(stream, 20, 10, [&](int i) {
               quant_mma(xm.ptr<float>(), m,
-                        static_cast<const CudaLinear*>(w[i % 3].impl.get())->quant,
+                        dynamic_cast<const CudaLinear&>(*w[i % 3].impl).quant,
                         scratch.ptr<uint16_t>(), ym.ptr<float>(), stream);
             });
             table.push_back({cat("  qmma at M=", m), vms,

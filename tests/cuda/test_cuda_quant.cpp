@@ -210,7 +210,7 @@ TEST_F(CudaQuant, Gemv4BitEveryTiling) {
       // 70 rows: partial row groups; K: whole warp iterations of 1024 inputs plus a tail.
       const auto part = make_part(70, 1088 / 64 * gs, 4, gs, DType::BF16);
       const Linear prepared = backend().prepare_linear(part->weight);
-      const cuda::QuantMatrix& q = static_cast<const cuda::CudaLinear*>(prepared.impl.get())->quant;
+      const cuda::QuantMatrix& q = dynamic_cast<const cuda::CudaLinear&>(*prepared.impl).quant;
       const std::vector<float> x = randn(static_cast<size_t>(m * part->in));
       const Tensor xt = upload(x, {m, part->in});
       const std::vector<double> ref = reference({part.get()}, x, m, false);

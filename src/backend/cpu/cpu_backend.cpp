@@ -117,8 +117,10 @@ void CpuBackend::to_host_f32(const Tensor& t, float* out) {
 // --- weights ---
 
 const CpuLinear& cpu_linear(const Linear& w, const char* op) {
-  MOXIN_CHECK(w.impl != nullptr, "[cpu] ", op, ": the weight was not prepared (call prepare_linear)");
-  const auto& l = *static_cast<const CpuLinear*>(w.impl.get());
+  const auto* prepared = dynamic_cast<const CpuLinear*>(w.impl.get());
+  MOXIN_CHECK(prepared != nullptr, "[cpu] ", op,
+              ": the weight was not prepared by this CPU backend (call prepare_linear on it)");
+  const auto& l = *prepared;
   MOXIN_CHECK(l.weight.rows == w.out_features && l.weight.cols == w.in_features, "[cpu] ", op,
               ": Linear says [", w.out_features, ", ", w.in_features, "] but its weight '", l.name,
               "' is [", l.weight.rows, ", ", l.weight.cols, "]");
@@ -177,7 +179,7 @@ Linear CpuBackend::prepare_fused_linear(const std::vector<const LinearWeight*>& 
                 " inputs): fused parts share in_features and format");
     fused.in_features = l.in_features;
     fused.out_features += l.out_features;
-    auto part_impl = std::static_pointer_cast<const CpuLinear>(l.impl);
+    auto part_impl = std::dynamic_pointer_cast<const CpuLinear>(l.impl);
     impl->name += (impl->parts.empty() ? "" : " + ") + part_impl->name;
     impl->parts.push_back(std::move(part_impl));
   }

@@ -15,7 +15,7 @@
 namespace moxin::cpu {
 
 // What Linear::impl points to on the CPU.
-struct CpuLinear {
+struct CpuLinear final : LinearImpl {
   std::string name;     // tensor name, for error messages
   WeightView weight;    // into the mapped checkpoint: never copied
   std::vector<float> bias;  // empty when the layer has none

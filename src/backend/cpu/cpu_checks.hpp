@@ -10,6 +10,8 @@
 namespace moxin::cpu {
 
 inline void check_dtype(const Tensor& t, DType dtype, const char* op, const char* what) {
+  MOXIN_CHECK(t.device == DeviceKind::CPU, "[cpu] ", op, ": ", what, " ", t.shape_str(),
+              " is in device memory (a tensor of another backend); create it with this backend");
   MOXIN_CHECK(t.dtype == dtype, "[cpu] ", op, ": ", what, " must be ", dtype_name(dtype),
               ", got ", dtype_name(t.dtype), " ", t.shape_str());
   MOXIN_CHECK(t.data != nullptr || t.numel() == 0, "[cpu] ", op, ": ", what, " ",

@@ -37,7 +37,13 @@ T* data_of(const Tensor& t) {
   return static_cast<T*>(t.data);
 }
 
+void require_device(const Tensor& t, const char* op, const char* what) {
+  MOXIN_CHECK(t.device == DeviceKind::CUDA, "[cuda] ", op, ": ", what, " ", t.shape_str(),
+              " is in host memory (a tensor of another backend); create it with this backend");
+}
+
 void require(const Tensor& t, DType dtype, const char* op, const char* what) {
+  require_device(t, op, what);
   MOXIN_CHECK(t.dtype == dtype, "[cuda] ", op, ": ", what, " is ", dtype_name(t.dtype),
               ", expected ", dtype_name(dtype));
   MOXIN_CHECK(t.numel() == 0 || t.data != nullptr, "[cuda] ", op, ": ", what, " has no storage");
@@ -53,8 +59,8 @@ void require_shape(const Tensor& t, int64_t rows, int64_t cols, const char* op, 
 }
 
 const CudaLinear& cuda_linear(const Linear& w, const char* op) {
-  const auto* impl = static_cast<const CudaLinear*>(w.impl.get());
-  MOXIN_CHECK(impl != nullptr && impl->magic == CudaLinear::kMagic, "[cuda] ", op,
+  const auto* impl = dynamic_cast<const CudaLinear*>(w.impl.get());
+  MOXIN_CHECK(impl != nullptr, "[cuda] ", op,
               ": the weight was not prepared by this CUDA backend (call prepare_linear on it)");
   return *impl;
 }
@@ -134,6 +140,7 @@ CudaBackend::~CudaBackend() { cudaStreamSynchronize(context_->stream); }
 
 Tensor CudaBackend::empty(const std::vector<int64_t>& shape, DType dtype) {
   Tensor t;
+  t.device = DeviceKind::CUDA;
   t.dtype = dtype;
   t.shape = shape;
   for (int64_t d : shape)
@@ -164,6 +171,7 @@ void CudaBackend::upload_i32(const int32_t* data, Tensor& dst) {
 }
 
 void CudaBackend::to_host_f32(const Tensor& t, float* out) {
+  require_device(t, "to_host_f32", "the tensor");
   const size_t n = static_cast<size_t>(t.numel());
   if (n == 0) return;
   if (t.dtype == DType::F32) {
@@ -478,6 +486,8 @@ void CudaBackend::add_rows_cyclic(Tensor& x, const Tensor& table) {
 }
 
 void CudaBackend::copy_rows(const Tensor& src, Tensor& dst, int64_t dst_row) {
+  require_device(src, "copy_rows", "src");
+  require_device(dst, "copy_rows", "dst");
   MOXIN_CHECK(src.dtype == dst.dtype && src.cols() == dst.cols() && dst_row >= 0 &&
                   dst_row + src.rows() <= dst.rows(),
               "[cuda] copy_rows: ", src.shape_str(), " ", dtype_name(src.dtype), " into rows ",
@@ -489,6 +499,8 @@ void CudaBackend::copy_rows(const Tensor& src, Tensor& dst, int64_t dst_row) {
 }
 
 void CudaBackend::copy_cols(const Tensor& src, Tensor& dst, int64_t col_offset) {
+  require_device(src, "copy_cols", "src");
+  require_device(dst, "copy_cols", "dst");
   MOXIN_CHECK(src.dtype == dst.dtype && src.rows() == dst.rows() && col_offset >= 0 &&
                   col_offset + src.cols() <= dst.cols(),
               "[cuda] copy_cols: ", src.shape_str(), " ", dtype_name(src.dtype), " into columns ",

@@ -35,9 +35,7 @@ struct DeviceContext {
 std::shared_ptr<void> device_alloc(const std::shared_ptr<DeviceContext>& context, size_t bytes);
 
 // What prepare_linear returns behind Linear::impl.
-struct CudaLinear {
-  static constexpr uint64_t kMagic = 0x4d6f78696e437564ull;  // tells it from a CPU Linear
-  uint64_t magic = kMagic;
+struct CudaLinear final : LinearImpl {
   std::shared_ptr<void> weight;  // bf16 [out, in]
   std::shared_ptr<void> bias;    // f32 [out] or null
   // Quantized weights (quant.bits != 0, `weight` null): the storage behind quant's pointers.
