@@ -10,7 +10,8 @@ seconds="${1:-60}"
 shift || true
 
 if [ ! -f build-fuzz/build.ninja ]; then
-  CC=clang CXX=clang++ cmake -S . -B build-fuzz -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo -DMOXIN_CUDA=OFF \
+  CC=clang CXX=clang++ cmake -S . -B build-fuzz -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo \
+    -DCMAKE_CXX_FLAGS_RELWITHDEBINFO="-O2 -g1 -DNDEBUG" -DMOXIN_CUDA=OFF \
     -DMOXIN_FUZZ=ON -DMOXIN_TESTS=OFF -DMOXIN_BENCH=OFF >/dev/null
 fi
 cmake --build build-fuzz -j "${MOXIN_JOBS:-2}" --target moxin_fuzz_targets

@@ -64,6 +64,7 @@ void Sha256::compress(const uint8_t* block) {
 }
 
 Sha256& Sha256::update(std::span<const uint8_t> bytes) {
+  if (bytes.empty()) return *this;  // its data() may be null, which memcpy must never get (UBSan)
   total_bytes_ += bytes.size();
   size_t at = 0;
   if (buffered_ > 0) {
