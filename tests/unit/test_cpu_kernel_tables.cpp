@@ -2,6 +2,7 @@
 // has the ISA (so every op test, which loops over supported_kernels(), runs every path the
 // machine can), and the fastest is the default.
 #include "test_cpu_common.hpp"
+#include "backend/cpu/cpu_features.hpp"
 
 namespace moxin::cpu_test {
 namespace {
@@ -16,7 +17,7 @@ TEST(CpuKernelTables, ListsEveryTableThisCpuRuns) {
   EXPECT_TRUE(listed("generic"));
 #if defined(__x86_64__)
   EXPECT_EQ(listed("avx2"),
-            __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c"));
+            __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && cpu::cpu_has_f16c());
   EXPECT_EQ(listed("avx512"), __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
                                   __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("fma"));
 #endif

@@ -4,6 +4,7 @@
 // avx2_kernels() hands them out only when the CPU supports it. Weights go bf16 -> f32 by a
 // 16-bit shift, f16 -> f32 by vcvtph2ps; activations and accumulators stay f32 throughout.
 #include "backend/cpu/cpu_kernels.hpp"
+#include "backend/cpu/cpu_features.hpp"
 
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
 #define MOXIN_HAVE_AVX2_KERNELS 1
@@ -500,7 +501,7 @@ const Kernels* avx2_kernels() {
   static const Kernels table{"avx2",    kTileRows, kPanelWidth, kGemvMaxRows, gemv,     pack_panels,
                              gemm_tile, attend,    softmax,     gelu_erf,     silu_mul, read_stream};
   static const bool supported =
-      __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c");
+      __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && cpu_has_f16c();
   return supported ? &table : nullptr;
 #else
   return nullptr;

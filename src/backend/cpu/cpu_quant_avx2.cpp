@@ -6,6 +6,7 @@
 // 8 codes to f32 per step for the prefill GEMM. Same arithmetic as the AVX-512 twins
 // (cpu_quant_avx512.cpp) at half the width.
 #include "backend/cpu/cpu_quant_kernels.hpp"
+#include "backend/cpu/cpu_features.hpp"
 
 #include <algorithm>
 
@@ -219,7 +220,7 @@ namespace {
 bool cpu_has_avx2() {
 #if defined(MOXIN_HAVE_AVX2_QUANT)
   static const bool supported = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
-                                __builtin_cpu_supports("f16c");
+                                cpu_has_f16c();
   return supported;
 #else
   return false;

@@ -10,6 +10,7 @@
 // code load, then y += scale * dot + bias * sum(x), the sum quant_gemv_generic forms in f32.
 // The three dot products are the bound: about 24 GB/s of 4-bit weights per Zen 4 core.
 #include "backend/cpu/cpu_quant_kernels.hpp"
+#include "backend/cpu/cpu_features.hpp"
 
 #include <algorithm>
 #include <cmath>
@@ -304,7 +305,7 @@ bool quant_vnni_supported() {
 #if defined(MOXIN_HAVE_VNNI_QUANT)
   static const bool supported = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
                                 __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512vnni") &&
-                                __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c");
+                                __builtin_cpu_supports("fma") && cpu_has_f16c();
   return supported;
 #else
   return false;

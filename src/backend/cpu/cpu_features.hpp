@@ -1,0 +1,22 @@
+// CPU feature checks that __builtin_cpu_supports cannot make on every compiler: clang 14 does
+// not know "f16c" there, so F16C is read from CPUID directly.
+#pragma once
+
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+#include <cpuid.h>
+#endif
+
+namespace moxin::cpu {
+
+// The CPU converts f16 <-> f32 in vector registers (vcvtph2ps). Call it together with an AVX
+// check (__builtin_cpu_supports("avx2") and the like also ask whether the OS saves ymm state).
+inline bool cpu_has_f16c() {
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+  unsigned eax = 0, ebx = 0, ecx = 0, edx = 0;
+  return __get_cpuid(1, &eax, &ebx, &ecx, &edx) != 0 && (ecx & bit_F16C) != 0;
+#else
+  return false;
+#endif
+}
+
+}  // namespace moxin::cpu
