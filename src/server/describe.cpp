@@ -1,5 +1,7 @@
 #include "server/describe.hpp"
 
+#include <optional>
+
 #include "core/check.hpp"
 #include "io/json_strict.hpp"
 #include "runtime/default_prompt.hpp"
@@ -51,12 +53,10 @@ ChatRequest parse_describe_request(const json& body) {
   }
   // The chat route's parser checks max_tokens and temperature (same names, same rules) and the
   // prompt; the image travels as the data URL it decodes.
-  json chat = {{"messages", json::array({{{"role", "user"},
-                                          {"content", json::array({{{"type", "image_url"},
-                                                                    {"image_url",
-                                                                     {{"url", "data:image/*;base64," +
-                                                                                  image_field(body)}}}},
-                                                                   {{"type", "text"}, {"text", prompt}}})}}})},
+  const json image_part = {{"type", "image_url"}, {"image_url", {{"url", "data:image/*;base64," + image_field(body)}}}};
+  const json text_part = {{"type", "text"}, {"text", prompt}};
+  const json message = {{"role", "user"}, {"content", json::array({image_part, text_part})}};
+  json chat = {{"messages", json::array({message})},
                {"max_tokens", kDefaultMaxTokens},
                {"temperature", kDefaultTemperature}};
   for (const char* name : {"max_tokens", "temperature"})
