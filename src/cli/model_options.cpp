@@ -3,6 +3,7 @@
 #include <CLI/CLI.hpp>
 
 #include "core/check.hpp"
+#include "runtime/default_prompt.hpp"
 
 namespace moxin::cli {
 
@@ -36,17 +37,25 @@ LoadOptions ModelOptions::load_options() const {
 
 void PromptOptions::add_to(CLI::App& command) {
   command.add_option("--image", image, "Image file (JPEG, PNG, WebP, GIF, BMP); omit for text only");
-  command.add_option("--prompt", prompts, "The question; repeat for a multi-turn conversation")->required();
+  command.add_option("--prompt", prompts,
+                     "The question; repeat for a multi-turn conversation (default with --image: \"" +
+                         std::string(kDefaultImagePrompt) + "\")");
   command.add_option("--answer", answers, "The model's earlier answers, one per earlier --prompt");
 }
 
 Prompt PromptOptions::build() const {
-  MOXIN_CHECK(answers.size() + 1 == prompts.size(), "[prompt] a conversation of ", prompts.size(),
-              " --prompt needs ", prompts.size() - 1, " --answer (one per earlier turn), got ",
+  // The seed crate's `generate` describes the image when no question is given; users keep that.
+  MOXIN_CHECK(!prompts.empty() || !image.empty(),
+              "[prompt] nothing to answer: give --prompt \"QUESTION\", or --image FILE to get the default "
+              "question \"", kDefaultImagePrompt, "\"");
+  const std::vector<std::string> questions =
+      prompts.empty() ? std::vector<std::string>{kDefaultImagePrompt} : prompts;
+  MOXIN_CHECK(answers.size() + 1 == questions.size(), "[prompt] a conversation of ", questions.size(),
+              " --prompt needs ", questions.size() - 1, " --answer (one per earlier turn), got ",
               answers.size());
   Prompt p;
-  for (size_t i = 0; i < prompts.size(); ++i)
-    p.turns.push_back({prompts[i], i < answers.size() ? answers[i] : std::string()});
+  for (size_t i = 0; i < questions.size(); ++i)
+    p.turns.push_back({questions[i], i < answers.size() ? answers[i] : std::string()});
   if (!image.empty()) p.image = read_file(image);
   return p;
 }

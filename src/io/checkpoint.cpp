@@ -33,9 +33,10 @@ std::optional<QuantizationConfig> resolve_quantization(const std::string& dir,
 
 // Tensors a published checkpoint carries that inference never reads: the encoders' final
 // norms and heads, the last ViT block (features come from the one before), RoPE buffers.
-bool is_known_unused(const std::string& name, const Checkpoint& ck, const std::string& llm_prefix) {
-  for (const auto& [prefix, vit] : {std::pair{std::string(kDinoPrefix), &ck.config.dino},
-                                    std::pair{std::string(kSiglipPrefix), &ck.config.siglip}}) {
+bool is_known_unused(const std::string& name, const Checkpoint& ck, const VisionPrefixes& vision,
+                     const std::string& llm_prefix) {
+  for (const auto& [prefix, vit] :
+       {std::pair{vision.dino, &ck.config.dino}, std::pair{vision.siglip, &ck.config.siglip}}) {
     for (const char* part : {"norm.", "head.", "attn_pool."})
       if (starts_with(name, prefix + part)) return true;
     if (starts_with(name, cat(prefix, "blocks.", vit->depth - 1, "."))) return true;
@@ -43,11 +44,12 @@ bool is_known_unused(const std::string& name, const Checkpoint& ck, const std::s
   return starts_with(name, llm_prefix) && ends_with(name, "rotary_emb.inv_freq");
 }
 
-void refuse_unexpected(const TensorBinder& b, const Checkpoint& ck, const std::string& llm_prefix) {
+void refuse_unexpected(const TensorBinder& b, const Checkpoint& ck, const VisionPrefixes& vision,
+                       const std::string& llm_prefix) {
   std::vector<const TensorInfo*> unexpected;
   bool quantized = false;
   for (const TensorInfo* t : b.unused())
-    if (!is_known_unused(t->name, ck, llm_prefix)) {
+    if (!is_known_unused(t->name, ck, vision, llm_prefix)) {
       unexpected.push_back(t);
       quantized = quantized || ends_with(t->name, ".scales") || ends_with(t->name, ".biases");
     }
@@ -82,14 +84,15 @@ Checkpoint load_checkpoint(const std::string& dir) {
   ck.dir = dir;
   ck.store = TensorStore::open_dir(dir);
   TensorBinder b(ck.store, dir);
-  ck.dino = map_vit(b, kDinoPrefix, json, json.dino, ck.config.dino);
-  ck.siglip = map_vit(b, kSiglipPrefix, json, json.siglip, ck.config.siglip);
+  const VisionPrefixes vision = vision_prefixes(b);
+  ck.dino = map_vit(b, vision.dino, json, json.dino, ck.config.dino);
+  ck.siglip = map_vit(b, vision.siglip, json, json.siglip, ck.config.siglip);
   MOXIN_CHECK(ck.config.dino.num_patches == ck.config.siglip.num_patches &&
                   ck.config.dino.patch == ck.config.siglip.patch,
               "[checkpoint] ", dir,
-              ": the two encoders must see the same patch grid to be fused, but ", kDinoPrefix,
+              ": the two encoders must see the same patch grid to be fused, but ", vision.dino,
               " has ", ck.config.dino.num_patches, " patches of ", ck.config.dino.patch, " px and ",
-              kSiglipPrefix, " ", ck.config.siglip.num_patches, " of ", ck.config.siglip.patch,
+              vision.siglip, " ", ck.config.siglip.num_patches, " of ", ck.config.siglip.patch,
               " px");
 
   std::string llm_prefix;
@@ -99,7 +102,7 @@ Checkpoint load_checkpoint(const std::string& dir) {
   ck.projector =
       map_projector(b, ck.config.projector_in, ck.config.decoder.hidden, projector_hidden);
   ck.config.projector_hidden = static_cast<int>(projector_hidden);
-  refuse_unexpected(b, ck, llm_prefix);
+  refuse_unexpected(b, ck, vision, llm_prefix);
   return ck;
 }
 

@@ -13,7 +13,15 @@ namespace moxin {
 inline constexpr const char* kDinoPrefix = "vision_backbone.featurizer.";
 inline constexpr const char* kSiglipPrefix = "vision_backbone.fused_featurizer.";
 
-// One ViT under `prefix`, cross-checked against its timm kwargs from config.json (which
+// Where the two encoders' tensors are: kDinoPrefix / kSiglipPrefix (Hugging Face), or the
+// seed crate's "vision_backbone.featurizer.0." / ".1.".
+struct VisionPrefixes {
+  std::string dino, siglip;
+};
+VisionPrefixes vision_prefixes(const TensorBinder& b);
+
+// One ViT under `prefix` (attention fused as attn.qkv + attn.proj, or split as
+// attn.q_proj/k_proj/v_proj + attn.out_proj), cross-checked against its timm kwargs from config.json (which
 // also give the head count; else the published 16). Fills `config`.
 VitWeights map_vit(TensorBinder& b, const std::string& prefix, const ConfigJson& json,
                    const ConfigJson::VitKwargs& kwargs, VitConfig& config);

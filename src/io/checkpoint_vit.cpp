@@ -7,13 +7,38 @@ namespace {
 
 constexpr int kPublishedHeads = 16;  // both encoders; no tensor records it
 
+// The seed crate (moxin-vlm-mlx) numbers the encoders instead of naming them.
+constexpr const char* kSeedDinoPrefix = "vision_backbone.featurizer.0.";
+constexpr const char* kSeedSiglipPrefix = "vision_backbone.featurizer.1.";
+
+// timm's fused attn.qkv [3 * dim, dim], or the seed crate's split q_proj/k_proj/v_proj
+// stacked into it (rows q, then k, then v: timm's order).
+LinearWeight map_qkv(TensorBinder& b, const std::string& p, int64_t dim) {
+  const std::string fused = p + "attn.qkv";
+  if (b.pick_spelling({fused + ".weight", p + "attn.q_proj.weight"}) == fused + ".weight")
+    return b.dense_linear(fused, 3 * dim, dim, true);
+  std::vector<const TensorInfo*> weights, biases;
+  for (const char* part : {"q_proj", "k_proj", "v_proj"}) {
+    const LinearWeight l = b.dense_linear(p + "attn." + part, dim, dim, true);
+    weights.push_back(l.weight);
+    biases.push_back(l.bias);
+  }
+  LinearWeight w;
+  w.weight = b.store().concatenated(weights, fused + ".weight");
+  w.bias = b.store().concatenated(biases, fused + ".bias");
+  w.out_features = 3 * dim;
+  w.in_features = dim;
+  return w;
+}
+
 VitBlockWeights map_block(TensorBinder& b, const std::string& p, int64_t dim, int64_t mlp_dim,
                           const std::string& ls_suffix) {
   VitBlockWeights w;
   w.norm1 = b.norm(p + "norm1", dim, true);
   w.norm2 = b.norm(p + "norm2", dim, true);
-  w.qkv = b.dense_linear(p + "attn.qkv", 3 * dim, dim, true);
-  w.proj = b.dense_linear(p + "attn.proj", dim, dim, true);
+  w.qkv = map_qkv(b, p, dim);
+  const std::string proj = b.pick_spelling({p + "attn.proj.weight", p + "attn.out_proj.weight"});
+  w.proj = b.dense_linear(proj.substr(0, proj.size() - std::string(".weight").size()), dim, dim, true);
   w.fc1 = b.dense_linear(p + "mlp.fc1", mlp_dim, dim, true);
   w.fc2 = b.dense_linear(p + "mlp.fc2", dim, mlp_dim, true);
   if (!ls_suffix.empty()) {
@@ -24,6 +49,14 @@ VitBlockWeights map_block(TensorBinder& b, const std::string& p, int64_t dim, in
 }
 
 }  // namespace
+
+VisionPrefixes vision_prefixes(const TensorBinder& b) {
+  const auto pick = [&](const std::string& published, const std::string& seed) {
+    const std::string patch = "patch_embed.proj.weight";
+    return b.pick_spelling({published + patch, seed + patch}) == published + patch ? published : seed;
+  };
+  return {pick(kDinoPrefix, kSeedDinoPrefix), pick(kSiglipPrefix, kSeedSiglipPrefix)};
+}
 
 VitWeights map_vit(TensorBinder& b, const std::string& prefix, const ConfigJson& json,
                    const ConfigJson::VitKwargs& kwargs, VitConfig& config) {

@@ -183,7 +183,14 @@ ConfigJson read_config_json(const std::string& path) {
 
 std::optional<QuantizationConfig> read_quantize_config(const std::string& path) {
   if (!std::filesystem::exists(path)) return std::nullopt;
-  return read_quantization(read_json_file(path, "[checkpoint]"), path);
+  const json file = read_json_file(path, "[checkpoint]");
+  // The seed crate (moxin-vlm-mlx save_quantized) nests the fields: {"quantization": {...}}.
+  if (file.is_object() && file.contains("quantization")) {
+    MOXIN_CHECK(!file.contains("bits") && !file.contains("group_size"), "[checkpoint] ", path,
+                ": has both \"quantization\" and top-level bits/group_size; keep one of the two forms");
+    return read_quantization(file["quantization"], path + ": quantization");
+  }
+  return read_quantization(file, path);
 }
 
 }  // namespace moxin

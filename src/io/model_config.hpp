@@ -36,7 +36,8 @@ struct ConfigJson {
 // Throws moxin::Error naming the file and key for unreadable JSON or ill-typed values.
 ConfigJson read_config_json(const std::string& path);
 
-// quantize_config.json ({"bits": 4|8, "group_size": 64|128}); nullopt if the file is absent.
+// quantize_config.json ({"bits": 4|8, "group_size": 64|128}, or the seed crate's
+// {"quantization": {...}}); nullopt if the file is absent.
 std::optional<QuantizationConfig> read_quantize_config(const std::string& path);
 
 }  // namespace moxin

@@ -80,11 +80,16 @@ class TensorStore {
   // Another view of `t`'s bytes with a shape of the same element count (e.g. a conv weight
   // as a matrix). The store owns it, so the pointer lives as long as the store (or a copy).
   const TensorInfo* reshaped(const TensorInfo& t, std::vector<int64_t> shape);
+  // A new tensor `name` in ordinary memory: `parts` stacked along the first dimension (same
+  // dtype and trailing dimensions), e.g. split q/k/v projections as one fused qkv. The store
+  // owns it, as with reshaped().
+  const TensorInfo* concatenated(const std::vector<const TensorInfo*>& parts, const std::string& name);
 
  private:
   std::vector<std::shared_ptr<SafetensorsFile>> files_;
   std::map<std::string, const TensorInfo*> by_name_;
   std::vector<std::shared_ptr<const TensorInfo>> views_;
+  std::vector<std::shared_ptr<const std::vector<uint8_t>>> owned_bytes_;  // of concatenated()
 };
 
 }  // namespace moxin

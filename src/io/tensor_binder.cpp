@@ -83,8 +83,12 @@ const TensorInfo* TensorBinder::shaped_if_present(const std::string& name,
   return has(name) ? &shaped(name, shape) : nullptr;
 }
 
+std::string TensorBinder::linear_weight_name(const std::string& prefix) const {
+  return pick_spelling({prefix + ".weight", prefix + ".inner.weight"});
+}
+
 int64_t TensorBinder::out_features(const std::string& prefix) {
-  const TensorInfo& t = claim(prefix + ".weight", "[out, in]");
+  const TensorInfo& t = claim(linear_weight_name(prefix), "[out, in]");
   MOXIN_CHECK(t.shape.size() == 2, "[checkpoint] ", t.file, ": tensor '", t.name, "' has shape ",
               t.shape_str(), ", expected [out, in]");
   return t.shape[0];
@@ -125,7 +129,7 @@ LinearWeight TensorBinder::decoder_linear(const std::string& prefix, int64_t out
   w.in_features = in;
   const std::vector<int64_t> packed{out, in * quant->bits / 32};
   const std::vector<int64_t> groups{out, in / quant->group_size};
-  const TensorInfo& codes = claim(prefix + ".weight", shape_str(packed));
+  const TensorInfo& codes = claim(linear_weight_name(prefix), shape_str(packed));
   MOXIN_CHECK(codes.dtype == DType::U32, "[checkpoint] ", codes.file, ": tensor '", codes.name,
               "' has dtype ", dtype_name(codes.dtype), ", expected U32 (packed codes, since '",
               prefix, ".scales' exists)");

@@ -35,7 +35,10 @@ class TensorBinder {
   const TensorInfo& shaped(const std::string& name, const std::vector<int64_t>& shape);
   // Same, or nullptr if absent.
   const TensorInfo* shaped_if_present(const std::string& name, const std::vector<int64_t>& shape);
-  // Rows of "<prefix>.weight", dense or packed (for deriving dimensions before mapping it).
+  // "<prefix>.weight", or "<prefix>.inner.weight" where the seed crate (moxin-vlm-mlx
+  // save_quantized) wrote a quantized linear's codes.
+  std::string linear_weight_name(const std::string& prefix) const;
+  // Rows of that weight, dense or packed (for deriving dimensions before mapping it).
   int64_t out_features(const std::string& prefix);
 
   NormWeight norm(const std::string& prefix, int64_t dim, bool with_bias);

@@ -141,4 +141,29 @@ const TensorInfo* TensorStore::reshaped(const TensorInfo& t, std::vector<int64_t
   return view.get();
 }
 
+const TensorInfo* TensorStore::concatenated(const std::vector<const TensorInfo*>& parts,
+                                            const std::string& name) {
+  MOXIN_CHECK(!parts.empty(), "[safetensors] nothing to concatenate into '", name, "'");
+  const TensorInfo& first = *parts.front();
+  auto bytes = std::make_shared<std::vector<uint8_t>>();
+  auto out = std::make_shared<TensorInfo>(first);
+  out->name = name;
+  out->shape[0] = 0;
+  for (const TensorInfo* t : parts) {
+    const bool same_rows = t->shape.size() == first.shape.size() &&
+                           std::equal(t->shape.begin() + 1, t->shape.end(), first.shape.begin() + 1);
+    MOXIN_CHECK(t->dtype == first.dtype && same_rows, "[safetensors] ", t->file, ": tensor '", t->name,
+                "' (", dtype_name(t->dtype), " ", t->shape_str(), ") cannot be stacked with '", first.name,
+                "' (", dtype_name(first.dtype), " ", first.shape_str(), ") into '", name,
+                "': the dtypes and trailing dimensions must match");
+    bytes->insert(bytes->end(), t->data, t->data + t->nbytes);
+    out->shape[0] += t->shape[0];
+  }
+  out->data = bytes->data();
+  out->nbytes = bytes->size();
+  owned_bytes_.push_back(std::move(bytes));
+  views_.push_back(out);
+  return out.get();
+}
+
 }  // namespace moxin

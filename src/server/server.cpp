@@ -17,6 +17,7 @@
 #include "server/api_error.hpp"
 #include "server/chat_request.hpp"
 #include "server/chat_response.hpp"
+#include "server/describe.hpp"
 #include "server/guarded_server.hpp"
 #include "server/image_input.hpp"
 #include "server/metrics.hpp"
@@ -96,6 +97,8 @@ class HttpApi {
   template <typename Handler>
   httplib::Server::Handler guarded(Handler handler);
   void chat(const httplib::Request& req, httplib::Response& res);
+  json parse_body(const httplib::Request& req) const;
+  std::shared_ptr<RequestStream> submit(const ChatRequest& chat);
   GenerationRequest build_generation(const ChatRequest& chat) const;
   void respond_whole(const std::shared_ptr<RequestStream>& stream, const std::shared_ptr<ChatResponder>& responder,
                      httplib::Response& res);
@@ -203,19 +206,26 @@ GenerationRequest HttpApi::build_generation(const ChatRequest& chat) const {
   return g;
 }
 
-void HttpApi::chat(const httplib::Request& req, httplib::Response& res) {
+json HttpApi::parse_body(const httplib::Request& req) const {
   if (req.body.empty()) throw bad_request("the request body is empty: send a JSON object");
-  json body;
   try {
-    body = parse_json_strict(req.body, "the request body", 32);
+    return parse_json_strict(req.body, "the request body", 32);
   } catch (const Error& e) {
     throw bad_request(e.what());
   }
-  const ChatRequest chat = parse_chat_request(body);
+}
+
+std::shared_ptr<RequestStream> HttpApi::submit(const ChatRequest& chat) {
   std::shared_ptr<RequestStream> stream = scheduler_.submit(build_generation(chat));
   if (!stream)
     throw ApiError(503, "the server is at capacity (request queue full) or shutting down; retry later", "",
                    "server_error", "server_overloaded");
+  return stream;
+}
+
+void HttpApi::chat(const httplib::Request& req, httplib::Response& res) {
+  const ChatRequest chat = parse_chat_request(parse_body(req));
+  std::shared_ptr<RequestStream> stream = submit(chat);
   auto responder = std::make_shared<ChatResponder>(tokenizer_, options_.model_name, chat.logprobs, chat.include_usage);
   if (chat.stream) {
     respond_stream(std::move(stream), std::move(responder), res);
@@ -345,6 +355,13 @@ void HttpApi::install(httplib::Server& http) {
   });
 
   http.Post("/v1/chat/completions", guarded([this](const httplib::Request& req, httplib::Response& res) { chat(req, res); }));
+  // The seed crate's route (describe.hpp).
+  http.Post("/v1/describe", guarded([this](const httplib::Request& req, httplib::Response& res) {
+    const ChatRequest chat = parse_describe_request(parse_body(req));
+    const auto submitted = Clock::now();
+    res.set_content(describe_response(*submit(chat), submitted).dump(-1, ' ', false, json::error_handler_t::replace),
+                    "application/json");
+  }));
   http.Get("/v1/models", guarded([this](const httplib::Request&, httplib::Response& res) {
     const json model = {{"id", options_.model_name}, {"object", "model"}, {"created", started_}, {"owned_by", "moxin"}};
     res.set_content(json{{"object", "list"}, {"data", json::array({model})}}.dump(), "application/json");
@@ -370,10 +387,12 @@ void HttpApi::install(httplib::Server& http) {
     http.Patch(path, not_allowed("GET"));
     http.Delete(path, not_allowed("GET"));
   }
-  http.Get("/v1/chat/completions", not_allowed("POST"));
-  http.Put("/v1/chat/completions", not_allowed("POST"));
-  http.Patch("/v1/chat/completions", not_allowed("POST"));
-  http.Delete("/v1/chat/completions", not_allowed("POST"));
+  for (const char* path : {"/v1/chat/completions", "/v1/describe"}) {
+    http.Get(path, not_allowed("POST"));
+    http.Put(path, not_allowed("POST"));
+    http.Patch(path, not_allowed("POST"));
+    http.Delete(path, not_allowed("POST"));
+  }
 }
 
 }  // namespace
