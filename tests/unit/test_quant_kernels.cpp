@@ -262,22 +262,31 @@ TEST(QuantDequantize, EveryTwinMatchesMlxFormulaOnCodes) {
       }
 }
 
-// Every dequantized weight lies within half a step (plus the bf16 rounding of the bias, which
-// the codes absorb) of the original: checks codes, packing and scale/bias placement together.
-TEST(QuantLinear, QuantizationErrorWithinHalfAStep) {
+// Every dequantized weight lies within a rounding's bound of the original: checks codes,
+// packing and scale/bias placement together. MinMax spans [min, max] exactly: half a step.
+// Mlx puts the larger-magnitude extreme exactly on the grid and rounds the step count to it
+// (|e| = rint(|edge| / s0) <= |edge| / s0 + 1/2, |edge| >= n s0 / 2 for n = 2^bits - 1 steps), so
+// the grid can end short of the other extreme by (max - min) - n |s| <= |s|: a whole step there,
+// half a step everywhere inside the grid.
+TEST(QuantLinear, QuantizationErrorWithinTheRoundingsBound) {
   Random rng(test_seed());
-  for (int bits : {4, 8})
-    for (int group : {64, 128}) {
-      const int64_t N = 5, K = 2 * group;
-      auto w = make_tensor("w", DType::F32, {N, K}, rng.uniform(static_cast<size_t>(N * K), -2.0f, 3.0f));
-      auto q = make_quant_case(*w, N, K, bits, group);
-      for (int64_t n = 0; n < N; ++n)
-        for (int64_t k = 0; k < K; ++k) {
-          const float scale = load_scale(q->matrix.scales.data(), DType::F32, n * (K / group) + k / group);
-          EXPECT_LE(std::abs(q->dequantized[n * K + k] - w->values[n * K + k]), 0.5f * scale * (1 + 1e-5f))
-              << bits << "-bit g" << group << " row " << n << " col " << k;
-        }
-    }
+  for (const auto& [rounding, steps] : {std::pair{QuantRounding::MinMax, 0.5f}, std::pair{QuantRounding::Mlx, 1.0f}})
+    for (int bits : {4, 8})
+      for (int group : {64, 128}) {
+        const int64_t N = 5, K = 2 * group;
+        const std::vector<float> w = rng.uniform(static_cast<size_t>(N * K), -2.0f, 3.0f);
+        const QuantizedMatrix m = quantize_matrix(w.data(), DType::F32, N, K, bits, group, nullptr, "w", rounding);
+        std::vector<float> dequantized(static_cast<size_t>(N * K));
+        dequantize_rows(m.view(), 0, N, dequantized.data());
+        for (int64_t n = 0; n < N; ++n)
+          for (int64_t k = 0; k < K; ++k) {
+            const float scale = std::abs(load_scale(m.scales.data(), DType::F32, n * (K / group) + k / group));
+            const size_t i = static_cast<size_t>(n * K + k);
+            EXPECT_LE(std::abs(dequantized[i] - w[i]), steps * scale * (1 + 1e-5f))
+                << (rounding == QuantRounding::Mlx ? "mlx" : "minmax") << " " << bits << "-bit g" << group
+                << " row " << n << " col " << k;
+          }
+      }
 }
 
 TEST(QuantLinear, RefusesBadFormats) {
