@@ -69,6 +69,20 @@ int CudaOpsTest::randint(int lo, int hi) {
   return std::uniform_int_distribution<int>(lo, hi)(rng_);
 }
 
+Linear CudaOpsTest::prepare(const HostTensor& weight, const HostTensor* bias) {
+  const TensorInfo wi = weight.info();
+  TensorInfo bi;
+  LinearWeight lw;
+  lw.weight = &wi;
+  if (bias) {
+    bi = bias->info();
+    lw.bias = &bi;
+  }
+  lw.out_features = weight.shape.front();
+  lw.in_features = wi.numel() / lw.out_features;
+  return backend().prepare_linear(lw);
+}
+
 HostTensor CudaOpsTest::host_tensor(const std::string& name, const std::vector<int64_t>& shape,
                                     DType stored, bool device_bf16, float scale) {
   HostTensor t;

@@ -43,6 +43,8 @@ class CudaOpsTest : public ::testing::Test {
   // or f32 (params): `values` are rounded accordingly.
   HostTensor host_tensor(const std::string& name, const std::vector<int64_t>& shape, DType stored,
                          bool device_bf16, float scale = 1.0f);
+  // prepare_linear of a float weight [out, in] (and a bias [out] where given).
+  Linear prepare(const HostTensor& weight, const HostTensor* bias = nullptr);
 
   Tensor upload(const std::vector<float>& v, const std::vector<int64_t>& shape);
   Tensor upload_i32(const std::vector<int32_t>& v, const std::vector<int64_t>& shape);

@@ -288,12 +288,7 @@ TEST_F(PagedAttention, LongContextDecode) {
 TEST_F(CudaAttention, GraphCaptureReplays) {
   const int rows = 2, cols = 64, out = 48;
   HostTensor w = host_tensor("w", {out, cols}, DType::BF16, true, 0.1f);
-  const TensorInfo wi = w.info();
-  LinearWeight lw;
-  lw.weight = &wi;
-  lw.out_features = out;
-  lw.in_features = cols;
-  const Linear prepared = backend().prepare_linear(lw);
+  const Linear prepared = prepare(w);
   const Tensor norm_w = upload(randn(cols), {cols});
   Tensor x = upload(randn(rows * cols), {rows, cols});
   Tensor h = poisoned({rows, cols});

@@ -63,13 +63,7 @@ class CudaLinear : public CudaOpsTest {
                                   path == CudaLinearPath::Lt ? " cublasLt" : "");
     HostTensor w = host_tensor("w", {n, k}, stored, true, 0.05f);
     HostTensor b = host_tensor("b", {n}, DType::F32, false, 0.5f);
-    const TensorInfo wi = w.info(), bi = b.info();
-    LinearWeight lw;
-    lw.weight = &wi;
-    lw.bias = with_bias ? &bi : nullptr;
-    lw.out_features = n;
-    lw.in_features = k;
-    const Linear prepared = backend().prepare_linear(lw);
+    const Linear prepared = prepare(w, with_bias ? &b : nullptr);
     const std::vector<float> x = randn(static_cast<size_t>(m * k));
     Tensor y = poisoned({m, n});
     backend().linear(upload(x, {m, k}), prepared, y);
@@ -122,13 +116,7 @@ TEST_F(CudaLinear, SkinnyRowsUpToSixtyFour) {
 TEST_F(CudaLinear, SkinnyRowsAreBatchInvariant) {
   set_cuda_linear_path(backend(), CudaLinearPath::Skinny);
   const int64_t n = randint(1, 500), k = 8 * randint(1, 600);
-  HostTensor w = host_tensor("w", {n, k}, DType::BF16, true, 0.05f);
-  const TensorInfo wi = w.info();
-  LinearWeight lw;
-  lw.weight = &wi;
-  lw.out_features = n;
-  lw.in_features = k;
-  const Linear prepared = backend().prepare_linear(lw);
+  const Linear prepared = prepare(host_tensor("w", {n, k}, DType::BF16, true, 0.05f));
   const std::vector<float> row = randn(static_cast<size_t>(k));
   Tensor single = poisoned({1, n});
   backend().linear(upload(row, {1, k}), prepared, single);
@@ -253,13 +241,7 @@ TEST_F(CudaLinear, MalformedQuantizedWeightIsRefused) {
 }
 
 TEST_F(CudaLinear, ShapeMismatchThrows) {
-  HostTensor w = host_tensor("w", {8, 16}, DType::BF16, true);
-  const TensorInfo wi = w.info();
-  LinearWeight lw;
-  lw.weight = &wi;
-  lw.out_features = 8;
-  lw.in_features = 16;
-  const Linear prepared = backend().prepare_linear(lw);
+  const Linear prepared = prepare(host_tensor("w", {8, 16}, DType::BF16, true));
   Tensor y = poisoned({2, 8});
   EXPECT_THROW(backend().linear(upload(randn(2 * 15), {2, 15}), prepared, y), Error);
 }
