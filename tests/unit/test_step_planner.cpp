@@ -67,9 +67,15 @@ class PlannerHarness {
     return t;
   }
 
-  // One iteration as the scheduler runs it; returns the plan (pointers valid until the next).
+  // One iteration as the scheduler runs it, retiring what ended at its end. Returns the plan:
+  // its counts stay valid, but its sequence pointers may name retired (freed) sequences, so the
+  // ids of the admitted and planned sequences are kept as admitted() and chunk_ids().
   StepPlan step() {
     StepPlan plan = planner_.plan();
+    admitted_.clear();
+    chunk_ids_.clear();
+    for (PlannedSequence* s : plan.admitted) admitted_.push_back(fake(s).t->id);
+    for (const StepPlan::Chunk& c : plan.chunks) chunk_ids_.push_back(fake(c.sequence).t->id);
     for (const StepPlan::Ending& e : plan.ended) fake(e.sequence).t->ending = e.why;
     for (const StepPlan::Chunk& c : plan.chunks) forward(fake(c.sequence), c.count);
     for (const StepPlan::Chunk& c : plan.chunks) {
@@ -82,6 +88,8 @@ class PlannerHarness {
     return plan;
   }
 
+  const std::vector<int>& admitted() const { return admitted_; }  // of the last step()
+  const std::vector<int>& chunk_ids() const { return chunk_ids_; }
   StepPlanner& planner() { return planner_; }
   KvBlockRefs& refs() { return refs_; }
   PrefixCache& prefix() { return prefix_; }
@@ -135,6 +143,7 @@ class PlannerHarness {
   PrefixCache prefix_;
   StepPlanner planner_;
   std::map<int32_t, std::map<size_t, int32_t>> store_;  // block -> slot -> token
+  std::vector<int> admitted_, chunk_ids_;
 };
 
 std::vector<int32_t> iota_tokens(int n, int32_t first) {
@@ -146,12 +155,6 @@ std::vector<int32_t> iota_tokens(int n, int32_t first) {
 PlannerOptions options(int max_batch, int chunk, int budget, size_t min_rows = 1, bool prefix_cache = true) {
   return {.max_batch = max_batch, .prefill_chunk = chunk, .prefill_budget = budget, .prefix_cache = prefix_cache,
           .min_prefill_rows = min_rows};
-}
-
-std::vector<int> ids(const std::vector<PlannedSequence*>& sequences) {
-  std::vector<int> out;
-  for (PlannedSequence* s : sequences) out.push_back(static_cast<FakeSequence*>(s)->t->id);
-  return out;
 }
 
 TEST(StepPlanner, RefusesOptionsThatCannotWork) {
@@ -168,13 +171,13 @@ TEST(StepPlanner, AdmitsInArrivalOrderUpToTheBatch) {
   h.add(0, iota_tokens(3, 10), 2);
   h.add(1, iota_tokens(3, 20), 4);
   h.add(2, iota_tokens(3, 30), 1);
-  StepPlan first = h.step();
-  EXPECT_EQ(ids(first.admitted), (std::vector<int>{0, 1}));
+  h.step();
+  EXPECT_EQ(h.admitted(), (std::vector<int>{0, 1}));
   EXPECT_EQ(h.planner().queued(), 1u);
-  StepPlan second = h.step();  // sequence 0 generates its 2nd (last) token here
-  EXPECT_TRUE(second.admitted.empty());
-  StepPlan third = h.step();   // its slot went to the next in line
-  EXPECT_EQ(ids(third.admitted), (std::vector<int>{2}));
+  h.step();  // sequence 0 generates its 2nd (last) token here
+  EXPECT_TRUE(h.admitted().empty());
+  h.step();  // its slot went to the next in line
+  EXPECT_EQ(h.admitted(), (std::vector<int>{2}));
 }
 
 TEST(StepPlanner, ChunksWithinTheBudgetAndDecodesAlwaysRun) {
@@ -185,7 +188,7 @@ TEST(StepPlanner, ChunksWithinTheBudgetAndDecodesAlwaysRun) {
   h.add(2, iota_tokens(30, 200), 5);
   StepPlan plan = h.step();
   ASSERT_EQ(plan.chunks.size(), 2u);  // the decode, and one chunk of 8: another 8 exceeds the 4 left
-  EXPECT_EQ(ids({plan.chunks[0].sequence, plan.chunks[1].sequence}), (std::vector<int>{0, 1}));
+  EXPECT_EQ(h.chunk_ids(), (std::vector<int>{0, 1}));
   EXPECT_EQ(plan.chunks[0].count, 1u);
   EXPECT_EQ(plan.chunks[1].count, 8u);
 }
@@ -316,8 +319,7 @@ TEST(StepPlanner, RandomWorkloadsAgainstTheSimpleModel) {
         if (c.count > 1) prefill += c.count;
       }
       ASSERT_LE(prefill, static_cast<size_t>(o.prefill_budget));
-      for (PlannedSequence* s : plan.admitted) {
-        const int id = static_cast<FakeSequence*>(s)->t->id;
+      for (const int id : h.admitted()) {
         if (seen.insert(id).second) first_admitted.push_back(id);
       }
       const bool all_over = arrived == total && std::all_of(sequences.begin(), sequences.end(), [](const auto& s) {
