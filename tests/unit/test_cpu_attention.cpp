@@ -87,7 +87,7 @@ TEST(CpuRopeKvWrite, MatchesTransformersRotateHalfAndFillsTheSlots) {
     std::shuffle(tables.begin(), tables.end(), rng.engine());
     for (int64_t t = 0; t < c.T; ++t) {
       seq[t] = static_cast<int32_t>(t % 2);
-      pos[t] = static_cast<int32_t>(rng.integer(0, 7999 / c.T) * c.T + t);  // distinct per sequence
+      pos[t] = static_cast<int32_t>(rng.integer(0, (8000 - c.T) / c.T) * c.T + t);  // distinct per sequence, < 8000
       rotation[t] = static_cast<int32_t>(rng.integer(0, 8000));  // RoPE's positions are the op's input
     }
     rotation[0] = 0;
