@@ -10,6 +10,7 @@
 #include <cstdint>
 #include <functional>
 #include <memory>
+#include <span>
 #include <string>
 #include <vector>
 
@@ -67,6 +68,18 @@ struct AttentionBatch {
   int max_context = 0;  // upper bound of pos + 1 over the batch (sizes split-K work)
 };
 
+// One row of Backend::sample_tokens: the host sampler's parameters (runtime/sampler.hpp, whose
+// rules a device sampler follows) and the uniform number in [0, 1) the host drew for the step.
+struct TokenDraw {
+  float temperature = 0.0f;  // 0: greedy
+  int top_k = 0;
+  float top_p = 1.0f;
+  float min_p = 0.0f;
+  float repetition_penalty = 1.0f;
+  double uniform = 0.0;
+  std::vector<int32_t> penalized;  // distinct ids in [0, vocab) the penalty applies to
+};
+
 // A recorded sequence of ops that replays with one launch (a CUDA graph): the decode step.
 class OpGraph {
  public:
@@ -106,6 +119,17 @@ class Backend {
   virtual std::unique_ptr<OpGraph> capture(const std::function<void()>& record) {
     (void)record;
     return nullptr;
+  }
+
+  // --- sampling ---
+  // One token per row of logits [rows.size(), vocab], drawn on the device so that only the ids
+  // travel to the host (synchronizes). A row whose scores are not finite, or overflow under its
+  // penalty or temperature, comes back as -1: the caller samples that row on the host, which
+  // names the problem. Returns false when the backend has no device sampler (the CPU: its
+  // logits are already in host memory) or cannot take this vocabulary size.
+  virtual bool sample_tokens(const Tensor& logits, std::span<const TokenDraw> rows, std::span<int32_t> ids) {
+    (void)logits, (void)rows, (void)ids;
+    return false;
   }
 
   // --- numerics constraints the scheduler plans around ---

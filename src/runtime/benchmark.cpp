@@ -119,6 +119,22 @@ void bench_first_token(Engine& engine, const BenchOptions& o, std::mt19937_64& r
   r.ttft_ms = median(times);
 }
 
+// Greedy next tokens of every row: drawn on the device where the backend can (then only the ids
+// travel), else argmax over the logits copied to the host.
+std::vector<int32_t> greedy_tokens(Backend& backend, const Tensor& logits) {
+  std::vector<int32_t> ids(static_cast<size_t>(logits.rows()));
+  const std::vector<TokenDraw> draws(ids.size());
+  if (backend.sample_tokens(logits, draws, ids)) return ids;
+  const auto vocab = static_cast<size_t>(logits.cols());
+  std::vector<float> host(static_cast<size_t>(logits.numel()));
+  backend.to_host_f32(logits, host.data());
+  for (size_t r = 0; r < ids.size(); ++r) {
+    const auto row = host.begin() + static_cast<ptrdiff_t>(r * vocab);
+    ids[r] = static_cast<int32_t>(std::max_element(row, row + static_cast<ptrdiff_t>(vocab)) - row);
+  }
+  return ids;
+}
+
 DecodeRun bench_decode(Engine& engine, const BenchOptions& o, int batch_size, std::mt19937_64& rng) {
   const DecoderConfig& c = engine.config().decoder;
   std::vector<SequenceState> seqs(static_cast<size_t>(batch_size));
@@ -132,8 +148,7 @@ DecodeRun bench_decode(Engine& engine, const BenchOptions& o, int batch_size, st
     Tensor logits = engine.decode(batch, ids);
     engine.backend().synchronize();
     const double device_ms = ms_since(start);
-    std::vector<float> host(static_cast<size_t>(logits.numel()));
-    engine.backend().to_host_f32(logits, host.data());  // as generation does: logits to the sampler
+    greedy_tokens(engine.backend(), logits);  // as the server does: the next tokens on the host
     if (step > 0) {  // step 0 warms up (and captures the graph)
       times.push_back(ms_since(start));
       device_times.push_back(device_ms);

@@ -25,8 +25,8 @@ struct BenchOptions {
 // One decode run: `batch` sequences of `context` cached tokens stepping together.
 struct DecodeRun {
   int batch = 0;
-  double step_ms = 0;            // median over steps, logits on the host
-  double device_ms = 0;          // the same steps until the device is done (no logits transfer)
+  double step_ms = 0;            // median over steps, the greedy next tokens on the host
+  double device_ms = 0;          // the same steps until the logits are computed (no sampling)
   double tok_s_per_seq = 0;
   double tok_s_total = 0;
   double bytes_per_step = 0;     // weights once + every sequence's KV

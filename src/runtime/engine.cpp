@@ -58,6 +58,7 @@ Engine::Engine(const std::string& model_dir, const EngineOptions& options)
   const int blocks = blocks_for(options.max_context, options.block_size);
   kv_cache_ = backend_->create_kv_cache({d.layers, d.kv_heads, d.head_dim, options.block_size, blocks});
   graphs_ = std::make_unique<DecodeGraphs>(*backend_, model_->decoder(), *kv_cache_, options.block_size, blocks);
+  vision_graphs_ = std::make_unique<VisionGraphs>(*backend_, *model_);
   // A device backend holds its own copy now: neither the mapped pages nor the host-side
   // quantized matrices (4.5 GB for the full model in 4 bits) need stay resident.
   if (backend_->copies_weights()) {
@@ -97,6 +98,7 @@ ImageFeatures Engine::encode_images(std::span<const float> dino, std::span<const
               " preprocessed images of ", size, "x", size, "x3");
   Tensor d = backend_->from_host_f32(dino.data(), shape);
   Tensor s = backend_->from_host_f32(siglip.data(), shape);
+  if (std::optional<ImageFeatures> f = vision_graphs_->run(d, s, batch)) return *f;
   return model_->encode_images(d, s, batch);
 }
 

@@ -16,6 +16,7 @@
 #include "text/tokenizer.hpp"
 #include "runtime/decode_graphs.hpp"
 #include "runtime/kv_block_pool.hpp"
+#include "runtime/vision_graphs.hpp"
 
 namespace moxin {
 
@@ -53,7 +54,8 @@ class Engine {
   double decoder_weight_bytes() const { return decoder_weight_bytes_; }
   KvBlockPool& kv_pool() { return pool_; }
 
-  // dino/siglip: B images of 224x224x3 f32 (NHWC), normalized per encoder.
+  // dino/siglip: B images of 224x224x3 f32 (NHWC), normalized per encoder. Through a captured
+  // graph where the backend has them: the features are then valid until the next call.
   ImageFeatures encode_images(std::span<const float> dino, std::span<const float> siglip, int batch);
   // ids -> embeddings [n, hidden]
   Tensor embed(std::span<const int32_t> ids);
@@ -80,6 +82,7 @@ class Engine {
   std::unique_ptr<KvCache> kv_cache_;
   KvBlockPool pool_;
   std::unique_ptr<DecodeGraphs> graphs_;
+  std::unique_ptr<VisionGraphs> vision_graphs_;
 };
 
 }  // namespace moxin

@@ -298,12 +298,16 @@ std::vector<float> Sampler::distribution(std::span<const float> logits,
 }
 
 int32_t Sampler::sample(std::span<const float> logits, std::span<const int32_t> context) {
+  // Every sampled step takes exactly one draw, so step n always uses the n-th number.
+  return sample_at(logits, context, params_.greedy() ? 0.0 : next_uniform());
+}
+
+int32_t Sampler::sample_at(std::span<const float> logits, std::span<const int32_t> context, double uniform) {
   select(logits, context, *scratch_);
   const Candidates& c = scratch_->candidates;
   if (params_.greedy()) return c.ids[0];
   // Inverse CDF over the survivors in id order; the last one absorbs rounding at the top end.
-  // Every sampled step takes exactly one draw, so step n always uses the n-th number.
-  const double target = next_uniform() * c.total_weight;
+  const double target = uniform * c.total_weight;
   double cumulative = 0;
   for (size_t i = 0; i + 1 < c.size(); ++i) {
     cumulative += c.weights[i];

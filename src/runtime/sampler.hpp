@@ -36,6 +36,11 @@ class Sampler {
   // logits: one score per vocabulary id; context: the ids seen so far (prompt + generated),
   // used by the repetition penalty. Advances the generator (greedy does not use it).
   int32_t sample(std::span<const float> logits, std::span<const int32_t> context);
+  // The uniform number in [0, 1) a sampled step draws (what sample() takes): a device sampler
+  // (Backend::sample_tokens) receives it, so that step n of a seed always uses the n-th number.
+  double draw() { return next_uniform(); }
+  // sample() with the step's number given: the inverse CDF at `uniform` over the survivors.
+  int32_t sample_at(std::span<const float> logits, std::span<const int32_t> context, double uniform);
 
   // The distribution sample() draws from (after penalty, temperature, top-k, top-p, min-p,
   // renormalised), one probability per id; one-hot at the argmax when greedy.

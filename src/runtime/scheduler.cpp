@@ -8,6 +8,7 @@
 #include "runtime/scheduled_sequence.hpp"
 #include "runtime/step_executor.hpp"
 #include "runtime/step_planner.hpp"
+#include "runtime/token_picker.hpp"
 
 namespace moxin {
 namespace {
@@ -151,14 +152,19 @@ void Scheduler::iterate() {
   if (plan.chunks.empty()) return;
 
   try {
-    const std::vector<float> logits = executor_->forward(plan.chunks);
+    const Tensor logits = executor_->forward(plan.chunks);
     ++steps_;
-    const size_t vocab = logits.size() / plan.chunks.size();
+    std::vector<TokenPick> picks;
+    std::vector<ScheduledSequence*> picked;
     for (size_t i = 0; i < plan.chunks.size(); ++i) {
       ScheduledSequence& s = scheduled(plan.chunks[i].sequence);
       planner_->offer_prompt_blocks(s);
-      if (s.pending() == 0) output_.on_logits(s, std::span<const float>(logits).subspan(i * vocab, vocab));
+      if (s.pending() != 0) continue;
+      picks.push_back({i, &s.core});
+      picked.push_back(&s);
     }
+    std::vector<TokenOutcome> outcomes = pick_tokens(engine_.backend(), logits, picks);
+    for (size_t i = 0; i < picked.size(); ++i) output_.on_token(*picked[i], std::move(outcomes[i]));
   } catch (const std::exception& e) {
     for (const StepPlan::Chunk& c : plan.chunks)
       if (!c.sequence->done) output_.fail(scheduled(c.sequence), e.what());

@@ -19,16 +19,45 @@ SequenceCore::SequenceCore(const Tokenizer& tokenizer, const SequenceOptions& op
       sampler_(options.sampling),
       detok_(tokenizer),
       stops_(options.stop),
-      context_(std::move(prompt_ids)),
-      prompt_length_(context_.size()) {}
+      prompt_length_(prompt_ids.size()) {
+  context_.reserve(prompt_ids.size());
+  for (const int32_t id : prompt_ids) remember(id);
+}
 
-TokenOutcome SequenceCore::next(std::span<const float> logits) {
-  const int32_t token = sampler_.sample(logits, context_);
+void SequenceCore::remember(int32_t token) {
+  context_.push_back(token);
+  if (sampler_.params().repetition_penalty == 1.0f || token < 0) return;  // the sampler refuses < 0
+  const auto id = static_cast<size_t>(token);
+  if (id >= seen_.size()) seen_.resize(id + 1, 0);
+  if (!seen_[id]) distinct_.push_back(token);
+  seen_[id] = 1;
+}
+
+TokenDraw SequenceCore::draw() {
+  const SamplingParams& p = sampler_.params();
+  TokenDraw d{p.temperature, p.top_k, p.top_p, p.min_p, p.repetition_penalty, 0.0, {}};
+  if (!p.greedy()) d.uniform = sampler_.draw();
+  if (p.repetition_penalty != 1.0f) d.penalized = distinct_;
+  return d;
+}
+
+TokenOutcome SequenceCore::accept(int32_t token) {
+  MOXIN_CHECK(!wants_logits(), "[generate] a generation reporting log-probabilities samples from host logits");
+  return advance(token, {});
+}
+
+TokenOutcome SequenceCore::next(std::span<const float> logits) { return next_at(logits, draw()); }
+
+TokenOutcome SequenceCore::next_at(std::span<const float> logits, const TokenDraw& draw) {
+  return advance(sampler_.sample_at(logits, context_, draw.uniform), logits);
+}
+
+TokenOutcome SequenceCore::advance(int32_t token, std::span<const float> logits) {
   if (token == tokenizer_.eos_id() && !ignore_eos_) return finish(FinishReason::Eos, token, {}, std::nullopt);
 
   GeneratedToken record =
       top_logprobs_ >= 0 ? token_logprobs(logits, token, top_logprobs_) : GeneratedToken{token, std::nullopt, {}};
-  context_.push_back(token);
+  remember(token);
   // Ids past the tokenizer's vocabulary (the embedding rows are padded to a multiple of 64)
   // have no text: Hugging Face's decode skips them, and so does the stream.
   const bool has_text = static_cast<size_t>(token) < tokenizer_.vocab_size();

@@ -10,6 +10,7 @@
 #include <string>
 #include <vector>
 
+#include "backend/backend.hpp"
 #include "runtime/request_stream.hpp"
 #include "runtime/sampler.hpp"
 #include "runtime/stop_matcher.hpp"
@@ -48,13 +49,26 @@ class SequenceCore {
   // Samples from the logits of the sequence's last position and applies the rules.
   TokenOutcome next(std::span<const float> logits);
 
+  // next() in two halves, for a sampler on the device (Backend::sample_tokens): draw() gives
+  // this step's parameters, its uniform number (drawn now; greedy draws none) and the
+  // context's distinct ids for the penalty; accept() applies the rules to the token drawn from
+  // them, or next_at() samples the logits on the host with that number. A generation that
+  // reports log-probabilities needs the logits on the host (wants_logits(); not accept()).
+  bool wants_logits() const { return top_logprobs_ >= 0; }
+  TokenDraw draw();
+  TokenOutcome accept(int32_t token);
+  TokenOutcome next_at(std::span<const float> logits, const TokenDraw& draw);
+
   // Generated ids so far (an ending EOS not included).
   std::span<const int32_t> generated() const {
     return std::span<const int32_t>(context_).subspan(prompt_length_);
   }
 
  private:
+  // The rules after sampling; `logits` only where log-probabilities are reported.
+  TokenOutcome advance(int32_t token, std::span<const float> logits);
   TokenOutcome finish(FinishReason reason, int32_t token, std::string text, std::optional<GeneratedToken> record);
+  void remember(int32_t token);  // appends to the context (and its distinct ids)
 
   const Tokenizer& tokenizer_;
   int max_tokens_;
@@ -64,6 +78,9 @@ class SequenceCore {
   StreamDecoder detok_;
   StopMatcher stops_;
   std::vector<int32_t> context_;  // prompt ids + generated ids, for the repetition penalty
+  // With the penalty on: the context's distinct ids, and which ids are among them.
+  std::vector<int32_t> distinct_;
+  std::vector<uint8_t> seen_;
   size_t prompt_length_;
 };
 

@@ -51,7 +51,7 @@ std::vector<std::pair<ScheduledSequence*, std::string>> StepExecutor::encode_ima
   }
 }
 
-std::vector<float> StepExecutor::forward(const std::vector<StepPlan::Chunk>& chunks) {
+Tensor StepExecutor::forward(const std::vector<StepPlan::Chunk>& chunks) {
   const auto sequence = [](const StepPlan::Chunk& c) -> ScheduledSequence& {
     return static_cast<ScheduledSequence&>(*c.sequence);
   };
@@ -77,9 +77,7 @@ std::vector<float> StepExecutor::forward(const std::vector<StepPlan::Chunk>& chu
     }
     logits = engine_.step(steps);
   }
-  std::vector<float> host(static_cast<size_t>(logits.numel()));
-  engine_.backend().to_host_f32(logits, host.data());
-  return host;
+  return logits;
 }
 
 }  // namespace moxin

@@ -7,8 +7,7 @@ double seconds(ScheduledSequence::Clock::duration d) { return std::chrono::durat
 
 }  // namespace
 
-void StepOutput::on_logits(ScheduledSequence& s, std::span<const float> logits) {
-  TokenOutcome out = s.core.next(logits);
+void StepOutput::on_token(ScheduledSequence& s, TokenOutcome out) {
   const auto now = ScheduledSequence::Clock::now();
   if (observer_) {
     if (s.sampled_any) {

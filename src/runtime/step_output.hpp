@@ -1,10 +1,8 @@
-// The scheduler's output side: turns a sequence's logits into its next token and text through
-// its SequenceCore, streams them to the client, and ends sequences (finished, failed, or as
+// The scheduler's output side: streams each sequence's next token and text to the client, and ends sequences (finished, failed, or as
 // the planner decided), reporting timings to the observer.
 #pragma once
 
 #include <optional>
-#include <span>
 #include <string>
 
 #include "runtime/scheduled_sequence.hpp"
@@ -24,8 +22,9 @@ class StepOutput {
  public:
   explicit StepOutput(SchedulerObserver* observer) : observer_(observer) {}
 
-  // The logits of the sequence's last position, once all its inputs are in the KV cache.
-  void on_logits(ScheduledSequence& s, std::span<const float> logits);
+  // The sequence's next token (its core already applied the rules: runtime/token_picker.hpp),
+  // once all its inputs are in the KV cache.
+  void on_token(ScheduledSequence& s, TokenOutcome out);
   // An ending the planner decided.
   void on_plan_end(ScheduledSequence& s, PlanEnd why);
   void fail(ScheduledSequence& s, const std::string& message);

@@ -6,6 +6,7 @@
 #include <vector>
 
 #include "backend/cuda/cuda_check.hpp"
+#include "backend/cuda/tensor_checks.hpp"
 #include "core/bf16.hpp"
 
 namespace moxin::cuda {
@@ -31,32 +32,6 @@ bool decode_like(const TokenIndex& index) {
   return index.tokens <= kSplitMaxTokens || index.tokens <= index.num_seqs;
 }
 constexpr int kMinPositionsPerSplit = 64;
-
-template <class T>
-T* data_of(const Tensor& t) {
-  return static_cast<T*>(t.data);
-}
-
-void require_device(const Tensor& t, const char* op, const char* what) {
-  MOXIN_CHECK(t.device == DeviceKind::CUDA, "[cuda] ", op, ": ", what, " ", t.shape_str(),
-              " is in host memory (a tensor of another backend); create it with this backend");
-}
-
-void require(const Tensor& t, DType dtype, const char* op, const char* what) {
-  require_device(t, op, what);
-  MOXIN_CHECK(t.dtype == dtype, "[cuda] ", op, ": ", what, " is ", dtype_name(t.dtype),
-              ", expected ", dtype_name(dtype));
-  MOXIN_CHECK(t.numel() == 0 || t.data != nullptr, "[cuda] ", op, ": ", what, " has no storage");
-}
-
-void require_f32(const char* op, std::initializer_list<const Tensor*> operands) {
-  for (const Tensor* t : operands) require(*t, DType::F32, op, "an operand");
-}
-
-void require_shape(const Tensor& t, int64_t rows, int64_t cols, const char* op, const char* what) {
-  MOXIN_CHECK(t.rows() == rows && t.cols() == cols, "[cuda] ", op, ": ", what, " is ",
-              t.shape_str(), ", expected [", rows, ", ", cols, "]");
-}
 
 const CudaLinear& cuda_linear(const Linear& w, const char* op) {
   const auto* impl = dynamic_cast<const CudaLinear*>(w.impl.get());

@@ -110,6 +110,8 @@ class CudaBackend final : public Backend {
                      int layer, const AttentionBatch& batch, Tensor& q) override;
   void paged_attention(const Tensor& q, KvCache& cache, int layer, const AttentionBatch& batch,
                        int q_heads, Tensor& y) override;
+  // cuda_sampling.cpp
+  bool sample_tokens(const Tensor& logits, std::span<const TokenDraw> rows, std::span<int32_t> ids) override;
 
   cudaStream_t stream() const { return context_->stream; }
   void set_attention_path(CudaAttentionPath path) { attention_path_ = path; }

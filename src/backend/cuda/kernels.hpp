@@ -28,6 +28,21 @@ void skinny_gemm_bf16(const float* x, int m, const bf16_bits* w, const float* bi
 bool skinny_gemm_variant(int row_tiles, int unroll, const float* x, int m, const bf16_bits* w,
                          const float* bias, float* y, int n, int k, cudaStream_t stream);
 
+// --- sampling.cu: one token per logits row (Backend::sample_tokens, runtime/sampler.hpp's rules) ---
+struct TokenDrawParams {
+  float temperature;  // 0: greedy
+  float top_p, min_p, repetition_penalty;
+  int top_k;
+  int penalized_offset, penalized_count;  // this row's ids in the `penalized` array
+  int unused;                             // keeps `uniform` 8-byte aligned on every host
+  double uniform;
+};
+// Whether a row of this many scores fits the kernel's shared memory (~55k on an H100/H200).
+bool sample_rows_supported(int vocab);
+// ids[r] = the token drawn from row r of logits [rows, vocab], or -1 for a non-finite score.
+void sample_rows(const float* logits, int rows, int vocab, const TokenDrawParams* draws,
+                 const int32_t* penalized, int32_t* ids, cudaStream_t stream);
+
 // --- quant_*.cu: linears with MLX affine-quantized weights (docs/model.md section 5) ---
 // Codes as in the file (uint32 words, `bits`-bit codes little-endian, [rows, cols * bits / 32]);
 // scale and bias of each group interleaved at upload: bf16 pairs (scale in the low half) when
