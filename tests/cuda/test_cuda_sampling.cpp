@@ -22,8 +22,6 @@
 namespace moxin::cuda_test {
 namespace {
 
-using CudaSampling = CudaOpsTest;
-
 TokenDraw draw_of(const SamplingParams& p, double uniform, const std::vector<int32_t>& penalized) {
   return TokenDraw{p.temperature, p.top_k, p.top_p, p.min_p, p.repetition_penalty, uniform,
                    p.repetition_penalty != 1.0f ? penalized : std::vector<int32_t>{}};
@@ -47,14 +45,17 @@ std::string describe(const SamplingParams& p) {
          " penalty=" + std::to_string(p.repetition_penalty);
 }
 
-// Logits of one row: normal scores of scale `spread`, or (tied) snapped to a grid of 1/4 so
-// that many ids share a score.
-std::vector<float> row_logits(CudaOpsTest& t, int vocab, float spread, bool tied) {
-  std::vector<float> x = t.randn(static_cast<size_t>(vocab), spread);
-  if (tied)
-    for (float& v : x) v = std::round(v * 4.0f) / 4.0f;
-  return x;
-}
+class CudaSampling : public CudaOpsTest {
+ protected:
+  // Logits of one row: normal scores of scale `spread`, or (tied) snapped to a grid of 1/4 so
+  // that many ids share a score.
+  std::vector<float> row_logits(int vocab, float spread, bool tied) {
+    std::vector<float> x = randn(static_cast<size_t>(vocab), spread);
+    if (tied)
+      for (float& v : x) v = std::round(v * 4.0f) / 4.0f;
+    return x;
+  }
+};
 
 TEST_F(CudaSampling, GreedyEqualsTheHostArgmaxAfterThePenalty) {
   for (const int vocab : {1, 5, 1000, 32064, 40000}) {
@@ -63,7 +64,7 @@ TEST_F(CudaSampling, GreedyEqualsTheHostArgmaxAfterThePenalty) {
     std::vector<TokenDraw> draws;
     std::vector<int32_t> expected;
     for (int r = 0; r < rows; ++r) {
-      std::vector<float> x = row_logits(*this, vocab, 2.0f, r % 3 == 0);
+      std::vector<float> x = row_logits(vocab, 2.0f, r % 3 == 0);
       // A planted tie for the maximum at a random id (the lower id must win).
       const auto top = std::max_element(x.begin(), x.end()) - x.begin();
       x[static_cast<size_t>(randint(0, vocab - 1))] = x[static_cast<size_t>(top)];
@@ -104,7 +105,7 @@ TEST_F(CudaSampling, SampledTokensEqualTheHostSamplersAtTheSameUniformNumbers) {
     for (const SamplingParams& p : cases) {
       for (const bool tied : {false, true}) {
         ++rows_total;
-        const std::vector<float> x = row_logits(*this, vocab, tied ? 2.0f : 3.0f, tied);
+        const std::vector<float> x = row_logits(vocab, tied ? 2.0f : 3.0f, tied);
         std::vector<int32_t> context;
         for (int i = 0; i < 30; ++i) context.push_back(randint(0, vocab - 1));
         const std::vector<int32_t> penalized = distinct(context);
