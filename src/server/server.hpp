@@ -25,6 +25,7 @@ struct ServerOptions {
   bool allow_local_images = false;
   uint64_t max_pixels = 25000000;     // enough for a 224-px model; decoding costs time and memory per pixel
   std::string cors_origin;             // empty: no CORS headers (browsers refuse cross-origin calls)
+  bool ui = true;                      // the chat page at / (ui_routes.hpp)
   ConnectionLimits connections;
   bool log_requests = false;
   SchedulerOptions scheduler;
