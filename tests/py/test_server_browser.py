@@ -5,6 +5,7 @@ References: the same server's API, asked directly over HTTP (the page must show 
 /v1/chat/completions answers for the same greedy request, and the server's own error messages),
 and /metrics for the sequence a stopped generation must free. Skipped only where chromium or
 its driver is not installed (scripts/setup.sh installs both)."""
+import base64
 import re
 import shutil
 import time
@@ -163,6 +164,35 @@ def test_image_question_streams_the_api_answer_and_the_conversation_continues(br
     assert text2 == expected2["choices"][0]["message"]["content"]
     assert_streamed(text2, shown2)
     assert len(answers(browser)) == 2 and status_text(browser) == ""
+
+
+# A drop or a paste of a file as the browser delivers it (a DataTransfer holding a File): only
+# the user's gesture is simulated, the page's handlers and FileReader run as they would.
+DELIVER_FILE = """
+const [base64, name, type, gesture] = arguments;
+const file = new File([Uint8Array.from(atob(base64), (c) => c.charCodeAt(0))], name, {type});
+const data = new DataTransfer();
+data.items.add(file);
+const init = {bubbles: true, cancelable: true};
+document.getElementById('prompt').dispatchEvent(gesture === 'drop'
+    ? new DragEvent('drop', {...init, dataTransfer: data}) : new ClipboardEvent('paste', {...init, clipboardData: data}));
+"""
+
+
+@pytest.mark.parametrize("gesture", ["drop", "paste"])
+def test_dropped_or_pasted_image_is_asked_about(browser, server, seed, gesture):
+    rng = np.random.default_rng(seed)
+    png = photo_png(rng)
+    open_page(browser, server)
+    set_field(browser, "temperature", 0)
+    set_field(browser, "max-tokens", 12)
+    browser.execute_script(DELIVER_FILE, base64.b64encode(png).decode(), "clip.png", "image/png", gesture)
+    WebDriverWait(browser, 10).until(lambda d: d.find_element(By.ID, "attachment").is_displayed())
+    assert browser.find_element(By.ID, "attachment-preview").get_attribute("src") == data_url(png)
+    asked = question(rng)
+    text, _ = ask_and_record(browser, asked)
+    status, expected = api_chat(server, [image_message(asked, png)], temperature=0, max_tokens=12)
+    assert status == 200 and text == expected["choices"][0]["message"]["content"]
 
 
 def long_question(server, rng):
