@@ -325,3 +325,17 @@ def test_api_key_is_asked_for_kept_for_the_session_and_asked_again_on_401(browse
                {"role": "user", "content": second}]
     status, expected = api_chat(keyed_server, history, headers=auth, temperature=0, max_tokens=8)
     assert status == 200 and answer_text(answers(browser)[-1]) == expected["choices"][0]["message"]["content"]
+
+
+def test_a_server_that_went_away_is_reported(browser, moxin_bin, model, seed):
+    rng = np.random.default_rng(seed)
+    s = Server(moxin_bin, model)
+    try:
+        open_page(browser, s)
+    finally:
+        s.stop()
+    asked = question(rng)
+    ask(browser, asked)
+    WebDriverWait(browser, 30).until(lambda d: status_text(d) != "")
+    assert status_text(browser).startswith("cannot reach the server")
+    assert browser.find_element(By.ID, "prompt").get_attribute("value") == asked and answers(browser) == []

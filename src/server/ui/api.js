@@ -39,8 +39,18 @@ async function errorOf(response) {
   return new ApiError(response.status, message);
 }
 
+// fetch, with a failure to connect (the server stopped, say) told as such.
+async function call(path, init) {
+  try {
+    return await fetch(path, {...init, headers: headers()});
+  } catch (error) {
+    if (error.name === "AbortError") throw error;
+    throw new ApiError(0, `cannot reach the server (${error.message}): is moxin serve still running?`);
+  }
+}
+
 export async function listModels() {
-  const response = await fetch("/v1/models", {headers: headers()});
+  const response = await call("/v1/models", {});
   if (!response.ok) throw await errorOf(response);
   return (await response.json()).data;
 }
@@ -49,7 +59,7 @@ export async function listModels() {
 // Aborting `signal` closes the connection, which makes the server cancel the generation.
 export async function* streamChat(request, signal) {
   const body = JSON.stringify({...request, stream: true, stream_options: {include_usage: true}});
-  const response = await fetch("/v1/chat/completions", {method: "POST", headers: headers(), body, signal});
+  const response = await call("/v1/chat/completions", {method: "POST", body, signal});
   if (!response.ok) throw await errorOf(response);
   const reader = response.body.pipeThrough(new TextDecoderStream()).getReader();
   let buffer = "";
