@@ -95,6 +95,30 @@ $("attachment-remove").addEventListener("click", () => {
 
 // ---------------------------------------------------------------- the conversation
 
+// The end of the conversation stays in view while an answer grows, unless the reader scrolled
+// up to read something earlier. Scrolling waits for the next frame: measuring the page after
+// every streamed token would lay it out again each time (slower and slower as it grows).
+let following = true;
+let scrollQueued = false;
+let lastScrollY = 0;
+
+// The page scrolls itself only downwards: a scroll up is the reader's, back at the end resumes.
+window.addEventListener("scroll", () => {
+  const y = window.scrollY;
+  if (y < lastScrollY) following = false;
+  else if (window.innerHeight + y >= document.documentElement.scrollHeight - 40) following = true;
+  lastScrollY = y;
+}, {passive: true});
+
+function keepEndInView() {
+  if (!following || scrollQueued) return;
+  scrollQueued = true;
+  requestAnimationFrame(() => {
+    scrollQueued = false;
+    if (following) window.scrollTo(0, document.documentElement.scrollHeight);
+  });
+}
+
 function addBubble(role, text, image) {
   const bubble = document.createElement("article");
   bubble.className = `message ${role}`;
@@ -111,7 +135,8 @@ function addBubble(role, text, image) {
   stats.className = "stats";
   bubble.append(body, stats);
   $("messages").append(bubble);
-  bubble.scrollIntoView({block: "end"});
+  following = true;
+  keepEndInView();
   return {bubble, body, stats};
 }
 
@@ -170,8 +195,9 @@ async function send(question) {
         chunks += 1;
         lastAt = performance.now();
         if (chunks === 1) firstAt = lastAt;
-        answer.body.textContent = text;
+        answer.body.append(piece);  // a new text node: the page lays out only what was added
         answer.stats.textContent = speed(chunks, firstAt, lastAt, false);
+        keepEndInView();
       }
     }
   } catch (error) {
