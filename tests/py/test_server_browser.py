@@ -15,6 +15,7 @@ import pytest
 from selenium import webdriver
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
+from selenium.webdriver.common.keys import Keys
 from selenium.webdriver.support.ui import WebDriverWait
 
 from conftest import fresh_tiny_model
@@ -92,9 +93,14 @@ def set_field(driver, element_id, value):
         field.send_keys(str(value))
 
 
-def ask(driver, text):
-    driver.find_element(By.ID, "prompt").send_keys(text)
-    driver.find_element(By.ID, "send").click()
+def ask(driver, text, by_enter=False):
+    """Types the question, then clicks Send or presses Enter (the page's handlers run
+    synchronously and enter the state "streaming" before this returns)."""
+    if by_enter:
+        driver.find_element(By.ID, "prompt").send_keys(text + Keys.ENTER)
+    else:
+        driver.find_element(By.ID, "prompt").send_keys(text)
+        driver.find_element(By.ID, "send").click()
 
 
 def answers(driver):
@@ -109,10 +115,10 @@ def status_text(driver):
     return driver.find_element(By.ID, "status").get_attribute("textContent")
 
 
-def ask_and_record(driver, text):
+def ask_and_record(driver, text, by_enter=False):
     """Asks, waits for the answer to end; returns (final text, every text shown on the way)."""
     driver.execute_script(RECORD_ANSWER_TEXTS)
-    ask(driver, text)  # the click runs the page's handler, which enters "streaming" before it returns
+    ask(driver, text, by_enter)
     wait_for_state(driver, "idle")
     return answer_text(answers(driver)[-1]), driver.execute_script("return window.answerTexts")
 
@@ -156,8 +162,8 @@ def test_image_question_streams_the_api_answer_and_the_conversation_continues(br
     assert match, stats
     assert int(match.group(1)) == expected["usage"]["completion_tokens"] and float(match.group(2)) > 0
 
-    # The next question is asked with the whole conversation, image included.
-    text2, shown2 = ask_and_record(browser, second)
+    # The next question (sent with Enter) is asked with the whole conversation, image included.
+    text2, shown2 = ask_and_record(browser, second, by_enter=True)
     history = [image_message(first, png), {"role": "assistant", "content": text}, {"role": "user", "content": second}]
     status, expected2 = api_chat(server, history, **greedy)
     assert status == 200, expected2
