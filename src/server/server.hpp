@@ -2,6 +2,7 @@
 //   POST /v1/chat/completions   (streaming or not; chat_request.hpp lists the mapping rules)
 //   POST /v1/describe          (the seed crate's route; describe.hpp)
 //   GET  /v1/models, GET /health, GET /metrics (Prometheus text)
+//   GET  /, GET /ui/<file>     (the chat page, unless --no-ui; ui_routes.hpp)
 // HTTP threads (cpp-httplib's pool) parse, validate, decode images and tokenize in parallel,
 // then hand the request to the scheduler thread, the only one that touches the engine.
 #pragma once

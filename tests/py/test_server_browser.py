@@ -213,7 +213,8 @@ def long_question(server, rng):
     pytest.fail("20 random questions all had short greedy answers")
 
 
-def test_stop_ends_the_generation_and_frees_the_sequence(browser, server, seed):
+@pytest.mark.parametrize("how", ["button", "escape"])
+def test_stop_ends_the_generation_and_frees_the_sequence(browser, server, seed, how):
     rng = np.random.default_rng(seed)
     text = long_question(server, rng)
     open_page(browser, server)
@@ -222,7 +223,10 @@ def test_stop_ends_the_generation_and_frees_the_sequence(browser, server, seed):
     ask(browser, text)
     WebDriverWait(browser, 30, poll_frequency=0.02).until(lambda d: len(answer_text(answers(d)[-1])) > 20)
     assert server.metrics()["moxin_running_sequences"] == 1
-    browser.find_element(By.ID, "stop").click()
+    if how == "button":
+        browser.find_element(By.ID, "stop").click()
+    else:
+        browser.find_element(By.ID, "prompt").send_keys(Keys.ESCAPE)
     wait_for_state(browser, "idle", timeout=10)
 
     deadline = time.monotonic() + 1.0

@@ -260,6 +260,10 @@ $("stop").addEventListener("click", () => {
   if (running) running.abort();
 });
 
+document.addEventListener("keydown", (event) => {
+  if (event.key === "Escape" && running) running.abort();
+});
+
 $("new-chat").addEventListener("click", () => {
   if (running) running.abort();
   chatNumber += 1;
