@@ -201,6 +201,34 @@ def test_dropped_or_pasted_image_is_asked_about(browser, server, seed, gesture):
     assert status == 200 and text == expected["choices"][0]["message"]["content"]
 
 
+def test_one_image_per_conversation_and_new_chat(browser, server, tmp_path, seed):
+    rng = np.random.default_rng(seed)
+    first, second = tmp_path / "first.png", tmp_path / "second.png"
+    first.write_bytes(photo_png(rng))
+    second.write_bytes(photo_png(rng))
+    open_page(browser, server)
+    set_field(browser, "max-tokens", 4)
+    browser.find_element(By.ID, "image-input").send_keys(str(first))
+    WebDriverWait(browser, 10).until(lambda d: d.find_element(By.ID, "attachment").is_displayed())
+    ask_and_record(browser, question(rng))
+    assert len(answers(browser)) == 1
+    # The model takes one image per conversation: a second one is refused, with the way out.
+    browser.find_element(By.ID, "image-input").send_keys(str(second))
+    WebDriverWait(browser, 10).until(lambda d: status_text(d) != "")
+    assert "already has an image" in status_text(browser) and "New chat" in status_text(browser)
+    assert not browser.find_element(By.ID, "attachment").is_displayed()
+
+    browser.find_element(By.ID, "new-chat").click()
+    assert answers(browser) == [] and status_text(browser) == ""
+    browser.find_element(By.ID, "image-input").send_keys(str(second))
+    WebDriverWait(browser, 10).until(lambda d: d.find_element(By.ID, "attachment").is_displayed())
+    asked = question(rng)
+    set_field(browser, "temperature", 0)
+    text, _ = ask_and_record(browser, asked)
+    status, expected = api_chat(server, [image_message(asked, second.read_bytes())], temperature=0, max_tokens=4)
+    assert status == 200 and text == expected["choices"][0]["message"]["content"]
+
+
 def long_question(server, rng):
     """A question whose greedy answer does not end before 200 tokens (random weights rarely
     end one, but the check makes sure)."""
