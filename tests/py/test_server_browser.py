@@ -126,6 +126,7 @@ def ask_and_record(driver, text, by_enter=False):
 def assert_streamed(final, shown):
     """The answer grew in the page, piece by piece, into the final text."""
     steps = [t for t in shown if t]
+    print(f"[streamed] {len(steps)} texts shown on the way to {len(final)} characters")
     assert len(steps) >= 3, f"only {len(steps)} distinct texts were shown while streaming: {steps}"
     assert all(final.startswith(t) for t in steps), "a text shown while streaming is not a prefix of the answer"
     assert steps[-1] == final
