@@ -1,0 +1,77 @@
+"""Every image input kind the package takes, turned into the encoded file the engine decodes.
+
+Paths and bytes pass through as they are (the engine sniffs JPEG, PNG, WebP, GIF, BMP).
+Decoded pixels (a PIL image, a numpy HxWx3 uint8 array) are wrapped losslessly in an
+uncompressed BMP, which the engine's built-in reader always decodes: the engine then sees
+exactly those pixels. A PIL image goes through .convert("RGB") first, as the engine itself
+decodes files (Pillow's Image.open(path).convert("RGB")).
+"""
+from __future__ import annotations
+
+import os
+import struct
+import sys
+from typing import Any, Union
+
+import numpy as np
+
+from . import _core
+
+ImageInput = Union[str, "os.PathLike[str]", bytes, bytearray, memoryview, np.ndarray, Any]
+"""A path, encoded image bytes, a PIL.Image.Image or a numpy HxWx3 uint8 array (RGB)."""
+
+_BMP_HEADER_BYTES = 14 + 40  # BITMAPFILEHEADER + BITMAPINFOHEADER
+
+
+def _bmp_from_rgb(pixels: np.ndarray) -> bytes:
+    """A 24-bit BMP of an HxWx3 uint8 RGB array: rows bottom-up, BGR, each padded to 4 bytes."""
+    height, width, _ = pixels.shape
+    row_bytes = (width * 3 + 3) & ~3
+    rows = np.zeros((height, row_bytes), dtype=np.uint8)
+    rows[:, : width * 3] = pixels[::-1, :, ::-1].reshape(height, width * 3)
+    data = rows.tobytes()
+    file_header = struct.pack("<2sIHHI", b"BM", _BMP_HEADER_BYTES + len(data), 0, 0, _BMP_HEADER_BYTES)
+    info_header = struct.pack("<IiiHHIIiiII", 40, width, height, 1, 24, 0, len(data), 2835, 2835, 0, 0)
+    return file_header + info_header + data
+
+
+def _rgb_array_file(array: np.ndarray) -> bytes:
+    if array.dtype != np.uint8 or array.ndim != 3 or array.shape[2] != 3:
+        raise _core.Error(
+            f"[image] a numpy image must be an HxWx3 uint8 RGB array, got shape {array.shape} dtype {array.dtype} "
+            "(convert it first, e.g. np.asarray(pil_image.convert('RGB')))")
+    if array.shape[0] == 0 or array.shape[1] == 0:
+        raise _core.Error(f"[image] the numpy image is empty (shape {array.shape})")
+    if array.shape[0] > 2**31 - 1 or array.shape[1] > 2**31 - 1:
+        raise _core.Error(f"[image] the numpy image is too large (shape {array.shape})")
+    return _bmp_from_rgb(array)
+
+
+def _is_pil_image(image: Any) -> bool:
+    pil = sys.modules.get("PIL.Image")  # only loaded if the caller uses Pillow
+    return pil is not None and isinstance(image, pil.Image)
+
+
+def image_file(image: ImageInput) -> bytes:
+    """The encoded image file for any accepted input kind; b"" for None (a text-only prompt)."""
+    if image is None:
+        return b""
+    if isinstance(image, (bytes, bytearray, memoryview)):
+        return bytes(image)
+    if isinstance(image, (str, os.PathLike)):
+        return _core.read_file(os.fspath(image))
+    if isinstance(image, np.ndarray):
+        return _rgb_array_file(image)
+    if _is_pil_image(image):
+        return _rgb_array_file(np.asarray(image.convert("RGB")))
+    raise TypeError(
+        f"image must be a path, bytes, a PIL.Image.Image or a numpy HxWx3 uint8 array, got {type(image).__name__}")
+
+
+def preprocess(image: ImageInput, size: int = 224, max_pixels: int = 89_478_485) -> dict[str, np.ndarray]:
+    """The vision inputs of an image exactly as the engine computes them, as `moxin preprocess`
+    writes them: "resized" (uint8 [size, size, 3]), "dino" and "siglip" (float32
+    [1, size, size, 3], NHWC)."""
+    if image is None:
+        raise TypeError("preprocess needs an image, got None")
+    return _core.preprocess(image_file(image), size, max_pixels)
