@@ -7,6 +7,7 @@
 #include <nanobind/stl/optional.h>
 #include <nanobind/stl/pair.h>
 #include <nanobind/stl/string.h>
+#include <nanobind/stl/unique_ptr.h>
 #include <nanobind/stl/vector.h>
 
 #include <memory>
@@ -144,7 +145,7 @@ PyGeneration* generate(PyModel& self, const std::vector<std::pair<std::string, s
 void bind_model(nb::module_& m) {
   nb::class_<PyGeneration>(m, "Generation",
                            "A running generation: iterate for its text pieces; dropping it unfinished cancels it.")
-      .def("__iter__", [](nb::handle self) { return self; })
+      .def("__iter__", [](PyGeneration& self) -> PyGeneration& { return self; }, nb::rv_policy::reference)
       .def("__next__",
            [](PyGeneration& g) {
              std::optional<std::string> piece = g.next_text();

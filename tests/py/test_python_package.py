@@ -213,7 +213,7 @@ def test_errors_are_moxin_errors_with_the_engines_message(moxin_bin, model_dir, 
     message = expect_error(str(missing), moxin.Model.load, missing)
     cli = run_moxin(moxin_bin, "generate", "--model", missing, "--prompt", "x", check=False)
     assert cli.returncode != 0 and message in cli.stderr, (message, cli.stderr)
-    expect_error("tokenizer.json", moxin.Model.load, tmp_path)  # a directory without a checkpoint
+    expect_error("config.json not found", moxin.Model.load, tmp_path)  # a directory without a checkpoint
 
     # Corrupt images: truncated and random-byte files, through generate, chat and preprocess.
     png = io.BytesIO()
@@ -240,7 +240,8 @@ def test_errors_are_moxin_errors_with_the_engines_message(moxin_bin, model_dir, 
     expect_error("quantize", moxin.Model.load, model_dir, quantize=3)
     expect_error("device", moxin.Model.load, model_dir, device="tpu")
     expect_error("threads", moxin.Model.load, model_dir, threads=-2)
-    expect_error("not a token id", model.detokenize, [1, -1])
+    expect_error("cannot decode id -1", model.detokenize, [1, -1])
+    expect_error("cannot decode id 1000000", model.detokenize, [1000000])
     # Chat messages that do not make a conversation.
     expect_error("last message", model.chat, [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}])
     expect_error("alternate", model.chat, [{"role": "user", "content": "a"}, {"role": "user", "content": "b"}])
