@@ -16,10 +16,12 @@ from typing import Any, Union
 import numpy as np
 
 from . import _core
+from ._checks import int32, uint64
 
 ImageInput = Union[str, "os.PathLike[str]", bytes, bytearray, memoryview, np.ndarray, Any]
 """A path, encoded image bytes, a PIL.Image.Image or a numpy HxWx3 uint8 array (RGB)."""
 
+DEFAULT_MAX_IMAGE_PIXELS = 89_478_485  # Pillow's decompression-bomb limit, as the engine's
 _BMP_HEADER_BYTES = 14 + 40  # BITMAPFILEHEADER + BITMAPINFOHEADER
 
 
@@ -68,10 +70,10 @@ def image_file(image: ImageInput) -> bytes:
         f"image must be a path, bytes, a PIL.Image.Image or a numpy HxWx3 uint8 array, got {type(image).__name__}")
 
 
-def preprocess(image: ImageInput, size: int = 224, max_pixels: int = 89_478_485) -> dict[str, np.ndarray]:
+def preprocess(image: ImageInput, size: int = 224, max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS) -> dict[str, np.ndarray]:
     """The vision inputs of an image exactly as the engine computes them, as `moxin preprocess`
     writes them: "resized" (uint8 [size, size, 3]), "dino" and "siglip" (float32
     [1, size, size, 3], NHWC)."""
     if image is None:
         raise TypeError("preprocess needs an image, got None")
-    return _core.preprocess(image_file(image), size, max_pixels)
+    return _core.preprocess(image_file(image), int32("size", size), uint64("max_pixels", max_pixels))

@@ -6,9 +6,8 @@ from typing import Any, Literal, Mapping, Optional, Sequence, Union, overload
 
 from . import _core
 from ._chat import chat_prompt
-from ._images import ImageInput, image_file
-
-_DEFAULT_MAX_IMAGE_PIXELS = 89_478_485  # Pillow's decompression-bomb limit, as the engine's
+from ._checks import int32, uint64
+from ._images import DEFAULT_MAX_IMAGE_PIXELS, ImageInput, image_file
 
 
 def _device(device: str) -> tuple[str, int]:
@@ -47,7 +46,7 @@ class Model:
     @classmethod
     def load(cls, path_or_id: Union[str, "os.PathLike[str]"], device: str = "cpu", quantize: Optional[int] = None, *,
              group_size: int = 64, threads: int = 0, max_context: int = 4096,
-             max_image_pixels: int = _DEFAULT_MAX_IMAGE_PIXELS) -> "Model":
+             max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS) -> "Model":
         """Loads a checkpoint directory (or whatever the engine's loader accepts, passed as is).
 
         device: "cpu", "cuda" or "cuda:N". quantize: None (as stored), 8 or 4 bits for the
@@ -55,8 +54,10 @@ class Model:
         max_context: KV cache capacity in tokens. max_image_pixels: larger images are refused.
         """
         kind, gpu = _device(device)
-        return cls(_core.Model.load(os.fspath(path_or_id), kind, gpu, threads, max_context, max_image_pixels,
-                                    _quantize_bits(quantize), group_size))
+        return cls(_core.Model.load(os.fspath(path_or_id), kind, int32("gpu", gpu), int32("threads", threads),
+                                    int32("max_context", max_context),
+                                    uint64("max_image_pixels", max_image_pixels), _quantize_bits(quantize),
+                                    int32("group_size", group_size)))
 
     @overload
     def generate(self, prompt: str, image: ImageInput = None, *, max_tokens: int = 256, temperature: float = 0.0,
@@ -106,8 +107,9 @@ class Model:
     def _run(self, turns: list[tuple[str, str]], image: bytes, max_tokens: int, temperature: float, top_k: int,
              top_p: float, min_p: float, repetition_penalty: float, seed: int,
              stop: Union[str, Sequence[str], None], stream: bool) -> Union[str, _core.Generation]:
-        generation = self._core.generate(turns, image, max_tokens, temperature, top_k, top_p, min_p,
-                                         repetition_penalty, seed, _stop_list(stop))
+        generation = self._core.generate(turns, image, int32("max_tokens", max_tokens), temperature,
+                                         int32("top_k", top_k), top_p, min_p, repetition_penalty,
+                                         uint64("seed", seed), _stop_list(stop))
         return generation if stream else generation.finish()
 
     def tokenize(self, text: str, add_bos: bool = True) -> list[int]:

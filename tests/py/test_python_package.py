@@ -20,6 +20,7 @@ from tokenizers import Tokenizer as HFTokenizer
 
 import moxin
 from conftest import ROOT, fresh_tiny_model, run_moxin
+from quant_models import tiny_quant_model
 
 IMAGE_KINDS = ["path", "bytes", "pil", "numpy"]
 WORDS = ["cat", "what", "is", "the", "colour", "of", "a", "dog", "describe", "image", "sky", "red", "Ünïcode", "日本"]
@@ -137,6 +138,26 @@ def test_chat_equals_cli_conversation(moxin_bin, model_dir, model, tmp_path, see
         assert model.chat(messages, max_tokens=24) == expected["text"]
 
 
+@pytest.fixture(scope="module")
+def quantizable_model_dir(tmp_path_factory):
+    """The tiny model with its MLP widened to a multiple of the quantization groups."""
+    return tiny_quant_model(tmp_path_factory, "python-package-quant", bigram=False)[0]
+
+
+def test_quantized_load_equals_cli(moxin_bin, quantizable_model_dir, tmp_path, seed):
+    model_dir = quantizable_model_dir
+    rng = np.random.default_rng(seed)
+    bits, group = int(rng.choice([4, 8])), int(rng.choice([64, 128]))
+    pixels = random_rgb(rng)
+    question = random_question(rng)
+    expected = cli_generate(moxin_bin, model_dir, "--quantize", bits, "--group-size", group, "--prompt", question,
+                            "--image", saved_png(pixels, tmp_path / "image.png"), "--max-tokens", 20)
+    quantized = moxin.Model.load(model_dir, quantize=bits, group_size=group, threads=2)
+    generation = quantized.generate(question, image=pixels, max_tokens=20, stream=True)
+    assert drain(generation) == expected["text"], (bits, group)
+    assert generation.tokens == expected["tokens"], (bits, group)
+
+
 def test_text_only_and_dropped_streams(moxin_bin, model_dir, model, seed):
     rng = np.random.default_rng(seed)
     question = random_question(rng)
@@ -240,6 +261,14 @@ def test_errors_are_moxin_errors_with_the_engines_message(moxin_bin, model_dir, 
     expect_error("quantize", moxin.Model.load, model_dir, quantize=3)
     expect_error("device", moxin.Model.load, model_dir, device="tpu")
     expect_error("threads", moxin.Model.load, model_dir, threads=-2)
+    expect_error("max_context", moxin.Model.load, model_dir, max_context=0)
+    expect_error("max_context", moxin.Model.load, model_dir, max_context=2**40)
+    expect_error("max_image_pixels", moxin.Model.load, model_dir, max_image_pixels=0)
+    expect_error("group size", moxin.Model.load, model_dir, quantize=8, group_size=3)
+    expect_error("top_k", model.generate, "x", top_k=-1)
+    expect_error("seed", model.generate, "x", seed=-1)
+    expect_error("max_tokens", model.generate, "x", max_tokens=2**40)
+    expect_error("temperature", model.generate, "x", temperature=float("nan"))
     expect_error("cannot decode id -1", model.detokenize, [1, -1])
     expect_error("cannot decode id 1000000", model.detokenize, [1000000])
     # Chat messages that do not make a conversation.
