@@ -65,12 +65,18 @@ class PyGeneration {
     return std::nullopt;
   }
 
-  // Runs to the end; returns the whole text.
+  // Runs to the end; returns the whole text. Between steps it looks for signals with the GIL
+  // held, so Ctrl-C stops a long generation (KeyboardInterrupt) instead of waiting for its end.
   std::string finish() {
-    nb::gil_scoped_release nogil;
-    while (step()) {
+    for (;;) {
+      bool more = false;
+      {
+        nb::gil_scoped_release nogil;
+        more = step().has_value();
+      }
+      if (!more) return gen_->text();
+      if (PyErr_CheckSignals() != 0) throw nb::python_error();
     }
-    return gen_->text();
   }
 
   std::vector<int32_t> tokens() const { return gen_->tokens(); }
