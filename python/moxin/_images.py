@@ -44,8 +44,8 @@ def _rgb_array_file(array: np.ndarray) -> bytes:
             "(convert it first, e.g. np.asarray(pil_image.convert('RGB')))")
     if array.shape[0] == 0 or array.shape[1] == 0:
         raise _core.Error(f"[image] the numpy image is empty (shape {array.shape})")
-    if array.shape[0] > 2**31 - 1 or array.shape[1] > 2**31 - 1:
-        raise _core.Error(f"[image] the numpy image is too large (shape {array.shape})")
+    if array.shape[0] * ((array.shape[1] * 3 + 3) & ~3) + _BMP_HEADER_BYTES > 2**32 - 1:
+        raise _core.Error(f"[image] the numpy image is too large (shape {array.shape}): at most 4 GiB of pixels")
     return _bmp_from_rgb(array)
 
 
@@ -54,14 +54,23 @@ def _is_pil_image(image: Any) -> bool:
     return pil is not None and isinstance(image, pil.Image)
 
 
+def _non_empty(encoded: bytes, what: str) -> bytes:
+    # An empty image is a mistake, never "no image" (that is None): refuse it rather than
+    # answer a text-only prompt.
+    if not encoded:
+        raise _core.Error(f"[image] {what} is empty (0 bytes); pass image=None for a text-only prompt")
+    return encoded
+
+
 def image_file(image: ImageInput) -> bytes:
     """The encoded image file for any accepted input kind; b"" for None (a text-only prompt)."""
     if image is None:
         return b""
     if isinstance(image, (bytes, bytearray, memoryview)):
-        return bytes(image)
+        return _non_empty(bytes(image), "the image (bytes)")
     if isinstance(image, (str, os.PathLike)):
-        return _core.read_file(os.fspath(image))
+        path = os.fspath(image)
+        return _non_empty(_core.read_file(path), f"the image file '{path}'")
     if isinstance(image, np.ndarray):
         return _rgb_array_file(image)
     if _is_pil_image(image):
