@@ -19,7 +19,11 @@ from PIL import Image
 from safetensors.numpy import load_file
 from tokenizers import Tokenizer as HFTokenizer
 
-import moxin
+try:
+    import moxin
+except ModuleNotFoundError as e:  # fail loudly: a skipped suite would pass unnoticed
+    raise ModuleNotFoundError("the moxin Python package is not installed: run `python3 -m pip install "
+                              "--no-build-isolation .` at the repository root (scripts/test.sh does)") from e
 from conftest import ROOT, fresh_tiny_model, run_moxin
 from quant_models import tiny_quant_model
 
