@@ -6,6 +6,7 @@ moxin.Error with the engine's message, and the GIL is released while the engine 
 """
 import _thread
 import base64
+import gc
 import io
 import json
 import pathlib
@@ -187,6 +188,15 @@ def test_text_only_and_dropped_streams(moxin_bin, model_dir, model, seed):
         next(generation, None)
         del generation
     assert model.generate(question, max_tokens=30) == expected["text"]
+
+
+def test_a_stream_keeps_its_model_alive(model_dir, model, seed):
+    rng = np.random.default_rng(seed)
+    question, pixels = random_question(rng), random_rgb(rng)
+    expected = model.generate(question, image=pixels, max_tokens=12)
+    generation = moxin.Model.load(model_dir, threads=2).generate(question, image=pixels, max_tokens=12, stream=True)
+    gc.collect()  # the only reference to that model is the stream's
+    assert drain(generation) == expected
 
 
 def test_threads_generating_at_once_get_their_own_answers(model, seed):
