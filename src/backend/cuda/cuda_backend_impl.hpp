@@ -41,6 +41,10 @@ struct CudaLinear final : LinearImpl {
   // Quantized weights (quant.bits != 0, `weight` null): the storage behind quant's pointers.
   QuantMatrix quant;
   std::shared_ptr<void> codes, scale_bias;
+  // FP8 weights (fp8.codes non-null, `weight` null; cuda_fp8_linear.cpp): codes and scales live
+  // in `codes` and `scale_bias`.
+  Fp8Matrix fp8;
+  bool is_fp8() const { return fp8.codes != nullptr; }
 };
 
 // The paged KV cache: per layer K then V, each [num_blocks, block_size, kv_heads, head_dim]
@@ -87,6 +91,8 @@ class CudaBackend final : public Backend {
   Linear prepare_fused_linear(const std::vector<const LinearWeight*>& parts) override;
   // Quantized parts (cuda_quant_linear.cpp): codes, scales and biases concatenated by rows.
   Linear prepare_quantized_linear(const std::vector<const LinearWeight*>& parts);
+  // FP8 parts (cuda_fp8_linear.cpp): codes and per-row scales concatenated by rows.
+  Linear prepare_fp8_linear(const std::vector<const LinearWeight*>& parts);
   Tensor param(const TensorInfo& t) override;
   std::unique_ptr<KvCache> create_kv_cache(const KvCacheConfig& c) override;
 
@@ -125,7 +131,8 @@ class CudaBackend final : public Backend {
 
   // Quantized linear for M <= kQuantMmaMaxRows (GEMV or tensor cores); larger M go through
   // dequantized(), a bf16 copy of the weights in a scratch shared by all quantized linears
-  // (cuda_quant_linear.cpp).
+  // (cuda_quant_linear.cpp). FP8 weights take fp8_gemv up to kFp8GemvMaxRows, then the same
+  // scratch (holding the codes) and scale_columns on y.
   void quantized_linear_decode(const float* x, int64_t m, const CudaLinear& w, float* y);
   const CudaLinear& dequantized(const CudaLinear& w);
 
