@@ -506,10 +506,12 @@ void bench_quant_linears(CudaBackend& backend, double ceiling) {
 }
 
 // FP8 E4M3 linears (random finite codes, f32 scale per row) at full shapes: M = 1..8 (GEMV)
-// against the copy ceiling in bytes of codes + scales + x + y, M = 16..1024 (codes as bf16 +
-// cuBLASLt + column scales) against the bf16 linear of the same shape. Three copies alternate.
+// against the copy ceiling in bytes of codes + scales + x + y, M = 16..1024 both prefill paths
+// (codes as bf16 + cuBLASLt + column scales; FP8 tensor cores on per-token E4M3 activations)
+// against the bf16 linear of the same shape. Three copies alternate.
 void bench_fp8_linears(CudaBackend& backend, double ceiling) {
   const cudaStream_t stream = backend.stream();
+  backend.set_fp8_tensor_cores(false);  // the default path; the tensor cores are timed explicitly
   for (const auto& [n, k] : {std::pair<int64_t, int64_t>{14336, 4096}, {4096, 14336}, {32064, 4096}}) {
     std::vector<std::vector<uint8_t>> codes(3, std::vector<uint8_t>(size_t(n * k)));
     for (auto& c : codes)
@@ -545,6 +547,11 @@ void bench_fp8_linears(CudaBackend& backend, double ceiling) {
         const double bf16_ms = time_ms(stream, 10, 5, [&](int i) { backend.linear(x, bf16[i % 2], y); });
         table.push_back({what + " codes as bf16 + cublasLt", ms,
                          cat(2.0 * m * n * k / ms / 1e9, " TFLOP/s, ", ms / bf16_ms, "x bf16 (", bf16_ms, " ms)")});
+        backend.set_fp8_tensor_cores(true);
+        const double tc_ms = time_ms(stream, 10, 5, [&](int i) { backend.linear(x, w[i % 3], y); });
+        backend.set_fp8_tensor_cores(false);
+        table.push_back({what + " fp8 tensor cores (per-token x)", tc_ms,
+                         cat(2.0 * m * n * k / tc_ms / 1e9, " TFLOP/s, ", tc_ms / bf16_ms, "x bf16")});
       }
     }
   }

@@ -12,7 +12,16 @@
 //    2^-9..2^-8 of the value, uniform, so an rms of ~1.3e-3 that sums of random-sign products
 //    keep. Two such roundings (the affine prefill path, docs/cuda-notes.md) measured
 //    1.9e-3..2.5e-3, so one stays below ~1.8e-3: 3e-3 bounds it.
+//  - FP8 tensor cores (set_fp8_tensor_cores): against a reference on the same per-token E4M3
+//    activations (quantized on the host as the kernel does, f32_to_e4m3 being checked against
+//    PyTorch by tests/py/test_quant_fp8.py) the products are exact and only the accumulation
+//    rounds; Hopper's FP8 MMA keeps ~14 bits inside a k-block before cuBLASLt adds it into f32
+//    (DeepSeek-V3 report, section 3.3.2): 2^-14 = 6e-5 relative, 2e-4 bounds it. Against exact
+//    x the E4M3 rounding of the activations dominates: half an ulp of 4 significant bits is
+//    2^-5..2^-4 of the value, rms ~3e-2: 5e-2 bounds it.
+#include <cmath>
 #include <memory>
+#include <tuple>
 
 #include "backend/cuda/cuda_backend_impl.hpp"
 #include "backend/cuda/kernels.hpp"
@@ -25,6 +34,8 @@ namespace {
 
 constexpr double kF32Tol = 1e-5;
 constexpr double kBf16ActivationTol = 3e-3;
+constexpr double kFp8AccumulationTol = 2e-4;
+constexpr double kFp8ActivationTol = 5e-2;
 
 // One fp8 linear as a checkpoint holds it: random finite codes, scales like amax / 448 of
 // weights of ~0.5 to ~5.
@@ -142,6 +153,55 @@ TEST_F(CudaFp8, PrefillNineToThreeHundredRows) {
   for (int m : {9, 16, 64, 65, 300}) check_one(m, 47, 256);
   check_one(33, 130, 4096);
   check_one(randint(9, 300), randint(1, 200), 8 * randint(8, 100));  // K >= 64: see the tolerance note
+}
+
+// The FP8 tensor-core path for the rest of a test, then the default again (the backend is shared).
+class Fp8TensorCores {
+ public:
+  explicit Fp8TensorCores(Backend& b) : backend_(dynamic_cast<cuda::CudaBackend&>(b)) {
+    backend_.set_fp8_tensor_cores(true);
+  }
+  ~Fp8TensorCores() { backend_.set_fp8_tensor_cores(false); }
+
+ private:
+  cuda::CudaBackend& backend_;
+};
+
+// x [m, k] quantized per row as quantize_rows_e4m3 does: the values e4m3(code) * scale.
+std::vector<float> quantize_rows_on_host(const std::vector<float>& x, int64_t m, int64_t k) {
+  std::vector<float> out(x.size());
+  for (int64_t r = 0; r < m; ++r) {
+    float amax = 0.0f;
+    for (int64_t c = 0; c < k; ++c) amax = std::fmax(amax, std::fabs(x[r * k + c]));
+    float scale = amax / kE4M3Max;
+    if (scale == 0.0f) scale = 1.0f;
+    for (int64_t c = 0; c < k; ++c) out[r * k + c] = e4m3_to_f32(f32_to_e4m3(x[r * k + c] / scale)) * scale;
+  }
+  return out;
+}
+
+TEST_F(CudaFp8, TensorCoresOnPerTokenActivations) {
+  const Fp8TensorCores on(backend());
+  for (const auto& [m, n, k] : {std::tuple<int64_t, int64_t, int64_t>{9, 48, 256}, {64, 32, 512}, {300, 160, 4096},
+                                {randint(9, 300), 16 * randint(1, 20), 16 * randint(4, 100)}}) {
+    const auto part = make_part(n, k);
+    const Linear prepared = backend().prepare_linear(part->weight);
+    std::vector<float> x = randn(static_cast<size_t>(m * k));
+    for (int64_t c = 0; c < k; ++c) x[c] = 0.0f;  // an all-zero token: scale 1, codes 0
+    Tensor y = poisoned({m, n});
+    backend().linear(upload(x, {m, k}), prepared, y);
+    const std::vector<float> got = download(y);
+    const std::string what = cat("fp8 tensor cores M=", m, " N=", n, " K=", k);
+    expect_close(what + " vs quantized x", got, reference({part.get()}, quantize_rows_on_host(x, m, k), m, false),
+                 kFp8AccumulationTol);
+    expect_close(what + " vs exact x", got, reference({part.get()}, x, m, false), kFp8ActivationTol);
+  }
+  // K % 16 != 0: no FP8 GEMM; the codes-as-bf16 path answers.
+  const auto odd = make_part(40, 100);
+  const std::vector<float> x = randn(20 * 100);
+  Tensor y = poisoned({20, 40});
+  backend().linear(upload(x, {20, 100}), backend().prepare_linear(odd->weight), y);
+  expect_close("fp8 tensor cores K=100 (falls back)", download(y), reference({odd.get()}, x, 20, true), kF32Tol);
 }
 
 TEST_F(CudaFp8, PartsConcatenateByRows) {

@@ -1,6 +1,7 @@
 #include "backend/cuda/cuda_backend_impl.hpp"
 
 #include <algorithm>
+#include <cstdlib>
 #include <cstring>
 #include <initializer_list>
 #include <vector>
@@ -127,6 +128,8 @@ CudaBackend::CudaBackend(int device_ordinal)
   uploader_ = std::make_unique<WeightUploader>(kStagingBytes);
   scratch_elems_ = kScratchElems;
   scratch_bf16_ = device_alloc(context_, static_cast<size_t>(scratch_elems_) * 2);
+  const char* fp8_tensor_cores = std::getenv("MOXIN_CUDA_FP8_TENSOR_CORES");
+  fp8_tensor_cores_ = fp8_tensor_cores != nullptr && std::string(fp8_tensor_cores) == "1";
   attention_partial_floats_ = kAttentionPartialFloats;
   attention_partial_ = device_alloc(context_, static_cast<size_t>(attention_partial_floats_) * 4);
   attention_counters_ = device_alloc(context_, static_cast<size_t>(kAttentionCounters) * 4);
@@ -391,12 +394,16 @@ void CudaBackend::linear(const Tensor& x, const Linear& w, Tensor& y) {
       return;
     }
   }
-  const int64_t k = w.in_features;
-  gemm_rows(m, quantized ? dequantized(lw) : lw, w.out_features, k, data_of<float>(y),
-            [&](int64_t first, int64_t count, bf16_bits* a) {
-              activations_to_bf16(xd + first * k, a, count * k, stream());
-            });
-  if (lw.is_fp8()) scale_columns(data_of<float>(y), lw.fp8.scales, m, w.out_features, stream());
+  const int64_t k = w.in_features, n = w.out_features;
+  // FP8 weights: the leading rows the FP8 tensor cores take (all, unless cuBLASLt lacks an
+  // algorithm for a chunk's shape); the rest multiply the codes as bf16, then the scales.
+  const int64_t done = lw.is_fp8() && fp8_tensor_cores_ ? fp8_tensor_core_rows(xd, m, lw, data_of<float>(y)) : 0;
+  if (done == m) return;
+  float* yd = data_of<float>(y) + done * n;
+  gemm_rows(m - done, quantized ? dequantized(lw) : lw, n, k, yd, [&](int64_t first, int64_t count, bf16_bits* a) {
+    activations_to_bf16(xd + (done + first) * k, a, count * k, stream());
+  });
+  if (lw.is_fp8()) scale_rows_columns(yd, nullptr, lw.fp8.scales, m - done, n, stream());
 }
 
 void CudaBackend::patch_embed(const Tensor& images, const Linear& w, int patch, Tensor& y) {

@@ -66,4 +66,23 @@ Linear CudaBackend::prepare_fp8_linear(const std::vector<const LinearWeight*>& p
   return linear;
 }
 
+int64_t CudaBackend::fp8_tensor_core_rows(const float* x, int64_t m, const CudaLinear& w, float* y) {
+  const int64_t k = w.fp8.cols, n = w.fp8.rows;
+  // The activation codes fill the first half of the bf16 scratch, their per-row scales the second.
+  const int64_t half = scratch_elems_;  // bytes: the scratch holds 2 * scratch_elems_
+  const int64_t chunk = std::min(half / k, half / static_cast<int64_t>(sizeof(float)));
+  auto* codes = static_cast<uint8_t*>(scratch_bf16_.get());
+  auto* scales = reinterpret_cast<float*>(codes + half);
+  int64_t done = 0;
+  while (done < m) {
+    const int64_t count = std::min(chunk, m - done);
+    quantize_rows_e4m3(x + done * k, count, static_cast<int>(k), codes, scales, stream());
+    if (!gemm_->run_fp8(codes, scales, w.fp8.codes, w.fp8.scales, y + done * n, static_cast<int>(count),
+                        static_cast<int>(n), static_cast<int>(k), stream()))
+      break;
+    done += count;
+  }
+  return done;
+}
+
 }  // namespace moxin::cuda

@@ -1,6 +1,7 @@
 // FP8 E4M3 weights with per-output-row scales (docs/model.md section 5): the decode GEMV that
 // reads the codes directly, the exact widening of the codes to bf16 for the cuBLASLt prefill
-// path, and the per-column scaling that follows that GEMM.
+// path, the per-token quantization of activations for the FP8 tensor-core path, and the
+// row/column scaling that follows either GEMM.
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 #include <cuda_fp8.h>
@@ -98,12 +99,38 @@ __global__ void fp8_codes_to_bf16_kernel(const uint8_t* __restrict__ codes, int6
     out[i] = __float2bfloat16(e4m3_to_float(codes[i]));
 }
 
-__global__ void scale_columns_kernel(float* __restrict__ y, const float* __restrict__ scales, int64_t rows,
-                                     int64_t cols) {
+__global__ void scale_rows_columns_kernel(float* __restrict__ y, const float* __restrict__ row_scales,
+                                          const float* __restrict__ col_scales, int64_t rows, int64_t cols) {
   wait_for_prior_kernels();
   const int64_t count = rows * cols;
   for (int64_t i = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; i < count; i += int64_t{gridDim.x} * blockDim.x)
-    y[i] *= scales[i % cols];
+    y[i] *= row_scales ? row_scales[i / cols] * col_scales[i % cols] : col_scales[i % cols];
+}
+
+constexpr int kQuantizeThreads = 256;
+
+// One block per row: the row's amax, then its codes (the same f32 division and rounding as
+// quant/fp8_quant.cpp does for weights).
+__global__ void __launch_bounds__(kQuantizeThreads)
+    quantize_rows_e4m3_kernel(const float* __restrict__ x, int k, uint8_t* __restrict__ codes,
+                              float* __restrict__ scales) {
+  wait_for_prior_kernels();
+  __shared__ float warp_amax[kQuantizeThreads / 32];
+  const float* xr = x + int64_t{blockIdx.x} * k;
+  float amax = 0.0f;
+  for (int c = threadIdx.x; c < k; c += kQuantizeThreads) amax = fmaxf(amax, fabsf(xr[c]));
+  amax = warp_max(amax);
+  if (threadIdx.x % 32 == 0) warp_amax[threadIdx.x / 32] = amax;
+  __syncthreads();
+  amax = warp_amax[0];
+#pragma unroll
+  for (int w = 1; w < kQuantizeThreads / 32; ++w) amax = fmaxf(amax, warp_amax[w]);
+  float scale = amax / 448.0f;
+  if (scale == 0.0f) scale = 1.0f;
+  if (threadIdx.x == 0) scales[blockIdx.x] = scale;
+  uint8_t* out = codes + int64_t{blockIdx.x} * k;
+  for (int c = threadIdx.x; c < k; c += kQuantizeThreads)
+    out[c] = __nv_cvt_float_to_fp8(xr[c] / scale, __NV_SATFINITE, __NV_E4M3);
 }
 
 }  // namespace
@@ -130,11 +157,18 @@ void fp8_codes_to_bf16(const Fp8Matrix& w, bf16_bits* out, cudaStream_t stream) 
                 kElementwiseThreads, 0, stream, w.codes, count, reinterpret_cast<__nv_bfloat16*>(out));
 }
 
-void scale_columns(float* y, const float* scales, int64_t rows, int64_t cols, cudaStream_t stream) {
+void scale_rows_columns(float* y, const float* row_scales, const float* col_scales, int64_t rows, int64_t cols,
+                        cudaStream_t stream) {
   const int64_t count = rows * cols;
   if (count == 0) return;
-  launch_kernel("scale_columns_kernel", scale_columns_kernel, elementwise_blocks(count), kElementwiseThreads,
-                0, stream, y, scales, rows, cols);
+  launch_kernel("scale_rows_columns_kernel", scale_rows_columns_kernel, elementwise_blocks(count),
+                kElementwiseThreads, 0, stream, y, row_scales, col_scales, rows, cols);
+}
+
+void quantize_rows_e4m3(const float* x, int64_t rows, int k, uint8_t* codes, float* scales, cudaStream_t stream) {
+  if (rows == 0) return;
+  launch_kernel("quantize_rows_e4m3_kernel", quantize_rows_e4m3_kernel, static_cast<unsigned>(rows),
+                kQuantizeThreads, 0, stream, x, k, codes, scales);
 }
 
 }  // namespace moxin::cuda

@@ -74,8 +74,13 @@ constexpr int kFp8GemvMaxRows = 8;
 void fp8_gemv(const float* x, int m, const Fp8Matrix& w, float* y, cudaStream_t stream);
 // out[N, K] = the codes as bf16 (exact: every E4M3 value is a bf16 value), for the cuBLASLt path.
 void fp8_codes_to_bf16(const Fp8Matrix& w, bf16_bits* out, cudaStream_t stream);
-// y[r, c] *= scales[c] for a [rows, cols] y: the per-channel scale after the GEMM on the codes.
-void scale_columns(float* y, const float* scales, int64_t rows, int64_t cols, cudaStream_t stream);
+// y[r, c] *= row_scales[r] * col_scales[c] for a [rows, cols] y (row_scales may be null: 1): the
+// scales after a GEMM on the codes.
+void scale_rows_columns(float* y, const float* row_scales, const float* col_scales, int64_t rows, int64_t cols,
+                        cudaStream_t stream);
+// Per-token activations for the FP8 tensor cores: scales[r] = amax |x[r, :]| / 448 (1 where that
+// is 0), codes[r, c] = E4M3(x[r, c] / scales[r]) rounded to nearest even, saturating; x [rows, k].
+void quantize_rows_e4m3(const float* x, int64_t rows, int k, uint8_t* codes, float* scales, cudaStream_t stream);
 
 // --- convert.cu ---
 void activations_to_bf16(const float* x, bf16_bits* y, int64_t count, cudaStream_t stream);
