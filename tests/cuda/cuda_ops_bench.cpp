@@ -519,7 +519,7 @@ void bench_fp8_linears(CudaBackend& backend, double ceiling) {
         next_uniform();
         b = uint8_t(rng_state >> 56) & 0xF7;  // never the NaN pattern S.1111.111
       }
-    std::vector<float> scales(size_t(n));
+    std::vector<float> scales(static_cast<size_t>(n));
     for (float& s : scales) s = 0.002f + 0.001f * next_uniform();
     Linear w[3];
     for (int i = 0; i < 3; ++i) {
