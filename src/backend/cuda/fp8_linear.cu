@@ -42,6 +42,9 @@ __global__ void __launch_bounds__(kGemvWarps * 32)
   for (int m = 0; m < M; ++m) acc[m] = 0.0f;
   if constexpr (Vectorized) {
     const int chunks = k / 16;
+    // Two steps in flight per lane: at K = 4096 a lane makes only 8 steps, so the loads of the
+    // next one must be issued before the FMAs of this one wait on theirs.
+#pragma unroll 2
     for (int c = lane; c < chunks; c += 32) {
       const uint4 raw = __ldg(reinterpret_cast<const uint4*>(codes) + c);
       const uint32_t words[4] = {raw.x, raw.y, raw.z, raw.w};
