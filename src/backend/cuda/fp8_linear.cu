@@ -14,7 +14,7 @@
 namespace moxin::cuda {
 namespace {
 
-constexpr int kGemvWarps = 8;  // weight rows per block: one per warp
+constexpr int kGemvWarps = 8;  // warps per block
 
 // Two E4M3 codes (low byte first) as floats: cvt.rn.f16x2.e4m3x2 on sm_89+, exact.
 __device__ __forceinline__ float2 e4m3x2_to_float2(uint32_t two_codes) {
@@ -26,73 +26,101 @@ __device__ __forceinline__ float e4m3_to_float(uint8_t code) {
   return __half2float(__half(__nv_cvt_fp8_to_halfraw(static_cast<__nv_fp8_storage_t>(code), __NV_E4M3)));
 }
 
-// One warp per weight row. Vectorized: each lane takes 16 codes (one 16-byte load) per step and
-// the matching 16 activations of each of the M rows (four float4 loads each).
-template <int M, bool Vectorized>
+// 16 codes (one 16-byte load) as floats, in order.
+__device__ __forceinline__ void e4m3x16_to_float(uint4 raw, float* out) {
+  const uint32_t words[4] = {raw.x, raw.y, raw.z, raw.w};
+#pragma unroll
+  for (int i = 0; i < 4; ++i) {
+    const float2 lo = e4m3x2_to_float2(words[i] & 0xFFFFu), hi = e4m3x2_to_float2(words[i] >> 16);
+    out[4 * i] = lo.x;
+    out[4 * i + 1] = lo.y;
+    out[4 * i + 2] = hi.x;
+    out[4 * i + 3] = hi.y;
+  }
+}
+
+// One warp per R weight rows: each activation a lane loads (from L1/L2) serves R rows, so the
+// activation traffic per weight byte is 4 M / R bytes instead of 4 M. Vectorized: each lane
+// takes 16 codes of each row (16-byte loads) per step and the matching 16 activations of each
+// of the M rows (four float4 loads each). A row's f32 sum runs in the same order whatever R.
+template <int M, int R, bool Vectorized>
 __global__ void __launch_bounds__(kGemvWarps * 32)
     fp8_gemv_kernel(const float* __restrict__ x, Fp8Matrix w, float* __restrict__ y) {
   wait_for_prior_kernels();
   const int lane = threadIdx.x % 32;
-  const int row = blockIdx.x * kGemvWarps + threadIdx.x / 32;
-  if (row >= w.rows) return;
+  const int row0 = (blockIdx.x * kGemvWarps + threadIdx.x / 32) * R;
+  if (row0 >= w.rows) return;
+  const int rows = min(R, w.rows - row0);  // warp-uniform
   const int k = w.cols;
-  const uint8_t* codes = w.codes + int64_t{row} * k;
-  float acc[M];
+  // Rows past the matrix's end re-read its last row (their sums are never stored), so every
+  // load stays in bounds and the loops need no branch.
+  const uint8_t* codes[R];
 #pragma unroll
-  for (int m = 0; m < M; ++m) acc[m] = 0.0f;
+  for (int r = 0; r < R; ++r) codes[r] = w.codes + int64_t{row0 + min(r, rows - 1)} * k;
+  float acc[M][R];
+#pragma unroll
+  for (int m = 0; m < M; ++m)
+#pragma unroll
+    for (int r = 0; r < R; ++r) acc[m][r] = 0.0f;
   if constexpr (Vectorized) {
     const int chunks = k / 16;
     // Two steps in flight per lane: at K = 4096 a lane makes only 8 steps, so the loads of the
     // next one must be issued before the FMAs of this one wait on theirs.
 #pragma unroll 2
     for (int c = lane; c < chunks; c += 32) {
-      const uint4 raw = __ldg(reinterpret_cast<const uint4*>(codes) + c);
-      const uint32_t words[4] = {raw.x, raw.y, raw.z, raw.w};
-      float wv[16];
+      float wv[R][16];
 #pragma unroll
-      for (int i = 0; i < 4; ++i) {
-        const float2 lo = e4m3x2_to_float2(words[i] & 0xFFFFu), hi = e4m3x2_to_float2(words[i] >> 16);
-        wv[4 * i] = lo.x;
-        wv[4 * i + 1] = lo.y;
-        wv[4 * i + 2] = hi.x;
-        wv[4 * i + 3] = hi.y;
-      }
+      for (int r = 0; r < R; ++r) e4m3x16_to_float(__ldg(reinterpret_cast<const uint4*>(codes[r]) + c), wv[r]);
 #pragma unroll
       for (int m = 0; m < M; ++m) {
         const float4* xr = reinterpret_cast<const float4*>(x + int64_t{m} * k) + 4 * c;
 #pragma unroll
         for (int q = 0; q < 4; ++q) {
           const float4 xv = __ldg(xr + q);
-          acc[m] = fmaf(wv[4 * q], xv.x, acc[m]);
-          acc[m] = fmaf(wv[4 * q + 1], xv.y, acc[m]);
-          acc[m] = fmaf(wv[4 * q + 2], xv.z, acc[m]);
-          acc[m] = fmaf(wv[4 * q + 3], xv.w, acc[m]);
+#pragma unroll
+          for (int r = 0; r < R; ++r) {
+            acc[m][r] = fmaf(wv[r][4 * q], xv.x, acc[m][r]);
+            acc[m][r] = fmaf(wv[r][4 * q + 1], xv.y, acc[m][r]);
+            acc[m][r] = fmaf(wv[r][4 * q + 2], xv.z, acc[m][r]);
+            acc[m][r] = fmaf(wv[r][4 * q + 3], xv.w, acc[m][r]);
+          }
         }
       }
     }
   } else {
     for (int c = lane; c < k; c += 32) {
-      const float wv = e4m3_to_float(codes[c]);
+      float wv[R];
 #pragma unroll
-      for (int m = 0; m < M; ++m) acc[m] = fmaf(wv, __ldg(x + int64_t{m} * k + c), acc[m]);
+      for (int r = 0; r < R; ++r) wv[r] = e4m3_to_float(codes[r][c]);
+#pragma unroll
+      for (int m = 0; m < M; ++m) {
+        const float xv = __ldg(x + int64_t{m} * k + c);
+#pragma unroll
+        for (int r = 0; r < R; ++r) acc[m][r] = fmaf(wv[r], xv, acc[m][r]);
+      }
     }
   }
-  const float scale = w.scales[row];
 #pragma unroll
-  for (int m = 0; m < M; ++m) {
-    const float sum = warp_sum(acc[m]);
-    if (lane == 0) y[int64_t{m} * w.rows + row] = sum * scale;
-  }
+  for (int m = 0; m < M; ++m)
+#pragma unroll
+    for (int r = 0; r < R; ++r) {
+      const float sum = warp_sum(acc[m][r]);
+      if (lane == 0 && r < rows) y[int64_t{m} * w.rows + row0 + r] = sum * w.scales[row0 + r];
+    }
 }
 
 template <int M>
 void launch_gemv(const float* x, const Fp8Matrix& w, float* y, cudaStream_t stream) {
-  const unsigned blocks = static_cast<unsigned>((w.rows + kGemvWarps - 1) / kGemvWarps);
+  // 4 rows per warp while few activation rows leave registers to spare, 2 above (not tuned on
+  // a GPU yet: MOXIN_CUDA_BENCH=fp8 measures it).
+  constexpr int kRows = M <= 2 ? 4 : 2;
+  const unsigned blocks = static_cast<unsigned>((w.rows + kGemvWarps * kRows - 1) / (kGemvWarps * kRows));
   const bool vectorized = w.cols % 16 == 0 && reinterpret_cast<uintptr_t>(x) % 16 == 0;
   if (vectorized)
-    launch_kernel("fp8_gemv_kernel", fp8_gemv_kernel<M, true>, blocks, kGemvWarps * 32, 0, stream, x, w, y);
+    launch_kernel("fp8_gemv_kernel", fp8_gemv_kernel<M, kRows, true>, blocks, kGemvWarps * 32, 0, stream, x, w, y);
   else
-    launch_kernel("fp8_gemv_kernel", fp8_gemv_kernel<M, false>, blocks, kGemvWarps * 32, 0, stream, x, w, y);
+    launch_kernel("fp8_gemv_kernel", fp8_gemv_kernel<M, kRows, false>, blocks, kGemvWarps * 32, 0, stream, x, w,
+                  y);
 }
 
 __global__ void fp8_codes_to_bf16_kernel(const uint8_t* __restrict__ codes, int64_t count,
