@@ -1,13 +1,13 @@
 #!/usr/bin/env python3
-"""Quantization quality of the engine itself: bf16 vs --quantize bits/group on the same prompts.
+"""Quantization quality of the engine itself: bf16 vs --quantize bits/group (and fp8) on the same prompts.
 
     python bench/quant_quality.py --model DIR [--prompt TEXT ...] [--out FILE]
     python bench/quant_quality.py --make-tiny DIR [--bigram] ...   # a fresh tiny model first
     flock /tmp/fullmodel.lock python bench/quant_quality.py --model /tmp/moxin-full ...
 
 For each prompt, `moxin dump --hidden-states` runs the bf16 model and the model quantized at
-load time for (8,64), (8,128), (4,64), (4,128) (the same weights `moxin quantize` writes: the
-tests check the two are bit-identical). Reported per (bits, group), over all prompt positions
+load time for (8,64), (8,128), (4,64), (4,128) and fp8 (E4M3, per-channel scales) (the same
+weights `moxin quantize` writes: the tests check the two are bit-identical). Reported per (bits, group), over all prompt positions
 (teacher forcing on the prompt's own tokens):
   - each decoder layer's output (the residual stream): ||h_q - h_bf16|| / ||h_bf16||
   - the logits likewise, the mean KL(bf16 || q) of the next-token distributions, and the
@@ -34,7 +34,13 @@ from safetensors.numpy import load_file
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests" / "py"))
-CONFIGS = [(8, 64), (8, 128), (4, 64), (4, 128)]
+CONFIGS = [(8, 64), (8, 128), (4, 64), (4, 128), ("fp8", None)]  # (bits, group); fp8 has no groups
+
+
+def config_name(bits, group):
+    return "fp8" if bits == "fp8" else f"q{bits} g{group}"
+
+
 DEFAULT_PROMPT = ("Describe the picture in detail: what is in the foreground, what is in the background, "
                   "which colors stand out, and how many people or animals can you see?")
 
@@ -56,7 +62,7 @@ def dump(binary, model, prompt, threads, out, quantize=None):
     args = [str(binary), "dump", "--model", str(model), "--threads", str(threads), "--hidden-states",
             "--prompt", prompt, "--out", str(out)]
     if quantize:
-        args += ["--quantize", str(quantize[0]), "--group-size", str(quantize[1])]
+        args += ["--quantize", str(quantize[0])] + (["--group-size", str(quantize[1])] if quantize[1] else [])
     start = time.time()
     proc = subprocess.run(args, capture_output=True, text=True)
     if proc.returncode != 0:
@@ -94,7 +100,7 @@ def report(header, results, stats):
     lines = header + [
         f"bf16 next-token distributions: mean top-1 prob {stats['top1_prob']:.3f}, mean entropy "
         f"{stats['entropy']:.2f} nats, median top-1/top-2 margin {stats['median_margin']:.2f} nats", ""]
-    names = [f"q{bits} g{group}" for bits, group in CONFIGS]
+    names = [config_name(bits, group) for bits, group in CONFIGS]
     lines.append("summary            " + "".join(f"{n:>12}" for n in names))
     acc = [results[c] for c in CONFIGS]
     lines.append("logits rel err     " + "".join(f"{(a.logit_err / a.logit_norm) ** 0.5:12.3e}" for a in acc))
@@ -136,7 +142,7 @@ def main():
                 quant, seconds = dump(args.binary, model, prompt, args.threads, pathlib.Path(tmp) / "q.safetensors",
                                       (bits, group))
                 results[bits, group].add(base, quant)
-                times.append(f"q{bits} g{group} {seconds:.0f} s")
+                times.append(f"{config_name(bits, group)} {seconds:.0f} s")
             header.append(f"  [{k}] {len(base['input_ids'])} tokens: {prompt[:60]!r}{'...' if len(prompt) > 60 else ''}"
                           f" (dump wall time: {', '.join(times)})")
             print(header[-1], flush=True)

@@ -30,7 +30,7 @@ for step in $steps; do
     parity)
       # The batch-invariance test serves over HTTP: the carried httplib is found through LD_LIBRARY_PATH.
       LD_LIBRARY_PATH=$PWD/.deps/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH} MOXIN_BIN=$bin MOXIN_PARITY_DEVICES=cuda \
-        timeout 400 python3 -m pytest -q -s tests/py/test_parity.py tests/py/test_quant.py \
+        timeout 400 python3 -m pytest -q -s tests/py/test_parity.py tests/py/test_quant.py tests/py/test_quant_fp8.py \
         tests/py/test_batch_invariance.py -k "parity or engine_matches or batch" >"$out/parity.log" 2>&1
       echo "== cuda parity: $(tail -1 "$out/parity.log")"
       grep -E "rel err|gap|Error|assert" "$out/parity.log" | head -30

@@ -34,18 +34,23 @@ ordered_json vit_json(const VitConfig& c) {
           {"ln_eps", c.ln_eps}};
 }
 
-// How many decoder linears are quantized, and with which parameters (MLX affine).
+// How many decoder linears are quantized, and with which parameters (MLX affine, or
+// {"format": "fp8_e4m3", "linears": n} for FP8 per-channel).
 ordered_json quantization_json(const DecoderWeights& d) {
   std::vector<const LinearWeight*> linears{&d.lm_head};
   for (const auto& l : d.layers)
     for (const LinearWeight* w : {&l.q, &l.k, &l.v, &l.o, &l.gate, &l.up, &l.down})
       linears.push_back(w);
   std::map<std::pair<int, int>, int> counts;  // (bits, group_size) -> linears
-  for (const LinearWeight* w : linears)
+  int fp8 = 0;
+  for (const LinearWeight* w : linears) {
     if (w->bits) ++counts[{w->bits, w->group_size}];
+    if (w->is_fp8()) ++fp8;
+  }
   ordered_json out = ordered_json::array();
   for (const auto& [key, n] : counts)
     out.push_back({{"bits", key.first}, {"group_size", key.second}, {"linears", n}});
+  if (fp8) out.push_back({{"format", "fp8_e4m3"}, {"linears", fp8}});
   return out;
 }
 
@@ -106,8 +111,11 @@ void print_text(const Checkpoint& ck) {
   const ordered_json json = checkpoint_json(ck);
   std::printf("dtypes  %s\n", json["dtypes"].dump().c_str());
   for (const auto& q : json["decoder"]["quantization"])
-    std::printf("quantized  %d linears, %d-bit, group size %d\n", q["linears"].get<int>(),
-                q["bits"].get<int>(), q["group_size"].get<int>());
+    if (q.contains("format"))
+      std::printf("quantized  %d linears, fp8 E4M3, one scale per output channel\n", q["linears"].get<int>());
+    else
+      std::printf("quantized  %d linears, %d-bit, group size %d\n", q["linears"].get<int>(),
+                  q["bits"].get<int>(), q["group_size"].get<int>());
 }
 
 const Command kInspect("inspect", [](CLI::App& app) {

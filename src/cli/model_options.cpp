@@ -17,8 +17,10 @@ void ModelOptions::add_to(CLI::App& command) {
       ->check(CLI::Range(1, 1 << 20));
   command.add_option("--max-pixels", max_pixels, "Refuse images with more pixels than this")
       ->check(CLI::Range(uint64_t{1}, uint64_t{1} << 40));
-  command.add_option("--quantize", quantize, "Quantize the decoder to 8 or 4 bits while loading (0 = as stored)")
-      ->check(CLI::IsMember({0, 4, 8}));
+  command.add_option("--quantize", quantize,
+                     "Quantize the decoder while loading: 8 or 4 bits (MLX affine), fp8 (E4M3, per-channel "
+                     "scales) or 0 (as stored)")
+      ->check(CLI::IsMember({"0", "4", "8", "fp8"}));
   command.add_option("--group-size", group_size, "Inputs per quantization group with --quantize")
       ->check(CLI::IsMember({64, 128}));
 }
@@ -30,7 +32,8 @@ LoadOptions ModelOptions::load_options() const {
   o.gpu = gpu;
   o.max_context = max_context;
   o.max_image_pixels = max_pixels;
-  o.quantize_bits = quantize;
+  o.quantize_fp8 = quantize == "fp8";
+  o.quantize_bits = o.quantize_fp8 ? 0 : std::stoi(quantize);
   o.quantize_group_size = group_size;
   return o;
 }

@@ -19,7 +19,7 @@ struct ModelOptions {
   int gpu = 0;
   int max_context = 4096;
   uint64_t max_pixels = 89478485;
-  int quantize = 0;  // 0, 8 or 4: quantize the decoder at load time
+  std::string quantize = "0";  // "0", "8", "4" or "fp8": quantize the decoder at load time
   int group_size = 64;
 
   void add_to(CLI::App& command);

@@ -12,7 +12,7 @@ struct DTypeInfo {
   size_t size;
 };
 
-constexpr std::array<DTypeInfo, 8> kDTypes{{
+constexpr std::array<DTypeInfo, 9> kDTypes{{
     {DType::F32, "F32", 4},
     {DType::F16, "F16", 2},
     {DType::BF16, "BF16", 2},
@@ -21,6 +21,7 @@ constexpr std::array<DTypeInfo, 8> kDTypes{{
     {DType::I32, "I32", 4},
     {DType::U32, "U32", 4},
     {DType::I64, "I64", 8},
+    {DType::F8_E4M3, "F8_E4M3", 1},
 }};
 
 const DTypeInfo& info(DType t) { return kDTypes[static_cast<size_t>(t)]; }

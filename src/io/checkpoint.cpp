@@ -22,12 +22,14 @@ bool ends_with(const std::string& s, const std::string& suffix) {
 std::optional<QuantizationConfig> resolve_quantization(const std::string& dir,
                                                        const ConfigJson& json) {
   const auto file = read_quantize_config((fs::path(dir) / "quantize_config.json").string());
+  const auto describe = [](const QuantizationConfig& q) {
+    return q.fp8 ? std::string("fp8") : cat("bits ", q.bits, ", group_size ", q.group_size);
+  };
   if (file && json.quantization)
-    MOXIN_CHECK(
-        file->bits == json.quantization->bits && file->group_size == json.quantization->group_size,
-        "[checkpoint] ", file->source, " (bits ", file->bits, ", group_size ", file->group_size,
-        ") contradicts ", json.quantization->source, " (bits ", json.quantization->bits,
-        ", group_size ", json.quantization->group_size, ")");
+    MOXIN_CHECK(file->bits == json.quantization->bits && file->group_size == json.quantization->group_size &&
+                    file->fp8 == json.quantization->fp8,
+                "[checkpoint] ", file->source, " (", describe(*file), ") contradicts ", json.quantization->source,
+                " (", describe(*json.quantization), ")");
   return file ? file : json.quantization;
 }
 
@@ -51,7 +53,8 @@ void refuse_unexpected(const TensorBinder& b, const Checkpoint& ck, const Vision
   for (const TensorInfo* t : b.unused())
     if (!is_known_unused(t->name, ck, vision, llm_prefix)) {
       unexpected.push_back(t);
-      quantized = quantized || ends_with(t->name, ".scales") || ends_with(t->name, ".biases");
+      quantized = quantized || ends_with(t->name, ".scales") || ends_with(t->name, ".biases") ||
+                  ends_with(t->name, ".weight_scale");
     }
   if (unexpected.empty()) return;
   std::string list;

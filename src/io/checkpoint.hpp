@@ -52,8 +52,11 @@ struct ModelConfig {
 };
 
 // A linear layer's weight [out, in] (+ optional bias [out]). Quantized forms (docs/model.md
-// section 5) keep packed codes in `weight` (U32) with `scales`/`biases`; bits == 0 means dense.
+// section 5) keep packed codes in `weight` (U32) with `scales`/`biases`; bits == 0 means dense
+// or FP8: an F8_E4M3 `weight` [out, in] with its per-output-channel F32 `scales` [out].
 struct LinearWeight {
+  bool is_fp8() const { return weight != nullptr && weight->dtype == DType::F8_E4M3; }
+
   const TensorInfo* weight = nullptr;
   const TensorInfo* bias = nullptr;
   const TensorInfo* scales = nullptr;

@@ -95,17 +95,27 @@ class FieldReader {
   std::string prefix_;
 };
 
+// {"quant_method": "fp8", "weight_scale": "per_channel"}: the only method besides MLX affine.
+QuantizationConfig read_fp8_quantization(const json& object, const FieldReader& reader, const std::string& source) {
+  reader.require_string("quant_method", "fp8");
+  reader.require_string("weight_scale", "per_channel");
+  MOXIN_CHECK(!object.contains("bits") && !object.contains("group_size"), "[checkpoint] ", source,
+              ": \"quant_method\": \"fp8\" has one scale per output channel; drop bits and group_size");
+  return {8, 0, true, source};
+}
+
 QuantizationConfig read_quantization(const json& object, const std::string& source) {
   MOXIN_CHECK(object.is_object(), "[checkpoint] ", source, " is ", describe_json(object),
               ", expected an object {\"bits\": 4|8, \"group_size\": 64|128}");
   const FieldReader reader(object, source, "");
+  if (object.contains("quant_method")) return read_fp8_quantization(object, reader, source);
   const auto bits = reader.integer("bits", 1, 64);
   const auto group = reader.integer("group_size", 1, 1 << 20);
   MOXIN_CHECK(bits && (*bits == 4 || *bits == 8), reader.where("bits"),
               " must be 4 or 8 (MLX affine quantization)");
   MOXIN_CHECK(group && (*group == 64 || *group == 128), reader.where("group_size"),
               " must be 64 or 128");
-  return {static_cast<int>(*bits), static_cast<int>(*group), source};
+  return {static_cast<int>(*bits), static_cast<int>(*group), false, source};
 }
 
 // A window at least as long as the context never slides: attention is then plain causal.

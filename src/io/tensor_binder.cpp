@@ -111,9 +111,41 @@ LinearWeight TensorBinder::dense_linear(const std::string& prefix, int64_t out, 
   return w;
 }
 
+LinearWeight TensorBinder::fp8_linear(const std::string& prefix, int64_t out, int64_t in,
+                                      const QuantizationConfig* quant) {
+  MOXIN_CHECK(quant != nullptr && quant->fp8, "[checkpoint] ", dir_, ": tensor '", prefix,
+              ".weight_scale' marks '", prefix, "' as fp8, but ",
+              quant ? cat(quant->source, " says bits ", quant->bits, ", group_size ", quant->group_size)
+                    : std::string("neither quantize_config.json nor config.json \"quantization\" says so"),
+              " (fp8 checkpoints carry {\"quant_method\": \"fp8\", \"weight_scale\": \"per_channel\"})");
+  LinearWeight w;
+  w.out_features = out;
+  w.in_features = in;
+  w.weight = &claim(prefix + ".weight", shape_str({out, in}));
+  MOXIN_CHECK(w.weight->dtype == DType::F8_E4M3, "[checkpoint] ", w.weight->file, ": tensor '", w.weight->name,
+              "' has dtype ", dtype_name(w.weight->dtype), ", expected F8_E4M3 (since '", prefix,
+              ".weight_scale' exists)");
+  expect_shape(*w.weight, {out, in});
+  w.scales = &claim(prefix + ".weight_scale", shape_str({out}));
+  MOXIN_CHECK(w.scales->dtype == DType::F32, "[checkpoint] ", w.scales->file, ": tensor '", w.scales->name,
+              "' has dtype ", dtype_name(w.scales->dtype), ", expected F32 (one scale per output channel)");
+  expect_shape(*w.scales, {out}, " (one scale per output channel)");
+  return w;
+}
+
 LinearWeight TensorBinder::decoder_linear(const std::string& prefix, int64_t out, int64_t in,
                                           const QuantizationConfig* quant) {
-  if (!has(prefix + ".scales")) return dense_linear(prefix, out, in, false);
+  if (has(prefix + ".weight_scale")) return fp8_linear(prefix, out, in, quant);
+  if (!has(prefix + ".scales")) {
+    const TensorInfo* weight = store_.find(prefix + ".weight");
+    MOXIN_CHECK(weight == nullptr || weight->dtype != DType::F8_E4M3, "[checkpoint] ", dir_, ": '", prefix,
+                ".weight' is F8_E4M3 but '", prefix,
+                ".weight_scale' (F32 [out]) is missing");
+    return dense_linear(prefix, out, in, false);
+  }
+  MOXIN_CHECK(quant == nullptr || !quant->fp8, "[checkpoint] ", dir_, ": tensor '", prefix,
+              ".scales' marks '", prefix, "' as affine-quantized, but ", quant->source,
+              " says fp8 (which has '.weight_scale' instead)");
   MOXIN_CHECK(quant != nullptr, "[checkpoint] ", dir_, ": tensor '", prefix, ".scales' marks '",
               prefix,
               "' as quantized, but neither quantize_config.json nor "

@@ -43,7 +43,8 @@ class TensorBinder {
 
   NormWeight norm(const std::string& prefix, int64_t dim, bool with_bias);
   LinearWeight dense_linear(const std::string& prefix, int64_t out, int64_t in, bool with_bias);
-  // Dense, or quantized when "<prefix>.scales" exists (then `quant` must be non-null).
+  // Dense, quantized when "<prefix>.scales" exists, or fp8 when "<prefix>.weight_scale" does
+  // (then `quant` must be non-null and agree).
   LinearWeight decoder_linear(const std::string& prefix, int64_t out, int64_t in,
                               const QuantizationConfig* quant);
 
@@ -56,6 +57,7 @@ class TensorBinder {
 
  private:
   const TensorInfo& claim(const std::string& name, const std::string& expected);
+  LinearWeight fp8_linear(const std::string& prefix, int64_t out, int64_t in, const QuantizationConfig* quant);
   void expect_float(const TensorInfo& t) const;
 
   TensorStore& store_;

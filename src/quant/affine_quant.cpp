@@ -43,24 +43,6 @@ float store_rounded(float v, DType dtype, uint8_t* out, int64_t i) {
   }
 }
 
-// Row `row` of w as f32 (one dtype dispatch per row, not per element: this loop and the code
-// loop below vectorize, which makes load-time quantization of the full model take seconds).
-void load_row(const void* w, DType dtype, int64_t row, int64_t cols, float* out) {
-  const int64_t base = row * cols;
-  switch (dtype) {
-    case DType::F32:
-      std::memcpy(out, static_cast<const float*>(w) + base, static_cast<size_t>(cols) * sizeof(float));
-      return;
-    case DType::BF16: {
-      const uint16_t* p = static_cast<const uint16_t*>(w) + base;
-      for (int64_t k = 0; k < cols; ++k) out[k] = bf16_to_f32(p[k]);
-      return;
-    }
-    default:
-      for (int64_t k = 0; k < cols; ++k) out[k] = load_element(w, dtype, base + k);
-  }
-}
-
 // The smallest and largest of n values (n a multiple of 8): eight independent lanes that the
 // compiler turns into vector min/max (std::minmax_element is a branchy scalar chain).
 std::pair<float, float> group_range(const float* x, int n) {
@@ -112,7 +94,7 @@ std::pair<float, float> group_scale_bias(float lo, float hi, float max_code, Qua
 
 void quantize_row(const void* w, DType dtype, int64_t row, int64_t cols, int bits, int group_size,
                   QuantRounding rounding, float* buffer, QuantizedMatrix& m) {
-  load_row(w, dtype, row, cols, buffer);
+  load_weight_row(w, dtype, row, cols, buffer);
   const float max_code = static_cast<float>((1 << bits) - 1);
   const int per_word = 32 / bits;
   const int64_t groups = cols / group_size;
@@ -132,6 +114,24 @@ void quantize_row(const void* w, DType dtype, int64_t row, int64_t cols, int bit
 }
 
 }  // namespace
+
+// Row `row` of w as f32 (one dtype dispatch per row, not per element: this loop and the code
+// loop below vectorize, which makes load-time quantization of the full model take seconds).
+void load_weight_row(const void* w, DType dtype, int64_t row, int64_t cols, float* out) {
+  const int64_t base = row * cols;
+  switch (dtype) {
+    case DType::F32:
+      std::memcpy(out, static_cast<const float*>(w) + base, static_cast<size_t>(cols) * sizeof(float));
+      return;
+    case DType::BF16: {
+      const uint16_t* p = static_cast<const uint16_t*>(w) + base;
+      for (int64_t k = 0; k < cols; ++k) out[k] = bf16_to_f32(p[k]);
+      return;
+    }
+    default:
+      for (int64_t k = 0; k < cols; ++k) out[k] = load_element(w, dtype, base + k);
+  }
+}
 
 void check_quant_format(int bits, int group_size, const std::string& what) {
   MOXIN_CHECK(bits == 4 || bits == 8, "[quant] ", what, ": bits ", bits, " is not supported (use 4 or 8)");

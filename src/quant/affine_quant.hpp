@@ -32,6 +32,9 @@ struct QuantView {
   int64_t groups_per_row() const { return cols / group_size; }
 };
 
+// Row `row` of w [rows, cols] (BF16, F16 or F32) as f32 into out[cols].
+void load_weight_row(const void* w, DType dtype, int64_t row, int64_t cols, float* out);
+
 // Reads scale/bias number i of a BF16, F16 or F32 array as f32.
 float load_scale(const void* data, DType dtype, int64_t i);
 

@@ -10,6 +10,7 @@
 
 #include "io/checkpoint.hpp"
 #include "quant/affine_quant.hpp"
+#include "quant/fp8_quant.hpp"
 
 namespace moxin {
 
@@ -27,15 +28,21 @@ class QuantizedWeights {
   // already quantized or a shape does not divide into groups.
   DecoderWeights quantize(const DecoderWeights& decoder, int bits, int group_size, ThreadPool* pool,
                           const Progress& progress = {});
+  // Same, to FP8 E4M3 with per-output-channel scales (quant/fp8_quant.hpp).
+  DecoderWeights quantize_fp8(const DecoderWeights& decoder, ThreadPool* pool, const Progress& progress = {});
 
-  size_t bytes() const;  // codes + scales + biases held
+  size_t bytes() const;  // codes + scales (+ biases) held
 
  private:
   struct Entry {
-    QuantizedMatrix matrix;
+    QuantizedMatrix matrix;  // affine
+    Fp8Matrix fp8;           // or fp8
     TensorInfo codes, scales, biases;
   };
+  using Replace = std::function<LinearWeight(const LinearWeight& dense)>;
+  DecoderWeights replace_linears(const DecoderWeights& decoder, const Replace& replace, const Progress& progress);
   LinearWeight add(const LinearWeight& dense, int bits, int group_size, ThreadPool* pool);
+  LinearWeight add_fp8(const LinearWeight& dense, ThreadPool* pool);
 
   std::vector<std::unique_ptr<Entry>> entries_;  // stable addresses for the TensorInfo pointers
 };

@@ -51,7 +51,9 @@ Engine::Engine(const std::string& model_dir, const EngineOptions& options)
               "[engine] tokenizer.json has ", tokenizer_.vocab_size(),
               " tokens but the model's embedding has only ", checkpoint_.config.decoder.vocab, " rows");
   const DecoderWeights mapped_decoder = checkpoint_.decoder;
-  if (options.quantize_bits != 0) quantize_decoder(options);
+  MOXIN_CHECK(!options.quantize_fp8 || options.quantize_bits == 0, "[engine] quantize to fp8 or to ",
+              options.quantize_bits, " bits, not both");
+  if (options.quantize_bits != 0 || options.quantize_fp8) quantize_decoder(options);
   decoder_weight_bytes_ = weight_bytes(checkpoint_.decoder);
   model_ = std::make_unique<Vlm>(*backend_, checkpoint_);
   const DecoderConfig& d = checkpoint_.config.decoder;
@@ -75,14 +77,17 @@ void Engine::quantize_decoder(const EngineOptions& options) {
   const bool show = isatty(STDERR_FILENO) != 0;
   ThreadPool pool(options.backend.threads);
   quantized_ = std::make_unique<QuantizedWeights>();
-  checkpoint_.decoder = quantized_->quantize(
-      checkpoint_.decoder, options.quantize_bits, options.quantize_group_size, &pool,
-      [&](int done, int total, const TensorInfo& dense) {
-        // Its bf16 pages are never read again: dropping them as we go keeps the peak resident
-        // set near the quantized size instead of the whole bf16 decoder's.
-        checkpoint_.store.release_resident_pages(dense);
-        if (show) std::fprintf(stderr, "\rquantizing the decoder: %d/%d matrices%s", done, total, done == total ? "\n" : "");
-      });
+  const auto progress = [&](int done, int total, const TensorInfo& dense) {
+    // Its bf16 pages are never read again: dropping them as we go keeps the peak resident
+    // set near the quantized size instead of the whole bf16 decoder's.
+    checkpoint_.store.release_resident_pages(dense);
+    if (show) std::fprintf(stderr, "\rquantizing the decoder: %d/%d matrices%s", done, total, done == total ? "\n" : "");
+  };
+  checkpoint_.decoder =
+      options.quantize_fp8
+          ? quantized_->quantize_fp8(checkpoint_.decoder, &pool, progress)
+          : quantized_->quantize(checkpoint_.decoder, options.quantize_bits, options.quantize_group_size, &pool,
+                                 progress);
 }
 
 std::unique_ptr<Engine> Engine::load(const std::string& model_dir, const EngineOptions& options) {

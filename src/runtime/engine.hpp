@@ -26,6 +26,7 @@ struct EngineOptions {
   int block_size = 16;
   int quantize_bits = 0;  // 8 or 4: the decoder linears are quantized after mapping
   int quantize_group_size = 64;
+  bool quantize_fp8 = false;  // FP8 E4M3 per-channel instead (quantize_bits must be 0)
 };
 
 // A sequence's place in the KV cache.

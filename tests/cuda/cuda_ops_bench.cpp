@@ -505,6 +505,58 @@ void bench_quant_linears(CudaBackend& backend, double ceiling) {
   }
 }
 
+// FP8 E4M3 linears (random finite codes, f32 scale per row) at full shapes: M = 1..8 (GEMV)
+// against the copy ceiling in bytes of codes + scales + x + y, M = 16..1024 both prefill paths
+// (codes as bf16 + cuBLASLt + column scales; FP8 tensor cores on per-token E4M3 activations)
+// against the bf16 linear of the same shape. Three copies alternate.
+void bench_fp8_linears(CudaBackend& backend, double ceiling) {
+  const cudaStream_t stream = backend.stream();
+  backend.set_fp8_tensor_cores(false);  // the default path; the tensor cores are timed explicitly
+  for (const auto& [n, k] : {std::pair<int64_t, int64_t>{14336, 4096}, {4096, 14336}, {32064, 4096}}) {
+    std::vector<std::vector<uint8_t>> codes(3, std::vector<uint8_t>(size_t(n * k)));
+    for (auto& c : codes)
+      for (uint8_t& b : c) {
+        next_uniform();
+        b = uint8_t(rng_state >> 56) & 0xF7;  // never the NaN pattern S.1111.111
+      }
+    std::vector<float> scales(static_cast<size_t>(n));
+    for (float& s : scales) s = 0.002f + 0.001f * next_uniform();
+    Linear w[3];
+    for (int i = 0; i < 3; ++i) {
+      TensorInfo c{"bench", DType::F8_E4M3, {n, k}, codes[i].data(), codes[i].size(), "<bench>"};
+      TensorInfo s{"bench.weight_scale", DType::F32, {n}, reinterpret_cast<const uint8_t*>(scales.data()),
+                   scales.size() * 4, "<bench>"};
+      LinearWeight lw;
+      lw.weight = &c;
+      lw.scales = &s;
+      lw.out_features = n;
+      lw.in_features = k;
+      w[i] = backend.prepare_linear(lw);
+    }
+    const std::vector<float> xs = random_f32(size_t(1024) * k, 1.0f);
+    const Linear bf16[2] = {make_linear(backend, n, k), make_linear(backend, n, k)};
+    for (int m : {1, 2, 4, 8, 16, 32, 64, 1024}) {
+      const Tensor x = backend.from_host_f32(xs.data(), {m, k});
+      Tensor y = backend.empty_act({m, n});
+      const std::string what = cat("fp8 linear M=", m, " [", n, "x", k, "]");
+      const double ms = time_ms(stream, 20, 10, [&](int i) { backend.linear(x, w[i % 3], y); });
+      if (m <= kFp8GemvMaxRows) {
+        const double bytes = double(n) * k + 4.0 * n + 4.0 * m * (k + n);
+        table.push_back({what + " gemv", ms, pct(bytes / ms / 1e6, ceiling)});
+      } else {
+        const double bf16_ms = time_ms(stream, 10, 5, [&](int i) { backend.linear(x, bf16[i % 2], y); });
+        table.push_back({what + " codes as bf16 + cublasLt", ms,
+                         cat(2.0 * m * n * k / ms / 1e9, " TFLOP/s, ", ms / bf16_ms, "x bf16 (", bf16_ms, " ms)")});
+        backend.set_fp8_tensor_cores(true);
+        const double tc_ms = time_ms(stream, 10, 5, [&](int i) { backend.linear(x, w[i % 3], y); });
+        backend.set_fp8_tensor_cores(false);
+        table.push_back({what + " fp8 tensor cores (per-token x)", tc_ms,
+                         cat(2.0 * m * n * k / tc_ms / 1e9, " TFLOP/s, ", tc_ms / bf16_ms, "x bf16")});
+      }
+    }
+  }
+}
+
 }  // namespace
 }  // namespace moxin::cuda
 
@@ -515,15 +567,16 @@ int main() {
     auto& backend = dynamic_cast<CudaBackend&>(*owned);
     std::printf("device: %s\n", backend.name().c_str());
     const double ceiling = copy_ceiling(backend);
-    // MOXIN_CUDA_BENCH=quant: the quantized ops only; =bf16: the others only.
+    // MOXIN_CUDA_BENCH=quant: the quantized ops only; =fp8: the fp8 linears only; =bf16: the others.
     const char* env = std::getenv("MOXIN_CUDA_BENCH");
     const std::string only = env ? env : "";
-    if (only != "bf16") {
+    if (only != "bf16") bench_fp8_linears(backend, ceiling);
+    if (only != "bf16" && only != "fp8") {
       bench_quant_linears(backend, ceiling);
       for (int bits : {4, 8})
         for (int seqs : {1, 32}) bench_decoder_layer(backend, ceiling, seqs, bits);
     }
-    if (only != "quant") {
+    if (only != "quant" && only != "fp8") {
       bench_linears(backend, ceiling);
       bench_attention(backend, ceiling);
       bench_decoder_layer(backend, ceiling, 1);

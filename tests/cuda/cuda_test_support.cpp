@@ -31,16 +31,19 @@ uint64_t fresh_seed() {
 
 float round_bf16(float x) { return bf16_to_f32(f32_to_bf16(x)); }
 
-TensorInfo HostTensor::info() const {
+TensorInfo tensor_info(const std::string& name, DType dtype, std::vector<int64_t> shape, const void* data,
+                       size_t nbytes) {
   TensorInfo t;
   t.name = name;
   t.dtype = dtype;
-  t.shape = shape;
-  t.data = bytes.data();
-  t.nbytes = bytes.size();
+  t.shape = std::move(shape);
+  t.data = static_cast<const uint8_t*>(data);
+  t.nbytes = nbytes;
   t.file = "<test>";
   return t;
 }
+
+TensorInfo HostTensor::info() const { return tensor_info(name, dtype, shape, bytes.data(), bytes.size()); }
 
 void CudaOpsTest::SetUp() {
   backend_ = shared_backend();

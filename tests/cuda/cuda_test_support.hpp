@@ -21,6 +21,10 @@ Backend* shared_backend();
 // MOXIN_TEST_SEED if set, else a fresh random seed.
 uint64_t fresh_seed();
 
+// A TensorInfo over host bytes, as a checkpoint's mapping would describe them (file "<test>").
+TensorInfo tensor_info(const std::string& name, DType dtype, std::vector<int64_t> shape, const void* data,
+                       size_t nbytes);
+
 // A weight or parameter as a checkpoint holds it (bf16, f16 or f32 bytes) plus the values the
 // GPU computes with (bf16-rounded for linear weights, exact for f32 params).
 struct HostTensor {

@@ -70,12 +70,12 @@ class CudaQuant : public CudaOpsTest {
       p->scales.push_back(store(s[g], scale_dtype, p->scale_bytes.data(), g));
       p->biases.push_back(store(b, scale_dtype, p->bias_bytes.data(), g));
     }
-    p->codes_info = info(name + ".weight", DType::U32, {out, in * bits / 32}, p->codes.data(),
-                         p->codes.size() * 4);
-    p->scales_info = info(name + ".scales", scale_dtype, {out, in / group_size},
-                          p->scale_bytes.data(), p->scale_bytes.size());
-    p->biases_info = info(name + ".biases", scale_dtype, {out, in / group_size},
-                          p->bias_bytes.data(), p->bias_bytes.size());
+    p->codes_info = tensor_info(name + ".weight", DType::U32, {out, in * bits / 32}, p->codes.data(),
+                                p->codes.size() * 4);
+    p->scales_info = tensor_info(name + ".scales", scale_dtype, {out, in / group_size},
+                                 p->scale_bytes.data(), p->scale_bytes.size());
+    p->biases_info = tensor_info(name + ".biases", scale_dtype, {out, in / group_size},
+                                 p->bias_bytes.data(), p->bias_bytes.size());
     p->weight.weight = &p->codes_info;
     p->weight.scales = &p->scales_info;
     p->weight.qbiases = &p->biases_info;
@@ -94,18 +94,6 @@ class CudaQuant : public CudaOpsTest {
     const uint16_t h = dtype == DType::BF16 ? f32_to_bf16(v) : f32_to_f16(v);
     std::memcpy(out + 2 * i, &h, 2);
     return dtype == DType::BF16 ? bf16_to_f32(h) : f16_to_f32(h);
-  }
-
-  static TensorInfo info(const std::string& name, DType dtype, std::vector<int64_t> shape,
-                         const void* data, size_t nbytes) {
-    TensorInfo t;
-    t.name = name;
-    t.dtype = dtype;
-    t.shape = std::move(shape);
-    t.data = static_cast<const uint8_t*>(data);
-    t.nbytes = nbytes;
-    t.file = "<test>";
-    return t;
   }
 
   // y = x W^T over the parts' rows concatenated; `rounded`: weights and x as the tensor-core

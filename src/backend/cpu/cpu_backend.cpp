@@ -131,6 +131,7 @@ Linear CpuBackend::prepare_linear(const LinearWeight& w) {
   MOXIN_CHECK(w.weight != nullptr, "[cpu] prepare_linear: no weight tensor");
   const TensorInfo& t = *w.weight;
   if (w.bits != 0) return prepare_quantized_linear(w);
+  if (w.is_fp8()) return prepare_fp8_linear(w);
   check_tensor_info(t, "weight");
   int64_t out = w.out_features, in = w.in_features;
   if (out == 0 && in == 0 && t.shape.size() == 2) {
@@ -164,7 +165,7 @@ Linear CpuBackend::prepare_linear(const LinearWeight& w) {
 Linear CpuBackend::prepare_fused_linear(const std::vector<const LinearWeight*>& parts) {
   MOXIN_CHECK(!parts.empty(), "[cpu] prepare_fused_linear: no parts");
   const auto format = [](const LinearWeight& w) {
-    return w.bits == 0 ? std::string("float") : cat(w.bits, "-bit g", w.group_size);
+    return w.is_fp8() ? std::string("fp8") : w.bits == 0 ? std::string("float") : cat(w.bits, "-bit g", w.group_size);
   };
   auto impl = std::make_shared<CpuLinear>();
   Linear fused;
@@ -172,7 +173,7 @@ Linear CpuBackend::prepare_fused_linear(const std::vector<const LinearWeight*>& 
     MOXIN_CHECK(part != nullptr && part->weight != nullptr, "[cpu] prepare_fused_linear: a part has no weight");
     Linear l = prepare_linear(*part);
     const LinearWeight& first = *parts.front();
-    MOXIN_CHECK(part->bits == first.bits && part->group_size == first.group_size &&
+    MOXIN_CHECK(part->bits == first.bits && part->group_size == first.group_size && part->is_fp8() == first.is_fp8() &&
                     (impl->parts.empty() || l.in_features == fused.in_features),
                 "[cpu] prepare_fused_linear: '", part->weight->name, "' (", format(*part), ", ", l.in_features,
                 " inputs) cannot join '", first.weight->name, "' (", format(first), ", ", fused.in_features,

@@ -20,6 +20,11 @@ struct CpuLinear final : LinearImpl {
   WeightView weight;    // into the mapped checkpoint: never copied
   std::vector<float> bias;  // empty when the layer has none
   QuantView quant;          // quant.bits != 0: weight holds packed codes (cpu_quant_kernels.hpp)
+  // FP8 weights (cpu_fp8_linear.cpp): `weight` views fp8_codes, the E4M3 codes widened to BF16
+  // (exactly: every E4M3 value is a BF16 value), and linear() multiplies output column n by
+  // channel_scales[n] after the dense matmul. Both empty otherwise.
+  std::vector<uint16_t> fp8_codes;
+  std::vector<float> channel_scales;
   // A fused Linear (prepare_fused_linear): each part writes its own column range of y, in
   // order; `weight` then only records the whole shape (no data).
   std::vector<std::shared_ptr<const CpuLinear>> parts;
@@ -69,6 +74,7 @@ class CpuBackend final : public Backend {
   Linear prepare_linear(const LinearWeight& w) override;
   Linear prepare_fused_linear(const std::vector<const LinearWeight*>& parts) override;
   Linear prepare_quantized_linear(const LinearWeight& w);  // cpu_quant_linear.cpp
+  Linear prepare_fp8_linear(const LinearWeight& w);        // cpu_fp8_linear.cpp
   Tensor param(const TensorInfo& t) override;
   std::unique_ptr<KvCache> create_kv_cache(const KvCacheConfig& c) override;
 

@@ -21,6 +21,10 @@ void multiply(const Kernels& kernels, ThreadPool& pool, const Tensor& x, const C
     quant_matmul(kernels, &pool, x.rows(), x.ptr<float>(), x.cols(), l.quant, bias, y, ldy);
   else
     matmul(kernels, &pool, x.rows(), x.ptr<float>(), x.cols(), l.weight, bias, y, ldy);
+  if (l.channel_scales.empty()) return;
+  const float* scale = l.channel_scales.data();
+  for (int64_t m = 0; m < x.rows(); ++m)
+    for (int64_t n = 0; n < l.weight.rows; ++n) y[m * ldy + n] *= scale[n];
 }
 
 // Ops other than linear read the one matrix of an unfused Linear.

@@ -1,6 +1,7 @@
 #include "backend/cuda/cuda_backend_impl.hpp"
 
 #include <algorithm>
+#include <cstdlib>
 #include <cstring>
 #include <initializer_list>
 #include <vector>
@@ -102,6 +103,8 @@ CudaBackend::CudaBackend(int device_ordinal)
   uploader_ = std::make_unique<WeightUploader>(kStagingBytes);
   scratch_elems_ = kScratchElems;
   scratch_bf16_ = device_alloc(context_, static_cast<size_t>(scratch_elems_) * 2);
+  const char* fp8_tensor_cores = std::getenv("MOXIN_CUDA_FP8_TENSOR_CORES");
+  fp8_tensor_cores_ = fp8_tensor_cores != nullptr && std::string(fp8_tensor_cores) == "1";
   attention_partial_floats_ = kAttentionPartialFloats;
   attention_partial_ = device_alloc(context_, static_cast<size_t>(attention_partial_floats_) * 4);
   attention_counters_ = device_alloc(context_, static_cast<size_t>(kAttentionCounters) * 4);
@@ -216,12 +219,14 @@ Linear CudaBackend::prepare_fused_linear(const std::vector<const LinearWeight*>&
                 "[cuda] prepare_linear: no weight tensor");
   const LinearWeight& first = *parts.front();
   if (first.bits != 0) return prepare_quantized_linear(parts);
+  if (first.is_fp8()) return prepare_fp8_linear(parts);
   const int64_t in = first.in_features;
   int64_t out = 0;
   bool any_bias = false;
   for (const LinearWeight* part : parts) {
-    MOXIN_CHECK(part->bits == 0 && part->in_features == in, "[cuda] prepare_fused_linear: '",
-                part->weight->name, "' (", part->bits == 0 ? "float" : cat(part->bits, "-bit"),
+    MOXIN_CHECK(part->bits == 0 && !part->is_fp8() && part->in_features == in, "[cuda] prepare_fused_linear: '",
+                part->weight->name, "' (",
+                part->is_fp8() ? std::string("fp8") : part->bits == 0 ? std::string("float") : cat(part->bits, "-bit"),
                 ", ", part->in_features, " inputs) cannot join '", first.weight->name,
                 "' (float, ", in, " inputs): fused parts share in_features and format");
     check_linear_shape(*part->weight, part->out_features, part->in_features);
@@ -334,11 +339,16 @@ void CudaBackend::linear(const Tensor& x, const Linear& w, Tensor& y) {
   require_shape(y, m, w.out_features, "linear", "y");
   if (m == 0) return;
   const float* xd = data_of<const float>(x);
+  if (lw.is_fp8() && m <= kFp8GemvMaxRows) {
+    fp8_gemv(xd, static_cast<int>(m), lw.fp8, data_of<float>(y), stream());
+    return;
+  }
   if (lw.quant.bits != 0 && m <= kQuantMmaMaxRows) {
     quantized_linear_decode(xd, m, lw, data_of<float>(y));
     return;
   }
-  if (lw.quant.bits == 0 && linear_path_ != CudaLinearPath::Lt) {
+  const bool quantized = lw.quant.bits != 0 || lw.is_fp8();
+  if (!quantized && linear_path_ != CudaLinearPath::Lt) {
     const auto* wd = static_cast<const bf16_bits*>(lw.weight.get());
     const auto* bias = static_cast<const float*>(lw.bias.get());
     const int rows = static_cast<int>(m), n = static_cast<int>(w.out_features),
@@ -359,16 +369,21 @@ void CudaBackend::linear(const Tensor& x, const Linear& w, Tensor& y) {
       return;
     }
   }
-  const int64_t k = w.in_features;
-  gemm_rows(m, lw.quant.bits != 0 ? dequantized(lw) : lw, w.out_features, k, data_of<float>(y),
-            [&](int64_t first, int64_t count, bf16_bits* a) {
-              activations_to_bf16(xd + first * k, a, count * k, stream());
-            });
+  const int64_t k = w.in_features, n = w.out_features;
+  // FP8 weights: the leading rows the FP8 tensor cores take (all, unless cuBLASLt lacks an
+  // algorithm for a chunk's shape); the rest multiply the codes as bf16, then the scales.
+  const int64_t done = lw.is_fp8() && fp8_tensor_cores_ ? fp8_tensor_core_rows(xd, m, lw, data_of<float>(y)) : 0;
+  if (done == m) return;
+  float* yd = data_of<float>(y) + done * n;
+  gemm_rows(m - done, quantized ? dequantized(lw) : lw, n, k, yd, [&](int64_t first, int64_t count, bf16_bits* a) {
+    activations_to_bf16(xd + (done + first) * k, a, count * k, stream());
+  });
+  if (lw.is_fp8()) scale_rows_columns(yd, nullptr, lw.fp8.scales, m - done, n, stream());
 }
 
 void CudaBackend::patch_embed(const Tensor& images, const Linear& w, int patch, Tensor& y) {
   const CudaLinear& lw = cuda_linear(w, "patch_embed");
-  MOXIN_CHECK(lw.quant.bits == 0, "[cuda] patch_embed: quantized weights are not supported");
+  MOXIN_CHECK(lw.quant.bits == 0 && !lw.is_fp8(), "[cuda] patch_embed: quantized weights are not supported");
   require(images, DType::F32, "patch_embed", "images");
   require(y, DType::F32, "patch_embed", "y");
   MOXIN_CHECK(images.shape.size() == 4 && images.shape[3] == 3 && patch > 0 &&
@@ -498,7 +513,7 @@ void CudaBackend::gather_rows(const Tensor& x, const Tensor& rows, Tensor& y) {
 
 void CudaBackend::embedding(const Tensor& ids, const Linear& table, Tensor& y) {
   const CudaLinear& lw = cuda_linear(table, "embedding");
-  MOXIN_CHECK(lw.quant.bits == 0,
+  MOXIN_CHECK(lw.quant.bits == 0 && !lw.is_fp8(),
               "[cuda] embedding: quantized tables are not supported (embeddings stay bf16)");
   require(ids, DType::I32, "embedding", "ids");
   require(y, DType::F32, "embedding", "y");

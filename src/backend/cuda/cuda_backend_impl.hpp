@@ -41,6 +41,10 @@ struct CudaLinear final : LinearImpl {
   // Quantized weights (quant.bits != 0, `weight` null): the storage behind quant's pointers.
   QuantMatrix quant;
   std::shared_ptr<void> codes, scale_bias;
+  // FP8 weights (fp8.codes non-null, `weight` null; cuda_fp8_linear.cpp): codes and scales live
+  // in `codes` and `scale_bias`.
+  Fp8Matrix fp8;
+  bool is_fp8() const { return fp8.codes != nullptr; }
 };
 
 // The paged KV cache: per layer K then V, each [num_blocks, block_size, kv_heads, head_dim]
@@ -87,6 +91,8 @@ class CudaBackend final : public Backend {
   Linear prepare_fused_linear(const std::vector<const LinearWeight*>& parts) override;
   // Quantized parts (cuda_quant_linear.cpp): codes, scales and biases concatenated by rows.
   Linear prepare_quantized_linear(const std::vector<const LinearWeight*>& parts);
+  // FP8 parts (cuda_fp8_linear.cpp): codes and per-row scales concatenated by rows.
+  Linear prepare_fp8_linear(const std::vector<const LinearWeight*>& parts);
   Tensor param(const TensorInfo& t) override;
   std::unique_ptr<KvCache> create_kv_cache(const KvCacheConfig& c) override;
 
@@ -116,6 +122,11 @@ class CudaBackend final : public Backend {
   cudaStream_t stream() const { return context_->stream; }
   void set_attention_path(CudaAttentionPath path) { attention_path_ = path; }
   void set_linear_path(CudaLinearPath path) { linear_path_ = path; }
+  // FP8 weights above kFp8GemvMaxRows rows: FP8 tensor cores on per-token E4M3 activations
+  // (true; faster, but the activations carry E4M3's 4 significant bits), or the codes as bf16
+  // with f32 activations rounded to bf16 (false, the default). MOXIN_CUDA_FP8_TENSOR_CORES=1
+  // sets it at construction.
+  void set_fp8_tensor_cores(bool on) { fp8_tensor_cores_ = on; }
   // Number of context splits the split-K kernel uses for this batch (exposed for benchmarks).
   int attention_splits(int tokens, int q_heads, int kv_heads, int head_dim, int max_context) const;
 
@@ -127,9 +138,15 @@ class CudaBackend final : public Backend {
 
   // Quantized linear for M <= kQuantMmaMaxRows (GEMV or tensor cores); larger M go through
   // dequantized(), a bf16 copy of the weights in a scratch shared by all quantized linears
-  // (cuda_quant_linear.cpp).
+  // (cuda_quant_linear.cpp). FP8 weights take fp8_gemv up to kFp8GemvMaxRows, then the same
+  // scratch (holding the codes) and scale_rows_columns on y, or with fp8_tensor_cores_ the FP8
+  // tensor cores on per-token quantized activations (cuda_fp8_linear.cpp).
   void quantized_linear_decode(const float* x, int64_t m, const CudaLinear& w, float* y);
   const CudaLinear& dequantized(const CudaLinear& w);
+  // The FP8 tensor-core path over chunks of rows that fit the scratch (cuda_fp8_linear.cpp);
+  // returns how many leading rows of y it wrote (it stops at a chunk cuBLASLt has no FP8
+  // algorithm for).
+  int64_t fp8_tensor_core_rows(const float* x, int64_t m, const CudaLinear& w, float* y);
 
   std::shared_ptr<DeviceContext> context_;
   std::string name_;
@@ -142,6 +159,7 @@ class CudaBackend final : public Backend {
   std::shared_ptr<void> attention_counters_;  // split-K merge counters, kept zeroed
   CudaAttentionPath attention_path_ = CudaAttentionPath::Auto;
   CudaLinearPath linear_path_ = CudaLinearPath::Auto;
+  bool fp8_tensor_cores_ = false;
   int64_t quant_largest_elems_ = 0;  // largest quantized linear prepared so far (out * in)
   CudaLinear quant_dense_;           // weight: bf16 scratch of quant_dense_elems_, made on demand
   int64_t quant_dense_elems_ = 0;

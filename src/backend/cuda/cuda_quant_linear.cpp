@@ -141,12 +141,15 @@ void CudaBackend::quantized_linear_decode(const float* x, int64_t m, const CudaL
 // dequantizes each layer's weights into it just before its GEMM (stream order keeps the uses
 // apart).
 const CudaLinear& CudaBackend::dequantized(const CudaLinear& w) {
-  const int64_t elems = int64_t{w.quant.rows} * w.quant.cols;
+  const int64_t elems = w.is_fp8() ? int64_t{w.fp8.rows} * w.fp8.cols : int64_t{w.quant.rows} * w.quant.cols;
   if (elems > quant_dense_elems_) {
     quant_dense_elems_ = std::max(elems, quant_largest_elems_);
     quant_dense_.weight = device_alloc(context_, static_cast<size_t>(quant_dense_elems_) * 2);
   }
-  quant_dequantize_bf16(w.quant, static_cast<bf16_bits*>(quant_dense_.weight.get()), stream());
+  if (w.is_fp8())
+    fp8_codes_to_bf16(w.fp8, static_cast<bf16_bits*>(quant_dense_.weight.get()), stream());
+  else
+    quant_dequantize_bf16(w.quant, static_cast<bf16_bits*>(quant_dense_.weight.get()), stream());
   return quant_dense_;
 }
 

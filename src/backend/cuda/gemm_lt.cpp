@@ -1,6 +1,7 @@
 #include "backend/cuda/gemm_lt.hpp"
 
 #include "backend/cuda/cuda_check.hpp"
+#include "backend/cuda/kernels.hpp"
 
 namespace moxin::cuda {
 
@@ -11,6 +12,8 @@ struct LtGemm::Plan {
   cublasLtMatmulDesc_t desc = nullptr;
   cublasLtMatrixLayout_t a = nullptr, b = nullptr, d = nullptr;
   cublasLtMatmulAlgo_t algo{};
+  bool usable = true;                 // false: an FP8 shape cuBLASLt has no algorithm for
+  bool outer_vector_scales = false;   // FP8: cuBLASLt applies the per-row and per-column scales
   ~Plan() {
     if (desc) cublasLtMatmulDescDestroy(desc);
     if (a) cublasLtMatrixLayoutDestroy(a);
@@ -38,6 +41,7 @@ LtGemm::LtGemm(size_t workspace_bytes) : workspace_bytes_(workspace_bytes) {
 
 LtGemm::~LtGemm() {
   plans_.clear();
+  fp8_plans_.clear();
   if (workspace_) cudaFree(workspace_);
   if (handle_) cublasLtDestroy(handle_);
 }
@@ -103,6 +107,73 @@ void LtGemm::run(const uint16_t* a, const uint16_t* w, const float* bias, float*
   const float one = 1.0f, zero = 0.0f;
   MOXIN_CUBLAS_CHECK(cublasLtMatmul(handle_, p.desc, &one, w, p.a, a, p.b, &zero, y, p.d, y, p.d,
                                     &p.algo, workspace_, workspace_bytes_, stream));
+}
+
+// The same column-major mapping as plan(), with E4M3 A (= w) and B (= a) and f32 C = D; with
+// outer-vector scaling, A's scale vector has one value per row of op(A) (w's rows, n of them)
+// and B's one per column of B (tokens, m of them). nullptr where cuBLASLt offers no algorithm.
+std::unique_ptr<LtGemm::Plan> LtGemm::try_fp8_plan(int m, int n, int k, bool outer_vector_scales) {
+  auto p = std::make_unique<Plan>();
+  if (cublasLtMatmulDescCreate(&p->desc, CUBLAS_COMPUTE_32F, CUDA_R_32F) != CUBLAS_STATUS_SUCCESS) return nullptr;
+  const cublasOperation_t transpose = CUBLAS_OP_T, keep = CUBLAS_OP_N;
+  MOXIN_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(p->desc, CUBLASLT_MATMUL_DESC_TRANSA, &transpose, sizeof(transpose)));
+  MOXIN_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(p->desc, CUBLASLT_MATMUL_DESC_TRANSB, &keep, sizeof(keep)));
+  if (outer_vector_scales) {
+    const int32_t mode = CUBLASLT_MATMUL_MATRIX_SCALE_OUTER_VEC_32F;
+    if (cublasLtMatmulDescSetAttribute(p->desc, CUBLASLT_MATMUL_DESC_A_SCALE_MODE, &mode, sizeof(mode)) !=
+            CUBLAS_STATUS_SUCCESS ||
+        cublasLtMatmulDescSetAttribute(p->desc, CUBLASLT_MATMUL_DESC_B_SCALE_MODE, &mode, sizeof(mode)) !=
+            CUBLAS_STATUS_SUCCESS)
+      return nullptr;
+  }
+  MOXIN_CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&p->a, CUDA_R_8F_E4M3, k, n, k));
+  MOXIN_CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&p->b, CUDA_R_8F_E4M3, k, m, k));
+  MOXIN_CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&p->d, CUDA_R_32F, n, m, n));
+  cublasLtMatmulPreference_t pref = nullptr;
+  MOXIN_CUBLAS_CHECK(cublasLtMatmulPreferenceCreate(&pref));
+  const uint64_t ws = workspace_bytes_;
+  cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &ws, sizeof(ws));
+  cublasLtMatmulHeuristicResult_t result{};
+  int found_count = 0;
+  const cublasStatus_t status =
+      cublasLtMatmulAlgoGetHeuristic(handle_, p->desc, p->a, p->b, p->d, p->d, pref, 1, &result, &found_count);
+  cublasLtMatmulPreferenceDestroy(pref);
+  if (status != CUBLAS_STATUS_SUCCESS || found_count == 0) return nullptr;
+  p->algo = result.algo;
+  p->outer_vector_scales = outer_vector_scales;
+  return p;
+}
+
+const LtGemm::Plan& LtGemm::fp8_plan(int m, int n, int k) {
+  const auto key = std::make_tuple(m, n, k);
+  auto found = fp8_plans_.find(key);
+  if (found != fp8_plans_.end()) return *found->second;
+  std::unique_ptr<Plan> p = try_fp8_plan(m, n, k, true);
+  if (!p) p = try_fp8_plan(m, n, k, false);
+  if (!p) {
+    p = std::make_unique<Plan>();
+    p->usable = false;
+  }
+  return *fp8_plans_.emplace(key, std::move(p)).first->second;
+}
+
+bool LtGemm::run_fp8(const uint8_t* a, const float* a_scale, const uint8_t* w, const float* w_scale, float* y,
+                     int m, int n, int k, cudaStream_t stream) {
+  // FP8 GEMMs need 16-byte aligned matrices and leading dimensions (k codes, n floats).
+  if (alignment(a) < 16 || alignment(w) < 16 || alignment(y) < 16 || k % 16 != 0 || n % 4 != 0) return false;
+  const Plan& p = fp8_plan(m, n, k);
+  if (!p.usable) return false;
+  if (p.outer_vector_scales) {
+    MOXIN_CUBLAS_CHECK(
+        cublasLtMatmulDescSetAttribute(p.desc, CUBLASLT_MATMUL_DESC_A_SCALE_POINTER, &w_scale, sizeof(w_scale)));
+    MOXIN_CUBLAS_CHECK(
+        cublasLtMatmulDescSetAttribute(p.desc, CUBLASLT_MATMUL_DESC_B_SCALE_POINTER, &a_scale, sizeof(a_scale)));
+  }
+  const float one = 1.0f, zero = 0.0f;
+  MOXIN_CUBLAS_CHECK(cublasLtMatmul(handle_, p.desc, &one, w, p.a, a, p.b, &zero, y, p.d, y, p.d, &p.algo,
+                                    workspace_, workspace_bytes_, stream));
+  if (!p.outer_vector_scales) scale_rows_columns(y, a_scale, w_scale, m, n, stream);
+  return true;
 }
 
 }  // namespace moxin::cuda

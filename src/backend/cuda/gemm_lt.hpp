@@ -24,11 +24,21 @@ class LtGemm {
   // y[m, n] (row-major f32) = a[m, k] (row-major bf16) * w[n, k]^T (bf16) + bias[n] (f32, or null)
   void run(const uint16_t* a, const uint16_t* w, const float* bias, float* y, int m, int n, int k,
            cudaStream_t stream);
+  // y[i, j] (row-major f32 [m, n]) = a_scale[i] w_scale[j] sum_k a[i, k] w[j, k], with a [m, k]
+  // and w [n, k] row-major E4M3, on the FP8 tensor cores (f32 accumulation). cuBLASLt applies
+  // the two scale vectors itself where it offers outer-vector scaling for the shape, else
+  // scale_rows_columns does afterwards. Returns false, having enqueued nothing, where cuBLASLt
+  // has no FP8 algorithm for the shape or the pointers are not 16-byte aligned.
+  bool run_fp8(const uint8_t* a, const float* a_scale, const uint8_t* w, const float* w_scale, float* y, int m,
+               int n, int k, cudaStream_t stream);
 
  private:
   struct Plan;
   using Key = std::tuple<int, int, int, bool, int, int, int, int>;
   const Plan& plan(const Key& key);
+  const Plan& fp8_plan(int m, int n, int k);
+  std::unique_ptr<Plan> try_fp8_plan(int m, int n, int k, bool outer_vector_scales);
+  std::map<std::tuple<int, int, int>, std::unique_ptr<Plan>> fp8_plans_;
 
   cublasLtHandle_t handle_ = nullptr;
   void* workspace_ = nullptr;

@@ -75,6 +75,28 @@ constexpr int64_t quant_mma_scratch_elems(int64_t m, int64_t k) { return m * ((k
 void quant_mma(const float* x, int m, const QuantMatrix& w, bf16_bits* x_scratch, float* y,
                cudaStream_t stream);
 
+// --- fp8_linear.cu: FP8 E4M3 weights, one f32 scale per output row (docs/model.md section 5) ---
+struct Fp8Matrix {
+  const uint8_t* codes = nullptr;  // [rows, cols] E4M3
+  const float* scales = nullptr;   // [rows]
+  int rows = 0;
+  int cols = 0;
+};
+// y[M, N] = (x[M, K] codes^T) * scales for 1 <= M <= kFp8GemvMaxRows: the codes widened exactly
+// (E4M3 -> f16 -> f32), f32 products and sums, the row's scale applied to the sum. 16-byte code
+// loads where K % 16 == 0 and x is 16-byte aligned, else one code per lane per step.
+constexpr int kFp8GemvMaxRows = 8;
+void fp8_gemv(const float* x, int m, const Fp8Matrix& w, float* y, cudaStream_t stream);
+// out[N, K] = the codes as bf16 (exact: every E4M3 value is a bf16 value), for the cuBLASLt path.
+void fp8_codes_to_bf16(const Fp8Matrix& w, bf16_bits* out, cudaStream_t stream);
+// y[r, c] *= row_scales[r] * col_scales[c] for a [rows, cols] y (row_scales may be null: 1): the
+// scales after a GEMM on the codes.
+void scale_rows_columns(float* y, const float* row_scales, const float* col_scales, int64_t rows, int64_t cols,
+                        cudaStream_t stream);
+// Per-token activations for the FP8 tensor cores: scales[r] = amax |x[r, :]| / 448 (1 where that
+// is 0), codes[r, c] = E4M3(x[r, c] / scales[r]) rounded to nearest even, saturating; x [rows, k].
+void quantize_rows_e4m3(const float* x, int64_t rows, int k, uint8_t* codes, float* scales, cudaStream_t stream);
+
 // --- convert.cu ---
 void activations_to_bf16(const float* x, bf16_bits* y, int64_t count, cudaStream_t stream);
 // Rows [row_begin, row_begin + rows) of the im2col matrix of NHWC f32 images: one row per

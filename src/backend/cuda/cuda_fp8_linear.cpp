@@ -1,0 +1,88 @@
+// FP8 E4M3 linears on the GPU (docs/model.md section 5): upload of the codes and per-row scales
+// of one or more parts (q | k | v, gate | up) concatenated by rows. The kernels are in
+// fp8_linear.cu; CudaBackend::linear picks them by the number of activation rows.
+#include <algorithm>
+#include <cstdint>
+
+#include "backend/cuda/cuda_backend_impl.hpp"
+#include "backend/cuda/cuda_check.hpp"
+#include "backend/cuda/launch.cuh"
+#include "core/check.hpp"
+
+namespace moxin::cuda {
+namespace {
+
+// The checks of the CPU backend's prepare_fp8_linear, part by part, plus the fused format.
+void check_fp8_part(const LinearWeight& first, const LinearWeight& w) {
+  const TensorInfo& t = *w.weight;
+  MOXIN_CHECK(w.is_fp8() && w.in_features == first.in_features, "[cuda] prepare_fused_linear: '", t.name,
+              "' (", w.is_fp8() ? "fp8" : dtype_name(t.dtype), ", ", w.in_features, " inputs) cannot join '",
+              first.weight->name, "' (fp8, ", first.in_features, " inputs): fused parts share in_features and format");
+  const int64_t out = w.out_features, in = w.in_features;
+  MOXIN_CHECK(out > 0 && in > 0 && t.data != nullptr && t.nbytes == static_cast<size_t>(out * in),
+              "[cuda] prepare_linear: fp8 '", t.name, "' is ", t.shape_str(), " but the layer is [", out, ", ",
+              in, "]");
+  MOXIN_CHECK(w.scales != nullptr && w.scales->dtype == DType::F32 && w.scales->data != nullptr &&
+                  w.scales->nbytes == static_cast<size_t>(out) * sizeof(float),
+              "[cuda] prepare_linear: fp8 '", t.name, "' needs an F32 weight_scale of ", out,
+              " values, one per output");
+  MOXIN_CHECK(w.bias == nullptr, "[cuda] prepare_linear: fp8 '", t.name, "' with a bias is not supported");
+}
+
+}  // namespace
+
+Linear CudaBackend::prepare_fp8_linear(const std::vector<const LinearWeight*>& parts) {
+  prefer_pdl_everywhere();  // as for the other quantized formats (launch.cuh)
+  const LinearWeight& first = *parts.front();
+  int64_t out = 0;
+  for (const LinearWeight* part : parts) {
+    check_fp8_part(first, *part);
+    out += part->out_features;
+  }
+  const int64_t in = first.in_features;
+  MOXIN_CHECK(out <= INT32_MAX && in <= INT32_MAX, "[cuda] prepare_linear: fp8 '",
+              first.weight->name, "' is too large (", out, " x ", in, ")");
+  auto impl = std::make_shared<CudaLinear>();
+  impl->codes = device_alloc(context_, static_cast<size_t>(out * in));
+  impl->scale_bias = device_alloc(context_, static_cast<size_t>(out) * sizeof(float));
+  size_t code_offset = 0, scale_offset = 0;
+  for (const LinearWeight* part : parts) {
+    MOXIN_CUDA_CHECK(cudaMemcpyAsync(static_cast<uint8_t*>(impl->codes.get()) + code_offset, part->weight->data,
+                                     part->weight->nbytes, cudaMemcpyHostToDevice, stream()));
+    MOXIN_CUDA_CHECK(cudaMemcpyAsync(static_cast<uint8_t*>(impl->scale_bias.get()) + scale_offset,
+                                     part->scales->data, part->scales->nbytes, cudaMemcpyHostToDevice, stream()));
+    code_offset += part->weight->nbytes;
+    scale_offset += part->scales->nbytes;
+  }
+  synchronize();  // the host data need not outlive this call
+  impl->fp8 = Fp8Matrix{static_cast<const uint8_t*>(impl->codes.get()),
+                        static_cast<const float*>(impl->scale_bias.get()), static_cast<int>(out),
+                        static_cast<int>(in)};
+  quant_largest_elems_ = std::max(quant_largest_elems_, out * in);
+  Linear linear;
+  linear.out_features = out;
+  linear.in_features = in;
+  linear.impl = std::move(impl);
+  return linear;
+}
+
+int64_t CudaBackend::fp8_tensor_core_rows(const float* x, int64_t m, const CudaLinear& w, float* y) {
+  const int64_t k = w.fp8.cols, n = w.fp8.rows;
+  // The activation codes fill the first half of the bf16 scratch, their per-row scales the second.
+  const int64_t half = scratch_elems_;  // bytes: the scratch holds 2 * scratch_elems_
+  const int64_t chunk = std::min(half / k, half / static_cast<int64_t>(sizeof(float)));
+  auto* codes = static_cast<uint8_t*>(scratch_bf16_.get());
+  auto* scales = reinterpret_cast<float*>(codes + half);
+  int64_t done = 0;
+  while (done < m) {
+    const int64_t count = std::min(chunk, m - done);
+    quantize_rows_e4m3(x + done * k, count, static_cast<int>(k), codes, scales, stream());
+    if (!gemm_->run_fp8(codes, scales, w.fp8.codes, w.fp8.scales, y + done * n, static_cast<int>(count),
+                        static_cast<int>(n), static_cast<int>(k), stream()))
+      break;
+    done += count;
+  }
+  return done;
+}
+
+}  // namespace moxin::cuda

@@ -1,0 +1,205 @@
+// FP8 E4M3 weights with per-output-row scales (docs/model.md section 5): the decode GEMV that
+// reads the codes directly, the exact widening of the codes to bf16 for the cuBLASLt prefill
+// path, the per-token quantization of activations for the FP8 tensor-core path, and the
+// row/column scaling that follows either GEMM.
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <cuda_fp8.h>
+
+#include "backend/cuda/cuda_check.hpp"
+#include "backend/cuda/kernels.hpp"
+#include "backend/cuda/launch.cuh"
+#include "backend/cuda/warp_reduce.cuh"
+
+namespace moxin::cuda {
+namespace {
+
+constexpr int kGemvWarps = 8;  // warps per block
+
+// Two E4M3 codes (low byte first) as floats: cvt.rn.f16x2.e4m3x2 on sm_89+, exact.
+__device__ __forceinline__ float2 e4m3x2_to_float2(uint32_t two_codes) {
+  const __half2_raw h = __nv_cvt_fp8x2_to_halfraw2(static_cast<__nv_fp8x2_storage_t>(two_codes), __NV_E4M3);
+  return __half22float2(__half2(h));
+}
+
+__device__ __forceinline__ float e4m3_to_float(uint8_t code) {
+  return __half2float(__half(__nv_cvt_fp8_to_halfraw(static_cast<__nv_fp8_storage_t>(code), __NV_E4M3)));
+}
+
+// 16 codes (one 16-byte load) as floats, in order.
+__device__ __forceinline__ void e4m3x16_to_float(uint4 raw, float* out) {
+  const uint32_t words[4] = {raw.x, raw.y, raw.z, raw.w};
+#pragma unroll
+  for (int i = 0; i < 4; ++i) {
+    const float2 lo = e4m3x2_to_float2(words[i] & 0xFFFFu), hi = e4m3x2_to_float2(words[i] >> 16);
+    out[4 * i] = lo.x;
+    out[4 * i + 1] = lo.y;
+    out[4 * i + 2] = hi.x;
+    out[4 * i + 3] = hi.y;
+  }
+}
+
+// One warp per R weight rows: each activation a lane loads (from L1/L2) serves R rows, so the
+// activation traffic per weight byte is 4 M / R bytes instead of 4 M. Vectorized: each lane
+// takes 16 codes of each row (16-byte loads) per step and the matching 16 activations of each
+// of the M rows (four float4 loads each). A row's f32 sum runs in the same order whatever R.
+template <int M, int R, bool Vectorized>
+__global__ void __launch_bounds__(kGemvWarps * 32)
+    fp8_gemv_kernel(const float* __restrict__ x, Fp8Matrix w, float* __restrict__ y) {
+  wait_for_prior_kernels();
+  const int lane = threadIdx.x % 32;
+  const int row0 = (blockIdx.x * kGemvWarps + threadIdx.x / 32) * R;
+  if (row0 >= w.rows) return;
+  const int rows = min(R, w.rows - row0);  // warp-uniform
+  const int k = w.cols;
+  // Rows past the matrix's end re-read its last row (their sums are never stored), so every
+  // load stays in bounds and the loops need no branch.
+  const uint8_t* codes[R];
+#pragma unroll
+  for (int r = 0; r < R; ++r) codes[r] = w.codes + int64_t{row0 + min(r, rows - 1)} * k;
+  float acc[M][R];
+#pragma unroll
+  for (int m = 0; m < M; ++m)
+#pragma unroll
+    for (int r = 0; r < R; ++r) acc[m][r] = 0.0f;
+  if constexpr (Vectorized) {
+    const int chunks = k / 16;
+    // Two steps in flight per lane: at K = 4096 a lane makes only 8 steps, so the loads of the
+    // next one must be issued before the FMAs of this one wait on theirs.
+#pragma unroll 2
+    for (int c = lane; c < chunks; c += 32) {
+      float wv[R][16];
+#pragma unroll
+      for (int r = 0; r < R; ++r) e4m3x16_to_float(__ldg(reinterpret_cast<const uint4*>(codes[r]) + c), wv[r]);
+#pragma unroll
+      for (int m = 0; m < M; ++m) {
+        const float4* xr = reinterpret_cast<const float4*>(x + int64_t{m} * k) + 4 * c;
+#pragma unroll
+        for (int q = 0; q < 4; ++q) {
+          const float4 xv = __ldg(xr + q);
+#pragma unroll
+          for (int r = 0; r < R; ++r) {
+            acc[m][r] = fmaf(wv[r][4 * q], xv.x, acc[m][r]);
+            acc[m][r] = fmaf(wv[r][4 * q + 1], xv.y, acc[m][r]);
+            acc[m][r] = fmaf(wv[r][4 * q + 2], xv.z, acc[m][r]);
+            acc[m][r] = fmaf(wv[r][4 * q + 3], xv.w, acc[m][r]);
+          }
+        }
+      }
+    }
+  } else {
+    for (int c = lane; c < k; c += 32) {
+      float wv[R];
+#pragma unroll
+      for (int r = 0; r < R; ++r) wv[r] = e4m3_to_float(codes[r][c]);
+#pragma unroll
+      for (int m = 0; m < M; ++m) {
+        const float xv = __ldg(x + int64_t{m} * k + c);
+#pragma unroll
+        for (int r = 0; r < R; ++r) acc[m][r] = fmaf(wv[r], xv, acc[m][r]);
+      }
+    }
+  }
+#pragma unroll
+  for (int m = 0; m < M; ++m)
+#pragma unroll
+    for (int r = 0; r < R; ++r) {
+      const float sum = warp_sum(acc[m][r]);
+      if (lane == 0 && r < rows) y[int64_t{m} * w.rows + row0 + r] = sum * w.scales[row0 + r];
+    }
+}
+
+template <int M>
+void launch_gemv(const float* x, const Fp8Matrix& w, float* y, cudaStream_t stream) {
+  // 4 rows per warp while few activation rows leave registers to spare, 2 above (not tuned on
+  // a GPU yet: MOXIN_CUDA_BENCH=fp8 measures it).
+  constexpr int kRows = M <= 2 ? 4 : 2;
+  const unsigned blocks = static_cast<unsigned>((w.rows + kGemvWarps * kRows - 1) / (kGemvWarps * kRows));
+  const bool vectorized = w.cols % 16 == 0 && reinterpret_cast<uintptr_t>(x) % 16 == 0;
+  if (vectorized)
+    launch_kernel("fp8_gemv_kernel", fp8_gemv_kernel<M, kRows, true>, blocks, kGemvWarps * 32, 0, stream, x, w, y);
+  else
+    launch_kernel("fp8_gemv_kernel", fp8_gemv_kernel<M, kRows, false>, blocks, kGemvWarps * 32, 0, stream, x, w,
+                  y);
+}
+
+__global__ void fp8_codes_to_bf16_kernel(const uint8_t* __restrict__ codes, int64_t count,
+                                         __nv_bfloat16* __restrict__ out) {
+  wait_for_prior_kernels();
+  for (int64_t i = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; i < count; i += int64_t{gridDim.x} * blockDim.x)
+    out[i] = __float2bfloat16(e4m3_to_float(codes[i]));
+}
+
+__global__ void scale_rows_columns_kernel(float* __restrict__ y, const float* __restrict__ row_scales,
+                                          const float* __restrict__ col_scales, int64_t rows, int64_t cols) {
+  wait_for_prior_kernels();
+  const int64_t count = rows * cols;
+  for (int64_t i = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; i < count; i += int64_t{gridDim.x} * blockDim.x)
+    y[i] *= row_scales ? row_scales[i / cols] * col_scales[i % cols] : col_scales[i % cols];
+}
+
+constexpr int kQuantizeThreads = 256;
+
+// One block per row: the row's amax, then its codes (the same f32 division and rounding as
+// quant/fp8_quant.cpp does for weights).
+__global__ void __launch_bounds__(kQuantizeThreads)
+    quantize_rows_e4m3_kernel(const float* __restrict__ x, int k, uint8_t* __restrict__ codes,
+                              float* __restrict__ scales) {
+  wait_for_prior_kernels();
+  __shared__ float warp_amax[kQuantizeThreads / 32];
+  const float* xr = x + int64_t{blockIdx.x} * k;
+  float amax = 0.0f;
+  for (int c = threadIdx.x; c < k; c += kQuantizeThreads) amax = fmaxf(amax, fabsf(xr[c]));
+  amax = warp_max(amax);
+  if (threadIdx.x % 32 == 0) warp_amax[threadIdx.x / 32] = amax;
+  __syncthreads();
+  amax = warp_amax[0];
+#pragma unroll
+  for (int w = 1; w < kQuantizeThreads / 32; ++w) amax = fmaxf(amax, warp_amax[w]);
+  float scale = amax / 448.0f;
+  if (scale == 0.0f) scale = 1.0f;
+  if (threadIdx.x == 0) scales[blockIdx.x] = scale;
+  uint8_t* out = codes + int64_t{blockIdx.x} * k;
+  for (int c = threadIdx.x; c < k; c += kQuantizeThreads)
+    out[c] = __nv_cvt_float_to_fp8(xr[c] / scale, __NV_SATFINITE, __NV_E4M3);
+}
+
+}  // namespace
+
+void fp8_gemv(const float* x, int m, const Fp8Matrix& w, float* y, cudaStream_t stream) {
+  if (w.rows == 0) return;
+  switch (m) {
+    case 1: return launch_gemv<1>(x, w, y, stream);
+    case 2: return launch_gemv<2>(x, w, y, stream);
+    case 3: return launch_gemv<3>(x, w, y, stream);
+    case 4: return launch_gemv<4>(x, w, y, stream);
+    case 5: return launch_gemv<5>(x, w, y, stream);
+    case 6: return launch_gemv<6>(x, w, y, stream);
+    case 7: return launch_gemv<7>(x, w, y, stream);
+    case 8: return launch_gemv<8>(x, w, y, stream);
+    default: fail("[cuda] fp8_gemv: ", m, " rows; at most ", kFp8GemvMaxRows);
+  }
+}
+
+void fp8_codes_to_bf16(const Fp8Matrix& w, bf16_bits* out, cudaStream_t stream) {
+  const int64_t count = int64_t{w.rows} * w.cols;
+  if (count == 0) return;
+  launch_kernel("fp8_codes_to_bf16_kernel", fp8_codes_to_bf16_kernel, elementwise_blocks(count),
+                kElementwiseThreads, 0, stream, w.codes, count, reinterpret_cast<__nv_bfloat16*>(out));
+}
+
+void scale_rows_columns(float* y, const float* row_scales, const float* col_scales, int64_t rows, int64_t cols,
+                        cudaStream_t stream) {
+  const int64_t count = rows * cols;
+  if (count == 0) return;
+  launch_kernel("scale_rows_columns_kernel", scale_rows_columns_kernel, elementwise_blocks(count),
+                kElementwiseThreads, 0, stream, y, row_scales, col_scales, rows, cols);
+}
+
+void quantize_rows_e4m3(const float* x, int64_t rows, int k, uint8_t* codes, float* scales, cudaStream_t stream) {
+  if (rows == 0) return;
+  launch_kernel("quantize_rows_e4m3_kernel", quantize_rows_e4m3_kernel, static_cast<unsigned>(rows),
+                kQuantizeThreads, 0, stream, x, k, codes, scales);
+}
+
+}  // namespace moxin::cuda

@@ -1,0 +1,248 @@
+// FP8 E4M3 linears on the GPU (docs/model.md section 5) against an f64 reference computed from
+// the codes and per-row scales (w = e4m3(code) * scale): the GEMV (M <= 8, 16-byte loads and the
+// one-code-per-lane path for K % 16 != 0), the prefill path above it (codes as bf16 through
+// cuBLASLt, then the scales), parts fused by rows, and the refusals of malformed weights.
+//
+// Tolerances (||got - ref|| / ||ref||):
+//  - GEMV: the codes widen exactly, f32 activations, f32 products and sums, one f32 multiply
+//    by the scale: f32 rounding only, 1e-5 (as the other GEMVs, test_cuda_quant.cpp).
+//  - Prefill: the codes are exact in bf16, the activations are rounded to bf16 for cuBLASLt.
+//    Against a reference that rounds x the same way the error is f32 rounding (1e-5). Against
+//    exact x each product carries one bf16 rounding of x: half an ulp of 8 significant bits is
+//    2^-9..2^-8 of the value, uniform, so an rms of ~1.3e-3 that sums of random-sign products
+//    keep. Two such roundings (the affine prefill path, docs/cuda-notes.md) measured
+//    1.9e-3..2.5e-3, so one stays below ~1.8e-3: 3e-3 bounds it.
+//  - FP8 tensor cores (set_fp8_tensor_cores): against a reference on the same per-token E4M3
+//    activations (quantized on the host as the kernel does, f32_to_e4m3 being checked against
+//    PyTorch by tests/py/test_quant_fp8.py) the products are exact and only the accumulation
+//    rounds; Hopper's FP8 MMA keeps ~14 bits inside a k-block before cuBLASLt adds it into f32
+//    (DeepSeek-V3 report, section 3.3.2): 2^-14 = 6e-5 relative, 2e-4 bounds it. Against exact
+//    x the E4M3 rounding of the activations dominates: half an ulp of 4 significant bits is
+//    2^-5..2^-4 of the value, rms ~3e-2: 5e-2 bounds it.
+#include <cmath>
+#include <memory>
+#include <tuple>
+
+#include "backend/cuda/cuda_backend_impl.hpp"
+#include "backend/cuda/kernels.hpp"
+#include "core/check.hpp"
+#include "core/fp8_e4m3.hpp"
+#include "cuda_test_support.hpp"
+
+namespace moxin::cuda_test {
+namespace {
+
+constexpr double kF32Tol = 1e-5;
+constexpr double kBf16ActivationTol = 3e-3;
+constexpr double kFp8AccumulationTol = 2e-4;
+constexpr double kFp8ActivationTol = 5e-2;
+
+// One fp8 linear as a checkpoint holds it: random finite codes, scales like amax / 448 of
+// weights of ~0.5 to ~5.
+struct Fp8Part {
+  int64_t out = 0, in = 0;
+  std::vector<uint8_t> codes;
+  std::vector<float> scales;
+  TensorInfo codes_info, scales_info;
+  LinearWeight weight;
+};
+
+class CudaFp8 : public CudaOpsTest {
+ protected:
+  std::unique_ptr<Fp8Part> make_part(int64_t out, int64_t in, const std::string& name = "w") {
+    auto p = std::make_unique<Fp8Part>();
+    p->out = out;
+    p->in = in;
+    p->codes.resize(static_cast<size_t>(out * in));
+    std::uniform_int_distribution<int> byte(0, 255);
+    for (uint8_t& c : p->codes) {
+      do c = static_cast<uint8_t>(byte(rng_));
+      while ((c & 0x7F) == kE4M3NaN);
+    }
+    p->scales = uniform(static_cast<size_t>(out), 0.001f, 0.01f);
+    p->codes_info = tensor_info(name + ".weight", DType::F8_E4M3, {out, in}, p->codes.data(), p->codes.size());
+    p->scales_info = tensor_info(name + ".weight_scale", DType::F32, {out}, p->scales.data(), p->scales.size() * 4);
+    p->weight.weight = &p->codes_info;
+    p->weight.scales = &p->scales_info;
+    p->weight.out_features = out;
+    p->weight.in_features = in;
+    return p;
+  }
+
+  // y = x W^T over the parts' rows concatenated, W = e4m3(code) * scale in f64; `round_x`:
+  // activations rounded to bf16 as the prefill path does.
+  static std::vector<double> reference(const std::vector<const Fp8Part*>& parts, const std::vector<float>& x,
+                                       int64_t m, bool round_x) {
+    int64_t n = 0;
+    for (const Fp8Part* p : parts) n += p->out;
+    const int64_t k = parts.front()->in;
+    std::vector<double> y(static_cast<size_t>(m * n));
+    int64_t row = 0;
+    for (const Fp8Part* p : parts)
+      for (int64_t r = 0; r < p->out; ++r, ++row)
+        for (int64_t i = 0; i < m; ++i) {
+          double acc = 0.0;
+          for (int64_t c = 0; c < k; ++c) {
+            const float xv = x[i * k + c];
+            acc += double(e4m3_to_f32(p->codes[r * k + c])) * (round_x ? round_bf16(xv) : xv);
+          }
+          y[i * n + row] = acc * p->scales[r];
+        }
+    return y;
+  }
+
+  void check(const std::vector<const Fp8Part*>& parts, int64_t m) {
+    std::vector<const LinearWeight*> weights;
+    int64_t n = 0;
+    for (const Fp8Part* p : parts) {
+      weights.push_back(&p->weight);
+      n += p->out;
+    }
+    const Fp8Part& f = *parts.front();
+    const std::string what = cat("M=", m, " N=", n, " K=", f.in, parts.size() > 1 ? cat(" ", parts.size(), " parts") : "");
+    const Linear prepared = parts.size() == 1 ? backend().prepare_linear(f.weight)
+                                              : backend().prepare_fused_linear(weights);
+    ASSERT_EQ(prepared.out_features, n);
+    const std::vector<float> x = randn(static_cast<size_t>(m * f.in));
+    Tensor y = poisoned({m, n});
+    backend().linear(upload(x, {m, f.in}), prepared, y);
+    const std::vector<float> got = download(y);
+    if (m <= cuda::kFp8GemvMaxRows) {
+      expect_close("fp8 gemv " + what, got, reference(parts, x, m, false), kF32Tol);
+    } else {
+      expect_close("fp8 prefill " + what + " vs bf16-rounded x", got, reference(parts, x, m, true), kF32Tol);
+      expect_close("fp8 prefill " + what + " vs exact x", got, reference(parts, x, m, false), kBf16ActivationTol);
+    }
+  }
+
+  void check_one(int64_t m, int64_t n, int64_t k) {
+    const auto part = make_part(n, k);
+    check({part.get()}, m);
+  }
+
+  void expect_refused(const std::vector<const LinearWeight*>& parts, const std::string& message) {
+    try {
+      backend().prepare_fused_linear(parts);
+      FAIL() << "prepare_fused_linear accepted a malformed fp8 weight; expected: " << message;
+    } catch (const Error& e) {
+      EXPECT_NE(std::string(e.what()).find(message), std::string::npos) << e.what();
+    }
+  }
+};
+
+TEST_F(CudaFp8, GemvOneToEightRows) {
+  for (int m = 1; m <= cuda::kFp8GemvMaxRows; ++m) {
+    check_one(m, 37, 512);    // 16-byte loads, one step per lane
+    check_one(m, 9, 16 * 33);  // a partial last step
+  }
+  check_one(1, 4100, 4096);
+  check_one(8, 1000, 14336);
+  check_one(randint(1, 8), randint(1, 300), 16 * randint(1, 300));
+}
+
+TEST_F(CudaFp8, GemvOddInputWidths) {  // K % 16 != 0: one code per lane per step
+  for (int m : {1, 3, 8}) {
+    check_one(m, 17, 100);
+    check_one(m, 5, 1);
+    check_one(m, 33, 4103);
+  }
+  check_one(randint(1, 8), randint(1, 100), randint(1, 2000));
+}
+
+TEST_F(CudaFp8, PrefillNineToThreeHundredRows) {
+  for (int m : {9, 16, 64, 65, 300}) check_one(m, 47, 256);
+  check_one(33, 130, 4096);
+  check_one(randint(9, 300), randint(1, 200), 8 * randint(8, 100));  // K >= 64: see the tolerance note
+}
+
+// The FP8 tensor-core path for the rest of a test, then the default again (the backend is shared).
+class Fp8TensorCores {
+ public:
+  explicit Fp8TensorCores(Backend& b) : backend_(dynamic_cast<cuda::CudaBackend&>(b)) {
+    backend_.set_fp8_tensor_cores(true);
+  }
+  ~Fp8TensorCores() { backend_.set_fp8_tensor_cores(false); }
+
+ private:
+  cuda::CudaBackend& backend_;
+};
+
+// x [m, k] quantized per row as quantize_rows_e4m3 does: the values e4m3(code) * scale.
+std::vector<float> quantize_rows_on_host(const std::vector<float>& x, int64_t m, int64_t k) {
+  std::vector<float> out(x.size());
+  for (int64_t r = 0; r < m; ++r) {
+    float amax = 0.0f;
+    for (int64_t c = 0; c < k; ++c) amax = std::fmax(amax, std::fabs(x[r * k + c]));
+    float scale = amax / kE4M3Max;
+    if (scale == 0.0f) scale = 1.0f;
+    for (int64_t c = 0; c < k; ++c) out[r * k + c] = e4m3_to_f32(f32_to_e4m3(x[r * k + c] / scale)) * scale;
+  }
+  return out;
+}
+
+TEST_F(CudaFp8, TensorCoresOnPerTokenActivations) {
+  const Fp8TensorCores on(backend());
+  for (const auto& [m, n, k] : {std::tuple<int64_t, int64_t, int64_t>{9, 48, 256}, {64, 32, 512}, {300, 160, 4096},
+                                {randint(9, 300), 16 * randint(1, 20), 16 * randint(4, 100)}}) {
+    const auto part = make_part(n, k);
+    const Linear prepared = backend().prepare_linear(part->weight);
+    std::vector<float> x = randn(static_cast<size_t>(m * k));
+    for (int64_t c = 0; c < k; ++c) x[c] = 0.0f;  // an all-zero token: scale 1, codes 0
+    Tensor y = poisoned({m, n});
+    backend().linear(upload(x, {m, k}), prepared, y);
+    const std::vector<float> got = download(y);
+    const std::string what = cat("fp8 tensor cores M=", m, " N=", n, " K=", k);
+    expect_close(what + " vs quantized x", got, reference({part.get()}, quantize_rows_on_host(x, m, k), m, false),
+                 kFp8AccumulationTol);
+    expect_close(what + " vs exact x", got, reference({part.get()}, x, m, false), kFp8ActivationTol);
+  }
+  // K % 16 != 0: no FP8 GEMM; the codes-as-bf16 path answers.
+  const auto odd = make_part(40, 100);
+  const std::vector<float> x = randn(20 * 100);
+  Tensor y = poisoned({20, 40});
+  backend().linear(upload(x, {20, 100}), backend().prepare_linear(odd->weight), y);
+  expect_close("fp8 tensor cores K=100 (falls back)", download(y), reference({odd.get()}, x, 20, true), kF32Tol);
+}
+
+TEST_F(CudaFp8, PartsConcatenateByRows) {
+  for (int m : {1, 2, 8, 9, 65}) {
+    const auto q = make_part(64, 256, "q");
+    const auto k = make_part(17, 256, "k");
+    const auto v = make_part(33, 256, "v");
+    check({q.get(), k.get(), v.get()}, m);
+  }
+}
+
+TEST_F(CudaFp8, MalformedWeightsAreRefused) {
+  const auto p = make_part(8, 128);
+  LinearWeight w = p->weight;
+  TensorInfo short_codes = p->codes_info;
+  short_codes.nbytes -= 1;
+  w.weight = &short_codes;
+  expect_refused({&w}, "but the layer is [8, 128]");
+  w = p->weight;
+  TensorInfo bf16_scales = p->scales_info;
+  bf16_scales.dtype = DType::BF16;
+  w.scales = &bf16_scales;
+  expect_refused({&w}, "needs an F32 weight_scale of 8 values");
+  w = p->weight;
+  w.scales = nullptr;
+  expect_refused({&w}, "needs an F32 weight_scale");
+  w = p->weight;
+  TensorInfo bias = p->scales_info;
+  w.bias = &bias;
+  expect_refused({&w}, "with a bias is not supported");
+  const auto wide = make_part(8, 256, "wide");
+  expect_refused({&p->weight, &wide->weight}, "cannot join");
+  const HostTensor dense = host_tensor("dense", {8, 128}, DType::BF16, true);
+  const TensorInfo dense_info = dense.info();
+  LinearWeight dense_weight;
+  dense_weight.weight = &dense_info;
+  dense_weight.out_features = 8;
+  dense_weight.in_features = 128;
+  expect_refused({&p->weight, &dense_weight}, "cannot join");
+  expect_refused({&dense_weight, &p->weight}, "cannot join");
+}
+
+}  // namespace
+}  // namespace moxin::cuda_test
