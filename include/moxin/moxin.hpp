@@ -22,6 +22,7 @@
 #include <vector>
 
 #include "moxin/error.hpp"
+#include "moxin/progress.hpp"
 
 namespace moxin {
 
@@ -39,6 +40,7 @@ struct LoadOptions {
   uint64_t max_image_pixels = 89478485;  // larger images are refused (Pillow's bomb limit)
   int quantize_bits = 0;        // 8 or 4: quantize the decoder while loading (docs/model.md section 5)
   int quantize_group_size = 64;  // 64 or 128 inputs per group
+  ProgressCallback progress;     // download / load / upload / quantize progress; empty = silent
 };
 
 struct Turn {
@@ -132,7 +134,10 @@ struct ModelInfo {
 
 class Model {
  public:
-  static std::unique_ptr<Model> load(const std::string& model_dir, const LoadOptions& options = {});
+  // model: a checkpoint directory, or a Hugging Face id "org/name[@revision]" resolved in the
+  // Hugging Face cache (HF_HUB_CACHE, HF_HOME/hub, ~/.cache/huggingface/hub) and downloaded
+  // into it when missing (HF_ENDPOINT, HF_TOKEN, HF_HUB_OFFLINE honored). An existing path wins.
+  static std::unique_ptr<Model> load(const std::string& model, const LoadOptions& options = {});
   ~Model();
 
   // One generation computed on the caller's thread, with the timings of each stage (vision,

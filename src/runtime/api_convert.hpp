@@ -26,6 +26,7 @@ inline EngineOptions to_engine_options(const LoadOptions& o) {
   e.max_context = o.max_context;
   e.quantize_bits = o.quantize_bits;
   e.quantize_group_size = o.quantize_group_size;
+  e.progress = o.progress;
   return e;
 }
 

@@ -1,0 +1,276 @@
+"""`--model ORG/NAME[@REVISION]`: the real `moxin` binary against a local mock of the Hugging Face
+hub (tests/py/mock_hub.py) and the real huggingface_hub on the same cache directory.
+
+Each test gets a fresh hub and cache; the models are fresh random tiny checkpoints (seeds
+printed). The answer from an id is compared with the answer from the checkpoint directory."""
+import hashlib
+import json
+import os
+import pathlib
+import pty
+import secrets
+import subprocess
+
+import huggingface_hub
+import pytest
+
+from conftest import fresh_tiny_model
+from mock_hub import MockHub
+
+REPO = "moxin-test/tiny-vlm"
+
+
+@pytest.fixture(scope="module")
+def model_a(tmp_path_factory):
+    return fresh_tiny_model(tmp_path_factory, "hub-a", shards=2)[0]
+
+
+@pytest.fixture(scope="module")
+def model_b(tmp_path_factory):
+    return fresh_tiny_model(tmp_path_factory, "hub-b", shards=1)[0]
+
+
+@pytest.fixture
+def hub():
+    h = MockHub()
+    yield h
+    h.close()
+
+
+@pytest.fixture
+def cache(tmp_path):
+    return tmp_path / "hf-cache"
+
+
+def files_of(folder):
+    return {p.name: p.read_bytes() for p in sorted(pathlib.Path(folder).iterdir()) if p.is_file()}
+
+
+def closed_port_url():
+    h = MockHub()
+    url = h.url
+    h.close()
+    return url
+
+
+def run(binary, *args, env, check=True, quiet=False):
+    """The binary with only the given HF_* variables (none inherited from this machine)."""
+    full_env = {k: v for k, v in os.environ.items() if not k.startswith("HF_")}
+    full_env.update({k: str(v) for k, v in env.items()})
+    proc = subprocess.run([str(binary), *map(str, args), *(["--quiet"] if quiet else [])],
+                          capture_output=True, env=full_env, timeout=600)
+    out = subprocess.CompletedProcess(proc.args, proc.returncode, proc.stdout.decode("utf-8", "replace"),
+                                      proc.stderr.decode("utf-8", "replace"))
+    if check:
+        assert out.returncode == 0, f"moxin {' '.join(map(str, args))} failed:\n{out.stderr}"
+    return out
+
+
+def generate(binary, model, env, prompt, check=True, quiet=False):
+    return run(binary, "generate", "--model", model, "--prompt", prompt, "--max-tokens", 8, "--temp", 0, "--json",
+               env=env, check=check, quiet=quiet)
+
+
+def answer(binary, model, env, prompt, quiet=False):
+    """The greedy tokens and the process; fails the test when moxin failed."""
+    out = generate(binary, model, env, prompt, quiet=quiet)
+    return json.loads(out.stdout)["tokens"], out
+
+
+def refusal(binary, model, env, prompt="hi"):
+    """The process of a run that must fail with a moxin::Error (exit 1)."""
+    out = generate(binary, model, env, prompt, check=False)
+    assert out.returncode == 1, f"expected exit 1, got {out.returncode}:\n{out.stderr}"
+    return out
+
+
+def random_prompt(seed):
+    words = ["cat", "sky", "tree", "river", "window", "lamp", "road", "cloud", "stone", "bird"]
+    rng = __import__("random").Random(seed)
+    return " ".join(rng.choice(words) for _ in range(rng.randint(3, 9))) + "?"
+
+
+def env_for(hub, cache, **extra):
+    return {"HF_ENDPOINT": hub.url if hub else closed_port_url(), "HF_HUB_CACHE": cache, **extra}
+
+
+def test_download_layout_reuse_and_same_answer(moxin_bin, model_a, hub, cache, seed):
+    commit = hub.add_commit(REPO, files_of(model_a))
+    env = env_for(hub, cache)
+    prompt = random_prompt(seed)
+    from_dir, _ = answer(moxin_bin, model_a, env, prompt)
+    from_id, first = answer(moxin_bin, REPO, env, prompt)
+    assert from_id == from_dir
+
+    # huggingface_hub's layout: refs/main -> commit; snapshot files are relative symlinks to
+    # blobs named by the ETag (sha256 for the LFS weights, the git blob sha1 otherwise).
+    repo_dir = cache / "models--moxin-test--tiny-vlm"
+    assert (repo_dir / "refs" / "main").read_text() == commit
+    snapshot = repo_dir / "snapshots" / commit
+    for name, data in files_of(model_a).items():
+        link = snapshot / name
+        assert link.is_symlink() and not os.path.isabs(os.readlink(link)), name
+        etag = hashlib.sha256(data).hexdigest() if name.endswith(".safetensors") else \
+            hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest()
+        assert link.resolve() == (repo_dir / "blobs" / etag).resolve() and link.read_bytes() == data, name
+    assert len(hub.requests("cdn")) == 2  # the two shards, each once
+
+    # Not a terminal: one summary line per downloaded file.
+    summaries = [l for l in first.stderr.splitlines() if l.startswith(f"download {REPO} ")]
+    assert sorted(l.split()[2].rstrip(":") for l in summaries) == sorted(files_of(model_a)), first.stderr
+    assert "\r" not in first.stderr
+
+    # Second run: the cache is used, nothing downloaded again, nothing reported.
+    before = len(hub.requests("resolve")), len(hub.requests("cdn"))
+    again, second = answer(moxin_bin, REPO, env, prompt)
+    assert again == from_dir
+    assert (len(hub.requests("resolve")), len(hub.requests("cdn"))) == before
+    assert "download" not in second.stderr
+
+
+def test_quiet_prints_no_progress(moxin_bin, model_a, hub, cache, seed):
+    hub.add_commit(REPO, files_of(model_a))
+    tokens, out = answer(moxin_bin, REPO, env_for(hub, cache), random_prompt(seed), quiet=True)
+    assert tokens and len(hub.requests("cdn")) == 2
+    assert "download" not in out.stderr and "weights" not in out.stderr, out.stderr
+
+
+def test_progress_bar_on_a_terminal(moxin_bin, model_a, hub, cache, seed):
+    hub.add_commit(REPO, files_of(model_a))
+    full_env = {k: v for k, v in os.environ.items() if not k.startswith("HF_")}
+    full_env.update({"HF_ENDPOINT": hub.url, "HF_HUB_CACHE": str(cache)})
+    controller, terminal = pty.openpty()
+    proc = subprocess.run([str(moxin_bin), "generate", "--model", REPO, "--prompt", random_prompt(seed),
+                           "--max-tokens", "4", "--temp", "0"], stdout=subprocess.PIPE, stderr=terminal,
+                          env=full_env, timeout=600)
+    os.close(terminal)
+    chunks = []
+    while True:
+        try:
+            chunk = os.read(controller, 65536)
+        except OSError:
+            break
+        if not chunk:
+            break
+        chunks.append(chunk)
+    os.close(controller)
+    shown = b"".join(chunks).decode("utf-8", "replace")
+    assert proc.returncode == 0, shown
+    assert f"\r\x1b[Kdownload {REPO} model-00001-of-00002.safetensors: " in shown, shown
+    assert "100%" in shown or " in " in shown
+
+
+def test_offline_uses_the_cache_and_names_what_is_missing(moxin_bin, model_a, hub, cache, seed):
+    hub.add_commit(REPO, files_of(model_a))
+    prompt = random_prompt(seed)
+    offline = {"HF_ENDPOINT": closed_port_url(), "HF_HUB_CACHE": cache, "HF_HUB_OFFLINE": "1"}
+    out = refusal(moxin_bin, REPO, offline, prompt)
+    assert REPO in out.stderr and "main" in out.stderr and "HF_HUB_OFFLINE" in out.stderr, out.stderr
+
+    online, _ = answer(moxin_bin, REPO, env_for(hub, cache), prompt)
+    requests = len(hub.log)
+    from_cache, _ = answer(moxin_bin, REPO, offline, prompt)
+    assert from_cache == online and len(hub.log) == requests
+
+    # A file gone from the snapshot is named.
+    commit = (cache / "models--moxin-test--tiny-vlm" / "refs" / "main").read_text()
+    (cache / "models--moxin-test--tiny-vlm" / "snapshots" / commit / "tokenizer.json").unlink()
+    out = refusal(moxin_bin, REPO, offline, prompt)
+    assert "tokenizer.json" in out.stderr and "HF_HUB_OFFLINE" in out.stderr, out.stderr
+
+
+def test_revision_pinning(moxin_bin, model_a, model_b, hub, cache, seed):
+    old = hub.add_commit(REPO, files_of(model_a), revisions=("main", "v1"))
+    new = hub.add_commit(REPO, files_of(model_b), revisions=("main",))
+    env = env_for(hub, cache)
+    prompt = random_prompt(seed)
+    a, _ = answer(moxin_bin, model_a, env, prompt)
+    b, _ = answer(moxin_bin, model_b, env, prompt)
+    assert a != b, "the two random models should answer differently"
+    assert answer(moxin_bin, REPO, env, prompt)[0] == b
+    assert answer(moxin_bin, f"{REPO}@v1", env, prompt)[0] == a
+    assert answer(moxin_bin, f"{REPO}@{old}", env, prompt)[0] == a
+    refs = cache / "models--moxin-test--tiny-vlm" / "refs"
+    assert (refs / "main").read_text() == new and (refs / "v1").read_text() == old
+    # A commit hash whose snapshot is complete needs no network at all.
+    requests = len(hub.log)
+    assert answer(moxin_bin, f"{REPO}@{new}", env_for(None, cache), prompt)[0] == b
+    assert len(hub.log) == requests
+    out = refusal(moxin_bin, f"{REPO}@no-such-branch", env, prompt)
+    assert "no-such-branch" in out.stderr and "404" in out.stderr, out.stderr
+
+
+def test_gated_repository_needs_the_token(moxin_bin, model_b, hub, cache, seed):
+    token = "hf_" + secrets.token_hex(8)
+    hub.add_commit(REPO, files_of(model_b), token=token)
+    prompt = random_prompt(seed)
+    out = refusal(moxin_bin, REPO, env_for(hub, cache), prompt)
+    assert all(s in out.stderr for s in (REPO, "main", "401", "gated", "HF_TOKEN")), out.stderr
+    out = refusal(moxin_bin, REPO, env_for(hub, cache, HF_TOKEN="hf_wrong"), prompt)
+    assert "401" in out.stderr and "no access" in out.stderr, out.stderr
+    tokens, _ = answer(moxin_bin, REPO, env_for(hub, cache, HF_TOKEN=token), prompt)
+    assert tokens == answer(moxin_bin, model_b, {}, prompt)[0]
+    # The token went to the hub, not to the CDN it redirects to.
+    assert all(r[2].get("Authorization") == f"Bearer {token}" for r in hub.requests("resolve")[-3:])
+    assert all("Authorization" not in r[2] for r in hub.requests("cdn"))
+
+
+def test_unknown_repository_and_unreachable_hub(moxin_bin, hub, cache):
+    out = refusal(moxin_bin, "nobody/nothing@main", env_for(hub, cache), "hi")
+    assert "nobody/nothing@main" in out.stderr and "404" in out.stderr, out.stderr
+    out = refusal(moxin_bin, "nobody/nothing", env_for(None, cache), "hi")
+    assert "nobody/nothing@main" in out.stderr and "not in the Hugging Face cache" in out.stderr
+    out = refusal(moxin_bin, "not a model", env_for(hub, cache), "hi")
+    assert "neither an existing checkpoint directory nor a Hugging Face" in out.stderr
+
+
+def test_connection_cut_mid_file_resumes_on_the_next_run(moxin_bin, model_b, hub, cache, seed):
+    files = files_of(model_b)
+    hub.add_commit(REPO, files)
+    weights = files["model.safetensors"]
+    sha = hashlib.sha256(weights).hexdigest()
+    cut = len(weights) // 3 + seed % (len(weights) // 3)
+    hub.cut_next(sha, cut)
+    prompt = random_prompt(seed)
+    out = refusal(moxin_bin, REPO, env_for(hub, cache), prompt)
+    assert "model.safetensors" in out.stderr and "run again to resume" in out.stderr, out.stderr
+    partial = cache / "models--moxin-test--tiny-vlm" / "blobs" / f"{sha}.incomplete"
+    assert partial.stat().st_size == cut
+
+    tokens, _ = answer(moxin_bin, REPO, env_for(hub, cache), prompt)
+    assert tokens == answer(moxin_bin, model_b, {}, prompt)[0]
+    assert hub.requests("cdn")[-1][2].get("Range") == f"bytes={cut}-"
+    assert not partial.exists()
+
+
+def test_corrupt_download_is_refused(moxin_bin, model_b, hub, cache, seed):
+    files = files_of(model_b)
+    hub.add_commit(REPO, files)
+    sha = hashlib.sha256(files["model.safetensors"]).hexdigest()
+    hub.corrupt(sha)
+    out = refusal(moxin_bin, REPO, env_for(hub, cache), random_prompt(seed))
+    assert "does not match" in out.stderr and sha in out.stderr, out.stderr
+    blobs = cache / "models--moxin-test--tiny-vlm" / "blobs"
+    assert not (blobs / sha).exists() and not (blobs / f"{sha}.incomplete").exists()
+
+
+def test_files_huggingface_hub_downloaded_are_used_offline(moxin_bin, model_a, hub, cache, seed):
+    files = files_of(model_a)
+    commit = hub.add_commit(REPO, files)
+    for name in files:
+        huggingface_hub.hf_hub_download(REPO, name, cache_dir=cache, endpoint=hub.url)
+    requests = len(hub.log)
+    prompt = random_prompt(seed)
+    offline = {"HF_ENDPOINT": closed_port_url(), "HF_HUB_CACHE": cache, "HF_HUB_OFFLINE": "1"}
+    assert answer(moxin_bin, REPO, offline, prompt)[0] == answer(moxin_bin, model_a, {}, prompt)[0]
+    assert answer(moxin_bin, f"{REPO}@{commit}", offline, prompt)[0] is not None
+    assert len(hub.log) == requests
+
+
+def test_files_moxin_downloaded_are_found_by_huggingface_hub(moxin_bin, model_a, hub, cache, seed):
+    files = files_of(model_a)
+    hub.add_commit(REPO, files, revisions=("main", "v2"))
+    run(moxin_bin, "tokenize", "--model", f"{REPO}@v2", "--text", random_prompt(seed), env=env_for(hub, cache))
+    for name, data in files.items():
+        path = huggingface_hub.hf_hub_download(REPO, name, revision="v2", cache_dir=cache, local_files_only=True)
+        assert pathlib.Path(path).read_bytes() == data, name
