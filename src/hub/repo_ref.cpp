@@ -14,9 +14,9 @@ bool valid_part(const std::string& part) {
   if (part.empty() || part.size() > 96) return false;
   if (!std::all_of(part.begin(), part.end(), is_name_char)) return false;
   if (part.find("--") != std::string::npos || part.find("..") != std::string::npos) return false;
-  // The hub's names start and end with a letter or digit.
-  return std::isalnum(static_cast<unsigned char>(part.front())) != 0 &&
-         std::isalnum(static_cast<unsigned char>(part.back())) != 0;
+  // The hub's names start and end with a letter, a digit or '_'.
+  const auto word = [](char c) { return std::isalnum(static_cast<unsigned char>(c)) != 0 || c == '_'; };
+  return word(part.front()) && word(part.back());
 }
 
 // Branches and tags may hold '/' ("refs/pr/1"); nothing that could escape the cache folder.
@@ -35,6 +35,7 @@ std::optional<RepoRef> parse_repo_ref(const std::string& text) {
   const size_t slash = id.find('/');
   if (slash == std::string::npos || id.find('/', slash + 1) != std::string::npos) return std::nullopt;
   if (!valid_part(id.substr(0, slash)) || !valid_part(id.substr(slash + 1))) return std::nullopt;
+  if (id.size() >= 4 && id.compare(id.size() - 4, 4, ".git") == 0) return std::nullopt;
   if (!valid_revision(revision)) return std::nullopt;
   return RepoRef{id, revision};
 }

@@ -14,8 +14,9 @@ struct RepoRef {
 };
 
 // The id with its revision, or nullopt when `text` is not shaped like one (the caller then
-// treats it as a path). Follows the hub's rules: letters, digits, '-', '_', '.'; no "--" or
-// ".."; at most 96 characters per part.
+// treats it as a path). Follows the hub's rules (huggingface_hub's validate_repo_id): ASCII
+// letters, digits, '-', '_', '.', starting and ending with a letter, digit or '_'; no "--" or
+// ".."; at most 96 characters per part; not ending in ".git".
 std::optional<RepoRef> parse_repo_ref(const std::string& text);
 
 // A full 40-hex-digit commit hash (which the cache keys snapshots by).

@@ -20,9 +20,7 @@ import secrets
 import threading
 import urllib.parse
 
-
-def git_blob_sha1(data):
-    return hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest()
+from huggingface_hub.utils.sha import git_hash  # the hub's ETag of a file stored in git
 
 
 class MockHub:
@@ -131,8 +129,8 @@ class MockHub:
             sha = hashlib.sha256(data).hexdigest()
             return self._send(h, 302, b"", {**common, "Location": f"{self.cdn_url}/{sha}",
                                             "X-Linked-Etag": f'"{sha}"', "X-Linked-Size": str(len(data)),
-                                            "ETag": f'"{git_blob_sha1(b"pointer " + sha.encode())}"'}, head)
-        self._send(h, 200, data, {**common, "ETag": f'"{git_blob_sha1(data)}"'}, head)
+                                            "ETag": f'"{git_hash(b"pointer " + sha.encode())}"'}, head)
+        self._send(h, 200, data, {**common, "ETag": f'"{git_hash(data)}"'}, head)
 
     def _cdn(self, h, head, sha):
         data = self.blobs[sha]

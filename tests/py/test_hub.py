@@ -8,11 +8,15 @@ import json
 import os
 import pathlib
 import pty
+import random
 import secrets
 import subprocess
 
 import huggingface_hub
+import numpy as np
 import pytest
+from huggingface_hub.utils.sha import git_hash
+from PIL import Image
 
 from conftest import fresh_tiny_model
 from mock_hub import MockHub
@@ -53,12 +57,12 @@ def closed_port_url():
     return url
 
 
-def run(binary, *args, env, check=True, quiet=False):
+def run(binary, *args, env, check=True, quiet=False, cwd=None):
     """The binary with only the given HF_* variables (none inherited from this machine)."""
     full_env = {k: v for k, v in os.environ.items() if not k.startswith("HF_")}
     full_env.update({k: str(v) for k, v in env.items()})
     proc = subprocess.run([str(binary), *map(str, args), *(["--quiet"] if quiet else [])],
-                          capture_output=True, env=full_env, timeout=600)
+                          capture_output=True, env=full_env, timeout=600, cwd=cwd)
     out = subprocess.CompletedProcess(proc.args, proc.returncode, proc.stdout.decode("utf-8", "replace"),
                                       proc.stderr.decode("utf-8", "replace"))
     if check:
@@ -86,7 +90,7 @@ def refusal(binary, model, env, prompt="hi"):
 
 def random_prompt(seed):
     words = ["cat", "sky", "tree", "river", "window", "lamp", "road", "cloud", "stone", "bird"]
-    rng = __import__("random").Random(seed)
+    rng = random.Random(seed)
     return " ".join(rng.choice(words) for _ in range(rng.randint(3, 9))) + "?"
 
 
@@ -110,8 +114,7 @@ def test_download_layout_reuse_and_same_answer(moxin_bin, model_a, hub, cache, s
     for name, data in files_of(model_a).items():
         link = snapshot / name
         assert link.is_symlink() and not os.path.isabs(os.readlink(link)), name
-        etag = hashlib.sha256(data).hexdigest() if name.endswith(".safetensors") else \
-            hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest()
+        etag = hashlib.sha256(data).hexdigest() if name.endswith(".safetensors") else git_hash(data)
         assert link.resolve() == (repo_dir / "blobs" / etag).resolve() and link.read_bytes() == data, name
     assert len(hub.requests("cdn")) == 2  # the two shards, each once
 
@@ -274,3 +277,62 @@ def test_files_moxin_downloaded_are_found_by_huggingface_hub(moxin_bin, model_a,
     for name, data in files.items():
         path = huggingface_hub.hf_hub_download(REPO, name, revision="v2", cache_dir=cache, local_files_only=True)
         assert pathlib.Path(path).read_bytes() == data, name
+
+
+def test_library_loads_an_id(moxin_bin, model_b, hub, cache, tmp_path, seed):
+    """The C++ API (examples/caption.cpp: Model::load(argv[1])) with an id answers as with the directory."""
+    caption = moxin_bin.parent.parent.parent / "examples" / "caption"
+    if not caption.exists():
+        pytest.fail(f"{caption} not built (cmake --build build --target caption)")
+    hub.add_commit(REPO, files_of(model_b))
+    image = tmp_path / "image.png"
+    rng = np.random.default_rng(seed)
+    Image.fromarray(rng.integers(0, 256, size=(int(rng.integers(16, 200)), int(rng.integers(16, 200)), 3),
+                                 dtype=np.uint8)).save(image)
+    question = random_prompt(seed)
+    from_dir = run(caption, model_b, image, question, env={})
+    from_id = run(caption, REPO, image, question, env=env_for(hub, cache))
+    assert from_id.stdout == from_dir.stdout and len(hub.requests("cdn")) == 1
+
+
+def test_server_serves_an_id(moxin_bin, model_b, hub, cache, monkeypatch, seed):
+    from test_server import Server
+    hub.add_commit(REPO, files_of(model_b))
+    for name, value in env_for(hub, cache).items():
+        monkeypatch.setenv(name, str(value))
+    prompt = random_prompt(seed)
+    server = Server(moxin_bin, REPO)
+    try:
+        assert server.request("GET", "/v1/models")[1]["data"][0]["id"] == REPO
+        status, body = server.request("POST", "/v1/chat/completions", {
+            "model": REPO, "messages": [{"role": "user", "content": prompt}], "max_tokens": 8, "temperature": 0})
+        assert status == 200, body
+    finally:
+        server.stop()
+    expected = json.loads(run(moxin_bin, "generate", "--model", model_b, "--prompt", prompt, "--max-tokens", 8,
+                              "--temp", 0, "--json", env={}).stdout)["text"]
+    assert body["choices"][0]["message"]["content"] == expected
+
+
+def test_what_counts_as_an_id_follows_huggingface_hub(moxin_bin, tmp_path, seed):
+    """Random strings: moxin takes ORG/NAME as an id exactly when huggingface_hub's validate_repo_id
+    accepts it (with a namespace); anything else is neither a directory nor an id."""
+    rng = random.Random(seed)
+    alphabet = "aZ9_-./"
+    cases = ["".join(rng.choice(alphabet) for _ in range(rng.randint(1, 10))) for _ in range(120)]
+    cases += ["a" * rng.randint(94, 98) + "/" + "b" * rng.randint(94, 98) for _ in range(10)]
+    cases += ["org/name.git", "org/_x_", "-org/name", "org/name-", "o--rg/x", "org/n..x"]
+    env = {"HF_HUB_OFFLINE": "1", "HF_HUB_CACHE": tmp_path / "empty-cache"}
+    workdir = tmp_path / "workdir"
+    workdir.mkdir()
+    for text in (c for c in cases if not (workdir / c).exists()):  # ".", "..": an existing path wins
+        try:
+            huggingface_hub.utils.validate_repo_id(text)
+            expected = text.count("/") == 1
+        except huggingface_hub.errors.HFValidationError:
+            expected = False
+        out = run(moxin_bin, "tokenize", f"--model={text}", "--text", "hi", env=env, check=False, cwd=workdir)
+        assert out.returncode == 1, f"{text!r}: {out.stderr}"
+        as_id = f"[hub] {text}@main: it is not in the Hugging Face cache" in out.stderr
+        as_neither = "neither an existing checkpoint directory nor a Hugging Face model id" in out.stderr
+        assert (as_id, as_neither) == (expected, not expected), f"{text!r}: {out.stderr}"
