@@ -30,8 +30,8 @@ std::string cache_gap(const RepoRef& ref, const RepoCache& cache, fs::path& snap
 std::string resolve_model_dir(const std::string& path_or_id, const ProgressCallback& progress) {
   if (fs::exists(path_or_id)) return path_or_id;
   const auto ref = parse_repo_ref(path_or_id);
-  MOXIN_CHECK(ref, "[model] '", path_or_id, "' is neither an existing checkpoint directory nor a Hugging Face "
-              "model id (ORG/NAME or ORG/NAME@REVISION)");
+  MOXIN_CHECK(ref, "[model] '", path_or_id, "' does not exist, and it is not a Hugging Face model id either "
+              "(ORG/NAME or ORG/NAME@REVISION): give a checkpoint directory or an id");
   const HubSettings settings = HubSettings::from_env();
   const RepoCache cache(settings.cache, ref->id);
   fs::path snapshot;

@@ -224,7 +224,7 @@ def test_unknown_repository_and_unreachable_hub(moxin_bin, hub, cache):
     out = refusal(moxin_bin, "nobody/nothing", env_for(None, cache), "hi")
     assert "nobody/nothing@main" in out.stderr and "not in the Hugging Face cache" in out.stderr
     out = refusal(moxin_bin, "not a model", env_for(hub, cache), "hi")
-    assert "neither an existing checkpoint directory nor a Hugging Face" in out.stderr
+    assert "'not a model' does not exist, and it is not a Hugging Face model id" in out.stderr
 
 
 def test_connection_cut_mid_file_resumes_on_the_next_run(moxin_bin, model_b, hub, cache, seed):
@@ -334,5 +334,5 @@ def test_what_counts_as_an_id_follows_huggingface_hub(moxin_bin, tmp_path, seed)
         out = run(moxin_bin, "tokenize", f"--model={text}", "--text", "hi", env=env, check=False, cwd=workdir)
         assert out.returncode == 1, f"{text!r}: {out.stderr}"
         as_id = f"[hub] {text}@main: it is not in the Hugging Face cache" in out.stderr
-        as_neither = "neither an existing checkpoint directory nor a Hugging Face model id" in out.stderr
+        as_neither = "does not exist, and it is not a Hugging Face model id either" in out.stderr
         assert (as_id, as_neither) == (expected, not expected), f"{text!r}: {out.stderr}"
