@@ -6,8 +6,8 @@
 #include <nlohmann/json.hpp>
 
 #include "cli/command.hpp"
-#include "cli/progress_bar.hpp"
 #include "cli/model_options.hpp"
+#include "cli/progress_bar.hpp"
 #include "hub/resolve_model.hpp"
 #include "io/checkpoint.hpp"
 

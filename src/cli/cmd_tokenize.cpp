@@ -95,7 +95,8 @@ void run(const TokenizeArgs& a) {
   const int modes = int(a.text_option->count() > 0) + int(!a.decode.empty()) + int(!a.jsonl_in.empty());
   MOXIN_CHECK(modes == 1, "[tokenize] give exactly one of --text, --decode or --jsonl-in");
   const std::string path = a.tokenizer_file.empty()
-                               ? hub::resolve_model_dir(a.model_dir, stderr_progress(false)) + "/tokenizer.json"
+                               ? hub::resolve_model_dir(a.model_dir, stderr_progress(false), hub::ModelFiles::TokenizerOnly) +
+                                     "/tokenizer.json"
                                : a.tokenizer_file;
   const Tokenizer tokenizer = Tokenizer::from_file(path);
 

@@ -61,10 +61,11 @@ std::vector<std::string> index_shards(const fs::path& index_file) {
   return shards;
 }
 
-std::vector<std::string> missing_model_files(const fs::path& snapshot) {
+std::vector<std::string> missing_model_files(const fs::path& snapshot, ModelFiles files) {
   std::vector<std::string> missing;
-  for (const char* file : {"config.json", "tokenizer.json"})
-    if (!fs::exists(snapshot / file)) missing.push_back(file);
+  if (!fs::exists(snapshot / "tokenizer.json")) missing.push_back("tokenizer.json");
+  if (files == ModelFiles::TokenizerOnly) return missing;
+  if (!fs::exists(snapshot / "config.json")) missing.push_back("config.json");
   if (fs::exists(snapshot / "model.safetensors.index.json")) {
     for (const std::string& shard : index_shards(snapshot / "model.safetensors.index.json"))
       if (!fs::exists(snapshot / shard)) missing.push_back(shard);

@@ -35,9 +35,12 @@ class RepoCache {
   std::filesystem::path dir_;
 };
 
-// The files of a snapshot folder the engine reads that are absent (empty: it can be loaded):
-// config.json, tokenizer.json, and model.safetensors or the index with every shard it names.
-std::vector<std::string> missing_model_files(const std::filesystem::path& snapshot);
+// What a caller of the cache reads: the whole checkpoint (config.json, tokenizer.json, and
+// model.safetensors or the index with every shard it names), or tokenizer.json alone.
+enum class ModelFiles { Checkpoint, TokenizerOnly };
+
+// Those of `files` absent from a snapshot folder (empty: it can be used).
+std::vector<std::string> missing_model_files(const std::filesystem::path& snapshot, ModelFiles files);
 
 // The shard files a model.safetensors.index.json names, each once, in order.
 std::vector<std::string> index_shards(const std::filesystem::path& index_file);

@@ -5,6 +5,7 @@
 #include <filesystem>
 
 #include "hub/hub_settings.hpp"
+#include "hub/repo_cache.hpp"
 #include "hub/repo_ref.hpp"
 #include "moxin/error.hpp"
 #include "moxin/progress.hpp"
@@ -18,13 +19,13 @@ class ConnectionError : public Error {
   using Error::Error;
 };
 
-// Asks the hub which commit `ref` is and which files it has, fetches those the engine reads
-// (config.json, tokenizer.json, quantize_config.json, the safetensors and their index) that the
+// Asks the hub which commit `ref` is and which files it has, fetches those of `files` (all:
+// config.json, tokenizer.json, quantize_config.json, the safetensors and their index) that the
 // cache lacks, resuming partial ones, checks each against the hub's ETag (sha256 for LFS files,
 // the git blob hash otherwise), records refs/<revision>, and returns the snapshot folder.
 // Throws moxin::Error naming the id, the revision and the cause (ConnectionError when the hub
 // cannot be reached); a build without libcurl always throws, saying so.
 std::filesystem::path download_snapshot(const RepoRef& ref, const HubSettings& settings,
-                                        const ProgressCallback& progress);
+                                        const ProgressCallback& progress, ModelFiles files);
 
 }  // namespace moxin::hub

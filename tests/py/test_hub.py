@@ -270,10 +270,17 @@ def test_files_huggingface_hub_downloaded_are_used_offline(moxin_bin, model_a, h
     assert len(hub.log) == requests
 
 
-def test_files_moxin_downloaded_are_found_by_huggingface_hub(moxin_bin, model_a, hub, cache, seed):
+def test_files_moxin_downloaded_are_found_by_huggingface_hub(moxin_bin, model_a, hub, tmp_path):
     files = files_of(model_a)
-    hub.add_commit(REPO, files, revisions=("main", "v2"))
-    run(moxin_bin, "tokenize", "--model", f"{REPO}@v2", "--text", random_prompt(seed), env=env_for(hub, cache))
+    token = "hf_" + secrets.token_hex(8)
+    hub.add_commit(REPO, files, revisions=("main", "v2"), token=token)
+    # Without HF_HUB_CACHE the cache is HF_HOME/hub, and the token may come from HF_HOME/token
+    # (where `hf auth login` stores it).
+    home = tmp_path / "hf-home"
+    home.mkdir()
+    (home / "token").write_text(token + "\n")
+    run(moxin_bin, "inspect", "--model", f"{REPO}@v2", env={"HF_ENDPOINT": hub.url, "HF_HOME": home})
+    cache = home / "hub"
     for name, data in files.items():
         path = huggingface_hub.hf_hub_download(REPO, name, revision="v2", cache_dir=cache, local_files_only=True)
         assert pathlib.Path(path).read_bytes() == data, name
@@ -336,3 +343,13 @@ def test_what_counts_as_an_id_follows_huggingface_hub(moxin_bin, tmp_path, seed)
         as_id = f"[hub] {text}@main: it is not in the Hugging Face cache" in out.stderr
         as_neither = "does not exist, and it is not a Hugging Face model id either" in out.stderr
         assert (as_id, as_neither) == (expected, not expected), f"{text!r}: {out.stderr}"
+
+
+def test_tokenize_by_id_fetches_only_the_tokenizer(moxin_bin, model_a, hub, cache, seed):
+    hub.add_commit(REPO, files_of(model_a))
+    text = random_prompt(seed)
+    by_id = run(moxin_bin, "tokenize", "--model", REPO, "--text", text, env=env_for(hub, cache)).stdout
+    by_file = run(moxin_bin, "tokenize", "--tokenizer", model_a / "tokenizer.json", "--text", text, env={}).stdout
+    assert by_id == by_file
+    fetched = {r[1].rsplit("/", 1)[1] for r in hub.requests("resolve") if r[0] == "GET"}
+    assert fetched == {"tokenizer.json"} and not hub.requests("cdn")

@@ -78,8 +78,9 @@ std::string file_digest_for_etag(const fs::path& file, const std::string& etag) 
 
 class SnapshotDownloader {
  public:
-  SnapshotDownloader(const RepoRef& ref, const HubSettings& settings, const ProgressCallback& progress)
-      : ref_(ref), settings_(settings), progress_(progress), cache_(settings.cache, ref.id),
+  SnapshotDownloader(const RepoRef& ref, const HubSettings& settings, const ProgressCallback& progress,
+                     ModelFiles files)
+      : ref_(ref), settings_(settings), progress_(progress), files_(files), cache_(settings.cache, ref.id),
         http_(make_curl_http_client()) {
     if (!settings.token.empty()) auth_.push_back("Authorization: Bearer " + settings.token);
   }
@@ -91,8 +92,9 @@ class SnapshotDownloader {
                   ", which the engine reads; it holds: ", list(listed));
       fetch(commit, file);
     };
-    need("config.json");
     need("tokenizer.json");
+    if (files_ == ModelFiles::TokenizerOnly) return done(commit);
+    need("config.json");
     if (listed.count("quantize_config.json")) fetch(commit, "quantize_config.json");
     if (listed.count("model.safetensors.index.json")) {
       fetch(commit, "model.safetensors.index.json");
@@ -103,11 +105,15 @@ class SnapshotDownloader {
                   ") has neither model.safetensors nor model.safetensors.index.json; it holds: ", list(listed));
       fetch(commit, "model.safetensors");
     }
+    return done(commit);
+  }
+
+ private:
+  fs::path done(const std::string& commit) const {
     cache_.write_ref(ref_.revision, commit);
     return cache_.snapshot(commit);
   }
 
- private:
   static std::string list(const std::set<std::string>& files) {
     std::string s;
     for (const std::string& f : files) s += (s.empty() ? "" : ", ") + f;
@@ -214,6 +220,7 @@ class SnapshotDownloader {
   const RepoRef& ref_;
   const HubSettings& settings_;
   const ProgressCallback& progress_;
+  ModelFiles files_;
   RepoCache cache_;
   std::unique_ptr<HttpClient> http_;
   std::vector<std::string> auth_;
@@ -221,8 +228,9 @@ class SnapshotDownloader {
 
 }  // namespace
 
-fs::path download_snapshot(const RepoRef& ref, const HubSettings& settings, const ProgressCallback& progress) {
-  return SnapshotDownloader(ref, settings, progress).run();
+fs::path download_snapshot(const RepoRef& ref, const HubSettings& settings, const ProgressCallback& progress,
+                           ModelFiles files) {
+  return SnapshotDownloader(ref, settings, progress, files).run();
 }
 
 }  // namespace moxin::hub

@@ -5,7 +5,8 @@
 
 namespace moxin::hub {
 
-std::filesystem::path download_snapshot(const RepoRef& ref, const HubSettings& settings, const ProgressCallback&) {
+std::filesystem::path download_snapshot(const RepoRef& ref, const HubSettings& settings, const ProgressCallback&,
+                                        ModelFiles) {
   fail("[hub] ", ref.display(), " is not in the Hugging Face cache (", settings.cache.string(),
        ") and this moxin was built without libcurl, so it cannot download it: install libcurl4-openssl-dev "
        "and rebuild, or download it with huggingface_hub (`hf download ", ref.id, " --revision ", ref.revision,
