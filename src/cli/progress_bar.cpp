@@ -58,11 +58,13 @@ class Renderer {
       s.append(1, '[').append(static_cast<size_t>(filled), '#').append(static_cast<size_t>(kWidth - filled), ' ');
       s.append("] ").append(pct);
     }
+    const bool stopped = p.finished && p.total > 0 && p.done < p.total;
+    if (stopped) s += "stopped at ";
     s += amount(p.done, p.unit);
-    if (p.total > 0 && !p.finished) s += " / " + amount(p.total, p.unit);
+    if (p.total > 0 && (!p.finished || stopped)) s += " / " + amount(p.total, p.unit);
     if (p.unit == ProgressUnit::Items) s += p.total == 1 ? " item" : " items";
     char tail[64];
-    std::snprintf(tail, sizeof tail, p.finished ? " in %.1f s" : ", %.0f s", seconds);
+    std::snprintf(tail, sizeof tail, stopped ? " after %.1f s" : p.finished ? " in %.1f s" : ", %.0f s", seconds);
     s += tail;
     if (p.unit == ProgressUnit::Bytes && seconds > 0.05 && p.done > start_done_)
       s += " (" + amount(static_cast<uint64_t>((p.done - start_done_) / seconds), p.unit) + "/s)";

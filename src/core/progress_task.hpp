@@ -13,6 +13,11 @@ class ProgressTask {
   // Reports the start (done 0). A null or empty callback makes every call a no-op.
   ProgressTask(const ProgressCallback* callback, std::string task, uint64_t total, ProgressUnit unit,
                uint64_t done = 0);
+  // A task left unfinished (an exception) still gets its final report, short of the total, so
+  // a bar is closed and a log shows where it stopped.
+  ~ProgressTask() { finish(); }
+  ProgressTask(const ProgressTask&) = delete;
+  ProgressTask& operator=(const ProgressTask&) = delete;
   void set(uint64_t done);  // reported when it moved by at least 1/256 of the total
   void advance(uint64_t by) { set(progress_.done + by); }
   void finish();            // the final report (done is left as it is)

@@ -237,6 +237,8 @@ def test_connection_cut_mid_file_resumes_on_the_next_run(moxin_bin, model_b, hub
     prompt = random_prompt(seed)
     out = refusal(moxin_bin, REPO, env_for(hub, cache), prompt)
     assert "model.safetensors" in out.stderr and "run again to resume" in out.stderr, out.stderr
+    # The interrupted download's summary says where it stopped.
+    assert f"download {REPO} model.safetensors: stopped at " in out.stderr, out.stderr
     partial = cache / "models--moxin-test--tiny-vlm" / "blobs" / f"{sha}.incomplete"
     assert partial.stat().st_size == cut
 
