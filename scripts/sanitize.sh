@@ -20,6 +20,6 @@ ctest --test-dir build-asan --output-on-failure -j 2 || status=1
 # and the misaligned-checkpoint parity case (UBSan checks every typed load's alignment).
 MOXIN_BIN="$PWD/build-asan/src/cli/moxin" python3 -m pytest -q -rs \
   tests/py/test_checkpoint.py tests/py/test_tokenizer_cli.py tests/py/test_image_errors.py \
-  tests/py/test_server_errors.py tests/py/test_server_hardening.py tests/py/test_server.py \
+  tests/py/test_server_errors.py tests/py/test_server_hardening.py tests/py/test_server.py tests/py/test_hub.py \
   "tests/py/test_parity.py::test_odd_header_length_checkpoint" "$@" || status=1
 exit $status
