@@ -10,7 +10,7 @@ cd "$(dirname "$0")/.."
 cmake -S . -B build-asan -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo \
   -DCMAKE_CXX_FLAGS_RELWITHDEBINFO="-O2 -g1 -DNDEBUG" -DMOXIN_CUDA=OFF -DMOXIN_SANITIZE=ON \
   -DMOXIN_BENCH=OFF >/dev/null || exit 1
-cmake --build build-asan -j "${MOXIN_JOBS:-2}" --target moxin moxin_unit_tests || exit 1
+cmake --build build-asan -j "${MOXIN_JOBS:-2}" --target moxin moxin_unit_tests caption || exit 1  # caption: test_hub (the C++ API by id)
 
 export ASAN_OPTIONS="abort_on_error=1:detect_leaks=1:check_initialization_order=1:strict_init_order=1"
 export UBSAN_OPTIONS="print_stacktrace=1:halt_on_error=1"
