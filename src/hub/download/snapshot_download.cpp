@@ -86,7 +86,10 @@ class SnapshotDownloader {
   }
 
   fs::path run() {
-    const auto [commit, listed] = repo_files();
+    // Named, not structured bindings: clang (the fuzz build) cannot capture those in a lambda.
+    const std::pair<std::string, std::set<std::string>> info = repo_files();
+    const std::string& commit = info.first;
+    const std::set<std::string>& listed = info.second;
     const auto need = [&](const std::string& file) {
       MOXIN_CHECK(listed.count(file), "[hub] ", ref_.display(), " (commit ", commit, ") has no ", file,
                   ", which the engine reads; it holds: ", list(listed));
