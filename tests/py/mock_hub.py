@@ -30,6 +30,7 @@ class MockHub:
         self.log = []
         self.cuts = {}       # sha256 -> bytes to send before closing
         self.corrupted = set()
+        self.renamed = {}    # old id -> new id: resolve answers 307 to the new path, as the hub does
         hub = self
 
         class Handler(http.server.BaseHTTPRequestHandler):
@@ -82,8 +83,13 @@ class MockHub:
         path = urllib.parse.urlsplit(h.path).path
         self.log.append((h.command, path, dict(h.headers)))
         m = re.fullmatch(r"/api/models/([^/]+/[^/]+)/revision/([^/]+)", path)
+        if m and m.group(1) in self.renamed:
+            return self._send(h, 307, b"", {"Location": f"/api/models/{self.renamed[m.group(1)]}/revision/{m.group(2)}"}, head)
         if m and not head:
             return self._model_info(h, m.group(1), urllib.parse.unquote(m.group(2)))
+        m = re.fullmatch(r"/([^/]+/[^/]+)/resolve/(.+)", path)
+        if m and m.group(1) in self.renamed:
+            return self._send(h, 307, b"", {"Location": f"/{self.renamed[m.group(1)]}/resolve/{m.group(2)}"}, head)
         m = re.fullmatch(r"/([^/]+/[^/]+)/resolve/([^/]+)/(.+)", path)
         if m:
             return self._resolve(h, head, m.group(1), urllib.parse.unquote(m.group(2)), urllib.parse.unquote(m.group(3)))

@@ -355,3 +355,17 @@ def test_tokenize_by_id_fetches_only_the_tokenizer(moxin_bin, model_a, hub, cach
     assert by_id == by_file
     fetched = {r[1].rsplit("/", 1)[1] for r in hub.requests("resolve") if r[0] == "GET"}
     assert fetched == {"tokenizer.json"} and not hub.requests("cdn")
+
+
+def test_renamed_repository_is_followed(moxin_bin, model_b, hub, cache, seed):
+    """The hub answers a renamed repository's old id with redirects to the new one (relative
+    paths on the hub); the files land under the id the user gave, as with huggingface_hub."""
+    hub.add_commit("moxin-test/new-name", files_of(model_b))
+    hub.renamed[REPO] = "moxin-test/new-name"
+    prompt = random_prompt(seed)
+    assert answer(moxin_bin, REPO, env_for(hub, cache), prompt)[0] == answer(moxin_bin, model_b, {}, prompt)[0]
+    assert (cache / "models--moxin-test--tiny-vlm" / "refs" / "main").exists()
+    assert any(r[0] == "HEAD" and r[1].startswith("/moxin-test/new-name/resolve/") for r in hub.log)
+    for name, data in files_of(model_b).items():
+        path = huggingface_hub.hf_hub_download(REPO, name, cache_dir=cache, local_files_only=True)
+        assert pathlib.Path(path).read_bytes() == data, name

@@ -43,6 +43,13 @@ std::string normalize_etag(std::string etag) {
   return etag;
 }
 
+// "https://host:port/prefix" -> "https://host:port": where a redirect's absolute path applies.
+std::string origin(const std::string& endpoint) {
+  const size_t scheme = endpoint.find("://");
+  const size_t path = endpoint.find('/', scheme == std::string::npos ? 0 : scheme + 3);
+  return endpoint.substr(0, path);
+}
+
 bool is_hex(const std::string& s, size_t length) {
   return s.size() == length && std::all_of(s.begin(), s.end(), [](char c) { return std::isxdigit(static_cast<unsigned char>(c)); });
 }
@@ -155,8 +162,15 @@ class SnapshotDownloader {
   // One file into blobs/<etag>, linked from the snapshot; nothing when it is already there.
   void fetch(const std::string& commit, const std::string& file) {
     if (fs::exists(cache_.snapshot(commit) / file)) return;
-    const std::string url = cat(settings_.endpoint, "/", ref_.id, "/resolve/", commit, "/", url_encode(file, true));
-    const HttpResponse meta = http_->head(url, auth_);
+    std::string url = cat(settings_.endpoint, "/", ref_.id, "/resolve/", commit, "/", url_encode(file, true));
+    HttpResponse meta = http_->head(url, auth_);
+    // A renamed repository answers with a redirect on the hub itself (a path): followed, as
+    // huggingface_hub does; a redirect to another host (the CDN) carries the metadata itself.
+    for (int hops = 0; meta.status >= 300 && meta.status < 400 && header(meta, "location").rfind("/", 0) == 0; ++hops) {
+      MOXIN_CHECK(hops < 10, "[hub] ", ref_.display(), ": ", file, " redirects more than 10 times on the hub");
+      url = origin(settings_.endpoint) + header(meta, "location");
+      meta = http_->head(url, auth_);
+    }
     check(meta, file);
     const std::string etag = normalize_etag(header(meta, "x-linked-etag").empty() ? header(meta, "etag") : header(meta, "x-linked-etag"));
     MOXIN_CHECK(!etag.empty() && etag.find('/') == std::string::npos && etag.find("..") == std::string::npos,
