@@ -457,6 +457,76 @@ void silu_mul(const float* gate, const float* up, float* y, int64_t n) {
   }
 }
 
+// --- Row norms and RoPE ------------------------------------------------------------------
+//
+// The sums in double as in the generic kernels (f32 lanes widened four at a time), so only
+// the summation order differs from them; a row's last n % 8 values are summed one by one.
+
+inline double horizontal_sum(__m256d v) {
+  __m128d s = _mm_add_pd(_mm256_castpd256_pd128(v), _mm256_extractf128_pd(v, 1));
+  return _mm_cvtsd_f64(_mm_add_sd(s, _mm_unpackhi_pd(s, s)));
+}
+
+// The sum of x[c] - shift (squared when Square) over c < n, in double.
+template <bool Square>
+double widened_sum(const float* x, int64_t n, double shift) {
+  const __m256d s = _mm256_set1_pd(shift);
+  __m256d acc[2] = {_mm256_setzero_pd(), _mm256_setzero_pd()};
+  int64_t c = 0;
+  for (; c + 8 <= n; c += 8) {
+    for (int h = 0; h < 2; ++h) {
+      const __m256d d = _mm256_sub_pd(_mm256_cvtps_pd(_mm_loadu_ps(x + c + 4 * h)), s);
+      acc[h] = Square ? _mm256_fmadd_pd(d, d, acc[h]) : _mm256_add_pd(acc[h], d);
+    }
+  }
+  double sum = horizontal_sum(_mm256_add_pd(acc[0], acc[1]));
+  for (; c < n; ++c) sum += Square ? (x[c] - shift) * (x[c] - shift) : x[c] - shift;
+  return sum;
+}
+
+void rms_norm(const float* x, const float* w, float eps, int64_t n, float* y) {
+  const double mean_square = widened_sum<true>(x, n, 0.0) / static_cast<double>(n);
+  const __m256 scale = _mm256_set1_ps(static_cast<float>(1.0 / std::sqrt(mean_square + eps)));
+  for (int64_t c = 0; c < n; c += 8) {
+    const __m256i mask = first_lanes(n - c);
+    const __m256 scaled = _mm256_mul_ps(_mm256_maskload_ps(x + c, mask), scale);
+    _mm256_maskstore_ps(y + c, mask, _mm256_mul_ps(_mm256_maskload_ps(w + c, mask), scaled));
+  }
+}
+
+void add_rms_norm(float* x, const float* residual, const float* w, float eps, int64_t n, float* y) {
+  for (int64_t c = 0; c < n; c += 8) {
+    const __m256i mask = first_lanes(n - c);
+    _mm256_maskstore_ps(x + c, mask,
+                        _mm256_add_ps(_mm256_maskload_ps(x + c, mask), _mm256_maskload_ps(residual + c, mask)));
+  }
+  rms_norm(x, w, eps, n, y);
+}
+
+void layer_norm(const float* x, const float* w, const float* b, float eps, int64_t n, float* y) {
+  const double mean = widened_sum<false>(x, n, 0.0) / static_cast<double>(n);
+  const double rstd = 1.0 / std::sqrt(widened_sum<true>(x, n, mean) / static_cast<double>(n) + eps);
+  const __m256d m = _mm256_set1_pd(mean), r = _mm256_set1_pd(rstd);
+  int64_t c = 0;
+  for (; c + 4 <= n; c += 4) {
+    const __m256d normed = _mm256_mul_pd(_mm256_sub_pd(_mm256_cvtps_pd(_mm_loadu_ps(x + c)), m), r);
+    const __m256d affine = _mm256_add_pd(_mm256_mul_pd(normed, _mm256_cvtps_pd(_mm_loadu_ps(w + c))),
+                                         _mm256_cvtps_pd(_mm_loadu_ps(b + c)));
+    _mm_storeu_ps(y + c, _mm256_cvtpd_ps(affine));
+  }
+  for (; c < n; ++c) y[c] = static_cast<float>((x[c] - mean) * rstd * w[c] + b[c]);
+}
+
+void rope(const float* x, const float* cos, const float* sin, int64_t half, float* out) {
+  for (int64_t i = 0; i < half; i += 8) {
+    const __m256i mask = first_lanes(half - i);
+    const __m256 x1 = _mm256_maskload_ps(x + i, mask), x2 = _mm256_maskload_ps(x + half + i, mask);
+    const __m256 c = _mm256_maskload_ps(cos + i, mask), s = _mm256_maskload_ps(sin + i, mask);
+    _mm256_maskstore_ps(out + i, mask, _mm256_sub_ps(_mm256_mul_ps(x1, c), _mm256_mul_ps(x2, s)));
+    _mm256_maskstore_ps(out + half + i, mask, _mm256_add_ps(_mm256_mul_ps(x2, c), _mm256_mul_ps(x1, s)));
+  }
+}
+
 // The two halves of a 64-byte line added as 64-bit lanes.
 inline __m256i line_sum(const uint8_t* line) {
   return _mm256_add_epi64(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(line)),
@@ -498,8 +568,9 @@ uint64_t read_stream(const uint8_t* data, int64_t bytes) {
 
 const Kernels* avx2_kernels() {
 #if defined(MOXIN_HAVE_AVX2_KERNELS)
-  static const Kernels table{"avx2",    kTileRows, kPanelWidth, kGemvMaxRows, gemv,     pack_panels,
-                             gemm_tile, attend,    softmax,     gelu_erf,     silu_mul, read_stream};
+  static const Kernels table{"avx2",      kTileRows, kPanelWidth, kGemvMaxRows, gemv,
+                             pack_panels, gemm_tile, attend, softmax, gelu_erf, silu_mul, rms_norm,
+                             add_rms_norm, layer_norm, rope, read_stream};
   static const bool supported =
       __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && cpu_has_f16c();
   return supported ? &table : nullptr;
