@@ -5,7 +5,8 @@
 # HTTP server are off there), runs every unit test under qemu-user (the op tests run the NEON
 # kernel table against their f64 references), then the tiny-model parity test
 # (tests/py/test_parity.py: PyTorch on the host computes the reference, the ARM64 `moxin dump`
-# and `moxin generate` run under qemu; images as BMP, the codec the cross build has).
+# and `moxin generate` run under qemu; images as BMP, the codec the cross build has), and the
+# CUDA backend's compile check for an aarch64 host (scripts/arm64_cuda_check.sh).
 # Needs g++-aarch64-linux-gnu, qemu-user and libgtest-dev (scripts/setup.sh installs them).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -37,5 +38,7 @@ printf '#!/bin/sh\nexec qemu-aarch64 -L /usr/aarch64-linux-gnu "%s" "$@"\n' "$ro
 chmod +x "$wrapper"
 parity_start=$SECONDS
 MOXIN_BIN="$root/$wrapper" MOXIN_PARITY_IMAGE_FORMATS=bmp python3 -m pytest -q -rs tests/py/test_parity.py || status=1
-echo "[arm64] parity under qemu: $((SECONDS - parity_start)) s; scripts/arm64.sh in all: $((SECONDS - start)) s"
+echo "[arm64] parity under qemu: $((SECONDS - parity_start)) s"
+scripts/arm64_cuda_check.sh || status=1
+echo "[arm64] scripts/arm64.sh in all: $((SECONDS - start)) s"
 exit $status

@@ -5,7 +5,8 @@
 # errors as in the x86 build. Objects only, nothing linked: the toolkit installed here
 # carries the x86_64-linux target only (no sbsa-linux libcudart/libcublasLt to link against),
 # and its headers are used for the aarch64 host too (the toolkit's headers are the same files
-# for every host target; nvcc looks for them under targets/sbsa-linux when -ccbin is aarch64).
+# for every host target; nvcc looks for them, CCCL's in cccl/ among them, under
+# targets/sbsa-linux when -ccbin is aarch64).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 nvcc=${CUDACXX:-$(command -v nvcc || echo /usr/local/cuda/bin/nvcc)}
@@ -21,9 +22,9 @@ compile() {
   local src=$1 obj="$out/$(basename "$1").o"
   case "$src" in
     *.cu) "$nvcc" -ccbin aarch64-linux-gnu-g++ -std=c++20 -O3 -arch=sm_90a --expt-relaxed-constexpr \
-            -Werror=all-warnings -I"$cuda_include" -Isrc -Iinclude -c "$src" -o "$obj" ;;
+            -Werror=all-warnings -I"$cuda_include" -I"$cuda_include/cccl" -Isrc -Iinclude -c "$src" -o "$obj" ;;
     *) aarch64-linux-gnu-g++ -std=c++20 -O3 -Wall -Wextra -Wpedantic -Werror -Wno-missing-field-initializers \
-         -isystem "$cuda_include" -Isrc -Iinclude -c "$src" -o "$obj" ;;
+         -isystem "$cuda_include" -isystem "$cuda_include/cccl" -Isrc -Iinclude -c "$src" -o "$obj" ;;
   esac
   # ELF e_machine (2 bytes at offset 18): 183 is EM_AARCH64.
   [ "$(od -An -j18 -N2 -tu2 "$obj" | tr -d ' ')" = 183 ] || { echo "[arm64-cuda] $obj is not an aarch64 object"; return 1; }
