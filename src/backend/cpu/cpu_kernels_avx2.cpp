@@ -148,35 +148,11 @@ void gemv_rows(const typename L::T* w, int64_t ld, int64_t rows, int64_t K, cons
   for (; r < rows; ++r) gemv_tile<L, 1, MG>(w + r * ld, ld, K, x, ldx, bias ? bias + r : nullptr, y + r, ldy);
 }
 
-// Row blocks of ~256 KB: every group of 4 activation rows passes over a block while it is
-// still in L2, so the weights come from memory once however many groups there are.
-template <class L>
-void gemv_typed(const WeightView& w, int64_t n0, int64_t n1, const float* x, int64_t ldx, int64_t M,
-                const float* bias, float* y, int64_t ldy) {
-  const auto* base = static_cast<const typename L::T*>(w.data);
-  const int64_t block =
-      std::max<int64_t>(8, (int64_t{256} << 10) / (w.cols * static_cast<int64_t>(sizeof(typename L::T))) / 8 * 8);
-  for (int64_t b0 = n0; b0 < n1; b0 += block) {
-    const auto* rows = base + b0 * w.ld;
-    const int64_t count = std::min(block, n1 - b0);
-    const float* b = bias ? bias + b0 : nullptr;
-    for (int64_t m0 = 0; m0 < M; m0 += 4) {
-      const float* xm = x + m0 * ldx;
-      float* ym = y + m0 * ldy + b0;
-      switch (std::min<int64_t>(4, M - m0)) {
-        case 1: gemv_rows<L, 1>(rows, w.ld, count, w.cols, xm, ldx, b, ym, ldy); break;
-        case 2: gemv_rows<L, 2>(rows, w.ld, count, w.cols, xm, ldx, b, ym, ldy); break;
-        case 3: gemv_rows<L, 3>(rows, w.ld, count, w.cols, xm, ldx, b, ym, ldy); break;
-        default: gemv_rows<L, 4>(rows, w.ld, count, w.cols, xm, ldx, b, ym, ldy); break;
-      }
-    }
-  }
-}
-
 void gemv(const WeightView& w, int64_t n0, int64_t n1, const float* x, int64_t ldx, int64_t M, const float* bias,
           float* y, int64_t ldy) {
-  with_weight_loader<Bf16Weights, F16Weights, F32Weights>(
-      w.dtype, [&](auto loader) { gemv_typed<decltype(loader)>(w, n0, n1, x, ldx, M, bias, y, ldy); });
+  gemv_in_l2_blocks<Bf16Weights, F16Weights, F32Weights>(
+      w, n0, n1, x, ldx, M, bias, y, ldy,
+      [](auto mg, auto loader, auto... args) { gemv_rows<decltype(loader), decltype(mg)::value>(args...); });
 }
 
 // --- GEMM panels: 8 x 8 blocks converted, transposed in registers, stored k-major --------
