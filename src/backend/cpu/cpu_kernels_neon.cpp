@@ -32,8 +32,8 @@ namespace {
 constexpr int kTileRows = 6;
 constexpr int kPanelWidth = 16;
 
-// AVX2's threshold (the same 16-byte-per-lane-group register budget per row); not yet
-// measured on ARM hardware: bench/cpu_ops_bench.cpp BM_Gemm on an ARM64 machine decides it.
+// AVX2's threshold, not yet measured on ARM hardware (qemu says nothing about speed):
+// bench/cpu_ops_bench.cpp BM_Gemm at M = 32 ... 129 on an ARM64 machine decides it.
 constexpr int64_t kGemvMaxRows = 32;
 
 // Lanes [0, n) set (all for n >= 4, none for n <= 0).
