@@ -22,6 +22,7 @@
 #include <vector>
 
 #include "moxin/error.hpp"
+#include "moxin/preprocess.hpp"  // moxin::preprocess: an image's vision inputs, as the engine computes them
 
 namespace moxin {
 

@@ -23,6 +23,7 @@ struct ServeArgs {
   server::ServerOptions server;
   int max_body_mb = 32;
   bool no_prefix_cache = false;
+  bool no_ui = false;
   CLI::Option* max_pixels_option = nullptr;  // the server's default differs from the CLI's
 };
 
@@ -31,6 +32,7 @@ void run(ServeArgs& a) {
   o.max_body_bytes = static_cast<size_t>(a.max_body_mb) << 20;
   if (a.max_pixels_option->count() > 0) o.max_pixels = a.model.max_pixels;
   o.scheduler.prefix_cache = !a.no_prefix_cache;
+  o.ui = !a.no_ui;
   if (o.model_name.empty()) o.model_name = std::filesystem::path(a.model.model_dir).filename().string();
   if (o.model_name.empty()) o.model_name = "moxin-vlm";
   auto engine = Engine::load(a.model.model_dir, to_engine_options(a.model.load_options()));
@@ -73,6 +75,7 @@ const Command kServe("serve", [](CLI::App& app) {
       ->check(CLI::Range(1, 3600));
   c->add_option("--cors-origin", o.cors_origin,
                 "Allow browsers on this origin (e.g. https://app.example, or *) to call the API; CORS is off without it");
+  c->add_flag("--no-ui", args->no_ui, "Do not serve the chat page at / (the API is unchanged)");
   c->add_flag("--log-requests", o.log_requests, "Print one line per request to stderr");
   c->callback([args] {
     if (args->server.scheduler.prefill_budget < args->server.scheduler.prefill_chunk)

@@ -33,6 +33,9 @@ std::vector<uint8_t> read_file(const std::string& path) {
 
 std::unique_ptr<Model> Model::load(const std::string& model_dir, const LoadOptions& options) {
   MOXIN_CHECK(options.threads >= 0, "[load] threads must be >= 0 (0 = all cores), got ", options.threads);
+  // Checked before the (long) load; the engine checks the upper bound of max_context.
+  MOXIN_CHECK(options.max_context >= 1, "[load] max_context must be >= 1 KV cache tokens, got ", options.max_context);
+  MOXIN_CHECK(options.max_image_pixels >= 1, "[load] max_image_pixels must be >= 1 (every image would be refused)");
   const auto start = std::chrono::steady_clock::now();
   auto engine = Engine::load(model_dir, to_engine_options(options));
   engine->backend().synchronize();

@@ -21,6 +21,7 @@
 #include "server/guarded_server.hpp"
 #include "server/image_input.hpp"
 #include "server/metrics.hpp"
+#include "server/ui_routes.hpp"
 
 namespace moxin::server {
 namespace {
@@ -366,6 +367,7 @@ void HttpApi::install(httplib::Server& http) {
     const json model = {{"id", options_.model_name}, {"object", "model"}, {"created", started_}, {"owned_by", "moxin"}};
     res.set_content(json{{"object", "list"}, {"data", json::array({model})}}.dump(), "application/json");
   }));
+  if (options_.ui) install_ui_routes(http);
   http.Get("/health", [](const httplib::Request&, httplib::Response& res) {
     res.set_content(R"({"status":"ok"})", "application/json");
   });

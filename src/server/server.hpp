@@ -2,6 +2,7 @@
 //   POST /v1/chat/completions   (streaming or not; chat_request.hpp lists the mapping rules)
 //   POST /v1/describe          (the seed crate's route; describe.hpp)
 //   GET  /v1/models, GET /health, GET /metrics (Prometheus text)
+//   GET  /, GET /ui/<file>     (the chat page, unless --no-ui; ui_routes.hpp)
 // HTTP threads (cpp-httplib's pool) parse, validate, decode images and tokenize in parallel,
 // then hand the request to the scheduler thread, the only one that touches the engine.
 #pragma once
@@ -25,6 +26,7 @@ struct ServerOptions {
   bool allow_local_images = false;
   uint64_t max_pixels = 25000000;     // enough for a 224-px model; decoding costs time and memory per pixel
   std::string cors_origin;             // empty: no CORS headers (browsers refuse cross-origin calls)
+  bool ui = true;                      // the chat page at / (ui_routes.hpp)
   ConnectionLimits connections;
   bool log_requests = false;
   SchedulerOptions scheduler;
