@@ -10,7 +10,7 @@ cd "$(dirname "$0")/.."
 cmake -S . -B build-asan -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo \
   -DCMAKE_CXX_FLAGS_RELWITHDEBINFO="-O2 -g1 -DNDEBUG" -DMOXIN_CUDA=OFF -DMOXIN_SANITIZE=ON \
   -DMOXIN_BENCH=OFF >/dev/null || exit 1
-cmake --build build-asan -j "${MOXIN_JOBS:-2}" --target moxin moxin_unit_tests || exit 1
+cmake --build build-asan -j "${MOXIN_JOBS:-2}" --target moxin moxin_unit_tests caption || exit 1  # caption: test_hub (the C++ API by id)
 
 export ASAN_OPTIONS="abort_on_error=1:detect_leaks=1:check_initialization_order=1:strict_init_order=1"
 export UBSAN_OPTIONS="print_stacktrace=1:halt_on_error=1"
@@ -20,6 +20,6 @@ ctest --test-dir build-asan --output-on-failure -j 2 || status=1
 # and the misaligned-checkpoint parity case (UBSan checks every typed load's alignment).
 MOXIN_BIN="$PWD/build-asan/src/cli/moxin" python3 -m pytest -q -rs \
   tests/py/test_checkpoint.py tests/py/test_tokenizer_cli.py tests/py/test_image_errors.py \
-  tests/py/test_server_errors.py tests/py/test_server_hardening.py tests/py/test_server.py \
+  tests/py/test_server_errors.py tests/py/test_server_hardening.py tests/py/test_server.py tests/py/test_hub.py \
   "tests/py/test_parity.py::test_odd_header_length_checkpoint" "$@" || status=1
 exit $status

@@ -7,9 +7,10 @@ cd "$(dirname "$0")/.."
 
 APT_PACKAGES=(build-essential cmake ninja-build pkg-config nlohmann-json3-dev libcli11-dev
   libjpeg62-turbo-dev libpng-dev libwebp-dev libgif-dev libgtest-dev libgmock-dev
-  libbenchmark-dev libcpp-httplib-dev
+  libbenchmark-dev libcpp-httplib-dev libcurl4-openssl-dev
   clang libclang-rt-dev  # clang + compiler-rt: the libFuzzer targets (scripts/fuzz.sh)
-  chromium chromium-driver)  # the chat page's browser test (tests/py/test_server_browser.py)
+  chromium chromium-driver  # the chat page's browser test (tests/py/test_server_browser.py)
+  g++-aarch64-linux-gnu qemu-user)  # the ARM64 cross build and its tests (scripts/arm64.sh)
 
 if [ "${MOXIN_SKIP_DEPS:-0}" != 1 ]; then
   missing=()

@@ -23,6 +23,7 @@
 
 #include "moxin/error.hpp"
 #include "moxin/preprocess.hpp"  // moxin::preprocess: an image's vision inputs, as the engine computes them
+#include "moxin/progress.hpp"
 
 namespace moxin {
 
@@ -41,6 +42,7 @@ struct LoadOptions {
   int quantize_bits = 0;        // 8 or 4: quantize the decoder while loading (docs/model.md section 5)
   int quantize_group_size = 64;  // 64 or 128 inputs per group
   bool quantize_fp8 = false;     // FP8 E4M3 with per-output-channel scales instead (quantize_bits 0)
+  ProgressCallback progress;     // download / load / upload / quantize progress; empty = silent
 };
 
 struct Turn {
@@ -134,7 +136,10 @@ struct ModelInfo {
 
 class Model {
  public:
-  static std::unique_ptr<Model> load(const std::string& model_dir, const LoadOptions& options = {});
+  // model: a checkpoint directory, or a Hugging Face id "org/name[@revision]" resolved in the
+  // Hugging Face cache (HF_HUB_CACHE, HF_HOME/hub, ~/.cache/huggingface/hub) and downloaded
+  // into it when missing (HF_ENDPOINT, HF_TOKEN, HF_HUB_OFFLINE honored). An existing path wins.
+  static std::unique_ptr<Model> load(const std::string& model, const LoadOptions& options = {});
   ~Model();
 
   // One generation computed on the caller's thread, with the timings of each stage (vision,

@@ -6,6 +6,9 @@
 #include <nlohmann/json.hpp>
 
 #include "cli/command.hpp"
+#include "cli/model_options.hpp"
+#include "cli/progress_bar.hpp"
+#include "hub/resolve_model.hpp"
 #include "io/checkpoint.hpp"
 
 namespace moxin::cli {
@@ -122,11 +125,10 @@ const Command kInspect("inspect", [](CLI::App& app) {
   auto args = std::make_shared<InspectArgs>();
   CLI::App* c = app.add_subcommand(
       "inspect", "Check a checkpoint and print the configuration derived from it");
-  c->add_option("--model", args->model_dir, "Checkpoint directory (safetensors + config.json)")
-      ->required();
+  c->add_option("--model", args->model_dir, kModelHelp)->required();
   c->add_flag("--json", args->json, "Print one JSON object");
   c->callback([args] {
-    const Checkpoint ck = load_checkpoint(args->model_dir);
+    const Checkpoint ck = load_checkpoint(hub::resolve_model_dir(args->model_dir, stderr_progress(false)));
     if (args->json)
       std::printf("%s\n", checkpoint_json(ck).dump(2).c_str());
     else

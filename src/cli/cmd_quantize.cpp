@@ -2,8 +2,6 @@
 // lm_head) are MLX-style affine quantized or FP8 E4M3 with per-channel scales (docs/model.md
 // section 5) and every other tensor is copied as stored. Shards of at most ~2 GB are written one at a time (plus an index), so memory stays
 // near one shard however large the model; the result loads with `--model OUT` directly.
-#include <unistd.h>
-
 #include <CLI/CLI.hpp>
 #include <chrono>
 #include <cstdio>
@@ -14,7 +12,11 @@
 #include <set>
 
 #include "cli/command.hpp"
+#include "cli/model_options.hpp"
+#include "cli/progress_bar.hpp"
+#include "hub/resolve_model.hpp"
 #include "core/check.hpp"
+#include "core/progress_task.hpp"
 #include "core/thread_pool.hpp"
 #include "io/checkpoint.hpp"
 #include "io/safetensors_writer.hpp"
@@ -38,6 +40,7 @@ struct QuantizeArgs {
   int affine_bits() const { return fp8() ? 0 : std::stoi(bits); }
   int threads = 0;
   std::string rounding = "mlx";
+  bool quiet = false;
 };
 
 // One tensor of the input and the bytes it becomes in the output.
@@ -124,7 +127,8 @@ void run(const QuantizeArgs& a) {
   }
   fs::create_directories(a.out_dir);
   ThreadPool pool(a.threads);
-  const bool show = isatty(STDERR_FILENO) != 0;
+  const ProgressCallback progress = stderr_progress(a.quiet);
+  ProgressTask task(&progress, "quantize " + a.model_dir, total_bytes, ProgressUnit::Bytes);
   const auto start = std::chrono::steady_clock::now();
   nlohmann::ordered_json weight_map = nlohmann::ordered_json::object();
   size_t done = 0;
@@ -154,7 +158,7 @@ void run(const QuantizeArgs& a) {
         for (const char* suffix : {".weight", ".scales", ".biases"}) weight_map[prefix + suffix] = file;
       }
       done += p.out_bytes;
-      if (show) std::fprintf(stderr, "\rquantizing: %.1f / %.1f GB", done / 1e9, total_bytes / 1e9);
+      task.set(done);
     }
     writer.write((fs::path(a.out_dir) / file).string());
     ck.store.release_resident_pages();  // the input pages of this shard are not read again
@@ -162,16 +166,17 @@ void run(const QuantizeArgs& a) {
   write_json(fs::path(a.out_dir) / "model.safetensors.index.json",
              {{"metadata", {{"total_size", total_bytes}}}, {"weight_map", weight_map}});
   write_side_files(a);
+  task.finish();
   const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   const std::string format = a.fp8() ? std::string("fp8 per-channel") : cat(a.bits, "-bit group ", a.group_size);
-  std::fprintf(stderr, "%swrote %s: %zu shard(s), %.2f GB, %s, in %.1f s\n", show ? "\n" : "", a.out_dir.c_str(),
+  std::fprintf(stderr, "wrote %s: %zu shard(s), %.2f GB, %s, in %.1f s\n", a.out_dir.c_str(),
                shards.size(), total_bytes / 1e9, format.c_str(), seconds);
 }
 
 const Command kQuantize("quantize", [](CLI::App& app) {
   auto args = std::make_shared<QuantizeArgs>();
   CLI::App* c = app.add_subcommand("quantize", "Write a copy of a checkpoint with the decoder quantized (MLX affine or fp8)");
-  c->add_option("--model", args->model_dir, "Checkpoint directory to read")->required();
+  c->add_option("--model", args->model_dir, kModelHelp)->required();
   c->add_option("--output", args->out_dir, "Directory to write (created)")->required();
   c->add_option("--bits", args->bits,
                 "8 or 4 (MLX affine groups), or fp8 (E4M3, one f32 scale per output channel)")
@@ -183,7 +188,11 @@ const Command kQuantize("quantize", [](CLI::App& app) {
                 "mlx: the bytes mlx.core.quantize writes (default); minmax: bias = group minimum, "
                 "lower 8-bit weight error")
       ->check(CLI::IsMember({"mlx", "minmax"}));
-  c->callback([args] { run(*args); });
+  c->add_flag("--quiet", args->quiet, "No progress bar or summary of the download and the quantization on stderr");
+  c->callback([args] {
+    args->model_dir = hub::resolve_model_dir(args->model_dir, stderr_progress(args->quiet));
+    run(*args);
+  });
 });
 
 }  // namespace

@@ -33,7 +33,11 @@ void run(ServeArgs& a) {
   if (a.max_pixels_option->count() > 0) o.max_pixels = a.model.max_pixels;
   o.scheduler.prefix_cache = !a.no_prefix_cache;
   o.ui = !a.no_ui;
-  if (o.model_name.empty()) o.model_name = std::filesystem::path(a.model.model_dir).filename().string();
+  // A directory is named by its folder, a Hugging Face id by itself (as vLLM does).
+  const std::string& model = a.model.model_dir;
+  if (o.model_name.empty())
+    o.model_name = std::filesystem::exists(model) ? std::filesystem::path(model).filename().string()
+                                                  : model.substr(0, model.find('@'));
   if (o.model_name.empty()) o.model_name = "moxin-vlm";
   auto engine = Engine::load(a.model.model_dir, to_engine_options(a.model.load_options()));
   server::serve(*engine, o);

@@ -7,6 +7,8 @@
 #include <nlohmann/json.hpp>
 
 #include "cli/command.hpp"
+#include "cli/progress_bar.hpp"
+#include "hub/resolve_model.hpp"
 #include "core/check.hpp"
 #include "core/token_id.hpp"
 #include "io/json_strict.hpp"
@@ -92,7 +94,10 @@ void run(const TokenizeArgs& a) {
               "[tokenize] give exactly one of --tokenizer FILE or --model DIR");
   const int modes = int(a.text_option->count() > 0) + int(!a.decode.empty()) + int(!a.jsonl_in.empty());
   MOXIN_CHECK(modes == 1, "[tokenize] give exactly one of --text, --decode or --jsonl-in");
-  const std::string path = a.tokenizer_file.empty() ? a.model_dir + "/tokenizer.json" : a.tokenizer_file;
+  const std::string path = a.tokenizer_file.empty()
+                               ? hub::resolve_model_dir(a.model_dir, stderr_progress(false), hub::ModelFiles::TokenizerOnly) +
+                                     "/tokenizer.json"
+                               : a.tokenizer_file;
   const Tokenizer tokenizer = Tokenizer::from_file(path);
 
   std::string out;
@@ -111,7 +116,8 @@ const Command kTokenize("tokenize", [](CLI::App& app) {
   auto args = std::make_shared<TokenizeArgs>();
   CLI::App* c = app.add_subcommand("tokenize", "Text to token ids (JSON array) or ids to text, with a tokenizer.json");
   auto* file = c->add_option("--tokenizer", args->tokenizer_file, "tokenizer.json file");
-  c->add_option("--model", args->model_dir, "Model folder holding tokenizer.json")->excludes(file);
+  c->add_option("--model", args->model_dir, "Model folder holding tokenizer.json, or a Hugging Face id ORG/NAME[@REVISION]")
+      ->excludes(file);
   args->text_option = c->add_option("--text", args->text, "Text to encode; prints the ids as a JSON array");
   c->add_option("--decode", args->decode, "JSON array of ids to decode, e.g. \"[1,22557]\"; prints the text");
   c->add_option("--jsonl-in", args->jsonl_in,

@@ -2,14 +2,18 @@
 
 #include <CLI/CLI.hpp>
 
+#include "cli/progress_bar.hpp"
 #include "core/check.hpp"
 #include "runtime/default_prompt.hpp"
 
 namespace moxin::cli {
 
+const char* const kModelHelp =
+    "Checkpoint directory (safetensors + config.json + tokenizer.json), or a Hugging Face id ORG/NAME[@REVISION] "
+    "(found in the Hugging Face cache, downloaded into it when missing)";
+
 void ModelOptions::add_to(CLI::App& command) {
-  command.add_option("--model", model_dir, "Checkpoint directory (safetensors + config.json + tokenizer.json)")
-      ->required();
+  command.add_option("--model", model_dir, kModelHelp)->required();
   command.add_option("--device", device, "cpu or cuda")->check(CLI::IsMember({"cpu", "cuda"}));
   command.add_option("--threads", threads, "CPU threads (0 = all cores)")->check(CLI::Range(0, 4096));
   command.add_option("--gpu", gpu, "CUDA device ordinal")->check(CLI::Range(0, 64));
@@ -23,6 +27,7 @@ void ModelOptions::add_to(CLI::App& command) {
       ->check(CLI::IsMember({"0", "4", "8", "fp8"}));
   command.add_option("--group-size", group_size, "Inputs per quantization group with --quantize")
       ->check(CLI::IsMember({64, 128}));
+  command.add_flag("--quiet", quiet, "No progress bars or summaries (download, upload, quantize) on stderr");
 }
 
 LoadOptions ModelOptions::load_options() const {
@@ -35,6 +40,7 @@ LoadOptions ModelOptions::load_options() const {
   o.quantize_fp8 = quantize == "fp8";
   o.quantize_bits = o.quantize_fp8 ? 0 : std::stoi(quantize);
   o.quantize_group_size = group_size;
+  o.progress = stderr_progress(quiet);
   return o;
 }
 

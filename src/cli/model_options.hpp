@@ -1,4 +1,5 @@
 // Options shared by every subcommand that loads a model (generate, dump, bench, serve).
+// --model takes a checkpoint directory or a Hugging Face id (ORG/NAME[@REVISION]).
 #pragma once
 
 #include <string>
@@ -12,6 +13,9 @@ class App;
 
 namespace moxin::cli {
 
+// The --model help shared by every subcommand taking one.
+extern const char* const kModelHelp;
+
 struct ModelOptions {
   std::string model_dir;
   std::string device = "cpu";
@@ -21,9 +25,10 @@ struct ModelOptions {
   uint64_t max_pixels = 89478485;
   std::string quantize = "0";  // "0", "8", "4" or "fp8": quantize the decoder at load time
   int group_size = 64;
+  bool quiet = false;  // no progress on stderr
 
   void add_to(CLI::App& command);
-  LoadOptions load_options() const;  // validates; throws moxin::Error on bad values
+  LoadOptions load_options() const;  // validates; throws moxin::Error on bad values; progress on stderr unless quiet
 };
 
 // --image, --prompt (repeatable: a multi-turn conversation) and --answer.

@@ -1,13 +1,13 @@
 #include "runtime/engine.hpp"
 
 #include <algorithm>
-#include <cstdio>
 #include <filesystem>
-
-#include <unistd.h>
+#include <optional>
 
 #include "core/check.hpp"
+#include "core/progress_task.hpp"
 #include "core/thread_pool.hpp"
+#include "hub/resolve_model.hpp"
 
 namespace moxin {
 namespace {
@@ -55,7 +55,16 @@ Engine::Engine(const std::string& model_dir, const EngineOptions& options)
               options.quantize_bits, " bits, not both");
   if (options.quantize_bits != 0 || options.quantize_fp8) quantize_decoder(options);
   decoder_weight_bytes_ = weight_bytes(checkpoint_.decoder);
-  model_ = std::make_unique<Vlm>(*backend_, checkpoint_);
+  {
+    // Only a device backend copies the weights; the CPU reads the mapped pages as they are.
+    const bool copies = backend_->copies_weights();
+    ProgressTask upload(copies ? &options.progress : nullptr, "upload the weights to " + backend_->name(),
+                        checkpoint_.store.total_bytes(), ProgressUnit::Bytes);
+    model_ = std::make_unique<Vlm>(*backend_, checkpoint_);
+    if (copies) backend_->synchronize();
+    upload.set(checkpoint_.store.total_bytes());
+    upload.finish();
+  }
   const DecoderConfig& d = checkpoint_.config.decoder;
   const int blocks = blocks_for(options.max_context, options.block_size);
   kv_cache_ = backend_->create_kv_cache({d.layers, d.kv_heads, d.head_dim, options.block_size, blocks});
@@ -74,24 +83,30 @@ Engine::Engine(const std::string& model_dir, const EngineOptions& options)
 Engine::~Engine() = default;
 
 void Engine::quantize_decoder(const EngineOptions& options) {
-  const bool show = isatty(STDERR_FILENO) != 0;
+  std::optional<ProgressTask> progress;  // started by the first report, which knows the total
   ThreadPool pool(options.backend.threads);
   quantized_ = std::make_unique<QuantizedWeights>();
-  const auto progress = [&](int done, int total, const TensorInfo& dense) {
+  const auto report = [&](int done, int total, const TensorInfo& dense) {
     // Its bf16 pages are never read again: dropping them as we go keeps the peak resident
     // set near the quantized size instead of the whole bf16 decoder's.
     checkpoint_.store.release_resident_pages(dense);
-    if (show) std::fprintf(stderr, "\rquantizing the decoder: %d/%d matrices%s", done, total, done == total ? "\n" : "");
+    if (!progress)
+      progress.emplace(&options.progress,
+                       options.quantize_fp8 ? std::string("quantize the decoder to fp8")
+                                            : cat("quantize the decoder to ", options.quantize_bits, " bits"),
+                       total, ProgressUnit::Items);
+    progress->set(static_cast<uint64_t>(done));
+    if (done == total) progress->finish();
   };
   checkpoint_.decoder =
       options.quantize_fp8
-          ? quantized_->quantize_fp8(checkpoint_.decoder, &pool, progress)
+          ? quantized_->quantize_fp8(checkpoint_.decoder, &pool, report)
           : quantized_->quantize(checkpoint_.decoder, options.quantize_bits, options.quantize_group_size, &pool,
-                                 progress);
+                                 report);
 }
 
-std::unique_ptr<Engine> Engine::load(const std::string& model_dir, const EngineOptions& options) {
-  return std::unique_ptr<Engine>(new Engine(model_dir, options));
+std::unique_ptr<Engine> Engine::load(const std::string& model, const EngineOptions& options) {
+  return std::unique_ptr<Engine>(new Engine(hub::resolve_model_dir(model, options.progress), options));
 }
 
 ImageFeatures Engine::encode_images(std::span<const float> dino, std::span<const float> siglip,

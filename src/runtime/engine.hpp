@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "backend/backend.hpp"
+#include "moxin/progress.hpp"
 #include "model/vlm.hpp"
 #include "quant/quantized_weights.hpp"
 #include "text/tokenizer.hpp"
@@ -27,6 +28,7 @@ struct EngineOptions {
   int quantize_bits = 0;  // 8 or 4: the decoder linears are quantized after mapping
   int quantize_group_size = 64;
   bool quantize_fp8 = false;  // FP8 E4M3 per-channel instead (quantize_bits must be 0)
+  ProgressCallback progress;  // download / upload / quantize progress (include/moxin/progress.hpp)
 };
 
 // A sequence's place in the KV cache.
@@ -43,7 +45,8 @@ struct SequenceChunk {
 
 class Engine {
  public:
-  static std::unique_ptr<Engine> load(const std::string& model_dir, const EngineOptions& options);
+  // model: a checkpoint directory or a Hugging Face id (hub/resolve_model.hpp).
+  static std::unique_ptr<Engine> load(const std::string& model, const EngineOptions& options);
   ~Engine();
 
   const Tokenizer& tokenizer() const { return tokenizer_; }

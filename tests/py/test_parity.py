@@ -46,6 +46,9 @@ TOLERANCES = {"cpu": (1e-4, 1e-4), "cuda": (None, 5e-2)}
 BF16_HEADROOM = 1.25
 DEVICES = os.environ.get("MOXIN_PARITY_DEVICES", "cpu").split(",")
 NEW_TOKENS = 32
+# The image formats the binary under test decodes (the ARM64 cross build has only the built-in
+# BMP codec: scripts/arm64.sh sets bmp).
+IMAGE_FORMATS = os.environ.get("MOXIN_PARITY_IMAGE_FORMATS", "jpg,png").split(",")
 
 WORDS = ("what is in this picture describe the colors how many objects are there where is the "
          "cat dog sky tree person car left right top bottom small large red green blue").split()
@@ -72,7 +75,8 @@ def random_photo(rng, path):
     ch, cw = int(rng.integers(h // 3, h)), int(rng.integers(w // 3, w))
     y, x = int(rng.integers(0, h - ch + 1)), int(rng.integers(0, w - cw + 1))
     img = Image.fromarray(pixels[y:y + ch, x:x + cw])
-    path = path.with_suffix(".jpg" if rng.random() < 0.5 else ".png")
+    kind = "jpg" if rng.random() < 0.5 else "png"
+    path = path.with_suffix("." + (kind if kind in IMAGE_FORMATS else IMAGE_FORMATS[0]))
     img.save(path, quality=int(rng.integers(70, 96))) if path.suffix == ".jpg" else img.save(path)
     return path
 

@@ -4,6 +4,10 @@
 #include "test_cpu_common.hpp"
 #include "backend/cpu/cpu_features.hpp"
 
+#if defined(__aarch64__) && defined(__linux__)
+#include <sys/auxv.h>
+#endif
+
 namespace moxin::cpu_test {
 namespace {
 
@@ -20,6 +24,11 @@ TEST(CpuKernelTables, ListsEveryTableThisCpuRuns) {
             __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && cpu::cpu_has_f16c());
   EXPECT_EQ(listed("avx512"), __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
                                   __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("fma"));
+#endif
+#if defined(__aarch64__) && defined(__linux__)
+  EXPECT_EQ(listed("neon"), (getauxval(AT_HWCAP) & HWCAP_ASIMD) != 0);
+#else
+  EXPECT_FALSE(listed("neon"));
 #endif
   std::string names;
   for (const cpu::Kernels* k : cpu::supported_kernels()) names += cat(k->name, " (tile ", k->gemm_mr, "x", k->gemm_nr, ") ");

@@ -11,6 +11,10 @@
 #include "quant/affine_quant.hpp"
 #include "test_cpu_common.hpp"
 
+#if defined(__aarch64__) && defined(__linux__)
+#include <sys/auxv.h>
+#endif
+
 namespace moxin::cpu_test {
 namespace {
 
@@ -215,8 +219,8 @@ TEST(QuantGemv, NonFiniteActivationsPropagate) {
   }
 }
 
-// A CPU with AVX2 + FMA lists the AVX2 path, so the tests above run it (and it is not silently
-// dropped from the dispatch).
+// A CPU with AVX2 + FMA lists the AVX2 path, an ARM64 one the NEON path, so the tests above run
+// it (and it is not silently dropped from the dispatch).
 TEST(QuantGemv, ListsEveryPathThisCpuRuns) {
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
   const std::vector<QuantGemvPath> paths = quant_gemv_paths();
@@ -224,18 +228,23 @@ TEST(QuantGemv, ListsEveryPathThisCpuRuns) {
   EXPECT_EQ(listed(QuantGemvPath::avx2), __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma"));
   EXPECT_EQ(listed(QuantGemvPath::avx512), __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
                                                __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("fma"));
+#elif defined(__aarch64__) && defined(__linux__)
+  const std::vector<QuantGemvPath> paths = quant_gemv_paths();
+  EXPECT_EQ(std::find(paths.begin(), paths.end(), QuantGemvPath::neon) != paths.end(),
+            (getauxval(AT_HWCAP) & HWCAP_ASIMD) != 0);
 #else
-  GTEST_SKIP() << "cpuid checks are x86 only";
+  GTEST_SKIP() << "no SIMD quantized path on this architecture";
 #endif
 }
 
-// Every prefill dequantizer this CPU runs (portable, AVX-512, AVX2) against scale * code + bias
+// Every prefill dequantizer this CPU runs (portable, AVX-512, AVX2, NEON) against scale * code + bias
 // in double, for rows r0 .. r1 inside the matrix: each weight is an f32 product then an f32 sum,
 // so within two roundings of the exact value.
 TEST(QuantDequantize, EveryTwinMatchesMlxFormulaOnCodes) {
   Random rng(test_seed());
   const std::vector<std::pair<const char*, cpu::QuantDequantizeFn>> twins{
-      {"portable", dequantize_rows}, {"avx512", cpu::quant_dequantize_avx512()}, {"avx2", cpu::quant_dequantize_avx2()}};
+      {"portable", dequantize_rows}, {"avx512", cpu::quant_dequantize_avx512()}, {"avx2", cpu::quant_dequantize_avx2()},
+      {"neon", cpu::quant_dequantize_neon()}};
   for (int bits : {4, 8})
     for (int group : {64, 128})
       for (DType dtype : {DType::BF16, DType::F16, DType::F32}) {

@@ -1,6 +1,6 @@
 // The leaf kernels of the CPU backend behind one table of function pointers, so the ops are
 // written once and the instruction set is picked at runtime: AVX-512 where the CPU has it,
-// else AVX2 + FMA + F16C, else portable C++ (auto-vectorized for the baseline ISA).
+// else AVX2 + FMA + F16C, NEON on ARM64, else portable C++ (auto-vectorized for the baseline ISA).
 #pragma once
 
 #include <cstdint>
@@ -68,6 +68,23 @@ struct Kernels {
   // y = silu(gate) * up = gate / (1 + exp(-gate)) * up; y may alias gate or up.
   void (*silu_mul)(const float* gate, const float* up, float* y, int64_t n);
 
+  // MistralRMSNorm of one row of n: y = w * (x * scale), scale = 1 / sqrt(mean(x^2) + eps)
+  // with the sum of squares taken in double (no f32 rounding grows with n), each product
+  // rounded to f32 as PyTorch does. y may alias x.
+  void (*rms_norm)(const float* x, const float* w, float eps, int64_t n, float* y);
+
+  // x += residual, then y = rms_norm(x) as above (one pass over the row's memory less).
+  void (*add_rms_norm)(float* x, const float* residual, const float* w, float eps, int64_t n, float* y);
+
+  // LayerNorm of one row of n: y = (x - mean) / sqrt(var + eps) * w + b, mean and variance
+  // (two passes) and the output formula in double, rounded to f32 once. y may alias x.
+  void (*layer_norm)(const float* x, const float* w, const float* b, float eps, int64_t n, float* y);
+
+  // RoPE of one head of 2 * half values (transformers' rotate_half layout):
+  // out[i] = x[i] cos[i] - x[i + half] sin[i], out[i + half] = x[i + half] cos[i] + x[i] sin[i],
+  // each product rounded to f32 before the sum (no FMA), as PyTorch computes it.
+  void (*rope)(const float* x, const float* cos, const float* sin, int64_t half, float* out);
+
   // Reads `bytes` (a multiple of 64) as fast as this ISA allows and returns a checksum: the
   // read-bandwidth ceiling that benchmarks compare the GEMV against.
   uint64_t (*read_stream)(const uint8_t* data, int64_t bytes);
@@ -78,9 +95,11 @@ const Kernels& generic_kernels();
 const Kernels* avx512_kernels();
 // nullptr when this build or this CPU lacks AVX2, FMA or F16C.
 const Kernels* avx2_kernels();
+// nullptr unless this is an ARM64 Linux build on a CPU with Advanced SIMD (NEON).
+const Kernels* neon_kernels();
 // Every table this build and CPU can run, portable first, fastest last.
 std::vector<const Kernels*> supported_kernels();
-// The fastest table this CPU runs; MOXIN_CPU_KERNELS=generic, avx2 or avx512 forces one (an
+// The fastest table this CPU runs; MOXIN_CPU_KERNELS=generic, avx2, avx512 or neon forces one (an
 // error if this CPU cannot run it).
 const Kernels& best_kernels();
 

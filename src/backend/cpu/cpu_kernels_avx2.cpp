@@ -148,35 +148,11 @@ void gemv_rows(const typename L::T* w, int64_t ld, int64_t rows, int64_t K, cons
   for (; r < rows; ++r) gemv_tile<L, 1, MG>(w + r * ld, ld, K, x, ldx, bias ? bias + r : nullptr, y + r, ldy);
 }
 
-// Row blocks of ~256 KB: every group of 4 activation rows passes over a block while it is
-// still in L2, so the weights come from memory once however many groups there are.
-template <class L>
-void gemv_typed(const WeightView& w, int64_t n0, int64_t n1, const float* x, int64_t ldx, int64_t M,
-                const float* bias, float* y, int64_t ldy) {
-  const auto* base = static_cast<const typename L::T*>(w.data);
-  const int64_t block =
-      std::max<int64_t>(8, (int64_t{256} << 10) / (w.cols * static_cast<int64_t>(sizeof(typename L::T))) / 8 * 8);
-  for (int64_t b0 = n0; b0 < n1; b0 += block) {
-    const auto* rows = base + b0 * w.ld;
-    const int64_t count = std::min(block, n1 - b0);
-    const float* b = bias ? bias + b0 : nullptr;
-    for (int64_t m0 = 0; m0 < M; m0 += 4) {
-      const float* xm = x + m0 * ldx;
-      float* ym = y + m0 * ldy + b0;
-      switch (std::min<int64_t>(4, M - m0)) {
-        case 1: gemv_rows<L, 1>(rows, w.ld, count, w.cols, xm, ldx, b, ym, ldy); break;
-        case 2: gemv_rows<L, 2>(rows, w.ld, count, w.cols, xm, ldx, b, ym, ldy); break;
-        case 3: gemv_rows<L, 3>(rows, w.ld, count, w.cols, xm, ldx, b, ym, ldy); break;
-        default: gemv_rows<L, 4>(rows, w.ld, count, w.cols, xm, ldx, b, ym, ldy); break;
-      }
-    }
-  }
-}
-
 void gemv(const WeightView& w, int64_t n0, int64_t n1, const float* x, int64_t ldx, int64_t M, const float* bias,
           float* y, int64_t ldy) {
-  with_weight_loader<Bf16Weights, F16Weights, F32Weights>(
-      w.dtype, [&](auto loader) { gemv_typed<decltype(loader)>(w, n0, n1, x, ldx, M, bias, y, ldy); });
+  gemv_in_l2_blocks<Bf16Weights, F16Weights, F32Weights>(
+      w, n0, n1, x, ldx, M, bias, y, ldy,
+      [](auto mg, auto loader, auto... args) { gemv_rows<decltype(loader), decltype(mg)::value>(args...); });
 }
 
 // --- GEMM panels: 8 x 8 blocks converted, transposed in registers, stored k-major --------
@@ -457,6 +433,76 @@ void silu_mul(const float* gate, const float* up, float* y, int64_t n) {
   }
 }
 
+// --- Row norms and RoPE ------------------------------------------------------------------
+//
+// The sums in double as in the generic kernels (f32 lanes widened four at a time), so only
+// the summation order differs from them; a row's last n % 8 values are summed one by one.
+
+inline double horizontal_sum(__m256d v) {
+  __m128d s = _mm_add_pd(_mm256_castpd256_pd128(v), _mm256_extractf128_pd(v, 1));
+  return _mm_cvtsd_f64(_mm_add_sd(s, _mm_unpackhi_pd(s, s)));
+}
+
+// The sum of x[c] - shift (squared when Square) over c < n, in double.
+template <bool Square>
+double widened_sum(const float* x, int64_t n, double shift) {
+  const __m256d s = _mm256_set1_pd(shift);
+  __m256d acc[2] = {_mm256_setzero_pd(), _mm256_setzero_pd()};
+  int64_t c = 0;
+  for (; c + 8 <= n; c += 8) {
+    for (int h = 0; h < 2; ++h) {
+      const __m256d d = _mm256_sub_pd(_mm256_cvtps_pd(_mm_loadu_ps(x + c + 4 * h)), s);
+      acc[h] = Square ? _mm256_fmadd_pd(d, d, acc[h]) : _mm256_add_pd(acc[h], d);
+    }
+  }
+  double sum = horizontal_sum(_mm256_add_pd(acc[0], acc[1]));
+  for (; c < n; ++c) sum += Square ? (x[c] - shift) * (x[c] - shift) : x[c] - shift;
+  return sum;
+}
+
+void rms_norm(const float* x, const float* w, float eps, int64_t n, float* y) {
+  const double mean_square = widened_sum<true>(x, n, 0.0) / static_cast<double>(n);
+  const __m256 scale = _mm256_set1_ps(static_cast<float>(1.0 / std::sqrt(mean_square + eps)));
+  for (int64_t c = 0; c < n; c += 8) {
+    const __m256i mask = first_lanes(n - c);
+    const __m256 scaled = _mm256_mul_ps(_mm256_maskload_ps(x + c, mask), scale);
+    _mm256_maskstore_ps(y + c, mask, _mm256_mul_ps(_mm256_maskload_ps(w + c, mask), scaled));
+  }
+}
+
+void add_rms_norm(float* x, const float* residual, const float* w, float eps, int64_t n, float* y) {
+  for (int64_t c = 0; c < n; c += 8) {
+    const __m256i mask = first_lanes(n - c);
+    _mm256_maskstore_ps(x + c, mask,
+                        _mm256_add_ps(_mm256_maskload_ps(x + c, mask), _mm256_maskload_ps(residual + c, mask)));
+  }
+  rms_norm(x, w, eps, n, y);
+}
+
+void layer_norm(const float* x, const float* w, const float* b, float eps, int64_t n, float* y) {
+  const double mean = widened_sum<false>(x, n, 0.0) / static_cast<double>(n);
+  const double rstd = 1.0 / std::sqrt(widened_sum<true>(x, n, mean) / static_cast<double>(n) + eps);
+  const __m256d m = _mm256_set1_pd(mean), r = _mm256_set1_pd(rstd);
+  int64_t c = 0;
+  for (; c + 4 <= n; c += 4) {
+    const __m256d normed = _mm256_mul_pd(_mm256_sub_pd(_mm256_cvtps_pd(_mm_loadu_ps(x + c)), m), r);
+    const __m256d affine = _mm256_add_pd(_mm256_mul_pd(normed, _mm256_cvtps_pd(_mm_loadu_ps(w + c))),
+                                         _mm256_cvtps_pd(_mm_loadu_ps(b + c)));
+    _mm_storeu_ps(y + c, _mm256_cvtpd_ps(affine));
+  }
+  for (; c < n; ++c) y[c] = static_cast<float>((x[c] - mean) * rstd * w[c] + b[c]);
+}
+
+void rope(const float* x, const float* cos, const float* sin, int64_t half, float* out) {
+  for (int64_t i = 0; i < half; i += 8) {
+    const __m256i mask = first_lanes(half - i);
+    const __m256 x1 = _mm256_maskload_ps(x + i, mask), x2 = _mm256_maskload_ps(x + half + i, mask);
+    const __m256 c = _mm256_maskload_ps(cos + i, mask), s = _mm256_maskload_ps(sin + i, mask);
+    _mm256_maskstore_ps(out + i, mask, _mm256_sub_ps(_mm256_mul_ps(x1, c), _mm256_mul_ps(x2, s)));
+    _mm256_maskstore_ps(out + half + i, mask, _mm256_add_ps(_mm256_mul_ps(x2, c), _mm256_mul_ps(x1, s)));
+  }
+}
+
 // The two halves of a 64-byte line added as 64-bit lanes.
 inline __m256i line_sum(const uint8_t* line) {
   return _mm256_add_epi64(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(line)),
@@ -498,8 +544,9 @@ uint64_t read_stream(const uint8_t* data, int64_t bytes) {
 
 const Kernels* avx2_kernels() {
 #if defined(MOXIN_HAVE_AVX2_KERNELS)
-  static const Kernels table{"avx2",    kTileRows, kPanelWidth, kGemvMaxRows, gemv,     pack_panels,
-                             gemm_tile, attend,    softmax,     gelu_erf,     silu_mul, read_stream};
+  static const Kernels table{"avx2",      kTileRows, kPanelWidth, kGemvMaxRows, gemv,
+                             pack_panels, gemm_tile, attend, softmax, gelu_erf, silu_mul, rms_norm,
+                             add_rms_norm, layer_norm, rope, read_stream};
   static const bool supported =
       __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && cpu_has_f16c();
   return supported ? &table : nullptr;

@@ -146,34 +146,11 @@ void gemv_rows(const typename L::T* w, int64_t ld, int64_t rows, int64_t K, cons
     gemv_tile<L, 1, MG, U>(w + r * ld, ld, K, x, ldx, bias ? bias + r : nullptr, y + r, ldy);
 }
 
-// Row blocks of ~256 KB: every group of 4 activation rows passes over a block while it is
-// still in L2, so the weights come from memory once however many groups there are.
-template <class L>
-void gemv_typed(const WeightView& w, int64_t n0, int64_t n1, const float* x, int64_t ldx,
-                int64_t M, const float* bias, float* y, int64_t ldy) {
-  const auto* base = static_cast<const typename L::T*>(w.data);
-  const int64_t block = std::max<int64_t>(8, (int64_t{256} << 10) / (w.cols * static_cast<int64_t>(sizeof(typename L::T))) / 8 * 8);
-  for (int64_t b0 = n0; b0 < n1; b0 += block) {
-    const auto* rows = base + b0 * w.ld;
-    const int64_t count = std::min(block, n1 - b0);
-    const float* b = bias ? bias + b0 : nullptr;
-    for (int64_t m0 = 0; m0 < M; m0 += 4) {
-      const float* xm = x + m0 * ldx;
-      float* ym = y + m0 * ldy + b0;
-      switch (std::min<int64_t>(4, M - m0)) {
-        case 1: gemv_rows<L, 1>(rows, w.ld, count, w.cols, xm, ldx, b, ym, ldy); break;
-        case 2: gemv_rows<L, 2>(rows, w.ld, count, w.cols, xm, ldx, b, ym, ldy); break;
-        case 3: gemv_rows<L, 3>(rows, w.ld, count, w.cols, xm, ldx, b, ym, ldy); break;
-        default: gemv_rows<L, 4>(rows, w.ld, count, w.cols, xm, ldx, b, ym, ldy); break;
-      }
-    }
-  }
-}
-
-void gemv(const WeightView& w, int64_t n0, int64_t n1, const float* x, int64_t ldx, int64_t M,
-          const float* bias, float* y, int64_t ldy) {
-  with_weight_loader<Bf16Weights, F16Weights, F32Weights>(
-      w.dtype, [&](auto loader) { gemv_typed<decltype(loader)>(w, n0, n1, x, ldx, M, bias, y, ldy); });
+void gemv(const WeightView& w, int64_t n0, int64_t n1, const float* x, int64_t ldx, int64_t M, const float* bias,
+          float* y, int64_t ldy) {
+  gemv_in_l2_blocks<Bf16Weights, F16Weights, F32Weights>(
+      w, n0, n1, x, ldx, M, bias, y, ldy,
+      [](auto mg, auto loader, auto... args) { gemv_rows<decltype(loader), decltype(mg)::value>(args...); });
 }
 
 // --- GEMM panels: 16 x 16 blocks converted, transposed in registers, stored k-major ------
@@ -465,6 +442,71 @@ void silu_mul(const float* gate, const float* up, float* y, int64_t n) {
   }
 }
 
+// --- Row norms and RoPE ------------------------------------------------------------------
+//
+// The sums in double as in the generic kernels (eight f32 lanes widened at a time, the tail
+// masked to zero), so only the summation order differs from them.
+
+inline double horizontal_sum(__m512d v) {
+  const __m256d h = _mm256_add_pd(_mm512_castpd512_pd256(v), _mm512_extractf64x4_pd(v, 1));
+  const __m128d q = _mm_add_pd(_mm256_castpd256_pd128(h), _mm256_extractf128_pd(h, 1));
+  return _mm_cvtsd_f64(_mm_add_sd(q, _mm_unpackhi_pd(q, q)));
+}
+
+// The sum of x[c] - shift (squared when Square) over c < n, in double.
+template <bool Square>
+double widened_sum(const float* x, int64_t n, double shift) {
+  const __m512d s = _mm512_set1_pd(shift);
+  __m512d acc = _mm512_setzero_pd();
+  for (int64_t c = 0; c < n; c += 8) {
+    const __mmask8 mask = static_cast<__mmask8>(first_lanes(n - c));
+    const __m512d d = _mm512_maskz_sub_pd(mask, _mm512_cvtps_pd(_mm256_maskz_loadu_ps(mask, x + c)), s);
+    acc = Square ? _mm512_fmadd_pd(d, d, acc) : _mm512_add_pd(acc, d);
+  }
+  return horizontal_sum(acc);
+}
+
+void rms_norm(const float* x, const float* w, float eps, int64_t n, float* y) {
+  const double mean_square = widened_sum<true>(x, n, 0.0) / static_cast<double>(n);
+  const __m512 scale = _mm512_set1_ps(static_cast<float>(1.0 / std::sqrt(mean_square + eps)));
+  for (int64_t c = 0; c < n; c += 16) {
+    const __mmask16 mask = first_lanes(n - c);
+    const __m512 scaled = _mm512_mul_ps(_mm512_maskz_loadu_ps(mask, x + c), scale);
+    _mm512_mask_storeu_ps(y + c, mask, _mm512_mul_ps(_mm512_maskz_loadu_ps(mask, w + c), scaled));
+  }
+}
+
+void add_rms_norm(float* x, const float* residual, const float* w, float eps, int64_t n, float* y) {
+  for (int64_t c = 0; c < n; c += 16) {
+    const __mmask16 mask = first_lanes(n - c);
+    _mm512_mask_storeu_ps(x + c, mask,
+                          _mm512_add_ps(_mm512_maskz_loadu_ps(mask, x + c), _mm512_maskz_loadu_ps(mask, residual + c)));
+  }
+  rms_norm(x, w, eps, n, y);
+}
+
+void layer_norm(const float* x, const float* w, const float* b, float eps, int64_t n, float* y) {
+  const double mean = widened_sum<false>(x, n, 0.0) / static_cast<double>(n);
+  const double rstd = 1.0 / std::sqrt(widened_sum<true>(x, n, mean) / static_cast<double>(n) + eps);
+  const __m512d m = _mm512_set1_pd(mean), r = _mm512_set1_pd(rstd);
+  for (int64_t c = 0; c < n; c += 8) {
+    const __mmask8 mask = static_cast<__mmask8>(first_lanes(n - c));
+    const auto widen = [mask](const float* p) { return _mm512_cvtps_pd(_mm256_maskz_loadu_ps(mask, p)); };
+    const __m512d normed = _mm512_mul_pd(_mm512_sub_pd(widen(x + c), m), r);
+    _mm256_mask_storeu_ps(y + c, mask, _mm512_cvtpd_ps(_mm512_add_pd(_mm512_mul_pd(normed, widen(w + c)), widen(b + c))));
+  }
+}
+
+void rope(const float* x, const float* cos, const float* sin, int64_t half, float* out) {
+  for (int64_t i = 0; i < half; i += 16) {
+    const __mmask16 mask = first_lanes(half - i);
+    const __m512 x1 = _mm512_maskz_loadu_ps(mask, x + i), x2 = _mm512_maskz_loadu_ps(mask, x + half + i);
+    const __m512 c = _mm512_maskz_loadu_ps(mask, cos + i), s = _mm512_maskz_loadu_ps(mask, sin + i);
+    _mm512_mask_storeu_ps(out + i, mask, _mm512_sub_ps(_mm512_mul_ps(x1, c), _mm512_mul_ps(x2, s)));
+    _mm512_mask_storeu_ps(out + half + i, mask, _mm512_add_ps(_mm512_mul_ps(x2, c), _mm512_mul_ps(x1, s)));
+  }
+}
+
 // Whole lines with 512-bit loads in the GEMV's pattern: blocks of eight adjacent 8 KB
 // "rows" read line by line in step, each prefetched 2 KB ahead. (Eight streams far apart
 // read slower than one; eight adjacent ones faster.)
@@ -499,8 +541,9 @@ uint64_t read_stream(const uint8_t* data, int64_t bytes) {
 
 const Kernels* avx512_kernels() {
 #if defined(MOXIN_HAVE_AVX512_KERNELS)
-  static const Kernels table{"avx512",  kTileRows, kPanelWidth, kGemvMaxRows, gemv,     pack_panels,
-                             gemm_tile, attend,    softmax,     gelu_erf,     silu_mul, read_stream};
+  static const Kernels table{"avx512",    kTileRows, kPanelWidth, kGemvMaxRows, gemv,
+                             pack_panels, gemm_tile, attend, softmax, gelu_erf, silu_mul, rms_norm,
+                             add_rms_norm, layer_norm, rope, read_stream};
   static const bool supported = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
                                 __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("fma");
   return supported ? &table : nullptr;

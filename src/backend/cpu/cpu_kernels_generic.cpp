@@ -144,6 +144,36 @@ void gemm_tile(int64_t kc, const float* a, int64_t lda, int mr, const float* pan
   }
 }
 
+void rms_norm(const float* x, const float* w, float eps, int64_t n, float* y) {
+  double sq = 0;
+  for (int64_t c = 0; c < n; ++c) sq += static_cast<double>(x[c]) * x[c];
+  const float scale = static_cast<float>(1.0 / std::sqrt(sq / static_cast<double>(n) + eps));
+  for (int64_t c = 0; c < n; ++c) y[c] = w[c] * (x[c] * scale);
+}
+
+void add_rms_norm(float* x, const float* residual, const float* w, float eps, int64_t n, float* y) {
+  for (int64_t c = 0; c < n; ++c) x[c] += residual[c];
+  rms_norm(x, w, eps, n, y);
+}
+
+void layer_norm(const float* x, const float* w, const float* b, float eps, int64_t n, float* y) {
+  double sum = 0;
+  for (int64_t c = 0; c < n; ++c) sum += x[c];
+  const double mean = sum / static_cast<double>(n);
+  double sq = 0;
+  for (int64_t c = 0; c < n; ++c) sq += (x[c] - mean) * (x[c] - mean);
+  const double rstd = 1.0 / std::sqrt(sq / static_cast<double>(n) + eps);
+  for (int64_t c = 0; c < n; ++c) y[c] = static_cast<float>((x[c] - mean) * rstd * w[c] + b[c]);
+}
+
+void rope(const float* x, const float* cos, const float* sin, int64_t half, float* out) {
+  for (int64_t i = 0; i < half; ++i) {
+    const float x1 = x[i], x2 = x[i + half];
+    out[i] = x1 * cos[i] - x2 * sin[i];
+    out[i + half] = x2 * cos[i] + x1 * sin[i];
+  }
+}
+
 uint64_t read_stream(const uint8_t* data, int64_t bytes) {
   uint64_t acc[8] = {};
   for (int64_t i = 0; i < bytes; i += 64) {
@@ -157,8 +187,9 @@ uint64_t read_stream(const uint8_t* data, int64_t bytes) {
 }  // namespace
 
 const Kernels& generic_kernels() {
-  static const Kernels table{"generic", kTileRows, kPanelWidth, kGemvMaxRows, gemv,     pack_panels,
-                             gemm_tile, attend,    softmax,     gelu_erf,     silu_mul, read_stream};
+  static const Kernels table{"generic", kTileRows,  kPanelWidth, kGemvMaxRows, gemv,
+                             pack_panels, gemm_tile, attend, softmax, gelu_erf, silu_mul, rms_norm,
+                             add_rms_norm, layer_norm, rope, read_stream};
   return table;
 }
 

@@ -13,6 +13,7 @@ std::vector<const Kernels*> supported_kernels() {
   std::vector<const Kernels*> tables{&generic_kernels()};
   if (const Kernels* avx2 = avx2_kernels()) tables.push_back(avx2);
   if (const Kernels* avx512 = avx512_kernels()) tables.push_back(avx512);
+  if (const Kernels* neon = neon_kernels()) tables.push_back(neon);
   return tables;
 }
 

@@ -150,20 +150,12 @@ void CpuBackend::rope_kv_write(const Tensor& qkv, const Tensor& positions, float
         cs[i] = std::cos(angle);
         sn[i] = std::sin(angle);
       }
-      // x * cos + rotate_half(x) * sin, each product rounded before the sum.
-      const auto rotate = [&](const float* x, float* out) {
-        for (int64_t i = 0; i < half; ++i) {
-          const float x1 = x[i], x2 = x[i + half];
-          out[i] = x1 * cs[i] - x2 * sn[i];
-          out[i + half] = x2 * cs[i] + x1 * sn[i];
-        }
-      };
       const float* row = in + t * in_row;
-      for (int64_t h = 0; h < q_heads; ++h) rotate(row + h * D, qs + (t * q_heads + h) * D);
+      for (int64_t h = 0; h < q_heads; ++h) kernels_.rope(row + h * D, cs, sn, half, qs + (t * q_heads + h) * D);
       const int64_t slot = static_cast<int64_t>(bv.block(t, bv.pos[t] / cfg.block_size)) * cfg.block_size +
                            bv.pos[t] % cfg.block_size;
       const float* k = row + q_heads * D;
-      for (int64_t h = 0; h < cfg.kv_heads; ++h) rotate(k + h * D, keys + slot * kv_row + h * D);
+      for (int64_t h = 0; h < cfg.kv_heads; ++h) kernels_.rope(k + h * D, cs, sn, half, keys + slot * kv_row + h * D);
       std::memcpy(values + slot * kv_row, k + kv_row, static_cast<size_t>(kv_row) * sizeof(float));
     }
   }, 4);

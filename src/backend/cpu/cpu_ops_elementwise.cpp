@@ -24,14 +24,6 @@ void parallel_elements(ThreadPool& pool, int64_t n, const ThreadPool::RangeFn& f
 
 size_t row_bytes(const Tensor& t) { return static_cast<size_t>(t.cols()) * dtype_size(t.dtype); }
 
-// MistralRMSNorm of one row: w * (x * rsqrt(mean(x^2) + eps)), the products rounded to f32.
-void rms_norm_row(const float* x, const float* w, float eps, int64_t cols, float* y) {
-  double sq = 0;
-  for (int64_t c = 0; c < cols; ++c) sq += static_cast<double>(x[c]) * x[c];
-  const float scale = static_cast<float>(1.0 / std::sqrt(sq / static_cast<double>(cols) + eps));
-  for (int64_t c = 0; c < cols; ++c) y[c] = w[c] * (x[c] * scale);
-}
-
 }  // namespace
 
 void CpuBackend::layer_norm(const Tensor& x, const Tensor& w, const Tensor& b, float eps, Tensor& y) {
@@ -44,19 +36,8 @@ void CpuBackend::layer_norm(const Tensor& x, const Tensor& w, const Tensor& b, f
   MOXIN_CHECK(C > 0, "[cpu] layer_norm: x ", x.shape_str(), " has no columns");
   const float *xs = x.ptr<float>(), *ws = w.ptr<float>(), *bs = b.ptr<float>();
   float* ys = y.ptr<float>();
-  // Two passes in double: as precise as PyTorch's f32 kernel or more.
   parallel_rows(pool_, x.rows(), C, [&](int64_t r0, int64_t r1) {
-    for (int64_t r = r0; r < r1; ++r) {
-      const float* xr = xs + r * C;
-      double sum = 0;
-      for (int64_t c = 0; c < C; ++c) sum += xr[c];
-      const double mean = sum / static_cast<double>(C);
-      double sq = 0;
-      for (int64_t c = 0; c < C; ++c) sq += (xr[c] - mean) * (xr[c] - mean);
-      const double rstd = 1.0 / std::sqrt(sq / static_cast<double>(C) + eps);
-      float* yr = ys + r * C;
-      for (int64_t c = 0; c < C; ++c) yr[c] = static_cast<float>((xr[c] - mean) * rstd * ws[c] + bs[c]);
-    }
+    for (int64_t r = r0; r < r1; ++r) kernels_.layer_norm(xs + r * C, ws, bs, eps, C, ys + r * C);
   });
 }
 
@@ -70,7 +51,7 @@ void CpuBackend::rms_norm(const Tensor& x, const Tensor& w, float eps, Tensor& y
   const float *xs = x.ptr<float>(), *ws = w.ptr<float>();
   float* ys = y.ptr<float>();
   parallel_rows(pool_, x.rows(), C, [&](int64_t r0, int64_t r1) {
-    for (int64_t r = r0; r < r1; ++r) rms_norm_row(xs + r * C, ws, eps, C, ys + r * C);
+    for (int64_t r = r0; r < r1; ++r) kernels_.rms_norm(xs + r * C, ws, eps, C, ys + r * C);
   });
 }
 
@@ -88,11 +69,7 @@ void CpuBackend::add_rms_norm(Tensor& x, const Tensor& y, const Tensor& w, float
   const float *ys = y.ptr<float>(), *ws = w.ptr<float>();
   float* os = out.ptr<float>();
   parallel_rows(pool_, x.rows(), C, [&](int64_t r0, int64_t r1) {
-    for (int64_t r = r0; r < r1; ++r) {
-      float* xr = xs + r * C;
-      for (int64_t c = 0; c < C; ++c) xr[c] += ys[r * C + c];
-      rms_norm_row(xr, ws, eps, C, os + r * C);
-    }
+    for (int64_t r = r0; r < r1; ++r) kernels_.add_rms_norm(xs + r * C, ys + r * C, ws, eps, C, os + r * C);
   });
 }
 

@@ -211,23 +211,15 @@ MOXIN_AVX2 void dequantize(const QuantView& w, int64_t r0, int64_t r1, float* ou
     dequantize_bits<4>(w, r0, r1, out);
 }
 
-}  // namespace
-#pragma GCC diagnostic pop
-#endif
-
-namespace {
-
 bool cpu_has_avx2() {
-#if defined(MOXIN_HAVE_AVX2_QUANT)
   static const bool supported = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
                                 cpu_has_f16c();
   return supported;
-#else
-  return false;
-#endif
 }
 
 }  // namespace
+#pragma GCC diagnostic pop
+#endif
 
 QuantGemvFn quant_gemv_avx2() {
 #if defined(MOXIN_HAVE_AVX2_QUANT)

@@ -145,23 +145,15 @@ MOXIN_AVX512 void dequantize(const QuantView& w, int64_t r0, int64_t r1, float* 
     dequantize_bits<4>(w, r0, r1, out);
 }
 
-}  // namespace
-#pragma GCC diagnostic pop
-#endif
-
-namespace {
-
 bool cpu_has_avx512() {
-#if defined(MOXIN_HAVE_AVX512_QUANT)
   static const bool supported = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
                                 __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("fma");
   return supported;
-#else
-  return false;
-#endif
 }
 
 }  // namespace
+#pragma GCC diagnostic pop
+#endif
 
 QuantGemvFn quant_gemv_avx512() {
 #if defined(MOXIN_HAVE_AVX512_QUANT)

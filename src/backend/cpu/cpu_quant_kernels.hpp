@@ -33,6 +33,8 @@ void quant_gemv_generic(const QuantView& w, int64_t n0, int64_t n1, const float*
 QuantGemvFn quant_gemv_avx512();
 // nullptr when this build or CPU lacks AVX2 + FMA (cpu_quant_avx2.cpp).
 QuantGemvFn quant_gemv_avx2();
+// nullptr unless this is an ARM64 Linux build on a CPU with NEON (cpu_quant_neon.cpp).
+QuantGemvFn quant_gemv_neon();
 
 // out[(r - r0) * w.cols + k] = scale * code + bias for rows r0 <= r < r1: dequantize_rows,
 // or its AVX-512 or AVX2 twin (nullptr when this build or CPU lacks AVX-512 F/BW/VL + FMA,
@@ -40,6 +42,7 @@ QuantGemvFn quant_gemv_avx2();
 using QuantDequantizeFn = void (*)(const QuantView& w, int64_t r0, int64_t r1, float* out);
 QuantDequantizeFn quant_dequantize_avx512();
 QuantDequantizeFn quant_dequantize_avx2();
+QuantDequantizeFn quant_dequantize_neon();
 
 // AVX-512 VNNI GEMV (cpu_quant_vnni.cpp): reads the codes as bytes and the activations split
 // exactly into three signed bytes per input, y[m * ldy + n] = sum_k x[m * ldx + k] W[n, k] for
@@ -50,13 +53,13 @@ bool quant_gemv_vnni(ThreadPool* pool, int64_t M, const float* x, int64_t ldx, c
                      int64_t ldy);
 
 // The ways a decode-sized quantized matmul can run: every one computes the same products.
-enum class QuantGemvPath { generic, avx2, avx512, vnni };
+enum class QuantGemvPath { generic, avx2, avx512, vnni, neon };
 const char* quant_gemv_path_name(QuantGemvPath path);
 // The paths this build and CPU run, fastest last.
 std::vector<QuantGemvPath> quant_gemv_paths();
 // The path of a kernel table's instruction set: generic for the generic table, avx2 for the
 // AVX2 one, the fastest of all for AVX-512 (a CPU with AVX-512 also runs the AVX2 path, and
-// its AVX2 kernel outruns the AVX-512 f32 one).
+// its AVX2 kernel outruns the AVX-512 f32 one) and for NEON.
 QuantGemvPath quant_gemv_path_for(const Kernels& kernels);
 // y[m * ldy + n] = sum_k x[m * ldx + k] W[n, k] for M <= kQuantGemvMaxRows by `path` (one of
 // quant_gemv_paths()); vnni falls back to avx512 for activations it cannot split.

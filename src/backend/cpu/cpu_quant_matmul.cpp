@@ -93,6 +93,7 @@ const char* quant_gemv_path_name(QuantGemvPath path) {
     case QuantGemvPath::avx2: return "avx2";
     case QuantGemvPath::avx512: return "avx512";
     case QuantGemvPath::vnni: return "vnni";
+    case QuantGemvPath::neon: return "neon";
   }
   return "?";
 }
@@ -106,6 +107,7 @@ std::vector<QuantGemvPath> quant_gemv_paths() {
   if (quant_gemv_avx512()) paths.push_back(QuantGemvPath::avx512);
   if (quant_gemv_avx2()) paths.push_back(QuantGemvPath::avx2);
   if (quant_gemv_avx512() && quant_vnni_supported()) paths.push_back(QuantGemvPath::vnni);
+  if (quant_gemv_neon()) paths.push_back(QuantGemvPath::neon);
   return paths;
 }
 
@@ -122,13 +124,14 @@ void quant_gemv(QuantGemvPath path, ThreadPool* pool, int64_t M, const float* x,
   QuantGemvFn gemv = nullptr;
   if (path == QuantGemvPath::avx512 || path == QuantGemvPath::vnni) gemv = quant_gemv_avx512();
   if (path == QuantGemvPath::avx2) gemv = quant_gemv_avx2();
+  if (path == QuantGemvPath::neon) gemv = quant_gemv_neon();
   quant_gemv_f32(gemv ? gemv : quant_gemv_generic, pool, M, x, ldx, w, y, ldy);
 }
 
 QuantDequantizeFn quant_dequantize_for(const Kernels& kernels) {
   if (is_table(kernels, &generic_kernels())) return dequantize_rows;
   if (is_table(kernels, avx2_kernels())) return quant_dequantize_avx2();
-  for (QuantDequantizeFn simd : {quant_dequantize_avx512(), quant_dequantize_avx2()})
+  for (QuantDequantizeFn simd : {quant_dequantize_avx512(), quant_dequantize_avx2(), quant_dequantize_neon()})
     if (simd) return simd;
   return dequantize_rows;
 }
