@@ -28,6 +28,9 @@ ensure_full_model() {
 for step in $steps; do
   case $step in
     parity)
+      python3 -c "import openai" 2>/dev/null ||
+        python3 -m pip install --quiet --no-index --find-links .deps/wheels openai >"$out/pip.log" 2>&1 ||
+        tail -3 "$out/pip.log"
       # The batch-invariance test serves over HTTP: the carried httplib is found through LD_LIBRARY_PATH.
       LD_LIBRARY_PATH=$PWD/.deps/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH} MOXIN_BIN=$bin MOXIN_PARITY_DEVICES=cuda \
         timeout 400 python3 -m pytest -q -s tests/py/test_parity.py tests/py/test_quant.py tests/py/test_quant_fp8.py \

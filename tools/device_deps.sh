@@ -43,6 +43,10 @@ Libs: -L\${libdir} -lcpp-httplib -Wl,-rpath-link,\${libdir}
 Libs.private: -pthread
 Cflags: -I\${includedir} -DCPPHTTPLIB_OPENSSL_SUPPORT -DCPPHTTPLIB_ZLIB_SUPPORT -DCPPHTTPLIB_BROTLI_SUPPORT
 PC
+# The official openai client (tests/py/test_batch_invariance.py serves over HTTP): wheels for the
+# GPU machine's Python 3.12, which has no network; bench/run_gpu.sh installs them there.
+python3 -m pip download --quiet --only-binary=:all: --python-version 3.12 \
+  --platform manylinux2014_x86_64 --platform manylinux_2_17_x86_64 --dest "$dest/wheels" openai
 # The tokenizer fixture, where bench/run_gpu.sh points MOXIN_TOKENIZER_FIXTURE.
 cp tests/fixtures/tokenizer/moxin-vlm.tokenizer.json "$dest/"
 du -sh "$dest"

@@ -266,7 +266,8 @@ void bench_attention(CudaBackend& backend, double ceiling) {
     for (const auto& [path, label] :
          {std::pair{CudaAttentionPath::SplitK, "smem tiles"},
           std::pair{CudaAttentionPath::SplitKWarp, "registers"},
-          std::pair{CudaAttentionPath::SplitKCluster, "registers, cluster merge"}}) {
+          std::pair{CudaAttentionPath::SplitKCluster, "registers, cluster merge"},
+          std::pair{CudaAttentionPath::SplitKTensorCore, "tensor cores"}}) {
       backend.set_attention_path(path);
       const double ms = time_ms(
           stream, 20, 20, [&](int) { backend.paged_attention(q, *f.cache, 0, b, q_heads, y); });
@@ -285,15 +286,18 @@ void bench_attention(CudaBackend& backend, double ceiling) {
       const TokenIndex index{b.token_seq.ptr<int32_t>(), b.token_pos.ptr<int32_t>(),
                              b.block_tables.ptr<int32_t>(), seqs, seqs, f.max_blocks};
       const auto* cache = dynamic_cast<const CudaKvCache*>(f.cache.get());
-      for (int splits : {1, 2, 4, 8, 16}) {
-        const double ms = time_ms(stream, 20, 20, [&](int) {
-          paged_attention_warp(q.ptr<float>(), cache->layer(0), index, q_heads, splits, true,
-                               partial.ptr<float>(), counters.ptr<int>(), y.ptr<float>(), stream);
-        });
-        table.push_back({cat("  decode attention batch ", seqs, " registers, cluster merge, ", splits,
-                             " splits"),
-                         ms, pct(bytes / ms / 1e6, ceiling)});
-      }
+      for (int splits : {1, 2, 4, 8, 16})
+        for (const bool tensor_cores : {false, true}) {
+          const double ms = time_ms(stream, 20, 20, [&](int) {
+            (tensor_cores ? paged_attention_mma : paged_attention_warp)(
+                q.ptr<float>(), cache->layer(0), index, q_heads, splits, true, partial.ptr<float>(),
+                counters.ptr<int>(), y.ptr<float>(), stream);
+          });
+          table.push_back({cat("  decode attention batch ", seqs,
+                               tensor_cores ? " tensor cores, " : " registers, ", "cluster merge, ",
+                               splits, " splits"),
+                           ms, pct(bytes / ms / 1e6, ceiling)});
+        }
     }
   }
   {  // prefill: 1024 tokens of one sequence
@@ -567,20 +571,21 @@ int main() {
     auto& backend = dynamic_cast<CudaBackend&>(*owned);
     std::printf("device: %s\n", backend.name().c_str());
     const double ceiling = copy_ceiling(backend);
-    // MOXIN_CUDA_BENCH=quant: the quantized ops only; =fp8: the fp8 linears only; =bf16: the others.
+    // MOXIN_CUDA_BENCH=quant: the quantized ops only; =fp8: the fp8 linears only; =attention:
+    // the attention kernels and bf16 decoder layers; =bf16: the bf16 linears as well.
     const char* env = std::getenv("MOXIN_CUDA_BENCH");
     const std::string only = env ? env : "";
-    if (only != "bf16") bench_fp8_linears(backend, ceiling);
-    if (only != "bf16" && only != "fp8") {
+    const bool all = only.empty();
+    if (all || only == "fp8") bench_fp8_linears(backend, ceiling);
+    if (all || only == "quant") {
       bench_quant_linears(backend, ceiling);
       for (int bits : {4, 8})
         for (int seqs : {1, 32}) bench_decoder_layer(backend, ceiling, seqs, bits);
     }
-    if (only != "quant" && only != "fp8") {
-      bench_linears(backend, ceiling);
+    if (all || only == "bf16") bench_linears(backend, ceiling);
+    if (all || only == "bf16" || only == "attention") {
       bench_attention(backend, ceiling);
-      bench_decoder_layer(backend, ceiling, 1);
-      bench_decoder_layer(backend, ceiling, 32);
+      for (int seqs : {1, 32, 128}) bench_decoder_layer(backend, ceiling, seqs);
     }
     std::printf("\n%-78s %10s  %s\n", "benchmark", "ms/call", "rate (share of the copy ceiling)");
     for (const Row& r : table)

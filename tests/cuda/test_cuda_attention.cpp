@@ -214,6 +214,7 @@ class PagedAttention : public CudaOpsTest {
            {std::pair{CudaAttentionPath::SplitK, "split-K"},
             std::pair{CudaAttentionPath::SplitKWarp, "split-K warp"},
             std::pair{CudaAttentionPath::SplitKCluster, "split-K warp cluster"},
+            std::pair{CudaAttentionPath::SplitKTensorCore, "split-K tensor cores"},
             std::pair{CudaAttentionPath::TiledF32, "tiled-f32"},
             std::pair{CudaAttentionPath::TiledBf16, "tiled-tensor-core"}}) {
         set_cuda_attention_path(backend(), path);

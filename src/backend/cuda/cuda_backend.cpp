@@ -99,6 +99,7 @@ CudaBackend::CudaBackend(int device_ordinal)
   configure_vit_attention();
   configure_paged_attention();
   configure_paged_attention_split();
+  configure_paged_attention_mma();
   gemm_ = std::make_unique<LtGemm>(kGemmWorkspaceBytes);
   uploader_ = std::make_unique<WeightUploader>(kStagingBytes);
   scratch_elems_ = kScratchElems;
@@ -594,22 +595,32 @@ void CudaBackend::paged_attention(const Tensor& q, KvCache& cache, int layer,
       split_usable && (attention_path_ == CudaAttentionPath::SplitK ||
                        attention_path_ == CudaAttentionPath::SplitKWarp ||
                        attention_path_ == CudaAttentionPath::SplitKCluster ||
+                       attention_path_ == CudaAttentionPath::SplitKTensorCore ||
                        (attention_path_ == CudaAttentionPath::Auto && decode_like(index)));
   if (use_split) {
+    const int group = q_heads / cfg.kv_heads;
     const int splits = attention_splits(static_cast<int>(tokens), q_heads, cfg.kv_heads,
                                         cfg.head_dim, std::max(batch.max_context, 1));
     float* partial = static_cast<float*>(attention_partial_.get());
     int* counters = static_cast<int*>(attention_counters_.get());
-    // The register kernel (Auto: with the cluster merge) beat the shared-memory tiles at
-    // batch 1, 4 and 32 (docs/cuda-notes.md, decode attention v5-v6).
-    if (attention_path_ != CudaAttentionPath::SplitK &&
-        paged_attention_warp_fits(q_heads / cfg.kv_heads, cfg.head_dim))
-      paged_attention_warp(data_of<const float>(q), c.layer(layer), index, q_heads, splits,
-                           attention_path_ != CudaAttentionPath::SplitKWarp, partial, counters,
-                           data_of<float>(y), stream());
+    const auto* qp = data_of<const float>(q);
+    float* yp = data_of<float>(y);
+    const bool tensor_cores = attention_path_ == CudaAttentionPath::Auto ||
+                              attention_path_ == CudaAttentionPath::SplitKTensorCore;
+    // Tensor cores where they fit: streamed tiles kept the KV reads near the bandwidth where the
+    // register kernel stalled on its shuffles (docs/cuda-notes.md, decode attention v7); then
+    // the register kernel (v5-v6), then the staged CUDA-core kernel for any shape.
+    if (tensor_cores && paged_attention_mma_fits(group, cfg.head_dim))
+      paged_attention_mma(qp, c.layer(layer), index, q_heads, splits, true, partial, counters, yp,
+                          stream());
+    else if (attention_path_ != CudaAttentionPath::SplitK &&
+             paged_attention_warp_fits(group, cfg.head_dim))
+      paged_attention_warp(qp, c.layer(layer), index, q_heads, splits,
+                           attention_path_ != CudaAttentionPath::SplitKWarp, partial, counters, yp,
+                           stream());
     else
-      paged_attention_split(data_of<const float>(q), c.layer(layer), index, q_heads, splits,
-                            partial, counters, data_of<float>(y), stream());
+      paged_attention_split(qp, c.layer(layer), index, q_heads, splits, partial, counters, yp,
+                            stream());
   } else {
     paged_attention_tiled(data_of<const float>(q), c.layer(layer), index, q_heads,
                           attention_path_ != CudaAttentionPath::TiledF32, data_of<float>(y),

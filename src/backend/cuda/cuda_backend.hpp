@@ -34,8 +34,10 @@ std::unique_ptr<CudaGraph> capture_cuda_graph(Backend& backend,
 // activations of the prefill GEMMs. TiledF32 keeps those f32 on the CUDA cores (~10x slower);
 // SplitK / TiledBf16 force one kernel. SplitKWarp forces split-K's register kernel with the
 // splits merged through global memory, SplitKCluster with the splits of a (token, kv head) in one
-// thread block cluster where they fit (Auto's choice for split-K); both run as SplitK where the
-// shape does not fit the register kernel. Tests and benchmarks use this; the runtime keeps Auto.
+// thread block cluster where they fit; both run as SplitK where the shape does not fit the
+// register kernel. SplitKTensorCore forces split-K on tensor cores (Auto's choice for split-K
+// where it fits), with the cluster merge, else as SplitKCluster. Tests and benchmarks use this;
+// the runtime keeps Auto.
 // Which kernel runs a bf16 linear of M activation rows. Auto: the CUDA-core GEMV (f32
 // activations) for one row, the tensor-core skinny GEMM for 2..16 rows of small matrices,
 // cuBLASLt otherwise (both round x to bf16); the GEMV also for up to 8 rows whose K is no
@@ -44,7 +46,7 @@ std::unique_ptr<CudaGraph> capture_cuda_graph(Backend& backend,
 enum class CudaLinearPath { Auto, Gemv, Skinny, Lt };
 void set_cuda_linear_path(Backend& backend, CudaLinearPath path);
 
-enum class CudaAttentionPath { Auto, SplitK, TiledF32, TiledBf16, SplitKWarp, SplitKCluster };
+enum class CudaAttentionPath { Auto, SplitK, TiledF32, TiledBf16, SplitKWarp, SplitKCluster, SplitKTensorCore };
 void set_cuda_attention_path(Backend& backend, CudaAttentionPath path);
 
 }  // namespace moxin

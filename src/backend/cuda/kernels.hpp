@@ -184,6 +184,14 @@ void paged_attention_warp(const float* q, const PagedLayer& cache, const TokenIn
                           int q_heads, int splits, bool cluster_merge, float* partial,
                           int* counters, float* y, cudaStream_t stream);
 
+// --- paged_attention_mma.cu: the same contract on tensor cores, K/V tiles streamed per warp ---
+// At the f32 kernels' accuracy (q and p carried as bf16 pairs). Only where
+// paged_attention_mma_fits(q_heads / kv_heads, head_dim).
+bool paged_attention_mma_fits(int group, int head_dim);
+void paged_attention_mma(const float* q, const PagedLayer& cache, const TokenIndex& index,
+                         int q_heads, int splits, bool cluster_merge, float* partial, int* counters,
+                         float* y, cudaStream_t stream);
+
 // --- paged_attention_tiled.cu: tiles of consecutive tokens share K/V tiles (prefill) ---
 // tensor_cores: Q and P rounded to bf16 for mma.sync; otherwise all f32 on the CUDA cores.
 void paged_attention_tiled(const float* q, const PagedLayer& cache, const TokenIndex& index,
@@ -194,6 +202,7 @@ void paged_attention_tiled(const float* q, const PagedLayer& cache, const TokenI
 void configure_vit_attention();
 void configure_paged_attention();
 void configure_paged_attention_split();
+void configure_paged_attention_mma();
 int paged_attention_max_splits();
 
 }  // namespace moxin::cuda

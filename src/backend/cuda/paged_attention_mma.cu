@@ -1,0 +1,323 @@
+// Decode attention over the paged cache on tensor cores, for batches that fill the GPU with
+// (token, kv head) blocks: grid (splits, kv heads, tokens) and the block's end as the other
+// split-K kernels (paged_attention_merge.cuh), but each warp streams 16-position tiles of K and
+// V through its own ring of shared-memory stages (cp.async; kStages - 1 tiles in flight while
+// one is multiplied, the block ids of the next tile looked up while this one lands) and
+// multiplies them with mma.sync m16n8k16: S = Q K^T with the GQA group's heads as A rows and 16
+// positions as two n8 tiles, then O += P V with P straight from S's accumulators.
+//
+// Precision: a group has at most 8 heads, so of the 16 A rows, row g carries bf16(q_g) and row
+// g + 8 the bf16 residual q_g - bf16(q_g) (P likewise). K and V are bf16 in the cache, the
+// products are exact and accumulate in f32, so rows g and g + 8 sum to q's scores within ~2^-17
+// relative: the kernel answers at the f32 kernels' accuracy, on rows a group of 4 leaves idle.
+// Both halves of a head sit in the same thread (accumulator rows g and g + 8), so they add
+// without shuffles.
+#include <cuda_bf16.h>
+
+#include <type_traits>
+
+#include "backend/cuda/attention_mma.cuh"
+#include "backend/cuda/cuda_check.hpp"
+#include "backend/cuda/kernels.hpp"
+#include "backend/cuda/launch.cuh"
+#include "backend/cuda/paged_attention_merge.cuh"
+
+namespace moxin::cuda {
+namespace {
+
+using namespace split_k;
+
+constexpr int kTilePositions = 16;  // positions per warp step: the k16 of P V
+constexpr int kStages = 3;          // per warp: one tile multiplied while two are in flight
+
+template <int kD>
+constexpr int staged_row() {
+  return kD + 8;  // bf16 elements: 16-byte ldmatrix rows of consecutive positions in distinct banks
+}
+template <int kD>
+constexpr size_t mma_decode_smem_bytes() {
+  return size_t{kSplitWarps} * kStages * 2 * kTilePositions * staged_row<kD>() * sizeof(bf16_bits);
+}
+static_assert(mma_decode_smem_bytes<64>() >= sizeof(float) * kSplitWarps * kMaxGroup * kMaxHeadDim,
+              "the merge reuses the staging for the warps' outputs");
+
+// cp.async of 16 bytes, or 16 zero bytes where `valid` is false (src-size 0 reads nothing).
+__device__ __forceinline__ void copy16_or_zero(void* smem, const void* global, bool valid) {
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;" ::"r"(smem_address(smem)),
+               "l"(global), "r"(valid ? 16 : 0)
+               : "memory");
+}
+template <int kPending>
+__device__ __forceinline__ void wait_for_copies() {
+  asm volatile("cp.async.wait_group %0;" ::"n"(kPending) : "memory");
+}
+
+// (a, b) as bf16 pairs: hi = bf16(a, b), lo = bf16 of what hi misses.
+__device__ __forceinline__ void split_bf16(float a, float b, uint32_t& hi, uint32_t& lo) {
+  const __nv_bfloat162 h = __floats2bfloat162_rn(a, b);
+  const float2 back = __bfloat1622float2(h);
+  hi = *reinterpret_cast<const uint32_t*>(&h);
+  lo = pack_bf16(a - back.x, b - back.y);
+}
+
+template <int kD, bool kCluster>
+__global__ void __launch_bounds__(kSplitWarps * 32, 2)
+    paged_mma_kernel(const float* __restrict__ q, PagedLayer cache, TokenIndex index, int q_heads,
+                     int splits, float scale, float* __restrict__ partial,
+                     int* __restrict__ counters, float* __restrict__ y) {
+  constexpr int kRow = staged_row<kD>();
+  constexpr int kSteps = kD / 16;                   // k16 steps of Q K^T, n16 steps of P V
+  constexpr int kChunksPerRow = kD / 8;             // 16-byte pieces of a row
+  constexpr int kRowsPerPass = 32 / kChunksPerRow;  // rows one cp.async instruction covers
+  constexpr int kTileElems = kTilePositions * kRow;
+  extern __shared__ __align__(16) unsigned char staging[];
+  __shared__ unsigned valid_rows[kSplitWarps][kStages];  // bit r: row r of the stage is real
+  __shared__ BlockMerge merge;
+
+  wait_for_prior_kernels();
+  const int split = blockIdx.x;
+  const int kv_head = blockIdx.y;
+  const int token = blockIdx.z;
+  const int warp = threadIdx.x / 32;
+  const int lane = threadIdx.x % 32;
+  const int g = lane / 4;  // this lane's head of the group (accumulator rows g and g + 8)
+  const int t = lane % 4;
+  const int group = q_heads / cache.kv_heads;
+  const int context = token_context(index, index.max_blocks * cache.block_size, token);
+  const int chunk = (context + splits - 1) / splits;
+  const int begin = split * chunk;
+  const int end = min(begin + chunk, context);
+  const int32_t* table =
+      index.block_tables + static_cast<size_t>(max(index.token_seq[token], 0)) * index.max_blocks;
+
+  // Q as A fragments (rows g: bf16(q * scale), rows g + 8: the residual); heads past the group
+  // are zero rows.
+  uint32_t qa[kSteps][4];
+  {
+    const float* qh = q + (static_cast<size_t>(token) * q_heads + kv_head * group + g) * kD + 2 * t;
+#pragma unroll
+    for (int ks = 0; ks < kSteps; ++ks) {
+      const float2 a = g < group ? *reinterpret_cast<const float2*>(qh + ks * 16) : float2{0, 0};
+      const float2 b = g < group ? *reinterpret_cast<const float2*>(qh + ks * 16 + 8) : float2{0, 0};
+      split_bf16(a.x * scale, a.y * scale, qa[ks][0], qa[ks][1]);
+      split_bf16(b.x * scale, b.y * scale, qa[ks][2], qa[ks][3]);
+    }
+  }
+
+  // The warp's tiles: positions first + i * kWarpStride .. + 15.
+  constexpr int kWarpStride = kSplitWarps * kTilePositions;
+  const int first = begin + warp * kTilePositions;
+  const int tiles = first < end ? (end - first + kWarpStride - 1) / kWarpStride : 0;
+  const size_t row_stride = static_cast<size_t>(cache.kv_heads) * kD;
+  auto* ring = reinterpret_cast<bf16_bits*>(staging) + warp * kStages * 2 * kTileElems;
+
+  // Element offset of row lane % 16 of tile i in the cache, -1 past the context or for a block
+  // id outside the cache.
+  auto row_offset = [&](int i) -> long long {
+    const int p = first + i * kWarpStride + lane % kTilePositions;
+    if (i >= tiles || p >= end) return -1;
+    const int block = table[p / cache.block_size];
+    if (block < 0 || block >= cache.num_blocks) return -1;
+    return static_cast<long long>(
+        (static_cast<size_t>(block) * cache.block_size + p % cache.block_size) * row_stride +
+        static_cast<size_t>(kv_head) * kD);
+  };
+  // Tile i's K and V rows into stage i % kStages (coalesced: kChunksPerRow lanes per row);
+  // always one commit group, empty past the last tile, so that the waits count tiles.
+  auto issue = [&](int i, long long offset) {
+    if (i < tiles) {
+      bf16_bits* k_stage = ring + (i % kStages) * 2 * kTileElems;
+      bf16_bits* v_stage = k_stage + kTileElems;
+      const int col = (lane % kChunksPerRow) * 8;
+#pragma unroll
+      for (int pass = 0; pass < kTilePositions / kRowsPerPass; ++pass) {
+        const int row = pass * kRowsPerPass + lane / kChunksPerRow;
+        const long long off = __shfl_sync(0xffffffffu, offset, row);
+        const size_t at = off >= 0 ? static_cast<size_t>(off) + col : 0;
+        copy16_or_zero(k_stage + row * kRow + col, cache.k + at, off >= 0);
+        copy16_or_zero(v_stage + row * kRow + col, cache.v + at, off >= 0);
+      }
+      const unsigned valid = __ballot_sync(0xffffffffu, offset >= 0) & 0xffffu;
+      if (lane == 0) valid_rows[warp][i % kStages] = valid;
+    }
+    copies_issued();
+  };
+
+  float m = -INFINITY;  // running max of head g (the same in the lane's quad)
+  float l = 0.0f;       // this lane's share of head g's softmax sum
+  float o[2 * kSteps][4];
+#pragma unroll
+  for (int n = 0; n < 2 * kSteps; ++n)
+#pragma unroll
+    for (int e = 0; e < 4; ++e) o[n][e] = 0.0f;
+
+  long long next = row_offset(0);
+#pragma unroll
+  for (int i = 0; i < kStages - 1; ++i) {
+    const long long offset = next;
+    next = row_offset(i + 1);
+    issue(i, offset);
+  }
+  for (int i = 0; i < tiles; ++i) {
+    {
+      const long long offset = next;
+      next = row_offset(i + kStages);
+      issue(i + kStages - 1, offset);
+    }
+    wait_for_copies<kStages - 1>();  // tile i has landed
+    __syncwarp();
+    const bf16_bits* k_stage = ring + (i % kStages) * 2 * kTileElems;
+    const bf16_bits* v_stage = k_stage + kTileElems;
+    const unsigned valid = valid_rows[warp][i % kStages];
+
+    float s[2][4] = {};
+#pragma unroll
+    for (int ks = 0; ks < kSteps; ++ks) {
+      uint32_t b[4];
+      ldmatrix_x4(b, k_stage + (lane % 8 + (lane / 16) * 8) * kRow + ks * 16 + ((lane / 8) % 2) * 8);
+      mma_bf16(s[0], qa[ks], b[0], b[1]);
+      mma_bf16(s[1], qa[ks], b[2], b[3]);
+    }
+    // Head g's scores at positions 8 nt + 2t + e: rows g and g + 8 added.
+    float p[2][2];
+    float tile_max = -INFINITY;
+#pragma unroll
+    for (int nt = 0; nt < 2; ++nt)
+#pragma unroll
+      for (int e = 0; e < 2; ++e) {
+        const int row = nt * 8 + 2 * t + e;
+        p[nt][e] = (valid >> row) & 1u ? s[nt][e] + s[nt][e + 2] : -INFINITY;
+        tile_max = fmaxf(tile_max, p[nt][e]);
+      }
+    tile_max = fmaxf(tile_max, __shfl_xor_sync(0xffffffffu, tile_max, 1));
+    tile_max = fmaxf(tile_max, __shfl_xor_sync(0xffffffffu, tile_max, 2));
+    const float m_new = fmaxf(m, tile_max);
+    const float base = m_new == -INFINITY ? 0.0f : m_new;
+    const float corr = expf(m - base);  // 0 while m is -inf
+    m = m_new;
+    l *= corr;
+#pragma unroll
+    for (int nt = 0; nt < 2; ++nt)
+#pragma unroll
+      for (int e = 0; e < 2; ++e) {
+        p[nt][e] = expf(p[nt][e] - base);  // 0 for rows outside the context
+        l += p[nt][e];
+      }
+#pragma unroll
+    for (int n = 0; n < 2 * kSteps; ++n)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) o[n][e] *= corr;
+
+    // P as the A operand over the tile's 16 positions: rows g = bf16(p), rows g + 8 = residual.
+    uint32_t pa[4];
+    split_bf16(p[0][0], p[0][1], pa[0], pa[1]);
+    split_bf16(p[1][0], p[1][1], pa[2], pa[3]);
+#pragma unroll
+    for (int dp = 0; dp < kSteps; ++dp) {
+      uint32_t b[4];
+      ldmatrix_x4_trans(b, v_stage + (lane % 8 + ((lane / 8) % 2) * 8) * kRow + dp * 16 + (lane / 16) * 8);
+      mma_bf16(o[2 * dp], pa, b[0], b[1]);
+      mma_bf16(o[2 * dp + 1], pa, b[2], b[3]);
+    }
+    __syncwarp();  // the stage is read before a later issue() refills it
+  }
+  wait_for_copies<0>();  // no copy may land in the staging once the merge reuses it
+
+  l += __shfl_xor_sync(0xffffffffu, l, 1);
+  l += __shfl_xor_sync(0xffffffffu, l, 2);
+  __syncthreads();  // every warp is done with its ring: the warps' outputs go there
+  auto* sm_acc = reinterpret_cast<float(*)[kMaxGroup][kMaxHeadDim]>(staging);
+  if (g < group) {
+    if (t == 0) {
+      merge.m[warp][g] = m;
+      merge.l[warp][g] = l;
+    }
+#pragma unroll
+    for (int n = 0; n < 2 * kSteps; ++n)
+#pragma unroll
+      for (int e = 0; e < 2; ++e) sm_acc[warp][g][n * 8 + 2 * t + e] = o[n][e] + o[n][e + 2];
+  }
+  if constexpr (kCluster)
+    merge_cluster(merge, sm_acc, token, kv_head, q_heads, group, kD, y);
+  else
+    merge_block(merge, sm_acc, token, kv_head, cache.kv_heads, split, splits, q_heads, group, kD,
+                partial, counters, y);
+}
+
+// Calls f(kernel, smem bytes) for this head_dim and merge.
+template <class F>
+void with_mma_kernel(int head_dim, bool cluster, F f) {
+  auto by_cluster = [&](auto d) {
+    constexpr int kD = decltype(d)::value;
+    if (cluster)
+      f(paged_mma_kernel<kD, true>, mma_decode_smem_bytes<kD>());
+    else
+      f(paged_mma_kernel<kD, false>, mma_decode_smem_bytes<kD>());
+  };
+  if (head_dim == 64)
+    by_cluster(std::integral_constant<int, 64>{});
+  else
+    by_cluster(std::integral_constant<int, 128>{});
+}
+
+// Largest cluster of splits the device runs with this kernel's shared memory (16 where
+// non-portable clusters fit, else the portable 8); set by configure_paged_attention_mma().
+int max_mma_cluster_splits = 8;
+
+}  // namespace
+
+bool paged_attention_mma_fits(int group, int head_dim) {
+  return group >= 1 && group <= kMaxGroup && (head_dim == 64 || head_dim == 128);
+}
+
+void paged_attention_mma(const float* q, const PagedLayer& cache, const TokenIndex& index,
+                         int q_heads, int splits, bool cluster_merge, float* partial, int* counters,
+                         float* y, cudaStream_t stream) {
+  if (index.tokens == 0) return;
+  const int group = q_heads / cache.kv_heads;
+  MOXIN_CHECK(splits >= 1 && splits <= kMaxSplits && paged_attention_mma_fits(group, cache.head_dim),
+              "[cuda] paged_attention_mma: ", splits, " splits (1..", kMaxSplits, "), group ", group,
+              " (1..", kMaxGroup, "), head_dim ", cache.head_dim, " (64, 128)");
+  const float scale = 1.0f / sqrtf(static_cast<float>(cache.head_dim));
+  const dim3 grid(splits, cache.kv_heads, index.tokens);
+  const bool cluster = cluster_merge && splits > 1 && splits <= max_mma_cluster_splits;
+  with_mma_kernel(cache.head_dim, cluster, [&](auto kernel, size_t smem) {
+    launch_kernel_clustered("paged_mma_kernel", kernel, grid, kSplitWarps * 32, smem, stream,
+                            cluster ? static_cast<unsigned>(splits) : 1u, q, cache, index, q_heads,
+                            splits, scale, partial, counters, y);
+  });
+}
+
+void configure_paged_attention_mma() {
+  for (int head_dim : {64, 128})
+    for (bool cluster : {false, true})
+      with_mma_kernel(head_dim, cluster, [&](auto kernel, size_t smem) {
+        MOXIN_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                              static_cast<int>(smem)));
+        if (cluster)
+          MOXIN_CUDA_CHECK(
+              cudaFuncSetAttribute(kernel, cudaFuncAttributeNonPortableClusterSizeAllowed, 1));
+      });
+  // Clusters of up to 16 splits where the device co-schedules them at this shared memory.
+  int active_clusters = 0;
+  with_mma_kernel(kMaxHeadDim, true, [&](auto kernel, size_t smem) {
+    cudaLaunchConfig_t config{};
+    config.gridDim = dim3(16, 1, 1);
+    config.blockDim = dim3(kSplitWarps * 32);
+    config.dynamicSmemBytes = smem;
+    cudaLaunchAttribute attribute{};
+    attribute.id = cudaLaunchAttributeClusterDimension;
+    attribute.val.clusterDim.x = 16;
+    attribute.val.clusterDim.y = 1;
+    attribute.val.clusterDim.z = 1;
+    config.attrs = &attribute;
+    config.numAttrs = 1;
+    if (cudaOccupancyMaxActiveClusters(&active_clusters, kernel, &config) != cudaSuccess) {
+      active_clusters = 0;
+      (void)cudaGetLastError();  // not fatal: the portable size stays
+    }
+  });
+  max_mma_cluster_splits = active_clusters > 0 ? 16 : 8;
+}
+
+}  // namespace moxin::cuda
