@@ -247,6 +247,72 @@ FilledCache fill_cache(CudaBackend& backend, int seqs, int context, int kv_heads
   return f;
 }
 
+// Long and mixed contexts (issue #10: up to 32k, mixed lengths): K/V filled with a constant
+// pattern (the rates do not depend on the values), the tensor-core kernel at Auto's split count
+// and at forced ones.
+void bench_long_context_attention(CudaBackend& backend, double ceiling) {
+  const cudaStream_t stream = backend.stream();
+  const int q_heads = 32, kv_heads = 8, head_dim = 128, block = 16;
+  struct Case {
+    const char* what;
+    std::vector<int> contexts;
+  };
+  std::vector<Case> cases = {{"batch 1 ctx 32k", {32768}},
+                             {"batch 32 ctx 16k", std::vector<int>(32, 16384)},
+                             {"batch 32 mixed (one 32k, 31 x 1k)", {32768}}};
+  cases.back().contexts.resize(32, 1024);
+  for (const Case& c : cases) {
+    const int seqs = int(c.contexts.size());
+    const int longest = *std::max_element(c.contexts.begin(), c.contexts.end());
+    const int max_blocks = (longest + block - 1) / block;
+    KvCacheConfig cfg;
+    cfg.layers = 1;
+    cfg.kv_heads = kv_heads;
+    cfg.head_dim = head_dim;
+    cfg.block_size = block;
+    cfg.num_blocks = seqs * max_blocks;
+    const std::unique_ptr<KvCache> cache = backend.create_kv_cache(cfg);
+    const PagedLayer layer = dynamic_cast<const CudaKvCache*>(cache.get())->layer(0);
+    const size_t cache_bytes = size_t(cfg.num_blocks) * block * kv_heads * head_dim * 2;
+    MOXIN_CUDA_CHECK(cudaMemsetAsync(layer.k, 0x3c, cache_bytes, stream));
+    MOXIN_CUDA_CHECK(cudaMemsetAsync(layer.v, 0x3c, cache_bytes, stream));
+    std::vector<int32_t> tables(size_t(seqs) * max_blocks), seq(seqs), pos(seqs);
+    for (size_t i = 0; i < tables.size(); ++i) tables[i] = int32_t(i);
+    double bytes = 0;
+    for (int s = 0; s < seqs; ++s) {
+      seq[s] = s;
+      pos[s] = c.contexts[s] - 1;
+      bytes += double(c.contexts[s]) * kv_heads * head_dim * 2 * 2;
+    }
+    AttentionBatch b;
+    b.token_seq = backend.from_host_i32(seq.data(), {seqs});
+    b.token_pos = backend.from_host_i32(pos.data(), {seqs});
+    b.block_tables = backend.from_host_i32(tables.data(), {seqs, max_blocks});
+    b.max_context = longest;
+    const std::vector<float> qs = random_f32(size_t(seqs) * q_heads * head_dim, 1.0f);
+    const Tensor q = backend.from_host_f32(qs.data(), {seqs, q_heads * head_dim});
+    Tensor y = backend.empty_act({seqs, q_heads * head_dim});
+    const double auto_ms = time_ms(
+        stream, 10, 10, [&](int) { backend.paged_attention(q, *cache, 0, b, q_heads, y); });
+    table.push_back({cat("decode attention ", c.what, " (Auto, ",
+                         backend.attention_splits(seqs, q_heads, kv_heads, head_dim, longest), " splits)"),
+                     auto_ms, pct(bytes / auto_ms / 1e6, ceiling)});
+    Tensor partial = backend.empty({int64_t{seqs} * q_heads * 64 * (head_dim + 2)}, DType::F32);
+    Tensor counters = backend.empty({int64_t{seqs} * kv_heads}, DType::I32);
+    MOXIN_CUDA_CHECK(cudaMemsetAsync(counters.data, 0, counters.nbytes(), stream));
+    const TokenIndex index{b.token_seq.ptr<int32_t>(), b.token_pos.ptr<int32_t>(),
+                           b.block_tables.ptr<int32_t>(), seqs, seqs, max_blocks};
+    for (int splits : {1, 2, 4, 8, 16, 32, 64}) {
+      const double ms = time_ms(stream, 10, 10, [&](int) {
+        paged_attention_mma(q.ptr<float>(), layer, index, q_heads, splits, true, partial.ptr<float>(),
+                            counters.ptr<int>(), y.ptr<float>(), stream);
+      });
+      table.push_back({cat("  decode attention ", c.what, " tensor cores, ", splits, " splits"), ms,
+                       pct(bytes / ms / 1e6, ceiling)});
+    }
+  }
+}
+
 void bench_attention(CudaBackend& backend, double ceiling) {
   const cudaStream_t stream = backend.stream();
   const int q_heads = 32, kv_heads = 8, head_dim = 128, context = 1024;
@@ -585,6 +651,7 @@ int main() {
     if (all || only == "bf16") bench_linears(backend, ceiling);
     if (all || only == "bf16" || only == "attention") {
       bench_attention(backend, ceiling);
+      bench_long_context_attention(backend, ceiling);
       for (int seqs : {1, 32, 128}) bench_decoder_layer(backend, ceiling, seqs);
     }
     std::printf("\n%-78s %10s  %s\n", "benchmark", "ms/call", "rate (share of the copy ceiling)");

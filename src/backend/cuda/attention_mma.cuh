@@ -21,12 +21,26 @@ constexpr int kMmaRows = 64;  // keys per tile
 
 inline int mma_padded_dim(int head_dim) { return (head_dim + 15) / 16 * 16; }
 inline int mma_row_stride(int head_dim) { return mma_padded_dim(head_dim) + 8; }
-inline size_t mma_smem_bytes(int head_dim, int warps) {
-  return size_t(16 * warps + 2 * kMmaRows) * mma_row_stride(head_dim) * sizeof(__nv_bfloat16);
+// Q rows of the warps, then kv_stages pairs of K and V tiles.
+inline size_t mma_smem_bytes(int head_dim, int warps, int kv_stages = 1) {
+  return size_t(16 * warps + 2 * kMmaRows * kv_stages) * mma_row_stride(head_dim) *
+         sizeof(__nv_bfloat16);
 }
 
 __device__ __forceinline__ uint32_t smem_address(const void* p) {
   return static_cast<uint32_t>(__cvta_generic_to_shared(p));
+}
+
+// cp.async of 16 bytes, or 16 zero bytes where `valid` is false (src-size 0 reads nothing).
+__device__ __forceinline__ void copy16_or_zero(void* smem, const void* global, bool valid) {
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;" ::"r"(smem_address(smem)),
+               "l"(global), "r"(valid ? 16 : 0)
+               : "memory");
+}
+// Waits until at most kPending of this thread's cp.async commit groups are still in flight.
+template <int kPending>
+__device__ __forceinline__ void wait_staged() {
+  asm volatile("cp.async.wait_group %0;" ::"n"(kPending) : "memory");
 }
 
 __device__ __forceinline__ void ldmatrix_x4(uint32_t (&r)[4], const void* p) {
@@ -71,14 +85,19 @@ struct MmaAttention {
 
   __device__ explicit MmaAttention(__nv_bfloat16* smem) {
     q = smem;
-    k = q + kQueryRows * stride;
-    v = k + kMmaRows * stride;
+    use_stage(0);
     m[0] = m[1] = -INFINITY;
     l[0] = l[1] = 0.0f;
 #pragma unroll
     for (int n = 0; n < 2 * KD; ++n)
 #pragma unroll
       for (int e = 0; e < 4; ++e) o[n][e] = 0.0f;
+  }
+
+  // K and V of stage s (of the kv_stages that mma_smem_bytes sized) become the tile to consume.
+  __device__ void use_stage(int s) {
+    k = q + kQueryRows * stride + s * 2 * kMmaRows * stride;
+    v = k + kMmaRows * stride;
   }
 
   // After q is filled and the block synchronized.
@@ -187,10 +206,10 @@ struct MmaAttention {
   }
 };
 
-template <int KD, int kWarps, class Kernel>
+template <int KD, int kWarps, int kKvStages = 1, class Kernel>
 cudaError_t allow_mma_smem(Kernel kernel) {
   return cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                              static_cast<int>(mma_smem_bytes(16 * KD, kWarps)));
+                              static_cast<int>(mma_smem_bytes(16 * KD, kWarps, kKvStages)));
 }
 
 }  // namespace moxin::cuda

@@ -33,6 +33,9 @@ bool decode_like(const TokenIndex& index) {
   return index.tokens <= kSplitMaxTokens || index.tokens <= index.num_seqs;
 }
 constexpr int kMinPositionsPerSplit = 64;
+// Where (token, kv head) blocks fill the GPU, a split still takes at most this many positions: a
+// lone long context among short ones would otherwise set the step's length on a few SMs.
+constexpr int kMaxPositionsPerFullWaveSplit = 4096;
 
 const CudaLinear& cuda_linear(const Linear& w, const char* op) {
   const auto* impl = dynamic_cast<const CudaLinear*>(w.impl.get());
@@ -568,12 +571,17 @@ int CudaBackend::attention_splits(int tokens, int q_heads, int kv_heads, int hea
       (int64_t{tokens} * kv_heads);
   const int64_t by_context =
       (std::max(max_context, 1) + kMinPositionsPerSplit - 1) / kMinPositionsPerSplit;
-  // A full wave of (token, kv head) blocks already fills the GPU: splitting further only adds
-  // merge work (H200, 1k context: batch 32 62 us with 1 split, 68 with 2, 88 with 4; batch 128
-  // 234 / 258 / 300 us).
-  // (This also keeps multi-split calls far below kAttentionCounters (token, kv head) pairs.)
-  if (int64_t{tokens} * kv_heads >= context_->multiprocessors) return 1;
+  // A full wave of (token, kv head) blocks already fills the GPU: splitting short contexts
+  // further only adds merge work (H200, 1k context, tensor-core kernel: batch 32 41 us with 1
+  // split, 46 with 2, 55 with 4; batch 128 139 / 152 / 183 us), long ones are split by
+  // kMaxPositionsPerFullWaveSplit. The splits' counters cover kAttentionCounters (token, kv head)
+  // pairs; past that one split.
   const int64_t most = paged_attention_max_splits();
+  if (int64_t{tokens} * kv_heads > kAttentionCounters) return 1;
+  if (int64_t{tokens} * kv_heads >= context_->multiprocessors)
+    return static_cast<int>(std::clamp<int64_t>(
+        (std::max(max_context, 1) + kMaxPositionsPerFullWaveSplit - 1) / kMaxPositionsPerFullWaveSplit,
+        1, std::min(by_workspace, most)));
   return static_cast<int>(
       std::max<int64_t>(1, std::min({by_workspace, by_occupancy, by_context, most})));
 }

@@ -41,17 +41,6 @@ constexpr size_t mma_decode_smem_bytes() {
 static_assert(mma_decode_smem_bytes<64>() >= sizeof(float) * kSplitWarps * kMaxGroup * kMaxHeadDim,
               "the merge reuses the staging for the warps' outputs");
 
-// cp.async of 16 bytes, or 16 zero bytes where `valid` is false (src-size 0 reads nothing).
-__device__ __forceinline__ void copy16_or_zero(void* smem, const void* global, bool valid) {
-  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;" ::"r"(smem_address(smem)),
-               "l"(global), "r"(valid ? 16 : 0)
-               : "memory");
-}
-template <int kPending>
-__device__ __forceinline__ void wait_for_copies() {
-  asm volatile("cp.async.wait_group %0;" ::"n"(kPending) : "memory");
-}
-
 // (a, b) as bf16 pairs: hi = bf16(a, b), lo = bf16 of what hi misses.
 __device__ __forceinline__ void split_bf16(float a, float b, uint32_t& hi, uint32_t& lo) {
   const __nv_bfloat162 h = __floats2bfloat162_rn(a, b);
@@ -164,7 +153,7 @@ __global__ void __launch_bounds__(kSplitWarps * 32, 2)
       next = row_offset(i + kStages);
       issue(i + kStages - 1, offset);
     }
-    wait_for_copies<kStages - 1>();  // tile i has landed
+    wait_staged<kStages - 1>();  // tile i has landed
     __syncwarp();
     const bf16_bits* k_stage = ring + (i % kStages) * 2 * kTileElems;
     const bf16_bits* v_stage = k_stage + kTileElems;
@@ -221,7 +210,7 @@ __global__ void __launch_bounds__(kSplitWarps * 32, 2)
     }
     __syncwarp();  // the stage is read before a later issue() refills it
   }
-  wait_for_copies<0>();  // no copy may land in the staging once the merge reuses it
+  wait_staged<0>();  // no copy may land in the staging once the merge reuses it
 
   l += __shfl_xor_sync(0xffffffffu, l, 1);
   l += __shfl_xor_sync(0xffffffffu, l, 2);

@@ -119,6 +119,52 @@ __global__ void __launch_bounds__(kTileThreads)
 
 constexpr int kPrefillWarps = 4;
 constexpr int kPrefillTokens = 16 * kPrefillWarps;
+constexpr int kPrefillKvStages = 2;
+
+// The block's copies of keys [key0, key0 + 64) of a sequence (positions <= last) into K/V stage
+// `stage`: cp.async of 16-byte pieces where head_dim is a multiple of 8 (every real model), zeros
+// past the keys, the head_dim or the cache; 2-byte loads otherwise (tiny test dims). One commit
+// group per call.
+template <int kPadded, class Attention>
+__device__ void stage_key_tile(Attention& att, int stage, int key0, int last, const int32_t* table,
+                               const PagedLayer& cache, int kv_head, size_t row_stride) {
+  constexpr int kVecs = kPadded / 8;  // 16-byte pieces of a padded row
+  att.use_stage(stage);
+  const int head_dim = cache.head_dim;
+  const int n = min(kMmaRows, last + 1 - key0);
+  for (int e = threadIdx.x; e < kMmaRows * kVecs; e += kPrefillWarps * 32) {
+    const int r = e / kVecs;
+    const int d0 = (e % kVecs) * 8;
+    long long src = -1;
+    if (r < n && d0 < head_dim) {
+      const int key = key0 + r;
+      const int block = table[key / cache.block_size];
+      if (block >= 0 && block < cache.num_blocks)
+        src = static_cast<long long>(
+            (static_cast<size_t>(block) * cache.block_size + key % cache.block_size) * row_stride +
+            static_cast<size_t>(kv_head) * head_dim + d0);
+    }
+    __nv_bfloat16* k_dst = att.k + r * att.stride + d0;
+    __nv_bfloat16* v_dst = att.v + r * att.stride + d0;
+    if (head_dim % 8 == 0) {
+      copy16_or_zero(k_dst, cache.k + (src >= 0 ? src : 0), src >= 0);
+      copy16_or_zero(v_dst, cache.v + (src >= 0 ? src : 0), src >= 0);
+    } else {
+      uint16_t kh[8] = {}, vh[8] = {};
+      for (int i = 0; i < 8 && src >= 0 && d0 + i < head_dim; ++i) {
+        kh[i] = cache.k[src + i];
+        vh[i] = cache.v[src + i];
+      }
+      *reinterpret_cast<uint4*>(k_dst) =
+          make_uint4(kh[0] | (uint32_t{kh[1]} << 16), kh[2] | (uint32_t{kh[3]} << 16),
+                     kh[4] | (uint32_t{kh[5]} << 16), kh[6] | (uint32_t{kh[7]} << 16));
+      *reinterpret_cast<uint4*>(v_dst) =
+          make_uint4(vh[0] | (uint32_t{vh[1]} << 16), vh[2] | (uint32_t{vh[3]} << 16),
+                     vh[4] | (uint32_t{vh[5]} << 16), vh[6] | (uint32_t{vh[7]} << 16));
+    }
+  }
+  asm volatile("cp.async.commit_group;" ::: "memory");
+}
 
 template <int KD>
 __global__ void __launch_bounds__(kPrefillWarps * 32)
@@ -167,7 +213,6 @@ __global__ void __launch_bounds__(kPrefillWarps * 32)
   att.load_q();
 
   const size_t row_stride = static_cast<size_t>(cache.kv_heads) * head_dim;
-  const int vecs = kPadded / 8;  // 8 bf16 per 16-byte chunk of a padded row
   int prev_seq = -1;
   while (true) {
     __syncthreads();
@@ -183,42 +228,23 @@ __global__ void __launch_bounds__(kPrefillWarps * 32)
     for (int o = 16; o > 0; o /= 2)
       warp_last = max(warp_last, __shfl_xor_sync(0xffffffffu, warp_last, o));
     const int32_t* table = index.block_tables + static_cast<size_t>(seq) * index.max_blocks;
-    for (int key0 = 0; key0 <= last; key0 += kMmaRows) {
-      const int n = min(kMmaRows, last + 1 - key0);
-      __syncthreads();  // the previous tile is consumed
-      for (int e = threadIdx.x; e < kMmaRows * vecs; e += kPrefillWarps * 32) {
-        const int r = e / vecs;
-        const int d0 = (e % vecs) * 8;
-        uint4 kv = make_uint4(0, 0, 0, 0), vv = make_uint4(0, 0, 0, 0);
-        if (r < n && d0 < head_dim) {
-          const int key = key0 + r;
-          const int block = table[key / cache.block_size];
-          if (block >= 0 && block < cache.num_blocks) {
-            const size_t src =
-                (static_cast<size_t>(block) * cache.block_size + key % cache.block_size) *
-                    row_stride +
-                static_cast<size_t>(kv_head) * head_dim + d0;
-            if (head_dim % 8 == 0) {
-              kv = __ldg(reinterpret_cast<const uint4*>(cache.k + src));
-              vv = __ldg(reinterpret_cast<const uint4*>(cache.v + src));
-            } else {
-              uint16_t kh[8] = {}, vh[8] = {};
-              for (int i = 0; i < 8 && d0 + i < head_dim; ++i) {
-                kh[i] = cache.k[src + i];
-                vh[i] = cache.v[src + i];
-              }
-              kv = make_uint4(kh[0] | (uint32_t{kh[1]} << 16), kh[2] | (uint32_t{kh[3]} << 16),
-                              kh[4] | (uint32_t{kh[5]} << 16), kh[6] | (uint32_t{kh[7]} << 16));
-              vv = make_uint4(vh[0] | (uint32_t{vh[1]} << 16), vh[2] | (uint32_t{vh[3]} << 16),
-                              vh[4] | (uint32_t{vh[5]} << 16), vh[6] | (uint32_t{vh[7]} << 16));
-            }
-          }
-        }
-        *reinterpret_cast<uint4*>(att.k + r * att.stride + d0) = kv;
-        *reinterpret_cast<uint4*>(att.v + r * att.stride + d0) = vv;
+    // Key tiles of 64 through two stages: the next tile's copies are in flight while this one is
+    // multiplied (stage s + 1 was consumed before the barrier that ends the previous tile).
+    const int tiles = (last + kMmaRows) / kMmaRows;
+    stage_key_tile<kPadded>(att, 0, 0, last, table, cache, kv_head, row_stride);
+    for (int tile = 0; tile < tiles; ++tile) {
+      const int key0 = tile * kMmaRows;
+      if (tile + 1 < tiles) {
+        stage_key_tile<kPadded>(att, (tile + 1) % 2, key0 + kMmaRows, last, table, cache, kv_head,
+                                row_stride);
+        wait_staged<1>();
+      } else {
+        wait_staged<0>();
       }
-      __syncthreads();
-      if (key0 <= warp_last) att.consume(key0, n, scale, limit);
+      __syncthreads();  // every thread's copies of this tile have landed
+      att.use_stage(tile % 2);
+      if (key0 <= warp_last) att.consume(key0, min(kMmaRows, last + 1 - key0), scale, limit);
+      __syncthreads();  // the tile is consumed before its stage is refilled
     }
     prev_seq = seq;
   }
@@ -238,7 +264,8 @@ void paged_attention_tiled(const float* q, const PagedLayer& cache, const TokenI
     const dim3 grid((index.tokens + kPrefillTokens - 1) / kPrefillTokens, q_heads);
     dispatch_head_dim_chunks(cache.head_dim, [&]<int KD>() {
       launch_kernel("paged_tiled_mma_kernel", paged_tiled_mma_kernel<KD>, grid, kPrefillWarps * 32,
-                    mma_smem_bytes(cache.head_dim, kPrefillWarps), stream, q, cache, index, q_heads,
+                    mma_smem_bytes(cache.head_dim, kPrefillWarps, kPrefillKvStages), stream, q, cache,
+                    index, q_heads,
                     scale, y);
     });
     return;
@@ -255,7 +282,8 @@ void configure_paged_attention() {
   for_all_head_dim_chunks(
       [&]<int DJ>() { MOXIN_CUDA_CHECK(allow_tile_smem<DJ>(paged_tiled_kernel<DJ>)); });
   for_all_head_dim_chunks([&]<int KD>() {
-    MOXIN_CUDA_CHECK((allow_mma_smem<KD, kPrefillWarps>(paged_tiled_mma_kernel<KD>)));
+    MOXIN_CUDA_CHECK(
+        (allow_mma_smem<KD, kPrefillWarps, kPrefillKvStages>(paged_tiled_mma_kernel<KD>)));
   });
 }
 
