@@ -316,7 +316,7 @@ void bench_long_context_attention(CudaBackend& backend, double ceiling) {
 void bench_attention(CudaBackend& backend, double ceiling) {
   const cudaStream_t stream = backend.stream();
   const int q_heads = 32, kv_heads = 8, head_dim = 128, context = 1024;
-  for (int seqs : {1, 4, 32, 128}) {
+  for (int seqs : {1, 4, 8, 16, 32, 128}) {
     FilledCache f = fill_cache(backend, seqs, context, kv_heads, head_dim);
     std::vector<int32_t> seq(seqs), pos(seqs, context - 1);
     for (int s = 0; s < seqs; ++s) seq[s] = s;
@@ -343,27 +343,23 @@ void bench_attention(CudaBackend& backend, double ceiling) {
            ms, pct(bytes / ms / 1e6, ceiling)});
     }
     backend.set_attention_path(CudaAttentionPath::Auto);
-    // More splits than the occupancy rule gives (2 x SMs blocks): does a large batch want more
-    // blocks in flight? Register kernel, cluster merge (global merge beyond a cluster).
-    if (seqs >= 32) {
+    // Every split count against Auto's: which one a batch wants (tensor-core kernel, cluster
+    // merge; global merge beyond a cluster).
+    {
       Tensor partial = backend.empty({int64_t{seqs} * q_heads * 16 * (head_dim + 2)}, DType::F32);
       Tensor counters = backend.empty({int64_t{seqs} * kv_heads}, DType::I32);
       MOXIN_CUDA_CHECK(cudaMemsetAsync(counters.data, 0, counters.nbytes(), stream));
       const TokenIndex index{b.token_seq.ptr<int32_t>(), b.token_pos.ptr<int32_t>(),
                              b.block_tables.ptr<int32_t>(), seqs, seqs, f.max_blocks};
       const auto* cache = dynamic_cast<const CudaKvCache*>(f.cache.get());
-      for (int splits : {1, 2, 4, 8, 16})
-        for (const bool tensor_cores : {false, true}) {
-          const double ms = time_ms(stream, 20, 20, [&](int) {
-            (tensor_cores ? paged_attention_mma : paged_attention_warp)(
-                q.ptr<float>(), cache->layer(0), index, q_heads, splits, true, partial.ptr<float>(),
-                counters.ptr<int>(), y.ptr<float>(), stream);
-          });
-          table.push_back({cat("  decode attention batch ", seqs,
-                               tensor_cores ? " tensor cores, " : " registers, ", "cluster merge, ",
-                               splits, " splits"),
-                           ms, pct(bytes / ms / 1e6, ceiling)});
-        }
+      for (int splits : {1, 2, 3, 4, 6, 8, 12, 16}) {
+        const double ms = time_ms(stream, 20, 20, [&](int) {
+          paged_attention_mma(q.ptr<float>(), cache->layer(0), index, q_heads, splits, true,
+                              partial.ptr<float>(), counters.ptr<int>(), y.ptr<float>(), stream);
+        });
+        table.push_back({cat("  decode attention batch ", seqs, " tensor cores, ", splits, " splits"),
+                         ms, pct(bytes / ms / 1e6, ceiling)});
+      }
     }
   }
   {  // prefill: 1024 tokens of one sequence

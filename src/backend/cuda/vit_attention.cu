@@ -1,7 +1,8 @@
 // Bidirectional multi-head attention of the ViT encoders: for each image b and head h, the
 // T tokens' queries attend to all T keys. Grid: (query tiles, heads, images); each block
 // streams the image's K/V of its head through shared memory, either in f32 on the CUDA cores
-// (attention_tile.cuh) or rounded to bf16 for the tensor cores (attention_mma.cuh).
+// (attention_tile.cuh) or rounded to bf16 for the tensor cores (attention_mma.cuh; all keys
+// staged at once where they fit).
 #include "backend/cuda/attention_mma.cuh"
 #include "backend/cuda/attention_tile.cuh"
 #include "backend/cuda/head_dim_dispatch.cuh"
@@ -51,29 +52,59 @@ __global__ void __launch_bounds__(kTileThreads)
   });
 }
 
-// 2 warps (32 query rows) per block: a 261-token image gives 9 x 16 heads = 144 blocks.
-constexpr int kVitWarps = 2;
+// 3 warps (48 query rows) per block: a 256- or 261-token image gives 6 x 16 heads = 96 blocks,
+// one wave on the H200 even at one block per SM.
+constexpr int kVitWarps = 3;
 constexpr int kVitThreads = 32 * kVitWarps;
 constexpr int kVitQueries = 16 * kVitWarps;
+// Shared memory a block may take for its keys: all of an image's K and V (one load round trip,
+// one barrier) where they fit, 64-key tiles through one stage otherwise.
+constexpr size_t kVitStagedBytes = 200u << 10;
+
+// Key tiles of `tokens` keys, and the K/V stages a block stages at once: all of them when they
+// fit in kVitStagedBytes, else one.
+__host__ __device__ inline int vit_key_tiles(int tokens) { return (tokens + kMmaRows - 1) / kMmaRows; }
+inline int vit_kv_stages(int tokens, int head_dim) {
+  const int tiles = vit_key_tiles(tokens);
+  return mma_smem_bytes(head_dim, kVitWarps, tiles) <= kVitStagedBytes ? tiles : 1;
+}
+template <int KD>
+constexpr int vit_max_kv_stages() {
+  return static_cast<int>((kVitStagedBytes / (size_t(16 * KD + 8) * 2) - 16 * kVitWarps) /
+                          (2 * kMmaRows));
+}
 
 // rows x padded dims of one head's Q, K or V (columns `column` .. + head_dim of rows
 // row0 .. of a [tokens, 3 * width] matrix) as bf16 into shared memory; zeros past the last
-// row or dim. `vec4`: head_dim % 4 == 0 and 16-byte aligned rows (float4 loads).
+// row or dim. `vec4`: head_dim % 4 == 0 and 16-byte aligned rows (float4 loads). Each thread
+// issues kBatch loads before converting and storing any, so that a block's staging costs a few
+// memory round trips rather than one per element it copies.
 template <int kPadded>
 __device__ void stage_rows_bf16(const float* base, int row_stride, int first_row, int rows,
                                 int valid_rows, int head_dim, bool vec4, __nv_bfloat16* dst,
                                 int dst_stride) {
+  constexpr int kBatch = 8;
   if (vec4) {
     constexpr int kQuads = kPadded / 4;
-    for (int e = threadIdx.x; e < rows * kQuads; e += kVitThreads) {
-      const int r = e / kQuads;
-      const int d = (e % kQuads) * 4;
-      float4 v = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
-      if (r < valid_rows && d < head_dim)
-        v = __ldg(reinterpret_cast<const float4*>(
-            base + static_cast<size_t>(first_row + r) * row_stride + d));
-      const uint2 packed = make_uint2(pack_bf16(v.x, v.y), pack_bf16(v.z, v.w));
-      *reinterpret_cast<uint2*>(dst + r * dst_stride + d) = packed;
+    for (int e0 = threadIdx.x; e0 < rows * kQuads; e0 += kVitThreads * kBatch) {
+      float4 v[kBatch];
+#pragma unroll
+      for (int i = 0; i < kBatch; ++i) {
+        const int e = e0 + i * kVitThreads;
+        const int r = e / kQuads;
+        const int d = (e % kQuads) * 4;
+        v[i] = (e < rows * kQuads && r < valid_rows && d < head_dim)
+                   ? __ldg(reinterpret_cast<const float4*>(
+                         base + static_cast<size_t>(first_row + r) * row_stride + d))
+                   : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+      }
+#pragma unroll
+      for (int i = 0; i < kBatch; ++i) {
+        const int e = e0 + i * kVitThreads;
+        if (e < rows * kQuads)
+          *reinterpret_cast<uint2*>(dst + (e / kQuads) * dst_stride + (e % kQuads) * 4) =
+              make_uint2(pack_bf16(v[i].x, v[i].y), pack_bf16(v[i].z, v[i].w));
+      }
     }
     return;
   }
@@ -87,10 +118,11 @@ __device__ void stage_rows_bf16(const float* base, int row_stride, int first_row
   }
 }
 
+// kv_stages: key tiles staged at once (all of them, or 1).
 template <int KD>
 __global__ void __launch_bounds__(kVitThreads)
     vit_attention_mma_kernel(const float* __restrict__ qkv, int tokens, int heads, int head_dim,
-                             float scale, bool vec4, float* __restrict__ y) {
+                             float scale, bool vec4, int kv_stages, float* __restrict__ y) {
   wait_for_prior_kernels();
   extern __shared__ __align__(16) unsigned char smem_bytes[];
   MmaAttention<KD, kVitWarps> att(reinterpret_cast<__nv_bfloat16*>(smem_bytes));
@@ -101,21 +133,31 @@ __global__ void __launch_bounds__(kVitThreads)
   const int width = heads * head_dim;
   const int row_stride = 3 * width;
   const float* base = qkv + static_cast<size_t>(image) * tokens * row_stride + head * head_dim;
+  auto stage_keys = [&](int tile) {
+    const int key0 = tile * kMmaRows;
+    att.use_stage(kv_stages == 1 ? 0 : tile);
+    stage_rows_bf16<kPadded>(base + width, row_stride, key0, kMmaRows, tokens - key0, head_dim,
+                             vec4, att.k, att.stride);
+    stage_rows_bf16<kPadded>(base + 2 * width, row_stride, key0, kMmaRows, tokens - key0,
+                             head_dim, vec4, att.v, att.stride);
+  };
 
   stage_rows_bf16<kPadded>(base, row_stride, q0, kVitQueries, tokens - q0, head_dim, vec4, att.q,
                            att.stride);
+  const int tiles = vit_key_tiles(tokens);
+  if (kv_stages > 1)
+    for (int tile = 0; tile < tiles; ++tile) stage_keys(tile);
   __syncthreads();
   att.load_q();
   const int all_keys[2] = {tokens, tokens};
-  for (int key0 = 0; key0 < tokens; key0 += kMmaRows) {
-    const int n = min(kMmaRows, tokens - key0);
-    __syncthreads();  // the previous tile is consumed
-    stage_rows_bf16<kPadded>(base + width, row_stride, key0, kMmaRows, n, head_dim, vec4, att.k,
-                             att.stride);
-    stage_rows_bf16<kPadded>(base + 2 * width, row_stride, key0, kMmaRows, n, head_dim, vec4, att.v,
-                             att.stride);
-    __syncthreads();
-    att.consume(key0, n, scale, all_keys);
+  for (int tile = 0; tile < tiles; ++tile) {
+    if (kv_stages == 1) {
+      __syncthreads();  // the previous tile is consumed
+      stage_keys(tile);
+      __syncthreads();
+    }
+    att.use_stage(kv_stages == 1 ? 0 : tile);
+    att.consume(tile * kMmaRows, min(kMmaRows, tokens - tile * kMmaRows), scale, all_keys);
   }
   float* out = y + static_cast<size_t>(image) * tokens * width + head * head_dim;
   att.finish(head_dim, [&](int row, int d, float value) {
@@ -132,10 +174,11 @@ void vit_attention(const float* qkv, int batch, int tokens, int heads, int head_
   if (tensor_cores) {
     const dim3 grid((tokens + kVitQueries - 1) / kVitQueries, heads, batch);
     const bool vec4 = head_dim % 4 == 0 && reinterpret_cast<uintptr_t>(qkv) % 16 == 0;
+    const int kv_stages = vit_kv_stages(tokens, head_dim);
     dispatch_head_dim_chunks(head_dim, [&]<int KD>() {
       launch_kernel("vit_attention_mma_kernel", vit_attention_mma_kernel<KD>, grid, kVitThreads,
-                    mma_smem_bytes(head_dim, kVitWarps), stream, qkv, tokens, heads, head_dim,
-                    scale, vec4, y);
+                    mma_smem_bytes(head_dim, kVitWarps, kv_stages), stream, qkv, tokens, heads,
+                    head_dim, scale, vec4, kv_stages, y);
     });
     return;
   }
@@ -151,7 +194,8 @@ void configure_vit_attention() {
   for_all_head_dim_chunks(
       [&]<int DJ>() { MOXIN_CUDA_CHECK(allow_tile_smem<DJ>(vit_attention_kernel<DJ>)); });
   for_all_head_dim_chunks([&]<int KD>() {
-    MOXIN_CUDA_CHECK((allow_mma_smem<KD, kVitWarps>(vit_attention_mma_kernel<KD>)));
+    MOXIN_CUDA_CHECK((allow_mma_smem<KD, kVitWarps, vit_max_kv_stages<KD>()>(
+        vit_attention_mma_kernel<KD>)));
   });
 }
 
