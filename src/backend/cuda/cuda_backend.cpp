@@ -32,7 +32,10 @@ constexpr int kSplitMaxTokens = 64;
 bool decode_like(const TokenIndex& index) {
   return index.tokens <= kSplitMaxTokens || index.tokens <= index.num_seqs;
 }
-constexpr int kMinPositionsPerSplit = 64;
+constexpr int kMinPositionsPerSplit = 128;
+// With fewer (token, kv head) pairs than SMs, a split that would still walk more than this many
+// positions is dealt further, up to two blocks per SM.
+constexpr int kLongSplitPositions = 1024;
 // Where (token, kv head) blocks fill the GPU, a split still takes at most this many positions: a
 // lone long context among short ones would otherwise set the step's length on a few SMs.
 constexpr int kMaxPositionsPerFullWaveSplit = 4096;
@@ -566,24 +569,27 @@ int CudaBackend::attention_splits(int tokens, int q_heads, int kv_heads, int hea
   const int64_t per_split = int64_t{tokens} * q_heads * (head_dim + 2);
   const int64_t by_workspace =
       std::max<int64_t>(1, attention_partial_floats_ / std::max<int64_t>(per_split, 1));
-  const int64_t by_occupancy =
-      (2 * int64_t{context_->multiprocessors} + int64_t{tokens} * kv_heads - 1) /
-      (int64_t{tokens} * kv_heads);
-  const int64_t by_context =
-      (std::max(max_context, 1) + kMinPositionsPerSplit - 1) / kMinPositionsPerSplit;
-  // A full wave of (token, kv head) blocks already fills the GPU: splitting short contexts
-  // further only adds merge work (H200, 1k context, tensor-core kernel: batch 32 41 us with 1
-  // split, 46 with 2, 55 with 4; batch 128 139 / 152 / 183 us), long ones are split by
-  // kMaxPositionsPerFullWaveSplit. The splits' counters cover kAttentionCounters (token, kv head)
-  // pairs; past that one split.
-  const int64_t most = paged_attention_max_splits();
-  if (int64_t{tokens} * kv_heads > kAttentionCounters) return 1;
-  if (int64_t{tokens} * kv_heads >= context_->multiprocessors)
-    return static_cast<int>(std::clamp<int64_t>(
-        (std::max(max_context, 1) + kMaxPositionsPerFullWaveSplit - 1) / kMaxPositionsPerFullWaveSplit,
-        1, std::min(by_workspace, most)));
-  return static_cast<int>(
-      std::max<int64_t>(1, std::min({by_workspace, by_occupancy, by_context, most})));
+  const int64_t most = std::min<int64_t>(by_workspace, paged_attention_max_splits());
+  const int64_t pairs = int64_t{tokens} * kv_heads;  // (token, kv head) blocks of one split
+  const int64_t sms = context_->multiprocessors;
+  const int64_t context = std::max(max_context, 1);
+  auto ceil_div = [](int64_t a, int64_t b) { return (a + b - 1) / b; };
+  // The splits' counters cover kAttentionCounters (token, kv head) pairs; past that one split.
+  if (pairs > kAttentionCounters) return 1;
+  // A full wave of blocks already fills the GPU: splitting short contexts further only adds
+  // merge work (H200, 1k context, tensor-core kernel: batch 32 41 us with 1 split, 46 with 2,
+  // 55 with 4; batch 128 139 / 152 / 183 us); long ones are dealt to splits of at most
+  // kMaxPositionsPerFullWaveSplit.
+  if (pairs >= sms)
+    return static_cast<int>(std::clamp<int64_t>(ceil_div(context, kMaxPositionsPerFullWaveSplit), 1, most));
+  // Fewer pairs than SMs: about one block per SM, none shorter than kMinPositionsPerSplit (H200,
+  // 1k context, best of 1-16 splits: batch 1 8 splits 7.3 us, batch 4 4-6 splits 10.5-10.9 us,
+  // batch 8 2 splits 13.9 us, batch 16 1 split 24.3 us; twice as many blocks cost 12-48% more);
+  // a long context up to two blocks per SM (batch 1, 32k: 32 splits 47 us, 16 splits 54 us).
+  int64_t splits = std::min(sms / pairs, ceil_div(context, kMinPositionsPerSplit));
+  if (context > splits * kLongSplitPositions)
+    splits = std::max(splits, std::min(2 * sms / pairs, ceil_div(context, kLongSplitPositions)));
+  return static_cast<int>(std::clamp<int64_t>(splits, 1, most));
 }
 
 void CudaBackend::paged_attention(const Tensor& q, KvCache& cache, int layer,
