@@ -30,7 +30,7 @@ echo "== model ready at $(($(date +%s) - began)) s"
 
 # The carried httplib and the libraries it needs are found at run time through LD_LIBRARY_PATH.
 LD_LIBRARY_PATH=$PWD/.deps/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH} build-device/src/cli/moxin serve \
-  --model $model --device cuda --port $port --max-batch 128 --max-context 100000 >"$out/server.log" 2>&1 &
+  --model $model --device cuda --port $port --max-batch 128 --max-context 100000 --max-connections-per-client 256 >"$out/server.log" 2>&1 &
 server=$!
 stop_server() { kill -TERM $server 2>/dev/null && wait $server; echo "== server exit status $?"; }
 
