@@ -6,9 +6,13 @@
 
 #include <cooperative_groups.h>
 
+#include <cuda_runtime.h>
+
+#include <cstddef>
 #include <cstdint>
 
 #include "backend/cuda/kernels.hpp"
+#include "backend/cuda/launch.cuh"
 #include "backend/cuda/warp_reduce.cuh"
 
 namespace moxin::cuda::split_k {
@@ -188,6 +192,43 @@ __device__ __forceinline__ void merge_cluster(BlockMerge& sm, float (*acc)[kMaxG
     y[(first_head + g) * head_dim + d] = sum > 0.0f ? out / sum : __int_as_float(0x7fc00000);
   }
   cluster.sync();
+}
+
+// Host side: launches a split-K decode kernel over grid (splits, kv heads, tokens), the splits of a
+// (token, kv head) as one thread block cluster where `cluster`.
+template <class Kernel>
+void launch_split_k(const char* name, Kernel kernel, size_t smem, bool cluster, const float* q,
+                    const PagedLayer& cache, const TokenIndex& index, int q_heads, int splits,
+                    float* partial, int* counters, float* y, cudaStream_t stream) {
+  const float scale = 1.0f / sqrtf(static_cast<float>(cache.head_dim));
+  const dim3 grid(splits, cache.kv_heads, index.tokens);
+  launch_kernel_clustered(name, kernel, grid, kSplitWarps * 32, smem, stream,
+                          cluster ? static_cast<unsigned>(splits) : 1u, q, cache, index, q_heads,
+                          splits, scale, partial, counters, y);
+}
+
+// Host side: the most splits of a (token, kv head) that one thread block cluster may hold for
+// `kernel` launched with `smem` bytes of dynamic shared memory: 16 where the device co-schedules
+// such clusters (a non-portable size; the kernel must allow it), else the portable 8.
+template <class Kernel>
+int largest_cluster_splits(Kernel kernel, size_t smem) {
+  cudaLaunchConfig_t config{};
+  config.gridDim = dim3(16, 1, 1);
+  config.blockDim = dim3(kSplitWarps * 32);
+  config.dynamicSmemBytes = smem;
+  cudaLaunchAttribute attribute{};
+  attribute.id = cudaLaunchAttributeClusterDimension;
+  attribute.val.clusterDim.x = 16;
+  attribute.val.clusterDim.y = 1;
+  attribute.val.clusterDim.z = 1;
+  config.attrs = &attribute;
+  config.numAttrs = 1;
+  int active_clusters = 0;
+  if (cudaOccupancyMaxActiveClusters(&active_clusters, kernel, &config) != cudaSuccess) {
+    (void)cudaGetLastError();  // not fatal: the portable size stays
+    return 8;
+  }
+  return active_clusters > 0 ? 16 : 8;
 }
 
 }  // namespace moxin::cuda::split_k

@@ -267,13 +267,10 @@ void paged_attention_mma(const float* q, const PagedLayer& cache, const TokenInd
   MOXIN_CHECK(splits >= 1 && splits <= kMaxSplits && paged_attention_mma_fits(group, cache.head_dim),
               "[cuda] paged_attention_mma: ", splits, " splits (1..", kMaxSplits, "), group ", group,
               " (1..", kMaxGroup, "), head_dim ", cache.head_dim, " (64, 128)");
-  const float scale = 1.0f / sqrtf(static_cast<float>(cache.head_dim));
-  const dim3 grid(splits, cache.kv_heads, index.tokens);
   const bool cluster = cluster_merge && splits > 1 && splits <= max_mma_cluster_splits;
   with_mma_kernel(cache.head_dim, cluster, [&](auto kernel, size_t smem) {
-    launch_kernel_clustered("paged_mma_kernel", kernel, grid, kSplitWarps * 32, smem, stream,
-                            cluster ? static_cast<unsigned>(splits) : 1u, q, cache, index, q_heads,
-                            splits, scale, partial, counters, y);
+    launch_split_k("paged_mma_kernel", kernel, smem, cluster, q, cache, index, q_heads, splits,
+                   partial, counters, y, stream);
   });
 }
 
@@ -287,26 +284,9 @@ void configure_paged_attention_mma() {
           MOXIN_CUDA_CHECK(
               cudaFuncSetAttribute(kernel, cudaFuncAttributeNonPortableClusterSizeAllowed, 1));
       });
-  // Clusters of up to 16 splits where the device co-schedules them at this shared memory.
-  int active_clusters = 0;
   with_mma_kernel(kMaxHeadDim, true, [&](auto kernel, size_t smem) {
-    cudaLaunchConfig_t config{};
-    config.gridDim = dim3(16, 1, 1);
-    config.blockDim = dim3(kSplitWarps * 32);
-    config.dynamicSmemBytes = smem;
-    cudaLaunchAttribute attribute{};
-    attribute.id = cudaLaunchAttributeClusterDimension;
-    attribute.val.clusterDim.x = 16;
-    attribute.val.clusterDim.y = 1;
-    attribute.val.clusterDim.z = 1;
-    config.attrs = &attribute;
-    config.numAttrs = 1;
-    if (cudaOccupancyMaxActiveClusters(&active_clusters, kernel, &config) != cudaSuccess) {
-      active_clusters = 0;
-      (void)cudaGetLastError();  // not fatal: the portable size stays
-    }
+    max_mma_cluster_splits = largest_cluster_splits(kernel, smem);
   });
-  max_mma_cluster_splits = active_clusters > 0 ? 16 : 8;
 }
 
 }  // namespace moxin::cuda

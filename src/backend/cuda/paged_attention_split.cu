@@ -401,15 +401,13 @@ void paged_attention_split(const float* q, const PagedLayer& cache, const TokenI
                            int q_heads, int splits, float* partial, int* counters, float* y,
                            cudaStream_t stream) {
   if (index.tokens == 0) return;
-  const float scale = 1.0f / sqrtf(static_cast<float>(cache.head_dim));
-  const dim3 grid(splits, cache.kv_heads, index.tokens);
   const int dims_per_lane = cache.head_dim % 32 == 0 ? cache.head_dim / 32 : 0;
   MOXIN_CHECK(splits >= 1 && splits <= kMaxSplits, "[cuda] paged_attention: ", splits,
               " splits (1..", kMaxSplits, ")");
   const size_t smem = split_smem_bytes(cache.head_dim);
   auto run = [&](auto kernel) {
-    launch_kernel("paged_split_kernel", kernel, grid, kSplitWarps * 32, smem, stream, q, cache,
-                  index, q_heads, splits, scale, partial, counters, y);
+    launch_split_k("paged_split_kernel", kernel, smem, false, q, cache, index, q_heads, splits,
+                   partial, counters, y, stream);
   };
   switch (dims_per_lane) {
     case 1:
@@ -481,13 +479,10 @@ void paged_attention_warp(const float* q, const PagedLayer& cache, const TokenIn
       splits >= 1 && splits <= kMaxSplits && paged_attention_warp_fits(group, cache.head_dim),
       "[cuda] paged_attention_warp: ", splits, " splits (1..", kMaxSplits, "), group ", group,
       " (1, 2, 4, 8), head_dim ", cache.head_dim, " (64, 128)");
-  const float scale = 1.0f / sqrtf(static_cast<float>(cache.head_dim));
-  const dim3 grid(splits, cache.kv_heads, index.tokens);
   const bool cluster = cluster_merge && splits > 1 && splits <= max_cluster_splits;
   with_warp_kernel(cache.head_dim, group, cluster, [&](auto kernel) {
-    launch_kernel_clustered("paged_warp_kernel", kernel, grid, kSplitWarps * 32, 0, stream,
-                            cluster ? static_cast<unsigned>(splits) : 1u, q, cache, index, q_heads,
-                            splits, scale, partial, counters, y);
+    launch_split_k("paged_warp_kernel", kernel, 0, cluster, q, cache, index, q_heads, splits,
+                   partial, counters, y, stream);
   });
 }
 
@@ -495,30 +490,14 @@ int paged_attention_max_splits() { return kMaxSplits; }
 
 void configure_paged_attention_split() {
   // Clusters of up to 16 splits where the device co-schedules them (else 8, always allowed).
-  int active_clusters = 0;
   for (int head_dim : {64, 128})
     for (int group : {1, 2, 4, 8})
       with_warp_kernel(head_dim, group, true, [&](auto kernel) {
         MOXIN_CUDA_CHECK(
             cudaFuncSetAttribute(kernel, cudaFuncAttributeNonPortableClusterSizeAllowed, 1));
       });
-  with_warp_kernel(kMaxHeadDim, kMaxGroup, true, [&](auto kernel) {
-    cudaLaunchConfig_t config{};
-    config.gridDim = dim3(16, 1, 1);
-    config.blockDim = dim3(kSplitWarps * 32);
-    cudaLaunchAttribute attribute{};
-    attribute.id = cudaLaunchAttributeClusterDimension;
-    attribute.val.clusterDim.x = 16;
-    attribute.val.clusterDim.y = 1;
-    attribute.val.clusterDim.z = 1;
-    config.attrs = &attribute;
-    config.numAttrs = 1;
-    if (cudaOccupancyMaxActiveClusters(&active_clusters, kernel, &config) != cudaSuccess) {
-      active_clusters = 0;
-      (void)cudaGetLastError();  // not fatal: the portable size stays
-    }
-  });
-  max_cluster_splits = active_clusters > 0 ? 16 : 8;
+  with_warp_kernel(kMaxHeadDim, kMaxGroup, true,
+                   [&](auto kernel) { max_cluster_splits = largest_cluster_splits(kernel, 0); });
   const int bytes = static_cast<int>(split_smem_bytes(kMaxHeadDim));
   MOXIN_CUDA_CHECK(cudaFuncSetAttribute(paged_split_kernel<1>,
                                         cudaFuncAttributeMaxDynamicSharedMemorySize, bytes));
