@@ -3,7 +3,8 @@
 # flags, the FMA peaks and read ceiling, the prefill/vision GEMMs and decode GEMVs of every
 # kernel table this CPU runs (bench/cpu_ops_bench.cpp BM_Gemm, BM_GemvPath), PyTorch's f32 GEMM
 # and timm's encoders on the same shapes (bench/cpu_peer_torch.py), and, when a full-size model
-# is at $MOXIN_FULL_MODEL, `moxin bench` vision + prefill of 256 tokens with each SIMD table.
+# is at $MOXIN_FULL_MODEL, `moxin bench` vision + prefill of 256 tokens + bf16 decode with each SIMD
+# table, then int8 and int4 (g64, quantized at load) decode.
 #   cmake --build build --target cpu_ops_bench moxin && bench/run_cpu_paths.sh > bench/results/<name>.txt
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -21,7 +22,13 @@ if [ -f "$model/config.json" ]; then
   for table in avx512 avx2; do
     echo "## moxin bench, MOXIN_CPU_KERNELS=$table"
     MOXIN_CPU_KERNELS=$table ./build/src/cli/moxin bench --model "$model" --device cpu --threads "$threads" \
-      --context 256 --prefill-tokens 256 --decode-steps 1 --runs 1 2>&1
+      --context 256 --prefill-tokens 256 --decode-steps 4 --runs 1 2>&1
+    for bits in 8 4; do
+      echo "## moxin bench --quantize $bits --group-size 64, MOXIN_CPU_KERNELS=$table (decode)"
+      MOXIN_CPU_KERNELS=$table ./build/src/cli/moxin bench --model "$model" --device cpu --threads "$threads" \
+        --quantize "$bits" --group-size 64 --context 64 --prefill-tokens 0 --decode-steps 8 --runs 1 \
+        --no-vision --quiet 2>&1
+    done
   done
 else
   echo "(no full-size model at $model: moxin bench skipped; python3 tools/make_test_model.py --preset full --out $model)"
