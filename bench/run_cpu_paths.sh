@@ -26,7 +26,7 @@ if [ -f "$model/config.json" ]; then
     for bits in 8 4; do
       echo "## moxin bench --quantize $bits --group-size 64, MOXIN_CPU_KERNELS=$table (decode)"
       MOXIN_CPU_KERNELS=$table ./build/src/cli/moxin bench --model "$model" --device cpu --threads "$threads" \
-        --quantize "$bits" --group-size 64 --context 64 --prefill-tokens 0 --decode-steps 8 --runs 1 \
+        --quantize "$bits" --group-size 64 --context 64 --prefill-tokens 1 --decode-steps 8 --runs 1 \
         --no-vision --quiet 2>&1
     done
   done
