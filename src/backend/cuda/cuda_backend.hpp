@@ -27,8 +27,9 @@ using CudaGraph = OpGraph;
 std::unique_ptr<CudaGraph> capture_cuda_graph(Backend& backend,
                                               const std::function<void()>& record);
 
-// Which attention kernels run. Auto: paged attention of up to 64 tokens (decode) goes through
-// split-K flash-decoding in f32 (K/V as stored: bf16); larger batches (prefill) and the ViT
+// Which attention kernels run. Auto: decode batches (up to 64 tokens, or one token per sequence)
+// go through split-K flash-decoding at f32 accuracy (K/V as stored: bf16), on tensor cores with q
+// and p carried as bf16 pairs where the shape fits; larger batches (prefill) and the ViT
 // encoders through tensor-core tiles, where Q and the softmax probabilities are rounded to
 // bf16 (ViT: K and V too) for mma with f32 accumulation: ~2e-3 relative error, like the bf16
 // activations of the prefill GEMMs. TiledF32 keeps those f32 on the CUDA cores (~10x slower);
