@@ -11,6 +11,7 @@ import io
 import json
 import pathlib
 import random
+import signal
 import threading
 import time
 
@@ -347,7 +348,17 @@ def test_the_gil_is_released_while_the_engine_computes(model_dir, seed):
         thread.join()
 
 
-def test_ctrl_c_stops_a_generation_between_steps(model_dir, seed):
+@pytest.fixture
+def python_handles_sigint():
+    """Python's own SIGINT handler for the test: a process started in the background by a
+    non-interactive shell inherits SIGINT ignored, Python then installs no handler, and
+    _thread.interrupt_main() does nothing (a CI run started with `&` failed so)."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)
+
+
+def test_ctrl_c_stops_a_generation_between_steps(model_dir, seed, python_handles_sigint):
     """KeyboardInterrupt arrives at the next decode step, not after the whole generation."""
     rng = np.random.default_rng(seed)
     slow = moxin.Model.load(model_dir, threads=1)
