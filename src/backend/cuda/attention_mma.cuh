@@ -15,6 +15,8 @@
 
 #include <cstdint>
 
+#include "backend/cuda/cp_async.cuh"
+
 namespace moxin::cuda {
 
 constexpr int kMmaRows = 64;  // keys per tile
@@ -25,22 +27,6 @@ inline int mma_row_stride(int head_dim) { return mma_padded_dim(head_dim) + 8; }
 inline size_t mma_smem_bytes(int head_dim, int warps, int kv_stages = 1) {
   return size_t(16 * warps + 2 * kMmaRows * kv_stages) * mma_row_stride(head_dim) *
          sizeof(__nv_bfloat16);
-}
-
-__device__ __forceinline__ uint32_t smem_address(const void* p) {
-  return static_cast<uint32_t>(__cvta_generic_to_shared(p));
-}
-
-// cp.async of 16 bytes, or 16 zero bytes where `valid` is false (src-size 0 reads nothing).
-__device__ __forceinline__ void copy16_or_zero(void* smem, const void* global, bool valid) {
-  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;" ::"r"(smem_address(smem)),
-               "l"(global), "r"(valid ? 16 : 0)
-               : "memory");
-}
-// Waits until at most kPending of this thread's cp.async commit groups are still in flight.
-template <int kPending>
-__device__ __forceinline__ void wait_staged() {
-  asm volatile("cp.async.wait_group %0;" ::"n"(kPending) : "memory");
 }
 
 __device__ __forceinline__ void ldmatrix_x4(uint32_t (&r)[4], const void* p) {

@@ -1,5 +1,5 @@
 // The pieces the split-K decode attention kernels share (paged_attention_split.cu,
-// paged_attention_mma.cu): a token's context, cp.async staging, and the block's end that merges
+// paged_attention_mma.cu): a token's context and the block's end that merges
 // the warps' online-softmax states and then the splits of a (token, kv head), through global
 // memory (last block to finish) or inside a thread block cluster.
 #pragma once
@@ -11,6 +11,7 @@
 #include <cstddef>
 #include <cstdint>
 
+#include "backend/cuda/cp_async.cuh"
 #include "backend/cuda/kernels.hpp"
 #include "backend/cuda/launch.cuh"
 #include "backend/cuda/warp_reduce.cuh"
@@ -20,19 +21,6 @@ namespace moxin::cuda::split_k {
 constexpr int kSplitWarps = 4;
 constexpr int kMaxGroup = 8;  // query heads per kv head
 constexpr int kMaxSplits = 64;
-
-__device__ __forceinline__ void copy16_async(void* smem, const void* global) {
-  asm volatile("cp.async.cg.shared.global [%0], [%1], 16;" ::"r"(
-                   static_cast<uint32_t>(__cvta_generic_to_shared(smem))),
-               "l"(global)
-               : "memory");
-}
-__device__ __forceinline__ void copies_issued() {
-  asm volatile("cp.async.commit_group;" ::: "memory");
-}
-__device__ __forceinline__ void copies_landed() {
-  asm volatile("cp.async.wait_group 0;" ::: "memory");
-}
 
 // Context length of a token: pos + 1, or 0 when its index entries are invalid.
 __device__ __forceinline__ int token_context(const TokenIndex& index, int capacity, int token) {

@@ -138,7 +138,7 @@ __global__ void __launch_bounds__(kSplitWarps * 32)
         }
       }
       copies_issued();
-      copies_landed();
+      wait_staged<0>();
       __syncwarp();
       if (ok) {
         const uint4* krow = reinterpret_cast<const uint4*>(k_tile + lane * kRow);

@@ -163,7 +163,7 @@ __device__ void stage_key_tile(Attention& att, int stage, int key0, int last, co
                      vh[4] | (uint32_t{vh[5]} << 16), vh[6] | (uint32_t{vh[7]} << 16));
     }
   }
-  asm volatile("cp.async.commit_group;" ::: "memory");
+  copies_issued();
 }
 
 template <int KD>
