@@ -52,6 +52,14 @@ void Decoder::run_layer(int index, Tensor& x, const Tensor& positions, const Att
     backend_.add(x, s.out);
 }
 
+DType Decoder::input_dtype(int64_t rows, std::initializer_list<const Linear Layer::*> consumers) const {
+  const DType wanted = backend_.linear_input_dtype(layers_.front().*(*consumers.begin()), rows);
+  for (const Layer& layer : layers_)
+    for (const Linear Layer::*consumer : consumers)
+      if (backend_.linear_input_dtype(layer.*consumer, rows) != wanted) return backend_.act_dtype();
+  return wanted;
+}
+
 void Decoder::forward(Tensor& x, const Tensor& positions, const AttentionBatch& batch,
                       KvCache& cache, const LayerObserver& after_layer) const {
   MOXIN_CHECK(x.cols() == config_.hidden && positions.numel() == x.rows(),
@@ -61,13 +69,13 @@ void Decoder::forward(Tensor& x, const Tensor& positions, const AttentionBatch& 
   const int64_t q_dim = int64_t{config_.heads} * config_.head_dim;
   const int64_t kv_dim = int64_t{config_.kv_heads} * config_.head_dim;
   Scratch s;
-  s.normed = backend_.empty_act({t, config_.hidden});
+  s.normed = backend_.empty({t, config_.hidden}, input_dtype(t, {&Layer::qkv, &Layer::gate_up}));
   s.qkv = backend_.empty_act({t, q_dim + 2 * kv_dim});
   s.q = backend_.empty_act({t, q_dim});
   s.attn = backend_.empty_act({t, q_dim});
   s.out = backend_.empty_act({t, config_.hidden});
   s.gate_up = backend_.empty_act({t, 2 * int64_t{config_.intermediate}});
-  s.act = backend_.empty_act({t, config_.intermediate});
+  s.act = backend_.empty({t, config_.intermediate}, input_dtype(t, {&Layer::down}));
   backend_.rms_norm(x, layers_.front().input_norm, config_.rms_eps, s.normed);
   for (size_t i = 0; i < layers_.size(); ++i) {
     run_layer(static_cast<int>(i), x, positions, batch, cache, s);

@@ -4,6 +4,7 @@
 #pragma once
 
 #include <functional>
+#include <initializer_list>
 #include <vector>
 
 #include "backend/backend.hpp"
@@ -31,7 +32,10 @@ class Decoder {
     Tensor input_norm, post_attention_norm;
     Linear qkv, o, gate_up, down;  // q | k | v and gate | up fused: one op each
   };
-  // The activations of one forward, shared by its layers.
+  // The dtype the `consumers` linears of every layer take at this many rows (the backend's
+  // linear_input_dtype), or act_dtype() where they differ: the ops writing their input use it.
+  DType input_dtype(int64_t rows, std::initializer_list<const Linear Layer::*> consumers) const;
+  // The activations of one forward, shared by its layers (normed and act in input_dtype).
   struct Scratch {
     Tensor normed, qkv, q, attn, out, gate_up, act;
   };

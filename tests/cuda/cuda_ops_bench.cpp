@@ -432,11 +432,12 @@ void bench_decoder_layer(CudaBackend& backend, double ceiling, int seqs, int bit
                            ws = random_f32(hidden, 1.0f);
   Tensor x = backend.from_host_f32(xs.data(), {seqs, hidden});
   const Tensor norm = backend.from_host_f32(ws.data(), {hidden});
-  Tensor h = backend.empty_act({seqs, hidden}), qkvt = backend.empty_act({seqs, qkv_width}),
-         qt = backend.empty_act({seqs, q_heads * head_dim}),
+  // normed and act in the dtype their linears take (bf16 where cuBLASLt multiplies them).
+  Tensor h = backend.empty({seqs, hidden}, backend.linear_input_dtype(qkv, seqs)),
+         qkvt = backend.empty_act({seqs, qkv_width}), qt = backend.empty_act({seqs, q_heads * head_dim}),
          attn = backend.empty_act({seqs, q_heads * head_dim}),
          out = backend.empty_act({seqs, hidden}), gu = backend.empty_act({seqs, 2 * inter}),
-         act = backend.empty_act({seqs, inter});
+         act = backend.empty({seqs, inter}, backend.linear_input_dtype(down, seqs));
   backend.rms_norm(x, norm, 1e-5f, h);  // a layer starts from the previous one's add + norm
   auto layer = [&] {
     backend.linear(h, qkv, qkvt);
@@ -609,6 +610,17 @@ void bench_fp8_linears(CudaBackend& backend, double ceiling) {
       if (m <= kFp8GemvMaxRows) {
         const double bytes = double(n) * k + 4.0 * n + 4.0 * m * (k + n);
         table.push_back({what + " gemv", ms, pct(bytes / ms / 1e6, ceiling)});
+        for (const auto& [rows, unroll, slices] :
+             {std::tuple{2, 2, 1}, {4, 2, 1}, {4, 2, 2}, {4, 2, 4}, {4, 4, 1}, {4, 4, 2}, {8, 2, 1}, {8, 2, 2}}) {
+          const auto fp8 = [&](int i) { return dynamic_cast<const CudaLinear&>(*w[i % 3].impl).fp8; };
+          if (!fp8_gemv_variant(rows, unroll, slices, x.ptr<float>(), m, fp8(0), y.ptr<float>(), stream)) continue;
+          const double vms = time_ms(stream, 20, 10, [&](int i) {
+            fp8_gemv_variant(rows, unroll, slices, x.ptr<float>(), m, fp8(i), y.ptr<float>(), stream);
+          });
+          table.push_back({cat("  fp8 gemv M=", m, " rows/warp=", rows, " steps in flight=", unroll,
+                               " K slices=", slices),
+                           vms, pct(bytes / vms / 1e6, ceiling)});
+        }
       } else {
         const double bf16_ms = time_ms(stream, 10, 5, [&](int i) { backend.linear(x, bf16[i % 2], y); });
         table.push_back({what + " codes as bf16 + cublasLt", ms,
@@ -648,7 +660,7 @@ int main() {
     if (all || only == "bf16" || only == "attention") {
       bench_attention(backend, ceiling);
       bench_long_context_attention(backend, ceiling);
-      for (int seqs : {1, 32, 128}) bench_decoder_layer(backend, ceiling, seqs);
+      for (int seqs : {1, 8, 32, 128}) bench_decoder_layer(backend, ceiling, seqs);
     }
     std::printf("\n%-78s %10s  %s\n", "benchmark", "ms/call", "rate (share of the copy ceiling)");
     for (const Row& r : table)

@@ -11,6 +11,7 @@
 
 #include "backend/cuda/cuda_backend.hpp"
 #include "core/bf16.hpp"
+#include "core/check.hpp"
 
 namespace moxin::cuda_test {
 
@@ -121,6 +122,36 @@ Tensor CudaOpsTest::upload(const std::vector<float>& v, const std::vector<int64_
 
 Tensor CudaOpsTest::upload_i32(const std::vector<int32_t>& v, const std::vector<int64_t>& shape) {
   return backend_->from_host_i32(v.data(), shape);
+}
+
+Tensor CudaOpsTest::upload_bf16(const std::vector<float>& v, const std::vector<int64_t>& shape) {
+  Tensor t = backend_->empty(shape, DType::BF16);
+  std::vector<uint16_t> bits(v.size());
+  for (size_t i = 0; i < v.size(); ++i) bits[i] = f32_to_bf16(v[i]);
+  EXPECT_EQ(cudaMemcpy(t.data, bits.data(), bits.size() * 2, cudaMemcpyHostToDevice), cudaSuccess);
+  return t;
+}
+
+std::vector<float> CudaOpsTest::linear_both_ways(const std::vector<float>& x, int64_t m, int64_t k,
+                                                 const Linear& w, const std::string& what) {
+  Tensor y = poisoned({m, w.out_features});
+  backend_->linear(upload(x, {m, k}), w, y);
+  const std::vector<float> from_f32 = download(y);
+  if (backend_->linear_input_dtype(w, m) == DType::BF16) {
+    Tensor y_bf16 = poisoned({m, w.out_features});
+    backend_->linear(upload_bf16(x, {m, k}), w, y_bf16);
+    const std::vector<float> from_bf16 = download(y_bf16);
+    for (size_t i = 0; i < from_f32.size(); ++i)
+      if (std::memcmp(&from_f32[i], &from_bf16[i], sizeof(float)) != 0) {
+        ADD_FAILURE() << what << ": bf16 x gives " << from_bf16[i] << " at " << i << ", f32 x " << from_f32[i];
+        break;
+      }
+  } else {
+    Tensor y_bf16 = poisoned({m, w.out_features});
+    EXPECT_THROW(backend_->linear(upload_bf16(x, {m, k}), w, y_bf16), Error)
+        << what << ": takes f32 activations, yet accepted bf16 ones";
+  }
+  return from_f32;
 }
 
 Tensor CudaOpsTest::poisoned(const std::vector<int64_t>& shape) {

@@ -52,6 +52,12 @@ class CudaOpsTest : public ::testing::Test {
 
   Tensor upload(const std::vector<float>& v, const std::vector<int64_t>& shape);
   Tensor upload_i32(const std::vector<int32_t>& v, const std::vector<int64_t>& shape);
+  Tensor upload_bf16(const std::vector<float>& v, const std::vector<int64_t>& shape);  // rounded
+  // linear(x, w) once with f32 x and, where the backend takes bf16 activations at these rows
+  // (linear_input_dtype), again with x rounded to bf16 as an op feeding it would write it: the
+  // two results must be the same bits. Returns the f32-x result.
+  std::vector<float> linear_both_ways(const std::vector<float>& x, int64_t m, int64_t k, const Linear& w,
+                                      const std::string& what);
   Tensor poisoned(const std::vector<int64_t>& shape);  // every element NaN
   std::vector<float> download(const Tensor& t);
 

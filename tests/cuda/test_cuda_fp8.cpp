@@ -109,9 +109,7 @@ class CudaFp8 : public CudaOpsTest {
                                               : backend().prepare_fused_linear(weights);
     ASSERT_EQ(prepared.out_features, n);
     const std::vector<float> x = randn(static_cast<size_t>(m * f.in));
-    Tensor y = poisoned({m, n});
-    backend().linear(upload(x, {m, f.in}), prepared, y);
-    const std::vector<float> got = download(y);
+    const std::vector<float> got = linear_both_ways(x, m, f.in, prepared, what);
     if (m <= cuda::kFp8GemvMaxRows) {
       expect_close("fp8 gemv " + what, got, reference(parts, x, m, false), kF32Tol);
     } else {
@@ -140,8 +138,9 @@ TEST_F(CudaFp8, GemvOneToEightRows) {
     check_one(m, 37, 512);    // 16-byte loads, one step per lane
     check_one(m, 9, 16 * 33);  // a partial last step
   }
-  check_one(1, 4100, 4096);
+  check_one(1, 4100, 4096);  // fewer than 8192 rows: K split in two slices
   check_one(8, 1000, 14336);
+  check_one(2, 8195, 48);    // 8192 rows and more: one slice; a partial last block of rows
   check_one(randint(1, 8), randint(1, 300), 16 * randint(1, 300));
 }
 
@@ -193,10 +192,8 @@ TEST_F(CudaFp8, TensorCoresOnPerTokenActivations) {
     const Linear prepared = backend().prepare_linear(part->weight);
     std::vector<float> x = randn(static_cast<size_t>(m * k));
     for (int64_t c = 0; c < k; ++c) x[c] = 0.0f;  // an all-zero token: scale 1, codes 0
-    Tensor y = poisoned({m, n});
-    backend().linear(upload(x, {m, k}), prepared, y);
-    const std::vector<float> got = download(y);
     const std::string what = cat("fp8 tensor cores M=", m, " N=", n, " K=", k);
+    const std::vector<float> got = linear_both_ways(x, m, k, prepared, what);
     expect_close(what + " vs quantized x", got, reference({part.get()}, quantize_rows_on_host(x, m, k), m, false),
                  kFp8AccumulationTol);
     expect_close(what + " vs exact x", got, reference({part.get()}, x, m, false), kFp8ActivationTol);

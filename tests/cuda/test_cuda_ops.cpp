@@ -105,6 +105,42 @@ TEST_F(CudaOps, AddRmsNorm) {
   EXPECT_THROW(backend().add_rms_norm(x, poisoned({2, 7}), poisoned({8}), 1e-5f, out), Error);
 }
 
+// The ops that feed a linear write bf16 where the linear multiplies bf16 activations
+// (Backend::linear_input_dtype): each bf16 output must be its f32 output rounded to nearest even,
+// bit for bit, so the linear's result is the one it computes from the f32 output.
+TEST_F(CudaOps, Bf16OutputsAreTheF32OutputsRounded) {
+  const auto expect_rounded = [](const std::string& what, const std::vector<float>& f32,
+                                 const std::vector<float>& bf16) {
+    ASSERT_EQ(f32.size(), bf16.size());
+    for (size_t i = 0; i < f32.size(); ++i)
+      ASSERT_EQ(round_bf16(f32[i]), bf16[i]) << what << " element " << i << " (f32 " << f32[i] << ")";
+  };
+  const int rows = randint(1, 70), cols = randint(1, 5000);
+  const float eps = 1e-5f;
+  const std::vector<float> x = randn(size_t(rows) * cols, 2.0f), y = randn(size_t(rows) * cols),
+                           w = randn(cols), gu = randn(size_t(rows) * 2 * cols, 3.0f);
+  const std::string shape = cat(rows, "x", cols);
+  Tensor f32 = poisoned({rows, cols}), bf16 = backend().empty({rows, cols}, DType::BF16);
+  backend().rms_norm(upload(x, {rows, cols}), upload(w, {cols}), eps, f32);
+  backend().rms_norm(upload(x, {rows, cols}), upload(w, {cols}), eps, bf16);
+  expect_rounded("rms_norm " + shape, download(f32), download(bf16));
+
+  Tensor x1 = upload(x, {rows, cols}), x2 = upload(x, {rows, cols});
+  backend().add_rms_norm(x1, upload(y, {rows, cols}), upload(w, {cols}), eps, f32);
+  backend().add_rms_norm(x2, upload(y, {rows, cols}), upload(w, {cols}), eps, bf16);
+  expect_rounded("add_rms_norm " + shape, download(f32), download(bf16));
+  EXPECT_EQ(download(x1), download(x2)) << "add_rms_norm's residual must not depend on out's dtype";
+
+  backend().swiglu(upload(gu, {rows, 2 * cols}), f32);
+  backend().swiglu(upload(gu, {rows, 2 * cols}), bf16);
+  expect_rounded("swiglu " + shape, download(f32), download(bf16));
+
+  Tensor in_place = backend().empty({rows, cols}, DType::BF16);
+  EXPECT_THROW(backend().rms_norm(in_place, upload(w, {cols}), eps, in_place), Error);
+  Tensor ints = backend().empty({rows, cols}, DType::I32);
+  EXPECT_THROW(backend().swiglu(upload(gu, {rows, 2 * cols}), ints), Error);
+}
+
 TEST_F(CudaOps, GeluErf) {
   for (int n : {1, 257, 100003}) {
     const std::vector<float> x = uniform(n, -6.0f, 6.0f);

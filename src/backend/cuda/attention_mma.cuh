@@ -1,7 +1,7 @@
 // The block-level core of the tensor-core attention kernels (ViT and paged prefill): a tile of
 // 16 query rows per warp against successive tiles of 64 keys, flash-attention style.
 // S = Q K^T and O += P V run as bf16 mma.sync m16n8k16 with f32 accumulation; the online
-// softmax runs in f32 on the S fragments, and P is rounded to bf16 for the second product.
+// softmax runs in f32 (base 2) on the S fragments, and P is rounded to bf16 for the second product.
 // Q, K and V sit in shared memory as bf16 rows padded to a multiple of 16 dims (+8 elements
 // of row padding so that ldmatrix rows fall in distinct banks).
 //
@@ -20,6 +20,7 @@
 namespace moxin::cuda {
 
 constexpr int kMmaRows = 64;  // keys per tile
+constexpr float kLog2e = 1.4426950408889634f;
 
 inline int mma_padded_dim(int head_dim) { return (head_dim + 15) / 16 * 16; }
 inline int mma_row_stride(int head_dim) { return mma_padded_dim(head_dim) + 8; }
@@ -97,8 +98,11 @@ struct MmaAttention {
 
   // Keys [key0, key0 + n) are in k and v. Row g of this lane may see keys <= limit[0], row
   // g + 8 keys <= limit[1] (-1: none). The caller skips the call when no row of the warp can
-  // see key0 (all of the tile's work would be masked).
-  __device__ void consume(int key0, int n, float scale, const int (&limit)[2]) {
+  // see key0 (all of the tile's work would be masked), and passes kMasked = false when every row
+  // of the warp sees all 64 keys (no compare per score). scale_log2 = softmax scale * log2(e):
+  // the softmax runs in base 2 (one ex2 per score instead of expf's range reduction).
+  template <bool kMasked = true>
+  __device__ void consume(int key0, int n, float scale_log2, const int (&limit)[2]) {
     const int lane = threadIdx.x % 32;
     const int t = lane % 4;
     float s[8][4];
@@ -125,7 +129,10 @@ struct MmaAttention {
       for (int e = 0; e < 4; ++e) {
         const int col = nt * 8 + 2 * t + (e & 1);
         const int r = e / 2;
-        s[nt][e] = (col < n && key0 + col <= limit[r]) ? s[nt][e] * scale : -INFINITY;
+        if (kMasked)
+          s[nt][e] = (col < n && key0 + col <= limit[r]) ? s[nt][e] * scale_log2 : -INFINITY;
+        else
+          s[nt][e] *= scale_log2;
         tile_max[r] = fmaxf(tile_max[r], s[nt][e]);
       }
     float corr[2];
@@ -135,7 +142,7 @@ struct MmaAttention {
       tile_max[r] = fmaxf(tile_max[r], __shfl_xor_sync(0xffffffffu, tile_max[r], 2));
       const float m_new = fmaxf(m[r], tile_max[r]);
       const float base = m_new == -INFINITY ? 0.0f : m_new;
-      corr[r] = expf(m[r] - base);  // 0 while m is -inf
+      corr[r] = exp2f(m[r] - base);  // 0 while m is -inf
       m[r] = m_new;
       tile_max[r] = base;
       l[r] *= corr[r];
@@ -144,7 +151,7 @@ struct MmaAttention {
     for (int nt = 0; nt < 8; ++nt)
 #pragma unroll
       for (int e = 0; e < 4; ++e) {
-        s[nt][e] = expf(s[nt][e] - tile_max[e / 2]);
+        s[nt][e] = exp2f(s[nt][e] - tile_max[e / 2]);
         l[e / 2] += s[nt][e];
       }
 #pragma unroll

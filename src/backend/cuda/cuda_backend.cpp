@@ -337,13 +337,55 @@ void CudaBackend::gemm_rows(int64_t rows, const CudaLinear& w, int64_t n, int64_
   }
 }
 
+CudaBackend::DecodeKernel CudaBackend::bf16_decode_kernel(int64_t m, int64_t n, int64_t k,
+                                                          bool skinny_usable) const {
+  if (linear_path_ == CudaLinearPath::Lt) return DecodeKernel::Gemm;
+  const bool use_skinny =
+      linear_path_ == CudaLinearPath::Skinny ||
+      (linear_path_ == CudaLinearPath::Auto && m >= 2 && m <= kSkinnyPreferredRows &&
+       n * k <= kSkinnyPreferredWeights);
+  if (skinny_usable && use_skinny) return DecodeKernel::Skinny;
+  // The GEMV reads f32 activations: best at one row; from two rows on, cuBLASLt's bf16 GEMM
+  // streams the large matrices faster (H200 run 1 of session 3, docs/cuda-notes.md).
+  if (m <= kGemvMaxRows && (m == 1 || !skinny_usable || linear_path_ == CudaLinearPath::Gemv))
+    return DecodeKernel::Gemv;
+  return DecodeKernel::Gemm;
+}
+
+bool CudaBackend::takes_bf16_activations(const CudaLinear& lw, int64_t m, int64_t n, int64_t k) const {
+  if (lw.is_fp8()) return m > kFp8GemvMaxRows && !fp8_tensor_cores_;
+  if (lw.quant.bits != 0) return m > kQuantMmaMaxRows;
+  // Activation tensors are 256-byte aligned, so only the shape decides whether skinny can run.
+  return bf16_decode_kernel(m, n, k, m <= kSkinnyMaxRows && k % 8 == 0) == DecodeKernel::Gemm;
+}
+
+DType CudaBackend::linear_input_dtype(const Linear& w, int64_t rows) const {
+  return takes_bf16_activations(cuda_linear(w, "linear_input_dtype"), rows, w.out_features, w.in_features)
+             ? DType::BF16
+             : DType::F32;
+}
+
 void CudaBackend::linear(const Tensor& x, const Linear& w, Tensor& y) {
   const CudaLinear& lw = cuda_linear(w, "linear");
-  require(x, DType::F32, "linear", "x");
   require(y, DType::F32, "linear", "y");
   const int64_t m = x.rows();
-  require_shape(x, m, w.in_features, "linear", "x");
-  require_shape(y, m, w.out_features, "linear", "y");
+  const int64_t k = w.in_features, n = w.out_features;
+  require_shape(x, m, k, "linear", "x");
+  require_shape(y, m, n, "linear", "y");
+  const bool quantized = lw.quant.bits != 0 || lw.is_fp8();
+  if (x.dtype == DType::BF16) {  // from an op that wrote what the GEMM multiplies (no conversion)
+    require(x, DType::BF16, "linear", "x");
+    MOXIN_CHECK(takes_bf16_activations(lw, m, n, k), "[cuda] linear: x is bf16, but this [", n, " x ", k,
+                "] linear multiplies f32 activations at ", m, " rows (see Backend::linear_input_dtype)");
+    if (m == 0) return;
+    const CudaLinear& dense = quantized ? dequantized(lw) : lw;
+    gemm_->run(data_of<const bf16_bits>(x), static_cast<const bf16_bits*>(dense.weight.get()),
+               static_cast<const float*>(dense.bias.get()), data_of<float>(y), static_cast<int>(m),
+               static_cast<int>(n), static_cast<int>(k), stream());
+    if (lw.is_fp8()) scale_rows_columns(data_of<float>(y), nullptr, lw.fp8.scales, m, n, stream());
+    return;
+  }
+  require(x, DType::F32, "linear", "x");
   if (m == 0) return;
   const float* xd = data_of<const float>(x);
   if (lw.is_fp8() && m <= kFp8GemvMaxRows) {
@@ -354,29 +396,22 @@ void CudaBackend::linear(const Tensor& x, const Linear& w, Tensor& y) {
     quantized_linear_decode(xd, m, lw, data_of<float>(y));
     return;
   }
-  const bool quantized = lw.quant.bits != 0 || lw.is_fp8();
-  if (!quantized && linear_path_ != CudaLinearPath::Lt) {
+  if (!quantized) {
     const auto* wd = static_cast<const bf16_bits*>(lw.weight.get());
     const auto* bias = static_cast<const float*>(lw.bias.get());
-    const int rows = static_cast<int>(m), n = static_cast<int>(w.out_features),
-              k = static_cast<int>(w.in_features);
-    const bool skinny = skinny_gemm_usable(xd, wd, rows, k);
-    const bool use_skinny =
-        linear_path_ == CudaLinearPath::Skinny ||
-        (linear_path_ == CudaLinearPath::Auto && skinny && rows >= 2 && rows <= kSkinnyPreferredRows &&
-         int64_t{n} * k <= kSkinnyPreferredWeights);
-    if (skinny && use_skinny) {
-      skinny_gemm_bf16(xd, rows, wd, bias, data_of<float>(y), n, k, stream());
-      return;
-    }
-    // The GEMV reads f32 activations: best at one row; from two rows on, cuBLASLt's bf16 GEMM
-    // streams the large matrices faster (H200 run 1 of session 3, docs/cuda-notes.md).
-    if (m <= kGemvMaxRows && (m == 1 || !skinny || linear_path_ == CudaLinearPath::Gemv)) {
-      gemv_bf16(xd, rows, wd, bias, data_of<float>(y), n, k, stream());
-      return;
+    const int rows = static_cast<int>(m);
+    switch (bf16_decode_kernel(m, n, k, skinny_gemm_usable(xd, wd, rows, static_cast<int>(k)))) {
+      case DecodeKernel::Skinny:
+        skinny_gemm_bf16(xd, rows, wd, bias, data_of<float>(y), static_cast<int>(n), static_cast<int>(k),
+                         stream());
+        return;
+      case DecodeKernel::Gemv:
+        gemv_bf16(xd, rows, wd, bias, data_of<float>(y), static_cast<int>(n), static_cast<int>(k), stream());
+        return;
+      case DecodeKernel::Gemm:
+        break;
     }
   }
-  const int64_t k = w.in_features, n = w.out_features;
   // FP8 weights: the leading rows the FP8 tensor cores take (all, unless cuBLASLt lacks an
   // algorithm for a chunk's shape); the rest multiply the codes as bf16, then the scales.
   const int64_t done = lw.is_fp8() && fp8_tensor_cores_ ? fp8_tensor_core_rows(xd, m, lw, data_of<float>(y)) : 0;
@@ -423,18 +458,20 @@ void CudaBackend::layer_norm(const Tensor& x, const Tensor& w, const Tensor& b, 
 }
 
 void CudaBackend::rms_norm(const Tensor& x, const Tensor& w, float eps, Tensor& y) {
-  require_f32("rms_norm", {&x, &w, &y});
+  require_f32("rms_norm", {&x, &w});
+  const Activations out = require_activations(y, "rms_norm", "y");
   const int64_t cols = x.cols();
   MOXIN_CHECK(w.numel() == cols, "[cuda] rms_norm: weight ", w.shape_str(), " does not match ",
               cols, " columns");
   require_shape(y, x.rows(), cols, "rms_norm", "y");
-  cuda::rms_norm(data_of<const float>(x), data_of<const float>(w), eps, data_of<float>(y), x.rows(),
-                 cols, stream());
+  MOXIN_CHECK(y.dtype == DType::F32 || y.data != x.data, "[cuda] rms_norm: a bf16 y must not be x");
+  cuda::rms_norm(data_of<const float>(x), data_of<const float>(w), eps, out, x.rows(), cols, stream());
 }
 
 void CudaBackend::add_rms_norm(Tensor& x, const Tensor& y, const Tensor& w, float eps,
                                Tensor& out) {
-  require_f32("add_rms_norm", {&x, &y, &w, &out});
+  require_f32("add_rms_norm", {&x, &y, &w});
+  const Activations normed = require_activations(out, "add_rms_norm", "out");
   const int64_t rows = x.rows(), cols = x.cols();
   MOXIN_CHECK(w.numel() == cols, "[cuda] add_rms_norm: weight ", w.shape_str(), " does not match ",
               cols, " columns");
@@ -442,8 +479,8 @@ void CudaBackend::add_rms_norm(Tensor& x, const Tensor& y, const Tensor& w, floa
   require_shape(out, rows, cols, "add_rms_norm", "out");
   MOXIN_CHECK(out.data != x.data && out.data != y.data,
               "[cuda] add_rms_norm: out must not be x or y");
-  cuda::add_rms_norm(data_of<float>(x), data_of<const float>(y), data_of<const float>(w), eps,
-                     data_of<float>(out), rows, cols, stream());
+  cuda::add_rms_norm(data_of<float>(x), data_of<const float>(y), data_of<const float>(w), eps, normed, rows,
+                     cols, stream());
 }
 
 void CudaBackend::gelu_erf(Tensor& x) {
@@ -452,10 +489,11 @@ void CudaBackend::gelu_erf(Tensor& x) {
 }
 
 void CudaBackend::swiglu(const Tensor& gate_up, Tensor& y) {
-  require_f32("swiglu", {&gate_up, &y});
+  require(gate_up, DType::F32, "swiglu", "gate_up");
+  const Activations out = require_activations(y, "swiglu", "y");
   require_shape(gate_up, y.rows(), 2 * y.cols(), "swiglu", "gate_up");
   MOXIN_CHECK(gate_up.data != y.data || y.numel() == 0, "[cuda] swiglu: y must not be gate_up");
-  cuda::swiglu(data_of<const float>(gate_up), data_of<float>(y), y.rows(), y.cols(), stream());
+  cuda::swiglu(data_of<const float>(gate_up), out, y.rows(), y.cols(), stream());
 }
 
 void CudaBackend::add(Tensor& x, const Tensor& y) {

@@ -96,6 +96,7 @@ class CudaBackend final : public Backend {
   Tensor param(const TensorInfo& t) override;
   std::unique_ptr<KvCache> create_kv_cache(const KvCacheConfig& c) override;
 
+  DType linear_input_dtype(const Linear& w, int64_t rows) const override;
   void linear(const Tensor& x, const Linear& w, Tensor& y) override;
   void patch_embed(const Tensor& images, const Linear& w, int patch, Tensor& y) override;
   void layer_norm(const Tensor& x, const Tensor& w, const Tensor& b, float eps, Tensor& y) override;
@@ -131,6 +132,13 @@ class CudaBackend final : public Backend {
   int attention_splits(int tokens, int q_heads, int kv_heads, int head_dim, int max_context) const;
 
  private:
+  // The kernel a bf16-weight linear of m rows runs on (skinny_usable: K and x allow the skinny
+  // GEMM); Gemm is cuBLASLt on bf16 activations.
+  enum class DecodeKernel { Skinny, Gemv, Gemm };
+  DecodeKernel bf16_decode_kernel(int64_t m, int64_t n, int64_t k, bool skinny_usable) const;
+  // Whether this linear at m rows multiplies bf16 activations (a cuBLASLt bf16 GEMM).
+  bool takes_bf16_activations(const CudaLinear& w, int64_t m, int64_t n, int64_t k) const;
+
   // The large-M linear: rows of x go through the bf16 scratch in chunks that fit it;
   // fill(first_row, rows, scratch) writes those rows' bf16 activations.
   template <class Fill>

@@ -1,6 +1,10 @@
 // Element-wise and row-copy ops on f32 activations: activations, residual adds, gathers.
 // All are memory-bound grid-stride loops; erf/exp use the accurate (non-intrinsic) functions
 // so results match PyTorch's f32 to a few ulp.
+#include <cuda_bf16.h>
+
+#include <type_traits>
+
 #include "backend/cuda/cuda_check.hpp"
 #include "backend/cuda/kernels.hpp"
 #include "backend/cuda/launch.cuh"
@@ -25,15 +29,21 @@ __global__ void gelu_erf_kernel(float* __restrict__ x, int64_t count) {
 
 // y [rows, cols] from gate_up [rows, 2 * cols] = gate | up: blocks stride over rows (y) and
 // columns (x), so no thread divides a flat index by the row length.
-__global__ void swiglu_kernel(const float* __restrict__ gate_up, float* __restrict__ y,
+// y as f32, or rounded to bf16 for a linear that takes bf16 activations (kernels.hpp).
+template <class Out>
+__global__ void swiglu_kernel(const float* __restrict__ gate_up, Out* __restrict__ y,
                               int64_t rows, int cols) {
   wait_for_prior_kernels();
   for (int64_t r = blockIdx.y; r < rows; r += gridDim.y) {
     const float* gate = gate_up + r * 2 * cols;
-    float* out = y + r * cols;
+    Out* out = y + r * cols;
     for (int c = blockIdx.x * blockDim.x + threadIdx.x; c < cols; c += gridDim.x * blockDim.x) {
       const float g = gate[c];
-      out[c] = g / (1.0f + expf(-g)) * gate[cols + c];
+      const float value = g / (1.0f + expf(-g)) * gate[cols + c];
+      if constexpr (std::is_same_v<Out, float>)
+        out[c] = value;
+      else
+        out[c] = __float2bfloat16_rn(value);
     }
   }
 }
@@ -90,12 +100,16 @@ void gelu_erf(float* x, int64_t count, cudaStream_t stream) {
                 0, stream, x, count);
 }
 
-void swiglu(const float* gate_up, float* y, int64_t rows, int64_t cols, cudaStream_t stream) {
+void swiglu(const float* gate_up, Activations y, int64_t rows, int64_t cols, cudaStream_t stream) {
   if (rows * cols == 0) return;
   const unsigned col_blocks = elementwise_blocks(cols);
   const dim3 grid(col_blocks, static_cast<unsigned>(std::min<int64_t>(rows, 65535)));
-  launch_kernel("swiglu_kernel", swiglu_kernel, grid, kElementwiseThreads, 0, stream, gate_up, y,
-                rows, static_cast<int>(cols));
+  if (y.bf16 != nullptr)
+    launch_kernel("swiglu_kernel", swiglu_kernel<__nv_bfloat16>, grid, kElementwiseThreads, 0, stream, gate_up,
+                  reinterpret_cast<__nv_bfloat16*>(y.bf16), rows, static_cast<int>(cols));
+  else
+    launch_kernel("swiglu_kernel", swiglu_kernel<float>, grid, kElementwiseThreads, 0, stream, gate_up, y.f32,
+                  rows, static_cast<int>(cols));
 }
 
 void add(float* x, const float* y, int64_t count, cudaStream_t stream) {

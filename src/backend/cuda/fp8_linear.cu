@@ -9,6 +9,7 @@
 #include "backend/cuda/cuda_check.hpp"
 #include "backend/cuda/kernels.hpp"
 #include "backend/cuda/launch.cuh"
+#include "backend/cuda/streaming_load.cuh"
 #include "backend/cuda/warp_reduce.cuh"
 
 namespace moxin::cuda {
@@ -39,67 +40,36 @@ __device__ __forceinline__ void e4m3x16_to_float(uint4 raw, float* out) {
   }
 }
 
-// One warp per R weight rows: each activation a lane loads (from L1/L2) serves R rows, so the
-// activation traffic per weight byte is 4 M / R bytes instead of 4 M. Vectorized: each lane
-// takes 16 codes of each row (16-byte loads) per step and the matching 16 activations of each
-// of the M rows (four float4 loads each). A row's f32 sum runs in the same order whatever R.
-template <int M, int R, bool Vectorized>
-__global__ void __launch_bounds__(kGemvWarps * 32)
-    fp8_gemv_kernel(const float* __restrict__ x, Fp8Matrix w, float* __restrict__ y) {
-  wait_for_prior_kernels();
-  const int lane = threadIdx.x % 32;
-  const int row0 = (blockIdx.x * kGemvWarps + threadIdx.x / 32) * R;
-  if (row0 >= w.rows) return;
-  const int rows = min(R, w.rows - row0);  // warp-uniform
-  const int k = w.cols;
-  // Rows past the matrix's end re-read its last row (their sums are never stored), so every
-  // load stays in bounds and the loops need no branch.
-  const uint8_t* codes[R];
+// Applies one 16-code vector of each of the R rows (index `chunk` along K) to all M activation
+// rows: the codes widened exactly (cvt.rn.f16x2.e4m3x2), then f32 FMAs in K order.
+template <int M, int R>
+__device__ __forceinline__ void accumulate_chunk(const uint4 (&raw)[R], const float* __restrict__ x, int k,
+                                                 int chunk, float (&acc)[M][R]) {
+  float wv[R][16];
 #pragma unroll
-  for (int r = 0; r < R; ++r) codes[r] = w.codes + int64_t{row0 + min(r, rows - 1)} * k;
-  float acc[M][R];
+  for (int r = 0; r < R; ++r) e4m3x16_to_float(raw[r], wv[r]);
 #pragma unroll
-  for (int m = 0; m < M; ++m)
+  for (int m = 0; m < M; ++m) {
+    const float4* xr = reinterpret_cast<const float4*>(x + int64_t{m} * k) + 4 * chunk;
 #pragma unroll
-    for (int r = 0; r < R; ++r) acc[m][r] = 0.0f;
-  if constexpr (Vectorized) {
-    const int chunks = k / 16;
-    // Two steps in flight per lane: at K = 4096 a lane makes only 8 steps, so the loads of the
-    // next one must be issued before the FMAs of this one wait on theirs.
-#pragma unroll 2
-    for (int c = lane; c < chunks; c += 32) {
-      float wv[R][16];
+    for (int q = 0; q < 4; ++q) {
+      const float4 xv = __ldg(xr + q);
 #pragma unroll
-      for (int r = 0; r < R; ++r) e4m3x16_to_float(__ldg(reinterpret_cast<const uint4*>(codes[r]) + c), wv[r]);
-#pragma unroll
-      for (int m = 0; m < M; ++m) {
-        const float4* xr = reinterpret_cast<const float4*>(x + int64_t{m} * k) + 4 * c;
-#pragma unroll
-        for (int q = 0; q < 4; ++q) {
-          const float4 xv = __ldg(xr + q);
-#pragma unroll
-          for (int r = 0; r < R; ++r) {
-            acc[m][r] = fmaf(wv[r][4 * q], xv.x, acc[m][r]);
-            acc[m][r] = fmaf(wv[r][4 * q + 1], xv.y, acc[m][r]);
-            acc[m][r] = fmaf(wv[r][4 * q + 2], xv.z, acc[m][r]);
-            acc[m][r] = fmaf(wv[r][4 * q + 3], xv.w, acc[m][r]);
-          }
-        }
-      }
-    }
-  } else {
-    for (int c = lane; c < k; c += 32) {
-      float wv[R];
-#pragma unroll
-      for (int r = 0; r < R; ++r) wv[r] = e4m3_to_float(codes[r][c]);
-#pragma unroll
-      for (int m = 0; m < M; ++m) {
-        const float xv = __ldg(x + int64_t{m} * k + c);
-#pragma unroll
-        for (int r = 0; r < R; ++r) acc[m][r] = fmaf(wv[r], xv, acc[m][r]);
+      for (int r = 0; r < R; ++r) {
+        acc[m][r] = fmaf(wv[r][4 * q], xv.x, acc[m][r]);
+        acc[m][r] = fmaf(wv[r][4 * q + 1], xv.y, acc[m][r]);
+        acc[m][r] = fmaf(wv[r][4 * q + 2], xv.z, acc[m][r]);
+        acc[m][r] = fmaf(wv[r][4 * q + 3], xv.w, acc[m][r]);
       }
     }
   }
+}
+
+// The row sums of a warp, scaled by each row's scale (lane 0 stores them).
+template <int M, int R>
+__device__ __forceinline__ void store_rows(float (&acc)[M][R], const Fp8Matrix& w, int row0, int rows,
+                                           float* __restrict__ y) {
+  const int lane = threadIdx.x % 32;
 #pragma unroll
   for (int m = 0; m < M; ++m)
 #pragma unroll
@@ -109,18 +79,151 @@ __global__ void __launch_bounds__(kGemvWarps * 32)
     }
 }
 
+// One warp per R weight rows and one of S slices of K: each activation a lane loads (from
+// L1/L2) serves R rows, so the activation traffic per weight byte is 4 M / R bytes instead of
+// 4 M; the S warps of the same rows (neighbours in the block) add their partial sums in slice
+// order through shared memory, so matrices with few rows still put enough warps on every SM.
+// Each lane takes 16 codes of each row per step (16-byte loads) and issues the loads of U steps
+// before using any. A row's f32 sum runs in the same order for every M and U (the order depends
+// on S, which the launcher picks from the matrix's shape only). Needs K % 16 == 0 and 16-byte
+// aligned x (the launcher checks).
+template <int M, int R, int U, int S>
+__global__ void __launch_bounds__(kGemvWarps * 32)
+    fp8_gemv_vec_kernel(const float* __restrict__ x, Fp8Matrix w, float* __restrict__ y) {
+  static_assert(kGemvWarps % S == 0, "the K slices of a row group share a block");
+  __shared__ float partial[S > 1 ? kGemvWarps : 1][M][R];
+  const int lane = threadIdx.x % 32;
+  const int warp = threadIdx.x / 32;
+  const int slice = warp % S;
+  const int row0 = (blockIdx.x * (kGemvWarps / S) + warp / S) * R;
+  const int rows = max(0, min(R, w.rows - row0));  // warp-uniform; 0: a whole warp past the end
+  const int k = w.cols;
+  const int chunks = k / 16;
+  const int first = chunks * slice / S, end = chunks * (slice + 1) / S;
+  // Rows past the matrix's end re-read its last row (their sums are never stored), so every
+  // load stays in bounds and the loops need no branch.
+  const uint4* codes[R];
+#pragma unroll
+  for (int r = 0; r < R; ++r)
+    codes[r] = reinterpret_cast<const uint4*>(w.codes + int64_t{min(row0 + r, w.rows - 1)} * k);
+  // The codes never depend on earlier kernels: the first steps' lines head for L2 while the
+  // kernel that writes x drains (programmatic dependent launch).
+#pragma unroll
+  for (int u = 0; u < U; ++u)
+#pragma unroll
+    for (int r = 0; r < R; ++r)
+      if (first + lane + u * 32 < end) asm volatile("prefetch.global.L2 [%0];" ::"l"(codes[r] + first + lane + u * 32));
+  wait_for_prior_kernels();
+  float acc[M][R];
+#pragma unroll
+  for (int m = 0; m < M; ++m)
+#pragma unroll
+    for (int r = 0; r < R; ++r) acc[m][r] = 0.0f;
+  int c = first + lane;
+  for (; c + (U - 1) * 32 < end; c += U * 32) {
+    uint4 raw[U][R];
+#pragma unroll
+    for (int u = 0; u < U; ++u)
+#pragma unroll
+      for (int r = 0; r < R; ++r) raw[u][r] = load_once_16(codes[r] + c + u * 32);
+#pragma unroll
+    for (int u = 0; u < U; ++u) accumulate_chunk<M, R>(raw[u], x, k, c + u * 32, acc);
+  }
+  for (; c < end; c += 32) {
+    uint4 raw[R];
+#pragma unroll
+    for (int r = 0; r < R; ++r) raw[r] = load_once_16(codes[r] + c);
+    accumulate_chunk<M, R>(raw, x, k, c, acc);
+  }
+  if constexpr (S == 1) {
+    store_rows<M, R>(acc, w, row0, rows, y);
+  } else {
+#pragma unroll
+    for (int m = 0; m < M; ++m)
+#pragma unroll
+      for (int r = 0; r < R; ++r) {
+        const float sum = warp_sum(acc[m][r]);
+        if (lane == 0) partial[warp][m][r] = sum;
+      }
+    __syncthreads();
+    if (slice == 0 && lane == 0) {
+#pragma unroll
+      for (int m = 0; m < M; ++m)
+#pragma unroll
+        for (int r = 0; r < R; ++r) {
+          if (r >= rows) break;
+          float sum = partial[warp][m][r];
+#pragma unroll
+          for (int s = 1; s < S; ++s) sum += partial[warp + s][m][r];
+          y[int64_t{m} * w.rows + row0 + r] = sum * w.scales[row0 + r];
+        }
+    }
+  }
+}
+
+// Any K and alignment (tiny test models): one code per lane per step.
+template <int M, int R>
+__global__ void __launch_bounds__(kGemvWarps * 32)
+    fp8_gemv_scalar_kernel(const float* __restrict__ x, Fp8Matrix w, float* __restrict__ y) {
+  wait_for_prior_kernels();
+  const int lane = threadIdx.x % 32;
+  const int row0 = (blockIdx.x * kGemvWarps + threadIdx.x / 32) * R;
+  if (row0 >= w.rows) return;
+  const int rows = min(R, w.rows - row0);
+  const int k = w.cols;
+  const uint8_t* codes[R];
+#pragma unroll
+  for (int r = 0; r < R; ++r) codes[r] = w.codes + int64_t{row0 + min(r, rows - 1)} * k;
+  float acc[M][R];
+#pragma unroll
+  for (int m = 0; m < M; ++m)
+#pragma unroll
+    for (int r = 0; r < R; ++r) acc[m][r] = 0.0f;
+  for (int c = lane; c < k; c += 32) {
+    float wv[R];
+#pragma unroll
+    for (int r = 0; r < R; ++r) wv[r] = e4m3_to_float(codes[r][c]);
+#pragma unroll
+    for (int m = 0; m < M; ++m) {
+      const float xv = __ldg(x + int64_t{m} * k + c);
+#pragma unroll
+      for (int r = 0; r < R; ++r) acc[m][r] = fmaf(wv[r], xv, acc[m][r]);
+    }
+  }
+  store_rows<M, R>(acc, w, row0, rows, y);
+}
+
+bool vectorizable(const float* x, const Fp8Matrix& w) {
+  return w.cols % 16 == 0 && reinterpret_cast<uintptr_t>(x) % 16 == 0;
+}
+
+template <int M, int R, int U, int S>
+void launch_vec(const float* x, const Fp8Matrix& w, float* y, cudaStream_t stream) {
+  const int rows_per_block = kGemvWarps / S * R;
+  const unsigned blocks = static_cast<unsigned>((w.rows + rows_per_block - 1) / rows_per_block);
+  launch_kernel("fp8_gemv_vec_kernel", fp8_gemv_vec_kernel<M, R, U, S>, blocks, kGemvWarps * 32, 0, stream, x,
+                w, y);
+}
+
+// Rows per warp and steps in flight from the session-7 sweep (H200, docs/cuda-notes.md): 4 rows
+// per warp with 2 steps of loads in flight won at every shape and M (the x loads from L1 per
+// code byte, 64 M / (16 R), bound the fewer-row tilings). Matrices of fewer than 8192 rows split
+// K in two, so that [4096 x 14336] makes two blocks per SM instead of one.
+constexpr int kRows = 4;
+constexpr int kSteps = 2;
+constexpr int kSplitBelowRows = 8192;
+
 template <int M>
 void launch_gemv(const float* x, const Fp8Matrix& w, float* y, cudaStream_t stream) {
-  // 4 rows per warp while few activation rows leave registers to spare, 2 above (not tuned on
-  // a GPU yet: MOXIN_CUDA_BENCH=fp8 measures it).
-  constexpr int kRows = M <= 2 ? 4 : 2;
-  const unsigned blocks = static_cast<unsigned>((w.rows + kGemvWarps * kRows - 1) / (kGemvWarps * kRows));
-  const bool vectorized = w.cols % 16 == 0 && reinterpret_cast<uintptr_t>(x) % 16 == 0;
-  if (vectorized)
-    launch_kernel("fp8_gemv_kernel", fp8_gemv_kernel<M, kRows, true>, blocks, kGemvWarps * 32, 0, stream, x, w, y);
-  else
-    launch_kernel("fp8_gemv_kernel", fp8_gemv_kernel<M, kRows, false>, blocks, kGemvWarps * 32, 0, stream, x, w,
-                  y);
+  if (!vectorizable(x, w)) {
+    const unsigned blocks = static_cast<unsigned>((w.rows + kGemvWarps * kRows - 1) / (kGemvWarps * kRows));
+    launch_kernel("fp8_gemv_scalar_kernel", fp8_gemv_scalar_kernel<M, kRows>, blocks, kGemvWarps * 32, 0, stream,
+                  x, w, y);
+  } else if (w.rows < kSplitBelowRows) {
+    launch_vec<M, kRows, kSteps, 2>(x, w, y, stream);
+  } else {
+    launch_vec<M, kRows, kSteps, 1>(x, w, y, stream);
+  }
 }
 
 __global__ void fp8_codes_to_bf16_kernel(const uint8_t* __restrict__ codes, int64_t count,
@@ -179,6 +282,25 @@ void fp8_gemv(const float* x, int m, const Fp8Matrix& w, float* y, cudaStream_t 
     case 8: return launch_gemv<8>(x, w, y, stream);
     default: fail("[cuda] fp8_gemv: ", m, " rows; at most ", kFp8GemvMaxRows);
   }
+}
+
+bool fp8_gemv_variant(int rows_per_warp, int unroll, int slices, const float* x, int m, const Fp8Matrix& w,
+                      float* y, cudaStream_t stream) {
+  if (w.rows == 0 || !vectorizable(x, w) || (m != 1 && m != 8)) return false;
+  const auto run = [&]<int M>() {
+    switch (rows_per_warp * 100 + unroll * 10 + slices) {
+      case 221: launch_vec<M, 2, 2, 1>(x, w, y, stream); return true;
+      case 421: launch_vec<M, 4, 2, 1>(x, w, y, stream); return true;
+      case 422: launch_vec<M, 4, 2, 2>(x, w, y, stream); return true;
+      case 424: launch_vec<M, 4, 2, 4>(x, w, y, stream); return true;
+      case 441: launch_vec<M, 4, 4, 1>(x, w, y, stream); return true;
+      case 442: launch_vec<M, 4, 4, 2>(x, w, y, stream); return true;
+      case 821: launch_vec<M, 8, 2, 1>(x, w, y, stream); return true;
+      case 822: launch_vec<M, 8, 2, 2>(x, w, y, stream); return true;
+      default: return false;
+    }
+  };
+  return m == 1 ? run.template operator()<1>() : run.template operator()<8>();
 }
 
 void fp8_codes_to_bf16(const Fp8Matrix& w, bf16_bits* out, cudaStream_t stream) {

@@ -11,6 +11,14 @@ namespace moxin::cuda {
 
 using bf16_bits = uint16_t;
 
+// The output of an op that feeds a linear: f32, or bf16 (exactly one is set) where the linear
+// multiplies bf16 activations anyway (Backend::linear_input_dtype), rounded as
+// activations_to_bf16 rounds, so the linear needs no conversion pass of its own.
+struct Activations {
+  float* f32 = nullptr;
+  bf16_bits* bf16 = nullptr;
+};
+
 // --- gemv.cu: y[M, N] = x[M, K] W[N, K]^T (+ bias), 1 <= M <= kGemvMaxRows, f32 activations ---
 constexpr int kGemvMaxRows = 8;
 void gemv_bf16(const float* x, int m, const bf16_bits* w, const float* bias, float* y, int n, int k,
@@ -87,6 +95,10 @@ struct Fp8Matrix {
 // loads where K % 16 == 0 and x is 16-byte aligned, else one code per lane per step.
 constexpr int kFp8GemvMaxRows = 8;
 void fp8_gemv(const float* x, int m, const Fp8Matrix& w, float* y, cudaStream_t stream);
+// One explicit tiling (rows per warp, steps of 16-byte loads in flight per lane, K slices) at
+// M = 1 or 8 for the benchmark's sweep; false when not compiled or not usable.
+bool fp8_gemv_variant(int rows_per_warp, int unroll, int slices, const float* x, int m, const Fp8Matrix& w,
+                      float* y, cudaStream_t stream);
 // out[N, K] = the codes as bf16 (exact: every E4M3 value is a bf16 value), for the cuBLASLt path.
 void fp8_codes_to_bf16(const Fp8Matrix& w, bf16_bits* out, cudaStream_t stream);
 // y[r, c] *= row_scales[r] * col_scales[c] for a [rows, cols] y (row_scales may be null: 1): the
@@ -108,7 +120,7 @@ void im2col_bf16(const float* images, int height, int width, int patch, int64_t 
 // --- elementwise.cu ---
 void gelu_erf(float* x, int64_t count, cudaStream_t stream);
 // y[r, c] = silu(gate_up[r, c]) * gate_up[r, cols + c]: rows of gate_up are gate | up.
-void swiglu(const float* gate_up, float* y, int64_t rows, int64_t cols, cudaStream_t stream);
+void swiglu(const float* gate_up, Activations y, int64_t rows, int64_t cols, cudaStream_t stream);
 void add(float* x, const float* y, int64_t count, cudaStream_t stream);
 void add_scaled(float* x, const float* y, const float* scale, int64_t rows, int64_t cols,
                 cudaStream_t stream);
@@ -124,10 +136,10 @@ void embedding(const int32_t* ids, int64_t count, const bf16_bits* table, int64_
 // --- norm.cu ---
 void layer_norm(const float* x, const float* w, const float* b, float eps, float* y, int64_t rows,
                 int64_t cols, cudaStream_t stream);
-void rms_norm(const float* x, const float* w, float eps, float* y, int64_t rows, int64_t cols,
+void rms_norm(const float* x, const float* w, float eps, Activations y, int64_t rows, int64_t cols,
               cudaStream_t stream);
 // x += y, then out = rms_norm(x), rounded as those two ops; out overlaps neither x nor y.
-void add_rms_norm(float* x, const float* y, const float* w, float eps, float* out, int64_t rows,
+void add_rms_norm(float* x, const float* y, const float* w, float eps, Activations out, int64_t rows,
                   int64_t cols, cudaStream_t stream);
 
 // --- the paged KV cache and a batch's token positions, as the kernels see them ---

@@ -3,6 +3,8 @@
 // as PyTorch computes them, in f64 as the CPU kernels do. The ViT's rows sit far from zero (a
 // mean of ~40 against a spread of ~2 in the op cases): an f32 mean alone is off by up to half an
 // ulp of 40, 1e-6 of the output (H200, 2 of 7 shapes over the 1e-6 bound).
+#include <cuda_bf16.h>
+
 #include "backend/cuda/cuda_check.hpp"
 #include "backend/cuda/kernels.hpp"
 #include "backend/cuda/launch.cuh"
@@ -45,29 +47,36 @@ __global__ void __launch_bounds__(kNormThreads)
     yr[c] = static_cast<float>((xr[c] - mean) * inv_std * w[c] + b[c]);
 }
 
-// y may alias x: each element is read by the thread that writes it, after both reductions.
+// An output element as f32, or rounded to bf16 (RN, as activations_to_bf16 rounds) for a linear
+// that multiplies bf16 activations: the linear then skips its own conversion pass.
+__device__ __forceinline__ void store(float* y, int i, float v) { y[i] = v; }
+__device__ __forceinline__ void store(__nv_bfloat16* y, int i, float v) { y[i] = __float2bfloat16_rn(v); }
+
+// y may alias x (f32 y): each element is read by the thread that writes it, after both reductions.
+template <class Out>
 __global__ void __launch_bounds__(kNormThreads)
-    rms_norm_kernel(const float* x, const float* __restrict__ w, float eps, float* y, int cols) {
+    rms_norm_kernel(const float* x, const float* __restrict__ w, float eps, Out* y, int cols) {
   wait_for_prior_kernels();
   __shared__ float scratch[kNormThreads / 32];
   const float* xr = x + static_cast<size_t>(blockIdx.x) * cols;
-  float* yr = y + static_cast<size_t>(blockIdx.x) * cols;
+  Out* yr = y + static_cast<size_t>(blockIdx.x) * cols;
   float sq = 0.0f;
   for (int c = threadIdx.x; c < cols; c += kNormThreads) sq = fmaf(xr[c], xr[c], sq);
   const float inv_rms = rsqrtf(block_sum(sq, scratch) / cols + eps);
-  for (int c = threadIdx.x; c < cols; c += kNormThreads) yr[c] = w[c] * (xr[c] * inv_rms);
+  for (int c = threadIdx.x; c < cols; c += kNormThreads) store(yr, c, w[c] * (xr[c] * inv_rms));
 }
 
 // x += y, then out = rms_norm(x): each thread adds, stores and squares its columns in the same
 // order as add_kernel followed by rms_norm_kernel, so the results are those two ops' exactly.
+template <class Out>
 __global__ void __launch_bounds__(kNormThreads)
     add_rms_norm_kernel(float* __restrict__ x, const float* __restrict__ y,
-                        const float* __restrict__ w, float eps, float* __restrict__ out, int cols) {
+                        const float* __restrict__ w, float eps, Out* __restrict__ out, int cols) {
   wait_for_prior_kernels();
   __shared__ float scratch[kNormThreads / 32];
   float* xr = x + static_cast<size_t>(blockIdx.x) * cols;
   const float* yr = y + static_cast<size_t>(blockIdx.x) * cols;
-  float* outr = out + static_cast<size_t>(blockIdx.x) * cols;
+  Out* outr = out + static_cast<size_t>(blockIdx.x) * cols;
   float sq = 0.0f;
   for (int c = threadIdx.x; c < cols; c += kNormThreads) {
     const float sum = xr[c] + yr[c];
@@ -75,7 +84,7 @@ __global__ void __launch_bounds__(kNormThreads)
     sq = fmaf(sum, sum, sq);
   }
   const float inv_rms = rsqrtf(block_sum(sq, scratch) / cols + eps);
-  for (int c = threadIdx.x; c < cols; c += kNormThreads) outr[c] = w[c] * (xr[c] * inv_rms);
+  for (int c = threadIdx.x; c < cols; c += kNormThreads) store(outr, c, w[c] * (xr[c] * inv_rms));
 }
 
 }  // namespace
@@ -87,18 +96,27 @@ void layer_norm(const float* x, const float* w, const float* b, float eps, float
                 0, stream, x, w, b, eps, y, static_cast<int>(cols));
 }
 
-void rms_norm(const float* x, const float* w, float eps, float* y, int64_t rows, int64_t cols,
+void rms_norm(const float* x, const float* w, float eps, Activations y, int64_t rows, int64_t cols,
               cudaStream_t stream) {
   if (rows == 0) return;
-  launch_kernel("rms_norm_kernel", rms_norm_kernel, static_cast<unsigned>(rows), kNormThreads, 0,
-                stream, x, w, eps, y, static_cast<int>(cols));
+  if (y.bf16 != nullptr)
+    launch_kernel("rms_norm_kernel", rms_norm_kernel<__nv_bfloat16>, static_cast<unsigned>(rows), kNormThreads,
+                  0, stream, x, w, eps, reinterpret_cast<__nv_bfloat16*>(y.bf16), static_cast<int>(cols));
+  else
+    launch_kernel("rms_norm_kernel", rms_norm_kernel<float>, static_cast<unsigned>(rows), kNormThreads, 0,
+                  stream, x, w, eps, y.f32, static_cast<int>(cols));
 }
 
-void add_rms_norm(float* x, const float* y, const float* w, float eps, float* out, int64_t rows,
+void add_rms_norm(float* x, const float* y, const float* w, float eps, Activations out, int64_t rows,
                   int64_t cols, cudaStream_t stream) {
   if (rows == 0) return;
-  launch_kernel("add_rms_norm_kernel", add_rms_norm_kernel, static_cast<unsigned>(rows),
-                kNormThreads, 0, stream, x, y, w, eps, out, static_cast<int>(cols));
+  if (out.bf16 != nullptr)
+    launch_kernel("add_rms_norm_kernel", add_rms_norm_kernel<__nv_bfloat16>, static_cast<unsigned>(rows),
+                  kNormThreads, 0, stream, x, y, w, eps, reinterpret_cast<__nv_bfloat16*>(out.bf16),
+                  static_cast<int>(cols));
+  else
+    launch_kernel("add_rms_norm_kernel", add_rms_norm_kernel<float>, static_cast<unsigned>(rows),
+                  kNormThreads, 0, stream, x, y, w, eps, out.f32, static_cast<int>(cols));
 }
 
 }  // namespace moxin::cuda

@@ -125,9 +125,15 @@ constexpr int kPrefillKvStages = 2;
 // `stage`: cp.async of 16-byte pieces where head_dim is a multiple of 8 (every real model), zeros
 // past the keys, the head_dim or the cache; 2-byte loads otherwise (tiny test dims). One commit
 // group per call.
+// log2 of the cache's block size where it is a power of two (every real config: the staging
+// shifts instead of dividing per row), else -1.
+__device__ __forceinline__ int block_shift(int block_size) {
+  return (block_size & (block_size - 1)) == 0 ? __ffs(block_size) - 1 : -1;
+}
+
 template <int kPadded, class Attention>
 __device__ void stage_key_tile(Attention& att, int stage, int key0, int last, const int32_t* table,
-                               const PagedLayer& cache, int kv_head, size_t row_stride) {
+                               const PagedLayer& cache, int shift, int kv_head, size_t row_stride) {
   constexpr int kVecs = kPadded / 8;  // 16-byte pieces of a padded row
   att.use_stage(stage);
   const int head_dim = cache.head_dim;
@@ -138,10 +144,11 @@ __device__ void stage_key_tile(Attention& att, int stage, int key0, int last, co
     long long src = -1;
     if (r < n && d0 < head_dim) {
       const int key = key0 + r;
-      const int block = table[key / cache.block_size];
+      const int slot = shift >= 0 ? key >> shift : key / cache.block_size;
+      const int block = table[slot];
       if (block >= 0 && block < cache.num_blocks)
         src = static_cast<long long>(
-            (static_cast<size_t>(block) * cache.block_size + key % cache.block_size) * row_stride +
+            (static_cast<size_t>(block) * cache.block_size + (key - slot * cache.block_size)) * row_stride +
             static_cast<size_t>(kv_head) * head_dim + d0);
     }
     __nv_bfloat16* k_dst = att.k + r * att.stride + d0;
@@ -169,7 +176,7 @@ __device__ void stage_key_tile(Attention& att, int stage, int key0, int last, co
 template <int KD>
 __global__ void __launch_bounds__(kPrefillWarps * 32)
     paged_tiled_mma_kernel(const float* __restrict__ q, PagedLayer cache, TokenIndex index,
-                           int q_heads, float scale, float* __restrict__ y) {
+                           int q_heads, float scale_log2, float* __restrict__ y) {
   wait_for_prior_kernels();
   extern __shared__ __align__(16) unsigned char smem_bytes[];
   __shared__ int tok_seq[kPrefillTokens];
@@ -179,8 +186,12 @@ __global__ void __launch_bounds__(kPrefillWarps * 32)
   MmaAttention<KD, kPrefillWarps> att(reinterpret_cast<__nv_bfloat16*>(smem_bytes));
   constexpr int kPadded = 16 * KD;
   const int head_dim = cache.head_dim;
-  const int t0 = blockIdx.x * kPrefillTokens;
-  const int head = blockIdx.y;
+  // Blocks are issued in index order: the last token tiles (most keys under the causal mask)
+  // of every head go first, so the short ones fill the tail of the grid.
+  const int tiles_of_tokens = gridDim.x / q_heads;
+  const int t0 = (tiles_of_tokens - 1 - static_cast<int>(blockIdx.x) / q_heads) * kPrefillTokens;
+  const int head = blockIdx.x % q_heads;
+  const int shift = block_shift(cache.block_size);
   const int kv_head = head / (q_heads / cache.kv_heads);
   const int capacity = index.max_blocks * cache.block_size;
   const int lane = threadIdx.x % 32;
@@ -225,25 +236,31 @@ __global__ void __launch_bounds__(kPrefillWarps * 32)
     const int limit[2] = {tok_seq[row] == seq ? tok_pos[row] : -1,
                           tok_seq[row + 8] == seq ? tok_pos[row + 8] : -1};
     int warp_last = max(limit[0], limit[1]);
-    for (int o = 16; o > 0; o /= 2)
+    int warp_first = min(limit[0], limit[1]);  // every row of the warp sees keys <= this
+    for (int o = 16; o > 0; o /= 2) {
       warp_last = max(warp_last, __shfl_xor_sync(0xffffffffu, warp_last, o));
+      warp_first = min(warp_first, __shfl_xor_sync(0xffffffffu, warp_first, o));
+    }
     const int32_t* table = index.block_tables + static_cast<size_t>(seq) * index.max_blocks;
     // Key tiles of 64 through two stages: the next tile's copies are in flight while this one is
     // multiplied (stage s + 1 was consumed before the barrier that ends the previous tile).
     const int tiles = (last + kMmaRows) / kMmaRows;
-    stage_key_tile<kPadded>(att, 0, 0, last, table, cache, kv_head, row_stride);
+    stage_key_tile<kPadded>(att, 0, 0, last, table, cache, shift, kv_head, row_stride);
     for (int tile = 0; tile < tiles; ++tile) {
       const int key0 = tile * kMmaRows;
       if (tile + 1 < tiles) {
-        stage_key_tile<kPadded>(att, (tile + 1) % 2, key0 + kMmaRows, last, table, cache, kv_head,
-                                row_stride);
+        stage_key_tile<kPadded>(att, (tile + 1) % 2, key0 + kMmaRows, last, table, cache, shift,
+                                kv_head, row_stride);
         wait_staged<1>();
       } else {
         wait_staged<0>();
       }
       __syncthreads();  // every thread's copies of this tile have landed
       att.use_stage(tile % 2);
-      if (key0 <= warp_last) att.consume(key0, min(kMmaRows, last + 1 - key0), scale, limit);
+      if (key0 + kMmaRows - 1 <= warp_first)
+        att.template consume<false>(key0, kMmaRows, scale_log2, limit);
+      else if (key0 <= warp_last)
+        att.consume(key0, min(kMmaRows, last + 1 - key0), scale_log2, limit);
       __syncthreads();  // the tile is consumed before its stage is refilled
     }
     prev_seq = seq;
@@ -261,12 +278,11 @@ void paged_attention_tiled(const float* q, const PagedLayer& cache, const TokenI
   if (index.tokens == 0) return;
   const float scale = 1.0f / sqrtf(static_cast<float>(cache.head_dim));
   if (tensor_cores) {
-    const dim3 grid((index.tokens + kPrefillTokens - 1) / kPrefillTokens, q_heads);
+    const unsigned blocks = static_cast<unsigned>((index.tokens + kPrefillTokens - 1) / kPrefillTokens * q_heads);
     dispatch_head_dim_chunks(cache.head_dim, [&]<int KD>() {
-      launch_kernel("paged_tiled_mma_kernel", paged_tiled_mma_kernel<KD>, grid, kPrefillWarps * 32,
+      launch_kernel("paged_tiled_mma_kernel", paged_tiled_mma_kernel<KD>, blocks, kPrefillWarps * 32,
                     mma_smem_bytes(cache.head_dim, kPrefillWarps, kPrefillKvStages), stream, q, cache,
-                    index, q_heads,
-                    scale, y);
+                    index, q_heads, scale * kLog2e, y);
     });
     return;
   }

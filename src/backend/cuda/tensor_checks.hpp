@@ -4,6 +4,7 @@
 
 #include <initializer_list>
 
+#include "backend/cuda/kernels.hpp"
 #include "backend/tensor.hpp"
 #include "core/check.hpp"
 
@@ -28,6 +29,20 @@ inline void require(const Tensor& t, DType dtype, const char* op, const char* wh
 
 inline void require_f32(const char* op, std::initializer_list<const Tensor*> operands) {
   for (const Tensor* t : operands) require(*t, DType::F32, op, "an operand");
+}
+
+// An op output that feeds a linear: f32, or bf16 where the linear takes bf16 activations.
+inline Activations require_activations(const Tensor& t, const char* op, const char* what) {
+  require_device(t, op, what);
+  MOXIN_CHECK(t.dtype == DType::F32 || t.dtype == DType::BF16, "[cuda] ", op, ": ", what, " is ",
+              dtype_name(t.dtype), ", expected f32 or bf16");
+  MOXIN_CHECK(t.numel() == 0 || t.data != nullptr, "[cuda] ", op, ": ", what, " has no storage");
+  Activations a;
+  if (t.dtype == DType::BF16)
+    a.bf16 = data_of<bf16_bits>(t);
+  else
+    a.f32 = data_of<float>(t);
+  return a;
 }
 
 inline void require_shape(const Tensor& t, int64_t rows, int64_t cols, const char* op, const char* what) {

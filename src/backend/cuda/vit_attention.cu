@@ -157,7 +157,11 @@ __global__ void __launch_bounds__(kVitThreads)
       __syncthreads();
     }
     att.use_stage(kv_stages == 1 ? 0 : tile);
-    att.consume(tile * kMmaRows, min(kMmaRows, tokens - tile * kMmaRows), scale, all_keys);
+    const int n = min(kMmaRows, tokens - tile * kMmaRows);
+    if (n == kMmaRows)
+      att.template consume<false>(tile * kMmaRows, n, scale * kLog2e, all_keys);
+    else
+      att.consume(tile * kMmaRows, n, scale * kLog2e, all_keys);
   }
   float* out = y + static_cast<size_t>(image) * tokens * width + head * head_dim;
   att.finish(head_dim, [&](int row, int d, float value) {
