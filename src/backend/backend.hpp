@@ -121,6 +121,15 @@ class Backend {
     return nullptr;
   }
 
+  // Issues each branch's ops so that the branches may run at the same time (on a GPU: one
+  // stream each, forked from and joined back into the backend's stream before this returns;
+  // inside capture(), parallel branches of the graph), else one after the other. Branches must
+  // not touch each other's tensors, and may not nest; ops that keep backend-wide state (the
+  // paged KV cache's attention, quantized weights) refuse to run in a branch other than the first.
+  virtual void run_concurrently(std::span<const std::function<void()>> branches) {
+    for (const auto& branch : branches) branch();
+  }
+
   // --- sampling ---
   // One token per row of logits [rows.size(), vocab], drawn on the device so that only the ids
   // travel to the host (synchronizes). A row whose scores are not finite, or overflow under its

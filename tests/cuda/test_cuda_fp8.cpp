@@ -139,8 +139,10 @@ TEST_F(CudaFp8, GemvOneToEightRows) {
     check_one(m, 9, 16 * 33);  // a partial last step
   }
   check_one(1, 4100, 4096);  // fewer than 8192 rows: K split in two slices
-  check_one(8, 1000, 14336);
-  check_one(2, 8195, 48);    // 8192 rows and more: one slice; a partial last block of rows
+  check_one(8, 1000, 14336);  // K >= 8192: four slices
+  check_one(1, 300, 8208);
+  check_one(2, 8195, 48);    // 8192 rows and more: one slice (8 rows per warp at M <= 2)
+  check_one(5, 8200, 32);
   check_one(randint(1, 8), randint(1, 300), 16 * randint(1, 300));
 }
 

@@ -70,6 +70,7 @@ DeviceContext::DeviceContext(int ordinal) : device(ordinal) {
               "; this build targets Hopper (9.0)");
   multiprocessors = props.multiProcessorCount;
   MOXIN_CUDA_CHECK(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking));
+  current = stream;
   // Keep freed blocks in the stream-ordered pool: per-op temporaries then cost no driver call.
   cudaMemPool_t pool = nullptr;
   MOXIN_CUDA_CHECK(cudaDeviceGetDefaultMemPool(&pool, ordinal));
@@ -78,6 +79,10 @@ DeviceContext::DeviceContext(int ordinal) : device(ordinal) {
 }
 
 DeviceContext::~DeviceContext() {
+  for (cudaStream_t s : branch_streams) {
+    cudaStreamSynchronize(s);
+    cudaStreamDestroy(s);
+  }
   if (stream) {
     cudaStreamSynchronize(stream);
     cudaStreamDestroy(stream);
@@ -87,12 +92,12 @@ DeviceContext::~DeviceContext() {
 std::shared_ptr<void> device_alloc(const std::shared_ptr<DeviceContext>& context, size_t bytes) {
   if (bytes == 0) return nullptr;
   void* p = nullptr;
-  const cudaError_t status = cudaMallocAsync(&p, bytes, context->stream);
+  const cudaError_t status = cudaMallocAsync(&p, bytes, context->current);
   MOXIN_CHECK(status == cudaSuccess, "[cuda] cannot allocate ", bytes, " bytes on GPU ",
               context->device, ": ", cudaGetErrorString(status));
   context->allocated_bytes += static_cast<int64_t>(bytes);
   return std::shared_ptr<void>(p, [context, bytes](void* q) {
-    cudaFreeAsync(q, context->stream);
+    cudaFreeAsync(q, context->current);
     context->allocated_bytes -= static_cast<int64_t>(bytes);
   });
 }
@@ -106,10 +111,14 @@ CudaBackend::CudaBackend(int device_ordinal)
   configure_paged_attention();
   configure_paged_attention_split();
   configure_paged_attention_mma();
-  gemm_ = std::make_unique<LtGemm>(kGemmWorkspaceBytes);
   uploader_ = std::make_unique<WeightUploader>(kStagingBytes);
   scratch_elems_ = kScratchElems;
-  scratch_bf16_ = device_alloc(context_, static_cast<size_t>(scratch_elems_) * 2);
+  lanes_.emplace_back();
+  lanes_[0].stream = context_->stream;
+  lanes_[0].gemm = std::make_unique<LtGemm>(kGemmWorkspaceBytes);
+  lanes_[0].scratch_bf16 = device_alloc(context_, static_cast<size_t>(scratch_elems_) * 2);
+  MOXIN_CUDA_CHECK(cudaEventCreateWithFlags(&fork_, cudaEventDisableTiming));
+  add_lane();  // the second image encoder's (Vlm::encode_images), ready before any capture
   const char* fp8_tensor_cores = std::getenv("MOXIN_CUDA_FP8_TENSOR_CORES");
   fp8_tensor_cores_ = fp8_tensor_cores != nullptr && std::string(fp8_tensor_cores) == "1";
   attention_partial_floats_ = kAttentionPartialFloats;
@@ -119,7 +128,68 @@ CudaBackend::CudaBackend(int device_ordinal)
                                    static_cast<size_t>(kAttentionCounters) * 4, stream()));
 }
 
-CudaBackend::~CudaBackend() { cudaStreamSynchronize(context_->stream); }
+CudaBackend::~CudaBackend() {
+  for (Lane& l : lanes_) {
+    cudaStreamSynchronize(l.stream);
+    if (l.done) cudaEventDestroy(l.done);
+  }
+  cudaEventDestroy(fork_);
+}
+
+void CudaBackend::use_lane(size_t index) {
+  current_lane_ = index;
+  context_->current = lanes_[index].stream;
+}
+
+void CudaBackend::require_main_lane(const char* op) const {
+  MOXIN_CHECK(current_lane_ == 0, "[cuda] ", op,
+              " uses the backend's shared scratch: run it outside run_concurrently or in its first branch");
+}
+
+void CudaBackend::run_concurrently(std::span<const std::function<void()>> branches) {
+  MOXIN_CHECK(current_lane_ == 0, "[cuda] run_concurrently: branches cannot nest");
+  if (branches.size() <= 1) {
+    for (const auto& branch : branches) branch();
+    return;
+  }
+  // Lanes allocate device memory: new ones only outside a graph capture. Branches beyond the
+  // lanes there are share lanes, one after another on each.
+  cudaStreamCaptureStatus capturing = cudaStreamCaptureStatusNone;
+  MOXIN_CUDA_CHECK(cudaStreamIsCapturing(lanes_[0].stream, &capturing));
+  while (lanes_.size() < branches.size() && capturing == cudaStreamCaptureStatusNone) add_lane();
+  const size_t lanes = std::min(lanes_.size(), branches.size());
+  // Every branch starts after what lane 0 issued so far (a captured graph: the fork brings the
+  // branch streams into the capture), and lane 0 continues after every branch (the join).
+  MOXIN_CUDA_CHECK(cudaEventRecord(fork_, lanes_[0].stream));
+  for (size_t i = 1; i < lanes; ++i) MOXIN_CUDA_CHECK(cudaStreamWaitEvent(lanes_[i].stream, fork_));
+  const auto join = [&] {
+    use_lane(0);
+    for (size_t i = 1; i < lanes; ++i) {
+      MOXIN_CUDA_CHECK(cudaEventRecord(lanes_[i].done, lanes_[i].stream));
+      MOXIN_CUDA_CHECK(cudaStreamWaitEvent(lanes_[0].stream, lanes_[i].done));
+    }
+  };
+  try {
+    for (size_t i = 0; i < branches.size(); ++i) {
+      use_lane(i % lanes);
+      branches[i]();
+    }
+  } catch (...) {
+    join();
+    throw;
+  }
+  join();
+}
+
+void CudaBackend::add_lane() {
+  Lane l;
+  MOXIN_CUDA_CHECK(cudaStreamCreateWithFlags(&l.stream, cudaStreamNonBlocking));
+  context_->branch_streams.push_back(l.stream);
+  MOXIN_CUDA_CHECK(cudaEventCreateWithFlags(&l.done, cudaEventDisableTiming));
+  l.gemm = std::make_unique<LtGemm>(kGemmWorkspaceBytes);
+  l.scratch_bf16 = device_alloc(context_, static_cast<size_t>(scratch_elems_) * 2);
+  lanes_.push_back(std::move(l));
+}
 
 // --- memory ---
 
@@ -327,11 +397,11 @@ void CudaBackend::gemm_rows(int64_t rows, const CudaLinear& w, int64_t n, int64_
                             Fill fill) {
   MOXIN_CHECK(k <= scratch_elems_, "[cuda] linear: in_features ", k, " exceeds the scratch buffer");
   const int64_t chunk = scratch_elems_ / k;
-  auto* scratch = static_cast<bf16_bits*>(scratch_bf16_.get());
+  auto* scratch = static_cast<bf16_bits*>(lane().scratch_bf16.get());
   for (int64_t first = 0; first < rows; first += chunk) {
     const int64_t count = std::min(chunk, rows - first);
     fill(first, count, scratch);
-    gemm_->run(scratch, static_cast<const bf16_bits*>(w.weight.get()),
+    lane().gemm->run(scratch, static_cast<const bf16_bits*>(w.weight.get()),
                static_cast<const float*>(w.bias.get()), y + first * n, static_cast<int>(count),
                static_cast<int>(n), static_cast<int>(k), stream());
   }
@@ -379,7 +449,7 @@ void CudaBackend::linear(const Tensor& x, const Linear& w, Tensor& y) {
                 "] linear multiplies f32 activations at ", m, " rows (see Backend::linear_input_dtype)");
     if (m == 0) return;
     const CudaLinear& dense = quantized ? dequantized(lw) : lw;
-    gemm_->run(data_of<const bf16_bits>(x), static_cast<const bf16_bits*>(dense.weight.get()),
+    lane().gemm->run(data_of<const bf16_bits>(x), static_cast<const bf16_bits*>(dense.weight.get()),
                static_cast<const float*>(dense.bias.get()), data_of<float>(y), static_cast<int>(m),
                static_cast<int>(n), static_cast<int>(k), stream());
     if (lw.is_fp8()) scale_rows_columns(data_of<float>(y), nullptr, lw.fp8.scales, m, n, stream());
@@ -632,6 +702,7 @@ int CudaBackend::attention_splits(int tokens, int q_heads, int kv_heads, int hea
 
 void CudaBackend::paged_attention(const Tensor& q, KvCache& cache, int layer,
                                   const AttentionBatch& batch, int q_heads, Tensor& y) {
+  require_main_lane("paged_attention");
   CudaKvCache& c = cuda_cache(cache, layer, "paged_attention");
   require(q, DType::F32, "paged_attention", "q");
   require(y, DType::F32, "paged_attention", "y");

@@ -6,7 +6,9 @@
 #include <cuda_runtime.h>
 
 #include <atomic>
+#include <functional>
 #include <memory>
+#include <span>
 #include <string>
 #include <utility>
 #include <vector>
@@ -22,7 +24,12 @@ namespace moxin::cuda {
 // Outlives every tensor of the backend (their deleters hold it): frees go to its stream.
 struct DeviceContext {
   int device = 0;
-  cudaStream_t stream = nullptr;
+  cudaStream_t stream = nullptr;  // the backend's stream
+  // Where ops are issued now, and where device_alloc allocates and frees: `stream`, or one of
+  // `branch_streams` while CudaBackend::run_concurrently issues a branch (a branch's
+  // temporaries are its own, so stream order on that stream keeps them safe).
+  cudaStream_t current = nullptr;
+  std::vector<cudaStream_t> branch_streams;  // made on demand, destroyed with the context
   int multiprocessors = 0;
   std::atomic<int64_t> allocated_bytes{0};  // live device_alloc allocations
   explicit DeviceContext(int ordinal);
@@ -31,7 +38,8 @@ struct DeviceContext {
   DeviceContext& operator=(const DeviceContext&) = delete;
 };
 
-// Stream-ordered device allocation, freed on the context's stream when the last view dies.
+// Stream-ordered device allocation on the context's current stream, freed on the stream that is
+// current when the last view dies.
 std::shared_ptr<void> device_alloc(const std::shared_ptr<DeviceContext>& context, size_t bytes);
 
 // What prepare_linear returns behind Linear::impl.
@@ -120,7 +128,8 @@ class CudaBackend final : public Backend {
   // cuda_sampling.cpp
   bool sample_tokens(const Tensor& logits, std::span<const TokenDraw> rows, std::span<int32_t> ids) override;
 
-  cudaStream_t stream() const { return context_->stream; }
+  cudaStream_t stream() const { return context_->current; }
+  void run_concurrently(std::span<const std::function<void()>> branches) override;
   void set_attention_path(CudaAttentionPath path) { attention_path_ = path; }
   void set_linear_path(CudaLinearPath path) { linear_path_ = path; }
   // FP8 weights above kFp8GemvMaxRows rows: FP8 tensor cores on per-token E4M3 activations
@@ -156,12 +165,30 @@ class CudaBackend final : public Backend {
   // algorithm for).
   int64_t fp8_tensor_core_rows(const float* x, int64_t m, const CudaLinear& w, float* y);
 
+  // What ops on one stream use of their own: cuBLASLt (its workspace) and the bf16 scratch of
+  // activations converted for it. Lane 0 is the backend's stream; lane i > 0 runs branch i of
+  // run_concurrently.
+  struct Lane {
+    cudaStream_t stream = nullptr;
+    std::unique_ptr<LtGemm> gemm;
+    std::shared_ptr<void> scratch_bf16;
+    cudaEvent_t done = nullptr;  // recorded at the end of the lane's branch
+  };
+  Lane& lane() { return lanes_[current_lane_]; }
+  // Makes lane `index` current (ops and allocations go to its stream).
+  void use_lane(size_t index);
+  void add_lane();  // allocates: never inside a graph capture
+  // Ops that use backend-wide scratch (split-K attention partials, dequantized weights) name
+  // themselves here: they run on lane 0 only.
+  void require_main_lane(const char* op) const;
+
   std::shared_ptr<DeviceContext> context_;
   std::string name_;
-  std::unique_ptr<LtGemm> gemm_;
+  std::vector<Lane> lanes_;
+  size_t current_lane_ = 0;
+  cudaEvent_t fork_ = nullptr;  // recorded on lane 0 where branches start
   std::unique_ptr<WeightUploader> uploader_;
-  std::shared_ptr<void> scratch_bf16_;  // activations converted for cuBLASLt
-  int64_t scratch_elems_ = 0;
+  int64_t scratch_elems_ = 0;  // bf16 elements of each lane's scratch
   std::shared_ptr<void> attention_partial_;  // split-K partial results
   int64_t attention_partial_floats_ = 0;
   std::shared_ptr<void> attention_counters_;  // split-K merge counters, kept zeroed

@@ -71,13 +71,13 @@ int64_t CudaBackend::fp8_tensor_core_rows(const float* x, int64_t m, const CudaL
   // The activation codes fill the first half of the bf16 scratch, their per-row scales the second.
   const int64_t half = scratch_elems_;  // bytes: the scratch holds 2 * scratch_elems_
   const int64_t chunk = std::min(half / k, half / static_cast<int64_t>(sizeof(float)));
-  auto* codes = static_cast<uint8_t*>(scratch_bf16_.get());
+  auto* codes = static_cast<uint8_t*>(lane().scratch_bf16.get());
   auto* scales = reinterpret_cast<float*>(codes + half);
   int64_t done = 0;
   while (done < m) {
     const int64_t count = std::min(chunk, m - done);
     quantize_rows_e4m3(x + done * k, count, static_cast<int>(k), codes, scales, stream());
-    if (!gemm_->run_fp8(codes, scales, w.fp8.codes, w.fp8.scales, y + done * n, static_cast<int>(count),
+    if (!lane().gemm->run_fp8(codes, scales, w.fp8.codes, w.fp8.scales, y + done * n, static_cast<int>(count),
                         static_cast<int>(n), static_cast<int>(k), stream()))
       break;
     done += count;

@@ -133,7 +133,7 @@ void CudaBackend::quantized_linear_decode(const float* x, int64_t m, const CudaL
   }
   MOXIN_CHECK(quant_mma_scratch_elems(m, w.quant.cols) <= scratch_elems_, "[cuda] linear: ", m,
               " x ", w.quant.cols, " activations exceed the scratch buffer");
-  quant_mma(x, static_cast<int>(m), w.quant, static_cast<bf16_bits*>(scratch_bf16_.get()), y,
+  quant_mma(x, static_cast<int>(m), w.quant, static_cast<bf16_bits*>(lane().scratch_bf16.get()), y,
             stream());
 }
 
@@ -141,6 +141,7 @@ void CudaBackend::quantized_linear_decode(const float* x, int64_t m, const CudaL
 // dequantizes each layer's weights into it just before its GEMM (stream order keeps the uses
 // apart).
 const CudaLinear& CudaBackend::dequantized(const CudaLinear& w) {
+  require_main_lane("a quantized linear's prefill path");
   const int64_t elems = w.is_fp8() ? int64_t{w.fp8.rows} * w.fp8.cols : int64_t{w.quant.rows} * w.quant.cols;
   if (elems > quant_dense_elems_) {
     quant_dense_elems_ = std::max(elems, quant_largest_elems_);

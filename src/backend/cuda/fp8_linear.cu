@@ -205,24 +205,30 @@ void launch_vec(const float* x, const Fp8Matrix& w, float* y, cudaStream_t strea
                 w, y);
 }
 
-// Rows per warp and steps in flight from the session-7 sweep (H200, docs/cuda-notes.md): 4 rows
-// per warp with 2 steps of loads in flight won at every shape and M (the x loads from L1 per
-// code byte, 64 M / (16 R), bound the fewer-row tilings). Matrices of fewer than 8192 rows split
-// K in two, so that [4096 x 14336] makes two blocks per SM instead of one.
-constexpr int kRows = 4;
+// Tilings from the session-7 sweeps (H200, docs/cuda-notes.md), 2 steps in flight per lane:
+// more rows per warp share each x load from L1 (64 M / (16 R) bytes per code byte), and long
+// rows split K so that few rows still make >= 2 blocks per SM. M <= 2: [4096 x 14336] 86% of
+// copy with 4 rows and 4 slices (51% with 1), [14336 x 4096] 79% and [32064 x 4096] 90% with 8
+// rows and 1 slice. M > 2 holds 4 rows (8 would spill its M x 8 sums).
 constexpr int kSteps = 2;
-constexpr int kSplitBelowRows = 8192;
+constexpr int kLongRows = 8192;  // inputs from which K is split in 4
+constexpr int kManyRows = 8192;  // rows from which one slice makes enough blocks
 
 template <int M>
 void launch_gemv(const float* x, const Fp8Matrix& w, float* y, cudaStream_t stream) {
   if (!vectorizable(x, w)) {
+    constexpr int kRows = 4;
     const unsigned blocks = static_cast<unsigned>((w.rows + kGemvWarps * kRows - 1) / (kGemvWarps * kRows));
     launch_kernel("fp8_gemv_scalar_kernel", fp8_gemv_scalar_kernel<M, kRows>, blocks, kGemvWarps * 32, 0, stream,
                   x, w, y);
-  } else if (w.rows < kSplitBelowRows) {
-    launch_vec<M, kRows, kSteps, 2>(x, w, y, stream);
+  } else if (w.cols >= kLongRows) {
+    launch_vec<M, 4, kSteps, 4>(x, w, y, stream);
+  } else if (w.rows < kManyRows) {
+    launch_vec<M, 4, kSteps, 2>(x, w, y, stream);
+  } else if constexpr (M <= 2) {
+    launch_vec<M, 8, kSteps, 1>(x, w, y, stream);
   } else {
-    launch_vec<M, kRows, kSteps, 1>(x, w, y, stream);
+    launch_vec<M, 4, kSteps, 1>(x, w, y, stream);
   }
 }
 
