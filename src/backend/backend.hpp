@@ -169,16 +169,16 @@ class Backend {
 
   // --- ops ---
   // The dtype linear(x, w) wants x in at this many rows: act_dtype(), or BF16 where the backend
-  // rounds the activations to bf16 for that linear anyway (a GPU GEMM). rms_norm, add_rms_norm
-  // and swiglu then write bf16 (rounded as the linear would round them) and the linear skips
-  // its conversion pass; the results are the same bits.
+  // rounds the activations to bf16 for that linear anyway (a GPU GEMM). layer_norm, rms_norm,
+  // add_rms_norm and swiglu then write bf16 (rounded as the linear would round them) and the
+  // linear skips its conversion pass; the results are the same bits.
   virtual DType linear_input_dtype(const Linear& /*w*/, int64_t /*rows*/) const { return act_dtype(); }
   // y[M,N] = x[M,K] W^T (+ bias); x in act_dtype() or linear_input_dtype(w, M)
   virtual void linear(const Tensor& x, const Linear& w, Tensor& y) = 0;
   // images [B, H, W, 3] f32 NHWC -> y [B * (H/p) * (W/p), out] (conv p x p stride p, row-major patches)
   virtual void patch_embed(const Tensor& images, const Linear& w, int patch, Tensor& y) = 0;
   virtual void layer_norm(const Tensor& x, const Tensor& w, const Tensor& b, float eps, Tensor& y) = 0;
-  // y (and add_rms_norm's out, swiglu's y) in act_dtype() or a linear_input_dtype.
+  // y (and layer_norm's y, add_rms_norm's out, swiglu's y) in act_dtype() or a linear_input_dtype.
   virtual void rms_norm(const Tensor& x, const Tensor& w, float eps, Tensor& y) = 0;
   // x += y, then out = rms_norm(x) (the residual add and the next norm in one pass; rounds
   // exactly as add then rms_norm). out must not overlap x or y.

@@ -62,7 +62,11 @@ Tensor VitEncoder::embed_patches(const Tensor& images, int batch) const {
 void VitEncoder::run_block(const Block& block, Tensor& x, int batch, int tokens) const {
   const int64_t rows = x.rows();
   const int dim = config_.dim;
-  Tensor h = backend_.empty_act({rows, dim});
+  // The norms' outputs in the dtype qkv and fc1 take (bf16 where a GPU GEMM multiplies them).
+  const DType normed = backend_.linear_input_dtype(block.qkv, rows);
+  Tensor h = backend_.empty({rows, dim}, backend_.linear_input_dtype(block.fc1, rows) == normed
+                                             ? normed
+                                             : backend_.act_dtype());
   Tensor qkv = backend_.empty_act({rows, 3 * int64_t{dim}});
   Tensor attn = backend_.empty_act({rows, dim});
   Tensor out = backend_.empty_act({rows, dim});

@@ -121,6 +121,11 @@ TEST_F(CudaOps, Bf16OutputsAreTheF32OutputsRounded) {
                            w = randn(cols), gu = randn(size_t(rows) * 2 * cols, 3.0f);
   const std::string shape = cat(rows, "x", cols);
   Tensor f32 = poisoned({rows, cols}), bf16 = backend().empty({rows, cols}, DType::BF16);
+  const std::vector<float> b = randn(cols);
+  backend().layer_norm(upload(x, {rows, cols}), upload(w, {cols}), upload(b, {cols}), eps, f32);
+  backend().layer_norm(upload(x, {rows, cols}), upload(w, {cols}), upload(b, {cols}), eps, bf16);
+  expect_rounded("layer_norm " + shape, download(f32), download(bf16));
+
   backend().rms_norm(upload(x, {rows, cols}), upload(w, {cols}), eps, f32);
   backend().rms_norm(upload(x, {rows, cols}), upload(w, {cols}), eps, bf16);
   expect_rounded("rms_norm " + shape, download(f32), download(bf16));

@@ -518,13 +518,15 @@ void CudaBackend::patch_embed(const Tensor& images, const Linear& w, int patch, 
 
 void CudaBackend::layer_norm(const Tensor& x, const Tensor& w, const Tensor& b, float eps,
                              Tensor& y) {
-  require_f32("layer_norm", {&x, &w, &b, &y});
+  require_f32("layer_norm", {&x, &w, &b});
+  const Activations out = require_activations(y, "layer_norm", "y");
   const int64_t cols = x.cols();
   MOXIN_CHECK(w.numel() == cols && b.numel() == cols, "[cuda] layer_norm: weight ", w.shape_str(),
               " / bias ", b.shape_str(), " do not match ", cols, " columns");
   require_shape(y, x.rows(), cols, "layer_norm", "y");
-  cuda::layer_norm(data_of<const float>(x), data_of<const float>(w), data_of<const float>(b), eps,
-                   data_of<float>(y), x.rows(), cols, stream());
+  MOXIN_CHECK(y.dtype == DType::F32 || y.data != x.data, "[cuda] layer_norm: a bf16 y must not be x");
+  cuda::layer_norm(data_of<const float>(x), data_of<const float>(w), data_of<const float>(b), eps, out,
+                   x.rows(), cols, stream());
 }
 
 void CudaBackend::rms_norm(const Tensor& x, const Tensor& w, float eps, Tensor& y) {

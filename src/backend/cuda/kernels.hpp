@@ -134,7 +134,7 @@ void embedding(const int32_t* ids, int64_t count, const bf16_bits* table, int64_
                int64_t cols, float* y, cudaStream_t stream);
 
 // --- norm.cu ---
-void layer_norm(const float* x, const float* w, const float* b, float eps, float* y, int64_t rows,
+void layer_norm(const float* x, const float* w, const float* b, float eps, Activations y, int64_t rows,
                 int64_t cols, cudaStream_t stream);
 void rms_norm(const float* x, const float* w, float eps, Activations y, int64_t rows, int64_t cols,
               cudaStream_t stream);

@@ -27,13 +27,19 @@ __device__ T block_sum(T v, T* scratch) {
   return total;
 }
 
+// An output element as f32, or rounded to bf16 (RN, as activations_to_bf16 rounds) for a linear
+// that multiplies bf16 activations: the linear then skips its own conversion pass.
+__device__ __forceinline__ void store(float* y, int i, float v) { y[i] = v; }
+__device__ __forceinline__ void store(__nv_bfloat16* y, int i, float v) { y[i] = __float2bfloat16_rn(v); }
+
+template <class Out>
 __global__ void __launch_bounds__(kNormThreads)
     layer_norm_kernel(const float* x, const float* __restrict__ w, const float* __restrict__ b,
-                      float eps, float* y, int cols) {
+                      float eps, Out* y, int cols) {
   wait_for_prior_kernels();
   __shared__ double scratch[kNormThreads / 32];
   const float* xr = x + static_cast<size_t>(blockIdx.x) * cols;
-  float* yr = y + static_cast<size_t>(blockIdx.x) * cols;
+  Out* yr = y + static_cast<size_t>(blockIdx.x) * cols;
   double sum = 0.0;
   for (int c = threadIdx.x; c < cols; c += kNormThreads) sum += xr[c];
   const double mean = block_sum(sum, scratch) / cols;
@@ -44,13 +50,8 @@ __global__ void __launch_bounds__(kNormThreads)
   }
   const double inv_std = 1.0 / sqrt(block_sum(sq, scratch) / cols + eps);
   for (int c = threadIdx.x; c < cols; c += kNormThreads)
-    yr[c] = static_cast<float>((xr[c] - mean) * inv_std * w[c] + b[c]);
+    store(yr, c, static_cast<float>((xr[c] - mean) * inv_std * w[c] + b[c]));
 }
-
-// An output element as f32, or rounded to bf16 (RN, as activations_to_bf16 rounds) for a linear
-// that multiplies bf16 activations: the linear then skips its own conversion pass.
-__device__ __forceinline__ void store(float* y, int i, float v) { y[i] = v; }
-__device__ __forceinline__ void store(__nv_bfloat16* y, int i, float v) { y[i] = __float2bfloat16_rn(v); }
 
 // y may alias x (f32 y): each element is read by the thread that writes it, after both reductions.
 template <class Out>
@@ -89,11 +90,16 @@ __global__ void __launch_bounds__(kNormThreads)
 
 }  // namespace
 
-void layer_norm(const float* x, const float* w, const float* b, float eps, float* y, int64_t rows,
+void layer_norm(const float* x, const float* w, const float* b, float eps, Activations y, int64_t rows,
                 int64_t cols, cudaStream_t stream) {
   if (rows == 0) return;
-  launch_kernel("layer_norm_kernel", layer_norm_kernel, static_cast<unsigned>(rows), kNormThreads,
-                0, stream, x, w, b, eps, y, static_cast<int>(cols));
+  if (y.bf16 != nullptr)
+    launch_kernel("layer_norm_kernel", layer_norm_kernel<__nv_bfloat16>, static_cast<unsigned>(rows),
+                  kNormThreads, 0, stream, x, w, b, eps, reinterpret_cast<__nv_bfloat16*>(y.bf16),
+                  static_cast<int>(cols));
+  else
+    launch_kernel("layer_norm_kernel", layer_norm_kernel<float>, static_cast<unsigned>(rows), kNormThreads,
+                  0, stream, x, w, b, eps, y.f32, static_cast<int>(cols));
 }
 
 void rms_norm(const float* x, const float* w, float eps, Activations y, int64_t rows, int64_t cols,
