@@ -186,6 +186,13 @@ class Backend {
   virtual void gelu_erf(Tensor& x) = 0;                                   // in place
   // gate_up [T, 2I] (gate | up) -> y [T, I] = silu(gate) * up
   virtual void swiglu(const Tensor& gate_up, Tensor& y) = 0;
+  // y = swiglu(linear(x, w)) for w = gate | up: the same bits as those two ops, which a backend
+  // may fuse (a GPU does at decode row counts); gate_up [T, 2I] is where the unfused path puts
+  // the linear's output.
+  virtual void linear_swiglu(const Tensor& x, const Linear& w, Tensor& gate_up, Tensor& y) {
+    linear(x, w, gate_up);
+    swiglu(gate_up, y);
+  }
   virtual void add(Tensor& x, const Tensor& y) = 0;                       // x += y
   virtual void add_scaled(Tensor& x, const Tensor& y, const Tensor& scale) = 0;  // x += scale[col] * y
   // x[r, :] += table[r % table.rows, :]  (position embeddings over a batch)

@@ -32,8 +32,9 @@ Tensor Decoder::embed(const Tensor& ids) const {
   return x;
 }
 
-// Per layer: qkv, rope + KV write, attention, o, add + norm, gate|up, swiglu, down, add + the
-// next layer's norm: nine ops (a decode step's cost is mostly their boundaries on the GPU).
+// Per layer: qkv, rope + KV write, attention, o, add + norm, gate|up + swiglu, down, add + the
+// next layer's norm: eight ops (a decode step's cost is mostly their boundaries on the GPU; the
+// CUDA backend fuses the swiglu into the gate|up GEMV at one row).
 void Decoder::run_layer(int index, Tensor& x, const Tensor& positions, const AttentionBatch& batch,
                         KvCache& cache, Scratch& s) const {
   const Layer& layer = layers_[static_cast<size_t>(index)];
@@ -42,8 +43,7 @@ void Decoder::run_layer(int index, Tensor& x, const Tensor& positions, const Att
   backend_.paged_attention(s.q, cache, index, batch, config_.heads, s.attn);
   backend_.linear(s.attn, layer.o, s.out);
   backend_.add_rms_norm(x, s.out, layer.post_attention_norm, config_.rms_eps, s.normed);
-  backend_.linear(s.normed, layer.gate_up, s.gate_up);
-  backend_.swiglu(s.gate_up, s.act);
+  backend_.linear_swiglu(s.normed, layer.gate_up, s.gate_up, s.act);
   backend_.linear(s.act, layer.down, s.out);
   if (static_cast<size_t>(index) + 1 < layers_.size())
     backend_.add_rms_norm(x, s.out, layers_[static_cast<size_t>(index) + 1].input_norm, config_.rms_eps,

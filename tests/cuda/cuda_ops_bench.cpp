@@ -407,8 +407,8 @@ void bench_attention(CudaBackend& backend, double ceiling) {
 }
 
 // One Mistral decoder layer at batch `seqs` (1k context), as decoder.cpp issues it: fused
-// q|k|v and gate|up linears, rope + KV write in one op, the residual adds fused with the next
-// norm (9 kernels at batch 1).
+// q|k|v and gate|up linears (swiglu fused into the bf16 GEMV), rope + KV write in one op, the
+// residual adds fused with the next norm (8 kernels at batch 1, bf16).
 // `bits` 4 or 8: the linears quantized (groups of 64), else bf16.
 void bench_decoder_layer(CudaBackend& backend, double ceiling, int seqs, int bits = 0) {
   const cudaStream_t stream = backend.stream();
@@ -445,8 +445,7 @@ void bench_decoder_layer(CudaBackend& backend, double ceiling, int seqs, int bit
     backend.paged_attention(qt, *f.cache, 0, b, q_heads, attn);
     backend.linear(attn, o, out);
     backend.add_rms_norm(x, out, norm, 1e-5f, h);
-    backend.linear(h, gate_up, gu);
-    backend.swiglu(gu, act);
+    backend.linear_swiglu(h, gate_up, gu, act);
     backend.linear(act, down, out);
     backend.add_rms_norm(x, out, norm, 1e-5f, h);
   };

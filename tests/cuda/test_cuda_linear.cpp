@@ -11,6 +11,7 @@
 //    rounding (1e-5); against the exact activations it is the bf16 rounding, ~2^-9 / sqrt(3) =
 //    1.1e-3 per product: 4e-3 bounds it.
 #include <cmath>
+#include <tuple>
 
 #include "backend/cuda/cuda_backend.hpp"
 #include "backend/cuda/kernels.hpp"
@@ -129,6 +130,45 @@ TEST_F(CudaLinear, SkinnyRowsAreBatchInvariant) {
       for (int64_t o = 0; o < n; ++o)
         ASSERT_EQ(got[static_cast<size_t>(r * n + o)], expected[static_cast<size_t>(o)])
             << "M=" << m << " row " << r << " output " << o << " (N=" << n << " K=" << k << ")";
+  }
+}
+
+// linear_swiglu = swiglu(linear(x, gate | up)): fused into the GEMV where the linear alone would
+// run the GEMV (1..8 rows), else the two ops. Every path must give the two ops' bits, and both
+// must match the f64 reference (the GEMV's f32 sums: 1e-5; activations rounded to bf16 where a
+// GEMM multiplies them: against the rounded reference).
+TEST_F(CudaLinear, LinearSwigluIsTheLinearThenSwiglu) {
+  for (const CudaLinearPath path : {CudaLinearPath::Auto, CudaLinearPath::Gemv}) {
+    set_cuda_linear_path(backend(), path);
+    for (const auto& [m, half, k] : {std::tuple<int64_t, int64_t, int64_t>{1, 1, 8}, {1, 37, 64}, {2, 100, 200},
+                                     {3, 33, 72}, {5, 64, 8200}, {8, 9, 128}, {9, 40, 64}, {1, 20, 100},
+                                     {int64_t{randint(1, 8)}, int64_t{randint(1, 300)}, 8 * int64_t{randint(1, 300)}}}) {
+      for (const bool with_bias : {false, true}) {
+        const std::string what = cat("M=", m, " I=", half, " K=", k, with_bias ? " +bias" : "",
+                                     path == CudaLinearPath::Gemv ? " gemv" : "");
+        HostTensor w = host_tensor("w", {2 * half, k}, DType::BF16, true, 0.05f);
+        HostTensor b = host_tensor("b", {2 * half}, DType::F32, false, 0.5f);
+        const Linear prepared = prepare(w, with_bias ? &b : nullptr);
+        const std::vector<float> x = randn(static_cast<size_t>(m * k));
+        const Tensor xt = upload(x, {m, k});
+        Tensor gate_up = poisoned({m, 2 * half}), fused = poisoned({m, half});
+        backend().linear_swiglu(xt, prepared, gate_up, fused);
+        Tensor separate_gu = poisoned({m, 2 * half}), separate = poisoned({m, half});
+        backend().linear(xt, prepared, separate_gu);
+        backend().swiglu(separate_gu, separate);
+        const std::vector<float> got = download(fused);
+        EXPECT_EQ(got, download(separate)) << what << ": fused bits differ from linear + swiglu";
+        const bool rounded = rounds_activations(m, k, path);
+        const std::vector<double> gu = linear_ref(x, m, k, w.values, 2 * half, with_bias ? &b.values : nullptr, rounded);
+        std::vector<double> ref(static_cast<size_t>(m * half));
+        for (int64_t r = 0; r < m; ++r)
+          for (int64_t j = 0; j < half; ++j) {
+            const double g = gu[r * 2 * half + j], u = gu[r * 2 * half + half + j];
+            ref[r * half + j] = g / (1.0 + std::exp(-g)) * u;
+          }
+        expect_close("linear_swiglu " + what, got, ref, kF32Tol);
+      }
+    }
   }
 }
 

@@ -568,6 +568,30 @@ void CudaBackend::swiglu(const Tensor& gate_up, Tensor& y) {
   cuda::swiglu(data_of<const float>(gate_up), out, y.rows(), y.cols(), stream());
 }
 
+void CudaBackend::linear_swiglu(const Tensor& x, const Linear& w, Tensor& gate_up, Tensor& y) {
+  const CudaLinear& lw = cuda_linear(w, "linear_swiglu");
+  const int64_t m = x.rows(), k = w.in_features, n = w.out_features;
+  const bool fusable = lw.quant.bits == 0 && !lw.is_fp8() && x.dtype == DType::F32 && y.dtype == DType::F32 &&
+                       n % 2 == 0 && m >= 1 && m <= kGemvMaxRows;
+  if (fusable) {
+    require(x, DType::F32, "linear_swiglu", "x");
+    require(y, DType::F32, "linear_swiglu", "y");
+    require_shape(x, m, k, "linear_swiglu", "x");
+    require_shape(y, m, n / 2, "linear_swiglu", "y");
+    const float* xd = data_of<const float>(x);
+    const auto* wd = static_cast<const bf16_bits*>(lw.weight.get());
+    const int rows = static_cast<int>(m), inputs = static_cast<int>(k);
+    // Fused where the unfused linear would run the GEMV (one pass, no gate | up round trip).
+    if (gemv_bf16_swiglu_usable(xd, wd, rows, inputs) &&
+        bf16_decode_kernel(m, n, k, skinny_gemm_usable(xd, wd, rows, inputs)) == DecodeKernel::Gemv) {
+      gemv_bf16_swiglu(xd, rows, wd, static_cast<const float*>(lw.bias.get()), data_of<float>(y),
+                       static_cast<int>(n / 2), inputs, stream());
+      return;
+    }
+  }
+  Backend::linear_swiglu(x, w, gate_up, y);
+}
+
 void CudaBackend::add(Tensor& x, const Tensor& y) {
   require(x, DType::F32, "add", "x");
   require(y, DType::F32, "add", "y");

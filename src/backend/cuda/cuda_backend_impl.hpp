@@ -112,6 +112,7 @@ class CudaBackend final : public Backend {
   void add_rms_norm(Tensor& x, const Tensor& y, const Tensor& w, float eps, Tensor& out) override;
   void gelu_erf(Tensor& x) override;
   void swiglu(const Tensor& gate_up, Tensor& y) override;
+  void linear_swiglu(const Tensor& x, const Linear& w, Tensor& gate_up, Tensor& y) override;
   void add(Tensor& x, const Tensor& y) override;
   void add_scaled(Tensor& x, const Tensor& y, const Tensor& scale) override;
   void add_rows_cyclic(Tensor& x, const Tensor& table) override;

@@ -8,6 +8,7 @@
 #include "backend/cuda/cuda_check.hpp"
 #include "backend/cuda/kernels.hpp"
 #include "backend/cuda/launch.cuh"
+#include "backend/cuda/swiglu.cuh"
 
 namespace moxin::cuda {
 namespace {
@@ -38,8 +39,7 @@ __global__ void swiglu_kernel(const float* __restrict__ gate_up, Out* __restrict
     const float* gate = gate_up + r * 2 * cols;
     Out* out = y + r * cols;
     for (int c = blockIdx.x * blockDim.x + threadIdx.x; c < cols; c += gridDim.x * blockDim.x) {
-      const float g = gate[c];
-      const float value = g / (1.0f + expf(-g)) * gate[cols + c];
+      const float value = silu_times(gate[c], gate[cols + c]);
       if constexpr (std::is_same_v<Out, float>)
         out[c] = value;
       else

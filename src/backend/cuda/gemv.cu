@@ -13,6 +13,7 @@
 #include "backend/cuda/kernels.hpp"
 #include "backend/cuda/launch.cuh"
 #include "backend/cuda/streaming_load.cuh"
+#include "backend/cuda/swiglu.cuh"
 #include "backend/cuda/warp_reduce.cuh"
 
 namespace moxin::cuda {
@@ -53,17 +54,25 @@ __device__ __forceinline__ void accumulate(const uint4 (&wv)[R], const float4* _
 }
 
 // Requires K % 8 == 0 and 16-byte aligned x and W rows (checked by the launcher).
-template <int M, int R, int U>
+// Gated: W is gate | up ([2 n, K], n outputs) and the warp's R slots are R / 2 pairs (gate row j,
+// up row n + j); y[m, j] = silu(gate) * up, computed as swiglu_kernel computes it, so the fused
+// op gives the bits of the GEMV followed by swiglu (the sums run in the same order for any R).
+template <int M, int R, int U, bool Gated = false>
 __global__ void __launch_bounds__(kWarpsPerBlock* kLanes)
     gemv_bf16_vec_kernel(const float* __restrict__ x, const uint4* __restrict__ w,
                          const float* __restrict__ bias, float* __restrict__ y, int n, int k) {
+  static_assert(!Gated || R % 2 == 0, "gated rows come in gate/up pairs");
+  constexpr int kOutputs = Gated ? R / 2 : R;  // outputs per warp
   const int lane = threadIdx.x % kLanes;
-  const int row0 = (blockIdx.x * kWarpsPerBlock + threadIdx.x / kLanes) * R;
+  const int row0 = (blockIdx.x * kWarpsPerBlock + threadIdx.x / kLanes) * kOutputs;
   if (row0 >= n) return;
   const int vecs = k / 8;
   const uint4* rows[R];
 #pragma unroll
-  for (int r = 0; r < R; ++r) rows[r] = w + static_cast<size_t>(min(row0 + r, n - 1)) * vecs;
+  for (int r = 0; r < R; ++r) {
+    const int output = min(row0 + (Gated ? r / 2 : r), n - 1);
+    rows[r] = w + static_cast<size_t>(Gated && r % 2 ? n + output : output) * vecs;
+  }
   const float4* x4 = reinterpret_cast<const float4*>(x);
   const int x4_stride = k / 4;
   // The weights never depend on earlier kernels: start pulling this warp's first ones into L2
@@ -105,11 +114,19 @@ __global__ void __launch_bounds__(kWarpsPerBlock* kLanes)
     for (int r = 0; r < R; ++r) acc[m][r] = warp_sum(acc[m][r]);
   if (lane == 0) {
 #pragma unroll
-    for (int r = 0; r < R; ++r) {
-      if (row0 + r >= n) break;
-      const float b = bias ? bias[row0 + r] : 0.0f;
+    for (int o = 0; o < kOutputs; ++o) {
+      const int row = row0 + o;
+      if (row >= n) break;
+      if constexpr (Gated) {
+        const float bg = bias ? bias[row] : 0.0f, bu = bias ? bias[n + row] : 0.0f;
 #pragma unroll
-      for (int m = 0; m < M; ++m) y[static_cast<size_t>(m) * n + row0 + r] = acc[m][r] + b;
+        for (int m = 0; m < M; ++m)
+          y[static_cast<size_t>(m) * n + row] = silu_times(acc[m][2 * o] + bg, acc[m][2 * o + 1] + bu);
+      } else {
+        const float b = bias ? bias[row] : 0.0f;
+#pragma unroll
+        for (int m = 0; m < M; ++m) y[static_cast<size_t>(m) * n + row] = acc[m][o] + b;
+      }
     }
   }
 }
@@ -142,12 +159,13 @@ __global__ void gemv_bf16_scalar_kernel(const float* __restrict__ x, int m,
   }
 }
 
-template <int M, int R, int U>
+// n: outputs (gated: half of W's rows).
+template <int M, int R, int U, bool Gated = false>
 void launch_vec(const float* x, const bf16_bits* w, const float* bias, float* y, int n, int k,
                 cudaStream_t stream) {
-  const int rows_per_block = kWarpsPerBlock * R;
-  const int blocks = (n + rows_per_block - 1) / rows_per_block;
-  launch_kernel("gemv_bf16_vec_kernel", gemv_bf16_vec_kernel<M, R, U>, blocks,
+  const int outputs_per_block = kWarpsPerBlock * (Gated ? R / 2 : R);
+  const int blocks = (n + outputs_per_block - 1) / outputs_per_block;
+  launch_kernel("gemv_bf16_vec_kernel", gemv_bf16_vec_kernel<M, R, U, Gated>, blocks,
                 kWarpsPerBlock * kLanes, 0, stream, x, reinterpret_cast<const uint4*>(w), bias, y,
                 n, k);
 }
@@ -174,13 +192,33 @@ void launch_default(const float* x, const bf16_bits* w, const float* bias, float
     launch_vec<M, 4, 2>(x, w, bias, y, n, k, stream);
 }
 
+// Gated (gate | up with swiglu): the same loads in flight per lane as launch_default, with a gate
+// and an up row in every warp (M <= 2: 2 rows x 2 steps instead of 1 row x 4).
+template <int M>
+void launch_gated(const float* x, const bf16_bits* w, const float* bias, float* y, int n, int k,
+                  cudaStream_t stream) {
+  if constexpr (M <= 2)
+    launch_vec<M, 2, 2, true>(x, w, bias, y, n, k, stream);
+  else if constexpr (M <= 4)
+    launch_vec<M, 2, 4, true>(x, w, bias, y, n, k, stream);
+  else if (k <= 8192)
+    launch_vec<M, 4, 4, true>(x, w, bias, y, n, k, stream);
+  else
+    launch_vec<M, 4, 2, true>(x, w, bias, y, n, k, stream);
+}
+
 using LaunchFn = void (*)(const float*, const bf16_bits*, const float*, float*, int, int, cudaStream_t);
 template <int... I>
 constexpr std::array<LaunchFn, sizeof...(I)> launch_table(std::integer_sequence<int, I...>) {
   return {&launch_default<I + 1>...};
 }
-// launch_default<M> for M = 1..kGemvMaxRows, indexed by M - 1.
+template <int... I>
+constexpr std::array<LaunchFn, sizeof...(I)> gated_table(std::integer_sequence<int, I...>) {
+  return {&launch_gated<I + 1>...};
+}
+// launch_default<M> / launch_gated<M> for M = 1..kGemvMaxRows, indexed by M - 1.
 constexpr auto kLaunchDefault = launch_table(std::make_integer_sequence<int, kGemvMaxRows>{});
+constexpr auto kLaunchGated = gated_table(std::make_integer_sequence<int, kGemvMaxRows>{});
 
 }  // namespace
 
@@ -196,6 +234,18 @@ void gemv_bf16(const float* x, int m, const bf16_bits* w, const float* bias, flo
   MOXIN_CHECK(m >= 1 && m <= kGemvMaxRows, "[cuda] gemv_bf16: ", m, " rows; the GEMV path takes 1..",
               kGemvMaxRows);
   kLaunchDefault[m - 1](x, w, bias, y, n, k, stream);
+}
+
+bool gemv_bf16_swiglu_usable(const float* x, const bf16_bits* w, int m, int k) {
+  return m >= 1 && m <= kGemvMaxRows && vector_path_usable(x, w, k);
+}
+
+void gemv_bf16_swiglu(const float* x, int m, const bf16_bits* w, const float* bias, float* y, int n, int k,
+                      cudaStream_t stream) {
+  MOXIN_CHECK(gemv_bf16_swiglu_usable(x, w, m, k), "[cuda] gemv_bf16_swiglu: ", m, " rows of ", k,
+              " inputs (needs 1..", kGemvMaxRows, " rows, K % 8 == 0, 16-byte aligned x and W)");
+  if (n == 0) return;
+  kLaunchGated[m - 1](x, w, bias, y, n, k, stream);
 }
 
 }  // namespace moxin::cuda

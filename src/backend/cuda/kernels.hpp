@@ -23,6 +23,11 @@ struct Activations {
 constexpr int kGemvMaxRows = 8;
 void gemv_bf16(const float* x, int m, const bf16_bits* w, const float* bias, float* y, int n, int k,
                cudaStream_t stream);
+// y[M, n] = swiglu(x W^T (+ bias)) for W = gate | up [2 n, K] in one pass: the bits of gemv_bf16
+// followed by swiglu. Needs K % 8 == 0 and 16-byte aligned x and W.
+bool gemv_bf16_swiglu_usable(const float* x, const bf16_bits* w, int m, int k);
+void gemv_bf16_swiglu(const float* x, int m, const bf16_bits* w, const float* bias, float* y, int n, int k,
+                      cudaStream_t stream);
 
 // --- gemm_skinny.cu: the same product on the tensor cores for 1 <= M <= kSkinnyMaxRows ---
 // x rounded to bf16 (as the cuBLASLt path does), f32 sums added in a fixed order (the result
