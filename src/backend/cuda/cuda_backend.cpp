@@ -578,6 +578,7 @@ void CudaBackend::linear_swiglu(const Tensor& x, const Linear& w, Tensor& gate_u
     require(y, DType::F32, "linear_swiglu", "y");
     require_shape(x, m, k, "linear_swiglu", "x");
     require_shape(y, m, n / 2, "linear_swiglu", "y");
+    require_shape(gate_up, m, n, "linear_swiglu", "gate_up");  // unused here, as the unfused path needs it
     const float* xd = data_of<const float>(x);
     const auto* wd = static_cast<const bf16_bits*>(lw.weight.get());
     const int rows = static_cast<int>(m), inputs = static_cast<int>(k);
