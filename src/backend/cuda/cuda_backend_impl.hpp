@@ -21,6 +21,8 @@
 
 namespace moxin::cuda {
 
+constexpr size_t kGemmWorkspaceBytes = 32u << 20;  // cuBLASLt's, per lane (cudaMalloc'd by LtGemm)
+
 // Outlives every tensor of the backend (their deleters hold it): frees go to its stream.
 struct DeviceContext {
   int device = 0;
