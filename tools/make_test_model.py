@@ -4,7 +4,7 @@
     python tools/make_test_model.py --preset tiny --out /tmp/moxin-tiny [--seed N]
         [--dtype bf16|f32] [--shards N] [--tokenizer PATH]
     python tools/make_test_model.py --preset full --out /tmp/moxin-full      # ~17.8 GB, 5 shards
-    python tools/make_test_model.py --preset full --layers 8 --out /tmp/moxin-w8   # ~5.4 GB
+    python tools/make_test_model.py --preset full --layers 8 --out /tmp/moxin-w8   # ~5.6 GB
 
 --layers N keeps every width of the preset and writes N decoder layers (config.json says N):
 a full-width model whose per-layer kernels, embeddings and lm_head are the real ones but which
