@@ -4,6 +4,11 @@
     python tools/make_test_model.py --preset tiny --out /tmp/moxin-tiny [--seed N]
         [--dtype bf16|f32] [--shards N] [--tokenizer PATH]
     python tools/make_test_model.py --preset full --out /tmp/moxin-full      # ~17.8 GB, 5 shards
+    python tools/make_test_model.py --preset full --layers 8 --out /tmp/moxin-w8   # ~5.6 GB
+
+--layers N keeps every width of the preset and writes N decoder layers (config.json says N):
+a full-width model whose per-layer kernels, embeddings and lm_head are the real ones but which
+fits in the page cache, so CPU decode timings measure the kernels instead of the disk.
 
 Output directory (what `Moxin-7B-VLM-hf` users have, see docs/model.md section 1):
   model.safetensors, or model-0000i-of-0000N.safetensors + model.safetensors.index.json
@@ -290,14 +295,20 @@ def config_json(preset: Preset, dtype_name):
     return config
 
 
-def write_model(preset_name, out, seed, dtype_name=None, shards=None, tokenizer=DEFAULT_TOKENIZER, log=print):
-    """Writes the checkpoint directory `out`; returns the list of safetensors files written."""
+def write_model(preset_name, out, seed, dtype_name=None, shards=None, tokenizer=DEFAULT_TOKENIZER, log=print,
+                layers=None):
+    """Writes the checkpoint directory `out`; returns the list of safetensors files written.
+    `layers` overrides the preset's decoder depth (None: the preset's)."""
     preset = PRESETS[preset_name]
+    if layers is not None:
+        if layers < 1:
+            raise ValueError(f"[make_test_model] --layers must be >= 1, got {layers}")
+        preset = dataclasses.replace(preset, llm=dataclasses.replace(preset.llm, layers=layers))
     dtype_name = dtype_name or preset.default_dtype
     out, tokenizer = pathlib.Path(out), pathlib.Path(tokenizer)
     if not tokenizer.is_file():
         raise ValueError(f"[make_test_model] tokenizer not found: {tokenizer} (pass --tokenizer PATH)")
-    log(f"[make_test_model] preset={preset_name} seed={seed} dtype={dtype_name} out={out}")
+    log(f"[make_test_model] preset={preset_name} layers={preset.llm.layers} seed={seed} dtype={dtype_name} out={out}")
 
     start = time.time()
     layout = tensor_layout(preset)
@@ -336,11 +347,13 @@ def main():
     parser.add_argument("--shards", type=int, default=None,
                         help="number of safetensors files (default: tiny 1, full ~4 GB each)")
     parser.add_argument("--tokenizer", type=pathlib.Path, default=DEFAULT_TOKENIZER)
+    parser.add_argument("--layers", type=int, default=None,
+                        help="decoder layers (default: the preset's); widths stay the preset's")
     args = parser.parse_args()
     seed = args.seed if args.seed is not None else random.SystemRandom().randrange(2**31)
     try:
         write_model(args.preset, args.out, seed, args.dtype, args.shards, args.tokenizer,
-                    log=lambda line: print(line, flush=True))
+                    log=lambda line: print(line, flush=True), layers=args.layers)
     except ValueError as error:
         sys.exit(str(error))
 

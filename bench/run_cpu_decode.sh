@@ -1,0 +1,40 @@
+#!/usr/bin/env bash
+# Batch-1 decode share of the bandwidth floor for every SIMD kernel table and weight format
+# (bf16, int8 g64, int4 g64), each configuration run $MOXIN_DECODE_REPEATS times (default 2)
+# in alternation, so that a drift of the machine's read ceiling shows up as spread instead of
+# as a difference between configurations. Use a full-width model that stays in the page cache
+# (python3 tools/make_test_model.py --preset full --layers 8 --out /tmp/moxin-w8): the floor
+# share does not depend on the layer count, and a model the cache cannot hold times the disk.
+#   cmake --build build --target moxin && bench/run_cpu_decode.sh > bench/results/<name>.txt
+# Prints one row per run: table, format, ceiling GB/s, ms/step, GB/step, share of the floor.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+model=${MOXIN_DECODE_MODEL:-/tmp/moxin-w8}
+moxin=${MOXIN_BIN:-./build/src/cli/moxin}
+threads=${MOXIN_BENCH_THREADS:-2}
+repeats=${MOXIN_DECODE_REPEATS:-2}
+tables=${MOXIN_DECODE_TABLES:-avx512 avx2}
+formats=${MOXIN_DECODE_FORMATS:-bf16 int8 int4}
+
+echo "# $(date -u '+%F %T') UTC, commit $(git rev-parse --short HEAD), model $model, load average before: $(cut -d' ' -f1-3 /proc/loadavg)"
+printf '%-7s %-5s %3s %12s %9s %8s %9s\n' table format run "ceiling GB/s" "ms/step" "GB/step" "of floor"
+for run in $(seq 1 "$repeats"); do
+  for format in $formats; do
+    case $format in
+      bf16) quantize=() ;;
+      int8) quantize=(--quantize 8 --group-size 64) ;;
+      int4) quantize=(--quantize 4 --group-size 64) ;;
+      *) echo "unknown format $format" >&2; exit 2 ;;
+    esac
+    for table in $tables; do
+      out=$(MOXIN_CPU_KERNELS=$table "$moxin" bench --model "$model" --device cpu --threads "$threads" \
+        "${quantize[@]}" --context 256 --prefill-tokens 1 --decode-steps 16 --runs 1 --no-vision --quiet 2>&1)
+      ceiling=$(sed -n 's/^bandwidth ceiling *\([0-9.]*\) GB\/s.*/\1/p' <<<"$out")
+      row=$(awk '$1 == "1" && NF == 8 {print $2, $6, $8}' <<<"$out")
+      [ -n "$row" ] || { echo "$out" >&2; exit 1; }
+      read -r ms gb share <<<"$row"
+      printf '%-7s %-5s %3s %12s %9s %8s %9s\n' "$table" "$format" "$run" "$ceiling" "$ms" "$gb" "$share"
+    done
+  done
+done
+echo "# load average after: $(cut -d' ' -f1-3 /proc/loadavg)"
