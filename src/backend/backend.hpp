@@ -173,6 +173,14 @@ class Backend {
   // add_rms_norm and swiglu then write bf16 (rounded as the linear would round them) and the
   // linear skips its conversion pass; the results are the same bits.
   virtual DType linear_input_dtype(const Linear& /*w*/, int64_t /*rows*/) const { return act_dtype(); }
+  // The dtype for a tensor that several linears read: the one they all take, else act_dtype().
+  DType shared_input_dtype(std::span<const Linear* const> consumers, int64_t rows) const {
+    if (consumers.empty()) return act_dtype();
+    const DType wanted = linear_input_dtype(*consumers.front(), rows);
+    for (const Linear* w : consumers)
+      if (linear_input_dtype(*w, rows) != wanted) return act_dtype();
+    return wanted;
+  }
   // y[M,N] = x[M,K] W^T (+ bias); x in act_dtype() or linear_input_dtype(w, M)
   virtual void linear(const Tensor& x, const Linear& w, Tensor& y) = 0;
   // images [B, H, W, 3] f32 NHWC -> y [B * (H/p) * (W/p), out] (conv p x p stride p, row-major patches)

@@ -53,11 +53,10 @@ void Decoder::run_layer(int index, Tensor& x, const Tensor& positions, const Att
 }
 
 DType Decoder::input_dtype(int64_t rows, std::initializer_list<const Linear Layer::*> consumers) const {
-  const DType wanted = backend_.linear_input_dtype(layers_.front().*(*consumers.begin()), rows);
+  std::vector<const Linear*> linears;
   for (const Layer& layer : layers_)
-    for (const Linear Layer::*consumer : consumers)
-      if (backend_.linear_input_dtype(layer.*consumer, rows) != wanted) return backend_.act_dtype();
-  return wanted;
+    for (const Linear Layer::*consumer : consumers) linears.push_back(&(layer.*consumer));
+  return backend_.shared_input_dtype(linears, rows);
 }
 
 void Decoder::forward(Tensor& x, const Tensor& positions, const AttentionBatch& batch,

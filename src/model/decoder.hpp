@@ -33,7 +33,7 @@ class Decoder {
     Linear qkv, o, gate_up, down;  // q | k | v and gate | up fused: one op each
   };
   // The dtype the `consumers` linears of every layer take at this many rows (the backend's
-  // linear_input_dtype), or act_dtype() where they differ: the ops writing their input use it.
+  // shared_input_dtype over all of them): the ops writing their input use it.
   DType input_dtype(int64_t rows, std::initializer_list<const Linear Layer::*> consumers) const;
   // The activations of one forward, shared by its layers (normed and act in input_dtype).
   struct Scratch {

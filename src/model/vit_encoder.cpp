@@ -63,10 +63,8 @@ void VitEncoder::run_block(const Block& block, Tensor& x, int batch, int tokens)
   const int64_t rows = x.rows();
   const int dim = config_.dim;
   // The norms' outputs in the dtype qkv and fc1 take (bf16 where a GPU GEMM multiplies them).
-  const DType normed = backend_.linear_input_dtype(block.qkv, rows);
-  Tensor h = backend_.empty({rows, dim}, backend_.linear_input_dtype(block.fc1, rows) == normed
-                                             ? normed
-                                             : backend_.act_dtype());
+  const Linear* norm_readers[] = {&block.qkv, &block.fc1};
+  Tensor h = backend_.empty({rows, dim}, backend_.shared_input_dtype(norm_readers, rows));
   Tensor qkv = backend_.empty_act({rows, 3 * int64_t{dim}});
   Tensor attn = backend_.empty_act({rows, dim});
   Tensor out = backend_.empty_act({rows, dim});

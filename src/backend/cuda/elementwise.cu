@@ -1,10 +1,7 @@
 // Element-wise and row-copy ops on f32 activations: activations, residual adds, gathers.
 // All are memory-bound grid-stride loops; erf/exp use the accurate (non-intrinsic) functions
 // so results match PyTorch's f32 to a few ulp.
-#include <cuda_bf16.h>
-
-#include <type_traits>
-
+#include "backend/cuda/activation_store.cuh"
 #include "backend/cuda/cuda_check.hpp"
 #include "backend/cuda/kernels.hpp"
 #include "backend/cuda/launch.cuh"
@@ -30,7 +27,7 @@ __global__ void gelu_erf_kernel(float* __restrict__ x, int64_t count) {
 
 // y [rows, cols] from gate_up [rows, 2 * cols] = gate | up: blocks stride over rows (y) and
 // columns (x), so no thread divides a flat index by the row length.
-// y as f32, or rounded to bf16 for a linear that takes bf16 activations (kernels.hpp).
+// y as f32, or bf16 for a linear that takes bf16 activations (activation_store.cuh).
 template <class Out>
 __global__ void swiglu_kernel(const float* __restrict__ gate_up, Out* __restrict__ y,
                               int64_t rows, int cols) {
@@ -39,11 +36,7 @@ __global__ void swiglu_kernel(const float* __restrict__ gate_up, Out* __restrict
     const float* gate = gate_up + r * 2 * cols;
     Out* out = y + r * cols;
     for (int c = blockIdx.x * blockDim.x + threadIdx.x; c < cols; c += gridDim.x * blockDim.x) {
-      const float value = silu_times(gate[c], gate[cols + c]);
-      if constexpr (std::is_same_v<Out, float>)
-        out[c] = value;
-      else
-        out[c] = __float2bfloat16_rn(value);
+      store_activation(out, c, silu_times(gate[c], gate[cols + c]));
     }
   }
 }
@@ -104,12 +97,10 @@ void swiglu(const float* gate_up, Activations y, int64_t rows, int64_t cols, cud
   if (rows * cols == 0) return;
   const unsigned col_blocks = elementwise_blocks(cols);
   const dim3 grid(col_blocks, static_cast<unsigned>(std::min<int64_t>(rows, 65535)));
-  if (y.bf16 != nullptr)
-    launch_kernel("swiglu_kernel", swiglu_kernel<__nv_bfloat16>, grid, kElementwiseThreads, 0, stream, gate_up,
-                  reinterpret_cast<__nv_bfloat16*>(y.bf16), rows, static_cast<int>(cols));
-  else
-    launch_kernel("swiglu_kernel", swiglu_kernel<float>, grid, kElementwiseThreads, 0, stream, gate_up, y.f32,
-                  rows, static_cast<int>(cols));
+  with_activations(y, [&]<class Out>(Out* out) {
+    launch_kernel("swiglu_kernel", swiglu_kernel<Out>, grid, kElementwiseThreads, 0, stream, gate_up, out, rows,
+                  static_cast<int>(cols));
+  });
 }
 
 void add(float* x, const float* y, int64_t count, cudaStream_t stream) {

@@ -9,6 +9,7 @@
 #include <cstdint>
 #include <initializer_list>
 
+#include "backend/cuda/activation_store.cuh"
 #include "backend/cuda/cuda_check.hpp"
 #include "backend/cuda/kernels.hpp"
 #include "backend/cuda/launch.cuh"
@@ -33,11 +34,6 @@ __device__ T block_sum(T v, T* scratch) {
   return total;
 }
 
-// An output element as f32, or rounded to bf16 (RN, as activations_to_bf16 rounds) for a linear
-// that multiplies bf16 activations: the linear then skips its own conversion pass.
-__device__ __forceinline__ void store(float* y, int i, float v) { y[i] = v; }
-__device__ __forceinline__ void store(__nv_bfloat16* y, int i, float v) { y[i] = __float2bfloat16_rn(v); }
-
 template <class Out>
 __global__ void __launch_bounds__(kNormThreads)
     layer_norm_kernel(const float* x, const float* __restrict__ w, const float* __restrict__ b,
@@ -56,7 +52,7 @@ __global__ void __launch_bounds__(kNormThreads)
   }
   const double inv_std = 1.0 / sqrt(block_sum(sq, scratch) / cols + eps);
   for (int c = threadIdx.x; c < cols; c += kNormThreads)
-    store(yr, c, static_cast<float>((xr[c] - mean) * inv_std * w[c] + b[c]));
+    store_activation(yr, c, static_cast<float>((xr[c] - mean) * inv_std * w[c] + b[c]));
 }
 
 // RMSNorm rows are a decode step's critical path at batch 1: one block per row, as many threads
@@ -103,7 +99,7 @@ __global__ void __launch_bounds__(kMaxRmsThreads)
   } else {
     for (int c = threadIdx.x; c < cols; c += blockDim.x) sq = fmaf(xr[c], xr[c], sq);
     const float inv_rms = rsqrtf(block_sum(sq, scratch) / cols + eps);
-    for (int c = threadIdx.x; c < cols; c += blockDim.x) store(yr, c, w[c] * (xr[c] * inv_rms));
+    for (int c = threadIdx.x; c < cols; c += blockDim.x) store_activation(yr, c, w[c] * (xr[c] * inv_rms));
   }
 }
 
@@ -137,7 +133,7 @@ __global__ void __launch_bounds__(kMaxRmsThreads)
       sq = fmaf(sum, sum, sq);
     }
     const float inv_rms = rsqrtf(block_sum(sq, scratch) / cols + eps);
-    for (int c = threadIdx.x; c < cols; c += blockDim.x) store(outr, c, w[c] * (xr[c] * inv_rms));
+    for (int c = threadIdx.x; c < cols; c += blockDim.x) store_activation(outr, c, w[c] * (xr[c] * inv_rms));
   }
 }
 
@@ -172,37 +168,30 @@ void launch_add_rms(float* x, const float* y, const float* w, float eps, Out* ou
 void layer_norm(const float* x, const float* w, const float* b, float eps, Activations y, int64_t rows,
                 int64_t cols, cudaStream_t stream) {
   if (rows == 0) return;
-  if (y.bf16 != nullptr)
-    launch_kernel("layer_norm_kernel", layer_norm_kernel<__nv_bfloat16>, static_cast<unsigned>(rows),
-                  kNormThreads, 0, stream, x, w, b, eps, reinterpret_cast<__nv_bfloat16*>(y.bf16),
-                  static_cast<int>(cols));
-  else
-    launch_kernel("layer_norm_kernel", layer_norm_kernel<float>, static_cast<unsigned>(rows), kNormThreads,
-                  0, stream, x, w, b, eps, y.f32, static_cast<int>(cols));
+  with_activations(y, [&]<class Out>(Out* out) {
+    launch_kernel("layer_norm_kernel", layer_norm_kernel<Out>, static_cast<unsigned>(rows), kNormThreads, 0, stream,
+                  x, w, b, eps, out, static_cast<int>(cols));
+  });
 }
 
 void rms_norm(const float* x, const float* w, float eps, Activations y, int64_t rows, int64_t cols,
               cudaStream_t stream) {
   if (rows == 0) return;
-  auto* y_bf16 = reinterpret_cast<__nv_bfloat16*>(y.bf16);
-  if (rms_vec4(cols, {x, w, y.f32, y_bf16}))
-    y_bf16 ? launch_rms<__nv_bfloat16, true>(x, w, eps, y_bf16, rows, cols, stream)
-           : launch_rms<float, true>(x, w, eps, y.f32, rows, cols, stream);
-  else
-    y_bf16 ? launch_rms<__nv_bfloat16, false>(x, w, eps, y_bf16, rows, cols, stream)
-           : launch_rms<float, false>(x, w, eps, y.f32, rows, cols, stream);
+  const bool vec4 = rms_vec4(cols, {x, w, y.f32, y.bf16});
+  with_activations(y, [&]<class Out>(Out* out) {
+    vec4 ? launch_rms<Out, true>(x, w, eps, out, rows, cols, stream)
+         : launch_rms<Out, false>(x, w, eps, out, rows, cols, stream);
+  });
 }
 
 void add_rms_norm(float* x, const float* y, const float* w, float eps, Activations out, int64_t rows,
                   int64_t cols, cudaStream_t stream) {
   if (rows == 0) return;
-  auto* out_bf16 = reinterpret_cast<__nv_bfloat16*>(out.bf16);
-  if (rms_vec4(cols, {x, y, w, out.f32, out_bf16}))
-    out_bf16 ? launch_add_rms<__nv_bfloat16, true>(x, y, w, eps, out_bf16, rows, cols, stream)
-             : launch_add_rms<float, true>(x, y, w, eps, out.f32, rows, cols, stream);
-  else
-    out_bf16 ? launch_add_rms<__nv_bfloat16, false>(x, y, w, eps, out_bf16, rows, cols, stream)
-             : launch_add_rms<float, false>(x, y, w, eps, out.f32, rows, cols, stream);
+  const bool vec4 = rms_vec4(cols, {x, y, w, out.f32, out.bf16});
+  with_activations(out, [&]<class Out>(Out* normed) {
+    vec4 ? launch_add_rms<Out, true>(x, y, w, eps, normed, rows, cols, stream)
+         : launch_add_rms<Out, false>(x, y, w, eps, normed, rows, cols, stream);
+  });
 }
 
 }  // namespace moxin::cuda
