@@ -289,7 +289,8 @@ struct QuantWeights {
   std::vector<std::unique_ptr<Copy>> copies;
   int64_t bytes = 0;  // per copy: codes, scales and biases, what a decode step streams
 
-  QuantWeights(int64_t rows, int64_t cols, int bits) {
+  // Enough copies to fill 1 GB (each pass reads from memory), or exactly `count` of them.
+  QuantWeights(int64_t rows, int64_t cols, int bits, int64_t count = 0) {
     std::mt19937 rng(7);
     std::uniform_real_distribution<float> scale(0.001f, 0.05f), bias(-0.5f, 0.0f);
     auto first = std::make_unique<Copy>();
@@ -301,7 +302,7 @@ struct QuantWeights {
       first->biases.push_back(f32_to_bf16(bias(rng)));
     }
     bytes = static_cast<int64_t>(first->codes.size() * 4 + groups * 4);
-    const int64_t count = std::max<int64_t>(2, (int64_t{1} << 30) / bytes);
+    if (count == 0) count = std::max<int64_t>(2, (int64_t{1} << 30) / bytes);
     for (int64_t i = 0; i < count; ++i) {
       auto c = i == 0 ? std::move(first) : std::make_unique<Copy>(*copies.front());
       c->codes_info = TensorInfo{"bench.weight", DType::U32, {rows, cols * bits / 32},
@@ -372,12 +373,16 @@ BENCHMARK(BM_QuantLinear)
     ->Unit(benchmark::kMillisecond);
 
 // The decode GEMV paths side by side in one process (the backend runs the fastest): args out
-// features, in features, bits, path (0 generic, 1 avx2, 2 avx512, 3 vnni), threads; M = 1.
+// features, in features, bits, path (0 generic, 1 avx2, 2 avx2-int, 3 avx512, 4 vnni), threads;
+// M = 1.
 // Reports GB/s of codes + scales + biases read and its share of the read ceiling measured in
 // the same run with as many threads.
+// With a sixth arg of 1, one copy of the weights is read over and over: with N small enough
+// for the L2 that is the kernel's arithmetic rate, the bound its memory rate cannot pass.
 void BM_QuantGemvPath(benchmark::State& state) {
   const int64_t N = state.range(0), K = state.range(1);
   const int bits = static_cast<int>(state.range(2));
+  const bool in_cache = state.range(5) != 0;
   const auto path = static_cast<cpu::QuantGemvPath>(state.range(3));
   const std::vector<cpu::QuantGemvPath> paths = cpu::quant_gemv_paths();
   if (std::find(paths.begin(), paths.end(), path) == paths.end()) {
@@ -386,7 +391,7 @@ void BM_QuantGemvPath(benchmark::State& state) {
   }
   auto backend = make_backend(static_cast<int>(state.range(4)));
   const double ceiling = backend->measure_bandwidth_gbps();
-  QuantWeights w(N, K, bits);
+  QuantWeights w(N, K, bits, in_cache ? 1 : 0);
   std::vector<float> x(static_cast<size_t>(K)), y(static_cast<size_t>(N));
   std::mt19937 rng(11);
   std::uniform_real_distribution<float> d(-1.0f, 1.0f);
@@ -412,8 +417,9 @@ void BM_QuantGemvPath(benchmark::State& state) {
   state.SetLabel(cpu::quant_gemv_path_name(path));
 }
 BENCHMARK(BM_QuantGemvPath)
-    ->ArgNames({"N", "K", "bits", "path", "threads"})
-    ->ArgsProduct({{14336}, {4096}, {4, 8}, {0, 1, 2, 3}, {1, 2}})
+    ->ArgNames({"N", "K", "bits", "path", "threads", "in_cache"})
+    ->ArgsProduct({{14336}, {4096}, {4, 8}, {0, 1, 2, 3, 4}, {1, 2}, {0}})
+    ->ArgsProduct({{128}, {4096}, {4, 8}, {0, 1, 2, 3, 4}, {1}, {1}})
     ->UseRealTime()
     ->Unit(benchmark::kMillisecond);
 

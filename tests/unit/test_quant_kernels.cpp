@@ -226,6 +226,7 @@ TEST(QuantGemv, ListsEveryPathThisCpuRuns) {
   const std::vector<QuantGemvPath> paths = quant_gemv_paths();
   const auto listed = [&](QuantGemvPath p) { return std::find(paths.begin(), paths.end(), p) != paths.end(); };
   EXPECT_EQ(listed(QuantGemvPath::avx2), __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma"));
+  EXPECT_EQ(listed(QuantGemvPath::avx2_int), __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma"));
   EXPECT_EQ(listed(QuantGemvPath::avx512), __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
                                                __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("fma"));
 #elif defined(__aarch64__) && defined(__linux__)

@@ -14,6 +14,7 @@
 #include <cmath>
 #include <cstring>
 
+#include "backend/cpu/cpu_avx2_common.hpp"
 #include "backend/cpu/cpu_gelu_fit.hpp"
 #include "backend/cpu/cpu_simd_dispatch.hpp"
 #include "core/check.hpp"
@@ -81,19 +82,8 @@ __m256 load_weights(const typename L::T* p, int64_t n) {
   return L::load(copy);
 }
 
-inline float horizontal_sum(__m256 v) {
-  __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-  s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-  s = _mm_add_ss(s, _mm_movehdup_ps(s));
-  return _mm_cvtss_f32(s);
-}
-
-inline float horizontal_max(__m256 v) {
-  __m128 s = _mm_max_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-  s = _mm_max_ps(s, _mm_movehl_ps(s, s));
-  s = _mm_max_ss(s, _mm_movehdup_ps(s));
-  return _mm_cvtss_f32(s);
-}
+using avx2::horizontal_max;
+using avx2::horizontal_sum;
 
 // --- GEMV: R weight rows x MG activation rows, one pass over K --------------------------
 //

@@ -52,8 +52,15 @@ bool quant_vnni_supported();
 bool quant_gemv_vnni(ThreadPool* pool, int64_t M, const float* x, int64_t ldx, const QuantView& w, float* y,
                      int64_t ldy);
 
+// AVX2 integer GEMV for 4-bit codes (cpu_quant_avx2_int.cpp): the VNNI kernel's split
+// activations in vpmaddubsw + vpmaddwd. False, with nothing written, when the build or CPU lacks
+// AVX2 + FMA + F16C, the codes are not 4-bit, or some activation is not finite.
+bool quant_avx2_int_supported();
+bool quant_gemv_avx2_int(ThreadPool* pool, int64_t M, const float* x, int64_t ldx, const QuantView& w, float* y,
+                         int64_t ldy);
+
 // The ways a decode-sized quantized matmul can run: every one computes the same products.
-enum class QuantGemvPath { generic, avx2, avx512, vnni, neon };
+enum class QuantGemvPath { generic, avx2, avx2_int, avx512, vnni, neon };
 const char* quant_gemv_path_name(QuantGemvPath path);
 // The paths this build and CPU run, fastest last.
 std::vector<QuantGemvPath> quant_gemv_paths();
@@ -62,7 +69,8 @@ std::vector<QuantGemvPath> quant_gemv_paths();
 // its AVX2 kernel outruns the AVX-512 f32 one) and for NEON.
 QuantGemvPath quant_gemv_path_for(const Kernels& kernels);
 // y[m * ldy + n] = sum_k x[m * ldx + k] W[n, k] for M <= kQuantGemvMaxRows by `path` (one of
-// quant_gemv_paths()); vnni falls back to avx512 for activations it cannot split.
+// quant_gemv_paths()); vnni falls back to avx512 for activations it cannot split, avx2_int to
+// avx2 for those and for 8-bit codes.
 void quant_gemv(QuantGemvPath path, ThreadPool* pool, int64_t M, const float* x, int64_t ldx, const QuantView& w,
                 float* y, int64_t ldy);
 

@@ -91,6 +91,7 @@ const char* quant_gemv_path_name(QuantGemvPath path) {
   switch (path) {
     case QuantGemvPath::generic: return "generic";
     case QuantGemvPath::avx2: return "avx2";
+    case QuantGemvPath::avx2_int: return "avx2-int";
     case QuantGemvPath::avx512: return "avx512";
     case QuantGemvPath::vnni: return "vnni";
     case QuantGemvPath::neon: return "neon";
@@ -106,6 +107,7 @@ std::vector<QuantGemvPath> quant_gemv_paths() {
   std::vector<QuantGemvPath> paths{QuantGemvPath::generic};
   if (quant_gemv_avx512()) paths.push_back(QuantGemvPath::avx512);
   if (quant_gemv_avx2()) paths.push_back(QuantGemvPath::avx2);
+  if (quant_avx2_int_supported()) paths.push_back(QuantGemvPath::avx2_int);
   if (quant_gemv_avx512() && quant_vnni_supported()) paths.push_back(QuantGemvPath::vnni);
   if (quant_gemv_neon()) paths.push_back(QuantGemvPath::neon);
   return paths;
@@ -114,16 +116,17 @@ std::vector<QuantGemvPath> quant_gemv_paths() {
 QuantGemvPath quant_gemv_path_for(const Kernels& kernels) {
   static const QuantGemvPath fastest = quant_gemv_paths().back();
   if (is_table(kernels, &generic_kernels())) return QuantGemvPath::generic;
-  if (is_table(kernels, avx2_kernels())) return QuantGemvPath::avx2;
+  if (is_table(kernels, avx2_kernels())) return QuantGemvPath::avx2_int;
   return fastest;
 }
 
 void quant_gemv(QuantGemvPath path, ThreadPool* pool, int64_t M, const float* x, int64_t ldx, const QuantView& w,
                 float* y, int64_t ldy) {
   if (path == QuantGemvPath::vnni && quant_gemv_vnni(pool, M, x, ldx, w, y, ldy)) return;
+  if (path == QuantGemvPath::avx2_int && quant_gemv_avx2_int(pool, M, x, ldx, w, y, ldy)) return;
   QuantGemvFn gemv = nullptr;
   if (path == QuantGemvPath::avx512 || path == QuantGemvPath::vnni) gemv = quant_gemv_avx512();
-  if (path == QuantGemvPath::avx2) gemv = quant_gemv_avx2();
+  if (path == QuantGemvPath::avx2 || path == QuantGemvPath::avx2_int) gemv = quant_gemv_avx2();
   if (path == QuantGemvPath::neon) gemv = quant_gemv_neon();
   quant_gemv_f32(gemv ? gemv : quant_gemv_generic, pool, M, x, ldx, w, y, ldy);
 }

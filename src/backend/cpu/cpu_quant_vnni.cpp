@@ -1,23 +1,20 @@
 // AVX-512 VNNI quantized GEMV for decode-sized batches. The packed codes are the unsigned byte
 // operand of vpdpbusd (64 multiply-adds per instruction, against 16 for an f32 FMA after
 // widening), the activations the signed one. Activations rounded to one int8 would carry 8 bits
-// (coarser than bf16), so each group of activations is split exactly into three signed bytes, a
-// 24-bit fixed-point value per group (as fine as f32 near the group's largest element):
-//
-//   x ~= 2^e (h + l / 256 + t / 65536),  max |x| <= 127 * 2^e.
-//
-// Per group: dot = 2^(e - 16) (65536 D_h + 256 D_l + D_t) from three integer dot products per
-// code load, then y += scale * dot + bias * sum(x), the sum quant_gemv_generic forms in f32.
-// The three dot products are the bound: about 24 GB/s of 4-bit weights per Zen 4 core.
+// (coarser than bf16), so each group of activations is split exactly into three signed bytes
+// (cpu_quant_split.hpp: a 24-bit fixed-point value per group, as fine as f32 near the group's
+// largest element). Per group: dot = 2^(e - 16) (65536 D_h + 256 D_l + D_t) from three integer
+// dot products per code load, then y += scale * dot + bias * sum(x), the sum
+// quant_gemv_generic forms in f32. The three dot products are the bound: about 24 GB/s of
+// 4-bit weights per Zen 4 core.
 #include "backend/cpu/cpu_quant_kernels.hpp"
 #include "backend/cpu/cpu_features.hpp"
+#include "backend/cpu/cpu_quant_split.hpp"
 
 #include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <vector>
-
-#include "core/thread_pool.hpp"
 
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
 #define MOXIN_HAVE_VNNI_QUANT 1
@@ -25,42 +22,6 @@
 #endif
 
 namespace moxin::cpu {
-namespace {
-
-// What the kernel consumes per step of one weight row: `vectors` 64-byte code operands (4-bit:
-// the low and the high nibbles of 64 bytes; 8-bit: 64 or 128 bytes) covering `inputs` inputs,
-// one group (two for 4-bit codes in groups of 64). The split activations of a step are three
-// parts (h, l, t) of `vectors` 64-byte operands each, in the codes' order.
-struct StepLayout {
-  int64_t inputs;
-  int vectors;
-};
-
-StepLayout step_layout(const QuantView& w) {
-  if (w.bits == 8) return {w.group_size, w.group_size / 64};
-  return {128, 2};
-}
-
-// Per-call constants shared by the splitter and the kernel.
-struct GemvShape {
-  StepLayout step;
-  int64_t steps;          // per row, the last one possibly half full (4-bit, odd groups of 64)
-  int64_t full_steps;     // steps whose codes are all inside the row
-  int64_t groups;         // per row
-  int64_t group_stride;   // floats per activation row in pow2/sums: groups rounded up, plus a
-                          // vector of zeros, so kernels may read 16 past any group
-  int64_t part_bytes;     // split activation bytes per activation row (3 per input, padded)
-
-  explicit GemvShape(const QuantView& w)
-      : step(step_layout(w)),
-        steps((w.cols + step.inputs - 1) / step.inputs),
-        full_steps(w.cols / step.inputs),
-        groups(w.groups_per_row()),
-        group_stride((groups + 15) / 16 * 16 + 16),
-        part_bytes(steps * 3 * step.vectors * 64) {}
-};
-
-}  // namespace
 
 #if defined(MOXIN_HAVE_VNNI_QUANT)
 #if defined(__clang__)
@@ -116,8 +77,7 @@ inline void store_parts(__m512i q, int8_t* h, int64_t gap) {
 // sums[g] = sum of group g. False when some x is not finite: the split cannot carry it.
 bool split_row(const GemvShape& s, int bits, int64_t group_size, const float* x, int8_t* parts, float* pow2,
                float* sums) {
-  const int64_t step_bytes = 3 * s.step.vectors * 64, part_gap = s.step.vectors * 64;
-  if (s.full_steps < s.steps) std::memset(parts + s.full_steps * step_bytes, 0, static_cast<size_t>(step_bytes));
+  if (s.full_steps < s.steps) std::memset(parts + s.full_steps * s.step_bytes, 0, static_cast<size_t>(s.step_bytes));
   const __m512 infinity = _mm512_set1_ps(INFINITY);
   const __m512i even = _mm512_set_epi32(30, 28, 26, 24, 22, 20, 18, 16, 14, 12, 10, 8, 6, 4, 2, 0);
   const __m512i odd = _mm512_add_epi32(even, _mm512_set1_epi32(1));
@@ -133,27 +93,23 @@ bool split_row(const GemvShape& s, int bits, int64_t group_size, const float* x,
       sum = _mm512_add_ps(sum, v);
     }
     if (bad) return false;
-    // 2^e >= max / 127 (frexp gives max / 127 < 2^e), kept where 2^(e - 16) and 2^(16 - e) are
-    // normal floats; groups below 2^-110 round to zero.
-    int e = 0;
-    std::frexp(_mm512_reduce_max_ps(amax) / 127.0f, &e);
-    e = std::clamp(e, -110, 127);
+    const int e = split_exponent(_mm512_reduce_max_ps(amax));
     pow2[g] = std::ldexp(1.0f, e - 16);
     sums[g] = _mm512_reduce_add_ps(sum);
     const __m512 to_fixed = _mm512_set1_ps(std::ldexp(1.0f, 16 - e));
     for (int64_t k = 0; k < group_size; k += 32) {
       const int64_t input = g * group_size + k, step = input / s.step.inputs, within = input % s.step.inputs;
-      int8_t* dst = parts + step * step_bytes;
+      int8_t* dst = parts + step * s.step_bytes;
       // Power-of-two scaling is exact; one rounding to the nearest integer.
       const __m512i q0 = _mm512_cvtps_epi32(_mm512_mul_ps(_mm512_loadu_ps(xg + k), to_fixed));
       const __m512i q1 = _mm512_cvtps_epi32(_mm512_mul_ps(_mm512_loadu_ps(xg + k + 16), to_fixed));
       if (bits == 8) {
-        store_parts(q0, dst + within, part_gap);
-        store_parts(q1, dst + within + 16, part_gap);
+        store_parts(q0, dst + within, s.part_gap);
+        store_parts(q1, dst + within + 16, s.part_gap);
       } else {
         // Byte b of the codes holds inputs 2b (low nibble, first operand) and 2b + 1 (high).
-        store_parts(_mm512_permutex2var_epi32(q0, even, q1), dst + within / 2, part_gap);
-        store_parts(_mm512_permutex2var_epi32(q0, odd, q1), dst + 64 + within / 2, part_gap);
+        store_parts(_mm512_permutex2var_epi32(q0, even, q1), dst + within / 2, s.part_gap);
+        store_parts(_mm512_permutex2var_epi32(q0, odd, q1), dst + 64 + within / 2, s.part_gap);
       }
     }
   }
@@ -317,25 +273,17 @@ bool quant_gemv_vnni(ThreadPool* pool, int64_t M, const float* x, int64_t ldx, c
 #if defined(MOXIN_HAVE_VNNI_QUANT)
   if (!quant_vnni_supported()) return false;
   const GemvShape s(w);
-  // 64-byte aligned split activations: every operand load is one cache line.
-  std::vector<int8_t> storage(static_cast<size_t>(M * s.part_bytes + 64));
-  int8_t* parts = storage.data() + (64 - reinterpret_cast<uintptr_t>(storage.data()) % 64) % 64;
-  std::vector<float> pow2(static_cast<size_t>(M * s.group_stride), 0.0f), sums(pow2.size(), 0.0f);
-  for (int64_t m = 0; m < M; ++m)
-    if (!split_row(s, w.bits, w.group_size, x + m * ldx, parts + m * s.part_bytes, pow2.data() + m * s.group_stride,
-                   sums.data() + m * s.group_stride))
-      return false;
-  const int64_t tiles = (w.rows + kTileRows - 1) / kTileRows;
-  const auto rows = [&](int64_t t0, int64_t t1) {
-    std::vector<float> scaled(static_cast<size_t>(kTileRows * 2 * s.group_stride));
-    gemv(w, s, t0 * kTileRows, std::min(w.rows, t1 * kTileRows), M, parts, pow2.data(), sums.data(), y, ldy,
-         scaled.data());
-  };
-  if (pool)
-    pool->parallel_for(tiles, rows, 4);
-  else
-    rows(0, tiles);
-  return true;
+  SplitActivations split(s, M);
+  return run_split_gemv(
+      pool, M, x, ldx, w, s, split, kTileRows,
+      [&](const float* row, int8_t* parts, float* pow2, float* sums) {
+        return split_row(s, w.bits, w.group_size, row, parts, pow2, sums);
+      },
+      [&](int64_t t0, int64_t t1) {
+        std::vector<float> scaled(static_cast<size_t>(kTileRows * 2 * s.group_stride));
+        gemv(w, s, t0 * kTileRows, std::min(w.rows, t1 * kTileRows), M, split.parts, split.pow2.data(),
+             split.sums.data(), y, ldy, scaled.data());
+      });
 #else
   (void)pool, (void)M, (void)x, (void)ldx, (void)w, (void)y, (void)ldy;
   return false;
