@@ -15,8 +15,9 @@ threads=${MOXIN_BENCH_THREADS:-2}
 repeats=${MOXIN_DECODE_REPEATS:-2}
 tables=${MOXIN_DECODE_TABLES:-avx512 avx2}
 formats=${MOXIN_DECODE_FORMATS:-bf16 int8 int4}
+steps=${MOXIN_DECODE_STEPS:-16}
 
-echo "# $(date -u '+%F %T') UTC, commit $(git rev-parse --short HEAD), model $model, load average before: $(cut -d' ' -f1-3 /proc/loadavg)"
+echo "# $(date -u '+%F %T') UTC, commit $(git rev-parse --short HEAD), model $model, $steps decode steps, load average before: $(cut -d' ' -f1-3 /proc/loadavg)"
 printf '%-7s %-5s %3s %12s %9s %8s %9s\n' table format run "ceiling GB/s" "ms/step" "GB/step" "of floor"
 for run in $(seq 1 "$repeats"); do
   for format in $formats; do
@@ -28,7 +29,7 @@ for run in $(seq 1 "$repeats"); do
     esac
     for table in $tables; do
       out=$(MOXIN_CPU_KERNELS=$table "$moxin" bench --model "$model" --device cpu --threads "$threads" \
-        "${quantize[@]}" --context 256 --prefill-tokens 1 --decode-steps 16 --runs 1 --no-vision --quiet 2>&1)
+        "${quantize[@]}" --context 256 --prefill-tokens 1 --decode-steps "$steps" --runs 1 --no-vision --quiet 2>&1)
       ceiling=$(sed -n 's/^bandwidth ceiling *\([0-9.]*\) GB\/s.*/\1/p' <<<"$out")
       row=$(awk '$1 == "1" && NF == 8 {print $2, $6, $8}' <<<"$out")
       [ -n "$row" ] || { echo "$out" >&2; exit 1; }

@@ -67,7 +67,7 @@ MOXIN_AVX2_TARGET void gemv_tile(const QuantView& w, int64_t n, const float* xp,
       // Clamped to the last row: the prefetch then never leaves the codes array.
       for (int r = 0; r < R; ++r) {
         const int64_t ahead = std::min(n + r + kPrefetchRowsAhead, w.rows - 1);
-        _mm_prefetch(reinterpret_cast<const char*>(w.codes + ahead * words) + g * group_bytes, _MM_HINT_T0);
+        _mm_prefetch(reinterpret_cast<const char*>(w.codes + ahead * words) + g * group_bytes, _MM_HINT_T1);
       }
       __m256 dot[R][MM], dot2[R][MM];
       for (int r = 0; r < R; ++r)

@@ -151,7 +151,7 @@ void gemv_tile(const QuantView& w, const GemvShape& s, int64_t n, const int8_t* 
           const uint8_t* p = codes[r] + half * 32;
           // Clamped to the last row: the prefetch then never leaves the codes array.
           const int64_t ahead = std::min(kPrefetchRowsAhead, w.rows - 1 - n - r);
-          _mm_prefetch(reinterpret_cast<const char*>(p + ahead * row_bytes), _MM_HINT_T0);
+          _mm_prefetch(reinterpret_cast<const char*>(p + ahead * row_bytes), _MM_HINT_T1);
           const __m256i raw = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
           const __m256i lo = _mm256_and_si256(raw, low_nibbles);
           const __m256i hi = _mm256_and_si256(_mm256_srli_epi16(raw, 4), low_nibbles);
