@@ -6,6 +6,8 @@
 # (python3 tools/make_test_model.py --preset full --layers 8 --out /tmp/moxin-w8): the floor
 # share does not depend on the layer count, and a model the cache cannot hold times the disk.
 #   cmake --build build --target moxin && bench/run_cpu_decode.sh > bench/results/<name>.txt
+# MOXIN_DECODE_STEPS (default 16) sets the decode steps per run: the first steps after the
+# prefill run slower, so 64 gives a steadier mean.
 # Prints one row per run: table, format, ceiling GB/s, ms/step, GB/step, share of the floor.
 set -uo pipefail
 cd "$(dirname "$0")/.."
