@@ -186,29 +186,13 @@ void gemv_tile(const QuantView& w, const GemvShape& s, int64_t n, const int8_t* 
 // rows, 10.4 at four, 11.2 at one).
 constexpr int kTileRows = 2;
 
-// Rows [n0, n1) in blocks small enough to stay in L2 while pairs of activation rows pass over
-// them, so the codes come from memory once whatever M is.
 template <int kHalves>
 void gemv_rows(const QuantView& w, const GemvShape& s, int64_t n0, int64_t n1, int64_t M, const int8_t* parts,
                const float* pow2, const float* sums, float* y, int64_t ldy) {
-  const int64_t row_bytes = w.cols / 2;
-  const int64_t block = std::max<int64_t>(kTileRows, (int64_t{128} << 10) / row_bytes / kTileRows * kTileRows);
-  for (int64_t b0 = n0; b0 < n1; b0 += block) {
-    const int64_t b1 = std::min(n1, b0 + block);
-    for (int64_t m = 0; m < M; m += 2) {
-      const int8_t* pm = parts + m * s.part_bytes;
-      const float *pw = pow2 + m * s.group_stride, *sm = sums + m * s.group_stride;
-      float* ym = y + m * ldy;
-      int64_t n = b0;
-      if (M - m >= 2) {
-        for (; n + kTileRows <= b1; n += kTileRows) gemv_tile<kTileRows, 2, kHalves>(w, s, n, pm, pw, sm, ym, ldy);
-        for (; n < b1; ++n) gemv_tile<1, 2, kHalves>(w, s, n, pm, pw, sm, ym, ldy);
-      } else {
-        for (; n + kTileRows <= b1; n += kTileRows) gemv_tile<kTileRows, 1, kHalves>(w, s, n, pm, pw, sm, ym, ldy);
-        for (; n < b1; ++n) gemv_tile<1, 1, kHalves>(w, s, n, pm, pw, sm, ym, ldy);
-      }
-    }
-  }
+  for_each_tile<kTileRows>(n0, n1, M, w.cols / 2, [&](auto rows, auto pair, int64_t n, int64_t m) {
+    gemv_tile<decltype(rows)::value, decltype(pair)::value, kHalves>(
+        w, s, n, parts + m * s.part_bytes, pow2 + m * s.group_stride, sums + m * s.group_stride, y + m * ldy, ldy);
+  });
 }
 
 }  // namespace

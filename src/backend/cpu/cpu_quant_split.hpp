@@ -13,6 +13,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <type_traits>
 #include <vector>
 
 #include "core/thread_pool.hpp"
@@ -80,6 +81,31 @@ struct SplitActivations {
         pow2(static_cast<size_t>(M * s.group_stride), 0.0f),
         sums(pow2.size(), 0.0f) {}
 };
+
+// Rows [n0, n1) in blocks small enough to stay in L2 while pairs of activation rows pass over
+// them, so the codes come from memory once whatever M is: tile(R, MM, n, m) for R = kTileRows
+// or 1 weight rows from n against MM = 2 or 1 activation rows from m, R and MM as
+// std::integral_constant so that the kernel can take them as template arguments.
+template <int kTileRows, class Tile>
+void for_each_tile(int64_t n0, int64_t n1, int64_t M, int64_t row_bytes, Tile&& tile) {
+  using Pair = std::integral_constant<int, 2>;
+  using Single = std::integral_constant<int, 1>;
+  using Rows = std::integral_constant<int, kTileRows>;
+  const int64_t block = std::max<int64_t>(kTileRows, (int64_t{128} << 10) / row_bytes / kTileRows * kTileRows);
+  for (int64_t b0 = n0; b0 < n1; b0 += block) {
+    const int64_t b1 = std::min(n1, b0 + block);
+    for (int64_t m = 0; m < M; m += 2) {
+      int64_t n = b0;
+      if (M - m >= 2) {
+        for (; n + kTileRows <= b1; n += kTileRows) tile(Rows{}, Pair{}, n, m);
+        for (; n < b1; ++n) tile(Single{}, Pair{}, n, m);
+      } else {
+        for (; n + kTileRows <= b1; n += kTileRows) tile(Rows{}, Single{}, n, m);
+        for (; n < b1; ++n) tile(Single{}, Single{}, n, m);
+      }
+    }
+  }
+}
 
 // Splits the M activation rows with split_row(x_row, parts, pow2, sums) -> bool (false when some
 // x is not finite: the split cannot carry it), then runs rows(t0, t1) over tiles of `tile_rows`
