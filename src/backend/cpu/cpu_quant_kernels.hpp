@@ -52,8 +52,8 @@ bool quant_vnni_supported();
 bool quant_gemv_vnni(ThreadPool* pool, int64_t M, const float* x, int64_t ldx, const QuantView& w, float* y,
                      int64_t ldy);
 
-// AVX2 integer GEMV for 4-bit codes (cpu_quant_avx2_int.cpp): the VNNI kernel's split
-// activations in vpmaddubsw + vpmaddwd. False, with nothing written, when the build or CPU lacks
+// AVX2 integer GEMV for 4-bit codes (cpu_quant_avx2_int.cpp): the VNNI kernel's exact 24-bit
+// activation split, as a 16-bit and an 8-bit part, in vpmaddwd + vpmaddubsw. False, with nothing written, when the build or CPU lacks
 // AVX2 + FMA + F16C, the codes are not 4-bit, or some activation is not finite.
 bool quant_avx2_int_supported();
 bool quant_gemv_avx2_int(ThreadPool* pool, int64_t M, const float* x, int64_t ldx, const QuantView& w, float* y,

@@ -7,7 +7,9 @@
 // so a weight row's codes (unsigned bytes or nibbles) meet the activations in integer
 // multiply-adds, and per group dot = 2^(e - 16) (65536 D_h + 256 D_l + D_t) is exact before
 // one conversion to f32. Each ISA writes the parts with its own splitter; this file owns the
-// byte layout they agree on and the per-call driver.
+// exponent rule, the VNNI kernel's byte layout (StepLayout), the per-call buffers and the
+// driver. The AVX2 kernel keeps the same 24 bits per input as a 16-bit and an 8-bit part, in
+// its own order inside the same part_bytes (cpu_quant_avx2_int.cpp).
 #pragma once
 
 #include <algorithm>
