@@ -19,4 +19,15 @@ inline bool cpu_has_f16c() {
 #endif
 }
 
+// The instruction set every AVX2 kernel file is compiled for: AVX2 + FMA + F16C.
+inline bool cpu_has_avx2_fma_f16c() {
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+  static const bool supported =
+      __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && cpu_has_f16c();
+  return supported;
+#else
+  return false;
+#endif
+}
+
 }  // namespace moxin::cpu

@@ -540,9 +540,7 @@ const Kernels* avx2_kernels() {
   static const Kernels table{"avx2",      kTileRows, kPanelWidth, kGemvMaxRows, gemv,
                              pack_panels, gemm_tile, attend, softmax, gelu_erf, silu_mul, rms_norm,
                              add_rms_norm, layer_norm, rope, read_stream};
-  static const bool supported =
-      __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && cpu_has_f16c();
-  return supported ? &table : nullptr;
+  return cpu_has_avx2_fma_f16c() ? &table : nullptr;
 #else
   return nullptr;
 #endif

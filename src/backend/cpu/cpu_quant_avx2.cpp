@@ -182,11 +182,6 @@ MOXIN_AVX2_TARGET void dequantize(const QuantView& w, int64_t r0, int64_t r1, fl
     dequantize_bits<4>(w, r0, r1, out);
 }
 
-bool cpu_has_avx2() {
-  static const bool supported = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
-                                cpu_has_f16c();
-  return supported;
-}
 
 }  // namespace
 #pragma GCC diagnostic pop
@@ -194,7 +189,7 @@ bool cpu_has_avx2() {
 
 QuantGemvFn quant_gemv_avx2() {
 #if defined(MOXIN_HAVE_AVX2_QUANT)
-  return cpu_has_avx2() ? gemv : nullptr;
+  return cpu_has_avx2_fma_f16c() ? gemv : nullptr;
 #else
   return nullptr;
 #endif
@@ -202,7 +197,7 @@ QuantGemvFn quant_gemv_avx2() {
 
 QuantDequantizeFn quant_dequantize_avx2() {
 #if defined(MOXIN_HAVE_AVX2_QUANT)
-  return cpu_has_avx2() ? dequantize : nullptr;
+  return cpu_has_avx2_fma_f16c() ? dequantize : nullptr;
 #else
   return nullptr;
 #endif

@@ -222,8 +222,7 @@ void gemv_rows(const QuantView& w, const GemvShape& s, int64_t n0, int64_t n1, i
 
 bool quant_avx2_int_supported() {
 #if defined(MOXIN_HAVE_AVX2_INT_QUANT)
-  static const bool supported = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && cpu_has_f16c();
-  return supported;
+  return cpu_has_avx2_fma_f16c();
 #else
   return false;
 #endif
