@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Quantization quality of the engine itself: bf16 vs --quantize bits/group (and fp8) on the same prompts.
+"""Quantization quality of the engine itself: bf16 vs --quantize bits/group, fp8 and the fp8 KV cache on the same prompts.
 
     python bench/quant_quality.py --model DIR [--prompt TEXT ...] [--out FILE]
     python bench/quant_quality.py --make-tiny DIR [--bigram] ...   # a fresh tiny model first
@@ -7,7 +7,9 @@
 
 For each prompt, `moxin dump --hidden-states` runs the bf16 model and the model quantized at
 load time for (8,64), (8,128), (4,64), (4,128) and fp8 (E4M3, per-channel scales) (the same
-weights `moxin quantize` writes: the tests check the two are bit-identical). Reported per (bits, group), over all prompt positions
+weights `moxin quantize` writes: the tests check the two are bit-identical), then the bf16
+weights with the FP8 KV cache (`--kv-cache fp8`) and fp8 weights with it. Reported per
+configuration, over all prompt positions
 (teacher forcing on the prompt's own tokens):
   - each decoder layer's output (the residual stream): ||h_q - h_bf16|| / ||h_bf16||
   - the logits likewise, the mean KL(bf16 || q) of the next-token distributions, and the
@@ -34,11 +36,12 @@ from safetensors.numpy import load_file
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests" / "py"))
-CONFIGS = [(8, 64), (8, 128), (4, 64), (4, 128), ("fp8", None)]  # (bits, group); fp8 has no groups
-
-
-def config_name(bits, group):
-    return "fp8" if bits == "fp8" else f"q{bits} g{group}"
+# name -> the `moxin dump` options that load the model so
+CONFIGS = {f"q{bits} g{group}": ["--quantize", str(bits), "--group-size", str(group)]
+           for bits, group in [(8, 64), (8, 128), (4, 64), (4, 128)]}
+CONFIGS["fp8"] = ["--quantize", "fp8"]
+CONFIGS["kv fp8"] = ["--kv-cache", "fp8"]
+CONFIGS["fp8 + kv fp8"] = ["--quantize", "fp8", "--kv-cache", "fp8"]
 
 
 DEFAULT_PROMPT = ("Describe the picture in detail: what is in the foreground, what is in the background, "
@@ -58,11 +61,9 @@ def make_tiny(out, bigram):
     return note
 
 
-def dump(binary, model, prompt, threads, out, quantize=None):
+def dump(binary, model, prompt, threads, out, options=()):
     args = [str(binary), "dump", "--model", str(model), "--threads", str(threads), "--hidden-states",
-            "--prompt", prompt, "--out", str(out)]
-    if quantize:
-        args += ["--quantize", str(quantize[0])] + (["--group-size", str(quantize[1])] if quantize[1] else [])
+            "--prompt", prompt, "--out", str(out), *options]
     start = time.time()
     proc = subprocess.run(args, capture_output=True, text=True)
     if proc.returncode != 0:
@@ -100,15 +101,15 @@ def report(header, results, stats):
     lines = header + [
         f"bf16 next-token distributions: mean top-1 prob {stats['top1_prob']:.3f}, mean entropy "
         f"{stats['entropy']:.2f} nats, median top-1/top-2 margin {stats['median_margin']:.2f} nats", ""]
-    names = [config_name(bits, group) for bits, group in CONFIGS]
-    lines.append("summary            " + "".join(f"{n:>12}" for n in names))
+    names = list(CONFIGS)
+    lines.append("summary            " + "".join(f"{n:>14}" for n in names))
     acc = [results[c] for c in CONFIGS]
-    lines.append("logits rel err     " + "".join(f"{(a.logit_err / a.logit_norm) ** 0.5:12.3e}" for a in acc))
-    lines.append("mean KL(bf16||q)   " + "".join(f"{a.kl / a.positions:12.3e}" for a in acc))
-    lines.append("top-1 agreement    " + "".join(f"{a.agree / a.positions:12.4f}" for a in acc))
-    lines += ["", "layer output rel err" + "".join(f"{n:>12}" for n in names)]
+    lines.append("logits rel err     " + "".join(f"{(a.logit_err / a.logit_norm) ** 0.5:14.3e}" for a in acc))
+    lines.append("mean KL(bf16||q)   " + "".join(f"{a.kl / a.positions:14.3e}" for a in acc))
+    lines.append("top-1 agreement    " + "".join(f"{a.agree / a.positions:14.4f}" for a in acc))
+    lines += ["", "layer output rel err" + "".join(f"{n:>14}" for n in names)]
     for i in range(len(acc[0].layer_err)):
-        lines.append(f"  layer {i:3d}         " + "".join(f"{(a.layer_err[i] / a.layer_norm[i]) ** 0.5:12.3e}"
+        lines.append(f"  layer {i:3d}         " + "".join(f"{(a.layer_err[i] / a.layer_norm[i]) ** 0.5:14.3e}"
                                                        for a in acc))
     return "\n".join(lines) + "\n"
 
@@ -138,11 +139,11 @@ def main():
             base, seconds = dump(args.binary, model, prompt, args.threads, pathlib.Path(tmp) / "bf16.safetensors")
             base_logits.append(base["logits_all"])
             times = [f"bf16 {seconds:.0f} s"]
-            for bits, group in CONFIGS:
+            for name, options in CONFIGS.items():
                 quant, seconds = dump(args.binary, model, prompt, args.threads, pathlib.Path(tmp) / "q.safetensors",
-                                      (bits, group))
-                results[bits, group].add(base, quant)
-                times.append(f"{config_name(bits, group)} {seconds:.0f} s")
+                                      options)
+                results[name].add(base, quant)
+                times.append(f"{name} {seconds:.0f} s")
             header.append(f"  [{k}] {len(base['input_ids'])} tokens: {prompt[:60]!r}{'...' if len(prompt) > 60 else ''}"
                           f" (dump wall time: {', '.join(times)})")
             print(header[-1], flush=True)

@@ -22,12 +22,18 @@ def _device(device: str) -> tuple[str, int]:
     return device, 0
 
 
-def _quantize_bits(quantize: Optional[int]) -> int:
-    if quantize is None:
+def _quantize_bits(quantize: Union[int, str, None]) -> int:
+    if quantize is None or quantize == "fp8":
         return 0
     if isinstance(quantize, bool) or quantize not in (4, 8):
-        raise _core.Error(f"[load] quantize must be None, 4 or 8, got {quantize!r}")
+        raise _core.Error(f"[load] quantize must be None, 4, 8 or \"fp8\", got {quantize!r}")
     return quantize
+
+
+def _kv_cache_fp8(kv_cache: str) -> bool:
+    if kv_cache not in ("auto", "fp8"):
+        raise _core.Error(f"[load] kv_cache must be \"auto\" or \"fp8\", got {kv_cache!r}")
+    return kv_cache == "fp8"
 
 
 def _stop_list(stop: Union[str, Sequence[str], None]) -> list[str]:
@@ -44,20 +50,23 @@ class Model:
         self._core = core
 
     @classmethod
-    def load(cls, path_or_id: Union[str, "os.PathLike[str]"], device: str = "cpu", quantize: Optional[int] = None, *,
-             group_size: int = 64, threads: int = 0, max_context: int = 4096,
-             max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS) -> "Model":
+    def load(cls, path_or_id: Union[str, "os.PathLike[str]"], device: str = "cpu",
+             quantize: Union[int, str, None] = None, *, group_size: int = 64, threads: int = 0,
+             max_context: int = 4096, max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS,
+             kv_cache: str = "auto") -> "Model":
         """Loads a checkpoint directory (or whatever the engine's loader accepts, passed as is).
 
         device: "cpu", "cuda" or "cuda:N". quantize: None (as stored), 8 or 4 bits for the
-        decoder, in groups of group_size (64 or 128). threads: CPU threads (0 = all cores).
-        max_context: KV cache capacity in tokens. max_image_pixels: larger images are refused.
+        decoder, in groups of group_size (64 or 128), or "fp8" (E4M3, a scale per output
+        channel). threads: CPU threads (0 = all cores). max_context: KV cache capacity in
+        tokens. max_image_pixels: larger images are refused. kv_cache: "auto" (f32 on the CPU,
+        bf16 on CUDA) or "fp8" (E4M3, half of bf16's memory; CPU only for now).
         """
         kind, gpu = _device(device)
         return cls(_core.Model.load(os.fspath(path_or_id), kind, int32("gpu", gpu), int32("threads", threads),
                                     int32("max_context", max_context),
                                     uint64("max_image_pixels", max_image_pixels), _quantize_bits(quantize),
-                                    int32("group_size", group_size)))
+                                    int32("group_size", group_size), quantize == "fp8", _kv_cache_fp8(kv_cache)))
 
     @overload
     def generate(self, prompt: str, image: ImageInput = None, *, max_tokens: int = 256, temperature: float = 0.0,

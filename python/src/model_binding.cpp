@@ -108,7 +108,8 @@ class PyGeneration {
 };
 
 std::unique_ptr<PyModel> load(const std::string& path, const std::string& device, int gpu, int threads,
-                              int max_context, uint64_t max_image_pixels, int quantize_bits, int group_size) {
+                              int max_context, uint64_t max_image_pixels, int quantize_bits, int group_size,
+                              bool quantize_fp8, bool kv_cache_fp8) {
   if (device != "cpu" && device != "cuda")
     throw Error("[load] device must be \"cpu\" or \"cuda\" (\"cuda:N\" for GPU N), got \"" + device + "\"");
   LoadOptions o;
@@ -119,6 +120,8 @@ std::unique_ptr<PyModel> load(const std::string& path, const std::string& device
   o.max_image_pixels = max_image_pixels;
   o.quantize_bits = quantize_bits;
   o.quantize_group_size = group_size;
+  o.quantize_fp8 = quantize_fp8;
+  o.kv_cache_fp8 = kv_cache_fp8;
   auto py = std::make_unique<PyModel>();
   nb::gil_scoped_release nogil;
   py->model = Model::load(path, o);
@@ -168,7 +171,7 @@ void bind_model(nb::module_& m) {
 
   nb::class_<PyModel>(m, "Model", "A loaded model (moxin::Model).")
       .def_static("load", &load, "path"_a, "device"_a, "gpu"_a, "threads"_a, "max_context"_a, "max_image_pixels"_a,
-                  "quantize_bits"_a, "group_size"_a)
+                  "quantize_bits"_a, "group_size"_a, "quantize_fp8"_a, "kv_cache_fp8"_a)
       // The generation uses the model's engine: it keeps the Python model alive.
       .def("generate", &generate, "turns"_a, "image"_a, "max_tokens"_a, "temperature"_a, "top_k"_a, "top_p"_a,
            "min_p"_a, "repetition_penalty"_a, "seed"_a, "stop"_a, nb::keep_alive<0, 1>(), nb::rv_policy::take_ownership)

@@ -33,30 +33,39 @@ struct Linear {
   std::shared_ptr<const LinearImpl> impl;
 };
 
+// Auto: the backend's own precision (f32 on the CPU, bf16 on CUDA). Fp8E4M3: E4M3 codes with
+// one power-of-two scale per row of head_dim (src/core/fp8_kv.hpp), half of bf16's bytes.
+enum class KvCacheDType { Auto, Fp8E4M3 };
+
 struct KvCacheConfig {
   int layers = 0;
   int kv_heads = 0;
   int head_dim = 0;
   int block_size = 16;  // tokens per block
   int num_blocks = 0;   // physical blocks shared by all sequences
+  KvCacheDType dtype = KvCacheDType::Auto;
 };
 
 // Paged KV cache: per layer, K and V of [num_blocks, block_size, kv_heads, head_dim], each
-// element `element_bytes` wide in the backend's storage format.
+// element of `element` type (F32, BF16 or F8_E4M3; an FP8 cache adds one exponent byte per
+// row of head_dim).
 class KvCache {
  public:
   virtual ~KvCache() = default;
   const KvCacheConfig& config() const { return config_; }
+  DType element() const { return element_; }
   // Bytes one token of one sequence occupies over all layers (K and V): what a decode step reads
   // per cached position.
   double bytes_per_token() const {
-    return 2.0 * config_.layers * config_.kv_heads * config_.head_dim * element_bytes_;
+    const double row_bytes = static_cast<double>(config_.head_dim) * static_cast<double>(dtype_size(element_)) +
+                             (element_ == DType::F8_E4M3 ? 1.0 : 0.0);
+    return 2.0 * config_.layers * config_.kv_heads * row_bytes;
   }
 
  protected:
-  KvCache(KvCacheConfig c, int element_bytes) : config_(c), element_bytes_(element_bytes) {}
+  KvCache(KvCacheConfig c, DType element) : config_(c), element_(element) {}
   KvCacheConfig config_;
-  int element_bytes_;
+  DType element_;
 };
 
 // Describes, for a batch of T tokens from S sequences, where each token sits. All three are

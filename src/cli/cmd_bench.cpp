@@ -28,6 +28,7 @@ void print_table(const BenchResult& r, double load_ms) {
   std::printf("device            %s\n", r.device.c_str());
   std::printf("bandwidth ceiling %.1f GB/s (measured now)\n", r.bandwidth_gbps);
   std::printf("load              %.0f ms\n", load_ms);
+  std::printf("kv cache          %s, %.0f bytes per token\n", r.kv_cache.c_str(), r.kv_bytes_per_token);
   if (r.vision_ms > 0) std::printf("vision (2 enc.)   %.2f ms\n", r.vision_ms);
   std::printf("prefill           %d tokens %.2f ms, %.2f TFLOP/s\n", r.prefill_tokens, r.prefill_ms,
               r.prefill_tflops);
@@ -64,6 +65,8 @@ nlohmann::json to_json(const BenchResult& r, double load_ms) {
   nlohmann::json j = {{"device", r.device},
                       {"bandwidth_ceiling_gbps", r.bandwidth_gbps},
                       {"load_ms", load_ms},
+                      {"kv_cache", r.kv_cache},
+                      {"kv_bytes_per_token", r.kv_bytes_per_token},
                       {"vision_ms", r.vision_ms},
                       {"prefill_tokens", r.prefill_tokens},
                       {"prefill_ms", r.prefill_ms},

@@ -34,7 +34,8 @@ void add_hidden_states(SafetensorsWriter& w, Engine& engine, const std::vector<i
   batch.block_tables = backend.from_host_i32(table.data(), {1, blocks});
   batch.max_context = static_cast<int>(tokens);
 
-  auto cache = backend.create_kv_cache({config.layers, config.kv_heads, config.head_dim, kBlockSize, blocks});
+  auto cache = backend.create_kv_cache(
+      {config.layers, config.kv_heads, config.head_dim, kBlockSize, blocks, engine.kv_cache().config().dtype});
   Tensor x = engine.embed(input_ids);
   std::vector<float> states(static_cast<size_t>(config.layers * tokens * hidden));
   decoder.forward(x, batch.token_pos, batch, *cache, [&](int layer, const Tensor& out) {

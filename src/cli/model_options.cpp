@@ -27,6 +27,10 @@ void ModelOptions::add_to(CLI::App& command) {
       ->check(CLI::IsMember({"0", "4", "8", "fp8"}));
   command.add_option("--group-size", group_size, "Inputs per quantization group with --quantize")
       ->check(CLI::IsMember({64, 128}));
+  command.add_option("--kv-cache", kv_cache,
+                     "KV cache precision: auto (f32 on the CPU, bf16 on CUDA) or fp8 (E4M3 with a power-of-two "
+                     "scale per head and token: half of bf16's memory; CPU only for now)")
+      ->check(CLI::IsMember({"auto", "fp8"}));
   command.add_flag("--quiet", quiet, "No progress bars or summaries (download, upload, quantize) on stderr");
 }
 
@@ -40,6 +44,7 @@ LoadOptions ModelOptions::load_options() const {
   o.quantize_fp8 = quantize == "fp8";
   o.quantize_bits = o.quantize_fp8 ? 0 : std::stoi(quantize);
   o.quantize_group_size = group_size;
+  o.kv_cache_fp8 = kv_cache == "fp8";
   o.progress = stderr_progress(quiet);
   return o;
 }

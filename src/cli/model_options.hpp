@@ -24,6 +24,7 @@ struct ModelOptions {
   int max_context = 4096;
   uint64_t max_pixels = 89478485;
   std::string quantize = "0";  // "0", "8", "4" or "fp8": quantize the decoder at load time
+  std::string kv_cache = "auto";  // "auto" or "fp8": the KV cache's precision
   int group_size = 64;
   bool quiet = false;  // no progress on stderr
 

@@ -27,6 +27,7 @@ inline EngineOptions to_engine_options(const LoadOptions& o) {
   e.quantize_bits = o.quantize_bits;
   e.quantize_group_size = o.quantize_group_size;
   e.quantize_fp8 = o.quantize_fp8;
+  e.kv_cache_fp8 = o.kv_cache_fp8;
   e.progress = o.progress;
   return e;
 }

@@ -197,6 +197,8 @@ BenchResult run_benchmark(Engine& engine, const BenchOptions& o) {
   BenchResult r;
   r.rss_after_load_mb = status_mb("VmRSS:");
   r.device = engine.backend().name();
+  r.kv_cache = engine.kv_cache().element() == DType::F8_E4M3 ? "fp8 e4m3" : std::string(dtype_name(engine.kv_cache().element()));
+  r.kv_bytes_per_token = engine.kv_cache().bytes_per_token();
   r.context = o.context;
   if (o.vision) bench_vision(engine, o, rng, r);
   bench_prefill(engine, o, rng, r);

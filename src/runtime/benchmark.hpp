@@ -39,6 +39,8 @@ struct DecodeRun {
 
 struct BenchResult {
   std::string device;
+  std::string kv_cache;            // the KV cache's element type: F32, BF16 or fp8 e4m3
+  double kv_bytes_per_token = 0;   // over all layers, K and V
   double bandwidth_gbps = 0;      // ceiling measured in this run
   double vision_ms = 0;           // both encoders + projector, batch 1
   double prefill_ms = 0;

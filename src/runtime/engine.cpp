@@ -67,7 +67,8 @@ Engine::Engine(const std::string& model_dir, const EngineOptions& options)
   }
   const DecoderConfig& d = checkpoint_.config.decoder;
   const int blocks = blocks_for(options.max_context, options.block_size);
-  kv_cache_ = backend_->create_kv_cache({d.layers, d.kv_heads, d.head_dim, options.block_size, blocks});
+  kv_cache_ = backend_->create_kv_cache({d.layers, d.kv_heads, d.head_dim, options.block_size, blocks,
+                                         options.kv_cache_fp8 ? KvCacheDType::Fp8E4M3 : KvCacheDType::Auto});
   graphs_ = std::make_unique<DecodeGraphs>(*backend_, model_->decoder(), *kv_cache_, options.block_size, blocks);
   vision_graphs_ = std::make_unique<VisionGraphs>(*backend_, *model_);
   // A device backend holds its own copy now: neither the mapped pages nor the host-side

@@ -28,6 +28,7 @@ struct EngineOptions {
   int quantize_bits = 0;  // 8 or 4: the decoder linears are quantized after mapping
   int quantize_group_size = 64;
   bool quantize_fp8 = false;  // FP8 E4M3 per-channel instead (quantize_bits must be 0)
+  bool kv_cache_fp8 = false;  // the KV cache in FP8 E4M3 (KvCacheDType::Fp8E4M3) instead of act_dtype
   ProgressCallback progress;  // download / upload / quantize progress (include/moxin/progress.hpp)
 };
 

@@ -48,7 +48,7 @@ from PIL import Image
 from safetensors import safe_open
 from tokenizers import Tokenizer
 from torch import nn
-from transformers import MistralConfig, MistralForCausalLM
+from transformers import DynamicCache, MistralConfig, MistralForCausalLM
 from transformers.models.mistral.modeling_mistral import MistralRotaryEmbedding
 
 IMAGE_SIZE = 224
@@ -246,6 +246,25 @@ def assemble_inputs(model, input_ids, projected):
     if projected is None:
         return embeds
     return torch.cat([embeds[:, :1], projected.unsqueeze(0), embeds[:, 1:]], dim=1)
+
+
+def fp8_kv_round(x):
+    """The engine's FP8 KV cache (docs/model.md section 5) on states [..., D]: per row of D, the
+    smallest e with amax <= 448 * 2^e (clamped to -126..126, so -126 for an all-zero row), and
+    x -> e4m3(x / 2^e) * 2^e with PyTorch's float8_e4m3fn conversion."""
+    amax = x.float().abs().amax(dim=-1, keepdim=True)
+    mantissa, exponent = torch.frexp(amax)
+    e = torch.where(amax == 0, -126, exponent - 9 + (mantissa > 0.875).int()).clamp(-126, 126)
+    scale = torch.ldexp(torch.ones_like(amax), e)
+    return ((x.float() / scale).to(torch.float8_e4m3fn).float() * scale).to(x.dtype)
+
+
+class Fp8KvCache(DynamicCache):
+    """transformers' cache holding K and V as the engine's FP8 KV cache does: every new key and
+    value row is rounded before it is stored, so the token's own attention reads it rounded too."""
+
+    def update(self, key_states, value_states, layer_idx, *args, **kwargs):
+        return super().update(fp8_kv_round(key_states), fp8_kv_round(value_states), layer_idx, *args, **kwargs)
 
 
 def greedy_decode(llm, inputs_embeds, max_new_tokens):

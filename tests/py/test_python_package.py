@@ -179,6 +179,22 @@ def test_quantized_load_equals_cli(moxin_bin, quantizable_model_dir, tmp_path, s
     assert generation.tokens == expected["tokens"], (bits, group)
 
 
+def test_fp8_load_and_fp8_kv_cache_equal_cli(moxin_bin, quantizable_model_dir, tmp_path, seed):
+    """quantize="fp8" and kv_cache="fp8" reach the engine as --quantize fp8 / --kv-cache fp8 do."""
+    rng = np.random.default_rng(seed)
+    pixels = random_rgb(rng)
+    question = random_question(rng)
+    image = saved_png(pixels, tmp_path / "image.png")
+    for load_args, cli_args in (({"kv_cache": "fp8"}, ("--kv-cache", "fp8")),
+                                ({"quantize": "fp8", "kv_cache": "fp8"}, ("--quantize", "fp8", "--kv-cache", "fp8"))):
+        expected = cli_generate(moxin_bin, quantizable_model_dir, *cli_args, "--prompt", question, "--image", image,
+                                "--max-tokens", 20)
+        loaded = moxin.Model.load(quantizable_model_dir, threads=2, **load_args)
+        generation = loaded.generate(question, image=pixels, max_tokens=20, stream=True)
+        assert drain(generation) == expected["text"], load_args
+        assert generation.tokens == expected["tokens"], load_args
+
+
 def test_text_only_and_dropped_streams(moxin_bin, model_dir, model, seed):
     rng = np.random.default_rng(seed)
     question = random_question(rng)
@@ -292,6 +308,7 @@ def test_errors_are_moxin_errors_with_the_engines_message(moxin_bin, model_dir, 
     expect_error("top_p", model.generate, "x", top_p=1.5)
     expect_error("stop", model.generate, "x", stop=[""])
     expect_error("quantize", moxin.Model.load, model_dir, quantize=3)
+    expect_error("kv_cache", moxin.Model.load, model_dir, kv_cache="int8")
     expect_error("device", moxin.Model.load, model_dir, device="tpu")
     expect_error("threads", moxin.Model.load, model_dir, threads=-2)
     expect_error("max_context", moxin.Model.load, model_dir, max_context=0)

@@ -4,6 +4,7 @@
 #include <algorithm>
 #include <numeric>
 
+#include "fp8_kv_reference.hpp"
 #include "test_cpu_common.hpp"
 
 namespace moxin::cpu_test {
@@ -173,7 +174,9 @@ struct PagedCase {
   int kv_heads, group, head_dim, block_size;
 };
 
-void run_paged_case(Random& rng, const PagedCase& pc) {
+// fp8: the cache holds E4M3 rows (KvCacheDType::Fp8E4M3); the reference attends over the
+// values the independent row reference rounds them to.
+void run_paged_case(Random& rng, const PagedCase& pc, bool fp8 = false) {
   const int64_t Hkv = pc.kv_heads, Hq = Hkv * pc.group, D = pc.head_dim, bs = pc.block_size;
   const int64_t row = Hkv * D;
   // Three sequences: a prefill chunk continuing a history, a decode token, a fresh prompt.
@@ -191,10 +194,19 @@ void run_paged_case(Random& rng, const PagedCase& pc) {
   for (int s = 0; s < 3; ++s)
     for (int64_t b = 0; b < (len[s] + bs - 1) / bs; ++b) tables[static_cast<size_t>(s * max_blocks + b)] = physical[next++];
 
-  std::vector<std::vector<float>> keys(3), values(3);
+  std::vector<std::vector<float>> keys(3), values(3), ref_keys(3), ref_values(3);
   for (int s = 0; s < 3; ++s) {
     keys[s] = rng.uniform(static_cast<size_t>(len[s] * row), -2, 2);
     values[s] = rng.uniform(static_cast<size_t>(len[s] * row), -2, 2);
+    ref_keys[s] = keys[s];
+    ref_values[s] = values[s];
+    if (!fp8) continue;
+    for (int64_t r = 0; r < len[s] * Hkv; ++r) {
+      const auto k = test_common::fp8_kv_reference_row(keys[s].data() + r * D, D);
+      const auto v = test_common::fp8_kv_reference_row(values[s].data() + r * D, D);
+      std::copy(k.values.begin(), k.values.end(), ref_keys[s].begin() + r * D);
+      std::copy(v.values.begin(), v.values.end(), ref_values[s].begin() + r * D);
+    }
   }
   // Token lists: history (all positions before start, shuffled) and the batch.
   struct Tok {
@@ -216,8 +228,8 @@ void run_paged_case(Random& rng, const PagedCase& pc) {
       const Tok tok = batch_tokens[static_cast<size_t>(t)];
       std::vector<const float*> ks, vs;
       for (int64_t p = 0; p <= tok.pos; ++p) {
-        ks.push_back(keys[tok.seq].data() + p * row + (h / pc.group) * D);
-        vs.push_back(values[tok.seq].data() + p * row + (h / pc.group) * D);
+        ks.push_back(ref_keys[tok.seq].data() + p * row + (h / pc.group) * D);
+        vs.push_back(ref_values[tok.seq].data() + p * row + (h / pc.group) * D);
       }
       reference_attend(q.data() + (t * Hq + h) * D, ks, vs, D, ref.data() + (t * Hq + h) * D);
     }
@@ -247,8 +259,8 @@ void run_paged_case(Random& rng, const PagedCase& pc) {
                      10000.0f, cache, layer, ab, q);
   };
 
-  expect_matches(cat("paged_attention Hkv=", Hkv, " group=", pc.group, " D=", D, " block=", bs, " lens=", len[0], ",",
-                     len[1], ",", len[2]),
+  expect_matches(cat("paged_attention", fp8 ? " fp8" : "", " Hkv=", Hkv, " group=", pc.group, " D=", D, " block=", bs,
+                     " lens=", len[0], ",", len[1], ",", len[2]),
                  ref, kAttentionTolerance, [&](Backend& be) {
                    KvCacheConfig cfg;
                    cfg.layers = 2;
@@ -256,6 +268,7 @@ void run_paged_case(Random& rng, const PagedCase& pc) {
                    cfg.head_dim = pc.head_dim;
                    cfg.block_size = pc.block_size;
                    cfg.num_blocks = num_blocks;
+                   cfg.dtype = fp8 ? KvCacheDType::Fp8E4M3 : KvCacheDType::Auto;
                    auto cache = be.create_kv_cache(cfg);
                    std::vector<Tok> all = history;
                    all.insert(all.end(), batch_tokens.begin(), batch_tokens.end());
@@ -285,6 +298,55 @@ TEST(CpuPagedAttention, MatchesReferenceForMixedBatches) {
                               PagedCase{3, 4, 16, 4}, PagedCase{1, 4, 200, 3}, PagedCase{2, 3, 40, 2},
                               PagedCase{1, 16, 16, 8}})
     run_paged_case(rng, pc);
+}
+
+TEST(CpuPagedAttention, Fp8CacheMatchesReferenceOnTheRoundedValues) {
+  Random rng(test_seed());
+  for (const PagedCase& pc : {PagedCase{2, 4, 128, 16}, PagedCase{1, 8, 72, 1}, PagedCase{3, 4, 16, 4},
+                              PagedCase{2, 3, 40, 2}})
+    run_paged_case(rng, pc, true);
+}
+
+// rope_kv_write into an FP8 cache: each token's K (RoPE at position 0 leaves it exact) and V
+// rows hold the nearest E4M3 codes and the row exponent, in the token's own slot.
+TEST(CpuRopeKvWrite, Fp8CacheHoldsTheNearestCodes) {
+  Random rng(test_seed());
+  const int64_t T = 9, q_heads = 4, kv_heads = 2, D = 64, bs = 4, blocks = 8;
+  const int64_t kv_row = kv_heads * D, width = q_heads * D + 2 * kv_row;
+  std::vector<float> qkv = rng.uniform(static_cast<size_t>(T * width), -3, 3);
+  for (int64_t i = 0; i < T * width; i += 7) qkv[i] = std::ldexp(qkv[i], static_cast<int>(rng.integer(-30, 30)));
+  std::vector<int32_t> tables(static_cast<size_t>(blocks));
+  std::iota(tables.begin(), tables.end(), 0);
+  std::shuffle(tables.begin(), tables.end(), rng.engine());
+  std::vector<int32_t> seq(static_cast<size_t>(T), 0), pos(static_cast<size_t>(T)), rotation(static_cast<size_t>(T), 0);
+  std::iota(pos.begin(), pos.end(), 3);
+  for (int threads : {1, 2}) {
+    auto be = create_cpu_backend(threads);
+    auto cache = be->create_kv_cache({1, static_cast<int>(kv_heads), static_cast<int>(D), static_cast<int>(bs),
+                                      static_cast<int>(blocks), KvCacheDType::Fp8E4M3});
+    EXPECT_EQ(cache->element(), DType::F8_E4M3);
+    EXPECT_DOUBLE_EQ(cache->bytes_per_token(), 2.0 * kv_heads * (D + 1));
+    AttentionBatch ab;
+    ab.token_seq = be->from_host_i32(seq.data(), {T});
+    ab.token_pos = be->from_host_i32(pos.data(), {T});
+    ab.block_tables = be->from_host_i32(tables.data(), {1, blocks});
+    ab.max_context = 3 + static_cast<int>(T);
+    Tensor q = be->empty({T, q_heads * D}, DType::F32);
+    be->rope_kv_write(be->from_host_f32(qkv.data(), {T, width}), be->from_host_i32(rotation.data(), {T}), 10000.0f,
+                      *cache, 0, ab, q);
+    const auto& c = dynamic_cast<const cpu::CpuKvCache&>(*cache);
+    for (int64_t t = 0; t < T; ++t)
+      for (int64_t h = 0; h < kv_heads; ++h) {
+        const int64_t slot = tables[pos[t] / bs] * bs + pos[t] % bs, r = slot * kv_heads + h;
+        for (int which = 0; which < 2; ++which) {
+          const auto ref = test_common::fp8_kv_reference_row(qkv.data() + t * width + q_heads * D + which * kv_row + h * D, D);
+          const cpu::CpuKvCache::Fp8Rows rows = which == 0 ? c.fp8_keys(0) : c.fp8_values(0);
+          EXPECT_EQ(rows.exponents[r], ref.exponent) << "token " << t << " head " << h << (which ? " V" : " K");
+          EXPECT_EQ(std::vector<uint8_t>(rows.codes + r * D, rows.codes + (r + 1) * D), ref.codes)
+              << "token " << t << " head " << h << (which ? " V" : " K");
+        }
+      }
+  }
 }
 
 TEST(CpuPagedAttention, RejectsBadBatches) {

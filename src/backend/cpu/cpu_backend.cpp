@@ -199,19 +199,23 @@ Tensor CpuBackend::param(const TensorInfo& t) {
 
 // --- KV cache ---
 
-void CpuKvCache::Free::operator()(float* p) const { std::free(p); }
+void CpuKvCache::Free::operator()(std::byte* p) const { std::free(p); }
 
-CpuKvCache::CpuKvCache(const KvCacheConfig& c) : KvCache(c, sizeof(float)) {
+CpuKvCache::CpuKvCache(const KvCacheConfig& c)
+    : KvCache(c, c.dtype == KvCacheDType::Fp8E4M3 ? DType::F8_E4M3 : DType::F32) {
   MOXIN_CHECK(c.layers > 0 && c.kv_heads > 0 && c.head_dim > 0 && c.block_size > 0 && c.num_blocks > 0,
               "[cpu] KV cache: layers (", c.layers, "), kv_heads (", c.kv_heads, "), head_dim (",
               c.head_dim, "), block_size (", c.block_size, ") and num_blocks (", c.num_blocks,
               ") must all be positive");
-  layer_floats_ = static_cast<size_t>(c.num_blocks) * static_cast<size_t>(c.block_size) *
-                  static_cast<size_t>(c.kv_heads) * static_cast<size_t>(c.head_dim);
-  const size_t total = 2 * static_cast<size_t>(c.layers) * layer_floats_;
+  rows_ = static_cast<size_t>(c.num_blocks) * static_cast<size_t>(c.block_size) * static_cast<size_t>(c.kv_heads);
+  const size_t values = rows_ * static_cast<size_t>(c.head_dim);
+  // An FP8 region ends with one exponent byte per row; regions stay 64-byte aligned.
+  region_bytes_ = fp8() ? values + rows_ : values * sizeof(float);
+  region_bytes_ = (region_bytes_ + 63) / 64 * 64;
+  const size_t total = 2 * static_cast<size_t>(c.layers) * region_bytes_;
   // calloc: large requests come as untouched zero pages, so unused blocks cost no memory.
-  storage_.reset(static_cast<float*>(std::calloc(total, sizeof(float))));
-  MOXIN_CHECK(storage_ != nullptr, "[cpu] KV cache: cannot allocate ", total * sizeof(float) / 1e9,
+  storage_.reset(static_cast<std::byte*>(std::calloc(total, 1)));
+  MOXIN_CHECK(storage_ != nullptr, "[cpu] KV cache: cannot allocate ", static_cast<double>(total) / 1e9,
               " GB; reduce the number of blocks (context length or batch)");
 }
 

@@ -3,6 +3,7 @@
 // cpu_ops_attention.cpp. Activations are F32; weights are read in place from the mapped file.
 #pragma once
 
+#include <cstddef>
 #include <memory>
 #include <string>
 #include <vector>
@@ -31,19 +32,37 @@ struct CpuLinear final : LinearImpl {
 };
 
 // K and V of every layer in one zero-initialized allocation (pages are committed on first
-// write): layer l's K is [num_blocks, block_size, kv_heads, head_dim] F32, then its V.
+// write): layer l's K region, then its V region. An F32 region is [num_blocks, block_size,
+// kv_heads, head_dim] floats; an FP8 one (KvCacheDType::Fp8E4M3) the same rows as E4M3 codes,
+// then one exponent per row (src/core/fp8_kv.hpp).
 class CpuKvCache final : public KvCache {
  public:
   explicit CpuKvCache(const KvCacheConfig& config);
-  float* keys(int layer) const { return storage_.get() + (2 * static_cast<size_t>(layer)) * layer_floats_; }
-  float* values(int layer) const { return keys(layer) + layer_floats_; }
+  bool fp8() const { return element_ == DType::F8_E4M3; }
+  // F32 caches.
+  float* keys(int layer) const { return reinterpret_cast<float*>(region(layer, 0)); }
+  float* values(int layer) const { return reinterpret_cast<float*>(region(layer, 1)); }
+  // FP8 caches: row r (slot * kv_heads + head) has head_dim codes at codes + r * head_dim.
+  struct Fp8Rows {
+    uint8_t* codes;
+    int8_t* exponents;
+  };
+  Fp8Rows fp8_keys(int layer) const { return fp8_rows(region(layer, 0)); }
+  Fp8Rows fp8_values(int layer) const { return fp8_rows(region(layer, 1)); }
 
  private:
   struct Free {
-    void operator()(float* p) const;
+    void operator()(std::byte* p) const;
   };
-  size_t layer_floats_ = 0;
-  std::unique_ptr<float, Free> storage_;
+  std::byte* region(int layer, int which) const {
+    return storage_.get() + (2 * static_cast<size_t>(layer) + static_cast<size_t>(which)) * region_bytes_;
+  }
+  Fp8Rows fp8_rows(std::byte* region) const {
+    return {reinterpret_cast<uint8_t*>(region), reinterpret_cast<int8_t*>(region + rows_ * config_.head_dim)};
+  }
+  size_t rows_ = 0;  // num_blocks * block_size * kv_heads
+  size_t region_bytes_ = 0;
+  std::unique_ptr<std::byte, Free> storage_;
 };
 
 class CpuBackend final : public Backend {

@@ -9,6 +9,7 @@
 #include "backend/cpu/cpu_backend_impl.hpp"
 #include "backend/cpu/cpu_checks.hpp"
 #include "backend/cpu/cpu_matmul.hpp"
+#include "core/fp8_kv.hpp"
 
 namespace moxin::cpu {
 namespace {
@@ -136,13 +137,13 @@ void CpuBackend::rope_kv_write(const Tensor& qkv, const Tensor& positions, float
   }
   const float* in = qkv.ptr<float>();
   float* qs = q.ptr<float>();
-  float* keys = c.keys(layer);
-  float* values = c.values(layer);
   const int64_t q_heads = q.cols() / D, in_row = qkv.cols();
   // Tokens of one batch own distinct cache slots, so threads split tokens.
   pool_.parallel_for(T, [&](int64_t t0, int64_t t1) {
-    float* cs = scratch<float>(static_cast<size_t>(D));
+    // cos | sin, then (FP8 caches) the rotated k row before it is rounded.
+    float* cs = scratch<float>(static_cast<size_t>(D + kv_row));
     float* sn = cs + half;
+    float* rotated = cs + D;
     for (int64_t t = t0; t < t1; ++t) {
       const float p = static_cast<float>(pos[t]);
       for (int64_t i = 0; i < half; ++i) {
@@ -155,8 +156,20 @@ void CpuBackend::rope_kv_write(const Tensor& qkv, const Tensor& positions, float
       const int64_t slot = static_cast<int64_t>(bv.block(t, bv.pos[t] / cfg.block_size)) * cfg.block_size +
                            bv.pos[t] % cfg.block_size;
       const float* k = row + q_heads * D;
-      for (int64_t h = 0; h < cfg.kv_heads; ++h) kernels_.rope(k + h * D, cs, sn, half, keys + slot * kv_row + h * D);
-      std::memcpy(values + slot * kv_row, k + kv_row, static_cast<size_t>(kv_row) * sizeof(float));
+      const float* v = k + kv_row;
+      if (!c.fp8()) {
+        float* keys = c.keys(layer) + slot * kv_row;
+        for (int64_t h = 0; h < cfg.kv_heads; ++h) kernels_.rope(k + h * D, cs, sn, half, keys + h * D);
+        std::memcpy(c.values(layer) + slot * kv_row, v, static_cast<size_t>(kv_row) * sizeof(float));
+        continue;
+      }
+      for (int64_t h = 0; h < cfg.kv_heads; ++h) kernels_.rope(k + h * D, cs, sn, half, rotated + h * D);
+      const CpuKvCache::Fp8Rows keys = c.fp8_keys(layer), values = c.fp8_values(layer);
+      for (int64_t h = 0; h < cfg.kv_heads; ++h) {
+        const int64_t r = slot * cfg.kv_heads + h;
+        keys.exponents[r] = quantize_kv_row(rotated + h * D, D, keys.codes + r * D);
+        values.exponents[r] = quantize_kv_row(v + h * D, D, values.codes + r * D);
+      }
     }
   }, 4);
 }
@@ -177,8 +190,6 @@ void CpuBackend::paged_attention(const Tensor& q, KvCache& cache, int layer, con
   const BatchView bv = check_batch(batch, T, cfg, "paged_attention", true);
   const int64_t group = q_heads / kv_heads;
   const float scale = static_cast<float>(1.0 / std::sqrt(static_cast<double>(D)));
-  const float* keys = c.keys(layer);
-  const float* values = c.values(layer);
   // Tasks are (token, kv head): the GQA group's query heads are consecutive in q and y, and
   // the kernel reads each cached K/V row once for all of them. Contexts differ in length,
   // so threads claim tasks as they go.
@@ -186,16 +197,35 @@ void CpuBackend::paged_attention(const Tensor& q, KvCache& cache, int layer, con
     for (int64_t task = i0; task < i1; ++task) {
       const int64_t t = task / kv_heads, kv = task % kv_heads;
       const int64_t context = bv.pos[t] + 1;
-      // Where each position's row starts in this token's sequence (the kv head added below).
-      int64_t* rows = scratch<int64_t>(static_cast<size_t>(context));
+      // The cache row (slot * kv_heads + kv) of each position of this token's sequence, then
+      // (FP8 caches) each position's row in the dequantized copy.
+      int64_t* rows = scratch<int64_t>(static_cast<size_t>(2 * context));
       for (int64_t p = 0, logical = 0; p < context; ++logical) {
         const int64_t first_slot = static_cast<int64_t>(bv.block(t, logical)) * bs;
         for (int64_t slot = first_slot; slot < first_slot + bs && p < context; ++slot, ++p)
-          rows[p] = slot * kv_heads * D;
+          rows[p] = slot * kv_heads + kv;
       }
       const int64_t first_head = t * q_heads + kv * group;
-      kernels_.attend(q.ptr<float>() + first_head * D, group, keys + kv * D, values + kv * D, rows, context, D,
-                      scale, scratch<float>(static_cast<size_t>(group * context)), y.ptr<float>() + first_head * D);
+      const float* qt = q.ptr<float>() + first_head * D;
+      float* yt = y.ptr<float>() + first_head * D;
+      if (!c.fp8()) {
+        for (int64_t p = 0; p < context; ++p) rows[p] *= D;
+        kernels_.attend(qt, group, c.keys(layer), c.values(layer), rows, context, D, scale,
+                        scratch<float>(static_cast<size_t>(group * context)), yt);
+        continue;
+      }
+      // FP8: this head's K and V rows widened to f32 (exactly: codes times a power of two),
+      // then the same attention kernel over the copy.
+      float* keys = scratch<float>(static_cast<size_t>((2 * D + group) * context));
+      float* values = keys + D * context;
+      int64_t* copy_rows = rows + context;
+      const CpuKvCache::Fp8Rows k8 = c.fp8_keys(layer), v8 = c.fp8_values(layer);
+      for (int64_t p = 0; p < context; ++p) {
+        dequantize_kv_row(k8.codes + rows[p] * D, k8.exponents[rows[p]], D, keys + p * D);
+        dequantize_kv_row(v8.codes + rows[p] * D, v8.exponents[rows[p]], D, values + p * D);
+        copy_rows[p] = p * D;
+      }
+      kernels_.attend(qt, group, keys, values, copy_rows, context, D, scale, values + D * context, yt);
     }
   });
 }

@@ -326,6 +326,9 @@ std::unique_ptr<KvCache> CudaBackend::create_kv_cache(const KvCacheConfig& c) {
       c.num_blocks, ")");
   MOXIN_CHECK(c.head_dim <= kMaxHeadDim, "[cuda] create_kv_cache: head_dim ", c.head_dim, " > ",
               kMaxHeadDim, " is not supported");
+  MOXIN_CHECK(c.dtype == KvCacheDType::Auto,
+              "[cuda] the FP8 KV cache (--kv-cache fp8) is not available on the CUDA backend yet, only on the CPU; "
+              "use --kv-cache auto (bf16) on the GPU");
   const size_t bytes = size_t{2} * 2 * c.layers * static_cast<size_t>(c.num_blocks) * c.block_size *
                        c.kv_heads * c.head_dim;
   auto storage = device_alloc(context_, bytes);

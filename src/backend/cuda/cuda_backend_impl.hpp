@@ -62,7 +62,7 @@ struct CudaLinear final : LinearImpl {
 class CudaKvCache final : public KvCache {
  public:
   CudaKvCache(const KvCacheConfig& c, std::shared_ptr<void> storage)
-      : KvCache(c, sizeof(bf16_bits)), storage_(std::move(storage)) {}
+      : KvCache(c, DType::BF16), storage_(std::move(storage)) {}
   PagedLayer layer(int index) const {
     const auto& c = config_;
     const size_t per_tensor =
