@@ -427,7 +427,7 @@ BENCHMARK(BM_QuantGemvPath)
 // --- attention ---
 
 // One decode token per sequence attending to `context` cached positions: Moxin's 32 query
-// heads over 8 kv heads of 128. args: context, threads.
+// heads over 8 kv heads of 128. args: context, threads, fp8 (1: the FP8 KV cache).
 void BM_PagedAttentionDecode(benchmark::State& state) {
   const int64_t context = state.range(0);
   auto backend = make_backend(static_cast<int>(state.range(1)));
@@ -437,6 +437,7 @@ void BM_PagedAttentionDecode(benchmark::State& state) {
   cfg.head_dim = 128;
   cfg.block_size = 16;
   cfg.num_blocks = static_cast<int>((context + 15) / 16);
+  cfg.dtype = state.range(2) ? KvCacheDType::Fp8E4M3 : KvCacheDType::Auto;
   auto cache = backend->create_kv_cache(cfg);
   // Fill the whole context through rope_kv_write, blocks in reverse order (non-contiguous).
   std::vector<int32_t> table(static_cast<size_t>(cfg.num_blocks)), seq(static_cast<size_t>(context), 0),
@@ -463,12 +464,17 @@ void BM_PagedAttentionDecode(benchmark::State& state) {
     backend->paged_attention(q, *cache, 0, last, 32, y);
     benchmark::DoNotOptimize(y.data);
   }
-  state.SetBytesProcessed(state.iterations() * context * 8 * 128 * 4 * 2);  // K and V, f32
+  // The cache's own bytes: K and V, with the FP8 rows' exponents.
+  state.SetBytesProcessed(static_cast<int64_t>(static_cast<double>(state.iterations()) * static_cast<double>(context) *
+                                               cache->bytes_per_token()));
 }
 BENCHMARK(BM_PagedAttentionDecode)
-    ->ArgNames({"context", "threads"})
-    ->Args({1024, 1})
-    ->Args({1024, 2})
+    ->ArgNames({"context", "threads", "fp8"})
+    ->Args({1024, 1, 0})
+    ->Args({1024, 2, 0})
+    ->Args({1024, 2, 1})
+    ->Args({8192, 2, 0})
+    ->Args({8192, 2, 1})
     ->UseRealTime()
     ->Unit(benchmark::kMicrosecond);
 

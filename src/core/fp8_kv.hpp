@@ -52,18 +52,30 @@ inline int8_t quantize_kv_row(const float* x, int64_t n, uint8_t* codes) {
   return e;
 }
 
-// out = e4m3(codes) * 2^e without a table lookup, so that compilers vectorize it: a normal
+// What a row's codes are multiplied by: 2^e (built from its exponent bits: e is within the
+// normal range), or NaN for a poisoned row.
+inline float kv_row_scale(int8_t e) {
+  return e == kKvPoisonedRow ? std::numeric_limits<float>::quiet_NaN()
+                             : std::bit_cast<float>(static_cast<uint32_t>(e + 127) << 23);
+}
+
+// out = e4m3(codes) * scale without a table lookup, so that compilers vectorize it: a normal
 // code's 4 exponent and 3 mantissa bits are an f32's, rebiased by 120; a subnormal code
-// (magnitude < 8) is magnitude * 2^-9. The quantizer never writes the NaN code 0x7F.
-inline void dequantize_kv_row(const uint8_t* codes, int8_t e, int64_t n, float* out) {
-  const float scale = e == kKvPoisonedRow ? std::numeric_limits<float>::quiet_NaN() : std::ldexp(1.0f, e);
+// (magnitude < 8) is magnitude * 2^-9. NaN codes (0x7F, 0xFF) are not expected: the quantizer
+// never writes them. The CPU kernel tables' widen_e4m3 gives the same bits.
+inline void widen_e4m3(const uint8_t* codes, int64_t n, float scale, float* out) {
   for (int64_t i = 0; i < n; ++i) {
     const uint32_t code = codes[i], magnitude = code & 0x7F;
-    const float normal = std::bit_cast<float>((magnitude << 20) + (120u << 23));
-    const float subnormal = static_cast<float>(magnitude) * 0x1p-9f;
-    const uint32_t bits = std::bit_cast<uint32_t>(magnitude < 8 ? subnormal : normal) | ((code & 0x80) << 24);
+    const uint32_t normal = (magnitude << 20) + (120u << 23);
+    const uint32_t subnormal = std::bit_cast<uint32_t>(static_cast<float>(static_cast<int32_t>(magnitude)) * 0x1p-9f);
+    const uint32_t is_normal = 0u - static_cast<uint32_t>(magnitude >= 8);  // all ones or zero: no branch
+    const uint32_t bits = (normal & is_normal) | (subnormal & ~is_normal) | ((code & 0x80) << 24);
     out[i] = std::bit_cast<float>(bits) * scale;
   }
+}
+
+inline void dequantize_kv_row(const uint8_t* codes, int8_t e, int64_t n, float* out) {
+  widen_e4m3(codes, n, kv_row_scale(e), out);
 }
 
 }  // namespace moxin

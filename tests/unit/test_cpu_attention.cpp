@@ -337,7 +337,7 @@ TEST(CpuRopeKvWrite, Fp8CacheHoldsTheNearestCodes) {
     const auto& c = dynamic_cast<const cpu::CpuKvCache&>(*cache);
     for (int64_t t = 0; t < T; ++t)
       for (int64_t h = 0; h < kv_heads; ++h) {
-        const int64_t slot = tables[pos[t] / bs] * bs + pos[t] % bs, r = slot * kv_heads + h;
+        const int64_t r = (tables[pos[t] / bs] * kv_heads + h) * bs + pos[t] % bs;  // head-major in its block
         for (int which = 0; which < 2; ++which) {
           const auto ref = test_common::fp8_kv_reference_row(qkv.data() + t * width + q_heads * D + which * kv_row + h * D, D);
           const cpu::CpuKvCache::Fp8Rows rows = which == 0 ? c.fp8_keys(0) : c.fp8_values(0);

@@ -80,6 +80,29 @@ TEST(Fp8KvRow, EveryCodeReadsBackAsItsValue) {
   }
 }
 
+// Every kernel table's widen_e4m3 (F16C, AVX-512, NEON, portable) gives the reference values,
+// for every code, at lengths that leave every tail size, for scales across the range.
+TEST(Fp8KvRow, EveryKernelTableWidensLikeTheReference) {
+  Random rng(test_seed());
+  for (const cpu::Kernels* k : cpu::supported_kernels())
+    for (int trial = 0; trial < 200; ++trial) {
+      const int64_t n = trial < 2 ? 254 : rng.integer(1, 70);
+      std::vector<uint8_t> codes(static_cast<size_t>(n));
+      for (int64_t i = 0; i < n; ++i) {
+        int code = trial < 2 ? static_cast<int>(i) + (i >= 0x7F ? 1 : 0) : static_cast<int>(rng.integer(0, 255));
+        if ((code & 0x7F) == 0x7F) code ^= 1;  // NaN codes are never written
+        codes[static_cast<size_t>(i)] = static_cast<uint8_t>(code);
+      }
+      const int e = static_cast<int>(rng.integer(kKvExponentMin, kKvExponentMax));
+      std::vector<float> out(static_cast<size_t>(n) + 1, -7.0f);
+      k->widen_e4m3(codes.data(), n, kv_row_scale(static_cast<int8_t>(e)), out.data());
+      for (int64_t i = 0; i < n; ++i)
+        ASSERT_EQ(out[i], static_cast<float>(std::ldexp(e4m3_reference_value(codes[i]), e)))
+            << k->name << " code " << int(codes[i]) << " e " << e << " n " << n;
+      ASSERT_EQ(out[n], -7.0f) << k->name << ": wrote past n = " << n;
+    }
+}
+
 TEST(Fp8KvRow, NonFiniteRowsReadBackAsNan) {
   for (float bad : {std::numeric_limits<float>::infinity(), -std::numeric_limits<float>::infinity(), std::nanf("")}) {
     const std::vector<float> row = {1.0f, bad, -2.0f};

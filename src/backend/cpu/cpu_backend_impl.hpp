@@ -33,8 +33,10 @@ struct CpuLinear final : LinearImpl {
 
 // K and V of every layer in one zero-initialized allocation (pages are committed on first
 // write): layer l's K region, then its V region. An F32 region is [num_blocks, block_size,
-// kv_heads, head_dim] floats; an FP8 one (KvCacheDType::Fp8E4M3) the same rows as E4M3 codes,
-// then one exponent per row (src/core/fp8_kv.hpp).
+// kv_heads, head_dim] floats. An FP8 one (KvCacheDType::Fp8E4M3) is [num_blocks, kv_heads,
+// block_size, head_dim] E4M3 codes, then one exponent per row in the same order
+// (src/core/fp8_kv.hpp): a head's rows of a block are adjacent, 2 KB that the hardware
+// prefetchers stream, where 128-byte rows 1 KB apart defeated them.
 class CpuKvCache final : public KvCache {
  public:
   explicit CpuKvCache(const KvCacheConfig& config);
@@ -42,7 +44,13 @@ class CpuKvCache final : public KvCache {
   // F32 caches.
   float* keys(int layer) const { return reinterpret_cast<float*>(region(layer, 0)); }
   float* values(int layer) const { return reinterpret_cast<float*>(region(layer, 1)); }
-  // FP8 caches: row r (slot * kv_heads + head) has head_dim codes at codes + r * head_dim.
+  // The row of a kv head at position `index` of physical block `block`: slot-major (F32) or
+  // head-major within the block (FP8); its values start at row * head_dim.
+  int64_t row(int64_t block, int64_t index, int64_t head) const {
+    const int64_t kv_heads = config_.kv_heads, bs = config_.block_size;
+    return fp8() ? (block * kv_heads + head) * bs + index : (block * bs + index) * kv_heads + head;
+  }
+  // FP8 caches: row r has head_dim codes at codes + r * head_dim and its exponent at exponents[r].
   struct Fp8Rows {
     uint8_t* codes;
     int8_t* exponents;

@@ -88,6 +88,10 @@ struct Kernels {
   // Reads `bytes` (a multiple of 64) as fast as this ISA allows and returns a checksum: the
   // read-bandwidth ceiling that benchmarks compare the GEMV against.
   uint64_t (*read_stream)(const uint8_t* data, int64_t bytes);
+
+  // out[i] = E4M3 value of codes[i] * scale (the FP8 KV cache's rows, src/core/fp8_kv.hpp):
+  // the same bits as moxin::widen_e4m3. Codes are never NaN (0x7F, 0xFF).
+  void (*widen_e4m3)(const uint8_t* codes, int64_t n, float scale, float* out);
 };
 
 const Kernels& generic_kernels();

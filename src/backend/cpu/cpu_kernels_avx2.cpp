@@ -502,6 +502,31 @@ inline __m256i line_sum(const uint8_t* line) {
                           _mm256_loadu_si256(reinterpret_cast<const __m256i*>(line + 32)));
 }
 
+// E4M3 codes moved into an f16's bit positions (code << 7, sign to bit 15) are f16 numbers of
+// the code's value times 2^-8, subnormals included: F16C widens them exactly, times 2^8 is
+// exact too, then the scale rounds as moxin::widen_e4m3 does. `bytes` are 16 codes.
+inline void widen16(__m128i bytes, __m256 scale, float* out) {
+  const __m128i keep = _mm_set1_epi16(static_cast<short>(0xBF80));  // sign, 4 + 3 code bits
+  const __m256 two8 = _mm256_set1_ps(256.0f);
+  // (code << 8) >> 1 arithmetically copies the sign into bit 14, which the mask clears.
+  const __m128i lo = _mm_and_si128(_mm_srai_epi16(_mm_unpacklo_epi8(_mm_setzero_si128(), bytes), 1), keep);
+  const __m128i hi = _mm_and_si128(_mm_srai_epi16(_mm_unpackhi_epi8(_mm_setzero_si128(), bytes), 1), keep);
+  _mm256_storeu_ps(out, _mm256_mul_ps(_mm256_mul_ps(_mm256_cvtph_ps(lo), two8), scale));
+  _mm256_storeu_ps(out + 8, _mm256_mul_ps(_mm256_mul_ps(_mm256_cvtph_ps(hi), two8), scale));
+}
+
+void widen_e4m3(const uint8_t* codes, int64_t n, float scale, float* out) {
+  const __m256 s = _mm256_set1_ps(scale);
+  int64_t i = 0;
+  for (; i + 16 <= n; i += 16) widen16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(codes + i)), s, out + i);
+  if (i == n) return;
+  alignas(16) uint8_t tail[16] = {};
+  alignas(32) float widened[16];
+  std::memcpy(tail, codes + i, static_cast<size_t>(n - i));
+  widen16(_mm_load_si128(reinterpret_cast<const __m128i*>(tail)), s, widened);
+  std::memcpy(out + i, widened, static_cast<size_t>(n - i) * sizeof(float));
+}
+
 // As read_stream in cpu_kernels_avx512.cpp (blocks of eight adjacent 8 KB rows in step, each
 // line prefetched one block earlier), with two 256-bit loads per line.
 uint64_t read_stream(const uint8_t* data, int64_t bytes) {
@@ -539,7 +564,7 @@ const Kernels* avx2_kernels() {
 #if defined(MOXIN_HAVE_AVX2_KERNELS)
   static const Kernels table{"avx2",      kTileRows, kPanelWidth, kGemvMaxRows, gemv,
                              pack_panels, gemm_tile, attend, softmax, gelu_erf, silu_mul, rms_norm,
-                             add_rms_norm, layer_norm, rope, read_stream};
+                             add_rms_norm, layer_norm, rope, read_stream, widen_e4m3};
   return cpu_has_avx2_fma_f16c() ? &table : nullptr;
 #else
   return nullptr;

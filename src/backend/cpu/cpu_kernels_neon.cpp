@@ -352,6 +352,28 @@ void rope(const float* x, const float* cos, const float* sin, int64_t half, floa
 }
 
 // Whole 64-byte lines, four 16-byte loads each, into four 64-bit-lane accumulators.
+// As widen_e4m3 in cpu_kernels_avx2.cpp (an E4M3 code in an f16's bit positions is its value
+// times 2^-8; ARMv8's f16 -> f32 conversion widens it exactly), 8 codes per step.
+void widen_e4m3(const uint8_t* codes, int64_t n, float scale, float* out) {
+  const float32x4_t s = vdupq_n_f32(scale), two8 = vdupq_n_f32(256.0f);
+  const int16x8_t keep = vdupq_n_s16(static_cast<int16_t>(0xBF80));
+  for (int64_t i = 0; i < n; i += 8) {
+    uint8_t tail[8] = {};
+    const uint8_t* src = codes + i;
+    if (n - i < 8) {
+      std::memcpy(tail, src, static_cast<size_t>(n - i));
+      src = tail;
+    }
+    const int16x8_t shifted = vreinterpretq_s16_u16(vshll_n_u8(vld1_u8(src), 8));
+    const uint16x8_t halves = vreinterpretq_u16_s16(vandq_s16(vshrq_n_s16(shifted, 1), keep));
+    const float16x8_t h = vreinterpretq_f16_u16(halves);
+    float lanes[8];
+    vst1q_f32(lanes, vmulq_f32(vmulq_f32(vcvt_f32_f16(vget_low_f16(h)), two8), s));
+    vst1q_f32(lanes + 4, vmulq_f32(vmulq_f32(vcvt_high_f32_f16(h), two8), s));
+    std::memcpy(out + i, lanes, static_cast<size_t>(std::min<int64_t>(8, n - i)) * sizeof(float));
+  }
+}
+
 uint64_t read_stream(const uint8_t* data, int64_t bytes) {
   uint64x2_t acc[4] = {vdupq_n_u64(0), vdupq_n_u64(0), vdupq_n_u64(0), vdupq_n_u64(0)};
   for (int64_t i = 0; i < bytes; i += 64)
@@ -368,7 +390,7 @@ const Kernels* neon_kernels() {
 #if defined(MOXIN_HAVE_NEON_KERNELS)
   static const Kernels table{"neon",      kTileRows, kPanelWidth, kGemvMaxRows, gemv,
                              pack_panels, gemm_tile, attend, softmax, gelu_erf, silu_mul, rms_norm,
-                             add_rms_norm, layer_norm, rope, read_stream};
+                             add_rms_norm, layer_norm, rope, read_stream, widen_e4m3};
   static const bool supported = (getauxval(AT_HWCAP) & HWCAP_ASIMD) != 0;
   return supported ? &table : nullptr;
 #else

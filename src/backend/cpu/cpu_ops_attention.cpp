@@ -65,6 +65,67 @@ BatchView check_batch(const AttentionBatch& b, int64_t T, const KvCacheConfig& c
   return v;
 }
 
+// Positions per chunk of attend_fp8: a chunk's K rows, or its V rows as GEMM panels, in f32
+// (32 KB at head_dim 128) stay in L1/L2.
+constexpr int64_t kFp8Chunk = 64;
+// Rows of one head lie kv_heads rows apart in shuffled blocks: the hardware prefetchers miss
+// them, so each row is requested (into L2) this many positions before it is widened.
+constexpr int64_t kFp8RowsAhead = 16;
+void prefetch_row(const uint8_t* codes, const int64_t* rows, int64_t p, int64_t n, int64_t D) {
+  if (p >= n) return;
+  for (int64_t byte = 0; byte < D; byte += 64) __builtin_prefetch(codes + rows[p] * D + byte, 0, 2);
+}
+
+// Kernels::attend over an FP8 cache (same contract; rows[i] is the cache row of position i).
+// The rows are widened to f32 exactly (codes times a power of two) a chunk of positions at a
+// time, as the ISA's kernels want them: K rows for the GEMV (scores = q K^T), V rows as the
+// GEMM's k-major panels (y += p V). Widening a long context whole would not fit any cache.
+// scratch: fp8_attend_scratch(G, n, D) floats.
+int64_t fp8_attend_scratch(const Kernels& k, int64_t G, int64_t n, int64_t D) {
+  const int64_t panels = (D + k.gemm_nr - 1) / k.gemm_nr;
+  return G * n + kFp8Chunk * D + D + panels * kFp8Chunk * k.gemm_nr;
+}
+
+void attend_fp8(const Kernels& k, const float* q, int64_t G, const CpuKvCache::Fp8Rows& keys,
+                const CpuKvCache::Fp8Rows& values, const int64_t* rows, int64_t n, int64_t D, float scale,
+                float* scratch, float* y) {
+  const int64_t NR = k.gemm_nr, panel_count = (D + NR - 1) / NR;
+  float* scores = scratch;
+  float* widened = scores + G * n;         // [chunk, D] keys
+  float* value_row = widened + kFp8Chunk * D;  // [D]
+  float* panels = value_row + D;           // panel_count x [chunk, NR] values
+  for (int64_t p = 0; p < kFp8RowsAhead; ++p) prefetch_row(keys.codes, rows, p, n, D);
+  for (int64_t p0 = 0; p0 < n; p0 += kFp8Chunk) {
+    const int64_t c = std::min(kFp8Chunk, n - p0);
+    for (int64_t j = 0; j < c; ++j) {
+      prefetch_row(keys.codes, rows, p0 + j + kFp8RowsAhead, n, D);
+      k.widen_e4m3(keys.codes + rows[p0 + j] * D, D, kv_row_scale(keys.exponents[rows[p0 + j]]), widened + j * D);
+    }
+    k.gemv(WeightView{DType::F32, widened, c, D, D}, 0, c, q, D, G, nullptr, scores + p0, n);
+  }
+  for (int64_t g = 0; g < G; ++g) k.softmax(scores + g * n, n, scale);
+  for (int64_t p = 0; p < kFp8RowsAhead; ++p) prefetch_row(values.codes, rows, p, n, D);
+  for (int64_t p0 = 0; p0 < n; p0 += kFp8Chunk) {
+    const int64_t c = std::min(kFp8Chunk, n - p0);
+    // Panel b holds columns b * NR .. of the chunk's rows, row j at j * NR (zeros past D).
+    for (int64_t j = 0; j < c; ++j) {
+      prefetch_row(values.codes, rows, p0 + j + kFp8RowsAhead, n, D);
+      k.widen_e4m3(values.codes + rows[p0 + j] * D, D, kv_row_scale(values.exponents[rows[p0 + j]]), value_row);
+      for (int64_t b = 0; b < panel_count; ++b) {
+        const int64_t width = std::min(NR, D - b * NR);
+        float* dst = panels + (b * c + j) * NR;
+        std::copy(value_row + b * NR, value_row + b * NR + width, dst);
+        std::fill(dst + width, dst + NR, 0.0f);
+      }
+    }
+    for (int64_t g0 = 0; g0 < G; g0 += k.gemm_mr)
+      for (int64_t b = 0; b < panel_count; ++b)
+        k.gemm_tile(c, scores + g0 * n + p0, n, static_cast<int>(std::min<int64_t>(k.gemm_mr, G - g0)),
+                    panels + b * c * NR, static_cast<int>(std::min(NR, D - b * NR)), y + g0 * D + b * NR, D, nullptr,
+                    p0 > 0);
+  }
+}
+
 CpuKvCache& cpu_cache(KvCache& cache, int layer, const char* op) {
   auto* c = dynamic_cast<CpuKvCache*>(&cache);
   MOXIN_CHECK(c != nullptr, "[cpu] ", op, ": the KV cache was not created by the CPU backend");
@@ -153,8 +214,8 @@ void CpuBackend::rope_kv_write(const Tensor& qkv, const Tensor& positions, float
       }
       const float* row = in + t * in_row;
       for (int64_t h = 0; h < q_heads; ++h) kernels_.rope(row + h * D, cs, sn, half, qs + (t * q_heads + h) * D);
-      const int64_t slot = static_cast<int64_t>(bv.block(t, bv.pos[t] / cfg.block_size)) * cfg.block_size +
-                           bv.pos[t] % cfg.block_size;
+      const int64_t block = bv.block(t, bv.pos[t] / cfg.block_size), index = bv.pos[t] % cfg.block_size;
+      const int64_t slot = block * cfg.block_size + index;
       const float* k = row + q_heads * D;
       const float* v = k + kv_row;
       if (!c.fp8()) {
@@ -166,7 +227,7 @@ void CpuBackend::rope_kv_write(const Tensor& qkv, const Tensor& positions, float
       for (int64_t h = 0; h < cfg.kv_heads; ++h) kernels_.rope(k + h * D, cs, sn, half, rotated + h * D);
       const CpuKvCache::Fp8Rows keys = c.fp8_keys(layer), values = c.fp8_values(layer);
       for (int64_t h = 0; h < cfg.kv_heads; ++h) {
-        const int64_t r = slot * cfg.kv_heads + h;
+        const int64_t r = c.row(block, index, h);
         keys.exponents[r] = quantize_kv_row(rotated + h * D, D, keys.codes + r * D);
         values.exponents[r] = quantize_kv_row(v + h * D, D, values.codes + r * D);
       }
@@ -197,35 +258,23 @@ void CpuBackend::paged_attention(const Tensor& q, KvCache& cache, int layer, con
     for (int64_t task = i0; task < i1; ++task) {
       const int64_t t = task / kv_heads, kv = task % kv_heads;
       const int64_t context = bv.pos[t] + 1;
-      // The cache row (slot * kv_heads + kv) of each position of this token's sequence, then
-      // (FP8 caches) each position's row in the dequantized copy.
-      int64_t* rows = scratch<int64_t>(static_cast<size_t>(2 * context));
+      // The cache row of this kv head at each position of this token's sequence.
+      int64_t* rows = scratch<int64_t>(static_cast<size_t>(context));
       for (int64_t p = 0, logical = 0; p < context; ++logical) {
-        const int64_t first_slot = static_cast<int64_t>(bv.block(t, logical)) * bs;
-        for (int64_t slot = first_slot; slot < first_slot + bs && p < context; ++slot, ++p)
-          rows[p] = slot * kv_heads + kv;
+        const int64_t block = bv.block(t, logical);
+        for (int64_t index = 0; index < bs && p < context; ++index, ++p) rows[p] = c.row(block, index, kv);
       }
       const int64_t first_head = t * q_heads + kv * group;
       const float* qt = q.ptr<float>() + first_head * D;
       float* yt = y.ptr<float>() + first_head * D;
       if (!c.fp8()) {
-        for (int64_t p = 0; p < context; ++p) rows[p] *= D;
+        for (int64_t p = 0; p < context; ++p) rows[p] *= D;  // floats, not rows
         kernels_.attend(qt, group, c.keys(layer), c.values(layer), rows, context, D, scale,
                         scratch<float>(static_cast<size_t>(group * context)), yt);
         continue;
       }
-      // FP8: this head's K and V rows widened to f32 (exactly: codes times a power of two),
-      // then the same attention kernel over the copy.
-      float* keys = scratch<float>(static_cast<size_t>((2 * D + group) * context));
-      float* values = keys + D * context;
-      int64_t* copy_rows = rows + context;
-      const CpuKvCache::Fp8Rows k8 = c.fp8_keys(layer), v8 = c.fp8_values(layer);
-      for (int64_t p = 0; p < context; ++p) {
-        dequantize_kv_row(k8.codes + rows[p] * D, k8.exponents[rows[p]], D, keys + p * D);
-        dequantize_kv_row(v8.codes + rows[p] * D, v8.exponents[rows[p]], D, values + p * D);
-        copy_rows[p] = p * D;
-      }
-      kernels_.attend(qt, group, keys, values, copy_rows, context, D, scale, values + D * context, yt);
+      attend_fp8(kernels_, qt, group, c.fp8_keys(layer), c.fp8_values(layer), rows, context, D, scale,
+                 scratch<float>(static_cast<size_t>(fp8_attend_scratch(kernels_, group, context, D))), yt);
     }
   });
 }
