@@ -3,20 +3,22 @@
 // multiplying them; here the codes stay integers and meet the activations in integer
 // multiply-adds. The activations are the VNNI kernel's exact 24-bit split per group
 // (cpu_quant_split.hpp: q = x 2^(16 - e) rounded once, |q| <= 127 * 65536), held here as a
-// 16-bit part H = (q - t) / 256 and an 8-bit part t (the low byte of q, signed): per half step
-// of 64 inputs, D = 256 D_H + D_t, where
-//   D_H: the 64 codes widened to i16 (vpunpck{l,h}bw) times H in four vpmaddwd,
-//   D_t: the 64 codes as bytes times t in two vpmaddubsw, their i16 sum, then one vpmaddwd.
-// Per 64 codes and row that is 7 multiplies (and per group one conversion and one FMA by
-// scale * 2^(e - 16)) where three 8-bit parts took 9: on Zen 4 the multiplies, conversions and
-// FMAs share two pipes. Measured per core, 4-bit g64 from L2: 13.2-14.7 GB/s of codes against
-// 12-13.8 with three byte parts and 10.5 for the f32 kernel.
+// 16-bit part H = (q - t) / 256 and an 8-bit part t (the low byte of q, signed): per group,
+// D = 256 D_H + D_t, where per half step of 64 inputs
+//   D_H: the 64 codes as i16 times H in four vpmaddwd: 16-bit lane j of the 32 code bytes
+//        holds inputs 4j .. 4j + 3 as its four nibbles, so masks and shifts within the lane
+//        give four vectors of i16 codes (inputs 4j + r, r = 0..3) with no shuffle,
+//   D_t: the 64 codes as bytes times t in two vpmaddubsw, their i16 sum, then one vpmaddwd;
+// D_H and D_t accumulate apart and meet once per group. Per 64 codes and row that is 7
+// multiplies (and per group one conversion and one FMA by scale * 2^(e - 16)) and ~20 vector
+// ops in all; on Zen 4 the multiplies, conversions and FMAs share two pipes and shuffles take
+// one of them. Measured per core, 4-bit g64 from L2 (BM_QuantGemvPath in_cache): 14.4 GB/s of
+// codes with the codes widened by vpunpck{l,h}bw (25 ops), 10.5 for the f32 kernel.
 //
-// Layout of one activation row: 192 bytes per half step h (inputs 64 h .. 64 h + 63), in the
-// order the codes unpack: the codes' byte b holds inputs 2b (low nibble) and 2b + 1 (high);
-// vpunpcklbw takes bytes 0-7 and 16-23, vpunpckhbw bytes 8-15 and 24-31. So H of inputs
-// 2b for b in 0-7,16-23 | 8-15,24-31, then 2b + 1 likewise (4 x 32 bytes), then t of inputs 2b
-// for b = 0..31 and t of 2b + 1 (2 x 32 bytes).
+// Layout of one activation row: 192 bytes per half step h (inputs 64 h .. 64 h + 63): H of
+// inputs 4j, then 4j + 1, 4j + 2, 4j + 3 for j = 0..15 (4 x 32 bytes), then t of inputs 2b for
+// b = 0..31 (the codes' byte b holds inputs 2b, low nibble, and 2b + 1, high) and t of 2b + 1
+// (2 x 32 bytes).
 //
 // Bounds: |H| <= 32512 and codes <= 15, so an i32 lane of D_H sums 8 products per half step,
 // <= 3.9e6, and 256 D_H over a group of 128 (two half steps) stays below 2.0e9 < 2^31 with
@@ -75,8 +77,24 @@ inline __m256i pack_words(__m256i a, __m256i b) {
   return _mm256_permute4x64_epi64(_mm256_packs_epi32(a, b), _MM_SHUFFLE(3, 1, 2, 0));
 }
 
+// The even- and odd-indexed of 16 lanes (a then b, 8 each in order), each 8 in order.
+inline void deinterleave(__m256 a, __m256 b, __m256& even, __m256& odd) {
+  // Within 128-bit lanes, then the 64-bit quarters back in order.
+  even = _mm256_castpd_ps(_mm256_permute4x64_pd(_mm256_castps_pd(_mm256_shuffle_ps(a, b, _MM_SHUFFLE(2, 0, 2, 0))),
+                                                _MM_SHUFFLE(3, 1, 2, 0)));
+  odd = _mm256_castpd_ps(_mm256_permute4x64_pd(_mm256_castps_pd(_mm256_shuffle_ps(a, b, _MM_SHUFFLE(3, 1, 3, 1))),
+                                               _MM_SHUFFLE(3, 1, 2, 0)));
+}
+
+inline void deinterleave(__m256i a, __m256i b, __m256i& even, __m256i& odd) {
+  __m256 e, o;
+  deinterleave(_mm256_castsi256_ps(a), _mm256_castsi256_ps(b), e, o);
+  even = _mm256_castps_si256(e);
+  odd = _mm256_castps_si256(o);
+}
+
 // One half step's split activations (see the file comment) from the integers q of its even and
-// odd inputs, 8 per vector in input order.
+// odd inputs (2b and 2b + 1), 8 per vector in input order.
 void store_half(const __m256i even[4], const __m256i odd[4], int8_t* dst) {
   __m256i h_even[4], h_odd[4], t_even[4], t_odd[4];
   for (int i = 0; i < 4; ++i) {
@@ -85,11 +103,15 @@ void store_half(const __m256i even[4], const __m256i odd[4], int8_t* dst) {
     h_even[i] = _mm256_srai_epi32(_mm256_sub_epi32(even[i], t_even[i]), 8);
     h_odd[i] = _mm256_srai_epi32(_mm256_sub_epi32(odd[i], t_odd[i]), 8);
   }
+  // H of inputs 4j + r: 4j and 4j + 2 are the even and odd b of the even inputs 2b, 4j + 1 and
+  // 4j + 3 those of the odd inputs.
+  __m256i h[4][2];
+  for (int half = 0; half < 2; ++half) {
+    deinterleave(h_even[2 * half], h_even[2 * half + 1], h[0][half], h[2][half]);
+    deinterleave(h_odd[2 * half], h_odd[2 * half + 1], h[1][half], h[3][half]);
+  }
   auto* out = reinterpret_cast<__m256i*>(dst);
-  _mm256_storeu_si256(out, pack_words(h_even[0], h_even[2]));
-  _mm256_storeu_si256(out + 1, pack_words(h_even[1], h_even[3]));
-  _mm256_storeu_si256(out + 2, pack_words(h_odd[0], h_odd[2]));
-  _mm256_storeu_si256(out + 3, pack_words(h_odd[1], h_odd[3]));
+  for (int r = 0; r < 4; ++r) _mm256_storeu_si256(out + r, pack_words(h[r][0], h[r][1]));
   _mm256_storeu_si256(out + 4, pack_bytes(t_even[0], t_even[1], t_even[2], t_even[3]));
   _mm256_storeu_si256(out + 5, pack_bytes(t_odd[0], t_odd[1], t_odd[2], t_odd[3]));
 }
@@ -121,13 +143,10 @@ bool split_row(const GemvShape& s, int64_t group_size, const float* x, int8_t* p
       for (int i = 0; i < 4; ++i) {
         const __m256 a = _mm256_mul_ps(_mm256_loadu_ps(xg + k + 16 * i), to_fixed);
         const __m256 b = _mm256_mul_ps(_mm256_loadu_ps(xg + k + 16 * i + 8), to_fixed);
-        // Within 128-bit lanes, then the 64-bit quarters back in order.
-        const __m256 e_lanes = _mm256_shuffle_ps(a, b, _MM_SHUFFLE(2, 0, 2, 0));
-        const __m256 o_lanes = _mm256_shuffle_ps(a, b, _MM_SHUFFLE(3, 1, 3, 1));
-        even[i] = _mm256_cvtps_epi32(
-            _mm256_castpd_ps(_mm256_permute4x64_pd(_mm256_castps_pd(e_lanes), _MM_SHUFFLE(3, 1, 2, 0))));
-        odd[i] = _mm256_cvtps_epi32(
-            _mm256_castpd_ps(_mm256_permute4x64_pd(_mm256_castps_pd(o_lanes), _MM_SHUFFLE(3, 1, 2, 0))));
+        __m256 e_lanes, o_lanes;
+        deinterleave(a, b, e_lanes, o_lanes);
+        even[i] = _mm256_cvtps_epi32(e_lanes);
+        odd[i] = _mm256_cvtps_epi32(o_lanes);
       }
       store_half(even, odd, parts + (g * group_size + k) / kHalfInputs * kHalfBytes);
     }
@@ -143,6 +162,7 @@ void gemv_tile(const QuantView& w, const GemvShape& s, int64_t n, const int8_t* 
   const uint8_t* codes[R];
   for (int r = 0; r < R; ++r) codes[r] = reinterpret_cast<const uint8_t*>(w.codes) + (n + r) * row_bytes;
   const __m256i low_nibbles = _mm256_set1_epi8(15);
+  const __m256i low_bytes = _mm256_set1_epi16(0xFF);
   const __m256i ones = _mm256_set1_epi16(1);
   __m256 acc[R][MM];
   float bias_part[R][MM] = {};
@@ -157,9 +177,9 @@ void gemv_tile(const QuantView& w, const GemvShape& s, int64_t n, const int8_t* 
       for (int m = 0; m < MM; ++m) bias_part[r][m] += dot_f32(biases[r], sums + m * s.group_stride + g0, block);
     }
     for (int64_t g = g0; g < g0 + block; ++g) {
-      __m256i d[R][MM];
+      __m256i dh[R][MM], dt[R][MM];
       for (int r = 0; r < R; ++r)
-        for (int m = 0; m < MM; ++m) d[r][m] = _mm256_setzero_si256();
+        for (int m = 0; m < MM; ++m) dh[r][m] = dt[r][m] = _mm256_setzero_si256();
       for (int j = 0; j < kHalves; ++j) {
         const int64_t half = g * kHalves + j;
         const int64_t operand = half * kHalfBytes;
@@ -171,23 +191,22 @@ void gemv_tile(const QuantView& w, const GemvShape& s, int64_t n, const int8_t* 
           const __m256i raw = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
           const __m256i lo = _mm256_and_si256(raw, low_nibbles);
           const __m256i hi = _mm256_and_si256(_mm256_srli_epi16(raw, 4), low_nibbles);
-          const __m256i zero = _mm256_setzero_si256();
-          const __m256i wide[4] = {_mm256_unpacklo_epi8(lo, zero), _mm256_unpackhi_epi8(lo, zero),
-                                   _mm256_unpacklo_epi8(hi, zero), _mm256_unpackhi_epi8(hi, zero)};
+          // i16 codes of inputs 4j, 4j + 1, 4j + 2, 4j + 3 in lane j.
+          const __m256i wide[4] = {_mm256_and_si256(lo, low_bytes), _mm256_and_si256(hi, low_bytes),
+                                   _mm256_srli_epi16(lo, 8), _mm256_srli_epi16(hi, 8)};
           for (int m = 0; m < MM; ++m) {
             const auto* a = reinterpret_cast<const __m256i*>(parts + m * s.part_bytes + operand);
-            __m256i dh = _mm256_madd_epi16(wide[0], _mm256_load_si256(a));
-            for (int i = 1; i < 4; ++i) dh = _mm256_add_epi32(dh, _mm256_madd_epi16(wide[i], _mm256_load_si256(a + i)));
+            for (int i = 0; i < 4; ++i)
+              dh[r][m] = _mm256_add_epi32(dh[r][m], _mm256_madd_epi16(wide[i], _mm256_load_si256(a + i)));
             const __m256i t_pairs = _mm256_add_epi16(_mm256_maddubs_epi16(lo, _mm256_load_si256(a + 4)),
                                                      _mm256_maddubs_epi16(hi, _mm256_load_si256(a + 5)));
-            const __m256i dt = _mm256_madd_epi16(t_pairs, ones);
-            d[r][m] = _mm256_add_epi32(d[r][m], _mm256_add_epi32(_mm256_slli_epi32(dh, 8), dt));
+            dt[r][m] = _mm256_add_epi32(dt[r][m], _mm256_madd_epi16(t_pairs, ones));
           }
         }
       }
       for (int r = 0; r < R; ++r)
         for (int m = 0; m < MM; ++m)
-          acc[r][m] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(d[r][m]),
+          acc[r][m] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_add_epi32(_mm256_slli_epi32(dh[r][m], 8), dt[r][m])),
                                       _mm256_set1_ps(scales[r][g - g0] * pow2[m * s.group_stride + g]), acc[r][m]);
     }
   }
