@@ -7,7 +7,8 @@
 # share does not depend on the layer count, and a model the cache cannot hold times the disk.
 #   cmake --build build --target moxin && bench/run_cpu_decode.sh > bench/results/<name>.txt
 # MOXIN_DECODE_STEPS (default 16) sets the decode steps per run: the first steps after the
-# prefill run slower, so 64 gives a steadier mean.
+# prefill run slower, so 64 gives a steadier mean. MOXIN_DECODE_CONTEXT (default 256) is the
+# cached context; MOXIN_DECODE_KV="auto fp8" (default auto) also runs each with the FP8 KV cache.
 # Prints one row per run: table, format, ceiling GB/s, ms/step, GB/step, share of the floor.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -18,9 +19,11 @@ repeats=${MOXIN_DECODE_REPEATS:-2}
 tables=${MOXIN_DECODE_TABLES:-avx512 avx2}
 formats=${MOXIN_DECODE_FORMATS:-bf16 int8 int4}
 steps=${MOXIN_DECODE_STEPS:-16}
+context=${MOXIN_DECODE_CONTEXT:-256}
+kv_caches=${MOXIN_DECODE_KV:-auto}
 
-echo "# $(date -u '+%F %T') UTC, commit $(git rev-parse --short HEAD), model $model, $steps decode steps, load average before: $(cut -d' ' -f1-3 /proc/loadavg)"
-printf '%-7s %-5s %3s %12s %9s %8s %9s\n' table format run "ceiling GB/s" "ms/step" "GB/step" "of floor"
+echo "# $(date -u '+%F %T') UTC, commit $(git rev-parse --short HEAD), model $model, context $context, $steps decode steps, load average before: $(cut -d' ' -f1-3 /proc/loadavg)"
+printf '%-7s %-5s %-4s %3s %12s %9s %8s %9s\n' table format kv run "ceiling GB/s" "ms/step" "GB/step" "of floor"
 for run in $(seq 1 "$repeats"); do
   for format in $formats; do
     case $format in
@@ -30,13 +33,16 @@ for run in $(seq 1 "$repeats"); do
       *) echo "unknown format $format" >&2; exit 2 ;;
     esac
     for table in $tables; do
-      out=$(MOXIN_CPU_KERNELS=$table "$moxin" bench --model "$model" --device cpu --threads "$threads" \
-        "${quantize[@]}" --context 256 --prefill-tokens 1 --decode-steps "$steps" --runs 1 --no-vision --quiet 2>&1)
-      ceiling=$(sed -n 's/^bandwidth ceiling *\([0-9.]*\) GB\/s.*/\1/p' <<<"$out")
-      row=$(awk '$1 == "1" && NF == 8 {print $2, $6, $8}' <<<"$out")
-      [ -n "$row" ] || { echo "$out" >&2; exit 1; }
-      read -r ms gb share <<<"$row"
-      printf '%-7s %-5s %3s %12s %9s %8s %9s\n' "$table" "$format" "$run" "$ceiling" "$ms" "$gb" "$share"
+      for kv in $kv_caches; do
+        out=$(MOXIN_CPU_KERNELS=$table "$moxin" bench --model "$model" --device cpu --threads "$threads" \
+          "${quantize[@]}" --kv-cache "$kv" --context "$context" --max-context "$((context + steps + 16))" \
+          --prefill-tokens 1 --decode-steps "$steps" --runs 1 --no-vision --quiet 2>&1)
+        ceiling=$(sed -n 's/^bandwidth ceiling *\([0-9.]*\) GB\/s.*/\1/p' <<<"$out")
+        row=$(awk '$1 == "1" && NF == 8 {print $2, $6, $8}' <<<"$out")
+        [ -n "$row" ] || { echo "$out" >&2; exit 1; }
+        read -r ms gb share <<<"$row"
+        printf '%-7s %-5s %-4s %3s %12s %9s %8s %9s\n' "$table" "$format" "$kv" "$run" "$ceiling" "$ms" "$gb" "$share"
+      done
     done
   done
 done

@@ -419,6 +419,24 @@ def test_small_kv_cache_preempts_and_still_matches(moxin_bin, model, seed):
         s.stop()
 
 
+def test_fp8_kv_cache_server_matches_cli(moxin_bin, model, tmp_path, seed):
+    """`serve --kv-cache fp8`: a text and an image conversation (the second reusing the first's
+    cached prefix blocks) answer as `generate --kv-cache fp8` does."""
+    rng = np.random.default_rng(seed)
+    s = Server(moxin_bin, model, "--kv-cache", "fp8", "--max-context", 4096, "--max-batch", 4)
+    c = openai.OpenAI(base_url=s.url + "/v1", api_key="none", max_retries=0, timeout=120)
+    try:
+        q, png = question(rng), photo_png(rng)
+        for message, image in ((user_message(q), None), (user_message(q, png), png)):
+            ref = cli_generate(moxin_bin, model, tmp_path, [q], png=image, max_tokens=20, temp=0, kv_cache="fp8")
+            r = chat(c, [message], temperature=0, max_tokens=20)
+            assert r.choices[0].message.content == ref["text"]
+            assert r.usage.completion_tokens == len(ref["tokens"])
+    finally:
+        c.close()
+        s.stop()
+
+
 def test_disconnect_mid_stream_frees_the_slot(server, seed):
     rng = np.random.default_rng(seed)
     conn = http.client.HTTPConnection(server.host, server.port, timeout=30)

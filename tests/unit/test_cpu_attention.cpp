@@ -133,10 +133,13 @@ TEST(CpuRopeKvWrite, MatchesTransformersRotateHalfAndFillsTheSlots) {
                      for (int64_t t = 0; t < c.T; ++t) {
                        const int64_t slot = tables[seq[t] * max_blocks + pos[t] / c.block_size] * c.block_size +
                                             pos[t] % c.block_size;
-                       const float* k = cpu_cache.keys(1) + slot * kv_row;
-                       const float* v = cpu_cache.values(1) + slot * kv_row;
-                       out.insert(out.end(), k, k + kv_row);
-                       out.insert(out.end(), v, v + kv_row);
+                       for (int which = 0; which < 2; ++which)
+                         for (int64_t h = 0; h < c.kv_heads; ++h) {
+                           // Head-major within the block: row (block * kv_heads + h) * block_size + index.
+                           const int64_t r = (slot / c.block_size * c.kv_heads + h) * c.block_size + slot % c.block_size;
+                           const float* x = (which == 0 ? cpu_cache.keys(1) : cpu_cache.values(1)) + r * c.D;
+                           out.insert(out.end(), x, x + c.D);
+                         }
                      }
                      return out;
                    });

@@ -32,11 +32,11 @@ struct CpuLinear final : LinearImpl {
 };
 
 // K and V of every layer in one zero-initialized allocation (pages are committed on first
-// write): layer l's K region, then its V region. An F32 region is [num_blocks, block_size,
-// kv_heads, head_dim] floats. An FP8 one (KvCacheDType::Fp8E4M3) is [num_blocks, kv_heads,
-// block_size, head_dim] E4M3 codes, then one exponent per row in the same order
-// (src/core/fp8_kv.hpp): a head's rows of a block are adjacent, 2 KB that the hardware
-// prefetchers stream, where 128-byte rows 1 KB apart defeated them.
+// write): layer l's K region, then its V region, each [num_blocks, kv_heads, block_size,
+// head_dim]: F32 floats, or (KvCacheDType::Fp8E4M3) E4M3 codes followed by one exponent per row
+// in the same order (src/core/fp8_kv.hpp). Head-major within a block, so that the rows one
+// attention task reads (one kv head of a sequence) are adjacent block by block, which the
+// hardware prefetchers stream; rows of all heads interleaved (1-4 KB apart) defeated them.
 class CpuKvCache final : public KvCache {
  public:
   explicit CpuKvCache(const KvCacheConfig& config);
@@ -44,11 +44,10 @@ class CpuKvCache final : public KvCache {
   // F32 caches.
   float* keys(int layer) const { return reinterpret_cast<float*>(region(layer, 0)); }
   float* values(int layer) const { return reinterpret_cast<float*>(region(layer, 1)); }
-  // The row of a kv head at position `index` of physical block `block`: slot-major (F32) or
-  // head-major within the block (FP8); its values start at row * head_dim.
+  // The row of a kv head at position `index` of physical block `block`; its values start at
+  // row * head_dim.
   int64_t row(int64_t block, int64_t index, int64_t head) const {
-    const int64_t kv_heads = config_.kv_heads, bs = config_.block_size;
-    return fp8() ? (block * kv_heads + head) * bs + index : (block * bs + index) * kv_heads + head;
+    return (block * config_.kv_heads + head) * config_.block_size + index;
   }
   // FP8 caches: row r has head_dim codes at codes + r * head_dim and its exponent at exponents[r].
   struct Fp8Rows {

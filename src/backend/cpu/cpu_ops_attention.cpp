@@ -215,13 +215,14 @@ void CpuBackend::rope_kv_write(const Tensor& qkv, const Tensor& positions, float
       const float* row = in + t * in_row;
       for (int64_t h = 0; h < q_heads; ++h) kernels_.rope(row + h * D, cs, sn, half, qs + (t * q_heads + h) * D);
       const int64_t block = bv.block(t, bv.pos[t] / cfg.block_size), index = bv.pos[t] % cfg.block_size;
-      const int64_t slot = block * cfg.block_size + index;
       const float* k = row + q_heads * D;
       const float* v = k + kv_row;
       if (!c.fp8()) {
-        float* keys = c.keys(layer) + slot * kv_row;
-        for (int64_t h = 0; h < cfg.kv_heads; ++h) kernels_.rope(k + h * D, cs, sn, half, keys + h * D);
-        std::memcpy(c.values(layer) + slot * kv_row, v, static_cast<size_t>(kv_row) * sizeof(float));
+        for (int64_t h = 0; h < cfg.kv_heads; ++h) {
+          const int64_t r = c.row(block, index, h);
+          kernels_.rope(k + h * D, cs, sn, half, c.keys(layer) + r * D);
+          std::memcpy(c.values(layer) + r * D, v + h * D, static_cast<size_t>(D) * sizeof(float));
+        }
         continue;
       }
       for (int64_t h = 0; h < cfg.kv_heads; ++h) kernels_.rope(k + h * D, cs, sn, half, rotated + h * D);
