@@ -46,9 +46,9 @@ struct KvCacheConfig {
   KvCacheDType dtype = KvCacheDType::Auto;
 };
 
-// Paged KV cache: per layer, K and V of [num_blocks, block_size, kv_heads, head_dim], each
-// element of `element` type (F32, BF16 or F8_E4M3; an FP8 cache adds one exponent byte per
-// row of head_dim).
+// Paged KV cache: per layer, K and V of num_blocks blocks of block_size positions x kv_heads
+// rows of head_dim (the order within a block is the backend's), each element of `element`
+// type (F32, BF16 or F8_E4M3; an FP8 cache adds one exponent byte per row of head_dim).
 class KvCache {
  public:
   virtual ~KvCache() = default;
