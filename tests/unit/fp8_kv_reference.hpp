@@ -42,7 +42,9 @@ struct Fp8KvReferenceRow {
 
 inline Fp8KvReferenceRow fp8_kv_reference_row(const float* x, int64_t n) {
   double amax = 0;
-  for (int64_t i = 0; i < n; ++i) amax = std::fmax(amax, std::fabs(static_cast<double>(x[i])));
+  // A comparison, not std::fmax: GCC 12 for aarch64 crashes vectorizing an fmax reduction.
+  for (int64_t i = 0; i < n; ++i)
+    if (std::fabs(static_cast<double>(x[i])) > amax) amax = std::fabs(static_cast<double>(x[i]));
   Fp8KvReferenceRow row;
   row.exponent = kv_reference_exponent(amax);
   for (int64_t i = 0; i < n; ++i) {
