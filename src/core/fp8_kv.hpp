@@ -74,8 +74,4 @@ inline void widen_e4m3(const uint8_t* codes, int64_t n, float scale, float* out)
   }
 }
 
-inline void dequantize_kv_row(const uint8_t* codes, int8_t e, int64_t n, float* out) {
-  widen_e4m3(codes, n, kv_row_scale(e), out);
-}
-
 }  // namespace moxin

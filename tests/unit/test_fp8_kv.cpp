@@ -63,7 +63,7 @@ TEST(Fp8KvRow, CodesAreTheNearestE4M3AndReadBackExactly) {
     ASSERT_EQ(e, ref.exponent) << "trial " << trial;
     ASSERT_EQ(codes, ref.codes) << "trial " << trial;
     std::vector<float> back(static_cast<size_t>(len));
-    dequantize_kv_row(codes.data(), e, len, back.data());
+    widen_e4m3(codes.data(), len, kv_row_scale(e), back.data());
     ASSERT_EQ(back, ref.values) << "trial " << trial;
   }
 }
@@ -74,7 +74,7 @@ TEST(Fp8KvRow, EveryCodeReadsBackAsItsValue) {
     const uint8_t c = static_cast<uint8_t>(code);
     for (int e : {-126, -7, 0, 5, 126}) {
       float v = 0;
-      dequantize_kv_row(&c, static_cast<int8_t>(e), 1, &v);
+      widen_e4m3(&c, 1, kv_row_scale(static_cast<int8_t>(e)), &v);
       EXPECT_EQ(v, static_cast<float>(std::ldexp(e4m3_reference_value(code), e))) << "code " << code << " e " << e;
     }
   }
@@ -110,7 +110,7 @@ TEST(Fp8KvRow, NonFiniteRowsReadBackAsNan) {
     const int8_t e = quantize_kv_row(row.data(), 3, codes.data());
     EXPECT_EQ(e, kKvPoisonedRow);
     std::vector<float> back(3);
-    dequantize_kv_row(codes.data(), e, 3, back.data());
+    widen_e4m3(codes.data(), 3, kv_row_scale(e), back.data());
     for (float v : back) EXPECT_TRUE(std::isnan(v));
   }
 }

@@ -514,10 +514,6 @@ void rope(const float* x, const float* cos, const float* sin, int64_t half, floa
   }
 }
 
-// Whole lines with 512-bit loads in the GEMV's pattern: blocks of eight adjacent 8 KB
-// "rows" read line by line in step, each line prefetched one block earlier. (Eight streams far
-// apart read slower than one; eight adjacent ones faster. Prefetching the next block read 4%
-// faster than 2 KB ahead within the row with 2 threads, 8% with one, on Zen 4.)
 // As widen_e4m3 in cpu_kernels_avx2.cpp (an E4M3 code in an f16's bit positions is its value
 // times 2^-8), 16 codes per step; only the tail goes through masked loads and stores (slow on
 // Zen 4: a masked step cost 6x a plain one).
@@ -537,6 +533,10 @@ void widen_e4m3(const uint8_t* codes, int64_t n, float scale, float* out) {
   _mm512_mask_storeu_ps(out + i, lanes, widen16(_mm_maskz_loadu_epi8(lanes, codes + i), s));
 }
 
+// Whole lines with 512-bit loads in the GEMV's pattern: blocks of eight adjacent 8 KB
+// "rows" read line by line in step, each line prefetched one block earlier. (Eight streams far
+// apart read slower than one; eight adjacent ones faster. Prefetching the next block read 4%
+// faster than 2 KB ahead within the row with 2 threads, 8% with one, on Zen 4.)
 uint64_t read_stream(const uint8_t* data, int64_t bytes) {
   constexpr int kStreams = 8;
   constexpr int64_t kRowBytes = 8192;

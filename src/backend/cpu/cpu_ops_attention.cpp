@@ -68,8 +68,8 @@ BatchView check_batch(const AttentionBatch& b, int64_t T, const KvCacheConfig& c
 // Positions per chunk of attend_fp8: a chunk's K rows, or its V rows as GEMM panels, in f32
 // (32 KB at head_dim 128) stay in L1/L2.
 constexpr int64_t kFp8Chunk = 64;
-// Rows of one head lie kv_heads rows apart in shuffled blocks: the hardware prefetchers miss
-// them, so each row is requested (into L2) this many positions before it is widened.
+// A head's rows are adjacent only within a block, and blocks lie anywhere: each row is
+// requested (into L2) this many positions before it is widened.
 constexpr int64_t kFp8RowsAhead = 16;
 void prefetch_row(const uint8_t* codes, const int64_t* rows, int64_t p, int64_t n, int64_t D) {
   if (p >= n) return;
@@ -83,7 +83,7 @@ void prefetch_row(const uint8_t* codes, const int64_t* rows, int64_t p, int64_t 
 // scratch: fp8_attend_scratch(G, n, D) floats.
 int64_t fp8_attend_scratch(const Kernels& k, int64_t G, int64_t n, int64_t D) {
   const int64_t panels = (D + k.gemm_nr - 1) / k.gemm_nr;
-  return G * n + kFp8Chunk * D + D + panels * kFp8Chunk * k.gemm_nr;
+  return G * n + std::max(kFp8Chunk * D, panels * kFp8Chunk * k.gemm_nr);
 }
 
 void attend_fp8(const Kernels& k, const float* q, int64_t G, const CpuKvCache::Fp8Rows& keys,
@@ -91,9 +91,7 @@ void attend_fp8(const Kernels& k, const float* q, int64_t G, const CpuKvCache::F
                 float* scratch, float* y) {
   const int64_t NR = k.gemm_nr, panel_count = (D + NR - 1) / NR;
   float* scores = scratch;
-  float* widened = scores + G * n;         // [chunk, D] keys
-  float* value_row = widened + kFp8Chunk * D;  // [D]
-  float* panels = value_row + D;           // panel_count x [chunk, NR] values
+  float* widened = scores + G * n;  // [chunk, D] keys, then panel_count x [chunk, NR] values
   for (int64_t p = 0; p < kFp8RowsAhead; ++p) prefetch_row(keys.codes, rows, p, n, D);
   for (int64_t p0 = 0; p0 < n; p0 += kFp8Chunk) {
     const int64_t c = std::min(kFp8Chunk, n - p0);
@@ -110,19 +108,20 @@ void attend_fp8(const Kernels& k, const float* q, int64_t G, const CpuKvCache::F
     // Panel b holds columns b * NR .. of the chunk's rows, row j at j * NR (zeros past D).
     for (int64_t j = 0; j < c; ++j) {
       prefetch_row(values.codes, rows, p0 + j + kFp8RowsAhead, n, D);
-      k.widen_e4m3(values.codes + rows[p0 + j] * D, D, kv_row_scale(values.exponents[rows[p0 + j]]), value_row);
+      const uint8_t* codes = values.codes + rows[p0 + j] * D;
+      const float row_scale = kv_row_scale(values.exponents[rows[p0 + j]]);
       for (int64_t b = 0; b < panel_count; ++b) {
         const int64_t width = std::min(NR, D - b * NR);
-        float* dst = panels + (b * c + j) * NR;
-        std::copy(value_row + b * NR, value_row + b * NR + width, dst);
+        float* dst = widened + (b * c + j) * NR;
+        k.widen_e4m3(codes + b * NR, width, row_scale, dst);
         std::fill(dst + width, dst + NR, 0.0f);
       }
     }
     for (int64_t g0 = 0; g0 < G; g0 += k.gemm_mr)
       for (int64_t b = 0; b < panel_count; ++b)
         k.gemm_tile(c, scores + g0 * n + p0, n, static_cast<int>(std::min<int64_t>(k.gemm_mr, G - g0)),
-                    panels + b * c * NR, static_cast<int>(std::min(NR, D - b * NR)), y + g0 * D + b * NR, D, nullptr,
-                    p0 > 0);
+                    widened + b * c * NR, static_cast<int>(std::min(NR, D - b * NR)), y + g0 * D + b * NR, D,
+                    nullptr, p0 > 0);
   }
 }
 

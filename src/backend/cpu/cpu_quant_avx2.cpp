@@ -182,7 +182,6 @@ MOXIN_AVX2_TARGET void dequantize(const QuantView& w, int64_t r0, int64_t r1, fl
     dequantize_bits<4>(w, r0, r1, out);
 }
 
-
 }  // namespace
 #pragma GCC diagnostic pop
 #endif
