@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "core/dtype.hpp"
+#include "core/large_buffer.hpp"
 
 namespace moxin {
 
@@ -39,9 +40,10 @@ void load_weight_row(const void* w, DType dtype, int64_t row, int64_t cols, floa
 float load_scale(const void* data, DType dtype, int64_t i);
 
 struct QuantizedMatrix {
-  std::vector<uint32_t> codes;
-  std::vector<uint8_t> scales;  // raw bytes of scale_dtype
-  std::vector<uint8_t> biases;
+  // On huge pages (core/large_buffer.hpp): decode streams them on every token.
+  LargeVector<uint32_t> codes;
+  LargeVector<uint8_t> scales;  // raw bytes of scale_dtype
+  LargeVector<uint8_t> biases;
   DType scale_dtype = DType::BF16;
   int64_t rows = 0;
   int64_t cols = 0;

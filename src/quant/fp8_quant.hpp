@@ -10,13 +10,14 @@
 #include <vector>
 
 #include "core/dtype.hpp"
+#include "core/large_buffer.hpp"
 
 namespace moxin {
 
 class ThreadPool;
 
 struct Fp8Matrix {
-  std::vector<uint8_t> codes;  // [rows, cols] E4M3
+  LargeVector<uint8_t> codes;  // [rows, cols] E4M3, on huge pages (core/large_buffer.hpp)
   std::vector<float> scales;   // [rows]
   int64_t rows = 0;
   int64_t cols = 0;

@@ -8,6 +8,7 @@
 #include "backend/cpu/cpu_checks.hpp"
 #include "core/bf16.hpp"
 #include "core/check.hpp"
+#include "core/large_buffer.hpp"
 
 namespace moxin {
 
@@ -199,7 +200,7 @@ Tensor CpuBackend::param(const TensorInfo& t) {
 
 // --- KV cache ---
 
-void CpuKvCache::Free::operator()(std::byte* p) const { std::free(p); }
+void CpuKvCache::Free::operator()(std::byte* p) const { free_large(p, bytes); }
 
 CpuKvCache::CpuKvCache(const KvCacheConfig& c)
     : KvCache(c, c.dtype == KvCacheDType::Fp8E4M3 ? DType::F8_E4M3 : DType::F32) {
@@ -213,8 +214,8 @@ CpuKvCache::CpuKvCache(const KvCacheConfig& c)
   region_bytes_ = fp8() ? values + rows_ : values * sizeof(float);
   region_bytes_ = (region_bytes_ + 63) / 64 * 64;
   const size_t total = 2 * static_cast<size_t>(c.layers) * region_bytes_;
-  // calloc: large requests come as untouched zero pages, so unused blocks cost no memory.
-  storage_.reset(static_cast<std::byte*>(std::calloc(total, 1)));
+  // Untouched zero pages: unused blocks cost no memory (beyond the huge page a touched one shares).
+  storage_ = std::unique_ptr<std::byte, Free>(static_cast<std::byte*>(allocate_large(total)), Free{total});
   MOXIN_CHECK(storage_ != nullptr, "[cpu] KV cache: cannot allocate ", static_cast<double>(total) / 1e9,
               " GB; reduce the number of blocks (context length or batch)");
 }

@@ -31,8 +31,8 @@ struct CpuLinear final : LinearImpl {
   std::vector<std::shared_ptr<const CpuLinear>> parts;
 };
 
-// K and V of every layer in one zero-initialized allocation (pages are committed on first
-// write): layer l's K region, then its V region, each [num_blocks, kv_heads, block_size,
+// K and V of every layer in one zero-initialized allocation on huge pages (core/large_buffer.hpp;
+// pages are committed on first write): layer l's K region, then its V region, each [num_blocks, kv_heads, block_size,
 // head_dim]: F32 floats, or (KvCacheDType::Fp8E4M3) E4M3 codes followed by one exponent per row
 // in the same order (src/core/fp8_kv.hpp). Head-major within a block, so that the rows one
 // attention task reads (one kv head of a sequence) are adjacent block by block, which the
@@ -59,6 +59,7 @@ class CpuKvCache final : public KvCache {
 
  private:
   struct Free {
+    size_t bytes;
     void operator()(std::byte* p) const;
   };
   std::byte* region(int layer, int which) const {

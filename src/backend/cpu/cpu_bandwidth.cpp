@@ -6,13 +6,17 @@
 #include <vector>
 
 #include "backend/cpu/cpu_backend_impl.hpp"
+#include "core/large_buffer.hpp"
 
 namespace moxin::cpu {
 
 double CpuBackend::measure_bandwidth_gbps() {
   constexpr size_t kBytes = size_t{1} << 30;
   const auto n = static_cast<int64_t>(kBytes / sizeof(uint64_t));
-  std::vector<uint64_t> buffer(static_cast<size_t>(n));
+  // On huge pages, as the weights quantized at load and the KV cache are: the ceiling is the
+  // fastest read this machine gives (a file-mapped bf16 checkpoint gets huge pages only where
+  // the page cache holds 2 MB folios, and is measured against this).
+  LargeVector<uint64_t> buffer(static_cast<size_t>(n));
   // Distinct non-zero contents, written by the threads that will read them.
   pool_.parallel_for(n, [&](int64_t b, int64_t e) {
     for (int64_t i = b; i < e; ++i) buffer[static_cast<size_t>(i)] = static_cast<uint64_t>(i) * 0x9E3779B97F4A7C15ull;
