@@ -33,10 +33,10 @@ struct CpuLinear final : LinearImpl {
 
 // K and V of every layer in one zero-initialized allocation on huge pages (core/large_buffer.hpp;
 // pages are committed on first write): layer l's K region, then its V region, each [num_blocks,
-// kv_heads, block_size, head_dim]: F32 floats, or (KvCacheDType::Fp8E4M3) E4M3 codes followed
-// by one exponent per row in the same order (src/core/fp8_kv.hpp). Head-major within a block, so that the rows one
-// attention task reads (one kv head of a sequence) are adjacent block by block, which the
-// hardware prefetchers stream; rows of all heads interleaved (1-4 KB apart) defeated them.
+// kv_heads, block_size, head_dim]: F32 floats, or (KvCacheDType::Fp8E4M3) E4M3 codes followed by
+// one exponent per row in the same order (src/core/fp8_kv.hpp). Head-major within a block, so that
+// the rows one attention task reads (one kv head of a sequence) are adjacent block by block, which
+// the hardware prefetchers stream; rows of all heads interleaved (1-4 KB apart) defeated them.
 class CpuKvCache final : public KvCache {
  public:
   explicit CpuKvCache(const KvCacheConfig& config);
