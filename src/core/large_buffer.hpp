@@ -4,7 +4,8 @@
 // Why: decode streams every weight once per token, and on 4 KB pages each 4 KB of a stream is a
 // TLB miss; in a virtual machine each miss is a two-level page walk. On the 2-core Zen 4 VM of
 // docs/cpu-notes.md a 1 GB read ran at 22-25 GB/s on one core from 4 KB pages and 34 GB/s from
-// 2 MB pages (two cores: 30-33 against 35-36), and int4 decode took 20% less time per step.
+// 2 MB pages (two cores: 30-33 against 35-36), and quantized decode took 5-16% less time per
+// step at two threads (bench/results/cpu-2core-2026-12-05-session10-huge-pages.txt).
 // Linux's default THP mode is "madvise", so plain malloc'ed memory never gets huge pages: the
 // buffer has to be huge-page aligned and advised.
 //
