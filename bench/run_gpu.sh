@@ -6,7 +6,8 @@
 # the comparison table; `quant` adds batch-1 benches with the decoder
 # quantized at load (MOXIN_BENCH_QUANT="bits:group ...") against PyTorch's int8/int4 peers and
 # the bf16 numbers of the same run (run it after `bench`). Carry .deps (tools/device_deps.sh).
-#   bench/run_gpu.sh [parity] [bench] [quant]        (default: parity bench; MOXIN_SKIP_PEER=1: no peers)
+# `kv` compares the FP8 KV cache with bf16 at a 4k context (bench/compare_kv.py).
+#   bench/run_gpu.sh [parity] [bench] [quant] [kv]   (default: parity bench; MOXIN_SKIP_PEER=1: no peers)
 set -uo pipefail
 cd "$(dirname "$0")/.."
 out=${OUT:-/tmp/moxin-gpu-out}
@@ -34,7 +35,8 @@ for step in $steps; do
       # The batch-invariance test serves over HTTP: the carried httplib is found through LD_LIBRARY_PATH.
       LD_LIBRARY_PATH=$PWD/.deps/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH} MOXIN_BIN=$bin MOXIN_PARITY_DEVICES=cuda \
         timeout 400 python3 -m pytest -q -s tests/py/test_parity.py tests/py/test_quant.py tests/py/test_quant_fp8.py \
-        tests/py/test_batch_invariance.py -k "parity or engine_matches or batch" >"$out/parity.log" 2>&1
+        tests/py/test_batch_invariance.py tests/py/test_kv_cache_fp8.py -k "parity or engine_matches or batch or each_layer" \
+        >"$out/parity.log" 2>&1
       echo "== cuda parity: $(tail -1 "$out/parity.log")"
       grep -E "rel err|gap|Error|assert" "$out/parity.log" | head -30
       ;;
@@ -52,6 +54,19 @@ Image.fromarray(data.astronaut()).resize((640, 480), Image.BICUBIC).save('/tmp/p
         ${MOXIN_PEER_ARGS:-} >"$out/peer.json" \
         2>"$out/peer.err" || tail -5 "$out/peer.err"
       python3 bench/compare.py "$out/bench.json" "$out/peer.json" | tee "$out/compare.txt"
+      ;;
+    kv)
+      # The FP8 KV cache against bf16 at a long context (issue #11: batch 32 at 4k >= 1.4x).
+      ensure_full_model
+      kv_context=${MOXIN_KV_CONTEXT:-4096}
+      kv_batches=${MOXIN_KV_BATCHES:-1,8,32,64}
+      for kv in auto fp8; do
+        $bin bench --model $model --device cuda --batch "$kv_batches" --context "$kv_context" --no-vision --runs 1 \
+          --kv-cache $kv --max-context $(((kv_context + 64) * ${kv_batches##*,})) --json \
+          >"$out/bench_kv_$kv.json" 2>"$out/bench_kv.err" || cat "$out/bench_kv.err"
+      done
+      python3 bench/compare_kv.py "$out/bench_kv_auto.json" "$out/bench_kv_fp8.json" ${MOXIN_KV_FREE_MB:-} |
+        tee "$out/compare_kv.txt"
       ;;
     quant)
       ensure_full_model

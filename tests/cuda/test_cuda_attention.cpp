@@ -8,14 +8,22 @@
 // ~2e-3 (checked below 6e-3 and printed, so the cost of bf16 KV storage is on record). The
 // tensor-core kernels (TiledBf16, the default for prefill and ViT) also round Q and the
 // softmax probabilities (ViT: K and V too) to bf16: ~3e-3, checked below 8e-3.
+// An FP8 cache (E4M3 rows with a power-of-two scale) is checked the same way against a reference
+// on the row format's values (fp8_kv_reference.hpp, independent of the kernels), its codes and
+// exponents byte for byte; against unrounded K/V the E4M3 rounding (3 mantissa bits: at most
+// 2^-4 relative per value) costs ~2-3%, checked below 2^-4 and printed.
 #include <algorithm>
 #include <cmath>
 #include <numeric>
 #include <tuple>
 
+#include <cuda_runtime.h>
+
 #include "backend/cuda/cuda_backend.hpp"
+#include "backend/cuda/cuda_backend_impl.hpp"
 #include "core/check.hpp"
 #include "cuda_test_support.hpp"
+#include "fp8_kv_reference.hpp"
 
 namespace moxin::cuda_test {
 namespace {
@@ -23,6 +31,15 @@ namespace {
 constexpr double kF32Tol = 1e-5;
 constexpr double kBf16KvTol = 6e-3;
 constexpr double kTensorCoreTol = 8e-3;
+constexpr double kFp8KvTol = 0.0625;
+
+// A layer's codes or exponents, copied to the host.
+template <class T>
+std::vector<T> download_bytes(const T* device, size_t n) {
+  std::vector<T> host(n);
+  EXPECT_EQ(cudaMemcpy(host.data(), device, n, cudaMemcpyDeviceToHost), cudaSuccess);
+  return host;
+}
 
 using CudaAttention = CudaOpsTest;
 
@@ -98,8 +115,9 @@ class PagedAttention : public CudaOpsTest {
   };
 
   void run(int q_heads, int kv_heads, int head_dim, const std::vector<int>& lengths,
-           const std::vector<std::vector<Query>>& batches) {
+           const std::vector<std::vector<Query>>& batches, bool fp8 = false) {
     KvCacheConfig cfg;
+    cfg.dtype = fp8 ? KvCacheDType::Fp8E4M3 : KvCacheDType::Auto;
     cfg.layers = 2;
     cfg.kv_heads = kv_heads;
     cfg.head_dim = head_dim;
@@ -167,9 +185,13 @@ class PagedAttention : public CudaOpsTest {
       return -1;
     };
     std::vector<float> k_round(k_all.size()), v_round(v_all.size());
-    for (size_t i = 0; i < k_all.size(); ++i) {
-      k_round[i] = round_bf16(k_all[i]);
-      v_round[i] = round_bf16(v_all[i]);
+    if (fp8) {
+      check_fp8_rows(*cache, layer, tables, max_blocks, o_seq, o_pos, k_all, v_all, k_round, v_round);
+    } else {
+      for (size_t i = 0; i < k_all.size(); ++i) {
+        k_round[i] = round_bf16(k_all[i]);
+        v_round[i] = round_bf16(v_all[i]);
+      }
     }
     std::vector<std::vector<int>> slot(seqs);
     for (int s = 0; s < seqs; ++s)
@@ -211,8 +233,8 @@ class PagedAttention : public CudaOpsTest {
       qb.block_tables = wb.block_tables;
       qb.max_context = max_context;
       const Tensor qt = upload(q, {tokens, q_width});
-      const std::string shape = cat("Hq=", q_heads, " Hkv=", kv_heads, " D=", head_dim, " batch#",
-                                    bi, " T=", tokens, " ctx<=", max_context);
+      const std::string shape = cat(fp8 ? "FP8 KV " : "", "Hq=", q_heads, " Hkv=", kv_heads, " D=", head_dim,
+                                    " batch#", bi, " T=", tokens, " ctx<=", max_context);
       for (const auto& [path, label] :
            {std::pair{CudaAttentionPath::SplitK, "split-K"},
             std::pair{CudaAttentionPath::SplitKWarp, "split-K warp"},
@@ -228,10 +250,45 @@ class PagedAttention : public CudaOpsTest {
         expect_close(cat("paged_attention ", label, " ", shape), got, ref_round,
                      f32 ? kF32Tol : kTensorCoreTol);
         expect_close(cat("paged_attention ", label, " vs unrounded KV ", shape), got, ref_exact,
-                     f32 ? kBf16KvTol : kTensorCoreTol);
+                     fp8 ? kFp8KvTol : f32 ? kBf16KvTol : kTensorCoreTol);
       }
       set_cuda_attention_path(backend(), CudaAttentionPath::Auto);
     }
+  }
+
+  // The FP8 rows rope_kv_write stored for the written tokens (seq, pos) against the reference
+  // row format, codes and exponents byte for byte; the reference's values into k_round/v_round.
+  void check_fp8_rows(KvCache& cache, int layer, const std::vector<int32_t>& tables, int max_blocks,
+                      const std::vector<int32_t>& seq, const std::vector<int32_t>& pos,
+                      const std::vector<float>& k_all, const std::vector<float>& v_all,
+                      std::vector<float>& k_round, std::vector<float>& v_round) {
+    const auto& cfg = cache.config();
+    const cuda::PagedLayer paged = dynamic_cast<cuda::CudaKvCache&>(cache).layer(layer);
+    const size_t values = cuda::CudaKvCache::values_per_tensor(cfg);
+    ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
+    const auto k_codes = download_bytes(paged.k8, values), v_codes = download_bytes(paged.v8, values);
+    const auto k_exps = download_bytes(paged.k_exp, values / cfg.head_dim);
+    const auto v_exps = download_bytes(paged.v_exp, values / cfg.head_dim);
+    const int kv_width = cfg.kv_heads * cfg.head_dim;
+    int mismatches = 0;
+    for (size_t i = 0; i < seq.size(); ++i) {
+      const int block = tables[size_t(seq[i]) * max_blocks + pos[i] / cfg.block_size];
+      const size_t slot = size_t(block) * cfg.block_size + size_t(pos[i] % cfg.block_size);
+      for (int h = 0; h < cfg.kv_heads; ++h) {
+        const size_t in = i * kv_width + size_t(h) * cfg.head_dim;
+        const size_t row = slot * cfg.kv_heads + h;
+        for (const auto& [x, codes, exps, out] : {std::tuple{&k_all, &k_codes, &k_exps, &k_round},
+                                                  std::tuple{&v_all, &v_codes, &v_exps, &v_round}}) {
+          const auto ref = test_common::fp8_kv_reference_row(x->data() + in, cfg.head_dim);
+          mismatches += (*exps)[row] != ref.exponent;
+          for (int d = 0; d < cfg.head_dim; ++d) {
+            mismatches += (*codes)[row * cfg.head_dim + d] != ref.codes[size_t(d)];
+            (*out)[in + d] = ref.values[size_t(d)];
+          }
+        }
+      }
+    }
+    EXPECT_EQ(mismatches, 0) << "FP8 codes or exponents rope_kv_write stored differ from the reference";
   }
 
   // Decode (last token of each sequence), full prefill of every sequence, and a mixed batch
@@ -286,6 +343,50 @@ TEST_F(PagedAttention, FewTokenDecodeGroups) {
 TEST_F(PagedAttention, LongContextDecode) {
   const std::vector<int> lengths = {1500, 1024};
   run(32, 8, 128, lengths, {{{0, 1499}, {1, 1023}}, {{1, 700}}});
+}
+
+// The FP8 cache through every kernel: the tensor-core decode kernel (head_dim 128 and 64, groups
+// 1-8, one and many splits), the generic split-K kernel (other head dims) and both prefill kernels.
+TEST_F(PagedAttention, Fp8Cache) {
+  const std::vector<int> lengths = {randint(200, 500) | 1, randint(2, 15), 1, randint(17, 300)};
+  run(32, 8, 128, lengths, standard_batches(lengths), true);  // Moxin
+  run(16, 2, 128, lengths, {{{0, lengths[0] - 1}}, {{1, lengths[1] - 1}, {3, lengths[3] - 1}}}, true);
+  run(8, 8, 64, lengths, {{{0, lengths[0] - 1}, {2, 0}}}, true);
+  const std::vector<int> tiny = {randint(1, 70), 64, 65, randint(1, 130)};
+  run(8, 2, 16, tiny, standard_batches(tiny), true);  // the tiny test model's shape
+  run(6, 2, 72, tiny, standard_batches(tiny), true);
+}
+
+// A K or V row holding an infinity or a NaN is stored poisoned (exponent -128, codes 0) and reads
+// back as NaN, as the bf16 cache would spread it.
+TEST_F(PagedAttention, Fp8RowsWithNonFiniteValuesArePoisoned) {
+  KvCacheConfig cfg;
+  cfg.dtype = KvCacheDType::Fp8E4M3;
+  cfg.layers = 1;
+  cfg.kv_heads = 2;
+  cfg.head_dim = 64;
+  cfg.num_blocks = 2;
+  auto cache = backend().create_kv_cache(cfg);
+  std::vector<float> qkv = randn(size_t(6) * 64);  // q, k and v of 2 heads each
+  qkv[2 * 64 + 5] = INFINITY;                       // k, head 0
+  qkv[4 * 64 + 64 + 7] = NAN;                       // v, head 1
+  AttentionBatch b;
+  b.token_seq = upload_i32({0}, {1});
+  b.token_pos = upload_i32({3}, {1});
+  b.block_tables = upload_i32({1}, {1, 1});
+  b.max_context = 4;
+  Tensor q = poisoned({1, 2 * 64});
+  backend().rope_kv_write(upload(qkv, {1, 6 * 64}), upload_i32({0}, {1}), 10000.0f, *cache, 0, b, q);
+  const cuda::PagedLayer paged = dynamic_cast<cuda::CudaKvCache&>(*cache).layer(0);
+  ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
+  const size_t row0 = (size_t(1) * cfg.block_size + 3) * cfg.kv_heads;  // block 1, slot 3, head 0
+  const auto k_exps = download_bytes(paged.k_exp, row0 + 2), v_exps = download_bytes(paged.v_exp, row0 + 2);
+  EXPECT_EQ(k_exps[row0], -128);
+  EXPECT_NE(k_exps[row0 + 1], -128);
+  EXPECT_NE(v_exps[row0], -128);
+  EXPECT_EQ(v_exps[row0 + 1], -128);
+  const auto k_codes = download_bytes(paged.k8, (row0 + 1) * 64);
+  EXPECT_EQ(std::count(k_codes.begin() + row0 * 64, k_codes.end(), uint8_t{0}), 64);
 }
 
 // A captured sequence of ops replays with new input contents and matches eager execution.

@@ -326,13 +326,10 @@ std::unique_ptr<KvCache> CudaBackend::create_kv_cache(const KvCacheConfig& c) {
       c.num_blocks, ")");
   MOXIN_CHECK(c.head_dim <= kMaxHeadDim, "[cuda] create_kv_cache: head_dim ", c.head_dim, " > ",
               kMaxHeadDim, " is not supported");
-  MOXIN_CHECK(c.dtype == KvCacheDType::Auto,
-              "[cuda] the FP8 KV cache (--kv-cache fp8) is not available on the CUDA backend yet, only on the CPU; "
-              "use --kv-cache auto (bf16) on the GPU");
-  const size_t bytes = size_t{2} * 2 * c.layers * static_cast<size_t>(c.num_blocks) * c.block_size *
-                       c.kv_heads * c.head_dim;
+  const size_t bytes = CudaKvCache::layer_bytes(c) * static_cast<size_t>(c.layers);
   auto storage = device_alloc(context_, bytes);
-  // Never-written slots must hold finite numbers: a masked-out key still meets a 0 weight.
+  // Never-written slots must hold finite numbers: a masked-out key still meets a 0 weight
+  // (FP8: code 0 with exponent 0 is 0).
   MOXIN_CUDA_CHECK(cudaMemsetAsync(storage.get(), 0, bytes, stream()));
   return std::make_unique<CudaKvCache>(c, std::move(storage));
 }
@@ -706,11 +703,13 @@ void CudaBackend::paged_attention(const Tensor& q, KvCache& cache, int layer,
                               attention_path_ == CudaAttentionPath::SplitKTensorCore;
     // Tensor cores where they fit: streamed tiles kept the KV reads near the bandwidth where the
     // register kernel stalled on its shuffles (docs/cuda-notes.md, decode attention v7); then
-    // the register kernel (v5-v6), then the staged CUDA-core kernel for any shape.
+    // the register kernel (v5-v6; bf16 caches only), then the staged CUDA-core kernel for any
+    // shape and format.
+    const bool fp8 = cfg.dtype == KvCacheDType::Fp8E4M3;
     if (tensor_cores && paged_attention_mma_fits(group, cfg.head_dim))
       paged_attention_mma(qp, c.layer(layer), index, q_heads, splits, true, partial, counters, yp,
                           stream());
-    else if (attention_path_ != CudaAttentionPath::SplitK &&
+    else if (attention_path_ != CudaAttentionPath::SplitK && !fp8 &&
              paged_attention_warp_fits(group, cfg.head_dim))
       paged_attention_warp(qp, c.layer(layer), index, q_heads, splits,
                            attention_path_ != CudaAttentionPath::SplitKWarp, partial, counters, yp,

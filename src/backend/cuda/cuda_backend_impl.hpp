@@ -59,16 +59,39 @@ struct CudaLinear final : LinearImpl {
 
 // The paged KV cache: per layer K then V, each [num_blocks, block_size, kv_heads, head_dim]
 // bf16, in one zeroed allocation.
+// bf16: per layer K then V, [num_blocks, block_size, kv_heads, head_dim] each. FP8: per layer
+// K codes, V codes (the same layout, one byte each), then the K and V exponent bytes
+// ([num_blocks, block_size, kv_heads] each, padded to 16 bytes: the decode kernel copies the
+// aligned 4-byte word around a row's exponent).
 class CudaKvCache final : public KvCache {
  public:
   CudaKvCache(const KvCacheConfig& c, std::shared_ptr<void> storage)
-      : KvCache(c, DType::BF16), storage_(std::move(storage)) {}
+      : KvCache(c, c.dtype == KvCacheDType::Fp8E4M3 ? DType::F8_E4M3 : DType::BF16), storage_(std::move(storage)) {}
+  static size_t values_per_tensor(const KvCacheConfig& c) {
+    return static_cast<size_t>(c.num_blocks) * c.block_size * c.kv_heads * c.head_dim;
+  }
+  static size_t exponent_bytes(const KvCacheConfig& c) {
+    return (static_cast<size_t>(c.num_blocks) * c.block_size * c.kv_heads + 15) / 16 * 16;
+  }
+  static size_t layer_bytes(const KvCacheConfig& c) {
+    return c.dtype == KvCacheDType::Fp8E4M3 ? 2 * (values_per_tensor(c) + exponent_bytes(c))
+                                             : 2 * values_per_tensor(c) * sizeof(bf16_bits);
+  }
   PagedLayer layer(int index) const {
     const auto& c = config_;
-    const size_t per_tensor =
-        static_cast<size_t>(c.num_blocks) * c.block_size * c.kv_heads * c.head_dim;
-    auto* base = static_cast<bf16_bits*>(storage_.get()) + 2 * per_tensor * index;
-    return PagedLayer{base, base + per_tensor, c.num_blocks, c.block_size, c.kv_heads, c.head_dim};
+    const size_t values = values_per_tensor(c);
+    auto* base = static_cast<unsigned char*>(storage_.get()) + layer_bytes(c) * static_cast<size_t>(index);
+    PagedLayer l{nullptr, nullptr, c.num_blocks, c.block_size, c.kv_heads, c.head_dim};
+    if (c.dtype == KvCacheDType::Fp8E4M3) {
+      l.k8 = base;
+      l.v8 = base + values;
+      l.k_exp = reinterpret_cast<int8_t*>(base + 2 * values);
+      l.v_exp = l.k_exp + exponent_bytes(c);
+    } else {
+      l.k = reinterpret_cast<bf16_bits*>(base);
+      l.v = l.k + values;
+    }
+    return l;
   }
 
  private:

@@ -7,6 +7,7 @@
 #include <cuda_fp8.h>
 
 #include "backend/cuda/cuda_check.hpp"
+#include "backend/cuda/e4m3.cuh"
 #include "backend/cuda/kernels.hpp"
 #include "backend/cuda/launch.cuh"
 #include "backend/cuda/streaming_load.cuh"
@@ -16,29 +17,6 @@ namespace moxin::cuda {
 namespace {
 
 constexpr int kGemvWarps = 8;  // warps per block
-
-// Two E4M3 codes (low byte first) as floats: cvt.rn.f16x2.e4m3x2 on sm_89+, exact.
-__device__ __forceinline__ float2 e4m3x2_to_float2(uint32_t two_codes) {
-  const __half2_raw h = __nv_cvt_fp8x2_to_halfraw2(static_cast<__nv_fp8x2_storage_t>(two_codes), __NV_E4M3);
-  return __half22float2(__half2(h));
-}
-
-__device__ __forceinline__ float e4m3_to_float(uint8_t code) {
-  return __half2float(__half(__nv_cvt_fp8_to_halfraw(static_cast<__nv_fp8_storage_t>(code), __NV_E4M3)));
-}
-
-// 16 codes (one 16-byte load) as floats, in order.
-__device__ __forceinline__ void e4m3x16_to_float(uint4 raw, float* out) {
-  const uint32_t words[4] = {raw.x, raw.y, raw.z, raw.w};
-#pragma unroll
-  for (int i = 0; i < 4; ++i) {
-    const float2 lo = e4m3x2_to_float2(words[i] & 0xFFFFu), hi = e4m3x2_to_float2(words[i] >> 16);
-    out[4 * i] = lo.x;
-    out[4 * i + 1] = lo.y;
-    out[4 * i + 2] = hi.x;
-    out[4 * i + 3] = hi.y;
-  }
-}
 
 // Applies one 16-code vector of each of the R rows (index `chunk` along K) to all M activation
 // rows: the codes widened exactly (cvt.rn.f16x2.e4m3x2), then f32 FMAs in K order.

@@ -149,7 +149,11 @@ void add_rms_norm(float* x, const float* y, const float* w, float eps, Activatio
 
 // --- the paged KV cache and a batch's token positions, as the kernels see them ---
 
-// A layer's paged K and V: [num_blocks, block_size, kv_heads, head_dim] bf16 each.
+// A layer's paged K and V: [num_blocks, block_size, kv_heads, head_dim] bf16 each, or, for an
+// FP8 cache (KvCacheDType::Fp8E4M3, k and v null), E4M3 codes in k8 and v8 in the same layout
+// plus one exponent byte per (slot, kv head) row in k_exp and v_exp ([num_blocks, block_size,
+// kv_heads]): the row's values are e4m3(code) * 2^exp (core/fp8_kv.hpp; fp8_kv.cuh on the GPU).
+// The exponent of the row whose first element sits at offset o is at o / head_dim.
 struct PagedLayer {
   bf16_bits* k = nullptr;
   bf16_bits* v = nullptr;
@@ -157,6 +161,10 @@ struct PagedLayer {
   int block_size = 0;
   int kv_heads = 0;
   int head_dim = 0;
+  uint8_t* k8 = nullptr;
+  uint8_t* v8 = nullptr;
+  int8_t* k_exp = nullptr;
+  int8_t* v_exp = nullptr;
 };
 
 // Where each of `tokens` tokens sits (AttentionBatch on the device).
@@ -171,7 +179,8 @@ struct TokenIndex {
 
 // --- rope_kv.cu ---
 // qkv [tokens, (q_heads + 2 kv_heads) * head_dim] (q | k | v): rotate-half RoPE at `positions`
-// of q into q [tokens, q_heads * head_dim] and of k into the cache, v copied there (bf16).
+// of q into q [tokens, q_heads * head_dim] and of k into the cache, v copied there (bf16, or
+// each row quantized to the FP8 row format where the cache is FP8).
 // Slots whose block id is outside the cache are skipped (the runtime owns table validity);
 // head_dim <= kMaxHeadDim.
 void rope_kv_write(const float* qkv, const int32_t* positions, int q_heads, float theta, float* q,

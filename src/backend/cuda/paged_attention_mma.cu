@@ -12,12 +12,19 @@
 // relative: the kernel answers at the f32 kernels' accuracy, on rows a group of 4 leaves idle.
 // Both halves of a head sit in the same thread (accumulator rows g and g + 8), so they add
 // without shuffles.
+//
+// FP8 cache (kFp8): the ring holds the tiles' E4M3 codes (half the bytes in flight for the same
+// positions) and the 4-byte words around their rows' exponent bytes; when a tile has landed the
+// warp widens it, scale applied, into one bf16 tile (exact: fp8_kv.cuh), and multiplies that as
+// above, so the FP8 kernel computes on exactly the dequantized cache.
 #include <cuda_bf16.h>
 
 #include <type_traits>
 
 #include "backend/cuda/attention_mma.cuh"
+#include "backend/cuda/cp_async.cuh"
 #include "backend/cuda/cuda_check.hpp"
+#include "backend/cuda/fp8_kv.cuh"
 #include "backend/cuda/kernels.hpp"
 #include "backend/cuda/launch.cuh"
 #include "backend/cuda/paged_attention_merge.cuh"
@@ -35,11 +42,54 @@ constexpr int staged_row() {
   return kD + 8;  // bf16 elements: 16-byte ldmatrix rows of consecutive positions in distinct banks
 }
 template <int kD>
-constexpr size_t mma_decode_smem_bytes() {
-  return size_t{kSplitWarps} * kStages * 2 * kTilePositions * staged_row<kD>() * sizeof(bf16_bits);
+constexpr int bf16_tile_elems() {
+  return kTilePositions * staged_row<kD>();
 }
-static_assert(mma_decode_smem_bytes<64>() >= sizeof(float) * kSplitWarps * kMaxGroup * kMaxHeadDim,
+// An FP8 ring stage: K codes, V codes ([16][kD] bytes each), the K and V exponent words ([16]
+// each) and the byte position of each row's exponent in its word ([16]).
+template <int kD>
+constexpr int fp8_stage_bytes() {
+  return 2 * kTilePositions * kD + 2 * kTilePositions * 4 + kTilePositions;
+}
+// Per warp: the ring (bf16 tiles, or FP8 stages plus the one bf16 tile they are widened into).
+template <int kD, bool kFp8>
+constexpr size_t warp_smem_bytes() {
+  constexpr size_t bf16_tiles = size_t{2} * bf16_tile_elems<kD>() * sizeof(bf16_bits);
+  return kFp8 ? (size_t{kStages} * fp8_stage_bytes<kD>() + 15) / 16 * 16 + bf16_tiles : kStages * bf16_tiles;
+}
+template <int kD, bool kFp8>
+constexpr size_t mma_decode_smem_bytes() {
+  return size_t{kSplitWarps} * warp_smem_bytes<kD, kFp8>();
+}
+static_assert(mma_decode_smem_bytes<64, false>() >= sizeof(float) * kSplitWarps * kMaxGroup * kMaxHeadDim &&
+                  mma_decode_smem_bytes<64, true>() >= sizeof(float) * kSplitWarps * kMaxGroup * kMaxHeadDim,
               "the merge reuses the staging for the warps' outputs");
+
+// 4 bytes, or 4 zero bytes where `valid` is false.
+__device__ __forceinline__ void copy4_or_zero(void* smem, const void* global, bool valid) {
+  asm volatile("cp.async.ca.shared.global [%0], [%1], 4, %2;" ::"r"(smem_address(smem)), "l"(global),
+               "r"(valid ? 4 : 0)
+               : "memory");
+}
+
+// Widens FP8 ring stage `stage` (the warp's, landed) into the bf16 K and V tiles at `tile`.
+template <int kD>
+__device__ __forceinline__ void widen_fp8_stage(const unsigned char* stage, bf16_bits* tile, int lane) {
+  constexpr int kRow = staged_row<kD>();
+  constexpr int kChunks = kD / 8;  // 8-code pieces of a row
+  const auto* words = reinterpret_cast<const uint32_t*>(stage + 2 * kTilePositions * kD);
+  const unsigned char* shifts = stage + 2 * kTilePositions * kD + 2 * kTilePositions * 4;
+#pragma unroll
+  for (int c = lane; c < 2 * kTilePositions * kChunks; c += 32) {
+    const int kv = c / (kTilePositions * kChunks);  // 0: K, 1: V
+    const int row = (c / kChunks) % kTilePositions;
+    const int col = (c % kChunks) * 8;
+    const uint2 raw = *reinterpret_cast<const uint2*>(stage + (kv * kTilePositions + row) * kD + col);
+    const int exponent = static_cast<int8_t>(words[kv * kTilePositions + row] >> shifts[row]);
+    *reinterpret_cast<uint4*>(tile + kv * bf16_tile_elems<kD>() + row * kRow + col) =
+        widen_e4m3x8_bf16(raw, kv_row_scale(exponent));
+  }
+}
 
 // (a, b) as bf16 pairs: hi = bf16(a, b), lo = bf16 of what hi misses.
 __device__ __forceinline__ void split_bf16(float a, float b, uint32_t& hi, uint32_t& lo) {
@@ -49,7 +99,7 @@ __device__ __forceinline__ void split_bf16(float a, float b, uint32_t& hi, uint3
   lo = pack_bf16(a - back.x, b - back.y);
 }
 
-template <int kD, bool kCluster>
+template <int kD, bool kCluster, bool kFp8>
 __global__ void __launch_bounds__(kSplitWarps * 32, 2)
     paged_mma_kernel(const float* __restrict__ q, PagedLayer cache, TokenIndex index, int q_heads,
                      int splits, float scale, float* __restrict__ partial,
@@ -58,7 +108,7 @@ __global__ void __launch_bounds__(kSplitWarps * 32, 2)
   constexpr int kSteps = kD / 16;                   // k16 steps of Q K^T, n16 steps of P V
   constexpr int kChunksPerRow = kD / 8;             // 16-byte pieces of a row
   constexpr int kRowsPerPass = 32 / kChunksPerRow;  // rows one cp.async instruction covers
-  constexpr int kTileElems = kTilePositions * kRow;
+  constexpr int kTileElems = bf16_tile_elems<kD>();
   extern __shared__ __align__(16) unsigned char staging[];
   __shared__ unsigned valid_rows[kSplitWarps][kStages];  // bit r: row r of the stage is real
   __shared__ BlockMerge merge;
@@ -98,7 +148,11 @@ __global__ void __launch_bounds__(kSplitWarps * 32, 2)
   const int first = begin + warp * kTilePositions;
   const int tiles = first < end ? (end - first + kWarpStride - 1) / kWarpStride : 0;
   const size_t row_stride = static_cast<size_t>(cache.kv_heads) * kD;
-  auto* ring = reinterpret_cast<bf16_bits*>(staging) + warp * kStages * 2 * kTileElems;
+  unsigned char* warp_smem = staging + warp * warp_smem_bytes<kD, kFp8>();
+  auto* ring = reinterpret_cast<bf16_bits*>(warp_smem);  // bf16 stages
+  // FP8: the stages, then the bf16 tile every stage is widened into.
+  unsigned char* fp8_ring = warp_smem;
+  auto* widened = reinterpret_cast<bf16_bits*>(warp_smem + (kStages * fp8_stage_bytes<kD>() + 15) / 16 * 16);
 
   // Element offset of row lane % 16 of tile i in the cache, -1 past the context or for a block
   // id outside the cache.
@@ -115,16 +169,40 @@ __global__ void __launch_bounds__(kSplitWarps * 32, 2)
   // always one commit group, empty past the last tile, so that the waits count tiles.
   auto issue = [&](int i, long long offset) {
     if (i < tiles) {
-      bf16_bits* k_stage = ring + (i % kStages) * 2 * kTileElems;
-      bf16_bits* v_stage = k_stage + kTileElems;
-      const int col = (lane % kChunksPerRow) * 8;
+      if constexpr (kFp8) {
+        constexpr int kFp8Chunks = kD / 16;  // 16-byte pieces of a row of codes
+        constexpr int kFp8RowsPerPass = 32 / kFp8Chunks;
+        unsigned char* k_codes = fp8_ring + (i % kStages) * fp8_stage_bytes<kD>();
+        unsigned char* v_codes = k_codes + kTilePositions * kD;
+        auto* words = reinterpret_cast<uint32_t*>(v_codes + kTilePositions * kD);
+        unsigned char* shifts = reinterpret_cast<unsigned char*>(words + 2 * kTilePositions);
+        const int col = (lane % kFp8Chunks) * 16;
 #pragma unroll
-      for (int pass = 0; pass < kTilePositions / kRowsPerPass; ++pass) {
-        const int row = pass * kRowsPerPass + lane / kChunksPerRow;
-        const long long off = __shfl_sync(0xffffffffu, offset, row);
-        const size_t at = off >= 0 ? static_cast<size_t>(off) + col : 0;
-        copy16_or_zero(k_stage + row * kRow + col, cache.k + at, off >= 0);
-        copy16_or_zero(v_stage + row * kRow + col, cache.v + at, off >= 0);
+        for (int pass = 0; pass < kTilePositions / kFp8RowsPerPass; ++pass) {
+          const int row = pass * kFp8RowsPerPass + lane / kFp8Chunks;
+          const long long off = __shfl_sync(0xffffffffu, offset, row);
+          const size_t at = off >= 0 ? static_cast<size_t>(off) + col : 0;
+          copy16_or_zero(k_codes + row * kD + col, cache.k8 + at, off >= 0);
+          copy16_or_zero(v_codes + row * kD + col, cache.v8 + at, off >= 0);
+        }
+        // Lanes 0-15 fetch row lane's K exponent word, lanes 16-31 row lane - 16's V word (a
+        // missing row's word is zero: scale 1 for its zero codes).
+        const size_t exponent = offset >= 0 ? static_cast<size_t>(offset) / kD : 0;
+        const int8_t* exponents = lane < kTilePositions ? cache.k_exp : cache.v_exp;
+        copy4_or_zero(words + lane, exponents + (exponent & ~size_t{3}), offset >= 0);
+        if (lane < kTilePositions) shifts[lane] = static_cast<unsigned char>(8 * (exponent & 3));
+      } else {
+        bf16_bits* k_stage = ring + (i % kStages) * 2 * kTileElems;
+        bf16_bits* v_stage = k_stage + kTileElems;
+        const int col = (lane % kChunksPerRow) * 8;
+#pragma unroll
+        for (int pass = 0; pass < kTilePositions / kRowsPerPass; ++pass) {
+          const int row = pass * kRowsPerPass + lane / kChunksPerRow;
+          const long long off = __shfl_sync(0xffffffffu, offset, row);
+          const size_t at = off >= 0 ? static_cast<size_t>(off) + col : 0;
+          copy16_or_zero(k_stage + row * kRow + col, cache.k + at, off >= 0);
+          copy16_or_zero(v_stage + row * kRow + col, cache.v + at, off >= 0);
+        }
       }
       const unsigned valid = __ballot_sync(0xffffffffu, offset >= 0) & 0xffffu;
       if (lane == 0) valid_rows[warp][i % kStages] = valid;
@@ -156,6 +234,11 @@ __global__ void __launch_bounds__(kSplitWarps * 32, 2)
     wait_staged<kStages - 1>();  // tile i has landed
     __syncwarp();
     const bf16_bits* k_stage = ring + (i % kStages) * 2 * kTileElems;
+    if constexpr (kFp8) {
+      widen_fp8_stage<kD>(fp8_ring + (i % kStages) * fp8_stage_bytes<kD>(), widened, lane);
+      __syncwarp();
+      k_stage = widened;
+    }
     const bf16_bits* v_stage = k_stage + kTileElems;
     const unsigned valid = valid_rows[warp][i % kStages];
 
@@ -233,15 +316,22 @@ __global__ void __launch_bounds__(kSplitWarps * 32, 2)
                 partial, counters, y);
 }
 
-// Calls f(kernel, smem bytes) for this head_dim and merge.
+// Calls f(kernel, smem bytes) for this head_dim, merge and cache format.
 template <class F>
-void with_mma_kernel(int head_dim, bool cluster, F f) {
-  auto by_cluster = [&](auto d) {
+void with_mma_kernel(int head_dim, bool cluster, bool fp8, F f) {
+  auto by_format = [&](auto d, auto c) {
     constexpr int kD = decltype(d)::value;
-    if (cluster)
-      f(paged_mma_kernel<kD, true>, mma_decode_smem_bytes<kD>());
+    constexpr bool kC = decltype(c)::value;
+    if (fp8)
+      f(paged_mma_kernel<kD, kC, true>, mma_decode_smem_bytes<kD, true>());
     else
-      f(paged_mma_kernel<kD, false>, mma_decode_smem_bytes<kD>());
+      f(paged_mma_kernel<kD, kC, false>, mma_decode_smem_bytes<kD, false>());
+  };
+  auto by_cluster = [&](auto d) {
+    if (cluster)
+      by_format(d, std::true_type{});
+    else
+      by_format(d, std::false_type{});
   };
   if (head_dim == 64)
     by_cluster(std::integral_constant<int, 64>{});
@@ -268,7 +358,7 @@ void paged_attention_mma(const float* q, const PagedLayer& cache, const TokenInd
               "[cuda] paged_attention_mma: ", splits, " splits (1..", kMaxSplits, "), group ", group,
               " (1..", kMaxGroup, "), head_dim ", cache.head_dim, " (64, 128)");
   const bool cluster = cluster_merge && splits > 1 && splits <= max_mma_cluster_splits;
-  with_mma_kernel(cache.head_dim, cluster, [&](auto kernel, size_t smem) {
+  with_mma_kernel(cache.head_dim, cluster, cache.k8 != nullptr, [&](auto kernel, size_t smem) {
     launch_split_k("paged_mma_kernel", kernel, smem, cluster, q, cache, index, q_heads, splits,
                    partial, counters, y, stream);
   });
@@ -277,14 +367,16 @@ void paged_attention_mma(const float* q, const PagedLayer& cache, const TokenInd
 void configure_paged_attention_mma() {
   for (int head_dim : {64, 128})
     for (bool cluster : {false, true})
-      with_mma_kernel(head_dim, cluster, [&](auto kernel, size_t smem) {
-        MOXIN_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                              static_cast<int>(smem)));
-        if (cluster)
-          MOXIN_CUDA_CHECK(
-              cudaFuncSetAttribute(kernel, cudaFuncAttributeNonPortableClusterSizeAllowed, 1));
-      });
-  with_mma_kernel(kMaxHeadDim, true, [&](auto kernel, size_t smem) {
+      for (bool fp8 : {false, true})
+        with_mma_kernel(head_dim, cluster, fp8, [&](auto kernel, size_t smem) {
+          MOXIN_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                                static_cast<int>(smem)));
+          if (cluster)
+            MOXIN_CUDA_CHECK(
+                cudaFuncSetAttribute(kernel, cudaFuncAttributeNonPortableClusterSizeAllowed, 1));
+        });
+  // The bf16 kernel has the most shared memory: its cluster limit holds for the FP8 one too.
+  with_mma_kernel(kMaxHeadDim, true, false, [&](auto kernel, size_t smem) {
     max_mma_cluster_splits = largest_cluster_splits(kernel, smem);
   });
 }

@@ -18,6 +18,7 @@
 #include <type_traits>
 
 #include "backend/cuda/cuda_check.hpp"
+#include "backend/cuda/fp8_kv.cuh"
 #include "backend/cuda/kernels.hpp"
 #include "backend/cuda/launch.cuh"
 #include "backend/cuda/paged_attention_merge.cuh"
@@ -37,9 +38,6 @@ size_t split_smem_bytes(int head_dim) {
   return std::max(tiles, size_t{kSplitWarps} * kMaxGroup * kMaxHeadDim * sizeof(float));
 }
 
-__device__ __forceinline__ float bf16_at(const bf16_bits* p, size_t i) {
-  return __uint_as_float(static_cast<uint32_t>(p[i]) << 16);
-}
 __device__ __forceinline__ float bf16_low(uint32_t pair) { return __uint_as_float(pair << 16); }
 __device__ __forceinline__ float bf16_high(uint32_t pair) {
   return __uint_as_float(pair & 0xffff0000u);
@@ -47,8 +45,9 @@ __device__ __forceinline__ float bf16_high(uint32_t pair) {
 
 // kDpl = head_dim / 32 when that is 1..4: compile-time head_dim, K and V tiles staged in
 // shared memory by coalesced cp.async (16 lanes per 256-byte row), lane owns kDpl consecutive
-// output dims. kDpl = 0 serves any head_dim <= 128 with 2-byte loads straight from memory
-// (lane owns dims lane + 32 j): tiny test models only.
+// output dims. kDpl = 0 serves any head_dim <= 128 and the FP8 cache with loads straight from
+// memory (lane owns dims lane + 32 j): tiny test models, and FP8 shapes the tensor-core kernel
+// does not take.
 template <int kDpl>
 __global__ void __launch_bounds__(kSplitWarps * 32)
     paged_split_kernel(const float* __restrict__ q, PagedLayer cache, TokenIndex index, int q_heads,
@@ -166,7 +165,7 @@ __global__ void __launch_bounds__(kSplitWarps * 32)
       }
     } else if (ok) {
       for (int d = 0; d < head_dim; ++d) {
-        const float kf = bf16_at(cache.k, offset + d);
+        const float kf = k_element(cache, offset + d);
 #pragma unroll
         for (int g = 0; g < kMaxGroup; ++g)
           if (g < group) s[g] = fmaf(sm_q[g][d], kf, s[g]);
@@ -208,7 +207,7 @@ __global__ void __launch_bounds__(kSplitWarps * 32)
 #pragma unroll
         for (int a = 0; a < kAcc; ++a) {
           const int d = lane + 32 * a;
-          v[a] = (off >= 0 && d < head_dim) ? bf16_at(cache.v, off + d) : 0.0f;
+          v[a] = (off >= 0 && d < head_dim) ? v_element(cache, off + d) : 0.0f;
         }
       }
 #pragma unroll
@@ -401,7 +400,8 @@ void paged_attention_split(const float* q, const PagedLayer& cache, const TokenI
                            int q_heads, int splits, float* partial, int* counters, float* y,
                            cudaStream_t stream) {
   if (index.tokens == 0) return;
-  const int dims_per_lane = cache.head_dim % 32 == 0 ? cache.head_dim / 32 : 0;
+  // An FP8 cache takes the generic instance (elementwise loads widened with the row scale).
+  const int dims_per_lane = cache.head_dim % 32 == 0 && cache.k8 == nullptr ? cache.head_dim / 32 : 0;
   MOXIN_CHECK(splits >= 1 && splits <= kMaxSplits, "[cuda] paged_attention: ", splits,
               " splits (1..", kMaxSplits, ")");
   const size_t smem = split_smem_bytes(cache.head_dim);

@@ -11,6 +11,7 @@
 #include "backend/cuda/attention_tile.cuh"
 #include "backend/cuda/head_dim_dispatch.cuh"
 #include "backend/cuda/cuda_check.hpp"
+#include "backend/cuda/fp8_kv.cuh"
 #include "backend/cuda/kernels.hpp"
 #include "backend/cuda/launch.cuh"
 
@@ -99,8 +100,8 @@ __global__ void __launch_bounds__(kTileThreads)
               (static_cast<size_t>(block) * cache.block_size + key % cache.block_size) *
                   row_stride +
               static_cast<size_t>(kv_head) * head_dim + d;
-          kv = __uint_as_float(static_cast<uint32_t>(cache.k[src]) << 16);
-          vv = __uint_as_float(static_cast<uint32_t>(cache.v[src]) << 16);
+          kv = k_element(cache, src);
+          vv = v_element(cache, src);
         }
         tile.k[row * tile.dp + d] = kv;
         tile.v[row * tile.dp + d] = vv;
@@ -121,16 +122,32 @@ constexpr int kPrefillWarps = 4;
 constexpr int kPrefillTokens = 16 * kPrefillWarps;
 constexpr int kPrefillKvStages = 2;
 
-// The block's copies of keys [key0, key0 + 64) of a sequence (positions <= last) into K/V stage
-// `stage`: cp.async of 16-byte pieces where head_dim is a multiple of 8 (every real model), zeros
-// past the keys, the head_dim or the cache; 2-byte loads otherwise (tiny test dims). One commit
-// group per call.
 // log2 of the cache's block size where it is a power of two (every real config: the staging
 // shifts instead of dividing per row), else -1.
 __device__ __forceinline__ int block_shift(int block_size) {
   return (block_size & (block_size - 1)) == 0 ? __ffs(block_size) - 1 : -1;
 }
 
+// Eight values of a K or V row from an FP8 cache (codes at src, the row starting at
+// src - d0) as bf16, zeros past head_dim or where src < 0.
+__device__ __forceinline__ uint4 fp8_chunk_bf16(const uint8_t* codes, const int8_t* exps, long long src, int d0,
+                                                int head_dim) {
+  if (src < 0) return make_uint4(0, 0, 0, 0);
+  const float scale = kv_row_scale(exps[(src - d0) / head_dim]);
+  if (head_dim % 8 == 0) return widen_e4m3x8_bf16(*reinterpret_cast<const uint2*>(codes + src), scale);
+  uint32_t packed[4] = {};
+  for (int i = 0; i < 8 && d0 + i < head_dim; ++i) {
+    const __nv_bfloat16 value = __float2bfloat16_rn(e4m3_to_float(codes[src + i]) * scale);
+    packed[i / 2] |= static_cast<uint32_t>(*reinterpret_cast<const uint16_t*>(&value)) << (16 * (i % 2));
+  }
+  return make_uint4(packed[0], packed[1], packed[2], packed[3]);
+}
+
+// The block's copies of keys [key0, key0 + 64) of a sequence (positions <= last) into K/V stage
+// `stage`: cp.async of 16-byte pieces where head_dim is a multiple of 8 (every real model), zeros
+// past the keys, the head_dim or the cache; 2-byte loads otherwise (tiny test dims). One commit
+// group per call.
+// An FP8 cache's rows are widened on the way (loads, not cp.async: the copy engine cannot convert).
 template <int kPadded, class Attention>
 __device__ void stage_key_tile(Attention& att, int stage, int key0, int last, const int32_t* table,
                                const PagedLayer& cache, int shift, int kv_head, size_t row_stride) {
@@ -153,7 +170,10 @@ __device__ void stage_key_tile(Attention& att, int stage, int key0, int last, co
     }
     __nv_bfloat16* k_dst = att.k + r * att.stride + d0;
     __nv_bfloat16* v_dst = att.v + r * att.stride + d0;
-    if (head_dim % 8 == 0) {
+    if (cache.k8 != nullptr) {
+      *reinterpret_cast<uint4*>(k_dst) = fp8_chunk_bf16(cache.k8, cache.k_exp, src, d0, head_dim);
+      *reinterpret_cast<uint4*>(v_dst) = fp8_chunk_bf16(cache.v8, cache.v_exp, src, d0, head_dim);
+    } else if (head_dim % 8 == 0) {
       copy16_or_zero(k_dst, cache.k + (src >= 0 ? src : 0), src >= 0);
       copy16_or_zero(v_dst, cache.v + (src >= 0 ? src : 0), src >= 0);
     } else {

@@ -1,9 +1,11 @@
 // Rotary position embedding (NeoX rotate-half, as transformers' Mistral applies it) fused with
 // the write of the new K/V rows into the paged cache: one kernel reads the packed q | k | v
-// projection, writes the rotated q and stores the rotated k and the v as bf16.
+// projection, writes the rotated q and stores the rotated k and the v as bf16, or, in an FP8
+// cache, each row as E4M3 codes with its exponent byte (fp8_kv.cuh).
 #include <cuda_bf16.h>
 
 #include "backend/cuda/cuda_check.hpp"
+#include "backend/cuda/fp8_kv.cuh"
 #include "backend/cuda/kernels.hpp"
 #include "backend/cuda/launch.cuh"
 
@@ -27,7 +29,8 @@ constexpr int kHeadsPerBlock = 4;
 // The angle is computed the way transformers does in f32: inv_freq = 1 / theta^(2i / D),
 // angle = f32(pos) * inv_freq, then accurate cosf/sinf (full range reduction: angles reach 32k
 // radians), by each block for its token into shared memory. The token's K/V slot is
-// block_tables[seq][pos / bs], slot pos % bs.
+// block_tables[seq][pos / bs], slot pos % bs. An FP8 cache's rows (whole heads: the exponent
+// needs the row's largest magnitude) go through shared memory and are quantized one warp per row.
 __global__ void __launch_bounds__(kRopeThreads)
     rope_kv_write_kernel(const float* __restrict__ qkv, const int32_t* __restrict__ positions,
                          int q_heads, float theta, float* __restrict__ q, PagedLayer cache,
@@ -35,6 +38,8 @@ __global__ void __launch_bounds__(kRopeThreads)
   wait_for_prior_kernels();
   __shared__ float cos_table[kMaxHeadDim / 2];
   __shared__ float sin_table[kMaxHeadDim / 2];
+  __shared__ float fp8_rows[kHeadsPerBlock][kMaxHeadDim];  // this block's K/V rows (FP8 cache)
+  const bool fp8 = cache.k8 != nullptr;
   const int token = blockIdx.x;
   const int head_dim = cache.head_dim;
   const int half = head_dim / 2;
@@ -55,16 +60,20 @@ __global__ void __launch_bounds__(kRopeThreads)
   // The token's K/V cache row, or null where it has no valid slot (nothing is stored then).
   __nv_bfloat16* kd = nullptr;
   __nv_bfloat16* vd = nullptr;
+  size_t slot_row = 0;  // element offset of the token's slot (all kv heads)
+  bool has_slot = false;
   const int seq = index.token_seq[token];
   const int cache_pos = index.token_pos[token];
   if (seq >= 0 && seq < index.num_seqs && cache_pos >= 0 && cache_pos / cache.block_size < index.max_blocks) {
     const int block = index.block_tables[static_cast<size_t>(seq) * index.max_blocks +
                                          cache_pos / cache.block_size];
     if (block >= 0 && block < cache.num_blocks) {
-      const size_t dst =
-          (static_cast<size_t>(block) * cache.block_size + cache_pos % cache.block_size) * kv_row;
-      kd = reinterpret_cast<__nv_bfloat16*>(cache.k) + dst;
-      vd = reinterpret_cast<__nv_bfloat16*>(cache.v) + dst;
+      slot_row = (static_cast<size_t>(block) * cache.block_size + cache_pos % cache.block_size) * kv_row;
+      has_slot = true;
+      if (!fp8) {
+        kd = reinterpret_cast<__nv_bfloat16*>(cache.k) + slot_row;
+        vd = reinterpret_cast<__nv_bfloat16*>(cache.v) + slot_row;
+      }
     }
   }
 
@@ -83,19 +92,52 @@ __global__ void __launch_bounds__(kRopeThreads)
       rotate_pair(row[base + i], row[base + i + half], cos_table[i], sin_table[i], q_row[base + i],
                   q_row[base + i + half]);
     } else if (unit < q_heads + cache.kv_heads) {
-      if (kd == nullptr) continue;
+      if (!has_slot) continue;
       const int base = (unit - q_heads) * head_dim;
       float k1, k2;
       rotate_pair(k[base + i], k[base + i + half], cos_table[i], sin_table[i], k1, k2);
-      kd[base + i] = __float2bfloat16_rn(k1);
-      kd[base + i + half] = __float2bfloat16_rn(k2);
+      if (fp8) {
+        fp8_rows[unit - first][i] = k1;
+        fp8_rows[unit - first][i + half] = k2;
+      } else {
+        kd[base + i] = __float2bfloat16_rn(k1);
+        kd[base + i + half] = __float2bfloat16_rn(k2);
+      }
     } else {
-      if (vd == nullptr) continue;
+      if (!has_slot) continue;
       const int base = (unit - q_heads - cache.kv_heads) * head_dim;
-      vd[base + i] = __float2bfloat16_rn(v[base + i]);
-      vd[base + i + half] = __float2bfloat16_rn(v[base + i + half]);
+      if (fp8) {
+        fp8_rows[unit - first][i] = v[base + i];
+        fp8_rows[unit - first][i + half] = v[base + i + half];
+      } else {
+        vd[base + i] = __float2bfloat16_rn(v[base + i]);
+        vd[base + i + half] = __float2bfloat16_rn(v[base + i + half]);
+      }
     }
   }
+  if (!fp8 || !has_slot) return;
+
+  // FP8: warp w quantizes the block's w-th unit if it is a K or V row.
+  __syncthreads();
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  const int unit = first + warp;
+  if (unit >= last || unit < q_heads) return;
+  const bool is_k = unit < q_heads + cache.kv_heads;
+  const int kv_head = unit - q_heads - (is_k ? 0 : cache.kv_heads);
+  const float* r = fp8_rows[warp];
+  float amax = 0.0f;
+  bool finite = true;
+  for (int d = lane; d < head_dim; d += 32) {
+    finite = finite && isfinite(r[d]);
+    amax = fmaxf(amax, fabsf(r[d]));
+  }
+  finite = __all_sync(0xffffffffu, finite);
+  for (int o = 16; o > 0; o /= 2) amax = fmaxf(amax, __shfl_xor_sync(0xffffffffu, amax, o));
+  const int e = finite ? kv_row_exponent(amax) : kKvPoisonedExponent;
+  const size_t row_start = slot_row + static_cast<size_t>(kv_head) * head_dim;
+  uint8_t* codes = (is_k ? cache.k8 : cache.v8) + row_start;
+  for (int d = lane; d < head_dim; d += 32) codes[d] = finite ? kv_code(r[d], e) : 0;
+  if (lane == 0) (is_k ? cache.k_exp : cache.v_exp)[row_start / head_dim] = static_cast<int8_t>(e);
 }
 
 }  // namespace
