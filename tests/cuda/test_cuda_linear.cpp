@@ -172,6 +172,34 @@ TEST_F(CudaLinear, LinearSwigluIsTheLinearThenSwiglu) {
   }
 }
 
+// At GEMM row counts with bf16 activations (the decoder's prefill), gate | up leave cuBLASLt as
+// bf16: y = swiglu(bf16(x W^T)), against the f64 reference on the rounded x with gate and up
+// rounded to bf16. An f32 sum within f32 error of a bf16 midpoint may round the other way (one
+// bf16 step, ~4e-3, on ~1e-4 of the elements: ~4e-5 in the norm), so 2e-4; leaving gate | up
+// unrounded would be ~1.6e-3 away.
+TEST_F(CudaLinear, LinearSwigluFromBf16ActivationsRoundsGateUp) {
+  constexpr double kRoundedGateUpTol = 2e-4;
+  for (const auto& [m, half, k] : {std::tuple<int64_t, int64_t, int64_t>{64, 300, 256},
+                                   {int64_t{randint(20, 200)}, int64_t{randint(1, 300)}, 8 * int64_t{randint(1, 100)}}}) {
+    const std::string what = cat("M=", m, " I=", half, " K=", k);
+    HostTensor w = host_tensor("w", {2 * half, k}, DType::BF16, true, 0.05f);
+    const Linear prepared = prepare(w);
+    ASSERT_EQ(backend().linear_input_dtype(prepared, m), DType::BF16) << what;
+    const std::vector<float> x = randn(static_cast<size_t>(m * k));
+    Tensor gate_up = poisoned({m, 2 * half}), y = poisoned({m, half});
+    backend().linear_swiglu(upload_bf16(x, {m, k}), prepared, gate_up, y);
+    const std::vector<double> gu = linear_ref(x, m, k, w.values, 2 * half, nullptr, true);
+    std::vector<double> ref(static_cast<size_t>(m * half));
+    for (int64_t r = 0; r < m; ++r)
+      for (int64_t j = 0; j < half; ++j) {
+        const double g = round_bf16(static_cast<float>(gu[r * 2 * half + j]));
+        const double u = round_bf16(static_cast<float>(gu[r * 2 * half + half + j]));
+        ref[r * half + j] = g / (1.0 + std::exp(-g)) * u;
+      }
+    expect_close("linear_swiglu from bf16 x " + what, download(y), ref, kRoundedGateUpTol);
+  }
+}
+
 TEST_F(CudaLinear, CublasLtAtAnyRows) {
   check_linear(1, 65, 96, true, DType::BF16, CudaLinearPath::Lt);
   check_linear(20, 33, 200, false, DType::BF16, CudaLinearPath::Lt);

@@ -534,6 +534,24 @@ void CudaBackend::linear_swiglu(const Tensor& x, const Linear& w, Tensor& gate_u
       return;
     }
   }
+  // At GEMM row counts (prefill) cuBLASLt writes gate | up as bf16 into gate_up's memory: the
+  // largest activation of a layer ([rows, 2 x 14336]) crosses memory at half the bytes, rounded
+  // as the down projection's input is rounded anyway (and as PyTorch's bf16 rounds it).
+  if (x.dtype == DType::BF16 && lw.bias == nullptr && !lw.is_fp8() && n % 2 == 0 && m > 0) {
+    require_shape(x, m, k, "linear_swiglu", "x");
+    require(gate_up, DType::F32, "linear_swiglu", "gate_up");
+    require_shape(gate_up, m, n, "linear_swiglu", "gate_up");
+    require_shape(y, m, n / 2, "linear_swiglu", "y");
+    MOXIN_CHECK(takes_bf16_activations(lw, m, n, k), "[cuda] linear_swiglu: x is bf16, but this [", n, " x ", k,
+                "] linear multiplies f32 activations at ", m, " rows (see Backend::linear_input_dtype)");
+    const Activations out = require_activations(y, "linear_swiglu", "y");
+    const CudaLinear& dense = lw.quant.bits != 0 ? dequantized(lw) : lw;
+    auto* gu = static_cast<bf16_bits*>(gate_up.data);
+    lane().gemm->run_bf16_out(data_of<const bf16_bits>(x), static_cast<const bf16_bits*>(dense.weight.get()), gu,
+                              static_cast<int>(m), static_cast<int>(n), static_cast<int>(k), stream());
+    swiglu_bf16_input(gu, out, m, n / 2, stream());
+    return;
+  }
   Backend::linear_swiglu(x, w, gate_up, y);
 }
 

@@ -27,16 +27,16 @@ __global__ void gelu_erf_kernel(float* __restrict__ x, int64_t count) {
 
 // y [rows, cols] from gate_up [rows, 2 * cols] = gate | up: blocks stride over rows (y) and
 // columns (x), so no thread divides a flat index by the row length.
-// y as f32, or bf16 for a linear that takes bf16 activations (activation_store.cuh).
-template <class Out>
-__global__ void swiglu_kernel(const float* __restrict__ gate_up, Out* __restrict__ y,
-                              int64_t rows, int cols) {
+// gate_up f32, or bf16 as a prefill GEMM wrote it; y as f32, or bf16 for a linear that takes
+// bf16 activations (activation_store.cuh).
+template <class In, class Out>
+__global__ void swiglu_kernel(const In* __restrict__ gate_up, Out* __restrict__ y, int64_t rows, int cols) {
   wait_for_prior_kernels();
   for (int64_t r = blockIdx.y; r < rows; r += gridDim.y) {
-    const float* gate = gate_up + r * 2 * cols;
+    const In* gate = gate_up + r * 2 * cols;
     Out* out = y + r * cols;
     for (int c = blockIdx.x * blockDim.x + threadIdx.x; c < cols; c += gridDim.x * blockDim.x) {
-      store_activation(out, c, silu_times(gate[c], gate[cols + c]));
+      store_activation(out, c, silu_times(load_activation(gate, c), load_activation(gate, cols + c)));
     }
   }
 }
@@ -93,14 +93,27 @@ void gelu_erf(float* x, int64_t count, cudaStream_t stream) {
                 0, stream, x, count);
 }
 
-void swiglu(const float* gate_up, Activations y, int64_t rows, int64_t cols, cudaStream_t stream) {
+namespace {
+
+template <class In>
+void launch_swiglu(const In* gate_up, Activations y, int64_t rows, int64_t cols, cudaStream_t stream) {
   if (rows * cols == 0) return;
   const unsigned col_blocks = elementwise_blocks(cols);
   const dim3 grid(col_blocks, static_cast<unsigned>(std::min<int64_t>(rows, 65535)));
   with_activations(y, [&]<class Out>(Out* out) {
-    launch_kernel("swiglu_kernel", swiglu_kernel<Out>, grid, kElementwiseThreads, 0, stream, gate_up, out, rows,
-                  static_cast<int>(cols));
+    launch_kernel("swiglu_kernel", swiglu_kernel<In, Out>, grid, kElementwiseThreads, 0, stream, gate_up, out,
+                  rows, static_cast<int>(cols));
   });
+}
+
+}  // namespace
+
+void swiglu(const float* gate_up, Activations y, int64_t rows, int64_t cols, cudaStream_t stream) {
+  launch_swiglu(gate_up, y, rows, cols, stream);
+}
+
+void swiglu_bf16_input(const bf16_bits* gate_up, Activations y, int64_t rows, int64_t cols, cudaStream_t stream) {
+  launch_swiglu(reinterpret_cast<const __nv_bfloat16*>(gate_up), y, rows, cols, stream);
 }
 
 void add(float* x, const float* y, int64_t count, cudaStream_t stream) {

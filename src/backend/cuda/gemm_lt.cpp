@@ -49,7 +49,7 @@ LtGemm::~LtGemm() {
 const LtGemm::Plan& LtGemm::plan(const Key& key) {
   auto found = plans_.find(key);
   if (found != plans_.end()) return *found->second;
-  const auto [m, n, k, has_bias, align_a, align_w, align_y, align_bias] = key;
+  const auto [m, n, k, has_bias, align_a, align_w, align_y, align_bias, out_bf16] = key;
   auto p = std::make_unique<Plan>();
   MOXIN_CUBLAS_CHECK(cublasLtMatmulDescCreate(&p->desc, CUBLAS_COMPUTE_32F, CUDA_R_32F));
   const cublasOperation_t transpose = CUBLAS_OP_T, keep = CUBLAS_OP_N;
@@ -67,7 +67,7 @@ const LtGemm::Plan& LtGemm::plan(const Key& key) {
   }
   MOXIN_CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&p->a, CUDA_R_16BF, k, n, k));
   MOXIN_CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&p->b, CUDA_R_16BF, k, m, k));
-  MOXIN_CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&p->d, CUDA_R_32F, n, m, n));
+  MOXIN_CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&p->d, out_bf16 ? CUDA_R_16BF : CUDA_R_32F, n, m, n));
 
   cublasLtMatmulPreference_t pref = nullptr;
   MOXIN_CUBLAS_CHECK(cublasLtMatmulPreferenceCreate(&pref));
@@ -92,7 +92,7 @@ const LtGemm::Plan& LtGemm::plan(const Key& key) {
   cublasLtMatmulPreferenceDestroy(pref);
   MOXIN_CUBLAS_CHECK(status);
   MOXIN_CHECK(found_count > 0, "[cuda] cuBLASLt has no bf16 GEMM algorithm for m=", m, " n=", n,
-              " k=", k);
+              " k=", k, out_bf16 ? " (bf16 output)" : "");
   p->algo = result.algo;
   return *plans_.emplace(key, std::move(p)).first->second;
 }
@@ -100,10 +100,19 @@ const LtGemm::Plan& LtGemm::plan(const Key& key) {
 void LtGemm::run(const uint16_t* a, const uint16_t* w, const float* bias, float* y, int m, int n,
                  int k, cudaStream_t stream) {
   const Plan& p = plan({m, n, k, bias != nullptr, alignment(a), alignment(w), alignment(y),
-                        bias ? alignment(bias) : 16});
+                        bias ? alignment(bias) : 16, false});
   if (bias)
     MOXIN_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(p.desc, CUBLASLT_MATMUL_DESC_BIAS_POINTER,
                                                       &bias, sizeof(bias)));
+  matmul(p, a, w, y, stream);
+}
+
+void LtGemm::run_bf16_out(const uint16_t* a, const uint16_t* w, uint16_t* y, int m, int n, int k,
+                          cudaStream_t stream) {
+  matmul(plan({m, n, k, false, alignment(a), alignment(w), alignment(y), 16, true}), a, w, y, stream);
+}
+
+void LtGemm::matmul(const Plan& p, const void* a, const void* w, void* y, cudaStream_t stream) {
   const float one = 1.0f, zero = 0.0f;
   MOXIN_CUBLAS_CHECK(cublasLtMatmul(handle_, p.desc, &one, w, p.a, a, p.b, &zero, y, p.d, y, p.d,
                                     &p.algo, workspace_, workspace_bytes_, stream));
@@ -169,9 +178,7 @@ bool LtGemm::run_fp8(const uint8_t* a, const float* a_scale, const uint8_t* w, c
     MOXIN_CUBLAS_CHECK(
         cublasLtMatmulDescSetAttribute(p.desc, CUBLASLT_MATMUL_DESC_B_SCALE_POINTER, &a_scale, sizeof(a_scale)));
   }
-  const float one = 1.0f, zero = 0.0f;
-  MOXIN_CUBLAS_CHECK(cublasLtMatmul(handle_, p.desc, &one, w, p.a, a, p.b, &zero, y, p.d, y, p.d, &p.algo,
-                                    workspace_, workspace_bytes_, stream));
+  matmul(p, a, w, y, stream);
   if (!p.outer_vector_scales) scale_rows_columns(y, a_scale, w_scale, m, n, stream);
   return true;
 }

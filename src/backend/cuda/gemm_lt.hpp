@@ -24,6 +24,8 @@ class LtGemm {
   // y[m, n] (row-major f32) = a[m, k] (row-major bf16) * w[n, k]^T (bf16) + bias[n] (f32, or null)
   void run(const uint16_t* a, const uint16_t* w, const float* bias, float* y, int m, int n, int k,
            cudaStream_t stream);
+  // The same with y as bf16, rounded to nearest even from the f32 accumulators, and no bias.
+  void run_bf16_out(const uint16_t* a, const uint16_t* w, uint16_t* y, int m, int n, int k, cudaStream_t stream);
   // y[i, j] (row-major f32 [m, n]) = a_scale[i] w_scale[j] sum_k a[i, k] w[j, k], with a [m, k]
   // and w [n, k] row-major E4M3, on the FP8 tensor cores (f32 accumulation). cuBLASLt applies
   // the two scale vectors itself where it offers outer-vector scaling for the shape, else
@@ -34,8 +36,11 @@ class LtGemm {
 
  private:
   struct Plan;
-  using Key = std::tuple<int, int, int, bool, int, int, int, int>;
+  // m, n, k, bias, the alignments of a, w, y and the bias, y as bf16
+  using Key = std::tuple<int, int, int, bool, int, int, int, int, bool>;
   const Plan& plan(const Key& key);
+  // y = w * a with the plan's descriptors (beta 0, so C is D).
+  void matmul(const Plan& p, const void* a, const void* w, void* y, cudaStream_t stream);
   const Plan& fp8_plan(int m, int n, int k);
   std::unique_ptr<Plan> try_fp8_plan(int m, int n, int k, bool outer_vector_scales);
   std::map<std::tuple<int, int, int>, std::unique_ptr<Plan>> fp8_plans_;

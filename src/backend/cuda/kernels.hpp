@@ -126,6 +126,8 @@ void im2col_bf16(const float* images, int height, int width, int patch, int64_t 
 void gelu_erf(float* x, int64_t count, cudaStream_t stream);
 // y[r, c] = silu(gate_up[r, c]) * gate_up[r, cols + c]: rows of gate_up are gate | up.
 void swiglu(const float* gate_up, Activations y, int64_t rows, int64_t cols, cudaStream_t stream);
+// The same from a bf16 gate_up (a prefill GEMM's output rounded to bf16: half the bytes).
+void swiglu_bf16_input(const bf16_bits* gate_up, Activations y, int64_t rows, int64_t cols, cudaStream_t stream);
 void add(float* x, const float* y, int64_t count, cudaStream_t stream);
 void add_scaled(float* x, const float* y, const float* scale, int64_t rows, int64_t cols,
                 cudaStream_t stream);
