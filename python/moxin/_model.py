@@ -60,7 +60,7 @@ class Model:
         decoder, in groups of group_size (64 or 128), or "fp8" (E4M3, a scale per output
         channel). threads: CPU threads (0 = all cores). max_context: KV cache capacity in
         tokens. max_image_pixels: larger images are refused. kv_cache: "auto" (f32 on the CPU,
-        bf16 on CUDA) or "fp8" (E4M3, half of bf16's memory; CPU only for now).
+        bf16 on CUDA) or "fp8" (E4M3, half of bf16's memory).
         """
         kind, gpu = _device(device)
         return cls(_core.Model.load(os.fspath(path_or_id), kind, int32("gpu", gpu), int32("threads", threads),

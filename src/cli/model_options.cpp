@@ -29,7 +29,7 @@ void ModelOptions::add_to(CLI::App& command) {
       ->check(CLI::IsMember({64, 128}));
   command.add_option("--kv-cache", kv_cache,
                      "KV cache precision: auto (f32 on the CPU, bf16 on CUDA) or fp8 (E4M3 with a power-of-two "
-                     "scale per head and token: half of bf16's memory; CPU only for now)")
+                     "scale per head and token: half of bf16's memory)")
       ->check(CLI::IsMember({"auto", "fp8"}));
   command.add_flag("--quiet", quiet, "No progress bars or summaries (download, upload, quantize) on stderr");
 }

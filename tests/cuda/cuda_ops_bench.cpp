@@ -213,8 +213,10 @@ struct FilledCache {
   int max_blocks;
 };
 
-FilledCache fill_cache(CudaBackend& backend, int seqs, int context, int kv_heads, int head_dim) {
+FilledCache fill_cache(CudaBackend& backend, int seqs, int context, int kv_heads, int head_dim,
+                       KvCacheDType dtype = KvCacheDType::Auto) {
   KvCacheConfig cfg;
+  cfg.dtype = dtype;
   cfg.layers = 1;
   cfg.kv_heads = kv_heads;
   cfg.head_dim = head_dim;
@@ -343,6 +345,15 @@ void bench_attention(CudaBackend& backend, double ceiling) {
            ms, pct(bytes / ms / 1e6, ceiling)});
     }
     backend.set_attention_path(CudaAttentionPath::Auto);
+    {  // The FP8 cache (issue #11): half the bytes through the same kernel, widened in shared memory.
+      FilledCache f8 = fill_cache(backend, seqs, context, kv_heads, head_dim, KvCacheDType::Fp8E4M3);
+      const double fp8_bytes = double(seqs) * context * kv_heads * (head_dim + 1) * 2;
+      const double ms = time_ms(
+          stream, 20, 20, [&](int) { backend.paged_attention(q, *f8.cache, 0, b, q_heads, y); });
+      table.push_back({cat("decode attention batch ", seqs, " ctx 1024 (FP8 cache, tensor cores, ",
+                           backend.attention_splits(seqs, q_heads, kv_heads, head_dim, context), " splits)"),
+                       ms, pct(fp8_bytes / ms / 1e6, ceiling)});
+    }
     // Every split count against Auto's: which one a batch wants (tensor-core kernel, cluster
     // merge; global merge beyond a cluster).
     {
@@ -386,6 +397,11 @@ void bench_attention(CudaBackend& backend, double ceiling) {
                        cat(flops / ms / 1e9, " TFLOP/s")});
     }
     backend.set_attention_path(CudaAttentionPath::Auto);
+    FilledCache f8 = fill_cache(backend, 1, tokens, kv_heads, head_dim, KvCacheDType::Fp8E4M3);
+    const double ms =
+        time_ms(stream, 10, 3, [&](int) { backend.paged_attention(q, *f8.cache, 0, b, q_heads, y); });
+    table.push_back({"prefill attention 1024 tokens (tiled, bf16 tensor cores, FP8 cache)", ms,
+                     cat(flops / ms / 1e9, " TFLOP/s")});
   }
   for (const auto& [tokens, head_dim_vit] : {std::pair{261, 64}, {256, 72}}) {
     const int heads = 16, width = heads * head_dim_vit;
