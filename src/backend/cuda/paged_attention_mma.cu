@@ -72,6 +72,27 @@ __device__ __forceinline__ void copy4_or_zero(void* smem, const void* global, bo
                : "memory");
 }
 
+// The K and V rows of a 16-position tile into shared memory (rows kDstRowBytes apart), a warp's
+// lanes copying 16-byte pieces (coalesced: kRowBytes / 16 lanes per row); row r is at element
+// offset `offset` of lane r (kElemBytes each), or zeros where that is -1.
+template <int kRowBytes, int kDstRowBytes, int kElemBytes>
+__device__ __forceinline__ void copy_tile_rows(void* k_dst, void* v_dst, const void* k_src, const void* v_src,
+                                               long long offset, int lane) {
+  constexpr int kPieces = kRowBytes / 16;
+  constexpr int kRowsPerPass = 32 / kPieces;
+  const int col = (lane % kPieces) * 16;
+#pragma unroll
+  for (int pass = 0; pass < kTilePositions / kRowsPerPass; ++pass) {
+    const int row = pass * kRowsPerPass + lane / kPieces;
+    const long long off = __shfl_sync(0xffffffffu, offset, row);
+    const size_t at = off >= 0 ? static_cast<size_t>(off) * kElemBytes + col : 0;
+    copy16_or_zero(static_cast<unsigned char*>(k_dst) + row * kDstRowBytes + col,
+                   static_cast<const unsigned char*>(k_src) + at, off >= 0);
+    copy16_or_zero(static_cast<unsigned char*>(v_dst) + row * kDstRowBytes + col,
+                   static_cast<const unsigned char*>(v_src) + at, off >= 0);
+  }
+}
+
 // Widens FP8 ring stage `stage` (the warp's, landed) into the bf16 K and V tiles at `tile`.
 template <int kD>
 __device__ __forceinline__ void widen_fp8_stage(const unsigned char* stage, bf16_bits* tile, int lane) {
@@ -106,8 +127,6 @@ __global__ void __launch_bounds__(kSplitWarps * 32, 2)
                      int* __restrict__ counters, float* __restrict__ y) {
   constexpr int kRow = staged_row<kD>();
   constexpr int kSteps = kD / 16;                   // k16 steps of Q K^T, n16 steps of P V
-  constexpr int kChunksPerRow = kD / 8;             // 16-byte pieces of a row
-  constexpr int kRowsPerPass = 32 / kChunksPerRow;  // rows one cp.async instruction covers
   constexpr int kTileElems = bf16_tile_elems<kD>();
   extern __shared__ __align__(16) unsigned char staging[];
   __shared__ unsigned valid_rows[kSplitWarps][kStages];  // bit r: row r of the stage is real
@@ -165,26 +184,16 @@ __global__ void __launch_bounds__(kSplitWarps * 32, 2)
         (static_cast<size_t>(block) * cache.block_size + p % cache.block_size) * row_stride +
         static_cast<size_t>(kv_head) * kD);
   };
-  // Tile i's K and V rows into stage i % kStages (coalesced: kChunksPerRow lanes per row);
+  // Tile i's K and V rows into stage i % kStages (copy_tile_rows);
   // always one commit group, empty past the last tile, so that the waits count tiles.
   auto issue = [&](int i, long long offset) {
     if (i < tiles) {
       if constexpr (kFp8) {
-        constexpr int kFp8Chunks = kD / 16;  // 16-byte pieces of a row of codes
-        constexpr int kFp8RowsPerPass = 32 / kFp8Chunks;
         unsigned char* k_codes = fp8_ring + (i % kStages) * fp8_stage_bytes<kD>();
         unsigned char* v_codes = k_codes + kTilePositions * kD;
         auto* words = reinterpret_cast<uint32_t*>(v_codes + kTilePositions * kD);
         unsigned char* shifts = reinterpret_cast<unsigned char*>(words + 2 * kTilePositions);
-        const int col = (lane % kFp8Chunks) * 16;
-#pragma unroll
-        for (int pass = 0; pass < kTilePositions / kFp8RowsPerPass; ++pass) {
-          const int row = pass * kFp8RowsPerPass + lane / kFp8Chunks;
-          const long long off = __shfl_sync(0xffffffffu, offset, row);
-          const size_t at = off >= 0 ? static_cast<size_t>(off) + col : 0;
-          copy16_or_zero(k_codes + row * kD + col, cache.k8 + at, off >= 0);
-          copy16_or_zero(v_codes + row * kD + col, cache.v8 + at, off >= 0);
-        }
+        copy_tile_rows<kD, kD, 1>(k_codes, v_codes, cache.k8, cache.v8, offset, lane);
         // Lanes 0-15 fetch row lane's K exponent word, lanes 16-31 row lane - 16's V word (a
         // missing row's word is zero: scale 1 for its zero codes).
         const size_t exponent = offset >= 0 ? static_cast<size_t>(offset) / kD : 0;
@@ -193,16 +202,7 @@ __global__ void __launch_bounds__(kSplitWarps * 32, 2)
         if (lane < kTilePositions) shifts[lane] = static_cast<unsigned char>(8 * (exponent & 3));
       } else {
         bf16_bits* k_stage = ring + (i % kStages) * 2 * kTileElems;
-        bf16_bits* v_stage = k_stage + kTileElems;
-        const int col = (lane % kChunksPerRow) * 8;
-#pragma unroll
-        for (int pass = 0; pass < kTilePositions / kRowsPerPass; ++pass) {
-          const int row = pass * kRowsPerPass + lane / kChunksPerRow;
-          const long long off = __shfl_sync(0xffffffffu, offset, row);
-          const size_t at = off >= 0 ? static_cast<size_t>(off) + col : 0;
-          copy16_or_zero(k_stage + row * kRow + col, cache.k + at, off >= 0);
-          copy16_or_zero(v_stage + row * kRow + col, cache.v + at, off >= 0);
-        }
+        copy_tile_rows<2 * kD, 2 * kRow, 2>(k_stage, k_stage + kTileElems, cache.k, cache.v, offset, lane);
       }
       const unsigned valid = __ballot_sync(0xffffffffu, offset >= 0) & 0xffffu;
       if (lane == 0) valid_rows[warp][i % kStages] = valid;
