@@ -27,11 +27,14 @@ from test_parity import DEVICES, WORDS, rel_err
 sys.path.insert(0, str(pathlib.Path(__file__).parent))
 import reference_vlm  # noqa: E402
 
-# The CPU computes in f32, as the reference does. CUDA rounds the prefill GEMMs' activations to
-# bf16 (~1e-3 relative, as PyTorch's bf16 would): enough to move ~1-2% of the values across an E4M3
-# rounding midpoint, each a whole E4M3 step, so its layers sit further from the reference, though
-# always much nearer the rounded reference than the unrounded one.
-SHARE_OF_ROUNDING = {"cpu": 0.1, "cuda": 0.5}
+# The CPU computes in f32, as the reference does: a layer sits within a tenth of the rounding's
+# movement. CUDA rounds the prefill GEMMs' activations to bf16 (~1e-3 relative, as PyTorch's bf16
+# would), enough to put ~3% of the K/V values across an E4M3 rounding midpoint from where the
+# reference has them, each a whole step (2^-4 relative): ~1e-2 of a layer's output (measured on the
+# H200: 0.26-0.52 of the movement). There the check is that the layer sits well inside both the
+# movement and its distance from the unrounded reference; the GPU's rounding itself is checked
+# byte for byte against the row reference in the CUDA op tests (PagedAttention.Fp8Cache).
+SHARE_OF_ROUNDING = {"cpu": 0.1, "cuda": 0.75}
 
 
 def teacher_forced_layers(llm, ids, engine_outputs, kv_fp8):
@@ -79,7 +82,8 @@ def test_each_layer_matches_reference_with_fp8_cache(moxin_bin, model_dir, tmp_p
               f"unrounded reference); rounding the cache moves it {moved:.2e}")
         assert moved > 1e-3, "the FP8 rounding should move a layer's output (a broken reference?)"
         assert err < share * moved, f"layer {layer}: rel err {err:.2e} >= {share} x {moved:.2e}"
-        assert err < off_unrounded, f"layer {layer}: nearer the unrounded reference than the rounded one"
+        assert err < share * off_unrounded, \
+            f"layer {layer}: rel err {err:.2e} not within {share} x its distance {off_unrounded:.2e} from the unrounded reference"
 
 
 def test_bad_kv_cache_value_is_refused(moxin_bin, model_dir):

@@ -15,6 +15,19 @@ __device__ __forceinline__ void store_activation(__nv_bfloat16* y, int64_t i, fl
   y[i] = __float2bfloat16_rn(v);
 }
 
+// Eight consecutive outputs from y[i] on (i % 8 == 0, 16-byte aligned rows): two float4 stores,
+// or one 16-byte store of eight bf16.
+__device__ __forceinline__ void store_activations8(float* y, int64_t i, const float (&v)[8]) {
+  reinterpret_cast<float4*>(y + i)[0] = make_float4(v[0], v[1], v[2], v[3]);
+  reinterpret_cast<float4*>(y + i)[1] = make_float4(v[4], v[5], v[6], v[7]);
+}
+__device__ __forceinline__ void store_activations8(__nv_bfloat16* y, int64_t i, const float (&v)[8]) {
+  __nv_bfloat162 packed[4];
+#pragma unroll
+  for (int k = 0; k < 4; ++k) packed[k] = __floats2bfloat162_rn(v[2 * k], v[2 * k + 1]);
+  *reinterpret_cast<uint4*>(y + i) = *reinterpret_cast<const uint4*>(packed);
+}
+
 // An input element of either kind, as f32 (bf16 widens exactly).
 __device__ __forceinline__ float load_activation(const float* x, int64_t i) { return x[i]; }
 __device__ __forceinline__ float load_activation(const __nv_bfloat16* x, int64_t i) {

@@ -41,6 +41,33 @@ __global__ void swiglu_kernel(const In* __restrict__ gate_up, Out* __restrict__ 
   }
 }
 
+// The bf16 gate_up of a prefill, 8 columns per thread (16-byte loads; cols % 8 == 0): the
+// scalar kernel's 2-byte accesses moved its 87 MB per layer at ~1.2 TB/s (ncu, 1024 tokens).
+// Same formula per element, so the same bits.
+template <class Out>
+__global__ void swiglu_bf16_vec8_kernel(const uint4* __restrict__ gate_up, Out* __restrict__ y, int64_t rows,
+                                        int cols) {
+  wait_for_prior_kernels();
+  const int vecs = cols / 8;
+  for (int64_t r = blockIdx.y; r < rows; r += gridDim.y) {
+    const uint4* gate = gate_up + r * 2 * vecs;
+    Out* out = y + r * cols;
+    for (int v = blockIdx.x * blockDim.x + threadIdx.x; v < vecs; v += gridDim.x * blockDim.x) {
+      const uint4 g = gate[v], u = gate[vecs + v];
+      const auto* gh = reinterpret_cast<const __nv_bfloat162*>(&g);
+      const auto* uh = reinterpret_cast<const __nv_bfloat162*>(&u);
+      float values[8];
+#pragma unroll
+      for (int i = 0; i < 4; ++i) {
+        const float2 gf = __bfloat1622float2(gh[i]), uf = __bfloat1622float2(uh[i]);
+        values[2 * i] = silu_times(gf.x, uf.x);
+        values[2 * i + 1] = silu_times(gf.y, uf.y);
+      }
+      store_activations8(out, int64_t{v} * 8, values);
+    }
+  }
+}
+
 __global__ void add_kernel(float* __restrict__ x, const float* __restrict__ y, int64_t count) {
   wait_for_prior_kernels();
   MOXIN_GRID_STRIDE(i, count) x[i] += y[i];
@@ -113,7 +140,18 @@ void swiglu(const float* gate_up, Activations y, int64_t rows, int64_t cols, cud
 }
 
 void swiglu_bf16_input(const bf16_bits* gate_up, Activations y, int64_t rows, int64_t cols, cudaStream_t stream) {
-  launch_swiglu(reinterpret_cast<const __nv_bfloat16*>(gate_up), y, rows, cols, stream);
+  const bool aligned = reinterpret_cast<uintptr_t>(gate_up) % 16 == 0 &&
+                       reinterpret_cast<uintptr_t>(y.bf16 ? static_cast<void*>(y.bf16) : y.f32) % 16 == 0;
+  if (cols % 8 != 0 || !aligned) {
+    launch_swiglu(reinterpret_cast<const __nv_bfloat16*>(gate_up), y, rows, cols, stream);
+    return;
+  }
+  if (rows * cols == 0) return;
+  const dim3 grid(elementwise_blocks(cols / 8), static_cast<unsigned>(std::min<int64_t>(rows, 65535)));
+  with_activations(y, [&]<class Out>(Out* out) {
+    launch_kernel("swiglu_bf16_vec8_kernel", swiglu_bf16_vec8_kernel<Out>, grid, kElementwiseThreads, 0, stream,
+                  reinterpret_cast<const uint4*>(gate_up), out, rows, static_cast<int>(cols));
+  });
 }
 
 void add(float* x, const float* y, int64_t count, cudaStream_t stream) {
