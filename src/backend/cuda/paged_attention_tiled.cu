@@ -128,13 +128,37 @@ __device__ __forceinline__ int block_shift(int block_size) {
   return (block_size & (block_size - 1)) == 0 ? __ffs(block_size) - 1 : -1;
 }
 
-// Eight values of a K or V row from an FP8 cache (codes at src, the row starting at
-// src - d0) as bf16, zeros past head_dim or where src < 0.
-__device__ __forceinline__ uint4 fp8_chunk_bf16(const uint8_t* codes, const int8_t* exps, long long src, int d0,
-                                                int head_dim) {
-  if (src < 0) return make_uint4(0, 0, 0, 0);
-  const float scale = kv_row_scale(exps[(src - d0) / head_dim]);
-  if (head_dim % 8 == 0) return widen_e4m3x8_bf16(*reinterpret_cast<const uint2*>(codes + src), scale);
+// Piece e of a key tile (row r, columns d0 .. d0 + 7 of a padded row): where its K/V values sit
+// in the cache (element offset, -1 past the keys, the head_dim or the cache) and the index of
+// their row (its FP8 exponent).
+struct KeyPiece {
+  int r = 0, d0 = 0;
+  long long src = -1, row = 0;
+};
+
+template <int kVecs>
+__device__ __forceinline__ KeyPiece key_piece(int e, int key0, int n, const int32_t* table, const PagedLayer& cache,
+                                              int shift, int kv_head) {
+  KeyPiece p;
+  p.r = e / kVecs;
+  p.d0 = (e % kVecs) * 8;
+  if (p.r < n && p.d0 < cache.head_dim) {
+    const int key = key0 + p.r;
+    const int slot = shift >= 0 ? key >> shift : key / cache.block_size;
+    const int block = table[slot];
+    if (block >= 0 && block < cache.num_blocks) {
+      p.row = (static_cast<long long>(block) * cache.block_size + (key - slot * cache.block_size)) * cache.kv_heads +
+              kv_head;
+      p.src = p.row * cache.head_dim + p.d0;
+    }
+  }
+  return p;
+}
+
+// Eight FP8 codes of a row (at src, any alignment: tiny head dims) times the row scale as bf16,
+// zeros past head_dim.
+__device__ __forceinline__ uint4 fp8_piece_bf16(const uint8_t* codes, long long src, int d0, int head_dim,
+                                                float scale) {
   uint32_t packed[4] = {};
   for (int i = 0; i < 8 && d0 + i < head_dim; ++i) {
     const __nv_bfloat16 value = __float2bfloat16_rn(e4m3_to_float(codes[src + i]) * scale);
@@ -143,42 +167,70 @@ __device__ __forceinline__ uint4 fp8_chunk_bf16(const uint8_t* codes, const int8
   return make_uint4(packed[0], packed[1], packed[2], packed[3]);
 }
 
+// An FP8 cache's key tile, widened to bf16 on the way (the copy engine cannot convert): every
+// thread's loads are issued before any is widened, so they are in flight together.
+template <int kPadded, class Attention>
+__device__ void stage_fp8_key_tile(Attention& att, int key0, int n, const int32_t* table, const PagedLayer& cache,
+                                   int shift, int kv_head) {
+  constexpr int kVecs = kPadded / 8;
+  constexpr int kThreads = kPrefillWarps * 32;
+  constexpr int kPerThread = (kMmaRows * kVecs + kThreads - 1) / kThreads;
+  const bool whole_pieces = cache.head_dim % 8 == 0;
+  KeyPiece pieces[kPerThread];
+  uint2 k_raw[kPerThread], v_raw[kPerThread];
+  int8_t k_exp[kPerThread], v_exp[kPerThread];
+#pragma unroll
+  for (int i = 0; i < kPerThread; ++i) {
+    const int e = threadIdx.x + i * kThreads;
+    pieces[i] = e < kMmaRows * kVecs ? key_piece<kVecs>(e, key0, n, table, cache, shift, kv_head) : KeyPiece{};
+    const bool load = pieces[i].src >= 0;
+    k_raw[i] = load && whole_pieces ? *reinterpret_cast<const uint2*>(cache.k8 + pieces[i].src) : uint2{0, 0};
+    v_raw[i] = load && whole_pieces ? *reinterpret_cast<const uint2*>(cache.v8 + pieces[i].src) : uint2{0, 0};
+    k_exp[i] = load ? cache.k_exp[pieces[i].row] : 0;
+    v_exp[i] = load ? cache.v_exp[pieces[i].row] : 0;
+  }
+#pragma unroll
+  for (int i = 0; i < kPerThread; ++i) {
+    if (threadIdx.x + i * kThreads >= kMmaRows * kVecs) break;
+    const KeyPiece& p = pieces[i];
+    const float ks = kv_row_scale(k_exp[i]), vs = kv_row_scale(v_exp[i]);
+    uint4 k = make_uint4(0, 0, 0, 0), v = k;
+    if (p.src >= 0) {
+      k = whole_pieces ? widen_e4m3x8_bf16(k_raw[i], ks) : fp8_piece_bf16(cache.k8, p.src, p.d0, cache.head_dim, ks);
+      v = whole_pieces ? widen_e4m3x8_bf16(v_raw[i], vs) : fp8_piece_bf16(cache.v8, p.src, p.d0, cache.head_dim, vs);
+    }
+    *reinterpret_cast<uint4*>(att.k + p.r * att.stride + p.d0) = k;
+    *reinterpret_cast<uint4*>(att.v + p.r * att.stride + p.d0) = v;
+  }
+}
+
 // The block's copies of keys [key0, key0 + 64) of a sequence (positions <= last) into K/V stage
 // `stage`: cp.async of 16-byte pieces where head_dim is a multiple of 8 (every real model), zeros
-// past the keys, the head_dim or the cache; 2-byte loads otherwise (tiny test dims). One commit
-// group per call.
-// An FP8 cache's rows are widened on the way (loads, not cp.async: the copy engine cannot convert).
+// past the keys, the head_dim or the cache; 2-byte loads otherwise (tiny test dims); an FP8 cache
+// through stage_fp8_key_tile. One commit group per call.
 template <int kPadded, class Attention>
 __device__ void stage_key_tile(Attention& att, int stage, int key0, int last, const int32_t* table,
-                               const PagedLayer& cache, int shift, int kv_head, size_t row_stride) {
+                               const PagedLayer& cache, int shift, int kv_head) {
   constexpr int kVecs = kPadded / 8;  // 16-byte pieces of a padded row
   att.use_stage(stage);
   const int head_dim = cache.head_dim;
   const int n = min(kMmaRows, last + 1 - key0);
+  if (cache.k8 != nullptr) {
+    stage_fp8_key_tile<kPadded>(att, key0, n, table, cache, shift, kv_head);
+    copies_issued();
+    return;
+  }
   for (int e = threadIdx.x; e < kMmaRows * kVecs; e += kPrefillWarps * 32) {
-    const int r = e / kVecs;
-    const int d0 = (e % kVecs) * 8;
-    long long src = -1;
-    if (r < n && d0 < head_dim) {
-      const int key = key0 + r;
-      const int slot = shift >= 0 ? key >> shift : key / cache.block_size;
-      const int block = table[slot];
-      if (block >= 0 && block < cache.num_blocks)
-        src = static_cast<long long>(
-            (static_cast<size_t>(block) * cache.block_size + (key - slot * cache.block_size)) * row_stride +
-            static_cast<size_t>(kv_head) * head_dim + d0);
-    }
-    __nv_bfloat16* k_dst = att.k + r * att.stride + d0;
-    __nv_bfloat16* v_dst = att.v + r * att.stride + d0;
-    if (cache.k8 != nullptr) {
-      *reinterpret_cast<uint4*>(k_dst) = fp8_chunk_bf16(cache.k8, cache.k_exp, src, d0, head_dim);
-      *reinterpret_cast<uint4*>(v_dst) = fp8_chunk_bf16(cache.v8, cache.v_exp, src, d0, head_dim);
-    } else if (head_dim % 8 == 0) {
+    const KeyPiece p = key_piece<kVecs>(e, key0, n, table, cache, shift, kv_head);
+    const long long src = p.src;
+    __nv_bfloat16* k_dst = att.k + p.r * att.stride + p.d0;
+    __nv_bfloat16* v_dst = att.v + p.r * att.stride + p.d0;
+    if (head_dim % 8 == 0) {
       copy16_or_zero(k_dst, cache.k + (src >= 0 ? src : 0), src >= 0);
       copy16_or_zero(v_dst, cache.v + (src >= 0 ? src : 0), src >= 0);
     } else {
       uint16_t kh[8] = {}, vh[8] = {};
-      for (int i = 0; i < 8 && src >= 0 && d0 + i < head_dim; ++i) {
+      for (int i = 0; i < 8 && src >= 0 && p.d0 + i < head_dim; ++i) {
         kh[i] = cache.k[src + i];
         vh[i] = cache.v[src + i];
       }
@@ -243,7 +295,6 @@ __global__ void __launch_bounds__(kPrefillWarps * 32)
   __syncthreads();
   att.load_q();
 
-  const size_t row_stride = static_cast<size_t>(cache.kv_heads) * head_dim;
   int prev_seq = -1;
   while (true) {
     __syncthreads();
@@ -265,12 +316,11 @@ __global__ void __launch_bounds__(kPrefillWarps * 32)
     // Key tiles of 64 through two stages: the next tile's copies are in flight while this one is
     // multiplied (stage s + 1 was consumed before the barrier that ends the previous tile).
     const int tiles = (last + kMmaRows) / kMmaRows;
-    stage_key_tile<kPadded>(att, 0, 0, last, table, cache, shift, kv_head, row_stride);
+    stage_key_tile<kPadded>(att, 0, 0, last, table, cache, shift, kv_head);
     for (int tile = 0; tile < tiles; ++tile) {
       const int key0 = tile * kMmaRows;
       if (tile + 1 < tiles) {
-        stage_key_tile<kPadded>(att, (tile + 1) % 2, key0 + kMmaRows, last, table, cache, shift,
-                                kv_head, row_stride);
+        stage_key_tile<kPadded>(att, (tile + 1) % 2, key0 + kMmaRows, last, table, cache, shift, kv_head);
         wait_staged<1>();
       } else {
         wait_staged<0>();
