@@ -70,14 +70,19 @@ void ThreadPool::run(int64_t n, int64_t chunk, const RangeFn& fn) {
     return;
   }
   std::lock_guard<std::mutex> lock(submit_mutex_);
+  const uint32_t generation = generation_.load() + 1;
+  // The claims move to this loop before any of its fields change: a worker still leaving the
+  // last loop, holding a claim index past that loop's end, then fails its claim and leaves. The
+  // other order let it check that index against this loop's (larger) chunk count and take a
+  // chunk of this loop, running it twice (or the last loop's fn) and counting one chunk too many,
+  // so that the submitter waited forever. All of it sequentially consistent (run_chunks too).
+  claim_.store(pack_claim(generation, 0));
   fn_ = &fn;
   n_ = n;
   chunk_ = chunk;
   error_ = nullptr;
-  done_chunks_.store(0, std::memory_order_relaxed);
-  num_chunks_.store(chunks, std::memory_order_relaxed);
-  const uint32_t generation = generation_.load(std::memory_order_relaxed) + 1;
-  claim_.store(pack_claim(generation, 0), std::memory_order_release);
+  done_chunks_.store(0);
+  num_chunks_.store(chunks);
   generation_.store(generation);
   wake_sleepers();
 
@@ -97,17 +102,17 @@ void ThreadPool::run(int64_t n, int64_t chunk, const RangeFn& fn) {
 void ThreadPool::run_chunks(uint32_t generation) {
   t_inside_loop = true;
   for (;;) {
-    uint64_t claim = claim_.load(std::memory_order_acquire);
+    uint64_t claim = claim_.load();
     for (;;) {
       if (claim >> 32 != generation) {
         t_inside_loop = false;
         return;
       }
-      if (static_cast<int64_t>(claim & 0xffffffffu) >= num_chunks_.load(std::memory_order_relaxed)) {
+      if (static_cast<int64_t>(claim & 0xffffffffu) >= num_chunks_.load()) {
         t_inside_loop = false;
         return;
       }
-      if (claim_.compare_exchange_weak(claim, claim + 1, std::memory_order_acq_rel)) break;
+      if (claim_.compare_exchange_weak(claim, claim + 1)) break;
     }
     // Holding a chunk of this generation: the loop's fields stay put until it is counted done.
     const int64_t begin = static_cast<int64_t>(claim & 0xffffffffu) * chunk_;
@@ -118,7 +123,7 @@ void ThreadPool::run_chunks(uint32_t generation) {
       if (!error_) error_ = std::current_exception();
     }
     const int64_t done = done_chunks_.fetch_add(1) + 1;
-    if (done == num_chunks_.load(std::memory_order_relaxed)) wake_sleepers();
+    if (done == num_chunks_.load()) wake_sleepers();
   }
 }
 

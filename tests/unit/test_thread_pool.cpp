@@ -6,6 +6,7 @@
 #include <mutex>
 #include <set>
 #include <stdexcept>
+#include <thread>
 #include <vector>
 
 #include "core/thread_pool.hpp"
@@ -102,6 +103,30 @@ TEST(ThreadPool, ManySmallLoopsBackToBack) {
   int64_t expect = 0;
   for (int i = 0; i < 20000; ++i) expect += 2 + 2 * (i % 3);
   EXPECT_EQ(total, expect);
+}
+
+// Loops of different sizes back to back, from several submitting threads at once (the server's
+// HTTP workers resize images through one shared pool): a worker still leaving one loop must not
+// take a chunk of the next. It once could - its stale claim checked against the next loop's
+// larger chunk count - running a chunk twice and counting one chunk too many, so the submitter
+// waited forever (a server request hung in CI).
+TEST(ThreadPool, LoopsOfDifferentSizesFromSeveralThreads) {
+  ThreadPool pool(4);
+  std::atomic<int64_t> wrong{0};
+  auto submit = [&](int seed) {
+    for (int i = 0; i < 20000; ++i) {
+      const int64_t n = (i + seed) % 3 == 0 ? 2 : 4 + (i + seed) % 7;
+      std::vector<std::atomic<int>> runs(static_cast<size_t>(n));
+      pool.parallel_for(n, [&](int64_t b, int64_t e) {
+        for (int64_t j = b; j < e; ++j) runs[static_cast<size_t>(j)].fetch_add(1);
+      });
+      for (const auto& r : runs) wrong += r.load() != 1;
+    }
+  };
+  std::vector<std::thread> submitters;
+  for (int t = 0; t < 3; ++t) submitters.emplace_back(submit, t);
+  for (std::thread& t : submitters) t.join();
+  EXPECT_EQ(wrong.load(), 0) << "indices run other than exactly once";
 }
 
 TEST(ThreadPool, ZeroMeansHardwareConcurrency) {
