@@ -196,6 +196,44 @@ TEST(QuantGemv, EveryPathMatchesMlxFormulaOnCodesAtModelWidth) {
     for (int64_t M : {1, 3, 8}) expect_paths_match_reference(rng, two, DType::BF16, 301, 14336, bits, 64, M);
 }
 
+// The integer paths' accumulators at their bound: every code the largest, every activation of a
+// group equal (sign per group at random) and as large as its split allows, so each i32 lane sums
+// its largest possible products (cpu_quant_avx2_int.cpp and cpu_quant_vnni.cpp state the
+// bounds); an overflow would be off by 2^32 somewhere, not by rounding.
+TEST(QuantGemv, EveryPathHoldsItsLargestSums) {
+  Random rng(test_seed());
+  const int64_t N = 5, M = 2;
+  for (int bits : {4, 8})
+    for (int group : {64, 128}) {
+      const int64_t K = 3 * group;
+      RandomQuantWeights w(rng, DType::F32, N, K, bits, group);
+      std::fill(w.codes.begin(), w.codes.end(), 0xFFFFFFFFu);
+      const int64_t groups = N * (K / group);
+      std::fill(w.floats.begin(), w.floats.begin() + groups, 1.0f);  // scales; biases 0
+      std::fill(w.floats.begin() + groups, w.floats.end(), 0.0f);
+      // Just below 127 x 2^e for the e the split picks: |h| reaches 127 and the rounded integer
+      // its largest magnitude.
+      const float largest = std::nextafter(127.0f / 128.0f, 0.0f);
+      std::vector<float> x(static_cast<size_t>(M * K));
+      for (int64_t g = 0; g < M * K / group; ++g) {
+        const float v = (rng.integer(0, 1) ? largest : -largest) * std::ldexp(1.0f, static_cast<int>(rng.integer(-4, 4)));
+        std::fill(x.begin() + g * group, x.begin() + (g + 1) * group, v);
+      }
+      const double code = (1 << bits) - 1;
+      for (QuantGemvPath path : quant_gemv_paths()) {
+        std::vector<float> y(static_cast<size_t>(M * N), std::numeric_limits<float>::quiet_NaN());
+        quant_gemv(path, nullptr, M, x.data(), K, w.view, y.data(), N);
+        for (int64_t m = 0; m < M; ++m) {
+          double ref = 0;
+          for (int64_t k = 0; k < K; ++k) ref += code * x[static_cast<size_t>(m * K + k)];
+          for (int64_t n = 0; n < N; ++n)
+            EXPECT_NEAR(y[static_cast<size_t>(m * N + n)], ref, 1e-6 * code * K * 8)
+                << quant_gemv_path_name(path) << " " << bits << "-bit g" << group << " m=" << m << " n=" << n;
+        }
+      }
+    }
+}
+
 // An inf or NaN activation reaches the outputs of its row (and only those) on every path.
 TEST(QuantGemv, NonFiniteActivationsPropagate) {
   Random rng(test_seed());
