@@ -65,4 +65,14 @@ __device__ __forceinline__ uint4 widen_e4m3x8_bf16(uint2 raw, float scale) {
   return make_uint4(out[0], out[1], out[2], out[3]);
 }
 
+// Eight codes (one 8-byte word) as eight f16 of the codes' own values (the row scale not
+// applied: exact, E4M3 fits in f16), packed in pairs: four cvt.rn.f16x2.e4m3x2.
+__device__ __forceinline__ uint4 widen_e4m3x8_f16(uint2 raw) {
+  const auto pair = [](uint32_t two_codes) {
+    const __half2_raw h = __nv_cvt_fp8x2_to_halfraw2(static_cast<__nv_fp8x2_storage_t>(two_codes), __NV_E4M3);
+    return static_cast<uint32_t>(h.x) | (static_cast<uint32_t>(h.y) << 16);
+  };
+  return make_uint4(pair(raw.x & 0xFFFFu), pair(raw.x >> 16), pair(raw.y & 0xFFFFu), pair(raw.y >> 16));
+}
+
 }  // namespace moxin::cuda

@@ -14,10 +14,17 @@
 // without shuffles.
 //
 // FP8 cache (kFp8): the ring holds the tiles' E4M3 codes (half the bytes in flight for the same
-// positions) and the 4-byte words around their rows' exponent bytes; when a tile has landed the
-// warp widens it, scale applied, into one bf16 tile (exact: fp8_kv.cuh), and multiplies that as
-// above, so the FP8 kernel computes on exactly the dequantized cache.
+// positions) and the 4-byte words around their rows' exponent bytes. When a tile has landed the
+// warp widens its codes to f16 (their own values, exact: one cvt per two codes, no scale) and
+// the products run as f16 mma.sync: Q enters as an f16 pair (hi + residual, 22 bits) scaled by a
+// power of two 2^a into f16's range; the K rows' scales 2^e multiply S's columns (with 2^-a);
+// the V rows' scales multiply P's columns, relative to the largest V exponent the warp has seen
+// (a running maximum the accumulator is rescaled to, as for the softmax's maximum) and times
+// 2^14, so that P V's f16 operand stays in [0, 2^14] and normal. Every scale is a power of two:
+// the kernel computes on exactly the dequantized cache. (v1 widened into bf16 with the scale
+// applied: ~26 instructions per 8 codes, which made the kernel slower than bf16's; this is 6.)
 #include <cuda_bf16.h>
+#include <cuda_fp16.h>
 
 #include <type_traits>
 
@@ -51,11 +58,17 @@ template <int kD>
 constexpr int fp8_stage_bytes() {
   return 2 * kTilePositions * kD + 2 * kTilePositions * 4 + kTilePositions;
 }
-// Per warp: the ring (bf16 tiles, or FP8 stages plus the one bf16 tile they are widened into).
+// FP8: the bytes of the ring's stages, rounded to 16 (the widened tiles follow).
+template <int kD>
+constexpr size_t fp8_ring_bytes() {
+  return (size_t{kStages} * fp8_stage_bytes<kD>() + 15) / 16 * 16;
+}
+// Per warp: the ring (bf16 tiles), or FP8 stages, the f16 K and V tiles they are widened into
+// and the widened tile's row scales (K: f32 2^e; V: the exponent).
 template <int kD, bool kFp8>
 constexpr size_t warp_smem_bytes() {
-  constexpr size_t bf16_tiles = size_t{2} * bf16_tile_elems<kD>() * sizeof(bf16_bits);
-  return kFp8 ? (size_t{kStages} * fp8_stage_bytes<kD>() + 15) / 16 * 16 + bf16_tiles : kStages * bf16_tiles;
+  constexpr size_t tiles = size_t{2} * bf16_tile_elems<kD>() * sizeof(bf16_bits);
+  return kFp8 ? fp8_ring_bytes<kD>() + tiles + 2 * kTilePositions * 4 : kStages * tiles;
 }
 template <int kD, bool kFp8>
 constexpr size_t mma_decode_smem_bytes() {
@@ -93,9 +106,22 @@ __device__ __forceinline__ void copy_tile_rows(void* k_dst, void* v_dst, const v
   }
 }
 
-// Widens FP8 ring stage `stage` (the warp's, landed) into the bf16 K and V tiles at `tile`.
+// A V exponent below every real one (and below the poison mark): rows outside the context.
+constexpr int kNoRow = -1024;
+// P's columns are scaled to [0, 2^kPScale]: f16 keeps 22 bits of (hi, residual) down to
+// 2^-28 of the largest (normal range), far below what the f32 sums resolve.
+constexpr int kPScale = 14;
+
+// 2^n for n in [-126, 127].
+__device__ __forceinline__ float pow2(int n) { return __int_as_float((n + 127) << 23); }
+// 2^n for n <= 127, 0 below the normal range.
+__device__ __forceinline__ float pow2_or_zero(int n) { return n < -126 ? 0.0f : pow2(n); }
+
+// Widens FP8 ring stage `stage` (the warp's, landed) into the f16 K and V tiles at `tile`, and
+// its rows' K scales and V exponents into k_scale / v_exp (kNoRow for rows not in `valid`).
 template <int kD>
-__device__ __forceinline__ void widen_fp8_stage(const unsigned char* stage, bf16_bits* tile, int lane) {
+__device__ __forceinline__ void widen_fp8_stage(const unsigned char* stage, bf16_bits* tile, float* k_scale,
+                                                int* v_exp, unsigned valid, int lane) {
   constexpr int kRow = staged_row<kD>();
   constexpr int kChunks = kD / 8;  // 8-code pieces of a row
   const auto* words = reinterpret_cast<const uint32_t*>(stage + 2 * kTilePositions * kD);
@@ -106,10 +132,15 @@ __device__ __forceinline__ void widen_fp8_stage(const unsigned char* stage, bf16
     const int row = (c / kChunks) % kTilePositions;
     const int col = (c % kChunks) * 8;
     const uint2 raw = *reinterpret_cast<const uint2*>(stage + (kv * kTilePositions + row) * kD + col);
-    const int exponent = static_cast<int8_t>(words[kv * kTilePositions + row] >> shifts[row]);
-    *reinterpret_cast<uint4*>(tile + kv * bf16_tile_elems<kD>() + row * kRow + col) =
-        widen_e4m3x8_bf16(raw, kv_row_scale(exponent));
+    *reinterpret_cast<uint4*>(tile + kv * bf16_tile_elems<kD>() + row * kRow + col) = widen_e4m3x8_f16(raw);
   }
+  // Lane r < 16: K row r's word; lane 16 + r: V row r's.
+  const int row = lane % kTilePositions;
+  const int exponent = static_cast<int8_t>(words[lane] >> shifts[row]);
+  if (lane < kTilePositions)
+    k_scale[row] = kv_row_scale(exponent);
+  else
+    v_exp[row] = (valid >> row) & 1u ? exponent : kNoRow;
 }
 
 // (a, b) as bf16 pairs: hi = bf16(a, b), lo = bf16 of what hi misses.
@@ -118,6 +149,33 @@ __device__ __forceinline__ void split_bf16(float a, float b, uint32_t& hi, uint3
   const float2 back = __bfloat1622float2(h);
   hi = *reinterpret_cast<const uint32_t*>(&h);
   lo = pack_bf16(a - back.x, b - back.y);
+}
+
+// The same in f16.
+__device__ __forceinline__ void split_f16(float a, float b, uint32_t& hi, uint32_t& lo) {
+  const __half2 h = __floats2half2_rn(a, b);
+  const float2 back = __half22float2(h);
+  const __half2 r = __floats2half2_rn(a - back.x, b - back.y);
+  hi = *reinterpret_cast<const uint32_t*>(&h);
+  lo = *reinterpret_cast<const uint32_t*>(&r);
+}
+
+// The a with amax 2^a in [2^14, 2^15): a head's q times 2^a, and the residuals of its f16
+// rounding, are normal f16 down to 2^-24 of its largest. 0 for amax 0, inf or NaN (those
+// spread as they do in bf16).
+__device__ __forceinline__ int f16_range_exponent(float amax) {
+  if (!(amax > 0.0f) || isinf(amax)) return 0;
+  int k = 0;
+  frexpf(amax, &k);  // amax < 2^k
+  return min(max(15 - k, -126), 126);
+}
+
+template <bool kFp8>
+__device__ __forceinline__ void mma_kv(float (&d)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
+  if constexpr (kFp8)
+    mma_f16(d, a, b0, b1);
+  else
+    mma_bf16(d, a, b0, b1);
 }
 
 template <int kD, bool kCluster, bool kFp8>
@@ -148,17 +206,40 @@ __global__ void __launch_bounds__(kSplitWarps * 32, 2)
   const int32_t* table =
       index.block_tables + static_cast<size_t>(max(index.token_seq[token], 0)) * index.max_blocks;
 
-  // Q as A fragments (rows g: bf16(q * scale), rows g + 8: the residual); heads past the group
-  // are zero rows.
+  // Q as A fragments (rows g: bf16(q * scale), rows g + 8: the residual; FP8: in f16, times
+  // 2^a); heads past the group are zero rows.
   uint32_t qa[kSteps][4];
+  float q_unscale = 1.0f;  // FP8: 2^-a
   {
     const float* qh = q + (static_cast<size_t>(token) * q_heads + kv_head * group + g) * kD + 2 * t;
+    float2 a[kSteps], b[kSteps];
+    float amax = 0.0f;
 #pragma unroll
     for (int ks = 0; ks < kSteps; ++ks) {
-      const float2 a = g < group ? *reinterpret_cast<const float2*>(qh + ks * 16) : float2{0, 0};
-      const float2 b = g < group ? *reinterpret_cast<const float2*>(qh + ks * 16 + 8) : float2{0, 0};
-      split_bf16(a.x * scale, a.y * scale, qa[ks][0], qa[ks][1]);
-      split_bf16(b.x * scale, b.y * scale, qa[ks][2], qa[ks][3]);
+      a[ks] = g < group ? *reinterpret_cast<const float2*>(qh + ks * 16) : float2{0, 0};
+      b[ks] = g < group ? *reinterpret_cast<const float2*>(qh + ks * 16 + 8) : float2{0, 0};
+      a[ks] = {a[ks].x * scale, a[ks].y * scale};
+      b[ks] = {b[ks].x * scale, b[ks].y * scale};
+      amax = fmaxf(amax, fmaxf(fmaxf(fabsf(a[ks].x), fabsf(a[ks].y)), fmaxf(fabsf(b[ks].x), fabsf(b[ks].y))));
+    }
+    float up = 1.0f;
+    if constexpr (kFp8) {
+      // The quad holds all of head g's dims.
+      amax = fmaxf(amax, __shfl_xor_sync(0xffffffffu, amax, 1));
+      amax = fmaxf(amax, __shfl_xor_sync(0xffffffffu, amax, 2));
+      const int e = f16_range_exponent(amax);
+      up = pow2(e);
+      q_unscale = pow2(-e);
+    }
+#pragma unroll
+    for (int ks = 0; ks < kSteps; ++ks) {
+      if constexpr (kFp8) {
+        split_f16(a[ks].x * up, a[ks].y * up, qa[ks][0], qa[ks][1]);
+        split_f16(b[ks].x * up, b[ks].y * up, qa[ks][2], qa[ks][3]);
+      } else {
+        split_bf16(a[ks].x, a[ks].y, qa[ks][0], qa[ks][1]);
+        split_bf16(b[ks].x, b[ks].y, qa[ks][2], qa[ks][3]);
+      }
     }
   }
 
@@ -169,9 +250,12 @@ __global__ void __launch_bounds__(kSplitWarps * 32, 2)
   const size_t row_stride = static_cast<size_t>(cache.kv_heads) * kD;
   unsigned char* warp_smem = staging + warp * warp_smem_bytes<kD, kFp8>();
   auto* ring = reinterpret_cast<bf16_bits*>(warp_smem);  // bf16 stages
-  // FP8: the stages, then the bf16 tile every stage is widened into.
+  // FP8: the stages, then the f16 tiles every stage is widened into and their row scales.
   unsigned char* fp8_ring = warp_smem;
-  auto* widened = reinterpret_cast<bf16_bits*>(warp_smem + (kStages * fp8_stage_bytes<kD>() + 15) / 16 * 16);
+  auto* widened = reinterpret_cast<bf16_bits*>(warp_smem + fp8_ring_bytes<kD>());
+  auto* k_scale = reinterpret_cast<float*>(widened + 2 * kTileElems);
+  int* v_exp = reinterpret_cast<int*>(k_scale + kTilePositions);
+  int v_run = kNoRow;  // FP8: the largest V exponent of the warp's rows so far
 
   // Element offset of row lane % 16 of tile i in the cache, -1 past the context or for a block
   // id outside the cache.
@@ -233,24 +317,25 @@ __global__ void __launch_bounds__(kSplitWarps * 32, 2)
     }
     wait_staged<kStages - 1>();  // tile i has landed
     __syncwarp();
+    const unsigned valid = valid_rows[warp][i % kStages];
     const bf16_bits* k_stage = ring + (i % kStages) * 2 * kTileElems;
     if constexpr (kFp8) {
-      widen_fp8_stage<kD>(fp8_ring + (i % kStages) * fp8_stage_bytes<kD>(), widened, lane);
+      widen_fp8_stage<kD>(fp8_ring + (i % kStages) * fp8_stage_bytes<kD>(), widened, k_scale, v_exp, valid, lane);
       __syncwarp();
       k_stage = widened;
     }
     const bf16_bits* v_stage = k_stage + kTileElems;
-    const unsigned valid = valid_rows[warp][i % kStages];
 
     float s[2][4] = {};
 #pragma unroll
     for (int ks = 0; ks < kSteps; ++ks) {
       uint32_t b[4];
       ldmatrix_x4(b, k_stage + (lane % 8 + (lane / 16) * 8) * kRow + ks * 16 + ((lane / 8) % 2) * 8);
-      mma_bf16(s[0], qa[ks], b[0], b[1]);
-      mma_bf16(s[1], qa[ks], b[2], b[3]);
+      mma_kv<kFp8>(s[0], qa[ks], b[0], b[1]);
+      mma_kv<kFp8>(s[1], qa[ks], b[2], b[3]);
     }
-    // Head g's scores at positions 8 nt + 2t + e: rows g and g + 8 added.
+    // Head g's scores at positions 8 nt + 2t + e: rows g and g + 8 added (FP8: times the K
+    // row's 2^e, then 2^-a; one at a time, so that neither product leaves the normal range).
     float p[2][2];
     float tile_max = -INFINITY;
 #pragma unroll
@@ -258,7 +343,9 @@ __global__ void __launch_bounds__(kSplitWarps * 32, 2)
 #pragma unroll
       for (int e = 0; e < 2; ++e) {
         const int row = nt * 8 + 2 * t + e;
-        p[nt][e] = (valid >> row) & 1u ? s[nt][e] + s[nt][e + 2] : -INFINITY;
+        float score = s[nt][e] + s[nt][e + 2];
+        if constexpr (kFp8) score = score * k_scale[row] * q_unscale;
+        p[nt][e] = (valid >> row) & 1u ? score : -INFINITY;
         tile_max = fmaxf(tile_max, p[nt][e]);
       }
     tile_max = fmaxf(tile_max, __shfl_xor_sync(0xffffffffu, tile_max, 1));
@@ -275,21 +362,45 @@ __global__ void __launch_bounds__(kSplitWarps * 32, 2)
         p[nt][e] = expf(p[nt][e] - base);  // 0 for rows outside the context
         l += p[nt][e];
       }
+    float o_corr = corr;
+    if constexpr (kFp8) {
+      // P's columns times the V rows' 2^e relative to the largest V exponent so far (the
+      // accumulator follows that maximum as it follows the softmax's), times 2^kPScale.
+      const int tile_e = __reduce_max_sync(0xffffffffu, v_exp[lane % kTilePositions]);
+      const int e_new = max(v_run, tile_e);
+      if (v_run != kNoRow) o_corr *= pow2_or_zero(v_run - e_new);
+      v_run = e_new;
+#pragma unroll
+      for (int nt = 0; nt < 2; ++nt)
+#pragma unroll
+        for (int e = 0; e < 2; ++e) {
+          const int ev = v_exp[nt * 8 + 2 * t + e];
+          p[nt][e] *= ev == kNoRow ? 0.0f
+                      : ev == kKvPoisonedExponent ? kv_row_scale(ev)
+                                                  : pow2_or_zero(ev - e_new + kPScale);
+        }
+    }
 #pragma unroll
     for (int n = 0; n < 2 * kSteps; ++n)
 #pragma unroll
-      for (int e = 0; e < 4; ++e) o[n][e] *= corr;
+      for (int e = 0; e < 4; ++e) o[n][e] *= o_corr;
 
-    // P as the A operand over the tile's 16 positions: rows g = bf16(p), rows g + 8 = residual.
+    // P as the A operand over the tile's 16 positions: rows g = bf16(p), rows g + 8 = residual
+    // (FP8: f16).
     uint32_t pa[4];
-    split_bf16(p[0][0], p[0][1], pa[0], pa[1]);
-    split_bf16(p[1][0], p[1][1], pa[2], pa[3]);
+    if constexpr (kFp8) {
+      split_f16(p[0][0], p[0][1], pa[0], pa[1]);
+      split_f16(p[1][0], p[1][1], pa[2], pa[3]);
+    } else {
+      split_bf16(p[0][0], p[0][1], pa[0], pa[1]);
+      split_bf16(p[1][0], p[1][1], pa[2], pa[3]);
+    }
 #pragma unroll
     for (int dp = 0; dp < kSteps; ++dp) {
       uint32_t b[4];
       ldmatrix_x4_trans(b, v_stage + (lane % 8 + ((lane / 8) % 2) * 8) * kRow + dp * 16 + (lane / 16) * 8);
-      mma_bf16(o[2 * dp], pa, b[0], b[1]);
-      mma_bf16(o[2 * dp + 1], pa, b[2], b[3]);
+      mma_kv<kFp8>(o[2 * dp], pa, b[0], b[1]);
+      mma_kv<kFp8>(o[2 * dp + 1], pa, b[2], b[3]);
     }
     __syncwarp();  // the stage is read before a later issue() refills it
   }
@@ -299,6 +410,8 @@ __global__ void __launch_bounds__(kSplitWarps * 32, 2)
   l += __shfl_xor_sync(0xffffffffu, l, 2);
   __syncthreads();  // every warp is done with its ring: the warps' outputs go there
   auto* sm_acc = reinterpret_cast<float(*)[kMaxGroup][kMaxHeadDim]>(staging);
+  // FP8: the accumulator holds O 2^(kPScale - v_run).
+  const float o_scale = kFp8 && v_run != kNoRow ? pow2(max(v_run, -126)) * pow2(-kPScale) : 1.0f;
   if (g < group) {
     if (t == 0) {
       merge.m[warp][g] = m;
@@ -307,7 +420,7 @@ __global__ void __launch_bounds__(kSplitWarps * 32, 2)
 #pragma unroll
     for (int n = 0; n < 2 * kSteps; ++n)
 #pragma unroll
-      for (int e = 0; e < 2; ++e) sm_acc[warp][g][n * 8 + 2 * t + e] = o[n][e] + o[n][e + 2];
+      for (int e = 0; e < 2; ++e) sm_acc[warp][g][n * 8 + 2 * t + e] = (o[n][e] + o[n][e + 2]) * o_scale;
   }
   if constexpr (kCluster)
     merge_cluster(merge, sm_acc, token, kv_head, q_heads, group, kD, y);
