@@ -9,7 +9,10 @@
 # MOXIN_DECODE_STEPS (default 16) sets the decode steps per run: the first steps after the
 # prefill run slower, so 64 gives a steadier mean. MOXIN_DECODE_CONTEXT (default 256) is the
 # cached context; MOXIN_DECODE_KV="auto fp8" (default auto) also runs each with the FP8 KV cache.
-# Prints one row per run: table, format, ceiling GB/s, ms/step, GB/step, share of the floor.
+# Prints one row per run: table, format, ceiling GB/s (measured after the run), ms/step, GB/step,
+# share of the floor, and the median share of each step against a ceiling probed right after it
+# (`moxin bench --ceiling-each-step`) with the probes' range: this VM's ceiling changes mode
+# within a run (docs/cpu-notes.md), so the paired share is the one to read.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 model=${MOXIN_DECODE_MODEL:-/tmp/moxin-w8}
@@ -23,7 +26,8 @@ context=${MOXIN_DECODE_CONTEXT:-256}
 kv_caches=${MOXIN_DECODE_KV:-auto}
 
 echo "# $(date -u '+%F %T') UTC, commit $(git rev-parse --short HEAD), model $model, context $context, $steps decode steps, load average before: $(cut -d' ' -f1-3 /proc/loadavg)"
-printf '%-7s %-5s %-4s %3s %12s %9s %8s %9s\n' table format kv run "ceiling GB/s" "ms/step" "GB/step" "of floor"
+printf '%-7s %-5s %-4s %3s %12s %9s %8s %9s %9s %12s\n' table format kv run "ceiling GB/s" "ms/step" "GB/step" "of floor" \
+  "paired" "probes GB/s"
 for run in $(seq 1 "$repeats"); do
   for format in $formats; do
     case $format in
@@ -36,12 +40,15 @@ for run in $(seq 1 "$repeats"); do
       for kv in $kv_caches; do
         out=$(MOXIN_CPU_KERNELS=$table "$moxin" bench --model "$model" --device cpu --threads "$threads" \
           "${quantize[@]}" --kv-cache "$kv" --context "$context" --max-context "$((context + steps + 16))" \
-          --prefill-tokens 1 --decode-steps "$steps" --runs 1 --no-vision --quiet 2>&1)
+          --prefill-tokens 1 --decode-steps "$steps" --runs 1 --no-vision --ceiling-each-step --quiet 2>&1)
         ceiling=$(sed -n 's/^bandwidth ceiling *\([0-9.]*\) GB\/s.*/\1/p' <<<"$out")
         row=$(awk '$1 == "1" && NF == 8 {print $2, $6, $8}' <<<"$out")
         [ -n "$row" ] || { echo "$out" >&2; exit 1; }
         read -r ms gb share <<<"$row"
-        printf '%-7s %-5s %-4s %3s %12s %9s %8s %9s\n' "$table" "$format" "$kv" "$run" "$ceiling" "$ms" "$gb" "$share"
+        paired=$(sed -n 's/.*median \([0-9.]*%\) of the floor (probes \([0-9.-]*\) GB\/s).*/\1 \2/p' <<<"$out")
+        read -r paired_share probes <<<"$paired"
+        printf '%-7s %-5s %-4s %3s %12s %9s %8s %9s %9s %12s\n' "$table" "$format" "$kv" "$run" "$ceiling" "$ms" "$gb" \
+          "$share" "$paired_share" "$probes"
       done
     done
   done

@@ -159,9 +159,14 @@ class Backend {
 
   // --- measurement, for benchmarks (roofline shares are reported against these) ---
   // The memory-bandwidth ceiling measured now, in GB/s: on the CPU a multi-threaded read of a
-  // buffer larger than the caches, on a GPU a device-to-device copy (bytes read + written).
-  // 0 means the backend cannot measure it.
-  virtual double measure_bandwidth_gbps() { return 0.0; }
+  // buffer larger than the caches, on a GPU a device-to-device copy (bytes read + written),
+  // the median of `passes` passes over `bytes`. 0 means the backend cannot measure it.
+  virtual double measure_bandwidth_gbps(size_t bytes, int passes) {
+    (void)bytes, (void)passes;
+    return 0.0;
+  }
+  // The benchmarks' ceiling: 1 GiB, 5 passes.
+  double measure_bandwidth_gbps() { return measure_bandwidth_gbps(size_t{1} << 30, 5); }
   // Device memory currently allocated by this backend, in bytes (0 on the CPU: see RSS).
   virtual size_t device_memory_used() const { return 0; }
 

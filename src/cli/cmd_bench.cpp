@@ -42,6 +42,11 @@ void print_table(const BenchResult& r, double load_ms) {
     std::printf("%7d %10.3f %10.3f %12.2f %12.1f %10.2f %10.3f %7.1f%%%s\n", d.batch, d.step_ms,
                 d.device_ms, d.tok_s_per_seq, d.tok_s_total, d.bytes_per_step / 1e9, d.floor_ms,
                 d.floor_ms > 0 ? 100.0 * d.floor_ms / d.step_ms : 0.0, cliff_note(d).c_str());
+  for (const DecodeRun& d : r.decode)
+    if (d.paired_share > 0)
+      std::printf("batch %d, each step against a ceiling probed right after it: median %.1f%% of the floor "
+                  "(probes %.1f-%.1f GB/s)\n",
+                  d.batch, 100.0 * d.paired_share, d.probe_min_gbps, d.probe_max_gbps);
   std::printf("memory            RSS after load %.0f MB, peak RSS %.0f MB, device %.0f MB\n",
               r.rss_after_load_mb, r.peak_rss_mb, r.device_memory_mb);
 }
@@ -56,7 +61,10 @@ nlohmann::json to_json(const DecodeRun& d, double bandwidth_gbps) {
           {"decode_gbps", d.gbps},
           {"decode_floor_ms", d.floor_ms},
           {"decode_share_of_ceiling", bandwidth_gbps > 0 ? d.gbps / bandwidth_gbps : 0.0},
-          {"costlier_than_batch", d.costlier_than_batch}};
+          {"costlier_than_batch", d.costlier_than_batch},
+          {"decode_paired_share", d.paired_share},
+          {"decode_probe_min_gbps", d.probe_min_gbps},
+          {"decode_probe_max_gbps", d.probe_max_gbps}};
 }
 
 // The first decode run's fields sit at the top level (what one --batch gives); every run is in
@@ -117,6 +125,9 @@ const Command kBench("bench", [](CLI::App& app) {
   c->add_option("--ttft-prompt-tokens", args->bench.ttft_prompt_tokens, "Question length for that")
       ->check(CLI::Range(1, 4096));
   c->add_flag("!--no-vision", args->bench.vision, "Skip the vision encoders");
+  c->add_flag("--ceiling-each-step", args->bench.ceiling_each_step,
+              "Probe the bandwidth ceiling after every decode step and report each step's share "
+              "against it (for machines whose ceiling moves during a run)");
   c->add_flag("--json", args->json, "Print one JSON object");
   c->callback([args] { run(*args); });
 });

@@ -139,7 +139,7 @@ DecodeRun bench_decode(Engine& engine, const BenchOptions& o, int batch_size, st
   const DecoderConfig& c = engine.config().decoder;
   std::vector<SequenceState> seqs(static_cast<size_t>(batch_size));
   for (auto& s : seqs) prefill_random(engine, s, rng, o.context);
-  std::vector<double> times, device_times;
+  std::vector<double> times, device_times, shares, probes;
   std::vector<SequenceState*> batch;
   for (auto& s : seqs) batch.push_back(&s);
   for (int step = 0; step <= o.decode_steps; ++step) {
@@ -152,6 +152,7 @@ DecodeRun bench_decode(Engine& engine, const BenchOptions& o, int batch_size, st
     if (step > 0) {  // step 0 warms up (and captures the graph)
       times.push_back(ms_since(start));
       device_times.push_back(device_ms);
+      if (o.ceiling_each_step) probes.push_back(engine.backend().measure_bandwidth_gbps(size_t{256} << 20, 3));
     }
   }
   for (auto& s : seqs) engine.release(s);
@@ -162,6 +163,12 @@ DecodeRun bench_decode(Engine& engine, const BenchOptions& o, int batch_size, st
   d.device_ms = median(device_times);
   d.bytes_per_step = engine.decoder_weight_bytes() +
                      batch_size * (o.context + o.decode_steps / 2.0) * kv_bytes_per_token;
+  if (!probes.empty()) {
+    for (size_t i = 0; i < probes.size(); ++i) shares.push_back(d.bytes_per_step / (times[i] * 1e6) / probes[i]);
+    d.paired_share = median(shares);
+    d.probe_min_gbps = *std::min_element(probes.begin(), probes.end());
+    d.probe_max_gbps = *std::max_element(probes.begin(), probes.end());
+  }
   d.gbps = d.bytes_per_step / (d.step_ms * 1e6);
   d.tok_s_per_seq = 1000.0 / d.step_ms;
   d.tok_s_total = d.tok_s_per_seq * batch_size;

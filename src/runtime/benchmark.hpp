@@ -19,6 +19,10 @@ struct BenchOptions {
   std::string image_path;  // for time-to-first-token from image bytes; empty = skip
   int ttft_prompt_tokens = 16;
   bool vision = true;
+  // After every timed decode step, a short ceiling probe (256 MiB, 3 passes), so that each
+  // step's share of the floor is against the ceiling of its moment: for machines whose read
+  // ceiling changes within a run (docs/cpu-notes.md: a VM's two modes).
+  bool ceiling_each_step = false;
   uint64_t seed = 1;
 };
 
@@ -35,6 +39,10 @@ struct DecodeRun {
   // A smaller batch of the same run produced tokens more cheaply than this one (ms per token):
   // a throughput cliff. The smallest such batch, 0 when none.
   int costlier_than_batch = 0;
+  // With ceiling_each_step: the median over steps of the step's GB/s over the probe's after it,
+  // and the probes' range (0 without).
+  double paired_share = 0;
+  double probe_min_gbps = 0, probe_max_gbps = 0;
 };
 
 struct BenchResult {

@@ -96,7 +96,8 @@ class CpuBackend final : public Backend {
   // of at most 4 rows; it is kept so that the scheduler's chunking, and so its outputs, do not
   // change.
   size_t min_prefill_rows() const override { return 5; }
-  double measure_bandwidth_gbps() override;  // cpu_bandwidth.cpp
+  using Backend::measure_bandwidth_gbps;
+  double measure_bandwidth_gbps(size_t bytes, int passes) override;  // cpu_bandwidth.cpp
 
   Linear prepare_linear(const LinearWeight& w) override;
   Linear prepare_fused_linear(const std::vector<const LinearWeight*>& parts) override;

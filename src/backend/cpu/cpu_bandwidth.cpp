@@ -6,12 +6,15 @@
 #include <vector>
 
 #include "backend/cpu/cpu_backend_impl.hpp"
+#include "core/check.hpp"
 #include "core/large_buffer.hpp"
 
 namespace moxin::cpu {
 
-double CpuBackend::measure_bandwidth_gbps() {
-  constexpr size_t kBytes = size_t{1} << 30;
+double CpuBackend::measure_bandwidth_gbps(size_t bytes, int passes) {
+  MOXIN_CHECK(bytes >= (size_t{64} << 20) && passes >= 1, "[cpu] measure_bandwidth_gbps: ", bytes,
+              " bytes (at least 64 MiB, beyond the caches), ", passes, " passes (at least 1)");
+  const size_t kBytes = bytes / 64 * 64;
   const auto n = static_cast<int64_t>(kBytes / sizeof(uint64_t));
   // On huge pages, as the weights quantized at load and the KV cache are: the ceiling is the
   // fastest read this machine gives (a file-mapped bf16 checkpoint gets huge pages only where
@@ -23,7 +26,7 @@ double CpuBackend::measure_bandwidth_gbps() {
   });
   std::atomic<uint64_t> checksum{0};  // an atomic sink, so the reads cannot be optimized away
   std::vector<double> rates;
-  for (int rep = 0; rep < 5; ++rep) {
+  for (int pass = 0; pass < passes; ++pass) {
     const auto start = std::chrono::steady_clock::now();
     // In whole cache lines, with the kernels' fastest read (the GEMV's access pattern).
     const auto* bytes = reinterpret_cast<const uint8_t*>(buffer.data());

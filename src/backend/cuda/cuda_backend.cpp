@@ -199,15 +199,16 @@ void CudaBackend::to_host_f32(const Tensor& t, float* out) {
 
 void CudaBackend::synchronize() { MOXIN_CUDA_CHECK(cudaStreamSynchronize(stream())); }
 
-double CudaBackend::measure_bandwidth_gbps() {
-  const size_t bytes = size_t{1} << 30;
+double CudaBackend::measure_bandwidth_gbps(size_t bytes, int passes) {
+  MOXIN_CHECK(bytes >= (size_t{64} << 20) && passes >= 1, "[cuda] measure_bandwidth_gbps: ", bytes,
+              " bytes (at least 64 MiB, beyond the L2), ", passes, " passes (at least 1)");
   const auto src = device_alloc(context_, bytes), dst = device_alloc(context_, bytes);
   MOXIN_CUDA_CHECK(cudaMemsetAsync(src.get(), 0x5a, bytes, stream()));
   cudaEvent_t start = nullptr, stop = nullptr;
   MOXIN_CUDA_CHECK(cudaEventCreate(&start));
   MOXIN_CUDA_CHECK(cudaEventCreate(&stop));
   std::vector<float> ms;
-  for (int i = 0; i < 12; ++i) {
+  for (int i = 0; i < passes + 2; ++i) {
     MOXIN_CUDA_CHECK(cudaEventRecord(start, stream()));
     MOXIN_CUDA_CHECK(
         cudaMemcpyAsync(dst.get(), src.get(), bytes, cudaMemcpyDeviceToDevice, stream()));

@@ -114,7 +114,8 @@ class CudaBackend final : public Backend {
   void to_host_f32(const Tensor& t, float* out) override;
   void upload_i32(const int32_t* data, Tensor& dst) override;  // one copy, no allocation
   void synchronize() override;
-  double measure_bandwidth_gbps() override;  // 1 GiB device-to-device copy, read + write
+  using Backend::measure_bandwidth_gbps;
+  double measure_bandwidth_gbps(size_t bytes, int passes) override;  // a device-to-device copy, read + write
   size_t device_memory_used() const override;
   std::unique_ptr<OpGraph> capture(const std::function<void()>& record) override {
     return capture_cuda_graph(*this, record);
