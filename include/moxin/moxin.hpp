@@ -40,7 +40,7 @@ struct LoadOptions {
   int max_context = 4096;   // KV cache capacity in tokens (prompt + image tokens + generated)
   uint64_t max_image_pixels = 89478485;  // larger images are refused (Pillow's bomb limit)
   int quantize_bits = 0;        // 8 or 4: quantize the decoder while loading (docs/model.md section 5)
-  int quantize_group_size = 64;  // 64 or 128 inputs per group
+  int quantize_group_size = 64;  // 32, 64 or 128 inputs per group
   bool quantize_fp8 = false;     // FP8 E4M3 with per-output-channel scales instead (quantize_bits 0)
   bool kv_cache_fp8 = false;     // keys and values cached as FP8 E4M3 (a power-of-two scale per row): half
                                  // of a bf16 cache's memory; CPU only for now

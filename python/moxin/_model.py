@@ -57,7 +57,7 @@ class Model:
         """Loads a checkpoint directory (or whatever the engine's loader accepts, passed as is).
 
         device: "cpu", "cuda" or "cuda:N". quantize: None (as stored), 8 or 4 bits for the
-        decoder, in groups of group_size (64 or 128), or "fp8" (E4M3, a scale per output
+        decoder, in groups of group_size (32, 64 or 128), or "fp8" (E4M3, a scale per output
         channel). threads: CPU threads (0 = all cores). max_context: KV cache capacity in
         tokens. max_image_pixels: larger images are refused. kv_cache: "auto" (f32 on the CPU,
         bf16 on CUDA) or "fp8" (E4M3, half of bf16's memory).

@@ -19,6 +19,7 @@
 #include "core/progress_task.hpp"
 #include "core/thread_pool.hpp"
 #include "io/checkpoint.hpp"
+#include "io/quant_group_sizes.hpp"
 #include "io/safetensors_writer.hpp"
 #include "quant/fp8_quant.hpp"
 #include "quant/quantized_weights.hpp"
@@ -181,8 +182,8 @@ const Command kQuantize("quantize", [](CLI::App& app) {
   c->add_option("--bits", args->bits,
                 "8 or 4 (MLX affine groups), or fp8 (E4M3, one f32 scale per output channel)")
       ->check(CLI::IsMember({"4", "8", "fp8"}));
-  c->add_option("--group-size", args->group_size, "Inputs per group: 64 or 128 (affine only)")
-      ->check(CLI::IsMember({64, 128}));
+  c->add_option("--group-size", args->group_size, "Inputs per group: 32, 64 or 128 (affine only)")
+      ->check(CLI::IsMember(quant_group_size_list()));
   c->add_option("--threads", args->threads, "Threads (0 = all cores)")->check(CLI::Range(0, 4096));
   c->add_option("--rounding", args->rounding,
                 "mlx: the bytes mlx.core.quantize writes (default); minmax: bias = group minimum, "

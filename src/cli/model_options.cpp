@@ -4,6 +4,7 @@
 
 #include "cli/progress_bar.hpp"
 #include "core/check.hpp"
+#include "io/quant_group_sizes.hpp"
 #include "runtime/default_prompt.hpp"
 
 namespace moxin::cli {
@@ -26,7 +27,7 @@ void ModelOptions::add_to(CLI::App& command) {
                      "scales) or 0 (as stored)")
       ->check(CLI::IsMember({"0", "4", "8", "fp8"}));
   command.add_option("--group-size", group_size, "Inputs per quantization group with --quantize")
-      ->check(CLI::IsMember({64, 128}));
+      ->check(CLI::IsMember(quant_group_size_list()));
   command.add_option("--kv-cache", kv_cache,
                      "KV cache precision: auto (f32 on the CPU, bf16 on CUDA) or fp8 (E4M3 with a power-of-two "
                      "scale per head and token: half of bf16's memory)")

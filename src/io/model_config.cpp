@@ -7,6 +7,7 @@
 #include "core/token_id.hpp"
 #include "io/checkpoint.hpp"
 #include "io/json_strict.hpp"
+#include "io/quant_group_sizes.hpp"
 
 namespace moxin {
 namespace {
@@ -106,15 +107,15 @@ QuantizationConfig read_fp8_quantization(const json& object, const FieldReader& 
 
 QuantizationConfig read_quantization(const json& object, const std::string& source) {
   MOXIN_CHECK(object.is_object(), "[checkpoint] ", source, " is ", describe_json(object),
-              ", expected an object {\"bits\": 4|8, \"group_size\": 64|128}");
+              ", expected an object {\"bits\": 4|8, \"group_size\": 32|64|128}");
   const FieldReader reader(object, source, "");
   if (object.contains("quant_method")) return read_fp8_quantization(object, reader, source);
   const auto bits = reader.integer("bits", 1, 64);
   const auto group = reader.integer("group_size", 1, 1 << 20);
   MOXIN_CHECK(bits && (*bits == 4 || *bits == 8), reader.where("bits"),
               " must be 4 or 8 (MLX affine quantization)");
-  MOXIN_CHECK(group && (*group == 64 || *group == 128), reader.where("group_size"),
-              " must be 64 or 128");
+  MOXIN_CHECK(group && is_quant_group_size(static_cast<int>(*group)), reader.where("group_size"),
+              " must be ", quant_group_sizes_text());
   return {static_cast<int>(*bits), static_cast<int>(*group), false, source};
 }
 

@@ -13,7 +13,7 @@ namespace moxin {
 // E4M3 with per-output-channel scales ({"quant_method": "fp8", "weight_scale": "per_channel"}).
 struct QuantizationConfig {
   int bits = 0;        // 4 or 8 (8 for fp8)
-  int group_size = 0;  // 64 or 128 (0 for fp8)
+  int group_size = 0;  // 32, 64 or 128 (0 for fp8)
   bool fp8 = false;
   std::string source;  // the file (and key) they came from, for messages
 };
@@ -38,7 +38,7 @@ struct ConfigJson {
 // Throws moxin::Error naming the file and key for unreadable JSON or ill-typed values.
 ConfigJson read_config_json(const std::string& path);
 
-// quantize_config.json ({"bits": 4|8, "group_size": 64|128}, the fp8 form above, or the seed
+// quantize_config.json ({"bits": 4|8, "group_size": 32|64|128}, the fp8 form above, or the seed
 // crate's {"quantization": {...}}); nullopt if the file is absent.
 std::optional<QuantizationConfig> read_quantize_config(const std::string& path);
 

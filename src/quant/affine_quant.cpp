@@ -8,6 +8,7 @@
 #include "core/bf16.hpp"
 #include "core/check.hpp"
 #include "core/thread_pool.hpp"
+#include "io/quant_group_sizes.hpp"
 
 namespace moxin {
 namespace {
@@ -135,8 +136,8 @@ void load_weight_row(const void* w, DType dtype, int64_t row, int64_t cols, floa
 
 void check_quant_format(int bits, int group_size, const std::string& what) {
   MOXIN_CHECK(bits == 4 || bits == 8, "[quant] ", what, ": bits ", bits, " is not supported (use 4 or 8)");
-  MOXIN_CHECK(group_size == 64 || group_size == 128, "[quant] ", what, ": group size ", group_size,
-              " is not supported (use 64 or 128)");
+  MOXIN_CHECK(is_quant_group_size(group_size), "[quant] ", what, ": group size ", group_size,
+              " is not supported (use ", quant_group_sizes_text(), ")");
 }
 
 float load_scale(const void* data, DType dtype, int64_t i) { return load_element(data, dtype, i); }

@@ -15,7 +15,8 @@ namespace moxin {
 
 class ThreadPool;
 
-// Throws moxin::Error unless bits is 4 or 8 and group_size 64 or 128 (`what` names the source).
+// Throws moxin::Error unless bits is 4 or 8 and group_size one of kQuantGroupSizes
+// (io/quant_group_sizes.hpp; `what` names the source).
 void check_quant_format(int bits, int group_size, const std::string& what);
 
 // Where quantized data lies (a checkpoint's mapping or a QuantizedMatrix): what kernels read.

@@ -168,7 +168,7 @@ class CudaQuant : public CudaOpsTest {
 
 TEST_F(CudaQuant, GemvOneOrTwoRows) {
   for (int bits : {4, 8})
-    for (int gs : {64, 128}) {
+    for (int gs : {32, 64, 128}) {
       check_one(1, 33, 192 * gs / 64, bits, gs);
       check_one(2, 257, 1088 / 64 * gs, bits, gs);  // full warp iterations plus a tail
       check_one(1, 65, gs, bits, gs);
@@ -192,7 +192,7 @@ TEST_F(CudaQuant, GemvOneOrTwoRows) {
 TEST_F(CudaQuant, Gemv4BitEveryTiling) {
   const cudaStream_t stream = dynamic_cast<cuda::CudaBackend&>(backend()).stream();
   for (int m : {1, 2})
-    for (int gs : {64, 128}) {
+    for (int gs : {32, 64, 128}) {
       // 70 rows: partial row groups; K: whole warp iterations of 1024 inputs plus a tail.
       const auto part = make_part(70, 1088 / 64 * gs, 4, gs, DType::BF16);
       const Linear prepared = backend().prepare_linear(part->weight);
@@ -219,7 +219,7 @@ TEST_F(CudaQuant, Gemv4BitEveryTiling) {
 
 TEST_F(CudaQuant, TensorCoresThreeToSixtyFourRows) {
   for (int bits : {4, 8})
-    for (int gs : {64, 128}) {
+    for (int gs : {32, 64, 128}) {
       check_one(3, 33, 192 * gs / 64, bits, gs);
       check_one(8, 100, 1088 / 64 * gs, bits, gs);
       check_one(9, 31, gs, bits, gs);
@@ -232,7 +232,7 @@ TEST_F(CudaQuant, TensorCoresThreeToSixtyFourRows) {
 
 TEST_F(CudaQuant, PrefillDequantizesForCublasLt) {
   for (int bits : {4, 8})
-    for (int gs : {64, 128}) check_one(65, 47, 2 * gs, bits, gs);
+    for (int gs : {32, 64, 128}) check_one(65, 47, 2 * gs, bits, gs);
   check_one(300, 130, 576, 4, 64);
   check_one(randint(65, 400), randint(1, 200), 128 * randint(1, 8), 4 * randint(1, 2), 128);
 }

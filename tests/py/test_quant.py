@@ -30,7 +30,7 @@ from test_parity import DEVICES, rel_tol_for
 
 LINEARS = ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj",
            "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj")
-CONFIGS = [(8, 64), (8, 128), (4, 64), (4, 128)]
+CONFIGS = [(8, 32), (8, 64), (8, 128), (4, 32), (4, 64), (4, 128)]
 
 
 def quantized_names(tensors):

@@ -41,7 +41,7 @@ TEST(QuantLinear, MatchesMatmulOnDequantizedWeights) {
   };
   const std::vector<Shape> shapes{{1, 1, 1}, {1, 37, 3}, {3, 17, 2}, {8, 33, 5}, {9, 7, 1}, {33, 65, 3}};
   for (int bits : {4, 8})
-    for (int group : {64, 128})
+    for (int group : {32, 64, 128})
       for (DType dtype : {DType::BF16, DType::F32})
         for (const Shape& s : shapes) {
           const int64_t K = s.groups * group;
@@ -181,7 +181,7 @@ TEST(QuantGemv, EveryPathMatchesMlxFormulaOnCodes) {
   // rows past its 4-row tiles.
   const std::vector<Shape> shapes{{1, 1}, {3, 3}, {7, 2}, {33, 5}, {70, 1}};
   for (int bits : {4, 8})
-    for (int group : {64, 128})
+    for (int group : {32, 64, 128})
       for (DType dtype : {DType::BF16, DType::F16, DType::F32})
         for (const Shape& shape : shapes)
           for (int64_t M = 1; M <= kQuantGemvMaxRows; ++M)
@@ -204,7 +204,7 @@ TEST(QuantGemv, EveryPathHoldsItsLargestSums) {
   Random rng(test_seed());
   const int64_t N = 5, M = 2;
   for (int bits : {4, 8})
-    for (int group : {64, 128}) {
+    for (int group : {32, 64, 128}) {
       const int64_t K = 3 * group;
       RandomQuantWeights w(rng, DType::F32, N, K, bits, group);
       std::fill(w.codes.begin(), w.codes.end(), 0xFFFFFFFFu);
@@ -285,7 +285,7 @@ TEST(QuantDequantize, EveryTwinMatchesMlxFormulaOnCodes) {
       {"portable", dequantize_rows}, {"avx512", cpu::quant_dequantize_avx512()}, {"avx2", cpu::quant_dequantize_avx2()},
       {"neon", cpu::quant_dequantize_neon()}};
   for (int bits : {4, 8})
-    for (int group : {64, 128})
+    for (int group : {32, 64, 128})
       for (DType dtype : {DType::BF16, DType::F16, DType::F32}) {
         const int64_t N = 7, K = 3 * group, r0 = 2, r1 = 6;
         const RandomQuantWeights w(rng, dtype, N, K, bits, group);
@@ -320,7 +320,7 @@ TEST(QuantLinear, QuantizationErrorWithinTheRoundingsBound) {
   Random rng(test_seed());
   for (const auto& [rounding, steps] : {std::pair{QuantRounding::MinMax, 0.5f}, std::pair{QuantRounding::Mlx, 1.0f}})
     for (int bits : {4, 8})
-      for (int group : {64, 128}) {
+      for (int group : {32, 64, 128}) {
         const int64_t N = 5, K = 2 * group;
         const std::vector<float> w = rng.uniform(static_cast<size_t>(N * K), -2.0f, 3.0f);
         const QuantizedMatrix m = quantize_matrix(w.data(), DType::F32, N, K, bits, group, nullptr, "w", rounding);
@@ -340,7 +340,7 @@ TEST(QuantLinear, QuantizationErrorWithinTheRoundingsBound) {
 TEST(QuantLinear, RefusesBadFormats) {
   auto w = make_tensor("w", DType::F32, {2, 64}, std::vector<float>(128, 1.0f));
   expect_error([&] { quantize_matrix(w->info.data, DType::F32, 2, 64, 3, 64, nullptr, "w"); }, "bits 3");
-  expect_error([&] { quantize_matrix(w->info.data, DType::F32, 2, 64, 4, 32, nullptr, "w"); }, "group size 32");
+  expect_error([&] { quantize_matrix(w->info.data, DType::F32, 2, 64, 4, 16, nullptr, "w"); }, "group size 16");
   expect_error([&] { quantize_matrix(w->info.data, DType::F32, 1, 96, 4, 64, nullptr, "w"); }, "multiple of the group size");
 }
 

@@ -253,7 +253,8 @@ bool quant_avx2_int_supported() {
 bool quant_gemv_avx2_int(ThreadPool* pool, int64_t M, const float* x, int64_t ldx, const QuantView& w, float* y,
                          int64_t ldy) {
 #if defined(MOXIN_HAVE_AVX2_INT_QUANT)
-  if (!quant_avx2_int_supported() || w.bits != 4) return false;
+  // A half step is one group of 64 (or half of one of 128): groups of 32 take the f32 kernel.
+  if (!quant_avx2_int_supported() || w.bits != 4 || w.group_size < 64) return false;
   const GemvShape s(w);
   SplitActivations split(s, M);
   return run_split_gemv(

@@ -261,7 +261,9 @@ bool quant_vnni_supported() {
 bool quant_gemv_vnni(ThreadPool* pool, int64_t M, const float* x, int64_t ldx, const QuantView& w, float* y,
                      int64_t ldy) {
 #if defined(MOXIN_HAVE_VNNI_QUANT)
-  if (!quant_vnni_supported()) return false;
+  // A step holds one group of 64 or 128 inputs (two of 64 at 4 bits): groups of 32 take the f32
+  // kernel (quant_gemv falls back).
+  if (!quant_vnni_supported() || w.group_size < 64) return false;
   const GemvShape s(w);
   SplitActivations split(s, M);
   return run_split_gemv(

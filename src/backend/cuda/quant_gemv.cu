@@ -1,5 +1,5 @@
 // Decode-time linear with quantized weights: y[M, N] = x[M, K] W^T for M <= 2, W held as MLX
-// affine codes (w = scale * q + bias per group of 64 or 128 inputs), f32 activations.
+// affine codes (w = scale * q + bias per group of 32, 64 or 128 inputs), f32 activations.
 //
 // Memory-bound like the bf16 GEMV (gemv.cu), but a byte of codes carries 1 or 2 weights, so
 // the arithmetic per byte is 2-4x higher and instruction count decides whether the kernel
@@ -154,7 +154,7 @@ __global__ void __launch_bounds__(kWarpsPerBlock* kLanes, MinBlocks)
   const int k = w.cols;
   const int chunks = row0 < w.rows ? k / kChunk : 0;  // a warp past the last row idles
   const int groups = k / w.group_size;
-  const int group_shift = w.group_size == 64 ? 3 : 4;  // chunk index -> group index
+  const int group_shift = __ffs(w.group_size) - __ffs(kChunk);  // chunk index -> group index (powers of 2)
   const uint32_t* codes[R];
   const Raw* pairs[R];
 #pragma unroll
@@ -317,7 +317,7 @@ __global__ void __launch_bounds__(kStagedThreads)
   const int segments = k / kSegment;
   const int padded = (k + kTile - 1) / kTile * kLanes;
   const int tiles = row0 < w.rows ? padded / kLanes : 0;  // a warp past the last row idles
-  const int group_shift = w.group_size == 64 ? 1 : 2;     // segment index -> group index
+  const int group_shift = __ffs(w.group_size) - __ffs(kSegment);  // segment index -> group index
   const uint32_t* codes[R];
   const Raw* pairs[R];
 #pragma unroll
