@@ -70,8 +70,8 @@ std::vector<QuantGemvPath> quant_gemv_paths();
 // its AVX2 kernel outruns the AVX-512 f32 one) and for NEON.
 QuantGemvPath quant_gemv_path_for(const Kernels& kernels);
 // y[m * ldy + n] = sum_k x[m * ldx + k] W[n, k] for M <= kQuantGemvMaxRows by `path` (one of
-// quant_gemv_paths()); vnni falls back to avx512 for activations it cannot split and for groups
-// of 32, avx2_int to avx2 for those, for 8-bit codes and for groups of 32.
+// quant_gemv_paths()); vnni falls back to avx512 for activations it cannot split and to avx2 (or
+// avx512) for groups of 32, avx2_int to avx2 for those, for 8-bit codes and for groups of 32.
 void quant_gemv(QuantGemvPath path, ThreadPool* pool, int64_t M, const float* x, int64_t ldx, const QuantView& w,
                 float* y, int64_t ldy);
 
