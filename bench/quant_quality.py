@@ -6,7 +6,7 @@
     flock /tmp/fullmodel.lock python bench/quant_quality.py --model /tmp/moxin-full ...
 
 For each prompt, `moxin dump --hidden-states` runs the bf16 model and the model quantized at
-load time for (8,64), (8,128), (4,64), (4,128) and fp8 (E4M3, per-channel scales) (the same
+load time for (8,32), (8,64), (8,128), (4,32), (4,64), (4,128) and fp8 (E4M3, per-channel scales) (the same
 weights `moxin quantize` writes: the tests check the two are bit-identical), then the bf16
 weights with the FP8 KV cache (`--kv-cache fp8`) and fp8 weights with it. Reported per
 configuration, over all prompt positions
@@ -38,7 +38,7 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests" / "py"))
 # name -> the `moxin dump` options that load the model so
 CONFIGS = {f"q{bits} g{group}": ["--quantize", str(bits), "--group-size", str(group)]
-           for bits, group in [(8, 64), (8, 128), (4, 64), (4, 128)]}
+           for bits, group in [(8, 32), (8, 64), (8, 128), (4, 32), (4, 64), (4, 128)]}
 CONFIGS["fp8"] = ["--quantize", "fp8"]
 CONFIGS["kv fp8"] = ["--kv-cache", "fp8"]
 CONFIGS["fp8 + kv fp8"] = ["--quantize", "fp8", "--kv-cache", "fp8"]

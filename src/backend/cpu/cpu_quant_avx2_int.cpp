@@ -17,6 +17,9 @@
 // one of them. Measured per core, 4-bit g64 from L2 (BM_QuantGemvPath in_cache): 14.4 GB/s of
 // codes with the codes widened by vpunpck{l,h}bw (25 ops), 10.5 for the f32 kernel.
 //
+// Groups of 32: a half step holds two, each with its own exponent; the accumulator's lanes 0-3
+// hold the first group's sums and 4-7 the second's, scaled apart in the one FMA.
+//
 // Layout of one activation row: 192 bytes per half step h (inputs 64 h .. 64 h + 63): H of
 // inputs 4j, then 4j + 1, 4j + 2, 4j + 3 for j = 0..15 (4 x 32 bytes), then t of inputs 2b for
 // b = 0..31 (the codes' byte b holds inputs 2b, low nibble, and 2b + 1, high) and t of 2b + 1
@@ -137,27 +140,37 @@ bool split_row(const GemvShape& s, int64_t group_size, const float* x, int8_t* p
     const int e = split_exponent(horizontal_max(amax));
     pow2[g] = std::ldexp(1.0f, e - 16);
     sums[g] = horizontal_sum(sum);
-    // Power-of-two scaling is exact; one rounding to the nearest integer.
-    const __m256 to_fixed = _mm256_set1_ps(std::ldexp(1.0f, 16 - e));
-    for (int64_t k = 0; k < group_size; k += kHalfInputs) {
-      // Inputs 2b go with the low nibbles, 2b + 1 with the high ones.
-      __m256i even[4], odd[4];
-      for (int i = 0; i < 4; ++i) {
-        const __m256 a = _mm256_mul_ps(_mm256_loadu_ps(xg + k + 16 * i), to_fixed);
-        const __m256 b = _mm256_mul_ps(_mm256_loadu_ps(xg + k + 16 * i + 8), to_fixed);
-        __m256 e_lanes, o_lanes;
-        deinterleave(a, b, e_lanes, o_lanes);
-        even[i] = _mm256_cvtps_epi32(e_lanes);
-        odd[i] = _mm256_cvtps_epi32(o_lanes);
+  }
+  // Half steps of 64 inputs: in groups of 32 a half step holds two groups, each scaled by its
+  // own 2^(16 - e) = 1 / pow2 (exact: a power of two), and with an odd count of them the last
+  // half step holds one (zeros after it).
+  const int64_t cols = s.groups * group_size;
+  for (int64_t k = 0; k < cols; k += kHalfInputs) {
+    // Inputs 2b go with the low nibbles, 2b + 1 with the high ones.
+    __m256i even[4], odd[4];
+    for (int i = 0; i < 4; ++i) {
+      const int64_t k0 = k + 16 * i;
+      __m256 a = _mm256_setzero_ps(), b = _mm256_setzero_ps();
+      if (k0 < cols) {
+        // Power-of-two scaling is exact; one rounding to the nearest integer.
+        const __m256 to_fixed = _mm256_set1_ps(1.0f / pow2[k0 / group_size]);
+        a = _mm256_mul_ps(_mm256_loadu_ps(x + k0), to_fixed);
+        b = _mm256_mul_ps(_mm256_loadu_ps(x + k0 + 8), to_fixed);
       }
-      store_half(even, odd, parts + (g * group_size + k) / kHalfInputs * kHalfBytes);
+      __m256 e_lanes, o_lanes;
+      deinterleave(a, b, e_lanes, o_lanes);
+      even[i] = _mm256_cvtps_epi32(e_lanes);
+      odd[i] = _mm256_cvtps_epi32(o_lanes);
     }
+    store_half(even, odd, parts + k / kHalfInputs * kHalfBytes);
   }
   return true;
 }
 
-// R weight rows from n against MM activation rows; a group is kHalves half steps.
-template <int R, int MM, int kHalves>
+// R weight rows from n against MM activation rows; a group is kHalves half steps, or a half
+// step is kGroupsPerHalf = 2 groups (of 32: the accumulator's lanes 0-3 sum the first, 4-7 the
+// second, as lane j sums inputs 8j .. 8j + 7).
+template <int R, int MM, int kHalves, int kGroupsPerHalf>
 void gemv_tile(const QuantView& w, const GemvShape& s, int64_t n, const int8_t* parts, const float* pow2,
                const float* sums, float* y, int64_t ldy) {
   const int64_t row_bytes = w.cols / 2;
@@ -178,19 +191,23 @@ void gemv_tile(const QuantView& w, const GemvShape& s, int64_t n, const int8_t* 
       load_scales(w.biases, w.scale_dtype, (n + r) * s.groups + g0, block, biases[r]);
       for (int m = 0; m < MM; ++m) bias_part[r][m] += dot_f32(biases[r], sums + m * s.group_stride + g0, block);
     }
-    for (int64_t g = g0; g < g0 + block; ++g) {
+    for (int64_t g = g0; g < g0 + block; g += kGroupsPerHalf) {
+      // With an odd count of groups of 32 the last half step has one: 16 bytes of codes.
+      const bool one_group_left = kGroupsPerHalf == 2 && g + 1 == g0 + block;
       __m256i d[R][MM];
       for (int r = 0; r < R; ++r)
         for (int m = 0; m < MM; ++m) d[r][m] = _mm256_setzero_si256();
       for (int j = 0; j < kHalves; ++j) {
-        const int64_t half = g * kHalves + j;
+        const int64_t half = g * kHalves / kGroupsPerHalf + j;
         const int64_t operand = half * kHalfBytes;
         for (int r = 0; r < R; ++r) {
           const uint8_t* p = codes[r] + half * 32;
           // Clamped to the last row: the prefetch then never leaves the codes array.
           const int64_t ahead = std::min(kPrefetchRowsAhead, w.rows - 1 - n - r);
           _mm_prefetch(reinterpret_cast<const char*>(p + ahead * row_bytes), _MM_HINT_T1);
-          const __m256i raw = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
+          const __m256i raw = one_group_left
+                                  ? _mm256_zextsi128_si256(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)))
+                                  : _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
           const __m256i lo = _mm256_and_si256(raw, low_nibbles);
           const __m256i hi = _mm256_and_si256(_mm256_srli_epi16(raw, 4), low_nibbles);
           // 256 x the codes of inputs 4j, 4j + 1, 4j + 2, 4j + 3 as i16 in lane j: their products
@@ -208,9 +225,15 @@ void gemv_tile(const QuantView& w, const GemvShape& s, int64_t n, const int8_t* 
         }
       }
       for (int r = 0; r < R; ++r)
-        for (int m = 0; m < MM; ++m)
-          acc[r][m] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(d[r][m]),
-                                      _mm256_set1_ps(scales[r][g - g0] * pow2[m * s.group_stride + g]), acc[r][m]);
+        for (int m = 0; m < MM; ++m) {
+          const float first = scales[r][g - g0] * pow2[m * s.group_stride + g];
+          __m256 scale = _mm256_set1_ps(first);
+          if constexpr (kGroupsPerHalf == 2) {
+            const float second = one_group_left ? 0.0f : scales[r][g + 1 - g0] * pow2[m * s.group_stride + g + 1];
+            scale = _mm256_setr_m128(_mm_set1_ps(first), _mm_set1_ps(second));
+          }
+          acc[r][m] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(d[r][m]), scale, acc[r][m]);
+        }
     }
   }
   for (int r = 0; r < R; ++r)
@@ -222,11 +245,11 @@ void gemv_tile(const QuantView& w, const GemvShape& s, int64_t n, const int8_t* 
 // rows, 10.4 at four, 11.2 at one).
 constexpr int kTileRows = 2;
 
-template <int kHalves>
+template <int kHalves, int kGroupsPerHalf>
 void gemv_rows(const QuantView& w, const GemvShape& s, int64_t n0, int64_t n1, int64_t M, const int8_t* parts,
                const float* pow2, const float* sums, float* y, int64_t ldy) {
   for_each_tile<kTileRows>(n0, n1, M, w.cols / 2, [&](auto rows, auto pair, int64_t n, int64_t m) {
-    gemv_tile<decltype(rows)::value, decltype(pair)::value, kHalves>(
+    gemv_tile<decltype(rows)::value, decltype(pair)::value, kHalves, kGroupsPerHalf>(
         w, s, n, parts + m * s.part_bytes, pow2 + m * s.group_stride, sums + m * s.group_stride, y + m * ldy, ldy);
   });
 }
@@ -253,8 +276,7 @@ bool quant_avx2_int_supported() {
 bool quant_gemv_avx2_int(ThreadPool* pool, int64_t M, const float* x, int64_t ldx, const QuantView& w, float* y,
                          int64_t ldy) {
 #if defined(MOXIN_HAVE_AVX2_INT_QUANT)
-  // A half step is one group of 64 (or half of one of 128): groups of 32 take the f32 kernel.
-  if (!quant_avx2_int_supported() || w.bits != 4 || w.group_size < 64) return false;
+  if (!quant_avx2_int_supported() || w.bits != 4) return false;
   const GemvShape s(w);
   SplitActivations split(s, M);
   return run_split_gemv(
@@ -264,10 +286,12 @@ bool quant_gemv_avx2_int(ThreadPool* pool, int64_t M, const float* x, int64_t ld
       },
       [&](int64_t t0, int64_t t1) {
         const int64_t n0 = t0 * kTileRows, n1 = std::min(w.rows, t1 * kTileRows);
-        if (w.group_size == 64)
-          gemv_rows<1>(w, s, n0, n1, M, split.parts, split.pow2.data(), split.sums.data(), y, ldy);
+        if (w.group_size == 32)
+          gemv_rows<1, 2>(w, s, n0, n1, M, split.parts, split.pow2.data(), split.sums.data(), y, ldy);
+        else if (w.group_size == 64)
+          gemv_rows<1, 1>(w, s, n0, n1, M, split.parts, split.pow2.data(), split.sums.data(), y, ldy);
         else
-          gemv_rows<2>(w, s, n0, n1, M, split.parts, split.pow2.data(), split.sums.data(), y, ldy);
+          gemv_rows<2, 1>(w, s, n0, n1, M, split.parts, split.pow2.data(), split.sums.data(), y, ldy);
       });
 #else
   (void)pool, (void)M, (void)x, (void)ldx, (void)w, (void)y, (void)ldy;

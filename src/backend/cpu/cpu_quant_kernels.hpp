@@ -46,16 +46,15 @@ QuantDequantizeFn quant_dequantize_neon();
 
 // AVX-512 VNNI GEMV (cpu_quant_vnni.cpp): reads the codes as bytes and the activations split
 // exactly into three signed bytes per input, y[m * ldy + n] = sum_k x[m * ldx + k] W[n, k] for
-// all rows, threads over rows. False, with nothing written, when the build or CPU lacks VNNI,
-// the groups are of 32, or some activation is not finite (the integer split cannot carry inf or
-// NaN).
+// all rows, threads over rows. False, with nothing written, when the build or CPU lacks VNNI or
+// some activation is not finite (the integer split cannot carry inf or NaN).
 bool quant_vnni_supported();
 bool quant_gemv_vnni(ThreadPool* pool, int64_t M, const float* x, int64_t ldx, const QuantView& w, float* y,
                      int64_t ldy);
 
 // AVX2 integer GEMV for 4-bit codes (cpu_quant_avx2_int.cpp): the VNNI kernel's exact 24-bit
 // activation split, as a 16-bit and an 8-bit part, in vpmaddwd + vpmaddubsw. False, with nothing written, when the build or CPU lacks
-// AVX2 + FMA + F16C, the codes are not 4-bit, the groups are of 32, or some activation is not finite.
+// AVX2 + FMA + F16C, the codes are not 4-bit, or some activation is not finite.
 bool quant_avx2_int_supported();
 bool quant_gemv_avx2_int(ThreadPool* pool, int64_t M, const float* x, int64_t ldx, const QuantView& w, float* y,
                          int64_t ldy);
@@ -70,8 +69,8 @@ std::vector<QuantGemvPath> quant_gemv_paths();
 // its AVX2 kernel outruns the AVX-512 f32 one) and for NEON.
 QuantGemvPath quant_gemv_path_for(const Kernels& kernels);
 // y[m * ldy + n] = sum_k x[m * ldx + k] W[n, k] for M <= kQuantGemvMaxRows by `path` (one of
-// quant_gemv_paths()); vnni falls back to avx512 for activations it cannot split and to avx2 (or
-// avx512) for groups of 32, avx2_int to avx2 for those, for 8-bit codes and for groups of 32.
+// quant_gemv_paths()); vnni falls back to avx512 for activations it cannot split, avx2_int to
+// avx2 for those and for 8-bit codes.
 void quant_gemv(QuantGemvPath path, ThreadPool* pool, int64_t M, const float* x, int64_t ldx, const QuantView& w,
                 float* y, int64_t ldy);
 

@@ -126,8 +126,6 @@ void quant_gemv(QuantGemvPath path, ThreadPool* pool, int64_t M, const float* x,
   if (path == QuantGemvPath::avx2_int && quant_gemv_avx2_int(pool, M, x, ldx, w, y, ldy)) return;
   QuantGemvFn gemv = nullptr;
   if (path == QuantGemvPath::avx512 || path == QuantGemvPath::vnni) gemv = quant_gemv_avx512();
-  // Groups of 32, which VNNI does not take, go to the faster of the f32 kernels (see above).
-  if (path == QuantGemvPath::vnni && w.group_size < 64 && quant_gemv_avx2()) gemv = quant_gemv_avx2();
   if (path == QuantGemvPath::avx2 || path == QuantGemvPath::avx2_int) gemv = quant_gemv_avx2();
   if (path == QuantGemvPath::neon) gemv = quant_gemv_neon();
   quant_gemv_f32(gemv ? gemv : quant_gemv_generic, pool, M, x, ldx, w, y, ldy);

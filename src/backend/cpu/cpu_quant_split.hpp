@@ -25,7 +25,8 @@ namespace moxin::cpu {
 
 // What the VNNI kernel consumes per step of one weight row: `vectors` 64-byte code operands
 // (4-bit: the low and the high nibbles of 64 bytes; 8-bit: 64 or 128 bytes) covering `inputs`
-// inputs, one group (two for 4-bit codes in groups of 64). The split activations of a step are
+// inputs: one group of 128, two of 64 or four of 32 at 4 bits; at 8 bits one group of 64 or
+// 128, or two of 32. The split activations of a step are
 // three parts (h, l, t) of `vectors` 64-byte operands each, in the codes' order: for 4-bit
 // codes, byte b of a part's first operand is input 2b of the step (a low nibble), byte b of
 // its second operand input 2b + 1 (a high nibble); for 8-bit codes, inputs in order.
@@ -35,14 +36,17 @@ struct StepLayout {
 };
 
 inline StepLayout split_step_layout(const QuantView& w) {
-  if (w.bits == 8) return {w.group_size, static_cast<int>(w.group_size / 64)};
+  if (w.bits == 8) {
+    const int64_t inputs = std::max<int64_t>(w.group_size, 64);
+    return {inputs, static_cast<int>(inputs / 64)};
+  }
   return {128, 2};
 }
 
 // Per-call constants shared by the splitters and the kernels.
 struct GemvShape {
   StepLayout step;
-  int64_t steps;          // per row, the last one possibly half full (4-bit, odd groups of 64)
+  int64_t steps;          // per row, the last one possibly part full (a step of several groups)
   int64_t full_steps;     // steps whose codes are all inside the row
   int64_t groups;         // per row
   int64_t group_stride;   // floats per activation row in pow2/sums: groups rounded up, plus a

@@ -153,9 +153,15 @@ void gemv_tile(const QuantView& w, const GemvShape& s, int64_t n, const int8_t* 
 
   const __m512i low_nibbles = _mm512_set1_epi8(15);
   const __m512 two_16 = _mm512_set1_ps(65536.0f);
-  // Lanes 0-7 of a 4-bit g64 step hold the first group, lanes 8-15 the second.
-  const __m512i group_of_lane = _mm512_set_epi32(1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0);
-  auto step = [&](int64_t st, bool half) __attribute__((always_inline)) {
+  // The group of each i32 lane of a step's dot products: lane j sums inputs 8j .. 8j + 7 at 4
+  // bits (its 4 bytes of low and of high nibbles), 4j .. 4j + 3 at 8 bits, so a step of two
+  // groups has lanes 0-7 in the first, one of four groups lanes 4g .. 4g + 3 in group g.
+  const __m512i group_of_lane =
+      kGroupsPerStep == 4 ? _mm512_set_epi32(3, 3, 3, 3, 2, 2, 2, 2, 1, 1, 1, 1, 0, 0, 0, 0)
+                          : _mm512_set_epi32(1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0);
+  // Code bytes of a row's last step when it is part full (0 when every step is full).
+  const int64_t tail_bytes = (w.cols - s.full_steps * s.step.inputs) * kBits / 8;
+  auto step = [&](int64_t st, bool tail) __attribute__((always_inline)) {
     __m512i c[R][kVectors];
     for (int r = 0; r < R; ++r) {
       const uint8_t* p = codes[r] + st * kCodeBytes;
@@ -165,12 +171,21 @@ void gemv_tile(const QuantView& w, const GemvShape& s, int64_t n, const int8_t* 
       // large_buffer.hpp) nothing else brings it there in time (8-bit g64 decode on one Zen 4
       // core: 84 ms/step on 4 KB pages, 93 on 2 MB pages without this line, 82-85 with it).
       _mm_prefetch(reinterpret_cast<const char*>(p + kL1Ahead), _MM_HINT_T0);
+      // A part-full last step reads only the row's own bytes (zeros beyond, met by zero
+      // activations): a masked load, which Zen 4 runs several times slower, only there.
       if constexpr (kBits == 4) {
-        const __m512i raw = half ? _mm512_maskz_loadu_epi8(0xffffffffull, p) : _mm512_loadu_si512(p);
+        const __m512i raw =
+            tail ? _mm512_maskz_loadu_epi8((uint64_t{1} << tail_bytes) - 1, p) : _mm512_loadu_si512(p);
         c[r][0] = _mm512_and_si512(raw, low_nibbles);
         c[r][1] = _mm512_and_si512(_mm512_srli_epi16(raw, 4), low_nibbles);
       } else {
-        for (int v = 0; v < kVectors; ++v) c[r][v] = _mm512_loadu_si512(p + 64 * v);
+        for (int v = 0; v < kVectors; ++v) {
+          const int64_t left = tail_bytes - 64 * v;  // only read when tail
+          c[r][v] = !tail         ? _mm512_loadu_si512(p + 64 * v)
+                    : left >= 64 ? _mm512_loadu_si512(p + 64 * v)
+                    : left > 0   ? _mm512_maskz_loadu_epi8((uint64_t{1} << left) - 1, p + 64 * v)
+                                 : _mm512_setzero_si512();
+        }
       }
     }
     for (int m = 0; m < MM; ++m) {
@@ -200,8 +215,9 @@ void gemv_tile(const QuantView& w, const GemvShape& s, int64_t n, const int8_t* 
           dot = _mm512_fmadd_ps(_mm512_cvtepi32_ps(high), two_16, _mm512_cvtepi32_ps(low));
         }
         const float* sc = scaled + (r * MM + m) * s.group_stride;
-        const __m512 scale = kGroupsPerStep == 2 ? _mm512_permutexvar_ps(group_of_lane, _mm512_loadu_ps(sc + 2 * st))
-                                                 : _mm512_set1_ps(sc[st]);
+        const __m512 scale = kGroupsPerStep > 1
+                                 ? _mm512_permutexvar_ps(group_of_lane, _mm512_loadu_ps(sc + kGroupsPerStep * st))
+                                 : _mm512_set1_ps(sc[st]);
         acc[r][m] = _mm512_fmadd_ps(dot, scale, acc[r][m]);
       }
     }
@@ -226,10 +242,14 @@ void gemv_rows(const QuantView& w, const GemvShape& s, int64_t n0, int64_t n1, i
 
 void gemv(const QuantView& w, const GemvShape& s, int64_t n0, int64_t n1, int64_t M, const int8_t* parts,
           const float* pow2, const float* sums, float* y, int64_t ldy, float* scaled) {
-  if (w.bits == 8 && w.group_size == 64)
+  if (w.bits == 8 && w.group_size == 32)
+    gemv_rows<8, 1, 2>(w, s, n0, n1, M, parts, pow2, sums, y, ldy, scaled);
+  else if (w.bits == 8 && w.group_size == 64)
     gemv_rows<8, 1, 1>(w, s, n0, n1, M, parts, pow2, sums, y, ldy, scaled);
   else if (w.bits == 8)
     gemv_rows<8, 2, 1>(w, s, n0, n1, M, parts, pow2, sums, y, ldy, scaled);
+  else if (w.group_size == 32)
+    gemv_rows<4, 2, 4>(w, s, n0, n1, M, parts, pow2, sums, y, ldy, scaled);
   else if (w.group_size == 64)
     gemv_rows<4, 2, 2>(w, s, n0, n1, M, parts, pow2, sums, y, ldy, scaled);
   else
@@ -261,9 +281,7 @@ bool quant_vnni_supported() {
 bool quant_gemv_vnni(ThreadPool* pool, int64_t M, const float* x, int64_t ldx, const QuantView& w, float* y,
                      int64_t ldy) {
 #if defined(MOXIN_HAVE_VNNI_QUANT)
-  // A step holds one group of 64 or 128 inputs (two of 64 at 4 bits): groups of 32 take the f32
-  // kernel (quant_gemv falls back).
-  if (!quant_vnni_supported() || w.group_size < 64) return false;
+  if (!quant_vnni_supported()) return false;
   const GemvShape s(w);
   SplitActivations split(s, M);
   return run_split_gemv(
