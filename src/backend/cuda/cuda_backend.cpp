@@ -367,9 +367,14 @@ CudaBackend::DecodeKernel CudaBackend::bf16_decode_kernel(int64_t m, int64_t n, 
   return DecodeKernel::Gemm;
 }
 
+// The quantized GEMV and tensor-core kernels read inputs 64 at a time; a linear whose input
+// features are not a multiple of 64 (possible with groups of 32) dequantizes for cuBLASLt at
+// every row count.
+static bool quant_decode_kernels_fit(const CudaLinear& lw) { return lw.quant.bits != 0 && lw.quant.cols % 64 == 0; }
+
 bool CudaBackend::takes_bf16_activations(const CudaLinear& lw, int64_t m, int64_t n, int64_t k) const {
   if (lw.is_fp8()) return m > kFp8GemvMaxRows && !fp8_tensor_cores_;
-  if (lw.quant.bits != 0) return m > kQuantMmaMaxRows;
+  if (lw.quant.bits != 0) return m > kQuantMmaMaxRows || !quant_decode_kernels_fit(lw);
   // Activation tensors are 256-byte aligned, so only the shape decides whether skinny can run.
   return bf16_decode_kernel(m, n, k, m <= kSkinnyMaxRows && k % 8 == 0) == DecodeKernel::Gemm;
 }
@@ -407,7 +412,7 @@ void CudaBackend::linear(const Tensor& x, const Linear& w, Tensor& y) {
     fp8_gemv(xd, static_cast<int>(m), lw.fp8, data_of<float>(y), stream());
     return;
   }
-  if (lw.quant.bits != 0 && m <= kQuantMmaMaxRows) {
+  if (quant_decode_kernels_fit(lw) && m <= kQuantMmaMaxRows) {
     quantized_linear_decode(xd, m, lw, data_of<float>(y));
     return;
   }
