@@ -181,10 +181,9 @@ void gemv_tile(const QuantView& w, const GemvShape& s, int64_t n, const int8_t* 
       } else {
         for (int v = 0; v < kVectors; ++v) {
           const int64_t left = tail_bytes - 64 * v;  // only read when tail
-          c[r][v] = !tail         ? _mm512_loadu_si512(p + 64 * v)
-                    : left >= 64 ? _mm512_loadu_si512(p + 64 * v)
-                    : left > 0   ? _mm512_maskz_loadu_epi8((uint64_t{1} << left) - 1, p + 64 * v)
-                                 : _mm512_setzero_si512();
+          c[r][v] = !tail || left >= 64 ? _mm512_loadu_si512(p + 64 * v)
+                    : left > 0         ? _mm512_maskz_loadu_epi8((uint64_t{1} << left) - 1, p + 64 * v)
+                                       : _mm512_setzero_si512();
         }
       }
     }

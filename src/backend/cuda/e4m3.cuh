@@ -9,10 +9,14 @@
 
 namespace moxin::cuda {
 
+// Two E4M3 codes (low byte first) as an f16 pair: one cvt.rn.f16x2.e4m3x2.
+__device__ __forceinline__ __half2_raw e4m3x2_to_half2(uint32_t two_codes) {
+  return __nv_cvt_fp8x2_to_halfraw2(static_cast<__nv_fp8x2_storage_t>(two_codes), __NV_E4M3);
+}
+
 // Two E4M3 codes (low byte first) as floats.
 __device__ __forceinline__ float2 e4m3x2_to_float2(uint32_t two_codes) {
-  const __half2_raw h = __nv_cvt_fp8x2_to_halfraw2(static_cast<__nv_fp8x2_storage_t>(two_codes), __NV_E4M3);
-  return __half22float2(__half2(h));
+  return __half22float2(__half2(e4m3x2_to_half2(two_codes)));
 }
 
 __device__ __forceinline__ float e4m3_to_float(uint8_t code) {

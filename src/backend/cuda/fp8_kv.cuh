@@ -12,6 +12,7 @@
 
 #include "backend/cuda/e4m3.cuh"
 #include "backend/cuda/kernels.hpp"
+#include "backend/cuda/pow2.cuh"
 
 namespace moxin::cuda {
 
@@ -19,7 +20,7 @@ constexpr int kKvPoisonedExponent = -128;
 
 // 2^e (e within the normal range), NaN for a poisoned row.
 __device__ __forceinline__ float kv_row_scale(int e) {
-  return e == kKvPoisonedExponent ? __int_as_float(0x7fc00000) : __int_as_float((e + 127) << 23);
+  return e == kKvPoisonedExponent ? __int_as_float(0x7fc00000) : pow2(e);
 }
 
 // The row exponent for a row whose largest magnitude is amax (finite).
@@ -32,7 +33,7 @@ __device__ __forceinline__ int kv_row_exponent(float amax) {
 
 // x * 2^-e as an E4M3 code, rounded to nearest even (never saturating: |x| <= 448 * 2^e).
 __device__ __forceinline__ uint8_t kv_code(float x, int e) {
-  return static_cast<uint8_t>(__nv_cvt_float_to_fp8(x * __int_as_float((127 - e) << 23), __NV_SATFINITE, __NV_E4M3));
+  return static_cast<uint8_t>(__nv_cvt_float_to_fp8(x * pow2(-e), __NV_SATFINITE, __NV_E4M3));
 }
 
 // Element i of a layer's K (or V) as f32, the row's exponent applied where the cache is FP8: the
@@ -69,7 +70,7 @@ __device__ __forceinline__ uint4 widen_e4m3x8_bf16(uint2 raw, float scale) {
 // applied: exact, E4M3 fits in f16), packed in pairs: four cvt.rn.f16x2.e4m3x2.
 __device__ __forceinline__ uint4 widen_e4m3x8_f16(uint2 raw) {
   const auto pair = [](uint32_t two_codes) {
-    const __half2_raw h = __nv_cvt_fp8x2_to_halfraw2(static_cast<__nv_fp8x2_storage_t>(two_codes), __NV_E4M3);
+    const __half2_raw h = e4m3x2_to_half2(two_codes);
     return static_cast<uint32_t>(h.x) | (static_cast<uint32_t>(h.y) << 16);
   };
   return make_uint4(pair(raw.x & 0xFFFFu), pair(raw.x >> 16), pair(raw.y & 0xFFFFu), pair(raw.y >> 16));

@@ -38,6 +38,7 @@
 #include "backend/cuda/kernels.hpp"
 #include "backend/cuda/launch.cuh"
 #include "backend/cuda/paged_attention_merge.cuh"
+#include "backend/cuda/pow2.cuh"
 
 namespace moxin::cuda {
 namespace {
@@ -123,8 +124,6 @@ constexpr int kNoRow = -1024;
 // 2^-28 of the largest (normal range), far below what the f32 sums resolve.
 constexpr int kPScale = 14;
 
-// 2^n for n in [-126, 127].
-__device__ __forceinline__ float pow2(int n) { return __int_as_float((n + 127) << 23); }
 // 2^n for n <= 127, 0 below the normal range.
 __device__ __forceinline__ float pow2_or_zero(int n) { return n < -126 ? 0.0f : pow2(n); }
 

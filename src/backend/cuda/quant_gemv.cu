@@ -29,6 +29,7 @@
 #include "backend/cuda/cuda_check.hpp"
 #include "backend/cuda/kernels.hpp"
 #include "backend/cuda/launch.cuh"
+#include "backend/cuda/pow2.cuh"
 #include "backend/cuda/streaming_load.cuh"
 #include "backend/cuda/warp_reduce.cuh"
 #include "backend/cuda/quant_format.cuh"
@@ -42,9 +43,6 @@ constexpr int kLanes = 32;
 constexpr int kChunk = 8;   // inputs per chunk
 constexpr int kXExp = 80;   // x is scaled by 2^(kXExp - s); products carry 2^(kXExp - 149)
 constexpr int kProductExp = kXExp - 149;
-
-// 2^e for -126 <= e <= 127, built from its bits (a constant once e is).
-__device__ __forceinline__ float pow2(int e) { return __uint_as_float(static_cast<uint32_t>(127 + e) << 23); }
 
 // Bit offset inside the extracted word of chunk element e's code (see extract_codes).
 template <int Bits>
