@@ -27,8 +27,6 @@
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
-#include <cstdlib>
-#include <string>
 #include <type_traits>
 
 #include "backend/cuda/attention_mma.cuh"
@@ -474,9 +472,6 @@ void with_mma_kernel(int head_dim, bool cluster, bool fp8, bool deep, F f) {
 // fewer), and the SMs (a grid of at most this many blocks gets the deep ring).
 int max_mma_cluster_splits[2] = {8, 8};  // [deep]
 int multiprocessors = 0;
-// MOXIN_CUDA_DECODE_RING=3 or 6 forces that ring depth for every grid (for A/B runs); -1: by
-// the grid's size.
-int forced_ring_stages = -1;
 
 }  // namespace
 
@@ -494,8 +489,7 @@ void paged_attention_mma(const float* q, const PagedLayer& cache, const TokenInd
               " (1..", kMaxGroup, "), head_dim ", cache.head_dim, " (64, 128)");
   const bool cluster = cluster_merge && splits > 1 && splits <= max_mma_cluster_splits[0];
   const int64_t blocks = int64_t{splits} * cache.kv_heads * index.tokens;
-  const bool deep_fits = !cluster || splits <= max_mma_cluster_splits[1];
-  const bool deep = deep_fits && (forced_ring_stages < 0 ? blocks <= multiprocessors : forced_ring_stages == kDeepStages);
+  const bool deep = blocks <= multiprocessors && (!cluster || splits <= max_mma_cluster_splits[1]);
   with_mma_kernel(cache.head_dim, cluster, cache.k8 != nullptr, deep, [&](auto kernel, size_t smem) {
     launch_split_k("paged_mma_kernel", kernel, smem, cluster, q, cache, index, q_heads, splits,
                    partial, counters, y, stream);
@@ -506,12 +500,6 @@ void configure_paged_attention_mma() {
   int device = 0;
   MOXIN_CUDA_CHECK(cudaGetDevice(&device));
   MOXIN_CUDA_CHECK(cudaDeviceGetAttribute(&multiprocessors, cudaDevAttrMultiProcessorCount, device));
-  if (const char* ring = std::getenv("MOXIN_CUDA_DECODE_RING")) {
-    const std::string value(ring);
-    MOXIN_CHECK(value == std::to_string(kShallowStages) || value == std::to_string(kDeepStages),
-                "MOXIN_CUDA_DECODE_RING must be ", kShallowStages, " or ", kDeepStages, ", got '", value, "'");
-    forced_ring_stages = std::stoi(value);
-  }
   for (int head_dim : {64, 128})
     for (bool cluster : {false, true})
       for (bool fp8 : {false, true})
