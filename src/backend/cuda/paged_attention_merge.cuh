@@ -4,14 +4,12 @@
 // memory (last block to finish) or inside a thread block cluster.
 #pragma once
 
-
 #include <cooperative_groups.h>
 
 #include <cuda_runtime.h>
 
 #include <cstddef>
 #include <cstdint>
-#include <optional>
 
 #include "backend/cuda/cp_async.cuh"
 #include "backend/cuda/kernels.hpp"
@@ -197,35 +195,28 @@ void launch_split_k(const char* name, Kernel kernel, size_t smem, bool cluster, 
                           splits, scale, partial, counters, y);
 }
 
-// Host side: whether the device co-schedules clusters of `size` blocks of `kernel` launched with
-// `smem` bytes of dynamic shared memory (sizes above the portable 8 need the kernel's consent);
-// nullopt when the occupancy query itself fails.
+// Host side: the most splits of a (token, kv head) that one thread block cluster may hold for
+// `kernel` launched with `smem` bytes of dynamic shared memory: 16 where the device co-schedules
+// such clusters (a non-portable size; the kernel must allow it), else the portable 8.
 template <class Kernel>
-std::optional<bool> cluster_fits(Kernel kernel, size_t smem, int size) {
+int largest_cluster_splits(Kernel kernel, size_t smem) {
   cudaLaunchConfig_t config{};
-  config.gridDim = dim3(static_cast<unsigned>(size), 1, 1);
+  config.gridDim = dim3(16, 1, 1);
   config.blockDim = dim3(kSplitWarps * 32);
   config.dynamicSmemBytes = smem;
   cudaLaunchAttribute attribute{};
   attribute.id = cudaLaunchAttributeClusterDimension;
-  attribute.val.clusterDim.x = static_cast<unsigned>(size);
+  attribute.val.clusterDim.x = 16;
   attribute.val.clusterDim.y = 1;
   attribute.val.clusterDim.z = 1;
   config.attrs = &attribute;
   config.numAttrs = 1;
   int active_clusters = 0;
   if (cudaOccupancyMaxActiveClusters(&active_clusters, kernel, &config) != cudaSuccess) {
-    (void)cudaGetLastError();  // not fatal: the caller decides
-    return std::nullopt;
+    (void)cudaGetLastError();  // not fatal: the portable size stays
+    return 8;
   }
-  return active_clusters > 0;
-}
-
-// The most splits of a (token, kv head) that one thread block cluster may hold for `kernel`
-// with `smem`: 16 where the device co-schedules such clusters, else the portable 8.
-template <class Kernel>
-int largest_cluster_splits(Kernel kernel, size_t smem) {
-  return cluster_fits(kernel, smem, 16).value_or(false) ? 16 : 8;
+  return active_clusters > 0 ? 16 : 8;
 }
 
 }  // namespace moxin::cuda::split_k

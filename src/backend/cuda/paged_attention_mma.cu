@@ -2,10 +2,9 @@
 // (token, kv head) blocks: grid (splits, kv heads, tokens) and the block's end as the other
 // split-K kernels (paged_attention_merge.cuh), but each warp streams 16-position tiles of K and
 // V through its own ring of shared-memory stages (cp.async; kStages - 1 tiles in flight while
-// one is multiplied, the block ids of the next tile looked up while this one lands; a deeper
-// ring where the grid leaves each block alone on its SM) and multiplies them with mma.sync
-// m16n8k16: S = Q K^T with the GQA group's heads as A rows and 16 positions as two n8 tiles,
-// then O += P V with P straight from S's accumulators.
+// one is multiplied, the block ids of the next tile looked up while this one lands) and
+// multiplies them with mma.sync m16n8k16: S = Q K^T with the GQA group's heads as A rows and 16
+// positions as two n8 tiles, then O += P V with P straight from S's accumulators.
 //
 // Precision: a group has at most 8 heads, so of the 16 A rows, row g carries bf16(q_g) and row
 // g + 8 the bf16 residual q_g - bf16(q_g) (P likewise). K and V are bf16 in the cache, the
@@ -44,13 +43,7 @@ namespace {
 using namespace split_k;
 
 constexpr int kTilePositions = 16;  // positions per warp step: the k16 of P V
-// Ring stages per warp: one tile multiplied while the others are in flight. Where the grid has
-// at least as many blocks as SMs, two blocks share an SM and 3 stages each keep enough bytes in
-// flight; where it has fewer (small batches: batch 16 at 1k context runs 128 blocks of 4 warps
-// on 132 SMs, its attention at 67% of copy against 78% at batch 32), each block is alone on its
-// SM and a deeper ring keeps more of the memory latency covered.
-constexpr int kShallowStages = 3;
-constexpr int kDeepStages = 6;
+constexpr int kStages = 3;          // per warp: one tile multiplied while two are in flight
 
 template <int kD>
 constexpr int staged_row() {
@@ -67,26 +60,24 @@ constexpr int fp8_stage_bytes() {
   return 2 * kTilePositions * kD + 2 * kTilePositions * 4 + kTilePositions;
 }
 // FP8: the bytes of the ring's stages, rounded to 16 (the widened tiles follow).
-template <int kD, int kStages>
+template <int kD>
 constexpr size_t fp8_ring_bytes() {
   return (size_t{kStages} * fp8_stage_bytes<kD>() + 15) / 16 * 16;
 }
 // Per warp: the ring (bf16 tiles), or FP8 stages, the f16 K and V tiles they are widened into
 // and the widened tile's row scales (K: f32 2^e; V: the exponent).
-template <int kD, bool kFp8, int kStages>
+template <int kD, bool kFp8>
 constexpr size_t warp_smem_bytes() {
   constexpr size_t tiles = size_t{2} * bf16_tile_elems<kD>() * sizeof(bf16_bits);
-  return kFp8 ? fp8_ring_bytes<kD, kStages>() + tiles + 2 * kTilePositions * 4 : kStages * tiles;
+  return kFp8 ? fp8_ring_bytes<kD>() + tiles + 2 * kTilePositions * 4 : kStages * tiles;
 }
-template <int kD, bool kFp8, int kStages>
+template <int kD, bool kFp8>
 constexpr size_t mma_decode_smem_bytes() {
-  return size_t{kSplitWarps} * warp_smem_bytes<kD, kFp8, kStages>();
+  return size_t{kSplitWarps} * warp_smem_bytes<kD, kFp8>();
 }
-static_assert(mma_decode_smem_bytes<64, false, kShallowStages>() >= sizeof(float) * kSplitWarps * kMaxGroup * kMaxHeadDim &&
-                  mma_decode_smem_bytes<64, true, kShallowStages>() >= sizeof(float) * kSplitWarps * kMaxGroup * kMaxHeadDim,
+static_assert(mma_decode_smem_bytes<64, false>() >= sizeof(float) * kSplitWarps * kMaxGroup * kMaxHeadDim &&
+                  mma_decode_smem_bytes<64, true>() >= sizeof(float) * kSplitWarps * kMaxGroup * kMaxHeadDim,
               "the merge reuses the staging for the warps' outputs");
-static_assert(mma_decode_smem_bytes<kMaxHeadDim, false, kDeepStages>() <= 227 * 1024,
-              "the deep ring fits the shared memory an sm_90 block may have");
 
 // 4 bytes, or 4 zero bytes where `valid` is false.
 __device__ __forceinline__ void copy4_or_zero(void* smem, const void* global, bool valid) {
@@ -186,7 +177,7 @@ __device__ __forceinline__ void mma_kv(float (&d)[4], const uint32_t (&a)[4], ui
     mma_bf16(d, a, b0, b1);
 }
 
-template <int kD, bool kCluster, bool kFp8, int kStages>
+template <int kD, bool kCluster, bool kFp8>
 __global__ void __launch_bounds__(kSplitWarps * 32, 2)
     paged_mma_kernel(const float* __restrict__ q, PagedLayer cache, TokenIndex index, int q_heads,
                      int splits, float scale, float* __restrict__ partial,
@@ -256,11 +247,11 @@ __global__ void __launch_bounds__(kSplitWarps * 32, 2)
   const int first = begin + warp * kTilePositions;
   const int tiles = first < end ? (end - first + kWarpStride - 1) / kWarpStride : 0;
   const size_t row_stride = static_cast<size_t>(cache.kv_heads) * kD;
-  unsigned char* warp_smem = staging + warp * warp_smem_bytes<kD, kFp8, kStages>();
+  unsigned char* warp_smem = staging + warp * warp_smem_bytes<kD, kFp8>();
   auto* ring = reinterpret_cast<bf16_bits*>(warp_smem);  // bf16 stages
   // FP8: the stages, then the f16 tiles every stage is widened into and their row scales.
   unsigned char* fp8_ring = warp_smem;
-  auto* widened = reinterpret_cast<bf16_bits*>(warp_smem + fp8_ring_bytes<kD, kStages>());
+  auto* widened = reinterpret_cast<bf16_bits*>(warp_smem + fp8_ring_bytes<kD>());
   auto* k_scale = reinterpret_cast<float*>(widened + 2 * kTileElems);
   int* v_exp = reinterpret_cast<int*>(k_scale + kTilePositions);
   int v_run = kNoRow;  // FP8: the largest V exponent of the warp's rows so far
@@ -437,23 +428,16 @@ __global__ void __launch_bounds__(kSplitWarps * 32, 2)
                 partial, counters, y);
 }
 
-// Calls f(kernel, smem bytes) for this head_dim, merge, cache format and ring depth.
+// Calls f(kernel, smem bytes) for this head_dim, merge and cache format.
 template <class F>
-void with_mma_kernel(int head_dim, bool cluster, bool fp8, bool deep, F f) {
-  auto by_depth = [&](auto d, auto c, auto fp) {
+void with_mma_kernel(int head_dim, bool cluster, bool fp8, F f) {
+  auto by_format = [&](auto d, auto c) {
     constexpr int kD = decltype(d)::value;
     constexpr bool kC = decltype(c)::value;
-    constexpr bool kF = decltype(fp)::value;
-    if (deep)
-      f(paged_mma_kernel<kD, kC, kF, kDeepStages>, mma_decode_smem_bytes<kD, kF, kDeepStages>());
-    else
-      f(paged_mma_kernel<kD, kC, kF, kShallowStages>, mma_decode_smem_bytes<kD, kF, kShallowStages>());
-  };
-  auto by_format = [&](auto d, auto c) {
     if (fp8)
-      by_depth(d, c, std::true_type{});
+      f(paged_mma_kernel<kD, kC, true>, mma_decode_smem_bytes<kD, true>());
     else
-      by_depth(d, c, std::false_type{});
+      f(paged_mma_kernel<kD, kC, false>, mma_decode_smem_bytes<kD, false>());
   };
   auto by_cluster = [&](auto d) {
     if (cluster)
@@ -467,11 +451,9 @@ void with_mma_kernel(int head_dim, bool cluster, bool fp8, bool deep, F f) {
     by_cluster(std::integral_constant<int, 128>{});
 }
 
-// Set by configure_paged_attention_mma(): the largest cluster of splits the device runs with
-// each ring depth's shared memory (16 where non-portable clusters fit, else the portable 8, or
-// fewer), and the SMs (a grid of at most this many blocks gets the deep ring).
-int max_mma_cluster_splits[2] = {8, 8};  // [deep]
-int multiprocessors = 0;
+// Largest cluster of splits the device runs with this kernel's shared memory (16 where
+// non-portable clusters fit, else the portable 8); set by configure_paged_attention_mma().
+int max_mma_cluster_splits = 8;
 
 }  // namespace
 
@@ -487,38 +469,27 @@ void paged_attention_mma(const float* q, const PagedLayer& cache, const TokenInd
   MOXIN_CHECK(splits >= 1 && splits <= kMaxSplits && paged_attention_mma_fits(group, cache.head_dim),
               "[cuda] paged_attention_mma: ", splits, " splits (1..", kMaxSplits, "), group ", group,
               " (1..", kMaxGroup, "), head_dim ", cache.head_dim, " (64, 128)");
-  const bool cluster = cluster_merge && splits > 1 && splits <= max_mma_cluster_splits[0];
-  const int64_t blocks = int64_t{splits} * cache.kv_heads * index.tokens;
-  const bool deep = blocks <= multiprocessors && (!cluster || splits <= max_mma_cluster_splits[1]);
-  with_mma_kernel(cache.head_dim, cluster, cache.k8 != nullptr, deep, [&](auto kernel, size_t smem) {
+  const bool cluster = cluster_merge && splits > 1 && splits <= max_mma_cluster_splits;
+  with_mma_kernel(cache.head_dim, cluster, cache.k8 != nullptr, [&](auto kernel, size_t smem) {
     launch_split_k("paged_mma_kernel", kernel, smem, cluster, q, cache, index, q_heads, splits,
                    partial, counters, y, stream);
   });
 }
 
 void configure_paged_attention_mma() {
-  int device = 0;
-  MOXIN_CUDA_CHECK(cudaGetDevice(&device));
-  MOXIN_CUDA_CHECK(cudaDeviceGetAttribute(&multiprocessors, cudaDevAttrMultiProcessorCount, device));
   for (int head_dim : {64, 128})
     for (bool cluster : {false, true})
       for (bool fp8 : {false, true})
-        for (bool deep : {false, true})
-          with_mma_kernel(head_dim, cluster, fp8, deep, [&](auto kernel, size_t smem) {
-            MOXIN_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                                  static_cast<int>(smem)));
-            if (cluster)
-              MOXIN_CUDA_CHECK(
-                  cudaFuncSetAttribute(kernel, cudaFuncAttributeNonPortableClusterSizeAllowed, 1));
-          });
-  // Per depth, the bf16 kernel has the most shared memory: its cluster limit holds for the FP8
-  // one too. The deep ring's blocks each fill an SM: where not even 8 of them fit one cluster,
-  // clustered launches keep the shallow ring.
-  with_mma_kernel(kMaxHeadDim, true, false, false, [&](auto kernel, size_t smem) {
-    max_mma_cluster_splits[0] = largest_cluster_splits(kernel, smem);
-  });
-  with_mma_kernel(kMaxHeadDim, true, false, true, [&](auto kernel, size_t smem) {
-    max_mma_cluster_splits[1] = cluster_fits(kernel, smem, 8).value_or(false) ? largest_cluster_splits(kernel, smem) : 1;
+        with_mma_kernel(head_dim, cluster, fp8, [&](auto kernel, size_t smem) {
+          MOXIN_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                                static_cast<int>(smem)));
+          if (cluster)
+            MOXIN_CUDA_CHECK(
+                cudaFuncSetAttribute(kernel, cudaFuncAttributeNonPortableClusterSizeAllowed, 1));
+        });
+  // The bf16 kernel has the most shared memory: its cluster limit holds for the FP8 one too.
+  with_mma_kernel(kMaxHeadDim, true, false, [&](auto kernel, size_t smem) {
+    max_mma_cluster_splits = largest_cluster_splits(kernel, smem);
   });
 }
 
