@@ -163,10 +163,12 @@ struct MmaAttention {
         s[nt][e] = exp2f(s[nt][e] - tile_max[e / 2]);
         l[e / 2] += s[nt][e];
       }
+    if (__any_sync(0xffffffffu, corr[0] != 1.0f || corr[1] != 1.0f)) {  // the maxima moved (warp-uniform)
 #pragma unroll
-    for (int n = 0; n < 2 * KD; ++n)
+      for (int n = 0; n < 2 * KD; ++n)
 #pragma unroll
-      for (int e = 0; e < 4; ++e) o[n][e] *= corr[e / 2];
+        for (int e = 0; e < 4; ++e) o[n][e] *= corr[e / 2];
+    }
 
 #pragma unroll
     for (int kk = 0; kk < 4; ++kk) {  // 16 keys per step

@@ -386,10 +386,13 @@ __global__ void __launch_bounds__(kSplitWarps * 32, 2)
                                                   : pow2_or_zero(ev - e_new + kPScale);
         }
     }
+    // Past the first tiles the maximum rarely moves: skip the 2 kD multiplies by 1 (warp-uniform).
+    if (__any_sync(0xffffffffu, o_corr != 1.0f)) {
 #pragma unroll
-    for (int n = 0; n < 2 * kSteps; ++n)
+      for (int n = 0; n < 2 * kSteps; ++n)
 #pragma unroll
-      for (int e = 0; e < 4; ++e) o[n][e] *= o_corr;
+        for (int e = 0; e < 4; ++e) o[n][e] *= o_corr;
+    }
 
     // P as the A operand over the tile's 16 positions: rows g = bf16(p), rows g + 8 = residual
     // (FP8: f16).
