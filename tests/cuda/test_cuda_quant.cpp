@@ -1,7 +1,8 @@
 // Quantized linears on the GPU (docs/model.md section 5) against an f64 reference computed from the
 // MLX formula w = scale * q + bias on the codes: every path (GEMV M <= 2, tensor cores
-// 3 <= M <= 64, dequantize + cuBLASLt above), 4/8 bits, groups of 64/128, BF16/F16/F32 scales,
-// multi-part concatenation and the refusals of malformed weights.
+// 3 <= M <= 64, dequantize + cuBLASLt above, and at every M where the input features are not a
+// multiple of 64), 4/8 bits, groups of 32/64/128, BF16/F16/F32 scales, multi-part concatenation
+// and the refusals of malformed weights.
 //
 // Tolerances (||got - ref|| / ||ref||), as test_cuda_linear.cpp:
 //  - GEMV: f32 activations, the exact dequantized weights, f32 sums: 1e-5.
