@@ -217,6 +217,40 @@ class Backend {
     swiglu(gate_up, y);
   }
   virtual void add(Tensor& x, const Tensor& y) = 0;                       // x += y
+
+  // --- a decoder layer's residual steps in one op each, where the backend fuses them ---
+  // Whether rms_norm_linear / rms_norm_linear_swiglu with this linear, and linear_add with it, run
+  // as one fused op at this many rows (a GPU's decode GEMV). Where they would not, add_rms_norm
+  // between plain linears is the shorter sequence, and the decoder uses that.
+  virtual bool fuses_rms_norm_into(const Linear& w, int64_t rows) const {
+    (void)w, (void)rows;
+    return false;
+  }
+  virtual bool fuses_add_into(const Linear& w, int64_t rows) const {
+    (void)w, (void)rows;
+    return false;
+  }
+  // y = linear(rms_norm(x, norm_w), w), the bits of those two ops; `normed` (rms_norm's output
+  // for x, in linear_input_dtype) is scratch for the unfused path.
+  virtual void rms_norm_linear(const Tensor& x, const Tensor& norm_w, float eps, const Linear& w, Tensor& normed,
+                               Tensor& y) {
+    rms_norm(x, norm_w, eps, normed);
+    linear(normed, w, y);
+  }
+  // y = swiglu(linear(rms_norm(x, norm_w), w)) for w = gate | up, the bits of linear_swiglu on
+  // the normed rows; normed and gate_up are scratch for the unfused path.
+  virtual void rms_norm_linear_swiglu(const Tensor& x, const Tensor& norm_w, float eps, const Linear& w,
+                                      Tensor& normed, Tensor& gate_up, Tensor& y) {
+    rms_norm(x, norm_w, eps, normed);
+    linear_swiglu(normed, w, gate_up, y);
+  }
+  // x += linear(a, w), the bits of those two ops; `out` (the linear's output) is scratch for
+  // the unfused path.
+  virtual void linear_add(const Tensor& a, const Linear& w, Tensor& out, Tensor& x) {
+    linear(a, w, out);
+    add(x, out);
+  }
+
   virtual void add_scaled(Tensor& x, const Tensor& y, const Tensor& scale) = 0;  // x += scale[col] * y
   // x[r, :] += table[r % table.rows, :]  (position embeddings over a batch)
   virtual void add_rows_cyclic(Tensor& x, const Tensor& table) = 0;

@@ -34,22 +34,41 @@ Tensor Decoder::embed(const Tensor& ids) const {
 
 // Per layer: qkv, rope + KV write, attention, o, add + norm, gate|up + swiglu, down, add + the
 // next layer's norm: eight ops (a decode step's cost is mostly their boundaries on the GPU; the
-// CUDA backend fuses the swiglu into the gate|up GEMV at one row).
+// CUDA backend fuses the swiglu into the gate|up GEMV at one row). Where the backend fuses the
+// residual steps (s.fused), each norm goes into the linear after it and each add into the linear
+// before it: six ops, the same bits.
 void Decoder::run_layer(int index, Tensor& x, const Tensor& positions, const AttentionBatch& batch,
                         KvCache& cache, Scratch& s) const {
   const Layer& layer = layers_[static_cast<size_t>(index)];
-  backend_.linear(s.normed, layer.qkv, s.qkv);
+  const float eps = config_.rms_eps;
+  if (s.fused)
+    backend_.rms_norm_linear(x, layer.input_norm, eps, layer.qkv, s.normed, s.qkv);
+  else
+    backend_.linear(s.normed, layer.qkv, s.qkv);
   backend_.rope_kv_write(s.qkv, positions, config_.rope_theta, cache, index, batch, s.q);
   backend_.paged_attention(s.q, cache, index, batch, config_.heads, s.attn);
+  if (s.fused) {
+    backend_.linear_add(s.attn, layer.o, s.out, x);
+    backend_.rms_norm_linear_swiglu(x, layer.post_attention_norm, eps, layer.gate_up, s.normed, s.gate_up, s.act);
+    backend_.linear_add(s.act, layer.down, s.out, x);
+    return;
+  }
   backend_.linear(s.attn, layer.o, s.out);
-  backend_.add_rms_norm(x, s.out, layer.post_attention_norm, config_.rms_eps, s.normed);
+  backend_.add_rms_norm(x, s.out, layer.post_attention_norm, eps, s.normed);
   backend_.linear_swiglu(s.normed, layer.gate_up, s.gate_up, s.act);
   backend_.linear(s.act, layer.down, s.out);
   if (static_cast<size_t>(index) + 1 < layers_.size())
-    backend_.add_rms_norm(x, s.out, layers_[static_cast<size_t>(index) + 1].input_norm, config_.rms_eps,
-                          s.normed);
+    backend_.add_rms_norm(x, s.out, layers_[static_cast<size_t>(index) + 1].input_norm, eps, s.normed);
   else
     backend_.add(x, s.out);
+}
+
+bool Decoder::fuses_residual_steps(int64_t rows) const {
+  for (const Layer& layer : layers_)
+    if (!backend_.fuses_rms_norm_into(layer.qkv, rows) || !backend_.fuses_rms_norm_into(layer.gate_up, rows) ||
+        !backend_.fuses_add_into(layer.o, rows) || !backend_.fuses_add_into(layer.down, rows))
+      return false;
+  return true;
 }
 
 DType Decoder::input_dtype(int64_t rows, std::initializer_list<const Linear Layer::*> consumers) const {
@@ -75,7 +94,8 @@ void Decoder::forward(Tensor& x, const Tensor& positions, const AttentionBatch& 
   s.out = backend_.empty_act({t, config_.hidden});
   s.gate_up = backend_.empty_act({t, 2 * int64_t{config_.intermediate}});
   s.act = backend_.empty({t, config_.intermediate}, input_dtype(t, {&Layer::down}));
-  backend_.rms_norm(x, layers_.front().input_norm, config_.rms_eps, s.normed);
+  s.fused = fuses_residual_steps(t);
+  if (!s.fused) backend_.rms_norm(x, layers_.front().input_norm, config_.rms_eps, s.normed);
   for (size_t i = 0; i < layers_.size(); ++i) {
     run_layer(static_cast<int>(i), x, positions, batch, cache, s);
     if (after_layer) after_layer(static_cast<int>(i), x);

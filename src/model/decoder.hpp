@@ -38,9 +38,13 @@ class Decoder {
   // The activations of one forward, shared by its layers (normed and act in input_dtype).
   struct Scratch {
     Tensor normed, qkv, q, attn, out, gate_up, act;
+    bool fused = false;  // the backend fuses the residual steps (fuses_residual_steps)
   };
-  // Expects scratch.normed = input_norm(x); leaves there the next layer's input_norm(x), or
-  // nothing for the last layer (the final norm runs on the gathered rows in logits()).
+  // Whether the backend runs every layer's norms inside the linears after them and the residual
+  // adds inside the linears before them, at this many rows.
+  bool fuses_residual_steps(int64_t rows) const;
+  // Unfused: expects scratch.normed = input_norm(x); leaves there the next layer's input_norm(x),
+  // or nothing for the last layer (the final norm runs on the gathered rows in logits()).
   void run_layer(int index, Tensor& x, const Tensor& positions, const AttentionBatch& batch,
                  KvCache& cache, Scratch& scratch) const;
 

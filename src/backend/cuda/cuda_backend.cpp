@@ -39,13 +39,6 @@ constexpr int kLongSplitPositions = 1024;
 // lone long context among short ones would otherwise set the step's length on a few SMs.
 constexpr int kMaxPositionsPerFullWaveSplit = 4096;
 
-const CudaLinear& cuda_linear(const Linear& w, const char* op) {
-  const auto* impl = dynamic_cast<const CudaLinear*>(w.impl.get());
-  MOXIN_CHECK(impl != nullptr, "[cuda] ", op,
-              ": the weight was not prepared by this CUDA backend (call prepare_linear on it)");
-  return *impl;
-}
-
 // The whole-tensor element count of a checkpoint tensor, checked against [out, in].
 void check_linear_shape(const TensorInfo& t, int64_t out, int64_t in) {
   MOXIN_CHECK(out > 0 && in > 0 && t.numel() == out * in, "[cuda] weight '", t.name, "' in ",
@@ -120,6 +113,8 @@ CudaBackend::CudaBackend(int device_ordinal)
   add_lane();  // the second image encoder's (Vlm::encode_images), ready before any capture
   const char* fp8_tensor_cores = std::getenv("MOXIN_CUDA_FP8_TENSOR_CORES");
   fp8_tensor_cores_ = fp8_tensor_cores != nullptr && std::string(fp8_tensor_cores) == "1";
+  const char* fused_residual = std::getenv("MOXIN_CUDA_FUSE_RESIDUAL");
+  fused_residual_ = fused_residual == nullptr || std::string(fused_residual) != "0";
   attention_partial_floats_ = kAttentionPartialFloats;
   attention_partial_ = device_alloc(context_, static_cast<size_t>(attention_partial_floats_) * 4);
   attention_counters_ = device_alloc(context_, static_cast<size_t>(kAttentionCounters) * 4);

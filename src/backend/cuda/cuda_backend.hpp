@@ -47,6 +47,11 @@ std::unique_ptr<CudaGraph> capture_cuda_graph(Backend& backend,
 enum class CudaLinearPath { Auto, Gemv, Skinny, Lt };
 void set_cuda_linear_path(Backend& backend, CudaLinearPath path);
 
+// Whether decode linears take a layer's residual steps in (the norm before them, the add after
+// them: Backend::fuses_rms_norm_into); on by default, MOXIN_CUDA_FUSE_RESIDUAL=0 starts it off.
+// The results are the same bits either way; tests and benchmarks compare the two.
+void set_cuda_fused_residual(Backend& backend, bool on);
+
 enum class CudaAttentionPath { Auto, SplitK, TiledF32, TiledBf16, SplitKWarp, SplitKCluster, SplitKTensorCore };
 void set_cuda_attention_path(Backend& backend, CudaAttentionPath path);
 

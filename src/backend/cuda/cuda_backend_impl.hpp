@@ -18,6 +18,7 @@
 #include "backend/cuda/gemm_lt.hpp"
 #include "backend/cuda/kernels.hpp"
 #include "backend/cuda/weight_upload.hpp"
+#include "core/check.hpp"
 
 namespace moxin::cuda {
 
@@ -56,6 +57,14 @@ struct CudaLinear final : LinearImpl {
   Fp8Matrix fp8;
   bool is_fp8() const { return fp8.codes != nullptr; }
 };
+
+// The backend's own form of a prepared Linear; a weight prepared elsewhere is refused by name.
+inline const CudaLinear& cuda_linear(const Linear& w, const char* op) {
+  const auto* impl = dynamic_cast<const CudaLinear*>(w.impl.get());
+  MOXIN_CHECK(impl != nullptr, "[cuda] ", op,
+              ": the weight was not prepared by this CUDA backend (call prepare_linear on it)");
+  return *impl;
+}
 
 // The paged KV cache: per layer K then V, each [num_blocks, block_size, kv_heads, head_dim]
 // bf16, in one zeroed allocation.
@@ -140,6 +149,14 @@ class CudaBackend final : public Backend {
   void swiglu(const Tensor& gate_up, Tensor& y) override;
   void linear_swiglu(const Tensor& x, const Linear& w, Tensor& gate_up, Tensor& y) override;
   void add(Tensor& x, const Tensor& y) override;
+  // cuda_fused_residual.cpp
+  bool fuses_rms_norm_into(const Linear& w, int64_t rows) const override;
+  bool fuses_add_into(const Linear& w, int64_t rows) const override;
+  void rms_norm_linear(const Tensor& x, const Tensor& norm_w, float eps, const Linear& w, Tensor& normed,
+                       Tensor& y) override;
+  void rms_norm_linear_swiglu(const Tensor& x, const Tensor& norm_w, float eps, const Linear& w, Tensor& normed,
+                              Tensor& gate_up, Tensor& y) override;
+  void linear_add(const Tensor& a, const Linear& w, Tensor& out, Tensor& x) override;
   void add_scaled(Tensor& x, const Tensor& y, const Tensor& scale) override;
   void add_rows_cyclic(Tensor& x, const Tensor& table) override;
   void copy_rows(const Tensor& src, Tensor& dst, int64_t dst_row) override;
@@ -164,6 +181,9 @@ class CudaBackend final : public Backend {
   // with f32 activations rounded to bf16 (false, the default). MOXIN_CUDA_FP8_TENSOR_CORES=1
   // sets it at construction.
   void set_fp8_tensor_cores(bool on) { fp8_tensor_cores_ = on; }
+  // Whether decode linears take the residual steps in (fuses_rms_norm_into): on by default,
+  // MOXIN_CUDA_FUSE_RESIDUAL=0 turns it off at construction (for A/B runs).
+  void set_fused_residual(bool on) { fused_residual_ = on; }
   // Number of context splits the split-K kernel uses for this batch (exposed for benchmarks).
   int attention_splits(int tokens, int q_heads, int kv_heads, int head_dim, int max_context) const;
 
@@ -174,6 +194,13 @@ class CudaBackend final : public Backend {
   DecodeKernel bf16_decode_kernel(int64_t m, int64_t n, int64_t k, bool skinny_usable) const;
   // Whether this linear at m rows multiplies bf16 activations (a cuBLASLt bf16 GEMM).
   bool takes_bf16_activations(const CudaLinear& w, int64_t m, int64_t n, int64_t k) const;
+  // Whether a fused residual step (cuda_fused_residual.cpp) runs this linear at m rows; the
+  // kernel's own pointer checks come on top.
+  bool fuses_residual_step(const CudaLinear& w, int64_t m, int64_t n, int64_t k, bool norm_in) const;
+  // One fused decode linear (kernels.hpp's LinearFusion) of x into y; false where its kernel does
+  // not take these operands (the caller then runs the separate ops).
+  bool run_fused_linear(const Tensor& x, const Linear& w, const LinearFusion& fusion, bool gated, Tensor& y,
+                        const char* op);
 
   // The large-M linear: rows of x go through the bf16 scratch in chunks that fit it;
   // fill(first_row, rows, scratch) writes those rows' bf16 activations.
@@ -222,6 +249,7 @@ class CudaBackend final : public Backend {
   CudaAttentionPath attention_path_ = CudaAttentionPath::Auto;
   CudaLinearPath linear_path_ = CudaLinearPath::Auto;
   bool fp8_tensor_cores_ = false;
+  bool fused_residual_ = true;
   int64_t quant_largest_elems_ = 0;  // largest quantized linear prepared so far (out * in)
   CudaLinear quant_dense_;           // weight: bf16 scratch of quant_dense_elems_, made on demand
   int64_t quant_dense_elems_ = 0;

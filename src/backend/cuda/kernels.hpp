@@ -19,15 +19,33 @@ struct Activations {
   bf16_bits* bf16 = nullptr;
 };
 
+// What a decode linear does around its product, in the same kernel (each gives the bits of the
+// separate ops): norm_weight set: x is the residual stream and the linear multiplies
+// rms_norm(x, norm_weight, norm_eps) (as rms_norm rounds it); accumulate: y += the product (the
+// residual add after o_proj and down_proj). A decoder layer at batch 1 then runs two kernels
+// fewer: no add_rms_norm between the linears.
+struct LinearFusion {
+  const float* norm_weight = nullptr;
+  float norm_eps = 0.0f;
+  bool accumulate = false;
+};
+
 // --- gemv.cu: y[M, N] = x[M, K] W[N, K]^T (+ bias), 1 <= M <= kGemvMaxRows, f32 activations ---
 constexpr int kGemvMaxRows = 8;
+constexpr int kFusedGemvMaxRows = 2;  // rows the fused forms (LinearFusion) take
+// A norm-in GEMV keeps its block's normalized rows (m x k f32) in 48 KB of shared memory.
+constexpr int64_t kFusedGemvMaxNormedFloats = 12 * 1024;
 void gemv_bf16(const float* x, int m, const bf16_bits* w, const float* bias, float* y, int n, int k,
-               cudaStream_t stream);
+               cudaStream_t stream, const LinearFusion& fusion = {});
 // y[M, n] = swiglu(x W^T (+ bias)) for W = gate | up [2 n, K] in one pass: the bits of gemv_bf16
 // followed by swiglu. Needs K % 8 == 0 and 16-byte aligned x and W.
 bool gemv_bf16_swiglu_usable(const float* x, const bf16_bits* w, int m, int k);
 void gemv_bf16_swiglu(const float* x, int m, const bf16_bits* w, const float* bias, float* y, int n, int k,
-                      cudaStream_t stream);
+                      cudaStream_t stream, const LinearFusion& fusion = {});
+// Whether gemv_bf16 (gated: gemv_bf16_swiglu) takes this fusion at m rows of k inputs: 1..
+// kFusedGemvMaxRows rows, the vector path, a 16-byte aligned norm weight and m x k f32 in 48 KB
+// of shared memory; a norm and an accumulated output not both, and no gated accumulation.
+bool gemv_bf16_fusable(const float* x, const bf16_bits* w, int m, int k, bool gated, const LinearFusion& fusion);
 
 // --- gemm_skinny.cu: the same product on the tensor cores for 1 <= M <= kSkinnyMaxRows ---
 // x rounded to bf16 (as the cuBLASLt path does), f32 sums added in a fixed order (the result

@@ -13,12 +13,12 @@
 #include "backend/cuda/cuda_check.hpp"
 #include "backend/cuda/kernels.hpp"
 #include "backend/cuda/launch.cuh"
+#include "backend/cuda/rms_inverse.cuh"
 
 namespace moxin::cuda {
 namespace {
 
 constexpr int kNormThreads = 256;      // LayerNorm (the ViT's rows, 1024-1152 wide)
-constexpr int kMaxRmsThreads = 1024;   // RMSNorm: one float4 per thread up to 4096 columns
 
 // Sum over the block (any multiple of 32 threads); every thread gets the result. `scratch`
 // holds one T per warp.
@@ -60,7 +60,8 @@ __global__ void __launch_bounds__(kNormThreads)
 // instead of a 256-thread loop of 16 (~11 us -> a few under ncu). Rows of a width that is not a
 // multiple of 4 (tiny test models) go one element per thread and step. Thread t takes chunks
 // t, t + blockDim, ... and the elements of a chunk in order, in rms_norm and add_rms_norm alike,
-// so that add_rms_norm rounds exactly as add followed by rms_norm.
+// so that add_rms_norm rounds exactly as add followed by rms_norm (rms_inverse.cuh defines the
+// order; the linears that normalize their input reproduce it).
 __device__ __forceinline__ void store4(float* y, int c, float4 v) { reinterpret_cast<float4*>(y)[c] = v; }
 __device__ __forceinline__ void store4(__nv_bfloat16* y, int c, float4 v) {
   const __nv_bfloat162 lo = __floats2bfloat162_rn(v.x, v.y), hi = __floats2bfloat162_rn(v.z, v.w);
@@ -68,17 +69,6 @@ __device__ __forceinline__ void store4(__nv_bfloat16* y, int c, float4 v) {
   packed.x = *reinterpret_cast<const uint32_t*>(&lo);
   packed.y = *reinterpret_cast<const uint32_t*>(&hi);
   reinterpret_cast<uint2*>(y)[c] = packed;
-}
-
-__device__ __forceinline__ float sum_sq4(float4 v, float sq) {
-  sq = fmaf(v.x, v.x, sq);
-  sq = fmaf(v.y, v.y, sq);
-  sq = fmaf(v.z, v.z, sq);
-  return fmaf(v.w, v.w, sq);
-}
-
-__device__ __forceinline__ float4 scale4(float4 w, float4 x, float inv_rms) {
-  return make_float4(w.x * (x.x * inv_rms), w.y * (x.y * inv_rms), w.z * (x.z * inv_rms), w.w * (x.w * inv_rms));
 }
 
 // y may alias x (f32 y): each element is read by the thread that writes it, after the reduction.
@@ -89,14 +79,13 @@ __global__ void __launch_bounds__(kMaxRmsThreads)
   __shared__ float scratch[kMaxRmsThreads / 32];
   const float* xr = x + static_cast<size_t>(blockIdx.x) * cols;
   Out* yr = y + static_cast<size_t>(blockIdx.x) * cols;
-  float sq = 0.0f;
   if constexpr (Vec4) {
     const float4* x4 = reinterpret_cast<const float4*>(xr);
-    for (int c = threadIdx.x; c < cols / 4; c += blockDim.x) sq = sum_sq4(x4[c], sq);
-    const float inv_rms = rsqrtf(block_sum(sq, scratch) / cols + eps);
+    const float inv_rms = rms_inverse(x4, cols / 4, cols, eps, static_cast<int>(blockDim.x), scratch);
     const float4* w4 = reinterpret_cast<const float4*>(w);
     for (int c = threadIdx.x; c < cols / 4; c += blockDim.x) store4(yr, c, scale4(w4[c], x4[c], inv_rms));
   } else {
+    float sq = 0.0f;
     for (int c = threadIdx.x; c < cols; c += blockDim.x) sq = fmaf(xr[c], xr[c], sq);
     const float inv_rms = rsqrtf(block_sum(sq, scratch) / cols + eps);
     for (int c = threadIdx.x; c < cols; c += blockDim.x) store_activation(yr, c, w[c] * (xr[c] * inv_rms));
@@ -135,12 +124,6 @@ __global__ void __launch_bounds__(kMaxRmsThreads)
     const float inv_rms = rsqrtf(block_sum(sq, scratch) / cols + eps);
     for (int c = threadIdx.x; c < cols; c += blockDim.x) store_activation(outr, c, w[c] * (xr[c] * inv_rms));
   }
-}
-
-// Threads for a row of `cols` (see rms_norm_kernel).
-int rms_threads(int64_t cols, bool vec4) {
-  const int64_t items = vec4 ? cols / 4 : cols;
-  return static_cast<int>(std::clamp<int64_t>((items + 31) / 32 * 32, 32, kMaxRmsThreads));
 }
 
 bool rms_vec4(int64_t cols, std::initializer_list<const void*> pointers) {

@@ -1,0 +1,61 @@
+// RMSNorm's arithmetic, shared by the norm kernels (norm.cu) and the linears that normalize their
+// input on the way in (gemv.cu, quant_gemv.cu): one definition of the order in which a row's
+// squares are summed, so that a fused kernel gives the same bits as rms_norm followed by the
+// linear.
+//
+// The order is that of a block of rms_threads(cols) threads: thread t sums the squares of float4
+// chunks t, t + T, t + 2T, ... (each chunk's four in order), each warp adds its 32 partial sums
+// by a butterfly, and the warps' sums are added in warp order starting from zero. A block of any
+// other number of whole warps reproduces it by taking the T threads' roles in turn.
+#pragma once
+
+#include <algorithm>
+#include <cstdint>
+
+#include "backend/cuda/warp_reduce.cuh"
+
+namespace moxin::cuda {
+
+constexpr int kMaxRmsThreads = 1024;  // one float4 per thread up to 4096 columns
+
+// The threads of the block whose order defines a row's sum (see above): as many as the row has
+// float4s (vec4) or elements, rounded up to whole warps, at most kMaxRmsThreads.
+inline int rms_threads(int64_t cols, bool vec4) {
+  const int64_t items = vec4 ? cols / 4 : cols;
+  return static_cast<int>(std::clamp<int64_t>((items + 31) / 32 * 32, 32, kMaxRmsThreads));
+}
+
+__device__ __forceinline__ float sum_sq4(float4 v, float sq) {
+  sq = fmaf(v.x, v.x, sq);
+  sq = fmaf(v.y, v.y, sq);
+  sq = fmaf(v.z, v.z, sq);
+  return fmaf(v.w, v.w, sq);
+}
+
+// RMSNorm's output for four columns: weight * (x * inv_rms), rounded as PyTorch's f32 module does.
+__device__ __forceinline__ float4 scale4(float4 w, float4 x, float inv_rms) {
+  return make_float4(w.x * (x.x * inv_rms), w.y * (x.y * inv_rms), w.z * (x.z * inv_rms), w.w * (x.w * inv_rms));
+}
+
+// 1 / sqrt(mean(row^2) + eps) of a row of cols4 float4s, summed in the order of `threads` threads
+// (a multiple of 32; rms_threads(cols, true)) by the calling block, whose size must be a multiple
+// of 32. Every thread of the block must call it and gets the result. `scratch` holds
+// threads / 32 floats and may be reused once the function has returned.
+__device__ __forceinline__ float rms_inverse(const float4* row, int cols4, int cols, float eps, int threads,
+                                             float* scratch) {
+  const int lane = static_cast<int>(threadIdx.x % 32);
+  const int warps = static_cast<int>(blockDim.x / 32);
+  for (int role_warp = static_cast<int>(threadIdx.x / 32); role_warp < threads / 32; role_warp += warps) {
+    float sq = 0.0f;
+    for (int c = role_warp * 32 + lane; c < cols4; c += threads) sq = sum_sq4(row[c], sq);
+    sq = warp_sum(sq);
+    if (lane == 0) scratch[role_warp] = sq;
+  }
+  __syncthreads();
+  float total = 0.0f;
+  for (int w = 0; w < threads / 32; ++w) total += scratch[w];
+  __syncthreads();  // scratch may be reused by the caller
+  return rsqrtf(total / static_cast<float>(cols) + eps);
+}
+
+}  // namespace moxin::cuda
