@@ -189,4 +189,32 @@ void expect_close(const std::string& what, const std::vector<float>& got,
   EXPECT_LE(err, tol) << what;
 }
 
+std::vector<double> rms_norm_ref(const std::vector<float>& x, const std::vector<float>& weight, int64_t rows,
+                                 int64_t cols, float eps) {
+  std::vector<double> out(x.size());
+  for (int64_t r = 0; r < rows; ++r) {
+    double sq = 0.0;
+    for (int64_t i = 0; i < cols; ++i) sq += double(x[r * cols + i]) * x[r * cols + i];
+    const double inv = 1.0 / std::sqrt(sq / double(cols) + eps);
+    for (int64_t i = 0; i < cols; ++i) out[r * cols + i] = weight[i] * (x[r * cols + i] * inv);
+  }
+  return out;
+}
+
+std::vector<double> swiglu_ref(const std::vector<double>& gate_up, int64_t rows, int64_t half) {
+  std::vector<double> out(static_cast<size_t>(rows * half));
+  for (int64_t r = 0; r < rows; ++r)
+    for (int64_t j = 0; j < half; ++j) {
+      const double g = gate_up[r * 2 * half + j], u = gate_up[r * 2 * half + half + j];
+      out[r * half + j] = g / (1.0 + std::exp(-g)) * u;
+    }
+  return out;
+}
+
+std::vector<float> CudaOpsTest::residual_rows(size_t n) {
+  std::vector<float> x = randn(n, 4.0f);
+  for (float& v : x) v += 0.5f;
+  return x;
+}
+
 }  // namespace moxin::cuda_test

@@ -59,6 +59,8 @@ class CudaOpsTest : public ::testing::Test {
   std::vector<float> linear_both_ways(const std::vector<float>& x, int64_t m, int64_t k, const Linear& w,
                                       const std::string& what);
   Tensor poisoned(const std::vector<int64_t>& shape);  // every element NaN
+  // Residual-stream rows as a decoder carries them: a spread of magnitudes, off zero mean.
+  std::vector<float> residual_rows(size_t n);
   std::vector<float> download(const Tensor& t);
 
   Backend& backend() { return *backend_; }
@@ -73,5 +75,11 @@ void expect_close(const std::string& what, const std::vector<float>& got,
                   const std::vector<double>& ref, double tol);
 
 float round_bf16(float x);
+
+// RMSNorm of f32 rows [rows, cols] in f64: weight * (x / sqrt(mean(x^2) + eps)).
+std::vector<double> rms_norm_ref(const std::vector<float>& x, const std::vector<float>& weight, int64_t rows,
+                                 int64_t cols, float eps);
+// silu(gate) * up of gate | up rows [rows, 2 half] in f64.
+std::vector<double> swiglu_ref(const std::vector<double>& gate_up, int64_t rows, int64_t half);
 
 }  // namespace moxin::cuda_test

@@ -27,19 +27,6 @@ class CudaFusedResidual : public CudaOpsTest {
     set_cuda_linear_path(*backend_, CudaLinearPath::Auto);
   }
 
-  // rms_norm(x) [m, k] in f64 from the f32 residual rows and the f32 norm weight.
-  static std::vector<double> normed_ref(const std::vector<float>& x, const std::vector<float>& g, int64_t m,
-                                        int64_t k) {
-    std::vector<double> out(x.size());
-    for (int64_t r = 0; r < m; ++r) {
-      double sq = 0.0;
-      for (int64_t i = 0; i < k; ++i) sq += double(x[r * k + i]) * x[r * k + i];
-      const double inv = 1.0 / std::sqrt(sq / double(k) + kEps);
-      for (int64_t i = 0; i < k; ++i) out[r * k + i] = g[i] * (x[r * k + i] * inv);
-    }
-    return out;
-  }
-
   // x [m, k] times w [n, k] (+ bias) in f64.
   static std::vector<double> product_ref(const std::vector<double>& x, int64_t m, int64_t k,
                                          const std::vector<float>& w, int64_t n, const std::vector<float>* bias) {
@@ -53,13 +40,6 @@ class CudaFusedResidual : public CudaOpsTest {
     return y;
   }
 
-  // Residual rows as a decoder carries them: a spread of magnitudes, away from zero mean.
-  std::vector<float> residual(size_t n) {
-    std::vector<float> x = randn(n, 4.0f);
-    for (float& v : x) v += 0.5f;
-    return x;
-  }
-
   void check_norm_in(int64_t m, int64_t n, int64_t k, bool with_bias, bool gated, bool expect_fused) {
     const std::string what = cat(gated ? "rms_norm_linear_swiglu" : "rms_norm_linear", " M=", m, " N=", n, " K=", k,
                                  with_bias ? " +bias" : "");
@@ -70,7 +50,7 @@ class CudaFusedResidual : public CudaOpsTest {
     EXPECT_EQ(backend().fuses_rms_norm_into(prepared, m), expect_fused) << what;
     std::vector<float> g = uniform(static_cast<size_t>(k), 0.5f, 1.5f);
     const Tensor norm_w = upload(g, {k});
-    const std::vector<float> x = residual(static_cast<size_t>(m * k));
+    const std::vector<float> x = residual_rows(static_cast<size_t>(m * k));
     const Tensor xt = upload(x, {m, k});
     const DType normed_dtype = backend().linear_input_dtype(prepared, m);
 
@@ -90,17 +70,9 @@ class CudaFusedResidual : public CudaOpsTest {
     EXPECT_EQ(got, download(separate)) << what << ": fused bits differ from the separate ops";
     EXPECT_EQ(download(xt), x) << what << ": the residual rows changed";
 
-    const std::vector<double> y = product_ref(normed_ref(x, g, m, k), m, k, w.values, rows_out,
+    const std::vector<double> y = product_ref(rms_norm_ref(x, g, m, k, kEps), m, k, w.values, rows_out,
                                               with_bias ? &b.values : nullptr);
-    std::vector<double> ref = y;
-    if (gated) {
-      ref.assign(static_cast<size_t>(m * n), 0.0);
-      for (int64_t r = 0; r < m; ++r)
-        for (int64_t j = 0; j < n; ++j) {
-          const double gv = y[r * 2 * n + j], uv = y[r * 2 * n + n + j];
-          ref[r * n + j] = gv / (1.0 + std::exp(-gv)) * uv;
-        }
-    }
+    const std::vector<double> ref = gated ? swiglu_ref(y, m, n) : y;
     if (normed_dtype == DType::F32) expect_close(what, got, ref, kF32Tol);
   }
 
@@ -111,7 +83,7 @@ class CudaFusedResidual : public CudaOpsTest {
     const Linear prepared = prepare(w, with_bias ? &b : nullptr);
     EXPECT_EQ(backend().fuses_add_into(prepared, m), expect_fused) << what;
     const std::vector<float> a = randn(static_cast<size_t>(m * k));
-    const std::vector<float> x = residual(static_cast<size_t>(m * n));
+    const std::vector<float> x = residual_rows(static_cast<size_t>(m * n));
     const Tensor at = upload(a, {m, k});
 
     Tensor fused = upload(x, {m, n}), out = poisoned({m, n});

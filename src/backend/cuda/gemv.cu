@@ -48,16 +48,6 @@ __device__ __forceinline__ float dot8(uint4 w, float4 a, float4 b, float acc) {
   return acc;
 }
 
-// Activations from global memory through the read-only path, or from the block's normalized copy
-// in shared memory.
-template <bool Shared>
-__device__ __forceinline__ float4 load_x(const float4* p) {
-  if constexpr (Shared)
-    return *p;
-  else
-    return __ldg(p);
-}
-
 // Applies one 16-byte weight vector per row (index `vec` along K) to all M activation rows.
 template <int M, int R, bool Shared>
 __device__ __forceinline__ void accumulate(const uint4 (&wv)[R], const float4* __restrict__ x4,
@@ -69,30 +59,6 @@ __device__ __forceinline__ void accumulate(const uint4 (&wv)[R], const float4* _
 #pragma unroll
     for (int r = 0; r < R; ++r) acc[m][r] = dot8(wv[r], a, b, acc[m][r]);
   }
-}
-
-// The norm a kernel applies to its input rows (NormIn): RMSNorm's weight and eps, and the threads
-// whose summation order it reproduces (rms_threads).
-struct NormParams {
-  const float* weight;
-  float eps;
-  int threads;
-};
-
-// normed[m][0..k) = rms_norm(x[m]) for the block's M rows, as rms_norm_kernel rounds it; every
-// thread of the block must call it. The second read of each row hits L1.
-template <int M>
-__device__ __forceinline__ void stage_normed_rows(const float* x, const NormParams& norm, int k,
-                                                  float4* normed, float* scratch) {
-  const int k4 = k / 4;
-  const float4* g4 = reinterpret_cast<const float4*>(norm.weight);
-#pragma unroll
-  for (int m = 0; m < M; ++m) {
-    const float4* row = reinterpret_cast<const float4*>(x + static_cast<size_t>(m) * k);
-    const float inv_rms = rms_inverse(row, k4, k, norm.eps, norm.threads, scratch);
-    for (int c = threadIdx.x; c < k4; c += blockDim.x) normed[m * k4 + c] = scale4(__ldg(g4 + c), row[c], inv_rms);
-  }
-  __syncthreads();
 }
 
 // Requires K % 8 == 0 and 16-byte aligned x and W rows (checked by the launcher).

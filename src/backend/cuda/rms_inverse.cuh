@@ -1,7 +1,7 @@
 // RMSNorm's arithmetic, shared by the norm kernels (norm.cu) and the linears that normalize their
 // input on the way in (gemv.cu, quant_gemv.cu): one definition of the order in which a row's
 // squares are summed, so that a fused kernel gives the same bits as rms_norm followed by the
-// linear.
+// linear; and the normalized copy of the input rows such a linear keeps in shared memory.
 //
 // The order is that of a block of rms_threads(cols) threads: thread t sums the squares of float4
 // chunks t, t + T, t + 2T, ... (each chunk's four in order), each warp adds its 32 partial sums
@@ -56,6 +56,40 @@ __device__ __forceinline__ float rms_inverse(const float4* row, int cols4, int c
   for (int w = 0; w < threads / 32; ++w) total += scratch[w];
   __syncthreads();  // scratch may be reused by the caller
   return rsqrtf(total / static_cast<float>(cols) + eps);
+}
+
+// The norm a kernel applies to its input rows (NormIn): RMSNorm's weight and eps, and the threads
+// whose summation order it reproduces (rms_threads).
+struct NormParams {
+  const float* weight;
+  float eps;
+  int threads;
+};
+
+// normed[m][0..k) = rms_norm(x[m]) for the block's M rows, as rms_norm_kernel rounds it; every
+// thread of the block must call it. The second read of each row hits L1.
+template <int M>
+__device__ __forceinline__ void stage_normed_rows(const float* x, const NormParams& norm, int k,
+                                                  float4* normed, float* scratch) {
+  const int k4 = k / 4;
+  const float4* g4 = reinterpret_cast<const float4*>(norm.weight);
+#pragma unroll
+  for (int m = 0; m < M; ++m) {
+    const float4* row = reinterpret_cast<const float4*>(x + static_cast<size_t>(m) * k);
+    const float inv_rms = rms_inverse(row, k4, k, norm.eps, norm.threads, scratch);
+    for (int c = threadIdx.x; c < k4; c += blockDim.x) normed[m * k4 + c] = scale4(__ldg(g4 + c), row[c], inv_rms);
+  }
+  __syncthreads();
+}
+
+// Activations from global memory through the read-only path, or from the block's normalized copy
+// in shared memory.
+template <bool Shared>
+__device__ __forceinline__ float4 load_x(const float4* p) {
+  if constexpr (Shared)
+    return *p;
+  else
+    return __ldg(p);
 }
 
 }  // namespace moxin::cuda
