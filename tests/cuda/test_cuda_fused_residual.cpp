@@ -3,7 +3,7 @@
 // GEMV), each must give exactly the bits of the separate ops (rms_norm then linear, linear then
 // add) and match the f64 reference to f32 rounding; elsewhere the separate ops run. The norm's
 // summation order is reproduced by blocks of another size, so the widths cover one float4 per
-// reproduced thread (4096), several (12288) and fewer threads than the GEMV block has (256).
+// reproduced thread (4096), several (11264) and fewer threads than the GEMV block has (256).
 #include <cmath>
 #include <tuple>
 
@@ -15,6 +15,9 @@ namespace moxin::cuda_test {
 namespace {
 
 constexpr double kF32Tol = 1e-5;
+// Where the separate ops run, 2..8 rows take the skinny GEMM or cuBLASLt, which round the
+// activations to bf16 (test_cuda_linear.cpp bounds that: 4e-3 against the exact activations).
+constexpr double kSeparateTol = 4e-3;
 constexpr float kEps = 1e-5f;
 
 using Shape = std::tuple<int64_t, int64_t, int64_t>;  // rows, outputs, inputs
@@ -73,7 +76,7 @@ class CudaFusedResidual : public CudaOpsTest {
     const std::vector<double> y = product_ref(rms_norm_ref(x, g, m, k, kEps), m, k, w.values, rows_out,
                                               with_bias ? &b.values : nullptr);
     const std::vector<double> ref = gated ? swiglu_ref(y, m, n) : y;
-    if (normed_dtype == DType::F32) expect_close(what, got, ref, kF32Tol);
+    expect_close(what, got, ref, expect_fused ? kF32Tol : kSeparateTol);
   }
 
   void check_add_out(int64_t m, int64_t n, int64_t k, bool with_bias, bool expect_fused) {
@@ -97,15 +100,15 @@ class CudaFusedResidual : public CudaOpsTest {
     std::vector<double> ad(a.begin(), a.end());
     std::vector<double> ref = product_ref(ad, m, k, w.values, n, with_bias ? &b.values : nullptr);
     for (size_t i = 0; i < ref.size(); ++i) ref[i] += x[i];
-    if (backend().linear_input_dtype(prepared, m) == DType::F32) expect_close(what, got, ref, kF32Tol);
+    expect_close(what, got, ref, expect_fused ? kF32Tol : kSeparateTol);
   }
 };
 
 // Two rows reach the GEMV only where it is forced (Auto takes the skinny GEMM or cuBLASLt there).
 TEST_F(CudaFusedResidual, NormBeforeTheLinearGivesTheSeparateBits) {
   set_cuda_linear_path(backend(), CudaLinearPath::Gemv);
-  for (const auto& [m, n, k] : {Shape{1, 96, 256}, {2, 33, 1024}, {1, 300, 4096}, {1, 17, 12288}, {2, 64, 4104},
-                                {1, 5, 8}, {int64_t{randint(1, 2)}, int64_t{randint(1, 400)}, 8 * int64_t{randint(1, 768)}}})
+  for (const auto& [m, n, k] : {Shape{1, 96, 256}, {2, 33, 1024}, {1, 300, 4096}, {1, 17, 11264}, {2, 64, 4104},
+                                {1, 5, 8}, {int64_t{randint(1, 2)}, int64_t{randint(1, 400)}, 8 * int64_t{randint(1, 704)}}})
     for (const bool with_bias : {false, true}) {
       check_norm_in(m, n, k, with_bias, false, true);
       check_norm_in(m, n, k, with_bias, true, true);
@@ -123,12 +126,12 @@ TEST_F(CudaFusedResidual, AddAfterTheLinearGivesTheSeparateBits) {
 // than it takes, inputs not a multiple of 8, a normalized copy larger than its shared memory, or
 // switched off), the same ops give the separate ops' bits through the separate kernels.
 TEST_F(CudaFusedResidual, ElsewhereTheSeparateOpsRun) {
-  for (const auto& [m, n, k] : {Shape{2, 40, 64}, {3, 40, 64}, {8, 20, 512}, {1, 20, 100}, {1, 16, 12296}}) {
+  for (const auto& [m, n, k] : {Shape{2, 40, 64}, {3, 40, 64}, {8, 20, 512}, {1, 20, 100}, {1, 16, 11272}}) {
     check_norm_in(m, n, k, true, false, false);
     check_norm_in(m, n, k, false, true, false);
-    if (k != 12296) check_add_out(m, n, k, true, false);  // the add has no normalized copy to fit
+    if (k != 11272) check_add_out(m, n, k, true, false);  // the add has no normalized copy to fit
   }
-  check_add_out(1, 16, 12296, false, true);
+  check_add_out(1, 16, 11272, false, true);
   set_cuda_fused_residual(backend(), false);
   check_norm_in(1, 96, 256, false, false, false);
   check_norm_in(1, 96, 256, false, true, false);

@@ -93,12 +93,13 @@ __global__ void __launch_bounds__(kWarpsPerBlock* kLanes)
     for (int r = 0; r < R; ++r)
       if (lane + u * kLanes < vecs)
         asm volatile("prefetch.global.L2 [%0];" ::"l"(rows[r] + lane + u * kLanes));
+  if constexpr (NormIn) prefetch_norm_weight(norm.weight, k);
   wait_for_prior_kernels();
   const float4* x4 = reinterpret_cast<const float4*>(x);
   if constexpr (NormIn) {
     extern __shared__ float4 normed[];
     __shared__ float scratch[kMaxRmsThreads / 32];
-    stage_normed_rows<M>(x, norm, k, normed, scratch);
+    stage_normed_rows<M, kWarpsPerBlock>(x, norm, k, normed, scratch);
     if (row0 >= n) return;
     x4 = normed;
   }
@@ -265,7 +266,7 @@ void fused_gemv(const float* x, int m, const bf16_bits* w, const float* bias, fl
   MOXIN_CHECK(gemv_bf16_fusable(x, w, m, k, gated, fusion), "[cuda] gemv_bf16: the fused form (",
               fusion.norm_weight ? "rms_norm in" : "", fusion.accumulate ? "accumulated out" : "", ") does not take ",
               m, " rows of ", k, " inputs (1..", kFusedGemvMaxRows,
-              " rows, K % 8 == 0, 16-byte aligned x, W and norm weight, the rows in 48 KB)");
+              " rows, K % 8 == 0, 16-byte aligned x, W and norm weight, the rows in 44 KB)");
   const NormParams norm{fusion.norm_weight, fusion.norm_eps, rms_threads(k, true)};
   if (m == 1)
     launch_fused<1>(x, w, bias, y, n, k, gated, norm, fusion.accumulate, stream);

@@ -225,12 +225,13 @@ __global__ void __launch_bounds__(kWarpsPerBlock* kLanes, MinBlocks)
   // previous kernel (which produces x) drains.
   Codes cur;
   load(slice * kSpan, cur);
+  if constexpr (F::kNormIn) prefetch_norm_weight(norm.weight, k);
   wait_for_prior_kernels();
   const float* xs_src = x;
   if constexpr (F::kNormIn) {
     extern __shared__ float4 normed[];
     __shared__ float scratch[kMaxRmsThreads / 32];
-    stage_normed_rows<M>(x, norm, k, normed, scratch);
+    stage_normed_rows<M, kWarpsPerBlock>(x, norm, k, normed, scratch);
     xs_src = reinterpret_cast<const float*>(normed);
   }
 
@@ -388,6 +389,7 @@ __global__ void __launch_bounds__(kStagedThreads)
   Codes even{}, odd{};
   if (slice < tiles) load(slice, even);
   if (slice + S < tiles) load(slice + S, odd);
+  if constexpr (F::kNormIn) prefetch_norm_weight(norm.weight, k);
   wait_for_prior_kernels();
 
   float inv_rms[M];  // norm-in: each row's RMSNorm factor, as rms_norm_kernel computes it
@@ -395,8 +397,8 @@ __global__ void __launch_bounds__(kStagedThreads)
     __shared__ float scratch[kMaxRmsThreads / 32];
 #pragma unroll
     for (int m = 0; m < M; ++m)
-      inv_rms[m] = rms_inverse(reinterpret_cast<const float4*>(x + static_cast<int64_t>(m) * k), k / 4, k, norm.eps,
-                               norm.threads, scratch);
+      inv_rms[m] = rms_inverse<kStagedWarps>(reinterpret_cast<const float4*>(x + static_cast<int64_t>(m) * k), k / 4,
+                                             k, norm.eps, norm.threads, scratch);
   }
   // Staging: thread h takes inputs 8h..8h+7 (word h % 4 of segment h / 4) of every x row; the
   // padding segments get zeros.

@@ -39,23 +39,51 @@ __device__ __forceinline__ float4 scale4(float4 w, float4 x, float inv_rms) {
 
 // 1 / sqrt(mean(row^2) + eps) of a row of cols4 float4s, summed in the order of `threads` threads
 // (a multiple of 32; rms_threads(cols, true)) by the calling block, whose size must be a multiple
-// of 32. Every thread of the block must call it and gets the result. `scratch` holds
-// threads / 32 floats and may be reused once the function has returned.
+// of 32: BlockWarps warps, or any (0: the size is known only at run time). Every thread of the
+// block must call it and gets the result. `scratch` holds threads / 32 floats and may be reused
+// once the function has returned.
+// With the block size known and at most one float4 per reproduced thread (a 4096-wide row), a
+// thread issues the loads of all its roles before reducing any: one memory round trip, not one
+// per role, on the critical path of the linears that normalize their input.
+template <int BlockWarps = 0>
 __device__ __forceinline__ float rms_inverse(const float4* row, int cols4, int cols, float eps, int threads,
                                              float* scratch) {
-  const int lane = static_cast<int>(threadIdx.x % 32);
-  const int warps = static_cast<int>(blockDim.x / 32);
-  for (int role_warp = static_cast<int>(threadIdx.x / 32); role_warp < threads / 32; role_warp += warps) {
-    float sq = 0.0f;
-    for (int c = role_warp * 32 + lane; c < cols4; c += threads) sq = sum_sq4(row[c], sq);
-    sq = warp_sum(sq);
-    if (lane == 0) scratch[role_warp] = sq;
+  const int lane = static_cast<int>(threadIdx.x % 32), warp = static_cast<int>(threadIdx.x / 32);
+  const int role_warps = threads / 32;
+  if (BlockWarps > 0 && cols4 <= threads) {
+    constexpr int kRoles = BlockWarps > 0 ? (kMaxRmsThreads / 32 + BlockWarps - 1) / BlockWarps : 1;
+    float4 v[kRoles];
+#pragma unroll
+    for (int i = 0; i < kRoles; ++i) {
+      const int c = static_cast<int>(threadIdx.x) + i * BlockWarps * 32;  // role warp + i * BlockWarps's element
+      v[i] = c < cols4 ? row[c] : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+    }
+#pragma unroll
+    for (int i = 0; i < kRoles; ++i) {
+      const float sq = warp_sum(sum_sq4(v[i], 0.0f));  // a role without an element sums to +0, as its thread would
+      if (lane == 0 && warp + i * BlockWarps < role_warps) scratch[warp + i * BlockWarps] = sq;
+    }
+  } else {
+    const int warps = static_cast<int>(blockDim.x / 32);
+    for (int role_warp = warp; role_warp < role_warps; role_warp += warps) {
+      float sq = 0.0f;
+      for (int c = role_warp * 32 + lane; c < cols4; c += threads) sq = sum_sq4(row[c], sq);
+      sq = warp_sum(sq);
+      if (lane == 0) scratch[role_warp] = sq;
+    }
   }
   __syncthreads();
   float total = 0.0f;
-  for (int w = 0; w < threads / 32; ++w) total += scratch[w];
+#pragma unroll 8
+  for (int w = 0; w < role_warps; ++w) total += scratch[w];
   __syncthreads();  // scratch may be reused by the caller
   return rsqrtf(total / static_cast<float>(cols) + eps);
+}
+
+// Requests the norm weight's lines into L2 while the previous kernel drains (it never changes).
+__device__ __forceinline__ void prefetch_norm_weight(const float* weight, int cols) {
+  for (int line = static_cast<int>(threadIdx.x); line * 32 < cols; line += static_cast<int>(blockDim.x))
+    asm volatile("prefetch.global.L2 [%0];" ::"l"(weight + line * 32));
 }
 
 // The norm a kernel applies to its input rows (NormIn): RMSNorm's weight and eps, and the threads
@@ -67,8 +95,8 @@ struct NormParams {
 };
 
 // normed[m][0..k) = rms_norm(x[m]) for the block's M rows, as rms_norm_kernel rounds it; every
-// thread of the block must call it. The second read of each row hits L1.
-template <int M>
+// thread of the block (BlockWarps warps) must call it. The second read of each row hits L1.
+template <int M, int BlockWarps>
 __device__ __forceinline__ void stage_normed_rows(const float* x, const NormParams& norm, int k,
                                                   float4* normed, float* scratch) {
   const int k4 = k / 4;
@@ -76,7 +104,7 @@ __device__ __forceinline__ void stage_normed_rows(const float* x, const NormPara
 #pragma unroll
   for (int m = 0; m < M; ++m) {
     const float4* row = reinterpret_cast<const float4*>(x + static_cast<size_t>(m) * k);
-    const float inv_rms = rms_inverse(row, k4, k, norm.eps, norm.threads, scratch);
+    const float inv_rms = rms_inverse<BlockWarps>(row, k4, k, norm.eps, norm.threads, scratch);
     for (int c = threadIdx.x; c < k4; c += blockDim.x) normed[m * k4 + c] = scale4(__ldg(g4 + c), row[c], inv_rms);
   }
   __syncthreads();
