@@ -1,7 +1,7 @@
 // Decode attention over the paged cache on tensor cores, for batches that fill the GPU with
 // (token, kv head) blocks: grid (splits, kv heads, tokens) and the block's end as the other
 // split-K kernels (paged_attention_merge.cuh), but each warp streams 16-position tiles of K and
-// V through its own ring of shared-memory stages (cp.async; all but one in flight while
+// V through its own ring of shared-memory stages (cp.async; kStages - 1 tiles in flight while
 // one is multiplied, the block ids of the next tile looked up while this one lands) and
 // multiplies them with mma.sync m16n8k16: S = Q K^T with the GQA group's heads as A rows and 16
 // positions as two n8 tiles, then O += P V with P straight from S's accumulators.
@@ -43,13 +43,7 @@ namespace {
 using namespace split_k;
 
 constexpr int kTilePositions = 16;  // positions per warp step: the k16 of P V
-// Ring stages per warp: one tile multiplied while the others are in flight. bf16: 3 (two blocks
-// of 4 warps per SM at head_dim 128); FP8 stages are half the bytes, so 4 keep 12 KB in flight
-// per warp against bf16's 16 at the same two blocks per SM.
-template <bool kFp8>
-constexpr int ring_stages() {
-  return kFp8 ? 4 : 3;
-}
+constexpr int kStages = 3;          // per warp: one tile multiplied while two are in flight
 
 template <int kD>
 constexpr int staged_row() {
@@ -68,14 +62,14 @@ constexpr int fp8_stage_bytes() {
 // FP8: the bytes of the ring's stages, rounded to 16 (the widened tiles follow).
 template <int kD>
 constexpr size_t fp8_ring_bytes() {
-  return (size_t{ring_stages<true>()} * fp8_stage_bytes<kD>() + 15) / 16 * 16;
+  return (size_t{kStages} * fp8_stage_bytes<kD>() + 15) / 16 * 16;
 }
 // Per warp: the ring (bf16 tiles), or FP8 stages, the f16 K and V tiles they are widened into
 // and the widened tile's row scales (K: f32 2^e; V: the exponent).
 template <int kD, bool kFp8>
 constexpr size_t warp_smem_bytes() {
   constexpr size_t tiles = size_t{2} * bf16_tile_elems<kD>() * sizeof(bf16_bits);
-  return kFp8 ? fp8_ring_bytes<kD>() + tiles + 2 * kTilePositions * 4 : ring_stages<false>() * tiles;
+  return kFp8 ? fp8_ring_bytes<kD>() + tiles + 2 * kTilePositions * 4 : kStages * tiles;
 }
 template <int kD, bool kFp8>
 constexpr size_t mma_decode_smem_bytes() {
@@ -191,7 +185,6 @@ __global__ void __launch_bounds__(kSplitWarps * 32, 2)
   constexpr int kRow = staged_row<kD>();
   constexpr int kSteps = kD / 16;                   // k16 steps of Q K^T, n16 steps of P V
   constexpr int kTileElems = bf16_tile_elems<kD>();
-  constexpr int kStages = ring_stages<kFp8>();
   extern __shared__ __align__(16) unsigned char staging[];
   __shared__ unsigned valid_rows[kSplitWarps][kStages];  // bit r: row r of the stage is real
   __shared__ BlockMerge merge;
