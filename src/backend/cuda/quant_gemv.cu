@@ -397,7 +397,7 @@ __global__ void __launch_bounds__(kStagedThreads)
     __shared__ float scratch[kMaxRmsThreads / 32];
 #pragma unroll
     for (int m = 0; m < M; ++m)
-      inv_rms[m] = rms_inverse<kStagedWarps>(reinterpret_cast<const float4*>(x + static_cast<int64_t>(m) * k), k / 4,
+      inv_rms[m] = rms_inverse_by<kStagedWarps>(reinterpret_cast<const float4*>(x + static_cast<int64_t>(m) * k), k / 4,
                                              k, norm.eps, norm.threads, scratch);
   }
   // Staging: thread h takes inputs 8h..8h+7 (word h % 4 of segment h / 4) of every x row; the

@@ -37,47 +37,67 @@ __device__ __forceinline__ float4 scale4(float4 w, float4 x, float inv_rms) {
   return make_float4(w.x * (x.x * inv_rms), w.y * (x.y * inv_rms), w.z * (x.z * inv_rms), w.w * (x.w * inv_rms));
 }
 
-// 1 / sqrt(mean(row^2) + eps) of a row of cols4 float4s, summed in the order of `threads` threads
-// (a multiple of 32; rms_threads(cols, true)) by the calling block, whose size must be a multiple
-// of 32: BlockWarps warps, or any (0: the size is known only at run time). Every thread of the
-// block must call it and gets the result. `scratch` holds threads / 32 floats and may be reused
-// once the function has returned.
-// With the block size known and at most one float4 per reproduced thread (a 4096-wide row), a
-// thread issues the loads of all its roles before reducing any: one memory round trip, not one
-// per role, on the critical path of the linears that normalize their input.
-template <int BlockWarps = 0>
-__device__ __forceinline__ float rms_inverse(const float4* row, int cols4, int cols, float eps, int threads,
-                                             float* scratch) {
-  const int lane = static_cast<int>(threadIdx.x % 32), warp = static_cast<int>(threadIdx.x / 32);
-  const int role_warps = threads / 32;
-  if (BlockWarps > 0 && cols4 <= threads) {
-    constexpr int kRoles = BlockWarps > 0 ? (kMaxRmsThreads / 32 + BlockWarps - 1) / BlockWarps : 1;
-    float4 v[kRoles];
-#pragma unroll
-    for (int i = 0; i < kRoles; ++i) {
-      const int c = static_cast<int>(threadIdx.x) + i * BlockWarps * 32;  // role warp + i * BlockWarps's element
-      v[i] = c < cols4 ? row[c] : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
-    }
-#pragma unroll
-    for (int i = 0; i < kRoles; ++i) {
-      const float sq = warp_sum(sum_sq4(v[i], 0.0f));  // a role without an element sums to +0, as its thread would
-      if (lane == 0 && warp + i * BlockWarps < role_warps) scratch[warp + i * BlockWarps] = sq;
-    }
-  } else {
-    const int warps = static_cast<int>(blockDim.x / 32);
-    for (int role_warp = warp; role_warp < role_warps; role_warp += warps) {
-      float sq = 0.0f;
-      for (int c = role_warp * 32 + lane; c < cols4; c += threads) sq = sum_sq4(row[c], sq);
-      sq = warp_sum(sq);
-      if (lane == 0) scratch[role_warp] = sq;
-    }
-  }
+// The roles of reproduced threads a block of BlockWarps warps takes (see the top of the file).
+template <int BlockWarps>
+constexpr int rms_roles() {
+  return (kMaxRmsThreads / 32 + BlockWarps - 1) / BlockWarps;
+}
+
+// The sum's last steps, shared by both paths below: each warp's role sums (a butterfly), then the
+// role warps' sums in order from zero; returns 1 / sqrt(total / cols + eps) to every thread.
+__device__ __forceinline__ float rms_inverse_of_sums(float* scratch, int role_warps, int cols, float eps) {
   __syncthreads();
   float total = 0.0f;
 #pragma unroll 8
   for (int w = 0; w < role_warps; ++w) total += scratch[w];
   __syncthreads();  // scratch may be reused by the caller
   return rsqrtf(total / static_cast<float>(cols) + eps);
+}
+
+// Fast path for a row of at most `threads` float4s (a 4096-wide row) in a block of BlockWarps
+// warps: v[i] holds float4 threadIdx.x + i * blockDim.x (zero past the row), which is role thread
+// (warp + i * BlockWarps) * 32 + lane's only element, loaded by the caller all at once: one
+// memory round trip, not one per role, on the critical path of a linear that normalizes its input.
+template <int BlockWarps>
+__device__ __forceinline__ float rms_inverse_held(const float4 (&v)[rms_roles<BlockWarps>()], int cols, float eps,
+                                                  int threads, float* scratch) {
+  const int lane = static_cast<int>(threadIdx.x % 32), warp = static_cast<int>(threadIdx.x / 32);
+#pragma unroll
+  for (int i = 0; i < rms_roles<BlockWarps>(); ++i) {
+    const float sq = warp_sum(sum_sq4(v[i], 0.0f));  // a role without an element sums to +0, as its thread would
+    if (lane == 0 && warp + i * BlockWarps < threads / 32) scratch[warp + i * BlockWarps] = sq;
+  }
+  return rms_inverse_of_sums(scratch, threads / 32, cols, eps);
+}
+
+// 1 / sqrt(mean(row^2) + eps) of a row of cols4 float4s, summed in the order of `threads` threads
+// (a multiple of 32; rms_threads(cols, true)) by the calling block, whose size must be a multiple
+// of 32. Every thread of the block must call it and gets the result. `scratch` holds
+// threads / 32 floats and may be reused once the function has returned.
+__device__ __forceinline__ float rms_inverse(const float4* row, int cols4, int cols, float eps, int threads,
+                                             float* scratch) {
+  const int lane = static_cast<int>(threadIdx.x % 32), warps = static_cast<int>(blockDim.x / 32);
+  for (int role_warp = static_cast<int>(threadIdx.x / 32); role_warp < threads / 32; role_warp += warps) {
+    float sq = 0.0f;
+    for (int c = role_warp * 32 + lane; c < cols4; c += threads) sq = sum_sq4(row[c], sq);
+    sq = warp_sum(sq);
+    if (lane == 0) scratch[role_warp] = sq;
+  }
+  return rms_inverse_of_sums(scratch, threads / 32, cols, eps);
+}
+
+// rms_inverse by a block of BlockWarps warps, through the fast path where the row allows.
+template <int BlockWarps>
+__device__ __forceinline__ float rms_inverse_by(const float4* row, int cols4, int cols, float eps, int threads,
+                                                float* scratch) {
+  if (cols4 > threads) return rms_inverse(row, cols4, cols, eps, threads, scratch);
+  float4 v[rms_roles<BlockWarps>()];
+#pragma unroll
+  for (int i = 0; i < rms_roles<BlockWarps>(); ++i) {
+    const int c = static_cast<int>(threadIdx.x) + i * BlockWarps * 32;
+    v[i] = c < cols4 ? row[c] : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+  }
+  return rms_inverse_held<BlockWarps>(v, cols, eps, threads, scratch);
 }
 
 // Requests the norm weight's lines into L2 while the previous kernel drains (it never changes).
@@ -95,17 +115,38 @@ struct NormParams {
 };
 
 // normed[m][0..k) = rms_norm(x[m]) for the block's M rows, as rms_norm_kernel rounds it; every
-// thread of the block (BlockWarps warps) must call it. The second read of each row hits L1.
+// thread of the block (BlockWarps warps) must call it. In blocks of 8 or more warps a 4096-wide
+// row and its norm weight are loaded at once and normalized from registers; otherwise (wider rows,
+// or smaller blocks, whose 8 roles of both would take 64 registers) the row is read twice, the
+// second time from L1.
 template <int M, int BlockWarps>
 __device__ __forceinline__ void stage_normed_rows(const float* x, const NormParams& norm, int k,
                                                   float4* normed, float* scratch) {
   const int k4 = k / 4;
   const float4* g4 = reinterpret_cast<const float4*>(norm.weight);
+  constexpr int kRoles = rms_roles<BlockWarps>();
 #pragma unroll
   for (int m = 0; m < M; ++m) {
     const float4* row = reinterpret_cast<const float4*>(x + static_cast<size_t>(m) * k);
-    const float inv_rms = rms_inverse<BlockWarps>(row, k4, k, norm.eps, norm.threads, scratch);
-    for (int c = threadIdx.x; c < k4; c += blockDim.x) normed[m * k4 + c] = scale4(__ldg(g4 + c), row[c], inv_rms);
+    if (kRoles <= 4 && k4 <= norm.threads) {
+      float4 v[kRoles], g[kRoles];
+#pragma unroll
+      for (int i = 0; i < kRoles; ++i) {
+        const int c = static_cast<int>(threadIdx.x) + i * BlockWarps * 32;
+        const bool in_row = c < k4;
+        v[i] = in_row ? row[c] : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+        g[i] = in_row ? __ldg(g4 + c) : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+      }
+      const float inv_rms = rms_inverse_held<BlockWarps>(v, k, norm.eps, norm.threads, scratch);
+#pragma unroll
+      for (int i = 0; i < kRoles; ++i) {
+        const int c = static_cast<int>(threadIdx.x) + i * BlockWarps * 32;
+        if (c < k4) normed[m * k4 + c] = scale4(g[i], v[i], inv_rms);
+      }
+    } else {
+      const float inv_rms = rms_inverse_by<BlockWarps>(row, k4, k, norm.eps, norm.threads, scratch);
+      for (int c = threadIdx.x; c < k4; c += blockDim.x) normed[m * k4 + c] = scale4(__ldg(g4 + c), row[c], inv_rms);
+    }
   }
   __syncthreads();
 }
