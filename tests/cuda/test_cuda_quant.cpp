@@ -14,7 +14,6 @@
 #include <cmath>
 #include <cstring>
 #include <memory>
-#include <tuple>
 
 #include "backend/cuda/cuda_backend_impl.hpp"
 #include "backend/cuda/kernels.hpp"
@@ -249,67 +248,13 @@ TEST_F(CudaQuant, F32AndF16Scales) {
     for (int m : {1, 2, 5, 40, 70}) check_one(m, 40, 320, m % 2 ? 4 : 8, 64, dtype);
 }
 
-// A decoder layer's residual steps fused into the one-row GEMV (Backend::rms_norm_linear, its
-// gated form over gate | up parts, linear_add): the separate ops' bits and the f64 reference, at
-// every tiling the GEMVs choose by rows (< 8192, >= 8192, >= 16384 rows; the 4-bit kernel
-// normalizes while staging, the 8-bit one into a shared-memory copy).
-TEST_F(CudaQuant, FusedResidualStepsGiveTheSeparateBits) {
-  constexpr float kEps = 1e-5f;
-  for (const int bits : {4, 8})
-    for (const auto& [n, k, group, scales] : {std::tuple<int64_t, int64_t, int, DType>{40, 320, 64, DType::BF16},
-                                             {4100, 256, 128, DType::F32},
-                                             {8200, 128, 32, DType::BF16},
-                                             {int64_t{randint(1, 300)}, 64 * int64_t{randint(1, 64)}, 64, DType::BF16}}) {
-      const std::string what = cat(bits, "-bit g", group, " N=", n, " K=", k, " ", dtype_name(scales), " scales");
-      const auto gate = make_part(n, k, bits, group, scales, "gate"), up = make_part(n, k, bits, group, scales, "up");
-      const Linear single = backend().prepare_linear(gate->weight);
-      const Linear gate_up = backend().prepare_fused_linear({&gate->weight, &up->weight});
-      ASSERT_TRUE(backend().fuses_rms_norm_into(single, 1)) << what;
-      ASSERT_TRUE(backend().fuses_rms_norm_into(gate_up, 1)) << what;
-      ASSERT_TRUE(backend().fuses_add_into(single, 1)) << what;
-      EXPECT_FALSE(backend().fuses_rms_norm_into(single, 2)) << what;
-
-      const std::vector<float> g = uniform(static_cast<size_t>(k), 0.5f, 1.5f);
-      const Tensor norm_w = upload(g, {k});
-      const std::vector<float> x = residual_rows(static_cast<size_t>(k));
-      const Tensor xt = upload(x, {1, k});
-      const std::vector<double> normed64 = rms_norm_ref(x, g, 1, k, kEps);
-      const std::vector<float> normed_x(normed64.begin(), normed64.end());
-      Tensor normed = upload(x, {1, k}), gu = poisoned({1, 2 * n});
-      Tensor separate_normed = poisoned({1, k});
-      backend().rms_norm(xt, norm_w, kEps, separate_normed);
-
-      Tensor fused = poisoned({1, n}), separate = poisoned({1, n});
-      backend().rms_norm_linear(xt, norm_w, kEps, single, normed, fused);
-      backend().linear(separate_normed, single, separate);
-      std::vector<float> got = download(fused);
-      EXPECT_EQ(got, download(separate)) << "rms_norm_linear " << what << ": bits differ from rms_norm + linear";
-      expect_close("quant rms_norm_linear " + what, got, reference({gate.get()}, normed_x, 1, false), kF32Tol);
-
-      Tensor fused_act = poisoned({1, n}), separate_act = poisoned({1, n});
-      backend().rms_norm_linear_swiglu(xt, norm_w, kEps, gate_up, normed, gu, fused_act);
-      backend().linear_swiglu(separate_normed, gate_up, gu, separate_act);
-      got = download(fused_act);
-      EXPECT_EQ(got, download(separate_act)) << "rms_norm_linear_swiglu " << what
-                                             << ": bits differ from rms_norm + linear_swiglu";
-      expect_close("quant rms_norm_linear_swiglu " + what, got,
-                   swiglu_ref(reference({gate.get(), up.get()}, normed_x, 1, false), 1, n), kF32Tol);
-
-      const auto down = make_part(n, k, bits, group, scales, "down");
-      const Linear down_linear = backend().prepare_linear(down->weight);
-      const std::vector<float> a = randn(static_cast<size_t>(k));
-      const std::vector<float> residual = residual_rows(static_cast<size_t>(n));
-      Tensor added = upload(residual, {1, n}), out = poisoned({1, n});
-      backend().linear_add(upload(a, {1, k}), down_linear, out, added);
-      Tensor separate_added = upload(residual, {1, n});
-      backend().linear(upload(a, {1, k}), down_linear, out);
-      backend().add(separate_added, out);
-      got = download(added);
-      EXPECT_EQ(got, download(separate_added)) << "linear_add " << what << ": bits differ from linear + add";
-      std::vector<double> ref = reference({down.get()}, a, 1, false);
-      for (size_t i = 0; i < ref.size(); ++i) ref[i] += residual[i];
-      expect_close("quant linear_add " + what, got, ref, kF32Tol);
-    }
+// A decoder layer's residual steps stay separate ops with quantized weights (see
+// CudaBackend::fuses_residual_step: slower fused under PDL).
+TEST_F(CudaQuant, ResidualStepsAreNotFused) {
+  const auto part = make_part(64, 256, 4, 64, DType::BF16);
+  const Linear prepared = backend().prepare_linear(part->weight);
+  EXPECT_FALSE(backend().fuses_rms_norm_into(prepared, 1));
+  EXPECT_FALSE(backend().fuses_add_into(prepared, 1));
 }
 
 TEST_F(CudaQuant, PartsConcatenateByRows) {

@@ -2,17 +2,17 @@
 // rms_norm_linear_swiglu, linear_add): the RMSNorm before qkv and gate | up, and the residual add
 // after o and down, run in the GEMV that multiplies them (kernels.hpp's LinearFusion). Same bits
 // as the separate ops; the layer loses its two add_rms_norm kernels and their boundaries.
-#include <cstdint>
-
 #include "backend/cuda/cuda_backend_impl.hpp"
 #include "backend/cuda/tensor_checks.hpp"
 
 namespace moxin::cuda {
 
 bool CudaBackend::fuses_residual_step(const CudaLinear& w, int64_t m, int64_t n, int64_t k, bool norm_in) const {
-  if (!fused_residual_ || m < 1 || w.is_fp8()) return false;
-  // Quantized: the unfused linear's GEMV at one row (quantized_linear_decode) takes the fusion.
-  if (w.quant.bits != 0) return m == 1 && quant_gemv_fusable(1, w.quant, false, norm_in, !norm_in);
+  // Quantized and FP8 decoders keep the separate ops: their launches use PDL (launch.cuh), under
+  // which the next GEMV's blocks are resident and prefetching while add_rms_norm runs, so the
+  // boundary costs little and a norm-in prologue on every block costs more (4-bit g64 batch 1 on
+  // an H100: 337 tok/s fused against 365 separate; docs/cuda-notes.md, session 14).
+  if (!fused_residual_ || m < 1 || w.quant.bits != 0 || w.is_fp8()) return false;
   if (m > kFusedGemvMaxRows || k % 8 != 0 || (norm_in && m * k > kFusedGemvMaxNormedFloats)) return false;
   // Only where the unfused linear would run the GEMV too: elsewhere another kernel is faster.
   return bf16_decode_kernel(m, n, k, m <= kSkinnyMaxRows) == DecodeKernel::Gemv;
@@ -36,14 +36,6 @@ bool CudaBackend::run_fused_linear(const Tensor& x, const Linear& w, const Linea
   require_shape(x, m, k, op, "x");
   require_shape(y, m, gated ? n / 2 : n, op, "y");
   const float* xd = data_of<const float>(x);
-  if (lw.quant.bits != 0) {
-    const bool aligned = reinterpret_cast<uintptr_t>(xd) % 16 == 0 &&
-                         reinterpret_cast<uintptr_t>(fusion.norm_weight) % 16 == 0;
-    if (!aligned || !quant_gemv_fusable(1, lw.quant, gated, fusion.norm_weight != nullptr, fusion.accumulate))
-      return false;
-    quant_gemv(xd, 1, lw.quant, data_of<float>(y), stream(), fusion, gated);
-    return true;
-  }
   const auto* wd = static_cast<const bf16_bits*>(lw.weight.get());
   const int rows = static_cast<int>(m), inputs = static_cast<int>(k);
   if (!gemv_bf16_fusable(xd, wd, rows, inputs, gated, fusion)) return false;

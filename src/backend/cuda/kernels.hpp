@@ -92,12 +92,7 @@ struct QuantMatrix {
 // matmul on the dequantized weights up to f32 rounding; requires |x| < 2^48 (see quant_gemv.cu).
 // From 3 rows on the tensor-core kernel is faster (H100/H200 runs 3-4, docs/cuda-notes.md).
 constexpr int kQuantGemvMaxRows = 2;
-// gated: W = gate | up ([2 n, K]) and y [M, n] = swiglu(x W^T); fusion as for gemv_bf16. Both at
-// one row only (quant_gemv_fusable).
-void quant_gemv(const float* x, int m, const QuantMatrix& w, float* y, cudaStream_t stream,
-                const LinearFusion& fusion = {}, bool gated = false);
-// Whether quant_gemv takes this form (x and the norm weight must be 16-byte aligned on top).
-bool quant_gemv_fusable(int m, const QuantMatrix& w, bool gated, bool norm_in, bool accumulate);
+void quant_gemv(const float* x, int m, const QuantMatrix& w, float* y, cudaStream_t stream);
 // The benchmark's tiling sweep at M = 1: weight rows per warp, warps per row group (K split)
 // and blocks per SM the registers must allow; false when that variant is not compiled.
 bool quant_gemv_variant(int rows_per_warp, int k_split, int min_blocks, const float* x,

@@ -24,12 +24,6 @@
 // per activation row, instead of extract, convert and subtract. With kXExp = 80 the products
 // stay normal floats for |q x| > 2^-57 (below, the absolute error is < 2^-80), x * 2^80 is
 // finite for |x| < 2^48, and the sum is scaled back exactly by a power of two.
-//
-// Fused forms at one row (kernels.hpp's LinearFusion, as in gemv.cu): a norm-in kernel normalizes
-// the residual row as rms_norm_kernel would before using it (the 4-bit kernel while staging, the
-// other into shared memory); an accumulating one adds its outputs into y; a gated one (W = gate |
-// up) gives each warp gate and up rows in pairs and writes silu(gate) * up. Each gives the bits
-// of the separate ops.
 #include <type_traits>
 
 #include "backend/cuda/cuda_check.hpp"
@@ -40,8 +34,6 @@
 #include "backend/cuda/warp_reduce.cuh"
 #include "backend/cuda/quant_format.cuh"
 #include "backend/cuda/quant_gemv_sweep.hpp"
-#include "backend/cuda/rms_inverse.cuh"
-#include "backend/cuda/swiglu.cuh"
 
 namespace moxin::cuda {
 namespace {
@@ -51,27 +43,6 @@ constexpr int kLanes = 32;
 constexpr int kChunk = 8;   // inputs per chunk
 constexpr int kXExp = 80;   // x is scaled by 2^(kXExp - s); products carry 2^(kXExp - 149)
 constexpr int kProductExp = kXExp - 149;
-
-// What a kernel fuses around its product (see the top of the file): compile-time, so that the
-// plain kernels keep their code.
-template <bool NormInput, bool AddOutput, bool GatedRows>
-struct Fusion {
-  static constexpr bool kNormIn = NormInput;
-  static constexpr bool kAddOut = AddOutput;
-  static constexpr bool kGated = GatedRows;
-  static_assert(!(GatedRows && AddOutput), "the residual add follows a plain linear");
-};
-using Plain = Fusion<false, false, false>;
-
-// Weight row of a warp's slot r: rows row0 + r, or with gated rows the pairs (gate j, up n + j)
-// for outputs j = row0 + r / 2 (n = outputs); clamped so that idle warps read valid memory.
-template <class F>
-__device__ __forceinline__ int64_t weight_row(int row0, int r, int outputs) {
-  if constexpr (F::kGated)
-    return (r % 2 ? outputs : 0) + min(row0 + r / 2, outputs - 1);
-  else
-    return min(row0 + r, outputs - 1);
-}
 
 // Bit offset inside the extracted word of chunk element e's code (see extract_codes).
 template <int Bits>
@@ -119,8 +90,7 @@ __device__ __forceinline__ float fma_subnormal(float a, float b, float c) {
 // y for a warp's R rows: each lane's scale * dot * 2^kProductExp + bias * sum(x) parts summed
 // over the warp and, with K split over S warps, over the S warps of the row group (shared
 // memory, fixed order). Every thread of the block must call it (it synchronizes when S > 1).
-// row0 and rows count outputs (gated: pairs of weight rows).
-template <int M, int R, int S, int Warps, class F>
+template <int M, int R, int S, int Warps>
 __device__ __forceinline__ void write_outputs(const float (&acc_q)[M][R], const float (&acc_b)[M][R],
                                               float (&partial)[S > 1 ? Warps : 1][M][R], int lane,
                                               int warp, int row0, int rows, float* y) {
@@ -145,17 +115,12 @@ __device__ __forceinline__ void write_outputs(const float (&acc_q)[M][R], const 
 #pragma unroll
         for (int i = 1; i < S; ++i) out[m][r] += partial[warp + i][m][r];
   }
-  constexpr int kOutputs = F::kGated ? R / 2 : R;
   if (lane == 0 && row0 < rows) {
 #pragma unroll
-    for (int o = 0; o < kOutputs; ++o) {
-      if (row0 + o >= rows) break;
+    for (int r = 0; r < R; ++r) {
+      if (row0 + r >= rows) break;
 #pragma unroll
-      for (int m = 0; m < M; ++m) {
-        const float v = F::kGated ? silu_times(out[m][2 * o], out[m][2 * o + 1]) : out[m][o];
-        float& dst = y[static_cast<int64_t>(m) * rows + row0 + o];
-        dst = F::kAddOut ? dst + v : v;
-      }
+      for (int m = 0; m < M; ++m) y[static_cast<int64_t>(m) * rows + row0 + r] = out[m][r];
     }
   }
 }
@@ -172,11 +137,10 @@ struct IterationCodes {
 // A block is kWarpsPerBlock warps: kWarpsPerBlock / S groups of R rows, each group's K split
 // over S warps (warp iteration i goes to warp i % S), partial sums added in a fixed order.
 // Each warp loads its next iteration's codes before it computes the current one.
-// Requires K % 64 == 0 and 16-byte aligned x (checked by the launcher). A norm-in kernel keeps
-// the normalized rows in M * K floats of dynamic shared memory.
-template <int M, int R, int S, int Bits, bool F32Scales, int MinBlocks, class F = Plain>
+// Requires K % 64 == 0 and 16-byte aligned x (checked by the launcher).
+template <int M, int R, int S, int Bits, bool F32Scales, int MinBlocks>
 __global__ void __launch_bounds__(kWarpsPerBlock* kLanes, MinBlocks)
-    quant_gemv_kernel(const float* __restrict__ x, QuantMatrix w, float* __restrict__ y, NormParams norm) {
+    quant_gemv_kernel(const float* __restrict__ x, QuantMatrix w, float* __restrict__ y) {
   using Codes = IterationCodes<R, Bits, F32Scales>;
   constexpr int kWords = Codes::kWords, kSteps = Codes::kSteps;
   constexpr int kSpan = kSteps * kLanes;  // chunks per warp iteration
@@ -184,18 +148,16 @@ __global__ void __launch_bounds__(kWarpsPerBlock* kLanes, MinBlocks)
   __shared__ float partial[S > 1 ? kWarpsPerBlock : 1][M][R];
   const int lane = threadIdx.x % kLanes, warp = threadIdx.x / kLanes;
   const int slice = warp % S;
-  constexpr int kOutputs = F::kGated ? R / 2 : R;
-  const int outputs = F::kGated ? w.rows / 2 : w.rows;
-  const int row0 = (blockIdx.x * (kWarpsPerBlock / S) + warp / S) * kOutputs;
+  const int row0 = (blockIdx.x * (kWarpsPerBlock / S) + warp / S) * R;
   const int k = w.cols;
-  const int chunks = row0 < outputs ? k / kChunk : 0;  // a warp past the last row idles
+  const int chunks = row0 < w.rows ? k / kChunk : 0;  // a warp past the last row idles
   const int groups = k / w.group_size;
   const int group_shift = __ffs(w.group_size) - __ffs(kChunk);  // chunk index -> group index (powers of 2)
   const uint32_t* codes[R];
   const Raw* pairs[R];
 #pragma unroll
   for (int r = 0; r < R; ++r) {
-    const int64_t row = weight_row<F>(row0, r, outputs);
+    const int64_t row = min(row0 + r, w.rows - 1);
     codes[r] = w.codes + row * (k / kChunk) * kWords;
     pairs[r] = static_cast<const Raw*>(w.scale_bias) + row * groups;
   }
@@ -225,15 +187,7 @@ __global__ void __launch_bounds__(kWarpsPerBlock* kLanes, MinBlocks)
   // previous kernel (which produces x) drains.
   Codes cur;
   load(slice * kSpan, cur);
-  if constexpr (F::kNormIn) prefetch_norm_weight(norm.weight, k);
   wait_for_prior_kernels();
-  const float* xs_src = x;
-  if constexpr (F::kNormIn) {
-    extern __shared__ float4 normed[];
-    __shared__ float scratch[kMaxRmsThreads / 32];
-    stage_normed_rows<M, kWarpsPerBlock>(x, norm, k, normed, scratch);
-    xs_src = reinterpret_cast<const float*>(normed);
-  }
 
   float acc_q[M][R], acc_b[M][R];  // sum of scale * dot * 2^kProductExp, sum of bias * sum(x)
 #pragma unroll
@@ -251,8 +205,8 @@ __global__ void __launch_bounds__(kWarpsPerBlock* kLanes, MinBlocks)
       float xs[M][kChunk], xsum[M];
 #pragma unroll
       for (int m = 0; m < M; ++m) {
-        const float4* x4 = reinterpret_cast<const float4*>(xs_src + static_cast<int64_t>(m) * k) + 2 * c;
-        const float4 a = load_x<F::kNormIn>(x4), b = load_x<F::kNormIn>(x4 + 1);
+        const float4* x4 = reinterpret_cast<const float4*>(x + static_cast<int64_t>(m) * k) + 2 * c;
+        const float4 a = __ldg(x4), b = __ldg(x4 + 1);
         const float v[kChunk] = {a.x, a.y, a.z, a.w, b.x, b.y, b.z, b.w};
         xsum[m] = ((v[0] + v[1]) + (v[2] + v[3])) + ((v[4] + v[5]) + (v[6] + v[7]));
 #pragma unroll
@@ -279,17 +233,16 @@ __global__ void __launch_bounds__(kWarpsPerBlock* kLanes, MinBlocks)
     cur = next;
   }
 
-  write_outputs<M, R, S, kWarpsPerBlock, F>(acc_q, acc_b, partial, lane, warp, row0, outputs, y);
+  write_outputs<M, R, S, kWarpsPerBlock>(acc_q, acc_b, partial, lane, warp, row0, w.rows, y);
 }
 
 // MinBlocks: blocks per SM the register allocation must allow (1: no constraint).
-template <int M, int R, int S, int Bits, bool F32Scales, int MinBlocks = 1, class F = Plain>
-void launch(const float* x, const QuantMatrix& w, float* y, cudaStream_t stream, const NormParams& norm = {}) {
+template <int M, int R, int S, int Bits, bool F32Scales, int MinBlocks = 1>
+void launch(const float* x, const QuantMatrix& w, float* y, cudaStream_t stream) {
   const int rows_per_block = kWarpsPerBlock / S * R;
   const int blocks = (w.rows + rows_per_block - 1) / rows_per_block;
-  const size_t smem = F::kNormIn ? static_cast<size_t>(M) * w.cols * sizeof(float) : 0;
-  launch_kernel_prefetching("quant_gemv_kernel", quant_gemv_kernel<M, R, S, Bits, F32Scales, MinBlocks, F>,
-                blocks, kWarpsPerBlock * kLanes, smem, stream, x, w, y, norm);
+  launch_kernel_prefetching("quant_gemv_kernel", quant_gemv_kernel<M, R, S, Bits, F32Scales, MinBlocks>,
+                blocks, kWarpsPerBlock * kLanes, 0, stream, x, w, y);
 }
 
 // Tiling by shape, from the H100 sweeps (runs 5-7, share of the copy ceiling, 4-bit / 8-bit).
@@ -298,18 +251,16 @@ void launch(const float* x, const QuantMatrix& w, float* y, cudaStream_t stream,
 // registers capped for 8 blocks per SM so that enough loads are in flight ([4096x14336] 62% /
 // 92%; unsplit 39-44% / 72-74%). M = 2: 4 rows per warp, K split below 8192 rows (48-56% /
 // 61-92%; 2 rows capped at 64 registers fell to 25-32%).
-// Gated and accumulating forms (M = 1) tile as the plain one: every choice has R even.
-template <int M, int Bits, bool F32Scales, class F = Plain>
-void launch_default(const float* x, const QuantMatrix& w, float* y, cudaStream_t stream, const NormParams& norm = {}) {
+template <int M, int Bits, bool F32Scales>
+void launch_default(const float* x, const QuantMatrix& w, float* y, cudaStream_t stream) {
   if constexpr (M == 1) {
     if (w.rows >= 16384)
-      launch<1, 4, 1, Bits, F32Scales, 1, F>(x, w, y, stream, norm);
+      launch<1, 4, 1, Bits, F32Scales>(x, w, y, stream);
     else if (w.rows >= 8192)
-      launch<1, 2, 1, Bits, F32Scales, 1, F>(x, w, y, stream, norm);
+      launch<1, 2, 1, Bits, F32Scales>(x, w, y, stream);
     else
-      launch<1, 2, 2, Bits, F32Scales, 8, F>(x, w, y, stream, norm);
+      launch<1, 2, 2, Bits, F32Scales, 8>(x, w, y, stream);
   } else {
-    static_assert(std::is_same_v<F, Plain>, "fused forms take one row");
     if (w.rows >= 8192)
       launch<M, 4, 1, Bits, F32Scales>(x, w, y, stream);
     else
@@ -350,29 +301,26 @@ struct SegmentCodes {
 
 // A block is kStagedWarps warps: kStagedWarps / S groups of R rows, K split over S warps as in
 // quant_gemv_kernel. Requires K % 64 == 0, 16-byte aligned x and codes (checked by the caller).
-// A norm-in kernel stages rms_norm(x) (the same values rms_norm_kernel writes).
-template <int M, int R, int S, bool F32Scales, class F = Plain>
+template <int M, int R, int S, bool F32Scales>
 __global__ void __launch_bounds__(kStagedThreads)
-    quant_gemv4_staged_kernel(const float* __restrict__ x, QuantMatrix w, float* __restrict__ y, NormParams norm) {
+    quant_gemv4_staged_kernel(const float* __restrict__ x, QuantMatrix w, float* __restrict__ y) {
   using Raw = ScaleBiasRaw<F32Scales>;
   using Codes = SegmentCodes<R, F32Scales>;
   extern __shared__ float4 staged[];  // [M][padded segments][kSlots]
   __shared__ float partial[S > 1 ? kStagedWarps : 1][M][R];
   const int lane = threadIdx.x % kLanes, warp = threadIdx.x / kLanes;
   const int slice = warp % S;
-  constexpr int kOutputs = F::kGated ? R / 2 : R;
-  const int outputs = F::kGated ? w.rows / 2 : w.rows;
-  const int row0 = (blockIdx.x * (kStagedWarps / S) + warp / S) * kOutputs;
+  const int row0 = (blockIdx.x * (kStagedWarps / S) + warp / S) * R;
   const int k = w.cols;
   const int segments = k / kSegment;
   const int padded = (k + kTile - 1) / kTile * kLanes;
-  const int tiles = row0 < outputs ? padded / kLanes : 0;  // a warp past the last row idles
+  const int tiles = row0 < w.rows ? padded / kLanes : 0;  // a warp past the last row idles
   const int group_shift = __ffs(w.group_size) - __ffs(kSegment);  // segment index -> group index
   const uint32_t* codes[R];
   const Raw* pairs[R];
 #pragma unroll
   for (int r = 0; r < R; ++r) {
-    const int64_t row = weight_row<F>(row0, r, outputs);
+    const int64_t row = min(row0 + r, w.rows - 1);
     codes[r] = w.codes + row * (k / 8);
     pairs[r] = static_cast<const Raw*>(w.scale_bias) + row * (k / w.group_size);
   }
@@ -389,29 +337,15 @@ __global__ void __launch_bounds__(kStagedThreads)
   Codes even{}, odd{};
   if (slice < tiles) load(slice, even);
   if (slice + S < tiles) load(slice + S, odd);
-  if constexpr (F::kNormIn) prefetch_norm_weight(norm.weight, k);
   wait_for_prior_kernels();
 
-  float inv_rms[M];  // norm-in: each row's RMSNorm factor, as rms_norm_kernel computes it
-  if constexpr (F::kNormIn) {
-    __shared__ float scratch[kMaxRmsThreads / 32];
-#pragma unroll
-    for (int m = 0; m < M; ++m)
-      inv_rms[m] = rms_inverse_by<kStagedWarps>(reinterpret_cast<const float4*>(x + static_cast<int64_t>(m) * k), k / 4,
-                                             k, norm.eps, norm.threads, scratch);
-  }
   // Staging: thread h takes inputs 8h..8h+7 (word h % 4 of segment h / 4) of every x row; the
   // padding segments get zeros.
   for (int h = threadIdx.x; h < k / kChunk; h += kStagedThreads) {
 #pragma unroll
     for (int m = 0; m < M; ++m) {
       const float4* src = reinterpret_cast<const float4*>(x + static_cast<int64_t>(m) * k) + 2 * h;
-      float4 a = __ldg(src), b = __ldg(src + 1);
-      if constexpr (F::kNormIn) {
-        const float4* g4 = reinterpret_cast<const float4*>(norm.weight) + 2 * h;
-        a = scale4(__ldg(g4), a, inv_rms[m]);
-        b = scale4(__ldg(g4 + 1), b, inv_rms[m]);
-      }
+      const float4 a = __ldg(src), b = __ldg(src + 1);
       float4* seg = staged + (m * padded + h / 4) * kSlots;
       reinterpret_cast<float*>(seg + kSlots - 1)[h % 4] =
           ((a.x + a.y) + (a.z + a.w)) + ((b.x + b.y) + (b.z + b.w));
@@ -487,12 +421,12 @@ __global__ void __launch_bounds__(kStagedThreads)
     compute(t + S, odd);
     if (t + 3 * S < tiles) load(t + 3 * S, odd);
   }
-  write_outputs<M, R, S, kStagedWarps, F>(acc_q, acc_b, partial, lane, warp, row0, outputs, y);
+  write_outputs<M, R, S, kStagedWarps>(acc_q, acc_b, partial, lane, warp, row0, w.rows, y);
 }
 
-template <int M, int R, int S, bool F32Scales, class F = Plain>
-void launch_staged(const float* x, const QuantMatrix& w, float* y, cudaStream_t stream, const NormParams& norm = {}) {
-  const auto kernel = quant_gemv4_staged_kernel<M, R, S, F32Scales, F>;
+template <int M, int R, int S, bool F32Scales>
+void launch_staged(const float* x, const QuantMatrix& w, float* y, cudaStream_t stream) {
+  const auto kernel = quant_gemv4_staged_kernel<M, R, S, F32Scales>;
   const size_t smem = staged_smem_bytes(M, w.cols);
   if (smem > 48 * 1024) {
     // Once per process (one device per process, as the backend is used).
@@ -502,8 +436,7 @@ void launch_staged(const float* x, const QuantMatrix& w, float* y, cudaStream_t 
   }
   const int rows_per_block = kStagedWarps / S * R;
   const int blocks = (w.rows + rows_per_block - 1) / rows_per_block;
-  launch_kernel_prefetching("quant_gemv4_staged_kernel", kernel, blocks, kStagedThreads, smem, stream, x, w, y,
-                            norm);
+  launch_kernel_prefetching("quant_gemv4_staged_kernel", kernel, blocks, kStagedThreads, smem, stream, x, w, y);
 }
 
 bool staged_usable(int m, const QuantMatrix& w) {
@@ -516,39 +449,23 @@ bool staged_usable(int m, const QuantMatrix& w) {
 // below 4 rows and K split over 2 warps ([4096x14336] 84%; unsplit 61-68%: too few warps per
 // SM). M = 2: 4 rows per warp, no split (64/62/78%; its [4096x14336] needs 129 KB of shared
 // memory, one block per SM, where a split would take two waves).
-template <int M, bool F32Scales, class F = Plain>
-void launch_4bit(const float* x, const QuantMatrix& w, float* y, cudaStream_t stream, const NormParams& norm = {}) {
-  if (!staged_usable(M, w)) return launch_default<M, 4, F32Scales, F>(x, w, y, stream, norm);
-  if constexpr (M == 2)
-    launch_staged<M, 4, 1, F32Scales, F>(x, w, y, stream, norm);
+template <int M, bool F32Scales>
+void launch_4bit(const float* x, const QuantMatrix& w, float* y, cudaStream_t stream) {
+  if (!staged_usable(M, w)) return launch_default<M, 4, F32Scales>(x, w, y, stream);
+  if (M == 2)
+    launch_staged<M, 4, 1, F32Scales>(x, w, y, stream);
   else if (w.rows >= 8192)
-    launch_staged<M, 2, 1, F32Scales, F>(x, w, y, stream, norm);
+    launch_staged<M, 2, 1, F32Scales>(x, w, y, stream);
   else
-    launch_staged<M, 4, 2, F32Scales, F>(x, w, y, stream, norm);
+    launch_staged<M, 4, 2, F32Scales>(x, w, y, stream);
 }
 
-template <int M, int Bits, bool F32Scales, class F = Plain>
-void launch_bits(const float* x, const QuantMatrix& w, float* y, cudaStream_t stream, const NormParams& norm = {}) {
+template <int M, int Bits, bool F32Scales>
+void launch_bits(const float* x, const QuantMatrix& w, float* y, cudaStream_t stream) {
   if constexpr (Bits == 4)
-    launch_4bit<M, F32Scales, F>(x, w, y, stream, norm);
+    launch_4bit<M, F32Scales>(x, w, y, stream);
   else
-    launch_default<M, Bits, F32Scales, F>(x, w, y, stream, norm);
-}
-
-// The fused forms at one row: norm-in (optionally gated), gated, or accumulating.
-template <int Bits, bool F32Scales>
-void launch_fused(const float* x, const QuantMatrix& w, float* y, cudaStream_t stream, const LinearFusion& fusion,
-                  bool gated) {
-  const NormParams norm{fusion.norm_weight, fusion.norm_eps, rms_threads(w.cols, true)};
-  const bool norm_in = fusion.norm_weight != nullptr;
-  if (norm_in && gated)
-    launch_bits<1, Bits, F32Scales, Fusion<true, false, true>>(x, w, y, stream, norm);
-  else if (norm_in)
-    launch_bits<1, Bits, F32Scales, Fusion<true, false, false>>(x, w, y, stream, norm);
-  else if (gated)
-    launch_bits<1, Bits, F32Scales, Fusion<false, false, true>>(x, w, y, stream, norm);
-  else
-    launch_bits<1, Bits, F32Scales, Fusion<false, true, false>>(x, w, y, stream, norm);
+    launch_default<M, Bits, F32Scales>(x, w, y, stream);
 }
 
 template <int Bits, bool F32Scales>
@@ -569,32 +486,8 @@ void check_usable(const float* x, const QuantMatrix& w) {
 
 }  // namespace
 
-bool quant_gemv_fusable(int m, const QuantMatrix& w, bool gated, bool norm_in, bool accumulate) {
-  if (accumulate && (norm_in || gated)) return false;
-  if (gated && w.rows % 2 != 0) return false;
-  // The 4-bit staged kernel normalizes while staging; the others keep a normalized copy.
-  const bool normed_copy = norm_in && !(w.bits == 4 && staged_usable(1, w));
-  return m == 1 && w.cols % 64 == 0 && (!normed_copy || w.cols <= kFusedGemvMaxNormedFloats);
-}
-
-void quant_gemv(const float* x, int m, const QuantMatrix& w, float* y, cudaStream_t stream, const LinearFusion& fusion,
-                bool gated) {
+void quant_gemv(const float* x, int m, const QuantMatrix& w, float* y, cudaStream_t stream) {
   if (w.rows == 0 || m == 0) return;
-  if (gated || fusion.norm_weight != nullptr || fusion.accumulate) {
-    const bool norm_in = fusion.norm_weight != nullptr;
-    MOXIN_CHECK(quant_gemv_fusable(m, w, gated, norm_in, fusion.accumulate) &&
-                    reinterpret_cast<uintptr_t>(x) % 16 == 0 &&
-                    reinterpret_cast<uintptr_t>(fusion.norm_weight) % 16 == 0,
-                "[cuda] quant_gemv: the fused form does not take ", m, " rows of ", w.cols,
-                " inputs (one row, in_features % 64 == 0, 16-byte aligned x and norm weight)");
-    if (w.bits == 4)
-      w.f32_scales ? launch_fused<4, true>(x, w, y, stream, fusion, gated)
-                   : launch_fused<4, false>(x, w, y, stream, fusion, gated);
-    else
-      w.f32_scales ? launch_fused<8, true>(x, w, y, stream, fusion, gated)
-                   : launch_fused<8, false>(x, w, y, stream, fusion, gated);
-    return;
-  }
   check_usable(x, w);
   if (w.bits == 4)
     w.f32_scales ? launch_rows<4, true>(x, m, w, y, stream) : launch_rows<4, false>(x, m, w, y, stream);
