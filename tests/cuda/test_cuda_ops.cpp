@@ -245,7 +245,9 @@ TEST_F(CudaOps, RopeKvWrite) {
     float theta;
   };
   for (const Case& c : {Case{5, 4, 2, 16, 10000.0f}, Case{3, 32, 8, 128, 10000.0f},
-                        Case{2, 2, 1, 18, 1e6f}, Case{40, 4, 1, 64, 10000.0f}}) {
+                        Case{2, 2, 1, 18, 1e6f}, Case{40, 4, 1, 64, 10000.0f},
+                        // Enough tokens that blocks take more heads each (a prefill's launch).
+                        Case{120, 32, 8, 128, 1e6f}}) {
     const int qw = c.q_heads * c.head_dim, kw = c.kv_heads * c.head_dim, width = qw + 2 * kw;
     KvCacheConfig cfg;
     cfg.layers = 2;

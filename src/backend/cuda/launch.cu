@@ -33,4 +33,14 @@ void prefer_pdl_everywhere() {
 
 void set_pdl_enabled(bool on) { pdl_mode().store(on ? 1 : 0, std::memory_order_relaxed); }
 
+int multiprocessors() {
+  static const int count = [] {
+    int device = 0, sms = 0;
+    MOXIN_CUDA_CHECK(cudaGetDevice(&device));
+    MOXIN_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device));
+    return sms;
+  }();
+  return count;
+}
+
 }  // namespace moxin::cuda

@@ -35,6 +35,9 @@ bool pdl_for_launch(bool prefetching);
 void prefer_pdl_everywhere();
 void set_pdl_enabled(bool on);
 
+// The current device's SM count (one device per process, as the backend is used), for grid sizing.
+int multiprocessors();
+
 template <class... Params, class... Args>
 void launch_kernel_with(const char* name, void (*kernel)(Params...), dim3 grid, dim3 block,
                         size_t smem, cudaStream_t stream, unsigned cluster_x, bool prefetching,

@@ -280,16 +280,6 @@ __global__ void __launch_bounds__(kWarps* kLanes, 2)
       }
 }
 
-int multiprocessors() {
-  static const int count = [] {
-    int device = 0, sms = 0;
-    MOXIN_CUDA_CHECK(cudaGetDevice(&device));
-    MOXIN_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device));
-    return sms;
-  }();
-  return count;
-}
-
 // Warps per block: 8 (two blocks of 128-register threads per SM) up to 32 tokens, 4 above.
 constexpr int warps_for(int nt) { return nt <= 4 ? 8 : 4; }
 

@@ -4,6 +4,8 @@
 // cache, each row as E4M3 codes with its exponent byte (fp8_kv.cuh).
 #include <cuda_bf16.h>
 
+#include <algorithm>
+
 #include "backend/cuda/cuda_check.hpp"
 #include "backend/cuda/fp8_kv.cuh"
 #include "backend/cuda/kernels.hpp"
@@ -19,13 +21,19 @@ __device__ void rotate_pair(float x1, float x2, float c, float s, float& out1, f
   out2 = x2 * c + x1 * s;
 }
 
-// Heads per block: a block of kRopeThreads threads rotates (or copies) kHeadsPerBlock heads at
-// once, one thread per pair, so a lone decode token is spread over ~12 blocks instead of one
-// block walking 48 heads (the whole kernel was ~8 us of a ~140 us batch-1 layer under ncu).
+// Heads per block for a few tokens (and always with an FP8 cache, whose rows a block stages): a
+// block of kRopeThreads threads rotates (or copies) kHeadsPerBlock heads at once, one thread per
+// pair, so a lone decode token is spread over ~12 blocks instead of one block walking 48 heads
+// (the whole kernel was ~8 us of a ~140 us batch-1 layer under ncu). Many tokens (prefill) take
+// more heads per block, aiming at one wave of kRopeBlocksPerSm blocks per SM: every block computes
+// its token's angle table first (f64 powers and accurate sines: microseconds of latency), and 12
+// blocks per token over 1024 tokens ran 12 waves of it (51 us a layer on an H100, session 14).
 constexpr int kHeadsPerBlock = 4;
+constexpr int kRopeBlocksPerSm = 8;
 
 // Grid (tokens, blocks per token). Work units of a token: its q heads and kv heads to rotate,
-// then its kv heads of v to copy; block y takes units kHeadsPerBlock * y .. + kHeadsPerBlock - 1.
+// then its kv heads of v to copy; block y takes units heads_per_block * y .. + heads_per_block - 1
+// (FP8 cache: at most kHeadsPerBlock).
 // The angle is computed the way transformers does in f32: inv_freq = 1 / theta^(2i / D),
 // angle = f32(pos) * inv_freq, then accurate cosf/sinf (full range reduction: angles reach 32k
 // radians), by each block for its token into shared memory. The token's K/V slot is
@@ -34,7 +42,7 @@ constexpr int kHeadsPerBlock = 4;
 __global__ void __launch_bounds__(kRopeThreads)
     rope_kv_write_kernel(const float* __restrict__ qkv, const int32_t* __restrict__ positions,
                          int q_heads, float theta, float* __restrict__ q, PagedLayer cache,
-                         TokenIndex index) {
+                         TokenIndex index, int heads_per_block) {
   wait_for_prior_kernels();
   __shared__ float cos_table[kMaxHeadDim / 2];
   __shared__ float sin_table[kMaxHeadDim / 2];
@@ -82,8 +90,8 @@ __global__ void __launch_bounds__(kRopeThreads)
   const float* k = row + q_heads * head_dim;
   const float* v = k + kv_row;
   const int units = q_heads + 2 * cache.kv_heads;
-  const int first = blockIdx.y * kHeadsPerBlock;
-  const int last = min(first + kHeadsPerBlock, units);
+  const int first = blockIdx.y * heads_per_block;
+  const int last = min(first + heads_per_block, units);
   for (int idx = threadIdx.x; idx < (last - first) * half; idx += kRopeThreads) {
     const int unit = first + idx / half;
     const int i = idx % half;
@@ -145,10 +153,15 @@ __global__ void __launch_bounds__(kRopeThreads)
 void rope_kv_write(const float* qkv, const int32_t* positions, int q_heads, float theta, float* q,
                    const PagedLayer& cache, const TokenIndex& index, cudaStream_t stream) {
   if (index.tokens == 0) return;
-  const unsigned units = static_cast<unsigned>(q_heads + 2 * cache.kv_heads);
-  const dim3 grid(static_cast<unsigned>(index.tokens), (units + kHeadsPerBlock - 1) / kHeadsPerBlock);
+  const int units = q_heads + 2 * cache.kv_heads;
+  const int most_blocks = (units + kHeadsPerBlock - 1) / kHeadsPerBlock;  // per token
+  const int per_token = cache.k8 != nullptr ? most_blocks
+                                            : std::clamp(kRopeBlocksPerSm * multiprocessors() / index.tokens, 1,
+                                                         most_blocks);
+  const int heads_per_block = (units + per_token - 1) / per_token;
+  const dim3 grid(static_cast<unsigned>(index.tokens), static_cast<unsigned>((units + heads_per_block - 1) / heads_per_block));
   launch_kernel("rope_kv_write_kernel", rope_kv_write_kernel, grid, kRopeThreads, 0, stream, qkv, positions,
-                q_heads, theta, q, cache, index);
+                q_heads, theta, q, cache, index, heads_per_block);
 }
 
 }  // namespace moxin::cuda
