@@ -31,7 +31,6 @@ constexpr int kSplitMaxTokens = 64;
 bool decode_like(const TokenIndex& index) {
   return index.tokens <= kSplitMaxTokens || index.tokens <= index.num_seqs;
 }
-constexpr int kMinPositionsPerSplit = 128;
 // With fewer (token, kv head) pairs than SMs, a split that would still walk more than this many
 // positions is dealt further, up to two blocks per SM.
 constexpr int kLongSplitPositions = 1024;

@@ -215,9 +215,12 @@ void vit_attention(const float* qkv, int batch, int tokens, int heads, int head_
                    bool tensor_cores, float* y, cudaStream_t stream);
 
 // --- paged_attention_split.cu: one token per block group, context split across blocks ---
-// Each token's context (its position + 1) is dealt to `splits` blocks. When splits > 1:
+// Each token's context (its position + 1) is dealt to up to `splits` blocks, none taking fewer
+// than kMinPositionsPerSplit positions (a graph captured with splits for a longer context runs a
+// short one as an eager launch would: the blocks left over are empty). When splits > 1:
 // `partial` holds tokens * q_heads * splits * (head_dim + 2) floats and `counters`
 // tokens * kv_heads zeroed ints (left zeroed after the call).
+constexpr int kMinPositionsPerSplit = 128;
 void paged_attention_split(const float* q, const PagedLayer& cache, const TokenIndex& index,
                            int q_heads, int splits, float* partial, int* counters, float* y,
                            cudaStream_t stream);

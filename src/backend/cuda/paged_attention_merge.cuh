@@ -29,6 +29,21 @@ __device__ __forceinline__ int token_context(const TokenIndex& index, int capaci
   return (seq >= 0 && seq < index.num_seqs && pos >= 0 && pos < capacity) ? pos + 1 : 0;
 }
 
+// Positions [begin, end) of a token's context that split `split` of `splits` walks: the context
+// dealt to at most ceil(context / kMinPositionsPerSplit) splits (the host's rule for an eager
+// launch, cuda_backend.cpp), so that a decode graph captured for its context bucket (16 splits at
+// batch 1 for 2048) runs a 1k context on 8 (7.4 us on the H200 against ~9 at 16, session 14).
+// Splits past those are empty (end <= begin) and merge as neutral partials.
+struct SplitRange {
+  int begin, end;
+};
+__device__ __forceinline__ SplitRange split_range(int context, int split, int splits) {
+  const int used = min(splits, max(1, (context + kMinPositionsPerSplit - 1) / kMinPositionsPerSplit));
+  const int chunk = (context + used - 1) / used;
+  const int begin = split * chunk;
+  return {begin, min(begin + chunk, context)};
+}
+
 // Shared state of a block's merge: each warp's softmax state, then the splits' weights.
 struct BlockMerge {
   float m[kSplitWarps][kMaxGroup];

@@ -199,9 +199,7 @@ __global__ void __launch_bounds__(kSplitWarps * 32, 2)
   const int t = lane % 4;
   const int group = q_heads / cache.kv_heads;
   const int context = token_context(index, index.max_blocks * cache.block_size, token);
-  const int chunk = (context + splits - 1) / splits;
-  const int begin = split * chunk;
-  const int end = min(begin + chunk, context);
+  const auto [begin, end] = split_range(context, split, splits);
   const int32_t* table =
       index.block_tables + static_cast<size_t>(max(index.token_seq[token], 0)) * index.max_blocks;
 

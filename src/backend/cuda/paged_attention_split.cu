@@ -77,9 +77,7 @@ __global__ void __launch_bounds__(kSplitWarps * 32)
   const int context = token_context(index, index.max_blocks * cache.block_size, token);
   // Each token's own context is dealt to the splits: a graph captured for a longer context
   // (its split count) spends nothing on positions the token does not have.
-  const int chunk = (context + splits - 1) / splits;
-  const int begin = split * chunk;
-  const int end = min(begin + chunk, context);
+  const auto [begin, end] = split_range(context, split, splits);
   const int32_t* table =
       index.block_tables + static_cast<size_t>(max(index.token_seq[token], 0)) * index.max_blocks;
 
@@ -272,9 +270,7 @@ __global__ void __launch_bounds__(kSplitWarps * 32)
   const int context = token_context(index, index.max_blocks * cache.block_size, token);
   // Each token's own context is dealt to the splits: a graph captured for a longer context
   // (its split count) spends nothing on positions the token does not have.
-  const int chunk = (context + splits - 1) / splits;
-  const int begin = split * chunk;
-  const int end = min(begin + chunk, context);
+  const auto [begin, end] = split_range(context, split, splits);
   const int32_t* table =
       index.block_tables + static_cast<size_t>(max(index.token_seq[token], 0)) * index.max_blocks;
 
