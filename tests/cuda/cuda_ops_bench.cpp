@@ -304,12 +304,15 @@ void bench_long_context_attention(CudaBackend& backend, double ceiling) {
     MOXIN_CUDA_CHECK(cudaMemsetAsync(counters.data, 0, counters.nbytes(), stream));
     const TokenIndex index{b.token_seq.ptr<int32_t>(), b.token_pos.ptr<int32_t>(),
                            b.block_tables.ptr<int32_t>(), seqs, seqs, max_blocks};
+    // A grid of N splits: the kernel deals each token's context to at most ceil(context / 128)
+    // of them (kMinPositionsPerSplit), the rest run empty, as in a graph captured for a longer
+    // context.
     for (int splits : {1, 2, 4, 8, 16, 32, 64}) {
       const double ms = time_ms(stream, 10, 10, [&](int) {
         paged_attention_mma(q.ptr<float>(), layer, index, q_heads, splits, true, partial.ptr<float>(),
                             counters.ptr<int>(), y.ptr<float>(), stream);
       });
-      table.push_back({cat("  decode attention ", c.what, " tensor cores, ", splits, " splits"), ms,
+      table.push_back({cat("  decode attention ", c.what, " tensor cores, grid of ", splits, " splits"), ms,
                        pct(bytes / ms / 1e6, ceiling)});
     }
   }
@@ -363,12 +366,12 @@ void bench_attention(CudaBackend& backend, double ceiling) {
       const TokenIndex index{b.token_seq.ptr<int32_t>(), b.token_pos.ptr<int32_t>(),
                              b.block_tables.ptr<int32_t>(), seqs, seqs, f.max_blocks};
       const auto* cache = dynamic_cast<const CudaKvCache*>(f.cache.get());
-      for (int splits : {1, 2, 3, 4, 6, 8, 12, 16}) {
+      for (int splits : {1, 2, 3, 4, 6, 8, 12, 16}) {  // grids, as above
         const double ms = time_ms(stream, 20, 20, [&](int) {
           paged_attention_mma(q.ptr<float>(), cache->layer(0), index, q_heads, splits, true,
                               partial.ptr<float>(), counters.ptr<int>(), y.ptr<float>(), stream);
         });
-        table.push_back({cat("  decode attention batch ", seqs, " tensor cores, ", splits, " splits"),
+        table.push_back({cat("  decode attention batch ", seqs, " tensor cores, grid of ", splits, " splits"),
                          ms, pct(bytes / ms / 1e6, ceiling)});
       }
     }
