@@ -205,6 +205,17 @@ class Backend {
   // x += y, then out = rms_norm(x) (the residual add and the next norm in one pass; rounds
   // exactly as add then rms_norm). out must not overlap x or y.
   virtual void add_rms_norm(Tensor& x, const Tensor& y, const Tensor& w, float eps, Tensor& out) = 0;
+  // x += y (scale given: x += scale[col] * y, a LayerScale), then out = layer_norm(x): the ViT's
+  // residual step and the next norm (rounds exactly as add / add_scaled then layer_norm; a backend
+  // may do both in one pass). out must not overlap x or y.
+  virtual void add_layer_norm(Tensor& x, const Tensor& y, const Tensor* scale, const Tensor& w, const Tensor& b,
+                              float eps, Tensor& out) {
+    if (scale != nullptr)
+      add_scaled(x, y, *scale);
+    else
+      add(x, y);
+    layer_norm(x, w, b, eps, out);
+  }
   virtual void gelu_erf(Tensor& x) = 0;                                   // in place
   // gate_up [T, 2I] (gate | up) -> y [T, I] = silu(gate) * up
   virtual void swiglu(const Tensor& gate_up, Tensor& y) = 0;

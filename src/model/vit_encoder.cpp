@@ -59,31 +59,28 @@ Tensor VitEncoder::embed_patches(const Tensor& images, int batch) const {
   return x;
 }
 
-void VitEncoder::run_block(const Block& block, Tensor& x, int batch, int tokens) const {
+void VitEncoder::run_block(const Block& block, const Block* next, Tensor& x, Tensor& h, int batch,
+                           int tokens) const {
   const int64_t rows = x.rows();
   const int dim = config_.dim;
-  // The norms' outputs in the dtype qkv and fc1 take (bf16 where a GPU GEMM multiplies them).
-  const Linear* norm_readers[] = {&block.qkv, &block.fc1};
-  Tensor h = backend_.empty({rows, dim}, backend_.shared_input_dtype(norm_readers, rows));
   Tensor qkv = backend_.empty_act({rows, 3 * int64_t{dim}});
   Tensor attn = backend_.empty_act({rows, dim});
   Tensor out = backend_.empty_act({rows, dim});
 
-  backend_.layer_norm(x, block.norm1_w, block.norm1_b, config_.ln_eps, h);
   backend_.linear(h, block.qkv, qkv);
   backend_.vit_attention(qkv, batch, tokens, config_.heads, config_.head_dim, attn);
   backend_.linear(attn, block.proj, out);
-  if (config_.layerscale)
-    backend_.add_scaled(x, out, block.ls1);
-  else
-    backend_.add(x, out);
+  backend_.add_layer_norm(x, out, config_.layerscale ? &block.ls1 : nullptr, block.norm2_w, block.norm2_b,
+                          config_.ln_eps, h);
 
   Tensor hidden = backend_.empty_act({rows, config_.mlp_dim});
-  backend_.layer_norm(x, block.norm2_w, block.norm2_b, config_.ln_eps, h);
   backend_.linear(h, block.fc1, hidden);
   backend_.gelu_erf(hidden);
   backend_.linear(hidden, block.fc2, out);
-  if (config_.layerscale)
+  if (next != nullptr)
+    backend_.add_layer_norm(x, out, config_.layerscale ? &block.ls2 : nullptr, next->norm1_w, next->norm1_b,
+                            config_.ln_eps, h);
+  else if (config_.layerscale)
     backend_.add_scaled(x, out, block.ls2);
   else
     backend_.add(x, out);
@@ -97,7 +94,15 @@ Tensor VitEncoder::encode(const Tensor& images, int batch) const {
               ", 3], got ", images.shape_str());
   const int tokens = config_.num_prefix() + config_.num_patches;
   Tensor x = embed_patches(images, batch);
-  for (const Block& block : blocks_) run_block(block, x, batch, tokens);
+  if (!blocks_.empty()) {
+    // The norms' outputs in the dtype qkv and fc1 take (bf16 where a GPU GEMM multiplies them).
+    const Block& first = blocks_.front();
+    const Linear* norm_readers[] = {&first.qkv, &first.fc1};
+    Tensor h = backend_.empty({x.rows(), config_.dim}, backend_.shared_input_dtype(norm_readers, x.rows()));
+    backend_.layer_norm(x, first.norm1_w, first.norm1_b, config_.ln_eps, h);
+    for (size_t i = 0; i < blocks_.size(); ++i)
+      run_block(blocks_[i], i + 1 < blocks_.size() ? &blocks_[i + 1] : nullptr, x, h, batch, tokens);
+  }
   if (config_.num_prefix() == 0) return x;
 
   Tensor features = backend_.empty_act({int64_t{batch} * config_.num_patches, config_.dim});

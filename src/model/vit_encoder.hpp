@@ -22,7 +22,9 @@ class VitEncoder {
     Linear qkv, proj, fc1, fc2;
   };
   Tensor embed_patches(const Tensor& images, int batch) const;
-  void run_block(const Block& block, Tensor& x, int batch, int tokens) const;
+  // Expects h = block's norm1(x); leaves next's norm1(x) in h (the residual add and that norm in
+  // one op), or nothing after the last block.
+  void run_block(const Block& block, const Block* next, Tensor& x, Tensor& h, int batch, int tokens) const;
 
   Backend& backend_;
   VitConfig config_;

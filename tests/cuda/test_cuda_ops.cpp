@@ -108,6 +108,55 @@ TEST_F(CudaOps, AddRmsNorm) {
 // The ops that feed a linear write bf16 where the linear multiplies bf16 activations
 // (Backend::linear_input_dtype): each bf16 output must be its f32 output rounded to nearest even,
 // bit for bit, so the linear's result is the one it computes from the f32 output.
+// add_layer_norm: the ViT's residual step (with or without LayerScale) and the next LayerNorm in
+// one kernel: the bits of add / add_scaled then layer_norm, and the f64 reference.
+TEST_F(CudaOps, AddLayerNormIsTheAddThenTheNorm) {
+  for (const auto& [rows, cols] : {std::pair{1, 31}, {3, 1024}, {261, 1152}, {33, 65}})
+    for (const bool layerscale : {false, true}) {
+      const std::string what = cat("add_layer_norm ", rows, "x", cols, layerscale ? " layerscale" : "");
+      std::vector<float> x = randn(size_t(rows) * cols, 3.0f);
+      for (float& v : x) v += 40.0f;  // off zero mean, as the ViT's rows are
+      const std::vector<float> y = randn(size_t(rows) * cols), scale = uniform(cols, 0.01f, 1.0f),
+                               w = randn(cols), b = randn(cols);
+      const float eps = 1e-6f;
+      const Tensor yt = upload(y, {rows, cols}), st = upload(scale, {cols}), wt = upload(w, {cols}),
+                   bt = upload(b, {cols});
+      Tensor fused_x = upload(x, {rows, cols}), fused = poisoned({rows, cols});
+      backend().add_layer_norm(fused_x, yt, layerscale ? &st : nullptr, wt, bt, eps, fused);
+      Tensor separate_x = upload(x, {rows, cols}), separate = poisoned({rows, cols});
+      if (layerscale)
+        backend().add_scaled(separate_x, yt, st);
+      else
+        backend().add(separate_x, yt);
+      backend().layer_norm(separate_x, wt, bt, eps, separate);
+      const std::vector<float> got_x = download(fused_x), got = download(fused);
+      EXPECT_EQ(got_x, download(separate_x)) << what << ": the residual differs from add / add_scaled";
+      EXPECT_EQ(got, download(separate)) << what << ": the norm differs from layer_norm";
+
+      std::vector<double> sum(x.size()), ref(x.size());
+      for (int r = 0; r < rows; ++r) {
+        double mean = 0, var = 0;
+        for (int c = 0; c < cols; ++c) {
+          const size_t i = size_t(r) * cols + c;
+          sum[i] = double(x[i]) + (layerscale ? double(scale[c]) : 1.0) * y[i];
+          mean += sum[i];
+        }
+        mean /= cols;
+        for (int c = 0; c < cols; ++c) var += std::pow(sum[size_t(r) * cols + c] - mean, 2);
+        var /= cols;
+        for (int c = 0; c < cols; ++c)
+          ref[size_t(r) * cols + c] = (sum[size_t(r) * cols + c] - mean) / std::sqrt(var + eps) * w[c] + b[c];
+      }
+      expect_close(what + " x", got_x, sum, kElementwiseTol);
+      expect_close(what + " out", got, ref, kRowReductionTol);
+    }
+  Tensor x = poisoned({2, 8});
+  EXPECT_THROW(backend().add_layer_norm(x, poisoned({2, 8}), nullptr, poisoned({8}), poisoned({8}), 1e-6f, x), Error);
+  Tensor out = poisoned({2, 8}), short_scale = poisoned({7});
+  EXPECT_THROW(backend().add_layer_norm(x, poisoned({2, 8}), &short_scale, poisoned({8}), poisoned({8}), 1e-6f, out),
+               Error);
+}
+
 TEST_F(CudaOps, Bf16OutputsAreTheF32OutputsRounded) {
   const auto expect_rounded = [](const std::string& what, const std::vector<float>& f32,
                                  const std::vector<float>& bf16) {

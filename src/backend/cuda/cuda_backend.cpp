@@ -473,6 +473,25 @@ void CudaBackend::layer_norm(const Tensor& x, const Tensor& w, const Tensor& b, 
                    x.rows(), cols, stream());
 }
 
+void CudaBackend::add_layer_norm(Tensor& x, const Tensor& y, const Tensor* scale, const Tensor& w, const Tensor& b,
+                                 float eps, Tensor& out) {
+  require_f32("add_layer_norm", {&x, &y, &w, &b});
+  const Activations normed = require_activations(out, "add_layer_norm", "out");
+  const int64_t rows = x.rows(), cols = x.cols();
+  MOXIN_CHECK(w.numel() == cols && b.numel() == cols, "[cuda] add_layer_norm: weight ", w.shape_str(), " / bias ",
+              b.shape_str(), " do not match ", cols, " columns");
+  require_shape(y, rows, cols, "add_layer_norm", "y");
+  require_shape(out, rows, cols, "add_layer_norm", "out");
+  if (scale != nullptr) {
+    require(*scale, DType::F32, "add_layer_norm", "scale");
+    MOXIN_CHECK(scale->numel() == cols, "[cuda] add_layer_norm: scale ", scale->shape_str(), " does not match ",
+                cols, " columns");
+  }
+  MOXIN_CHECK(out.data != x.data && out.data != y.data, "[cuda] add_layer_norm: out must not be x or y");
+  cuda::add_layer_norm(data_of<float>(x), data_of<const float>(y), scale ? data_of<const float>(*scale) : nullptr,
+                       data_of<const float>(w), data_of<const float>(b), eps, normed, rows, cols, stream());
+}
+
 void CudaBackend::rms_norm(const Tensor& x, const Tensor& w, float eps, Tensor& y) {
   require_f32("rms_norm", {&x, &w});
   const Activations out = require_activations(y, "rms_norm", "y");

@@ -5,6 +5,7 @@
 #include "backend/cuda/cuda_check.hpp"
 #include "backend/cuda/kernels.hpp"
 #include "backend/cuda/launch.cuh"
+#include "backend/cuda/residual_add.cuh"
 #include "backend/cuda/swiglu.cuh"
 
 namespace moxin::cuda {
@@ -76,7 +77,7 @@ __global__ void add_kernel(float* __restrict__ x, const float* __restrict__ y, i
 __global__ void add_scaled_kernel(float* __restrict__ x, const float* __restrict__ y,
                                   const float* __restrict__ scale, int64_t count, int64_t cols) {
   wait_for_prior_kernels();
-  MOXIN_GRID_STRIDE(i, count) x[i] += scale[i % cols] * y[i];
+  MOXIN_GRID_STRIDE(i, count) x[i] = residual_scaled(x[i], scale[i % cols], y[i]);
 }
 
 __global__ void add_rows_cyclic_kernel(float* __restrict__ x, const float* __restrict__ table,

@@ -162,6 +162,10 @@ void embedding(const int32_t* ids, int64_t count, const bf16_bits* table, int64_
 // --- norm.cu ---
 void layer_norm(const float* x, const float* w, const float* b, float eps, Activations y, int64_t rows,
                 int64_t cols, cudaStream_t stream);
+// x += y (scale non-null: x += scale[c] * y, as add_scaled), then out = layer_norm(x), rounded as
+// those two ops; out overlaps neither x nor y.
+void add_layer_norm(float* x, const float* y, const float* scale, const float* w, const float* b, float eps,
+                    Activations out, int64_t rows, int64_t cols, cudaStream_t stream);
 void rms_norm(const float* x, const float* w, float eps, Activations y, int64_t rows, int64_t cols,
               cudaStream_t stream);
 // x += y, then out = rms_norm(x), rounded as those two ops; out overlaps neither x nor y.

@@ -13,6 +13,7 @@
 #include "backend/cuda/cuda_check.hpp"
 #include "backend/cuda/kernels.hpp"
 #include "backend/cuda/launch.cuh"
+#include "backend/cuda/residual_add.cuh"
 #include "backend/cuda/rms_inverse.cuh"
 
 namespace moxin::cuda {
@@ -34,6 +35,24 @@ __device__ T block_sum(T v, T* scratch) {
   return total;
 }
 
+// The rest of a LayerNorm row once each thread has summed its columns (thread t: t, t + 256, ...)
+// into `sum`: the mean, the centred variance in a second pass, the output. Shared by layer_norm and
+// add_layer_norm so that both round alike.
+template <class Out>
+__device__ __forceinline__ void layer_norm_finish(const float* xr, const float* __restrict__ w,
+                                                  const float* __restrict__ b, float eps, Out* yr, int cols,
+                                                  double sum, double* scratch) {
+  const double mean = block_sum(sum, scratch) / cols;
+  double sq = 0.0;
+  for (int c = threadIdx.x; c < cols; c += kNormThreads) {
+    const double d = xr[c] - mean;
+    sq = fma(d, d, sq);
+  }
+  const double inv_std = 1.0 / sqrt(block_sum(sq, scratch) / cols + eps);
+  for (int c = threadIdx.x; c < cols; c += kNormThreads)
+    store_activation(yr, c, static_cast<float>((xr[c] - mean) * inv_std * w[c] + b[c]));
+}
+
 template <class Out>
 __global__ void __launch_bounds__(kNormThreads)
     layer_norm_kernel(const float* x, const float* __restrict__ w, const float* __restrict__ b,
@@ -44,15 +63,27 @@ __global__ void __launch_bounds__(kNormThreads)
   Out* yr = y + static_cast<size_t>(blockIdx.x) * cols;
   double sum = 0.0;
   for (int c = threadIdx.x; c < cols; c += kNormThreads) sum += xr[c];
-  const double mean = block_sum(sum, scratch) / cols;
-  double sq = 0.0;
+  layer_norm_finish(xr, w, b, eps, yr, cols, sum, scratch);
+}
+
+// x += y (x += scale * y with a LayerScale), then out = layer_norm(x): the ViT's residual step
+// and the next norm in one pass, rounded as add / add_scaled then layer_norm.
+template <class Out>
+__global__ void __launch_bounds__(kNormThreads)
+    add_layer_norm_kernel(float* __restrict__ x, const float* __restrict__ y, const float* __restrict__ scale,
+                          const float* __restrict__ w, const float* __restrict__ b, float eps,
+                          Out* __restrict__ out, int cols) {
+  wait_for_prior_kernels();
+  __shared__ double scratch[kNormThreads / 32];
+  float* xr = x + static_cast<size_t>(blockIdx.x) * cols;
+  const float* yr = y + static_cast<size_t>(blockIdx.x) * cols;
+  double sum = 0.0;
   for (int c = threadIdx.x; c < cols; c += kNormThreads) {
-    const double d = xr[c] - mean;
-    sq = fma(d, d, sq);
+    const float v = scale != nullptr ? residual_scaled(xr[c], scale[c], yr[c]) : xr[c] + yr[c];
+    xr[c] = v;
+    sum += v;
   }
-  const double inv_std = 1.0 / sqrt(block_sum(sq, scratch) / cols + eps);
-  for (int c = threadIdx.x; c < cols; c += kNormThreads)
-    store_activation(yr, c, static_cast<float>((xr[c] - mean) * inv_std * w[c] + b[c]));
+  layer_norm_finish(xr, w, b, eps, out + static_cast<size_t>(blockIdx.x) * cols, cols, sum, scratch);
 }
 
 // RMSNorm rows are a decode step's critical path at batch 1: one block per row, as many threads
@@ -154,6 +185,15 @@ void layer_norm(const float* x, const float* w, const float* b, float eps, Activ
   with_activations(y, [&]<class Out>(Out* out) {
     launch_kernel("layer_norm_kernel", layer_norm_kernel<Out>, static_cast<unsigned>(rows), kNormThreads, 0, stream,
                   x, w, b, eps, out, static_cast<int>(cols));
+  });
+}
+
+void add_layer_norm(float* x, const float* y, const float* scale, const float* w, const float* b, float eps,
+                    Activations out, int64_t rows, int64_t cols, cudaStream_t stream) {
+  if (rows == 0) return;
+  with_activations(out, [&]<class Out>(Out* normed) {
+    launch_kernel("add_layer_norm_kernel", add_layer_norm_kernel<Out>, static_cast<unsigned>(rows), kNormThreads, 0,
+                  stream, x, y, scale, w, b, eps, normed, static_cast<int>(cols));
   });
 }
 
