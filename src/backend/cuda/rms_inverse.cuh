@@ -1,5 +1,5 @@
 // RMSNorm's arithmetic, shared by the norm kernels (norm.cu) and the linears that normalize their
-// input on the way in (gemv.cu, quant_gemv.cu): one definition of the order in which a row's
+// input on the way in (gemv.cu): one definition of the order in which a row's
 // squares are summed, so that a fused kernel gives the same bits as rms_norm followed by the
 // linear; and the normalized copy of the input rows such a linear keeps in shared memory.
 //
@@ -86,20 +86,6 @@ __device__ __forceinline__ float rms_inverse(const float4* row, int cols4, int c
   return rms_inverse_of_sums(scratch, threads / 32, cols, eps);
 }
 
-// rms_inverse by a block of BlockWarps warps, through the fast path where the row allows.
-template <int BlockWarps>
-__device__ __forceinline__ float rms_inverse_by(const float4* row, int cols4, int cols, float eps, int threads,
-                                                float* scratch) {
-  if (cols4 > threads) return rms_inverse(row, cols4, cols, eps, threads, scratch);
-  float4 v[rms_roles<BlockWarps>()];
-#pragma unroll
-  for (int i = 0; i < rms_roles<BlockWarps>(); ++i) {
-    const int c = static_cast<int>(threadIdx.x) + i * BlockWarps * 32;
-    v[i] = c < cols4 ? row[c] : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
-  }
-  return rms_inverse_held<BlockWarps>(v, cols, eps, threads, scratch);
-}
-
 // Requests the norm weight's lines into L2 while the previous kernel drains (it never changes).
 __device__ __forceinline__ void prefetch_norm_weight(const float* weight, int cols) {
   for (int line = static_cast<int>(threadIdx.x); line * 32 < cols; line += static_cast<int>(blockDim.x))
@@ -115,20 +101,20 @@ struct NormParams {
 };
 
 // normed[m][0..k) = rms_norm(x[m]) for the block's M rows, as rms_norm_kernel rounds it; every
-// thread of the block (BlockWarps warps) must call it. In blocks of 8 or more warps a 4096-wide
-// row and its norm weight are loaded at once and normalized from registers; otherwise (wider rows,
-// or smaller blocks, whose 8 roles of both would take 64 registers) the row is read twice, the
-// second time from L1.
+// thread of the block (BlockWarps warps) must call it. A row of up to 4096 columns and its norm
+// weight are loaded at once and normalized from registers; a wider one is read twice (the second
+// time from L1).
 template <int M, int BlockWarps>
 __device__ __forceinline__ void stage_normed_rows(const float* x, const NormParams& norm, int k,
                                                   float4* normed, float* scratch) {
   const int k4 = k / 4;
   const float4* g4 = reinterpret_cast<const float4*>(norm.weight);
   constexpr int kRoles = rms_roles<BlockWarps>();
+  static_assert(kRoles <= 4, "the row and weight held in registers: blocks of at least 8 warps");
 #pragma unroll
   for (int m = 0; m < M; ++m) {
     const float4* row = reinterpret_cast<const float4*>(x + static_cast<size_t>(m) * k);
-    if (kRoles <= 4 && k4 <= norm.threads) {
+    if (k4 <= norm.threads) {
       float4 v[kRoles], g[kRoles];
 #pragma unroll
       for (int i = 0; i < kRoles; ++i) {
@@ -144,7 +130,7 @@ __device__ __forceinline__ void stage_normed_rows(const float* x, const NormPara
         if (c < k4) normed[m * k4 + c] = scale4(g[i], v[i], inv_rms);
       }
     } else {
-      const float inv_rms = rms_inverse_by<BlockWarps>(row, k4, k, norm.eps, norm.threads, scratch);
+      const float inv_rms = rms_inverse(row, k4, k, norm.eps, norm.threads, scratch);
       for (int c = threadIdx.x; c < k4; c += blockDim.x) normed[m * k4 + c] = scale4(__ldg(g4 + c), row[c], inv_rms);
     }
   }
