@@ -48,6 +48,16 @@ __device__ __forceinline__ float dot8(uint4 w, float4 a, float4 b, float acc) {
   return acc;
 }
 
+// Activations from global memory through the read-only path, or from the block's normalized copy
+// in shared memory.
+template <bool Shared>
+__device__ __forceinline__ float4 load_x(const float4* p) {
+  if constexpr (Shared)
+    return *p;
+  else
+    return __ldg(p);
+}
+
 // Applies one 16-byte weight vector per row (index `vec` along K) to all M activation rows.
 template <int M, int R, bool Shared>
 __device__ __forceinline__ void accumulate(const uint4 (&wv)[R], const float4* __restrict__ x4,

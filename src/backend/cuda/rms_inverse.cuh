@@ -137,14 +137,4 @@ __device__ __forceinline__ void stage_normed_rows(const float* x, const NormPara
   __syncthreads();
 }
 
-// Activations from global memory through the read-only path, or from the block's normalized copy
-// in shared memory.
-template <bool Shared>
-__device__ __forceinline__ float4 load_x(const float4* p) {
-  if constexpr (Shared)
-    return *p;
-  else
-    return __ldg(p);
-}
-
 }  // namespace moxin::cuda
