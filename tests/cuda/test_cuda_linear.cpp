@@ -174,10 +174,13 @@ TEST_F(CudaLinear, LinearSwigluIsTheLinearThenSwiglu) {
 // rounded to bf16, element by element. An f32 sum within f32 error of a bf16 midpoint may round
 // the other way: such an element may match the reference with that value rounded to its other
 // bf16 neighbour instead, and no more than 1% of the elements may need it (leaving gate | up
-// unrounded would miss most elements by ~1e-3).
+// unrounded would miss most elements by ~1e-3). The f32 error of a sum is bounded by the sum of
+// its products' magnitudes, not by its value: a sum that cancels to near zero (a random seed
+// gave gate 4.9e-5 from 256 products of ~0.05) may be off by far more than 1e-4 of itself.
 TEST_F(CudaLinear, LinearSwigluFromBf16ActivationsRoundsGateUp) {
   constexpr double kElementTol = 1e-5;   // relative, f32 rounding of the sum and the swiglu
   constexpr double kMidpointBand = 1e-4;  // relative distance of an f32 sum's error from a midpoint
+  constexpr double kF32Epsilon = 0x1p-24;
   for (const auto& [m, half, k] :
        {std::tuple<int64_t, int64_t, int64_t>{64, 296, 256},
         {int64_t{randint(20, 200)}, 8 * int64_t{randint(1, 40)}, 8 * int64_t{randint(1, 100)}},
@@ -191,25 +194,31 @@ TEST_F(CudaLinear, LinearSwigluFromBf16ActivationsRoundsGateUp) {
     backend().linear_swiglu(upload_bf16(x, {m, k}), prepared, gate_up, y);
     const std::vector<float> got = download(y);
     const std::vector<double> gu = linear_ref(x, m, k, w.values, 2 * half, nullptr, true);
-    // The bf16 values v may round to: nearest, and its other neighbour where v is near a midpoint.
-    auto roundings = [&](double v) {
+    std::vector<float> x_abs = x, w_abs = w.values;
+    for (float& v : x_abs) v = std::abs(v);
+    for (float& v : w_abs) v = std::abs(v);
+    const std::vector<double> gu_abs = linear_ref(x_abs, m, k, w_abs, 2 * half, nullptr, true);
+    // The bf16 values v (an f32 sum of products whose magnitudes add up to abs_sum) may round to:
+    // nearest, and its other neighbour where v is within the sum's f32 error of a midpoint.
+    auto roundings = [&](double v, double abs_sum) {
       const float f = static_cast<float>(v);
       const uint16_t bits = f32_to_bf16(f);
       const float nearest = bf16_to_f32(bits);
       // The neighbour on f's side: one step up or down in magnitude (sign and magnitude bits).
       const float other = bf16_to_f32(static_cast<uint16_t>(std::abs(f) > std::abs(nearest) ? bits + 1 : bits - 1));
-      const bool near_midpoint = std::abs(std::abs(f - nearest) - std::abs(other - nearest) / 2) <=
-                                 kMidpointBand * std::abs(f);
+      const double sum_error = kMidpointBand * std::abs(f) + static_cast<double>(k) * kF32Epsilon * abs_sum;
+      const bool near_midpoint = std::abs(std::abs(f - nearest) - std::abs(other - nearest) / 2) <= sum_error;
       return near_midpoint ? std::vector<double>{nearest, other} : std::vector<double>{nearest};
     };
     size_t other_way = 0;
     for (int64_t r = 0; r < m; ++r)
       for (int64_t j = 0; j < half; ++j) {
-        const double gv = gu[r * 2 * half + j], uv = gu[r * 2 * half + half + j];
+        const int64_t gate_at = r * 2 * half + j, up_at = gate_at + half;
+        const double gv = gu[gate_at], uv = gu[up_at];
         const double out = got[static_cast<size_t>(r * half + j)];
         bool matched = false, nearest_matched = false;
-        for (const double g : roundings(gv))
-          for (const double u : roundings(uv)) {
+        for (const double g : roundings(gv, gu_abs[gate_at]))
+          for (const double u : roundings(uv, gu_abs[up_at])) {
             const double ref = g / (1.0 + std::exp(-g)) * u;
             const bool close = std::abs(out - ref) <= kElementTol * std::max(std::abs(ref), 1e-6);
             matched = matched || close;
