@@ -188,6 +188,12 @@ class Backend {
   // linear skips its conversion pass; the results are the same bits.
   virtual DType linear_input_dtype(const Linear& /*w*/, int64_t /*rows*/) const { return act_dtype(); }
   // The dtype for a tensor that several linears read: the one they all take, else act_dtype().
+  // A tensor shaped like `from` for linear(., w) to read at from's rows: `from` itself where it is
+  // already in that dtype (an op may then write in place), else a new one.
+  Tensor input_for(const Linear& w, const Tensor& from) {
+    const DType wanted = linear_input_dtype(w, from.rows());
+    return from.dtype == wanted ? from : empty(from.shape, wanted);
+  }
   DType shared_input_dtype(std::span<const Linear* const> consumers, int64_t rows) const {
     if (consumers.empty()) return act_dtype();
     const DType wanted = linear_input_dtype(*consumers.front(), rows);
@@ -216,7 +222,8 @@ class Backend {
       add(x, y);
     layer_norm(x, w, b, eps, out);
   }
-  virtual void gelu_erf(Tensor& x) = 0;                                   // in place
+  // y = gelu(x) (erf form) element by element; y may be x (in place), f32 or a linear_input_dtype.
+  virtual void gelu_erf(const Tensor& x, Tensor& y) = 0;
   // gate_up [T, 2I] (gate | up) -> y [T, I] = silu(gate) * up
   virtual void swiglu(const Tensor& gate_up, Tensor& y) = 0;
   // y = swiglu(linear(x, w)) for w = gate | up: the same bits as those two ops, which a backend

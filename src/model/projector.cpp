@@ -21,12 +21,14 @@ Tensor Projector::forward(const Tensor& dino, const Tensor& siglip) const {
 
   Tensor h1 = backend_.empty_act({rows, fc1_.out_features});
   backend_.linear(fused, fc1_, h1);
-  backend_.gelu_erf(h1);
+  Tensor a1 = backend_.input_for(fc2_, h1);  // the GELU rounds for the next GEMM where it takes bf16
+  backend_.gelu_erf(h1, a1);
   Tensor h2 = backend_.empty_act({rows, fc2_.out_features});
-  backend_.linear(h1, fc2_, h2);
-  backend_.gelu_erf(h2);
+  backend_.linear(a1, fc2_, h2);
+  Tensor a2 = backend_.input_for(fc3_, h2);
+  backend_.gelu_erf(h2, a2);
   Tensor out = backend_.empty_act({rows, fc3_.out_features});
-  backend_.linear(h2, fc3_, out);
+  backend_.linear(a2, fc3_, out);
   return out;
 }
 

@@ -64,7 +64,8 @@ void VitEncoder::run_block(const Block& block, const Block* next, Tensor& x, Ten
   const int64_t rows = x.rows();
   const int dim = config_.dim;
   Tensor qkv = backend_.empty_act({rows, 3 * int64_t{dim}});
-  Tensor attn = backend_.empty_act({rows, dim});
+  // In the dtype the projection reads (the attention rounds to bf16 where it takes bf16).
+  Tensor attn = backend_.empty({rows, dim}, backend_.linear_input_dtype(block.proj, rows));
   Tensor out = backend_.empty_act({rows, dim});
 
   backend_.linear(h, block.qkv, qkv);
@@ -75,8 +76,9 @@ void VitEncoder::run_block(const Block& block, const Block* next, Tensor& x, Ten
 
   Tensor hidden = backend_.empty_act({rows, config_.mlp_dim});
   backend_.linear(h, block.fc1, hidden);
-  backend_.gelu_erf(hidden);
-  backend_.linear(hidden, block.fc2, out);
+  Tensor act = backend_.input_for(block.fc2, hidden);  // the GELU rounds for fc2 where it takes bf16
+  backend_.gelu_erf(hidden, act);
+  backend_.linear(act, block.fc2, out);
   if (next != nullptr)
     backend_.add_layer_norm(x, out, config_.layerscale ? &block.ls2 : nullptr, next->norm1_w, next->norm1_b,
                             config_.ln_eps, h);

@@ -116,7 +116,7 @@ void gelu_erf(std::vector<OpCase>& cases, Inputs& in, Shape s) {
   for (float v : x) ref.push_back(0.5 * v * (1.0 + std::erf(v / std::sqrt(2.0))));
   cases.push_back({"gelu_erf " + s.str(), kElementwiseTolerance, ref, [=](Backend& be) {
                      Tensor t = upload(be, x, {s.rows, s.cols});
-                     be.gelu_erf(t);
+                     be.gelu_erf(t, t);
                      return download(be, t);
                    }});
 }

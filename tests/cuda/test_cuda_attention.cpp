@@ -98,9 +98,16 @@ TEST_F(CudaAttention, VitBidirectional) {
       set_cuda_attention_path(backend(), path);
       Tensor y = poisoned({rows, width});
       backend().vit_attention(input, c.batch, c.tokens, c.heads, c.head_dim, y);
-      expect_close(cat("vit_attention ", label, " B=", c.batch, " T=", c.tokens, " H=", c.heads,
-                       " D=", c.head_dim),
-                   download(y), ref, tol);
+      const std::string what =
+          cat("vit_attention ", label, " B=", c.batch, " T=", c.tokens, " H=", c.heads, " D=", c.head_dim);
+      const std::vector<float> got = download(y);
+      expect_close(what, got, ref, tol);
+      // A bf16 output (the projection's input) is the f32 output rounded.
+      Tensor y_bf16 = backend().empty({rows, width}, DType::BF16);
+      backend().vit_attention(input, c.batch, c.tokens, c.heads, c.head_dim, y_bf16);
+      const std::vector<float> got_bf16 = download(y_bf16);
+      for (size_t i = 0; i < got.size(); ++i)
+        ASSERT_EQ(round_bf16(got[i]), got_bf16[i]) << what << ": bf16 output " << i << " is not the f32 one rounded";
     }
     set_cuda_attention_path(backend(), CudaAttentionPath::Auto);
   }
@@ -401,7 +408,7 @@ TEST_F(CudaAttention, GraphCaptureReplays) {
   auto step = [&] {
     backend().rms_norm(x, norm_w, 1e-5f, h);
     backend().linear(h, prepared, y);
-    backend().gelu_erf(y);
+    backend().gelu_erf(y, y);
   };
   auto graph = capture_cuda_graph(backend(), step);
   for (int round = 0; round < 2; ++round) {
@@ -414,7 +421,7 @@ TEST_F(CudaAttention, GraphCaptureReplays) {
     Tensor h_eager = poisoned({rows, cols});
     backend().rms_norm(fresh, norm_w, 1e-5f, h_eager);
     backend().linear(h_eager, prepared, y_eager);
-    backend().gelu_erf(y_eager);
+    backend().gelu_erf(y_eager, y_eager);
     const std::vector<float> eager = download(y_eager);
     expect_close(cat("graph replay #", round, " rms_norm+linear+gelu"), replayed,
                  std::vector<double>(eager.begin(), eager.end()), 0.0);

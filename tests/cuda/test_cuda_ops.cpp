@@ -189,8 +189,15 @@ TEST_F(CudaOps, Bf16OutputsAreTheF32OutputsRounded) {
   backend().swiglu(upload(gu, {rows, 2 * cols}), bf16);
   expect_rounded("swiglu " + shape, download(f32), download(bf16));
 
-  Tensor in_place = backend().empty({rows, cols}, DType::BF16);
-  EXPECT_THROW(backend().rms_norm(in_place, upload(w, {cols}), eps, in_place), Error);
+  backend().gelu_erf(upload(x, {rows, cols}), f32);  // out of place
+  backend().gelu_erf(upload(x, {rows, cols}), bf16);
+  expect_rounded("gelu_erf " + shape, download(f32), download(bf16));
+  Tensor in_place = upload(x, {rows, cols});
+  backend().gelu_erf(in_place, in_place);
+  EXPECT_EQ(download(in_place), download(f32)) << "gelu_erf " << shape << ": in place differs from out of place";
+
+  Tensor bf16_in_place = backend().empty({rows, cols}, DType::BF16);
+  EXPECT_THROW(backend().rms_norm(bf16_in_place, upload(w, {cols}), eps, bf16_in_place), Error);
   Tensor ints = backend().empty({rows, cols}, DType::I32);
   EXPECT_THROW(backend().swiglu(upload(gu, {rows, 2 * cols}), ints), Error);
 }
@@ -199,7 +206,7 @@ TEST_F(CudaOps, GeluErf) {
   for (int n : {1, 257, 100003}) {
     const std::vector<float> x = uniform(n, -6.0f, 6.0f);
     Tensor t = upload(x, {n});
-    backend().gelu_erf(t);
+    backend().gelu_erf(t, t);
     std::vector<double> ref(n);
     for (int i = 0; i < n; ++i) ref[i] = 0.5 * x[i] * (1.0 + std::erf(x[i] / std::sqrt(2.0)));
     expect_close(cat("gelu_erf n=", n), download(t), ref, kElementwiseTol);

@@ -111,7 +111,7 @@ class CpuBackend final : public Backend {
   void layer_norm(const Tensor& x, const Tensor& w, const Tensor& b, float eps, Tensor& y) override;
   void rms_norm(const Tensor& x, const Tensor& w, float eps, Tensor& y) override;
   void add_rms_norm(Tensor& x, const Tensor& y, const Tensor& w, float eps, Tensor& out) override;
-  void gelu_erf(Tensor& x) override;
+  void gelu_erf(const Tensor& x, Tensor& y) override;
   void swiglu(const Tensor& gate_up, Tensor& y) override;
   void add(Tensor& x, const Tensor& y) override;
   void add_scaled(Tensor& x, const Tensor& y, const Tensor& scale) override;

@@ -73,10 +73,16 @@ void CpuBackend::add_rms_norm(Tensor& x, const Tensor& y, const Tensor& w, float
   });
 }
 
-void CpuBackend::gelu_erf(Tensor& x) {
+void CpuBackend::gelu_erf(const Tensor& x, Tensor& y) {
   check_f32(x, "gelu_erf", "x");
-  float* xs = x.ptr<float>();
-  parallel_elements(pool_, x.numel(), [&](int64_t i0, int64_t i1) { kernels_.gelu_erf(xs + i0, i1 - i0); });
+  check_f32(y, "gelu_erf", "y");
+  MOXIN_CHECK(x.numel() == y.numel(), "[cpu] gelu_erf: x is ", x.shape_str(), " but y is ", y.shape_str());
+  const float* xs = x.ptr<float>();
+  float* ys = y.ptr<float>();
+  parallel_elements(pool_, x.numel(), [&](int64_t i0, int64_t i1) {
+    if (ys != xs) std::copy(xs + i0, xs + i1, ys + i0);
+    kernels_.gelu_erf(ys + i0, i1 - i0);
+  });
 }
 
 void CpuBackend::swiglu(const Tensor& gate_up, Tensor& y) {

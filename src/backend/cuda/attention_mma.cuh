@@ -66,15 +66,18 @@ __device__ __forceinline__ uint32_t pack_bf16(float lo, float hi) {
   return *reinterpret_cast<const uint32_t*>(&v);
 }
 
-// KD = padded head_dim / 16 (1..8); kWarps warps of 16 query rows each.
-template <int KD, int kWarps>
+// KD = padded head_dim / 16 (1..8); kWarps warps of 16 query rows each. kQInRegisters: the
+// warp's Q fragments stay in registers from load_q() on (32 of them at KD = 8), or are re-read
+// from shared memory for every key tile (q must then stay intact), leaving room for more
+// blocks per SM.
+template <int KD, int kWarps, bool kQInRegisters = true>
 struct MmaAttention {
   static constexpr int kQueryRows = 16 * kWarps;
   __nv_bfloat16* q;  // [kQueryRows][stride], filled by the caller
   __nv_bfloat16* k;  // [kMmaRows][stride], filled by the caller per key tile (zeros past the end)
   __nv_bfloat16* v;
   static constexpr int stride = 16 * KD + 8;  // = mma_row_stride(head_dim)
-  uint32_t qa[KD][4];                         // this warp's Q rows as A fragments
+  uint32_t qa[kQInRegisters ? KD : 1][4];     // this warp's Q rows as A fragments (kQInRegisters)
   float o[2 * KD][4];                         // O accumulators: n-tiles of 8 dims
   float m[2];                                 // running max of rows g and g + 8
   float l[2];                                 // this lane's share of the running sums
@@ -98,11 +101,17 @@ struct MmaAttention {
 
   // After q is filled and the block synchronized.
   __device__ void load_q() {
+    if constexpr (kQInRegisters) {
+#pragma unroll
+      for (int ks = 0; ks < KD; ++ks) read_q_fragment(ks, qa[ks]);
+    }
+  }
+
+  // The warp's Q rows, dims 16 ks .. 16 ks + 15, as an A fragment.
+  __device__ void read_q_fragment(int ks, uint32_t (&a)[4]) const {
     const int lane = threadIdx.x % 32;
     const int row = (threadIdx.x / 32) * 16 + lane % 16;
-#pragma unroll
-    for (int ks = 0; ks < KD; ++ks)
-      ldmatrix_x4(qa[ks], q + row * stride + ks * 16 + (lane / 16) * 8);
+    ldmatrix_x4(a, q + row * stride + ks * 16 + (lane / 16) * 8);
   }
 
   // Keys [key0, key0 + n) are in k and v. Row g of this lane may see keys <= limit[0], row
@@ -119,15 +128,24 @@ struct MmaAttention {
     for (int nt = 0; nt < 8; ++nt)
 #pragma unroll
       for (int e = 0; e < 4; ++e) s[nt][e] = 0.0f;
+    // Dims outer, keys inner: a Q fragment read from shared memory serves all 64 keys. Each
+    // score still sums its dims in order, so both Q placements give the same bits.
 #pragma unroll
-    for (int pair = 0; pair < 4; ++pair) {
+    for (int ks = 0; ks < KD; ++ks) {
+      uint32_t a[4];
+      if constexpr (kQInRegisters) {
 #pragma unroll
-      for (int ks = 0; ks < KD; ++ks) {
+        for (int e = 0; e < 4; ++e) a[e] = qa[ks][e];
+      } else {
+        read_q_fragment(ks, a);
+      }
+#pragma unroll
+      for (int pair = 0; pair < 4; ++pair) {
         uint32_t b[4];
         ldmatrix_x4(b, k + (pair * 16 + lane % 8 + (lane / 16) * 8) * stride + ks * 16 +
                            ((lane / 8) % 2) * 8);
-        mma_bf16(s[2 * pair], qa[ks], b[0], b[1]);
-        mma_bf16(s[2 * pair + 1], qa[ks], b[2], b[3]);
+        mma_bf16(s[2 * pair], a, b[0], b[1]);
+        mma_bf16(s[2 * pair + 1], a, b[2], b[3]);
       }
     }
 

@@ -518,9 +518,11 @@ void CudaBackend::add_rms_norm(Tensor& x, const Tensor& y, const Tensor& w, floa
                      cols, stream());
 }
 
-void CudaBackend::gelu_erf(Tensor& x) {
+void CudaBackend::gelu_erf(const Tensor& x, Tensor& y) {
   require(x, DType::F32, "gelu_erf", "x");
-  cuda::gelu_erf(data_of<float>(x), x.numel(), stream());
+  const Activations out = require_activations(y, "gelu_erf", "y");
+  MOXIN_CHECK(x.numel() == y.numel(), "[cuda] gelu_erf: x is ", x.shape_str(), " but y is ", y.shape_str());
+  cuda::gelu_erf(data_of<const float>(x), out, x.numel(), stream());
 }
 
 void CudaBackend::swiglu(const Tensor& gate_up, Tensor& y) {
@@ -649,7 +651,7 @@ void CudaBackend::embedding(const Tensor& ids, const Linear& table, Tensor& y) {
 void CudaBackend::vit_attention(const Tensor& qkv, int batch, int tokens, int heads, int head_dim,
                                 Tensor& y) {
   require(qkv, DType::F32, "vit_attention", "qkv");
-  require(y, DType::F32, "vit_attention", "y");
+  const Activations out = require_activations(y, "vit_attention", "y");
   MOXIN_CHECK(batch >= 0 && tokens >= 0 && heads > 0 && head_dim > 0 && head_dim <= kMaxHeadDim,
               "[cuda] vit_attention: batch ", batch, ", tokens ", tokens, ", heads ", heads,
               ", head_dim ", head_dim, " (1..", kMaxHeadDim, ")");
@@ -658,7 +660,7 @@ void CudaBackend::vit_attention(const Tensor& qkv, int batch, int tokens, int he
   require_shape(qkv, rows, 3 * width, "vit_attention", "qkv");
   require_shape(y, rows, width, "vit_attention", "y");
   cuda::vit_attention(data_of<const float>(qkv), batch, tokens, heads, head_dim,
-                      attention_path_ != CudaAttentionPath::TiledF32, data_of<float>(y), stream());
+                      attention_path_ != CudaAttentionPath::TiledF32, out, stream());
 }
 
 void CudaBackend::rope_kv_write(const Tensor& qkv, const Tensor& positions, float theta,

@@ -147,7 +147,7 @@ class CudaBackend final : public Backend {
   void add_rms_norm(Tensor& x, const Tensor& y, const Tensor& w, float eps, Tensor& out) override;
   void add_layer_norm(Tensor& x, const Tensor& y, const Tensor* scale, const Tensor& w, const Tensor& b, float eps,
                       Tensor& out) override;
-  void gelu_erf(Tensor& x) override;
+  void gelu_erf(const Tensor& x, Tensor& y) override;
   void swiglu(const Tensor& gate_up, Tensor& y) override;
   void linear_swiglu(const Tensor& x, const Linear& w, Tensor& gate_up, Tensor& y) override;
   void add(Tensor& x, const Tensor& y) override;

@@ -15,14 +15,17 @@ namespace {
   for (int64_t i = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; i < (count); \
        i += int64_t{gridDim.x} * blockDim.x)
 
-__global__ void gelu_erf_kernel(float* __restrict__ x, int64_t count) {
+// y may be x (in place, f32); a bf16 y is the next GEMM's input, rounded here instead of by a
+// conversion kernel after (the same bits).
+template <class Out>
+__global__ void gelu_erf_kernel(const float* x, Out* y, int64_t count) {
   wait_for_prior_kernels();
   MOXIN_GRID_STRIDE(i, count) {
     const float v = x[i];
     // 1 + erf(z) == erfc(-z), without the cancellation that loses all relative accuracy in
     // the negative tail (the op test found 43% error at gelu(x) ~ -5e-8). In double: rounding
     // z to f32 alone costs ~2 z^2 ulp there; the kernel is memory-bound, so this is free.
-    x[i] = static_cast<float>(0.5 * v * erfc(-static_cast<double>(v) * 0.70710678118654752));
+    store_activation(y, i, static_cast<float>(0.5 * v * erfc(-static_cast<double>(v) * 0.70710678118654752)));
   }
 }
 
@@ -115,10 +118,12 @@ __global__ void embedding_kernel(const int32_t* __restrict__ ids, int64_t count,
 
 }  // namespace
 
-void gelu_erf(float* x, int64_t count, cudaStream_t stream) {
+void gelu_erf(const float* x, Activations y, int64_t count, cudaStream_t stream) {
   if (count == 0) return;
-  launch_kernel("gelu_erf_kernel", gelu_erf_kernel, elementwise_blocks(count), kElementwiseThreads,
-                0, stream, x, count);
+  with_activations(y, [&]<class Out>(Out* out) {
+    launch_kernel("gelu_erf_kernel", gelu_erf_kernel<Out>, elementwise_blocks(count), kElementwiseThreads, 0, stream,
+                  x, out, count);
+  });
 }
 
 namespace {

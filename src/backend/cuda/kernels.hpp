@@ -142,7 +142,7 @@ void im2col_bf16(const float* images, int height, int width, int patch, int64_t 
                  int64_t rows, bf16_bits* out, cudaStream_t stream);
 
 // --- elementwise.cu ---
-void gelu_erf(float* x, int64_t count, cudaStream_t stream);
+void gelu_erf(const float* x, Activations y, int64_t count, cudaStream_t stream);
 // y[r, c] = silu(gate_up[r, c]) * gate_up[r, cols + c]: rows of gate_up are gate | up.
 void swiglu(const float* gate_up, Activations y, int64_t rows, int64_t cols, cudaStream_t stream);
 // The same from a bf16 gate_up (a prefill GEMM's output rounded to bf16: half the bytes).
@@ -216,7 +216,7 @@ constexpr int kMaxHeadDim = 128;
 // tensor_cores: Q, K, V and P rounded to bf16 for mma.sync (f32 accumulation and softmax);
 // otherwise all f32 on the CUDA cores.
 void vit_attention(const float* qkv, int batch, int tokens, int heads, int head_dim,
-                   bool tensor_cores, float* y, cudaStream_t stream);
+                   bool tensor_cores, Activations y, cudaStream_t stream);
 
 // --- paged_attention_split.cu: one token per block group, context split across blocks ---
 // Each token's context (its position + 1) is dealt to up to `splits` blocks, none taking fewer

@@ -6,6 +6,8 @@
 // pass per distinct sequence, each token seeing only keys of its own sequence, so any
 // AttentionBatch is right and a prefill chunk is fast.
 #include <climits>
+#include <cstdlib>
+#include <string_view>
 
 #include "backend/cuda/attention_mma.cuh"
 #include "backend/cuda/attention_tile.cuh"
@@ -120,7 +122,14 @@ __global__ void __launch_bounds__(kTileThreads)
 
 constexpr int kPrefillWarps = 4;
 constexpr int kPrefillTokens = 16 * kPrefillWarps;
-constexpr int kPrefillKvStages = 2;
+// Two K/V stages (the next tile's copies in flight during this one's products; Q fragments in
+// registers: 2 blocks per SM at 245 registers), or one stage with Q re-read from shared memory
+// per tile: 4 blocks per SM (128 registers, 52 KB each at head_dim 128), whose tiles' copies hide
+// behind the other blocks' products. MOXIN_CUDA_PREFILL_KV_STAGES picks one (A/B in progress).
+template <int kStages>
+constexpr int prefill_min_blocks() {
+  return kStages == 1 ? 3 : 1;
+}
 
 // log2 of the cache's block size where it is a power of two (every real config: the staging
 // shifts instead of dividing per row), else -1.
@@ -130,28 +139,38 @@ __device__ __forceinline__ int block_shift(int block_size) {
 
 // Piece e of a key tile (row r, columns d0 .. d0 + 7 of a padded row): where its K/V values sit
 // in the cache (element offset, -1 past the keys, the head_dim or the cache) and the index of
-// their row (its FP8 exponent).
+// their row (its FP8 exponent). Located in two steps, so that a thread can have all of its
+// pieces' block-table loads in flight before it uses any: piece_slot (the table slot of the
+// piece's key, -1 where there is none), then piece_source with the slot's block.
 struct KeyPiece {
   int r = 0, d0 = 0;
   long long src = -1, row = 0;
 };
 
 template <int kVecs>
+__device__ __forceinline__ int piece_slot(int e, int key0, int n, const PagedLayer& cache, int shift, KeyPiece& p) {
+  p.r = e / kVecs;
+  p.d0 = (e % kVecs) * 8;
+  if (p.r >= n || p.d0 >= cache.head_dim) return -1;
+  const int key = key0 + p.r;
+  return shift >= 0 ? key >> shift : key / cache.block_size;
+}
+
+__device__ __forceinline__ void piece_source(KeyPiece& p, int key0, int slot, int block, const PagedLayer& cache,
+                                             int kv_head) {
+  if (slot < 0 || block < 0 || block >= cache.num_blocks) return;
+  const int key = key0 + p.r;
+  p.row = (static_cast<long long>(block) * cache.block_size + (key - slot * cache.block_size)) * cache.kv_heads +
+          kv_head;
+  p.src = p.row * cache.head_dim + p.d0;
+}
+
+template <int kVecs>
 __device__ __forceinline__ KeyPiece key_piece(int e, int key0, int n, const int32_t* table, const PagedLayer& cache,
                                               int shift, int kv_head) {
   KeyPiece p;
-  p.r = e / kVecs;
-  p.d0 = (e % kVecs) * 8;
-  if (p.r < n && p.d0 < cache.head_dim) {
-    const int key = key0 + p.r;
-    const int slot = shift >= 0 ? key >> shift : key / cache.block_size;
-    const int block = table[slot];
-    if (block >= 0 && block < cache.num_blocks) {
-      p.row = (static_cast<long long>(block) * cache.block_size + (key - slot * cache.block_size)) * cache.kv_heads +
-              kv_head;
-      p.src = p.row * cache.head_dim + p.d0;
-    }
-  }
+  const int slot = piece_slot<kVecs>(e, key0, n, cache, shift, p);
+  piece_source(p, key0, slot, slot >= 0 ? table[slot] : -1, cache, kv_head);
   return p;
 }
 
@@ -167,22 +186,49 @@ __device__ __forceinline__ uint4 fp8_piece_bf16(const uint8_t* codes, long long 
   return make_uint4(packed[0], packed[1], packed[2], packed[3]);
 }
 
+// A thread's pieces of a key tile: pieces threadIdx.x + i * threads (KD of them), located all
+// at once so that their block-table loads are in flight together (one at a time, each cost a
+// round trip before its copy could be issued: the prefill kernel's largest stall).
+constexpr int kPrefillThreads = kPrefillWarps * 32;
+template <int kPadded>
+constexpr int pieces_per_thread() {
+  return (kMmaRows * (kPadded / 8) + kPrefillThreads - 1) / kPrefillThreads;
+}
+template <int kPadded>
+__device__ __forceinline__ bool piece_exists(int i) {
+  return threadIdx.x + i * kPrefillThreads < kMmaRows * (kPadded / 8);
+}
+template <int kPadded>
+__device__ __forceinline__ void locate_pieces(KeyPiece (&pieces)[pieces_per_thread<kPadded>()], int key0, int n,
+                                              const int32_t* table, const PagedLayer& cache, int shift, int kv_head) {
+  constexpr int kPerThread = pieces_per_thread<kPadded>();
+  int slots[kPerThread], blocks[kPerThread];
+#pragma unroll
+  for (int i = 0; i < kPerThread; ++i) {
+    pieces[i] = KeyPiece{};
+    slots[i] = piece_exists<kPadded>(i)
+                   ? piece_slot<kPadded / 8>(threadIdx.x + i * kPrefillThreads, key0, n, cache, shift, pieces[i])
+                   : -1;
+  }
+#pragma unroll
+  for (int i = 0; i < kPerThread; ++i) blocks[i] = slots[i] >= 0 ? table[slots[i]] : -1;
+#pragma unroll
+  for (int i = 0; i < kPerThread; ++i) piece_source(pieces[i], key0, slots[i], blocks[i], cache, kv_head);
+}
+
 // An FP8 cache's key tile, widened to bf16 on the way (the copy engine cannot convert): every
 // thread's loads are issued before any is widened, so they are in flight together.
 template <int kPadded, class Attention>
 __device__ void stage_fp8_key_tile(Attention& att, int key0, int n, const int32_t* table, const PagedLayer& cache,
                                    int shift, int kv_head) {
-  constexpr int kVecs = kPadded / 8;
-  constexpr int kThreads = kPrefillWarps * 32;
-  constexpr int kPerThread = (kMmaRows * kVecs + kThreads - 1) / kThreads;
+  constexpr int kPerThread = pieces_per_thread<kPadded>();
   const bool whole_pieces = cache.head_dim % 8 == 0;
   KeyPiece pieces[kPerThread];
+  locate_pieces<kPadded>(pieces, key0, n, table, cache, shift, kv_head);
   uint2 k_raw[kPerThread], v_raw[kPerThread];
   int8_t k_exp[kPerThread], v_exp[kPerThread];
 #pragma unroll
   for (int i = 0; i < kPerThread; ++i) {
-    const int e = threadIdx.x + i * kThreads;
-    pieces[i] = e < kMmaRows * kVecs ? key_piece<kVecs>(e, key0, n, table, cache, shift, kv_head) : KeyPiece{};
     const bool load = pieces[i].src >= 0;
     k_raw[i] = load && whole_pieces ? *reinterpret_cast<const uint2*>(cache.k8 + pieces[i].src) : uint2{0, 0};
     v_raw[i] = load && whole_pieces ? *reinterpret_cast<const uint2*>(cache.v8 + pieces[i].src) : uint2{0, 0};
@@ -191,7 +237,7 @@ __device__ void stage_fp8_key_tile(Attention& att, int key0, int n, const int32_
   }
 #pragma unroll
   for (int i = 0; i < kPerThread; ++i) {
-    if (threadIdx.x + i * kThreads >= kMmaRows * kVecs) break;
+    if (!piece_exists<kPadded>(i)) break;
     const KeyPiece& p = pieces[i];
     const float ks = kv_row_scale(k_exp[i]), vs = kv_row_scale(v_exp[i]);
     uint4 k = make_uint4(0, 0, 0, 0), v = k;
@@ -220,33 +266,42 @@ __device__ void stage_key_tile(Attention& att, int stage, int key0, int last, co
     copies_issued();
     return;
   }
-  for (int e = threadIdx.x; e < kMmaRows * kVecs; e += kPrefillWarps * 32) {
+  if (head_dim % 8 == 0) {
+    KeyPiece pieces[pieces_per_thread<kPadded>()];
+    locate_pieces<kPadded>(pieces, key0, n, table, cache, shift, kv_head);
+#pragma unroll
+    for (int i = 0; i < pieces_per_thread<kPadded>(); ++i) {
+      if (!piece_exists<kPadded>(i)) break;
+      const long long src = pieces[i].src;
+      const int at = pieces[i].r * att.stride + pieces[i].d0;
+      copy16_or_zero(att.k + at, cache.k + (src >= 0 ? src : 0), src >= 0);
+      copy16_or_zero(att.v + at, cache.v + (src >= 0 ? src : 0), src >= 0);
+    }
+    copies_issued();
+    return;
+  }
+  for (int e = threadIdx.x; e < kMmaRows * kVecs; e += kPrefillThreads) {
     const KeyPiece p = key_piece<kVecs>(e, key0, n, table, cache, shift, kv_head);
     const long long src = p.src;
     __nv_bfloat16* k_dst = att.k + p.r * att.stride + p.d0;
     __nv_bfloat16* v_dst = att.v + p.r * att.stride + p.d0;
-    if (head_dim % 8 == 0) {
-      copy16_or_zero(k_dst, cache.k + (src >= 0 ? src : 0), src >= 0);
-      copy16_or_zero(v_dst, cache.v + (src >= 0 ? src : 0), src >= 0);
-    } else {
-      uint16_t kh[8] = {}, vh[8] = {};
-      for (int i = 0; i < 8 && src >= 0 && p.d0 + i < head_dim; ++i) {
-        kh[i] = cache.k[src + i];
-        vh[i] = cache.v[src + i];
-      }
-      *reinterpret_cast<uint4*>(k_dst) =
-          make_uint4(kh[0] | (uint32_t{kh[1]} << 16), kh[2] | (uint32_t{kh[3]} << 16),
-                     kh[4] | (uint32_t{kh[5]} << 16), kh[6] | (uint32_t{kh[7]} << 16));
-      *reinterpret_cast<uint4*>(v_dst) =
-          make_uint4(vh[0] | (uint32_t{vh[1]} << 16), vh[2] | (uint32_t{vh[3]} << 16),
-                     vh[4] | (uint32_t{vh[5]} << 16), vh[6] | (uint32_t{vh[7]} << 16));
+    uint16_t kh[8] = {}, vh[8] = {};
+    for (int i = 0; i < 8 && src >= 0 && p.d0 + i < head_dim; ++i) {
+      kh[i] = cache.k[src + i];
+      vh[i] = cache.v[src + i];
     }
+    *reinterpret_cast<uint4*>(k_dst) =
+        make_uint4(kh[0] | (uint32_t{kh[1]} << 16), kh[2] | (uint32_t{kh[3]} << 16),
+                   kh[4] | (uint32_t{kh[5]} << 16), kh[6] | (uint32_t{kh[7]} << 16));
+    *reinterpret_cast<uint4*>(v_dst) =
+        make_uint4(vh[0] | (uint32_t{vh[1]} << 16), vh[2] | (uint32_t{vh[3]} << 16),
+                   vh[4] | (uint32_t{vh[5]} << 16), vh[6] | (uint32_t{vh[7]} << 16));
   }
   copies_issued();
 }
 
-template <int KD>
-__global__ void __launch_bounds__(kPrefillWarps * 32)
+template <int KD, int kStages>
+__global__ void __launch_bounds__(kPrefillWarps * 32, prefill_min_blocks<kStages>())
     paged_tiled_mma_kernel(const float* __restrict__ q, PagedLayer cache, TokenIndex index,
                            int q_heads, float scale_log2, float* __restrict__ y) {
   wait_for_prior_kernels();
@@ -255,7 +310,7 @@ __global__ void __launch_bounds__(kPrefillWarps * 32)
   __shared__ int tok_pos[kPrefillTokens];
   __shared__ int pass_seq;
   __shared__ int pass_last;
-  MmaAttention<KD, kPrefillWarps> att(reinterpret_cast<__nv_bfloat16*>(smem_bytes));
+  MmaAttention<KD, kPrefillWarps, kStages == 2> att(reinterpret_cast<__nv_bfloat16*>(smem_bytes));
   constexpr int kPadded = 16 * KD;
   const int head_dim = cache.head_dim;
   // Blocks are issued in index order: the last token tiles (most keys under the causal mask)
@@ -313,20 +368,23 @@ __global__ void __launch_bounds__(kPrefillWarps * 32)
       warp_first = min(warp_first, __shfl_xor_sync(0xffffffffu, warp_first, o));
     }
     const int32_t* table = index.block_tables + static_cast<size_t>(seq) * index.max_blocks;
-    // Key tiles of 64 through two stages: the next tile's copies are in flight while this one is
+    // Key tiles of 64. Two stages: the next tile's copies are in flight while this one is
     // multiplied (stage s + 1 was consumed before the barrier that ends the previous tile).
     const int tiles = (last + kMmaRows) / kMmaRows;
-    stage_key_tile<kPadded>(att, 0, 0, last, table, cache, shift, kv_head);
+    if (kStages == 2) stage_key_tile<kPadded>(att, 0, 0, last, table, cache, shift, kv_head);
     for (int tile = 0; tile < tiles; ++tile) {
       const int key0 = tile * kMmaRows;
-      if (tile + 1 < tiles) {
+      if (kStages == 1) {
+        stage_key_tile<kPadded>(att, 0, key0, last, table, cache, shift, kv_head);
+        wait_staged<0>();
+      } else if (tile + 1 < tiles) {
         stage_key_tile<kPadded>(att, (tile + 1) % 2, key0 + kMmaRows, last, table, cache, shift, kv_head);
         wait_staged<1>();
       } else {
         wait_staged<0>();
       }
       __syncthreads();  // every thread's copies of this tile have landed
-      att.use_stage(tile % 2);
+      att.use_stage(tile % kStages);
       if (key0 + kMmaRows - 1 <= warp_first)
         att.template consume<false>(key0, kMmaRows, scale_log2, limit);
       else if (key0 <= warp_last)
@@ -343,17 +401,36 @@ __global__ void __launch_bounds__(kPrefillWarps * 32)
 
 }  // namespace
 
+namespace {
+int prefill_kv_stages() {
+  static const int stages = [] {
+    const char* env = std::getenv("MOXIN_CUDA_PREFILL_KV_STAGES");
+    return env != nullptr && std::string_view(env) == "1" ? 1 : 2;
+  }();
+  return stages;
+}
+
+template <int kStages>
+void launch_paged_tiled_mma(const float* q, const PagedLayer& cache, const TokenIndex& index, int q_heads,
+                            float scale_log2, float* y, cudaStream_t stream) {
+  const unsigned blocks = static_cast<unsigned>((index.tokens + kPrefillTokens - 1) / kPrefillTokens * q_heads);
+  dispatch_head_dim_chunks(cache.head_dim, [&]<int KD>() {
+    launch_kernel("paged_tiled_mma_kernel", paged_tiled_mma_kernel<KD, kStages>, blocks, kPrefillWarps * 32,
+                  mma_smem_bytes(cache.head_dim, kPrefillWarps, kStages), stream, q, cache, index, q_heads,
+                  scale_log2, y);
+  });
+}
+}  // namespace
+
 void paged_attention_tiled(const float* q, const PagedLayer& cache, const TokenIndex& index,
                            int q_heads, bool tensor_cores, float* y, cudaStream_t stream) {
   if (index.tokens == 0) return;
   const float scale = 1.0f / sqrtf(static_cast<float>(cache.head_dim));
   if (tensor_cores) {
-    const unsigned blocks = static_cast<unsigned>((index.tokens + kPrefillTokens - 1) / kPrefillTokens * q_heads);
-    dispatch_head_dim_chunks(cache.head_dim, [&]<int KD>() {
-      launch_kernel("paged_tiled_mma_kernel", paged_tiled_mma_kernel<KD>, blocks, kPrefillWarps * 32,
-                    mma_smem_bytes(cache.head_dim, kPrefillWarps, kPrefillKvStages), stream, q, cache,
-                    index, q_heads, scale * kLog2e, y);
-    });
+    if (prefill_kv_stages() == 1)
+      launch_paged_tiled_mma<1>(q, cache, index, q_heads, scale * kLog2e, y, stream);
+    else
+      launch_paged_tiled_mma<2>(q, cache, index, q_heads, scale * kLog2e, y, stream);
     return;
   }
   const dim3 grid((index.tokens + kQueryTile - 1) / kQueryTile, q_heads);
@@ -368,8 +445,8 @@ void configure_paged_attention() {
   for_all_head_dim_chunks(
       [&]<int DJ>() { MOXIN_CUDA_CHECK(allow_tile_smem<DJ>(paged_tiled_kernel<DJ>)); });
   for_all_head_dim_chunks([&]<int KD>() {
-    MOXIN_CUDA_CHECK(
-        (allow_mma_smem<KD, kPrefillWarps, kPrefillKvStages>(paged_tiled_mma_kernel<KD>)));
+    MOXIN_CUDA_CHECK((allow_mma_smem<KD, kPrefillWarps, 1>(paged_tiled_mma_kernel<KD, 1>)));
+    MOXIN_CUDA_CHECK((allow_mma_smem<KD, kPrefillWarps, 2>(paged_tiled_mma_kernel<KD, 2>)));
   });
 }
 

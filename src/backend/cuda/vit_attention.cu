@@ -3,6 +3,7 @@
 // streams the image's K/V of its head through shared memory, either in f32 on the CUDA cores
 // (attention_tile.cuh) or rounded to bf16 for the tensor cores (attention_mma.cuh; all keys
 // staged at once where they fit).
+#include "backend/cuda/activation_store.cuh"
 #include "backend/cuda/attention_mma.cuh"
 #include "backend/cuda/attention_tile.cuh"
 #include "backend/cuda/head_dim_dispatch.cuh"
@@ -13,10 +14,10 @@
 namespace moxin::cuda {
 namespace {
 
-template <int DJ>
+template <int DJ, class Out>
 __global__ void __launch_bounds__(kTileThreads)
     vit_attention_kernel(const float* __restrict__ qkv, int tokens, int heads, int head_dim,
-                         float scale, float* __restrict__ y) {
+                         float scale, Out* __restrict__ y) {
   wait_for_prior_kernels();
   extern __shared__ float smem[];
   AttentionTile<DJ> tile(smem, head_dim);
@@ -46,9 +47,9 @@ __global__ void __launch_bounds__(kTileThreads)
     __syncthreads();
     tile.consume(key0, n, scale, [](int, int) { return true; });
   }
-  float* out = y + static_cast<size_t>(image) * tokens * width + head * head_dim;
+  Out* out = y + static_cast<size_t>(image) * tokens * width + head * head_dim;
   tile.finish([&](int row, int d, float value) {
-    if (q0 + row < tokens) out[static_cast<size_t>(q0 + row) * width + d] = value;
+    if (q0 + row < tokens) store_activation(out, static_cast<int64_t>(q0 + row) * width + d, value);
   });
 }
 
@@ -118,11 +119,12 @@ __device__ void stage_rows_bf16(const float* base, int row_stride, int first_row
   }
 }
 
-// kv_stages: key tiles staged at once (all of them, or 1).
-template <int KD>
+// kv_stages: key tiles staged at once (all of them, or 1). y: f32, or bf16 where the projection
+// after takes bf16 (rounded here rather than by a conversion kernel: the same bits).
+template <int KD, class Out>
 __global__ void __launch_bounds__(kVitThreads)
     vit_attention_mma_kernel(const float* __restrict__ qkv, int tokens, int heads, int head_dim,
-                             float scale, bool vec4, int kv_stages, float* __restrict__ y) {
+                             float scale, bool vec4, int kv_stages, Out* __restrict__ y) {
   wait_for_prior_kernels();
   extern __shared__ __align__(16) unsigned char smem_bytes[];
   MmaAttention<KD, kVitWarps> att(reinterpret_cast<__nv_bfloat16*>(smem_bytes));
@@ -163,44 +165,49 @@ __global__ void __launch_bounds__(kVitThreads)
     else
       att.consume(tile * kMmaRows, n, scale * kLog2e, all_keys);
   }
-  float* out = y + static_cast<size_t>(image) * tokens * width + head * head_dim;
+  Out* out = y + static_cast<size_t>(image) * tokens * width + head * head_dim;
   att.finish(head_dim, [&](int row, int d, float value) {
-    if (q0 + row < tokens) out[static_cast<size_t>(q0 + row) * width + d] = value;
+    if (q0 + row < tokens) store_activation(out, static_cast<int64_t>(q0 + row) * width + d, value);
   });
 }
 
 }  // namespace
 
 void vit_attention(const float* qkv, int batch, int tokens, int heads, int head_dim,
-                   bool tensor_cores, float* y, cudaStream_t stream) {
+                   bool tensor_cores, Activations y, cudaStream_t stream) {
   if (batch == 0 || tokens == 0 || heads == 0) return;
   const float scale = 1.0f / sqrtf(static_cast<float>(head_dim));
-  if (tensor_cores) {
-    const dim3 grid((tokens + kVitQueries - 1) / kVitQueries, heads, batch);
-    const bool vec4 = head_dim % 4 == 0 && reinterpret_cast<uintptr_t>(qkv) % 16 == 0;
-    const int kv_stages = vit_kv_stages(tokens, head_dim);
-    dispatch_head_dim_chunks(head_dim, [&]<int KD>() {
-      launch_kernel("vit_attention_mma_kernel", vit_attention_mma_kernel<KD>, grid, kVitThreads,
-                    mma_smem_bytes(head_dim, kVitWarps, kv_stages), stream, qkv, tokens, heads,
-                    head_dim, scale, vec4, kv_stages, y);
+  with_activations(y, [&]<class Out>(Out* out) {
+    if (tensor_cores) {
+      const dim3 grid((tokens + kVitQueries - 1) / kVitQueries, heads, batch);
+      const bool vec4 = head_dim % 4 == 0 && reinterpret_cast<uintptr_t>(qkv) % 16 == 0;
+      const int kv_stages = vit_kv_stages(tokens, head_dim);
+      dispatch_head_dim_chunks(head_dim, [&]<int KD>() {
+        launch_kernel("vit_attention_mma_kernel", vit_attention_mma_kernel<KD, Out>, grid, kVitThreads,
+                      mma_smem_bytes(head_dim, kVitWarps, kv_stages), stream, qkv, tokens, heads, head_dim, scale,
+                      vec4, kv_stages, out);
+      });
+      return;
+    }
+    const dim3 grid((tokens + kQueryTile - 1) / kQueryTile, heads, batch);
+    const size_t smem = tile_smem_bytes(head_dim);
+    dispatch_head_dim_chunks(head_dim, [&]<int DJ>() {
+      launch_kernel("vit_attention_kernel", vit_attention_kernel<DJ, Out>, grid, kTileThreads, smem, stream, qkv,
+                    tokens, heads, head_dim, scale, out);
     });
-    return;
-  }
-  const dim3 grid((tokens + kQueryTile - 1) / kQueryTile, heads, batch);
-  const size_t smem = tile_smem_bytes(head_dim);
-  dispatch_head_dim_chunks(head_dim, [&]<int DJ>() {
-    launch_kernel("vit_attention_kernel", vit_attention_kernel<DJ>, grid, kTileThreads, smem,
-                  stream, qkv, tokens, heads, head_dim, scale, y);
   });
 }
 
 void configure_vit_attention() {
-  for_all_head_dim_chunks(
-      [&]<int DJ>() { MOXIN_CUDA_CHECK(allow_tile_smem<DJ>(vit_attention_kernel<DJ>)); });
-  for_all_head_dim_chunks([&]<int KD>() {
-    MOXIN_CUDA_CHECK((allow_mma_smem<KD, kVitWarps, vit_max_kv_stages<KD>()>(
-        vit_attention_mma_kernel<KD>)));
-  });
+  const auto allow = [&]<class Out>() {
+    for_all_head_dim_chunks(
+        [&]<int DJ>() { MOXIN_CUDA_CHECK(allow_tile_smem<DJ>(vit_attention_kernel<DJ, Out>)); });
+    for_all_head_dim_chunks([&]<int KD>() {
+      MOXIN_CUDA_CHECK((allow_mma_smem<KD, kVitWarps, vit_max_kv_stages<KD>()>(vit_attention_mma_kernel<KD, Out>)));
+    });
+  };
+  allow.template operator()<float>();
+  allow.template operator()<__nv_bfloat16>();
 }
 
 }  // namespace moxin::cuda
