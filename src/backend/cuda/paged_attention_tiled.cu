@@ -6,8 +6,6 @@
 // pass per distinct sequence, each token seeing only keys of its own sequence, so any
 // AttentionBatch is right and a prefill chunk is fast.
 #include <climits>
-#include <cstdlib>
-#include <string_view>
 
 #include "backend/cuda/attention_mma.cuh"
 #include "backend/cuda/attention_tile.cuh"
@@ -122,14 +120,12 @@ __global__ void __launch_bounds__(kTileThreads)
 
 constexpr int kPrefillWarps = 4;
 constexpr int kPrefillTokens = 16 * kPrefillWarps;
-// Two K/V stages (the next tile's copies in flight during this one's products; Q fragments in
-// registers: 2 blocks per SM at 245 registers), or one stage with Q re-read from shared memory
-// per tile: 4 blocks per SM (128 registers, 52 KB each at head_dim 128), whose tiles' copies hide
-// behind the other blocks' products. MOXIN_CUDA_PREFILL_KV_STAGES picks one (A/B in progress).
-template <int kStages>
-constexpr int prefill_min_blocks() {
-  return kStages == 1 ? 3 : 1;
-}
+// One K/V stage, Q re-read from shared memory for every key tile: 3 blocks per SM (168 registers,
+// 52 KB at head_dim 128), each tile's copies hidden behind the other blocks' products. Measured
+// against two stages with Q in registers (2 blocks per SM at 245 registers), H100, 1024 tokens:
+// 114.7 vs 124.7 us a layer under ncu, 30.0-30.6 vs 30.6-31.2 ms per prefill in 4 alternated pairs
+// (docs/cuda-notes.md, session 15).
+constexpr int kPrefillBlocksPerSm = 3;
 
 // log2 of the cache's block size where it is a power of two (every real config: the staging
 // shifts instead of dividing per row), else -1.
@@ -250,15 +246,14 @@ __device__ void stage_fp8_key_tile(Attention& att, int key0, int n, const int32_
   }
 }
 
-// The block's copies of keys [key0, key0 + 64) of a sequence (positions <= last) into K/V stage
-// `stage`: cp.async of 16-byte pieces where head_dim is a multiple of 8 (every real model), zeros
+// The block's copies of keys [key0, key0 + 64) of a sequence (positions <= last) into the K/V
+// tile: cp.async of 16-byte pieces where head_dim is a multiple of 8 (every real model), zeros
 // past the keys, the head_dim or the cache; 2-byte loads otherwise (tiny test dims); an FP8 cache
 // through stage_fp8_key_tile. One commit group per call.
 template <int kPadded, class Attention>
-__device__ void stage_key_tile(Attention& att, int stage, int key0, int last, const int32_t* table,
-                               const PagedLayer& cache, int shift, int kv_head) {
+__device__ void stage_key_tile(Attention& att, int key0, int last, const int32_t* table, const PagedLayer& cache,
+                               int shift, int kv_head) {
   constexpr int kVecs = kPadded / 8;  // 16-byte pieces of a padded row
-  att.use_stage(stage);
   const int head_dim = cache.head_dim;
   const int n = min(kMmaRows, last + 1 - key0);
   if (cache.k8 != nullptr) {
@@ -300,8 +295,8 @@ __device__ void stage_key_tile(Attention& att, int stage, int key0, int last, co
   copies_issued();
 }
 
-template <int KD, int kStages>
-__global__ void __launch_bounds__(kPrefillWarps * 32, prefill_min_blocks<kStages>())
+template <int KD>
+__global__ void __launch_bounds__(kPrefillWarps * 32, kPrefillBlocksPerSm)
     paged_tiled_mma_kernel(const float* __restrict__ q, PagedLayer cache, TokenIndex index,
                            int q_heads, float scale_log2, float* __restrict__ y) {
   wait_for_prior_kernels();
@@ -310,7 +305,7 @@ __global__ void __launch_bounds__(kPrefillWarps * 32, prefill_min_blocks<kStages
   __shared__ int tok_pos[kPrefillTokens];
   __shared__ int pass_seq;
   __shared__ int pass_last;
-  MmaAttention<KD, kPrefillWarps, kStages == 2> att(reinterpret_cast<__nv_bfloat16*>(smem_bytes));
+  MmaAttention<KD, kPrefillWarps, /*kQInRegisters=*/false> att(reinterpret_cast<__nv_bfloat16*>(smem_bytes));
   constexpr int kPadded = 16 * KD;
   const int head_dim = cache.head_dim;
   // Blocks are issued in index order: the last token tiles (most keys under the causal mask)
@@ -368,23 +363,14 @@ __global__ void __launch_bounds__(kPrefillWarps * 32, prefill_min_blocks<kStages
       warp_first = min(warp_first, __shfl_xor_sync(0xffffffffu, warp_first, o));
     }
     const int32_t* table = index.block_tables + static_cast<size_t>(seq) * index.max_blocks;
-    // Key tiles of 64. Two stages: the next tile's copies are in flight while this one is
-    // multiplied (stage s + 1 was consumed before the barrier that ends the previous tile).
+    // Key tiles of 64, one at a time (the stage was consumed before the barrier that ends the
+    // previous tile).
     const int tiles = (last + kMmaRows) / kMmaRows;
-    if (kStages == 2) stage_key_tile<kPadded>(att, 0, 0, last, table, cache, shift, kv_head);
     for (int tile = 0; tile < tiles; ++tile) {
       const int key0 = tile * kMmaRows;
-      if (kStages == 1) {
-        stage_key_tile<kPadded>(att, 0, key0, last, table, cache, shift, kv_head);
-        wait_staged<0>();
-      } else if (tile + 1 < tiles) {
-        stage_key_tile<kPadded>(att, (tile + 1) % 2, key0 + kMmaRows, last, table, cache, shift, kv_head);
-        wait_staged<1>();
-      } else {
-        wait_staged<0>();
-      }
+      stage_key_tile<kPadded>(att, key0, last, table, cache, shift, kv_head);
+      wait_staged<0>();
       __syncthreads();  // every thread's copies of this tile have landed
-      att.use_stage(tile % kStages);
       if (key0 + kMmaRows - 1 <= warp_first)
         att.template consume<false>(key0, kMmaRows, scale_log2, limit);
       else if (key0 <= warp_last)
@@ -401,36 +387,17 @@ __global__ void __launch_bounds__(kPrefillWarps * 32, prefill_min_blocks<kStages
 
 }  // namespace
 
-namespace {
-int prefill_kv_stages() {
-  static const int stages = [] {
-    const char* env = std::getenv("MOXIN_CUDA_PREFILL_KV_STAGES");
-    return env != nullptr && std::string_view(env) == "1" ? 1 : 2;
-  }();
-  return stages;
-}
-
-template <int kStages>
-void launch_paged_tiled_mma(const float* q, const PagedLayer& cache, const TokenIndex& index, int q_heads,
-                            float scale_log2, float* y, cudaStream_t stream) {
-  const unsigned blocks = static_cast<unsigned>((index.tokens + kPrefillTokens - 1) / kPrefillTokens * q_heads);
-  dispatch_head_dim_chunks(cache.head_dim, [&]<int KD>() {
-    launch_kernel("paged_tiled_mma_kernel", paged_tiled_mma_kernel<KD, kStages>, blocks, kPrefillWarps * 32,
-                  mma_smem_bytes(cache.head_dim, kPrefillWarps, kStages), stream, q, cache, index, q_heads,
-                  scale_log2, y);
-  });
-}
-}  // namespace
 
 void paged_attention_tiled(const float* q, const PagedLayer& cache, const TokenIndex& index,
                            int q_heads, bool tensor_cores, float* y, cudaStream_t stream) {
   if (index.tokens == 0) return;
   const float scale = 1.0f / sqrtf(static_cast<float>(cache.head_dim));
   if (tensor_cores) {
-    if (prefill_kv_stages() == 1)
-      launch_paged_tiled_mma<1>(q, cache, index, q_heads, scale * kLog2e, y, stream);
-    else
-      launch_paged_tiled_mma<2>(q, cache, index, q_heads, scale * kLog2e, y, stream);
+    const unsigned blocks = static_cast<unsigned>((index.tokens + kPrefillTokens - 1) / kPrefillTokens * q_heads);
+    dispatch_head_dim_chunks(cache.head_dim, [&]<int KD>() {
+      launch_kernel("paged_tiled_mma_kernel", paged_tiled_mma_kernel<KD>, blocks, kPrefillThreads,
+                    mma_smem_bytes(cache.head_dim, kPrefillWarps), stream, q, cache, index, q_heads, scale * kLog2e, y);
+    });
     return;
   }
   const dim3 grid((index.tokens + kQueryTile - 1) / kQueryTile, q_heads);
@@ -445,8 +412,7 @@ void configure_paged_attention() {
   for_all_head_dim_chunks(
       [&]<int DJ>() { MOXIN_CUDA_CHECK(allow_tile_smem<DJ>(paged_tiled_kernel<DJ>)); });
   for_all_head_dim_chunks([&]<int KD>() {
-    MOXIN_CUDA_CHECK((allow_mma_smem<KD, kPrefillWarps, 1>(paged_tiled_mma_kernel<KD, 1>)));
-    MOXIN_CUDA_CHECK((allow_mma_smem<KD, kPrefillWarps, 2>(paged_tiled_mma_kernel<KD, 2>)));
+    MOXIN_CUDA_CHECK((allow_mma_smem<KD, kPrefillWarps>(paged_tiled_mma_kernel<KD>)));
   });
 }
 
