@@ -232,7 +232,7 @@ TEST_F(CudaLinear, LinearSwigluFromBf16ActivationsRoundsGateUp) {
         if (eg > bf16_step(gv) / 4 || eu > bf16_step(uv) / 4) {
           ++cancelling;
           const double sigmoid = 1.0 / (1.0 + std::exp(-gv)), silu = gv * sigmoid;
-          const double d_gate = std::abs(uv) * (sigmoid + silu * (1.0 - sigmoid));  // |d out / d gate|
+          const double d_gate = std::abs(uv) * std::abs(sigmoid + silu * (1.0 - sigmoid));  // |d out / d gate|
           const double bound = d_gate * (eg + bf16_step(gv)) + std::abs(silu) * (eu + bf16_step(uv)) +
                                (d_gate * (eg + bf16_step(gv))) * (eu + bf16_step(uv)) + kElementTol * std::abs(out);
           ASSERT_LE(std::abs(out - silu * uv), bound) << where << ": beyond the sums' error bound";
