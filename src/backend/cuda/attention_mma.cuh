@@ -61,6 +61,16 @@ __device__ __forceinline__ void mma_f16(float (&d)[4], const uint32_t (&a)[4], u
       : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
 }
 
+// 2^x on the special-function unit alone. exp2f wraps the same instruction in a range check and
+// two multiplies to produce subnormal results; here they flush to 0 (ftz), which only a
+// probability below 2^-126 of its row's largest can suffer: its share of the sum is below f32's
+// resolution anyway.
+__device__ __forceinline__ float exp2_approx(float x) {
+  float y;
+  asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
+  return y;
+}
+
 __device__ __forceinline__ uint32_t pack_bf16(float lo, float hi) {
   const __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
   return *reinterpret_cast<const uint32_t*>(&v);
@@ -149,6 +159,9 @@ struct MmaAttention {
       }
     }
 
+    // The maximum is taken on the raw scores and scaled once (the scale is positive, and rounding
+    // is monotonic: the same m as scaling every score first); each probability is then one fma
+    // and one ex2.
     float tile_max[2] = {-INFINITY, -INFINITY};
 #pragma unroll
     for (int nt = 0; nt < 8; ++nt)
@@ -156,10 +169,7 @@ struct MmaAttention {
       for (int e = 0; e < 4; ++e) {
         const int col = nt * 8 + 2 * t + (e & 1);
         const int r = e / 2;
-        if (kMasked)
-          s[nt][e] = (col < n && key0 + col <= limit[r]) ? s[nt][e] * scale_log2 : -INFINITY;
-        else
-          s[nt][e] *= scale_log2;
+        if (kMasked && !(col < n && key0 + col <= limit[r])) s[nt][e] = -INFINITY;
         tile_max[r] = fmaxf(tile_max[r], s[nt][e]);
       }
     float corr[2];
@@ -167,9 +177,9 @@ struct MmaAttention {
     for (int r = 0; r < 2; ++r) {
       tile_max[r] = fmaxf(tile_max[r], __shfl_xor_sync(0xffffffffu, tile_max[r], 1));
       tile_max[r] = fmaxf(tile_max[r], __shfl_xor_sync(0xffffffffu, tile_max[r], 2));
-      const float m_new = fmaxf(m[r], tile_max[r]);
+      const float m_new = fmaxf(m[r], tile_max[r] * scale_log2);
       const float base = m_new == -INFINITY ? 0.0f : m_new;
-      corr[r] = exp2f(m[r] - base);  // 0 while m is -inf
+      corr[r] = exp2_approx(m[r] - base);  // 0 while m is -inf
       m[r] = m_new;
       tile_max[r] = base;
       l[r] *= corr[r];
@@ -178,7 +188,7 @@ struct MmaAttention {
     for (int nt = 0; nt < 8; ++nt)
 #pragma unroll
       for (int e = 0; e < 4; ++e) {
-        s[nt][e] = exp2f(s[nt][e] - tile_max[e / 2]);
+        s[nt][e] = exp2_approx(fmaf(s[nt][e], scale_log2, -tile_max[e / 2]));
         l[e / 2] += s[nt][e];
       }
     if (__any_sync(0xffffffffu, corr[0] != 1.0f || corr[1] != 1.0f)) {  // the maxima moved (warp-uniform)

@@ -133,40 +133,41 @@ __device__ __forceinline__ int block_shift(int block_size) {
   return (block_size & (block_size - 1)) == 0 ? __ffs(block_size) - 1 : -1;
 }
 
-// Piece e of a key tile (row r, columns d0 .. d0 + 7 of a padded row): where its K/V values sit
-// in the cache (element offset, -1 past the keys, the head_dim or the cache) and the index of
-// their row (its FP8 exponent). Located in two steps, so that a thread can have all of its
-// pieces' block-table loads in flight before it uses any: piece_slot (the table slot of the
-// piece's key, -1 where there is none), then piece_source with the slot's block.
+// The cache rows of keys [key0, key0 + 64) of a sequence for one kv head ((block * block_size +
+// offset) * kv_heads + kv_head, -1 past `last` or where the block table has no block), found once
+// per tile by its first 64 threads: every 16-byte piece of the tile then costs a shared-memory
+// read and a multiply instead of a block-table load and the 64-bit index arithmetic (which was
+// ~600 of the ~1300 instructions per thread and tile).
+__device__ __forceinline__ void locate_key_rows(long long* rows, int key0, int last, const int32_t* table,
+                                                const PagedLayer& cache, int shift, int kv_head) {
+  if (threadIdx.x >= kMmaRows) return;
+  const int key = key0 + static_cast<int>(threadIdx.x);
+  long long row = -1;
+  if (key <= last) {
+    const int slot = shift >= 0 ? key >> shift : key / cache.block_size;
+    const int block = table[slot];
+    if (block >= 0 && block < cache.num_blocks)
+      row = (static_cast<long long>(block) * cache.block_size + (key - slot * cache.block_size)) * cache.kv_heads +
+            kv_head;
+  }
+  rows[threadIdx.x] = row;
+}
+
+// Piece e of a key tile: row r, columns d0 .. d0 + 7 of a padded row; where its K/V values sit in
+// the cache (element offset, -1 past the keys, the head_dim or the cache) and the index of their
+// row (its FP8 exponent).
 struct KeyPiece {
   int r = 0, d0 = 0;
-  long long src = -1, row = 0;
+  long long src = -1, row = -1;
 };
 
 template <int kVecs>
-__device__ __forceinline__ int piece_slot(int e, int key0, int n, const PagedLayer& cache, int shift, KeyPiece& p) {
-  p.r = e / kVecs;
-  p.d0 = (e % kVecs) * 8;
-  if (p.r >= n || p.d0 >= cache.head_dim) return -1;
-  const int key = key0 + p.r;
-  return shift >= 0 ? key >> shift : key / cache.block_size;
-}
-
-__device__ __forceinline__ void piece_source(KeyPiece& p, int key0, int slot, int block, const PagedLayer& cache,
-                                             int kv_head) {
-  if (slot < 0 || block < 0 || block >= cache.num_blocks) return;
-  const int key = key0 + p.r;
-  p.row = (static_cast<long long>(block) * cache.block_size + (key - slot * cache.block_size)) * cache.kv_heads +
-          kv_head;
-  p.src = p.row * cache.head_dim + p.d0;
-}
-
-template <int kVecs>
-__device__ __forceinline__ KeyPiece key_piece(int e, int key0, int n, const int32_t* table, const PagedLayer& cache,
-                                              int shift, int kv_head) {
+__device__ __forceinline__ KeyPiece key_piece(unsigned e, const long long* rows, int head_dim) {
   KeyPiece p;
-  const int slot = piece_slot<kVecs>(e, key0, n, cache, shift, p);
-  piece_source(p, key0, slot, slot >= 0 ? table[slot] : -1, cache, kv_head);
+  p.r = static_cast<int>(e / kVecs);  // unsigned: a shift or a multiply, no sign fix-up
+  p.d0 = static_cast<int>(e % kVecs) * 8;
+  p.row = rows[p.r];
+  if (p.row >= 0 && p.d0 < head_dim) p.src = p.row * head_dim + p.d0;
   return p;
 }
 
@@ -182,9 +183,8 @@ __device__ __forceinline__ uint4 fp8_piece_bf16(const uint8_t* codes, long long 
   return make_uint4(packed[0], packed[1], packed[2], packed[3]);
 }
 
-// A thread's pieces of a key tile: pieces threadIdx.x + i * threads (KD of them), located all
-// at once so that their block-table loads are in flight together (one at a time, each cost a
-// round trip before its copy could be issued: the prefill kernel's largest stall).
+// A thread's pieces of a key tile: threadIdx.x + i * threads (KD of them), unrolled so that
+// their loads are in flight together.
 constexpr int kPrefillThreads = kPrefillWarps * 32;
 template <int kPadded>
 constexpr int pieces_per_thread() {
@@ -195,36 +195,23 @@ __device__ __forceinline__ bool piece_exists(int i) {
   return threadIdx.x + i * kPrefillThreads < kMmaRows * (kPadded / 8);
 }
 template <int kPadded>
-__device__ __forceinline__ void locate_pieces(KeyPiece (&pieces)[pieces_per_thread<kPadded>()], int key0, int n,
-                                              const int32_t* table, const PagedLayer& cache, int shift, int kv_head) {
-  constexpr int kPerThread = pieces_per_thread<kPadded>();
-  int slots[kPerThread], blocks[kPerThread];
-#pragma unroll
-  for (int i = 0; i < kPerThread; ++i) {
-    pieces[i] = KeyPiece{};
-    slots[i] = piece_exists<kPadded>(i)
-                   ? piece_slot<kPadded / 8>(threadIdx.x + i * kPrefillThreads, key0, n, cache, shift, pieces[i])
-                   : -1;
-  }
-#pragma unroll
-  for (int i = 0; i < kPerThread; ++i) blocks[i] = slots[i] >= 0 ? table[slots[i]] : -1;
-#pragma unroll
-  for (int i = 0; i < kPerThread; ++i) piece_source(pieces[i], key0, slots[i], blocks[i], cache, kv_head);
+__device__ __forceinline__ KeyPiece thread_piece(int i, const long long* rows, int head_dim) {
+  return piece_exists<kPadded>(i) ? key_piece<kPadded / 8>(threadIdx.x + i * kPrefillThreads, rows, head_dim)
+                                  : KeyPiece{};
 }
 
 // An FP8 cache's key tile, widened to bf16 on the way (the copy engine cannot convert): every
 // thread's loads are issued before any is widened, so they are in flight together.
 template <int kPadded, class Attention>
-__device__ void stage_fp8_key_tile(Attention& att, int key0, int n, const int32_t* table, const PagedLayer& cache,
-                                   int shift, int kv_head) {
+__device__ void stage_fp8_key_tile(Attention& att, const long long* rows, const PagedLayer& cache) {
   constexpr int kPerThread = pieces_per_thread<kPadded>();
   const bool whole_pieces = cache.head_dim % 8 == 0;
   KeyPiece pieces[kPerThread];
-  locate_pieces<kPadded>(pieces, key0, n, table, cache, shift, kv_head);
   uint2 k_raw[kPerThread], v_raw[kPerThread];
   int8_t k_exp[kPerThread], v_exp[kPerThread];
 #pragma unroll
   for (int i = 0; i < kPerThread; ++i) {
+    pieces[i] = thread_piece<kPadded>(i, rows, cache.head_dim);
     const bool load = pieces[i].src >= 0;
     k_raw[i] = load && whole_pieces ? *reinterpret_cast<const uint2*>(cache.k8 + pieces[i].src) : uint2{0, 0};
     v_raw[i] = load && whole_pieces ? *reinterpret_cast<const uint2*>(cache.v8 + pieces[i].src) : uint2{0, 0};
@@ -246,37 +233,33 @@ __device__ void stage_fp8_key_tile(Attention& att, int key0, int n, const int32_
   }
 }
 
-// The block's copies of keys [key0, key0 + 64) of a sequence (positions <= last) into the K/V
-// tile: cp.async of 16-byte pieces where head_dim is a multiple of 8 (every real model), zeros
-// past the keys, the head_dim or the cache; 2-byte loads otherwise (tiny test dims); an FP8 cache
-// through stage_fp8_key_tile. One commit group per call.
+// The block's copies of a key tile (the cache rows locate_key_rows found) into the K/V tile:
+// cp.async of 16-byte pieces where head_dim is a multiple of 8 (every real model), zeros past the
+// keys, the head_dim or the cache; 2-byte loads otherwise (tiny test dims); an FP8 cache through
+// stage_fp8_key_tile. One commit group per call.
 template <int kPadded, class Attention>
-__device__ void stage_key_tile(Attention& att, int key0, int last, const int32_t* table, const PagedLayer& cache,
-                               int shift, int kv_head) {
+__device__ void stage_key_tile(Attention& att, const long long* rows, const PagedLayer& cache) {
   constexpr int kVecs = kPadded / 8;  // 16-byte pieces of a padded row
   const int head_dim = cache.head_dim;
-  const int n = min(kMmaRows, last + 1 - key0);
   if (cache.k8 != nullptr) {
-    stage_fp8_key_tile<kPadded>(att, key0, n, table, cache, shift, kv_head);
+    stage_fp8_key_tile<kPadded>(att, rows, cache);
     copies_issued();
     return;
   }
   if (head_dim % 8 == 0) {
-    KeyPiece pieces[pieces_per_thread<kPadded>()];
-    locate_pieces<kPadded>(pieces, key0, n, table, cache, shift, kv_head);
 #pragma unroll
     for (int i = 0; i < pieces_per_thread<kPadded>(); ++i) {
       if (!piece_exists<kPadded>(i)) break;
-      const long long src = pieces[i].src;
-      const int at = pieces[i].r * att.stride + pieces[i].d0;
-      copy16_or_zero(att.k + at, cache.k + (src >= 0 ? src : 0), src >= 0);
-      copy16_or_zero(att.v + at, cache.v + (src >= 0 ? src : 0), src >= 0);
+      const KeyPiece p = thread_piece<kPadded>(i, rows, head_dim);
+      const int at = p.r * att.stride + p.d0;
+      copy16_or_zero(att.k + at, cache.k + (p.src >= 0 ? p.src : 0), p.src >= 0);
+      copy16_or_zero(att.v + at, cache.v + (p.src >= 0 ? p.src : 0), p.src >= 0);
     }
     copies_issued();
     return;
   }
-  for (int e = threadIdx.x; e < kMmaRows * kVecs; e += kPrefillThreads) {
-    const KeyPiece p = key_piece<kVecs>(e, key0, n, table, cache, shift, kv_head);
+  for (unsigned e = threadIdx.x; e < kMmaRows * kVecs; e += kPrefillThreads) {
+    const KeyPiece p = key_piece<kVecs>(e, rows, head_dim);
     const long long src = p.src;
     __nv_bfloat16* k_dst = att.k + p.r * att.stride + p.d0;
     __nv_bfloat16* v_dst = att.v + p.r * att.stride + p.d0;
@@ -305,6 +288,7 @@ __global__ void __launch_bounds__(kPrefillWarps * 32, kPrefillBlocksPerSm)
   __shared__ int tok_pos[kPrefillTokens];
   __shared__ int pass_seq;
   __shared__ int pass_last;
+  __shared__ long long key_rows[2][kMmaRows];
   MmaAttention<KD, kPrefillWarps, /*kQInRegisters=*/false> att(reinterpret_cast<__nv_bfloat16*>(smem_bytes));
   constexpr int kPadded = 16 * KD;
   const int head_dim = cache.head_dim;
@@ -363,12 +347,18 @@ __global__ void __launch_bounds__(kPrefillWarps * 32, kPrefillBlocksPerSm)
       warp_first = min(warp_first, __shfl_xor_sync(0xffffffffu, warp_first, o));
     }
     const int32_t* table = index.block_tables + static_cast<size_t>(seq) * index.max_blocks;
-    // Key tiles of 64, one at a time (the stage was consumed before the barrier that ends the
-    // previous tile).
+    // Key tiles of 64, one at a time (the tile was consumed before the barrier that ends the
+    // previous one). The next tile's cache rows are found while this one's copies fly; the
+    // barrier before the products publishes them (their buffer was last read before the
+    // barrier that ended the previous tile).
     const int tiles = (last + kMmaRows) / kMmaRows;
+    locate_key_rows(key_rows[0], 0, last, table, cache, shift, kv_head);
+    __syncthreads();
     for (int tile = 0; tile < tiles; ++tile) {
       const int key0 = tile * kMmaRows;
-      stage_key_tile<kPadded>(att, key0, last, table, cache, shift, kv_head);
+      stage_key_tile<kPadded>(att, key_rows[tile % 2], cache);
+      if (tile + 1 < tiles)
+        locate_key_rows(key_rows[(tile + 1) % 2], key0 + kMmaRows, last, table, cache, shift, kv_head);
       wait_staged<0>();
       __syncthreads();  // every thread's copies of this tile have landed
       if (key0 + kMmaRows - 1 <= warp_first)
