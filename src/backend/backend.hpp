@@ -293,8 +293,17 @@ class Backend {
                              int layer, const AttentionBatch& batch, Tensor& q) = 0;
   // Causal attention of q [T, Hq*D] over the cache (each token sees its sequence's
   // positions 0..pos, GQA groups of Hq/Hkv heads) -> y [T, Hq*D]. Scale head_dim^-0.5.
+  // y in act_dtype(), or in attention_output_dtype where that says so.
   virtual void paged_attention(const Tensor& q, KvCache& cache, int layer,
                                const AttentionBatch& batch, int q_heads, Tensor& y) = 0;
+  // The dtype paged_attention writes y in for this batch of `tokens` tokens when `o` (the
+  // output projection, which reads y) comes next: act_dtype(), or the o projection's bf16 input
+  // where the backend's kernel for this batch rounds its output itself (no conversion before o).
+  virtual DType attention_output_dtype(const AttentionBatch& batch, int64_t tokens, int q_heads, int kv_heads,
+                                       const Linear& o) const {
+    (void)batch, (void)tokens, (void)q_heads, (void)kv_heads, (void)o;
+    return act_dtype();
+  }
 };
 
 struct BackendOptions {

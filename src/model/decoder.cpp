@@ -90,7 +90,8 @@ void Decoder::forward(Tensor& x, const Tensor& positions, const AttentionBatch& 
   s.normed = backend_.empty({t, config_.hidden}, input_dtype(t, {&Layer::qkv, &Layer::gate_up}));
   s.qkv = backend_.empty_act({t, q_dim + 2 * kv_dim});
   s.q = backend_.empty_act({t, q_dim});
-  s.attn = backend_.empty_act({t, q_dim});
+  s.attn = backend_.empty(
+      {t, q_dim}, backend_.attention_output_dtype(batch, t, config_.heads, config_.kv_heads, layers_.front().o));
   s.out = backend_.empty_act({t, config_.hidden});
   s.gate_up = backend_.empty_act({t, 2 * int64_t{config_.intermediate}});
   s.act = backend_.empty({t, config_.intermediate}, input_dtype(t, {&Layer::down}));

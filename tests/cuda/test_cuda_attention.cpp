@@ -258,6 +258,18 @@ class PagedAttention : public CudaOpsTest {
                      f32 ? kF32Tol : kTensorCoreTol);
         expect_close(cat("paged_attention ", label, " vs unrounded KV ", shape), got, ref_exact,
                      fp8 ? kFp8KvTol : f32 ? kBf16KvTol : kTensorCoreTol);
+        // The prefill (tiled) kernels also write bf16 for the o projection: the f32 output
+        // rounded. The split-K kernels write f32 only and refuse a bf16 y.
+        Tensor y_bf16 = backend().empty({tokens, q_width}, DType::BF16);
+        if (path == CudaAttentionPath::TiledF32 || path == CudaAttentionPath::TiledBf16) {
+          backend().paged_attention(qt, *cache, layer, qb, q_heads, y_bf16);
+          const std::vector<float> got_bf16 = download(y_bf16);
+          for (size_t i = 0; i < got.size(); ++i)
+            ASSERT_EQ(round_bf16(got[i]), got_bf16[i]) << label << " " << shape << ": bf16 output " << i
+                                                        << " is not the f32 output rounded";
+        } else {
+          EXPECT_THROW(backend().paged_attention(qt, *cache, layer, qb, q_heads, y_bf16), Error) << label;
+        }
       }
       set_cuda_attention_path(backend(), CudaAttentionPath::Auto);
     }

@@ -28,9 +28,7 @@ constexpr int kSplitMaxTokens = 64;
 // A batched decode step brings one token per sequence: the tiled kernel would walk the
 // sequences of a tile one after another (a 128-sequence step took 25x a 32-sequence one), so
 // such batches stay on split-K at any size.
-bool decode_like(const TokenIndex& index) {
-  return index.tokens <= kSplitMaxTokens || index.tokens <= index.num_seqs;
-}
+bool decode_like(int64_t tokens, int64_t num_seqs) { return tokens <= kSplitMaxTokens || tokens <= num_seqs; }
 // With fewer (token, kv head) pairs than SMs, a split that would still walk more than this many
 // positions is dealt further, up to two blocks per SM.
 constexpr int kLongSplitPositions = 1024;
@@ -715,7 +713,6 @@ void CudaBackend::paged_attention(const Tensor& q, KvCache& cache, int layer,
   require_main_lane("paged_attention");
   CudaKvCache& c = cuda_cache(cache, layer, "paged_attention");
   require(q, DType::F32, "paged_attention", "q");
-  require(y, DType::F32, "paged_attention", "y");
   const KvCacheConfig& cfg = c.config();
   MOXIN_CHECK(q_heads > 0 && q_heads % cfg.kv_heads == 0, "[cuda] paged_attention: ", q_heads,
               " query heads is not a multiple of ", cfg.kv_heads, " kv heads");
@@ -723,13 +720,11 @@ void CudaBackend::paged_attention(const Tensor& q, KvCache& cache, int layer,
   require_shape(q, tokens, int64_t{q_heads} * cfg.head_dim, "paged_attention", "q");
   require_shape(y, tokens, int64_t{q_heads} * cfg.head_dim, "paged_attention", "y");
   const TokenIndex index = token_index(batch, tokens, "paged_attention");
-  const bool split_usable = q_heads / cfg.kv_heads <= 8;
-  const bool use_split =
-      split_usable && (attention_path_ == CudaAttentionPath::SplitK ||
-                       attention_path_ == CudaAttentionPath::SplitKWarp ||
-                       attention_path_ == CudaAttentionPath::SplitKCluster ||
-                       attention_path_ == CudaAttentionPath::SplitKTensorCore ||
-                       (attention_path_ == CudaAttentionPath::Auto && decode_like(index)));
+  const bool use_split = attention_uses_split(tokens, index.num_seqs, q_heads, cfg.kv_heads);
+  // The split-K kernels write f32; the prefill kernels either (attention_output_dtype).
+  const Activations out = require_activations(y, "paged_attention", "y");
+  MOXIN_CHECK(!use_split || out.f32 != nullptr, "[cuda] paged_attention: y is bf16, but this batch of ", tokens,
+              " tokens runs the split-K kernels, which write f32 (see Backend::attention_output_dtype)");
   if (use_split) {
     const int group = q_heads / cfg.kv_heads;
     const int splits = attention_splits(static_cast<int>(tokens), q_heads, cfg.kv_heads,
@@ -758,9 +753,25 @@ void CudaBackend::paged_attention(const Tensor& q, KvCache& cache, int layer,
                             stream());
   } else {
     paged_attention_tiled(data_of<const float>(q), c.layer(layer), index, q_heads,
-                          attention_path_ != CudaAttentionPath::TiledF32, data_of<float>(y),
-                          stream());
+                          attention_path_ != CudaAttentionPath::TiledF32, out, stream());
   }
+}
+
+bool CudaBackend::attention_uses_split(int64_t tokens, int64_t num_seqs, int q_heads, int kv_heads) const {
+  const bool split_usable = kv_heads > 0 && q_heads / kv_heads <= 8;
+  return split_usable && (attention_path_ == CudaAttentionPath::SplitK ||
+                          attention_path_ == CudaAttentionPath::SplitKWarp ||
+                          attention_path_ == CudaAttentionPath::SplitKCluster ||
+                          attention_path_ == CudaAttentionPath::SplitKTensorCore ||
+                          (attention_path_ == CudaAttentionPath::Auto && decode_like(tokens, num_seqs)));
+}
+
+// The prefill kernels round their output for the o projection where it multiplies bf16 (a
+// prefill's 1024 x 4096 conversion was 12 us a layer on an H100); the split-K ones write f32.
+DType CudaBackend::attention_output_dtype(const AttentionBatch& batch, int64_t tokens, int q_heads, int kv_heads,
+                                          const Linear& o) const {
+  if (attention_uses_split(tokens, batch.block_tables.rows(), q_heads, kv_heads)) return act_dtype();
+  return linear_input_dtype(o, tokens);
 }
 
 }  // namespace moxin::cuda

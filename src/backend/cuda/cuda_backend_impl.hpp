@@ -171,12 +171,17 @@ class CudaBackend final : public Backend {
                      int layer, const AttentionBatch& batch, Tensor& q) override;
   void paged_attention(const Tensor& q, KvCache& cache, int layer, const AttentionBatch& batch,
                        int q_heads, Tensor& y) override;
+  DType attention_output_dtype(const AttentionBatch& batch, int64_t tokens, int q_heads, int kv_heads,
+                               const Linear& o) const override;
   // cuda_sampling.cpp
   bool sample_tokens(const Tensor& logits, std::span<const TokenDraw> rows, std::span<int32_t> ids) override;
 
   cudaStream_t stream() const { return context_->current; }
   void run_concurrently(std::span<const std::function<void()>> branches) override;
   void set_attention_path(CudaAttentionPath path) { attention_path_ = path; }
+  // Whether paged_attention runs a batch of `tokens` tokens over `num_seqs` sequences on the
+  // split-K (decode) kernels rather than the tiled (prefill) ones.
+  bool attention_uses_split(int64_t tokens, int64_t num_seqs, int q_heads, int kv_heads) const;
   void set_linear_path(CudaLinearPath path) { linear_path_ = path; }
   // FP8 weights above kFp8GemvMaxRows rows: FP8 tensor cores on per-token E4M3 activations
   // (true; faster, but the activations carry E4M3's 4 significant bits), or the codes as bf16

@@ -249,7 +249,7 @@ void paged_attention_mma(const float* q, const PagedLayer& cache, const TokenInd
 // --- paged_attention_tiled.cu: tiles of consecutive tokens share K/V tiles (prefill) ---
 // tensor_cores: Q and P rounded to bf16 for mma.sync; otherwise all f32 on the CUDA cores.
 void paged_attention_tiled(const float* q, const PagedLayer& cache, const TokenIndex& index,
-                           int q_heads, bool tensor_cores, float* y, cudaStream_t stream);
+                           int q_heads, bool tensor_cores, Activations y, cudaStream_t stream);
 
 // Raise the dynamic shared-memory limit of the tiled kernels (> 48 KB): called once at backend
 // creation, so that no attribute call happens inside a graph capture.

@@ -7,6 +7,7 @@
 // AttentionBatch is right and a prefill chunk is fast.
 #include <climits>
 
+#include "backend/cuda/activation_store.cuh"
 #include "backend/cuda/attention_mma.cuh"
 #include "backend/cuda/attention_tile.cuh"
 #include "backend/cuda/head_dim_dispatch.cuh"
@@ -37,10 +38,10 @@ __device__ void next_pass(const int* tok_seq, const int* tok_pos, int prev_seq, 
   }
 }
 
-template <int DJ>
+template <int DJ, class Out>
 __global__ void __launch_bounds__(kTileThreads)
     paged_tiled_kernel(const float* __restrict__ q, PagedLayer cache, TokenIndex index, int q_heads,
-                       float scale, float* __restrict__ y) {
+                       float scale, Out* __restrict__ y) {
   wait_for_prior_kernels();
   extern __shared__ float smem[];
   __shared__ int tok_seq[kQueryTile];
@@ -114,7 +115,7 @@ __global__ void __launch_bounds__(kTileThreads)
   }
   tile.finish([&](int row, int d, float value) {
     const int t = t0 + row;
-    if (t < index.tokens) y[(static_cast<size_t>(t) * q_heads + head) * head_dim + d] = value;
+    if (t < index.tokens) store_activation(y, (static_cast<int64_t>(t) * q_heads + head) * head_dim + d, value);
   });
 }
 
@@ -278,10 +279,12 @@ __device__ void stage_key_tile(Attention& att, const long long* rows, const Page
   copies_issued();
 }
 
-template <int KD>
+// y: f32, or bf16 where the o projection multiplies bf16 (rounded here, not by a conversion
+// kernel after: the same bits).
+template <int KD, class Out>
 __global__ void __launch_bounds__(kPrefillWarps * 32, kPrefillBlocksPerSm)
     paged_tiled_mma_kernel(const float* __restrict__ q, PagedLayer cache, TokenIndex index,
-                           int q_heads, float scale_log2, float* __restrict__ y) {
+                           int q_heads, float scale_log2, Out* __restrict__ y) {
   wait_for_prior_kernels();
   extern __shared__ __align__(16) unsigned char smem_bytes[];
   __shared__ int tok_seq[kPrefillTokens];
@@ -371,7 +374,7 @@ __global__ void __launch_bounds__(kPrefillWarps * 32, kPrefillBlocksPerSm)
   }
   att.finish(head_dim, [&](int r, int d, float value) {
     const int t = t0 + r;
-    if (t < index.tokens) y[(static_cast<size_t>(t) * q_heads + head) * head_dim + d] = value;
+    if (t < index.tokens) store_activation(y, (static_cast<int64_t>(t) * q_heads + head) * head_dim + d, value);
   });
 }
 
@@ -379,31 +382,38 @@ __global__ void __launch_bounds__(kPrefillWarps * 32, kPrefillBlocksPerSm)
 
 
 void paged_attention_tiled(const float* q, const PagedLayer& cache, const TokenIndex& index,
-                           int q_heads, bool tensor_cores, float* y, cudaStream_t stream) {
+                           int q_heads, bool tensor_cores, Activations y, cudaStream_t stream) {
   if (index.tokens == 0) return;
   const float scale = 1.0f / sqrtf(static_cast<float>(cache.head_dim));
-  if (tensor_cores) {
-    const unsigned blocks = static_cast<unsigned>((index.tokens + kPrefillTokens - 1) / kPrefillTokens * q_heads);
-    dispatch_head_dim_chunks(cache.head_dim, [&]<int KD>() {
-      launch_kernel("paged_tiled_mma_kernel", paged_tiled_mma_kernel<KD>, blocks, kPrefillThreads,
-                    mma_smem_bytes(cache.head_dim, kPrefillWarps), stream, q, cache, index, q_heads, scale * kLog2e, y);
+  with_activations(y, [&]<class Out>(Out* out) {
+    if (tensor_cores) {
+      const unsigned blocks =
+          static_cast<unsigned>((index.tokens + kPrefillTokens - 1) / kPrefillTokens * q_heads);
+      dispatch_head_dim_chunks(cache.head_dim, [&]<int KD>() {
+        launch_kernel("paged_tiled_mma_kernel", paged_tiled_mma_kernel<KD, Out>, blocks, kPrefillThreads,
+                      mma_smem_bytes(cache.head_dim, kPrefillWarps), stream, q, cache, index, q_heads,
+                      scale * kLog2e, out);
+      });
+      return;
+    }
+    const dim3 grid((index.tokens + kQueryTile - 1) / kQueryTile, q_heads);
+    const size_t smem = tile_smem_bytes(cache.head_dim);
+    dispatch_head_dim_chunks(cache.head_dim, [&]<int DJ>() {
+      launch_kernel("paged_tiled_kernel", paged_tiled_kernel<DJ, Out>, grid, kTileThreads, smem, stream, q, cache,
+                    index, q_heads, scale, out);
     });
-    return;
-  }
-  const dim3 grid((index.tokens + kQueryTile - 1) / kQueryTile, q_heads);
-  const size_t smem = tile_smem_bytes(cache.head_dim);
-  dispatch_head_dim_chunks(cache.head_dim, [&]<int DJ>() {
-    launch_kernel("paged_tiled_kernel", paged_tiled_kernel<DJ>, grid, kTileThreads, smem, stream, q,
-                  cache, index, q_heads, scale, y);
   });
 }
 
 void configure_paged_attention() {
-  for_all_head_dim_chunks(
-      [&]<int DJ>() { MOXIN_CUDA_CHECK(allow_tile_smem<DJ>(paged_tiled_kernel<DJ>)); });
-  for_all_head_dim_chunks([&]<int KD>() {
-    MOXIN_CUDA_CHECK((allow_mma_smem<KD, kPrefillWarps>(paged_tiled_mma_kernel<KD>)));
-  });
+  const auto allow = [&]<class Out>() {
+    for_all_head_dim_chunks(
+        [&]<int DJ>() { MOXIN_CUDA_CHECK(allow_tile_smem<DJ>(paged_tiled_kernel<DJ, Out>)); });
+    for_all_head_dim_chunks(
+        [&]<int KD>() { MOXIN_CUDA_CHECK((allow_mma_smem<KD, kPrefillWarps>(paged_tiled_mma_kernel<KD, Out>))); });
+  };
+  allow.template operator()<float>();
+  allow.template operator()<__nv_bfloat16>();
 }
 
 }  // namespace moxin::cuda
