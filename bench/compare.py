@@ -52,6 +52,10 @@ def main():
                                              else "MISSED")
         print(f"{name:34s} {ours:10.2f} {theirs or float('nan'):10.2f} {who:>12s} {speed:7.2f}x "
               f"{target or float('nan'):8.1f} {verdict}")
+    if bench.get("ttft_image_ms"):
+        image, prefill = bench["ttft_image_ms"], bench["ttft_prefill_ms"]
+        print(f"first token = image decode + encoders {image:.2f} ms + prefill {prefill:.2f} ms "
+              f"+ the rest {bench['ttft_ms'] - image - prefill:.2f} ms (medians)")
     if 1 in runs:
         b1 = runs[1]
         print(f"batch 1: {100 * b1['decode_share_of_ceiling']:.1f}% of the copy ceiling (target 85%)")

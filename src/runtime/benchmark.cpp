@@ -102,7 +102,7 @@ void bench_prefill(Engine& engine, const BenchOptions& o, std::mt19937_64& rng, 
 
 void bench_first_token(Engine& engine, const BenchOptions& o, std::mt19937_64& rng, BenchResult& r) {
   const std::vector<uint8_t> image = read_file(o.image_path);
-  std::vector<double> times;
+  std::vector<double> times, image_times, prefill_times;
   for (int i = 0; i <= o.runs; ++i) {
     // A question of about ttft_prompt_tokens tokens (re-tokenizing decoded ids may merge some).
     std::string question;
@@ -113,10 +113,16 @@ void bench_first_token(Engine& engine, const BenchOptions& o, std::mt19937_64& r
     PrefillResult p = session.prefill({{question, {}}}, image);
     // Greedy: the first token is the argmax, part of the measured path.
     r.first_token = static_cast<int32_t>(std::max_element(p.logits.begin(), p.logits.end()) - p.logits.begin());
-    if (i > 0) times.push_back(ms_since(start));
+    if (i > 0) {
+      times.push_back(ms_since(start));
+      image_times.push_back(p.vision_ms);
+      prefill_times.push_back(p.prefill_ms);
+    }
     r.ttft_prompt_tokens = p.prompt_tokens;
   }
   r.ttft_ms = median(times);
+  r.ttft_image_ms = median(image_times);
+  r.ttft_prefill_ms = median(prefill_times);
 }
 
 // Greedy next tokens of every row: drawn on the device where the backend can (then only the ids

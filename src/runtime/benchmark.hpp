@@ -55,6 +55,8 @@ struct BenchResult {
   int prefill_tokens = 0;
   double prefill_tflops = 0;
   double ttft_ms = 0;             // image bytes -> first token (0 when no image given)
+  double ttft_image_ms = 0;       // of which: decode, preprocessing and both encoders (to a sync)
+  double ttft_prefill_ms = 0;     //           and the decoder over the prompt, logits on the host
   int ttft_prompt_tokens = 0;     // image tokens + text tokens of that prompt
   int32_t first_token = -1;
   std::vector<DecodeRun> decode;  // one per BenchOptions::batches entry, in that order
