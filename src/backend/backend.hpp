@@ -188,18 +188,18 @@ class Backend {
   // linear skips its conversion pass; the results are the same bits.
   virtual DType linear_input_dtype(const Linear& /*w*/, int64_t /*rows*/) const { return act_dtype(); }
   // The dtype for a tensor that several linears read: the one they all take, else act_dtype().
-  // A tensor shaped like `from` for linear(., w) to read at from's rows: `from` itself where it is
-  // already in that dtype (an op may then write in place), else a new one.
-  Tensor input_for(const Linear& w, const Tensor& from) {
-    const DType wanted = linear_input_dtype(w, from.rows());
-    return from.dtype == wanted ? from : empty(from.shape, wanted);
-  }
   DType shared_input_dtype(std::span<const Linear* const> consumers, int64_t rows) const {
     if (consumers.empty()) return act_dtype();
     const DType wanted = linear_input_dtype(*consumers.front(), rows);
     for (const Linear* w : consumers)
       if (linear_input_dtype(*w, rows) != wanted) return act_dtype();
     return wanted;
+  }
+  // A tensor shaped like `from` for linear(., w) to read at from's rows: `from` itself where it is
+  // already in that dtype (an op may then write in place), else a new one.
+  Tensor input_for(const Linear& w, const Tensor& from) {
+    const DType wanted = linear_input_dtype(w, from.rows());
+    return from.dtype == wanted ? from : empty(from.shape, wanted);
   }
   // y[M,N] = x[M,K] W^T (+ bias); x in act_dtype() or linear_input_dtype(w, M)
   virtual void linear(const Tensor& x, const Linear& w, Tensor& y) = 0;

@@ -34,6 +34,14 @@ __device__ __forceinline__ float load_activation(const __nv_bfloat16* x, int64_t
   return __bfloat162float(x[i]);
 }
 
+// f.template operator()<Out>() for each output element type a kernel is instantiated for (f32 and
+// bf16): the one-time setup of every instance with_activations may launch.
+template <class F>
+void for_all_activation_types(F&& f) {
+  f.template operator()<float>();
+  f.template operator()<__nv_bfloat16>();
+}
+
 // launch(p) with the set pointer of y: float* or __nv_bfloat16*.
 template <class Launch>
 void with_activations(Activations y, Launch&& launch) {

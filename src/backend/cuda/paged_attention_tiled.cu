@@ -120,6 +120,7 @@ __global__ void __launch_bounds__(kTileThreads)
 }
 
 constexpr int kPrefillWarps = 4;
+constexpr int kPrefillThreads = kPrefillWarps * 32;
 constexpr int kPrefillTokens = 16 * kPrefillWarps;
 // One K/V stage, Q re-read from shared memory for every key tile: 3 blocks per SM (168 registers,
 // 52 KB at head_dim 128), each tile's copies hidden behind the other blocks' products. Measured
@@ -186,7 +187,6 @@ __device__ __forceinline__ uint4 fp8_piece_bf16(const uint8_t* codes, long long 
 
 // A thread's pieces of a key tile: threadIdx.x + i * threads (KD of them), unrolled so that
 // their loads are in flight together.
-constexpr int kPrefillThreads = kPrefillWarps * 32;
 template <int kPadded>
 constexpr int pieces_per_thread() {
   return (kMmaRows * (kPadded / 8) + kPrefillThreads - 1) / kPrefillThreads;
@@ -282,7 +282,7 @@ __device__ void stage_key_tile(Attention& att, const long long* rows, const Page
 // y: f32, or bf16 where the o projection multiplies bf16 (rounded here, not by a conversion
 // kernel after: the same bits).
 template <int KD, class Out>
-__global__ void __launch_bounds__(kPrefillWarps * 32, kPrefillBlocksPerSm)
+__global__ void __launch_bounds__(kPrefillThreads, kPrefillBlocksPerSm)
     paged_tiled_mma_kernel(const float* __restrict__ q, PagedLayer cache, TokenIndex index,
                            int q_heads, float scale_log2, Out* __restrict__ y) {
   wait_for_prior_kernels();
@@ -320,7 +320,7 @@ __global__ void __launch_bounds__(kPrefillWarps * 32, kPrefillBlocksPerSm)
     tok_seq[threadIdx.x] = seq;
     tok_pos[threadIdx.x] = pos;
   }
-  for (int e = threadIdx.x; e < kPrefillTokens * kPadded; e += kPrefillWarps * 32) {
+  for (int e = threadIdx.x; e < kPrefillTokens * kPadded; e += kPrefillThreads) {
     const int row = e / kPadded;
     const int d = e % kPadded;
     const int t = t0 + row;
@@ -412,8 +412,7 @@ void configure_paged_attention() {
     for_all_head_dim_chunks(
         [&]<int KD>() { MOXIN_CUDA_CHECK((allow_mma_smem<KD, kPrefillWarps>(paged_tiled_mma_kernel<KD, Out>))); });
   };
-  allow.template operator()<float>();
-  allow.template operator()<__nv_bfloat16>();
+  for_all_activation_types(allow);
 }
 
 }  // namespace moxin::cuda

@@ -206,8 +206,7 @@ void configure_vit_attention() {
       MOXIN_CUDA_CHECK((allow_mma_smem<KD, kVitWarps, vit_max_kv_stages<KD>()>(vit_attention_mma_kernel<KD, Out>)));
     });
   };
-  allow.template operator()<float>();
-  allow.template operator()<__nv_bfloat16>();
+  for_all_activation_types(allow);
 }
 
 }  // namespace moxin::cuda
