@@ -201,7 +201,12 @@ class Backend {
     const DType wanted = linear_input_dtype(w, from.rows());
     return from.dtype == wanted ? from : empty(from.shape, wanted);
   }
-  // y[M,N] = x[M,K] W^T (+ bias); x in act_dtype() or linear_input_dtype(w, M)
+  // The dtype for vit_attention's qkv, written by linear(x, qkv) at this many rows: act_dtype(),
+  // or BF16 where the attention multiplies bf16 anyway and that linear can write it (a GPU GEMM:
+  // the bias is added to the f32 sums before the one rounding); x is then in linear_input_dtype.
+  virtual DType vit_attention_input_dtype(const Linear& /*qkv*/, int64_t /*rows*/) const { return act_dtype(); }
+  // y[M,N] = x[M,K] W^T (+ bias); x in act_dtype() or linear_input_dtype(w, M); y in act_dtype(),
+  // or BF16 where vit_attention_input_dtype(w, M) says so.
   virtual void linear(const Tensor& x, const Linear& w, Tensor& y) = 0;
   // images [B, H, W, 3] f32 NHWC -> y [B * (H/p) * (W/p), out] (conv p x p stride p, row-major patches)
   virtual void patch_embed(const Tensor& images, const Linear& w, int patch, Tensor& y) = 0;
@@ -282,7 +287,8 @@ class Backend {
   virtual void embedding(const Tensor& ids, const Linear& table, Tensor& y) = 0;
 
   // Bidirectional attention within each of B groups of T tokens.
-  // qkv [B*T, 3*H*D] (q | k | v, head-major inside each) -> y [B*T, H*D]
+  // qkv [B*T, 3*H*D] (q | k | v, head-major inside each) -> y [B*T, H*D]; qkv in act_dtype() or
+  // vit_attention_input_dtype, y in act_dtype() or a linear_input_dtype.
   virtual void vit_attention(const Tensor& qkv, int batch, int tokens, int heads, int head_dim,
                              Tensor& y) = 0;
   // qkv [T, (Hq + 2 Hkv) * D] (q | k | v, head-major inside each; Hkv and D from the cache):

@@ -63,7 +63,11 @@ void VitEncoder::run_block(const Block& block, const Block* next, Tensor& x, Ten
                            int tokens) const {
   const int64_t rows = x.rows();
   const int dim = config_.dim;
-  Tensor qkv = backend_.empty_act({rows, 3 * int64_t{dim}});
+  // q | k | v in the dtype the attention takes (bf16 where it multiplies bf16 and the projection
+  // can write it, which it does only from the input dtype it multiplies).
+  const bool qkv_input_native = h.dtype == backend_.linear_input_dtype(block.qkv, rows);
+  Tensor qkv = backend_.empty({rows, 3 * int64_t{dim}},
+                              qkv_input_native ? backend_.vit_attention_input_dtype(block.qkv, rows) : backend_.act_dtype());
   // In the dtype the projection reads (the attention rounds to bf16 where it takes bf16).
   Tensor attn = backend_.empty({rows, dim}, backend_.linear_input_dtype(block.proj, rows));
   Tensor out = backend_.empty_act({rows, dim});

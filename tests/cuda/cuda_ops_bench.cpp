@@ -15,6 +15,7 @@
 #include <cstdlib>
 #include <functional>
 #include <string>
+#include <tuple>
 #include <vector>
 
 #include "backend/cuda/cuda_backend_impl.hpp"
@@ -410,13 +411,20 @@ void bench_attention(CudaBackend& backend, double ceiling) {
     const int heads = 16, width = heads * head_dim_vit;
     const std::vector<float> qkv = random_f32(size_t(tokens) * 3 * width, 1.0f);
     const Tensor t = backend.from_host_f32(qkv.data(), {tokens, 3 * width});
+    // The same q | k | v as the projection writes it where the attention takes bf16.
+    Tensor t_bf16 = backend.empty({tokens, 3 * width}, DType::BF16);
+    std::vector<uint16_t> bits(qkv.size());
+    for (size_t i = 0; i < qkv.size(); ++i) bits[i] = f32_to_bf16(qkv[i]);
+    MOXIN_CUDA_CHECK(cudaMemcpy(t_bf16.data, bits.data(), bits.size() * 2, cudaMemcpyHostToDevice));
     Tensor y = backend.empty_act({tokens, width});
     const double flops = 4.0 * heads * head_dim_vit * double(tokens) * tokens;
-    for (const auto& [path, label] : {std::pair{CudaAttentionPath::TiledF32, "f32"},
-                                      std::pair{CudaAttentionPath::Auto, "tensor cores"}}) {
+    for (const auto& [path, input, label] :
+         {std::tuple{CudaAttentionPath::TiledF32, &t, "f32"},
+          std::tuple{CudaAttentionPath::Auto, &t, "tensor cores, f32 qkv"},
+          std::tuple{CudaAttentionPath::Auto, static_cast<const Tensor*>(&t_bf16), "tensor cores, bf16 qkv"}}) {
       backend.set_attention_path(path);
       const double ms = time_ms(stream, 10, 10, [&](int) {
-        backend.vit_attention(t, 1, tokens, heads, head_dim_vit, y);
+        backend.vit_attention(*input, 1, tokens, heads, head_dim_vit, y);
       });
       table.push_back({cat("vit attention T=", tokens, " H=16 D=", head_dim_vit, " ", label), ms,
                        cat(flops / ms / 1e9, " TFLOP/s")});

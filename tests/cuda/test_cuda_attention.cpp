@@ -92,6 +92,7 @@ TEST_F(CudaAttention, VitBidirectional) {
         }
       }
     const Tensor input = upload(qkv, {rows, 3 * width});
+    const Tensor input_bf16 = upload_bf16(qkv, {rows, 3 * width});
     for (const auto& [path, label, tol] :
          {std::tuple{CudaAttentionPath::TiledF32, "f32", kF32Tol},
           std::tuple{CudaAttentionPath::Auto, "tensor-core", kTensorCoreTol}}) {
@@ -108,6 +109,23 @@ TEST_F(CudaAttention, VitBidirectional) {
       const std::vector<float> got_bf16 = download(y_bf16);
       for (size_t i = 0; i < got.size(); ++i)
         ASSERT_EQ(round_bf16(got[i]), got_bf16[i]) << what << ": bf16 output " << i << " is not the f32 one rounded";
+      if (path == CudaAttentionPath::TiledF32) {
+        try {
+          backend().vit_attention(input_bf16, c.batch, c.tokens, c.heads, c.head_dim, y);
+          ADD_FAILURE() << what << ": a bf16 qkv was taken by the f32 path";
+        } catch (const Error& e) {
+          EXPECT_NE(std::string(e.what()).find("a bf16 qkv needs the tensor-core path"), std::string::npos)
+              << e.what();
+        }
+        continue;
+      }
+      // A bf16 qkv (as the projection writes it) holds the values the tensor cores take from the
+      // f32 one: the same output bits, through the asynchronous copies or the element-wise ones.
+      Tensor y_from_bf16 = poisoned({rows, width});
+      backend().vit_attention(input_bf16, c.batch, c.tokens, c.heads, c.head_dim, y_from_bf16);
+      const std::vector<float> got_from_bf16 = download(y_from_bf16);
+      for (size_t i = 0; i < got.size(); ++i)
+        ASSERT_EQ(got[i], got_from_bf16[i]) << what << ": output " << i << " from the bf16 qkv differs";
     }
     set_cuda_attention_path(backend(), CudaAttentionPath::Auto);
   }

@@ -43,6 +43,12 @@ std::vector<double> linear_ref(const std::vector<float>& x, int64_t m, int64_t k
   return y;
 }
 
+// The bf16 step at v's magnitude.
+double bf16_step(double v) {
+  const uint16_t bits = static_cast<uint16_t>(f32_to_bf16(static_cast<float>(std::abs(v))) & 0x7fff);
+  return static_cast<double>(bf16_to_f32(static_cast<uint16_t>(bits + 1))) - bf16_to_f32(bits);
+}
+
 // Whether the kernel that runs this linear rounds the activations to bf16 (the GEMV does not).
 bool rounds_activations(int64_t m, int64_t k, CudaLinearPath path) {
   if (path == CudaLinearPath::Lt) return true;
@@ -206,11 +212,6 @@ TEST_F(CudaLinear, LinearSwigluFromBf16ActivationsRoundsGateUp) {
     const auto sum_error = [&](int64_t at) {
       return kMidpointBand * std::abs(gu[at]) + 4.0 * std::sqrt(static_cast<double>(k)) * kF32Epsilon * gu_abs[at];
     };
-    // The bf16 step at v's magnitude.
-    const auto bf16_step = [](double v) {
-      const uint16_t bits = static_cast<uint16_t>(f32_to_bf16(static_cast<float>(std::abs(v))) & 0x7fff);
-      return static_cast<double>(bf16_to_f32(static_cast<uint16_t>(bits + 1))) - bf16_to_f32(bits);
-    };
     // The bf16 values v (an f32 sum within `error` of it) may round to: nearest, and its other
     // neighbour where v is within the error of a midpoint.
     const auto roundings = [&](double v, double error) {
@@ -256,6 +257,53 @@ TEST_F(CudaLinear, LinearSwigluFromBf16ActivationsRoundsGateUp) {
                 "%zu with cancelling sums\n",
                 what.c_str(), other_way, static_cast<long long>(m * half), cancelling);
   }
+}
+
+// A bf16 y (vit_attention's qkv where the attention takes bf16): the f32 sum plus the f32 bias,
+// rounded to nearest once. Where cuBLASLt offers no such algorithm for the shape the backend must
+// say so (vit_attention_input_dtype f32) and refuse a bf16 y by name.
+TEST_F(CudaLinear, Bf16OutputAddsTheBiasThenRoundsOnce) {
+  constexpr double kF32Epsilon = 0x1p-24;
+  for (const auto& [m, n, k] : {std::tuple<int64_t, int64_t, int64_t>{261, 3 * 64, 128},
+                                {int64_t{randint(65, 400)}, 8 * int64_t{randint(1, 64)}, 8 * int64_t{randint(1, 128)}}}) {
+    const std::string what = cat("M=", m, " N=", n, " K=", k);
+    HostTensor w = host_tensor("w", {n, k}, DType::BF16, true, 0.05f);
+    HostTensor b = host_tensor("b", {n}, DType::F32, false, 0.5f);
+    const Linear prepared = prepare(w, &b);
+    ASSERT_EQ(backend().linear_input_dtype(prepared, m), DType::BF16) << what;
+    const std::vector<float> x = randn(static_cast<size_t>(m * k));
+    Tensor y = backend().empty({m, n}, DType::BF16);
+    if (backend().vit_attention_input_dtype(prepared, m) != DType::BF16) {
+      EXPECT_THROW(backend().linear(upload_bf16(x, {m, k}), prepared, y), Error) << what;
+      std::printf("RESULT linear bf16 output %s: cuBLASLt offers no bf16-output algorithm with an f32 bias\n",
+                  what.c_str());
+      continue;
+    }
+    backend().linear(upload_bf16(x, {m, k}), prepared, y);
+    const std::vector<float> got = download(y);
+    const std::vector<double> ref = linear_ref(x, m, k, w.values, n, &b.values, true);
+    std::vector<float> x_abs = x, w_abs = w.values, b_abs = b.values;
+    for (float& v : x_abs) v = std::abs(v);
+    for (float& v : w_abs) v = std::abs(v);
+    for (float& v : b_abs) v = std::abs(v);
+    const std::vector<double> ref_abs = linear_ref(x_abs, m, k, w_abs, n, &b_abs, true);
+    size_t other_way = 0;
+    for (size_t i = 0; i < got.size(); ++i) {
+      // An f32 sum errs by about sqrt(k) roundings of its terms' magnitudes; 4 sqrt(k) bounds it.
+      const double sum_error = 4.0 * std::sqrt(static_cast<double>(k + 1)) * kF32Epsilon * ref_abs[i];
+      ASSERT_LE(std::abs(got[i] - ref[i]), bf16_step(ref[i]) / 2 + sum_error)
+          << what << ": output " << i << " = " << got[i] << " for " << ref[i] << " is not one bf16 rounding of it";
+      other_way += got[i] == round_bf16(static_cast<float>(ref[i])) ? 0 : 1;
+    }
+    EXPECT_LE(other_way, got.size() / 100) << what << ": too many outputs rounded away from the nearest";
+    std::printf("RESULT linear bf16 output + f32 bias %s: %zu of %zu rounded the other way (sums near a midpoint)\n",
+                what.c_str(), other_way, got.size());
+  }
+  // An f32 x cannot feed a bf16 y (the projection writes bf16 only from the bf16 it multiplies).
+  HostTensor w = host_tensor("w", {64, 64}, DType::BF16, true, 0.05f);
+  const Linear prepared = prepare(w);
+  Tensor y = backend().empty({300, 64}, DType::BF16);
+  EXPECT_THROW(backend().linear(upload(randn(300 * 64), {300, 64}), prepared, y), Error);
 }
 
 TEST_F(CudaLinear, CublasLtAtAnyRows) {

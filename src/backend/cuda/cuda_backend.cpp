@@ -377,13 +377,35 @@ DType CudaBackend::linear_input_dtype(const Linear& w, int64_t rows) const {
              : DType::F32;
 }
 
+bool CudaBackend::writes_bf16_output(const CudaLinear& lw, int64_t m, int64_t n, int64_t k) const {
+  return m > 0 && lw.quant.bits == 0 && !lw.is_fp8() && takes_bf16_activations(lw, m, n, k) &&
+         lanes_.front().gemm->offers_bf16_out(static_cast<int>(m), static_cast<int>(n), static_cast<int>(k),
+                                              lw.weight.get(), lw.bias != nullptr);
+}
+
+DType CudaBackend::vit_attention_input_dtype(const Linear& qkv, int64_t rows) const {
+  return attention_path_ != CudaAttentionPath::TiledF32 && writes_bf16_output(cuda_linear(qkv, "vit_attention_input_dtype"), rows,
+                                                                      qkv.out_features, qkv.in_features)
+             ? DType::BF16
+             : DType::F32;
+}
+
 void CudaBackend::linear(const Tensor& x, const Linear& w, Tensor& y) {
   const CudaLinear& lw = cuda_linear(w, "linear");
-  require(y, DType::F32, "linear", "y");
   const int64_t m = x.rows();
   const int64_t k = w.in_features, n = w.out_features;
   require_shape(x, m, k, "linear", "x");
   require_shape(y, m, n, "linear", "y");
+  if (y.dtype == DType::BF16) {  // for an op that reads bf16 (Backend::vit_attention_input_dtype)
+    require(x, DType::BF16, "linear", "x");
+    MOXIN_CHECK(writes_bf16_output(lw, m, n, k), "[cuda] linear: y is bf16, but this [", n, " x ", k,
+                "] linear writes f32 at ", m, " rows (see Backend::vit_attention_input_dtype)");
+    lane().gemm->run_bf16_out(data_of<const bf16_bits>(x), static_cast<const bf16_bits*>(lw.weight.get()),
+                              static_cast<const float*>(lw.bias.get()), data_of<bf16_bits>(y), static_cast<int>(m),
+                              static_cast<int>(n), static_cast<int>(k), stream());
+    return;
+  }
+  require(y, DType::F32, "linear", "y");
   const bool quantized = lw.quant.bits != 0 || lw.is_fp8();
   if (x.dtype == DType::BF16) {  // from an op that wrote what the GEMM multiplies (no conversion)
     require(x, DType::BF16, "linear", "x");
@@ -566,7 +588,7 @@ void CudaBackend::linear_swiglu(const Tensor& x, const Linear& w, Tensor& gate_u
     const Activations out = require_activations(y, "linear_swiglu", "y");
     const CudaLinear& dense = lw.quant.bits != 0 ? dequantized(lw) : lw;
     auto* gu = static_cast<bf16_bits*>(gate_up.data);
-    lane().gemm->run_bf16_out(data_of<const bf16_bits>(x), static_cast<const bf16_bits*>(dense.weight.get()), gu,
+    lane().gemm->run_bf16_out(data_of<const bf16_bits>(x), static_cast<const bf16_bits*>(dense.weight.get()), nullptr, gu,
                               static_cast<int>(m), static_cast<int>(n), static_cast<int>(k), stream());
     swiglu_bf16_input(gu, out, m, n / 2, stream());
     return;
@@ -648,7 +670,12 @@ void CudaBackend::embedding(const Tensor& ids, const Linear& table, Tensor& y) {
 
 void CudaBackend::vit_attention(const Tensor& qkv, int batch, int tokens, int heads, int head_dim,
                                 Tensor& y) {
-  require(qkv, DType::F32, "vit_attention", "qkv");
+  const bool tensor_cores = attention_path_ != CudaAttentionPath::TiledF32;
+  if (qkv.dtype == DType::BF16)
+    MOXIN_CHECK(tensor_cores, "[cuda] vit_attention: a bf16 qkv needs the tensor-core path (the f32 one takes f32; "
+                              "see Backend::vit_attention_input_dtype)");
+  else
+    require(qkv, DType::F32, "vit_attention", "qkv");
   const Activations out = require_activations(y, "vit_attention", "y");
   MOXIN_CHECK(batch >= 0 && tokens >= 0 && heads > 0 && head_dim > 0 && head_dim <= kMaxHeadDim,
               "[cuda] vit_attention: batch ", batch, ", tokens ", tokens, ", heads ", heads,
@@ -657,8 +684,9 @@ void CudaBackend::vit_attention(const Tensor& qkv, int batch, int tokens, int he
   const int64_t width = int64_t{heads} * head_dim;
   require_shape(qkv, rows, 3 * width, "vit_attention", "qkv");
   require_shape(y, rows, width, "vit_attention", "y");
-  cuda::vit_attention(data_of<const float>(qkv), batch, tokens, heads, head_dim,
-                      attention_path_ != CudaAttentionPath::TiledF32, out, stream());
+  const bool bf16_in = qkv.dtype == DType::BF16;
+  cuda::vit_attention(bf16_in ? nullptr : data_of<const float>(qkv), bf16_in ? data_of<const bf16_bits>(qkv) : nullptr,
+                      batch, tokens, heads, head_dim, tensor_cores, out, stream());
 }
 
 void CudaBackend::rope_kv_write(const Tensor& qkv, const Tensor& positions, float theta,

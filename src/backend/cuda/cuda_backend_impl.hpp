@@ -140,6 +140,7 @@ class CudaBackend final : public Backend {
   std::unique_ptr<KvCache> create_kv_cache(const KvCacheConfig& c) override;
 
   DType linear_input_dtype(const Linear& w, int64_t rows) const override;
+  DType vit_attention_input_dtype(const Linear& qkv, int64_t rows) const override;
   void linear(const Tensor& x, const Linear& w, Tensor& y) override;
   void patch_embed(const Tensor& images, const Linear& w, int patch, Tensor& y) override;
   void layer_norm(const Tensor& x, const Tensor& w, const Tensor& b, float eps, Tensor& y) override;
@@ -201,6 +202,9 @@ class CudaBackend final : public Backend {
   DecodeKernel bf16_decode_kernel(int64_t m, int64_t n, int64_t k, bool skinny_usable) const;
   // Whether this linear at m rows multiplies bf16 activations (a cuBLASLt bf16 GEMM).
   bool takes_bf16_activations(const CudaLinear& w, int64_t m, int64_t n, int64_t k) const;
+  // Whether this linear at m rows can write bf16 (a dense cuBLASLt GEMM with a bf16-output
+  // algorithm for the shape, the bias added in f32 before the one rounding).
+  bool writes_bf16_output(const CudaLinear& w, int64_t m, int64_t n, int64_t k) const;
   // Whether a fused residual step (cuda_fused_residual.cpp) runs this linear at m rows; the
   // kernel's own pointer checks come on top.
   bool fuses_residual_step(const CudaLinear& w, int64_t m, int64_t n, int64_t k, bool norm_in) const;

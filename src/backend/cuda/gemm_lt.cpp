@@ -46,9 +46,22 @@ LtGemm::~LtGemm() {
   if (handle_) cublasLtDestroy(handle_);
 }
 
-const LtGemm::Plan& LtGemm::plan(const Key& key) {
+// The plan for `key`, or nullptr where cuBLASLt offers no algorithm for it (cached either way).
+const LtGemm::Plan* LtGemm::find_plan(const Key& key) {
   auto found = plans_.find(key);
-  if (found != plans_.end()) return *found->second;
+  if (found == plans_.end()) found = plans_.emplace(key, make_plan(key)).first;
+  return found->second.get();
+}
+
+const LtGemm::Plan& LtGemm::plan(const Key& key) {
+  const Plan* p = find_plan(key);
+  const auto [m, n, k, has_bias, align_a, align_w, align_y, align_bias, out_bf16] = key;
+  MOXIN_CHECK(p != nullptr, "[cuda] cuBLASLt has no bf16 GEMM algorithm for m=", m, " n=", n, " k=", k,
+              has_bias ? " with a bias" : "", out_bf16 ? " (bf16 output)" : "");
+  return *p;
+}
+
+std::unique_ptr<LtGemm::Plan> LtGemm::make_plan(const Key& key) {
   const auto [m, n, k, has_bias, align_a, align_w, align_y, align_bias, out_bf16] = key;
   auto p = std::make_unique<Plan>();
   MOXIN_CUBLAS_CHECK(cublasLtMatmulDescCreate(&p->desc, CUBLAS_COMPUTE_32F, CUDA_R_32F));
@@ -60,10 +73,12 @@ const LtGemm::Plan& LtGemm::plan(const Key& key) {
   const cublasLtEpilogue_t epilogue = has_bias ? CUBLASLT_EPILOGUE_BIAS : CUBLASLT_EPILOGUE_DEFAULT;
   MOXIN_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(p->desc, CUBLASLT_MATMUL_DESC_EPILOGUE,
                                                     &epilogue, sizeof(epilogue)));
+  // The bias stays f32 with either output: it is added to the f32 accumulators before any rounding.
   if (has_bias) {
     const cudaDataType_t bias_type = CUDA_R_32F;
-    MOXIN_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(p->desc, CUBLASLT_MATMUL_DESC_BIAS_DATA_TYPE,
-                                                      &bias_type, sizeof(bias_type)));
+    if (cublasLtMatmulDescSetAttribute(p->desc, CUBLASLT_MATMUL_DESC_BIAS_DATA_TYPE, &bias_type,
+                                       sizeof(bias_type)) != CUBLAS_STATUS_SUCCESS)
+      return nullptr;
   }
   MOXIN_CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&p->a, CUDA_R_16BF, k, n, k));
   MOXIN_CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&p->b, CUDA_R_16BF, k, m, k));
@@ -90,11 +105,9 @@ const LtGemm::Plan& LtGemm::plan(const Key& key) {
   const cublasStatus_t status = cublasLtMatmulAlgoGetHeuristic(
       handle_, p->desc, p->a, p->b, p->d, p->d, pref, 1, &result, &found_count);
   cublasLtMatmulPreferenceDestroy(pref);
-  MOXIN_CUBLAS_CHECK(status);
-  MOXIN_CHECK(found_count > 0, "[cuda] cuBLASLt has no bf16 GEMM algorithm for m=", m, " n=", n,
-              " k=", k, out_bf16 ? " (bf16 output)" : "");
+  if (status != CUBLAS_STATUS_SUCCESS || found_count == 0) return nullptr;
   p->algo = result.algo;
-  return *plans_.emplace(key, std::move(p)).first->second;
+  return p;
 }
 
 void LtGemm::run(const uint16_t* a, const uint16_t* w, const float* bias, float* y, int m, int n,
@@ -107,9 +120,18 @@ void LtGemm::run(const uint16_t* a, const uint16_t* w, const float* bias, float*
   matmul(p, a, w, y, stream);
 }
 
-void LtGemm::run_bf16_out(const uint16_t* a, const uint16_t* w, uint16_t* y, int m, int n, int k,
-                          cudaStream_t stream) {
-  matmul(plan({m, n, k, false, alignment(a), alignment(w), alignment(y), 16, true}), a, w, y, stream);
+void LtGemm::run_bf16_out(const uint16_t* a, const uint16_t* w, const float* bias, uint16_t* y, int m, int n,
+                          int k, cudaStream_t stream) {
+  const Plan& p = plan({m, n, k, bias != nullptr, alignment(a), alignment(w), alignment(y),
+                        bias ? alignment(bias) : 16, true});
+  if (bias)
+    MOXIN_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(p.desc, CUBLASLT_MATMUL_DESC_BIAS_POINTER,
+                                                      &bias, sizeof(bias)));
+  matmul(p, a, w, y, stream);
+}
+
+bool LtGemm::offers_bf16_out(int m, int n, int k, const void* w, bool has_bias) {
+  return find_plan({m, n, k, has_bias, 16, alignment(w), 16, 16, true}) != nullptr;
 }
 
 void LtGemm::matmul(const Plan& p, const void* a, const void* w, void* y, cudaStream_t stream) {

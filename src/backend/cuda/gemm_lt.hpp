@@ -24,8 +24,13 @@ class LtGemm {
   // y[m, n] (row-major f32) = a[m, k] (row-major bf16) * w[n, k]^T (bf16) + bias[n] (f32, or null)
   void run(const uint16_t* a, const uint16_t* w, const float* bias, float* y, int m, int n, int k,
            cudaStream_t stream);
-  // The same with y as bf16, rounded to nearest even from the f32 accumulators, and no bias.
-  void run_bf16_out(const uint16_t* a, const uint16_t* w, uint16_t* y, int m, int n, int k, cudaStream_t stream);
+  // The same with y as bf16, rounded to nearest even once from the f32 accumulators plus the f32
+  // bias (or null).
+  void run_bf16_out(const uint16_t* a, const uint16_t* w, const float* bias, uint16_t* y, int m, int n, int k,
+                    cudaStream_t stream);
+  // Whether run_bf16_out has an algorithm for this shape with 16-byte aligned a, y and bias and
+  // the weights at w (the plan is made and cached now; nothing runs).
+  bool offers_bf16_out(int m, int n, int k, const void* w, bool has_bias);
   // y[i, j] (row-major f32 [m, n]) = a_scale[i] w_scale[j] sum_k a[i, k] w[j, k], with a [m, k]
   // and w [n, k] row-major E4M3, on the FP8 tensor cores (f32 accumulation). cuBLASLt applies
   // the two scale vectors itself where it offers outer-vector scaling for the shape, else
@@ -38,7 +43,9 @@ class LtGemm {
   struct Plan;
   // m, n, k, bias, the alignments of a, w, y and the bias, y as bf16
   using Key = std::tuple<int, int, int, bool, int, int, int, int, bool>;
-  const Plan& plan(const Key& key);
+  const Plan& plan(const Key& key);  // throws where cuBLASLt has no algorithm
+  const Plan* find_plan(const Key& key);
+  std::unique_ptr<Plan> make_plan(const Key& key);
   // y = w * a with the plan's descriptors (beta 0, so C is D).
   void matmul(const Plan& p, const void* a, const void* w, void* y, cudaStream_t stream);
   const Plan& fp8_plan(int m, int n, int k);

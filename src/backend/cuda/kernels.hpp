@@ -214,8 +214,9 @@ void rope_kv_write(const float* qkv, const int32_t* positions, int q_heads, floa
 // --- vit_attention.cu ---
 constexpr int kMaxHeadDim = 128;
 // tensor_cores: Q, K, V and P rounded to bf16 for mma.sync (f32 accumulation and softmax);
-// otherwise all f32 on the CUDA cores.
-void vit_attention(const float* qkv, int batch, int tokens, int heads, int head_dim,
+// otherwise all f32 on the CUDA cores. qkv is qkv_f32, or (tensor cores only) qkv_bf16 where the
+// projection wrote it rounded: the same bits as rounding the f32 one.
+void vit_attention(const float* qkv_f32, const bf16_bits* qkv_bf16, int batch, int tokens, int heads, int head_dim,
                    bool tensor_cores, Activations y, cudaStream_t stream);
 
 // --- paged_attention_split.cu: one token per block group, context split across blocks ---

@@ -119,12 +119,42 @@ __device__ void stage_rows_bf16(const float* base, int row_stride, int first_row
   }
 }
 
+// The same from a bf16 qkv (written by the projection, rounded as the f32 path rounds): the bits
+// are copied. `vec` (head_dim % 8 == 0, 16-byte aligned rows): 16-byte cp.async pieces, all of a
+// thread's in flight at once (zero-filled past the last row and in the padding), completed by
+// wait_staged; otherwise element by element.
+template <int kPadded>
+__device__ void stage_rows_bf16(const __nv_bfloat16* base, int row_stride, int first_row, int rows,
+                                int valid_rows, int head_dim, bool vec, __nv_bfloat16* dst,
+                                int dst_stride) {
+  if (vec) {
+    constexpr int kPieces = kPadded / 8;
+    for (int e = threadIdx.x; e < rows * kPieces; e += kVitThreads) {
+      const int r = e / kPieces;
+      const int d = (e % kPieces) * 8;
+      const bool valid = r < valid_rows && d < head_dim;
+      copy16_or_zero(dst + r * dst_stride + d,
+                     valid ? base + static_cast<size_t>(first_row + r) * row_stride + d : base, valid);
+    }
+    return;
+  }
+  for (int e = threadIdx.x; e < rows * kPadded; e += kVitThreads) {
+    const int r = e / kPadded;
+    const int d = e % kPadded;
+    dst[r * dst_stride + d] = (r < valid_rows && d < head_dim)
+                                  ? base[static_cast<size_t>(first_row + r) * row_stride + d]
+                                  : __float2bfloat16_rn(0.0f);
+  }
+}
+
 // kv_stages: key tiles staged at once (all of them, or 1). y: f32, or bf16 where the projection
 // after takes bf16 (rounded here rather than by a conversion kernel: the same bits).
-template <int KD, class Out>
+// qkv: f32 (rounded while staged) or bf16 (copied); vec: the vector staging applies (see the
+// stage_rows_bf16 for each).
+template <int KD, class In, class Out>
 __global__ void __launch_bounds__(kVitThreads)
-    vit_attention_mma_kernel(const float* __restrict__ qkv, int tokens, int heads, int head_dim,
-                             float scale, bool vec4, int kv_stages, Out* __restrict__ y) {
+    vit_attention_mma_kernel(const In* __restrict__ qkv, int tokens, int heads, int head_dim,
+                             float scale, bool vec, int kv_stages, Out* __restrict__ y) {
   wait_for_prior_kernels();
   extern __shared__ __align__(16) unsigned char smem_bytes[];
   MmaAttention<KD, kVitWarps> att(reinterpret_cast<__nv_bfloat16*>(smem_bytes));
@@ -134,21 +164,27 @@ __global__ void __launch_bounds__(kVitThreads)
   const int q0 = blockIdx.x * kVitQueries;
   const int width = heads * head_dim;
   const int row_stride = 3 * width;
-  const float* base = qkv + static_cast<size_t>(image) * tokens * row_stride + head * head_dim;
+  const In* base = qkv + static_cast<size_t>(image) * tokens * row_stride + head * head_dim;
   auto stage_keys = [&](int tile) {
     const int key0 = tile * kMmaRows;
     att.use_stage(kv_stages == 1 ? 0 : tile);
     stage_rows_bf16<kPadded>(base + width, row_stride, key0, kMmaRows, tokens - key0, head_dim,
-                             vec4, att.k, att.stride);
+                             vec, att.k, att.stride);
     stage_rows_bf16<kPadded>(base + 2 * width, row_stride, key0, kMmaRows, tokens - key0,
-                             head_dim, vec4, att.v, att.stride);
+                             head_dim, vec, att.v, att.stride);
+  };
+  // This thread's asynchronous copies (bf16 qkv) have landed; the barrier after makes everyone's visible.
+  auto staged = [] {
+    copies_issued();
+    wait_staged<0>();
   };
 
-  stage_rows_bf16<kPadded>(base, row_stride, q0, kVitQueries, tokens - q0, head_dim, vec4, att.q,
+  stage_rows_bf16<kPadded>(base, row_stride, q0, kVitQueries, tokens - q0, head_dim, vec, att.q,
                            att.stride);
   const int tiles = vit_key_tiles(tokens);
   if (kv_stages > 1)
     for (int tile = 0; tile < tiles; ++tile) stage_keys(tile);
+  staged();
   __syncthreads();
   att.load_q();
   const int all_keys[2] = {tokens, tokens};
@@ -156,6 +192,7 @@ __global__ void __launch_bounds__(kVitThreads)
     if (kv_stages == 1) {
       __syncthreads();  // the previous tile is consumed
       stage_keys(tile);
+      staged();
       __syncthreads();
     }
     att.use_stage(kv_stages == 1 ? 0 : tile);
@@ -173,26 +210,35 @@ __global__ void __launch_bounds__(kVitThreads)
 
 }  // namespace
 
-void vit_attention(const float* qkv, int batch, int tokens, int heads, int head_dim,
+void vit_attention(const float* qkv_f32, const bf16_bits* qkv_bf16, int batch, int tokens, int heads, int head_dim,
                    bool tensor_cores, Activations y, cudaStream_t stream) {
   if (batch == 0 || tokens == 0 || heads == 0) return;
   const float scale = 1.0f / sqrtf(static_cast<float>(head_dim));
   with_activations(y, [&]<class Out>(Out* out) {
     if (tensor_cores) {
       const dim3 grid((tokens + kVitQueries - 1) / kVitQueries, heads, batch);
-      const bool vec4 = head_dim % 4 == 0 && reinterpret_cast<uintptr_t>(qkv) % 16 == 0;
       const int kv_stages = vit_kv_stages(tokens, head_dim);
-      dispatch_head_dim_chunks(head_dim, [&]<int KD>() {
-        launch_kernel("vit_attention_mma_kernel", vit_attention_mma_kernel<KD, Out>, grid, kVitThreads,
-                      mma_smem_bytes(head_dim, kVitWarps, kv_stages), stream, qkv, tokens, heads, head_dim, scale,
-                      vec4, kv_stages, out);
-      });
+      const auto launch = [&]<class In>(const In* qkv, int piece) {
+        // Vector staging: whole pieces per head row, every row and head start 16-byte aligned
+        // (the row stride is 3 heads x head_dim elements).
+        const bool vec = head_dim % piece == 0 && reinterpret_cast<uintptr_t>(qkv) % 16 == 0;
+        dispatch_head_dim_chunks(head_dim, [&]<int KD>() {
+          launch_kernel("vit_attention_mma_kernel", vit_attention_mma_kernel<KD, In, Out>, grid, kVitThreads,
+                        mma_smem_bytes(head_dim, kVitWarps, kv_stages), stream, qkv, tokens, heads, head_dim, scale,
+                        vec, kv_stages, out);
+        });
+      };
+      if (qkv_bf16 != nullptr)
+        launch(reinterpret_cast<const __nv_bfloat16*>(qkv_bf16), 8);
+      else
+        launch(qkv_f32, 4);
       return;
     }
+    MOXIN_CHECK(qkv_f32 != nullptr, "[cuda] vit_attention: the f32 (CUDA-core) path takes an f32 qkv");
     const dim3 grid((tokens + kQueryTile - 1) / kQueryTile, heads, batch);
     const size_t smem = tile_smem_bytes(head_dim);
     dispatch_head_dim_chunks(head_dim, [&]<int DJ>() {
-      launch_kernel("vit_attention_kernel", vit_attention_kernel<DJ, Out>, grid, kTileThreads, smem, stream, qkv,
+      launch_kernel("vit_attention_kernel", vit_attention_kernel<DJ, Out>, grid, kTileThreads, smem, stream, qkv_f32,
                     tokens, heads, head_dim, scale, out);
     });
   });
@@ -203,7 +249,10 @@ void configure_vit_attention() {
     for_all_head_dim_chunks(
         [&]<int DJ>() { MOXIN_CUDA_CHECK(allow_tile_smem<DJ>(vit_attention_kernel<DJ, Out>)); });
     for_all_head_dim_chunks([&]<int KD>() {
-      MOXIN_CUDA_CHECK((allow_mma_smem<KD, kVitWarps, vit_max_kv_stages<KD>()>(vit_attention_mma_kernel<KD, Out>)));
+      for_all_activation_types([&]<class In>() {
+        MOXIN_CUDA_CHECK(
+            (allow_mma_smem<KD, kVitWarps, vit_max_kv_stages<KD>()>(vit_attention_mma_kernel<KD, In, Out>)));
+      });
     });
   };
   for_all_activation_types(allow);
