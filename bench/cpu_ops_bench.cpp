@@ -204,12 +204,12 @@ BENCHMARK(BM_Linear)
     ->Unit(benchmark::kMillisecond);
 
 // The same prefill and vision GEMMs on each kernel table in one process, 2 threads. args: out
-// features, in features, rows M, table (0 generic, 1 avx2, 2 avx512). Compare FLOP/cpu-s with
+// features, in features, rows M, table (0 generic, 1 avx2, 2 avx512, 3 amx). Compare FLOP/cpu-s with
 // BM_FmaPeak's of the same vector width, and with bench/cpu_peer_torch.py run right after.
-// The kernel table named by a benchmark argument (0 generic, 1 avx2, 2 avx512), or null with
-// the benchmark skipped when this CPU cannot run it.
+// The kernel table named by a benchmark argument (0 generic, 1 avx2, 2 avx512, 3 amx), or null
+// with the benchmark skipped when this CPU cannot run it.
 const cpu::Kernels* table_arg(benchmark::State& state, int64_t arg) {
-  static const char* const kTables[] = {"generic", "avx2", "avx512"};
+  static const char* const kTables[] = {"generic", "avx2", "avx512", "amx"};
   for (const cpu::Kernels* k : cpu::supported_kernels())
     if (std::string_view(kTables[arg]) == k->name) return k;
   state.SkipWithError("this CPU lacks the kernel table");
@@ -232,7 +232,11 @@ BENCHMARK(BM_Gemm)
     ->Args({4096, 14336, 256, 1})
     ->Args({4096, 1024, 257, 1})
     ->Args({4304, 1152, 256, 1})
-    ->ArgsProduct({{14336}, {4096}, {32, 64, 128, 129}, {1, 2}})  // either side of each table's gemv_max_rows
+    ->Args({14336, 4096, 256, 3})
+    ->Args({4096, 14336, 256, 3})
+    ->Args({4096, 1024, 257, 3})
+    ->Args({4304, 1152, 256, 3})
+    ->ArgsProduct({{14336}, {4096}, {32, 64, 128, 129}, {1, 2, 3}})  // either side of each table's gemv_max_rows
     ->UseRealTime()
     ->Unit(benchmark::kMillisecond);
 

@@ -65,6 +65,71 @@ TEST(CpuLinear, MatchesReferenceOnAwkwardShapes) {
       }
 }
 
+// The amx table's GEMM (bf16 weights, in-features a multiple of 32, beyond gemv_max_rows rows):
+// activations rounded to bf16, products summed in f32 on the tiles, for the leading multiple of
+// 32 output columns; the f32 GEMM takes the rest from the exact activations. Against a reference
+// on the rounded activations the error is f32 accumulation; against the exact ones, bf16's.
+TEST(CpuLinear, AmxTilesMultiplyBf16RoundedActivations) {
+  const cpu::Kernels* amx = cpu::amx_kernels();
+  if (amx == nullptr) GTEST_SKIP() << "this CPU (or kernel) runs no AMX bf16 tiles";
+  Random rng(test_seed());
+  constexpr double kBf16ActivationTolerance = 4e-3;  // ~2^-9 / sqrt(3) per product, with room
+  const std::vector<Shape> shapes{
+      {amx->gemv_max_rows + 1, 32, 32},  // the smallest tile GEMM
+      {200, 45, 96},                     // rows not a multiple of 32; 13 columns for the f32 GEMM
+      {300, 300, 544},                   // input blocks of 256 and a part block; several column chunks
+      {600, 64, 64},                     // two passes of activation rows
+  };
+  for (const Shape& s : shapes)
+    for (bool with_bias : {false, true}) {
+      const std::string what = cat("amx linear M=", s.M, " N=", s.N, " K=", s.K, with_bias ? " +bias" : "");
+      auto w = make_tensor("w", DType::BF16, {s.N, s.K}, rng.uniform(static_cast<size_t>(s.N * s.K)));
+      auto b = make_tensor("b", DType::BF16, {s.N}, rng.uniform(static_cast<size_t>(s.N)));
+      const std::vector<float> x = rng.uniform(static_cast<size_t>(s.M * s.K));
+      std::vector<float> x_rounded = x;
+      for (float& v : x_rounded) v = bf16_to_f32(f32_to_bf16(v));
+      const std::vector<float>* bias = with_bias ? &b->values : nullptr;
+      const auto ref_rounded = reference_linear(x_rounded, w->values, bias, s.M, s.N, s.K);
+      const auto ref_exact = reference_linear(x, w->values, bias, s.M, s.N, s.K);
+      std::vector<float> previous;
+      for (int threads : {1, 2}) {
+        cpu::CpuBackend backend(threads, *amx);
+        const Linear l = backend.prepare_linear(linear_weight(*w, with_bias ? b.get() : nullptr, s.N, s.K));
+        Tensor y = poisoned(backend, {s.M, s.N});
+        backend.linear(backend.from_host_f32(x.data(), {s.M, s.K}), l, y);
+        const std::vector<float> got = host(backend, y);
+        ASSERT_TRUE(all_finite(got)) << what << ": some output is not finite (unwritten?)";
+        // Columns [0, tiled) from the tiles, the rest from the f32 GEMM.
+        const int64_t tiled = s.N / 32 * 32;
+        std::vector<float> got_tiled, got_rest;
+        std::vector<double> ref_tiled, ref_tiled_exact, ref_rest;
+        for (int64_t m = 0; m < s.M; ++m)
+          for (int64_t n = 0; n < s.N; ++n) {
+            const size_t i = static_cast<size_t>(m * s.N + n);
+            if (n < tiled) {
+              got_tiled.push_back(got[i]);
+              ref_tiled.push_back(ref_rounded[i]);
+              ref_tiled_exact.push_back(ref_exact[i]);
+            } else {
+              got_rest.push_back(got[i]);
+              ref_rest.push_back(ref_exact[i]);
+            }
+          }
+        EXPECT_LE(relative_error(got_tiled, ref_tiled), kF32Tolerance) << what << ", " << threads << " threads";
+        EXPECT_LE(relative_error(got_tiled, ref_tiled_exact), kBf16ActivationTolerance) << what;
+        EXPECT_GT(relative_error(got_tiled, ref_tiled_exact), relative_error(got_tiled, ref_tiled))
+            << what << ": the tiled columns look unrounded (is the f32 GEMM running them?)";
+        if (!got_rest.empty()) {
+          EXPECT_LE(relative_error(got_rest, ref_rest), kF32Tolerance) << what;
+        }
+        if (!previous.empty()) {
+          EXPECT_TRUE(previous == got) << what << ": 1 and 2 threads differ";
+        }
+        previous = got;
+      }
+    }
+}
+
 TEST(CpuLinear, RejectsMismatchedShapesAndQuantizedWeights) {
   Random rng(test_seed());
   auto backend = create_cpu_backend(1);

@@ -8,6 +8,10 @@
 
 #include "core/dtype.hpp"
 
+namespace moxin {
+class ThreadPool;
+}
+
 namespace moxin::cpu {
 
 // A weight matrix [rows, cols] (out x in features) where it lies, usually in the mmap'd
@@ -92,6 +96,11 @@ struct Kernels {
   // out[i] = E4M3 value of codes[i] * scale (the FP8 KV cache's rows, src/core/fp8_kv.hpp):
   // the same bits as moxin::widen_e4m3. Codes are never NaN (0x7F, 0xFF).
   void (*widen_e4m3)(const uint8_t* codes, int64_t n, float scale, float* out);
+  // The GEMM of bf16 weights beyond gemv_max_rows rows on a matrix engine, or null: writes the
+  // leading columns of y it returns (cpu_matmul_amx.hpp), the f32 GEMM the rest. It rounds the
+  // activations to bf16, so only a table named for it ("amx") has one.
+  int64_t (*bf16_tile_matmul)(ThreadPool* pool, int64_t M, const float* x, int64_t ldx, const WeightView& w,
+                              const float* bias, float* y, int64_t ldy);
 };
 
 const Kernels& generic_kernels();
@@ -101,9 +110,11 @@ const Kernels* avx512_kernels();
 const Kernels* avx2_kernels();
 // nullptr unless this is an ARM64 Linux build on a CPU with Advanced SIMD (NEON).
 const Kernels* neon_kernels();
+// The AVX-512 table with the prefill/vision GEMM on AMX bf16 tiles; nullptr without them.
+const Kernels* amx_kernels();
 // Every table this build and CPU can run, portable first, fastest last.
 std::vector<const Kernels*> supported_kernels();
-// The fastest table this CPU runs; MOXIN_CPU_KERNELS=generic, avx2, avx512 or neon forces one (an
+// The fastest table this CPU runs; MOXIN_CPU_KERNELS=generic, avx2, avx512, amx or neon forces one (an
 // error if this CPU cannot run it).
 const Kernels& best_kernels();
 

@@ -564,7 +564,7 @@ const Kernels* avx2_kernels() {
 #if defined(MOXIN_HAVE_AVX2_KERNELS)
   static const Kernels table{"avx2",      kTileRows, kPanelWidth, kGemvMaxRows, gemv,
                              pack_panels, gemm_tile, attend, softmax, gelu_erf, silu_mul, rms_norm,
-                             add_rms_norm, layer_norm, rope, read_stream, widen_e4m3};
+                             add_rms_norm, layer_norm, rope, read_stream, widen_e4m3, nullptr};
   return cpu_has_avx2_fma_f16c() ? &table : nullptr;
 #else
   return nullptr;

@@ -570,7 +570,7 @@ const Kernels* avx512_kernels() {
 #if defined(MOXIN_HAVE_AVX512_KERNELS)
   static const Kernels table{"avx512",    kTileRows, kPanelWidth, kGemvMaxRows, gemv,
                              pack_panels, gemm_tile, attend, softmax, gelu_erf, silu_mul, rms_norm,
-                             add_rms_norm, layer_norm, rope, read_stream, widen_e4m3};
+                             add_rms_norm, layer_norm, rope, read_stream, widen_e4m3, nullptr};
   static const bool supported = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
                                 __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("fma");
   return supported ? &table : nullptr;

@@ -190,7 +190,7 @@ uint64_t read_stream(const uint8_t* data, int64_t bytes) {
 const Kernels& generic_kernels() {
   static const Kernels table{"generic", kTileRows,  kPanelWidth, kGemvMaxRows, gemv,
                              pack_panels, gemm_tile, attend, softmax, gelu_erf, silu_mul, rms_norm,
-                             add_rms_norm, layer_norm, rope, read_stream, moxin::widen_e4m3};
+                             add_rms_norm, layer_norm, rope, read_stream, moxin::widen_e4m3, nullptr};
   return table;
 }
 

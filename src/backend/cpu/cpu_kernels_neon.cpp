@@ -390,7 +390,7 @@ const Kernels* neon_kernels() {
 #if defined(MOXIN_HAVE_NEON_KERNELS)
   static const Kernels table{"neon",      kTileRows, kPanelWidth, kGemvMaxRows, gemv,
                              pack_panels, gemm_tile, attend, softmax, gelu_erf, silu_mul, rms_norm,
-                             add_rms_norm, layer_norm, rope, read_stream, widen_e4m3};
+                             add_rms_norm, layer_norm, rope, read_stream, widen_e4m3, nullptr};
   static const bool supported = (getauxval(AT_HWCAP) & HWCAP_ASIMD) != 0;
   return supported ? &table : nullptr;
 #else

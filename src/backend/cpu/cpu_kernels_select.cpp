@@ -5,14 +5,28 @@
 #include <string_view>
 
 #include "backend/cpu/cpu_kernels.hpp"
+#include "backend/cpu/cpu_matmul_amx.hpp"
 #include "core/check.hpp"
 
 namespace moxin::cpu {
+
+const Kernels* amx_kernels() {
+  static const Kernels* const table = []() -> const Kernels* {
+    const Kernels* avx512 = avx512_kernels();
+    if (avx512 == nullptr || !amx_bf16_supported()) return nullptr;
+    static Kernels amx = *avx512;
+    amx.name = "amx";
+    amx.bf16_tile_matmul = matmul_amx_bf16;
+    return &amx;
+  }();
+  return table;
+}
 
 std::vector<const Kernels*> supported_kernels() {
   std::vector<const Kernels*> tables{&generic_kernels()};
   if (const Kernels* avx2 = avx2_kernels()) tables.push_back(avx2);
   if (const Kernels* avx512 = avx512_kernels()) tables.push_back(avx512);
+  if (const Kernels* amx = amx_kernels()) tables.push_back(amx);
   if (const Kernels* neon = neon_kernels()) tables.push_back(neon);
   return tables;
 }

@@ -102,10 +102,13 @@ void matmul(const Kernels& kernels, ThreadPool* pool, int64_t M, const float* x,
     }
     return;
   }
+  // The columns a matrix engine took, if the table has one; the f32 GEMM takes the rest.
+  const int64_t done = kernels.bf16_tile_matmul ? kernels.bf16_tile_matmul(pool, M, x, ldx, w, bias, y, ldy) : 0;
+  if (done == N) return;
   const int64_t nr = kernels.gemm_nr;
-  const int64_t panels = (N + nr - 1) / nr;
+  const int64_t panels = (N - done + nr - 1) / nr;
   const auto columns = [&](int64_t p0, int64_t p1) {
-    gemm_columns(kernels, M, x, ldx, w, p0 * nr, std::min(N, p1 * nr), bias, y, ldy);
+    gemm_columns(kernels, M, x, ldx, w, done + p0 * nr, std::min(N, done + p1 * nr), bias, y, ldy);
   };
   if (pool) {
     pool->parallel_for(panels, columns);

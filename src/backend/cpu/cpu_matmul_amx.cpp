@@ -1,0 +1,203 @@
+// The prefill/vision GEMM on AMX tiles (Intel Sapphire Rapids and later): bf16 x bf16 products
+// summed in f32 by TDPBF16PS, 16 x 16 x 32 multiply-adds per instruction against 16 per f32 FMA.
+// The activations are rounded to bf16 on the way in (as PyTorch's bf16 model and our GPU
+// prefill round them); the weights are the checkpoint's bf16, read in place.
+//
+// The product is formed transposed, y^T = W x^T: a W tile is 16 weight rows x 32 inputs, which is
+// W's own row-major layout (tileloadd with the row stride: no packing of the weights), and the
+// activations take the pair layout of the second operand (xv[k / 2][m] = x[m][k], x[m][k + 1] as
+// two bf16), packed once per call. Each work item owns kChunkCols output columns: for every
+// kKb-input block its 32 x 32 tile blocks accumulate in an f32 scratch (16 KB of W and 16 KB of
+// xv per block, L1-sized), then the scratch is transposed into y with the bias.
+#include "backend/cpu/cpu_matmul_amx.hpp"
+
+#include <algorithm>
+#include <cstdlib>
+#include <memory>
+#include <vector>
+
+#include "core/thread_pool.hpp"
+
+#if defined(__x86_64__) && defined(__linux__) && (defined(__GNUC__) || defined(__clang__))
+#define MOXIN_HAVE_AMX_KERNELS 1
+#include <immintrin.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+#endif
+
+namespace moxin::cpu {
+
+#if defined(MOXIN_HAVE_AMX_KERNELS)
+#if defined(__clang__)
+#pragma clang attribute push(__attribute__((target("amx-tile,amx-bf16,avx512f,avx512bw,avx512vl,avx512bf16"))), \
+                             apply_to = function)
+#else
+#pragma GCC push_options
+#pragma GCC target("amx-tile,amx-bf16,avx512f,avx512bw,avx512vl,avx512bf16")
+#endif
+namespace {
+
+constexpr int64_t kKb = 256;          // inputs per block: a 32-row W block and a 32-row xv block of 16 KB each
+constexpr int64_t kChunkCols = 128;   // output columns per work item (four 32-column tile blocks)
+constexpr int64_t kMc = 512;          // activation rows per pass (xv and the scratch stay in L2)
+
+// Palette 1, tiles 0-3 the 2 x 2 accumulators (16 weight rows x 16 f32 activation columns), 4-5 the
+// W tiles (16 rows x 32 bf16), 6-7 the xv tiles (16 input pairs x 16 activation rows x 2 bf16):
+// all 16 rows of 64 bytes.
+struct alignas(64) TileConfig {
+  uint8_t palette = 1;
+  uint8_t start_row = 0;
+  uint8_t reserved[14] = {};
+  uint16_t colsb[16] = {};
+  uint8_t rows[16] = {};
+};
+
+void configure_tiles() {
+  TileConfig config;
+  for (int t = 0; t < 8; ++t) {
+    config.colsb[t] = 64;
+    config.rows[t] = 16;
+  }
+  _tile_loadconfig(&config);
+}
+
+// Rows m0 .. m0 + mc of x as bf16 pairs: xv[p * ldxv + m] = x[m0 + m][2p], x[m0 + m][2p + 1]
+// (rounded to nearest even; the even input in the low half, as TDPBF16PS pairs them), for pairs
+// [p0, p1) (multiples of 16); activation rows mc .. ldxv are zeros.
+void pack_pairs(const float* x, int64_t ldx, int64_t m0, int64_t mc, int64_t p0, int64_t p1, uint32_t* xv,
+                int64_t ldxv) {
+  const __m512i lane_offsets = _mm512_mullo_epi32(
+      _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15), _mm512_set1_epi32(static_cast<int>(ldxv)));
+  // 16 pairs at a time: one row's 32 floats become 16 pairs down a column of xv.
+  for (int64_t p = p0; p < p1; p += 16)
+    for (int64_t m = 0; m < ldxv; ++m) {
+      __m512i packed = _mm512_setzero_si512();
+      if (m < mc) {
+        const float* row = x + (m0 + m) * ldx + 2 * p;
+        packed = reinterpret_cast<__m512i>(_mm512_cvtne2ps_pbh(_mm512_loadu_ps(row + 16), _mm512_loadu_ps(row)));
+      }
+      _mm512_i32scatter_epi32(xv + p * ldxv + m, lane_offsets, packed, 4);
+    }
+}
+
+// C (32 weight rows x 32 activation rows, f32, row stride ldc floats) += W[32 rows, k0 : k0 + kb] x
+// xv[k0 / 2 : (k0 + kb) / 2, 32 activation rows]^T; `first`: C starts at zero.
+void tile_block(const uint16_t* w, int64_t ldw, const uint32_t* xv, int64_t ldxv, int64_t k0, int64_t kb, float* c,
+                int64_t ldc, bool first) {
+  const int64_t c_stride = ldc * 4;
+  if (first) {
+    _tile_zero(0);
+    _tile_zero(1);
+    _tile_zero(2);
+    _tile_zero(3);
+  } else {
+    _tile_loadd(0, c, c_stride);
+    _tile_loadd(1, c + 16, c_stride);
+    _tile_loadd(2, c + 16 * ldc, c_stride);
+    _tile_loadd(3, c + 16 * ldc + 16, c_stride);
+  }
+  const int64_t w_stride = ldw * 2, xv_stride = ldxv * 4;
+  for (int64_t k = k0; k < k0 + kb; k += 32) {
+    _tile_loadd(4, w + k, w_stride);
+    _tile_loadd(5, w + 16 * ldw + k, w_stride);
+    _tile_loadd(6, xv + (k / 2) * ldxv, xv_stride);
+    _tile_loadd(7, xv + (k / 2) * ldxv + 16, xv_stride);
+    _tile_dpbf16ps(0, 4, 6);
+    _tile_dpbf16ps(1, 4, 7);
+    _tile_dpbf16ps(2, 5, 6);
+    _tile_dpbf16ps(3, 5, 7);
+  }
+  _tile_stored(0, c, c_stride);
+  _tile_stored(1, c + 16, c_stride);
+  _tile_stored(2, c + 16 * ldc, c_stride);
+  _tile_stored(3, c + 16 * ldc + 16, c_stride);
+}
+
+// Output columns [n0, n0 + nc) (nc a multiple of 32) of activation rows m0 .. m0 + mc.
+void chunk(const WeightView& w, const uint32_t* xv, int64_t ldxv, int64_t m0, int64_t mc, int64_t n0, int64_t nc,
+           const float* bias, float* y, int64_t ldy, float* scratch) {
+  const auto* wd = static_cast<const uint16_t*>(w.data);
+  for (int64_t k0 = 0; k0 < w.cols; k0 += kKb) {
+    const int64_t kb = std::min(kKb, w.cols - k0);
+    for (int64_t n = 0; n < nc; n += 32)
+      for (int64_t m = 0; m < ldxv; m += 32)
+        tile_block(wd + (n0 + n) * w.ld, w.ld, xv + m, ldxv, k0, kb, scratch + n * ldxv + m, ldxv, k0 == 0);
+  }
+  for (int64_t n = 0; n < nc; ++n) {
+    const float b = bias ? bias[n0 + n] : 0.0f;
+    const float* column = scratch + n * ldxv;
+    for (int64_t m = 0; m < mc; ++m) y[(m0 + m) * ldy + n0 + n] = column[m] + b;
+  }
+}
+
+}  // namespace
+
+int64_t matmul_amx_bf16(ThreadPool* pool, int64_t M, const float* x, int64_t ldx, const WeightView& w,
+                        const float* bias, float* y, int64_t ldy) {
+  if (!amx_bf16_supported() || w.dtype != DType::BF16 || w.cols % 32 != 0 || M <= 0) return 0;
+  const int64_t columns = w.rows / 32 * 32;
+  if (columns == 0) return 0;
+  const int64_t chunks = (columns + kChunkCols - 1) / kChunkCols;
+  const int64_t pairs = w.cols / 2;
+  for (int64_t m0 = 0; m0 < M; m0 += kMc) {
+    const int64_t mc = std::min(kMc, M - m0);
+    const int64_t ldxv = (mc + 31) / 32 * 32;
+    std::unique_ptr<uint32_t, decltype(&std::free)> xv(
+        static_cast<uint32_t*>(std::aligned_alloc(64, sizeof(uint32_t) * static_cast<size_t>(pairs * ldxv))),
+        &std::free);
+    const auto pack = [&](int64_t p0, int64_t p1) { pack_pairs(x, ldx, m0, mc, p0 * 16, std::min(pairs, p1 * 16), xv.get(), ldxv); };
+    const auto compute = [&](int64_t c0, int64_t c1) {
+      std::vector<float> scratch(static_cast<size_t>(kChunkCols * ldxv));
+      configure_tiles();
+      for (int64_t c = c0; c < c1; ++c) {
+        const int64_t n0 = c * kChunkCols;
+        chunk(w, xv.get(), ldxv, m0, mc, n0, std::min(kChunkCols, columns - n0), bias, y, ldy, scratch.data());
+      }
+      _tile_release();
+    };
+    const int64_t pair_blocks = (pairs + 15) / 16;
+    if (pool) {
+      pool->parallel_for(pair_blocks, pack);
+      pool->parallel_for(chunks, compute);
+    } else {
+      pack(0, pair_blocks);
+      compute(0, chunks);
+    }
+  }
+  return columns;
+}
+
+#if defined(__clang__)
+#pragma clang attribute pop
+#else
+#pragma GCC pop_options
+#endif
+
+// Compiled for the baseline ISA from here on.
+
+bool amx_bf16_supported() {
+  static const bool supported = [] {
+    if (!__builtin_cpu_supports("amx-tile") || !__builtin_cpu_supports("amx-bf16") ||
+        !__builtin_cpu_supports("avx512bf16") || !__builtin_cpu_supports("avx512bw") ||
+        !__builtin_cpu_supports("avx512vl"))
+      return false;
+    // Linux hands out the 8 KB of tile state per process on request (arch_prctl
+    // ARCH_REQ_XCOMP_PERM for XFEATURE_XTILEDATA); a kernel that refuses it keeps the f32 GEMM.
+    constexpr long kArchReqXcompPerm = 0x1023;
+    constexpr long kXfeatureXtileData = 18;
+    return syscall(SYS_arch_prctl, kArchReqXcompPerm, kXfeatureXtileData) == 0;
+  }();
+  return supported;
+}
+
+#else
+
+bool amx_bf16_supported() { return false; }
+
+int64_t matmul_amx_bf16(ThreadPool*, int64_t, const float*, int64_t, const WeightView&, const float*, float*, int64_t) {
+  return 0;
+}
+
+#endif
+
+}  // namespace moxin::cpu

@@ -1,0 +1,25 @@
+// The prefill/vision GEMM on Intel AMX tiles (bf16 products, f32 sums): cpu_matmul_amx.cpp.
+#pragma once
+
+#include <cstdint>
+
+#include "backend/cpu/cpu_kernels.hpp"
+
+namespace moxin {
+class ThreadPool;
+}
+
+namespace moxin::cpu {
+
+// Whether this build, CPU and kernel run AMX bf16 tiles (AMX-TILE, AMX-BF16 and AVX512-BF16, and
+// Linux grants the tile state: asked once, for the whole process).
+bool amx_bf16_supported();
+
+// y[m * ldy + n] = bias[n] + sum_k bf16(x[m * ldx + k]) * W[n, k] for m < M and the leading
+// columns n it returns (W.rows rounded down to a multiple of 32; 0, having written nothing,
+// where AMX is not supported, W is not bf16 or its in-features are not a multiple of 32). The
+// activations are rounded to bf16 (nearest even); the products are summed in f32 by the tiles.
+int64_t matmul_amx_bf16(ThreadPool* pool, int64_t M, const float* x, int64_t ldx, const WeightView& w,
+                        const float* bias, float* y, int64_t ldy);
+
+}  // namespace moxin::cpu
