@@ -19,6 +19,12 @@ echo
   --benchmark_counters_tabular=true --benchmark_min_time=1 2>&1
 python3 bench/cpu_peer_torch.py --threads "$threads" 2>&1
 if [ -f "$model/config.json" ]; then
+  # amx (where the CPU has it) differs from avx512 only in the prefill/vision GEMMs: no decode runs.
+  if grep -qw amx_bf16 /proc/cpuinfo; then
+    echo "## moxin bench, MOXIN_CPU_KERNELS=amx (vision and prefill)"
+    MOXIN_CPU_KERNELS=amx ./build/src/cli/moxin bench --model "$model" --device cpu --threads "$threads" \
+      --context 256 --prefill-tokens 256 --decode-steps 1 --runs 1 2>&1
+  fi
   for table in avx512 avx2; do
     echo "## moxin bench, MOXIN_CPU_KERNELS=$table"
     MOXIN_CPU_KERNELS=$table ./build/src/cli/moxin bench --model "$model" --device cpu --threads "$threads" \

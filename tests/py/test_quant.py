@@ -26,7 +26,7 @@ from safetensors.torch import save_file
 import reference_vlm
 from conftest import run_moxin
 from quant_models import logit_stats, random_ids, teacher_forced_logits, tiny_quant_model
-from test_parity import DEVICES, rel_tol_for
+from test_parity import DEVICES, needs_bf16_reference, rel_tol_for
 
 LINEARS = ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj",
            "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj")
@@ -230,7 +230,7 @@ def test_engine_matches_reference_on_dequantized_weights(moxin_bin, tiny_model, 
     question = random_question(rng)
     ref_dir = dequantized_checkpoint(tiny_model, quantized[bits, group], bits, group, tmp_path / "dequantized")
     ref = reference_vlm.run(reference_vlm.load_reference(str(ref_dir)), None, [question], 1)
-    bf16_ref = None if device == "cpu" else reference_vlm.run(
+    bf16_ref = None if not needs_bf16_reference(device) else reference_vlm.run(
         reference_vlm.load_reference(str(ref_dir), dtype=torch.bfloat16), None, [question], 1)
     rel_tol = rel_tol_for(device, "logits_last", ref, bf16_ref)
     stored = tmp_path / "stored.safetensors"

@@ -22,7 +22,7 @@ from safetensors.torch import load_file as load_torch, save_file
 import reference_vlm
 from conftest import run_moxin
 from quant_models import tiny_quant_model
-from test_parity import DEVICES, rel_tol_for
+from test_parity import DEVICES, needs_bf16_reference, rel_tol_for
 from test_quant import f32_checkpoint, quantized_names, random_question, rel_err
 
 FP8_CONFIG = {"quant_method": "fp8", "weight_scale": "per_channel"}
@@ -122,7 +122,7 @@ def test_engine_matches_reference_on_fp8_weights(moxin_bin, tiny_model, fp8_mode
     question = random_question(np.random.default_rng(seed))
     ref_dir = fp8_rounded_checkpoint(tiny_model, fp8_model, tmp_path / "rounded")
     ref = reference_vlm.run(reference_vlm.load_reference(str(ref_dir)), None, [question], 1)
-    bf16_ref = None if device == "cpu" else reference_vlm.run(
+    bf16_ref = None if not needs_bf16_reference(device) else reference_vlm.run(
         reference_vlm.load_reference(str(ref_dir), dtype=torch.bfloat16), None, [question], 1)
     rel_tol = rel_tol_for(device, "logits_last", ref, bf16_ref)
     stored = tmp_path / "stored.safetensors"

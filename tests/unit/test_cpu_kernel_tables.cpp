@@ -1,8 +1,9 @@
 // The kernel tables the CPU backend can run: each ISA's table is listed exactly when this CPU
 // has the ISA (so every op test, which loops over supported_kernels(), runs every path the
-// machine can), and the fastest is the default.
+// machine can), and the fastest that computes in f32 is the default.
 #include "test_cpu_common.hpp"
 #include "backend/cpu/cpu_features.hpp"
+#include "backend/cpu/cpu_matmul_amx.hpp"
 
 #if defined(__aarch64__) && defined(__linux__)
 #include <sys/auxv.h>
@@ -24,6 +25,9 @@ TEST(CpuKernelTables, ListsEveryTableThisCpuRuns) {
             __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && cpu::cpu_has_f16c());
   EXPECT_EQ(listed("avx512"), __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
                                   __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("fma"));
+  EXPECT_EQ(listed("amx"), listed("avx512") && cpu::amx_bf16_supported());
+#else
+  EXPECT_FALSE(listed("amx"));
 #endif
 #if defined(__aarch64__) && defined(__linux__)
   EXPECT_EQ(listed("neon"), (getauxval(AT_HWCAP) & HWCAP_ASIMD) != 0);
@@ -43,9 +47,12 @@ TEST(CpuKernelTables, TilesFitTheGemmBlocking) {
   }
 }
 
-TEST(CpuKernelTables, DefaultIsTheFastest) {
+TEST(CpuKernelTables, DefaultIsTheFastestInF32) {
   if (std::getenv("MOXIN_CPU_KERNELS")) GTEST_SKIP() << "MOXIN_CPU_KERNELS picks the table";
-  EXPECT_STREQ(cpu::best_kernels().name, cpu::supported_kernels().back()->name);
+  const std::vector<const cpu::Kernels*> tables = cpu::supported_kernels();
+  const cpu::Kernels* expected = tables.back()->bf16_tile_matmul ? tables[tables.size() - 2] : tables.back();
+  EXPECT_STREQ(cpu::best_kernels().name, expected->name);
+  EXPECT_EQ(cpu::best_kernels().bf16_tile_matmul, nullptr);
   EXPECT_NE(create_cpu_backend(1)->name().find(cpu::best_kernels().name), std::string::npos);
 }
 

@@ -114,7 +114,8 @@ const Kernels* neon_kernels();
 const Kernels* amx_kernels();
 // Every table this build and CPU can run, portable first, fastest last.
 std::vector<const Kernels*> supported_kernels();
-// The fastest table this CPU runs; MOXIN_CPU_KERNELS=generic, avx2, avx512, amx or neon forces one (an
+// The fastest table this CPU runs that computes in f32 (not amx, whose GEMM rounds activations to
+// bf16 and so depends on a step's row count); MOXIN_CPU_KERNELS=generic, avx2, avx512, amx or neon forces one (an
 // error if this CPU cannot run it).
 const Kernels& best_kernels();
 
