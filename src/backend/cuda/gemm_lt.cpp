@@ -112,18 +112,18 @@ std::unique_ptr<LtGemm::Plan> LtGemm::make_plan(const Key& key) {
 
 void LtGemm::run(const uint16_t* a, const uint16_t* w, const float* bias, float* y, int m, int n,
                  int k, cudaStream_t stream) {
-  const Plan& p = plan({m, n, k, bias != nullptr, alignment(a), alignment(w), alignment(y),
-                        bias ? alignment(bias) : 16, false});
-  if (bias)
-    MOXIN_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(p.desc, CUBLASLT_MATMUL_DESC_BIAS_POINTER,
-                                                      &bias, sizeof(bias)));
-  matmul(p, a, w, y, stream);
+  run_with_bias(a, w, bias, y, false, m, n, k, stream);
 }
 
 void LtGemm::run_bf16_out(const uint16_t* a, const uint16_t* w, const float* bias, uint16_t* y, int m, int n,
                           int k, cudaStream_t stream) {
+  run_with_bias(a, w, bias, y, true, m, n, k, stream);
+}
+
+void LtGemm::run_with_bias(const uint16_t* a, const uint16_t* w, const float* bias, void* y, bool y_bf16, int m,
+                           int n, int k, cudaStream_t stream) {
   const Plan& p = plan({m, n, k, bias != nullptr, alignment(a), alignment(w), alignment(y),
-                        bias ? alignment(bias) : 16, true});
+                        bias ? alignment(bias) : 16, y_bf16});
   if (bias)
     MOXIN_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(p.desc, CUBLASLT_MATMUL_DESC_BIAS_POINTER,
                                                       &bias, sizeof(bias)));

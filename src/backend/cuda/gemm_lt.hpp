@@ -46,6 +46,9 @@ class LtGemm {
   const Plan& plan(const Key& key);  // throws where cuBLASLt has no algorithm
   const Plan* find_plan(const Key& key);
   std::unique_ptr<Plan> make_plan(const Key& key);
+  // run / run_bf16_out: y (f32, or bf16 where y_bf16) with the plan for this shape and alignment.
+  void run_with_bias(const uint16_t* a, const uint16_t* w, const float* bias, void* y, bool y_bf16, int m, int n,
+                     int k, cudaStream_t stream);
   // y = w * a with the plan's descriptors (beta 0, so C is D).
   void matmul(const Plan& p, const void* a, const void* w, void* y, cudaStream_t stream);
   const Plan& fp8_plan(int m, int n, int k);
