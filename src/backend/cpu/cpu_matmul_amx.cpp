@@ -16,6 +16,7 @@
 #include <memory>
 #include <vector>
 
+#include "core/check.hpp"
 #include "core/thread_pool.hpp"
 
 #if defined(__x86_64__) && defined(__linux__) && (defined(__GNUC__) || defined(__clang__))
@@ -145,6 +146,8 @@ int64_t matmul_amx_bf16(ThreadPool* pool, int64_t M, const float* x, int64_t ldx
     std::unique_ptr<uint32_t, decltype(&std::free)> xv(
         static_cast<uint32_t*>(std::aligned_alloc(64, sizeof(uint32_t) * static_cast<size_t>(pairs * ldxv))),
         &std::free);
+    MOXIN_CHECK(xv != nullptr, "[cpu] matmul: out of memory for the ", pairs * ldxv * 4,
+                " bytes of bf16 activation pairs of the AMX GEMM");
     const auto pack = [&](int64_t p0, int64_t p1) { pack_pairs(x, ldx, m0, mc, p0 * 16, std::min(pairs, p1 * 16), xv.get(), ldxv); };
     const auto compute = [&](int64_t c0, int64_t c1) {
       std::vector<float> scratch(static_cast<size_t>(kChunkCols * ldxv));
