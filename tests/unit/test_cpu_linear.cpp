@@ -87,7 +87,7 @@ TEST(CpuLinear, MatchesReferenceOnAwkwardShapes) {
       }
 }
 
-// The amx table's GEMM (bf16 weights, in-features a multiple of 32, beyond gemv_max_rows rows):
+// The amx table's GEMM (bf16 weights, at least 32 in-features, beyond gemv_max_rows rows):
 // activations rounded to bf16, products summed in f32 on the tiles, for the leading multiple of
 // 32 output columns; the f32 GEMM takes the rest from the exact activations. Against a reference
 // on the rounded activations the error is f32 accumulation; against the exact ones, bf16's.
@@ -101,6 +101,8 @@ TEST(CpuLinear, AmxTilesMultiplyBf16RoundedActivations) {
       {200, 45, 96},                     // rows not a multiple of 32; 13 columns for the f32 GEMM
       {300, 300, 544},                   // input blocks of 256 and a part block; several column chunks
       {600, 64, 64},                     // two passes of activation rows
+      {150, 64, 80},                     // 16 in-features past the tiles (SigLIP's fc2: 4304)
+      {140, 40, 45},                     // an odd number of them
   };
   for (const Shape& s : shapes)
     for (bool with_bias : {false, true}) {

@@ -6,7 +6,8 @@
 // The product is formed transposed, y^T = W x^T: a W tile is 16 weight rows x 32 inputs, which is
 // W's own row-major layout (tileloadd with the row stride: no packing of the weights), and the
 // activations take the pair layout of the second operand (xv[k / 2][m] = x[m][k], x[m][k + 1] as
-// two bf16), packed once per call. Each work item owns kChunkCols output columns: for every
+// two bf16), packed once per call; in-features past the last multiple of 32 join in f32 on the
+// scratch. Each work item owns kChunkCols output columns: for every
 // kKb-input block its 32 x 32 tile blocks accumulate in an f32 scratch (16 KB of W and 16 KB of
 // xv per block, L1-sized), then the scratch is transposed into y with the bias.
 #include "backend/cpu/cpu_matmul_amx.hpp"
@@ -16,6 +17,7 @@
 #include <memory>
 #include <vector>
 
+#include "core/bf16.hpp"
 #include "core/check.hpp"
 #include "core/thread_pool.hpp"
 
@@ -114,19 +116,29 @@ void tile_block(const uint16_t* w, int64_t ldw, const uint32_t* xv, int64_t ldxv
   _tile_stored(3, c + 16 * ldc + 16, c_stride);
 }
 
-// Output columns [n0, n0 + nc) (nc a multiple of 32) of activation rows m0 .. m0 + mc.
-void chunk(const WeightView& w, const uint32_t* xv, int64_t ldxv, int64_t m0, int64_t mc, int64_t n0, int64_t nc,
-           const float* bias, float* y, int64_t ldy, float* scratch) {
+// Output columns [n0, n0 + nc) (nc a multiple of 32) of activation rows m0 .. m0 + mc: the
+// first tiled_k inputs on the tiles, then the rest (fewer than 32: a tile row cannot stop short
+// of 64 bytes, and reconfiguring the tiles would zero them) one by one in f32 on the scratch from
+// x_tail ([k][ldxv], the rounded activations), each in the same order whatever the rows.
+void chunk(const WeightView& w, int64_t tiled_k, const uint32_t* xv, const float* x_tail, int64_t ldxv, int64_t m0,
+           int64_t mc, int64_t n0, int64_t nc, const float* bias, float* y, int64_t ldy, float* scratch) {
   const auto* wd = static_cast<const uint16_t*>(w.data);
-  for (int64_t k0 = 0; k0 < w.cols; k0 += kKb) {
-    const int64_t kb = std::min(kKb, w.cols - k0);
+  for (int64_t k0 = 0; k0 < tiled_k; k0 += kKb) {
+    const int64_t kb = std::min(kKb, tiled_k - k0);
     for (int64_t n = 0; n < nc; n += 32)
       for (int64_t m = 0; m < ldxv; m += 32)
         tile_block(wd + (n0 + n) * w.ld, w.ld, xv + m, ldxv, k0, kb, scratch + n * ldxv + m, ldxv, k0 == 0);
   }
   for (int64_t n = 0; n < nc; ++n) {
+    float* column = scratch + n * ldxv;
+    const uint16_t* w_tail = wd + (n0 + n) * w.ld + tiled_k;
+    for (int64_t k = 0; k < w.cols - tiled_k; ++k) {
+      const __m512 weight = _mm512_set1_ps(bf16_to_f32(w_tail[k]));
+      for (int64_t m = 0; m < ldxv; m += 16)
+        _mm512_storeu_ps(column + m, _mm512_fmadd_ps(_mm512_loadu_ps(x_tail + k * ldxv + m), weight,
+                                                     _mm512_loadu_ps(column + m)));
+    }
     const float b = bias ? bias[n0 + n] : 0.0f;
-    const float* column = scratch + n * ldxv;
     for (int64_t m = 0; m < mc; ++m) y[(m0 + m) * ldy + n0 + n] = column[m] + b;
   }
 }
@@ -135,11 +147,10 @@ void chunk(const WeightView& w, const uint32_t* xv, int64_t ldxv, int64_t m0, in
 
 int64_t matmul_amx_bf16(ThreadPool* pool, int64_t M, const float* x, int64_t ldx, const WeightView& w,
                         const float* bias, float* y, int64_t ldy) {
-  if (!amx_bf16_supported() || w.dtype != DType::BF16 || w.cols % 32 != 0 || M <= 0) return 0;
-  const int64_t columns = w.rows / 32 * 32;
-  if (columns == 0) return 0;
+  const int64_t columns = w.rows / 32 * 32, tiled_k = w.cols / 32 * 32, tail_k = w.cols - tiled_k;
+  if (!amx_bf16_supported() || w.dtype != DType::BF16 || columns == 0 || tiled_k == 0 || M <= 0) return 0;
   const int64_t chunks = (columns + kChunkCols - 1) / kChunkCols;
-  const int64_t pairs = w.cols / 2;
+  const int64_t pairs = tiled_k / 2;
   for (int64_t m0 = 0; m0 < M; m0 += kMc) {
     const int64_t mc = std::min(kMc, M - m0);
     const int64_t ldxv = (mc + 31) / 32 * 32;
@@ -148,13 +159,19 @@ int64_t matmul_amx_bf16(ThreadPool* pool, int64_t M, const float* x, int64_t ldx
         &std::free);
     MOXIN_CHECK(xv != nullptr, "[cpu] matmul: out of memory for the ", pairs * ldxv * 4,
                 " bytes of bf16 activation pairs of the AMX GEMM");
+    // The inputs past tiled_k, rounded as the tiles' are, activation rows side by side.
+    std::vector<float> x_tail(static_cast<size_t>(tail_k * ldxv), 0.0f);
+    for (int64_t k = 0; k < tail_k; ++k)
+      for (int64_t m = 0; m < mc; ++m)
+        x_tail[static_cast<size_t>(k * ldxv + m)] = bf16_to_f32(f32_to_bf16(x[(m0 + m) * ldx + tiled_k + k]));
     const auto pack = [&](int64_t p0, int64_t p1) { pack_pairs(x, ldx, m0, mc, p0 * 16, std::min(pairs, p1 * 16), xv.get(), ldxv); };
     const auto compute = [&](int64_t c0, int64_t c1) {
       std::vector<float> scratch(static_cast<size_t>(kChunkCols * ldxv));
       configure_tiles();
       for (int64_t c = c0; c < c1; ++c) {
         const int64_t n0 = c * kChunkCols;
-        chunk(w, xv.get(), ldxv, m0, mc, n0, std::min(kChunkCols, columns - n0), bias, y, ldy, scratch.data());
+        chunk(w, tiled_k, xv.get(), x_tail.data(), ldxv, m0, mc, n0, std::min(kChunkCols, columns - n0), bias, y,
+              ldy, scratch.data());
       }
       _tile_release();
     };

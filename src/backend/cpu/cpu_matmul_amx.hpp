@@ -17,8 +17,9 @@ bool amx_bf16_supported();
 
 // y[m * ldy + n] = bias[n] + sum_k bf16(x[m * ldx + k]) * W[n, k] for m < M and the leading
 // columns n it returns (W.rows rounded down to a multiple of 32; 0, having written nothing,
-// where AMX is not supported, W is not bf16 or its in-features are not a multiple of 32). The
-// activations are rounded to bf16 (nearest even); the products are summed in f32 by the tiles.
+// where AMX is not supported, W is not bf16 or has fewer than 32 in-features). The activations
+// are rounded to bf16 (nearest even); the products are summed in f32 by the tiles (the inputs
+// past the last multiple of 32 by f32 FMAs after them).
 int64_t matmul_amx_bf16(ThreadPool* pool, int64_t M, const float* x, int64_t ldx, const WeightView& w,
                         const float* bias, float* y, int64_t ldy);
 
