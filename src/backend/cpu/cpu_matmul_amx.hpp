@@ -5,10 +5,6 @@
 
 #include "backend/cpu/cpu_kernels.hpp"
 
-namespace moxin {
-class ThreadPool;
-}
-
 namespace moxin::cpu {
 
 // Whether this build, CPU and kernel run AMX bf16 tiles (AMX-TILE, AMX-BF16 and AVX512-BF16, and
