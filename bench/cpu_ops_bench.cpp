@@ -236,7 +236,7 @@ BENCHMARK(BM_Gemm)
     ->Args({4096, 14336, 256, 3})
     ->Args({4096, 1024, 257, 3})
     ->Args({4304, 1152, 256, 3})
-    ->ArgsProduct({{14336}, {4096}, {32, 64, 128, 129}, {1, 2, 3}})  // either side of each table's gemv_max_rows
+    ->ArgsProduct({{14336}, {4096}, {1, 2, 4, 5, 8, 16, 32, 64, 128, 129}, {1, 2, 3}})  // either side of each table's gemv_max_rows
     ->UseRealTime()
     ->Unit(benchmark::kMillisecond);
 

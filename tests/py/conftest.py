@@ -80,3 +80,20 @@ def run_moxin(binary, *args, check=True, input_bytes=None, timeout=600):
     if check and out.returncode != 0:
         raise AssertionError(f"moxin {' '.join(map(str, args))} failed ({out.returncode}):\n{out.stderr}")
     return out
+
+
+def fastest_cpu_table_by_cpuinfo():
+    """The CPU kernel table the CPU's flags (the kernel's view, independent of ours) call for:
+    what `moxin` runs by default on x86-64 Linux."""
+    with open("/proc/cpuinfo") as f:
+        flags = set(next((line.split(":", 1)[1].split() for line in f if line.startswith("flags")), []))
+    if {"avx512f", "avx512bw", "avx512vl", "fma"} <= flags:
+        return "amx" if {"amx_tile", "amx_bf16", "avx512_bf16"} <= flags else "avx512"
+    if {"avx2", "fma", "f16c"} <= flags:
+        return "avx2"
+    return "generic"
+
+
+def cpu_kernel_table():
+    """The table `moxin` runs on this machine: MOXIN_CPU_KERNELS's, else the fastest."""
+    return os.environ.get("MOXIN_CPU_KERNELS") or fastest_cpu_table_by_cpuinfo()

@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from conftest import fresh_tiny_model, run_moxin
+from conftest import fastest_cpu_table_by_cpuinfo, fresh_tiny_model, run_moxin
 
 
 @pytest.fixture(scope="module")
@@ -24,20 +24,9 @@ def test_forced_table_runs_and_is_named(moxin_bin, tiny_model, monkeypatch):
     assert "generic kernels" in bench_device(moxin_bin, tiny_model)
 
 
-def fastest_table_by_cpuinfo():
-    """The table the CPU's flags (the kernel's view, independent of ours) call for."""
-    with open("/proc/cpuinfo") as f:
-        flags = next((line.split(":", 1)[1].split() for line in f if line.startswith("flags")), [])
-    if {"avx512f", "avx512bw", "avx512vl", "fma"} <= set(flags):
-        return "avx512"
-    if {"avx2", "fma", "f16c"} <= set(flags):
-        return "avx2"
-    return "generic"
-
-
 def test_default_is_the_fastest_table_of_this_cpu(moxin_bin, tiny_model, monkeypatch):
     monkeypatch.delenv("MOXIN_CPU_KERNELS", raising=False)
-    assert f"({fastest_table_by_cpuinfo()} kernels" in bench_device(moxin_bin, tiny_model)
+    assert f"({fastest_cpu_table_by_cpuinfo()} kernels" in bench_device(moxin_bin, tiny_model)
 
 
 def test_unknown_table_is_refused(moxin_bin, tiny_model, monkeypatch):

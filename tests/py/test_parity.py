@@ -10,8 +10,8 @@ with tests/py/reference_vlm.py computing in float32 on the same stored bf16 weig
 Devices: MOXIN_PARITY_DEVICES=cpu,cuda (default cpu; CI has no GPU, the GPU machine runs cuda).
 Tolerances per device:
 - cpu: f32 activations, f32 accumulation over the bf16 weights: REL_TOL 1e-4, GAP_TOL 1e-4; except
-  with MOXIN_CPU_KERNELS=amx (Intel AMX: GEMMs of more than 128 rows on bf16 tiles, their inputs
-  rounded to bf16): then the cuda rule below.
+  with the amx table (the default on CPUs with Intel AMX: the bf16 weights multiply activations
+  rounded to bf16, GEMMs of more than 128 rows on bf16 tiles): then the cuda rule below.
 - cuda: f32 activations between ops, but GEMMs with more than 8 rows (vision, projector,
   prefill) and the prefill/ViT attention tiles run on bf16 tensor cores, rounding their inputs
   to bf16 (8 significant bits), and the KV cache holds bf16. How far that moves a random model's
@@ -38,7 +38,7 @@ from PIL import Image
 from safetensors.numpy import load_file
 from safetensors.torch import load_file as load_torch_file
 
-from conftest import fresh_tiny_model, run_moxin
+from conftest import cpu_kernel_table, fresh_tiny_model, run_moxin
 
 sys.path.insert(0, str(pathlib.Path(__file__).parent))
 import reference_vlm  # noqa: E402
@@ -46,8 +46,8 @@ import reference_vlm  # noqa: E402
 
 
 def cpu_runs_amx():
-    """Whether `moxin` runs the amx kernel table here: only when asked for (MOXIN_CPU_KERNELS=amx)."""
-    return os.environ.get("MOXIN_CPU_KERNELS") == "amx"
+    """Whether `moxin` runs the amx kernel table here (the default where the CPU has AMX)."""
+    return cpu_kernel_table() == "amx"
 
 
 # device -> (REL_TOL, GAP_TOL); None: PyTorch bf16's error on the same case (see above)

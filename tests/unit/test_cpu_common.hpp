@@ -104,7 +104,7 @@ struct BackendCase {
 };
 
 // Every table that computes in f32 (amx's GEMM rounds activations to bf16; its other kernels are
-// avx512's: CpuLinear.AmxTilesMultiplyBf16RoundedActivations tests it), at 1 and 2 threads.
+// avx512's: CpuLinear.AmxTableMultipliesBf16RoundedActivationsAtEveryRowCount tests it), at 1 and 2 threads.
 inline std::vector<BackendCase> backend_cases() {
   std::vector<BackendCase> cases;
   for (const cpu::Kernels* k : cpu::supported_kernels())

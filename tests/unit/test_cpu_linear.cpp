@@ -87,17 +87,20 @@ TEST(CpuLinear, MatchesReferenceOnAwkwardShapes) {
       }
 }
 
-// The amx table's GEMM (bf16 weights, at least 32 in-features, beyond gemv_max_rows rows):
-// activations rounded to bf16, products summed in f32 on the tiles, for the leading multiple of
-// 32 output columns; the f32 GEMM takes the rest from the exact activations. Against a reference
-// on the rounded activations the error is f32 accumulation; against the exact ones, bf16's.
-TEST(CpuLinear, AmxTilesMultiplyBf16RoundedActivations) {
+// The amx table's linear of bf16 weights at every row count: activations rounded to bf16,
+// products summed in f32 on the tiles for the leading multiple of 32 output columns, the f32 GEMM
+// taking the rest from the same rounded activations. Against a reference on the rounded
+// activations the error is f32 accumulation; against the exact ones, bf16's.
+TEST(CpuLinear, AmxTableMultipliesBf16RoundedActivationsAtEveryRowCount) {
   const cpu::Kernels* amx = cpu::amx_kernels();
   if (amx == nullptr) GTEST_SKIP() << "this CPU (or kernel) runs no AMX bf16 tiles";
   Random rng(test_seed());
   constexpr double kBf16ActivationTolerance = 4e-3;  // ~2^-9 / sqrt(3) per product, with room
   const std::vector<Shape> shapes{
-      {amx->gemv_max_rows + 1, 32, 32},  // the smallest tile GEMM
+      {1, 40, 45},                       // a decode row: on the tiles too
+      {16, 64, 96},                      // the most rows of the one-xv-tile decode blocks
+      {17, 32, 32},                      // the fewest of the two-tile ones
+      {40, 96, 288},                     // a decode batch: each W block streams all its input blocks
       {200, 45, 96},                     // rows not a multiple of 32; 13 columns for the f32 GEMM
       {300, 300, 544},                   // input blocks of 256 and a part block; several column chunks
       {600, 64, 64},                     // two passes of activation rows
@@ -123,33 +126,26 @@ TEST(CpuLinear, AmxTilesMultiplyBf16RoundedActivations) {
         backend.linear(backend.from_host_f32(x.data(), {s.M, s.K}), l, y);
         const std::vector<float> got = host(backend, y);
         ASSERT_TRUE(all_finite(got)) << what << ": some output is not finite (unwritten?)";
-        // Columns [0, tiled) from the tiles, the rest from the f32 GEMM.
-        const int64_t tiled = s.N / 32 * 32;
-        std::vector<float> got_tiled, got_rest;
-        std::vector<double> ref_tiled, ref_tiled_exact, ref_rest;
-        for (int64_t m = 0; m < s.M; ++m)
-          for (int64_t n = 0; n < s.N; ++n) {
-            const size_t i = static_cast<size_t>(m * s.N + n);
-            if (n < tiled) {
-              got_tiled.push_back(got[i]);
-              ref_tiled.push_back(ref_rounded[i]);
-              ref_tiled_exact.push_back(ref_exact[i]);
-            } else {
-              got_rest.push_back(got[i]);
-              ref_rest.push_back(ref_exact[i]);
-            }
-          }
-        EXPECT_LE(relative_error(got_tiled, ref_tiled), kF32Tolerance) << what << ", " << threads << " threads";
-        EXPECT_LE(relative_error(got_tiled, ref_tiled_exact), kBf16ActivationTolerance) << what;
-        EXPECT_GT(relative_error(got_tiled, ref_tiled_exact), relative_error(got_tiled, ref_tiled))
-            << what << ": the tiled columns look unrounded (is the f32 GEMM running them?)";
-        if (!got_rest.empty()) {
-          EXPECT_LE(relative_error(got_rest, ref_rest), kF32Tolerance) << what;
-        }
+        // Whichever kernel took a column (GEMV, tiles, the f32 GEMM's leftover columns), it
+        // multiplied the rounded activations and summed in f32.
+        EXPECT_LE(relative_error(got, ref_rounded), kF32Tolerance) << what << ", " << threads << " threads";
+        EXPECT_LE(relative_error(got, ref_exact), kBf16ActivationTolerance) << what;
+        EXPECT_GT(relative_error(got, ref_exact), relative_error(got, ref_rounded))
+            << what << ": the output looks computed from unrounded activations";
         if (!previous.empty()) {
           EXPECT_TRUE(previous == got) << what << ": 1 and 2 threads differ";
         }
         previous = got;
+      }
+      // A row alone gives the very bits it gets among the others (the server's batch invariance).
+      cpu::CpuBackend backend(2, *amx);
+      const Linear l = backend.prepare_linear(linear_weight(*w, with_bias ? b.get() : nullptr, s.N, s.K));
+      for (int64_t m : {int64_t{0}, s.M - 1}) {
+        Tensor y = poisoned(backend, {1, s.N});
+        backend.linear(backend.from_host_f32(x.data() + m * s.K, {1, s.K}), l, y);
+        const std::vector<float> alone = host(backend, y);
+        EXPECT_TRUE(std::equal(alone.begin(), alone.end(), previous.begin() + m * s.N))
+            << what << ": row " << m << " alone differs from the same row in the batch";
       }
     }
 }

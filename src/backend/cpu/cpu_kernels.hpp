@@ -96,9 +96,10 @@ struct Kernels {
   // out[i] = E4M3 value of codes[i] * scale (the FP8 KV cache's rows, src/core/fp8_kv.hpp):
   // the same bits as moxin::widen_e4m3. Codes are never NaN (0x7F, 0xFF).
   void (*widen_e4m3)(const uint8_t* codes, int64_t n, float scale, float* out);
-  // The GEMM of bf16 weights beyond gemv_max_rows rows on a matrix engine, or null: writes the
-  // leading columns of y it returns (cpu_matmul_amx.hpp), the f32 GEMM the rest. It rounds the
-  // activations to bf16, so only a table named for it ("amx") has one.
+  // The linear of bf16 weights on a matrix engine, or null: at every row count (the GEMV and
+  // gemv_max_rows then serve only other weight dtypes), writing the leading columns of y it
+  // returns (cpu_matmul_amx.hpp), the f32 GEMM the rest. It rounds the activations to bf16, so
+  // only a table named for it ("amx") has one.
   int64_t (*bf16_tile_matmul)(ThreadPool* pool, int64_t M, const float* x, int64_t ldx, const WeightView& w,
                               const float* bias, float* y, int64_t ldy);
 };
@@ -114,9 +115,9 @@ const Kernels* neon_kernels();
 const Kernels* amx_kernels();
 // Every table this build and CPU can run, portable first, fastest last.
 std::vector<const Kernels*> supported_kernels();
-// The fastest table this CPU runs that computes in f32 (not amx, whose GEMM rounds activations to
-// bf16 and so depends on a step's row count); MOXIN_CPU_KERNELS=generic, avx2, avx512, amx or neon forces one (an
-// error if this CPU cannot run it).
+// The fastest table this CPU runs (amx where it has the tiles: bf16 weights then multiply
+// bf16-rounded activations, as in PyTorch's bf16 model); MOXIN_CPU_KERNELS=generic, avx2, avx512,
+// amx or neon forces one (an error if this CPU cannot run it; avx512 keeps the activations in f32).
 const Kernels& best_kernels();
 
 }  // namespace moxin::cpu

@@ -35,12 +35,7 @@ const Kernels& best_kernels() {
   static const Kernels& chosen = []() -> const Kernels& {
     const std::vector<const Kernels*> tables = supported_kernels();
     const char* forced = std::getenv("MOXIN_CPU_KERNELS");
-    if (!forced || !*forced) {
-      // The fastest table that keeps every product in f32 (rows' results independent of how many
-      // rows a step batches: the server's batch invariance); amx is asked for by name.
-      for (auto k = tables.rbegin(); k != tables.rend(); ++k)
-        if ((*k)->bf16_tile_matmul == nullptr) return **k;
-    }
+    if (!forced || !*forced) return *tables.back();
     std::string names;
     for (const Kernels* k : tables) {
       if (std::string_view(forced) == k->name) return *k;

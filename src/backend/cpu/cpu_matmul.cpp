@@ -4,7 +4,9 @@
 #include <cstdlib>
 #include <cstring>
 #include <memory>
+#include <vector>
 
+#include "backend/cpu/cpu_matmul_amx.hpp"
 #include "core/check.hpp"
 #include "core/thread_pool.hpp"
 
@@ -87,7 +89,13 @@ void matmul(const Kernels& kernels, ThreadPool* pool, int64_t M, const float* x,
       for (int64_t n = 0; n < N; ++n) y[m * ldy + n] = bias ? bias[n] : 0.0f;
     return;
   }
-  if (M <= kernels.gemv_max_rows) {
+  // A table with a bf16 matrix engine takes bf16 weights on its tiles at every row count: each
+  // output then sums the same rounded products in one order however many rows its step batches
+  // (the server's batch invariance), and from 8 rows up the tiles outrun the GEMV (1 row: within
+  // 4%). Columns the tiles leave (past the last multiple of 32) get the f32 GEMM on rounded copies
+  // of the activations, so they too multiply what the tiles would.
+  const bool on_tiles = kernels.bf16_tile_matmul != nullptr && w.dtype == DType::BF16;
+  if (!on_tiles && M <= kernels.gemv_max_rows) {
     // Groups of 8 rows (the GEMV register tile); a chunk streams at least 64K weights.
     constexpr int64_t kGroup = 8;
     const int64_t groups = (N + kGroup - 1) / kGroup;
@@ -103,8 +111,15 @@ void matmul(const Kernels& kernels, ThreadPool* pool, int64_t M, const float* x,
     return;
   }
   // The columns a matrix engine took, if the table has one; the f32 GEMM takes the rest.
-  const int64_t done = kernels.bf16_tile_matmul ? kernels.bf16_tile_matmul(pool, M, x, ldx, w, bias, y, ldy) : 0;
+  const int64_t done = on_tiles ? kernels.bf16_tile_matmul(pool, M, x, ldx, w, bias, y, ldy) : 0;
   if (done == N) return;
+  std::vector<float> rounded;
+  if (on_tiles) {
+    rounded.resize(static_cast<size_t>(M * w.cols));
+    round_rows_to_bf16(pool, M, x, ldx, w.cols, rounded.data());
+    x = rounded.data();
+    ldx = w.cols;
+  }
   const int64_t nr = kernels.gemm_nr;
   const int64_t panels = (N - done + nr - 1) / nr;
   const auto columns = [&](int64_t p0, int64_t p1) {
