@@ -268,14 +268,20 @@ TEST_F(CudaLinear, Bf16OutputAddsTheBiasThenRoundsOnce) {
                                 {int64_t{randint(65, 400)}, 8 * int64_t{randint(1, 64)}, 8 * int64_t{randint(1, 128)}}}) {
     const std::string what = cat("M=", m, " N=", n, " K=", k);
     HostTensor w = host_tensor("w", {n, k}, DType::BF16, true, 0.05f);
-    HostTensor b = host_tensor("b", {n}, DType::F32, false, 0.5f);
-    const Linear prepared = prepare(w, &b);
-    ASSERT_EQ(backend().linear_input_dtype(prepared, m), DType::BF16) << what;
     const std::vector<float> x = randn(static_cast<size_t>(m * k));
     Tensor y = backend().empty({m, n}, DType::BF16);
+    // A bias stored as f32 is not written into a bf16-output GEMM (its epilogue reads bf16).
+    HostTensor b_f32 = host_tensor("b", {n}, DType::F32, false, 0.5f);
+    const Linear f32_bias = prepare(w, &b_f32);
+    EXPECT_EQ(backend().vit_attention_input_dtype(f32_bias, m), DType::F32) << what;
+    EXPECT_THROW(backend().linear(upload_bf16(x, {m, k}), f32_bias, y), Error) << what;
+    // A bf16 bias, as checkpoints store it: added exactly.
+    HostTensor b = host_tensor("b", {n}, DType::BF16, false, 0.5f);
+    const Linear prepared = prepare(w, &b);
+    ASSERT_EQ(backend().linear_input_dtype(prepared, m), DType::BF16) << what;
     if (backend().vit_attention_input_dtype(prepared, m) != DType::BF16) {
       EXPECT_THROW(backend().linear(upload_bf16(x, {m, k}), prepared, y), Error) << what;
-      std::printf("RESULT linear bf16 output %s: cuBLASLt offers no bf16-output algorithm with an f32 bias\n",
+      std::printf("RESULT linear bf16 output %s: cuBLASLt offers no bf16-output algorithm with a bf16 bias\n",
                   what.c_str());
       continue;
     }
@@ -296,7 +302,7 @@ TEST_F(CudaLinear, Bf16OutputAddsTheBiasThenRoundsOnce) {
       other_way += got[i] == round_bf16(static_cast<float>(ref[i])) ? 0 : 1;
     }
     EXPECT_LE(other_way, got.size() / 100) << what << ": too many outputs rounded away from the nearest";
-    std::printf("RESULT linear bf16 output + f32 bias %s: %zu of %zu rounded the other way (sums near a midpoint)\n",
+    std::printf("RESULT linear bf16 output + bf16 bias %s: %zu of %zu rounded the other way (sums near a midpoint)\n",
                 what.c_str(), other_way, got.size());
   }
   // An f32 x cannot feed a bf16 y (the projection writes bf16 only from the bf16 it multiplies).

@@ -251,21 +251,32 @@ Linear CudaBackend::prepare_fused_linear(const std::vector<const LinearWeight*>&
     out += part->out_features;
     any_bias = any_bias || part->bias != nullptr;
   }
+  const bool biases_bf16 = std::all_of(parts.begin(), parts.end(), [](const LinearWeight* part) {
+    return part->bias == nullptr || part->bias->dtype == DType::BF16;
+  });
   auto impl = std::make_shared<CudaLinear>();
   impl->weight = device_alloc(context_, static_cast<size_t>(out * in) * 2);
   if (any_bias) {
     impl->bias = device_alloc(context_, static_cast<size_t>(out) * 4);
     MOXIN_CUDA_CHECK(cudaMemsetAsync(impl->bias.get(), 0, static_cast<size_t>(out) * 4, stream()));
+    if (biases_bf16) {
+      impl->bias_bf16 = device_alloc(context_, static_cast<size_t>(out) * 2);
+      MOXIN_CUDA_CHECK(cudaMemsetAsync(impl->bias_bf16.get(), 0, static_cast<size_t>(out) * 2, stream()));
+    }
   }
   int64_t row = 0;
   for (const LinearWeight* part : parts) {
     uploader_->upload(*part->weight, DType::BF16,
                       static_cast<uint8_t*>(impl->weight.get()) + static_cast<size_t>(row * in) * 2,
                       stream());
-    if (part->bias)
+    if (part->bias) {
       uploader_->upload(*part->bias, DType::F32,
                         static_cast<uint8_t*>(impl->bias.get()) + static_cast<size_t>(row) * 4,
                         stream());
+      if (impl->bias_bf16)
+        uploader_->upload(*part->bias, DType::BF16,
+                          static_cast<uint8_t*>(impl->bias_bf16.get()) + static_cast<size_t>(row) * 2, stream());
+    }
     row += part->out_features;
   }
   Linear fused;
@@ -378,7 +389,8 @@ DType CudaBackend::linear_input_dtype(const Linear& w, int64_t rows) const {
 }
 
 bool CudaBackend::writes_bf16_output(const CudaLinear& lw, int64_t m, int64_t n, int64_t k) const {
-  return m > 0 && lw.quant.bits == 0 && !lw.is_fp8() && takes_bf16_activations(lw, m, n, k) &&
+  return m > 0 && lw.quant.bits == 0 && !lw.is_fp8() && (lw.bias == nullptr || lw.bias_bf16 != nullptr) &&
+         takes_bf16_activations(lw, m, n, k) &&
          lanes_.front().gemm->offers_bf16_out(static_cast<int>(m), static_cast<int>(n), static_cast<int>(k),
                                               lw.weight.get(), lw.bias != nullptr);
 }
@@ -401,7 +413,7 @@ void CudaBackend::linear(const Tensor& x, const Linear& w, Tensor& y) {
     MOXIN_CHECK(writes_bf16_output(lw, m, n, k), "[cuda] linear: y is bf16, but this [", n, " x ", k,
                 "] linear writes f32 at ", m, " rows (see Backend::vit_attention_input_dtype)");
     lane().gemm->run_bf16_out(data_of<const bf16_bits>(x), static_cast<const bf16_bits*>(lw.weight.get()),
-                              static_cast<const float*>(lw.bias.get()), data_of<bf16_bits>(y), static_cast<int>(m),
+                              static_cast<const bf16_bits*>(lw.bias_bf16.get()), data_of<bf16_bits>(y), static_cast<int>(m),
                               static_cast<int>(n), static_cast<int>(k), stream());
     return;
   }

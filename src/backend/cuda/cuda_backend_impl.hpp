@@ -49,6 +49,9 @@ std::shared_ptr<void> device_alloc(const std::shared_ptr<DeviceContext>& context
 struct CudaLinear final : LinearImpl {
   std::shared_ptr<void> weight;  // bf16 [out, in]
   std::shared_ptr<void> bias;    // f32 [out] or null
+  // The bias as bf16 [out] where every part stores its bias as bf16 (so exactly), else null: what
+  // a bf16-output GEMM's epilogue reads (writes_bf16_output).
+  std::shared_ptr<void> bias_bf16;
   // Quantized weights (quant.bits != 0, `weight` null): the storage behind quant's pointers.
   QuantMatrix quant;
   std::shared_ptr<void> codes, scale_bias;
@@ -203,7 +206,8 @@ class CudaBackend final : public Backend {
   // Whether this linear at m rows multiplies bf16 activations (a cuBLASLt bf16 GEMM).
   bool takes_bf16_activations(const CudaLinear& w, int64_t m, int64_t n, int64_t k) const;
   // Whether this linear at m rows can write bf16 (a dense cuBLASLt GEMM with a bf16-output
-  // algorithm for the shape, the bias added in f32 before the one rounding).
+  // algorithm for the shape, the bias - exactly bf16, as checkpoints store it - added in f32
+  // before the one rounding).
   bool writes_bf16_output(const CudaLinear& w, int64_t m, int64_t n, int64_t k) const;
   // Whether a fused residual step (cuda_fused_residual.cpp) runs this linear at m rows; the
   // kernel's own pointer checks come on top.

@@ -73,9 +73,10 @@ std::unique_ptr<LtGemm::Plan> LtGemm::make_plan(const Key& key) {
   const cublasLtEpilogue_t epilogue = has_bias ? CUBLASLT_EPILOGUE_BIAS : CUBLASLT_EPILOGUE_DEFAULT;
   MOXIN_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(p->desc, CUBLASLT_MATMUL_DESC_EPILOGUE,
                                                     &epilogue, sizeof(epilogue)));
-  // The bias stays f32 with either output: it is added to the f32 accumulators before any rounding.
+  // The bias is added to the f32 accumulators before any rounding; its type follows the output's
+  // (H200, CUDA 13: no bf16-output algorithm takes an f32 bias).
   if (has_bias) {
-    const cudaDataType_t bias_type = CUDA_R_32F;
+    const cudaDataType_t bias_type = out_bf16 ? CUDA_R_16BF : CUDA_R_32F;
     if (cublasLtMatmulDescSetAttribute(p->desc, CUBLASLT_MATMUL_DESC_BIAS_DATA_TYPE, &bias_type,
                                        sizeof(bias_type)) != CUBLAS_STATUS_SUCCESS)
       return nullptr;
@@ -115,12 +116,12 @@ void LtGemm::run(const uint16_t* a, const uint16_t* w, const float* bias, float*
   run_with_bias(a, w, bias, y, false, m, n, k, stream);
 }
 
-void LtGemm::run_bf16_out(const uint16_t* a, const uint16_t* w, const float* bias, uint16_t* y, int m, int n,
+void LtGemm::run_bf16_out(const uint16_t* a, const uint16_t* w, const uint16_t* bias, uint16_t* y, int m, int n,
                           int k, cudaStream_t stream) {
   run_with_bias(a, w, bias, y, true, m, n, k, stream);
 }
 
-void LtGemm::run_with_bias(const uint16_t* a, const uint16_t* w, const float* bias, void* y, bool y_bf16, int m,
+void LtGemm::run_with_bias(const uint16_t* a, const uint16_t* w, const void* bias, void* y, bool y_bf16, int m,
                            int n, int k, cudaStream_t stream) {
   const Plan& p = plan({m, n, k, bias != nullptr, alignment(a), alignment(w), alignment(y),
                         bias ? alignment(bias) : 16, y_bf16});

@@ -24,9 +24,9 @@ class LtGemm {
   // y[m, n] (row-major f32) = a[m, k] (row-major bf16) * w[n, k]^T (bf16) + bias[n] (f32, or null)
   void run(const uint16_t* a, const uint16_t* w, const float* bias, float* y, int m, int n, int k,
            cudaStream_t stream);
-  // The same with y as bf16, rounded to nearest even once from the f32 accumulators plus the f32
-  // bias (or null).
-  void run_bf16_out(const uint16_t* a, const uint16_t* w, const float* bias, uint16_t* y, int m, int n, int k,
+  // The same with y as bf16, rounded to nearest even once from the f32 accumulators plus the
+  // bias (bf16, or null: cuBLASLt on Hopper offers no bf16-output algorithm with an f32 bias).
+  void run_bf16_out(const uint16_t* a, const uint16_t* w, const uint16_t* bias, uint16_t* y, int m, int n, int k,
                     cudaStream_t stream);
   // Whether run_bf16_out has an algorithm for this shape with 16-byte aligned a, y and bias and
   // the weights at w (the plan is made and cached now; nothing runs).
@@ -47,7 +47,7 @@ class LtGemm {
   const Plan* find_plan(const Key& key);
   std::unique_ptr<Plan> make_plan(const Key& key);
   // run / run_bf16_out: y (f32, or bf16 where y_bf16) with the plan for this shape and alignment.
-  void run_with_bias(const uint16_t* a, const uint16_t* w, const float* bias, void* y, bool y_bf16, int m, int n,
+  void run_with_bias(const uint16_t* a, const uint16_t* w, const void* bias, void* y, bool y_bf16, int m, int n,
                      int k, cudaStream_t stream);
   // y = w * a with the plan's descriptors (beta 0, so C is D).
   void matmul(const Plan& p, const void* a, const void* w, void* y, cudaStream_t stream);
