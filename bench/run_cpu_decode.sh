@@ -19,7 +19,10 @@ model=${MOXIN_DECODE_MODEL:-/tmp/moxin-w8}
 moxin=${MOXIN_BIN:-./build/src/cli/moxin}
 threads=${MOXIN_BENCH_THREADS:-2}
 repeats=${MOXIN_DECODE_REPEATS:-2}
-tables=${MOXIN_DECODE_TABLES:-avx512 avx2}
+# amx (the default where the CPU has it) decodes bf16 on the tiles; its quantized decode is avx512's.
+default_tables="avx512 avx2"
+grep -qw amx_bf16 /proc/cpuinfo && default_tables="amx $default_tables"
+tables=${MOXIN_DECODE_TABLES:-$default_tables}
 formats=${MOXIN_DECODE_FORMATS:-bf16 int8 int4}
 steps=${MOXIN_DECODE_STEPS:-16}
 context=${MOXIN_DECODE_CONTEXT:-256}

@@ -19,11 +19,12 @@ echo
   --benchmark_counters_tabular=true --benchmark_min_time=1 2>&1
 python3 bench/cpu_peer_torch.py --threads "$threads" 2>&1
 if [ -f "$model/config.json" ]; then
-  # amx (where the CPU has it) differs from avx512 only in the prefill/vision GEMMs: no decode runs.
+  # amx (the default where the CPU has it) differs from avx512 in every bf16 linear (on the tiles);
+  # its quantized decode is avx512's.
   if grep -qw amx_bf16 /proc/cpuinfo; then
-    echo "## moxin bench, MOXIN_CPU_KERNELS=amx (vision and prefill)"
+    echo "## moxin bench, MOXIN_CPU_KERNELS=amx (vision, prefill, bf16 decode)"
     MOXIN_CPU_KERNELS=amx ./build/src/cli/moxin bench --model "$model" --device cpu --threads "$threads" \
-      --context 256 --prefill-tokens 256 --decode-steps 1 --runs 1 2>&1
+      --context 256 --prefill-tokens 256 --decode-steps 4 --runs 1 2>&1
   fi
   for table in avx512 avx2; do
     echo "## moxin bench, MOXIN_CPU_KERNELS=$table"
