@@ -91,8 +91,8 @@ void matmul(const Kernels& kernels, ThreadPool* pool, int64_t M, const float* x,
   }
   // A table with a bf16 matrix engine takes bf16 weights on its tiles at every row count: each
   // output then sums the same rounded products in one order however many rows its step batches
-  // (the server's batch invariance), and from 2 rows up the tiles outrun the GEMV (1 row: 6%
-  // slower on [14336 x 4096]; 8 rows 1.6x, 32 rows 3.5x faster). Columns the tiles leave (past
+  // (the server's batch invariance), and from 2 rows up the tiles outrun the GEMV (1 row: 2%
+  // slower on [14336 x 4096]; 8 rows 1.7x, 32 rows 4x faster). Columns the tiles leave (past
   // the last multiple of 32) get the f32 GEMM on rounded copies of the activations, so they too
   // multiply what the tiles would.
   const bool on_tiles = kernels.bf16_tile_matmul != nullptr && w.dtype == DType::BF16;

@@ -16,12 +16,11 @@
 #include "backend/cpu/cpu_matmul_amx.hpp"
 
 #include <algorithm>
-#include <cstdlib>
-#include <memory>
 #include <vector>
 
 #include "core/bf16.hpp"
 #include "core/check.hpp"
+#include "core/large_buffer.hpp"
 #include "core/thread_pool.hpp"
 
 #if defined(__x86_64__) && defined(__linux__) && (defined(__GNUC__) || defined(__clang__))
@@ -185,24 +184,25 @@ int64_t matmul_amx_bf16(ThreadPool* pool, int64_t M, const float* x, int64_t ldx
   const int64_t pairs = tiled_k / 2;
   for (int64_t m0 = 0; m0 < M; m0 += kMc) {
     const int64_t mc = std::min(kMc, M - m0);
-    const int64_t ldxv = (mc + 31) / 32 * 32;
-    std::unique_ptr<uint32_t, decltype(&std::free)> xv(
-        static_cast<uint32_t*>(std::aligned_alloc(64, sizeof(uint32_t) * static_cast<size_t>(pairs * ldxv))),
-        &std::free);
-    MOXIN_CHECK(xv != nullptr, "[cpu] matmul: out of memory for the ", pairs * ldxv * 4,
-                " bytes of bf16 activation pairs of the AMX GEMM");
+    // Up to 16 rows one xv tile wide (chunk reads no more): decode packs half the zero columns.
+    const int64_t ldxv = mc <= 16 ? 16 : (mc + 31) / 32 * 32;
+    // Reused across calls: decode calls this for every linear of every token, and a fresh
+    // allocation of this size is a fresh mapping whose pages fault in on every call.
+    thread_local std::vector<uint32_t, LargeAllocator<uint32_t>> xv_storage;
+    xv_storage.resize(static_cast<size_t>(pairs * ldxv));
+    uint32_t* const xv = xv_storage.data();
     // The inputs past tiled_k, rounded as the tiles' are, activation rows side by side.
     std::vector<float> x_tail(static_cast<size_t>(tail_k * ldxv), 0.0f);
     for (int64_t k = 0; k < tail_k; ++k)
       for (int64_t m = 0; m < mc; ++m)
         x_tail[static_cast<size_t>(k * ldxv + m)] = bf16_to_f32(f32_to_bf16(x[(m0 + m) * ldx + tiled_k + k]));
-    const auto pack = [&](int64_t p0, int64_t p1) { pack_pairs(x, ldx, m0, mc, p0 * 16, std::min(pairs, p1 * 16), xv.get(), ldxv); };
+    const auto pack = [&](int64_t p0, int64_t p1) { pack_pairs(x, ldx, m0, mc, p0 * 16, std::min(pairs, p1 * 16), xv, ldxv); };
     const auto compute = [&](int64_t c0, int64_t c1) {
       std::vector<float> scratch(static_cast<size_t>(kChunkCols * ldxv));
       configure_tiles();
       for (int64_t c = c0; c < c1; ++c) {
         const int64_t n0 = c * kChunkCols;
-        chunk(w, tiled_k, xv.get(), x_tail.data(), ldxv, m0, mc, n0, std::min(kChunkCols, columns - n0), bias, y,
+        chunk(w, tiled_k, xv, x_tail.data(), ldxv, m0, mc, n0, std::min(kChunkCols, columns - n0), bias, y,
               ldy, scratch.data());
       }
       _tile_release();
