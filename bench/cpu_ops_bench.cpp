@@ -360,8 +360,10 @@ void BM_QuantLinear(benchmark::State& state) {
   state.counters["GB/s"] = gbps;
   state.counters["ceiling_GB/s"] = ceiling;
   state.counters["%ceiling"] = 100.0 * gbps / ceiling;
+  const bool amx = std::string_view(backend->kernels().name) == "amx" && cpu::quant_amx_supported();
   state.SetLabel(M <= cpu::kQuantGemvMaxRows ? cpu::quant_gemv_path_name(cpu::quant_gemv_path_for(backend->kernels()))
-                                              : "dequantize+gemm");
+                 : amx                       ? "amx-int8"
+                                             : "dequantize+gemm");
 }
 // Decode (the MLP's up/gate and down projections, 8- and 4-bit), a small batch, a prefill.
 BENCHMARK(BM_QuantLinear)
@@ -372,7 +374,13 @@ BENCHMARK(BM_QuantLinear)
     ->Args({4096, 14336, 1, 2, 8})
     ->Args({14336, 4096, 1, 1, 4})
     ->Args({14336, 4096, 4, 2, 4})
+    ->Args({14336, 4096, 8, 2, 4})   // the GEMV's last row count ...
+    ->Args({14336, 4096, 9, 2, 4})   // ... and the prefill path's first (decode batches of the server)
+    ->Args({14336, 4096, 16, 2, 4})
+    ->Args({14336, 4096, 24, 2, 4})
+    ->Args({14336, 4096, 32, 2, 4})
     ->Args({14336, 4096, 256, 2, 4})
+    ->Args({14336, 4096, 256, 2, 8})
     ->UseRealTime()
     ->Unit(benchmark::kMillisecond);
 

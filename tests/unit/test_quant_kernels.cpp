@@ -39,7 +39,7 @@ TEST(QuantLinear, MatchesMatmulOnDequantizedWeights) {
     int64_t M, N;
     int groups;
   };
-  const std::vector<Shape> shapes{{1, 1, 1}, {1, 37, 3}, {3, 17, 2}, {8, 33, 5}, {9, 7, 1}, {33, 65, 3}};
+  const std::vector<Shape> shapes{{1, 1, 1}, {1, 37, 3}, {3, 17, 2}, {8, 33, 5}, {9, 7, 1}, {20, 9, 2}, {33, 65, 3}};
   for (int bits : {4, 8})
     for (int group : {32, 64, 128})
       for (DType dtype : {DType::BF16, DType::F32})
@@ -72,6 +72,33 @@ TEST(QuantLinear, MatchesMatmulOnDequantizedWeights) {
                            return host(be, y);
                          });
         }
+}
+
+// A server's decode batch of up to kQuantGemvChunkedMaxRows rows: where no AMX GEMM takes it,
+// each row comes out with the bits it gets alone (so batching does not change a greedy answer).
+TEST(QuantLinear, DecodeBatchRowsEqualTheRowAlone) {
+  Random rng(test_seed());
+  const int64_t M = cpu::kQuantGemvChunkedMaxRows - 3, N = 24, K = 256;
+  auto w = make_tensor("w", DType::BF16, {N, K}, rng.uniform(static_cast<size_t>(N * K)));
+  for (int bits : {4, 8}) {
+    auto q = make_quant_case(*w, N, K, bits, 64);
+    const std::vector<float> x = rng.uniform(static_cast<size_t>(M * K));
+    for (const cpu::Kernels* table : cpu::supported_kernels()) {
+      if (std::string_view(table->name) == "amx") continue;  // its rows past 8 take the AMX GEMM
+      cpu::CpuBackend backend(2, *table);
+      const Linear l = backend.prepare_linear(q->linear());
+      Tensor y = backend.empty_act({M, N});
+      backend.linear(backend.from_host_f32(x.data(), {M, K}), l, y);
+      const std::vector<float> batch = host(backend, y);
+      for (int64_t m = 0; m < M; ++m) {
+        Tensor one = backend.empty_act({1, N});
+        backend.linear(backend.from_host_f32(x.data() + m * K, {1, K}), l, one);
+        const std::vector<float> alone = host(backend, one);
+        EXPECT_TRUE(std::equal(alone.begin(), alone.end(), batch.begin() + m * N))
+            << table->name << " " << bits << "-bit: row " << m << " of " << M << " differs from the row alone";
+      }
+    }
+  }
 }
 
 // Random packed codes (every value of `bits` bits equally likely) with random scales and biases
@@ -129,14 +156,15 @@ std::vector<float> spread_activations(Random& rng, int64_t M, int64_t K, int64_t
   return x;
 }
 
-// Every path at every M <= kQuantGemvMaxRows, 1 and 2 threads (bit-identical), against the
-// double reference within the tolerance of the f32 sums.
-void expect_paths_match_reference(Random& rng, ThreadPool& pool, DType dtype, int64_t N, int64_t K, int bits,
-                                  int group, int64_t M) {
-  const int64_t ldx = K + 3, ldy = N + 5;
-  const RandomQuantWeights w(rng, dtype, N, K, bits, group);
-  const std::vector<float> x = spread_activations(rng, M, K, ldx, group);
-  std::vector<double> ref(static_cast<size_t>(M * N));
+// sum_k x[m * ldx + k] W[n, k] in double for the M x N outputs, and the tolerance of f32 sums of
+// those products relative to the result's norm (kToleranceOfAbsSum of sum |x| |w|).
+struct QuantReference {
+  std::vector<double> y;
+  double tolerance;
+};
+QuantReference quant_reference(const RandomQuantWeights& w, const std::vector<float>& x, int64_t M, int64_t ldx) {
+  const int64_t N = w.view.rows, K = w.view.cols;
+  QuantReference r{std::vector<double>(static_cast<size_t>(M * N)), 0.0};
   double ref_norm = 0, abs_norm = 0;
   std::vector<double> row(static_cast<size_t>(K));
   for (int64_t n = 0; n < N; ++n) {
@@ -148,12 +176,23 @@ void expect_paths_match_reference(Random& rng, ThreadPool& pool, DType dtype, in
         sum += p;
         abs_sum += std::abs(p);
       }
-      ref[static_cast<size_t>(m * N + n)] = sum;
+      r.y[static_cast<size_t>(m * N + n)] = sum;
       ref_norm += sum * sum;
       abs_norm += abs_sum * abs_sum;
     }
   }
-  const double tolerance = kToleranceOfAbsSum * std::sqrt(abs_norm / ref_norm);
+  r.tolerance = kToleranceOfAbsSum * std::sqrt(abs_norm / ref_norm);
+  return r;
+}
+
+// Every path at every M <= kQuantGemvMaxRows, 1 and 2 threads (bit-identical), against the
+// double reference within the tolerance of the f32 sums.
+void expect_paths_match_reference(Random& rng, ThreadPool& pool, DType dtype, int64_t N, int64_t K, int bits,
+                                  int group, int64_t M) {
+  const int64_t ldx = K + 3, ldy = N + 5;
+  const RandomQuantWeights w(rng, dtype, N, K, bits, group);
+  const std::vector<float> x = spread_activations(rng, M, K, ldx, group);
+  const QuantReference ref = quant_reference(w, x, M, ldx);
   for (QuantGemvPath path : quant_gemv_paths()) {
     std::vector<float> results[2];
     for (int t = 0; t < 2; ++t) {
@@ -165,7 +204,7 @@ void expect_paths_match_reference(Random& rng, ThreadPool& pool, DType dtype, in
     const std::string what = cat(quant_gemv_path_name(path), " ", bits, "-bit g", group, " ", dtype_name(dtype),
                                  " M=", M, " N=", N, " K=", K);
     EXPECT_TRUE(all_finite(results[0])) << what << ": some output is not finite (unwritten?)";
-    EXPECT_LE(relative_error(results[0], ref), tolerance) << what;
+    EXPECT_LE(relative_error(results[0], ref.y), ref.tolerance) << what;
     EXPECT_TRUE(results[0] == results[1]) << what << ": 1 and 2 threads differ";
   }
 }
@@ -235,6 +274,51 @@ TEST(QuantGemv, EveryPathHoldsItsLargestSums) {
 }
 
 // An inf or NaN activation reaches the outputs of its row (and only those) on every path.
+// The AMX-INT8 prefill GEMM against the MLX formula in double, at row counts on either side of
+// its 16-row tiles, weight rows past whole tiles and panels, every group size, scale dtype and
+// width, strided x and y (y's gap columns stay unwritten), 1 and 2 threads bit-identical.
+TEST(QuantAmx, MatchesMlxFormulaOnCodesAtPrefillRows) {
+  if (!cpu::quant_amx_supported()) GTEST_SKIP() << "this CPU (or kernel) runs no AMX-INT8 tiles";
+  Random rng(test_seed());
+  ThreadPool pool(2);
+  struct Shape {
+    int64_t M, N, groups;
+  };
+  const std::vector<Shape> shapes{{9, 16, 1}, {16, 7, 3}, {17, 70, 2}, {40, 130, 5}};
+  for (int bits : {4, 8})
+    for (int group : {32, 64, 128})
+      for (DType dtype : {DType::BF16, DType::F16, DType::F32})
+        for (const Shape& s : shapes) {
+          const int64_t K = s.groups * group, ldx = K + 3, ldy = s.N + 5;
+          const RandomQuantWeights w(rng, dtype, s.N, K, bits, group);
+          const std::vector<float> x = spread_activations(rng, s.M, K, ldx, group);
+          const QuantReference ref = quant_reference(w, x, s.M, ldx);
+          const std::string what = cat("amx ", bits, "-bit g", group, " ", dtype_name(dtype), " M=", s.M, " N=", s.N,
+                                       " K=", K);
+          std::vector<float> results[2];
+          for (int t = 0; t < 2; ++t) {
+            std::vector<float> y(static_cast<size_t>(s.M * ldy), std::numeric_limits<float>::quiet_NaN());
+            ASSERT_TRUE(cpu::quant_matmul_amx(t ? &pool : nullptr, s.M, x.data(), ldx, w.view, y.data(), ldy)) << what;
+            for (int64_t m = 0; m < s.M; ++m) {
+              for (int64_t n = 0; n < s.N; ++n) results[t].push_back(y[static_cast<size_t>(m * ldy + n)]);
+              for (int64_t n = s.N; n < ldy; ++n)
+                ASSERT_TRUE(std::isnan(y[static_cast<size_t>(m * ldy + n)])) << what << ": wrote past N in row " << m;
+            }
+          }
+          EXPECT_TRUE(all_finite(results[0])) << what << ": some output is not finite (unwritten?)";
+          EXPECT_LE(relative_error(results[0], ref.y), ref.tolerance) << what;
+          EXPECT_TRUE(results[0] == results[1]) << what << ": 1 and 2 threads differ";
+        }
+  // An activation the integer split cannot carry: refused, nothing written (the caller then
+  // takes the dense path, which propagates it).
+  const RandomQuantWeights w(rng, DType::BF16, 20, 128, 4, 64);
+  std::vector<float> x = rng.uniform(static_cast<size_t>(10 * 128));
+  x[5 * 128 + 77] = std::numeric_limits<float>::infinity();
+  std::vector<float> y(static_cast<size_t>(10 * 20), 7.0f);
+  EXPECT_FALSE(cpu::quant_matmul_amx(&pool, 10, x.data(), 128, w.view, y.data(), 20));
+  EXPECT_TRUE(std::all_of(y.begin(), y.end(), [](float v) { return v == 7.0f; })) << "wrote before refusing";
+}
+
 TEST(QuantGemv, NonFiniteActivationsPropagate) {
   Random rng(test_seed());
   const int64_t N = 9, K = 256, M = 3;

@@ -30,8 +30,6 @@
 #include <unistd.h>
 #endif
 
-namespace moxin::cpu {
-
 #if defined(MOXIN_HAVE_AMX_KERNELS)
 #if defined(__clang__)
 #pragma clang attribute push(__attribute__((target("amx-tile,amx-bf16,avx512f,avx512bw,avx512vl,avx512bf16"))), \
@@ -44,6 +42,12 @@ namespace moxin::cpu {
 #pragma GCC diagnostic ignored "-Wuninitialized"
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
 #endif
+#include "backend/cpu/cpu_amx_transpose.hpp"  // (after the pragmas: its kernel takes this file's target)
+#endif  // MOXIN_HAVE_AMX_KERNELS
+
+namespace moxin::cpu {
+
+#if defined(MOXIN_HAVE_AMX_KERNELS)
 namespace {
 
 constexpr int64_t kKb = 256;          // inputs per block: a 32-row W block and a 32-row xv block of 16 KB each
@@ -137,40 +141,6 @@ void tile_block(const uint16_t* w, int64_t ldw, const uint32_t* xv, int64_t ldxv
   }
 }
 
-// y[j][i] = c[i * ldc + j] + bias[i] for 16 output columns i and the first `rows` of 16 activation
-// rows j: a 16 x 16 block of the column-major scratch transposed in registers, so that y takes
-// whole 64-byte rows. (Scalar stores one column at a time wrote 16 floats per y line in 16 visits,
-// and with a power-of-two ldy every visit of a column fell in the same L1 set: the [4096 x 1024]
-// DINOv2 MLP ran at half the rate of SigLIP's [4304 x 1152].)
-void store_transposed(const float* c, int64_t ldc, int64_t rows, __m512 bias, float* y, int64_t ldy) {
-  __m512 r[16], t[16];
-  for (int i = 0; i < 16; ++i) r[i] = _mm512_loadu_ps(c + i * ldc);
-  // Within each 128-bit lane: pairs of columns interleaved, then quads (after these, r[4g + e]
-  // holds, in lane L, activation row 4L + e of output columns 4g .. 4g + 3).
-  for (int i = 0; i < 16; i += 2) {
-    t[i] = _mm512_unpacklo_ps(r[i], r[i + 1]);
-    t[i + 1] = _mm512_unpackhi_ps(r[i], r[i + 1]);
-  }
-  for (int g = 0; g < 16; g += 4) {
-    const __m512d a = _mm512_castps_pd(t[g]), b = _mm512_castps_pd(t[g + 1]);
-    const __m512d c2 = _mm512_castps_pd(t[g + 2]), d = _mm512_castps_pd(t[g + 3]);
-    r[g] = _mm512_castpd_ps(_mm512_unpacklo_pd(a, c2));
-    r[g + 1] = _mm512_castpd_ps(_mm512_unpackhi_pd(a, c2));
-    r[g + 2] = _mm512_castpd_ps(_mm512_unpacklo_pd(b, d));
-    r[g + 3] = _mm512_castpd_ps(_mm512_unpackhi_pd(b, d));
-  }
-  // Then the lanes: output row 4L + e gathers lane L of r[e], r[4 + e], r[8 + e], r[12 + e].
-  for (int e = 0; e < 4; ++e) {
-    const __m512 p0 = _mm512_shuffle_f32x4(r[e], r[4 + e], 0x44), p1 = _mm512_shuffle_f32x4(r[e], r[4 + e], 0xEE);
-    const __m512 q0 = _mm512_shuffle_f32x4(r[8 + e], r[12 + e], 0x44), q1 = _mm512_shuffle_f32x4(r[8 + e], r[12 + e], 0xEE);
-    t[e] = _mm512_shuffle_f32x4(p0, q0, 0x88);
-    t[4 + e] = _mm512_shuffle_f32x4(p0, q0, 0xDD);
-    t[8 + e] = _mm512_shuffle_f32x4(p1, q1, 0x88);
-    t[12 + e] = _mm512_shuffle_f32x4(p1, q1, 0xDD);
-  }
-  for (int j = 0; j < rows; ++j) _mm512_storeu_ps(y + j * ldy, _mm512_add_ps(t[j], bias));
-}
-
 // Output columns [n0, n0 + nc) (nc a multiple of 32) of activation rows m0 .. m0 + mc: the
 // first tiled_k inputs on the tiles, then the rest (fewer than 32: a tile row cannot stop short
 // of 64 bytes, and reconfiguring the tiles would zero them) one by one in f32 on the scratch from
@@ -210,9 +180,12 @@ void chunk(const WeightView& w, int64_t tiled_k, const uint32_t* xv, const float
   }
   for (int64_t n = 0; n < nc; n += 16) {
     const __m512 b = bias ? _mm512_loadu_ps(bias + n0 + n) : _mm512_setzero_ps();
-    for (int64_t m = 0; m < mc; m += 16)
-      store_transposed(scratch + n * ldxv + m, ldxv, std::min<int64_t>(16, mc - m), b, y + (m0 + m) * ldy + n0 + n,
+    for (int64_t m = 0; m < mc; m += 16) {
+      __m512 columns[16];
+      for (int i = 0; i < 16; ++i) columns[i] = _mm512_loadu_ps(scratch + (n + i) * ldxv + m);
+      store_transposed(columns, static_cast<int>(std::min<int64_t>(16, mc - m)), 16, b, y + (m0 + m) * ldy + n0 + n,
                        ldy);
+    }
   }
 }
 

@@ -1,6 +1,6 @@
 // y = x W^T for a quantized W (docs/model.md section 5) with f32 activations: a GEMV that reads the
-// packed codes directly for decode-sized M, and dequantized row blocks fed to the dense GEMM
-// for prefill. Each output is scale * sum(q x) + bias * sum(x) per group, which equals an f32
+// packed codes directly for decode-sized M, and for prefill the codes on AMX-INT8 tiles or
+// dequantized row blocks fed to the dense GEMM. Each output is scale * sum(q x) + bias * sum(x) per group, which equals an f32
 // matmul on the dequantized weights up to f32 rounding.
 #pragma once
 
@@ -16,9 +16,14 @@ class ThreadPool;
 
 namespace moxin::cpu {
 
-// Up to this many activation rows the codes are read in place; beyond, row blocks are
-// dequantized once and shared by all rows through the dense GEMM.
+// Up to this many activation rows one GEMV reads the codes in place; beyond, the AMX-INT8 GEMM,
+// chunks of GEMV rows, or row blocks dequantized once and shared by all rows through the dense
+// GEMM (quant_matmul).
 constexpr int64_t kQuantGemvMaxRows = 8;
+// Where no AMX-INT8 GEMM runs, up to this many rows take the GEMV in chunks of kQuantGemvMaxRows:
+// [14336 x 4096] 4-bit on an AVX-512 VNNI Xeon, 2 threads, chunks against dequantize + f32 GEMM:
+// 9 rows 7.5 / 12.6 ms, 16 rows 11.5 / 16.8, 32 rows 23 / 30.8 (cpu_ops_bench BM_QuantLinear).
+constexpr int64_t kQuantGemvChunkedMaxRows = 32;
 
 // Rows n0 <= n < n1 of y[m * ldy + n] = sum_k x[m, k] W[n, k] for m < M. `xp` is x [M, K]
 // contiguous, with each run of 32 inputs reordered as its 16 even then 16 odd elements when
@@ -58,6 +63,14 @@ bool quant_gemv_vnni(ThreadPool* pool, int64_t M, const float* x, int64_t ldx, c
 bool quant_avx2_int_supported();
 bool quant_gemv_avx2_int(ThreadPool* pool, int64_t M, const float* x, int64_t ldx, const QuantView& w, float* y,
                          int64_t ldy);
+
+// AMX-INT8 quantized GEMM for prefill row counts (cpu_quant_amx.cpp): the GEMVs' exact activation
+// split against the codes as bytes, int32 sums per group on the tiles, so the result is the
+// GEMVs' up to f32 rounding. False, with nothing written, when the build or CPU lacks AMX-INT8
+// (or Linux withholds the tile state) or some activation is not finite.
+bool quant_amx_supported();
+bool quant_matmul_amx(ThreadPool* pool, int64_t M, const float* x, int64_t ldx, const QuantView& w, float* y,
+                      int64_t ldy);
 
 // The ways a decode-sized quantized matmul can run: every one computes the same products.
 enum class QuantGemvPath { generic, avx2, avx2_int, avx512, vnni, neon };
