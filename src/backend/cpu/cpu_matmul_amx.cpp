@@ -42,7 +42,7 @@
 #pragma GCC diagnostic ignored "-Wuninitialized"
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
 #endif
-#include "backend/cpu/cpu_amx_transpose.hpp"  // (after the pragmas: its kernel takes this file's target)
+#include "backend/cpu/cpu_amx_common.hpp"  // (after the pragmas: its transpose takes this file's target)
 #endif  // MOXIN_HAVE_AMX_KERNELS
 
 namespace moxin::cpu {
@@ -60,14 +60,6 @@ constexpr int64_t kFewRows = 64;
 // Palette 1, tiles 0-3 the 2 x 2 accumulators (16 weight rows x 16 f32 activation columns), 4-5 the
 // W tiles (16 rows x 32 bf16), 6-7 the xv tiles (16 input pairs x 16 activation rows x 2 bf16):
 // all 16 rows of 64 bytes.
-struct alignas(64) TileConfig {
-  uint8_t palette = 1;
-  uint8_t start_row = 0;
-  uint8_t reserved[14] = {};
-  uint16_t colsb[16] = {};
-  uint8_t rows[16] = {};
-};
-
 void configure_tiles() {
   TileConfig config;
   for (int t = 0; t < 8; ++t) {

@@ -48,7 +48,7 @@
 #pragma GCC diagnostic ignored "-Wuninitialized"
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
 #endif
-#include "backend/cpu/cpu_amx_transpose.hpp"  // (after the pragmas: its kernel takes this file's target)
+#include "backend/cpu/cpu_amx_common.hpp"  // (after the pragmas: its transpose takes this file's target)
 #endif  // MOXIN_HAVE_AMX_QUANT
 
 namespace moxin::cpu {
@@ -76,14 +76,6 @@ struct AmxShape {
   int64_t b_offset(int64_t block, int64_t g, int64_t i, int p) const {
     return (((block * groups + g) * blocks_per_group + i) * 3 + p) * part_tile;
   }
-};
-
-struct alignas(64) TileConfig {
-  uint8_t palette = 1;
-  uint8_t start_row = 0;
-  uint8_t reserved[14] = {};
-  uint16_t colsb[16] = {};
-  uint8_t rows[16] = {};
 };
 
 // Tile 0: A (16 weight rows x kb code bytes); 1-3: the h, l, t parts of B (kb / 4 rows x 16

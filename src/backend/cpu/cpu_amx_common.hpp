@@ -1,6 +1,7 @@
-// The 16 x 16 register transpose with which the AMX kernels write y: their tiles hold y^T (a
-// weight row per tile row, activation rows across), and y wants whole 64-byte rows. Include it
-// only inside a region compiled for AVX-512 F (the AMX kernel files' target pragmas).
+// What the AMX kernel files share: the tile configuration record, and the 16 x 16 register
+// transpose with which they write y (their tiles hold y^T: a weight row per tile row, activation
+// rows across; y wants whole 64-byte rows). Include it only inside a region compiled for
+// AVX-512 F (the AMX kernel files' target pragmas).
 #pragma once
 
 #include <immintrin.h>
@@ -8,6 +9,15 @@
 #include <cstdint>
 
 namespace moxin::cpu {
+
+// LDTILECFG's 64-byte operand: palette 1, then per tile its bytes per row and its rows.
+struct alignas(64) TileConfig {
+  uint8_t palette = 1;
+  uint8_t start_row = 0;
+  uint8_t reserved[14] = {};
+  uint16_t colsb[16] = {};
+  uint8_t rows[16] = {};
+};
 
 // y[j * ldy + i] = r[i][j] + bias[i] for output columns i < `cols` and activation rows j < `rows`,
 // where r[i] holds output column i across 16 activation rows. (Scalar stores a column at a time
