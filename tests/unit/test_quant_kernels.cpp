@@ -284,7 +284,7 @@ TEST(QuantAmx, MatchesMlxFormulaOnCodesAtPrefillRows) {
   struct Shape {
     int64_t M, N, groups;
   };
-  const std::vector<Shape> shapes{{9, 16, 1}, {16, 7, 3}, {17, 70, 2}, {40, 130, 5}};
+  const std::vector<Shape> shapes{{9, 16, 1}, {16, 7, 3}, {17, 70, 2}, {40, 130, 5}, {530, 18, 1}};  // 530: two passes
   for (int bits : {4, 8})
     for (int group : {32, 64, 128})
       for (DType dtype : {DType::BF16, DType::F16, DType::F32})

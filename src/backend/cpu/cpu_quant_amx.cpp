@@ -57,7 +57,8 @@ namespace moxin::cpu {
 namespace {
 
 constexpr int kTile = 16;        // weight rows per A tile and activation rows per B tile
-constexpr int64_t kChunkInputs = 512;  // inputs of a panel unpacked at a time (a multiple of every group size)
+constexpr int64_t kChunkInputs = 512;
+constexpr int64_t kRowsPerPass = 512;  // activation rows split and multiplied at a time  // inputs of a panel unpacked at a time (a multiple of every group size)
 
 // Per-call constants.
 struct AmxShape {
@@ -98,14 +99,13 @@ void configure_tiles(int64_t kb) {
 // Activation row m split into the B tiles (columns m % 16 of its block), with 2^(e - 16) and the
 // group sums stored group-major (pow2[g * m_pad + m]). 4-bit codes decode each 32-input run as
 // its 16 even inputs (low nibbles) then its 16 odd ones, so the inputs are taken in that order.
-// False when some x is not finite (the split cannot carry it).
-bool split_row(const AmxShape& s, int bits, const float* x, int64_t m, int8_t* b, float* pow2, float* sums) {
+// Every x must be finite (the split cannot carry inf or NaN).
+void split_row(const AmxShape& s, int bits, const float* x, int64_t m, int8_t* b, float* pow2, float* sums) {
   const int64_t block = m / kTile, column = m % kTile;
   for (int64_t g = 0; g < s.groups; ++g) {
     const float* xg = x + g * s.group_size;
     float amax = 0.0f, sum = 0.0f;
     for (int64_t k = 0; k < s.group_size; ++k) {
-      if (!std::isfinite(xg[k])) return false;
       amax = std::max(amax, std::fabs(xg[k]));
       sum += xg[k];
     }
@@ -133,7 +133,6 @@ bool split_row(const AmxShape& s, int bits, const float* x, int64_t m, int8_t* b
       b[s.b_offset(block, g, i, 2) + at] = static_cast<int8_t>(t);
     }
   }
-  return true;
 }
 
 // Inputs [k0, k0 + width) of weight rows [n0, n0 + rows) as one code byte per input (row stride
@@ -225,16 +224,8 @@ void chunk_products(const AmxShape& s, const uint8_t* codes, int64_t width, cons
   }
 }
 
-}  // namespace
-
-bool quant_amx_supported() {
-  static const bool supported = amx_bf16_supported() && __builtin_cpu_supports("amx-int8");
-  return supported;
-}
-
-bool quant_matmul_amx(ThreadPool* pool, int64_t M, const float* x, int64_t ldx, const QuantView& w, float* y,
-                      int64_t ldy) {
-  if (!quant_amx_supported() || M <= 0) return false;
+// y for M <= kRowsPerPass rows of finite activations.
+void matmul_pass(ThreadPool* pool, int64_t M, const float* x, int64_t ldx, const QuantView& w, float* y, int64_t ldy) {
   const AmxShape s(w, M);
   // Reused across calls (a prefill makes four per layer): a fresh buffer of this size is a fresh
   // mapping whose pages fault in, zeroed by the kernel, on every call.
@@ -248,16 +239,13 @@ bool quant_matmul_amx(ThreadPool* pool, int64_t M, const float* x, int64_t ldx, 
     std::memset(b + last, 0, static_cast<size_t>(b_bytes - last));
   }
   std::vector<float> pow2(static_cast<size_t>(s.groups * s.m_pad), 0.0f), sums(pow2.size(), 0.0f);
-  std::atomic<bool> finite{true};
   const auto split = [&](int64_t m0, int64_t m1) {
-    for (int64_t m = m0; m < m1; ++m)
-      if (!split_row(s, w.bits, x + m * ldx, m, b, pow2.data(), sums.data())) finite = false;
+    for (int64_t m = m0; m < m1; ++m) split_row(s, w.bits, x + m * ldx, m, b, pow2.data(), sums.data());
   };
   if (pool)
     pool->parallel_for(M, split, 4);
   else
     split(0, M);
-  if (!finite) return false;
 
   // A panel of weight rows is unpacked a chunk of inputs at a time (codes and B chunks stay in
   // L2) and every activation block meets it, its sums kept in acc (about 256 KB) across chunks;
@@ -299,6 +287,35 @@ bool quant_matmul_amx(ThreadPool* pool, int64_t M, const float* x, int64_t ldx, 
     pool->parallel_for(panels, run, 1);
   else
     run(0, panels);
+}
+
+}  // namespace
+
+bool quant_amx_supported() {
+  static const bool supported = amx_bf16_supported() && __builtin_cpu_supports("amx-int8");
+  return supported;
+}
+
+bool quant_matmul_amx(ThreadPool* pool, int64_t M, const float* x, int64_t ldx, const QuantView& w, float* y,
+                      int64_t ldy) {
+  if (!quant_amx_supported() || M <= 0) return false;
+  // The split cannot carry inf or NaN: refuse before writing anything (the dense path then
+  // propagates them).
+  std::atomic<bool> finite{true};
+  const auto check = [&](int64_t m0, int64_t m1) {
+    for (int64_t m = m0; m < m1 && finite; ++m)
+      for (int64_t k = 0; k < w.cols; ++k)
+        if (!std::isfinite(x[m * ldx + k])) finite = false;
+  };
+  if (pool)
+    pool->parallel_for(M, check, 16);
+  else
+    check(0, M);
+  if (!finite) return false;
+  // Passes of at most kRowsPerPass rows bound the split activations (3 bytes per input and row,
+  // kept for the next call) however long the prompt.
+  for (int64_t m0 = 0; m0 < M; m0 += kRowsPerPass)
+    matmul_pass(pool, std::min(kRowsPerPass, M - m0), x + m0 * ldx, ldx, w, y + m0 * ldy, ldy);
   return true;
 }
 
