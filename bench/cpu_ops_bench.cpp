@@ -361,9 +361,11 @@ void BM_QuantLinear(benchmark::State& state) {
   state.counters["ceiling_GB/s"] = ceiling;
   state.counters["%ceiling"] = 100.0 * gbps / ceiling;
   const bool amx = std::string_view(backend->kernels().name) == "amx" && cpu::quant_amx_supported();
-  state.SetLabel(M <= cpu::kQuantGemvMaxRows ? cpu::quant_gemv_path_name(cpu::quant_gemv_path_for(backend->kernels()))
-                 : amx                       ? "amx-int8"
-                                             : "dequantize+gemm");
+  // As quant_matmul picks: one GEMV, AMX-INT8 past its rows, else GEMV chunks, then dequantize + GEMM.
+  const bool gemv = M <= cpu::kQuantGemvMaxRows || (!amx && M <= cpu::kQuantGemvChunkedMaxRows);
+  state.SetLabel(gemv  ? cpu::quant_gemv_path_name(cpu::quant_gemv_path_for(backend->kernels()))
+                 : amx ? "amx-int8"
+                       : "dequantize+gemm");
 }
 // Decode (the MLP's up/gate and down projections, 8- and 4-bit), a small batch, a prefill.
 BENCHMARK(BM_QuantLinear)

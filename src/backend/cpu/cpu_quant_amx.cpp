@@ -57,8 +57,8 @@ namespace moxin::cpu {
 namespace {
 
 constexpr int kTile = 16;        // weight rows per A tile and activation rows per B tile
-constexpr int64_t kChunkInputs = 512;
-constexpr int64_t kRowsPerPass = 512;  // activation rows split and multiplied at a time  // inputs of a panel unpacked at a time (a multiple of every group size)
+constexpr int64_t kChunkInputs = 512;  // inputs of a panel unpacked at a time (a multiple of every group size)
+constexpr int64_t kRowsPerPass = 512;  // activation rows split and multiplied at a time
 
 // Per-call constants.
 struct AmxShape {

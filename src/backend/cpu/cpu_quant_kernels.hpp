@@ -1,7 +1,7 @@
 // y = x W^T for a quantized W (docs/model.md section 5) with f32 activations: a GEMV that reads the
 // packed codes directly for decode-sized M, and for prefill the codes on AMX-INT8 tiles or
-// dequantized row blocks fed to the dense GEMM. Each output is scale * sum(q x) + bias * sum(x) per group, which equals an f32
-// matmul on the dequantized weights up to f32 rounding.
+// dequantized row blocks fed to the dense GEMM. Each output is scale * sum(q x) + bias * sum(x)
+// per group, which equals an f32 matmul on the dequantized weights up to f32 rounding.
 #pragma once
 
 #include <cstdint>

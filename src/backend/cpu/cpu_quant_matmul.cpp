@@ -153,23 +153,19 @@ void quant_matmul(const Kernels& kernels, ThreadPool* pool, int64_t M, const flo
       for (int64_t m = 0; m < M; ++m)
         for (int64_t n = 0; n < N; ++n) y[m * ldy + n] += bias[n];
   };
-  if (M <= kQuantGemvMaxRows) {
-    quant_gemv(quant_gemv_path_for(kernels), pool, M, x, ldx, w, y, ldy);
-    add_bias();
-    return;
-  }
-  // Prefill on AMX-INT8 tiles where the amx table runs (the codes as bytes, exact integer sums).
-  if (is_table(kernels, amx_kernels()) && quant_matmul_amx(pool, M, x, ldx, w, y, ldy)) {
-    add_bias();
-    return;
-  }
-  // A server's decode batches: the GEMV a chunk of rows at a time reads the codes once per chunk,
-  // cheaper than dequantizing every weight for so few rows, and each row gets the bits it would
-  // get alone.
-  if (M <= kQuantGemvChunkedMaxRows) {
-    for (int64_t m0 = 0; m0 < M; m0 += kQuantGemvMaxRows)
-      quant_gemv(quant_gemv_path_for(kernels), pool, std::min(kQuantGemvMaxRows, M - m0), x + m0 * ldx, ldx, w,
-                 y + m0 * ldy, ldy);
+  // Past one GEMV's rows, the AMX-INT8 tiles where the amx table runs (the codes as bytes, exact
+  // integer sums).
+  const bool amx = M > kQuantGemvMaxRows && is_table(kernels, amx_kernels()) &&
+                   quant_matmul_amx(pool, M, x, ldx, w, y, ldy);
+  // Else decode-sized M, a server's decode batches included: the GEMV a chunk of rows at a time
+  // reads the codes once per chunk, cheaper than dequantizing every weight for so few rows, and
+  // each row gets the bits it would get alone.
+  if (amx || M <= kQuantGemvChunkedMaxRows) {
+    if (!amx) {
+      const QuantGemvPath path = quant_gemv_path_for(kernels);
+      for (int64_t m0 = 0; m0 < M; m0 += kQuantGemvMaxRows)
+        quant_gemv(path, pool, std::min(kQuantGemvMaxRows, M - m0), x + m0 * ldx, ldx, w, y + m0 * ldy, ldy);
+    }
     add_bias();
     return;
   }
