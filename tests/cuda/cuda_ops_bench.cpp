@@ -154,8 +154,10 @@ std::string pct(double gbs, double ceiling) {
 }
 
 // Every decode M on every decoder shape (qkv, o, gate|up, down, lm_head): the default path
-// (skinny tensor-core GEMM up to 64 rows) beside the CUDA-core GEMV (M <= 8) and cuBLASLt, then
-// the skinny kernel's tilings at M = 1, 8, 32. Three copies of each matrix alternate (L2 50 MB).
+// beside the CUDA-core GEMV (M <= 8), the skinny GEMM and cuBLASLt, all from f32 x (cuBLASLt's
+// rows include the conversion), then from 2 rows on cuBLASLt alone on bf16 x, as the decoder's
+// norms write it; the skinny kernel's tilings at M = 1, 8, 32. Three copies of each matrix
+// alternate (L2 50 MB).
 void bench_linears(CudaBackend& backend, double ceiling) {
   const cudaStream_t stream = backend.stream();
   for (const auto& [n, k] : {std::pair<int64_t, int64_t>{6144, 4096}, {4096, 4096}, {28672, 4096},
@@ -178,6 +180,15 @@ void bench_linears(CudaBackend& backend, double ceiling) {
         const double ms = time_ms(stream, 20, 10, [&](int i) { backend.linear(x, w[i % 3], y); });
         table.push_back({cat("linear M=", m, " [", n, "x", k, "] ", label), ms,
                          pct(bytes / ms / 1e6, ceiling)});
+      }
+      if (m >= 2) {
+        Tensor xb = backend.empty({m, k}, DType::BF16);
+        activations_to_bf16(x.ptr<float>(), xb.ptr<uint16_t>(), int64_t{m} * k, stream);
+        const double bf16_bytes = weight_bytes + double(m) * k * 2 + double(m) * n * 4;
+        set_cuda_linear_path(backend, CudaLinearPath::Lt);
+        const double ms = time_ms(stream, 20, 10, [&](int i) { backend.linear(xb, w[i % 3], y); });
+        table.push_back({cat("linear M=", m, " [", n, "x", k, "] bf16 x cublasLt"), ms,
+                         pct(bf16_bytes / ms / 1e6, ceiling)});
       }
       set_cuda_linear_path(backend, CudaLinearPath::Auto);
       if (m == 1 || m == 8 || m == 32)

@@ -375,11 +375,15 @@ CudaBackend::DecodeKernel CudaBackend::bf16_decode_kernel(int64_t m, int64_t n, 
 // every row count.
 static bool quant_decode_kernels_fit(const CudaLinear& lw) { return lw.quant.bits != 0 && lw.quant.cols % 64 == 0; }
 
+// Activation tensors are 256-byte aligned, so only the shape decides whether skinny can run.
+CudaBackend::DecodeKernel CudaBackend::bf16_decode_kernel_for_shape(int64_t m, int64_t n, int64_t k) const {
+  return bf16_decode_kernel(m, n, k, m <= kSkinnyMaxRows && k % 8 == 0);
+}
+
 bool CudaBackend::takes_bf16_activations(const CudaLinear& lw, int64_t m, int64_t n, int64_t k) const {
   if (lw.is_fp8()) return m > kFp8GemvMaxRows && !fp8_tensor_cores_;
   if (lw.quant.bits != 0) return m > kQuantMmaMaxRows || !quant_decode_kernels_fit(lw);
-  // Activation tensors are 256-byte aligned, so only the shape decides whether skinny can run.
-  return bf16_decode_kernel(m, n, k, m <= kSkinnyMaxRows && k % 8 == 0) == DecodeKernel::Gemm;
+  return bf16_decode_kernel_for_shape(m, n, k) == DecodeKernel::Gemm;
 }
 
 DType CudaBackend::linear_input_dtype(const Linear& w, int64_t rows) const {
@@ -390,7 +394,7 @@ DType CudaBackend::linear_input_dtype(const Linear& w, int64_t rows) const {
 
 bool CudaBackend::writes_bf16_output(const CudaLinear& lw, int64_t m, int64_t n, int64_t k) const {
   return m > 0 && lw.quant.bits == 0 && !lw.is_fp8() && (lw.bias == nullptr || lw.bias_bf16 != nullptr) &&
-         takes_bf16_activations(lw, m, n, k) &&
+         bf16_decode_kernel_for_shape(m, n, k) == DecodeKernel::Gemm &&
          lanes_.front().gemm->offers_bf16_out(static_cast<int>(m), static_cast<int>(n), static_cast<int>(k),
                                               lw.weight.get(), lw.bias != nullptr);
 }

@@ -203,6 +203,8 @@ class CudaBackend final : public Backend {
   // GEMM); Gemm is cuBLASLt on bf16 activations.
   enum class DecodeKernel { Skinny, Gemv, Gemm };
   DecodeKernel bf16_decode_kernel(int64_t m, int64_t n, int64_t k, bool skinny_usable) const;
+  // The same for activations the backend allocated (256-byte aligned: only the shape decides).
+  DecodeKernel bf16_decode_kernel_for_shape(int64_t m, int64_t n, int64_t k) const;
   // Whether this linear at m rows multiplies bf16 activations (a cuBLASLt bf16 GEMM).
   bool takes_bf16_activations(const CudaLinear& w, int64_t m, int64_t n, int64_t k) const;
   // Whether this linear at m rows can write bf16 (a dense cuBLASLt GEMM with a bf16-output

@@ -15,7 +15,7 @@ bool CudaBackend::fuses_residual_step(const CudaLinear& w, int64_t m, int64_t n,
   if (!fused_residual_ || m < 1 || w.quant.bits != 0 || w.is_fp8()) return false;
   if (m > kFusedGemvMaxRows || k % 8 != 0 || (norm_in && m * k > kFusedGemvMaxNormedFloats)) return false;
   // Only where the unfused linear would run the GEMV too: elsewhere another kernel is faster.
-  return bf16_decode_kernel(m, n, k, m <= kSkinnyMaxRows) == DecodeKernel::Gemv;
+  return bf16_decode_kernel_for_shape(m, n, k) == DecodeKernel::Gemv;
 }
 
 bool CudaBackend::fuses_rms_norm_into(const Linear& w, int64_t rows) const {

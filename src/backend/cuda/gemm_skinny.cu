@@ -8,13 +8,9 @@
 // tokens the B operand (8 per tile), so one tensor-core instruction covers 256 weights for 8
 // tokens and the weight stream stays the only cost up to M = 64.
 //
-// Loads skip shared memory: each lane takes its A fragment straight from global memory. The sum
-// over k does not care in which order k comes, so a quad of lanes (t = lane % 4) owning weight
-// rows g and g + 8 (g = lane / 4) takes 16 contiguous inputs each from a 64-input chunk: lane t
-// loads two 16-byte vectors of each of its rows at k = 64 c + 16 t (a quad reads a whole 128-byte
-// line per row). mma step s (0..3) then uses inputs 16 t + 4 s .. + 3 of that chunk as the
-// fragment's k slots {2t, 2t+1, 2t+8, 2t+9}; the B fragment of the same lane takes the same four
-// inputs of its token g, read as one float4 of x and rounded to bf16 pairs.
+// Loads skip shared memory: each lane takes its A fragment straight from global memory
+// (weight_chunk.cuh); the B fragment of the same lane takes the same four inputs of its token g,
+// read as one float4 of x and rounded to bf16 pairs.
 //
 // A block is kWarps warps that share its 16 R weight rows and deal the K chunks among themselves
 // (warp w takes chunks w, w + kWarps, ...): 4096 rows still make 256 blocks of 8 warps, enough
@@ -26,41 +22,14 @@
 #include "backend/cuda/cuda_check.hpp"
 #include "backend/cuda/kernels.hpp"
 #include "backend/cuda/launch.cuh"
-#include "backend/cuda/streaming_load.cuh"
+#include "backend/cuda/weight_chunk.cuh"
 
 namespace moxin::cuda {
 namespace {
 
 constexpr int kWarps = 8;
 constexpr int kLanes = 32;
-constexpr int kChunk = 64;  // inputs per K chunk: 4 lanes x 16
-
-// One chunk's weights of this lane: for each of the R row tiles, rows g and g + 8, inputs
-// 16 t .. 16 t + 15 as two 16-byte vectors (zeros past K).
-template <int R>
-struct ChunkWeights {
-  uint4 w[R][2][2];  // [tile][row g / g + 8][vector]
-
-  __device__ void load(const uint16_t* const (&rows)[R][2], int k0, int k) {
-#pragma unroll
-    for (int r = 0; r < R; ++r)
-#pragma unroll
-      for (int h = 0; h < 2; ++h)
-#pragma unroll
-        for (int v = 0; v < 2; ++v)
-          w[r][h][v] = k0 + 8 * v < k ? load_once_16(rows[r][h] + k0 + 8 * v) : make_uint4(0, 0, 0, 0);
-  }
-
-  // A fragment of tile r for mma step s: inputs 4 s .. 4 s + 3 of the lane's 16.
-  __device__ void fragment(int r, int s, uint32_t (&a)[4]) const {
-    const uint4& lo = w[r][0][s / 2];
-    const uint4& hi = w[r][1][s / 2];
-    a[0] = s % 2 ? lo.z : lo.x;
-    a[1] = s % 2 ? hi.z : hi.x;
-    a[2] = s % 2 ? lo.w : lo.y;
-    a[3] = s % 2 ? hi.w : hi.y;
-  }
-};
+constexpr int kChunk = kWeightChunk;
 
 // NT tiles of 8 tokens, R tiles of 16 weight rows per block; U chunks of loads in flight per warp.
 template <int NT, int R, int U>
@@ -77,7 +46,7 @@ __global__ void __launch_bounds__(kWarps* kLanes)
   for (int r = 0; r < R; ++r)
 #pragma unroll
     for (int h = 0; h < 2; ++h)
-      rows[r][h] = w + static_cast<size_t>(min(row0 + 16 * r + 8 * h + g, n - 1)) * k + 16 * t;
+      rows[r][h] = w + static_cast<size_t>(min(row0 + 16 * r + 8 * h + g, n - 1)) * k + lane_input(t);
   const int chunks = (k + kChunk - 1) / kChunk;
 
   float acc[R][NT][4];
@@ -94,7 +63,7 @@ __global__ void __launch_bounds__(kWarps* kLanes)
 #pragma unroll
   for (int u = 0; u < U; ++u) {
     const int c = warp + u * kWarps;
-    if (c < chunks) next[u].load(rows, c * kChunk, k - 16 * t);
+    if (c < chunks) next[u].load(rows, c * kChunk, k - lane_input(t));
   }
   wait_for_prior_kernels();
 
@@ -105,21 +74,21 @@ __global__ void __launch_bounds__(kWarps* kLanes)
 #pragma unroll
     for (int u = 0; u < U; ++u) {
       const int c = c0 + (U + u) * kWarps;
-      if (c < chunks) next[u].load(rows, c * kChunk, k - 16 * t);
+      if (c < chunks) next[u].load(rows, c * kChunk, k - lane_input(t));
     }
 #pragma unroll
     for (int u = 0; u < U; ++u) {
       const int c = c0 + u * kWarps;
       if (c >= chunks) break;
-      const int kx = c * kChunk + 16 * t;  // this lane's first input of the chunk
+      const int kc = c * kChunk;
 #pragma unroll
       for (int j = 0; j < NT; ++j) {
         const int token = 8 * j + g;
-        const float* xr = x + static_cast<size_t>(token) * k + kx;
+        const float* xr = x + static_cast<size_t>(token) * k + kc;
 #pragma unroll
         for (int s = 0; s < 4; ++s) {
-          const bool valid = token < m && kx + 4 * s < k;
-          const float4 v = valid ? __ldg(reinterpret_cast<const float4*>(xr + 4 * s))
+          const bool valid = token < m && kc + step_input(t, s) < k;
+          const float4 v = valid ? __ldg(reinterpret_cast<const float4*>(xr + step_input(t, s)))
                                  : make_float4(0.f, 0.f, 0.f, 0.f);
           const uint32_t b0 = pack_bf16(v.x, v.y), b1 = pack_bf16(v.z, v.w);
 #pragma unroll
@@ -196,11 +165,15 @@ void skinny_gemm_bf16(const float* x, int m, const bf16_bits* w, const float* bi
   MOXIN_CHECK(skinny_gemm_usable(x, w, m, k), "[cuda] skinny_gemm_bf16: ", m, " rows of ", k,
               " inputs (needs 1..", kSkinnyMaxRows, " rows, K % 8 == 0, 16-byte aligned x and W)");
   if (n == 0) return;
-  // Registers decide (ptxas, sm_90a): two chunks in flight per warp keep the weight stream
-  // full up to 16 tokens (96-126 registers: 2 blocks per SM); 17..32 tokens share x reads across
-  // two row tiles (128); 33..64 tokens hold 32 accumulators per tile, so one tile, one chunk (98;
-  // two tiles would spill).
-  if (m <= 16)
+  // Up to 8 tokens one chunk in flight per warp: fewer registers, more warps per SM, and with
+  // sector-sized loads that streams best (H100, session 19: [6144 x 4096] at 8 rows 79% of copy
+  // against 63% with two chunks, [4096 x 4096] 70% against 66%, equal or better at one row).
+  // 9..16 tokens: two chunks (96-126 registers: 2 blocks per SM); 17..32 tokens share x reads
+  // across two row tiles (128); 33..64 tokens hold 32 accumulators per tile, so one tile, one
+  // chunk (98; two tiles would spill).
+  if (m <= 8)
+    launch_tiling<1, 1>(x, m, w, bias, y, n, k, stream);
+  else if (m <= 16)
     launch_tiling<1, 2>(x, m, w, bias, y, n, k, stream);
   else if (m <= 32)
     launch_tiling<2, 1>(x, m, w, bias, y, n, k, stream);
