@@ -10,6 +10,7 @@
 #include "backend/cpu/cpu_checks.hpp"
 #include "backend/cpu/cpu_matmul.hpp"
 #include "core/fp8_kv.hpp"
+#include "core/rope_frequency.hpp"
 
 namespace moxin::cpu {
 namespace {
@@ -189,12 +190,9 @@ void CpuBackend::rope_kv_write(const Tensor& qkv, const Tensor& positions, float
   for (int64_t t = 0; t < T; ++t)
     MOXIN_CHECK(pos[t] >= 0, "[cpu] rope_kv_write: position ", pos[t], " of token ", t, " is negative");
   const BatchView bv = check_batch(batch, T, cfg, "rope_kv_write", false);
-  // As transformers computes them, all in f32: inv_freq = 1 / theta^(2i / D), angle = pos * inv_freq.
+  // As transformers computes them, all in f32: angle = pos * inv_freq.
   std::vector<float> inv_freq(static_cast<size_t>(half));
-  for (int64_t i = 0; i < half; ++i) {
-    const float exponent = static_cast<float>(2 * i) / static_cast<float>(D);
-    inv_freq[i] = 1.0f / static_cast<float>(std::pow(static_cast<double>(theta), static_cast<double>(exponent)));
-  }
+  for (int64_t i = 0; i < half; ++i) inv_freq[i] = rope_inv_freq(theta, i, D);
   const float* in = qkv.ptr<float>();
   float* qs = q.ptr<float>();
   const int64_t q_heads = q.cols() / D, in_row = qkv.cols();

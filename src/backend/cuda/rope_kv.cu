@@ -10,6 +10,7 @@
 #include "backend/cuda/fp8_kv.cuh"
 #include "backend/cuda/kernels.hpp"
 #include "backend/cuda/launch.cuh"
+#include "core/rope_frequency.hpp"
 
 namespace moxin::cuda {
 namespace {
@@ -25,27 +26,36 @@ __device__ void rotate_pair(float x1, float x2, float c, float s, float& out1, f
 // block of kRopeThreads threads rotates (or copies) kHeadsPerBlock heads at once, one thread per
 // pair, so a lone decode token is spread over ~12 blocks instead of one block walking 48 heads
 // (the whole kernel was ~8 us of a ~140 us batch-1 layer under ncu). Many tokens (prefill) take
-// more heads per block, aiming at one wave of kRopeBlocksPerSm blocks per SM: every block computes
-// its token's angle table first (f64 powers and accurate sines: microseconds of latency), and 12
-// blocks per token over 1024 tokens ran 12 waves of it (51 us a layer on an H100, session 14).
+// more heads per block, aiming at one wave of kRopeBlocksPerSm blocks per SM: the accurate sines
+// and cosines are microseconds of latency per block, and 12 blocks per token over 1024 tokens
+// ran 12 waves of it (51 us a layer on an H100, session 14).
 constexpr int kHeadsPerBlock = 4;
 constexpr int kRopeBlocksPerSm = 8;
 
 // Grid (tokens, blocks per token). Work units of a token: its q heads and kv heads to rotate,
 // then its kv heads of v to copy; block y takes units heads_per_block * y .. + heads_per_block - 1
 // (FP8 cache: at most kHeadsPerBlock).
-// The angle is computed the way transformers does in f32: inv_freq = 1 / theta^(2i / D),
-// angle = f32(pos) * inv_freq, then accurate cosf/sinf (full range reduction: angles reach 32k
-// radians), by each block for its token into shared memory. The token's K/V slot is
-// block_tables[seq][pos / bs], slot pos % bs. An FP8 cache's rows (whole heads: the exponent
-// needs the row's largest magnitude) go through shared memory and are quantized one warp per row.
+// The frequencies of a head's pairs (core/rope_frequency.hpp, computed on the host once per
+// theta and head size), passed by value.
+struct RopeFrequencies {
+  float inv[kMaxHeadDim / 2];
+};
+
+// The angle is computed the way transformers does in f32: angle = f32(pos) * inv_freq, then
+// accurate cosf/sinf (full range reduction: angles reach 32k radians). Each thread computes the
+// angle of its own pair in registers (the same pair in every iteration where half divides the
+// block), with no shared table and no barrier in front of the loads, so the token's slot lookup
+// and its q | k | v values need not wait for the sines. (Measured neutral against a per-block
+// table of f64 powers behind a __syncthreads: batch-1 steps 6.00-6.04 ms against 6.02-6.04 on an
+// H100, session 19; the frequencies now come from the CPU backend's own function.) The token's
+// K/V slot is block_tables[seq][pos / bs], slot pos % bs. An FP8 cache's rows (whole heads: the
+// exponent needs the row's largest magnitude) go through shared memory and are quantized one
+// warp per row.
 __global__ void __launch_bounds__(kRopeThreads)
     rope_kv_write_kernel(const float* __restrict__ qkv, const int32_t* __restrict__ positions,
-                         int q_heads, float theta, float* __restrict__ q, PagedLayer cache,
+                         int q_heads, RopeFrequencies frequencies, float* __restrict__ q, PagedLayer cache,
                          TokenIndex index, int heads_per_block) {
   wait_for_prior_kernels();
-  __shared__ float cos_table[kMaxHeadDim / 2];
-  __shared__ float sin_table[kMaxHeadDim / 2];
   __shared__ float fp8_rows[kHeadsPerBlock][kMaxHeadDim];  // this block's K/V rows (FP8 cache)
   const bool fp8 = cache.k8 != nullptr;
   const int token = blockIdx.x;
@@ -53,17 +63,6 @@ __global__ void __launch_bounds__(kRopeThreads)
   const int half = head_dim / 2;
   const int kv_row = cache.kv_heads * head_dim;
   const float pos = static_cast<float>(positions[token]);
-  for (int i = threadIdx.x; i < half; i += kRopeThreads) {
-    // The f32 power rounded correctly (via f64), so CPU and GPU agree on every inv_freq: one
-    // ulp off would move the angle at position 32k by ~2e-3 rad.
-    const float exponent = static_cast<float>(2 * i) / static_cast<float>(head_dim);
-    const float inv_freq =
-        1.0f / static_cast<float>(pow(static_cast<double>(theta), static_cast<double>(exponent)));
-    const float angle = pos * inv_freq;
-    cos_table[i] = cosf(angle);
-    sin_table[i] = sinf(angle);
-  }
-  __syncthreads();
 
   // The token's K/V cache row, or null where it has no valid slot (nothing is stored then).
   __nv_bfloat16* kd = nullptr;
@@ -92,18 +91,25 @@ __global__ void __launch_bounds__(kRopeThreads)
   const int units = q_heads + 2 * cache.kv_heads;
   const int first = blockIdx.y * heads_per_block;
   const int last = min(first + heads_per_block, units);
+  int angle_of = -1;  // the pair whose cosine and sine c, s hold
+  float c = 0.0f, s = 0.0f;
   for (int idx = threadIdx.x; idx < (last - first) * half; idx += kRopeThreads) {
     const int unit = first + idx / half;
     const int i = idx % half;
+    if (unit < q_heads + cache.kv_heads && i != angle_of) {
+      const float angle = pos * frequencies.inv[i];
+      c = cosf(angle);
+      s = sinf(angle);
+      angle_of = i;
+    }
     if (unit < q_heads) {
       const int base = unit * head_dim;
-      rotate_pair(row[base + i], row[base + i + half], cos_table[i], sin_table[i], q_row[base + i],
-                  q_row[base + i + half]);
+      rotate_pair(row[base + i], row[base + i + half], c, s, q_row[base + i], q_row[base + i + half]);
     } else if (unit < q_heads + cache.kv_heads) {
       if (!has_slot) continue;
       const int base = (unit - q_heads) * head_dim;
       float k1, k2;
-      rotate_pair(k[base + i], k[base + i + half], cos_table[i], sin_table[i], k1, k2);
+      rotate_pair(k[base + i], k[base + i + half], c, s, k1, k2);
       if (fp8) {
         fp8_rows[unit - first][i] = k1;
         fp8_rows[unit - first][i + half] = k2;
@@ -153,6 +159,17 @@ __global__ void __launch_bounds__(kRopeThreads)
 void rope_kv_write(const float* qkv, const int32_t* positions, int q_heads, float theta, float* q,
                    const PagedLayer& cache, const TokenIndex& index, cudaStream_t stream) {
   if (index.tokens == 0) return;
+  MOXIN_CHECK(cache.head_dim % 2 == 0 && cache.head_dim <= kMaxHeadDim, "[cuda] rope_kv_write: head_dim ",
+              cache.head_dim, " (even, at most ", kMaxHeadDim, ")");
+  // Every layer of a model asks for the same frequencies: computed once per thread and shape.
+  thread_local float cached_theta = 0.0f;
+  thread_local int cached_head_dim = 0;
+  thread_local RopeFrequencies frequencies{};
+  if (cached_theta != theta || cached_head_dim != cache.head_dim) {
+    for (int i = 0; i < cache.head_dim / 2; ++i) frequencies.inv[i] = rope_inv_freq(theta, i, cache.head_dim);
+    cached_theta = theta;
+    cached_head_dim = cache.head_dim;
+  }
   const int units = q_heads + 2 * cache.kv_heads;
   const int most_blocks = (units + kHeadsPerBlock - 1) / kHeadsPerBlock;  // per token
   const int per_token = cache.k8 != nullptr ? most_blocks
@@ -161,7 +178,7 @@ void rope_kv_write(const float* qkv, const int32_t* positions, int q_heads, floa
   const int heads_per_block = (units + per_token - 1) / per_token;
   const dim3 grid(static_cast<unsigned>(index.tokens), static_cast<unsigned>((units + heads_per_block - 1) / heads_per_block));
   launch_kernel("rope_kv_write_kernel", rope_kv_write_kernel, grid, kRopeThreads, 0, stream, qkv, positions,
-                q_heads, theta, q, cache, index, heads_per_block);
+                q_heads, frequencies, q, cache, index, heads_per_block);
 }
 
 }  // namespace moxin::cuda
