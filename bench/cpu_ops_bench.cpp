@@ -387,7 +387,8 @@ BENCHMARK(BM_QuantLinear)
     ->Unit(benchmark::kMillisecond);
 
 // The decode GEMV paths side by side in one process (the backend runs the fastest): args out
-// features, in features, bits, path (0 generic, 1 avx2, 2 avx2-int, 3 avx512, 4 vnni), threads;
+// features, in features, bits, path (0 generic, 1 avx2, 2 avx2-int, 3 avx512, 4 vnni, 6 avx-vnni),
+// threads;
 // M = 1.
 // Reports GB/s of codes + scales + biases read and its share of the read ceiling measured in
 // the same run with as many threads.
@@ -432,9 +433,9 @@ void BM_QuantGemvPath(benchmark::State& state) {
 }
 BENCHMARK(BM_QuantGemvPath)
     ->ArgNames({"N", "K", "bits", "path", "threads", "in_cache"})
-    ->ArgsProduct({{14336}, {4096}, {4, 8}, {0, 1, 2, 3, 4}, {1, 2}, {0}})
-    ->ArgsProduct({{4096}, {14336}, {4, 8}, {1, 2, 4}, {2}, {0}})  // the down projection's long rows
-    ->ArgsProduct({{128}, {4096}, {4, 8}, {0, 1, 2, 3, 4}, {1}, {1}})
+    ->ArgsProduct({{14336}, {4096}, {4, 8}, {0, 1, 2, 3, 4, 6}, {1, 2}, {0}})
+    ->ArgsProduct({{4096}, {14336}, {4, 8}, {1, 2, 4, 6}, {2}, {0}})  // the down projection's long rows
+    ->ArgsProduct({{128}, {4096}, {4, 8}, {0, 1, 2, 3, 4, 6}, {1}, {1}})
     ->UseRealTime()
     ->Unit(benchmark::kMillisecond);
 

@@ -1,9 +1,14 @@
 // Quantized linear on the CPU (both GEMV and dequantize-then-GEMM regimes) against a double
 // matmul on the dequantized weights, for 4/8 bits x group 64/128 at awkward shapes, every
-// kernel table and 1 or 2 threads; every decode GEMV path (generic, AVX2, AVX-512, VNNI) and
+// kernel table and 1 or 2 threads; every decode GEMV path (generic, AVX2, AVX2 integer, AVX-VNNI,
+// AVX-512, VNNI, NEON) and
 // every prefill dequantizer against the MLX formula evaluated in double on random codes; plus
 // the quantizer's own error bound.
 #include <algorithm>
+#include <cstring>
+#include <fstream>
+#include <sstream>
+#include <string>
 #include <utility>
 
 #include "backend/cpu/cpu_quant_kernels.hpp"
@@ -23,6 +28,20 @@ using cpu::QuantGemvPath;
 using cpu::quant_gemv;
 using cpu::quant_gemv_path_name;
 using cpu::quant_gemv_paths;
+
+// Whether the kernel's /proc/cpuinfo lists `flag` for the first CPU (an account of the CPU's
+// features independent of the CPUID reads under test).
+[[maybe_unused]] bool cpuinfo_lists_flag(const std::string& flag) {
+  std::ifstream in("/proc/cpuinfo");
+  for (std::string line; std::getline(in, line);)
+    if (line.rfind("flags", 0) == 0) {
+      std::istringstream words(line.substr(line.find(':') + 1));
+      for (std::string word; words >> word;)
+        if (word == flag) return true;
+      return false;
+    }
+  return false;
+}
 
 std::unique_ptr<QuantizedTestMatrix> make_quant_case(const OwnedTensor& w, int64_t N, int64_t K, int bits, int group) {
   return quantize_for_test("w.weight", w.info.data, w.info.dtype, N, K, bits, group);
@@ -274,6 +293,37 @@ TEST(QuantGemv, EveryPathHoldsItsLargestSums) {
 }
 
 // An inf or NaN activation reaches the outputs of its row (and only those) on every path.
+// The AVX-VNNI path adds the same integer sums as the AVX2 integer one, so its results are those
+// bit for bit: every group size and scale dtype, tails of rows past whole tiles, 1..8 activation
+// rows, one thread and two.
+TEST(QuantGemv, AvxVnniGivesTheAvx2IntegerPathsBits) {
+  if (!cpu::quant_avx_vnni_supported()) GTEST_SKIP() << "this CPU has no AVX-VNNI";
+  Random rng(test_seed());
+  ThreadPool pool(2);
+  for (int group : {32, 64, 128})
+    for (DType dtype : {DType::BF16, DType::F16, DType::F32})
+      for (const int64_t M : {int64_t{1}, int64_t{3}, kQuantGemvMaxRows}) {
+        const int64_t N = rng.integer(1, 67), K = group * rng.integer(1, 9), ldx = K + 3, ldy = N + 5;
+        const RandomQuantWeights w(rng, dtype, N, K, 4, group);
+        const std::vector<float> x = spread_activations(rng, M, K, ldx, group);
+        for (ThreadPool* threads : {static_cast<ThreadPool*>(nullptr), &pool}) {
+          std::vector<float> y[2];
+          for (int v = 0; v < 2; ++v) {
+            y[v].assign(static_cast<size_t>(M * ldy), std::numeric_limits<float>::quiet_NaN());
+            quant_gemv(v ? QuantGemvPath::avx_vnni : QuantGemvPath::avx2_int, threads, M, x.data(), ldx, w.view,
+                       y[v].data(), ldy);
+          }
+          for (int64_t m = 0; m < M; ++m)
+            for (int64_t n = 0; n < N; ++n) {
+              const size_t i = static_cast<size_t>(m * ldy + n);
+              ASSERT_EQ(std::memcmp(&y[0][i], &y[1][i], sizeof(float)), 0)
+                  << "g" << group << " " << dtype_name(dtype) << " M=" << M << " N=" << N << " K=" << K << " m=" << m
+                  << " n=" << n << ": avx2-int " << y[0][i] << ", avx-vnni " << y[1][i];
+            }
+        }
+      }
+}
+
 // The AMX-INT8 prefill GEMM against the MLX formula in double, at row counts on either side of
 // its 16-row tiles, weight rows past whole tiles and panels, every group size, scale dtype and
 // width, strided x and y (y's gap columns stay unwritten), 1 and 2 threads bit-identical.
@@ -349,6 +399,8 @@ TEST(QuantGemv, ListsEveryPathThisCpuRuns) {
   const auto listed = [&](QuantGemvPath p) { return std::find(paths.begin(), paths.end(), p) != paths.end(); };
   EXPECT_EQ(listed(QuantGemvPath::avx2), __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma"));
   EXPECT_EQ(listed(QuantGemvPath::avx2_int), __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma"));
+  EXPECT_EQ(listed(QuantGemvPath::avx_vnni), __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
+                                                 cpuinfo_lists_flag("avx_vnni"));
   EXPECT_EQ(listed(QuantGemvPath::avx512), __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
                                                __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("fma"));
 #elif defined(__aarch64__) && defined(__linux__)

@@ -30,4 +30,16 @@ inline bool cpu_has_avx2_fma_f16c() {
 #endif
 }
 
+// The CPU has AVX-VNNI (CPUID leaf 7 subleaf 1, EAX bit 4): the VEX-encoded 256-bit vpdpbusd
+// and vpdpwssd. GCC 12's __builtin_cpu_supports does not detect it. Call it with an AVX2 check
+// (which also asks whether the OS saves ymm state).
+inline bool cpu_has_avx_vnni() {
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+  unsigned eax = 0, ebx = 0, ecx = 0, edx = 0;
+  return __get_cpuid_count(7, 1, &eax, &ebx, &ecx, &edx) != 0 && (eax & (1u << 4)) != 0;
+#else
+  return false;
+#endif
+}
+
 }  // namespace moxin::cpu

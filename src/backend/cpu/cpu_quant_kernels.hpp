@@ -63,6 +63,12 @@ bool quant_gemv_vnni(ThreadPool* pool, int64_t M, const float* x, int64_t ldx, c
 bool quant_avx2_int_supported();
 bool quant_gemv_avx2_int(ThreadPool* pool, int64_t M, const float* x, int64_t ldx, const QuantView& w, float* y,
                          int64_t ldy);
+// The same kernel with AVX-VNNI's dot products (cpu_quant_avx_vnni.cpp): the AVX2 integer
+// path's results bit for bit, in fewer instructions. False as quant_gemv_avx2_int, and also
+// where the CPU lacks AVX-VNNI.
+bool quant_avx_vnni_supported();
+bool quant_gemv_avx_vnni(ThreadPool* pool, int64_t M, const float* x, int64_t ldx, const QuantView& w, float* y,
+                         int64_t ldy);
 
 // AMX-INT8 quantized GEMM for prefill row counts (cpu_quant_amx.cpp): the GEMVs' exact activation
 // split against the codes as bytes, int32 sums per group on the tiles, so the result is the
@@ -73,17 +79,17 @@ bool quant_matmul_amx(ThreadPool* pool, int64_t M, const float* x, int64_t ldx, 
                       int64_t ldy);
 
 // The ways a decode-sized quantized matmul can run: every one computes the same products.
-enum class QuantGemvPath { generic, avx2, avx2_int, avx512, vnni, neon };
+enum class QuantGemvPath { generic, avx2, avx2_int, avx512, vnni, neon, avx_vnni };
 const char* quant_gemv_path_name(QuantGemvPath path);
 // The paths this build and CPU run, fastest last.
 std::vector<QuantGemvPath> quant_gemv_paths();
-// The path of a kernel table's instruction set: generic for the generic table, avx2 for the
-// AVX2 one, the fastest of all for AVX-512 (a CPU with AVX-512 also runs the AVX2 path, and
-// its AVX2 kernel outruns the AVX-512 f32 one) and for NEON.
+// The path of a kernel table's instruction set: generic for the generic table, avx2-int (avx-vnni
+// where the CPU has AVX-VNNI) for the AVX2 one, the fastest of all for AVX-512 (a CPU with
+// AVX-512 also runs the AVX2 paths, and its AVX2 kernels outrun the AVX-512 f32 one) and NEON.
 QuantGemvPath quant_gemv_path_for(const Kernels& kernels);
 // y[m * ldy + n] = sum_k x[m * ldx + k] W[n, k] for M <= kQuantGemvMaxRows by `path` (one of
-// quant_gemv_paths()); vnni falls back to avx512 for activations it cannot split, avx2_int to
-// avx2 for those and for 8-bit codes.
+// quant_gemv_paths()); vnni falls back to avx512 for activations it cannot split, avx2_int and
+// avx_vnni to avx2 for those and for 8-bit codes.
 void quant_gemv(QuantGemvPath path, ThreadPool* pool, int64_t M, const float* x, int64_t ldx, const QuantView& w,
                 float* y, int64_t ldy);
 

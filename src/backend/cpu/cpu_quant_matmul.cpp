@@ -95,6 +95,7 @@ const char* quant_gemv_path_name(QuantGemvPath path) {
     case QuantGemvPath::avx512: return "avx512";
     case QuantGemvPath::vnni: return "vnni";
     case QuantGemvPath::neon: return "neon";
+    case QuantGemvPath::avx_vnni: return "avx-vnni";
   }
   return "?";
 }
@@ -108,6 +109,7 @@ std::vector<QuantGemvPath> quant_gemv_paths() {
   if (quant_gemv_avx512()) paths.push_back(QuantGemvPath::avx512);
   if (quant_gemv_avx2()) paths.push_back(QuantGemvPath::avx2);
   if (quant_avx2_int_supported()) paths.push_back(QuantGemvPath::avx2_int);
+  if (quant_avx_vnni_supported()) paths.push_back(QuantGemvPath::avx_vnni);
   if (quant_gemv_avx512() && quant_vnni_supported()) paths.push_back(QuantGemvPath::vnni);
   if (quant_gemv_neon()) paths.push_back(QuantGemvPath::neon);
   return paths;
@@ -116,7 +118,8 @@ std::vector<QuantGemvPath> quant_gemv_paths() {
 QuantGemvPath quant_gemv_path_for(const Kernels& kernels) {
   static const QuantGemvPath fastest = quant_gemv_paths().back();
   if (is_table(kernels, &generic_kernels())) return QuantGemvPath::generic;
-  if (is_table(kernels, avx2_kernels())) return QuantGemvPath::avx2_int;
+  if (is_table(kernels, avx2_kernels()))
+    return quant_avx_vnni_supported() ? QuantGemvPath::avx_vnni : QuantGemvPath::avx2_int;
   return fastest;
 }
 
@@ -124,9 +127,11 @@ void quant_gemv(QuantGemvPath path, ThreadPool* pool, int64_t M, const float* x,
                 float* y, int64_t ldy) {
   if (path == QuantGemvPath::vnni && quant_gemv_vnni(pool, M, x, ldx, w, y, ldy)) return;
   if (path == QuantGemvPath::avx2_int && quant_gemv_avx2_int(pool, M, x, ldx, w, y, ldy)) return;
+  if (path == QuantGemvPath::avx_vnni && quant_gemv_avx_vnni(pool, M, x, ldx, w, y, ldy)) return;
   QuantGemvFn gemv = nullptr;
   if (path == QuantGemvPath::avx512 || path == QuantGemvPath::vnni) gemv = quant_gemv_avx512();
-  if (path == QuantGemvPath::avx2 || path == QuantGemvPath::avx2_int) gemv = quant_gemv_avx2();
+  if (path == QuantGemvPath::avx2 || path == QuantGemvPath::avx2_int || path == QuantGemvPath::avx_vnni)
+    gemv = quant_gemv_avx2();
   if (path == QuantGemvPath::neon) gemv = quant_gemv_neon();
   quant_gemv_f32(gemv ? gemv : quant_gemv_generic, pool, M, x, ldx, w, y, ldy);
 }
