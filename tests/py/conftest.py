@@ -82,11 +82,16 @@ def run_moxin(binary, *args, check=True, input_bytes=None, timeout=600):
     return out
 
 
+def cpu_flags_by_cpuinfo():
+    """The first CPU's feature flags as the kernel lists them in /proc/cpuinfo."""
+    with open("/proc/cpuinfo") as f:
+        return set(next((line.split(":", 1)[1].split() for line in f if line.startswith("flags")), []))
+
+
 def fastest_cpu_table_by_cpuinfo():
     """The CPU kernel table the CPU's flags (the kernel's view, independent of ours) call for:
     what `moxin` runs by default on x86-64 Linux."""
-    with open("/proc/cpuinfo") as f:
-        flags = set(next((line.split(":", 1)[1].split() for line in f if line.startswith("flags")), []))
+    flags = cpu_flags_by_cpuinfo()
     if {"avx512f", "avx512bw", "avx512vl", "fma"} <= flags:
         return "amx" if {"amx_tile", "amx_bf16", "avx512_bf16"} <= flags else "avx512"
     if {"avx2", "fma", "f16c"} <= flags:

@@ -6,6 +6,7 @@
 #include "backend/cpu/cpu_backend.hpp"
 #include "backend/cpu/cpu_backend_impl.hpp"
 #include "backend/cpu/cpu_checks.hpp"
+#include "backend/cpu/cpu_quant_kernels.hpp"
 #include "core/bf16.hpp"
 #include "core/check.hpp"
 #include "core/large_buffer.hpp"
@@ -76,7 +77,8 @@ void check_tensor_info(const TensorInfo& t, const char* what) {
 CpuBackend::CpuBackend(int threads, const Kernels& kernels) : pool_(threads), kernels_(kernels) {}
 
 std::string CpuBackend::name() const {
-  return cat("cpu (", kernels_.name, " kernels, ", pool_.size(), " threads)");
+  return cat("cpu (", kernels_.name, " kernels, ", quant_gemv_path_name(quant_gemv_path_for(kernels_)),
+             " quantized GEMV, ", pool_.size(), " threads)");
 }
 
 // --- memory ---
