@@ -1,9 +1,8 @@
 // Quantized linear on the CPU (both GEMV and dequantize-then-GEMM regimes) against a double
 // matmul on the dequantized weights, for 4/8 bits x group 64/128 at awkward shapes, every
 // kernel table and 1 or 2 threads; every decode GEMV path (generic, AVX2, AVX2 integer, AVX-VNNI,
-// AVX-512, VNNI, NEON) and
-// every prefill dequantizer against the MLX formula evaluated in double on random codes; plus
-// the quantizer's own error bound.
+// AVX-512, VNNI, NEON) and every prefill dequantizer against the MLX formula evaluated in double
+// on random codes; plus the quantizer's own error bound.
 #include <algorithm>
 #include <cstring>
 #include <fstream>
@@ -292,7 +291,6 @@ TEST(QuantGemv, EveryPathHoldsItsLargestSums) {
     }
 }
 
-// An inf or NaN activation reaches the outputs of its row (and only those) on every path.
 // The AVX-VNNI path adds the same integer sums as the AVX2 integer one, so its results are those
 // bit for bit: every group size and scale dtype, tails of rows past whole tiles, 1..8 activation
 // rows, one thread and two.
@@ -369,6 +367,7 @@ TEST(QuantAmx, MatchesMlxFormulaOnCodesAtPrefillRows) {
   EXPECT_TRUE(std::all_of(y.begin(), y.end(), [](float v) { return v == 7.0f; })) << "wrote before refusing";
 }
 
+// An inf or NaN activation reaches the outputs of its row (and only those) on every path.
 TEST(QuantGemv, NonFiniteActivationsPropagate) {
   Random rng(test_seed());
   const int64_t N = 9, K = 256, M = 3;

@@ -29,7 +29,6 @@ namespace {
 
 constexpr int kWarps = 8;
 constexpr int kLanes = 32;
-constexpr int kChunk = kWeightChunk;
 
 // NT tiles of 8 tokens, R tiles of 16 weight rows per block; U chunks of loads in flight per warp.
 template <int NT, int R, int U>
@@ -47,7 +46,7 @@ __global__ void __launch_bounds__(kWarps* kLanes)
 #pragma unroll
     for (int h = 0; h < 2; ++h)
       rows[r][h] = w + static_cast<size_t>(min(row0 + 16 * r + 8 * h + g, n - 1)) * k + lane_input(t);
-  const int chunks = (k + kChunk - 1) / kChunk;
+  const int chunks = (k + kWeightChunk - 1) / kWeightChunk;
 
   float acc[R][NT][4];
 #pragma unroll
@@ -63,7 +62,7 @@ __global__ void __launch_bounds__(kWarps* kLanes)
 #pragma unroll
   for (int u = 0; u < U; ++u) {
     const int c = warp + u * kWarps;
-    if (c < chunks) next[u].load(rows, c * kChunk, k - lane_input(t));
+    if (c < chunks) next[u].load(rows, c * kWeightChunk, k - lane_input(t));
   }
   wait_for_prior_kernels();
 
@@ -74,13 +73,13 @@ __global__ void __launch_bounds__(kWarps* kLanes)
 #pragma unroll
     for (int u = 0; u < U; ++u) {
       const int c = c0 + (U + u) * kWarps;
-      if (c < chunks) next[u].load(rows, c * kChunk, k - lane_input(t));
+      if (c < chunks) next[u].load(rows, c * kWeightChunk, k - lane_input(t));
     }
 #pragma unroll
     for (int u = 0; u < U; ++u) {
       const int c = c0 + u * kWarps;
       if (c >= chunks) break;
-      const int kc = c * kChunk;
+      const int kc = c * kWeightChunk;
 #pragma unroll
       for (int j = 0; j < NT; ++j) {
         const int token = 8 * j + g;
