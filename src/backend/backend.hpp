@@ -75,6 +75,10 @@ struct AttentionBatch {
   Tensor token_pos;     // [T] position of the token in its sequence (attends to 0..pos)
   Tensor block_tables;  // [S, max_blocks] physical block ids, row per sequence
   int max_context = 0;  // upper bound of pos + 1 over the batch (sizes split-K work)
+  // True only where no two tokens share a sequence (a decode step: token t is its sequence's only
+  // one here), so a token's new K/V row is read by that token's attention alone; lets a backend
+  // write it inside the attention (Backend::rope_paged_attention). False is always safe.
+  bool one_token_per_sequence = false;
 };
 
 // One row of Backend::sample_tokens: the host sampler's parameters (runtime/sampler.hpp, whose
@@ -302,6 +306,13 @@ class Backend {
   // y in act_dtype(), or in attention_output_dtype where that says so.
   virtual void paged_attention(const Tensor& q, KvCache& cache, int layer,
                                const AttentionBatch& batch, int q_heads, Tensor& y) = 0;
+  // rope_kv_write into q (scratch), then paged_attention -> y: the same results, where a backend
+  // may run both in one pass for a batch with one_token_per_sequence (q then stays unwritten).
+  virtual void rope_paged_attention(const Tensor& qkv, const Tensor& positions, float theta, KvCache& cache,
+                                    int layer, const AttentionBatch& batch, int q_heads, Tensor& q, Tensor& y) {
+    rope_kv_write(qkv, positions, theta, cache, layer, batch, q);
+    paged_attention(q, cache, layer, batch, q_heads, y);
+  }
   // The dtype paged_attention writes y in for this batch of `tokens` tokens when `o` (the
   // output projection, which reads y) comes next: act_dtype(), or the o projection's bf16 input
   // where the backend's kernel for this batch rounds its output itself (no conversion before o).

@@ -32,7 +32,7 @@ Tensor Decoder::embed(const Tensor& ids) const {
   return x;
 }
 
-// Per layer: qkv, rope + KV write, attention, o, add + norm, gate|up + swiglu, down, add + the
+// Per layer: qkv, rope + KV write, attention (one op where the backend fuses them), o, add + norm, gate|up + swiglu, down, add + the
 // next layer's norm: eight ops (a decode step's cost is mostly their boundaries on the GPU; the
 // CUDA backend fuses the swiglu into the gate|up GEMV at one row). Where the backend fuses the
 // residual steps (s.fused), each norm goes into the linear after it and each add into the linear
@@ -45,8 +45,7 @@ void Decoder::run_layer(int index, Tensor& x, const Tensor& positions, const Att
     backend_.rms_norm_linear(x, layer.input_norm, eps, layer.qkv, s.normed, s.qkv);
   else
     backend_.linear(s.normed, layer.qkv, s.qkv);
-  backend_.rope_kv_write(s.qkv, positions, config_.rope_theta, cache, index, batch, s.q);
-  backend_.paged_attention(s.q, cache, index, batch, config_.heads, s.attn);
+  backend_.rope_paged_attention(s.qkv, positions, config_.rope_theta, cache, index, batch, config_.heads, s.q, s.attn);
   if (s.fused) {
     backend_.linear_add(s.attn, layer.o, s.out, x);
     backend_.rms_norm_linear_swiglu(x, layer.post_attention_norm, eps, layer.gate_up, s.normed, s.gate_up, s.act);

@@ -61,7 +61,7 @@ DecodeGraphs::Graph* DecodeGraphs::graph_for(int batch, int bucket) {
   g->logits = backend_.empty_act({batch, decoder_.config().vocab});
   backend_.synchronize();
 
-  AttentionBatch attention{g->token_seq, g->positions, g->tables, bucket};
+  AttentionBatch attention{g->token_seq, g->positions, g->tables, bucket, true};
   Graph& graph = *g;
   g->graph = backend_.capture([&] {
     Tensor x = decoder_.embed(graph.ids);

@@ -174,6 +174,7 @@ Tensor Engine::step(std::span<SequenceChunk> chunks) {
   batch.block_tables = backend_->from_host_i32(
       tables.data(), {static_cast<int64_t>(chunks.size()), static_cast<int64_t>(max_blocks)});
   batch.max_context = max_context;
+  batch.one_token_per_sequence = total == static_cast<int64_t>(chunks.size());  // every chunk is one token
 
   model_->decoder().forward(x, batch.token_pos, batch, *kv_cache_);
   for (SequenceChunk& c : chunks) c.sequence->length += c.embeddings.rows();

@@ -52,6 +52,11 @@ void set_cuda_linear_path(Backend& backend, CudaLinearPath path);
 // The results are the same bits either way; tests and benchmarks compare the two.
 void set_cuda_fused_residual(Backend& backend, bool on);
 
+// Whether a decode step's RoPE + K/V write run inside its attention kernel
+// (Backend::rope_paged_attention); on by default, MOXIN_CUDA_FUSE_ROPE=0 starts it off. The same
+// bits either way; tests and benchmarks compare the two.
+void set_cuda_fused_rope(Backend& backend, bool on);
+
 enum class CudaAttentionPath { Auto, SplitK, TiledF32, TiledBf16, SplitKWarp, SplitKCluster, SplitKTensorCore };
 void set_cuda_attention_path(Backend& backend, CudaAttentionPath path);
 

@@ -175,6 +175,13 @@ class CudaBackend final : public Backend {
                      int layer, const AttentionBatch& batch, Tensor& q) override;
   void paged_attention(const Tensor& q, KvCache& cache, int layer, const AttentionBatch& batch,
                        int q_heads, Tensor& y) override;
+  void rope_paged_attention(const Tensor& qkv, const Tensor& positions, float theta, KvCache& cache, int layer,
+                            const AttentionBatch& batch, int q_heads, Tensor& q, Tensor& y) override;
+  // Whether rope_paged_attention runs this batch of `tokens` tokens as one kernel
+  // (rope_paged_attention_mma): a one-token-per-sequence batch on the split-K tensor-core kernel
+  // over a bf16 cache, with the fusion on.
+  bool fuses_rope_into_attention(const KvCacheConfig& cache, const AttentionBatch& batch, int64_t tokens,
+                                 int q_heads) const;
   DType attention_output_dtype(const AttentionBatch& batch, int64_t tokens, int q_heads, int kv_heads,
                                const Linear& o) const override;
   // cuda_sampling.cpp
@@ -195,6 +202,9 @@ class CudaBackend final : public Backend {
   // Whether decode linears take the residual steps in (fuses_rms_norm_into): on by default,
   // MOXIN_CUDA_FUSE_RESIDUAL=0 turns it off at construction (for A/B runs).
   void set_fused_residual(bool on) { fused_residual_ = on; }
+  // Whether rope_paged_attention may fuse (fuses_rope_into_attention): on by default,
+  // MOXIN_CUDA_FUSE_ROPE=0 turns it off at construction (for A/B runs).
+  void set_fused_rope(bool on) { fused_rope_ = on; }
   // Number of context splits the split-K kernel uses for this batch (exposed for benchmarks).
   int attention_splits(int tokens, int q_heads, int kv_heads, int head_dim, int max_context) const;
 
@@ -263,10 +273,12 @@ class CudaBackend final : public Backend {
   std::shared_ptr<void> attention_partial_;  // split-K partial results
   int64_t attention_partial_floats_ = 0;
   std::shared_ptr<void> attention_counters_;  // split-K merge counters, kept zeroed
+  static constexpr int64_t kAttentionCounters = 64ll << 10;  // (token, kv head) pairs per split-K call
   CudaAttentionPath attention_path_ = CudaAttentionPath::Auto;
   CudaLinearPath linear_path_ = CudaLinearPath::Auto;
   bool fp8_tensor_cores_ = false;
   bool fused_residual_ = true;
+  bool fused_rope_ = true;
   int64_t quant_largest_elems_ = 0;  // largest quantized linear prepared so far (out * in)
   CudaLinear quant_dense_;           // weight: bf16 scratch of quant_dense_elems_, made on demand
   int64_t quant_dense_elems_ = 0;

@@ -247,6 +247,29 @@ void paged_attention_mma(const float* q, const PagedLayer& cache, const TokenInd
                          int q_heads, int splits, bool cluster_merge, float* partial, int* counters,
                          float* y, cudaStream_t stream);
 
+// The inverse frequencies of a head's rotary pairs (core/rope_frequency.hpp), computed on the host
+// once per theta and head_dim (kept per thread: every layer asks for the same) and passed by value.
+struct RopeFrequencies {
+  float inv[kMaxHeadDim / 2];
+};
+const RopeFrequencies& rope_frequencies(float theta, int head_dim);
+
+// rope_kv_write's input: the packed q | k | v rows, the rotation positions, the frequencies.
+struct DecodeRope {
+  const float* qkv = nullptr;
+  const int32_t* positions = nullptr;
+  RopeFrequencies frequencies{};
+};
+// rope_kv_write then paged_attention_mma in one launch, for a decode step over a bf16 cache:
+// every token is the only one of its sequence in the batch (AttentionBatch::one_token_per_sequence),
+// so a token's new K/V row is read by its own blocks only. Each block rotates its GQA group's q
+// itself, and the block whose split holds the token's position writes that token's rotated k and
+// its v (its kv head's part of the row) before its warps stage any tile. q is not written. The same
+// bits as the two ops (the same rotation code, tests compare them).
+void rope_paged_attention_mma(const DecodeRope& rope, const PagedLayer& cache, const TokenIndex& index, int q_heads,
+                              int splits, bool cluster_merge, float* partial, int* counters, float* y,
+                              cudaStream_t stream);
+
 // --- paged_attention_tiled.cu: tiles of consecutive tokens share K/V tiles (prefill) ---
 // tensor_cores: Q and P rounded to bf16 for mma.sync; otherwise all f32 on the CUDA cores.
 void paged_attention_tiled(const float* q, const PagedLayer& cache, const TokenIndex& index,

@@ -23,6 +23,13 @@
 // 2^14, so that P V's f16 operand stays in [0, 2^14] and normal. Every scale is a power of two:
 // the kernel computes on exactly the dequantized cache. (v1 widened into bf16 with the scale
 // applied: ~26 instructions per 8 codes, which made the kernel slower than bf16's; this is 6.)
+//
+// RoPE fused in (kRope, bf16 cache, a decode step: kernels.hpp's rope_paged_attention_mma): q
+// comes from the projection's q | k | v rows and each block rotates its group's heads (a lane holds
+// both halves of its pairs: dims d and d + kD / 2 sit in k-steps ks and ks + kSteps / 2 at the
+// same offsets); the block whose split holds the token's own position first stores the token's
+// rotated k and its v for its kv head, then a block barrier, then the walk. That replaces a
+// separate rope_kv_write launch (~6 us of latency a layer at batch 1, session 19) and its boundary.
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
@@ -36,6 +43,7 @@
 #include "backend/cuda/launch.cuh"
 #include "backend/cuda/paged_attention_merge.cuh"
 #include "backend/cuda/pow2.cuh"
+#include "backend/cuda/rope.cuh"
 
 namespace moxin::cuda {
 namespace {
@@ -177,17 +185,59 @@ __device__ __forceinline__ void mma_kv(float (&d)[4], const uint32_t (&a)[4], ui
     mma_bf16(d, a, b0, b1);
 }
 
-template <int kD, bool kCluster, bool kFp8>
+// The kRope block's part before its walk: the cosines and sines of the token's pairs into
+// rope_cos / rope_sin (thread i: pair i), and, where this block's split [begin, end) holds the
+// token's own position (context - 1), the token's rotated k and its v for this kv head stored
+// into its cache slot (as rope_kv_write stores them). The caller's barrier publishes both.
+template <int kD>
+__device__ __forceinline__ void rope_and_new_row(const DecodeRope& rope, const PagedLayer& cache, const float* qkv_row,
+                                                 int q_heads, int kv_head, int pos, int context, int begin, int end,
+                                                 const int32_t* table, float* rope_cos, float* rope_sin) {
+  constexpr int kHalf = kD / 2;
+  static_assert(kSplitWarps * 32 >= kD, "a thread per k pair and per v pair");
+  const int i = threadIdx.x;
+  float c = 0.0f, s = 0.0f;
+  if (i < kHalf) {
+    rope_cos_sin(pos, rope.frequencies.inv[i], c, s);
+    rope_cos[i] = c;
+    rope_sin[i] = s;
+  }
+  const int own = context - 1;
+  if (context == 0 || own < begin || own >= end || i >= kD) return;
+  const int block = table[own / cache.block_size];
+  if (block < 0 || block >= cache.num_blocks) return;  // no slot: nothing stored (as rope_kv_write)
+  const size_t at = (static_cast<size_t>(block) * cache.block_size + own % cache.block_size) *
+                        cache.kv_heads * kD + static_cast<size_t>(kv_head) * kD;
+  const float* k = qkv_row + static_cast<size_t>(q_heads + kv_head) * kD;
+  const float* v = qkv_row + static_cast<size_t>(q_heads + cache.kv_heads + kv_head) * kD;
+  auto* kd = reinterpret_cast<__nv_bfloat16*>(cache.k) + at;
+  auto* vd = reinterpret_cast<__nv_bfloat16*>(cache.v) + at;
+  if (i < kHalf) {
+    float k1, k2;
+    rotate_pair(k[i], k[i + kHalf], c, s, k1, k2);
+    kd[i] = __float2bfloat16_rn(k1);
+    kd[i + kHalf] = __float2bfloat16_rn(k2);
+  } else {
+    const int j = i - kHalf;
+    vd[j] = __float2bfloat16_rn(v[j]);
+    vd[j + kHalf] = __float2bfloat16_rn(v[j + kHalf]);
+  }
+}
+
+// kRope: q is unused and `rope` holds the q | k | v rows to rotate (see the file comment).
+template <int kD, bool kCluster, bool kFp8, bool kRope>
 __global__ void __launch_bounds__(kSplitWarps * 32, 2)
     paged_mma_kernel(const float* __restrict__ q, PagedLayer cache, TokenIndex index, int q_heads,
                      int splits, float scale, float* __restrict__ partial,
-                     int* __restrict__ counters, float* __restrict__ y) {
+                     int* __restrict__ counters, float* __restrict__ y, DecodeRope rope) {
+  static_assert(!(kRope && kFp8), "the fused RoPE stores bf16 rows");
   constexpr int kRow = staged_row<kD>();
   constexpr int kSteps = kD / 16;                   // k16 steps of Q K^T, n16 steps of P V
   constexpr int kTileElems = bf16_tile_elems<kD>();
   extern __shared__ __align__(16) unsigned char staging[];
   __shared__ unsigned valid_rows[kSplitWarps][kStages];  // bit r: row r of the stage is real
   __shared__ BlockMerge merge;
+  __shared__ float rope_cos[kRope ? kD / 2 : 1], rope_sin[kRope ? kD / 2 : 1];
 
   wait_for_prior_kernels();
   const int split = blockIdx.x;
@@ -208,13 +258,36 @@ __global__ void __launch_bounds__(kSplitWarps * 32, 2)
   uint32_t qa[kSteps][4];
   float q_unscale = 1.0f;  // FP8: 2^-a
   {
-    const float* qh = q + (static_cast<size_t>(token) * q_heads + kv_head * group + g) * kD + 2 * t;
+    // kRope: this token's q | k | v row, whose q heads come first.
+    const float* qkv_row =
+        kRope ? rope.qkv + static_cast<size_t>(token) * (q_heads + 2 * cache.kv_heads) * kD : nullptr;
+    const float* q_row = kRope ? qkv_row : q + static_cast<size_t>(token) * q_heads * kD;
+    const float* qh = q_row + static_cast<size_t>(kv_head * group + g) * kD + 2 * t;
     float2 a[kSteps], b[kSteps];
     float amax = 0.0f;
 #pragma unroll
     for (int ks = 0; ks < kSteps; ++ks) {
       a[ks] = g < group ? *reinterpret_cast<const float2*>(qh + ks * 16) : float2{0, 0};
       b[ks] = g < group ? *reinterpret_cast<const float2*>(qh + ks * 16 + 8) : float2{0, 0};
+    }
+    if constexpr (kRope) {
+      rope_and_new_row<kD>(rope, cache, qkv_row, q_heads, kv_head, rope.positions[token], context, begin, end, table,
+                           rope_cos, rope_sin);
+      __syncthreads();  // the cosines and sines, and the new row for the walk's copies
+      // Dims ks * 16 + 2t + {0, 1} (a) and + 8 (b) of the first half pair with the same offsets
+      // kSteps / 2 steps on.
+#pragma unroll
+      for (int ks = 0; ks < kSteps / 2; ++ks) {
+        const int h = ks + kSteps / 2;
+        const int i = ks * 16 + 2 * t;
+        rotate_pair(a[ks].x, a[h].x, rope_cos[i], rope_sin[i], a[ks].x, a[h].x);
+        rotate_pair(a[ks].y, a[h].y, rope_cos[i + 1], rope_sin[i + 1], a[ks].y, a[h].y);
+        rotate_pair(b[ks].x, b[h].x, rope_cos[i + 8], rope_sin[i + 8], b[ks].x, b[h].x);
+        rotate_pair(b[ks].y, b[h].y, rope_cos[i + 9], rope_sin[i + 9], b[ks].y, b[h].y);
+      }
+    }
+#pragma unroll
+    for (int ks = 0; ks < kSteps; ++ks) {
       a[ks] = {a[ks].x * scale, a[ks].y * scale};
       b[ks] = {b[ks].x * scale, b[ks].y * scale};
       amax = fmaxf(amax, fmaxf(fmaxf(fabsf(a[ks].x), fabsf(a[ks].y)), fmaxf(fabsf(b[ks].x), fabsf(b[ks].y))));
@@ -429,16 +502,19 @@ __global__ void __launch_bounds__(kSplitWarps * 32, 2)
                 partial, counters, y);
 }
 
-// Calls f(kernel, smem bytes) for this head_dim, merge and cache format.
+// Calls f(kernel, smem bytes) for this head_dim, merge and cache format, with or without the
+// fused RoPE (bf16 caches only).
 template <class F>
-void with_mma_kernel(int head_dim, bool cluster, bool fp8, F f) {
+void with_mma_kernel(int head_dim, bool cluster, bool fp8, bool rope, F f) {
   auto by_format = [&](auto d, auto c) {
     constexpr int kD = decltype(d)::value;
     constexpr bool kC = decltype(c)::value;
     if (fp8)
-      f(paged_mma_kernel<kD, kC, true>, mma_decode_smem_bytes<kD, true>());
+      f(paged_mma_kernel<kD, kC, true, false>, mma_decode_smem_bytes<kD, true>());
+    else if (rope)
+      f(paged_mma_kernel<kD, kC, false, true>, mma_decode_smem_bytes<kD, false>());
     else
-      f(paged_mma_kernel<kD, kC, false>, mma_decode_smem_bytes<kD, false>());
+      f(paged_mma_kernel<kD, kC, false, false>, mma_decode_smem_bytes<kD, false>());
   };
   auto by_cluster = [&](auto d) {
     if (cluster)
@@ -462,34 +538,58 @@ bool paged_attention_mma_fits(int group, int head_dim) {
   return group >= 1 && group <= kMaxGroup && (head_dim == 64 || head_dim == 128);
 }
 
-void paged_attention_mma(const float* q, const PagedLayer& cache, const TokenIndex& index,
-                         int q_heads, int splits, bool cluster_merge, float* partial, int* counters,
-                         float* y, cudaStream_t stream) {
+namespace {
+
+// paged_attention_mma and its fused-RoPE form (rope.qkv set, bf16 cache).
+void launch_mma(const float* q, const DecodeRope& rope, const PagedLayer& cache, const TokenIndex& index,
+                int q_heads, int splits, bool cluster_merge, float* partial, int* counters, float* y,
+                cudaStream_t stream) {
   if (index.tokens == 0) return;
   const int group = q_heads / cache.kv_heads;
+  const bool fused = rope.qkv != nullptr;
   MOXIN_CHECK(splits >= 1 && splits <= kMaxSplits && paged_attention_mma_fits(group, cache.head_dim),
               "[cuda] paged_attention_mma: ", splits, " splits (1..", kMaxSplits, "), group ", group,
               " (1..", kMaxGroup, "), head_dim ", cache.head_dim, " (64, 128)");
+  MOXIN_CHECK(!fused || cache.k8 == nullptr, "[cuda] rope_paged_attention_mma: the fused RoPE stores bf16 rows; an "
+              "FP8 cache takes rope_kv_write, then paged_attention_mma");
   const bool cluster = cluster_merge && splits > 1 && splits <= max_mma_cluster_splits;
-  with_mma_kernel(cache.head_dim, cluster, cache.k8 != nullptr, [&](auto kernel, size_t smem) {
-    launch_split_k("paged_mma_kernel", kernel, smem, cluster, q, cache, index, q_heads, splits,
-                   partial, counters, y, stream);
+  with_mma_kernel(cache.head_dim, cluster, cache.k8 != nullptr, fused, [&](auto kernel, size_t smem) {
+    launch_split_k(fused ? "paged_mma_kernel (RoPE fused)" : "paged_mma_kernel", kernel, smem, cluster, q, cache,
+                   index, q_heads, splits, partial, counters, y, stream, rope);
   });
+}
+
+}  // namespace
+
+void paged_attention_mma(const float* q, const PagedLayer& cache, const TokenIndex& index,
+                         int q_heads, int splits, bool cluster_merge, float* partial, int* counters,
+                         float* y, cudaStream_t stream) {
+  launch_mma(q, DecodeRope{}, cache, index, q_heads, splits, cluster_merge, partial, counters, y, stream);
+}
+
+void rope_paged_attention_mma(const DecodeRope& rope, const PagedLayer& cache, const TokenIndex& index, int q_heads,
+                              int splits, bool cluster_merge, float* partial, int* counters, float* y,
+                              cudaStream_t stream) {
+  MOXIN_CHECK(rope.qkv != nullptr && rope.positions != nullptr, "[cuda] rope_paged_attention_mma: no qkv or positions");
+  launch_mma(nullptr, rope, cache, index, q_heads, splits, cluster_merge, partial, counters, y, stream);
 }
 
 void configure_paged_attention_mma() {
   for (int head_dim : {64, 128})
     for (bool cluster : {false, true})
       for (bool fp8 : {false, true})
-        with_mma_kernel(head_dim, cluster, fp8, [&](auto kernel, size_t smem) {
-          MOXIN_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                                static_cast<int>(smem)));
-          if (cluster)
-            MOXIN_CUDA_CHECK(
-                cudaFuncSetAttribute(kernel, cudaFuncAttributeNonPortableClusterSizeAllowed, 1));
-        });
-  // The bf16 kernel has the most shared memory: its cluster limit holds for the FP8 one too.
-  with_mma_kernel(kMaxHeadDim, true, false, [&](auto kernel, size_t smem) {
+        for (bool rope : {false, true}) {
+          if (fp8 && rope) continue;
+          with_mma_kernel(head_dim, cluster, fp8, rope, [&](auto kernel, size_t smem) {
+            MOXIN_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                                  static_cast<int>(smem)));
+            if (cluster)
+              MOXIN_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeNonPortableClusterSizeAllowed, 1));
+          });
+        }
+  // The bf16 kernel with the fused RoPE has the most shared memory: its cluster limit holds for
+  // the others too.
+  with_mma_kernel(kMaxHeadDim, true, false, true, [&](auto kernel, size_t smem) {
     max_mma_cluster_splits = largest_cluster_splits(kernel, smem);
   });
 }

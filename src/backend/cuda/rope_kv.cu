@@ -10,17 +10,13 @@
 #include "backend/cuda/fp8_kv.cuh"
 #include "backend/cuda/kernels.hpp"
 #include "backend/cuda/launch.cuh"
+#include "backend/cuda/rope.cuh"
 #include "core/rope_frequency.hpp"
 
 namespace moxin::cuda {
 namespace {
 
 constexpr int kRopeThreads = 256;
-
-__device__ void rotate_pair(float x1, float x2, float c, float s, float& out1, float& out2) {
-  out1 = x1 * c - x2 * s;
-  out2 = x2 * c + x1 * s;
-}
 
 // Heads per block for a few tokens (and always with an FP8 cache, whose rows a block stages): a
 // block of kRopeThreads threads rotates (or copies) kHeadsPerBlock heads at once, one thread per
@@ -35,14 +31,7 @@ constexpr int kRopeBlocksPerSm = 8;
 // Grid (tokens, blocks per token). Work units of a token: its q heads and kv heads to rotate,
 // then its kv heads of v to copy; block y takes units heads_per_block * y .. + heads_per_block - 1
 // (FP8 cache: at most kHeadsPerBlock).
-// The frequencies of a head's pairs (core/rope_frequency.hpp, computed on the host once per
-// theta and head size), passed by value.
-struct RopeFrequencies {
-  float inv[kMaxHeadDim / 2];
-};
-
-// The angle is computed the way transformers does in f32: angle = f32(pos) * inv_freq, then
-// accurate cosf/sinf (full range reduction: angles reach 32k radians). Each thread computes the
+// The angle, cosine and sine as rope.cuh computes them (transformers' f32 order). Each thread computes the
 // angle of its own pair in registers (the same pair in every iteration where half divides the
 // block), with no shared table and no barrier in front of the loads, so the token's slot lookup
 // and its q | k | v values need not wait for the sines. (Measured neutral against a per-block
@@ -62,7 +51,7 @@ __global__ void __launch_bounds__(kRopeThreads)
   const int head_dim = cache.head_dim;
   const int half = head_dim / 2;
   const int kv_row = cache.kv_heads * head_dim;
-  const float pos = static_cast<float>(positions[token]);
+  const int pos = positions[token];
 
   // The token's K/V cache row, or null where it has no valid slot (nothing is stored then).
   __nv_bfloat16* kd = nullptr;
@@ -97,9 +86,7 @@ __global__ void __launch_bounds__(kRopeThreads)
     const int unit = first + idx / half;
     const int i = idx % half;
     if (unit < q_heads + cache.kv_heads && i != angle_of) {
-      const float angle = pos * frequencies.inv[i];
-      c = cosf(angle);
-      s = sinf(angle);
+      rope_cos_sin(pos, frequencies.inv[i], c, s);
       angle_of = i;
     }
     if (unit < q_heads) {
@@ -156,20 +143,27 @@ __global__ void __launch_bounds__(kRopeThreads)
 
 }  // namespace
 
+const RopeFrequencies& rope_frequencies(float theta, int head_dim) {
+  MOXIN_CHECK(head_dim % 2 == 0 && head_dim > 0 && head_dim <= kMaxHeadDim, "[cuda] rope: head_dim ", head_dim,
+              " (even, at most ", kMaxHeadDim, ")");
+  MOXIN_CHECK(theta > 0.0f, "[cuda] rope: theta ", theta, " must be positive");
+  thread_local float cached_theta = 0.0f;
+  thread_local int cached_head_dim = 0;
+  thread_local RopeFrequencies frequencies{};
+  if (cached_theta != theta || cached_head_dim != head_dim) {
+    for (int i = 0; i < head_dim / 2; ++i) frequencies.inv[i] = rope_inv_freq(theta, i, head_dim);
+    cached_theta = theta;
+    cached_head_dim = head_dim;
+  }
+  return frequencies;
+}
+
 void rope_kv_write(const float* qkv, const int32_t* positions, int q_heads, float theta, float* q,
                    const PagedLayer& cache, const TokenIndex& index, cudaStream_t stream) {
   if (index.tokens == 0) return;
   MOXIN_CHECK(cache.head_dim % 2 == 0 && cache.head_dim <= kMaxHeadDim, "[cuda] rope_kv_write: head_dim ",
               cache.head_dim, " (even, at most ", kMaxHeadDim, ")");
-  // Every layer of a model asks for the same frequencies: computed once per thread and shape.
-  thread_local float cached_theta = 0.0f;
-  thread_local int cached_head_dim = 0;
-  thread_local RopeFrequencies frequencies{};
-  if (cached_theta != theta || cached_head_dim != cache.head_dim) {
-    for (int i = 0; i < cache.head_dim / 2; ++i) frequencies.inv[i] = rope_inv_freq(theta, i, cache.head_dim);
-    cached_theta = theta;
-    cached_head_dim = cache.head_dim;
-  }
+  const RopeFrequencies& frequencies = rope_frequencies(theta, cache.head_dim);
   const int units = q_heads + 2 * cache.kv_heads;
   const int most_blocks = (units + kHeadsPerBlock - 1) / kHeadsPerBlock;  // per token
   const int per_token = cache.k8 != nullptr ? most_blocks
