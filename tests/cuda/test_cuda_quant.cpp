@@ -257,6 +257,45 @@ TEST_F(CudaQuant, ResidualStepsAreNotFused) {
   EXPECT_FALSE(backend().fuses_add_into(prepared, 1));
 }
 
+// linear_swiglu of one activation row by a 4-bit gate | up matrix runs the GEMV with the swiglu in
+// its epilogue: the bits of linear then swiglu, and silu(gate) * up of the f64 reference. Both
+// tilings (pairs with K split below 8192 rows, one pair per warp from 8192), BF16 and F32 scales,
+// groups of 64 and 128; 8-bit codes and two rows keep the separate ops (compared the same way).
+TEST_F(CudaQuant, SwigluOfOneRowInTheGemv) {
+  struct Case {
+    int64_t n, k;
+    int bits, gs, m;
+    DType scales;
+  };
+  for (const Case& c : {Case{70, 1088, 4, 64, 1, DType::BF16}, Case{4100, 512, 4, 128, 1, DType::BF16},
+                        Case{33, 640, 4, 64, 1, DType::F32}, Case{40, 256, 8, 64, 1, DType::BF16},
+                        Case{40, 256, 4, 64, 2, DType::BF16}}) {
+    const auto gate = make_part(c.n, c.k, c.bits, c.gs, c.scales, "gate");
+    const auto up = make_part(c.n, c.k, c.bits, c.gs, c.scales, "up");
+    const Linear prepared = backend().prepare_fused_linear({&gate->weight, &up->weight});
+    const std::string what = cat("M=", c.m, " n=", c.n, " K=", c.k, " ", c.bits, "-bit g", c.gs, " ",
+                                 dtype_name(c.scales), " scales");
+    const std::vector<float> x = randn(static_cast<size_t>(c.m * c.k));
+    const Tensor xt = upload(x, {c.m, c.k});
+    Tensor gate_up = poisoned({c.m, 2 * c.n}), fused = poisoned({c.m, c.n});
+    backend().linear_swiglu(xt, prepared, gate_up, fused);
+    Tensor separate_gate_up = poisoned({c.m, 2 * c.n}), separate = poisoned({c.m, c.n});
+    backend().linear(xt, prepared, separate_gate_up);
+    backend().swiglu(separate_gate_up, separate);
+    const std::vector<float> got = download(fused), want = download(separate);
+    for (size_t i = 0; i < got.size(); ++i)
+      ASSERT_EQ(got[i], want[i]) << what << ": output " << i << " differs from linear then swiglu";
+    const std::vector<double> gu = reference({gate.get(), up.get()}, x, c.m, false);
+    std::vector<double> ref(static_cast<size_t>(c.m * c.n));
+    for (int64_t i = 0; i < c.m; ++i)
+      for (int64_t j = 0; j < c.n; ++j) {
+        const double g = gu[static_cast<size_t>(i * 2 * c.n + j)], u = gu[static_cast<size_t>(i * 2 * c.n + c.n + j)];
+        ref[static_cast<size_t>(i * c.n + j)] = g / (1.0 + std::exp(-g)) * u;
+      }
+    expect_close("quant linear_swiglu " + what, got, ref, kF32Tol);
+  }
+}
+
 TEST_F(CudaQuant, PartsConcatenateByRows) {
   for (int m : {1, 2, 8, 32, 65}) {
     const auto q = make_part(64, 256, 4, 64, DType::BF16, "q");

@@ -549,6 +549,16 @@ void CudaBackend::linear_swiglu(const Tensor& x, const Linear& w, Tensor& gate_u
       return;
     }
   }
+  // One 4-bit activation row: the swiglu in the GEMV's epilogue (a kernel and its boundary fewer
+  // per layer of a quantized decoder, the same bits).
+  if (lw.quant.bits == 4 && lw.bias == nullptr && m == 1 && x.dtype == DType::F32 && y.dtype == DType::F32 &&
+      quant_gemv_swiglu_usable(data_of<const float>(x), lw.quant)) {
+    require_shape(x, m, k, "linear_swiglu", "x");
+    require_shape(y, m, n / 2, "linear_swiglu", "y");
+    require_shape(gate_up, m, n, "linear_swiglu", "gate_up");  // unused here, as the unfused path needs it
+    quant_gemv_swiglu(data_of<const float>(x), lw.quant, data_of<float>(y), stream());
+    return;
+  }
   // At GEMM row counts (prefill) cuBLASLt writes gate | up as bf16 into gate_up's memory: the
   // largest activation of a layer ([rows, 2 x 14336]) crosses memory at half the bytes, rounded
   // as the down projection's input is rounded anyway (and as PyTorch's bf16 rounds it).

@@ -31,6 +31,7 @@
 #include "backend/cuda/launch.cuh"
 #include "backend/cuda/pow2.cuh"
 #include "backend/cuda/streaming_load.cuh"
+#include "backend/cuda/swiglu.cuh"
 #include "backend/cuda/warp_reduce.cuh"
 #include "backend/cuda/quant_format.cuh"
 #include "backend/cuda/quant_gemv_sweep.hpp"
@@ -90,7 +91,9 @@ __device__ __forceinline__ float fma_subnormal(float a, float b, float c) {
 // y for a warp's R rows: each lane's scale * dot * 2^kProductExp + bias * sum(x) parts summed
 // over the warp and, with K split over S warps, over the S warps of the row group (shared
 // memory, fixed order). Every thread of the block must call it (it synchronizes when S > 1).
-template <int M, int R, int S, int Warps>
+// Gated: the R rows are R / 2 (gate, up) pairs and y gets silu(gate) * up for outputs row0 ..
+// (rows: outputs), as swiglu_kernel computes it from the gate | up row.
+template <int M, int R, int S, int Warps, bool Gated = false>
 __device__ __forceinline__ void write_outputs(const float (&acc_q)[M][R], const float (&acc_b)[M][R],
                                               float (&partial)[S > 1 ? Warps : 1][M][R], int lane,
                                               int warp, int row0, int rows, float* y) {
@@ -116,11 +119,13 @@ __device__ __forceinline__ void write_outputs(const float (&acc_q)[M][R], const 
         for (int i = 1; i < S; ++i) out[m][r] += partial[warp + i][m][r];
   }
   if (lane == 0 && row0 < rows) {
+    constexpr int kOutputs = Gated ? R / 2 : R;
 #pragma unroll
-    for (int r = 0; r < R; ++r) {
-      if (row0 + r >= rows) break;
+    for (int o = 0; o < kOutputs; ++o) {
+      if (row0 + o >= rows) break;
 #pragma unroll
-      for (int m = 0; m < M; ++m) y[static_cast<int64_t>(m) * rows + row0 + r] = out[m][r];
+      for (int m = 0; m < M; ++m)
+        y[static_cast<int64_t>(m) * rows + row0 + o] = Gated ? silu_times(out[m][2 * o], out[m][2 * o + 1]) : out[m][o];
     }
   }
 }
@@ -301,26 +306,32 @@ struct SegmentCodes {
 
 // A block is kStagedWarps warps: kStagedWarps / S groups of R rows, K split over S warps as in
 // quant_gemv_kernel. Requires K % 64 == 0, 16-byte aligned x and codes (checked by the caller).
-template <int M, int R, int S, bool F32Scales>
+// Gated: w is gate | up ([2 n, K]); a warp's R rows are R / 2 pairs (gate row j, up row n + j)
+// and y [M, n] gets silu(gate) * up: each row's sums run as in the plain kernel, so the bits are
+// those of the GEMV followed by swiglu.
+template <int M, int R, int S, bool F32Scales, bool Gated = false>
 __global__ void __launch_bounds__(kStagedThreads)
     quant_gemv4_staged_kernel(const float* __restrict__ x, QuantMatrix w, float* __restrict__ y) {
+  static_assert(!Gated || R % 2 == 0, "gated rows come in gate/up pairs");
   using Raw = ScaleBiasRaw<F32Scales>;
   using Codes = SegmentCodes<R, F32Scales>;
   extern __shared__ float4 staged[];  // [M][padded segments][kSlots]
   __shared__ float partial[S > 1 ? kStagedWarps : 1][M][R];
   const int lane = threadIdx.x % kLanes, warp = threadIdx.x / kLanes;
   const int slice = warp % S;
-  const int row0 = (blockIdx.x * (kStagedWarps / S) + warp / S) * R;
+  const int outputs = Gated ? w.rows / 2 : w.rows;
+  const int row0 = (blockIdx.x * (kStagedWarps / S) + warp / S) * (Gated ? R / 2 : R);  // first output
   const int k = w.cols;
   const int segments = k / kSegment;
   const int padded = (k + kTile - 1) / kTile * kLanes;
-  const int tiles = row0 < w.rows ? padded / kLanes : 0;  // a warp past the last row idles
+  const int tiles = row0 < outputs ? padded / kLanes : 0;  // a warp past the last row idles
   const int group_shift = __ffs(w.group_size) - __ffs(kSegment);  // segment index -> group index
   const uint32_t* codes[R];
   const Raw* pairs[R];
 #pragma unroll
   for (int r = 0; r < R; ++r) {
-    const int64_t row = min(row0 + r, w.rows - 1);
+    const int output = min(row0 + (Gated ? r / 2 : r), outputs - 1);
+    const int64_t row = Gated && r % 2 ? outputs + output : output;
     codes[r] = w.codes + row * (k / 8);
     pairs[r] = static_cast<const Raw*>(w.scale_bias) + row * (k / w.group_size);
   }
@@ -421,12 +432,12 @@ __global__ void __launch_bounds__(kStagedThreads)
     compute(t + S, odd);
     if (t + 3 * S < tiles) load(t + 3 * S, odd);
   }
-  write_outputs<M, R, S, kStagedWarps>(acc_q, acc_b, partial, lane, warp, row0, w.rows, y);
+  write_outputs<M, R, S, kStagedWarps, Gated>(acc_q, acc_b, partial, lane, warp, row0, outputs, y);
 }
 
-template <int M, int R, int S, bool F32Scales>
+template <int M, int R, int S, bool F32Scales, bool Gated = false>
 void launch_staged(const float* x, const QuantMatrix& w, float* y, cudaStream_t stream) {
-  const auto kernel = quant_gemv4_staged_kernel<M, R, S, F32Scales>;
+  const auto kernel = quant_gemv4_staged_kernel<M, R, S, F32Scales, Gated>;
   const size_t smem = staged_smem_bytes(M, w.cols);
   if (smem > 48 * 1024) {
     // Once per process (one device per process, as the backend is used).
@@ -434,9 +445,11 @@ void launch_staged(const float* x, const QuantMatrix& w, float* y, cudaStream_t 
         kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(kStagedMaxSmem));
     MOXIN_CUDA_CHECK(allowed);
   }
-  const int rows_per_block = kStagedWarps / S * R;
-  const int blocks = (w.rows + rows_per_block - 1) / rows_per_block;
-  launch_kernel_prefetching("quant_gemv4_staged_kernel", kernel, blocks, kStagedThreads, smem, stream, x, w, y);
+  const int outputs_per_block = kStagedWarps / S * (Gated ? R / 2 : R);
+  const int outputs = Gated ? w.rows / 2 : w.rows;
+  const int blocks = (outputs + outputs_per_block - 1) / outputs_per_block;
+  launch_kernel_prefetching(Gated ? "quant_gemv4_staged_kernel (swiglu)" : "quant_gemv4_staged_kernel", kernel, blocks,
+                            kStagedThreads, smem, stream, x, w, y);
 }
 
 bool staged_usable(int m, const QuantMatrix& w) {
@@ -493,6 +506,21 @@ void quant_gemv(const float* x, int m, const QuantMatrix& w, float* y, cudaStrea
     w.f32_scales ? launch_rows<4, true>(x, m, w, y, stream) : launch_rows<4, false>(x, m, w, y, stream);
   else
     w.f32_scales ? launch_rows<8, true>(x, m, w, y, stream) : launch_rows<8, false>(x, m, w, y, stream);
+}
+
+bool quant_gemv_swiglu_usable(const float* x, const QuantMatrix& w) {
+  return w.rows % 2 == 0 && w.cols % 64 == 0 && reinterpret_cast<uintptr_t>(x) % 16 == 0 && staged_usable(1, w);
+}
+
+// The tiling of launch_4bit at M = 1 by the matrix's rows (gate | up counted whole): 2 rows (one
+// pair) per warp from 8192 rows, else 4 (two pairs) with K split in 2.
+void quant_gemv_swiglu(const float* x, const QuantMatrix& w, float* y, cudaStream_t stream) {
+  MOXIN_CHECK(quant_gemv_swiglu_usable(x, w), "[cuda] quant_gemv_swiglu: needs 4-bit codes, an even row count, "
+              "in_features % 64 == 0 (got ", w.cols, ") and 16-byte aligned activations");
+  if (w.rows >= 8192)
+    w.f32_scales ? launch_staged<1, 2, 1, true, true>(x, w, y, stream) : launch_staged<1, 2, 1, false, true>(x, w, y, stream);
+  else
+    w.f32_scales ? launch_staged<1, 4, 2, true, true>(x, w, y, stream) : launch_staged<1, 4, 2, false, true>(x, w, y, stream);
 }
 
 bool quant_gemv_variant(int rows_per_warp, int k_split, int min_blocks, const float* x,
