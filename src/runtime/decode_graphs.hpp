@@ -34,6 +34,11 @@ class DecodeGraphs {
   static constexpr size_t kMaxGraphs = 48;
   // The batch size a batch of `batch` sequences is padded to (the graph it replays).
   static int batch_bucket(int batch);
+  // The max_context a graph for `batch` (padded) sequences whose longest context is `context`
+  // is captured with: powers of two from 256, quarter octaves for batches up to
+  // kFineContextBatch; never above `capacity` (the KV pool's positions).
+  static constexpr int kFineContextBatch = 2;
+  static int context_bucket(int batch, int context, int capacity);
 
   std::optional<Tensor> run(std::span<const int32_t> tokens, std::span<const int32_t> positions,
                             std::span<const std::vector<int32_t>* const> tables);
