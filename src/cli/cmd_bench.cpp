@@ -48,8 +48,10 @@ void print_table(const BenchResult& r, double load_ms) {
       std::printf("batch %d, each step against a ceiling probed right after it: median %.1f%% of the floor "
                   "(probes %.1f-%.1f GB/s)\n",
                   d.batch, 100.0 * d.paired_share, d.probe_min_gbps, d.probe_max_gbps);
-  std::printf("memory            RSS after load %.0f MB, peak RSS %.0f MB, device %.0f MB\n",
-              r.rss_after_load_mb, r.peak_rss_mb, r.device_memory_mb);
+  std::printf("memory            RSS after load %.0f MB, peak RSS %.0f MB, device %.0f MB (weights %.0f, KV cache "
+              "%.0f, the rest %.0f)\n",
+              r.rss_after_load_mb, r.peak_rss_mb, r.device_memory_mb, r.device_weights_mb, r.device_kv_cache_mb,
+              r.device_memory_mb - r.device_weights_mb - r.device_kv_cache_mb);
 }
 
 nlohmann::json to_json(const DecodeRun& d, double bandwidth_gbps) {
@@ -88,7 +90,9 @@ nlohmann::json to_json(const BenchResult& r, double load_ms) {
                       {"weight_bytes", r.weight_bytes},
                       {"rss_after_load_mb", r.rss_after_load_mb},
                       {"peak_rss_mb", r.peak_rss_mb},
-                      {"device_memory_mb", r.device_memory_mb}};
+                      {"device_memory_mb", r.device_memory_mb},
+                      {"device_weights_mb", r.device_weights_mb},
+                      {"device_kv_cache_mb", r.device_kv_cache_mb}};
   j["decode"] = nlohmann::json::array();
   for (const DecodeRun& d : r.decode) j["decode"].push_back(to_json(d, r.bandwidth_gbps));
   if (!r.decode.empty()) j.update(j["decode"][0]);

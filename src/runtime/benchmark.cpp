@@ -220,6 +220,8 @@ BenchResult run_benchmark(Engine& engine, const BenchOptions& o) {
   for (int batch : o.batches) r.decode.push_back(bench_decode(engine, o, batch, rng));
   r.peak_rss_mb = status_mb("VmHWM:");
   r.device_memory_mb = static_cast<double>(engine.backend().device_memory_used()) / (1 << 20);
+  r.device_weights_mb = static_cast<double>(engine.device_weight_bytes()) / (1 << 20);
+  r.device_kv_cache_mb = static_cast<double>(engine.device_kv_cache_bytes()) / (1 << 20);
   // Last: its 1 GB probe buffer on the CPU would otherwise count in the peak RSS.
   r.bandwidth_gbps = engine.backend().measure_bandwidth_gbps();
   compare_runs(r.decode, r.bandwidth_gbps);

@@ -65,6 +65,8 @@ struct BenchResult {
   double rss_after_load_mb = 0;  // resident set when the benchmark starts (weights loaded)
   double peak_rss_mb = 0;
   double device_memory_mb = 0;
+  double device_weights_mb = 0;   // of which the model's weights ...
+  double device_kv_cache_mb = 0;  // ... and the KV cache (the rest: workspaces, scratch, graphs)
 };
 
 BenchResult run_benchmark(Engine& engine, const BenchOptions& options);

@@ -60,15 +60,19 @@ Engine::Engine(const std::string& model_dir, const EngineOptions& options)
     const bool copies = backend_->copies_weights();
     ProgressTask upload(copies ? &options.progress : nullptr, "upload the weights to " + backend_->name(),
                         checkpoint_.store.total_bytes(), ProgressUnit::Bytes);
+    const size_t before_weights = backend_->device_memory_used();
     model_ = std::make_unique<Vlm>(*backend_, checkpoint_);
+    device_weight_bytes_ = backend_->device_memory_used() - before_weights;
     if (copies) backend_->synchronize();
     upload.set(checkpoint_.store.total_bytes());
     upload.finish();
   }
   const DecoderConfig& d = checkpoint_.config.decoder;
   const int blocks = blocks_for(options.max_context, options.block_size);
+  const size_t before_cache = backend_->device_memory_used();
   kv_cache_ = backend_->create_kv_cache({d.layers, d.kv_heads, d.head_dim, options.block_size, blocks,
                                          options.kv_cache_fp8 ? KvCacheDType::Fp8E4M3 : KvCacheDType::Auto});
+  device_kv_cache_bytes_ = backend_->device_memory_used() - before_cache;
   graphs_ = std::make_unique<DecodeGraphs>(*backend_, model_->decoder(), *kv_cache_, options.block_size, blocks);
   vision_graphs_ = std::make_unique<VisionGraphs>(*backend_, *model_);
   // A device backend holds its own copy now: neither the mapped pages nor the host-side

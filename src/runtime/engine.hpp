@@ -57,6 +57,10 @@ class Engine {
   const ModelConfig& config() const { return checkpoint_.config; }
   // Bytes of the decoder matrices and norms as loaded (quantized or not): a decode step reads them.
   double decoder_weight_bytes() const { return decoder_weight_bytes_; }
+  // Device memory (Backend::device_memory_used) the model's weights and the KV cache took when
+  // they were created: what the rest of the device memory is measured against (0 on the CPU).
+  size_t device_weight_bytes() const { return device_weight_bytes_; }
+  size_t device_kv_cache_bytes() const { return device_kv_cache_bytes_; }
   KvBlockPool& kv_pool() { return pool_; }
 
   // dino/siglip: B images of 224x224x3 f32 (NHWC), normalized per encoder. Through a captured
@@ -81,6 +85,8 @@ class Engine {
   // --quantize: what checkpoint_.decoder points at (CPU only: a device backend keeps its own copy).
   std::unique_ptr<QuantizedWeights> quantized_;
   double decoder_weight_bytes_ = 0;
+  size_t device_weight_bytes_ = 0;
+  size_t device_kv_cache_bytes_ = 0;
   Tokenizer tokenizer_;
   std::unique_ptr<Backend> backend_;
   std::unique_ptr<Vlm> model_;
