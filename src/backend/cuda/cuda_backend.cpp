@@ -673,6 +673,12 @@ void CudaBackend::vit_attention(const Tensor& qkv, int batch, int tokens, int he
                       batch, tokens, heads, head_dim, tensor_cores, out, stream());
 }
 
+CudaBackend& cuda_backend_of(Backend& backend, const char* op) {
+  auto* cuda = dynamic_cast<CudaBackend*>(&backend);
+  MOXIN_CHECK(cuda != nullptr, "[cuda] ", op, ": ", backend.name(), " is not a CUDA backend");
+  return *cuda;
+}
+
 }  // namespace moxin::cuda
 
 namespace moxin {
@@ -682,10 +688,7 @@ std::unique_ptr<Backend> create_cuda_backend(int device_ordinal) {
 }
 
 void set_cuda_linear_path(Backend& backend, CudaLinearPath path) {
-  auto* cuda = dynamic_cast<cuda::CudaBackend*>(&backend);
-  MOXIN_CHECK(cuda != nullptr, "[cuda] set_cuda_linear_path: ", backend.name(),
-              " is not a CUDA backend");
-  cuda->set_linear_path(path);
+  cuda::cuda_backend_of(backend, "set_cuda_linear_path").set_linear_path(path);
 }
 
 }  // namespace moxin

@@ -284,4 +284,8 @@ class CudaBackend final : public Backend {
   int64_t quant_dense_elems_ = 0;
 };
 
+// `backend` as the CUDA backend, for the entry points that tune it (set_cuda_*, graph capture);
+// a clear error naming `op` where it is another backend.
+CudaBackend& cuda_backend_of(Backend& backend, const char* op);
+
 }  // namespace moxin::cuda

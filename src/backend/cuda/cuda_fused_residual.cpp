@@ -81,9 +81,7 @@ void CudaBackend::linear_add(const Tensor& a, const Linear& w, Tensor& out, Tens
 namespace moxin {
 
 void set_cuda_fused_residual(Backend& backend, bool on) {
-  auto* cuda = dynamic_cast<cuda::CudaBackend*>(&backend);
-  MOXIN_CHECK(cuda != nullptr, "[cuda] set_cuda_fused_residual: ", backend.name(), " is not a CUDA backend");
-  cuda->set_fused_residual(on);
+  cuda::cuda_backend_of(backend, "set_cuda_fused_residual").set_fused_residual(on);
 }
 
 }  // namespace moxin

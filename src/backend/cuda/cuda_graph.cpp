@@ -20,10 +20,7 @@ class CapturedGraph final : public CudaGraph {
 
 std::unique_ptr<CudaGraph> capture_cuda_graph(Backend& backend,
                                               const std::function<void()>& record) {
-  auto* cuda = dynamic_cast<cuda::CudaBackend*>(&backend);
-  MOXIN_CHECK(cuda != nullptr, "[cuda] capture_cuda_graph: ", backend.name(),
-              " is not a CUDA backend");
-  const cudaStream_t stream = cuda->stream();
+  const cudaStream_t stream = cuda::cuda_backend_of(backend, "capture_cuda_graph").stream();
   MOXIN_CUDA_CHECK(cudaStreamBeginCapture(stream, cudaStreamCaptureModeThreadLocal));
   cudaGraph_t graph = nullptr;
   try {

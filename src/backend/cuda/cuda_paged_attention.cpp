@@ -213,16 +213,11 @@ DType CudaBackend::attention_output_dtype(const AttentionBatch& batch, int64_t t
 namespace moxin {
 
 void set_cuda_fused_rope(Backend& backend, bool on) {
-  auto* cuda = dynamic_cast<cuda::CudaBackend*>(&backend);
-  MOXIN_CHECK(cuda != nullptr, "[cuda] set_cuda_fused_rope: ", backend.name(), " is not a CUDA backend");
-  cuda->set_fused_rope(on);
+  cuda::cuda_backend_of(backend, "set_cuda_fused_rope").set_fused_rope(on);
 }
 
 void set_cuda_attention_path(Backend& backend, CudaAttentionPath path) {
-  auto* cuda = dynamic_cast<cuda::CudaBackend*>(&backend);
-  MOXIN_CHECK(cuda != nullptr, "[cuda] set_cuda_attention_path: ", backend.name(),
-              " is not a CUDA backend");
-  cuda->set_attention_path(path);
+  cuda::cuda_backend_of(backend, "set_cuda_attention_path").set_attention_path(path);
 }
 
 }  // namespace moxin
