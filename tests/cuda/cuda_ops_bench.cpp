@@ -444,14 +444,18 @@ void bench_attention(CudaBackend& backend, double ceiling) {
   }
 }
 
-// One Mistral decoder layer at batch `seqs` (1k context), as decoder.cpp issues it: fused
-// q|k|v and gate|up linears (swiglu fused into the bf16 GEMV), rope + KV write in one op, the
-// residual adds fused with the next norm (8 kernels at batch 1, bf16).
-// `bits` 4 or 8: the linears quantized (groups of 64), else bf16.
+// One Mistral decoder layer at batch `seqs` (1k context), its ops as decoder.cpp issues them: the
+// residual steps inside the linears where the backend fuses them (bf16 at one row), RoPE + K/V
+// write + attention through rope_paged_attention (one kernel for a decode step), the swiglu in the
+// gate|up linear where its kernel takes it. `bits` 4 or 8: the linears quantized (groups of 64),
+// else bf16. Timed eager and as a graph, with and without PDL, and (graph, the engine's PDL
+// setting) once without each op in turn: the op's marginal cost where it sits, PDL overlap and
+// launch gaps included, which ncu's serialized kernel times do not show.
 void bench_decoder_layer(CudaBackend& backend, double ceiling, int seqs, int bits = 0) {
   const cudaStream_t stream = backend.stream();
   const int hidden = 4096, q_heads = 32, kv_heads = 8, head_dim = 128, inter = 14336,
             context = 1024;
+  const float eps = 1e-5f, theta = 10000.0f;
   const int qkv_width = (q_heads + 2 * kv_heads) * head_dim;
   auto linear = [&](int64_t out, int64_t in) {
     return bits ? make_quant_linear(backend, out, in, bits, 64) : make_linear(backend, out, in);
@@ -466,6 +470,7 @@ void bench_decoder_layer(CudaBackend& backend, double ceiling, int seqs, int bit
   b.token_pos = backend.from_host_i32(pos.data(), {seqs});
   b.block_tables = f.tables;
   b.max_context = context;
+  b.one_token_per_sequence = true;  // one token of each sequence: a decode step
   const std::vector<float> xs = random_f32(size_t(seqs) * hidden, 1.0f),
                            ws = random_f32(hidden, 1.0f);
   Tensor x = backend.from_host_f32(xs.data(), {seqs, hidden});
@@ -473,25 +478,42 @@ void bench_decoder_layer(CudaBackend& backend, double ceiling, int seqs, int bit
   // normed and act in the dtype their linears take (bf16 where cuBLASLt multiplies them).
   Tensor h = backend.empty({seqs, hidden}, backend.linear_input_dtype(qkv, seqs)),
          qkvt = backend.empty_act({seqs, qkv_width}), qt = backend.empty_act({seqs, q_heads * head_dim}),
-         attn = backend.empty_act({seqs, q_heads * head_dim}),
+         attn = backend.empty({seqs, q_heads * head_dim},
+                              backend.attention_output_dtype(b, seqs, q_heads, kv_heads, o)),
          out = backend.empty_act({seqs, hidden}), gu = backend.empty_act({seqs, 2 * inter}),
          act = backend.empty({seqs, inter}, backend.linear_input_dtype(down, seqs));
-  backend.rms_norm(x, norm, 1e-5f, h);  // a layer starts from the previous one's add + norm
-  auto layer = [&] {
-    backend.linear(h, qkv, qkvt);
-    backend.rope_kv_write(qkvt, b.token_pos, 10000.0f, *f.cache, 0, b, qt);
-    backend.paged_attention(qt, *f.cache, 0, b, q_heads, attn);
-    backend.linear(attn, o, out);
-    backend.add_rms_norm(x, out, norm, 1e-5f, h);
-    backend.linear_swiglu(h, gate_up, gu, act);
-    backend.linear(act, down, out);
-    backend.add_rms_norm(x, out, norm, 1e-5f, h);
+  const bool fused = backend.fuses_rms_norm_into(qkv, seqs) && backend.fuses_rms_norm_into(gate_up, seqs) &&
+                     backend.fuses_add_into(o, seqs) && backend.fuses_add_into(down, seqs);
+  backend.rms_norm(x, norm, eps, h);  // a layer starts from the previous one's add + norm
+  std::vector<std::pair<std::string, std::function<void()>>> ops;
+  if (fused) {
+    ops = {{"norm+qkv", [&] { backend.rms_norm_linear(x, norm, eps, qkv, h, qkvt); }},
+           {"rope+attention", [&] { backend.rope_paged_attention(qkvt, b.token_pos, theta, *f.cache, 0, b, q_heads, qt, attn); }},
+           {"o+add", [&] { backend.linear_add(attn, o, out, x); }},
+           {"norm+gate|up+swiglu", [&] { backend.rms_norm_linear_swiglu(x, norm, eps, gate_up, h, gu, act); }},
+           {"down+add", [&] { backend.linear_add(act, down, out, x); }}};
+  } else {
+    ops = {{"qkv", [&] { backend.linear(h, qkv, qkvt); }},
+           {"rope+attention", [&] { backend.rope_paged_attention(qkvt, b.token_pos, theta, *f.cache, 0, b, q_heads, qt, attn); }},
+           {"o", [&] { backend.linear(attn, o, out); }},
+           {"add+norm", [&] { backend.add_rms_norm(x, out, norm, eps, h); }},
+           {"gate|up+swiglu", [&] { backend.linear_swiglu(h, gate_up, gu, act); }},
+           {"down", [&] { backend.linear(act, down, out); }},
+           {"add+norm (next layer's)", [&] { backend.add_rms_norm(x, out, norm, eps, h); }}};
+  }
+  auto layer_without = [&](size_t skipped) {
+    return [&, skipped] {
+      for (size_t i = 0; i < ops.size(); ++i)
+        if (i != skipped) ops[i].second();
+    };
   };
+  const auto layer = layer_without(ops.size());
   const double weights = double(q_heads + 2 * kv_heads) * head_dim * hidden +
                          double(hidden) * q_heads * head_dim + 3.0 * inter * hidden;
   // bf16, or codes plus a bf16 scale and bias per group of 64
   const double weight_bytes = bits ? weights * bits / 8 + weights / 64 * 4 : 2.0 * weights;
   const double kv_bytes = double(seqs) * context * kv_heads * head_dim * 4;
+  const std::string name = cat("decoder layer", bits ? cat(" ", bits, "-bit") : "", " batch ", seqs, " ctx 1k");
   // Also with the shared-memory split-K attention that Auto replaced.
   for (const auto& [path, path_label] : {std::pair{CudaAttentionPath::SplitK, " smem-tile attn"},
                                          std::pair{CudaAttentionPath::Auto, ""}}) {
@@ -503,15 +525,22 @@ void bench_decoder_layer(CudaBackend& backend, double ceiling, int seqs, int bit
       const double replay = time_ms(stream, 10, 5, [&](int) { graph->replay(); });
       for (const auto& [label, ms] : {std::pair{"eager", eager}, std::pair{"graph", replay}}) {
         const double per_token_ms = ms * 36;  // 36 layers, lm_head and embedding excluded
-        table.push_back(
-            {cat("decoder layer", bits ? cat(" ", bits, "-bit") : "", " batch ", seqs, " ctx 1k,",
-                 path_label, " ", label, pdl ? "+PDL" : "", " (x36 = ", per_token_ms, " ms/step, ",
-                 int(seqs * 1000.0 / per_token_ms), " tok/s)"),
-             ms, pct((weight_bytes + kv_bytes) / ms / 1e6, ceiling)});
+        table.push_back({cat(name, ",", path_label, " ", label, pdl ? "+PDL" : "", " (x36 = ", per_token_ms,
+                             " ms/step, ", int(seqs * 1000.0 / per_token_ms), " tok/s)"),
+                         ms, pct((weight_bytes + kv_bytes) / ms / 1e6, ceiling)});
+      }
+      // The engine's launches: PDL for quantized decoders only (launch.cuh).
+      if (path != CudaAttentionPath::Auto || pdl != (bits != 0)) continue;
+      for (size_t skipped = 0; skipped < ops.size(); ++skipped) {
+        auto partial = capture_cuda_graph(backend, layer_without(skipped));
+        const double without = time_ms(stream, 10, 5, [&](int) { partial->replay(); });
+        table.push_back({cat(name, " graph", pdl ? "+PDL" : "", " without ", ops[skipped].first), without,
+                         cat("the op's marginal cost ", 1000.0 * (replay - without), " us")});
       }
     }
   }
   backend.set_attention_path(CudaAttentionPath::Auto);
+  set_pdl_enabled(bits != 0);
 }
 
 
