@@ -257,10 +257,11 @@ TEST_F(CudaQuant, ResidualStepsAreNotFused) {
   EXPECT_FALSE(backend().fuses_add_into(prepared, 1));
 }
 
-// linear_swiglu of one activation row by a 4-bit gate | up matrix runs the GEMV with the swiglu in
-// its epilogue: the bits of linear then swiglu, and silu(gate) * up of the f64 reference. Both
-// tilings (pairs with K split below 8192 rows, one pair per warp from 8192), BF16 and F32 scales,
-// groups of 64 and 128; 8-bit codes and two rows keep the separate ops (compared the same way).
+// linear_swiglu of one activation row by a 4/8-bit gate | up matrix runs the GEMV with the swiglu
+// in its epilogue: the bits of linear then swiglu, and silu(gate) * up of the f64 reference. Every
+// tiling the GEMVs take at one row (gate | up rows below 8192, from 8192, from 16384; 4-bit K past
+// the staged kernel's shared memory), BF16 and F32 scales, groups of 64 and 128; two rows keep the
+// separate ops (compared the same way).
 TEST_F(CudaQuant, SwigluOfOneRowInTheGemv) {
   struct Case {
     int64_t n, k;
@@ -268,8 +269,9 @@ TEST_F(CudaQuant, SwigluOfOneRowInTheGemv) {
     DType scales;
   };
   for (const Case& c : {Case{70, 1088, 4, 64, 1, DType::BF16}, Case{4100, 512, 4, 128, 1, DType::BF16},
-                        Case{33, 640, 4, 64, 1, DType::F32}, Case{40, 256, 8, 64, 1, DType::BF16},
-                        Case{40, 256, 4, 64, 2, DType::BF16}}) {
+                        Case{33, 640, 4, 64, 1, DType::F32}, Case{3, 52224, 4, 64, 1, DType::BF16},
+                        Case{40, 256, 8, 64, 1, DType::BF16}, Case{4100, 256, 8, 128, 1, DType::BF16},
+                        Case{8200, 128, 8, 64, 1, DType::F32}, Case{40, 256, 4, 64, 2, DType::BF16}}) {
     const auto gate = make_part(c.n, c.k, c.bits, c.gs, c.scales, "gate");
     const auto up = make_part(c.n, c.k, c.bits, c.gs, c.scales, "up");
     const Linear prepared = backend().prepare_fused_linear({&gate->weight, &up->weight});

@@ -549,9 +549,9 @@ void CudaBackend::linear_swiglu(const Tensor& x, const Linear& w, Tensor& gate_u
       return;
     }
   }
-  // One 4-bit activation row: the swiglu in the GEMV's epilogue (a kernel and its boundary fewer
-  // per layer of a quantized decoder, the same bits).
-  if (lw.quant.bits == 4 && lw.bias == nullptr && m == 1 && x.dtype == DType::F32 && y.dtype == DType::F32 &&
+  // One activation row by 4/8-bit codes: the swiglu in the GEMV's epilogue (a kernel and its
+  // boundary fewer per layer of a quantized decoder, the same bits).
+  if (lw.quant.bits != 0 && lw.bias == nullptr && m == 1 && x.dtype == DType::F32 && y.dtype == DType::F32 &&
       quant_gemv_swiglu_usable(data_of<const float>(x), lw.quant)) {
     require_shape(x, m, k, "linear_swiglu", "x");
     require_shape(y, m, n / 2, "linear_swiglu", "y");

@@ -93,9 +93,10 @@ struct QuantMatrix {
 // From 3 rows on the tensor-core kernel is faster (H100/H200 runs 3-4, docs/cuda-notes.md).
 constexpr int kQuantGemvMaxRows = 2;
 void quant_gemv(const float* x, int m, const QuantMatrix& w, float* y, cudaStream_t stream);
-// quant_gemv of one activation row by a 4-bit gate | up matrix ([2 n, K]) into y [n] =
-// silu(gate) * up: one launch with the bits of quant_gemv then swiglu. Only where
-// quant_gemv_swiglu_usable (4-bit codes the staged GEMV takes, an even row count).
+// quant_gemv of one activation row by a 4- or 8-bit gate | up matrix ([2 n, K]) into y [n] =
+// silu(gate) * up: one launch with the bits of quant_gemv then swiglu (the same kernel and
+// tiling, rows paired). Only where quant_gemv_swiglu_usable (an even row count, quant_gemv's
+// shape rules).
 bool quant_gemv_swiglu_usable(const float* x, const QuantMatrix& w);
 void quant_gemv_swiglu(const float* x, const QuantMatrix& w, float* y, cudaStream_t stream);
 // The benchmark's tiling sweep at M = 1: weight rows per warp, warps per row group (K split)

@@ -143,9 +143,12 @@ struct IterationCodes {
 // over S warps (warp iteration i goes to warp i % S), partial sums added in a fixed order.
 // Each warp loads its next iteration's codes before it computes the current one.
 // Requires K % 64 == 0 and 16-byte aligned x (checked by the launcher).
-template <int M, int R, int S, int Bits, bool F32Scales, int MinBlocks>
+// Gated: w is gate | up ([2 n, K]), a warp's R rows are R / 2 (gate j, up n + j) pairs and y [M, n]
+// gets silu(gate) * up, with the bits of the plain kernel followed by swiglu (as the staged one).
+template <int M, int R, int S, int Bits, bool F32Scales, int MinBlocks, bool Gated = false>
 __global__ void __launch_bounds__(kWarpsPerBlock* kLanes, MinBlocks)
     quant_gemv_kernel(const float* __restrict__ x, QuantMatrix w, float* __restrict__ y) {
+  static_assert(!Gated || R % 2 == 0, "gated rows come in gate/up pairs");
   using Codes = IterationCodes<R, Bits, F32Scales>;
   constexpr int kWords = Codes::kWords, kSteps = Codes::kSteps;
   constexpr int kSpan = kSteps * kLanes;  // chunks per warp iteration
@@ -153,16 +156,18 @@ __global__ void __launch_bounds__(kWarpsPerBlock* kLanes, MinBlocks)
   __shared__ float partial[S > 1 ? kWarpsPerBlock : 1][M][R];
   const int lane = threadIdx.x % kLanes, warp = threadIdx.x / kLanes;
   const int slice = warp % S;
-  const int row0 = (blockIdx.x * (kWarpsPerBlock / S) + warp / S) * R;
+  const int outputs = Gated ? w.rows / 2 : w.rows;
+  const int row0 = (blockIdx.x * (kWarpsPerBlock / S) + warp / S) * (Gated ? R / 2 : R);  // first output
   const int k = w.cols;
-  const int chunks = row0 < w.rows ? k / kChunk : 0;  // a warp past the last row idles
+  const int chunks = row0 < outputs ? k / kChunk : 0;  // a warp past the last row idles
   const int groups = k / w.group_size;
   const int group_shift = __ffs(w.group_size) - __ffs(kChunk);  // chunk index -> group index (powers of 2)
   const uint32_t* codes[R];
   const Raw* pairs[R];
 #pragma unroll
   for (int r = 0; r < R; ++r) {
-    const int64_t row = min(row0 + r, w.rows - 1);
+    const int output = min(row0 + (Gated ? r / 2 : r), outputs - 1);
+    const int64_t row = Gated && r % 2 ? outputs + output : output;
     codes[r] = w.codes + row * (k / kChunk) * kWords;
     pairs[r] = static_cast<const Raw*>(w.scale_bias) + row * groups;
   }
@@ -238,16 +243,18 @@ __global__ void __launch_bounds__(kWarpsPerBlock* kLanes, MinBlocks)
     cur = next;
   }
 
-  write_outputs<M, R, S, kWarpsPerBlock>(acc_q, acc_b, partial, lane, warp, row0, w.rows, y);
+  write_outputs<M, R, S, kWarpsPerBlock, Gated>(acc_q, acc_b, partial, lane, warp, row0, outputs, y);
 }
 
 // MinBlocks: blocks per SM the register allocation must allow (1: no constraint).
-template <int M, int R, int S, int Bits, bool F32Scales, int MinBlocks = 1>
+template <int M, int R, int S, int Bits, bool F32Scales, int MinBlocks = 1, bool Gated = false>
 void launch(const float* x, const QuantMatrix& w, float* y, cudaStream_t stream) {
-  const int rows_per_block = kWarpsPerBlock / S * R;
-  const int blocks = (w.rows + rows_per_block - 1) / rows_per_block;
-  launch_kernel_prefetching("quant_gemv_kernel", quant_gemv_kernel<M, R, S, Bits, F32Scales, MinBlocks>,
-                blocks, kWarpsPerBlock * kLanes, 0, stream, x, w, y);
+  const int outputs_per_block = kWarpsPerBlock / S * (Gated ? R / 2 : R);
+  const int outputs = Gated ? w.rows / 2 : w.rows;
+  const int blocks = (outputs + outputs_per_block - 1) / outputs_per_block;
+  launch_kernel_prefetching(Gated ? "quant_gemv_kernel (swiglu)" : "quant_gemv_kernel",
+                            quant_gemv_kernel<M, R, S, Bits, F32Scales, MinBlocks, Gated>, blocks,
+                            kWarpsPerBlock * kLanes, 0, stream, x, w, y);
 }
 
 // Tiling by shape, from the H100 sweeps (runs 5-7, share of the copy ceiling, 4-bit / 8-bit).
@@ -256,15 +263,17 @@ void launch(const float* x, const QuantMatrix& w, float* y, cudaStream_t stream)
 // registers capped for 8 blocks per SM so that enough loads are in flight ([4096x14336] 62% /
 // 92%; unsplit 39-44% / 72-74%). M = 2: 4 rows per warp, K split below 8192 rows (48-56% /
 // 61-92%; 2 rows capped at 64 registers fell to 25-32%).
-template <int M, int Bits, bool F32Scales>
+// Gated (M = 1): gate | up pairs in the rows the plain kernel would take (w.rows counts both).
+template <int M, int Bits, bool F32Scales, bool Gated = false>
 void launch_default(const float* x, const QuantMatrix& w, float* y, cudaStream_t stream) {
+  static_assert(!Gated || M == 1, "the gated GEMV takes one activation row");
   if constexpr (M == 1) {
     if (w.rows >= 16384)
-      launch<1, 4, 1, Bits, F32Scales>(x, w, y, stream);
+      launch<1, 4, 1, Bits, F32Scales, 1, Gated>(x, w, y, stream);
     else if (w.rows >= 8192)
-      launch<1, 2, 1, Bits, F32Scales>(x, w, y, stream);
+      launch<1, 2, 1, Bits, F32Scales, 1, Gated>(x, w, y, stream);
     else
-      launch<1, 2, 2, Bits, F32Scales, 8>(x, w, y, stream);
+      launch<1, 2, 2, Bits, F32Scales, 8, Gated>(x, w, y, stream);
   } else {
     if (w.rows >= 8192)
       launch<M, 4, 1, Bits, F32Scales>(x, w, y, stream);
@@ -509,18 +518,34 @@ void quant_gemv(const float* x, int m, const QuantMatrix& w, float* y, cudaStrea
 }
 
 bool quant_gemv_swiglu_usable(const float* x, const QuantMatrix& w) {
-  return w.rows % 2 == 0 && w.cols % 64 == 0 && reinterpret_cast<uintptr_t>(x) % 16 == 0 && staged_usable(1, w);
+  return w.rows % 2 == 0 && w.cols % 64 == 0 && reinterpret_cast<uintptr_t>(x) % 16 == 0;
 }
 
-// The tiling of launch_4bit at M = 1 by the matrix's rows (gate | up counted whole): 2 rows (one
-// pair) per warp from 8192 rows, else 4 (two pairs) with K split in 2.
+namespace {
+
+// The kernel and tiling quant_gemv takes at M = 1 for this matrix (gate | up counted whole):
+// 4-bit staged, 2 rows (one pair) per warp from 8192 rows, else 4 (two pairs) with K split in 2;
+// otherwise launch_default's tiling.
+template <bool F32Scales>
+void launch_swiglu(const float* x, const QuantMatrix& w, float* y, cudaStream_t stream) {
+  if (w.bits == 4 && staged_usable(1, w)) {
+    if (w.rows >= 8192)
+      launch_staged<1, 2, 1, F32Scales, true>(x, w, y, stream);
+    else
+      launch_staged<1, 4, 2, F32Scales, true>(x, w, y, stream);
+  } else if (w.bits == 4) {
+    launch_default<1, 4, F32Scales, true>(x, w, y, stream);
+  } else {
+    launch_default<1, 8, F32Scales, true>(x, w, y, stream);
+  }
+}
+
+}  // namespace
+
 void quant_gemv_swiglu(const float* x, const QuantMatrix& w, float* y, cudaStream_t stream) {
-  MOXIN_CHECK(quant_gemv_swiglu_usable(x, w), "[cuda] quant_gemv_swiglu: needs 4-bit codes, an even row count, "
-              "in_features % 64 == 0 (got ", w.cols, ") and 16-byte aligned activations");
-  if (w.rows >= 8192)
-    w.f32_scales ? launch_staged<1, 2, 1, true, true>(x, w, y, stream) : launch_staged<1, 2, 1, false, true>(x, w, y, stream);
-  else
-    w.f32_scales ? launch_staged<1, 4, 2, true, true>(x, w, y, stream) : launch_staged<1, 4, 2, false, true>(x, w, y, stream);
+  MOXIN_CHECK(quant_gemv_swiglu_usable(x, w), "[cuda] quant_gemv_swiglu: needs an even row count, in_features % 64 "
+              "== 0 (got ", w.cols, ") and 16-byte aligned activations");
+  w.f32_scales ? launch_swiglu<true>(x, w, y, stream) : launch_swiglu<false>(x, w, y, stream);
 }
 
 bool quant_gemv_variant(int rows_per_warp, int k_split, int min_blocks, const float* x,
