@@ -68,6 +68,10 @@ def main():
         if d.get("costlier_than_batch"):
             print(f"CLIFF: batch {batch} costs more per token than batch {d['costlier_than_batch']}")
     if bench:
+        if "device_weights_mb" in bench:
+            rest = bench["device_memory_mb"] - bench["device_weights_mb"] - bench["device_kv_cache_mb"]
+            print(f"GPU memory: weights {bench['device_weights_mb']:.0f} MB, KV cache {bench['device_kv_cache_mb']:.0f} MB, "
+                  f"the rest {rest:.0f} MB")
         print(f"GPU memory {bench['device_memory_mb']:.0f} MB; host RSS after load "
               f"{bench.get('rss_after_load_mb', 0):.0f} MB (peak {bench['peak_rss_mb']:.0f}); "
               f"load {bench['load_ms']:.0f} ms; prefill {bench['prefill_tflops']:.0f} TFLOP/s")
