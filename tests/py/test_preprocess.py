@@ -103,7 +103,19 @@ def test_decoded_pixels_match_pillow(moxin_bin, seed, tmp_path):
         assert_matches_pillow(moxin_bin, path, size=side, what=f"{encoding}: {name} {side}x{side}")
 
 
-def test_other_output_sizes_match_pillow(moxin_bin, seed, tmp_path):
+# The resize's vectorized loop has an AVX2 build taken where the CPU has it; MOXIN_CPU_KERNELS=generic
+# runs the portable one, so both meet Pillow on an x86 machine.
+RESIZE_KERNELS = ["default", "generic"]
+
+
+def _use_kernels(monkeypatch, kernels):
+    if kernels == "generic":
+        monkeypatch.setenv("MOXIN_CPU_KERNELS", "generic")
+
+
+@pytest.mark.parametrize("kernels", RESIZE_KERNELS)
+def test_other_output_sizes_match_pillow(moxin_bin, seed, tmp_path, monkeypatch, kernels):
+    _use_kernels(monkeypatch, kernels)
     rng = np.random.default_rng(seed)
     for case in range(4):
         source, what = _random_source(rng)
@@ -112,9 +124,11 @@ def test_other_output_sizes_match_pillow(moxin_bin, seed, tmp_path):
         assert_matches_pillow(moxin_bin, path, size=int(rng.integers(1, 600)), what=what)
 
 
-def test_pass_order_matches_pillow(moxin_bin, seed, tmp_path):
+@pytest.mark.parametrize("kernels", RESIZE_KERNELS)
+def test_pass_order_matches_pillow(moxin_bin, seed, tmp_path, monkeypatch, kernels):
     """Pillow 13 resizes vertically first when rows removed > max(0, 2 * columns removed):
     sources on both sides of that boundary, for a 224x224 output."""
+    _use_kernels(monkeypatch, kernels)
     rng = np.random.default_rng(seed)
     width = int(rng.integers(225, 400))
     boundary = 224 + 2 * (width - 224)
