@@ -11,6 +11,7 @@
 #include <cuda_runtime.h>
 
 #include <algorithm>
+#include <cmath>
 #include <cstdio>
 #include <cstdlib>
 #include <functional>
@@ -546,14 +547,16 @@ void bench_decoder_layer(CudaBackend& backend, double ceiling, int seqs, int bit
 
 // Quantized linears (MLX 4/8-bit codes, bf16 scales) at full shapes: M = 1 and 8 (GEMV), 32
 // (tensor cores) against the copy ceiling in bytes of codes + scales + biases; M = 1024
-// (dequantize + cuBLASLt) against the bf16 linear of the same shape. Three copies of each
-// matrix alternate so that none is served from L2. At g64 the GEMV tilings are swept: the
+// (dequantize + cuBLASLt) against the bf16 linear of the same shape. Copies of each matrix
+// (at least three, and 120 MB in all: more than twice the L2) alternate so that none is served
+// from L2. Shapes: gate | up's half, down and lm_head, and the small o and q | k | v, whose
+// GEMVs run a single partial wave of blocks (session 20's ncu: 32-40% of DRAM at M = 1). At g64 the GEMV tilings are swept: the
 // lane-per-word kernel at M = 1 and, for 4 bits, the staged kernel at M = 1 and 2 with the
 // lane-per-word one at M = 2 as its same-run baseline.
 void bench_quant_linears(CudaBackend& backend, double ceiling) {
   const cudaStream_t stream = backend.stream();
-  for (const auto& [n, k] :
-       {std::pair<int64_t, int64_t>{14336, 4096}, {4096, 14336}, {32064, 4096}}) {
+  for (const auto& [n, k] : {std::pair<int64_t, int64_t>{14336, 4096}, {4096, 14336}, {32064, 4096},
+                             {4096, 4096}, {6144, 4096}}) {
     const int prefill = 1024;
     const std::vector<float> xs = random_f32(size_t(prefill) * k, 1.0f);
     const Tensor x_prefill = backend.from_host_f32(xs.data(), {prefill, k});
@@ -568,15 +571,15 @@ void bench_quant_linears(CudaBackend& backend, double ceiling) {
     }
     for (int bits : {4, 8})
       for (int group_size : {64, 128}) {
-        const Linear w[3] = {make_quant_linear(backend, n, k, bits, group_size),
-                             make_quant_linear(backend, n, k, bits, group_size),
-                             make_quant_linear(backend, n, k, bits, group_size)};
         const double weight_bytes = double(n) * k * bits / 8 + double(n) * (k / group_size) * 4;
+        const int copies = std::max(3, static_cast<int>(std::ceil(120e6 / weight_bytes)));
+        std::vector<Linear> w;
+        for (int c = 0; c < copies; ++c) w.push_back(make_quant_linear(backend, n, k, bits, group_size));
         const std::string what = cat("[", n, "x", k, "] ", bits, "-bit g", group_size);
         for (int m : {1, 2, 4, 8, 16, 32, 64}) {
           const Tensor x = backend.from_host_f32(xs.data(), {m, k});
           Tensor y = backend.empty_act({m, n});
-          const double ms = time_ms(stream, 20, 10, [&](int i) { backend.linear(x, w[i % 3], y); });
+          const double ms = time_ms(stream, 20, 10, [&](int i) { backend.linear(x, w[i % copies], y); });
           const double bytes = weight_bytes + double(m) * k * 4 + double(m) * n * 4;
           table.push_back({cat("qlinear M=", m, " ", what, m <= kQuantGemvMaxRows ? " gemv" : " mma"), ms,
                            pct(bytes / ms / 1e6, ceiling)});
@@ -585,7 +588,7 @@ void bench_quant_linears(CudaBackend& backend, double ceiling) {
           const Tensor x = backend.from_host_f32(xs.data(), {2, k});
           Tensor y = backend.empty_act({2, n});
           auto quant = [&](int i) -> const QuantMatrix& {
-            return dynamic_cast<const CudaLinear&>(*w[i % 3].impl).quant;
+            return dynamic_cast<const CudaLinear&>(*w[i % copies].impl).quant;
           };
           struct Variant {
             int rows, split, min_blocks;
@@ -622,7 +625,7 @@ void bench_quant_linears(CudaBackend& backend, double ceiling) {
             Tensor scratch = backend.empty({quant_mma_scratch_elems(m, k)}, DType::BF16);
             const double vms = time_ms(stream, 20, 10, [&](int i) {
               quant_mma(xm.ptr<float>(), m,
-                        dynamic_cast<const CudaLinear&>(*w[i % 3].impl).quant,
+                        dynamic_cast<const CudaLinear&>(*w[i % copies].impl).quant,
                         scratch.ptr<uint16_t>(), ym.ptr<float>(), stream);
             });
             table.push_back({cat("  qmma at M=", m), vms,
@@ -630,7 +633,7 @@ void bench_quant_linears(CudaBackend& backend, double ceiling) {
           }
         }
         const double ms =
-            time_ms(stream, 10, 5, [&](int i) { backend.linear(x_prefill, w[i % 3], y_prefill); });
+            time_ms(stream, 10, 5, [&](int i) { backend.linear(x_prefill, w[i % copies], y_prefill); });
         table.push_back({cat("qlinear M=1024 ", what, " dequantize + cublasLt"), ms,
                          cat(2.0 * prefill * n * k / ms / 1e9, " TFLOP/s, ",
                              ms / bf16_prefill_ms, "x bf16")});
