@@ -32,11 +32,11 @@ Tensor Decoder::embed(const Tensor& ids) const {
   return x;
 }
 
-// Per layer: qkv, rope + KV write, attention (one op where the backend fuses them), o, add + norm, gate|up + swiglu, down, add + the
-// next layer's norm: eight ops (a decode step's cost is mostly their boundaries on the GPU; the
-// CUDA backend fuses the swiglu into the gate|up GEMV at one row). Where the backend fuses the
-// residual steps (s.fused), each norm goes into the linear after it and each add into the linear
-// before it: six ops, the same bits.
+// Per layer: qkv, rope + KV write + attention (one op, which the backend may run as one kernel),
+// o, add + norm, gate|up + swiglu, down, add + the next layer's norm: seven ops (a decode step's
+// cost is mostly their boundaries on the GPU; the CUDA backend fuses the swiglu into the gate|up
+// GEMV at one row). Where the backend fuses the residual steps (s.fused), each norm goes into the
+// linear after it and each add into the linear before it: five ops, the same bits.
 void Decoder::run_layer(int index, Tensor& x, const Tensor& positions, const AttentionBatch& batch,
                         KvCache& cache, Scratch& s) const {
   const Layer& layer = layers_[static_cast<size_t>(index)];

@@ -221,6 +221,9 @@ class CudaBackend final : public Backend {
   // algorithm for the shape, the bias - exactly bf16, as checkpoints store it - added in f32
   // before the one rounding).
   bool writes_bf16_output(const CudaLinear& w, int64_t m, int64_t n, int64_t k) const;
+  // Whether a split-K batch of this GQA group and head_dim runs on the tensor-core kernel
+  // (paged_attention_mma), the one rope_paged_attention can fuse into.
+  bool split_on_tensor_cores(int group, int head_dim) const;
   // Whether a fused residual step (cuda_fused_residual.cpp) runs this linear at m rows; the
   // kernel's own pointer checks come on top.
   bool fuses_residual_step(const CudaLinear& w, int64_t m, int64_t n, int64_t k, bool norm_in) const;

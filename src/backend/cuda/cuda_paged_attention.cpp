@@ -125,14 +125,12 @@ void CudaBackend::paged_attention(const Tensor& q, KvCache& cache, int layer,
     int* counters = static_cast<int*>(attention_counters_.get());
     const auto* qp = data_of<const float>(q);
     float* yp = data_of<float>(y);
-    const bool tensor_cores = attention_path_ == CudaAttentionPath::Auto ||
-                              attention_path_ == CudaAttentionPath::SplitKTensorCore;
     // Tensor cores where they fit: streamed tiles kept the KV reads near the bandwidth where the
     // register kernel stalled on its shuffles (docs/cuda-notes.md, decode attention v7); then
     // the register kernel (v5-v6; bf16 caches only), then the staged CUDA-core kernel for any
     // shape and format.
     const bool fp8 = cfg.dtype == KvCacheDType::Fp8E4M3;
-    if (tensor_cores && paged_attention_mma_fits(group, cfg.head_dim))
+    if (split_on_tensor_cores(group, cfg.head_dim))
       paged_attention_mma(qp, c.layer(layer), index, q_heads, splits, true, partial, counters, yp,
                           stream());
     else if (attention_path_ != CudaAttentionPath::SplitK && !fp8 &&
@@ -151,12 +149,15 @@ void CudaBackend::paged_attention(const Tensor& q, KvCache& cache, int layer,
 
 bool CudaBackend::fuses_rope_into_attention(const KvCacheConfig& cache, const AttentionBatch& batch, int64_t tokens,
                                             int q_heads) const {
+  return fused_rope_ && batch.one_token_per_sequence && cache.dtype != KvCacheDType::Fp8E4M3 && cache.kv_heads > 0 &&
+         q_heads % cache.kv_heads == 0 && split_on_tensor_cores(q_heads / cache.kv_heads, cache.head_dim) &&
+         attention_uses_split(tokens, batch.block_tables.rows(), q_heads, cache.kv_heads);
+}
+
+bool CudaBackend::split_on_tensor_cores(int group, int head_dim) const {
   const bool tensor_cores =
       attention_path_ == CudaAttentionPath::Auto || attention_path_ == CudaAttentionPath::SplitKTensorCore;
-  return fused_rope_ && batch.one_token_per_sequence && tensor_cores && cache.dtype != KvCacheDType::Fp8E4M3 &&
-         cache.kv_heads > 0 && q_heads % cache.kv_heads == 0 &&
-         paged_attention_mma_fits(q_heads / cache.kv_heads, cache.head_dim) &&
-         attention_uses_split(tokens, batch.block_tables.rows(), q_heads, cache.kv_heads);
+  return tensor_cores && paged_attention_mma_fits(group, head_dim);
 }
 
 // A decode step's RoPE + K/V write inside its attention kernel (kernels.hpp's

@@ -161,9 +161,7 @@ const RopeFrequencies& rope_frequencies(float theta, int head_dim) {
 void rope_kv_write(const float* qkv, const int32_t* positions, int q_heads, float theta, float* q,
                    const PagedLayer& cache, const TokenIndex& index, cudaStream_t stream) {
   if (index.tokens == 0) return;
-  MOXIN_CHECK(cache.head_dim % 2 == 0 && cache.head_dim <= kMaxHeadDim, "[cuda] rope_kv_write: head_dim ",
-              cache.head_dim, " (even, at most ", kMaxHeadDim, ")");
-  const RopeFrequencies& frequencies = rope_frequencies(theta, cache.head_dim);
+  const RopeFrequencies& frequencies = rope_frequencies(theta, cache.head_dim);  // checks head_dim and theta
   const int units = q_heads + 2 * cache.kv_heads;
   const int most_blocks = (units + kHeadsPerBlock - 1) / kHeadsPerBlock;  // per token
   const int per_token = cache.k8 != nullptr ? most_blocks
