@@ -27,20 +27,28 @@ from test_parity import DEVICES, WORDS, cpu_runs_amx, rel_err
 sys.path.insert(0, str(pathlib.Path(__file__).parent))
 import reference_vlm  # noqa: E402
 
-# The CPU computes in f32, as the reference does: a layer sits within a tenth of the rounding's
-# movement. CUDA (and the CPU's amx table) rounds the prefill GEMMs' activations to bf16 (~1e-3
-# relative, as PyTorch's bf16 would), enough to put ~3% of the K/V values across an E4M3 rounding midpoint from where the
-# reference has them, each a whole step (2^-4 relative): ~1e-2 of a layer's output (measured on the
-# H200: 0.26-0.52 of the movement). There the check is that the layer sits well inside both the
-# movement and its distance from the unrounded reference; the GPU's rounding itself is checked
-# byte for byte against the row reference in the CUDA op tests (PagedAttention.Fp8Cache).
-SHARE_OF_ROUNDING = {"cpu": 0.75 if cpu_runs_amx() else 0.1, "cuda": 0.75}
+# The CPU computes in f32, as the reference does, or (the amx table) rounds each linear's input to
+# bf16, which the reference then does too (bf16_linear_inputs): either way the engine's K/V match the
+# reference's to f32 summation order and a layer sits within a tenth of the rounding's movement.
+# CUDA's prefill GEMMs round their activations to bf16 in more places than the linears' inputs,
+# enough to put ~3% of the K/V values across an E4M3 rounding midpoint from where the reference has
+# them, each a whole step (2^-4 relative): ~1e-2 of a layer's output (measured on the H200: 0.26-0.52
+# of the movement). There the check is that the layer sits well inside both the movement and its
+# distance from the unrounded reference; the GPU's rounding itself is checked byte for byte against
+# the row reference in the CUDA op tests (PagedAttention.Fp8Cache).
+SHARE_OF_ROUNDING = {"cpu": 0.1, "cuda": 0.75}
 
 
-def teacher_forced_layers(llm, ids, engine_outputs, kv_fp8):
+def teacher_forced_layers(llm, ids, engine_outputs, kv_fp8, bf16_linear_inputs):
     """Each decoder layer's output over the prompt when layer l > 0 reads the engine's output of
-    layer l - 1 instead of the reference's."""
+    layer l - 1 instead of the reference's; with bf16_linear_inputs every decoder linear first
+    rounds its input to bf16 (round to nearest even), as the CPU's amx table does."""
     outputs, hooks = [], []
+    if bf16_linear_inputs:
+        for module in llm.model.layers.modules():
+            if isinstance(module, torch.nn.Linear):
+                hooks.append(module.register_forward_pre_hook(
+                    lambda module, args: (args[0].to(torch.bfloat16).float(), *args[1:])))
     for index, layer in enumerate(llm.model.layers):
         if index > 0:
             forced = torch.from_numpy(engine_outputs[index - 1]).unsqueeze(0)
@@ -73,8 +81,9 @@ def test_each_layer_matches_reference_with_fp8_cache(moxin_bin, model_dir, tmp_p
     reference = reference_vlm.load_reference(str(model_dir))
     ids = reference_vlm.tokenize(reference.tokenizer, reference_vlm.build_prompt([question]))
     assert ours.shape[:2] == (len(reference.llm.model.layers), len(ids))
-    rounded = teacher_forced_layers(reference.llm, ids, ours, kv_fp8=True)
-    exact = teacher_forced_layers(reference.llm, ids, ours, kv_fp8=False)
+    bf16_inputs = device == "cpu" and cpu_runs_amx()
+    rounded = teacher_forced_layers(reference.llm, ids, ours, kv_fp8=True, bf16_linear_inputs=bf16_inputs)
+    exact = teacher_forced_layers(reference.llm, ids, ours, kv_fp8=False, bf16_linear_inputs=bf16_inputs)
     for layer, (got, want, unrounded) in enumerate(zip(ours, rounded, exact)):
         err, moved, off_unrounded = rel_err(got, want), rel_err(want, unrounded), rel_err(got, unrounded)
         share = SHARE_OF_ROUNDING[device]
