@@ -38,6 +38,9 @@ void set_pdl_enabled(bool on);
 // The current device's SM count (one device per process, as the backend is used), for grid sizing.
 int multiprocessors();
 
+// cluster_x > 1: the grid's x dimension in thread block clusters of that many blocks (blocks of
+// a cluster run together and can read each other's shared memory). prefetching: as for
+// launch_kernel_prefetching below.
 template <class... Params, class... Args>
 void launch_kernel_with(const char* name, void (*kernel)(Params...), dim3 grid, dim3 block,
                         size_t smem, cudaStream_t stream, unsigned cluster_x, bool prefetching,
@@ -58,14 +61,6 @@ void launch_kernel_with(const char* name, void (*kernel)(Params...), dim3 grid, 
   config.numAttrs = cluster_x > 1 ? 2 : 1;
   check_cuda(cudaLaunchKernelEx(&config, kernel, static_cast<Params>(args)...), name, __FILE__,
              __LINE__);
-}
-
-// cluster_x > 1: the grid's x dimension in thread block clusters of that many blocks (blocks of
-// a cluster run together and can read each other's shared memory).
-template <class... Params, class... Args>
-void launch_kernel_clustered(const char* name, void (*kernel)(Params...), dim3 grid, dim3 block,
-                             size_t smem, cudaStream_t stream, unsigned cluster_x, Args... args) {
-  launch_kernel_with(name, kernel, grid, block, smem, stream, cluster_x, false, args...);
 }
 
 template <class... Params, class... Args>

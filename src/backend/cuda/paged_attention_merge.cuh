@@ -198,17 +198,17 @@ __device__ __forceinline__ void merge_cluster(BlockMerge& sm, float (*acc)[kMaxG
 }
 
 // Host side: launches a split-K decode kernel over grid (splits, kv heads, tokens), the splits of a
-// (token, kv head) as one thread block cluster where `cluster`; `extra` follows the common
-// parameters (the fused RoPE's input).
+// (token, kv head) as one thread block cluster where `cluster`, with PDL where `prefetching` (a
+// kernel that reads the cache before wait_for_prior_kernels(), launch.cuh); `extra` follows the
+// common parameters (the fused RoPE's input).
 template <class Kernel, class... Extra>
-void launch_split_k(const char* name, Kernel kernel, size_t smem, bool cluster, const float* q,
+void launch_split_k(const char* name, Kernel kernel, size_t smem, bool cluster, bool prefetching, const float* q,
                     const PagedLayer& cache, const TokenIndex& index, int q_heads, int splits,
                     float* partial, int* counters, float* y, cudaStream_t stream, const Extra&... extra) {
   const float scale = 1.0f / sqrtf(static_cast<float>(cache.head_dim));
   const dim3 grid(splits, cache.kv_heads, index.tokens);
-  launch_kernel_clustered(name, kernel, grid, kSplitWarps * 32, smem, stream,
-                          cluster ? static_cast<unsigned>(splits) : 1u, q, cache, index, q_heads,
-                          splits, scale, partial, counters, y, extra...);
+  launch_kernel_with(name, kernel, grid, kSplitWarps * 32, smem, stream, cluster ? static_cast<unsigned>(splits) : 1u,
+                     prefetching, q, cache, index, q_heads, splits, scale, partial, counters, y, extra...);
 }
 
 // Host side: the most splits of a (token, kv head) that one thread block cluster may hold for

@@ -239,7 +239,8 @@ __global__ void __launch_bounds__(kSplitWarps * 32, 2)
   __shared__ BlockMerge merge;
   __shared__ float rope_cos[kRope ? kD / 2 : 1], rope_sin[kRope ? kD / 2 : 1];
 
-  wait_for_prior_kernels();
+  // The unfused kernel reads q and the new rows, which the previous kernels write, from its start.
+  if constexpr (!kRope) wait_for_prior_kernels();
   const int split = blockIdx.x;
   const int kv_head = blockIdx.y;
   const int token = blockIdx.z;
@@ -252,6 +253,72 @@ __global__ void __launch_bounds__(kSplitWarps * 32, 2)
   const auto [begin, end] = split_range(context, split, splits);
   const int32_t* table =
       index.block_tables + static_cast<size_t>(max(index.token_seq[token], 0)) * index.max_blocks;
+
+  // The warp's tiles: positions first + i * kWarpStride .. + 15.
+  constexpr int kWarpStride = kSplitWarps * kTilePositions;
+  const int first = begin + warp * kTilePositions;
+  const int tiles = first < end ? (end - first + kWarpStride - 1) / kWarpStride : 0;
+  const size_t row_stride = static_cast<size_t>(cache.kv_heads) * kD;
+  unsigned char* warp_smem = staging + warp * warp_smem_bytes<kD, kFp8>();
+  auto* ring = reinterpret_cast<bf16_bits*>(warp_smem);  // bf16 stages
+  // FP8: the stages, then the f16 tiles every stage is widened into and their row scales.
+  unsigned char* fp8_ring = warp_smem;
+  auto* widened = reinterpret_cast<bf16_bits*>(warp_smem + fp8_ring_bytes<kD>());
+  auto* k_scale = reinterpret_cast<float*>(widened + 2 * kTileElems);
+  int* v_exp = reinterpret_cast<int*>(k_scale + kTilePositions);
+  int v_run = kNoRow;  // FP8: the largest V exponent of the warp's rows so far
+
+  // Element offset of row lane % 16 of tile i in the cache, -1 past the context or for a block
+  // id outside the cache.
+  auto row_offset = [&](int i) -> long long {
+    const int p = first + i * kWarpStride + lane % kTilePositions;
+    if (i >= tiles || p >= end) return -1;
+    const int block = table[p / cache.block_size];
+    if (block < 0 || block >= cache.num_blocks) return -1;
+    return static_cast<long long>(
+        (static_cast<size_t>(block) * cache.block_size + p % cache.block_size) * row_stride +
+        static_cast<size_t>(kv_head) * kD);
+  };
+  // Tile i's K and V rows into stage i % kStages (copy_tile_rows);
+  // always one commit group, empty past the last tile, so that the waits count tiles.
+  auto issue = [&](int i, long long offset) {
+    if (i < tiles) {
+      if constexpr (kFp8) {
+        unsigned char* k_codes = fp8_ring + (i % kStages) * fp8_stage_bytes<kD>();
+        unsigned char* v_codes = k_codes + kTilePositions * kD;
+        auto* words = reinterpret_cast<uint32_t*>(v_codes + kTilePositions * kD);
+        unsigned char* shifts = reinterpret_cast<unsigned char*>(words + 2 * kTilePositions);
+        copy_tile_rows<kD, kD, 1>(k_codes, v_codes, cache.k8, cache.v8, offset, lane);
+        // Lanes 0-15 fetch row lane's K exponent word, lanes 16-31 row lane - 16's V word (a
+        // missing row's word is zero: scale 1 for its zero codes).
+        const size_t exponent = offset >= 0 ? static_cast<size_t>(offset) / kD : 0;
+        const int8_t* exponents = lane < kTilePositions ? cache.k_exp : cache.v_exp;
+        copy4_or_zero(words + lane, exponents + (exponent & ~size_t{3}), offset >= 0);
+        if (lane < kTilePositions) shifts[lane] = static_cast<unsigned char>(8 * (exponent & 3));
+      } else {
+        bf16_bits* k_stage = ring + (i % kStages) * 2 * kTileElems;
+        copy_tile_rows<2 * kD, 2 * kRow, 2>(k_stage, k_stage + kTileElems, cache.k, cache.v, offset, lane);
+      }
+      const unsigned valid = __ballot_sync(0xffffffffu, offset >= 0) & 0xffffu;
+      if (lane == 0) valid_rows[warp][i % kStages] = valid;
+    }
+    copies_issued();
+  };
+
+  // kRope: the tiles of a warp's first stages that lie wholly before the token's own position
+  // hold rows earlier steps wrote (and the block tables and positions are uploaded before the
+  // step's kernels run), so they are requested before waiting on the q | k | v projection: under
+  // PDL (launch_kernel_prefetching) the cache's bytes stream while that GEMV drains. The tile
+  // that holds the own position waits for its row to be stored below.
+  int prefetched = 0;
+  if constexpr (kRope) {
+    const int own = context - 1;
+    while (prefetched < kStages - 1 && first + prefetched * kWarpStride + kTilePositions <= own) {
+      issue(prefetched, row_offset(prefetched));
+      ++prefetched;
+    }
+    wait_for_prior_kernels();
+  }
 
   // Q as A fragments (rows g: bf16(q * scale), rows g + 8: the residual; FP8: in f16, times
   // 2^a); heads past the group are zero rows.
@@ -313,56 +380,6 @@ __global__ void __launch_bounds__(kSplitWarps * 32, 2)
     }
   }
 
-  // The warp's tiles: positions first + i * kWarpStride .. + 15.
-  constexpr int kWarpStride = kSplitWarps * kTilePositions;
-  const int first = begin + warp * kTilePositions;
-  const int tiles = first < end ? (end - first + kWarpStride - 1) / kWarpStride : 0;
-  const size_t row_stride = static_cast<size_t>(cache.kv_heads) * kD;
-  unsigned char* warp_smem = staging + warp * warp_smem_bytes<kD, kFp8>();
-  auto* ring = reinterpret_cast<bf16_bits*>(warp_smem);  // bf16 stages
-  // FP8: the stages, then the f16 tiles every stage is widened into and their row scales.
-  unsigned char* fp8_ring = warp_smem;
-  auto* widened = reinterpret_cast<bf16_bits*>(warp_smem + fp8_ring_bytes<kD>());
-  auto* k_scale = reinterpret_cast<float*>(widened + 2 * kTileElems);
-  int* v_exp = reinterpret_cast<int*>(k_scale + kTilePositions);
-  int v_run = kNoRow;  // FP8: the largest V exponent of the warp's rows so far
-
-  // Element offset of row lane % 16 of tile i in the cache, -1 past the context or for a block
-  // id outside the cache.
-  auto row_offset = [&](int i) -> long long {
-    const int p = first + i * kWarpStride + lane % kTilePositions;
-    if (i >= tiles || p >= end) return -1;
-    const int block = table[p / cache.block_size];
-    if (block < 0 || block >= cache.num_blocks) return -1;
-    return static_cast<long long>(
-        (static_cast<size_t>(block) * cache.block_size + p % cache.block_size) * row_stride +
-        static_cast<size_t>(kv_head) * kD);
-  };
-  // Tile i's K and V rows into stage i % kStages (copy_tile_rows);
-  // always one commit group, empty past the last tile, so that the waits count tiles.
-  auto issue = [&](int i, long long offset) {
-    if (i < tiles) {
-      if constexpr (kFp8) {
-        unsigned char* k_codes = fp8_ring + (i % kStages) * fp8_stage_bytes<kD>();
-        unsigned char* v_codes = k_codes + kTilePositions * kD;
-        auto* words = reinterpret_cast<uint32_t*>(v_codes + kTilePositions * kD);
-        unsigned char* shifts = reinterpret_cast<unsigned char*>(words + 2 * kTilePositions);
-        copy_tile_rows<kD, kD, 1>(k_codes, v_codes, cache.k8, cache.v8, offset, lane);
-        // Lanes 0-15 fetch row lane's K exponent word, lanes 16-31 row lane - 16's V word (a
-        // missing row's word is zero: scale 1 for its zero codes).
-        const size_t exponent = offset >= 0 ? static_cast<size_t>(offset) / kD : 0;
-        const int8_t* exponents = lane < kTilePositions ? cache.k_exp : cache.v_exp;
-        copy4_or_zero(words + lane, exponents + (exponent & ~size_t{3}), offset >= 0);
-        if (lane < kTilePositions) shifts[lane] = static_cast<unsigned char>(8 * (exponent & 3));
-      } else {
-        bf16_bits* k_stage = ring + (i % kStages) * 2 * kTileElems;
-        copy_tile_rows<2 * kD, 2 * kRow, 2>(k_stage, k_stage + kTileElems, cache.k, cache.v, offset, lane);
-      }
-      const unsigned valid = __ballot_sync(0xffffffffu, offset >= 0) & 0xffffu;
-      if (lane == 0) valid_rows[warp][i % kStages] = valid;
-    }
-    copies_issued();
-  };
 
   float m = -INFINITY;  // running max of head g (the same in the lane's quad)
   float l = 0.0f;       // this lane's share of head g's softmax sum
@@ -372,9 +389,8 @@ __global__ void __launch_bounds__(kSplitWarps * 32, 2)
 #pragma unroll
     for (int e = 0; e < 4; ++e) o[n][e] = 0.0f;
 
-  long long next = row_offset(0);
-#pragma unroll
-  for (int i = 0; i < kStages - 1; ++i) {
+  long long next = row_offset(prefetched);
+  for (int i = prefetched; i < kStages - 1; ++i) {
     const long long offset = next;
     next = row_offset(i + 1);
     issue(i, offset);
@@ -554,7 +570,7 @@ void launch_mma(const float* q, const DecodeRope& rope, const PagedLayer& cache,
               "FP8 cache takes rope_kv_write, then paged_attention_mma");
   const bool cluster = cluster_merge && splits > 1 && splits <= max_mma_cluster_splits;
   with_mma_kernel(cache.head_dim, cluster, cache.k8 != nullptr, fused, [&](auto kernel, size_t smem) {
-    launch_split_k(fused ? "paged_mma_kernel (RoPE fused)" : "paged_mma_kernel", kernel, smem, cluster, q, cache,
+    launch_split_k(fused ? "paged_mma_kernel (RoPE fused)" : "paged_mma_kernel", kernel, smem, cluster, fused, q, cache,
                    index, q_heads, splits, partial, counters, y, stream, rope);
   });
 }

@@ -402,7 +402,7 @@ void paged_attention_split(const float* q, const PagedLayer& cache, const TokenI
               " splits (1..", kMaxSplits, ")");
   const size_t smem = split_smem_bytes(cache.head_dim);
   auto run = [&](auto kernel) {
-    launch_split_k("paged_split_kernel", kernel, smem, false, q, cache, index, q_heads, splits,
+    launch_split_k("paged_split_kernel", kernel, smem, false, false, q, cache, index, q_heads, splits,
                    partial, counters, y, stream);
   };
   switch (dims_per_lane) {
@@ -477,7 +477,7 @@ void paged_attention_warp(const float* q, const PagedLayer& cache, const TokenIn
       " (1, 2, 4, 8), head_dim ", cache.head_dim, " (64, 128)");
   const bool cluster = cluster_merge && splits > 1 && splits <= max_cluster_splits;
   with_warp_kernel(cache.head_dim, group, cluster, [&](auto kernel) {
-    launch_split_k("paged_warp_kernel", kernel, 0, cluster, q, cache, index, q_heads, splits,
+    launch_split_k("paged_warp_kernel", kernel, 0, cluster, false, q, cache, index, q_heads, splits,
                    partial, counters, y, stream);
   });
 }
