@@ -27,17 +27,16 @@ from test_parity import DEVICES, WORDS, cpu_runs_amx, rel_err
 sys.path.insert(0, str(pathlib.Path(__file__).parent))
 import reference_vlm  # noqa: E402
 
-# The CPU computes in f32, as the reference does, or (the amx table) rounds each linear's input to
-# bf16, which the reference then does too (bf16_linear_inputs): either way the engine's K/V match the
-# reference's to f32 summation order and a layer sits within a tenth of the rounding's movement.
-# CUDA's prefill GEMMs also take bf16 inputs (the reference rounds them alike), but other steps of
-# its prefill round as well; without the input rounding in the reference, ~3% of the K/V values
-# landed across an E4M3 rounding midpoint from where the reference had them, each a whole step
-# (2^-4 relative): ~1e-2 of a layer's output (measured on the H200: 0.26-0.52 of the movement).
-# There the check is that the layer sits well inside both the movement and its distance from the
-# unrounded reference; the GPU's rounding itself is checked byte for byte against the row reference
-# in the CUDA op tests (PagedAttention.Fp8Cache).
-SHARE_OF_ROUNDING = {"cpu": 0.1, "cuda": 0.75}
+# Each layer must sit within a share of what rounding the cache moves it. The CPU computes in f32,
+# as the reference does, or (the amx table) rounds each linear's input to bf16, which the reference
+# then does too (bf16_linear_inputs): the engine's K/V match the reference's to f32 summation order
+# and a layer sits within a tenth of the movement (seen: 1e-7 - 1.5e-4 of it). CUDA's prefill GEMMs
+# take bf16 inputs as well (the reference rounds them alike), but other steps of its prefill round
+# too, so a few K/V values still land across an E4M3 rounding midpoint from where the reference has
+# them, each a whole step: 0.04-0.05 of the movement on an H100 (session 21; 0.26-0.52 before the
+# reference rounded the linears' inputs), bound at 0.2. The GPU's rounding itself is checked byte
+# for byte against the row reference in the CUDA op tests (PagedAttention.Fp8Cache).
+SHARE_OF_ROUNDING = {"cpu": 0.1, "cuda": 0.2}
 
 
 def teacher_forced_layers(llm, ids, engine_outputs, kv_fp8, bf16_linear_inputs):
