@@ -9,7 +9,7 @@ as far from the FP8 reference as the reference's own exact-cache logits were in 
 So each reference layer takes the engine's own output of the layer before as its input (the
 engine's `dump --hidden-states`; layer 0 the embeddings): only one layer's f32 differences can
 flip a code, which happens to a handful of values in a thousand cases. Each layer's output must
-then lie within a tenth of what rounding the cache moves it (the reference with and without
+then lie within a small share (SHARE_OF_ROUNDING) of what rounding the cache moves it (the reference with and without
 the rounding, same inputs): an engine that rounded only K or only V, at another scale, or not at
 all, is off by a large share of that movement.
 """
