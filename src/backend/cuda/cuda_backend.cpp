@@ -28,6 +28,13 @@ void check_linear_shape(const TensorInfo& t, int64_t out, int64_t in) {
               t.file, " has shape ", t.shape_str(), ", which is not [", out, ", ", in, "]");
 }
 
+// Whether environment variable `name` is set to exactly `value` (the A/B switches read at
+// construction).
+bool env_equals(const char* name, const char* value) {
+  const char* set = std::getenv(name);
+  return set != nullptr && std::strcmp(set, value) == 0;
+}
+
 }  // namespace
 
 DeviceContext::DeviceContext(int ordinal) : device(ordinal) {
@@ -94,12 +101,10 @@ CudaBackend::CudaBackend(int device_ordinal)
   lanes_[0].scratch_bf16 = device_alloc(context_, static_cast<size_t>(scratch_elems_) * 2);
   MOXIN_CUDA_CHECK(cudaEventCreateWithFlags(&fork_, cudaEventDisableTiming));
   add_lane();  // the second image encoder's (Vlm::encode_images), ready before any capture
-  const char* fp8_tensor_cores = std::getenv("MOXIN_CUDA_FP8_TENSOR_CORES");
-  fp8_tensor_cores_ = fp8_tensor_cores != nullptr && std::string(fp8_tensor_cores) == "1";
-  const char* fused_residual = std::getenv("MOXIN_CUDA_FUSE_RESIDUAL");
-  fused_residual_ = fused_residual == nullptr || std::string(fused_residual) != "0";
-  const char* fused_rope = std::getenv("MOXIN_CUDA_FUSE_ROPE");
-  fused_rope_ = fused_rope == nullptr || std::string(fused_rope) != "0";
+  fp8_tensor_cores_ = env_equals("MOXIN_CUDA_FP8_TENSOR_CORES", "1");
+  fused_residual_ = !env_equals("MOXIN_CUDA_FUSE_RESIDUAL", "0");
+  fused_rope_ = !env_equals("MOXIN_CUDA_FUSE_ROPE", "0");
+  prefill_two_stages_ = env_equals("MOXIN_CUDA_PREFILL_STAGES", "2");
   attention_partial_floats_ = kAttentionPartialFloats;
   attention_partial_ = device_alloc(context_, static_cast<size_t>(attention_partial_floats_) * 4);
   attention_counters_ = device_alloc(context_, static_cast<size_t>(kAttentionCounters) * 4);

@@ -6,8 +6,6 @@
 // pass per distinct sequence, each token seeing only keys of its own sequence, so any
 // AttentionBatch is right and a prefill chunk is fast.
 #include <climits>
-#include <cstdlib>
-#include <string>
 
 #include "backend/cuda/activation_store.cuh"
 #include "backend/cuda/attention_mma.cuh"
@@ -405,28 +403,24 @@ __global__ void __launch_bounds__(kPrefillThreads, kPrefillBlocksPerSm)
 // grid fills the SMs (1024 tokens: 512 blocks). A short prompt's grid does not (290 tokens: 160
 // blocks, ~1.2 per SM; its attention took 38 us a layer, 1.37 ms of an 11.4 ms prefill under ncu,
 // H100), and a lone block then waits out each tile's copies; two stages overlap them with the
-// previous tile's products. Written without a GPU at hand (session 21): opt-in with
-// MOXIN_CUDA_PREFILL_STAGES=2 until measured, and then only under two blocks per SM.
-int prefill_kv_stages(unsigned blocks) {
-  static const bool two = [] {
-    const char* env = std::getenv("MOXIN_CUDA_PREFILL_STAGES");
-    return env != nullptr && std::string(env) == "2";
-  }();
-  return two && blocks < 2u * static_cast<unsigned>(multiprocessors()) ? 2 : 1;
+// previous tile's products. Written without a GPU at hand (session 21): opt-in (`two_stages`,
+// CudaBackend::set_prefill_two_stages) until measured, and then only under two blocks per SM.
+int prefill_kv_stages(unsigned blocks, bool two_stages) {
+  return two_stages && blocks < 2u * static_cast<unsigned>(multiprocessors()) ? 2 : 1;
 }
 
 }  // namespace
 
 
 void paged_attention_tiled(const float* q, const PagedLayer& cache, const TokenIndex& index,
-                           int q_heads, bool tensor_cores, Activations y, cudaStream_t stream) {
+                           int q_heads, bool tensor_cores, bool two_stages, Activations y, cudaStream_t stream) {
   if (index.tokens == 0) return;
   const float scale = 1.0f / sqrtf(static_cast<float>(cache.head_dim));
   with_activations(y, [&]<class Out>(Out* out) {
     if (tensor_cores) {
       const unsigned blocks =
           static_cast<unsigned>((index.tokens + kPrefillTokens - 1) / kPrefillTokens * q_heads);
-      const int kv_stages = prefill_kv_stages(blocks);
+      const int kv_stages = prefill_kv_stages(blocks, two_stages);
       dispatch_head_dim_chunks(cache.head_dim, [&]<int KD>() {
         launch_kernel("paged_tiled_mma_kernel", paged_tiled_mma_kernel<KD, Out>, blocks, kPrefillThreads,
                       mma_smem_bytes(cache.head_dim, kPrefillWarps, kv_stages), stream, q, cache, index, q_heads,
