@@ -205,10 +205,6 @@ class CudaBackend final : public Backend {
   // Whether rope_paged_attention may fuse (fuses_rope_into_attention): on by default,
   // MOXIN_CUDA_FUSE_ROPE=0 turns it off at construction (for A/B runs).
   void set_fused_rope(bool on) { fused_rope_ = on; }
-  // Whether the prefill attention may take two key-tile stages for grids under two blocks per SM
-  // (paged_attention_tiled.cu): off by default until measured, MOXIN_CUDA_PREFILL_STAGES=2 turns it
-  // on at construction.
-  void set_prefill_two_stages(bool on) { prefill_two_stages_ = on; }
   // Number of context splits the split-K kernel uses for this batch (exposed for benchmarks).
   int attention_splits(int tokens, int q_heads, int kv_heads, int head_dim, int max_context) const;
 
@@ -286,7 +282,6 @@ class CudaBackend final : public Backend {
   bool fp8_tensor_cores_ = false;
   bool fused_residual_ = true;
   bool fused_rope_ = true;
-  bool prefill_two_stages_ = false;
   int64_t quant_largest_elems_ = 0;  // largest quantized linear prepared so far (out * in)
   CudaLinear quant_dense_;           // weight: bf16 scratch of quant_dense_elems_, made on demand
   int64_t quant_dense_elems_ = 0;

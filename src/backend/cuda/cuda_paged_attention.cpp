@@ -143,7 +143,7 @@ void CudaBackend::paged_attention(const Tensor& q, KvCache& cache, int layer,
                             stream());
   } else {
     paged_attention_tiled(data_of<const float>(q), c.layer(layer), index, q_heads,
-                          attention_path_ != CudaAttentionPath::TiledF32, prefill_two_stages_, out, stream());
+                          attention_path_ != CudaAttentionPath::TiledF32, out, stream());
   }
 }
 

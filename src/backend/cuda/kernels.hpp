@@ -278,10 +278,8 @@ void rope_paged_attention_mma(const DecodeRope& rope, const PagedLayer& cache, c
 
 // --- paged_attention_tiled.cu: tiles of consecutive tokens share K/V tiles (prefill) ---
 // tensor_cores: Q and P rounded to bf16 for mma.sync; otherwise all f32 on the CUDA cores.
-// two_stages: the tensor-core kernel may take two key-tile stages where its grid is small
-// (paged_attention_tiled.cu, prefill_kv_stages).
 void paged_attention_tiled(const float* q, const PagedLayer& cache, const TokenIndex& index,
-                           int q_heads, bool tensor_cores, bool two_stages, Activations y, cudaStream_t stream);
+                           int q_heads, bool tensor_cores, Activations y, cudaStream_t stream);
 
 // Raise the dynamic shared-memory limit of the tiled kernels (> 48 KB): called once at backend
 // creation, so that no attribute call happens inside a graph capture.

@@ -280,12 +280,11 @@ __device__ void stage_key_tile(Attention& att, const long long* rows, const Page
 }
 
 // y: f32, or bf16 where the o projection multiplies bf16 (rounded here, not by a conversion
-// kernel after: the same bits). kv_stages 2: the next key tile's copies fly while this one is
-// consumed (prefill_kv_stages).
+// kernel after: the same bits).
 template <int KD, class Out>
 __global__ void __launch_bounds__(kPrefillThreads, kPrefillBlocksPerSm)
     paged_tiled_mma_kernel(const float* __restrict__ q, PagedLayer cache, TokenIndex index,
-                           int q_heads, float scale_log2, int kv_stages, Out* __restrict__ y) {
+                           int q_heads, float scale_log2, Out* __restrict__ y) {
   wait_for_prior_kernels();
   extern __shared__ __align__(16) unsigned char smem_bytes[];
   __shared__ int tok_seq[kPrefillTokens];
@@ -351,37 +350,19 @@ __global__ void __launch_bounds__(kPrefillThreads, kPrefillBlocksPerSm)
       warp_first = min(warp_first, __shfl_xor_sync(0xffffffffu, warp_first, o));
     }
     const int32_t* table = index.block_tables + static_cast<size_t>(seq) * index.max_blocks;
-    // Key tiles of 64. One stage: one tile at a time (the tile was consumed before the barrier
-    // that ends the previous one), the next tile's cache rows found while this one's copies fly.
-    // Two stages: tile + 1 is staged into the other buffer (consumed before the previous
-    // tile's closing barrier) while tile is consumed, and tile + 2's rows are found into the
-    // key_rows half that tile's staging read an iteration earlier.
+    // Key tiles of 64, one at a time (the tile was consumed before the barrier that ends the
+    // previous one). The next tile's cache rows are found while this one's copies fly; the
+    // barrier before the products publishes them (their buffer was last read before the
+    // barrier that ended the previous tile).
     const int tiles = (last + kMmaRows) / kMmaRows;
     locate_key_rows(key_rows[0], 0, last, table, cache, shift, kv_head);
     __syncthreads();
-    if (kv_stages == 2) {
-      stage_key_tile<kPadded>(att, key_rows[0], cache);
-      if (tiles > 1) locate_key_rows(key_rows[1], kMmaRows, last, table, cache, shift, kv_head);
-    }
     for (int tile = 0; tile < tiles; ++tile) {
       const int key0 = tile * kMmaRows;
-      if (kv_stages == 1) {
-        stage_key_tile<kPadded>(att, key_rows[tile % 2], cache);
-        if (tile + 1 < tiles)
-          locate_key_rows(key_rows[(tile + 1) % 2], key0 + kMmaRows, last, table, cache, shift, kv_head);
-        wait_staged<0>();
-      } else if (tile + 1 < tiles) {
-        __syncthreads();  // tile + 1's rows, found by the first threads, are visible
-        att.use_stage((tile + 1) % 2);
-        stage_key_tile<kPadded>(att, key_rows[(tile + 1) % 2], cache);
-        if (tile + 2 < tiles)
-          locate_key_rows(key_rows[tile % 2], key0 + 2 * kMmaRows, last, table, cache, shift, kv_head);
-        att.use_stage(tile % 2);
-        wait_staged<1>();  // tile's copies have landed; tile + 1's may still fly
-      } else {
-        att.use_stage(tile % 2);
-        wait_staged<0>();
-      }
+      stage_key_tile<kPadded>(att, key_rows[tile % 2], cache);
+      if (tile + 1 < tiles)
+        locate_key_rows(key_rows[(tile + 1) % 2], key0 + kMmaRows, last, table, cache, shift, kv_head);
+      wait_staged<0>();
       __syncthreads();  // every thread's copies of this tile have landed
       if (key0 + kMmaRows - 1 <= warp_first)
         att.template consume<false>(key0, kMmaRows, scale_log2, limit);
@@ -389,7 +370,6 @@ __global__ void __launch_bounds__(kPrefillThreads, kPrefillBlocksPerSm)
         att.consume(key0, min(kMmaRows, last + 1 - key0), scale_log2, limit);
       __syncthreads();  // the tile is consumed before its stage is refilled
     }
-    att.use_stage(0);
     prev_seq = seq;
   }
   att.finish(head_dim, [&](int r, int d, float value) {
@@ -398,33 +378,21 @@ __global__ void __launch_bounds__(kPrefillThreads, kPrefillBlocksPerSm)
   });
 }
 
-// Key-tile stages of the tensor-core prefill kernel for a grid of `blocks`. One stage lets three
-// blocks share an SM, each tile's copies hidden behind the other blocks' products: right where the
-// grid fills the SMs (1024 tokens: 512 blocks). A short prompt's grid does not (290 tokens: 160
-// blocks, ~1.2 per SM; its attention took 38 us a layer, 1.37 ms of an 11.4 ms prefill under ncu,
-// H100), and a lone block then waits out each tile's copies; two stages overlap them with the
-// previous tile's products. Written without a GPU at hand (session 21): opt-in (`two_stages`,
-// CudaBackend::set_prefill_two_stages) until measured, and then only under two blocks per SM.
-int prefill_kv_stages(unsigned blocks, bool two_stages) {
-  return two_stages && blocks < 2u * static_cast<unsigned>(multiprocessors()) ? 2 : 1;
-}
-
 }  // namespace
 
 
 void paged_attention_tiled(const float* q, const PagedLayer& cache, const TokenIndex& index,
-                           int q_heads, bool tensor_cores, bool two_stages, Activations y, cudaStream_t stream) {
+                           int q_heads, bool tensor_cores, Activations y, cudaStream_t stream) {
   if (index.tokens == 0) return;
   const float scale = 1.0f / sqrtf(static_cast<float>(cache.head_dim));
   with_activations(y, [&]<class Out>(Out* out) {
     if (tensor_cores) {
       const unsigned blocks =
           static_cast<unsigned>((index.tokens + kPrefillTokens - 1) / kPrefillTokens * q_heads);
-      const int kv_stages = prefill_kv_stages(blocks, two_stages);
       dispatch_head_dim_chunks(cache.head_dim, [&]<int KD>() {
         launch_kernel("paged_tiled_mma_kernel", paged_tiled_mma_kernel<KD, Out>, blocks, kPrefillThreads,
-                      mma_smem_bytes(cache.head_dim, kPrefillWarps, kv_stages), stream, q, cache, index, q_heads,
-                      scale * kLog2e, kv_stages, out);
+                      mma_smem_bytes(cache.head_dim, kPrefillWarps), stream, q, cache, index, q_heads,
+                      scale * kLog2e, out);
       });
       return;
     }
@@ -442,7 +410,7 @@ void configure_paged_attention() {
     for_all_head_dim_chunks(
         [&]<int DJ>() { MOXIN_CUDA_CHECK(allow_tile_smem<DJ>(paged_tiled_kernel<DJ, Out>)); });
     for_all_head_dim_chunks(
-        [&]<int KD>() { MOXIN_CUDA_CHECK((allow_mma_smem<KD, kPrefillWarps, 2>(paged_tiled_mma_kernel<KD, Out>))); });
+        [&]<int KD>() { MOXIN_CUDA_CHECK((allow_mma_smem<KD, kPrefillWarps>(paged_tiled_mma_kernel<KD, Out>))); });
   };
   for_all_activation_types(allow);
 }
