@@ -20,15 +20,14 @@ struct PreprocessArgs {
 };
 
 void run(const PreprocessArgs& a) {
-  const Image image = load_image(a.image, DecodeLimits{a.max_pixels});
-  const PreprocessedImage pre = preprocess_image(image, a.size);
+  const PreprocessedImage pre = decode_and_preprocess(read_image_file(a.image), DecodeLimits{a.max_pixels}, a.image, a.size);
   const int64_t s = a.size;
   SafetensorsWriter w;
   w.add("resized", DType::U8, {s, s, 3}, pre.resized.data());
   w.add_f32("dino", {1, s, s, 3}, pre.dino.data());
   w.add_f32("siglip", {1, s, s, 3}, pre.siglip.data());
-  w.set_metadata("source_width", std::to_string(image.width));
-  w.set_metadata("source_height", std::to_string(image.height));
+  w.set_metadata("source_width", std::to_string(pre.source_width));
+  w.set_metadata("source_height", std::to_string(pre.source_height));
   w.write(a.out);
 }
 

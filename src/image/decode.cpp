@@ -84,10 +84,10 @@ std::string describe_first_bytes(std::span<const uint8_t> bytes) {
 
 }  // namespace
 
-Image decode_image(std::span<const uint8_t> bytes, const DecodeLimits& limits,
-                   std::string_view source) {
+Image image_codecs::decode_any(const DecodeInput& in) {
+  const std::span<const uint8_t> bytes = in.bytes;
+  const std::string_view source = in.source;
   if (bytes.empty()) fail_image(source, "the image is empty (0 bytes)");
-  const DecodeInput in{bytes, limits, source};
   switch (sniff(bytes)) {
     case Format::kJpeg:
 #ifdef MOXIN_HAVE_JPEG
@@ -122,7 +122,11 @@ Image decode_image(std::span<const uint8_t> bytes, const DecodeLimits& limits,
              describe_first_bytes(bytes));
 }
 
-Image load_image(const std::string& path, const DecodeLimits& limits) {
+Image decode_image(std::span<const uint8_t> bytes, const DecodeLimits& limits, std::string_view source) {
+  return image_codecs::decode_any({bytes, limits, source});
+}
+
+std::vector<uint8_t> read_image_file(const std::string& path) {
   const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
   if (fd < 0) fail_image(path, "cannot open the image file: ", std::strerror(errno));
   std::vector<uint8_t> bytes;
@@ -146,7 +150,8 @@ Image load_image(const std::string& path, const DecodeLimits& limits) {
     bytes.insert(bytes.end(), chunk, chunk + n);
   }
   ::close(fd);
-  return decode_image(bytes, limits, path);
+  return bytes;
 }
+
 
 }  // namespace moxin

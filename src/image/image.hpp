@@ -30,8 +30,8 @@ struct DecodeLimits {
 Image decode_image(std::span<const uint8_t> bytes, const DecodeLimits& limits,
                    std::string_view source);
 
-// Reads the whole file and decodes it; the path is the `source` of any error.
-Image load_image(const std::string& path, const DecodeLimits& limits = {});
+// The bytes of an image file (the path names it in errors: missing, a directory, unreadable).
+std::vector<uint8_t> read_image_file(const std::string& path);
 
 // Separable bicubic (a = -0.5), antialiased when shrinking: the horizontal pass first, its
 // output rounded and clamped to uint8, then the vertical pass; a pass whose dimension does not
@@ -44,7 +44,13 @@ Image resize_bicubic(const Image& src, int width, int height);
 struct PreprocessedImage {
   std::vector<uint8_t> resized;
   std::vector<float> dino, siglip;
+  int source_width = 0, source_height = 0;  // the image before resizing
 };
 PreprocessedImage preprocess_image(const Image& image, int size = 224);
+
+// preprocess_image(decode_image(bytes, limits, source), size), the same values, sooner: a JPEG's
+// horizontal resize pass runs on bands of rows on another thread while the rest decodes.
+PreprocessedImage decode_and_preprocess(std::span<const uint8_t> bytes, const DecodeLimits& limits,
+                                        std::string_view source, int size = 224);
 
 }  // namespace moxin

@@ -25,6 +25,7 @@
 
 #include "core/check.hpp"
 #include "core/thread_pool.hpp"
+#include "image/bicubic_resize.hpp"
 #include "image/image.hpp"
 
 namespace moxin {
@@ -40,13 +41,7 @@ double bicubic(double x) {
   return 0.0;
 }
 
-// For each output index: the first input index and the fixed-point weights of the taps.
-struct Taps {
-  int stride = 0;          // weights per output index (Pillow's ksize)
-  std::vector<int> first;  // first input index used
-  std::vector<int> count;  // number of input indices used
-  std::vector<int32_t> weights;
-};
+using Taps = ResizeTaps;
 
 Taps compute_taps(int in_size, int out_size) {
   // Pillow receives the source box as floats; (0, in_size) is exact in float for any image
@@ -102,6 +97,14 @@ ThreadPool& resize_pool() {
 }
 constexpr int64_t kMinRowsPerThread = 32;
 
+// Runs fn over [0, n) on the resize pool, or inline on this thread when `parallel` is false.
+void for_rows(bool parallel, int64_t n, const ThreadPool::RangeFn& fn, int64_t min_chunk) {
+  if (parallel)
+    resize_pool().parallel_for(n, fn, min_chunk);
+  else
+    fn(0, n);
+}
+
 // Output rows [begin, end) of a vertical pass over `src` (rows `stride` bytes apart; `row_shift`
 // maps the taps' source rows to rows of src): whole rows accumulated tap by tap into `sums`
 // (stride ints), the same integer sums as Pillow's, in an order that vectorizes.
@@ -138,33 +141,32 @@ bool use_avx2() {
 }
 #endif
 
-// Resamples `src` vertically into `out` (same width).
-void vertical_pass(const Image& src, const Taps& taps, int row_shift, Image& out) {
-  const size_t stride = static_cast<size_t>(src.width) * 3;
-  resize_pool().parallel_for(out.height, [&](int64_t begin, int64_t end) {
+// Resamples `src` (rows of `width` pixels) vertically into out_rows rows of `out` (same width).
+void vertical_pass(const uint8_t* src, int width, const Taps& taps, int row_shift, int out_rows, uint8_t* out,
+                   bool parallel) {
+  const size_t stride = static_cast<size_t>(width) * 3;
+  for_rows(parallel, out_rows, [&](int64_t begin, int64_t end) {
     std::vector<int32_t> sums(stride);
 #if defined(__x86_64__)
-    if (use_avx2())
-      return vertical_rows_avx2(src.rgb.data(), stride, taps, row_shift, begin, end, out.rgb.data(), sums.data());
+    if (use_avx2()) return vertical_rows_avx2(src, stride, taps, row_shift, begin, end, out, sums.data());
 #endif
-    vertical_rows(src.rgb.data(), stride, taps, row_shift, begin, end, out.rgb.data(), sums.data());
+    vertical_rows(src, stride, taps, row_shift, begin, end, out, sums.data());
   }, kMinRowsPerThread);
 }
 
-// dst (dst.width == rows, dst.height == src.width) = rows [row_begin, row_begin + rows) of src
-// transposed: pixel (x, y) of dst is pixel (y, row_begin + x) of src. In square blocks, so that
-// both sides stay in cache.
-void transpose(const Image& src, int row_begin, int rows, Image& dst) {
+// dst = `rows` rows of src (rows of `width` pixels) transposed: dst holds `width` rows of `rows`
+// pixels, pixel (x, y) of dst being pixel (y, x) of src. In square blocks, so that both sides
+// stay in cache.
+void transpose(const uint8_t* src, int width, int rows, uint8_t* dst, bool parallel) {
   constexpr int kBlock = 32;
-  const int column_blocks = (src.width + kBlock - 1) / kBlock;
-  resize_pool().parallel_for(column_blocks, [&](int64_t begin, int64_t end) {
-    for (int c0 = static_cast<int>(begin) * kBlock; c0 < std::min(static_cast<int>(end) * kBlock, src.width);
-         c0 += kBlock)
+  const int column_blocks = (width + kBlock - 1) / kBlock;
+  for_rows(parallel, column_blocks, [&](int64_t begin, int64_t end) {
+    for (int c0 = static_cast<int>(begin) * kBlock; c0 < std::min(static_cast<int>(end) * kBlock, width); c0 += kBlock)
       for (int r0 = 0; r0 < rows; r0 += kBlock)
         for (int r = r0; r < std::min(r0 + kBlock, rows); ++r) {
-          const uint8_t* s = src.rgb.data() + (static_cast<size_t>(row_begin + r) * src.width + c0) * 3;
-          for (int c = c0; c < std::min(c0 + kBlock, src.width); ++c, s += 3) {
-            uint8_t* d = dst.rgb.data() + (static_cast<size_t>(c) * rows + r) * 3;
+          const uint8_t* s = src + (static_cast<size_t>(r) * width + c0) * 3;
+          for (int c = c0; c < std::min(c0 + kBlock, width); ++c, s += 3) {
+            uint8_t* d = dst + (static_cast<size_t>(c) * rows + r) * 3;
             d[0] = s[0];
             d[1] = s[1];
             d[2] = s[2];
@@ -181,54 +183,82 @@ Image blank(int width, int height) {
   return image;
 }
 
-// Resamples source rows [row_begin, row_begin + out.height) horizontally into `out`: as a
-// vertical pass over those rows transposed, transposed back.
-void horizontal_pass(const Image& src, int row_begin, const Taps& taps, Image& out) {
-  Image columns = blank(out.height, src.width);
-  transpose(src, row_begin, out.height, columns);
-  Image resampled = blank(out.height, out.width);
-  vertical_pass(columns, taps, 0, resampled);
-  transpose(resampled, 0, out.width, out);
+// Resamples `rows` rows of src (rows of `width` pixels) horizontally into `rows` rows of out
+// (rows of taps.first.size() pixels): as a vertical pass over those rows transposed, transposed
+// back.
+void horizontal_pass(const uint8_t* src, int width, int rows, const Taps& taps, uint8_t* out, bool parallel) {
+  const int out_width = static_cast<int>(taps.first.size());
+  std::vector<uint8_t> columns(static_cast<size_t>(width) * rows * 3), resampled(static_cast<size_t>(out_width) * rows * 3);
+  transpose(src, width, rows, columns.data(), parallel);
+  vertical_pass(columns.data(), rows, taps, 0, out_width, resampled.data(), parallel);
+  transpose(resampled.data(), rows, out_width, out, parallel);
 }
 
 }  // namespace
 
-Image resize_bicubic(const Image& src, int width, int height) {
+BicubicResize::BicubicResize(int src_width, int src_height, int width, int height)
+    : src_width_(src_width), src_height_(src_height), width_(width), height_(height) {
   MOXIN_CHECK(width > 0 && height > 0, "[image] resize: target size ", width, "x", height,
               " must be positive");
+  MOXIN_CHECK(src_width > 0 && src_height > 0, "[image] resize: source image ", src_width, "x", src_height,
+              " has no pixels");
+  const bool horizontal = width != src_width;
+  const bool vertical = height != src_height;
+  if (vertical) vertical_taps_ = compute_taps(src_height, height);
+  if (horizontal) horizontal_taps_ = compute_taps(src_width, width);
+  const int64_t rows_removed = int64_t{src_height} - height;
+  const int64_t columns_removed = int64_t{src_width} - width;
+  if (!horizontal || (vertical && rows_removed > 0 && rows_removed > 2 * columns_removed)) return;
+  // Only the source rows some output row reads go through the horizontal pass.
+  rows_first_ = true;
+  rows_begin_ = vertical ? vertical_taps_.first.front() : 0;
+  rows_end_ = vertical ? vertical_taps_.first.back() + vertical_taps_.count.back() : src_height;
+  wide_ = blank(width, rows_end_ - rows_begin_);
+}
+
+BicubicResize::~BicubicResize() = default;
+
+void BicubicResize::horizontal_rows(const uint8_t* src, int begin, int end, bool parallel) {
+  MOXIN_CHECK(rows_first_ && begin >= rows_begin_ && begin <= end && end <= rows_end_,
+              "[image] resize: source rows [", begin, ", ", end, ") are not within the horizontal pass's [",
+              rows_begin_, ", ", rows_end_, ")");
+  horizontal_pass(src + static_cast<size_t>(begin) * src_width_ * 3, src_width_, end - begin, horizontal_taps_,
+                  wide_.rgb.data() + static_cast<size_t>(begin - rows_begin_) * width_ * 3, parallel);
+}
+
+Image BicubicResize::finish(const Image& src) {
+  MOXIN_CHECK(src.width == src_width_ && src.height == src_height_ &&
+                  src.rgb.size() == static_cast<size_t>(src.width) * src.height * 3,
+              "[image] resize: source image ", src.width, "x", src.height, " holds ", src.rgb.size(),
+              " bytes, not ", src_width_, " x ", src_height_, " x 3");
+  const bool vertical = height_ != src_height_;
+  if (rows_first_) {
+    if (!vertical) return std::move(wide_);
+    Image out = blank(width_, height_);
+    vertical_pass(wide_.rgb.data(), width_, vertical_taps_, rows_begin_, height_, out.rgb.data(), true);
+    return out;
+  }
+  if (width_ == src_width_ && !vertical) return src;
+  Image out = blank(width_, height_);
+  if (width_ == src_width_) {
+    vertical_pass(src.rgb.data(), width_, vertical_taps_, 0, height_, out.rgb.data(), true);
+    return out;
+  }
+  // The vertical pass first (it removes most of the rows), then the horizontal one.
+  Image tall = blank(src_width_, height_);
+  vertical_pass(src.rgb.data(), src_width_, vertical_taps_, 0, height_, tall.rgb.data(), true);
+  horizontal_pass(tall.rgb.data(), src_width_, height_, horizontal_taps_, out.rgb.data(), true);
+  return out;
+}
+
+Image resize_bicubic(const Image& src, int width, int height) {
   MOXIN_CHECK(src.width > 0 && src.height > 0 &&
                   src.rgb.size() == static_cast<size_t>(src.width) * src.height * 3,
               "[image] resize: source image ", src.width, "x", src.height, " holds ",
               src.rgb.size(), " bytes, not width * height * 3");
-  const bool horizontal = width != src.width;
-  const bool vertical = height != src.height;
-  if (!horizontal && !vertical) return src;
-
-  const Taps vertical_taps = compute_taps(src.height, height);
-  if (!horizontal) {
-    Image out = blank(width, height);
-    vertical_pass(src, vertical_taps, 0, out);
-    return out;
-  }
-  const Taps horizontal_taps = compute_taps(src.width, width);
-  const int64_t rows_removed = int64_t{src.height} - height;
-  const int64_t columns_removed = int64_t{src.width} - width;
-  if (vertical && rows_removed > 0 && rows_removed > 2 * columns_removed) {
-    Image tall = blank(src.width, height);
-    vertical_pass(src, vertical_taps, 0, tall);
-    Image out = blank(width, height);
-    horizontal_pass(tall, 0, horizontal_taps, out);
-    return out;
-  }
-  // Only the source rows some output row reads go through the horizontal pass.
-  const int row_begin = vertical_taps.first.front();
-  const int row_end = vertical_taps.first.back() + vertical_taps.count.back();
-  Image wide = blank(width, row_end - row_begin);
-  horizontal_pass(src, row_begin, horizontal_taps, wide);
-  if (!vertical) return wide;
-  Image out = blank(width, height);
-  vertical_pass(wide, vertical_taps, row_begin, out);
-  return out;
+  BicubicResize resize(src.width, src.height, width, height);
+  if (resize.rows_first()) resize.horizontal_rows(src.rgb.data(), resize.rows_begin(), resize.rows_end(), true);
+  return resize.finish(src);
 }
 
 }  // namespace moxin

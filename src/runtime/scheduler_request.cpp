@@ -8,7 +8,7 @@ RequestImage prepare_request_image(std::span<const uint8_t> bytes, uint64_t max_
                                    const std::string& what) {
   RequestImage image;
   image.digest = sha256(bytes);
-  PreprocessedImage pre = preprocess_image(decode_image(bytes, DecodeLimits{max_pixels}, what), image_size);
+  PreprocessedImage pre = decode_and_preprocess(bytes, DecodeLimits{max_pixels}, what, image_size);
   image.dino = std::move(pre.dino);
   image.siglip = std::move(pre.siglip);
   return image;

@@ -13,7 +13,7 @@
 
 namespace moxin {
 
-// A decoded and preprocessed image (image.hpp's preprocess_image), named by its file's digest.
+// A decoded and preprocessed image (image.hpp's decode_and_preprocess), named by its file's digest.
 struct RequestImage {
   Digest digest;
   std::vector<float> dino, siglip;

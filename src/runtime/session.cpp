@@ -39,8 +39,8 @@ PrefillResult Session::prefill(const std::vector<ChatTurn>& turns, std::span<con
   Tensor image_rows;
   if (!image.empty()) {
     const auto vision_start = std::chrono::steady_clock::now();
-    const Image decoded = decode_image(image, DecodeLimits{max_image_pixels_}, "the prompt's image");
-    const PreprocessedImage pre = preprocess_image(decoded, engine_.config().dino.image_size);
+    const PreprocessedImage pre =
+        decode_and_preprocess(image, DecodeLimits{max_image_pixels_}, "the prompt's image", engine_.config().dino.image_size);
     result.image = engine_.encode_images(pre.dino, pre.siglip, 1);
     engine_.backend().synchronize();
     result.vision_ms = ms_since(vision_start);

@@ -1,4 +1,5 @@
-// One image codec, then the resize and the model's preprocessing. Built once per format with
+// One image codec, then the resize and the model's preprocessing (both ways: after the decode, and
+// banded during it). Built once per format with
 // MOXIN_FUZZ_MAGIC, the format's signature, put in front of inputs that lack it so that every
 // input reaches that codec. Decoded images are small (a pixel limit keeps iterations fast).
 #include <cstddef>
@@ -23,7 +24,10 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     const int width = 1 + bytes.back() % 40, height = 1 + bytes[bytes.size() / 2] % 40;
     const Image resized = resize_bicubic(image, width, height);
     if (resized.width != width || resized.height != height) __builtin_trap();
-    (void)preprocess_image(image, 28);
+    // The banded path (the first resize pass on rows as they decode) gives the two-step bytes.
+    const PreprocessedImage whole = preprocess_image(image, 28);
+    const PreprocessedImage banded = decode_and_preprocess(bytes, DecodeLimits{1 << 18}, "fuzz input", 28);
+    if (banded.resized != whole.resized || banded.dino != whole.dino || banded.siglip != whole.siglip) __builtin_trap();
   } catch (const Error&) {
   }
   return 0;

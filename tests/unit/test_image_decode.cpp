@@ -116,9 +116,9 @@ TEST(ImageDecode, RefusesZeroSizedImages) {
   expect_refused(bmp24(2, 0, {}), "at least one pixel");
 }
 
-TEST(ImageLoad, NamesTheMissingFile) {
+TEST(ImageRead, NamesTheMissingFile) {
   try {
-    load_image("/nonexistent/picture.png");
+    read_image_file("/nonexistent/picture.png");
     ADD_FAILURE() << "loaded a missing file";
   } catch (const Error& e) {
     EXPECT_NE(std::string(e.what()).find("[image] /nonexistent/picture.png: cannot open"),

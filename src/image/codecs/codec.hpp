@@ -3,6 +3,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <span>
 #include <string_view>
 #include <utility>
@@ -12,11 +13,22 @@
 
 namespace moxin::image_codecs {
 
+// Told, as a decoder goes, that the first `rows` rows of `image` (allocated at its full size and
+// filled from the top) hold their final pixels. Decoders that finish rows in order report them
+// (JPEG); the others never call it. A decoder that has reported rows and then fails reports
+// kDecodeAbandoned before it frees `image`, so that no reader outlives the pixels.
+using RowsDecoded = std::function<void(const Image& image, int rows)>;
+constexpr int kDecodeAbandoned = -1;
+
 struct DecodeInput {
   std::span<const uint8_t> bytes;
   const DecodeLimits& limits;
   std::string_view source;
+  const RowsDecoded* rows_decoded = nullptr;
 };
+
+// Sniffs the format and decodes (decode_image() with the hook).
+Image decode_any(const DecodeInput& in);
 
 template <typename... Args>
 [[noreturn]] void fail_image(std::string_view source, Args&&... args) {

@@ -73,6 +73,8 @@ void convert_row(const uint8_t* in, uint8_t* rgb, int width, int components) {
   }
 }
 
+constexpr JDIMENSION kRowsPerReport = 16;
+
 // The libjpeg calls. Any of them may longjmp back to run_libjpeg: no local here may have a
 // destructor. C++ exceptions (the size limit) propagate normally.
 void decode_with_libjpeg(JpegState& state, const DecodeInput& in, Image& out) {
@@ -110,6 +112,10 @@ void decode_with_libjpeg(JpegState& state, const DecodeInput& in, Image& out) {
     const JDIMENSION y = cinfo.output_scanline;
     jpeg_read_scanlines(&cinfo, &row, 1);
     convert_row(row, out.rgb.data() + y * stride, out.width, components);
+    // Reported every kRowsPerReport rows: a listener wakes at most ~30 times for a photo.
+    if (in.rows_decoded != nullptr &&
+        (cinfo.output_scanline % kRowsPerReport == 0 || cinfo.output_scanline == cinfo.output_height))
+      (*in.rows_decoded)(out, static_cast<int>(cinfo.output_scanline));
   }
   state.err.eof_is_fatal = false;
   jpeg_finish_decompress(&cinfo);
@@ -130,8 +136,12 @@ bool run_libjpeg(JpegState& state, const DecodeInput& in, Image& out) {
 Image decode_jpeg(const DecodeInput& in) {
   JpegState state;
   Image out;
-  if (!run_libjpeg(state, in, out))
+  if (!run_libjpeg(state, in, out)) {
+    // The only way out of a decode that has reported rows, other than success (libjpeg reports
+    // every error, its allocations' included, by longjmp).
+    if (in.rows_decoded != nullptr) (*in.rows_decoded)(out, image_codecs::kDecodeAbandoned);
     fail_image(in.source, "cannot decode the JPEG: ", state.err.message);
+  }
   return out;
 }
 
