@@ -105,17 +105,30 @@ void decode_with_libjpeg(JpegState& state, const DecodeInput& in, Image& out) {
   out = allocate_image(in, "JPEG", cinfo.image_width, cinfo.image_height);
 
   jpeg_start_decompress(&cinfo);
-  state.row.resize(static_cast<size_t>(cinfo.output_width) * cinfo.output_components);
-  JSAMPROW row = state.row.data();
   const size_t stride = static_cast<size_t>(out.width) * 3;
+  // RGB rows go straight into the image, several per call (libjpeg then skips its own
+  // spare-row copy); gray and CMYK rows through a row buffer and a conversion.
+  const bool direct = components == 3;
+  state.row.resize(direct ? 0 : static_cast<size_t>(cinfo.output_width) * cinfo.output_components);
+  JDIMENSION reported = 0;
   while (cinfo.output_scanline < cinfo.output_height) {
     const JDIMENSION y = cinfo.output_scanline;
-    jpeg_read_scanlines(&cinfo, &row, 1);
-    convert_row(row, out.rgb.data() + y * stride, out.width, components);
-    // Reported every kRowsPerReport rows: a listener wakes at most ~30 times for a photo.
+    if (direct) {
+      JSAMPROW rows[kRowsPerReport];
+      const JDIMENSION count = std::min(kRowsPerReport, cinfo.output_height - y);
+      for (JDIMENSION r = 0; r < count; ++r) rows[r] = out.rgb.data() + (y + r) * stride;
+      jpeg_read_scanlines(&cinfo, rows, count);
+    } else {
+      JSAMPROW row = state.row.data();
+      jpeg_read_scanlines(&cinfo, &row, 1);
+      convert_row(row, out.rgb.data() + y * stride, out.width, components);
+    }
+    // Reported every kRowsPerReport rows or more: a listener wakes at most ~30 times for a photo.
     if (in.rows_decoded != nullptr &&
-        (cinfo.output_scanline % kRowsPerReport == 0 || cinfo.output_scanline == cinfo.output_height))
-      (*in.rows_decoded)(out, static_cast<int>(cinfo.output_scanline));
+        (cinfo.output_scanline >= reported + kRowsPerReport || cinfo.output_scanline == cinfo.output_height)) {
+      reported = cinfo.output_scanline;
+      (*in.rows_decoded)(out, static_cast<int>(reported));
+    }
   }
   state.err.eof_is_fatal = false;
   jpeg_finish_decompress(&cinfo);
