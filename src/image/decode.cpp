@@ -122,6 +122,15 @@ Image image_codecs::decode_any(const DecodeInput& in) {
              describe_first_bytes(bytes));
 }
 
+bool image_codecs::reports_rows(std::span<const uint8_t> bytes) {
+#ifdef MOXIN_HAVE_JPEG
+  return sniff(bytes) == Format::kJpeg;
+#else
+  (void)bytes;
+  return false;
+#endif
+}
+
 Image decode_image(std::span<const uint8_t> bytes, const DecodeLimits& limits, std::string_view source) {
   return image_codecs::decode_any({bytes, limits, source});
 }

@@ -5,6 +5,7 @@
 #include <array>
 #include <condition_variable>
 #include <exception>
+#include <memory>
 #include <mutex>
 #include <optional>
 #include <thread>
@@ -52,90 +53,112 @@ PreprocessedImage normalize(Image resized, const Image& source) {
 }
 
 // The resize's first pass run on bands of rows while a decoder fills the rest of the image: a
-// thread of its own waits for each band's rows (the decoder's RowsDecoded reports), resamples
-// it horizontally and waits for the next. Once the whole image is decoded, what the thread has
-// not reached is done on the resize threads, then the vertical pass. For a photo shrunk to the
-// encoders' size the first pass is most of the resize, and the decode is slower than it on one
-// core, so little of the resize is left when the decode ends.
+// thread of its own, started before the decode, waits for each band's rows (the decoder's
+// RowsDecoded reports), resamples it horizontally and waits for the next. Once the whole image
+// is decoded, finish() waits only for a band in progress and does the rest on the resize
+// threads, then the vertical pass. For a photo shrunk to the encoders' size the first pass is
+// most of the resize, and the decode is slower than it on one core, so little of the resize is
+// left when the decode ends. The thread is detached and its state shared: a thread that the OS
+// starts late (milliseconds, on some VMs after idle) delays nothing, it finds the work done and
+// leaves without touching the pixels.
 class BandedResize {
  public:
-  explicit BandedResize(int size) : size_(size) {}
+  BandedResize(int size, bool with_thread) : state_(std::make_shared<State>(size)) {
+    if (with_thread) std::thread([state = state_] { state->run(); }).detach();
+  }
   BandedResize(const BandedResize&) = delete;
   BandedResize& operator=(const BandedResize&) = delete;
-  ~BandedResize() { stop(); }
+  ~BandedResize() { state_->stop(); }
 
   // The decoder's hook.
   void rows_decoded(const Image& image, int rows) {
-    if (rows == image_codecs::kDecodeAbandoned) return stop();
-    if (!resize_) {
-      resize_.emplace(image.width, image.height, size_, size_);
-      next_row_ = resize_->rows_begin();
-      if (!resize_->rows_first()) return;
-      pixels_ = image.rgb.data();
-      worker_ = std::thread([this] { run(); });
-    }
-    if (!worker_.joinable()) return;
-    {
-      std::lock_guard<std::mutex> lock(mutex_);
-      rows_ = rows;
-    }
-    ready_.notify_one();
+    if (rows == image_codecs::kDecodeAbandoned) return state_->stop();
+    state_->rows_decoded(image, rows);
   }
 
   // The resized image of `image`, the whole source, decoded.
   Image finish(const Image& image) {
-    stop();
-    if (error_) std::rethrow_exception(error_);
-    if (!resize_) {  // a decoder that does not report rows
-      resize_.emplace(image.width, image.height, size_, size_);
-      next_row_ = resize_->rows_begin();
-    }
-    if (resize_->rows_first() && next_row_ < resize_->rows_end())
-      resize_->horizontal_rows(image.rgb.data(), next_row_, resize_->rows_end(), true);
-    return resize_->finish(image);
+    State& s = *state_;
+    s.stop();
+    if (s.error) std::rethrow_exception(s.error);
+    if (!s.resize) s.plan(image);  // a decoder that does not report rows
+    if (s.resize->rows_first() && s.next_row < s.resize->rows_end())
+      s.resize->horizontal_rows(image.rgb.data(), s.next_row, s.resize->rows_end(), true);
+    return s.resize->finish(image);
   }
 
  private:
   static constexpr int kBandRows = 32;
 
-  void run() {
-    try {
-      while (next_row_ < resize_->rows_end()) {
-        const int end = std::min(next_row_ + kBandRows, resize_->rows_end());
-        {
-          std::unique_lock<std::mutex> lock(mutex_);
-          ready_.wait(lock, [&] { return rows_ >= end || stopping_; });
-          if (stopping_) return;  // finish() takes the rest on all the resize threads
+  struct State {
+    explicit State(int size) : size(size) {}
+    const int size;
+    std::mutex mutex;
+    std::condition_variable changed;
+    // Set by the first report, before `rows` moves (both under the mutex).
+    std::optional<BicubicResize> resize;
+    const uint8_t* pixels = nullptr;
+    int rows = 0;            // rows decoded so far
+    int next_row = 0;        // the first source row no band has covered
+    bool in_flight = false;  // the thread is resampling a band
+    bool stopping = false;   // no band may start
+    std::exception_ptr error;
+
+    void plan(const Image& image) {
+      resize.emplace(image.width, image.height, size, size);
+      next_row = resize->rows_begin();
+    }
+
+    void rows_decoded(const Image& image, int decoded) {
+      {
+        std::lock_guard<std::mutex> lock(mutex);
+        if (!resize) {
+          plan(image);
+          pixels = image.rgb.data();
         }
-        resize_->horizontal_rows(pixels_, next_row_, end, false);
-        next_row_ = end;
+        rows = decoded;
       }
-    } catch (...) {
-      error_ = std::current_exception();
+      changed.notify_all();
     }
-  }
 
-  // Ends the thread at its next band boundary; next_row_ is then where it stopped.
-  void stop() {
-    if (!worker_.joinable()) return;
-    {
-      std::lock_guard<std::mutex> lock(mutex_);
-      stopping_ = true;
+    void run() {
+      std::unique_lock<std::mutex> lock(mutex);
+      for (;;) {
+        changed.wait(lock, [&] {
+          return stopping || (resize && (!resize->rows_first() || next_row >= resize->rows_end() ||
+                                         rows >= std::min(next_row + kBandRows, resize->rows_end())));
+        });
+        if (stopping || !resize->rows_first() || next_row >= resize->rows_end()) return;
+        const int begin = next_row, end = std::min(next_row + kBandRows, resize->rows_end());
+        in_flight = true;
+        lock.unlock();
+        try {
+          resize->horizontal_rows(pixels, begin, end, false);
+        } catch (...) {
+          lock.lock();
+          error = std::current_exception();
+          in_flight = false;
+          stopping = true;
+          changed.notify_all();
+          return;
+        }
+        lock.lock();
+        next_row = end;
+        in_flight = false;
+        changed.notify_all();
+      }
     }
-    ready_.notify_one();
-    worker_.join();
-  }
 
-  const int size_;
-  std::optional<BicubicResize> resize_;
-  const uint8_t* pixels_ = nullptr;
-  int next_row_ = 0;  // the first source row the thread has not resampled (its own until joined)
-  std::thread worker_;
-  std::mutex mutex_;
-  std::condition_variable ready_;
-  int rows_ = 0;           // rows decoded so far (under mutex_)
-  bool stopping_ = false;  // under mutex_
-  std::exception_ptr error_;
+    // No band starts from here on; returns once none is in progress.
+    void stop() {
+      std::unique_lock<std::mutex> lock(mutex);
+      stopping = true;
+      changed.notify_all();
+      changed.wait(lock, [&] { return !in_flight; });
+    }
+  };
+
+  std::shared_ptr<State> state_;
 };
 
 }  // namespace
@@ -148,7 +171,7 @@ PreprocessedImage preprocess_image(const Image& image, int size) {
 PreprocessedImage decode_and_preprocess(std::span<const uint8_t> bytes, const DecodeLimits& limits,
                                         std::string_view source, int size) {
   check_size(size);
-  BandedResize resize(size);
+  BandedResize resize(size, image_codecs::reports_rows(bytes));
   const image_codecs::RowsDecoded hook = [&](const Image& image, int rows) { resize.rows_decoded(image, rows); };
   const Image image = image_codecs::decode_any({bytes, limits, source, &hook});
   return normalize(resize.finish(image), image);

@@ -30,6 +30,9 @@ struct DecodeInput {
 // Sniffs the format and decodes (decode_image() with the hook).
 Image decode_any(const DecodeInput& in);
 
+// Whether decode_any() reports rows for these bytes (a JPEG, with the JPEG codec built in).
+bool reports_rows(std::span<const uint8_t> bytes);
+
 template <typename... Args>
 [[noreturn]] void fail_image(std::string_view source, Args&&... args) {
   fail("[image] ", source, ": ", std::forward<Args>(args)...);
