@@ -8,6 +8,7 @@
 #include <memory>
 #include <mutex>
 #include <optional>
+#include <system_error>
 #include <thread>
 
 #include "core/check.hpp"
@@ -64,7 +65,12 @@ PreprocessedImage normalize(Image resized, const Image& source) {
 class BandedResize {
  public:
   BandedResize(int size, bool with_thread) : state_(std::make_shared<State>(size)) {
-    if (with_thread) std::thread([state = state_] { state->run(); }).detach();
+    if (!with_thread) return;
+    try {
+      std::thread([state = state_] { state->run(); }).detach();
+    } catch (const std::system_error&) {
+      // No thread to be had: finish() does the whole resize, as for other formats.
+    }
   }
   BandedResize(const BandedResize&) = delete;
   BandedResize& operator=(const BandedResize&) = delete;
