@@ -30,6 +30,16 @@ std::string list_directory(const fs::path& dir) {
   return out;
 }
 
+// What a path is, or why it cannot be told (a name longer than the OS allows, a directory that
+// cannot be searched): the non-throwing status query, so that a bad name from an index file is
+// reported like any other bad input.
+fs::file_status status_of(const fs::path& path, std::string& why) {
+  std::error_code ec;
+  const fs::file_status status = fs::status(path, ec);
+  why = ec && ec != std::errc::no_such_file_or_directory ? ec.message() : "";
+  return status;
+}
+
 // The index's weight_map as tensor name -> shard file name.
 std::map<std::string, std::string> read_weight_map(const std::string& index_path) {
   const nlohmann::json index = read_json_file(index_path, "[safetensors]");
@@ -61,21 +71,26 @@ TensorStore TensorStore::open_dir(const std::string& dir, const SafetensorsLimit
   const fs::path index_path = root / kIndexFile;
   std::map<std::string, std::string> weight_map;  // empty for a single file
 
-  if (fs::exists(index_path)) {
+  std::string why;
+  if (fs::exists(status_of(index_path, why))) {
     weight_map = read_weight_map(index_path);
     std::map<std::string, std::string> first_tensor_of;  // shard -> one tensor it should hold
     for (const auto& [name, shard] : weight_map) first_tensor_of.emplace(shard, name);
     for (const auto& [shard, example] : first_tensor_of) {
       const fs::path shard_path = root / shard;
-      MOXIN_CHECK(fs::is_regular_file(shard_path), "[safetensors] ", index_path.string(),
-                  ": shard '", shard, "' (listed for tensor '", example, "') does not exist in ",
-                  dir, " (incomplete download?)");
+      const bool regular = fs::is_regular_file(status_of(shard_path, why));
+      MOXIN_CHECK(regular, "[safetensors] ", index_path.string(), ": shard '", shard, "' (listed for tensor '",
+                  example, "') ",
+                  why.empty() ? cat("does not exist in ", dir, " (incomplete download?)")
+                              : cat("cannot be opened: ", why));
       store.files_.push_back(SafetensorsFile::open(shard_path.string(), limits));
     }
-  } else if (fs::exists(root / kSingleFile)) {
+  } else if (fs::exists(status_of(root / kSingleFile, why))) {
     store.files_.push_back(SafetensorsFile::open((root / kSingleFile).string(), limits));
   } else {
-    MOXIN_CHECK(fs::is_directory(root), "[safetensors] model directory '", dir, "' does not exist");
+    const bool directory = fs::is_directory(status_of(root, why));
+    MOXIN_CHECK(directory, "[safetensors] model directory '", dir, "' ",
+                why.empty() ? "does not exist" : cat("cannot be read: ", why));
     fail("[safetensors] ", dir, " has no ", kSingleFile, " and no ", kIndexFile,
          " (it contains: ", list_directory(root),
          "); expected the Hugging Face layout: config.json plus model.safetensors, or "

@@ -66,6 +66,9 @@ def main():
     index = {"metadata": {"total_size": 8}, "weight_map": {"t": "model-00001-of-00001.safetensors"}}
     write("checkpoint_config", "prismatic", json.dumps(config) + "\0" + json.dumps(index))
     write("checkpoint_config", "flat", json.dumps({"hidden_size": 32, "rope_scaling": None}) + "\0{}")
+    # A shard name past the OS's file-name limit (once an uncaught std::filesystem error).
+    long_index = {"weight_map": {"t": "model-" + "a" * 300 + ".safetensors"}}
+    write("checkpoint_config", "long_shard_name", json.dumps({"hidden_size": 32}) + "\0" + json.dumps(long_index))
     tokenizer = small_tokenizer()
     write("tokenizer", "small", tokenizer + "\0In: what is the cat on?\nOut: 日本 </s><s>")
     write("tokenizer", "bytes", tokenizer + "\0\xff\x01\x02 \xe2\x82")

@@ -463,6 +463,19 @@ def test_index_names_missing_shard(moxin_bin, tmp_path, seed):
     inspect_fails(moxin_bin, tmp_path, "model.safetensors.index.json", f"shard '{shard_name(2, 3)}'", "does not exist")
 
 
+def test_index_names_a_shard_the_os_cannot_name(moxin_bin, tmp_path, seed):
+    # A file name past the OS's limit (255 bytes on Linux): stat() fails with ENAMETOOLONG, which
+    # once escaped as an uncaught std::filesystem error (found by the checkpoint-config fuzzer).
+    good_checkpoint(tmp_path, seed, shards=2)
+    index_path = tmp_path / "model.safetensors.index.json"
+    index = json.loads(index_path.read_text())
+    name = random.Random(seed).choice(sorted(index["weight_map"]))
+    long_name = "model-" + "a" * 300 + ".safetensors"
+    index["weight_map"][name] = long_name
+    index_path.write_text(json.dumps(index))
+    inspect_fails(moxin_bin, tmp_path, f"shard '{long_name}'", "cannot be opened: File name too long")
+
+
 def test_index_names_wrong_shard(moxin_bin, tmp_path, seed):
     good_checkpoint(tmp_path, seed, shards=3)
     index_path = tmp_path / "model.safetensors.index.json"
