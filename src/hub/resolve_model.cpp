@@ -3,6 +3,7 @@
 #include <filesystem>
 
 #include "core/check.hpp"
+#include "core/path_status.hpp"
 #include "hub/repo_cache.hpp"
 #include "hub/snapshot_download.hpp"
 
@@ -28,7 +29,9 @@ std::string cache_gap(const RepoRef& ref, const RepoCache& cache, ModelFiles fil
 }  // namespace
 
 std::string resolve_model_dir(const std::string& path_or_id, const ProgressCallback& progress, ModelFiles files) {
-  if (fs::exists(path_or_id)) return path_or_id;
+  std::string why;
+  if (fs::exists(path_status(path_or_id, why))) return path_or_id;
+  MOXIN_CHECK(why.empty(), "[model] '", path_or_id, "' cannot be read: ", why);
   const auto ref = parse_repo_ref(path_or_id);
   MOXIN_CHECK(ref, "[model] '", path_or_id, "' does not exist, and it is not a Hugging Face model id either "
               "(ORG/NAME or ORG/NAME@REVISION): give a checkpoint directory or an id");

@@ -5,6 +5,7 @@
 
 #include "core/check.hpp"
 #include "io/checkpoint_mapping.hpp"
+#include "core/path_status.hpp"
 
 namespace moxin {
 namespace fs = std::filesystem;
@@ -73,10 +74,14 @@ void refuse_unexpected(const TensorBinder& b, const Checkpoint& ck, const Vision
 }  // namespace
 
 Checkpoint load_checkpoint(const std::string& dir) {
-  MOXIN_CHECK(fs::is_directory(dir), "[checkpoint] model directory '", dir, "' ",
-              fs::exists(dir) ? "is not a directory" : "does not exist");
+  std::string why;
+  const fs::file_status dir_status = path_status(dir, why);
+  MOXIN_CHECK(fs::is_directory(dir_status), "[checkpoint] model directory '", dir, "' ",
+              !why.empty() ? cat("cannot be read: ", why)
+              : fs::exists(dir_status) ? "is not a directory"
+                                       : "does not exist");
   const std::string config_path = (fs::path(dir) / "config.json").string();
-  MOXIN_CHECK(fs::exists(config_path), "[checkpoint] ", config_path,
+  MOXIN_CHECK(fs::exists(path_status(config_path, why)), "[checkpoint] ", config_path,
               " not found: the Hugging Face checkpoint (Moxin-7B-VLM-hf) ships config.json next "
               "to the safetensors; copy it into ",
               dir);

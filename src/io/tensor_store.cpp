@@ -6,6 +6,7 @@
 #include "core/check.hpp"
 #include "io/json_strict.hpp"
 #include "io/mapped_file.hpp"
+#include "core/path_status.hpp"
 #include "io/safetensors.hpp"
 
 namespace moxin {
@@ -28,16 +29,6 @@ std::string list_directory(const fs::path& dir) {
   for (size_t i = 0; i < std::min(names.size(), kShown); ++i) out += (i ? ", " : "") + names[i];
   if (names.size() > kShown) out += cat(", ... (", names.size(), " entries)");
   return out;
-}
-
-// What a path is, or why it cannot be told (a name longer than the OS allows, a directory that
-// cannot be searched): the non-throwing status query, so that a bad name from an index file is
-// reported like any other bad input.
-fs::file_status status_of(const fs::path& path, std::string& why) {
-  std::error_code ec;
-  const fs::file_status status = fs::status(path, ec);
-  why = ec && ec != std::errc::no_such_file_or_directory ? ec.message() : "";
-  return status;
 }
 
 // The index's weight_map as tensor name -> shard file name.
@@ -72,23 +63,23 @@ TensorStore TensorStore::open_dir(const std::string& dir, const SafetensorsLimit
   std::map<std::string, std::string> weight_map;  // empty for a single file
 
   std::string why;
-  if (fs::exists(status_of(index_path, why))) {
+  if (fs::exists(path_status(index_path, why))) {
     weight_map = read_weight_map(index_path);
     std::map<std::string, std::string> first_tensor_of;  // shard -> one tensor it should hold
     for (const auto& [name, shard] : weight_map) first_tensor_of.emplace(shard, name);
     for (const auto& [shard, example] : first_tensor_of) {
       const fs::path shard_path = root / shard;
-      const bool regular = fs::is_regular_file(status_of(shard_path, why));
+      const bool regular = fs::is_regular_file(path_status(shard_path, why));
       MOXIN_CHECK(regular, "[safetensors] ", index_path.string(), ": shard '", shard, "' (listed for tensor '",
                   example, "') ",
                   why.empty() ? cat("does not exist in ", dir, " (incomplete download?)")
                               : cat("cannot be opened: ", why));
       store.files_.push_back(SafetensorsFile::open(shard_path.string(), limits));
     }
-  } else if (fs::exists(status_of(root / kSingleFile, why))) {
+  } else if (fs::exists(path_status(root / kSingleFile, why))) {
     store.files_.push_back(SafetensorsFile::open((root / kSingleFile).string(), limits));
   } else {
-    const bool directory = fs::is_directory(status_of(root, why));
+    const bool directory = fs::is_directory(path_status(root, why));
     MOXIN_CHECK(directory, "[safetensors] model directory '", dir, "' ",
                 why.empty() ? "does not exist" : cat("cannot be read: ", why));
     fail("[safetensors] ", dir, " has no ", kSingleFile, " and no ", kIndexFile,

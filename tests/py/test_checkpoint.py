@@ -596,6 +596,8 @@ def test_directory_without_weights(moxin_bin, tmp_path):
     (tmp_path / "pytorch_model.bin").write_bytes(b"")
     inspect_fails(moxin_bin, tmp_path, "no model.safetensors", "pytorch_model.bin", "model.safetensors.index.json")
     inspect_fails(moxin_bin, tmp_path / "nowhere", "does not exist")
+    # A name past the OS's limit is named as such, not as a crash or a missing directory.
+    inspect_fails(moxin_bin, tmp_path / ("a" * 300), "cannot be read: File name too long")
 
 
 def test_quantized_without_metadata(moxin_bin, tmp_path, seed):
