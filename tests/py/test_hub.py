@@ -175,9 +175,20 @@ def test_offline_uses_the_cache_and_names_what_is_missing(moxin_bin, model_a, hu
     from_cache, _ = answer(moxin_bin, REPO, offline, prompt)
     assert from_cache == online and len(hub.log) == requests
 
-    # A file gone from the snapshot is named.
     commit = (cache / "models--moxin-test--tiny-vlm" / "refs" / "main").read_text()
-    (cache / "models--moxin-test--tiny-vlm" / "snapshots" / commit / "tokenizer.json").unlink()
+    snapshot = cache / "models--moxin-test--tiny-vlm" / "snapshots" / commit
+    # An index naming a shard the OS cannot look up (a name past its length limit) is refused by name.
+    index_path = snapshot / "model.safetensors.index.json"
+    original = index_path.read_text()
+    index = json.loads(original)
+    index["weight_map"][sorted(index["weight_map"])[0]] = "x" * 300 + ".safetensors"
+    index_path.write_text(json.dumps(index))
+    out = refusal(moxin_bin, REPO, offline, prompt)
+    assert "cannot be read: File name too long" in out.stderr, out.stderr
+    index_path.write_text(original)
+
+    # A file gone from the snapshot is named.
+    (snapshot / "tokenizer.json").unlink()
     out = refusal(moxin_bin, REPO, offline, prompt)
     assert "tokenizer.json" in out.stderr and "HF_HUB_OFFLINE" in out.stderr, out.stderr
 
