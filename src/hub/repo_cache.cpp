@@ -62,28 +62,22 @@ std::vector<std::string> index_shards(const fs::path& index_file) {
   return shards;
 }
 
-namespace {
-
-// Whether the cached file is there; a name the OS cannot look up (one past its length limit, from
-// a repository's index) is refused by name.
-bool cached(const fs::path& file) {
+bool in_cache(const fs::path& file) {
   std::string why;
   const bool present = fs::exists(path_status(file, why));
   MOXIN_CHECK(why.empty(), "[hub] ", file.string(), " cannot be read: ", why);
   return present;
 }
 
-}  // namespace
-
 std::vector<std::string> missing_model_files(const fs::path& snapshot, ModelFiles files) {
   std::vector<std::string> missing;
-  if (!cached(snapshot / "tokenizer.json")) missing.push_back("tokenizer.json");
+  if (!in_cache(snapshot / "tokenizer.json")) missing.push_back("tokenizer.json");
   if (files == ModelFiles::TokenizerOnly) return missing;
-  if (!cached(snapshot / "config.json")) missing.push_back("config.json");
-  if (cached(snapshot / "model.safetensors.index.json")) {
+  if (!in_cache(snapshot / "config.json")) missing.push_back("config.json");
+  if (in_cache(snapshot / "model.safetensors.index.json")) {
     for (const std::string& shard : index_shards(snapshot / "model.safetensors.index.json"))
-      if (!cached(snapshot / shard)) missing.push_back(shard);
-  } else if (!cached(snapshot / "model.safetensors")) {
+      if (!in_cache(snapshot / shard)) missing.push_back(shard);
+  } else if (!in_cache(snapshot / "model.safetensors")) {
     missing.push_back("model.safetensors (or model.safetensors.index.json and its shards)");
   }
   return missing;

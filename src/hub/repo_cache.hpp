@@ -42,6 +42,10 @@ enum class ModelFiles { Checkpoint, TokenizerOnly };
 // Those of `files` absent from a snapshot folder (empty: it can be used).
 std::vector<std::string> missing_model_files(const std::filesystem::path& snapshot, ModelFiles files);
 
+// Whether a file of the cache is there; a name the OS cannot look up (one past its length limit,
+// from a repository's index or a server's ETag) is refused by name (moxin::Error).
+bool in_cache(const std::filesystem::path& file);
+
 // The shard files a model.safetensors.index.json names, each once, in order.
 std::vector<std::string> index_shards(const std::filesystem::path& index_file);
 

@@ -193,6 +193,20 @@ def test_offline_uses_the_cache_and_names_what_is_missing(moxin_bin, model_a, hu
     assert "tokenizer.json" in out.stderr and "HF_HUB_OFFLINE" in out.stderr, out.stderr
 
 
+def test_a_repository_naming_a_shard_the_os_cannot_store_is_refused(moxin_bin, model_a, hub, cache, seed):
+    # The repository holds a shard whose name is past the OS's file-name limit, and its index names
+    # it: refused by name when the cache is asked for it, not an escaped std::filesystem error.
+    files = files_of(model_a)
+    index = json.loads(files["model.safetensors.index.json"])
+    long_name = "y" * 300 + ".safetensors"
+    index["weight_map"][random.Random(seed).choice(sorted(index["weight_map"]))] = long_name
+    files["model.safetensors.index.json"] = json.dumps(index).encode()
+    files[long_name] = files["model-00001-of-00002.safetensors"]
+    hub.add_commit(REPO, files)
+    out = refusal(moxin_bin, REPO, env_for(hub, cache), random_prompt(seed))
+    assert "cannot be read: File name too long" in out.stderr, out.stderr
+
+
 def test_revision_pinning(moxin_bin, model_a, model_b, hub, cache, seed):
     old = hub.add_commit(REPO, files_of(model_a), revisions=("main", "v1"))
     new = hub.add_commit(REPO, files_of(model_b), revisions=("main",))

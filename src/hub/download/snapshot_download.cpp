@@ -161,7 +161,7 @@ class SnapshotDownloader {
 
   // One file into blobs/<etag>, linked from the snapshot; nothing when it is already there.
   void fetch(const std::string& commit, const std::string& file) {
-    if (fs::exists(cache_.snapshot(commit) / file)) return;
+    if (in_cache(cache_.snapshot(commit) / file)) return;
     std::string url = cat(settings_.endpoint, "/", ref_.id, "/resolve/", commit, "/", url_encode(file, true));
     HttpResponse meta = http_->head(url, auth_);
     // A renamed repository answers with a redirect on the hub itself (a path): followed, as
@@ -181,9 +181,9 @@ class SnapshotDownloader {
     const auto [end, error] = std::from_chars(size.data(), size.data() + size.size(), bytes);
     MOXIN_CHECK(size.empty() || (error == std::errc() && end == size.data() + size.size()), "[hub] ",
                 ref_.display(), ": ", url, " announced a size that is not a number ('", size, "')");
-    if (!fs::exists(cache_.blob(etag))) {
+    if (!in_cache(cache_.blob(etag))) {
       const BlobLock lock(cache_.blob_lock(etag));
-      if (!fs::exists(cache_.blob(etag))) download_blob(url, file, etag, bytes);  // unless another process just did
+      if (!in_cache(cache_.blob(etag))) download_blob(url, file, etag, bytes);  // unless another process just did
     }
     cache_.link(commit, file, etag);
   }
