@@ -162,5 +162,4 @@ std::vector<uint8_t> read_image_file(const std::string& path) {
   return bytes;
 }
 
-
 }  // namespace moxin

@@ -226,11 +226,20 @@ void BicubicResize::horizontal_rows(const uint8_t* src, int begin, int end, bool
                   wide_.rgb.data() + static_cast<size_t>(begin - rows_begin_) * width_ * 3, parallel);
 }
 
-Image BicubicResize::finish(const Image& src) {
-  MOXIN_CHECK(src.width == src_width_ && src.height == src_height_ &&
+namespace {
+
+// The source a resize planned for src_width x src_height reads: that size, and its pixels.
+void check_source(const Image& src, int src_width, int src_height) {
+  MOXIN_CHECK(src.width == src_width && src.height == src_height &&
                   src.rgb.size() == static_cast<size_t>(src.width) * src.height * 3,
               "[image] resize: source image ", src.width, "x", src.height, " holds ", src.rgb.size(),
-              " bytes, not ", src_width_, " x ", src_height_, " x 3");
+              " bytes, not ", src_width, " x ", src_height, " x 3");
+}
+
+}  // namespace
+
+Image BicubicResize::finish(const Image& src) {
+  check_source(src, src_width_, src_height_);
   const bool vertical = height_ != src_height_;
   if (rows_first_) {
     if (!vertical) return std::move(wide_);
@@ -252,11 +261,8 @@ Image BicubicResize::finish(const Image& src) {
 }
 
 Image resize_bicubic(const Image& src, int width, int height) {
-  MOXIN_CHECK(src.width > 0 && src.height > 0 &&
-                  src.rgb.size() == static_cast<size_t>(src.width) * src.height * 3,
-              "[image] resize: source image ", src.width, "x", src.height, " holds ",
-              src.rgb.size(), " bytes, not width * height * 3");
-  BicubicResize resize(src.width, src.height, width, height);
+  BicubicResize resize(src.width, src.height, width, height);  // refuses sizes that are not positive
+  check_source(src, src.width, src.height);  // before the first pass reads the pixels
   if (resize.rows_first()) resize.horizontal_rows(src.rgb.data(), resize.rows_begin(), resize.rows_end(), true);
   return resize.finish(src);
 }
