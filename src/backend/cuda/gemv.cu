@@ -16,6 +16,7 @@
 #include <array>
 #include <utility>
 
+#include "backend/cuda/bf16_dot.cuh"
 #include "backend/cuda/cuda_check.hpp"
 #include "backend/cuda/kernels.hpp"
 #include "backend/cuda/launch.cuh"
@@ -29,24 +30,6 @@ namespace {
 
 constexpr int kWarpsPerBlock = 8;
 constexpr int kLanes = 32;
-
-__device__ __forceinline__ float bf16_low(uint32_t pair) { return __uint_as_float(pair << 16); }
-__device__ __forceinline__ float bf16_high(uint32_t pair) {
-  return __uint_as_float(pair & 0xffff0000u);
-}
-
-// acc + dot(8 bf16 weights, 8 f32 activations a|b)
-__device__ __forceinline__ float dot8(uint4 w, float4 a, float4 b, float acc) {
-  acc = fmaf(bf16_low(w.x), a.x, acc);
-  acc = fmaf(bf16_high(w.x), a.y, acc);
-  acc = fmaf(bf16_low(w.y), a.z, acc);
-  acc = fmaf(bf16_high(w.y), a.w, acc);
-  acc = fmaf(bf16_low(w.z), b.x, acc);
-  acc = fmaf(bf16_high(w.z), b.y, acc);
-  acc = fmaf(bf16_low(w.w), b.z, acc);
-  acc = fmaf(bf16_high(w.w), b.w, acc);
-  return acc;
-}
 
 // Activations from global memory through the read-only path, or from the block's normalized copy
 // in shared memory.

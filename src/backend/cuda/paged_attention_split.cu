@@ -17,6 +17,7 @@
 #include <algorithm>
 #include <type_traits>
 
+#include "backend/cuda/bf16_dot.cuh"
 #include "backend/cuda/cuda_check.hpp"
 #include "backend/cuda/fp8_kv.cuh"
 #include "backend/cuda/kernels.hpp"
@@ -36,11 +37,6 @@ size_t split_smem_bytes(int head_dim) {
   const int d = head_dim % 32 == 0 ? head_dim : kMaxHeadDim;
   const size_t tiles = size_t{2} * kSplitWarps * kTile * (d + 8) * 2;
   return std::max(tiles, size_t{kSplitWarps} * kMaxGroup * kMaxHeadDim * sizeof(float));
-}
-
-__device__ __forceinline__ float bf16_low(uint32_t pair) { return __uint_as_float(pair << 16); }
-__device__ __forceinline__ float bf16_high(uint32_t pair) {
-  return __uint_as_float(pair & 0xffff0000u);
 }
 
 // kDpl = head_dim / 32 when that is 1..4: compile-time head_dim, K and V tiles staged in
