@@ -683,7 +683,7 @@ int rope_attention_o_blocks(int head_dim, int kv_heads, int q_heads, int splits,
   if (splits < 1 || splits > kMaxSplits || n < 1 || n % o_projection::kRowsPerPass != 0) return 0;
   const int k = q_heads * head_dim;
   const size_t smem = head_dim == 64 ? mma_decode_smem_bytes<64, false>() : mma_decode_smem_bytes<128, false>();
-  if (k % 8 != 0 || static_cast<size_t>(k) * sizeof(float) > smem) return 0;
+  if (k % 8 != 0 || o_projection::ring_chunk_vecs(k, smem) < 32) return 0;
   const bool cluster = cluster_merge && splits > 1 && splits <= max_mma_cluster_splits;
   const ResidentBlocks& resident = resident_o_blocks[head_dim == 64 ? 0 : 1];
   const int capacity = cluster ? resident.clustered[splits] : resident.unclustered;
