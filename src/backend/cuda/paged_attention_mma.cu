@@ -613,25 +613,8 @@ ResidentBlocks count_resident_o_blocks(int head_dim) {
     r.unclustered = per_sm * multiprocessors();
   });
   with_mma_o_kernel(head_dim, true, [&](auto kernel, size_t smem) {
-    for (int s = 2; s <= max_mma_cluster_splits; ++s) {
-      cudaLaunchConfig_t config{};
-      config.gridDim = dim3(s, 1, 1);
-      config.blockDim = dim3(kSplitWarps * 32);
-      config.dynamicSmemBytes = smem;
-      cudaLaunchAttribute attribute{};
-      attribute.id = cudaLaunchAttributeClusterDimension;
-      attribute.val.clusterDim.x = s;
-      attribute.val.clusterDim.y = 1;
-      attribute.val.clusterDim.z = 1;
-      config.attrs = &attribute;
-      config.numAttrs = 1;
-      int clusters = 0;
-      if (cudaOccupancyMaxActiveClusters(&clusters, kernel, &config) != cudaSuccess) {
-        (void)cudaGetLastError();  // not fatal: that cluster size is not fused
-        clusters = 0;
-      }
-      r.clustered[s] = clusters * s;
-    }
+    // 0 where the device holds no such cluster: that size is not fused.
+    for (int s = 2; s <= max_mma_cluster_splits; ++s) r.clustered[s] = active_clusters(kernel, smem, s) * s;
   });
   return r;
 }
