@@ -278,9 +278,9 @@ void rope_paged_attention_mma(const DecodeRope& rope, const PagedLayer& cache, c
 
 // The o projection and residual add that follow a batch-1 decode attention (x += y W^T + bias,
 // the bits of gemv_bf16 with LinearFusion::accumulate at one row), run by blocks of the attention's
-// own launch: one kernel boundary less per decoder layer. Those blocks stage their weight rows
-// (shared memory, then L2) while the attention runs, and multiply once every attention block has
-// bumped sync[0]; the last of them zeroes sync[0..1] for the next launch.
+// own launch: one kernel boundary less per decoder layer. Those blocks start fetching their weight
+// rows (a shared-memory ring, the rest asked of L2) while the attention runs, and multiply once every
+// attention block has bumped sync[0]; the last of them zeroes sync[0..1] for the next launch.
 struct DecodeOProjection {
   const bf16_bits* w = nullptr;  // [n, k], k = q_heads * head_dim, 16-byte aligned
   const float* bias = nullptr;   // [n] or null

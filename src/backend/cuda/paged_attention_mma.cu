@@ -670,7 +670,7 @@ int rope_attention_o_blocks(int head_dim, int kv_heads, int q_heads, int splits,
   const bool cluster = cluster_merge && splits > 1 && splits <= max_mma_cluster_splits;
   const ResidentBlocks& resident = resident_o_blocks[head_dim == 64 ? 0 : 1];
   const int capacity = cluster ? resident.clustered[splits] : resident.unclustered;
-  // Whole rows of the grid (splits blocks each), no more than one pass of rows per block.
+  // Whole rows of the grid (splits blocks each), and no block with less than a pass of rows to multiply.
   const int spare_rows = (capacity - splits * kv_heads) / splits;
   const int passes = (n + kSplitWarps * o_projection::kRowsPerPass - 1) / (kSplitWarps * o_projection::kRowsPerPass);
   return std::max(0, std::min(spare_rows, (passes + splits - 1) / splits)) * splits;
