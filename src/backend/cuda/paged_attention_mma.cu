@@ -663,17 +663,17 @@ void rope_paged_attention_mma(const DecodeRope& rope, const PagedLayer& cache, c
 
 int rope_attention_o_blocks(int head_dim, int kv_heads, int q_heads, int splits, bool cluster_merge, int n) {
   if (kv_heads < 1 || q_heads % kv_heads != 0 || !paged_attention_mma_fits(q_heads / kv_heads, head_dim)) return 0;
-  if (splits < 1 || splits > kMaxSplits || n < 1 || n % o_projection::kRowsPerPass != 0) return 0;
+  if (splits < 1 || splits > kMaxSplits || n < 1) return 0;
   const int k = q_heads * head_dim;
-  const size_t smem = head_dim == 64 ? mma_decode_smem_bytes<64, false>() : mma_decode_smem_bytes<128, false>();
-  if (k % 8 != 0 || o_projection::ring_chunk_vecs(k, smem) < 32) return 0;
+  if (k % 8 != 0 || k > o_projection::kMaxInputs) return 0;
   const bool cluster = cluster_merge && splits > 1 && splits <= max_mma_cluster_splits;
   const ResidentBlocks& resident = resident_o_blocks[head_dim == 64 ? 0 : 1];
   const int capacity = cluster ? resident.clustered[splits] : resident.unclustered;
-  // Whole rows of the grid (splits blocks each), and no block with less than a pass of rows to multiply.
+  // Whole rows of the grid (splits blocks each), and no more blocks than fill their registers.
   const int spare_rows = (capacity - splits * kv_heads) / splits;
-  const int passes = (n + kSplitWarps * o_projection::kRowsPerPass - 1) / (kSplitWarps * o_projection::kRowsPerPass);
-  return std::max(0, std::min(spare_rows, (passes + splits - 1) / splits)) * splits;
+  constexpr int kBlockHeldRows = kSplitWarps * o_projection::kHeldRows;
+  const int wanted = (n + kBlockHeldRows - 1) / kBlockHeldRows;
+  return std::max(0, std::min(spare_rows, (wanted + splits - 1) / splits)) * splits;
 }
 
 void rope_paged_attention_o_mma(const DecodeRope& rope, const PagedLayer& cache, const TokenIndex& index,
