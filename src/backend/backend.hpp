@@ -313,14 +313,6 @@ class Backend {
     rope_kv_write(qkv, positions, theta, cache, layer, batch, q);
     paged_attention(q, cache, layer, batch, q_heads, y);
   }
-  // rope_paged_attention into y (q scratch), then linear_add(y, o, out, x): the same results, where
-  // a backend may run a decode step's attention and its output projection in one launch.
-  virtual void rope_paged_attention_linear_add(const Tensor& qkv, const Tensor& positions, float theta,
-                                               KvCache& cache, int layer, const AttentionBatch& batch, int q_heads,
-                                               Tensor& q, Tensor& y, const Linear& o, Tensor& out, Tensor& x) {
-    rope_paged_attention(qkv, positions, theta, cache, layer, batch, q_heads, q, y);
-    linear_add(y, o, out, x);
-  }
   // The dtype paged_attention writes y in for this batch of `tokens` tokens when `o` (the
   // output projection, which reads y) comes next: act_dtype(), or the o projection's bf16 input
   // where the backend's kernel for this batch rounds its output itself (no conversion before o).

@@ -36,16 +36,16 @@ Tensor Decoder::embed(const Tensor& ids) const {
 // o, add + norm, gate|up + swiglu, down, add + the next layer's norm: seven ops (a decode step's
 // cost is mostly their boundaries on the GPU; the CUDA backend fuses the swiglu into the gate|up
 // GEMV at one row). Where the backend fuses the residual steps (s.fused), each norm goes into the
-// linear after it and each add into the linear before it: five ops, the same bits (four where the
-// backend also runs the attention and o in one launch).
+// linear after it and each add into the linear before it: five ops, the same bits.
 void Decoder::run_layer(int index, Tensor& x, const Tensor& positions, const AttentionBatch& batch,
                         KvCache& cache, Scratch& s) const {
   const Layer& layer = layers_[static_cast<size_t>(index)];
   const float eps = config_.rms_eps;
   if (s.fused) {
     backend_.rms_norm_linear(x, layer.input_norm, eps, layer.qkv, s.normed, s.qkv);
-    backend_.rope_paged_attention_linear_add(s.qkv, positions, config_.rope_theta, cache, index, batch, config_.heads,
-                                             s.q, s.attn, layer.o, s.out, x);
+    backend_.rope_paged_attention(s.qkv, positions, config_.rope_theta, cache, index, batch, config_.heads, s.q,
+                                  s.attn);
+    backend_.linear_add(s.attn, layer.o, s.out, x);
     backend_.rms_norm_linear_swiglu(x, layer.post_attention_norm, eps, layer.gate_up, s.normed, s.gate_up, s.act);
     backend_.linear_add(s.act, layer.down, s.out, x);
     return;

@@ -541,35 +541,6 @@ void bench_decoder_layer(CudaBackend& backend, double ceiling, int seqs, int bit
     }
   }
   backend.set_attention_path(CudaAttentionPath::Auto);
-  // At one token of a bf16 layer: the attention and the o projection as one launch
-  // (rope_paged_attention_linear_add), beside the two ops timed above.
-  const KvCacheConfig& cache_config = dynamic_cast<CudaKvCache&>(*f.cache).config();
-  const bool was_fusing = backend.fused_attention_o();
-  backend.set_fused_attention_o(true);
-  if (fused && backend.fuses_attention_into_o(cache_config, b, seqs, q_heads, o)) {
-    const std::vector<std::function<void()>> fused_ops = {
-        ops[0].second,
-        [&] { backend.rope_paged_attention_linear_add(qkvt, b.token_pos, theta, *f.cache, 0, b, q_heads, qt, attn, o, out, x); },
-        ops[3].second, ops[4].second};
-    for (const bool pdl : {false, true}) {
-      set_pdl_enabled(pdl);
-      auto graph = capture_cuda_graph(backend, [&] {
-        for (const auto& op : fused_ops) op();
-      });
-      const double replay = time_ms(stream, 10, 5, [&](int) { graph->replay(); });
-      auto partial = capture_cuda_graph(backend, [&] {
-        for (size_t i = 0; i < fused_ops.size(); ++i)
-          if (i != 1) fused_ops[i]();
-      });
-      const double without = time_ms(stream, 10, 5, [&](int) { partial->replay(); });
-      table.push_back({cat(name, ", attention+o one launch graph", pdl ? "+PDL" : "", " (x36 = ", replay * 36,
-                           " ms/step)"),
-                       replay, pct((weight_bytes + kv_bytes) / replay / 1e6, ceiling)});
-      table.push_back({cat(name, " graph", pdl ? "+PDL" : "", " without rope+attention+o+add"), without,
-                       cat("the op's marginal cost ", 1000.0 * (replay - without), " us")});
-    }
-  }
-  backend.set_fused_attention_o(was_fusing);
   set_pdl_enabled(bits != 0);
 }
 

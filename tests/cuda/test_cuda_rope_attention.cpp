@@ -3,9 +3,7 @@
 // replaces (rope_kv_write, then paged_attention): the same output bits and the same cache bytes,
 // with the fused kernel checked to be the one that ran. And the fused output against an f64
 // reference: q rotated in f64 from transformers' f32 angle, the new K row against its f64
-// rotation (bf16 rounding), attention in f64 over the cache's bf16 values. For one-token steps also
-// the attention and the o projection in one launch (rope_paged_attention_linear_add) against the two
-// ops and against f64.
+// rotation (bf16 rounding), attention in f64 over the cache's bf16 values.
 #include <algorithm>
 #include <cmath>
 #include <numeric>
@@ -176,54 +174,6 @@ class RopeAttention : public CudaOpsTest {
     }
     expect_close("rope_paged_attention fused: new k rows (bf16) " + shape, k_new_got_f, k_new_ref, 1.0 / 256);
     expect_close("rope_paged_attention fused " + shape, fused, ref, kF32Tol);
-    if (seqs == 1) check_o_projection(cfg, step, qkv_t, rotation_t, theta, *separate_cache, *fused_cache, q_heads, fused,
-                                      ref, shape);
-  }
-
-  // rope_paged_attention_linear_add for the one-token step above (`attention`: its output, `ref`:
-  // that in f64): with the fusion (attention and o in one launch) it must give the bits of the two
-  // ops, launch after launch (the launch's counters go back to zero), and x + attention W^T + b
-  // in f64 to f32 rounding. Any number of outputs fuses; more than 4096 inputs do not.
-  void check_o_projection(const KvCacheConfig& cfg, const AttentionBatch& step, const Tensor& qkv, const Tensor& rotation,
-                          float theta, KvCache& separate_cache, KvCache& fused_cache, int q_heads,
-                          const std::vector<float>& attention, const std::vector<double>& ref,
-                          const std::string& shape) {
-    const int k = q_heads * cfg.head_dim;
-    const bool fusion_was_on = cuda().fused_attention_o();
-    for (const int n : {4 * randint(16, 1100), randint(1, 60), randint(4500, 9000)}) {
-      const bool with_bias = randint(0, 1) == 1;
-      const std::string what = cat("rope_paged_attention_linear_add ", shape, " N=", n, with_bias ? " +bias" : "");
-      HostTensor w = host_tensor("o", {n, k}, DType::BF16, true, 0.05f);
-      HostTensor b = host_tensor("o_bias", {n}, DType::F32, false, 0.5f);
-      const Linear o = prepare(w, with_bias ? &b : nullptr);
-      const std::vector<float> x = residual_rows(size_t(n));
-      Tensor q = poisoned({1, k}), out = poisoned({1, n});
-
-      set_cuda_fused_attention_o(backend(), false);
-      Tensor y_separate = poisoned({1, k}), x_separate = upload(x, {1, n});
-      backend().rope_paged_attention_linear_add(qkv, rotation, theta, separate_cache, 0, step, q_heads, q, y_separate,
-                                                o, out, x_separate);
-      set_cuda_fused_attention_o(backend(), true);
-      EXPECT_EQ(cuda().fuses_attention_into_o(cfg, step, 1, q_heads, o), k <= 4096) << what;
-      const std::vector<float> separate = download(x_separate);
-      ASSERT_EQ(download(y_separate), attention) << what << ": the attention differs from rope_paged_attention's";
-      for (int launch = 0; launch < 3; ++launch) {
-        Tensor y_fused = poisoned({1, k}), x_fused = upload(x, {1, n});
-        backend().rope_paged_attention_linear_add(qkv, rotation, theta, fused_cache, 0, step, q_heads, q, y_fused, o,
-                                                  out, x_fused);
-        ASSERT_EQ(download(y_fused), attention) << what << ", launch " << launch << ": the attention output differs";
-        ASSERT_EQ(download(x_fused), separate) << what << ", launch " << launch
-                                               << ": x differs from rope_paged_attention + linear_add";
-      }
-      std::vector<double> x_ref(static_cast<size_t>(n));
-      for (int i = 0; i < n; ++i) {
-        double acc = double(x[size_t(i)]) + (with_bias ? b.values[size_t(i)] : 0.0);
-        for (int j = 0; j < k; ++j) acc += ref[size_t(j)] * w.values[size_t(i) * k + size_t(j)];
-        x_ref[size_t(i)] = acc;
-      }
-      expect_close(what, separate, x_ref, kF32Tol);
-    }
-    cuda().set_fused_attention_o(fusion_was_on);
   }
 };
 
@@ -239,9 +189,9 @@ TEST_F(RopeAttention, MoxinShapeBatchesAndBuckets) {
   run(32, 8, 128, many, 512);
 }
 
-// One-token steps (whose attention and o projection run in one launch): the 1280 bucket's 10
-// splits, one split, a context past the bucket's splits' minimum; 5120 inputs (not fused).
-TEST_F(RopeAttention, OneTokenStepsWithTheOProjection) {
+// One-token steps: the 1280 bucket's 10 splits, one split, a context past the bucket's splits'
+// minimum, head_dim 64, a group of 5.
+TEST_F(RopeAttention, OneTokenSteps) {
   run(32, 8, 128, {randint(300, 1270)}, 1280);
   run(32, 8, 128, {randint(0, 100)}, 128);
   run(32, 8, 128, {randint(1, 60)}, 1280);

@@ -1,6 +1,5 @@
-// bf16 pairs as f32 and the 8-weight dot step of the bf16 GEMVs. The decode GEMV (gemv.cu) and the
-// o projection run inside the decode attention's launch (paged_attention_mma.cu) share it, so that
-// the fused form sums in the same order and gives the GEMV's bits.
+// bf16 pairs as f32 (the decode GEMV, gemv.cu, and the split-K attention's bf16 cache reads) and
+// the GEMV's 8-weight dot step.
 #pragma once
 
 #include <cuda_runtime.h>

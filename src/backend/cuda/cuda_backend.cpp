@@ -104,9 +104,6 @@ CudaBackend::CudaBackend(int device_ordinal)
   fp8_tensor_cores_ = env_equals("MOXIN_CUDA_FP8_TENSOR_CORES", "1");
   fused_residual_ = !env_equals("MOXIN_CUDA_FUSE_RESIDUAL", "0");
   fused_rope_ = !env_equals("MOXIN_CUDA_FUSE_ROPE", "0");
-  fused_attention_o_ = env_equals("MOXIN_CUDA_FUSE_ATTENTION_O", "1");
-  o_projection_sync_ = device_alloc(context_, 2 * sizeof(int));
-  MOXIN_CUDA_CHECK(cudaMemsetAsync(o_projection_sync_.get(), 0, 2 * sizeof(int), stream()));
   attention_partial_floats_ = kAttentionPartialFloats;
   attention_partial_ = device_alloc(context_, static_cast<size_t>(attention_partial_floats_) * 4);
   attention_counters_ = device_alloc(context_, static_cast<size_t>(kAttentionCounters) * 4);

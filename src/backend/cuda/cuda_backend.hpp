@@ -57,11 +57,6 @@ void set_cuda_fused_residual(Backend& backend, bool on);
 // bits either way; tests and benchmarks compare the two.
 void set_cuda_fused_rope(Backend& backend, bool on);
 
-// Whether a batch-1 decode step's attention and o projection (with its residual add) run in one
-// launch (Backend::rope_paged_attention_linear_add); off by default, MOXIN_CUDA_FUSE_ATTENTION_O=1
-// starts it on. The same bits either way; tests and benchmarks compare the two.
-void set_cuda_fused_attention_o(Backend& backend, bool on);
-
 enum class CudaAttentionPath { Auto, SplitK, TiledF32, TiledBf16, SplitKWarp, SplitKCluster, SplitKTensorCore };
 void set_cuda_attention_path(Backend& backend, CudaAttentionPath path);
 

@@ -182,19 +182,6 @@ class CudaBackend final : public Backend {
   // over a bf16 cache, with the fusion on.
   bool fuses_rope_into_attention(const KvCacheConfig& cache, const AttentionBatch& batch, int64_t tokens,
                                  int q_heads) const;
-  // cuda_attention_o.cpp
-  void rope_paged_attention_linear_add(const Tensor& qkv, const Tensor& positions, float theta, KvCache& cache,
-                                       int layer, const AttentionBatch& batch, int q_heads, Tensor& q, Tensor& y,
-                                       const Linear& o, Tensor& out, Tensor& x) override;
-  // Whether rope_paged_attention_linear_add runs as one launch (kernels.hpp's
-  // rope_paged_attention_o_mma): a one-token step that fuses its RoPE into the attention, with o a
-  // bf16 linear the decode GEMV would run with the add, the fusion on, and room on the GPU.
-  bool fuses_attention_into_o(const KvCacheConfig& cache, const AttentionBatch& batch, int64_t tokens, int q_heads,
-                              const Linear& o) const;
-  // Whether rope_paged_attention_linear_add may fuse: off by default until measured on a GPU,
-  // MOXIN_CUDA_FUSE_ATTENTION_O=1 turns it on at construction (for A/B runs).
-  void set_fused_attention_o(bool on) { fused_attention_o_ = on; }
-  bool fused_attention_o() const { return fused_attention_o_; }
   DType attention_output_dtype(const AttentionBatch& batch, int64_t tokens, int q_heads, int kv_heads,
                                const Linear& o) const override;
   // cuda_sampling.cpp
@@ -237,7 +224,7 @@ class CudaBackend final : public Backend {
   // Whether a split-K batch of this GQA group and head_dim runs on the tensor-core kernel
   // (paged_attention_mma), the one rope_paged_attention can fuse into.
   bool split_on_tensor_cores(int group, int head_dim) const;
-  // The fused RoPE's input after checking the operands of op (rope_paged_attention and its form with o).
+  // The fused RoPE's input after checking the operands of op (rope_paged_attention).
   DecodeRope decode_rope(const Tensor& qkv, const Tensor& positions, float theta, const KvCacheConfig& cfg,
                          int q_heads, const Tensor& y, const char* op) const;
   // attention_splits for a decode step of this batch.
@@ -300,8 +287,6 @@ class CudaBackend final : public Backend {
   bool fp8_tensor_cores_ = false;
   bool fused_residual_ = true;
   bool fused_rope_ = true;
-  bool fused_attention_o_ = false;
-  std::shared_ptr<void> o_projection_sync_;  // DecodeOProjection::sync, kept zeroed
   int64_t quant_largest_elems_ = 0;  // largest quantized linear prepared so far (out * in)
   CudaLinear quant_dense_;           // weight: bf16 scratch of quant_dense_elems_, made on demand
   int64_t quant_dense_elems_ = 0;

@@ -276,30 +276,6 @@ void rope_paged_attention_mma(const DecodeRope& rope, const PagedLayer& cache, c
                               int splits, bool cluster_merge, float* partial, int* counters, float* y,
                               cudaStream_t stream);
 
-// The o projection and residual add that follow a batch-1 decode attention (x += y W^T + bias,
-// the bits of gemv_bf16 with LinearFusion::accumulate at one row), run by blocks of the attention's
-// own launch: one kernel boundary less per decoder layer. Those blocks start fetching their weight
-// rows (a shared-memory ring, the rest asked of L2) while the attention runs, and multiply once every
-// attention block has bumped sync[0]; the last of them zeroes sync[0..1] for the next launch.
-struct DecodeOProjection {
-  const bf16_bits* w = nullptr;  // [n, k], k = q_heads * head_dim, 16-byte aligned
-  const float* bias = nullptr;   // [n] or null
-  float* x = nullptr;            // the residual row [n]
-  int n = 0;
-  int* sync = nullptr;  // two ints, zero between launches
-};
-// The number of projection blocks rope_paged_attention_o_mma would add to the attention's
-// (splits x kv_heads) blocks for this shape: as many as stay resident beside them (a projection
-// block waits for the attention's, so the launch must fit the GPU at once), 0 where the shape
-// cannot be fused (the caller then runs the two ops).
-int rope_attention_o_blocks(int head_dim, int kv_heads, int q_heads, int splits, bool cluster_merge, int n);
-// rope_paged_attention_mma for one token, then the o projection into o.x, in one launch of
-// rope_attention_o_blocks(...) > 0 extra blocks. y (the attention's output) is written as by
-// rope_paged_attention_mma.
-void rope_paged_attention_o_mma(const DecodeRope& rope, const PagedLayer& cache, const TokenIndex& index,
-                                int q_heads, int splits, bool cluster_merge, float* partial, int* counters, float* y,
-                                const DecodeOProjection& o, cudaStream_t stream);
-
 // --- paged_attention_tiled.cu: tiles of consecutive tokens share K/V tiles (prefill) ---
 // tensor_cores: Q and P rounded to bf16 for mma.sync; otherwise all f32 on the CUDA cores.
 void paged_attention_tiled(const float* q, const PagedLayer& cache, const TokenIndex& index,

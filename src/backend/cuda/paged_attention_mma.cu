@@ -33,13 +33,11 @@
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
-#include <algorithm>
 #include <type_traits>
 
 #include "backend/cuda/attention_mma.cuh"
 #include "backend/cuda/cp_async.cuh"
 #include "backend/cuda/cuda_check.hpp"
-#include "backend/cuda/decode_o_projection.cuh"
 #include "backend/cuda/fp8_kv.cuh"
 #include "backend/cuda/kernels.hpp"
 #include "backend/cuda/launch.cuh"
@@ -226,13 +224,12 @@ __device__ __forceinline__ void rope_and_new_row(const DecodeRope& rope, const P
   }
 }
 
-// Block (split, kv head, token) = blockIdx of the decode attention. kRope: q is unused and `rope`
-// holds the q | k | v rows to rotate (see the file comment).
+// kRope: q is unused and `rope` holds the q | k | v rows to rotate (see the file comment).
 template <int kD, bool kCluster, bool kFp8, bool kRope>
-__device__ __forceinline__ void paged_mma_block(const float* __restrict__ q, const PagedLayer& cache,
-                                                const TokenIndex& index, int q_heads, int splits, float scale,
-                                                float* __restrict__ partial, int* __restrict__ counters,
-                                                float* __restrict__ y, const DecodeRope& rope) {
+__global__ void __launch_bounds__(kSplitWarps * 32, 2)
+    paged_mma_kernel(const float* __restrict__ q, PagedLayer cache, TokenIndex index, int q_heads,
+                     int splits, float scale, float* __restrict__ partial,
+                     int* __restrict__ counters, float* __restrict__ y, DecodeRope rope) {
   static_assert(!(kRope && kFp8), "the fused RoPE stores bf16 rows");
   constexpr int kRow = staged_row<kD>();
   constexpr int kSteps = kD / 16;                   // k16 steps of Q K^T, n16 steps of P V
@@ -521,35 +518,6 @@ __device__ __forceinline__ void paged_mma_block(const float* __restrict__ q, con
                 partial, counters, y);
 }
 
-template <int kD, bool kCluster, bool kFp8, bool kRope>
-__global__ void __launch_bounds__(kSplitWarps * 32, 2)
-    paged_mma_kernel(const float* __restrict__ q, PagedLayer cache, TokenIndex index, int q_heads,
-                     int splits, float scale, float* __restrict__ partial,
-                     int* __restrict__ counters, float* __restrict__ y, DecodeRope rope) {
-  paged_mma_block<kD, kCluster, kFp8, kRope>(q, cache, index, q_heads, splits, scale, partial, counters, y, rope);
-}
-
-// rope_paged_attention_o_mma: blocks with blockIdx.y < kv_heads are the fused-RoPE attention's
-// (one token), the rest multiply the o projection once those are done (decode_o_projection.cuh).
-template <int kD, bool kCluster>
-__global__ void __launch_bounds__(kSplitWarps * 32, 2)
-    paged_mma_o_kernel(const float* __restrict__ q, PagedLayer cache, TokenIndex index, int q_heads,
-                       int splits, float scale, float* __restrict__ partial, int* __restrict__ counters,
-                       float* __restrict__ y, DecodeRope rope, DecodeOProjection o) {
-  const int attention_blocks = static_cast<int>(gridDim.x) * cache.kv_heads;
-  if (static_cast<int>(blockIdx.y) < cache.kv_heads) {
-    paged_mma_block<kD, kCluster, false, true>(q, cache, index, q_heads, splits, scale, partial, counters, y, rope);
-    o_projection::attention_block_done(o.sync);
-    return;
-  }
-  extern __shared__ __align__(16) unsigned char staging[];
-  const int block = (static_cast<int>(blockIdx.y) - cache.kv_heads) * static_cast<int>(gridDim.x) +
-                    static_cast<int>(blockIdx.x);
-  const int blocks = static_cast<int>(gridDim.x * gridDim.y) - attention_blocks;
-  o_projection::multiply_after_attention<kSplitWarps * 32>(o, y, q_heads * kD, block, blocks, attention_blocks,
-                                                           staging, mma_decode_smem_bytes<kD, false>());
-}
-
 // Calls f(kernel, smem bytes) for this head_dim, merge and cache format, with or without the
 // fused RoPE (bf16 caches only).
 template <class F>
@@ -579,45 +547,6 @@ void with_mma_kernel(int head_dim, bool cluster, bool fp8, bool rope, F f) {
 // Largest cluster of splits the device runs with this kernel's shared memory (16 where
 // non-portable clusters fit, else the portable 8); set by configure_paged_attention_mma().
 int max_mma_cluster_splits = 8;
-
-// paged_mma_o_kernel for this head_dim and merge.
-template <class F>
-void with_mma_o_kernel(int head_dim, bool cluster, F f) {
-  auto by_cluster = [&](auto d) {
-    constexpr int kD = decltype(d)::value;
-    if (cluster)
-      f(paged_mma_o_kernel<kD, true>, mma_decode_smem_bytes<kD, false>());
-    else
-      f(paged_mma_o_kernel<kD, false>, mma_decode_smem_bytes<kD, false>());
-  };
-  if (head_dim == 64)
-    by_cluster(std::integral_constant<int, 64>{});
-  else
-    by_cluster(std::integral_constant<int, 128>{});
-}
-
-// How many blocks of paged_mma_o_kernel the device holds at once, per head_dim (64, 128): without
-// clusters, and in clusters of s splits (index s, 2..16). Set by configure_paged_attention_mma()
-// (occupancy queries stay out of graph captures).
-struct ResidentBlocks {
-  int unclustered = 0;
-  int clustered[17] = {};
-};
-ResidentBlocks resident_o_blocks[2];
-
-ResidentBlocks count_resident_o_blocks(int head_dim) {
-  ResidentBlocks r;
-  with_mma_o_kernel(head_dim, false, [&](auto kernel, size_t smem) {
-    int per_sm = 0;
-    MOXIN_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, kSplitWarps * 32, smem));
-    r.unclustered = per_sm * multiprocessors();
-  });
-  with_mma_o_kernel(head_dim, true, [&](auto kernel, size_t smem) {
-    // 0 where the device holds no such cluster: that size is not fused.
-    for (int s = 2; s <= max_mma_cluster_splits; ++s) r.clustered[s] = active_clusters(kernel, smem, s) * s;
-  });
-  return r;
-}
 
 }  // namespace
 
@@ -661,39 +590,6 @@ void rope_paged_attention_mma(const DecodeRope& rope, const PagedLayer& cache, c
   launch_mma(nullptr, rope, cache, index, q_heads, splits, cluster_merge, partial, counters, y, stream);
 }
 
-int rope_attention_o_blocks(int head_dim, int kv_heads, int q_heads, int splits, bool cluster_merge, int n) {
-  if (kv_heads < 1 || q_heads % kv_heads != 0 || !paged_attention_mma_fits(q_heads / kv_heads, head_dim)) return 0;
-  if (splits < 1 || splits > kMaxSplits || n < 1) return 0;
-  const int k = q_heads * head_dim;
-  if (k % 8 != 0 || k > o_projection::kMaxInputs) return 0;
-  const bool cluster = cluster_merge && splits > 1 && splits <= max_mma_cluster_splits;
-  const ResidentBlocks& resident = resident_o_blocks[head_dim == 64 ? 0 : 1];
-  const int capacity = cluster ? resident.clustered[splits] : resident.unclustered;
-  // Whole rows of the grid (splits blocks each), and no more blocks than fill their registers.
-  const int spare_rows = (capacity - splits * kv_heads) / splits;
-  constexpr int kBlockHeldRows = kSplitWarps * o_projection::kHeldRows;
-  const int wanted = (n + kBlockHeldRows - 1) / kBlockHeldRows;
-  return std::max(0, std::min(spare_rows, (wanted + splits - 1) / splits)) * splits;
-}
-
-void rope_paged_attention_o_mma(const DecodeRope& rope, const PagedLayer& cache, const TokenIndex& index,
-                                int q_heads, int splits, bool cluster_merge, float* partial, int* counters, float* y,
-                                const DecodeOProjection& o, cudaStream_t stream) {
-  const int blocks = rope_attention_o_blocks(cache.head_dim, cache.kv_heads, q_heads, splits, cluster_merge, o.n);
-  MOXIN_CHECK(blocks > 0 && index.tokens == 1 && cache.k8 == nullptr && rope.qkv != nullptr && o.sync != nullptr,
-              "[cuda] rope_paged_attention_o_mma: one token over a bf16 cache, a shape rope_attention_o_blocks "
-              "takes (", q_heads, " heads of ", cache.head_dim, ", ", splits, " splits, ", o.n, " outputs), got ",
-              index.tokens, " tokens");
-  const bool cluster = cluster_merge && splits > 1 && splits <= max_mma_cluster_splits;
-  const float scale = 1.0f / sqrtf(static_cast<float>(cache.head_dim));
-  const dim3 grid(splits, cache.kv_heads + blocks / splits, 1);
-  with_mma_o_kernel(cache.head_dim, cluster, [&](auto kernel, size_t smem) {
-    launch_kernel_with("paged_mma_o_kernel", kernel, grid, kSplitWarps * 32, smem, stream,
-                       cluster ? static_cast<unsigned>(splits) : 1u, true, static_cast<const float*>(nullptr), cache,
-                       index, q_heads, splits, scale, partial, counters, y, rope, o);
-  });
-}
-
 void configure_paged_attention_mma() {
   for (int head_dim : {64, 128})
     for (bool cluster : {false, true})
@@ -712,15 +608,6 @@ void configure_paged_attention_mma() {
   with_mma_kernel(kMaxHeadDim, true, false, true, [&](auto kernel, size_t smem) {
     max_mma_cluster_splits = largest_cluster_splits(kernel, smem);
   });
-  for (bool cluster : {false, true})
-    for (int head_dim : {64, 128})
-      with_mma_o_kernel(head_dim, cluster, [&](auto kernel, size_t smem) {
-        MOXIN_CUDA_CHECK(
-            cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem)));
-        if (cluster) MOXIN_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeNonPortableClusterSizeAllowed, 1));
-      });
-  resident_o_blocks[0] = count_resident_o_blocks(64);
-  resident_o_blocks[1] = count_resident_o_blocks(128);
 }
 
 }  // namespace moxin::cuda
