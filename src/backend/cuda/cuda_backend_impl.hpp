@@ -224,11 +224,6 @@ class CudaBackend final : public Backend {
   // Whether a split-K batch of this GQA group and head_dim runs on the tensor-core kernel
   // (paged_attention_mma), the one rope_paged_attention can fuse into.
   bool split_on_tensor_cores(int group, int head_dim) const;
-  // The fused RoPE's input after checking the operands of op (rope_paged_attention).
-  DecodeRope decode_rope(const Tensor& qkv, const Tensor& positions, float theta, const KvCacheConfig& cfg,
-                         int q_heads, const Tensor& y, const char* op) const;
-  // attention_splits for a decode step of this batch.
-  int decode_splits(const AttentionBatch& batch, int64_t tokens, int q_heads, const KvCacheConfig& cfg) const;
   // Whether a fused residual step (cuda_fused_residual.cpp) runs this linear at m rows; the
   // kernel's own pointer checks come on top.
   bool fuses_residual_step(const CudaLinear& w, int64_t m, int64_t n, int64_t k, bool norm_in) const;

@@ -6,7 +6,6 @@
 #include <string>
 
 #include "backend/cuda/cuda_backend_impl.hpp"
-#include "backend/cuda/paged_attention_args.hpp"
 #include "backend/cuda/tensor_checks.hpp"
 
 namespace moxin::cuda {
@@ -25,6 +24,32 @@ constexpr int kLongSplitPositions = 1024;
 // Where (token, kv head) blocks fill the GPU, a split still takes at most this many positions: a
 // lone long context among short ones would otherwise set the step's length on a few SMs.
 constexpr int kMaxPositionsPerFullWaveSplit = 4096;
+
+CudaKvCache& cuda_cache(KvCache& cache, int layer, const char* op) {
+  auto* c = dynamic_cast<CudaKvCache*>(&cache);
+  MOXIN_CHECK(c != nullptr, "[cuda] ", op, ": the KV cache was not created by this CUDA backend");
+  MOXIN_CHECK(layer >= 0 && layer < c->config().layers, "[cuda] ", op, ": layer ", layer,
+              " outside the cache's 0..", c->config().layers - 1);
+  return *c;
+}
+
+TokenIndex token_index(const AttentionBatch& batch, int64_t tokens, const char* op) {
+  require(batch.token_seq, DType::I32, op, "token_seq");
+  require(batch.token_pos, DType::I32, op, "token_pos");
+  require(batch.block_tables, DType::I32, op, "block_tables");
+  MOXIN_CHECK(batch.token_seq.numel() == tokens && batch.token_pos.numel() == tokens, "[cuda] ", op,
+              ": ", tokens, " tokens but token_seq ", batch.token_seq.shape_str(),
+              " and token_pos ", batch.token_pos.shape_str());
+  MOXIN_CHECK(batch.block_tables.numel() > 0 || tokens == 0, "[cuda] ", op, ": empty block_tables");
+  TokenIndex index;
+  index.token_seq = data_of<const int32_t>(batch.token_seq);
+  index.token_pos = data_of<const int32_t>(batch.token_pos);
+  index.block_tables = data_of<const int32_t>(batch.block_tables);
+  index.tokens = static_cast<int>(tokens);
+  index.num_seqs = static_cast<int>(batch.block_tables.rows());
+  index.max_blocks = static_cast<int>(batch.block_tables.cols());
+  return index;
+}
 
 }  // namespace
 
@@ -146,36 +171,25 @@ void CudaBackend::rope_paged_attention(const Tensor& qkv, const Tensor& position
     Backend::rope_paged_attention(qkv, positions, theta, cache, layer, batch, q_heads, q, y);
     return;
   }
-  const DecodeRope rope = decode_rope(qkv, positions, theta, cfg, q_heads, y, "rope_paged_attention");
-  const TokenIndex index = token_index(batch, tokens, "rope_paged_attention");
-  rope_paged_attention_mma(rope, c.layer(layer), index, q_heads, decode_splits(batch, tokens, q_heads, cfg), true,
-                           static_cast<float*>(attention_partial_.get()), static_cast<int*>(attention_counters_.get()),
-                           data_of<float>(y), stream());
-}
-
-DecodeRope CudaBackend::decode_rope(const Tensor& qkv, const Tensor& positions, float theta, const KvCacheConfig& cfg,
-                                    int q_heads, const Tensor& y, const char* op) const {
-  require_main_lane(op);
-  require(qkv, DType::F32, op, "qkv");
-  require(positions, DType::I32, op, "positions");
-  require(y, DType::F32, op, "y");
-  const int64_t tokens = qkv.rows();
+  require_main_lane("rope_paged_attention");
+  require(qkv, DType::F32, "rope_paged_attention", "qkv");
+  require(positions, DType::I32, "rope_paged_attention", "positions");
+  require(y, DType::F32, "rope_paged_attention", "y");
   const int64_t q_width = int64_t{q_heads} * cfg.head_dim;
-  require_shape(qkv, tokens, q_width + 2 * int64_t{cfg.kv_heads} * cfg.head_dim, op, "qkv");
-  require_shape(y, tokens, q_width, op, "y");
-  MOXIN_CHECK(positions.numel() == tokens, "[cuda] ", op, ": ", positions.numel(), " positions for ", tokens,
-              " tokens");
+  require_shape(qkv, tokens, q_width + 2 * int64_t{cfg.kv_heads} * cfg.head_dim, "rope_paged_attention", "qkv");
+  require_shape(y, tokens, q_width, "rope_paged_attention", "y");
+  MOXIN_CHECK(positions.numel() == tokens, "[cuda] rope_paged_attention: ", positions.numel(), " positions for ",
+              tokens, " tokens");
+  const TokenIndex index = token_index(batch, tokens, "rope_paged_attention");
+  const int splits = attention_splits(static_cast<int>(tokens), q_heads, cfg.kv_heads, cfg.head_dim,
+                                      std::max(batch.max_context, 1));
   DecodeRope rope;
   rope.qkv = data_of<const float>(qkv);
   rope.positions = data_of<const int32_t>(positions);
   rope.frequencies = rope_frequencies(theta, cfg.head_dim);
-  return rope;
-}
-
-int CudaBackend::decode_splits(const AttentionBatch& batch, int64_t tokens, int q_heads,
-                               const KvCacheConfig& cfg) const {
-  return attention_splits(static_cast<int>(tokens), q_heads, cfg.kv_heads, cfg.head_dim,
-                          std::max(batch.max_context, 1));
+  rope_paged_attention_mma(rope, c.layer(layer), index, q_heads, splits, true,
+                           static_cast<float*>(attention_partial_.get()), static_cast<int*>(attention_counters_.get()),
+                           data_of<float>(y), stream());
 }
 
 bool CudaBackend::attention_uses_split(int64_t tokens, int64_t num_seqs, int q_heads, int kv_heads) const {

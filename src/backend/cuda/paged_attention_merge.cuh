@@ -211,35 +211,28 @@ void launch_split_k(const char* name, Kernel kernel, size_t smem, bool cluster, 
                      prefetching, q, cache, index, q_heads, splits, scale, partial, counters, y, extra...);
 }
 
-// Host side: how many thread block clusters of `splits` blocks of `kernel` (with `smem` bytes of
-// dynamic shared memory each) the device holds at once; 0 where it holds none or cannot say.
-template <class Kernel>
-int active_clusters(Kernel kernel, size_t smem, int splits) {
-  cudaLaunchConfig_t config{};
-  config.gridDim = dim3(splits, 1, 1);
-  config.blockDim = dim3(kSplitWarps * 32);
-  config.dynamicSmemBytes = smem;
-  cudaLaunchAttribute attribute{};
-  attribute.id = cudaLaunchAttributeClusterDimension;
-  attribute.val.clusterDim.x = splits;
-  attribute.val.clusterDim.y = 1;
-  attribute.val.clusterDim.z = 1;
-  config.attrs = &attribute;
-  config.numAttrs = 1;
-  int clusters = 0;
-  if (cudaOccupancyMaxActiveClusters(&clusters, kernel, &config) != cudaSuccess) {
-    (void)cudaGetLastError();  // not fatal: the caller takes it as none
-    return 0;
-  }
-  return clusters;
-}
-
 // Host side: the most splits of a (token, kv head) that one thread block cluster may hold for
 // `kernel` launched with `smem` bytes of dynamic shared memory: 16 where the device co-schedules
 // such clusters (a non-portable size; the kernel must allow it), else the portable 8.
 template <class Kernel>
 int largest_cluster_splits(Kernel kernel, size_t smem) {
-  return active_clusters(kernel, smem, 16) > 0 ? 16 : 8;
+  cudaLaunchConfig_t config{};
+  config.gridDim = dim3(16, 1, 1);
+  config.blockDim = dim3(kSplitWarps * 32);
+  config.dynamicSmemBytes = smem;
+  cudaLaunchAttribute attribute{};
+  attribute.id = cudaLaunchAttributeClusterDimension;
+  attribute.val.clusterDim.x = 16;
+  attribute.val.clusterDim.y = 1;
+  attribute.val.clusterDim.z = 1;
+  config.attrs = &attribute;
+  config.numAttrs = 1;
+  int active_clusters = 0;
+  if (cudaOccupancyMaxActiveClusters(&active_clusters, kernel, &config) != cudaSuccess) {
+    (void)cudaGetLastError();  // not fatal: the portable size stays
+    return 8;
+  }
+  return active_clusters > 0 ? 16 : 8;
 }
 
 }  // namespace moxin::cuda::split_k
