@@ -209,6 +209,7 @@ class CudaBackend final : public Backend {
   // Whether layer_tail may run as one launch: on by default, MOXIN_CUDA_LAYER_TAIL=0 turns it off
   // at construction (for A/B runs).
   void set_layer_tail(bool on) { layer_tail_ = on; }
+  size_t layer_tail_launches() const { return layer_tail_launches_; }
   // Number of context splits the split-K kernel uses for this batch (exposed for benchmarks).
   int attention_splits(int tokens, int q_heads, int kv_heads, int head_dim, int max_context) const;
 
@@ -290,7 +291,8 @@ class CudaBackend final : public Backend {
   bool fused_residual_ = true;
   bool fused_rope_ = true;
   bool layer_tail_ = true;
-  std::shared_ptr<void> layer_tail_barrier_;  // the layer-tail kernel's grid barrier, two words
+  std::shared_ptr<void> layer_tail_barrier_;  // the layer-tail kernel's grid barrier and row counters
+  size_t layer_tail_launches_ = 0;
   int64_t quant_largest_elems_ = 0;  // largest quantized linear prepared so far (out * in)
   CudaLinear quant_dense_;           // weight: bf16 scratch of quant_dense_elems_, made on demand
   int64_t quant_dense_elems_ = 0;

@@ -131,6 +131,7 @@ bool CudaBackend::run_layer_tail(const Tensor& attn, const LayerTail& t, Tensor&
   }
   if (!layer_tail_usable(a)) return false;
   cuda::layer_tail(a, static_cast<unsigned*>(layer_tail_barrier_.get()), stream());
+  ++layer_tail_launches_;
   return true;
 }
 
@@ -144,6 +145,10 @@ namespace moxin {
 
 void set_cuda_layer_tail(Backend& backend, bool on) {
   cuda::cuda_backend_of(backend, "set_cuda_layer_tail").set_layer_tail(on);
+}
+
+size_t cuda_layer_tail_launches(Backend& backend) {
+  return cuda::cuda_backend_of(backend, "cuda_layer_tail_launches").layer_tail_launches();
 }
 
 void set_cuda_fused_residual(Backend& backend, bool on) {

@@ -74,9 +74,11 @@ struct LayerTailArgs {
 // Whether layer_tail takes these operands on this device: 1..kLayerTailMaxRows rows, widths
 // multiples of 8, 16-byte aligned arrays, the widest input row set in shared memory.
 bool layer_tail_usable(const LayerTailArgs& args);
-// `barrier`: two words of device memory, zero before the first launch, used by no other launch
-// at the same time (the kernel leaves them ready for the next).
-void layer_tail(const LayerTailArgs& args, unsigned* barrier, cudaStream_t stream);
+// `sync`: kLayerTailSyncWords words of device memory (its grid barrier and row counters), zero
+// before the first launch, used by no other launch at the same time (the kernel leaves them
+// ready for the next).
+constexpr int kLayerTailSyncWords = 6;
+void layer_tail(const LayerTailArgs& args, unsigned* sync, cudaStream_t stream);
 
 // --- gemm_skinny.cu: the same product on the tensor cores for 1 <= M <= kSkinnyMaxRows ---
 // x rounded to bf16 (as the cuBLASLt path does), f32 sums added in a fixed order (the result

@@ -44,7 +44,7 @@ struct TailParams {
   const uint4* qkv;
   const float* qkv_bias;
   float* qkv_out;
-  unsigned* barrier;  // [arrived, generation], arrived zero between launches
+  unsigned* barrier;  // [arrived, generation, row counters of phases 1..4], counters zero between uses
 };
 
 __device__ __forceinline__ unsigned load_acquire(const unsigned* p) {
@@ -61,7 +61,8 @@ __device__ __forceinline__ void store_release(unsigned* p, unsigned v) {
 // arrived; what any thread wrote before is visible to every thread after. The last block to
 // arrive resets the count and opens the next generation, so the words are ready for the next
 // barrier and the next launch (graph replays included) without a reset of their own.
-__device__ void grid_barrier(unsigned* barrier) {
+// `finished`: the row counter of the phase every block has now finished, reset by the last one.
+__device__ void grid_barrier(unsigned* barrier, unsigned* finished) {
   __syncthreads();
   if (threadIdx.x == 0) {
     unsigned* arrived = barrier;
@@ -70,6 +71,7 @@ __device__ void grid_barrier(unsigned* barrier) {
     __threadfence();
     if (atomicAdd(arrived, 1u) == gridDim.x - 1) {
       *arrived = 0;
+      *finished = 0;
       __threadfence();
       store_release(generation, current + 1);
     } else {
@@ -100,19 +102,26 @@ __device__ __forceinline__ void prefetch_phase(const uint4* w, int n, int k, int
   gemv_warp_prefetch<R, U>(rows, k / 8, lane);
 }
 
-// One GEMV over the grid: warp `warp` of `warps` takes outputs warp, warp + warps, ... (R-row
-// groups), the activations from the block's shared copy.
+// One GEMV over the grid: warp `warp` of `warps` takes row group `warp` first, then whichever
+// group a shared counter hands it next (requested before the current group's loads, so the
+// answer is there when they are done): SMs that stream faster take more rows, as the blocks of a
+// GEMV kernel spread themselves. The activations come from the block's shared copy.
 template <int M, int R, int U, bool Gated, bool AddOut>
 __device__ __forceinline__ void gemv_phase(const float4* x4, const uint4* w, const float* bias, float* y, int n,
-                                           int k, int warp, int warps, int lane) {
+                                           int k, int warp, int warps, int lane, unsigned* next_group) {
   constexpr int kOutputs = gemv_warp_outputs<R, Gated>();
+  const int groups = (n + kOutputs - 1) / kOutputs;
   const int vecs = k / 8;
-  for (int row0 = warp * kOutputs; row0 < n; row0 += warps * kOutputs) {
+  for (int group = warp; group < groups;) {
+    unsigned ticket = 0;
+    if (lane == 0) ticket = atomicAdd(next_group, 1u);
+    const int row0 = group * kOutputs;
     const uint4* rows[R];
     gemv_warp_rows<R, Gated>(w, row0, n, vecs, rows);
     float acc[M][R];
     gemv_warp_dot<M, R, U, true>(rows, vecs, x4, k / 4, lane, acc);
     gemv_warp_store<M, R, Gated, AddOut>(acc, bias, y, row0, n, lane);
+    group = warps + static_cast<int>(__shfl_sync(0xffffffffu, ticket, 0));
   }
 }
 
@@ -125,27 +134,36 @@ __global__ void __launch_bounds__(kTailThreads) layer_tail_kernel(TailParams p) 
   const int warp = static_cast<int>(blockIdx.x) * kTailWarps + static_cast<int>(threadIdx.x) / kGemvLanes;
   const int warps = static_cast<int>(gridDim.x) * kTailWarps;
 
+  unsigned* counter = p.barrier + 2;  // phase i's rows: counter[i]
   prefetch_phase<1, U, false>(p.o, p.hidden, p.attn_width, warp, lane);
   wait_for_prior_kernels();
   stage_rows<M>(p.attn, p.attn_width, staged);
-  gemv_phase<M, 1, U, false, true>(staged, p.o, p.o_bias, p.x, p.hidden, p.attn_width, warp, warps, lane);
+  gemv_phase<M, 1, U, false, true>(staged, p.o, p.o_bias, p.x, p.hidden, p.attn_width, warp, warps, lane, counter);
   prefetch_phase<2, U / 2, true>(p.gate_up, p.inter, p.hidden, warp, lane);
-  grid_barrier(p.barrier);
+  // The last phase's counter (the previous launch's) is reset here, the others at the barrier
+  // after their phase.
+  grid_barrier(p.barrier, counter);
+  if (blockIdx.x == 0 && threadIdx.x == 0) counter[3] = 0;
 
   stage_normed_rows<M, kTailWarps>(p.x, p.post_norm, p.hidden, staged, scratch);
   gemv_phase<M, 2, U / 2, true, false>(staged, p.gate_up, p.gate_up_bias, p.act, p.inter, p.hidden, warp, warps,
-                                       lane);
+                                       lane, counter + 1);
   prefetch_phase<1, U, false>(p.down, p.hidden, p.inter, warp, lane);
-  grid_barrier(p.barrier);
+  grid_barrier(p.barrier, counter + 1);
 
   stage_rows<M>(p.act, p.inter, staged);
-  gemv_phase<M, 1, U, false, true>(staged, p.down, p.down_bias, p.x, p.hidden, p.inter, warp, warps, lane);
-  if (p.next_norm.weight == nullptr) return;
+  gemv_phase<M, 1, U, false, true>(staged, p.down, p.down_bias, p.x, p.hidden, p.inter, warp, warps, lane,
+                                   counter + 2);
+  if (p.next_norm.weight == nullptr) {
+    grid_barrier(p.barrier, counter + 2);
+    return;
+  }
   prefetch_phase<1, U, false>(p.qkv, p.qkv_width, p.hidden, warp, lane);
-  grid_barrier(p.barrier);
+  grid_barrier(p.barrier, counter + 2);
 
   stage_normed_rows<M, kTailWarps>(p.x, p.next_norm, p.hidden, staged, scratch);
-  gemv_phase<M, 1, U, false, false>(staged, p.qkv, p.qkv_bias, p.qkv_out, p.qkv_width, p.hidden, warp, warps, lane);
+  gemv_phase<M, 1, U, false, false>(staged, p.qkv, p.qkv_bias, p.qkv_out, p.qkv_width, p.hidden, warp, warps, lane,
+                                    counter + 3);
 }
 
 using TailKernel = void (*)(TailParams);
