@@ -278,33 +278,6 @@ class Backend {
     add(x, out);
   }
 
-  // What follows a decoder layer's attention where the residual steps are fused: its o, the
-  // post-attention norm, gate | up and down, and the next layer's input norm and qkv (both null
-  // after the last layer); `out`, `normed` and `gate_up` are scratch for the op-by-op path, `act`
-  // receives swiglu(gate | up).
-  struct LayerTail {
-    const Linear* o = nullptr;
-    const Tensor* post_norm = nullptr;
-    const Linear* gate_up = nullptr;
-    const Linear* down = nullptr;
-    const Tensor* next_norm = nullptr;
-    const Linear* next_qkv = nullptr;
-    float eps = 0.0f;
-    Tensor* out = nullptr;
-    Tensor* normed = nullptr;
-    Tensor* gate_up_out = nullptr;
-    Tensor* act = nullptr;
-  };
-  // x += o(attn); x += down(swiglu(gate_up(rms_norm(x, post_norm)))); then qkv =
-  // next_qkv(rms_norm(x, next_norm)) where given: linear_add, rms_norm_linear_swiglu, linear_add
-  // and rms_norm_linear in turn, whose bits a backend that runs them as one op keeps.
-  virtual void layer_tail(const Tensor& attn, const LayerTail& t, Tensor& x, Tensor& qkv) {
-    linear_add(attn, *t.o, *t.out, x);
-    rms_norm_linear_swiglu(x, *t.post_norm, t.eps, *t.gate_up, *t.normed, *t.gate_up_out, *t.act);
-    linear_add(*t.act, *t.down, *t.out, x);
-    if (t.next_qkv) rms_norm_linear(x, *t.next_norm, t.eps, *t.next_qkv, *t.normed, qkv);
-  }
-
   virtual void add_scaled(Tensor& x, const Tensor& y, const Tensor& scale) = 0;  // x += scale[col] * y
   // x[r, :] += table[r % table.rows, :]  (position embeddings over a batch)
   virtual void add_rows_cyclic(Tensor& x, const Tensor& table) = 0;

@@ -36,33 +36,20 @@ Tensor Decoder::embed(const Tensor& ids) const {
 // o, add + norm, gate|up + swiglu, down, add + the next layer's norm: seven ops (a decode step's
 // cost is mostly their boundaries on the GPU; the CUDA backend fuses the swiglu into the gate|up
 // GEMV at one row). Where the backend fuses the residual steps (s.fused), each norm goes into the
-// linear after it and each add into the linear before it: five ops, the same bits; everything
-// after the attention up to the next layer's qkv is then one op (Backend::layer_tail), which the
-// CUDA backend runs as one launch at one or two rows.
+// linear after it and each add into the linear before it: five ops, the same bits.
 void Decoder::run_layer(int index, Tensor& x, const Tensor& positions, const AttentionBatch& batch,
                         KvCache& cache, Scratch& s) const {
   const Layer& layer = layers_[static_cast<size_t>(index)];
   const float eps = config_.rms_eps;
-  if (s.fused && index == 0)
+  if (s.fused)
     backend_.rms_norm_linear(x, layer.input_norm, eps, layer.qkv, s.normed, s.qkv);
-  else if (!s.fused)
+  else
     backend_.linear(s.normed, layer.qkv, s.qkv);
   backend_.rope_paged_attention(s.qkv, positions, config_.rope_theta, cache, index, batch, config_.heads, s.q, s.attn);
   if (s.fused) {
-    const Layer* next = static_cast<size_t>(index) + 1 < layers_.size() ? &layers_[static_cast<size_t>(index) + 1] : nullptr;
-    Backend::LayerTail tail;
-    tail.o = &layer.o;
-    tail.post_norm = &layer.post_attention_norm;
-    tail.gate_up = &layer.gate_up;
-    tail.down = &layer.down;
-    tail.next_norm = next ? &next->input_norm : nullptr;
-    tail.next_qkv = next ? &next->qkv : nullptr;
-    tail.eps = eps;
-    tail.out = &s.out;
-    tail.normed = &s.normed;
-    tail.gate_up_out = &s.gate_up;
-    tail.act = &s.act;
-    backend_.layer_tail(s.attn, tail, x, s.qkv);
+    backend_.linear_add(s.attn, layer.o, s.out, x);
+    backend_.rms_norm_linear_swiglu(x, layer.post_attention_norm, eps, layer.gate_up, s.normed, s.gate_up, s.act);
+    backend_.linear_add(s.act, layer.down, s.out, x);
     return;
   }
   backend_.linear(s.attn, layer.o, s.out);

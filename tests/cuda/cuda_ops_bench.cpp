@@ -445,42 +445,6 @@ void bench_attention(CudaBackend& backend, double ceiling) {
   }
 }
 
-struct LayerScratch {
-  Tensor *out, *normed, *gate_up, *act;
-};
-
-// The fused bf16 layer as two ops: the attention and Backend::layer_tail (o + add, norm + gate |
-// up + swiglu, down + add, the next layer's norm + qkv: one persistent launch at 1..2 rows), as a
-// graph without PDL (the bf16 decoder's launches); each op alone in a graph beside it.
-void bench_layer_with_tail(CudaBackend& backend, const std::string& name, const std::function<void()>& attention,
-                           Tensor& x, const Tensor& norm, float eps, const Linear& o, const Linear& gate_up,
-                           const Linear& down, const Linear& qkv, const Tensor& attn, Tensor& qkv_out,
-                           const LayerScratch& s) {
-  Backend::LayerTail t;
-  t.o = &o;
-  t.post_norm = &norm;
-  t.gate_up = &gate_up;
-  t.down = &down;
-  t.next_norm = &norm;
-  t.next_qkv = &qkv;
-  t.eps = eps;
-  t.out = s.out;
-  t.normed = s.normed;
-  t.gate_up_out = s.gate_up;
-  t.act = s.act;
-  const std::function<void()> tail = [&] { backend.layer_tail(attn, t, x, qkv_out); };
-  set_pdl_enabled(false);
-  const cudaStream_t stream = backend.stream();
-  auto graph = capture_cuda_graph(backend, [&] { attention(), tail(); });
-  const double replay = time_ms(stream, 10, 5, [&](int) { graph->replay(); });
-  table.push_back({cat(name, " one-launch tail graph (x36 = ", replay * 36, " ms/step)"), replay, ""});
-  for (const auto& [label, op] : {std::pair{"rope+attention", &attention}, std::pair{"layer tail", &tail}}) {
-    auto alone = capture_cuda_graph(backend, *op);
-    const double ms = time_ms(stream, 10, 5, [&](int) { alone->replay(); });
-    table.push_back({cat(name, " one-launch tail graph: ", label, " alone"), ms, ""});
-  }
-}
-
 // One Mistral decoder layer at batch `seqs` (1k context), its ops as decoder.cpp issues them: the
 // residual steps inside the linears where the backend fuses them (bf16 at one row), RoPE + K/V
 // write + attention through rope_paged_attention (one kernel for a decode step), the swiglu in the
@@ -523,12 +487,9 @@ void bench_decoder_layer(CudaBackend& backend, double ceiling, int seqs, int bit
                      backend.fuses_add_into(o, seqs) && backend.fuses_add_into(down, seqs);
   backend.rms_norm(x, norm, eps, h);  // a layer starts from the previous one's add + norm
   std::vector<std::pair<std::string, std::function<void()>>> ops;
-  const std::function<void()> attention_op = [&] {
-    backend.rope_paged_attention(qkvt, b.token_pos, theta, *f.cache, 0, b, q_heads, qt, attn);
-  };
   if (fused) {
     ops = {{"norm+qkv", [&] { backend.rms_norm_linear(x, norm, eps, qkv, h, qkvt); }},
-           {"rope+attention", attention_op},
+           {"rope+attention", [&] { backend.rope_paged_attention(qkvt, b.token_pos, theta, *f.cache, 0, b, q_heads, qt, attn); }},
            {"o+add", [&] { backend.linear_add(attn, o, out, x); }},
            {"norm+gate|up+swiglu", [&] { backend.rms_norm_linear_swiglu(x, norm, eps, gate_up, h, gu, act); }},
            {"down+add", [&] { backend.linear_add(act, down, out, x); }}};
@@ -581,8 +542,6 @@ void bench_decoder_layer(CudaBackend& backend, double ceiling, int seqs, int bit
   }
   backend.set_attention_path(CudaAttentionPath::Auto);
   set_pdl_enabled(bits != 0);
-  if (fused) bench_layer_with_tail(backend, name, attention_op, x, norm, eps, o, gate_up, down, qkv, attn, qkvt,
-                                   LayerScratch{&out, &h, &gu, &act});
 }
 
 

@@ -104,9 +104,6 @@ CudaBackend::CudaBackend(int device_ordinal)
   fp8_tensor_cores_ = env_equals("MOXIN_CUDA_FP8_TENSOR_CORES", "1");
   fused_residual_ = !env_equals("MOXIN_CUDA_FUSE_RESIDUAL", "0");
   fused_rope_ = !env_equals("MOXIN_CUDA_FUSE_ROPE", "0");
-  layer_tail_ = !env_equals("MOXIN_CUDA_LAYER_TAIL", "0");
-  layer_tail_barrier_ = device_alloc(context_, kLayerTailSyncWords * sizeof(unsigned));
-  MOXIN_CUDA_CHECK(cudaMemsetAsync(layer_tail_barrier_.get(), 0, kLayerTailSyncWords * sizeof(unsigned), stream()));
   attention_partial_floats_ = kAttentionPartialFloats;
   attention_partial_ = device_alloc(context_, static_cast<size_t>(attention_partial_floats_) * 4);
   attention_counters_ = device_alloc(context_, static_cast<size_t>(kAttentionCounters) * 4);

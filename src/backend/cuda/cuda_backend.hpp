@@ -52,13 +52,6 @@ void set_cuda_linear_path(Backend& backend, CudaLinearPath path);
 // The results are the same bits either way; tests and benchmarks compare the two.
 void set_cuda_fused_residual(Backend& backend, bool on);
 
-// Whether Backend::layer_tail (everything after a layer's attention up to the next layer's qkv)
-// runs as one persistent launch at 1..2 rows of a bf16 decoder (layer_tail.cu); on by default,
-// MOXIN_CUDA_LAYER_TAIL=0 starts it off. The same bits either way; tests and benchmarks compare.
-void set_cuda_layer_tail(Backend& backend, bool on);
-// How many one-launch layer tails this backend has issued (graph replays not counted).
-size_t cuda_layer_tail_launches(Backend& backend);
-
 // Whether a decode step's RoPE + K/V write run inside its attention kernel
 // (Backend::rope_paged_attention); on by default, MOXIN_CUDA_FUSE_ROPE=0 starts it off. The same
 // bits either way; tests and benchmarks compare the two.

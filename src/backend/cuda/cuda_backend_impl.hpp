@@ -163,7 +163,6 @@ class CudaBackend final : public Backend {
   void rms_norm_linear_swiglu(const Tensor& x, const Tensor& norm_w, float eps, const Linear& w, Tensor& normed,
                               Tensor& gate_up, Tensor& y) override;
   void linear_add(const Tensor& a, const Linear& w, Tensor& out, Tensor& x) override;
-  void layer_tail(const Tensor& attn, const LayerTail& t, Tensor& x, Tensor& qkv) override;
   void add_scaled(Tensor& x, const Tensor& y, const Tensor& scale) override;
   void add_rows_cyclic(Tensor& x, const Tensor& table) override;
   void copy_rows(const Tensor& src, Tensor& dst, int64_t dst_row) override;
@@ -206,10 +205,6 @@ class CudaBackend final : public Backend {
   // Whether rope_paged_attention may fuse (fuses_rope_into_attention): on by default,
   // MOXIN_CUDA_FUSE_ROPE=0 turns it off at construction (for A/B runs).
   void set_fused_rope(bool on) { fused_rope_ = on; }
-  // Whether layer_tail may run as one launch: on by default, MOXIN_CUDA_LAYER_TAIL=0 turns it off
-  // at construction (for A/B runs).
-  void set_layer_tail(bool on) { layer_tail_ = on; }
-  size_t layer_tail_launches() const { return layer_tail_launches_; }
   // Number of context splits the split-K kernel uses for this batch (exposed for benchmarks).
   int attention_splits(int tokens, int q_heads, int kv_heads, int head_dim, int max_context) const;
 
@@ -236,9 +231,6 @@ class CudaBackend final : public Backend {
   // not take these operands (the caller then runs the separate ops).
   bool run_fused_linear(const Tensor& x, const Linear& w, const LinearFusion& fusion, bool gated, Tensor& y,
                         const char* op);
-  // layer_tail as one launch (cuda_fused_residual.cpp); false where its kernel does not take these
-  // operands (the caller then runs the fused ops one by one).
-  bool run_layer_tail(const Tensor& attn, const LayerTail& t, Tensor& x, Tensor& qkv);
 
   // The large-M linear: rows of x go through the bf16 scratch in chunks that fit it;
   // fill(first_row, rows, scratch) writes those rows' bf16 activations.
@@ -290,9 +282,6 @@ class CudaBackend final : public Backend {
   bool fp8_tensor_cores_ = false;
   bool fused_residual_ = true;
   bool fused_rope_ = true;
-  bool layer_tail_ = true;
-  std::shared_ptr<void> layer_tail_barrier_;  // the layer-tail kernel's grid barrier and row counters
-  size_t layer_tail_launches_ = 0;
   int64_t quant_largest_elems_ = 0;  // largest quantized linear prepared so far (out * in)
   CudaLinear quant_dense_;           // weight: bf16 scratch of quant_dense_elems_, made on demand
   int64_t quant_dense_elems_ = 0;

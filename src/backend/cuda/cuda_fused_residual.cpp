@@ -1,8 +1,7 @@
 // A decoder layer's residual steps inside its decode linears (Backend::rms_norm_linear,
 // rms_norm_linear_swiglu, linear_add): the RMSNorm before qkv and gate | up, and the residual add
 // after o and down, run in the GEMV that multiplies them (kernels.hpp's LinearFusion). Same bits
-// as the separate ops; the layer loses its two add_rms_norm kernels and their boundaries. And
-// Backend::layer_tail, the four fused linears after the attention in one launch (layer_tail.cu).
+// as the separate ops; the layer loses its two add_rms_norm kernels and their boundaries.
 #include "backend/cuda/cuda_backend_impl.hpp"
 #include "backend/cuda/tensor_checks.hpp"
 
@@ -77,79 +76,9 @@ void CudaBackend::linear_add(const Tensor& a, const Linear& w, Tensor& out, Tens
     Backend::linear_add(a, w, out, x);
 }
 
-bool CudaBackend::run_layer_tail(const Tensor& attn, const LayerTail& t, Tensor& x, Tensor& qkv) {
-  const int64_t m = x.rows();
-  if (!layer_tail_ || current_lane_ != 0 || m < 1 || m > kLayerTailMaxRows) return false;
-  // Only where each linear would run its fused GEMV form anyway (bf16 weights at decode rows).
-  if (!fuses_add_into(*t.o, m) || !fuses_rms_norm_into(*t.gate_up, m) || !fuses_add_into(*t.down, m) ||
-      (t.next_qkv && !fuses_rms_norm_into(*t.next_qkv, m)))
-    return false;
-  for (const Tensor* f32 : {&attn, static_cast<const Tensor*>(&x), static_cast<const Tensor*>(t.act),
-                            static_cast<const Tensor*>(&qkv)})
-    if (f32->dtype != DType::F32) return false;
-  const char* op = "layer_tail";
-  const CudaLinear &o = cuda_linear(*t.o, op), &gate_up = cuda_linear(*t.gate_up, op), &down = cuda_linear(*t.down, op);
-  const int64_t hidden = t.o->out_features, inter = t.down->in_features;
-  require_shape(attn, m, t.o->in_features, op, "attention output");
-  require_shape(x, m, hidden, op, "x");
-  require_shape(*t.act, m, inter, op, "act");
-  MOXIN_CHECK(t.gate_up->in_features == hidden && t.gate_up->out_features == 2 * inter && t.down->out_features == hidden,
-              "[cuda] layer_tail: gate | up [", t.gate_up->out_features, ", ", t.gate_up->in_features, "] and down [",
-              t.down->out_features, ", ", inter, "] do not fit a residual stream of ", hidden);
-  require(*t.post_norm, DType::F32, op, "post-attention norm weight");
-  MOXIN_CHECK(t.post_norm->numel() == hidden, "[cuda] layer_tail: post-attention norm ", t.post_norm->shape_str(),
-              " for a residual stream of ", hidden);
-  LayerTailArgs a;
-  a.rows = static_cast<int>(m);
-  a.hidden = static_cast<int>(hidden);
-  a.attn_width = static_cast<int>(t.o->in_features);
-  a.inter = static_cast<int>(inter);
-  a.eps = t.eps;
-  a.attn = data_of<const float>(attn);
-  a.o = static_cast<const bf16_bits*>(o.weight.get());
-  a.o_bias = static_cast<const float*>(o.bias.get());
-  a.x = data_of<float>(x);
-  a.post_norm = data_of<const float>(*t.post_norm);
-  a.gate_up = static_cast<const bf16_bits*>(gate_up.weight.get());
-  a.gate_up_bias = static_cast<const float*>(gate_up.bias.get());
-  a.act = data_of<float>(*t.act);
-  a.down = static_cast<const bf16_bits*>(down.weight.get());
-  a.down_bias = static_cast<const float*>(down.bias.get());
-  if (t.next_qkv) {
-    const CudaLinear& next_qkv = cuda_linear(*t.next_qkv, op);
-    MOXIN_CHECK(t.next_qkv->in_features == hidden, "[cuda] layer_tail: the next qkv takes ", t.next_qkv->in_features,
-                " inputs, not the residual stream's ", hidden);
-    require(*t.next_norm, DType::F32, op, "next input norm weight");
-    MOXIN_CHECK(t.next_norm->numel() == hidden, "[cuda] layer_tail: next input norm ", t.next_norm->shape_str(),
-                " for a residual stream of ", hidden);
-    require_shape(qkv, m, t.next_qkv->out_features, op, "qkv");
-    a.qkv_width = static_cast<int>(t.next_qkv->out_features);
-    a.next_norm = data_of<const float>(*t.next_norm);
-    a.qkv = static_cast<const bf16_bits*>(next_qkv.weight.get());
-    a.qkv_bias = static_cast<const float*>(next_qkv.bias.get());
-    a.qkv_out = data_of<float>(qkv);
-  }
-  if (!layer_tail_usable(a)) return false;
-  cuda::layer_tail(a, static_cast<unsigned*>(layer_tail_barrier_.get()), stream());
-  ++layer_tail_launches_;
-  return true;
-}
-
-void CudaBackend::layer_tail(const Tensor& attn, const LayerTail& t, Tensor& x, Tensor& qkv) {
-  if (!run_layer_tail(attn, t, x, qkv)) Backend::layer_tail(attn, t, x, qkv);
-}
-
 }  // namespace moxin::cuda
 
 namespace moxin {
-
-void set_cuda_layer_tail(Backend& backend, bool on) {
-  cuda::cuda_backend_of(backend, "set_cuda_layer_tail").set_layer_tail(on);
-}
-
-size_t cuda_layer_tail_launches(Backend& backend) {
-  return cuda::cuda_backend_of(backend, "cuda_layer_tail_launches").layer_tail_launches();
-}
 
 void set_cuda_fused_residual(Backend& backend, bool on) {
   cuda::cuda_backend_of(backend, "set_cuda_fused_residual").set_fused_residual(on);

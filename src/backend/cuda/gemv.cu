@@ -16,18 +16,43 @@
 #include <array>
 #include <utility>
 
+#include "backend/cuda/bf16_dot.cuh"
 #include "backend/cuda/cuda_check.hpp"
-#include "backend/cuda/gemv_warp.cuh"
 #include "backend/cuda/kernels.hpp"
 #include "backend/cuda/launch.cuh"
 #include "backend/cuda/rms_inverse.cuh"
+#include "backend/cuda/streaming_load.cuh"
+#include "backend/cuda/swiglu.cuh"
 #include "backend/cuda/warp_reduce.cuh"
 
 namespace moxin::cuda {
 namespace {
 
 constexpr int kWarpsPerBlock = 8;
-constexpr int kLanes = kGemvLanes;
+constexpr int kLanes = 32;
+
+// Activations from global memory through the read-only path, or from the block's normalized copy
+// in shared memory.
+template <bool Shared>
+__device__ __forceinline__ float4 load_x(const float4* p) {
+  if constexpr (Shared)
+    return *p;
+  else
+    return __ldg(p);
+}
+
+// Applies one 16-byte weight vector per row (index `vec` along K) to all M activation rows.
+template <int M, int R, bool Shared>
+__device__ __forceinline__ void accumulate(const uint4 (&wv)[R], const float4* __restrict__ x4,
+                                           int x4_stride, int vec, float (&acc)[M][R]) {
+#pragma unroll
+  for (int m = 0; m < M; ++m) {
+    const float4 a = load_x<Shared>(x4 + m * x4_stride + 2 * vec);
+    const float4 b = load_x<Shared>(x4 + m * x4_stride + 2 * vec + 1);
+#pragma unroll
+    for (int r = 0; r < R; ++r) acc[m][r] = dot8(wv[r], a, b, acc[m][r]);
+  }
+}
 
 // Requires K % 8 == 0 and 16-byte aligned x and W rows (checked by the launcher).
 // Gated: W is gate | up ([2 n, K], n outputs) and the warp's R slots are R / 2 pairs (gate row j,
@@ -39,15 +64,28 @@ template <int M, int R, int U, bool Gated, bool NormIn, bool AddOut>
 __global__ void __launch_bounds__(kWarpsPerBlock* kLanes)
     gemv_bf16_vec_kernel(const float* __restrict__ x, const uint4* __restrict__ w,
                          const float* __restrict__ bias, float* __restrict__ y, int n, int k, NormParams norm) {
+  static_assert(!Gated || R % 2 == 0, "gated rows come in gate/up pairs");
+  static_assert(!(Gated && AddOut), "the residual add follows a plain linear");
+  constexpr int kOutputs = Gated ? R / 2 : R;  // outputs per warp
   const int lane = threadIdx.x % kLanes;
-  const int row0 = (blockIdx.x * kWarpsPerBlock + threadIdx.x / kLanes) * gemv_warp_outputs<R, Gated>();
+  const int row0 = (blockIdx.x * kWarpsPerBlock + threadIdx.x / kLanes) * kOutputs;
   if (!NormIn && row0 >= n) return;  // with a norm, every warp helps normalize first
   const int vecs = k / 8;
   const uint4* rows[R];
-  gemv_warp_rows<R, Gated>(w, row0, n, vecs, rows);
+#pragma unroll
+  for (int r = 0; r < R; ++r) {
+    const int output = min(row0 + (Gated ? r / 2 : r), n - 1);
+    rows[r] = w + static_cast<size_t>(Gated && r % 2 ? n + output : output) * vecs;
+  }
+  const int x4_stride = k / 4;
   // The weights never depend on earlier kernels: start pulling this warp's first ones into L2
   // while the previous kernel (which produces x) drains.
-  gemv_warp_prefetch<R, U>(rows, vecs, lane);
+#pragma unroll
+  for (int u = 0; u < U; ++u)
+#pragma unroll
+    for (int r = 0; r < R; ++r)
+      if (lane + u * kLanes < vecs)
+        asm volatile("prefetch.global.L2 [%0];" ::"l"(rows[r] + lane + u * kLanes));
   if constexpr (NormIn) prefetch_norm_weight(norm.weight, k);
   wait_for_prior_kernels();
   const float4* x4 = reinterpret_cast<const float4*>(x);
@@ -58,9 +96,54 @@ __global__ void __launch_bounds__(kWarpsPerBlock* kLanes)
     if (row0 >= n) return;
     x4 = normed;
   }
+
   float acc[M][R];
-  gemv_warp_dot<M, R, U, NormIn>(rows, vecs, x4, k / 4, lane, acc);
-  gemv_warp_store<M, R, Gated, AddOut>(acc, bias, y, row0, n, lane);
+#pragma unroll
+  for (int m = 0; m < M; ++m)
+#pragma unroll
+    for (int r = 0; r < R; ++r) acc[m][r] = 0.0f;
+
+  int vec = lane;
+  for (; vec + (U - 1) * kLanes < vecs; vec += U * kLanes) {
+    uint4 wv[U][R];
+#pragma unroll
+    for (int u = 0; u < U; ++u)
+#pragma unroll
+      for (int r = 0; r < R; ++r) wv[u][r] = load_once_16(rows[r] + vec + u * kLanes);
+#pragma unroll
+    for (int u = 0; u < U; ++u) accumulate<M, R, NormIn>(wv[u], x4, x4_stride, vec + u * kLanes, acc);
+  }
+  for (; vec < vecs; vec += kLanes) {
+    uint4 wv[R];
+#pragma unroll
+    for (int r = 0; r < R; ++r) wv[r] = load_once_16(rows[r] + vec);
+    accumulate<M, R, NormIn>(wv, x4, x4_stride, vec, acc);
+  }
+
+#pragma unroll
+  for (int m = 0; m < M; ++m)
+#pragma unroll
+    for (int r = 0; r < R; ++r) acc[m][r] = warp_sum(acc[m][r]);
+  if (lane == 0) {
+#pragma unroll
+    for (int o = 0; o < kOutputs; ++o) {
+      const int row = row0 + o;
+      if (row >= n) break;
+      if constexpr (Gated) {
+        const float bg = bias ? bias[row] : 0.0f, bu = bias ? bias[n + row] : 0.0f;
+#pragma unroll
+        for (int m = 0; m < M; ++m)
+          y[static_cast<size_t>(m) * n + row] = silu_times(acc[m][2 * o] + bg, acc[m][2 * o + 1] + bu);
+      } else {
+        const float b = bias ? bias[row] : 0.0f;
+#pragma unroll
+        for (int m = 0; m < M; ++m) {
+          float& out = y[static_cast<size_t>(m) * n + row];
+          out = AddOut ? out + (acc[m][o] + b) : acc[m][o] + b;
+        }
+      }
+    }
+  }
 }
 
 // Any K and alignment (e.g. odd in_features of a tiny test model): one warp per row, 2-byte

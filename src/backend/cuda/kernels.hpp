@@ -48,38 +48,6 @@ void gemv_bf16_swiglu(const float* x, int m, const bf16_bits* w, const float* bi
 // of shared memory; a norm and an accumulated output not both, and no gated accumulation.
 bool gemv_bf16_fusable(const float* x, const bf16_bits* w, int m, int k, bool gated, const LinearFusion& fusion);
 
-// --- layer_tail.cu: the rest of a bf16 decoder layer after its attention, in one launch ---
-// x += o(attn); act = swiglu(gate_up(rms_norm(x, post_norm))); x += down(act); then, where
-// next_norm is set, qkv_out = qkv(rms_norm(x, next_norm)): the bits of gemv_bf16's fused forms
-// in that order. rows x width arrays, row-major; biases may be null.
-constexpr int kLayerTailMaxRows = 2;
-struct LayerTailArgs {
-  int rows = 0, hidden = 0, attn_width = 0, inter = 0, qkv_width = 0;
-  float eps = 0.0f;
-  const float* attn = nullptr;  // [rows, attn_width]
-  const bf16_bits* o = nullptr;  // [hidden, attn_width]
-  const float* o_bias = nullptr;
-  float* x = nullptr;  // [rows, hidden], the residual stream
-  const float* post_norm = nullptr;
-  const bf16_bits* gate_up = nullptr;  // [2 inter, hidden]
-  const float* gate_up_bias = nullptr;
-  float* act = nullptr;  // [rows, inter]
-  const bf16_bits* down = nullptr;  // [hidden, inter]
-  const float* down_bias = nullptr;
-  const float* next_norm = nullptr;
-  const bf16_bits* qkv = nullptr;  // [qkv_width, hidden]
-  const float* qkv_bias = nullptr;
-  float* qkv_out = nullptr;  // [rows, qkv_width]
-};
-// Whether layer_tail takes these operands on this device: 1..kLayerTailMaxRows rows, widths
-// multiples of 8, 16-byte aligned arrays, the widest input row set in shared memory.
-bool layer_tail_usable(const LayerTailArgs& args);
-// `sync`: kLayerTailSyncWords words of device memory (its grid barrier and row counters), zero
-// before the first launch, used by no other launch at the same time (the kernel leaves them
-// ready for the next).
-constexpr int kLayerTailSyncWords = 6;
-void layer_tail(const LayerTailArgs& args, unsigned* sync, cudaStream_t stream);
-
 // --- gemm_skinny.cu: the same product on the tensor cores for 1 <= M <= kSkinnyMaxRows ---
 // x rounded to bf16 (as the cuBLASLt path does), f32 sums added in a fixed order (the result
 // of a row does not depend on the other rows). Needs K % 8 == 0 and 16-byte aligned x and W.

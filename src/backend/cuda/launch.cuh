@@ -38,50 +38,29 @@ void set_pdl_enabled(bool on);
 // The current device's SM count (one device per process, as the backend is used), for grid sizing.
 int multiprocessors();
 
-// How a kernel is launched beyond its grid: cluster_x > 1 groups the grid's x dimension in
-// thread block clusters of that many blocks (blocks of a cluster run together and can read each
-// other's shared memory); prefetching as for launch_kernel_prefetching below; cooperative: every
-// block of the grid is resident at once (or the launch fails), as a kernel that synchronizes its
-// whole grid needs.
-struct LaunchOptions {
-  unsigned cluster_x = 1;
-  bool prefetching = false;
-  bool cooperative = false;
-};
-
+// cluster_x > 1: the grid's x dimension in thread block clusters of that many blocks (blocks of
+// a cluster run together and can read each other's shared memory). prefetching: as for
+// launch_kernel_prefetching below.
 template <class... Params, class... Args>
-void launch_kernel_options(const char* name, void (*kernel)(Params...), dim3 grid, dim3 block, size_t smem,
-                           cudaStream_t stream, const LaunchOptions& options, Args... args) {
+void launch_kernel_with(const char* name, void (*kernel)(Params...), dim3 grid, dim3 block,
+                        size_t smem, cudaStream_t stream, unsigned cluster_x, bool prefetching,
+                        Args... args) {
   cudaLaunchConfig_t config{};
   config.gridDim = grid;
   config.blockDim = block;
   config.dynamicSmemBytes = smem;
   config.stream = stream;
-  cudaLaunchAttribute attributes[3]{};
-  unsigned count = 0;
-  attributes[count].id = cudaLaunchAttributeProgrammaticStreamSerialization;
-  attributes[count++].val.programmaticStreamSerializationAllowed = pdl_for_launch(options.prefetching) ? 1 : 0;
-  if (options.cluster_x > 1) {
-    attributes[count].id = cudaLaunchAttributeClusterDimension;
-    attributes[count].val.clusterDim.x = options.cluster_x;
-    attributes[count].val.clusterDim.y = 1;
-    attributes[count++].val.clusterDim.z = 1;
-  }
-  if (options.cooperative) {
-    attributes[count].id = cudaLaunchAttributeCooperative;
-    attributes[count++].val.cooperative = 1;
-  }
+  cudaLaunchAttribute attributes[2]{};
+  attributes[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+  attributes[0].val.programmaticStreamSerializationAllowed = pdl_for_launch(prefetching) ? 1 : 0;
+  attributes[1].id = cudaLaunchAttributeClusterDimension;
+  attributes[1].val.clusterDim.x = cluster_x;
+  attributes[1].val.clusterDim.y = 1;
+  attributes[1].val.clusterDim.z = 1;
   config.attrs = attributes;
-  config.numAttrs = count;
-  check_cuda(cudaLaunchKernelEx(&config, kernel, static_cast<Params>(args)...), name, __FILE__, __LINE__);
-}
-
-template <class... Params, class... Args>
-void launch_kernel_with(const char* name, void (*kernel)(Params...), dim3 grid, dim3 block,
-                        size_t smem, cudaStream_t stream, unsigned cluster_x, bool prefetching,
-                        Args... args) {
-  launch_kernel_options(name, kernel, grid, block, smem, stream, LaunchOptions{cluster_x, prefetching, false},
-                        args...);
+  config.numAttrs = cluster_x > 1 ? 2 : 1;
+  check_cuda(cudaLaunchKernelEx(&config, kernel, static_cast<Params>(args)...), name, __FILE__,
+             __LINE__);
 }
 
 template <class... Params, class... Args>
