@@ -433,9 +433,9 @@ void BM_QuantGemvPath(benchmark::State& state) {
 }
 BENCHMARK(BM_QuantGemvPath)
     ->ArgNames({"N", "K", "bits", "path", "threads", "in_cache"})
-    ->ArgsProduct({{14336}, {4096}, {4, 8}, {0, 1, 2, 3, 4, 6}, {1, 2}, {0}})
-    ->ArgsProduct({{4096}, {14336}, {4, 8}, {1, 2, 4, 6}, {2}, {0}})  // the down projection's long rows
-    ->ArgsProduct({{128}, {4096}, {4, 8}, {0, 1, 2, 3, 4, 6}, {1}, {1}})
+    ->ArgsProduct({{14336}, {4096}, {4, 8}, {0, 1, 2, 3, 4, 5, 6, 7}, {1, 2}, {0}})
+    ->ArgsProduct({{4096}, {14336}, {4, 8}, {1, 2, 4, 5, 6, 7}, {2}, {0}})  // the down projection's long rows
+    ->ArgsProduct({{128}, {4096}, {4, 8}, {0, 1, 2, 3, 4, 5, 6, 7}, {1}, {1}})
     ->UseRealTime()
     ->Unit(benchmark::kMillisecond);
 

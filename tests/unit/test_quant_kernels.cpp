@@ -390,7 +390,8 @@ TEST(QuantGemv, NonFiniteActivationsPropagate) {
   }
 }
 
-// A CPU with AVX2 + FMA lists the AVX2 path, an ARM64 one the NEON path, so the tests above run
+// A CPU with AVX2 + FMA lists the AVX2 path, an ARM64 one the NEON path (and the SDOT one where it
+// has the dot-product instructions), so the tests above run
 // it (and it is not silently dropped from the dispatch).
 TEST(QuantGemv, ListsEveryPathThisCpuRuns) {
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
@@ -406,6 +407,8 @@ TEST(QuantGemv, ListsEveryPathThisCpuRuns) {
   const std::vector<QuantGemvPath> paths = quant_gemv_paths();
   EXPECT_EQ(std::find(paths.begin(), paths.end(), QuantGemvPath::neon) != paths.end(),
             (getauxval(AT_HWCAP) & HWCAP_ASIMD) != 0);
+  EXPECT_EQ(std::find(paths.begin(), paths.end(), QuantGemvPath::neon_dotprod) != paths.end(),
+            (getauxval(AT_HWCAP) & HWCAP_ASIMD) != 0 && (getauxval(AT_HWCAP) & HWCAP_ASIMDDP) != 0);
 #else
   GTEST_SKIP() << "no SIMD quantized path on this architecture";
 #endif

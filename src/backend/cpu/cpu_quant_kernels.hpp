@@ -70,6 +70,14 @@ bool quant_avx_vnni_supported();
 bool quant_gemv_avx_vnni(ThreadPool* pool, int64_t M, const float* x, int64_t ldx, const QuantView& w, float* y,
                          int64_t ldy);
 
+// ARM64 integer GEMV for 4-bit codes on SDOT (cpu_quant_neon_dotprod.cpp): the same exact 24-bit
+// activation split, three dot products per 16 code bytes. False, with nothing written, when the
+// build or CPU lacks the dot-product instructions, the codes are not 4-bit, or some activation is
+// not finite.
+bool quant_neon_dotprod_supported();
+bool quant_gemv_neon_dotprod(ThreadPool* pool, int64_t M, const float* x, int64_t ldx, const QuantView& w, float* y,
+                             int64_t ldy);
+
 // AMX-INT8 quantized GEMM for prefill row counts (cpu_quant_amx.cpp): the GEMVs' exact activation
 // split against the codes as bytes, int32 sums per group on the tiles, so the result is the
 // GEMVs' up to f32 rounding. False, with nothing written, when the build or CPU lacks AMX-INT8
@@ -79,17 +87,18 @@ bool quant_matmul_amx(ThreadPool* pool, int64_t M, const float* x, int64_t ldx, 
                       int64_t ldy);
 
 // The ways a decode-sized quantized matmul can run: every one computes the same products.
-enum class QuantGemvPath { generic, avx2, avx2_int, avx512, vnni, neon, avx_vnni };
+enum class QuantGemvPath { generic, avx2, avx2_int, avx512, vnni, neon, avx_vnni, neon_dotprod };
 const char* quant_gemv_path_name(QuantGemvPath path);
 // The paths this build and CPU run, fastest last.
 std::vector<QuantGemvPath> quant_gemv_paths();
 // The path of a kernel table's instruction set: generic for the generic table, avx2-int (avx-vnni
 // where the CPU has AVX-VNNI) for the AVX2 one, the fastest of all for AVX-512 (a CPU with
-// AVX-512 also runs the AVX2 paths, and its AVX2 kernels outrun the AVX-512 f32 one) and NEON.
+// AVX-512 also runs the AVX2 paths, and its AVX2 kernels outrun the AVX-512 f32 one) and NEON
+// (neon-dotprod where the CPU has SDOT).
 QuantGemvPath quant_gemv_path_for(const Kernels& kernels);
 // y[m * ldy + n] = sum_k x[m * ldx + k] W[n, k] for M <= kQuantGemvMaxRows by `path` (one of
 // quant_gemv_paths()); vnni falls back to avx512 for activations it cannot split, avx2_int and
-// avx_vnni to avx2 for those and for 8-bit codes.
+// avx_vnni to avx2 for those and for 8-bit codes, neon_dotprod to neon likewise.
 void quant_gemv(QuantGemvPath path, ThreadPool* pool, int64_t M, const float* x, int64_t ldx, const QuantView& w,
                 float* y, int64_t ldy);
 

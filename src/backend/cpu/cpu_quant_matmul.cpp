@@ -96,6 +96,7 @@ const char* quant_gemv_path_name(QuantGemvPath path) {
     case QuantGemvPath::vnni: return "vnni";
     case QuantGemvPath::neon: return "neon";
     case QuantGemvPath::avx_vnni: return "avx-vnni";
+    case QuantGemvPath::neon_dotprod: return "neon-dotprod";
   }
   return "?";
 }
@@ -112,6 +113,7 @@ std::vector<QuantGemvPath> quant_gemv_paths() {
   if (quant_avx_vnni_supported()) paths.push_back(QuantGemvPath::avx_vnni);
   if (quant_gemv_avx512() && quant_vnni_supported()) paths.push_back(QuantGemvPath::vnni);
   if (quant_gemv_neon()) paths.push_back(QuantGemvPath::neon);
+  if (quant_neon_dotprod_supported()) paths.push_back(QuantGemvPath::neon_dotprod);
   return paths;
 }
 
@@ -128,11 +130,12 @@ void quant_gemv(QuantGemvPath path, ThreadPool* pool, int64_t M, const float* x,
   if (path == QuantGemvPath::vnni && quant_gemv_vnni(pool, M, x, ldx, w, y, ldy)) return;
   if (path == QuantGemvPath::avx2_int && quant_gemv_avx2_int(pool, M, x, ldx, w, y, ldy)) return;
   if (path == QuantGemvPath::avx_vnni && quant_gemv_avx_vnni(pool, M, x, ldx, w, y, ldy)) return;
+  if (path == QuantGemvPath::neon_dotprod && quant_gemv_neon_dotprod(pool, M, x, ldx, w, y, ldy)) return;
   QuantGemvFn gemv = nullptr;
   if (path == QuantGemvPath::avx512 || path == QuantGemvPath::vnni) gemv = quant_gemv_avx512();
   if (path == QuantGemvPath::avx2 || path == QuantGemvPath::avx2_int || path == QuantGemvPath::avx_vnni)
     gemv = quant_gemv_avx2();
-  if (path == QuantGemvPath::neon) gemv = quant_gemv_neon();
+  if (path == QuantGemvPath::neon || path == QuantGemvPath::neon_dotprod) gemv = quant_gemv_neon();
   quant_gemv_f32(gemv ? gemv : quant_gemv_generic, pool, M, x, ldx, w, y, ldy);
 }
 

@@ -1,0 +1,211 @@
+// ARM64 integer GEMV for 4-bit codes on the dot-product instructions (FEAT_DotProd: SDOT, four
+// int8 products summed into each i32 lane; Armv8.4 and later, Apple M1 on, Neoverse N1 / V1 /
+// V2 as in Grace). The NEON f32 kernel (cpu_quant_neon.cpp) widens every code to f32 in four
+// steps before its FMA, so it spends ~30 instructions on 32 codes and one activation row; here a
+// 16-byte load of 32 codes splits into its low and high nibbles (two instructions) and meets the
+// activations in six SDOTs, ~10 instructions per 32 codes and activation row.
+//
+// The activations are split as for the x86 integer kernels (cpu_quant_split.hpp): per group a
+// 24-bit fixed-point value as three signed bytes h, l, t, so the products are exact and the sums
+// as fine as f32 near the group's largest element. Layout per activation row, in chunks of 32
+// inputs (96 bytes): h of the even inputs, h of the odd ones, then l and t likewise, byte b of an
+// "even" vector being input 2b of the chunk: the low nibble of code byte b (MLX packs input 2b in
+// the low nibble, 2b + 1 in the high one), so SDOT lane j sums inputs 8j .. 8j + 7 of the chunk.
+// Per chunk: dot = 65536 D_h + 256 D_l + D_t by Horner's rule in the i32 lanes (each part's lane
+// sums 8 products of at most 15 * 128, so |dot| < 1.1e9), one conversion to f32, then
+// y += dot * scale * 2^(e - 16) per lane, and bias * sum(x) per group as quant_gemv_generic forms it.
+//
+// 8-bit codes (0..255) do not fit SDOT's signed bytes; they keep the NEON f32 kernel.
+#include "backend/cpu/cpu_quant_kernels.hpp"
+#include "backend/cpu/cpu_quant_split.hpp"
+
+#if defined(__aarch64__) && defined(__linux__) && defined(__GNUC__)
+#define MOXIN_HAVE_NEON_DOTPROD 1
+#include <arm_neon.h>
+#include <asm/hwcap.h>
+#include <sys/auxv.h>
+
+#include <algorithm>
+#include <cmath>
+#include <vector>
+#endif
+
+namespace moxin::cpu {
+
+#if defined(MOXIN_HAVE_NEON_DOTPROD)
+#pragma GCC push_options
+#pragma GCC target("arch=armv8.2-a+dotprod")
+namespace {
+
+constexpr int64_t kChunkInputs = 32;
+constexpr int64_t kChunkBytes = 3 * kChunkInputs;  // split activation bytes per chunk
+constexpr int kTileRows = 4;
+// Bytes of a row's codes ahead of the current chunk that a chunk pulls into L1.
+constexpr int64_t kL1Ahead = 256;
+
+// Narrows 16 i32 values in [-128, 127] to bytes (two's complement: the low byte).
+inline int8x16_t narrow16(const int32x4_t v[4]) {
+  const int16x8_t a = vcombine_s16(vmovn_s32(v[0]), vmovn_s32(v[1]));
+  const int16x8_t b = vcombine_s16(vmovn_s32(v[2]), vmovn_s32(v[3]));
+  return vcombine_s8(vmovn_s16(a), vmovn_s16(b));
+}
+
+// The three signed bytes of 16 integers q (|q| <= 127 * 65536): q = 65536 h + 256 l + t.
+inline void store_parts(const int32x4_t q[4], int8_t* h, int8_t* l, int8_t* t) {
+  int32x4_t hv[4], lv[4], tv[4];
+  for (int i = 0; i < 4; ++i) {
+    tv[i] = vshrq_n_s32(vshlq_n_s32(q[i], 24), 24);
+    const int32x4_t rest = vshrq_n_s32(vsubq_s32(q[i], tv[i]), 8);
+    lv[i] = vshrq_n_s32(vshlq_n_s32(rest, 24), 24);
+    hv[i] = vshrq_n_s32(vsubq_s32(rest, lv[i]), 8);
+  }
+  vst1q_s8(h, narrow16(hv));
+  vst1q_s8(l, narrow16(lv));
+  vst1q_s8(t, narrow16(tv));
+}
+
+// One activation row into the layout above; pow2[g] = 2^(e - 16), sums[g] = sum of group g.
+// False when some x is not finite: the split cannot carry it.
+bool split_row(int64_t cols, int64_t group_size, const float* x, int8_t* parts, float* pow2, float* sums) {
+  const float32x4_t infinity = vdupq_n_f32(INFINITY);
+  for (int64_t g = 0; g < cols / group_size; ++g) {
+    const float* xg = x + g * group_size;
+    float32x4_t amax = vdupq_n_f32(0.0f), sum = vdupq_n_f32(0.0f);
+    uint32x4_t bad = vdupq_n_u32(0);
+    for (int64_t k = 0; k < group_size; k += 4) {
+      const float32x4_t v = vld1q_f32(xg + k);
+      const float32x4_t magnitude = vabsq_f32(v);
+      bad = vorrq_u32(bad, vmvnq_u32(vcltq_f32(magnitude, infinity)));  // inf or NaN
+      amax = vmaxq_f32(amax, magnitude);
+      sum = vaddq_f32(sum, v);
+    }
+    if (vmaxvq_u32(bad) != 0) return false;
+    const int e = split_exponent(vmaxvq_f32(amax));
+    pow2[g] = std::ldexp(1.0f, e - 16);
+    sums[g] = vaddvq_f32(sum);
+    // Power-of-two scaling is exact; one rounding to the nearest integer (ties to even).
+    const float32x4_t to_fixed = vdupq_n_f32(std::ldexp(1.0f, 16 - e));
+    for (int64_t k = 0; k < group_size; k += kChunkInputs) {
+      int32x4_t q[8];
+      for (int i = 0; i < 8; ++i) q[i] = vcvtnq_s32_f32(vmulq_f32(vld1q_f32(xg + k + 4 * i), to_fixed));
+      int32x4_t even[4], odd[4];
+      for (int i = 0; i < 4; ++i) {
+        even[i] = vuzp1q_s32(q[2 * i], q[2 * i + 1]);
+        odd[i] = vuzp2q_s32(q[2 * i], q[2 * i + 1]);
+      }
+      int8_t* dst = parts + (g * group_size + k) / kChunkInputs * kChunkBytes;
+      store_parts(even, dst, dst + 32, dst + 64);
+      store_parts(odd, dst + 16, dst + 48, dst + 80);
+    }
+  }
+  return true;
+}
+
+// R weight rows from n against MM activation rows.
+template <int R, int MM>
+void gemv_tile(const QuantView& w, const GemvShape& s, int64_t n, const int8_t* parts, const float* pow2,
+               const float* sums, float* y, int64_t ldy, float* scaled) {
+  const int64_t row_bytes = w.cols / 2, chunks = w.cols / kChunkInputs;
+  const int shift = __builtin_ctzll(static_cast<unsigned long long>(w.group_size / kChunkInputs));  // chunk -> group
+  const uint8_t* codes[R];
+  for (int r = 0; r < R; ++r) codes[r] = reinterpret_cast<const uint8_t*>(w.codes) + (n + r) * row_bytes;
+
+  // scaled[(r * MM + m) * stride + g] = scale(n + r, g) * 2^(e(m, g) - 16); biased[r][m] =
+  // sum_g bias(n + r, g) * sum(m, g).
+  float biased[R][MM];
+  for (int r = 0; r < R; ++r)
+    for (int m = 0; m < MM; ++m) {
+      float* sc = scaled + (r * MM + m) * s.group_stride;
+      float b = 0.0f;
+      for (int64_t g = 0; g < s.groups; ++g) {
+        const int64_t i = (n + r) * s.groups + g;
+        sc[g] = load_scale(w.scales, w.scale_dtype, i) * pow2[m * s.group_stride + g];
+        b = std::fma(load_scale(w.biases, w.scale_dtype, i), sums[m * s.group_stride + g], b);
+      }
+      biased[r][m] = b;
+    }
+
+  float32x4_t acc[R][MM];
+  for (int r = 0; r < R; ++r)
+    for (int m = 0; m < MM; ++m) acc[r][m] = vdupq_n_f32(0.0f);
+  const uint8x16_t low_nibbles = vdupq_n_u8(15);
+  for (int64_t c = 0; c < chunks; ++c) {
+    int8x16_t lo[R], hi[R];
+    for (int r = 0; r < R; ++r) {
+      const uint8_t* p = codes[r] + c * (kChunkInputs / 2);
+      // The same bytes of the next tile of rows (each line fetched once, a tile ahead), and
+      // this row's line a few chunks on into L1.
+      __builtin_prefetch(p + R * row_bytes, 0, 2);
+      __builtin_prefetch(p + kL1Ahead, 0, 3);
+      const uint8x16_t raw = vld1q_u8(p);
+      lo[r] = vreinterpretq_s8_u8(vandq_u8(raw, low_nibbles));
+      hi[r] = vreinterpretq_s8_u8(vshrq_n_u8(raw, 4));
+    }
+    const int64_t g = c >> shift;
+    for (int m = 0; m < MM; ++m) {
+      const int8_t* a = parts + m * s.part_bytes + c * kChunkBytes;
+      int8x16_t part[6];
+      for (int i = 0; i < 6; ++i) part[i] = vld1q_s8(a + 16 * i);
+      for (int r = 0; r < R; ++r) {
+        int32x4_t d = vdotq_s32(vdupq_n_s32(0), lo[r], part[0]);
+        d = vdotq_s32(d, hi[r], part[1]);
+        d = vshlq_n_s32(d, 8);
+        d = vdotq_s32(d, lo[r], part[2]);
+        d = vdotq_s32(d, hi[r], part[3]);
+        d = vshlq_n_s32(d, 8);
+        d = vdotq_s32(d, lo[r], part[4]);
+        d = vdotq_s32(d, hi[r], part[5]);
+        acc[r][m] = vfmaq_n_f32(acc[r][m], vcvtq_f32_s32(d), scaled[(r * MM + m) * s.group_stride + g]);
+      }
+    }
+  }
+  for (int r = 0; r < R; ++r)
+    for (int m = 0; m < MM; ++m) y[m * ldy + n + r] = vaddvq_f32(acc[r][m]) + biased[r][m];
+}
+
+void gemv(const QuantView& w, const GemvShape& s, int64_t n0, int64_t n1, int64_t M, const int8_t* parts,
+          const float* pow2, const float* sums, float* y, int64_t ldy, float* scaled) {
+  for_each_tile<kTileRows>(n0, n1, M, w.cols / 2, [&](auto rows, auto pair, int64_t n, int64_t m) {
+    gemv_tile<decltype(rows)::value, decltype(pair)::value>(w, s, n, parts + m * s.part_bytes,
+                                                             pow2 + m * s.group_stride, sums + m * s.group_stride,
+                                                             y + m * ldy, ldy, scaled);
+  });
+}
+
+}  // namespace
+#pragma GCC pop_options
+#endif  // MOXIN_HAVE_NEON_DOTPROD
+
+bool quant_neon_dotprod_supported() {
+#if defined(MOXIN_HAVE_NEON_DOTPROD)
+  static const bool supported = (getauxval(AT_HWCAP) & HWCAP_ASIMD) && (getauxval(AT_HWCAP) & HWCAP_ASIMDDP);
+  return supported;
+#else
+  return false;
+#endif
+}
+
+bool quant_gemv_neon_dotprod(ThreadPool* pool, int64_t M, const float* x, int64_t ldx, const QuantView& w, float* y,
+                             int64_t ldy) {
+#if defined(MOXIN_HAVE_NEON_DOTPROD)
+  // Groups of 32, 64 or 128 inputs: every chunk lies in one group and every row is whole chunks.
+  if (!quant_neon_dotprod_supported() || w.bits != 4 || w.group_size % kChunkInputs != 0) return false;
+  const GemvShape s(w);  // part_bytes holds the 3 bytes per input this layout needs (and more)
+  SplitActivations split(s, M);
+  return run_split_gemv(
+      pool, M, x, ldx, w, s, split, kTileRows,
+      [&](const float* row, int8_t* parts, float* pow2, float* sums) {
+        return split_row(w.cols, w.group_size, row, parts, pow2, sums);
+      },
+      [&](int64_t t0, int64_t t1) {
+        std::vector<float> scaled(static_cast<size_t>(kTileRows * 2 * s.group_stride));
+        gemv(w, s, t0 * kTileRows, std::min(w.rows, t1 * kTileRows), M, split.parts, split.pow2.data(),
+             split.sums.data(), y, ldy, scaled.data());
+      });
+#else
+  (void)pool, (void)M, (void)x, (void)ldx, (void)w, (void)y, (void)ldy;
+  return false;
+#endif
+}
+
+}  // namespace moxin::cpu
