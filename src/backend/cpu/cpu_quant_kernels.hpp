@@ -70,10 +70,9 @@ bool quant_avx_vnni_supported();
 bool quant_gemv_avx_vnni(ThreadPool* pool, int64_t M, const float* x, int64_t ldx, const QuantView& w, float* y,
                          int64_t ldy);
 
-// ARM64 integer GEMV for 4-bit codes on SDOT (cpu_quant_neon_dotprod.cpp): the same exact 24-bit
-// activation split, three dot products per 16 code bytes. False, with nothing written, when the
-// build or CPU lacks the dot-product instructions, the codes are not 4-bit, or some activation is
-// not finite.
+// ARM64 integer GEMV on SDOT for 4-bit codes, USDOT for 8-bit ones (cpu_quant_neon_dotprod.cpp):
+// the same exact 24-bit activation split. False, with nothing written, when the build or CPU lacks
+// the dot-product instructions (for 8-bit codes, the I8MM ones), or some activation is not finite.
 bool quant_neon_dotprod_supported();
 bool quant_gemv_neon_dotprod(ThreadPool* pool, int64_t M, const float* x, int64_t ldx, const QuantView& w, float* y,
                              int64_t ldy);

@@ -1,6 +1,7 @@
-// ARM64 integer GEMV for 4-bit codes on the dot-product instructions (FEAT_DotProd: SDOT, four
-// int8 products summed into each i32 lane; Armv8.4 and later, Apple M1 on, Neoverse N1 / V1 /
-// V2 as in Grace). The NEON f32 kernel (cpu_quant_neon.cpp) widens every code to f32 in four
+// ARM64 integer quantized GEMV on the dot-product instructions: 4-bit codes on SDOT (FEAT_DotProd:
+// four int8 products summed into each i32 lane; Armv8.4 and later, Apple M1 on, Neoverse N1 / V1 /
+// V2 as in Grace), 8-bit codes on USDOT where the CPU also has FEAT_I8MM (unsigned x signed
+// bytes: Apple M2 on, Neoverse V1 / V2 / N2). The NEON f32 kernel (cpu_quant_neon.cpp) widens every code to f32 in four
 // steps before its FMA, so it spends ~30 instructions on 32 codes and one activation row; here a
 // 16-byte load of 32 codes splits into its low and high nibbles (two instructions) and meets the
 // activations in six SDOTs, ~10 instructions per 32 codes and activation row.
@@ -15,7 +16,10 @@
 // sums 8 products of at most 15 * 128, so |dot| < 1.1e9), one conversion to f32, then
 // y += dot * scale * 2^(e - 16) per lane, and bias * sum(x) per group as quant_gemv_generic forms it.
 //
-// 8-bit codes (0..255) do not fit SDOT's signed bytes; they keep the NEON f32 kernel.
+// 8-bit codes (0..255) do not fit SDOT's signed bytes: USDOT takes them as unsigned, in input order
+// (32 inputs: parts of inputs 0-15, then 16-31); D_h stays apart there (8 products of up to
+// 255 * 128 a lane) and dot = 65536 D_h + (256 D_l + D_t) is formed in f32, as the VNNI kernel
+// does. Without I8MM they keep the NEON f32 kernel.
 #include "backend/cpu/cpu_quant_kernels.hpp"
 #include "backend/cpu/cpu_quant_split.hpp"
 
@@ -33,8 +37,6 @@
 namespace moxin::cpu {
 
 #if defined(MOXIN_HAVE_NEON_DOTPROD)
-#pragma GCC push_options
-#pragma GCC target("arch=armv8.2-a+dotprod")
 namespace {
 
 constexpr int64_t kChunkInputs = 32;
@@ -66,7 +68,7 @@ inline void store_parts(const int32x4_t q[4], int8_t* h, int8_t* l, int8_t* t) {
 
 // One activation row into the layout above; pow2[g] = 2^(e - 16), sums[g] = sum of group g.
 // False when some x is not finite: the split cannot carry it.
-bool split_row(int64_t cols, int64_t group_size, const float* x, int8_t* parts, float* pow2, float* sums) {
+bool split_row(int bits, int64_t cols, int64_t group_size, const float* x, int8_t* parts, float* pow2, float* sums) {
   const float32x4_t infinity = vdupq_n_f32(INFINITY);
   for (int64_t g = 0; g < cols / group_size; ++g) {
     const float* xg = x + g * group_size;
@@ -88,31 +90,26 @@ bool split_row(int64_t cols, int64_t group_size, const float* x, int8_t* parts, 
     for (int64_t k = 0; k < group_size; k += kChunkInputs) {
       int32x4_t q[8];
       for (int i = 0; i < 8; ++i) q[i] = vcvtnq_s32_f32(vmulq_f32(vld1q_f32(xg + k + 4 * i), to_fixed));
-      int32x4_t even[4], odd[4];
+      // 4 bits: the even inputs' vector first, then the odd ones' (see the file comment); 8 bits:
+      // inputs 0-15, then 16-31.
+      int32x4_t first[4], second[4];
       for (int i = 0; i < 4; ++i) {
-        even[i] = vuzp1q_s32(q[2 * i], q[2 * i + 1]);
-        odd[i] = vuzp2q_s32(q[2 * i], q[2 * i + 1]);
+        first[i] = bits == 4 ? vuzp1q_s32(q[2 * i], q[2 * i + 1]) : q[i];
+        second[i] = bits == 4 ? vuzp2q_s32(q[2 * i], q[2 * i + 1]) : q[4 + i];
       }
       int8_t* dst = parts + (g * group_size + k) / kChunkInputs * kChunkBytes;
-      store_parts(even, dst, dst + 32, dst + 64);
-      store_parts(odd, dst + 16, dst + 48, dst + 80);
+      store_parts(first, dst, dst + 32, dst + 64);
+      store_parts(second, dst + 16, dst + 48, dst + 80);
     }
   }
   return true;
 }
 
-// R weight rows from n against MM activation rows.
+// scaled[(r * MM + m) * stride + g] = scale(n + r, g) * 2^(e(m, g) - 16) and biased[r][m] =
+// sum_g bias(n + r, g) * sum(m, g) for a tile's R weight rows from n and MM activation rows.
 template <int R, int MM>
-void gemv_tile(const QuantView& w, const GemvShape& s, int64_t n, const int8_t* parts, const float* pow2,
-               const float* sums, float* y, int64_t ldy, float* scaled) {
-  const int64_t row_bytes = w.cols / 2, chunks = w.cols / kChunkInputs;
-  const int shift = __builtin_ctzll(static_cast<unsigned long long>(w.group_size / kChunkInputs));  // chunk -> group
-  const uint8_t* codes[R];
-  for (int r = 0; r < R; ++r) codes[r] = reinterpret_cast<const uint8_t*>(w.codes) + (n + r) * row_bytes;
-
-  // scaled[(r * MM + m) * stride + g] = scale(n + r, g) * 2^(e(m, g) - 16); biased[r][m] =
-  // sum_g bias(n + r, g) * sum(m, g).
-  float biased[R][MM];
+void scale_tile(const QuantView& w, const GemvShape& s, int64_t n, const float* pow2, const float* sums,
+                float* scaled, float (&biased)[R][MM]) {
   for (int r = 0; r < R; ++r)
     for (int m = 0; m < MM; ++m) {
       float* sc = scaled + (r * MM + m) * s.group_stride;
@@ -124,6 +121,30 @@ void gemv_tile(const QuantView& w, const GemvShape& s, int64_t n, const int8_t* 
       }
       biased[r][m] = b;
     }
+}
+
+// Runs tile(R, MM, n, m) over rows [n0, n1) (cpu_quant_split.hpp's for_each_tile) with the tile's
+// rows, its activation rows' parts, pow2 and sums, and y at the first activation row.
+template <int Bits, class Tile>
+void gemv_rows(const QuantView& w, const GemvShape& s, int64_t n0, int64_t n1, int64_t M, const int8_t* parts,
+               const float* pow2, const float* sums, float* y, int64_t ldy, Tile&& tile) {
+  for_each_tile<kTileRows>(n0, n1, M, w.cols * Bits / 8, [&](auto rows, auto pair, int64_t n, int64_t m) {
+    tile(rows, pair, n, parts + m * s.part_bytes, pow2 + m * s.group_stride, sums + m * s.group_stride, y + m * ldy);
+  });
+}
+
+#pragma GCC push_options
+#pragma GCC target("arch=armv8.2-a+dotprod")
+// R 4-bit weight rows from n against MM activation rows: per 32 inputs, six SDOTs per pair.
+template <int R, int MM>
+void gemv_tile4(const QuantView& w, const GemvShape& s, int64_t n, const int8_t* parts, const float* pow2,
+                const float* sums, float* y, int64_t ldy, float* scaled) {
+  const int64_t row_bytes = w.cols / 2, chunks = w.cols / kChunkInputs;
+  const int shift = __builtin_ctzll(static_cast<unsigned long long>(w.group_size / kChunkInputs));  // chunk -> group
+  const uint8_t* codes[R];
+  for (int r = 0; r < R; ++r) codes[r] = reinterpret_cast<const uint8_t*>(w.codes) + (n + r) * row_bytes;
+  float biased[R][MM];
+  scale_tile<R, MM>(w, s, n, pow2, sums, scaled, biased);
 
   float32x4_t acc[R][MM];
   for (int r = 0; r < R; ++r)
@@ -163,17 +184,76 @@ void gemv_tile(const QuantView& w, const GemvShape& s, int64_t n, const int8_t* 
     for (int m = 0; m < MM; ++m) y[m * ldy + n + r] = vaddvq_f32(acc[r][m]) + biased[r][m];
 }
 
-void gemv(const QuantView& w, const GemvShape& s, int64_t n0, int64_t n1, int64_t M, const int8_t* parts,
-          const float* pow2, const float* sums, float* y, int64_t ldy, float* scaled) {
-  for_each_tile<kTileRows>(n0, n1, M, w.cols / 2, [&](auto rows, auto pair, int64_t n, int64_t m) {
-    gemv_tile<decltype(rows)::value, decltype(pair)::value>(w, s, n, parts + m * s.part_bytes,
-                                                             pow2 + m * s.group_stride, sums + m * s.group_stride,
-                                                             y + m * ldy, ldy, scaled);
-  });
+void gemv4(const QuantView& w, const GemvShape& s, int64_t n0, int64_t n1, int64_t M, const int8_t* parts,
+           const float* pow2, const float* sums, float* y, int64_t ldy, float* scaled) {
+  gemv_rows<4>(w, s, n0, n1, M, parts, pow2, sums, y, ldy,
+               [&](auto rows, auto pair, int64_t n, const int8_t* p, const float* p2, const float* su, float* yy) {
+                 gemv_tile4<decltype(rows)::value, decltype(pair)::value>(w, s, n, p, p2, su, yy, ldy, scaled);
+               });
+}
+#pragma GCC pop_options
+
+#pragma GCC push_options
+#pragma GCC target("arch=armv8.2-a+dotprod+i8mm")
+// R 8-bit weight rows from n against MM activation rows: per 32 inputs, six USDOTs per pair.
+// Each lane sums 8 products of at most 255 * 128 per part, so D_h stays apart (as in the VNNI
+// kernel) and 256 D_l + D_t fits int32.
+template <int R, int MM>
+void gemv_tile8(const QuantView& w, const GemvShape& s, int64_t n, const int8_t* parts, const float* pow2,
+                const float* sums, float* y, int64_t ldy, float* scaled) {
+  const int64_t row_bytes = w.cols, chunks = w.cols / kChunkInputs;
+  const int shift = __builtin_ctzll(static_cast<unsigned long long>(w.group_size / kChunkInputs));
+  const uint8_t* codes[R];
+  for (int r = 0; r < R; ++r) codes[r] = reinterpret_cast<const uint8_t*>(w.codes) + (n + r) * row_bytes;
+  float biased[R][MM];
+  scale_tile<R, MM>(w, s, n, pow2, sums, scaled, biased);
+
+  float32x4_t acc[R][MM];
+  for (int r = 0; r < R; ++r)
+    for (int m = 0; m < MM; ++m) acc[r][m] = vdupq_n_f32(0.0f);
+  const float32x4_t two_16 = vdupq_n_f32(65536.0f);
+  for (int64_t c = 0; c < chunks; ++c) {
+    uint8x16_t first[R], second[R];
+    for (int r = 0; r < R; ++r) {
+      const uint8_t* p = codes[r] + c * kChunkInputs;
+      __builtin_prefetch(p + R * row_bytes, 0, 2);
+      __builtin_prefetch(p + kL1Ahead, 0, 3);
+      first[r] = vld1q_u8(p);
+      second[r] = vld1q_u8(p + 16);
+    }
+    const int64_t g = c >> shift;
+    for (int m = 0; m < MM; ++m) {
+      const int8_t* a = parts + m * s.part_bytes + c * kChunkBytes;
+      int8x16_t part[6];
+      for (int i = 0; i < 6; ++i) part[i] = vld1q_s8(a + 16 * i);
+      for (int r = 0; r < R; ++r) {
+        const int32x4_t high = vusdotq_s32(vusdotq_s32(vdupq_n_s32(0), first[r], part[0]), second[r], part[1]);
+        int32x4_t low = vusdotq_s32(vusdotq_s32(vdupq_n_s32(0), first[r], part[2]), second[r], part[3]);
+        low = vusdotq_s32(vusdotq_s32(vshlq_n_s32(low, 8), first[r], part[4]), second[r], part[5]);
+        const float32x4_t dot = vfmaq_f32(vcvtq_f32_s32(low), vcvtq_f32_s32(high), two_16);
+        acc[r][m] = vfmaq_n_f32(acc[r][m], dot, scaled[(r * MM + m) * s.group_stride + g]);
+      }
+    }
+  }
+  for (int r = 0; r < R; ++r)
+    for (int m = 0; m < MM; ++m) y[m * ldy + n + r] = vaddvq_f32(acc[r][m]) + biased[r][m];
+}
+
+void gemv8(const QuantView& w, const GemvShape& s, int64_t n0, int64_t n1, int64_t M, const int8_t* parts,
+           const float* pow2, const float* sums, float* y, int64_t ldy, float* scaled) {
+  gemv_rows<8>(w, s, n0, n1, M, parts, pow2, sums, y, ldy,
+               [&](auto rows, auto pair, int64_t n, const int8_t* p, const float* p2, const float* su, float* yy) {
+                 gemv_tile8<decltype(rows)::value, decltype(pair)::value>(w, s, n, p, p2, su, yy, ldy, scaled);
+               });
+}
+#pragma GCC pop_options
+
+bool cpu_has_i8mm() {
+  static const bool supported = (getauxval(AT_HWCAP2) & HWCAP2_I8MM) != 0;
+  return supported;
 }
 
 }  // namespace
-#pragma GCC pop_options
 #endif  // MOXIN_HAVE_NEON_DOTPROD
 
 bool quant_neon_dotprod_supported() {
@@ -189,18 +269,19 @@ bool quant_gemv_neon_dotprod(ThreadPool* pool, int64_t M, const float* x, int64_
                              int64_t ldy) {
 #if defined(MOXIN_HAVE_NEON_DOTPROD)
   // Groups of 32, 64 or 128 inputs: every chunk lies in one group and every row is whole chunks.
-  if (!quant_neon_dotprod_supported() || w.bits != 4 || w.group_size % kChunkInputs != 0) return false;
+  if (!quant_neon_dotprod_supported() || w.group_size % kChunkInputs != 0) return false;
+  if (w.bits != 4 && (w.bits != 8 || !cpu_has_i8mm())) return false;
   const GemvShape s(w);  // part_bytes holds the 3 bytes per input this layout needs (and more)
   SplitActivations split(s, M);
   return run_split_gemv(
       pool, M, x, ldx, w, s, split, kTileRows,
       [&](const float* row, int8_t* parts, float* pow2, float* sums) {
-        return split_row(w.cols, w.group_size, row, parts, pow2, sums);
+        return split_row(w.bits, w.cols, w.group_size, row, parts, pow2, sums);
       },
       [&](int64_t t0, int64_t t1) {
         std::vector<float> scaled(static_cast<size_t>(kTileRows * 2 * s.group_stride));
-        gemv(w, s, t0 * kTileRows, std::min(w.rows, t1 * kTileRows), M, split.parts, split.pow2.data(),
-             split.sums.data(), y, ldy, scaled.data());
+        (w.bits == 4 ? gemv4 : gemv8)(w, s, t0 * kTileRows, std::min(w.rows, t1 * kTileRows), M, split.parts,
+                                      split.pow2.data(), split.sums.data(), y, ldy, scaled.data());
       });
 #else
   (void)pool, (void)M, (void)x, (void)ldx, (void)w, (void)y, (void)ldy;
