@@ -4,6 +4,9 @@
 # (made here first by tools/device_deps.sh):
 #   tools/device_run.sh [build] [test] [memcheck] [racecheck] [bench]   (default: build test bench)
 # Env: MOXIN_DEVICE_TARGETS  extra CMake targets to build (e.g. "moxin");
+#      MOXIN_BUILD_DIR       build folder (default build-device);
+#      MOXIN_CUDA_FLAGS      extra nvcc flags for that build (a compile-time switch, as
+#                            bench/run_gpu_build_ab.sh sets);
 #      MOXIN_TEST_FILTER     gtest filter for `test` (default: all);
 #      MOXIN_MEMCHECK_FILTER / MOXIN_RACECHECK_FILTER  gtest filters for the compute-sanitizer steps (slow);
 #      OUT                   folder for logs (the device tool sets it).
@@ -12,7 +15,7 @@ set -uo pipefail
 cd "$(dirname "$0")/.."
 out=${OUT:-/tmp/moxin-device-out}
 mkdir -p "$out"
-build=build-device
+build=${MOXIN_BUILD_DIR:-build-device}
 steps=${*:-build test bench}
 status=0
 # The GPU machine's g++ (/opt/gcc) is newer than the g++ 12 the warning set is tuned for; its
@@ -30,13 +33,14 @@ for step in $steps; do
       export PKG_CONFIG_PATH=$PWD/.deps/lib/pkgconfig${PKG_CONFIG_PATH:+:$PKG_CONFIG_PATH}
       cmake -S . -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=Release -DMOXIN_CUDA=ON -DMOXIN_TESTS=ON \
         -DCMAKE_CUDA_ARCHITECTURES=90a -DMOXIN_EXTRA_PREFIX="$PWD/.deps" \
-        -DCMAKE_CXX_FLAGS="$newer_gcc_flags" >"$out/build.log" 2>&1 &&
+        -DCMAKE_CXX_FLAGS="$newer_gcc_flags" ${MOXIN_CUDA_FLAGS:+"-DCMAKE_CUDA_FLAGS=$MOXIN_CUDA_FLAGS"} \
+        >"$out/$build.log" 2>&1 &&
         cmake --build "$build" -j16 --target moxin_cuda_tests moxin_cuda_bench ${MOXIN_DEVICE_TARGETS:-} \
-          >>"$out/build.log" 2>&1
+          >>"$out/$build.log" 2>&1
       if [ $? -ne 0 ]; then
-        echo "== build FAILED (tail of build.log):"
-        grep -E "error|Error" -A3 "$out/build.log" | head -60
-        tail -20 "$out/build.log"
+        echo "== build FAILED (tail of $build.log):"
+        grep -E "error|Error" -A3 "$out/$build.log" | head -60
+        tail -20 "$out/$build.log"
         exit 1
       fi
       ;;

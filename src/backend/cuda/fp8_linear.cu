@@ -113,6 +113,7 @@ __global__ void __launch_bounds__(kGemvWarps * 32)
     for (int r = 0; r < R; ++r) raw[r] = load_once_16(codes[r] + c);
     accumulate_chunk<M, R>(raw, x, k, c, acc);
   }
+  allow_dependents();
   if constexpr (S == 1) {
     store_rows<M, R>(acc, w, row0, rows, y);
   } else {

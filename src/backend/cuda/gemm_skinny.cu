@@ -100,6 +100,7 @@ __global__ void __launch_bounds__(kWarps* kLanes)
       }
     }
   }
+  allow_dependents();
 
   // Warps' partial sums, added in warp order; C fragment: rows g, g + 8 x tokens 2t, 2t + 1.
 #pragma unroll

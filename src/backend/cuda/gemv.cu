@@ -119,6 +119,7 @@ __global__ void __launch_bounds__(kWarpsPerBlock* kLanes)
     for (int r = 0; r < R; ++r) wv[r] = load_once_16(rows[r] + vec);
     accumulate<M, R, NormIn>(wv, x4, x4_stride, vec, acc);
   }
+  allow_dependents();
 
 #pragma unroll
   for (int m = 0; m < M; ++m)

@@ -77,11 +77,27 @@ void launch_kernel_prefetching(const char* name, void (*kernel)(Params...), dim3
 }
 
 #ifdef __CUDACC__
+// When the next kernel on the stream may launch under PDL: once every block of this one has
+// asked (or exited). Asked at a kernel's start, the dependent's blocks take SM slots and start
+// their weight prefetches for the whole of this kernel; MOXIN_PDL_LATE_TRIGGER (a build
+// experiment, session 26) has the streaming kernels ask only once their last loads are done
+// (allow_dependents()), so that the dependent arrives in this kernel's drain.
+__device__ __forceinline__ void launch_dependents() { asm volatile("griddepcontrol.launch_dependents;" ::: "memory"); }
+
 // Lets the next kernel on the stream launch (its blocks wait in their own call of this), then
 // waits until every earlier kernel has finished and its writes are visible. A no-op without PDL.
 __device__ __forceinline__ void wait_for_prior_kernels() {
-  asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
+#ifndef MOXIN_PDL_LATE_TRIGGER
+  launch_dependents();
+#endif
   asm volatile("griddepcontrol.wait;" ::: "memory");
+}
+
+// Called by a streaming kernel once it has loaded everything it streams (see launch_dependents).
+__device__ __forceinline__ void allow_dependents() {
+#ifdef MOXIN_PDL_LATE_TRIGGER
+  launch_dependents();
+#endif
 }
 #endif
 

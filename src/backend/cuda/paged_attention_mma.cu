@@ -494,6 +494,7 @@ __global__ void __launch_bounds__(kSplitWarps * 32, 2)
     __syncwarp();  // the stage is read before a later issue() refills it
   }
   wait_staged<0>();  // no copy may land in the staging once the merge reuses it
+  allow_dependents();
 
   l += __shfl_xor_sync(0xffffffffu, l, 1);
   l += __shfl_xor_sync(0xffffffffu, l, 2);

@@ -242,6 +242,7 @@ __global__ void __launch_bounds__(kWarpsPerBlock* kLanes, MinBlocks)
     }
     cur = next;
   }
+  allow_dependents();
 
   write_outputs<M, R, S, kWarpsPerBlock, Gated>(acc_q, acc_b, partial, lane, warp, row0, outputs, y);
 }
@@ -441,6 +442,7 @@ __global__ void __launch_bounds__(kStagedThreads)
     compute(t + S, odd);
     if (t + 3 * S < tiles) load(t + 3 * S, odd);
   }
+  allow_dependents();
   write_outputs<M, R, S, kStagedWarps, Gated>(acc_q, acc_b, partial, lane, warp, row0, outputs, y);
 }
 
