@@ -123,23 +123,16 @@ void scale_tile(const QuantView& w, const GemvShape& s, int64_t n, const float* 
     }
 }
 
-// Runs tile(R, MM, n, m) over rows [n0, n1) (cpu_quant_split.hpp's for_each_tile) with the tile's
-// rows, its activation rows' parts, pow2 and sums, and y at the first activation row.
-template <int Bits, class Tile>
-void gemv_rows(const QuantView& w, const GemvShape& s, int64_t n0, int64_t n1, int64_t M, const int8_t* parts,
-               const float* pow2, const float* sums, float* y, int64_t ldy, Tile&& tile) {
-  for_each_tile<kTileRows>(n0, n1, M, w.cols * Bits / 8, [&](auto rows, auto pair, int64_t n, int64_t m) {
-    tile(rows, pair, n, parts + m * s.part_bytes, pow2 + m * s.group_stride, sums + m * s.group_stride, y + m * ldy);
-  });
-}
-
-#pragma GCC push_options
-#pragma GCC target("arch=armv8.2-a+dotprod")
-// R 4-bit weight rows from n against MM activation rows: per 32 inputs, six SDOTs per pair.
-template <int R, int MM>
-void gemv_tile4(const QuantView& w, const GemvShape& s, int64_t n, const int8_t* parts, const float* pow2,
-                const float* sums, float* y, int64_t ldy, float* scaled) {
-  const int64_t row_bytes = w.cols / 2, chunks = w.cols / kChunkInputs;
+// R weight rows from n against MM activation rows, per chunk of 32 inputs: load(p) takes a row's
+// code bytes of the chunk, dot(codes, part) their per-lane dot products with the six part vectors
+// of an activation row as f32 (2^(e - 16) units). Inlined into each ISA's tile function, so the
+// two run with their own target's instructions.
+template <int Bits, int R, int MM, class Load, class Dot>
+__attribute__((always_inline)) inline void run_tile(const QuantView& w, const GemvShape& s, int64_t n,
+                                                    const int8_t* parts, const float* pow2, const float* sums,
+                                                    float* y, int64_t ldy, float* scaled, Load&& load, Dot&& dot) {
+  constexpr int64_t kCodeBytes = kChunkInputs * Bits / 8;
+  const int64_t row_bytes = w.cols * Bits / 8, chunks = w.cols / kChunkInputs;
   const int shift = __builtin_ctzll(static_cast<unsigned long long>(w.group_size / kChunkInputs));  // chunk -> group
   const uint8_t* codes[R];
   for (int r = 0; r < R; ++r) codes[r] = reinterpret_cast<const uint8_t*>(w.codes) + (n + r) * row_bytes;
@@ -149,104 +142,93 @@ void gemv_tile4(const QuantView& w, const GemvShape& s, int64_t n, const int8_t*
   float32x4_t acc[R][MM];
   for (int r = 0; r < R; ++r)
     for (int m = 0; m < MM; ++m) acc[r][m] = vdupq_n_f32(0.0f);
-  const uint8x16_t low_nibbles = vdupq_n_u8(15);
   for (int64_t c = 0; c < chunks; ++c) {
-    int8x16_t lo[R], hi[R];
+    decltype(load(codes[0])) code[R];
     for (int r = 0; r < R; ++r) {
-      const uint8_t* p = codes[r] + c * (kChunkInputs / 2);
+      const uint8_t* p = codes[r] + c * kCodeBytes;
       // The same bytes of the next tile of rows (each line fetched once, a tile ahead), and
       // this row's line a few chunks on into L1.
       __builtin_prefetch(p + R * row_bytes, 0, 2);
       __builtin_prefetch(p + kL1Ahead, 0, 3);
-      const uint8x16_t raw = vld1q_u8(p);
-      lo[r] = vreinterpretq_s8_u8(vandq_u8(raw, low_nibbles));
-      hi[r] = vreinterpretq_s8_u8(vshrq_n_u8(raw, 4));
+      code[r] = load(p);
     }
     const int64_t g = c >> shift;
     for (int m = 0; m < MM; ++m) {
       const int8_t* a = parts + m * s.part_bytes + c * kChunkBytes;
       int8x16_t part[6];
       for (int i = 0; i < 6; ++i) part[i] = vld1q_s8(a + 16 * i);
-      for (int r = 0; r < R; ++r) {
-        int32x4_t d = vdotq_s32(vdupq_n_s32(0), lo[r], part[0]);
-        d = vdotq_s32(d, hi[r], part[1]);
-        d = vshlq_n_s32(d, 8);
-        d = vdotq_s32(d, lo[r], part[2]);
-        d = vdotq_s32(d, hi[r], part[3]);
-        d = vshlq_n_s32(d, 8);
-        d = vdotq_s32(d, lo[r], part[4]);
-        d = vdotq_s32(d, hi[r], part[5]);
-        acc[r][m] = vfmaq_n_f32(acc[r][m], vcvtq_f32_s32(d), scaled[(r * MM + m) * s.group_stride + g]);
-      }
+      for (int r = 0; r < R; ++r)
+        acc[r][m] = vfmaq_n_f32(acc[r][m], dot(code[r], part), scaled[(r * MM + m) * s.group_stride + g]);
     }
   }
   for (int r = 0; r < R; ++r)
     for (int m = 0; m < MM; ++m) y[m * ldy + n + r] = vaddvq_f32(acc[r][m]) + biased[r][m];
 }
 
-void gemv4(const QuantView& w, const GemvShape& s, int64_t n0, int64_t n1, int64_t M, const int8_t* parts,
-           const float* pow2, const float* sums, float* y, int64_t ldy, float* scaled) {
-  gemv_rows<4>(w, s, n0, n1, M, parts, pow2, sums, y, ldy,
-               [&](auto rows, auto pair, int64_t n, const int8_t* p, const float* p2, const float* su, float* yy) {
-                 gemv_tile4<decltype(rows)::value, decltype(pair)::value>(w, s, n, p, p2, su, yy, ldy, scaled);
-               });
+// Two code vectors of a chunk: 4 bits: its low and its high nibbles; 8 bits: inputs 0-15, 16-31.
+struct ChunkCodes {
+  uint8x16_t a, b;
+};
+
+#pragma GCC push_options
+#pragma GCC target("arch=armv8.2-a+dotprod")
+// 4-bit rows: per 32 inputs, six SDOTs per (row, activation row), Horner's rule in the lanes.
+template <int R, int MM>
+void gemv_tile4(const QuantView& w, const GemvShape& s, int64_t n, const int8_t* parts, const float* pow2,
+                const float* sums, float* y, int64_t ldy, float* scaled) {
+  const uint8x16_t low_nibbles = vdupq_n_u8(15);
+  run_tile<4, R, MM>(
+      w, s, n, parts, pow2, sums, y, ldy, scaled,
+      [&](const uint8_t* p) {
+        const uint8x16_t raw = vld1q_u8(p);
+        return ChunkCodes{vandq_u8(raw, low_nibbles), vshrq_n_u8(raw, 4)};
+      },
+      [](const ChunkCodes& c, const int8x16_t* part) {
+        const int8x16_t lo = vreinterpretq_s8_u8(c.a), hi = vreinterpretq_s8_u8(c.b);
+        int32x4_t d = vdotq_s32(vdotq_s32(vdupq_n_s32(0), lo, part[0]), hi, part[1]);
+        d = vdotq_s32(vdotq_s32(vshlq_n_s32(d, 8), lo, part[2]), hi, part[3]);
+        d = vdotq_s32(vdotq_s32(vshlq_n_s32(d, 8), lo, part[4]), hi, part[5]);
+        return vcvtq_f32_s32(d);
+      });
 }
+
 #pragma GCC pop_options
 
 #pragma GCC push_options
 #pragma GCC target("arch=armv8.2-a+dotprod+i8mm")
-// R 8-bit weight rows from n against MM activation rows: per 32 inputs, six USDOTs per pair.
-// Each lane sums 8 products of at most 255 * 128 per part, so D_h stays apart (as in the VNNI
-// kernel) and 256 D_l + D_t fits int32.
+// 8-bit rows: per 32 inputs, six USDOTs per (row, activation row). Each lane sums 8 products of
+// at most 255 * 128 per part, so D_h stays apart (as in the VNNI kernel) and 256 D_l + D_t fits
+// int32.
 template <int R, int MM>
 void gemv_tile8(const QuantView& w, const GemvShape& s, int64_t n, const int8_t* parts, const float* pow2,
                 const float* sums, float* y, int64_t ldy, float* scaled) {
-  const int64_t row_bytes = w.cols, chunks = w.cols / kChunkInputs;
-  const int shift = __builtin_ctzll(static_cast<unsigned long long>(w.group_size / kChunkInputs));
-  const uint8_t* codes[R];
-  for (int r = 0; r < R; ++r) codes[r] = reinterpret_cast<const uint8_t*>(w.codes) + (n + r) * row_bytes;
-  float biased[R][MM];
-  scale_tile<R, MM>(w, s, n, pow2, sums, scaled, biased);
-
-  float32x4_t acc[R][MM];
-  for (int r = 0; r < R; ++r)
-    for (int m = 0; m < MM; ++m) acc[r][m] = vdupq_n_f32(0.0f);
   const float32x4_t two_16 = vdupq_n_f32(65536.0f);
-  for (int64_t c = 0; c < chunks; ++c) {
-    uint8x16_t first[R], second[R];
-    for (int r = 0; r < R; ++r) {
-      const uint8_t* p = codes[r] + c * kChunkInputs;
-      __builtin_prefetch(p + R * row_bytes, 0, 2);
-      __builtin_prefetch(p + kL1Ahead, 0, 3);
-      first[r] = vld1q_u8(p);
-      second[r] = vld1q_u8(p + 16);
-    }
-    const int64_t g = c >> shift;
-    for (int m = 0; m < MM; ++m) {
-      const int8_t* a = parts + m * s.part_bytes + c * kChunkBytes;
-      int8x16_t part[6];
-      for (int i = 0; i < 6; ++i) part[i] = vld1q_s8(a + 16 * i);
-      for (int r = 0; r < R; ++r) {
-        const int32x4_t high = vusdotq_s32(vusdotq_s32(vdupq_n_s32(0), first[r], part[0]), second[r], part[1]);
-        int32x4_t low = vusdotq_s32(vusdotq_s32(vdupq_n_s32(0), first[r], part[2]), second[r], part[3]);
-        low = vusdotq_s32(vusdotq_s32(vshlq_n_s32(low, 8), first[r], part[4]), second[r], part[5]);
-        const float32x4_t dot = vfmaq_f32(vcvtq_f32_s32(low), vcvtq_f32_s32(high), two_16);
-        acc[r][m] = vfmaq_n_f32(acc[r][m], dot, scaled[(r * MM + m) * s.group_stride + g]);
-      }
-    }
-  }
-  for (int r = 0; r < R; ++r)
-    for (int m = 0; m < MM; ++m) y[m * ldy + n + r] = vaddvq_f32(acc[r][m]) + biased[r][m];
+  run_tile<8, R, MM>(
+      w, s, n, parts, pow2, sums, y, ldy, scaled, [](const uint8_t* p) { return ChunkCodes{vld1q_u8(p), vld1q_u8(p + 16)}; },
+      [&](const ChunkCodes& c, const int8x16_t* part) {
+        const int32x4_t high = vusdotq_s32(vusdotq_s32(vdupq_n_s32(0), c.a, part[0]), c.b, part[1]);
+        int32x4_t low = vusdotq_s32(vusdotq_s32(vdupq_n_s32(0), c.a, part[2]), c.b, part[3]);
+        low = vusdotq_s32(vusdotq_s32(vshlq_n_s32(low, 8), c.a, part[4]), c.b, part[5]);
+        return vfmaq_f32(vcvtq_f32_s32(low), vcvtq_f32_s32(high), two_16);
+      });
 }
 
-void gemv8(const QuantView& w, const GemvShape& s, int64_t n0, int64_t n1, int64_t M, const int8_t* parts,
-           const float* pow2, const float* sums, float* y, int64_t ldy, float* scaled) {
-  gemv_rows<8>(w, s, n0, n1, M, parts, pow2, sums, y, ldy,
-               [&](auto rows, auto pair, int64_t n, const int8_t* p, const float* p2, const float* su, float* yy) {
-                 gemv_tile8<decltype(rows)::value, decltype(pair)::value>(w, s, n, p, p2, su, yy, ldy, scaled);
-               });
-}
 #pragma GCC pop_options
+
+// Rows [n0, n1) in tiles (cpu_quant_split.hpp's for_each_tile), on the tile function of the codes' width.
+template <int Bits>
+void gemv(const QuantView& w, const GemvShape& s, int64_t n0, int64_t n1, int64_t M, const int8_t* parts,
+          const float* pow2, const float* sums, float* y, int64_t ldy, float* scaled) {
+  for_each_tile<kTileRows>(n0, n1, M, w.cols * Bits / 8, [&](auto rows, auto pair, int64_t n, int64_t m) {
+    constexpr int R = decltype(rows)::value, MM = decltype(pair)::value;
+    const int8_t* p = parts + m * s.part_bytes;
+    const float *p2 = pow2 + m * s.group_stride, *su = sums + m * s.group_stride;
+    if constexpr (Bits == 4)
+      gemv_tile4<R, MM>(w, s, n, p, p2, su, y + m * ldy, ldy, scaled);
+    else
+      gemv_tile8<R, MM>(w, s, n, p, p2, su, y + m * ldy, ldy, scaled);
+  });
+}
 
 bool cpu_has_i8mm() {
   static const bool supported = (getauxval(AT_HWCAP2) & HWCAP2_I8MM) != 0;
@@ -280,7 +262,7 @@ bool quant_gemv_neon_dotprod(ThreadPool* pool, int64_t M, const float* x, int64_
       },
       [&](int64_t t0, int64_t t1) {
         std::vector<float> scaled(static_cast<size_t>(kTileRows * 2 * s.group_stride));
-        (w.bits == 4 ? gemv4 : gemv8)(w, s, t0 * kTileRows, std::min(w.rows, t1 * kTileRows), M, split.parts,
+        (w.bits == 4 ? gemv<4> : gemv<8>)(w, s, t0 * kTileRows, std::min(w.rows, t1 * kTileRows), M, split.parts,
                                       split.pow2.data(), split.sums.data(), y, ldy, scaled.data());
       });
 #else
