@@ -105,22 +105,44 @@ bool split_row(int bits, int64_t cols, int64_t group_size, const float* x, int8_
   return true;
 }
 
+// Scales or biases i .. i + 3 of a row as f32.
+inline float32x4_t load4_scales(const void* data, DType dtype, int64_t i) {
+  switch (dtype) {
+    case DType::BF16: return vreinterpretq_f32_u32(vshll_n_u16(vld1_u16(static_cast<const uint16_t*>(data) + i), 16));
+    case DType::F16: return vcvt_f32_f16(vreinterpret_f16_u16(vld1_u16(static_cast<const uint16_t*>(data) + i)));
+    default: return vld1q_f32(static_cast<const float*>(data) + i);
+  }
+}
+
 // scaled[(r * MM + m) * stride + g] = scale(n + r, g) * 2^(e(m, g) - 16) and biased[r][m] =
-// sum_g bias(n + r, g) * sum(m, g) for a tile's R weight rows from n and MM activation rows.
+// sum_g bias(n + r, g) * sum(m, g) for a tile's R weight rows from n and MM activation rows. Once
+// per tile, but per group it costs about what a group's dot products do: four groups a load, each
+// scale and bias loaded once for all MM activation rows.
 template <int R, int MM>
 void scale_tile(const QuantView& w, const GemvShape& s, int64_t n, const float* pow2, const float* sums,
                 float* scaled, float (&biased)[R][MM]) {
-  for (int r = 0; r < R; ++r)
-    for (int m = 0; m < MM; ++m) {
-      float* sc = scaled + (r * MM + m) * s.group_stride;
-      float b = 0.0f;
-      for (int64_t g = 0; g < s.groups; ++g) {
-        const int64_t i = (n + r) * s.groups + g;
-        sc[g] = load_scale(w.scales, w.scale_dtype, i) * pow2[m * s.group_stride + g];
-        b = std::fma(load_scale(w.biases, w.scale_dtype, i), sums[m * s.group_stride + g], b);
+  const int64_t whole = s.groups / 4 * 4;
+  for (int r = 0; r < R; ++r) {
+    const int64_t row = (n + r) * s.groups;
+    float32x4_t b4[MM];
+    for (int m = 0; m < MM; ++m) b4[m] = vdupq_n_f32(0.0f);
+    for (int64_t g = 0; g < whole; g += 4) {
+      const float32x4_t scale = load4_scales(w.scales, w.scale_dtype, row + g);
+      const float32x4_t bias = load4_scales(w.biases, w.scale_dtype, row + g);
+      for (int m = 0; m < MM; ++m) {
+        vst1q_f32(scaled + (r * MM + m) * s.group_stride + g, vmulq_f32(scale, vld1q_f32(pow2 + m * s.group_stride + g)));
+        b4[m] = vfmaq_f32(b4[m], bias, vld1q_f32(sums + m * s.group_stride + g));
       }
-      biased[r][m] = b;
     }
+    for (int m = 0; m < MM; ++m) biased[r][m] = vaddvq_f32(b4[m]);
+    for (int64_t g = whole; g < s.groups; ++g) {
+      const float scale = load_scale(w.scales, w.scale_dtype, row + g), bias = load_scale(w.biases, w.scale_dtype, row + g);
+      for (int m = 0; m < MM; ++m) {
+        scaled[(r * MM + m) * s.group_stride + g] = scale * pow2[m * s.group_stride + g];
+        biased[r][m] = std::fma(bias, sums[m * s.group_stride + g], biased[r][m]);
+      }
+    }
+  }
 }
 
 // R weight rows from n against MM activation rows, per chunk of 32 inputs: load(p) takes a row's
