@@ -28,7 +28,9 @@ inline unsigned elementwise_blocks(int64_t count) {
 // 341 vs 313 tok/s on the H200) and cost the bf16 decode graph 6% (180 vs 170 tok/s, same run),
 // so by default only launch_kernel_prefetching asks for it. A quantized decoder's graph gained
 // from it on every launch (4-bit g64: 341 tok/s vs 324 with the prefetching launches only):
-// prefer_pdl_everywhere() switches the default so once quantized weights are loaded.
+// prefer_pdl_everywhere() switches the default so once quantized weights are loaded. With the
+// late trigger (below) PDL everywhere still cost bf16 batch 1 2% (H100, session 27: 166.6 against
+// 170.3 tok/s) and tied at batches 8 and 32.
 // MOXIN_CUDA_PDL=1 turns it on for every launch, =0 off for all (set_pdl_enabled() likewise, for
 // benchmarks); either overrides the default.
 bool pdl_for_launch(bool prefetching);
@@ -78,27 +80,19 @@ void launch_kernel_prefetching(const char* name, void (*kernel)(Params...), dim3
 
 #ifdef __CUDACC__
 // When the next kernel on the stream may launch under PDL: once every block of this one has
-// asked (or exited). Asked at a kernel's start, the dependent's blocks take SM slots and start
-// their weight prefetches for the whole of this kernel; MOXIN_PDL_LATE_TRIGGER (a build
-// experiment, session 26) has the streaming kernels ask only once their last loads are done
-// (allow_dependents()), so that the dependent arrives in this kernel's drain.
-__device__ __forceinline__ void launch_dependents() { asm volatile("griddepcontrol.launch_dependents;" ::: "memory"); }
-
-// Lets the next kernel on the stream launch (its blocks wait in their own call of this), then
-// waits until every earlier kernel has finished and its writes are visible. A no-op without PDL.
-__device__ __forceinline__ void wait_for_prior_kernels() {
-#ifndef MOXIN_PDL_LATE_TRIGGER
-  launch_dependents();
-#endif
-  asm volatile("griddepcontrol.wait;" ::: "memory");
-}
-
-// Called by a streaming kernel once it has loaded everything it streams (see launch_dependents).
+// asked (or exited). The streaming kernels ask once their last weight loads are done
+// (allow_dependents()), every other kernel at its exit, so the dependent's blocks arrive in this
+// kernel's drain. Asked at a kernel's start (before session 27), the dependent's blocks took SM
+// slots and prefetched beside it for its whole run: a one-wave grid planned for two blocks per SM
+// (quant_mma) then ran a second wave; the 4-bit g64 decode at batch 8 was 9% slower (H100, 1630
+// against 1775 tok/s, same call), batches 1 and 32 equal within noise.
 __device__ __forceinline__ void allow_dependents() {
-#ifdef MOXIN_PDL_LATE_TRIGGER
-  launch_dependents();
-#endif
+  asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
 }
+
+// Waits until every earlier kernel on the stream has finished and its writes are visible. A
+// no-op without PDL.
+__device__ __forceinline__ void wait_for_prior_kernels() { asm volatile("griddepcontrol.wait;" ::: "memory"); }
 #endif
 
 }  // namespace moxin::cuda
