@@ -545,6 +545,39 @@ void bench_decoder_layer(CudaBackend& backend, double ceiling, int seqs, int bit
 }
 
 
+// The tensor-core quantized kernel's token tilings (quant_mma_variant) at the decoder's shapes, 4
+// and 8 bits g64, M = 4..32, against the copy ceiling in bytes of codes, scales and biases plus
+// activations in and out; copies of each matrix as in bench_quant_linears.
+void bench_quant_mma_variants(CudaBackend& backend, double ceiling) {
+  const cudaStream_t stream = backend.stream();
+  for (const auto& [n, k] : {std::pair<int64_t, int64_t>{28672, 4096}, {14336, 4096}, {4096, 14336},
+                             {6144, 4096}, {4096, 4096}})
+    for (int bits : {4, 8}) {
+      const double weight_bytes = double(n) * k * bits / 8 + double(n) * (k / 64) * 4;
+      const int copies = std::max(3, static_cast<int>(std::ceil(120e6 / weight_bytes)));
+      std::vector<Linear> w;
+      for (int c = 0; c < copies; ++c) w.push_back(make_quant_linear(backend, n, k, bits, 64));
+      const std::vector<float> xs = random_f32(size_t(32) * k, 1.0f);
+      for (int m : {4, 8, 16, 32}) {
+        const Tensor x = backend.from_host_f32(xs.data(), {m, k});
+        Tensor y = backend.empty_act({m, n});
+        Tensor scratch = backend.empty({quant_mma_scratch_elems(m, k)}, DType::BF16);
+        const double bytes = weight_bytes + 4.0 * m * (k + n);
+        for (int tiles : {1, 2, 4}) {
+          auto run = [&](int i) {
+            return quant_mma_variant(tiles, x.ptr<float>(), m,
+                                     dynamic_cast<const CudaLinear&>(*w[i % copies].impl).quant,
+                                     scratch.ptr<uint16_t>(), y.ptr<float>(), stream);
+          };
+          if (tiles > 2 * ((m + 7) / 8) || !run(0)) continue;
+          const double ms = time_ms(stream, 20, 10, [&](int i) { run(i); });
+          table.push_back({cat("qmma [", n, "x", k, "] ", bits, "-bit g64 M=", m, " token tiles=", tiles),
+                           ms, pct(bytes / ms / 1e6, ceiling)});
+        }
+      }
+    }
+}
+
 // Quantized linears (MLX 4/8-bit codes, bf16 scales) at full shapes: M = 1 and 8 (GEMV), 32
 // (tensor cores) against the copy ceiling in bytes of codes + scales + biases; M = 1024
 // (dequantize + cuBLASLt) against the bf16 linear of the same shape. Copies of each matrix
@@ -714,20 +747,30 @@ int main() {
     auto& backend = dynamic_cast<CudaBackend&>(*owned);
     std::printf("device: %s\n", backend.name().c_str());
     const double ceiling = copy_ceiling(backend);
-    // MOXIN_CUDA_BENCH=quant: the quantized ops only; =fp8: the fp8 linears only; =attention:
-    // the attention kernels and bf16 decoder layers; =bf16: the bf16 linears as well; =layer: the
-    // bf16 decoder layer at batch 1 only (for profilers).
+    // MOXIN_CUDA_BENCH=quant: the quantized ops only; =qmma: the tensor-core quantized kernel's
+    // variants and 4-bit decoder layers at batches 8 and 32; =fp8: the fp8 linears only; =attention:
+    // the attention kernels and bf16 decoder layers; =bf16: the bf16 linears as well; =layer: one
+    // decoder layer's configuration only (for profilers; MOXIN_BENCH_LAYER below).
     const char* env = std::getenv("MOXIN_CUDA_BENCH");
     const std::string only = env ? env : "";
     const bool all = only.empty();
     if (all || only == "fp8") bench_fp8_linears(backend, ceiling);
+    if (only == "qmma") {
+      bench_quant_mma_variants(backend, ceiling);
+      for (int seqs : {8, 32}) bench_decoder_layer(backend, ceiling, seqs, 4);
+    }
     if (all || only == "quant") {
       bench_quant_linears(backend, ceiling);
       for (int bits : {4, 8})
         for (int seqs : {1, 32}) bench_decoder_layer(backend, ceiling, seqs, bits);
     }
     if (all || only == "bf16") bench_linears(backend, ceiling);
-    if (only == "layer") bench_decoder_layer(backend, ceiling, 1);
+    if (only == "layer") {
+      // MOXIN_BENCH_LAYER="bits batch" (default "0 1": bf16, one sequence).
+      int bits = 0, seqs = 1;
+      if (const char* layer = std::getenv("MOXIN_BENCH_LAYER")) std::sscanf(layer, "%d %d", &bits, &seqs);
+      bench_decoder_layer(backend, ceiling, seqs, bits);
+    }
     if (all || only == "bf16" || only == "attention") {
       bench_attention(backend, ceiling);
       bench_long_context_attention(backend, ceiling);

@@ -236,6 +236,36 @@ TEST_F(CudaQuant, TensorCoresThreeToSixtyFourRows) {
   check_one(randint(3, 64), randint(1, 300), 64 * randint(1, 40), 4 * randint(1, 2), 64);
 }
 
+// Every token tiling of the tensor-core kernel that the benchmark compares. K of 200.5 (g64) or
+// 201 (g128) 4-bit K blocks, twice as many 8-bit ones: many K blocks per thread block, and at g64 a
+// last 4-bit block half past K.
+TEST_F(CudaQuant, TensorCoresEveryTiling) {
+  const cudaStream_t stream = dynamic_cast<cuda::CudaBackend&>(backend()).stream();
+  for (int bits : {4, 8})
+    for (int gs : {64, 128}) {
+      const auto part = make_part(70, 25600 + gs, bits, gs, DType::BF16);
+      const Linear prepared = backend().prepare_linear(part->weight);
+      const cuda::QuantMatrix& q = dynamic_cast<const cuda::CudaLinear&>(*prepared.impl).quant;
+      for (int m : {3, 8, 17}) {
+        const std::vector<float> x = randn(static_cast<size_t>(m * part->in));
+        const Tensor xt = upload(x, {m, part->in});
+        Tensor scratch = backend().empty({cuda::quant_mma_scratch_elems(m, part->in)}, DType::BF16);
+        const std::vector<double> ref = reference({part.get()}, x, m, true);
+        int variants = 0;
+        for (int tiles : {1, 2, 4, 8}) {
+          Tensor y = poisoned({m, part->out});
+          if (!cuda::quant_mma_variant(tiles, xt.ptr<float>(), m, q, scratch.ptr<uint16_t>(),
+                                       y.ptr<float>(), stream))
+            continue;
+          ++variants;
+          expect_close(cat("quant mma ", bits, "-bit g", gs, " M=", m, " token tiles=", tiles),
+                       download(y), ref, kF32Tol);
+        }
+        EXPECT_EQ(variants, m <= 8 ? 4 : 2) << "M=" << m;
+      }
+    }
+}
+
 TEST_F(CudaQuant, PrefillDequantizesForCublasLt) {
   for (int bits : {4, 8})
     for (int gs : {32, 64, 128}) check_one(65, 47, 2 * gs, bits, gs);

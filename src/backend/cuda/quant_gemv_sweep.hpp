@@ -1,5 +1,6 @@
-// The benchmark's handle on the 4-bit GEMV kernels of quant_gemv.cu (kernels.hpp holds the
-// path the backend takes): one explicit tiling per call, to place the defaults.
+// The benchmark's handle on the 4-bit GEMV kernels of quant_gemv.cu and the tensor-core kernel of
+// quant_mma.cu (kernels.hpp holds the path the backend takes): one explicit tiling per call, to
+// place the defaults.
 #pragma once
 
 #include <cuda_runtime.h>
@@ -14,5 +15,10 @@ namespace moxin::cuda {
 // m = 1). Returns false when that variant is not compiled or cannot take the shape.
 bool quant_gemv4_variant(bool staged, int m, int rows_per_warp, int k_split, const float* x,
                          const QuantMatrix& w, float* y, cudaStream_t stream);
+
+// quant_mma with `token_tiles` tiles of 8 tokens (1, 2, 4 or 8; at least m / 8). Returns false
+// when the kernel cannot take that tiling.
+bool quant_mma_variant(int token_tiles, const float* x, int m, const QuantMatrix& w,
+                       bf16_bits* x_scratch, float* y, cudaStream_t stream);
 
 }  // namespace moxin::cuda

@@ -29,6 +29,7 @@
 #include "backend/cuda/cuda_check.hpp"
 #include "backend/cuda/kernels.hpp"
 #include "backend/cuda/launch.cuh"
+#include "backend/cuda/quant_gemv_sweep.hpp"
 #include "backend/cuda/streaming_load.cuh"
 #include "backend/cuda/quant_format.cuh"
 
@@ -92,7 +93,9 @@ __device__ __forceinline__ __nv_bfloat162 bf16x2_of(uint32_t v) {
 template <int Bits>
 __device__ __forceinline__ uint32_t code_pair_bf16(uint32_t word, int p) {
   if constexpr (Bits == 4) {
-    const uint32_t biased = ((word >> (4 * p)) & 0x000f000fu) | 0x43004300u;
+    // One LOP3 for (q & mask) | 128 (nvcc emitted an AND and an OR, each with its immediate).
+    uint32_t biased;
+    asm("lop3.b32 %0, %1, 0x000f000f, 0x43004300, 0xea;" : "=r"(biased) : "r"(word >> (4 * p)));
     return bits_of(__hsub2(bf16x2_of(biased), bf16x2_of(0x43004300u)));
   } else {
     const float lo = __uint_as_float(__byte_perm(word, 0x4b000000u, 0x7440 + 2 * p)) - 8388608.0f;
@@ -137,7 +140,8 @@ struct BlockCodes {
 };
 
 // NT tiles of 8 tokens (m <= 8 * NT). Block (x, y): rows [x * kWarps * 32, +kWarps * 32),
-// K blocks y, y + gridDim.y, ...
+// K blocks y, y + gridDim.y, ... (dealt in runs instead, 8-bit lost 3-10% and 4-bit tied: H100,
+// session 27).
 // Two blocks per SM, as k_split plans (H100 run 3: at 140 registers one block fit and the
 // grid ran in two waves).
 template <int NT, int Bits, bool F32Scales, int kWarps>
@@ -148,6 +152,8 @@ __global__ void __launch_bounds__(kWarps* kLanes, 2)
   constexpr int kLaneInputs = kLaneWords * 32 / Bits;     // E
   constexpr int kBlockInputs = block_inputs<Bits>();
   constexpr int kUnits = kBlockInputs / 8;  // 16-byte units of activations per K block and row
+  constexpr int kBlockWords = kBlockInputs * Bits / 32;  // code words per row and K block
+  using Raw = ScaleBiasRaw<F32Scales>;
 
   const int warp = threadIdx.x / kLanes, lane = threadIdx.x % kLanes;
   const int g = lane / 4, quad_lane = lane % 4;
@@ -155,37 +161,40 @@ __global__ void __launch_bounds__(kWarps* kLanes, 2)
   const int k = w.cols;
   const int words_per_row = k * Bits / 32;
   const int groups = k / w.group_size;
+  const int group_shift = __ffs(w.group_size) - 1;  // group sizes are powers of two
   const int kblocks = (k + kBlockInputs - 1) / kBlockInputs;
   const int kb_stride = gridDim.y;
   const uint32_t* codes[2][2];
-  const ScaleBiasRaw<F32Scales>* pairs[2][2];
+  const Raw* pairs[2][2];
 #pragma unroll
   for (int mt = 0; mt < 2; ++mt)
 #pragma unroll
     for (int h = 0; h < 2; ++h) {
       const int64_t row = min(row_base + 16 * mt + 8 * h + g, w.rows - 1);
       codes[mt][h] = w.codes + row * words_per_row + kLaneWords * quad_lane;
-      pairs[mt][h] = static_cast<const ScaleBiasRaw<F32Scales>*>(w.scale_bias) + row * groups;
+      pairs[mt][h] = static_cast<const Raw*>(w.scale_bias) + row * groups;
     }
 
+  // One branch for the four rows and a shift for the group (an integer division per row and K
+  // block, with a branch per row, was half of the loop's instructions).
   auto load = [&](int kb, BlockCodes<F32Scales>& c) {
     const int in0 = kb * kBlockInputs + kLaneInputs * quad_lane;
-    const bool ok = kb < kblocks && in0 < k;
+    if (kb < kblocks && in0 < k) {
+      const int group = in0 >> group_shift;
 #pragma unroll
-    for (int mt = 0; mt < 2; ++mt)
+      for (int mt = 0; mt < 2; ++mt)
 #pragma unroll
-      for (int h = 0; h < 2; ++h) {
-        uint4 v = make_uint4(0, 0, 0, 0);
-        c.raw[mt][h] = ScaleBiasRaw<F32Scales>{};
-        if (ok) {
-          v = load_once_16(codes[mt][h] + kb * (kBlockInputs * Bits / 32));
-          c.raw[mt][h] = load_scale_bias<F32Scales>(pairs[mt][h], in0 / w.group_size);
+        for (int h = 0; h < 2; ++h) {
+          const uint4 v = load_once_16(codes[mt][h] + kb * kBlockWords);
+          c.words[mt][h][0] = v.x;
+          c.words[mt][h][1] = v.y;
+          c.words[mt][h][2] = v.z;
+          c.words[mt][h][3] = v.w;
+          c.raw[mt][h] = load_scale_bias<F32Scales>(pairs[mt][h], group);
         }
-        c.words[mt][h][0] = v.x;
-        c.words[mt][h][1] = v.y;
-        c.words[mt][h][2] = v.z;
-        c.words[mt][h][3] = v.w;
-      }
+    } else {
+      c = BlockCodes<F32Scales>{};  // zero weights: a scale and bias of 0
+    }
   };
 
   // The activation tile of K block kb (m rows of kBlockInputs bf16, 1 or 2 lines each) is
@@ -225,8 +234,7 @@ __global__ void __launch_bounds__(kWarps* kLanes, 2)
     BlockCodes<F32Scales> next;
     load(kb + kb_stride, next);
     prefetch_activations(kb + kb_stride);
-    const int in0 = kb * kBlockInputs + kLaneInputs * quad_lane;
-    const bool ok = in0 < k;
+    const bool ok = kb * kBlockInputs + kLaneInputs * quad_lane < k;
     RowScale scale[2][2];
 #pragma unroll
     for (int mt = 0; mt < 2; ++mt)
@@ -295,23 +303,53 @@ int k_split(const QuantMatrix& w, int nt, int bits) {
 }
 
 template <int NT, int Bits, bool F32Scales>
-void launch(const uint4* xb, int m, const QuantMatrix& w, int split, float* y,
-            cudaStream_t stream) {
+void launch(const uint4* xb, int m, const QuantMatrix& w, int split, float* y, cudaStream_t stream) {
   constexpr int kWarps = warps_for(NT);
   const int row_blocks = (w.rows + kWarps * kRowsPerWarp - 1) / (kWarps * kRowsPerWarp);
   launch_kernel("quant_mma_kernel", quant_mma_kernel<NT, Bits, F32Scales, kWarps>,
                 dim3(row_blocks, split), kWarps * kLanes, 0, stream, xb, m, w, y);
 }
 
+// Tiles of 8 tokens: one up to 8 tokens (two cost 3-13% more at M = 4 and 8, H100 session 27),
+// 2 up to 16, then 4 and 8.
+int token_tiles(int m) { return m <= 8 ? 1 : m <= 16 ? 2 : m <= 32 ? 4 : 8; }
+
 template <int Bits, bool F32Scales>
-void launch_tokens(const uint4* xb, int m, const QuantMatrix& w, int split, float* y,
+void launch_tokens(const uint4* xb, int m, int nt, const QuantMatrix& w, int split, float* y,
                    cudaStream_t stream) {
-  if (m <= 16)
-    launch<2, Bits, F32Scales>(xb, m, w, split, y, stream);
-  else if (m <= 32)
-    launch<4, Bits, F32Scales>(xb, m, w, split, y, stream);
+  switch (nt) {
+    case 1: return launch<1, Bits, F32Scales>(xb, m, w, split, y, stream);
+    case 2: return launch<2, Bits, F32Scales>(xb, m, w, split, y, stream);
+    case 4: return launch<4, Bits, F32Scales>(xb, m, w, split, y, stream);
+    default: return launch<8, Bits, F32Scales>(xb, m, w, split, y, stream);
+  }
+}
+
+// x rounded to bf16 in the kernel's order into x_scratch; y zeroed where the K split adds into it.
+void prepare_activations(const float* x, int m, const QuantMatrix& w, bool zero, bf16_bits* x_scratch,
+                         float* y, cudaStream_t stream) {
+  MOXIN_CHECK(m <= kQuantMmaMaxRows && w.cols % 64 == 0 && reinterpret_cast<uintptr_t>(x) % 16 == 0,
+              "[cuda] quant_mma: ", m, " rows (1..", kQuantMmaMaxRows, "), in_features ", w.cols,
+              " (multiple of 64) and 16-byte aligned activations required");
+  auto* out = reinterpret_cast<uint4*>(x_scratch);
+  const auto* x4 = reinterpret_cast<const float4*>(x);
+  const int64_t y_count = int64_t{m} * w.rows;
+  const unsigned blocks = elementwise_blocks(std::max(int64_t{m} * w.cols / 8, y_count));
+  launch_kernel("activations_kernel", w.bits == 4 ? activations_kernel<4> : activations_kernel<8>,
+                blocks, kElementwiseThreads, 0, stream, x4, m, w.cols, out, zero ? y : nullptr, y_count);
+}
+
+void run(const float* x, int m, int nt, const QuantMatrix& w, bf16_bits* x_scratch, float* y,
+         cudaStream_t stream) {
+  const int split = k_split(w, nt, w.bits);
+  prepare_activations(x, m, w, split > 1, x_scratch, y, stream);
+  const auto* xb = reinterpret_cast<const uint4*>(x_scratch);
+  if (w.bits == 4)
+    w.f32_scales ? launch_tokens<4, true>(xb, m, nt, w, split, y, stream)
+                 : launch_tokens<4, false>(xb, m, nt, w, split, y, stream);
   else
-    launch<8, Bits, F32Scales>(xb, m, w, split, y, stream);
+    w.f32_scales ? launch_tokens<8, true>(xb, m, nt, w, split, y, stream)
+                 : launch_tokens<8, false>(xb, m, nt, w, split, y, stream);
 }
 
 }  // namespace
@@ -319,30 +357,16 @@ void launch_tokens(const uint4* xb, int m, const QuantMatrix& w, int split, floa
 void quant_mma(const float* x, int m, const QuantMatrix& w, bf16_bits* x_scratch, float* y,
                cudaStream_t stream) {
   if (w.rows == 0 || m == 0) return;
-  MOXIN_CHECK(m <= kQuantMmaMaxRows && w.cols % 64 == 0 &&
-                  reinterpret_cast<uintptr_t>(x) % 16 == 0,
-              "[cuda] quant_mma: ", m, " rows (1..", kQuantMmaMaxRows, "), in_features ", w.cols,
-              " (multiple of 64) and 16-byte aligned activations required");
-  const int nt = m <= 16 ? 2 : m <= 32 ? 4 : 8;
-  const int split = k_split(w, nt, w.bits);
-  float* zero_y = split > 1 ? y : nullptr;
-  auto* out = reinterpret_cast<uint4*>(x_scratch);
-  const auto* x4 = reinterpret_cast<const float4*>(x);
-  const int64_t y_count = int64_t{m} * w.rows;
-  const unsigned blocks = elementwise_blocks(std::max(int64_t{m} * w.cols / 8, y_count));
-  if (w.bits == 4)
-    launch_kernel("activations_kernel", activations_kernel<4>, blocks, kElementwiseThreads, 0,
-                  stream, x4, m, w.cols, out, zero_y, y_count);
-  else
-    launch_kernel("activations_kernel", activations_kernel<8>, blocks, kElementwiseThreads, 0,
-                  stream, x4, m, w.cols, out, zero_y, y_count);
-  const auto* xb = reinterpret_cast<const uint4*>(x_scratch);
-  if (w.bits == 4)
-    w.f32_scales ? launch_tokens<4, true>(xb, m, w, split, y, stream)
-                 : launch_tokens<4, false>(xb, m, w, split, y, stream);
-  else
-    w.f32_scales ? launch_tokens<8, true>(xb, m, w, split, y, stream)
-                 : launch_tokens<8, false>(xb, m, w, split, y, stream);
+  run(x, m, token_tiles(m), w, x_scratch, y, stream);
+}
+
+bool quant_mma_variant(int token_tiles_wanted, const float* x, int m, const QuantMatrix& w,
+                       bf16_bits* x_scratch, float* y, cudaStream_t stream) {
+  const bool tiles_ok = token_tiles_wanted == 1 || token_tiles_wanted == 2 || token_tiles_wanted == 4 ||
+                        token_tiles_wanted == 8;
+  if (!tiles_ok || 8 * token_tiles_wanted < m || w.rows == 0 || m == 0) return false;
+  run(x, m, token_tiles_wanted, w, x_scratch, y, stream);
+  return true;
 }
 
 }  // namespace moxin::cuda
