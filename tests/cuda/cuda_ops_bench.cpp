@@ -545,7 +545,7 @@ void bench_decoder_layer(CudaBackend& backend, double ceiling, int seqs, int bit
 }
 
 
-// The tensor-core quantized kernel's token tilings (quant_mma_variant) at the decoder's shapes, 4
+// The tensor-core quantized kernel's K phasings (quant_mma_variant) at the decoder's shapes, 4
 // and 8 bits g64, M = 4..32, against the copy ceiling in bytes of codes, scales and biases plus
 // activations in and out; copies of each matrix as in bench_quant_linears.
 void bench_quant_mma_variants(CudaBackend& backend, double ceiling) {
@@ -563,15 +563,16 @@ void bench_quant_mma_variants(CudaBackend& backend, double ceiling) {
         Tensor y = backend.empty_act({m, n});
         Tensor scratch = backend.empty({quant_mma_scratch_elems(m, k)}, DType::BF16);
         const double bytes = weight_bytes + 4.0 * m * (k + n);
-        for (int tiles : {1, 2, 4}) {
+        const int tiles = (m + 7) / 8;
+        for (int phases : {1, 2, 4}) {
           auto run = [&](int i) {
-            return quant_mma_variant(tiles, x.ptr<float>(), m,
+            return quant_mma_variant(tiles, phases, x.ptr<float>(), m,
                                      dynamic_cast<const CudaLinear&>(*w[i % copies].impl).quant,
                                      scratch.ptr<uint16_t>(), y.ptr<float>(), stream);
           };
-          if (tiles > 2 * ((m + 7) / 8) || !run(0)) continue;
+          if (!run(0)) continue;
           const double ms = time_ms(stream, 20, 10, [&](int i) { run(i); });
-          table.push_back({cat("qmma [", n, "x", k, "] ", bits, "-bit g64 M=", m, " token tiles=", tiles),
+          table.push_back({cat("qmma [", n, "x", k, "] ", bits, "-bit g64 M=", m, " K phases=", phases),
                            ms, pct(bytes / ms / 1e6, ceiling)});
         }
       }

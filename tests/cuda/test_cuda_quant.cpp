@@ -236,7 +236,7 @@ TEST_F(CudaQuant, TensorCoresThreeToSixtyFourRows) {
   check_one(randint(3, 64), randint(1, 300), 64 * randint(1, 40), 4 * randint(1, 2), 64);
 }
 
-// Every token tiling of the tensor-core kernel that the benchmark compares. K of 200.5 (g64) or
+// Every token tiling and K phasing of the tensor-core kernel that the benchmark compares. K of 200.5 (g64) or
 // 201 (g128) 4-bit K blocks, twice as many 8-bit ones: many K blocks per thread block, and at g64 a
 // last 4-bit block half past K.
 TEST_F(CudaQuant, TensorCoresEveryTiling) {
@@ -252,16 +252,18 @@ TEST_F(CudaQuant, TensorCoresEveryTiling) {
         Tensor scratch = backend().empty({cuda::quant_mma_scratch_elems(m, part->in)}, DType::BF16);
         const std::vector<double> ref = reference({part.get()}, x, m, true);
         int variants = 0;
-        for (int tiles : {1, 2, 4, 8}) {
-          Tensor y = poisoned({m, part->out});
-          if (!cuda::quant_mma_variant(tiles, xt.ptr<float>(), m, q, scratch.ptr<uint16_t>(),
-                                       y.ptr<float>(), stream))
-            continue;
-          ++variants;
-          expect_close(cat("quant mma ", bits, "-bit g", gs, " M=", m, " token tiles=", tiles),
-                       download(y), ref, kF32Tol);
-        }
-        EXPECT_EQ(variants, m <= 8 ? 4 : 2) << "M=" << m;
+        for (int tiles : {1, 2, 4, 8})
+          for (int phases : {1, 2, 4}) {
+            Tensor y = poisoned({m, part->out});
+            if (!cuda::quant_mma_variant(tiles, phases, xt.ptr<float>(), m, q, scratch.ptr<uint16_t>(),
+                                         y.ptr<float>(), stream))
+              continue;
+            ++variants;
+            expect_close(cat("quant mma ", bits, "-bit g", gs, " M=", m, " token tiles=", tiles,
+                             " K phases=", phases),
+                         download(y), ref, kF32Tol);
+          }
+        EXPECT_EQ(variants, m <= 8 ? 12 : 6) << "M=" << m;
       }
     }
 }

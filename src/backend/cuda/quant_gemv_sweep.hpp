@@ -16,9 +16,10 @@ namespace moxin::cuda {
 bool quant_gemv4_variant(bool staged, int m, int rows_per_warp, int k_split, const float* x,
                          const QuantMatrix& w, float* y, cudaStream_t stream);
 
-// quant_mma with `token_tiles` tiles of 8 tokens (1, 2, 4 or 8; at least m / 8). Returns false
-// when the kernel cannot take that tiling.
-bool quant_mma_variant(int token_tiles, const float* x, int m, const QuantMatrix& w,
+// quant_mma with `token_tiles` tiles of 8 tokens (1, 2, 4 or 8; at least m / 8) and `phases`
+// warps of a block on the same rows, each on its own K blocks (the engine's 2; 1 or 4 with bf16
+// scales). Returns false when that variant is not compiled or cannot take the shape.
+bool quant_mma_variant(int token_tiles, int phases, const float* x, int m, const QuantMatrix& w,
                        bf16_bits* x_scratch, float* y, cudaStream_t stream);
 
 }  // namespace moxin::cuda

@@ -139,14 +139,16 @@ struct BlockCodes {
   ScaleBiasRaw<F32Scales> raw[2][2];
 };
 
-// NT tiles of 8 tokens (m <= 8 * NT). Block (x, y): rows [x * kWarps * 32, +kWarps * 32),
-// K blocks y, y + gridDim.y, ... (dealt in runs instead, 8-bit lost 3-10% and 4-bit tied: H100,
-// session 27).
+// NT tiles of 8 tokens (m <= 8 * NT). Block (x, y): rows [x * R, +R) with R = kWarps / kPhases
+// * 32; warp w takes row group w / kPhases and K blocks (y * kPhases + w % kPhases) + i * gridDim.y
+// * kPhases (each block's K blocks in runs instead, 8-bit lost 3-10% and 4-bit tied: H100,
+// session 27). With a split or phases the partial sums meet in y by atomic adds.
 // Two blocks per SM, as k_split plans (H100 run 3: at 140 registers one block fit and the
 // grid ran in two waves).
-template <int NT, int Bits, bool F32Scales, int kWarps>
+template <int NT, int Bits, bool F32Scales, int kWarps, int kPhases>
 __global__ void __launch_bounds__(kWarps* kLanes, 2)
     quant_mma_kernel(const uint4* __restrict__ xb, int m, QuantMatrix w, float* __restrict__ y) {
+  static_assert(kWarps % kPhases == 0, "whole row groups per block");
   constexpr int kPairsPerWord = Bits == 4 ? 4 : 2;
   constexpr int kSteps = kLaneWords * kPairsPerWord / 2;  // mma k16 steps per K block
   constexpr int kLaneInputs = kLaneWords * 32 / Bits;     // E
@@ -157,13 +159,15 @@ __global__ void __launch_bounds__(kWarps* kLanes, 2)
 
   const int warp = threadIdx.x / kLanes, lane = threadIdx.x % kLanes;
   const int g = lane / 4, quad_lane = lane % 4;
-  const int row_base = (blockIdx.x * kWarps + warp) * kRowsPerWarp;
+  const int phase = warp % kPhases;
+  const int row_base = (blockIdx.x * (kWarps / kPhases) + warp / kPhases) * kRowsPerWarp;
   const int k = w.cols;
   const int words_per_row = k * Bits / 32;
   const int groups = k / w.group_size;
   const int group_shift = __ffs(w.group_size) - 1;  // group sizes are powers of two
   const int kblocks = (k + kBlockInputs - 1) / kBlockInputs;
-  const int kb_stride = gridDim.y;
+  const int kb_first = blockIdx.y * kPhases + phase;
+  const int kb_stride = gridDim.y * kPhases;
   const uint32_t* codes[2][2];
   const Raw* pairs[2][2];
 #pragma unroll
@@ -202,17 +206,21 @@ __global__ void __launch_bounds__(kWarps* kLanes, 2)
   // on L1, not on a chain of L2 round trips.
   const int64_t row_units = int64_t{kblocks} * kUnits;
   constexpr int kLinesPerRow = kUnits * 16 / 128;
-  auto prefetch_activations = [&](int kb) {
-    const int line = threadIdx.x;
-    if (kb >= kblocks || line >= m * kLinesPerRow) return;
-    const uint4* p = xb + (line / kLinesPerRow) * row_units + kb * kUnits + (line % kLinesPerRow) * 8;
-    asm volatile("prefetch.global.L1 [%0];" ::"l"(p));
+  // The block's phases take K blocks kb0 .. kb0 + kPhases - 1 together.
+  auto prefetch_activations = [&](int kb0) {
+    const int lines = m * kLinesPerRow;
+    for (int i = threadIdx.x; i < kPhases * lines; i += blockDim.x) {
+      const int kb = kb0 + i / lines, line = i % lines;
+      if (kb >= kblocks) return;
+      const uint4* p = xb + (line / kLinesPerRow) * row_units + kb * kUnits + (line % kLinesPerRow) * 8;
+      asm volatile("prefetch.global.L1 [%0];" ::"l"(p));
+    }
   };
 
   BlockCodes<F32Scales> cur;
-  load(blockIdx.y, cur);  // weights only: may run before the previous kernel finishes
+  load(kb_first, cur);  // weights only: may run before the previous kernel finishes
   wait_for_prior_kernels();
-  prefetch_activations(blockIdx.y);
+  prefetch_activations(kb_first - phase);
 
   const uint4* xrow[NT];
   bool token_ok[NT];
@@ -230,10 +238,10 @@ __global__ void __launch_bounds__(kWarps* kLanes, 2)
 #pragma unroll
       for (int i = 0; i < 4; ++i) acc[mt][j][i] = 0.0f;
 
-  for (int kb = blockIdx.y; kb < kblocks; kb += kb_stride) {
+  for (int kb = kb_first; kb < kblocks; kb += kb_stride) {
     BlockCodes<F32Scales> next;
     load(kb + kb_stride, next);
-    prefetch_activations(kb + kb_stride);
+    prefetch_activations(kb - phase + kb_stride);
     const bool ok = kb * kBlockInputs + kLaneInputs * quad_lane < k;
     RowScale scale[2][2];
 #pragma unroll
@@ -270,7 +278,7 @@ __global__ void __launch_bounds__(kWarps* kLanes, 2)
   }
 
   // C fragment: acc[.][j][0..1] are row g, tokens 8j + 2t, +1; [2..3] the same for row g + 8.
-  const bool split = gridDim.y > 1;
+  const bool split = gridDim.y > 1 || kPhases > 1;
 #pragma unroll
   for (int mt = 0; mt < 2; ++mt)
 #pragma unroll
@@ -291,37 +299,59 @@ __global__ void __launch_bounds__(kWarps* kLanes, 2)
 // Warps per block: 8 (two blocks of 128-register threads per SM) up to 32 tokens, 4 above.
 constexpr int warps_for(int nt) { return nt <= 4 ? 8 : 4; }
 
-// How many blocks share each row range's K blocks: as many as fit one wave of two blocks per
-// SM (H100 run 2: rounding up to a second, nearly empty wave doubled the time).
-int k_split(const QuantMatrix& w, int nt, int bits) {
-  const int rows_per_block = warps_for(nt) * kRowsPerWarp;
+// The engine's K phases: warps of a block that share rows and take successive K blocks, so that a
+// row's neighbouring 64-byte pieces are read together. Two against one, H100 session 27: 8-bit
+// 7-19% faster at M <= 16, 4-bit 2-9%, M = 32 within 4%; four or eight were no better.
+constexpr int kPhases = 2;
+
+// One launch's shape: token tiles, K phases per block, K split.
+struct Plan {
+  int nt = 1, phases = kPhases, split = 1;
+};
+
+// The split: as many blocks per row range as fit one wave of two blocks per SM (H100 run 2:
+// rounding up to a second, nearly empty wave doubled the time).
+Plan plan_for(const QuantMatrix& w, int nt, int phases) {
+  const int rows_per_block = warps_for(nt) / phases * kRowsPerWarp;
   const int row_blocks = (w.rows + rows_per_block - 1) / rows_per_block;
-  const int block_inputs = 4 * kLaneWords * 32 / bits;
+  const int block_inputs = 4 * kLaneWords * 32 / w.bits;
   const int kblocks = (w.cols + block_inputs - 1) / block_inputs;
   const int fits = 2 * multiprocessors() / row_blocks;
-  return std::max(1, std::min({fits, kblocks, 32}));
+  return {nt, phases, std::max(1, std::min({fits, (kblocks + phases - 1) / phases, 32}))};
 }
 
-template <int NT, int Bits, bool F32Scales>
-void launch(const uint4* xb, int m, const QuantMatrix& w, int split, float* y, cudaStream_t stream) {
+template <int NT, int Bits, bool F32Scales, int Phases>
+void launch(const uint4* xb, int m, const QuantMatrix& w, const Plan& plan, float* y, cudaStream_t stream) {
   constexpr int kWarps = warps_for(NT);
-  const int row_blocks = (w.rows + kWarps * kRowsPerWarp - 1) / (kWarps * kRowsPerWarp);
-  launch_kernel("quant_mma_kernel", quant_mma_kernel<NT, Bits, F32Scales, kWarps>,
-                dim3(row_blocks, split), kWarps * kLanes, 0, stream, xb, m, w, y);
+  constexpr int kRowsPerBlock = kWarps / Phases * kRowsPerWarp;
+  launch_kernel("quant_mma_kernel", quant_mma_kernel<NT, Bits, F32Scales, kWarps, Phases>,
+                dim3((w.rows + kRowsPerBlock - 1) / kRowsPerBlock, plan.split), kWarps * kLanes, 0, stream,
+                xb, m, w, y);
 }
 
 // Tiles of 8 tokens: one up to 8 tokens (two cost 3-13% more at M = 4 and 8, H100 session 27),
 // 2 up to 16, then 4 and 8.
 int token_tiles(int m) { return m <= 8 ? 1 : m <= 16 ? 2 : m <= 32 ? 4 : 8; }
 
-template <int Bits, bool F32Scales>
-void launch_tokens(const uint4* xb, int m, int nt, const QuantMatrix& w, int split, float* y,
+// The benchmark's other phasings take bf16 scales only (fewer kernels to compile).
+template <int Bits, bool F32Scales, int Phases>
+void launch_tokens(const uint4* xb, int m, const QuantMatrix& w, const Plan& plan, float* y,
                    cudaStream_t stream) {
-  switch (nt) {
-    case 1: return launch<1, Bits, F32Scales>(xb, m, w, split, y, stream);
-    case 2: return launch<2, Bits, F32Scales>(xb, m, w, split, y, stream);
-    case 4: return launch<4, Bits, F32Scales>(xb, m, w, split, y, stream);
-    default: return launch<8, Bits, F32Scales>(xb, m, w, split, y, stream);
+  switch (plan.nt) {
+    case 1: return launch<1, Bits, F32Scales, Phases>(xb, m, w, plan, y, stream);
+    case 2: return launch<2, Bits, F32Scales, Phases>(xb, m, w, plan, y, stream);
+    case 4: return launch<4, Bits, F32Scales, Phases>(xb, m, w, plan, y, stream);
+    default: return launch<8, Bits, F32Scales, Phases>(xb, m, w, plan, y, stream);
+  }
+}
+
+template <int Bits>
+void launch_bits(const uint4* xb, int m, const QuantMatrix& w, const Plan& plan, float* y, cudaStream_t stream) {
+  if (w.f32_scales) return launch_tokens<Bits, true, kPhases>(xb, m, w, plan, y, stream);
+  switch (plan.phases) {
+    case 1: return launch_tokens<Bits, false, 1>(xb, m, w, plan, y, stream);
+    case 4: return launch_tokens<Bits, false, 4>(xb, m, w, plan, y, stream);
+    default: return launch_tokens<Bits, false, kPhases>(xb, m, w, plan, y, stream);
   }
 }
 
@@ -339,17 +369,11 @@ void prepare_activations(const float* x, int m, const QuantMatrix& w, bool zero,
                 blocks, kElementwiseThreads, 0, stream, x4, m, w.cols, out, zero ? y : nullptr, y_count);
 }
 
-void run(const float* x, int m, int nt, const QuantMatrix& w, bf16_bits* x_scratch, float* y,
+void run(const float* x, int m, const QuantMatrix& w, const Plan& plan, bf16_bits* x_scratch, float* y,
          cudaStream_t stream) {
-  const int split = k_split(w, nt, w.bits);
-  prepare_activations(x, m, w, split > 1, x_scratch, y, stream);
+  prepare_activations(x, m, w, plan.split > 1 || plan.phases > 1, x_scratch, y, stream);
   const auto* xb = reinterpret_cast<const uint4*>(x_scratch);
-  if (w.bits == 4)
-    w.f32_scales ? launch_tokens<4, true>(xb, m, nt, w, split, y, stream)
-                 : launch_tokens<4, false>(xb, m, nt, w, split, y, stream);
-  else
-    w.f32_scales ? launch_tokens<8, true>(xb, m, nt, w, split, y, stream)
-                 : launch_tokens<8, false>(xb, m, nt, w, split, y, stream);
+  w.bits == 4 ? launch_bits<4>(xb, m, w, plan, y, stream) : launch_bits<8>(xb, m, w, plan, y, stream);
 }
 
 }  // namespace
@@ -357,15 +381,16 @@ void run(const float* x, int m, int nt, const QuantMatrix& w, bf16_bits* x_scrat
 void quant_mma(const float* x, int m, const QuantMatrix& w, bf16_bits* x_scratch, float* y,
                cudaStream_t stream) {
   if (w.rows == 0 || m == 0) return;
-  run(x, m, token_tiles(m), w, x_scratch, y, stream);
+  run(x, m, w, plan_for(w, token_tiles(m), kPhases), x_scratch, y, stream);
 }
 
-bool quant_mma_variant(int token_tiles_wanted, const float* x, int m, const QuantMatrix& w,
+bool quant_mma_variant(int token_tiles_wanted, int phases, const float* x, int m, const QuantMatrix& w,
                        bf16_bits* x_scratch, float* y, cudaStream_t stream) {
   const bool tiles_ok = token_tiles_wanted == 1 || token_tiles_wanted == 2 || token_tiles_wanted == 4 ||
                         token_tiles_wanted == 8;
-  if (!tiles_ok || 8 * token_tiles_wanted < m || w.rows == 0 || m == 0) return false;
-  run(x, m, token_tiles_wanted, w, x_scratch, y, stream);
+  const bool phases_ok = phases == kPhases || (!w.f32_scales && (phases == 1 || phases == 4));
+  if (!tiles_ok || !phases_ok || 8 * token_tiles_wanted < m || w.rows == 0 || m == 0) return false;
+  run(x, m, w, plan_for(w, token_tiles_wanted, phases), x_scratch, y, stream);
   return true;
 }
 
