@@ -110,11 +110,14 @@ class CudaFp8 : public CudaOpsTest {
     ASSERT_EQ(prepared.out_features, n);
     const std::vector<float> x = randn(static_cast<size_t>(m * f.in));
     const std::vector<float> got = linear_both_ways(x, m, f.in, prepared, what);
-    if (m <= cuda::kFp8GemvMaxRows) {
+    // The tensor-core decode kernel (3..64 rows, K in 64s) and prefill round x to bf16.
+    const bool mma = m >= cuda::kFp8MmaMinRows && m <= cuda::kQuantMmaMaxRows && f.in % 64 == 0;
+    if (!mma && m <= cuda::kFp8GemvMaxRows) {
       expect_close("fp8 gemv " + what, got, reference(parts, x, m, false), kF32Tol);
     } else {
-      expect_close("fp8 prefill " + what + " vs bf16-rounded x", got, reference(parts, x, m, true), kF32Tol);
-      expect_close("fp8 prefill " + what + " vs exact x", got, reference(parts, x, m, false), kBf16ActivationTol);
+      const std::string path = mma ? "fp8 mma " : "fp8 prefill ";
+      expect_close(path + what + " vs bf16-rounded x", got, reference(parts, x, m, true), kF32Tol);
+      expect_close(path + what + " vs exact x", got, reference(parts, x, m, false), kBf16ActivationTol);
     }
   }
 
@@ -133,7 +136,7 @@ class CudaFp8 : public CudaOpsTest {
   }
 };
 
-TEST_F(CudaFp8, GemvOneToEightRows) {
+TEST_F(CudaFp8, DecodeOneToEightRows) {  // the GEMV, from 3 rows the tensor-core kernel
   for (int m = 1; m <= cuda::kFp8GemvMaxRows; ++m) {
     check_one(m, 37, 512);    // 16-byte loads, one step per lane
     check_one(m, 9, 16 * 33);  // a partial last step
@@ -144,6 +147,15 @@ TEST_F(CudaFp8, GemvOneToEightRows) {
   check_one(2, 8195, 48);    // 8192 rows and more: one slice (8 rows per warp at M <= 2)
   check_one(5, 8200, 32);
   check_one(randint(1, 8), randint(1, 300), 16 * randint(1, 300));
+}
+
+TEST_F(CudaFp8, TensorCoresThreeToSixtyFourRows) {
+  for (int m : {3, 8, 9, 17, 32, 64}) {
+    check_one(m, 100, 1088);  // partial row groups, K blocks past the split's
+    check_one(m, 31, 64);     // one K block
+  }
+  check_one(8, 3000, 4096);  // many K blocks per warp
+  check_one(randint(3, 64), randint(1, 300), 64 * randint(1, 80));
 }
 
 TEST_F(CudaFp8, GemvOddInputWidths) {  // K % 16 != 0: one code per lane per step

@@ -300,8 +300,11 @@ TEST_F(CudaQuant, SwigluOfOneRowInTheGemv) {
     int bits, gs, m;
     DType scales;
   };
+  // K = 52224 (the lane-per-word kernel, past the staged one's shared memory) with 64 outputs: the
+  // norm-wise error of 3 outputs of such long f32 sums was one output's (1.65e-5 in one of five
+  // H100 runs, session 27).
   for (const Case& c : {Case{70, 1088, 4, 64, 1, DType::BF16}, Case{4100, 512, 4, 128, 1, DType::BF16},
-                        Case{33, 640, 4, 64, 1, DType::F32}, Case{3, 52224, 4, 64, 1, DType::BF16},
+                        Case{33, 640, 4, 64, 1, DType::F32}, Case{64, 52224, 4, 64, 1, DType::BF16},
                         Case{40, 256, 8, 64, 1, DType::BF16}, Case{4100, 256, 8, 128, 1, DType::BF16},
                         Case{8200, 128, 8, 64, 1, DType::F32}, Case{40, 256, 4, 64, 2, DType::BF16}}) {
     const auto gate = make_part(c.n, c.k, c.bits, c.gs, c.scales, "gate");

@@ -343,7 +343,7 @@ CudaBackend::DecodeKernel CudaBackend::bf16_decode_kernel_for_shape(int64_t m, i
 }
 
 bool CudaBackend::takes_bf16_activations(const CudaLinear& lw, int64_t m, int64_t n, int64_t k) const {
-  if (lw.is_fp8()) return m > kFp8GemvMaxRows && !fp8_tensor_cores_;
+  if (lw.is_fp8()) return m > kFp8GemvMaxRows && !fp8_tensor_cores_ && !fp8_decode_mma(m, k);
   if (lw.quant.bits != 0) return m > kQuantMmaMaxRows || !quant_decode_kernels_fit(lw);
   return bf16_decode_kernel_for_shape(m, n, k) == DecodeKernel::Gemm;
 }
@@ -400,8 +400,8 @@ void CudaBackend::linear(const Tensor& x, const Linear& w, Tensor& y) {
   require(x, DType::F32, "linear", "x");
   if (m == 0) return;
   const float* xd = data_of<const float>(x);
-  if (lw.is_fp8() && m <= kFp8GemvMaxRows) {
-    fp8_gemv(xd, static_cast<int>(m), lw.fp8, data_of<float>(y), stream());
+  if (lw.is_fp8() && (m <= kFp8GemvMaxRows || fp8_decode_mma(m, k))) {
+    fp8_linear_decode(xd, m, lw, data_of<float>(y));
     return;
   }
   if (quant_decode_kernels_fit(lw) && m <= kQuantMmaMaxRows) {

@@ -239,10 +239,14 @@ class CudaBackend final : public Backend {
 
   // Quantized linear for M <= kQuantMmaMaxRows (GEMV or tensor cores); larger M go through
   // dequantized(), a bf16 copy of the weights in a scratch shared by all quantized linears
-  // (cuda_quant_linear.cpp). FP8 weights take fp8_gemv up to kFp8GemvMaxRows, then the same
-  // scratch (holding the codes) and scale_rows_columns on y, or with fp8_tensor_cores_ the FP8
-  // tensor cores on per-token quantized activations (cuda_fp8_linear.cpp).
+  // (cuda_quant_linear.cpp). FP8 weights take fp8_gemv up to kFp8MmaMinRows - 1 rows, fp8_mma up
+  // to kQuantMmaMaxRows where K allows (fp8_decode_mma), else fp8_gemv up to kFp8GemvMaxRows, then
+  // the same scratch (holding the codes) and scale_rows_columns on y, or with fp8_tensor_cores_
+  // (from kFp8GemvMaxRows + 1 rows) the FP8 tensor cores on per-token quantized activations
+  // (cuda_fp8_linear.cpp).
   void quantized_linear_decode(const float* x, int64_t m, const CudaLinear& w, float* y);
+  bool fp8_decode_mma(int64_t m, int64_t k) const;
+  void fp8_linear_decode(const float* x, int64_t m, const CudaLinear& w, float* y);
   const CudaLinear& dequantized(const CudaLinear& w);
   // The FP8 tensor-core path over chunks of rows that fit the scratch (cuda_fp8_linear.cpp);
   // returns how many leading rows of y it wrote (it stops at a chunk cuBLASLt has no FP8

@@ -66,6 +66,21 @@ Linear CudaBackend::prepare_fp8_linear(const std::vector<const LinearWeight*>& p
   return linear;
 }
 
+bool CudaBackend::fp8_decode_mma(int64_t m, int64_t k) const {
+  return m >= kFp8MmaMinRows && m <= kQuantMmaMaxRows && k % 64 == 0 && !(fp8_tensor_cores_ && m > kFp8GemvMaxRows);
+}
+
+// Decode rows of an FP8 linear: fp8_mma where fp8_decode_mma, else fp8_gemv (m <= kFp8GemvMaxRows).
+void CudaBackend::fp8_linear_decode(const float* x, int64_t m, const CudaLinear& w, float* y) {
+  if (!fp8_decode_mma(m, w.fp8.cols)) {
+    fp8_gemv(x, static_cast<int>(m), w.fp8, y, stream());
+    return;
+  }
+  MOXIN_CHECK(quant_mma_scratch_elems(m, w.fp8.cols) <= scratch_elems_, "[cuda] linear: ", m, " x ", w.fp8.cols,
+              " activations exceed the scratch buffer");
+  fp8_mma(x, static_cast<int>(m), w.fp8, static_cast<bf16_bits*>(lane().scratch_bf16.get()), y, stream());
+}
+
 int64_t CudaBackend::fp8_tensor_core_rows(const float* x, int64_t m, const CudaLinear& w, float* y) {
   const int64_t k = w.fp8.cols, n = w.fp8.rows;
   // The activation codes fill the first half of the bf16 scratch, their per-row scales the second.

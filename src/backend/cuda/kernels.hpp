@@ -129,6 +129,12 @@ void fp8_gemv(const float* x, int m, const Fp8Matrix& w, float* y, cudaStream_t 
 // M = 1 or 8 for the benchmark's sweep; false when not compiled or not usable.
 bool fp8_gemv_variant(int rows_per_warp, int unroll, int slices, const float* x, int m, const Fp8Matrix& w,
                       float* y, cudaStream_t stream);
+// y[M, N] = (x[M, K] codes^T) * scales for kFp8MmaMinRows <= M <= kQuantMmaMaxRows and K % 64 == 0
+// on the tensor cores (quant_mma.cu's kernel): x rounded to bf16 (into x_scratch,
+// quant_mma_scratch_elems of them), the codes widened exactly, f32 accumulation, the row's scale
+// on each partial sum; the order of the f32 additions may vary.
+constexpr int kFp8MmaMinRows = 3;
+void fp8_mma(const float* x, int m, const Fp8Matrix& w, bf16_bits* x_scratch, float* y, cudaStream_t stream);
 // out[N, K] = the codes as bf16 (exact: every E4M3 value is a bf16 value), for the cuBLASLt path.
 void fp8_codes_to_bf16(const Fp8Matrix& w, bf16_bits* out, cudaStream_t stream);
 // y[r, c] *= row_scales[r] * col_scales[c] for a [rows, cols] y (row_scales may be null: 1): the

@@ -27,6 +27,7 @@
 
 #include "backend/cuda/attention_mma.cuh"
 #include "backend/cuda/cuda_check.hpp"
+#include "backend/cuda/e4m3.cuh"
 #include "backend/cuda/kernels.hpp"
 #include "backend/cuda/launch.cuh"
 #include "backend/cuda/quant_gemv_sweep.hpp"
@@ -104,6 +105,13 @@ __device__ __forceinline__ uint32_t code_pair_bf16(uint32_t word, int p) {
   }
 }
 
+// Code pair p (bytes 2p and 2p + 1) of a word of E4M3 codes as bf16x2: exact, every E4M3 value is
+// a bf16 value.
+__device__ __forceinline__ uint32_t e4m3_pair_bf16(uint32_t word, int p) {
+  const float2 v = e4m3x2_to_float2(word >> (16 * p));
+  return pack_bf16(v.x, v.y);
+}
+
 // The scale/bias of one row's group, ready for dequantize_pair.
 struct RowScale {
   uint32_t scale2, bias2;  // bf16 scales: (s, s) and (b, b)
@@ -145,10 +153,13 @@ struct BlockCodes {
 // session 27). With a split or phases the partial sums meet in y by atomic adds.
 // Two blocks per SM, as k_split plans (H100 run 3: at 140 registers one block fit and the
 // grid ran in two waves).
-template <int NT, int Bits, bool F32Scales, int kWarps, int kPhases>
+// kE4M3: w is an FP8 matrix seen as 8-bit codes (fp8_mma): each code pair widened exactly, no
+// group scales; the row's scale multiplies the sums.
+template <int NT, int Bits, bool F32Scales, int kWarps, int kPhases, bool kE4M3>
 __global__ void __launch_bounds__(kWarps* kLanes, 2)
     quant_mma_kernel(const uint4* __restrict__ xb, int m, QuantMatrix w, float* __restrict__ y) {
   static_assert(kWarps % kPhases == 0, "whole row groups per block");
+  static_assert(!kE4M3 || (Bits == 8 && !F32Scales), "E4M3 codes are bytes with one f32 scale a row");
   constexpr int kPairsPerWord = Bits == 4 ? 4 : 2;
   constexpr int kSteps = kLaneWords * kPairsPerWord / 2;  // mma k16 steps per K block
   constexpr int kLaneInputs = kLaneWords * 32 / Bits;     // E
@@ -194,7 +205,7 @@ __global__ void __launch_bounds__(kWarps* kLanes, 2)
           c.words[mt][h][1] = v.y;
           c.words[mt][h][2] = v.z;
           c.words[mt][h][3] = v.w;
-          c.raw[mt][h] = load_scale_bias<F32Scales>(pairs[mt][h], group);
+          c.raw[mt][h] = kE4M3 ? Raw{} : load_scale_bias<F32Scales>(pairs[mt][h], group);
         }
     } else {
       c = BlockCodes<F32Scales>{};  // zero weights: a scale and bias of 0
@@ -264,9 +275,10 @@ __global__ void __launch_bounds__(kWarps* kLanes, 2)
 #pragma unroll
           for (int half = 0; half < 2; ++half) {
             const int pair = 2 * s + half;
-            a[mt][2 * half + h] = dequantize_pair<F32Scales>(
-                code_pair_bf16<Bits>(cur.words[mt][h][pair / kPairsPerWord], pair % kPairsPerWord),
-                scale[mt][h]);
+            const uint32_t word = cur.words[mt][h][pair / kPairsPerWord];
+            a[mt][2 * half + h] =
+                kE4M3 ? e4m3_pair_bf16(word, pair % kPairsPerWord)
+                      : dequantize_pair<F32Scales>(code_pair_bf16<Bits>(word, pair % kPairsPerWord), scale[mt][h]);
           }
 #pragma unroll
       for (int j = 0; j < NT; ++j)
@@ -289,10 +301,11 @@ __global__ void __launch_bounds__(kWarps* kLanes, 2)
         const int token = 8 * j + 2 * quad_lane + i % 2;
         if (row >= w.rows || token >= m) continue;
         float* out = y + static_cast<int64_t>(token) * w.rows + row;
+        const float sum = kE4M3 ? acc[mt][j][i] * static_cast<const float*>(w.scale_bias)[row] : acc[mt][j][i];
         if (split)
-          atomicAdd(out, acc[mt][j][i]);
+          atomicAdd(out, sum);
         else
-          *out = acc[mt][j][i];
+          *out = sum;
       }
 }
 
@@ -320,11 +333,11 @@ Plan plan_for(const QuantMatrix& w, int nt, int phases) {
   return {nt, phases, std::max(1, std::min({fits, (kblocks + phases - 1) / phases, 32}))};
 }
 
-template <int NT, int Bits, bool F32Scales, int Phases>
+template <int NT, int Bits, bool F32Scales, int Phases, bool E4M3>
 void launch(const uint4* xb, int m, const QuantMatrix& w, const Plan& plan, float* y, cudaStream_t stream) {
   constexpr int kWarps = warps_for(NT);
   constexpr int kRowsPerBlock = kWarps / Phases * kRowsPerWarp;
-  launch_kernel("quant_mma_kernel", quant_mma_kernel<NT, Bits, F32Scales, kWarps, Phases>,
+  launch_kernel("quant_mma_kernel", quant_mma_kernel<NT, Bits, F32Scales, kWarps, Phases, E4M3>,
                 dim3((w.rows + kRowsPerBlock - 1) / kRowsPerBlock, plan.split), kWarps * kLanes, 0, stream,
                 xb, m, w, y);
 }
@@ -334,14 +347,14 @@ void launch(const uint4* xb, int m, const QuantMatrix& w, const Plan& plan, floa
 int token_tiles(int m) { return m <= 8 ? 1 : m <= 16 ? 2 : m <= 32 ? 4 : 8; }
 
 // The benchmark's other phasings take bf16 scales only (fewer kernels to compile).
-template <int Bits, bool F32Scales, int Phases>
+template <int Bits, bool F32Scales, int Phases, bool E4M3 = false>
 void launch_tokens(const uint4* xb, int m, const QuantMatrix& w, const Plan& plan, float* y,
                    cudaStream_t stream) {
   switch (plan.nt) {
-    case 1: return launch<1, Bits, F32Scales, Phases>(xb, m, w, plan, y, stream);
-    case 2: return launch<2, Bits, F32Scales, Phases>(xb, m, w, plan, y, stream);
-    case 4: return launch<4, Bits, F32Scales, Phases>(xb, m, w, plan, y, stream);
-    default: return launch<8, Bits, F32Scales, Phases>(xb, m, w, plan, y, stream);
+    case 1: return launch<1, Bits, F32Scales, Phases, E4M3>(xb, m, w, plan, y, stream);
+    case 2: return launch<2, Bits, F32Scales, Phases, E4M3>(xb, m, w, plan, y, stream);
+    case 4: return launch<4, Bits, F32Scales, Phases, E4M3>(xb, m, w, plan, y, stream);
+    default: return launch<8, Bits, F32Scales, Phases, E4M3>(xb, m, w, plan, y, stream);
   }
 }
 
@@ -382,6 +395,16 @@ void quant_mma(const float* x, int m, const QuantMatrix& w, bf16_bits* x_scratch
                cudaStream_t stream) {
   if (w.rows == 0 || m == 0) return;
   run(x, m, w, plan_for(w, token_tiles(m), kPhases), x_scratch, y, stream);
+}
+
+void fp8_mma(const float* x, int m, const Fp8Matrix& w, bf16_bits* x_scratch, float* y, cudaStream_t stream) {
+  if (w.rows == 0 || m == 0) return;
+  MOXIN_CHECK(reinterpret_cast<uintptr_t>(w.codes) % 16 == 0, "[cuda] fp8_mma: codes must be 16-byte aligned");
+  // The codes as 8-bit words, one "group" a row; scale_bias carries the row scales.
+  const QuantMatrix codes{reinterpret_cast<const uint32_t*>(w.codes), w.scales, false, 8, w.cols, w.rows, w.cols};
+  const Plan plan = plan_for(codes, token_tiles(m), kPhases);
+  prepare_activations(x, m, codes, true, x_scratch, y, stream);
+  launch_tokens<8, false, kPhases, true>(reinterpret_cast<const uint4*>(x_scratch), m, codes, plan, y, stream);
 }
 
 bool quant_mma_variant(int token_tiles_wanted, int phases, const float* x, int m, const QuantMatrix& w,
