@@ -225,8 +225,9 @@ __device__ __forceinline__ void rope_and_new_row(const DecodeRope& rope, const P
 }
 
 // kRope: q is unused and `rope` holds the q | k | v rows to rotate (see the file comment).
+// Eight warps of shared memory a block: two blocks an SM at four warps, one at eight.
 template <int kD, bool kCluster, bool kFp8, bool kRope>
-__global__ void __launch_bounds__(kSplitWarps * 32, 2)
+__global__ void __launch_bounds__(kSplitWarps * 32, 8 / kSplitWarps)
     paged_mma_kernel(const float* __restrict__ q, PagedLayer cache, TokenIndex index, int q_heads,
                      int splits, float scale, float* __restrict__ partial,
                      int* __restrict__ counters, float* __restrict__ y, DecodeRope rope) {
