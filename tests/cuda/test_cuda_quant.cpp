@@ -186,10 +186,11 @@ TEST_F(CudaQuant, GemvOneOrTwoRows) {
   check_one(2, 4100, 1024, 8, 128);
   check_one(2, 8200, 128, 4, 128);
   // 4-bit stages x in shared memory up to the per-block limit (M = 2: K <= 25600, M = 1:
-  // K <= 51200) and takes the lane-per-word kernel beyond.
-  check_one(2, 5, 25600, 4, 64);
-  check_one(2, 3, 26624, 4, 128);
-  check_one(1, 3, 52224, 4, 64);
+  // K <= 51200) and takes the lane-per-word kernel beyond. 64 outputs: with 3 or 5, one output's
+  // f32 rounding over such long sums can carry the norm-wise error (see SwigluOfOneRowInTheGemv).
+  check_one(2, 64, 25600, 4, 64);
+  check_one(2, 64, 26624, 4, 128);
+  check_one(1, 64, 52224, 4, 64);
   check_one(randint(1, 2), randint(1, 300), 128 * randint(1, 24), 4 * randint(1, 2), 128);
 }
 
