@@ -7,6 +7,7 @@
 
 #include "backend/cuda/cuda_backend_impl.hpp"
 #include "backend/cuda/cuda_check.hpp"
+#include "backend/cuda/dequant_ahead.hpp"
 #include "backend/cuda/launch.cuh"
 #include "core/check.hpp"
 #include "quant/affine_quant.hpp"
@@ -142,6 +143,10 @@ void CudaBackend::quantized_linear_decode(const float* x, int64_t m, const CudaL
 // apart).
 const CudaLinear& CudaBackend::dequantized(const CudaLinear& w) {
   require_main_lane("a quantized linear's prefill path");
+  cudaStreamCaptureStatus capturing = cudaStreamCaptureStatusNone;
+  MOXIN_CUDA_CHECK(cudaStreamIsCapturing(stream(), &capturing));
+  if (dequant_ahead_ && capturing == cudaStreamCaptureStatusNone)
+    return dequant_ahead_->take(w, stream(), quant_largest_elems_);
   const int64_t elems = w.is_fp8() ? int64_t{w.fp8.rows} * w.fp8.cols : int64_t{w.quant.rows} * w.quant.cols;
   if (elems > quant_dense_elems_) {
     quant_dense_elems_ = std::max(elems, quant_largest_elems_);
@@ -152,6 +157,28 @@ const CudaLinear& CudaBackend::dequantized(const CudaLinear& w) {
   else
     quant_dequantize_bf16(w.quant, static_cast<bf16_bits*>(quant_dense_.weight.get()), stream());
   return quant_dense_;
+}
+
+}  // namespace moxin::cuda
+
+namespace moxin::cuda {
+
+bool CudaBackend::dequantizes_at(const CudaLinear& w, int64_t m) const {
+  if (w.is_fp8()) return !fp8_tensor_cores_ && m > kFp8GemvMaxRows && !fp8_decode_mma(m, w.fp8.cols);
+  return w.quant.bits != 0 && (m > kQuantMmaMaxRows || w.quant.cols % 64 != 0);
+}
+
+void CudaBackend::set_dequant_ahead(bool on) {
+  if (!on)
+    dequant_ahead_.reset();
+  else if (!dequant_ahead_)
+    dequant_ahead_ = std::make_unique<DequantAhead>(context_);
+}
+
+void CudaBackend::linear_ahead(const Linear& next, int64_t rows) {
+  if (!dequant_ahead_ || current_lane_ != 0) return;
+  const CudaLinear& lw = cuda_linear(next, "linear_ahead");
+  if (dequantizes_at(lw, rows)) dequant_ahead_->expect(lw);
 }
 
 }  // namespace moxin::cuda
