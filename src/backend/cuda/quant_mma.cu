@@ -1,7 +1,8 @@
-// Batched-decode linear with quantized weights (3 <= M <= 64): y[M, N] = x[M, K] W^T with
-// mma.sync m16n8k16 (bf16 in, f32 accumulation). Weights are the A operand (16 rows per tile),
-// activations the B operand (8 tokens per tile), so the weights are read once per call for up
-// to 64 tokens and dequantized straight into A fragments, never to memory.
+// Batched-decode linear with quantized weights (3 <= M <= 64; MLX affine 4/8-bit, and FP8 E4M3
+// through fp8_mma): y[M, N] = x[M, K] W^T with mma.sync m16n8k16 (bf16 in, f32 accumulation).
+// Weights are the A operand (16 rows per tile), activations the B operand (8 tokens per tile),
+// so the weights are read once per call for up to 64 tokens and dequantized straight into A
+// fragments, never to memory.
 //
 // The sum over k does not care in which order k comes, so each lane takes its A fragment from
 // 16 contiguous bytes of codes per row (one group, one scale/bias pair) and the activations are
@@ -11,12 +12,14 @@
 // step s takes its pairs 2s and 2s + 1, i.e. 4 consecutive reordered activations per token, and
 // one 16-byte load serves two steps (layout in activations_kernel).
 //
-// A block is kWarps warps of 32 weight rows each (two m16 tiles); all of them walk the same K
-// blocks, so each block's activation tile is prefetched from L2 once and then served from L1 to
-// every warp (with 32 rows per block the activations would cost L2 4x the weight bytes at 32
-// tokens). The K blocks are dealt to gridDim.y blocks so that even 4096 rows fill the GPU; their
-// partial sums meet in y by atomic adds (y zeroed by the activation kernel), so the order of
-// those f32 additions varies from run to run. Each warp loads its next K block's codes while it
+// A warp multiplies 32 weight rows (two m16 tiles); a block is kWarps / kPhases such row groups,
+// the kPhases warps of a group taking alternate K blocks (a row's neighbouring pieces read
+// together). The block's warps walk the same few K blocks at a time, so its activation tiles are
+// prefetched from L2 once and then served from L1 to every warp (with 32 rows per block the
+// activations would cost L2 4x the weight bytes at 32 tokens). The K blocks are also dealt to
+// gridDim.y blocks so that even 4096 rows fill the GPU; all partial sums meet in y by atomic adds
+// (y zeroed by the activation kernel), so the order of those f32 additions varies from run to
+// run. Each warp loads its next K block's codes while it
 // multiplies the current one. Dequantization: bf16 scales use the bf16x2 FMA (one rounding of
 // scale * q + bias); f32 scales an f32 FMA then a bf16 rounding, as quant_dequantize_bf16. Both
 // give the bf16 nearest to the f32 value scale * q + bias except when that f32 value itself was
