@@ -3,7 +3,7 @@
 # parity against the PyTorch reference on a fresh tiny model, a fresh full-size random model,
 # `moxin bench` (vision, prefill, first token from a 640x480 JPEG, then decode at every batch of
 # MOXIN_BENCH_BATCHES) and the PyTorch peers (batch 1 and MOXIN_BENCH_BATCH) in the same run, then
-# the comparison table; `quant` adds batch-1 benches with the decoder
+# the comparison table; `quant` adds benches (batches 1, 8 and 32) with the decoder
 # quantized at load (MOXIN_BENCH_QUANT="bits:group ...") against PyTorch's int8/int4 peers and
 # the bf16 numbers of the same run (run it after `bench`). Carry .deps (tools/device_deps.sh).
 # `kv` compares the FP8 KV cache with bf16 at a 4k context (bench/compare_kv.py).
@@ -72,8 +72,8 @@ Image.fromarray(data.astronaut()).resize((640, 480), Image.BICUBIC).save('/tmp/p
       ensure_full_model
       for config in ${MOXIN_BENCH_QUANT:-8:64 4:64 8:128 4:128}; do
         bits=${config%:*} group=${config#*:}
-        $bin bench --model $model --device cuda --batch 1 --context "$context" --no-vision --runs 3 \
-          --quantize "$bits" --group-size "$group" --max-context $((context + 256)) --json \
+        $bin bench --model $model --device cuda --batch 1,8,32 --context "$context" --no-vision --runs 3 \
+          --quantize "$bits" --group-size "$group" --max-context $(((context + 64) * 32)) --json \
           >"$out/bench_q${bits}g${group}.json" 2>"$out/bench_q.err" || cat "$out/bench_q.err"
       done
       python3 bench/compare_quant.py "$out/bench.json" "$out/peer.json" "$out"/bench_q*g*.json |
