@@ -61,7 +61,14 @@ struct CudaLinear final : LinearImpl {
   // in `codes` and `scale_bias`.
   Fp8Matrix fp8;
   bool is_fp8() const { return fp8.codes != nullptr; }
+  // Quantized or FP8: the elements of the weights as bf16 (out * in).
+  int64_t dense_elems() const {
+    return is_fp8() ? int64_t{fp8.rows} * fp8.cols : int64_t{quant.rows} * quant.cols;
+  }
 };
+
+// A quantized or FP8 linear's weights as bf16 [out, in] into `out` (cuda_quant_linear.cpp).
+void dequantize_bf16(const CudaLinear& w, bf16_bits* out, cudaStream_t stream);
 
 // The backend's own form of a prepared Linear; a weight prepared elsewhere is refused by name.
 inline const CudaLinear& cuda_linear(const Linear& w, const char* op) {

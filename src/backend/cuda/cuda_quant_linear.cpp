@@ -143,25 +143,26 @@ void CudaBackend::quantized_linear_decode(const float* x, int64_t m, const CudaL
 // apart).
 const CudaLinear& CudaBackend::dequantized(const CudaLinear& w) {
   require_main_lane("a quantized linear's prefill path");
-  cudaStreamCaptureStatus capturing = cudaStreamCaptureStatusNone;
-  MOXIN_CUDA_CHECK(cudaStreamIsCapturing(stream(), &capturing));
-  if (dequant_ahead_ && capturing == cudaStreamCaptureStatusNone)
-    return dequant_ahead_->take(w, stream(), quant_largest_elems_);
-  const int64_t elems = w.is_fp8() ? int64_t{w.fp8.rows} * w.fp8.cols : int64_t{w.quant.rows} * w.quant.cols;
+  if (dequant_ahead_) {
+    cudaStreamCaptureStatus capturing = cudaStreamCaptureStatusNone;
+    MOXIN_CUDA_CHECK(cudaStreamIsCapturing(stream(), &capturing));
+    if (capturing == cudaStreamCaptureStatusNone) return dequant_ahead_->take(w, stream(), quant_largest_elems_);
+  }
+  const int64_t elems = w.dense_elems();
   if (elems > quant_dense_elems_) {
     quant_dense_elems_ = std::max(elems, quant_largest_elems_);
     quant_dense_.weight = device_alloc(context_, static_cast<size_t>(quant_dense_elems_) * 2);
   }
-  if (w.is_fp8())
-    fp8_codes_to_bf16(w.fp8, static_cast<bf16_bits*>(quant_dense_.weight.get()), stream());
-  else
-    quant_dequantize_bf16(w.quant, static_cast<bf16_bits*>(quant_dense_.weight.get()), stream());
+  dequantize_bf16(w, static_cast<bf16_bits*>(quant_dense_.weight.get()), stream());
   return quant_dense_;
 }
 
-}  // namespace moxin::cuda
-
-namespace moxin::cuda {
+void dequantize_bf16(const CudaLinear& w, bf16_bits* out, cudaStream_t stream) {
+  if (w.is_fp8())
+    fp8_codes_to_bf16(w.fp8, out, stream);
+  else
+    quant_dequantize_bf16(w.quant, out, stream);
+}
 
 bool CudaBackend::dequantizes_at(const CudaLinear& w, int64_t m) const {
   if (w.is_fp8()) return !fp8_tensor_cores_ && m > kFp8GemvMaxRows && !fp8_decode_mma(m, w.fp8.cols);

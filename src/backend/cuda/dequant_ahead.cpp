@@ -4,23 +4,8 @@
 #include <utility>
 
 #include "backend/cuda/cuda_check.hpp"
-#include "backend/cuda/kernels.hpp"
 
 namespace moxin::cuda {
-namespace {
-
-int64_t weight_elems(const CudaLinear& w) {
-  return w.is_fp8() ? int64_t{w.fp8.rows} * w.fp8.cols : int64_t{w.quant.rows} * w.quant.cols;
-}
-
-void dequantize(const CudaLinear& w, void* out, cudaStream_t stream) {
-  if (w.is_fp8())
-    fp8_codes_to_bf16(w.fp8, static_cast<bf16_bits*>(out), stream);
-  else
-    quant_dequantize_bf16(w.quant, static_cast<bf16_bits*>(out), stream);
-}
-
-}  // namespace
 
 DequantAhead::DequantAhead(std::shared_ptr<DeviceContext> context) : context_(std::move(context)) {
   MOXIN_CUDA_CHECK(cudaStreamCreateWithFlags(&side_, cudaStreamNonBlocking));
@@ -52,7 +37,7 @@ void DequantAhead::grow(int64_t elems, cudaStream_t main) {
 }
 
 const CudaLinear& DequantAhead::take(const CudaLinear& w, cudaStream_t main, int64_t elems) {
-  grow(std::max({elems, weight_elems(w), next_ ? weight_elems(*next_) : 0}), main);
+  grow(std::max({elems, w.dense_elems(), next_ ? next_->dense_elems() : 0}), main);
   MOXIN_CUDA_CHECK(cudaEventRecord(main_done_, main));
   int b = -1;
   for (int i = 0; i < 2 && b < 0; ++i)
@@ -62,7 +47,7 @@ const CudaLinear& DequantAhead::take(const CudaLinear& w, cudaStream_t main, int
   } else {
     b = 1 - last_;
     join(b, main);
-    dequantize(w, dense_[b].weight.get(), main);
+    dequantize_bf16(w, static_cast<bf16_bits*>(dense_[b].weight.get()), main);
   }
   const int other = 1 - b;
   join(other, main);  // an expectation that did not come true
@@ -70,7 +55,7 @@ const CudaLinear& DequantAhead::take(const CudaLinear& w, cudaStream_t main, int
   if (next_ && next_->codes != w.codes) {
     // The other buffer was last read by a GEMM enqueued on main before main_done_.
     MOXIN_CUDA_CHECK(cudaStreamWaitEvent(side_, main_done_));
-    dequantize(*next_, dense_[other].weight.get(), side_);
+    dequantize_bf16(*next_, static_cast<bf16_bits*>(dense_[other].weight.get()), side_);
     MOXIN_CUDA_CHECK(cudaEventRecord(ready_[other], side_));
     pending_[other] = std::move(next_);
   }

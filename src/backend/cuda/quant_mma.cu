@@ -19,8 +19,8 @@
 // activations would cost L2 4x the weight bytes at 32 tokens). The K blocks are also dealt to
 // gridDim.y blocks so that even 4096 rows fill the GPU; all partial sums meet in y by atomic adds
 // (y zeroed by the activation kernel), so the order of those f32 additions varies from run to
-// run. Each warp loads its next K block's codes while it
-// multiplies the current one. Dequantization: bf16 scales use the bf16x2 FMA (one rounding of
+// run. Each warp loads its next K block's codes while it multiplies the current one.
+// Dequantization: bf16 scales use the bf16x2 FMA (one rounding of
 // scale * q + bias); f32 scales an f32 FMA then a bf16 rounding, as quant_dequantize_bf16. Both
 // give the bf16 nearest to the f32 value scale * q + bias except when that f32 value itself was
 // rounded onto a bf16 tie (not seen in practice).
@@ -154,7 +154,7 @@ struct BlockCodes {
 // * 32; warp w takes row group w / kPhases and K blocks (y * kPhases + w % kPhases) + i * gridDim.y
 // * kPhases (each block's K blocks in runs instead, 8-bit lost 3-10% and 4-bit tied: H100,
 // session 27). With a split or phases the partial sums meet in y by atomic adds.
-// Two blocks per SM, as k_split plans (H100 run 3: at 140 registers one block fit and the
+// Two blocks per SM, as plan_for plans (H100 run 3: at 140 registers one block fit and the
 // grid ran in two waves).
 // kE4M3: w is an FP8 matrix seen as 8-bit codes (fp8_mma): each code pair widened exactly, no
 // group scales; the row's scale multiplies the sums.
@@ -406,7 +406,7 @@ void fp8_mma(const float* x, int m, const Fp8Matrix& w, bf16_bits* x_scratch, fl
   // The codes as 8-bit words, one "group" a row; scale_bias carries the row scales.
   const QuantMatrix codes{reinterpret_cast<const uint32_t*>(w.codes), w.scales, false, 8, w.cols, w.rows, w.cols};
   const Plan plan = plan_for(codes, token_tiles(m), kPhases);
-  prepare_activations(x, m, codes, true, x_scratch, y, stream);
+  prepare_activations(x, m, codes, plan.split > 1 || plan.phases > 1, x_scratch, y, stream);
   launch_tokens<8, false, kPhases, true>(reinterpret_cast<const uint4*>(x_scratch), m, codes, plan, y, stream);
 }
 
