@@ -5,7 +5,7 @@
 # line a run (tok/s and share of the same run's copy ceiling per batch). Each argument is an
 # environment to run both builds in (NAME=VALUE words; "" for the defaults), so a switch can be
 # crossed with runtime ones. Carry .deps (tools/device_deps.sh); makes /tmp/moxin-full if missing.
-#   MOXIN_AB_CUDA_FLAGS=-DMOXIN_SPLIT_WARPS=8 bench/run_gpu_build_ab.sh "" "MOXIN_CUDA_PDL=1"
+#   MOXIN_AB_CUDA_FLAGS=-DMOXIN_SWITCH=1 bench/run_gpu_build_ab.sh "" "MOXIN_CUDA_PDL=1"  (a #ifdef switch in the source)
 # Env: MOXIN_AB_BATCHES (default 1,8,32), MOXIN_AB_ARGS (extra bench flags; default
 #      "--no-vision --prefill-tokens 16"), MOXIN_AB_ROUNDS (default 2).
 set -uo pipefail
