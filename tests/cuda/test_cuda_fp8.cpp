@@ -170,6 +170,7 @@ TEST_F(CudaFp8, GemvOddInputWidths) {  // K % 16 != 0: one code per lane per ste
 TEST_F(CudaFp8, PrefillNineToThreeHundredRows) {
   for (int m : {9, 16, 64, 65, 300}) check_one(m, 47, 256);
   check_one(33, 130, 4096);
+  check_one(12, 47, 104);  // 4888 codes, not whole 16s: the widening's code-a-thread path
   check_one(randint(9, 300), randint(1, 200), 8 * randint(8, 100));  // K >= 64: see the tolerance note
 }
 

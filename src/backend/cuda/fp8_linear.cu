@@ -211,11 +211,38 @@ void launch_gemv(const float* x, const Fp8Matrix& w, float* y, cudaStream_t stre
   }
 }
 
+__device__ __forceinline__ uint32_t bf16x2_bits(float2 v) {
+  const __nv_bfloat162 b = __floats2bfloat162_rn(v.x, v.y);
+  return *reinterpret_cast<const uint32_t*>(&b);
+}
+
+// Codes widened to bf16 (exact: every E4M3 value is a bf16 value), 16 codes a thread: one 16-byte
+// load and two 16-byte stores (a code a thread read bytes and made the fp8 prefill's widening
+// the slowest of the quantized formats' dequantizations: 1024 tokens 50.1 ms against int4's 34.5,
+// H100 session 27). Counts that are not whole 16s, or unaligned pointers: a code a thread.
 __global__ void fp8_codes_to_bf16_kernel(const uint8_t* __restrict__ codes, int64_t count,
-                                         __nv_bfloat16* __restrict__ out) {
+                                         __nv_bfloat16* __restrict__ out, bool vectors) {
   wait_for_prior_kernels();
-  for (int64_t i = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; i < count; i += int64_t{gridDim.x} * blockDim.x)
-    out[i] = __float2bfloat16(e4m3_to_float(codes[i]));
+  const int64_t first = blockIdx.x * int64_t{blockDim.x} + threadIdx.x;
+  const int64_t stride = int64_t{gridDim.x} * blockDim.x;
+  if (!vectors) {
+    for (int64_t i = first; i < count; i += stride) out[i] = __float2bfloat16(e4m3_to_float(codes[i]));
+    return;
+  }
+  for (int64_t i = first; i < count / 16; i += stride) {
+    const uint4 raw = load_once_16(reinterpret_cast<const uint32_t*>(codes) + 4 * i);
+    const uint32_t words[4] = {raw.x, raw.y, raw.z, raw.w};
+    uint32_t pairs[8];
+#pragma unroll
+    for (int w = 0; w < 4; ++w) {
+      const float2 lo = e4m3x2_to_float2(words[w] & 0xFFFFu), hi = e4m3x2_to_float2(words[w] >> 16);
+      pairs[2 * w] = bf16x2_bits(lo);
+      pairs[2 * w + 1] = bf16x2_bits(hi);
+    }
+    uint4* dest = reinterpret_cast<uint4*>(out) + 2 * i;
+    dest[0] = make_uint4(pairs[0], pairs[1], pairs[2], pairs[3]);
+    dest[1] = make_uint4(pairs[4], pairs[5], pairs[6], pairs[7]);
+  }
 }
 
 __global__ void scale_rows_columns_kernel(float* __restrict__ y, const float* __restrict__ row_scales,
@@ -291,8 +318,10 @@ bool fp8_gemv_variant(int rows_per_warp, int unroll, int slices, const float* x,
 void fp8_codes_to_bf16(const Fp8Matrix& w, bf16_bits* out, cudaStream_t stream) {
   const int64_t count = int64_t{w.rows} * w.cols;
   if (count == 0) return;
-  launch_kernel("fp8_codes_to_bf16_kernel", fp8_codes_to_bf16_kernel, elementwise_blocks(count),
-                kElementwiseThreads, 0, stream, w.codes, count, reinterpret_cast<__nv_bfloat16*>(out));
+  const bool vectors = count % 16 == 0 && reinterpret_cast<uintptr_t>(w.codes) % 16 == 0 &&
+                       reinterpret_cast<uintptr_t>(out) % 16 == 0;
+  launch_kernel("fp8_codes_to_bf16_kernel", fp8_codes_to_bf16_kernel, elementwise_blocks(vectors ? count / 16 : count),
+                kElementwiseThreads, 0, stream, w.codes, count, reinterpret_cast<__nv_bfloat16*>(out), vectors);
 }
 
 void scale_rows_columns(float* y, const float* row_scales, const float* col_scales, int64_t rows, int64_t cols,
