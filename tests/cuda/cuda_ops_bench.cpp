@@ -676,12 +676,13 @@ void bench_quant_linears(CudaBackend& backend, double ceiling) {
 }
 
 // FP8 E4M3 linears (random finite codes, f32 scale per row) at full shapes: M = 1..8 (GEMV)
-// against the copy ceiling in bytes of codes + scales + x + y, M = 16..1024 both prefill paths
-// (codes as bf16 + cuBLASLt + column scales; FP8 tensor cores on per-token E4M3 activations)
-// against the bf16 linear of the same shape. Three copies alternate.
+// and M = 16..64 (the tensor-core kernel on the codes) against the copy ceiling in bytes of codes +
+// scales + x + y, M = 1024 both prefill paths (codes as bf16 + cuBLASLt + column scales; FP8 tensor
+// cores on per-token E4M3 activations, the default) against the bf16 linear of the same shape.
+// Three copies alternate.
 void bench_fp8_linears(CudaBackend& backend, double ceiling) {
   const cudaStream_t stream = backend.stream();
-  backend.set_fp8_tensor_cores(false);  // the default path; the tensor cores are timed explicitly
+  backend.set_fp8_tensor_cores(false);  // the widening path; the tensor cores are timed explicitly
   for (const auto& [n, k] : {std::pair<int64_t, int64_t>{14336, 4096}, {4096, 14336}, {32064, 4096}}) {
     std::vector<std::vector<uint8_t>> codes(3, std::vector<uint8_t>(size_t(n * k)));
     for (auto& c : codes)
@@ -710,8 +711,10 @@ void bench_fp8_linears(CudaBackend& backend, double ceiling) {
       Tensor y = backend.empty_act({m, n});
       const std::string what = cat("fp8 linear M=", m, " [", n, "x", k, "]");
       const double ms = time_ms(stream, 20, 10, [&](int i) { backend.linear(x, w[i % 3], y); });
-      if (m <= kFp8GemvMaxRows) {
-        const double bytes = double(n) * k + 4.0 * n + 4.0 * m * (k + n);
+      const double bytes = double(n) * k + 4.0 * n + 4.0 * m * (k + n);
+      if (m > kFp8GemvMaxRows && m <= kQuantMmaMaxRows) {
+        table.push_back({what + " tensor-core kernel on the codes", ms, pct(bytes / ms / 1e6, ceiling)});
+      } else if (m <= kFp8GemvMaxRows) {
         table.push_back({what + " gemv", ms, pct(bytes / ms / 1e6, ceiling)});
         for (const auto& [rows, unroll, slices] :
              {std::tuple{2, 2, 1}, {4, 2, 1}, {4, 2, 2}, {4, 2, 4}, {4, 4, 1}, {4, 4, 2}, {8, 2, 1}, {8, 2, 2}}) {
@@ -736,6 +739,7 @@ void bench_fp8_linears(CudaBackend& backend, double ceiling) {
       }
     }
   }
+  backend.set_fp8_tensor_cores(true);  // the default again
 }
 
 }  // namespace

@@ -1,7 +1,9 @@
 // FP8 E4M3 linears on the GPU (docs/model.md section 5) against an f64 reference computed from
 // the codes and per-row scales (w = e4m3(code) * scale): the GEMV (M <= 8, 16-byte loads and the
-// one-code-per-lane path for K % 16 != 0), the prefill path above it (codes as bf16 through
-// cuBLASLt, then the scales), parts fused by rows, and the refusals of malformed weights.
+// one-code-per-lane path for K % 16 != 0), the tensor-core kernel on exact codes (3..64 rows), the
+// FP8 tensor cores on per-token E4M3 activations above 64 rows (the default), the path with the
+// tensor cores switched off (codes as bf16 through cuBLASLt, then the scales), parts fused by rows,
+// and the refusals of malformed weights.
 //
 // Tolerances (||got - ref|| / ||ref||):
 //  - GEMV: the codes widen exactly, f32 activations, f32 products and sums, one f32 multiply
@@ -41,6 +43,21 @@ constexpr double kBf16ActivationTol = 3e-3;
 // f32-accumulating reference is held to 4 x 2^-13; a wrong code, scale or row costs ~1e-2.
 constexpr double kFp8AccumulationTol = 4.0 / 8192;
 constexpr double kFp8ActivationTol = 5e-2;
+
+// FP8 tensor cores on or off for the rest of a scope, then as they were (the backend is shared).
+class Fp8TensorCores {
+ public:
+  Fp8TensorCores(Backend& b, bool on) : backend_(dynamic_cast<cuda::CudaBackend&>(b)), was_(backend_.fp8_tensor_cores()) {
+    backend_.set_fp8_tensor_cores(on);
+  }
+  ~Fp8TensorCores() { backend_.set_fp8_tensor_cores(was_); }
+  Fp8TensorCores(const Fp8TensorCores&) = delete;
+  Fp8TensorCores& operator=(const Fp8TensorCores&) = delete;
+
+ private:
+  cuda::CudaBackend& backend_;
+  bool was_;
+};
 
 // One fp8 linear as a checkpoint holds it: random finite codes, scales like amax / 448 of
 // weights of ~0.5 to ~5.
@@ -96,7 +113,9 @@ class CudaFp8 : public CudaOpsTest {
     return y;
   }
 
+  // Every path on exact activations (the FP8 tensor cores off).
   void check(const std::vector<const Fp8Part*>& parts, int64_t m) {
+    const Fp8TensorCores exact(backend(), false);
     std::vector<const LinearWeight*> weights;
     int64_t n = 0;
     for (const Fp8Part* p : parts) {
@@ -174,18 +193,6 @@ TEST_F(CudaFp8, PrefillNineToThreeHundredRows) {
   check_one(randint(9, 300), randint(1, 200), 8 * randint(8, 100));  // K >= 64: see the tolerance note
 }
 
-// The FP8 tensor-core path for the rest of a test, then the default again (the backend is shared).
-class Fp8TensorCores {
- public:
-  explicit Fp8TensorCores(Backend& b) : backend_(dynamic_cast<cuda::CudaBackend&>(b)) {
-    backend_.set_fp8_tensor_cores(true);
-  }
-  ~Fp8TensorCores() { backend_.set_fp8_tensor_cores(false); }
-
- private:
-  cuda::CudaBackend& backend_;
-};
-
 // x [m, k] quantized per row as quantize_rows_e4m3 does: the values e4m3(code) * scale.
 std::vector<float> quantize_rows_on_host(const std::vector<float>& x, int64_t m, int64_t k) {
   std::vector<float> out(x.size());
@@ -199,10 +206,10 @@ std::vector<float> quantize_rows_on_host(const std::vector<float>& x, int64_t m,
   return out;
 }
 
-TEST_F(CudaFp8, TensorCoresOnPerTokenActivations) {
-  const Fp8TensorCores on(backend());
-  for (const auto& [m, n, k] : {std::tuple<int64_t, int64_t, int64_t>{9, 48, 256}, {64, 32, 512}, {300, 160, 4096},
-                                {randint(9, 300), 16 * randint(1, 20), 16 * randint(4, 100)}}) {
+TEST_F(CudaFp8, TensorCoresOnPerTokenActivations) {  // the default above 64 rows
+  ASSERT_TRUE(dynamic_cast<cuda::CudaBackend&>(backend()).fp8_tensor_cores());
+  for (const auto& [m, n, k] : {std::tuple<int64_t, int64_t, int64_t>{65, 48, 256}, {128, 32, 512}, {300, 160, 4096},
+                                {randint(65, 300), 16 * randint(1, 20), 16 * randint(4, 100)}}) {
     const auto part = make_part(n, k);
     const Linear prepared = backend().prepare_linear(part->weight);
     std::vector<float> x = randn(static_cast<size_t>(m * k));
@@ -215,10 +222,16 @@ TEST_F(CudaFp8, TensorCoresOnPerTokenActivations) {
   }
   // K % 16 != 0: no FP8 GEMM; the codes-as-bf16 path answers.
   const auto odd = make_part(40, 100);
-  const std::vector<float> x = randn(20 * 100);
-  Tensor y = poisoned({20, 40});
-  backend().linear(upload(x, {20, 100}), backend().prepare_linear(odd->weight), y);
-  expect_close("fp8 tensor cores K=100 (falls back)", download(y), reference({odd.get()}, x, 20, true), kF32Tol);
+  const std::vector<float> x = randn(70 * 100);
+  Tensor y = poisoned({70, 40});
+  backend().linear(upload(x, {70, 100}), backend().prepare_linear(odd->weight), y);
+  expect_close("fp8 tensor cores K=100 (falls back)", download(y), reference({odd.get()}, x, 70, true), kF32Tol);
+  // Up to 64 rows (a decode batch) the activations stay exact: the tensor-core kernel on the codes.
+  const auto part = make_part(96, 256);
+  const std::vector<float> x64 = randn(64 * 256);
+  Tensor y64 = poisoned({64, 96});
+  backend().linear(upload(x64, {64, 256}), backend().prepare_linear(part->weight), y64);
+  expect_close("fp8 at 64 rows (exact activations)", download(y64), reference({part.get()}, x64, 64, true), kF32Tol);
 }
 
 TEST_F(CudaFp8, PartsConcatenateByRows) {

@@ -259,6 +259,31 @@ def fp8_kv_round(x):
     return ((x.float() / scale).to(torch.float8_e4m3fn).float() * scale).to(x.dtype)
 
 
+def e4m3_per_token(x):
+    """Rows of x [..., K] as the CUDA engine's FP8 tensor-core prefill multiplies them
+    (docs/model.md section 5): s = amax(|row|) / 448 in float32 (1 for an all-zero row), then
+    e4m3(row / s) * s with PyTorch's float8_e4m3fn conversion."""
+    rows = x.float()
+    scale = rows.abs().amax(dim=-1, keepdim=True) / 448.0
+    scale = torch.where(scale == 0, torch.ones_like(scale), scale)
+    return ((rows / scale).to(torch.float8_e4m3fn).float() * scale).to(x.dtype)
+
+
+def quantize_prefill_activations(llm, min_rows):
+    """Every decoder-layer linear of `llm` sees its input rounded per token by e4m3_per_token in
+    forwards of at least min_rows tokens (a prefill on the FP8 tensor cores); shorter forwards (the
+    decode steps) keep their activations as they are."""
+    def round_input(module, args):
+        x = args[0]
+        if x.numel() // x.shape[-1] < min_rows:
+            return None
+        return (e4m3_per_token(x),) + tuple(args[1:])
+
+    for module in llm.model.layers.modules():
+        if isinstance(module, nn.Linear):
+            module.register_forward_pre_hook(round_input)
+
+
 class Fp8KvCache(DynamicCache):
     """transformers' cache holding K and V as the engine's FP8 KV cache does: every new key and
     value row is rounded before it is stored, so the token's own attention reads it rounded too."""

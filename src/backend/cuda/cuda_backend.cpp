@@ -102,7 +102,7 @@ CudaBackend::CudaBackend(int device_ordinal)
   lanes_[0].scratch_bf16 = device_alloc(context_, static_cast<size_t>(scratch_elems_) * 2);
   MOXIN_CUDA_CHECK(cudaEventCreateWithFlags(&fork_, cudaEventDisableTiming));
   add_lane();  // the second image encoder's (Vlm::encode_images), ready before any capture
-  fp8_tensor_cores_ = env_equals("MOXIN_CUDA_FP8_TENSOR_CORES", "1");
+  fp8_tensor_cores_ = !env_equals("MOXIN_CUDA_FP8_TENSOR_CORES", "0");
   fused_residual_ = !env_equals("MOXIN_CUDA_FUSE_RESIDUAL", "0");
   fused_rope_ = !env_equals("MOXIN_CUDA_FUSE_ROPE", "0");
   set_dequant_ahead(env_equals("MOXIN_CUDA_DEQUANT_AHEAD", "1"));
@@ -345,7 +345,7 @@ CudaBackend::DecodeKernel CudaBackend::bf16_decode_kernel_for_shape(int64_t m, i
 }
 
 bool CudaBackend::takes_bf16_activations(const CudaLinear& lw, int64_t m, int64_t n, int64_t k) const {
-  if (lw.is_fp8()) return m > kFp8GemvMaxRows && !fp8_tensor_cores_ && !fp8_decode_mma(m, k);
+  if (lw.is_fp8()) return m > kFp8GemvMaxRows && !fp8_on_tensor_cores(m) && !fp8_decode_mma(m, k);
   if (lw.quant.bits != 0) return m > kQuantMmaMaxRows || !quant_decode_kernels_fit(lw);
   return bf16_decode_kernel_for_shape(m, n, k) == DecodeKernel::Gemm;
 }
@@ -428,7 +428,7 @@ void CudaBackend::linear(const Tensor& x, const Linear& w, Tensor& y) {
   }
   // FP8 weights: the leading rows the FP8 tensor cores take (all, unless cuBLASLt lacks an
   // algorithm for a chunk's shape); the rest multiply the codes as bf16, then the scales.
-  const int64_t done = lw.is_fp8() && fp8_tensor_cores_ ? fp8_tensor_core_rows(xd, m, lw, data_of<float>(y)) : 0;
+  const int64_t done = lw.is_fp8() && fp8_on_tensor_cores(m) ? fp8_tensor_core_rows(xd, m, lw, data_of<float>(y)) : 0;
   if (done == m) return;
   float* yd = data_of<float>(y) + done * n;
   gemm_rows(m - done, quantized ? dequantized(lw) : lw, n, k, yd, [&](int64_t first, int64_t count, bf16_bits* a) {

@@ -203,11 +203,14 @@ class CudaBackend final : public Backend {
   // split-K (decode) kernels rather than the tiled (prefill) ones.
   bool attention_uses_split(int64_t tokens, int64_t num_seqs, int q_heads, int kv_heads) const;
   void set_linear_path(CudaLinearPath path) { linear_path_ = path; }
-  // FP8 weights above kFp8GemvMaxRows rows: FP8 tensor cores on per-token E4M3 activations
-  // (true; faster, but the activations carry E4M3's 4 significant bits), or the codes as bf16
-  // with f32 activations rounded to bf16 (false, the default). MOXIN_CUDA_FP8_TENSOR_CORES=1
-  // sets it at construction.
+  // FP8 weights above kQuantMmaMaxRows rows (a prefill, or a decode batch of more than 64
+  // sequences): FP8 tensor cores on per-token E4M3 activations (true, the default: each row's
+  // activations rounded to E4M3's 4 significant bits with their own scale, as vLLM's dynamic FP8
+  // does; issue #11), or the codes widened to bf16 for cuBLASLt's bf16 GEMM with the activations
+  // rounded to bf16 (false; MOXIN_CUDA_FP8_TENSOR_CORES=0 at construction). Up to 64 rows the
+  // activations stay exact (fp8_gemv / fp8_mma) either way.
   void set_fp8_tensor_cores(bool on) { fp8_tensor_cores_ = on; }
+  bool fp8_tensor_cores() const { return fp8_tensor_cores_; }
   // Whether quantized prefill dequantizes the linear named by linear_ahead on a side stream while
   // the current GEMM runs (dequant_ahead.hpp): off by default (a build to measure, session 27);
   // MOXIN_CUDA_DEQUANT_AHEAD=1 turns it on at construction.
@@ -255,11 +258,13 @@ class CudaBackend final : public Backend {
   // dequantized(), a bf16 copy of the weights in a scratch shared by all quantized linears
   // (cuda_quant_linear.cpp). FP8 weights take fp8_gemv up to kFp8MmaMinRows - 1 rows, fp8_mma up
   // to kQuantMmaMaxRows where K allows (fp8_decode_mma), else fp8_gemv up to kFp8GemvMaxRows, then
-  // the same scratch (holding the codes) and scale_rows_columns on y, or with fp8_tensor_cores_
-  // (from kFp8GemvMaxRows + 1 rows) the FP8 tensor cores on per-token quantized activations
+  // the same scratch (holding the codes) and scale_rows_columns on y, or where
+  // fp8_on_tensor_cores the FP8 tensor cores on per-token quantized activations
   // (cuda_fp8_linear.cpp).
   void quantized_linear_decode(const float* x, int64_t m, const CudaLinear& w, float* y);
   bool fp8_decode_mma(int64_t m, int64_t k) const;
+  // Whether m rows of an FP8 linear go to the FP8 tensor cores (fp8_tensor_core_rows).
+  bool fp8_on_tensor_cores(int64_t m) const { return fp8_tensor_cores_ && m > kQuantMmaMaxRows; }
   void fp8_linear_decode(const float* x, int64_t m, const CudaLinear& w, float* y);
   const CudaLinear& dequantized(const CudaLinear& w);
   // Whether this quantized linear at m rows multiplies weights dequantized().
@@ -299,7 +304,7 @@ class CudaBackend final : public Backend {
   static constexpr int64_t kAttentionCounters = 64ll << 10;  // (token, kv head) pairs per split-K call
   CudaAttentionPath attention_path_ = CudaAttentionPath::Auto;
   CudaLinearPath linear_path_ = CudaLinearPath::Auto;
-  bool fp8_tensor_cores_ = false;
+  bool fp8_tensor_cores_ = true;
   bool fused_residual_ = true;
   bool fused_rope_ = true;
   int64_t quant_largest_elems_ = 0;  // largest quantized linear prepared so far (out * in)

@@ -67,7 +67,7 @@ Linear CudaBackend::prepare_fp8_linear(const std::vector<const LinearWeight*>& p
 }
 
 bool CudaBackend::fp8_decode_mma(int64_t m, int64_t k) const {
-  return m >= kFp8MmaMinRows && m <= kQuantMmaMaxRows && k % 64 == 0 && !(fp8_tensor_cores_ && m > kFp8GemvMaxRows);
+  return m >= kFp8MmaMinRows && m <= kQuantMmaMaxRows && k % 64 == 0;
 }
 
 // Decode rows of an FP8 linear: fp8_mma where fp8_decode_mma, else fp8_gemv (m <= kFp8GemvMaxRows).

@@ -165,7 +165,7 @@ void dequantize_bf16(const CudaLinear& w, bf16_bits* out, cudaStream_t stream) {
 }
 
 bool CudaBackend::dequantizes_at(const CudaLinear& w, int64_t m) const {
-  if (w.is_fp8()) return !fp8_tensor_cores_ && m > kFp8GemvMaxRows && !fp8_decode_mma(m, w.fp8.cols);
+  if (w.is_fp8()) return !fp8_on_tensor_cores(m) && m > kFp8GemvMaxRows && !fp8_decode_mma(m, w.fp8.cols);
   return w.quant.bits != 0 && (m > kQuantMmaMaxRows || w.quant.cols % 64 != 0);
 }
 
