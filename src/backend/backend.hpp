@@ -212,10 +212,6 @@ class Backend {
   // y[M,N] = x[M,K] W^T (+ bias); x in act_dtype() or linear_input_dtype(w, M); y in act_dtype(),
   // or BF16 where vit_attention_input_dtype(w, M) says so.
   virtual void linear(const Tensor& x, const Linear& w, Tensor& y) = 0;
-  // A hint: the next linear this backend multiplies after the coming one, at `rows` rows. A
-  // backend that prepares weights per call (the GPU's quantized prefill dequantizes them) may
-  // start on them while the coming linear runs; others ignore it.
-  virtual void linear_ahead(const Linear& /*next*/, int64_t /*rows*/) {}
   // images [B, H, W, 3] f32 NHWC -> y [B * (H/p) * (W/p), out] (conv p x p stride p, row-major patches)
   virtual void patch_embed(const Tensor& images, const Linear& w, int patch, Tensor& y) = 0;
   virtual void layer_norm(const Tensor& x, const Tensor& w, const Tensor& b, float eps, Tensor& y) = 0;

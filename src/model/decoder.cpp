@@ -41,32 +41,22 @@ void Decoder::run_layer(int index, Tensor& x, const Tensor& positions, const Att
                         KvCache& cache, Scratch& s) const {
   const Layer& layer = layers_[static_cast<size_t>(index)];
   const float eps = config_.rms_eps;
-  const bool last = static_cast<size_t>(index) + 1 == layers_.size();
-  // Each linear announced one linear ahead (Backend::linear_ahead): the GPU's quantized prefill
-  // dequantizes the next matrix while the current one multiplies.
-  const int64_t rows = x.rows();
-  backend_.linear_ahead(layer.o, rows);
   if (s.fused)
     backend_.rms_norm_linear(x, layer.input_norm, eps, layer.qkv, s.normed, s.qkv);
   else
     backend_.linear(s.normed, layer.qkv, s.qkv);
   backend_.rope_paged_attention(s.qkv, positions, config_.rope_theta, cache, index, batch, config_.heads, s.q, s.attn);
-  backend_.linear_ahead(layer.gate_up, rows);
   if (s.fused) {
     backend_.linear_add(s.attn, layer.o, s.out, x);
-    backend_.linear_ahead(layer.down, rows);
     backend_.rms_norm_linear_swiglu(x, layer.post_attention_norm, eps, layer.gate_up, s.normed, s.gate_up, s.act);
-    if (!last) backend_.linear_ahead(layers_[static_cast<size_t>(index) + 1].qkv, rows);
     backend_.linear_add(s.act, layer.down, s.out, x);
     return;
   }
   backend_.linear(s.attn, layer.o, s.out);
   backend_.add_rms_norm(x, s.out, layer.post_attention_norm, eps, s.normed);
-  backend_.linear_ahead(layer.down, rows);
   backend_.linear_swiglu(s.normed, layer.gate_up, s.gate_up, s.act);
-  if (!last) backend_.linear_ahead(layers_[static_cast<size_t>(index) + 1].qkv, rows);
   backend_.linear(s.act, layer.down, s.out);
-  if (!last)
+  if (static_cast<size_t>(index) + 1 < layers_.size())
     backend_.add_rms_norm(x, s.out, layers_[static_cast<size_t>(index) + 1].input_norm, eps, s.normed);
   else
     backend_.add(x, s.out);

@@ -276,59 +276,6 @@ TEST_F(CudaQuant, PrefillDequantizesForCublasLt) {
   check_one(randint(65, 400), randint(1, 200), 128 * randint(1, 8), 4 * randint(1, 2), 128);
 }
 
-// Prefill with the next matrix dequantized ahead on a side stream (set_dequant_ahead): every
-// linear is enqueued before any result is read, so a GEMM that read a buffer before its
-// dequantization landed, or a dequantization that overwrote a buffer a GEMM still read, shows.
-// Hints that come true, one that does not, the same linear twice in a row, a hint for a linear
-// that takes the decode kernels, and a matrix larger than any before (the buffers grow).
-TEST_F(CudaQuant, PrefillDequantizesTheNextMatrixAhead) {
-  auto& cuda = dynamic_cast<cuda::CudaBackend&>(backend());
-  struct Off {
-    cuda::CudaBackend& b;
-    ~Off() { b.set_dequant_ahead(false); }
-  } restore{cuda};
-  cuda.set_dequant_ahead(true);
-  const auto a = make_part(100, 256, 4, 64, DType::BF16), b = make_part(70, 512, 8, 128, DType::BF16),
-             c = make_part(33, 320, 4, 64, DType::F32), big = make_part(1500, 2048, 4, 64, DType::BF16);
-  const Linear la = backend().prepare_linear(a->weight), lb = backend().prepare_linear(b->weight),
-               lc = backend().prepare_linear(c->weight);
-  const int64_t m = 70;  // past the tensor-core decode kernel: dequantize + cuBLASLt
-  struct Call {
-    const QuantPart* part;
-    const Linear* linear;
-    const Linear* hint;  // announced before this call: the next one, or not
-  };
-  const std::vector<Call> calls = {{a.get(), &la, &lb}, {b.get(), &lb, &lc}, {c.get(), &lc, &la},
-                                   {a.get(), &la, &lb},  // hint b, then c comes
-                                   {c.get(), &lc, &lc},  // c twice
-                                   {c.get(), &lc, nullptr}, {b.get(), &lb, &la}, {a.get(), &la, nullptr}};
-  std::vector<std::vector<float>> xs;
-  std::vector<Tensor> ys;
-  for (const Call& call : calls) {
-    if (call.hint) backend().linear_ahead(*call.hint, m);
-    xs.push_back(randn(static_cast<size_t>(m * call.part->in)));
-    const Tensor x = upload(xs.back(), {m, call.part->in});
-    ys.push_back(poisoned({m, call.part->out}));
-    backend().linear(x, *call.linear, ys.back());
-  }
-  {  // a larger matrix, announced while a smaller one is the current one
-    backend().linear_ahead(la, 2);  // decodes on the GEMV: no dequantization to start
-    const Linear lbig = backend().prepare_linear(big->weight);
-    backend().linear_ahead(lbig, m);
-    xs.push_back(randn(static_cast<size_t>(m * a->in)));
-    ys.push_back(poisoned({m, a->out}));
-    backend().linear(upload(xs.back(), {m, a->in}), la, ys.back());
-    xs.push_back(randn(static_cast<size_t>(m * big->in)));
-    ys.push_back(poisoned({m, big->out}));
-    backend().linear(upload(xs.back(), {m, big->in}), lbig, ys.back());
-  }
-  for (size_t i = 0; i < ys.size(); ++i) {
-    const QuantPart* part = i < calls.size() ? calls[i].part : i == calls.size() ? a.get() : big.get();
-    expect_close(cat("dequantized ahead, call ", i, " (", part->out, " x ", part->in, ")"), download(ys[i]),
-                 reference({part}, xs[i], m, true), kF32Tol);
-  }
-}
-
 TEST_F(CudaQuant, F32AndF16Scales) {
   for (DType dtype : {DType::F32, DType::F16})
     for (int m : {1, 2, 5, 40, 70}) check_one(m, 40, 320, m % 2 ? 4 : 8, 64, dtype);

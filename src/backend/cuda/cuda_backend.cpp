@@ -7,7 +7,6 @@
 #include <vector>
 
 #include "backend/cuda/cuda_check.hpp"
-#include "backend/cuda/dequant_ahead.hpp"
 #include "backend/cuda/tensor_checks.hpp"
 #include "core/bf16.hpp"
 
@@ -105,7 +104,6 @@ CudaBackend::CudaBackend(int device_ordinal)
   fp8_tensor_cores_ = !env_equals("MOXIN_CUDA_FP8_TENSOR_CORES", "0");
   fused_residual_ = !env_equals("MOXIN_CUDA_FUSE_RESIDUAL", "0");
   fused_rope_ = !env_equals("MOXIN_CUDA_FUSE_ROPE", "0");
-  set_dequant_ahead(env_equals("MOXIN_CUDA_DEQUANT_AHEAD", "1"));
   attention_partial_floats_ = kAttentionPartialFloats;
   attention_partial_ = device_alloc(context_, static_cast<size_t>(attention_partial_floats_) * 4);
   attention_counters_ = device_alloc(context_, static_cast<size_t>(kAttentionCounters) * 4);

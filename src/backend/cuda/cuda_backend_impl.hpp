@@ -45,8 +45,6 @@ struct DeviceContext {
 // current when the last view dies.
 std::shared_ptr<void> device_alloc(const std::shared_ptr<DeviceContext>& context, size_t bytes);
 
-class DequantAhead;  // dequant_ahead.hpp
-
 // What prepare_linear returns behind Linear::impl.
 struct CudaLinear final : LinearImpl {
   std::shared_ptr<void> weight;  // bf16 [out, in]
@@ -211,11 +209,6 @@ class CudaBackend final : public Backend {
   // activations stay exact (fp8_gemv / fp8_mma) either way.
   void set_fp8_tensor_cores(bool on) { fp8_tensor_cores_ = on; }
   bool fp8_tensor_cores() const { return fp8_tensor_cores_; }
-  // Whether quantized prefill dequantizes the linear named by linear_ahead on a side stream while
-  // the current GEMM runs (dequant_ahead.hpp): off by default (a build to measure, session 27);
-  // MOXIN_CUDA_DEQUANT_AHEAD=1 turns it on at construction.
-  void set_dequant_ahead(bool on);
-  void linear_ahead(const Linear& next, int64_t rows) override;
   // Whether decode linears take the residual steps in (fuses_rms_norm_into): on by default,
   // MOXIN_CUDA_FUSE_RESIDUAL=0 turns it off at construction (for A/B runs).
   void set_fused_residual(bool on) { fused_residual_ = on; }
@@ -267,8 +260,6 @@ class CudaBackend final : public Backend {
   bool fp8_on_tensor_cores(int64_t m) const { return fp8_tensor_cores_ && m > kQuantMmaMaxRows; }
   void fp8_linear_decode(const float* x, int64_t m, const CudaLinear& w, float* y);
   const CudaLinear& dequantized(const CudaLinear& w);
-  // Whether this quantized linear at m rows multiplies weights dequantized().
-  bool dequantizes_at(const CudaLinear& w, int64_t m) const;
   // The FP8 tensor-core path over chunks of rows that fit the scratch (cuda_fp8_linear.cpp);
   // returns how many leading rows of y it wrote (it stops at a chunk cuBLASLt has no FP8
   // algorithm for).
@@ -310,7 +301,6 @@ class CudaBackend final : public Backend {
   int64_t quant_largest_elems_ = 0;  // largest quantized linear prepared so far (out * in)
   CudaLinear quant_dense_;           // weight: bf16 scratch of quant_dense_elems_, made on demand
   int64_t quant_dense_elems_ = 0;
-  std::unique_ptr<DequantAhead> dequant_ahead_;  // null: off
 };
 
 // `backend` as the CUDA backend, for the entry points that tune it (set_cuda_*, graph capture);

@@ -7,7 +7,6 @@
 
 #include "backend/cuda/cuda_backend_impl.hpp"
 #include "backend/cuda/cuda_check.hpp"
-#include "backend/cuda/dequant_ahead.hpp"
 #include "backend/cuda/launch.cuh"
 #include "core/check.hpp"
 #include "quant/affine_quant.hpp"
@@ -143,11 +142,6 @@ void CudaBackend::quantized_linear_decode(const float* x, int64_t m, const CudaL
 // apart).
 const CudaLinear& CudaBackend::dequantized(const CudaLinear& w) {
   require_main_lane("a quantized linear's prefill path");
-  if (dequant_ahead_) {
-    cudaStreamCaptureStatus capturing = cudaStreamCaptureStatusNone;
-    MOXIN_CUDA_CHECK(cudaStreamIsCapturing(stream(), &capturing));
-    if (capturing == cudaStreamCaptureStatusNone) return dequant_ahead_->take(w, stream(), quant_largest_elems_);
-  }
   const int64_t elems = w.dense_elems();
   if (elems > quant_dense_elems_) {
     quant_dense_elems_ = std::max(elems, quant_largest_elems_);
@@ -162,24 +156,6 @@ void dequantize_bf16(const CudaLinear& w, bf16_bits* out, cudaStream_t stream) {
     fp8_codes_to_bf16(w.fp8, out, stream);
   else
     quant_dequantize_bf16(w.quant, out, stream);
-}
-
-bool CudaBackend::dequantizes_at(const CudaLinear& w, int64_t m) const {
-  if (w.is_fp8()) return !fp8_on_tensor_cores(m) && m > kFp8GemvMaxRows && !fp8_decode_mma(m, w.fp8.cols);
-  return w.quant.bits != 0 && (m > kQuantMmaMaxRows || w.quant.cols % 64 != 0);
-}
-
-void CudaBackend::set_dequant_ahead(bool on) {
-  if (!on)
-    dequant_ahead_.reset();
-  else if (!dequant_ahead_)
-    dequant_ahead_ = std::make_unique<DequantAhead>(context_);
-}
-
-void CudaBackend::linear_ahead(const Linear& next, int64_t rows) {
-  if (!dequant_ahead_ || current_lane_ != 0) return;
-  const CudaLinear& lw = cuda_linear(next, "linear_ahead");
-  if (dequantizes_at(lw, rows)) dequant_ahead_->expect(lw);
 }
 
 }  // namespace moxin::cuda
