@@ -745,7 +745,23 @@ void bench_fp8_linears(CudaBackend& backend, double ceiling) {
         const double tc_ms = time_ms(stream, 10, 5, [&](int i) { backend.linear(x, w[i % 3], y); });
         backend.set_fp8_tensor_cores(false);
         table.push_back({what + " fp8 tensor cores (per-token x)", tc_ms,
-                         cat(2.0 * m * n * k / tc_ms / 1e9, " TFLOP/s, ", tc_ms / bf16_ms, "x bf16")});
+                         cat(2.0 * m * n * k / tc_ms / 1e9, " TFLOP/s, ", tc_ms / bf16_ms, "x bf16, scales ",
+                             LtGemm(kGemmWorkspaceBytes).fp8_scales_in_epilogue(m, n, k) ? "in cuBLASLt's epilogue"
+                                                                                          : "by a pass")});
+        // The parts of the FP8 tensor-core linear beside the GEMM: the activations' per-token
+        // quantization and the scale pass over y.
+        Tensor codes = backend.empty_act({m, k});  // f32 storage, room for m * k codes
+        Tensor token_scales = backend.empty_act({m, 1});
+        const double quantize_ms = time_ms(stream, 10, 5, [&](int) {
+          quantize_rows_e4m3(x.ptr<float>(), m, static_cast<int>(k), reinterpret_cast<uint8_t*>(codes.ptr<float>()),
+                             token_scales.ptr<float>(), stream);
+        });
+        table.push_back({what + "   of which quantize_rows_e4m3", quantize_ms, ""});
+        const auto& fp8w = dynamic_cast<const CudaLinear&>(*w[0].impl).fp8;
+        const double scale_ms = time_ms(stream, 10, 5, [&](int) {
+          scale_rows_columns(y.ptr<float>(), token_scales.ptr<float>(), fp8w.scales, m, n, stream);
+        });
+        table.push_back({what + "   a scale pass over y", scale_ms, ""});
       }
     }
   }

@@ -131,6 +131,11 @@ void LtGemm::run_with_bias(const uint16_t* a, const uint16_t* w, const void* bia
   matmul(p, a, w, y, stream);
 }
 
+bool LtGemm::fp8_scales_in_epilogue(int m, int n, int k) {
+  const Plan& p = fp8_plan(m, n, k);
+  return p.usable && p.outer_vector_scales;
+}
+
 bool LtGemm::offers_bf16_out(int m, int n, int k, const void* w, bool has_bias) {
   return find_plan({m, n, k, has_bias, 16, alignment(w), 16, 16, true}) != nullptr;
 }

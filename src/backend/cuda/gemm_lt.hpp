@@ -36,6 +36,8 @@ class LtGemm {
   // the two scale vectors itself where it offers outer-vector scaling for the shape, else
   // scale_rows_columns does afterwards. Returns false, having enqueued nothing, where cuBLASLt
   // has no FP8 algorithm for the shape or the pointers are not 16-byte aligned.
+  // Whether cuBLASLt applies run_fp8's two scale vectors itself for this shape (for benchmarks).
+  bool fp8_scales_in_epilogue(int m, int n, int k);
   bool run_fp8(const uint8_t* a, const float* a_scale, const uint8_t* w, const float* w_scale, float* y, int m,
                int n, int k, cudaStream_t stream);
 
