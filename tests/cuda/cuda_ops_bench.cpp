@@ -581,8 +581,7 @@ void bench_quant_mma_variants(CudaBackend& backend, double ceiling) {
 
 // Quantized linears (MLX 4/8-bit codes, bf16 scales) at full shapes: M = 1 and 8 (GEMV), 32
 // (tensor cores) against the copy ceiling in bytes of codes + scales + biases; M = 1024
-// (dequantize + cuBLASLt, and wgmma on the codes where the GPU has it) against the bf16 linear of
-// the same shape. Copies of each matrix
+// (dequantize + cuBLASLt) against the bf16 linear of the same shape. Copies of each matrix
 // (at least three, and 120 MB in all: more than twice the L2) alternate so that none is served
 // from L2. Shapes: gate | up's half, down and lm_head, and the small o and q | k | v, whose
 // GEMVs run a single partial wave of blocks (session 20's ncu: 32-40% of DRAM at M = 1). At g64 the GEMV tilings are swept: the
@@ -590,7 +589,6 @@ void bench_quant_mma_variants(CudaBackend& backend, double ceiling) {
 // lane-per-word one at M = 2 as its same-run baseline.
 void bench_quant_linears(CudaBackend& backend, double ceiling) {
   const cudaStream_t stream = backend.stream();
-  const bool wgmma = prepare_quant_wgmma(stream);
   for (const auto& [n, k] : {std::pair<int64_t, int64_t>{14336, 4096}, {4096, 14336}, {32064, 4096},
                              {4096, 4096}, {6144, 4096}}) {
     const int prefill = 1024;
@@ -673,14 +671,6 @@ void bench_quant_linears(CudaBackend& backend, double ceiling) {
         table.push_back({cat("qlinear M=1024 ", what, " dequantize + cublasLt"), ms,
                          cat(2.0 * prefill * n * k / ms / 1e9, " TFLOP/s, ",
                              ms / bf16_prefill_ms, "x bf16")});
-        if (wgmma) {  // the opt-in prefill on the codes (quant_wgmma.cu)
-          backend.set_quant_wgmma(true);
-          const double wms =
-              time_ms(stream, 10, 5, [&](int i) { backend.linear(x_prefill, w[i % copies], y_prefill); });
-          backend.set_quant_wgmma(false);
-          table.push_back({cat("qlinear M=1024 ", what, " wgmma on the codes"), wms,
-                           cat(2.0 * prefill * n * k / wms / 1e9, " TFLOP/s, ", wms / bf16_prefill_ms, "x bf16")});
-        }
       }
   }
 }

@@ -276,29 +276,6 @@ TEST_F(CudaQuant, PrefillDequantizesForCublasLt) {
   check_one(randint(65, 400), randint(1, 200), 128 * randint(1, 8), 4 * randint(1, 2), 128);
 }
 
-// Prefill rows on the codes with Hopper's warpgroup MMA (set_quant_wgmma, opt-in): the same
-// numbers as the dequantize + cuBLASLt path (bf16 weights and activations, f32 sums), every
-// format, token counts that leave partial 128-token and 128-row tiles, K of one to several
-// blocks, f32 and f16 scales, parts fused by rows.
-TEST_F(CudaQuant, PrefillOnTheCodesWithWgmma) {
-  auto& cuda_backend = dynamic_cast<cuda::CudaBackend&>(backend());
-  if (!cuda::prepare_quant_wgmma(cuda_backend.stream())) GTEST_SKIP() << "no sm_90a wgmma on this GPU or build";
-  struct On {
-    cuda::CudaBackend& b;
-    ~On() { b.set_quant_wgmma(false); }
-  } on{cuda_backend};
-  cuda_backend.set_quant_wgmma(true);
-  for (int bits : {4, 8})
-    for (int gs : {32, 64, 128}) check_one(65, 47, 256, bits, gs);
-  check_one(300, 200, 512, 4, 64);
-  check_one(129, 130, 384, 8, 128);
-  check_one(randint(65, 400), randint(1, 300), 128 * randint(1, 12), 4 * randint(1, 2), 64);
-  for (DType dtype : {DType::F32, DType::F16}) check_one(200, 70, 256, 4, 64, dtype);
-  const auto q = make_part(64, 256, 4, 64, DType::BF16);
-  const auto k = make_part(40, 256, 4, 64, DType::BF16);
-  check({q.get(), k.get()}, 150);
-}
-
 TEST_F(CudaQuant, F32AndF16Scales) {
   for (DType dtype : {DType::F32, DType::F16})
     for (int m : {1, 2, 5, 40, 70}) check_one(m, 40, 320, m % 2 ? 4 : 8, 64, dtype);

@@ -103,7 +103,6 @@ CudaBackend::CudaBackend(int device_ordinal)
   add_lane();  // the second image encoder's (Vlm::encode_images), ready before any capture
   fp8_tensor_cores_ = !env_equals("MOXIN_CUDA_FP8_TENSOR_CORES", "0");
   fused_residual_ = !env_equals("MOXIN_CUDA_FUSE_RESIDUAL", "0");
-  if (env_equals("MOXIN_CUDA_QUANT_WGMMA", "1")) set_quant_wgmma(true);
   fused_rope_ = !env_equals("MOXIN_CUDA_FUSE_ROPE", "0");
   attention_partial_floats_ = kAttentionPartialFloats;
   attention_partial_ = device_alloc(context_, static_cast<size_t>(attention_partial_floats_) * 4);
@@ -391,10 +390,6 @@ void CudaBackend::linear(const Tensor& x, const Linear& w, Tensor& y) {
     MOXIN_CHECK(takes_bf16_activations(lw, m, n, k), "[cuda] linear: x is bf16, but this [", n, " x ", k,
                 "] linear multiplies f32 activations at ", m, " rows (see Backend::linear_input_dtype)");
     if (m == 0) return;
-    if (quant_prefill_on_codes(lw)) {
-      quant_wgmma_rows(data_of<const bf16_bits>(x), m, lw, data_of<float>(y));
-      return;
-    }
     const CudaLinear& dense = quantized ? dequantized(lw) : lw;
     lane().gemm->run(data_of<const bf16_bits>(x), static_cast<const bf16_bits*>(dense.weight.get()),
                static_cast<const float*>(dense.bias.get()), data_of<float>(y), static_cast<int>(m),
@@ -411,10 +406,6 @@ void CudaBackend::linear(const Tensor& x, const Linear& w, Tensor& y) {
   }
   if (quant_decode_kernels_fit(lw) && m <= kQuantMmaMaxRows) {
     quantized_linear_decode(xd, m, lw, data_of<float>(y));
-    return;
-  }
-  if (quant_prefill_on_codes(lw)) {
-    quant_wgmma_rows(xd, m, lw, data_of<float>(y));
     return;
   }
   if (!quantized) {

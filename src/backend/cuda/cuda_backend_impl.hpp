@@ -209,12 +209,6 @@ class CudaBackend final : public Backend {
   // activations stay exact (fp8_gemv / fp8_mma) either way.
   void set_fp8_tensor_cores(bool on) { fp8_tensor_cores_ = on; }
   bool fp8_tensor_cores() const { return fp8_tensor_cores_; }
-  // Quantized prefill rows (more than kQuantMmaMaxRows, 4/8-bit weights where quant_wgmma_fits,
-  // no bias) multiplied on the codes by Hopper's warpgroup MMA (quant_wgmma.cu) instead of a bf16
-  // copy of the weights for cuBLASLt: off by default until measured on a GPU (session 28);
-  // MOXIN_CUDA_QUANT_WGMMA=1 turns it on at construction. Turning it on where the GPU or the build
-  // lacks wgmma (sm_90a) is refused.
-  void set_quant_wgmma(bool on);
   // Whether decode linears take the residual steps in (fuses_rms_norm_into): on by default,
   // MOXIN_CUDA_FUSE_RESIDUAL=0 turns it off at construction (for A/B runs).
   void set_fused_residual(bool on) { fused_residual_ = on; }
@@ -266,13 +260,6 @@ class CudaBackend final : public Backend {
   bool fp8_on_tensor_cores(int64_t m) const { return fp8_tensor_cores_ && m > kQuantMmaMaxRows; }
   void fp8_linear_decode(const float* x, int64_t m, const CudaLinear& w, float* y);
   const CudaLinear& dequantized(const CudaLinear& w);
-  // Whether set_quant_wgmma's path takes this linear's prefill rows, and that path over chunks of
-  // rows that fit the scratch (cuda_quant_linear.cpp).
-  bool quant_prefill_on_codes(const CudaLinear& w) const {
-    return quant_wgmma_ && w.quant.bits != 0 && w.bias == nullptr && quant_wgmma_fits(w.quant);
-  }
-  template <class X>
-  void quant_wgmma_rows(const X* x, int64_t m, const CudaLinear& w, float* y);
   // The FP8 tensor-core path over chunks of rows that fit the scratch (cuda_fp8_linear.cpp);
   // returns how many leading rows of y it wrote (it stops at a chunk cuBLASLt has no FP8
   // algorithm for).
@@ -309,7 +296,6 @@ class CudaBackend final : public Backend {
   CudaAttentionPath attention_path_ = CudaAttentionPath::Auto;
   CudaLinearPath linear_path_ = CudaLinearPath::Auto;
   bool fp8_tensor_cores_ = true;
-  bool quant_wgmma_ = false;
   bool fused_residual_ = true;
   bool fused_rope_ = true;
   int64_t quant_largest_elems_ = 0;  // largest quantized linear prepared so far (out * in)

@@ -140,25 +140,6 @@ void CudaBackend::quantized_linear_decode(const float* x, int64_t m, const CudaL
 // One scratch for every quantized linear, sized for the largest prepared so far: prefill
 // dequantizes each layer's weights into it just before its GEMM (stream order keeps the uses
 // apart).
-void CudaBackend::set_quant_wgmma(bool on) {
-  MOXIN_CHECK(!on || prepare_quant_wgmma(stream()),
-              "[cuda] the quantized prefill on the codes (MOXIN_CUDA_QUANT_WGMMA=1) needs a Hopper GPU (sm_90) "
-              "and a build with sm_90a code (CMAKE_CUDA_ARCHITECTURES=90a)");
-  quant_wgmma_ = on;
-}
-
-template <class X>
-void CudaBackend::quant_wgmma_rows(const X* x, int64_t m, const CudaLinear& w, float* y) {
-  const int64_t k = w.quant.cols, n = w.quant.rows;
-  MOXIN_CHECK(k <= scratch_elems_, "[cuda] linear: in_features ", k, " exceeds the scratch buffer");
-  const int64_t chunk = scratch_elems_ / k;
-  auto* scratch = static_cast<bf16_bits*>(lane().scratch_bf16.get());
-  for (int64_t first = 0; first < m; first += chunk)
-    quant_wgmma(x + first * k, static_cast<int>(std::min(chunk, m - first)), w.quant, scratch, y + first * n, stream());
-}
-template void CudaBackend::quant_wgmma_rows(const float*, int64_t, const CudaLinear&, float*);
-template void CudaBackend::quant_wgmma_rows(const bf16_bits*, int64_t, const CudaLinear&, float*);
-
 const CudaLinear& CudaBackend::dequantized(const CudaLinear& w) {
   require_main_lane("a quantized linear's prefill path");
   const int64_t elems = w.dense_elems();

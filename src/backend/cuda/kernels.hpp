@@ -112,17 +112,6 @@ constexpr int kQuantMmaMaxRows = 64;
 constexpr int64_t quant_mma_scratch_elems(int64_t m, int64_t k) { return m * ((k + 127) / 128 * 128); }
 void quant_mma(const float* x, int m, const QuantMatrix& w, bf16_bits* x_scratch, float* y,
                cudaStream_t stream);
-// y[M, N] = x[M, K] W^T for a prefill (M > kQuantMmaMaxRows) on Hopper's warpgroup MMA with the
-// codes dequantized in registers (quant_wgmma.cu): x bf16 (or f32, rounded to bf16) [M, K],
-// rewritten into x_scratch (M * K bf16), y f32. Weights where quant_wgmma_fits: 4 or 8 bits,
-// groups of 32 or more, K a multiple of 128 (4-bit) or 64 (8-bit). Runs after
-// prepare_quant_wgmma returned true: a Hopper GPU and a build with sm_90a code (it synchronizes
-// `stream`; not under graph capture).
-bool prepare_quant_wgmma(cudaStream_t stream);
-bool quant_wgmma_fits(const QuantMatrix& w);
-void quant_wgmma(const bf16_bits* x, int m, const QuantMatrix& w, bf16_bits* x_scratch, float* y,
-                 cudaStream_t stream);
-void quant_wgmma(const float* x, int m, const QuantMatrix& w, bf16_bits* x_scratch, float* y, cudaStream_t stream);
 
 // --- fp8_linear.cu: FP8 E4M3 weights, one f32 scale per output row (docs/model.md section 5) ---
 struct Fp8Matrix {
