@@ -427,7 +427,9 @@ void bench_attention(CudaBackend& backend, double ceiling) {
     Tensor t_bf16 = backend.empty({tokens, 3 * width}, DType::BF16);
     std::vector<uint16_t> bits(qkv.size());
     for (size_t i = 0; i < qkv.size(); ++i) bits[i] = f32_to_bf16(qkv[i]);
+    backend.synchronize();  // as CudaOpsTest::upload_bf16: the copy is on the legacy stream
     MOXIN_CUDA_CHECK(cudaMemcpy(t_bf16.data, bits.data(), bits.size() * 2, cudaMemcpyHostToDevice));
+    MOXIN_CUDA_CHECK(cudaDeviceSynchronize());
     Tensor y = backend.empty_act({tokens, width});
     const double flops = 4.0 * heads * head_dim_vit * double(tokens) * tokens;
     for (const auto& [path, input, label] :

@@ -128,7 +128,12 @@ Tensor CudaOpsTest::upload_bf16(const std::vector<float>& v, const std::vector<i
   Tensor t = backend_->empty(shape, DType::BF16);
   std::vector<uint16_t> bits(v.size());
   for (size_t i = 0; i < v.size(); ++i) bits[i] = f32_to_bf16(v[i]);
+  // The backend's stream does not wait for the legacy stream's copy (a pageable cudaMemcpy may
+  // return before its DMA lands), nor the copy for the stream's pending work on reused memory:
+  // both sides are drained. (A kernel that read the tensor at once saw the tail unwritten.)
+  backend_->synchronize();
   EXPECT_EQ(cudaMemcpy(t.data, bits.data(), bits.size() * 2, cudaMemcpyHostToDevice), cudaSuccess);
+  EXPECT_EQ(cudaDeviceSynchronize(), cudaSuccess);
   return t;
 }
 
