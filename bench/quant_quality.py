@@ -1,14 +1,17 @@
 #!/usr/bin/env python3
 """Quantization quality of the engine itself: bf16 vs --quantize bits/group, fp8 and the fp8 KV cache on the same prompts.
 
-    python bench/quant_quality.py --model DIR [--prompt TEXT ...] [--out FILE]
+    python bench/quant_quality.py --model DIR [--prompt TEXT ...] [--device cuda] [--out FILE]
     python bench/quant_quality.py --make-tiny DIR [--bigram] ...   # a fresh tiny model first
     flock /tmp/fullmodel.lock python bench/quant_quality.py --model /tmp/moxin-full ...
 
 For each prompt, `moxin dump --hidden-states` runs the bf16 model and the model quantized at
 load time for (8,32), (8,64), (8,128), (4,32), (4,64), (4,128) and fp8 (E4M3, per-channel scales) (the same
 weights `moxin quantize` writes: the tests check the two are bit-identical), then the bf16
-weights with the FP8 KV cache (`--kv-cache fp8`) and fp8 weights with it. Reported per
+weights with the FP8 KV cache (`--kv-cache fp8`) and fp8 weights with it. With --device cuda
+also "fp8 exact x": fp8 weights with MOXIN_CUDA_FP8_TENSOR_CORES=0, beside the default "fp8",
+whose prefill rows (more than 64, so the default prompt is longer than that) run on the FP8
+tensor cores with per-token E4M3 activations (docs/model.md section 5). Reported per
 configuration, over all prompt positions
 (teacher forcing on the prompt's own tokens):
   - each decoder layer's output (the residual stream): ||h_q - h_bf16|| / ||h_bf16||
@@ -23,6 +26,7 @@ bigram that gives it a trained LM's decisive next-token distributions.
 """
 import argparse
 import datetime
+import os
 import pathlib
 import random
 import subprocess
@@ -42,10 +46,15 @@ CONFIGS = {f"q{bits} g{group}": ["--quantize", str(bits), "--group-size", str(gr
 CONFIGS["fp8"] = ["--quantize", "fp8"]
 CONFIGS["kv fp8"] = ["--kv-cache", "fp8"]
 CONFIGS["fp8 + kv fp8"] = ["--quantize", "fp8", "--kv-cache", "fp8"]
+# CUDA only: the fp8 prefill with exact activations, set through the environment.
+CUDA_CONFIGS = {"fp8 exact x": ["--quantize", "fp8"]}
+CONFIG_ENV = {"fp8 exact x": {"MOXIN_CUDA_FP8_TENSOR_CORES": "0"}}
 
 
 DEFAULT_PROMPT = ("Describe the picture in detail: what is in the foreground, what is in the background, "
-                  "which colors stand out, and how many people or animals can you see?")
+                  "which colors stand out, and how many people or animals can you see? Then say what the "
+                  "weather and the time of day seem to be, which objects look old or new, what the people "
+                  "might be doing or saying, and whether anything in the scene looks out of place.")
 
 
 def make_tiny(out, bigram):
@@ -61,11 +70,11 @@ def make_tiny(out, bigram):
     return note
 
 
-def dump(binary, model, prompt, threads, out, options=()):
-    args = [str(binary), "dump", "--model", str(model), "--threads", str(threads), "--hidden-states",
-            "--prompt", prompt, "--out", str(out), *options]
+def dump(binary, model, prompt, threads, device, out, options=(), env=None):
+    args = [str(binary), "dump", "--model", str(model), "--threads", str(threads), "--device", device,
+            "--hidden-states", "--prompt", prompt, "--out", str(out), *options]
     start = time.time()
-    proc = subprocess.run(args, capture_output=True, text=True)
+    proc = subprocess.run(args, capture_output=True, text=True, env={**os.environ, **(env or {})})
     if proc.returncode != 0:
         sys.exit(f"moxin dump failed ({proc.returncode}): {proc.stderr}")
     return load_file(str(out)), time.time() - start
@@ -122,26 +131,30 @@ def main():
     parser.add_argument("--bigram", action="store_true", help="with --make-tiny: plant the bigram")
     parser.add_argument("--prompt", action="append", help=f"repeatable (default: {DEFAULT_PROMPT!r})")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     parser.add_argument("--binary", type=pathlib.Path, default=ROOT / "build" / "src" / "cli" / "moxin")
     parser.add_argument("--out", type=pathlib.Path, help="also write the table here")
     args = parser.parse_args()
     prompts = args.prompt or [DEFAULT_PROMPT]
     model = args.model or args.make_tiny
     note = make_tiny(args.make_tiny, args.bigram) if args.make_tiny else "checkpoint as stored"
+    if args.device == "cuda":
+        CONFIGS.update(CUDA_CONFIGS)
 
     header = [f"# bench/quant_quality.py, {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC",
-              f"model: {model} ({note}); moxin: {args.binary}, --threads {args.threads}, CPU",
+              f"model: {model} ({note}); moxin: {args.binary}, --threads {args.threads}, --device {args.device}",
               f"{len(prompts)} prompt(s), teacher-forced over all their positions:"]
     results = {c: Accumulator() for c in CONFIGS}
     base_logits = []
     with tempfile.TemporaryDirectory() as tmp:
         for k, prompt in enumerate(prompts):
-            base, seconds = dump(args.binary, model, prompt, args.threads, pathlib.Path(tmp) / "bf16.safetensors")
+            base, seconds = dump(args.binary, model, prompt, args.threads, args.device,
+                                 pathlib.Path(tmp) / "bf16.safetensors")
             base_logits.append(base["logits_all"])
             times = [f"bf16 {seconds:.0f} s"]
             for name, options in CONFIGS.items():
-                quant, seconds = dump(args.binary, model, prompt, args.threads, pathlib.Path(tmp) / "q.safetensors",
-                                      options)
+                quant, seconds = dump(args.binary, model, prompt, args.threads, args.device,
+                                      pathlib.Path(tmp) / "q.safetensors", options, CONFIG_ENV.get(name))
                 results[name].add(base, quant)
                 times.append(f"{name} {seconds:.0f} s")
             header.append(f"  [{k}] {len(base['input_ids'])} tokens: {prompt[:60]!r}{'...' if len(prompt) > 60 else ''}"
