@@ -684,6 +684,7 @@ void bench_quant_linears(CudaBackend& backend, double ceiling) {
 // Three copies alternate.
 void bench_fp8_linears(CudaBackend& backend, double ceiling) {
   const cudaStream_t stream = backend.stream();
+  const bool tensor_cores = backend.fp8_tensor_cores();
   backend.set_fp8_tensor_cores(false);  // the widening path; the tensor cores are timed explicitly
   for (const auto& [n, k] : {std::pair<int64_t, int64_t>{14336, 4096}, {4096, 14336}, {32064, 4096}}) {
     std::vector<std::vector<uint8_t>> codes(3, std::vector<uint8_t>(size_t(n * k)));
@@ -757,7 +758,7 @@ void bench_fp8_linears(CudaBackend& backend, double ceiling) {
       }
     }
   }
-  backend.set_fp8_tensor_cores(true);  // the default again
+  backend.set_fp8_tensor_cores(tensor_cores);
 }
 
 }  // namespace

@@ -65,9 +65,6 @@ struct CudaLinear final : LinearImpl {
   }
 };
 
-// A quantized or FP8 linear's weights as bf16 [out, in] into `out` (cuda_quant_linear.cpp).
-void dequantize_bf16(const CudaLinear& w, bf16_bits* out, cudaStream_t stream);
-
 // The backend's own form of a prepared Linear; a weight prepared elsewhere is refused by name.
 inline const CudaLinear& cuda_linear(const Linear& w, const char* op) {
   const auto* impl = dynamic_cast<const CudaLinear*>(w.impl.get());

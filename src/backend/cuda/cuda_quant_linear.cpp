@@ -147,15 +147,12 @@ const CudaLinear& CudaBackend::dequantized(const CudaLinear& w) {
     quant_dense_elems_ = std::max(elems, quant_largest_elems_);
     quant_dense_.weight = device_alloc(context_, static_cast<size_t>(quant_dense_elems_) * 2);
   }
-  dequantize_bf16(w, static_cast<bf16_bits*>(quant_dense_.weight.get()), stream());
-  return quant_dense_;
-}
-
-void dequantize_bf16(const CudaLinear& w, bf16_bits* out, cudaStream_t stream) {
+  auto* dense = static_cast<bf16_bits*>(quant_dense_.weight.get());
   if (w.is_fp8())
-    fp8_codes_to_bf16(w.fp8, out, stream);
+    fp8_codes_to_bf16(w.fp8, dense, stream());
   else
-    quant_dequantize_bf16(w.quant, out, stream);
+    quant_dequantize_bf16(w.quant, dense, stream());
+  return quant_dense_;
 }
 
 }  // namespace moxin::cuda
