@@ -93,6 +93,23 @@ struct TokenDraw {
   std::vector<int32_t> penalized;  // distinct ids in [0, vocab) the penalty applies to
 };
 
+// Token ids a sampler drew into a backend tensor (Backend::sample_tokens_to) that the host has
+// not read yet, as inputs of the next step (the scheduler issues a decode step before it reads
+// the last one's tokens): row t of an embedding takes drawn[sources[t]] where sources[t] >= 0,
+// else ids[t]. Empty (both null): every row takes ids[t].
+struct DrawnTokens {
+  const Tensor* sources = nullptr;  // I32 [T]
+  const Tensor* drawn = nullptr;    // I32 [rows of the sampled step]
+};
+
+// A copy of I32 values to the host that is collected later (Backend::read_i32_async).
+class I32Readback {
+ public:
+  virtual ~I32Readback() = default;
+  // Waits for the copy, and so for every op issued before it, and gives the values.
+  virtual std::span<const int32_t> wait() = 0;
+};
+
 // A recorded sequence of ops that replays with one launch (a CUDA graph): the decode step.
 class OpGraph {
  public:
@@ -110,6 +127,9 @@ class Backend {
   // mapped checkpoint pages need not stay resident after loading; false where ops read the
   // mapping in place (the CPU).
   virtual bool copies_weights() const { return false; }
+  // Whether ops return before they have run (a GPU's stream), so that the host can prepare the
+  // next step while the device computes this one; false where they run as they are issued.
+  virtual bool issues_asynchronously() const { return false; }
 
   // --- memory ---
   virtual Tensor empty(const std::vector<int64_t>& shape, DType dtype) = 0;
@@ -123,6 +143,9 @@ class Backend {
     copy_rows(from_host_i32(data, dst.shape), dst, 0);
   }
   virtual void synchronize() = 0;
+  // Starts copying the I32 tensor `t` to the host without waiting for the ops before it: the
+  // values are those `t` holds once they have run. The host can issue more work meanwhile.
+  virtual std::unique_ptr<I32Readback> read_i32_async(const Tensor& t) = 0;
 
   // Records the ops `record` issues into a graph without running them; nullptr where the
   // backend has no such thing (the caller then runs the ops directly). The graph bakes in the
@@ -151,6 +174,14 @@ class Backend {
   // logits are already in host memory) or cannot take this vocabulary size.
   virtual bool sample_tokens(const Tensor& logits, std::span<const TokenDraw> rows, std::span<int32_t> ids) {
     (void)logits, (void)rows, (void)ids;
+    return false;
+  }
+  // The same draw left on the device: ids into drawn[0, rows) (I32, at least rows.size()
+  // values), in stream order and without waiting, so that the next step can take them as
+  // inputs (DrawnTokens) before the host reads them (read_i32_async). False, with nothing
+  // issued, where sample_tokens would decline.
+  virtual bool sample_tokens_to(const Tensor& logits, std::span<const TokenDraw> rows, Tensor& drawn) {
+    (void)logits, (void)rows, (void)drawn;
     return false;
   }
 
@@ -287,8 +318,9 @@ class Backend {
   virtual void copy_cols(const Tensor& src, Tensor& dst, int64_t col_offset) = 0;
   // y[i] = x[rows[i]]
   virtual void gather_rows(const Tensor& x, const Tensor& rows, Tensor& y) = 0;
-  // y[i] = table[ids[i]]
-  virtual void embedding(const Tensor& ids, const Linear& table, Tensor& y) = 0;
+  // y[i] = table[ids[i]], or table[drawn[sources[i]]] where `from` names drawn tokens and
+  // sources[i] >= 0 (DrawnTokens).
+  virtual void embedding(const Tensor& ids, const Linear& table, Tensor& y, const DrawnTokens& from) = 0;
 
   // Bidirectional attention within each of B groups of T tokens.
   // qkv [B*T, 3*H*D] (q | k | v, head-major inside each) -> y [B*T, H*D]; qkv in act_dtype() or

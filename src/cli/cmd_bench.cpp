@@ -37,11 +37,11 @@ void print_table(const BenchResult& r, double load_ms) {
                 "prefill %.2f ms\n",
                 r.ttft_ms, r.ttft_prompt_tokens, r.ttft_image_ms, r.ttft_prefill_ms);
   std::printf("decode, context %d (floor: weights once + every sequence's KV at the ceiling)\n", r.context);
-  std::printf("%7s %10s %10s %12s %12s %10s %10s %8s\n", "batch", "ms/step", "device ms",
+  std::printf("%7s %10s %10s %12s %12s %10s %10s %8s\n", "batch", "ms/step", "serial ms",
               "tok/s/seq", "tok/s total", "GB/step", "floor ms", "of floor");
   for (const DecodeRun& d : r.decode)
     std::printf("%7d %10.3f %10.3f %12.2f %12.1f %10.2f %10.3f %7.1f%%%s\n", d.batch, d.step_ms,
-                d.device_ms, d.tok_s_per_seq, d.tok_s_total, d.bytes_per_step / 1e9, d.floor_ms,
+                d.serial_ms, d.tok_s_per_seq, d.tok_s_total, d.bytes_per_step / 1e9, d.floor_ms,
                 d.floor_ms > 0 ? 100.0 * d.floor_ms / d.step_ms : 0.0, cliff_note(d).c_str());
   for (const DecodeRun& d : r.decode)
     if (d.paired_share > 0)
@@ -57,7 +57,7 @@ void print_table(const BenchResult& r, double load_ms) {
 nlohmann::json to_json(const DecodeRun& d, double bandwidth_gbps) {
   return {{"batch", d.batch},
           {"decode_step_ms", d.step_ms},
-          {"decode_device_ms", d.device_ms},
+          {"decode_serial_ms", d.serial_ms},
           {"decode_tok_s_per_seq", d.tok_s_per_seq},
           {"decode_tok_s_total", d.tok_s_total},
           {"decode_bytes_per_step", d.bytes_per_step},

@@ -26,9 +26,9 @@ Decoder::Decoder(Backend& backend, const DecoderConfig& config, const DecoderWei
   lm_head_ = backend.prepare_linear(weights.lm_head);
 }
 
-Tensor Decoder::embed(const Tensor& ids) const {
+Tensor Decoder::embed(const Tensor& ids, const DrawnTokens& from) const {
   Tensor x = backend_.empty_act({ids.numel(), config_.hidden});
-  backend_.embedding(ids, embed_, x);
+  backend_.embedding(ids, embed_, x, from);
   return x;
 }
 

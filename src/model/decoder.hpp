@@ -16,8 +16,9 @@ class Decoder {
   Decoder(Backend& backend, const DecoderConfig& config, const DecoderWeights& weights);
   const DecoderConfig& config() const { return config_; }
 
-  // ids [T] (I32) -> embeddings [T, hidden]
-  Tensor embed(const Tensor& ids) const;
+  // ids [T] (I32) -> embeddings [T, hidden]; rows named in `from` take a token a sampler drew
+  // on the device instead (Backend::embedding).
+  Tensor embed(const Tensor& ids, const DrawnTokens& from = {}) const;
   // Called after each layer with its index and x (the residual stream after that layer).
   using LayerObserver = std::function<void(int layer, const Tensor& x)>;
   // Runs all layers over x [T, hidden] in place, writing K/V of the tokens into the cache.

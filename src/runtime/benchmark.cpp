@@ -3,6 +3,9 @@
 #include <algorithm>
 #include <chrono>
 #include <fstream>
+#include <functional>
+#include <memory>
+#include <span>
 #include <random>
 
 #include "core/check.hpp"
@@ -125,52 +128,121 @@ void bench_first_token(Engine& engine, const BenchOptions& o, std::mt19937_64& r
   r.ttft_prefill_ms = median(prefill_times);
 }
 
-// Greedy next tokens of every row: drawn on the device where the backend can (then only the ids
-// travel), else argmax over the logits copied to the host.
-std::vector<int32_t> greedy_tokens(Backend& backend, const Tensor& logits) {
-  std::vector<int32_t> ids(static_cast<size_t>(logits.rows()));
-  const std::vector<TokenDraw> draws(ids.size());
-  if (backend.sample_tokens(logits, draws, ids)) return ids;
-  const auto vocab = static_cast<size_t>(logits.cols());
-  std::vector<float> host(static_cast<size_t>(logits.numel()));
-  backend.to_host_f32(logits, host.data());
-  for (size_t r = 0; r < ids.size(); ++r) {
-    const auto row = host.begin() + static_cast<ptrdiff_t>(r * vocab);
-    ids[r] = static_cast<int32_t>(std::max_element(row, row + static_cast<ptrdiff_t>(vocab)) - row);
+// Greedy next tokens of every row into the engine's drawn tokens, which the next step takes as
+// its inputs: drawn on the device where the backend can (without waiting), else the argmax of
+// the logits copied to the host, uploaded there. The read of them is returned.
+std::unique_ptr<I32Readback> draw_greedy(Engine& engine, const Tensor& logits) {
+  Backend& backend = engine.backend();
+  Tensor ids = engine.drawn_tokens().rows_view(0, logits.rows());
+  const std::vector<TokenDraw> greedy(static_cast<size_t>(logits.rows()));
+  if (!backend.sample_tokens_to(logits, greedy, ids)) {
+    const auto vocab = static_cast<size_t>(logits.cols());
+    std::vector<float> host(static_cast<size_t>(logits.numel()));
+    backend.to_host_f32(logits, host.data());
+    std::vector<int32_t> chosen(static_cast<size_t>(logits.rows()));
+    for (size_t r = 0; r < chosen.size(); ++r) {
+      const auto row = host.begin() + static_cast<ptrdiff_t>(r * vocab);
+      chosen[r] = static_cast<int32_t>(std::max_element(row, row + static_cast<ptrdiff_t>(vocab)) - row);
+    }
+    backend.upload_i32(chosen.data(), ids);
   }
-  return ids;
+  return backend.read_i32_async(ids);
 }
 
+// Decode steps over the batch, `steps` timed after one that warms up (and captures the graph),
+// each step's tokens the greedy draw of the step before (taken from the drawn tokens). Every run
+// starts at the context the sequences had when given (the positions past it are written again),
+// so that runs are alike and the cache need hold one run's growth.
+class DecodeSteps {
+ public:
+  DecodeSteps(Engine& engine, std::span<SequenceState* const> batch, std::mt19937_64& rng)
+      : engine_(engine), batch_(batch), unused_(batch.size(), 0), sources_(batch.size()) {
+    for (size_t i = 0; i < sources_.size(); ++i) sources_[i] = static_cast<int32_t>(i);
+    for (const SequenceState* s : batch) start_.push_back(s->length);
+    // The first step's inputs: random tokens where the draws will go.
+    const auto ids = random_ids(rng, static_cast<int>(batch.size()), engine.config().decoder.vocab);
+    Tensor first = engine.drawn_tokens().rows_view(0, static_cast<int64_t>(batch.size()));
+    engine.backend().upload_i32(ids.data(), first);
+  }
+
+  // As the scheduler issues them ahead: step n + 1 goes to the backend before the host reads
+  // step n's tokens; a step's time is the time between two reads.
+  std::vector<double> pipelined(int steps) {
+    rewind();
+    std::vector<double> times;
+    std::unique_ptr<I32Readback> previous;
+    Clock::time_point last;
+    for (int step = 0; step <= steps; ++step) {
+      const Tensor logits = engine_.decode(batch_, unused_, sources_);
+      if (previous) {
+        previous->wait();
+        if (step >= 2) times.push_back(ms_between(last, Clock::now()));
+        last = Clock::now();
+      }
+      previous = draw_greedy(engine_, logits);
+    }
+    previous->wait();
+    times.push_back(ms_between(last, Clock::now()));
+    return times;
+  }
+
+  // Each step issued once the last one's tokens are read; `after` runs between steps, untimed.
+  std::vector<double> serial(int steps, const std::function<void()>& after) {
+    rewind();
+    std::vector<double> times;
+    for (int step = 0; step <= steps; ++step) {
+      const auto start = Clock::now();
+      draw_greedy(engine_, engine_.decode(batch_, unused_, sources_))->wait();
+      if (step == 0) continue;
+      times.push_back(ms_since(start));
+      if (after) after();
+    }
+    return times;
+  }
+
+ private:
+  static double ms_between(Clock::time_point a, Clock::time_point b) {
+    return std::chrono::duration<double, std::milli>(b - a).count();
+  }
+  void rewind() {
+    for (size_t i = 0; i < batch_.size(); ++i) batch_[i]->length = start_[i];
+  }
+
+  Engine& engine_;
+  std::span<SequenceState* const> batch_;
+  std::vector<int32_t> unused_, sources_;
+  std::vector<int64_t> start_;
+};
+
 DecodeRun bench_decode(Engine& engine, const BenchOptions& o, int batch_size, std::mt19937_64& rng) {
-  const DecoderConfig& c = engine.config().decoder;
   std::vector<SequenceState> seqs(static_cast<size_t>(batch_size));
   for (auto& s : seqs) prefill_random(engine, s, rng, o.context);
-  std::vector<double> times, device_times, shares, probes;
   std::vector<SequenceState*> batch;
   for (auto& s : seqs) batch.push_back(&s);
-  for (int step = 0; step <= o.decode_steps; ++step) {
-    const auto ids = random_ids(rng, batch_size, c.vocab);
-    const auto start = Clock::now();
-    Tensor logits = engine.decode(batch, ids);
-    engine.backend().synchronize();
-    const double device_ms = ms_since(start);
-    greedy_tokens(engine.backend(), logits);  // as the server does: the next tokens on the host
-    if (step > 0) {  // step 0 warms up (and captures the graph)
-      times.push_back(ms_since(start));
-      device_times.push_back(device_ms);
-      if (o.ceiling_each_step) probes.push_back(engine.backend().measure_bandwidth_gbps(size_t{256} << 20, 3));
-    }
-  }
+  DecodeSteps steps(engine, batch, rng);
+  // Issued ahead only where the scheduler issues them so (the backend runs ops asynchronously).
+  const bool ahead = engine.backend().issues_asynchronously();
+  std::vector<double> times = ahead ? steps.pipelined(o.decode_steps) : std::vector<double>{};
+  const std::vector<double> serial_times = steps.serial(o.decode_steps, {});
+  if (!ahead) times = serial_times;
+  std::vector<double> probes, serial_probed;
+  if (o.ceiling_each_step)
+    serial_probed = steps.serial(o.decode_steps, [&] {
+      probes.push_back(engine.backend().measure_bandwidth_gbps(size_t{256} << 20, 3));
+    });
   for (auto& s : seqs) engine.release(s);
   const double kv_bytes_per_token = engine.kv_cache().bytes_per_token();
   DecodeRun d;
   d.batch = batch_size;
   d.step_ms = median(times);
-  d.device_ms = median(device_times);
+  d.serial_ms = median(serial_times);
+  // The mean context of a run (decode_steps + 1 positions past `context`).
   d.bytes_per_step = engine.decoder_weight_bytes() +
-                     batch_size * (o.context + o.decode_steps / 2.0) * kv_bytes_per_token;
+                     batch_size * (o.context + (o.decode_steps + 1) / 2.0) * kv_bytes_per_token;
   if (!probes.empty()) {
-    for (size_t i = 0; i < probes.size(); ++i) shares.push_back(d.bytes_per_step / (times[i] * 1e6) / probes[i]);
+    std::vector<double> shares;
+    for (size_t i = 0; i < probes.size(); ++i)
+      shares.push_back(d.bytes_per_step / (serial_probed[i] * 1e6) / probes[i]);
     d.paired_share = median(shares);
     d.probe_min_gbps = *std::min_element(probes.begin(), probes.end());
     d.probe_max_gbps = *std::max_element(probes.begin(), probes.end());

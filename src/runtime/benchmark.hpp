@@ -29,8 +29,11 @@ struct BenchOptions {
 // One decode run: `batch` sequences of `context` cached tokens stepping together.
 struct DecodeRun {
   int batch = 0;
-  double step_ms = 0;            // median over steps, the greedy next tokens on the host
-  double device_ms = 0;          // the same steps until the logits are computed (no sampling)
+  // Median over steps, each step's inputs the greedy tokens of the one before, as the scheduler
+  // runs them on this backend: on a GPU the next step is issued before the host reads this
+  // one's tokens, so a step costs the time between two reads.
+  double step_ms = 0;
+  double serial_ms = 0;          // the same, each step issued only once the last one's tokens are read
   double tok_s_per_seq = 0;
   double tok_s_total = 0;
   double bytes_per_step = 0;     // weights once + every sequence's KV
@@ -39,8 +42,8 @@ struct DecodeRun {
   // A smaller batch of the same run produced tokens more cheaply than this one (ms per token):
   // a throughput cliff. The smallest such batch, 0 when none.
   int costlier_than_batch = 0;
-  // With ceiling_each_step: the median over steps of the step's GB/s over the probe's after it,
-  // and the probes' range (0 without).
+  // With ceiling_each_step: the median over serial steps of the step's GB/s over the probe's
+  // after it, and the probes' range (0 without).
   double paired_share = 0;
   double probe_min_gbps = 0, probe_max_gbps = 0;
 };

@@ -6,11 +6,13 @@
 
 namespace moxin {
 
-// inputs holds, for the bucket's B rows: token ids [B], positions [B], block tables [B, width]
-// (width: blocks of the context bucket); ids, positions and tables are views of it.
+// inputs holds, for the bucket's B rows: token ids [B], drawn-token sources [B] (-1: the id),
+// positions [B], block tables [B, width] (width: blocks of the context bucket); ids, sources,
+// positions and tables are views of it.
 struct DecodeGraphs::Graph {
+  static constexpr int kRowsBeforeTables = 3;
   int width = 0;
-  Tensor inputs, ids, positions, tables, token_seq, rows, logits;
+  Tensor inputs, ids, sources, positions, tables, token_seq, rows, logits;
   std::unique_ptr<OpGraph> graph;
 };
 
@@ -39,12 +41,13 @@ int DecodeGraphs::batch_bucket(int batch) {
 }
 
 DecodeGraphs::DecodeGraphs(Backend& backend, const Decoder& decoder, KvCache& cache, int block_size,
-                           int max_blocks)
+                           int max_blocks, Tensor drawn)
     : backend_(backend),
       decoder_(decoder),
       cache_(cache),
       block_size_(block_size),
       max_blocks_(max_blocks),
+      drawn_(std::move(drawn)),
       graphs_(kMaxGraphs) {}
 
 DecodeGraphs::~DecodeGraphs() = default;
@@ -55,10 +58,11 @@ DecodeGraphs::Graph* DecodeGraphs::graph_for(int batch, int bucket) {
   if (graphs_.full()) backend_.synchronize();
   auto g = std::make_unique<Graph>();
   g->width = std::min(max_blocks_, (bucket + block_size_ - 1) / block_size_);
-  g->inputs = backend_.empty({2 + g->width, batch}, DType::I32);
+  g->inputs = backend_.empty({Graph::kRowsBeforeTables + g->width, batch}, DType::I32);
   g->ids = g->inputs.rows_view(0, 1).reshaped({batch});
-  g->positions = g->inputs.rows_view(1, 1).reshaped({batch});
-  g->tables = g->inputs.rows_view(2, g->width).reshaped({batch, g->width});
+  g->sources = g->inputs.rows_view(1, 1).reshaped({batch});
+  g->positions = g->inputs.rows_view(2, 1).reshaped({batch});
+  g->tables = g->inputs.rows_view(Graph::kRowsBeforeTables, g->width).reshaped({batch, g->width});
   std::vector<int32_t> iota(static_cast<size_t>(batch));
   for (int i = 0; i < batch; ++i) iota[static_cast<size_t>(i)] = i;
   g->token_seq = backend_.from_host_i32(iota.data(), {batch});  // token i belongs to sequence i ...
@@ -69,7 +73,7 @@ DecodeGraphs::Graph* DecodeGraphs::graph_for(int batch, int bucket) {
   AttentionBatch attention{g->token_seq, g->positions, g->tables, bucket, true};
   Graph& graph = *g;
   g->graph = backend_.capture([&] {
-    Tensor x = decoder_.embed(graph.ids);
+    Tensor x = decoder_.embed(graph.ids, {&graph.sources, &drawn_});
     decoder_.forward(x, graph.positions, attention, cache_);
     backend_.copy_rows(decoder_.logits(x, graph.rows), graph.logits, 0);
   });
@@ -80,13 +84,15 @@ DecodeGraphs::Graph* DecodeGraphs::graph_for(int batch, int bucket) {
   return &graphs_.insert({batch, bucket}, std::move(g));
 }
 
-std::optional<Tensor> DecodeGraphs::run(std::span<const int32_t> tokens, std::span<const int32_t> positions,
+std::optional<Tensor> DecodeGraphs::run(std::span<const int32_t> tokens, std::span<const int32_t> sources,
+                                        std::span<const int32_t> positions,
                                         std::span<const std::vector<int32_t>* const> tables) {
   if (!supported_) return std::nullopt;
   const int batch = static_cast<int>(tokens.size());
-  MOXIN_CHECK(batch > 0 && positions.size() == tokens.size() && tables.size() == tokens.size(),
-              "[decode] mismatched batch: ", tokens.size(), " tokens, ", positions.size(), " positions, ",
-              tables.size(), " block tables");
+  MOXIN_CHECK(batch > 0 && positions.size() == tokens.size() && tables.size() == tokens.size() &&
+                  (sources.empty() || sources.size() == tokens.size()),
+              "[decode] mismatched batch: ", tokens.size(), " tokens, ", sources.size(), " drawn-token sources, ",
+              positions.size(), " positions, ", tables.size(), " block tables");
   const int capacity = max_blocks_ * block_size_;
   const int context = *std::max_element(positions.begin(), positions.end()) + 1;
   const int padded = batch_bucket(batch);
@@ -95,12 +101,16 @@ std::optional<Tensor> DecodeGraphs::run(std::span<const int32_t> tokens, std::sp
   if (!found) return std::nullopt;
   Graph& g = *found;
 
-  // Padding rows: token 0 at position 0 with no KV block (-1: neither written nor read).
+  // Padding rows: token 0, no drawn source, at position 0 with no KV block (-1: neither written
+  // nor read).
   const size_t b = static_cast<size_t>(padded);
-  std::vector<int32_t> flat((2 + static_cast<size_t>(g.width)) * b, 0);
-  std::fill(flat.begin() + static_cast<ptrdiff_t>(2 * b), flat.end(), -1);
+  constexpr size_t kTables = Graph::kRowsBeforeTables;
+  std::vector<int32_t> flat((kTables + static_cast<size_t>(g.width)) * b, 0);
+  std::fill(flat.begin() + static_cast<ptrdiff_t>(b), flat.begin() + static_cast<ptrdiff_t>(2 * b), -1);
+  std::fill(flat.begin() + static_cast<ptrdiff_t>(kTables * b), flat.end(), -1);
   std::copy(tokens.begin(), tokens.end(), flat.begin());
-  std::copy(positions.begin(), positions.end(), flat.begin() + static_cast<ptrdiff_t>(b));
+  std::copy(sources.begin(), sources.end(), flat.begin() + static_cast<ptrdiff_t>(b));
+  std::copy(positions.begin(), positions.end(), flat.begin() + static_cast<ptrdiff_t>(2 * b));
   for (int i = 0; i < batch; ++i) {
     // Positions below `context` <= bucket need only the table's first `width` blocks.
     const auto& t = *tables[static_cast<size_t>(i)];
@@ -109,7 +119,7 @@ std::optional<Tensor> DecodeGraphs::run(std::span<const int32_t> tokens, std::sp
                 "[decode] the block table of sequence ", i, " does not cover position ",
                 positions[static_cast<size_t>(i)]);
     std::copy_n(t.begin(), used,
-                flat.begin() + static_cast<ptrdiff_t>(2 * b + static_cast<size_t>(i) * g.width));
+                flat.begin() + static_cast<ptrdiff_t>(kTables * b + static_cast<size_t>(i) * g.width));
   }
   backend_.upload_i32(flat.data(), g.inputs);
   g.graph->replay();

@@ -5,9 +5,11 @@
 // holds it (1, 2, 3, 4, 6, 8, 12, 16, 24, ... 256): a server whose batch size changes every few
 // steps replays a handful of graphs instead of capturing one per size, and the padding rows
 // (position 0, no KV block: nothing written, nothing read) cost next to nothing in a step that
-// streams the weights anyway. Inputs (token ids, positions, block tables) live in one tensor
-// the graph was recorded with and are rewritten by one upload before each replay. On backends
-// without graphs, run() declines.
+// streams the weights anyway. Inputs (token ids, drawn-token sources, positions, block tables)
+// live in one tensor the graph was recorded with and are rewritten by one upload before each
+// replay; a row whose token a sampler drew into `drawn` at the previous step (DrawnTokens) reads
+// it there, so a step can be replayed before the host has read the last one's tokens. On
+// backends without graphs, run() declines.
 #pragma once
 
 #include <cstdint>
@@ -24,13 +26,16 @@ namespace moxin {
 
 class DecodeGraphs {
  public:
-  // max_blocks: the KV pool's blocks (no block table is wider).
-  DecodeGraphs(Backend& backend, const Decoder& decoder, KvCache& cache, int block_size, int max_blocks);
+  // max_blocks: the KV pool's blocks (no block table is wider); drawn: the I32 tensor a sampler
+  // writes a step's tokens into (Engine::drawn_tokens), which the graphs read from.
+  DecodeGraphs(Backend& backend, const Decoder& decoder, KvCache& cache, int block_size, int max_blocks,
+               Tensor drawn);
   ~DecodeGraphs();
 
   // tokens[i] is the new token of the sequence with `positions[i]` cached positions and block
-  // table `tables[i]` (already covering that position). Returns logits [B, vocab], valid until
-  // the next run(); nullopt when the backend cannot capture graphs.
+  // table `tables[i]` (already covering that position), or drawn[sources[i]] where sources is
+  // given and sources[i] >= 0. Returns logits [B, vocab], valid until the next run(); nullopt
+  // when the backend cannot capture graphs.
   static constexpr size_t kMaxGraphs = 48;
   // The batch size a batch of `batch` sequences is padded to (the graph it replays).
   static int batch_bucket(int batch);
@@ -40,8 +45,8 @@ class DecodeGraphs {
   static constexpr int kFineContextBatch = 2;
   static int context_bucket(int batch, int context, int capacity);
 
-  std::optional<Tensor> run(std::span<const int32_t> tokens, std::span<const int32_t> positions,
-                            std::span<const std::vector<int32_t>* const> tables);
+  std::optional<Tensor> run(std::span<const int32_t> tokens, std::span<const int32_t> sources,
+                            std::span<const int32_t> positions, std::span<const std::vector<int32_t>* const> tables);
 
  private:
   struct Graph;
@@ -52,6 +57,7 @@ class DecodeGraphs {
   KvCache& cache_;
   int block_size_;
   int max_blocks_;
+  Tensor drawn_;
   bool supported_ = true;
   LruCache<std::pair<int, int>, Graph> graphs_;  // by (batch, context bucket), kMaxGraphs of them
 };

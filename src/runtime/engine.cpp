@@ -73,7 +73,9 @@ Engine::Engine(const std::string& model_dir, const EngineOptions& options)
   kv_cache_ = backend_->create_kv_cache({d.layers, d.kv_heads, d.head_dim, options.block_size, blocks,
                                          options.kv_cache_fp8 ? KvCacheDType::Fp8E4M3 : KvCacheDType::Auto});
   device_kv_cache_bytes_ = backend_->device_memory_used() - before_cache;
-  graphs_ = std::make_unique<DecodeGraphs>(*backend_, model_->decoder(), *kv_cache_, options.block_size, blocks);
+  drawn_ = backend_->empty({kMaxDrawnRows, 1}, DType::I32);
+  graphs_ = std::make_unique<DecodeGraphs>(*backend_, model_->decoder(), *kv_cache_, options.block_size, blocks,
+                                           drawn_);
   vision_graphs_ = std::make_unique<VisionGraphs>(*backend_, *model_);
   // A device backend holds its own copy now: neither the mapped pages nor the host-side
   // quantized matrices (4.5 GB for the full model in 4 bits) need stay resident.
@@ -127,13 +129,32 @@ ImageFeatures Engine::encode_images(std::span<const float> dino, std::span<const
   return model_->encode_images(d, s, batch);
 }
 
-Tensor Engine::embed(std::span<const int32_t> ids) {
-  const int32_t vocab = config().decoder.vocab;
-  for (int32_t id : ids)
-    MOXIN_CHECK(id >= 0 && id < vocab, "[engine] token id ", id, " is outside the vocabulary (0..",
+namespace {
+
+// Each sequence's input: a token id in the vocabulary, or a row of the drawn tokens.
+void check_inputs(std::span<const int32_t> ids, std::span<const int32_t> sources, int32_t vocab) {
+  MOXIN_CHECK(sources.empty() || sources.size() == ids.size(), "[engine] ", ids.size(), " token ids but ",
+              sources.size(), " drawn-token sources");
+  for (size_t i = 0; i < ids.size(); ++i) {
+    if (!sources.empty() && sources[i] >= 0) {
+      MOXIN_CHECK(sources[i] < Engine::kMaxDrawnRows, "[engine] drawn-token source ", sources[i],
+                  " is outside the ", Engine::kMaxDrawnRows, " drawn rows");
+      continue;
+    }
+    MOXIN_CHECK(ids[i] >= 0 && ids[i] < vocab, "[engine] token id ", ids[i], " is outside the vocabulary (0..",
                 vocab - 1, ")");
-  Tensor t = backend_->from_host_i32(ids.data(), {static_cast<int64_t>(ids.size())});
-  return model_->decoder().embed(t);
+  }
+}
+
+}  // namespace
+
+Tensor Engine::embed(std::span<const int32_t> ids, std::span<const int32_t> sources) {
+  check_inputs(ids, sources, config().decoder.vocab);
+  const int64_t n = static_cast<int64_t>(ids.size());
+  Tensor t = backend_->from_host_i32(ids.data(), {n});
+  if (sources.empty()) return model_->decoder().embed(t);
+  Tensor s = backend_->from_host_i32(sources.data(), {n});
+  return model_->decoder().embed(t, {&s, &drawn_});
 }
 
 Tensor Engine::step(std::span<SequenceChunk> chunks) {
@@ -186,7 +207,8 @@ Tensor Engine::step(std::span<SequenceChunk> chunks) {
   return model_->decoder().logits(x, rows);
 }
 
-Tensor Engine::decode(std::span<SequenceState* const> sequences, std::span<const int32_t> tokens) {
+Tensor Engine::decode(std::span<SequenceState* const> sequences, std::span<const int32_t> tokens,
+                      std::span<const int32_t> sources) {
   MOXIN_CHECK(!sequences.empty() && sequences.size() == tokens.size(), "[engine] decode: ",
               sequences.size(), " sequences but ", tokens.size(), " tokens");
   std::vector<int32_t> positions;
@@ -198,14 +220,12 @@ Tensor Engine::decode(std::span<SequenceState* const> sequences, std::span<const
     positions.push_back(static_cast<int32_t>(s->length));
     tables.push_back(&s->block_table);
   }
-  const int32_t vocab = config().decoder.vocab;
-  for (int32_t id : tokens)
-    MOXIN_CHECK(id >= 0 && id < vocab, "[engine] token id ", id, " is outside the vocabulary (0..", vocab - 1, ")");
-  if (auto logits = graphs_->run(tokens, positions, tables)) {
+  check_inputs(tokens, sources, config().decoder.vocab);
+  if (auto logits = graphs_->run(tokens, sources, positions, tables)) {
     for (SequenceState* s : sequences) s->length += 1;
     return *logits;
   }
-  Tensor embeddings = embed(tokens);
+  Tensor embeddings = embed(tokens, sources);
   std::vector<SequenceChunk> chunks;
   for (size_t i = 0; i < sequences.size(); ++i)
     chunks.push_back({sequences[i], embeddings.rows_view(static_cast<int64_t>(i), 1)});

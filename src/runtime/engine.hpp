@@ -66,14 +66,22 @@ class Engine {
   // dino/siglip: B images of 224x224x3 f32 (NHWC), normalized per encoder. Through a captured
   // graph where the backend has them: the features are then valid until the next call.
   ImageFeatures encode_images(std::span<const float> dino, std::span<const float> siglip, int batch);
-  // ids -> embeddings [n, hidden]
-  Tensor embed(std::span<const int32_t> ids);
+  // ids -> embeddings [n, hidden]; where `sources` is given, row i with sources[i] >= 0 takes
+  // the token drawn_tokens()[sources[i]] instead of ids[i].
+  Tensor embed(std::span<const int32_t> ids, std::span<const int32_t> sources = {});
   // Runs the decoder over all chunks (positions continue each sequence's length), writes their
   // K/V, advances the sequences, and returns the logits [chunks, vocab] of each chunk's last token.
   Tensor step(std::span<SequenceChunk> chunks);
   // One new token for each sequence (a decode step): through a captured graph where the backend
-  // has them, else through step(). Returns logits [B, vocab], valid until the next call.
-  Tensor decode(std::span<SequenceState* const> sequences, std::span<const int32_t> tokens);
+  // has them, else through step(). Returns logits [B, vocab], valid until the next call. Where
+  // `sources` is given, a sequence with sources[i] >= 0 takes the token drawn_tokens()[sources[i]]
+  // instead of tokens[i]: the previous step's draw, which the host need not have read yet.
+  Tensor decode(std::span<SequenceState* const> sequences, std::span<const int32_t> tokens,
+                std::span<const int32_t> sources = {});
+  // Where a step's tokens are drawn on the backend (Backend::sample_tokens_to, one per logits
+  // row) for the next step to take as inputs: I32 [kMaxDrawnRows, 1] (a row per logits row).
+  static constexpr int kMaxDrawnRows = 4096;  // the most sequences a step may hold (--max-batch)
+  Tensor& drawn_tokens() { return drawn_; }
   // Frees the sequence's KV blocks.
   void release(SequenceState& sequence) { pool_.release(sequence.block_table); sequence.length = 0; }
 
@@ -92,6 +100,7 @@ class Engine {
   std::unique_ptr<Vlm> model_;
   std::unique_ptr<KvCache> kv_cache_;
   KvBlockPool pool_;
+  Tensor drawn_;
   std::unique_ptr<DecodeGraphs> graphs_;
   std::unique_ptr<VisionGraphs> vision_graphs_;
 };

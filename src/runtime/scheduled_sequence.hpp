@@ -25,7 +25,7 @@ struct ScheduledSequence final : PlannedSequence {
     nothing_to_generate = request.max_tokens == 0;
   }
 
-  size_t positions() const override { return inputs.size(); }
+  size_t positions() const override { return inputs.size() + (drawn_row >= 0 ? 1 : 0); }
   bool cancelled() const override { return stream->cancelled(); }
 
   // The preprocessed pixels are no longer needed once the features are held.
@@ -38,7 +38,8 @@ struct ScheduledSequence final : PlannedSequence {
 
   std::shared_ptr<RequestStream> stream = std::make_shared<RequestStream>();
   GenerationRequest request;
-  // layout_prompt()'s inputs, then each sampled token (fed back at the next step).
+  // layout_prompt()'s inputs, then each sampled token once the host has read it (it is fed back
+  // at the next step from the drawn tokens: PlannedSequence::drawn_row).
   std::vector<PositionInput> inputs;
   size_t image_end;   // 1 + image tokens with an image, else 0
   Tensor image_rows;  // projected image, once known

@@ -1,6 +1,8 @@
 #include "runtime/scheduler.hpp"
 
 #include <algorithm>
+#include <cstdlib>
+#include <string_view>
 
 #include "core/check.hpp"
 #include "runtime/kv_block_refs.hpp"
@@ -20,11 +22,17 @@ PlannerOptions planner_options(const SchedulerOptions& o, const Backend& backend
 
 ScheduledSequence& scheduled(PlannedSequence* s) { return static_cast<ScheduledSequence&>(*s); }
 
+bool issue_ahead(const Backend& backend) {
+  if (const char* forced = std::getenv("MOXIN_ISSUE_AHEAD")) return std::string_view(forced) != "0";
+  return backend.issues_asynchronously();
+}
+
 }  // namespace
 
 Scheduler::Scheduler(Engine& engine, const SchedulerOptions& options, SchedulerObserver* observer)
     : engine_(engine),
       options_(options),
+      issue_ahead_(issue_ahead(engine.backend())),
       max_positions_(std::min(engine.config().decoder.max_position, engine.kv_pool().capacity_tokens())),
       image_tokens_(engine.config().dino.num_patches),
       refs_(std::make_unique<KvBlockRefs>(engine.kv_pool())),
@@ -121,11 +129,13 @@ void Scheduler::loop() {
     } catch (const std::exception& e) {
       // Not expected (iterate handles engine errors): end the running requests rather than
       // the server, so the next ones start from a clean state.
+      abandon_drawn();
       fail_running(cat("[scheduler] internal error: ", e.what()));
     }
     planner_->retire();
     publish_stats();
   }
+  abandon_drawn();
   {
     std::lock_guard lock(mutex_);
     take_arrivals();
@@ -149,26 +159,68 @@ void Scheduler::iterate() {
   for (PlannedSequence* s : plan.admitted) admitted.push_back(&scheduled(s));
   for (auto& [s, message] : executor_->encode_images(admitted)) output_.fail(*s, message);
   std::erase_if(plan.chunks, [](const StepPlan::Chunk& c) { return c.sequence->done; });  // image failed
-  if (plan.chunks.empty()) return;
 
-  try {
-    const Tensor logits = executor_->forward(plan.chunks);
-    ++steps_;
-    std::vector<TokenPick> picks;
-    std::vector<ScheduledSequence*> picked;
-    for (size_t i = 0; i < plan.chunks.size(); ++i) {
-      ScheduledSequence& s = scheduled(plan.chunks[i].sequence);
-      planner_->offer_prompt_blocks(s);
-      if (s.pending() != 0) continue;
-      picks.push_back({i, &s.core});
-      picked.push_back(&s);
+  // Issued ahead, this step goes to the device before the host reads the last one's tokens
+  // (its inputs in part).
+  std::optional<Tensor> logits;
+  if (!plan.chunks.empty()) {
+    try {
+      logits = executor_->forward(plan.chunks);
+      ++steps_;
+      for (const StepPlan::Chunk& c : plan.chunks) planner_->offer_prompt_blocks(*c.sequence);
+    } catch (const std::exception& e) {
+      for (const StepPlan::Chunk& c : plan.chunks)
+        if (!c.sequence->done) output_.fail(scheduled(c.sequence), e.what());
     }
-    std::vector<TokenOutcome> outcomes = pick_tokens(engine_.backend(), logits, picks);
-    for (size_t i = 0; i < picked.size(); ++i) output_.on_token(*picked[i], std::move(outcomes[i]));
-  } catch (const std::exception& e) {
-    for (const StepPlan::Chunk& c : plan.chunks)
-      if (!c.sequence->done) output_.fail(scheduled(c.sequence), e.what());
   }
+  if (issue_ahead_) deliver_drawn();
+  if (logits) draw(plan.chunks, *logits);
+  if (!issue_ahead_) deliver_drawn();
+}
+
+void Scheduler::draw(const std::vector<StepPlan::Chunk>& chunks, const Tensor& logits) {
+  std::vector<TokenPick> picks;
+  std::vector<ScheduledSequence*> picked;
+  for (size_t i = 0; i < chunks.size(); ++i) {
+    ScheduledSequence& s = scheduled(chunks[i].sequence);
+    // Ended by the tokens just delivered (this step's position was computed for nothing), or
+    // a prompt chunk with more to come.
+    if (s.done || s.pending() != 0) continue;
+    picks.push_back({i, &s.core});
+    picked.push_back(&s);
+  }
+  if (picks.empty()) return;
+  try {
+    PendingTokens tokens = pick_tokens(engine_.backend(), logits, picks, engine_.drawn_tokens());
+    for (size_t i = 0; i < picked.size(); ++i) {
+      picked[i]->drawn_row = static_cast<int>(picks[i].row);
+      picked[i]->drawn_is_last = picked[i]->core.next_is_last();
+    }
+    in_flight_ = Drawn{std::move(tokens), std::move(picked)};
+  } catch (const std::exception& e) {
+    for (ScheduledSequence* s : picked) output_.fail(*s, e.what());
+  }
+}
+
+void Scheduler::deliver_drawn() {
+  if (!in_flight_) return;
+  Drawn drawn = std::move(*in_flight_);
+  in_flight_.reset();
+  for (ScheduledSequence* s : drawn.sequences) s->drawn_row = -1;
+  try {
+    std::vector<TokenOutcome> outcomes = drawn.tokens.wait();
+    for (size_t i = 0; i < drawn.sequences.size(); ++i)
+      if (!drawn.sequences[i]->done) output_.on_token(*drawn.sequences[i], std::move(outcomes[i]));
+  } catch (const std::exception& e) {
+    for (ScheduledSequence* s : drawn.sequences)
+      if (!s->done) output_.fail(*s, e.what());
+  }
+}
+
+void Scheduler::abandon_drawn() {
+  if (!in_flight_) return;
+  for (ScheduledSequence* s : in_flight_->sequences) s->drawn_row = -1;
+  in_flight_.reset();
 }
 
 // Done ones too: one the planner ended in a plan that threw before it was reported still needs

@@ -9,6 +9,15 @@
 //     sequence's SequenceCore, streamed to the client.
 // Requests arrive in an inbox (the only state shared with other threads) and move into the
 // planner's queue at the start of each iteration.
+//
+// The host's work on a step's tokens overlaps the next step on the device: a step's tokens are
+// drawn into the engine's drawn tokens (runtime/token_picker.hpp) and the next step is planned
+// and issued with each continuing sequence's input taken from there, before the host reads
+// them; then the host reads and streams the previous step's tokens while that step runs. A
+// sequence those tokens end (end-of-sequence, a stop string) has had one more position computed
+// for nothing; an ending by count is known ahead and planned around. Where the backend runs ops
+// as they are issued (the CPU) nothing would overlap, so each step's tokens are read at once
+// (MOXIN_ISSUE_AHEAD=1 or 0 forces either order: tests run the overlapped one on the CPU).
 #pragma once
 
 #include <atomic>
@@ -18,12 +27,16 @@
 #include <deque>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <thread>
+#include <vector>
 
 #include "runtime/engine.hpp"
 #include "runtime/request_stream.hpp"
 #include "runtime/scheduler_request.hpp"
 #include "runtime/step_output.hpp"
+#include "runtime/step_planner.hpp"
+#include "runtime/token_picker.hpp"
 
 namespace moxin {
 
@@ -79,11 +92,19 @@ class Scheduler {
   bool wait_for_work();
   void take_arrivals();  // with mutex_ held
   void iterate();
+  // Draws the next token of each chunk's sequence whose inputs are all computed; they stay in
+  // flight until deliver_drawn() (the next iteration, while its step runs).
+  void draw(const std::vector<StepPlan::Chunk>& chunks, const Tensor& logits);
+  // Reads the tokens in flight and streams them (each sequence's rules applied).
+  void deliver_drawn();
+  // Forgets them unread (shutdown, an internal error): their sequences end anyway.
+  void abandon_drawn();
   void fail_running(const std::string& message);
   void publish_stats();
 
   Engine& engine_;
   SchedulerOptions options_;
+  bool issue_ahead_;  // a step is issued before the previous one's tokens are read
   int max_positions_;
   int image_tokens_;
   std::unique_ptr<KvBlockRefs> refs_;
@@ -91,6 +112,11 @@ class Scheduler {
   std::unique_ptr<StepPlanner> planner_;
   std::unique_ptr<StepExecutor> executor_;
   StepOutput output_;
+  struct Drawn {
+    PendingTokens tokens;
+    std::vector<ScheduledSequence*> sequences;  // one per pick, in order
+  };
+  std::optional<Drawn> in_flight_;
 
   // Shared with submitting threads.
   mutable std::mutex mutex_;

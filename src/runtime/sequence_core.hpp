@@ -59,6 +59,8 @@ class SequenceCore {
   TokenOutcome accept(int32_t token);
   TokenOutcome next_at(std::span<const float> logits, const TokenDraw& draw);
 
+  // Whether the next token ends the generation by count, whatever it is.
+  bool next_is_last() const { return static_cast<int>(generated().size()) + 1 >= max_tokens_; }
   // Generated ids so far (an ending EOS not included).
   std::span<const int32_t> generated() const {
     return std::span<const int32_t>(context_).subspan(prompt_length_);

@@ -2,6 +2,9 @@
 
 #include <algorithm>
 #include <map>
+#include <span>
+
+#include "core/check.hpp"
 
 namespace moxin {
 
@@ -55,29 +58,42 @@ Tensor StepExecutor::forward(const std::vector<StepPlan::Chunk>& chunks) {
   const auto sequence = [](const StepPlan::Chunk& c) -> ScheduledSequence& {
     return static_cast<ScheduledSequence&>(*c.sequence);
   };
+  // A token drawn at the previous step that the host has not read is the sequence's only input
+  // left (planned as a decode position): it is taken from the drawn tokens on the backend.
+  const auto drawn = [&](const StepPlan::Chunk& c) {
+    const int row = c.sequence->drawn_row;
+    MOXIN_CHECK(row < 0 || (c.count == 1 && static_cast<size_t>(c.sequence->kv.length) == sequence(c).inputs.size()),
+                "[scheduler] a drawn token planned inside a prompt chunk");
+    return row;
+  };
   // A step of decode tokens only goes through Engine::decode (a captured graph on CUDA).
   const bool decode_only = std::all_of(chunks.begin(), chunks.end(), [&](const StepPlan::Chunk& c) {
-    return c.count == 1 && !sequence(c).inputs[static_cast<size_t>(c.sequence->kv.length)].is_image();
+    return c.count == 1 &&
+           (drawn(c) >= 0 || !sequence(c).inputs[static_cast<size_t>(c.sequence->kv.length)].is_image());
   });
-  Tensor logits;
   if (decode_only) {
     std::vector<SequenceState*> states;
-    std::vector<int32_t> tokens;
+    std::vector<int32_t> tokens, sources;
     for (const StepPlan::Chunk& c : chunks) {
       states.push_back(&c.sequence->kv);
-      tokens.push_back(sequence(c).inputs[static_cast<size_t>(c.sequence->kv.length)].token);
+      const int row = drawn(c);
+      tokens.push_back(row >= 0 ? 0 : sequence(c).inputs[static_cast<size_t>(c.sequence->kv.length)].token);
+      sources.push_back(row);
     }
-    logits = engine_.decode(states, tokens);
-  } else {
-    std::vector<SequenceChunk> steps;
-    for (const StepPlan::Chunk& c : chunks) {
-      const ScheduledSequence& s = sequence(c);
-      const auto inputs = std::span<const PositionInput>(s.inputs).subspan(static_cast<size_t>(s.kv.length), c.count);
-      steps.push_back({&c.sequence->kv, embed_positions(engine_, inputs, s.image_rows)});
-    }
-    logits = engine_.step(steps);
+    return engine_.decode(states, tokens, sources);
   }
-  return logits;
+  std::vector<SequenceChunk> steps;
+  for (const StepPlan::Chunk& c : chunks) {
+    const ScheduledSequence& s = sequence(c);
+    if (const int row = drawn(c); row >= 0) {
+      const int32_t unused = 0;
+      steps.push_back({&c.sequence->kv, engine_.embed(std::span(&unused, 1), std::span(&row, 1))});
+      continue;
+    }
+    const auto inputs = std::span<const PositionInput>(s.inputs).subspan(static_cast<size_t>(s.kv.length), c.count);
+    steps.push_back({&c.sequence->kv, embed_positions(engine_, inputs, s.image_rows)});
+  }
+  return engine_.step(steps);
 }
 
 }  // namespace moxin

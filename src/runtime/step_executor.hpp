@@ -21,9 +21,10 @@ class StepExecutor {
   // Gives each sequence that still needs its image rows its projected image. Returns the
   // sequences whose image could not be encoded, with the reason.
   std::vector<std::pair<ScheduledSequence*, std::string>> encode_images(const std::vector<ScheduledSequence*>& sequences);
-  // One engine step over the chunks; returns the logits of each chunk's last position,
-  // [chunks, vocab], in the backend's memory (valid until the next step). Throws moxin::Error
-  // when the engine fails.
+  // Issues one engine step over the chunks (a sequence's token drawn at the previous step comes
+  // from the engine's drawn tokens); returns the logits of each chunk's last position, [chunks,
+  // vocab], in the backend's memory (valid until the next step). Throws moxin::Error when the
+  // engine fails.
   Tensor forward(const std::vector<StepPlan::Chunk>& chunks);
 
   uint64_t image_cache_hits() const { return image_hits_; }

@@ -70,6 +70,10 @@ void StepPlanner::admit(StepPlan& plan) {
   while (static_cast<int>(running_.size()) < options_.max_batch && !queue_.empty()) {
     std::unique_ptr<PlannedSequence> s = std::move(queue_.front());
     queue_.pop_front();
+    if (s->done) {  // preempted, then ended by the token it had in flight
+      ended_.push_back(std::move(s));
+      continue;
+    }
     if (s->nothing_to_generate) {  // as the single-sequence path: no prefill at all
       end(std::move(s), PlanEnd::NothingToGenerate, plan);
       continue;
@@ -126,7 +130,7 @@ std::vector<StepPlan::Chunk> StepPlanner::plan_chunks() const {
   size_t budget = static_cast<size_t>(options_.prefill_budget);
   bool any_prefill = false;
   for (const auto& s : running_) {
-    if (s->done) continue;
+    if (s->done || (s->drawn_row >= 0 && s->drawn_is_last)) continue;
     const size_t pending = s->pending();
     if (pending == 1) {  // decoding (or a one-position prompt): always in the step
       chunks.push_back({s.get(), 1});

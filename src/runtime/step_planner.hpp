@@ -34,7 +34,8 @@ namespace moxin {
 // What the planner knows of a sequence; the scheduler's sequences (and the tests') extend it.
 struct PlannedSequence {
   virtual ~PlannedSequence() = default;
-  // Inputs known so far: the prompt's positions, then each sampled token fed back.
+  // Inputs known so far: the prompt's positions, then each sampled token fed back (one drawn on
+  // the device whose value the host has not read yet counts: it is fed back from there).
   virtual size_t positions() const = 0;
   virtual bool cancelled() const = 0;
 
@@ -45,6 +46,11 @@ struct PlannedSequence {
   SequenceState kv;                  // positions [0, kv.length) are in the KV cache
   uint64_t order = 0;                // admission order: the newest is preempted first
   bool done = false;                 // ended: planned no more, retired at the next retire()
+  // A token drawn in the engine's drawn tokens (Engine::drawn_tokens) at this row and not yet
+  // read by the host: the next step takes it from there. -1: none.
+  int drawn_row = -1;
+  // That token is the generation's last by count (max_tokens): nothing is planned after it.
+  bool drawn_is_last = false;
 
   size_t pending() const { return positions() - static_cast<size_t>(kv.length); }
 };

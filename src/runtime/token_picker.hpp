@@ -2,10 +2,12 @@
 // drawn on the device where the backend samples there and no sequence of the step reports
 // log-probabilities (then only the ids travel to the host, not [rows, vocab] scores), else from
 // the logits copied to the host. Both ways follow runtime/sampler.hpp's rules and consume the
-// sequence's random numbers alike.
+// sequence's random numbers alike, and both leave the tokens in the engine's drawn tokens
+// (Engine::drawn_tokens) for the next step to take as inputs before the host has read them.
 #pragma once
 
 #include <cstddef>
+#include <memory>
 #include <span>
 #include <vector>
 
@@ -19,8 +21,26 @@ struct TokenPick {
   SequenceCore* core = nullptr;
 };
 
-// One outcome per pick, in order. Throws moxin::Error as SequenceCore::next does (non-finite
-// logits, an overflowing penalty or temperature).
-std::vector<TokenOutcome> pick_tokens(Backend& backend, const Tensor& logits, std::span<const TokenPick> picks);
+// A step's tokens on their way to the host.
+class PendingTokens {
+ public:
+  PendingTokens() = default;
+  // One outcome per pick, in order, once the tokens are on the host (each core applies its
+  // rules then). Throws moxin::Error as SequenceCore::next does (non-finite logits, an
+  // overflowing penalty or temperature). Call once.
+  std::vector<TokenOutcome> wait();
+
+ private:
+  friend PendingTokens pick_tokens(Backend& backend, const Tensor& logits, std::span<const TokenPick> picks,
+                                   Tensor& drawn);
+  std::vector<TokenPick> picks_;
+  std::unique_ptr<I32Readback> ids_;   // drawn on the device: the cores accept them in wait()
+  std::vector<TokenOutcome> outcomes_;  // else sampled on the host already
+};
+
+// Draws the picks' tokens into drawn[row] (every logits row is drawn; rows without a pick, such
+// as a prompt chunk with more to come, greedily) without waiting for them where the backend
+// samples on the device. Throws moxin::Error where the host sampler refuses a row.
+PendingTokens pick_tokens(Backend& backend, const Tensor& logits, std::span<const TokenPick> picks, Tensor& drawn);
 
 }  // namespace moxin

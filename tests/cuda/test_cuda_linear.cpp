@@ -488,7 +488,7 @@ TEST_F(CudaLinear, EmbeddingReadsBf16Table) {
   for (int32_t& id : ids) id = randint(0, vocab - 1);
   ids[0] = vocab - 1;
   Tensor y = poisoned({count, hidden});
-  backend().embedding(upload_i32(ids, {count}), prepared, y);
+  backend().embedding(upload_i32(ids, {count}), prepared, y, {});
   std::vector<double> ref(size_t(count) * hidden);
   for (int i = 0; i < count; ++i)
     for (int c = 0; c < hidden; ++c)

@@ -12,7 +12,9 @@
 #include <algorithm>
 #include <cmath>
 #include <limits>
+#include <memory>
 #include <numeric>
+#include <span>
 #include <string>
 
 #include "core/check.hpp"
@@ -182,6 +184,73 @@ TEST_F(CudaSampling, NonFiniteScoresComeBackForTheHostToName) {
   const std::vector<TokenDraw> outside = {draw_of(penalised, 0, {vocab})};
   EXPECT_THROW(backend().sample_tokens(upload(randn(vocab), {1, vocab}), outside, one), Error);
   EXPECT_THROW(backend().sample_tokens(upload(randn(2 * vocab), {2, vocab}), outside, one), Error);
+}
+
+// The scheduler's step issued ahead (runtime/scheduler.hpp): a step's tokens drawn into a device
+// tensor, the next step's embedding taking some rows from there before the host has read them,
+// then the read. The drawn ids must be the host sampler's, the embedding rows those of the drawn
+// ids (or of the given ids where a row has no source), and a second draw into the same tensor
+// issued before the first read is waited for must not change what that read gives.
+TEST_F(CudaSampling, DrawnTokensFeedTheNextEmbeddingBeforeTheHostReadsThem) {
+  const int vocab = 1000, hidden = 40, rows = 11;
+  HostTensor table = host_tensor("embed", {vocab, hidden}, DType::BF16, true);
+  const TensorInfo ti = table.info();
+  LinearWeight lw;
+  lw.weight = &ti;
+  lw.out_features = vocab;
+  lw.in_features = hidden;
+  const Linear embed = backend().prepare_linear(lw);
+
+  std::vector<float> logits;
+  std::vector<TokenDraw> draws;
+  std::vector<int32_t> expected;
+  for (int r = 0; r < rows; ++r) {
+    const std::vector<float> x = row_logits(vocab, 2.0f, r % 4 == 0);
+    SamplingParams p;  // greedy: the host's choice is exact
+    p.repetition_penalty = r % 2 ? 1.5f : 1.0f;
+    std::vector<int32_t> context(static_cast<size_t>(randint(0, 20)));
+    for (int32_t& id : context) id = randint(0, vocab - 1);
+    expected.push_back(Sampler(p).sample(x, context));
+    draws.push_back(draw_of(p, 0.0, distinct(context)));
+    logits.insert(logits.end(), x.begin(), x.end());
+  }
+  std::vector<int32_t> poison(rows + 5, -7);
+  Tensor drawn = upload_i32(poison, {rows + 5, 1});
+  Tensor first = drawn.rows_view(0, rows);
+  ASSERT_TRUE(backend().sample_tokens_to(upload(logits, {rows, vocab}), draws, first));
+  const std::unique_ptr<I32Readback> read = backend().read_i32_async(first);
+
+  // The next step: 7 rows, some from the draw (out of order, one twice), some given.
+  const std::vector<int32_t> sources = {3, -1, 0, 10, -1, 3, 7};
+  std::vector<int32_t> given(sources.size());
+  for (int32_t& id : given) id = randint(0, vocab - 1);
+  const int count = static_cast<int>(sources.size());
+  Tensor source_tensor = upload_i32(sources, {count});
+  Tensor y = poisoned({count, hidden});
+  backend().embedding(upload_i32(given, {count}), embed, y, {&source_tensor, &drawn});
+  // A later draw into the same rows (the step after), issued before the first read is waited for.
+  std::vector<float> later = randn(static_cast<size_t>(rows) * vocab, 2.0f);
+  const std::vector<TokenDraw> greedy(rows);
+  ASSERT_TRUE(backend().sample_tokens_to(upload(later, {rows, vocab}), greedy, first));
+  const std::unique_ptr<I32Readback> later_read = backend().read_i32_async(first);
+
+  const std::span<const int32_t> got = read->wait();
+  EXPECT_EQ(std::vector<int32_t>(got.begin(), got.end()), expected) << "seed " << seed_;
+  std::vector<double> ref(static_cast<size_t>(count) * hidden);
+  for (int i = 0; i < count; ++i) {
+    const int32_t id = sources[static_cast<size_t>(i)] >= 0 ? expected[static_cast<size_t>(sources[static_cast<size_t>(i)])]
+                                                            : given[static_cast<size_t>(i)];
+    for (int c = 0; c < hidden; ++c)
+      ref[static_cast<size_t>(i) * hidden + c] = table.values[static_cast<size_t>(id) * hidden + c];
+  }
+  expect_close("embedding of drawn tokens", download(y), ref, 0.0);
+  const std::span<const int32_t> second = later_read->wait();
+  for (int r = 0; r < rows; ++r) {
+    const auto row = later.begin() + static_cast<ptrdiff_t>(r) * vocab;
+    EXPECT_EQ(second[static_cast<size_t>(r)], std::max_element(row, row + vocab) - row) << "row " << r;
+  }
+  Tensor too_short = drawn.rows_view(0, rows - 1);
+  EXPECT_THROW(backend().sample_tokens_to(upload(logits, {rows, vocab}), draws, too_short), Error);
 }
 
 }  // namespace

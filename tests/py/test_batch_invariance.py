@@ -28,25 +28,44 @@ def model(tmp_path_factory):
     return tiny_quant_model(tmp_path_factory, "tiny-batch")[0]
 
 
-@pytest.fixture(params=DEVICES)
+# The scheduler's two orders (runtime/scheduler.hpp): a step issued before the host reads the
+# last one's tokens (its inputs taken from where the sampler drew them; the default on a GPU),
+# or after (the default on the CPU). Both run on every device.
+ORDERS = {"issued-ahead": "1", "in-order": "0"}
+
+
+@pytest.fixture(params=[(device, order) for device in DEVICES for order in ORDERS], ids="-".join)
 def served(request, moxin_bin, model):
-    server = Server(moxin_bin, model, "--device", request.param, "--max-batch", 32, "--max-context", 16384)
+    device, order = request.param
+    server = Server(moxin_bin, model, "--device", device, "--max-batch", 32, "--max-context", 16384,
+                    env={"MOXIN_ISSUE_AHEAD": ORDERS[order]})
     yield server
     server.stop()
 
 
-def greedy(server, messages):
-    """Token strings and, per position, the gap between the two best logprobs. Plain HTTP (the
-    GPU machine has no `openai` package); the response is the OpenAI chat completion shape."""
+def complete(server, messages, **fields):
+    """The OpenAI chat completion over plain HTTP (the GPU machine has no `openai` package)."""
     status, body = server.request("POST", "/v1/chat/completions",
-                                  {"model": "m", "messages": messages, "temperature": 0,
-                                   "max_tokens": MAX_TOKENS, "logprobs": True, "top_logprobs": 2}, timeout=300)
+                                  {"model": "m", "messages": messages, "max_tokens": MAX_TOKENS, **fields}, timeout=300)
     assert status == 200, body
-    content = body["choices"][0]["logprobs"]["content"]
+    return body["choices"][0]
+
+
+def greedy(server, messages):
+    """Token strings and, per position, the gap between the two best logprobs."""
+    content = complete(server, messages, temperature=0, logprobs=True, top_logprobs=2)["logprobs"]["content"]
     tokens = [c["token"] for c in content]
     gaps = [c["top_logprobs"][0]["logprob"] - c["top_logprobs"][1]["logprob"] if len(c["top_logprobs"]) > 1
             else np.inf for c in content]
     return tokens, gaps
+
+
+def random_messages(rng):
+    question = " ".join(rng.choice(WORDS, size=int(rng.integers(3, 12)))).capitalize() + "?"
+    content = [{"type": "text", "text": question}]
+    if rng.random() < 0.5:
+        content.append({"type": "image_url", "image_url": {"url": data_url(photo_png(rng))}})
+    return [{"role": "user", "content": content}]
 
 
 def comparable_prefix(gaps):
@@ -60,11 +79,7 @@ def comparable_prefix(gaps):
 @pytest.mark.parametrize("copies", [8, 19])
 def test_identical_requests_in_one_batch_match_the_solo_run(served, copies, seed):
     rng = np.random.default_rng(seed)
-    question = " ".join(rng.choice(WORDS, size=int(rng.integers(3, 12)))).capitalize() + "?"
-    content = [{"type": "text", "text": question}]
-    if rng.random() < 0.5:
-        content.append({"type": "image_url", "image_url": {"url": data_url(photo_png(rng))}})
-    messages = [{"role": "user", "content": content}]
+    messages = random_messages(rng)
 
     solo_tokens, solo_gaps = greedy(served, messages)
     checked = comparable_prefix(solo_gaps)
@@ -75,3 +90,17 @@ def test_identical_requests_in_one_batch_match_the_solo_run(served, copies, seed
         assert tokens[:checked] == solo_tokens[:checked], (
             f"copy {i} of {copies} diverged from the solo run before any near-tie:\n"
             f"solo  {solo_tokens[:checked]}\ncopy  {tokens[:checked]}")
+
+
+def test_tokens_drawn_on_the_device_equal_the_host_samplers(served, seed):
+    """Without log-probabilities the server draws each step's tokens where the logits are (on a
+    GPU: the device sampler, and issued ahead the next step takes them from there before the host
+    reads them); with log-probabilities the host samples from logits copied to it. Alone, the
+    same greedy request runs the same kernels either way, so the answers must be identical, ties
+    included (both take the lowest id). Four distinct requests, each both ways."""
+    rng = np.random.default_rng(seed)
+    requests = [random_messages(rng) for _ in range(4)]
+    for messages in requests:
+        on_host = complete(served, messages, temperature=0, logprobs=True)["message"]["content"]
+        drawn = complete(served, messages, temperature=0)["message"]["content"]
+        assert drawn == on_host, f"device-drawn answer {drawn!r} differs from the host sampler's {on_host!r}"

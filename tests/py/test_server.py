@@ -9,6 +9,7 @@ import concurrent.futures
 import http.client
 import io
 import json
+import os
 import pathlib
 import random
 import re
@@ -37,10 +38,11 @@ PHOTOS = ("astronaut", "chelsea", "coffee", "rocket", "hubble_deep_field")
 class Server:
     """A `moxin serve` process on a free loopback port (port 0: the server prints the one it got)."""
 
-    def __init__(self, binary, model, *extra):
+    def __init__(self, binary, model, *extra, env=None):
         self.proc = subprocess.Popen([str(binary), "serve", "--model", str(model), "--port", "0", "--threads", "2",
                                       *map(str, extra)],
-                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                     env={**os.environ, **(env or {})})
         line = self.proc.stdout.readline()
         match = re.search(r"http://([\d.]+):(\d+)", line)
         if not match:

@@ -140,7 +140,7 @@ TEST(CpuFusedLinear, RefusesMismatchedPartsAndNonLinearUses) {
   const int32_t id = 0;
   Tensor ids = backend->from_host_i32(&id, {1});
   Tensor row = backend->empty({1, 128}, DType::F32);
-  expect_error([&] { backend->embedding(ids, fused, row); }, "[cpu] embedding: 'a + a' is a fused Linear");
+  expect_error([&] { backend->embedding(ids, fused, row, {}); }, "[cpu] embedding: 'a + a' is a fused Linear");
 }
 
 }  // namespace

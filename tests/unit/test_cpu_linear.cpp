@@ -250,7 +250,7 @@ TEST(CpuEmbedding, CopiesRowsExactly) {
       const Linear l = be.prepare_linear(linear_weight(*table, nullptr, vocab, dim));
       Tensor idt = be.from_host_i32(ids.data(), {static_cast<int64_t>(ids.size())});
       Tensor y = poisoned(be, {static_cast<int64_t>(ids.size()), dim});
-      be.embedding(idt, l, y);
+      be.embedding(idt, l, y, {});
       return host(be, y);
     });
   }
@@ -260,7 +260,37 @@ TEST(CpuEmbedding, CopiesRowsExactly) {
   const int32_t bad[2] = {1, 4};
   Tensor idt = backend->from_host_i32(bad, {2});
   Tensor y = backend->empty({2, 8}, DType::F32);
-  expect_error([&] { backend->embedding(idt, l, y); }, "id 4 (position 1) is outside the table 'embed_tokens' of 4 rows");
+  expect_error([&] { backend->embedding(idt, l, y, {}); }, "id 4 (position 1) is outside the table 'embed_tokens' of 4 rows");
+}
+
+// Rows whose token a sampler drew (DrawnTokens: the scheduler's step issued before the host reads
+// the last one's tokens) take drawn[sources[t]]; the others ids[t].
+TEST(CpuEmbedding, RowsWithASourceTakeTheDrawnToken) {
+  Random rng(test_seed());
+  const int64_t vocab = 29, dim = 12;
+  auto table = make_tensor("embed_tokens", DType::BF16, {vocab, dim}, rng.uniform(static_cast<size_t>(vocab * dim), -3, 3));
+  std::vector<int32_t> drawn(6), ids(5);
+  for (int32_t& id : drawn) id = static_cast<int32_t>(rng.integer(0, vocab - 1));
+  for (int32_t& id : ids) id = static_cast<int32_t>(rng.integer(0, vocab - 1));
+  const std::vector<int32_t> sources{4, -1, 0, 4, -1};
+  std::vector<double> ref;
+  for (size_t t = 0; t < ids.size(); ++t) {
+    const int32_t id = sources[t] >= 0 ? drawn[static_cast<size_t>(sources[t])] : ids[t];
+    for (int64_t i = 0; i < dim; ++i) ref.push_back(table->values[id * dim + i]);
+  }
+  auto backend = create_cpu_backend(1);
+  const Linear l = backend->prepare_linear(linear_weight(*table, nullptr, vocab, dim));
+  Tensor idt = backend->from_host_i32(ids.data(), {5});
+  Tensor st = backend->from_host_i32(sources.data(), {5});
+  Tensor dt = backend->from_host_i32(drawn.data(), {6, 1});
+  Tensor y = poisoned(*backend, {5, dim});
+  backend->embedding(idt, l, y, {&st, &dt});
+  const std::vector<float> got = host(*backend, y);
+  for (size_t i = 0; i < ref.size(); ++i) EXPECT_EQ(got[i], ref[i]) << "element " << i;
+
+  const std::vector<int32_t> past_end{6, -1, -1, -1, -1};
+  Tensor bad = backend->from_host_i32(past_end.data(), {5});
+  expect_error([&] { backend->embedding(idt, l, y, {&bad, &dt}); }, "row 0 takes drawn token 6 of 6");
 }
 
 }  // namespace

@@ -2,6 +2,8 @@
 #include <cstdlib>
 #include <cstring>
 #include <limits>
+#include <memory>
+#include <vector>
 
 #include "backend/cpu/cpu_backend.hpp"
 #include "backend/cpu/cpu_backend_impl.hpp"
@@ -115,6 +117,26 @@ void CpuBackend::to_host_f32(const Tensor& t, float* out) {
   MOXIN_CHECK(t.data != nullptr || t.numel() == 0, "[cpu] to_host_f32: tensor ", t.shape_str(),
               " has no storage");
   to_f32(t.data, t.dtype, t.numel(), out);
+}
+
+namespace {
+
+// Ops run when they are issued on the CPU: the values are final at once.
+class CopiedI32 final : public I32Readback {
+ public:
+  explicit CopiedI32(std::vector<int32_t> values) : values_(std::move(values)) {}
+  std::span<const int32_t> wait() override { return values_; }
+
+ private:
+  std::vector<int32_t> values_;
+};
+
+}  // namespace
+
+std::unique_ptr<I32Readback> CpuBackend::read_i32_async(const Tensor& t) {
+  check_dtype(t, DType::I32, "read_i32_async", "t");
+  const int32_t* values = t.ptr<int32_t>();
+  return std::make_unique<CopiedI32>(std::vector<int32_t>(values, values + t.numel()));
 }
 
 // --- weights ---

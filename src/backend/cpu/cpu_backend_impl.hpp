@@ -86,6 +86,7 @@ class CpuBackend final : public Backend {
   Tensor from_host_i32(const int32_t* data, const std::vector<int64_t>& shape) override;
   void to_host_f32(const Tensor& t, float* out) override;
   void synchronize() override {}
+  std::unique_ptr<I32Readback> read_i32_async(const Tensor& t) override;  // copies at once
   // How a linear rounds a row depends on the rows beside it: the dense GEMV (up to
   // kGemvMaxRows = 128 rows, cpu_matmul.hpp) takes activation rows in groups of 4 and sums a
   // group of 1-2 rows with two accumulators per lane but one of 3-4 with one; above 128 rows
@@ -119,7 +120,7 @@ class CpuBackend final : public Backend {
   void copy_rows(const Tensor& src, Tensor& dst, int64_t dst_row) override;
   void copy_cols(const Tensor& src, Tensor& dst, int64_t col_offset) override;
   void gather_rows(const Tensor& x, const Tensor& rows, Tensor& y) override;
-  void embedding(const Tensor& ids, const Linear& table, Tensor& y) override;
+  void embedding(const Tensor& ids, const Linear& table, Tensor& y, const DrawnTokens& from) override;
 
   void vit_attention(const Tensor& qkv, int batch, int tokens, int heads, int head_dim,
                      Tensor& y) override;

@@ -92,7 +92,29 @@ void CpuBackend::patch_embed(const Tensor& images, const Linear& w, int patch, T
          l.bias.empty() ? nullptr : l.bias.data(), y.ptr<float>(), y.cols());
 }
 
-void CpuBackend::embedding(const Tensor& ids, const Linear& table, Tensor& y) {
+namespace {
+
+// Each row's id: ids[t], or drawn[sources[t]] where the row's token is one a sampler drew.
+std::vector<int32_t> drawn_ids(const Tensor& ids, const DrawnTokens& from) {
+  const int32_t* id = ids.ptr<int32_t>();
+  std::vector<int32_t> out(id, id + ids.numel());
+  if (!from.sources) return out;
+  MOXIN_CHECK(from.drawn && from.sources->dtype == DType::I32 && from.drawn->dtype == DType::I32 &&
+                  from.sources->numel() == ids.numel(),
+              "[cpu] embedding: drawn tokens need I32 sources [", ids.numel(), "] and an I32 drawn tensor");
+  const int32_t* source = from.sources->ptr<int32_t>();
+  for (size_t t = 0; t < out.size(); ++t) {
+    if (source[t] < 0) continue;
+    MOXIN_CHECK(source[t] < from.drawn->numel(), "[cpu] embedding: row ", t, " takes drawn token ", source[t],
+                " of ", from.drawn->numel());
+    out[t] = from.drawn->ptr<int32_t>()[source[t]];
+  }
+  return out;
+}
+
+}  // namespace
+
+void CpuBackend::embedding(const Tensor& ids, const Linear& table, Tensor& y, const DrawnTokens& from) {
   const CpuLinear& l = cpu_linear(table, "embedding");
   require_unfused(l, "embedding");
   check_dtype(ids, DType::I32, "embedding", "ids");
@@ -100,7 +122,8 @@ void CpuBackend::embedding(const Tensor& ids, const Linear& table, Tensor& y) {
   const int64_t T = ids.numel(), vocab = l.weight.rows, dim = l.weight.cols;
   MOXIN_CHECK(y.rows() == T && y.cols() == dim, "[cpu] embedding: y is ", y.shape_str(), " but ", T,
               " ids of the table '", l.name, "' give [", T, ", ", dim, "]");
-  const int32_t* id = ids.ptr<int32_t>();
+  const std::vector<int32_t> resolved = drawn_ids(ids, from);
+  const int32_t* id = resolved.data();
   for (int64_t t = 0; t < T; ++t)
     MOXIN_CHECK(id[t] >= 0 && id[t] < vocab, "[cpu] embedding: id ", id[t], " (position ", t,
                 ") is outside the table '", l.name, "' of ", vocab, " rows");

@@ -644,14 +644,25 @@ void CudaBackend::gather_rows(const Tensor& x, const Tensor& rows, Tensor& y) {
                     rows.numel(), data_of<float>(y), stream());
 }
 
-void CudaBackend::embedding(const Tensor& ids, const Linear& table, Tensor& y) {
+void CudaBackend::embedding(const Tensor& ids, const Linear& table, Tensor& y, const DrawnTokens& from) {
   const CudaLinear& lw = cuda_linear(table, "embedding");
   MOXIN_CHECK(lw.quant.bits == 0 && !lw.is_fp8(),
               "[cuda] embedding: quantized tables are not supported (embeddings stay bf16)");
   require(ids, DType::I32, "embedding", "ids");
   require(y, DType::F32, "embedding", "y");
   require_shape(y, ids.numel(), table.in_features, "embedding", "y");
-  cuda::embedding(data_of<const int32_t>(ids), ids.numel(),
+  const int32_t* sources = nullptr;
+  const int32_t* drawn = nullptr;
+  if (from.sources) {
+    MOXIN_CHECK(from.drawn != nullptr, "[cuda] embedding: drawn-token sources without the drawn tokens");
+    require(*from.sources, DType::I32, "embedding", "sources");
+    require(*from.drawn, DType::I32, "embedding", "drawn");
+    MOXIN_CHECK(from.sources->numel() == ids.numel(), "[cuda] embedding: ", from.sources->numel(),
+                " drawn-token sources for ", ids.numel(), " ids");
+    sources = data_of<const int32_t>(*from.sources);
+    drawn = data_of<const int32_t>(*from.drawn);
+  }
+  cuda::embedding(data_of<const int32_t>(ids), sources, drawn, ids.numel(),
                   static_cast<const bf16_bits*>(lw.weight.get()), table.out_features,
                   table.in_features, data_of<float>(y), stream());
 }

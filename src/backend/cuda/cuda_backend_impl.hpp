@@ -24,6 +24,8 @@ namespace moxin::cuda {
 
 constexpr size_t kGemmWorkspaceBytes = 32u << 20;  // cuBLASLt's, per lane (cudaMalloc'd by LtGemm)
 
+class PinnedI32Pool;  // cuda_readback.cpp
+
 // Outlives every tensor of the backend (their deleters hold it): frees go to its stream.
 struct DeviceContext {
   int device = 0;
@@ -123,6 +125,7 @@ class CudaBackend final : public Backend {
   std::string name() const override { return name_; }
   DType act_dtype() const override { return DType::F32; }
   bool copies_weights() const override { return true; }
+  bool issues_asynchronously() const override { return true; }
 
   Tensor empty(const std::vector<int64_t>& shape, DType dtype) override;
   Tensor from_host_f32(const float* data, const std::vector<int64_t>& shape) override;
@@ -172,7 +175,7 @@ class CudaBackend final : public Backend {
   void copy_rows(const Tensor& src, Tensor& dst, int64_t dst_row) override;
   void copy_cols(const Tensor& src, Tensor& dst, int64_t col_offset) override;
   void gather_rows(const Tensor& x, const Tensor& rows, Tensor& y) override;
-  void embedding(const Tensor& ids, const Linear& table, Tensor& y) override;
+  void embedding(const Tensor& ids, const Linear& table, Tensor& y, const DrawnTokens& from) override;
   void vit_attention(const Tensor& qkv, int batch, int tokens, int heads, int head_dim,
                      Tensor& y) override;
   void rope_kv_write(const Tensor& qkv, const Tensor& positions, float theta, KvCache& cache,
@@ -190,6 +193,9 @@ class CudaBackend final : public Backend {
                                const Linear& o) const override;
   // cuda_sampling.cpp
   bool sample_tokens(const Tensor& logits, std::span<const TokenDraw> rows, std::span<int32_t> ids) override;
+  bool sample_tokens_to(const Tensor& logits, std::span<const TokenDraw> rows, Tensor& drawn) override;
+  // cuda_readback.cpp: into pinned host memory, an event marks the copy's end.
+  std::unique_ptr<I32Readback> read_i32_async(const Tensor& t) override;
 
   cudaStream_t stream() const { return context_->current; }
   void run_concurrently(std::span<const std::function<void()>> branches) override;
@@ -284,6 +290,7 @@ class CudaBackend final : public Backend {
   std::vector<Lane> lanes_;
   size_t current_lane_ = 0;
   cudaEvent_t fork_ = nullptr;  // recorded on lane 0 where branches start
+  std::shared_ptr<PinnedI32Pool> pinned_;  // read_i32_async's buffers, made on first use
   std::unique_ptr<WeightUploader> uploader_;
   int64_t scratch_elems_ = 0;  // bf16 elements of each lane's scratch
   std::shared_ptr<void> attention_partial_;  // split-K partial results

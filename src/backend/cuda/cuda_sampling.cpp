@@ -1,5 +1,6 @@
-// Backend::sample_tokens on the GPU: the rows' parameters and penalized ids go up in one copy,
-// one kernel draws every row (sampling.cu), and only the ids come back.
+// Backend::sample_tokens(_to) on the GPU: the rows' parameters and penalized ids go up in one
+// copy, one kernel draws every row (sampling.cu), and only the ids come back (or stay on the
+// device for the next step).
 #include <cstring>
 #include <vector>
 
@@ -10,12 +11,24 @@
 namespace moxin::cuda {
 
 bool CudaBackend::sample_tokens(const Tensor& logits, std::span<const TokenDraw> rows, std::span<int32_t> ids) {
+  MOXIN_CHECK(ids.size() == rows.size(), "[cuda] sample_tokens: ", rows.size(), " draws but room for ", ids.size(),
+              " ids");
+  if (rows.empty()) return true;
+  Tensor drawn = empty({static_cast<int64_t>(rows.size())}, DType::I32);
+  if (!sample_tokens_to(logits, rows, drawn)) return false;
+  MOXIN_CUDA_CHECK(cudaMemcpyAsync(ids.data(), drawn.data, ids.size_bytes(), cudaMemcpyDeviceToHost, stream()));
+  synchronize();
+  return true;
+}
+
+bool CudaBackend::sample_tokens_to(const Tensor& logits, std::span<const TokenDraw> rows, Tensor& drawn) {
   require(logits, DType::F32, "sample_tokens", "logits");
+  require(drawn, DType::I32, "sample_tokens", "drawn");
   const int64_t vocab = logits.cols();
   MOXIN_CHECK(logits.shape.size() == 2 && logits.rows() == static_cast<int64_t>(rows.size()) &&
-                  ids.size() == rows.size(),
-              "[cuda] sample_tokens: logits ", logits.shape_str(), " for ", rows.size(), " draws and ", ids.size(),
-              " ids");
+                  drawn.numel() >= logits.rows(),
+              "[cuda] sample_tokens: logits ", logits.shape_str(), " for ", rows.size(), " draws into ",
+              drawn.shape_str(), " ids");
   if (rows.empty()) return true;
   if (!sample_rows_supported(static_cast<int>(vocab))) return false;
 
@@ -34,21 +47,19 @@ bool CudaBackend::sample_tokens(const Tensor& logits, std::span<const TokenDraw>
     p.penalized_count = static_cast<int>(d.penalized.size());
   }
 
-  // One staging copy: [params | penalized ids | room for the ids drawn].
+  // One staging copy: [params | penalized ids]. Stream-ordered: the pageable source is staged
+  // before the copy returns, and the device buffer is freed after the kernel on the stream.
   const size_t params_bytes = params.size() * sizeof(TokenDrawParams);
   const size_t penalized_bytes = penalized.size() * sizeof(int32_t);
   std::vector<unsigned char> staging(params_bytes + penalized_bytes);
   std::memcpy(staging.data(), params.data(), params_bytes);
   if (penalized_bytes) std::memcpy(staging.data() + params_bytes, penalized.data(), penalized_bytes);
-  const auto device = device_alloc(context_, staging.size() + ids.size_bytes());
+  const auto device = device_alloc(context_, staging.size());
   auto* base = static_cast<unsigned char*>(device.get());
   MOXIN_CUDA_CHECK(cudaMemcpyAsync(base, staging.data(), staging.size(), cudaMemcpyHostToDevice, stream()));
-  auto* drawn = reinterpret_cast<int32_t*>(base + staging.size());
   sample_rows(data_of<const float>(logits), static_cast<int>(rows.size()), static_cast<int>(vocab),
               reinterpret_cast<const TokenDrawParams*>(base), reinterpret_cast<const int32_t*>(base + params_bytes),
-              drawn, stream());
-  MOXIN_CUDA_CHECK(cudaMemcpyAsync(ids.data(), drawn, ids.size_bytes(), cudaMemcpyDeviceToHost, stream()));
-  synchronize();
+              data_of<int32_t>(drawn), stream());
   return true;
 }
 

@@ -113,12 +113,15 @@ __global__ void gather_rows_kernel(const float* __restrict__ x, int64_t x_rows, 
   }
 }
 
-__global__ void embedding_kernel(const int32_t* __restrict__ ids, int64_t count,
+__global__ void embedding_kernel(const int32_t* __restrict__ ids, const int32_t* __restrict__ sources,
+                                 const int32_t* __restrict__ drawn, int64_t count,
                                  const uint16_t* __restrict__ table, int64_t vocab, int64_t cols,
                                  float* __restrict__ y) {
   wait_for_prior_kernels();
   MOXIN_GRID_STRIDE(i, count * cols) {
-    const int32_t id = ids[i / cols];
+    const int64_t row = i / cols;
+    const int32_t source = sources ? sources[row] : -1;
+    const int32_t id = source >= 0 ? drawn[source] : ids[row];
     y[i] = (id >= 0 && id < vocab)
                ? __uint_as_float(static_cast<uint32_t>(table[id * cols + i % cols]) << 16)
                : __int_as_float(0x7fc00000);
@@ -200,11 +203,11 @@ void gather_rows(const float* x, int64_t x_rows, int64_t cols, const int32_t* ro
                 kElementwiseThreads, 0, stream, x, x_rows, cols, rows, count, y);
 }
 
-void embedding(const int32_t* ids, int64_t count, const bf16_bits* table, int64_t vocab,
-               int64_t cols, float* y, cudaStream_t stream) {
+void embedding(const int32_t* ids, const int32_t* sources, const int32_t* drawn, int64_t count,
+               const bf16_bits* table, int64_t vocab, int64_t cols, float* y, cudaStream_t stream) {
   if (count * cols == 0) return;
   launch_kernel("embedding_kernel", embedding_kernel, elementwise_blocks(count * cols),
-                kElementwiseThreads, 0, stream, ids, count, table, vocab, cols, y);
+                kElementwiseThreads, 0, stream, ids, sources, drawn, count, table, vocab, cols, y);
 }
 
 }  // namespace moxin::cuda

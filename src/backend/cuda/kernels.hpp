@@ -167,9 +167,10 @@ void add_rows_cyclic(float* x, const float* table, int64_t rows, int64_t cols, i
 // y[i] = x[rows[i]]; an index outside [0, x_rows) yields a NaN row (no host check possible).
 void gather_rows(const float* x, int64_t x_rows, int64_t cols, const int32_t* rows, int64_t count,
                  float* y, cudaStream_t stream);
-// y[i] = f32(table[ids[i]]); an id outside [0, vocab) yields a NaN row.
-void embedding(const int32_t* ids, int64_t count, const bf16_bits* table, int64_t vocab,
-               int64_t cols, float* y, cudaStream_t stream);
+// y[i] = f32(table[id]), id = ids[i], or drawn[sources[i]] where sources (may be null) holds an
+// index >= 0 (DrawnTokens); an id outside [0, vocab) yields a NaN row.
+void embedding(const int32_t* ids, const int32_t* sources, const int32_t* drawn, int64_t count,
+               const bf16_bits* table, int64_t vocab, int64_t cols, float* y, cudaStream_t stream);
 
 // --- norm.cu ---
 void layer_norm(const float* x, const float* w, const float* b, float eps, Activations y, int64_t rows,
