@@ -10,12 +10,13 @@
 // Requests arrive in an inbox (the only state shared with other threads) and move into the
 // planner's queue at the start of each iteration.
 //
-// The host's work on a step's tokens overlaps the next step on the device: a step's tokens are
-// drawn into the engine's drawn tokens (runtime/token_picker.hpp) and the next step is planned
-// and issued with each continuing sequence's input taken from there, before the host reads
-// them; then the host reads and streams the previous step's tokens while that step runs. A
-// sequence those tokens end (end-of-sequence, a stop string) has had one more position computed
-// for nothing; an ending by count is known ahead and planned around. Where the backend runs ops
+// The host's work on a step's tokens overlaps the next decode step on the device: a step's tokens
+// are drawn into the engine's drawn tokens (runtime/token_picker.hpp) and the next step is
+// planned and, where it is a decode step, issued with each continuing sequence's input taken
+// from there, before the host reads them; then the host reads and streams the previous step's
+// tokens while that step runs. A sequence those tokens end (end-of-sequence, a stop string) has
+// had one more position computed for nothing; an ending by count is known ahead and planned
+// around. A step with prompt chunks is issued after the read (see iterate()). Where the backend runs ops
 // as they are issued (the CPU) nothing would overlap, so each step's tokens are read at once
 // (MOXIN_ISSUE_AHEAD=1 or 0 forces either order: tests run the overlapped one on the CPU).
 #pragma once
