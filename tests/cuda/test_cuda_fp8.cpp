@@ -22,6 +22,7 @@
 //    x the E4M3 rounding of the activations dominates: half an ulp of 4 significant bits is
 //    2^-5..2^-4 of the value, rms ~3e-2: 5e-2 bounds it.
 #include <cmath>
+#include <cstring>
 #include <memory>
 #include <tuple>
 
@@ -232,6 +233,42 @@ TEST_F(CudaFp8, TensorCoresOnPerTokenActivations) {  // the default above 64 row
   Tensor y64 = poisoned({64, 96});
   backend().linear(upload(x64, {64, 256}), backend().prepare_linear(part->weight), y64);
   expect_close("fp8 at 64 rows (exact activations)", download(y64), reference({part.get()}, x64, 64, true), kF32Tol);
+}
+
+// gate | up on the FP8 tensor cores through linear_swiglu: the GEMM leaves the codes' products
+// and the swiglu applies the token and channel scales as it reads them. The same bits as linear
+// then swiglu (which scale first, then take the swiglu), and near the f64 swiglu of the
+// reference on per-token E4M3 activations.
+TEST_F(CudaFp8, SwigluOfTheTensorCoresAppliesTheScales) {
+  ASSERT_TRUE(dynamic_cast<cuda::CudaBackend&>(backend()).fp8_tensor_cores());
+  for (const auto& [m, cols, k] : {std::tuple<int64_t, int64_t, int64_t>{65, 24, 256}, {300, 80, 512},
+                                   {randint(65, 400), 8 * randint(1, 40), 16 * randint(4, 64)}}) {
+    const auto gate = make_part(cols, k, "gate");
+    const auto up = make_part(cols, k, "up");
+    const Linear gate_up = backend().prepare_fused_linear({&gate->weight, &up->weight});
+    const std::vector<float> x = randn(static_cast<size_t>(m * k));
+    const Tensor xt = upload(x, {m, k});
+    Tensor fused_gu = poisoned({m, 2 * cols}), fused_y = poisoned({m, cols});
+    backend().linear_swiglu(xt, gate_up, fused_gu, fused_y);
+    Tensor plain_gu = poisoned({m, 2 * cols}), plain_y = poisoned({m, cols});
+    backend().linear(xt, gate_up, plain_gu);
+    backend().swiglu(plain_gu, plain_y);
+    const std::vector<float> got = download(fused_y), want = download(plain_y);
+    const std::string what = cat("fp8 tensor-core swiglu M=", m, " cols=", cols, " K=", k);
+    size_t differ = 0;
+    for (size_t i = 0; i < got.size(); ++i) differ += std::memcmp(&got[i], &want[i], sizeof(float)) != 0;
+    EXPECT_EQ(differ, 0u) << what << ": " << differ << " of " << got.size() << " values differ from linear + swiglu";
+    const std::vector<double> gu = reference({gate.get(), up.get()}, quantize_rows_on_host(x, m, k), m, false);
+    std::vector<double> ref(static_cast<size_t>(m * cols));
+    for (int64_t r = 0; r < m; ++r)
+      for (int64_t c = 0; c < cols; ++c) {
+        const double g = gu[static_cast<size_t>(r * 2 * cols + c)], u = gu[static_cast<size_t>(r * 2 * cols + cols + c)];
+        ref[static_cast<size_t>(r * cols + c)] = g / (1.0 + std::exp(-g)) * u;
+      }
+    // silu(g) * u moves a relative error of g by at most 1 + max g (1 - sigmoid(g)) = 1.28 times
+    // and adds u's: the linear's bound, 2.28 times.
+    expect_close(what + " vs quantized x", got, ref, 2.28 * kFp8AccumulationTol);
+  }
 }
 
 TEST_F(CudaFp8, PartsConcatenateByRows) {

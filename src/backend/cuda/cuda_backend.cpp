@@ -563,6 +563,23 @@ void CudaBackend::linear_swiglu(const Tensor& x, const Linear& w, Tensor& gate_u
     quant_gemv_swiglu(data_of<const float>(x), lw.quant, data_of<float>(y), stream());
     return;
   }
+  // FP8 rows on the FP8 tensor cores: gate | up stays as the codes' products and the swiglu applies
+  // the token and channel scales as it reads them (no scale pass over the layer's largest
+  // activation); the same bits as linear then swiglu. Rows cuBLASLt has no algorithm for go the
+  // unfused way.
+  if (lw.is_fp8() && fp8_on_tensor_cores(m) && x.dtype == DType::F32 && y.dtype == DType::F32 && n % 2 == 0) {
+    require_shape(x, m, k, "linear_swiglu", "x");
+    require(gate_up, DType::F32, "linear_swiglu", "gate_up");
+    require_shape(gate_up, m, n, "linear_swiglu", "gate_up");
+    require_shape(y, m, n / 2, "linear_swiglu", "y");
+    const int64_t done =
+        fp8_tensor_core_swiglu_rows(data_of<const float>(x), m, lw, data_of<float>(gate_up), data_of<float>(y));
+    if (done == m) return;
+    Tensor rest_x = x.rows_view(done, m - done), rest_gate_up = gate_up.rows_view(done, m - done);
+    Tensor rest_y = y.rows_view(done, m - done);
+    Backend::linear_swiglu(rest_x, w, rest_gate_up, rest_y);
+    return;
+  }
   // At GEMM row counts (prefill) cuBLASLt writes gate | up as bf16 into gate_up's memory: the
   // largest activation of a layer ([rows, 2 x 14336]) crosses memory at half the bytes, rounded
   // as the down projection's input is rounded anyway (and as PyTorch's bf16 rounds it).

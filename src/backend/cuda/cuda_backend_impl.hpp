@@ -265,8 +265,14 @@ class CudaBackend final : public Backend {
   const CudaLinear& dequantized(const CudaLinear& w);
   // The FP8 tensor-core path over chunks of rows that fit the scratch (cuda_fp8_linear.cpp);
   // returns how many leading rows of y it wrote (it stops at a chunk cuBLASLt has no FP8
-  // algorithm for).
-  int64_t fp8_tensor_core_rows(const float* x, int64_t m, const CudaLinear& w, float* y);
+  // algorithm for). With `chunk_done`, y is left unscaled where cuBLASLt does not scale it and
+  // each chunk is handed on: (first row, rows, their token scales, whether y is scaled).
+  using Fp8ChunkDone = std::function<void(int64_t first, int64_t rows, const float* token_scales, bool scaled)>;
+  int64_t fp8_tensor_core_rows(const float* x, int64_t m, const CudaLinear& w, float* y,
+                               const Fp8ChunkDone& chunk_done = {});
+  // The same for gate | up, y = swiglu(gate | up) with the scales applied as the swiglu reads
+  // gate_up (swiglu_scaled): no scale pass over it.
+  int64_t fp8_tensor_core_swiglu_rows(const float* x, int64_t m, const CudaLinear& w, float* gate_up, float* y);
 
   // What ops on one stream use of their own: cuBLASLt (its workspace) and the bf16 scratch of
   // activations converted for it. Lane 0 is the backend's stream; lane i > 0 runs branch i of

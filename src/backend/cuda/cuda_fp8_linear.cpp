@@ -3,6 +3,7 @@
 // fp8_linear.cu; CudaBackend::linear picks them by the number of activation rows.
 #include <algorithm>
 #include <cstdint>
+#include <optional>
 
 #include "backend/cuda/cuda_backend_impl.hpp"
 #include "backend/cuda/cuda_check.hpp"
@@ -81,7 +82,8 @@ void CudaBackend::fp8_linear_decode(const float* x, int64_t m, const CudaLinear&
   fp8_mma(x, static_cast<int>(m), w.fp8, static_cast<bf16_bits*>(lane().scratch_bf16.get()), y, stream());
 }
 
-int64_t CudaBackend::fp8_tensor_core_rows(const float* x, int64_t m, const CudaLinear& w, float* y) {
+int64_t CudaBackend::fp8_tensor_core_rows(const float* x, int64_t m, const CudaLinear& w, float* y,
+                                          const Fp8ChunkDone& chunk_done) {
   const int64_t k = w.fp8.cols, n = w.fp8.rows;
   // The activation codes fill the first half of the bf16 scratch, their per-row scales the second.
   const int64_t half = scratch_elems_;  // bytes: the scratch holds 2 * scratch_elems_
@@ -92,12 +94,32 @@ int64_t CudaBackend::fp8_tensor_core_rows(const float* x, int64_t m, const CudaL
   while (done < m) {
     const int64_t count = std::min(chunk, m - done);
     quantize_rows_e4m3(x + done * k, count, static_cast<int>(k), codes, scales, stream());
-    if (!lane().gemm->run_fp8(codes, scales, w.fp8.codes, w.fp8.scales, y + done * n, static_cast<int>(count),
-                        static_cast<int>(n), static_cast<int>(k), stream()))
-      break;
+    const int rows = static_cast<int>(count), outputs = static_cast<int>(n), inputs = static_cast<int>(k);
+    if (!chunk_done) {
+      if (!lane().gemm->run_fp8(codes, scales, w.fp8.codes, w.fp8.scales, y + done * n, rows, outputs, inputs,
+                                stream()))
+        break;
+    } else {
+      const std::optional<bool> scaled = lane().gemm->run_fp8_unscaled(codes, scales, w.fp8.codes, w.fp8.scales,
+                                                                       y + done * n, rows, outputs, inputs, stream());
+      if (!scaled) break;
+      chunk_done(done, count, scales, *scaled);  // before the next chunk's quantization reuses `scales`
+    }
     done += count;
   }
   return done;
+}
+
+int64_t CudaBackend::fp8_tensor_core_swiglu_rows(const float* x, int64_t m, const CudaLinear& w, float* gate_up,
+                                                 float* y) {
+  const int64_t n = w.fp8.rows, cols = n / 2;
+  return fp8_tensor_core_rows(x, m, w, gate_up, [&](int64_t first, int64_t rows, const float* token_scales, bool scaled) {
+    const Activations out{y + first * cols, nullptr};
+    if (scaled)
+      cuda::swiglu(gate_up + first * n, out, rows, cols, stream());
+    else
+      cuda::swiglu_scaled(gate_up + first * n, token_scales, w.fp8.scales, out, rows, cols, stream());
+  });
 }
 
 }  // namespace moxin::cuda

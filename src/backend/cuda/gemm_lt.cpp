@@ -194,12 +194,13 @@ const LtGemm::Plan& LtGemm::fp8_plan(int m, int n, int k) {
   return *fp8_plans_.emplace(key, std::move(p)).first->second;
 }
 
-bool LtGemm::run_fp8(const uint8_t* a, const float* a_scale, const uint8_t* w, const float* w_scale, float* y,
-                     int m, int n, int k, cudaStream_t stream) {
+std::optional<bool> LtGemm::run_fp8_unscaled(const uint8_t* a, const float* a_scale, const uint8_t* w,
+                                             const float* w_scale, float* y, int m, int n, int k,
+                                             cudaStream_t stream) {
   // FP8 GEMMs need 16-byte aligned matrices and leading dimensions (k codes, n floats).
-  if (alignment(a) < 16 || alignment(w) < 16 || alignment(y) < 16 || k % 16 != 0 || n % 4 != 0) return false;
+  if (alignment(a) < 16 || alignment(w) < 16 || alignment(y) < 16 || k % 16 != 0 || n % 4 != 0) return std::nullopt;
   const Plan& p = fp8_plan(m, n, k);
-  if (!p.usable) return false;
+  if (!p.usable) return std::nullopt;
   if (p.outer_vector_scales) {
     MOXIN_CUBLAS_CHECK(
         cublasLtMatmulDescSetAttribute(p.desc, CUBLASLT_MATMUL_DESC_A_SCALE_POINTER, &w_scale, sizeof(w_scale)));
@@ -207,7 +208,14 @@ bool LtGemm::run_fp8(const uint8_t* a, const float* a_scale, const uint8_t* w, c
         cublasLtMatmulDescSetAttribute(p.desc, CUBLASLT_MATMUL_DESC_B_SCALE_POINTER, &a_scale, sizeof(a_scale)));
   }
   matmul(p, a, w, y, stream);
-  if (!p.outer_vector_scales) scale_rows_columns(y, a_scale, w_scale, m, n, stream);
+  return p.outer_vector_scales;
+}
+
+bool LtGemm::run_fp8(const uint8_t* a, const float* a_scale, const uint8_t* w, const float* w_scale, float* y,
+                     int m, int n, int k, cudaStream_t stream) {
+  const std::optional<bool> scaled = run_fp8_unscaled(a, a_scale, w, w_scale, y, m, n, k, stream);
+  if (!scaled) return false;
+  if (!*scaled) scale_rows_columns(y, a_scale, w_scale, m, n, stream);
   return true;
 }
 

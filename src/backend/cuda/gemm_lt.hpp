@@ -10,6 +10,7 @@
 #include <cstdint>
 #include <map>
 #include <memory>
+#include <optional>
 #include <tuple>
 
 namespace moxin::cuda {
@@ -36,10 +37,15 @@ class LtGemm {
   // the two scale vectors itself where it offers outer-vector scaling for the shape, else
   // scale_rows_columns does afterwards. Returns false, having enqueued nothing, where cuBLASLt
   // has no FP8 algorithm for the shape or the pointers are not 16-byte aligned.
-  // Whether cuBLASLt applies run_fp8's two scale vectors itself for this shape (for benchmarks).
-  bool fp8_scales_in_epilogue(int m, int n, int k);
   bool run_fp8(const uint8_t* a, const float* a_scale, const uint8_t* w, const float* w_scale, float* y, int m,
                int n, int k, cudaStream_t stream);
+  // run_fp8 without the pass of scale_rows_columns: where cuBLASLt does not apply the scales
+  // itself, y is left as sum_k a[i, k] w[j, k] for whatever reads it to scale. nullopt where
+  // run_fp8 would return false, else whether y holds the scaled values.
+  std::optional<bool> run_fp8_unscaled(const uint8_t* a, const float* a_scale, const uint8_t* w,
+                                       const float* w_scale, float* y, int m, int n, int k, cudaStream_t stream);
+  // Whether cuBLASLt applies run_fp8's two scale vectors itself for this shape (for benchmarks).
+  bool fp8_scales_in_epilogue(int m, int n, int k);
 
  private:
   struct Plan;
