@@ -478,12 +478,7 @@ TEST_F(CudaLinear, PatchEmbed) {
 TEST_F(CudaLinear, EmbeddingReadsBf16Table) {
   const int vocab = 65, hidden = 31, count = 9;
   HostTensor table = host_tensor("embed", {vocab, hidden}, DType::BF16, true);
-  const TensorInfo ti = table.info();
-  LinearWeight lw;
-  lw.weight = &ti;
-  lw.out_features = vocab;
-  lw.in_features = hidden;
-  const Linear prepared = backend().prepare_linear(lw);
+  const Linear prepared = prepare(table);
   std::vector<int32_t> ids(count);
   for (int32_t& id : ids) id = randint(0, vocab - 1);
   ids[0] = vocab - 1;

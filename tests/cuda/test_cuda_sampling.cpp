@@ -194,12 +194,7 @@ TEST_F(CudaSampling, NonFiniteScoresComeBackForTheHostToName) {
 TEST_F(CudaSampling, DrawnTokensFeedTheNextEmbeddingBeforeTheHostReadsThem) {
   const int vocab = 1000, hidden = 40, rows = 11;
   HostTensor table = host_tensor("embed", {vocab, hidden}, DType::BF16, true);
-  const TensorInfo ti = table.info();
-  LinearWeight lw;
-  lw.weight = &ti;
-  lw.out_features = vocab;
-  lw.in_features = hidden;
-  const Linear embed = backend().prepare_linear(lw);
+  const Linear embed = prepare(table);
 
   std::vector<float> logits;
   std::vector<TokenDraw> draws;
