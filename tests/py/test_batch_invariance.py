@@ -14,7 +14,7 @@ import pytest
 
 from quant_models import tiny_quant_model
 from test_parity import DEVICES
-from test_server import WORDS, Server, data_url, photo_png
+from test_server import ISSUE_ORDERS, WORDS, Server, data_url, photo_png
 
 NEAR_TIE_NATS = 0.05  # top-2 logprob gap under which the greedy pick may flip with rounding
 MAX_TOKENS = 24
@@ -28,17 +28,12 @@ def model(tmp_path_factory):
     return tiny_quant_model(tmp_path_factory, "tiny-batch")[0]
 
 
-# The scheduler's two orders (runtime/scheduler.hpp): a step issued before the host reads the
-# last one's tokens (its inputs taken from where the sampler drew them; the default on a GPU),
-# or after (the default on the CPU). Both run on every device.
-ORDERS = {"issued-ahead": "1", "in-order": "0"}
-
-
-@pytest.fixture(params=[(device, order) for device in DEVICES for order in ORDERS], ids="-".join)
+# Both of the scheduler's orders (test_server.ISSUE_ORDERS) on every device.
+@pytest.fixture(params=[(device, order) for device in DEVICES for order in ISSUE_ORDERS], ids="-".join)
 def served(request, moxin_bin, model):
     device, order = request.param
     server = Server(moxin_bin, model, "--device", device, "--max-batch", 32, "--max-context", 16384,
-                    env={"MOXIN_ISSUE_AHEAD": ORDERS[order]})
+                    env={"MOXIN_ISSUE_AHEAD": ISSUE_ORDERS[order]})
     yield server
     server.stop()
 

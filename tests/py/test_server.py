@@ -163,9 +163,21 @@ def model(tmp_path_factory):
     return fresh_tiny_model(tmp_path_factory, "tiny")[0]
 
 
+# The scheduler's two orders (runtime/scheduler.hpp): a decode step issued before the host reads
+# the last step's tokens, its inputs taken from where the sampler drew them (the default on a
+# GPU), or after (the default on the CPU). The server tests run both.
+ISSUE_ORDERS = {"issued-ahead": "1", "in-order": "0"}
+
+
+@pytest.fixture(scope="module", params=list(ISSUE_ORDERS))
+def issue_order(request):
+    """The environment that picks the order."""
+    return {"MOXIN_ISSUE_AHEAD": ISSUE_ORDERS[request.param]}
+
+
 @pytest.fixture(scope="module")
-def server(moxin_bin, model):
-    s = Server(moxin_bin, model, "--api-key", API_KEY, "--max-context", 16384, "--max-batch", 32)
+def server(moxin_bin, model, issue_order):
+    s = Server(moxin_bin, model, "--api-key", API_KEY, "--max-context", 16384, "--max-batch", 32, env=issue_order)
     yield s
     s.stop()
 
@@ -395,11 +407,12 @@ def assert_same_outputs(solo, together):
     print(f"{len(solo) - cut_at_ties} of {len(solo)} requests compared whole")
 
 
-def test_small_kv_cache_preempts_and_still_matches(moxin_bin, model, seed):
-    """8 streams that outgrow a 64-block KV cache: the newest are preempted (recomputed later),
-    cached prefixes evicted, and every answer still equals its solo run."""
+def test_small_kv_cache_preempts_and_still_matches(moxin_bin, model, issue_order, seed):
+    """8 streams that outgrow a 64-block KV cache: the newest are preempted (recomputed later;
+    issued ahead, some with a token still being read), cached prefixes evicted, and every answer
+    still equals its solo run."""
     rng = np.random.default_rng(seed)
-    s = Server(moxin_bin, model, "--max-context", 1024, "--max-batch", 8)
+    s = Server(moxin_bin, model, "--max-context", 1024, "--max-batch", 8, env=issue_order)
     c = openai.OpenAI(base_url=s.url + "/v1", api_key="none", max_retries=0, timeout=120)
     try:
         png = photo_png(rng)
