@@ -3,6 +3,7 @@
 // just to say so.
 #include <CLI/CLI.hpp>
 #include <filesystem>
+#include <string>
 
 #include "cli/command.hpp"
 #include "cli/model_options.hpp"
@@ -24,6 +25,7 @@ struct ServeArgs {
   int max_body_mb = 32;
   bool no_prefix_cache = false;
   bool no_ui = false;
+  std::string issue_ahead = "auto";
   CLI::Option* max_pixels_option = nullptr;  // the server's default differs from the CLI's
 };
 
@@ -32,6 +34,7 @@ void run(ServeArgs& a) {
   o.max_body_bytes = static_cast<size_t>(a.max_body_mb) << 20;
   if (a.max_pixels_option->count() > 0) o.max_pixels = a.model.max_pixels;
   o.scheduler.prefix_cache = !a.no_prefix_cache;
+  if (a.issue_ahead != "auto") o.scheduler.issue_ahead = a.issue_ahead == "on";
   o.ui = !a.no_ui;
   // A directory is named by its folder, a Hugging Face id by itself (as vLLM does).
   const std::string& model = a.model.model_dir;
@@ -65,6 +68,10 @@ const Command kServe("serve", [](CLI::App& app) {
       ->check(CLI::Range(10, 1 << 20));
   c->add_option("--image-cache", o.scheduler.image_cache, "Projected images kept for reuse (0 = off)");
   c->add_flag("--no-prefix-cache", args->no_prefix_cache, "Do not reuse KV blocks of identical prompt prefixes");
+  c->add_option("--issue-ahead", args->issue_ahead,
+                "Issue each decode step before reading the last one's tokens: lower time per token, a first "
+                "token one step later (auto: on a GPU)")
+      ->check(CLI::IsMember({"auto", "on", "off"}));
   c->add_option("--max-body-mb", args->max_body_mb, "Largest request body in MB (413 above)")->check(CLI::Range(1, 4096));
   c->add_flag("--allow-local-images", o.allow_local_images, "Accept image_url values that are local file paths");
   server::ConnectionLimits& limits = o.connections;

@@ -1,8 +1,6 @@
 #include "runtime/scheduler.hpp"
 
 #include <algorithm>
-#include <cstdlib>
-#include <string_view>
 
 #include "core/check.hpp"
 #include "runtime/kv_block_refs.hpp"
@@ -22,17 +20,12 @@ PlannerOptions planner_options(const SchedulerOptions& o, const Backend& backend
 
 ScheduledSequence& scheduled(PlannedSequence* s) { return static_cast<ScheduledSequence&>(*s); }
 
-bool issue_ahead(const Backend& backend) {
-  if (const char* forced = std::getenv("MOXIN_ISSUE_AHEAD")) return std::string_view(forced) != "0";
-  return backend.issues_asynchronously();
-}
-
 }  // namespace
 
 Scheduler::Scheduler(Engine& engine, const SchedulerOptions& options, SchedulerObserver* observer)
     : engine_(engine),
       options_(options),
-      issue_ahead_(issue_ahead(engine.backend())),
+      issue_ahead_(options.issue_ahead.value_or(engine.backend().issues_asynchronously())),
       max_positions_(std::min(engine.config().decoder.max_position, engine.kv_pool().capacity_tokens())),
       image_tokens_(engine.config().dino.num_patches),
       refs_(std::make_unique<KvBlockRefs>(engine.kv_pool())),

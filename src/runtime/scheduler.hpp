@@ -16,9 +16,9 @@
 // from there, before the host reads them; then the host reads and streams the previous step's
 // tokens while that step runs. A sequence those tokens end (end-of-sequence, a stop string) has
 // had one more position computed for nothing; an ending by count is known ahead and planned
-// around. A step with prompt chunks is issued after the read (see iterate()). Where the backend runs ops
-// as they are issued (the CPU) nothing would overlap, so each step's tokens are read at once
-// (MOXIN_ISSUE_AHEAD=1 or 0 forces either order: tests run the overlapped one on the CPU).
+// around. A step with prompt chunks is issued after the read (see iterate()). Where the backend
+// runs ops as they are issued (the CPU) nothing would overlap, so each step's tokens are read at
+// once (SchedulerOptions::issue_ahead forces either order: tests run the overlapped one on the CPU).
 #pragma once
 
 #include <atomic>
@@ -54,6 +54,9 @@ struct SchedulerOptions {
   int prefill_budget = 512;    // prompt positions of all sequences per step (at least one chunk)
   size_t image_cache = 64;     // projected images kept
   bool prefix_cache = true;
+  // Whether a decode step is issued before the host reads the last step's tokens (see above).
+  // Unset: where the backend issues ops asynchronously (a GPU).
+  std::optional<bool> issue_ahead;
 };
 
 struct SchedulerStats {

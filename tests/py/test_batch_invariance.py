@@ -33,7 +33,7 @@ def model(tmp_path_factory):
 def served(request, moxin_bin, model):
     device, order = request.param
     server = Server(moxin_bin, model, "--device", device, "--max-batch", 32, "--max-context", 16384,
-                    env={"MOXIN_ISSUE_AHEAD": ISSUE_ORDERS[order]})
+                    "--issue-ahead", ISSUE_ORDERS[order])
     yield server
     server.stop()
 

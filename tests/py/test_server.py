@@ -9,7 +9,6 @@ import concurrent.futures
 import http.client
 import io
 import json
-import os
 import pathlib
 import random
 import re
@@ -38,11 +37,10 @@ PHOTOS = ("astronaut", "chelsea", "coffee", "rocket", "hubble_deep_field")
 class Server:
     """A `moxin serve` process on a free loopback port (port 0: the server prints the one it got)."""
 
-    def __init__(self, binary, model, *extra, env=None):
+    def __init__(self, binary, model, *extra):
         self.proc = subprocess.Popen([str(binary), "serve", "--model", str(model), "--port", "0", "--threads", "2",
                                       *map(str, extra)],
-                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                                     env={**os.environ, **(env or {})})
+                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         line = self.proc.stdout.readline()
         match = re.search(r"http://([\d.]+):(\d+)", line)
         if not match:
@@ -164,20 +162,20 @@ def model(tmp_path_factory):
 
 
 # The scheduler's two orders (runtime/scheduler.hpp): a decode step issued before the host reads
-# the last step's tokens, its inputs taken from where the sampler drew them (the default on a
-# GPU), or after (the default on the CPU). The server tests run both.
-ISSUE_ORDERS = {"issued-ahead": "1", "in-order": "0"}
+# the last step's tokens, its inputs taken from where the sampler drew them (`--issue-ahead auto`
+# on a GPU), or after (auto on the CPU). The server tests run both.
+ISSUE_ORDERS = {"issued-ahead": "on", "in-order": "off"}
 
 
 @pytest.fixture(scope="module", params=list(ISSUE_ORDERS))
 def issue_order(request):
-    """The environment that picks the order."""
-    return {"MOXIN_ISSUE_AHEAD": ISSUE_ORDERS[request.param]}
+    """The serve arguments that pick the order."""
+    return ["--issue-ahead", ISSUE_ORDERS[request.param]]
 
 
 @pytest.fixture(scope="module")
 def server(moxin_bin, model, issue_order):
-    s = Server(moxin_bin, model, "--api-key", API_KEY, "--max-context", 16384, "--max-batch", 32, env=issue_order)
+    s = Server(moxin_bin, model, "--api-key", API_KEY, "--max-context", 16384, "--max-batch", 32, *issue_order)
     yield s
     s.stop()
 
@@ -412,7 +410,7 @@ def test_small_kv_cache_preempts_and_still_matches(moxin_bin, model, issue_order
     issued ahead, some with a token still being read), cached prefixes evicted, and every answer
     still equals its solo run."""
     rng = np.random.default_rng(seed)
-    s = Server(moxin_bin, model, "--max-context", 1024, "--max-batch", 8, env=issue_order)
+    s = Server(moxin_bin, model, "--max-context", 1024, "--max-batch", 8, *issue_order)
     c = openai.OpenAI(base_url=s.url + "/v1", api_key="none", max_retries=0, timeout=120)
     try:
         png = photo_png(rng)
