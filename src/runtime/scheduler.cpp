@@ -190,11 +190,14 @@ void Scheduler::draw(const std::vector<StepPlan::Chunk>& chunks, const Tensor& l
     picked.push_back(&s);
   }
   if (picks.empty()) return;
+  // Asked before the draw: a host-side draw applies the token to the core at once.
+  std::vector<bool> last;
+  for (const ScheduledSequence* s : picked) last.push_back(s->core.next_is_last());
   try {
     PendingTokens tokens = pick_tokens(engine_.backend(), logits, picks, engine_.drawn_tokens());
     for (size_t i = 0; i < picked.size(); ++i) {
       picked[i]->drawn_row = static_cast<int>(picks[i].row);
-      picked[i]->drawn_is_last = picked[i]->core.next_is_last();
+      picked[i]->drawn_is_last = last[i];
     }
     in_flight_ = Drawn{std::move(tokens), std::move(picked)};
   } catch (const std::exception& e) {
