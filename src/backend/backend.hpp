@@ -93,7 +93,7 @@ struct TokenDraw {
   std::vector<int32_t> penalized;  // distinct ids in [0, vocab) the penalty applies to
 };
 
-// Token ids a sampler drew into a backend tensor (Backend::sample_tokens_to) that the host has
+// Token ids a sampler drew into a backend tensor (Backend::sample_tokens) that the host has
 // not read yet, as inputs of the next step (the scheduler issues a decode step before it reads
 // the last one's tokens): row t of an embedding takes drawn[sources[t]] where sources[t] >= 0,
 // else ids[t]. Empty (both null): every row takes ids[t].
@@ -167,20 +167,13 @@ class Backend {
   }
 
   // --- sampling ---
-  // One token per row of logits [rows.size(), vocab], drawn on the device so that only the ids
-  // travel to the host (synchronizes). A row whose scores are not finite, or overflow under its
-  // penalty or temperature, comes back as -1: the caller samples that row on the host, which
-  // names the problem. Returns false when the backend has no device sampler (the CPU: its
-  // logits are already in host memory) or cannot take this vocabulary size.
-  virtual bool sample_tokens(const Tensor& logits, std::span<const TokenDraw> rows, std::span<int32_t> ids) {
-    (void)logits, (void)rows, (void)ids;
-    return false;
-  }
-  // The same draw left on the device: ids into drawn[0, rows) (I32, at least rows.size()
-  // values), in stream order and without waiting, so that the next step can take them as
-  // inputs (DrawnTokens) before the host reads them (read_i32_async). False, with nothing
-  // issued, where sample_tokens would decline.
-  virtual bool sample_tokens_to(const Tensor& logits, std::span<const TokenDraw> rows, Tensor& drawn) {
+  // One token per row of logits [rows.size(), vocab], drawn on the device into drawn[0, rows)
+  // (I32, at least rows.size() values) in stream order and without waiting: the next step can
+  // take them as inputs (DrawnTokens) before the host reads them (read_i32_async), and only the
+  // ids travel. A row whose scores are not finite, or overflow under its penalty or temperature,
+  // gets -1. Returns false, with nothing issued, when the backend has no device sampler (the CPU:
+  // its logits are already in host memory) or cannot take this vocabulary size.
+  virtual bool sample_tokens(const Tensor& logits, std::span<const TokenDraw> rows, Tensor& drawn) {
     (void)logits, (void)rows, (void)drawn;
     return false;
   }

@@ -135,7 +135,7 @@ std::unique_ptr<I32Readback> draw_greedy(Engine& engine, const Tensor& logits) {
   Backend& backend = engine.backend();
   Tensor ids = engine.drawn_tokens().rows_view(0, logits.rows());
   const std::vector<TokenDraw> greedy(static_cast<size_t>(logits.rows()));
-  if (!backend.sample_tokens_to(logits, greedy, ids)) {
+  if (!backend.sample_tokens(logits, greedy, ids)) {
     const auto vocab = static_cast<size_t>(logits.cols());
     std::vector<float> host(static_cast<size_t>(logits.numel()));
     backend.to_host_f32(logits, host.data());

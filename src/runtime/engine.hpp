@@ -78,7 +78,7 @@ class Engine {
   // instead of tokens[i]: the previous step's draw, which the host need not have read yet.
   Tensor decode(std::span<SequenceState* const> sequences, std::span<const int32_t> tokens,
                 std::span<const int32_t> sources = {});
-  // Where a step's tokens are drawn on the backend (Backend::sample_tokens_to, one per logits
+  // Where a step's tokens are drawn on the backend (Backend::sample_tokens, one per logits
   // row) for the next step to take as inputs: I32 [kMaxDrawnRows, 1] (a row per logits row).
   static constexpr int kMaxDrawnRows = 4096;  // the most sequences a step may hold (--max-batch)
   Tensor& drawn_tokens() { return drawn_; }

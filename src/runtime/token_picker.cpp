@@ -36,7 +36,7 @@ PendingTokens pick_tokens(Backend& backend, const Tensor& logits, std::span<cons
   Tensor ids = drawn.rows_view(0, logits.rows());
 
   const bool host_only = std::any_of(picks.begin(), picks.end(), [](const TokenPick& p) { return p.core->wants_logits(); });
-  if (!host_only && backend.sample_tokens_to(logits, draws, ids)) {
+  if (!host_only && backend.sample_tokens(logits, draws, ids)) {
     pending.ids_ = backend.read_i32_async(ids);
     return pending;
   }

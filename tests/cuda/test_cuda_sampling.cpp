@@ -49,6 +49,16 @@ std::string describe(const SamplingParams& p) {
 
 class CudaSampling : public CudaOpsTest {
  protected:
+  // The device's draw of each row (Backend::sample_tokens into a poisoned tensor), read back.
+  bool draw(const Tensor& logits, std::span<const TokenDraw> draws, std::vector<int32_t>& ids) {
+    Tensor drawn = upload_i32(std::vector<int32_t>(draws.size(), -2), {static_cast<int64_t>(draws.size()), 1});
+    if (!backend().sample_tokens(logits, draws, drawn)) return false;
+    const std::unique_ptr<I32Readback> read = backend().read_i32_async(drawn);
+    const std::span<const int32_t> got = read->wait();
+    ids.assign(got.begin(), got.end());
+    return true;
+  }
+
   // Logits of one row: normal scores of scale `spread`, or (tied) snapped to a grid of 1/4 so
   // that many ids share a score.
   std::vector<float> row_logits(int vocab, float spread, bool tied) {
@@ -80,7 +90,7 @@ TEST_F(CudaSampling, GreedyEqualsTheHostArgmaxAfterThePenalty) {
       logits.insert(logits.end(), x.begin(), x.end());
     }
     std::vector<int32_t> ids(static_cast<size_t>(rows), -2);
-    ASSERT_TRUE(backend().sample_tokens(upload(logits, {rows, vocab}), draws, ids)) << "vocab " << vocab;
+    ASSERT_TRUE(draw(upload(logits, {rows, vocab}), draws, ids)) << "vocab " << vocab;
     EXPECT_EQ(ids, expected) << "vocab " << vocab << " seed " << seed_;
   }
 }
@@ -138,7 +148,7 @@ TEST_F(CudaSampling, SampledTokensEqualTheHostSamplersAtTheSameUniformNumbers) {
           logits.insert(logits.end(), x.begin(), x.end());
         }
         std::vector<int32_t> ids(kDraws, -2);
-        ASSERT_TRUE(backend().sample_tokens(upload(logits, {kDraws, vocab}), draws, ids));
+        ASSERT_TRUE(draw(upload(logits, {kDraws, vocab}), draws, ids));
         for (int j = 0; j < kDraws; ++j) {
           const double u = uniforms[static_cast<size_t>(j)];
           const bool close = std::any_of(boundaries.begin(), boundaries.end() - 1,
@@ -173,7 +183,7 @@ TEST_F(CudaSampling, NonFiniteScoresComeBackForTheHostToName) {
   const std::vector<TokenDraw> draws = {draw_of(greedy, 0, {}), draw_of(cold, 0.5, {}), draw_of(penalised, 0, {9}),
                                         draw_of(cold, 0.5, {}), draw_of(greedy, 0, {})};
   std::vector<int32_t> ids(5, -2);
-  ASSERT_TRUE(backend().sample_tokens(upload(logits, {5, vocab}), draws, ids));
+  ASSERT_TRUE(draw(upload(logits, {5, vocab}), draws, ids));
   EXPECT_EQ(ids[0], -1);
   EXPECT_EQ(ids[1], -1);
   EXPECT_EQ(ids[2], -1);
@@ -182,8 +192,8 @@ TEST_F(CudaSampling, NonFiniteScoresComeBackForTheHostToName) {
 
   std::vector<int32_t> one(1);
   const std::vector<TokenDraw> outside = {draw_of(penalised, 0, {vocab})};
-  EXPECT_THROW(backend().sample_tokens(upload(randn(vocab), {1, vocab}), outside, one), Error);
-  EXPECT_THROW(backend().sample_tokens(upload(randn(2 * vocab), {2, vocab}), outside, one), Error);
+  EXPECT_THROW(draw(upload(randn(vocab), {1, vocab}), outside, one), Error);
+  EXPECT_THROW(draw(upload(randn(2 * vocab), {2, vocab}), outside, one), Error);
 }
 
 // The scheduler's step issued ahead (runtime/scheduler.hpp): a step's tokens drawn into a device
@@ -212,7 +222,7 @@ TEST_F(CudaSampling, DrawnTokensFeedTheNextEmbeddingBeforeTheHostReadsThem) {
   std::vector<int32_t> poison(rows + 5, -7);
   Tensor drawn = upload_i32(poison, {rows + 5, 1});
   Tensor first = drawn.rows_view(0, rows);
-  ASSERT_TRUE(backend().sample_tokens_to(upload(logits, {rows, vocab}), draws, first));
+  ASSERT_TRUE(backend().sample_tokens(upload(logits, {rows, vocab}), draws, first));
   const std::unique_ptr<I32Readback> read = backend().read_i32_async(first);
 
   // The next step: 7 rows, some from the draw (out of order, one twice), some given.
@@ -226,7 +236,7 @@ TEST_F(CudaSampling, DrawnTokensFeedTheNextEmbeddingBeforeTheHostReadsThem) {
   // A later draw into the same rows (the step after), issued before the first read is waited for.
   std::vector<float> later = randn(static_cast<size_t>(rows) * vocab, 2.0f);
   const std::vector<TokenDraw> greedy(rows);
-  ASSERT_TRUE(backend().sample_tokens_to(upload(later, {rows, vocab}), greedy, first));
+  ASSERT_TRUE(backend().sample_tokens(upload(later, {rows, vocab}), greedy, first));
   const std::unique_ptr<I32Readback> later_read = backend().read_i32_async(first);
 
   const std::span<const int32_t> got = read->wait();
@@ -245,7 +255,7 @@ TEST_F(CudaSampling, DrawnTokensFeedTheNextEmbeddingBeforeTheHostReadsThem) {
     EXPECT_EQ(second[static_cast<size_t>(r)], std::max_element(row, row + vocab) - row) << "row " << r;
   }
   Tensor too_short = drawn.rows_view(0, rows - 1);
-  EXPECT_THROW(backend().sample_tokens_to(upload(logits, {rows, vocab}), draws, too_short), Error);
+  EXPECT_THROW(backend().sample_tokens(upload(logits, {rows, vocab}), draws, too_short), Error);
 }
 
 }  // namespace

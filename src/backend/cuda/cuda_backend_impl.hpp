@@ -192,8 +192,7 @@ class CudaBackend final : public Backend {
   DType attention_output_dtype(const AttentionBatch& batch, int64_t tokens, int q_heads, int kv_heads,
                                const Linear& o) const override;
   // cuda_sampling.cpp
-  bool sample_tokens(const Tensor& logits, std::span<const TokenDraw> rows, std::span<int32_t> ids) override;
-  bool sample_tokens_to(const Tensor& logits, std::span<const TokenDraw> rows, Tensor& drawn) override;
+  bool sample_tokens(const Tensor& logits, std::span<const TokenDraw> rows, Tensor& drawn) override;
   // cuda_readback.cpp: into pinned host memory, an event marks the copy's end.
   std::unique_ptr<I32Readback> read_i32_async(const Tensor& t) override;
 

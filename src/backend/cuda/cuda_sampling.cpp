@@ -1,6 +1,6 @@
-// Backend::sample_tokens(_to) on the GPU: the rows' parameters and penalized ids go up in one
-// copy, one kernel draws every row (sampling.cu), and only the ids come back (or stay on the
-// device for the next step).
+// Backend::sample_tokens on the GPU: the rows' parameters and penalized ids go up in one copy,
+// one kernel draws every row (sampling.cu) into a device tensor, which the next step reads
+// and only whose ids come back to the host.
 #include <cstring>
 #include <vector>
 
@@ -10,18 +10,7 @@
 
 namespace moxin::cuda {
 
-bool CudaBackend::sample_tokens(const Tensor& logits, std::span<const TokenDraw> rows, std::span<int32_t> ids) {
-  MOXIN_CHECK(ids.size() == rows.size(), "[cuda] sample_tokens: ", rows.size(), " draws but room for ", ids.size(),
-              " ids");
-  if (rows.empty()) return true;
-  Tensor drawn = empty({static_cast<int64_t>(rows.size())}, DType::I32);
-  if (!sample_tokens_to(logits, rows, drawn)) return false;
-  MOXIN_CUDA_CHECK(cudaMemcpyAsync(ids.data(), drawn.data, ids.size_bytes(), cudaMemcpyDeviceToHost, stream()));
-  synchronize();
-  return true;
-}
-
-bool CudaBackend::sample_tokens_to(const Tensor& logits, std::span<const TokenDraw> rows, Tensor& drawn) {
+bool CudaBackend::sample_tokens(const Tensor& logits, std::span<const TokenDraw> rows, Tensor& drawn) {
   require(logits, DType::F32, "sample_tokens", "logits");
   require(drawn, DType::I32, "sample_tokens", "drawn");
   const int64_t vocab = logits.cols();

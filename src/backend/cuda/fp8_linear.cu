@@ -268,9 +268,15 @@ __device__ __forceinline__ float abs_max4(float amax, float4 v) {
   return fmaxf(fmaxf(amax, fmaxf(fabsf(v.x), fabsf(v.y))), fmaxf(fabsf(v.z), fabsf(v.w)));
 }
 
+// A value's code under its row's scale (the same f32 division and rounding as
+// quant/fp8_quant.cpp does for weights).
+__device__ __forceinline__ uint8_t e4m3_code(float x, float scale) {
+  return __nv_cvt_float_to_fp8(x / scale, __NV_SATFINITE, __NV_E4M3);
+}
+
 __device__ __forceinline__ uint32_t e4m3x4(float4 v, float scale) {
-  const auto code = [&](float f) { return uint32_t{__nv_cvt_float_to_fp8(f / scale, __NV_SATFINITE, __NV_E4M3)}; };
-  return code(v.x) | code(v.y) << 8 | code(v.z) << 16 | code(v.w) << 24;
+  return uint32_t{e4m3_code(v.x, scale)} | uint32_t{e4m3_code(v.y, scale)} << 8 |
+         uint32_t{e4m3_code(v.z, scale)} << 16 | uint32_t{e4m3_code(v.w, scale)} << 24;
 }
 
 // quantize_rows_e4m3_kernel with the row read once: each thread holds Vecs float4s of it in
@@ -300,8 +306,7 @@ __global__ void __launch_bounds__(kQuantizeThreads)
   }
 }
 
-// One block per row: the row's amax, then its codes (the same f32 division and rounding as
-// quant/fp8_quant.cpp does for weights).
+// One block per row: the row's amax, then its codes.
 __global__ void __launch_bounds__(kQuantizeThreads)
     quantize_rows_e4m3_kernel(const float* __restrict__ x, int k, uint8_t* __restrict__ codes,
                               float* __restrict__ scales) {
@@ -313,7 +318,7 @@ __global__ void __launch_bounds__(kQuantizeThreads)
   if (threadIdx.x == 0) scales[blockIdx.x] = scale;
   uint8_t* out = codes + int64_t{blockIdx.x} * k;
   for (int c = threadIdx.x; c < k; c += kQuantizeThreads)
-    out[c] = __nv_cvt_float_to_fp8(xr[c] / scale, __NV_SATFINITE, __NV_E4M3);
+    out[c] = e4m3_code(xr[c], scale);
 }
 
 }  // namespace
