@@ -746,7 +746,7 @@ void bench_fp8_linears(CudaBackend& backend, double ceiling) {
         Tensor codes = backend.empty_act({m, k});  // f32 storage, room for m * k codes
         Tensor token_scales = backend.empty_act({m, 1});
         const double quantize_ms = time_ms(stream, 10, 5, [&](int) {
-          quantize_rows_e4m3(x.ptr<float>(), m, static_cast<int>(k), reinterpret_cast<uint8_t*>(codes.ptr<float>()),
+          quantize_rows_e4m3({x.ptr<float>(), nullptr}, m, static_cast<int>(k), reinterpret_cast<uint8_t*>(codes.ptr<float>()),
                              token_scales.ptr<float>(), stream);
         });
         table.push_back({what + "   of which quantize_rows_e4m3", quantize_ms, ""});

@@ -194,15 +194,17 @@ TEST_F(CudaFp8, PrefillNineToThreeHundredRows) {
   check_one(randint(9, 300), randint(1, 200), 8 * randint(8, 100));  // K >= 64: see the tolerance note
 }
 
-// x [m, k] quantized per row as quantize_rows_e4m3 does: the values e4m3(code) * scale.
+// x [m, k] quantized per row as quantize_rows_e4m3 does: each value rounded to bf16 (as every
+// prefill GEMM's input), then the values e4m3(code) * scale.
 std::vector<float> quantize_rows_on_host(const std::vector<float>& x, int64_t m, int64_t k) {
   std::vector<float> out(x.size());
   for (int64_t r = 0; r < m; ++r) {
     float amax = 0.0f;
-    for (int64_t c = 0; c < k; ++c) amax = std::fmax(amax, std::fabs(x[r * k + c]));
+    for (int64_t c = 0; c < k; ++c) amax = std::fmax(amax, std::fabs(round_bf16(x[r * k + c])));
     float scale = amax / kE4M3Max;
     if (scale == 0.0f) scale = 1.0f;
-    for (int64_t c = 0; c < k; ++c) out[r * k + c] = e4m3_to_f32(f32_to_e4m3(x[r * k + c] / scale)) * scale;
+    for (int64_t c = 0; c < k; ++c)
+      out[r * k + c] = e4m3_to_f32(f32_to_e4m3(round_bf16(x[r * k + c]) / scale)) * scale;
   }
   return out;
 }
@@ -238,8 +240,8 @@ TEST_F(CudaFp8, TensorCoresOnPerTokenActivations) {  // the default above 64 row
 
 // gate | up on the FP8 tensor cores through linear_swiglu: the GEMM leaves the codes' products
 // and the swiglu applies the token and channel scales as it reads them. The same bits as linear
-// then swiglu (which scale first, then take the swiglu), and near the f64 swiglu of the
-// reference on per-token E4M3 activations.
+// then swiglu (which scale first, then take the swiglu), from f32 or bf16 x alike, and near the
+// f64 swiglu of the reference on per-token E4M3 activations.
 TEST_F(CudaFp8, SwigluOfTheTensorCoresAppliesTheScales) {
   ASSERT_TRUE(dynamic_cast<cuda::CudaBackend&>(backend()).fp8_tensor_cores());
   for (const auto& [m, cols, k] : {std::tuple<int64_t, int64_t, int64_t>{65, 24, 256}, {300, 80, 512},
@@ -259,6 +261,16 @@ TEST_F(CudaFp8, SwigluOfTheTensorCoresAppliesTheScales) {
     size_t differ = 0;
     for (size_t i = 0; i < got.size(); ++i) differ += std::memcmp(&got[i], &want[i], sizeof(float)) != 0;
     EXPECT_EQ(differ, 0u) << what << ": " << differ << " of " << got.size() << " values differ from linear + swiglu";
+    // As the decoder's prefill runs it: x in bf16 (the norm's output), y in bf16 (down's input):
+    // the same codes, so each output is the f32 one rounded to bf16.
+    ASSERT_EQ(backend().linear_input_dtype(gate_up, m), DType::BF16) << what;
+    Tensor bf16_gu = poisoned({m, 2 * cols}), bf16_y = backend().empty({m, cols}, DType::BF16);
+    backend().linear_swiglu(upload_bf16(x, {m, k}), gate_up, bf16_gu, bf16_y);
+    const std::vector<float> got_bf16 = download(bf16_y);
+    size_t differ_bf16 = 0;
+    for (size_t i = 0; i < got.size(); ++i) differ_bf16 += got_bf16[i] != round_bf16(got[i]);
+    EXPECT_EQ(differ_bf16, 0u) << what << ": " << differ_bf16 << " of " << got.size()
+                               << " bf16 outputs from bf16 x are not the f32 outputs rounded";
     const std::vector<double> gu = reference({gate.get(), up.get()}, quantize_rows_on_host(x, m, k), m, false);
     std::vector<double> ref(static_cast<size_t>(m * cols));
     for (int64_t r = 0; r < m; ++r)

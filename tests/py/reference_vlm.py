@@ -261,9 +261,10 @@ def fp8_kv_round(x):
 
 def e4m3_per_token(x):
     """Rows of x [..., K] as the CUDA engine's FP8 tensor-core prefill multiplies them
-    (docs/model.md section 5): s = amax(|row|) / 448 in float32 (1 for an all-zero row), then
-    e4m3(row / s) * s with PyTorch's float8_e4m3fn conversion."""
-    rows = x.float()
+    (docs/model.md section 5): each value rounded to bfloat16 first (as every prefill GEMM's input),
+    s = amax(|row|) / 448 in float32 (1 for an all-zero row), then e4m3(row / s) * s with PyTorch's
+    float8_e4m3fn conversion."""
+    rows = x.to(torch.bfloat16).float()
     scale = rows.abs().amax(dim=-1, keepdim=True) / 448.0
     scale = torch.where(scale == 0, torch.ones_like(scale), scale)
     return ((rows / scale).to(torch.float8_e4m3fn).float() * scale).to(x.dtype)

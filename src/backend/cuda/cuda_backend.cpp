@@ -343,7 +343,9 @@ CudaBackend::DecodeKernel CudaBackend::bf16_decode_kernel_for_shape(int64_t m, i
 }
 
 bool CudaBackend::takes_bf16_activations(const CudaLinear& lw, int64_t m, int64_t n, int64_t k) const {
-  if (lw.is_fp8()) return m > kFp8GemvMaxRows && !fp8_on_tensor_cores(m) && !fp8_decode_mma(m, k);
+  // FP8 rows past the decode kernels: the FP8 tensor cores quantize bf16-rounded activations and
+  // the codes-as-bf16 GEMM multiplies bf16 ones, so a bf16 input costs nothing and halves the bytes.
+  if (lw.is_fp8()) return m > kFp8GemvMaxRows && !fp8_decode_mma(m, k);
   if (lw.quant.bits != 0) return m > kQuantMmaMaxRows || !quant_decode_kernels_fit(lw);
   return bf16_decode_kernel_for_shape(m, n, k) == DecodeKernel::Gemm;
 }
@@ -390,11 +392,15 @@ void CudaBackend::linear(const Tensor& x, const Linear& w, Tensor& y) {
     MOXIN_CHECK(takes_bf16_activations(lw, m, n, k), "[cuda] linear: x is bf16, but this [", n, " x ", k,
                 "] linear multiplies f32 activations at ", m, " rows (see Backend::linear_input_dtype)");
     if (m == 0) return;
+    const InputActivations xa{nullptr, data_of<const bf16_bits>(x)};
+    const int64_t done = lw.is_fp8() && fp8_on_tensor_cores(m) ? fp8_tensor_core_rows(xa, m, lw, data_of<float>(y)) : 0;
+    if (done == m) return;
+    float* yd = data_of<float>(y) + done * n;
     const CudaLinear& dense = quantized ? dequantized(lw) : lw;
-    lane().gemm->run(data_of<const bf16_bits>(x), static_cast<const bf16_bits*>(dense.weight.get()),
-               static_cast<const float*>(dense.bias.get()), data_of<float>(y), static_cast<int>(m),
-               static_cast<int>(n), static_cast<int>(k), stream());
-    if (lw.is_fp8()) scale_rows_columns(data_of<float>(y), nullptr, lw.fp8.scales, m, n, stream());
+    lane().gemm->run(xa.rows_from(done, k).bf16, static_cast<const bf16_bits*>(dense.weight.get()),
+                     static_cast<const float*>(dense.bias.get()), yd, static_cast<int>(m - done), static_cast<int>(n),
+                     static_cast<int>(k), stream());
+    if (lw.is_fp8()) scale_rows_columns(yd, nullptr, lw.fp8.scales, m - done, n, stream());
     return;
   }
   require(x, DType::F32, "linear", "x");
@@ -426,7 +432,8 @@ void CudaBackend::linear(const Tensor& x, const Linear& w, Tensor& y) {
   }
   // FP8 weights: the leading rows the FP8 tensor cores take (all, unless cuBLASLt lacks an
   // algorithm for a chunk's shape); the rest multiply the codes as bf16, then the scales.
-  const int64_t done = lw.is_fp8() && fp8_on_tensor_cores(m) ? fp8_tensor_core_rows(xd, m, lw, data_of<float>(y)) : 0;
+  const int64_t done =
+      lw.is_fp8() && fp8_on_tensor_cores(m) ? fp8_tensor_core_rows({xd, nullptr}, m, lw, data_of<float>(y)) : 0;
   if (done == m) return;
   float* yd = data_of<float>(y) + done * n;
   gemm_rows(m - done, quantized ? dequantized(lw) : lw, n, k, yd, [&](int64_t first, int64_t count, bf16_bits* a) {
@@ -567,13 +574,14 @@ void CudaBackend::linear_swiglu(const Tensor& x, const Linear& w, Tensor& gate_u
   // the token and channel scales as it reads them (no scale pass over the layer's largest
   // activation); the same bits as linear then swiglu. Rows cuBLASLt has no algorithm for go the
   // unfused way.
-  if (lw.is_fp8() && fp8_on_tensor_cores(m) && x.dtype == DType::F32 && y.dtype == DType::F32 && n % 2 == 0) {
+  if (lw.is_fp8() && fp8_on_tensor_cores(m) && n % 2 == 0) {
     require_shape(x, m, k, "linear_swiglu", "x");
     require(gate_up, DType::F32, "linear_swiglu", "gate_up");
     require_shape(gate_up, m, n, "linear_swiglu", "gate_up");
     require_shape(y, m, n / 2, "linear_swiglu", "y");
-    const int64_t done =
-        fp8_tensor_core_swiglu_rows(data_of<const float>(x), m, lw, data_of<float>(gate_up), data_of<float>(y));
+    const Activations xa = require_activations(x, "linear_swiglu", "x");
+    const int64_t done = fp8_tensor_core_swiglu_rows({xa.f32, xa.bf16}, m, lw, data_of<float>(gate_up),
+                                                     require_activations(y, "linear_swiglu", "y"));
     if (done == m) return;
     Tensor rest_x = x.rows_view(done, m - done), rest_gate_up = gate_up.rows_view(done, m - done);
     Tensor rest_y = y.rows_view(done, m - done);

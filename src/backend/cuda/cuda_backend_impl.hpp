@@ -255,7 +255,8 @@ class CudaBackend final : public Backend {
   // to kQuantMmaMaxRows where K allows (fp8_decode_mma), else fp8_gemv up to kFp8GemvMaxRows, then
   // the same scratch (holding the codes) and scale_rows_columns on y, or where
   // fp8_on_tensor_cores the FP8 tensor cores on per-token quantized activations
-  // (cuda_fp8_linear.cpp).
+  // (cuda_fp8_linear.cpp), which take bf16 activations (quantize_rows_e4m3 rounds f32 ones to
+  // bf16 first).
   void quantized_linear_decode(const float* x, int64_t m, const CudaLinear& w, float* y);
   bool fp8_decode_mma(int64_t m, int64_t k) const;
   // Whether m rows of an FP8 linear go to the FP8 tensor cores (fp8_tensor_core_rows).
@@ -267,11 +268,12 @@ class CudaBackend final : public Backend {
   // algorithm for). With `chunk_done`, y is left unscaled where cuBLASLt does not scale it and
   // each chunk is handed on: (first row, rows, their token scales, whether y is scaled).
   using Fp8ChunkDone = std::function<void(int64_t first, int64_t rows, const float* token_scales, bool scaled)>;
-  int64_t fp8_tensor_core_rows(const float* x, int64_t m, const CudaLinear& w, float* y,
+  int64_t fp8_tensor_core_rows(InputActivations x, int64_t m, const CudaLinear& w, float* y,
                                const Fp8ChunkDone& chunk_done = {});
   // The same for gate | up, y = swiglu(gate | up) with the scales applied as the swiglu reads
   // gate_up (swiglu_scaled): no scale pass over it.
-  int64_t fp8_tensor_core_swiglu_rows(const float* x, int64_t m, const CudaLinear& w, float* gate_up, float* y);
+  int64_t fp8_tensor_core_swiglu_rows(InputActivations x, int64_t m, const CudaLinear& w, float* gate_up,
+                                      Activations y);
 
   // What ops on one stream use of their own: cuBLASLt (its workspace) and the bf16 scratch of
   // activations converted for it. Lane 0 is the backend's stream; lane i > 0 runs branch i of

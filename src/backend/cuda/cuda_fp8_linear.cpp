@@ -82,7 +82,7 @@ void CudaBackend::fp8_linear_decode(const float* x, int64_t m, const CudaLinear&
   fp8_mma(x, static_cast<int>(m), w.fp8, static_cast<bf16_bits*>(lane().scratch_bf16.get()), y, stream());
 }
 
-int64_t CudaBackend::fp8_tensor_core_rows(const float* x, int64_t m, const CudaLinear& w, float* y,
+int64_t CudaBackend::fp8_tensor_core_rows(InputActivations x, int64_t m, const CudaLinear& w, float* y,
                                           const Fp8ChunkDone& chunk_done) {
   const int64_t k = w.fp8.cols, n = w.fp8.rows;
   // The activation codes fill the first half of the bf16 scratch, their per-row scales the second.
@@ -93,7 +93,7 @@ int64_t CudaBackend::fp8_tensor_core_rows(const float* x, int64_t m, const CudaL
   int64_t done = 0;
   while (done < m) {
     const int64_t count = std::min(chunk, m - done);
-    quantize_rows_e4m3(x + done * k, count, static_cast<int>(k), codes, scales, stream());
+    quantize_rows_e4m3(x.rows_from(done, k), count, static_cast<int>(k), codes, scales, stream());
     const int rows = static_cast<int>(count), outputs = static_cast<int>(n), inputs = static_cast<int>(k);
     if (!chunk_done) {
       if (!lane().gemm->run_fp8(codes, scales, w.fp8.codes, w.fp8.scales, y + done * n, rows, outputs, inputs,
@@ -110,11 +110,11 @@ int64_t CudaBackend::fp8_tensor_core_rows(const float* x, int64_t m, const CudaL
   return done;
 }
 
-int64_t CudaBackend::fp8_tensor_core_swiglu_rows(const float* x, int64_t m, const CudaLinear& w, float* gate_up,
-                                                 float* y) {
+int64_t CudaBackend::fp8_tensor_core_swiglu_rows(InputActivations x, int64_t m, const CudaLinear& w, float* gate_up,
+                                                 Activations y) {
   const int64_t n = w.fp8.rows, cols = n / 2;
   return fp8_tensor_core_rows(x, m, w, gate_up, [&](int64_t first, int64_t rows, const float* token_scales, bool scaled) {
-    const Activations out{y + first * cols, nullptr};
+    const Activations out{y.f32 ? y.f32 + first * cols : nullptr, y.bf16 ? y.bf16 + first * cols : nullptr};
     if (scaled)
       cuda::swiglu(gate_up + first * n, out, rows, cols, stream());
     else

@@ -279,21 +279,38 @@ __device__ __forceinline__ uint32_t e4m3x4(float4 v, float scale) {
          uint32_t{e4m3_code(v.z, scale)} << 16 | uint32_t{e4m3_code(v.w, scale)} << 24;
 }
 
-// quantize_rows_e4m3_kernel with the row read once: each thread holds Vecs float4s of it in
-// registers between the amax and the codes (the wide rows of down's input, 14336 values, were
+// Four consecutive inputs as f32, each rounded to bf16 (a bf16 input widens exactly).
+__device__ __forceinline__ float4 load4_bf16_rounded(const float* x, int64_t i) {
+  const float4 v = *reinterpret_cast<const float4*>(x + i);
+  return make_float4(__bfloat162float(__float2bfloat16_rn(v.x)), __bfloat162float(__float2bfloat16_rn(v.y)),
+                     __bfloat162float(__float2bfloat16_rn(v.z)), __bfloat162float(__float2bfloat16_rn(v.w)));
+}
+__device__ __forceinline__ float4 load4_bf16_rounded(const __nv_bfloat16* x, int64_t i) {
+  const uint2 raw = *reinterpret_cast<const uint2*>(x + i);
+  const float2 lo = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(&raw.x));
+  const float2 hi = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(&raw.y));
+  return make_float4(lo.x, lo.y, hi.x, hi.y);
+}
+__device__ __forceinline__ float load_bf16_rounded(const float* x, int64_t i) {
+  return __bfloat162float(__float2bfloat16_rn(x[i]));
+}
+__device__ __forceinline__ float load_bf16_rounded(const __nv_bfloat16* x, int64_t i) { return __bfloat162float(x[i]); }
+
+// quantize_rows_e4m3_kernel with the row read once: each thread holds Vecs groups of four of it
+// in registers between the amax and the codes (the wide rows of down's input, 14336 values, were
 // read twice: ~1/3 of the pass). Rows of k % 4 == 0 values, k <= 4 * Vecs * kQuantizeThreads.
-template <int Vecs>
+template <int Vecs, class In>
 __global__ void __launch_bounds__(kQuantizeThreads)
-    quantize_rows_e4m3_held_kernel(const float4* __restrict__ x, int vecs, uint32_t* __restrict__ codes,
+    quantize_rows_e4m3_held_kernel(const In* __restrict__ x, int vecs, uint32_t* __restrict__ codes,
                                    float* __restrict__ scales) {
   wait_for_prior_kernels();
-  const float4* xr = x + int64_t{blockIdx.x} * vecs;
+  const In* xr = x + int64_t{blockIdx.x} * vecs * 4;
   float4 v[Vecs];
   float amax = 0.0f;
 #pragma unroll
   for (int j = 0; j < Vecs; ++j) {
     const int i = threadIdx.x + j * kQuantizeThreads;
-    v[j] = i < vecs ? xr[i] : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+    v[j] = i < vecs ? load4_bf16_rounded(xr, int64_t{i} * 4) : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
     amax = abs_max4(amax, v[j]);
   }
   const float scale = row_scale_e4m3(amax);
@@ -307,18 +324,19 @@ __global__ void __launch_bounds__(kQuantizeThreads)
 }
 
 // One block per row: the row's amax, then its codes.
+template <class In>
 __global__ void __launch_bounds__(kQuantizeThreads)
-    quantize_rows_e4m3_kernel(const float* __restrict__ x, int k, uint8_t* __restrict__ codes,
+    quantize_rows_e4m3_kernel(const In* __restrict__ x, int k, uint8_t* __restrict__ codes,
                               float* __restrict__ scales) {
   wait_for_prior_kernels();
-  const float* xr = x + int64_t{blockIdx.x} * k;
+  const In* xr = x + int64_t{blockIdx.x} * k;
   float amax = 0.0f;
-  for (int c = threadIdx.x; c < k; c += kQuantizeThreads) amax = fmaxf(amax, fabsf(xr[c]));
+  for (int c = threadIdx.x; c < k; c += kQuantizeThreads) amax = fmaxf(amax, fabsf(load_bf16_rounded(xr, c)));
   const float scale = row_scale_e4m3(amax);
   if (threadIdx.x == 0) scales[blockIdx.x] = scale;
   uint8_t* out = codes + int64_t{blockIdx.x} * k;
   for (int c = threadIdx.x; c < k; c += kQuantizeThreads)
-    out[c] = e4m3_code(xr[c], scale);
+    out[c] = e4m3_code(load_bf16_rounded(xr, c), scale);
 }
 
 }  // namespace
@@ -374,27 +392,35 @@ void scale_rows_columns(float* y, const float* row_scales, const float* col_scal
                 kElementwiseThreads, 0, stream, y, row_scales, col_scales, rows, cols);
 }
 
-void quantize_rows_e4m3(const float* x, int64_t rows, int k, uint8_t* codes, float* scales, cudaStream_t stream) {
+void quantize_rows_e4m3(InputActivations x, int64_t rows, int k, uint8_t* codes, float* scales, cudaStream_t stream) {
   if (rows == 0) return;
-  const bool held = k % 4 == 0 && k <= 16 * 4 * kQuantizeThreads && reinterpret_cast<uintptr_t>(x) % 16 == 0 &&
-                    reinterpret_cast<uintptr_t>(codes) % 4 == 0;
-  if (!held) {
-    launch_kernel("quantize_rows_e4m3_kernel", quantize_rows_e4m3_kernel, static_cast<unsigned>(rows),
-                  kQuantizeThreads, 0, stream, x, k, codes, scales);
-    return;
-  }
-  const auto run = [&]<int Vecs>() {
-    launch_kernel("quantize_rows_e4m3_held_kernel", quantize_rows_e4m3_held_kernel<Vecs>, static_cast<unsigned>(rows),
-                  kQuantizeThreads, 0, stream, reinterpret_cast<const float4*>(x), k / 4,
-                  reinterpret_cast<uint32_t*>(codes), scales);
+  const auto quantize = [&]<class In>(const In* in) {
+    // 16-byte rows of f32, 8-byte ones of bf16: whole groups of four in aligned loads.
+    const bool held = k % 4 == 0 && k <= 16 * 4 * kQuantizeThreads &&
+                      reinterpret_cast<uintptr_t>(in) % (4 * sizeof(In)) == 0 &&
+                      reinterpret_cast<uintptr_t>(codes) % 4 == 0;
+    if (!held) {
+      launch_kernel("quantize_rows_e4m3_kernel", quantize_rows_e4m3_kernel<In>, static_cast<unsigned>(rows),
+                    kQuantizeThreads, 0, stream, in, k, codes, scales);
+      return;
+    }
+    const auto run = [&]<int Vecs>() {
+      launch_kernel("quantize_rows_e4m3_held_kernel", quantize_rows_e4m3_held_kernel<Vecs, In>,
+                    static_cast<unsigned>(rows), kQuantizeThreads, 0, stream, in, k / 4,
+                    reinterpret_cast<uint32_t*>(codes), scales);
+    };
+    const int vecs = k / 4;
+    if (vecs <= 4 * kQuantizeThreads)
+      run.template operator()<4>();
+    else if (vecs <= 8 * kQuantizeThreads)
+      run.template operator()<8>();
+    else
+      run.template operator()<16>();
   };
-  const int vecs = k / 4;
-  if (vecs <= 4 * kQuantizeThreads)
-    run.template operator()<4>();
-  else if (vecs <= 8 * kQuantizeThreads)
-    run.template operator()<8>();
+  if (x.bf16 != nullptr)
+    quantize(reinterpret_cast<const __nv_bfloat16*>(x.bf16));
   else
-    run.template operator()<16>();
+    quantize(x.f32);
 }
 
 }  // namespace moxin::cuda

@@ -18,6 +18,14 @@ struct Activations {
   float* f32 = nullptr;
   bf16_bits* bf16 = nullptr;
 };
+// The input of a linear that may come in either kind (exactly one set).
+struct InputActivations {
+  const float* f32 = nullptr;
+  const bf16_bits* bf16 = nullptr;
+  InputActivations rows_from(int64_t row, int64_t cols) const {
+    return {f32 ? f32 + row * cols : nullptr, bf16 ? bf16 + row * cols : nullptr};
+  }
+};
 
 // What a decode linear does around its product, in the same kernel (each gives the bits of the
 // separate ops): norm_weight set: x is the residual stream and the linear multiplies
@@ -141,9 +149,12 @@ void fp8_codes_to_bf16(const Fp8Matrix& w, bf16_bits* out, cudaStream_t stream);
 // scales after a GEMM on the codes.
 void scale_rows_columns(float* y, const float* row_scales, const float* col_scales, int64_t rows, int64_t cols,
                         cudaStream_t stream);
-// Per-token activations for the FP8 tensor cores: scales[r] = amax |x[r, :]| / 448 (1 where that
-// is 0), codes[r, c] = E4M3(x[r, c] / scales[r]) rounded to nearest even, saturating; x [rows, k].
-void quantize_rows_e4m3(const float* x, int64_t rows, int k, uint8_t* codes, float* scales, cudaStream_t stream);
+// Per-token activations for the FP8 tensor cores, from x [rows, k] rounded to bf16 as every
+// prefill GEMM's input is (so an f32 x and its bf16 rounding give the same codes, and the norm,
+// SwiGLU or attention before the linear writes half the bytes): with b = bf16(x[r, c]),
+// scales[r] = amax |b| / 448 (1 where that is 0), codes[r, c] = E4M3(b / scales[r]) rounded to
+// nearest even, saturating.
+void quantize_rows_e4m3(InputActivations x, int64_t rows, int k, uint8_t* codes, float* scales, cudaStream_t stream);
 
 // --- convert.cu ---
 void activations_to_bf16(const float* x, bf16_bits* y, int64_t count, cudaStream_t stream);
