@@ -260,9 +260,10 @@ class Backend {
   // gate_up [T, 2I] (gate | up) -> y [T, I] = silu(gate) * up
   virtual void swiglu(const Tensor& gate_up, Tensor& y) = 0;
   // y = swiglu(linear(x, w)) for w = gate | up: the same bits as those two ops, which a backend
-  // may fuse (a GPU does at decode row counts), except that where x is bf16 (a GPU GEMM's input)
-  // the backend may round gate | up to bf16 too; gate_up [T, 2I] is scratch for the linear's
-  // output (f32, or bf16 in its first half).
+  // may fuse (a GPU does at decode row counts), except that at row counts where the linear
+  // multiplies bf16 or FP8 activations (linear_input_dtype: a GPU's prefill) the backend may round
+  // gate | up (or its unscaled FP8 products) to bf16 too; gate_up [T, 2I] is scratch for the
+  // linear's output (f32, or bf16 in its first half).
   virtual void linear_swiglu(const Tensor& x, const Linear& w, Tensor& gate_up, Tensor& y) {
     linear(x, w, gate_up);
     swiglu(gate_up, y);

@@ -195,17 +195,31 @@ TEST_F(CudaFp8, PrefillNineToThreeHundredRows) {
 }
 
 // x [m, k] quantized per row as quantize_rows_e4m3 does: each value rounded to bf16 (as every
-// prefill GEMM's input), then the values e4m3(code) * scale.
-std::vector<float> quantize_rows_on_host(const std::vector<float>& x, int64_t m, int64_t k) {
-  std::vector<float> out(x.size());
+// prefill GEMM's input), scale = amax / 448 (1 for an all-zero row); the codes' values e4m3(code)
+// and the row scales.
+struct HostE4m3Rows {
+  std::vector<float> codes;
+  std::vector<float> scales;
+};
+HostE4m3Rows quantize_rows_codes_on_host(const std::vector<float>& x, int64_t m, int64_t k) {
+  HostE4m3Rows q{std::vector<float>(x.size()), std::vector<float>(static_cast<size_t>(m))};
   for (int64_t r = 0; r < m; ++r) {
     float amax = 0.0f;
     for (int64_t c = 0; c < k; ++c) amax = std::fmax(amax, std::fabs(round_bf16(x[r * k + c])));
     float scale = amax / kE4M3Max;
     if (scale == 0.0f) scale = 1.0f;
-    for (int64_t c = 0; c < k; ++c)
-      out[r * k + c] = e4m3_to_f32(f32_to_e4m3(round_bf16(x[r * k + c]) / scale)) * scale;
+    q.scales[r] = scale;
+    for (int64_t c = 0; c < k; ++c) q.codes[r * k + c] = e4m3_to_f32(f32_to_e4m3(round_bf16(x[r * k + c]) / scale));
   }
+  return q;
+}
+
+// The same as the values e4m3(code) * scale.
+std::vector<float> quantize_rows_on_host(const std::vector<float>& x, int64_t m, int64_t k) {
+  const HostE4m3Rows q = quantize_rows_codes_on_host(x, m, k);
+  std::vector<float> out(x.size());
+  for (int64_t r = 0; r < m; ++r)
+    for (int64_t c = 0; c < k; ++c) out[r * k + c] = q.codes[r * k + c] * q.scales[r];
   return out;
 }
 
@@ -238,39 +252,61 @@ TEST_F(CudaFp8, TensorCoresOnPerTokenActivations) {  // the default above 64 row
   expect_close("fp8 at 64 rows (exact activations)", download(y64), reference({part.get()}, x64, 64, true), kF32Tol);
 }
 
-// gate | up on the FP8 tensor cores through linear_swiglu: the GEMM leaves the codes' products
-// and the swiglu applies the token and channel scales as it reads them. The same bits as linear
-// then swiglu (which scale first, then take the swiglu), from f32 or bf16 x alike, and near the
-// f64 swiglu of the reference on per-token E4M3 activations.
+// gate | up on the FP8 tensor cores through linear_swiglu: the GEMM leaves the codes' products in
+// bf16 (in gate_up's memory) and the swiglu applies the token and channel scales as it reads
+// them. Where cuBLASLt leaves them unscaled (Hopper, CUDA 13) the two steps are checked apart:
+// the products against the f64 sums of the codes' products (the accumulation's error plus one
+// bf16 rounding, at most 2^-9 relative), then y against silu(g) * u computed from those very
+// products and the scales (f32 rounding only). Always: y near the f64 swiglu of the reference on
+// per-token E4M3 activations, and from bf16 x the same bits (a bf16 y: the f32 one rounded).
 TEST_F(CudaFp8, SwigluOfTheTensorCoresAppliesTheScales) {
   ASSERT_TRUE(dynamic_cast<cuda::CudaBackend&>(backend()).fp8_tensor_cores());
+  constexpr double kBf16Rounding = 1.0 / 512;
   for (const auto& [m, cols, k] : {std::tuple<int64_t, int64_t, int64_t>{65, 24, 256}, {300, 80, 512},
                                    {randint(65, 400), 8 * randint(1, 40), 16 * randint(4, 64)}}) {
     const auto gate = make_part(cols, k, "gate");
     const auto up = make_part(cols, k, "up");
     const Linear gate_up = backend().prepare_fused_linear({&gate->weight, &up->weight});
     const std::vector<float> x = randn(static_cast<size_t>(m * k));
-    const Tensor xt = upload(x, {m, k});
     Tensor fused_gu = poisoned({m, 2 * cols}), fused_y = poisoned({m, cols});
-    backend().linear_swiglu(xt, gate_up, fused_gu, fused_y);
-    Tensor plain_gu = poisoned({m, 2 * cols}), plain_y = poisoned({m, cols});
-    backend().linear(xt, gate_up, plain_gu);
-    backend().swiglu(plain_gu, plain_y);
-    const std::vector<float> got = download(fused_y), want = download(plain_y);
+    backend().linear_swiglu(upload(x, {m, k}), gate_up, fused_gu, fused_y);
+    const std::vector<float> got = download(fused_y);
     const std::string what = cat("fp8 tensor-core swiglu M=", m, " cols=", cols, " K=", k);
-    size_t differ = 0;
-    for (size_t i = 0; i < got.size(); ++i) differ += std::memcmp(&got[i], &want[i], sizeof(float)) != 0;
-    EXPECT_EQ(differ, 0u) << what << ": " << differ << " of " << got.size() << " values differ from linear + swiglu";
-    // As the decoder's prefill runs it: x in bf16 (the norm's output), y in bf16 (down's input):
-    // the same codes, so each output is the f32 one rounded to bf16.
-    ASSERT_EQ(backend().linear_input_dtype(gate_up, m), DType::BF16) << what;
-    Tensor bf16_gu = poisoned({m, 2 * cols}), bf16_y = backend().empty({m, cols}, DType::BF16);
-    backend().linear_swiglu(upload_bf16(x, {m, k}), gate_up, bf16_gu, bf16_y);
-    const std::vector<float> got_bf16 = download(bf16_y);
-    size_t differ_bf16 = 0;
-    for (size_t i = 0; i < got.size(); ++i) differ_bf16 += got_bf16[i] != round_bf16(got[i]);
-    EXPECT_EQ(differ_bf16, 0u) << what << ": " << differ_bf16 << " of " << got.size()
-                               << " bf16 outputs from bf16 x are not the f32 outputs rounded";
+    const HostE4m3Rows xq = quantize_rows_codes_on_host(x, m, k);
+
+    if (!cuda::LtGemm(cuda::kGemmWorkspaceBytes).fp8_scales_in_epilogue(static_cast<int>(m), static_cast<int>(2 * cols),
+                                                                        static_cast<int>(k), true)) {
+      // gate_up's memory from its start holds [m, 2 cols] bf16 products.
+      const std::vector<float> memory = download(fused_gu);
+      std::vector<uint16_t> bits(static_cast<size_t>(m * 2 * cols));
+      std::memcpy(bits.data(), memory.data(), bits.size() * sizeof(uint16_t));
+      std::vector<float> products(bits.size());
+      for (size_t i = 0; i < bits.size(); ++i) {
+        const uint32_t widened = uint32_t{bits[i]} << 16;
+        std::memcpy(&products[i], &widened, sizeof(float));
+      }
+      std::vector<double> sums(products.size());
+      for (int64_t r = 0; r < m; ++r)
+        for (int64_t c = 0; c < 2 * cols; ++c) {
+          const Fp8Part& part = c < cols ? *gate : *up;
+          const int64_t row = c % cols;
+          double acc = 0.0;
+          for (int64_t i = 0; i < k; ++i)
+            acc += double(e4m3_to_f32(part.codes[row * k + i])) * xq.codes[r * k + i];
+          sums[static_cast<size_t>(r * 2 * cols + c)] = acc;
+        }
+      expect_close(what + " bf16 products", products, sums, kFp8AccumulationTol + kBf16Rounding);
+      std::vector<double> from_products(got.size());
+      for (int64_t r = 0; r < m; ++r)
+        for (int64_t c = 0; c < cols; ++c) {
+          const size_t at = static_cast<size_t>(r * 2 * cols + c);
+          const float g = products[at] * (xq.scales[r] * gate->scales[c]);
+          const float u = products[at + cols] * (xq.scales[r] * up->scales[c]);
+          from_products[static_cast<size_t>(r * cols + c)] = double(g) / (1.0 + std::exp(-double(g))) * u;
+        }
+      expect_close(what + " vs swiglu of its products", got, from_products, kF32Tol);
+    }
+
     const std::vector<double> gu = reference({gate.get(), up.get()}, quantize_rows_on_host(x, m, k), m, false);
     std::vector<double> ref(static_cast<size_t>(m * cols));
     for (int64_t r = 0; r < m; ++r)
@@ -279,8 +315,18 @@ TEST_F(CudaFp8, SwigluOfTheTensorCoresAppliesTheScales) {
         ref[static_cast<size_t>(r * cols + c)] = g / (1.0 + std::exp(-g)) * u;
       }
     // silu(g) * u moves a relative error of g by at most 1 + max g (1 - sigmoid(g)) = 1.28 times
-    // and adds u's: the linear's bound, 2.28 times.
-    expect_close(what + " vs quantized x", got, ref, 2.28 * kFp8AccumulationTol);
+    // and adds u's: the products' bound, 2.28 times.
+    expect_close(what + " vs quantized x", got, ref, 2.28 * (kFp8AccumulationTol + kBf16Rounding));
+
+    // As the decoder's prefill runs it: x in bf16 (the norm's output), y in bf16 (down's input).
+    ASSERT_EQ(backend().linear_input_dtype(gate_up, m), DType::BF16) << what;
+    Tensor bf16_gu = poisoned({m, 2 * cols}), bf16_y = backend().empty({m, cols}, DType::BF16);
+    backend().linear_swiglu(upload_bf16(x, {m, k}), gate_up, bf16_gu, bf16_y);
+    const std::vector<float> got_bf16 = download(bf16_y);
+    size_t differ = 0;
+    for (size_t i = 0; i < got.size(); ++i) differ += got_bf16[i] != round_bf16(got[i]);
+    EXPECT_EQ(differ, 0u) << what << ": " << differ << " of " << got.size()
+                          << " bf16 outputs from bf16 x are not the f32 outputs rounded";
   }
 }
 

@@ -393,7 +393,7 @@ void CudaBackend::linear(const Tensor& x, const Linear& w, Tensor& y) {
                 "] linear multiplies f32 activations at ", m, " rows (see Backend::linear_input_dtype)");
     if (m == 0) return;
     const InputActivations xa{nullptr, data_of<const bf16_bits>(x)};
-    const int64_t done = lw.is_fp8() && fp8_on_tensor_cores(m) ? fp8_tensor_core_rows(xa, m, lw, data_of<float>(y)) : 0;
+    const int64_t done = lw.is_fp8() && fp8_on_tensor_cores(m) ? fp8_tensor_core_rows(xa, m, lw, {data_of<float>(y), nullptr}) : 0;
     if (done == m) return;
     float* yd = data_of<float>(y) + done * n;
     const CudaLinear& dense = quantized ? dequantized(lw) : lw;
@@ -433,7 +433,7 @@ void CudaBackend::linear(const Tensor& x, const Linear& w, Tensor& y) {
   // FP8 weights: the leading rows the FP8 tensor cores take (all, unless cuBLASLt lacks an
   // algorithm for a chunk's shape); the rest multiply the codes as bf16, then the scales.
   const int64_t done =
-      lw.is_fp8() && fp8_on_tensor_cores(m) ? fp8_tensor_core_rows({xd, nullptr}, m, lw, data_of<float>(y)) : 0;
+      lw.is_fp8() && fp8_on_tensor_cores(m) ? fp8_tensor_core_rows({xd, nullptr}, m, lw, {data_of<float>(y), nullptr}) : 0;
   if (done == m) return;
   float* yd = data_of<float>(y) + done * n;
   gemm_rows(m - done, quantized ? dequantized(lw) : lw, n, k, yd, [&](int64_t first, int64_t count, bf16_bits* a) {
@@ -570,10 +570,9 @@ void CudaBackend::linear_swiglu(const Tensor& x, const Linear& w, Tensor& gate_u
     quant_gemv_swiglu(data_of<const float>(x), lw.quant, data_of<float>(y), stream());
     return;
   }
-  // FP8 rows on the FP8 tensor cores: gate | up stays as the codes' products and the swiglu applies
-  // the token and channel scales as it reads them (no scale pass over the layer's largest
-  // activation); the same bits as linear then swiglu. Rows cuBLASLt has no algorithm for go the
-  // unfused way.
+  // FP8 rows on the FP8 tensor cores: gate | up stays as the codes' products (in bf16) and the
+  // swiglu applies the token and channel scales as it reads them (no scale pass over the layer's
+  // largest activation). Rows cuBLASLt has no algorithm for go the unfused way.
   if (lw.is_fp8() && fp8_on_tensor_cores(m) && n % 2 == 0) {
     require_shape(x, m, k, "linear_swiglu", "x");
     require(gate_up, DType::F32, "linear_swiglu", "gate_up");

@@ -82,8 +82,9 @@ void CudaBackend::fp8_linear_decode(const float* x, int64_t m, const CudaLinear&
   fp8_mma(x, static_cast<int>(m), w.fp8, static_cast<bf16_bits*>(lane().scratch_bf16.get()), y, stream());
 }
 
-int64_t CudaBackend::fp8_tensor_core_rows(InputActivations x, int64_t m, const CudaLinear& w, float* y,
+int64_t CudaBackend::fp8_tensor_core_rows(InputActivations x, int64_t m, const CudaLinear& w, Activations y,
                                           const Fp8ChunkDone& chunk_done) {
+  MOXIN_CHECK(y.f32 != nullptr || chunk_done, "[cuda] linear: a bf16 FP8 output is left unscaled for whatever reads it");
   const int64_t k = w.fp8.cols, n = w.fp8.rows;
   // The activation codes fill the first half of the bf16 scratch, their per-row scales the second.
   const int64_t half = scratch_elems_;  // bytes: the scratch holds 2 * scratch_elems_
@@ -96,12 +97,13 @@ int64_t CudaBackend::fp8_tensor_core_rows(InputActivations x, int64_t m, const C
     quantize_rows_e4m3(x.rows_from(done, k), count, static_cast<int>(k), codes, scales, stream());
     const int rows = static_cast<int>(count), outputs = static_cast<int>(n), inputs = static_cast<int>(k);
     if (!chunk_done) {
-      if (!lane().gemm->run_fp8(codes, scales, w.fp8.codes, w.fp8.scales, y + done * n, rows, outputs, inputs,
+      if (!lane().gemm->run_fp8(codes, scales, w.fp8.codes, w.fp8.scales, y.f32 + done * n, rows, outputs, inputs,
                                 stream()))
         break;
     } else {
-      const std::optional<bool> scaled = lane().gemm->run_fp8_unscaled(codes, scales, w.fp8.codes, w.fp8.scales,
-                                                                       y + done * n, rows, outputs, inputs, stream());
+      void* out = y.bf16 != nullptr ? static_cast<void*>(y.bf16 + done * n) : static_cast<void*>(y.f32 + done * n);
+      const std::optional<bool> scaled = lane().gemm->run_fp8_unscaled(
+          codes, scales, w.fp8.codes, w.fp8.scales, out, y.bf16 != nullptr, rows, outputs, inputs, stream());
       if (!scaled) break;
       chunk_done(done, count, scales, *scaled);  // before the next chunk's quantization reuses `scales`
     }
@@ -110,16 +112,23 @@ int64_t CudaBackend::fp8_tensor_core_rows(InputActivations x, int64_t m, const C
   return done;
 }
 
+// gate | up's products cross memory as bf16 (half the bytes of the layer's largest activation,
+// as on the bf16 prefill path): the swiglu reads them and applies the scales; the rounding
+// (2^-9 at most) is far below the E4M3 activations' own (2^-4).
 int64_t CudaBackend::fp8_tensor_core_swiglu_rows(InputActivations x, int64_t m, const CudaLinear& w, float* gate_up,
                                                  Activations y) {
   const int64_t n = w.fp8.rows, cols = n / 2;
-  return fp8_tensor_core_rows(x, m, w, gate_up, [&](int64_t first, int64_t rows, const float* token_scales, bool scaled) {
-    const Activations out{y.f32 ? y.f32 + first * cols : nullptr, y.bf16 ? y.bf16 + first * cols : nullptr};
-    if (scaled)
-      cuda::swiglu(gate_up + first * n, out, rows, cols, stream());
-    else
-      cuda::swiglu_scaled(gate_up + first * n, token_scales, w.fp8.scales, out, rows, cols, stream());
-  });
+  auto* products = reinterpret_cast<bf16_bits*>(gate_up);
+  return fp8_tensor_core_rows(
+      x, m, w, Activations{nullptr, products},
+      [&](int64_t first, int64_t rows, const float* token_scales, bool scaled) {
+        const Activations out{y.f32 ? y.f32 + first * cols : nullptr, y.bf16 ? y.bf16 + first * cols : nullptr};
+        const bf16_bits* chunk = products + first * n;
+        if (scaled)
+          swiglu_bf16_input(chunk, out, rows, cols, stream());
+        else
+          swiglu_scaled({nullptr, chunk}, token_scales, w.fp8.scales, out, rows, cols, stream());
+      });
 }
 
 }  // namespace moxin::cuda

@@ -56,39 +56,60 @@ __global__ void swiglu_kernel(const In* __restrict__ gate_up, Out* __restrict__ 
   }
 }
 
-template <class Out>
-__global__ void swiglu_scaled_kernel(const float* __restrict__ gate_up, const float* __restrict__ row_scales,
+template <class In, class Out>
+__global__ void swiglu_scaled_kernel(const In* __restrict__ gate_up, const float* __restrict__ row_scales,
                                      const float* __restrict__ col_scales, Out* __restrict__ y, int64_t rows,
                                      int cols) {
   wait_for_prior_kernels();
   for (int64_t r = blockIdx.y; r < rows; r += gridDim.y) {
-    const float* gate = gate_up + r * 2 * cols;
+    const In* gate = gate_up + r * 2 * cols;
     const float row = row_scales[r];
     Out* out = y + r * cols;
     for (int c = blockIdx.x * blockDim.x + threadIdx.x; c < cols; c += gridDim.x * blockDim.x)
-      store_activation(out, c, silu_times(gate[c] * (row * col_scales[c]), gate[cols + c] * (row * col_scales[cols + c])));
+      store_activation(out, c,
+                       silu_times(load_activation(gate, c) * (row * col_scales[c]),
+                                  load_activation(gate, cols + c) * (row * col_scales[cols + c])));
   }
 }
 
 // The bf16 gate_up of a prefill, 8 columns per thread (16-byte loads; cols % 8 == 0): the
 // scalar kernel's 2-byte accesses moved its 87 MB per layer at ~1.2 TB/s (ncu, 1024 tokens).
-// Same formula per element, so the same bits.
-template <class Out>
-__global__ void swiglu_bf16_vec8_kernel(const uint4* __restrict__ gate_up, Out* __restrict__ y, int64_t rows,
+// Same formula per element as swiglu_kernel (Scaled: as swiglu_scaled_kernel), so the same bits.
+template <class Out, bool Scaled>
+__global__ void swiglu_bf16_vec8_kernel(const uint4* __restrict__ gate_up, const float* __restrict__ row_scales,
+                                        const float* __restrict__ col_scales, Out* __restrict__ y, int64_t rows,
                                         int cols) {
   wait_for_prior_kernels();
   const int vecs = cols / 8;
   for (int64_t r = blockIdx.y; r < rows; r += gridDim.y) {
     const uint4* gate = gate_up + r * 2 * vecs;
+    const float row = Scaled ? row_scales[r] : 1.0f;
     Out* out = y + r * cols;
     for (int v = blockIdx.x * blockDim.x + threadIdx.x; v < vecs; v += gridDim.x * blockDim.x) {
       const uint4 g = gate[v], u = gate[vecs + v];
       const auto* gh = reinterpret_cast<const __nv_bfloat162*>(&g);
       const auto* uh = reinterpret_cast<const __nv_bfloat162*>(&u);
+      float gate_scale[8], up_scale[8];
+      if constexpr (Scaled) {
+        const auto* gs = reinterpret_cast<const float4*>(col_scales + v * 8);
+        const auto* us = reinterpret_cast<const float4*>(col_scales + cols + v * 8);
+        const float4 g0 = gs[0], g1 = gs[1], u0 = us[0], u1 = us[1];
+        const float gv[8] = {g0.x, g0.y, g0.z, g0.w, g1.x, g1.y, g1.z, g1.w};
+        const float uv[8] = {u0.x, u0.y, u0.z, u0.w, u1.x, u1.y, u1.z, u1.w};
+#pragma unroll
+        for (int i = 0; i < 8; ++i) {
+          gate_scale[i] = row * gv[i];
+          up_scale[i] = row * uv[i];
+        }
+      }
       float values[8];
 #pragma unroll
       for (int i = 0; i < 4; ++i) {
-        const float2 gf = __bfloat1622float2(gh[i]), uf = __bfloat1622float2(uh[i]);
+        float2 gf = __bfloat1622float2(gh[i]), uf = __bfloat1622float2(uh[i]);
+        if constexpr (Scaled) {
+          gf = make_float2(gf.x * gate_scale[2 * i], gf.y * gate_scale[2 * i + 1]);
+          uf = make_float2(uf.x * up_scale[2 * i], uf.y * up_scale[2 * i + 1]);
+        }
         values[2 * i] = silu_times(gf.x, uf.x);
         values[2 * i + 1] = silu_times(gf.y, uf.y);
       }
@@ -173,29 +194,51 @@ void swiglu(const float* gate_up, Activations y, int64_t rows, int64_t cols, cud
   launch_swiglu(gate_up, y, rows, cols, stream);
 }
 
-void swiglu_scaled(const float* gate_up, const float* row_scales, const float* col_scales, Activations y,
+// The bf16 gate_up's vectorized kernel where cols and the pointers allow it (the column scales
+// are read 8 at a time too); false where the caller takes the scalar kernel.
+static bool launch_swiglu_bf16_vec8(const bf16_bits* gate_up, const float* row_scales, const float* col_scales,
+                                    Activations y, int64_t rows, int64_t cols, cudaStream_t stream) {
+  const bool aligned = reinterpret_cast<uintptr_t>(gate_up) % 16 == 0 &&
+                       reinterpret_cast<uintptr_t>(y.bf16 ? static_cast<void*>(y.bf16) : y.f32) % 16 == 0 &&
+                       reinterpret_cast<uintptr_t>(col_scales) % 16 == 0;
+  if (cols % 8 != 0 || !aligned) return false;
+  if (rows * cols == 0) return true;
+  const dim3 grid(elementwise_blocks(cols / 8), static_cast<unsigned>(std::min<int64_t>(rows, 65535)));
+  const auto launch = [&]<bool Scaled>() {
+    with_activations(y, [&]<class Out>(Out* out) {
+      launch_kernel("swiglu_bf16_vec8_kernel", swiglu_bf16_vec8_kernel<Out, Scaled>, grid, kElementwiseThreads, 0,
+                    stream, reinterpret_cast<const uint4*>(gate_up), row_scales, col_scales, out, rows,
+                    static_cast<int>(cols));
+    });
+  };
+  if (row_scales != nullptr)
+    launch.template operator()<true>();
+  else
+    launch.template operator()<false>();
+  return true;
+}
+
+void swiglu_scaled(InputActivations gate_up, const float* row_scales, const float* col_scales, Activations y,
                    int64_t rows, int64_t cols, cudaStream_t stream) {
+  if (gate_up.bf16 != nullptr && launch_swiglu_bf16_vec8(gate_up.bf16, row_scales, col_scales, y, rows, cols, stream))
+    return;
   if (rows * cols == 0) return;
   const dim3 grid(elementwise_blocks(cols), static_cast<unsigned>(std::min<int64_t>(rows, 65535)));
-  with_activations(y, [&]<class Out>(Out* out) {
-    launch_kernel("swiglu_scaled_kernel", swiglu_scaled_kernel<Out>, grid, kElementwiseThreads, 0, stream, gate_up,
-                  row_scales, col_scales, out, rows, static_cast<int>(cols));
-  });
+  const auto launch = [&]<class In>(const In* in) {
+    with_activations(y, [&]<class Out>(Out* out) {
+      launch_kernel("swiglu_scaled_kernel", swiglu_scaled_kernel<In, Out>, grid, kElementwiseThreads, 0, stream, in,
+                    row_scales, col_scales, out, rows, static_cast<int>(cols));
+    });
+  };
+  if (gate_up.bf16 != nullptr)
+    launch(reinterpret_cast<const __nv_bfloat16*>(gate_up.bf16));
+  else
+    launch(gate_up.f32);
 }
 
 void swiglu_bf16_input(const bf16_bits* gate_up, Activations y, int64_t rows, int64_t cols, cudaStream_t stream) {
-  const bool aligned = reinterpret_cast<uintptr_t>(gate_up) % 16 == 0 &&
-                       reinterpret_cast<uintptr_t>(y.bf16 ? static_cast<void*>(y.bf16) : y.f32) % 16 == 0;
-  if (cols % 8 != 0 || !aligned) {
+  if (!launch_swiglu_bf16_vec8(gate_up, nullptr, nullptr, y, rows, cols, stream))
     launch_swiglu(reinterpret_cast<const __nv_bfloat16*>(gate_up), y, rows, cols, stream);
-    return;
-  }
-  if (rows * cols == 0) return;
-  const dim3 grid(elementwise_blocks(cols / 8), static_cast<unsigned>(std::min<int64_t>(rows, 65535)));
-  with_activations(y, [&]<class Out>(Out* out) {
-    launch_kernel("swiglu_bf16_vec8_kernel", swiglu_bf16_vec8_kernel<Out>, grid, kElementwiseThreads, 0, stream,
-                  reinterpret_cast<const uint4*>(gate_up), out, rows, static_cast<int>(cols));
-  });
 }
 
 void add(float* x, const float* y, int64_t count, cudaStream_t stream) {

@@ -131,8 +131,8 @@ void LtGemm::run_with_bias(const uint16_t* a, const uint16_t* w, const void* bia
   matmul(p, a, w, y, stream);
 }
 
-bool LtGemm::fp8_scales_in_epilogue(int m, int n, int k) {
-  const Plan& p = fp8_plan(m, n, k);
+bool LtGemm::fp8_scales_in_epilogue(int m, int n, int k, bool out_bf16) {
+  const Plan& p = fp8_plan(m, n, k, out_bf16);
   return p.usable && p.outer_vector_scales;
 }
 
@@ -146,10 +146,10 @@ void LtGemm::matmul(const Plan& p, const void* a, const void* w, void* y, cudaSt
                                     &p.algo, workspace_, workspace_bytes_, stream));
 }
 
-// The same column-major mapping as plan(), with E4M3 A (= w) and B (= a) and f32 C = D; with
+// The same column-major mapping as plan(), with E4M3 A (= w) and B (= a) and f32 or bf16 C = D; with
 // outer-vector scaling, A's scale vector has one value per row of op(A) (w's rows, n of them)
 // and B's one per column of B (tokens, m of them). nullptr where cuBLASLt offers no algorithm.
-std::unique_ptr<LtGemm::Plan> LtGemm::try_fp8_plan(int m, int n, int k, bool outer_vector_scales) {
+std::unique_ptr<LtGemm::Plan> LtGemm::try_fp8_plan(int m, int n, int k, bool outer_vector_scales, bool out_bf16) {
   auto p = std::make_unique<Plan>();
   if (cublasLtMatmulDescCreate(&p->desc, CUBLAS_COMPUTE_32F, CUDA_R_32F) != CUBLAS_STATUS_SUCCESS) return nullptr;
   const cublasOperation_t transpose = CUBLAS_OP_T, keep = CUBLAS_OP_N;
@@ -165,7 +165,7 @@ std::unique_ptr<LtGemm::Plan> LtGemm::try_fp8_plan(int m, int n, int k, bool out
   }
   MOXIN_CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&p->a, CUDA_R_8F_E4M3, k, n, k));
   MOXIN_CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&p->b, CUDA_R_8F_E4M3, k, m, k));
-  MOXIN_CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&p->d, CUDA_R_32F, n, m, n));
+  MOXIN_CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&p->d, out_bf16 ? CUDA_R_16BF : CUDA_R_32F, n, m, n));
   cublasLtMatmulPreference_t pref = nullptr;
   MOXIN_CUBLAS_CHECK(cublasLtMatmulPreferenceCreate(&pref));
   const uint64_t ws = workspace_bytes_;
@@ -181,12 +181,12 @@ std::unique_ptr<LtGemm::Plan> LtGemm::try_fp8_plan(int m, int n, int k, bool out
   return p;
 }
 
-const LtGemm::Plan& LtGemm::fp8_plan(int m, int n, int k) {
-  const auto key = std::make_tuple(m, n, k);
+const LtGemm::Plan& LtGemm::fp8_plan(int m, int n, int k, bool out_bf16) {
+  const auto key = std::make_tuple(m, n, k, out_bf16);
   auto found = fp8_plans_.find(key);
   if (found != fp8_plans_.end()) return *found->second;
-  std::unique_ptr<Plan> p = try_fp8_plan(m, n, k, true);
-  if (!p) p = try_fp8_plan(m, n, k, false);
+  std::unique_ptr<Plan> p = try_fp8_plan(m, n, k, true, out_bf16);
+  if (!p) p = try_fp8_plan(m, n, k, false, out_bf16);
   if (!p) {
     p = std::make_unique<Plan>();
     p->usable = false;
@@ -195,11 +195,13 @@ const LtGemm::Plan& LtGemm::fp8_plan(int m, int n, int k) {
 }
 
 std::optional<bool> LtGemm::run_fp8_unscaled(const uint8_t* a, const float* a_scale, const uint8_t* w,
-                                             const float* w_scale, float* y, int m, int n, int k,
+                                             const float* w_scale, void* y, bool y_bf16, int m, int n, int k,
                                              cudaStream_t stream) {
-  // FP8 GEMMs need 16-byte aligned matrices and leading dimensions (k codes, n floats).
-  if (alignment(a) < 16 || alignment(w) < 16 || alignment(y) < 16 || k % 16 != 0 || n % 4 != 0) return std::nullopt;
-  const Plan& p = fp8_plan(m, n, k);
+  // FP8 GEMMs need 16-byte aligned matrices and leading dimensions (k codes, n outputs).
+  const int outputs_per_16_bytes = y_bf16 ? 8 : 4;
+  if (alignment(a) < 16 || alignment(w) < 16 || alignment(y) < 16 || k % 16 != 0 || n % outputs_per_16_bytes != 0)
+    return std::nullopt;
+  const Plan& p = fp8_plan(m, n, k, y_bf16);
   if (!p.usable) return std::nullopt;
   if (p.outer_vector_scales) {
     MOXIN_CUBLAS_CHECK(
@@ -213,7 +215,7 @@ std::optional<bool> LtGemm::run_fp8_unscaled(const uint8_t* a, const float* a_sc
 
 bool LtGemm::run_fp8(const uint8_t* a, const float* a_scale, const uint8_t* w, const float* w_scale, float* y,
                      int m, int n, int k, cudaStream_t stream) {
-  const std::optional<bool> scaled = run_fp8_unscaled(a, a_scale, w, w_scale, y, m, n, k, stream);
+  const std::optional<bool> scaled = run_fp8_unscaled(a, a_scale, w, w_scale, y, false, m, n, k, stream);
   if (!scaled) return false;
   if (!*scaled) scale_rows_columns(y, a_scale, w_scale, m, n, stream);
   return true;

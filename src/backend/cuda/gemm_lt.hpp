@@ -40,12 +40,15 @@ class LtGemm {
   bool run_fp8(const uint8_t* a, const float* a_scale, const uint8_t* w, const float* w_scale, float* y, int m,
                int n, int k, cudaStream_t stream);
   // run_fp8 without the pass of scale_rows_columns: where cuBLASLt does not apply the scales
-  // itself, y is left as sum_k a[i, k] w[j, k] for whatever reads it to scale. nullopt where
-  // run_fp8 would return false, else whether y holds the scaled values.
+  // itself, y is left as sum_k a[i, k] w[j, k] for whatever reads it to scale; y is f32, or bf16
+  // (y_bf16: rounded once from the f32 accumulators). nullopt where run_fp8 would return false (or
+  // for bf16, n is not a multiple of 8), else whether y holds the scaled values.
   std::optional<bool> run_fp8_unscaled(const uint8_t* a, const float* a_scale, const uint8_t* w,
-                                       const float* w_scale, float* y, int m, int n, int k, cudaStream_t stream);
-  // Whether cuBLASLt applies run_fp8's two scale vectors itself for this shape (for benchmarks).
-  bool fp8_scales_in_epilogue(int m, int n, int k);
+                                       const float* w_scale, void* y, bool y_bf16, int m, int n, int k,
+                                       cudaStream_t stream);
+  // Whether cuBLASLt applies run_fp8's two scale vectors itself for this shape and output type
+  // (for benchmarks and tests).
+  bool fp8_scales_in_epilogue(int m, int n, int k, bool out_bf16 = false);
 
  private:
   struct Plan;
@@ -59,9 +62,9 @@ class LtGemm {
                      int k, cudaStream_t stream);
   // y = w * a with the plan's descriptors (beta 0, so C is D).
   void matmul(const Plan& p, const void* a, const void* w, void* y, cudaStream_t stream);
-  const Plan& fp8_plan(int m, int n, int k);
-  std::unique_ptr<Plan> try_fp8_plan(int m, int n, int k, bool outer_vector_scales);
-  std::map<std::tuple<int, int, int>, std::unique_ptr<Plan>> fp8_plans_;
+  const Plan& fp8_plan(int m, int n, int k, bool out_bf16);
+  std::unique_ptr<Plan> try_fp8_plan(int m, int n, int k, bool outer_vector_scales, bool out_bf16);
+  std::map<std::tuple<int, int, int, bool>, std::unique_ptr<Plan>> fp8_plans_;  // m, n, k, bf16 output
 
   cublasLtHandle_t handle_ = nullptr;
   void* workspace_ = nullptr;

@@ -168,10 +168,11 @@ void im2col_bf16(const float* images, int height, int width, int patch, int64_t 
 void gelu_erf(const float* x, Activations y, int64_t count, cudaStream_t stream);
 // y[r, c] = silu(gate_up[r, c]) * gate_up[r, cols + c]: rows of gate_up are gate | up.
 void swiglu(const float* gate_up, Activations y, int64_t rows, int64_t cols, cudaStream_t stream);
-// swiglu of an FP8 GEMM's gate | up left unscaled (LtGemm::run_fp8_unscaled): element (r, c)
-// times row_scales[r] * col_scales[c] first, as scale_rows_columns would write it (the same bits
-// as that pass then swiglu, without the pass over the layer's largest activation).
-void swiglu_scaled(const float* gate_up, const float* row_scales, const float* col_scales, Activations y,
+// swiglu of an FP8 GEMM's gate | up left unscaled (LtGemm::run_fp8_unscaled), f32 or bf16:
+// element (r, c) times row_scales[r] * col_scales[c] first, as scale_rows_columns would write it
+// (for f32, the same bits as that pass then swiglu, without the pass over the layer's largest
+// activation).
+void swiglu_scaled(InputActivations gate_up, const float* row_scales, const float* col_scales, Activations y,
                    int64_t rows, int64_t cols, cudaStream_t stream);
 // The same from a bf16 gate_up (a prefill GEMM's output rounded to bf16: half the bytes).
 void swiglu_bf16_input(const bf16_bits* gate_up, Activations y, int64_t rows, int64_t cols, cudaStream_t stream);
