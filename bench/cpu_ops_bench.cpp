@@ -204,12 +204,12 @@ BENCHMARK(BM_Linear)
     ->Unit(benchmark::kMillisecond);
 
 // The same prefill and vision GEMMs on each kernel table in one process, 2 threads. args: out
-// features, in features, rows M, table (0 generic, 1 avx2, 2 avx512, 3 amx). Compare FLOP/cpu-s with
+// features, in features, rows M, table (0 generic, 1 avx2, 2 avx512, 3 amx, 4 avx512bf16). Compare FLOP/cpu-s with
 // BM_FmaPeak's of the same vector width, and with bench/cpu_peer_torch.py run right after.
-// The kernel table named by a benchmark argument (0 generic, 1 avx2, 2 avx512, 3 amx), or null
+// The kernel table named by a benchmark argument (0 generic, 1 avx2, 2 avx512, 3 amx, 4 avx512bf16), or null
 // with the benchmark skipped when this CPU cannot run it.
 const cpu::Kernels* table_arg(benchmark::State& state, int64_t arg) {
-  static const char* const kTables[] = {"generic", "avx2", "avx512", "amx"};
+  static const char* const kTables[] = {"generic", "avx2", "avx512", "amx", "avx512bf16"};
   for (const cpu::Kernels* k : cpu::supported_kernels())
     if (std::string_view(kTables[arg]) == k->name) return k;
   state.SkipWithError("this CPU lacks the kernel table");
@@ -236,12 +236,16 @@ BENCHMARK(BM_Gemm)
     ->Args({4096, 14336, 256, 3})
     ->Args({4096, 1024, 257, 3})
     ->Args({4304, 1152, 256, 3})
-    ->ArgsProduct({{14336}, {4096}, {1, 2, 4, 5, 8, 16, 32, 64, 128, 129}, {1, 2, 3}})  // either side of each table's gemv_max_rows
+    ->Args({14336, 4096, 256, 4})
+    ->Args({4096, 14336, 256, 4})
+    ->Args({4096, 1024, 257, 4})
+    ->Args({4304, 1152, 256, 4})
+    ->ArgsProduct({{14336}, {4096}, {1, 2, 4, 5, 8, 16, 32, 64, 128, 129}, {1, 2, 3, 4}})  // either side of each table's gemv_max_rows
     ->UseRealTime()
     ->Unit(benchmark::kMillisecond);
 
 // Decode (one row) on each kernel table in one process: args out features, in features,
-// table (0 generic, 1 avx2, 2 avx512), threads. Reports the GB/s of bf16 weights read (wall
+// table (0 generic, 1 avx2, 2 avx512, 4 avx512bf16), threads. Reports the GB/s of bf16 weights read (wall
 // clock) and its share of the read ceiling measured in the same run with as many threads.
 void BM_GemvPath(benchmark::State& state) {
   const cpu::Kernels* k = table_arg(state, state.range(2));
@@ -273,9 +277,10 @@ void BM_GemvPath(benchmark::State& state) {
 }
 BENCHMARK(BM_GemvPath)
     ->ArgNames({"N", "K", "table", "threads"})
-    ->ArgsProduct({{14336}, {4096}, {0, 1, 2}, {1, 2}})
+    ->ArgsProduct({{14336}, {4096}, {0, 1, 2, 4}, {1, 2}})
     ->Args({4096, 14336, 1, 2})
     ->Args({4096, 14336, 2, 2})
+    ->Args({4096, 14336, 4, 2})
     ->UseRealTime()
     ->Unit(benchmark::kMillisecond);
 

@@ -22,13 +22,13 @@ import torch
 from safetensors.numpy import load_file
 
 from conftest import fresh_tiny_model, run_moxin
-from test_parity import DEVICES, WORDS, cpu_runs_amx, rel_err
+from test_parity import DEVICES, WORDS, cpu_rounds_linear_inputs, rel_err
 
 sys.path.insert(0, str(pathlib.Path(__file__).parent))
 import reference_vlm  # noqa: E402
 
 # Each layer must sit within a share of what rounding the cache moves it. The CPU computes in f32,
-# as the reference does, or (the amx table) rounds each linear's input to bf16, which the reference
+# as the reference does, or (the amx and avx512bf16 tables) rounds each linear's input to bf16, which the reference
 # then does too (bf16_linear_inputs): the engine's K/V match the reference's to f32 summation order
 # and a layer sits within a tenth of the movement (seen: 1e-7 - 1.5e-4 of it). CUDA's prefill GEMMs
 # take bf16 inputs as well (the reference rounds them alike), but other steps of its prefill round
@@ -42,7 +42,7 @@ SHARE_OF_ROUNDING = {"cpu": 0.1, "cuda": 0.2}
 def teacher_forced_layers(llm, ids, engine_outputs, kv_fp8, bf16_linear_inputs):
     """Each decoder layer's output over the prompt when layer l > 0 reads the engine's output of
     layer l - 1 instead of the reference's; with bf16_linear_inputs every decoder linear first
-    rounds its input to bf16 (round to nearest even), as the CPU's amx table does."""
+    rounds its input to bf16 (round to nearest even), as the CPU's amx and avx512bf16 tables do."""
     outputs, hooks = [], []
     if bf16_linear_inputs:
         for module in llm.model.layers.modules():
@@ -81,7 +81,7 @@ def test_each_layer_matches_reference_with_fp8_cache(moxin_bin, model_dir, tmp_p
     reference = reference_vlm.load_reference(str(model_dir))
     ids = reference_vlm.tokenize(reference.tokenizer, reference_vlm.build_prompt([question]))
     assert ours.shape[:2] == (len(reference.llm.model.layers), len(ids))
-    bf16_inputs = device == "cuda" or cpu_runs_amx()
+    bf16_inputs = device == "cuda" or cpu_rounds_linear_inputs()
     rounded = teacher_forced_layers(reference.llm, ids, ours, kv_fp8=True, bf16_linear_inputs=bf16_inputs)
     exact = teacher_forced_layers(reference.llm, ids, ours, kv_fp8=False, bf16_linear_inputs=bf16_inputs)
     for layer, (got, want, unrounded) in enumerate(zip(ours, rounded, exact)):

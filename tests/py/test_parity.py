@@ -11,7 +11,8 @@ Devices: MOXIN_PARITY_DEVICES=cpu,cuda (default cpu; CI has no GPU, the GPU mach
 Tolerances per device:
 - cpu: f32 activations, f32 accumulation over the bf16 weights: REL_TOL 1e-4, GAP_TOL 1e-4; except
   with the amx table (the default on CPUs with Intel AMX: the bf16 weights multiply activations
-  rounded to bf16, GEMMs of more than 128 rows on bf16 tiles): then the cuda rule below.
+  rounded to bf16 on bf16 tiles) or the avx512bf16 one (the same on AVX-512 BF16 dot products):
+  then the cuda rule below.
 - cuda: f32 activations between ops, but GEMMs with more than 8 rows (vision, projector,
   prefill) and the prefill/ViT attention tiles run on bf16 tensor cores, rounding their inputs
   to bf16 (8 significant bits), and the KV cache holds bf16. How far that moves a random model's
@@ -45,14 +46,18 @@ import reference_vlm  # noqa: E402
 
 
 
-def cpu_runs_amx():
-    """Whether `moxin` runs the amx kernel table here (the default where the CPU has AMX)."""
-    return cpu_kernel_table() == "amx"
+BF16_CPU_TABLES = ("amx", "avx512bf16")
+
+
+def cpu_rounds_linear_inputs():
+    """Whether `moxin` runs a kernel table here whose bf16 linears round their activations to bf16:
+    amx (the default where the CPU has AMX) or avx512bf16 (MOXIN_CPU_KERNELS=avx512bf16)."""
+    return cpu_kernel_table() in BF16_CPU_TABLES
 
 
 # device -> (REL_TOL, GAP_TOL); None: PyTorch bf16's error on the same case (see above)
 BF16_GEMM_TOLERANCES = (None, 5e-2)
-TOLERANCES = {"cpu": BF16_GEMM_TOLERANCES if cpu_runs_amx() else (1e-4, 1e-4), "cuda": BF16_GEMM_TOLERANCES}
+TOLERANCES = {"cpu": BF16_GEMM_TOLERANCES if cpu_rounds_linear_inputs() else (1e-4, 1e-4), "cuda": BF16_GEMM_TOLERANCES}
 BF16_HEADROOM = 1.25
 DEVICES = os.environ.get("MOXIN_PARITY_DEVICES", "cpu").split(",")
 NEW_TOKENS = 32

@@ -26,8 +26,10 @@ TEST(CpuKernelTables, ListsEveryTableThisCpuRuns) {
   EXPECT_EQ(listed("avx512"), __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
                                   __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("fma"));
   EXPECT_EQ(listed("amx"), listed("avx512") && cpu::amx_bf16_supported());
+  EXPECT_EQ(listed("avx512bf16"), listed("avx512") && __builtin_cpu_supports("avx512bf16"));
 #else
   EXPECT_FALSE(listed("amx"));
+  EXPECT_FALSE(listed("avx512bf16"));
 #endif
 #if defined(__aarch64__) && defined(__linux__)
   EXPECT_EQ(listed("neon"), (getauxval(AT_HWCAP) & HWCAP_ASIMD) != 0);

@@ -87,13 +87,16 @@ TEST(CpuLinear, MatchesReferenceOnAwkwardShapes) {
       }
 }
 
-// The amx table's linear of bf16 weights at every row count: activations rounded to bf16,
-// products summed in f32 on the tiles for the leading multiple of 32 output columns, the f32 GEMM
-// taking the rest from the same rounded activations. Against a reference on the rounded
-// activations the error is f32 accumulation; against the exact ones, bf16's.
-TEST(CpuLinear, AmxTableMultipliesBf16RoundedActivationsAtEveryRowCount) {
-  const cpu::Kernels* amx = cpu::amx_kernels();
-  if (amx == nullptr) GTEST_SKIP() << "this CPU (or kernel) runs no AMX bf16 tiles";
+// The bf16 tables' linear of bf16 weights at every row count: activations rounded to bf16,
+// products summed in f32 (amx: on the tiles for the leading multiple of 32 output columns, the
+// f32 GEMM taking the rest from the same rounded activations; avx512bf16: dot products over each
+// whole row). Against a reference on the rounded activations the error is f32 accumulation;
+// against the exact ones, bf16's.
+TEST(CpuLinear, Bf16TablesMultiplyBf16RoundedActivationsAtEveryRowCount) {
+  std::vector<const cpu::Kernels*> tables;
+  for (const cpu::Kernels* k : cpu::supported_kernels())
+    if (k->bf16_tile_matmul != nullptr) tables.push_back(k);
+  if (tables.empty()) GTEST_SKIP() << "this CPU (or kernel) runs neither AMX bf16 tiles nor AVX-512 BF16";
   Random rng(test_seed());
   constexpr double kBf16ActivationTolerance = 4e-3;  // ~2^-9 / sqrt(3) per product, with room
   const std::vector<Shape> shapes{
@@ -106,10 +109,14 @@ TEST(CpuLinear, AmxTableMultipliesBf16RoundedActivationsAtEveryRowCount) {
       {600, 64, 64},                     // two passes of activation rows
       {150, 64, 80},                     // 16 in-features past the tiles (SigLIP's fc2: 4304)
       {140, 40, 45},                     // an odd number of them
+      {7, 13, 4099},                     // avx512bf16: partial register tiles both ways, a 3-input last step
+      {9, 200, 4200},                    // avx512bf16: several weight blocks (768 KB of rows each)
   };
+  for (const cpu::Kernels* table : tables)
   for (const Shape& s : shapes)
     for (bool with_bias : {false, true}) {
-      const std::string what = cat("amx linear M=", s.M, " N=", s.N, " K=", s.K, with_bias ? " +bias" : "");
+      const std::string what =
+          cat(table->name, " linear M=", s.M, " N=", s.N, " K=", s.K, with_bias ? " +bias" : "");
       auto w = make_tensor("w", DType::BF16, {s.N, s.K}, rng.uniform(static_cast<size_t>(s.N * s.K)));
       auto b = make_tensor("b", DType::BF16, {s.N}, rng.uniform(static_cast<size_t>(s.N)));
       const std::vector<float> x = rng.uniform(static_cast<size_t>(s.M * s.K));
@@ -120,7 +127,7 @@ TEST(CpuLinear, AmxTableMultipliesBf16RoundedActivationsAtEveryRowCount) {
       const auto ref_exact = reference_linear(x, w->values, bias, s.M, s.N, s.K);
       std::vector<float> previous;
       for (int threads : {1, 2}) {
-        cpu::CpuBackend backend(threads, *amx);
+        cpu::CpuBackend backend(threads, *table);
         const Linear l = backend.prepare_linear(linear_weight(*w, with_bias ? b.get() : nullptr, s.N, s.K));
         Tensor y = poisoned(backend, {s.M, s.N});
         backend.linear(backend.from_host_f32(x.data(), {s.M, s.K}), l, y);
@@ -138,7 +145,7 @@ TEST(CpuLinear, AmxTableMultipliesBf16RoundedActivationsAtEveryRowCount) {
         previous = got;
       }
       // A row alone gives the very bits it gets among the others (the server's batch invariance).
-      cpu::CpuBackend backend(2, *amx);
+      cpu::CpuBackend backend(2, *table);
       const Linear l = backend.prepare_linear(linear_weight(*w, with_bias ? b.get() : nullptr, s.N, s.K));
       for (int64_t m : {int64_t{0}, s.M - 1}) {
         Tensor y = poisoned(backend, {1, s.N});

@@ -96,10 +96,10 @@ struct Kernels {
   // out[i] = E4M3 value of codes[i] * scale (the FP8 KV cache's rows, src/core/fp8_kv.hpp):
   // the same bits as moxin::widen_e4m3. Codes are never NaN (0x7F, 0xFF).
   void (*widen_e4m3)(const uint8_t* codes, int64_t n, float scale, float* out);
-  // The linear of bf16 weights on a matrix engine, or null: at every row count (the GEMV and
+  // The linear of bf16 weights on bf16 hardware, or null: at every row count (the GEMV and
   // gemv_max_rows then serve only other weight dtypes), writing the leading columns of y it
-  // returns (cpu_matmul_amx.hpp), the f32 GEMM the rest. It rounds the activations to bf16, so
-  // only a table named for it ("amx") has one.
+  // returns (cpu_matmul_amx.hpp, cpu_matmul_avx512bf16.hpp), the f32 GEMM the rest. It rounds
+  // the activations to bf16, so only a table named for it ("amx", "avx512bf16") has one.
   int64_t (*bf16_tile_matmul)(ThreadPool* pool, int64_t M, const float* x, int64_t ldx, const WeightView& w,
                               const float* bias, float* y, int64_t ldy);
 };
@@ -113,11 +113,14 @@ const Kernels* avx2_kernels();
 const Kernels* neon_kernels();
 // The AVX-512 table with the prefill/vision GEMM on AMX bf16 tiles; nullptr without them.
 const Kernels* amx_kernels();
+// The AVX-512 table with every bf16 linear on AVX-512 BF16 dot products; nullptr without them.
+const Kernels* avx512bf16_kernels();
 // Every table this build and CPU can run, portable first, fastest last.
 std::vector<const Kernels*> supported_kernels();
 // The fastest table this CPU runs (amx where it has the tiles: bf16 weights then multiply
 // bf16-rounded activations, as in PyTorch's bf16 model); MOXIN_CPU_KERNELS=generic, avx2, avx512,
-// amx or neon forces one (an error if this CPU cannot run it; avx512 keeps the activations in f32).
+// avx512bf16, amx or neon forces one (an error if this CPU cannot run it; avx512 keeps the
+// activations in f32, avx512bf16 rounds them as amx does).
 const Kernels& best_kernels();
 
 }  // namespace moxin::cpu

@@ -6,6 +6,7 @@
 
 #include "backend/cpu/cpu_kernels.hpp"
 #include "backend/cpu/cpu_matmul_amx.hpp"
+#include "backend/cpu/cpu_matmul_avx512bf16.hpp"
 #include "core/check.hpp"
 
 namespace moxin::cpu {
@@ -22,9 +23,26 @@ const Kernels* amx_kernels() {
   return table;
 }
 
+const Kernels* avx512bf16_kernels() {
+  static const Kernels* const table = []() -> const Kernels* {
+    const Kernels* avx512 = avx512_kernels();
+    if (avx512 == nullptr || !avx512_bf16_supported()) return nullptr;
+    static Kernels bf16 = *avx512;
+    bf16.name = "avx512bf16";
+    bf16.bf16_tile_matmul = matmul_avx512_bf16;
+    return &bf16;
+  }();
+  return table;
+}
+
 std::vector<const Kernels*> supported_kernels() {
   std::vector<const Kernels*> tables{&generic_kernels()};
   if (const Kernels* avx2 = avx2_kernels()) tables.push_back(avx2);
+  // avx512bf16 before avx512: not the default anywhere yet. On an Intel Emerald Rapids core a
+  // VDPBF16PS issues at about a sixth of the f32 FMAs' 32-products-a-cycle rate, so its GEMMs
+  // run at half of avx512's (docs/cpu-notes.md, session 30); AMD's Zen 4 and 5, where it should
+  // double the rate, are where to measure it before it leads.
+  if (const Kernels* bf16 = avx512bf16_kernels()) tables.push_back(bf16);
   if (const Kernels* avx512 = avx512_kernels()) tables.push_back(avx512);
   if (const Kernels* amx = amx_kernels()) tables.push_back(amx);
   if (const Kernels* neon = neon_kernels()) tables.push_back(neon);
