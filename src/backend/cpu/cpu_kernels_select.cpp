@@ -38,10 +38,10 @@ const Kernels* avx512bf16_kernels() {
 std::vector<const Kernels*> supported_kernels() {
   std::vector<const Kernels*> tables{&generic_kernels()};
   if (const Kernels* avx2 = avx2_kernels()) tables.push_back(avx2);
-  // avx512bf16 before avx512: not the default anywhere yet. On an Intel Emerald Rapids core a
-  // VDPBF16PS issues at about a sixth of the f32 FMAs' 32-products-a-cycle rate, so its GEMMs
-  // run at half of avx512's (docs/cpu-notes.md, session 30); AMD's Zen 4 and 5, where it should
-  // double the rate, are where to measure it before it leads.
+  // avx512bf16 before avx512: not the default anywhere yet. On an Intel Emerald Rapids core
+  // VDPBF16PS issues at a sixth of the FMAs' rate (0.9 against 5.4 G a second: a third of their
+  // products), so its GEMMs run at half of avx512's (docs/cpu-notes.md, session 30); AMD's Zen 4
+  // and 5, where it should double the f32 rate, are where to measure it before it leads.
   if (const Kernels* bf16 = avx512bf16_kernels()) tables.push_back(bf16);
   if (const Kernels* avx512 = avx512_kernels()) tables.push_back(avx512);
   if (const Kernels* amx = amx_kernels()) tables.push_back(amx);
