@@ -26,6 +26,12 @@ if [ -f "$model/config.json" ]; then
     MOXIN_CPU_KERNELS=amx ./build/src/cli/moxin bench --model "$model" --device cpu --threads "$threads" \
       --context 256 --prefill-tokens 256 --decode-steps 4 --runs 1 2>&1
   fi
+  # avx512bf16 (opt-in) rounds every bf16 linear's activations as amx does, on AVX-512 BF16 dot products.
+  if grep -qw avx512_bf16 /proc/cpuinfo; then
+    echo "## moxin bench, MOXIN_CPU_KERNELS=avx512bf16 (vision, prefill, bf16 decode)"
+    MOXIN_CPU_KERNELS=avx512bf16 ./build/src/cli/moxin bench --model "$model" --device cpu --threads "$threads" \
+      --context 256 --prefill-tokens 256 --decode-steps 4 --runs 1 2>&1
+  fi
   for table in avx512 avx2; do
     echo "## moxin bench, MOXIN_CPU_KERNELS=$table"
     MOXIN_CPU_KERNELS=$table ./build/src/cli/moxin bench --model "$model" --device cpu --threads "$threads" \

@@ -302,6 +302,14 @@ class Backend {
     linear(a, w, out);
     add(x, out);
   }
+  // x += linear(a, w), then normed = rms_norm(x, norm_w): the bits of linear then add_rms_norm,
+  // where a backend may fold a pass the linear would make over its output (the FP8 tensor cores'
+  // token and channel scales, on a GPU) into the add; `out` is the linear's output (scratch).
+  virtual void linear_add_rms_norm(const Tensor& a, const Linear& w, Tensor& out, Tensor& x, const Tensor& norm_w,
+                                   float eps, Tensor& normed) {
+    linear(a, w, out);
+    add_rms_norm(x, out, norm_w, eps, normed);
+  }
 
   virtual void add_scaled(Tensor& x, const Tensor& y, const Tensor& scale) = 0;  // x += scale[col] * y
   // x[r, :] += table[r % table.rows, :]  (position embeddings over a batch)

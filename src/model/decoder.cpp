@@ -33,7 +33,8 @@ Tensor Decoder::embed(const Tensor& ids, const DrawnTokens& from) const {
 }
 
 // Per layer: qkv, rope + KV write + attention (one op, which the backend may run as one kernel),
-// o, add + norm, gate|up + swiglu, down, add + the next layer's norm: seven ops (a decode step's
+// o + add + norm, gate|up + swiglu, down + add + the next layer's norm (each linear and the
+// residual step after it one op, which a backend may run as two): seven ops (a decode step's
 // cost is mostly their boundaries on the GPU; the CUDA backend fuses the swiglu into the gate|up
 // GEMV at one row). Where the backend fuses the residual steps (s.fused), each norm goes into the
 // linear after it and each add into the linear before it: five ops, the same bits.
@@ -52,14 +53,13 @@ void Decoder::run_layer(int index, Tensor& x, const Tensor& positions, const Att
     backend_.linear_add(s.act, layer.down, s.out, x);
     return;
   }
-  backend_.linear(s.attn, layer.o, s.out);
-  backend_.add_rms_norm(x, s.out, layer.post_attention_norm, eps, s.normed);
+  backend_.linear_add_rms_norm(s.attn, layer.o, s.out, x, layer.post_attention_norm, eps, s.normed);
   backend_.linear_swiglu(s.normed, layer.gate_up, s.gate_up, s.act);
-  backend_.linear(s.act, layer.down, s.out);
   if (static_cast<size_t>(index) + 1 < layers_.size())
-    backend_.add_rms_norm(x, s.out, layers_[static_cast<size_t>(index) + 1].input_norm, eps, s.normed);
+    backend_.linear_add_rms_norm(s.act, layer.down, s.out, x, layers_[static_cast<size_t>(index) + 1].input_norm, eps,
+                                 s.normed);
   else
-    backend_.add(x, s.out);
+    backend_.linear_add(s.act, layer.down, s.out, x);
 }
 
 bool Decoder::fuses_residual_steps(int64_t rows) const {

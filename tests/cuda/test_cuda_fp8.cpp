@@ -330,6 +330,43 @@ TEST_F(CudaFp8, SwigluOfTheTensorCoresAppliesTheScales) {
   }
 }
 
+// o and down at prefill rows through linear_add_rms_norm: the residual add applies the FP8
+// products' token and channel scales as it reads them (no scale pass). The same bits as linear
+// then add_rms_norm, in the residual and in the normed output (f32 or bf16), from f32 or bf16 x.
+TEST_F(CudaFp8, LinearAddRmsNormFoldsTheScalesIntoTheAdd) {
+  ASSERT_TRUE(dynamic_cast<cuda::CudaBackend&>(backend()).fp8_tensor_cores());
+  constexpr float kEps = 1e-5f;
+  for (const auto& [m, n, k] : {std::tuple<int64_t, int64_t, int64_t>{65, 64, 256}, {300, 96, 512},
+                                {randint(65, 300), 4 * randint(1, 64), 16 * randint(4, 64)}}) {
+    const auto part = make_part(n, k);
+    const Linear w = backend().prepare_linear(part->weight);
+    const std::vector<float> x = randn(static_cast<size_t>(m * k));
+    const std::vector<float> residual = residual_rows(static_cast<size_t>(m * n));
+    const Tensor norm_w = upload(uniform(static_cast<size_t>(n), 0.5f, 1.5f), {n});
+    for (const bool bf16_x : {false, true})
+      for (const DType normed_dtype : {DType::F32, DType::BF16}) {
+        const std::string what = cat("fp8 linear_add_rms_norm M=", m, " N=", n, " K=", k, bf16_x ? " bf16 x" : " f32 x",
+                                     normed_dtype == DType::BF16 ? ", bf16 normed" : ", f32 normed");
+        const Tensor a = bf16_x ? upload_bf16(x, {m, k}) : upload(x, {m, k});
+        Tensor fused_x = upload(residual, {m, n}), fused_out = poisoned({m, n});
+        Tensor fused_normed = backend().empty({m, n}, normed_dtype);
+        backend().linear_add_rms_norm(a, w, fused_out, fused_x, norm_w, kEps, fused_normed);
+        Tensor plain_x = upload(residual, {m, n}), plain_out = poisoned({m, n});
+        Tensor plain_normed = backend().empty({m, n}, normed_dtype);
+        backend().linear(a, w, plain_out);
+        backend().add_rms_norm(plain_x, plain_out, norm_w, kEps, plain_normed);
+        for (const auto& [got, want, name] : {std::tuple{&fused_x, &plain_x, "residual"},
+                                              std::tuple{&fused_normed, &plain_normed, "normed"}}) {
+          const std::vector<float> g = download(*got), e = download(*want);
+          size_t differ = 0;
+          for (size_t i = 0; i < g.size(); ++i) differ += std::memcmp(&g[i], &e[i], sizeof(float)) != 0;
+          EXPECT_EQ(differ, 0u) << what << ": " << differ << " of " << g.size() << " " << name
+                                << " values differ from linear + add_rms_norm";
+        }
+      }
+  }
+}
+
 TEST_F(CudaFp8, PartsConcatenateByRows) {
   for (int m : {1, 2, 8, 9, 65}) {
     const auto q = make_part(64, 256, "q");

@@ -170,6 +170,10 @@ class CudaBackend final : public Backend {
   void rms_norm_linear_swiglu(const Tensor& x, const Tensor& norm_w, float eps, const Linear& w, Tensor& normed,
                               Tensor& gate_up, Tensor& y) override;
   void linear_add(const Tensor& a, const Linear& w, Tensor& out, Tensor& x) override;
+  // FP8 rows on the FP8 tensor cores: the add applies the token and channel scales as it reads
+  // the products (cuda_fp8_linear.cpp); otherwise linear then add_rms_norm.
+  void linear_add_rms_norm(const Tensor& a, const Linear& w, Tensor& out, Tensor& x, const Tensor& norm_w, float eps,
+                           Tensor& normed) override;
   void add_scaled(Tensor& x, const Tensor& y, const Tensor& scale) override;
   void add_rows_cyclic(Tensor& x, const Tensor& table) override;
   void copy_rows(const Tensor& src, Tensor& dst, int64_t dst_row) override;

@@ -8,6 +8,7 @@
 #include "backend/cuda/cuda_backend_impl.hpp"
 #include "backend/cuda/cuda_check.hpp"
 #include "backend/cuda/launch.cuh"
+#include "backend/cuda/tensor_checks.hpp"
 #include "core/check.hpp"
 
 namespace moxin::cuda {
@@ -129,6 +130,43 @@ int64_t CudaBackend::fp8_tensor_core_swiglu_rows(InputActivations x, int64_t m, 
         else
           swiglu_scaled({nullptr, chunk}, token_scales, w.fp8.scales, out, rows, cols, stream());
       });
+}
+
+// o and down at prefill rows: the residual add reads the FP8 GEMM's products and applies the
+// token and channel scales itself, so no scale pass crosses [rows, hidden] twice before it.
+void CudaBackend::linear_add_rms_norm(const Tensor& a, const Linear& w, Tensor& out, Tensor& x, const Tensor& norm_w,
+                                      float eps, Tensor& normed) {
+  const CudaLinear& lw = cuda_linear(w, "linear_add_rms_norm");
+  const int64_t m = a.rows(), n = w.out_features, k = w.in_features;
+  if (!lw.is_fp8() || !fp8_on_tensor_cores(m) || out.dtype != DType::F32 || x.dtype != DType::F32) {
+    Backend::linear_add_rms_norm(a, w, out, x, norm_w, eps, normed);
+    return;
+  }
+  require_shape(a, m, k, "linear_add_rms_norm", "a");
+  require_shape(out, m, n, "linear_add_rms_norm", "out");
+  require_shape(x, m, n, "linear_add_rms_norm", "x");
+  require_shape(normed, m, n, "linear_add_rms_norm", "normed");
+  require(norm_w, DType::F32, "linear_add_rms_norm", "norm weight");
+  MOXIN_CHECK(norm_w.numel() == n, "[cuda] linear_add_rms_norm: norm weight ", norm_w.shape_str(), " does not match ", n,
+              " columns");
+  MOXIN_CHECK(normed.data != x.data && normed.data != out.data && out.data != x.data,
+              "[cuda] linear_add_rms_norm: out, x and normed must be three tensors");
+  const Activations in = require_activations(a, "linear_add_rms_norm", "a");
+  const Activations norm_out = require_activations(normed, "linear_add_rms_norm", "normed");
+  float* const products = data_of<float>(out);
+  float* const residual = data_of<float>(x);
+  const int64_t done = fp8_tensor_core_rows(
+      {in.f32, in.bf16}, m, lw, {products, nullptr},
+      [&](int64_t first, int64_t rows, const float* token_scales, bool scaled) {
+        const Activations chunk_out{norm_out.f32 ? norm_out.f32 + first * n : nullptr,
+                                    norm_out.bf16 ? norm_out.bf16 + first * n : nullptr};
+        cuda::add_rms_norm(residual + first * n, products + first * n, data_of<const float>(norm_w), eps, chunk_out,
+                           rows, n, stream(), scaled ? nullptr : token_scales, scaled ? nullptr : lw.fp8.scales);
+      });
+  if (done == m) return;
+  Tensor rest_a = a.rows_view(done, m - done), rest_out = out.rows_view(done, m - done);
+  Tensor rest_x = x.rows_view(done, m - done), rest_normed = normed.rows_view(done, m - done);
+  Backend::linear_add_rms_norm(rest_a, w, rest_out, rest_x, norm_w, eps, rest_normed);
 }
 
 }  // namespace moxin::cuda

@@ -198,9 +198,12 @@ void add_layer_norm(float* x, const float* y, const float* scale, const float* w
                     Activations out, int64_t rows, int64_t cols, cudaStream_t stream);
 void rms_norm(const float* x, const float* w, float eps, Activations y, int64_t rows, int64_t cols,
               cudaStream_t stream);
-// x += y, then out = rms_norm(x), rounded as those two ops; out overlaps neither x nor y.
+// x += y, then out = rms_norm(x), rounded as those two ops; out overlaps neither x nor y. With
+// col_scales (row_scales: a [rows] vector, both set) each y value is first multiplied by
+// row_scales[r] * col_scales[c], as scale_rows_columns would (an FP8 GEMM's unscaled products).
 void add_rms_norm(float* x, const float* y, const float* w, float eps, Activations out, int64_t rows,
-                  int64_t cols, cudaStream_t stream);
+                  int64_t cols, cudaStream_t stream, const float* row_scales = nullptr,
+                  const float* col_scales = nullptr);
 
 // --- the paged KV cache and a batch's token positions, as the kernels see them ---
 

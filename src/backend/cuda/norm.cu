@@ -123,22 +123,30 @@ __global__ void __launch_bounds__(kMaxRmsThreads)
   }
 }
 
-// x += y, then out = rms_norm(x).
-template <class Out, bool Vec4>
+// x += y, then out = rms_norm(x). Scaled: each y value times row_scales[row] * col_scales[col]
+// first (an FP8 GEMM's products, as scale_rows_columns would have scaled them: the same bits).
+template <class Out, bool Vec4, bool Scaled>
 __global__ void __launch_bounds__(kMaxRmsThreads)
-    add_rms_norm_kernel(float* __restrict__ x, const float* __restrict__ y,
-                        const float* __restrict__ w, float eps, Out* __restrict__ out, int cols) {
+    add_rms_norm_kernel(float* __restrict__ x, const float* __restrict__ y, const float* __restrict__ row_scales,
+                        const float* __restrict__ col_scales, const float* __restrict__ w, float eps,
+                        Out* __restrict__ out, int cols) {
   wait_for_prior_kernels();
   __shared__ float scratch[kMaxRmsThreads / 32];
   float* xr = x + static_cast<size_t>(blockIdx.x) * cols;
   const float* yr = y + static_cast<size_t>(blockIdx.x) * cols;
   Out* outr = out + static_cast<size_t>(blockIdx.x) * cols;
+  const float row = Scaled ? row_scales[blockIdx.x] : 1.0f;
   float sq = 0.0f;
   if constexpr (Vec4) {
     float4* x4 = reinterpret_cast<float4*>(xr);
     const float4* y4 = reinterpret_cast<const float4*>(yr);
     for (int c = threadIdx.x; c < cols / 4; c += blockDim.x) {
-      const float4 a = x4[c], b = y4[c];
+      const float4 a = x4[c];
+      float4 b = y4[c];
+      if constexpr (Scaled) {
+        const float4 s = reinterpret_cast<const float4*>(col_scales)[c];
+        b = make_float4(b.x * (row * s.x), b.y * (row * s.y), b.z * (row * s.z), b.w * (row * s.w));
+      }
       const float4 sum = make_float4(a.x + b.x, a.y + b.y, a.z + b.z, a.w + b.w);
       x4[c] = sum;
       sq = sum_sq4(sum, sq);
@@ -148,7 +156,7 @@ __global__ void __launch_bounds__(kMaxRmsThreads)
     for (int c = threadIdx.x; c < cols / 4; c += blockDim.x) store4(outr, c, scale4(w4[c], x4[c], inv_rms));
   } else {
     for (int c = threadIdx.x; c < cols; c += blockDim.x) {
-      const float sum = xr[c] + yr[c];
+      const float sum = xr[c] + (Scaled ? yr[c] * (row * col_scales[c]) : yr[c]);
       xr[c] = sum;
       sq = fmaf(sum, sum, sq);
     }
@@ -171,10 +179,17 @@ void launch_rms(const float* x, const float* w, float eps, Out* y, int64_t rows,
 }
 
 template <class Out, bool Vec4>
-void launch_add_rms(float* x, const float* y, const float* w, float eps, Out* out, int64_t rows, int64_t cols,
-                    cudaStream_t stream) {
-  launch_kernel("add_rms_norm_kernel", add_rms_norm_kernel<Out, Vec4>, static_cast<unsigned>(rows),
-                rms_threads(cols, Vec4), 0, stream, x, y, w, eps, out, static_cast<int>(cols));
+void launch_add_rms(float* x, const float* y, const float* row_scales, const float* col_scales, const float* w,
+                    float eps, Out* out, int64_t rows, int64_t cols, cudaStream_t stream) {
+  const auto launch = [&]<bool Scaled>() {
+    launch_kernel("add_rms_norm_kernel", add_rms_norm_kernel<Out, Vec4, Scaled>, static_cast<unsigned>(rows),
+                  rms_threads(cols, Vec4), 0, stream, x, y, row_scales, col_scales, w, eps, out,
+                  static_cast<int>(cols));
+  };
+  if (col_scales != nullptr)
+    launch.template operator()<true>();
+  else
+    launch.template operator()<false>();
 }
 
 }  // namespace
@@ -208,12 +223,12 @@ void rms_norm(const float* x, const float* w, float eps, Activations y, int64_t 
 }
 
 void add_rms_norm(float* x, const float* y, const float* w, float eps, Activations out, int64_t rows,
-                  int64_t cols, cudaStream_t stream) {
+                  int64_t cols, cudaStream_t stream, const float* row_scales, const float* col_scales) {
   if (rows == 0) return;
-  const bool vec4 = rms_vec4(cols, {x, y, w, out.f32, out.bf16});
+  const bool vec4 = rms_vec4(cols, {x, y, w, out.f32, out.bf16, col_scales});
   with_activations(out, [&]<class Out>(Out* normed) {
-    vec4 ? launch_add_rms<Out, true>(x, y, w, eps, normed, rows, cols, stream)
-         : launch_add_rms<Out, false>(x, y, w, eps, normed, rows, cols, stream);
+    vec4 ? launch_add_rms<Out, true>(x, y, row_scales, col_scales, w, eps, normed, rows, cols, stream)
+         : launch_add_rms<Out, false>(x, y, row_scales, col_scales, w, eps, normed, rows, cols, stream);
   });
 }
 
