@@ -145,7 +145,9 @@ __global__ void __launch_bounds__(kMaxRmsThreads)
       float4 b = y4[c];
       if constexpr (Scaled) {
         const float4 s = reinterpret_cast<const float4*>(col_scales)[c];
-        b = make_float4(b.x * (row * s.x), b.y * (row * s.y), b.z * (row * s.z), b.w * (row * s.w));
+        // Rounded apart from the add (no FMA contraction): the bits of the scale pass, then the add.
+        b = make_float4(__fmul_rn(b.x, row * s.x), __fmul_rn(b.y, row * s.y), __fmul_rn(b.z, row * s.z),
+                        __fmul_rn(b.w, row * s.w));
       }
       const float4 sum = make_float4(a.x + b.x, a.y + b.y, a.z + b.z, a.w + b.w);
       x4[c] = sum;
@@ -156,7 +158,7 @@ __global__ void __launch_bounds__(kMaxRmsThreads)
     for (int c = threadIdx.x; c < cols / 4; c += blockDim.x) store4(outr, c, scale4(w4[c], x4[c], inv_rms));
   } else {
     for (int c = threadIdx.x; c < cols; c += blockDim.x) {
-      const float sum = xr[c] + (Scaled ? yr[c] * (row * col_scales[c]) : yr[c]);
+      const float sum = xr[c] + (Scaled ? __fmul_rn(yr[c], row * col_scales[c]) : yr[c]);
       xr[c] = sum;
       sq = fmaf(sum, sum, sq);
     }
