@@ -112,9 +112,9 @@ void store_half(const __m256i even[4], const __m256i odd[4], int8_t* dst) {
   _mm256_storeu_si256(out + 5, pack_bytes(t_odd[0], t_odd[1], t_odd[2], t_odd[3]));
 }
 
-// Each group's split exponent and sum for one activation row: pow2[g] = 2^(e - 16), sums[g] = the
-// sum of group g. False when some x is not finite.
-bool split_groups(const GemvShape& s, int64_t group_size, const float* x, float* pow2, float* sums) {
+// One activation row into the 4-bit split layout; pow2[g] = 2^(e - 16), sums[g] = the sum of
+// group g. False when some x is not finite.
+bool split_row(const GemvShape& s, int64_t group_size, const float* x, int8_t* parts, float* pow2, float* sums) {
   const __m256 infinity = _mm256_set1_ps(INFINITY);
   const __m256 sign = _mm256_set1_ps(-0.0f);
   for (int64_t g = 0; g < s.groups; ++g) {
@@ -132,13 +132,6 @@ bool split_groups(const GemvShape& s, int64_t group_size, const float* x, float*
     pow2[g] = std::ldexp(1.0f, e - 16);
     sums[g] = horizontal_sum(sum);
   }
-  return true;
-}
-
-// One activation row into the 4-bit split layout (split_groups, then the parts). False when some
-// x is not finite.
-bool split_row(const GemvShape& s, int64_t group_size, const float* x, int8_t* parts, float* pow2, float* sums) {
-  if (!split_groups(s, group_size, x, pow2, sums)) return false;
   // Half steps of 64 inputs: in groups of 32 a half step holds two groups, each scaled by its
   // own 2^(16 - e) = 1 / pow2 (exact: a power of two), and with an odd count of them the last
   // half step holds one (zeros after it).

@@ -64,9 +64,8 @@ bool quant_avx2_int_supported();
 bool quant_gemv_avx2_int(ThreadPool* pool, int64_t M, const float* x, int64_t ldx, const QuantView& w, float* y,
                          int64_t ldy);
 // The same kernel with AVX-VNNI's dot products (cpu_quant_avx_vnni.cpp): the AVX2 integer
-// path's results bit for bit, in fewer instructions; and for 8-bit codes the VNNI kernel's
-// three-part split in 256-bit vpdpbusd. False as quant_gemv_avx2_int (8-bit codes included),
-// and also where the CPU lacks AVX-VNNI.
+// path's results bit for bit, in fewer instructions. False as quant_gemv_avx2_int, and also
+// where the CPU lacks AVX-VNNI.
 bool quant_avx_vnni_supported();
 bool quant_gemv_avx_vnni(ThreadPool* pool, int64_t M, const float* x, int64_t ldx, const QuantView& w, float* y,
                          int64_t ldy);
@@ -98,7 +97,7 @@ std::vector<QuantGemvPath> quant_gemv_paths();
 QuantGemvPath quant_gemv_path_for(const Kernels& kernels);
 // y[m * ldy + n] = sum_k x[m * ldx + k] W[n, k] for M <= kQuantGemvMaxRows by `path` (one of
 // quant_gemv_paths()); vnni falls back to avx512 for activations it cannot split, avx2_int and
-// avx_vnni to avx2 for those (avx2_int also for 8-bit codes), neon_dotprod to neon likewise.
+// avx_vnni to avx2 for those and for 8-bit codes, neon_dotprod to neon likewise.
 void quant_gemv(QuantGemvPath path, ThreadPool* pool, int64_t M, const float* x, int64_t ldx, const QuantView& w,
                 float* y, int64_t ldy);
 
