@@ -17,7 +17,6 @@
 #include <utility>
 #include <vector>
 
-#include "core/check.hpp"
 #include "core/large_buffer.hpp"
 #include "core/thread_pool.hpp"
 

@@ -102,7 +102,8 @@ int64_t CudaBackend::fp8_tensor_core_rows(InputActivations x, int64_t m, const C
                                 stream()))
         break;
     } else {
-      void* out = y.bf16 != nullptr ? static_cast<void*>(y.bf16 + done * n) : static_cast<void*>(y.f32 + done * n);
+      const Activations chunk = y.rows_from(done, n);
+      void* out = chunk.bf16 != nullptr ? static_cast<void*>(chunk.bf16) : static_cast<void*>(chunk.f32);
       const std::optional<bool> scaled = lane().gemm->run_fp8_unscaled(
           codes, scales, w.fp8.codes, w.fp8.scales, out, y.bf16 != nullptr, rows, outputs, inputs, stream());
       if (!scaled) break;
@@ -123,7 +124,7 @@ int64_t CudaBackend::fp8_tensor_core_swiglu_rows(InputActivations x, int64_t m, 
   return fp8_tensor_core_rows(
       x, m, w, Activations{nullptr, products},
       [&](int64_t first, int64_t rows, const float* token_scales, bool scaled) {
-        const Activations out{y.f32 ? y.f32 + first * cols : nullptr, y.bf16 ? y.bf16 + first * cols : nullptr};
+        const Activations out = y.rows_from(first, cols);
         const bf16_bits* chunk = products + first * n;
         if (scaled)
           swiglu_bf16_input(chunk, out, rows, cols, stream());
@@ -158,10 +159,9 @@ void CudaBackend::linear_add_rms_norm(const Tensor& a, const Linear& w, Tensor& 
   const int64_t done = fp8_tensor_core_rows(
       {in.f32, in.bf16}, m, lw, {products, nullptr},
       [&](int64_t first, int64_t rows, const float* token_scales, bool scaled) {
-        const Activations chunk_out{norm_out.f32 ? norm_out.f32 + first * n : nullptr,
-                                    norm_out.bf16 ? norm_out.bf16 + first * n : nullptr};
-        cuda::add_rms_norm(residual + first * n, products + first * n, data_of<const float>(norm_w), eps, chunk_out,
-                           rows, n, stream(), scaled ? nullptr : token_scales, scaled ? nullptr : lw.fp8.scales);
+        cuda::add_rms_norm(residual + first * n, products + first * n, data_of<const float>(norm_w), eps,
+                           norm_out.rows_from(first, n), rows, n, stream(), scaled ? nullptr : token_scales,
+                           scaled ? nullptr : lw.fp8.scales);
       });
   if (done == m) return;
   Tensor rest_a = a.rows_view(done, m - done), rest_out = out.rows_view(done, m - done);

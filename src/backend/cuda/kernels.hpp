@@ -17,6 +17,9 @@ using bf16_bits = uint16_t;
 struct Activations {
   float* f32 = nullptr;
   bf16_bits* bf16 = nullptr;
+  Activations rows_from(int64_t row, int64_t cols) const {
+    return {f32 ? f32 + row * cols : nullptr, bf16 ? bf16 + row * cols : nullptr};
+  }
 };
 // The input of a linear that may come in either kind (exactly one set).
 struct InputActivations {
