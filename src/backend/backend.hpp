@@ -213,7 +213,11 @@ class Backend {
   // The dtype linear(x, w) wants x in at this many rows: act_dtype(), or BF16 where the backend
   // rounds the activations to bf16 for that linear anyway (a GPU GEMM). layer_norm, rms_norm,
   // add_rms_norm and swiglu then write bf16 (rounded as the linear would round them) and the
-  // linear skips its conversion pass; the results are the same bits.
+  // linear skips its conversion pass; the results are the same bits. F8_E4M3 where an FP8 linear
+  // multiplies per-token E4M3 activations (a GPU's FP8 tensor cores): rms_norm, add_rms_norm and
+  // swiglu (also as the output of linear_swiglu and linear_add_rms_norm) then write the codes and
+  // Tensor::row_scales the linear would make from their bf16 output (the same bits again); other
+  // ops refuse such a tensor, and an attention's output stays BF16 (attention_output_dtype).
   virtual DType linear_input_dtype(const Linear& /*w*/, int64_t /*rows*/) const { return act_dtype(); }
   // The dtype for a tensor that several linears read: the one they all take, else act_dtype().
   DType shared_input_dtype(std::span<const Linear* const> consumers, int64_t rows) const {

@@ -22,6 +22,7 @@ Tensor Tensor::rows_view(int64_t begin, int64_t count) const {
   Tensor v = *this;
   v.shape = {count, cols()};
   v.data = static_cast<uint8_t*>(data) + static_cast<size_t>(begin * cols()) * dtype_size(dtype);
+  if (row_scales != nullptr) v.row_scales = row_scales + begin;
   return v;
 }
 
@@ -30,6 +31,8 @@ Tensor Tensor::reshaped(std::vector<int64_t> new_shape) const {
   v.shape = std::move(new_shape);
   MOXIN_CHECK(v.numel() == numel(), "[tensor] cannot reshape ", shape_str(), " to ",
               v.shape_str());
+  MOXIN_CHECK(row_scales == nullptr || v.cols() == cols(), "[tensor] cannot reshape ", shape_str(), " to ",
+              v.shape_str(), ": its rows carry one scale each");
   return v;
 }
 

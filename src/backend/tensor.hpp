@@ -20,6 +20,9 @@ struct Tensor {
   std::vector<int64_t> shape;
   std::shared_ptr<void> storage;  // keeps the allocation alive
   void* data = nullptr;           // first element (device pointer on CUDA)
+  // F8_E4M3 activations (a GPU backend's input for an FP8 linear, Backend::linear_input_dtype):
+  // one f32 scale per row in the same memory as `data`, value = e4m3(code) * scale. Null otherwise.
+  float* row_scales = nullptr;
 
   int64_t numel() const;
   int64_t cols() const { return shape.empty() ? 1 : shape.back(); }

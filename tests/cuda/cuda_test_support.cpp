@@ -8,8 +8,11 @@
 #include <cstring>
 #include <limits>
 #include <memory>
+#include <utility>
 
 #include "backend/cuda/cuda_backend.hpp"
+#include "backend/cuda/cuda_backend_impl.hpp"
+#include "backend/cuda/kernels.hpp"
 #include "core/bf16.hpp"
 #include "core/check.hpp"
 
@@ -142,15 +145,22 @@ std::vector<float> CudaOpsTest::linear_both_ways(const std::vector<float>& x, in
   Tensor y = poisoned({m, w.out_features});
   backend_->linear(upload(x, {m, k}), w, y);
   const std::vector<float> from_f32 = download(y);
-  if (backend_->linear_input_dtype(w, m) == DType::BF16) {
-    Tensor y_bf16 = poisoned({m, w.out_features});
-    backend_->linear(upload_bf16(x, {m, k}), w, y_bf16);
-    const std::vector<float> from_bf16 = download(y_bf16);
-    for (size_t i = 0; i < from_f32.size(); ++i)
-      if (std::memcmp(&from_f32[i], &from_bf16[i], sizeof(float)) != 0) {
-        ADD_FAILURE() << what << ": bf16 x gives " << from_bf16[i] << " at " << i << ", f32 x " << from_f32[i];
-        break;
-      }
+  const DType wanted = backend_->linear_input_dtype(w, m);
+  if (wanted == DType::BF16 || wanted == DType::F8_E4M3) {
+    const Tensor x_bf16 = upload_bf16(x, {m, k});
+    std::vector<std::pair<Tensor, const char*>> inputs = {{x_bf16, "bf16"}};
+    if (wanted == DType::F8_E4M3) inputs.emplace_back(quantize_e4m3(x_bf16), "per-token E4M3");
+    for (const auto& [input, kind] : inputs) {
+      Tensor y_other = poisoned({m, w.out_features});
+      backend_->linear(input, w, y_other);
+      const std::vector<float> from_other = download(y_other);
+      for (size_t i = 0; i < from_f32.size(); ++i)
+        if (std::memcmp(&from_f32[i], &from_other[i], sizeof(float)) != 0) {
+          ADD_FAILURE() << what << ": " << kind << " x gives " << from_other[i] << " at " << i << ", f32 x "
+                        << from_f32[i];
+          break;
+        }
+    }
   } else {
     Tensor y_bf16 = poisoned({m, w.out_features});
     EXPECT_THROW(backend_->linear(upload_bf16(x, {m, k}), w, y_bf16), Error)
@@ -169,6 +179,28 @@ std::vector<float> CudaOpsTest::download(const Tensor& t) {
   std::vector<float> out(static_cast<size_t>(t.numel()));
   backend_->to_host_f32(t, out.data());
   return out;
+}
+
+Tensor CudaOpsTest::quantize_e4m3(const Tensor& x) {
+  auto& cuda_backend = dynamic_cast<cuda::CudaBackend&>(*backend_);
+  Tensor codes = backend_->empty(x.shape, DType::F8_E4M3);
+  const cuda::InputActivations in{x.dtype == DType::F32 ? static_cast<const float*>(x.data) : nullptr,
+                                  x.dtype == DType::BF16 ? static_cast<const cuda::bf16_bits*>(x.data) : nullptr};
+  cuda::quantize_rows_e4m3(in, x.rows(), static_cast<int>(x.cols()), static_cast<uint8_t*>(codes.data),
+                           codes.row_scales, cuda_backend.stream());
+  return codes;
+}
+
+std::vector<uint8_t> CudaOpsTest::download_e4m3(const Tensor& t) {
+  EXPECT_EQ(t.dtype, DType::F8_E4M3);
+  EXPECT_NE(t.row_scales, nullptr);
+  std::vector<uint8_t> bytes(static_cast<size_t>(t.numel()) + static_cast<size_t>(t.rows()) * sizeof(float));
+  backend_->synchronize();
+  EXPECT_EQ(cudaMemcpy(bytes.data(), t.data, static_cast<size_t>(t.numel()), cudaMemcpyDeviceToHost), cudaSuccess);
+  EXPECT_EQ(cudaMemcpy(bytes.data() + t.numel(), t.row_scales, static_cast<size_t>(t.rows()) * sizeof(float),
+                       cudaMemcpyDeviceToHost),
+            cudaSuccess);
+  return bytes;
 }
 
 void expect_close(const std::string& what, const std::vector<float>& got,

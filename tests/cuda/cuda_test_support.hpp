@@ -54,14 +54,21 @@ class CudaOpsTest : public ::testing::Test {
   Tensor upload_i32(const std::vector<int32_t>& v, const std::vector<int64_t>& shape);
   Tensor upload_bf16(const std::vector<float>& v, const std::vector<int64_t>& shape);  // rounded
   // linear(x, w) once with f32 x and, where the backend takes bf16 activations at these rows
-  // (linear_input_dtype), again with x rounded to bf16 as an op feeding it would write it: the
-  // two results must be the same bits. Returns the f32-x result.
+  // (linear_input_dtype BF16, or F8_E4M3: the FP8 tensor cores quantize bf16), again with x
+  // rounded to bf16 as an op feeding it would write it, and for F8_E4M3 once more with those
+  // values quantized per token (quantize_e4m3): the results must be the same bits. Returns the
+  // f32-x result.
   std::vector<float> linear_both_ways(const std::vector<float>& x, int64_t m, int64_t k, const Linear& w,
                                       const std::string& what);
   Tensor poisoned(const std::vector<int64_t>& shape);  // every element NaN
   // Residual-stream rows as a decoder carries them: a spread of magnitudes, off zero mean.
   std::vector<float> residual_rows(size_t n);
   std::vector<float> download(const Tensor& t);
+  // x [m, k] (f32 or bf16) as per-token E4M3 activations, by the kernel the FP8 linears quantize
+  // their input with (quantize_rows_e4m3).
+  Tensor quantize_e4m3(const Tensor& x);
+  // An F8_E4M3 activation tensor's bytes: its codes, then its row scales' bytes.
+  std::vector<uint8_t> download_e4m3(const Tensor& t);
 
   Backend& backend() { return *backend_; }
   Backend* backend_ = nullptr;

@@ -318,8 +318,9 @@ TEST_F(CudaFp8, SwigluOfTheTensorCoresAppliesTheScales) {
     // and adds u's: the products' bound, 2.28 times.
     expect_close(what + " vs quantized x", got, ref, 2.28 * (kFp8AccumulationTol + kBf16Rounding));
 
-    // As the decoder's prefill runs it: x in bf16 (the norm's output), y in bf16 (down's input).
-    ASSERT_EQ(backend().linear_input_dtype(gate_up, m), DType::BF16) << what;
+    // x in bf16 (a norm's output where the linears after it differ), y in bf16 (down's input where
+    // down is not FP8); per-token E4M3 in and out: OpsWriteTheCodesTheFp8LinearWouldMake.
+    ASSERT_EQ(backend().linear_input_dtype(gate_up, m), DType::F8_E4M3) << what;
     Tensor bf16_gu = poisoned({m, 2 * cols}), bf16_y = backend().empty({m, cols}, DType::BF16);
     backend().linear_swiglu(upload_bf16(x, {m, k}), gate_up, bf16_gu, bf16_y);
     const std::vector<float> got_bf16 = download(bf16_y);
@@ -365,6 +366,117 @@ TEST_F(CudaFp8, LinearAddRmsNormFoldsTheScalesIntoTheAdd) {
         }
       }
   }
+}
+
+// Per-token E4M3 activations (linear_input_dtype F8_E4M3 at FP8 tensor-core rows): the ops that
+// write them directly (rms_norm, add_rms_norm, swiglu, and as the outputs of linear_swiglu and
+// linear_add_rms_norm) give byte for byte the codes and row scales quantize_rows_e4m3 makes from
+// their bf16 output, on rows of float4s (one or several a thread) and on other widths; a linear
+// reading them gives the bits of its bf16 input (linear_both_ways checks that for every FP8 linear
+// in this file, the fused ops here).
+TEST_F(CudaFp8, OpsWriteTheCodesTheFp8LinearWouldMake) {
+  ASSERT_TRUE(dynamic_cast<cuda::CudaBackend&>(backend()).fp8_tensor_cores());
+  constexpr float kEps = 1e-5f;
+  const auto expect_same_bytes = [](const std::vector<uint8_t>& got, const std::vector<uint8_t>& want,
+                                    const std::string& what) {
+    ASSERT_EQ(got.size(), want.size()) << what;
+    size_t differ = 0;
+    for (size_t i = 0; i < got.size(); ++i) differ += got[i] != want[i];
+    EXPECT_EQ(differ, 0u) << what << ": " << differ << " of " << got.size() << " bytes (codes, then row scales) differ";
+  };
+  const auto expect_codes_of = [&](const Tensor& got, const Tensor& bf16_out, const std::string& what) {
+    expect_same_bytes(download_e4m3(got), download_e4m3(quantize_e4m3(bf16_out)),
+                      what + " vs quantize_rows_e4m3 of the bf16 output");
+  };
+  const auto expect_same_floats = [&](const Tensor& got, const Tensor& want, const std::string& what) {
+    const std::vector<float> g = download(got), e = download(want);
+    EXPECT_EQ(std::memcmp(g.data(), e.data(), g.size() * sizeof(float)), 0) << what;
+  };
+  for (const int64_t cols : {int64_t{4096}, int64_t{14336}, int64_t{4} * randint(1, 300), int64_t{4} * randint(1, 300) + 2}) {
+    const int64_t m = randint(65, 200);
+    const std::string shape = cat(" M=", m, " cols=", cols);
+    const std::vector<float> x = residual_rows(static_cast<size_t>(m * cols));
+    const Tensor norm_w = upload(uniform(static_cast<size_t>(cols), 0.5f, 1.5f), {cols});
+    const auto codes = [&] { return backend().empty({m, cols}, DType::F8_E4M3); };
+    const auto bf16 = [&] { return backend().empty({m, cols}, DType::BF16); };
+    Tensor e = codes(), b = bf16();
+    const Tensor xt = upload(x, {m, cols});
+    backend().rms_norm(xt, norm_w, kEps, e);
+    backend().rms_norm(xt, norm_w, kEps, b);
+    expect_codes_of(e, b, "rms_norm" + shape);
+
+    const Tensor y = upload(randn(static_cast<size_t>(m * cols)), {m, cols});
+    Tensor x_e = upload(x, {m, cols}), x_b = upload(x, {m, cols});
+    e = codes(), b = bf16();
+    backend().add_rms_norm(x_e, y, norm_w, kEps, e);
+    backend().add_rms_norm(x_b, y, norm_w, kEps, b);
+    expect_codes_of(e, b, "add_rms_norm" + shape);
+    expect_same_floats(x_e, x_b, "add_rms_norm's residual" + shape);
+
+    const Tensor gate_up = upload(randn(static_cast<size_t>(m * 2 * cols), 2.0f), {m, 2 * cols});
+    e = codes(), b = bf16();
+    backend().swiglu(gate_up, e);
+    backend().swiglu(gate_up, b);
+    expect_codes_of(e, b, "swiglu" + shape);
+  }
+
+  const int64_t m = randint(65, 300), k = 16 * randint(4, 64), cols = 8 * randint(1, 40);
+  const std::string shape = cat(" M=", m, " K=", k, " cols=", cols);
+  const Tensor x_bf16 = upload_bf16(randn(static_cast<size_t>(m * k)), {m, k});
+  const Tensor x_e4m3 = quantize_e4m3(x_bf16);
+  {  // gate | up on the FP8 tensor cores, the swiglu applying the scales: from bf16 and from E4M3 x
+    const auto gate = make_part(cols, k, "gate");
+    const auto up = make_part(cols, k, "up");
+    const Linear gate_up = backend().prepare_fused_linear({&gate->weight, &up->weight});
+    Tensor gu = poisoned({m, 2 * cols}), e = backend().empty({m, cols}, DType::F8_E4M3);
+    Tensor b = backend().empty({m, cols}, DType::BF16);
+    backend().linear_swiglu(x_bf16, gate_up, gu, e);
+    backend().linear_swiglu(x_bf16, gate_up, gu, b);
+    expect_codes_of(e, b, "fp8 linear_swiglu" + shape);
+    Tensor e_from_codes = backend().empty({m, cols}, DType::F8_E4M3);
+    backend().linear_swiglu(x_e4m3, gate_up, gu, e_from_codes);
+    expect_same_bytes(download_e4m3(e_from_codes), download_e4m3(e), "fp8 linear_swiglu from E4M3 x" + shape);
+  }
+  {  // bf16 gate | up before an FP8 down (a mixed checkpoint): the bf16 products' swiglu
+    const HostTensor w = host_tensor("gate_up", {2 * cols, k}, DType::BF16, true);
+    const Linear gate_up = prepare(w);
+    Tensor gu = poisoned({m, 2 * cols}), e = backend().empty({m, cols}, DType::F8_E4M3);
+    Tensor b = backend().empty({m, cols}, DType::BF16);
+    backend().linear_swiglu(x_bf16, gate_up, gu, e);
+    backend().linear_swiglu(x_bf16, gate_up, gu, b);
+    expect_codes_of(e, b, "bf16 linear_swiglu" + shape);
+  }
+  {  // o / down with the residual add applying the scales: the next norm's output as codes
+    const int64_t n = 8 * randint(1, 64);
+    const auto part = make_part(n, k);
+    const Linear w = backend().prepare_linear(part->weight);
+    const std::vector<float> residual = residual_rows(static_cast<size_t>(m * n));
+    const Tensor norm_w = upload(uniform(static_cast<size_t>(n), 0.5f, 1.5f), {n});
+    Tensor x_e = upload(residual, {m, n}), x_b = upload(residual, {m, n}), x_c = upload(residual, {m, n});
+    Tensor out = poisoned({m, n}), e = backend().empty({m, n}, DType::F8_E4M3), b = backend().empty({m, n}, DType::BF16);
+    backend().linear_add_rms_norm(x_bf16, w, out, x_e, norm_w, kEps, e);
+    backend().linear_add_rms_norm(x_bf16, w, out, x_b, norm_w, kEps, b);
+    expect_codes_of(e, b, cat("fp8 linear_add_rms_norm N=", n) + shape);
+    expect_same_floats(x_e, x_b, "fp8 linear_add_rms_norm's residual" + shape);
+    Tensor e_from_codes = backend().empty({m, n}, DType::F8_E4M3);
+    backend().linear_add_rms_norm(x_e4m3, w, out, x_c, norm_w, kEps, e_from_codes);
+    expect_same_floats(x_c, x_b, "fp8 linear_add_rms_norm's residual from E4M3 x" + shape);
+    expect_same_bytes(download_e4m3(e_from_codes), download_e4m3(e), "fp8 linear_add_rms_norm from E4M3 x" + shape);
+  }
+
+  // Which linears ask for codes: FP8 ones past the decode rows whose shape one FP8 GEMM takes.
+  const auto fp8 = make_part(64, 256);
+  const Linear wide = backend().prepare_linear(fp8->weight);
+  EXPECT_EQ(backend().linear_input_dtype(wide, cuda::kQuantMmaMaxRows + 1), DType::F8_E4M3);
+  EXPECT_EQ(backend().linear_input_dtype(wide, cuda::kQuantMmaMaxRows), DType::F32);
+  const auto odd = make_part(44, 256);  // 44 outputs: no bf16-output FP8 GEMM (8 a 16-byte row)
+  EXPECT_EQ(backend().linear_input_dtype(backend().prepare_linear(odd->weight), 100), DType::BF16);
+  // Ops whose blocks do not see whole rows refuse them, by name.
+  Tensor e = backend().empty({70, 64}, DType::F8_E4M3);
+  EXPECT_THROW(backend().gelu_erf(upload(randn(70 * 64), {70, 64}), e), Error);
+  const Tensor odd_x = quantize_e4m3(upload_bf16(randn(100 * 256), {100, 256}));
+  Tensor odd_y = poisoned({100, 44});
+  EXPECT_THROW(backend().linear(odd_x, backend().prepare_linear(odd->weight), odd_y), Error);
 }
 
 TEST_F(CudaFp8, PartsConcatenateByRows) {

@@ -7,6 +7,7 @@
 #include <cuda_bf16.h>
 
 #include "backend/cuda/kernels.hpp"
+#include "core/check.hpp"
 
 namespace moxin::cuda {
 
@@ -42,9 +43,11 @@ void for_all_activation_types(F&& f) {
   f.template operator()<__nv_bfloat16>();
 }
 
-// launch(p) with the set pointer of y: float* or __nv_bfloat16*.
+// launch(p) with the set pointer of y: float* or __nv_bfloat16*. E4M3 rows go only to the kernels
+// with a block per row (e4m3_rows.cuh's with_row_activations); the ops refuse them for the rest.
 template <class Launch>
 void with_activations(Activations y, Launch&& launch) {
+  MOXIN_CHECK(y.e4m3.codes == nullptr, "[cuda] this op cannot write per-token E4M3 activations");
   if (y.bf16 != nullptr)
     launch(reinterpret_cast<__nv_bfloat16*>(y.bf16));
   else

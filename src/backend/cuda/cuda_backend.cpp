@@ -102,6 +102,7 @@ CudaBackend::CudaBackend(int device_ordinal)
   MOXIN_CUDA_CHECK(cudaEventCreateWithFlags(&fork_, cudaEventDisableTiming));
   add_lane();  // the second image encoder's (Vlm::encode_images), ready before any capture
   fp8_tensor_cores_ = !env_equals("MOXIN_CUDA_FP8_TENSOR_CORES", "0");
+  e4m3_activations_ = !env_equals("MOXIN_CUDA_E4M3_ACTIVATIONS", "0");
   fused_residual_ = !env_equals("MOXIN_CUDA_FUSE_RESIDUAL", "0");
   fused_rope_ = !env_equals("MOXIN_CUDA_FUSE_ROPE", "0");
   attention_partial_floats_ = kAttentionPartialFloats;
@@ -128,8 +129,13 @@ Tensor CudaBackend::empty(const std::vector<int64_t>& shape, DType dtype) {
   t.shape = shape;
   for (int64_t d : shape)
     MOXIN_CHECK(d >= 0, "[cuda] empty: negative dimension in ", t.shape_str());
-  t.storage = device_alloc(context_, t.nbytes());
+  // Per-token E4M3 activations carry their row scales after the codes (Tensor::row_scales).
+  const size_t codes_bytes = (t.nbytes() + 255) / 256 * 256;
+  const bool scaled_rows = dtype == DType::F8_E4M3;
+  t.storage = device_alloc(context_, scaled_rows ? codes_bytes + static_cast<size_t>(t.rows()) * sizeof(float)
+                                                 : t.nbytes());
   t.data = t.storage.get();
+  if (scaled_rows) t.row_scales = reinterpret_cast<float*>(static_cast<uint8_t*>(t.data) + codes_bytes);
   return t;
 }
 
@@ -350,10 +356,17 @@ bool CudaBackend::takes_bf16_activations(const CudaLinear& lw, int64_t m, int64_
   return bf16_decode_kernel_for_shape(m, n, k) == DecodeKernel::Gemm;
 }
 
+bool CudaBackend::takes_e4m3_activations(const CudaLinear& lw, int64_t m, int64_t n, int64_t k) const {
+  if (!e4m3_activations_ || !lw.is_fp8() || !fp8_on_tensor_cores(m) || m > INT32_MAX || k % 16 != 0 || n % 8 != 0) return false;
+  LtGemm& gemm = *lanes_.front().gemm;
+  const int rows = static_cast<int>(m), outputs = static_cast<int>(n), inputs = static_cast<int>(k);
+  return gemm.fp8_usable(rows, outputs, inputs, false) && gemm.fp8_usable(rows, outputs, inputs, true);
+}
+
 DType CudaBackend::linear_input_dtype(const Linear& w, int64_t rows) const {
-  return takes_bf16_activations(cuda_linear(w, "linear_input_dtype"), rows, w.out_features, w.in_features)
-             ? DType::BF16
-             : DType::F32;
+  const CudaLinear& lw = cuda_linear(w, "linear_input_dtype");
+  if (takes_e4m3_activations(lw, rows, w.out_features, w.in_features)) return DType::F8_E4M3;
+  return takes_bf16_activations(lw, rows, w.out_features, w.in_features) ? DType::BF16 : DType::F32;
 }
 
 bool CudaBackend::writes_bf16_output(const CudaLinear& lw, int64_t m, int64_t n, int64_t k) const {
@@ -386,6 +399,14 @@ void CudaBackend::linear(const Tensor& x, const Linear& w, Tensor& y) {
     return;
   }
   require(y, DType::F32, "linear", "y");
+  if (x.dtype == DType::F8_E4M3) {  // from an op that wrote what the FP8 tensor cores multiply
+    const InputActivations xa = require_input_activations(x, "linear", "x");
+    MOXIN_CHECK(takes_e4m3_activations(lw, m, n, k), "[cuda] linear: x is F8_E4M3, but this [", n, " x ", k,
+                "] linear does not multiply per-token E4M3 activations at ", m, " rows (see Backend::linear_input_dtype)");
+    MOXIN_CHECK(fp8_tensor_core_rows(xa, m, lw, {data_of<float>(y), nullptr}) == m,
+                "[cuda] linear: cuBLASLt ran no FP8 GEMM for [", m, " x ", k, "] x [", n, " x ", k, "]");
+    return;
+  }
   const bool quantized = lw.quant.bits != 0 || lw.is_fp8();
   if (x.dtype == DType::BF16) {  // from an op that wrote what the GEMM multiplies (no conversion)
     require(x, DType::BF16, "linear", "x");
@@ -499,7 +520,7 @@ void CudaBackend::add_layer_norm(Tensor& x, const Tensor& y, const Tensor* scale
 
 void CudaBackend::rms_norm(const Tensor& x, const Tensor& w, float eps, Tensor& y) {
   require_f32("rms_norm", {&x, &w});
-  const Activations out = require_activations(y, "rms_norm", "y");
+  const Activations out = require_activations(y, "rms_norm", "y", true);
   const int64_t cols = x.cols();
   MOXIN_CHECK(w.numel() == cols, "[cuda] rms_norm: weight ", w.shape_str(), " does not match ",
               cols, " columns");
@@ -511,7 +532,7 @@ void CudaBackend::rms_norm(const Tensor& x, const Tensor& w, float eps, Tensor& 
 void CudaBackend::add_rms_norm(Tensor& x, const Tensor& y, const Tensor& w, float eps,
                                Tensor& out) {
   require_f32("add_rms_norm", {&x, &y, &w});
-  const Activations normed = require_activations(out, "add_rms_norm", "out");
+  const Activations normed = require_activations(out, "add_rms_norm", "out", true);
   const int64_t rows = x.rows(), cols = x.cols();
   MOXIN_CHECK(w.numel() == cols, "[cuda] add_rms_norm: weight ", w.shape_str(), " does not match ",
               cols, " columns");
@@ -532,7 +553,7 @@ void CudaBackend::gelu_erf(const Tensor& x, Tensor& y) {
 
 void CudaBackend::swiglu(const Tensor& gate_up, Tensor& y) {
   require(gate_up, DType::F32, "swiglu", "gate_up");
-  const Activations out = require_activations(y, "swiglu", "y");
+  const Activations out = require_activations(y, "swiglu", "y", true);
   require_shape(gate_up, y.rows(), 2 * y.cols(), "swiglu", "gate_up");
   MOXIN_CHECK(gate_up.data != y.data || y.numel() == 0, "[cuda] swiglu: y must not be gate_up");
   cuda::swiglu(data_of<const float>(gate_up), out, y.rows(), y.cols(), stream());
@@ -578,10 +599,15 @@ void CudaBackend::linear_swiglu(const Tensor& x, const Linear& w, Tensor& gate_u
     require(gate_up, DType::F32, "linear_swiglu", "gate_up");
     require_shape(gate_up, m, n, "linear_swiglu", "gate_up");
     require_shape(y, m, n / 2, "linear_swiglu", "y");
-    const Activations xa = require_activations(x, "linear_swiglu", "x");
-    const int64_t done = fp8_tensor_core_swiglu_rows({xa.f32, xa.bf16}, m, lw, data_of<float>(gate_up),
-                                                     require_activations(y, "linear_swiglu", "y"));
+    const InputActivations xa = require_input_activations(x, "linear_swiglu", "x");
+    MOXIN_CHECK(xa.e4m3_codes == nullptr || takes_e4m3_activations(lw, m, n, k), "[cuda] linear_swiglu: x is F8_E4M3, but this [",
+                n, " x ", k, "] linear does not multiply per-token E4M3 activations at ", m,
+                " rows (see Backend::linear_input_dtype)");
+    const int64_t done = fp8_tensor_core_swiglu_rows(xa, m, lw, data_of<float>(gate_up),
+                                                     require_activations(y, "linear_swiglu", "y", true));
     if (done == m) return;
+    MOXIN_CHECK(xa.e4m3_codes == nullptr, "[cuda] linear_swiglu: cuBLASLt ran no FP8 GEMM for [", m, " x ", k, "] x [",
+                n, " x ", k, "]");
     Tensor rest_x = x.rows_view(done, m - done), rest_gate_up = gate_up.rows_view(done, m - done);
     Tensor rest_y = y.rows_view(done, m - done);
     Backend::linear_swiglu(rest_x, w, rest_gate_up, rest_y);
@@ -597,7 +623,7 @@ void CudaBackend::linear_swiglu(const Tensor& x, const Linear& w, Tensor& gate_u
     require_shape(y, m, n / 2, "linear_swiglu", "y");
     MOXIN_CHECK(takes_bf16_activations(lw, m, n, k), "[cuda] linear_swiglu: x is bf16, but this [", n, " x ", k,
                 "] linear multiplies f32 activations at ", m, " rows (see Backend::linear_input_dtype)");
-    const Activations out = require_activations(y, "linear_swiglu", "y");
+    const Activations out = require_activations(y, "linear_swiglu", "y", true);
     const CudaLinear& dense = lw.quant.bits != 0 ? dequantized(lw) : lw;
     auto* gu = static_cast<bf16_bits*>(gate_up.data);
     lane().gemm->run_bf16_out(data_of<const bf16_bits>(x), static_cast<const bf16_bits*>(dense.weight.get()), nullptr, gu,

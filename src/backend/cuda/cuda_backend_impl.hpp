@@ -233,6 +233,10 @@ class CudaBackend final : public Backend {
   DecodeKernel bf16_decode_kernel_for_shape(int64_t m, int64_t n, int64_t k) const;
   // Whether this linear at m rows multiplies bf16 activations (a cuBLASLt bf16 GEMM).
   bool takes_bf16_activations(const CudaLinear& w, int64_t m, int64_t n, int64_t k) const;
+  // Whether this FP8 linear at m rows multiplies per-token E4M3 activations in one FP8 GEMM of all
+  // m rows (the FP8 tensor cores, and cuBLASLt has an algorithm for the shape with an f32 and a
+  // bf16 output): an op before it can then write the codes (Backend::linear_input_dtype).
+  bool takes_e4m3_activations(const CudaLinear& w, int64_t m, int64_t n, int64_t k) const;
   // Whether this linear at m rows can write bf16 (a dense cuBLASLt GEMM with a bf16-output
   // algorithm for the shape, the bias - exactly bf16, as checkpoints store it - added in f32
   // before the one rounding).
@@ -269,12 +273,14 @@ class CudaBackend final : public Backend {
   const CudaLinear& dequantized(const CudaLinear& w);
   // The FP8 tensor-core path over chunks of rows that fit the scratch (cuda_fp8_linear.cpp);
   // returns how many leading rows of y it wrote (it stops at a chunk cuBLASLt has no FP8
-  // algorithm for). With `chunk_done`, y (f32, or bf16) is left unscaled where cuBLASLt does not
+  // algorithm for). E4M3 x (already quantized): one GEMM of all m rows, m or 0 of them written. With `chunk_done`, y (f32, or bf16) is left unscaled where cuBLASLt does not
   // scale it and each chunk is handed on: (first row, rows, their token scales, whether y is
   // scaled); without, y is f32 and scaled.
   using Fp8ChunkDone = std::function<void(int64_t first, int64_t rows, const float* token_scales, bool scaled)>;
   int64_t fp8_tensor_core_rows(InputActivations x, int64_t m, const CudaLinear& w, Activations y,
                                const Fp8ChunkDone& chunk_done = {});
+  bool fp8_gemm_rows(const uint8_t* codes, const float* scales, int64_t first, int64_t count, const CudaLinear& w,
+                     Activations y, const Fp8ChunkDone& chunk_done);
   // The same for gate | up, y = swiglu(gate | up) with the scales applied as the swiglu reads
   // gate_up's products, written as bf16 into its memory (swiglu_scaled): no scale pass over it.
   int64_t fp8_tensor_core_swiglu_rows(InputActivations x, int64_t m, const CudaLinear& w, float* gate_up,
@@ -312,6 +318,9 @@ class CudaBackend final : public Backend {
   CudaAttentionPath attention_path_ = CudaAttentionPath::Auto;
   CudaLinearPath linear_path_ = CudaLinearPath::Auto;
   bool fp8_tensor_cores_ = true;
+  // Ops before an FP8 tensor-core linear write its per-token E4M3 input (takes_e4m3_activations);
+  // MOXIN_CUDA_E4M3_ACTIVATIONS=0 makes them write bf16 for the linear to quantize (A/B runs).
+  bool e4m3_activations_ = true;
   bool fused_residual_ = true;
   bool fused_rope_ = true;
   int64_t quant_largest_elems_ = 0;  // largest quantized linear prepared so far (out * in)

@@ -86,7 +86,8 @@ void CudaBackend::fp8_linear_decode(const float* x, int64_t m, const CudaLinear&
 int64_t CudaBackend::fp8_tensor_core_rows(InputActivations x, int64_t m, const CudaLinear& w, Activations y,
                                           const Fp8ChunkDone& chunk_done) {
   MOXIN_CHECK(y.f32 != nullptr || chunk_done, "[cuda] linear: a bf16 FP8 output is left unscaled for whatever reads it");
-  const int64_t k = w.fp8.cols, n = w.fp8.rows;
+  const int64_t k = w.fp8.cols;
+  if (x.e4m3_codes != nullptr) return fp8_gemm_rows(x.e4m3_codes, x.e4m3_scales, 0, m, w, y, chunk_done) ? m : 0;
   // The activation codes fill the first half of the bf16 scratch, their per-row scales the second.
   const int64_t half = scratch_elems_;  // bytes: the scratch holds 2 * scratch_elems_
   const int64_t chunk = std::min(half / k, half / static_cast<int64_t>(sizeof(float)));
@@ -96,22 +97,29 @@ int64_t CudaBackend::fp8_tensor_core_rows(InputActivations x, int64_t m, const C
   while (done < m) {
     const int64_t count = std::min(chunk, m - done);
     quantize_rows_e4m3(x.rows_from(done, k), count, static_cast<int>(k), codes, scales, stream());
-    const int rows = static_cast<int>(count), outputs = static_cast<int>(n), inputs = static_cast<int>(k);
-    if (!chunk_done) {
-      if (!lane().gemm->run_fp8(codes, scales, w.fp8.codes, w.fp8.scales, y.f32 + done * n, rows, outputs, inputs,
-                                stream()))
-        break;
-    } else {
-      const Activations chunk = y.rows_from(done, n);
-      void* out = chunk.bf16 != nullptr ? static_cast<void*>(chunk.bf16) : static_cast<void*>(chunk.f32);
-      const std::optional<bool> scaled = lane().gemm->run_fp8_unscaled(
-          codes, scales, w.fp8.codes, w.fp8.scales, out, y.bf16 != nullptr, rows, outputs, inputs, stream());
-      if (!scaled) break;
-      chunk_done(done, count, scales, *scaled);  // before the next chunk's quantization reuses `scales`
-    }
+    if (!fp8_gemm_rows(codes, scales, done, count, w, y, chunk_done)) break;
     done += count;
   }
   return done;
+}
+
+// Rows first .. first + count of y from their E4M3 codes and token scales (scaled, or handed to
+// chunk_done before the next chunk's quantization reuses `scales`); false where cuBLASLt has no
+// FP8 algorithm for the shape.
+bool CudaBackend::fp8_gemm_rows(const uint8_t* codes, const float* scales, int64_t first, int64_t count,
+                                const CudaLinear& w, Activations y, const Fp8ChunkDone& chunk_done) {
+  const int64_t n = w.fp8.rows;
+  const int rows = static_cast<int>(count), outputs = static_cast<int>(n), inputs = static_cast<int>(w.fp8.cols);
+  if (!chunk_done)
+    return lane().gemm->run_fp8(codes, scales, w.fp8.codes, w.fp8.scales, y.f32 + first * n, rows, outputs, inputs,
+                                stream());
+  const Activations chunk = y.rows_from(first, n);
+  void* out = chunk.bf16 != nullptr ? static_cast<void*>(chunk.bf16) : static_cast<void*>(chunk.f32);
+  const std::optional<bool> scaled = lane().gemm->run_fp8_unscaled(codes, scales, w.fp8.codes, w.fp8.scales, out,
+                                                                   y.bf16 != nullptr, rows, outputs, inputs, stream());
+  if (!scaled) return false;
+  chunk_done(first, count, scales, *scaled);
+  return true;
 }
 
 // gate | up's products cross memory as bf16 (half the bytes of the layer's largest activation,
@@ -152,12 +160,12 @@ void CudaBackend::linear_add_rms_norm(const Tensor& a, const Linear& w, Tensor& 
               " columns");
   MOXIN_CHECK(normed.data != x.data && normed.data != out.data && out.data != x.data,
               "[cuda] linear_add_rms_norm: out, x and normed must be three tensors");
-  const Activations in = require_activations(a, "linear_add_rms_norm", "a");
-  const Activations norm_out = require_activations(normed, "linear_add_rms_norm", "normed");
+  const InputActivations in = require_input_activations(a, "linear_add_rms_norm", "a");
+  const Activations norm_out = require_activations(normed, "linear_add_rms_norm", "normed", true);
   float* const products = data_of<float>(out);
   float* const residual = data_of<float>(x);
   const int64_t done = fp8_tensor_core_rows(
-      {in.f32, in.bf16}, m, lw, {products, nullptr},
+      in, m, lw, {products, nullptr},
       [&](int64_t first, int64_t rows, const float* token_scales, bool scaled) {
         cuda::add_rms_norm(residual + first * n, products + first * n, data_of<const float>(norm_w), eps,
                            norm_out.rows_from(first, n), rows, n, stream(), scaled ? nullptr : token_scales,

@@ -206,7 +206,10 @@ bool CudaBackend::attention_uses_split(int64_t tokens, int64_t num_seqs, int q_h
 DType CudaBackend::attention_output_dtype(const AttentionBatch& batch, int64_t tokens, int q_heads, int kv_heads,
                                           const Linear& o) const {
   if (attention_uses_split(tokens, batch.block_tables.rows(), q_heads, kv_heads)) return act_dtype();
-  return linear_input_dtype(o, tokens);
+  // A block holds one head of its tokens, not their whole rows: for per-token E4M3 the o
+  // projection quantizes the bf16 output itself.
+  const DType wanted = linear_input_dtype(o, tokens);
+  return wanted == DType::F8_E4M3 ? DType::BF16 : wanted;
 }
 
 }  // namespace moxin::cuda

@@ -3,6 +3,7 @@
 // so results match PyTorch's f32 to a few ulp.
 #include "backend/cuda/activation_store.cuh"
 #include "backend/cuda/cuda_check.hpp"
+#include "backend/cuda/e4m3_rows.cuh"
 #include "backend/cuda/kernels.hpp"
 #include "backend/cuda/launch.cuh"
 #include "backend/cuda/residual_add.cuh"
@@ -165,6 +166,47 @@ __global__ void embedding_kernel(const int32_t* __restrict__ ids, const int32_t*
 
 #undef MOXIN_GRID_STRIDE
 
+// One block per row: the swiglu of a row as per-token E4M3 codes (the down projection's input on
+// the FP8 tensor cores), each value by swiglu_kernel's formula (Scaled: swiglu_scaled_kernel's),
+// so the codes are those of quantize_rows_e4m3 on the bf16 output; the row is read twice (its
+// amax, then its codes), the second time mostly from L2.
+template <class In, bool Scaled>
+__global__ void __launch_bounds__(kElementwiseThreads)
+    swiglu_e4m3_kernel(const In* __restrict__ gate_up, const float* __restrict__ row_scales,
+                       const float* __restrict__ col_scales, E4M3Rows y, int cols) {
+  wait_for_prior_kernels();
+  const int64_t r = blockIdx.x;
+  const In* gate = gate_up + r * 2 * cols;
+  const float row = Scaled ? row_scales[r] : 1.0f;
+  const auto value = [&](int c) {
+    if constexpr (Scaled)
+      return silu_times(load_activation(gate, c) * (row * col_scales[c]),
+                        load_activation(gate, cols + c) * (row * col_scales[cols + c]));
+    else
+      return silu_times(load_activation(gate, c), load_activation(gate, cols + c));
+  };
+  if (cols % 4 == 0)
+    write_e4m3_row4(y, r, cols / 4, [&](int c) {
+      return make_float4(value(4 * c), value(4 * c + 1), value(4 * c + 2), value(4 * c + 3));
+    });
+  else
+    write_e4m3_row(y, r, cols, value);
+}
+
+template <class In>
+void launch_swiglu_e4m3(const In* gate_up, const float* row_scales, const float* col_scales, E4M3Rows y, int64_t rows,
+                        int64_t cols, cudaStream_t stream) {
+  if (rows * cols == 0) return;
+  const auto launch = [&]<bool Scaled>() {
+    launch_kernel("swiglu_e4m3_kernel", swiglu_e4m3_kernel<In, Scaled>, static_cast<unsigned>(rows),
+                  kElementwiseThreads, 0, stream, gate_up, row_scales, col_scales, y, static_cast<int>(cols));
+  };
+  if (row_scales != nullptr)
+    launch.template operator()<true>();
+  else
+    launch.template operator()<false>();
+}
+
 }  // namespace
 
 void gelu_erf(const float* x, Activations y, int64_t count, cudaStream_t stream) {
@@ -191,6 +233,7 @@ void launch_swiglu(const In* gate_up, Activations y, int64_t rows, int64_t cols,
 }  // namespace
 
 void swiglu(const float* gate_up, Activations y, int64_t rows, int64_t cols, cudaStream_t stream) {
+  if (y.e4m3.codes != nullptr) return launch_swiglu_e4m3(gate_up, nullptr, nullptr, y.e4m3, rows, cols, stream);
   launch_swiglu(gate_up, y, rows, cols, stream);
 }
 
@@ -220,6 +263,14 @@ static bool launch_swiglu_bf16_vec8(const bf16_bits* gate_up, const float* row_s
 
 void swiglu_scaled(InputActivations gate_up, const float* row_scales, const float* col_scales, Activations y,
                    int64_t rows, int64_t cols, cudaStream_t stream) {
+  if (y.e4m3.codes != nullptr) {
+    if (gate_up.bf16 != nullptr)
+      launch_swiglu_e4m3(reinterpret_cast<const __nv_bfloat16*>(gate_up.bf16), row_scales, col_scales, y.e4m3, rows,
+                         cols, stream);
+    else
+      launch_swiglu_e4m3(gate_up.f32, row_scales, col_scales, y.e4m3, rows, cols, stream);
+    return;
+  }
   if (gate_up.bf16 != nullptr && launch_swiglu_bf16_vec8(gate_up.bf16, row_scales, col_scales, y, rows, cols, stream))
     return;
   if (rows * cols == 0) return;
@@ -237,6 +288,9 @@ void swiglu_scaled(InputActivations gate_up, const float* row_scales, const floa
 }
 
 void swiglu_bf16_input(const bf16_bits* gate_up, Activations y, int64_t rows, int64_t cols, cudaStream_t stream) {
+  if (y.e4m3.codes != nullptr)
+    return launch_swiglu_e4m3(reinterpret_cast<const __nv_bfloat16*>(gate_up), nullptr, nullptr, y.e4m3, rows, cols,
+                              stream);
   if (!launch_swiglu_bf16_vec8(gate_up, nullptr, nullptr, y, rows, cols, stream))
     launch_swiglu(reinterpret_cast<const __nv_bfloat16*>(gate_up), y, rows, cols, stream);
 }

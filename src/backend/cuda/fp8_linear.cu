@@ -9,6 +9,7 @@
 #include "backend/cuda/attention_mma.cuh"
 #include "backend/cuda/cuda_check.hpp"
 #include "backend/cuda/e4m3.cuh"
+#include "backend/cuda/e4m3_rows.cuh"
 #include "backend/cuda/kernels.hpp"
 #include "backend/cuda/launch.cuh"
 #include "backend/cuda/streaming_load.cuh"
@@ -251,39 +252,9 @@ __global__ void scale_rows_columns_kernel(float* __restrict__ y, const float* __
 
 constexpr int kQuantizeThreads = 256;
 
-// A row's per-token scale from each thread's amax: amax / 448, 1 for an all-zero row.
-__device__ __forceinline__ float row_scale_e4m3(float amax) {
-  __shared__ float warp_amax[kQuantizeThreads / 32];
-  amax = warp_max(amax);
-  if (threadIdx.x % 32 == 0) warp_amax[threadIdx.x / 32] = amax;
-  __syncthreads();
-  amax = warp_amax[0];
-#pragma unroll
-  for (int w = 1; w < kQuantizeThreads / 32; ++w) amax = fmaxf(amax, warp_amax[w]);
-  const float scale = amax / 448.0f;
-  return scale == 0.0f ? 1.0f : scale;
-}
-
-__device__ __forceinline__ float abs_max4(float amax, float4 v) {
-  return fmaxf(fmaxf(amax, fmaxf(fabsf(v.x), fabsf(v.y))), fmaxf(fabsf(v.z), fabsf(v.w)));
-}
-
-// A value's code under its row's scale (the same f32 division and rounding as
-// quant/fp8_quant.cpp does for weights).
-__device__ __forceinline__ uint8_t e4m3_code(float x, float scale) {
-  return __nv_cvt_float_to_fp8(x / scale, __NV_SATFINITE, __NV_E4M3);
-}
-
-__device__ __forceinline__ uint32_t e4m3x4(float4 v, float scale) {
-  return uint32_t{e4m3_code(v.x, scale)} | uint32_t{e4m3_code(v.y, scale)} << 8 |
-         uint32_t{e4m3_code(v.z, scale)} << 16 | uint32_t{e4m3_code(v.w, scale)} << 24;
-}
-
 // Four consecutive inputs as f32, each rounded to bf16 (a bf16 input widens exactly).
 __device__ __forceinline__ float4 load4_bf16_rounded(const float* x, int64_t i) {
-  const float4 v = *reinterpret_cast<const float4*>(x + i);
-  return make_float4(__bfloat162float(__float2bfloat16_rn(v.x)), __bfloat162float(__float2bfloat16_rn(v.y)),
-                     __bfloat162float(__float2bfloat16_rn(v.z)), __bfloat162float(__float2bfloat16_rn(v.w)));
+  return round_to_bf16(*reinterpret_cast<const float4*>(x + i));
 }
 __device__ __forceinline__ float4 load4_bf16_rounded(const __nv_bfloat16* x, int64_t i) {
   const uint2 raw = *reinterpret_cast<const uint2*>(x + i);
@@ -291,9 +262,7 @@ __device__ __forceinline__ float4 load4_bf16_rounded(const __nv_bfloat16* x, int
   const float2 hi = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(&raw.y));
   return make_float4(lo.x, lo.y, hi.x, hi.y);
 }
-__device__ __forceinline__ float load_bf16_rounded(const float* x, int64_t i) {
-  return __bfloat162float(__float2bfloat16_rn(x[i]));
-}
+__device__ __forceinline__ float load_bf16_rounded(const float* x, int64_t i) { return round_to_bf16(x[i]); }
 __device__ __forceinline__ float load_bf16_rounded(const __nv_bfloat16* x, int64_t i) { return __bfloat162float(x[i]); }
 
 // quantize_rows_e4m3_kernel with the row read once: each thread holds Vecs groups of four of it
@@ -313,7 +282,7 @@ __global__ void __launch_bounds__(kQuantizeThreads)
     v[j] = i < vecs ? load4_bf16_rounded(xr, int64_t{i} * 4) : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
     amax = abs_max4(amax, v[j]);
   }
-  const float scale = row_scale_e4m3(amax);
+  const float scale = e4m3_row_scale(block_max(amax));
   if (threadIdx.x == 0) scales[blockIdx.x] = scale;
   uint32_t* out = codes + int64_t{blockIdx.x} * vecs;
 #pragma unroll
@@ -332,7 +301,7 @@ __global__ void __launch_bounds__(kQuantizeThreads)
   const In* xr = x + int64_t{blockIdx.x} * k;
   float amax = 0.0f;
   for (int c = threadIdx.x; c < k; c += kQuantizeThreads) amax = fmaxf(amax, fabsf(load_bf16_rounded(xr, c)));
-  const float scale = row_scale_e4m3(amax);
+  const float scale = e4m3_row_scale(block_max(amax));
   if (threadIdx.x == 0) scales[blockIdx.x] = scale;
   uint8_t* out = codes + int64_t{blockIdx.x} * k;
   for (int c = threadIdx.x; c < k; c += kQuantizeThreads)

@@ -136,6 +136,8 @@ bool LtGemm::fp8_scales_in_epilogue(int m, int n, int k, bool out_bf16) {
   return p.usable && p.outer_vector_scales;
 }
 
+bool LtGemm::fp8_usable(int m, int n, int k, bool out_bf16) { return fp8_plan(m, n, k, out_bf16).usable; }
+
 bool LtGemm::offers_bf16_out(int m, int n, int k, const void* w, bool has_bias) {
   return find_plan({m, n, k, has_bias, 16, alignment(w), 16, 16, true}) != nullptr;
 }

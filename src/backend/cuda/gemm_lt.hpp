@@ -49,6 +49,9 @@ class LtGemm {
   // Whether cuBLASLt applies run_fp8's two scale vectors itself for this shape and output type
   // (for benchmarks and tests).
   bool fp8_scales_in_epilogue(int m, int n, int k, bool out_bf16 = false);
+  // Whether cuBLASLt has an FP8 algorithm for this shape and output type (run_fp8_unscaled then
+  // runs given 16-byte aligned operands, k % 16 == 0 and n a multiple of 4, of 8 for bf16).
+  bool fp8_usable(int m, int n, int k, bool out_bf16);
 
  private:
   struct Plan;

@@ -11,22 +11,37 @@ namespace moxin::cuda {
 
 using bf16_bits = uint16_t;
 
+// Per-token E4M3 activations, the input an FP8 linear's tensor cores multiply at prefill rows
+// (Backend::linear_input_dtype F8_E4M3): codes [rows, cols] and one f32 scale per row, each value
+// rounded to bf16, then coded under amax / 448 of its row (e4m3_rows.cuh).
+struct E4M3Rows {
+  uint8_t* codes = nullptr;
+  float* scales = nullptr;
+};
+
 // The output of an op that feeds a linear: f32, or bf16 (exactly one is set) where the linear
 // multiplies bf16 activations anyway (Backend::linear_input_dtype), rounded as
-// activations_to_bf16 rounds, so the linear needs no conversion pass of its own.
+// activations_to_bf16 rounds, so the linear needs no conversion pass of its own; or, for the ops
+// whose blocks see whole rows (the RMSNorms, the swiglu), per-token E4M3 codes for an FP8 linear,
+// the codes and scales quantize_rows_e4m3 would give from the bf16 output.
 struct Activations {
   float* f32 = nullptr;
   bf16_bits* bf16 = nullptr;
+  E4M3Rows e4m3 = {};
   Activations rows_from(int64_t row, int64_t cols) const {
-    return {f32 ? f32 + row * cols : nullptr, bf16 ? bf16 + row * cols : nullptr};
+    return {f32 ? f32 + row * cols : nullptr, bf16 ? bf16 + row * cols : nullptr,
+            e4m3.codes ? E4M3Rows{e4m3.codes + row * cols, e4m3.scales + row} : E4M3Rows{}};
   }
 };
-// The input of a linear that may come in either kind (exactly one set).
+// The input of a linear that may come in any of those kinds (exactly one set).
 struct InputActivations {
   const float* f32 = nullptr;
   const bf16_bits* bf16 = nullptr;
+  const uint8_t* e4m3_codes = nullptr;
+  const float* e4m3_scales = nullptr;
   InputActivations rows_from(int64_t row, int64_t cols) const {
-    return {f32 ? f32 + row * cols : nullptr, bf16 ? bf16 + row * cols : nullptr};
+    return {f32 ? f32 + row * cols : nullptr, bf16 ? bf16 + row * cols : nullptr,
+            e4m3_codes ? e4m3_codes + row * cols : nullptr, e4m3_scales ? e4m3_scales + row : nullptr};
   }
 };
 

@@ -11,6 +11,7 @@
 
 #include "backend/cuda/activation_store.cuh"
 #include "backend/cuda/cuda_check.hpp"
+#include "backend/cuda/e4m3_rows.cuh"
 #include "backend/cuda/kernels.hpp"
 #include "backend/cuda/launch.cuh"
 #include "backend/cuda/residual_add.cuh"
@@ -92,49 +93,39 @@ __global__ void __launch_bounds__(kNormThreads)
 // multiple of 4 (tiny test models) go one element per thread and step. Thread t takes chunks
 // t, t + blockDim, ... and the elements of a chunk in order, in rms_norm and add_rms_norm alike,
 // so that add_rms_norm rounds exactly as add followed by rms_norm (rms_inverse.cuh defines the
-// order; the linears that normalize their input reproduce it).
-__device__ __forceinline__ void store4(float* y, int c, float4 v) { reinterpret_cast<float4*>(y)[c] = v; }
-__device__ __forceinline__ void store4(__nv_bfloat16* y, int c, float4 v) {
-  const __nv_bfloat162 lo = __floats2bfloat162_rn(v.x, v.y), hi = __floats2bfloat162_rn(v.z, v.w);
-  uint2 packed;
-  packed.x = *reinterpret_cast<const uint32_t*>(&lo);
-  packed.y = *reinterpret_cast<const uint32_t*>(&hi);
-  reinterpret_cast<uint2*>(y)[c] = packed;
-}
-
+// order; the linears that normalize their input reproduce it). The output (Sink: float*,
+// __nv_bfloat16* or E4M3Rows) is written by e4m3_rows.cuh's row writers.
 // y may alias x (f32 y): each element is read by the thread that writes it, after the reduction.
-template <class Out, bool Vec4>
+template <class Sink, bool Vec4>
 __global__ void __launch_bounds__(kMaxRmsThreads)
-    rms_norm_kernel(const float* x, const float* __restrict__ w, float eps, Out* y, int cols) {
+    rms_norm_kernel(const float* x, const float* __restrict__ w, float eps, Sink y, int cols) {
   wait_for_prior_kernels();
   __shared__ float scratch[kMaxRmsThreads / 32];
   const float* xr = x + static_cast<size_t>(blockIdx.x) * cols;
-  Out* yr = y + static_cast<size_t>(blockIdx.x) * cols;
   if constexpr (Vec4) {
     const float4* x4 = reinterpret_cast<const float4*>(xr);
     const float inv_rms = rms_inverse(x4, cols / 4, cols, eps, static_cast<int>(blockDim.x), scratch);
     const float4* w4 = reinterpret_cast<const float4*>(w);
-    for (int c = threadIdx.x; c < cols / 4; c += blockDim.x) store4(yr, c, scale4(w4[c], x4[c], inv_rms));
+    write_row4(y, blockIdx.x, cols / 4, [&](int c) { return scale4(w4[c], x4[c], inv_rms); });
   } else {
     float sq = 0.0f;
     for (int c = threadIdx.x; c < cols; c += blockDim.x) sq = fmaf(xr[c], xr[c], sq);
     const float inv_rms = rsqrtf(block_sum(sq, scratch) / cols + eps);
-    for (int c = threadIdx.x; c < cols; c += blockDim.x) store_activation(yr, c, w[c] * (xr[c] * inv_rms));
+    write_row(y, blockIdx.x, cols, [&](int c) { return w[c] * (xr[c] * inv_rms); });
   }
 }
 
 // x += y, then out = rms_norm(x). Scaled: each y value times row_scales[row] * col_scales[col]
 // first (an FP8 GEMM's products, as scale_rows_columns would have scaled them: the same bits).
-template <class Out, bool Vec4, bool Scaled>
+template <class Sink, bool Vec4, bool Scaled>
 __global__ void __launch_bounds__(kMaxRmsThreads)
     add_rms_norm_kernel(float* __restrict__ x, const float* __restrict__ y, const float* __restrict__ row_scales,
-                        const float* __restrict__ col_scales, const float* __restrict__ w, float eps,
-                        Out* __restrict__ out, int cols) {
+                        const float* __restrict__ col_scales, const float* __restrict__ w, float eps, Sink out,
+                        int cols) {
   wait_for_prior_kernels();
   __shared__ float scratch[kMaxRmsThreads / 32];
   float* xr = x + static_cast<size_t>(blockIdx.x) * cols;
   const float* yr = y + static_cast<size_t>(blockIdx.x) * cols;
-  Out* outr = out + static_cast<size_t>(blockIdx.x) * cols;
   const float row = Scaled ? row_scales[blockIdx.x] : 1.0f;
   float sq = 0.0f;
   if constexpr (Vec4) {
@@ -155,7 +146,7 @@ __global__ void __launch_bounds__(kMaxRmsThreads)
     }
     const float inv_rms = rsqrtf(block_sum(sq, scratch) / cols + eps);
     const float4* w4 = reinterpret_cast<const float4*>(w);
-    for (int c = threadIdx.x; c < cols / 4; c += blockDim.x) store4(outr, c, scale4(w4[c], x4[c], inv_rms));
+    write_row4(out, blockIdx.x, cols / 4, [&](int c) { return scale4(w4[c], x4[c], inv_rms); });
   } else {
     for (int c = threadIdx.x; c < cols; c += blockDim.x) {
       const float sum = xr[c] + (Scaled ? __fmul_rn(yr[c], row * col_scales[c]) : yr[c]);
@@ -163,7 +154,7 @@ __global__ void __launch_bounds__(kMaxRmsThreads)
       sq = fmaf(sum, sum, sq);
     }
     const float inv_rms = rsqrtf(block_sum(sq, scratch) / cols + eps);
-    for (int c = threadIdx.x; c < cols; c += blockDim.x) store_activation(outr, c, w[c] * (xr[c] * inv_rms));
+    write_row(out, blockIdx.x, cols, [&](int c) { return w[c] * (xr[c] * inv_rms); });
   }
 }
 
@@ -174,17 +165,17 @@ bool rms_vec4(int64_t cols, std::initializer_list<const void*> pointers) {
   return true;
 }
 
-template <class Out, bool Vec4>
-void launch_rms(const float* x, const float* w, float eps, Out* y, int64_t rows, int64_t cols, cudaStream_t stream) {
-  launch_kernel("rms_norm_kernel", rms_norm_kernel<Out, Vec4>, static_cast<unsigned>(rows), rms_threads(cols, Vec4),
+template <class Sink, bool Vec4>
+void launch_rms(const float* x, const float* w, float eps, Sink y, int64_t rows, int64_t cols, cudaStream_t stream) {
+  launch_kernel("rms_norm_kernel", rms_norm_kernel<Sink, Vec4>, static_cast<unsigned>(rows), rms_threads(cols, Vec4),
                 0, stream, x, w, eps, y, static_cast<int>(cols));
 }
 
-template <class Out, bool Vec4>
+template <class Sink, bool Vec4>
 void launch_add_rms(float* x, const float* y, const float* row_scales, const float* col_scales, const float* w,
-                    float eps, Out* out, int64_t rows, int64_t cols, cudaStream_t stream) {
+                    float eps, Sink out, int64_t rows, int64_t cols, cudaStream_t stream) {
   const auto launch = [&]<bool Scaled>() {
-    launch_kernel("add_rms_norm_kernel", add_rms_norm_kernel<Out, Vec4, Scaled>, static_cast<unsigned>(rows),
+    launch_kernel("add_rms_norm_kernel", add_rms_norm_kernel<Sink, Vec4, Scaled>, static_cast<unsigned>(rows),
                   rms_threads(cols, Vec4), 0, stream, x, y, row_scales, col_scales, w, eps, out,
                   static_cast<int>(cols));
   };
@@ -217,20 +208,20 @@ void add_layer_norm(float* x, const float* y, const float* scale, const float* w
 void rms_norm(const float* x, const float* w, float eps, Activations y, int64_t rows, int64_t cols,
               cudaStream_t stream) {
   if (rows == 0) return;
-  const bool vec4 = rms_vec4(cols, {x, w, y.f32, y.bf16});
-  with_activations(y, [&]<class Out>(Out* out) {
-    vec4 ? launch_rms<Out, true>(x, w, eps, out, rows, cols, stream)
-         : launch_rms<Out, false>(x, w, eps, out, rows, cols, stream);
+  const bool vec4 = rms_vec4(cols, {x, w, y.f32, y.bf16, y.e4m3.codes});
+  with_row_activations(y, [&]<class Sink>(Sink out) {
+    vec4 ? launch_rms<Sink, true>(x, w, eps, out, rows, cols, stream)
+         : launch_rms<Sink, false>(x, w, eps, out, rows, cols, stream);
   });
 }
 
 void add_rms_norm(float* x, const float* y, const float* w, float eps, Activations out, int64_t rows,
                   int64_t cols, cudaStream_t stream, const float* row_scales, const float* col_scales) {
   if (rows == 0) return;
-  const bool vec4 = rms_vec4(cols, {x, y, w, out.f32, out.bf16, col_scales});
-  with_activations(out, [&]<class Out>(Out* normed) {
-    vec4 ? launch_add_rms<Out, true>(x, y, row_scales, col_scales, w, eps, normed, rows, cols, stream)
-         : launch_add_rms<Out, false>(x, y, row_scales, col_scales, w, eps, normed, rows, cols, stream);
+  const bool vec4 = rms_vec4(cols, {x, y, w, out.f32, out.bf16, out.e4m3.codes, col_scales});
+  with_row_activations(out, [&]<class Sink>(Sink normed) {
+    vec4 ? launch_add_rms<Sink, true>(x, y, row_scales, col_scales, w, eps, normed, rows, cols, stream)
+         : launch_add_rms<Sink, false>(x, y, row_scales, col_scales, w, eps, normed, rows, cols, stream);
   });
 }
 
