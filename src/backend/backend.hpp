@@ -351,6 +351,15 @@ class Backend {
     rope_kv_write(qkv, positions, theta, cache, layer, batch, q);
     paged_attention(q, cache, layer, batch, q_heads, y);
   }
+  // linear(x, w, qkv), then rope_paged_attention(qkv, ...): the same results, where a backend may
+  // leave the projection's output scales for the RoPE to apply as it reads qkv (a GPU's FP8
+  // prefill: no scale pass over q | k | v).
+  virtual void linear_rope_paged_attention(const Tensor& x, const Linear& w, Tensor& qkv, const Tensor& positions,
+                                           float theta, KvCache& cache, int layer, const AttentionBatch& batch,
+                                           int q_heads, Tensor& q, Tensor& y) {
+    linear(x, w, qkv);
+    rope_paged_attention(qkv, positions, theta, cache, layer, batch, q_heads, q, y);
+  }
   // The dtype paged_attention writes y in for this batch of `tokens` tokens when `o` (the
   // output projection, which reads y) comes next: act_dtype(), or the o projection's bf16 input
   // where the backend's kernel for this batch rounds its output itself (no conversion before o).

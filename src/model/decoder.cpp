@@ -42,11 +42,14 @@ void Decoder::run_layer(int index, Tensor& x, const Tensor& positions, const Att
                         KvCache& cache, Scratch& s) const {
   const Layer& layer = layers_[static_cast<size_t>(index)];
   const float eps = config_.rms_eps;
-  if (s.fused)
+  if (s.fused) {
     backend_.rms_norm_linear(x, layer.input_norm, eps, layer.qkv, s.normed, s.qkv);
-  else
-    backend_.linear(s.normed, layer.qkv, s.qkv);
-  backend_.rope_paged_attention(s.qkv, positions, config_.rope_theta, cache, index, batch, config_.heads, s.q, s.attn);
+    backend_.rope_paged_attention(s.qkv, positions, config_.rope_theta, cache, index, batch, config_.heads, s.q,
+                                  s.attn);
+  } else {
+    backend_.linear_rope_paged_attention(s.normed, layer.qkv, s.qkv, positions, config_.rope_theta, cache, index, batch,
+                                         config_.heads, s.q, s.attn);
+  }
   if (s.fused) {
     backend_.linear_add(s.attn, layer.o, s.out, x);
     backend_.rms_norm_linear_swiglu(x, layer.post_attention_norm, eps, layer.gate_up, s.normed, s.gate_up, s.act);

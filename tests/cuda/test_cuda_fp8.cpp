@@ -21,10 +21,13 @@
 //    (DeepSeek-V3 report, section 3.3.2): 2^-14 = 6e-5 relative, 2e-4 bounds it. Against exact
 //    x the E4M3 rounding of the activations dominates: half an ulp of 4 significant bits is
 //    2^-5..2^-4 of the value, rms ~3e-2: 5e-2 bounds it.
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <memory>
 #include <tuple>
+
+#include <cuda_runtime.h>
 
 #include "backend/cuda/cuda_backend_impl.hpp"
 #include "backend/cuda/kernels.hpp"
@@ -477,6 +480,77 @@ TEST_F(CudaFp8, OpsWriteTheCodesTheFp8LinearWouldMake) {
   const Tensor odd_x = quantize_e4m3(upload_bf16(randn(100 * 256), {100, 256}));
   Tensor odd_y = poisoned({100, 44});
   EXPECT_THROW(backend().linear(odd_x, backend().prepare_linear(odd->weight), odd_y), Error);
+}
+
+// q | k | v of a prefill from per-token E4M3 input through linear_rope_paged_attention: the FP8
+// GEMM's products left unscaled and the RoPE + K/V write applying the token and channel scales
+// give the bits of linear then rope_paged_attention: the same attention output, the same rotated
+// q, the same cache bytes (bf16 and FP8 caches), for two sequences prefilled together.
+TEST_F(CudaFp8, QkvScalesGoToTheRope) {
+  ASSERT_TRUE(dynamic_cast<cuda::CudaBackend&>(backend()).fp8_tensor_cores());
+  constexpr int kQHeads = 4, kKvHeads = 2;
+  for (const int head_dim : {64, 128})
+    for (const KvCacheDType kv : {KvCacheDType::Auto, KvCacheDType::Fp8E4M3}) {
+      KvCacheConfig cfg;
+      cfg.layers = 1;
+      cfg.kv_heads = kKvHeads;
+      cfg.head_dim = head_dim;
+      cfg.block_size = 16;
+      cfg.dtype = kv;
+      const int lengths[2] = {randint(33, 150), randint(33, 150)};
+      const int width_blocks = (150 + cfg.block_size - 1) / cfg.block_size;
+      cfg.num_blocks = 2 * width_blocks;
+      std::vector<int32_t> tables(static_cast<size_t>(2 * width_blocks)), seq, pos;
+      for (size_t b = 0; b < tables.size(); ++b) tables[b] = static_cast<int32_t>(tables.size() - 1 - b);
+      for (int s = 0; s < 2; ++s)
+        for (int p = 0; p < lengths[s]; ++p) {
+          seq.push_back(s);
+          pos.push_back(p);
+        }
+      const auto m = static_cast<int64_t>(seq.size());
+      AttentionBatch batch;
+      batch.token_seq = upload_i32(seq, {m});
+      batch.token_pos = upload_i32(pos, {m});
+      batch.block_tables = upload_i32(tables, {2, width_blocks});
+      batch.max_context = std::max(lengths[0], lengths[1]);
+      const Tensor positions = batch.token_pos;
+
+      const int64_t k = 16 * randint(4, 32), n = int64_t{kQHeads + 2 * kKvHeads} * head_dim;
+      const auto part = make_part(n, k, "qkv");
+      const Linear w = backend().prepare_linear(part->weight);
+      const Tensor x = quantize_e4m3(upload_bf16(randn(static_cast<size_t>(m * k)), {m, k}));
+      ASSERT_EQ(backend().linear_input_dtype(w, m), DType::F8_E4M3);
+      const std::string what = cat("fp8 qkv + rope M=", m, " K=", k, " D=", head_dim,
+                                   kv == KvCacheDType::Fp8E4M3 ? ", fp8 cache" : ", bf16 cache");
+
+      const auto run = [&](bool folded) {
+        auto cache = backend().create_kv_cache(cfg);
+        Tensor qkv = poisoned({m, n}), q = poisoned({m, int64_t{kQHeads} * head_dim});
+        Tensor y = poisoned({m, int64_t{kQHeads} * head_dim});
+        if (folded) {
+          backend().linear_rope_paged_attention(x, w, qkv, positions, 1e6f, *cache, 0, batch, kQHeads, q, y);
+        } else {
+          backend().linear(x, w, qkv);
+          backend().rope_paged_attention(qkv, positions, 1e6f, *cache, 0, batch, kQHeads, q, y);
+        }
+        const cuda::PagedLayer layer = dynamic_cast<cuda::CudaKvCache&>(*cache).layer(0);
+        std::vector<uint8_t> bytes(cuda::CudaKvCache::layer_bytes(cfg));
+        backend().synchronize();
+        const void* start = layer.k != nullptr ? static_cast<const void*>(layer.k) : static_cast<const void*>(layer.k8);
+        EXPECT_EQ(cudaMemcpy(bytes.data(), start, bytes.size(), cudaMemcpyDeviceToHost), cudaSuccess);
+        return std::tuple{download(y), download(q), bytes};
+      };
+      const auto [y_folded, q_folded, cache_folded] = run(true);
+      const auto [y_plain, q_plain, cache_plain] = run(false);
+      EXPECT_EQ(std::memcmp(y_folded.data(), y_plain.data(), y_plain.size() * sizeof(float)), 0)
+          << what << ": attention output differs from linear + rope_paged_attention";
+      EXPECT_EQ(std::memcmp(q_folded.data(), q_plain.data(), q_plain.size() * sizeof(float)), 0)
+          << what << ": rotated q differs";
+      EXPECT_TRUE(cache_folded == cache_plain) << what << ": the cache holds other bytes";
+      size_t finite = 0;
+      for (const float v : y_folded) finite += std::isfinite(v);
+      EXPECT_EQ(finite, y_folded.size()) << what << ": outputs not written";
+    }
 }
 
 TEST_F(CudaFp8, PartsConcatenateByRows) {

@@ -188,6 +188,11 @@ class CudaBackend final : public Backend {
                        int q_heads, Tensor& y) override;
   void rope_paged_attention(const Tensor& qkv, const Tensor& positions, float theta, KvCache& cache, int layer,
                             const AttentionBatch& batch, int q_heads, Tensor& q, Tensor& y) override;
+  // FP8 qkv rows on the tensor cores from per-token E4M3 input: the GEMM's products unscaled and
+  // the RoPE + K/V write applying the scales (cuda_fp8_linear.cpp); otherwise the two ops.
+  void linear_rope_paged_attention(const Tensor& x, const Linear& w, Tensor& qkv, const Tensor& positions, float theta,
+                                   KvCache& cache, int layer, const AttentionBatch& batch, int q_heads, Tensor& q,
+                                   Tensor& y) override;
   // Whether rope_paged_attention runs this batch of `tokens` tokens as one kernel
   // (rope_paged_attention_mma): a one-token-per-sequence batch on the split-K tensor-core kernel
   // over a bf16 cache, with the fusion on.
@@ -279,6 +284,9 @@ class CudaBackend final : public Backend {
   using Fp8ChunkDone = std::function<void(int64_t first, int64_t rows, const float* token_scales, bool scaled)>;
   int64_t fp8_tensor_core_rows(InputActivations x, int64_t m, const CudaLinear& w, Activations y,
                                const Fp8ChunkDone& chunk_done = {});
+  // rope_kv_write with the scales an FP8 GEMM left in qkv (none: rope_kv_write itself).
+  void rope_kv_write_scaled(const Tensor& qkv, QkvScales scales, const Tensor& positions, float theta, KvCache& cache,
+                            int layer, const AttentionBatch& batch, Tensor& q);
   bool fp8_gemm_rows(const uint8_t* codes, const float* scales, int64_t first, int64_t count, const CudaLinear& w,
                      Activations y, const Fp8ChunkDone& chunk_done);
   // The same for gate | up, y = swiglu(gate | up) with the scales applied as the swiglu reads

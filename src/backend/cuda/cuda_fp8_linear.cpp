@@ -177,4 +177,31 @@ void CudaBackend::linear_add_rms_norm(const Tensor& a, const Linear& w, Tensor& 
   Backend::linear_add_rms_norm(rest_a, w, rest_out, rest_x, norm_w, eps, rest_normed);
 }
 
+// q | k | v at prefill rows from per-token E4M3 input (the norm wrote the codes): the FP8 GEMM's
+// products stay unscaled where cuBLASLt leaves them so, and the RoPE + K/V write applies the token
+// and channel scales as it reads them (no scale pass over [rows, q | k | v] in f32).
+void CudaBackend::linear_rope_paged_attention(const Tensor& x, const Linear& w, Tensor& qkv, const Tensor& positions,
+                                              float theta, KvCache& cache, int layer, const AttentionBatch& batch,
+                                              int q_heads, Tensor& q, Tensor& y) {
+  const CudaLinear& lw = cuda_linear(w, "linear_rope_paged_attention");
+  const int64_t m = x.rows(), n = w.out_features, k = w.in_features;
+  if (x.dtype != DType::F8_E4M3 || qkv.dtype != DType::F32 || !takes_e4m3_activations(lw, m, n, k) ||
+      fuses_rope_into_attention(cache.config(), batch, m, q_heads)) {
+    Backend::linear_rope_paged_attention(x, w, qkv, positions, theta, cache, layer, batch, q_heads, q, y);
+    return;
+  }
+  require_shape(x, m, k, "linear_rope_paged_attention", "x");
+  require_shape(qkv, m, n, "linear_rope_paged_attention", "qkv");
+  const InputActivations in = require_input_activations(x, "linear_rope_paged_attention", "x");
+  QkvScales scales;
+  const int64_t done = fp8_tensor_core_rows(in, m, lw, {data_of<float>(qkv), nullptr},
+                                            [&](int64_t, int64_t, const float* token_scales, bool scaled) {
+                                              if (!scaled) scales = {token_scales, lw.fp8.scales};
+                                            });
+  MOXIN_CHECK(done == m, "[cuda] linear_rope_paged_attention: cuBLASLt ran no FP8 GEMM for [", m, " x ", k, "] x [", n,
+              " x ", k, "]");
+  rope_kv_write_scaled(qkv, scales, positions, theta, cache, layer, batch, q);
+  paged_attention(q, cache, layer, batch, q_heads, y);
+}
+
 }  // namespace moxin::cuda

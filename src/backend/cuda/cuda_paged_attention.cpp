@@ -55,6 +55,11 @@ TokenIndex token_index(const AttentionBatch& batch, int64_t tokens, const char* 
 
 void CudaBackend::rope_kv_write(const Tensor& qkv, const Tensor& positions, float theta,
                                 KvCache& cache, int layer, const AttentionBatch& batch, Tensor& q) {
+  rope_kv_write_scaled(qkv, {}, positions, theta, cache, layer, batch, q);
+}
+
+void CudaBackend::rope_kv_write_scaled(const Tensor& qkv, QkvScales scales, const Tensor& positions, float theta,
+                                       KvCache& cache, int layer, const AttentionBatch& batch, Tensor& q) {
   CudaKvCache& c = cuda_cache(cache, layer, "rope_kv_write");
   require(qkv, DType::F32, "rope_kv_write", "qkv");
   require(q, DType::F32, "rope_kv_write", "q");
@@ -69,7 +74,7 @@ void CudaBackend::rope_kv_write(const Tensor& qkv, const Tensor& positions, floa
   MOXIN_CHECK(q.data != qkv.data || q.numel() == 0, "[cuda] rope_kv_write: q must not be qkv");
   cuda::rope_kv_write(data_of<const float>(qkv), data_of<const int32_t>(positions),
                       static_cast<int>(q.cols() / head_dim), theta, data_of<float>(q),
-                      c.layer(layer), token_index(batch, tokens, "rope_kv_write"), stream());
+                      c.layer(layer), token_index(batch, tokens, "rope_kv_write"), stream(), scales);
 }
 
 int CudaBackend::attention_splits(int tokens, int q_heads, int kv_heads, int head_dim,

@@ -259,8 +259,14 @@ struct TokenIndex {
 // each row quantized to the FP8 row format where the cache is FP8).
 // Slots whose block id is outside the cache are skipped (the runtime owns table validity);
 // head_dim <= kMaxHeadDim.
+// With `scales`, qkv holds an FP8 GEMM's unscaled products: each value times rows[token] *
+// columns[col] first, as scale_rows_columns would have written it (the same bits).
+struct QkvScales {
+  const float* rows = nullptr;
+  const float* columns = nullptr;
+};
 void rope_kv_write(const float* qkv, const int32_t* positions, int q_heads, float theta, float* q,
-                   const PagedLayer& cache, const TokenIndex& index, cudaStream_t stream);
+                   const PagedLayer& cache, const TokenIndex& index, cudaStream_t stream, QkvScales scales = {});
 
 // --- vit_attention.cu ---
 constexpr int kMaxHeadDim = 128;

@@ -41,7 +41,7 @@ constexpr int kRopeBlocksPerSm = 8;
 // exponent needs the row's largest magnitude) go through shared memory and are quantized one
 // warp per row.
 __global__ void __launch_bounds__(kRopeThreads)
-    rope_kv_write_kernel(const float* __restrict__ qkv, const int32_t* __restrict__ positions,
+    rope_kv_write_kernel(const float* __restrict__ qkv, QkvScales scales, const int32_t* __restrict__ positions,
                          int q_heads, RopeFrequencies frequencies, float* __restrict__ q, PagedLayer cache,
                          TokenIndex index, int heads_per_block) {
   wait_for_prior_kernels();
@@ -75,8 +75,13 @@ __global__ void __launch_bounds__(kRopeThreads)
 
   const float* row = qkv + static_cast<size_t>(token) * (q_heads * head_dim + 2 * kv_row);
   float* q_row = q + static_cast<size_t>(token) * q_heads * head_dim;
-  const float* k = row + q_heads * head_dim;
-  const float* v = k + kv_row;
+  // Column `col` of the token's q | k | v, scaled as scale_rows_columns would have scaled an FP8
+  // GEMM's products (rounded apart from what follows: the bits of that pass).
+  const float row_scale = scales.rows != nullptr ? scales.rows[token] : 1.0f;
+  const auto at = [&](int col) {
+    return scales.rows != nullptr ? __fmul_rn(row[col], row_scale * scales.columns[col]) : row[col];
+  };
+  const int k = q_heads * head_dim, v = k + kv_row;  // where k and v start in the row
   const int units = q_heads + 2 * cache.kv_heads;
   const int first = blockIdx.y * heads_per_block;
   const int last = min(first + heads_per_block, units);
@@ -91,12 +96,12 @@ __global__ void __launch_bounds__(kRopeThreads)
     }
     if (unit < q_heads) {
       const int base = unit * head_dim;
-      rotate_pair(row[base + i], row[base + i + half], c, s, q_row[base + i], q_row[base + i + half]);
+      rotate_pair(at(base + i), at(base + i + half), c, s, q_row[base + i], q_row[base + i + half]);
     } else if (unit < q_heads + cache.kv_heads) {
       if (!has_slot) continue;
       const int base = (unit - q_heads) * head_dim;
       float k1, k2;
-      rotate_pair(k[base + i], k[base + i + half], c, s, k1, k2);
+      rotate_pair(at(k + base + i), at(k + base + i + half), c, s, k1, k2);
       if (fp8) {
         fp8_rows[unit - first][i] = k1;
         fp8_rows[unit - first][i + half] = k2;
@@ -107,12 +112,13 @@ __global__ void __launch_bounds__(kRopeThreads)
     } else {
       if (!has_slot) continue;
       const int base = (unit - q_heads - cache.kv_heads) * head_dim;
+      const float v1 = at(v + base + i), v2 = at(v + base + i + half);
       if (fp8) {
-        fp8_rows[unit - first][i] = v[base + i];
-        fp8_rows[unit - first][i + half] = v[base + i + half];
+        fp8_rows[unit - first][i] = v1;
+        fp8_rows[unit - first][i + half] = v2;
       } else {
-        vd[base + i] = __float2bfloat16_rn(v[base + i]);
-        vd[base + i + half] = __float2bfloat16_rn(v[base + i + half]);
+        vd[base + i] = __float2bfloat16_rn(v1);
+        vd[base + i + half] = __float2bfloat16_rn(v2);
       }
     }
   }
@@ -159,7 +165,7 @@ const RopeFrequencies& rope_frequencies(float theta, int head_dim) {
 }
 
 void rope_kv_write(const float* qkv, const int32_t* positions, int q_heads, float theta, float* q,
-                   const PagedLayer& cache, const TokenIndex& index, cudaStream_t stream) {
+                   const PagedLayer& cache, const TokenIndex& index, cudaStream_t stream, QkvScales scales) {
   if (index.tokens == 0) return;
   const RopeFrequencies& frequencies = rope_frequencies(theta, cache.head_dim);  // checks head_dim and theta
   const int units = q_heads + 2 * cache.kv_heads;
@@ -169,7 +175,7 @@ void rope_kv_write(const float* qkv, const int32_t* positions, int q_heads, floa
                                                          most_blocks);
   const int heads_per_block = (units + per_token - 1) / per_token;
   const dim3 grid(static_cast<unsigned>(index.tokens), static_cast<unsigned>((units + heads_per_block - 1) / heads_per_block));
-  launch_kernel("rope_kv_write_kernel", rope_kv_write_kernel, grid, kRopeThreads, 0, stream, qkv, positions,
+  launch_kernel("rope_kv_write_kernel", rope_kv_write_kernel, grid, kRopeThreads, 0, stream, qkv, scales, positions,
                 q_heads, frequencies, q, cache, index, heads_per_block);
 }
 
