@@ -173,7 +173,7 @@ __global__ void embedding_kernel(const int32_t* __restrict__ ids, const int32_t*
 template <class In, bool Scaled>
 __global__ void __launch_bounds__(kElementwiseThreads)
     swiglu_e4m3_kernel(const In* __restrict__ gate_up, const float* __restrict__ row_scales,
-                       const float* __restrict__ col_scales, E4M3Rows y, int cols) {
+                       const float* __restrict__ col_scales, E4M3Rows y, int cols, bool vec4) {
   wait_for_prior_kernels();
   const int64_t r = blockIdx.x;
   const In* gate = gate_up + r * 2 * cols;
@@ -185,7 +185,7 @@ __global__ void __launch_bounds__(kElementwiseThreads)
     else
       return silu_times(load_activation(gate, c), load_activation(gate, cols + c));
   };
-  if (cols % 4 == 0)
+  if (vec4)
     write_e4m3_row4(y, r, cols / 4, [&](int c) {
       return make_float4(value(4 * c), value(4 * c + 1), value(4 * c + 2), value(4 * c + 3));
     });
@@ -197,9 +197,10 @@ template <class In>
 void launch_swiglu_e4m3(const In* gate_up, const float* row_scales, const float* col_scales, E4M3Rows y, int64_t rows,
                         int64_t cols, cudaStream_t stream) {
   if (rows * cols == 0) return;
+  const bool vec4 = cols % 4 == 0 && reinterpret_cast<uintptr_t>(y.codes) % 4 == 0;  // rows of 4-byte code words
   const auto launch = [&]<bool Scaled>() {
     launch_kernel("swiglu_e4m3_kernel", swiglu_e4m3_kernel<In, Scaled>, static_cast<unsigned>(rows),
-                  kElementwiseThreads, 0, stream, gate_up, row_scales, col_scales, y, static_cast<int>(cols));
+                  kElementwiseThreads, 0, stream, gate_up, row_scales, col_scales, y, static_cast<int>(cols), vec4);
   };
   if (row_scales != nullptr)
     launch.template operator()<true>();
