@@ -166,41 +166,65 @@ __global__ void embedding_kernel(const int32_t* __restrict__ ids, const int32_t*
 
 #undef MOXIN_GRID_STRIDE
 
+// Four consecutive inputs as f32 (aligned: 16 bytes of f32, 8 of bf16).
+__device__ __forceinline__ float4 load4_activations(const float* x, int c) {
+  return *reinterpret_cast<const float4*>(x + c);
+}
+__device__ __forceinline__ float4 load4_activations(const __nv_bfloat16* x, int c) {
+  const uint2 raw = *reinterpret_cast<const uint2*>(x + c);
+  const float2 lo = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(&raw.x));
+  const float2 hi = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(&raw.y));
+  return make_float4(lo.x, lo.y, hi.x, hi.y);
+}
+
 // One block per row: the swiglu of a row as per-token E4M3 codes (the down projection's input on
 // the FP8 tensor cores), each value by swiglu_kernel's formula (Scaled: swiglu_scaled_kernel's),
-// so the codes are those of quantize_rows_e4m3 on the bf16 output; the row is read twice (its
-// amax, then its codes), the second time mostly from L2.
+// so the codes are those of quantize_rows_e4m3 on the bf16 output. The row is read twice (its
+// amax, then its codes); blocks of 1024 threads keep the rows in flight few enough (2 an SM: ~15
+// MB of a 1024-token prefill's 14336-wide bf16 gate | up) that the second read comes from L2.
+constexpr int kSwigluRowThreads = 1024;
+
 template <class In, bool Scaled>
-__global__ void __launch_bounds__(kElementwiseThreads)
+__global__ void __launch_bounds__(kSwigluRowThreads)
     swiglu_e4m3_kernel(const In* __restrict__ gate_up, const float* __restrict__ row_scales,
                        const float* __restrict__ col_scales, E4M3Rows y, int cols, bool vec4) {
   wait_for_prior_kernels();
   const int64_t r = blockIdx.x;
   const In* gate = gate_up + r * 2 * cols;
   const float row = Scaled ? row_scales[r] : 1.0f;
-  const auto value = [&](int c) {
+  if (vec4) {
+    write_e4m3_row4(y, r, cols / 4, [&](int c) {
+      float4 g = load4_activations(gate, 4 * c), u = load4_activations(gate, cols + 4 * c);
+      if constexpr (Scaled) {
+        const float4 gs = reinterpret_cast<const float4*>(col_scales)[c];
+        const float4 us = reinterpret_cast<const float4*>(col_scales + cols)[c];
+        g = make_float4(g.x * (row * gs.x), g.y * (row * gs.y), g.z * (row * gs.z), g.w * (row * gs.w));
+        u = make_float4(u.x * (row * us.x), u.y * (row * us.y), u.z * (row * us.z), u.w * (row * us.w));
+      }
+      return make_float4(silu_times(g.x, u.x), silu_times(g.y, u.y), silu_times(g.z, u.z), silu_times(g.w, u.w));
+    });
+    return;
+  }
+  write_e4m3_row(y, r, cols, [&](int c) {
     if constexpr (Scaled)
       return silu_times(load_activation(gate, c) * (row * col_scales[c]),
                         load_activation(gate, cols + c) * (row * col_scales[cols + c]));
     else
       return silu_times(load_activation(gate, c), load_activation(gate, cols + c));
-  };
-  if (vec4)
-    write_e4m3_row4(y, r, cols / 4, [&](int c) {
-      return make_float4(value(4 * c), value(4 * c + 1), value(4 * c + 2), value(4 * c + 3));
-    });
-  else
-    write_e4m3_row(y, r, cols, value);
+  });
 }
 
 template <class In>
 void launch_swiglu_e4m3(const In* gate_up, const float* row_scales, const float* col_scales, E4M3Rows y, int64_t rows,
                         int64_t cols, cudaStream_t stream) {
   if (rows * cols == 0) return;
-  const bool vec4 = cols % 4 == 0 && reinterpret_cast<uintptr_t>(y.codes) % 4 == 0;  // rows of 4-byte code words
+  // Groups of four: 4-byte code words, and aligned loads of the inputs and column scales.
+  const bool vec4 = cols % 4 == 0 && reinterpret_cast<uintptr_t>(y.codes) % 4 == 0 &&
+                    reinterpret_cast<uintptr_t>(gate_up) % (4 * sizeof(In)) == 0 &&
+                    reinterpret_cast<uintptr_t>(col_scales) % 16 == 0;
   const auto launch = [&]<bool Scaled>() {
     launch_kernel("swiglu_e4m3_kernel", swiglu_e4m3_kernel<In, Scaled>, static_cast<unsigned>(rows),
-                  kElementwiseThreads, 0, stream, gate_up, row_scales, col_scales, y, static_cast<int>(cols), vec4);
+                  kSwigluRowThreads, 0, stream, gate_up, row_scales, col_scales, y, static_cast<int>(cols), vec4);
   };
   if (row_scales != nullptr)
     launch.template operator()<true>();
