@@ -2,7 +2,8 @@
 # The CPU kernel paths side by side in one run, for a bench/results row: the CPU model and
 # flags, the FMA peaks and read ceiling, the prefill/vision GEMMs and decode GEMVs of every
 # kernel table this CPU runs (bench/cpu_ops_bench.cpp BM_Gemm, BM_GemvPath), PyTorch's f32 GEMM
-# and timm's encoders on the same shapes (bench/cpu_peer_torch.py), and, when a full-size model
+# and timm's encoders on the same shapes (bench/cpu_peer_torch.py; on an AVX-512 CPU once more
+# held to AVX2, the avx2 table's peer), and, when a full-size model
 # is at $MOXIN_FULL_MODEL, `moxin bench` vision + prefill of 256 tokens + bf16 decode with each SIMD
 # table, then int8 and int4 (g64, quantized at load) decode.
 #   cmake --build build --target cpu_ops_bench moxin && bench/run_cpu_paths.sh > bench/results/<name>.txt
@@ -18,6 +19,13 @@ echo
 ./build/bench/cpu_ops_bench --benchmark_filter='BM_ReadBandwidth|BM_FmaPeak|BM_Gemm|BM_GemvPath' \
   --benchmark_counters_tabular=true --benchmark_min_time=1 2>&1
 python3 bench/cpu_peer_torch.py --threads "$threads" 2>&1
+# The avx2 table's peer on an AVX-512 CPU: PyTorch held to AVX2 (its own dispatch, oneDNN and MKL),
+# as it runs on a CPU without AVX-512.
+if grep -qw avx512f /proc/cpuinfo; then
+  echo "## PyTorch held to AVX2 (ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2 MKL_ENABLE_INSTRUCTIONS=AVX2)"
+  ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2 MKL_ENABLE_INSTRUCTIONS=AVX2 \
+    python3 bench/cpu_peer_torch.py --threads "$threads" 2>&1
+fi
 if [ -f "$model/config.json" ]; then
   # amx (the default where the CPU has it) differs from avx512 in every bf16 linear (on the tiles);
   # its quantized decode is avx512's.
