@@ -395,7 +395,8 @@ TEST_F(CudaFp8, OpsWriteTheCodesTheFp8LinearWouldMake) {
     const std::vector<float> g = download(got), e = download(want);
     EXPECT_EQ(std::memcmp(g.data(), e.data(), g.size() * sizeof(float)), 0) << what;
   };
-  for (const int64_t cols : {int64_t{4096}, int64_t{14336}, int64_t{4} * randint(1, 300), int64_t{4} * randint(1, 300) + 2}) {
+  const int64_t narrow = 4 * randint(1, 300), odd = 4 * randint(1, 300) + 2;
+  for (const int64_t cols : {int64_t{4096}, int64_t{14336}, narrow, odd}) {
     const int64_t m = randint(65, 200);
     const std::string shape = cat(" M=", m, " cols=", cols);
     const std::vector<float> x = residual_rows(static_cast<size_t>(m * cols));
@@ -456,7 +457,8 @@ TEST_F(CudaFp8, OpsWriteTheCodesTheFp8LinearWouldMake) {
     const std::vector<float> residual = residual_rows(static_cast<size_t>(m * n));
     const Tensor norm_w = upload(uniform(static_cast<size_t>(n), 0.5f, 1.5f), {n});
     Tensor x_e = upload(residual, {m, n}), x_b = upload(residual, {m, n}), x_c = upload(residual, {m, n});
-    Tensor out = poisoned({m, n}), e = backend().empty({m, n}, DType::F8_E4M3), b = backend().empty({m, n}, DType::BF16);
+    Tensor out = poisoned({m, n}), e = backend().empty({m, n}, DType::F8_E4M3);
+    Tensor b = backend().empty({m, n}, DType::BF16);
     backend().linear_add_rms_norm(x_bf16, w, out, x_e, norm_w, kEps, e);
     backend().linear_add_rms_norm(x_bf16, w, out, x_b, norm_w, kEps, b);
     expect_codes_of(e, b, cat("fp8 linear_add_rms_norm N=", n) + shape);

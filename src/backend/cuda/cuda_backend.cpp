@@ -357,7 +357,8 @@ bool CudaBackend::takes_bf16_activations(const CudaLinear& lw, int64_t m, int64_
 }
 
 bool CudaBackend::takes_e4m3_activations(const CudaLinear& lw, int64_t m, int64_t n, int64_t k) const {
-  if (!e4m3_activations_ || !lw.is_fp8() || !fp8_on_tensor_cores(m) || m > INT32_MAX || k % 16 != 0 || n % 8 != 0) return false;
+  if (!e4m3_activations_ || !lw.is_fp8() || !fp8_on_tensor_cores(m) || m > INT32_MAX || k % 16 != 0 || n % 8 != 0)
+    return false;
   LtGemm& gemm = *lanes_.front().gemm;
   const int rows = static_cast<int>(m), outputs = static_cast<int>(n), inputs = static_cast<int>(k);
   return gemm.fp8_usable(rows, outputs, inputs, false) && gemm.fp8_usable(rows, outputs, inputs, true);
@@ -402,7 +403,8 @@ void CudaBackend::linear(const Tensor& x, const Linear& w, Tensor& y) {
   if (x.dtype == DType::F8_E4M3) {  // from an op that wrote what the FP8 tensor cores multiply
     const InputActivations xa = require_input_activations(x, "linear", "x");
     MOXIN_CHECK(takes_e4m3_activations(lw, m, n, k), "[cuda] linear: x is F8_E4M3, but this [", n, " x ", k,
-                "] linear does not multiply per-token E4M3 activations at ", m, " rows (see Backend::linear_input_dtype)");
+                "] linear does not multiply per-token E4M3 activations at ", m,
+                " rows (see Backend::linear_input_dtype)");
     MOXIN_CHECK(fp8_tensor_core_rows(xa, m, lw, {data_of<float>(y), nullptr}) == m,
                 "[cuda] linear: cuBLASLt ran no FP8 GEMM for [", m, " x ", k, "] x [", n, " x ", k, "]");
     return;
@@ -600,8 +602,8 @@ void CudaBackend::linear_swiglu(const Tensor& x, const Linear& w, Tensor& gate_u
     require_shape(gate_up, m, n, "linear_swiglu", "gate_up");
     require_shape(y, m, n / 2, "linear_swiglu", "y");
     const InputActivations xa = require_input_activations(x, "linear_swiglu", "x");
-    MOXIN_CHECK(xa.e4m3_codes == nullptr || takes_e4m3_activations(lw, m, n, k), "[cuda] linear_swiglu: x is F8_E4M3, but this [",
-                n, " x ", k, "] linear does not multiply per-token E4M3 activations at ", m,
+    MOXIN_CHECK(xa.e4m3_codes == nullptr || takes_e4m3_activations(lw, m, n, k),
+                "[cuda] linear_swiglu: x is F8_E4M3, but this [", n, " x ", k, "] linear does not multiply per-token E4M3 activations at ", m,
                 " rows (see Backend::linear_input_dtype)");
     const int64_t done = fp8_tensor_core_swiglu_rows(xa, m, lw, data_of<float>(gate_up),
                                                      require_activations(y, "linear_swiglu", "y", true));

@@ -278,9 +278,10 @@ class CudaBackend final : public Backend {
   const CudaLinear& dequantized(const CudaLinear& w);
   // The FP8 tensor-core path over chunks of rows that fit the scratch (cuda_fp8_linear.cpp);
   // returns how many leading rows of y it wrote (it stops at a chunk cuBLASLt has no FP8
-  // algorithm for). E4M3 x (already quantized): one GEMM of all m rows, m or 0 of them written. With `chunk_done`, y (f32, or bf16) is left unscaled where cuBLASLt does not
-  // scale it and each chunk is handed on: (first row, rows, their token scales, whether y is
-  // scaled); without, y is f32 and scaled.
+  // algorithm for); E4M3 x (already quantized): one GEMM of all m rows, m or 0 of them written.
+  // With `chunk_done`, y (f32, or bf16) is left unscaled where cuBLASLt does not scale it and
+  // each chunk is handed on: (first row, rows, their token scales, whether y is scaled);
+  // without, y is f32 and scaled.
   using Fp8ChunkDone = std::function<void(int64_t first, int64_t rows, const float* token_scales, bool scaled)>;
   int64_t fp8_tensor_core_rows(InputActivations x, int64_t m, const CudaLinear& w, Activations y,
                                const Fp8ChunkDone& chunk_done = {});
