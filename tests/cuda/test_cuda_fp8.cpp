@@ -395,8 +395,8 @@ TEST_F(CudaFp8, OpsWriteTheCodesTheFp8LinearWouldMake) {
     const std::vector<float> g = download(got), e = download(want);
     EXPECT_EQ(std::memcmp(g.data(), e.data(), g.size() * sizeof(float)), 0) << what;
   };
-  const int64_t narrow = 4 * randint(1, 300), odd = 4 * randint(1, 300) + 2;
-  for (const int64_t cols : {int64_t{4096}, int64_t{14336}, narrow, odd}) {
+  const int64_t narrow = 4 * randint(1, 300), odd_width = 4 * randint(1, 300) + 2;
+  for (const int64_t cols : {int64_t{4096}, int64_t{14336}, narrow, odd_width}) {
     const int64_t m = randint(65, 200);
     const std::string shape = cat(" M=", m, " cols=", cols);
     const std::vector<float> x = residual_rows(static_cast<size_t>(m * cols));

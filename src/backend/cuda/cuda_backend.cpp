@@ -603,7 +603,8 @@ void CudaBackend::linear_swiglu(const Tensor& x, const Linear& w, Tensor& gate_u
     require_shape(y, m, n / 2, "linear_swiglu", "y");
     const InputActivations xa = require_input_activations(x, "linear_swiglu", "x");
     MOXIN_CHECK(xa.e4m3_codes == nullptr || takes_e4m3_activations(lw, m, n, k),
-                "[cuda] linear_swiglu: x is F8_E4M3, but this [", n, " x ", k, "] linear does not multiply per-token E4M3 activations at ", m,
+                "[cuda] linear_swiglu: x is F8_E4M3, but this [", n, " x ", k,
+                "] linear does not multiply per-token E4M3 activations at ", m,
                 " rows (see Backend::linear_input_dtype)");
     const int64_t done = fp8_tensor_core_swiglu_rows(xa, m, lw, data_of<float>(gate_up),
                                                      require_activations(y, "linear_swiglu", "y", true));
