@@ -21,19 +21,13 @@ namespace {
 constexpr int kGemvWarps = 8;  // warps per block
 
 // Applies one 16-code vector of each of the R rows (index `chunk` along K) to all M activation
-// rows: the codes widened exactly, times 2^-120 (e4m3x4_to_float_scaled: integer operations, no
-// conversions), then f32 FMAs in K order; store_rows multiplies the 2^120 back in, exactly.
+// rows: the codes widened exactly (cvt.rn.f16x2.e4m3x2), then f32 FMAs in K order.
 template <int M, int R>
 __device__ __forceinline__ void accumulate_chunk(const uint4 (&raw)[R], const float* __restrict__ x, int k,
                                                  int chunk, float (&acc)[M][R]) {
   float wv[R][16];
 #pragma unroll
-  for (int r = 0; r < R; ++r) {
-    e4m3x4_to_float_scaled(raw[r].x, wv[r]);
-    e4m3x4_to_float_scaled(raw[r].y, wv[r] + 4);
-    e4m3x4_to_float_scaled(raw[r].z, wv[r] + 8);
-    e4m3x4_to_float_scaled(raw[r].w, wv[r] + 12);
-  }
+  for (int r = 0; r < R; ++r) e4m3x16_to_float(raw[r], wv[r]);
 #pragma unroll
   for (int m = 0; m < M; ++m) {
     const float4* xr = reinterpret_cast<const float4*>(x + int64_t{m} * k) + 4 * chunk;
@@ -51,10 +45,9 @@ __device__ __forceinline__ void accumulate_chunk(const uint4 (&raw)[R], const fl
   }
 }
 
-// The row sums of a warp, scaled by each row's scale (lane 0 stores them); `unscale` the factor
-// the codes' widening left out (kE4M3Unscale, or 1), multiplied first: a power of two, exact.
+// The row sums of a warp, scaled by each row's scale (lane 0 stores them).
 template <int M, int R>
-__device__ __forceinline__ void store_rows(float (&acc)[M][R], const Fp8Matrix& w, int row0, int rows, float unscale,
+__device__ __forceinline__ void store_rows(float (&acc)[M][R], const Fp8Matrix& w, int row0, int rows,
                                            float* __restrict__ y) {
   const int lane = threadIdx.x % 32;
 #pragma unroll
@@ -62,7 +55,7 @@ __device__ __forceinline__ void store_rows(float (&acc)[M][R], const Fp8Matrix& 
 #pragma unroll
     for (int r = 0; r < R; ++r) {
       const float sum = warp_sum(acc[m][r]);
-      if (lane == 0 && r < rows) y[int64_t{m} * w.rows + row0 + r] = sum * unscale * w.scales[row0 + r];
+      if (lane == 0 && r < rows) y[int64_t{m} * w.rows + row0 + r] = sum * w.scales[row0 + r];
     }
 }
 
@@ -124,7 +117,7 @@ __global__ void __launch_bounds__(kGemvWarps * 32)
   }
   allow_dependents();
   if constexpr (S == 1) {
-    store_rows<M, R>(acc, w, row0, rows, kE4M3Unscale, y);
+    store_rows<M, R>(acc, w, row0, rows, y);
   } else {
 #pragma unroll
     for (int m = 0; m < M; ++m)
@@ -143,7 +136,7 @@ __global__ void __launch_bounds__(kGemvWarps * 32)
           float sum = partial[warp][m][r];
 #pragma unroll
           for (int s = 1; s < S; ++s) sum += partial[warp + s][m][r];
-          y[int64_t{m} * w.rows + row0 + r] = sum * kE4M3Unscale * w.scales[row0 + r];
+          y[int64_t{m} * w.rows + row0 + r] = sum * w.scales[row0 + r];
         }
     }
   }
@@ -178,7 +171,7 @@ __global__ void __launch_bounds__(kGemvWarps * 32)
       for (int r = 0; r < R; ++r) acc[m][r] = fmaf(wv[r], xv, acc[m][r]);
     }
   }
-  store_rows<M, R>(acc, w, row0, rows, 1.0f, y);
+  store_rows<M, R>(acc, w, row0, rows, y);
 }
 
 bool vectorizable(const float* x, const Fp8Matrix& w) {
@@ -247,17 +240,6 @@ __global__ void fp8_codes_to_bf16_kernel(const uint8_t* __restrict__ codes, int6
     dest[0] = make_uint4(pairs[0], pairs[1], pairs[2], pairs[3]);
     dest[1] = make_uint4(pairs[4], pairs[5], pairs[6], pairs[7]);
   }
-}
-
-// Adds the NaN codes (0x7F, 0xFF) among `count` to *found.
-__global__ void count_e4m3_nans_kernel(const uint8_t* __restrict__ codes, int64_t count,
-                                       unsigned long long* __restrict__ found) {
-  wait_for_prior_kernels();
-  unsigned long long nans = 0;
-  for (int64_t i = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; i < count; i += int64_t{gridDim.x} * blockDim.x)
-    nans += (codes[i] & 0x7F) == 0x7F;
-  nans = __reduce_add_sync(0xffffffffu, static_cast<unsigned>(nans));
-  if (threadIdx.x % 32 == 0 && nans != 0) atomicAdd(found, nans);
 }
 
 __global__ void scale_rows_columns_kernel(float* __restrict__ y, const float* __restrict__ row_scales,
@@ -369,12 +351,6 @@ void fp8_codes_to_bf16(const Fp8Matrix& w, bf16_bits* out, cudaStream_t stream) 
                        reinterpret_cast<uintptr_t>(out) % 16 == 0;
   launch_kernel("fp8_codes_to_bf16_kernel", fp8_codes_to_bf16_kernel, elementwise_blocks(vectors ? count / 16 : count),
                 kElementwiseThreads, 0, stream, w.codes, count, reinterpret_cast<__nv_bfloat16*>(out), vectors);
-}
-
-void count_e4m3_nans(const uint8_t* codes, int64_t count, unsigned long long* found, cudaStream_t stream) {
-  if (count == 0) return;
-  launch_kernel("count_e4m3_nans_kernel", count_e4m3_nans_kernel, elementwise_blocks(count), kElementwiseThreads, 0,
-                stream, codes, count, found);
 }
 
 void scale_rows_columns(float* y, const float* row_scales, const float* col_scales, int64_t rows, int64_t cols,

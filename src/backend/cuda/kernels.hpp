@@ -163,8 +163,6 @@ constexpr int kFp8MmaMinRows = 3;
 void fp8_mma(const float* x, int m, const Fp8Matrix& w, bf16_bits* x_scratch, float* y, cudaStream_t stream);
 // out[N, K] = the codes as bf16 (exact: every E4M3 value is a bf16 value), for the cuBLASLt path.
 void fp8_codes_to_bf16(const Fp8Matrix& w, bf16_bits* out, cudaStream_t stream);
-// Adds how many of `count` codes are NaN (0x7F, 0xFF) to the device counter *found.
-void count_e4m3_nans(const uint8_t* codes, int64_t count, unsigned long long* found, cudaStream_t stream);
 // y[r, c] *= row_scales[r] * col_scales[c] for a [rows, cols] y (row_scales may be null: 1): the
 // scales after a GEMM on the codes.
 void scale_rows_columns(float* y, const float* row_scales, const float* col_scales, int64_t rows, int64_t cols,
