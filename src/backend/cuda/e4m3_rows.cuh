@@ -55,15 +55,32 @@ __device__ __forceinline__ float block_max(float v) {
 }
 
 // Row `row` of `out` from the block: value4(c) is the c-th group of four of its cols4 * 4 values.
-// value4 is called twice per group (the amax, then the codes) and must give the same bits both
-// times. Every thread of the block calls it; needs 4-byte aligned rows (cols4 * 4 codes each).
-template <class Value4>
+// The first Held groups of each thread (c = threadIdx.x + i * blockDim.x) are computed once and
+// held in registers between the amax and the codes; groups past those are computed again for
+// their codes, so value4 must give the same bits each time. Every thread of the block calls it;
+// needs 4-byte aligned rows (cols4 * 4 codes each).
+template <int Held = 1, class Value4>
 __device__ __forceinline__ void write_e4m3_row4(E4M3Rows out, int64_t row, int cols4, Value4&& value4) {
+  const int stride = static_cast<int>(blockDim.x);
+  float4 held[Held];
   float amax = 0.0f;
-  for (int c = threadIdx.x; c < cols4; c += blockDim.x) amax = abs_max4(amax, round_to_bf16(value4(c)));
+#pragma unroll
+  for (int i = 0; i < Held; ++i) {
+    const int c = static_cast<int>(threadIdx.x) + i * stride;
+    held[i] = c < cols4 ? round_to_bf16(value4(c)) : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+    amax = abs_max4(amax, held[i]);
+  }
+  for (int c = static_cast<int>(threadIdx.x) + Held * stride; c < cols4; c += stride)
+    amax = abs_max4(amax, round_to_bf16(value4(c)));
   const float scale = e4m3_row_scale(block_max(amax));
   uint32_t* codes = reinterpret_cast<uint32_t*>(out.codes) + row * cols4;
-  for (int c = threadIdx.x; c < cols4; c += blockDim.x) codes[c] = e4m3x4(round_to_bf16(value4(c)), scale);
+#pragma unroll
+  for (int i = 0; i < Held; ++i) {
+    const int c = static_cast<int>(threadIdx.x) + i * stride;
+    if (c < cols4) codes[c] = e4m3x4(held[i], scale);
+  }
+  for (int c = static_cast<int>(threadIdx.x) + Held * stride; c < cols4; c += stride)
+    codes[c] = e4m3x4(round_to_bf16(value4(c)), scale);
   if (threadIdx.x == 0) out.scales[row] = scale;
 }
 
