@@ -35,6 +35,17 @@ __device__ __forceinline__ float load_activation(const __nv_bfloat16* x, int64_t
   return __bfloat162float(x[i]);
 }
 
+// Four consecutive inputs as f32 (aligned: 16 bytes of f32, 8 of bf16).
+__device__ __forceinline__ float4 load4_activations(const float* x, int c) {
+  return *reinterpret_cast<const float4*>(x + c);
+}
+__device__ __forceinline__ float4 load4_activations(const __nv_bfloat16* x, int c) {
+  const uint2 raw = *reinterpret_cast<const uint2*>(x + c);
+  const float2 lo = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(&raw.x));
+  const float2 hi = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(&raw.y));
+  return make_float4(lo.x, lo.y, hi.x, hi.y);
+}
+
 // f.template operator()<Out>() for each output element type a kernel is instantiated for (f32 and
 // bf16): the one-time setup of every instance with_activations may launch.
 template <class F>

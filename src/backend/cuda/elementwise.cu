@@ -166,17 +166,6 @@ __global__ void embedding_kernel(const int32_t* __restrict__ ids, const int32_t*
 
 #undef MOXIN_GRID_STRIDE
 
-// Four consecutive inputs as f32 (aligned: 16 bytes of f32, 8 of bf16).
-__device__ __forceinline__ float4 load4_activations(const float* x, int c) {
-  return *reinterpret_cast<const float4*>(x + c);
-}
-__device__ __forceinline__ float4 load4_activations(const __nv_bfloat16* x, int c) {
-  const uint2 raw = *reinterpret_cast<const uint2*>(x + c);
-  const float2 lo = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(&raw.x));
-  const float2 hi = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(&raw.y));
-  return make_float4(lo.x, lo.y, hi.x, hi.y);
-}
-
 // One block per row: the swiglu of a row as per-token E4M3 codes (the down projection's input on
 // the FP8 tensor cores), each value by swiglu_kernel's formula (Scaled: swiglu_scaled_kernel's),
 // so the codes are those of quantize_rows_e4m3 on the bf16 output. Each thread holds up to Held

@@ -252,60 +252,24 @@ __global__ void scale_rows_columns_kernel(float* __restrict__ y, const float* __
 
 constexpr int kQuantizeThreads = 256;
 
-// Four consecutive inputs as f32, each rounded to bf16 (a bf16 input widens exactly).
-__device__ __forceinline__ float4 load4_bf16_rounded(const float* x, int64_t i) {
-  return round_to_bf16(*reinterpret_cast<const float4*>(x + i));
-}
-__device__ __forceinline__ float4 load4_bf16_rounded(const __nv_bfloat16* x, int64_t i) {
-  const uint2 raw = *reinterpret_cast<const uint2*>(x + i);
-  const float2 lo = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(&raw.x));
-  const float2 hi = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(&raw.y));
-  return make_float4(lo.x, lo.y, hi.x, hi.y);
-}
-__device__ __forceinline__ float load_bf16_rounded(const float* x, int64_t i) { return round_to_bf16(x[i]); }
-__device__ __forceinline__ float load_bf16_rounded(const __nv_bfloat16* x, int64_t i) { return __bfloat162float(x[i]); }
-
-// quantize_rows_e4m3_kernel with the row read once: each thread holds Vecs groups of four of it
-// in registers between the amax and the codes (the wide rows of down's input, 14336 values, were
-// read twice: ~1/3 of the pass). Rows of k % 4 == 0 values, k <= 4 * Vecs * kQuantizeThreads.
+// One block per row: quantize_rows_e4m3 by e4m3_rows.cuh's writer (which rounds each value to
+// bf16), so the ops that write such rows directly give the same codes. Rows of k % 4 == 0 values
+// in aligned groups of four hold up to Vecs groups a thread in registers between the amax and
+// the codes (the wide rows of down's input, 14336 values, were read twice: ~1/3 of the pass).
 template <int Vecs, class In>
 __global__ void __launch_bounds__(kQuantizeThreads)
-    quantize_rows_e4m3_held_kernel(const In* __restrict__ x, int vecs, uint32_t* __restrict__ codes,
-                                   float* __restrict__ scales) {
+    quantize_rows_e4m3_held_kernel(const In* __restrict__ x, int vecs, E4M3Rows out) {
   wait_for_prior_kernels();
   const In* xr = x + int64_t{blockIdx.x} * vecs * 4;
-  float4 v[Vecs];
-  float amax = 0.0f;
-#pragma unroll
-  for (int j = 0; j < Vecs; ++j) {
-    const int i = threadIdx.x + j * kQuantizeThreads;
-    v[j] = i < vecs ? load4_bf16_rounded(xr, int64_t{i} * 4) : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
-    amax = abs_max4(amax, v[j]);
-  }
-  const float scale = e4m3_row_scale(block_max(amax));
-  if (threadIdx.x == 0) scales[blockIdx.x] = scale;
-  uint32_t* out = codes + int64_t{blockIdx.x} * vecs;
-#pragma unroll
-  for (int j = 0; j < Vecs; ++j) {
-    const int i = threadIdx.x + j * kQuantizeThreads;
-    if (i < vecs) out[i] = e4m3x4(v[j], scale);
-  }
+  write_e4m3_row4<Vecs>(out, blockIdx.x, vecs, [&](int c) { return load4_activations(xr, 4 * c); });
 }
 
-// One block per row: the row's amax, then its codes.
 template <class In>
 __global__ void __launch_bounds__(kQuantizeThreads)
-    quantize_rows_e4m3_kernel(const In* __restrict__ x, int k, uint8_t* __restrict__ codes,
-                              float* __restrict__ scales) {
+    quantize_rows_e4m3_kernel(const In* __restrict__ x, int k, E4M3Rows out) {
   wait_for_prior_kernels();
   const In* xr = x + int64_t{blockIdx.x} * k;
-  float amax = 0.0f;
-  for (int c = threadIdx.x; c < k; c += kQuantizeThreads) amax = fmaxf(amax, fabsf(load_bf16_rounded(xr, c)));
-  const float scale = e4m3_row_scale(block_max(amax));
-  if (threadIdx.x == 0) scales[blockIdx.x] = scale;
-  uint8_t* out = codes + int64_t{blockIdx.x} * k;
-  for (int c = threadIdx.x; c < k; c += kQuantizeThreads)
-    out[c] = e4m3_code(load_bf16_rounded(xr, c), scale);
+  write_e4m3_row(out, blockIdx.x, k, [&](int c) { return load_activation(xr, c); });
 }
 
 }  // namespace
@@ -370,13 +334,12 @@ void quantize_rows_e4m3(InputActivations x, int64_t rows, int k, uint8_t* codes,
                       reinterpret_cast<uintptr_t>(codes) % 4 == 0;
     if (!held) {
       launch_kernel("quantize_rows_e4m3_kernel", quantize_rows_e4m3_kernel<In>, static_cast<unsigned>(rows),
-                    kQuantizeThreads, 0, stream, in, k, codes, scales);
+                    kQuantizeThreads, 0, stream, in, k, E4M3Rows{codes, scales});
       return;
     }
     const auto run = [&]<int Vecs>() {
       launch_kernel("quantize_rows_e4m3_held_kernel", quantize_rows_e4m3_held_kernel<Vecs, In>,
-                    static_cast<unsigned>(rows), kQuantizeThreads, 0, stream, in, k / 4,
-                    reinterpret_cast<uint32_t*>(codes), scales);
+                    static_cast<unsigned>(rows), kQuantizeThreads, 0, stream, in, k / 4, E4M3Rows{codes, scales});
     };
     const int vecs = k / 4;
     if (vecs <= 4 * kQuantizeThreads)
